@@ -1,0 +1,71 @@
+"""The `grow` command line: one Typer app whose commands parse options, call one library function each, and
+render the result. Library errors (`grow_cli.errors.GrowError`) are translated here, once, into a single line on
+stderr and a non-zero exit code; `--debug` shows the traceback instead.
+
+Command modules live in `grow_cli/commands/` and import torch/transformers only inside the command body, so
+`grow --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from grow_cli import __version__
+from grow_cli.commands import demo as demo_cmd
+from grow_cli.commands import expand as expand_cmd
+from grow_cli.commands import inspect as inspect_cmd
+
+app = typer.Typer(
+    name="grow",
+    help=(
+        "Grow a pretrained transformer checkpoint into a larger one (depth and width), train it further, "
+        "and publish it.\n\nRun `grow COMMAND --help` for a command's options and examples."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    add_completion=False,
+)
+
+app.command("inspect", no_args_is_help=True)(inspect_cmd.inspect)
+app.command("expand", no_args_is_help=True)(expand_cmd.expand)
+app.command("demo")(demo_cmd.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"grow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    if debug:
+        os.environ["GROW_DEBUG"] = "1"
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning library errors into one line and an exit code."""
+    from grow_cli.errors import GrowError
+
+    try:
+        app()
+    except GrowError as exc:
+        if os.environ.get("GROW_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
+        if os.environ.get("GROW_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run `grow --debug …` for the traceback)", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,5 @@
+"""Placeholder: being written (foundation issue)."""
+
+
+def demo() -> None:
+    """Not yet available."""

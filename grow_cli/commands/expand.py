@@ -1,0 +1,5 @@
+"""Placeholder: being written (foundation issue)."""
+
+
+def expand() -> None:
+    """Not yet available."""

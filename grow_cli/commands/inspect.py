@@ -1,0 +1,5 @@
+"""Placeholder: being written (foundation issue)."""
+
+
+def inspect() -> None:
+    """Not yet available."""

@@ -1,0 +1,45 @@
+"""Typed errors raised by the library and translated once, at the CLI edge, into one line and an exit code.
+
+Every message says what was expected, what was found and, where possible, what to run next. The library never
+calls `sys.exit`; `grow_cli.cli` maps `GrowError.exit_code` to the process exit status.
+"""
+
+
+class GrowError(Exception):
+    """Base class for every error a user can cause; the CLI prints `error: <message>` without a traceback."""
+
+    exit_code = 1
+
+
+class UsageError(GrowError):
+    """The command line asks for something impossible (e.g. fewer layers than the source)."""
+
+    exit_code = 2
+
+
+class CheckpointError(GrowError):
+    """The source checkpoint is missing, unreadable, truncated, or contradicts its config.json."""
+
+
+class ArchitectureError(GrowError):
+    """The architecture is unknown, or the checkpoint's tensors do not match its definition."""
+
+
+class OutputError(GrowError):
+    """The output folder cannot be written (exists without --force, lies inside the source, ...)."""
+
+
+class VerificationError(GrowError):
+    """A method that claims exact function preservation failed the numeric check."""
+
+
+class HubError(GrowError):
+    """The Hugging Face Hub refused or failed a request (authentication, network, missing repo)."""
+
+
+class DataError(GrowError):
+    """Training or evaluation data is missing, empty or malformed."""
+
+
+class TrainingError(GrowError):
+    """Training stopped because it cannot continue (e.g. a non-finite loss)."""
