@@ -1,4 +1,5 @@
-"""Where grow writes: human output and progress on stderr, machine output (`--json`) on stdout.
+"""Where grow writes: reports on stdout (`out`; a JSON document instead with `--json`), progress and
+messages on stderr (`err`).
 
 Progress bars are rich `Progress` objects on stderr; they stay silent when stderr is not a terminal or when the
 user asked for `--quiet`, so logs and CI output stay clean.
@@ -22,6 +23,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 

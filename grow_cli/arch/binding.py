@@ -1,0 +1,135 @@
+"""Match a checkpoint's tensors to its architecture definition, refusing anything unexplained.
+
+Every tensor in the checkpoint must be a tensor the definition names (for the detected module prefix), a known
+non-persistent buffer, or the duplicate of a tied tensor; every tensor the definition requires for this config must
+be present with the shape the config implies. Anything else is an error, never a silent drop.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from grow_cli.arch.registry import ArchDef, WeightDef
+from grow_cli.arch.shape import ModelShape, config_flag
+from grow_cli.errors import ArchitectureError, CheckpointError
+
+
+@dataclass(frozen=True)
+class BoundTensor:
+    """A checkpoint tensor and what it is."""
+
+    name: str
+    weight: WeightDef
+    layer: int | None
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class Binding:
+    """The checkpoint seen through its architecture: embeddings, per-layer tensors and final tensors."""
+
+    arch: ArchDef
+    prefix: str
+    shape: ModelShape
+    embeddings: list[BoundTensor]
+    layers: list[list[BoundTensor]]
+    final: list[BoundTensor]
+    dropped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+
+    def layer_name(self, weight: WeightDef, index: int) -> str:
+        """The checkpoint name of `weight` in layer `index`."""
+        return self.arch.layer_prefix.format(p=self.prefix, i=index) + weight.name
+
+    def all_tensors(self) -> list[BoundTensor]:
+        return [*self.embeddings, *(t for layer in self.layers for t in layer), *self.final]
+
+
+def _resolve(name: str, prefix: str) -> str:
+    return name.replace("{p}", prefix)
+
+
+def _detect_prefix(arch: ArchDef, names: set[str]) -> str:
+    first = arch.embeddings[0].name
+    for prefix in arch.prefixes:
+        if _resolve(first, prefix) in names:
+            return prefix
+    tried = ", ".join(repr(_resolve(first, p)) for p in arch.prefixes)
+    raise ArchitectureError(f"not a {arch.name} checkpoint: none of {tried} is among its tensors")
+
+
+def _is_tied(weight: WeightDef, shape: ModelShape) -> bool:
+    return weight.tied_to is not None and (weight.tie_always or shape.tie_word_embeddings)
+
+
+def bind(arch: ArchDef, config: dict[str, Any], shape: ModelShape, tensors: dict[str, tuple[tuple[int, ...], str]]
+         ) -> Binding:
+    """Bind `tensors` ({name: (shape, dtype)}) to `arch`; raise on unknown, missing or misshapen tensors."""
+    names = set(tensors)
+    prefix = _detect_prefix(arch, names)
+    claimed: set[str] = set()
+    dropped: list[tuple[str, str]] = []
+
+    def take(weight: WeightDef, full_name: str, layer: int | None, *, required: bool) -> BoundTensor | None:
+        candidates = [full_name, *(_resolve(a, prefix) for a in weight.aliases)]
+        found = next((c for c in candidates if c in names), None)
+        if found is None:
+            if required:
+                raise CheckpointError(f"tensor {full_name} is missing from the checkpoint ({arch.name} needs it)")
+            return None
+        claimed.add(found)
+        expected = shape.tensor_shape(weight.axes)
+        actual, dtype = tensors[found]
+        if tuple(actual) != expected:
+            raise CheckpointError(
+                f"tensor {found} has shape {list(actual)} but config.json implies {list(expected)} "
+                f"({' × '.join(weight.axes)})"
+            )
+        return BoundTensor(found, weight, layer, tuple(actual), dtype)
+
+    def section(weights: tuple[WeightDef, ...], name_of, layer: int | None) -> list[BoundTensor]:
+        bound: list[BoundTensor] = []
+        groups: dict[str, list[bool]] = {}
+        for weight in weights:
+            full = name_of(weight)
+            if weight.when is not None and not config_flag(arch, config, weight.when):
+                if full in names:
+                    raise CheckpointError(f"tensor {full} is present although config.json sets {weight.when}=false")
+                continue
+            if _is_tied(weight, shape):
+                if full in names or any(_resolve(a, prefix) in names for a in weight.aliases):
+                    claimed.update({full, *(_resolve(a, prefix) for a in weight.aliases)} & names)
+                    dropped.append((full, f"tied to {_resolve(weight.tied_to, prefix)}; written once"))
+                continue
+            item = take(weight, full, layer, required=weight.group is None)
+            if weight.group is not None:
+                groups.setdefault(weight.group, []).append(item is not None)
+            if item is not None:
+                bound.append(item)
+        for group, present in groups.items():
+            if any(present) and not all(present):
+                raise CheckpointError(f"the '{group}' tensors are only partly present in the checkpoint")
+        return bound
+
+    embeddings = section(arch.embeddings, lambda w: _resolve(w.name, prefix), None)
+    layers = [
+        section(arch.layer, lambda w, i=i: arch.layer_prefix.format(p=prefix, i=i) + w.name, i)
+        for i in range(shape.layers)
+    ]
+    final = section(arch.final, lambda w: _resolve(w.name, prefix), None)
+
+    buffer_patterns = [re.compile(b) for b in arch.buffers]
+    layer_re = re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
+    for name in sorted(names - claimed):
+        if any(p.fullmatch(name) for p in buffer_patterns):
+            dropped.append((name, "non-persistent buffer; transformers recomputes it"))
+            continue
+        match = layer_re.match(name)
+        if match and int(match.group(1)) >= shape.layers:
+            raise CheckpointError(
+                f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers"
+            )
+        raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")
+    return Binding(arch, prefix, shape, embeddings, layers, final, dropped)

@@ -1,0 +1,79 @@
+"""Where a checkpoint comes from: a local folder or a Hub id, and the file hashes that identify it.
+
+A Hub id (`org/name`) is downloaded by `grow_cli.hub.download_checkpoint`, which fetches only the files grow needs
+and reuses the local cache. Hashes of the source files are computed in a background thread while grow streams the
+tensors (hashlib releases the GIL), so recording provenance costs little wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grow_cli.errors import CheckpointError
+
+
+@dataclass
+class Source:
+    """A resolved checkpoint: its local folder and where it came from."""
+
+    folder: Path
+    path: str | None = None  # the local path the user gave
+    repo_id: str | None = None
+    revision: str | None = None
+    commit: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        if self.repo_id:
+            return {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit}
+        return {"path": self.path}
+
+
+def resolve_source(spec: str, *, revision: str | None = None, token: str | None = None) -> Source:
+    """A local folder as is; otherwise a Hub id, downloaded (only the needed files) into the HF cache."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{spec} is a file; give the model folder that holds config.json")
+        if revision:
+            raise CheckpointError("--revision applies only to Hub ids, not to local folders")
+        return Source(folder=path.resolve(), path=str(path.resolve()))
+    from grow_cli import hub
+
+    if not hub.is_hub_id(spec):
+        raise CheckpointError(f"{spec} does not exist (give a model folder or a Hub id such as org/name)")
+    folder, info = hub.download_checkpoint(spec, revision=revision, token=token)
+    return Source(folder=Path(folder), repo_id=spec, revision=revision, commit=info.get("commit"))
+
+
+@dataclass
+class FileHasher:
+    """sha256 and size of files, computed in a background thread; `result()` waits for it."""
+
+    files: list[Path]
+    _hashes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="grow-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for path in self.files:
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while chunk := f.read(8 << 20):
+                        digest.update(chunk)
+                self._hashes[path.name] = {"sha256": digest.hexdigest(), "size": path.stat().st_size}
+        except OSError as exc:
+            self._error = exc
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        self._thread.join()
+        if self._error is not None:
+            raise CheckpointError(f"cannot hash source files: {self._error}")
+        return dict(self._hashes)

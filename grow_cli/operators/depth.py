@@ -1,0 +1,142 @@
+"""Depth growth operators: which source layer each target layer copies, and which copies are new.
+
+Each operator is a pure function from (source layers L, target layers L') to a `DepthMap`. The executor copies the
+tensors of source layer `layer_map[j]` into target layer `j` (cloned, never shared) and, for `identity`, zeroes
+the residual-stream writers of the new layers. See docs/operators.md for the papers and the exactness table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grow_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DepthMap:
+    """Target layer j copies source layer `layer_map[j]`; `new[j]` marks copies that are not the original."""
+
+    method: str
+    layer_map: tuple[int, ...]
+    new: tuple[bool, ...]
+    zero_new_outputs: bool  # identity blocks: residual writers of new layers are zero
+    function_preserving: bool
+    parameters: dict
+
+
+def _first_occurrence_is_original(layer_map: list[int]) -> tuple[bool, ...]:
+    seen: set[int] = set()
+    new = []
+    for src in layer_map:
+        new.append(src in seen)
+        seen.add(src)
+    return tuple(new)
+
+
+def stack(L: int, target: int) -> list[int]:
+    """G_stack (Du et al. 2024): the whole stack repeated, target layer i copies source layer i mod L.
+
+    A target that is not a multiple of L ends with a partial repetition of the bottom layers (prts' order).
+    Not function-preserving.
+    """
+    return [i % L for i in range(target)]
+
+
+def interleave(L: int, target: int) -> list[int]:
+    """Each layer duplicated in place (0,0,1,1,…; staged training's "alternate" order).
+
+    Every layer gets ⌊L'/L⌋ copies; the remaining L' mod L copies go to the top layers, as bert2BERT takes its
+    remainder from the top. Not function-preserving.
+    """
+    base, extra = divmod(target, L)
+    return [i for i in range(L) for _ in range(base + (1 if i >= L - extra else 0))]
+
+
+def interpolate(L: int, target: int) -> list[int]:
+    """Apollo (Pan et al. 2024): target layer j copies source layer ⌊j·L/L'⌋ (extra copies spread evenly).
+
+    Not function-preserving.
+    """
+    return [j * L // target for j in range(target)]
+
+
+def identity(L: int, target: int) -> list[int]:
+    """LLaMA-Pro (Wu et al. 2024): copies inserted evenly, each after the last layer of its group.
+
+    Source layer i is followed by ⌊(i+1)·n/L⌋ − ⌊i·n/L⌋ copies of itself (n = L' − L new layers); when n divides
+    L this is LLaMA-Pro's "one copy after every L/n layers". The copies' residual writers are zeroed, which makes
+    each new block an exact identity in a pre-norm model.
+    """
+    n = target - L
+    layer_map: list[int] = []
+    for i in range(L):
+        layer_map += [i] * (1 + (i + 1) * n // L - i * n // L)
+    return layer_map
+
+
+def dus(L: int, overlap: int) -> list[int]:
+    """SOLAR depth up-scaling (Kim et al. 2023): layers 0..L−m−1 then m..L−1, i.e. 2(L−m) layers.
+
+    Not function-preserving; SOLAR recovers with continued pretraining.
+    """
+    return list(range(L - overlap)) + list(range(overlap, L))
+
+
+METHODS = ("stack", "interleave", "interpolate", "identity", "dus")
+FUNCTION_PRESERVING = {"identity"}
+
+
+def resolve_target(L: int, layers: int | None, depth_factor: float | None, method: str, dus_overlap: int | None
+                   ) -> tuple[int, int | None]:
+    """The target layer count (and SOLAR overlap) from the user's options; refuses impossible requests."""
+    if layers is not None and depth_factor is not None:
+        raise UsageError("give --layers or --depth-factor, not both")
+    if method == "dus":
+        if layers is None and depth_factor is not None:
+            layers = round(L * depth_factor)
+        if layers is None and dus_overlap is None:
+            raise UsageError("dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)")
+        if dus_overlap is None:
+            if layers % 2 or not L <= layers <= 2 * L:
+                raise UsageError(f"dus makes 2·(L − overlap) layers; with L={L}, --layers must be even and "
+                                 f"between {L + L % 2} and {2 * L}; try {2 * L - 2 * max(1, L // 4)}")
+            dus_overlap = L - layers // 2
+        if not 0 <= dus_overlap <= L // 2:
+            raise UsageError(f"--dus-overlap must be between 0 and {L // 2} for {L} layers (a larger overlap "
+                             f"would shrink the model), got {dus_overlap}")
+        if layers is not None and layers != 2 * (L - dus_overlap):
+            raise UsageError(f"--layers {layers} contradicts --dus-overlap {dus_overlap}: dus gives "
+                             f"2·({L} − {dus_overlap}) = {2 * (L - dus_overlap)} layers")
+        return 2 * (L - dus_overlap), dus_overlap
+    if dus_overlap is not None:
+        raise UsageError("--dus-overlap applies only to --depth-method dus")
+    if layers is None:
+        if depth_factor is None:
+            return L, None
+        if depth_factor <= 0:
+            raise UsageError("--depth-factor must be positive")
+        layers = round(L * depth_factor)
+    if layers < L:
+        raise UsageError(f"--layers {layers} is smaller than the source's {L} layers; grow only adds layers "
+                         f"(try {2 * L})")
+    return layers, None
+
+
+def depth_map(method: str, L: int, target: int, *, dus_overlap: int | None = None) -> DepthMap:
+    """The `DepthMap` of `method` from L to `target` layers."""
+    if method not in METHODS:
+        raise UsageError(f"unknown depth method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "dus":
+        layer_map = dus(L, dus_overlap or 0)
+        new = tuple(j >= L - (dus_overlap or 0) for j in range(len(layer_map)))
+        params = {"overlap": dus_overlap}
+    else:
+        layer_map = {"stack": stack, "interleave": interleave, "interpolate": interpolate,
+                     "identity": identity}[method](L, target)
+        new = _first_occurrence_is_original(layer_map)
+        params = {}
+    if method == "identity" and target == L:
+        raise UsageError("identity needs more target layers than source layers")
+    assert len(layer_map) == target, (method, L, target, layer_map)
+    return DepthMap(method, tuple(layer_map), new, method == "identity", method in FUNCTION_PRESERVING,
+                    {"layers": target, **params})

@@ -1,0 +1,223 @@
+"""The growth planner: (source config, architecture, tensors, operator options) → a `Plan`, touching no tensor data.
+
+A plan lists every output tensor with the source tensors it reads and the transform applied (width map, copy,
+zeroed identity output), the target config, the shard layout and the estimated peak memory. `--dry-run` prints it;
+`grow_cli.expand` streams it. Width is applied first and depth second, as in bert2BERT: a target layer j is the
+widened source layer `layer_map[j]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from grow_cli.arch.binding import Binding, BoundTensor, bind
+from grow_cli.arch.registry import ArchDef, detect
+from grow_cli.arch.shape import ModelShape, read_shape
+from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
+from grow_cli.config_edit import grown_config, validate_config
+from grow_cli.errors import UsageError
+from grow_cli.operators.depth import DepthMap, depth_map, resolve_target
+
+FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
+DTYPE_CHOICES = {"fp32": "F32", "float32": "F32", "fp16": "F16", "float16": "F16", "bf16": "BF16",
+                 "bfloat16": "BF16"}
+
+
+class WidthPlan(Protocol):
+    """What the planner needs from a width operator (implemented in `grow_cli.operators.width`)."""
+
+    method: str
+    target: ModelShape
+    function_preserving: bool
+
+    def sources(self, tensor: BoundTensor, binding: Binding) -> tuple[str, ...]: ...
+
+    def apply(self, tensor: BoundTensor, inputs: list[Any]) -> Any: ...
+
+    def config_updates(self) -> dict[str, Any]: ...
+
+    def record(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One tensor of the grown model and how to make it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    source: BoundTensor
+    reads: tuple[str, ...]  # checkpoint tensors read (empty when the result is all zeros)
+    zero: bool  # identity block output: all zeros
+    new: bool  # has no counterpart in the source (a new layer's tensor)
+    layer: int | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return PlannedTensor(self.name, self.shape, self.dtype).nbytes
+
+    def describe(self, width: str | None) -> str:
+        if self.zero:
+            return "zeros (identity block output)"
+        how = f"{width}({', '.join(self.reads)})" if width else f"copy {self.reads[0]}"
+        return how + (" → new" if self.new else "")
+
+
+@dataclass
+class Plan:
+    arch: ArchDef
+    binding: Binding
+    source_shape: ModelShape
+    target_shape: ModelShape
+    source_config: dict[str, Any]
+    target_config: dict[str, Any]
+    depth: DepthMap | None
+    width: WidthPlan | None
+    tensors: list[OutputTensor]
+    shards: list[list[PlannedTensor]]
+    out_dtype: str | None
+    seed: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(_numel(t.shape) for t in self.tensors)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Estimated peak memory of the streaming executor: the largest (inputs + fp32 work + output) per tensor."""
+        numel = {t.name: _numel(t.shape) for t in self.binding.all_tensors()}
+        peak = 0
+        for t in self.tensors:
+            read = sum(numel[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
+            work = _numel(t.shape) * 4 if self.width else 0  # the widened fp32 result before the cast
+            peak = max(peak, read + work + t.nbytes)
+        return peak
+
+    @property
+    def function_preserving(self) -> bool:
+        parts = [p for p in (self.depth, self.width) if p is not None]
+        return bool(parts) and all(p.function_preserving for p in parts)
+
+    def added_tensors(self) -> list[str]:
+        return [t.name for t in self.tensors if t.new]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n
+
+
+def source_shape_of(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], str]]
+                    ) -> tuple[ArchDef, ModelShape, Binding]:
+    """Detect the architecture, read its shape and bind the checkpoint's tensors to it."""
+    arch = detect(config)
+    shape = read_shape(arch, config)
+    return arch, shape, bind(arch, config, shape, tensors)
+
+
+def build_plan(
+    config: dict[str, Any],
+    tensors: dict[str, tuple[tuple[int, ...], str]],
+    *,
+    layers: int | None = None,
+    depth_factor: float | None = None,
+    depth_method: str = "stack",
+    dus_overlap: int | None = None,
+    width_factory=None,
+    dtype: str | None = None,
+    shard_size: int = 5 * 10**9,
+    seed: int = 0,
+) -> Plan:
+    """Plan the growth of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data.
+
+    `width_factory(arch, binding, config, seed)` returns a `WidthPlan`, or is None for depth-only growth.
+    """
+    arch, shape, binding = source_shape_of(config, tensors)
+    out_dtype = None
+    if dtype is not None:
+        if dtype.lower() not in DTYPE_CHOICES:
+            raise UsageError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
+        out_dtype = DTYPE_CHOICES[dtype.lower()]
+
+    width = width_factory(arch, binding, config, seed) if width_factory else None
+    target_shape = width.target if width else shape
+
+    target_layers, overlap = resolve_target(shape.layers, layers, depth_factor, depth_method, dus_overlap)
+    depth = None
+    if target_layers != shape.layers or depth_method == "dus":
+        depth = depth_map(depth_method, shape.layers, target_layers, dus_overlap=overlap)
+        if depth.zero_new_outputs and not arch.pre_norm:
+            raise UsageError(
+                f"identity blocks are exact only in pre-norm models; {arch.name} is post-LayerNorm, where "
+                f"LayerNorm(x + 0) ≠ x, so zeroed outputs cannot make an identity. Use --depth-method stack, "
+                f"interleave, interpolate or dus"
+            )
+    if depth is None and width is None:
+        raise UsageError("nothing to grow: give --layers/--depth-factor and/or a width target (see grow expand --help)")
+
+    def out_dtype_of(t: BoundTensor) -> str:
+        return out_dtype if out_dtype and t.dtype in FLOAT_DTYPES else t.dtype
+
+    def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None) -> OutputTensor:
+        shape_ = target_shape.tensor_shape(t.weight.axes)
+        reads = () if zero else (width.sources(t, binding) if width else (t.name,))
+        return OutputTensor(name, shape_, out_dtype_of(t), t, reads, zero, new, layer)
+
+    out: list[OutputTensor] = [output(t, t.name, new=False, zero=False, layer=None) for t in binding.embeddings]
+    layer_map = depth.layer_map if depth else tuple(range(shape.layers))
+    for j, src in enumerate(layer_map):
+        is_new = bool(depth and depth.new[j])
+        for t in binding.layers[src]:
+            zero = bool(depth and depth.zero_new_outputs and is_new and t.weight.residual_writer)
+            out.append(output(t, binding.layer_name(t.weight, j), new=is_new, zero=zero, layer=j))
+    out += [output(t, t.name, new=False, zero=False, layer=None) for t in binding.final]
+
+    target_config = grown_config(
+        arch, config, layer_map=depth.layer_map if depth else None,
+        width_updates=width.config_updates() if width else {}, dtype=out_dtype,
+    )
+    validate_config(target_config)
+    shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], shard_size)
+    plan = Plan(arch, binding, shape, target_shape, config, target_config, depth, width, out, shards, out_dtype, seed)
+    if binding.dropped:
+        plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]
+    return plan
+
+
+def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
+    """A JSON-able description of a plan (printed by --dry-run and stored in reports)."""
+    summary: dict[str, Any] = {
+        "architecture": plan.arch.name,
+        "source": {**plan.source_shape.as_dict(), "num_parameters": sum(_numel(t.shape) for t in
+                                                                        plan.binding.all_tensors())},
+        "target": {**plan.target_shape.as_dict(), "layers": len(plan.depth.layer_map) if plan.depth
+                   else plan.source_shape.layers, "num_parameters": plan.num_parameters},
+        "depth": None if plan.depth is None else {
+            "method": plan.depth.method, "layer_map": list(plan.depth.layer_map),
+            "new_layers": [j for j, n in enumerate(plan.depth.new) if n],
+            "function_preserving": plan.depth.function_preserving, "parameters": plan.depth.parameters,
+        },
+        "width": None if plan.width is None else plan.width.record(),
+        "function_preserving": plan.function_preserving,
+        "dtype": plan.out_dtype,
+        "output_bytes": plan.total_bytes,
+        "estimated_peak_memory_bytes": plan.peak_bytes,
+        "shards": [{"tensors": len(s), "bytes": sum(t.nbytes for t in s)} for s in plan.shards],
+        "target_config": plan.target_config,
+        "notes": plan.notes,
+    }
+    if with_tensors:
+        width = plan.width.method if plan.width else None
+        summary["tensors"] = [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "from": t.describe(width)}
+            for t in plan.tensors
+        ]
+    return summary

@@ -1,0 +1,71 @@
+"""Human-readable reports of library results, printed on stdout (the same results are `--json` documents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from grow_cli.console import out
+
+
+def _shape(s: dict[str, Any]) -> str:
+    return (f"{s['layers']} layers, hidden {s['hidden_size']}, ffn {s['intermediate_size']}, "
+            f"heads {s['num_heads']}/{s['num_kv_heads']}, {s['num_parameters'] / 1e6:.1f}M params")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+def render_plan(report: dict[str, Any]) -> None:
+    """The --dry-run plan: shapes, maps, shards, peak memory and (abridged) the tensor table."""
+    plan = report["plan"]
+    out.print(f"[bold]plan[/bold] ({plan['architecture']}): {_shape(plan['source'])}")
+    out.print(f"  → {_shape(plan['target'])}")
+    if plan["depth"]:
+        d = plan["depth"]
+        out.print(f"  depth: {d['method']}, layer map {d['layer_map']}")
+    if plan["width"]:
+        out.print(f"  width: {plan['width']['method']}")
+    out.print(f"  function-preserving: {'yes' if plan['function_preserving'] else 'no'}")
+    out.print(f"  output {_gb(plan['output_bytes'])} in {len(plan['shards'])} shard(s); estimated peak memory "
+              f"{_gb(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline")
+    table = Table("tensor", "shape", "dtype", "from", title="output tensors", title_justify="left")
+    tensors = plan["tensors"]
+    shown = tensors if len(tensors) <= 40 else tensors[:20] + tensors[-20:]
+    for t in shown:
+        table.add_row(t["name"], "×".join(map(str, t["shape"])), t["dtype"], t["from"])
+    out.print(table)
+    if len(tensors) > len(shown):
+        out.print(f"  … {len(tensors) - len(shown)} more tensors (all of them with --json)")
+    for note in plan["notes"]:
+        out.print(f"  note: {note}")
+
+
+def render_expand(report: dict[str, Any]) -> None:
+    """The result of `grow expand` (or its plan, for --dry-run)."""
+    if report.get("dry_run"):
+        render_plan(report)
+        return
+    out.print(f"[bold green]grew[/bold green] {report['architecture']} → {report['output']}")
+    out.print(f"  from {_shape(report['source_shape'])}")
+    out.print(f"  to   {_shape(report['target_shape'])}")
+    for part in ("width", "depth"):
+        if report[part]:
+            exact = "exact" if report[part]["function_preserving"] else "not function-preserving"
+            out.print(f"  {part}: {report[part]['method']} ({exact})")
+    files = report["files"]
+    out.print(f"  wrote {_gb(files['bytes'])} in {files['shards']} shard(s) in {report['seconds']:.2f} s; "
+              f"copied {len(files['copied'])} file(s)")
+    if files["skipped"]:
+        out.print(f"  not copied (over 100 MB): {', '.join(files['skipped'])}")
+    check = report.get("verify")
+    if check:
+        kl = "n/a" if check["mean_kl"] is None else f"{check['mean_kl']:.3g}"
+        top1 = "n/a" if check["top1_agreement"] is None else f"{check['top1_agreement']:.1%}"
+        verdict = {True: "[green]passed[/green]", False: "[red]failed[/red]", None: "measured (method not exact)"}
+        out.print(f"  verify on {check['tokens']} {check['probe']} tokens: max |Δ| {check['max_abs_logit_diff']:.3g}, "
+                  f"mean KL {kl}, top-1 agreement {top1} — {verdict[check['passed']]}")
+    if report.get("push"):
+        out.print(f"  pushed to {report['push'].get('repo_id')} ({report['push'].get('commit_url')})")

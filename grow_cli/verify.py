@@ -1,0 +1,104 @@
+"""The function-preservation check: run the source and the grown model on the same probe tokens and compare.
+
+Only one model is in memory at a time: the source runs first and its outputs (probe tokens × vocabulary, a few MB)
+are kept, then it is freed and the grown model runs. Both run in float32 and eval mode (dropout off). Reported:
+max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement; for encoders without a head
+(e.g. `BertModel`), the max |Δ| of the last hidden state.
+"""
+
+from __future__ import annotations
+
+import gc
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from grow_cli.errors import VerificationError
+
+PROBE_TOKENS = 64
+
+
+def probe_ids(folder: Path, vocab_size: int, seed: int, length: int = PROBE_TOKENS):
+    """Token ids of the built-in probe text through the model's tokenizer, or seeded random ids without one."""
+    import torch
+
+    text = resources.files("grow_cli").joinpath("data/probe.txt").read_text()
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :length]
+        if ids.numel() >= 8 and int(ids.max()) < vocab_size:
+            return ids, "tokenizer"
+    except Exception:  # no tokenizer (or an unusable one) in the folder: fall back to random ids
+        pass
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (2, length // 2), generator=gen), "random"
+
+
+def _model_class(folder: Path):
+    import json
+
+    import transformers
+
+    config = json.loads((folder / "config.json").read_text())
+    for name in config.get("architectures") or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    return transformers.AutoModelForCausalLM
+
+
+def _outputs(folder: Path, ids) -> Any:
+    import torch
+
+    model = _model_class(folder).from_pretrained(folder, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids)
+    result = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+    del model, out
+    gc.collect()
+    return result.float()
+
+
+def compare(source: Path, grown: Path, *, vocab_size: int, seed: int = 0) -> dict[str, Any]:
+    """Compare two model folders on probe tokens; returns the metrics (no pass/fail judgement)."""
+    import torch
+
+    ids, kind = probe_ids(Path(source), vocab_size, seed)
+    a = _outputs(Path(source), ids)
+    b = _outputs(Path(grown), ids)
+    result: dict[str, Any] = {"probe": kind, "tokens": int(ids.numel()),
+                              "max_abs_logit_diff": float((a - b).abs().max()),
+                              "output_scale": float(a.abs().max())}
+    if a.shape[-1] == vocab_size:
+        logp_a = torch.log_softmax(a, -1)
+        logp_b = torch.log_softmax(b, -1)
+        kl = (logp_a.exp() * (logp_a - logp_b)).sum(-1)
+        result["mean_kl"] = float(kl.mean())
+        result["top1_agreement"] = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+    else:
+        result["mean_kl"] = None
+        result["top1_agreement"] = None
+        result["compared"] = "last_hidden_state"
+    return result
+
+
+def tolerance(dtype: str) -> float:
+    """Relative tolerance for an exact method: float32 keeps ~1e-6; half precision rounds every weight."""
+    return 1e-4 if dtype in ("F32", "F64") else 3e-2
+
+
+def check(result: dict[str, Any], *, exact: bool, dtype: str) -> dict[str, Any]:
+    """Add the verdict to `result`; raise when an exact method misses its tolerance."""
+    bound = tolerance(dtype) * max(1.0, result["output_scale"])
+    result["tolerance"] = bound
+    result["exact_claimed"] = exact
+    result["passed"] = (result["max_abs_logit_diff"] <= bound) if exact else None
+    if exact and not result["passed"]:
+        raise VerificationError(
+            f"the grown model differs from its source by max |Δlogit| = {result['max_abs_logit_diff']:.3g} "
+            f"(tolerance {bound:.3g}) although the method is exact; nothing was written"
+        )
+    return result
