@@ -51,6 +51,9 @@ def _model_class(folder: Path):
 
 def _outputs(folder: Path, ids) -> Any:
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # grow's own progress is on stderr; keep the check quiet
 
     model = _model_class(folder).from_pretrained(folder, dtype=torch.float32)
     model.eval()

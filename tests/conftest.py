@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny checkpoints of every architecture (built once per session) and an in-process CLI runner
+that goes through the real `grow` entry point, error translation included."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """`tiny_checkpoints(name)` → a folder holding a sharded tiny checkpoint of kind `name` (read-only use)."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = tiny_models.save_tiny(name, tmp_path_factory.mktemp(f"src-{name}"))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture
+def tiny_copy(tiny_checkpoints, tmp_path):
+    """`tiny_copy(name)` → a private copy of a tiny checkpoint that a test may damage."""
+
+    def get(name: str) -> Path:
+        dest = tmp_path / f"copy-{name}"
+        shutil.copytree(tiny_checkpoints(name), dest)
+        return dest
+
+    return get
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """Run `grow ARGS…` in-process through `grow_cli.cli.main` and capture exit code, stdout and stderr."""
+    from grow_cli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    argv = sys.argv
+    sys.argv = ["grow", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,177 @@
+"""Bad input: one clear line on stderr, a non-zero exit code, no traceback, and nothing written."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+
+def _assert_refused(result, out_dir, *fragments):
+    assert result.code != 0, result
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr  # one line, no traceback
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+    assert not list(out_dir.parent.glob(f".{out_dir.name}.grow-tmp-*"))
+
+
+def test_missing_folder(cli, tmp_path):
+    _assert_refused(cli("expand", tmp_path / "nope", tmp_path / "out", "--layers", "8"), tmp_path / "out",
+                    "does not exist")
+
+
+def test_no_weights(cli, tiny_copy, tmp_path):
+    src = tiny_copy("llama")
+    for f in src.glob("*.safetensors*"):
+        f.unlink()
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "no weights")
+
+
+def test_refused_weight_formats_are_named(cli, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (src / "model.gguf").write_bytes(b"GGUF")
+    _assert_refused(cli("inspect", src), tmp_path / "out", "model.gguf")
+
+
+def test_truncated_safetensors(cli, tiny_copy, tmp_path):
+    src = tiny_copy("llama")
+    shard = sorted(src.glob("model-*.safetensors"))[2]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "truncated",
+                    shard.name)
+
+
+def test_corrupted_header(cli, tiny_copy, tmp_path):
+    src = tiny_copy("llama")
+    shard = sorted(src.glob("model-*.safetensors"))[0]
+    data = shard.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    shard.write_bytes(data[:8] + b"{not json" + data[17:])
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "corrupted")
+
+
+def test_index_names_missing_shard(cli, tiny_copy, tmp_path):
+    src = tiny_copy("llama")
+    sorted(src.glob("model-*.safetensors"))[1].unlink()
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "missing")
+
+
+def test_index_path_outside_folder(cli, tiny_copy, tmp_path):
+    src = tiny_copy("llama")
+    index_path = src / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    (tmp_path / "evil.safetensors").write_bytes((src / index["weight_map"][first]).read_bytes())
+    index["weight_map"][first] = "../evil.safetensors"
+    index_path.write_text(json.dumps(index))
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "outside")
+
+
+def test_shapes_contradicting_config(cli, tiny_copy, tmp_path):
+    src = tiny_copy("llama")
+    config = json.loads((src / "config.json").read_text())
+    config["intermediate_size"] = 64
+    (src / "config.json").write_text(json.dumps(config))
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "shape",
+                    "config.json")
+
+
+def test_unknown_architecture(cli, tiny_copy, tmp_path):
+    src = tiny_copy("llama")
+    config = json.loads((src / "config.json").read_text())
+    config["model_type"] = "mamba"
+    (src / "config.json").write_text(json.dumps(config))
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out",
+                    "unknown architecture", "mamba")
+
+
+def test_unknown_tensor_is_not_dropped(cli, tiny_copy, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = tiny_copy("llama")
+    shard = sorted(src.glob("model-*.safetensors"))[0]
+    tensors = load_file(shard)
+    tensors["model.extra_adapter.weight"] = next(iter(tensors.values())).clone()
+    save_file(tensors, shard, metadata={"format": "pt"})
+    index_path = src / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"]["model.extra_adapter.weight"] = shard.name
+    index_path.write_text(json.dumps(index))
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out",
+                    "model.extra_adapter.weight", "unknown tensor")
+
+
+def test_fewer_layers_than_source(cli, tiny_checkpoints, tmp_path):
+    result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "2")
+    _assert_refused(result, tmp_path / "out", "smaller than the source")
+    assert result.code == 2
+
+
+def test_identity_refused_for_post_ln(cli, tiny_checkpoints, tmp_path):
+    result = cli("expand", tiny_checkpoints("bert"), tmp_path / "out", "--layers", "6",
+                 "--depth-method", "identity")
+    _assert_refused(result, tmp_path / "out", "post-LayerNorm")
+
+
+def test_non_empty_output_needs_force(cli, tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    result = cli("expand", tiny_checkpoints("llama"), out, "--layers", "8")
+    assert result.code != 0 and "--force" in result.stderr
+    assert (out / "precious.txt").read_text() == "keep me"
+    ok = cli("expand", tiny_checkpoints("llama"), out, "--layers", "8", "--force", "-q")
+    assert ok.code == 0, ok.stderr
+    assert not (out / "precious.txt").exists() and (out / "config.json").exists()
+
+
+def test_output_inside_source_is_refused(cli, tiny_copy):
+    src = tiny_copy("llama")
+    result = cli("expand", src, src / "grown", "--layers", "8")
+    assert result.code != 0 and "inside the source" in result.stderr
+    assert not (src / "grown").exists()
+
+
+def test_failure_midway_keeps_the_previous_output(cli, tiny_checkpoints, tmp_path, monkeypatch):
+    """A run that dies while streaming (here: the disk fills up after 5 tensors) leaves OUT as it was."""
+    from grow_cli.checkpoint.writer import ShardWriter
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("earlier model")
+    original = ShardWriter.write
+
+    def failing_write(self, name, tensor):
+        if self._next == 5:
+            raise OSError(28, "No space left on device")
+        return original(self, name, tensor)
+
+    monkeypatch.setattr(ShardWriter, "write", failing_write)
+    result = cli("expand", tiny_checkpoints("llama"), out, "--layers", "8", "--force", "-q")
+    assert result.code != 0 and "No space left" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
+    assert not list(tmp_path.glob(".out.grow-*"))
+
+
+def test_unsupported_dtype(cli, tiny_checkpoints, tmp_path):
+    _assert_refused(cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "8", "--dtype", "fp64"),
+                    tmp_path / "out", "--dtype")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--layers", "8", "--depth-factor", "2"], "not both"),
+    (["--depth-method", "dus", "--layers", "7"], "even"),
+    (["--depth-method", "dus", "--dus-overlap", "3"], "between 0 and 2"),
+    (["--depth-method", "warp", "--layers", "8"], "unknown depth method"),
+    (["--layers", "8", "--shard-size", "lots"], "size"),
+    (["--dus-overlap", "1", "--layers", "8"], "only to --depth-method dus"),
+])
+def test_option_refusals(cli, tiny_checkpoints, tmp_path, args, fragment):
+    _assert_refused(cli("expand", tiny_checkpoints("llama"), tmp_path / "out", *args), tmp_path / "out", fragment)
