@@ -3,11 +3,16 @@
 The Hub knows no "grown" relation, so a grown model declares `base_model: <source Hub id>` with
 `base_model_relation: finetune` (the only accepted relation that fits), `library_name: transformers`, and the tags
 `grow`, `model-growth` and its methods. The body tells the lineage stage by stage: operator and paper, parameters,
-the function-preservation check, training tokens and losses, and a usage snippet.
+how the source's function was preserved and the `--verify` check, training tokens and losses, and a usage snippet.
+
+The front matter uses only keys and values the Hub's metadata validation accepts (tests check it against the fake
+Hub's validator): a dataset or base model that is not a Hub id (a local path) is named in the body, not the YAML.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,8 @@ PAPERS = {
 }
 
 PIPELINE_TAGS = {"bert": "fill-mask"}
+HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+SECRET = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
 def _methods(record: dict[str, Any]) -> list[str]:
@@ -38,12 +45,22 @@ def _methods(record: dict[str, Any]) -> list[str]:
     return methods
 
 
+def _is_hub_id(text: Any) -> bool:
+    return isinstance(text, str) and bool(HUB_ID.match(text)) and ".." not in text
+
+
 def _base_model(record: dict[str, Any]) -> str | None:
-    """The Hub id of the model this one was grown from: the source of the most recent expand stage."""
+    """The Hub id this model descends from: the source of the newest expand stage that came from the Hub."""
     for stage in reversed(record["stages"]):
-        if stage.get("kind") == "expand":
-            return (stage.get("source") or {}).get("repo_id")
+        repo_id = (stage.get("source") or {}).get("repo_id") if stage.get("kind") == "expand" else None
+        if _is_hub_id(repo_id):
+            return repo_id
     return None
+
+
+def _datasets(record: dict[str, Any]) -> list[str]:
+    names = [d for s in record["stages"] for d in ((s.get("data") or {}).get("datasets") or [])]
+    return list(dict.fromkeys(d for d in names if _is_hub_id(d)))
 
 
 def front_matter(record: dict[str, Any]) -> dict[str, Any]:
@@ -64,66 +81,140 @@ def front_matter(record: dict[str, Any]) -> dict[str, Any]:
     meta["library_name"] = "transformers"
     meta["pipeline_tag"] = PIPELINE_TAGS.get(model.get("architecture", ""), "text-generation")
     meta["tags"] = list(dict.fromkeys(tags))
-    datasets = [d for s in record["stages"] for d in (s.get("data") or {}).get("datasets", [])]
+    datasets = _datasets(record)
     if datasets:
-        meta["datasets"] = list(dict.fromkeys(datasets))
+        meta["datasets"] = datasets
     return meta
 
 
-def _shape_line(shape: dict[str, Any]) -> str:
+def _num(value: Any, fmt: str = ".3g") -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "?"
+
+
+def _shape_line(shape: dict[str, Any] | None) -> str:
+    shape = shape or {}
     keys = ("layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
     parts = [f"{k}={shape[k]}" for k in keys if shape.get(k) is not None]
     if shape.get("num_parameters"):
-        parts.append(f"{shape['num_parameters'] / 1e6:.1f}M parameters")
-    return ", ".join(parts)
+        parts.append(f"{_count(shape['num_parameters'])} parameters")
+    return ", ".join(parts) or "shape not recorded"
+
+
+def _count(n: int) -> str:
+    for scale, unit in ((1e9, "B"), (1e6, "M")):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:,}"
+
+
+def _origin(source: dict[str, Any]) -> str:
+    repo_id = source.get("repo_id")
+    if repo_id:
+        pin = source.get("revision") or (source.get("commit") or "")[:12]
+        return f"[`{repo_id}`](https://huggingface.co/{repo_id})" + (f" @ `{pin}`" if pin else "")
+    return f"local folder `{Path(source.get('path') or '?').name}`"
+
+
+def _compact(values: list[Any], limit: int = 48) -> str:
+    text = ", ".join(str(v) for v in values[:limit])
+    return f"[{text}{', …' if len(values) > limit else ''}]"
+
+
+def _operator_lines(part: str, op: dict[str, Any]) -> list[str]:
+    name, url = PAPERS.get(op.get("method", ""), (op.get("paper") or op.get("method", "?"), op.get("paper_url")))
+    paper = f"[{name}]({url})" if url else name
+    exact = "exactly function-preserving" if op.get("function_preserving") else "not function-preserving"
+    params = ", ".join(f"{k}={v}" for k, v in (op.get("parameters") or {}).items())
+    lines = [f"  - {part}: `{op.get('method', '?')}`, {paper}; {exact}{'; ' + params if params else ''}."]
+    if op.get("layer_map"):
+        lines.append(f"    - layer map (grown layer → source layer): {_compact(op['layer_map'])}")
+        if op.get("new_layers"):
+            lines.append(f"    - new layers (what `--train-only new` trains): {_compact(op['new_layers'])}")
+    return lines
+
+
+def _verify_line(verify: dict[str, Any] | None) -> str:
+    if not verify:
+        return "  - function check: not run (`grow expand --verify` compares source and grown logits)."
+    line = (f"  - function check on {verify.get('tokens', '?')} probe tokens: "
+            f"max |Δlogit| = {_num(verify.get('max_abs_logit_diff'))}")
+    if verify.get("mean_kl") is not None:
+        line += f", mean KL(source‖grown) = {_num(verify['mean_kl'])}"
+    if verify.get("top1_agreement") is not None:
+        line += f", top-1 agreement = {_num(verify['top1_agreement'], '.1%')}"
+    if verify.get("passed") is not None:
+        line += f"; {'passed' if verify['passed'] else 'FAILED'} (tolerance {_num(verify.get('tolerance'))})"
+    return line + "."
 
 
 def _expand_lines(stage: dict[str, Any]) -> list[str]:
-    source = stage.get("source", {})
-    origin = source.get("repo_id") or source.get("path") or "?"
-    if source.get("revision"):
-        origin += f"@{source['revision']}"
-    lines = [f"- **Grown** from `{origin}` ({_shape_line(source.get('shape', {}))})"]
-    lines.append(f"  to {_shape_line(stage.get('target', {}))}.")
+    source = stage.get("source") or {}
+    lines = [f"- **Grown** from {_origin(source)} ({_shape_line(source.get('shape'))})",
+             f"  to {_shape_line(stage.get('target'))}."]
     for part in ("width", "depth"):
-        op = stage.get(part)
-        if not op:
-            continue
-        name, url = PAPERS.get(op["method"], (op["method"], None))
-        paper = f"[{name}]({url})" if url else name
-        exact = "exactly function-preserving" if op.get("function_preserving") else "not function-preserving"
-        params = ", ".join(f"{k}={v}" for k, v in (op.get("parameters") or {}).items())
-        lines.append(f"  - {part}: `{op['method']}`, {paper}; {exact}{'; ' + params if params else ''}.")
-    verify = stage.get("verify")
-    if verify:
-        lines.append(
-            f"  - check on {verify.get('tokens', '?')} probe tokens: max |Δlogit| = {verify['max_abs_logit_diff']:.3g}, "
-            f"mean KL(source‖grown) = {verify['mean_kl']:.3g}, top-1 agreement = {verify['top1_agreement']:.1%}."
-        )
+        if stage.get(part):
+            lines += _operator_lines(part, stage[part])
+    lines.append(_verify_line(stage.get("verify")))
     lines.append(f"  - seed {stage.get('seed')}, dtype {stage.get('dtype')}, grow {stage.get('grow_version')}.")
+    if stage.get("command"):
+        lines.append(f"  - command: `{redact_command(stage['command'])}`")
     return lines
 
 
 def _train_lines(stage: dict[str, Any]) -> list[str]:
-    data = stage.get("data", {})
-    lines = [f"- **Trained** for {stage.get('steps', '?')} steps on {stage.get('tokens', 0):,} tokens"]
-    lines[0] += f" (data fingerprint `{data.get('fingerprint', '?')}`)."
-    if stage.get("schedule"):
-        sched = stage["schedule"]
-        lines.append(f"  - schedule {sched.get('name', '?')}, max LR {stage.get('max_lr')}, train only: {stage.get('train_only', 'all')}.")
-    if stage.get("final_eval_loss") is not None:
-        lines.append(f"  - final eval loss {stage['final_eval_loss']:.4f}.")
+    data = stage.get("data") or {}
+    tokens = stage.get("tokens")
+    line = f"- **Trained** for {stage.get('steps', '?')} steps on {tokens:,} tokens" if isinstance(tokens, int) \
+        else f"- **Trained** for {stage.get('steps', '?')} steps"
+    # Hub datasets by id; local files by name only (a public card need not show the trainer's file system).
+    names = [d if _is_hub_id(d) else Path(d).name for d in data.get("datasets") or data.get("paths") or []]
+    if names:
+        line += f" of {', '.join(f'`{n}`' for n in names)}"
+    lines = [line + (f" (data fingerprint `{data['fingerprint']}`)." if data.get("fingerprint") else ".")]
+    schedule = stage.get("schedule")
+    if schedule:
+        name = schedule.get("name", "?") if isinstance(schedule, dict) else schedule
+        lines.append(f"  - schedule {name}, max LR {stage.get('max_lr')}, train only: {stage.get('train_only') or 'all'}.")
+    loss = stage.get("final_eval_loss")
+    if isinstance(loss, int | float):
+        ppl = f" (perplexity {math.exp(loss):.2f})" if loss < 50 else ""
+        lines.append(f"  - final eval loss {loss:.4f}{ppl}.")
     return lines
 
 
+def redact_argv(argv: list[str]) -> list[str]:
+    """`argv` without secrets: the value of `--token VALUE` / `--token=VALUE` and anything shaped like an HF token.
+
+    For whoever records a command line (grow.json's `command`), so that a token never reaches a file.
+    """
+    out: list[str] = []
+    for i, word in enumerate(str(w) for w in argv):
+        if i and argv[i - 1] == "--token":
+            word = "***"
+        elif word.startswith("--token="):
+            word = "--token=***"
+        out.append(SECRET.sub("***", word))
+    return out
+
+
+def redact_command(command: list[str] | str) -> str:
+    """The recorded command line as one string, without secrets (see `redact_argv`)."""
+    return " ".join(redact_argv(command.split() if isinstance(command, str) else list(command)))
+
+
 def render_card(record: dict[str, Any], *, title: str) -> str:
-    """The full README.md text for a model described by `record`."""
+    """The full README.md text for a model described by `record`; `title` is the repo id when pushing."""
     meta = front_matter(record)
     body = [f"# {title}", "", "This model was made with [grow](https://pypi.org/project/grow-cli/), a tool that grows"]
     body.append("a pretrained transformer into a larger one and trains it further.")
+    if meta.get("base_model"):
+        body += ["", f"Base model: [`{meta['base_model']}`](https://huggingface.co/{meta['base_model']}) "
+                 "(grown, then possibly trained: the Hub lists it as a fine-tune since it has no relation for growth)."]
     body += ["", "## Lineage", ""]
-    for stage in record["stages"]:
-        body += _expand_lines(stage) if stage["kind"] == "expand" else _train_lines(stage)
+    for number, stage in enumerate(record["stages"], 1):
+        stage_lines = _expand_lines(stage) if stage.get("kind") == "expand" else _train_lines(stage)
+        stage_lines[0] = stage_lines[0].replace("- **", f"- Stage {number}: **", 1)
+        body += stage_lines
     body += ["", "The full record, with file hashes and index maps, is in `grow.json`.", "", "## Usage", ""]
     auto = "AutoModelForMaskedLM" if meta["pipeline_tag"] == "fill-mask" else "AutoModelForCausalLM"
     body += [
@@ -132,6 +223,12 @@ def render_card(record: dict[str, Any], *, title: str) -> str:
         "",
         f'model = {auto}.from_pretrained("{title}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{title}")',
+        "```",
+        "",
+        "With grow (to grow it further, pass it to `grow expand` the same way):",
+        "",
+        "```bash",
+        f"grow inspect {title}",
         "```",
         "",
     ]

@@ -112,9 +112,14 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[st
 
 
 def _inside(folder: Path, file_name: str, index_name: str) -> Path:
-    path = (folder / file_name).resolve()
-    if os.path.isabs(file_name) or folder.resolve() not in path.parents:
+    """The shard `file_name` named by an index, refusing names that leave the folder.
+
+    The name itself is checked, not its resolved target: in the Hugging Face cache every file is a symlink into
+    `../../blobs/`, which is fine; an index entry like `../x.safetensors` or `/etc/x` is not.
+    """
+    if os.path.isabs(file_name) or ".." in Path(file_name).parts or "\\" in file_name:
         raise CheckpointError(f"{index_name} names {file_name!r}, a path outside the checkpoint folder; refusing")
+    path = folder / file_name
     if not path.is_file():
         raise CheckpointError(f"{index_name} names shard {file_name}, which is missing from {folder}")
     return path

@@ -73,6 +73,7 @@ def expand(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Grow a checkpoint in depth and/or width; the output is an ordinary HF folder with grow.json and a card."""
+    from grow_cli.card import redact_argv
     from grow_cli.console import print_json
     from grow_cli.expand import WidthOptions
     from grow_cli.expand import expand as run
@@ -85,7 +86,7 @@ def expand(
         source, out, revision=revision, token=token, layers=layers, depth_factor=depth_factor,
         depth_method=depth_method, dus_overlap=dus_overlap, width=width, dtype=dtype, shard_size=shard_size,
         seed=seed, force=force, dry_run=dry_run, verify=verify, quiet=quiet or json_out,
-        command=["grow", *sys.argv[1:]],
+        command=["grow", *redact_argv(sys.argv[1:])],
     )
     if push_to_hub and not dry_run:
         from grow_cli.hub import push_folder

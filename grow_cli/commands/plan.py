@@ -1,0 +1,79 @@
+"""`grow plan`: growth timing, a family's compute ledger, and the peak LR per size."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+EXAMPLES = """
+**Examples**
+
+    # Llama2-7B-sized target on 2T tokens: grow when the 1/4-depth model has seen d ≈ 11.1B tokens
+    grow plan --target 7B --tokens 2T
+
+    # A 1B→2B→4B→8B family at 320B tokens for the 8B member, independent vs progressive
+    grow plan --target 8B --tokens 320B --family 1B,2B,4B,8B --json
+
+    # Target taken from a model folder (its shape and parameter count)
+    grow plan --target ./my-8b-config --tokens 1T
+"""
+
+
+def plan(
+    target: Annotated[str, typer.Option(help="Target size (8B, 1.3B, 135M) or a model folder / config.json.")],
+    tokens: Annotated[str, typer.Option(help="Training tokens of the target (e.g. 2T, 320B).")],
+    family: Annotated[str | None, typer.Option(
+        help="Comma-separated member sizes (default: target/8, /4, /2, target). Tokens scale with size.")] = None,
+    seq_len: Annotated[int, typer.Option(help="Sequence length, for the attention FLOPs term.")] = 2048,
+    new_token_fraction: Annotated[float, typer.Option(
+        help="Share of its independent token budget a grown member trains on (default 140/320, Yano et al.).")
+    ] = 140 / 320,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+) -> None:
+    """Plan growth: when and how much to grow (G_stack guideline), what a family costs, and the peak LR per size."""
+    from pathlib import Path
+
+    from grow_cli.console import out, print_json
+    from grow_cli.planning import parse_count
+    from grow_cli.planning import plan as run
+
+    spec: float | dict
+    path = Path(target)
+    if path.exists():
+        from grow_cli.inspect import inspect
+
+        info = inspect(str(path.parent if path.name == "config.json" else path))
+        spec = {"num_hidden_layers": info["layers"], "hidden_size": info["hidden_size"],
+                "intermediate_size": info["intermediate_size"], "num_attention_heads": info["num_heads"],
+                "num_key_value_heads": info["num_kv_heads"], "vocab_size": info["vocab_size"],
+                "num_parameters": info["num_parameters"]}
+    else:
+        spec = parse_count(target)
+    sizes = [parse_count(s) for s in family.split(",")] if family else None
+    result = run(spec, parse_count(tokens), family=sizes, seq_len=seq_len, new_token_fraction=new_token_fraction)
+    if json_out:
+        print_json(result)
+        return
+    from rich.table import Table
+
+    t, s, f = result["target"], result["stacking"], result["family"]
+    out.print(f"[bold]target[/bold]: {t['num_parameters'] / 1e9:.2f}B parameters, {t['tokens'] / 1e9:.0f}B tokens, "
+              f"C = {t['compute_flops']:.3g} FLOPs")
+    out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}):")
+    sm = s["small_model"]
+    out.print(f"  train a {sm['num_hidden_layers']}-layer, {sm['num_parameters'] / 1e9:.2f}B model on "
+              f"d = {s['growth_tokens'] / 1e9:.2f}B tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
+              f"{s['growth_factor']} in depth:")
+    out.print(f"  {s['command']}")
+    table = Table("member", "layers × hidden", "tokens", "FLOPs/token", "independent FLOPs", "progressive tokens",
+                  "progressive FLOPs", "max LR", title="family ledger", title_justify="left")
+    for m in f["members"]:
+        table.add_row(f"{m['params'] / 1e9:.2f}B", f"{m['layers']} × {m['hidden']}", f"{m['tokens'] / 1e9:.1f}B",
+                      f"{m['flops_per_token']:.3g}", f"{m['independent_flops']:.3g}",
+                      f"{m['progressive_tokens'] / 1e9:.1f}B", f"{m['progressive_flops']:.3g}", f"{m['max_lr']:.2e}")
+    table.add_row("total", "", "", "", f"{f['independent_flops']:.3g}", "", f"{f['progressive_flops']:.3g}", "")
+    out.print(table)
+    out.print(f"progressive training saves {f['saving']:.1%} of the independent family's compute "
+              f"(new-token fraction {f['new_token_fraction']:.3f}; attention term at seq_len {f['seq_len']})")
+    out.print(f"max LR rule: {result['lr_rule']}")

@@ -1,0 +1,1 @@
+"""Model families: a recipe of members grown one from another, run resumably, with a report."""

@@ -1,0 +1,208 @@
+"""The `grow family` recipe: a strictly validated YAML file listing the members of a model family.
+
+```yaml
+out: runs/tiny-family           # optional; default: beside the recipe, named after it
+seed: 0
+train:                          # settings for every training stage (any `grow train-stage` setting)
+  data: [corpus/]
+  seq_len: 128
+  max_lr: auto
+compare:                        # optional: the held-out comparison between adjacent members
+  max_blocks: 32
+members:
+  - name: small
+    config: {model_type: llama, hidden_size: 64, …}   # a fresh model from a config (with `tokenizer:`)…
+    tokenizer: tokenizer/                             # …or `source: path-or-hub-id` for a checkpoint
+    train: {max_tokens: 200000}
+  - name: medium
+    grow: {depth_factor: 2, depth_method: stack, width_factor: 2, width_method: fpi}
+    train: {max_tokens: 400000}
+```
+
+Every unknown key is an error that names its location (`members[1].grow.depth_methd`), and so is every value of
+the wrong type, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grow_cli.errors import UsageError
+
+TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members"}
+MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train"}
+GROW_KEYS = {
+    "layers": int, "depth_factor": (int, float), "depth_method": str, "dus_overlap": int,
+    "hidden_size": int, "intermediate_size": int, "num_heads": int, "num_kv_heads": int,
+    "width_factor": (int, float), "width_method": str, "noise_snr_db": (int, float), "dtype": str,
+}
+COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": int, "max_blocks": int}
+# Training settings a recipe may not set: the family decides them per member.
+TRAIN_RESERVED = {"model", "out", "resume", "quiet", "overwrite"}
+
+
+def _train_fields() -> dict[str, Any]:
+    from grow_cli.train.config import TrainConfig
+
+    return {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in TRAIN_RESERVED}
+
+
+@dataclass
+class Member:
+    name: str
+    grow: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] | None = None
+    source: str | None = None
+    revision: str | None = None
+    config: dict[str, Any] | None = None
+    tokenizer: Path | None = None
+
+
+@dataclass
+class Recipe:
+    path: Path
+    out: Path
+    members: list[Member]
+    train: dict[str, Any]
+    compare: dict[str, Any]
+    seed: int = 0
+    name: str = ""
+    description: str = ""
+
+    def train_settings(self, member: Member) -> dict[str, Any] | None:
+        """The member's training settings (family defaults overlaid by its own), or None: no training."""
+        if member.train is None:
+            return None
+        settings = {"seed": self.seed, **self.train, **member.train}
+        if "max_steps" not in settings and "max_tokens" not in settings:
+            return None
+        return settings
+
+
+def _fail(where: str, message: str) -> UsageError:
+    return UsageError(f"recipe: {where}: {message}")
+
+
+def _mapping(value: Any, where: str, allowed: set[str] | dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected a mapping, found {type(value).__name__}")
+    for key in value:
+        if key not in allowed:
+            raise _fail(f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    return value
+
+
+def _typed(value: Any, where: str, kind: Any) -> Any:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise _fail(where, f"expected {names}, found {value!r}")
+    return value
+
+
+def _paths(value: Any, where: str, base: Path) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise _fail(where, "expected a path or a list of paths")
+    return [v if Path(v).is_absolute() else str(base / v) for v in items]
+
+
+def _train(value: Any, where: str, base: Path) -> dict[str, Any]:
+    fields = _train_fields()
+    settings = dict(_mapping(value, where, fields))
+    if "data" in settings:
+        settings["data"] = _paths(settings["data"], f"{where}.data", base)
+    for key in ("tokenizer", "cache_dir"):
+        if key in settings:
+            settings[key] = str(base / _typed(settings[key], f"{where}.{key}", str))
+    for key, value_ in settings.items():
+        default = fields[key].default
+        if isinstance(default, bool):
+            _typed(value_, f"{where}.{key}", bool)
+        elif isinstance(default, int | float) and key not in ("max_lr",):
+            _typed(value_, f"{where}.{key}", (int, float))
+    return settings
+
+
+def load_recipe(path: Path, out: Path | None = None) -> Recipe:
+    """Read and validate a recipe; paths in it are relative to the recipe's folder."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read recipe {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    base = path.resolve().parent
+    raw = _mapping(raw, "top level", TOP_KEYS)
+    members_raw = raw.get("members")
+    if not isinstance(members_raw, list) or not members_raw:
+        raise _fail("members", "expected a non-empty list of members")
+    train = _train(raw.get("train", {}), "train", base)
+    compare = dict(_mapping(raw.get("compare", {}), "compare", COMPARE_KEYS))
+    for key, kind in COMPARE_KEYS.items():
+        if key in compare:
+            _typed(compare[key], f"compare.{key}", kind)
+    if "data" in compare:
+        compare["data"] = _paths(compare["data"], "compare.data", base)
+    members: list[Member] = []
+    for i, m in enumerate(members_raw):
+        where = f"members[{i}]"
+        m = _mapping(m, where, MEMBER_KEYS)
+        name = _typed(m.get("name", f"member-{i + 1}"), f"{where}.name", str)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in {x.name for x in members}:
+            raise _fail(f"{where}.name", f"{name!r} must be unique and a plain folder name")
+        member = Member(name=name)
+        if i == 0:
+            if ("source" in m) == ("config" in m):
+                raise _fail(where, "the first member needs exactly one of 'source' (a checkpoint) or 'config'")
+            if "grow" in m:
+                raise _fail(f"{where}.grow", "the first member is not grown from anything")
+            if "source" in m:
+                source = _typed(m["source"], f"{where}.source", str)
+                member.source = str(base / source) if (base / source).exists() else source
+                member.revision = m.get("revision")
+            else:
+                member.config = dict(_typed(m["config"], f"{where}.config", dict))
+                if "model_type" not in member.config:
+                    raise _fail(f"{where}.config", "needs a 'model_type'")
+                if "tokenizer" not in m:
+                    raise _fail(where, "a member built from 'config' needs 'tokenizer' (a folder with one)")
+                member.tokenizer = base / _typed(m["tokenizer"], f"{where}.tokenizer", str)
+        else:
+            for key in ("source", "config", "tokenizer", "revision"):
+                if key in m:
+                    raise _fail(f"{where}.{key}", "only the first member has a source; later ones are grown")
+            if "grow" not in m:
+                raise _fail(where, "needs a 'grow' section (how it is grown from the previous member)")
+            member.grow = dict(_mapping(m["grow"], f"{where}.grow", GROW_KEYS))
+            for key, kind in GROW_KEYS.items():
+                if key in member.grow:
+                    _typed(member.grow[key], f"{where}.grow.{key}", kind)
+        if "train" in m:
+            member.train = _train(m["train"], f"{where}.train", base)
+        elif train:
+            member.train = {}
+        members.append(member)
+    from grow_cli.train.config import TrainConfig
+
+    for i, member in enumerate(members):
+        settings = Recipe(path, Path("."), members, train, compare).train_settings(member)
+        if settings is None:
+            continue
+        if not settings.get("data"):
+            raise _fail(f"members[{i}].train", "no 'data' (give it here or in the top-level 'train')")
+        try:  # the same checks `grow train-stage` makes, now, before any member runs
+            TrainConfig(model=base, out=base, **settings)
+        except UsageError as exc:
+            raise _fail(f"members[{i}].train", str(exc)) from None
+    out_dir = Path(out) if out else (base / raw["out"] if "out" in raw else base / path.stem)
+    return Recipe(path=path, out=out_dir, members=members, train=train, compare=compare,
+                  seed=_typed(raw.get("seed", 0), "seed", int), name=raw.get("name", path.stem),
+                  description=raw.get("description", ""))

@@ -1,0 +1,132 @@
+"""Run a model family unattended and resumably: for each member, expand → train-stage → compare with the previous.
+
+Layout of the output folder (each `final` is a complete HF folder with its lineage in grow.json):
+
+    OUT/<member>/init/       the first member's fresh model, when it is built from a config
+    OUT/<member>/grown/      `grow expand` of the previous member's final model
+    OUT/<member>/trained/    `grow train-stage` output (checkpoints/ inside while it runs)
+    OUT/<member>/member.json the member's summary; written last, so its presence means "finished"
+    OUT/family.json, family.md, *.png   the family report
+
+A re-run skips finished members and finished steps (a complete `grown/` or `trained/` is never redone), and an
+interrupted training stage continues from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from grow_cli.console import err
+from grow_cli.errors import UsageError
+from grow_cli.family.recipe import Member, Recipe
+from grow_cli.record import load_record
+
+MEMBER_FILE = "member.json"
+
+
+def _done_training(folder: Path) -> bool:
+    record = load_record(folder) if (folder / "grow.json").is_file() else None
+    return bool(record and record["stages"][-1]["kind"] == "train" and (folder / "config.json").is_file())
+
+
+def _init_from_config(member: Member, folder: Path, seed: int) -> Path:
+    """A freshly initialised model from `member.config`, with the tokenizer copied next to it."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    import transformers
+
+    config = dict(member.config or {})
+    model_type = config.pop("model_type")
+    try:
+        hf_config = transformers.AutoConfig.for_model(model_type, **config)
+    except Exception as exc:  # transformers' strict validation raises several types
+        raise UsageError(f"recipe: members[0].config is not a valid {model_type} config: {exc}") from exc
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(member.tokenizer)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def _train(recipe: Recipe, member: Member, model: Path, out: Path, quiet: bool) -> dict[str, Any] | None:
+    settings = recipe.train_settings(member)
+    if settings is None:
+        return None
+    from grow_cli.train.checkpoints import complete_checkpoints
+    from grow_cli.train.config import TrainConfig
+    from grow_cli.train.loop import train_stage
+
+    if _done_training(out):
+        return {"status": "done", "skipped": True}
+    resume = "auto" if complete_checkpoints(out) else None
+    config = TrainConfig(model=model, out=out, resume=resume, overwrite=resume is None, quiet=quiet,
+                         cache_dir=recipe.out / ".grow-cache" / "tokens", **settings)
+    return train_stage(config)
+
+
+def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
+    """Run every member of `recipe` (skipping finished ones) and write the family report."""
+    from grow_cli.compare import compare
+    from grow_cli.expand import WidthOptions, expand
+    from grow_cli.family.report import write_report
+
+    recipe.out.mkdir(parents=True, exist_ok=True)
+    previous_final: Path | None = None
+    summaries: list[dict[str, Any]] = []
+    for i, member in enumerate(recipe.members):
+        folder = recipe.out / member.name
+        marker = folder / MEMBER_FILE
+        if marker.is_file():
+            summary = json.loads(marker.read_text())
+            err.print(f"[dim]{member.name}: finished earlier, skipped[/dim]")
+            summaries.append(summary)
+            previous_final = Path(summary["final"])
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        err.print(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
+        if i == 0:
+            start = (_init_from_config(member, folder / "init", recipe.seed) if member.config
+                     else Path(member.source))
+            grown_report = None
+            if member.source and not Path(member.source).exists():
+                from grow_cli.checkpoint.source import resolve_source
+
+                start = resolve_source(member.source, revision=member.revision).folder
+        else:
+            start = folder / "grown"
+            grown_report = None
+            if not (start / "grow.json").is_file():
+                grow = dict(member.grow)
+                width = WidthOptions(method=grow.pop("width_method", "fpi"),
+                                     **{k: grow.pop(k) for k in list(grow) if k in (
+                                         "hidden_size", "intermediate_size", "num_heads", "num_kv_heads",
+                                         "width_factor", "noise_snr_db")})
+                grown_report = expand(str(previous_final), start, width=width, seed=recipe.seed, quiet=quiet,
+                                      force=True, command=["grow", "family", str(recipe.path)], **grow)
+        trained = _train(recipe, member, start, folder / "trained", quiet)
+        if trained is not None and trained.get("status") == "paused":
+            err.print(f"{member.name}: training paused at step {trained['step']}; re-run to continue")
+            return {"status": "paused", "member": member.name, "out": str(recipe.out)}
+        final = folder / "trained" if trained is not None else start
+        comparison = None
+        if previous_final is not None:
+            compare_settings = {"data": recipe.train.get("data"), **recipe.compare}
+            if not compare_settings.get("data"):
+                raise UsageError("recipe: compare needs data (compare.data or train.data)")
+            comparison = compare(previous_final, final, **compare_settings)
+        summary = {"name": member.name, "index": i, "final": str(final), "grown": grown_report is not None or i > 0,
+                   "train": trained, "compare_with_previous": comparison,
+                   "record": load_record(final)}
+        marker.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        summaries.append(summary)
+        previous_final = final
+    report = write_report(recipe, summaries)
+    return {"status": "done", "out": str(recipe.out), **report}

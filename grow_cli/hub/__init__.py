@@ -1,0 +1,13 @@
+"""grow and the Hugging Face Hub: push a finished output folder, download a checkpoint by `org/name`.
+
+- `push_folder` (push.py): checks the folder, creates the repo and branch, refreshes the model card with the repo
+  id, uploads through `huggingface_hub.upload_folder` (LFS/xet for large files; re-running resumes).
+- `download_checkpoint` (download.py): fetches config, one weight format, tokenizer and small files into the
+  standard cache; honours `HF_HUB_OFFLINE`.
+- client.py: endpoint, offline mode, token resolution and the single translation of client errors to HubError.
+"""
+
+from grow_cli.hub.download import download_checkpoint, is_hub_id
+from grow_cli.hub.push import check_output, push_folder
+
+__all__ = ["check_output", "download_checkpoint", "is_hub_id", "push_folder"]

@@ -1,0 +1,100 @@
+"""What every Hub call shares: the endpoint, offline mode, the token, and one translation of client errors.
+
+`huggingface_hub` reads `HF_ENDPOINT` and `HF_HUB_OFFLINE` once, when it is imported; grow reads them again at call
+time (falling back to the client's values), so a process that sets them later is still obeyed.
+
+Tokens come from `--token`, then what `huggingface_hub.get_token()` finds (`HF_TOKEN`, then the saved login). They
+are passed to the client and nowhere else: no message grow builds contains one, and grow never writes one to disk.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from huggingface_hub import constants, errors, get_token
+from huggingface_hub.utils import httpx
+
+from grow_cli.errors import HubError
+
+TOKEN_HELP = "pass --token, set HF_TOKEN, or run `hf auth login`"
+
+
+def endpoint() -> str:
+    """The Hub's base URL: `HF_ENDPOINT` as it is now, else the client's default."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def is_offline() -> bool:
+    """True when `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) is set now or was set when the client was imported."""
+    values = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.is_offline_mode() or any((v or "").upper() in {"1", "ON", "YES", "TRUE"} for v in values)
+
+
+def resolve_token(token: str | None) -> str:
+    """The token to write with: `token`, else `HF_TOKEN`, else the saved login; HubError when there is none."""
+    token = (token or "").strip() or get_token()
+    if not token:
+        raise HubError(f"no Hugging Face token found: pushing needs a write token; {TOKEN_HELP}")
+    return token
+
+
+def translate(exc: Exception, action: str, repo_id: str) -> HubError:
+    """One line that says what failed while `action` on `repo_id`, why, and what to run next.
+
+    Never includes the token: messages are built from the status code, the server's message and the repo id.
+    The client wraps a failed file upload in `RuntimeError("Error while uploading 'NAME' ...")`; the HTTP error
+    underneath decides the message, and the file name is kept.
+    """
+    chain, cause = [exc], exc
+    while cause.__cause__ is not None and len(chain) < 8:
+        cause = cause.__cause__
+        chain.append(cause)
+    if len(chain) > 1 and isinstance(exc, RuntimeError):
+        found = re.search(r"uploading '([^']+)'", str(exc))
+        if found:
+            action = f"uploading {found.group(1)} to"
+        exc = next((e for e in chain if isinstance(e, errors.HfHubHTTPError | httpx.TransportError)), chain[-1])
+    if isinstance(exc, errors.OfflineModeIsEnabled):
+        return HubError(f"{action} {repo_id} needs the network, but HF_HUB_OFFLINE=1 is set; unset it and re-run")
+    if isinstance(exc, errors.GatedRepoError):
+        return HubError(f"{repo_id} is gated: accept its terms on the Hub, then {TOKEN_HELP}")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        return HubError(
+            f"repository {repo_id} not found on {endpoint()} (or it is private and the token cannot see it); "
+            f"check the name, or {TOKEN_HELP}"
+        )
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return HubError(f"revision not found in {repo_id}: {_server_message(exc)}; check --revision")
+    if isinstance(exc, errors.HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        detail = _server_message(exc)
+        if status in (401, 403):
+            return HubError(
+                f"authentication failed while {action} {repo_id} (HTTP {status}: {detail}): the token was refused "
+                f"or cannot write to '{repo_id.split('/')[0]}'; {TOKEN_HELP} with a write token"
+            )
+        if status >= 500 or status == 429:
+            return HubError(
+                f"the Hub failed while {action} {repo_id} (HTTP {status}: {detail}); re-run the same command "
+                "to resume: files that already arrived are not sent again"
+            )
+        return HubError(f"the Hub refused {action} {repo_id} (HTTP {status}: {detail})")
+    if isinstance(exc, httpx.TransportError):
+        return HubError(
+            f"cannot reach the Hub at {endpoint()} while {action} {repo_id} ({type(exc).__name__}); check the "
+            "network or HF_ENDPOINT, then re-run the same command to resume"
+        )
+    if isinstance(exc, ValueError) and "Invalid metadata in README.md" in str(exc):
+        return HubError(f"the Hub rejected the model card of {repo_id}: {_one_line(str(exc))}")
+    return HubError(f"{action} {repo_id} failed: {type(exc).__name__}: {_one_line(str(exc))}")
+
+
+def _server_message(exc: errors.HfHubHTTPError) -> str:
+    message = exc.server_message or exc.response.reason_phrase or ""
+    return _one_line(message) or "no details"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,0 +1,144 @@
+"""`download_checkpoint`: fetch from the Hub only the files grow needs to read a checkpoint, through the cache.
+
+What grow needs: config.json, ONE weight format (model.safetensors, else the shards named by
+model.safetensors.index.json, else pytorch_model.bin or its index and shards), the tokenizer, generation_config.json,
+grow.json and the other small top-level files (under 50 MB: README, licence, chat template...). Other weight
+formats (a repo often carries .bin and .safetensors copies, ONNX, GGUF, `original/` folders) are left on the Hub.
+
+Files land in the standard `huggingface_hub` cache, so a second run downloads nothing. With `HF_HUB_OFFLINE=1` the
+cache is used alone, and a clear error says when the checkpoint is not in it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub.utils import httpx
+
+from grow_cli import __version__
+from grow_cli.errors import HubError
+from grow_cli.hub.client import endpoint, is_offline, translate
+
+SMALL_FILE_BYTES = 50 * 1024 * 1024
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".ot",
+                   ".tflite", ".npz", ".pkl", ".joblib", ".mlmodel", ".keras", ".pb")
+WEIGHT_CHOICES = (  # in order of preference: (single file, index naming its shards)
+    ("model.safetensors", "model.safetensors.index.json"),
+    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+)
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def is_hub_id(text: str) -> bool:
+    """True for `org/name` that names no existing local path (`./org/name` or an existing folder stay local)."""
+    if not HUB_ID.match(text) or ".." in text or "--" in text or text.endswith((".", "-")):
+        return False
+    return not Path(text).expanduser().exists()
+
+
+def download_checkpoint(
+    repo_id: str, *, revision: str | None = None, token: str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Download what grow needs from `repo_id` at `revision` (default: main); return (snapshot folder, source).
+
+    `source` is `{"repo_id", "revision" (as requested, or None), "commit" (the resolved commit sha), "files"}`.
+    """
+    where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
+    if is_offline():
+        return _from_cache(repo_id, revision, where)
+
+    api = HfApi(endpoint=endpoint(), token=token or None, library_name="grow", library_version=__version__)
+    kwargs = {"endpoint": endpoint(), "token": token or None}
+    try:
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+        sizes = {s.rfilename: s.size for s in info.siblings or []}
+        index_reader = lambda name: json.loads(  # noqa: E731
+            Path(hf_hub_download(repo_id, name, revision=info.sha, **kwargs)).read_text()
+        )
+        files = select_files(sizes, index_reader, where)
+        # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later.
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=files, **kwargs)
+    except HubError:
+        raise
+    except httpx.TransportError:
+        # The Hub cannot be reached: a cached copy of the revision is as good as a download.
+        try:
+            return _from_cache(repo_id, revision, where)
+        except HubError:
+            raise HubError(
+                f"cannot reach the Hub at {endpoint()} to download {where}, and it is not in the local cache; "
+                "check the network or HF_ENDPOINT"
+            ) from None
+    except Exception as exc:
+        raise translate(exc, "downloading", repo_id) from None
+    # snapshot_download falls back to a partial cached snapshot when the Hub fails mid-way: refuse that.
+    missing = [name for name in files if not (Path(folder) / name).is_file()]
+    if missing:
+        raise HubError(
+            f"download of {where} is incomplete ({len(missing)} file(s) missing, e.g. {missing[0]}); the Hub did "
+            "not answer every request: re-run the same command to finish it"
+        )
+    commit = Path(folder).name  # the snapshot folder is named after the commit it holds
+    return Path(folder), {"repo_id": repo_id, "revision": revision, "commit": commit, "files": files}
+
+
+def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[str]:
+    """The files to download from a repo listing `{path: size}`; `read_index(name)` fetches a weight index."""
+    if "config.json" not in sizes:
+        raise HubError(f"{where} has no config.json: it is not a transformers checkpoint")
+    weights: list[str] = []
+    for single, index in WEIGHT_CHOICES:
+        if single in sizes:
+            weights = [single]
+            break
+        if index in sizes:
+            shards = sorted(set(read_index(index).get("weight_map", {}).values()))
+            missing = [s for s in shards if s not in sizes]
+            if missing:
+                raise HubError(f"{where}: {index} names {len(missing)} shard(s) missing from the repo, e.g. {missing[0]}")
+            weights = [index, *shards]
+            break
+    if not weights:
+        raise HubError(
+            f"{where} has no transformers weights (looked for model.safetensors, model.safetensors.index.json, "
+            "pytorch_model.bin and its index)"
+        )
+    small = [
+        name for name, size in sizes.items()
+        if "/" not in name and not name.endswith(WEIGHT_SUFFIXES) and name != ".gitattributes"
+        and (size is None or size < SMALL_FILE_BYTES)
+    ]
+    return sorted(set(small) | set(weights))
+
+
+def _from_cache(repo_id: str, revision: str | None, where: str) -> tuple[Path, dict[str, Any]]:
+    """The cached snapshot of `repo_id` at `revision`, checked for config and weights, without any request."""
+    try:
+        # Only config.json is asked for: the cache need not hold the whole repo, only what grow downloaded.
+        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                        allow_patterns=["config.json"]))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        folder = None
+    if folder is None or not (folder / "config.json").is_file() or not _has_weights(folder):
+        raise HubError(
+            f"HF_HUB_OFFLINE=1 is set and {where} is not in the local cache; download it once online "
+            "(unset HF_HUB_OFFLINE), or pass a local folder"
+        )
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
+    return folder, {"repo_id": repo_id, "revision": revision, "commit": commit, "files": files}
+
+
+def _has_weights(folder: Path) -> bool:
+    for single, index in WEIGHT_CHOICES:
+        if (folder / single).is_file():
+            return True
+        if (folder / index).is_file():
+            shards = set(json.loads((folder / index).read_text()).get("weight_map", {}).values())
+            return all((folder / s).is_file() for s in shards)
+    return False

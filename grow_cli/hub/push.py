@@ -1,0 +1,209 @@
+"""`push_folder`: publish a finished grow (or plain transformers) output folder to a Hub model repo.
+
+The order matters for the user: first the local checks that need no network (the folder is complete, the flags
+agree, a token exists), then create the repo (409 "already exists" is fine), refresh the model card with the repo
+id, create the branch when missing, and upload the folder with `upload_folder`. Large files go through LFS (or
+xet); the Hub keeps what already arrived, so re-running the same push after a failure sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi
+
+from grow_cli import __version__
+from grow_cli.card import render_card
+from grow_cli.errors import CheckpointError, HubError, UsageError
+from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
+from grow_cli.record import load_record
+
+# Besides huggingface_hub's own (.git/, .cache/huggingface/): editor and OS litter, and unfinished writes.
+IGNORE_PATTERNS = [".git", ".git/*", "**/.git/**", ".cache/*", "**/.cache/**", "*.tmp", "*.partial",
+                   ".DS_Store", "**/.DS_Store", "__pycache__/*", "**/__pycache__/**"]
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def push_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Upload `folder` to the model repo `repo_id` and return what happened.
+
+    Returns `repo_id` (with its namespace), `revision`, `private`, `commit`, `commit_url`, `pr_url`, `url`,
+    `card` ("regenerated", "kept" or "none") and `files` (each `{"path", "size"}`). Raises CheckpointError for an
+    incomplete folder, UsageError for contradictory options and HubError for everything the Hub refuses.
+    """
+    folder = Path(folder)
+    check_output(folder)
+    if create_pr and revision not in (None, "main"):
+        raise UsageError(f"--create-pr opens a pull request against main; it cannot be combined with --revision {revision}")
+    if repo_id.count("/") > 1 or not repo_id.strip("/"):
+        raise UsageError(f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name'")
+    token = resolve_token(token)
+    _refuse_leaked_token(folder, token)
+    if is_offline():
+        raise HubError(f"pushing to {repo_id} needs the network, but HF_HUB_OFFLINE=1 is set; unset it and re-run")
+
+    api = HfApi(endpoint=endpoint(), token=token, library_name="grow", library_version=__version__)
+    action = "creating"
+    try:
+        repo_id = api.create_repo(repo_id, private=True if private else None, exist_ok=True).repo_id
+        if private and not api.repo_info(repo_id).private:
+            raise HubError(
+                f"{repo_id} already exists and is public; --private cannot change that. Make it private in its "
+                "settings on the Hub, or push without --private"
+            )
+        card = refresh_card(folder, repo_id)
+        if revision and revision != "main" and not revision.startswith("refs/"):
+            action = "creating branch " + revision + " in"
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        action = "uploading to"
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            revision=revision,
+            commit_message=commit_message or default_commit_message(folder),
+            create_pr=create_pr,
+            ignore_patterns=list(IGNORE_PATTERNS),
+        )
+    except HubError:
+        raise
+    except Exception as exc:  # the client's errors, translated once, without the token
+        raise translate(exc, action, repo_id) from None
+
+    branch = revision or "main"
+    return {
+        "repo_id": repo_id,
+        "revision": branch,
+        "private": bool(private),
+        "commit": info.oid,
+        "commit_url": info.commit_url,
+        "pr_url": info.pr_url,
+        "url": f"{endpoint()}/{repo_id}" + ("" if branch == "main" or create_pr else f"/tree/{branch}"),
+        "card": card,
+        "files": upload_files(folder),
+    }
+
+
+def check_output(folder: Path) -> list[str]:
+    """Check `folder` is a complete checkpoint (config, every weight file, untruncated); return the weight files."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder; pass the output folder of `grow expand` or `grow train-stage`")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{folder} has no config.json: not a finished checkpoint (did the run complete?)")
+    try:
+        json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config} is not valid JSON ({exc})") from None
+    load_record(folder)  # a grow.json, when present, must be a valid record
+
+    weights: list[str] = []
+    for index_name in WEIGHT_INDEXES:
+        index = folder / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{index} is not a weight index ({exc})") from None
+            weights = sorted(set(weight_map.values()))
+            break
+    else:
+        weights = [name for name in WEIGHT_FILES if (folder / name).is_file()][:1]
+    if not weights:
+        raise CheckpointError(
+            f"{folder} has no weights (expected model.safetensors, a sharded model.safetensors.index.json, or "
+            "pytorch_model.bin): not a finished checkpoint"
+        )
+    missing = [name for name in weights if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder} is incomplete: {len(missing)} weight file(s) missing, e.g. {missing[0]}")
+    for name in weights:
+        if name.endswith(".safetensors"):
+            _check_safetensors(folder / name)
+    return weights
+
+
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file is complete when its header parses and its data ends exactly at the end of the file."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        try:
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            header = None
+    if header is None:
+        raise CheckpointError(f"{path} is not a safetensors file (unreadable header); re-create it")
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise CheckpointError(f"{path} is truncated ({size:,} bytes, header expects {8 + n + end:,}); re-create it")
+
+
+def _refuse_leaked_token(folder: Path, token: str) -> None:
+    """Refuse to publish a folder whose text files contain the token (e.g. a command line recorded with --token)."""
+    needle = token.encode()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.name.endswith((".safetensors", ".bin")) and path.stat().st_size < 50 << 20:
+            if needle in path.read_bytes():
+                raise HubError(
+                    f"refusing to push: {path.relative_to(folder)} contains the Hub token; remove it from the file "
+                    "(and revoke the token if the file was shared)"
+                )
+
+
+def refresh_card(folder: Path, repo_id: str) -> str:
+    """Re-render README.md from grow.json with `repo_id` as title, unless the user edited the card.
+
+    The card is regenerated when it is missing or is exactly what grow rendered (under any title). A card that
+    differs was edited by hand and is kept. Returns "regenerated", "kept" or "none" (no grow.json).
+    """
+    record = load_record(folder)
+    if record is None:
+        return "none"
+    readme = folder / "README.md"
+    if readme.is_file():
+        text = readme.read_text()
+        title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), None)
+        if title is None or text != render_card(record, title=title):
+            return "kept"
+    tmp = readme.with_name("README.md.tmp")
+    tmp.write_text(render_card(record, title=repo_id))
+    tmp.replace(readme)
+    return "regenerated"
+
+
+def default_commit_message(folder: Path) -> str:
+    """A summary of the newest stage in grow.json, e.g. 'grow: expand (stack, interleave)'."""
+    record = load_record(folder)
+    if not record or not record["stages"]:
+        return f"Upload model with grow {__version__}"
+    stage = record["stages"][-1]
+    if stage.get("kind") == "expand":
+        methods = [stage[p]["method"] for p in ("width", "depth") if (stage.get(p) or {}).get("method")]
+        layers = (stage.get("target") or {}).get("layers")
+        what = f"grown to {layers} layers" if layers else "grown"
+        return f"grow expand: {what}" + (f" ({', '.join(methods)})" if methods else "")
+    tokens = stage.get("tokens")
+    return "grow train-stage" + (f": {tokens:,} tokens" if isinstance(tokens, int) else "")
+
+
+def upload_files(folder: Path) -> list[dict[str, Any]]:
+    """The files `upload_folder` sends from `folder` (after the ignore patterns), with their sizes."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    kept = filter_repo_objects(paths, ignore_patterns=IGNORE_PATTERNS + [".git/**", ".cache/huggingface/**"])
+    return [{"path": p, "size": (folder / p).stat().st_size} for p in kept]

@@ -1,0 +1,82 @@
+"""`grow family`: strict recipe validation, and a two-member family that completes, then resumes after a pause."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from test_train_tinylm import save_tiny_lm, write_plays
+
+from grow_cli.errors import UsageError
+from grow_cli.family.recipe import load_recipe
+
+
+def _recipe(tmp_path, members, **top):
+    path = tmp_path / "family.yaml"
+    path.write_text(yaml.safe_dump({"members": members, **top}))
+    return path
+
+
+@pytest.mark.parametrize("members,top,fragment", [
+    ([{"name": "a", "source": "m"}], {"trian": {}}, "top level.trian: unknown key"),
+    ([{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_methd": "stack"}}], {},
+     "members[1].grow.depth_methd: unknown key"),
+    ([{"name": "a", "source": "m", "train": {"max_stepz": 3}}], {}, "members[0].train.max_stepz: unknown key"),
+    ([{"name": "a", "source": "m"}, {"name": "b"}], {}, "members[1]: needs a 'grow' section"),
+    ([{"name": "a"}], {}, "exactly one of 'source'"),
+    ([{"name": "a", "source": "m"}, {"name": "a", "grow": {"layers": 4}}], {}, "members[1].name"),
+    ([{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": "four"}}], {}, "members[1].grow.layers: expected int"),
+    ([{"name": "a", "source": "m", "train": {"max_steps": 3}}], {}, "no 'data'"),
+    ([{"name": "a", "source": "m", "train": {"max_steps": 3, "schedule": "zigzag", "data": "x"}}], {}, "--schedule"),
+])
+def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):
+    with pytest.raises(UsageError, match="recipe") as info:
+        load_recipe(_recipe(tmp_path, members, **top))
+    assert fragment in str(info.value)
+
+
+def test_recipe_error_on_the_cli_is_one_line(cli, tmp_path):
+    path = _recipe(tmp_path, [{"name": "a", "source": "m", "colour": "blue"}])
+    result = cli("family", path)
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "members[0].colour" in result.stderr
+
+
+def test_two_member_family_runs_and_resumes(cli, tmp_path):
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=2, chars=30_000)
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_every": 3, "eval_batches": 2,
+             "eval_fraction": 0.05, "max_lr": "auto", "warmup_steps": 1}
+    members = [
+        {"name": "small", "source": "base", "train": {"max_steps": 4}},
+        {"name": "big", "grow": {"depth_factor": 2, "depth_method": "stack"},
+         "train": {"max_steps": 6, "exit_interval": 4}},  # pauses after 4 steps, as an interruption would
+    ]
+    path = _recipe(tmp_path, members, out="run", train=train, compare={"seq_len": 32, "max_blocks": 4})
+    assert cli("family", path, "--check").code == 0
+
+    first = cli("family", path, "-q")
+    assert first.code == 3, first.stderr  # paused in member "big"
+    run = tmp_path / "run"
+    small_marker = run / "small" / "member.json"
+    assert small_marker.is_file() and not (run / "big" / "member.json").exists()
+    assert list((run / "big" / "trained" / "checkpoints").glob("step_*"))
+    small_mtime = small_marker.stat().st_mtime_ns
+
+    second = cli("family", path, "-q", "--json")
+    assert second.code == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert report["status"] == "done"
+    assert small_marker.stat().st_mtime_ns == small_mtime  # finished member skipped
+    big = json.loads((run / "big" / "member.json").read_text())
+    assert big["train"]["steps"] == 6
+    record = json.loads((run / "big" / "trained" / "grow.json").read_text())
+    assert [s["kind"] for s in record["stages"]] == ["train", "expand", "train"]
+    comparison = big["compare_with_previous"]
+    assert comparison["kl_a_b"] > 0 and 0 <= comparison["top1_agreement"] <= 1
+    book = report["ledger"]
+    assert book["members"][1]["lineage_tokens"] == book["members"][0]["tokens"] + book["members"][1]["tokens"]
+    assert 0 < book["saving"] < 1
+    for name in ("family.md", "family.json", "loss_vs_flops.png", "kl_adjacent.png", "compute_saved.png"):
+        assert (run / name).is_file() and (run / name).stat().st_size > 0
+    assert "KL(prev‖next)" in (run / "family.md").read_text()

@@ -1,0 +1,178 @@
+"""Sources from the Hub: `download_checkpoint`, `is_hub_id`, and `grow expand org/name` against the fake Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from fake_hub import TOKEN, client_env, fake_hub_fixture, make_grown_folder  # noqa: F401 (fixtures)
+from tiny_models import save_tiny
+
+from grow_cli.errors import HubError
+from grow_cli.hub import download_checkpoint, is_hub_id, push_folder
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return save_tiny("llama", tmp_path / "tiny")
+
+
+@pytest.fixture
+def hub_repo(fake_hub, tiny):
+    """`acme/tiny-llama` on the fake Hub: a sharded safetensors checkpoint plus files grow must not download."""
+    extra = {
+        "pytorch_model.bin": b"duplicate weights in another format",
+        "onnx/model.onnx": b"onnx export",
+        "original/consolidated.00.pth": b"original checkpoint",
+        "big_notes.txt": b"x" * (50 * 1024 * 1024 + 1),
+        "tokenizer.json": b'{"version": "1.0"}',
+    }
+    fake_hub.add_folder("acme/tiny-llama", tiny)
+    fake_hub.add_files("acme/tiny-llama", extra)
+    return "acme/tiny-llama"
+
+
+def resolved(fake_hub) -> list[str]:
+    return [p.split("/resolve/", 1)[1].split("/", 1)[1] for p in fake_hub.paths_requested("GET", "/resolve/")]
+
+
+def test_downloads_only_what_grow_needs(fake_hub, hub_repo, tiny):
+    folder, source = download_checkpoint(hub_repo)
+    head = fake_hub.head(hub_repo)
+    assert source == {"repo_id": hub_repo, "revision": None, "commit": head.oid, "files": source["files"]}
+    shards = sorted(p.name for p in tiny.glob("*.safetensors"))
+    expected = {"config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json",
+                "model.safetensors.index.json", *shards}
+    assert set(source["files"]) == expected
+    assert set(resolved(fake_hub)) == expected  # not the .bin copy, ONNX, original/ or the 50 MB text file
+    for name in shards:
+        assert hashlib.sha256((folder / name).read_bytes()).digest() == hashlib.sha256((tiny / name).read_bytes()).digest()
+    assert folder.name == head.oid and str(folder).startswith(str(fake_hub.home))
+
+    # A second call reuses the cache: no file is fetched again.
+    before = len(resolved(fake_hub))
+    folder2, source2 = download_checkpoint(hub_repo)
+    assert folder2 == folder and source2["commit"] == head.oid
+    assert len(resolved(fake_hub)) == before
+
+
+def test_revision_is_resolved_to_its_commit(fake_hub, hub_repo):
+    oid = fake_hub.add_files(hub_repo, {"notes.txt": b"stage 1"}, branch="stage-1")
+    folder, source = download_checkpoint(hub_repo, revision="stage-1")
+    assert source["revision"] == "stage-1" and source["commit"] == oid
+    assert (folder / "notes.txt").read_bytes() == b"stage 1"
+    with pytest.raises(HubError, match="revision"):
+        download_checkpoint(hub_repo, revision="no-such-branch")
+
+
+def test_offline_uses_the_cache_or_says_it_cannot(fake_hub, hub_repo, monkeypatch):
+    folder, source = download_checkpoint(hub_repo)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fake_hub.requests.clear()
+    folder2, source2 = download_checkpoint(hub_repo)
+    assert folder2 == folder and source2["commit"] == source["commit"]
+    assert fake_hub.requests == []
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE=1 is set and acme/other is not in the local cache"):
+        download_checkpoint("acme/other")
+    assert fake_hub.requests == []
+
+
+def test_unreachable_hub_falls_back_to_the_cache(fake_hub, hub_repo, monkeypatch):
+    folder, source = download_checkpoint(hub_repo)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    folder2, source2 = download_checkpoint(hub_repo)
+    assert folder2 == folder and source2["commit"] == source["commit"]
+    with pytest.raises(HubError, match="cannot reach the Hub at http://127.0.0.1:9"):
+        download_checkpoint("acme/never-downloaded")
+
+
+def test_missing_repo_private_repo_and_non_checkpoints(fake_hub, tiny):
+    with pytest.raises(HubError, match="acme/nothing not found"):
+        download_checkpoint("acme/nothing")
+    fake_hub.create_repo("acme/secret", private=True)
+    fake_hub.add_folder("acme/secret", tiny)
+    with pytest.raises(HubError, match="not found .*private"):
+        download_checkpoint("acme/secret")
+    folder, _ = download_checkpoint("acme/secret", token=TOKEN)
+    assert (folder / "config.json").is_file()
+    fake_hub.add_files("acme/no-weights", {"config.json": b"{}"})
+    with pytest.raises(HubError, match="no transformers weights"):
+        download_checkpoint("acme/no-weights")
+    fake_hub.add_files("acme/no-config", {"model.safetensors": b"\0" * 16})
+    with pytest.raises(HubError, match="no config.json"):
+        download_checkpoint("acme/no-config")
+
+
+def test_bad_token_on_download_is_an_authentication_error(fake_hub, hub_repo):
+    with pytest.raises(HubError, match="authentication failed"):
+        download_checkpoint(hub_repo, token="hf_wrongToken000")
+
+
+def test_is_hub_id(tmp_path, monkeypatch):
+    assert is_hub_id("acme/tiny-llama")
+    assert is_hub_id("HuggingFaceTB/SmolLM2-135M")
+    for text in ("tiny", "./acme/tiny", "/abs/path", "a/b/c", "acme/", "acme/../x", "~/models/x", "acme/x--y"):
+        assert not is_hub_id(text), text
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acme" / "local").mkdir(parents=True)
+    assert not is_hub_id("acme/local")  # an existing folder wins
+
+
+def test_push_then_pull_round_trip(fake_hub, tmp_path):
+    """A grown model pushed with grow comes back, byte for byte, and loads with transformers."""
+    import transformers
+
+    grown = make_grown_folder(tmp_path / "grown")
+    push_folder(grown, "acme/grown", revision="stage-1", token=TOKEN)
+    folder, source = download_checkpoint("acme/grown", revision="stage-1")
+    for name in [*(p.name for p in grown.glob("*.safetensors")), "grow.json", "README.md", "config.json"]:
+        assert (folder / name).read_bytes() == (grown / name).read_bytes(), name
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.num_hidden_layers == 4
+
+
+def expand_is_implemented() -> bool:
+    from grow_cli.commands import expand
+
+    return "Placeholder" not in (expand.__doc__ or "")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not expand_is_implemented(), reason="`grow expand` is not written yet")
+def test_grow_expand_from_the_hub(fake_hub, hub_repo, tmp_path):
+    """`grow expand org/name …` downloads from the fake Hub, records the source, and can push the result."""
+    env = client_env(fake_hub, fake_hub.home)
+    out = tmp_path / "grown"
+    cmd = [sys.executable, "-m", "grow_cli", "expand", hub_repo, str(out), "--layers", "8", "--json"]
+    pushed = [*cmd, "--token", TOKEN, "--push-to-hub", "acme/grown-from-hub"]
+    proc = subprocess.run(pushed, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert TOKEN not in proc.stdout + proc.stderr
+    for path in tmp_path.rglob("*"):  # the output, its grow.json and card, the HF cache: no token anywhere
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    remote = fake_hub.files("acme/grown-from-hub")
+    assert remote["grow.json"] == (out / "grow.json").read_bytes()
+    assert 'from_pretrained("acme/grown-from-hub")' in remote["README.md"].decode()
+    assert {"config.json", "model.safetensors.index.json"} <= set(resolved(fake_hub))
+    assert "pytorch_model.bin" not in resolved(fake_hub)
+    record = json.loads((out / "grow.json").read_text())
+    source = record["stages"][-1]["source"]
+    assert source["repo_id"] == hub_repo and source["commit"] == fake_hub.head(hub_repo).oid
+    card = (out / "README.md").read_text()
+    assert f"base_model: {hub_repo}" in card and "base_model_relation: finetune" in card
+
+    # Offline, the cached source is enough; an uncached one is a one-line error.
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([*cmd[:5], str(tmp_path / "again"), *cmd[6:]], env=offline, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([*cmd[:4], "acme/uncached", str(tmp_path / "x"), *cmd[6:]], env=offline, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and proc.stderr.startswith("error: HF_HUB_OFFLINE=1 is set")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert os.environ.get("HF_TOKEN") is None or os.environ["HF_TOKEN"] not in proc.stderr

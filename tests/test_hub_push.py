@@ -1,0 +1,264 @@
+"""`grow push` / `push_folder` end to end against the fake Hub on 127.0.0.1: real huggingface_hub, real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from fake_hub import TOKEN, client_env, fake_hub_fixture, make_grown_folder, no_backoff_fixture  # noqa: F401 (fixtures)
+
+from grow_cli.errors import CheckpointError, HubError, UsageError
+from grow_cli.hub import push_folder
+
+
+@pytest.fixture
+def grown(tmp_path):
+    return make_grown_folder(tmp_path / "tiny-grown")
+
+
+def front_matter(text: str) -> dict:
+    assert text.startswith("---\n")
+    return yaml.safe_load(text[4:text.index("\n---", 4)])
+
+
+def sha256s(folder, suffix=".safetensors") -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob(f"*{suffix}")}
+
+
+def test_push_end_to_end(fake_hub, grown):
+    result = push_folder(grown, "acme/tiny-grown", private=True, revision="stage-1",
+                         commit_message="Stage 1: grown to 4 layers", token=TOKEN)
+
+    repo = fake_hub.repos["acme/tiny-grown"]
+    assert repo.private
+    assert "stage-1" in repo.branches
+    head = fake_hub.head("acme/tiny-grown", "stage-1")
+    assert head.message == "Stage 1: grown to 4 layers"
+    assert fake_hub.head("acme/tiny-grown", "main").message == "initial commit"  # main untouched
+
+    # Every shard arrived through LFS, byte for byte.
+    local = sha256s(grown)
+    assert len(local) >= 2, "the fixture must be sharded"
+    received = {path: oid for path, oid in head.lfs.items() if path.endswith(".safetensors")}
+    assert received == local
+    assert {oid for oid, status in fake_hub.lfs_puts if status == 200} == set(local.values())
+    for name in local:
+        assert hashlib.sha256(head.tree[name]).hexdigest() == local[name]
+    assert set(head.tree) >= {"config.json", "model.safetensors.index.json", "grow.json", "README.md",
+                              "generation_config.json", "tokenizer_config.json"}
+
+    # The card: Hub-valid front matter, the repo id in the usage snippet.
+    card = head.tree["README.md"].decode()
+    meta = front_matter(card)
+    assert meta["base_model"] == "acme/tiny-llama"
+    assert meta["base_model_relation"] == "finetune"
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "text-generation"
+    assert {"grow", "model-growth", "depth-upscaling", "stack"} <= set(meta["tags"])
+    assert meta["datasets"] == ["HuggingFaceFW/fineweb-edu"]
+    assert 'AutoModelForCausalLM.from_pretrained("acme/tiny-grown")' in card
+    assert card in fake_hub.validated  # the client asked the Hub to validate it
+    assert (grown / "README.md").read_text() == card
+
+    assert result["repo_id"] == "acme/tiny-grown"
+    assert result["revision"] == "stage-1"
+    assert result["private"] is True
+    assert result["commit"] == head.oid
+    assert result["commit_url"].endswith(f"/acme/tiny-grown/commit/{head.oid}")
+    assert result["card"] == "regenerated"
+    assert {f["path"] for f in result["files"]} == set(head.tree) - {".gitattributes"}
+
+
+def test_push_to_existing_repo_continues_after_409(fake_hub, grown):
+    fake_hub.create_repo("acme/tiny-grown")
+    result = push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    creates = [r for r in fake_hub.requests if r.path == "/api/repos/create"]
+    assert [r.status for r in creates] == [409]
+    assert result["revision"] == "main"
+    assert "model.safetensors.index.json" in fake_hub.files("acme/tiny-grown")
+
+
+def test_existing_branch_is_reused(fake_hub, grown):
+    push_folder(grown, "acme/tiny-grown", revision="stage-1", token=TOKEN)
+    (grown / "notes.txt").write_text("second push\n")
+    push_folder(grown, "acme/tiny-grown", revision="stage-1", commit_message="notes", token=TOKEN)
+    assert fake_hub.files("acme/tiny-grown", "stage-1")["notes.txt"] == b"second push\n"
+    # Unchanged files are not uploaded again: each shard was PUT once over both pushes.
+    oids = [oid for oid, status in fake_hub.lfs_puts if status == 200]
+    assert len(oids) == len(set(oids)) == len(sha256s(grown))
+
+
+def test_private_push_to_existing_public_repo_is_refused(fake_hub, grown):
+    fake_hub.create_repo("acme/tiny-grown", private=False)
+    with pytest.raises(HubError, match="already exists and is public"):
+        push_folder(grown, "acme/tiny-grown", private=True, token=TOKEN)
+    assert not fake_hub.paths_requested("POST", "/commit/")
+
+
+def test_namespace_comes_from_the_token(fake_hub, grown):
+    result = push_folder(grown, "tiny-grown", token=TOKEN)
+    assert result["repo_id"] == "tester/tiny-grown"
+    assert 'from_pretrained("tester/tiny-grown")' in fake_hub.files("tester/tiny-grown")["README.md"].decode()
+
+
+def test_create_pr(fake_hub, grown):
+    fake_hub.create_repo("acme/tiny-grown")
+    result = push_folder(grown, "acme/tiny-grown", create_pr=True, token=TOKEN)
+    assert result["pr_url"].endswith("/acme/tiny-grown/discussions/1")
+    assert "config.json" in fake_hub.files("acme/tiny-grown", "refs/pr/1")
+    assert "config.json" not in fake_hub.files("acme/tiny-grown", "main")
+    with pytest.raises(UsageError, match="--create-pr"):
+        push_folder(grown, "acme/tiny-grown", create_pr=True, revision="stage-1", token=TOKEN)
+
+
+def test_500_during_lfs_upload_then_rerun_resumes(fake_hub, grown, no_backoff):
+    fake_hub.fail_lfs_put_after = 1  # the first shard arrives, then storage fails
+    with pytest.raises(HubError) as info:
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    message = str(info.value)
+    assert "HTTP 500" in message and "re-run" in message and "\n" not in message
+    arrived = {oid for oid, status in fake_hub.lfs_puts if status == 200}
+    assert len(arrived) == 1
+    assert not fake_hub.paths_requested("POST", "/commit/")  # nothing was committed
+    first_run = len(fake_hub.lfs_puts)
+
+    fake_hub.fail_lfs_put_after = None
+    result = push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    resent = [oid for oid, _ in fake_hub.lfs_puts[first_run:]]
+    assert not arrived & set(resent), "the re-run sent a shard that had already arrived"
+    assert set(resent) | arrived == set(sha256s(grown).values())
+    head = fake_hub.head("acme/tiny-grown")
+    assert {p: o for p, o in head.lfs.items() if p.endswith(".safetensors")} == sha256s(grown)
+    assert result["commit"] == head.oid
+
+
+def test_401_is_a_clear_authentication_error(fake_hub, grown):
+    fake_hub.reject_tokens = True
+    with pytest.raises(HubError, match="authentication failed") as info:
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert TOKEN not in str(info.value)
+    assert "acme/tiny-grown" not in fake_hub.repos
+
+
+def test_no_token_fails_before_any_request(fake_hub, grown):
+    with pytest.raises(HubError, match="no Hugging Face token"):
+        push_folder(grown, "acme/tiny-grown")
+    assert fake_hub.requests == []
+
+
+def test_token_from_env_and_from_saved_login(fake_hub, grown, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    push_folder(grown, "acme/from-env")
+    monkeypatch.delenv("HF_TOKEN")
+    (fake_hub.home / "token").write_text(TOKEN)
+    push_folder(grown, "acme/from-login")
+    assert {"acme/from-env", "acme/from-login"} <= set(fake_hub.repos)
+
+
+def test_incomplete_folder_is_refused_before_any_request(fake_hub, grown):
+    shard = sorted(grown.glob("*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-10])
+    with pytest.raises(CheckpointError, match="truncated"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    (grown / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert fake_hub.requests == []
+
+
+def test_folder_containing_the_token_is_refused(fake_hub, grown):
+    (grown / "notes.txt").write_text(f"ran with --token {TOKEN}\n")
+    with pytest.raises(HubError, match="contains the Hub token") as info:
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert TOKEN not in str(info.value)
+    assert fake_hub.requests == []
+
+
+def test_hand_edited_card_is_kept_and_invalid_metadata_is_a_clear_error(fake_hub, grown):
+    readme = grown / "README.md"
+    readme.write_text(readme.read_text().replace("base_model_relation: finetune", "base_model_relation: grown"))
+    with pytest.raises(HubError, match="model card|metadata"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert "base_model_relation: grown" in readme.read_text()  # the user's edit was not overwritten
+
+
+def test_offline_mode_refuses_to_push(fake_hub, grown, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert fake_hub.requests == []
+
+
+def test_xet_pipeline_with_regular_files(fake_hub, grown, monkeypatch):
+    """The default client path when hf_xet is installed: the streamed pipeline (files sent inline here)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    fake_hub.force_regular = True
+    result = push_folder(grown, "acme/tiny-grown", revision="stage-1", commit_message="via pipeline", token=TOKEN)
+    files = fake_hub.files("acme/tiny-grown", "stage-1")
+    assert {n: hashlib.sha256(files[n]).hexdigest() for n in sha256s(grown)} == sha256s(grown)
+    assert fake_hub.head("acme/tiny-grown", "stage-1").message.startswith("via pipeline")
+    assert result["commit"] == fake_hub.head("acme/tiny-grown", "stage-1").oid
+
+
+# ---- the command line, in a subprocess: what the user sees, and that the token never leaks ---------------------
+
+
+def run_grow(args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "grow_cli", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_push_json_and_token_never_leaks(fake_hub, grown, tmp_path):
+    env = client_env(fake_hub, fake_hub.home)
+    proc = run_grow(["push", str(grown), "acme/tiny-grown", "--private", "--revision", "stage-1",
+                     "--commit-message", "from the CLI", "--token", TOKEN, "--json"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["repo_id"] == "acme/tiny-grown" and result["revision"] == "stage-1" and result["private"]
+    assert fake_hub.head("acme/tiny-grown", "stage-1").message == "from the CLI"
+    assert TOKEN not in proc.stdout + proc.stderr
+    for path in tmp_path.rglob("*"):  # HF_HOME, the cache, the pushed folder: nothing holds the token
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+    human = run_grow(["push", str(grown), "acme/tiny-grown", "--revision", "stage-1"],
+                     {**env, "HF_TOKEN": TOKEN}, tmp_path)
+    assert human.returncode == 0, human.stderr
+    assert human.stdout == ""
+    assert "acme/tiny-grown" in human.stderr and TOKEN not in human.stderr
+
+
+def test_cli_errors_are_one_line(fake_hub, grown, tmp_path):
+    env = client_env(fake_hub, fake_hub.home)
+    proc = run_grow(["push", str(grown), "acme/tiny-grown"], env, tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("error: no Hugging Face token")
+
+    fake_hub.reject_tokens = True
+    proc = run_grow(["push", str(grown), "acme/tiny-grown", "--token", TOKEN], env, tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("error: authentication failed") and len(proc.stderr.strip().splitlines()) == 1
+    assert TOKEN not in proc.stderr + proc.stdout
+
+
+def test_cli_help_has_examples():
+    from typer.testing import CliRunner
+
+    from grow_cli.cli import app
+
+    result = CliRunner().invoke(app, ["push", "--help"])
+    assert result.exit_code == 0
+    for option in ("--private", "--revision", "--commit-message", "--create-pr", "--token", "--json"):
+        assert option in result.output
+    assert "Examples" in result.output
