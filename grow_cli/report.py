@@ -54,7 +54,8 @@ def render_expand(report: dict[str, Any]) -> None:
     for part in ("width", "depth"):
         if report[part]:
             exact = "exact" if report[part]["function_preserving"] else "not function-preserving"
-            out.print(f"  {part}: {report[part]['method']} ({exact})")
+            why = report[part].get("exactness")
+            out.print(f"  {part}: {report[part]['method']} ({exact}{': ' + why if why else ''})")
     files = report["files"]
     out.print(f"  wrote {_gb(files['bytes'])} in {files['shards']} shard(s) in {report['seconds']:.2f} s; "
               f"copied {len(files['copied'])} file(s)")

@@ -72,6 +72,9 @@ def compare(source: Path, grown: Path, *, vocab_size: int, seed: int = 0) -> dic
     ids, kind = probe_ids(Path(source), vocab_size, seed)
     a = _outputs(Path(source), ids)
     b = _outputs(Path(grown), ids)
+    if b.shape[-1] != a.shape[-1]:
+        # A width-grown encoder without a head: every width map keeps the source's hidden units first, in order.
+        b = b[..., : a.shape[-1]]
     result: dict[str, Any] = {"probe": kind, "tokens": int(ids.numel()),
                               "max_abs_logit_diff": float((a - b).abs().max()),
                               "output_scale": float(a.abs().max())}

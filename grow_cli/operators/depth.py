@@ -2,7 +2,7 @@
 
 Each operator is a pure function from (source layers L, target layers L') to a `DepthMap`. The executor copies the
 tensors of source layer `layer_map[j]` into target layer `j` (cloned, never shared) and, for `identity`, zeroes
-the residual-stream writers of the new layers. See docs/operators.md for the papers and the exactness table.
+the residual-stream writers of the new layers. See docs/expand.md and docs/methods.md for the papers and the exactness table.
 """
 
 from __future__ import annotations

@@ -1,0 +1,380 @@
+"""Width growth operators: bert2BERT FPI and AKI, HyperCloning, and G_zero in width.
+
+Every tensor is widened axis by axis from its architecture definition: each axis lives in a *space* (hidden, q, kv,
+ffn, qkv, qkv_heads, or an unchanged vocab/positions/token_types axis) with an index map (`index_maps`), and the
+tensor's `kind` says which axis is the input. On the input axis a tensor gets `IN` (gather, divide by the copy
+count); on every other axis `OUT` (gather, never divided) — operators.md §1.1–1.2. This covers nn.Linear (out × in),
+GPT-2's Conv1D (in × out) and its fused [q|k|v], GPT-NeoX's per-head (heads, 3, head_dim) rows, and BERT's MLM head
+and pooler without per-architecture code. A tied output head stays tied: its 1/C division is folded into the norm
+right before it (E4), never into a runtime wrapper.
+
+Exactness (eval mode, fp32; see docs/methods.md):
+* `fpi` — exact iff the hidden ratio is an integer (tiled hidden map, E1); FFN and head maps are prefix + random.
+* `hypercloning` — exact (all maps tiled, integer ratios only), with or without its symmetric noise.
+* `aki` — not exact by design: new output units take the next layer's weights.
+* `zero` — exact on RMSNorm models (gains × √(d/d'), eps × d/d', E1a); on LayerNorm models exact only when the
+  hidden size is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any
+
+from grow_cli.arch.binding import Binding, BoundTensor
+from grow_cli.arch.registry import ArchDef, WeightDef
+from grow_cli.arch.shape import ModelShape
+from grow_cli.errors import UsageError
+from grow_cli.operators import index_maps as im
+
+METHODS = ("fpi", "aki", "hypercloning", "zero")
+_OUT_AXIS = {"linear": 0, "conv1d": 1, "bias": 0}  # the axis AKI fills from the next layer
+
+
+def _multiples_near(value: int, step: int, floor: int) -> list[int]:
+    """Up to two multiples of `step` near `value`, none below `floor`."""
+    low = max(floor + (-floor) % step, value - value % step)
+    high = low if low >= value else low + step
+    return sorted({low, high} if low >= floor else {high})
+
+
+def _try(values: list[int]) -> str:
+    return " or ".join(str(v) for v in values)
+
+
+def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
+    """The widened `ModelShape` from the user's `WidthOptions`; every impossible target is one clear UsageError."""
+    d, f, H, K, h = shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_kv_heads, shape.head_dim
+    k = options.width_factor
+    if k is not None and k < 1:
+        raise UsageError(f"--width-factor must be at least 1 (width growth only adds units), got {k}; try 2")
+
+    def scaled(x: int) -> int:
+        return max(x, round(x * k))
+
+    d2 = options.hidden_size or (scaled(d) if k else d)
+    f2 = options.intermediate_size or (scaled(f) if k else f)
+    if options.num_heads:
+        H2 = options.num_heads
+    elif k:
+        H2 = scaled(H)
+    else:
+        H2 = d2 // h if d2 % h == 0 and d2 // h >= H else H
+    separate_kv = "kv_heads" in arch.config
+    if not separate_kv:
+        if options.num_kv_heads and options.num_kv_heads != H2:
+            raise UsageError(f"{arch.name} has no separate KV heads (num_kv_heads = num_heads); drop "
+                             f"--num-kv-heads or set it to {H2}")
+        K2 = H2
+    elif options.num_kv_heads:
+        K2 = options.num_kv_heads
+    elif K == 1:
+        K2 = 1  # MQA stays MQA
+    elif K == H:
+        K2 = H2  # MHA stays MHA
+    else:
+        K2 = K * H2 // H if (K * H2) % H == 0 else K  # keep the group size, else grow inside groups
+
+    for flag, new, old in (("--hidden-size", d2, d), ("--intermediate-size", f2, f), ("--num-heads", H2, H),
+                           ("--num-kv-heads", K2, K)):
+        if new < old:
+            raise UsageError(f"{flag} {new} is smaller than the source's {old}; width growth only adds units "
+                             f"(try {2 * old})")
+    if (d2, f2, H2, K2) == (d, f, H, K):
+        raise UsageError(f"the width target equals the source (hidden {d}, FFN {f}, {H} heads); give a larger "
+                         f"--hidden-size or --width-factor (try --width-factor 2)")
+    if H2 % K2:
+        raise UsageError(f"num_heads must be a multiple of num_kv_heads={K2}; try {_try(_multiples_near(H2, K2, H))}")
+    if "head_dim" in arch.config:
+        if d2 % H2:
+            raise UsageError(f"hidden_size must be a multiple of num_heads={H2} (transformers checks it even with an "
+                             f"explicit head_dim); try --hidden-size {_try(_multiples_near(d2, H2, d))}")
+    elif d2 != H2 * h:
+        why = ("RoPE frequencies and the 1/√head_dim temperature depend on it" if arch.positions == "rope"
+               else "heads are copied whole and the 1/√head_dim temperature depends on it")
+        hint = (f"--num-heads {d2 // h}" if d2 % h == 0 and d2 // h >= H
+                else f"--hidden-size {_try(_multiples_near(d2, h, d))}")
+        raise UsageError(f"hidden_size {d2} with {H2} heads would change head_dim from {h}; head_dim never changes "
+                         f"({why}); try {hint}")
+    if not im.heads_coverable(H, K, H2, K2):
+        g = H // K
+        per_group = -(-g // max(1, K2 // K))
+        raise UsageError(f"{H2} query heads in {K2} KV groups leave some of the {H} source heads without a copy "
+                         f"(each source group of {g} needs room); try --num-heads {K2 * per_group}")
+    if options.method == "hypercloning":
+        for flag, new, old in (("hidden_size", d2, d), ("intermediate_size", f2, f), ("num_heads", H2, H),
+                               ("num_kv_heads", K2, K)):
+            if new % old:
+                raise UsageError(f"hypercloning tiles whole copies: {flag} must be a multiple of {old}; try "
+                                 f"{_try(_multiples_near(new, old, old + 1))}")
+    return replace(shape, hidden_size=d2, intermediate_size=f2, num_heads=H2, num_kv_heads=K2, head_dim=h)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One widened axis: the source index of every target position, its copy count, and which positions are new."""
+
+    index: Any  # LongTensor
+    divisor: Any  # FloatTensor: count of the source unit each target position copies
+    new: Any  # BoolTensor: not the first copy of its source unit
+    index_list: tuple[int, ...]
+
+
+class WidthOperator:
+    """A `WidthPlan` (grow_cli.plan): the maps of one width growth, and how each tensor is widened."""
+
+    def __init__(self, options, arch: ArchDef, binding: Binding, config: dict[str, Any], seed: int):
+        self.method = options.method
+        self.arch = arch
+        self.config = config
+        self.seed = seed
+        self.noise_snr_db = options.noise_snr_db
+        self.source = binding.shape
+        self.target = resolve_target(arch, self.source, options)
+        s, t = self.source, self.target
+        d, d2 = s.hidden_size, t.hidden_size
+        rng = random.Random(seed)
+        self.integer_hidden = d2 % d == 0
+        random_units = self.method in ("fpi", "aki")
+        self.maps = {
+            "hidden": im.tiled(d, d2) if self.integer_hidden or not random_units else im.prefix_random(d, d2, rng),
+            "ffn": (im.prefix_random if random_units else im.tiled)(s.intermediate_size, t.intermediate_size,
+                                                                   *([rng] if random_units else [])),
+        }
+        self.maps["heads"], self.maps["kv_heads"] = im.head_maps(
+            s.num_heads, s.num_kv_heads, t.num_heads, t.num_kv_heads, rng if random_units else None)
+        self.tied = s.tie_word_embeddings and any(w.tied_to and not w.tie_always for w in arch.final)
+        self.function_preserving, self.exactness = self._exactness()
+
+    # -- what the planner asks -------------------------------------------------------------------------------
+
+    def sources(self, tensor: BoundTensor, binding: Binding) -> tuple[str, ...]:
+        """The tensor itself; for AKI, a layer's matrices and biases also read the next layer's same tensor."""
+        if self.method == "aki" and tensor.layer is not None and tensor.weight.kind in _OUT_AXIS:
+            if tensor.layer + 1 < len(binding.layers):
+                nxt = next((u for u in binding.layers[tensor.layer + 1] if u.weight == tensor.weight), None)
+                if nxt is not None:
+                    return (tensor.name, nxt.name)
+        return (tensor.name,)
+
+    def apply(self, tensor: BoundTensor, inputs: list[Any]) -> Any:
+        """The widened tensor (float32; the executor casts it to the output dtype)."""
+        w = tensor.weight
+        if self.method == "zero":
+            return self._zero(w, inputs[0].float(), tensor.name)
+        out = self._fpi(w, inputs[0].float())
+        if self.method == "aki" and len(inputs) == 2:
+            axis = _OUT_AXIS[w.kind]
+            m = self._axis(w.axes[axis])
+            if m is not None:
+                out = _where_along(m.new, axis, self._fpi(w, inputs[1].float()), out)
+        if self.method == "hypercloning" and self.noise_snr_db is not None:
+            out = self._noise(w, out, tensor.name)
+        if w.head_norm and self.tied:
+            out = out / self._axis("hidden").divisor  # the tied head sums over copies: fold its 1/C here (E4)
+        return out
+
+    def config_updates(self) -> dict[str, Any]:
+        keys, t, s = self.arch.config, self.target, self.source
+        updates: dict[str, Any] = {keys["hidden"]: t.hidden_size, keys["heads"]: t.num_heads}
+        if "ffn" in keys:
+            updates[keys["ffn"]] = t.intermediate_size  # explicit, so GPT-2's n_inner=None cannot mean 4·d'
+        if "kv_heads" in keys:
+            updates[keys["kv_heads"]] = t.num_kv_heads
+        if "head_dim" in keys:
+            updates[keys["head_dim"]] = t.head_dim
+        if self.method == "zero" and t.hidden_size != s.hidden_size and "norm_eps" in keys:
+            updates[keys["norm_eps"]] = self._norm_eps() * s.hidden_size / t.hidden_size
+        return updates
+
+    def record(self) -> dict[str, Any]:
+        s, t = self.source, self.target
+        sizes = {"hidden": s.hidden_size, "ffn": s.intermediate_size, "heads": s.num_heads,
+                 "kv_heads": s.num_kv_heads}
+        return {
+            "method": self.method,
+            "function_preserving": self.function_preserving,
+            "exactness": self.exactness,
+            "seed": self.seed,
+            "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size, "num_heads": t.num_heads,
+            "num_kv_heads": t.num_kv_heads, "head_dim": t.head_dim,
+            "maps": {name: im.describe(m, sizes[name]) for name, m in self.maps.items()},
+            "noise_snr_db": self.noise_snr_db,
+            "tied_head": "kept tied; its 1/C division folded into the head norm" if self.tied else None,
+        }
+
+    # -- the rules --------------------------------------------------------------------------------------------
+
+    def _exactness(self) -> tuple[bool, str]:
+        s, t = self.source, self.target
+        ratio = t.hidden_size / s.hidden_size
+        if self.method == "aki":
+            return False, "AKI fills new units from the next layer's weights: not function-preserving by design"
+        if self.method == "hypercloning":
+            return True, f"every map tiled ×{ratio:g}: exact through {self._norm_name} (symmetric noise cancels)"
+        if self.method == "fpi":
+            if self.integer_hidden:
+                return True, f"tiled hidden map ×{ratio:g}: every hidden unit copied equally often, norms commute"
+            return False, (f"hidden ratio {ratio:.4g} is not an integer: some hidden units are copied more often "
+                           f"than others, so the {self._norm_name} statistics of the widened hidden state differ "
+                           f"from the source's (operators.md E1); use an integer multiple, or --width-method zero "
+                           f"on RMSNorm models, for exactness")
+        if t.hidden_size == s.hidden_size:
+            return True, "new FFN units and heads are zero; the hidden size is unchanged"
+        if self.arch.norm == "rms":
+            return True, "zero-padded hidden units with RMSNorm gains × √(d/d') and eps × d/d' (operators.md E1a)"
+        return False, ("LayerNorm over zero-padded hidden units: the mean is taken over d' units, so every old unit "
+                       "is shifted (gains × √(d/d') and eps × d/d' correct the variance only); not exact")
+
+    @property
+    def _norm_name(self) -> str:
+        return "RMSNorm" if self.arch.norm == "rms" else "LayerNorm"
+
+    def _norm_eps(self) -> float:
+        key = self.arch.config["norm_eps"]
+        if self.config.get(key) is not None:
+            return float(self.config[key])
+        import transformers
+
+        return float(getattr(transformers.AutoConfig.for_model(self.config["model_type"]), key))
+
+    @cached_property
+    def _axes(self) -> dict[str, _Axis]:
+        import torch
+
+        s, h = self.source, self.source.head_dim
+        q, kv = im.rows(self.maps["heads"], h), im.rows(self.maps["kv_heads"], h)
+        qn, kvn = s.num_heads * h, s.num_kv_heads * h
+        spaces = {
+            "hidden": (self.maps["hidden"], s.hidden_size),
+            "ffn": (self.maps["ffn"], s.intermediate_size),
+            "q": (q, qn),
+            "kv": (kv, kvn),
+            "qkv": (q + [qn + r for r in kv] + [qn + kvn + r for r in kv], qn + 2 * kvn),
+        }
+        if self.maps["heads"] == self.maps["kv_heads"]:  # GPT-NeoX: per-head (heads, 3, head_dim) rows, MHA only
+            spaces["qkv_heads"] = (im.rows(self.maps["heads"], 3 * h), 3 * qn)
+        axes = {}
+        for space, (index, n) in spaces.items():
+            c = im.counts(index, n)
+            # new = not the first copy of its source unit (within its part of a fused [q|k|v])
+            new = im.new_units(q) + im.new_units(kv) * 2 if space == "qkv" else im.new_units(index)
+            axes[space] = _Axis(torch.tensor(index), torch.tensor([float(c[j]) for j in index]),
+                                torch.tensor(new), tuple(index))
+        return axes
+
+    def _axis(self, space: str) -> _Axis | None:
+        if space in ("vocab", "positions", "token_types"):
+            return None
+        if space not in self._axes:
+            raise UsageError(f"{self.arch.name}: cannot widen a '{space}' axis with these head maps")
+        return self._axes[space]
+
+    def _fpi(self, w: WeightDef, x):
+        """OUT on every axis, IN (gather and divide by the copy count) on the input axis."""
+        for axis, space in enumerate(w.axes):
+            m = self._axis(space)
+            if m is None:
+                continue
+            x = x.index_select(axis, m.index)
+            if axis == w.in_axis:
+                x = x / _along(m.divisor, axis, x.ndim)
+        return x
+
+    def _noise(self, w: WeightDef, x, name: str):
+        """HyperCloning's symmetric noise: +N and −N on paired copies of each input column, so N·x − N·x = 0."""
+        import torch
+
+        if w.in_axis is None or self._axis(w.axes[w.in_axis]) is None:
+            return x
+        m = self._axis(w.axes[w.in_axis])
+        first, second = _pairs(m.index_list)
+        if not first:
+            return x
+        power = float(x.pow(2).mean()) / 10 ** (self.noise_snr_db / 10)
+        shape = list(x.shape)
+        shape[w.in_axis] = len(first)
+        noise = torch.randn(shape, generator=self._generator(name)) * math.sqrt(power)
+        x = x.clone()
+        x.index_add_(w.in_axis, torch.tensor(first), noise)
+        x.index_add_(w.in_axis, torch.tensor(second), -noise)
+        return x
+
+    def _zero(self, w: WeightDef, x, name: str):
+        """G_zero in width: new units zero; new input columns random (they read zeros); norm gains corrected."""
+        import torch
+
+        scale = math.sqrt(self.source.hidden_size / self.target.hidden_size)
+        std = float(x.std()) if x.numel() > 1 else 0.02
+        gen = self._generator(name)
+        for axis, space in enumerate(w.axes):
+            m = self._axis(space)
+            if m is None:
+                continue
+            x = x.index_select(axis, m.index)
+            new = _along(m.new, axis, x.ndim)
+            if axis == w.in_axis:
+                # New hidden and FFN units are exactly zero, so random weights reading them change nothing and
+                # let gradients in. A new query head may read an old KV head (and be non-zero): its columns are 0.
+                fill = torch.zeros_like(x) if space == "q" else torch.randn(x.shape, generator=gen) * (std or 0.02)
+                x = torch.where(new, fill, x)
+            elif w.kind == "norm" and space == "hidden":
+                x = x * scale
+                if self.arch.norm == "layer":
+                    x = torch.where(new, torch.zeros_like(x), x)  # LayerNorm: new units' output exactly zero
+            else:
+                x = torch.where(new, torch.zeros_like(x), x)
+        return x
+
+    def _generator(self, name: str):
+        import torch
+
+        return torch.Generator().manual_seed(zlib.crc32(name.encode()) ^ (self.seed * 2654435761 % 2**32))
+
+
+def _along(v, axis: int, ndim: int):
+    """A 1-D tensor shaped to broadcast along `axis` of an `ndim`-D tensor."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.view(shape)
+
+
+def _where_along(mask, axis: int, a, b):
+    import torch
+
+    return torch.where(_along(mask, axis, a.ndim), a, b)
+
+
+def _pairs(index: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """Target positions paired as (1st, 2nd), (3rd, 4th)… copies of the same source unit; an odd copy is left out."""
+    copies: dict[int, list[int]] = {}
+    for i, j in enumerate(index):
+        copies.setdefault(j, []).append(i)
+    first, second = [], []
+    for positions in copies.values():
+        for a, b in zip(positions[0::2], positions[1::2], strict=False):
+            first.append(a)
+            second.append(b)
+    return first, second
+
+
+def width_factory_for(options) -> Callable[[ArchDef, Binding, dict[str, Any], int], WidthOperator]:
+    """The planner's `width_factory` for `WidthOptions`; refuses an unknown method or stray noise at once."""
+    if options.method not in METHODS:
+        raise UsageError(f"unknown width method {options.method!r}; choose one of {', '.join(METHODS)}")
+    if options.noise_snr_db is not None:
+        if options.method != "hypercloning":
+            raise UsageError("--noise-snr-db applies only to --width-method hypercloning (its noise cancels "
+                             "between tiled copies); try --width-method hypercloning")
+        if not math.isfinite(options.noise_snr_db):
+            raise UsageError(f"--noise-snr-db must be a finite number of dB, got {options.noise_snr_db}; try 10")
+
+    def factory(arch: ArchDef, binding: Binding, config: dict[str, Any], seed: int) -> WidthOperator:
+        return WidthOperator(options, arch, binding, config, seed)
+
+    return factory
