@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.card import write_card
+from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.output import copy_small_files, staged_output
-from grow_cli.checkpoint.reader import CheckpointReader, load_config, torch_dtype
+from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import FileHasher, Source, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, parse_size
 from grow_cli.console import byte_progress

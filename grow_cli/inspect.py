@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
 from grow_cli.operators.depth import METHODS as DEPTH_METHODS
@@ -38,12 +39,7 @@ def inspect(source: str, *, revision: str | None = None, token: str | None = Non
     dtypes: dict[str, int] = {}
     for t in bound:
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
-    params = 0
-    for t in bound:
-        n = 1
-        for d in t.shape:
-            n *= d
-        params += n
+    params = sum(numel(t.shape) for t in bound)
     return {
         "source": src.describe(),
         "folder": str(src.folder),

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from grow_cli.arch.binding import Binding, BoundTensor, bind
 from grow_cli.arch.registry import ArchDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
+from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.config_edit import grown_config, validate_config
 from grow_cli.errors import UsageError
@@ -86,16 +87,16 @@ class Plan:
 
     @property
     def num_parameters(self) -> int:
-        return sum(_numel(t.shape) for t in self.tensors)
+        return sum(numel(t.shape) for t in self.tensors)
 
     @property
     def peak_bytes(self) -> int:
         """Estimated peak memory of the streaming executor: the largest (inputs + fp32 work + output) per tensor."""
-        numel = {t.name: _numel(t.shape) for t in self.binding.all_tensors()}
+        sizes = {t.name: numel(t.shape) for t in self.binding.all_tensors()}
         peak = 0
         for t in self.tensors:
-            read = sum(numel[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
-            work = _numel(t.shape) * 4 if self.width else 0  # the widened fp32 result before the cast
+            read = sum(sizes[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
+            work = numel(t.shape) * 4 if self.width else 0  # the widened fp32 result before the cast
             peak = max(peak, read + work + t.nbytes)
         return peak
 
@@ -107,12 +108,6 @@ class Plan:
     def added_tensors(self) -> list[str]:
         return [t.name for t in self.tensors if t.new]
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
 
 
 def source_shape_of(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], str]]
@@ -196,7 +191,7 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
     """A JSON-able description of a plan (printed by --dry-run and stored in reports)."""
     summary: dict[str, Any] = {
         "architecture": plan.arch.name,
-        "source": {**plan.source_shape.as_dict(), "num_parameters": sum(_numel(t.shape) for t in
+        "source": {**plan.source_shape.as_dict(), "num_parameters": sum(numel(t.shape) for t in
                                                                         plan.binding.all_tensors())},
         "target": {**plan.target_shape.as_dict(), "layers": len(plan.depth.layer_map) if plan.depth
                    else plan.source_shape.layers, "num_parameters": plan.num_parameters},

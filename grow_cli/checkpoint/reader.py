@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.dtypes import DTYPE_BYTES, dtype_name, nbytes, torch_dtype
 from grow_cli.errors import CheckpointError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -25,31 +26,7 @@ BIN_SINGLE = "pytorch_model.bin"
 # Weight formats grow recognises but will not read (pickles other than torch's safe loader, other frameworks).
 REFUSED_WEIGHTS = ("*.pt", "*.pth", "*.ckpt", "tf_model.h5", "flax_model.msgpack", "*.gguf", "*.onnx")
 
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 MAX_HEADER = 100 * 1024 * 1024
-
-
-def torch_dtype(name: str):
-    """The torch dtype of a safetensors dtype string."""
-    import torch
-
-    table = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-             "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
-             "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-    return table[name]
-
-
-def dtype_name(dtype) -> str:
-    """The safetensors dtype string of a torch dtype."""
-    import torch
-
-    table = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-             torch.bool: "BOOL", torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64",
-             torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
-    return table[dtype]
 
 
 @dataclass(frozen=True)
@@ -64,10 +41,7 @@ class TensorEntry:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_BYTES[self.dtype]
-        for dim in self.shape:
-            n *= dim
-        return n
+        return nbytes(self.dtype, self.shape)
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from grow_cli.checkpoint.reader import DTYPE_BYTES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, dtype_name
+from grow_cli.checkpoint.dtypes import dtype_name, nbytes, numel
+from grow_cli.checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from grow_cli.errors import UsageError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -42,10 +43,7 @@ class PlannedTensor:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_BYTES[self.dtype]
-        for dim in self.shape:
-            n *= dim
-        return n
+        return nbytes(self.dtype, self.shape)
 
 
 def plan_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
@@ -124,7 +122,7 @@ class ShardWriter:
             raise AssertionError(f"writer finished after {self._next} of {len(self._order)} tensors")
         self._close_file()
         total_size = sum(t.nbytes for _, t in self._order)
-        total_params = sum(_numel(t.shape) for _, t in self._order)
+        total_params = sum(numel(t.shape) for _, t in self._order)
         index = {
             "metadata": {"total_size": total_size, "total_parameters": total_params},
             "weight_map": {t.name: self.names[i] for i, t in self._order},
@@ -133,9 +131,3 @@ class ShardWriter:
             (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         return index
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
