@@ -14,9 +14,14 @@ import sys
 import typer
 
 from grow_cli import __version__
+from grow_cli.commands import compare as compare_cmd
 from grow_cli.commands import demo as demo_cmd
 from grow_cli.commands import expand as expand_cmd
+from grow_cli.commands import family as family_cmd
 from grow_cli.commands import inspect as inspect_cmd
+from grow_cli.commands import plan as plan_cmd
+from grow_cli.commands import push as push_cmd
+from grow_cli.commands import train_stage as train_stage_cmd
 
 app = typer.Typer(
     name="grow",
@@ -30,9 +35,14 @@ app = typer.Typer(
     add_completion=False,
 )
 
-app.command("inspect", no_args_is_help=True)(inspect_cmd.inspect)
-app.command("expand", no_args_is_help=True)(expand_cmd.expand)
-app.command("demo")(demo_cmd.demo)
+app.command("inspect", no_args_is_help=True, epilog=inspect_cmd.EXAMPLES)(inspect_cmd.inspect)
+app.command("expand", no_args_is_help=True, epilog=expand_cmd.EXAMPLES)(expand_cmd.expand)
+app.command("demo", epilog=demo_cmd.EXAMPLES)(demo_cmd.demo)
+app.command("plan", no_args_is_help=True, epilog=plan_cmd.EXAMPLES)(plan_cmd.plan)
+app.command("compare", no_args_is_help=True, epilog=compare_cmd.EXAMPLES)(compare_cmd.compare)
+app.command("family", no_args_is_help=True, epilog=family_cmd.EXAMPLES)(family_cmd.family)
+app.command("push", no_args_is_help=True, epilog=push_cmd.EPILOG)(push_cmd.push)
+app.command("train-stage", no_args_is_help=True, epilog=train_stage_cmd.EXAMPLES)(train_stage_cmd.train_stage)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,179 @@
+"""`grow train-stage`: continue pretraining a (grown) model folder — options in, `train_stage(config)` out.
+
+The library call is `grow_cli.train.loop.train_stage(TrainConfig(...))`; this module only maps flags onto the
+config, renders the result, and pushes to the Hub when asked. torch/transformers/accelerate load inside the body.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXAMPLES = """\
+**Examples**
+
+Train a grown model on text files for 1,000 steps (one process, best device):
+
+    grow train-stage grown/ --data corpus/ --out grown-trained/ --max-steps 1000
+
+JSON Lines with a `content` field, a token budget, WSD schedule, only the layers grow added:
+
+    grow train-stage grown/ --data 'shards/*.jsonl' --text-field content --max-tokens 2e9
+    --schedule wsd --train-only new --out stage1/
+
+Eight GPUs with FSDP (see docs/training.md and docs/accelerate/):
+
+    accelerate launch --config_file docs/accelerate/fsdp2.yaml -m grow_cli train-stage grown/
+    --data data/ --out stage1/ --max-steps 20000 --mixed-precision bf16
+
+Resume after Ctrl-C or a time limit: run the same command with `--resume auto`.
+"""
+
+Opt = typer.Option
+
+
+def train_stage(
+    model: Annotated[
+        Path, typer.Argument(help="Model folder to train (HF safetensors + config + tokenizer).")
+    ],
+    data: Annotated[
+        list[str],
+        Opt(
+            "--data",
+            help="Training data: file, folder or glob (repeat for several). "
+            ".txt/.md, .jsonl, .parquet, `datasets.save_to_disk` folders, .bin tokens.",
+        ),
+    ],
+    out: Annotated[Path, Opt("--out", help="Output folder for the trained model, checkpoints and metrics.")],
+    max_steps: Annotated[int | None, Opt(help="Budget in optimizer steps.")] = None,
+    max_tokens: Annotated[
+        float | None, Opt(help="Budget in training tokens (e.g. 2e9); steps are derived.")
+    ] = None,
+    seq_len: Annotated[int, Opt(help="Tokens per packed block.")] = 512,
+    text_field: Annotated[
+        str, Opt(help="Field of JSON Lines / column of Parquet and datasets holding text.")
+    ] = "text",
+    micro_batch_size: Annotated[int, Opt(help="Blocks per forward pass per process.")] = 8,
+    grad_accum: Annotated[int | None, Opt(help="Micro-batches per optimizer step (default 1).")] = None,
+    global_batch_tokens: Annotated[
+        int | None, Opt(help="Tokens per optimizer step; sets --grad-accum.")
+    ] = None,
+    max_lr: Annotated[str, Opt(help="Peak LR, or 'auto' for the size rule of Yano et al. 2025.")] = "auto",
+    min_lr_ratio: Annotated[float, Opt(help="Final LR as a fraction of the peak.")] = 0.1,
+    schedule: Annotated[str, Opt(help="cosine | linear | constant | wsd.")] = "cosine",
+    warmup_steps: Annotated[
+        int | None, Opt(help="Warmup steps (default: --warmup-ratio of the run).")
+    ] = None,
+    warmup_ratio: Annotated[float, Opt(help="Warmup as a fraction of all steps.")] = 0.01,
+    decay_ratio: Annotated[float, Opt(help="wsd: fraction of steps in the final decay.")] = 0.2,
+    decay_type: Annotated[str, Opt(help="wsd: linear | cosine | sqrt decay.")] = "linear",
+    beta1: Annotated[float, Opt(help="AdamW beta1.")] = 0.9,
+    beta2: Annotated[float, Opt(help="AdamW beta2.")] = 0.95,
+    eps: Annotated[float, Opt(help="AdamW epsilon.")] = 1e-8,
+    weight_decay: Annotated[float, Opt(help="AdamW weight decay (matrices only).")] = 0.1,
+    grad_clip: Annotated[float, Opt(help="Clip the gradient norm to this (0: off).")] = 1.0,
+    train_only: Annotated[str, Opt(help="'all', or 'new': only the tensors grow added (LLaMA-Pro).")] = "all",
+    mixed_precision: Annotated[
+        str | None, Opt(help="no | fp16 | bf16 (default: accelerate's config).")
+    ] = None,
+    gradient_checkpointing: Annotated[bool, Opt(help="Recompute activations to save memory.")] = False,
+    compile: Annotated[bool, Opt("--compile", help="torch.compile the model (inductor).")] = False,
+    eval_every: Annotated[int | None, Opt(help="Evaluate every N steps (always at the end).")] = None,
+    eval_batches: Annotated[int, Opt(help="Micro-batches of held-out blocks per evaluation.")] = 16,
+    eval_fraction: Annotated[float, Opt(help="Fraction of blocks held out for evaluation.")] = 0.01,
+    save_every: Annotated[int | None, Opt(help="Save a checkpoint every N steps.")] = None,
+    keep_last: Annotated[int, Opt(help="Checkpoints to keep.")] = 2,
+    resume: Annotated[
+        str | None, Opt(help="'auto' (newest checkpoint in --out) or a checkpoint folder.")
+    ] = None,
+    exit_interval: Annotated[
+        int | None, Opt(help="Save and exit after N steps (for time-limited jobs).")
+    ] = None,
+    log_every: Annotated[int, Opt(help="Throughput and progress every N steps.")] = 1,
+    report_to: Annotated[
+        str, Opt(help="Extra trackers, comma-separated: tensorboard, wandb, mlflow, ….")
+    ] = "",
+    peak_tflops: Annotated[float | None, Opt(help="Device peak TFLOP/s for MFU when not known.")] = None,
+    tokenizer: Annotated[Path | None, Opt(help="Tokenizer folder (default: the model folder).")] = None,
+    token_dtype: Annotated[str | None, Opt(help="uint16 | uint32 for .bin token files.")] = None,
+    cache_dir: Annotated[Path | None, Opt(help="Token cache (default: .grow-cache beside --out).")] = None,
+    seed: Annotated[int, Opt(help="Seed for data order and initialisation.")] = 0,
+    overwrite: Annotated[bool, Opt(help="Start again in a non-empty --out.")] = False,
+    push_to_hub: Annotated[str | None, Opt(help="Upload the result to this Hub repo id.")] = None,
+    private: Annotated[bool, Opt(help="With --push-to-hub: create the repo private.")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress or notes on stderr.")] = False,
+    json_output: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Continue pretraining MODEL on your data with accelerate (one CPU to many GPUs); write a trained model,
+    checkpoints, metrics.jsonl, an updated grow.json and model card to --out."""
+    from grow_cli.console import err, print_json
+    from grow_cli.errors import UsageError
+    from grow_cli.train.config import TrainConfig
+    from grow_cli.train.loop import train_stage as run
+
+    if max_tokens is not None and max_tokens != int(max_tokens):
+        raise UsageError(f"--max-tokens must be a whole number, got {max_tokens}")
+    config = TrainConfig(
+        model=model,
+        data=data,
+        out=out,
+        text_field=text_field,
+        seq_len=seq_len,
+        eval_fraction=eval_fraction,
+        token_dtype=token_dtype,
+        tokenizer=tokenizer,
+        cache_dir=cache_dir,
+        seed=seed,
+        max_steps=max_steps,
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
+        micro_batch_size=micro_batch_size,
+        grad_accum=grad_accum,
+        global_batch_tokens=global_batch_tokens,
+        max_lr=max_lr,
+        min_lr_ratio=min_lr_ratio,
+        schedule=schedule,
+        warmup_steps=warmup_steps,
+        warmup_ratio=warmup_ratio,
+        decay_ratio=decay_ratio,
+        decay_type=decay_type,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        train_only=train_only,
+        mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing,
+        compile=compile,
+        save_every=save_every,
+        keep_last=keep_last,
+        resume=resume,
+        exit_interval=exit_interval,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        log_every=log_every,
+        report_to=[name.strip() for name in report_to.split(",") if name.strip()],
+        peak_tflops=peak_tflops,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    result = run(config)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks
+        return
+    if push_to_hub and result["status"] == "done":
+        from grow_cli.hub import push_folder
+
+        result["hub"] = push_folder(
+            out, push_to_hub, private=private, commit_message=f"grow train-stage: {result['steps']} steps"
+        )
+    if json_output:
+        print_json(result)
+    elif not quiet and result["status"] == "done":
+        err.print(
+            f"trained {result['steps']} steps on {result['tokens']:,} tokens: eval loss "
+            f"{result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) → {out}"
+        )

@@ -1,0 +1,132 @@
+"""`TrainConfig`: every setting of one `grow train-stage` run, validated before anything heavy is loaded.
+
+The CLI builds one from its flags; Python users build one directly and call `grow_cli.train.train_stage`.
+Settings that accelerate also owns (mixed precision, compilation) default to None so that `accelerate config` and
+`accelerate launch` flags decide unless the user says otherwise here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grow_cli.errors import UsageError
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+DECAY_TYPES = ("linear", "cosine", "sqrt")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+TRAIN_ONLY = ("all", "new")
+
+
+@dataclass
+class TrainConfig:
+    """One training stage. Exactly one of `max_steps` / `max_tokens` sets the budget."""
+
+    model: Path
+    data: list[str]
+    out: Path
+    # data
+    text_field: str = "text"
+    seq_len: int = 512
+    eval_fraction: float = 0.01
+    token_dtype: str | None = (
+        None  # for pre-tokenized .bin files; None: uint16 if the vocab fits, else uint32
+    )
+    tokenizer: Path | None = None  # default: the model folder
+    cache_dir: Path | None = None  # default: <out's parent>/.grow-cache
+    seed: int = 0
+    # budget and batch
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    micro_batch_size: int = 8
+    grad_accum: int | None = None
+    global_batch_tokens: int | None = None
+    # optimiser
+    max_lr: float | str = "auto"
+    min_lr_ratio: float = 0.1
+    schedule: str = "cosine"
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.01
+    decay_ratio: float = 0.2
+    decay_type: str = "linear"
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # growth-aware
+    train_only: str = "all"
+    # efficiency (None: accelerate's config decides)
+    mixed_precision: str | None = None
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    # checkpoints, eval, logs
+    save_every: int | None = None
+    keep_last: int = 2
+    resume: str | None = None  # "auto" or a checkpoint folder
+    exit_interval: int | None = None
+    eval_every: int | None = None
+    eval_batches: int = 16
+    log_every: int = 1
+    report_to: list[str] = field(default_factory=list)
+    peak_tflops: float | None = None
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.model, self.out = Path(self.model), Path(self.out)
+        if self.tokenizer is not None:
+            self.tokenizer = Path(self.tokenizer)
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
+        if not self.data:
+            raise UsageError("no training data: pass --data PATH (files, folders or globs)")
+        if (self.max_steps is None) == (self.max_tokens is None):
+            raise UsageError("give exactly one budget: --max-steps N or --max-tokens N")
+        if self.grad_accum is not None and self.global_batch_tokens is not None:
+            raise UsageError("--grad-accum and --global-batch-tokens both set the accumulation; give one")
+        choices = {
+            "--schedule": (self.schedule, SCHEDULES),
+            "--decay-type": (self.decay_type, DECAY_TYPES),
+            "--train-only": (self.train_only, TRAIN_ONLY),
+            "--mixed-precision": (self.mixed_precision, (None, *MIXED_PRECISION)),
+            "--token-dtype": (self.token_dtype, (None, "uint16", "uint32")),
+        }
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise UsageError(f"{flag} {value!r} is not one of {', '.join(a for a in allowed if a)}")
+        if isinstance(self.max_lr, str):
+            if self.max_lr != "auto":
+                try:
+                    self.max_lr = float(self.max_lr)
+                except ValueError:
+                    raise UsageError(f"--max-lr must be a number or 'auto', got {self.max_lr!r}") from None
+        positive = {
+            "--seq-len": self.seq_len,
+            "--micro-batch-size": self.micro_batch_size,
+            "--max-steps": self.max_steps,
+            "--max-tokens": self.max_tokens,
+            "--grad-accum": self.grad_accum,
+            "--save-every": self.save_every,
+            "--keep-last": self.keep_last,
+            "--eval-every": self.eval_every,
+            "--eval-batches": self.eval_batches,
+            "--log-every": self.log_every,
+            "--exit-interval": self.exit_interval,
+            "--global-batch-tokens": self.global_batch_tokens,
+        }
+        for flag, value in positive.items():
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be at least 1, got {value}")
+        if not 0.0 < self.eval_fraction < 0.5:
+            raise UsageError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.decay_ratio <= 1.0:
+            raise UsageError("--min-lr-ratio and --decay-ratio must lie in [0, 1]")
+        if self.resume is not None and self.resume != "auto" and not Path(self.resume).is_dir():
+            raise UsageError(f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able settings, for the checkpoint (resume checks) and the trackers' hyperparameters."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

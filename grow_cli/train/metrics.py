@@ -1,0 +1,125 @@
+"""What a run reports: FLOPs per token and MFU, the JSON Lines metrics file, and the progress bar.
+
+FLOPs per token follow PaLM (Chowdhery et al. 2022, appendix B): 6·N for the weight matmuls (forward and
+backward; N excludes the input embedding, which is a lookup) plus 12·L·d·T for attention scores, with L layers,
+width d and sequence length T. MFU is achieved FLOPs over the device's dense peak, reported only when the peak is
+known (a GPU in `PEAK_TFLOPS`, or `--peak-tflops`); on a CPU it is left out rather than guessed.
+
+The metrics file (`metrics.jsonl` in the output folder) is written on every run as an accelerate tracker, so the
+same `accelerator.log` call also feeds TensorBoard or W&B when `--report-to` asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.tracking import GeneralTracker
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from grow_cli.console import err
+
+# Dense peak TFLOP/s (bf16/fp16 tensor cores, fp32 via TF32), from the vendors' data sheets; matched against
+# torch.cuda.get_device_name(), first match wins, so specific names come before general ones.
+PEAK_TFLOPS = {
+    "H200": (989.0, 494.0),
+    "H100 PCIe": (756.0, 378.0),
+    "H100": (989.0, 494.0),
+    "B200": (2250.0, 1100.0),
+    "A100": (312.0, 156.0),
+    "L40S": (362.0, 183.0),
+    "A10G": (70.0, 35.0),
+    "A10": (125.0, 62.5),
+    "L4": (121.0, 60.0),
+    "V100": (125.0, 15.7),
+}
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> int:
+    """Training FLOPs (forward + backward) per token for `model` at sequence length `seq_len`."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embedding
+    matmul_params = total if tied else total - embedding.numel()
+    config = model.config.get_text_config()
+    return 6 * matmul_params + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def peak_flops(device: torch.device, mixed_precision: str, override_tflops: float | None) -> float | None:
+    """The device's dense peak in FLOP/s for this precision, or None when unknown (CPUs, unlisted GPUs)."""
+    if override_tflops is not None:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (half, single) in PEAK_TFLOPS.items():
+        if key in name:
+            return (half if mixed_precision in ("bf16", "fp16") else single) * 1e12
+    return None
+
+
+class JsonlTracker(GeneralTracker):
+    """An accelerate tracker that appends one JSON object per `accelerator.log` call to a file.
+
+    On resume, lines from steps after the checkpoint are dropped first, so the file always tells one
+    consistent run with no duplicated or abandoned steps.
+    """
+
+    name = "jsonl"
+    requires_logging_directory = False
+    main_process_only = True
+
+    def __init__(self, path: Path, resume_step: int | None):
+        super().__init__()
+        self.path = Path(path)
+        self.resume_step = resume_step
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.resume_step is None:
+            self.path.write_text("")
+        elif self.path.is_file():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= self.resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self._file = self.path.open("a")
+
+    @property
+    def tracker(self):
+        return self._file
+
+    def store_init_configuration(self, values: dict) -> None:
+        pass  # the configuration goes into grow.json; the metrics file holds metrics only
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        self._file.flush()
+
+    def finish(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file (for tests, benchmarks and notebooks)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def training_progress(total_steps: int, first_step: int, *, enabled: bool) -> tuple[Progress, Any]:
+    """A rich progress bar on stderr showing loss, LR, tokens/s and ETA; returns (progress, task id)."""
+    progress = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not enabled or not err.is_terminal,
+    )
+    task = progress.add_task("train", total=total_steps, completed=first_step, loss="-", lr="-", tps="-")
+    return progress, task

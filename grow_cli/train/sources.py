@@ -1,0 +1,195 @@
+"""Training data on disk: find the files behind `--data` arguments and read their documents.
+
+A `--data` argument is a file, a folder (read recursively) or a glob. Each file is one `Source` of a kind:
+
+- ``text``: any other file; the whole file is one document;
+- ``jsonl``: JSON Lines (``.jsonl``/``.json``), one document per line in `--text-field`;
+- ``parquet``: one document per row in the `--text-field` column (needs pyarrow);
+- ``arrow``: a folder written by `datasets.save_to_disk` (its ``train`` split for a DatasetDict) — read with
+  pyarrow directly, so the `datasets` package is not needed;
+- ``tokens``: pre-tokenized ``.bin`` files (a flat uint16/uint32 memmap, documents already separated by EOS).
+
+Everything is checked here, before a model is loaded: missing paths, empty files and a missing text field
+fail with one line that names the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from grow_cli.errors import DataError
+
+SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
+TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
+FOLDER_SUFFIXES = set(SUFFIX_KIND) | TEXT_SUFFIXES
+CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    kind: str
+
+
+def _is_arrow_dataset(folder: Path) -> bool:
+    return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
+
+
+def _from_folder(folder: Path) -> list[Source]:
+    if _is_arrow_dataset(folder):
+        return [Source(folder, "arrow")]
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix in FOLDER_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not files:
+        raise DataError(f"--data {folder}: the folder holds no .txt/.md/.jsonl/.json/.parquet/.bin files")
+    return [Source(p, SUFFIX_KIND.get(p.suffix, "text")) for p in files]
+
+
+def find_sources(paths: list[str]) -> list[Source]:
+    """The sources behind `--data` arguments, in the given order (folders and globs sorted by path)."""
+    sources: list[Source] = []
+    for arg in paths:
+        if any(ch in arg for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(arg, recursive=True))
+            if not matches:
+                raise DataError(f"--data {arg}: the pattern matches no files")
+            for match in matches:
+                sources += (
+                    _from_folder(match)
+                    if match.is_dir()
+                    else [Source(match, SUFFIX_KIND.get(match.suffix, "text"))]
+                )
+            continue
+        path = Path(arg)
+        if not path.exists():
+            raise DataError(f"--data {arg}: no such file or folder")
+        sources += (
+            _from_folder(path) if path.is_dir() else [Source(path, SUFFIX_KIND.get(path.suffix, "text"))]
+        )
+    for source in sources:
+        if source.kind != "arrow" and source.path.stat().st_size == 0:
+            raise DataError(f"--data {source.path}: the file is empty")
+    return sources
+
+
+def _arrow_files(folder: Path) -> list[Path]:
+    if (folder / "dataset_dict.json").is_file():
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        split = "train" if "train" in splits else splits[0]
+        folder = folder / split
+    state = json.loads((folder / "state.json").read_text())
+    return [folder / f["filename"] for f in state["_data_files"]]
+
+
+def _columns(source: Source) -> list[str]:
+    """The column names of a tabular source (the keys of the first JSON line)."""
+    if source.kind == "jsonl":
+        with source.path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{source.path}:{n}: not valid JSON ({exc.msg})") from None
+                    return list(record) if isinstance(record, dict) else []
+        raise DataError(f"--data {source.path}: the file holds no JSON lines")
+    pa = _pyarrow()
+    if source.kind == "parquet":
+        return list(pa.parquet.read_schema(source.path).names)
+    files = _arrow_files(source.path)
+    if not files:
+        raise DataError(f"--data {source.path}: the dataset folder holds no data files")
+    with pa.memory_map(str(files[0])) as f:
+        return list(pa.ipc.open_stream(f).schema.names)
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401  (makes pa.parquet available)
+    except ModuleNotFoundError:
+        raise DataError(
+            "reading Parquet or `datasets` folders needs pyarrow: pip install 'grow-cli[data]'"
+        ) from None
+    return pa
+
+
+def check_sources(sources: list[Source], text_field: str) -> None:
+    """Fail now, with the file's name, if a tabular source lacks `text_field`."""
+    for source in sources:
+        if source.kind in ("jsonl", "parquet", "arrow"):
+            columns = _columns(source)
+            if text_field not in columns:
+                raise DataError(
+                    f"--data {source.path}: no text field '{text_field}' (found: "
+                    f"{', '.join(columns) or 'none'}); pass --text-field NAME"
+                )
+
+
+def read_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
+    """(text, ends_document) pieces of a text source; a document may arrive in several pieces."""
+    if source.kind == "text":
+        # Cut pieces at a line end so that no word is split between two tokenizer calls; hold one piece back
+        # so the last one can say that it ends the document.
+        with source.path.open(encoding="utf-8", errors="replace") as f:
+            held, carry = None, ""
+            while block := f.read(CHUNK_CHARS):
+                text = carry + block
+                cut = text.rfind("\n") + 1 or len(text)
+                if held is not None:
+                    yield held, False
+                held, carry = text[:cut], text[cut:]
+            if carry:
+                if held is not None:
+                    yield held, False
+                held = carry
+            if held is not None:
+                yield held, True
+    elif source.kind == "jsonl":
+        with source.path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{source.path}:{n}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    raise DataError(
+                        f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME"
+                    )
+                yield str(record[text_field]), True
+    else:
+        pa = _pyarrow()
+        if source.kind == "parquet":
+            batches = pa.parquet.ParquetFile(source.path).iter_batches(columns=[text_field], batch_size=1024)
+            for batch in batches:
+                for text in batch.column(0).to_pylist():
+                    yield (text or ""), True
+        else:
+            for path in _arrow_files(source.path):
+                with pa.memory_map(str(path)) as f:
+                    for batch in pa.ipc.open_stream(f):
+                        for text in batch.column(text_field).to_pylist():
+                            yield (text or ""), True
+
+
+def fingerprint_sources(sources: list[Source], text_field: str) -> str:
+    """A hash that changes when any source file changes (path, size, modification time) or the field does."""
+    h = hashlib.sha256(f"field={text_field}".encode())
+    for source in sources:
+        files = _arrow_files(source.path) if source.kind == "arrow" else [source.path]
+        for path in files:
+            stat = path.stat()
+            h.update(f"|{source.kind}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]

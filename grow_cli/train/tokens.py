@@ -1,0 +1,170 @@
+"""Tokenize the sources once into a cached token stream, then pack it into `--seq-len` blocks and split it.
+
+The stream is one flat file of token ids (uint16 when the vocabulary fits, else uint32) with EOS after every
+document. It is cached under a fingerprint of the data files, the text field and the tokenizer, so re-running a
+stage, or running another with a different `--seq-len`, skips tokenization, and any change re-tokenizes.
+
+Packing cuts the stream into contiguous blocks of `seq_len` tokens (the tail that does not fill a block is
+dropped). A fixed-seed permutation of the block indices holds out `eval_fraction` of them for evaluation, so the
+split depends on the data alone, never on the training seed or the number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from grow_cli.errors import DataError
+from grow_cli.train.sources import Source, fingerprint_sources, read_texts
+
+FORMAT_VERSION = 1  # bump when the stream layout or the EOS rule changes, to invalidate old caches
+BATCH_PIECES = 256  # texts per tokenizer call; fast tokenizers encode a batch on all cores
+SPLIT_SEED = 0x5EED
+
+
+@dataclass
+class TokenData:
+    """The packed blocks: `train_ids` / `eval_ids` index rows of `blocks` (a read-only memmap view)."""
+
+    blocks: np.ndarray  # [n_blocks, seq_len]
+    train_ids: np.ndarray
+    eval_ids: np.ndarray
+    fingerprint: str
+    num_tokens: int
+    num_documents: int
+    cache_file: Path
+    from_cache: bool
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides token ids: the full serialized tokenizer, or its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(f"{type(tokenizer).__name__}|{state}".encode()).hexdigest()[:16]
+
+
+def token_dtype(vocab_size: int, requested: str | None) -> np.dtype:
+    if requested is not None:
+        return np.dtype(requested)
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # the Rust tokenizer directly: parallel, and no "sequence too long" warnings
+        return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp: Path) -> tuple[int, int]:
+    """Tokenize every source into `tmp`; return (tokens, documents)."""
+    num_tokens = num_docs = 0
+    with tmp.open("wb") as out:
+
+        def flush(texts: list[str], ends: list[bool]) -> int:
+            ids: list[int] = []
+            for piece, end in zip(_encode(tokenizer, texts), ends, strict=True):
+                ids += piece
+                if end:
+                    ids.append(eos_id)
+            np.asarray(ids, dtype=dtype).tofile(out)
+            return len(ids)
+
+        for source in sources:
+            if source.kind == "tokens":
+                stream = np.memmap(source.path, dtype=dtype, mode="r")
+                top = int(stream.max()) if stream.size else 0
+                if top >= vocab_size:
+                    raise DataError(
+                        f"{source.path}: token id {top} is outside the model's vocabulary "
+                        f"({vocab_size}); wrong --token-dtype or a different tokenizer?"
+                    )
+                for start in range(0, stream.size, 1 << 24):
+                    np.asarray(stream[start : start + (1 << 24)]).tofile(out)
+                num_tokens += int(stream.size)
+                num_docs += int((stream == eos_id).sum())
+                continue
+            texts, ends = [], []
+            for text, end in read_texts(source, text_field):
+                texts.append(text)
+                ends.append(end)
+                num_docs += end
+                if len(texts) == BATCH_PIECES:
+                    num_tokens += flush(texts, ends)
+                    texts, ends = [], []
+            if texts:
+                num_tokens += flush(texts, ends)
+    return num_tokens, num_docs
+
+
+def prepare_tokens(
+    sources: list[Source],
+    tokenizer,
+    *,
+    text_field: str,
+    seq_len: int,
+    eval_fraction: float,
+    vocab_size: int,
+    eos_id: int,
+    cache_dir: Path,
+    dtype_name: str | None = None,
+) -> TokenData:
+    """Tokenize (or reuse the cache), pack into blocks of `seq_len` and split off the eval blocks."""
+    dtype = token_dtype(vocab_size, dtype_name)
+    key = "|".join(
+        [
+            fingerprint_sources(sources, text_field),
+            tokenizer_fingerprint(tokenizer),
+            str(eos_id),
+            dtype.name,
+            str(FORMAT_VERSION),
+        ]
+    )
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stream_file, meta_file = cache_dir / f"{fingerprint}.bin", cache_dir / f"{fingerprint}.json"
+    from_cache = stream_file.is_file() and meta_file.is_file()
+    if from_cache:
+        meta = json.loads(meta_file.read_text())
+    else:
+        tmp = cache_dir / f".{fingerprint}.{os.getpid()}.tmp"
+        try:
+            num_tokens, num_docs = _write_stream(
+                sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp
+            )
+            tmp.replace(stream_file)  # rename last, so a crash never leaves a half-written cache behind
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta = {
+            "tokens": num_tokens,
+            "documents": num_docs,
+            "dtype": dtype.name,
+            "sources": [str(s.path) for s in sources],
+        }
+        meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+    num_blocks = meta["tokens"] // seq_len
+    num_eval = max(1, round(num_blocks * eval_fraction))
+    if num_blocks < num_eval + 1:
+        raise DataError(
+            f"the data holds {meta['tokens']} tokens: too few for one training and one eval block "
+            f"of --seq-len {seq_len}; add data or lower --seq-len"
+        )
+    stream = np.memmap(stream_file, dtype=np.dtype(meta["dtype"]), mode="r")
+    blocks = stream[: num_blocks * seq_len].reshape(num_blocks, seq_len)
+    order = np.random.default_rng(SPLIT_SEED).permutation(num_blocks)
+    return TokenData(
+        blocks=blocks,
+        train_ids=np.sort(order[num_eval:]),
+        eval_ids=np.sort(order[:num_eval]),
+        fingerprint=fingerprint,
+        num_tokens=int(meta["tokens"]),
+        num_documents=int(meta["documents"]),
+        cache_file=stream_file,
+        from_cache=from_cache,
+    )

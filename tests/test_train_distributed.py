@@ -1,0 +1,87 @@
+"""The distributed path: a 2-process CPU run through `accelerate launch` (gloo) matches a 1-process run with the
+same global batch — same data per step, same losses and weights up to float reduction order."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_tinylm import run_grow, save_tiny_lm, write_plays
+
+from grow_cli.record import load_record
+from grow_cli.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, capsys):
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+    common = [
+        "--data",
+        data,
+        "--seq-len",
+        32,
+        "--max-steps",
+        6,
+        "--eval-every",
+        3,
+        "--max-lr",
+        "3e-3",
+        "--quiet",
+    ]
+    one = tmp_path / "one"
+    code, _, stderr = run_grow(["train-stage", model, "--out", one, "--micro-batch-size", 8, *common], capsys)
+    assert code == 0, stderr
+
+    two = tmp_path / "two"
+    # ACCELERATE_USE_CPU makes accelerate's multi-process launcher start gloo CPU workers (MULTI_CPU).
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "grow_cli",
+    ]
+    args = ["train-stage", model, "--out", two, "--micro-batch-size", 4, *common, "--json"]
+    proc = subprocess.run([*launch, *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)  # exactly one JSON document: only the main process prints
+    assert result["status"] == "done"
+
+    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    for x, y in zip(a, b, strict=True):
+        for key in ("loss", "eval_loss", "lr", "tokens"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
+    wa, wb = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)
+    batch = load_record(two)["stages"][-1]["batch"]
+    assert batch == {"micro_batch_size": 4, "grad_accum": 1, "num_processes": 2, "global_batch_tokens": 256}

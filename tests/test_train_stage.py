@@ -1,0 +1,268 @@
+"""`grow train-stage` end to end on a tiny Llama and real Shakespeare: learning, exact resume, --train-only new,
+the outputs (model, grow.json, card, metrics), and every failure a user can cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from test_train_tinylm import run_grow, save_tiny_lm, write_plays
+
+from grow_cli.record import append_stage, load_record, write_record
+from grow_cli.train.metrics import read_metrics
+
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    return save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+
+
+def train_args(model, data, out, *extra):
+    return [
+        "train-stage",
+        model,
+        "--data",
+        data,
+        "--out",
+        out,
+        "--seq-len",
+        32,
+        "--micro-batch-size",
+        8,
+        "--quiet",
+        *extra,
+    ]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_loss_falls_and_the_output_is_a_complete_model(setup, tmp_path, capsys):
+    model, data = setup
+    out = tmp_path / "out"
+    code, stdout, stderr = run_grow(
+        train_args(model, data, out, "--max-steps", 60, "--max-lr", "3e-3", "--eval-every", 20, "--json"),
+        capsys,
+    )
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    metrics = read_metrics(out / "metrics.jsonl")
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses) == 60
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # ln(512) = 6.24 at the start
+    evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    assert len(evals) == 3 and evals[-1] < evals[0] and result["final_eval_loss"] == evals[-1]
+    # The output is an ordinary HF model folder that transformers loads and generates from.
+    trained = tf.AutoModelForCausalLM.from_pretrained(out)
+    tok = tf.AutoTokenizer.from_pretrained(out)
+    ids = tok("To be, or not", return_tensors="pt")["input_ids"]
+    assert trained.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    stage = load_record(out)["stages"][-1]
+    assert stage["kind"] == "train" and stage["steps"] == 60 and stage["tokens"] == 60 * 8 * 32
+    assert stage["data"]["paths"] == [str(data)] and stage["data"]["datasets"] == []
+    assert stage["schedule"]["name"] == "cosine" and stage["max_lr"] == 3e-3 and stage["train_only"] == "all"
+    assert stage["final_eval_loss"] == pytest.approx(result["final_eval_loss"])
+    assert "Trained** for 60 steps" in (out / "README.md").read_text()
+
+
+def test_max_tokens_and_global_batch_derive_steps_and_accumulation(setup, tmp_path, capsys):
+    model, data = setup
+    out = tmp_path / "out"
+    code, stdout, stderr = run_grow(
+        train_args(
+            model,
+            data,
+            out,
+            "--max-tokens",
+            2000,
+            "--global-batch-tokens",
+            512,
+            "--schedule",
+            "wsd",
+            "--json",
+        ),
+        capsys,
+    )
+    assert code == 0, stderr
+    stage = load_record(out)["stages"][-1]
+    assert stage["batch"]["grad_accum"] == 2 and stage["steps"] == 4  # ceil(2000 / 512)
+    assert stage["schedule"]["name"] == "wsd" and stage["max_lr"] == 1.5e-3  # --max-lr auto, tiny model
+
+
+def comparable(metrics):
+    keys = ("loss", "lr", "grad_norm", "eval_loss", "tokens")
+    return [{k: m[k] for k in keys if k in m} | {"step": m["step"]} for m in metrics]
+
+
+def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_run_exactly(setup, tmp_path, capsys):
+    model, data = setup
+    common = ("--max-steps", 12, "--eval-every", 4, "--save-every", 4, "--grad-accum", 2, "--max-lr", "3e-3")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_grow(train_args(model, data, whole, *common), capsys)[0] == 0
+    code, stdout, _ = run_grow(
+        train_args(model, data, parts, *common, "--exit-interval", 5, "--json"), capsys
+    )
+    assert code == 0 and json.loads(stdout)["status"] == "paused" and json.loads(stdout)["step"] == 5
+    assert not (parts / "model.safetensors").exists()
+    code, _, stderr = run_grow(train_args(model, data, parts, *common, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    assert comparable(read_metrics(parts / "metrics.jsonl")) == comparable(
+        read_metrics(whole / "metrics.jsonl")
+    )
+    a, b = weights(whole), weights(parts)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == ["step_00000005", "step_00000008"]
+
+
+def write_expand_record(model: Path, added: list[str]) -> None:
+    stage = {"kind": "expand", "source": {"path": "base"}, "added_tensors": added}
+    write_record(model, append_stage(None, stage, {"architecture": "llama"}))
+
+
+def test_train_only_new_leaves_every_original_tensor_bit_identical(setup, tmp_path, capsys):
+    model, data = setup
+    added = ["model.layers.1.self_attn.o_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    write_expand_record(model, added)
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(
+        train_args(model, data, out, "--max-steps", 5, "--max-lr", "1e-2", "--train-only", "new"), capsys
+    )
+    assert code == 0, stderr
+    before, after = weights(model), weights(out)
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]) != (name in added), name
+    stages = load_record(out)["stages"]
+    assert [s["kind"] for s in stages] == ["expand", "train"]
+    assert stages[-1]["train_only"] == "new" and stages[-1]["trainable_tensors"] == added
+
+
+def test_train_only_new_keeps_a_bf16_checkpoint_bit_identical(setup, tmp_path, capsys):
+    model, data = setup
+    bf16 = tf.AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16)
+    bf16.save_pretrained(model)
+    added = ["model.layers.0.mlp.down_proj.weight"]
+    write_expand_record(model, added)
+    out = tmp_path / "out"
+    assert run_grow(train_args(model, data, out, "--max-steps", 3, "--train-only", "new"), capsys)[0] == 0
+    before, after = weights(model), weights(out)
+    assert all(t.dtype == torch.bfloat16 for t in after.values())
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in added)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys):
+    model, data = setup
+    out = tmp_path / "out"
+    common = ("--max-steps", 10, "--save-every", 2, "--keep-last", 1)
+    assert run_grow(train_args(model, data, out, *common, "--exit-interval", 4), capsys)[0] == 0
+    good = out / "checkpoints" / "step_00000004"
+    # Make the next step diverge: a NaN in one weight of the state the run resumes from.
+    poisoned = tmp_path / "poisoned"
+    import shutil
+
+    shutil.copytree(good, poisoned)
+    tensors = load_file(poisoned / "model.safetensors")
+    name = next(k for k in tensors if k.endswith("down_proj.weight"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, poisoned / "model.safetensors", metadata={"format": "pt"})
+    code, _, stderr = run_grow(train_args(model, data, out, *common, "--resume", poisoned), capsys)
+    assert code == 1
+    assert stderr.strip().splitlines()[-1].startswith("error: the training loss became nan at step 5")
+    assert "Traceback" not in stderr and str(good) in stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000004"]
+    assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing-data",
+        "empty-data",
+        "missing-field",
+        "seq-len",
+        "no-tokenizer",
+        "no-record",
+        "no-added",
+        "no-budget",
+        "out-not-empty",
+    ],
+)
+def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, capsys, case):
+    model, data = setup
+    out = tmp_path / "out"
+    args = train_args(model, data, out, "--max-steps", 3)
+    want = {
+        "missing-data": (1, "--data .*nope: no such file or folder"),
+        "empty-data": (1, "empty.txt: the file is empty"),
+        "missing-field": (1, "no text field 'text'"),
+        "seq-len": (2, "--seq-len 128 exceeds the model's max_position_embeddings=64"),
+        "no-tokenizer": (1, "no usable tokenizer"),
+        "no-record": (2, "--train-only new needs the grow.json"),
+        "no-added": (2, "lists no added tensors"),
+        "no-budget": (2, "give exactly one budget"),
+        "out-not-empty": (1, "exists and is not empty; pass --resume auto"),
+    }[case]
+    if case == "missing-data":
+        args[3] = tmp_path / "nope"
+    elif case == "empty-data":
+        (tmp_path / "empty.txt").write_text("")
+        args[3] = tmp_path / "empty.txt"
+    elif case == "missing-field":
+        (tmp_path / "d.jsonl").write_text(json.dumps({"body": "Once more unto the breach"}) + "\n")
+        args[3] = tmp_path / "d.jsonl"
+    elif case == "seq-len":
+        args[args.index("--seq-len") + 1] = 128
+    elif case == "no-tokenizer":
+        args[1] = save_tiny_lm(tmp_path / "bare", with_tokenizer=False)
+    elif case in ("no-record", "no-added"):
+        if case == "no-added":
+            write_expand_record(model, [])
+        args += ["--train-only", "new"]
+    elif case == "no-budget":
+        args = args[:-2]
+    elif case == "out-not-empty":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    code, stdout, stderr = run_grow(args, capsys)
+    lines = stderr.strip().splitlines()
+    assert code == want[0] and len(lines) == 1 and lines[0].startswith("error: "), stderr
+    import re
+
+    assert re.search(want[1], lines[0]), lines[0]
+    assert stdout == "" and not (out / "metrics.jsonl").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(setup, tmp_path):
+    model, data = setup
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "grow_cli", *map(str, train_args(model, data, out, "--max-steps", 100000))]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted at step" in stderr and "--resume auto" in stderr and "Traceback" not in stderr
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    state = json.loads((checkpoint / "grow-state.json").read_text())
+    assert state["step"] >= 3 and checkpoint.name == f"step_{state['step']:08d}"
+    with safe_open(checkpoint / "model.safetensors", "pt") as f:
+        assert len(list(f.keys())) > 0
