@@ -4,8 +4,8 @@
     python benchmarks/bench_expand.py --mode width    # width: FPI ×2 of a ~1.1 GB Llama
     python benchmarks/bench_expand.py --keep DIR      # keep the generated files in DIR
 
-Prints (a) grow's wall time as a ratio to copying the output's bytes with a plain file copy (`shutil.copyfile`,
-i.e. sendfile) in the same run, and (b) the grow process's peak RSS beyond a baseline process that only imports
+Prints (a) grow's wall time (median of --repeats runs, alternated with the copies) as a ratio to copying the
+output's bytes with a plain file copy (`shutil.copyfile`, i.e. sendfile) in the same run, and (b) the grow process's peak RSS beyond a baseline process that only imports
 torch and grow, as a ratio to the output size. Targets: (a) ≤ 1.5×, (b) < 25%. Both processes run through
 `os.wait4`, which reports each child's own peak RSS.
 """
@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(CONFIGS), default="depth")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated grow/copy runs; medians are reported")
     parser.add_argument("--generate", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.generate:
@@ -135,19 +137,28 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
         src_bytes = sum(p.stat().st_size for p in src.glob("*.safetensors"))
         base_s, base_rss = run_child([sys.executable, "-c", "import torch, transformers, grow_cli.expand"])
-        os.sync()  # start each timed step with no dirty pages left by the previous one
-        grow_s, grow_rss = run_child([sys.executable, "-m", "grow_cli", "expand", str(src), str(out), "-q",
-                                      *GROW_ARGS[args.mode]])
-        out_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
         copy_dir = work / "plain-copy"
-        shutil.rmtree(copy_dir, ignore_errors=True)
-        os.sync()
-        copy_s = copy_seconds(out, copy_dir)
-        shutil.rmtree(copy_dir, ignore_errors=True)
+        grow_runs, copy_runs, rss_runs = [], [], []
+        for _ in range(args.repeats):  # alternated, so the disk's slow and fast spells hit both alike
+            shutil.rmtree(out, ignore_errors=True)
+            os.sync()  # start each timed step with no dirty pages left by the previous one
+            seconds, rss = run_child([sys.executable, "-m", "grow_cli", "expand", str(src), str(out), "-q",
+                                      *GROW_ARGS[args.mode]])
+            grow_runs.append(seconds)
+            rss_runs.append(rss)
+            shutil.rmtree(copy_dir, ignore_errors=True)
+            os.sync()
+            copy_runs.append(copy_seconds(out, copy_dir))
+            shutil.rmtree(copy_dir, ignore_errors=True)
+        out_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+        grow_s, copy_s, grow_rss = statistics.median(grow_runs), statistics.median(copy_runs), max(rss_runs)
         result = {
             "mode": args.mode,
             "source_bytes": src_bytes,
             "output_bytes": out_bytes,
+            "repeats": args.repeats,
+            "grow_seconds_runs": [round(x, 2) for x in grow_runs],
+            "plain_copy_seconds_runs": [round(x, 2) for x in copy_runs],
             "grow_seconds": round(grow_s, 2),
             "plain_copy_seconds": round(copy_s, 2),
             "time_ratio_vs_copy": round(grow_s / copy_s, 2),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.card import write_card
+from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.output import copy_small_files, staged_output
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
@@ -41,15 +42,18 @@ class WidthOptions:
                                             self.num_kv_heads, self.width_factor))
 
 
-def materialize(plan: Plan, reader: CheckpointReader, index: int):
-    """The output tensor `plan.tensors[index]`, computed from the tensors it reads."""
+def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None):
+    """The output tensor `plan.tensors[index]`, computed from the tensors it reads.
+
+    With a `pool`, inputs are read into reused buffers: the result is valid until the next call.
+    """
     import torch
 
     t = plan.tensors[index]
     dtype = torch_dtype(t.dtype)
     if t.zero:
         return torch.zeros(t.shape, dtype=dtype)
-    inputs = [reader.read(name) for name in t.reads]
+    inputs = [reader.read(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
     result = plan.width.apply(t.source, inputs) if plan.width else inputs[0]
     return result.to(dtype).contiguous()
 
@@ -126,9 +130,10 @@ def _execute(plan: Plan, reader: CheckpointReader, src: Source, out: Path, *, fo
     hasher = FileHasher([*reader.files, src.folder / "config.json"])
     with staged_output(out, src.folder, force=force) as tmp:
         writer = ShardWriter(tmp, plan.shards)
+        pool = BufferPool()
         with byte_progress(f"growing 0/{len(plan.tensors)} tensors", plan.total_bytes, quiet=quiet) as advance:
             for i, t in enumerate(plan.tensors):
-                written = writer.write(t.name, materialize(plan, reader, i))
+                written = writer.write(t.name, materialize(plan, reader, i, pool))
                 advance(written, f"growing {i + 1}/{len(plan.tensors)} tensors")
         writer.finish()
         (tmp / "config.json").write_text(json.dumps(plan.target_config, indent=2) + "\n")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import DTYPE_BYTES, dtype_name, nbytes, torch_dtype
 from grow_cli.errors import CheckpointError
 
@@ -190,8 +191,8 @@ class CheckpointReader:
         """{name: (shape, dtype string)} for every tensor, without reading any data."""
         return {name: (e.shape, e.dtype) for name, e in self.tensors.items()}
 
-    def read(self, name: str):
-        """The tensor `name` as a new CPU tensor (its own memory, safe to modify)."""
+    def read(self, name: str, pool: BufferPool | None = None, slot: object = None):
+        """The tensor `name` as a CPU tensor: its own memory, or slot `slot` of `pool` when given."""
         import torch
 
         entry = self.tensors.get(name)
@@ -203,13 +204,16 @@ class CheckpointReader:
             self.close()
             self._handle = open(entry.file, "rb", buffering=0)  # noqa: SIM115 - kept open across reads
             self._handle_path = entry.file
-        buf = torch.empty(entry.nbytes, dtype=torch.uint8)
+        if pool is not None:
+            tensor = pool.tensor(slot, entry.shape, entry.dtype)
+        else:
+            tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
         if entry.nbytes:
             self._handle.seek(entry.start)
-            got = self._handle.readinto(memoryview(buf.numpy()))
+            got = self._handle.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
             if got != entry.nbytes:
                 raise CheckpointError(f"{entry.file.name} is truncated: could not read tensor {name}")
-        return buf.view(torch_dtype(entry.dtype)).reshape(entry.shape)
+        return tensor
 
     def close(self) -> None:
         if self._handle is not None:

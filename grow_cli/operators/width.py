@@ -29,6 +29,7 @@ from typing import Any
 from grow_cli.arch.binding import Binding, BoundTensor
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape
+from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.errors import UsageError
 from grow_cli.operators import index_maps as im
 
@@ -129,6 +130,7 @@ class WidthOperator:
     """A `WidthPlan` (grow_cli.plan): the maps of one width growth, and how each tensor is widened."""
 
     def __init__(self, options, arch: ArchDef, binding: Binding, config: dict[str, Any], seed: int):
+        self._pool = BufferPool()
         self.method = options.method
         self.arch = arch
         self.config = config
@@ -167,12 +169,12 @@ class WidthOperator:
         w = tensor.weight
         if self.method == "zero":
             return self._zero(w, inputs[0].float(), tensor.name)
-        out = self._fpi(w, inputs[0].float())
+        out = self._fpi(w, inputs[0].float(), "this")
         if self.method == "aki" and len(inputs) == 2:
             axis = _OUT_AXIS[w.kind]
             m = self._axis(w.axes[axis])
             if m is not None:
-                out = _where_along(m.new, axis, self._fpi(w, inputs[1].float()), out)
+                out = _where_along(m.new, axis, self._fpi(w, inputs[1].float(), "next"), out)
         if self.method == "hypercloning" and self.noise_snr_db is not None:
             out = self._noise(w, out, tensor.name)
         if w.head_norm and self.tied:
@@ -275,15 +277,22 @@ class WidthOperator:
             raise UsageError(f"{self.arch.name}: cannot widen a '{space}' axis with these head maps")
         return self._axes[space]
 
-    def _fpi(self, w: WeightDef, x):
-        """OUT on every axis, IN (gather and divide by the copy count) on the input axis."""
+    def _fpi(self, w: WeightDef, x, tag: str):
+        """OUT on every axis, IN (gather and divide by the copy count) on the input axis.
+
+        Gathers go into reused buffers (slots named by `tag` and axis): the result is valid until the next call
+        with the same tag, which the executor guarantees by writing each tensor before making the next.
+        """
+        import torch
+
         for axis, space in enumerate(w.axes):
             m = self._axis(space)
             if m is None:
                 continue
-            x = x.index_select(axis, m.index)
+            shape = (*x.shape[:axis], len(m.index_list), *x.shape[axis + 1:])
+            x = torch.index_select(x, axis, m.index, out=self._pool.tensor((tag, axis), shape, "F32"))
             if axis == w.in_axis:
-                x = x / _along(m.divisor, axis, x.ndim)
+                x.div_(_along(m.divisor, axis, x.ndim))  # x is our own buffer, never an input
         return x
 
     def _noise(self, w: WeightDef, x, name: str):
