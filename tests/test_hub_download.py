@@ -135,14 +135,7 @@ def test_push_then_pull_round_trip(fake_hub, tmp_path):
     assert model.config.num_hidden_layers == 4
 
 
-def expand_is_implemented() -> bool:
-    from grow_cli.commands import expand
-
-    return "Placeholder" not in (expand.__doc__ or "")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not expand_is_implemented(), reason="`grow expand` is not written yet")
 def test_grow_expand_from_the_hub(fake_hub, hub_repo, tmp_path):
     """`grow expand org/name …` downloads from the fake Hub, records the source, and can push the result."""
     env = client_env(fake_hub, fake_hub.home)

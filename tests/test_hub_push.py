@@ -262,3 +262,25 @@ def test_cli_help_has_examples():
     for option in ("--private", "--revision", "--commit-message", "--create-pr", "--token", "--json"):
         assert option in result.output
     assert "Examples" in result.output
+
+
+@pytest.mark.slow
+def test_train_stage_push_to_hub(fake_hub, tmp_path):
+    """`grow train-stage --push-to-hub` uploads the trained folder (with its train stage) once it is complete."""
+    from test_train_tinylm import save_tiny_lm, write_plays
+
+    model = save_tiny_lm(tmp_path / "model")
+    text = write_plays(tmp_path / "text", count=1, chars=20_000)
+    out = tmp_path / "trained"
+    proc = subprocess.run(
+        [sys.executable, "-m", "grow_cli", "train-stage", str(model), "--data", str(text), "--out", str(out),
+         "--max-steps", "2", "--seq-len", "32", "--micro-batch-size", "2", "--eval-fraction", "0.05",
+         "--token", TOKEN, "--push-to-hub", "acme/trained", "--json"],
+        env=client_env(fake_hub, fake_hub.home), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert TOKEN not in proc.stdout + proc.stderr
+    remote = fake_hub.files("acme/trained")
+    assert remote["grow.json"] == (out / "grow.json").read_bytes()
+    assert json.loads(remote["grow.json"])["stages"][-1]["kind"] == "train"
+    assert {"config.json", "README.md"} <= set(remote)
+    assert not any(name.startswith("checkpoints/") for name in remote)

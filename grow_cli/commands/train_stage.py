@@ -103,6 +103,8 @@ def train_stage(
     overwrite: Annotated[bool, Opt(help="Start again in a non-empty --out.")] = False,
     push_to_hub: Annotated[str | None, Opt(help="Upload the result to this Hub repo id.")] = None,
     private: Annotated[bool, Opt(help="With --push-to-hub: create the repo private.")] = False,
+    token: Annotated[str | None, Opt(help="Hub token for --push-to-hub (default: HF_TOKEN or the saved login).",
+                                     show_default=False)] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress or notes on stderr.")] = False,
     json_output: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -168,7 +170,8 @@ def train_stage(
         from grow_cli.hub import push_folder
 
         result["hub"] = push_folder(
-            out, push_to_hub, private=private, commit_message=f"grow train-stage: {result['steps']} steps"
+            out, push_to_hub, private=private, token=token,
+            commit_message=f"grow train-stage: {result['steps']} steps",
         )
     if json_output:
         print_json(result)
