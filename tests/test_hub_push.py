@@ -275,7 +275,7 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "grow_cli", "train-stage", str(model), "--data", str(text), "--out", str(out),
          "--max-steps", "2", "--seq-len", "32", "--micro-batch-size", "2", "--eval-fraction", "0.05",
-         "--token", TOKEN, "--push-to-hub", "acme/trained", "--json"],
+         "--save-every", "1", "--token", TOKEN, "--push-to-hub", "acme/trained", "--json"],
         env=client_env(fake_hub, fake_hub.home), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert TOKEN not in proc.stdout + proc.stderr
@@ -283,4 +283,5 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path):
     assert remote["grow.json"] == (out / "grow.json").read_bytes()
     assert json.loads(remote["grow.json"])["stages"][-1]["kind"] == "train"
     assert {"config.json", "README.md"} <= set(remote)
-    assert not any(name.startswith("checkpoints/") for name in remote)
+    assert list((out / "checkpoints").iterdir())  # resume state exists locally …
+    assert not any(name.startswith("checkpoints/") for name in remote)  # … and stays local

@@ -23,7 +23,9 @@ from grow_cli.record import load_record
 
 # Besides huggingface_hub's own (.git/, .cache/huggingface/): editor and OS litter, and unfinished writes.
 IGNORE_PATTERNS = [".git", ".git/*", "**/.git/**", ".cache/*", "**/.cache/**", "*.tmp", "*.partial",
-                   ".DS_Store", "**/.DS_Store", "__pycache__/*", "**/__pycache__/**"]
+                   ".DS_Store", "**/.DS_Store", "__pycache__/*", "**/__pycache__/**",
+                   # train-stage's resume state (optimizer moments, RNG): large, and not part of a model repo
+                   "checkpoints/*", "checkpoints/**"]
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
