@@ -56,6 +56,27 @@ def _init_from_config(member: Member, folder: Path, seed: int) -> Path:
     return folder
 
 
+def _first_model(member: Member, folder: Path, seed: int) -> Path:
+    """The first member's starting model: a fresh one from its config, or its source checkpoint."""
+    if member.config:
+        return _init_from_config(member, folder / "init", seed)
+    from grow_cli.checkpoint.source import resolve_source
+
+    return resolve_source(member.source, revision=member.revision).folder
+
+
+def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool) -> dict[str, Any]:
+    """`grow expand` of the previous member into `out`, with the member's `grow:` options."""
+    from grow_cli.expand import WidthOptions, expand
+
+    options = dict(member.grow)
+    width_keys = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "width_factor", "noise_snr_db")
+    width = WidthOptions(method=options.pop("width_method", "fpi"),
+                         **{k: options.pop(k) for k in width_keys if k in options})
+    return expand(str(previous), out, width=width, seed=recipe.seed, quiet=quiet, force=True,
+                  command=["grow", "family", str(recipe.path)], **options)
+
+
 def _train(recipe: Recipe, member: Member, model: Path, out: Path, quiet: bool) -> dict[str, Any] | None:
     settings = recipe.train_settings(member)
     if settings is None:
@@ -75,7 +96,6 @@ def _train(recipe: Recipe, member: Member, model: Path, out: Path, quiet: bool) 
 def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     """Run every member of `recipe` (skipping finished ones) and write the family report."""
     from grow_cli.compare import compare
-    from grow_cli.expand import WidthOptions, expand
     from grow_cli.family.report import write_report
 
     recipe.out.mkdir(parents=True, exist_ok=True)
@@ -93,24 +113,11 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         err.print(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
         if i == 0:
-            start = (_init_from_config(member, folder / "init", recipe.seed) if member.config
-                     else Path(member.source))
-            grown_report = None
-            if member.source and not Path(member.source).exists():
-                from grow_cli.checkpoint.source import resolve_source
-
-                start = resolve_source(member.source, revision=member.revision).folder
+            start = _first_model(member, folder, recipe.seed)
         else:
             start = folder / "grown"
-            grown_report = None
-            if not (start / "grow.json").is_file():
-                grow = dict(member.grow)
-                width = WidthOptions(method=grow.pop("width_method", "fpi"),
-                                     **{k: grow.pop(k) for k in list(grow) if k in (
-                                         "hidden_size", "intermediate_size", "num_heads", "num_kv_heads",
-                                         "width_factor", "noise_snr_db")})
-                grown_report = expand(str(previous_final), start, width=width, seed=recipe.seed, quiet=quiet,
-                                      force=True, command=["grow", "family", str(recipe.path)], **grow)
+            if not (start / "grow.json").is_file():  # a complete expand output always has grow.json
+                _grow(member, previous_final, start, recipe, quiet)
         trained = _train(recipe, member, start, folder / "trained", quiet)
         if trained is not None and trained.get("status") == "paused":
             err.print(f"{member.name}: training paused at step {trained['step']}; re-run to continue")
@@ -118,11 +125,14 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         final = folder / "trained" if trained is not None else start
         comparison = None
         if previous_final is not None:
-            compare_settings = {"data": recipe.train.get("data"), **recipe.compare}
+            # By default the held-out blocks of the training data: same data, seq_len and split as train-stage.
+            shared = {k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field")
+                      if k in recipe.train}
+            compare_settings = {**shared, "cache_dir": recipe.out / ".grow-cache" / "tokens", **recipe.compare}
             if not compare_settings.get("data"):
                 raise UsageError("recipe: compare needs data (compare.data or train.data)")
             comparison = compare(previous_final, final, **compare_settings)
-        summary = {"name": member.name, "index": i, "final": str(final), "grown": grown_report is not None or i > 0,
+        summary = {"name": member.name, "index": i, "final": str(final), "grown": i > 0,
                    "train": trained, "compare_with_previous": comparison,
                    "record": load_record(final)}
         marker.write_text(json.dumps(summary, indent=2, default=str) + "\n")
