@@ -52,7 +52,8 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
         {"name": "big", "grow": {"depth_factor": 2, "depth_method": "stack"},
          "train": {"max_steps": 6, "exit_interval": 4}},  # pauses after 4 steps, as an interruption would
     ]
-    path = _recipe(tmp_path, members, out="run", train=train, compare={"seq_len": 32, "max_blocks": 4})
+    path = _recipe(tmp_path, members, out="run", train=train, compare={"seq_len": 32, "max_blocks": 4},
+                   baselines=True)
     assert cli("family", path, "--check").code == 0
 
     first = cli("family", path, "-q")
@@ -80,3 +81,11 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     for name in ("family.md", "family.json", "loss_vs_flops.png", "kl_adjacent.png", "compute_saved.png"):
         assert (run / name).is_file() and (run / name).stat().st_size > 0
     assert "KL(prev‖next)" in (run / "family.md").read_text()
+    # The from-scratch reference: the big member's architecture, trained on its lineage's tokens.
+    baseline = big["baseline"]
+    assert baseline["tokens"] >= book["members"][1]["lineage_tokens"]
+    scratch = json.loads((run / "big" / "baseline" / "grow.json").read_text())
+    assert [s["kind"] for s in scratch["stages"]] == ["train"]
+    row = book["members"][1]["baseline"]
+    assert row["final_eval_loss"] > 0 and row["flops"] > 0
+    assert "Against training from scratch" in (run / "family.md").read_text()

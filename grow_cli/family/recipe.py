@@ -9,6 +9,7 @@ train:                          # settings for every training stage (any `grow t
   max_lr: auto
 compare:                        # optional: the held-out comparison between adjacent members
   max_blocks: 32
+baselines: false                # true: also train every grown member from scratch, for an equal-quality saving
 members:
   - name: small
     config: {model_type: llama, hidden_size: 64, …}   # a fresh model from a config (with `tokenizer:`)…
@@ -33,7 +34,7 @@ from typing import Any
 
 from grow_cli.errors import UsageError
 
-TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members"}
+TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines"}
 MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train"}
 GROW_KEYS = {
     "layers": int, "depth_factor": (int, float), "depth_method": str, "dus_overlap": int,
@@ -70,6 +71,7 @@ class Recipe:
     train: dict[str, Any]
     compare: dict[str, Any]
     seed: int = 0
+    baselines: bool = False  # also train each grown member from scratch on its lineage's tokens
     name: str = ""
     description: str = ""
 
@@ -205,4 +207,5 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
     out_dir = Path(out) if out else (base / raw["out"] if "out" in raw else base / path.stem)
     return Recipe(path=path, out=out_dir, members=members, train=train, compare=compare,
                   seed=_typed(raw.get("seed", 0), "seed", int), name=raw.get("name", path.stem),
+                  baselines=_typed(raw.get("baselines", False), "baselines", bool),
                   description=raw.get("description", ""))

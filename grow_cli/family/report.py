@@ -5,7 +5,9 @@ Compute accounting: a member's training FLOPs are its FLOPs per token (6·N plus
 scratch on as many tokens as it has seen through its whole lineage (its own plus every ancestor's); growing it
 instead costs only its own stage. The saving is 1 − progressive / independent over the whole family. This is an
 equal-tokens comparison, not an equal-quality one: the report also lists each member's held-out loss, so a reader
-can see what the progressive members reached.
+can see what the progressive members reached. With `baselines: true` the family also trains every grown member
+from scratch on its lineage's tokens, and the report gives the equal-quality figure: the FLOPs the scratch run
+needed to reach the grown member's held-out loss, against the FLOPs of the member's whole lineage.
 """
 
 from __future__ import annotations
@@ -43,10 +45,37 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             "independent_flops": (per_token or 0) * lineage_tokens,
             "final_eval_loss": evals[-1] if evals else None,
         })
+    cumulative = 0.0
+    for s, row in zip(summaries, rows, strict=True):
+        cumulative += row["progressive_flops"]
+        row["lineage_flops"] = cumulative
+        if s.get("baseline"):
+            row["baseline"] = _baseline_row(Path(s["baseline"]["out"]), row)
     progressive = sum(r["progressive_flops"] for r in rows)
     independent = sum(r["independent_flops"] for r in rows)
     return {"members": rows, "progressive_flops": progressive, "independent_flops": independent,
             "saving": (1 - progressive / independent) if independent else None}
+
+
+def _baseline_row(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """The from-scratch reference of a member: its loss at equal tokens, and the FLOPs it needed to match the
+    member's held-out loss (linear between eval points), against the FLOPs of the member's whole lineage."""
+    metrics = _metrics(folder)
+    per_token = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None) or 0
+    total_tokens = max((m["tokens"] for m in metrics if "tokens" in m), default=0)
+    points = [(per_token * m.get("tokens", total_tokens), m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    target = row["final_eval_loss"]
+    reach = None
+    for (x0, y0), (x1, y1) in zip([(0.0, float("inf")), *points], points, strict=False):
+        if target is not None and y1 <= target:
+            reach = x1 if y0 == float("inf") else x0 + (x1 - x0) * (y0 - target) / (y0 - y1)
+            break
+    return {
+        "final_eval_loss": points[-1][1] if points else None,
+        "flops": per_token * total_tokens,
+        "flops_to_match": reach,
+        "saving_at_equal_quality": (1 - row["lineage_flops"] / reach) if reach else None,
+    }
 
 
 def _plots(out: Path, summaries: list[dict[str, Any]], book: dict[str, Any]) -> list[str]:
@@ -61,12 +90,19 @@ def _plots(out: Path, summaries: list[dict[str, Any]], book: dict[str, Any]) -> 
     for s, row in zip(summaries, book["members"], strict=True):
         metrics = [m for m in _metrics(Path(s["final"])) if "loss" in m]
         if metrics and row["flops_per_token"]:
-            ax.plot([offset + row["flops_per_token"] * m["tokens"] for m in metrics],
-                    [m["loss"] for m in metrics], label=f"{s['name']} (train)")
+            (line,) = ax.plot([offset + row["flops_per_token"] * m["tokens"] for m in metrics],
+                              [m["loss"] for m in metrics], label=f"{s['name']} (train)", linewidth=1)
             evals = [m for m in _metrics(Path(s["final"])) if "eval_loss" in m]
             ax.scatter([offset + row["flops_per_token"] * m.get("tokens", row["tokens"]) for m in evals],
-                       [m["eval_loss"] for m in evals], marker="o", s=18)
+                       [m["eval_loss"] for m in evals], marker="o", s=28, color=line.get_color(),
+                       edgecolors="black", zorder=3)
         offset += row["progressive_flops"]
+        if s.get("baseline"):
+            base = [m for m in _metrics(Path(s["baseline"]["out"])) if "eval_loss" in m and "tokens" in m]
+            per_token = next((m["flops_per_token"] for m in _metrics(Path(s["baseline"]["out"]))
+                              if "flops_per_token" in m), 0)
+            ax.plot([per_token * m["tokens"] for m in base], [m["eval_loss"] for m in base], linestyle="--",
+                    marker=".", label=f"{s['name']} from scratch (held-out)")
     ax.set_xlabel("cumulative family training FLOPs")
     ax.set_ylabel("loss")
     ax.set_title("loss against cumulative compute (dots: held-out loss)")
@@ -141,6 +177,20 @@ def _markdown(recipe: Recipe, summaries: list[dict[str, Any]], book: dict[str, A
         lines += ["", f"Growing each member from the previous one cost **{book['saving']:.1%} less** than training "
                   "every member from scratch on the tokens it has seen (an equal-tokens comparison; see the "
                   "held-out losses above for quality)."]
+    with_baseline = [r for r in book["members"] if r.get("baseline")]
+    if with_baseline:
+        lines += ["", "## Against training from scratch", "",
+                  "Each grown member's architecture trained from a fresh initialisation on as many tokens as the "
+                  "member has seen through its lineage, same settings otherwise.", "",
+                  "| member | held-out loss (grown) | lineage FLOPs | held-out loss (scratch, equal tokens) | "
+                  "scratch FLOPs to match the grown loss | saving at equal quality |", "|---|---|---|---|---|---|"]
+        for r in with_baseline:
+            b = r["baseline"]
+            reach = f"{b['flops_to_match']:.3g}" if b["flops_to_match"] else "not reached"
+            saving = f"{b['saving_at_equal_quality']:.1%}" if b["saving_at_equal_quality"] is not None else (
+                f"> {1 - r['lineage_flops'] / b['flops']:.1%}" if b["flops"] else "—")
+            lines.append(f"| {r['name']} | {r['final_eval_loss']:.4f} | {r['lineage_flops']:.3g} | "
+                         f"{b['final_eval_loss']:.4f} | {reach} | {saving} |")
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
 

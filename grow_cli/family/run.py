@@ -5,6 +5,8 @@ Layout of the output folder (each `final` is a complete HF folder with its linea
     OUT/<member>/init/       the first member's fresh model, when it is built from a config
     OUT/<member>/grown/      `grow expand` of the previous member's final model
     OUT/<member>/trained/    `grow train-stage` output (checkpoints/ inside while it runs)
+    OUT/<member>/baseline/   with `baselines: true`: the same model trained from scratch on as many tokens as the
+                             member has seen through its lineage (the independent-training reference)
     OUT/<member>/member.json the member's summary; written last, so its presence means "finished"
     OUT/family.json, family.md, *.png   the family report
 
@@ -77,16 +79,43 @@ def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool
                   command=["grow", "family", str(recipe.path)], **options)
 
 
+def _baseline(recipe: Recipe, member: Member, final: Path, folder: Path, tokens: int, quiet: bool
+              ) -> dict[str, Any] | None:
+    """`final`'s architecture, freshly initialised and trained from scratch on `tokens` tokens."""
+    if recipe.train_settings(member) is None or tokens <= 0:
+        return None
+    import transformers
+
+    init = folder / "baseline-init"
+    if not (init / "config.json").is_file():
+        transformers.utils.logging.disable_progress_bar()
+        tmp = init.with_name(init.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        transformers.set_seed(recipe.seed)
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(final))
+        model.save_pretrained(tmp)
+        transformers.AutoTokenizer.from_pretrained(final).save_pretrained(tmp)
+        tmp.rename(init)
+    settings = {k: v for k, v in recipe.train_settings(member).items()
+                if k not in ("max_steps", "max_tokens", "exit_interval")}
+    return _train_with({**settings, "max_tokens": tokens}, recipe, init, folder / "baseline", quiet)
+
+
 def _train(recipe: Recipe, member: Member, model: Path, out: Path, quiet: bool) -> dict[str, Any] | None:
     settings = recipe.train_settings(member)
-    if settings is None:
-        return None
+    return None if settings is None else _train_with(settings, recipe, model, out, quiet)
+
+
+def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path, quiet: bool) -> dict[str, Any]:
+    """One `grow train-stage` run into `out`: skipped when finished, resumed when interrupted."""
     from grow_cli.train.checkpoints import complete_checkpoints
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage
 
-    if _done_training(out):
-        return {"status": "done", "skipped": True}
+    if _done_training(out):  # finished in an earlier run: report what that run recorded
+        stage = load_record(out)["stages"][-1]
+        return {"status": "done", "skipped": True, "out": str(out),
+                **{k: stage.get(k) for k in ("steps", "tokens", "max_lr", "final_eval_loss", "final_eval_ppl")}}
     resume = "auto" if complete_checkpoints(out) else None
     config = TrainConfig(model=model, out=out, resume=resume, overwrite=resume is None, quiet=quiet,
                          cache_dir=recipe.out / ".grow-cache" / "tokens", **settings)
@@ -132,8 +161,14 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             if not compare_settings.get("data"):
                 raise UsageError("recipe: compare needs data (compare.data or train.data)")
             comparison = compare(previous_final, final, **compare_settings)
+        baseline = None
+        if recipe.baselines and i > 0:
+            lineage = sum((s.get("train") or {}).get("tokens") or 0 for s in summaries)
+            baseline = _baseline(recipe, member, final, folder, lineage + ((trained or {}).get("tokens") or 0), quiet)
+            if baseline is not None and baseline.get("status") == "paused":
+                return {"status": "paused", "member": member.name, "out": str(recipe.out)}
         summary = {"name": member.name, "index": i, "final": str(final), "grown": i > 0,
-                   "train": trained, "compare_with_previous": comparison,
+                   "train": trained, "compare_with_previous": comparison, "baseline": baseline,
                    "record": load_record(final)}
         marker.write_text(json.dumps(summary, indent=2, default=str) + "\n")
         summaries.append(summary)
