@@ -16,7 +16,7 @@ from typing import Any
 from grow_cli.card import write_card
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
-from grow_cli.checkpoint.output import copy_small_files, staged_output
+from grow_cli.checkpoint.output import copy_small_files, staged_output, update_pooling_dimension
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import FileHasher, Source, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, parse_size
@@ -138,6 +138,8 @@ def _execute(plan: Plan, reader: CheckpointReader, src: Source, out: Path, *, fo
         writer.finish()
         (tmp / "config.json").write_text(json.dumps(plan.target_config, indent=2) + "\n")
         copied, skipped = copy_small_files(src.folder, tmp)
+        if plan.width:
+            update_pooling_dimension(tmp, plan.source_shape.hidden_size, plan.target_shape.hidden_size)
         write_seconds = time.perf_counter() - started
         check = None
         if verify:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 
 @pytest.mark.slow
@@ -18,3 +19,21 @@ def test_demo_grows_the_packaged_minilm(cli, tmp_path):
     record = json.loads((tmp_path / "demo" / "wide-deep" / "grow.json").read_text())
     assert [(s["width"] or {}).get("method") for s in record["stages"]] == ["fpi", None]
     assert [(s["depth"] or {}).get("method") for s in record["stages"]] == [None, "stack"]
+
+
+@pytest.mark.slow
+def test_widened_minilm_is_still_a_sentence_transformer_with_the_same_similarities(tmp_path):
+    """FPI ×2 tiles every hidden unit, so mean pooling and normalisation give tiled embeddings: every cosine
+    similarity between sentences is unchanged, and the pooling config follows the new width."""
+    from sentence_transformers import SentenceTransformer
+
+    from grow_cli.demo import minilm_folder
+    from grow_cli.expand import WidthOptions, expand
+
+    expand(str(minilm_folder()), tmp_path / "wide", width=WidthOptions(method="fpi", width_factor=2), quiet=True)
+    assert json.loads((tmp_path / "wide" / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"] == 768
+    sentences = ["A model grown from a smaller one.", "The cat sat on the mat.", "Growth preserves function."]
+    small = SentenceTransformer(str(minilm_folder()), device="cpu").encode(sentences, convert_to_tensor=True)
+    wide = SentenceTransformer(str(tmp_path / "wide"), device="cpu").encode(sentences, convert_to_tensor=True)
+    assert wide.shape == (3, 768)
+    assert torch.allclose(small @ small.T, wide @ wide.T, atol=1e-5)
