@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers as tf
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from grow_cli.corpus import write_corpus
+from grow_cli.corpus import train_tokenizer, write_corpus
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.loop import train_stage
 from grow_cli.train.metrics import read_metrics
@@ -38,19 +37,8 @@ VOCAB = 2048
 
 def build_model(folder: Path, text_dir: Path) -> None:
     """A byte-level BPE tokenizer trained on the text, and a 4-layer Llama (about 1.3M parameters) of its vocab."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train([str(p) for p in sorted(text_dir.glob("*.txt"))], trainer=trainer)
-    fast = tf.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    documents = [p.read_text() for p in sorted(text_dir.glob("*.txt"))]
+    fast = train_tokenizer(documents, VOCAB)
     config = tf.LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=128,

@@ -95,3 +95,18 @@ def write_corpus(name: str, folder: Path, *, max_files: int | None = None) -> li
         path.write_text(doc + "\n", encoding="utf-8")
         paths.append(path)
     return paths
+
+
+def train_tokenizer(documents: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (`<unk>`=0, `<s>`=1, `</s>`=2) trained on `documents`, as a transformers fast
+    tokenizer: what the examples, benchmarks and tests use when no pretrained tokenizer can be downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(documents, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import transformers as tf
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from grow_cli.corpus import corpus_documents
+from grow_cli.corpus import corpus_documents, train_tokenizer
 
 VOCAB = 512
 SEQ_LEN = 32
@@ -41,19 +40,7 @@ def tiny_config(**overrides) -> tf.LlamaConfig:
 
 @functools.cache
 def _tokenizer() -> tf.PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus_documents("shakespeare")[:2], trainer=trainer)
-    return tf.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return train_tokenizer(corpus_documents("shakespeare")[:2], VOCAB)
 
 
 @functools.cache

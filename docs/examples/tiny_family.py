@@ -19,10 +19,7 @@ VOCAB = 2048
 
 
 def prepare() -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from grow_cli.corpus import corpus_documents
+    from grow_cli.corpus import corpus_documents, train_tokenizer
 
     plays = corpus_documents("shakespeare")
     corpus = HERE / "corpus"
@@ -31,14 +28,7 @@ def prepare() -> None:
         (corpus / f"play-{i:02d}.txt").write_text(play)
     tokenizer_dir = HERE / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():
-        tok = Tokenizer(models.BPE(unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-        tok.train_from_iterator(plays, trainer=trainer)
-        PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                unk_token="<unk>").save_pretrained(tokenizer_dir)
+        train_tokenizer(plays, VOCAB).save_pretrained(tokenizer_dir)
     print(f"wrote {len(plays)} plays to {corpus} and a {VOCAB}-token tokenizer to {tokenizer_dir}", file=sys.stderr)
 
 
