@@ -54,4 +54,11 @@ def family(
     stdout.print(f"[bold green]family done[/bold green]: {result['out']}")
     stdout.print(f"  report {result['report']} (+ {', '.join(result['plots'])})")
     if saving is not None:
-        stdout.print(f"  compute saved against independent training of the same members: {saving:.1%}")
+        stdout.print(f"  compute saved against training every member from scratch on the same tokens: {saving:.1%}")
+    for row in result["ledger"]["members"]:
+        b = row.get("baseline")
+        if b and b["saving_at_equal_quality"] is not None:
+            stdout.print(f"  {row['name']}: at equal held-out loss, growing cost {b['saving_at_equal_quality']:.1%} "
+                         f"less than training it from scratch")
+        elif b:
+            stdout.print(f"  {row['name']}: training from scratch never reached the grown model's held-out loss")
