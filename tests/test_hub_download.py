@@ -141,7 +141,7 @@ def test_grow_expand_from_the_hub(fake_hub, hub_repo, tmp_path):
     env = client_env(fake_hub, fake_hub.home)
     out = tmp_path / "grown"
     cmd = [sys.executable, "-m", "grow_cli", "expand", hub_repo, str(out), "--layers", "8", "--json"]
-    pushed = [*cmd, "--token", TOKEN, "--push-to-hub", "acme/grown-from-hub"]
+    pushed = [*cmd, "--token", TOKEN, "--push-to-hub", "acme/grown-from-hub", "--private"]
     proc = subprocess.run(pushed, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert TOKEN not in proc.stdout + proc.stderr
@@ -149,6 +149,7 @@ def test_grow_expand_from_the_hub(fake_hub, hub_repo, tmp_path):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
     remote = fake_hub.files("acme/grown-from-hub")
+    assert fake_hub.repos["acme/grown-from-hub"].private
     assert remote["grow.json"] == (out / "grow.json").read_bytes()
     assert 'from_pretrained("acme/grown-from-hub")' in remote["README.md"].decode()
     assert {"config.json", "model.safetensors.index.json"} <= set(resolved(fake_hub))

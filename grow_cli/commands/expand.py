@@ -69,6 +69,8 @@ def expand(
     dry_run: Annotated[bool, typer.Option(help="Print the plan and write nothing.")] = False,
     push_to_hub: Annotated[str | None, typer.Option(help="Push the finished output to this Hub repo id.",
                                                     rich_help_panel=OUTPUT)] = None,
+    private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repo private.",
+                                          rich_help_panel=OUTPUT)] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -91,7 +93,7 @@ def expand(
     if push_to_hub and not dry_run:
         from grow_cli.hub import push_folder
 
-        report["push"] = push_folder(Path(report["output"]), push_to_hub, token=token)
+        report["push"] = push_folder(Path(report["output"]), push_to_hub, private=private, token=token)
     if json_out:
         print_json(report)
     else:
