@@ -103,9 +103,10 @@ def expand(
     from grow_cli.checkpoint.output import check_output
 
     max_shard = parse_size(shard_size)
+    if out is not None:  # before any download: a refused output must not cost a multi-GB fetch
+        local = Path(source).expanduser()
+        check_output(Path(out), local if local.exists() else None, force=force)
     src = resolve_source(source, revision=revision, token=token)
-    if out is not None:
-        check_output(Path(out), src.folder, force=force)
     config = load_config(src.folder)
     width_factory = None
     if width is not None and width.requested():
