@@ -96,6 +96,7 @@ def expand(
     force: bool = False,
     dry_run: bool = False,
     verify: bool = False,
+    verify_max_memory: str | None = None,
     quiet: bool = False,
     command: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -103,6 +104,7 @@ def expand(
     from grow_cli.checkpoint.output import check_output
 
     max_shard = parse_size(shard_size)
+    verify_memory = parse_size(verify_max_memory) if verify_max_memory else None
     if out is not None:  # before any download: a refused output must not cost a multi-GB fetch
         local = Path(source).expanduser()
         check_output(Path(out), local if local.exists() else None, force=force)
@@ -122,11 +124,12 @@ def expand(
             return {"dry_run": True, "source": src.describe(), "plan": plan_summary(plan, with_tensors=True)}
         if out is None:
             raise ValueError("expand needs an output folder unless dry_run")
-        return _execute(plan, reader, src, Path(out), force=force, verify=verify, quiet=quiet, command=command)
+        return _execute(plan, reader, src, Path(out), force=force, verify=verify, verify_memory=verify_memory,
+                        quiet=quiet, command=command)
 
 
 def _execute(plan: Plan, reader: CheckpointReader, src: Source, out: Path, *, force: bool, verify: bool,
-             quiet: bool, command: list[str] | None) -> dict[str, Any]:
+             verify_memory: int | None, quiet: bool, command: list[str] | None) -> dict[str, Any]:
     started = time.perf_counter()
     hasher = FileHasher([*reader.files, src.folder / "config.json"])
     with staged_output(out, src.folder, force=force) as tmp:
@@ -146,7 +149,8 @@ def _execute(plan: Plan, reader: CheckpointReader, src: Source, out: Path, *, fo
         if verify:
             from grow_cli import verify as verifier
 
-            result = verifier.compare(src.folder, tmp, vocab_size=plan.source_shape.vocab_size, seed=plan.seed)
+            result = verifier.compare(src.folder, tmp, vocab_size=plan.source_shape.vocab_size, seed=plan.seed,
+                                      max_memory=verify_memory)
             check = verifier.check(result, exact=plan.function_preserving,
                                    dtype=plan.out_dtype or _main_dtype(plan))
         stage = _stage(plan, src, hasher.result(), check, command)

@@ -1,7 +1,8 @@
 """The function-preservation check: run the source and the grown model on the same probe tokens and compare.
 
 Only one model is in memory at a time: the source runs first and its outputs (probe tokens × vocabulary, a few MB)
-are kept, then it is freed and the grown model runs. Both run in float32 and eval mode (dropout off). Reported:
+are kept, then it is freed and the grown model runs. With a memory bound (`--verify-max-memory`), weights beyond it
+stay on disk and accelerate streams them through the forward pass, so even a model larger than RAM can be checked. Both run in float32 and eval mode (dropout off). Reported:
 max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement; for encoders without a head
 (e.g. `BertModel`), the max |Δ| of the last hidden state.
 """
@@ -49,29 +50,36 @@ def _model_class(folder: Path):
     return transformers.AutoModelForCausalLM
 
 
-def _outputs(folder: Path, ids) -> Any:
+def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
+    """The model's logits (or last hidden state) on `ids`; with `max_memory` (bytes), weights beyond it stay on
+    disk and are streamed through accelerate's offloading, so the check runs in bounded memory."""
+    import tempfile
+
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # grow's own progress is on stderr; keep the check quiet
-
-    model = _model_class(folder).from_pretrained(folder, dtype=torch.float32)
-    model.eval()
-    with torch.no_grad():
-        out = model(input_ids=ids)
-    result = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
-    del model, out
-    gc.collect()
+    with tempfile.TemporaryDirectory(prefix="grow-verify-") as offload:
+        options = {} if max_memory is None else {
+            "device_map": "auto", "max_memory": {"cpu": max_memory}, "offload_folder": offload}
+        model = _model_class(folder).from_pretrained(folder, dtype=torch.float32, **options)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids)
+        result = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+        del model, out
+        gc.collect()
     return result.float()
 
 
-def compare(source: Path, grown: Path, *, vocab_size: int, seed: int = 0) -> dict[str, Any]:
+def compare(source: Path, grown: Path, *, vocab_size: int, seed: int = 0, max_memory: int | None = None
+            ) -> dict[str, Any]:
     """Compare two model folders on probe tokens; returns the metrics (no pass/fail judgement)."""
     import torch
 
     ids, kind = probe_ids(Path(source), vocab_size, seed)
-    a = _outputs(Path(source), ids)
-    b = _outputs(Path(grown), ids)
+    a = _outputs(Path(source), ids, max_memory)
+    b = _outputs(Path(grown), ids, max_memory)
     if b.shape[-1] != a.shape[-1]:
         # A width-grown encoder without a head: every width map keeps the source's hidden units first, in order.
         b = b[..., : a.shape[-1]]

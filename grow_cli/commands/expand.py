@@ -65,6 +65,8 @@ def expand(
                                               show_default=False)] = None,
     verify: Annotated[bool, typer.Option(help="Compare source and grown outputs on probe tokens; fails when an "
                                               "exact method is not exact.")] = False,
+    verify_max_memory: Annotated[str | None, typer.Option(
+        help="Memory bound for --verify (e.g. 8GB): weights beyond it are streamed from disk.")] = None,
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.", rich_help_panel=OUTPUT)] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and write nothing.")] = False,
     push_to_hub: Annotated[str | None, typer.Option(help="Push the finished output to this Hub repo id.",
@@ -87,7 +89,8 @@ def expand(
     report = run(
         source, out, revision=revision, token=token, layers=layers, depth_factor=depth_factor,
         depth_method=depth_method, dus_overlap=dus_overlap, width=width, dtype=dtype, shard_size=shard_size,
-        seed=seed, force=force, dry_run=dry_run, verify=verify, quiet=quiet or json_out,
+        seed=seed, force=force, dry_run=dry_run, verify=verify, verify_max_memory=verify_max_memory,
+        quiet=quiet or json_out,
         command=["grow", *redact_argv(sys.argv[1:])],
     )
     if push_to_hub and not dry_run:
