@@ -46,8 +46,14 @@ def test_depth_growth_loads_and_copies_intended_layers(tiny_checkpoints, tmp_pat
     assert len(layer_map) == (6 if method != "dus" else 6)
     assert report["files"]["shards"] > 1  # the sharded writer path ran
 
-    model = MODEL_CLASSES[name].from_pretrained(out)
+    model = MODEL_CLASSES[name].from_pretrained(out).eval()
     assert model.config.num_hidden_layers == len(layer_map)
+    if name in DECODERS:  # the KV cache works with the renumbered layers: cached == uncached generation
+        ids = probe_ids()[:1, :4]
+        with torch.no_grad():
+            cached = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True)
+            uncached = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False)
+        assert torch.equal(cached, uncached)
 
     a, b = _tensors(src), _tensors(out)
     prefix_of = {"llama": "model.layers.", "llama_tied": "model.layers.", "mistral": "model.layers.",
