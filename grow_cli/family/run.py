@@ -34,11 +34,27 @@ def _done_training(folder: Path) -> bool:
     return bool(record and record["stages"][-1]["kind"] == "train" and (folder / "config.json").is_file())
 
 
+def _save_fresh_model(hf_config, tokenizer_source: Path, folder: Path, seed: int) -> Path:
+    """A freshly initialised causal LM of `hf_config` with the tokenizer of `tokenizer_source`, written to `folder`
+    (through a temporary folder, so a complete `folder` means a finished write)."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    transformers.AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
 def _init_from_config(member: Member, folder: Path, seed: int) -> Path:
     """A freshly initialised model from `member.config`, with the tokenizer copied next to it."""
     if (folder / "config.json").is_file():
         return folder
-    import torch
     import transformers
 
     config = dict(member.config or {})
@@ -47,15 +63,7 @@ def _init_from_config(member: Member, folder: Path, seed: int) -> Path:
         hf_config = transformers.AutoConfig.for_model(model_type, **config)
     except Exception as exc:  # transformers' strict validation raises several types
         raise UsageError(f"recipe: members[0].config is not a valid {model_type} config: {exc}") from exc
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(member.tokenizer)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
+    return _save_fresh_model(hf_config, member.tokenizer, folder, seed)
 
 
 def _first_model(member: Member, folder: Path, seed: int) -> Path:
@@ -88,14 +96,7 @@ def _baseline(recipe: Recipe, member: Member, final: Path, folder: Path, tokens:
 
     init = folder / "baseline-init"
     if not (init / "config.json").is_file():
-        transformers.utils.logging.disable_progress_bar()
-        tmp = init.with_name(init.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        transformers.set_seed(recipe.seed)
-        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(final))
-        model.save_pretrained(tmp)
-        transformers.AutoTokenizer.from_pretrained(final).save_pretrained(tmp)
-        tmp.rename(init)
+        _save_fresh_model(transformers.AutoConfig.from_pretrained(final), final, init, recipe.seed)
     settings = {k: v for k, v in recipe.train_settings(member).items()
                 if k not in ("max_steps", "max_tokens", "exit_interval")}
     return _train_with({**settings, "max_tokens": tokens}, recipe, init, folder / "baseline", quiet)

@@ -21,12 +21,11 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.utils import httpx
 
 from grow_cli import __version__
+from grow_cli.checkpoint.output import WEIGHT_SUFFIXES
 from grow_cli.errors import HubError
 from grow_cli.hub.client import endpoint, is_offline, translate
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".ot",
-                   ".tflite", ".npz", ".pkl", ".joblib", ".mlmodel", ".keras", ".pb")
 WEIGHT_CHOICES = (  # in order of preference: (single file, index naming its shards)
     ("model.safetensors", "model.safetensors.index.json"),
     ("pytorch_model.bin", "pytorch_model.bin.index.json"),
