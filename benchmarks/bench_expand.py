@@ -5,9 +5,9 @@
     python benchmarks/bench_expand.py --keep DIR      # keep the generated files in DIR
 
 Prints (a) grow's wall time (median of --repeats runs, alternated with the copies) as a ratio to copying the
-output's bytes with a plain file copy (`shutil.copyfile`, i.e. sendfile) in the same run, and (b) the grow process's peak RSS beyond a baseline process that only imports
-torch and grow, as a ratio to the output size. Targets: (a) ≤ 1.5×, (b) < 25%. Both processes run through
-`os.wait4`, which reports each child's own peak RSS.
+output's bytes with a plain file copy (`shutil.copyfile`, i.e. sendfile) in the same run, and (b) the grow
+process's peak RSS beyond a baseline process that only imports torch and grow, as a ratio to the output size.
+Targets: (a) ≤ 1.5×, (b) < 25%. Both processes run through `os.wait4`, which reports each child's own peak RSS.
 """
 
 from __future__ import annotations
@@ -26,11 +26,23 @@ from pathlib import Path
 
 CONFIGS = {
     # ~777M params, 3.1 GB in fp32; stack ×2 writes ~5.8 GB.
-    "depth": {"hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-              "num_key_value_heads": 16, "vocab_size": 32000},
+    "depth": {
+        "hidden_size": 1536,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "vocab_size": 32000,
+    },
     # ~280M params, 1.1 GB in fp32; width ×2 writes ~4.4 GB.
-    "width": {"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16, "num_attention_heads": 16,
-              "num_key_value_heads": 8, "vocab_size": 32000},
+    "width": {
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "vocab_size": 32000,
+    },
 }
 GROW_ARGS = {
     "depth": ["--depth-factor", "2", "--depth-method", "stack"],
@@ -51,10 +63,17 @@ def generate_checkpoint(folder: Path, dims: dict) -> int:
 
     def layer(i: int) -> dict:
         p = f"model.layers.{i}."
-        shapes = {"self_attn.q_proj.weight": (d, d), "self_attn.k_proj.weight": (kv, d),
-                  "self_attn.v_proj.weight": (kv, d), "self_attn.o_proj.weight": (d, d),
-                  "mlp.gate_proj.weight": (f, d), "mlp.up_proj.weight": (f, d), "mlp.down_proj.weight": (d, f),
-                  "input_layernorm.weight": (d,), "post_attention_layernorm.weight": (d,)}
+        shapes = {
+            "self_attn.q_proj.weight": (d, d),
+            "self_attn.k_proj.weight": (kv, d),
+            "self_attn.v_proj.weight": (kv, d),
+            "self_attn.o_proj.weight": (d, d),
+            "mlp.gate_proj.weight": (f, d),
+            "mlp.up_proj.weight": (f, d),
+            "mlp.down_proj.weight": (d, f),
+            "input_layernorm.weight": (d,),
+            "post_attention_layernorm.weight": (d,),
+        }
         return {p + k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()}
 
     embed = {"model.embed_tokens.weight": torch.randn(dims["vocab_size"], d, generator=gen) * 0.02}
@@ -90,7 +109,8 @@ def _save_groups(folder: Path, groups) -> int:
         path.rename(folder / name)
         weight_map.update(dict.fromkeys(keys, name))
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     return total
 
 
@@ -136,14 +156,15 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--generate", str(src), "--mode", args.mode], check=True)
         shutil.rmtree(out, ignore_errors=True)
         src_bytes = sum(p.stat().st_size for p in src.glob("*.safetensors"))
-        base_s, base_rss = run_child([sys.executable, "-c", "import torch, transformers, grow_cli.expand"])
+        base_s, base_rss = run_child([sys.executable, "-c", "import torch, transformers, grow_cli.growth.expand"])
         copy_dir = work / "plain-copy"
         grow_runs, copy_runs, rss_runs = [], [], []
         for _ in range(args.repeats):  # alternated, so the disk's slow and fast spells hit both alike
             shutil.rmtree(out, ignore_errors=True)
             os.sync()  # start each timed step with no dirty pages left by the previous one
-            seconds, rss = run_child([sys.executable, "-m", "grow_cli", "expand", str(src), str(out), "-q",
-                                      *GROW_ARGS[args.mode]])
+            seconds, rss = run_child(
+                [sys.executable, "-m", "grow_cli", "expand", str(src), str(out), "-q", *GROW_ARGS[args.mode]]
+            )
             grow_runs.append(seconds)
             rss_runs.append(rss)
             shutil.rmtree(copy_dir, ignore_errors=True)
@@ -169,9 +190,12 @@ def main() -> None:
             "cpus": os.cpu_count(),
         }
         print(json.dumps(result, indent=2))
-        print(f"time: {result['time_ratio_vs_copy']}× a plain copy of the output's {out_bytes / 1e9:.2f} GB "
-              f"(target ≤ 1.5×); peak RSS beyond torch's baseline ({base_rss / 1e6:.0f} MB): "
-              f"{result['rss_beyond_baseline_over_output']:.1%} of the output size (target < 25%)", file=sys.stderr)
+        print(
+            f"time: {result['time_ratio_vs_copy']}× a plain copy of the output's {out_bytes / 1e9:.2f} GB "
+            f"(target ≤ 1.5×); peak RSS beyond torch's baseline ({base_rss / 1e6:.0f} MB): "
+            f"{result['rss_beyond_baseline_over_output']:.1%} of the output size (target < 25%)",
+            file=sys.stderr,
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

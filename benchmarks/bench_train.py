@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import transformers as tf
 
-from grow_cli.corpus import train_tokenizer, write_corpus
+from grow_cli.data.corpus import train_tokenizer, write_corpus
+from grow_cli.data.sources import find_sources
+from grow_cli.data.tokens import prepare_tokens
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.loop import train_stage
 from grow_cli.train.metrics import read_metrics
-from grow_cli.train.sources import find_sources
-from grow_cli.train.tokens import prepare_tokens
 
 VOCAB = 2048
 
@@ -154,9 +154,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--plays", type=int, default=6, help="Shakespeare plays of training text")
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="alternate the two this many times; report medians"
-    )
+    parser.add_argument("--repeats", type=int, default=1, help="alternate the two this many times; report medians")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--side", choices=["grow", "trainer"], help=argparse.SUPPRESS)  # one measurement
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -165,11 +163,7 @@ def main() -> None:
         run = run_grow if args.side == "grow" else run_trainer
         tf.utils.logging.set_verbosity_error()
         print(
-            json.dumps(
-                run(
-                    args.work / "model", args.work / "text", args.work / f"{args.side}-{time.time_ns()}", args
-                )
-            )
+            json.dumps(run(args.work / "model", args.work / "text", args.work / f"{args.side}-{time.time_ns()}", args))
         )
         return
     tf.utils.logging.set_verbosity_error()

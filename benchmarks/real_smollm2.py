@@ -26,11 +26,18 @@ from pathlib import Path
 RUNS = [
     ("identity 30→36 (LLaMA-Pro)", ["--layers", "36", "--depth-method", "identity"]),
     ("fpi ×2 (576→1152, heads 9/3→18/6)", ["--width-factor", "2", "--width-method", "fpi"]),
-    ("hypercloning ×2 + 10 dB noise", ["--width-factor", "2", "--width-method", "hypercloning", "--noise-snr-db", "10"]),
-    ("zero, hidden 576→768", ["--hidden-size", "768", "--num-heads", "12", "--num-kv-heads", "4",
-                              "--width-method", "zero"]),
-    ("fpi ×2 + identity 30→36, one pass", ["--width-factor", "2", "--width-method", "fpi", "--layers", "36",
-                                            "--depth-method", "identity"]),
+    (
+        "hypercloning ×2 + 10 dB noise",
+        ["--width-factor", "2", "--width-method", "hypercloning", "--noise-snr-db", "10"],
+    ),
+    (
+        "zero, hidden 576→768",
+        ["--hidden-size", "768", "--num-heads", "12", "--num-kv-heads", "4", "--width-method", "zero"],
+    ),
+    (
+        "fpi ×2 + identity 30→36, one pass",
+        ["--width-factor", "2", "--width-method", "fpi", "--layers", "36", "--depth-method", "identity"],
+    ),
     ("stack 30→60 (G_stack, not exact)", ["--depth-factor", "2", "--depth-method", "stack"]),
     ("aki ×2 (not exact)", ["--width-factor", "2", "--width-method", "aki"]),
 ]
@@ -52,8 +59,9 @@ def convert(dest: Path) -> Path:
     gguf = next(folder.glob("*.gguf")).name
     quantized = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    config = transformers.LlamaConfig(**{k: v for k, v in quantized.config.to_dict().items()
-                                         if k not in ("quantization_config", "_name_or_path")})
+    config = transformers.LlamaConfig(
+        **{k: v for k, v in quantized.config.to_dict().items() if k not in ("quantization_config", "_name_or_path")}
+    )
     model = transformers.LlamaForCausalLM(config)
     model.load_state_dict(quantized.state_dict())
     tmp = dest.with_name(dest.name + ".tmp")
@@ -74,19 +82,42 @@ def main() -> None:
     for label, flags in RUNS:
         out = args.work / ("grown-" + "".join(c if c.isalnum() else "-" for c in label)[:40])
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "grow_cli", "expand", str(source), str(out), "--force",
-                               "--verify", "--json", "-q", *flags], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grow_cli",
+                "expand",
+                str(source),
+                str(out),
+                "--force",
+                "--verify",
+                "--json",
+                "-q",
+                *flags,
+            ],
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             rows.append({"run": label, "error": proc.stderr.strip()})
             continue
         report = json.loads(proc.stdout)
         check = report["verify"]
-        rows.append({"run": label, "params_M": round(report["target_shape"]["num_parameters"] / 1e6, 1),
-                     "exact_claimed": report["function_preserving"], "passed": check["passed"],
-                     "max_abs_logit_diff": check["max_abs_logit_diff"], "logit_scale": check["output_scale"],
-                     "mean_kl": check["mean_kl"], "top1_agreement": check["top1_agreement"],
-                     "seconds": round(seconds, 1)})
+        rows.append(
+            {
+                "run": label,
+                "params_M": round(report["target_shape"]["num_parameters"] / 1e6, 1),
+                "exact_claimed": report["function_preserving"],
+                "passed": check["passed"],
+                "max_abs_logit_diff": check["max_abs_logit_diff"],
+                "logit_scale": check["output_scale"],
+                "mean_kl": check["mean_kl"],
+                "top1_agreement": check["top1_agreement"],
+                "seconds": round(seconds, 1),
+            }
+        )
         shutil.rmtree(out, ignore_errors=True)
     print(json.dumps(rows, indent=2))
     print("\n| run | params | exact? | max abs dlogit | mean KL | top-1 | s |", file=sys.stderr)
@@ -95,9 +126,11 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['run']} | error: {r['error']} |||||", file=sys.stderr)
             continue
-        print(f"| {r['run']} | {r['params_M']}M | {'yes' if r['exact_claimed'] else 'no'} | "
-              f"{r['max_abs_logit_diff']:.3g} | {r['mean_kl']:.3g} | {r['top1_agreement']:.1%} | {r['seconds']} |",
-              file=sys.stderr)
+        print(
+            f"| {r['run']} | {r['params_M']}M | {'yes' if r['exact_claimed'] else 'no'} | "
+            f"{r['max_abs_logit_diff']:.3g} | {r['mean_kl']:.3g} | {r['top1_agreement']:.1%} | {r['seconds']} |",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -34,15 +34,38 @@ import pytest
 import yaml
 
 # The patterns the Hub's default .gitattributes stores in LFS (a subset); files of 10 MB or more go to LFS too.
-LFS_PATTERNS = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf",
-                "*.model", "*.npz", "*.zip", "*.tar.gz"]
+LFS_PATTERNS = [
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.h5",
+    "*.msgpack",
+    "*.onnx",
+    "*.gguf",
+    "*.model",
+    "*.npz",
+    "*.zip",
+    "*.tar.gz",
+]
 LFS_MIN_SIZE = 10 * 1024 * 1024
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
 # What the Hub's metadata validation accepts for the keys grow writes (hub-docs model-cards.md).
 BASE_MODEL_RELATIONS = {"adapter", "merge", "quantized", "finetune"}
-PIPELINE_TAGS = {"text-generation", "fill-mask", "feature-extraction", "text-classification", "token-classification",
-                 "question-answering", "summarization", "translation", "sentence-similarity", "text2text-generation"}
+PIPELINE_TAGS = {
+    "text-generation",
+    "fill-mask",
+    "feature-extraction",
+    "text-classification",
+    "token-classification",
+    "question-answering",
+    "summarization",
+    "translation",
+    "sentence-similarity",
+    "text2text-generation",
+}
 REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
@@ -187,7 +210,9 @@ class FakeHub:
             return commit.oid
 
     def add_folder(self, repo_id: str, folder: Path, **kwargs) -> str:
-        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()
+        }
         return self.add_files(repo_id, files, **kwargs)
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
@@ -201,8 +226,15 @@ class FakeHub:
 
     # ---- internals -----------------------------------------------------------------------------------------
 
-    def _commit(self, repo: Repo, parent: str | None, message: str, description: str, tree: dict[str, bytes],
-                lfs: dict[str, str] | None = None) -> Commit:
+    def _commit(
+        self,
+        repo: Repo,
+        parent: str | None,
+        message: str,
+        description: str,
+        tree: dict[str, bytes],
+        lfs: dict[str, str] | None = None,
+    ) -> Commit:
         n = next(self._counter)
         oid = hashlib.sha1(f"{repo.repo_id}:{n}:{parent}:{message}".encode()).hexdigest()
         lfs = dict(lfs or {})
@@ -312,7 +344,11 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return 200, {"standardEnvVars": [], "harnesses": {}}, {}
             if seg[:2] == ["api", "whoami-v2"]:
                 self._auth(required=True)
-                return 200, {"type": "user", "name": hub.user, "orgs": [], "auth": {"type": "access_token"}}, {}
+                return (
+                    200,
+                    {"type": "user", "name": hub.user, "orgs": [], "auth": {"type": "access_token"}},
+                    {},
+                )
             if seg[:3] == ["api", "repos", "create"] and method == "POST":
                 return self._create_repo(json.loads(body))
             if seg[:2] == ["api", "validate-yaml"] and method == "POST":
@@ -371,10 +407,22 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                         entry["lfs"] = {"sha256": commit.lfs[path], "size": len(data), "pointerSize": 134}
                 siblings.append(entry)
             now = _dt.datetime.now(_dt.UTC).isoformat().replace("+00:00", "Z")
-            info = {"_id": repo_id, "id": repo_id, "modelId": repo_id, "author": repo_id.split("/")[0],
-                    "sha": commit.oid, "private": repo.private, "disabled": False, "gated": False,
-                    "lastModified": now, "createdAt": now, "tags": [], "downloads": 0, "likes": 0,
-                    "siblings": siblings}
+            info = {
+                "_id": repo_id,
+                "id": repo_id,
+                "modelId": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": commit.oid,
+                "private": repo.private,
+                "disabled": False,
+                "gated": False,
+                "lastModified": now,
+                "createdAt": now,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "siblings": siblings,
+            }
             return 200, info, {}
 
         def _create_branch(self, repo_id: str, branch: str, body: bytes):
@@ -396,7 +444,7 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             for path, data in sorted(commit.tree.items()):
                 if not path.startswith(prefix):
                     continue
-                parts = path[len(prefix):].split("/")
+                parts = path[len(prefix) :].split("/")
                 for depth in range(1, len(parts)):
                     folders.add(prefix + "/".join(parts[:depth]))
                 if len(parts) > 1 and not recursive:
@@ -406,14 +454,19 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     entry["lfs"] = {"oid": commit.lfs[path], "size": len(data), "pointerSize": 134}
                 entries.append(entry)
             if not recursive:
-                folders = {f for f in folders if "/" not in f[len(prefix):]}
-            entries += [{"type": "directory", "oid": git_sha1(f.encode()), "size": 0, "path": f} for f in sorted(folders)]
+                folders = {f for f in folders if "/" not in f[len(prefix) :]}
+            entries += [
+                {"type": "directory", "oid": git_sha1(f.encode()), "size": 0, "path": f} for f in sorted(folders)
+            ]
             return 200, entries, {}
 
         def _refs(self, repo_id: str):
             repo = self._repo(repo_id, write=False)
-            branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o}
-                        for n, o in repo.branches.items() if not n.startswith("refs/")]
+            branches = [
+                {"name": n, "ref": f"refs/heads/{n}", "targetCommit": o}
+                for n, o in repo.branches.items()
+                if not n.startswith("refs/")
+            ]
             return 200, {"branches": branches, "tags": [], "converts": []}, {}
 
         def _preupload(self, repo_id: str, revision: str, payload: dict):
@@ -427,8 +480,14 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if path in commit.tree:
                     data = commit.tree[path]
                     oid = hashlib.sha256(data).hexdigest() if lfs else git_sha1(data)
-                files.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                              "oid": oid})
+                files.append(
+                    {
+                        "path": path,
+                        "uploadMode": "lfs" if lfs else "regular",
+                        "shouldIgnore": False,
+                        "oid": oid,
+                    }
+                )
             return 200, {"files": files, "commitOid": commit.oid}, {}
 
         def _lfs_batch(self, repo_id: str, payload: dict):
@@ -439,7 +498,11 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if obj["oid"] not in repo.lfs_objects:  # already uploaded: no actions, the client skips it
                     entry["actions"] = {"upload": {"href": f"{hub.url}/_lfs/{repo_id}/{obj['oid']}"}}
                 objects.append(entry)
-            return 200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
+            return (
+                200,
+                {"transfer": "basic", "objects": objects},
+                {"Content-Type": "application/vnd.git-lfs+json"},
+            )
 
         def _lfs_put(self, repo_id: str, oid: str, body: bytes):
             if self.headers.get("Authorization"):
@@ -482,7 +545,11 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if "README.md" in tree and (errors := validate_card(tree["README.md"].decode())):
                     raise HubHTTPError(400, f"Invalid metadata in README.md: {errors[0]}")
                 commit = hub._commit(repo, base.oid, header["summary"], header.get("description", ""), tree, lfs)
-                result = {"success": True, "commitOid": commit.oid, "commitUrl": f"{hub.url}/{repo_id}/commit/{commit.oid}"}
+                result = {
+                    "success": True,
+                    "commitOid": commit.oid,
+                    "commitUrl": f"{hub.url}/{repo_id}/commit/{commit.oid}",
+                }
                 if create_pr:
                     number = 1 + sum(1 for b in repo.branches if b.startswith("refs/pr/"))
                     repo.branches[f"refs/pr/{number}"] = commit.oid
@@ -519,10 +586,28 @@ TOKEN = "hf_fakeWriteToken0123456789"
 
 def client_env(hub: FakeHub, home: Path) -> dict[str, str]:
     """Environment for a `grow` subprocess that talks to `hub` only (set before huggingface_hub is imported)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
-    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HUB_DISABLE_UPDATE_CHECK="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_COLOR="1", COLUMNS="200")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "HF_HUB_CACHE",
+        )
+    }
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_UPDATE_CHECK="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        NO_COLOR="1",
+        COLUMNS="200",
+    )
     return env
 
 
@@ -540,7 +625,13 @@ def fake_hub_fixture(tmp_path, monkeypatch):
     home.mkdir()
     with FakeHub(token=TOKEN) as hub:
         hub.home = home
-        for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+        for name in (
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "HF_HUB_CACHE",
+        ):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         monkeypatch.setenv("HF_HOME", str(home))
@@ -573,35 +664,71 @@ def make_grown_folder(folder: Path, *, base: str | None = "acme/tiny-llama", arc
     """A tiny sharded checkpoint with the grow.json and README.md that `grow expand` + `train-stage` write."""
     from tiny_models import save_tiny
 
-    from grow_cli.card import write_card
-    from grow_cli.record import append_stage, write_record
+    from grow_cli.lineage.card import write_card
+    from grow_cli.lineage.record import append_stage, write_record
 
     save_tiny(arch, folder)
-    shape = {"layers": 2, "hidden_size": 32, "intermediate_size": 48, "num_heads": 4, "num_kv_heads": 2,
-             "num_parameters": 30_000}
+    shape = {
+        "layers": 2,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "num_parameters": 30_000,
+    }
     expand = {
         "kind": "expand",
-        "source": {"repo_id": base, "revision": None, "commit": "c0ffee" * 6 + "abcd", "files": {},
-                   "architecture": arch, "shape": shape} if base else
-                  {"path": "/data/models/tiny", "files": {}, "architecture": arch, "shape": shape},
+        "source": {
+            "repo_id": base,
+            "revision": None,
+            "commit": "c0ffee" * 6 + "abcd",
+            "files": {},
+            "architecture": arch,
+            "shape": shape,
+        }
+        if base
+        else {"path": "/data/models/tiny", "files": {}, "architecture": arch, "shape": shape},
         "target": {**shape, "layers": 4, "num_parameters": 52_000},
-        "depth": {"method": "stack", "layer_map": [0, 1, 0, 1], "new_layers": [2, 3], "function_preserving": False,
-                  "parameters": {"factor": 2}},
+        "depth": {
+            "method": "stack",
+            "layer_map": [0, 1, 0, 1],
+            "new_layers": [2, 3],
+            "function_preserving": False,
+            "parameters": {"factor": 2},
+        },
         "width": None,
         "function_preserving": False,
         "seed": 0,
         "dtype": "F32",
         "added_tensors": [],
-        "verify": {"probe": "random", "tokens": 64, "max_abs_logit_diff": 0.42, "output_scale": 3.0,
-                   "mean_kl": 0.013, "top1_agreement": 0.95, "tolerance": 3e-4, "exact_claimed": False,
-                   "passed": None},
+        "verify": {
+            "probe": "random",
+            "tokens": 64,
+            "max_abs_logit_diff": 0.42,
+            "output_scale": 3.0,
+            "mean_kl": 0.013,
+            "top1_agreement": 0.95,
+            "tolerance": 3e-4,
+            "exact_claimed": False,
+            "passed": None,
+        },
         "command": ["grow", "expand", base or "/data/models/tiny", "out", "--layers", "4"],
     }
     record = append_stage(None, expand, {"architecture": arch, "model_type": arch, "num_parameters": 52_000})
-    train = {"kind": "train", "data": {"paths": ["/data/corpus.jsonl"], "fingerprint": "9f8e7d",
-                                       "datasets": ["HuggingFaceFW/fineweb-edu", "/data/corpus.jsonl"]},
-             "tokens": 1_234_567, "steps": 300, "schedule": {"name": "wsd"}, "max_lr": 3e-4, "train_only": "new",
-             "final_eval_loss": 3.21}
+    train = {
+        "kind": "train",
+        "data": {
+            "paths": ["/data/corpus.jsonl"],
+            "fingerprint": "9f8e7d",
+            "datasets": ["HuggingFaceFW/fineweb-edu", "/data/corpus.jsonl"],
+        },
+        "tokens": 1_234_567,
+        "steps": 300,
+        "schedule": {"name": "wsd"},
+        "max_lr": 3e-4,
+        "train_only": "new",
+        "final_eval_loss": 3.21,
+    }
     record = append_stage(record, train, record["model"])
     write_record(folder, record)
     write_card(folder, record)

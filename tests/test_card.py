@@ -8,47 +8,85 @@ import pytest
 import yaml
 from fake_hub import validate_card
 
-from grow_cli.card import front_matter, redact_argv, redact_command, render_card, write_card
-from grow_cli.record import append_stage
+from grow_cli.lineage.card import front_matter, redact_argv, redact_command, render_card, write_card
+from grow_cli.lineage.record import append_stage
 
-SHAPE = {"layers": 24, "hidden_size": 576, "intermediate_size": 1536, "num_heads": 9, "num_kv_heads": 3,
-         "num_parameters": 134_515_008}
+SHAPE = {
+    "layers": 24,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_heads": 9,
+    "num_kv_heads": 3,
+    "num_parameters": 134_515_008,
+}
 
 
 def expand_stage(source=None, **extra):
     return {
         "kind": "expand",
-        "source": source or {"repo_id": "HuggingFaceTB/SmolLM2-135M", "revision": "main", "commit": "a" * 40,
-                             "files": {}, "architecture": "llama", "shape": SHAPE},
+        "source": source
+        or {
+            "repo_id": "HuggingFaceTB/SmolLM2-135M",
+            "revision": "main",
+            "commit": "a" * 40,
+            "files": {},
+            "architecture": "llama",
+            "shape": SHAPE,
+        },
         "target": {**SHAPE, "layers": 48, "num_parameters": 241_000_000},
-        "depth": {"method": "stack", "layer_map": list(range(24)) * 2, "new_layers": list(range(24, 48)),
-                  "function_preserving": False, "parameters": {"factor": 2}},
+        "depth": {
+            "method": "stack",
+            "layer_map": list(range(24)) * 2,
+            "new_layers": list(range(24, 48)),
+            "function_preserving": False,
+            "parameters": {"factor": 2},
+        },
         "width": None,
         "function_preserving": False,
         "seed": 0,
         "dtype": "bf16",
-        "verify": {"probe": "random", "tokens": 512, "max_abs_logit_diff": 1.75, "mean_kl": 0.21,
-                   "top1_agreement": 0.62, "tolerance": 0.3, "exact_claimed": False, "passed": None},
+        "verify": {
+            "probe": "random",
+            "tokens": 512,
+            "max_abs_logit_diff": 1.75,
+            "mean_kl": 0.21,
+            "top1_agreement": 0.62,
+            "tolerance": 0.3,
+            "exact_claimed": False,
+            "passed": None,
+        },
         **extra,
     }
 
 
 def train_stage(**extra):
-    return {"kind": "train", "data": {"paths": ["/data/fw.jsonl"], "fingerprint": "abc123",
-                                      "datasets": ["HuggingFaceFW/fineweb-edu", "/data/fw.jsonl"]},
-            "tokens": 2_000_000_000, "steps": 3_815, "schedule": {"name": "wsd"}, "max_lr": 3e-4,
-            "train_only": "new", "final_eval_loss": 2.8731, **extra}
+    return {
+        "kind": "train",
+        "data": {
+            "paths": ["/data/fw.jsonl"],
+            "fingerprint": "abc123",
+            "datasets": ["HuggingFaceFW/fineweb-edu", "/data/fw.jsonl"],
+        },
+        "tokens": 2_000_000_000,
+        "steps": 3_815,
+        "schedule": {"name": "wsd"},
+        "max_lr": 3e-4,
+        "train_only": "new",
+        "final_eval_loss": 2.8731,
+        **extra,
+    }
 
 
 @pytest.fixture
 def record():
-    first = append_stage(None, expand_stage(), {"architecture": "llama", "model_type": "llama",
-                                                "num_parameters": 241_000_000})
+    first = append_stage(
+        None, expand_stage(), {"architecture": "llama", "model_type": "llama", "num_parameters": 241_000_000}
+    )
     return append_stage(first, train_stage(), first["model"])
 
 
 def meta_of(card: str) -> dict:
-    return yaml.safe_load(card[4:card.index("\n---", 4)])
+    return yaml.safe_load(card[4 : card.index("\n---", 4)])
 
 
 def test_front_matter(record):
@@ -78,7 +116,10 @@ def test_body_tells_the_lineage(record):
     card = render_card(record, title="acme/smollm2-270m-grown")
     assert card.startswith("---\n")
     assert "# acme/smollm2-270m-grown" in card
-    assert "Stage 1: **Grown** from [`HuggingFaceTB/SmolLM2-135M`](https://huggingface.co/HuggingFaceTB/SmolLM2-135M)" in card
+    assert (
+        "Stage 1: **Grown** from [`HuggingFaceTB/SmolLM2-135M`](https://huggingface.co/HuggingFaceTB/SmolLM2-135M)"
+        in card
+    )
     assert "layers=24" in card and "layers=48" in card
     assert "`stack`, [G_stack (Du et al., NeurIPS 2024)](https://arxiv.org/abs/2405.15319)" in card
     assert "not function-preserving; factor=2" in card
@@ -90,9 +131,17 @@ def test_body_tells_the_lineage(record):
 
 
 def test_exact_method_shows_its_verdict():
-    stage = expand_stage(depth={"method": "identity", "function_preserving": True, "parameters": {}},
-                         verify={"tokens": 64, "max_abs_logit_diff": 2e-7, "mean_kl": 0.0, "top1_agreement": 1.0,
-                                 "tolerance": 1e-4, "passed": True})
+    stage = expand_stage(
+        depth={"method": "identity", "function_preserving": True, "parameters": {}},
+        verify={
+            "tokens": 64,
+            "max_abs_logit_diff": 2e-7,
+            "mean_kl": 0.0,
+            "top1_agreement": 1.0,
+            "tolerance": 1e-4,
+            "passed": True,
+        },
+    )
     card = render_card(append_stage(None, stage, {"architecture": "llama"}), title="x")
     assert "exactly function-preserving" in card and "LLaMA-Pro" in card
     assert "passed (tolerance 0.0001)" in card
@@ -112,8 +161,9 @@ def test_local_source_has_no_base_model_but_an_ancestor_from_the_hub_counts():
 
 
 def test_bert_is_fill_mask_and_width_methods_are_tags():
-    stage = expand_stage(width={"method": "fpi", "function_preserving": True, "parameters": {"hidden_size": 768}},
-                         depth=None)
+    stage = expand_stage(
+        width={"method": "fpi", "function_preserving": True, "parameters": {"hidden_size": 768}}, depth=None
+    )
     record = append_stage(None, stage, {"architecture": "bert"})
     meta = front_matter(record)
     card = render_card(record, title="acme/bert-wide")
@@ -140,7 +190,13 @@ def test_tokens_in_the_recorded_command_are_redacted(record):
     card = render_card(record, title="x")
     assert secret not in card and "--token *** --token=***" in card
     assert redact_command(f"grow push out me/x --token {secret}") == "grow push out me/x --token ***"
-    assert redact_argv(["grow", "expand", "--token", secret, "a/b"]) == ["grow", "expand", "--token", "***", "a/b"]
+    assert redact_argv(["grow", "expand", "--token", secret, "a/b"]) == [
+        "grow",
+        "expand",
+        "--token",
+        "***",
+        "a/b",
+    ]
 
 
 def test_validator_rejects_what_the_hub_rejects(record):
@@ -156,4 +212,6 @@ def test_write_card_uses_the_folder_name(tmp_path, record):
     path = write_card(tmp_path / "smollm2-grown", record)
     assert path.name == "README.md"
     assert "# smollm2-grown" in path.read_text()
-    assert write_card(tmp_path / "smollm2-grown", record, title="acme/x").read_text() == render_card(record, title="acme/x")
+    assert write_card(tmp_path / "smollm2-grown", record, title="acme/x").read_text() == render_card(
+        record, title="acme/x"
+    )

@@ -15,7 +15,7 @@ from tiny_models import MODEL_CLASSES, build_tiny, probe_ids
 from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
 from grow_cli.errors import CheckpointError, UsageError
-from grow_cli.expand import expand
+from grow_cli.growth.expand import expand
 
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I64": torch.int64}
 
@@ -42,7 +42,8 @@ def test_writer_output_matches_safetensors(tmp_path):
     assert len(shards) > 1
     on_disk = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert on_disk == index and on_disk["metadata"]["total_size"] == sum(
-        t.numel() * t.element_size() for t, _ in tensors.values())
+        t.numel() * t.element_size() for t, _ in tensors.values()
+    )
     for name, (tensor, _) in tensors.items():
         with safe_open(tmp_path / index["weight_map"][name], "pt") as f:
             assert f.metadata() == {"format": "pt"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_train_tinylm import save_tiny_lm, write_plays
 
-from grow_cli.compare import compare
+from grow_cli.family.compare import compare
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +37,28 @@ def test_identical_models_agree_exactly(two_models):
 
 def test_different_models_match_a_direct_computation(two_models):
     a, b, data, root = two_models
-    result = compare(a, b, [str(data)], seq_len=32, max_blocks=8, batch_size=3, eval_fraction=0.1,
-                     cache_dir=root / "cache")
+    result = compare(
+        a, b, [str(data)], seq_len=32, max_blocks=8, batch_size=3, eval_fraction=0.1, cache_dir=root / "cache"
+    )
     assert result["kl_a_b"] > 1e-4 and result["kl_b_a"] > 1e-4 and result["top1_agreement"] < 1.0
 
     # The same held-out blocks, computed directly in one batch.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grow_cli.train.sources import find_sources
-    from grow_cli.train.tokens import prepare_tokens
+    from grow_cli.data.sources import find_sources
+    from grow_cli.data.tokens import prepare_tokens
 
     tok = AutoTokenizer.from_pretrained(a)
-    data_ = prepare_tokens(find_sources([str(data)]), tok, text_field="text", seq_len=32, eval_fraction=0.1,
-                           vocab_size=512, eos_id=tok.eos_token_id, cache_dir=root / "cache")
+    data_ = prepare_tokens(
+        find_sources([str(data)]),
+        tok,
+        text_field="text",
+        seq_len=32,
+        eval_fraction=0.1,
+        vocab_size=512,
+        eos_id=tok.eos_token_id,
+        cache_dir=root / "cache",
+    )
     ids = torch.from_numpy(data_.blocks[data_.eval_ids[:8]].astype("int64"))
     with torch.no_grad():
         la = AutoModelForCausalLM.from_pretrained(a)(ids).logits[:, :-1].double()
@@ -69,8 +78,20 @@ def test_different_models_match_a_direct_computation(two_models):
 
 def test_cli_compare_json_and_tokenizer_mismatch(two_models, cli, tmp_path):
     a, b, data, _ = two_models
-    result = cli("compare", a, b, "--data", data, "--seq-len", "32", "--max-blocks", "4", "--eval-fraction",
-                 "0.1", "--json")
+    result = cli(
+        "compare",
+        a,
+        b,
+        "--data",
+        data,
+        "--seq-len",
+        "32",
+        "--max-blocks",
+        "4",
+        "--eval-fraction",
+        "0.1",
+        "--json",
+    )
     assert result.code == 0, result.stderr
     assert set(json.loads(result.stdout)) >= {"kl_a_b", "kl_b_a", "js", "top1_agreement", "ppl_a", "ppl_b"}
     other = save_tiny_lm(tmp_path / "other")

@@ -27,8 +27,8 @@ def test_widened_minilm_is_still_a_sentence_transformer_with_the_same_similariti
     similarity between sentences is unchanged, and the pooling config follows the new width."""
     from sentence_transformers import SentenceTransformer
 
-    from grow_cli.demo import minilm_folder
-    from grow_cli.expand import WidthOptions, expand
+    from grow_cli.growth.demo import minilm_folder
+    from grow_cli.growth.expand import WidthOptions, expand
 
     expand(str(minilm_folder()), tmp_path / "wide", width=WidthOptions(method="fpi", width_factor=2), quiet=True)
     assert json.loads((tmp_path / "wide" / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"] == 768

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from tiny_models import ALL, DECODERS, MODEL_CLASSES, probe_ids
 
-from grow_cli.expand import expand
+from grow_cli.growth.expand import expand
 from grow_cli.operators import depth as ops
 
 METHODS = ["stack", "interleave", "interpolate", "identity", "dus"]
@@ -56,19 +56,28 @@ def test_depth_growth_loads_and_copies_intended_layers(tiny_checkpoints, tmp_pat
         assert torch.equal(cached, uncached)
 
     a, b = _tensors(src), _tensors(out)
-    prefix_of = {"llama": "model.layers.", "llama_tied": "model.layers.", "mistral": "model.layers.",
-                 "qwen2": "model.layers.", "gpt2": "transformer.h.", "gpt_neox": "gpt_neox.layers.",
-                 "bert": "bert.encoder.layer."}[name]
+    prefix_of = {
+        "llama": "model.layers.",
+        "llama_tied": "model.layers.",
+        "mistral": "model.layers.",
+        "qwen2": "model.layers.",
+        "gpt2": "transformer.h.",
+        "gpt_neox": "gpt_neox.layers.",
+        "bert": "bert.encoder.layer.",
+    }[name]
     zeroed = 0
     for out_name, tensor in b.items():
         if not out_name.startswith(prefix_of):
             assert torch.equal(tensor, a[out_name]), out_name  # embeddings and head untouched
             continue
-        j, rest = out_name[len(prefix_of):].split(".", 1)
+        j, rest = out_name[len(prefix_of) :].split(".", 1)
         src_name = f"{prefix_of}{layer_map[int(j)]}.{rest}"
         new = int(j) in report["depth"]["new_layers"]
-        if method == "identity" and new and any(k in rest for k in ("o_proj", "down_proj", "c_proj",
-                                                                    "attention.dense", "dense_4h_to_h")):
+        if (
+            method == "identity"
+            and new
+            and any(k in rest for k in ("o_proj", "down_proj", "c_proj", "attention.dense", "dense_4h_to_h"))
+        ):
             assert not tensor.any(), out_name
             zeroed += 1
         else:

@@ -18,18 +18,36 @@ def _recipe(tmp_path, members, **top):
     return path
 
 
-@pytest.mark.parametrize("members,top,fragment", [
-    ([{"name": "a", "source": "m"}], {"trian": {}}, "top level.trian: unknown key"),
-    ([{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_methd": "stack"}}], {},
-     "members[1].grow.depth_methd: unknown key"),
-    ([{"name": "a", "source": "m", "train": {"max_stepz": 3}}], {}, "members[0].train.max_stepz: unknown key"),
-    ([{"name": "a", "source": "m"}, {"name": "b"}], {}, "members[1]: needs a 'grow' section"),
-    ([{"name": "a"}], {}, "exactly one of 'source'"),
-    ([{"name": "a", "source": "m"}, {"name": "a", "grow": {"layers": 4}}], {}, "members[1].name"),
-    ([{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": "four"}}], {}, "members[1].grow.layers: expected int"),
-    ([{"name": "a", "source": "m", "train": {"max_steps": 3}}], {}, "no 'data'"),
-    ([{"name": "a", "source": "m", "train": {"max_steps": 3, "schedule": "zigzag", "data": "x"}}], {}, "--schedule"),
-])
+@pytest.mark.parametrize(
+    "members,top,fragment",
+    [
+        ([{"name": "a", "source": "m"}], {"trian": {}}, "top level.trian: unknown key"),
+        (
+            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_methd": "stack"}}],
+            {},
+            "members[1].grow.depth_methd: unknown key",
+        ),
+        (
+            [{"name": "a", "source": "m", "train": {"max_stepz": 3}}],
+            {},
+            "members[0].train.max_stepz: unknown key",
+        ),
+        ([{"name": "a", "source": "m"}, {"name": "b"}], {}, "members[1]: needs a 'grow' section"),
+        ([{"name": "a"}], {}, "exactly one of 'source'"),
+        ([{"name": "a", "source": "m"}, {"name": "a", "grow": {"layers": 4}}], {}, "members[1].name"),
+        (
+            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": "four"}}],
+            {},
+            "members[1].grow.layers: expected int",
+        ),
+        ([{"name": "a", "source": "m", "train": {"max_steps": 3}}], {}, "no 'data'"),
+        (
+            [{"name": "a", "source": "m", "train": {"max_steps": 3, "schedule": "zigzag", "data": "x"}}],
+            {},
+            "--schedule",
+        ),
+    ],
+)
 def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):
     with pytest.raises(UsageError, match="recipe") as info:
         load_recipe(_recipe(tmp_path, members, **top))
@@ -45,15 +63,25 @@ def test_recipe_error_on_the_cli_is_one_line(cli, tmp_path):
 def test_two_member_family_runs_and_resumes(cli, tmp_path):
     save_tiny_lm(tmp_path / "base")
     write_plays(tmp_path / "text", count=2, chars=30_000)
-    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_every": 3, "eval_batches": 2,
-             "eval_fraction": 0.05, "max_lr": "auto", "warmup_steps": 1}
+    train = {
+        "data": ["text"],
+        "seq_len": 32,
+        "micro_batch_size": 4,
+        "eval_every": 3,
+        "eval_batches": 2,
+        "eval_fraction": 0.05,
+        "max_lr": "auto",
+        "warmup_steps": 1,
+    }
     members = [
         {"name": "small", "source": "base", "train": {"max_steps": 4}},
-        {"name": "big", "grow": {"depth_factor": 2, "depth_method": "stack"},
-         "train": {"max_steps": 6, "exit_interval": 4}},  # pauses after 4 steps, as an interruption would
+        {
+            "name": "big",
+            "grow": {"depth_factor": 2, "depth_method": "stack"},
+            "train": {"max_steps": 6, "exit_interval": 4},
+        },  # pauses after 4 steps, as an interruption would
     ]
-    path = _recipe(tmp_path, members, out="run", train=train, compare={"seq_len": 32, "max_blocks": 4},
-                   baselines=True)
+    path = _recipe(tmp_path, members, out="run", train=train, compare={"seq_len": 32, "max_blocks": 4}, baselines=True)
     assert cli("family", path, "--check").code == 0
 
     first = cli("family", path, "-q")

@@ -45,12 +45,20 @@ def test_downloads_only_what_grow_needs(fake_hub, hub_repo, tiny):
     head = fake_hub.head(hub_repo)
     assert source == {"repo_id": hub_repo, "revision": None, "commit": head.oid, "files": source["files"]}
     shards = sorted(p.name for p in tiny.glob("*.safetensors"))
-    expected = {"config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json",
-                "model.safetensors.index.json", *shards}
+    expected = {
+        "config.json",
+        "generation_config.json",
+        "tokenizer_config.json",
+        "tokenizer.json",
+        "model.safetensors.index.json",
+        *shards,
+    }
     assert set(source["files"]) == expected
     assert set(resolved(fake_hub)) == expected  # not the .bin copy, ONNX, original/ or the 50 MB text file
     for name in shards:
-        assert hashlib.sha256((folder / name).read_bytes()).digest() == hashlib.sha256((tiny / name).read_bytes()).digest()
+        assert (
+            hashlib.sha256((folder / name).read_bytes()).digest() == hashlib.sha256((tiny / name).read_bytes()).digest()
+        )
     assert folder.name == head.oid and str(folder).startswith(str(fake_hub.home))
 
     # A second call reuses the cache: no file is fetched again.
@@ -115,7 +123,16 @@ def test_bad_token_on_download_is_an_authentication_error(fake_hub, hub_repo):
 def test_is_hub_id(tmp_path, monkeypatch):
     assert is_hub_id("acme/tiny-llama")
     assert is_hub_id("HuggingFaceTB/SmolLM2-135M")
-    for text in ("tiny", "./acme/tiny", "/abs/path", "a/b/c", "acme/", "acme/../x", "~/models/x", "acme/x--y"):
+    for text in (
+        "tiny",
+        "./acme/tiny",
+        "/abs/path",
+        "a/b/c",
+        "acme/",
+        "acme/../x",
+        "~/models/x",
+        "acme/x--y",
+    ):
         assert not is_hub_id(text), text
     monkeypatch.chdir(tmp_path)
     (tmp_path / "acme" / "local").mkdir(parents=True)
@@ -162,11 +179,23 @@ def test_grow_expand_from_the_hub(fake_hub, hub_repo, tmp_path):
 
     # Offline, the cached source is enough; an uncached one is a one-line error.
     offline = {**env, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([*cmd[:5], str(tmp_path / "again"), *cmd[6:]], env=offline, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*cmd[:5], str(tmp_path / "again"), *cmd[6:]],
+        env=offline,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = subprocess.run([*cmd[:4], "acme/uncached", str(tmp_path / "x"), *cmd[6:]], env=offline, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*cmd[:4], "acme/uncached", str(tmp_path / "x"), *cmd[6:]],
+        env=offline,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and proc.stderr.startswith("error: HF_HUB_OFFLINE=1 is set")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert os.environ.get("HF_TOKEN") is None or os.environ["HF_TOKEN"] not in proc.stderr

@@ -22,7 +22,7 @@ def grown(tmp_path):
 
 def front_matter(text: str) -> dict:
     assert text.startswith("---\n")
-    return yaml.safe_load(text[4:text.index("\n---", 4)])
+    return yaml.safe_load(text[4 : text.index("\n---", 4)])
 
 
 def sha256s(folder, suffix=".safetensors") -> dict[str, str]:
@@ -30,8 +30,14 @@ def sha256s(folder, suffix=".safetensors") -> dict[str, str]:
 
 
 def test_push_end_to_end(fake_hub, grown):
-    result = push_folder(grown, "acme/tiny-grown", private=True, revision="stage-1",
-                         commit_message="Stage 1: grown to 4 layers", token=TOKEN)
+    result = push_folder(
+        grown,
+        "acme/tiny-grown",
+        private=True,
+        revision="stage-1",
+        commit_message="Stage 1: grown to 4 layers",
+        token=TOKEN,
+    )
 
     repo = fake_hub.repos["acme/tiny-grown"]
     assert repo.private
@@ -48,8 +54,14 @@ def test_push_end_to_end(fake_hub, grown):
     assert {oid for oid, status in fake_hub.lfs_puts if status == 200} == set(local.values())
     for name in local:
         assert hashlib.sha256(head.tree[name]).hexdigest() == local[name]
-    assert set(head.tree) >= {"config.json", "model.safetensors.index.json", "grow.json", "README.md",
-                              "generation_config.json", "tokenizer_config.json"}
+    assert set(head.tree) >= {
+        "config.json",
+        "model.safetensors.index.json",
+        "grow.json",
+        "README.md",
+        "generation_config.json",
+        "tokenizer_config.json",
+    }
 
     # The card: Hub-valid front matter, the repo id in the usage snippet.
     card = head.tree["README.md"].decode()
@@ -214,14 +226,35 @@ def test_xet_pipeline_with_regular_files(fake_hub, grown, monkeypatch):
 
 
 def run_grow(args, env, cwd):
-    return subprocess.run([sys.executable, "-m", "grow_cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "grow_cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_push_json_and_token_never_leaks(fake_hub, grown, tmp_path):
     env = client_env(fake_hub, fake_hub.home)
-    proc = run_grow(["push", str(grown), "acme/tiny-grown", "--private", "--revision", "stage-1",
-                     "--commit-message", "from the CLI", "--token", TOKEN, "--json"], env, tmp_path)
+    proc = run_grow(
+        [
+            "push",
+            str(grown),
+            "acme/tiny-grown",
+            "--private",
+            "--revision",
+            "stage-1",
+            "--commit-message",
+            "from the CLI",
+            "--token",
+            TOKEN,
+            "--json",
+        ],
+        env,
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["repo_id"] == "acme/tiny-grown" and result["revision"] == "stage-1" and result["private"]
@@ -231,8 +264,9 @@ def test_cli_push_json_and_token_never_leaks(fake_hub, grown, tmp_path):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
 
-    human = run_grow(["push", str(grown), "acme/tiny-grown", "--revision", "stage-1"],
-                     {**env, "HF_TOKEN": TOKEN}, tmp_path)
+    human = run_grow(
+        ["push", str(grown), "acme/tiny-grown", "--revision", "stage-1"], {**env, "HF_TOKEN": TOKEN}, tmp_path
+    )
     assert human.returncode == 0, human.stderr
     assert human.stdout == ""
     assert "acme/tiny-grown" in human.stderr and TOKEN not in human.stderr
@@ -273,10 +307,38 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path):
     text = write_plays(tmp_path / "text", count=1, chars=20_000)
     out = tmp_path / "trained"
     proc = subprocess.run(
-        [sys.executable, "-m", "grow_cli", "train-stage", str(model), "--data", str(text), "--out", str(out),
-         "--max-steps", "2", "--seq-len", "32", "--micro-batch-size", "2", "--eval-fraction", "0.05",
-         "--save-every", "1", "--token", TOKEN, "--push-to-hub", "acme/trained", "--json"],
-        env=client_env(fake_hub, fake_hub.home), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "grow_cli",
+            "train-stage",
+            str(model),
+            "--data",
+            str(text),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--seq-len",
+            "32",
+            "--micro-batch-size",
+            "2",
+            "--eval-fraction",
+            "0.05",
+            "--save-every",
+            "1",
+            "--token",
+            TOKEN,
+            "--push-to-hub",
+            "acme/trained",
+            "--json",
+        ],
+        env=client_env(fake_hub, fake_hub.home),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert TOKEN not in proc.stdout + proc.stderr
     remote = fake_hub.files("acme/trained")

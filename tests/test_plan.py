@@ -7,7 +7,7 @@ import json
 import pytest
 
 from grow_cli.errors import UsageError
-from grow_cli.planning import family_ledger, parse_count, plan, stacking_growth_tokens
+from grow_cli.family.budget import family_ledger, parse_count, plan, stacking_growth_tokens
 
 # Du et al. 2024 (tongxuluo/prts README): model, N, D, growth timing d.
 PAPER_TABLE = [
@@ -37,8 +37,10 @@ def test_cli_plan_json(cli):
 
 
 def test_ledger_arithmetic():
-    members = [{"params": 1e9, "layers": 16, "hidden": 2048, "tokens": 40e9},
-               {"params": 2e9, "layers": 16, "hidden": 2816, "tokens": 80e9}]
+    members = [
+        {"params": 1e9, "layers": 16, "hidden": 2048, "tokens": 40e9},
+        {"params": 2e9, "layers": 16, "hidden": 2816, "tokens": 80e9},
+    ]
     book = family_ledger(members, seq_len=1024, new_token_fraction=0.5)
     per_token = [6 * m["params"] + 12 * m["layers"] * m["hidden"] * 1024 for m in members]
     independent = per_token[0] * 40e9 + per_token[1] * 80e9

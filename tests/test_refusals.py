@@ -21,8 +21,11 @@ def _assert_refused(result, out_dir, *fragments):
 
 
 def test_missing_folder(cli, tmp_path):
-    _assert_refused(cli("expand", tmp_path / "nope", tmp_path / "out", "--layers", "8"), tmp_path / "out",
-                    "does not exist")
+    _assert_refused(
+        cli("expand", tmp_path / "nope", tmp_path / "out", "--layers", "8"),
+        tmp_path / "out",
+        "does not exist",
+    )
 
 
 def test_no_weights(cli, tiny_copy, tmp_path):
@@ -44,8 +47,7 @@ def test_truncated_safetensors(cli, tiny_copy, tmp_path):
     src = tiny_copy("llama")
     shard = sorted(src.glob("model-*.safetensors"))[2]
     shard.write_bytes(shard.read_bytes()[:-100])
-    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "truncated",
-                    shard.name)
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "truncated", shard.name)
 
 
 def test_corrupted_header(cli, tiny_copy, tmp_path):
@@ -79,8 +81,7 @@ def test_shapes_contradicting_config(cli, tiny_copy, tmp_path):
     config = json.loads((src / "config.json").read_text())
     config["intermediate_size"] = 64
     (src / "config.json").write_text(json.dumps(config))
-    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "shape",
-                    "config.json")
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "shape", "config.json")
 
 
 def test_unknown_architecture(cli, tiny_copy, tmp_path):
@@ -88,8 +89,12 @@ def test_unknown_architecture(cli, tiny_copy, tmp_path):
     config = json.loads((src / "config.json").read_text())
     config["model_type"] = "mamba"
     (src / "config.json").write_text(json.dumps(config))
-    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out",
-                    "unknown architecture", "mamba")
+    _assert_refused(
+        cli("expand", src, tmp_path / "out", "--layers", "8"),
+        tmp_path / "out",
+        "unknown architecture",
+        "mamba",
+    )
 
 
 def test_unknown_tensor_is_not_dropped(cli, tiny_copy, tmp_path):
@@ -104,8 +109,12 @@ def test_unknown_tensor_is_not_dropped(cli, tiny_copy, tmp_path):
     index = json.loads(index_path.read_text())
     index["weight_map"]["model.extra_adapter.weight"] = shard.name
     index_path.write_text(json.dumps(index))
-    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out",
-                    "model.extra_adapter.weight", "unknown tensor")
+    _assert_refused(
+        cli("expand", src, tmp_path / "out", "--layers", "8"),
+        tmp_path / "out",
+        "model.extra_adapter.weight",
+        "unknown tensor",
+    )
 
 
 def test_fewer_layers_than_source(cli, tiny_checkpoints, tmp_path):
@@ -115,8 +124,7 @@ def test_fewer_layers_than_source(cli, tiny_checkpoints, tmp_path):
 
 
 def test_identity_refused_for_post_ln(cli, tiny_checkpoints, tmp_path):
-    result = cli("expand", tiny_checkpoints("bert"), tmp_path / "out", "--layers", "6",
-                 "--depth-method", "identity")
+    result = cli("expand", tiny_checkpoints("bert"), tmp_path / "out", "--layers", "6", "--depth-method", "identity")
     _assert_refused(result, tmp_path / "out", "post-LayerNorm")
 
 
@@ -161,17 +169,23 @@ def test_failure_midway_keeps_the_previous_output(cli, tiny_checkpoints, tmp_pat
 
 
 def test_unsupported_dtype(cli, tiny_checkpoints, tmp_path):
-    _assert_refused(cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "8", "--dtype", "fp64"),
-                    tmp_path / "out", "--dtype")
+    _assert_refused(
+        cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "8", "--dtype", "fp64"),
+        tmp_path / "out",
+        "--dtype",
+    )
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--layers", "8", "--depth-factor", "2"], "not both"),
-    (["--depth-method", "dus", "--layers", "7"], "even"),
-    (["--depth-method", "dus", "--dus-overlap", "3"], "between 0 and 2"),
-    (["--depth-method", "warp", "--layers", "8"], "unknown depth method"),
-    (["--layers", "8", "--shard-size", "lots"], "size"),
-    (["--dus-overlap", "1", "--layers", "8"], "only to --depth-method dus"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--layers", "8", "--depth-factor", "2"], "not both"),
+        (["--depth-method", "dus", "--layers", "7"], "even"),
+        (["--depth-method", "dus", "--dus-overlap", "3"], "between 0 and 2"),
+        (["--depth-method", "warp", "--layers", "8"], "unknown depth method"),
+        (["--layers", "8", "--shard-size", "lots"], "size"),
+        (["--dus-overlap", "1", "--layers", "8"], "only to --depth-method dus"),
+    ],
+)
 def test_option_refusals(cli, tiny_checkpoints, tmp_path, args, fragment):
     _assert_refused(cli("expand", tiny_checkpoints("llama"), tmp_path / "out", *args), tmp_path / "out", fragment)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_train_tinylm import _tokenizer
 
+from grow_cli.data.sources import check_sources, find_sources
+from grow_cli.data.tokens import prepare_tokens
 from grow_cli.errors import DataError
-from grow_cli.train.sources import check_sources, find_sources
-from grow_cli.train.tokens import prepare_tokens
 
 DOCS = [
     "Shall I compare thee to a summer's day?",
@@ -71,9 +71,7 @@ def test_jsonl_parquet_and_datasets_folder_read_the_text_field(tmp_path):
     assert stream(tokens_of([parquet], tmp_path, "content")).tolist() == want
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_dict({"content": DOCS}).save_to_disk(tmp_path / "ds")
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"content": DOCS})}).save_to_disk(
-        tmp_path / "dd"
-    )
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"content": DOCS})}).save_to_disk(tmp_path / "dd")
     assert stream(tokens_of([tmp_path / "ds"], tmp_path, "content")).tolist() == want
     assert stream(tokens_of([tmp_path / "dd"], tmp_path, "content")).tolist() == want
 
@@ -88,7 +86,7 @@ def test_pretokenized_bin_and_glob(tmp_path):
 
 
 def test_long_text_file_is_tokenized_in_pieces_without_losing_text(tmp_path, monkeypatch):
-    import grow_cli.train.sources as sources
+    import grow_cli.data.sources as sources
 
     monkeypatch.setattr(sources, "CHUNK_CHARS", 50)  # force many pieces from a small file
     text = "\n".join(DOCS * 4)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from test_train_tinylm import run_grow, save_tiny_lm, write_plays
 
-from grow_cli.record import load_record
+from grow_cli.lineage.record import load_record
 from grow_cli.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from grow_cli.train.batches import StepBatches
+from grow_cli.data.batches import StepBatches
 from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.schedule import Schedule, warmup_steps_for
 
@@ -78,16 +78,12 @@ def test_step_batches_depend_only_on_the_global_batch_not_the_process_count():
     for step in (0, 5, 9, 10, 31):  # 9 and 10 straddle the first epoch boundary (38 blocks / 4 per step)
         whole = one.micro_batches(step)[0]
         split = [b.micro_batches(step)[0] for b in two]
-        assert sorted(map(tuple, whole.tolist())) == sorted(
-            map(tuple, [*split[0].tolist(), *split[1].tolist()])
-        )
+        assert sorted(map(tuple, whole.tolist())) == sorted(map(tuple, [*split[0].tolist(), *split[1].tolist()]))
 
 
 def test_each_epoch_visits_every_training_block_once():
     blocks = np.arange(30).reshape(30, 1)
-    batches = StepBatches(
-        blocks, np.arange(30), micro_batch_size=5, grad_accum=2, num_processes=1, rank=0, seed=0
-    )
+    batches = StepBatches(blocks, np.arange(30), micro_batch_size=5, grad_accum=2, num_processes=1, rank=0, seed=0)
     seen = [int(x) for step in range(3) for mb in batches.micro_batches(step) for x in mb.flatten()]
     assert sorted(seen) == list(range(30))
     second = [int(x) for step in range(3, 6) for mb in batches.micro_batches(step) for x in mb.flatten()]

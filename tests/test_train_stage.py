@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_train_tinylm import run_grow, save_tiny_lm, write_plays
 
-from grow_cli.record import append_stage, load_record, write_record
+from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.train.metrics import read_metrics
 
 torch.set_num_threads(1)
@@ -114,16 +114,12 @@ def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_run_exactly(s
     common = ("--max-steps", 12, "--eval-every", 4, "--save-every", 4, "--grad-accum", 2, "--max-lr", "3e-3")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert run_grow(train_args(model, data, whole, *common), capsys)[0] == 0
-    code, stdout, _ = run_grow(
-        train_args(model, data, parts, *common, "--exit-interval", 5, "--json"), capsys
-    )
+    code, stdout, _ = run_grow(train_args(model, data, parts, *common, "--exit-interval", 5, "--json"), capsys)
     assert code == 0 and json.loads(stdout)["status"] == "paused" and json.loads(stdout)["step"] == 5
     assert not (parts / "model.safetensors").exists()
     code, _, stderr = run_grow(train_args(model, data, parts, *common, "--resume", "auto"), capsys)
     assert code == 0, stderr
-    assert comparable(read_metrics(parts / "metrics.jsonl")) == comparable(
-        read_metrics(whole / "metrics.jsonl")
-    )
+    assert comparable(read_metrics(parts / "metrics.jsonl")) == comparable(read_metrics(whole / "metrics.jsonl"))
     a, b = weights(whole), weights(parts)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == ["step_00000005", "step_00000008"]

@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers as tf
 
-from grow_cli.corpus import corpus_documents, train_tokenizer
+from grow_cli.data.corpus import corpus_documents, train_tokenizer
 
 VOCAB = 512
 SEQ_LEN = 32

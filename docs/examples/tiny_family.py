@@ -19,7 +19,7 @@ VOCAB = 2048
 
 
 def prepare() -> None:
-    from grow_cli.corpus import corpus_documents, train_tokenizer
+    from grow_cli.data.corpus import corpus_documents, train_tokenizer
 
     plays = corpus_documents("shakespeare")
     corpus = HERE / "corpus"
@@ -29,7 +29,10 @@ def prepare() -> None:
     tokenizer_dir = HERE / "tokenizer"
     if not (tokenizer_dir / "tokenizer.json").is_file():
         train_tokenizer(plays, VOCAB).save_pretrained(tokenizer_dir)
-    print(f"wrote {len(plays)} plays to {corpus} and a {VOCAB}-token tokenizer to {tokenizer_dir}", file=sys.stderr)
+    print(
+        f"wrote {len(plays)} plays to {corpus} and a {VOCAB}-token tokenizer to {tokenizer_dir}",
+        file=sys.stderr,
+    )
 
 
 def main() -> None:

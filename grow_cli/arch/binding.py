@@ -64,8 +64,9 @@ def _is_tied(weight: WeightDef, shape: ModelShape) -> bool:
     return weight.tied_to is not None and (weight.tie_always or shape.tie_word_embeddings)
 
 
-def bind(arch: ArchDef, config: dict[str, Any], shape: ModelShape, tensors: dict[str, tuple[tuple[int, ...], str]]
-         ) -> Binding:
+def bind(
+    arch: ArchDef, config: dict[str, Any], shape: ModelShape, tensors: dict[str, tuple[tuple[int, ...], str]]
+) -> Binding:
     """Bind `tensors` ({name: (shape, dtype)}) to `arch`; raise on unknown, missing or misshapen tensors."""
     names = set(tensors)
     prefix = _detect_prefix(arch, names)

@@ -31,16 +31,51 @@ KINDS: dict[str, int | None] = {
     "bias": None,  # bias of a linear layer (follows the output axis)
 }
 CONFIG_ROLES = {
-    "layers", "hidden", "ffn", "heads", "kv_heads", "head_dim", "vocab", "positions", "token_types", "tie",
+    "layers",
+    "hidden",
+    "ffn",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "vocab",
+    "positions",
+    "token_types",
+    "tie",
     "norm_eps",
 }
 REQUIRED_ROLES = {"layers", "hidden", "heads", "vocab"}
 
-_WEIGHT_KEYS = {"name", "kind", "axes", "when", "residual_writer", "head_norm", "tied_to", "tie_always", "group",
-                "aliases"}
-_TOP_KEYS = {"name", "model_types", "description", "config", "config_defaults", "tie_default", "norm", "residual",
-             "positions", "prefixes", "embeddings", "layer_prefix", "layer", "final", "buffers", "layer_lists",
-             "ffn_default_multiple"}
+_WEIGHT_KEYS = {
+    "name",
+    "kind",
+    "axes",
+    "when",
+    "residual_writer",
+    "head_norm",
+    "tied_to",
+    "tie_always",
+    "group",
+    "aliases",
+}
+_TOP_KEYS = {
+    "name",
+    "model_types",
+    "description",
+    "config",
+    "config_defaults",
+    "tie_default",
+    "norm",
+    "residual",
+    "positions",
+    "prefixes",
+    "embeddings",
+    "layer_prefix",
+    "layer",
+    "final",
+    "buffers",
+    "layer_lists",
+    "ffn_default_multiple",
+}
 
 
 @dataclass(frozen=True)
@@ -113,9 +148,15 @@ def _weight(raw: Any, where: str) -> WeightDef:
     if len(axes) != expected_ndim:
         raise _fail(where, f"weight {raw['name']!r} of kind {raw['kind']} needs {expected_ndim} axes, has {len(axes)}")
     return WeightDef(
-        name=raw["name"], kind=raw["kind"], axes=axes, when=raw.get("when"),
-        residual_writer=bool(raw.get("residual_writer", False)), head_norm=bool(raw.get("head_norm", False)),
-        tied_to=raw.get("tied_to"), tie_always=bool(raw.get("tie_always", False)), group=raw.get("group"),
+        name=raw["name"],
+        kind=raw["kind"],
+        axes=axes,
+        when=raw.get("when"),
+        residual_writer=bool(raw.get("residual_writer", False)),
+        head_norm=bool(raw.get("head_norm", False)),
+        tied_to=raw.get("tied_to"),
+        tie_always=bool(raw.get("tie_always", False)),
+        group=raw.get("group"),
         aliases=tuple(raw.get("aliases", ())),
     )
 
@@ -125,8 +166,19 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(unknown)}")
-    missing = {"name", "model_types", "config", "norm", "residual", "positions", "prefixes", "embeddings",
-               "layer_prefix", "layer", "final"} - set(raw)
+    missing = {
+        "name",
+        "model_types",
+        "config",
+        "norm",
+        "residual",
+        "positions",
+        "prefixes",
+        "embeddings",
+        "layer_prefix",
+        "layer",
+        "final",
+    } - set(raw)
     if missing:
         raise _fail(where, f"missing key(s) {sorted(missing)}")
     roles = set(raw["config"])
@@ -143,15 +195,22 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
     if "{i}" not in raw["layer_prefix"]:
         raise _fail(where, "layer_prefix must contain '{i}'")
     arch = ArchDef(
-        name=raw["name"], model_types=tuple(raw["model_types"]), description=raw.get("description", ""),
-        config=dict(raw["config"]), norm=raw["norm"], residual=raw["residual"], positions=raw["positions"],
+        name=raw["name"],
+        model_types=tuple(raw["model_types"]),
+        description=raw.get("description", ""),
+        config=dict(raw["config"]),
+        norm=raw["norm"],
+        residual=raw["residual"],
+        positions=raw["positions"],
         prefixes=tuple(raw["prefixes"]),
         embeddings=tuple(_weight(w, where) for w in raw["embeddings"]),
         layer_prefix=raw["layer_prefix"],
         layer=tuple(_weight(w, where) for w in raw["layer"]),
         final=tuple(_weight(w, where) for w in raw["final"]),
-        buffers=tuple(raw.get("buffers", ())), layer_lists=tuple(raw.get("layer_lists", ())),
-        config_defaults=dict(raw.get("config_defaults", {})), tie_default=bool(raw.get("tie_default", False)),
+        buffers=tuple(raw.get("buffers", ())),
+        layer_lists=tuple(raw.get("layer_lists", ())),
+        config_defaults=dict(raw.get("config_defaults", {})),
+        tie_default=bool(raw.get("tie_default", False)),
         ffn_default_multiple=raw.get("ffn_default_multiple"),
     )
     names = [w.name for w in (*arch.embeddings, *arch.final)] + [w.name for w in arch.layer]

@@ -89,7 +89,14 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
     tie_key = keys.get("tie")
     tie = bool(config.get(tie_key, arch.tie_default)) if tie_key else arch.tie_default
     return ModelShape(
-        layers=layers, hidden_size=hidden, intermediate_size=ffn, num_heads=heads, num_kv_heads=kv_heads,
-        head_dim=head_dim, vocab_size=vocab, max_positions=_int(config, keys.get("positions"), "positions"),
-        type_vocab_size=_int(config, keys.get("token_types"), "token types"), tie_word_embeddings=tie,
+        layers=layers,
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=vocab,
+        max_positions=_int(config, keys.get("positions"), "positions"),
+        type_vocab_size=_int(config, keys.get("token_types"), "token types"),
+        tie_word_embeddings=tie,
     )

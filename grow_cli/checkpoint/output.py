@@ -16,10 +16,33 @@ from pathlib import Path
 from grow_cli.errors import OutputError
 
 # Files the output gets afresh, never copied from the source.
-REGENERATED = {"config.json", "README.md", "grow.json", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
+REGENERATED = {
+    "config.json",
+    "README.md",
+    "grow.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+}
 # Weight files of any framework: never copied into an output (they would be stale) nor fetched from the Hub.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".ot",
-                   ".tflite", ".npz", ".pkl", ".joblib", ".mlmodel", ".keras", ".pb")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".gguf",
+    ".ot",
+    ".tflite",
+    ".npz",
+    ".pkl",
+    ".joblib",
+    ".mlmodel",
+    ".keras",
+    ".pb",
+)
 MAX_COPIED_FILE = 100 * 1024 * 1024
 
 

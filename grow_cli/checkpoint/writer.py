@@ -19,8 +19,18 @@ from grow_cli.checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from grow_cli.errors import UsageError
 
 WRITE_CHUNK = 8 << 20
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -70,8 +80,11 @@ def _header(shard: list[PlannedTensor]) -> bytes:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for tensor in shard:
-        header[tensor.name] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
-                               "data_offsets": [offset, offset + tensor.nbytes]}
+        header[tensor.name] = {
+            "dtype": tensor.dtype,
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + tensor.nbytes],
+        }
         offset += tensor.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes, as safetensors does
@@ -110,7 +123,7 @@ class ShardWriter:
             # In pieces: single write() calls of hundreds of MB measured slower here than the same bytes in
             # 8 MB writes (docs/benchmarks.md), and pieces keep the kernel's dirty-page throttling smooth.
             for start in range(0, len(data), WRITE_CHUNK):
-                self._file.write(data[start:start + WRITE_CHUNK])
+                self._file.write(data[start : start + WRITE_CHUNK])
         self._next += 1
         return planned.nbytes
 
@@ -134,4 +147,3 @@ class ShardWriter:
         if len(self.shards) > 1:
             (self.folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         return index
-

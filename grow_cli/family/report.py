@@ -37,14 +37,19 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         lineage_tokens += tokens
         evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
         record_model = (s.get("record") or {}).get("model", {})
-        rows.append({
-            "name": s["name"], "num_parameters": record_model.get("num_parameters"),
-            "shape": record_model.get("shape"), "tokens": tokens, "lineage_tokens": lineage_tokens,
-            "flops_per_token": per_token,
-            "progressive_flops": (per_token or 0) * tokens,
-            "independent_flops": (per_token or 0) * lineage_tokens,
-            "final_eval_loss": evals[-1] if evals else None,
-        })
+        rows.append(
+            {
+                "name": s["name"],
+                "num_parameters": record_model.get("num_parameters"),
+                "shape": record_model.get("shape"),
+                "tokens": tokens,
+                "lineage_tokens": lineage_tokens,
+                "flops_per_token": per_token,
+                "progressive_flops": (per_token or 0) * tokens,
+                "independent_flops": (per_token or 0) * lineage_tokens,
+                "final_eval_loss": evals[-1] if evals else None,
+            }
+        )
     cumulative = 0.0
     for s, row in zip(summaries, rows, strict=True):
         cumulative += row["progressive_flops"]
@@ -53,8 +58,12 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             row["baseline"] = _baseline_row(Path(s["baseline"]["out"]), row)
     progressive = sum(r["progressive_flops"] for r in rows)
     independent = sum(r["independent_flops"] for r in rows)
-    return {"members": rows, "progressive_flops": progressive, "independent_flops": independent,
-            "saving": (1 - progressive / independent) if independent else None}
+    return {
+        "members": rows,
+        "progressive_flops": progressive,
+        "independent_flops": independent,
+        "saving": (1 - progressive / independent) if independent else None,
+    }
 
 
 def _baseline_row(folder: Path, row: dict[str, Any]) -> dict[str, Any]:
@@ -90,19 +99,36 @@ def _plots(out: Path, summaries: list[dict[str, Any]], book: dict[str, Any]) -> 
     for s, row in zip(summaries, book["members"], strict=True):
         metrics = [m for m in _metrics(Path(s["final"])) if "loss" in m]
         if metrics and row["flops_per_token"]:
-            (line,) = ax.plot([offset + row["flops_per_token"] * m["tokens"] for m in metrics],
-                              [m["loss"] for m in metrics], label=f"{s['name']} (train)", linewidth=1)
+            (line,) = ax.plot(
+                [offset + row["flops_per_token"] * m["tokens"] for m in metrics],
+                [m["loss"] for m in metrics],
+                label=f"{s['name']} (train)",
+                linewidth=1,
+            )
             evals = [m for m in _metrics(Path(s["final"])) if "eval_loss" in m]
-            ax.scatter([offset + row["flops_per_token"] * m.get("tokens", row["tokens"]) for m in evals],
-                       [m["eval_loss"] for m in evals], marker="o", s=28, color=line.get_color(),
-                       edgecolors="black", zorder=3)
+            ax.scatter(
+                [offset + row["flops_per_token"] * m.get("tokens", row["tokens"]) for m in evals],
+                [m["eval_loss"] for m in evals],
+                marker="o",
+                s=28,
+                color=line.get_color(),
+                edgecolors="black",
+                zorder=3,
+            )
         offset += row["progressive_flops"]
         if s.get("baseline"):
             base = [m for m in _metrics(Path(s["baseline"]["out"])) if "eval_loss" in m and "tokens" in m]
-            per_token = next((m["flops_per_token"] for m in _metrics(Path(s["baseline"]["out"]))
-                              if "flops_per_token" in m), 0)
-            ax.plot([per_token * m["tokens"] for m in base], [m["eval_loss"] for m in base], linestyle="--",
-                    marker=".", label=f"{s['name']} from scratch (held-out)")
+            per_token = next(
+                (m["flops_per_token"] for m in _metrics(Path(s["baseline"]["out"])) if "flops_per_token" in m),
+                0,
+            )
+            ax.plot(
+                [per_token * m["tokens"] for m in base],
+                [m["eval_loss"] for m in base],
+                linestyle="--",
+                marker=".",
+                label=f"{s['name']} from scratch (held-out)",
+            )
     ax.set_xlabel("cumulative family training FLOPs")
     ax.set_ylabel("loss")
     ax.set_title("loss against cumulative compute (dots: held-out loss)")
@@ -112,8 +138,11 @@ def _plots(out: Path, summaries: list[dict[str, Any]], book: dict[str, Any]) -> 
     plt.close(fig)
     files.append("loss_vs_flops.png")
 
-    pairs = [(summaries[i - 1]["name"], s["name"], s["compare_with_previous"]) for i, s in enumerate(summaries)
-             if s.get("compare_with_previous")]
+    pairs = [
+        (summaries[i - 1]["name"], s["name"], s["compare_with_previous"])
+        for i, s in enumerate(summaries)
+        if s.get("compare_with_previous")
+    ]
     if pairs:
         fig, ax = plt.subplots(figsize=(6, 4))
         labels = [f"{a}→{b}" for a, b, _ in pairs]
@@ -132,10 +161,18 @@ def _plots(out: Path, summaries: list[dict[str, Any]], book: dict[str, Any]) -> 
     fig, ax = plt.subplots(figsize=(6, 4))
     names = [r["name"] for r in book["members"]]
     x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [r["independent_flops"] for r in book["members"]], width=0.4,
-           label="independent (same tokens, from scratch)")
-    ax.bar([i + 0.2 for i in x], [r["progressive_flops"] for r in book["members"]], width=0.4,
-           label="progressive (grown)")
+    ax.bar(
+        [i - 0.2 for i in x],
+        [r["independent_flops"] for r in book["members"]],
+        width=0.4,
+        label="independent (same tokens, from scratch)",
+    )
+    ax.bar(
+        [i + 0.2 for i in x],
+        [r["progressive_flops"] for r in book["members"]],
+        width=0.4,
+        label="progressive (grown)",
+    )
     ax.set_xticks(list(x), names)
     ax.set_ylabel("training FLOPs")
     saving = book["saving"]
@@ -152,45 +189,74 @@ def _markdown(recipe: Recipe, summaries: list[dict[str, Any]], book: dict[str, A
     lines = [f"# Model family: {recipe.name}", ""]
     if recipe.description:
         lines += [recipe.description, ""]
-    lines += ["| member | parameters | layers × hidden | tokens trained | lineage tokens | held-out loss |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "| member | parameters | layers × hidden | tokens trained | lineage tokens | held-out loss |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in book["members"]:
         shape = r["shape"] or {}
         loss = f"{r['final_eval_loss']:.4f}" if r["final_eval_loss"] is not None else "—"
-        lines.append(f"| {r['name']} | {(r['num_parameters'] or 0) / 1e6:.2f}M | {shape.get('layers')} × "
-                     f"{shape.get('hidden_size')} | {r['tokens']:,} | {r['lineage_tokens']:,} | {loss} |")
-    lines += ["", "## Consistency between adjacent members", "",
-              "| pair | KL(prev‖next) | KL(next‖prev) | JS | top-1 agreement | loss prev | loss next |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['name']} | {(r['num_parameters'] or 0) / 1e6:.2f}M | {shape.get('layers')} × "
+            f"{shape.get('hidden_size')} | {r['tokens']:,} | {r['lineage_tokens']:,} | {loss} |"
+        )
+    lines += [
+        "",
+        "## Consistency between adjacent members",
+        "",
+        "| pair | KL(prev‖next) | KL(next‖prev) | JS | top-1 agreement | loss prev | loss next |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for i, s in enumerate(summaries):
         c = s.get("compare_with_previous")
         if c:
-            lines.append(f"| {summaries[i - 1]['name']}→{s['name']} | {c['kl_a_b']:.4f} | {c['kl_b_a']:.4f} | "
-                         f"{c['js']:.4f} | {c['top1_agreement']:.1%} | {c['loss_a']:.4f} | {c['loss_b']:.4f} |")
-    lines += ["", "## Compute", "",
-              "| member | FLOPs/token | progressive FLOPs | independent FLOPs |", "|---|---|---|---|"]
+            lines.append(
+                f"| {summaries[i - 1]['name']}→{s['name']} | {c['kl_a_b']:.4f} | {c['kl_b_a']:.4f} | "
+                f"{c['js']:.4f} | {c['top1_agreement']:.1%} | {c['loss_a']:.4f} | {c['loss_b']:.4f} |"
+            )
+    lines += [
+        "",
+        "## Compute",
+        "",
+        "| member | FLOPs/token | progressive FLOPs | independent FLOPs |",
+        "|---|---|---|---|",
+    ]
     for r in book["members"]:
         per = f"{r['flops_per_token']:.3g}" if r["flops_per_token"] else "—"
         lines.append(f"| {r['name']} | {per} | {r['progressive_flops']:.3g} | {r['independent_flops']:.3g} |")
     lines.append(f"| total | | {book['progressive_flops']:.3g} | {book['independent_flops']:.3g} |")
     if book["saving"] is not None:
-        lines += ["", f"Growing each member from the previous one cost **{book['saving']:.1%} less** than training "
-                  "every member from scratch on the tokens it has seen (an equal-tokens comparison; see the "
-                  "held-out losses above for quality)."]
+        lines += [
+            "",
+            f"Growing each member from the previous one cost **{book['saving']:.1%} less** than training "
+            "every member from scratch on the tokens it has seen (an equal-tokens comparison; see the "
+            "held-out losses above for quality).",
+        ]
     with_baseline = [r for r in book["members"] if r.get("baseline")]
     if with_baseline:
-        lines += ["", "## Against training from scratch", "",
-                  "Each grown member's architecture trained from a fresh initialisation on as many tokens as the "
-                  "member has seen through its lineage, same settings otherwise.", "",
-                  "| member | held-out loss (grown) | lineage FLOPs | held-out loss (scratch, equal tokens) | "
-                  "scratch FLOPs to match the grown loss | saving at equal quality |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Against training from scratch",
+            "",
+            "Each grown member's architecture trained from a fresh initialisation on as many tokens as the "
+            "member has seen through its lineage, same settings otherwise.",
+            "",
+            "| member | held-out loss (grown) | lineage FLOPs | held-out loss (scratch, equal tokens) | "
+            "scratch FLOPs to match the grown loss | saving at equal quality |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in with_baseline:
             b = r["baseline"]
             reach = f"{b['flops_to_match']:.3g}" if b["flops_to_match"] else "not reached"
-            saving = f"{b['saving_at_equal_quality']:.1%}" if b["saving_at_equal_quality"] is not None else (
-                f"> {1 - r['lineage_flops'] / b['flops']:.1%}" if b["flops"] else "—")
-            lines.append(f"| {r['name']} | {r['final_eval_loss']:.4f} | {r['lineage_flops']:.3g} | "
-                         f"{b['final_eval_loss']:.4f} | {reach} | {saving} |")
+            saving = (
+                f"{b['saving_at_equal_quality']:.1%}"
+                if b["saving_at_equal_quality"] is not None
+                else (f"> {1 - r['lineage_flops'] / b['flops']:.1%}" if b["flops"] else "—")
+            )
+            lines.append(
+                f"| {r['name']} | {r['final_eval_loss']:.4f} | {r['lineage_flops']:.3g} | "
+                f"{b['final_eval_loss']:.4f} | {reach} | {saving} |"
+            )
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(lines)
 
@@ -199,9 +265,12 @@ def write_report(recipe: Recipe, summaries: list[dict[str, Any]]) -> dict[str, A
     """Write family.json, family.md and the plots into the recipe's output folder; return the ledger."""
     book = ledger(summaries)
     plots = _plots(recipe.out, summaries, book)
-    report = {"name": recipe.name, "members": [
-        {k: s.get(k) for k in ("name", "final", "train", "compare_with_previous")} for s in summaries],
-        "ledger": book, "plots": plots}
+    report = {
+        "name": recipe.name,
+        "members": [{k: s.get(k) for k in ("name", "final", "train", "compare_with_previous")} for s in summaries],
+        "ledger": book,
+        "plots": plots,
+    }
     (recipe.out / "family.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (recipe.out / "family.md").write_text(_markdown(recipe, summaries, book, plots))
     return {"ledger": book, "report": str(recipe.out / "family.md"), "plots": plots}

@@ -24,7 +24,7 @@ from typing import Any
 from grow_cli.console import err
 from grow_cli.errors import UsageError
 from grow_cli.family.recipe import Member, Recipe
-from grow_cli.record import load_record
+from grow_cli.lineage.record import load_record
 
 MEMBER_FILE = "member.json"
 
@@ -77,18 +77,35 @@ def _first_model(member: Member, folder: Path, seed: int) -> Path:
 
 def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool) -> dict[str, Any]:
     """`grow expand` of the previous member into `out`, with the member's `grow:` options."""
-    from grow_cli.expand import WidthOptions, expand
+    from grow_cli.growth.expand import WidthOptions, expand
 
     options = dict(member.grow)
-    width_keys = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "width_factor", "noise_snr_db")
-    width = WidthOptions(method=options.pop("width_method", "fpi"),
-                         **{k: options.pop(k) for k in width_keys if k in options})
-    return expand(str(previous), out, width=width, seed=recipe.seed, quiet=quiet, force=True,
-                  command=["grow", "family", str(recipe.path)], **options)
+    width_keys = (
+        "hidden_size",
+        "intermediate_size",
+        "num_heads",
+        "num_kv_heads",
+        "width_factor",
+        "noise_snr_db",
+    )
+    width = WidthOptions(
+        method=options.pop("width_method", "fpi"), **{k: options.pop(k) for k in width_keys if k in options}
+    )
+    return expand(
+        str(previous),
+        out,
+        width=width,
+        seed=recipe.seed,
+        quiet=quiet,
+        force=True,
+        command=["grow", "family", str(recipe.path)],
+        **options,
+    )
 
 
-def _baseline(recipe: Recipe, member: Member, final: Path, folder: Path, tokens: int, quiet: bool
-              ) -> dict[str, Any] | None:
+def _baseline(
+    recipe: Recipe, member: Member, final: Path, folder: Path, tokens: int, quiet: bool
+) -> dict[str, Any] | None:
     """`final`'s architecture, freshly initialised and trained from scratch on `tokens` tokens."""
     if recipe.train_settings(member) is None or tokens <= 0:
         return None
@@ -97,8 +114,9 @@ def _baseline(recipe: Recipe, member: Member, final: Path, folder: Path, tokens:
     init = folder / "baseline-init"
     if not (init / "config.json").is_file():
         _save_fresh_model(transformers.AutoConfig.from_pretrained(final), final, init, recipe.seed)
-    settings = {k: v for k, v in recipe.train_settings(member).items()
-                if k not in ("max_steps", "max_tokens", "exit_interval")}
+    settings = {
+        k: v for k, v in recipe.train_settings(member).items() if k not in ("max_steps", "max_tokens", "exit_interval")
+    }
     return _train_with({**settings, "max_tokens": tokens}, recipe, init, folder / "baseline", quiet)
 
 
@@ -115,17 +133,28 @@ def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path
 
     if _done_training(out):  # finished in an earlier run: report what that run recorded
         stage = load_record(out)["stages"][-1]
-        return {"status": "done", "skipped": True, "out": str(out),
-                **{k: stage.get(k) for k in ("steps", "tokens", "max_lr", "final_eval_loss", "final_eval_ppl")}}
+        return {
+            "status": "done",
+            "skipped": True,
+            "out": str(out),
+            **{k: stage.get(k) for k in ("steps", "tokens", "max_lr", "final_eval_loss", "final_eval_ppl")},
+        }
     resume = "auto" if complete_checkpoints(out) else None
-    config = TrainConfig(model=model, out=out, resume=resume, overwrite=resume is None, quiet=quiet,
-                         cache_dir=recipe.out / ".grow-cache" / "tokens", **settings)
+    config = TrainConfig(
+        model=model,
+        out=out,
+        resume=resume,
+        overwrite=resume is None,
+        quiet=quiet,
+        cache_dir=recipe.out / ".grow-cache" / "tokens",
+        **settings,
+    )
     return train_stage(config)
 
 
 def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     """Run every member of `recipe` (skipping finished ones) and write the family report."""
-    from grow_cli.compare import compare
+    from grow_cli.family.compare import compare
     from grow_cli.family.report import write_report
 
     recipe.out.mkdir(parents=True, exist_ok=True)
@@ -156,9 +185,14 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         comparison = None
         if previous_final is not None:
             # By default the held-out blocks of the training data: same data, seq_len and split as train-stage.
-            shared = {k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field")
-                      if k in recipe.train}
-            compare_settings = {**shared, "cache_dir": recipe.out / ".grow-cache" / "tokens", **recipe.compare}
+            shared = {
+                k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field") if k in recipe.train
+            }
+            compare_settings = {
+                **shared,
+                "cache_dir": recipe.out / ".grow-cache" / "tokens",
+                **recipe.compare,
+            }
             if not compare_settings.get("data"):
                 raise UsageError("recipe: compare needs data (compare.data or train.data)")
             comparison = compare(previous_final, final, **compare_settings)
@@ -168,9 +202,16 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             baseline = _baseline(recipe, member, final, folder, lineage + ((trained or {}).get("tokens") or 0), quiet)
             if baseline is not None and baseline.get("status") == "paused":
                 return {"status": "paused", "member": member.name, "out": str(recipe.out)}
-        summary = {"name": member.name, "index": i, "final": str(final), "grown": i > 0,
-                   "train": trained, "compare_with_previous": comparison, "baseline": baseline,
-                   "record": load_record(final)}
+        summary = {
+            "name": member.name,
+            "index": i,
+            "final": str(final),
+            "grown": i > 0,
+            "train": trained,
+            "compare_with_previous": comparison,
+            "baseline": baseline,
+            "record": load_record(final),
+        }
         marker.write_text(json.dumps(summary, indent=2, default=str) + "\n")
         summaries.append(summary)
         previous_final = final

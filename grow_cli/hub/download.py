@@ -99,7 +99,9 @@ def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[s
             shards = sorted(set(read_index(index).get("weight_map", {}).values()))
             missing = [s for s in shards if s not in sizes]
             if missing:
-                raise HubError(f"{where}: {index} names {len(missing)} shard(s) missing from the repo, e.g. {missing[0]}")
+                raise HubError(
+                    f"{where}: {index} names {len(missing)} shard(s) missing from the repo, e.g. {missing[0]}"
+                )
             weights = [index, *shards]
             break
     if not weights:
@@ -108,8 +110,11 @@ def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[s
             "pytorch_model.bin and its index)"
         )
     small = [
-        name for name, size in sizes.items()
-        if "/" not in name and not name.endswith(WEIGHT_SUFFIXES) and name != ".gitattributes"
+        name
+        for name, size in sizes.items()
+        if "/" not in name
+        and not name.endswith(WEIGHT_SUFFIXES)
+        and name != ".gitattributes"
         and (size is None or size < SMALL_FILE_BYTES)
     ]
     return sorted(set(small) | set(weights))
@@ -119,8 +124,9 @@ def _from_cache(repo_id: str, revision: str | None, where: str) -> tuple[Path, d
     """The cached snapshot of `repo_id` at `revision`, checked for config and weights, without any request."""
     try:
         # Only config.json is asked for: the cache need not hold the whole repo, only what grow downloaded.
-        folder = Path(snapshot_download(repo_id, revision=revision, local_files_only=True,
-                                        allow_patterns=["config.json"]))
+        folder = Path(
+            snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=["config.json"])
+        )
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         folder = None
     if folder is None or not (folder / "config.json").is_file() or not _has_weights(folder):

@@ -16,16 +16,28 @@ from typing import Any
 from huggingface_hub import HfApi
 
 from grow_cli import __version__
-from grow_cli.card import render_card
 from grow_cli.errors import CheckpointError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
-from grow_cli.record import load_record
+from grow_cli.lineage.card import render_card
+from grow_cli.lineage.record import load_record
 
 # Besides huggingface_hub's own (.git/, .cache/huggingface/): editor and OS litter, and unfinished writes.
-IGNORE_PATTERNS = [".git", ".git/*", "**/.git/**", ".cache/*", "**/.cache/**", "*.tmp", "*.partial",
-                   ".DS_Store", "**/.DS_Store", "__pycache__/*", "**/__pycache__/**",
-                   # train-stage's resume state (optimizer moments, RNG): large, and not part of a model repo
-                   "checkpoints/*", "checkpoints/**"]
+IGNORE_PATTERNS = [
+    ".git",
+    ".git/*",
+    "**/.git/**",
+    ".cache/*",
+    "**/.cache/**",
+    "*.tmp",
+    "*.partial",
+    ".DS_Store",
+    "**/.DS_Store",
+    "__pycache__/*",
+    "**/__pycache__/**",
+    # train-stage's resume state (optimizer moments, RNG): large, and not part of a model repo
+    "checkpoints/*",
+    "checkpoints/**",
+]
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -49,7 +61,9 @@ def push_folder(
     folder = Path(folder)
     check_output(folder)
     if create_pr and revision not in (None, "main"):
-        raise UsageError(f"--create-pr opens a pull request against main; it cannot be combined with --revision {revision}")
+        raise UsageError(
+            f"--create-pr opens a pull request against main; it cannot be combined with --revision {revision}"
+        )
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise UsageError(f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name'")
     token = resolve_token(token)
@@ -101,7 +115,9 @@ def push_folder(
 def check_output(folder: Path) -> list[str]:
     """Check `folder` is a complete checkpoint (config, every weight file, untruncated); return the weight files."""
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder; pass the output folder of `grow expand` or `grow train-stage`")
+        raise CheckpointError(
+            f"{folder} is not a folder; pass the output folder of `grow expand` or `grow train-stage`"
+        )
     config = folder / "config.json"
     if not config.is_file():
         raise CheckpointError(f"{folder} has no config.json: not a finished checkpoint (did the run complete?)")

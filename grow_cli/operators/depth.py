@@ -2,7 +2,8 @@
 
 Each operator is a pure function from (source layers L, target layers L') to a `DepthMap`. The executor copies the
 tensors of source layer `layer_map[j]` into target layer `j` (cloned, never shared) and, for `identity`, zeroes
-the residual-stream writers of the new layers. See docs/expand.md and docs/methods.md for the papers and the exactness table.
+the residual-stream writers of the new layers. See docs/expand.md and docs/methods.md for the papers and the
+exactness table.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ METHODS = ("stack", "interleave", "interpolate", "identity", "dus")
 FUNCTION_PRESERVING = {"identity"}
 
 
-def resolve_target(L: int, layers: int | None, depth_factor: float | None, method: str, dus_overlap: int | None
-                   ) -> tuple[int, int | None]:
+def resolve_target(
+    L: int, layers: int | None, depth_factor: float | None, method: str, dus_overlap: int | None
+) -> tuple[int, int | None]:
     """The target layer count (and SOLAR overlap) from the user's options; refuses impossible requests."""
     if layers is not None and depth_factor is not None:
         raise UsageError("give --layers or --depth-factor, not both")
@@ -98,15 +100,21 @@ def resolve_target(L: int, layers: int | None, depth_factor: float | None, metho
             raise UsageError("dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)")
         if dus_overlap is None:
             if layers % 2 or not L <= layers <= 2 * L:
-                raise UsageError(f"dus makes 2·(L − overlap) layers; with L={L}, --layers must be even and "
-                                 f"between {L + L % 2} and {2 * L}; try {2 * L - 2 * max(1, L // 4)}")
+                raise UsageError(
+                    f"dus makes 2·(L − overlap) layers; with L={L}, --layers must be even and "
+                    f"between {L + L % 2} and {2 * L}; try {2 * L - 2 * max(1, L // 4)}"
+                )
             dus_overlap = L - layers // 2
         if not 0 <= dus_overlap <= L // 2:
-            raise UsageError(f"--dus-overlap must be between 0 and {L // 2} for {L} layers (a larger overlap "
-                             f"would shrink the model), got {dus_overlap}")
+            raise UsageError(
+                f"--dus-overlap must be between 0 and {L // 2} for {L} layers (a larger overlap "
+                f"would shrink the model), got {dus_overlap}"
+            )
         if layers is not None and layers != 2 * (L - dus_overlap):
-            raise UsageError(f"--layers {layers} contradicts --dus-overlap {dus_overlap}: dus gives "
-                             f"2·({L} − {dus_overlap}) = {2 * (L - dus_overlap)} layers")
+            raise UsageError(
+                f"--layers {layers} contradicts --dus-overlap {dus_overlap}: dus gives "
+                f"2·({L} − {dus_overlap}) = {2 * (L - dus_overlap)} layers"
+            )
         return 2 * (L - dus_overlap), dus_overlap
     if dus_overlap is not None:
         raise UsageError("--dus-overlap applies only to --depth-method dus")
@@ -117,8 +125,9 @@ def resolve_target(L: int, layers: int | None, depth_factor: float | None, metho
             raise UsageError("--depth-factor must be positive")
         layers = round(L * depth_factor)
     if layers < L:
-        raise UsageError(f"--layers {layers} is smaller than the source's {L} layers; grow only adds layers "
-                         f"(try {2 * L})")
+        raise UsageError(
+            f"--layers {layers} is smaller than the source's {L} layers; grow only adds layers (try {2 * L})"
+        )
     return layers, None
 
 
@@ -131,12 +140,22 @@ def depth_map(method: str, L: int, target: int, *, dus_overlap: int | None = Non
         new = tuple(j >= L - (dus_overlap or 0) for j in range(len(layer_map)))
         params = {"overlap": dus_overlap}
     else:
-        layer_map = {"stack": stack, "interleave": interleave, "interpolate": interpolate,
-                     "identity": identity}[method](L, target)
+        layer_map = {
+            "stack": stack,
+            "interleave": interleave,
+            "interpolate": interpolate,
+            "identity": identity,
+        }[method](L, target)
         new = _first_occurrence_is_original(layer_map)
         params = {}
     if method == "identity" and target == L:
         raise UsageError("identity needs more target layers than source layers")
     assert len(layer_map) == target, (method, L, target, layer_map)
-    return DepthMap(method, tuple(layer_map), new, method == "identity", method in FUNCTION_PRESERVING,
-                    {"layers": target, **params})
+    return DepthMap(
+        method,
+        tuple(layer_map),
+        new,
+        method == "identity",
+        method in FUNCTION_PRESERVING,
+        {"layers": target, **params},
+    )

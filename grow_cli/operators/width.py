@@ -50,7 +50,13 @@ def _try(values: list[int]) -> str:
 
 def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
     """The widened `ModelShape` from the user's `WidthOptions`; every impossible target is one clear UsageError."""
-    d, f, H, K, h = shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_kv_heads, shape.head_dim
+    d, f, H, K, h = (
+        shape.hidden_size,
+        shape.intermediate_size,
+        shape.num_heads,
+        shape.num_kv_heads,
+        shape.head_dim,
+    )
     k = options.width_factor
     if k is not None and k < 1:
         raise UsageError(f"--width-factor must be at least 1 (width growth only adds units), got {k}; try 2")
@@ -69,8 +75,10 @@ def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
     separate_kv = "kv_heads" in arch.config
     if not separate_kv:
         if options.num_kv_heads and options.num_kv_heads != H2:
-            raise UsageError(f"{arch.name} has no separate KV heads (num_kv_heads = num_heads); drop "
-                             f"--num-kv-heads or set it to {H2}")
+            raise UsageError(
+                f"{arch.name} has no separate KV heads (num_kv_heads = num_heads); drop "
+                f"--num-kv-heads or set it to {H2}"
+            )
         K2 = H2
     elif options.num_kv_heads:
         K2 = options.num_kv_heads
@@ -81,38 +89,63 @@ def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
     else:
         K2 = K * H2 // H if (K * H2) % H == 0 else K  # keep the group size, else grow inside groups
 
-    for flag, new, old in (("--hidden-size", d2, d), ("--intermediate-size", f2, f), ("--num-heads", H2, H),
-                           ("--num-kv-heads", K2, K)):
+    for flag, new, old in (
+        ("--hidden-size", d2, d),
+        ("--intermediate-size", f2, f),
+        ("--num-heads", H2, H),
+        ("--num-kv-heads", K2, K),
+    ):
         if new < old:
-            raise UsageError(f"{flag} {new} is smaller than the source's {old}; width growth only adds units "
-                             f"(try {2 * old})")
+            raise UsageError(
+                f"{flag} {new} is smaller than the source's {old}; width growth only adds units (try {2 * old})"
+            )
     if (d2, f2, H2, K2) == (d, f, H, K):
-        raise UsageError(f"the width target equals the source (hidden {d}, FFN {f}, {H} heads); give a larger "
-                         f"--hidden-size or --width-factor (try --width-factor 2)")
+        raise UsageError(
+            f"the width target equals the source (hidden {d}, FFN {f}, {H} heads); give a larger "
+            f"--hidden-size or --width-factor (try --width-factor 2)"
+        )
     if H2 % K2:
         raise UsageError(f"num_heads must be a multiple of num_kv_heads={K2}; try {_try(_multiples_near(H2, K2, H))}")
     if "head_dim" in arch.config:
         if d2 % H2:
-            raise UsageError(f"hidden_size must be a multiple of num_heads={H2} (transformers checks it even with an "
-                             f"explicit head_dim); try --hidden-size {_try(_multiples_near(d2, H2, d))}")
+            raise UsageError(
+                f"hidden_size must be a multiple of num_heads={H2} (transformers checks it even with an "
+                f"explicit head_dim); try --hidden-size {_try(_multiples_near(d2, H2, d))}"
+            )
     elif d2 != H2 * h:
-        why = ("RoPE frequencies and the 1/√head_dim temperature depend on it" if arch.positions == "rope"
-               else "heads are copied whole and the 1/√head_dim temperature depends on it")
-        hint = (f"--num-heads {d2 // h}" if d2 % h == 0 and d2 // h >= H
-                else f"--hidden-size {_try(_multiples_near(d2, h, d))}")
-        raise UsageError(f"hidden_size {d2} with {H2} heads would change head_dim from {h}; head_dim never changes "
-                         f"({why}); try {hint}")
+        why = (
+            "RoPE frequencies and the 1/√head_dim temperature depend on it"
+            if arch.positions == "rope"
+            else "heads are copied whole and the 1/√head_dim temperature depends on it"
+        )
+        hint = (
+            f"--num-heads {d2 // h}"
+            if d2 % h == 0 and d2 // h >= H
+            else f"--hidden-size {_try(_multiples_near(d2, h, d))}"
+        )
+        raise UsageError(
+            f"hidden_size {d2} with {H2} heads would change head_dim from {h}; head_dim never changes "
+            f"({why}); try {hint}"
+        )
     if not im.heads_coverable(H, K, H2, K2):
         g = H // K
         per_group = -(-g // max(1, K2 // K))
-        raise UsageError(f"{H2} query heads in {K2} KV groups leave some of the {H} source heads without a copy "
-                         f"(each source group of {g} needs room); try --num-heads {K2 * per_group}")
+        raise UsageError(
+            f"{H2} query heads in {K2} KV groups leave some of the {H} source heads without a copy "
+            f"(each source group of {g} needs room); try --num-heads {K2 * per_group}"
+        )
     if options.method == "hypercloning":
-        for flag, new, old in (("hidden_size", d2, d), ("intermediate_size", f2, f), ("num_heads", H2, H),
-                               ("num_kv_heads", K2, K)):
+        for flag, new, old in (
+            ("hidden_size", d2, d),
+            ("intermediate_size", f2, f),
+            ("num_heads", H2, H),
+            ("num_kv_heads", K2, K),
+        ):
             if new % old:
-                raise UsageError(f"hypercloning tiles whole copies: {flag} must be a multiple of {old}; try "
-                                 f"{_try(_multiples_near(new, old, old + 1))}")
+                raise UsageError(
+                    f"hypercloning tiles whole copies: {flag} must be a multiple of {old}; try "
+                    f"{_try(_multiples_near(new, old, old + 1))}"
+                )
     return replace(shape, hidden_size=d2, intermediate_size=f2, num_heads=H2, num_kv_heads=K2, head_dim=h)
 
 
@@ -127,7 +160,7 @@ class _Axis:
 
 
 class WidthOperator:
-    """A `WidthPlan` (grow_cli.plan): the maps of one width growth, and how each tensor is widened."""
+    """A `WidthPlan` (grow_cli.growth.plan): the maps of one width growth, and how each tensor is widened."""
 
     def __init__(self, options, arch: ArchDef, binding: Binding, config: dict[str, Any], seed: int):
         self._pool = BufferPool()
@@ -145,11 +178,13 @@ class WidthOperator:
         random_units = self.method in ("fpi", "aki")
         self.maps = {
             "hidden": im.tiled(d, d2) if self.integer_hidden or not random_units else im.prefix_random(d, d2, rng),
-            "ffn": (im.prefix_random if random_units else im.tiled)(s.intermediate_size, t.intermediate_size,
-                                                                   *([rng] if random_units else [])),
+            "ffn": (im.prefix_random if random_units else im.tiled)(
+                s.intermediate_size, t.intermediate_size, *([rng] if random_units else [])
+            ),
         }
         self.maps["heads"], self.maps["kv_heads"] = im.head_maps(
-            s.num_heads, s.num_kv_heads, t.num_heads, t.num_kv_heads, rng if random_units else None)
+            s.num_heads, s.num_kv_heads, t.num_heads, t.num_kv_heads, rng if random_units else None
+        )
         self.tied = s.tie_word_embeddings and any(w.tied_to and not w.tie_always for w in arch.final)
         self.function_preserving, self.exactness = self._exactness()
 
@@ -196,15 +231,22 @@ class WidthOperator:
 
     def record(self) -> dict[str, Any]:
         s, t = self.source, self.target
-        sizes = {"hidden": s.hidden_size, "ffn": s.intermediate_size, "heads": s.num_heads,
-                 "kv_heads": s.num_kv_heads}
+        sizes = {
+            "hidden": s.hidden_size,
+            "ffn": s.intermediate_size,
+            "heads": s.num_heads,
+            "kv_heads": s.num_kv_heads,
+        }
         return {
             "method": self.method,
             "function_preserving": self.function_preserving,
             "exactness": self.exactness,
             "seed": self.seed,
-            "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size, "num_heads": t.num_heads,
-            "num_kv_heads": t.num_kv_heads, "head_dim": t.head_dim,
+            "hidden_size": t.hidden_size,
+            "intermediate_size": t.intermediate_size,
+            "num_heads": t.num_heads,
+            "num_kv_heads": t.num_kv_heads,
+            "head_dim": t.head_dim,
             "maps": {name: im.describe(m, sizes[name]) for name, m in self.maps.items()},
             "noise_snr_db": self.noise_snr_db,
             "tied_head": "kept tied; its 1/C division folded into the head norm" if self.tied else None,
@@ -216,22 +258,38 @@ class WidthOperator:
         s, t = self.source, self.target
         ratio = t.hidden_size / s.hidden_size
         if self.method == "aki":
-            return False, "AKI fills new units from the next layer's weights: not function-preserving by design"
+            return (
+                False,
+                "AKI fills new units from the next layer's weights: not function-preserving by design",
+            )
         if self.method == "hypercloning":
-            return True, f"every map tiled ×{ratio:g}: exact through {self._norm_name} (symmetric noise cancels)"
+            return (
+                True,
+                f"every map tiled ×{ratio:g}: exact through {self._norm_name} (symmetric noise cancels)",
+            )
         if self.method == "fpi":
             if self.integer_hidden:
-                return True, f"tiled hidden map ×{ratio:g}: every hidden unit copied equally often, norms commute"
-            return False, (f"hidden ratio {ratio:.4g} is not an integer: some hidden units are copied more often "
-                           f"than others, so the {self._norm_name} statistics of the widened hidden state differ "
-                           f"from the source's (operators.md E1); use an integer multiple, or --width-method zero "
-                           f"on RMSNorm models, for exactness")
+                return (
+                    True,
+                    f"tiled hidden map ×{ratio:g}: every hidden unit copied equally often, norms commute",
+                )
+            return False, (
+                f"hidden ratio {ratio:.4g} is not an integer: some hidden units are copied more often "
+                f"than others, so the {self._norm_name} statistics of the widened hidden state differ "
+                f"from the source's (operators.md E1); use an integer multiple, or --width-method zero "
+                f"on RMSNorm models, for exactness"
+            )
         if t.hidden_size == s.hidden_size:
             return True, "new FFN units and heads are zero; the hidden size is unchanged"
         if self.arch.norm == "rms":
-            return True, "zero-padded hidden units with RMSNorm gains × √(d/d') and eps × d/d' (operators.md E1a)"
-        return False, ("LayerNorm over zero-padded hidden units: the mean is taken over d' units, so every old unit "
-                       "is shifted (gains × √(d/d') and eps × d/d' correct the variance only); not exact")
+            return (
+                True,
+                "zero-padded hidden units with RMSNorm gains × √(d/d') and eps × d/d' (operators.md E1a)",
+            )
+        return False, (
+            "LayerNorm over zero-padded hidden units: the mean is taken over d' units, so every old unit "
+            "is shifted (gains × √(d/d') and eps × d/d' correct the variance only); not exact"
+        )
 
     @property
     def _norm_name(self) -> str:
@@ -266,8 +324,12 @@ class WidthOperator:
             c = im.counts(index, n)
             # new = not the first copy of its source unit (within its part of a fused [q|k|v])
             new = im.new_units(q) + im.new_units(kv) * 2 if space == "qkv" else im.new_units(index)
-            axes[space] = _Axis(torch.tensor(index), torch.tensor([float(c[j]) for j in index]),
-                                torch.tensor(new), tuple(index))
+            axes[space] = _Axis(
+                torch.tensor(index),
+                torch.tensor([float(c[j]) for j in index]),
+                torch.tensor(new),
+                tuple(index),
+            )
         return axes
 
     def _axis(self, space: str) -> _Axis | None:
@@ -289,7 +351,7 @@ class WidthOperator:
             m = self._axis(space)
             if m is None:
                 continue
-            shape = (*x.shape[:axis], len(m.index_list), *x.shape[axis + 1:])
+            shape = (*x.shape[:axis], len(m.index_list), *x.shape[axis + 1 :])
             x = torch.index_select(x, axis, m.index, out=self._pool.tensor((tag, axis), shape, "F32"))
             if axis == w.in_axis:
                 x.div_(_along(m.divisor, axis, x.ndim))  # x is our own buffer, never an input
@@ -378,8 +440,10 @@ def width_factory_for(options) -> Callable[[ArchDef, Binding, dict[str, Any], in
         raise UsageError(f"unknown width method {options.method!r}; choose one of {', '.join(METHODS)}")
     if options.noise_snr_db is not None:
         if options.method != "hypercloning":
-            raise UsageError("--noise-snr-db applies only to --width-method hypercloning (its noise cancels "
-                             "between tiled copies); try --width-method hypercloning")
+            raise UsageError(
+                "--noise-snr-db applies only to --width-method hypercloning (its noise cancels "
+                "between tiled copies); try --width-method hypercloning"
+            )
         if not math.isfinite(options.noise_snr_db):
             raise UsageError(f"--noise-snr-db must be a finite number of dB, got {options.noise_snr_db}; try 10")
 

@@ -31,9 +31,7 @@ class TrainConfig:
     text_field: str = "text"
     seq_len: int = 512
     eval_fraction: float = 0.01
-    token_dtype: str | None = (
-        None  # for pre-tokenized .bin files; None: uint16 if the vocab fits, else uint32
-    )
+    token_dtype: str | None = None  # for pre-tokenized .bin files; None: uint16 if the vocab fits, else uint32
     tokenizer: Path | None = None  # default: the model folder
     cache_dir: Path | None = None  # default: <out's parent>/.grow-cache
     seed: int = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from grow_cli.errors import UsageError
-from grow_cli.record import last_stage, load_record
+from grow_cli.lineage.record import last_stage, load_record
 
 
 def added_tensors(model_dir: Path) -> list[str]:

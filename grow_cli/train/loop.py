@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedType
 
-from grow_cli.card import write_card
+from grow_cli.data.batches import StepBatches, eval_batches
+from grow_cli.data.sources import check_sources, find_sources
+from grow_cli.data.tokens import prepare_tokens
 from grow_cli.errors import OutputError, TrainingError, UsageError
-from grow_cli.record import append_stage, load_record, write_record
-from grow_cli.train.batches import StepBatches, eval_batches
+from grow_cli.lineage.card import write_card
+from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.train.checkpoints import complete_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.freeze import added_tensors, freeze_all_but
@@ -31,8 +33,6 @@ from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops, training_progress
 from grow_cli.train.model_io import check_seq_len, load_model, load_model_config, load_tokenizer, save_model
 from grow_cli.train.schedule import Schedule, warmup_steps_for
-from grow_cli.train.sources import check_sources, find_sources
-from grow_cli.train.tokens import prepare_tokens
 
 # Where torch's fused AdamW kernel (one kernel for all tensors, much faster than the per-tensor loop) applies:
 # plain and DDP training; FSDP and DeepSpeed bring their own optimizer handling.
@@ -164,11 +164,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     model, saved_dtype = load_model(config.model)
     num_parameters = sum(p.numel() for p in model.parameters())
-    trainable = (
-        freeze_all_but(model, trainable_names)
-        if trainable_names
-        else [n for n, _ in model.named_parameters()]
-    )
+    trainable = freeze_all_but(model, trainable_names) if trainable_names else [n for n, _ in model.named_parameters()]
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -177,8 +173,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
         _say(
             accelerator,
             config.quiet,
-            f"max LR {max_lr:.3g} for {num_parameters / 1e6:.1f}M parameters "
-            f"(--max-lr auto: {LR_RULE_SOURCE})",
+            f"max LR {max_lr:.3g} for {num_parameters / 1e6:.1f}M parameters (--max-lr auto: {LR_RULE_SOURCE})",
         )
     global_batch = config.micro_batch_size * grad_accum * accelerator.num_processes
     tokens_per_step = global_batch * config.seq_len
@@ -207,8 +202,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
         lr=max_lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,
-        fused=accelerator.distributed_type in FUSED_ADAMW_TYPES
-        and accelerator.device.type in ("cpu", "cuda"),
+        fused=accelerator.distributed_type in FUSED_ADAMW_TYPES and accelerator.device.type in ("cpu", "cuda"),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
     flops_token = flops_per_token(model, config.seq_len)
@@ -254,9 +248,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
 
     # 4. The loop.
     first_step, eval_loss, stop_reason = step, None, "done"
-    progress, task = training_progress(
-        max_steps, step, enabled=accelerator.is_main_process and not config.quiet
-    )
+    progress, task = training_progress(max_steps, step, enabled=accelerator.is_main_process and not config.quiet)
     started = time.perf_counter()
     window_start, window_tokens = started, 0
     with progress, _StopFlag() as stop:
@@ -293,44 +285,30 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_start, 1e-9)
                 window_start, window_tokens = now, 0
-                metrics.update(
-                    {"tokens_per_s": tps, "flops_per_token": flops_token, "epoch": batches.epoch_of(step)}
-                )
+                metrics.update({"tokens_per_s": tps, "flops_per_token": flops_token, "epoch": batches.epoch_of(step)})
                 if grad_norm is not None:
                     metrics["grad_norm"] = float(grad_norm)
                 if peak:
                     metrics["mfu"] = tps * flops_token / (peak * accelerator.num_processes)
-                progress.update(
-                    task, completed=step, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tps=f"{tps:,.0f}"
-                )
+                progress.update(task, completed=step, loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tps=f"{tps:,.0f}")
             if config.eval_every and step % config.eval_every == 0 and step < max_steps:
                 eval_loss = evaluate(accelerator, model, held_out)
                 metrics.update({"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50))})
             accelerator.log(metrics, step=step)
             if step < max_steps and config.save_every and step % config.save_every == 0:
-                save_checkpoint(
-                    accelerator, out, {**run_keys, "step": step, "tokens": tokens}, config.keep_last
-                )
+                save_checkpoint(accelerator, out, {**run_keys, "step": step, "tokens": tokens}, config.keep_last)
             stopping = stop.requested
             if accelerator.num_processes > 1:  # every process must agree, or the next collective hangs
-                stopping = (
-                    accelerator.reduce(torch.tensor(float(stopping), device=accelerator.device), "sum") > 0
-                )
-            if stopping or (
-                config.exit_interval and step - first_step >= config.exit_interval and step < max_steps
-            ):
+                stopping = accelerator.reduce(torch.tensor(float(stopping), device=accelerator.device), "sum") > 0
+            if stopping or (config.exit_interval and step - first_step >= config.exit_interval and step < max_steps):
                 stop_reason = "interrupted" if stopping else "exit-interval"
                 break
 
     if stop_reason != "done":
-        path = save_checkpoint(
-            accelerator, out, {**run_keys, "step": step, "tokens": tokens}, config.keep_last
-        )
+        path = save_checkpoint(accelerator, out, {**run_keys, "step": step, "tokens": tokens}, config.keep_last)
         accelerator.end_training()
         if stop_reason == "interrupted":
-            raise Interrupted(
-                f"interrupted at step {step}/{max_steps}; saved {path}. Continue with --resume auto"
-            )
+            raise Interrupted(f"interrupted at step {step}/{max_steps}; saved {path}. Continue with --resume auto")
         _say(
             accelerator,
             config.quiet,

@@ -78,9 +78,7 @@ def load_model(model_dir: Path) -> tuple[torch.nn.Module, torch.dtype]:
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     except ValueError as exc:
-        raise CheckpointError(
-            f"{model_dir} is not a causal language model transformers can train: {exc}"
-        ) from None
+        raise CheckpointError(f"{model_dir} is not a causal language model transformers can train: {exc}") from None
     saved = getattr(load_model_config(model_dir), "dtype", None) or torch.float32
     saved = getattr(torch, saved) if isinstance(saved, str) else saved
     return model, saved

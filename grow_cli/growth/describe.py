@@ -7,8 +7,8 @@ from typing import Any
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
+from grow_cli.growth.plan import source_shape_of
 from grow_cli.operators.depth import METHODS as DEPTH_METHODS
-from grow_cli.plan import source_shape_of
 
 WIDTH_METHODS = ("fpi", "aki", "hypercloning", "zero")
 
@@ -19,8 +19,11 @@ def applicable_methods(arch) -> dict[str, list[dict[str, Any]]]:
     for method in DEPTH_METHODS:
         entry: dict[str, Any] = {"method": method, "applies": True}
         if method == "identity" and not arch.pre_norm:
-            entry = {"method": method, "applies": False,
-                     "why": "post-LayerNorm: zeroed outputs cannot make an identity block"}
+            entry = {
+                "method": method,
+                "applies": False,
+                "why": "post-LayerNorm: zeroed outputs cannot make an identity block",
+            }
         depth.append(entry)
     width = [{"method": m, "applies": True} for m in WIDTH_METHODS]
     return {"depth": depth, "width": width}

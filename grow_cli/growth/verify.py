@@ -2,7 +2,8 @@
 
 Only one model is in memory at a time: the source runs first and its outputs (probe tokens × vocabulary, a few MB)
 are kept, then it is freed and the grown model runs. With a memory bound (`--verify-max-memory`), weights beyond it
-stay on disk and accelerate streams them through the forward pass, so even a model larger than RAM can be checked. Both run in float32 and eval mode (dropout off). Reported:
+stay on disk and accelerate streams them through the forward pass, so even a model larger than RAM can be
+checked. Both run in float32 and eval mode (dropout off). Reported:
 max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement; for encoders without a head
 (e.g. `BertModel`), the max |Δ| of the last hidden state.
 """
@@ -60,8 +61,11 @@ def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
 
     hf_logging.disable_progress_bar()  # grow's own progress is on stderr; keep the check quiet
     with tempfile.TemporaryDirectory(prefix="grow-verify-") as offload:
-        options = {} if max_memory is None else {
-            "device_map": "auto", "max_memory": {"cpu": max_memory}, "offload_folder": offload}
+        options = (
+            {}
+            if max_memory is None
+            else {"device_map": "auto", "max_memory": {"cpu": max_memory}, "offload_folder": offload}
+        )
         model = _model_class(folder).from_pretrained(folder, dtype=torch.float32, **options)
         model.eval()
         with torch.no_grad():
@@ -72,8 +76,9 @@ def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
     return result.float()
 
 
-def compare(source: Path, grown: Path, *, vocab_size: int, seed: int = 0, max_memory: int | None = None
-            ) -> dict[str, Any]:
+def compare(
+    source: Path, grown: Path, *, vocab_size: int, seed: int = 0, max_memory: int | None = None
+) -> dict[str, Any]:
     """Compare two model folders on probe tokens; returns the metrics (no pass/fail judgement)."""
     import torch
 
@@ -83,9 +88,12 @@ def compare(source: Path, grown: Path, *, vocab_size: int, seed: int = 0, max_me
     if b.shape[-1] != a.shape[-1]:
         # A width-grown encoder without a head: every width map keeps the source's hidden units first, in order.
         b = b[..., : a.shape[-1]]
-    result: dict[str, Any] = {"probe": kind, "tokens": int(ids.numel()),
-                              "max_abs_logit_diff": float((a - b).abs().max()),
-                              "output_scale": float(a.abs().max())}
+    result: dict[str, Any] = {
+        "probe": kind,
+        "tokens": int(ids.numel()),
+        "max_abs_logit_diff": float((a - b).abs().max()),
+        "output_scale": float(a.abs().max()),
+    }
     if a.shape[-1] == vocab_size:
         logp_a = torch.log_softmax(a, -1)
         logp_b = torch.log_softmax(b, -1)

@@ -20,7 +20,10 @@ import yaml
 
 PAPERS = {
     "stack": ("G_stack (Du et al., NeurIPS 2024)", "https://arxiv.org/abs/2405.15319"),
-    "interleave": ("interleaved layer duplication (Shen et al., ICML 2022)", "https://arxiv.org/abs/2203.06211"),
+    "interleave": (
+        "interleaved layer duplication (Shen et al., ICML 2022)",
+        "https://arxiv.org/abs/2203.06211",
+    ),
     "interpolate": ("Apollo interpolation (Pan et al., AAAI 2024)", "https://arxiv.org/abs/2401.09192"),
     "identity": ("LLaMA-Pro block expansion (Wu et al., ACL 2024)", "https://arxiv.org/abs/2401.02415"),
     "dus": ("SOLAR depth up-scaling (Kim et al., 2023)", "https://arxiv.org/abs/2312.15166"),
@@ -136,8 +139,10 @@ def _operator_lines(part: str, op: dict[str, Any]) -> list[str]:
 def _verify_line(verify: dict[str, Any] | None) -> str:
     if not verify:
         return "  - function check: not run (`grow expand --verify` compares source and grown logits)."
-    line = (f"  - function check on {verify.get('tokens', '?')} probe tokens: "
-            f"max |Δlogit| = {_num(verify.get('max_abs_logit_diff'))}")
+    line = (
+        f"  - function check on {verify.get('tokens', '?')} probe tokens: "
+        f"max |Δlogit| = {_num(verify.get('max_abs_logit_diff'))}"
+    )
     if verify.get("mean_kl") is not None:
         line += f", mean KL(source‖grown) = {_num(verify['mean_kl'])}"
     if verify.get("top1_agreement") is not None:
@@ -149,8 +154,10 @@ def _verify_line(verify: dict[str, Any] | None) -> str:
 
 def _expand_lines(stage: dict[str, Any]) -> list[str]:
     source = stage.get("source") or {}
-    lines = [f"- **Grown** from {_origin(source)} ({_shape_line(source.get('shape'))})",
-             f"  to {_shape_line(stage.get('target'))}."]
+    lines = [
+        f"- **Grown** from {_origin(source)} ({_shape_line(source.get('shape'))})",
+        f"  to {_shape_line(stage.get('target'))}.",
+    ]
     for part in ("width", "depth"):
         if stage.get(part):
             lines += _operator_lines(part, stage[part])
@@ -164,8 +171,11 @@ def _expand_lines(stage: dict[str, Any]) -> list[str]:
 def _train_lines(stage: dict[str, Any]) -> list[str]:
     data = stage.get("data") or {}
     tokens = stage.get("tokens")
-    line = f"- **Trained** for {stage.get('steps', '?')} steps on {tokens:,} tokens" if isinstance(tokens, int) \
+    line = (
+        f"- **Trained** for {stage.get('steps', '?')} steps on {tokens:,} tokens"
+        if isinstance(tokens, int)
         else f"- **Trained** for {stage.get('steps', '?')} steps"
+    )
     # Hub datasets by id; local files by name only (a public card need not show the trainer's file system).
     names = [d if _is_hub_id(d) else Path(d).name for d in data.get("datasets") or data.get("paths") or []]
     if names:
@@ -174,7 +184,9 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
     schedule = stage.get("schedule")
     if schedule:
         name = schedule.get("name", "?") if isinstance(schedule, dict) else schedule
-        lines.append(f"  - schedule {name}, max LR {stage.get('max_lr')}, train only: {stage.get('train_only') or 'all'}.")
+        lines.append(
+            f"  - schedule {name}, max LR {stage.get('max_lr')}, train only: {stage.get('train_only') or 'all'}."
+        )
     loss = stage.get("final_eval_loss")
     if isinstance(loss, int | float):
         ppl = f" (perplexity {math.exp(loss):.2f})" if loss < 50 else ""
@@ -205,11 +217,18 @@ def redact_command(command: list[str] | str) -> str:
 def render_card(record: dict[str, Any], *, title: str) -> str:
     """The full README.md text for a model described by `record`; `title` is the repo id when pushing."""
     meta = front_matter(record)
-    body = [f"# {title}", "", "This model was made with [grow](https://pypi.org/project/grow-cli/), a tool that grows"]
+    body = [
+        f"# {title}",
+        "",
+        "This model was made with [grow](https://pypi.org/project/grow-cli/), a tool that grows",
+    ]
     body.append("a pretrained transformer into a larger one and trains it further.")
     if meta.get("base_model"):
-        body += ["", f"Base model: [`{meta['base_model']}`](https://huggingface.co/{meta['base_model']}) "
-                 "(grown, then possibly trained: the Hub lists it as a fine-tune since it has no relation for growth)."]
+        body += [
+            "",
+            f"Base model: [`{meta['base_model']}`](https://huggingface.co/{meta['base_model']}) "
+            "(grown, then possibly trained: the Hub lists it as a fine-tune since it has no relation for growth).",
+        ]
     body += ["", "## Lineage", ""]
     for number, stage in enumerate(record["stages"], 1):
         stage_lines = _expand_lines(stage) if stage.get("kind") == "expand" else _train_lines(stage)

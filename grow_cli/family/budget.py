@@ -50,16 +50,29 @@ def stacking_growth_tokens(target_params: float, target_tokens: float) -> float:
 
 def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
     """A Llama-style shape with about `params` parameters (untied head, SwiGLU FFN ≈ 8/3·d, head_dim 64–128)."""
-    widths = [(2e8, 768), (6e8, 1024), (1.6e9, 2048), (4.5e9, 3072), (1.1e10, 4096), (2.2e10, 5120),
-              (4.5e10, 6656)]
+    widths = [
+        (2e8, 768),
+        (6e8, 1024),
+        (1.6e9, 2048),
+        (4.5e9, 3072),
+        (1.1e10, 4096),
+        (2.2e10, 5120),
+        (4.5e10, 6656),
+    ]
     hidden = next((d for limit, d in widths if params <= limit), 8192)
     ffn = int(math.ceil(hidden * 8 / 3 / 256) * 256)
     per_layer = 4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden
     layers = max(1, round((params - 2 * vocab_size * hidden) / per_layer))
     heads = hidden // (128 if hidden >= 2048 else 64)
-    return {"num_hidden_layers": layers, "hidden_size": hidden, "intermediate_size": ffn,
-            "num_attention_heads": heads, "num_key_value_heads": heads, "vocab_size": vocab_size,
-            "num_parameters": layers * per_layer + 2 * vocab_size * hidden + hidden}
+    return {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "intermediate_size": ffn,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "vocab_size": vocab_size,
+        "num_parameters": layers * per_layer + 2 * vocab_size * hidden + hidden,
+    }
 
 
 def flops_per_token(params: float, layers: int, hidden: int, seq_len: int) -> float:
@@ -75,14 +88,26 @@ def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_frac
     for i, m in enumerate(members):
         per_token = flops_per_token(m["params"], m["layers"], m["hidden"], seq_len)
         new_tokens = m["tokens"] if i == 0 else new_token_fraction * m["tokens"]
-        rows.append({**m, "flops_per_token": per_token, "independent_flops": per_token * m["tokens"],
-                     "progressive_tokens": new_tokens, "progressive_flops": per_token * new_tokens,
-                     "max_lr": auto_max_lr(int(m["params"]))})
+        rows.append(
+            {
+                **m,
+                "flops_per_token": per_token,
+                "independent_flops": per_token * m["tokens"],
+                "progressive_tokens": new_tokens,
+                "progressive_flops": per_token * new_tokens,
+                "max_lr": auto_max_lr(int(m["params"])),
+            }
+        )
     independent = sum(r["independent_flops"] for r in rows)
     progressive = sum(r["progressive_flops"] for r in rows)
-    return {"members": rows, "independent_flops": independent, "progressive_flops": progressive,
-            "saving": 1 - progressive / independent, "new_token_fraction": new_token_fraction,
-            "seq_len": seq_len}
+    return {
+        "members": rows,
+        "independent_flops": independent,
+        "progressive_flops": progressive,
+        "saving": 1 - progressive / independent,
+        "new_token_fraction": new_token_fraction,
+        "seq_len": seq_len,
+    }
 
 
 def plan(
@@ -105,19 +130,31 @@ def plan(
     d = stacking_growth_tokens(n, tokens)
     small = {**shape, "num_hidden_layers": max(1, shape["num_hidden_layers"] // GROWTH_FACTOR)}
     per_layer = (shape["num_parameters"] - 2 * shape["vocab_size"] * shape["hidden_size"]) / shape["num_hidden_layers"]
-    small["num_parameters"] = int(small["num_hidden_layers"] * per_layer + 2 * shape["vocab_size"] * shape["hidden_size"])
+    small["num_parameters"] = int(
+        small["num_hidden_layers"] * per_layer + 2 * shape["vocab_size"] * shape["hidden_size"]
+    )
     sizes = sorted(family) if family else [n / 8, n / 4, n / 2, n]
     members = []
     for size in sizes:
         s = shape if math.isclose(size, n, rel_tol=1e-6) else llama_like_shape(size, shape["vocab_size"])
-        members.append({"params": float(s["num_parameters"]), "layers": s["num_hidden_layers"],
-                        "hidden": s["hidden_size"], "tokens": tokens * s["num_parameters"] / n})
+        members.append(
+            {
+                "params": float(s["num_parameters"]),
+                "layers": s["num_hidden_layers"],
+                "hidden": s["hidden_size"],
+                "tokens": tokens * s["num_parameters"] / n,
+            }
+        )
     return {
         "target": {"num_parameters": n, "tokens": tokens, "compute_flops": 6 * n * tokens, "config": shape},
-        "stacking": {"growth_factor": GROWTH_FACTOR, "growth_tokens": d, "small_model": small,
-                     "small_model_flops": 6 * small["num_parameters"] * d,
-                     "rule": "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)",
-                     "command": f"grow expand SMALL OUT --depth-factor {GROWTH_FACTOR} --depth-method stack"},
+        "stacking": {
+            "growth_factor": GROWTH_FACTOR,
+            "growth_tokens": d,
+            "small_model": small,
+            "small_model_flops": 6 * small["num_parameters"] * d,
+            "rule": "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)",
+            "command": f"grow expand SMALL OUT --depth-factor {GROWTH_FACTOR} --depth-method stack",
+        },
         "family": family_ledger(members, seq_len=seq_len, new_token_fraction=new_token_fraction),
         "lr_rule": LR_SOURCE,
     }

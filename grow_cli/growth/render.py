@@ -10,8 +10,10 @@ from grow_cli.console import out
 
 
 def _shape(s: dict[str, Any]) -> str:
-    return (f"{s['layers']} layers, hidden {s['hidden_size']}, ffn {s['intermediate_size']}, "
-            f"heads {s['num_heads']}/{s['num_kv_heads']}, {s['num_parameters'] / 1e6:.1f}M params")
+    return (
+        f"{s['layers']} layers, hidden {s['hidden_size']}, ffn {s['intermediate_size']}, "
+        f"heads {s['num_heads']}/{s['num_kv_heads']}, {s['num_parameters'] / 1e6:.1f}M params"
+    )
 
 
 def _gb(n: int) -> str:
@@ -29,8 +31,10 @@ def render_plan(report: dict[str, Any]) -> None:
     if plan["width"]:
         out.print(f"  width: {plan['width']['method']}")
     out.print(f"  function-preserving: {'yes' if plan['function_preserving'] else 'no'}")
-    out.print(f"  output {_gb(plan['output_bytes'])} in {len(plan['shards'])} shard(s); estimated peak memory "
-              f"{_gb(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline")
+    out.print(
+        f"  output {_gb(plan['output_bytes'])} in {len(plan['shards'])} shard(s); estimated peak memory "
+        f"{_gb(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline"
+    )
     table = Table("tensor", "shape", "dtype", "from", title="output tensors", title_justify="left")
     tensors = plan["tensors"]
     shown = tensors if len(tensors) <= 40 else tensors[:20] + tensors[-20:]
@@ -57,16 +61,24 @@ def render_expand(report: dict[str, Any]) -> None:
             why = report[part].get("exactness")
             out.print(f"  {part}: {report[part]['method']} ({exact}{': ' + why if why else ''})")
     files = report["files"]
-    out.print(f"  wrote {_gb(files['bytes'])} in {files['shards']} shard(s) in {report['seconds']:.2f} s; "
-              f"copied {len(files['copied'])} file(s)")
+    out.print(
+        f"  wrote {_gb(files['bytes'])} in {files['shards']} shard(s) in {report['seconds']:.2f} s; "
+        f"copied {len(files['copied'])} file(s)"
+    )
     if files["skipped"]:
         out.print(f"  not copied (over 100 MB): {', '.join(files['skipped'])}")
     check = report.get("verify")
     if check:
         kl = "n/a" if check["mean_kl"] is None else f"{check['mean_kl']:.3g}"
         top1 = "n/a" if check["top1_agreement"] is None else f"{check['top1_agreement']:.1%}"
-        verdict = {True: "[green]passed[/green]", False: "[red]failed[/red]", None: "measured (method not exact)"}
-        out.print(f"  verify on {check['tokens']} {check['probe']} tokens: max |Δ| {check['max_abs_logit_diff']:.3g}, "
-                  f"mean KL {kl}, top-1 agreement {top1} — {verdict[check['passed']]}")
+        verdict = {
+            True: "[green]passed[/green]",
+            False: "[red]failed[/red]",
+            None: "measured (method not exact)",
+        }
+        out.print(
+            f"  verify on {check['tokens']} {check['probe']} tokens: max |Δ| {check['max_abs_logit_diff']:.3g}, "
+            f"mean KL {kl}, top-1 agreement {top1} — {verdict[check['passed']]}"
+        )
     if report.get("push"):
         out.print(f"  pushed to {report['push'].get('repo_id')} ({report['push'].get('commit_url')})")

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grow_cli.card import write_card
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.output import copy_small_files, staged_output, update_pooling_dimension
@@ -21,8 +20,9 @@ from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import FileHasher, Source, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, parse_size
 from grow_cli.console import byte_progress
-from grow_cli.plan import Plan, build_plan, plan_summary
-from grow_cli.record import append_stage, load_record, write_record
+from grow_cli.growth.plan import Plan, build_plan, plan_summary
+from grow_cli.lineage.card import write_card
+from grow_cli.lineage.record import append_stage, load_record, write_record
 
 
 @dataclass
@@ -38,8 +38,16 @@ class WidthOptions:
     noise_snr_db: float | None = None
 
     def requested(self) -> bool:
-        return any(v is not None for v in (self.hidden_size, self.intermediate_size, self.num_heads,
-                                            self.num_kv_heads, self.width_factor))
+        return any(
+            v is not None
+            for v in (
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_heads,
+                self.num_kv_heads,
+                self.width_factor,
+            )
+        )
 
 
 def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None):
@@ -58,15 +66,32 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
     return result.to(dtype).contiguous()
 
 
-def _stage(plan: Plan, source: Source, hashes: dict[str, Any], verify: dict[str, Any] | None,
-           command: list[str] | None) -> dict[str, Any]:
+def _stage(
+    plan: Plan,
+    source: Source,
+    hashes: dict[str, Any],
+    verify: dict[str, Any] | None,
+    command: list[str] | None,
+) -> dict[str, Any]:
     summary = plan_summary(plan)
-    shape_keys = ("layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
-                  "vocab_size", "num_parameters")
+    shape_keys = (
+        "layers",
+        "hidden_size",
+        "intermediate_size",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "vocab_size",
+        "num_parameters",
+    )
     return {
         "kind": "expand",
-        "source": {**source.describe(), "files": hashes, "architecture": plan.arch.name,
-                   "shape": {k: summary["source"][k] for k in shape_keys}},
+        "source": {
+            **source.describe(),
+            "files": hashes,
+            "architecture": plan.arch.name,
+            "shape": {k: summary["source"][k] for k in shape_keys},
+        },
         "target": {k: summary["target"][k] for k in shape_keys},
         "width": summary["width"],
         "depth": summary["depth"],
@@ -117,19 +142,46 @@ def expand(
         width_factory = width_factory_for(width)
     with CheckpointReader(src.folder) as reader:
         plan = build_plan(
-            config, reader.tensor_infos(), layers=layers, depth_factor=depth_factor, depth_method=depth_method,
-            dus_overlap=dus_overlap, width_factory=width_factory, dtype=dtype, shard_size=max_shard, seed=seed,
+            config,
+            reader.tensor_infos(),
+            layers=layers,
+            depth_factor=depth_factor,
+            depth_method=depth_method,
+            dus_overlap=dus_overlap,
+            width_factory=width_factory,
+            dtype=dtype,
+            shard_size=max_shard,
+            seed=seed,
         )
         if dry_run:
             return {"dry_run": True, "source": src.describe(), "plan": plan_summary(plan, with_tensors=True)}
         if out is None:
             raise ValueError("expand needs an output folder unless dry_run")
-        return _execute(plan, reader, src, Path(out), force=force, verify=verify, verify_memory=verify_memory,
-                        quiet=quiet, command=command)
+        return _execute(
+            plan,
+            reader,
+            src,
+            Path(out),
+            force=force,
+            verify=verify,
+            verify_memory=verify_memory,
+            quiet=quiet,
+            command=command,
+        )
 
 
-def _execute(plan: Plan, reader: CheckpointReader, src: Source, out: Path, *, force: bool, verify: bool,
-             verify_memory: int | None, quiet: bool, command: list[str] | None) -> dict[str, Any]:
+def _execute(
+    plan: Plan,
+    reader: CheckpointReader,
+    src: Source,
+    out: Path,
+    *,
+    force: bool,
+    verify: bool,
+    verify_memory: int | None,
+    quiet: bool,
+    command: list[str] | None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     hasher = FileHasher([*reader.files, src.folder / "config.json"])
     with staged_output(out, src.folder, force=force) as tmp:
@@ -147,17 +199,26 @@ def _execute(plan: Plan, reader: CheckpointReader, src: Source, out: Path, *, fo
         write_seconds = time.perf_counter() - started
         check = None
         if verify:
-            from grow_cli import verify as verifier
+            from grow_cli.growth import verify as verifier
 
-            result = verifier.compare(src.folder, tmp, vocab_size=plan.source_shape.vocab_size, seed=plan.seed,
-                                      max_memory=verify_memory)
-            check = verifier.check(result, exact=plan.function_preserving,
-                                   dtype=plan.out_dtype or _main_dtype(plan))
+            result = verifier.compare(
+                src.folder,
+                tmp,
+                vocab_size=plan.source_shape.vocab_size,
+                seed=plan.seed,
+                max_memory=verify_memory,
+            )
+            check = verifier.check(result, exact=plan.function_preserving, dtype=plan.out_dtype or _main_dtype(plan))
         stage = _stage(plan, src, hasher.result(), check, command)
-        record = append_stage(load_record(src.folder), stage, {
-            "architecture": plan.arch.name, "model_type": plan.target_config.get("model_type"),
-            "num_parameters": plan.num_parameters,
-        })
+        record = append_stage(
+            load_record(src.folder),
+            stage,
+            {
+                "architecture": plan.arch.name,
+                "model_type": plan.target_config.get("model_type"),
+                "num_parameters": plan.num_parameters,
+            },
+        )
         write_record(tmp, record)
         write_card(tmp, record, title=out.name)
     summary = plan_summary(plan)
@@ -171,7 +232,12 @@ def _execute(plan: Plan, reader: CheckpointReader, src: Source, out: Path, *, fo
         "width": summary["width"],
         "function_preserving": plan.function_preserving,
         "verify": check,
-        "files": {"shards": len(plan.shards), "bytes": plan.total_bytes, "copied": copied, "skipped": skipped},
+        "files": {
+            "shards": len(plan.shards),
+            "bytes": plan.total_bytes,
+            "copied": copied,
+            "skipped": skipped,
+        },
         "notes": plan.notes,
         "seconds": round(time.perf_counter() - started, 3),
         "write_seconds": round(write_seconds, 3),

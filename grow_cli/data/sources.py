@@ -65,17 +65,13 @@ def find_sources(paths: list[str]) -> list[Source]:
                 raise DataError(f"--data {arg}: the pattern matches no files")
             for match in matches:
                 sources += (
-                    _from_folder(match)
-                    if match.is_dir()
-                    else [Source(match, SUFFIX_KIND.get(match.suffix, "text"))]
+                    _from_folder(match) if match.is_dir() else [Source(match, SUFFIX_KIND.get(match.suffix, "text"))]
                 )
             continue
         path = Path(arg)
         if not path.exists():
             raise DataError(f"--data {arg}: no such file or folder")
-        sources += (
-            _from_folder(path) if path.is_dir() else [Source(path, SUFFIX_KIND.get(path.suffix, "text"))]
-        )
+        sources += _from_folder(path) if path.is_dir() else [Source(path, SUFFIX_KIND.get(path.suffix, "text"))]
     for source in sources:
         if source.kind != "arrow" and source.path.stat().st_size == 0:
             raise DataError(f"--data {source.path}: the file is empty")
@@ -118,9 +114,7 @@ def _pyarrow():
         import pyarrow as pa
         import pyarrow.parquet  # noqa: F401  (makes pa.parquet available)
     except ModuleNotFoundError:
-        raise DataError(
-            "reading Parquet or `datasets` folders needs pyarrow: pip install 'grow-cli[data]'"
-        ) from None
+        raise DataError("reading Parquet or `datasets` folders needs pyarrow: pip install 'grow-cli[data]'") from None
     return pa
 
 
@@ -165,9 +159,7 @@ def read_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{source.path}:{n}: not valid JSON ({exc.msg})") from None
                 if not isinstance(record, dict) or text_field not in record:
-                    raise DataError(
-                        f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME"
-                    )
+                    raise DataError(f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME")
                 yield str(record[text_field]), True
     else:
         pa = _pyarrow()

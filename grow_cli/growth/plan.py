@@ -2,7 +2,7 @@
 
 A plan lists every output tensor with the source tensors it reads and the transform applied (width map, copy,
 zeroed identity output), the target config, the shard layout and the estimated peak memory. `--dry-run` prints it;
-`grow_cli.expand` streams it. Width is applied first and depth second, as in bert2BERT: a target layer j is the
+`grow_cli.growth.expand` streams it. Width is applied first and depth second, as in bert2BERT: a target layer j is the
 widened source layer `layer_map[j]`.
 """
 
@@ -16,13 +16,19 @@ from grow_cli.arch.registry import ArchDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
-from grow_cli.config_edit import grown_config, validate_config
 from grow_cli.errors import UsageError
+from grow_cli.growth.config import grown_config, validate_config
 from grow_cli.operators.depth import DepthMap, depth_map, resolve_target
 
 FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
-DTYPE_CHOICES = {"fp32": "F32", "float32": "F32", "fp16": "F16", "float16": "F16", "bf16": "BF16",
-                 "bfloat16": "BF16"}
+DTYPE_CHOICES = {
+    "fp32": "F32",
+    "float32": "F32",
+    "fp16": "F16",
+    "float16": "F16",
+    "bf16": "BF16",
+    "bfloat16": "BF16",
+}
 
 
 class WidthPlan(Protocol):
@@ -109,9 +115,9 @@ class Plan:
         return [t.name for t in self.tensors if t.new]
 
 
-
-def source_shape_of(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], str]]
-                    ) -> tuple[ArchDef, ModelShape, Binding]:
+def source_shape_of(
+    config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], str]]
+) -> tuple[ArchDef, ModelShape, Binding]:
     """Detect the architecture, read its shape and bind the checkpoint's tensors to it."""
     arch = detect(config)
     shape = read_shape(arch, config)
@@ -176,8 +182,11 @@ def build_plan(
     out += [output(t, t.name, new=False, zero=False, layer=None) for t in binding.final]
 
     target_config = grown_config(
-        arch, config, layer_map=depth.layer_map if depth else None,
-        width_updates=width.config_updates() if width else {}, dtype=out_dtype,
+        arch,
+        config,
+        layer_map=depth.layer_map if depth else None,
+        width_updates=width.config_updates() if width else {},
+        dtype=out_dtype,
     )
     validate_config(target_config)
     shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], shard_size)
@@ -191,14 +200,23 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
     """A JSON-able description of a plan (printed by --dry-run and stored in reports)."""
     summary: dict[str, Any] = {
         "architecture": plan.arch.name,
-        "source": {**plan.source_shape.as_dict(), "num_parameters": sum(numel(t.shape) for t in
-                                                                        plan.binding.all_tensors())},
-        "target": {**plan.target_shape.as_dict(), "layers": len(plan.depth.layer_map) if plan.depth
-                   else plan.source_shape.layers, "num_parameters": plan.num_parameters},
-        "depth": None if plan.depth is None else {
-            "method": plan.depth.method, "layer_map": list(plan.depth.layer_map),
+        "source": {
+            **plan.source_shape.as_dict(),
+            "num_parameters": sum(numel(t.shape) for t in plan.binding.all_tensors()),
+        },
+        "target": {
+            **plan.target_shape.as_dict(),
+            "layers": len(plan.depth.layer_map) if plan.depth else plan.source_shape.layers,
+            "num_parameters": plan.num_parameters,
+        },
+        "depth": None
+        if plan.depth is None
+        else {
+            "method": plan.depth.method,
+            "layer_map": list(plan.depth.layer_map),
             "new_layers": [j for j, n in enumerate(plan.depth.new) if n],
-            "function_preserving": plan.depth.function_preserving, "parameters": plan.depth.parameters,
+            "function_preserving": plan.depth.function_preserving,
+            "parameters": plan.depth.parameters,
         },
         "width": None if plan.width is None else plan.width.record(),
         "function_preserving": plan.function_preserving,
@@ -212,7 +230,6 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
     if with_tensors:
         width = plan.width.method if plan.width else None
         summary["tensors"] = [
-            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "from": t.describe(width)}
-            for t in plan.tensors
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "from": t.describe(width)} for t in plan.tensors
         ]
     return summary

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from grow_cli.data.sources import Source, fingerprint_sources, read_texts
 from grow_cli.errors import DataError
-from grow_cli.train.sources import Source, fingerprint_sources, read_texts
 
 FORMAT_VERSION = 1  # bump when the stream layout or the EOS rule changes, to invalidate old caches
 BATCH_PIECES = 256  # texts per tokenizer call; fast tokenizers encode a batch on all cores
@@ -135,9 +135,7 @@ def prepare_tokens(
     else:
         tmp = cache_dir / f".{fingerprint}.{os.getpid()}.tmp"
         try:
-            num_tokens, num_docs = _write_stream(
-                sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp
-            )
+            num_tokens, num_docs = _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp)
             tmp.replace(stream_file)  # rename last, so a crash never leaves a half-written cache behind
         finally:
             tmp.unlink(missing_ok=True)

@@ -61,9 +61,9 @@ def compare(
     """Compare models `a` and `b` (folders) on the held-out blocks of `data`; return the averaged metrics."""
     import torch
 
+    from grow_cli.data.sources import check_sources, find_sources
+    from grow_cli.data.tokens import prepare_tokens, tokenizer_fingerprint
     from grow_cli.train.model_io import load_model_config, load_tokenizer
-    from grow_cli.train.sources import check_sources, find_sources
-    from grow_cli.train.tokens import prepare_tokens, tokenizer_fingerprint
 
     a, b = Path(a), Path(b)
     config_a, config_b = load_model_config(a), load_model_config(b)
@@ -74,15 +74,22 @@ def compare(
     sources = find_sources(data)
     check_sources(sources, text_field)
     vocab = min(config_a.get_text_config().vocab_size, config_b.get_text_config().vocab_size)
-    tokens = prepare_tokens(sources, tok_a, text_field=text_field, seq_len=seq_len, eval_fraction=eval_fraction,
-                            vocab_size=vocab, eos_id=eos,
-                            cache_dir=cache_dir or a.resolve().parent / ".grow-cache" / "tokens")
+    tokens = prepare_tokens(
+        sources,
+        tok_a,
+        text_field=text_field,
+        seq_len=seq_len,
+        eval_fraction=eval_fraction,
+        vocab_size=vocab,
+        eos_id=eos,
+        cache_dir=cache_dir or a.resolve().parent / ".grow-cache" / "tokens",
+    )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
     model_a, model_b = _load(a), _load(b)
     totals: dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
-            block = torch.from_numpy(tokens.blocks[ids[start:start + batch_size]].astype("int64"))
+            block = torch.from_numpy(tokens.blocks[ids[start : start + batch_size]].astype("int64"))
             logits_a = model_a(input_ids=block).logits[:, :-1, :vocab].reshape(-1, vocab)
             logits_b = model_b(input_ids=block).logits[:, :-1, :vocab].reshape(-1, vocab)
             for key, value in divergences(logits_a, logits_b, block[:, 1:].reshape(-1)).items():
@@ -90,9 +97,18 @@ def compare(
     n = totals["positions"]
     loss_a, loss_b = totals["nll_a"] / n, totals["nll_b"] / n
     return {
-        "a": str(a), "b": str(b),
-        "blocks": len(ids), "positions": int(n), "seq_len": seq_len, "data_fingerprint": tokens.fingerprint,
-        "kl_a_b": totals["kl_ab"] / n, "kl_b_a": totals["kl_ba"] / n, "js": totals["js"] / n,
+        "a": str(a),
+        "b": str(b),
+        "blocks": len(ids),
+        "positions": int(n),
+        "seq_len": seq_len,
+        "data_fingerprint": tokens.fingerprint,
+        "kl_a_b": totals["kl_ab"] / n,
+        "kl_b_a": totals["kl_ba"] / n,
+        "js": totals["js"] / n,
         "top1_agreement": totals["top1"] / n,
-        "loss_a": loss_a, "loss_b": loss_b, "ppl_a": math.exp(loss_a), "ppl_b": math.exp(loss_b),
+        "loss_a": loss_a,
+        "loss_b": loss_b,
+        "ppl_a": math.exp(loss_a),
+        "ppl_b": math.exp(loss_b),
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import CheckpointError
-from grow_cli.expand import WidthOptions, expand
+from grow_cli.growth.expand import WidthOptions, expand
 
 
 def minilm_folder() -> Path:
@@ -27,8 +27,23 @@ def minilm_folder() -> Path:
 def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
     """Grow MiniLM wider (FPI ×2, verified exact) into OUT/wide, then deeper (G_stack ×2) into OUT/wide-deep."""
     out = Path(out)
-    wide = expand(str(minilm_folder()), out / "wide", width=WidthOptions(method="fpi", width_factor=2),
-                  verify=True, force=force, quiet=quiet, command=["grow", "demo", str(out)])
-    deep = expand(str(out / "wide"), out / "wide-deep", layers=12, depth_method="stack", verify=True,
-                  force=force, quiet=quiet, command=["grow", "demo", str(out)])
+    wide = expand(
+        str(minilm_folder()),
+        out / "wide",
+        width=WidthOptions(method="fpi", width_factor=2),
+        verify=True,
+        force=force,
+        quiet=quiet,
+        command=["grow", "demo", str(out)],
+    )
+    deep = expand(
+        str(out / "wide"),
+        out / "wide-deep",
+        layers=12,
+        depth_method="stack",
+        verify=True,
+        force=force,
+        quiet=quiet,
+        command=["grow", "demo", str(out)],
+    )
     return [wide, deep]

@@ -1,0 +1,3 @@
+"""Text and tokens for training and comparison: files behind --data (`sources`), tokenize/cache/pack/split
+(`tokens`), step-indexed data order (`batches`), and real English text that installs offline (`corpus`).
+`probe.txt` holds the probe text of `grow expand --verify`."""
