@@ -82,7 +82,9 @@ def train_stage(
     token_dtype: Annotated[str | None, Opt(help="uint16 | uint32 for .bin token files.")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Token cache (default: .grow-cache beside --out).")] = None,
     seed: Annotated[int, Opt(help="Seed for data order and initialisation.")] = 0,
-    overwrite: Annotated[bool, Opt(help="Start again in a non-empty --out.")] = False,
+    overwrite: Annotated[
+        bool, Opt(help="Start again in a non-empty --out (everything in it is removed first).")
+    ] = False,
     push_to_hub: Annotated[str | None, Opt(help="Upload the result to this Hub repo id.")] = None,
     private: Annotated[bool, Opt(help="With --push-to-hub: create the repo private.")] = False,
     token: Annotated[

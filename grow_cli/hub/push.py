@@ -9,13 +9,13 @@ xet); the Hub keeps what already arrived, so re-running the same push after a fa
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
 
 from grow_cli import __version__
+from grow_cli.checkpoint.reader import load_weight_map, read_safetensors_header
 from grow_cli.errors import CheckpointError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
@@ -129,13 +129,8 @@ def check_output(folder: Path) -> list[str]:
 
     weights: list[str] = []
     for index_name in WEIGHT_INDEXES:
-        index = folder / index_name
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{index} is not a weight index ({exc})") from None
-            weights = sorted(set(weight_map.values()))
+        if (folder / index_name).is_file():
+            weights = sorted(set(load_weight_map(folder, index_name).values()))
             break
     else:
         weights = [name for name in WEIGHT_FILES if (folder / name).is_file()][:1]
@@ -149,25 +144,8 @@ def check_output(folder: Path) -> list[str]:
         raise CheckpointError(f"{folder} is incomplete: {len(missing)} weight file(s) missing, e.g. {missing[0]}")
     for name in weights:
         if name.endswith(".safetensors"):
-            _check_safetensors(folder / name)
+            read_safetensors_header(folder / name)  # the reader's strict check: complete, untruncated, consistent
     return weights
-
-
-def _check_safetensors(path: Path) -> None:
-    """A safetensors file is complete when its header parses and its data ends exactly at the end of the file."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        try:
-            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            header = None
-    if header is None:
-        raise CheckpointError(f"{path} is not a safetensors file (unreadable header); re-create it")
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
-        raise CheckpointError(f"{path} is truncated ({size:,} bytes, header expects {8 + n + end:,}); re-create it")
 
 
 def _refuse_leaked_token(folder: Path, token: str) -> None:

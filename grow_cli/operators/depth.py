@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grow_cli.errors import UsageError
+from grow_cli.limits import check_factor, check_layers
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def resolve_target(
     """The target layer count (and SOLAR overlap) from the user's options; refuses impossible requests."""
     if layers is not None and depth_factor is not None:
         raise UsageError("give --layers or --depth-factor, not both")
+    check_factor("--depth-factor", depth_factor, minimum=1)
     if method == "dus":
         if layers is None and depth_factor is not None:
             layers = round(L * depth_factor)
@@ -115,19 +117,19 @@ def resolve_target(
                 f"--layers {layers} contradicts --dus-overlap {dus_overlap}: dus gives "
                 f"2·({L} − {dus_overlap}) = {2 * (L - dus_overlap)} layers"
             )
+        check_layers(L, 2 * (L - dus_overlap))
         return 2 * (L - dus_overlap), dus_overlap
     if dus_overlap is not None:
         raise UsageError("--dus-overlap applies only to --depth-method dus")
     if layers is None:
         if depth_factor is None:
             return L, None
-        if depth_factor <= 0:
-            raise UsageError("--depth-factor must be positive")
         layers = round(L * depth_factor)
     if layers < L:
         raise UsageError(
             f"--layers {layers} is smaller than the source's {L} layers; grow only adds layers (try {2 * L})"
         )
+    check_layers(L, layers)
     return layers, None
 
 

@@ -31,6 +31,7 @@ from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.errors import UsageError
+from grow_cli.limits import check_factor, check_width
 from grow_cli.operators import index_maps as im
 
 METHODS = ("fpi", "aki", "hypercloning", "zero")
@@ -58,8 +59,7 @@ def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
         shape.head_dim,
     )
     k = options.width_factor
-    if k is not None and k < 1:
-        raise UsageError(f"--width-factor must be at least 1 (width growth only adds units), got {k}; try 2")
+    check_factor("--width-factor", k, minimum=1)  # width growth only adds units
 
     def scaled(x: int) -> int:
         return max(x, round(x * k))
@@ -89,6 +89,7 @@ def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
     else:
         K2 = K * H2 // H if (K * H2) % H == 0 else K  # keep the group size, else grow inside groups
 
+    check_width(hidden_size=d2, intermediate_size=f2, num_heads=H2, num_kv_heads=K2)
     for flag, new, old in (
         ("--hidden-size", d2, d),
         ("--intermediate-size", f2, f),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedType
 
+from grow_cli.checkpoint.output import check_not_overlapping, empty_folder
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.sources import check_sources, find_sources
 from grow_cli.data.tokens import prepare_tokens
@@ -79,7 +80,10 @@ def evaluate(accelerator: Accelerator, model, batches: list[torch.Tensor]) -> fl
 
 
 class _StopFlag:
-    """A first SIGINT asks the loop to stop at the end of the current step; a second one aborts at once."""
+    """A first SIGINT or SIGTERM asks the loop to stop at the end of the current step (and save a checkpoint);
+    a second one aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
@@ -90,11 +94,12 @@ class _StopFlag:
                 raise KeyboardInterrupt
             self.requested = True
 
-        self._previous = signal.signal(signal.SIGINT, handler)
+        self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def train_stage(config: TrainConfig) -> dict[str, Any]:
@@ -107,7 +112,10 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     tokenizer, eos_id = load_tokenizer(config.tokenizer or config.model, model_config)
     trainable_names = added_tensors(config.model) if config.train_only == "new" else None
     out = config.out
-    resume_from = resolve_resume(config.resume, out)
+    check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder")
+    resume_from, resume_notes = resolve_resume(config.resume, out)
     if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite:
         raise OutputError(
             f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
@@ -136,7 +144,12 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     # Accumulation left unset follows the launcher (ACCELERATE_GRADIENT_ACCUMULATION_STEPS), else 1.
     grad_accum = _grad_accum(config, accelerator.num_processes, accelerator.gradient_accumulation_steps)
     accelerator.gradient_accumulation_steps = grad_accum
+    if config.overwrite and resume_from is None and accelerator.is_main_process:
+        empty_folder(out)  # a fresh start: no stale shard, index or checkpoint of the old run may survive
+    accelerator.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)
+    for note in resume_notes:
+        _say(accelerator, False, f"note: {note}")
     with accelerator.main_process_first():  # the main process tokenizes; the others then read its cache
         data = prepare_tokens(
             sources,

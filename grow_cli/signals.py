@@ -1,0 +1,28 @@
+"""SIGTERM handled like Ctrl-C.
+
+`timeout`, Slurm, Docker, Kubernetes and systemd stop a process with SIGTERM, whose default action ends Python
+without unwinding: `finally` blocks never run and a half-written output folder outlives the run. grow turns SIGTERM
+into `Terminated`, a `KeyboardInterrupt`, so everything that cleans up after Ctrl-C (temporary output removed, the
+output claim released, train-stage's checkpoint on the way out) runs for it too. SIGKILL cannot be caught; what it
+leaves is cleared by the next run into the same folder (`grow_cli.checkpoint.claim`).
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM; exit status 143 (128 + 15), as the shell reports it."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def terminate_like_interrupt() -> None:
+    """Make SIGTERM raise `Terminated` in the main thread, unless someone chose to ignore it (e.g. `nohup`-style)."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
