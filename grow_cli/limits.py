@@ -24,7 +24,7 @@ MAX_HEADS = 4096
 def check_factor(flag: str, value: float | None, *, minimum: float) -> None:
     """A growth factor must be a finite number of at least `minimum` (NaN and infinity are typos, not targets)."""
     if value is not None and not (math.isfinite(value) and value >= minimum):
-        raise UsageError(f"{flag} must be a finite number ≥ {minimum:g}, got {value}; try 2")
+        raise UsageError(f"{flag} must be a finite number, at least {minimum:g}; got {value}. Try 2")
 
 
 def check_layers(source_layers: int, target_layers: int) -> None:

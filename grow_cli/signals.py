@@ -2,9 +2,10 @@
 
 `timeout`, Slurm, Docker, Kubernetes and systemd stop a process with SIGTERM, whose default action ends Python
 without unwinding: `finally` blocks never run and a half-written output folder outlives the run. grow turns SIGTERM
-into `Terminated`, a `KeyboardInterrupt`, so everything that cleans up after Ctrl-C (temporary output removed, the
-output claim released, train-stage's checkpoint on the way out) runs for it too. SIGKILL cannot be caught; what it
-leaves is cleared by the next run into the same folder (`grow_cli.checkpoint.claim`).
+into `Terminated`, a `BaseException` like `KeyboardInterrupt` (so no `except Exception` swallows it), and everything
+that cleans up after Ctrl-C (temporary output removed, the output claim released) runs for it too; train-stage's
+loop treats a first SIGTERM exactly like a first Ctrl-C (finish the step, save a checkpoint, exit). SIGKILL cannot
+be caught; what it leaves is cleared by the next run into the same folder (`grow_cli.checkpoint.claim`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import signal
 
 
-class Terminated(KeyboardInterrupt):
-    """The process received SIGTERM; exit status 143 (128 + 15), as the shell reports it."""
+class Terminated(BaseException):
+    """The process received SIGTERM; exit status 143 (128 + 15), as the shell reports it. Not a KeyboardInterrupt:
+    Typer turns those into a silent exit 130 before `grow_cli.cli.main` could say what happened."""
 
     exit_code = 128 + signal.SIGTERM
 

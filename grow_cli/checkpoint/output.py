@@ -102,7 +102,7 @@ def staged_output(out: Path, source: Path | None, *, force: bool) -> Iterator[Pa
         raise unwritable(out, exc) from None
     with OutputClaim(out) as claim:
         for note in claim.notes:
-            err.print(f"note: {note}")
+            err.print(f"note: {note}", soft_wrap=True)
         check_output(out, source, force=force)  # again, now that no other grow run can change it
         tmp = sibling(out, TMP_MARK)
         try:

@@ -179,7 +179,7 @@ class CheckpointReader:
 
 def _refused_global(message: str) -> str | None:
     """The Python object torch's weights-only unpickler refused (e.g. `os.system`), or None for other failures."""
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    match = re.search(r"GLOBAL ([\w.]+)", message)  # "Unsupported global: GLOBAL x" / "unsupported GLOBAL x whose…"
     return match.group(1) if match else None
 
 
@@ -220,7 +220,7 @@ def load_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
     try:
         config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSON errors and undecodable (non-UTF-8) bytes
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")

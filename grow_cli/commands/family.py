@@ -39,7 +39,7 @@ def family(
         from grow_cli.family.check import check_recipe
 
         for note in check_recipe(parsed):
-            err.print(f"note: {note}")
+            err.print(f"note: {note}", soft_wrap=True)
         members = [
             {
                 "name": m.name,

@@ -96,12 +96,14 @@ def train_stage(
 ) -> None:
     """Continue pretraining MODEL on your data with accelerate (one CPU to many GPUs); write a trained model,
     checkpoints, metrics.jsonl, an updated grow.json and model card to --out."""
+    import math
+
     from grow_cli.console import err, print_json
     from grow_cli.errors import UsageError
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage as run
 
-    if max_tokens is not None and max_tokens != int(max_tokens):
+    if max_tokens is not None and not (math.isfinite(max_tokens) and max_tokens == int(max_tokens)):
         raise UsageError(f"--max-tokens must be a whole number, got {max_tokens}")
     config = TrainConfig(
         model=model,

@@ -22,7 +22,12 @@ def _fail(where: str, message: str) -> UsageError:
     return UsageError(f"recipe: {where}: {message}")
 
 
-def _fresh_model_shapes(member: Member) -> tuple[dict[str, Any], Shapes]:
+def _one_line(exc: BaseException) -> str:
+    """A library's (often multi-line) message as one line."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:400] or type(exc).__name__
+
+
+def _fresh_model_shapes(member: Member) -> tuple[Any, Shapes]:
     """The config and tensor shapes `members[0].config` will produce, from a model built on the meta device."""
     import torch
     import transformers
@@ -36,19 +41,26 @@ def _fresh_model_shapes(member: Member) -> tuple[dict[str, Any], Shapes]:
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(hf_config)
     except Exception as exc:  # transformers' strict validation raises several types
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise _fail("members[0].config", f"not a valid {model_type} causal-LM config: {first}") from None
+        raise _fail("members[0].config", f"not a valid {model_type} causal-LM config: {_one_line(exc)}") from None
     shapes = {name: (tuple(t.shape), dtype_name(t.dtype)) for name, t in model.state_dict().items()}
-    return model.config.to_dict(), shapes
+    return model.config, shapes
 
 
 def _first_member(member: Member, notes: list[str]) -> tuple[dict[str, Any] | None, Shapes, Path | None]:
     """(config, tensor shapes, tokenizer folder) of the family's starting model; config None for a Hub source."""
     if member.config is not None:
+        from grow_cli.train.model_io import load_tokenizer
+
         if not Path(member.tokenizer).is_dir():
             raise _fail("members[0].tokenizer", f"{member.tokenizer} is not a folder; give the folder of a tokenizer")
-        config, shapes = _fresh_model_shapes(member)
-        return config, shapes, Path(member.tokenizer)
+        hf_config, shapes = _fresh_model_shapes(member)
+        try:
+            load_tokenizer(Path(member.tokenizer), hf_config)
+        except GrowError as exc:
+            raise _fail(
+                "members[0].tokenizer", str(exc).split(" (")[0] + "; give a folder with tokenizer files"
+            ) from None
+        return hf_config.to_dict(), shapes, Path(member.tokenizer)
     folder = Path(member.source)
     if not folder.exists():
         from grow_cli import hub

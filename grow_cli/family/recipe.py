@@ -243,6 +243,12 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
             _typed(compare[key], f"compare.{key}", kind)
     if "data" in compare:
         compare["data"] = _paths(compare["data"], "compare.data", base)
+    from grow_cli.family.compare import check_compare_options
+
+    try:
+        check_compare_options(**compare)
+    except UsageError as exc:
+        raise _fail("compare", str(exc)) from None
     members: list[Member] = []
     for i, m in enumerate(members_raw):
         where = f"members[{i}]"

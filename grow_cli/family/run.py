@@ -147,7 +147,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     from grow_cli.family.report import write_report
 
     for note in check_recipe(recipe):  # everything a run needs, before anything is built
-        err.print(f"note: {note}")
+        err.print(f"note: {note}", soft_wrap=True)
     recipe.out.mkdir(parents=True, exist_ok=True)
     previous_final: Path | None = None
     summaries: list[dict[str, Any]] = []

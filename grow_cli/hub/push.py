@@ -8,14 +8,13 @@ xet); the Hub keeps what already arrived, so re-running the same push after a fa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
 
 from grow_cli import __version__
-from grow_cli.checkpoint.reader import load_weight_map, read_safetensors_header
+from grow_cli.checkpoint.reader import load_config, load_weight_map, read_safetensors_header
 from grow_cli.errors import CheckpointError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
@@ -118,13 +117,9 @@ def check_output(folder: Path) -> list[str]:
         raise CheckpointError(
             f"{folder} is not a folder; pass the output folder of `grow expand` or `grow train-stage`"
         )
-    config = folder / "config.json"
-    if not config.is_file():
+    if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json: not a finished checkpoint (did the run complete?)")
-    try:
-        json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config} is not valid JSON ({exc})") from None
+    load_config(folder)
     load_record(folder)  # a grow.json, when present, must be a valid record
 
     weights: list[str] = []

@@ -153,9 +153,9 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[s
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
         raise CheckpointError(
-            f"cannot resume from {path}: its saved state does not load into this run ({first}); resume with the "
+            f"cannot resume from {path}: its saved state does not load into this run ({detail}); resume with the "
             "model it was made from, or start again with --overwrite"
         ) from None
     return state

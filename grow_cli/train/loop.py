@@ -50,7 +50,7 @@ def _say(accelerator: Accelerator, quiet: bool, message: str) -> None:
     if accelerator.is_main_process and not quiet:
         from grow_cli.console import err
 
-        err.print(message)
+        err.print(message, soft_wrap=True)  # logs keep whole lines (and paths) intact
 
 
 def _grad_accum(config: TrainConfig, num_processes: int, launcher_default: int) -> int:
@@ -147,7 +147,6 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     if config.overwrite and resume_from is None and accelerator.is_main_process:
         empty_folder(out)  # a fresh start: no stale shard, index or checkpoint of the old run may survive
     accelerator.wait_for_everyone()
-    out.mkdir(parents=True, exist_ok=True)
     for note in resume_notes:
         _say(accelerator, False, f"note: {note}")
     with accelerator.main_process_first():  # the main process tokenizes; the others then read its cache
@@ -162,6 +161,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             cache_dir=config.cache_dir or out.resolve().parent / ".grow-cache" / "tokens",
             dtype_name=config.token_dtype,
         )
+    out.mkdir(parents=True, exist_ok=True)  # only now: data that cannot be read leaves no empty output behind
     _say(
         accelerator,
         config.quiet,
