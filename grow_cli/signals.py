@@ -11,6 +11,7 @@ be caught; what it leaves is cleared by the next run into the same folder (`grow
 from __future__ import annotations
 
 import signal
+import threading
 
 
 class Terminated(BaseException):
@@ -26,5 +27,7 @@ def _raise_terminated(signum, frame) -> None:
 
 def terminate_like_interrupt() -> None:
     """Make SIGTERM raise `Terminated` in the main thread, unless someone chose to ignore it (e.g. `nohup`-style)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers (grow's CLI called from a worker thread)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_terminated)

@@ -73,6 +73,16 @@ def test_resume_auto_names_the_damaged_file_and_takes_the_previous_checkpoint(pa
     tf.AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_a_metrics_line_torn_by_a_kill_does_not_stop_the_resume(paused, capsys):
+    model, data, out, _ = paused
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 7, "loss": 4.')  # what SIGKILL mid-write leaves
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # all whole
+    assert sorted(set(steps)) == list(range(1, 9)) and steps == sorted(steps)
+
+
 @pytest.mark.parametrize("kind", KINDS[:2])
 def test_an_explicit_damaged_checkpoint_is_refused_with_the_one_to_use(paused, capsys, kind):
     model, data, out, root = paused
@@ -109,10 +119,12 @@ def test_overwrite_leaves_no_stale_file_of_the_old_run(tmp_path, capsys, tiny_ch
     shutil.copytree(tiny_checkpoints("llama"), out)  # an older, sharded model with an index …
     (out / "checkpoints" / "step_00000099").mkdir(parents=True)  # … and a checkpoint from a longer run
     (out / "checkpoints" / "step_00000099" / "grow-state.json").write_text('{"step": 99}')
+    (out / "notes.txt").write_text("the user's own file")
     code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--overwrite"), capsys)
     assert code == 0, stderr
     assert not (out / "model.safetensors.index.json").exists() and not list(out.glob("model-*"))
     assert not (out / "checkpoints" / "step_00000099").exists()
+    assert (out / "notes.txt").read_text() == "the user's own file"  # not grow's: kept
     assert tf.AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
 
 

@@ -83,8 +83,13 @@ class OutputClaim:
                 self._fd = fd
             else:
                 os.close(fd)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}".encode())
+        try:  # who holds the claim, for a refused run's message; a full disk may refuse even these bytes
+            os.ftruncate(self._fd, 0)
+            os.write(
+                self._fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}".encode()
+            )
+        except OSError:
+            pass
         self.notes = remove_leftovers(self.out)
         return self
 
@@ -110,11 +115,14 @@ def remove_leftovers(out: Path) -> list[str]:
     """
     notes = []
     for leftover in sorted(out.parent.glob(f".{out.name}.{OLD_MARK}-*")):
-        if not out.exists():
+        if out.exists():
+            notes.append(_remove(leftover))
+            continue
+        try:
             leftover.rename(out)
             notes.append(f"restored {out} from {leftover.name}, left by a run that was killed while replacing it")
-        else:
-            notes.append(_remove(leftover))
+        except OSError as exc:
+            notes.append(f"could not restore {out} from {leftover} ({exc.strerror}); move it back yourself")
     for leftover in sorted(out.parent.glob(f".{out.name}.{TMP_MARK}-*")):
         notes.append(_remove(leftover))
     return notes

@@ -47,6 +47,8 @@ WEIGHT_SUFFIXES = (
     ".pb",
 )
 MAX_COPIED_FILE = 100 * 1024 * 1024
+# Besides weights: what a grow run writes into its output, and a re-run with --overwrite must not leave stale.
+PREVIOUS_RUN_FILES = REGENERATED | {"generation_config.json", "metrics.jsonl"}
 
 
 def check_not_overlapping(out: Path, source: Path | None) -> None:
@@ -62,16 +64,21 @@ def check_not_overlapping(out: Path, source: Path | None) -> None:
         raise OutputError(f"the source {src} lies inside the output {out}; choose another output folder")
 
 
-def empty_folder(folder: Path) -> None:
-    """Remove everything inside `folder` (kept itself): a run told to start again must not leave stale files that
-    would mix with its own (an old index naming shards that are gone, an old checkpoint of a later step)."""
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
+def remove_previous_run(folder: Path) -> list[str]:
+    """Remove from `folder` what an earlier run wrote there: weights, indexes, config, card, grow.json, metrics and
+    training checkpoints. A run told to start again must not leave such files to mix with its own (an index naming
+    shards that are gone, a checkpoint of a later step that `--resume auto` would take); other files are kept.
+    Returns the names removed."""
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-        else:
+        elif entry.is_file() and (entry.suffix in WEIGHT_SUFFIXES or entry.name in PREVIOUS_RUN_FILES):
             entry.unlink()
+        else:
+            continue
+        removed.append(entry.name)
+    return removed
 
 
 def check_output(out: Path, source: Path | None, *, force: bool) -> None:

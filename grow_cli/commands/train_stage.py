@@ -83,7 +83,8 @@ def train_stage(
     cache_dir: Annotated[Path | None, Opt(help="Token cache (default: .grow-cache beside --out).")] = None,
     seed: Annotated[int, Opt(help="Seed for data order and initialisation.")] = 0,
     overwrite: Annotated[
-        bool, Opt(help="Start again in a non-empty --out (everything in it is removed first).")
+        bool,
+        Opt(help="Start again in a non-empty --out (the earlier run's weights, checkpoints, metrics are removed)."),
     ] = False,
     push_to_hub: Annotated[str | None, Opt(help="Upload the result to this Hub repo id.")] = None,
     private: Annotated[bool, Opt(help="With --push-to-hub: create the repo private.")] = False,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedType
 
-from grow_cli.checkpoint.output import check_not_overlapping, empty_folder
+from grow_cli.checkpoint.output import check_not_overlapping, remove_previous_run
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.sources import check_sources, find_sources
 from grow_cli.data.tokens import prepare_tokens
@@ -145,7 +145,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     grad_accum = _grad_accum(config, accelerator.num_processes, accelerator.gradient_accumulation_steps)
     accelerator.gradient_accumulation_steps = grad_accum
     if config.overwrite and resume_from is None and accelerator.is_main_process:
-        empty_folder(out)  # a fresh start: no stale shard, index or checkpoint of the old run may survive
+        remove_previous_run(out)  # a fresh start: no stale shard, index or checkpoint of the old run may survive
     accelerator.wait_for_everyone()
     for note in resume_notes:
         _say(accelerator, False, f"note: {note}")

@@ -82,12 +82,8 @@ class JsonlTracker(GeneralTracker):
         if self.resume_step is None:
             self.path.write_text("")
         elif self.path.is_file():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [record for record in _records(self.path) if record.get("step", 0) <= self.resume_step]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         self._file = self.path.open("a")
 
     @property
@@ -105,9 +101,22 @@ class JsonlTracker(GeneralTracker):
         self._file.close()
 
 
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The whole records of a metrics file; a line torn by a killed run (not JSON, or not an object) is dropped."""
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics file (for tests, benchmarks and notebooks)."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return _records(path)
 
 
 def training_progress(total_steps: int, first_step: int, *, enabled: bool) -> tuple[Progress, Any]:
