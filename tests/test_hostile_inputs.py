@@ -144,6 +144,12 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "weight-map-number":
         c.edit_json(c.src / "model.safetensors.index.json", lambda i: i["weight_map"].update({"lm_head.weight": 5}))
         return c.expand(), "every 'weight_map' value must be a shard file name"
+    if name == "weight-map-duplicate":
+        index = c.src / "model.safetensors.index.json"
+        text = index.read_text()  # the last copy, which plain JSON keeps, names the shard that does hold it
+        first = text.index('"weight_map": {') + len('"weight_map": {')
+        index.write_text(text[:first] + '"lm_head.weight": "model-00001-of-00008.safetensors", ' + text[first:])
+        return c.expand(), "names 'lm_head.weight' twice"
     if name == "config-dtype-number":
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(dtype=5))
         return c.expand(), "'dtype' is 5, not a dtype name"
@@ -204,6 +210,7 @@ CASES = [
     "header-offsets-strings",
     "header-overlap",
     "weight-map-number",
+    "weight-map-duplicate",
     "config-dtype-number",
     "config-not-utf8",
     "malicious-bin",

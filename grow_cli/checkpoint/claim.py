@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import shutil
 import socket
@@ -114,7 +115,8 @@ def remove_leftovers(out: Path) -> list[str]:
     died before its new output was renamed into place: when OUT is missing, it is put back.
     """
     notes = []
-    for leftover in sorted(out.parent.glob(f".{out.name}.{OLD_MARK}-*")):
+    name = glob.escape(out.name)
+    for leftover in sorted(out.parent.glob(f".{name}.{OLD_MARK}-*")):
         if out.exists():
             notes.append(_remove(leftover))
             continue
@@ -123,7 +125,7 @@ def remove_leftovers(out: Path) -> list[str]:
             notes.append(f"restored {out} from {leftover.name}, left by a run that was killed while replacing it")
         except OSError as exc:
             notes.append(f"could not restore {out} from {leftover} ({exc.strerror}); move it back yourself")
-    for leftover in sorted(out.parent.glob(f".{out.name}.{TMP_MARK}-*")):
+    for leftover in sorted(out.parent.glob(f".{name}.{TMP_MARK}-*")):
         notes.append(_remove(leftover))
     return notes
 

@@ -43,19 +43,22 @@ class TensorEntry:
         return nbytes(self.dtype, self.shape)
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    seen: dict[str, object] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _Duplicate(key)
-        seen[key] = value
-    return seen
+class DuplicateKey(ValueError):
+    """A JSON object names `key` twice (plain `json.loads` would silently keep the last one)."""
 
-
-class _Duplicate(ValueError):
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key
+
+
+def no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """`object_pairs_hook` for `json.loads` that raises `DuplicateKey` instead of letting the last copy win."""
+    seen: dict[str, object] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen
 
 
 def _is_int(value: object) -> bool:
@@ -87,8 +90,8 @@ def _read_raw_header(path: Path) -> tuple[bytes, int, int]:
 
 def _parse_json(raw: bytes, name: str) -> dict[str, object]:
     try:
-        header = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except _Duplicate as dup:
+        header = json.loads(raw, object_pairs_hook=no_duplicate_keys)
+    except DuplicateKey as dup:
         raise CheckpointError(
             f"{name} is corrupted: its header names tensor {dup.key!r} twice (which copy is meant is ambiguous); "
             "re-create the file"

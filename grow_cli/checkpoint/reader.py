@@ -18,7 +18,7 @@ from typing import Any
 
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import dtype_name, torch_dtype
-from grow_cli.checkpoint.header import TensorEntry, read_safetensors_header
+from grow_cli.checkpoint.header import DuplicateKey, TensorEntry, no_duplicate_keys, read_safetensors_header
 from grow_cli.errors import CheckpointError
 
 __all__ = ["CheckpointReader", "TensorEntry", "load_config", "load_weight_map", "read_safetensors_header"]
@@ -48,9 +48,13 @@ def _inside(folder: Path, file_name: str, index_name: str) -> Path:
 def load_weight_map(folder: Path, index_name: str) -> dict[str, str]:
     """The `weight_map` of an index file (tensor name → shard file name), type-checked."""
     try:
-        index = json.loads((folder / index_name).read_text())
+        index = json.loads((folder / index_name).read_text(), object_pairs_hook=no_duplicate_keys)
         weight_map = index["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except DuplicateKey as dup:
+        raise CheckpointError(
+            f"{folder / index_name} names {dup.key!r} twice (which shard holds it is ambiguous); re-create the index"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{folder / index_name} is not a valid index (needs a 'weight_map')") from exc
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{folder / index_name} has an empty or invalid 'weight_map'")
