@@ -58,7 +58,7 @@ class GrowthSpec:
     def __post_init__(self) -> None:
         self._check_depth()
         self._check_width()
-        self._check_output()
+        self._check_files()
         if not self.grows_depth and not self.grows_width:
             raise OptionError(
                 None, "nothing to grow: give --layers/--depth-factor and/or a width target (see grow expand --help)"
@@ -125,7 +125,7 @@ class GrowthSpec:
                     "noise_snr_db", f"--noise-snr-db must be a finite number of dB, got {self.noise_snr_db}; try 10"
                 )
 
-    def _check_output(self) -> None:
+    def _check_files(self) -> None:
         if self.dtype is not None:
             output_dtype(self.dtype)
         try:
