@@ -33,7 +33,7 @@ _UNITS = {
 }
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str | int) -> int:
     """Bytes in a size such as `5GB` (powers of ten, as Hugging Face uses), `500MB`, `2GiB` or `1000000`."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
     if not match or match.group(2) not in _UNITS:

@@ -80,6 +80,7 @@ def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool
     """`grow expand` of the previous member into `out`, as the member's `grow:` block says."""
     from grow_cli.growth.expand import expand
 
+    assert member.spec is not None, "every member after the first has a grow: block"
     return expand(
         str(previous), out, member.spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)]
     )

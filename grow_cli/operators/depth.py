@@ -100,11 +100,11 @@ def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
     if layers is None and spec.depth_factor is not None:
         layers = round(L * spec.depth_factor)
     if spec.depth_method == "dus":
-        if layers is None and overlap is None:
-            raise OptionError(
-                "layers", "dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)"
-            )
         if overlap is None:
+            if layers is None:
+                raise OptionError(
+                    "layers", "dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)"
+                )
             if layers % 2 or not L <= layers <= 2 * L:
                 raise OptionError(
                     "layers",

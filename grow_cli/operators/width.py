@@ -62,10 +62,10 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
     k = spec.width_factor
 
     def scaled(x: int) -> int:
-        return max(x, round(x * k))
+        return max(x, round(x * k)) if k else x
 
-    d2 = spec.hidden_size or (scaled(d) if k else d)
-    f2 = spec.intermediate_size or (scaled(f) if k else f)
+    d2 = spec.hidden_size or scaled(d)
+    f2 = spec.intermediate_size or scaled(f)
     if spec.num_heads:
         H2 = spec.num_heads
     elif k:
@@ -216,7 +216,7 @@ class WidthOperator:
         if self.method == "hypercloning" and self.noise_snr_db is not None:
             out = self._noise(w, out, tensor.name)
         if w.head_norm and self.tied:
-            out = out / self._axis("hidden").divisor  # the tied head sums over copies: fold its 1/C here (E4)
+            out = out / self._axes["hidden"].divisor  # the tied head sums over copies: fold its 1/C here (E4)
         return out
 
     def config_updates(self) -> dict[str, Any]:
@@ -364,19 +364,20 @@ class WidthOperator:
         """HyperCloning's symmetric noise: +N and −N on paired copies of each input column, so N·x − N·x = 0."""
         import torch
 
-        if w.in_axis is None or self._axis(w.axes[w.in_axis]) is None:
+        axis = w.in_axis
+        m = None if axis is None else self._axis(w.axes[axis])
+        if axis is None or m is None or self.noise_snr_db is None:
             return x
-        m = self._axis(w.axes[w.in_axis])
         first, second = _pairs(m.index_list)
         if not first:
             return x
         power = float(x.pow(2).mean()) / 10 ** (self.noise_snr_db / 10)
         shape = list(x.shape)
-        shape[w.in_axis] = len(first)
+        shape[axis] = len(first)
         noise = torch.randn(shape, generator=self._generator(name)) * math.sqrt(power)
         x = x.clone()
-        x.index_add_(w.in_axis, torch.tensor(first), noise)
-        x.index_add_(w.in_axis, torch.tensor(second), -noise)
+        x.index_add_(axis, torch.tensor(first), noise)
+        x.index_add_(axis, torch.tensor(second), -noise)
         return x
 
     def _zero(self, w: WeightDef, x, name: str):

@@ -37,7 +37,7 @@ PEAK_TFLOPS = {
 }
 
 
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> int:
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token for `model` at sequence length `seq_len`."""
     total = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight
