@@ -39,7 +39,7 @@ def is_hub_id(text: str) -> bool:
 
 
 @dataclass
-class Source:
+class CheckpointSource:
     """A resolved checkpoint: its local folder and where it came from."""
 
     folder: Path
@@ -54,21 +54,21 @@ class Source:
         return {"path": self.path}
 
 
-def resolve_source(spec: str, *, revision: str | None = None, token: str | None = None) -> Source:
+def resolve_source(source: str, *, revision: str | None = None, token: str | None = None) -> CheckpointSource:
     """A local folder as is; otherwise a Hub id, downloaded (only the needed files) into the HF cache."""
-    path = Path(spec).expanduser()
+    path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise CheckpointError(f"{spec} is a file; give the model folder that holds config.json")
+            raise CheckpointError(f"{source} is a file; give the model folder that holds config.json")
         if revision:
             raise CheckpointError("--revision applies only to Hub ids, not to local folders")
-        return Source(folder=path.resolve(), path=str(path.resolve()))
-    if not is_hub_id(spec):
-        raise CheckpointError(f"{spec} does not exist (give a model folder or a Hub id such as org/name)")
+        return CheckpointSource(folder=path.resolve(), path=str(path.resolve()))
+    if not is_hub_id(source):
+        raise CheckpointError(f"{source} does not exist (give a model folder or a Hub id such as org/name)")
     from grow_cli.hub import download_checkpoint
 
-    folder, info = download_checkpoint(spec, revision=revision, token=token)
-    return Source(folder=Path(folder), repo_id=spec, revision=revision, commit=info.get("commit"))
+    folder, info = download_checkpoint(source, revision=revision, token=token)
+    return CheckpointSource(folder=Path(folder), repo_id=source, revision=revision, commit=info.get("commit"))
 
 
 @dataclass

@@ -104,7 +104,7 @@ def _typed(value: Any, where: str, kind: Any) -> Any:
     return value
 
 
-def _grow(value: Any, where: str, seed: int) -> tuple[dict[str, Any], GrowthSpec]:
+def _grow_block(value: Any, where: str, seed: int) -> tuple[dict[str, Any], GrowthSpec]:
     """A member's `grow:` block: keys and types from `GrowthSpec`'s fields, then the spec's own checks."""
     types = field_types()
     options = dict(_mapping(value, where, types))
@@ -194,7 +194,7 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
                     raise _fail(f"{where}.{key}", "only the first member has a source; later ones are grown")
             if "grow" not in m:
                 raise _fail(where, "needs a 'grow' section (how it is grown from the previous member)")
-            member.grow, member.spec = _grow(m["grow"], f"{where}.grow", seed)
+            member.grow, member.spec = _grow_block(m["grow"], f"{where}.grow", seed)
         if "train" in m:
             member.train = _train(m["train"], f"{where}.train", base)
         elif train:

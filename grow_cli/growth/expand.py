@@ -16,7 +16,7 @@ from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.output import copy_small_files, staged_output, update_pooling_dimension
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
-from grow_cli.checkpoint.source import FileHasher, Source, resolve_source
+from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, parse_size
 from grow_cli.console import byte_progress
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
@@ -43,7 +43,7 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
 
 def _stage(
     plan: Plan,
-    source: Source,
+    source: CheckpointSource,
     hashes: dict[str, Any],
     verify: dict[str, Any] | None,
     command: list[str] | None,
@@ -125,7 +125,7 @@ def expand(
 def _execute(
     plan: Plan,
     reader: CheckpointReader,
-    src: Source,
+    src: CheckpointSource,
     out: Path,
     *,
     force: bool,
