@@ -13,36 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from grow_cli.checkpoint.files import WEIGHT_INDEXES, WEIGHT_SUFFIXES
 from grow_cli.errors import OutputError
 
 # Files the output gets afresh, never copied from the source.
-REGENERATED = {
-    "config.json",
-    "README.md",
-    "grow.json",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-}
-# Weight files of any framework: never copied into an output (they would be stale) nor fetched from the Hub.
-WEIGHT_SUFFIXES = (
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".h5",
-    ".msgpack",
-    ".onnx",
-    ".gguf",
-    ".ot",
-    ".tflite",
-    ".npz",
-    ".pkl",
-    ".joblib",
-    ".mlmodel",
-    ".keras",
-    ".pb",
-)
+REGENERATED = {"config.json", "README.md", "grow.json", *WEIGHT_INDEXES}
 MAX_COPIED_FILE = 100 * 1024 * 1024
 
 

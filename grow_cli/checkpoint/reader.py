@@ -17,15 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.checkpoint.dtypes import DTYPE_BYTES, dtype_name, nbytes, torch_dtype
+from grow_cli.checkpoint.dtypes import DTYPES, dtype_name, nbytes, torch_dtype
+from grow_cli.checkpoint.files import BIN_INDEX, BIN_SINGLE, REFUSED_WEIGHTS, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from grow_cli.errors import CheckpointError
-
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
-BIN_INDEX = "pytorch_model.bin.index.json"
-BIN_SINGLE = "pytorch_model.bin"
-# Weight formats grow recognises but will not read (pickles other than torch's safe loader, other frameworks).
-REFUSED_WEIGHTS = ("*.pt", "*.pth", "*.ckpt", "tf_model.h5", "flax_model.msgpack", "*.gguf", "*.onnx")
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -73,7 +67,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[st
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path.name} is corrupted: bad header entry for {name}") from exc
-        if dtype not in DTYPE_BYTES:
+        if dtype not in DTYPES:
             raise CheckpointError(f"{path.name}: tensor {name} has unsupported dtype {dtype}")
         entry = TensorEntry(path, dtype, shape, base + begin, base + end)
         if end - begin != entry.nbytes or begin < 0:
@@ -165,7 +159,7 @@ class CheckpointReader:
             found = f" (found {', '.join(refused)}, which grow does not read)" if refused else ""
             raise CheckpointError(
                 f"no weights in {f}: expected model.safetensors, sharded safetensors with "
-                f"{SAFETENSORS_INDEX}, or pytorch_model.bin{found}"
+                f"{SAFETENSORS_INDEX}, or {BIN_SINGLE}{found}"
             )
         if not self.tensors:
             raise CheckpointError(f"the checkpoint in {f} holds no tensors")

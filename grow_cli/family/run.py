@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.console import err
+from grow_cli.data.tokens import token_cache_dir
 from grow_cli.errors import UsageError
 from grow_cli.family.recipe import Member, Recipe
 from grow_cli.lineage.record import load_record
@@ -76,30 +77,12 @@ def _first_model(member: Member, folder: Path, seed: int) -> Path:
 
 
 def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool) -> dict[str, Any]:
-    """`grow expand` of the previous member into `out`, with the member's `grow:` options."""
-    from grow_cli.growth.expand import WidthOptions, expand
+    """`grow expand` of the previous member into `out`, as the member's `grow:` block says."""
+    from grow_cli.growth.expand import expand
 
-    options = dict(member.grow)
-    width_keys = (
-        "hidden_size",
-        "intermediate_size",
-        "num_heads",
-        "num_kv_heads",
-        "width_factor",
-        "noise_snr_db",
-    )
-    width = WidthOptions(
-        method=options.pop("width_method", "fpi"), **{k: options.pop(k) for k in width_keys if k in options}
-    )
+    assert member.spec is not None, "every member after the first has a grow: block"
     return expand(
-        str(previous),
-        out,
-        width=width,
-        seed=recipe.seed,
-        quiet=quiet,
-        force=True,
-        command=["grow", "family", str(recipe.path)],
-        **options,
+        str(previous), out, member.spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)]
     )
 
 
@@ -146,7 +129,7 @@ def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path
         resume=resume,
         overwrite=resume is None,
         quiet=quiet,
-        cache_dir=recipe.out / ".grow-cache" / "tokens",
+        cache_dir=token_cache_dir(recipe.out),
         **settings,
     )
     return train_stage(config)
@@ -190,7 +173,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             }
             compare_settings = {
                 **shared,
-                "cache_dir": recipe.out / ".grow-cache" / "tokens",
+                "cache_dir": token_cache_dir(recipe.out),
                 **recipe.compare,
             }
             if not compare_settings.get("data"):
