@@ -27,7 +27,7 @@ import transformers as tf
 
 from grow_cli.data.corpus import train_tokenizer, write_corpus
 from grow_cli.data.sources import find_sources
-from grow_cli.data.tokens import prepare_tokens
+from grow_cli.data.tokens import prepare_tokens, token_cache_dir
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.loop import train_stage
 from grow_cli.train.metrics import read_metrics
@@ -95,7 +95,7 @@ def run_trainer(model_dir: Path, text_dir: Path, work: Path, args) -> float:
         eval_fraction=0.01,
         vocab_size=VOCAB,
         eos_id=tokenizer.eos_token_id,
-        cache_dir=work / ".grow-cache" / "tokens",
+        cache_dir=token_cache_dir(work),
     )
     model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     targs = tf.TrainingArguments(

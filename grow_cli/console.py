@@ -1,8 +1,9 @@
 """Where grow writes: reports on stdout (`out`; a JSON document instead with `--json`), progress and
-messages on stderr (`err`).
+messages on stderr (`err`); and how it writes a byte size.
 
 Progress bars are rich `Progress` objects on stderr; they stay silent when stderr is not a terminal or when the
-user asked for `--quiet`, so logs and CI output stay clean.
+user asked for `--quiet`, so logs and CI output stay clean. Byte sizes are decimal everywhere (kB, MB, GB), as
+Hugging Face names shard sizes (`--shard-size 5GB`) and as the Hub shows file sizes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
@@ -25,6 +25,16 @@ from rich.progress import (
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+
+
+def format_bytes(n: float) -> str:
+    """A byte count for people: `512 B`, `20.5 kB`, `1.3 MB`, `4.97 GB` (decimal units, three significant digits)."""
+    unit = "B"
+    for larger in ("kB", "MB", "GB", "TB"):
+        if n < 999.5:
+            break
+        n, unit = n / 1000, larger
+    return f"{int(n)} B" if unit == "B" else f"{n:.3g} {unit}" if n < 999.5 else f"{n:.0f} {unit}"
 
 
 def print_json(payload: Any) -> None:
@@ -40,7 +50,7 @@ def byte_progress(description: str, total_bytes: int, *, quiet: bool = False):
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
+        DownloadColumn(binary_units=False),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=err,
@@ -52,25 +62,5 @@ def byte_progress(description: str, total_bytes: int, *, quiet: bool = False):
 
         def advance(nbytes: int, description: str | None = None) -> None:
             progress.update(task, advance=nbytes, description=description or progress.tasks[0].description)
-
-        yield advance
-
-
-@contextmanager
-def count_progress(description: str, total: int | None, *, quiet: bool = False):
-    """A progress bar over a count of items on stderr; yields an `advance(n=1, **fields)`."""
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet or not err.is_terminal,
-    )
-    with progress:
-        task = progress.add_task(description, total=total)
-
-        def advance(n: int = 1, **fields: Any) -> None:
-            progress.update(task, advance=n, **fields)
 
         yield advance

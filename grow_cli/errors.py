@@ -17,6 +17,15 @@ class UsageError(GrowError):
     exit_code = 2
 
 
+class OptionError(UsageError):
+    """One option has an impossible value or contradicts another; `option` is its name as a Python field and recipe
+    key (e.g. `dus_overlap`), or None when no single option is at fault."""
+
+    def __init__(self, option: str | None, message: str):
+        super().__init__(message)
+        self.option = option
+
+
 class CheckpointError(GrowError):
     """The source checkpoint is missing, unreadable, truncated, or contradicts its config.json."""
 

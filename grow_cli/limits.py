@@ -9,29 +9,24 @@ ever refuse mistakes.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
 
-from grow_cli.errors import OutputError, UsageError
+from grow_cli.errors import OptionError, OutputError, UsageError
 
 MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 18  # hidden and FFN units
 MAX_HEADS = 4096
 
 
-def check_factor(flag: str, value: float | None, *, minimum: float) -> None:
-    """A growth factor must be a finite number of at least `minimum` (NaN and infinity are typos, not targets)."""
-    if value is not None and not (math.isfinite(value) and value >= minimum):
-        raise UsageError(f"{flag} must be a finite number, at least {minimum:g}; got {value}. Try 2")
-
-
 def check_layers(source_layers: int, target_layers: int) -> None:
+    """A layer target within `MAX_LAYERS`, checked before any per-layer structure is built."""
     if target_layers > MAX_LAYERS:
-        raise UsageError(
+        raise OptionError(
+            "layers",
             f"{target_layers:,} target layers (from {source_layers}) is beyond grow's bound of {MAX_LAYERS:,}; "
-            f"the deepest released transformers have about 130. Try --layers {2 * source_layers}"
+            f"the deepest released transformers have about 130. Try --layers {2 * source_layers}",
         )
 
 
@@ -41,7 +36,7 @@ def check_width(**targets: int) -> None:
         bound = MAX_HEADS if "heads" in key else MAX_WIDTH
         if value > bound:
             flag = "--" + key.replace("_", "-")
-            raise UsageError(f"{flag} {value:,} is beyond grow's bound of {bound:,}; choose a smaller target")
+            raise OptionError(key, f"{flag} {value:,} is beyond grow's bound of {bound:,}; choose a smaller target")
 
 
 def require_free_space(folder: Path, needed: int, out: Path) -> None:

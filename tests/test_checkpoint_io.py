@@ -16,6 +16,7 @@ from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
 from grow_cli.errors import CheckpointError, UsageError
 from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
 
 DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "I64": torch.int64}
 
@@ -83,7 +84,7 @@ def test_reads_pytorch_bin_and_grows_it(tmp_path):
     model.save_pretrained(src)  # safetensors …
     (src / "model.safetensors").unlink()  # … replaced by a legacy pickle
     torch.save(model.state_dict(), src / "pytorch_model.bin")
-    report = expand(str(src), tmp_path / "out", layers=6, depth_method="identity", quiet=True)
+    report = expand(str(src), tmp_path / "out", GrowthSpec(layers=6, depth_method="identity"), quiet=True)
     assert report["files"]["shards"] == 1
     grown = MODEL_CLASSES["llama"].from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():

@@ -28,9 +28,10 @@ def test_widened_minilm_is_still_a_sentence_transformer_with_the_same_similariti
     from sentence_transformers import SentenceTransformer
 
     from grow_cli.growth.demo import minilm_folder
-    from grow_cli.growth.expand import WidthOptions, expand
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
 
-    expand(str(minilm_folder()), tmp_path / "wide", width=WidthOptions(method="fpi", width_factor=2), quiet=True)
+    expand(str(minilm_folder()), tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), quiet=True)
     assert json.loads((tmp_path / "wide" / "1_Pooling" / "config.json").read_text())["word_embedding_dimension"] == 768
     sentences = ["A model grown from a smaller one.", "The cat sat on the mat.", "Growth preserves function."]
     small = SentenceTransformer(str(minilm_folder()), device="cpu").encode(sentences, convert_to_tensor=True)

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from grow_cli.checkpoint.header import read_safetensors_header
 from grow_cli.errors import CheckpointError
-from grow_cli.hub.push import check_output as check_push
+from grow_cli.hub.push import check_complete
 
 
 def _pack(header: bytes | dict, data: bytes) -> bytes:
@@ -128,7 +128,7 @@ def test_push_check_uses_the_same_validator(tmp_path):
     _, header, data, _ = next(h for h in HOSTILE if h[0] == "overlap")
     folder = _one_tensor_model(tmp_path / "grown", header, data)
     with pytest.raises(CheckpointError, match="overlap"):
-        check_push(folder)
+        check_complete(folder)
 
 
 @settings(max_examples=30, deadline=None)

@@ -118,9 +118,9 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "layers-1e5":
         return c.expand()[:-1] + ["100000"], "beyond grow's bound"
     if name in ("depth-factor-nan", "depth-factor-inf"):
-        return ["expand", c.src, c.out, "--depth-factor", name.split("-")[-1]], "--depth-factor must be a finite"
+        return ["expand", c.src, c.out, "--depth-factor", name.split("-")[-1]], "--depth-factor must be a positive"
     if name == "width-factor-nan":
-        return ["expand", c.src, c.out, "--width-factor", "nan"], "--width-factor must be a finite"
+        return ["expand", c.src, c.out, "--width-factor", "nan"], "--width-factor must be at least 1"
     if name == "hidden-size-huge":
         return ["expand", c.src, c.out, "--hidden-size", "1000000000"], "--hidden-size 1,000,000,000 is beyond"
     if name == "header-dtype-number":
@@ -281,6 +281,7 @@ def test_a_legacy_pickle_bin_is_read_safely_and_grows_exactly(tmp_path):
     from transformers import LlamaForCausalLM
 
     from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_config()).eval()
@@ -288,7 +289,7 @@ def test_a_legacy_pickle_bin_is_read_safely_and_grows_exactly(tmp_path):
     model.save_pretrained(src)
     (src / "model.safetensors").unlink()
     torch.save(model.state_dict(), src / "pytorch_model.bin", _use_new_zipfile_serialization=False)
-    expand(str(src), tmp_path / "out", layers=4, depth_method="identity", quiet=True)
+    expand(str(src), tmp_path / "out", GrowthSpec(layers=4, depth_method="identity"), quiet=True)
     grown = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
     ids = torch.arange(1, 17)[None]
     with torch.no_grad():

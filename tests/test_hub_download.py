@@ -12,8 +12,9 @@ import pytest
 from fake_hub import TOKEN, client_env, fake_hub_fixture, make_grown_folder  # noqa: F401 (fixtures)
 from tiny_models import save_tiny
 
+from grow_cli.checkpoint.source import is_hub_id
 from grow_cli.errors import HubError
-from grow_cli.hub import download_checkpoint, is_hub_id, push_folder
+from grow_cli.hub import download_checkpoint, push_folder
 
 
 @pytest.fixture

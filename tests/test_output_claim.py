@@ -215,7 +215,8 @@ def test_a_disk_that_fills_up_mid_write_leaves_no_trace(cli, src, mount_tmpfs, m
 def test_tiny_outputs_fit_the_small_disk_used_above(src, tmp_path):
     """The control for the two tests above: the same growth needs more than 64 KiB, so the refusals are real."""
     from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
 
-    report = expand(str(src), tmp_path / "out", layers=8, quiet=True)
+    report = expand(str(src), tmp_path / "out", GrowthSpec(layers=8), quiet=True)
     assert report["files"]["bytes"] > 64 * 1024
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 8

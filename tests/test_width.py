@@ -15,7 +15,8 @@ from safetensors import safe_open
 from tiny_models import ALL, MODEL_CLASSES, build_tiny, probe_ids, save_tiny
 
 from grow_cli.errors import UsageError, VerificationError
-from grow_cli.growth.expand import WidthOptions, expand
+from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import index_maps as im
 
 EXACT = 1e-4
@@ -37,9 +38,9 @@ def logits(cls, folder):
 def grow(sources, tmp_path, name, *, cls=None, folder=None, seed=0, **width):
     """Expand `name` into a folder, load source and output with transformers; (report, max |Δlogit|, folder)."""
     cls = cls or MODEL_CLASSES[name]
-    extra = {k: width.pop(k) for k in ("layers", "depth_method", "verify") if k in width}
+    verify = width.pop("verify", False)
     out = tmp_path / (folder or f"{name}-grown")
-    report = expand(str(sources[name]), out, width=WidthOptions(**width), seed=seed, quiet=True, **extra)
+    report = expand(str(sources[name]), out, GrowthSpec(seed=seed, **width), quiet=True, verify=verify)
     gap = float((logits(cls, sources[name]) - logits(cls, out)).abs().max())
     return report, gap, out
 
@@ -47,7 +48,7 @@ def grow(sources, tmp_path, name, *, cls=None, folder=None, seed=0, **width):
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("method", ["fpi", "hypercloning"])
 def test_tiled_methods_are_exact_after_a_round_trip(sources, tmp_path, name, method):
-    report, gap, out = grow(sources, tmp_path, name, method=method, width_factor=2)
+    report, gap, out = grow(sources, tmp_path, name, width_method=method, width_factor=2)
     assert report["function_preserving"] is True
     assert gap < EXACT, gap
     config = json.loads((out / "config.json").read_text())
@@ -61,9 +62,9 @@ def test_tiled_methods_are_exact_after_a_round_trip(sources, tmp_path, name, met
 
 @pytest.mark.parametrize("name", ALL)
 def test_hypercloning_noise_breaks_symmetry_and_stays_exact(sources, tmp_path, name):
-    report, gap, noisy = grow(sources, tmp_path, name, method="hypercloning", width_factor=2, noise_snr_db=10)
+    report, gap, noisy = grow(sources, tmp_path, name, width_method="hypercloning", width_factor=2, noise_snr_db=10)
     assert report["function_preserving"] is True and gap < EXACT, gap
-    _, _, plain = grow(sources, tmp_path, name, method="hypercloning", width_factor=2, folder="plain")
+    _, _, plain = grow(sources, tmp_path, name, width_method="hypercloning", width_factor=2, folder="plain")
     a = MODEL_CLASSES[name].from_pretrained(noisy).state_dict()
     b = MODEL_CLASSES[name].from_pretrained(plain).state_dict()
     changed = [k for k in a if a[k].ndim == 2 and not torch.equal(a[k], b[k])]
@@ -72,7 +73,7 @@ def test_hypercloning_noise_breaks_symmetry_and_stays_exact(sources, tmp_path, n
 
 @pytest.mark.parametrize("name", ALL)
 def test_zero_is_exact_on_rmsnorm_and_measured_on_layernorm(sources, tmp_path, name):
-    report, gap, _ = grow(sources, tmp_path, name, method="zero", hidden_size=48)  # non-integer ratio 1.5
+    report, gap, _ = grow(sources, tmp_path, name, width_method="zero", hidden_size=48)  # non-integer ratio 1.5
     if name in RMS:
         assert report["function_preserving"] is True and gap < EXACT, gap
     else:  # LayerNorm means over zero-padded units shift every old unit: documented, not claimed exact
@@ -83,22 +84,22 @@ def test_zero_is_exact_on_rmsnorm_and_measured_on_layernorm(sources, tmp_path, n
 @pytest.mark.parametrize("name", ALL)
 def test_zero_with_unchanged_hidden_size_is_exact_everywhere(sources, tmp_path, name):
     heads = dict(num_heads=8, num_kv_heads=4) if name in RMS else {}  # LayerNorm archs tie heads to hidden
-    report, gap, _ = grow(sources, tmp_path, name, method="zero", intermediate_size=160, **heads)
+    report, gap, _ = grow(sources, tmp_path, name, width_method="zero", intermediate_size=160, **heads)
     assert report["function_preserving"] is True and gap < EXACT, gap
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_aki_and_non_integer_fpi_have_a_bounded_documented_gap(sources, tmp_path, name):
-    report, gap, _ = grow(sources, tmp_path, name, method="aki", width_factor=2)
+    report, gap, _ = grow(sources, tmp_path, name, width_method="aki", width_factor=2)
     assert report["function_preserving"] is False and "next layer" in report["width"]["exactness"]
     assert EXACT < gap < 2.0, gap
-    report, gap, _ = grow(sources, tmp_path, name, method="fpi", hidden_size=48, folder="fpi48")
+    report, gap, _ = grow(sources, tmp_path, name, width_method="fpi", hidden_size=48, folder="fpi48")
     assert report["function_preserving"] is False and "not an integer" in report["width"]["exactness"]
     assert EXACT < gap < 1.0, gap
 
 
 def test_gqa_heads_added_inside_groups_and_mqa_are_exact(sources, tmp_path):
-    report, gap, out = grow(sources, tmp_path, "llama", method="fpi", hidden_size=64, num_heads=8, num_kv_heads=2)
+    report, gap, out = grow(sources, tmp_path, "llama", width_method="fpi", hidden_size=64, num_heads=8, num_kv_heads=2)
     assert report["target_shape"]["num_kv_heads"] == 2 and gap < EXACT, gap
     llama = MODEL_CLASSES["llama"]
     torch.manual_seed(0)
@@ -111,21 +112,21 @@ def test_gqa_heads_added_inside_groups_and_mqa_are_exact(sources, tmp_path):
         num_key_value_heads=1,
     )
     llama(config).eval().save_pretrained(tmp_path / "mqa")
-    report, gap, out = grow({"mqa": tmp_path / "mqa"}, tmp_path, "mqa", cls=llama, method="fpi", width_factor=2)
+    report, gap, out = grow({"mqa": tmp_path / "mqa"}, tmp_path, "mqa", cls=llama, width_method="fpi", width_factor=2)
     assert report["target_shape"]["num_kv_heads"] == 1 and gap < EXACT, gap
 
 
 def test_negative_control_tiling_queries_without_their_kv_heads_breaks_exactness(sources, tmp_path, monkeypatch):
     """Tile query heads as j' mod H while keeping the KV heads (HyperCloning issue #1): the check must catch it."""
     monkeypatch.setattr(im, "head_maps", lambda H, K, H2, K2, rng=None: (im.tiled(H, H2), im.tiled(K, K2)))
-    report, gap, _ = grow(sources, tmp_path, "llama", method="fpi", hidden_size=64, num_heads=8, num_kv_heads=2)
+    report, gap, _ = grow(sources, tmp_path, "llama", width_method="fpi", hidden_size=64, num_heads=8, num_kv_heads=2)
     assert report["function_preserving"] is True  # the method believes it is exact…
     assert gap > 100 * EXACT, gap  # …and the round trip proves it is not
     with pytest.raises(VerificationError):  # so --verify fails the command and nothing is written
         expand(
             str(sources["llama"]),
             tmp_path / "v",
-            width=WidthOptions(hidden_size=64, num_heads=8, num_kv_heads=2),
+            GrowthSpec(hidden_size=64, num_heads=8, num_kv_heads=2),
             quiet=True,
             verify=True,
         )
@@ -142,7 +143,7 @@ def test_negative_control_unfolded_tied_head_breaks_exactness(sources, tmp_path,
         self.tied = False  # forget to fold the tied head's 1/C into the final norm
 
     monkeypatch.setattr(width.WidthOperator, "__init__", untied)
-    _, gap, _ = grow(sources, tmp_path, "llama_tied", method="fpi", width_factor=2)
+    _, gap, _ = grow(sources, tmp_path, "llama_tied", width_method="fpi", width_factor=2)
     assert gap > 100 * EXACT, gap
 
 
@@ -151,7 +152,7 @@ def test_width_and_depth_in_one_pass_with_verify(sources, tmp_path):
         sources,
         tmp_path,
         "llama",
-        method="fpi",
+        width_method="fpi",
         width_factor=2,
         layers=8,
         depth_method="identity",
@@ -166,11 +167,9 @@ def test_aki_reads_at_most_this_layer_and_the_next(sources):
     report = expand(
         str(sources["gpt2"]),
         None,
-        width=WidthOptions(method="aki", width_factor=2),
+        GrowthSpec(width_method="aki", width_factor=2, layers=6, depth_method="stack"),
         dry_run=True,
         quiet=True,
-        layers=6,
-        depth_method="stack",
     )
     for t in report["plan"]["tensors"]:
         reads = re.search(r"\((.*)\)", t["from"]).group(1).split(", ")
@@ -187,8 +186,7 @@ def test_seed_makes_maps_reproducible_and_records_them(sources, tmp_path):
         expand(
             str(sources["qwen2"]),
             tmp_path / folder,
-            width=WidthOptions(method="fpi", hidden_size=48),
-            seed=seed,
+            GrowthSpec(width_method="fpi", hidden_size=48, seed=seed),
             quiet=True,
         )
         record = json.loads((tmp_path / folder / "grow.json").read_text())
@@ -200,7 +198,7 @@ def test_seed_makes_maps_reproducible_and_records_them(sources, tmp_path):
     tiled = expand(
         str(sources["qwen2"]),
         None,
-        width=WidthOptions(method="hypercloning", width_factor=2),
+        GrowthSpec(width_method="hypercloning", width_factor=2),
         dry_run=True,
         quiet=True,
     )["plan"]["width"]["maps"]
@@ -208,10 +206,10 @@ def test_seed_makes_maps_reproducible_and_records_them(sources, tmp_path):
 
 
 def test_config_keeps_head_dim_and_writes_ffn_explicitly(sources, tmp_path):
-    _, _, out = grow(sources, tmp_path, "gpt2", method="fpi", hidden_size=64)  # n_inner stays 4·32, not 4·64
+    _, _, out = grow(sources, tmp_path, "gpt2", width_method="fpi", hidden_size=64)  # n_inner stays 4·32, not 4·64
     config = json.loads((out / "config.json").read_text())
     assert (config["n_embd"], config["n_head"], config["n_inner"]) == (64, 8, 128)
-    _, _, out = grow(sources, tmp_path, "llama_tied", method="zero", width_factor=2)
+    _, _, out = grow(sources, tmp_path, "llama_tied", width_method="zero", width_factor=2)
     config = json.loads((out / "config.json").read_text())
     assert config["head_dim"] == 8 and config["num_key_value_heads"] == 4
     assert math.isclose(config["rms_norm_eps"], build_tiny("llama").config.rms_norm_eps / 2)
@@ -226,9 +224,9 @@ def test_config_keeps_head_dim_and_writes_ffn_explicitly(sources, tmp_path):
         ("gpt2", dict(hidden_size=40, num_heads=4), "head_dim never changes"),
         ("gpt_neox", dict(hidden_size=64, num_heads=4), "RoPE frequencies"),
         ("gpt2", dict(width_factor=2, num_kv_heads=4), "no separate KV heads"),
-        ("llama", dict(method="hypercloning", hidden_size=48), "multiple of 32; try 64"),
-        ("llama", dict(method="fpi", width_factor=2, noise_snr_db=10), "only to --width-method hypercloning"),
-        ("llama", dict(method="net2net", width_factor=2), "unknown width method"),
+        ("llama", dict(width_method="hypercloning", hidden_size=48), "multiple of 32; try 64"),
+        ("llama", dict(width_method="fpi", width_factor=2, noise_snr_db=10), "only to --width-method hypercloning"),
+        ("llama", dict(width_method="net2net", width_factor=2), "unknown width method"),
         ("llama", dict(width_factor=0.5), "at least 1"),
         ("llama", dict(width_factor=1), "equals the source"),
     ],
@@ -236,7 +234,7 @@ def test_config_keeps_head_dim_and_writes_ffn_explicitly(sources, tmp_path):
 def test_impossible_targets_are_refused_before_anything_is_written(sources, tmp_path, name, options, message):
     out = tmp_path / "refused"
     with pytest.raises(UsageError, match=message) as err:
-        expand(str(sources[name]), out, width=WidthOptions(**options), quiet=True)
+        expand(str(sources[name]), out, GrowthSpec(**options), quiet=True)
     assert "\n" not in str(err.value)
     assert not out.exists()
 
@@ -246,11 +244,11 @@ def test_heads_without_room_for_every_source_head_are_refused():
 
     from grow_cli.arch.registry import all_definitions
     from grow_cli.arch.shape import read_shape
-    from grow_cli.operators.width import resolve_target
+    from grow_cli.operators.width import target_shape
 
     llama = all_definitions()["llama"]
     shape = replace(
         read_shape(llama, build_tiny("llama").config.to_dict()), num_heads=8, num_kv_heads=2, hidden_size=64
     )
     with pytest.raises(UsageError, match="without a copy.*try --num-heads 12"):  # 3 groups of 3 < 4 per group
-        resolve_target(llama, shape, WidthOptions(num_heads=9, num_kv_heads=3, hidden_size=72))
+        target_shape(llama, shape, GrowthSpec(num_heads=9, num_kv_heads=3, hidden_size=72))

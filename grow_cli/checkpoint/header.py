@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from grow_cli.checkpoint.dtypes import DTYPE_BYTES, nbytes
+from grow_cli.checkpoint.dtypes import DTYPES, nbytes
 from grow_cli.errors import CheckpointError
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -119,10 +119,9 @@ def _entry(path: Path, tensor: str, info: object, base: int) -> TensorEntry:
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not isinstance(dtype, str):
         raise CheckpointError(f'{where} has dtype {dtype!r}; expected a string such as "BF16"')
-    if dtype not in DTYPE_BYTES:
+    if dtype not in DTYPES:
         raise CheckpointError(
-            f"{path.name}: tensor {tensor!r} has dtype {dtype!r}, which grow does not read "
-            f"(known: {', '.join(DTYPE_BYTES)})"
+            f"{path.name}: tensor {tensor!r} has dtype {dtype!r}, which grow does not read (known: {', '.join(DTYPES)})"
         )
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise CheckpointError(f"{where} has shape {shape!r}; expected a list of non-negative integers")

@@ -15,37 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from grow_cli.checkpoint.claim import OLD_MARK, TMP_MARK, OutputClaim, sibling, unwritable
+from grow_cli.checkpoint.files import WEIGHT_INDEXES, WEIGHT_SUFFIXES
 from grow_cli.console import err
 from grow_cli.errors import OutputError
 
 # Files the output gets afresh, never copied from the source.
-REGENERATED = {
-    "config.json",
-    "README.md",
-    "grow.json",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-}
-# Weight files of any framework: never copied into an output (they would be stale) nor fetched from the Hub.
-WEIGHT_SUFFIXES = (
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".h5",
-    ".msgpack",
-    ".onnx",
-    ".gguf",
-    ".ot",
-    ".tflite",
-    ".npz",
-    ".pkl",
-    ".joblib",
-    ".mlmodel",
-    ".keras",
-    ".pb",
-)
+REGENERATED = {"config.json", "README.md", "grow.json", *WEIGHT_INDEXES}
 MAX_COPIED_FILE = 100 * 1024 * 1024
 # Besides weights: what a grow run writes into its output, and a re-run with --overwrite must not leave stale.
 PREVIOUS_RUN_FILES = REGENERATED | {"generation_config.json", "metrics.jsonl"}

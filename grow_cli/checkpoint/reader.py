@@ -18,17 +18,11 @@ from typing import Any
 
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import dtype_name, torch_dtype
+from grow_cli.checkpoint.files import BIN_INDEX, BIN_SINGLE, REFUSED_WEIGHTS, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from grow_cli.checkpoint.header import DuplicateKey, TensorEntry, no_duplicate_keys, read_safetensors_header
 from grow_cli.errors import CheckpointError
 
 __all__ = ["CheckpointReader", "TensorEntry", "load_config", "load_weight_map", "read_safetensors_header"]
-
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
-BIN_INDEX = "pytorch_model.bin.index.json"
-BIN_SINGLE = "pytorch_model.bin"
-# Weight formats grow recognises but will not read (pickles other than torch's safe loader, other frameworks).
-REFUSED_WEIGHTS = ("*.pt", "*.pth", "*.ckpt", "tf_model.h5", "flax_model.msgpack", "*.gguf", "*.onnx")
 
 
 def _inside(folder: Path, file_name: str, index_name: str) -> Path:
@@ -121,7 +115,7 @@ class CheckpointReader:
             found = f" (found {', '.join(refused)}, which grow does not read)" if refused else ""
             raise CheckpointError(
                 f"no weights in {f}: expected model.safetensors, sharded safetensors with "
-                f"{SAFETENSORS_INDEX}, or pytorch_model.bin{found}"
+                f"{SAFETENSORS_INDEX}, or {BIN_SINGLE}{found}"
             )
         if not self.tensors:
             raise CheckpointError(f"the checkpoint in {f} holds no tensors")

@@ -8,6 +8,7 @@ tensors (hashlib releases the GIL), so recording provenance costs little wall ti
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,30 @@ from typing import Any
 
 from grow_cli.errors import CheckpointError
 
+# A Hub repo id: `name` or `namespace/name`, each part up to 96 letters, digits, `_`, `.` or `-`, starting with a
+# letter or digit (the Hub also refuses `--` and `..` inside, and `.` or `-` at the end).
+REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+def is_repo_id(text: object) -> bool:
+    """True when `text` is shaped like a Hub repo id, with or without a namespace (e.g. `gpt2`, `org/name`)."""
+    return (
+        isinstance(text, str)
+        and bool(REPO_ID.match(text))
+        and ".." not in text
+        and "--" not in text
+        and not text.endswith((".", "-"))
+    )
+
+
+def is_hub_id(text: str) -> bool:
+    """True for `org/name` that names no existing local path: what `resolve_source` downloads from the Hub
+    (`./org/name` or an existing folder stay local)."""
+    return is_repo_id(text) and "/" in text and not Path(text).expanduser().exists()
+
 
 @dataclass
-class Source:
+class CheckpointSource:
     """A resolved checkpoint: its local folder and where it came from."""
 
     folder: Path
@@ -32,21 +54,21 @@ class Source:
         return {"path": self.path}
 
 
-def resolve_source(spec: str, *, revision: str | None = None, token: str | None = None) -> Source:
+def resolve_source(source: str, *, revision: str | None = None, token: str | None = None) -> CheckpointSource:
     """A local folder as is; otherwise a Hub id, downloaded (only the needed files) into the HF cache."""
-    path = Path(spec).expanduser()
+    path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise CheckpointError(f"{spec} is a file; give the model folder that holds config.json")
+            raise CheckpointError(f"{source} is a file; give the model folder that holds config.json")
         if revision:
             raise CheckpointError("--revision applies only to Hub ids, not to local folders")
-        return Source(folder=path.resolve(), path=str(path.resolve()))
-    from grow_cli import hub
+        return CheckpointSource(folder=path.resolve(), path=str(path.resolve()))
+    if not is_hub_id(source):
+        raise CheckpointError(f"{source} does not exist (give a model folder or a Hub id such as org/name)")
+    from grow_cli.hub import download_checkpoint
 
-    if not hub.is_hub_id(spec):
-        raise CheckpointError(f"{spec} does not exist (give a model folder or a Hub id such as org/name)")
-    folder, info = hub.download_checkpoint(spec, revision=revision, token=token)
-    return Source(folder=Path(folder), repo_id=spec, revision=revision, commit=info.get("commit"))
+    folder, info = download_checkpoint(source, revision=revision, token=token)
+    return CheckpointSource(folder=Path(folder), repo_id=source, revision=revision, commit=info.get("commit"))
 
 
 @dataclass

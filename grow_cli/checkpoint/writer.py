@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grow_cli.checkpoint.dtypes import dtype_name, nbytes, numel
-from grow_cli.checkpoint.reader import SAFETENSORS_INDEX, SAFETENSORS_SINGLE
+from grow_cli.checkpoint.files import SAFETENSORS_INDEX, shard_names
 from grow_cli.errors import UsageError
 
 WRITE_CHUNK = 8 << 20
@@ -33,7 +33,7 @@ _UNITS = {
 }
 
 
-def parse_size(text: str) -> int:
+def parse_size(text: str | int) -> int:
     """Bytes in a size such as `5GB` (powers of ten, as Hugging Face uses), `500MB`, `2GiB` or `1000000`."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
     if not match or match.group(2) not in _UNITS:
@@ -68,12 +68,6 @@ def plan_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[list[
         shards[-1].append(tensor)
         size += tensor.nbytes
     return shards
-
-
-def shard_names(count: int) -> list[str]:
-    if count == 1:
-        return [SAFETENSORS_SINGLE]
-    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
 def _header(shard: list[PlannedTensor]) -> bytes:

@@ -1,4 +1,8 @@
-"""`grow expand SRC OUT`: grow a checkpoint in depth and/or width into a new HF folder."""
+"""`grow expand SRC OUT`: grow a checkpoint in depth and/or width into a new HF folder.
+
+Every growth option is a field of `GrowthSpec` (grow_cli/growth/spec.py) and its flag here has the field's name;
+the command collects them into the spec, so a new option is that field plus its flag below.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from grow_cli.operators.registry import method_help
 
 EXAMPLES = """
 **Examples**
@@ -42,11 +48,7 @@ def expand(
     ] = None,
     depth_method: Annotated[
         str,
-        typer.Option(
-            help="stack (G_stack), interleave (0,0,1,1,…), interpolate (Apollo), identity (LLaMA-Pro, exact), "
-            "dus (SOLAR).",
-            rich_help_panel=DEPTH,
-        ),
+        typer.Option(help=method_help("depth"), rich_help_panel=DEPTH),
     ] = "stack",
     dus_overlap: Annotated[
         int | None,
@@ -62,11 +64,7 @@ def expand(
     ] = None,
     width_method: Annotated[
         str,
-        typer.Option(
-            help="fpi (bert2BERT, exact for integer ratios), aki (bert2BERT, not exact), hypercloning (exact tiling), "
-            "zero (G_zero with norm correction).",
-            rich_help_panel=WIDTH,
-        ),
+        typer.Option(help=method_help("width"), rich_help_panel=WIDTH),
     ] = "fpi",
     noise_snr_db: Annotated[
         float | None,
@@ -106,34 +104,19 @@ def expand(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Grow a checkpoint in depth and/or width; the output is an ordinary HF folder with grow.json and a card."""
+    options = dict(locals())  # first: every parameter, before any other name is bound
     from grow_cli.console import print_json
-    from grow_cli.growth.expand import WidthOptions
     from grow_cli.growth.expand import expand as run
     from grow_cli.growth.render import render_expand
+    from grow_cli.growth.spec import GrowthSpec
     from grow_cli.lineage.card import redact_argv
 
-    width = WidthOptions(
-        method=width_method,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        width_factor=width_factor,
-        noise_snr_db=noise_snr_db,
-    )
     report = run(
         source,
         out,
+        GrowthSpec.from_options(options),
         revision=revision,
         token=token,
-        layers=layers,
-        depth_factor=depth_factor,
-        depth_method=depth_method,
-        dus_overlap=dus_overlap,
-        width=width,
-        dtype=dtype,
-        shard_size=shard_size,
-        seed=seed,
         force=force,
         dry_run=dry_run,
         verify=verify,

@@ -15,14 +15,6 @@ EXAMPLES = """
 """
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def inspect(
     source: Annotated[str, typer.Argument(help="A model folder, or a Hub id such as org/name.")],
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit of a Hub id.")] = None,
@@ -32,7 +24,7 @@ def inspect(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
     """Describe a checkpoint: architecture, parameters, shape, dtypes, shards, and which growth methods apply."""
-    from grow_cli.console import out, print_json
+    from grow_cli.console import format_bytes, out, print_json
     from grow_cli.growth.describe import inspect as run
 
     info = run(source, revision=revision, token=token)
@@ -55,7 +47,7 @@ def inspect(
         ("dtypes", ", ".join(f"{k} ×{v}" for k, v in info["dtypes"].items())),
         (
             "files",
-            f"{info['format']}: " + ", ".join(f"{f['name']} ({_human_bytes(f['bytes'])})" for f in info["files"]),
+            f"{info['format']}: " + ", ".join(f"{f['name']} ({format_bytes(f['bytes'])})" for f in info["files"]),
         ),
     ]
     for key, value in rows:

@@ -53,7 +53,7 @@ def push(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Upload a grown or trained model folder to the Hugging Face Hub, with a model card made from grow.json."""
-    from grow_cli.console import err, print_json
+    from grow_cli.console import err, format_bytes, print_json
     from grow_cli.hub import push_folder
 
     result = push_folder(
@@ -70,7 +70,7 @@ def push(
         return
     size = sum(f["size"] for f in result["files"])
     err.print(
-        f"pushed {len(result['files'])} files ({size / 2**20:.1f} MiB) to {result['repo_id']} "
+        f"pushed {len(result['files'])} files ({format_bytes(size)}) to {result['repo_id']} "
         f"({'private, ' if result['private'] else ''}branch {result['revision']})"
     )
     err.print(f"commit: {result['commit_url']}")

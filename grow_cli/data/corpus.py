@@ -66,11 +66,6 @@ def corpus_documents(name: str) -> list[str]:
     return readers[name]()
 
 
-def corpus_text(name: str) -> str:
-    """Corpus `name` as one string, documents separated by a blank line."""
-    return "\n\n".join(corpus_documents(name))
-
-
 def write_corpus(name: str, folder: Path, *, max_files: int | None = None) -> list[Path]:
     """Write corpus `name` into `folder` as one `.txt` file per document (at most `max_files`); return the paths.
 

@@ -27,6 +27,13 @@ BATCH_PIECES = 256  # texts per tokenizer call; fast tokenizers encode a batch o
 SPLIT_SEED = 0x5EED
 
 
+def token_cache_dir(root: Path) -> Path:
+    """Where token streams are cached under `root`: `root/.grow-cache/tokens`. `grow train-stage` and `grow compare`
+    use the folder that holds their output (or first model), a family its output folder, so runs on the same data
+    share one tokenization."""
+    return Path(root) / ".grow-cache" / "tokens"
+
+
 @dataclass
 class TokenData:
     """The packed blocks: `train_ids` / `eval_ids` index rows of `blocks` (a read-only memmap view)."""

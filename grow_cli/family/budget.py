@@ -21,6 +21,7 @@ import re
 from typing import Any
 
 from grow_cli.errors import UsageError
+from grow_cli.train.flops import training_flops_per_token
 from grow_cli.train.lr_rule import SOURCE as LR_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 
@@ -75,39 +76,43 @@ def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
     }
 
 
-def flops_per_token(params: float, layers: int, hidden: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N for the weights plus 12·L·d·s for attention scores and values."""
-    return 6 * params + 12 * layers * hidden * seq_len
+def tally(rows: list[dict[str, Any]], *, independent_tokens: str, progressive_tokens: str) -> dict[str, Any]:
+    """A family's compute, independent against progressive.
 
-
-def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_fraction: float) -> dict[str, Any]:
-    """FLOPs of training each member independently versus growing each from the previous one."""
-    if not 0 < new_token_fraction <= 1:
-        raise UsageError("--new-token-fraction must be in (0, 1]")
-    rows = []
-    for i, m in enumerate(members):
-        per_token = flops_per_token(m["params"], m["layers"], m["hidden"], seq_len)
-        new_tokens = m["tokens"] if i == 0 else new_token_fraction * m["tokens"]
-        rows.append(
-            {
-                **m,
-                "flops_per_token": per_token,
-                "independent_flops": per_token * m["tokens"],
-                "progressive_tokens": new_tokens,
-                "progressive_flops": per_token * new_tokens,
-                "max_lr": auto_max_lr(int(m["params"])),
-            }
-        )
+    Each row's `flops_per_token` (None: unknown, counted as 0) times the tokens it trains on from scratch (the key
+    `independent_tokens` names) and when grown (`progressive_tokens`), added to the row as `independent_flops` and
+    `progressive_flops`; then the totals and the saving 1 − progressive / independent (None when nothing counted).
+    `grow plan` tallies a planned allocation, the family report the tokens its members really trained on.
+    """
+    for row in rows:
+        per_token = row["flops_per_token"] or 0
+        row["independent_flops"] = per_token * row[independent_tokens]
+        row["progressive_flops"] = per_token * row[progressive_tokens]
     independent = sum(r["independent_flops"] for r in rows)
     progressive = sum(r["progressive_flops"] for r in rows)
     return {
         "members": rows,
         "independent_flops": independent,
         "progressive_flops": progressive,
-        "saving": 1 - progressive / independent,
-        "new_token_fraction": new_token_fraction,
-        "seq_len": seq_len,
+        "saving": (1 - progressive / independent) if independent else None,
     }
+
+
+def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_fraction: float) -> dict[str, Any]:
+    """FLOPs of training each member independently versus growing each from the previous one."""
+    if not 0 < new_token_fraction <= 1:
+        raise UsageError("--new-token-fraction must be in (0, 1]")
+    rows = [
+        {
+            **m,
+            "flops_per_token": training_flops_per_token(m["params"], m["layers"], m["hidden"], seq_len),
+            "progressive_tokens": m["tokens"] if i == 0 else new_token_fraction * m["tokens"],
+            "max_lr": auto_max_lr(int(m["params"])),
+        }
+        for i, m in enumerate(members)
+    ]
+    book = tally(rows, independent_tokens="tokens", progressive_tokens="progressive_tokens")
+    return {**book, "new_token_fraction": new_token_fraction, "seq_len": seq_len}
 
 
 def plan(

@@ -63,9 +63,9 @@ def _first_member(member: Member, notes: list[str]) -> tuple[dict[str, Any] | No
         return hf_config.to_dict(), shapes, Path(member.tokenizer)
     folder = Path(member.source)
     if not folder.exists():
-        from grow_cli import hub
+        from grow_cli.checkpoint.source import is_hub_id
 
-        if not hub.is_hub_id(member.source):
+        if not is_hub_id(member.source):
             raise _fail("members[0].source", f"{member.source} does not exist (give a model folder or a Hub id)")
         notes.append(f"members[0].source {member.source} is a Hub id: downloaded and checked when the run starts")
         return None, {}, None
@@ -80,15 +80,12 @@ def _first_member(member: Member, notes: list[str]) -> tuple[dict[str, Any] | No
     return config, shapes, folder
 
 
-def _grown(member: Member, config: dict[str, Any], shapes: Shapes, seed: int, where: str):
+def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str):
     """The member's config and tensor shapes after its `grow:` step, planned exactly as the run will."""
     from grow_cli.growth.plan import build_plan
-    from grow_cli.operators.width import width_factory_for
 
-    width, depth = member.expand_options()
     try:
-        factory = width_factory_for(width) if width.requested() else None
-        plan = build_plan(config, shapes, width_factory=factory, seed=seed, **depth)
+        plan = build_plan(config, shapes, member.spec)
     except GrowError as exc:
         raise _fail(f"{where}.grow", str(exc)) from None
     return plan.target_config, {t.name: (t.shape, t.dtype) for t in plan.tensors}
@@ -130,7 +127,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
     for i, member in enumerate(recipe.members):
         where = f"members[{i}]"
         if i > 0 and config is not None:
-            config, shapes = _grown(member, config, shapes, recipe.seed, where)
+            config, shapes = _grown(member, config, shapes, where)
         settings = recipe.train_settings(member)
         if settings is not None:
             _check_training(settings, config, tokenizer, where)

@@ -14,26 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from grow_cli.divergence import divergences
 from grow_cli.errors import DataError, UsageError
-
-
-def divergences(logits_a, logits_b, targets) -> dict[str, Any]:
-    """Summed per-position metrics of two [N, V] logit tensors against [N] next-token targets."""
-    import torch
-
-    logp_a = torch.log_softmax(logits_a.double(), -1)
-    logp_b = torch.log_softmax(logits_b.double(), -1)
-    p_a, p_b = logp_a.exp(), logp_b.exp()
-    log_m = torch.log((p_a + p_b) / 2)
-    return {
-        "kl_ab": float((p_a * (logp_a - logp_b)).sum()),
-        "kl_ba": float((p_b * (logp_b - logp_a)).sum()),
-        "js": float((0.5 * (p_a * (logp_a - log_m)).sum(-1) + 0.5 * (p_b * (logp_b - log_m)).sum(-1)).sum()),
-        "top1": float((logits_a.argmax(-1) == logits_b.argmax(-1)).sum()),
-        "nll_a": float(-logp_a.gather(-1, targets[:, None]).sum()),
-        "nll_b": float(-logp_b.gather(-1, targets[:, None]).sum()),
-        "positions": int(targets.numel()),
-    }
 
 
 def check_compare_options(
@@ -76,7 +58,7 @@ def compare(
     import torch
 
     from grow_cli.data.sources import check_sources, find_sources
-    from grow_cli.data.tokens import prepare_tokens, tokenizer_fingerprint
+    from grow_cli.data.tokens import prepare_tokens, token_cache_dir, tokenizer_fingerprint
     from grow_cli.train.model_io import load_model_config, load_tokenizer
 
     check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
@@ -97,7 +79,7 @@ def compare(
         eval_fraction=eval_fraction,
         vocab_size=vocab,
         eos_id=eos,
-        cache_dir=cache_dir or a.resolve().parent / ".grow-cache" / "tokens",
+        cache_dir=cache_dir or token_cache_dir(a.resolve().parent),
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
     model_a, model_b = _load(a), _load(b)

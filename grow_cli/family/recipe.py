@@ -21,7 +21,8 @@ members:
 ```
 
 Every unknown key is an error that names its location (`members[1].grow.depth_methd`), and so is every value of
-the wrong type, before anything runs.
+the wrong type, before anything runs. A `grow:` block takes exactly the fields of `GrowthSpec` (the options of
+`grow expand`, with `seed` defaulting to the recipe's), and is checked as `grow expand` checks its flags.
 """
 
 from __future__ import annotations
@@ -32,24 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import UsageError
+from grow_cli.errors import OptionError, UsageError
+from grow_cli.growth.spec import GrowthSpec, field_types
 
 TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines"}
 MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train"}
-GROW_KEYS = {
-    "layers": int,
-    "depth_factor": (int, float),
-    "depth_method": str,
-    "dus_overlap": int,
-    "hidden_size": int,
-    "intermediate_size": int,
-    "num_heads": int,
-    "num_kv_heads": int,
-    "width_factor": (int, float),
-    "width_method": str,
-    "noise_snr_db": (int, float),
-    "dtype": str,
-}
 COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": int, "max_blocks": int}
 # How many values YAML aliases may repeat in one recipe, in all: a real recipe repeats a few dozen.
 MAX_ALIAS_NODES = 10_000
@@ -63,28 +51,16 @@ def _train_fields() -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in TRAIN_RESERVED}
 
 
-WIDTH_KEYS = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "width_factor", "noise_snr_db")
-
-
 @dataclass
 class Member:
     name: str
-    grow: dict[str, Any] = field(default_factory=dict)
+    grow: dict[str, Any] = field(default_factory=dict)  # the `grow:` block as written
+    spec: GrowthSpec | None = None  # what it means (None for the first member)
     train: dict[str, Any] | None = None
     source: str | None = None
     revision: str | None = None
     config: dict[str, Any] | None = None
     tokenizer: Path | None = None
-
-    def expand_options(self):
-        """`grow:` split as `expand` takes it: (WidthOptions, the depth and dtype keyword arguments)."""
-        from grow_cli.growth.expand import WidthOptions
-
-        options = dict(self.grow)
-        width = WidthOptions(
-            method=options.pop("width_method", "fpi"), **{k: options.pop(k) for k in WIDTH_KEYS if k in options}
-        )
-        return width, options
 
 
 @dataclass
@@ -189,6 +165,18 @@ def _typed(value: Any, where: str, kind: Any) -> Any:
     return value
 
 
+def _grow_block(value: Any, where: str, seed: int) -> tuple[dict[str, Any], GrowthSpec]:
+    """A member's `grow:` block: keys and types from `GrowthSpec`'s fields, then the spec's own checks."""
+    types = field_types()
+    options = dict(_mapping(value, where, types))
+    for key, value_ in options.items():
+        _typed(value_, f"{where}.{key}", types[key])
+    try:
+        return options, GrowthSpec(**{"seed": seed, **options})
+    except OptionError as exc:
+        raise _fail(f"{where}.{exc.option}" if exc.option else where, str(exc)) from None
+
+
 def _paths(value: Any, where: str, base: Path) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
@@ -233,6 +221,7 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     base = path.resolve().parent
     raw = _mapping(raw, "top level", TOP_KEYS)
+    seed = _typed(raw.get("seed", 0), "seed", int)
     members_raw = raw.get("members")
     if not isinstance(members_raw, list) or not members_raw:
         raise _fail("members", "expected a non-empty list of members")
@@ -279,10 +268,7 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
                     raise _fail(f"{where}.{key}", "only the first member has a source; later ones are grown")
             if "grow" not in m:
                 raise _fail(where, "needs a 'grow' section (how it is grown from the previous member)")
-            member.grow = dict(_mapping(m["grow"], f"{where}.grow", GROW_KEYS))
-            for key, kind in GROW_KEYS.items():
-                if key in member.grow:
-                    _typed(member.grow[key], f"{where}.grow.{key}", kind)
+            member.grow, member.spec = _grow_block(m["grow"], f"{where}.grow", seed)
         if "train" in m:
             member.train = _train(m["train"], f"{where}.train", base)
         elif train:
@@ -307,7 +293,7 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         members=members,
         train=train,
         compare=compare,
-        seed=_typed(raw.get("seed", 0), "seed", int),
+        seed=seed,
         name=raw.get("name", path.stem),
         baselines=_typed(raw.get("baselines", False), "baselines", bool),
         description=raw.get("description", ""),

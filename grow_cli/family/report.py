@@ -16,14 +16,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from grow_cli.family.budget import tally
 from grow_cli.family.recipe import Recipe
 
 
-def _metrics(final: Path) -> list[dict[str, Any]]:
-    path = Path(final) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _metrics(folder: Path) -> list[dict[str, Any]]:
+    """The metrics `grow train-stage` logged into `folder` (none for a member that was not trained)."""
+    from grow_cli.train.metrics import read_metrics
+
+    return read_metrics(Path(folder) / "metrics.jsonl", missing_ok=True)
 
 
 def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -45,25 +46,17 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
                 "tokens": tokens,
                 "lineage_tokens": lineage_tokens,
                 "flops_per_token": per_token,
-                "progressive_flops": (per_token or 0) * tokens,
-                "independent_flops": (per_token or 0) * lineage_tokens,
                 "final_eval_loss": evals[-1] if evals else None,
             }
         )
+    book = tally(rows, independent_tokens="lineage_tokens", progressive_tokens="tokens")
     cumulative = 0.0
     for s, row in zip(summaries, rows, strict=True):
         cumulative += row["progressive_flops"]
         row["lineage_flops"] = cumulative
         if s.get("baseline"):
             row["baseline"] = _baseline_row(Path(s["baseline"]["out"]), row)
-    progressive = sum(r["progressive_flops"] for r in rows)
-    independent = sum(r["independent_flops"] for r in rows)
-    return {
-        "members": rows,
-        "progressive_flops": progressive,
-        "independent_flops": independent,
-        "saving": (1 - progressive / independent) if independent else None,
-    }
+    return book
 
 
 def _baseline_row(folder: Path, row: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.console import err
+from grow_cli.data.tokens import token_cache_dir
 from grow_cli.errors import UsageError
 from grow_cli.family.recipe import Member, Recipe
 from grow_cli.lineage.record import load_record
@@ -75,19 +76,12 @@ def _first_model(member: Member, folder: Path, seed: int) -> Path:
 
 
 def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool) -> dict[str, Any]:
-    """`grow expand` of the previous member into `out`, with the member's `grow:` options."""
+    """`grow expand` of the previous member into `out`, as the member's `grow:` block says."""
     from grow_cli.growth.expand import expand
 
-    width, options = member.expand_options()
+    assert member.spec is not None, "every member after the first has a grow: block"
     return expand(
-        str(previous),
-        out,
-        width=width,
-        seed=recipe.seed,
-        quiet=quiet,
-        force=True,
-        command=["grow", "family", str(recipe.path)],
-        **options,
+        str(previous), out, member.spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)]
     )
 
 
@@ -134,7 +128,7 @@ def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path
         resume=resume,
         overwrite=resume is None,
         quiet=quiet,
-        cache_dir=recipe.out / ".grow-cache" / "tokens",
+        cache_dir=token_cache_dir(recipe.out),
         **settings,
     )
     return train_stage(config)
@@ -181,7 +175,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             }
             compare_settings = {
                 **shared,
-                "cache_dir": recipe.out / ".grow-cache" / "tokens",
+                "cache_dir": token_cache_dir(recipe.out),
                 **recipe.compare,
             }
             if not compare_settings.get("data"):

@@ -1,3 +1,3 @@
-"""Growing a checkpoint: the planner (`plan`), the grown config (`config`), the streaming executor (`expand`),
-the function-preservation check (`verify`), `grow inspect`'s description (`describe`), the built-in example
-(`demo`) and the human form of expand's report (`render`)."""
+"""Growing a checkpoint: what to grow (`spec`), the planner (`plan`), the grown config (`config`), the streaming
+executor (`expand`), the function-preservation check (`verify`), `grow inspect`'s description (`describe`), the
+built-in example (`demo`) and the human form of expand's report (`render`)."""

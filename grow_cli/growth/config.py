@@ -11,9 +11,9 @@ import copy
 from typing import Any
 
 from grow_cli.arch.registry import ArchDef
+from grow_cli.checkpoint.dtypes import config_name
 from grow_cli.errors import UsageError
 
-DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 # Per-layer lists that transformers validates against the layer count, whatever the architecture.
 GENERIC_LAYER_LISTS = ("layer_types", "mlp_layer_types")
 
@@ -43,7 +43,7 @@ def grown_config(
     config.update(width_updates)
     if dtype is not None:
         config.pop("torch_dtype", None)
-        config["dtype"] = DTYPE_NAMES.get(dtype, dtype)
+        config["dtype"] = config_name(dtype)
     elif "torch_dtype" in config:
         config["dtype"] = config.pop("torch_dtype")
     return config

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import CheckpointError
-from grow_cli.growth.expand import WidthOptions, expand
+from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
 
 
 def minilm_folder() -> Path:
@@ -30,7 +31,7 @@ def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dic
     wide = expand(
         str(minilm_folder()),
         out / "wide",
-        width=WidthOptions(method="fpi", width_factor=2),
+        GrowthSpec(width_method="fpi", width_factor=2),
         verify=True,
         force=force,
         quiet=quiet,
@@ -39,8 +40,7 @@ def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dic
     deep = expand(
         str(out / "wide"),
         out / "wide-deep",
-        layers=12,
-        depth_method="stack",
+        GrowthSpec(layers=12, depth_method="stack"),
         verify=True,
         force=force,
         quiet=quiet,

@@ -8,25 +8,7 @@ from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
 from grow_cli.growth.plan import source_shape_of
-from grow_cli.operators.depth import METHODS as DEPTH_METHODS
-
-WIDTH_METHODS = ("fpi", "aki", "hypercloning", "zero")
-
-
-def applicable_methods(arch) -> dict[str, list[dict[str, Any]]]:
-    """Which growth methods apply to `arch`, with a reason where one does not."""
-    depth = []
-    for method in DEPTH_METHODS:
-        entry: dict[str, Any] = {"method": method, "applies": True}
-        if method == "identity" and not arch.pre_norm:
-            entry = {
-                "method": method,
-                "applies": False,
-                "why": "post-LayerNorm: zeroed outputs cannot make an identity block",
-            }
-        depth.append(entry)
-    width = [{"method": m, "applies": True} for m in WIDTH_METHODS]
-    return {"depth": depth, "width": width}
+from grow_cli.operators.registry import applicability
 
 
 def inspect(source: str, *, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
@@ -58,5 +40,5 @@ def inspect(source: str, *, revision: str | None = None, token: str | None = Non
         "files": files,
         "tensors": len(bound),
         "not_read": [{"name": n, "why": why} for n, why in binding.dropped],
-        "methods": applicable_methods(arch),
+        "methods": applicability(arch),
     }

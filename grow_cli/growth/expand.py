@@ -1,5 +1,5 @@
-"""`grow expand` as a library call: resolve the source, plan, stream every tensor into the output, write config,
-small files, `grow.json` and the model card, optionally verify, and move the folder into place.
+"""`grow expand` as a library call: resolve the source, plan the `GrowthSpec`, stream every tensor into the output,
+write config, small files, `grow.json` and the model card, optionally verify, and move the folder into place.
 
 Memory stays bounded: the reader returns one tensor at a time and the writer appends it to a shard whose header was
 written in advance, so the peak is about one tensor (see `Plan.peak_bytes`), not one shard or one model.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,40 +16,16 @@ from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output, update_pooling_dimension
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
-from grow_cli.checkpoint.source import FileHasher, Source, resolve_source
+from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, parse_size
 from grow_cli.console import byte_progress
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
+from grow_cli.growth.spec import GrowthSpec
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
 
 CARD_AND_RECORD_BYTES = 1 << 20  # config.json, grow.json, README.md and the index: generously
-
-
-@dataclass
-class WidthOptions:
-    """Width targets as the user gave them (None: unchanged)."""
-
-    method: str = "fpi"
-    hidden_size: int | None = None
-    intermediate_size: int | None = None
-    num_heads: int | None = None
-    num_kv_heads: int | None = None
-    width_factor: float | None = None
-    noise_snr_db: float | None = None
-
-    def requested(self) -> bool:
-        return any(
-            v is not None
-            for v in (
-                self.hidden_size,
-                self.intermediate_size,
-                self.num_heads,
-                self.num_kv_heads,
-                self.width_factor,
-            )
-        )
 
 
 def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None):
@@ -71,7 +46,7 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
 
 def _stage(
     plan: Plan,
-    source: Source,
+    source: CheckpointSource,
     hashes: dict[str, Any],
     verify: dict[str, Any] | None,
     command: list[str] | None,
@@ -110,17 +85,10 @@ def _stage(
 def expand(
     source: str,
     out: Path | None,
+    spec: GrowthSpec,
     *,
     revision: str | None = None,
     token: str | None = None,
-    layers: int | None = None,
-    depth_factor: float | None = None,
-    depth_method: str = "stack",
-    dus_overlap: int | None = None,
-    width: WidthOptions | None = None,
-    dtype: str | None = None,
-    shard_size: str = "5GB",
-    seed: int = 0,
     force: bool = False,
     dry_run: bool = False,
     verify: bool = False,
@@ -128,34 +96,18 @@ def expand(
     quiet: bool = False,
     command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Grow the checkpoint `source` (folder or Hub id) into `out`; return the report (the plan with --dry-run)."""
+    """Grow the checkpoint `source` (folder or Hub id) into `out` as `spec` says; return the report (the plan with
+    `dry_run`)."""
     from grow_cli.checkpoint.output import check_output
 
-    max_shard = parse_size(shard_size)
     verify_memory = parse_size(verify_max_memory) if verify_max_memory else None
     if out is not None:  # before any download: a refused output must not cost a multi-GB fetch
         local = Path(source).expanduser()
         check_output(Path(out), local if local.exists() else None, force=force)
     src = resolve_source(source, revision=revision, token=token)
     config = load_config(src.folder)
-    width_factory = None
-    if width is not None and width.requested():
-        from grow_cli.operators.width import width_factory_for
-
-        width_factory = width_factory_for(width)
     with CheckpointReader(src.folder) as reader:
-        plan = build_plan(
-            config,
-            reader.tensor_infos(),
-            layers=layers,
-            depth_factor=depth_factor,
-            depth_method=depth_method,
-            dus_overlap=dus_overlap,
-            width_factory=width_factory,
-            dtype=dtype,
-            shard_size=max_shard,
-            seed=seed,
-        )
+        plan = build_plan(config, reader.tensor_infos(), spec)
         if dry_run:
             return {"dry_run": True, "source": src.describe(), "plan": plan_summary(plan, with_tensors=True)}
         if out is None:
@@ -176,7 +128,7 @@ def expand(
 def _execute(
     plan: Plan,
     reader: CheckpointReader,
-    src: Source,
+    src: CheckpointSource,
     out: Path,
     *,
     force: bool,
@@ -207,7 +159,7 @@ def _execute(
         if verify:
             from grow_cli.growth import verify as verifier
 
-            result = verifier.compare(
+            result = verifier.measure(
                 src.folder,
                 tmp,
                 vocab_size=plan.source_shape.vocab_size,
@@ -255,4 +207,4 @@ def _main_dtype(plan: Plan) -> str:
     counts: dict[str, int] = {}
     for t in plan.tensors:
         counts[t.dtype] = counts.get(t.dtype, 0) + t.nbytes
-    return max(counts, key=counts.get)
+    return max(counts, key=counts.__getitem__)

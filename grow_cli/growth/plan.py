@@ -1,4 +1,4 @@
-"""The growth planner: (source config, architecture, tensors, operator options) → a `Plan`, touching no tensor data.
+"""The growth planner: (source config, architecture, tensors, `GrowthSpec`) → a `Plan`, touching no tensor data.
 
 A plan lists every output tensor with the source tensors it reads and the transform applied (width map, copy,
 zeroed identity output), the target config, the shard layout and the estimated peak memory. `--dry-run` prints it;
@@ -14,25 +14,17 @@ from typing import Any, Protocol
 from grow_cli.arch.binding import Binding, BoundTensor, bind
 from grow_cli.arch.registry import ArchDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
-from grow_cli.checkpoint.dtypes import numel
+from grow_cli.checkpoint.dtypes import FLOATING, numel
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import UsageError
 from grow_cli.growth.config import grown_config, validate_config
-from grow_cli.operators.depth import DepthMap, depth_map, resolve_target
-
-FLOAT_DTYPES = {"F32", "F16", "BF16", "F64"}
-DTYPE_CHOICES = {
-    "fp32": "F32",
-    "float32": "F32",
-    "fp16": "F16",
-    "float16": "F16",
-    "bf16": "BF16",
-    "bfloat16": "BF16",
-}
+from grow_cli.growth.spec import GrowthSpec
+from grow_cli.operators import registry
+from grow_cli.operators.depth import DepthMap, depth_map, target_layers
 
 
 class WidthPlan(Protocol):
-    """What the planner needs from a width operator (implemented in `grow_cli.operators.width`)."""
+    """What the planner needs from a width operator (`grow_cli.operators.width.WidthOperator`)."""
 
     method: str
     target: ModelShape
@@ -124,48 +116,31 @@ def source_shape_of(
     return arch, shape, bind(arch, config, shape, tensors)
 
 
-def build_plan(
-    config: dict[str, Any],
-    tensors: dict[str, tuple[tuple[int, ...], str]],
-    *,
-    layers: int | None = None,
-    depth_factor: float | None = None,
-    depth_method: str = "stack",
-    dus_overlap: int | None = None,
-    width_factory=None,
-    dtype: str | None = None,
-    shard_size: int = 5 * 10**9,
-    seed: int = 0,
-) -> Plan:
-    """Plan the growth of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data.
-
-    `width_factory(arch, binding, config, seed)` returns a `WidthPlan`, or is None for depth-only growth.
-    """
+def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], str]], spec: GrowthSpec) -> Plan:
+    """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data."""
     arch, shape, binding = source_shape_of(config, tensors)
-    out_dtype = None
-    if dtype is not None:
-        if dtype.lower() not in DTYPE_CHOICES:
-            raise UsageError(f"--dtype must be one of bf16, fp16, fp32; got {dtype!r}")
-        out_dtype = DTYPE_CHOICES[dtype.lower()]
+    out_dtype, seed = spec.out_dtype, spec.seed
 
-    width = width_factory(arch, binding, config, seed) if width_factory else None
+    width = None
+    if spec.grows_width:
+        op = registry.operator("width", spec.width_method)
+        registry.refuse_if_inapplicable(op, arch)
+        width = op.implementation(spec, arch, binding, config)
     target_shape = width.target if width else shape
 
-    target_layers, overlap = resolve_target(shape.layers, layers, depth_factor, depth_method, dus_overlap)
+    layers, overlap = target_layers(shape.layers, spec)
     depth = None
-    if target_layers != shape.layers or depth_method == "dus":
-        depth = depth_map(depth_method, shape.layers, target_layers, dus_overlap=overlap)
-        if depth.zero_new_outputs and not arch.pre_norm:
-            raise UsageError(
-                f"identity blocks are exact only in pre-norm models; {arch.name} is post-LayerNorm, where "
-                f"LayerNorm(x + 0) ≠ x, so zeroed outputs cannot make an identity. Use --depth-method stack, "
-                f"interleave, interpolate or dus"
-            )
+    if layers != shape.layers or spec.depth_method == "dus":
+        op = registry.operator("depth", spec.depth_method)
+        registry.refuse_if_inapplicable(op, arch)
+        depth = depth_map(op, shape.layers, layers, dus_overlap=overlap)
     if depth is None and width is None:
-        raise UsageError("nothing to grow: give --layers/--depth-factor and/or a width target (see grow expand --help)")
+        raise UsageError(
+            f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
+        )
 
     def out_dtype_of(t: BoundTensor) -> str:
-        return out_dtype if out_dtype and t.dtype in FLOAT_DTYPES else t.dtype
+        return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype
 
     def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None) -> OutputTensor:
         shape_ = target_shape.tensor_shape(t.weight.axes)
@@ -189,7 +164,7 @@ def build_plan(
         dtype=out_dtype,
     )
     validate_config(target_config)
-    shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], shard_size)
+    shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], spec.max_shard_bytes)
     plan = Plan(arch, binding, shape, target_shape, config, target_config, depth, width, out, shards, out_dtype, seed)
     if binding.dropped:
         plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]

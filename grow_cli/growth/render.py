@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from grow_cli.console import out
+from grow_cli.console import format_bytes, out
 
 
 def _shape(s: dict[str, Any]) -> str:
@@ -14,10 +14,6 @@ def _shape(s: dict[str, Any]) -> str:
         f"{s['layers']} layers, hidden {s['hidden_size']}, ffn {s['intermediate_size']}, "
         f"heads {s['num_heads']}/{s['num_kv_heads']}, {s['num_parameters'] / 1e6:.1f}M params"
     )
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
 def render_plan(report: dict[str, Any]) -> None:
@@ -32,8 +28,8 @@ def render_plan(report: dict[str, Any]) -> None:
         out.print(f"  width: {plan['width']['method']}")
     out.print(f"  function-preserving: {'yes' if plan['function_preserving'] else 'no'}")
     out.print(
-        f"  output {_gb(plan['output_bytes'])} in {len(plan['shards'])} shard(s); estimated peak memory "
-        f"{_gb(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline"
+        f"  output {format_bytes(plan['output_bytes'])} in {len(plan['shards'])} shard(s); estimated peak memory "
+        f"{format_bytes(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline"
     )
     table = Table("tensor", "shape", "dtype", "from", title="output tensors", title_justify="left")
     tensors = plan["tensors"]
@@ -62,7 +58,7 @@ def render_expand(report: dict[str, Any]) -> None:
             out.print(f"  {part}: {report[part]['method']} ({exact}{': ' + why if why else ''})")
     files = report["files"]
     out.print(
-        f"  wrote {_gb(files['bytes'])} in {files['shards']} shard(s) in {report['seconds']:.2f} s; "
+        f"  wrote {format_bytes(files['bytes'])} in {files['shards']} shard(s) in {report['seconds']:.2f} s; "
         f"copied {len(files['copied'])} file(s)"
     )
     if files["skipped"]:

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from grow_cli.divergence import divergences
 from grow_cli.errors import VerificationError
 
 PROBE_TOKENS = 64
@@ -76,12 +77,10 @@ def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
     return result.float()
 
 
-def compare(
+def measure(
     source: Path, grown: Path, *, vocab_size: int, seed: int = 0, max_memory: int | None = None
 ) -> dict[str, Any]:
-    """Compare two model folders on probe tokens; returns the metrics (no pass/fail judgement)."""
-    import torch
-
+    """Run two model folders on the same probe tokens; returns how far apart their outputs are (no verdict)."""
     ids, kind = probe_ids(Path(source), vocab_size, seed)
     a = _outputs(Path(source), ids, max_memory)
     b = _outputs(Path(grown), ids, max_memory)
@@ -95,11 +94,9 @@ def compare(
         "output_scale": float(a.abs().max()),
     }
     if a.shape[-1] == vocab_size:
-        logp_a = torch.log_softmax(a, -1)
-        logp_b = torch.log_softmax(b, -1)
-        kl = (logp_a.exp() * (logp_a - logp_b)).sum(-1)
-        result["mean_kl"] = float(kl.mean())
-        result["top1_agreement"] = float((a.argmax(-1) == b.argmax(-1)).float().mean())
+        sums = divergences(a.reshape(-1, vocab_size), b.reshape(-1, vocab_size))
+        result["mean_kl"] = sums["kl_ab"] / sums["positions"]
+        result["top1_agreement"] = sums["top1"] / sums["positions"]
     else:
         result["mean_kl"] = None
         result["top1_agreement"] = None

@@ -7,7 +7,7 @@
 - client.py: endpoint, offline mode, token resolution and the single translation of client errors to HubError.
 """
 
-from grow_cli.hub.download import download_checkpoint, is_hub_id
-from grow_cli.hub.push import check_output, push_folder
+from grow_cli.hub.download import download_checkpoint
+from grow_cli.hub.push import check_complete, push_folder
 
-__all__ = ["check_output", "download_checkpoint", "is_hub_id", "push_folder"]
+__all__ = ["check_complete", "download_checkpoint", "push_folder"]

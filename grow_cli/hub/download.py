@@ -21,23 +21,11 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from huggingface_hub.utils import httpx
 
 from grow_cli import __version__
-from grow_cli.checkpoint.output import WEIGHT_SUFFIXES
+from grow_cli.checkpoint.files import WEIGHT_LAYOUTS, WEIGHT_SUFFIXES
 from grow_cli.errors import HubError
 from grow_cli.hub.client import endpoint, is_offline, translate
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
-WEIGHT_CHOICES = (  # in order of preference: (single file, index naming its shards)
-    ("model.safetensors", "model.safetensors.index.json"),
-    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-)
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-
-
-def is_hub_id(text: str) -> bool:
-    """True for `org/name` that names no existing local path (`./org/name` or an existing folder stay local)."""
-    if not HUB_ID.match(text) or ".." in text or "--" in text or text.endswith((".", "-")):
-        return False
-    return not Path(text).expanduser().exists()
 
 
 def download_checkpoint(
@@ -91,7 +79,7 @@ def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[s
     if "config.json" not in sizes:
         raise HubError(f"{where} has no config.json: it is not a transformers checkpoint")
     weights: list[str] = []
-    for single, index in WEIGHT_CHOICES:
+    for single, index in WEIGHT_LAYOUTS:
         if single in sizes:
             weights = [single]
             break
@@ -140,7 +128,7 @@ def _from_cache(repo_id: str, revision: str | None, where: str) -> tuple[Path, d
 
 
 def _has_weights(folder: Path) -> bool:
-    for single, index in WEIGHT_CHOICES:
+    for single, index in WEIGHT_LAYOUTS:
         if (folder / single).is_file():
             return True
         if (folder / index).is_file():

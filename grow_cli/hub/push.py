@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import HfApi
 
 from grow_cli import __version__
+from grow_cli.checkpoint.files import WEIGHT_INDEXES, WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import load_config, load_weight_map, read_safetensors_header
 from grow_cli.errors import CheckpointError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
@@ -37,8 +38,6 @@ IGNORE_PATTERNS = [
     "checkpoints/*",
     "checkpoints/**",
 ]
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def push_folder(
@@ -58,7 +57,7 @@ def push_folder(
     incomplete folder, UsageError for contradictory options and HubError for everything the Hub refuses.
     """
     folder = Path(folder)
-    check_output(folder)
+    check_complete(folder)
     if create_pr and revision not in (None, "main"):
         raise UsageError(
             f"--create-pr opens a pull request against main; it cannot be combined with --revision {revision}"
@@ -111,7 +110,7 @@ def push_folder(
     }
 
 
-def check_output(folder: Path) -> list[str]:
+def check_complete(folder: Path) -> list[str]:
     """Check `folder` is a complete checkpoint (config, every weight file, untruncated); return the weight files."""
     if not folder.is_dir():
         raise CheckpointError(
@@ -128,7 +127,7 @@ def check_output(folder: Path) -> list[str]:
             weights = sorted(set(load_weight_map(folder, index_name).values()))
             break
     else:
-        weights = [name for name in WEIGHT_FILES if (folder / name).is_file()][:1]
+        weights = [single for single, _ in WEIGHT_LAYOUTS if (folder / single).is_file()][:1]
     if not weights:
         raise CheckpointError(
             f"{folder} has no weights (expected model.safetensors, a sharded model.safetensors.index.json, or "

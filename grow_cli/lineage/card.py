@@ -18,23 +18,10 @@ from typing import Any
 
 import yaml
 
-PAPERS = {
-    "stack": ("G_stack (Du et al., NeurIPS 2024)", "https://arxiv.org/abs/2405.15319"),
-    "interleave": (
-        "interleaved layer duplication (Shen et al., ICML 2022)",
-        "https://arxiv.org/abs/2203.06211",
-    ),
-    "interpolate": ("Apollo interpolation (Pan et al., AAAI 2024)", "https://arxiv.org/abs/2401.09192"),
-    "identity": ("LLaMA-Pro block expansion (Wu et al., ACL 2024)", "https://arxiv.org/abs/2401.02415"),
-    "dus": ("SOLAR depth up-scaling (Kim et al., 2023)", "https://arxiv.org/abs/2312.15166"),
-    "fpi": ("bert2BERT FPI (Chen et al., ACL 2022)", "https://arxiv.org/abs/2110.07143"),
-    "aki": ("bert2BERT AKI (Chen et al., ACL 2022)", "https://arxiv.org/abs/2110.07143"),
-    "hypercloning": ("HyperCloning (Samragh et al., 2024)", "https://arxiv.org/abs/2409.12903"),
-    "zero": ("G_zero (Du et al., NeurIPS 2024)", "https://arxiv.org/abs/2405.15319"),
-}
+from grow_cli.checkpoint.source import is_repo_id
+from grow_cli.operators.registry import by_name
 
 PIPELINE_TAGS = {"bert": "fill-mask"}
-HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 SECRET = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
@@ -48,22 +35,18 @@ def _methods(record: dict[str, Any]) -> list[str]:
     return methods
 
 
-def _is_hub_id(text: Any) -> bool:
-    return isinstance(text, str) and bool(HUB_ID.match(text)) and ".." not in text
-
-
 def _base_model(record: dict[str, Any]) -> str | None:
     """The Hub id this model descends from: the source of the newest expand stage that came from the Hub."""
     for stage in reversed(record["stages"]):
         repo_id = (stage.get("source") or {}).get("repo_id") if stage.get("kind") == "expand" else None
-        if _is_hub_id(repo_id):
+        if is_repo_id(repo_id):
             return repo_id
     return None
 
 
 def _datasets(record: dict[str, Any]) -> list[str]:
     names = [d for s in record["stages"] for d in ((s.get("data") or {}).get("datasets") or [])]
-    return list(dict.fromkeys(d for d in names if _is_hub_id(d)))
+    return list(dict.fromkeys(d for d in names if is_repo_id(d)))
 
 
 def front_matter(record: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +107,8 @@ def _compact(values: list[Any], limit: int = 48) -> str:
 
 
 def _operator_lines(part: str, op: dict[str, Any]) -> list[str]:
-    name, url = PAPERS.get(op.get("method", ""), (op.get("paper") or op.get("method", "?"), op.get("paper_url")))
+    known = by_name(op.get("method", ""))
+    name, url = (known.paper, known.url) if known else (op.get("paper") or op.get("method", "?"), op.get("paper_url"))
     paper = f"[{name}]({url})" if url else name
     exact = "exactly function-preserving" if op.get("function_preserving") else "not function-preserving"
     params = ", ".join(f"{k}={v}" for k, v in (op.get("parameters") or {}).items())
@@ -177,7 +161,7 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
         else f"- **Trained** for {stage.get('steps', '?')} steps"
     )
     # Hub datasets by id; local files by name only (a public card need not show the trainer's file system).
-    names = [d if _is_hub_id(d) else Path(d).name for d in data.get("datasets") or data.get("paths") or []]
+    names = [d if is_repo_id(d) else Path(d).name for d in data.get("datasets") or data.get("paths") or []]
     if names:
         line += f" of {', '.join(f'`{n}`' for n in names)}"
     lines = [line + (f" (data fingerprint `{data['fingerprint']}`)." if data.get("fingerprint") else ".")]

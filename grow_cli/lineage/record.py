@@ -8,7 +8,8 @@ can read it without grow installed.
 Stage keys used by other parts of grow:
 - every stage: ``kind`` ("expand" | "train"), ``created`` (UTC ISO time), ``grow_version``;
 - expand: ``source`` ({path | repo_id, revision, files: {name: {sha256, size}}, architecture, shape}),
-  ``target`` (shape), ``depth`` / ``width`` (method, paper, parameters, maps, ``function_preserving``),
+  ``target`` (shape), ``depth`` / ``width`` (method, parameters, maps, ``function_preserving``; the card
+  finds the paper in the operator registry by method),
   ``seed``, ``dtype``, ``added_tensors`` (names of tensors that have no counterpart in the source: what
   `train-stage --train-only new` trains), ``verify`` (the function-preservation check, or null);
 - train: ``data`` ({paths, fingerprint, datasets}), ``tokens``, ``steps``, ``schedule``, ``max_lr``,

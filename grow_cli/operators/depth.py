@@ -1,17 +1,22 @@
 """Depth growth operators: which source layer each target layer copies, and which copies are new.
 
-Each operator is a pure function from (source layers L, target layers L') to a `DepthMap`. The executor copies the
-tensors of source layer `layer_map[j]` into target layer `j` (cloned, never shared) and, for `identity`, zeroes
-the residual-stream writers of the new layers. See docs/expand.md and docs/methods.md for the papers and the
-exactness table.
+Each operator is a pure function from (source layers L, target layers L') to a layer map; `depth_map` turns the
+one named in the registry (`grow_cli.operators.registry`, which holds the papers and the exactness rules) into a
+`DepthMap`. The executor copies the tensors of source layer `layer_map[j]` into target layer `j` (cloned, never
+shared) and, for `identity`, zeroes the residual-stream writers of the new layers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from grow_cli.errors import UsageError
-from grow_cli.limits import check_factor, check_layers
+from grow_cli.errors import OptionError
+from grow_cli.limits import check_layers
+
+if TYPE_CHECKING:
+    from grow_cli.growth.spec import GrowthSpec
+    from grow_cli.operators.registry import Operator
 
 
 @dataclass(frozen=True)
@@ -84,80 +89,66 @@ def dus(L: int, overlap: int) -> list[int]:
     return list(range(L - overlap)) + list(range(overlap, L))
 
 
-METHODS = ("stack", "interleave", "interpolate", "identity", "dus")
-FUNCTION_PRESERVING = {"identity"}
+def dus_to(L: int, target: int) -> list[int]:
+    """`dus` with the overlap that gives `target` layers (target = 2·(L − overlap))."""
+    return dus(L, L - target // 2)
 
 
-def resolve_target(
-    L: int, layers: int | None, depth_factor: float | None, method: str, dus_overlap: int | None
-) -> tuple[int, int | None]:
-    """The target layer count (and SOLAR overlap) from the user's options; refuses impossible requests."""
-    if layers is not None and depth_factor is not None:
-        raise UsageError("give --layers or --depth-factor, not both")
-    check_factor("--depth-factor", depth_factor, minimum=1)
-    if method == "dus":
-        if layers is None and depth_factor is not None:
-            layers = round(L * depth_factor)
-        if layers is None and dus_overlap is None:
-            raise UsageError("dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)")
-        if dus_overlap is None:
-            if layers % 2 or not L <= layers <= 2 * L:
-                raise UsageError(
-                    f"dus makes 2·(L − overlap) layers; with L={L}, --layers must be even and "
-                    f"between {L + L % 2} and {2 * L}; try {2 * L - 2 * max(1, L // 4)}"
+def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
+    """The target layer count (and SOLAR overlap) of `spec` for a source of L layers; refuses what this source
+    cannot give. (What is impossible for any source, `GrowthSpec` refuses itself.)"""
+    layers, overlap = spec.layers, spec.dus_overlap
+    if layers is None and spec.depth_factor is not None:
+        layers = round(L * spec.depth_factor)
+    if spec.depth_method == "dus":
+        if overlap is None:
+            if layers is None:
+                raise OptionError(
+                    "layers", "dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)"
                 )
-            dus_overlap = L - layers // 2
-        if not 0 <= dus_overlap <= L // 2:
-            raise UsageError(
+            if layers % 2 or not L <= layers <= 2 * L:
+                raise OptionError(
+                    "layers",
+                    f"dus makes 2·(L − overlap) layers; with L={L}, --layers must be even and "
+                    f"between {L + L % 2} and {2 * L}; try {2 * L - 2 * max(1, L // 4)}",
+                )
+            overlap = L - layers // 2
+        if not 0 <= overlap <= L // 2:
+            raise OptionError(
+                "dus_overlap",
                 f"--dus-overlap must be between 0 and {L // 2} for {L} layers (a larger overlap "
-                f"would shrink the model), got {dus_overlap}"
+                f"would shrink the model), got {overlap}",
             )
-        if layers is not None and layers != 2 * (L - dus_overlap):
-            raise UsageError(
-                f"--layers {layers} contradicts --dus-overlap {dus_overlap}: dus gives "
-                f"2·({L} − {dus_overlap}) = {2 * (L - dus_overlap)} layers"
+        if layers is not None and layers != 2 * (L - overlap):
+            raise OptionError(
+                "layers",
+                f"--layers {layers} contradicts --dus-overlap {overlap}: dus gives "
+                f"2·({L} − {overlap}) = {2 * (L - overlap)} layers",
             )
-        check_layers(L, 2 * (L - dus_overlap))
-        return 2 * (L - dus_overlap), dus_overlap
-    if dus_overlap is not None:
-        raise UsageError("--dus-overlap applies only to --depth-method dus")
+        check_layers(L, 2 * (L - overlap))
+        return 2 * (L - overlap), overlap
     if layers is None:
-        if depth_factor is None:
-            return L, None
-        layers = round(L * depth_factor)
+        return L, None
     if layers < L:
-        raise UsageError(
-            f"--layers {layers} is smaller than the source's {L} layers; grow only adds layers (try {2 * L})"
+        raise OptionError(
+            "layers",
+            f"--layers {layers} is smaller than the source's {L} layers; grow only adds layers (try {2 * L})",
         )
     check_layers(L, layers)
     return layers, None
 
 
-def depth_map(method: str, L: int, target: int, *, dus_overlap: int | None = None) -> DepthMap:
-    """The `DepthMap` of `method` from L to `target` layers."""
-    if method not in METHODS:
-        raise UsageError(f"unknown depth method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "dus":
-        layer_map = dus(L, dus_overlap or 0)
-        new = tuple(j >= L - (dus_overlap or 0) for j in range(len(layer_map)))
+def depth_map(op: Operator, L: int, target: int, *, dus_overlap: int | None = None) -> DepthMap:
+    """The `DepthMap` of the depth method `op` (a registry entry) from L to `target` layers."""
+    if op.name == "identity" and target == L:
+        raise OptionError("layers", "identity needs more target layers than source layers")
+    layer_map = op.implementation(L, target)
+    assert len(layer_map) == target, (op.name, L, target, layer_map)
+    if op.name == "dus":  # SOLAR's second copy is the new part, seam layers included
+        new = tuple(j >= L - (dus_overlap or 0) for j in range(target))
         params = {"overlap": dus_overlap}
     else:
-        layer_map = {
-            "stack": stack,
-            "interleave": interleave,
-            "interpolate": interpolate,
-            "identity": identity,
-        }[method](L, target)
         new = _first_occurrence_is_original(layer_map)
         params = {}
-    if method == "identity" and target == L:
-        raise UsageError("identity needs more target layers than source layers")
-    assert len(layer_map) == target, (method, L, target, layer_map)
-    return DepthMap(
-        method,
-        tuple(layer_map),
-        new,
-        method == "identity",
-        method in FUNCTION_PRESERVING,
-        {"layers": target, **params},
-    )
+    identity = op.name == "identity"  # zeroed residual writers: the only exact depth method
+    return DepthMap(op.name, tuple(layer_map), new, identity, identity, {"layers": target, **params})

@@ -21,20 +21,21 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grow_cli.arch.binding import Binding, BoundTensor
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.errors import UsageError
-from grow_cli.limits import check_factor, check_width
+from grow_cli.errors import OptionError, UsageError
+from grow_cli.limits import check_width
 from grow_cli.operators import index_maps as im
 
-METHODS = ("fpi", "aki", "hypercloning", "zero")
+if TYPE_CHECKING:
+    from grow_cli.growth.spec import GrowthSpec
+
 _OUT_AXIS = {"linear": 0, "conv1d": 1, "bias": 0}  # the axis AKI fills from the next layer
 
 
@@ -49,8 +50,9 @@ def _try(values: list[int]) -> str:
     return " or ".join(str(v) for v in values)
 
 
-def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
-    """The widened `ModelShape` from the user's `WidthOptions`; every impossible target is one clear UsageError."""
+def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelShape:
+    """The widened `ModelShape` that `spec` asks of a source of `shape`; every target this source cannot take is one
+    clear UsageError. (What is impossible for any source, `GrowthSpec` refuses itself.)"""
     d, f, H, K, h = (
         shape.hidden_size,
         shape.intermediate_size,
@@ -58,30 +60,30 @@ def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
         shape.num_kv_heads,
         shape.head_dim,
     )
-    k = options.width_factor
-    check_factor("--width-factor", k, minimum=1)  # width growth only adds units
+    k = spec.width_factor
 
     def scaled(x: int) -> int:
-        return max(x, round(x * k))
+        return max(x, round(x * k)) if k else x
 
-    d2 = options.hidden_size or (scaled(d) if k else d)
-    f2 = options.intermediate_size or (scaled(f) if k else f)
-    if options.num_heads:
-        H2 = options.num_heads
+    d2 = spec.hidden_size or scaled(d)
+    f2 = spec.intermediate_size or scaled(f)
+    if spec.num_heads:
+        H2 = spec.num_heads
     elif k:
         H2 = scaled(H)
     else:
         H2 = d2 // h if d2 % h == 0 and d2 // h >= H else H
     separate_kv = "kv_heads" in arch.config
     if not separate_kv:
-        if options.num_kv_heads and options.num_kv_heads != H2:
-            raise UsageError(
+        if spec.num_kv_heads and spec.num_kv_heads != H2:
+            raise OptionError(
+                "num_kv_heads",
                 f"{arch.name} has no separate KV heads (num_kv_heads = num_heads); drop "
-                f"--num-kv-heads or set it to {H2}"
+                f"--num-kv-heads or set it to {H2}",
             )
         K2 = H2
-    elif options.num_kv_heads:
-        K2 = options.num_kv_heads
+    elif spec.num_kv_heads:
+        K2 = spec.num_kv_heads
     elif K == 1:
         K2 = 1  # MQA stays MQA
     elif K == H:
@@ -97,8 +99,9 @@ def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
         ("--num-kv-heads", K2, K),
     ):
         if new < old:
-            raise UsageError(
-                f"{flag} {new} is smaller than the source's {old}; width growth only adds units (try {2 * old})"
+            raise OptionError(
+                flag[2:].replace("-", "_"),
+                f"{flag} {new} is smaller than the source's {old}; width growth only adds units (try {2 * old})",
             )
     if (d2, f2, H2, K2) == (d, f, H, K):
         raise UsageError(
@@ -135,7 +138,7 @@ def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
             f"{H2} query heads in {K2} KV groups leave some of the {H} source heads without a copy "
             f"(each source group of {g} needs room); try --num-heads {K2 * per_group}"
         )
-    if options.method == "hypercloning":
+    if spec.width_method == "hypercloning":
         for flag, new, old in (
             ("hidden_size", d2, d),
             ("intermediate_size", f2, f),
@@ -143,9 +146,10 @@ def resolve_target(arch: ArchDef, shape: ModelShape, options) -> ModelShape:
             ("num_kv_heads", K2, K),
         ):
             if new % old:
-                raise UsageError(
+                raise OptionError(
+                    flag,
                     f"hypercloning tiles whole copies: {flag} must be a multiple of {old}; try "
-                    f"{_try(_multiples_near(new, old, old + 1))}"
+                    f"{_try(_multiples_near(new, old, old + 1))}",
                 )
     return replace(shape, hidden_size=d2, intermediate_size=f2, num_heads=H2, num_kv_heads=K2, head_dim=h)
 
@@ -163,18 +167,18 @@ class _Axis:
 class WidthOperator:
     """A `WidthPlan` (grow_cli.growth.plan): the maps of one width growth, and how each tensor is widened."""
 
-    def __init__(self, options, arch: ArchDef, binding: Binding, config: dict[str, Any], seed: int):
+    def __init__(self, spec: GrowthSpec, arch: ArchDef, binding: Binding, config: dict[str, Any]):
         self._pool = BufferPool()
-        self.method = options.method
+        self.method = spec.width_method
         self.arch = arch
         self.config = config
-        self.seed = seed
-        self.noise_snr_db = options.noise_snr_db
+        self.seed = spec.seed
+        self.noise_snr_db = spec.noise_snr_db
         self.source = binding.shape
-        self.target = resolve_target(arch, self.source, options)
+        self.target = target_shape(arch, self.source, spec)
         s, t = self.source, self.target
         d, d2 = s.hidden_size, t.hidden_size
-        rng = random.Random(seed)
+        rng = random.Random(self.seed)
         self.integer_hidden = d2 % d == 0
         random_units = self.method in ("fpi", "aki")
         self.maps = {
@@ -214,7 +218,7 @@ class WidthOperator:
         if self.method == "hypercloning" and self.noise_snr_db is not None:
             out = self._noise(w, out, tensor.name)
         if w.head_norm and self.tied:
-            out = out / self._axis("hidden").divisor  # the tied head sums over copies: fold its 1/C here (E4)
+            out = out / self._axes["hidden"].divisor  # the tied head sums over copies: fold its 1/C here (E4)
         return out
 
     def config_updates(self) -> dict[str, Any]:
@@ -362,19 +366,20 @@ class WidthOperator:
         """HyperCloning's symmetric noise: +N and −N on paired copies of each input column, so N·x − N·x = 0."""
         import torch
 
-        if w.in_axis is None or self._axis(w.axes[w.in_axis]) is None:
+        axis = w.in_axis
+        m = None if axis is None else self._axis(w.axes[axis])
+        if axis is None or m is None or self.noise_snr_db is None:
             return x
-        m = self._axis(w.axes[w.in_axis])
         first, second = _pairs(m.index_list)
         if not first:
             return x
         power = float(x.pow(2).mean()) / 10 ** (self.noise_snr_db / 10)
         shape = list(x.shape)
-        shape[w.in_axis] = len(first)
+        shape[axis] = len(first)
         noise = torch.randn(shape, generator=self._generator(name)) * math.sqrt(power)
         x = x.clone()
-        x.index_add_(w.in_axis, torch.tensor(first), noise)
-        x.index_add_(w.in_axis, torch.tensor(second), -noise)
+        x.index_add_(axis, torch.tensor(first), noise)
+        x.index_add_(axis, torch.tensor(second), -noise)
         return x
 
     def _zero(self, w: WeightDef, x, name: str):
@@ -433,22 +438,3 @@ def _pairs(index: tuple[int, ...]) -> tuple[list[int], list[int]]:
             first.append(a)
             second.append(b)
     return first, second
-
-
-def width_factory_for(options) -> Callable[[ArchDef, Binding, dict[str, Any], int], WidthOperator]:
-    """The planner's `width_factory` for `WidthOptions`; refuses an unknown method or stray noise at once."""
-    if options.method not in METHODS:
-        raise UsageError(f"unknown width method {options.method!r}; choose one of {', '.join(METHODS)}")
-    if options.noise_snr_db is not None:
-        if options.method != "hypercloning":
-            raise UsageError(
-                "--noise-snr-db applies only to --width-method hypercloning (its noise cancels "
-                "between tiled copies); try --width-method hypercloning"
-            )
-        if not math.isfinite(options.noise_snr_db):
-            raise UsageError(f"--noise-snr-db must be a finite number of dB, got {options.noise_snr_db}; try 10")
-
-    def factory(arch: ArchDef, binding: Binding, config: dict[str, Any], seed: int) -> WidthOperator:
-        return WidthOperator(options, arch, binding, config, seed)
-
-    return factory

@@ -1,6 +1,6 @@
 """`TrainConfig`: every setting of one `grow train-stage` run, validated before anything heavy is loaded.
 
-The CLI builds one from its flags; Python users build one directly and call `grow_cli.train.train_stage`.
+The CLI builds one from its flags; Python users build one directly and call `grow_cli.train.loop.train_stage`.
 Settings that accelerate also owns (mixed precision, compilation) default to None so that `accelerate config` and
 `accelerate launch` flags decide unless the user says otherwise here.
 """

@@ -22,7 +22,7 @@ from accelerate import Accelerator, DistributedType
 from grow_cli.checkpoint.output import check_not_overlapping, remove_previous_run
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.sources import check_sources, find_sources
-from grow_cli.data.tokens import prepare_tokens
+from grow_cli.data.tokens import prepare_tokens, token_cache_dir
 from grow_cli.errors import OutputError, TrainingError, UsageError
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
@@ -158,7 +158,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             eval_fraction=config.eval_fraction,
             vocab_size=model_config.get_text_config().vocab_size,
             eos_id=eos_id,
-            cache_dir=config.cache_dir or out.resolve().parent / ".grow-cache" / "tokens",
+            cache_dir=config.cache_dir or token_cache_dir(out.resolve().parent),
             dtype_name=config.token_dtype,
         )
     out.mkdir(parents=True, exist_ok=True)  # only now: data that cannot be read leaves no empty output behind

@@ -1,9 +1,8 @@
 """What a run reports: FLOPs per token and MFU, the JSON Lines metrics file, and the progress bar.
 
-FLOPs per token follow PaLM (Chowdhery et al. 2022, appendix B): 6·N for the weight matmuls (forward and
-backward; N excludes the input embedding, which is a lookup) plus 12·L·d·T for attention scores, with L layers,
-width d and sequence length T. MFU is achieved FLOPs over the device's dense peak, reported only when the peak is
-known (a GPU in `PEAK_TFLOPS`, or `--peak-tflops`); on a CPU it is left out rather than guessed.
+FLOPs per token are PaLM's count (`grow_cli.train.flops`). MFU is achieved FLOPs over the device's dense peak,
+reported only when the peak is known (a GPU in `PEAK_TFLOPS`, or `--peak-tflops`); on a CPU it is left out rather
+than guessed.
 
 The metrics file (`metrics.jsonl` in the output folder) is written on every run as an accelerate tracker, so the
 same `accelerator.log` call also feeds TensorBoard or W&B when `--report-to` asks for them.
@@ -20,6 +19,7 @@ from accelerate.tracking import GeneralTracker
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from grow_cli.console import err
+from grow_cli.train.flops import training_flops_per_token
 
 # Dense peak TFLOP/s (bf16/fp16 tensor cores, fp32 via TF32), from the vendors' data sheets; matched against
 # torch.cuda.get_device_name(), first match wins, so specific names come before general ones.
@@ -37,7 +37,7 @@ PEAK_TFLOPS = {
 }
 
 
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> int:
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token for `model` at sequence length `seq_len`."""
     total = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight
@@ -45,7 +45,7 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> int:
     tied = output is not None and output.weight is embedding
     matmul_params = total if tied else total - embedding.numel()
     config = model.config.get_text_config()
-    return 6 * matmul_params + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+    return training_flops_per_token(matmul_params, config.num_hidden_layers, config.hidden_size, seq_len)
 
 
 def peak_flops(device: torch.device, mixed_precision: str, override_tflops: float | None) -> float | None:
@@ -82,7 +82,7 @@ class JsonlTracker(GeneralTracker):
         if self.resume_step is None:
             self.path.write_text("")
         elif self.path.is_file():
-            kept = [record for record in _records(self.path) if record.get("step", 0) <= self.resume_step]
+            kept = [record for record in read_metrics(self.path) if record.get("step", 0) <= self.resume_step]
             self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         self._file = self.path.open("a")
 
@@ -101,10 +101,14 @@ class JsonlTracker(GeneralTracker):
         self._file.close()
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    """The whole records of a metrics file; a line torn by a killed run (not JSON, or not an object) is dropped."""
+def read_metrics(path: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The records of a metrics file (`[]` for a missing one when `missing_ok`): for the family report, tests,
+    benchmarks and notebooks. A line torn by a killed run (not JSON, or not an object) is dropped."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return []
     records = []
-    for line in Path(path).read_text(errors="replace").splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -112,11 +116,6 @@ def _records(path: Path) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return records
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics file (for tests, benchmarks and notebooks)."""
-    return _records(path)
 
 
 def training_progress(total_steps: int, first_step: int, *, enabled: bool) -> tuple[Progress, Any]:

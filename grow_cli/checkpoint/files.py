@@ -1,0 +1,45 @@
+"""The file names of a Hugging Face checkpoint folder, as transformers writes and reads them.
+
+The reader, the writer, output copying, Hub downloads and `grow push` all name weight files; they take the names
+from here, so the layouts grow understands are listed once.
+"""
+
+from __future__ import annotations
+
+SAFETENSORS_SINGLE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+# The weight layouts transformers loads, in its order of preference: (single file, index naming the shards).
+WEIGHT_LAYOUTS = ((SAFETENSORS_SINGLE, SAFETENSORS_INDEX), (BIN_SINGLE, BIN_INDEX))
+WEIGHT_INDEXES = (SAFETENSORS_INDEX, BIN_INDEX)
+# Weight files of any framework: never copied into an output (they would be stale) nor fetched from the Hub.
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".gguf",
+    ".ot",
+    ".tflite",
+    ".npz",
+    ".pkl",
+    ".joblib",
+    ".mlmodel",
+    ".keras",
+    ".pb",
+)
+# Weight formats grow recognises in a source folder but will not read (pickles other than torch's safe loader,
+# other frameworks): named in the error, so the user knows what was found.
+REFUSED_WEIGHTS = ("*.pt", "*.pth", "*.ckpt", "tf_model.h5", "flax_model.msgpack", "*.gguf", "*.onnx")
+
+
+def shard_names(count: int) -> list[str]:
+    """The names of `count` safetensors shards: `model.safetensors`, or `model-0000k-of-0000n.safetensors`."""
+    if count == 1:
+        return [SAFETENSORS_SINGLE]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]

@@ -1,0 +1,153 @@
+"""`GrowthSpec`: how to grow a checkpoint — depth, width, output dtype, shards and seed — validated once.
+
+`grow expand` builds one from its flags (each flag is named after a field: `--dus-overlap` is `dus_overlap`), a
+family recipe from a member's `grow:` block (whose keys and value types are this class's fields), and Python users
+directly:
+
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
+
+    expand("./SmolLM2-135M", "./smol-pro", GrowthSpec(layers=36, depth_method="identity"), verify=True)
+
+What no source could satisfy (an unknown method, two options that contradict each other, a size below 1) is
+refused here, as one `OptionError` naming the field; what depends on the source (fewer layers than it has, a hidden
+size its heads cannot divide) is refused by the operators when the plan meets the source (`target_layers` in
+`operators/depth.py`, `target_shape` in `operators/width.py`).
+
+Adding an option is one field below (with its check in `_check_*` when it has one) and the flag of the same name
+in `grow_cli/commands/expand.py`; the recipe accepts it at once, and tests/test_spec.py checks that every field has
+its flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from grow_cli.checkpoint.dtypes import output_dtype
+from grow_cli.checkpoint.writer import parse_size
+from grow_cli.errors import OptionError, UsageError
+from grow_cli.operators import registry
+
+
+@dataclass(frozen=True)
+class GrowthSpec:
+    """How to grow; None means "unchanged" (or "not given")."""
+
+    # depth: the target layer count, as a number or a factor of the source's, and how new layers are made
+    layers: int | None = None
+    depth_factor: float | None = None
+    depth_method: str = "stack"
+    dus_overlap: int | None = None  # dus only: layers dropped at the seam of the two copies
+    # width: targets (explicit sizes win over the factor) and how new units are made
+    width_method: str = "fpi"
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    width_factor: float | None = None
+    noise_snr_db: float | None = None  # hypercloning only: symmetric noise at this SNR
+    # output
+    dtype: str | None = None  # bf16, fp16 or fp32; None: as the source
+    shard_size: str | int = "5GB"
+    seed: int = 0  # every random index map and noise
+
+    def __post_init__(self) -> None:
+        self._check_depth()
+        self._check_width()
+        self._check_files()
+        if not self.grows_depth and not self.grows_width:
+            raise OptionError(
+                None, "nothing to grow: give --layers/--depth-factor and/or a width target (see grow expand --help)"
+            )
+
+    # -- what it asks for -----------------------------------------------------------------------------------------
+
+    @property
+    def grows_depth(self) -> bool:
+        """A depth target was given (dus always changes the depth)."""
+        return self.layers is not None or self.depth_factor is not None or self.depth_method == "dus"
+
+    @property
+    def grows_width(self) -> bool:
+        """A width target was given."""
+        return any(getattr(self, name) is not None for name in WIDTH_TARGETS)
+
+    @property
+    def out_dtype(self) -> str | None:
+        """The safetensors dtype of the output's floating tensors, or None: as the source."""
+        return None if self.dtype is None else output_dtype(self.dtype)
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.shard_size)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> GrowthSpec:
+        """The spec of the entries of `options` that name its fields (a command's parameters); others are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in names})
+
+    # -- checks that need no source -------------------------------------------------------------------------------
+
+    def _check_depth(self) -> None:
+        registry.operator("depth", self.depth_method)
+        if self.layers is not None and self.depth_factor is not None:
+            raise OptionError("depth_factor", "give --layers or --depth-factor, not both")
+        if self.depth_factor is not None and not (math.isfinite(self.depth_factor) and self.depth_factor > 0):
+            raise OptionError("depth_factor", f"--depth-factor must be a positive number, got {self.depth_factor}")
+        if self.dus_overlap is not None and self.depth_method != "dus":
+            raise OptionError("dus_overlap", "--dus-overlap applies only to --depth-method dus")
+
+    def _check_width(self) -> None:
+        registry.operator("width", self.width_method)
+        k = self.width_factor
+        if k is not None and not (math.isfinite(k) and k >= 1):
+            raise OptionError(
+                "width_factor", f"--width-factor must be at least 1 (width growth only adds units), got {k}; try 2"
+            )
+        for name in ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise OptionError(name, f"{flag(name)} must be at least 1, got {value}")
+        if self.noise_snr_db is not None:
+            if self.width_method != "hypercloning":
+                raise OptionError(
+                    "noise_snr_db",
+                    "--noise-snr-db applies only to --width-method hypercloning (its noise cancels between tiled "
+                    "copies); try --width-method hypercloning",
+                )
+            if not math.isfinite(self.noise_snr_db):
+                raise OptionError(
+                    "noise_snr_db", f"--noise-snr-db must be a finite number of dB, got {self.noise_snr_db}; try 10"
+                )
+
+    def _check_files(self) -> None:
+        if self.dtype is not None:
+            output_dtype(self.dtype)
+        try:
+            parse_size(self.shard_size)
+        except UsageError as exc:
+            raise OptionError("shard_size", f"--shard-size: {exc}") from None
+
+
+# The width targets: any of them set means width growth.
+WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "width_factor")
+
+
+def flag(name: str) -> str:
+    """The `grow expand` flag of the field `name`, e.g. `--dus-overlap`."""
+    return "--" + name.replace("_", "-")
+
+
+def field_types() -> dict[str, tuple[type, ...]]:
+    """Every field and the Python types a recipe may give it (an int where a float is expected is fine)."""
+    hints = typing.get_type_hints(GrowthSpec)
+    types: dict[str, tuple[type, ...]] = {}
+    for f in dataclasses.fields(GrowthSpec):
+        args = [a for a in typing.get_args(hints[f.name]) or (hints[f.name],) if a is not type(None)]
+        types[f.name] = tuple(dict.fromkeys(t for a in args for t in ((int, float) if a is float else (a,))))
+    return types

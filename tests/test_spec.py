@@ -1,0 +1,111 @@
+"""`GrowthSpec`: what no source could satisfy is refused once, as one line naming the option; `grow expand`'s flags
+and a family recipe's `grow:` keys are its fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+
+import pytest
+import yaml
+
+from grow_cli.commands import expand as expand_command
+from grow_cli.errors import OptionError, UsageError
+from grow_cli.family.recipe import load_recipe
+from grow_cli.growth.spec import GrowthSpec, field_types, flag
+from grow_cli.operators.registry import method_help
+
+FIELDS = [f.name for f in dataclasses.fields(GrowthSpec)]
+
+
+@pytest.mark.parametrize(
+    "options, option, fragment",
+    [
+        ({}, None, "nothing to grow"),
+        ({"width_method": "fpi"}, None, "nothing to grow"),
+        ({"layers": 8, "depth_factor": 2}, "depth_factor", "not both"),
+        ({"depth_factor": 0}, "depth_factor", "positive"),
+        ({"depth_factor": float("nan")}, "depth_factor", "positive"),
+        ({"depth_method": "warp", "layers": 8}, "depth_method", "unknown depth method 'warp'; choose one of stack"),
+        ({"dus_overlap": 1, "layers": 8}, "dus_overlap", "only to --depth-method dus"),
+        ({"width_method": "net2net", "width_factor": 2}, "width_method", "unknown width method"),
+        ({"width_factor": 0.5}, "width_factor", "at least 1"),
+        ({"width_factor": float("inf")}, "width_factor", "at least 1"),
+        ({"hidden_size": 0}, "hidden_size", "--hidden-size must be at least 1"),
+        ({"num_kv_heads": -2}, "num_kv_heads", "--num-kv-heads must be at least 1"),
+        ({"width_factor": 2, "noise_snr_db": 10}, "noise_snr_db", "only to --width-method hypercloning"),
+        ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": float("nan")}, "noise_snr_db", "finite"),
+        ({"layers": 8, "dtype": "fp64"}, "dtype", "--dtype must be one of bf16, fp16, fp32"),
+        ({"layers": 8, "shard_size": "lots"}, "shard_size", "--shard-size: cannot read size"),
+    ],
+)
+def test_impossible_specs_are_one_line_naming_the_option(options, option, fragment):
+    with pytest.raises(OptionError) as info:
+        GrowthSpec(**options)
+    assert info.value.option == option
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, UsageError)  # exit code 2 on the CLI
+
+
+def test_a_valid_spec_says_what_it_grows():
+    depth = GrowthSpec(layers=8, dtype="BF16", shard_size="2GB")
+    assert depth.grows_depth and not depth.grows_width
+    assert depth.out_dtype == "BF16" and depth.max_shard_bytes == 2 * 10**9
+    width = GrowthSpec(width_factor=2, width_method="hypercloning", noise_snr_db=10)
+    assert width.grows_width and not width.grows_depth and width.out_dtype is None
+    assert GrowthSpec(depth_method="dus", dus_overlap=2).grows_depth  # dus changes the depth by itself
+
+
+def test_from_options_takes_the_fields_and_ignores_the_rest():
+    spec = GrowthSpec.from_options({"layers": 6, "depth_method": "identity", "force": True, "source": "x"})
+    assert spec == GrowthSpec(layers=6, depth_method="identity")
+
+
+def test_every_field_is_a_grow_expand_flag_with_the_same_default():
+    """A new option is one field plus its flag: the command must have a parameter of the field's name."""
+    parameters = inspect.signature(expand_command.expand).parameters
+    for f in dataclasses.fields(GrowthSpec):
+        assert f.name in parameters, f"GrowthSpec.{f.name} has no {flag(f.name)} flag in grow expand"
+        assert parameters[f.name].default == f.default, f.name
+
+
+def test_method_flags_are_documented_from_the_registry(cli):
+    hints = typing.get_type_hints(expand_command.expand, include_extras=True)
+    for kind in ("depth", "width"):
+        option = hints[f"{kind}_method"].__metadata__[0]
+        assert option.help == method_help(kind)
+    assert cli("expand", "--help").code == 0
+
+
+def _recipe(tmp_path, grow, **top):
+    path = tmp_path / "family.yaml"
+    members = [{"name": "a", "source": "m"}, {"name": "b", "grow": grow}]
+    path.write_text(yaml.safe_dump({"members": members, **top}))
+    return path
+
+
+@pytest.mark.parametrize("key", FIELDS)
+def test_recipe_grow_keys_are_the_spec_fields_with_their_types(tmp_path, key):
+    """Every field is a key the recipe knows, checked against the field's type at its location."""
+    wrong = [] if str not in field_types()[key] else 12.5  # a list is never valid; a float is not a str
+    with pytest.raises(UsageError) as info:
+        load_recipe(_recipe(tmp_path, {"layers": 8, key: wrong} if key != "layers" else {key: wrong}))
+    assert f"members[1].grow.{key}: expected" in str(info.value)
+
+
+def test_recipe_grow_block_is_a_spec_checked_at_load(tmp_path):
+    recipe = load_recipe(_recipe(tmp_path, {"depth_factor": 2, "width_factor": 2, "width_method": "zero"}, seed=7))
+    assert recipe.members[1].spec == GrowthSpec(depth_factor=2, width_factor=2, width_method="zero", seed=7)
+    assert recipe.members[1].grow == {"depth_factor": 2, "width_factor": 2, "width_method": "zero"}
+    own_seed = load_recipe(_recipe(tmp_path, {"layers": 8, "seed": 3}, seed=7)).members[1].spec
+    assert own_seed.seed == 3
+    for grow, fragment in [
+        ({"layers": 8, "dus_overlap": 2}, "members[1].grow.dus_overlap: --dus-overlap applies only"),
+        ({"layers": 8, "depth_methd": "stack"}, "members[1].grow.depth_methd: unknown key"),
+        ({}, "members[1].grow: nothing to grow"),
+        ({"layers": 8, "depth_method": "warp"}, "members[1].grow.depth_method: unknown depth method"),
+    ]:
+        with pytest.raises(UsageError) as info:
+            load_recipe(_recipe(tmp_path, grow))
+        assert fragment in str(info.value), str(info.value)
