@@ -16,7 +16,7 @@ import torch
 import transformers as tf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_train_tinylm import run_grow, save_tiny_lm, write_plays
+from tinylm import run_grow, save_tiny_lm, write_plays
 
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.train.metrics import read_metrics
