@@ -193,9 +193,9 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
             if "grow" not in m:
                 raise _fail(where, "needs a 'grow' section (how it is grown from the previous member)")
             member.grow = dict(_mapping(m["grow"], f"{where}.grow", GROW_KEYS))
-            for key, kind in GROW_KEYS.items():
+            for key, kinds in GROW_KEYS.items():
                 if key in member.grow:
-                    _typed(member.grow[key], f"{where}.grow.{key}", kind)
+                    _typed(member.grow[key], f"{where}.grow.{key}", kinds)
         if "train" in m:
             member.train = _train(m["train"], f"{where}.train", base)
         elif train:

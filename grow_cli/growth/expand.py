@@ -249,4 +249,4 @@ def _main_dtype(plan: Plan) -> str:
     counts: dict[str, int] = {}
     for t in plan.tensors:
         counts[t.dtype] = counts.get(t.dtype, 0) + t.nbytes
-    return max(counts, key=counts.get)
+    return max(counts, key=counts.__getitem__)

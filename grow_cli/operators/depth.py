@@ -96,9 +96,9 @@ def resolve_target(
     if method == "dus":
         if layers is None and depth_factor is not None:
             layers = round(L * depth_factor)
-        if layers is None and dus_overlap is None:
-            raise UsageError("dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)")
         if dus_overlap is None:
+            if layers is None:
+                raise UsageError("dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)")
             if layers % 2 or not L <= layers <= 2 * L:
                 raise UsageError(
                     f"dus makes 2·(L − overlap) layers; with L={L}, --layers must be even and "

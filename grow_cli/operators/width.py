@@ -213,7 +213,7 @@ class WidthOperator:
         if self.method == "hypercloning" and self.noise_snr_db is not None:
             out = self._noise(w, out, tensor.name)
         if w.head_norm and self.tied:
-            out = out / self._axis("hidden").divisor  # the tied head sums over copies: fold its 1/C here (E4)
+            out = out / self._axes["hidden"].divisor  # the tied head sums over copies: fold its 1/C here (E4)
         return out
 
     def config_updates(self) -> dict[str, Any]:
@@ -361,9 +361,11 @@ class WidthOperator:
         """HyperCloning's symmetric noise: +N and −N on paired copies of each input column, so N·x − N·x = 0."""
         import torch
 
-        if w.in_axis is None or self._axis(w.axes[w.in_axis]) is None:
+        if w.in_axis is None:
             return x
         m = self._axis(w.axes[w.in_axis])
+        if m is None:
+            return x
         first, second = _pairs(m.index_list)
         if not first:
             return x
