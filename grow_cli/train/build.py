@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator, DistributedType
@@ -29,6 +29,9 @@ from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
 from grow_cli.train.model_io import load_model
 from grow_cli.train.preflight import Checked
 from grow_cli.train.schedule import Schedule, warmup_steps_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Where torch's fused AdamW kernel (one kernel for all tensors, much faster than the per-tensor loop) applies:
 # plain and DDP training; FSDP and DeepSpeed bring their own optimizer handling.
@@ -94,20 +97,8 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     budget = make_budget(config, accelerator)
     config.out.mkdir(parents=True, exist_ok=True)
     data = load_data(config, checked, accelerator)
-
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # our own progress and notes say what is happening
-    torch.manual_seed(config.seed)
-    model, saved_dtype = load_model(config.model)
+    model, saved_dtype, trainable = load_trainable_model(config, checked.trainable_names)
     num_parameters = sum(p.numel() for p in model.parameters())
-    if checked.trainable_names:
-        trainable = freeze_all_but(model, checked.trainable_names)
-    else:
-        trainable = [name for name, _ in model.named_parameters()]
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
     max_lr = resolve_max_lr(config, num_parameters, accelerator)
     if config.max_tokens:
         say(
@@ -215,6 +206,26 @@ def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -
     return data
 
 
+def load_trainable_model(
+    config: TrainConfig, trainable_names: list[str] | None
+) -> tuple[PreTrainedModel, torch.dtype, list[str]]:
+    """The model in float32, its saved dtype, and the names of the parameters left trainable (all, or the tensors
+    grow added); with activation checkpointing when asked."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own progress and notes say what is happening
+    torch.manual_seed(config.seed)
+    model, saved_dtype = load_model(config.model)
+    if trainable_names:
+        trainable = freeze_all_but(model, trainable_names)
+    else:
+        trainable = [name for name, _ in model.named_parameters()]
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model, saved_dtype, trainable
+
+
 def resolve_max_lr(config: TrainConfig, num_parameters: int, accelerator: Accelerator) -> float:
     """`--max-lr` as a number; `auto` follows the size rule in `lr_rule` and says so."""
     if config.max_lr != "auto":
@@ -233,7 +244,7 @@ def make_schedule(config: TrainConfig, max_steps: int) -> Schedule:
     return Schedule(config.schedule, max_steps, warmup, config.min_lr_ratio, config.decay_ratio, config.decay_type)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict[str, Any]]:
     """The optimizer's parameter groups over the trainable parameters.
 
     No weight decay on gains and biases (1-D tensors), as in GPT-2/LLaMA training. Settings that differ per group
@@ -247,7 +258,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def make_optimizer(
-    model: torch.nn.Module, config: TrainConfig, max_lr: float, accelerator: Accelerator
+    model: PreTrainedModel, config: TrainConfig, max_lr: float, accelerator: Accelerator
 ) -> torch.optim.AdamW:
     """AdamW over `param_groups`, fused where torch's fused kernel applies."""
     return torch.optim.AdamW(
