@@ -115,9 +115,9 @@ class TrainConfig:
             "--exit-interval": self.exit_interval,
             "--global-batch-tokens": self.global_batch_tokens,
         }
-        for flag, value in positive.items():
-            if value is not None and value < 1:
-                raise UsageError(f"{flag} must be at least 1, got {value}")
+        for flag, number in positive.items():
+            if number is not None and number < 1:
+                raise UsageError(f"{flag} must be at least 1, got {number}")
         if not 0.0 < self.eval_fraction < 0.5:
             raise UsageError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.decay_ratio <= 1.0:
