@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_train_tinylm import save_tiny_lm, write_plays
+from tinylm import save_tiny_lm, write_plays
 
 from grow_cli.family.compare import compare
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from test_train_tinylm import save_tiny_lm, write_plays
+from tinylm import save_tiny_lm, write_plays
 
 from grow_cli.errors import UsageError
 from grow_cli.family.check import check_recipe

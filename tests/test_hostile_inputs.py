@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_tinylm import save_tiny_lm, write_plays
+from tinylm import save_tiny_lm, write_plays
 
 CATCH_ALL = re.compile(r"^error: [A-Za-z_.]*(Error|Exception|Interrupt|Exit)\w*: |run `grow --debug")
 
@@ -277,7 +277,7 @@ def test_the_catch_all_still_reports_real_bugs(cli, tiny_checkpoints, tmp_path, 
 def test_a_legacy_pickle_bin_is_read_safely_and_grows_exactly(tmp_path):
     """Pre-zip `pytorch_model.bin` files cannot be memory-mapped; they are read whole (weights-only), one file at a
     time, and grow like any other checkpoint."""
-    from test_train_tinylm import tiny_config
+    from tinylm import tiny_config
     from transformers import LlamaForCausalLM
 
     from grow_cli.growth.expand import expand

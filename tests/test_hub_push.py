@@ -301,7 +301,7 @@ def test_cli_help_has_examples():
 @pytest.mark.slow
 def test_train_stage_push_to_hub(fake_hub, tmp_path):
     """`grow train-stage --push-to-hub` uploads the trained folder (with its train stage) once it is complete."""
-    from test_train_tinylm import save_tiny_lm, write_plays
+    from tinylm import save_tiny_lm, write_plays
 
     model = save_tiny_lm(tmp_path / "model")
     text = write_plays(tmp_path / "text", count=1, chars=20_000)

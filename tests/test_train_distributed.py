@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_tinylm import run_grow, save_tiny_lm, write_plays
+from tinylm import run_grow, save_tiny_lm, write_plays
 
 from grow_cli.lineage.record import load_record
 from grow_cli.train.metrics import read_metrics

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import transformers as tf
 from test_train_stage import train_args
-from test_train_tinylm import run_grow, save_tiny_lm, write_plays
+from tinylm import run_grow, save_tiny_lm, write_plays
 
 COMMON = ("--max-steps", 8, "--save-every", 2, "--keep-last", 3)
 

@@ -16,7 +16,7 @@ import torch
 import transformers as tf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_train_tinylm import run_grow, save_tiny_lm, write_plays
+from tinylm import run_grow, save_tiny_lm, write_plays
 
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.train.metrics import read_metrics
@@ -262,3 +262,25 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(setup, tmp_path):
     assert state["step"] >= 3 and checkpoint.name == f"step_{state['step']:08d}"
     with safe_open(checkpoint / "model.safetensors", "pt") as f:
         assert len(list(f.keys())) > 0
+
+
+def test_the_command_passes_every_option_to_train_config_by_name(tmp_path):
+    """Every `TrainConfig` field is an option of the command with the same default (and every other option is one
+    of the command's own), so the options become the config in one step; --report-to and --max-tokens convert."""
+    import dataclasses
+    import inspect
+
+    from grow_cli.commands.train_stage import COMMAND_ONLY, train_config, train_stage
+    from grow_cli.errors import UsageError
+    from grow_cli.train.config import TrainConfig
+
+    params = inspect.signature(train_stage).parameters
+    assert set(params) - set(COMMAND_ONLY) == {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+    required = {"model": tmp_path / "m", "data": ["corpus/"], "out": tmp_path / "o"}
+    assert train_config({**options, **required, "max_steps": 3}) == TrainConfig(**required, max_steps=3)
+    config = train_config({**options, **required, "max_tokens": 2e9, "report_to": " tensorboard, wandb,"})
+    assert config.max_tokens == 2_000_000_000 and isinstance(config.max_tokens, int)
+    assert config.report_to == ["tensorboard", "wandb"]
+    with pytest.raises(UsageError, match="--max-tokens must be a whole number, got 2.5"):
+        train_config({**options, **required, "max_tokens": 2.5})

@@ -99,7 +99,7 @@ def bind(
                 if full in names:
                     raise CheckpointError(f"tensor {full} is present although config.json sets {weight.when}=false")
                 continue
-            if _is_tied(weight, shape):
+            if weight.tied_to is not None and _is_tied(weight, shape):
                 if full in names or any(_resolve(a, prefix) in names for a in weight.aliases):
                     claimed.update({full, *(_resolve(a, prefix) for a in weight.aliases)} & names)
                     dropped.append((full, f"tied to {_resolve(weight.tied_to, prefix)}; written once"))

@@ -219,9 +219,14 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         tie_default=bool(raw.get("tie_default", False)),
         ffn_default_multiple=raw.get("ffn_default_multiple"),
     )
+    if not arch.embeddings or not arch.layer:
+        raise _fail(where, "needs at least one tensor in 'embeddings' and one in 'layer'")
     names = [w.name for w in (*arch.embeddings, *arch.final)] + [w.name for w in arch.layer]
     if len(names) != len(set(names)):
         raise _fail(where, "a tensor name appears twice")
+    dangling = [w.name for w in (*arch.embeddings, *arch.layer, *arch.final) if w.tied_to and w.tied_to not in names]
+    if dangling:
+        raise _fail(where, f"weight(s) {dangling} are tied to a tensor the definition does not name")
     if not any(w.head_norm for w in arch.final):
         raise _fail(where, "no final tensor is marked head_norm (needed to fold a tied head's scaling)")
     return arch

@@ -75,6 +75,7 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
     for value, role in ((layers, "layers"), (hidden, "hidden"), (heads, "heads"), (vocab, "vocab")):
         if value is None:
             raise CheckpointError(f"config.json lacks '{keys[role]}', which a {arch.name} model needs")
+    assert layers is not None and hidden is not None and heads is not None and vocab is not None  # checked above
     ffn = _int(config, keys.get("ffn"), "FFN size")
     if ffn is None:
         if not arch.ffn_default_multiple:

@@ -12,14 +12,19 @@ tensor before it materialises the next one.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from grow_cli.checkpoint.dtypes import nbytes, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 
 class BufferPool:
     """Named slots, each one reusable byte buffer."""
 
     def __init__(self) -> None:
-        self._slots: dict[object, object] = {}
+        self._slots: dict[object, torch.Tensor | None] = {}
 
     def tensor(self, slot: object, shape: tuple[int, ...], dtype: str):
         """An uninitialised tensor of `shape` and safetensors `dtype` backed by slot `slot`'s buffer."""

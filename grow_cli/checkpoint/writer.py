@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from grow_cli.checkpoint.dtypes import dtype_name, nbytes, numel
 from grow_cli.checkpoint.files import SAFETENSORS_INDEX, shard_names
@@ -94,7 +95,7 @@ class ShardWriter:
         self.names = shard_names(len(shards))
         self._order = [(i, t) for i, shard in enumerate(shards) for t in shard]
         self._next = 0
-        self._file = None
+        self._file: BinaryIO | None = None
         self._file_index = -1
 
     def write(self, name: str, tensor) -> int:
@@ -112,6 +113,7 @@ class ShardWriter:
             self._file = open(self.folder / self.names[shard_index], "wb")  # noqa: SIM115 - closed in _close_file
             self._file.write(_header(self.shards[shard_index]))
             self._file_index = shard_index
+        assert self._file is not None  # the file of the current shard, opened above
         if planned.nbytes:
             data = memoryview(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
             # In pieces: single write() calls of hundreds of MB measured slower here than the same bytes in

@@ -1,15 +1,21 @@
 """`grow train-stage`: continue pretraining a (grown) model folder — options in, `train_stage(config)` out.
 
 The library call is `grow_cli.train.loop.train_stage(TrainConfig(...))`; this module only maps flags onto the
-config, renders the result, and pushes to the Hub when asked. torch/transformers/accelerate load inside the body.
+config, renders the result, and pushes to the Hub when asked. Every option named like a `TrainConfig` field goes
+into the config under that name (`train_config`), so a new training setting is a field plus an option here; the
+rest (`--push-to-hub`, `--private`, `--token`, `--json`) belong to the command. torch/transformers/accelerate load
+inside the body.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from grow_cli.train.config import TrainConfig
 
 EXAMPLES = """\
 **Examples**
@@ -32,6 +38,8 @@ Resume after Ctrl-C or a time limit: run the same command with `--resume auto`.
 """
 
 Opt = typer.Option
+# The options that say what to do with the result rather than how to train; every other one is a `TrainConfig` field.
+COMMAND_ONLY = ("push_to_hub", "private", "token", "json_output")
 
 
 def train_stage(
@@ -82,10 +90,7 @@ def train_stage(
     token_dtype: Annotated[str | None, Opt(help="uint16 | uint32 for .bin token files.")] = None,
     cache_dir: Annotated[Path | None, Opt(help="Token cache (default: .grow-cache beside --out).")] = None,
     seed: Annotated[int, Opt(help="Seed for data order and initialisation.")] = 0,
-    overwrite: Annotated[
-        bool,
-        Opt(help="Start again in a non-empty --out (the earlier run's weights, checkpoints, metrics are removed)."),
-    ] = False,
+    overwrite: Annotated[bool, Opt(help="Start again in a non-empty --out.")] = False,
     push_to_hub: Annotated[str | None, Opt(help="Upload the result to this Hub repo id.")] = None,
     private: Annotated[bool, Opt(help="With --push-to-hub: create the repo private.")] = False,
     token: Annotated[
@@ -97,60 +102,11 @@ def train_stage(
 ) -> None:
     """Continue pretraining MODEL on your data with accelerate (one CPU to many GPUs); write a trained model,
     checkpoints, metrics.jsonl, an updated grow.json and model card to --out."""
-    import math
-
+    options = dict(locals())  # every option above by name; first, so that nothing else is in it yet
     from grow_cli.console import err, print_json
-    from grow_cli.errors import UsageError
-    from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage as run
 
-    if max_tokens is not None and not (math.isfinite(max_tokens) and max_tokens == int(max_tokens)):
-        raise UsageError(f"--max-tokens must be a whole number, got {max_tokens}")
-    config = TrainConfig(
-        model=model,
-        data=data,
-        out=out,
-        text_field=text_field,
-        seq_len=seq_len,
-        eval_fraction=eval_fraction,
-        token_dtype=token_dtype,
-        tokenizer=tokenizer,
-        cache_dir=cache_dir,
-        seed=seed,
-        max_steps=max_steps,
-        max_tokens=int(max_tokens) if max_tokens is not None else None,
-        micro_batch_size=micro_batch_size,
-        grad_accum=grad_accum,
-        global_batch_tokens=global_batch_tokens,
-        max_lr=max_lr,
-        min_lr_ratio=min_lr_ratio,
-        schedule=schedule,
-        warmup_steps=warmup_steps,
-        warmup_ratio=warmup_ratio,
-        decay_ratio=decay_ratio,
-        decay_type=decay_type,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        train_only=train_only,
-        mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing,
-        compile=compile,
-        save_every=save_every,
-        keep_last=keep_last,
-        resume=resume,
-        exit_interval=exit_interval,
-        eval_every=eval_every,
-        eval_batches=eval_batches,
-        log_every=log_every,
-        report_to=[name.strip() for name in report_to.split(",") if name.strip()],
-        peak_tflops=peak_tflops,
-        overwrite=overwrite,
-        quiet=quiet,
-    )
-    result = run(config)
+    result = run(train_config(options))
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks
@@ -172,3 +128,22 @@ def train_stage(
             f"trained {result['steps']} steps on {result['tokens']:,} tokens: eval loss "
             f"{result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) → {out}"
         )
+
+
+def train_config(options: dict[str, Any]) -> TrainConfig:
+    """The `TrainConfig` of the command's options: each goes in under its own name, except `COMMAND_ONLY`. The two
+    that the command line spells differently are converted here: --report-to is one comma-separated string, and
+    --max-tokens is parsed as a number so that 2e9 works, but must be whole."""
+    import math
+
+    from grow_cli.errors import UsageError
+    from grow_cli.train.config import TrainConfig
+
+    settings = {name: value for name, value in options.items() if name not in COMMAND_ONLY}
+    max_tokens = settings["max_tokens"]
+    if max_tokens is not None:
+        if not (math.isfinite(max_tokens) and max_tokens == int(max_tokens)):
+            raise UsageError(f"--max-tokens must be a whole number, got {max_tokens}")
+        settings["max_tokens"] = int(max_tokens)
+    settings["report_to"] = [name.strip() for name in settings["report_to"].split(",") if name.strip()]
+    return TrainConfig(**settings)

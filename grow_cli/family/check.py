@@ -51,23 +51,25 @@ def _first_member(member: Member, notes: list[str]) -> tuple[dict[str, Any] | No
     if member.config is not None:
         from grow_cli.train.model_io import load_tokenizer
 
-        if not Path(member.tokenizer).is_dir():
-            raise _fail("members[0].tokenizer", f"{member.tokenizer} is not a folder; give the folder of a tokenizer")
+        tokenizer = Path(member.tokenizer or "")  # the recipe loader requires one with a config
+        if not tokenizer.is_dir():
+            raise _fail("members[0].tokenizer", f"{tokenizer} is not a folder; give the folder of a tokenizer")
         hf_config, shapes = _fresh_model_shapes(member)
         try:
-            load_tokenizer(Path(member.tokenizer), hf_config)
+            load_tokenizer(tokenizer, hf_config)
         except GrowError as exc:
             raise _fail(
                 "members[0].tokenizer", str(exc).split(" (")[0] + "; give a folder with tokenizer files"
             ) from None
-        return hf_config.to_dict(), shapes, Path(member.tokenizer)
-    folder = Path(member.source)
+        return hf_config.to_dict(), shapes, tokenizer
+    source = member.source or ""  # the recipe loader requires a source without a config
+    folder = Path(source)
     if not folder.exists():
         from grow_cli.checkpoint.source import is_hub_id
 
-        if not is_hub_id(member.source):
-            raise _fail("members[0].source", f"{member.source} does not exist (give a model folder or a Hub id)")
-        notes.append(f"members[0].source {member.source} is a Hub id: downloaded and checked when the run starts")
+        if not is_hub_id(source):
+            raise _fail("members[0].source", f"{source} does not exist (give a model folder or a Hub id)")
+        notes.append(f"members[0].source {source} is a Hub id: downloaded and checked when the run starts")
         return None, {}, None
     from grow_cli.checkpoint.reader import CheckpointReader, load_config
 
@@ -84,6 +86,7 @@ def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str):
     """The member's config and tensor shapes after its `grow:` step, planned exactly as the run will."""
     from grow_cli.growth.plan import build_plan
 
+    assert member.spec is not None, "every member after the first has a grow: block"
     try:
         plan = build_plan(config, shapes, member.spec)
     except GrowError as exc:

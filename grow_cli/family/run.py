@@ -63,6 +63,7 @@ def _init_from_config(member: Member, folder: Path, seed: int) -> Path:
         hf_config = transformers.AutoConfig.for_model(model_type, **config)
     except Exception as exc:  # transformers' strict validation raises several types
         raise UsageError(f"recipe: members[0].config is not a valid {model_type} config: {exc}") from exc
+    assert member.tokenizer is not None  # load_recipe requires a tokenizer beside a config
     return _save_fresh_model(hf_config, member.tokenizer, folder, seed)
 
 
@@ -72,6 +73,7 @@ def _first_model(member: Member, folder: Path, seed: int) -> Path:
         return _init_from_config(member, folder / "init", seed)
     from grow_cli.checkpoint.source import resolve_source
 
+    assert member.source is not None  # load_recipe requires a source or a config of the first member
     return resolve_source(member.source, revision=member.revision).folder
 
 
@@ -89,16 +91,15 @@ def _baseline(
     recipe: Recipe, member: Member, final: Path, folder: Path, tokens: int, quiet: bool
 ) -> dict[str, Any] | None:
     """`final`'s architecture, freshly initialised and trained from scratch on `tokens` tokens."""
-    if recipe.train_settings(member) is None or tokens <= 0:
+    settings = recipe.train_settings(member)
+    if settings is None or tokens <= 0:
         return None
     import transformers
 
     init = folder / "baseline-init"
     if not (init / "config.json").is_file():
         _save_fresh_model(transformers.AutoConfig.from_pretrained(final), final, init, recipe.seed)
-    settings = {
-        k: v for k, v in recipe.train_settings(member).items() if k not in ("max_steps", "max_tokens", "exit_interval")
-    }
+    settings = {k: v for k, v in settings.items() if k not in ("max_steps", "max_tokens", "exit_interval")}
     return _train_with({**settings, "max_tokens": tokens}, recipe, init, folder / "baseline", quiet)
 
 
@@ -113,8 +114,9 @@ def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage
 
-    if _done_training(out):  # finished in an earlier run: report what that run recorded
-        stage = load_record(out)["stages"][-1]
+    record = load_record(out) if _done_training(out) else None
+    if record is not None:  # finished in an earlier run: report what that run recorded
+        stage = record["stages"][-1]
         return {
             "status": "done",
             "skipped": True,
@@ -161,6 +163,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         else:
             start = folder / "grown"
             if not (start / "grow.json").is_file():  # a complete expand output always has grow.json
+                assert previous_final is not None  # set by the member before this one
                 _grow(member, previous_final, start, recipe, quiet)
         trained = _train(recipe, member, start, folder / "trained", quiet)
         if trained is not None and trained.get("status") == "paused":
@@ -170,7 +173,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         comparison = None
         if previous_final is not None:
             # By default the held-out blocks of the training data: same data, seq_len and split as train-stage.
-            shared = {
+            shared: dict[str, Any] = {
                 k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field") if k in recipe.train
             }
             compare_settings = {

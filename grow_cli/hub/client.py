@@ -39,7 +39,7 @@ def resolve_token(token: str | None) -> str:
     return token
 
 
-def translate(exc: Exception, action: str, repo_id: str) -> HubError:
+def translate(exc: BaseException, action: str, repo_id: str) -> HubError:
     """One line that says what failed while `action` on `repo_id`, why, and what to run next.
 
     Never includes the token: messages are built from the status code, the server's message and the repo id.

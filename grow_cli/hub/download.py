@@ -40,7 +40,7 @@ def download_checkpoint(
         return _from_cache(repo_id, revision, where)
 
     api = HfApi(endpoint=endpoint(), token=token or None, library_name="grow", library_version=__version__)
-    kwargs = {"endpoint": endpoint(), "token": token or None}
+    kwargs: dict[str, Any] = {"endpoint": endpoint(), "token": token or None}
     try:
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
         sizes = {s.rfilename: s.size for s in info.siblings or []}

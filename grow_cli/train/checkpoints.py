@@ -97,7 +97,7 @@ def resolve_resume(resume: str | None, out: Path) -> tuple[Path | None, list[str
     if resume is None:
         return None, []
     if resume == "auto":
-        notes = []
+        notes: list[str] = []
         for candidate in reversed(complete_checkpoints(out)):
             damage = damage_in(candidate)
             if damage is None:

@@ -116,9 +116,9 @@ class TrainConfig:
             "--exit-interval": self.exit_interval,
             "--global-batch-tokens": self.global_batch_tokens,
         }
-        for flag, value in positive.items():
-            if value is not None and value < 1:
-                raise UsageError(f"{flag} must be at least 1, got {value}")
+        for flag, number in positive.items():
+            if number is not None and number < 1:
+                raise UsageError(f"{flag} must be at least 1, got {number}")
         self._check_numbers()
         if not 0.0 < self.eval_fraction < 0.5:
             raise UsageError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
@@ -130,8 +130,9 @@ class TrainConfig:
     def _check_numbers(self) -> None:
         """Optimizer and budget numbers in their ranges (NaN and infinity never are): refused here, in one line,
         rather than by torch's optimizer mid-run or as a loss that turns NaN."""
-        ranges = {  # flag: (value, lowest, highest, lowest allowed itself)
-            "--max-lr": (None if self.max_lr == "auto" else self.max_lr, 0.0, math.inf, False),
+        max_lr = None if isinstance(self.max_lr, str) else self.max_lr  # "auto" (other strings: refused above)
+        ranges: dict[str, tuple[float | None, float, float, bool]] = {  # flag: (value, lowest, highest, lowest ok)
+            "--max-lr": (max_lr, 0.0, math.inf, False),
             "--max-tokens": (self.max_tokens, 1.0, 1e18, True),
             "--beta1": (self.beta1, 0.0, 1.0, True),
             "--beta2": (self.beta2, 0.0, 1.0, True),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from accelerate.tracking import GeneralTracker
@@ -20,6 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from grow_cli.console import err
 from grow_cli.train.flops import training_flops_per_token
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # Dense peak TFLOP/s (bf16/fp16 tensor cores, fp32 via TF32), from the vendors' data sheets; matched against
 # torch.cuda.get_device_name(), first match wins, so specific names come before general ones.
@@ -37,10 +40,10 @@ PEAK_TFLOPS = {
 }
 
 
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token for `model` at sequence length `seq_len`."""
     total = sum(p.numel() for p in model.parameters())
-    embedding = model.get_input_embeddings().weight
+    embedding = cast(torch.Tensor, model.get_input_embeddings().weight)  # Module.__getattr__ says Tensor | Module
     output = model.get_output_embeddings()
     tied = output is not None and output.weight is embedding
     matmul_params = total if tied else total - embedding.numel()

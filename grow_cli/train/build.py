@@ -1,0 +1,321 @@
+"""Step 2 of `grow train-stage`: build what the loop needs, `prepare` it once, and restore a checkpoint to resume.
+
+In order: the accelerator (flags left unset fall through to `accelerate config` / `accelerate launch`), the step
+budget, the token data (tokenized once by the main process, read from its cache by the others), the model with
+only the trainable tensors unfrozen, the optimizer and its LR schedule, `accelerator.prepare`, the step-indexed
+batches and the held-out blocks. The result is a `Run`: everything built, and the position (step, tokens) that the
+loop advances.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate import Accelerator, DistributedType
+
+from grow_cli.checkpoint.output import remove_previous_run
+from grow_cli.data.batches import StepBatches, eval_batches
+from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
+from grow_cli.errors import UsageError
+from grow_cli.train.checkpoints import load_checkpoint
+from grow_cli.train.config import TrainConfig
+from grow_cli.train.freeze import freeze_all_but
+from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
+from grow_cli.train.lr_rule import auto_max_lr
+from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
+from grow_cli.train.model_io import load_model
+from grow_cli.train.preflight import Checked
+from grow_cli.train.schedule import Schedule, warmup_steps_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+# Where torch's fused AdamW kernel (one kernel for all tensors, much faster than the per-tensor loop) applies:
+# plain and DDP training; FSDP and DeepSpeed bring their own optimizer handling.
+FUSED_ADAMW_TYPES = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much one optimizer step holds and how many steps the run takes."""
+
+    grad_accum: int  # micro-batches per process per optimizer step
+    global_batch: int  # sequences per optimizer step, all processes together
+    tokens_per_step: int
+    max_steps: int
+
+
+@dataclass
+class Run:
+    """Everything `build` made, prepared by accelerate, and the position the loop advances (`step`, `tokens`)."""
+
+    config: TrainConfig
+    accelerator: Any  # accelerate.Accelerator
+    tracker: JsonlTracker
+    tokenizer: Any
+    data: TokenData
+    model: Any  # the prepared model (DDP/FSDP-wrapped under `accelerate launch`)
+    optimizer: Any  # accelerate's AcceleratedOptimizer around torch.optim.AdamW
+    scheduler: Any  # accelerate's AcceleratedScheduler around LambdaLR(schedule.lr_factor)
+    schedule: Schedule
+    batches: StepBatches
+    held_out: list[torch.Tensor]
+    budget: Budget
+    max_lr: float
+    num_parameters: int
+    trainable: list[str]  # names of the parameters that train
+    saved_dtype: torch.dtype  # the checkpoint's dtype, which the trained model is written back in
+    flops_per_token: float
+    peak_flops: float | None  # the device's dense peak (FLOP/s), None when unknown
+    run_keys: dict[str, Any]  # what a resume must match (see checkpoints.RESUME_KEYS)
+    step: int = 0
+    tokens: int = 0
+
+    def state(self) -> dict[str, Any]:
+        """grow's part of a checkpoint: the run keys and the position."""
+        return {**self.run_keys, "step": self.step, "tokens": self.tokens}
+
+    def say(self, message: str) -> None:
+        say(self.accelerator, self.config.quiet, message)
+
+
+def say(accelerator: Accelerator, quiet: bool, message: str) -> None:
+    """A note on stderr from the main process only (unless --quiet)."""
+    if accelerator.is_main_process and not quiet:
+        from grow_cli.console import err
+
+        err.print(message, soft_wrap=True)  # logs keep whole lines (and paths) intact
+
+
+def build(config: TrainConfig, checked: Checked) -> Run:
+    """Build, prepare and (when resuming) restore everything for the loop; see the module docstring."""
+    tracker = JsonlTracker(config.out / "metrics.jsonl", resume_step=0 if checked.resume_from else None)
+    accelerator = make_accelerator(config, tracker)
+    budget = make_budget(config, accelerator)
+    if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
+        remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
+    accelerator.wait_for_everyone()
+    for note in checked.notes:
+        say(accelerator, False, f"note: {note}")
+    data = load_data(config, checked, accelerator)
+    config.out.mkdir(parents=True, exist_ok=True)  # only now: data that cannot be read leaves no empty output
+    model, saved_dtype, trainable = load_trainable_model(config, checked.trainable_names)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    max_lr = resolve_max_lr(config, num_parameters, accelerator)
+    if config.max_tokens:
+        say(
+            accelerator,
+            config.quiet,
+            f"--max-tokens {config.max_tokens:,} / {budget.tokens_per_step:,} tokens per step = "
+            f"{budget.max_steps:,} steps",
+        )
+    schedule = make_schedule(config, budget.max_steps)
+    optimizer = make_optimizer(model, config, max_lr, accelerator)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
+    flops_token = flops_per_token(model, config.seq_len)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    batches, held_out = make_batches(config, data, budget, accelerator)
+    run = Run(
+        config=config,
+        accelerator=accelerator,
+        tracker=tracker,
+        tokenizer=checked.tokenizer,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule=schedule,
+        batches=batches,
+        held_out=held_out,
+        budget=budget,
+        max_lr=max_lr,
+        num_parameters=num_parameters,
+        trainable=trainable,
+        saved_dtype=saved_dtype,
+        flops_per_token=flops_token,
+        peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
+        run_keys=run_keys(config, data, budget, accelerator),
+    )
+    if checked.resume_from is not None:
+        resume(run, checked.resume_from)
+    accelerator.init_trackers(
+        "grow-train-stage",
+        config={k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str | bool)},
+    )
+    return run
+
+
+def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
+    """The accelerator; flags left unset (None) fall through to `accelerate config` / `accelerate launch`."""
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        dynamo_backend="inductor" if config.compile else None,
+        log_with=[tracker, *config.report_to],
+        project_dir=str(config.out),
+        step_scheduler_with_optimizer=False,  # we step it once per optimizer step, whatever the process count
+    )
+
+
+def make_budget(config: TrainConfig, accelerator: Accelerator) -> Budget:
+    """Set the accumulation on the accelerator and derive the tokens per step and the number of steps."""
+    # Accumulation left unset follows the launcher (ACCELERATE_GRADIENT_ACCUMULATION_STEPS), else 1.
+    grad_accum = _grad_accum(config, accelerator.num_processes, accelerator.gradient_accumulation_steps)
+    accelerator.gradient_accumulation_steps = grad_accum
+    global_batch = config.micro_batch_size * grad_accum * accelerator.num_processes
+    tokens_per_step = global_batch * config.seq_len
+    if config.max_steps:
+        max_steps = config.max_steps
+    else:
+        assert config.max_tokens is not None  # TrainConfig requires exactly one budget
+        max_steps = math.ceil(config.max_tokens / tokens_per_step)
+    return Budget(grad_accum, global_batch, tokens_per_step, max_steps)
+
+
+def _grad_accum(config: TrainConfig, num_processes: int, launcher_default: int) -> int:
+    if config.global_batch_tokens is None:
+        return config.grad_accum or launcher_default
+    per_pass = config.micro_batch_size * config.seq_len * num_processes
+    if config.global_batch_tokens % per_pass:
+        raise UsageError(
+            f"--global-batch-tokens {config.global_batch_tokens} is not a multiple of micro-batch × "
+            f"seq-len × processes = {per_pass}"
+        )
+    return config.global_batch_tokens // per_pass
+
+
+def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -> TokenData:
+    """The packed token blocks: the main process tokenizes (or reads its cache) first, the others then read it."""
+    with accelerator.main_process_first():
+        data = prepare_tokens(
+            checked.sources,
+            checked.tokenizer,
+            text_field=config.text_field,
+            seq_len=config.seq_len,
+            eval_fraction=config.eval_fraction,
+            vocab_size=checked.model_config.get_text_config().vocab_size,
+            eos_id=checked.eos_id,
+            cache_dir=config.cache_dir or token_cache_dir(config.out.resolve().parent),
+            dtype_name=config.token_dtype,
+        )
+    say(
+        accelerator,
+        config.quiet,
+        f"data: {data.num_tokens:,} tokens in {data.num_documents:,} documents, "
+        f"{len(data.train_ids):,} train / {len(data.eval_ids):,} eval blocks of {config.seq_len}"
+        f"{' (cached)' if data.from_cache else ''}",
+    )
+    return data
+
+
+def load_trainable_model(
+    config: TrainConfig, trainable_names: list[str] | None
+) -> tuple[PreTrainedModel, torch.dtype, list[str]]:
+    """The model in float32, its saved dtype, and the names of the parameters left trainable (all, or the tensors
+    grow added); with activation checkpointing when asked."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own progress and notes say what is happening
+    torch.manual_seed(config.seed)
+    model, saved_dtype = load_model(config.model)
+    if trainable_names:
+        trainable = freeze_all_but(model, trainable_names)
+    else:
+        trainable = [name for name, _ in model.named_parameters()]
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model, saved_dtype, trainable
+
+
+def resolve_max_lr(config: TrainConfig, num_parameters: int, accelerator: Accelerator) -> float:
+    """`--max-lr` as a number; `auto` follows the size rule in `lr_rule` and says so."""
+    if config.max_lr != "auto":
+        return float(config.max_lr)
+    max_lr = auto_max_lr(num_parameters)
+    say(
+        accelerator,
+        config.quiet,
+        f"max LR {max_lr:.3g} for {num_parameters / 1e6:.1f}M parameters (--max-lr auto: {LR_RULE_SOURCE})",
+    )
+    return max_lr
+
+
+def make_schedule(config: TrainConfig, max_steps: int) -> Schedule:
+    warmup = warmup_steps_for(max_steps, config.warmup_steps, config.warmup_ratio)
+    return Schedule(config.schedule, max_steps, warmup, config.min_lr_ratio, config.decay_ratio, config.decay_type)
+
+
+def param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups over the trainable parameters.
+
+    No weight decay on gains and biases (1-D tensors), as in GPT-2/LLaMA training. Settings that differ per group
+    (weight decay today) are decided here.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(
+    model: PreTrainedModel, config: TrainConfig, max_lr: float, accelerator: Accelerator
+) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, fused where torch's fused kernel applies."""
+    return torch.optim.AdamW(
+        param_groups(model, config.weight_decay),
+        lr=max_lr,
+        betas=(config.beta1, config.beta2),
+        eps=config.eps,
+        fused=accelerator.distributed_type in FUSED_ADAMW_TYPES and accelerator.device.type in ("cpu", "cuda"),
+    )
+
+
+def make_batches(
+    config: TrainConfig, data: TokenData, budget: Budget, accelerator: Accelerator
+) -> tuple[StepBatches, list[torch.Tensor]]:
+    """This process's training batches (indexed by optimizer step) and its share of the held-out blocks."""
+    batches = StepBatches(
+        data.blocks,
+        data.train_ids,
+        micro_batch_size=config.micro_batch_size,
+        grad_accum=budget.grad_accum,
+        num_processes=accelerator.num_processes,
+        rank=accelerator.process_index,
+        seed=config.seed,
+    )
+    held_out = eval_batches(
+        data.blocks,
+        data.eval_ids,
+        micro_batch_size=config.micro_batch_size,
+        max_batches=config.eval_batches,
+        num_processes=accelerator.num_processes,
+        rank=accelerator.process_index,
+    )
+    return batches, held_out
+
+
+def run_keys(config: TrainConfig, data: TokenData, budget: Budget, accelerator: Accelerator) -> dict[str, Any]:
+    """What a checkpoint records and a resume must match for the run to continue exactly where it stopped."""
+    return {
+        "data_fingerprint": data.fingerprint,
+        "seq_len": config.seq_len,
+        "global_batch": budget.global_batch,
+        "max_steps": budget.max_steps,
+        "seed": config.seed,
+        "train_only": config.train_only,
+        "num_processes": accelerator.num_processes,
+    }
+
+
+def resume(run: Run, checkpoint: Path) -> None:
+    """Restore the model, optimizer, scheduler and RNG states from `checkpoint` and move the run to its step."""
+    resumed = load_checkpoint(run.accelerator, checkpoint, run.run_keys)
+    run.step, run.tokens = resumed["step"], resumed["tokens"]
+    run.tracker.resume_step = run.step  # the metrics file drops lines from after the checkpoint
+    run.say(f"resumed from {checkpoint} at step {run.step}")

@@ -1,0 +1,135 @@
+"""Step 4 of `grow train-stage`: what the run leaves behind once the loop ends.
+
+A finished run is evaluated once more and written as an ordinary Hugging Face model folder in the checkpoint's own
+dtype, with grow.json (the lineage, this stage appended) and the model card. A run stopped early (Ctrl-C or
+`--exit-interval`) saves a checkpoint instead, to be continued with `--resume auto`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from grow_cli.lineage.card import write_card
+from grow_cli.lineage.record import append_stage, load_record, write_record
+from grow_cli.train.build import Run
+from grow_cli.train.checkpoints import save_checkpoint
+from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
+from grow_cli.train.model_io import save_model
+from grow_cli.train.step import evaluate
+
+if TYPE_CHECKING:
+    from grow_cli.train.loop import Ending
+
+
+def eval_metrics(eval_loss: float) -> dict[str, float]:
+    """The held-out loss and its perplexity (capped at e^50 so that a diverged model still logs a number)."""
+    return {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50))}
+
+
+def pause(run: Run) -> dict[str, Any]:
+    """Save a checkpoint at the current step and end tracking; the run continues with `--resume auto`."""
+    path = save_checkpoint(run.accelerator, run.config.out, run.state(), run.config.keep_last)
+    run.accelerator.end_training()
+    return {
+        "status": "paused",
+        "step": run.step,
+        "max_steps": run.budget.max_steps,
+        "checkpoint": str(path),
+        "out": str(run.config.out),
+    }
+
+
+def finish(run: Run, ending: Ending) -> dict[str, Any]:
+    """Evaluate, write the model, grow.json and the card to --out, and return the run's summary."""
+    accelerator, out = run.accelerator, run.config.out
+    eval_loss = evaluate(run)
+    accelerator.log(eval_metrics(eval_loss), step=run.step)
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(run.model)  # every process takes part (gathers FSDP/ZeRO-3 shards)
+    summary = {
+        "status": "done",
+        "out": str(out),
+        "steps": run.step,
+        "tokens": run.tokens,
+        "max_lr": run.max_lr,
+        "final_train_loss": ending.last_loss if run.step > ending.first_step else None,
+        "final_eval_loss": eval_loss,
+        "final_eval_ppl": eval_metrics(eval_loss)["eval_ppl"],
+        "tokens_per_s": (run.step - ending.first_step) * run.budget.tokens_per_step / max(ending.elapsed, 1e-9),
+        "num_parameters": run.num_parameters,
+        "trainable_tensors": len(run.trainable),
+    }
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(run.model)
+        save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype)
+        record = append_stage(
+            load_record(run.config.model), stage_record(run, eval_loss), model_summary(run, unwrapped)
+        )
+        write_record(out, record)
+        write_card(out, record)
+        summary["record"] = str(Path(out) / "grow.json")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def stage_record(run: Run, eval_loss: float) -> dict[str, Any]:
+    """This stage's entry in grow.json: data, budget, schedule, optimizer, batch and the final evaluation."""
+    config, data = run.config, run.data
+    return {
+        "kind": "train",
+        "source": {"path": str(config.model)},
+        "data": {
+            "paths": list(config.data),
+            "fingerprint": data.fingerprint,
+            "datasets": [],
+            "text_field": config.text_field,
+            "documents": data.num_documents,
+            "available_tokens": data.num_tokens,
+        },
+        "tokens": run.tokens,
+        "steps": run.step,
+        "schedule": run.schedule.describe(run.max_lr),
+        "max_lr": run.max_lr,
+        "max_lr_rule": LR_RULE_SOURCE if config.max_lr == "auto" else None,
+        "optimizer": {
+            "name": "adamw",
+            "betas": [config.beta1, config.beta2],
+            "eps": config.eps,
+            "weight_decay": config.weight_decay,
+            "grad_clip": config.grad_clip,
+        },
+        "train_only": config.train_only,
+        "trainable_tensors": run.trainable if config.train_only == "new" else "all",
+        "seq_len": config.seq_len,
+        "batch": {
+            "micro_batch_size": config.micro_batch_size,
+            "grad_accum": run.budget.grad_accum,
+            "num_processes": run.accelerator.num_processes,
+            "global_batch_tokens": run.budget.tokens_per_step,
+        },
+        "mixed_precision": run.accelerator.mixed_precision,
+        "seed": config.seed,
+        "final_eval_loss": eval_loss,
+        "final_eval_ppl": eval_metrics(eval_loss)["eval_ppl"],
+    }
+
+
+def model_summary(run: Run, unwrapped: Any) -> dict[str, Any]:
+    """The trained model's architecture, size, dtype and shape, for grow.json and the card."""
+    text = unwrapped.config.get_text_config()
+    return {
+        "architecture": unwrapped.config.model_type,
+        "num_parameters": run.num_parameters,
+        "dtype": str(run.saved_dtype).removeprefix("torch."),
+        "shape": {
+            "layers": text.num_hidden_layers,
+            "hidden_size": text.hidden_size,
+            "intermediate_size": getattr(text, "intermediate_size", None),
+            "num_heads": getattr(text, "num_attention_heads", None),
+            "num_kv_heads": getattr(text, "num_key_value_heads", None),
+            "num_parameters": run.num_parameters,
+        },
+    }

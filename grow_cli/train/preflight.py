@@ -1,0 +1,69 @@
+"""Step 1 of `grow train-stage`: every check that needs no weights and no tokenization, before anything is built.
+
+What a user can get wrong about the data, the model folder, the tokenizer, `--train-only new`, the output folder (it
+may not be the model folder, nor inside it), the checkpoint to resume from (a damaged one is named) and
+`--report-to` fails here, in one line, within a second — not after minutes of tokenization or loading weights.
+What the checks found (the data sources, the model's config, the tokenizer) is handed on to `build`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grow_cli.checkpoint.output import check_not_overlapping
+from grow_cli.data.sources import Source, check_sources, find_sources
+from grow_cli.errors import OutputError, UsageError
+from grow_cli.train.checkpoints import resolve_resume
+from grow_cli.train.config import TrainConfig
+from grow_cli.train.freeze import added_tensors
+from grow_cli.train.model_io import check_seq_len, load_model_config, load_tokenizer
+
+
+@dataclass
+class Checked:
+    """What preflight read: the data sources, the model config, the tokenizer, what to train and where to resume."""
+
+    sources: list[Source]
+    model_config: Any  # a transformers PretrainedConfig
+    tokenizer: Any  # a transformers tokenizer
+    eos_id: int  # the id placed between documents
+    trainable_names: list[str] | None  # --train-only new: the tensors grow added; None: train all
+    resume_from: Path | None  # the checkpoint to continue from; None: a fresh start
+    notes: list[str]  # for the user, e.g. a damaged newer checkpoint skipped by --resume auto
+
+
+def preflight(config: TrainConfig) -> Checked:
+    """Check the data, the model folder, the tokenizer, --train-only, --out/--resume and --report-to."""
+    sources = find_sources(config.data)
+    check_sources(sources, config.text_field)
+    model_config = load_model_config(config.model)
+    check_seq_len(model_config, config.seq_len)
+    tokenizer, eos_id = load_tokenizer(config.tokenizer or config.model, model_config)
+    trainable_names = added_tensors(config.model) if config.train_only == "new" else None
+    out = config.out
+    check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder")
+    resume_from, notes = resolve_resume(config.resume, out)
+    if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise OutputError(
+            f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
+            "start again, or another --out"
+        )
+    check_trackers(config.report_to)
+    return Checked(sources, model_config, tokenizer, eos_id, trainable_names, resume_from, notes)
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Refuse a `--report-to` tracker that accelerate cannot find installed."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {str(t.value if hasattr(t, "value") else t) for t in get_available_trackers()}
+    missing = [name for name in report_to if name not in available]
+    if missing:
+        raise UsageError(
+            f"--report-to {', '.join(missing)}: not installed here (available: "
+            f"{', '.join(sorted(available)) or 'none'}); e.g. pip install tensorboard"
+        )

@@ -1,0 +1,135 @@
+"""Architecture definitions (`grow_cli.arch.registry`): every packaged definition parses, and a definition with an
+unknown key, a bad axis space, a wrong axis count, a missing key or missing tensors is refused with a message that
+names the file and the problem — a stale or mistyped field must never be silently ignored."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from importlib import resources
+
+import pytest
+
+from grow_cli.arch.registry import all_definitions, detect, parse_definition
+from grow_cli.errors import ArchitectureError
+
+PACKAGED = sorted(
+    entry.name
+    for entry in resources.files("grow_cli.arch").joinpath("definitions").iterdir()
+    if entry.name.endswith(".json")
+)
+
+
+def llama() -> dict:
+    return json.loads(resources.files("grow_cli.arch").joinpath("definitions", "llama.json").read_text())
+
+
+def weight(raw: dict, name: str) -> dict:
+    """The layer weight called `name` in a raw definition."""
+    return next(w for w in raw["layer"] if w["name"] == name)
+
+
+def q_proj(raw: dict) -> dict:
+    return weight(raw, "self_attn.q_proj.weight")
+
+
+@pytest.mark.parametrize("file", PACKAGED)
+def test_every_packaged_definition_parses_and_is_detected_by_its_model_types(file):
+    raw = json.loads(resources.files("grow_cli.arch").joinpath("definitions", file).read_text())
+    arch = parse_definition(raw, file)
+    assert all_definitions()[arch.name] == arch
+    for model_type in arch.model_types:
+        assert detect({"model_type": model_type}) is all_definitions()[arch.name]
+
+
+# Each case: how to break a copy of llama.json, and what the refusal must say.
+BROKEN = {
+    "unknown top-level key": (
+        lambda d: d.update(layer_prefx="model.layers.{i}."),
+        "unknown key(s) ['layer_prefx']",
+    ),
+    "unknown weight key": (
+        lambda d: q_proj(d).update(axis=["q", "hidden"]),
+        "unknown key(s) ['axis'] in weight 'self_attn.q_proj.weight'",
+    ),
+    "unknown axis space": (
+        lambda d: q_proj(d).update(axes=["heads", "hidden"]),
+        "weight 'self_attn.q_proj.weight' has unknown axis space(s) ['heads']",
+    ),
+    "one axis for a matrix": (
+        lambda d: q_proj(d).update(axes=["q"]),
+        "weight 'self_attn.q_proj.weight' of kind linear needs 2 axes, has 1",
+    ),
+    "two axes for a norm": (
+        lambda d: weight(d, "input_layernorm.weight").update(axes=["hidden", "hidden"]),
+        "weight 'input_layernorm.weight' of kind norm needs 1 axes, has 2",
+    ),
+    "unknown kind": (
+        lambda d: q_proj(d).update(kind="dense"),
+        "weight 'self_attn.q_proj.weight' has unknown kind 'dense'",
+    ),
+    "weight without axes": (
+        lambda d: q_proj(d).pop("axes"),
+        "weight 'self_attn.q_proj.weight' lacks 'axes'",
+    ),
+    "weight that is not an object": (
+        lambda d: d["layer"].append("mlp.extra.weight"),
+        "each weight must be an object",
+    ),
+    "missing required key": (
+        lambda d: d.pop("final"),
+        "missing key(s) ['final']",
+    ),
+    "unknown config role": (
+        lambda d: d["config"].update(depth="num_hidden_layers"),
+        "unknown config role(s) ['depth']",
+    ),
+    "missing config role": (
+        lambda d: d["config"].pop("heads"),
+        "config lacks role(s) ['heads']",
+    ),
+    "bad norm": (lambda d: d.update(norm="batch"), "norm must be 'rms' or 'layer'"),
+    "bad residual": (lambda d: d.update(residual="sandwich"), "residual must be 'pre_norm' or 'post_norm'"),
+    "bad positions": (lambda d: d.update(positions="alibi"), "positions must be 'rope' or 'learned'"),
+    "layer prefix without {i}": (lambda d: d.update(layer_prefix="model.layers."), "layer_prefix must contain '{i}'"),
+    "no embedding tensors": (
+        lambda d: d.update(embeddings=[]),
+        "needs at least one tensor in 'embeddings' and one in 'layer'",
+    ),
+    "empty layer template": (
+        lambda d: d.update(layer=[]),
+        "needs at least one tensor in 'embeddings' and one in 'layer'",
+    ),
+    "no head norm": (
+        lambda d: d["final"][0].pop("head_norm"),  # model.norm.weight
+        "no final tensor is marked head_norm",
+    ),
+    "tensor named twice": (
+        lambda d: d["layer"].append(copy.deepcopy(q_proj(d))),
+        "a tensor name appears twice",
+    ),
+    "tied to a tensor that is not there": (
+        lambda d: d["final"][-1].update(tied_to="model.embed_token.weight"),
+        "weight(s) ['lm_head.weight'] are tied to a tensor the definition does not name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_a_broken_definition_is_refused_naming_the_file_and_the_problem(case):
+    break_it, message = BROKEN[case]
+    raw = llama()
+    break_it(raw)
+    with pytest.raises(ArchitectureError, match=re.escape(f"architecture definition broken.json: {message}")):
+        parse_definition(raw, "broken.json")
+
+
+def test_the_unbroken_copy_parses():
+    """The negative control of the cases above: the definition they start from is valid."""
+    assert parse_definition(llama(), "llama.json").name == "llama"
+
+
+def test_an_unknown_model_type_names_what_grow_supports():
+    with pytest.raises(ArchitectureError, match="unknown architecture model_type='mamba'.*grow supports: .*llama"):
+        detect({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})

@@ -1,0 +1,132 @@
+"""The growth planner (`grow_cli.growth.plan`): from config.json and the shard headers alone, a plan names every
+output tensor with its shape, dtype and the source tensors it reads (or zeros), the target config, the shard layout
+and the byte and parameter counts — before a single weight is read."""
+
+from __future__ import annotations
+
+import pytest
+
+from grow_cli.checkpoint.dtypes import numel
+from grow_cli.checkpoint.reader import CheckpointReader, load_config
+from grow_cli.errors import UsageError
+from grow_cli.growth.plan import Plan, build_plan
+from grow_cli.growth.spec import GrowthSpec
+
+# The weights of one Llama layer, in the definition's order; the two that write into the residual stream are what an
+# identity block zeroes.
+LAYER = (
+    "input_layernorm",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "post_attention_layernorm",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+RESIDUAL_WRITERS = ("self_attn.o_proj", "mlp.down_proj")
+
+
+def plan_for(folder, **options) -> Plan:
+    """The plan `grow expand` makes for the checkpoint in `folder`, from its config and shard headers only."""
+    with CheckpointReader(folder) as reader:
+        tensors = reader.tensor_infos()
+    return build_plan(load_config(folder), tensors, GrowthSpec(**options))
+
+
+def source_infos(folder) -> dict[str, tuple[tuple[int, ...], str]]:
+    with CheckpointReader(folder) as reader:
+        return reader.tensor_infos()
+
+
+def layer_numel(infos, layer: int) -> int:
+    shapes = [infos[f"model.layers.{layer}.{w}.weight"][0] for w in LAYER]
+    return sum(numel(s) for s in shapes)
+
+
+def test_identity_plan_copies_each_layer_and_zeroes_the_residual_writers_of_new_ones(tiny_checkpoints):
+    src = tiny_checkpoints("llama")
+    infos = source_infos(src)
+    plan = plan_for(src, layers=6, depth_method="identity")
+    assert plan.depth is not None and plan.width is None
+    assert plan.depth.layer_map == (0, 1, 1, 2, 3, 3)
+    assert plan.depth.new == (False, False, True, False, False, True)
+    by_name = {t.name: t for t in plan.tensors}
+    for j, source_layer in enumerate(plan.depth.layer_map):
+        for w in LAYER:
+            t = by_name[f"model.layers.{j}.{w}.weight"]
+            copied = f"model.layers.{source_layer}.{w}.weight"
+            assert t.layer == j and t.new == (j in (2, 5)) and t.shape == infos[copied][0] and t.dtype == "F32"
+            if t.new and w in RESIDUAL_WRITERS:
+                assert t.zero and t.reads == () and t.describe(None).startswith("zeros")
+            else:
+                assert not t.zero and t.reads == (copied,)
+    names = [t.name for t in plan.tensors]
+    assert names[0] == "model.embed_tokens.weight" and names[-2:] == ["model.norm.weight", "lm_head.weight"]
+    assert len(names) == len(set(names)) == 3 + 6 * len(LAYER)
+    assert sorted(plan.added_tensors()) == sorted(f"model.layers.{j}.{w}.weight" for j in (2, 5) for w in LAYER)
+    assert plan.target_config == {**load_config(src), "num_hidden_layers": 6}
+    assert plan.function_preserving
+    source_params = sum(numel(shape) for shape, _ in infos.values())
+    assert plan.num_parameters == source_params + layer_numel(infos, 1) + layer_numel(infos, 3)
+    assert plan.total_bytes == 4 * plan.num_parameters
+
+
+def test_stack_plan_repeats_the_whole_stack_and_claims_no_exactness(tiny_checkpoints):
+    plan = plan_for(tiny_checkpoints("llama"), layers=8)
+    assert plan.depth is not None and plan.depth.method == "stack"
+    assert plan.depth.layer_map == (0, 1, 2, 3, 0, 1, 2, 3)
+    assert plan.depth.new == (False,) * 4 + (True,) * 4
+    assert not any(t.zero for t in plan.tensors) and not plan.function_preserving
+    down = {t.name: t.reads for t in plan.tensors if t.name.endswith("down_proj.weight")}
+    assert down["model.layers.6.mlp.down_proj.weight"] == ("model.layers.2.mlp.down_proj.weight",)
+    assert plan.target_config["num_hidden_layers"] == 8
+
+
+def test_shards_hold_every_tensor_once_in_order_and_within_the_limit(tiny_checkpoints):
+    src = tiny_checkpoints("llama")
+    plan = plan_for(src, layers=6, depth_method="identity", shard_size=20_000)
+    assert len(plan.shards) > 1
+    assert [p.name for shard in plan.shards for p in shard] == [t.name for t in plan.tensors]
+    for shard in plan.shards:
+        assert sum(p.nbytes for p in shard) <= 20_000 or len(shard) == 1
+    assert sum(p.nbytes for shard in plan.shards for p in shard) == plan.total_bytes
+    assert len(plan_for(src, layers=6, depth_method="identity", shard_size=10**9).shards) == 1
+
+
+def test_dtype_casts_every_float_tensor_and_the_config(tiny_checkpoints):
+    src = tiny_checkpoints("llama")
+    fp32, bf16 = plan_for(src, layers=8), plan_for(src, layers=8, dtype="bf16")
+    assert {t.dtype for t in fp32.tensors} == {"F32"} and {t.dtype for t in bf16.tensors} == {"BF16"}
+    assert bf16.total_bytes * 2 == fp32.total_bytes and bf16.num_parameters == fp32.num_parameters
+    assert bf16.target_config["dtype"] == "bfloat16" and bf16.out_dtype == "BF16"
+
+
+def test_width_plan_widens_every_axis_in_its_space_and_keeps_head_dim(tiny_checkpoints):
+    src = tiny_checkpoints("llama")
+    plan = plan_for(src, width_method="fpi", hidden_size=64)
+    assert plan.depth is None and plan.width is not None and plan.function_preserving
+    source = load_config(src)
+    changed = {k: v for k, v in plan.target_config.items() if source.get(k) != v}
+    assert changed == {"hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 4}
+    shapes = {t.name: t.shape for t in plan.tensors}
+    assert shapes["model.embed_tokens.weight"] == (96, 64) and shapes["lm_head.weight"] == (96, 64)
+    assert shapes["model.layers.0.self_attn.q_proj.weight"] == (64, 64)  # 8 heads × head_dim 8
+    assert shapes["model.layers.0.self_attn.k_proj.weight"] == (32, 64)  # 4 KV heads × head_dim 8
+    assert shapes["model.layers.3.mlp.down_proj.weight"] == (64, 48) and shapes["model.norm.weight"] == (64,)
+    assert all(t.reads == (t.name,) and not t.new for t in plan.tensors)  # fpi maps each tensor from itself
+    assert plan.peak_bytes >= max(t.nbytes for t in plan.tensors)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({}, "nothing to grow"),
+        ({"layers": 6, "dtype": "int8"}, "--dtype must be one of"),
+        ({"layers": 3}, "smaller than the source.s 4 layers"),
+    ],
+)
+def test_plans_that_cannot_be_made_are_refused(tiny_checkpoints, options, message):
+    with pytest.raises(UsageError, match=message):
+        plan_for(tiny_checkpoints("llama"), **options)

@@ -1,0 +1,51 @@
+"""The checkpoint reader (`grow_cli.checkpoint.reader`): legacy PyTorch .bin files are read safely (and grown
+exactly), pickles that are not plain tensors are refused, and safetensors headers whose offsets contradict their
+dtype and shape are refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny_models import MODEL_CLASSES, build_tiny, probe_ids
+
+from grow_cli.checkpoint.reader import CheckpointReader
+from grow_cli.errors import CheckpointError
+from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
+
+
+def test_reads_pytorch_bin_and_grows_it(tmp_path):
+    model = build_tiny("llama")
+    src = tmp_path / "bin-src"
+    model.save_pretrained(src)  # safetensors …
+    (src / "model.safetensors").unlink()  # … replaced by a legacy pickle
+    torch.save(model.state_dict(), src / "pytorch_model.bin")
+    report = expand(str(src), tmp_path / "out", GrowthSpec(layers=6, depth_method="identity"), quiet=True)
+    assert report["files"]["shards"] == 1
+    grown = MODEL_CLASSES["llama"].from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert torch.allclose(model(probe_ids()).logits, grown(probe_ids()).logits, atol=1e-5)
+
+
+class Payload:
+    """Anything that is not a tensor: torch.load(weights_only=True) must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("this code must never run",))
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    torch.save({"w": Payload()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="Python objects besides tensors") as info:
+        CheckpointReader(tmp_path)
+    assert "weights_only=False" not in str(info.value)  # torch's advice, dangerous for exactly this file
+
+
+def test_reader_rejects_offsets_that_do_not_match_dtype(tmp_path):
+    save_file({"w": torch.ones(4)}, tmp_path / "model.safetensors")
+    raw = (tmp_path / "model.safetensors").read_bytes().replace(b'"shape":[4]', b'"shape":[5]')
+    (tmp_path / "model.safetensors").write_bytes(raw)
+    with pytest.raises(CheckpointError, match="inconsistent offsets"):
+        CheckpointReader(tmp_path)

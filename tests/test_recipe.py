@@ -1,0 +1,58 @@
+"""The `grow family` recipe (`grow_cli.family.recipe`): every unknown key or wrong value is refused with its location,
+in one line on the command line."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from grow_cli.errors import UsageError
+from grow_cli.family.recipe import load_recipe
+
+
+def write_recipe(tmp_path, members, **top):
+    path = tmp_path / "family.yaml"
+    path.write_text(yaml.safe_dump({"members": members, **top}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "members,top,fragment",
+    [
+        ([{"name": "a", "source": "m"}], {"trian": {}}, "top level.trian: unknown key"),
+        (
+            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_methd": "stack"}}],
+            {},
+            "members[1].grow.depth_methd: unknown key",
+        ),
+        (
+            [{"name": "a", "source": "m", "train": {"max_stepz": 3}}],
+            {},
+            "members[0].train.max_stepz: unknown key",
+        ),
+        ([{"name": "a", "source": "m"}, {"name": "b"}], {}, "members[1]: needs a 'grow' section"),
+        ([{"name": "a"}], {}, "exactly one of 'source'"),
+        ([{"name": "a", "source": "m"}, {"name": "a", "grow": {"layers": 4}}], {}, "members[1].name"),
+        (
+            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": "four"}}],
+            {},
+            "members[1].grow.layers: expected int",
+        ),
+        ([{"name": "a", "source": "m", "train": {"max_steps": 3}}], {}, "no 'data'"),
+        (
+            [{"name": "a", "source": "m", "train": {"max_steps": 3, "schedule": "zigzag", "data": "x"}}],
+            {},
+            "--schedule",
+        ),
+    ],
+)
+def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):
+    with pytest.raises(UsageError, match="recipe") as info:
+        load_recipe(write_recipe(tmp_path, members, **top))
+    assert fragment in str(info.value)
+
+
+def test_recipe_error_on_the_cli_is_one_line(cli, tmp_path):
+    path = write_recipe(tmp_path, [{"name": "a", "source": "m", "colour": "blue"}])
+    result = cli("family", path)
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "members[0].colour" in result.stderr
