@@ -41,19 +41,19 @@ def check_width(**targets: int) -> None:
 
 def require_free_space(folder: Path, needed: int, out: Path) -> None:
     """Refuse before writing when the file system holding `folder` has less than `needed` bytes free."""
-    from rich.filesize import decimal
+    from grow_cli.console import format_bytes
 
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise OutputError(
-            f"{out} needs {decimal(needed)} but its disk has only {decimal(free)} free; free some space or "
+            f"{out} needs {format_bytes(needed)} but its disk has only {format_bytes(free)} free; free some space or "
             "choose an output folder on another disk"
         )
 
 
 def require_memory(peak: int) -> None:
     """Refuse a plan whose largest step needs more memory than the machine has in all."""
-    from rich.filesize import decimal
+    from grow_cli.console import format_bytes
 
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -61,6 +61,6 @@ def require_memory(peak: int) -> None:
         return
     if peak > total:
         raise UsageError(
-            f"the largest tensor of this growth needs about {decimal(peak)} of memory but this machine has "
-            f"{decimal(total)}; choose a smaller target"
+            f"the largest tensor of this growth needs about {format_bytes(peak)} of memory but this machine has "
+            f"{format_bytes(total)}; choose a smaller target"
         )

@@ -139,6 +139,6 @@ def _remove(folder: Path) -> str:
             f"could not remove {folder}, left by a run that was killed ({exc.strerror}); remove it yourself "
             f"with: rm -rf '{folder}'"
         )
-    from rich.filesize import decimal
+    from grow_cli.console import format_bytes
 
-    return f"removed {folder.name} ({decimal(size)}), the unfinished output of a run that was killed"
+    return f"removed {folder.name} ({format_bytes(size)}), the unfinished output of a run that was killed"
