@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator, DistributedType
 
+from grow_cli.checkpoint.output import remove_previous_run
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import UsageError
@@ -87,7 +88,7 @@ def say(accelerator: Accelerator, quiet: bool, message: str) -> None:
     if accelerator.is_main_process and not quiet:
         from grow_cli.console import err
 
-        err.print(message)
+        err.print(message, soft_wrap=True)  # logs keep whole lines (and paths) intact
 
 
 def build(config: TrainConfig, checked: Checked) -> Run:
@@ -95,8 +96,13 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     tracker = JsonlTracker(config.out / "metrics.jsonl", resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
     budget = make_budget(config, accelerator)
-    config.out.mkdir(parents=True, exist_ok=True)
+    if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
+        remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
+    accelerator.wait_for_everyone()
+    for note in checked.notes:
+        say(accelerator, False, f"note: {note}")
     data = load_data(config, checked, accelerator)
+    config.out.mkdir(parents=True, exist_ok=True)  # only now: data that cannot be read leaves no empty output
     model, saved_dtype, trainable = load_trainable_model(config, checked.trainable_names)
     num_parameters = sum(p.numel() for p in model.parameters())
     max_lr = resolve_max_lr(config, num_parameters, accelerator)
