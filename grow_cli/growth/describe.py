@@ -18,12 +18,8 @@ def applicable_methods(arch) -> dict[str, list[dict[str, Any]]]:
     depth = []
     for method in DEPTH_METHODS:
         entry: dict[str, Any] = {"method": method, "applies": True}
-        if method == "identity" and not arch.pre_norm:
-            entry = {
-                "method": method,
-                "applies": False,
-                "why": "post-LayerNorm: zeroed outputs cannot make an identity block",
-            }
+        if method == "identity" and not arch.identity_exact:
+            entry = {"method": method, "applies": False, "why": arch.identity_refusal}
         depth.append(entry)
     width = [{"method": m, "applies": True} for m in WIDTH_METHODS]
     return {"depth": depth, "width": width}

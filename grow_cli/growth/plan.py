@@ -155,10 +155,9 @@ def build_plan(
     depth = None
     if target_layers != shape.layers or depth_method == "dus":
         depth = depth_map(depth_method, shape.layers, target_layers, dus_overlap=overlap)
-        if depth.zero_new_outputs and not arch.pre_norm:
+        if depth.zero_new_outputs and not arch.identity_exact:
             raise UsageError(
-                f"identity blocks are exact only in pre-norm models; {arch.name} is post-LayerNorm, where "
-                f"LayerNorm(x + 0) ≠ x, so zeroed outputs cannot make an identity. Use --depth-method stack, "
+                f"identity blocks cannot be exact: {arch.identity_refusal}. Use --depth-method stack, "
                 f"interleave, interpolate or dus"
             )
     if depth is None and width is None:
