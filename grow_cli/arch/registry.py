@@ -217,7 +217,7 @@ def _weight(raw: Any, where: str, gain_offset: float) -> WeightDef:
     if bad:
         raise _fail(where, f"weight {raw['name']!r} has unknown axis space(s) {bad}; known: {sorted(SPACES)} or a size")
     expected_ndim = {"linear": 2, "conv1d": 2, "embedding": 2, "other": len(axes)}.get(raw["kind"], 1)
-    if len(axes) != expected_ndim or not axes:
+    if len(axes) != expected_ndim or (not axes and raw["kind"] != "other"):
         raise _fail(where, f"weight {raw['name']!r} of kind {raw['kind']} needs {expected_ndim} axes, has {len(axes)}")
     if raw.get("runtime_scale") not in (None, *RUNTIME_SCALES):
         raise _fail(where, f"weight {raw['name']!r}: runtime_scale must be one of {sorted(RUNTIME_SCALES)}")
@@ -306,7 +306,8 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         raise _fail(where, "a tensor name appears twice")
     if not arch.embeddings:
         raise _fail(where, "no embedding tensor (its name is how a checkpoint's module prefix is found)")
-    if not any(w.head_norm for w in arch.final) and arch.width_refusal is None:
+    tied_head = any(w.tied_to for w in arch.final)
+    if tied_head and not any(w.head_norm for w in arch.final) and arch.width_refusal is None:
         raise _fail(where, "no final tensor is marked head_norm (needed to fold a tied head's scaling)")
     if arch.width_refusal is None and any(w.kind == "other" for w in arch.all_weights()):
         raise _fail(where, "a tensor of kind 'other' cannot be widened: set derived.width_refused")
@@ -325,13 +326,12 @@ def all_definitions() -> dict[str, ArchDef]:
 
 
 def detect(config: dict[str, Any]) -> ArchDef:
-    """The definition for a `config.json` (by `model_type`); an unknown architecture is a clear error."""
+    """The definition for a `config.json`: the curated one for its `model_type`, else one derived from transformers'
+    model class (`grow_cli.arch.derive`); a type that can be neither is one clear ArchitectureError."""
     model_type = config.get("model_type")
     for arch in all_definitions().values():
         if model_type in arch.model_types:
             return arch
-    known = sorted(t for a in all_definitions().values() for t in a.model_types)
-    raise ArchitectureError(
-        f"unknown architecture model_type={model_type!r} (architectures={config.get('architectures')}); "
-        f"grow supports: {', '.join(known)}"
-    )
+    from grow_cli.arch.derive import derive
+
+    return derive(config)

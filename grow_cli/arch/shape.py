@@ -86,9 +86,10 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
             raise CheckpointError(f"config.json lacks '{keys[role]}', which a {arch.name} model needs")
     ffn = _int(config, keys.get("ffn"), "FFN size", defaults)
     if ffn is None:
-        if not arch.ffn_default_multiple:
+        uses_ffn = any(a in ("ffn", "gate_up") for w in arch.all_weights() for a in w.axes)
+        if not arch.ffn_default_multiple and uses_ffn:
             raise CheckpointError(f"config.json lacks '{keys.get('ffn')}', which a {arch.name} model needs")
-        ffn = arch.ffn_default_multiple * hidden
+        ffn = (arch.ffn_default_multiple or 0) * hidden  # 0: no axis of this definition is an FFN axis
     kv_heads = _int(config, keys.get("kv_heads"), "key/value heads", defaults) or heads
     explicit_head_dim = _int(config, keys.get("head_dim"), "head dimension", defaults)
     head_dim = explicit_head_dim or hidden // heads

@@ -13,62 +13,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from grow_cli.arch.layer_lists import map_layer_lists, per_layer_lists, transformers_params
 from grow_cli.arch.registry import ArchDef
 from grow_cli.errors import UsageError
 
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-# Per-layer lists that transformers validates against the layer count, whatever the architecture.
-GENERIC_LAYER_LISTS = ("layer_types", "mlp_layer_types", "no_rope_layers")
-# Lists that may happen to have one entry per layer without being per-layer.
-_NOT_PER_LAYER = ("architectures",)
-
-
-def _transformers_params(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
-
-
-def _built(model_type: str, params: dict[str, Any]):
-    """transformers' config object for `params` (defaults filled in), or None when it cannot be built."""
-    import transformers
-
-    try:
-        return transformers.AutoConfig.for_model(model_type, **params)
-    except Exception:  # an unknown type or a config transformers rejects: validate_config reports it later
-        return None
-
-
-def per_layer_lists(arch: ArchDef, source: dict[str, Any], layers: int) -> dict[str, list[Any]]:
-    """Every per-layer list of `source` (a config.json with `layers` layers), defaults included, by key.
-
-    A key is per-layer when the definition or transformers says so (`layer_lists`, `layer_types`, …) or when the
-    config class makes it one entry per layer by default (found by building the config for `layers + 1` layers).
-    A list of exactly `layers` entries that is neither is refused: grow never guesses what it means.
-    """
-    key_L = arch.config["layers"]
-    params = _transformers_params(source)
-    own = {k for k, v in params.items() if isinstance(v, list) and len(v) == layers}
-    probe = _built(
-        source.get("model_type", ""), {**{k: v for k, v in params.items() if k not in own}, key_L: layers + 1}
-    )
-    defaulted = set()
-    if probe is not None:
-        defaulted = {k for k, v in vars(probe).items() if isinstance(v, list) and len(v) == layers + 1}
-    known = {*arch.layer_lists, *GENERIC_LAYER_LISTS, *defaulted}
-    unknown = sorted(k for k in own - known if k not in _NOT_PER_LAYER and not k.endswith(("_token_id", "_token_ids")))
-    if unknown:
-        raise UsageError(
-            f"config.json: {', '.join(unknown)} has one entry per layer ({layers}) but grow does not know it as a "
-            f"per-layer setting, so it cannot extend it through the layer map; nothing was written"
-        )
-    lists = {k: list(params[k]) for k in own & known}
-    missing = defaulted - own
-    if missing:
-        built = _built(source.get("model_type", ""), params)
-        for key in sorted(missing):
-            value = getattr(built, key, None) if built is not None else None
-            if isinstance(value, list) and len(value) == layers:
-                lists[key] = list(value)
-    return lists
 
 
 def grown_config(
@@ -85,13 +34,7 @@ def grown_config(
         key_L = arch.config["layers"]
         L = config.get(key_L, arch.config_defaults.get(key_L))
         config[key_L] = len(layer_map)
-        for key, value in per_layer_lists(arch, source, L).items():
-            config[key] = [value[src] for src in layer_map]
-        # Qwen2/Qwen3 "layers below this index use full attention": count the layers that copy one of them, which
-        # is the grown prefix for every order-keeping map (interleave, interpolate, identity); layer_types, mapped
-        # above, is what transformers reads per layer.
-        if isinstance(config.get("max_window_layers"), int):
-            config["max_window_layers"] = sum(1 for src in layer_map if src < config["max_window_layers"])
+        map_layer_lists(config, per_layer_lists(source, key_L, L, arch.layer_lists), layer_map)
     config.update(width_updates)
     if dtype is not None:
         config.pop("torch_dtype", None)
@@ -105,7 +48,7 @@ def validate_config(config: dict[str, Any]) -> None:
     """Run transformers' own (strict) validation on `config`; a failure is a UsageError naming the cause."""
     import transformers
 
-    params = _transformers_params(config)
+    params = transformers_params(config)
     try:
         built = transformers.AutoConfig.for_model(config["model_type"], **params)
         built.validate()
