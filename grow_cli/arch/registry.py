@@ -315,14 +315,33 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
 
 
 @cache
-def all_definitions() -> dict[str, ArchDef]:
-    """Every packaged definition, by name."""
-    defs: dict[str, ArchDef] = {}
+def _documents() -> dict[str, dict[str, Any]]:
+    """Every packaged definition's JSON document, by file name."""
+    docs = {}
     for entry in sorted(resources.files("grow_cli.arch").joinpath("definitions").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
-            arch = parse_definition(json.loads(entry.read_text()), where=entry.name)
-            defs[arch.name] = arch
+            docs[entry.name] = json.loads(entry.read_text())
+    return docs
+
+
+@cache
+def all_definitions() -> dict[str, ArchDef]:
+    """Every packaged (curated) definition, by name."""
+    defs: dict[str, ArchDef] = {}
+    for file, raw in _documents().items():
+        arch = parse_definition(raw, where=file)
+        defs[arch.name] = arch
     return defs
+
+
+def definition_document(config: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document of the definition `detect(config)` uses: the packaged file, or the derived definition."""
+    for raw in _documents().values():
+        if config.get("model_type") in raw["model_types"]:
+            return json.loads(json.dumps(raw))
+    from grow_cli.arch.derive import derive_definition
+
+    return derive_definition(config)
 
 
 def detect(config: dict[str, Any]) -> ArchDef:
