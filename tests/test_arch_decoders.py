@@ -215,3 +215,41 @@ def test_inspect_calls_them_curated(cli, sources):
     assert info["definition"] == {"kind": "curated", "file": "grow_cli/arch/definitions/olmo2.json"}
     identity = next(m for m in info["methods"]["depth"] if m["method"] == "identity")
     assert identity["applies"] is True
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"norm_gain_offset": 2}, "norm_gain_offset must be 0"),
+        ({"residual": "derived"}, "residual must be one of"),
+        ({"residual": "sideways"}, "residual must be one of"),
+        (
+            {
+                "final": [
+                    {"name": "model.norm.weight", "kind": "norm", "axes": ["hidden"], "runtime_scale": "sqrt_hidden"}
+                ]
+            },
+            "only an embedding",
+        ),
+        ({"layer": [{"name": "mlp.act.beta", "kind": "other", "axes": []}]}, "kind 'other' cannot be widened"),
+        ({"layer": [{"name": "x.weight", "kind": "norm", "axes": ["hidden"], "zero": True}]}, "unknown key"),
+    ],
+)
+def test_the_schema_stays_strict(change, message):
+    from grow_cli.arch.registry import _documents, parse_definition
+
+    raw = {**_documents()["gemma2.json"], **change}
+    with pytest.raises(Exception, match=message):
+        parse_definition(raw, where="test")
+
+
+def test_identity_exactness_is_a_property_of_the_definition():
+    from grow_cli.arch.registry import all_definitions
+
+    defs = all_definitions()
+    assert "post-LayerNorm" in defs["bert"].identity_refusal and not defs["bert"].identity_exact
+    for name in ("llama", "gemma2", "olmo2", "starcoder2"):
+        assert defs[name].identity_exact, name
+    writers = [w.name for w in defs["olmo2"].layer if w.residual_writer]
+    assert writers == ["post_attention_layernorm.weight", "post_feedforward_layernorm.weight"]
+    assert {w.zero_fill for w in defs["gemma2"].layer if w.residual_writer} == {-1.0}  # gain 1 + w = 0

@@ -180,10 +180,10 @@ class _Derivation:
         try:
             self.small, self.order = self.runnable_tiny()
         except ArchitectureError:
-            tied = {k: v for k, v in probe.role_keys(self.cfg, free_head_dim=False).items() if k != "head_dim"}
-            if tied == self.roles:
+            dependent = {k: v for k, v in probe.role_keys(self.cfg, free_head_dim=False).items() if k != "head_dim"}
+            if dependent == self.roles:
                 raise
-            self.roles = tied  # the class runs only with head_dim = hidden / heads: query axes look like hidden
+            self.roles = dependent  # the class runs only with head_dim = hidden / heads: query axes look hidden
             self.small, self.order = self.runnable_tiny()
         on_disk = self.stage("saving a small instance", probe.saved_names, self.small.model)
         renamed = sorted(on_disk - set(probe.shapes(self.small.model)))
@@ -212,7 +212,8 @@ class _Derivation:
                     probes[role] = probe.tiny_config(type(self.cfg), self.params, self.roles, 2, **{role: value})
                 except Exception:  # a class that rejects this size: axes following it stay unplaced
                     continue
-        sigs = self.stage("probing shapes", probe.signatures, self.model_class, self.small.config, probes, self.names)
+        base = probe.tiny_config(type(self.cfg), self.params, self.roles, 2)  # fresh: building a model may edit one
+        sigs = self.stage("probing shapes", probe.signatures, self.model_class, base, probes, self.names)
         self.axes: dict[str, list[str | int]] = {}
         unplaced, fused = [], []
         for n in self.names:
