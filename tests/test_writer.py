@@ -71,3 +71,40 @@ def test_parse_size():
     assert parse_size("1000") == 1000
     with pytest.raises(UsageError):
         parse_size("five")
+
+
+def test_writeback_starts_as_bytes_are_written(tmp_path, monkeypatch):
+    """Every byte of a shard has its writeback started once, in order, while the shard is written (`durable.py`)."""
+    import sys
+
+    from grow_cli.checkpoint import durable, writer
+
+    if sys.platform == "linux":
+        assert durable._sync_file_range is not None  # the head start is real here
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(writer, "WRITEBACK_STEP", 1000)
+    monkeypatch.setattr(writer, "start_writeback", lambda fd, offset, n: started.append((offset, n)))
+    _write(tmp_path, {"a": (torch.randn(700), "F32"), "b": (torch.randn(300), "F32")}, max_shard=10**9)
+    size = (tmp_path / "model.safetensors").stat().st_size
+    assert len(started) > 2 and started[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in zip(started, started[1:], strict=False))
+    assert sum(n for _, n in started) == size
+
+
+def test_outputs_are_fsynced_before_they_appear(cli, tiny_checkpoints, tmp_path, monkeypatch):
+    """Every file of the output, its folder and the folder it is renamed into are fsynced (Linux: named by fd)."""
+    import os
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("names the fsynced files through /proc/self/fd")
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    out = tmp_path / "out"
+    assert cli("expand", tiny_checkpoints("llama"), out, "--layers", "6", "-q").code == 0
+    names = {os.path.basename(p) for p in synced}
+    assert {p.name for p in out.iterdir()} <= names
+    assert str(tmp_path) in synced  # the rename is recorded

@@ -2,22 +2,27 @@
 write config, small files, `grow.json` and the model card, optionally verify, and move the folder into place.
 
 Memory stays bounded: the reader returns one tensor at a time and the writer appends it to a shard whose header was
-written in advance, so the peak is about one tensor (see `Plan.peak_bytes`), not one shard or one model.
+written in advance, so the peak is about one tensor (see `Plan.peak_bytes`), not one shard or one model. Tensors
+that no arithmetic changes (depth copies keeping their dtype, zeroed identity writers) never pass through Python:
+they are copied file to file in the kernel (`stored_bytes`), so a depth-only growth runs at the speed of `cp` and
+imports no torch.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
+from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output, update_pooling_dimension
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
-from grow_cli.checkpoint.writer import ShardWriter, parse_size
+from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
 from grow_cli.console import byte_progress
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
@@ -26,6 +31,23 @@ from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
 
 CARD_AND_RECORD_BYTES = 1 << 20  # config.json, grow.json, README.md and the index: generously
+
+
+def stored_bytes(plan: Plan, reader: CheckpointReader, index: int) -> FileRange | ZeroBytes | None:
+    """Output tensor `plan.tensors[index]` when no arithmetic makes it: the range of a source file that holds it byte
+    for byte (a depth copy that keeps its dtype), or all-zero bytes (an identity block's zeroed writer); else None.
+
+    These are written without torch: copied file to file in the kernel, or from a shared zero buffer.
+    """
+    t = plan.tensors[index]
+    if plan.width is not None:
+        return None
+    if t.zero:
+        return ZeroBytes(t.nbytes) if t.source.weight.zero_fill == 0 else None
+    entry = reader.tensors[t.reads[0]] if len(t.reads) == 1 else None
+    if entry is None or entry.dtype != t.dtype or entry.shape != t.shape:
+        return None
+    return reader.file_range(t.reads[0])
 
 
 def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None):
@@ -42,6 +64,35 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
     inputs = [reader.read(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
     result = plan.width.apply(t.source, inputs) if plan.width else inputs[0]
     return result.to(dtype).contiguous()
+
+
+def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=None) -> None:
+    """Write every output tensor of `plan` in order, as `stored_bytes` or `materialize` makes it.
+
+    A computed tensor is written by a background thread while the next one is computed (file writes and torch's
+    kernels both release the GIL), so arithmetic and I/O overlap; at most one write is in flight, and width
+    operators alternate two buffer sets (`WidthOperator.apply`), so the tensor being written is never the one being
+    computed. Stored bytes and any tensor that lies in the reader's buffers are written in this thread, after the
+    write in flight: their source range or buffer is only valid until the next read.
+    """
+    pool = BufferPool()
+    total = len(plan.tensors)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grow-write") as background:
+        in_flight: Future | None = None
+        for i, t in enumerate(plan.tensors):
+            stored = stored_bytes(plan, reader, i)
+            data = stored if stored is not None else materialize(plan, reader, i, pool)
+            if in_flight is not None:
+                in_flight.result()  # the previous write is done: its buffers may be taken again
+                in_flight = None
+            if stored is None and not pool.owns(data):
+                in_flight = background.submit(writer.write, t.name, data)
+            else:
+                writer.write(t.name, data)
+            if advance is not None:
+                advance(t.nbytes, f"growing {i + 1}/{total} tensors")
+        if in_flight is not None:
+            in_flight.result()
 
 
 def _stage(
@@ -144,13 +195,12 @@ def _execute(
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
         require_free_space(tmp, plan.total_bytes + extra, out)
         require_memory(plan.peak_bytes)
-        writer = ShardWriter(tmp, plan.shards)
-        pool = BufferPool()
-        with byte_progress(f"growing 0/{len(plan.tensors)} tensors", plan.total_bytes, quiet=quiet) as advance:
-            for i, t in enumerate(plan.tensors):
-                written = writer.write(t.name, materialize(plan, reader, i, pool))
-                advance(written, f"growing {i + 1}/{len(plan.tensors)} tensors")
-        writer.finish()
+        with (
+            ShardWriter(tmp, plan.shards) as writer,
+            byte_progress(f"growing 0/{len(plan.tensors)} tensors", plan.total_bytes, quiet=quiet) as advance,
+        ):
+            stream(plan, reader, writer, advance)
+            writer.finish()
         (tmp / "config.json").write_text(json.dumps(plan.target_config, indent=2) + "\n")
         copied, skipped = copy_small_files(src.folder, tmp)
         if plan.width:

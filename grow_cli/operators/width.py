@@ -175,6 +175,7 @@ class WidthOperator:
 
     def __init__(self, spec: GrowthSpec, arch: ArchDef, binding: Binding, config: dict[str, Any]):
         self._pool = BufferPool()
+        self._calls = 0  # apply() calls so far: their parity picks the buffer set
         self.method = spec.width_method
         self.arch = arch
         self.config = config
@@ -223,17 +224,23 @@ class WidthOperator:
         return (tensor.name,)
 
     def apply(self, tensor: BoundTensor, inputs: list[Any]) -> Any:
-        """The widened tensor (float32; the executor casts it to the output dtype)."""
+        """The widened tensor (float32; the executor casts it to the output dtype).
+
+        It may live in this operator's buffers, and then stays valid until the second next call: calls alternate
+        between two buffer sets, so the executor can write one tensor while it computes the next.
+        """
         w = tensor.weight
+        self._calls += 1
+        side = self._calls % 2
         if self.method == "zero":
             out = self._zero(w, inputs[0].float(), tensor.name)
         else:
-            out = self._fpi(w, inputs[0].float(), "this")
+            out = self._fpi(w, inputs[0].float(), ("this", side))
             if self.method == "aki" and len(inputs) == 2:
                 axis = _OUT_AXIS[w.kind]
                 m = self._axis(w.axes[axis])
                 if m is not None:
-                    out = _where_along(m.new, axis, self._fpi(w, inputs[1].float(), "next"), out)
+                    out = _where_along(m.new, axis, self._fpi(w, inputs[1].float(), ("next", side)), out)
             if self.method == "hypercloning" and self.noise_snr_db is not None:
                 out = self._noise(w, out, tensor.name)
         if w.runtime_scale:
@@ -379,9 +386,10 @@ class WidthOperator:
         key = self.arch.config["norm_eps"]
         if self.config.get(key) is not None:
             return float(self.config[key])
-        import transformers
+        from grow_cli.arch import hf_config
 
-        return float(getattr(transformers.AutoConfig.for_model(self.config["model_type"]), key))
+        defaults = hf_config.built(self.config["model_type"], {})
+        return float(getattr(defaults, key))
 
     @cached_property
     def _axes(self) -> dict[str, _Axis]:
@@ -431,11 +439,11 @@ class WidthOperator:
             raise UsageError(f"{self.arch.name}: cannot widen a '{space}' axis with these head maps")
         return self._axes[space]
 
-    def _fpi(self, w: WeightDef, x, tag: str):
+    def _fpi(self, w: WeightDef, x, tag: object):
         """OUT on every axis, IN (gather and divide by the copy count) on the input axis.
 
         Gathers go into reused buffers (slots named by `tag` and axis): the result is valid until the next call
-        with the same tag, which the executor guarantees by writing each tensor before making the next.
+        with the same tag (see `apply`).
         """
         import torch
 

@@ -24,6 +24,7 @@ from grow_cli.errors import UsageError
 from grow_cli.train.checkpoints import load_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.freeze import freeze_all_but
+from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
@@ -72,6 +73,7 @@ class Run:
     flops_per_token: float
     peak_flops: float | None  # the device's dense peak (FLOP/s), None when unknown
     run_keys: dict[str, Any]  # what a resume must match (see checkpoints.RESUME_KEYS)
+    kernels: dict[str, Any]  # what `speed_up` applied: Liger kernels and compiled blocks (recorded in grow.json)
     step: int = 0
     tokens: int = 0
 
@@ -95,6 +97,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     """Build, prepare and (when resuming) restore everything for the loop; see the module docstring."""
     tracker = JsonlTracker(config.out / "metrics.jsonl", resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
+    liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device)  # refused before data
     budget = make_budget(config, accelerator)
     if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
         remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
@@ -104,6 +107,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     data = load_data(config, checked, accelerator)
     config.out.mkdir(parents=True, exist_ok=True)  # only now: data that cannot be read leaves no empty output
     model, saved_dtype, trainable = load_trainable_model(config, checked.trainable_names)
+    kernels = speed_up(model, config, accelerator, liger=liger)
     num_parameters = sum(p.numel() for p in model.parameters())
     max_lr = resolve_max_lr(config, num_parameters, accelerator)
     if config.max_tokens:
@@ -140,6 +144,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         flops_per_token=flops_token,
         peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
         run_keys=run_keys(config, data, budget, accelerator),
+        kernels=kernels,
     )
     if checked.resume_from is not None:
         resume(run, checked.resume_from)
@@ -151,10 +156,11 @@ def build(config: TrainConfig, checked: Checked) -> Run:
 
 
 def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
-    """The accelerator; flags left unset (None) fall through to `accelerate config` / `accelerate launch`."""
+    """The accelerator; flags left unset (None) fall through to `accelerate config` / `accelerate launch`. With
+    --compile grow compiles the repeated blocks itself (`kernels.py`), so accelerate must not compile the model."""
     return Accelerator(
         mixed_precision=config.mixed_precision,
-        dynamo_backend="inductor" if config.compile else None,
+        dynamo_backend="no" if config.compile else None,
         log_with=[tracker, *config.report_to],
         project_dir=str(config.out),
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, whatever the process count
@@ -228,8 +234,22 @@ def load_trainable_model(
         trainable = [name for name, _ in model.named_parameters()]
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+    # Training never reuses keys and values: without this, every forward fills a KV cache it throws away (and a
+    # compiled block would be recompiled once per layer on the cache's state). save_model turns it back on.
+    model.config.use_cache = False
     return model, saved_dtype, trainable
+
+
+def speed_up(model: PreTrainedModel, config: TrainConfig, accelerator: Accelerator, *, liger: bool) -> dict[str, Any]:
+    """Liger Kernel where it applies, then (with --compile) each repeated block compiled in place (`kernels.py`);
+    says what was done and returns it for grow.json."""
+    fused = apply_liger(model) if liger else []
+    blocks = compile_repeated_blocks(model) if config.compile else 0
+    if fused:
+        say(accelerator, config.quiet, f"Liger Kernel: {', '.join(fused)}")
+    if blocks:
+        say(accelerator, config.quiet, f"compiling {blocks} repeated blocks in place (one graph, reused)")
+    return {"liger": fused, "compiled_blocks": blocks}
 
 
 def resolve_max_lr(config: TrainConfig, num_parameters: int, accelerator: Accelerator) -> float:

@@ -111,6 +111,7 @@ def stage_record(run: Run, eval_loss: float) -> dict[str, Any]:
             "global_batch_tokens": run.budget.tokens_per_step,
         },
         "mixed_precision": run.accelerator.mixed_precision,
+        "kernels": run.kernels,
         "seed": config.seed,
         "final_eval_loss": eval_loss,
         "final_eval_ppl": eval_metrics(eval_loss)["eval_ppl"],

@@ -17,14 +17,18 @@ from grow_cli.train.build import Run
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean training loss over the step's micro-batches and processes
+    loss: torch.Tensor  # mean training loss over the step's micro-batches and processes, still on the device
     lr: float  # the LR this step used
     grad_norm: torch.Tensor | None  # before clipping, still on the device; None when clipping is off
 
 
 def to_device(ids: torch.Tensor, accelerator: Any) -> torch.Tensor:
-    """A batch of token ids (from the host) on the accelerator's device."""
-    return ids.to(accelerator.device)
+    """A batch of token ids (from the host) on the accelerator's device. To a GPU, through pinned memory and without
+    waiting: the copy is queued behind the work in flight instead of stopping the host until it is done."""
+    device = accelerator.device
+    if device.type == "cuda":
+        return ids.pin_memory().to(device, non_blocking=True)
+    return ids.to(device)
 
 
 def micro_batch_loss(model: Any, ids: torch.Tensor) -> torch.Tensor:
@@ -50,7 +54,7 @@ def train_step(run: Run) -> StepResult:
     lr = run.scheduler.get_last_lr()[0]  # the LR this step used
     if not optimizer.step_was_skipped:  # fp16's scaler skips steps with inf gradients
         run.scheduler.step()
-    loss_mean = accelerator.reduce(loss_sum / run.budget.grad_accum, "mean").item()
+    loss_mean = accelerator.reduce(loss_sum / run.budget.grad_accum, "mean")  # no .item(): see step_log.py
     return StepResult(loss_mean, lr, grad_norm)
 
 
