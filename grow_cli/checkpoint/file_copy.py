@@ -1,8 +1,9 @@
 """Copying a byte range from one open file into another: in the kernel where it can, through a buffer where not.
 
 Depth growth without a dtype change writes most tensors exactly as the source stores them. Those bytes need never
-enter Python: `os.copy_file_range` copies them inside the kernel (page cache to page cache, or a reflink on
-filesystems that share extents), so a grown checkpoint is written about as fast as `cp` writes the same bytes.
+enter Python: `os.copy_file_range` copies them inside the kernel (page cache to page cache; tensor offsets are
+rarely block-aligned, so filesystems that could share extents copy too), so a grown checkpoint is written about as
+fast as `cp` writes the same bytes.
 The kernel refuses in some places — across filesystems (Linux < 5.3, and ≥ 5.19 between different filesystem
 types), on filesystems without support, in sandboxes that block the call, on systems without it — and then the
 range is copied with `pread`/`pwrite` through one reused buffer, and the kernel is not asked again by this copier.
