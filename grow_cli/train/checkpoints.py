@@ -25,6 +25,8 @@ RESUME_KEYS = (
     "seed",
     "train_only",
     "num_processes",
+    "objective",
+    "apollo",
 )
 
 
