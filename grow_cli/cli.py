@@ -63,7 +63,9 @@ def _root(
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into one line and an exit code."""
     from grow_cli.errors import GrowError
+    from grow_cli.signals import Terminated, terminate_like_interrupt
 
+    terminate_like_interrupt()
     try:
         app()
     except GrowError as exc:
@@ -71,6 +73,9 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Terminated:
+        print("terminated (SIGTERM); nothing unfinished was left behind", file=sys.stderr)
+        sys.exit(Terminated.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

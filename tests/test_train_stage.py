@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -284,3 +285,48 @@ def test_the_command_passes_every_option_to_train_config_by_name(tmp_path):
     assert config.report_to == ["tensorboard", "wandb"]
     with pytest.raises(UsageError, match="--max-tokens must be a whole number, got 2.5"):
         train_config({**options, **required, "max_tokens": 2.5})
+
+
+def test_the_model_folder_is_never_the_output(tmp_path, capsys):
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+    before = sorted(p.name for p in model.iterdir())
+    for out in (model, model / "trained"):
+        code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--overwrite"), capsys)
+        lines = stderr.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and "source folder" in lines[0], stderr
+    assert sorted(p.name for p in model.iterdir()) == before
+    tf.AutoModelForCausalLM.from_pretrained(model)
+
+
+def test_overwrite_leaves_no_stale_file_of_the_old_run(tmp_path, capsys, tiny_checkpoints):
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+    out = tmp_path / "out"
+    shutil.copytree(tiny_checkpoints("llama"), out)  # an older, sharded model with an index …
+    (out / "checkpoints" / "step_00000099").mkdir(parents=True)  # … and a checkpoint from a longer run
+    (out / "checkpoints" / "step_00000099" / "grow-state.json").write_text('{"step": 99}')
+    (out / "notes.txt").write_text("the user's own file")
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--overwrite"), capsys)
+    assert code == 0, stderr
+    assert not (out / "model.safetensors.index.json").exists() and not list(out.glob("model-*"))
+    assert not (out / "checkpoints" / "step_00000099").exists()
+    assert (out / "notes.txt").read_text() == "the user's own file"  # not grow's: kept
+    assert tf.AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    """What `timeout`, Slurm, Docker and systemd send: the step finishes, a checkpoint is saved, exit 130."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "grow_cli", *map(str, train_args(model, data, out, "--max-steps", 100000))]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted at step" in lines[0], stderr
+    (checkpoint,) = (out / "checkpoints").iterdir()
+    assert json.loads((checkpoint / "grow-state.json").read_text())["step"] >= 2

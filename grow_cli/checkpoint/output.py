@@ -1,35 +1,65 @@
 """Output folders that appear only when complete, and the small files that travel with a model.
 
 Everything is written into a temporary folder beside OUT and renamed into place at the end, so an interrupted or
-failed run leaves the user's files as they were. A non-empty OUT is refused unless `force`; OUT inside SRC (or SRC
-inside OUT) is refused outright.
+failed run leaves the user's files as they were; the run holds an exclusive claim on OUT meanwhile (`claim.py`).
+A non-empty OUT is refused unless `force`; OUT equal to SRC, inside it or holding it is refused outright.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from grow_cli.checkpoint.claim import OLD_MARK, TMP_MARK, OutputClaim, sibling, unwritable
 from grow_cli.checkpoint.files import WEIGHT_INDEXES, WEIGHT_SUFFIXES
+from grow_cli.console import err
 from grow_cli.errors import OutputError
 
 # Files the output gets afresh, never copied from the source.
 REGENERATED = {"config.json", "README.md", "grow.json", *WEIGHT_INDEXES}
 MAX_COPIED_FILE = 100 * 1024 * 1024
+# Besides weights: what a grow run writes into its output, and a re-run with --overwrite must not leave stale.
+PREVIOUS_RUN_FILES = REGENERATED | {"generation_config.json", "metrics.jsonl"}
+
+
+def check_not_overlapping(out: Path, source: Path | None) -> None:
+    """Refuse an output that is the source, lies inside it, or holds it: writing it would destroy the source."""
+    if source is None:
+        return
+    out, src = out.expanduser().resolve(), source.expanduser().resolve()
+    if out == src:
+        raise OutputError(f"the output {out} is the source folder itself; choose another output folder")
+    if src in out.parents:
+        raise OutputError(f"output {out} lies inside the source folder {src}; choose a folder outside it")
+    if out in src.parents:
+        raise OutputError(f"the source {src} lies inside the output {out}; choose another output folder")
+
+
+def remove_previous_run(folder: Path) -> list[str]:
+    """Remove from `folder` what an earlier run wrote there: weights, indexes, config, card, grow.json, metrics and
+    training checkpoints. A run told to start again must not leave such files to mix with its own (an index naming
+    shards that are gone, a checkpoint of a later step that `--resume auto` would take); other files are kept.
+    Returns the names removed."""
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.is_file() and (entry.suffix in WEIGHT_SUFFIXES or entry.name in PREVIOUS_RUN_FILES):
+            entry.unlink()
+        else:
+            continue
+        removed.append(entry.name)
+    return removed
 
 
 def check_output(out: Path, source: Path | None, *, force: bool) -> None:
     """Refuse an OUT that would lose the user's data or overlap the source."""
     out = out.expanduser().resolve()
-    if source is not None:
-        src = source.resolve()
-        if out == src or src in out.parents:
-            raise OutputError(f"output {out} lies inside the source folder {src}; choose a folder outside it")
-        if out in src.parents:
-            raise OutputError(f"the source {src} lies inside the output {out}; choose another output folder")
+    check_not_overlapping(out, source)
     if out.exists():
         if not out.is_dir():
             raise OutputError(f"{out} exists and is a file; choose another output folder")
@@ -39,33 +69,72 @@ def check_output(out: Path, source: Path | None, *, force: bool) -> None:
 
 @contextmanager
 def staged_output(out: Path, source: Path | None, *, force: bool) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside `out`; on success it replaces `out`, on failure it is removed."""
-    out = out.expanduser().resolve()
-    check_output(out, source, force=force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.grow-tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.grow-old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    """Yield a fresh temporary folder beside `out`; on success it becomes `out`, on failure it is removed.
 
-
-def copy_small_files(source: Path, dest: Path) -> tuple[list[str], list[str]]:
-    """Copy tokenizer, generation config and other small files byte for byte (sub-folders included).
-
-    Weight files, indexes and files grow regenerates are not copied, nor is anything over 100 MB or hidden.
-    Returns (copied, skipped) relative paths.
+    The run holds the claim on `out` throughout (`claim.py`), so a second run into the same folder is refused
+    instead of racing. Without `force` the final rename is atomic and replaces only a missing or empty `out`:
+    whatever appears there meanwhile is never replaced. With `force` the previous `out` is moved aside, the new
+    one renamed in, and the old one removed. Errors writing the folder name `out`, never the temporary folder.
     """
-    copied: list[str] = []
+    out = out.expanduser().resolve()
+    check_not_overlapping(out, source)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(out, exc) from None
+    with OutputClaim(out) as claim:
+        for note in claim.notes:
+            err.print(f"note: {note}", soft_wrap=True)
+        check_output(out, source, force=force)  # again, now that no other grow run can change it
+        tmp = sibling(out, TMP_MARK)
+        try:
+            tmp.mkdir()
+            yield tmp
+            _commit(tmp, out, force=force)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and _is_output_error(exc, out, tmp):
+                raise unwritable(out, exc) from None
+            raise
+
+
+def _is_output_error(exc: OSError, out: Path, tmp: Path) -> bool:
+    """An OSError that is about writing the output (a full or read-only disk, a path in it), not reading input."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    names = [n for n in (exc.filename, exc.filename2) if n]
+    return any(str(n).startswith((str(tmp), str(out))) for n in names)
+
+
+def _commit(tmp: Path, out: Path, *, force: bool) -> None:
+    if force and out.exists():
+        old = sibling(out, OLD_MARK)
+        out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, out)  # atomic; replaces `out` only when it is missing or an empty folder
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        raise OutputError(
+            f"{out} was filled by another program while grow was writing; nothing in it was replaced and this "
+            "run's output was discarded. Pass --force to replace it, or choose another output folder"
+        ) from None
+
+
+def small_files(source: Path) -> tuple[list[Path], list[str]]:
+    """The tokenizer, generation config and other small files an output gets from `source` (sub-folders included).
+
+    Weight files, indexes and files grow regenerates are left out, and so is anything hidden or over 100 MB (those
+    are returned as skipped relative paths).
+    """
+    kept: list[Path] = []
     skipped: list[str] = []
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
@@ -76,6 +145,16 @@ def copy_small_files(source: Path, dest: Path) -> tuple[list[str], list[str]]:
         if path.stat().st_size > MAX_COPIED_FILE:
             skipped.append(str(rel))
             continue
+        kept.append(path)
+    return kept, skipped
+
+
+def copy_small_files(source: Path, dest: Path) -> tuple[list[str], list[str]]:
+    """Copy `small_files(source)` byte for byte into `dest`; returns (copied, skipped) relative paths."""
+    kept, skipped = small_files(source)
+    copied: list[str] = []
+    for path in kept:
+        rel = path.relative_to(source)
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)

@@ -3,81 +3,26 @@
 Safetensors files are read by offset: grow parses each shard's header itself (which also detects corrupted and
 truncated files before anything is written) and reads a tensor's bytes with `readinto` into a fresh buffer. Unlike
 mmap, this keeps the process's resident memory at one tensor, whatever the checkpoint size. Legacy
-`pytorch_model.bin` files are opened only through `torch.load(weights_only=True, mmap=True)`; any other weight
-format is refused.
+`pytorch_model.bin` files are opened only through `torch.load(weights_only=True)` (memory-mapped when they are
+zip files, read whole one file at a time when they are pre-zip legacy pickles); any other weight format is refused.
+Every safetensors header passes the strict validator in `header.py` before a byte of data is read.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
-from dataclasses import dataclass
+import re
 from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.checkpoint.dtypes import DTYPES, dtype_name, nbytes, torch_dtype
+from grow_cli.checkpoint.dtypes import dtype_name, torch_dtype
 from grow_cli.checkpoint.files import BIN_INDEX, BIN_SINGLE, REFUSED_WEIGHTS, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
+from grow_cli.checkpoint.header import DuplicateKey, TensorEntry, no_duplicate_keys, read_safetensors_header
 from grow_cli.errors import CheckpointError
 
-MAX_HEADER = 100 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor lives: file, dtype, shape and byte range inside the file."""
-
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset in the file (safetensors) or -1 (pytorch .bin)
-    end: int
-
-    @property
-    def nbytes(self) -> int:
-        return nbytes(self.dtype, self.shape)
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
-    """Parse and validate one safetensors file's header: tensor entries and the `__metadata__` dict."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path.name} is not a safetensors file (only {size} bytes)")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > MAX_HEADER or 8 + header_len > size:
-                raise CheckpointError(f"{path.name} is corrupted or truncated: its header length is invalid")
-            raw = f.read(header_len)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path.name} is corrupted: its safetensors header is not valid JSON") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name} is corrupted: its safetensors header is not an object")
-    metadata = header.pop("__metadata__", None) or {}
-    base = 8 + header_len
-    entries: dict[str, TensorEntry] = {}
-    for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path.name} is corrupted: bad header entry for {name}") from exc
-        if dtype not in DTYPES:
-            raise CheckpointError(f"{path.name}: tensor {name} has unsupported dtype {dtype}")
-        entry = TensorEntry(path, dtype, shape, base + begin, base + end)
-        if end - begin != entry.nbytes or begin < 0:
-            raise CheckpointError(f"{path.name} is corrupted: tensor {name} has inconsistent offsets")
-        if base + end > size:
-            raise CheckpointError(
-                f"{path.name} is truncated: tensor {name} ends at byte {base + end} but the file has {size} bytes"
-            )
-        entries[name] = entry
-    return entries, metadata
+__all__ = ["CheckpointReader", "TensorEntry", "load_config", "load_weight_map", "read_safetensors_header"]
 
 
 def _inside(folder: Path, file_name: str, index_name: str) -> Path:
@@ -94,14 +39,25 @@ def _inside(folder: Path, file_name: str, index_name: str) -> Path:
     return path
 
 
-def _load_index(folder: Path, index_name: str) -> dict[str, str]:
+def load_weight_map(folder: Path, index_name: str) -> dict[str, str]:
+    """The `weight_map` of an index file (tensor name → shard file name), type-checked."""
     try:
-        index = json.loads((folder / index_name).read_text())
+        index = json.loads((folder / index_name).read_text(), object_pairs_hook=no_duplicate_keys)
         weight_map = index["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except DuplicateKey as dup:
+        raise CheckpointError(
+            f"{folder / index_name} names {dup.key!r} twice (which shard holds it is ambiguous); re-create the index"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{folder / index_name} is not a valid index (needs a 'weight_map')") from exc
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{folder / index_name} has an empty or invalid 'weight_map'")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(
+                f"{folder / index_name} maps tensor {name!r} to {shard!r}; every 'weight_map' value must be a "
+                "shard file name"
+            )
     return weight_map
 
 
@@ -129,7 +85,7 @@ class CheckpointReader:
         f = self.folder
         if (f / SAFETENSORS_INDEX).is_file():
             self.format = "safetensors"
-            weight_map = _load_index(f, SAFETENSORS_INDEX)
+            weight_map = load_weight_map(f, SAFETENSORS_INDEX)
             shards = {name: _inside(f, shard, SAFETENSORS_INDEX) for name, shard in weight_map.items()}
             headers = {p: read_safetensors_header(p)[0] for p in sorted(set(shards.values()))}
             for name, shard in shards.items():
@@ -144,7 +100,7 @@ class CheckpointReader:
         elif (f / BIN_INDEX).is_file() or (f / BIN_SINGLE).is_file():
             self.format = "bin"
             if (f / BIN_INDEX).is_file():
-                weight_map = _load_index(f, BIN_INDEX)
+                weight_map = load_weight_map(f, BIN_INDEX)
                 shards = {name: _inside(f, shard, BIN_INDEX) for name, shard in weight_map.items()}
             else:
                 shards = None
@@ -165,18 +121,9 @@ class CheckpointReader:
             raise CheckpointError(f"the checkpoint in {f} holds no tensors")
 
     def _load_bin(self, path: Path) -> dict[str, Any]:
-        import pickle
-
-        import torch
-
         if self._bin_path != path:
-            self._bin_state = {}  # drop the previous shard's mapping before mapping the next
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-                raise CheckpointError(f"{path.name} cannot be loaded safely (weights_only): {exc}") from exc
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path.name} does not hold a state dict")
+            self._bin_state = {}  # drop the previous shard's tensors before loading the next
+            state = load_bin_weights(path)
             self._bin_state, self._bin_path = state, path
         return self._bin_state
 
@@ -194,19 +141,24 @@ class CheckpointReader:
             raise CheckpointError(f"tensor {name} is not in the checkpoint")
         if entry.start < 0:
             return self._load_bin(entry.file)[name].clone()
-        if self._handle_path != entry.file:
-            self.close()
-            self._handle = open(entry.file, "rb", buffering=0)  # noqa: SIM115 - kept open across reads
-            self._handle_path = entry.file
         if pool is not None:
             tensor = pool.tensor(slot, entry.shape, entry.dtype)
         else:
             tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
-        if entry.nbytes:
-            self._handle.seek(entry.start)
-            got = self._handle.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
-            if got != entry.nbytes:
-                raise CheckpointError(f"{entry.file.name} is truncated: could not read tensor {name}")
+        try:
+            if self._handle_path != entry.file:
+                self.close()
+                self._handle = open(entry.file, "rb", buffering=0)  # noqa: SIM115 - kept open across reads
+                self._handle_path = entry.file
+            if entry.nbytes:
+                self._handle.seek(entry.start)
+                got = self._handle.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+                if got != entry.nbytes:
+                    raise CheckpointError(
+                        f"{entry.file.name} is truncated (it shrank while grow read it): could not read tensor {name}"
+                    )
+        except OSError as exc:
+            raise CheckpointError(f"cannot read tensor {name} from {entry.file}: {exc.strerror or exc}") from None
         return tensor
 
     def close(self) -> None:
@@ -223,6 +175,42 @@ class CheckpointReader:
         self._bin_state = {}
 
 
+def _refused_global(message: str) -> str | None:
+    """The Python object torch's weights-only unpickler refused (e.g. `os.system`), or None for other failures."""
+    match = re.search(r"GLOBAL ([\w.]+)", message)  # "Unsupported global: GLOBAL x" / "unsupported GLOBAL x whose…"
+    return match.group(1) if match else None
+
+
+def load_bin_weights(path: Path) -> dict[str, Any]:
+    """A `pytorch_model.bin` state dict through torch's weights-only unpickler, and nothing else.
+
+    Zip-format files (torch ≥ 1.6) are memory-mapped; legacy (pre-zip) files cannot be, and are read whole — one
+    file at a time, so memory stays bounded by the largest shard. torch's own error text is never repeated: for a
+    file it refuses as unsafe, it advises re-running with `weights_only=False`, the one thing not to do with it.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        refused = _refused_global(str(exc))
+        if refused is not None:
+            raise CheckpointError(
+                f"{path.name} holds Python objects besides tensors ({refused}); grow loads .bin weights only "
+                "through torch's weights-only loader and refuses this file. Ask its publisher for a safetensors copy"
+            ) from None
+        raise CheckpointError(
+            f"{path.name} is not a readable PyTorch weights file (damaged, truncated or another format); "
+            "re-download or re-create it"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
+    return state
+
+
 def load_config(folder: Path) -> dict[str, Any]:
     """The folder's config.json as a dict (kept raw so every key survives growth)."""
     path = Path(folder) / "config.json"
@@ -230,8 +218,24 @@ def load_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
     try:
         config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSON errors and undecodable (non-UTF-8) bytes
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
+    _check_dtype_keys(config, path)
     return config
+
+
+def _check_dtype_keys(config: dict[str, Any], path: Path) -> None:
+    """`dtype` / `torch_dtype` must name a torch dtype: transformers cannot load a folder whose config says `5`."""
+    import torch
+
+    for key in ("dtype", "torch_dtype"):
+        value = config.get(key)
+        if value is None or value == "auto":
+            continue
+        if not isinstance(value, str) or not isinstance(getattr(torch, value, None), torch.dtype):
+            raise CheckpointError(
+                f'{path}: {key!r} is {value!r}, not a dtype name; set it to the weights\' dtype, e.g. "bfloat16" '
+                'or "float32"'
+            )

@@ -20,17 +20,26 @@ EXAMPLES = """
 def family(
     recipe: Annotated[Path, typer.Argument(help="The family recipe (YAML).")],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the recipe's `out`).")] = None,
-    check: Annotated[bool, typer.Option("--check", help="Validate the recipe and print its members.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Check everything the run needs (sources, tokenizer, data, every grow step); build nothing."
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run a model family from a recipe: each member grown from the previous one, trained, and compared with it."""
+    from grow_cli.console import err, print_json
     from grow_cli.console import out as stdout
-    from grow_cli.console import print_json
     from grow_cli.family.recipe import load_recipe
 
     parsed = load_recipe(recipe, out)
     if check:
+        from grow_cli.family.check import check_recipe
+
+        for note in check_recipe(parsed):
+            err.print(f"note: {note}", soft_wrap=True)
         members = [
             {
                 "name": m.name,

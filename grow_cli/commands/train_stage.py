@@ -162,13 +162,15 @@ def train_config(options: dict[str, Any]) -> TrainConfig:
     """The `TrainConfig` of the command's options: each goes in under its own name, except `COMMAND_ONLY`. The two
     that the command line spells differently are converted here: --report-to is one comma-separated string, and
     --max-tokens is parsed as a number so that 2e9 works, but must be whole."""
+    import math
+
     from grow_cli.errors import UsageError
     from grow_cli.train.config import TrainConfig
 
     settings = {name: value for name, value in options.items() if name not in COMMAND_ONLY}
     max_tokens = settings["max_tokens"]
     if max_tokens is not None:
-        if max_tokens != int(max_tokens):
+        if not (math.isfinite(max_tokens) and max_tokens == int(max_tokens)):
             raise UsageError(f"--max-tokens must be a whole number, got {max_tokens}")
         settings["max_tokens"] = int(max_tokens)
     settings["report_to"] = [name.strip() for name in settings["report_to"].split(",") if name.strip()]

@@ -27,6 +27,7 @@ from grow_cli.errors import DataError
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
 FOLDER_SUFFIXES = set(SUFFIX_KIND) | TEXT_SUFFIXES
+BINARY_PROBE = 8192  # bytes read to tell a binary file from text
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
 
 
@@ -118,9 +119,20 @@ def _pyarrow():
     return pa
 
 
+def _looks_binary(path: Path) -> bool:
+    """A NUL byte in the first 8 KB: text never has one; images, archives, executables and weights almost surely do."""
+    with path.open("rb") as f:
+        return b"\0" in f.read(BINARY_PROBE)
+
+
 def check_sources(sources: list[Source], text_field: str) -> None:
-    """Fail now, with the file's name, if a tabular source lacks `text_field`."""
+    """Fail now, with the file's name, if a text source is binary or a tabular source lacks `text_field`."""
     for source in sources:
+        if source.kind == "text" and _looks_binary(source.path):
+            raise DataError(
+                f"--data {source.path}: the file is binary (it holds NUL bytes), not text; pass text, .jsonl, "
+                ".parquet or pre-tokenized .bin files"
+            )
         if source.kind in ("jsonl", "parquet", "arrow"):
             columns = _columns(source)
             if text_field not in columns:

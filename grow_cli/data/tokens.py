@@ -96,6 +96,12 @@ def _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp
 
         for source in sources:
             if source.kind == "tokens":
+                size = source.path.stat().st_size
+                if size % dtype.itemsize:
+                    raise DataError(
+                        f"--data {source.path}: {size:,} bytes is not a whole number of {dtype.name} tokens "
+                        f"({dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
+                    )
                 stream = np.memmap(source.path, dtype=dtype, mode="r")
                 top = int(stream.max()) if stream.size else 0
                 if top >= vocab_size:
@@ -119,6 +125,20 @@ def _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp
             if texts:
                 num_tokens += flush(texts, ends)
     return num_tokens, num_docs
+
+
+def _cached_meta(stream_file: Path, meta_file: Path) -> dict | None:
+    """The cache entry's metadata when both files are there and agree; None (tokenize again) otherwise."""
+    if not (stream_file.is_file() and meta_file.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        if stream_file.stat().st_size != int(meta["tokens"]) * itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta
 
 
 def prepare_tokens(
@@ -148,10 +168,9 @@ def prepare_tokens(
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     stream_file, meta_file = cache_dir / f"{fingerprint}.bin", cache_dir / f"{fingerprint}.json"
-    from_cache = stream_file.is_file() and meta_file.is_file()
-    if from_cache:
-        meta = json.loads(meta_file.read_text())
-    else:
+    meta = _cached_meta(stream_file, meta_file)
+    from_cache = meta is not None
+    if meta is None:
         tmp = cache_dir / f".{fingerprint}.{os.getpid()}.tmp"
         try:
             num_tokens, num_docs = _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp)
@@ -164,7 +183,9 @@ def prepare_tokens(
             "dtype": dtype.name,
             "sources": [str(s.path) for s in sources],
         }
-        meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+        tmp_meta = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
+        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+        tmp_meta.replace(meta_file)  # whole or absent: a run killed here re-tokenizes next time
     num_blocks = meta["tokens"] // seq_len
     num_eval = max(1, round(num_blocks * eval_fraction))
     if num_blocks < num_eval + 1:

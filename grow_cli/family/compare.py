@@ -17,7 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.divergence import divergences
-from grow_cli.errors import DataError
+from grow_cli.errors import DataError, UsageError
+
+
+def check_compare_options(
+    *, seq_len: int = 256, batch_size: int = 4, max_blocks: int | None = 64, eval_fraction: float = 0.01, **_: Any
+) -> None:
+    """Refuse options that cannot describe a comparison, before any model or data is read."""
+    if seq_len < 2:
+        raise UsageError(f"--seq-len must be at least 2 (one token predicts the next), got {seq_len}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_blocks is not None and max_blocks < 0:
+        raise UsageError(f"--max-blocks must be 0 (all) or more, got {max_blocks}")
+    if not 0.0 < eval_fraction < 0.5:
+        raise UsageError(f"--eval-fraction must be in (0, 0.5), as in train-stage; got {eval_fraction}")
 
 
 def _load(folder: Path, choice):
@@ -70,6 +84,7 @@ def compare(
     from grow_cli.data.tokens import prepare_tokens, token_cache_dir, tokenizer_fingerprint
     from grow_cli.train.model_io import load_model_config, load_tokenizer
 
+    check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
     a, b = Path(a), Path(b)
     config_a, config_b = load_model_config(a), load_model_config(b)
     tok_a, eos = load_tokenizer(a, config_a)

@@ -39,6 +39,8 @@ from grow_cli.growth.spec import GrowthSpec, field_types
 TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines"}
 MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train"}
 COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": int, "max_blocks": int}
+# How many values YAML aliases may repeat in one recipe, in all: a real recipe repeats a few dozen.
+MAX_ALIAS_NODES = 10_000
 # Training settings a recipe may not set: the family decides them per member.
 TRAIN_RESERVED = {"model", "out", "resume", "quiet", "overwrite"}
 
@@ -81,6 +83,65 @@ class Recipe:
         if "max_steps" not in settings and "max_tokens" not in settings:
             return None
         return settings
+
+
+class _AliasBomb(Exception):
+    def __init__(self, nodes: int):
+        super().__init__(nodes)
+        self.nodes = nodes
+
+
+def _load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases repeat more than `MAX_ALIAS_NODES` values in all.
+
+    An alias repeats its anchor's whole subtree; nested ones multiply ("billion laughs"), so nine lines can stand
+    for 10⁹ values that later code would walk. Each alias adds its anchor's expanded size (memoized per node) to a
+    running total, so a bomb is refused after a few aliases, anywhere in the recipe, before anything is built.
+    """
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        repeated = 0
+        sizes: dict[int, int]
+        open_anchors: set[str]
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                anchor = self.peek_event().anchor
+                if anchor in self.open_anchors:  # `&a [*a]`: a structure that contains itself is unbounded
+                    raise _AliasBomb(MAX_ALIAS_NODES + 1)
+                if anchor in self.anchors:
+                    self.repeated += self.size(self.anchors[anchor])
+                    if self.repeated > MAX_ALIAS_NODES:
+                        raise _AliasBomb(self.repeated)
+            return super().compose_node(parent, index)
+
+        def compose_sequence_node(self, anchor):
+            return self._open(anchor, super().compose_sequence_node)
+
+        def compose_mapping_node(self, anchor):
+            return self._open(anchor, super().compose_mapping_node)
+
+        def _open(self, anchor, compose):
+            self.open_anchors.add(anchor)
+            try:
+                return compose(anchor)
+            finally:
+                self.open_anchors.discard(anchor)
+
+        def size(self, node) -> int:
+            if id(node) not in self.sizes:
+                children = node.value if isinstance(node.value, list) else []
+                parts = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+                self.sizes[id(node)] = min(MAX_ALIAS_NODES + 1, 1 + sum(self.size(part) for part in parts))
+            return self.sizes[id(node)]
+
+    loader = BoundedLoader(text)
+    loader.sizes, loader.open_anchors = {}, set()
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _fail(where: str, message: str) -> UsageError:
@@ -146,9 +207,16 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _load_yaml(path.read_text())
     except OSError as exc:
         raise UsageError(f"cannot read recipe {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"recipe {path} is not a text file (not UTF-8); give a YAML recipe") from None
+    except _AliasBomb as exc:
+        raise UsageError(
+            f"recipe {path}: YAML aliases (*name) there repeat {exc.nodes:,}+ values, over grow's bound of "
+            f"{MAX_ALIAS_NODES:,}; write the repeated settings out, or repeat fewer of them"
+        ) from None
     except yaml.YAMLError as exc:
         raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     base = path.resolve().parent
@@ -164,6 +232,12 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
             _typed(compare[key], f"compare.{key}", kind)
     if "data" in compare:
         compare["data"] = _paths(compare["data"], "compare.data", base)
+    from grow_cli.family.compare import check_compare_options
+
+    try:
+        check_compare_options(**compare)
+    except UsageError as exc:
+        raise _fail("compare", str(exc)) from None
     members: list[Member] = []
     for i, m in enumerate(members_raw):
         where = f"members[{i}]"

@@ -17,7 +17,6 @@ interrupted training stage continues from its newest checkpoint.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,12 @@ def _done_training(folder: Path) -> bool:
 
 def _save_fresh_model(hf_config, tokenizer_source: Path, folder: Path, seed: int) -> Path:
     """A freshly initialised LM of `hf_config` (causal, or masked for an encoder) with the tokenizer of
-    `tokenizer_source`, written to `folder` (through a temporary folder, so a complete `folder` means a finished
-    write)."""
+    `tokenizer_source`, written to `folder` (through grow's staged output, so a complete `folder` means a finished
+    write and a failure leaves nothing)."""
     import torch
     import transformers
 
+    from grow_cli.checkpoint.output import staged_output
     from grow_cli.train.objective import choose_objective
 
     transformers.utils.logging.disable_progress_bar()
@@ -49,11 +49,9 @@ def _save_fresh_model(hf_config, tokenizer_source: Path, folder: Path, seed: int
     masked = choose_objective(hf_config, "auto").name == "masked"  # an encoder gets its masked-LM head
     auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
     model = auto.from_config(hf_config)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    transformers.AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
-    tmp.rename(folder)
+    with staged_output(folder, None, force=True) as tmp:
+        model.save_pretrained(tmp)
+        transformers.AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
     return folder
 
 
@@ -144,9 +142,12 @@ def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path
 
 def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     """Run every member of `recipe` (skipping finished ones) and write the family report."""
+    from grow_cli.family.check import check_recipe
     from grow_cli.family.compare import compare
     from grow_cli.family.report import write_report
 
+    for note in check_recipe(recipe):  # everything a run needs, before anything is built
+        err.print(f"note: {note}", soft_wrap=True)
     recipe.out.mkdir(parents=True, exist_ok=True)
     previous_final: Path | None = None
     summaries: list[dict[str, Any]] = []

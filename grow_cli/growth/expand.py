@@ -14,15 +14,18 @@ from typing import Any
 
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
-from grow_cli.checkpoint.output import copy_small_files, staged_output, update_pooling_dimension
+from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output, update_pooling_dimension
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, parse_size
 from grow_cli.console import byte_progress
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
+from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
+
+CARD_AND_RECORD_BYTES = 1 << 20  # config.json, grow.json, README.md and the index: generously
 
 
 def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None):
@@ -137,6 +140,9 @@ def _execute(
     started = time.perf_counter()
     hasher = FileHasher([*reader.files, src.folder / "config.json"])
     with staged_output(out, src.folder, force=force) as tmp:
+        extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
+        require_free_space(tmp, plan.total_bytes + extra, out)
+        require_memory(plan.peak_bytes)
         writer = ShardWriter(tmp, plan.shards)
         pool = BufferPool()
         with byte_progress(f"growing 0/{len(plan.tensors)} tensors", plan.total_bytes, quiet=quiet) as advance:

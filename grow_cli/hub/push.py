@@ -8,8 +8,6 @@ xet); the Hub keeps what already arrived, so re-running the same push after a fa
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from huggingface_hub import HfApi
 
 from grow_cli import __version__
 from grow_cli.checkpoint.files import WEIGHT_INDEXES, WEIGHT_LAYOUTS
+from grow_cli.checkpoint.reader import load_config, load_weight_map, read_safetensors_header
 from grow_cli.errors import CheckpointError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
@@ -117,24 +116,15 @@ def check_complete(folder: Path) -> list[str]:
         raise CheckpointError(
             f"{folder} is not a folder; pass the output folder of `grow expand` or `grow train-stage`"
         )
-    config = folder / "config.json"
-    if not config.is_file():
+    if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json: not a finished checkpoint (did the run complete?)")
-    try:
-        json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{config} is not valid JSON ({exc})") from None
+    load_config(folder)
     load_record(folder)  # a grow.json, when present, must be a valid record
 
     weights: list[str] = []
     for index_name in WEIGHT_INDEXES:
-        index = folder / index_name
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{index} is not a weight index ({exc})") from None
-            weights = sorted(set(weight_map.values()))
+        if (folder / index_name).is_file():
+            weights = sorted(set(load_weight_map(folder, index_name).values()))
             break
     else:
         weights = [single for single, _ in WEIGHT_LAYOUTS if (folder / single).is_file()][:1]
@@ -148,25 +138,8 @@ def check_complete(folder: Path) -> list[str]:
         raise CheckpointError(f"{folder} is incomplete: {len(missing)} weight file(s) missing, e.g. {missing[0]}")
     for name in weights:
         if name.endswith(".safetensors"):
-            _check_safetensors(folder / name)
+            read_safetensors_header(folder / name)  # the reader's strict check: complete, untruncated, consistent
     return weights
-
-
-def _check_safetensors(path: Path) -> None:
-    """A safetensors file is complete when its header parses and its data ends exactly at the end of the file."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        try:
-            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            header = None
-    if header is None:
-        raise CheckpointError(f"{path} is not a safetensors file (unreadable header); re-create it")
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end != size:
-        raise CheckpointError(f"{path} is truncated ({size:,} bytes, header expects {8 + n + end:,}); re-create it")
 
 
 def _refuse_leaked_token(folder: Path, token: str) -> None:

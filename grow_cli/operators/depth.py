@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from grow_cli.errors import OptionError
+from grow_cli.limits import check_layers
 
 if TYPE_CHECKING:
     from grow_cli.growth.spec import GrowthSpec
@@ -124,6 +125,7 @@ def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
                 f"--layers {layers} contradicts --dus-overlap {overlap}: dus gives "
                 f"2·({L} − {overlap}) = {2 * (L - overlap)} layers",
             )
+        check_layers(L, 2 * (L - overlap))
         return 2 * (L - overlap), overlap
     if layers is None:
         return L, None
@@ -132,6 +134,7 @@ def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
             "layers",
             f"--layers {layers} is smaller than the source's {L} layers; grow only adds layers (try {2 * L})",
         )
+    check_layers(L, layers)
     return layers, None
 
 

@@ -30,6 +30,7 @@ from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.errors import OptionError, UsageError
+from grow_cli.limits import check_width
 from grow_cli.operators import index_maps as im
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
     else:
         K2 = K * H2 // H if (K * H2) % H == 0 else K  # keep the group size, else grow inside groups
 
+    check_width(hidden_size=d2, intermediate_size=f2, num_heads=H2, num_kv_heads=K2)
     for flag, new, old in (
         ("--hidden-size", d2, d),
         ("--intermediate-size", f2, f),

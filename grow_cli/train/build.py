@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator, DistributedType
 
+from grow_cli.checkpoint.output import remove_previous_run
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import UsageError
@@ -93,7 +94,7 @@ def say(accelerator: Accelerator, quiet: bool, message: str) -> None:
     if accelerator.is_main_process and not quiet:
         from grow_cli.console import err
 
-        err.print(message)
+        err.print(message, soft_wrap=True)  # logs keep whole lines (and paths) intact
 
 
 def build(config: TrainConfig, checked: Checked) -> Run:
@@ -103,8 +104,13 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     budget = make_budget(config, accelerator)
     if checked.apollo:
         check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)
-    config.out.mkdir(parents=True, exist_ok=True)
+    if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
+        remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
+    accelerator.wait_for_everyone()
+    for note in checked.notes:
+        say(accelerator, False, f"note: {note}")
     data = load_data(config, checked, accelerator)
+    config.out.mkdir(parents=True, exist_ok=True)  # only now: data that cannot be read leaves no empty output
     loaded, trainable = load_trainable_model(config, checked, accelerator)
     model, saved_dtype = loaded.model, loaded.saved_dtype
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None

@@ -3,19 +3,24 @@
 accelerate saves the model, the optimizer, the LR scheduler, the gradient scaler and every process's RNG states
 (and shards them under FSDP/DeepSpeed). grow adds `grow-state.json`, written last: the step (which is the data
 position, see `batches.py`), the tokens seen, and what must not change across a resume (data fingerprint,
-sequence length, global batch). A folder without it is an interrupted save and is never resumed from.
+sequence length, global batch). A folder without it is an interrupted save and is never resumed from; a folder
+with a damaged file is named and skipped (`--resume auto`) or refused (`--resume PATH`), never loaded half-way.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import UsageError
+from grow_cli.checkpoint.header import read_safetensors_header
+from grow_cli.errors import CheckpointError, UsageError
 
 STATE_FILE = "grow-state.json"
+# What accelerate's save_state writes with torch.save (zip archives): model, optimizer, scheduler, RNG, scaler.
+TORCH_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
 # What a resume must match for the run to continue exactly where it stopped.
 RESUME_KEYS = (
     "data_fingerprint",
@@ -42,17 +47,79 @@ def complete_checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
 
 
-def resolve_resume(resume: str | None, out: Path) -> Path | None:
-    """The checkpoint to resume from: `--resume auto` takes the newest in `out` (or none: a fresh start)."""
+def _damaged_torch_file(path: Path) -> str | None:
+    """Why a `torch.save` file (a zip archive) is damaged, or None. Checks the archive's structure only — the
+    central directory and that every member lies inside the file — so the cost does not grow with its size."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = path.stat().st_size
+            for member in archive.infolist():
+                if member.header_offset + member.compress_size > size:
+                    return "truncated"
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return "truncated, or not a file torch.save wrote"
+    return None
+
+
+def damage_in(path: Path) -> str | None:
+    """The first damaged file of checkpoint `path`, as a phrase naming it, or None when the checkpoint is whole.
+
+    Checked without loading anything: grow-state.json parses and has the step, every safetensors file passes the
+    strict header check (which catches truncation), every torch file is a complete zip archive.
+    """
+    path = Path(path)
+    state_file = path / STATE_FILE
+    try:
+        state = json.loads(state_file.read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise ValueError
+    except (OSError, ValueError):
+        return f"{state_file} is damaged (not the JSON grow wrote)"
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        why = None
+        if file.suffix == ".safetensors":
+            try:
+                read_safetensors_header(file)
+            except CheckpointError as exc:
+                why = str(exc).removeprefix(f"{file.name} ").removeprefix("is ").split("; ")[0]
+        elif file.suffix in TORCH_FILE_SUFFIXES:
+            why = _damaged_torch_file(file)
+        if why is not None:
+            return f"{file} is damaged ({why})"
+    return None
+
+
+def resolve_resume(resume: str | None, out: Path) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from, and notes for the user.
+
+    `--resume auto` takes the newest whole checkpoint in `out` (or none: a fresh start); a damaged newer one is
+    skipped with a note naming its damaged file. An explicit damaged checkpoint is refused, naming the file and
+    the previous whole checkpoint to resume from instead.
+    """
     if resume is None:
-        return None
+        return None, []
     if resume == "auto":
-        found = complete_checkpoints(out)
-        return found[-1] if found else None
+        notes: list[str] = []
+        for candidate in reversed(complete_checkpoints(out)):
+            damage = damage_in(candidate)
+            if damage is None:
+                return candidate, notes
+            notes.append(f"{damage}; skipping {candidate.name}")
+        if notes:
+            raise CheckpointError(
+                f"every checkpoint in {checkpoint_root(out)} is damaged (newest: {notes[0].removesuffix(';')}); "
+                "start again with --overwrite"
+            )
+        return None, []
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise UsageError(f"--resume {path}: not a finished grow checkpoint (no {STATE_FILE})")
-    return path
+    damage = damage_in(path)
+    if damage is not None:
+        older = [p for p in complete_checkpoints(path.parent.parent) if p.name < path.name and damage_in(p) is None]
+        instead = f"resume from the previous whole one with --resume {older[-1]}" if older else "start again"
+        raise CheckpointError(f"--resume {path}: {damage}; {instead}")
+    return path, []
 
 
 def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: int) -> Path:
@@ -74,6 +141,10 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
 
 def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     """Restore the training state from `path` after checking that it belongs to this run; return grow's state."""
+    import pickle
+
+    from safetensors import SafetensorError
+
     state = json.loads((Path(path) / STATE_FILE).read_text())
     for key in RESUME_KEYS:
         if state.get(key) != expected.get(key):
@@ -81,5 +152,12 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[s
                 f"--resume {path}: the checkpoint was made with {key}={state.get(key)!r} but this run "
                 f"has {key}={expected.get(key)!r}; resume with the original settings"
             )
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+        raise CheckpointError(
+            f"cannot resume from {path}: its saved state does not load into this run ({detail}); resume with the "
+            "model it was made from, or start again with --overwrite"
+        ) from None
     return state

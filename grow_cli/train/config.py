@@ -8,6 +8,7 @@ Settings that accelerate also owns (mixed precision, compilation) default to Non
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class TrainConfig:
         for flag, number in positive.items():
             if number is not None and number < 1:
                 raise UsageError(f"{flag} must be at least 1, got {number}")
+        self._check_numbers()
         if not 0.0 < self.eval_fraction < 0.5:
             raise UsageError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.decay_ratio <= 1.0:
@@ -163,6 +165,31 @@ class TrainConfig:
             raise UsageError(
                 "Apollo trains every layer (each is shared across positions); --train-only new contradicts it"
             )
+
+    def _check_numbers(self) -> None:
+        """Optimizer and budget numbers in their ranges (NaN and infinity never are): refused here, in one line,
+        rather than by torch's optimizer mid-run or as a loss that turns NaN."""
+        max_lr = None if isinstance(self.max_lr, str) else self.max_lr  # "auto" (other strings: refused above)
+        ranges: dict[str, tuple[float | None, float, float, bool]] = {  # flag: (value, lowest, highest, lowest ok)
+            "--max-lr": (max_lr, 0.0, math.inf, False),
+            "--max-tokens": (self.max_tokens, 1.0, 1e18, True),
+            "--beta1": (self.beta1, 0.0, 1.0, True),
+            "--beta2": (self.beta2, 0.0, 1.0, True),
+            "--eps": (self.eps, 0.0, math.inf, False),
+            "--weight-decay": (self.weight_decay, 0.0, math.inf, True),
+            "--grad-clip": (self.grad_clip, 0.0, math.inf, True),
+            "--warmup-steps": (self.warmup_steps, 0, math.inf, True),
+            "--warmup-ratio": (self.warmup_ratio, 0.0, 1.0, True),
+            "--peak-tflops": (self.peak_tflops, 0.0, math.inf, False),
+        }
+        for flag, (value, low, high, low_ok) in ranges.items():
+            if value is None:
+                continue
+            if not (math.isfinite(value) and (value >= low if low_ok else value > low) and value <= high):
+                bound = f"{'≥' if low_ok else '>'} {low:g}" + (f" and ≤ {high:g}" if math.isfinite(high) else "")
+                raise UsageError(f"{flag} must be a finite number {bound}, got {value}")
+        if self.beta1 == 1.0 or self.beta2 == 1.0:
+            raise UsageError("--beta1 and --beta2 must be below 1 (AdamW's moving averages would never move)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings, for the checkpoint (resume checks) and the trackers' hyperparameters."""

@@ -152,7 +152,10 @@ class _Window:
 
 
 class _StopFlag:
-    """A first SIGINT asks the loop to stop at the end of the current step; a second one aborts at once."""
+    """A first SIGINT or SIGTERM (what `timeout`, Slurm, Docker and systemd send) asks the loop to stop at the end
+    of the current step, which saves a checkpoint; a second one aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
@@ -163,8 +166,9 @@ class _StopFlag:
                 raise KeyboardInterrupt
             self.requested = True
 
-        self._previous = signal.signal(signal.SIGINT, handler)
+        self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)

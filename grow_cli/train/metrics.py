@@ -89,12 +89,8 @@ class JsonlTracker(GeneralTracker):
         if self.resume_step is None:
             self.path.write_text("")
         elif self.path.is_file():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= self.resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [record for record in read_metrics(self.path) if record.get("step", 0) <= self.resume_step]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         self._file = self.path.open("a")
 
     @property
@@ -114,11 +110,19 @@ class JsonlTracker(GeneralTracker):
 
 def read_metrics(path: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
     """The records of a metrics file (`[]` for a missing one when `missing_ok`): for the family report, tests,
-    benchmarks and notebooks."""
+    benchmarks and notebooks. A line torn by a killed run (not JSON, or not an object) is dropped."""
     path = Path(path)
     if missing_ok and not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def training_progress(total_steps: int, first_step: int, *, enabled: bool) -> tuple[Progress, Any]:

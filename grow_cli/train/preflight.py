@@ -1,6 +1,7 @@
 """Step 1 of `grow train-stage`: every check that needs no weights and no tokenization, before anything is built.
 
-What a user can get wrong about the data, the model folder, the tokenizer, `--train-only new`, the output folder and
+What a user can get wrong about the data, the model folder, the tokenizer, `--train-only new`, the output folder (it
+may not be the model folder, nor inside it), the checkpoint to resume from (a damaged one is named) and
 `--report-to` fails here, in one line, within a second — not after minutes of tokenization or loading weights.
 What the checks found (the data sources, the model's config, the tokenizer) is handed on to `build`.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.output import check_not_overlapping
 from grow_cli.data.masking import MaskingRule, masking_rule
 from grow_cli.data.sources import Source, check_sources, find_sources
 from grow_cli.errors import OutputError, UsageError
@@ -33,6 +35,7 @@ class Checked:
     eos_id: int  # the id placed between documents
     trainable_names: list[str] | None  # --train-only new: the tensors grow added; None: train all
     resume_from: Path | None  # the checkpoint to continue from; None: a fresh start
+    notes: list[str]  # for the user, e.g. a damaged newer checkpoint skipped by --resume auto
     objective: Choice  # causal or masked LM, decided from the architecture and --objective
     masking: MaskingRule | None  # how a masked LM's blocks are corrupted
     apollo: ApolloPlan | None  # Apollo's depth sampling and stages; None: plain training
@@ -61,14 +64,19 @@ def preflight(config: TrainConfig) -> Checked:
     apollo = plan_apollo(config, model_config)
     trainable_names = added_tensors(config.model) if config.train_only == "new" else None
     out = config.out
-    resume_from = resolve_resume(config.resume, out)
+    check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder")
+    resume_from, notes = resolve_resume(config.resume, out)
     if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite:
         raise OutputError(
             f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
             "start again, or another --out"
         )
     check_trackers(config.report_to)
-    return Checked(sources, model_config, tokenizer, eos_id, trainable_names, resume_from, objective, masking, apollo)
+    return Checked(
+        sources, model_config, tokenizer, eos_id, trainable_names, resume_from, notes, objective, masking, apollo
+    )
 
 
 def check_no_masking_options(config: TrainConfig) -> None:

@@ -1,0 +1,142 @@
+"""Everything a family run will need, checked before anything is built (`grow family --check`, and the first step
+of every run).
+
+`load_recipe` checks the recipe's form; this module checks it against the world: the first member's source or
+config and tokenizer load, every member's `grow:` plans (the real planner, on tensor shapes only — a fresh model
+is built on the meta device, a checkpoint's shard headers are read), every training stage's data exists and fits
+the member's positions and tokenizer, and the comparison has data. Nothing is written and no weights are loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from grow_cli.errors import GrowError, UsageError
+from grow_cli.family.recipe import Member, Recipe
+
+Shapes = dict[str, tuple[tuple[int, ...], str]]
+
+
+def _fail(where: str, message: str) -> UsageError:
+    return UsageError(f"recipe: {where}: {message}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's (often multi-line) message as one line."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:400] or type(exc).__name__
+
+
+def _fresh_model_shapes(member: Member) -> tuple[Any, Shapes]:
+    """The config and tensor shapes `members[0].config` will produce, from a model built on the meta device."""
+    import torch
+    import transformers
+
+    from grow_cli.checkpoint.dtypes import dtype_name
+
+    config = dict(member.config or {})
+    model_type = config.pop("model_type")
+    try:
+        hf_config = transformers.AutoConfig.for_model(model_type, **config)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    except Exception as exc:  # transformers' strict validation raises several types
+        raise _fail("members[0].config", f"not a valid {model_type} causal-LM config: {_one_line(exc)}") from None
+    shapes = {name: (tuple(t.shape), dtype_name(t.dtype)) for name, t in model.state_dict().items()}
+    return model.config, shapes
+
+
+def _first_member(member: Member, notes: list[str]) -> tuple[dict[str, Any] | None, Shapes, Path | None]:
+    """(config, tensor shapes, tokenizer folder) of the family's starting model; config None for a Hub source."""
+    if member.config is not None:
+        from grow_cli.train.model_io import load_tokenizer
+
+        tokenizer = Path(member.tokenizer or "")  # the recipe loader requires one with a config
+        if not tokenizer.is_dir():
+            raise _fail("members[0].tokenizer", f"{tokenizer} is not a folder; give the folder of a tokenizer")
+        hf_config, shapes = _fresh_model_shapes(member)
+        try:
+            load_tokenizer(tokenizer, hf_config)
+        except GrowError as exc:
+            raise _fail(
+                "members[0].tokenizer", str(exc).split(" (")[0] + "; give a folder with tokenizer files"
+            ) from None
+        return hf_config.to_dict(), shapes, tokenizer
+    source = member.source or ""  # the recipe loader requires a source without a config
+    folder = Path(source)
+    if not folder.exists():
+        from grow_cli.checkpoint.source import is_hub_id
+
+        if not is_hub_id(source):
+            raise _fail("members[0].source", f"{source} does not exist (give a model folder or a Hub id)")
+        notes.append(f"members[0].source {source} is a Hub id: downloaded and checked when the run starts")
+        return None, {}, None
+    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+
+    try:
+        config = load_config(folder)
+        with CheckpointReader(folder) as reader:
+            shapes = reader.tensor_infos()
+    except GrowError as exc:
+        raise _fail("members[0].source", str(exc)) from None
+    return config, shapes, folder
+
+
+def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str):
+    """The member's config and tensor shapes after its `grow:` step, planned exactly as the run will."""
+    from grow_cli.growth.plan import build_plan
+
+    assert member.spec is not None, "every member after the first has a grow: block"
+    try:
+        plan = build_plan(config, shapes, member.spec)
+    except GrowError as exc:
+        raise _fail(f"{where}.grow", str(exc)) from None
+    return plan.target_config, {t.name: (t.shape, t.dtype) for t in plan.tensors}
+
+
+def _check_data(data: list[str], text_field: str, where: str) -> None:
+    from grow_cli.data.sources import check_sources, find_sources
+
+    try:
+        check_sources(find_sources(data), text_field)
+    except GrowError as exc:
+        raise _fail(where, str(exc)) from None
+
+
+def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tokenizer: Path | None, where: str):
+    """The stage's data exists and reads; its sequence length fits the member; its tokenizer loads and fits."""
+    _check_data(settings["data"], settings.get("text_field", "text"), f"{where}.train")
+    if config is None:
+        return
+    import transformers
+
+    from grow_cli.train.model_io import check_seq_len, load_tokenizer
+
+    params = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
+    hf_config = transformers.AutoConfig.for_model(config["model_type"], **params)
+    try:
+        check_seq_len(hf_config, settings.get("seq_len", 512))
+        path = Path(settings["tokenizer"]) if settings.get("tokenizer") else tokenizer
+        if path is not None:
+            load_tokenizer(path, hf_config)
+    except GrowError as exc:
+        raise _fail(f"{where}.train", str(exc)) from None
+
+
+def check_recipe(recipe: Recipe) -> list[str]:
+    """Check what a run of `recipe` needs without writing anything; returns notes on what only the run can check."""
+    notes: list[str] = []
+    config, shapes, tokenizer = _first_member(recipe.members[0], notes)
+    for i, member in enumerate(recipe.members):
+        where = f"members[{i}]"
+        if i > 0 and config is not None:
+            config, shapes = _grown(member, config, shapes, where)
+        settings = recipe.train_settings(member)
+        if settings is not None:
+            _check_training(settings, config, tokenizer, where)
+    if len(recipe.members) > 1:
+        data = recipe.compare.get("data") or recipe.train.get("data")
+        if not data:
+            raise _fail("compare", "comparing adjacent members needs data: give compare.data or train.data")
+        _check_data(data, recipe.compare.get("text_field", recipe.train.get("text_field", "text")), "compare")
+    return notes

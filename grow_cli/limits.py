@@ -1,0 +1,66 @@
+"""Limits checked before any work starts: target sizes against sane bounds, output bytes against free disk space,
+the largest tensor against the machine's memory.
+
+Without them a typo costs hours: `--layers 1000000000` builds a billion-entry layer map before any message, and
+`--layers 100000` starts writing tens of GB into a disk that cannot hold them. The bounds are far above any
+released transformer (the deepest have ~130 layers, the widest ~30k hidden units, ~50k FFN units), so they only
+ever refuse mistakes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from grow_cli.errors import OptionError, OutputError, UsageError
+
+MAX_LAYERS = 1024
+MAX_WIDTH = 1 << 18  # hidden and FFN units
+MAX_HEADS = 4096
+
+
+def check_layers(source_layers: int, target_layers: int) -> None:
+    """A layer target within `MAX_LAYERS`, checked before any per-layer structure is built."""
+    if target_layers > MAX_LAYERS:
+        raise OptionError(
+            "layers",
+            f"{target_layers:,} target layers (from {source_layers}) is beyond grow's bound of {MAX_LAYERS:,}; "
+            f"the deepest released transformers have about 130. Try --layers {2 * source_layers}",
+        )
+
+
+def check_width(**targets: int) -> None:
+    """Every width target (e.g. `hidden_size=…`) within its bound; the flag is named in the refusal."""
+    for key, value in targets.items():
+        bound = MAX_HEADS if "heads" in key else MAX_WIDTH
+        if value > bound:
+            flag = "--" + key.replace("_", "-")
+            raise OptionError(key, f"{flag} {value:,} is beyond grow's bound of {bound:,}; choose a smaller target")
+
+
+def require_free_space(folder: Path, needed: int, out: Path) -> None:
+    """Refuse before writing when the file system holding `folder` has less than `needed` bytes free."""
+    from grow_cli.console import format_bytes
+
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise OutputError(
+            f"{out} needs {format_bytes(needed)} but its disk has only {format_bytes(free)} free; free some space or "
+            "choose an output folder on another disk"
+        )
+
+
+def require_memory(peak: int) -> None:
+    """Refuse a plan whose largest step needs more memory than the machine has in all."""
+    from grow_cli.console import format_bytes
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform says
+        return
+    if peak > total:
+        raise UsageError(
+            f"the largest tensor of this growth needs about {format_bytes(peak)} of memory but this machine has "
+            f"{format_bytes(total)}; choose a smaller target"
+        )

@@ -1,0 +1,96 @@
+"""Training checkpoints (`grow_cli.train.checkpoints`) when they are damaged: `--resume auto` names the damaged file
+and takes the previous whole checkpoint; an explicit damaged one is refused with the one to use instead; every
+checkpoint damaged is one line; a metrics line torn by a kill does not stop the resume."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import transformers as tf
+from test_train_stage import train_args
+from tinylm import run_grow, save_tiny_lm, write_plays
+
+COMMON = ("--max-steps", 8, "--save-every", 2, "--keep-last", 3)
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--debug" not in lines[0], stderr
+    return lines[0]
+
+
+@pytest.fixture
+def paused(tmp_path, capsys):
+    """A run paused after 6 steps: whole checkpoints at steps 2, 4 and 6."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--exit-interval", 6), capsys)
+    assert code == 0, stderr
+    root = out / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000004", "step_00000006"]
+    return model, data, out, root
+
+
+def _damage(checkpoint, kind):
+    if kind == "truncated-model":
+        path = checkpoint / "model.safetensors"
+        path.write_bytes(path.read_bytes()[:-100])
+    elif kind == "garbage-optimizer":
+        path = checkpoint / "optimizer.bin"
+        path.write_bytes(b"\x80\x02garbage" * 1000)
+    elif kind == "truncated-state":
+        path = checkpoint / "grow-state.json"
+        path.write_text(path.read_text()[:20])
+    elif kind == "truncated-rng":
+        path = checkpoint / "random_states_0.pkl"
+        path.write_bytes(path.read_bytes()[:50])
+    return path
+
+
+KINDS = ["truncated-model", "garbage-optimizer", "truncated-state", "truncated-rng"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_auto_names_the_damaged_file_and_takes_the_previous_checkpoint(paused, capsys, kind):
+    model, data, out, root = paused
+    damaged = _damage(root / "step_00000006", kind)
+    args = [a for a in train_args(model, data, out, *COMMON, "--resume", "auto") if a != "--quiet"]
+    code, _, stderr = run_grow(args, capsys)
+    text = " ".join(stderr.split())  # rich wraps long lines
+    assert code == 0, stderr
+    assert f"note: {damaged} is damaged" in text and "skipping step_00000006" in text
+    assert f"resumed from {root / 'step_00000004'} at step 4" in text
+    assert "Traceback" not in stderr and json.loads((out / "grow.json").read_text())["stages"][-1]["steps"] == 8
+    tf.AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_a_metrics_line_torn_by_a_kill_does_not_stop_the_resume(paused, capsys):
+    model, data, out, _ = paused
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 7, "loss": 4.')  # what SIGKILL mid-write leaves
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]  # all whole
+    assert sorted(set(steps)) == list(range(1, 9)) and steps == sorted(steps)
+
+
+@pytest.mark.parametrize("kind", KINDS[:2])
+def test_an_explicit_damaged_checkpoint_is_refused_with_the_one_to_use(paused, capsys, kind):
+    model, data, out, root = paused
+    damaged = _damage(root / "step_00000006", kind)
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", root / "step_00000006"), capsys)
+    line = _one_line(stderr)
+    assert code == 1 and f"{damaged} is damaged" in line
+    assert line.endswith(f"resume from the previous whole one with --resume {root / 'step_00000004'}")
+    assert not (out / "model.safetensors").exists()
+
+
+def test_every_checkpoint_damaged_is_one_line(paused, capsys):
+    model, data, out, root = paused
+    for checkpoint in root.iterdir():
+        _damage(checkpoint, "garbage-optimizer")
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    line = _one_line(stderr)
+    assert code == 1 and re.search(r"every checkpoint in .* is damaged .*optimizer\.bin.*--overwrite", line)

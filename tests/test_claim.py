@@ -1,0 +1,222 @@
+"""Output safety with real processes: two runs racing for one OUT, SIGTERM and SIGKILL mid-write, what the next run
+does with a killed run's leftovers, a read-only and a full disk (real tmpfs mounts, when the test may mount)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import transformers as tf
+
+from grow_cli.checkpoint.claim import OutputClaim, remove_leftovers, sibling
+from grow_cli.errors import OutputError
+
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = Path(__file__).with_name("paused_grow.py")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+class Run:
+    """`grow ARGS…` in a subprocess; `pause=True` stops its writer after the first tensor until `release()`."""
+
+    def __init__(self, tmp_path: Path, *args, pause: bool = False, tag: str = "a"):
+        self.paused, self.released = tmp_path / f"{tag}.paused", tmp_path / f"{tag}.release"
+        env = {**ENV, "GROW_TEST_PAUSED": str(self.paused), "GROW_TEST_RELEASE": str(self.released)}
+        cmd = [sys.executable, str(HELPER)] if pause else [sys.executable, "-m", "grow_cli"]
+        self.proc = subprocess.Popen(
+            [*cmd, *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait_paused(self) -> None:
+        deadline = time.time() + 120
+        while not self.paused.exists():
+            assert self.proc.poll() is None, self.proc.communicate()
+            assert time.time() < deadline, "the run never reached its first tensor"
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        self.released.touch()
+
+    def finish(self) -> tuple[int, str]:
+        _, stderr = self.proc.communicate(timeout=180)
+        return self.proc.returncode, stderr
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--debug" not in lines[0], stderr
+    return lines[0]
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".grow-" in p.name)
+
+
+def _loads(folder: Path) -> int:
+    return tf.AutoModelForCausalLM.from_pretrained(folder).config.num_hidden_layers
+
+
+@pytest.fixture
+def src(tiny_checkpoints):
+    return tiny_checkpoints("llama")
+
+
+def test_two_runs_racing_for_one_output_never_both_succeed(src, tmp_path):
+    out = tmp_path / "out"
+    a = Run(tmp_path, "expand", src, out, "--layers", "8", "-q", tag="a")
+    b = Run(tmp_path, "expand", src, out, "--layers", "6", "-q", tag="b")
+    (code_a, err_a), (code_b, err_b) = a.finish(), b.finish()
+    assert sorted([code_a, code_b]) == [0, 1], (err_a, err_b)
+    loser = err_b if code_a == 0 else err_a
+    line = _one_error_line(loser)
+    assert "being written by another grow run" in line or "exists and is not empty; pass --force" in line
+    assert _loads(out) == (8 if code_a == 0 else 6) and _leftovers(tmp_path) == []
+
+
+def test_a_second_run_is_refused_while_the_first_writes(src, tmp_path):
+    out = tmp_path / "out"
+    first = Run(tmp_path, "expand", src, out, "--layers", "8", "-q", pause=True)
+    first.wait_paused()
+    second = Run(tmp_path, "expand", src, out, "--layers", "6", "--force", "-q", tag="b")
+    code, stderr = second.finish()
+    line = _one_error_line(stderr)
+    assert code == 1 and f"pid {first.proc.pid}" in line and "wait for it to finish" in line
+    first.release()
+    assert first.finish()[0] == 0 and _loads(out) == 8 and _leftovers(tmp_path) == []
+
+
+def test_output_filled_meanwhile_is_never_replaced_without_force(src, tmp_path):
+    out = tmp_path / "out"
+    run = Run(tmp_path, "expand", src, out, "--layers", "8", "-q", pause=True)
+    run.wait_paused()
+    out.mkdir()
+    (out / "theirs.txt").write_text("written by another program meanwhile")
+    run.release()
+    code, stderr = run.finish()
+    assert code == 1 and "filled by another program" in _one_error_line(stderr)
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"] and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_sigterm_mid_write_leaves_nothing_behind(src, tmp_path, force):
+    out = tmp_path / "out"
+    if force:
+        out.mkdir()
+        (out / "previous.txt").write_text("the output of an earlier run")
+    run = Run(tmp_path, "expand", src, out, "--layers", "8", "-q", *(["--force"] if force else []), pause=True)
+    run.wait_paused()
+    assert _leftovers(tmp_path)  # it really is mid-write: its temporary folder and claim exist
+    run.proc.send_signal(signal.SIGTERM)
+    code, stderr = run.finish()
+    assert code == 143 and stderr.strip() == "terminated (SIGTERM); nothing unfinished was left behind"
+    assert _leftovers(tmp_path) == []
+    assert (out / "previous.txt").read_text() == "the output of an earlier run" if force else not out.exists()
+
+
+def test_sigkill_mid_write_is_cleaned_by_the_next_run(src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("the output of an earlier run")
+    run = Run(tmp_path, "expand", src, out, "--layers", "8", "-q", "--force", pause=True)
+    run.wait_paused()
+    run.proc.kill()
+    assert run.finish()[0] == -signal.SIGKILL
+    tmp = sibling(out, "grow-tmp", run.proc.pid)
+    assert tmp.is_dir() and any(tmp.iterdir())  # what SIGKILL leaves: nothing can run on the way out
+    assert (out / "previous.txt").is_file()  # … but the previous output is untouched
+    code, stderr = Run(tmp_path, "expand", src, out, "--layers", "8", "-q", "--force", tag="b").finish()
+    assert code == 0, stderr
+    assert f"note: removed {tmp.name}" in stderr and "the unfinished output of a run that was killed" in stderr
+    assert _leftovers(tmp_path) == [] and _loads(out) == 8
+
+
+def test_an_output_moved_aside_by_a_killed_run_is_put_back(tmp_path):
+    out = tmp_path / "out"
+    old = sibling(out, "grow-old", 4321)
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    notes = remove_leftovers(out)
+    assert (out / "config.json").is_file() and not old.exists() and "restored" in notes[0]
+
+
+def test_the_claim_is_exclusive_and_released(tmp_path):
+    out = tmp_path / "out"
+    with OutputClaim(out):
+        with pytest.raises(OutputError, match=f"pid {os.getpid()}"):
+            OutputClaim(out).acquire()
+    assert _leftovers(tmp_path) == []
+    with OutputClaim(out):  # released: it can be taken again
+        pass
+
+
+# -- real file systems: read-only and full ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """`mount_tmpfs(size, read_only=False)` → a fresh tmpfs mount point; unmounted after the test."""
+    mounts = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        point = tmp_path / f"mnt{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'not root'})")
+        mounts.append(point)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(point)], check=True)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_read_only_disk_names_the_output_not_a_temporary_folder(cli, src, mount_tmpfs):
+    out = mount_tmpfs("1m", read_only=True) / "out"
+    result = cli("expand", src, out, "--layers", "8", "-q")
+    line = _one_error_line(result.stderr)
+    assert result.code == 1 and f"cannot write {out}" in line and "not writable" in line
+    assert ".grow-" not in line and not out.exists()
+
+
+def test_a_disk_too_small_is_refused_before_writing(cli, src, mount_tmpfs):
+    out = mount_tmpfs("64k") / "out"
+    result = cli("expand", src, out, "--layers", "8", "-q")
+    line = _one_error_line(result.stderr)
+    assert result.code == 1 and f"{out} needs" in line and "free" in line
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_disk_that_fills_up_mid_write_leaves_no_trace(cli, src, mount_tmpfs, monkeypatch):
+    """The free-space check is made to pass (as when another program fills the disk meanwhile); the kernel's
+    ENOSPC then comes mid-write, from the real file system."""
+    import shutil as real_shutil
+
+    from grow_cli import limits
+
+    point = mount_tmpfs("64k")
+    out = point / "out"
+    usage = real_shutil.disk_usage(point)
+    monkeypatch.setattr(limits.shutil, "disk_usage", lambda _: usage._replace(free=1 << 40))
+    result = cli("expand", src, out, "--layers", "8", "-q")
+    line = _one_error_line(result.stderr)
+    assert result.code == 1 and f"the disk holding {out} is full" in line and ".grow-" not in line
+    assert list(point.iterdir()) == [] and real_shutil.disk_usage(point).used == usage.used
+
+
+def test_tiny_outputs_fit_the_small_disk_used_above(src, tmp_path):
+    """The control for the two tests above: the same growth needs more than 64 KiB, so the refusals are real."""
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
+
+    report = expand(str(src), tmp_path / "out", GrowthSpec(layers=8), quiet=True)
+    assert report["files"]["bytes"] > 64 * 1024
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 8

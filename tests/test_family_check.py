@@ -1,0 +1,119 @@
+"""`grow family --check` checks everything a run needs, and the recipe loader refuses YAML alias bombs anywhere."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from tinylm import save_tiny_lm, write_plays
+
+from grow_cli.errors import UsageError
+from grow_cli.family.check import check_recipe
+from grow_cli.family.recipe import MAX_ALIAS_NODES, load_recipe
+
+FRESH = {
+    "model_type": "llama",
+    "vocab_size": 512,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+TRAIN = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    save_tiny_lm(tmp_path / "lm")
+    write_plays(tmp_path / "text", count=1, chars=5000)
+    return tmp_path
+
+
+def _recipe(folder, text_or_doc):
+    path = folder / "family.yaml"
+    path.write_text(text_or_doc if isinstance(text_or_doc, str) else yaml.safe_dump(text_or_doc))
+    return path
+
+
+def _bomb(levels: int, where: str) -> str:
+    lines = ["x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    if where == "top":
+        return "\n".join(lines) + "\nmembers: [{name: a, source: lm}]\n"
+    body = "\n".join("      " + line for line in lines)
+    return f"members:\n  - name: a\n    tokenizer: lm\n    config:\n      model_type: llama\n{body}\n"
+
+
+@pytest.mark.parametrize("where", ["top", "member-config"])
+def test_alias_bombs_are_refused_anywhere(folder, where):
+    with pytest.raises(UsageError, match="YAML aliases"):
+        load_recipe(_recipe(folder, _bomb(7, where)))
+
+
+def test_a_recursive_alias_is_refused(folder):
+    with pytest.raises(UsageError, match="YAML aliases"):
+        load_recipe(_recipe(folder, "members: &m [{name: a, source: lm, x: *m}]\n"))
+
+
+def test_ordinary_anchors_are_fine(folder):
+    text = (
+        "train: &t {data: [text], seq_len: 32, micro_batch_size: 4}\n"
+        "members:\n"
+        "  - {name: a, source: lm, train: {<<: *t, max_steps: 2}}\n"
+        "  - {name: b, grow: {depth_factor: 2}, train: {<<: *t, max_steps: 2}}\n"
+    )
+    recipe = load_recipe(_recipe(folder, text))
+    assert recipe.members[1].train["seq_len"] == 32 and MAX_ALIAS_NODES >= 100
+    assert check_recipe(recipe) == []
+
+
+def test_check_plans_every_member_from_a_fresh_config(folder):
+    doc = {
+        "train": TRAIN,
+        "members": [
+            {"name": "a", "config": FRESH, "tokenizer": "lm", "train": {"max_steps": 2}},
+            {"name": "b", "grow": {"depth_factor": 2}, "train": {"max_steps": 2}},
+            {"name": "c", "grow": {"width_factor": 2, "width_method": "fpi"}, "train": {"max_steps": 2}},
+        ],
+    }
+    assert check_recipe(load_recipe(_recipe(folder, doc))) == []
+
+
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        (lambda d: d["members"][0].update(tokenizer="text"), "members[0].tokenizer: no usable tokenizer"),
+        (lambda d: d["members"][0]["config"].update(hidden_size=30), "members[0].config: not a valid llama"),
+        (lambda d: d["members"][2]["grow"].update(width_factor=1.3), "members[2].grow"),
+        (lambda d: d["members"][1].update(grow={"layers": 1}), "members[1].grow: --layers 1 is smaller"),
+        (lambda d: d["members"][1].update(grow={"layers": 10**9}), "members[1].grow: 1,000,000,000 target layers"),
+        (lambda d: d["train"].update(seq_len=4096), "members[0].train: --seq-len 4096 exceeds"),
+        (lambda d: d["train"].update(data=["nope"]), "members[0].train: --data"),
+        (lambda d: d.update(compare={"data": ["nope"]}), "compare: --data"),
+    ],
+)
+def test_check_finds_what_a_run_would_trip_on(folder, change, fragment):
+    doc = {
+        "train": dict(TRAIN),
+        "members": [
+            {"name": "a", "config": dict(FRESH), "tokenizer": "lm", "train": {"max_steps": 2}},
+            {"name": "b", "grow": {"depth_factor": 2}},
+            {"name": "c", "grow": {"width_factor": 2}},
+        ],
+    }
+    change(doc)
+    with pytest.raises(UsageError) as info:
+        check_recipe(load_recipe(_recipe(folder, doc)))
+    assert fragment in str(info.value)
+
+
+def test_a_failed_fresh_model_write_leaves_nothing(folder):
+    import transformers
+
+    from grow_cli.family.run import _save_fresh_model
+
+    config = transformers.AutoConfig.for_model(**FRESH)
+    with pytest.raises(OSError):
+        _save_fresh_model(config, folder / "no-tokenizer-here", folder / "init", seed=0)
+    assert not (folder / "init").exists() and not [p for p in folder.iterdir() if ".grow-" in p.name]

@@ -1,0 +1,296 @@
+"""A battery of hostile inputs through the real `grow` entry point: each must end in exactly one `error:` line that
+names what is wrong — never the catch-all `error: SomeError: … (run grow --debug …)` kept for real bugs — with a
+non-zero exit, no output folder and no temporary file left behind.
+
+A new class of bad input belongs here: if it reaches the catch-all, this test fails and names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from tinylm import save_tiny_lm, write_plays
+
+CATCH_ALL = re.compile(r"^error: [A-Za-z_.]*(Error|Exception|Interrupt|Exit)\w*: |run `grow --debug")
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    src: Path  # a private copy of a sharded tiny Llama, free to damage
+    lm: Path  # a tiny causal LM with a tokenizer
+    data: Path  # Shakespeare text files
+
+    @property
+    def out(self) -> Path:
+        return self.tmp / "out"
+
+    def expand(self, *extra, src: Path | None = None):
+        return ["expand", src or self.src, self.out, "--layers", "8", *extra]
+
+    def train(self, *extra, data: Path | None = None):
+        return ["train-stage", self.lm, "--data", data or self.data, "--out", self.out, "--seq-len", 32, *extra]
+
+    def compare(self, *extra):
+        return ["compare", self.lm, self.lm, "--data", self.data, *extra]
+
+    def edit_json(self, path: Path, change) -> None:
+        value = json.loads(path.read_text())
+        change(value)
+        path.write_text(json.dumps(value))
+
+    def first_shard(self) -> Path:
+        return sorted(self.src.glob("model-*.safetensors"))[0]
+
+    def rewrite_header(self, change) -> None:
+        """Apply `change` to the first shard's header dict, keeping the data section as it was."""
+        shard = self.first_shard()
+        raw = shard.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + n])
+        change(header)
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)
+        shard.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+
+    def first_tensor(self, header: dict) -> dict:
+        return header[next(k for k in header if k != "__metadata__")]
+
+    def recipe(self, doc: dict | str) -> Path:
+        import yaml
+
+        path = self.tmp / "family.yaml"
+        path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+        return path
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def _bin_model(ctx: Ctx, state) -> Path:
+    folder = ctx.tmp / "bin-model"
+    folder.mkdir()
+    (folder / "config.json").write_text((ctx.src / "config.json").read_text())
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+ALIAS_BOMB = """
+members:
+  - name: a
+    tokenizer: lm
+    config:
+      model_type: llama
+      x0: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+      x1: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+      x2: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+      x3: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+      x4: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+      x5: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+      x6: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+"""
+FRESH = {
+    "model_type": "llama",
+    "vocab_size": 512,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+
+
+def _case(ctx: Ctx, name: str) -> tuple[list, str]:
+    """(grow arguments, a fragment the one line must contain) for hostile input `name`, set up in `ctx`."""
+    c = ctx
+    if name == "layers-1e9":
+        return c.expand()[:-1] + ["1000000000"], "beyond grow's bound"
+    if name == "layers-1e5":
+        return c.expand()[:-1] + ["100000"], "beyond grow's bound"
+    if name in ("depth-factor-nan", "depth-factor-inf"):
+        return ["expand", c.src, c.out, "--depth-factor", name.split("-")[-1]], "--depth-factor must be a positive"
+    if name == "width-factor-nan":
+        return ["expand", c.src, c.out, "--width-factor", "nan"], "--width-factor must be at least 1"
+    if name == "hidden-size-huge":
+        return ["expand", c.src, c.out, "--hidden-size", "1000000000"], "--hidden-size 1,000,000,000 is beyond"
+    if name == "header-dtype-number":
+        c.rewrite_header(lambda h: c.first_tensor(h).update(dtype=7))
+        return c.expand(), "has dtype 7; expected a string"
+    if name == "header-shape-string":
+        c.rewrite_header(lambda h: c.first_tensor(h).update(shape="3"))
+        return c.expand(), "has shape '3'"
+    if name == "header-offsets-strings":
+        c.rewrite_header(lambda h: c.first_tensor(h).update(data_offsets=["0", "8"]))
+        return c.expand(), "data_offsets ['0', '8']"
+    if name == "header-overlap":
+
+        def overlap(h):
+            names = [k for k in h if k != "__metadata__"]
+            h[names[1]]["data_offsets"] = h[names[0]]["data_offsets"]
+            h[names[1]]["shape"], h[names[1]]["dtype"] = h[names[0]]["shape"], h[names[0]]["dtype"]
+
+        c.rewrite_header(overlap)
+        return c.expand(), "overlap"
+    if name == "weight-map-number":
+        c.edit_json(c.src / "model.safetensors.index.json", lambda i: i["weight_map"].update({"lm_head.weight": 5}))
+        return c.expand(), "every 'weight_map' value must be a shard file name"
+    if name == "weight-map-duplicate":
+        index = c.src / "model.safetensors.index.json"
+        text = index.read_text()  # the last copy, which plain JSON keeps, names the shard that does hold it
+        first = text.index('"weight_map": {') + len('"weight_map": {')
+        index.write_text(text[:first] + '"lm_head.weight": "model-00001-of-00008.safetensors", ' + text[first:])
+        return c.expand(), "names 'lm_head.weight' twice"
+    if name == "config-dtype-number":
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(dtype=5))
+        return c.expand(), "'dtype' is 5, not a dtype name"
+    if name == "config-not-utf8":
+        (c.src / "config.json").write_bytes(b"\xff\xfe{}")
+        return c.expand(), "config.json is not valid JSON"
+    if name == "malicious-bin":
+        folder = _bin_model(c, {"w": Payload()})
+        return c.expand(src=folder), "holds Python objects besides tensors (posix.system)"
+    if name == "garbage-bin":
+        folder = _bin_model(c, {})
+        (folder / "pytorch_model.bin").write_bytes(b"\x80\x02garbage" * 50)
+        return c.expand(src=folder), "not a readable PyTorch weights file"
+    if name == "out-is-source-with-force":
+        return ["expand", c.src, c.src, "--layers", "8", "--force"], "is the source folder itself"
+    if name == "train-out-is-model":
+        args = ["train-stage", c.lm, "--data", c.data, "--out", c.lm, "--seq-len", 32, "--max-steps", 1, "--overwrite"]
+        return args, "is the source folder itself"
+    if name == "train-binary-data":
+        (c.tmp / "photo.txt").write_bytes(bytes(range(256)) * 4)
+        return c.train("--max-steps", 1, data=c.tmp / "photo.txt"), "the file is binary"
+    if name == "train-odd-token-file":
+        (c.tmp / "tokens.bin").write_bytes(b"\x01\x00\x02")
+        return c.train("--max-steps", 1, data=c.tmp / "tokens.bin"), "not a whole number of uint16 tokens"
+    if name == "train-max-lr-nan":
+        return c.train("--max-steps", 1, "--max-lr", "nan"), "--max-lr must be a finite number"
+    if name == "train-max-tokens-inf":
+        return c.train("--max-tokens", "inf"), "--max-tokens must be a whole number"
+    if name == "train-beta-2":
+        return c.train("--max-steps", 1, "--beta1", "2"), "--beta1 must be a finite number"
+    if name == "compare-seq-len-0":
+        return c.compare("--seq-len", 0), "--seq-len must be at least 2"
+    if name == "compare-batch-size-0":
+        return c.compare("--batch-size", 0), "--batch-size must be at least 1"
+    if name == "compare-eval-fraction-2":
+        return c.compare("--eval-fraction", 2), "--eval-fraction must be in (0, 0.5)"
+    if name == "family-alias-bomb-in-member-config":
+        return ["family", c.recipe(ALIAS_BOMB), "--check"], "YAML aliases"
+    if name == "family-missing-tokenizer":
+        doc = {"members": [{"name": "a", "config": FRESH, "tokenizer": "nope"}], "out": "run"}
+        return ["family", c.recipe(doc)], "members[0].tokenizer"
+    if name == "family-recipe-not-text":
+        path = c.recipe("")
+        path.write_bytes(b"\xff\xfe\x00\x01")
+        return ["family", path, "--check"], "not a text file"
+    raise AssertionError(name)
+
+
+CASES = [
+    "layers-1e9",
+    "layers-1e5",
+    "depth-factor-nan",
+    "depth-factor-inf",
+    "width-factor-nan",
+    "hidden-size-huge",
+    "header-dtype-number",
+    "header-shape-string",
+    "header-offsets-strings",
+    "header-overlap",
+    "weight-map-number",
+    "weight-map-duplicate",
+    "config-dtype-number",
+    "config-not-utf8",
+    "malicious-bin",
+    "garbage-bin",
+    "out-is-source-with-force",
+    "train-out-is-model",
+    "train-binary-data",
+    "train-odd-token-file",
+    "train-max-lr-nan",
+    "train-max-tokens-inf",
+    "train-beta-2",
+    "compare-seq-len-0",
+    "compare-batch-size-0",
+    "compare-eval-fraction-2",
+    "family-alias-bomb-in-member-config",
+    "family-missing-tokenizer",
+    "family-recipe-not-text",
+]
+
+
+@pytest.fixture
+def ctx(tiny_copy, tmp_path):
+    return Ctx(tmp_path, tiny_copy("llama"), save_tiny_lm(tmp_path / "lm"), write_plays(tmp_path / "plays", count=1))
+
+
+def _run(cli, args):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # each train-stage builds its own Accelerator, as a fresh process would
+    return cli(*args)
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_hostile_input_gets_one_clear_line(cli, ctx, name):
+    args, fragment = _case(ctx, name)
+    before = _files(ctx.tmp)
+    result = _run(cli, args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert result.code != 0 and len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert not CATCH_ALL.search(errors[0]), f"{name} reached the catch-all: {errors[0]}"
+    assert fragment in errors[0], errors[0]
+    assert "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
+    left = sorted(f for f in _files(ctx.tmp) - before if ".grow-cache" not in f)  # the token cache may stay
+    assert not ctx.out.exists() and left == [], left
+
+
+def test_the_catch_all_still_reports_real_bugs(cli, tiny_checkpoints, tmp_path, monkeypatch):
+    """The negative control: a bug (here, planted) does reach the catch-all, in the form the battery looks for."""
+    from grow_cli.growth import plan
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(plan, "validate_config", broken)
+    result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "8")
+    assert result.code == 1 and CATCH_ALL.search(result.stderr.strip()), result.stderr
+
+
+def test_a_legacy_pickle_bin_is_read_safely_and_grows_exactly(tmp_path):
+    """Pre-zip `pytorch_model.bin` files cannot be memory-mapped; they are read whole (weights-only), one file at a
+    time, and grow like any other checkpoint."""
+    from tinylm import tiny_config
+    from transformers import LlamaForCausalLM
+
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config()).eval()
+    src = tmp_path / "legacy"
+    model.save_pretrained(src)
+    (src / "model.safetensors").unlink()
+    torch.save(model.state_dict(), src / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    expand(str(src), tmp_path / "out", GrowthSpec(layers=4, depth_method="identity"), quiet=True)
+    grown = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = torch.arange(1, 17)[None]
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, grown(ids).logits, atol=1e-5)
