@@ -82,6 +82,43 @@ def test_an_interrupted_masked_lm_run_resumes_exactly(setup, tmp_path, capsys):
     assert load_record(parts)["stages"][-1]["objective"]["whole_word_mask"] is True
 
 
+def test_the_masked_token_mean_is_over_the_whole_step(tmp_path, capsys):
+    """Accumulating 2 micro-batches of 4 is one batch of 8: each masked token weighs the same, however many the
+    micro-batch it fell in has (a mean per micro-batch would weigh sparse ones more)."""
+    model, data = save_tiny_bert(tmp_path / "bert", dropout=0.0), write_plays(tmp_path / "data", count=1)
+    runs = {}
+    for name, batch in (("one", ("--micro-batch-size", 8)), ("two", ("--micro-batch-size", 4, "--grad-accum", 2))):
+        out = tmp_path / name
+        extra = ("--max-steps", 4, "--max-lr", "3e-3", "-q")
+        assert (
+            run_grow(["train-stage", model, "--data", data, "--out", out, "--seq-len", 32, *batch, *extra], capsys)[0]
+            == 0
+        )
+        runs[name] = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
+    assert runs["one"] == pytest.approx(runs["two"], rel=1e-5)
+
+
+def test_train_only_new_trains_the_added_layers_and_the_created_head(tmp_path, capsys):
+    """`grow expand` of a headless BERT names its tensors without the `bert.` prefix that BertForMaskedLM adds."""
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
+
+    base, data = save_tiny_bert(tmp_path / "bert"), write_plays(tmp_path / "data", count=1)
+    grown = tmp_path / "grown"
+    expand(str(base), grown, GrowthSpec(layers=4, depth_method="stack"), quiet=True)
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(
+        args(grown, data, out, "--max-steps", 3, "--max-lr", "1e-2", "--train-only", "new", "-q"), capsys
+    )
+    assert code == 0, stderr
+    before, after = load_file(grown / "model.safetensors"), load_file(out / "model.safetensors")
+    for name, tensor in before.items():
+        new = name.startswith(("encoder.layer.2.", "encoder.layer.3."))
+        assert torch.equal(tensor, after["bert." + name]) != new, name
+    assert "cls.predictions.transform.dense.weight" in after
+    assert load_record(out)["stages"][-1]["trainable_tensors"][-1].startswith("cls.predictions")
+
+
 def test_objective_causal_turns_a_bert_into_a_decoder(setup, tmp_path, capsys):
     model, data = setup
     out = tmp_path / "out"

