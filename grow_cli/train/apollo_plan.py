@@ -146,15 +146,15 @@ def check_apollo_run(plan: ApolloPlan, distributed_type: str, max_steps: int) ->
 
 
 def describe_apollo(plan: ApolloPlan) -> str:
-    """One line for the run's output: what Apollo will do."""
-    first = plan.stages[0][0]
+    """One line for the run's output: what Apollo will do (and how to grow the result when it ends shallower)."""
     growth = "".join(f" → {layers} at step {start:,}" for layers, start in plan.stages[1:])
-    return (
-        f"Apollo: {first} unique layers{growth}, shared over depths up to {plan.target} ({plan.sampling} "
-        f"sampling); grow it with `grow expand --depth-method interpolate --layers {plan.target}`"
-        if plan.allocated < plan.target
-        else f"Apollo: {first} unique layers{growth}, shared over depths up to {plan.target} ({plan.sampling} sampling)"
+    line = (
+        f"Apollo: {plan.stages[0][0]} unique layers{growth}, shared over depths up to {plan.target} "
+        f"({plan.sampling} sampling)"
     )
+    if plan.allocated < plan.target:
+        line += f"; grow the result with `grow expand --depth-method interpolate --layers {plan.target}`"
+    return line
 
 
 def definition(model_config: Any):

@@ -114,6 +114,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     loaded, trainable = load_trainable_model(config, checked, accelerator)
     model, saved_dtype = loaded.model, loaded.saved_dtype
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
+    objective = Objective(checked.objective.name, config.seed, checked.masking)
     num_parameters = sum(p.numel() for p in model.parameters())
     max_lr = resolve_max_lr(config, num_parameters, accelerator)
     if config.max_tokens:
@@ -151,8 +152,8 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         saved_dtype=saved_dtype,
         flops_per_token=flops_token,
         peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
-        run_keys=run_keys(config, data, budget, accelerator, checked),
-        objective=Objective(checked.objective.name, config.seed, checked.masking),
+        run_keys=run_keys(config, data, budget, accelerator, objective, apollo),
+        objective=objective,
         apollo=apollo,
         loaded=loaded,
     )
@@ -327,12 +328,17 @@ def make_batches(
 
 
 def run_keys(
-    config: TrainConfig, data: TokenData, budget: Budget, accelerator: Accelerator, checked: Checked
+    config: TrainConfig,
+    data: TokenData,
+    budget: Budget,
+    accelerator: Accelerator,
+    objective: Objective,
+    apollo: Apollo | None,
 ) -> dict[str, Any]:
     """What a checkpoint records and a resume must match for the run to continue exactly where it stopped."""
     return {
-        "objective": Objective(checked.objective.name, config.seed, checked.masking).describe(),
-        "apollo": checked.apollo.describe() if checked.apollo else None,
+        "objective": objective.describe(),
+        "apollo": apollo.plan.describe() if apollo else None,
         "data_fingerprint": data.fingerprint,
         "seq_len": config.seq_len,
         "global_batch": budget.global_batch,
