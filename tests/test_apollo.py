@@ -21,6 +21,7 @@ from grow_cli.train.apollo_plan import (
     END,
     X_MIN,
     ApolloPlan,
+    check_apollo_run,
     lvps_depth,
     parse_stages,
     plan_apollo,
@@ -127,6 +128,16 @@ def test_plans_that_do_not_fit_the_model_are_refused():
     )
     with pytest.raises(UsageError, match="layers differ by layer_types"):
         plan_apollo(SimpleNamespace(apollo_target_layers=8, apollo_stages=None, apollo_sampling="lvps"), mixed)
+
+
+def test_sharded_training_and_unreachable_boundaries_are_refused():
+    plan = ApolloPlan(8, ((2, 0), (4, 10)), "lvps")
+    check_apollo_run(plan, "MULTI_GPU", 11)
+    for kind in ("FSDP", "DEEPSPEED"):
+        with pytest.raises(UsageError, match=f"not under {kind}, which shards each layer"):
+            check_apollo_run(plan, kind, 100)
+    with pytest.raises(UsageError, match="starts a stage at step 10, but the run has only 10 steps"):
+        check_apollo_run(plan, "NO", 10)
 
 
 def _apollo(model, target: int) -> Apollo:

@@ -34,7 +34,7 @@ Eight GPUs with FSDP (see docs/training.md and docs/accelerate/):
     accelerate launch --config_file docs/accelerate/fsdp2.yaml -m grow_cli train-stage grown/
     --data data/ --out stage1/ --max-steps 20000 --mixed-precision bf16
 
-Continue the masked-LM pretraining of a (widened) BERT: the objective follows the architecture:
+Continue the masked-LM pretraining of a widened BERT (the objective follows the architecture):
 
     grow train-stage minilm-768/ --data corpus/ --out minilm-768-mlm/ --max-steps 2000 --whole-word-mask
 
