@@ -96,7 +96,7 @@ def test_identity_rule_is_one_property_of_the_architecture(monkeypatch):
     with pytest.raises(OptionError, match="post-LayerNorm.*use --depth-method stack, interleave, interpolate or dus"):
         build_plan(config, tensors, spec)
 
-    monkeypatch.setattr(ArchDef, "zeroed_block_is_identity", property(lambda self: True))
+    monkeypatch.setattr(ArchDef, "identity_refusal", property(lambda self: None))
     assert all(entry["applies"] for entry in registry.applicability(bert)["depth"])
     assert build_plan(config, tensors, spec).depth.method == "identity"
 

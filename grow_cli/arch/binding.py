@@ -86,7 +86,7 @@ def bind(
         if tuple(actual) != expected:
             raise CheckpointError(
                 f"tensor {found} has shape {list(actual)} but config.json implies {list(expected)} "
-                f"({' × '.join(weight.axes)})"
+                f"({' × '.join(map(str, weight.axes))})"
             )
         return BoundTensor(found, weight, layer, tuple(actual), dtype)
 

@@ -1,10 +1,14 @@
 """Architecture definitions: one strictly validated JSON file per architecture in `definitions/`.
 
 A definition names every tensor of the model (embeddings, one layer template, final tensors) and, for each tensor
-axis, the *space* it lives in — `hidden`, `q` (query heads × head_dim), `kv` (KV heads × head_dim), `ffn`, `vocab`,
-`positions`, `token_types`, `qkv` (GPT-2's fused [q|k|v]) or `qkv_heads` (GPT-NeoX's per-head fused qkv). The axis
+axis, the *space* it lives in — `hidden`, `q` (query heads × head_dim), `kv` (KV heads × head_dim), `head_dim` (one
+head: per-head q/k norms), `ffn`, `gate_up` (Phi-3's fused [gate|up]), `vocab`, `positions`, `token_types`, `qkv`
+(fused [q|k|v]) or `qkv_heads` (GPT-NeoX's per-head fused qkv) — or an integer, a size that never changes. The axis
 order is the storage order, so GPT-2's Conv1D (in × out) and nn.Linear (out × in) need no special casing: `kind`
 says which axis is the input. Width growth maps each space; depth growth copies layer templates.
+
+Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
+decoders, in the same schema plus a `derived` record (what was found, and why width growth may be refused).
 
 Unknown keys are errors (a stale field must never be silently ignored, mergekit's lesson), and so is a definition
 whose fields contradict each other.
@@ -20,7 +24,7 @@ from typing import Any
 
 from grow_cli.errors import ArchitectureError
 
-SPACES = {"hidden", "q", "kv", "ffn", "vocab", "positions", "token_types", "qkv", "qkv_heads"}
+SPACES = {"hidden", "q", "kv", "head_dim", "ffn", "gate_up", "vocab", "positions", "token_types", "qkv", "qkv_heads"}
 # kind → index of the input axis (None: not a matrix product over its axes).
 KINDS: dict[str, int | None] = {
     "linear": 1,  # nn.Linear weight, out × in
@@ -29,7 +33,16 @@ KINDS: dict[str, int | None] = {
     "norm": None,  # norm gain
     "norm_bias": None,  # LayerNorm bias
     "bias": None,  # bias of a linear layer (follows the output axis)
+    "other": None,  # derived definitions only: a tensor grow copies in depth but cannot widen
 }
+RESIDUALS = {
+    "pre_norm": "x + f(norm(x))",
+    "post_norm": "norm(x + f(x)): BERT",
+    "sandwich_norm": "x + norm₂(f(norm₁(x))): Gemma 2/3",
+    "post_sublayer_norm": "x + norm(f(x)): OLMo 2",
+    "derived": "found on a tiny random instance (derived definitions)",
+}
+RUNTIME_SCALES = {"sqrt_hidden"}  # an embedding multiplied by √hidden_size in the forward pass (Gemma)
 CONFIG_ROLES = {
     "layers",
     "hidden",
@@ -56,6 +69,7 @@ _WEIGHT_KEYS = {
     "tie_always",
     "group",
     "aliases",
+    "runtime_scale",
 }
 _TOP_KEYS = {
     "name",
@@ -75,7 +89,10 @@ _TOP_KEYS = {
     "buffers",
     "layer_lists",
     "ffn_default_multiple",
+    "norm_gain_offset",
+    "derived",
 }
+_DERIVED_KEYS = {"transformers", "model_class", "width_refused", "identity", "notes"}
 
 
 @dataclass(frozen=True)
@@ -84,18 +101,25 @@ class WeightDef:
 
     name: str
     kind: str
-    axes: tuple[str, ...]
+    axes: tuple[str | int, ...]  # a space per axis, or a fixed size
     when: str | None = None  # present only when this boolean config key is true
-    residual_writer: bool = False  # writes into the residual stream (zeroed by identity blocks)
+    residual_writer: bool = False  # its zero makes its sublayer add nothing to the residual stream (identity blocks)
     head_norm: bool = False  # the norm right before the (possibly tied) output head
     tied_to: str | None = None  # the tensor this one is tied to (written once, as that tensor)
     tie_always: bool = False  # tied regardless of tie_word_embeddings
     group: str | None = None  # optional block: all of its tensors are present, or none
     aliases: tuple[str, ...] = ()  # older names of the same tensor
+    runtime_scale: str | None = None  # multiplied in the forward pass by a factor of the config (Gemma: √hidden)
+    gain_offset: float = 0.0  # norms: the forward pass multiplies by (gain_offset + weight); from the definition
 
     @property
     def in_axis(self) -> int | None:
         return KINDS[self.kind]
+
+    @property
+    def zero_fill(self) -> float:
+        """The stored value that makes this tensor's effect zero: 0, or −1 for a Gemma (1 + w) norm gain."""
+        return -self.gain_offset if self.kind == "norm" else 0.0
 
 
 @dataclass(frozen=True)
@@ -119,23 +143,61 @@ class ArchDef:
     config_defaults: dict[str, Any] = field(default_factory=dict)
     tie_default: bool = False
     ffn_default_multiple: int | None = None
+    norm_gain_offset: float = 0.0
+    derived: dict[str, Any] | None = None  # None: a curated definition
 
     @property
-    def pre_norm(self) -> bool:
-        return self.residual == "pre_norm"
+    def curated(self) -> bool:
+        return self.derived is None
 
     @property
-    def zeroed_block_is_identity(self) -> bool:
-        """Whether a layer whose residual writers are zero passes its input through unchanged, so that LLaMA-Pro's
-        identity blocks are exact: true in pre-norm models (x + 0 = x), not after a post-norm (LayerNorm(x + 0) ≠ x)."""
-        return self.pre_norm
+    def identity_refusal(self) -> str | None:
+        """Why zeroing tensors cannot make a new block an exact identity here, or None when it can.
+
+        A block is an identity when everything it adds to the residual stream is zero. That holds whenever the
+        residual add is the last operation of each sublayer and the tensors marked `residual_writer` (the output
+        projections, or the post-sublayer norm gains) are zeroed; it cannot hold when a norm runs *after* the add.
+        """
+        if self.residual == "post_norm":
+            return (
+                f"{self.name} is post-LayerNorm: a norm runs after the residual add (LayerNorm(x + 0) ≠ x), "
+                f"so zeroed outputs cannot make an identity block"
+            )
+        if self.derived is not None and self.derived.get("identity"):
+            return self.derived["identity"]
+        if not any(w.residual_writer for w in self.layer):
+            return f"the {self.name} definition marks no residual writer to zero"
+        return None
+
+    @property
+    def identity_exact(self) -> bool:
+        """Zeroing the `residual_writer` tensors of a copied block makes it an exact identity."""
+        return self.identity_refusal is None
+
+    @property
+    def width_refusal(self) -> str | None:
+        """Why width growth is refused (derived definitions with an axis or module grow could not place)."""
+        return None if self.derived is None else self.derived.get("width_refused")
+
+    @property
+    def always_verify(self) -> bool:
+        """Derived definitions are checked numerically whenever a growth claims to be exact."""
+        return self.derived is not None
+
+    @property
+    def normed_spaces(self) -> set[str]:
+        """The spaces some norm runs over: width maps on them must copy every unit equally often (E1)."""
+        return {a for w in self.all_weights() for a in w.axes if w.kind == "norm" and isinstance(a, str)}
+
+    def all_weights(self) -> tuple[WeightDef, ...]:
+        return (*self.embeddings, *self.layer, *self.final)
 
 
 def _fail(where: str, message: str) -> ArchitectureError:
     return ArchitectureError(f"architecture definition {where}: {message}")
 
 
-def _weight(raw: Any, where: str) -> WeightDef:
+def _weight(raw: Any, where: str, gain_offset: float) -> WeightDef:
     if not isinstance(raw, dict):
         raise _fail(where, "each weight must be an object")
     unknown = set(raw) - _WEIGHT_KEYS
@@ -147,12 +209,16 @@ def _weight(raw: Any, where: str) -> WeightDef:
     if raw["kind"] not in KINDS:
         raise _fail(where, f"weight {raw['name']!r} has unknown kind {raw['kind']!r}; known: {sorted(KINDS)}")
     axes = tuple(raw["axes"])
-    bad = [a for a in axes if a not in SPACES]
+    bad = [a for a in axes if not (a in SPACES or (isinstance(a, int) and not isinstance(a, bool) and a > 0))]
     if bad:
-        raise _fail(where, f"weight {raw['name']!r} has unknown axis space(s) {bad}; known: {sorted(SPACES)}")
-    expected_ndim = 2 if raw["kind"] in ("linear", "conv1d", "embedding") else 1
-    if len(axes) != expected_ndim:
+        raise _fail(where, f"weight {raw['name']!r} has unknown axis space(s) {bad}; known: {sorted(SPACES)} or a size")
+    expected_ndim = {"linear": 2, "conv1d": 2, "embedding": 2, "other": len(axes)}.get(raw["kind"], 1)
+    if len(axes) != expected_ndim or (not axes and raw["kind"] != "other"):
         raise _fail(where, f"weight {raw['name']!r} of kind {raw['kind']} needs {expected_ndim} axes, has {len(axes)}")
+    if raw.get("runtime_scale") not in (None, *RUNTIME_SCALES):
+        raise _fail(where, f"weight {raw['name']!r}: runtime_scale must be one of {sorted(RUNTIME_SCALES)}")
+    if raw.get("runtime_scale") and raw["kind"] != "embedding":
+        raise _fail(where, f"weight {raw['name']!r}: only an embedding can carry a runtime_scale")
     return WeightDef(
         name=raw["name"],
         kind=raw["kind"],
@@ -164,6 +230,8 @@ def _weight(raw: Any, where: str) -> WeightDef:
         tie_always=bool(raw.get("tie_always", False)),
         group=raw.get("group"),
         aliases=tuple(raw.get("aliases", ())),
+        runtime_scale=raw.get("runtime_scale"),
+        gain_offset=gain_offset if raw["kind"] == "norm" else 0.0,
     )
 
 
@@ -192,14 +260,22 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         raise _fail(where, f"unknown config role(s) {sorted(roles - CONFIG_ROLES)}")
     if REQUIRED_ROLES - roles:
         raise _fail(where, f"config lacks role(s) {sorted(REQUIRED_ROLES - roles)}")
-    if raw["norm"] not in ("rms", "layer"):
-        raise _fail(where, "norm must be 'rms' or 'layer'")
-    if raw["residual"] not in ("pre_norm", "post_norm"):
-        raise _fail(where, "residual must be 'pre_norm' or 'post_norm'")
-    if raw["positions"] not in ("rope", "learned"):
-        raise _fail(where, "positions must be 'rope' or 'learned'")
+    derived = raw.get("derived")
+    if derived is not None:
+        if not isinstance(derived, dict) or set(derived) - _DERIVED_KEYS:
+            raise _fail(where, f"'derived' must be an object with keys among {sorted(_DERIVED_KEYS)}")
+    norms = ("rms", "layer") if derived is None else ("rms", "layer", "unknown")
+    if raw["norm"] not in norms:
+        raise _fail(where, f"norm must be one of {', '.join(map(repr, norms))}")
+    if raw["residual"] not in RESIDUALS or (raw["residual"] == "derived") != (derived is not None):
+        raise _fail(where, f"residual must be one of {sorted(set(RESIDUALS) - {'derived'})} ('derived' when derived)")
+    if raw["positions"] not in ("rope", "learned", "other"):
+        raise _fail(where, "positions must be 'rope', 'learned' or 'other'")
     if "{i}" not in raw["layer_prefix"]:
         raise _fail(where, "layer_prefix must contain '{i}'")
+    offset = raw.get("norm_gain_offset", 0.0)
+    if offset not in (0, 1):
+        raise _fail(where, "norm_gain_offset must be 0 (gain = w) or 1 (gain = 1 + w, Gemma)")
     arch = ArchDef(
         name=raw["name"],
         model_types=tuple(raw["model_types"]),
@@ -209,15 +285,17 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         residual=raw["residual"],
         positions=raw["positions"],
         prefixes=tuple(raw["prefixes"]),
-        embeddings=tuple(_weight(w, where) for w in raw["embeddings"]),
+        embeddings=tuple(_weight(w, where, offset) for w in raw["embeddings"]),
         layer_prefix=raw["layer_prefix"],
-        layer=tuple(_weight(w, where) for w in raw["layer"]),
-        final=tuple(_weight(w, where) for w in raw["final"]),
+        layer=tuple(_weight(w, where, offset) for w in raw["layer"]),
+        final=tuple(_weight(w, where, offset) for w in raw["final"]),
         buffers=tuple(raw.get("buffers", ())),
         layer_lists=tuple(raw.get("layer_lists", ())),
         config_defaults=dict(raw.get("config_defaults", {})),
         tie_default=bool(raw.get("tie_default", False)),
         ffn_default_multiple=raw.get("ffn_default_multiple"),
+        norm_gain_offset=float(offset),
+        derived=derived,
     )
     if not arch.embeddings or not arch.layer:
         raise _fail(where, "needs at least one tensor in 'embeddings' and one in 'layer'")
@@ -227,30 +305,51 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
     dangling = [w.name for w in (*arch.embeddings, *arch.layer, *arch.final) if w.tied_to and w.tied_to not in names]
     if dangling:
         raise _fail(where, f"weight(s) {dangling} are tied to a tensor the definition does not name")
-    if not any(w.head_norm for w in arch.final):
+    tied_head = any(w.tied_to for w in arch.final)
+    if tied_head and not any(w.head_norm for w in arch.final) and arch.width_refusal is None:
         raise _fail(where, "no final tensor is marked head_norm (needed to fold a tied head's scaling)")
+    if arch.width_refusal is None and any(w.kind == "other" for w in arch.all_weights()):
+        raise _fail(where, "a tensor of kind 'other' cannot be widened: set derived.width_refused")
     return arch
 
 
 @cache
-def all_definitions() -> dict[str, ArchDef]:
-    """Every packaged definition, by name."""
-    defs: dict[str, ArchDef] = {}
+def _documents() -> dict[str, dict[str, Any]]:
+    """Every packaged definition's JSON document, by file name."""
+    docs = {}
     for entry in sorted(resources.files("grow_cli.arch").joinpath("definitions").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):
-            arch = parse_definition(json.loads(entry.read_text()), where=entry.name)
-            defs[arch.name] = arch
+            docs[entry.name] = json.loads(entry.read_text())
+    return docs
+
+
+@cache
+def all_definitions() -> dict[str, ArchDef]:
+    """Every packaged (curated) definition, by name."""
+    defs: dict[str, ArchDef] = {}
+    for file, raw in _documents().items():
+        arch = parse_definition(raw, where=file)
+        defs[arch.name] = arch
     return defs
 
 
+def definition_document(config: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document of the definition `detect(config)` uses: the packaged file, or the derived definition."""
+    for raw in _documents().values():
+        if config.get("model_type") in raw["model_types"]:
+            return json.loads(json.dumps(raw))
+    from grow_cli.arch.derive import derive_definition
+
+    return derive_definition(config)
+
+
 def detect(config: dict[str, Any]) -> ArchDef:
-    """The definition for a `config.json` (by `model_type`); an unknown architecture is a clear error."""
+    """The definition for a `config.json`: the curated one for its `model_type`, else one derived from transformers'
+    model class (`grow_cli.arch.derive`); a type that can be neither is one clear ArchitectureError."""
     model_type = config.get("model_type")
     for arch in all_definitions().values():
         if model_type in arch.model_types:
             return arch
-    known = sorted(t for a in all_definitions().values() for t in a.model_types)
-    raise ArchitectureError(
-        f"unknown architecture model_type={model_type!r} (architectures={config.get('architectures')}); "
-        f"grow supports: {', '.join(known)}"
-    )
+    from grow_cli.arch.derive import derive
+
+    return derive(config)

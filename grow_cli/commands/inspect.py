@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ EXAMPLES = """
     grow inspect ./SmolLM2-135M
     grow inspect HuggingFaceTB/SmolLM2-135M --revision main
     grow inspect ./my-model --json | jq .num_parameters
+    grow inspect ./an-exaone4-model --write-definition exaone4.json   # review a derived definition
 """
 
 
@@ -22,20 +24,43 @@ def inspect(
         str | None, typer.Option(help="Hub token (default: HF_TOKEN or the saved login).", show_default=False)
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+    write_definition: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-definition",
+            help="Write the architecture definition grow uses (curated, or derived from transformers) to this "
+            "JSON file, for review.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --write-definition file.")] = False,
 ) -> None:
-    """Describe a checkpoint: architecture, parameters, shape, dtypes, shards, and which growth methods apply."""
+    """Describe a checkpoint: architecture, parameters, shape, dtypes, shards, and which growth methods apply.
+
+    Architectures without a curated definition get one derived from the transformers model class (checked on tiny
+    random instances); the report says which, and why width growth is refused where it is.
+    """
     from grow_cli.console import format_bytes, out, print_json
     from grow_cli.growth.describe import inspect as run
 
-    info = run(source, revision=revision, token=token)
+    info = run(source, revision=revision, token=token, write_definition_to=write_definition, force=force)
     if json_out:
         print_json(info)
         return
     from rich.table import Table
 
     table = Table(title=f"{source}", show_header=False, title_justify="left")
+    definition = info["definition"]
+    if definition["kind"] == "curated":
+        origin = f"curated ({definition['file']})"
+    else:
+        origin = (
+            f"derived from transformers {definition['transformers']}'s {definition['model_class']}; "
+            f"every growth that claims exactness is verified"
+        )
     rows = [
         ("architecture", f"{info['architecture']} — {info['description']}"),
+        ("definition", origin),
         ("parameters", f"{info['num_parameters']:,} ({info['num_parameters'] / 1e6:.1f}M)"),
         ("layers", info["layers"]),
         ("hidden / ffn", f"{info['hidden_size']} / {info['intermediate_size']}"),
@@ -54,8 +79,14 @@ def inspect(
         table.add_row(key, str(value))
     for part in ("depth", "width"):
         methods = info["methods"][part]
-        table.add_row(
-            f"{part} methods",
-            ", ".join(m["method"] if m["applies"] else f"[dim]{m['method']} (no: {m['why']})[/dim]" for m in methods),
-        )
+        reasons = {m.get("why") for m in methods}
+        if not any(m["applies"] for m in methods) and len(reasons) == 1:
+            listed = f"[dim]none ({reasons.pop()})[/dim]"
+        else:
+            listed = ", ".join(
+                m["method"] if m["applies"] else f"[dim]{m['method']} (no: {m['why']})[/dim]" for m in methods
+            )
+        table.add_row(f"{part} methods", listed)
+    if info["definition_written"]:
+        table.add_row("definition written", info["definition_written"])
     out.print(table)

@@ -2,7 +2,10 @@
 validation run before anything is written.
 
 mergekit leaves per-layer lists stale (a depth-grown Qwen2 then fails to load); grow maps every per-layer list
-through the depth map, so layer j gets the type of the source layer it copies.
+through the depth map, so layer j gets the type of the source layer it copies. A list the source config.json leaves
+to transformers' default (Gemma 2's alternating `layer_types`, SmolLM3's `no_rope_layers`, Qwen3's sliding layers
+above `max_window_layers`) is computed for the *source* layer count and written out explicitly: the default for
+the grown layer count would give copied layers a different type than their source, and the copy would not be exact.
 """
 
 from __future__ import annotations
@@ -10,12 +13,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from grow_cli.arch.layer_lists import map_layer_lists, per_layer_lists, transformers_params
 from grow_cli.arch.registry import ArchDef
 from grow_cli.checkpoint.dtypes import config_name
 from grow_cli.errors import UsageError
-
-# Per-layer lists that transformers validates against the layer count, whatever the architecture.
-GENERIC_LAYER_LISTS = ("layer_types", "mlp_layer_types")
 
 
 def grown_config(
@@ -29,17 +30,11 @@ def grown_config(
     """The target config: layer count, per-layer lists, width keys and dtype updated; everything else kept."""
     config = copy.deepcopy(source)
     if layer_map is not None:
-        L = config[arch.config["layers"]]
-        config[arch.config["layers"]] = len(layer_map)
-        for key in dict.fromkeys((*arch.layer_lists, *GENERIC_LAYER_LISTS)):
-            value = config.get(key)
-            if isinstance(value, list):
-                if len(value) != L:
-                    raise UsageError(f"config.json: {key} has {len(value)} entries for {L} layers")
-                config[key] = [value[src] for src in layer_map]
-        # Qwen2-style "layers below this index use full attention": keep "all layers" meaning "all layers".
-        if isinstance(config.get("max_window_layers"), int) and config["max_window_layers"] >= L:
-            config["max_window_layers"] = len(layer_map)
+        key_L = arch.config["layers"]
+        L = config.get(key_L, arch.config_defaults.get(key_L))
+        assert isinstance(L, int), "read_shape checked the layer count"
+        config[key_L] = len(layer_map)
+        map_layer_lists(config, per_layer_lists(source, key_L, L, arch.layer_lists), layer_map)
     config.update(width_updates)
     if dtype is not None:
         config.pop("torch_dtype", None)
@@ -53,7 +48,7 @@ def validate_config(config: dict[str, Any]) -> None:
     """Run transformers' own (strict) validation on `config`; a failure is a UsageError naming the cause."""
     import transformers
 
-    params = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
+    params = transformers_params(config)
     try:
         built = transformers.AutoConfig.for_model(config["model_type"], **params)
         built.validate()

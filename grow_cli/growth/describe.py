@@ -2,17 +2,58 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
+from grow_cli.errors import OutputError
 from grow_cli.growth.plan import source_shape_of
 from grow_cli.operators.registry import applicability
 
 
-def inspect(source: str, *, revision: str | None = None, token: str | None = None) -> dict[str, Any]:
-    """Describe the checkpoint `source` (folder or Hub id) without reading any tensor data."""
+def definition_summary(arch) -> dict[str, Any]:
+    """Where the architecture knowledge comes from: a curated file, or derived (and then always verified)."""
+    if arch.curated:
+        return {"kind": "curated", "file": f"grow_cli/arch/definitions/{arch.name}.json"}
+    return {
+        "kind": "derived",
+        "model_class": arch.derived.get("model_class"),
+        "transformers": arch.derived.get("transformers"),
+        "verified": "every growth that claims exactness is checked numerically and fails when it is not",
+        "width_refused": arch.width_refusal,
+        "notes": list(arch.derived.get("notes") or ()),
+    }
+
+
+def write_definition(config: dict[str, Any], path: Path, *, force: bool = False) -> Path:
+    """Write the definition grow uses for `config` as a JSON file for review; an existing file needs `force`."""
+    from grow_cli.arch.registry import definition_document
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputError(f"{path} already exists; choose another path or pass --force to replace it")
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
+    document = definition_document(config)
+    tmp = path.with_name(f".{path.name}.grow-tmp")
+    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def inspect(
+    source: str,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    write_definition_to: Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Describe the checkpoint `source` (folder or Hub id) without reading any tensor data; optionally write the
+    architecture definition it uses as JSON (`write_definition_to`), only once the checkpoint has bound to it."""
     src = resolve_source(source, revision=revision, token=token)
     config = load_config(src.folder)
     with CheckpointReader(src.folder) as reader:
@@ -41,4 +82,8 @@ def inspect(source: str, *, revision: str | None = None, token: str | None = Non
         "tensors": len(bound),
         "not_read": [{"name": n, "why": why} for n, why in binding.dropped],
         "methods": applicability(arch),
+        "definition": definition_summary(arch),
+        "definition_written": (
+            str(write_definition(config, write_definition_to, force=force)) if write_definition_to else None
+        ),
     }

@@ -37,8 +37,8 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
 
     t = plan.tensors[index]
     dtype = torch_dtype(t.dtype)
-    if t.zero:
-        return torch.zeros(t.shape, dtype=dtype)
+    if t.zero:  # an identity block's residual writer: 0, or −1 for a Gemma (1 + w) gain
+        return torch.full(t.shape, t.source.weight.zero_fill, dtype=dtype)
     inputs = [reader.read(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
     result = plan.width.apply(t.source, inputs) if plan.width else inputs[0]
     return result.to(dtype).contiguous()
@@ -68,6 +68,7 @@ def _stage(
             **source.describe(),
             "files": hashes,
             "architecture": plan.arch.name,
+            "definition": "curated" if plan.arch.curated else "derived",
             "shape": {k: summary["source"][k] for k in shape_keys},
         },
         "target": {k: summary["target"][k] for k in shape_keys},
@@ -118,7 +119,7 @@ def expand(
             src,
             Path(out),
             force=force,
-            verify=verify,
+            verify=verify or (plan.arch.always_verify and plan.function_preserving),
             verify_memory=verify_memory,
             quiet=quiet,
             command=command,

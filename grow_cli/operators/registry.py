@@ -28,11 +28,14 @@ def _applies_everywhere(arch: ArchDef) -> str | None:
     return None
 
 
+def _width_refusal(arch: ArchDef) -> str | None:
+    """Why no width method applies to `arch` (a derived definition with an axis it could not place), or None."""
+    return arch.width_refusal
+
+
 def _needs_zeroed_block_identity(arch: ArchDef) -> str | None:
     """Why identity blocks cannot be exact in `arch`, or None where they are (a property of the architecture)."""
-    if arch.zeroed_block_is_identity:
-        return None
-    return "post-LayerNorm: a block with zeroed outputs still applies LayerNorm(x + 0) ≠ x, so it is not an identity"
+    return arch.identity_refusal
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ OPERATORS: tuple[Operator, ...] = (
         citation="Wu et al., ACL 2024",
         url="https://arxiv.org/abs/2401.02415",
         summary="LLaMA-Pro, exact",
-        exact="always, where a zeroed block is an identity (pre-norm layouts); refused elsewhere",
+        exact="always, where a zeroed block is an identity (pre-norm, sandwich-norm and post-sublayer-norm layouts); "
+        "refused after a post-norm",
         how="copies inserted evenly, their residual writers zeroed",
         implementation=depth.identity,
         refusal=_needs_zeroed_block_identity,
@@ -127,6 +131,7 @@ OPERATORS: tuple[Operator, ...] = (
         exact="when the hidden ratio is an integer (tiled hidden map), on every layout",
         how="hidden map tiled (else prefix + random); FFN and head maps prefix + seeded random",
         implementation=width.WidthOperator,
+        refusal=_width_refusal,
     ),
     Operator(
         name="aki",
@@ -138,6 +143,7 @@ OPERATORS: tuple[Operator, ...] = (
         exact="never (by design: new units take the next layer's weights)",
         how="FPI's maps; new output units of each layer copy the next layer's weights",
         implementation=width.WidthOperator,
+        refusal=_width_refusal,
     ),
     Operator(
         name="hypercloning",
@@ -149,6 +155,7 @@ OPERATORS: tuple[Operator, ...] = (
         exact="always (integer ratios only), with or without `--noise-snr-db`",
         how="every map tiled; optional symmetric noise that cancels between paired copies",
         implementation=width.WidthOperator,
+        refusal=_width_refusal,
     ),
     Operator(
         name="zero",
@@ -160,6 +167,7 @@ OPERATORS: tuple[Operator, ...] = (
         exact="on RMSNorm layouts (gains × √(d/d′), eps × d/d′); on LayerNorm layouts only with the hidden size kept",
         how="source units first, new units zero",
         implementation=width.WidthOperator,
+        refusal=_width_refusal,
     ),
 )
 
@@ -208,10 +216,12 @@ def refuse_if_inapplicable(op: Operator, arch: ArchDef) -> None:
     why = op.why_not(arch)
     if why is not None:
         others = [o.name for o in operators(op.kind) if o.why_not(arch) is None]
+        if not others:
+            raise OptionError(f"{op.kind}_method", f"{op.kind} growth is refused for {arch.name}: {why}")
+        choice = others[0] if len(others) == 1 else f"{', '.join(others[:-1])} or {others[-1]}"
         raise OptionError(
             f"{op.kind}_method",
-            f"--{op.kind}-method {op.name} does not apply to {arch.name} ({why}); use --{op.kind}-method "
-            f"{', '.join(others[:-1])} or {others[-1]}",
+            f"--{op.kind}-method {op.name} does not apply to {arch.name} ({why}); use --{op.kind}-method {choice}",
         )
 
 

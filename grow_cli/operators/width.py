@@ -14,6 +14,11 @@ Exactness (eval mode, fp32; see docs/methods.md):
 * `aki` — not exact by design: new output units take the next layer's weights.
 * `zero` — exact on RMSNorm models (gains × √(d/d'), eps × d/d', E1a); on LayerNorm models exact only when the
   hidden size is unchanged.
+
+Architecture details come from the definition, never from its name (operators.md E4–E5): a norm over query/KV heads
+(OLMo 2's q_norm/k_norm) needs every head copied equally often, so `fpi` tiles the head maps there; a Gemma
+`(1 + w)` gain is scaled or folded as the gain `1 + w`, not as `w`; an embedding multiplied by √hidden_size at run
+time is stored × √(d/d') so that its widened output is the source's copied; a tied head's folds go into the head norm.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     from grow_cli.growth.spec import GrowthSpec
 
 _OUT_AXIS = {"linear": 0, "conv1d": 1, "bias": 0}  # the axis AKI fills from the next layer
+_HEAD_SPACES = {"q", "kv", "qkv", "qkv_heads"}
 
 
 def _multiples_near(value: int, step: int, floor: int) -> list[int]:
@@ -187,10 +193,22 @@ class WidthOperator:
                 s.intermediate_size, t.intermediate_size, *([rng] if random_units else [])
             ),
         }
+        # A norm over all heads (OLMo 2) commutes with head copies only when every head is copied equally often.
+        self.normed_heads = bool(arch.normed_spaces & _HEAD_SPACES)
         self.maps["heads"], self.maps["kv_heads"] = im.head_maps(
-            s.num_heads, s.num_kv_heads, t.num_heads, t.num_kv_heads, rng if random_units else None
+            s.num_heads,
+            s.num_kv_heads,
+            t.num_heads,
+            t.num_kv_heads,
+            rng if random_units and not self.normed_heads else None,
         )
         self.tied = s.tie_word_embeddings and any(w.tied_to and not w.tie_always for w in arch.final)
+        # Gemma multiplies its embedding by √hidden_size at run time: stored × √(d/d'), its output is the source's.
+        self.embed_scale = math.sqrt(d / d2)
+        tied_to = {w.tied_to for w in arch.final if w.tied_to}
+        self.head_scale = next(
+            (self.embed_scale for w in arch.embeddings if w.runtime_scale and w.name in tied_to), 1.0
+        )
         self.function_preserving, self.exactness = self._exactness()
 
     # -- what the planner asks -------------------------------------------------------------------------------
@@ -208,18 +226,34 @@ class WidthOperator:
         """The widened tensor (float32; the executor casts it to the output dtype)."""
         w = tensor.weight
         if self.method == "zero":
-            return self._zero(w, inputs[0].float(), tensor.name)
-        out = self._fpi(w, inputs[0].float(), "this")
-        if self.method == "aki" and len(inputs) == 2:
-            axis = _OUT_AXIS[w.kind]
-            m = self._axis(w.axes[axis])
-            if m is not None:
-                out = _where_along(m.new, axis, self._fpi(w, inputs[1].float(), "next"), out)
-        if self.method == "hypercloning" and self.noise_snr_db is not None:
-            out = self._noise(w, out, tensor.name)
+            out = self._zero(w, inputs[0].float(), tensor.name)
+        else:
+            out = self._fpi(w, inputs[0].float(), "this")
+            if self.method == "aki" and len(inputs) == 2:
+                axis = _OUT_AXIS[w.kind]
+                m = self._axis(w.axes[axis])
+                if m is not None:
+                    out = _where_along(m.new, axis, self._fpi(w, inputs[1].float(), "next"), out)
+            if self.method == "hypercloning" and self.noise_snr_db is not None:
+                out = self._noise(w, out, tensor.name)
+        if w.runtime_scale:
+            out = out * self.embed_scale
         if w.head_norm and self.tied:
-            out = out / self._axes["hidden"].divisor  # the tied head sums over copies: fold its 1/C here (E4)
+            out = self._fold_head(w, out)
         return out
+
+    def _fold_head(self, w: WeightDef, out):
+        """A tied head reads the (scaled) embedding: fold 1/C (its sum over copies, E4) and 1/scale into the norm.
+
+        Under `zero` the new hidden units are zero, so only the embedding scale is folded. A Gemma gain is folded as
+        the gain `1 + w` it computes, not as `w`.
+        """
+        fold = 1.0 / self.head_scale
+        if self.method != "zero":
+            fold = fold / self._axes["hidden"].divisor
+        elif fold == 1.0:
+            return out
+        return (out + w.gain_offset) * fold - w.gain_offset
 
     def config_updates(self) -> dict[str, Any]:
         keys, t, s = self.arch.config, self.target, self.source
@@ -255,6 +289,11 @@ class WidthOperator:
             "maps": {name: im.describe(m, sizes[name]) for name, m in self.maps.items()},
             "noise_snr_db": self.noise_snr_db,
             "tied_head": "kept tied; its 1/C division folded into the head norm" if self.tied else None,
+            "embedding_scale": (
+                f"× √(d/d') = {self.embed_scale:.6g}: the model multiplies its embedding by √hidden_size"
+                if any(w.runtime_scale for w in self.arch.embeddings)
+                else None
+            ),
         }
 
     # -- the rules --------------------------------------------------------------------------------------------
@@ -273,10 +312,15 @@ class WidthOperator:
                 f"every map tiled ×{ratio:g}: exact through {self._norm_name} (symmetric noise cancels)",
             )
         if self.method == "fpi":
-            if self.integer_hidden:
+            if self.integer_hidden and not self._uneven_heads():
                 return (
                     True,
                     f"tiled hidden map ×{ratio:g}: every hidden unit copied equally often, norms commute",
+                )
+            if self.integer_hidden:
+                return False, (
+                    f"a norm runs over all query/KV heads ({self.arch.name}'s q_norm/k_norm) and the "
+                    f"{self._uneven_heads()} are not copied equally often; grow head counts by an integer factor"
                 )
             return False, (
                 f"hidden ratio {ratio:.4g} is not an integer: some hidden units are copied more often "
@@ -284,8 +328,27 @@ class WidthOperator:
                 f"from the source's (operators.md E1); use an integer multiple, or --width-method zero "
                 f"on RMSNorm models, for exactness"
             )
+        return self._zero_exactness()
+
+    def _zero_exactness(self) -> tuple[bool, str]:
+        """G_zero pads every normed space with zeros; one shared eps can be corrected for one padding ratio only."""
+        s, t = self.source, self.target
+        ratio = s.hidden_size / t.hidden_size
+        others = sorted(
+            space
+            for space in self.arch.normed_spaces - {"hidden"}
+            if s.space_size(space) / t.space_size(space) != ratio
+        )
+        if others and self.arch.norm == "rms":
+            return False, (
+                f"the norms over {', '.join(others)} share rms_norm_eps with the hidden norms but are padded by a "
+                f"different ratio, and one eps cannot be right for both: exact only up to eps (a relative error of "
+                f"about eps/mean(x²))"
+            )
         if t.hidden_size == s.hidden_size:
             return True, "new FFN units and heads are zero; the hidden size is unchanged"
+        if self.arch.norm == "rms" and "norm_eps" not in self.arch.config:
+            return False, "the definition names no norm eps key, so eps × d/d' cannot be written; not exact"
         if self.arch.norm == "rms":
             return (
                 True,
@@ -295,6 +358,18 @@ class WidthOperator:
             "LayerNorm over zero-padded hidden units: the mean is taken over d' units, so every old unit "
             "is shifted (gains × √(d/d') and eps × d/d' correct the variance only); not exact"
         )
+
+    def _uneven_heads(self) -> str:
+        """Which head maps copy some heads more often than others, where a norm runs over all heads ('' if none)."""
+        if not self.normed_heads:
+            return ""
+        s = self.source
+        uneven = [
+            name
+            for name, n in (("query heads", s.num_heads), ("KV heads", s.num_kv_heads))
+            if not im.is_uniform(self.maps["heads" if name == "query heads" else "kv_heads"], n)
+        ]
+        return " and ".join(uneven)
 
     @property
     def _norm_name(self) -> str:
@@ -321,6 +396,11 @@ class WidthOperator:
             "q": (q, qn),
             "kv": (kv, kvn),
             "qkv": (q + [qn + r for r in kv] + [qn + kvn + r for r in kv], qn + 2 * kvn),
+            # Phi-3's fused [gate|up]: both halves follow the same FFN map, so gate·up is copied unit by unit
+            "gate_up": (
+                self.maps["ffn"] + [s.intermediate_size + r for r in self.maps["ffn"]],
+                2 * s.intermediate_size,
+            ),
         }
         if self.maps["heads"] == self.maps["kv_heads"]:  # GPT-NeoX: per-head (heads, 3, head_dim) rows, MHA only
             spaces["qkv_heads"] = (im.rows(self.maps["heads"], 3 * h), 3 * qn)
@@ -328,7 +408,12 @@ class WidthOperator:
         for space, (index, n) in spaces.items():
             c = im.counts(index, n)
             # new = not the first copy of its source unit (within its part of a fused [q|k|v])
-            new = im.new_units(q) + im.new_units(kv) * 2 if space == "qkv" else im.new_units(index)
+            if space == "qkv":
+                new = im.new_units(q) + im.new_units(kv) * 2
+            elif space == "gate_up":
+                new = im.new_units(self.maps["ffn"]) * 2
+            else:
+                new = im.new_units(index)
             axes[space] = _Axis(
                 torch.tensor(index),
                 torch.tensor([float(c[j]) for j in index]),
@@ -337,9 +422,11 @@ class WidthOperator:
             )
         return axes
 
-    def _axis(self, space: str) -> _Axis | None:
+    def _axis(self, space: str | int) -> _Axis | None:
         if space in ("vocab", "positions", "token_types"):
             return None
+        if isinstance(space, int) or space == "head_dim":
+            return None  # a fixed axis, or one head (head_dim never changes)
         if space not in self._axes:
             raise UsageError(f"{self.arch.name}: cannot widen a '{space}' axis with these head maps")
         return self._axes[space]
@@ -386,7 +473,6 @@ class WidthOperator:
         """G_zero in width: new units zero; new input columns random (they read zeros); norm gains corrected."""
         import torch
 
-        scale = math.sqrt(self.source.hidden_size / self.target.hidden_size)
         std = float(x.std()) if x.numel() > 1 else 0.02
         gen = self._generator(name)
         for axis, space in enumerate(w.axes):
@@ -400,10 +486,12 @@ class WidthOperator:
                 # let gradients in. A new query head may read an old KV head (and be non-zero): its columns are 0.
                 fill = torch.zeros_like(x) if space == "q" else torch.randn(x.shape, generator=gen) * (std or 0.02)
                 x = torch.where(new, fill, x)
-            elif w.kind == "norm" and space == "hidden":
-                x = x * scale
-                if self.arch.norm == "layer":
-                    x = torch.where(new, torch.zeros_like(x), x)  # LayerNorm: new units' output exactly zero
+            elif w.kind == "norm":
+                # RMS over a zero-padded space shrinks by √(n/n'): scale the gain (1 + w for Gemma) back (E1a)
+                scale = math.sqrt(self.source.space_size(space) / self.target.space_size(space))
+                x = (x + w.gain_offset) * scale - w.gain_offset
+                if self.arch.norm == "layer":  # LayerNorm: new units' output exactly zero
+                    x = torch.where(new, torch.full_like(x, w.zero_fill), x)
             else:
                 x = torch.where(new, torch.zeros_like(x), x)
         return x

@@ -1,0 +1,192 @@
+"""Derived definitions: transformers decoders without a curated file, grown in depth (every method) and, where every
+axis was placed, in width — always verified. Tiny models of several such types are built here from transformers
+configs, saved in shards, grown, loaded back and compared; the refusals (custom code, no repeated block, unplaceable
+axes) are one line, a non-zero exit and nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers as tf
+
+from grow_cli.arch.derive import derive, derive_definition
+from grow_cli.arch.registry import detect, parse_definition
+from grow_cli.errors import ArchitectureError, VerificationError
+from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
+
+EXACT = 1e-5
+_BASE = dict(vocab_size=96, num_hidden_layers=4, hidden_size=32, num_attention_heads=4, pad_token_id=0)
+CONFIGS = {
+    # Llama-like with a ReLU² MLP (no gate): derived in full.
+    "arcee": dict(_BASE, intermediate_size=48, num_key_value_heads=2, head_dim=8),
+    # LayerNorm without bias, parallel attention + MLP, logit_scale, tied head.
+    "cohere": dict(_BASE, intermediate_size=48, num_key_value_heads=2, logit_scale=0.5),
+    # norms after attention and MLP, before the residual add (like OLMo 2), sliding-window layers.
+    "exaone4": dict(_BASE, intermediate_size=48, num_key_value_heads=2, head_dim=8, sliding_window=5),
+    # Gemma-like: (1 + w) norms and √hidden embedding scale, found by measurement.
+    "vaultgemma": dict(_BASE, intermediate_size=48, num_key_value_heads=1, head_dim=8),
+    # runs only with head_dim = hidden / heads: depth only, width refused.
+    "stablelm": dict(_BASE, intermediate_size=48, num_key_value_heads=2),
+}
+WRITERS = {
+    "arcee": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
+    "cohere": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
+    "exaone4": ["post_attention_layernorm.weight", "post_feedforward_layernorm.weight"],
+    "vaultgemma": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
+    "stablelm": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
+}
+WIDTH = ["arcee", "cohere", "exaone4", "vaultgemma"]
+
+
+def _model_class(name):
+    return tf.AutoModelForCausalLM._model_mapping[type(tf.AutoConfig.for_model(name))]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("derived")
+    folders = {}
+    for name, params in CONFIGS.items():
+        torch.manual_seed(0)
+        model = _model_class(name)(tf.AutoConfig.for_model(name, **params)).eval()
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if p.ndim == 1:
+                    p.copy_((0.0 if pname.endswith("bias") else 1.0) + 0.3 * torch.randn_like(p))
+        model.save_pretrained(root / name, max_shard_size="20KB")
+        folders[name] = root / name
+    return folders
+
+
+def _logits(name, folder):
+    model = _model_class(name).from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.randint(3, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _config(folder):
+    return json.loads((folder / "config.json").read_text())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_derivation_finds_the_block_and_its_residual_writers(sources, name):
+    arch = detect(_config(sources[name]))
+    assert not arch.curated and arch.always_verify and arch.name == name
+    assert [w.name for w in arch.layer if w.residual_writer] == WRITERS[name]
+    assert (arch.width_refusal is None) == (name in WIDTH), arch.width_refusal
+    if name == "vaultgemma":
+        assert arch.norm_gain_offset == 1.0 and arch.embeddings[0].runtime_scale == "sqrt_hidden"
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("method", ["identity", "interleave"])
+def test_depth_growth_of_derived_decoders(sources, tmp_path, name, method):
+    report = expand(str(sources[name]), tmp_path / "out", GrowthSpec(layers=6, depth_method=method), quiet=True)
+    gap = float((_logits(name, tmp_path / "out") - _logits(name, sources[name])).abs().max())
+    if method == "identity":  # exact, and verified although --verify was not given
+        assert report["function_preserving"] is True and report["verify"]["passed"] is True
+        assert gap <= EXACT, gap
+    else:
+        assert report["function_preserving"] is False and report["verify"] is None and gap > EXACT
+    assert tf.AutoConfig.from_pretrained(tmp_path / "out").num_hidden_layers == 6
+
+
+@pytest.mark.parametrize("name", WIDTH)
+def test_width_growth_of_derived_decoders_is_verified(sources, tmp_path, name):
+    report = expand(str(sources[name]), tmp_path / "out", GrowthSpec(width_factor=2), quiet=True)
+    assert report["function_preserving"] is True and report["verify"]["passed"] is True
+    gap = float((_logits(name, tmp_path / "out") - _logits(name, sources[name])).abs().max())
+    assert gap <= EXACT, gap
+
+
+def test_a_wrong_derived_rule_fails_the_forced_verification(sources, tmp_path, monkeypatch):
+    """Without its measured √hidden embedding scale, a derived VaultGemma widens wrongly: the forced check catches
+    it although --verify was not given, and nothing is written."""
+    from grow_cli.arch import derive as derive_module
+
+    real = derive_module._Derivation.embedding
+
+    def forget_scale(self):
+        real(self)
+        self.runtime_scale = None
+
+    monkeypatch.setattr(derive_module._Derivation, "embedding", forget_scale)
+    derive_module._definition.cache_clear()
+    try:
+        with pytest.raises(VerificationError, match="nothing was written"):
+            expand(str(sources["vaultgemma"]), tmp_path / "out", GrowthSpec(width_factor=2), quiet=True)
+    finally:
+        derive_module._definition.cache_clear()
+    assert not (tmp_path / "out").exists()
+
+
+def test_width_is_refused_where_an_axis_cannot_be_placed(cli, sources, tmp_path):
+    result = cli("expand", sources["stablelm"], tmp_path / "out", "--width-factor", "2")
+    lines = result.stderr.strip().splitlines()
+    assert result.code != 0 and len(lines) == 1 and "width growth is refused for stablelm" in lines[0]
+    assert "k_proj" in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_inspect_reports_and_writes_a_derived_definition(cli, sources, tmp_path):
+    target = tmp_path / "exaone4.json"
+    result = cli("inspect", sources["exaone4"], "--json", "--write-definition", target)
+    info = json.loads(result.stdout)
+    assert info["definition"]["kind"] == "derived" and info["definition"]["model_class"] == "Exaone4ForCausalLM"
+    assert info["definition_written"] == str(target)
+    written = json.loads(target.read_text())
+    arch = parse_definition(written, where=str(target))  # what grow writes, grow's strict schema accepts
+    assert arch == derive(_config(sources["exaone4"]))
+    assert written["derived"]["identity"] is None and written["residual"] == "derived"
+    again = cli("inspect", sources["exaone4"], "--write-definition", target)
+    assert again.code != 0 and "--force" in again.stderr
+    assert cli("inspect", sources["exaone4"], "--write-definition", target, "--force").code == 0
+    human = cli("inspect", sources["stablelm"]).stdout
+    assert "derived from" in human and "StableLmForCausalLM" in human and "none (axes follow" in human
+
+
+def _refused(cli, folder, tmp_path, *fragments):
+    out = tmp_path / "out"
+    result = cli("expand", folder, out, "--layers", "6")
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_custom_code_is_refused(cli, sources, tmp_path):
+    src = tmp_path / "custom"
+    src.mkdir()
+    for f in sources["arcee"].iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    config = _config(src)
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_mine.MyForCausalLM"}
+    (src / "config.json").write_text(json.dumps(config))
+    _refused(cli, src, tmp_path, "auto_map", "--trust-remote-code")
+
+
+def test_hybrid_stacks_without_a_repeated_block_are_refused():
+    config = tf.AutoConfig.for_model("jamba", hidden_size=32, num_attention_heads=4, num_hidden_layers=4).to_dict()
+    with pytest.raises(ArchitectureError, match="layers differ.*no single repeated block"):
+        derive_definition(config)
+
+
+def test_a_checkpoint_under_converted_names_is_refused():
+    """transformers 5 stores Mixtral's experts per expert on disk and fused in memory: no single layer template."""
+    config = tf.AutoConfig.for_model(
+        "mixtral", hidden_size=32, num_attention_heads=4, num_hidden_layers=2, num_local_experts=2
+    ).to_dict()
+    with pytest.raises(ArchitectureError, match="other names than its modules"):
+        derive_definition(config)
+
+
+def test_a_type_without_attention_heads_is_refused():
+    config = tf.AutoConfig.for_model("mamba", hidden_size=32, num_hidden_layers=2).to_dict()
+    with pytest.raises(ArchitectureError, match="mamba.*num_attention_heads"):
+        derive_definition(config)
