@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import transformers as tf
 from tiny_models import MODEL_CLASSES, build_tiny, probe_ids
 
 from grow_cli.errors import ArchitectureError, UsageError
@@ -29,7 +30,44 @@ from grow_cli.train.apollo_plan import (
 )
 
 torch.set_num_threads(1)
-ARCHS = ["llama", "qwen2", "mistral", "gpt2", "gpt_neox", "bert"]
+ARCHS = ["llama", "qwen2", "mistral", "gpt2", "gpt_neox", "bert", "qwen3", "opt"]
+# Beyond tests/tiny_models.py: Qwen3 with one kind of layer (no sliding ones), and OPT, which grow has no curated
+# definition of (its definition is derived from transformers' model class, arch/derive.py).
+EXTRA = {
+    "qwen3": lambda: tf.Qwen3ForCausalLM(
+        tf.Qwen3Config(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=128,
+        )
+    ),
+    "opt": lambda: tf.OPTForCausalLM(
+        tf.OPTConfig(
+            vocab_size=96,
+            hidden_size=32,
+            ffn_dim=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            max_position_embeddings=128,
+        )
+    ),
+}
+
+
+def tiny_folder(name: str, tiny_checkpoints, tmp_path):
+    """A saved tiny checkpoint of `name` and its model class."""
+    if name not in EXTRA:
+        return tiny_checkpoints(name), MODEL_CLASSES[name]
+    torch.manual_seed(0)
+    model = EXTRA[name]()
+    model.save_pretrained(tmp_path / name)
+    return tmp_path / name, type(model)
 
 
 def lvps_pmf(unique: int, target: int) -> dict[int, float]:
@@ -110,11 +148,9 @@ def test_plans_that_do_not_fit_the_model_are_refused():
     ]:
         with pytest.raises(UsageError, match=message):
             _plan("llama", **settings)
-    import transformers as tf
-
-    opt = tf.OPTConfig(vocab_size=96, hidden_size=32, ffn_dim=48, num_hidden_layers=2, num_attention_heads=4)
+    encoder = tf.DistilBertConfig(n_layers=2)  # no curated definition, and grow derives them for decoders only
     with pytest.raises(ArchitectureError, match="Apollo needs grow's definition of the model's layer block"):
-        plan_apollo(SimpleNamespace(apollo_target_layers=4, apollo_stages=None, apollo_sampling="lvps"), opt)
+        plan_apollo(SimpleNamespace(apollo_target_layers=4, apollo_stages=None, apollo_sampling="lvps"), encoder)
     mixed = tf.Qwen2Config(
         vocab_size=96,
         hidden_size=32,
@@ -154,11 +190,11 @@ def test_the_shared_view_is_the_interpolated_model_and_sums_gradients(tiny_check
     """At depth L the shared model computes what `grow expand --depth-method interpolate --layers L` computes (after
     a save → from_pretrained round trip), and each unique layer's gradient is the sum of the gradients of its copies
     in the expanded model; the view holds the same module objects and leaves the model as it found it."""
-    src, depth = tiny_checkpoints(name), 7
+    (src, cls), depth = tiny_folder(name, tiny_checkpoints, tmp_path), 7
     grown = tmp_path / "grown"
     expand(str(src), grown, GrowthSpec(layers=depth, depth_method="interpolate"), quiet=True)
-    small = MODEL_CLASSES[name].from_pretrained(src, dtype=torch.float64).eval()
-    big = MODEL_CLASSES[name].from_pretrained(grown, dtype=torch.float64).eval()
+    small = cls.from_pretrained(src, dtype=torch.float64).eval()
+    big = cls.from_pretrained(grown, dtype=torch.float64).eval()
     apollo = _apollo(small, target=8)
     ids = probe_ids()
     layers = apollo.layers

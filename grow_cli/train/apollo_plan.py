@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from grow_cli.arch.layer_lists import GENERIC_LAYER_LISTS
 from grow_cli.errors import ArchitectureError, UsageError
-from grow_cli.growth.config import GENERIC_LAYER_LISTS
 
 SAMPLINGS = ("lvps", "uniform")
 # LVPS constants of the released code (`get_curr_apollo_info`): a hyperbola in x ∈ [X_MIN, 1] that falls from
