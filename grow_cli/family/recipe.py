@@ -10,6 +10,7 @@ train:                          # settings for every training stage (any `grow t
 compare:                        # optional: the held-out comparison between adjacent members
   max_blocks: 32
 baselines: false                # true: also train every grown member from scratch, for an equal-quality saving
+baselines_dir: ../baselines     # optional: share from-scratch baselines between recipes (each trained once)
 members:
   - name: small
     config: {model_type: llama, hidden_size: 64, …}   # a fresh model from a config (with `tokenizer:`)…
@@ -34,7 +35,7 @@ from typing import Any
 
 from grow_cli.errors import UsageError
 
-TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines"}
+TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines", "baselines_dir"}
 MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train"}
 GROW_KEYS = {
     "layers": int,
@@ -81,6 +82,7 @@ class Recipe:
     compare: dict[str, Any]
     seed: int = 0
     baselines: bool = False  # also train each grown member from scratch on its lineage's tokens
+    baselines_dir: Path | None = None  # shared home of baselines, keyed by what decides them; None: per member
     name: str = ""
     description: str = ""
 
@@ -223,5 +225,6 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         seed=_typed(raw.get("seed", 0), "seed", int),
         name=raw.get("name", path.stem),
         baselines=_typed(raw.get("baselines", False), "baselines", bool),
+        baselines_dir=base / _typed(raw["baselines_dir"], "baselines_dir", str) if "baselines_dir" in raw else None,
         description=raw.get("description", ""),
     )
