@@ -182,7 +182,7 @@ def _token_cache(recipe: Recipe) -> Path:
     return Path(recipe.train.get("cache_dir") or recipe.out / ".grow-cache" / "tokens")
 
 
-def _compare_settings(recipe: Recipe) -> dict[str, Any]:
+def compare_settings(recipe: Recipe) -> dict[str, Any]:
     """`compare` on the held-out blocks of the training data by default: same data, seq_len and split as
     train-stage, overridden by the recipe's `compare:`."""
     shared = {k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field") if k in recipe.train}
@@ -224,7 +224,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         final = folder / "trained" if trained is not None else start
         comparison = None
         if previous_final is not None:
-            comparison = compare(previous_final, final, **_compare_settings(recipe))
+            comparison = compare(previous_final, final, **compare_settings(recipe))
         baseline = None
         if recipe.baselines and i > 0:
             lineage = sum((s.get("train") or {}).get("tokens") or 0 for s in summaries)
@@ -237,7 +237,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             previous_independent = previous["final"] if i == 1 else (previous.get("baseline") or {}).get("out")
             if baseline is not None and previous_independent:
                 baseline["compare_with_previous"] = compare(
-                    Path(previous_independent), Path(baseline["out"]), **_compare_settings(recipe)
+                    Path(previous_independent), Path(baseline["out"]), **compare_settings(recipe)
                 )
         summary = {
             "name": member.name,
