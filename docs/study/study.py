@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -128,6 +129,7 @@ def prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str, 
     spec, data_dir = preset["data"], work / "data"
     train = preset["family"]["train"]
     text_field = train.get("text_field", "text")
+    previous = json.loads((data_dir / "prepare.json").read_text()) if (data_dir / "prepare.json").is_file() else {}
     missing = []
     if text is not None:
         corpus, written = Path(text).resolve(), {"folder": str(Path(text).resolve())}
@@ -142,11 +144,16 @@ def prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str, 
         if not present:
             raise UsageError("none of the preset's text sources is installed; install one (above) or pass --text DIR")
         corpus = data_dir / "corpus"
-        written = write_corpus_jsonl(present, corpus)
+        if set(previous.get("written", {})) == set(present) and all((corpus / f"{n}.jsonl").is_file() for n in present):
+            written = previous["written"]  # unchanged: rewriting would change the files and void the token cache
+        else:
+            written = write_corpus_jsonl(present, corpus)
         for name, stats in written.items():
             print(f"corpus {name}: {stats['documents']:,} documents, {stats['characters'] / 1e6:.1f}M characters")
     sources = find_sources([str(corpus)])
     tokenizer_dir = data_dir / "tokenizer"
+    if previous and (previous.get("corpus") != str(corpus) or previous.get("vocab_size") != spec["vocab_size"]):
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)  # another corpus or vocabulary: fit it again
     if not (tokenizer_dir / "tokenizer.json").is_file():
         print(f"training a {spec['vocab_size']}-token byte-level BPE on the corpus…", file=sys.stderr)
         texts = (piece for source in sources for piece, _ in read_texts(source, text_field))
@@ -173,6 +180,7 @@ def prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str, 
         "tokens": tokens.num_tokens,
         "documents": tokens.num_documents,
         "seq_len": train["seq_len"],
+        "eval_fraction": train["eval_fraction"],
         "train_tokens": len(tokens.train_ids) * train["seq_len"],
         "eval_tokens": len(tokens.eval_ids) * train["seq_len"],
         "fingerprint": tokens.fingerprint,
@@ -185,11 +193,18 @@ def prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str, 
     return summary
 
 
-def _prepared(work: Path) -> dict[str, Any]:
+def _prepared(preset: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The prepared data, brought in line with the preset (another seq_len or split only re-counts blocks)."""
     path = work / "data" / "prepare.json"
     if not path.is_file():
         raise UsageError(f"no prepared data in {work}/data: run `python docs/study/study.py prepare` first")
-    return json.loads(path.read_text())
+    data = json.loads(path.read_text())
+    train = preset["family"]["train"]
+    wanted = (train["seq_len"], train["eval_fraction"], preset["data"]["vocab_size"])
+    if (data["seq_len"], data.get("eval_fraction"), data["vocab_size"]) != wanted:
+        folder = data["written"].get("folder")
+        data = prepare(preset, work, Path(folder) if folder else None)
+    return data
 
 
 def run(preset: dict[str, Any], work: Path, *, arms: list[str] | None, scale: float, quiet: bool) -> Path:
@@ -197,7 +212,7 @@ def run(preset: dict[str, Any], work: Path, *, arms: list[str] | None, scale: fl
     from grow_cli.family.recipe import load_recipe
     from grow_cli.family.run import run_family
 
-    data = _prepared(work)
+    data = _prepared(preset, work)
     run_dir = run_dir_for(preset, work, scale)
     (run_dir / "recipes").mkdir(parents=True, exist_ok=True)
     timings_file = run_dir / "timings.json"
@@ -208,13 +223,13 @@ def run(preset: dict[str, Any], work: Path, *, arms: list[str] | None, scale: fl
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         print(f"== {recipe['name']}: grow family {path}", file=sys.stderr)
         started = time.perf_counter()
-        result = run_family(load_recipe(path), quiet=quiet)
+        try:
+            result = run_family(load_recipe(path), quiet=quiet)
+        finally:  # wall time adds up over interrupted and resumed calls (a finished family costs seconds)
+            timings[recipe["name"]] = timings.get(recipe["name"], 0.0) + time.perf_counter() - started
+            timings_file.write_text(json.dumps(timings, indent=2) + "\n")
         if result["status"] != "done":
             raise GrowError(f"{recipe['name']} paused in member {result['member']}; re-run the same command")
-        if not (Path(recipe["out"]) / "timed").is_file():  # count only runs that did the work in this call
-            timings[recipe["name"]] = time.perf_counter() - started
-            (Path(recipe["out"]) / "timed").write_text("")
-            timings_file.write_text(json.dumps(timings, indent=2) + "\n")
     return report(preset, work, arms=arms, scale=scale)
 
 
@@ -222,7 +237,7 @@ def report(preset: dict[str, Any], work: Path, *, arms: list[str] | None, scale:
     from aggregate import write_study_report
 
     run_dir = run_dir_for(preset, work, scale)
-    path = write_study_report(preset, run_dir, planned_runs(preset, arms), _prepared(work), scale)
+    path = write_study_report(preset, run_dir, planned_runs(preset, arms), _prepared(preset, work), scale)
     print(f"study report: {path}")
     return path
 
