@@ -439,9 +439,13 @@ def write_study_report(
     note = _gstack_note(preset, runs)
     if note:
         lines += ["## Growth timing", "", note, ""]
+    command = f"python docs/study/study.py run --preset {preset['name']}" + (
+        "" if scale == 1 else f" --scale {scale:g}"
+    )
     lines += [
         "## Setup",
         "",
+        f"- command: `python docs/study/study.py prepare` then `{command}`",
         f"- data: {prepared['tokens']:,} tokens in {prepared['documents']:,} documents ({prepared['corpus']}), "
         f"{prepared['vocab_size']}-token byte-level BPE; {prepared['train_tokens']:,} training and "
         f"{prepared['eval_tokens']:,} held-out tokens (blocks of {prepared['seq_len']}; held-out blocks are never "
