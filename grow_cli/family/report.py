@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.files import METRICS_FILE
 from grow_cli.family.budget import tally
 from grow_cli.family.quality import (
     PUBLISHED,
@@ -36,7 +37,7 @@ def member_metrics(final: Path) -> list[dict[str, Any]]:
     """The metrics `grow train-stage` logged into `final` (none for a member that was not trained)."""
     from grow_cli.train.metrics import read_metrics
 
-    return read_metrics(Path(final) / "metrics.jsonl", missing_ok=True)
+    return read_metrics(Path(final) / METRICS_FILE, missing_ok=True)
 
 
 def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
