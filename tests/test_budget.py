@@ -4,6 +4,7 @@ are consistent."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -103,3 +104,26 @@ def test_guideline_says_when_it_does_not_apply(cli):
     result = cli("plan", "--target", "135M", "--tokens", "2B")
     assert "gives no usable growth timing at this scale" in result.stdout
     assert plan(8e9, 320e9)["stacking"]["applies"]
+
+
+def test_family_sizes_that_round_to_one_shape_are_listed_once():
+    result = plan(135e6, 2e12)
+    shapes = [(m["layers"], m["hidden"]) for m in result["family"]["members"]]
+    assert len(shapes) == len(set(shapes)) == 3  # 1/8 and 1/4 of 135M are both one 768-wide layer
+    assert len(result["family"]["notes"]) == 1 and "same 1 × 768 shape" in result["family"]["notes"][0]
+    assert plan(8e9, 1e12)["family"]["notes"] == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "8B", "--tokens", "1T", "--seq-len", "0"], "--seq-len must be between 1"),
+        (["--target", "1e300", "--tokens", "1T"], "--target 1e\\+300 parameters is outside"),
+        (["--target", "8B", "--tokens", "1e40"], "--tokens 1e\\+40 tokens is outside"),
+        (["--target", "8B", "--tokens", "1T", "--family", "1B,1e30"], "a --family size 1e\\+30 parameters"),
+    ],
+)
+def test_plans_outside_the_fitted_range_are_refused(cli, args, message):
+    result = cli("plan", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and re.search(message, lines[0]), result.stderr

@@ -130,6 +130,8 @@ def _print_plan(result: dict) -> None:
         )
     table.add_row("total", "", "", "", f"{f['independent_flops']:.3g}", "", f"{f['progressive_flops']:.3g}", "")
     print_table(table)
+    for note in f["notes"]:
+        out.print(f"  [bold]note[/bold]: {note}", soft_wrap=True)
     out.print(
         f"[bold]projected saving[/bold] (arithmetic on an assumed allocation, not a measurement): {p['saving']:.1%} "
         "of the independent family's FLOPs. It assumes:",

@@ -46,6 +46,18 @@ def parse_count(text: str | float | int) -> float:
     return value
 
 
+# What `grow plan` plans for: the G_stack fit and the LR rule come from models of 1e8–1e11 parameters and 1e10–1e13
+# tokens; outside these ranges its numbers mean nothing.
+PARAMS_RANGE = (1e6, 1e14)
+TOKENS_RANGE = (1e6, 1e16)
+
+
+def _check_count(value: float, option: str, unit: str, bounds: tuple[float, float]) -> None:
+    low, high = bounds
+    if not (math.isfinite(value) and low <= value <= high):
+        raise UsageError(f"{option} {value:.3g} {unit} is outside what grow plans for ({low:.0e} to {high:.0e} {unit})")
+
+
 def stacking_growth_tokens(target_params: float, target_tokens: float) -> float:
     """The G_stack growth timing d (tokens for the small model) for a target of N parameters and D tokens."""
     compute = 6 * target_params * target_tokens
@@ -145,12 +157,16 @@ def plan(
     new_token_fraction: float = YANO_NEW_TOKEN_FRACTION,
 ) -> dict[str, Any]:
     """The full plan for a target (a parameter count, or a config with `num_parameters`) trained on `tokens`."""
+    if not 1 <= seq_len <= 10**7:
+        raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
+    _check_count(tokens, "--tokens", "tokens", TOKENS_RANGE)
     if isinstance(target, dict):
         shape = dict(target)
         if "num_parameters" not in shape:
             raise UsageError("a target config needs a parameter count; give a model folder grow can inspect")
         n = float(shape["num_parameters"])
     else:
+        _check_count(target, "--target", "parameters", PARAMS_RANGE)
         shape = llama_like_shape(target)
         n = float(target)  # the guideline uses the requested size; the shape is the nearest concrete config
     d = stacking_growth_tokens(n, tokens)
@@ -160,9 +176,18 @@ def plan(
         small["num_hidden_layers"] * per_layer + 2 * shape["vocab_size"] * shape["hidden_size"]
     )
     sizes = sorted(family) if family else [n / 8, n / 4, n / 2, n]
-    members = []
+    for size in sizes:
+        _check_count(size, "a --family size", "parameters", PARAMS_RANGE)
+    members: list[dict[str, Any]] = []
+    notes = []
     for size in sizes:
         s = shape if math.isclose(size, n, rel_tol=1e-6) else llama_like_shape(size, shape["vocab_size"])
+        if members and (members[-1]["layers"], members[-1]["hidden"]) == (s["num_hidden_layers"], s["hidden_size"]):
+            notes.append(
+                f"{size:.3g} parameters rounds to the same {s['num_hidden_layers']} × {s['hidden_size']} shape as the "
+                "member before it (the embeddings alone are most of a model this small); listed once"
+            )
+            continue
         members.append(
             {
                 "params": float(s["num_parameters"]),
@@ -184,7 +209,7 @@ def plan(
             "applies": d < tokens,
             "command": f"grow expand SMALL OUT --depth-factor {GROWTH_FACTOR} --depth-method stack",
         },
-        "family": family_book,
+        "family": {**family_book, "notes": notes},
         "projection": projection(family_book),
         "lr_rule": LR_SOURCE,
     }
