@@ -106,7 +106,8 @@ def compare(
         cache_dir=cache_dir or token_cache_dir(a.resolve().parent),
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
-    model_a, model_b = _load(a, choice), _load(b, choice)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when there is one
+    model_a, model_b = _load(a, choice).to(device), _load(b, choice).to(device)
     totals: dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
@@ -120,6 +121,8 @@ def compare(
                 where = torch.zeros_like(block, dtype=torch.bool)
                 where[:, :-1] = True
                 targets = block[:, 1:].reshape(-1)
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            where, targets = where.to(device), targets.to(device)
             logits_a = model_a(**inputs).logits[where][:, :vocab]
             logits_b = model_b(**inputs).logits[where][:, :vocab]
             for key, value in divergences(logits_a, logits_b, targets).items():
