@@ -31,6 +31,8 @@ RESUME_KEYS = (
     "seed",
     "train_only",
     "num_processes",
+    "objective",
+    "apollo",
 )
 
 
