@@ -1,7 +1,7 @@
 """Training throughput on one GPU: `grow train-stage` (eager, compiled, with and without Liger Kernel) against
 transformers' `Trainer` (eager, with and without `use_liger_kernel`), on Llama shapes of ~360M and ~1.1B parameters.
 
-    python benchmarks/bench_train_gpu.py                  # both shapes, every configuration: ≤ 5 minutes on an H100/H200
+    python benchmarks/bench_train_gpu.py                  # both shapes, all configurations: ≤ 5 min on H100/H200
     python benchmarks/bench_train_gpu.py --shapes 360m    # one shape
     python benchmarks/bench_train_gpu.py --json           # the results as JSON on stdout
     python benchmarks/bench_train_gpu.py --smoke          # a tiny shape on the CPU: checks the script, measures nothing
@@ -176,9 +176,9 @@ def report(results: dict, args) -> dict:
         ratios = {}
         default = "grow eager + liger" if "grow eager + liger" in grow else "grow eager"
         if default in grow and "trainer eager" in trainer:
-            ratios["grow default / trainer default"] = grow[default]["tokens_per_s"] / trainer["trainer eager"][
-                "tokens_per_s"
-            ]
+            ratios["grow default / trainer default"] = (
+                grow[default]["tokens_per_s"] / trainer["trainer eager"]["tokens_per_s"]
+            )
         if grow and trainer:
             best_grow = max(grow, key=lambda n: grow[n]["tokens_per_s"])
             best_trainer = max(trainer, key=lambda n: trainer[n]["tokens_per_s"])
@@ -190,19 +190,25 @@ def report(results: dict, args) -> dict:
 
 
 def print_table(results: dict, summary: dict, header: dict) -> None:
-    print(f"{header['device']} · torch {header['torch']} · transformers {header['transformers']} · "
-          f"accelerate {header['accelerate']} · liger-kernel {header['liger_kernel'] or 'not installed'}")
+    print(
+        f"{header['device']} · torch {header['torch']} · transformers {header['transformers']} · "
+        f"accelerate {header['accelerate']} · liger-kernel {header['liger_kernel'] or 'not installed'}"
+    )
     for shape, rows in results.items():
-        print(f"\n{shape}: {header['parameters'][shape] / 1e6:.0f}M parameters, sequence {header['seq_len']}, "
-              f"micro-batch {SHAPES[shape]['micro_batch_size']}")
+        print(
+            f"\n{shape}: {header['parameters'][shape] / 1e6:.0f}M parameters, sequence {header['seq_len']}, "
+            f"micro-batch {SHAPES[shape]['micro_batch_size']}"
+        )
         print(f"  {'configuration':26} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'wall s':>7}")
         for name, r in rows.items():
             if r.get("status") != "ok":
                 print(f"  {name:26} {r.get('status')}")
                 continue
             mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
-            print(f"  {name:26} {r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_memory_bytes'] / 2**30:>9.1f} "
-                  f"{r['seconds']:>7.0f}")
+            print(
+                f"  {name:26} {r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_memory_bytes'] / 2**30:>9.1f} "
+                f"{r['seconds']:>7.0f}"
+            )
         for label, ratio in summary[shape].items():
             print(f"  {label}: {ratio:.2f}×")
 

@@ -24,11 +24,11 @@ from grow_cli.errors import TrainingError
 from grow_cli.train.build import Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
-from grow_cli.train.finish import eval_metrics, finish, pause
+from grow_cli.train.finish import evaluation, finish, pause
 from grow_cli.train.kernels import undo_liger
 from grow_cli.train.metrics import training_progress
 from grow_cli.train.preflight import preflight
-from grow_cli.train.step import evaluate, train_step
+from grow_cli.train.step import train_step
 from grow_cli.train.step_log import LAG, StepLog, StepNumbers
 
 
@@ -87,7 +87,7 @@ def train_loop(run: Run) -> Ending:
             run.step += 1
             run.tokens += run.budget.tokens_per_step
             window.tokens += run.budget.tokens_per_step
-            log.push(run.step, result.loss, result.grad_norm, result.lr, run.tokens)
+            log.push(run.step, result.loss, result.grad_norm, result.lr, run.tokens, result.depths)
             synchronise = _synchronises(run)
             for numbers in log.pop(upto=run.step if synchronise else run.step - LAG):
                 last = numbers
@@ -97,7 +97,7 @@ def train_loop(run: Run) -> Ending:
                 assert last is not None and last.step == run.step  # popped above
                 extra: dict[str, Any] = {}
                 if run.step % config.log_every == 0 or run.step == max_steps:
-                    extra.update(_throughput(run, window.rate()))
+                    extra.update(_throughput(run, last, window.rate()))
                     progress.update(
                         task,
                         completed=run.step,
@@ -106,7 +106,7 @@ def train_loop(run: Run) -> Ending:
                         tps=f"{extra['tokens_per_s']:,.0f}",
                     )
                 if config.eval_every and run.step % config.eval_every == 0 and run.step < max_steps:
-                    extra.update(eval_metrics(evaluate(run)))
+                    extra.update(evaluation(run))
                 _log(run, last, extra)
                 if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
                     save_checkpoint(accelerator, config.out, run.state(), config.keep_last)
@@ -149,15 +149,16 @@ def _diverged(run: Run, numbers: StepNumbers) -> TrainingError:
     )
 
 
-def _throughput(run: Run, tokens_per_s: float) -> dict[str, Any]:
+def _throughput(run: Run, last: StepNumbers, tokens_per_s: float) -> dict[str, Any]:
     """The metrics logged every --log-every steps: tokens/s, FLOPs per token, epoch and MFU."""
-    metrics: dict[str, Any] = {
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": run.flops_per_token,
-        "epoch": run.batches.epoch_of(run.step),
-    }
+    flops_token = run.flops_per_token
+    metrics: dict[str, Any] = {"tokens_per_s": tokens_per_s, "epoch": run.batches.epoch_of(run.step)}
+    if run.apollo is not None and last.depths:  # the FLOPs of the depths this step ran at
+        metrics["apollo_depth"] = sum(last.depths) / len(last.depths)
+        flops_token = sum(run.apollo.flops_per_token(d, run.config.seq_len) for d in last.depths) / len(last.depths)
+    metrics["flops_per_token"] = flops_token
     if run.peak_flops:
-        metrics["mfu"] = tokens_per_s * run.flops_per_token / (run.peak_flops * run.accelerator.num_processes)
+        metrics["mfu"] = tokens_per_s * flops_token / (run.peak_flops * run.accelerator.num_processes)
     return metrics
 
 

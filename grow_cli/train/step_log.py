@@ -31,16 +31,26 @@ class StepNumbers:
     grad_norm: float | None
     lr: float
     tokens: int
+    depths: tuple[int, ...] = ()  # Apollo: the depth each micro-batch ran at
 
 
 class StepLog:
     """Steps whose numbers are on their way to the host, oldest first."""
 
     def __init__(self) -> None:
-        self._pending: deque[tuple[int, torch.Tensor, Any, bool, float, int]] = deque()
+        self._pending: deque[tuple[int, torch.Tensor, Any, bool, tuple[Any, ...]]] = deque()
 
-    def push(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None, lr: float, tokens: int) -> None:
-        """Start copying step `step`'s loss and gradient norm (device scalars) to the host; nothing waits."""
+    def push(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        grad_norm: torch.Tensor | None,
+        lr: float,
+        tokens: int,
+        depths: tuple[int, ...] = (),
+    ) -> None:
+        """Start copying step `step`'s loss and gradient norm (device scalars) to the host; nothing waits. The
+        host numbers (`lr`, `tokens`, `depths`) travel with them."""
         nan = torch.full((), math.nan, device=loss.device)
         values = torch.stack([loss.detach().float(), _local(grad_norm).float() if grad_norm is not None else nan])
         event = None
@@ -50,17 +60,17 @@ class StepLog:
             event = torch.cuda.Event()
             event.record()
             values = host
-        self._pending.append((step, values, event, grad_norm is not None, lr, tokens))
+        self._pending.append((step, values, event, grad_norm is not None, (lr, tokens, depths)))
 
     def pop(self, upto: int) -> list[StepNumbers]:
         """The numbers of every pending step up to `upto`, in order (waiting for their copies if needed)."""
         ready = []
         while self._pending and self._pending[0][0] <= upto:
-            step, values, event, clipped, lr, tokens = self._pending.popleft()
+            step, values, event, clipped, host = self._pending.popleft()
             if event is not None:
                 event.synchronize()
             loss, grad_norm = values.tolist()  # other devices (MPS, XLA) wait here
-            ready.append(StepNumbers(step, loss, grad_norm if clipped else None, lr, tokens))
+            ready.append(StepNumbers(step, loss, grad_norm if clipped else None, *host))
         return ready
 
     def __len__(self) -> int:
