@@ -137,7 +137,17 @@ def _log(run: Run, numbers: StepNumbers, extra: dict[str, Any] | None = None) ->
     metrics: dict[str, Any] = {"loss": numbers.loss, "lr": numbers.lr, "tokens": numbers.tokens}
     if numbers.grad_norm is not None:
         metrics["grad_norm"] = numbers.grad_norm
+    if run.apollo is not None and numbers.depths:  # the depths this step ran at, and their FLOPs
+        metrics["apollo_depth"], metrics["flops_per_token"] = _apollo_depth(run, numbers)
     run.accelerator.log({**metrics, **(extra or {})}, step=numbers.step)
+
+
+def _apollo_depth(run: Run, numbers: StepNumbers) -> tuple[float, float]:
+    """Under Apollo: the mean depth step `numbers.step` ran at, and the mean FLOPs per token of those depths."""
+    assert run.apollo is not None
+    depths = numbers.depths
+    flops = sum(run.apollo.flops_per_token(d, run.config.seq_len) for d in depths) / len(depths)
+    return sum(depths) / len(depths), flops
 
 
 def _diverged(run: Run, numbers: StepNumbers) -> TrainingError:
@@ -152,10 +162,9 @@ def _diverged(run: Run, numbers: StepNumbers) -> TrainingError:
 def _throughput(run: Run, last: StepNumbers, tokens_per_s: float) -> dict[str, Any]:
     """The metrics logged every --log-every steps: tokens/s, FLOPs per token, epoch and MFU."""
     flops_token = run.flops_per_token
-    metrics: dict[str, Any] = {"tokens_per_s": tokens_per_s, "epoch": run.batches.epoch_of(run.step)}
     if run.apollo is not None and last.depths:  # the FLOPs of the depths this step ran at
-        metrics["apollo_depth"] = sum(last.depths) / len(last.depths)
-        flops_token = sum(run.apollo.flops_per_token(d, run.config.seq_len) for d in last.depths) / len(last.depths)
+        flops_token = _apollo_depth(run, last)[1]
+    metrics: dict[str, Any] = {"tokens_per_s": tokens_per_s, "epoch": run.batches.epoch_of(run.step)}
     metrics["flops_per_token"] = flops_token
     if run.peak_flops:
         metrics["mfu"] = tokens_per_s * flops_token / (run.peak_flops * run.accelerator.num_processes)
