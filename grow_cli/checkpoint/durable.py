@@ -15,6 +15,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import queue
+import threading
 from pathlib import Path
 
 WRITEBACK_STEP = 64 << 20  # start writing back every 64 MB written
@@ -38,9 +40,52 @@ _sync_file_range = _libc_sync_file_range()
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:
-    """Ask the kernel to start writing `nbytes` at `offset` of `fd` to disk now, without waiting (best effort)."""
+    """Ask the kernel to start writing `nbytes` at `offset` of `fd` to disk now (best effort). This can block while
+    the disk's queue is full, which is why `Writeback` calls it from its own thread."""
     if _sync_file_range is not None and nbytes > 0:
         _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # a refusal only loses the head start
+
+
+class Writeback:
+    """Starts writeback of written ranges from a background thread, so the writer copies at memory speed while the
+    disk writes what came before. Each file is handed over as a duplicate descriptor (`track`), closed here once
+    its last range is done; `close()` waits for everything queued."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[int, int, int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def track(self, fd: int) -> int:
+        """A descriptor of the same file for this object's thread; pass it to `add` and `release`."""
+        if self._thread is None and _sync_file_range is not None:
+            self._thread = threading.Thread(target=self._run, name="grow-writeback", daemon=True)
+            self._thread.start()
+        return os.dup(fd)
+
+    def add(self, fd: int, offset: int, nbytes: int) -> None:
+        if self._thread is not None:
+            self._queue.put((fd, offset, nbytes))
+
+    def release(self, fd: int) -> None:
+        """No more ranges of `fd`: close it once what was queued before is done."""
+        if self._thread is not None:
+            self._queue.put((fd, -1, 0))
+        else:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fd, offset, nbytes = item
+            if offset < 0:
+                os.close(fd)
+            else:
+                start_writeback(fd, offset, nbytes)
 
 
 def fsync_tree(folder: Path) -> None:

@@ -14,14 +14,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from grow_cli.checkpoint.dtypes import dtype_name, nbytes, numel
-from grow_cli.checkpoint.durable import WRITEBACK_STEP, start_writeback
+from grow_cli.checkpoint.durable import WRITEBACK_STEP, Writeback
 from grow_cli.checkpoint.file_copy import CHUNK, FileRange, RangeCopier
 from grow_cli.checkpoint.files import SAFETENSORS_INDEX, shard_names
 from grow_cli.errors import UsageError
+
+PAGE = 4096
 
 _UNITS = {
     "": 1,
@@ -74,18 +77,28 @@ def plan_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[list[
     return shards
 
 
-def _header(shard: list[PlannedTensor]) -> bytes:
+def _header(shard: list[PlannedTensor], source_offsets: Mapping[str, int] | None = None) -> bytes:
+    """The shard's safetensors header, padded with spaces (as safetensors pads it) so that the data section starts
+    8-byte aligned and — where `source_offsets` says where copied tensors lie in their source files — at the same
+    offset within a page as most of the copied bytes, which the kernel copies about 1.5× faster than bytes that
+    change their place within a page."""
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
+    votes: dict[int, int] = {}  # data-section start (mod PAGE) → copied bytes that start would align
     for tensor in shard:
         header[tensor.name] = {
             "dtype": tensor.dtype,
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + tensor.nbytes],
         }
+        source = (source_offsets or {}).get(tensor.name)
+        if source is not None and (source - offset) % 8 == 0:
+            start = (source - offset) % PAGE
+            votes[start] = votes.get(start, 0) + tensor.nbytes
         offset += tensor.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes, as safetensors does
+    start = max(votes, key=votes.__getitem__) if votes else 8 + len(raw) + (-len(raw) % 8)
+    raw += b" " * ((start - 8 - len(raw)) % PAGE)
     return len(raw).to_bytes(8, "little") + raw
 
 
@@ -103,11 +116,16 @@ class ShardWriter:
     file holding exactly its bytes, copied file to file in the kernel where possible (`file_copy.RangeCopier`).
     """
 
-    def __init__(self, folder: Path, shards: list[list[PlannedTensor]]):
+    def __init__(
+        self, folder: Path, shards: list[list[PlannedTensor]], source_offsets: Mapping[str, int] | None = None
+    ):
         self.folder = Path(folder)
         self.shards = shards
+        self.source_offsets = source_offsets  # where tensors to be copied lie in their source files (`_header`)
         self.names = shard_names(len(shards))
         self.copier = RangeCopier()
+        self.writeback = Writeback()
+        self._writeback_fd = -1  # this shard's descriptor in `writeback`'s thread
         self._order = [(i, t) for i, shard in enumerate(shards) for t in shard]
         self._next = 0
         self._fd = -1
@@ -124,8 +142,9 @@ class ShardWriter:
             self._close_file()
             path = self.folder / self.names[shard_index]
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            self._writeback_fd = self.writeback.track(self._fd)
             self._file_index, self._position, self._written_back = shard_index, 0, 0
-            self._write_bytes(memoryview(_header(self.shards[shard_index])))
+            self._write_bytes(memoryview(_header(self.shards[shard_index], self.source_offsets)))
         if planned.nbytes:
             if isinstance(data, FileRange):
                 for start in range(0, data.nbytes, WRITEBACK_STEP):  # in steps, so that writeback starts early
@@ -168,12 +187,13 @@ class ShardWriter:
         """Move past `nbytes` just written, and start writing back what has accumulated (`durable.py`)."""
         self._position += nbytes
         if self._position - self._written_back >= WRITEBACK_STEP:
-            start_writeback(self._fd, self._written_back, self._position - self._written_back)
+            self.writeback.add(self._writeback_fd, self._written_back, self._position - self._written_back)
             self._written_back = self._position
 
     def _close_file(self) -> None:
         if self._fd >= 0:
-            start_writeback(self._fd, self._written_back, self._position - self._written_back)
+            self.writeback.add(self._writeback_fd, self._written_back, self._position - self._written_back)
+            self.writeback.release(self._writeback_fd)
             os.close(self._fd)
             self._fd = -1
 
@@ -182,12 +202,14 @@ class ShardWriter:
 
     def __exit__(self, *exc: object) -> None:
         self._close_file()  # after a failure: the staged folder is removed, its open shard must not leak
+        self.writeback.close()
 
     def finish(self) -> dict[str, object]:
         """Close the last shard, write the index (when sharded) and return it."""
         if self._next != len(self._order):
             raise AssertionError(f"writer finished after {self._next} of {len(self._order)} tensors")
         self._close_file()
+        self.writeback.close()
         total_size = sum(t.nbytes for _, t in self._order)
         total_params = sum(numel(t.shape) for _, t in self._order)
         index = {

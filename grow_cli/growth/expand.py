@@ -20,7 +20,7 @@ from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output, update_pooling_dimension
-from grow_cli.checkpoint.reader import CheckpointReader, load_config
+from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
 from grow_cli.console import byte_progress
@@ -40,14 +40,21 @@ def stored_bytes(plan: Plan, reader: CheckpointReader, index: int) -> FileRange 
     These are written without torch: copied file to file in the kernel, or from a shared zero buffer.
     """
     t = plan.tensors[index]
-    if plan.width is not None:
-        return None
-    if t.zero:
+    if plan.width is None and t.zero:
         return ZeroBytes(t.nbytes) if t.source.weight.zero_fill == 0 else None
-    entry = reader.tensors[t.reads[0]] if len(t.reads) == 1 else None
-    if entry is None or entry.dtype != t.dtype or entry.shape != t.shape:
+    return reader.file_range(t.reads[0]) if copied_entry(plan, reader, index) is not None else None
+
+
+def copied_entry(plan: Plan, reader: CheckpointReader, index: int) -> TensorEntry | None:
+    """The source tensor whose stored bytes output tensor `index` is, byte for byte; None when arithmetic (a width
+    map, a dtype change, zeros) makes it, or the source stores no byte range (`.bin`)."""
+    t = plan.tensors[index]
+    if plan.width is not None or t.zero or len(t.reads) != 1:
         return None
-    return reader.file_range(t.reads[0])
+    entry = reader.tensors[t.reads[0]]
+    if entry.dtype != t.dtype or entry.shape != t.shape or entry.start < 0:
+        return None
+    return entry
 
 
 def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None):
@@ -195,8 +202,9 @@ def _execute(
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
         require_free_space(tmp, plan.total_bytes + extra, out)
         require_memory(plan.peak_bytes)
+        copies = {t.name: e.start for i, t in enumerate(plan.tensors) if (e := copied_entry(plan, reader, i))}
         with (
-            ShardWriter(tmp, plan.shards) as writer,
+            ShardWriter(tmp, plan.shards, source_offsets=copies) as writer,
             byte_progress(f"growing 0/{len(plan.tensors)} tensors", plan.total_bytes, quiet=quiet) as advance,
         ):
             stream(plan, reader, writer, advance)
