@@ -93,15 +93,23 @@ class FileHasher:
     _error: BaseException | None = None
 
     def __post_init__(self) -> None:
+        self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, name="grow-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             for path in self.files:
-                self._hashes[path.name] = {"sha256": file_sha256(path), "size": path.stat().st_size}
+                sha = file_sha256(path, self._cancelled)
+                if sha is None:
+                    return
+                self._hashes[path.name] = {"sha256": sha, "size": path.stat().st_size}
         except OSError as exc:
             self._error = exc
+
+    def cancel(self) -> None:
+        """Stop hashing (when the run ends without needing the hashes); harmless once they are done."""
+        self._cancelled.set()
 
     def result(self) -> dict[str, dict[str, Any]]:
         self._thread.join()
@@ -113,8 +121,9 @@ class FileHasher:
 RACY_SECONDS = 2.0  # a file modified this recently may change again within its timestamp's resolution
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes: remembered from an earlier run while the file is unchanged, else computed."""
+def file_sha256(path: Path, cancelled: threading.Event | None = None) -> str | None:
+    """The sha256 of a file's bytes: remembered from an earlier run while the file is unchanged, else computed
+    (None when `cancelled` is set meanwhile)."""
     before = _identity(path)
     remembered = cache.get("sha256", before)
     if isinstance(remembered, str):
@@ -123,6 +132,8 @@ def file_sha256(path: Path) -> str:
     with open(path, "rb", buffering=0) as f:
         buffer = memoryview(bytearray(HASH_CHUNK))
         while n := f.readinto(buffer):
+            if cancelled is not None and cancelled.is_set():
+                return None
             digest.update(buffer[:n])
     sha = digest.hexdigest()
     changed_since = time.time() - max(before["mtime_ns"], before["ctime_ns"]) / 1e9

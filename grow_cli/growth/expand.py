@@ -166,28 +166,36 @@ def expand(
     src = resolve_source(source, revision=revision, token=token)
     config = load_config(src.folder)
     with CheckpointReader(src.folder) as reader:
-        plan = build_plan(config, reader.tensor_infos(), spec)
         if dry_run:
+            plan = build_plan(config, reader.tensor_infos(), spec)
             return {"dry_run": True, "source": src.describe(), "plan": plan_summary(plan, with_tensors=True)}
         if out is None:
             raise ValueError("expand needs an output folder unless dry_run")
-        return _execute(
-            plan,
-            reader,
-            src,
-            Path(out),
-            force=force,
-            verify=verify or (plan.arch.always_verify and plan.function_preserving),
-            verify_memory=verify_memory,
-            quiet=quiet,
-            command=command,
-        )
+        # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
+        hasher = FileHasher([*reader.files, src.folder / "config.json"])
+        try:
+            plan = build_plan(config, reader.tensor_infos(), spec)
+            return _execute(
+                plan,
+                reader,
+                src,
+                hasher,
+                Path(out),
+                force=force,
+                verify=verify or (plan.arch.always_verify and plan.function_preserving),
+                verify_memory=verify_memory,
+                quiet=quiet,
+                command=command,
+            )
+        finally:
+            hasher.cancel()  # a refused plan or a failed run leaves no thread hashing
 
 
 def _execute(
     plan: Plan,
     reader: CheckpointReader,
     src: CheckpointSource,
+    hasher: FileHasher,
     out: Path,
     *,
     force: bool,
@@ -197,7 +205,6 @@ def _execute(
     command: list[str] | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    hasher = FileHasher([*reader.files, src.folder / "config.json"])
     with staged_output(out, src.folder, force=force) as tmp:
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
         require_free_space(tmp, plan.total_bytes + extra, out)
