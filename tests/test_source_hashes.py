@@ -57,3 +57,14 @@ def test_file_hasher_reports_every_file(tmp_path):
     assert hashes == {
         f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "size": f.stat().st_size} for f in files
     }
+
+
+def test_a_cancelled_hasher_stops(tmp_path, monkeypatch):
+    """A run that fails before it needs the hashes leaves no thread reading its source."""
+    monkeypatch.setattr(source, "HASH_CHUNK", 4096)
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(64 << 20))
+    hasher = FileHasher([path])
+    hasher.cancel()
+    hasher._thread.join(timeout=10)
+    assert not hasher._thread.is_alive() and "big.bin" not in hasher.result()
