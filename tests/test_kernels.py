@@ -121,3 +121,13 @@ def test_undo_liger_puts_the_modeling_module_back():
     module.apply_rotary_pos_emb, module.Added = object(), object()
     kernels.undo_liger()
     assert module.apply_rotary_pos_emb is original and not hasattr(module, "Added") and not kernels._replaced
+
+
+def test_liger_is_not_chosen_for_sharded_parameters_unless_asked(monkeypatch):
+    """Under FSDP or DeepSpeed the automatic choice is no Liger (its fused loss reads the head's weight outside the
+    head's forward); `--liger` still asks for it."""
+    monkeypatch.setattr(kernels, "_liger_unavailable", lambda model_type, device: None)  # as on a GPU with Liger
+    cuda = torch.device("cuda")
+    assert kernels.liger_applies(None, "llama", cuda, sharded=False) is True
+    assert kernels.liger_applies(None, "llama", cuda, sharded=True) is False
+    assert kernels.liger_applies(True, "llama", cuda, sharded=True) is True

@@ -104,7 +104,8 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     """Build, prepare and (when resuming) restore everything for the loop; see the module docstring."""
     tracker = JsonlTracker(config.out / METRICS_FILE, resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
-    liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device)  # refused before data
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
     budget = make_budget(config, accelerator)
     if checked.apollo:
         check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)

@@ -33,10 +33,12 @@ COMPILE_BACKEND = "inductor"
 _replaced: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (module namespace, its contents before Liger)
 
 
-def liger_applies(wanted: bool | None, model_type: str, device: torch.device) -> bool:
+def liger_applies(wanted: bool | None, model_type: str, device: torch.device, *, sharded: bool = False) -> bool:
     """Whether to use Liger Kernel for this run: `wanted=None` where it can, True requires it (a UsageError saying
-    why not), False never. Decided before the model loads; nothing is imported off a GPU."""
-    if wanted is False:
+    why not), False never. Decided before the model loads; nothing is imported off a GPU. With sharded parameters
+    (FSDP, DeepSpeed) it is used only when asked for: its fused loss reads the output head's weight outside the
+    head's own forward pass, where those engines may not have gathered it."""
+    if wanted is False or (wanted is None and sharded):
         return False
     why_not = _liger_unavailable(model_type, device)
     if why_not is not None and wanted:
