@@ -24,6 +24,10 @@ REGENERATED = {"config.json", "README.md", "grow.json", *WEIGHT_INDEXES}
 MAX_COPIED_FILE = 100 * 1024 * 1024
 # Besides weights: what a grow run writes into its output, and a re-run with --overwrite must not leave stale.
 PREVIOUS_RUN_FILES = REGENERATED | {"generation_config.json", "metrics.jsonl"}
+# A training run's own records, never copied into a grown model: its checkpoints (train-stage), the training state
+# grown beside a model (expand), and its metrics.
+RUN_FOLDERS = ("checkpoints", "training-state")
+RUN_FILES = ("metrics.jsonl",)
 
 
 def check_not_overlapping(out: Path, source: Path | None) -> None:
@@ -131,8 +135,8 @@ def _commit(tmp: Path, out: Path, *, force: bool) -> None:
 def small_files(source: Path) -> tuple[list[Path], list[str]]:
     """The tokenizer, generation config and other small files an output gets from `source` (sub-folders included).
 
-    Weight files, indexes and files grow regenerates are left out, and so is anything hidden or over 100 MB (those
-    are returned as skipped relative paths).
+    Weight files, indexes, files grow regenerates and a training run's records are left out, and so is anything
+    hidden or over 100 MB (those are returned as skipped relative paths).
     """
     kept: list[Path] = []
     skipped: list[str] = []
@@ -141,6 +145,8 @@ def small_files(source: Path) -> tuple[list[Path], list[str]]:
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
         if str(rel) in REGENERATED or path.suffix in WEIGHT_SUFFIXES:
+            continue
+        if rel.parts[0] in RUN_FOLDERS or str(rel) in RUN_FILES:
             continue
         if path.stat().st_size > MAX_COPIED_FILE:
             skipped.append(str(rel))

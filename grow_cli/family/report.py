@@ -193,6 +193,13 @@ def _markdown(recipe: Recipe, summaries: list[dict[str, Any]], book: dict[str, A
             f"| {r['name']} | {(r['num_parameters'] or 0) / 1e6:.2f}M | {shape.get('layers')} × "
             f"{shape.get('hidden_size')} | {r['tokens']:,} | {r['lineage_tokens']:,} | {loss} |"
         )
+    continued = [s["name"] for s in summaries if s.get("optimizer") == "grow"]
+    if continued:
+        lines += [
+            "",
+            f"Continued the previous member's grown training state (`optimizer: grow`): {', '.join(continued)}; "
+            "the others started a fresh optimizer.",
+        ]
     lines += [
         "",
         "## Consistency between adjacent members",
@@ -260,7 +267,9 @@ def write_report(recipe: Recipe, summaries: list[dict[str, Any]]) -> dict[str, A
     plots = _plots(recipe.out, summaries, book)
     report = {
         "name": recipe.name,
-        "members": [{k: s.get(k) for k in ("name", "final", "train", "compare_with_previous")} for s in summaries],
+        "members": [
+            {k: s.get(k) for k in ("name", "final", "optimizer", "train", "compare_with_previous")} for s in summaries
+        ],
         "ledger": book,
         "plots": plots,
     }

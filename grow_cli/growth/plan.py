@@ -21,6 +21,7 @@ from grow_cli.growth.config import grown_config, validate_config
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import registry
 from grow_cli.operators.depth import DepthMap, depth_map, target_layers
+from grow_cli.operators.staged import gated_mlp
 
 
 class WidthPlan(Protocol):
@@ -51,6 +52,7 @@ class OutputTensor:
     zero: bool  # identity block output: all zeros
     new: bool  # has no counterpart in the source (a new layer's tensor)
     layer: int | None = None
+    identity_init: bool = False  # staged-identity: a new layer's gain/bias 0 or identity matrix (reads nothing)
 
     @property
     def nbytes(self) -> int:
@@ -59,6 +61,8 @@ class OutputTensor:
     def describe(self, width: str | None) -> str:
         if self.zero:
             return "zeros (identity block output)"
+        if self.identity_init:
+            return "staged identity init (gains and biases 0, matrices I) → new"
         how = f"{width}({', '.join(self.reads)})" if width else f"copy {self.reads[0]}"
         return how + (" → new" if self.new else "")
 
@@ -116,8 +120,16 @@ def source_shape_of(
     return arch, shape, bind(arch, config, shape, tensors)
 
 
-def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], str]], spec: GrowthSpec) -> Plan:
-    """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data."""
+def build_plan(
+    config: dict[str, Any],
+    tensors: dict[str, tuple[tuple[int, ...], str]],
+    spec: GrowthSpec,
+    *,
+    uniform_maps: bool = False,
+) -> Plan:
+    """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data.
+
+    `uniform_maps`: every width map tiled, as growing a training state needs (grow_cli/growth/grown_state.py)."""
     arch, shape, binding = source_shape_of(config, tensors)
     out_dtype, seed = spec.out_dtype, spec.seed
 
@@ -125,7 +137,7 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     if spec.grows_width:
         op = registry.operator("width", spec.width_method)
         registry.refuse_if_inapplicable(op, arch)
-        width = op.implementation(spec, arch, binding, config)
+        width = op.implementation(spec, arch, binding, config, uniform=uniform_maps)
     target_shape = width.target if width else shape
 
     layers, overlap = target_layers(shape.layers, spec)
@@ -142,18 +154,19 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     def out_dtype_of(t: BoundTensor) -> str:
         return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype
 
-    def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None) -> OutputTensor:
+    def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None, init: bool = False):
         shape_ = target_shape.tensor_shape(t.weight.axes)
-        reads = () if zero else (width.sources(t, binding) if width else (t.name,))
-        return OutputTensor(name, shape_, out_dtype_of(t), t, reads, zero, new, layer)
+        reads = () if zero or init else (width.sources(t, binding) if width else (t.name,))
+        return OutputTensor(name, shape_, out_dtype_of(t), t, reads, zero, new, layer, init)
 
     out: list[OutputTensor] = [output(t, t.name, new=False, zero=False, layer=None) for t in binding.embeddings]
     layer_map = depth.layer_map if depth else tuple(range(shape.layers))
     for j, src in enumerate(layer_map):
         is_new = bool(depth and depth.new[j])
+        init = bool(depth and depth.identity_init and is_new)
         for t in binding.layers[src]:
             zero = bool(depth and depth.zero_new_outputs and is_new and t.weight.residual_writer)
-            out.append(output(t, binding.layer_name(t.weight, j), new=is_new, zero=zero, layer=j))
+            out.append(output(t, binding.layer_name(t.weight, j), new=is_new, zero=zero, layer=j, init=init))
     out += [output(t, t.name, new=False, zero=False, layer=None) for t in binding.final]
 
     target_config = grown_config(
@@ -168,6 +181,12 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     plan = Plan(arch, binding, shape, target_shape, config, target_config, depth, width, out, shards, out_dtype, seed)
     if binding.dropped:
         plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]
+    if depth and depth.identity_init and gated_mlp(arch):
+        plan.notes.append(
+            "staged-identity: the new layers' gated MLP (gate·up) starts at a stationary point — with its norm gain "
+            "at zero every MLP gradient there is exactly zero, so it never trains (its attention does); "
+            "--depth-method identity has no such problem"
+        )
     return plan
 
 

@@ -50,6 +50,8 @@ class GrowthSpec:
     num_kv_heads: int | None = None
     width_factor: float | None = None
     noise_snr_db: float | None = None  # hypercloning only: symmetric noise at this SNR
+    # training state (a train-stage checkpoint or output with --save-final-state as the source)
+    weights_only: bool = False  # grow the weights only, not the source's training state
     # output
     dtype: str | None = None  # bf16, fp16 or fp32; None: as the source
     shard_size: str | int = "5GB"

@@ -19,7 +19,7 @@ from typing import Any
 
 from grow_cli.arch.registry import ArchDef
 from grow_cli.errors import OptionError
-from grow_cli.operators import depth, width
+from grow_cli.operators import depth, staged, width
 
 KINDS = ("depth", "width")
 
@@ -111,6 +111,19 @@ OPERATORS: tuple[Operator, ...] = (
         refusal=_needs_zeroed_block_identity,
     ),
     Operator(
+        name="staged-identity",
+        kind="depth",
+        title="staged training, identity initialisation",
+        citation="Shen et al., ICML 2022",
+        url="https://arxiv.org/abs/2203.06211",
+        summary="staged training, exact",
+        exact="always, where a zero-gain block is an identity (pre-norm, sandwich-norm and post-sublayer-norm "
+        "layouts); refused after a post-norm",
+        how="new layers inserted as `identity` does, with norm gains and biases 0 and identity matrices",
+        implementation=depth.identity,
+        refusal=staged.staged_identity_refusal,
+    ),
+    Operator(
         name="dus",
         kind="depth",
         title="SOLAR depth up-scaling",
@@ -155,6 +168,18 @@ OPERATORS: tuple[Operator, ...] = (
         exact="always (integer ratios only), with or without `--noise-snr-db`",
         how="every map tiled; optional symmetric noise that cancels between paired copies",
         implementation=width.WidthOperator,
+        refusal=_width_refusal,
+    ),
+    Operator(
+        name="staged",
+        kind="width",
+        title="staged training",
+        citation="Shen et al., ICML 2022",
+        url="https://arxiv.org/abs/2203.06211",
+        summary="block-diagonal, exact",
+        exact="always (the same integer factor for every space)",
+        how="every map tiled ×k, matrices block-diagonal (not divided), the norm before the head divided by k",
+        implementation=staged.StagedWidth,
         refusal=_width_refusal,
     ),
     Operator(

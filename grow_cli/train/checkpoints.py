@@ -30,6 +30,7 @@ RESUME_KEYS = (
     "seed",
     "train_only",
     "num_processes",
+    "start_step",
 )
 
 

@@ -1,13 +1,15 @@
 """Step 1 of `grow train-stage`: every check that needs no weights and no tokenization, before anything is built.
 
 What a user can get wrong about the data, the model folder, the tokenizer, `--train-only new`, the output folder (it
-may not be the model folder, nor inside it), the checkpoint to resume from (a damaged one is named) and
-`--report-to` fails here, in one line, within a second — not after minutes of tokenization or loading weights.
+may not be the model folder, nor inside it), the checkpoint or grown training state to resume from (a damaged one
+is named) and `--report-to` fails here, in one line, within a second — not after minutes of tokenization or
+loading weights.
 What the checks found (the data sources, the model's config, the tokenizer) is handed on to `build`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ from typing import Any
 from grow_cli.checkpoint.output import check_not_overlapping
 from grow_cli.data.sources import Source, check_sources, find_sources
 from grow_cli.errors import OutputError, UsageError
-from grow_cli.train.checkpoints import resolve_resume
+from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, resolve_resume
 from grow_cli.train.config import TrainConfig
+from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
 from grow_cli.train.model_io import check_seq_len, load_model_config, load_tokenizer
 
@@ -32,6 +35,7 @@ class Checked:
     trainable_names: list[str] | None  # --train-only new: the tensors grow added; None: train all
     resume_from: Path | None  # the checkpoint to continue from; None: a fresh start
     notes: list[str]  # for the user, e.g. a damaged newer checkpoint skipped by --resume auto
+    continuation: Continuation | None = None  # a run that continues another: --resume grown, --schedule-offset
 
 
 def preflight(config: TrainConfig) -> Checked:
@@ -46,14 +50,24 @@ def preflight(config: TrainConfig) -> Checked:
     check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder")
-    resume_from, notes = resolve_resume(config.resume, out)
+    if config.resume == "grown":
+        if complete_checkpoints(out) and not config.overwrite:
+            raise OutputError(
+                f"{out} already holds checkpoints of a run under way; continue it with --resume auto, or start "
+                "again with --overwrite"
+            )
+        resume_from, notes = None, []
+    else:
+        resume_from, notes = resolve_resume(config.resume, out)
     if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite:
         raise OutputError(
             f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
             "start again, or another --out"
         )
+    checkpoint_state = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
+    continuation = plan_continuation(config, config.model, checkpoint_state)
     check_trackers(config.report_to)
-    return Checked(sources, model_config, tokenizer, eos_id, trainable_names, resume_from, notes)
+    return Checked(sources, model_config, tokenizer, eos_id, trainable_names, resume_from, notes, continuation)
 
 
 def check_trackers(report_to: list[str]) -> None:
