@@ -213,6 +213,7 @@ def test_exact_width_growth_continues_the_source_run(lab, arch, case):
     assert worst <= ONE_STEP, worst
     gap = curve_gap(source, run)
     assert gap <= CURVE, gap
+    print(f"{arch} {case}: one-step {worst:.2e}, 20-step loss gap {gap:.2e}")
     record = json.loads((run / "grow.json").read_text())["stages"][-1]
     assert record["continued"]["start_step"] == N and record["steps"] == MORE and record["end_step"] == N + MORE
     assert {g["lr"] for g in record["continued"]["multipliers"]} == {0.5, 1.0}  # IN-divided matrices at half LR
@@ -246,6 +247,7 @@ def test_with_the_new_layers_held_at_zero_the_curve_is_the_sources(lab, case):
     shutil.copytree(grown, held)
     edit_state(held, lambda name, p: p.update(lr=0.0) if p["moments"] == "fresh" else None)
     gap = curve_gap(source, lab.run_grown(held, f"llama-{case}-held-run"))
+    print(f"llama {case}, new layers held at zero: 20-step loss gap {gap:.2e}")
     assert gap <= CURVE, gap
 
 
@@ -276,6 +278,7 @@ def test_negative_controls_fail_the_one_step_check(lab, control, edit, at_least)
     image = lab.image("llama", source.continued, spec)
     after = load_file(step_dir(run, N + 1) / "model.safetensors")
     worst = max(float((after[k] - image[k]).abs().max() / image[k].abs().max()) for k in image)
+    print(f"negative control {control}: one-step {worst:.2e}")
     assert worst > at_least, (control, worst)
 
 
@@ -332,6 +335,17 @@ def test_schedule_offset_and_restart_warmup_continue_the_schedule(lab):
     assert lrs[0] < lrs[1] < lrs[2] and lrs[0] == pytest.approx(lrs[1] / 2)  # the ramp: 1/4, 2/4, 3/4 of its end
     saved = json.loads((step_dir(run, suggested + 3) / "grow-state.json").read_text())
     assert saved["continuation"]["start_step"] == suggested and saved["multipliers"]
+
+
+def test_a_bare_schedule_offset_starts_a_fresh_optimizer_later_in_the_schedule(lab, tmp_path):
+    source = lab.source("llama")
+    out = tmp_path / "offset"
+    train(model=source.model, data=[str(lab.data)], out=out, max_steps=3, schedule_offset=5, schedule="linear")
+    metrics = [m for m in read_metrics(out / "metrics.jsonl") if "lr" in m]
+    assert [m["step"] for m in metrics] == [6, 7, 8]
+    schedule = json.loads((out / "grow.json").read_text())["stages"][-1]["schedule"]
+    assert schedule["max_steps"] == 8 and schedule["restart_step"] == 5
+    assert metrics[0]["lr"] == pytest.approx(3e-3 * (1 - 0.9 * (6 - 2) / 6))  # linear decay, warmup 2, 8 steps
 
 
 def test_an_interrupted_continuation_resumes_with_its_multipliers(lab):

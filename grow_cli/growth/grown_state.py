@@ -27,6 +27,7 @@ from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.plan import Plan
+from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import WEIGHTS_ONLY_HINT, SourceState
 
@@ -35,14 +36,6 @@ STATE_FILE = "state.json"
 FORMAT = "grow-training-state"
 FORMAT_VERSION = 1
 DYNAMICS_METHODS = {"width": ("fpi", "hypercloning", "staged"), "depth": ("identity", "staged-identity")}
-# Staged training's restart step R = S / c_op (Shen et al. 2022, allenai/staged-training): c_op fitted on GPT-2 loss
-# curves for ×2 growth — width 1.81, depth 1.43 — and 2.455 for both at once (the repository's cheatsheet).
-C_OP = {"width": 1.81, "depth": 1.43, "both": 2.455}
-RESTART_RULE = (
-    "staged training (Shen et al., ICML 2022): R = S / c_op, the step at which the grown model trained from scratch "
-    "would reach the loss the source had at step S; c_op fitted on GPT-2 for ×2 growth (width 1.81, depth 1.43, "
-    "both 2.455)"
-)
 
 
 def method_refusal(spec: GrowthSpec) -> str | None:
@@ -56,6 +49,21 @@ def method_refusal(spec: GrowthSpec) -> str | None:
                 f"continue on it (exact {kind} methods: {exact})"
             )
     return None
+
+
+def state_scales(plan: Plan) -> list[tuple[int, float]]:
+    """(copies, value scale) of every planned tensor (`WidthOperator.state_scales`); a tensor whose units are copied
+    unequally often — which no per-tensor multiplier can follow — is refused. (Plan with `uniform_maps`.)"""
+    result = []
+    for t in plan.tensors:
+        scales = plan.width.state_scales(t.source.weight) if plan.width else (1, 1.0)
+        if scales is None:
+            raise UsageError(
+                f"{t.name}: the width maps copy some units of it more often than others, and per-tensor LR and eps "
+                f"multipliers cannot follow that; grow every size by an integer factor, or {WEIGHTS_ONLY_HINT}"
+            )
+        result.append(scales)
+    return result
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class StatePlan:
     source: SourceState
     tensors: list[TensorState]  # one per plan tensor, in plan order
     shards: list[list[PlannedTensor]]
-    growth: str  # "width", "depth" or "both"
+    restart: dict[str, Any]  # the suggested restart step and its rule (growth/restart.py)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -111,17 +119,11 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
         raise OptionError("weights_only", f"{why}; {WEIGHTS_ONLY_HINT}")
     shapes = {t.name: t.shape for t in plan.binding.all_tensors()}
     source.open(shapes)
+    scales = state_scales(plan)
     tensors: list[TensorState] = []
     planned: list[PlannedTensor] = []
-    for t in plan.tensors:
+    for t, (copies, value) in zip(plan.tensors, scales, strict=True):
         role = t.source.name
-        scales = plan.width.state_scales(t.source.weight) if plan.width else (1, 1.0)
-        if scales is None:
-            raise UsageError(
-                f"{t.name}: the width maps copy some units of it more often than others, and per-tensor LR and eps "
-                f"multipliers cannot follow that; grow every size by an integer factor, or {WEIGHTS_ONLY_HINT}"
-            )
-        copies, value = scales
         moments = None if t.new else source.moments(role)
         base = source.multipliers(role)
         s = 1.0 / (copies * value)
@@ -141,7 +143,11 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
         if moments is not None:
             planned += [PlannedTensor(f"{t.name}.{key}", t.shape, "F32") for key in ("exp_avg", "exp_avg_sq")]
     growth = "both" if plan.width and plan.depth else "width" if plan.width else "depth"
-    state = StatePlan(source, tensors, plan_shards(planned, spec.max_shard_bytes), growth)
+    warmup = int((source.state.get("schedule") or {}).get("warmup_steps") or 0)
+    sizes = (_non_embedding(t.shape, t.weight.axes) for t in plan.binding.all_tensors())
+    grown = (_non_embedding(t.shape, t.source.weight.axes) for t in plan.tensors)
+    restart = suggest_restart(source.step, source.losses, warmup, sum(sizes), sum(grown), growth)
+    state = StatePlan(source, tensors, plan_shards(planned, spec.max_shard_bytes), restart)
     if plan.width is not None and getattr(plan.width, "noise_snr_db", None) is not None:
         state.notes.append(
             "HyperCloning's noise keeps the function but not the gradients' symmetry: the copies' updates differ "
@@ -151,6 +157,11 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
     if frozen:
         state.notes.append(f"{len(frozen)} tensors had no optimizer state in the source (frozen there): fresh")
     return state
+
+
+def _non_embedding(shape: tuple[int, ...], axes: tuple) -> int:
+    """A tensor's parameters as Kaplan's N counts them: embeddings and the vocabulary head excluded."""
+    return 0 if {"vocab", "positions", "token_types"} & set(axes) else numel(shape)
 
 
 def peak_bytes(plan: Plan, state: StatePlan) -> int:
@@ -207,7 +218,6 @@ def state_document(state: StatePlan) -> dict[str, Any]:
     src = state.source
     run = {k: v for k, v in src.state.items() if k not in ("parameters", "multipliers", "optimizer", "step", "tokens")}
     step = src.step
-    c_op = C_OP[state.growth]
     fresh = [t.name for t in state.tensors if not t.carried]
     partly = [t.name for t in state.tensors if t.fresh_entries]
     return {
@@ -219,7 +229,7 @@ def state_document(state: StatePlan) -> dict[str, Any]:
         "data_blocks": step * int(src.state.get("global_batch") or 0),
         "source": {"checkpoint": str(src.checkpoint), "run": run, "optimizer": _source_optimizer(src)},
         "loss_at_growth": src.loss_at_growth,
-        "restart": {"suggested_step": round(step / c_op), "c_op": c_op, "growth": state.growth, "rule": RESTART_RULE},
+        "restart": state.restart,
         "dynamics": {
             "exact": state.exact,
             "carried": sum(t.carried for t in state.tensors),

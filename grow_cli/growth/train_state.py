@@ -47,13 +47,19 @@ class SourceState:
     checkpoint: Path
     state: dict[str, Any]
     names: list[str]  # parameter names in the optimizer's index order
-    loss_at_growth: float | None = None  # mean logged training loss over the last steps before the checkpoint
+    losses: dict[int, float] = field(default_factory=dict)  # the run's logged training loss by step, up to `step`
     _optimizer: dict[str, Any] | None = field(default=None, repr=False)
     _index: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
     def step(self) -> int:
         return int(self.state["step"])
+
+    @property
+    def loss_at_growth(self) -> float | None:
+        """The mean training loss of the last 10 logged steps up to the checkpoint."""
+        last = [self.losses[s] for s in sorted(self.losses)[-10:]]
+        return sum(last) / len(last) if last else None
 
     def multipliers(self, name: str) -> dict[str, float]:
         """The LR / eps / weight-decay multipliers the source run applied to `name` (1 unless it was grown too)."""
@@ -194,11 +200,11 @@ def _parameter_names(state: dict[str, Any], model_folder: Path) -> list[str]:
     return [n for n, p in params if p.ndim >= 2] + [n for n, p in params if p.ndim < 2]
 
 
-def _loss_at_growth(checkpoint: Path, step: int, window: int = 10) -> float | None:
-    """The mean training loss of the last `window` logged steps up to `step`, from the run's metrics.jsonl."""
+def _losses(checkpoint: Path, step: int) -> dict[int, float]:
+    """The training loss the run logged at each step up to `step` (its metrics.jsonl), or nothing."""
     path = checkpoint.parent.parent / "metrics.jsonl"
     if not path.is_file():
-        return None
+        return {}
     losses: dict[int, float] = {}
     for line in path.read_text().splitlines():
         try:
@@ -208,8 +214,7 @@ def _loss_at_growth(checkpoint: Path, step: int, window: int = 10) -> float | No
         if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("loss"), int | float):
             if row["step"] <= step:
                 losses[row["step"]] = float(row["loss"])
-    last = [losses[s] for s in sorted(losses)[-window:]]
-    return sum(last) / len(last) if last else None
+    return losses
 
 
 @contextmanager
@@ -240,7 +245,7 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
             yield shown, None
             return
         names = _parameter_names(state, model_folder)
-        source = SourceState(checkpoint, state, names, _loss_at_growth(checkpoint, int(state["step"])))
+        source = SourceState(checkpoint, state, names, _losses(checkpoint, int(state["step"])))
         try:
             yield shown, source
         finally:

@@ -25,7 +25,7 @@ from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import UsageError
 from grow_cli.train.checkpoints import load_checkpoint
 from grow_cli.train.config import TrainConfig
-from grow_cli.train.continuation import Continuation, differences, load_moments
+from grow_cli.train.continuation import Continuation, load_grown_state
 from grow_cli.train.freeze import freeze_all_but
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
@@ -143,10 +143,11 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         )
     schedule = make_schedule(config, budget.max_steps, continuation)
     optimizer, names = make_optimizer(model, config, max_lr, accelerator, continuation)
-    start = 0
     if continuation is not None and continuation.load_from is not None:
-        start = continue_grown_state(config, accelerator, budget, model, optimizer, names, continuation)
-    scheduler = make_scheduler(optimizer, schedule, start)
+        sharded = accelerator.distributed_type not in FUSED_ADAMW_TYPES  # FSDP/DeepSpeed shard the optimizer
+        for note in load_grown_state(optimizer, names, model, continuation, config, budget.global_batch, sharded):
+            say(accelerator, config.quiet, note)
+    scheduler = make_scheduler(optimizer, schedule, continuation.start_step if continuation else 0)
     flops_token = flops_per_token(model, config.seq_len)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
@@ -295,7 +296,8 @@ def make_schedule(config: TrainConfig, max_steps: int, continuation: Continuatio
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, start: int):
-    """The LR scheduler over `schedule`, positioned at step `start` (a continued run's first step)."""
+    """The LR scheduler over `schedule`, positioned at step `start` (a continued run's first step; a resumed
+    checkpoint then restores its own position)."""
     if start:
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
@@ -350,35 +352,6 @@ def make_optimizer(
         fused=accelerator.distributed_type in FUSED_ADAMW_TYPES and accelerator.device.type in ("cpu", "cuda"),
     )
     return optimizer, names
-
-
-def continue_grown_state(
-    config: TrainConfig,
-    accelerator: Accelerator,
-    budget: Budget,
-    model: PreTrainedModel,
-    optimizer: torch.optim.Optimizer,
-    names: list[str],
-    continuation: Continuation,
-) -> int:
-    """Load the grown AdamW state into `optimizer` (`--resume grown`); return the step the run starts at."""
-    assert continuation.load_from is not None
-    if accelerator.distributed_type not in FUSED_ADAMW_TYPES:
-        raise UsageError(
-            f"--resume grown loads the grown optimizer state whole, which {accelerator.distributed_type} would "
-            "shard; run it on one process or with DDP"
-        )
-    for note in differences(continuation.load_from, config, budget.global_batch):
-        say(accelerator, config.quiet, f"note: {note}: the run continues the state, not the source's exact dynamics")
-    carried = load_moments(optimizer, names, model, continuation.load_from)
-    source = continuation.source or {}
-    say(
-        accelerator,
-        config.quiet,
-        f"continuing the grown training state of step {source.get('step')} at step {continuation.start_step} "
-        f"({carried} tensors with carried moments, {len(names) - carried} fresh)",
-    )
-    return continuation.start_step
 
 
 def make_batches(

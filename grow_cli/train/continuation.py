@@ -179,6 +179,30 @@ def differences(state_folder: Path, config, global_batch: int) -> list[str]:
     ]
 
 
+def load_grown_state(
+    optimizer, names: list[str], model, continuation: Continuation, config, global_batch: int, sharded: bool
+) -> list[str]:
+    """Load the grown AdamW state into `optimizer` before accelerate prepares it (`--resume grown`); return the notes
+    for the user: how this run differs from the source's, and what was carried."""
+    assert continuation.load_from is not None
+    if sharded:
+        raise UsageError(
+            "--resume grown loads the grown optimizer state whole, which FSDP/DeepSpeed would shard; run it on one "
+            "process or with DDP"
+        )
+    notes = [
+        f"note: {difference}: the run continues the state, not the source's exact dynamics"
+        for difference in differences(continuation.load_from, config, global_batch)
+    ]
+    carried = load_moments(optimizer, names, model, continuation.load_from)
+    step = (continuation.source or {}).get("step")
+    notes.append(
+        f"continuing the grown training state of step {step} at step {continuation.start_step} ({carried} tensors "
+        f"with carried moments, {len(names) - carried} fresh)"
+    )
+    return notes
+
+
 def load_moments(optimizer, names: list[str], model, folder: Path) -> int:
     """Put the grown moments and steps of `folder` into `optimizer` (before accelerate prepares it); `names` are
     the parameters in the optimizer's index order. Returns how many tensors carried a state."""
