@@ -10,6 +10,7 @@ train:                          # settings for every training stage (any `grow t
 compare:                        # optional: the held-out comparison between adjacent members
   max_blocks: 32
 baselines: false                # true: also train every grown member from scratch, for an equal-quality saving
+baselines_dir: ../baselines     # optional: share from-scratch baselines between recipes (each trained once)
 optimizer: fresh                # optional: fresh (default) | grow — see below
 members:
   - name: small
@@ -46,7 +47,18 @@ from typing import Any
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.spec import GrowthSpec, field_types
 
-TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines", "optimizer"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "out",
+    "seed",
+    "train",
+    "compare",
+    "members",
+    "baselines",
+    "baselines_dir",
+    "optimizer",
+}
 MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train", "optimizer"}
 # How a grown member's training starts: "fresh" AdamW (and the schedule's warmup), or "grow": the previous member's
 # final training state grown with it (grow_cli/growth/grown_state.py) and continued (train-stage --resume grown).
@@ -86,6 +98,7 @@ class Recipe:
     compare: dict[str, Any]
     seed: int = 0
     baselines: bool = False  # also train each grown member from scratch on its lineage's tokens
+    baselines_dir: Path | None = None  # shared home of baselines, keyed by what decides them; None: per member
     name: str = ""
     description: str = ""
     optimizer: str = "fresh"  # the members' default (see OPTIMIZERS)
@@ -321,6 +334,7 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         seed=seed,
         name=raw.get("name", path.stem),
         baselines=_typed(raw.get("baselines", False), "baselines", bool),
+        baselines_dir=base / _typed(raw["baselines_dir"], "baselines_dir", str) if "baselines_dir" in raw else None,
         description=raw.get("description", ""),
         optimizer=optimizer,
     )

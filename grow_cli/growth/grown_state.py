@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.dtypes import numel
+from grow_cli.checkpoint.files import TRAINING_STATE_DIR
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.plan import Plan
@@ -31,7 +32,7 @@ from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import WEIGHTS_ONLY_HINT, SourceState
 
-STATE_DIR = "training-state"
+STATE_DIR = TRAINING_STATE_DIR
 STATE_FILE = "state.json"
 FORMAT = "grow-training-state"
 FORMAT_VERSION = 1

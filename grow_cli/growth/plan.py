@@ -30,6 +30,7 @@ class WidthPlan(Protocol):
     method: str
     target: ModelShape
     function_preserving: bool
+    symmetric_copies: bool
 
     def sources(self, tensor: BoundTensor, binding: Binding) -> tuple[str, ...]: ...
 
@@ -187,7 +188,22 @@ def build_plan(
             "at zero every MLP gradient there is exactly zero, so it never trains (its attention does); "
             "--depth-method identity has no such problem"
         )
+    if width is not None and width.symmetric_copies and not _dropout(config):
+        plan.notes.append(
+            f"the units {spec.width_method} adds are exact copies and this model trains without dropout, so copies "
+            "receive identical gradients and stay copies: the added width learns nothing of its own until something "
+            "breaks the symmetry. For an exact start that does break it: --width-method hypercloning --noise-snr-db 10"
+        )
     return plan
+
+
+def _dropout(config: dict[str, Any]) -> dict[str, float]:
+    """The dropout rates above zero in a config.json (`attention_dropout`, `resid_pdrop`, `hidden_dropout_prob`…)."""
+    return {
+        k: float(v)
+        for k, v in config.items()
+        if ("dropout" in k or "pdrop" in k) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+    }
 
 
 def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
 from grow_cli.checkpoint.output import small_files
 from grow_cli.checkpoint.source import CheckpointSource
 from grow_cli.errors import CheckpointError
 from grow_cli.lineage.record import RECORD_FILE, load_record
+from grow_cli.train.checkpoints import STATE_FILE as CHECKPOINT_STATE
 
-CHECKPOINT_STATE = "grow-state.json"  # grow_cli.train.checkpoints.STATE_FILE (not imported: that pulls in torch)
 OPTIMIZER_FILE = "optimizer.bin"
 WEIGHTS_FILE = "model.safetensors"
 ADAM_KEYS = {"step", "exp_avg", "exp_avg_sq"}
@@ -138,7 +139,7 @@ def final_checkpoint(folder: Path) -> Path | None:
     stages = (record or {}).get("stages") or []
     if not stages or stages[-1].get("kind") != "train" or not isinstance(stages[-1].get("end_step"), int):
         return None
-    path = folder / "checkpoints" / f"step_{stages[-1]['end_step']:08d}"
+    path = folder / CHECKPOINTS_DIR / f"step_{stages[-1]['end_step']:08d}"
     return path if is_checkpoint(path) else None
 
 
@@ -202,7 +203,7 @@ def _parameter_names(state: dict[str, Any], model_folder: Path) -> list[str]:
 
 def _losses(checkpoint: Path, step: int) -> dict[int, float]:
     """The training loss the run logged at each step up to `step` (its metrics.jsonl), or nothing."""
-    path = checkpoint.parent.parent / "metrics.jsonl"
+    path = checkpoint.parent.parent / METRICS_FILE
     if not path.is_file():
         return {}
     losses: dict[int, float] = {}

@@ -59,6 +59,12 @@ class StagedWidth(WidthOperator):
         self.head_folds = any(w.head_norm for w in arch.final)
 
     @property
+    def symmetric_copies(self) -> bool:
+        """The k diagonal copies get identical gradients, and so do the off-diagonal blocks: without dropout the
+        copies stay copies, as the paper notes (its GPT-2 trains with dropout 0.1)."""
+        return True
+
+    @property
     def k(self) -> int:
         return self.target.hidden_size // self.source.hidden_size
 

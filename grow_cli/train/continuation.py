@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.files import TRAINING_STATE_DIR as STATE_DIR
 from grow_cli.errors import CheckpointError, UsageError
 
-STATE_DIR = "training-state"  # grow_cli.growth.grown_state.STATE_DIR
-STATE_FILE = "state.json"
+STATE_FILE = "state.json"  # the grown state's description, beside its moments (growth/grown_state.py writes it)
 FORMAT = "grow-training-state"
 MULTIPLIER_KEYS = ("lr", "eps", "weight_decay")
 
