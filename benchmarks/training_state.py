@@ -9,9 +9,10 @@ stable phase, it is grown:
   exact copies stay copies forever, whichever optimizer continues them);
 * depth ×2 by LLaMA-Pro identity blocks (exact).
 
-Each grown model then trains AFTER steps three ways, all with the same peak LR and final decay window (in steps):
+Each grown model then trains AFTER steps three ways, all with the same data, peak LR and final decay window:
 **fresh** — a new AdamW and today's default re-warmup (1% of the stage), as `grow train-stage` on a grown folder
-did; **grown** — the grown AdamW state, step, schedule and data position (no warmup: WSD's stable phase needs none);
+did (placed at the same schedule step and data position as the others, so that only the optimizer differs);
+**grown** — the grown AdamW state, step, schedule and data position (no warmup: WSD's stable phase needs none);
 **grown + restart warmup** — the same with staged training's short restart warmup. The small model also simply
 continues, for reference. Reported per way: the loss right before growth (mean of the last 10 steps), the peak of
 the training loss (5-step mean) in the first 10% of the grown stage, the steps until that mean is back below the
@@ -88,10 +89,13 @@ def smooth(values: list[float], window: int = SMOOTH) -> list[float]:
 
 
 def figures(pre: float, stage: list[float], eval_loss: float) -> dict:
-    """The four numbers of one way, from its per-step training losses after growth."""
+    """The four numbers of one way, from its per-step training losses after growth: the peak of the 5-step mean in
+    the first 10% of the stage, and the steps after which that mean stays below the pre-growth loss (0: it never
+    rose above it; None: it never got back)."""
     smoothed = smooth(stage)
     first = max(1, len(stage) // 10)
-    back = next((i + 1 for i, v in enumerate(smoothed) if v < pre), None)
+    above = [i for i, v in enumerate(smoothed) if v >= pre]
+    back = 0 if not above else (above[-1] + 1 if above[-1] + 1 < len(stage) else None)
     return {
         "loss_before_growth": pre,
         "peak_first_10pct": max(smoothed[:first]),
@@ -99,6 +103,17 @@ def figures(pre: float, stage: list[float], eval_loss: float) -> dict:
         "loss_at_end": sum(stage[-10:]) / len(stage[-10:]),
         "eval_loss_at_end": eval_loss,
     }
+
+
+def report(results: dict, out: Path) -> None:
+    """Recompute every way's figures from its losses, write results.json and the plot, print the table."""
+    pre = results["small_continued"]["loss_before_growth"]
+    for r in [results["small_continued"], *(r for ways in results["growths"].values() for r in ways.values())]:
+        r.update(figures(pre, r["losses"], r["eval_loss_at_end"]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out / "loss.png")
+    print(table(results))
 
 
 def main() -> None:
@@ -109,7 +124,11 @@ def main() -> None:
     parser.add_argument("--max-lr", type=float, default=3e-3)
     parser.add_argument("--out", type=Path, default=Path("docs/training-state"), help="where JSON and plot go")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    parser.add_argument("--from-results", type=Path, default=None, help="only redo table and plot from results.json")
     args = parser.parse_args()
+    if args.from_results:
+        report(json.loads(args.from_results.read_text()), args.out)
+        return
     torch.set_num_threads(1)  # a shared 2-core machine: one thread per process runs steadier
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="grow-training-state-"))
@@ -154,7 +173,6 @@ def main() -> None:
         "small_continued": {"losses": small_stage, **figures(pre, small_stage, small["final_eval_loss"])},
         "growths": {},
     }
-    decay = 0.2 * total  # WSD's final decay, in steps: the same window for every way
     for label, spec in GROWTHS.items():
         key = label.split()[0]
         grown, plain = work / f"{key}-grown", work / f"{key}-weights"
@@ -162,9 +180,12 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
             expand(str(checkpoint), folder, GrowthSpec(weights_only=weights_only, **spec), quiet=True)
         ways = {
-            # today's default warmup (1% of the stage); seed 1: a data order that mostly avoids re-reading the blocks
-            # the small model read, as the grown runs (which continue its data) do not re-read them either
-            "fresh optimizer + re-warmup": dict(model=plain, decay_ratio=decay / after, seed=1),
+            # a fresh AdamW and today's default warmup (1% of the stage), placed at step BEFORE of the same schedule
+            # and data order, so that it differs from the grown state in the optimizer only: the same LR sequence as
+            # a new WSD run of AFTER steps with the same decay window, and the same blocks as the other ways
+            "fresh optimizer + re-warmup": dict(
+                model=plain, schedule_offset=before, restart_warmup_steps=max(1, after // 100)
+            ),
             "grown state": dict(model=grown, resume="grown"),
             "grown state + restart warmup": dict(model=grown, resume="grown", restart_warmup_steps=args.restart_warmup),
         }
@@ -179,26 +200,30 @@ def main() -> None:
             results["growths"][label][way] = {"losses": stage, **numbers}
             print(f"{label} / {way}: {json.dumps(numbers)}", flush=True)
     results["seconds"] = round(time.perf_counter() - started)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, args.out / "loss.png")
-    print(table(results))
+    report(results, args.out)
 
 
 def table(results: dict) -> str:
     lines = [
-        "| growth | way | loss before growth | peak in first 10% | steps back below | loss at end (train / held-out) |",
+        "| growth | way | loss before growth | peak, first 10% | steps until back below | "
+        "loss at end (train / held-out) |",
         "|---|---|---|---|---|---|",
     ]
     rows = [("—", "small model continues (reference)", results["small_continued"])]
     rows += [(label, way, r) for label, ways in results["growths"].items() for way, r in ways.items()]
     for label, way, r in rows:
-        back = r["steps_back_below"] if r["steps_back_below"] is not None else "never"
+        back = r["steps_back_below"] if r["steps_back_below"] is not None else "not within the stage"
         lines.append(
             f"| {label} | {way} | {r['loss_before_growth']:.3f} | {r['peak_first_10pct']:.3f} | {back} | "
             f"{r['loss_at_end']:.3f} / {r['eval_loss_at_end']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def across(source: list[float], stage: list[float]) -> list[float]:
+    """The stage's moving average, continuing the source's across the growth (no restart of the window)."""
+    tail = source[-(PLOT_SMOOTH - 1) :]
+    return smooth(tail + stage, PLOT_SMOOTH)[len(tail) :]
 
 
 def plot(results: dict, path: Path) -> None:
@@ -215,10 +240,10 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(results["growths"]), figsize=(12, 4.5), sharey=True)
     for ax, (label, ways) in zip(axes, results["growths"].items(), strict=True):
         ax.plot(before, smooth(results["source"], PLOT_SMOOTH), color="black", lw=1, label="small model")
-        ax.plot(after, smooth(results["small_continued"]["losses"], PLOT_SMOOTH), color="gray", lw=1, ls="--",
+        ax.plot(after, across(results["source"], results["small_continued"]["losses"]), color="gray", lw=1, ls="--",
                 label="small model continues")  # fmt: skip
         for way, r in ways.items():
-            ax.plot(after, smooth(r["losses"], PLOT_SMOOTH), color=colours[way], lw=1.2, label=way)
+            ax.plot(after, across(results["source"], r["losses"]), color=colours[way], lw=1.2, label=way)
         ax.axvline(steps, color="gray", lw=0.6)
         pre = results["small_continued"]["loss_before_growth"]
         ax.set_ylim(min(min(r["losses"]) for r in ways.values()) - 0.1, pre + 1.2)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from grow_cli.arch.binding import Binding, BoundTensor, bind
-from grow_cli.arch.registry import ArchDef, detect
+from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.checkpoint.dtypes import FLOATING, numel
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
@@ -39,6 +39,13 @@ class WidthPlan(Protocol):
     def config_updates(self) -> dict[str, Any]: ...
 
     def record(self) -> dict[str, Any]: ...
+
+    # what growing a training state needs (grow_cli/growth/grown_state.py)
+    def state_layout(self, tensor: BoundTensor, x: Any, tag: str) -> Any: ...
+
+    def state_scales(self, w: WeightDef) -> tuple[int, float] | None: ...
+
+    def fresh_entries(self, w: WeightDef) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,8 @@ def build_plan(
     if spec.grows_width:
         op = registry.operator("width", spec.width_method)
         registry.refuse_if_inapplicable(op, arch)
-        width = op.implementation(spec, arch, binding, config, uniform=uniform_maps)
+        uniform = {"uniform": True} if uniform_maps else {}  # (the plain call keeps the constructor's signature)
+        width = op.implementation(spec, arch, binding, config, **uniform)
     target_shape = width.target if width else shape
 
     layers, overlap = target_layers(shape.layers, spec)

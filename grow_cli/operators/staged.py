@@ -125,7 +125,7 @@ class StagedWidth(WidthOperator):
     # -- which axes pair up ---------------------------------------------------------------------------------------
 
     def _grown_axes(self, w: WeightDef) -> list[tuple[int, str]]:
-        return [(axis, space) for axis, space in enumerate(w.axes) if self._axis(space) is not None]
+        return [(axis, space) for axis, space in enumerate(w.axes) if isinstance(space, str) and self._axis(space)]
 
     def _block_axes(self, w: WeightDef) -> tuple[tuple[int, str], tuple[int, str]] | None:
         """The (input, output) axes of a matrix whose input and output both grow: block-diagonal."""
@@ -196,23 +196,18 @@ def identity_init(w: WeightDef, shape: tuple[int, ...], target: ModelShape):
     if w.kind not in ("linear", "conv1d"):
         return torch.zeros(shape)
     in_axis = w.in_axis
+    assert in_axis is not None  # linear and conv1d have one
     out_axis = 1 - in_axis
-    n_in, out_space = shape[in_axis], w.axes[out_axis]
+    n_in, out_space = shape[in_axis], str(w.axes[out_axis])
     h = target.head_dim
     q, kv = target.num_heads * h, target.num_kv_heads * h
     if out_space == "qkv_heads":  # GPT-NeoX: rows are (heads, 3, head_dim)
         rows = torch.zeros(target.num_heads, 3, h, n_in)
         for part in range(3):
-            rows[:, part] = _eye(q, n_in).view(target.num_heads, h, n_in)
+            rows[:, part] = torch.eye(q, n_in).view(target.num_heads, h, n_in)
         matrix = rows.reshape(-1, n_in)
     else:
         parts = {"qkv": [q, kv, kv], "gate_up": [target.intermediate_size] * 2}.get(out_space, [shape[out_axis]])
-        matrix = torch.cat([_eye(n, n_in) for n in parts])
+        matrix = torch.cat([torch.eye(n, n_in) for n in parts])
     assert matrix.shape[0] == shape[out_axis], (w.name, shape, matrix.shape)
     return matrix if out_axis == 0 else matrix.T.contiguous()
-
-
-def _eye(rows: int, cols: int):
-    import torch
-
-    return torch.eye(rows, cols)

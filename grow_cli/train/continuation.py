@@ -7,7 +7,9 @@ LR schedule, the step counter and AdamW's bias correction go on where the source
 LR, eps and weight-decay multipliers the state lists (as parameter groups); the data continues after the blocks the
 source read. The budget (`--max-steps` / `--max-tokens`) is what this run trains, as always: its schedule spans
 R + budget steps. A restart warmup ramps the LR from 0 to the schedule's value over its first steps (staged
-training's `restart_warmup_steps`); for a WSD run grown in its stable phase none is needed.
+training's `restart_warmup_steps`); for a WSD run grown in its stable phase none is needed. Without a grown state,
+`--schedule-offset R` starts any run at step R of its schedule and of its data order (a fresh optimizer placed
+exactly where a continued one would be).
 
 A continued run's checkpoints record all of this (grow-state.json `continuation`), so `--resume auto` after an
 interruption rebuilds the same parameter groups and schedule before accelerate restores the optimizer.
@@ -34,7 +36,7 @@ class Continuation:
     """Where this run starts in a longer run, and what it carries from there."""
 
     start_step: int  # the first step's index in the schedule (R)
-    data_blocks: int  # training blocks the source had read: this run's first step reads the next ones
+    data_blocks: int | None  # blocks the source had read (the first step reads the next); None: step R's own blocks
     restart_warmup_steps: int = 0
     multipliers: dict[str, dict[str, float]] = field(default_factory=dict)  # per parameter: lr / eps / weight_decay
     source: dict[str, Any] | None = None  # the grown state's step, tokens, loss at growth and source run
@@ -42,8 +44,9 @@ class Continuation:
     max_lr: float | None = None  # the source run's peak LR (what --max-lr auto continues with)
 
     def data_offset(self, global_batch: int) -> int:
-        """Blocks added to every step's data position so that step R reads the block after the source's last."""
-        return self.data_blocks - self.start_step * global_batch
+        """Blocks added to every step's data position so that step R reads the block after the source's last (0
+        without a source: the step is the data position, as in any run)."""
+        return 0 if self.data_blocks is None else self.data_blocks - self.start_step * global_batch
 
     def multiplier(self, name: str) -> dict[str, float]:
         return self.multipliers.get(name) or dict.fromkeys(MULTIPLIER_KEYS, 1.0)
@@ -74,7 +77,7 @@ def plan_continuation(config, model_dir: Path, checkpoint_state: dict[str, Any] 
             start_step=start,
             data_blocks=recorded["data_blocks"],
             restart_warmup_steps=recorded.get("restart_warmup_steps", 0),
-            multipliers=checkpoint_state.get("multipliers") or {},
+            multipliers=(checkpoint_state or {}).get("multipliers") or {},
             source=recorded.get("source"),
             max_lr=recorded.get("max_lr"),
         )
@@ -85,7 +88,7 @@ def plan_continuation(config, model_dir: Path, checkpoint_state: dict[str, Any] 
             "--schedule-offset auto reads the restart step a grown training state suggests; add --resume grown"
         )
     if config.schedule_offset or config.restart_warmup_steps:
-        return Continuation(int(config.schedule_offset or 0), 0, config.restart_warmup_steps)
+        return Continuation(int(config.schedule_offset or 0), None, config.restart_warmup_steps)
     return None
 
 

@@ -50,6 +50,7 @@ def preflight(config: TrainConfig) -> Checked:
     check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder")
+    notes: list[str]
     if config.resume == "grown":
         if complete_checkpoints(out) and not config.overwrite:
             raise OutputError(
