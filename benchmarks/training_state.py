@@ -15,11 +15,13 @@ did (placed at the same schedule step and data position as the others, so that o
 **grown** — the grown AdamW state, step, schedule and data position (no warmup: WSD's stable phase needs none);
 **grown + restart warmup** — the same with staged training's short restart warmup. The small model also simply
 continues, for reference. Reported per way: the loss right before growth (mean of the last 10 steps), the peak of
-the training loss (5-step mean) in the first 10% of the grown stage, the steps until that mean is back below the
-pre-growth loss, and the loss at the end (the last 10 steps' training loss, and the held-out loss). Writes
-results.json and loss.png into --out and prints a Markdown table. CPU, fp32, one process, one thread.
+the training loss (5-step mean) in the first 10% of the grown stage, the steps after which that mean stays below
+the pre-growth loss, and the loss at the end (the last 10 steps' training loss, and the held-out loss). Writes
+results.json and loss.png (for --seed N: results-seedN.json only) into --out and prints a Markdown table. CPU,
+fp32, one process, one thread; about 5 minutes on 2 idle cores, 20 on a busy shared machine.
 
-    python benchmarks/training_state.py      # the docs/training-state.md run (about 40 min on a shared 2-core machine)
+    python benchmarks/training_state.py      # the docs/training-state.md run (seed 0, with the plot)
+    python benchmarks/training_state.py --seed 1; python benchmarks/training_state.py --seed 2   # the repeats
     python benchmarks/training_state.py --before 60 --after 30 --out /tmp/ts-quick   # a quick look
 """
 
@@ -52,7 +54,7 @@ SMOOTH = 5  # the figures read the training loss averaged over this many steps
 PLOT_SMOOTH = 20
 
 
-def build_model(folder: Path, text: Path) -> None:
+def build_model(folder: Path, text: Path, seed: int) -> None:
     fast = train_tokenizer([p.read_text() for p in sorted(text.glob("*.txt"))], VOCAB)
     config = tf.LlamaConfig(
         vocab_size=VOCAB,
@@ -65,7 +67,7 @@ def build_model(folder: Path, text: Path) -> None:
         bos_token_id=1,
         eos_token_id=2,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     tf.LlamaForCausalLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)
 
@@ -111,8 +113,11 @@ def report(results: dict, out: Path) -> None:
     for r in [results["small_continued"], *(r for ways in results["growths"].values() for r in ways.values())]:
         r.update(figures(pre, r["losses"], r["eval_loss_at_end"]))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(results, out / "loss.png")
+    seed = results["settings"].get("seed", 0)
+    suffix = "" if seed == 0 else f"-seed{seed}"
+    (out / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+    if seed == 0:
+        plot(results, out / "loss.png")
     print(table(results))
 
 
@@ -122,6 +127,7 @@ def main() -> None:
     parser.add_argument("--after", type=int, default=400, help="steps after growth")
     parser.add_argument("--restart-warmup", type=int, default=10, help="the third way's restart warmup steps")
     parser.add_argument("--max-lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0, help="the small model's initialisation and the data order")
     parser.add_argument("--out", type=Path, default=Path("docs/training-state"), help="where JSON and plot go")
     parser.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
     parser.add_argument("--from-results", type=Path, default=None, help="only redo table and plot from results.json")
@@ -137,7 +143,7 @@ def main() -> None:
         write_corpus("shakespeare", text)
     model = work / "small"
     if not model.exists():
-        build_model(model, text)
+        build_model(model, text, args.seed)
     before, after = args.before, args.after
     total = before + after
     common = dict(
@@ -147,6 +153,7 @@ def main() -> None:
         max_lr=args.max_lr,
         schedule="wsd",
         eval_batches=8,
+        seed=args.seed,
         quiet=True,
         cache_dir=work / "cache",
     )
@@ -168,6 +175,7 @@ def main() -> None:
             "restart_warmup": args.restart_warmup,
             "max_lr": args.max_lr,
             "tokens_per_step": SEQ_LEN * MICRO_BATCH,
+            "seed": args.seed,
         },
         "source": [source_losses[s] for s in range(1, before + 1)],
         "small_continued": {"losses": small_stage, **figures(pre, small_stage, small["final_eval_loss"])},
@@ -227,28 +235,32 @@ def across(source: list[float], stage: list[float]) -> list[float]:
 
 
 def plot(results: dict, path: Path) -> None:
+    """Per growth, the training loss around the growth step: every way, and the small model continuing."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = results["settings"]["steps_before"]
-    before = list(range(1, steps + 1))
+    first = steps // 2  # the second half of the small model's stage, then the grown stage
+    before = list(range(first + 1, steps + 1))
     after = list(range(steps + 1, steps + results["settings"]["steps_after"] + 1))
-    colours = {"fresh optimizer + re-warmup": "tab:red", "grown state": "tab:blue",
-               "grown state + restart warmup": "tab:green"}  # fmt: skip
+    styles = {
+        "fresh optimizer + re-warmup": dict(color="tab:red", lw=1.4),
+        "grown state": dict(color="tab:blue", lw=2.2),
+        "grown state + restart warmup": dict(color="tab:green", lw=1.0, ls="--"),
+    }
     fig, axes = plt.subplots(1, len(results["growths"]), figsize=(12, 4.5), sharey=True)
     for ax, (label, ways) in zip(axes, results["growths"].items(), strict=True):
-        ax.plot(before, smooth(results["source"], PLOT_SMOOTH), color="black", lw=1, label="small model")
-        ax.plot(after, across(results["source"], results["small_continued"]["losses"]), color="gray", lw=1, ls="--",
-                label="small model continues")  # fmt: skip
+        ax.plot(before, smooth(results["source"], PLOT_SMOOTH)[first:], color="black", lw=1, label="small model")
         for way, r in ways.items():
-            ax.plot(after, across(results["source"], r["losses"]), color=colours[way], lw=1.2, label=way)
+            ax.plot(after, across(results["source"], r["losses"]), label=way, **styles[way])
+        ax.plot(after, across(results["source"], results["small_continued"]["losses"]), color="black", lw=0.8,
+                ls=":", label="small model continues (not grown)")  # fmt: skip
         ax.axvline(steps, color="gray", lw=0.6)
-        pre = results["small_continued"]["loss_before_growth"]
-        ax.set_ylim(min(min(r["losses"]) for r in ways.values()) - 0.1, pre + 1.2)
+        ax.axhline(results["small_continued"]["loss_before_growth"], color="gray", lw=0.6, ls="--")
         ax.set_title(label)
-        ax.set_xlabel("step")
+        ax.set_xlabel("step (grown at the vertical line; dashed: the loss right before growth)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"training loss ({PLOT_SMOOTH}-step mean)")
     axes[0].legend(fontsize=8)

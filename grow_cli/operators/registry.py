@@ -8,7 +8,8 @@ implementation in `depth.py` or `width.py` (and its rows in docs/methods.md's pe
 
 `implementation` is, for a depth method, `layer_map(L, target) -> list[int]` (target layer j copies source layer
 `layer_map[j]`; the planner builds the `DepthMap` from it), and for a width method the `WidthOperator` class, whose
-rules branch on the method name where the methods differ (the shared axis-by-axis core is the same for all four).
+rules branch on the method name where the methods differ (the shared axis-by-axis core is the same for all of
+them), or a subclass where the layout itself differs (staged training's block-diagonal `StagedWidth`).
 """
 
 from __future__ import annotations
