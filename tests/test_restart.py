@@ -17,7 +17,8 @@ def test_a_kaplan_shaped_curve_gives_the_step_where_the_grown_model_reaches_the_
     losses = kaplan(a, b, range(1, step + 1))
     result = suggest_restart(step, losses, warmup=10, params=1_000_000, grown_params=4_000_000, growth="width")
     floor = a * 0.25**ALPHA_N
-    expected = (b / (losses[step] - floor)) ** (1 / ALPHA_S)
+    at_growth = sum(losses[s] for s in range(step - 9, step + 1)) / 10  # the measured loss: the last 10 steps
+    expected = (b / (at_growth - floor)) ** (1 / ALPHA_S)
     assert result["rule"] == FIT_RULE and result["suggested_step"] == round(expected)
     assert result["fit"]["A"] == pytest.approx(a) and result["fit"]["B"] == pytest.approx(b)
     assert 1 <= result["suggested_step"] < step  # the larger model gets there sooner
@@ -26,7 +27,11 @@ def test_a_kaplan_shaped_curve_gives_the_step_where_the_grown_model_reaches_the_
 
 @pytest.mark.parametrize(
     "losses, why",
-    [({s: 5.0 - 0.01 * s for s in range(1, 15)}, "too few points"), ({s: 5.0 for s in range(1, 100)}, "flat")],
+    [
+        ({s: 5.0 - 0.01 * s for s in range(1, 15)}, "too few points"),
+        ({s: 5.0 for s in range(1, 100)}, "flat"),
+        ({s: 6.0 - 0.02 * s for s in range(1, 100)}, "not Kaplan-shaped: a straight line"),
+    ],
 )
 def test_without_a_usable_curve_the_papers_ratio_is_used(losses, why):
     result = suggest_restart(99, losses, warmup=0, params=1, grown_params=2, growth="depth")

@@ -12,8 +12,10 @@ by `grow train-stage --schedule-offset auto`:
 * **by the paper's ratio** otherwise: `R = S / c_op`, with c_op fitted on GPT-2 curves for ×2 growth — width 1.81,
   depth 1.43 — and 2.455 for both (the repository's cheatsheet; operators.md §2.4).
 
-Either way R lies in [1, S]. The fit needs at least `MIN_POINTS` losses after the warmup, a loss that still falls
-(B > 0) and a reachable target (L_growth above the grown model's asymptote); otherwise the ratio is used.
+Either way R lies in [1, S]. The fit is used only where it describes the curve: at least `MIN_POINTS` losses after
+the warmup, a loss that still falls (B > 0), a fitted loss at S within `FIT_TOLERANCE` of the measured one (the mean
+of the last 10 logged losses), and a reachable target (L_growth above the grown model's asymptote); otherwise the
+ratio is used. Short or noisy curves of tiny models are often not Kaplan-shaped, and then the ratio it is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 ALPHA_S, ALPHA_N = 0.76, 0.076  # Kaplan et al. 2020 exponents, as staged training's notebooks use them
 C_OP = {"width": 1.81, "depth": 1.43, "both": 2.455}
 MIN_POINTS = 20
+FIT_TOLERANCE = 0.02  # relative: how close the fitted loss at S must be to the measured loss at growth
 RATIO_RULE = "staged training's R = S / c_op (c_op fitted on GPT-2 for ×2 growth: width 1.81, depth 1.43, both 2.455)"
 FIT_RULE = (
     "the step at which the grown model trained from scratch reaches the loss at growth, by the Kaplan form "
@@ -44,10 +47,16 @@ def suggest_restart(
     fit = _fit(step, losses, warmup)
     if fit is None:
         return result
-    a, b, loss = fit
+    a, b, fitted = fit
+    last = [losses[s] for s in sorted(losses) if s <= step][-10:]
+    loss = sum(last) / len(last)
     floor = a * (params / grown_params) ** ALPHA_N
-    result["fit"] = {"A": a, "B": b, "loss_at_growth": loss, "grown_floor": floor}
+    result["fit"] = {"A": a, "B": b, "fitted_loss_at_growth": fitted, "loss_at_growth": loss, "grown_floor": floor}
+    if abs(fitted - loss) > FIT_TOLERANCE * loss:
+        result["fit"]["rejected"] = "the Kaplan form does not describe this curve near the growth step"
+        return result
     if loss <= floor:
+        result["fit"]["rejected"] = "the loss at growth is below the grown model's fitted asymptote"
         return result
     restart = (b / (loss - floor)) ** (1 / ALPHA_S)
     result.update(suggested_step=min(step, max(1, round(restart))), rule=FIT_RULE)
