@@ -161,3 +161,10 @@ def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     assert deep["record"]["stages"][-1]["objective"]["name"] == "masked"
     comparison = deep["compare_with_previous"]
     assert comparison["objective"] == "masked" and comparison["kl_a_b"] > 0
+    # The ledger charges the Apollo member what it spent at its sampled depths (at least its 2 written layers'
+    # FLOPs per token × tokens, as shared layers run deeper), not the written model's per-token figure alone.
+    book = json.loads((run / "family.json").read_text())["ledger"]
+    row = book["members"][0]
+    assert row["progressive_flops"] == pytest.approx(small["train_flops"]) and small["apollo"]["train_flops"] > 0
+    assert row["progressive_flops"] >= row["flops_per_token"] * row["tokens"]
+    assert small["flops_per_token"] == row["flops_per_token"]

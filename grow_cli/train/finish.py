@@ -120,6 +120,10 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
         },
         "apollo": apollo_record(run, evaluated),
         "tokens": run.tokens,
+        # The model's own training FLOPs per token (as written), and what this stage spent: under Apollo the
+        # sampled, shallower depths cost less than the model's per-token figure times the tokens.
+        "flops_per_token": run.flops_per_token,
+        "train_flops": spent_flops(run),
         "steps": run.step,
         "schedule": run.schedule.describe(run.max_lr),
         "max_lr": run.max_lr,
@@ -145,6 +149,16 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
         "final_eval_loss": eval_loss,
         "final_eval_ppl": eval_metrics(eval_loss)["eval_ppl"],
     }
+
+
+def spent_flops(run: Run) -> float:
+    """The training FLOPs of this stage: the depths Apollo ran at, or the model's FLOPs per token × tokens."""
+    if run.apollo is None:
+        return run.flops_per_token * run.tokens
+    budget = run.budget
+    return run.apollo.compute(
+        run.step, budget.grad_accum, budget.tokens_per_step // budget.grad_accum, run.config.seq_len
+    )["train_flops"]
 
 
 def apollo_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any] | None:
