@@ -18,13 +18,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.errors import CheckpointError, UsageError
-
-if TYPE_CHECKING:
-    from grow_cli.arch.binding import BoundTensor
 
 PER_EXPERT, FUSED = "per_expert", "fused"
 
@@ -76,8 +73,9 @@ def topk_normalised(arch: ArchDef, config: dict[str, Any]) -> bool:
     return key == "always" or bool(config.get(key, arch.config_defaults.get(key, False)))
 
 
-def parameter_counts(tensors: Iterable[BoundTensor], num_experts: int, top_k: int) -> dict[str, int]:
-    """Total and active parameters (a token runs top-k of the routed experts) of bound or planned tensors."""
+def parameter_counts(tensors: Iterable[Any], num_experts: int, top_k: int) -> dict[str, int]:
+    """Total and active parameters (a token runs top-k of the routed experts) of tensors with a `weight` (WeightDef)
+    and a `shape`: bound checkpoint tensors, or a plan's output tensors."""
     from grow_cli.checkpoint.dtypes import numel
 
     total = routed = 0

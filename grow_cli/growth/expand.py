@@ -43,6 +43,7 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
     result = plan.width.apply(t.source, inputs) if plan.width and inputs else (inputs[0] if inputs else None)
     if t.init is not None:  # upcycling: an expert's copy (scaled, partly re-initialised) or a new router
         result = t.init.apply(None if result is None else result.float(), t.shape, plan.seed)
+    assert result is not None, t.name  # only an upcycling init makes a tensor that reads nothing
     return result.to(dtype).contiguous()
 
 
@@ -80,7 +81,7 @@ def _stage(
         "target": {k: summary["target"][k] for k in shape_keys if k in summary["target"]},
         "width": summary["width"],
         "depth": summary["depth"],
-        "experts": summary["experts"],
+        "moe": summary["moe"],
         "function_preserving": plan.function_preserving,
         "seed": plan.seed,
         "dtype": plan.out_dtype or "as source",
@@ -196,7 +197,7 @@ def _execute(
         "target_shape": summary["target"],
         "depth": summary["depth"],
         "width": summary["width"],
-        "experts": summary["experts"],
+        "moe": summary["moe"],
         "function_preserving": plan.function_preserving,
         "verify": check,
         "files": {

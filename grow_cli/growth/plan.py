@@ -238,7 +238,7 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
             "parameters": plan.depth.parameters,
         },
         "width": None if plan.width is None else plan.width.record(),
-        "experts": None if plan.upcycle is None else plan.upcycle.record(),
+        "moe": None if plan.upcycle is None else plan.upcycle.record(),
         "function_preserving": plan.function_preserving,
         "dtype": plan.out_dtype,
         "output_bytes": plan.total_bytes,

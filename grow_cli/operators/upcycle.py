@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from grow_cli.growth.spec import GrowthSpec
 
 ROUTER_STD = 0.02  # the default router noise: Drop-Upcycling's router init and the MoE types' initializer_range
+# The load-balancing loss weight written into the upcycled config: Switch Transformer's α (Fedus et al. 2021), also
+# OLMoE's; the types' own defaults (0.001 for Mixtral and Qwen) barely move a router that starts near uniform.
+ROUTER_AUX_LOSS_COEF = 0.01
 DEFAULT_TOP_K = 2  # Mixtral's, and sparse upcycling's decoder top-k
 
 
@@ -270,10 +273,11 @@ def moe_config(target: ArchDef, dense: dict[str, Any], up: Upcycler) -> dict[str
     assert target.moe is not None
     if target.moe["topk_norm"] != "always":
         config[target.moe["topk_norm"]] = True
+    config["router_aux_loss_coef"] = ROUTER_AUX_LOSS_COEF
     config.update(sparse_config(target, [True] * shape.layers))
-    built = transformers.AutoConfig.for_model(moe_type, **transformers_params(config))
-    model_class = transformers.AutoModelForCausalLM._model_mapping[type(built)]
-    return {"architectures": [model_class.__name__], **config}
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return {"architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[moe_type]], **config}
 
 
 def _check_attention_types(dense: dict[str, Any], moe_default: dict[str, Any], target: ArchDef, dense_type: str):

@@ -29,6 +29,7 @@ from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
 from grow_cli.train.model_io import load_model
 from grow_cli.train.preflight import Checked
+from grow_cli.train.router import RouterStats, is_moe_model
 from grow_cli.train.schedule import Schedule, warmup_steps_for
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Run:
     run_keys: dict[str, Any]  # what a resume must match (see checkpoints.RESUME_KEYS)
     step: int = 0
     tokens: int = 0
+    router: RouterStats | None = None  # mixture of experts: auxiliary loss and expert load (train/router.py)
 
     def state(self) -> dict[str, Any]:
         """grow's part of a checkpoint: the run keys and the position."""
@@ -117,6 +119,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     optimizer = make_optimizer(model, config, max_lr, accelerator)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
     flops_token = flops_per_token(model, config.seq_len)
+    router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     batches, held_out = make_batches(config, data, budget, accelerator)
@@ -140,6 +143,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         flops_per_token=flops_token,
         peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
         run_keys=run_keys(config, data, budget, accelerator),
+        router=router,
     )
     if checked.resume_from is not None:
         resume(run, checked.resume_from)

@@ -61,12 +61,15 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
         "num_parameters": run.num_parameters,
         "trainable_tensors": len(run.trainable),
     }
+    if run.router is not None:  # mixture of experts: auxiliary loss and expert load over the whole run
+        summary["router"] = run.router.summary(accelerator)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model)
         save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype)
-        record = append_stage(
-            load_record(run.config.model), stage_record(run, eval_loss), model_summary(run, unwrapped)
-        )
+        stage = stage_record(run, eval_loss)
+        if "router" in summary:
+            stage["router"] = summary["router"]
+        record = append_stage(load_record(run.config.model), stage, model_summary(run, unwrapped))
         write_record(out, record)
         write_card(out, record)
         summary["record"] = str(Path(out) / "grow.json")

@@ -1,8 +1,8 @@
 """What a run reports: FLOPs per token and MFU, the JSON Lines metrics file, and the progress bar.
 
-FLOPs per token are PaLM's count (`grow_cli.train.flops`). MFU is achieved FLOPs over the device's dense peak,
-reported only when the peak is known (a GPU in `PEAK_TFLOPS`, or `--peak-tflops`); on a CPU it is left out rather
-than guessed.
+FLOPs per token are PaLM's count (`grow_cli.train.flops`) over the parameters a token runs (a mixture of experts'
+active ones). MFU is achieved FLOPs over the device's dense peak, reported only when the peak is known (a GPU in
+`PEAK_TFLOPS`, or `--peak-tflops`); on a CPU it is left out rather than guessed.
 
 The metrics file (`metrics.jsonl` in the output folder) is written on every run as an accelerate tracker, so the
 same `accelerator.log` call also feeds TensorBoard or W&B when `--report-to` asks for them.
@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from grow_cli.console import err
 from grow_cli.train.flops import training_flops_per_token
+from grow_cli.train.router import inactive_expert_parameters
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -47,6 +48,7 @@ def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     output = model.get_output_embeddings()
     tied = output is not None and output.weight is embedding
     matmul_params = total if tied else total - embedding.numel()
+    matmul_params -= inactive_expert_parameters(model)  # mixture of experts: a token runs top-k of E experts
     config = model.config.get_text_config()
     return training_flops_per_token(matmul_params, config.num_hidden_layers, config.hidden_size, seq_len)
 
