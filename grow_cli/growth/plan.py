@@ -187,16 +187,8 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     for j, src in enumerate(layer_map):
         is_new = bool(depth and depth.new[j])
         if upcycle is not None:
-            for u in upcycle.layer(j, binding.layers[src]):
-                zero = bool(depth and depth.zero_new_outputs and is_new and u.weight.residual_writer)
-                reads = () if zero or not u.reads else (width.sources(u.source, binding) if width else (u.source.name,))
-                shape_ = target_shape.tensor_shape(u.weight.axes)
-                init = None if zero else u.init
-                out.append(
-                    OutputTensor(
-                        u.name, shape_, out_dtype_of(u.source), u.source, reads, zero, is_new, j, init, u.weight
-                    )
-                )
+            zero_outputs = bool(depth and depth.zero_new_outputs and is_new)
+            out += _upcycled(upcycle, j, binding.layers[src], binding, width, is_new, zero_outputs, out_dtype_of)
             continue
         for t in binding.layers[src]:
             zero = bool(depth and depth.zero_new_outputs and is_new and t.weight.residual_writer)
@@ -209,6 +201,28 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     if binding.dropped:
         plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]
     return plan
+
+
+def _upcycled(
+    upcycle: Upcycler,
+    j: int,
+    dense: list[BoundTensor],
+    binding: Binding,
+    width: WidthPlan | None,
+    is_new: bool,
+    zero_outputs: bool,
+    out_dtype_of,
+) -> list[OutputTensor]:
+    """The tensors of target layer j upcycled from the (widened) dense layer `dense`: each reads its dense tensor
+    through the width map, or nothing (a router: a new tensor); an identity layer's output projections are zero."""
+    out = []
+    for u in upcycle.layer(j, dense):
+        zero = zero_outputs and u.weight.residual_writer
+        reads = () if zero or not u.reads else (width.sources(u.source, binding) if width else (u.source.name,))
+        shape = upcycle.shape.tensor_shape(u.weight.axes)
+        init, new = (None if zero else u.init), is_new or not u.reads  # a router has no counterpart in the source
+        out.append(OutputTensor(u.name, shape, out_dtype_of(u.source), u.source, reads, zero, new, j, init, u.weight))
+    return out
 
 
 def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:

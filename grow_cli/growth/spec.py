@@ -141,7 +141,9 @@ class GrowthSpec:
 
     def _check_experts(self) -> None:
         if self.experts is None:
-            given = [name for name in EXPERT_OPTIONS if getattr(self, name) not in (None, False)]
+            given = [
+                name for name in EXPERT_OPTIONS if getattr(self, name) is not None and getattr(self, name) is not False
+            ]
             if given:
                 raise OptionError(given[0], f"{flag(given[0])} applies only with --experts N (upcycling)")
             return

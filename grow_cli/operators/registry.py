@@ -196,8 +196,8 @@ OPERATORS: tuple[Operator, ...] = (
         url="https://arxiv.org/abs/2502.19261",
         summary="partial re-initialisation, not exact",
         exact="never (by design: a share of each expert's units is re-initialised)",
-        how="as `upcycle`, then a seeded share r of each expert's FFN units re-drawn from the dense weights' "
-        "statistics (`--drop-upcycling r`)",
+        how="as `upcycle`, then a seeded share r of each expert's FFN units (gate/up rows, down columns) re-drawn "
+        "from a normal with the mean and std of the weights they replace (`--drop-upcycling r`)",
         implementation=upcycle.Upcycler,
         refusal=_upcycle_refusal,
     ),
