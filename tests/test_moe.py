@@ -156,7 +156,7 @@ def test_inspect_shows_experts_top_k_and_active_parameters(sources):
     assert info["active_parameters"] == total - routed // 2  # top-2 of 4 experts
     fused = inspect(str(sources["qwen2_moe-fused"]))
     assert fused["expert_layout"] == "fused" and fused["active_parameters"] == info["active_parameters"]
-    assert [m["applies"] for m in info["methods"]["moe"]] == [False, False]
+    assert [m["applies"] for m in info["methods"]["moe"]] == [False, False] and info["upcycles_to"] is None
 
 
 def test_inspect_cli_renders_the_moe_rows(cli, sources):

@@ -10,6 +10,7 @@ the exactness the upcycled config's `true` gives.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,12 @@ def test_depth_and_width_compose_with_upcycling_in_one_verified_pass(dense, tmp_
     for j in new:  # an identity layer's experts and shared expert write nothing
         assert not written[f"model.layers.{j}.mlp.experts.3.down_proj.weight"].any()
         assert not written[f"model.layers.{j}.mlp.shared_expert.down_proj.weight"].any()
+
+
+def test_inspect_names_the_type_a_dense_model_upcycles_into(cli, dense):
+    result = cli("inspect", dense["qwen3"][0])
+    text = " ".join(re.sub("[│┃┌┐└┘─┬┴┼├┤]", " ", result.stdout).split())  # the table's cells, unwrapped
+    assert result.code == 0 and "--experts N makes a qwen3_moe" in text
 
 
 def test_the_plan_shows_how_each_expert_is_made(cli, dense, tmp_path):

@@ -88,6 +88,8 @@ def inspect(
             listed = ", ".join(
                 m["method"] if m["applies"] else f"[dim]{m['method']} (no: {m['why']})[/dim]" for m in methods
             )
+        if part == "moe" and info["upcycles_to"]:
+            listed += f" (--experts N makes a {info['upcycles_to']})"
         table.add_row("upcycling methods" if part == "moe" else f"{part} methods", listed)
     if info["definition_written"]:
         table.add_row("definition written", info["definition_written"])

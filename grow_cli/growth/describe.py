@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from grow_cli.arch.experts import parameter_counts, topk_normalised
+from grow_cli.arch.experts import parameter_counts, topk_normalised, upcycle_target
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
@@ -83,6 +83,7 @@ def inspect(
         "tensors": len(bound),
         "not_read": [{"name": n, "why": why} for n, why in binding.dropped],
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
+        "upcycles_to": (target := upcycle_target(arch)) and target.name,  # `grow expand --experts` makes this type
         "methods": applicability(arch),
         "definition": definition_summary(arch),
         "definition_written": (
