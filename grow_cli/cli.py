@@ -60,6 +60,16 @@ def _root(
         os.environ["GROW_DEBUG"] = "1"
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the exceptions that led to `exc` (Typer chains Exit(130) to it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into one line and an exit code."""
     from grow_cli.errors import GrowError
@@ -76,9 +86,10 @@ def main() -> None:
     except Terminated:
         print("terminated (SIGTERM); nothing unfinished was left behind", file=sys.stderr)
         sys.exit(Terminated.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except SystemExit as exc:
+        if exc.code == 130 and _interrupted(exc):  # Typer turns Ctrl-C into a silent exit 130: say what happened
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+        raise
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):
             raise

@@ -37,6 +37,23 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} B" if unit == "B" else f"{n:.3g} {unit}" if n < 999.5 else f"{n:.0f} {unit}"
 
 
+def print_table(table: Any, console: Console = out) -> None:
+    """Print a rich table at its natural width, never narrower: piped, logged or on a narrow terminal, rich would
+    otherwise squeeze the columns and cut numbers and headers ("6.88e+…")."""
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update(width=1 << 16), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    width = console.width
+    console.width = natural
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+
+
 def print_json(payload: Any) -> None:
     """Write one JSON document to stdout (the only thing grow ever writes to stdout)."""
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")

@@ -4,6 +4,7 @@ are consistent."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -64,3 +65,65 @@ def test_counts_and_refusals(cli):
         parse_count("lots")
     result = cli("plan", "--target", "huge", "--tokens", "1T")
     assert result.code == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_plan_labels_its_saving_a_projection_and_cuts_no_number(cli):
+    """Piped (not a terminal, rich's default 80 columns), the ledger must still show every number and header whole,
+    and the saving must read as a projection with its assumptions and the published measurements beside it."""
+    result = cli("plan", "--target", "8B", "--tokens", "320B", "--family", "1B,2B,4B,8B")
+    assert result.code == 0, result.stderr
+    text = result.stdout
+    report = plan(8e9, 320e9, family=[1e9, 2e9, 4e9, 8e9])
+    for member in report["family"]["members"]:
+        assert f"{member['independent_flops']:.3g}" in text and f"{member['flops_per_token']:.3g}" in text
+    assert "…" not in text and "independent FLOPs" in text and "progressive FLOPs" in text
+    assert "projected saving (arithmetic on an assumed allocation, not a measurement): 55.5%" in text
+    assert "It assumes:" in text and "26% (one max LR) to 31%" in text
+    assert "progressive training saves" not in text
+    assert report["projection"]["kind"] == "projection" and report["projection"]["published"]
+
+
+def test_print_table_never_narrower_than_its_content():
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from grow_cli.console import print_table
+
+    console = Console(file=io.StringIO(), width=30, highlight=False)
+    table = Table("member", "independent FLOPs", "progressive tokens")
+    table.add_row("7.95B", "1.64e+22", "139B")
+    print_table(table, console)
+    text = console.file.getvalue()
+    assert "1.64e+22" in text and "independent FLOPs" in text and "…" not in text
+    assert console.width == 30  # the console is left as it was
+
+
+def test_guideline_says_when_it_does_not_apply(cli):
+    result = cli("plan", "--target", "135M", "--tokens", "2B")
+    assert "gives no usable growth timing at this scale" in result.stdout
+    assert plan(8e9, 320e9)["stacking"]["applies"]
+
+
+def test_family_sizes_that_round_to_one_shape_are_listed_once():
+    result = plan(135e6, 2e12)
+    shapes = [(m["layers"], m["hidden"]) for m in result["family"]["members"]]
+    assert len(shapes) == len(set(shapes)) == 3  # 1/8 and 1/4 of 135M are both one 768-wide layer
+    assert len(result["family"]["notes"]) == 1 and "same 1 × 768 shape" in result["family"]["notes"][0]
+    assert plan(8e9, 1e12)["family"]["notes"] == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "8B", "--tokens", "1T", "--seq-len", "0"], "--seq-len must be between 1"),
+        (["--target", "1e300", "--tokens", "1T"], "--target 1e\\+300 parameters is outside"),
+        (["--target", "8B", "--tokens", "1e40"], "--tokens 1e\\+40 tokens is outside"),
+        (["--target", "8B", "--tokens", "1T", "--family", "1B,1e30"], "a --family size 1e\\+30 parameters"),
+    ],
+)
+def test_plans_outside_the_fitted_range_are_refused(cli, args, message):
+    result = cli("plan", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and re.search(message, lines[0]), result.stderr

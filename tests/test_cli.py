@@ -21,3 +21,15 @@ def test_every_command_is_documented_with_examples(cli, command):
 def test_version(cli):
     result = cli("--version")
     assert result.code == 0 and result.stdout.startswith("grow ")
+
+
+def test_ctrl_c_exits_130_with_one_line(cli, monkeypatch, tmp_path):
+    """Typer turns a KeyboardInterrupt into a silent exit 130; grow says what happened, in one line."""
+    import grow_cli.growth.describe as describe
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(describe, "inspect", interrupted)
+    result = cli("inspect", tmp_path)
+    assert result.code == 130 and result.stderr.strip().splitlines() == ["interrupted (Ctrl-C)"]

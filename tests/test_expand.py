@@ -57,3 +57,18 @@ def test_lineage_is_inherited(cli, tiny_checkpoints, tmp_path):
     assert cli("expand", tmp_path / "a", tmp_path / "b", "--layers", "12", "-q").code == 0
     record = json.loads((tmp_path / "b" / "grow.json").read_text())
     assert [s["target"]["layers"] for s in record["stages"]] == [6, 12]
+
+
+def test_a_trained_source_gives_its_model_files_not_its_run(cli, tiny_copy, tmp_path):
+    """A `grow train-stage` output is a model folder plus the record of its run (metrics.jsonl, checkpoints/):
+    the grown model gets the tokenizer and configs, never the run's metrics or resumable checkpoints, which would
+    charge the grown model the source's tokens and offer `--resume auto` a state of another model."""
+    src = tiny_copy("llama")
+    (src / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0, "tokens": 1024}\n')
+    (src / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (src / "checkpoints" / "step_00000001" / "grow-state.json").write_text("{}")
+    result = cli("expand", src, tmp_path / "out", "--layers", "6", "-q")
+    assert result.code == 0, result.stderr
+    out = tmp_path / "out"
+    assert (out / "tokenizer_config.json").is_file()
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()

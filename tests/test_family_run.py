@@ -4,9 +4,20 @@ its second member, then resumes, skips the finished member, and writes the ledge
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 import yaml
 from tinylm import save_tiny_lm, write_plays
+
+from grow_cli.family.quality import eval_curve
+from grow_cli.train.metrics import read_metrics
+
+
+def write_recipe(tmp_path, members, **top):
+    path = tmp_path / "family.yaml"
+    path.write_text(yaml.safe_dump({"members": members, **top}))
+    return path
 
 
 def test_two_member_family_runs_and_resumes(cli, tmp_path):
@@ -30,15 +41,15 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
             "train": {"max_steps": 6, "exit_interval": 4},
         },  # pauses after 4 steps, as an interruption would
     ]
-    recipe = {
-        "members": members,
-        "out": "run",
-        "train": train,
-        "compare": {"seq_len": 32, "max_blocks": 4},
-        "baselines": True,
-    }
-    path = tmp_path / "family.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path = write_recipe(
+        tmp_path,
+        members,
+        out="run",
+        train=train,
+        compare={"seq_len": 32, "max_blocks": 4},
+        baselines=True,
+        baselines_dir="scratch",
+    )
     assert cli("family", path, "--check").code == 0
 
     first = cli("family", path, "-q")
@@ -69,8 +80,38 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     # The from-scratch reference: the big member's architecture, trained on its lineage's tokens.
     baseline = big["baseline"]
     assert baseline["tokens"] >= book["members"][1]["lineage_tokens"]
-    scratch = json.loads((run / "big" / "baseline" / "grow.json").read_text())
+    assert Path(baseline["out"]).parent.parent == tmp_path / "scratch"  # the shared baselines_dir
+    scratch = json.loads((Path(baseline["out"]) / "grow.json").read_text())
     assert [s["kind"] for s in scratch["stages"]] == ["train"]
-    row = book["members"][1]["baseline"]
-    assert row["final_eval_loss"] > 0 and row["flops"] > 0
-    assert "Against training from scratch" in (run / "family.md").read_text()
+    # The report leads with the saving at equal quality, read off the baseline's own held-out curve.
+    quality = report["equal_quality"]
+    entry = quality["members"][0]
+    curve = eval_curve(read_metrics(Path(baseline["out"]) / "metrics.jsonl"))
+    assert entry["name"] == "big" and entry["grown_loss"] == book["members"][1]["final_eval_loss"]
+    if entry["status"] == "not-reached":
+        assert min(loss for _, loss in curve) > entry["grown_loss"] and entry["bound"] == ">"
+    else:
+        assert entry["scratch_flops_needed"] <= curve[-1][0] and entry["bound"] in ("=", "≤")
+    assert entry["saving"] == pytest.approx(1 - book["members"][1]["lineage_flops"] / entry["scratch_flops_needed"])
+    family = quality["family"]
+    assert family["progressive_flops"] == pytest.approx(book["progressive_flops"])
+    assert family["independent_flops_needed"] == pytest.approx(
+        book["members"][0]["progressive_flops"] + entry["scratch_flops_needed"]
+    )
+    # Yano et al.'s consistency measure on both sides: grown pair and independently trained pair.
+    assert report["consistency"][0]["independent"]["kl_a_b"] > 0
+    assert report["consistency"][0]["independent"]["data_fingerprint"] == comparison["data_fingerprint"]
+    md = (run / "family.md").read_text()
+    assert md.index(report["headline"]) < md.index("## Equal tokens (not equal quality)")
+    assert "KL(prev‖next) independent" in md and "Yano et al. 2025" in md
+
+    # Another recipe that needs the same baseline (here: one that never pauses) reuses it instead of training it.
+    members[1]["train"].pop("exit_interval")
+    path = write_recipe(tmp_path, members, out="run2", train=train, baselines=True, baselines_dir="scratch")
+    third = cli("family", path, "-q")
+    assert third.code == 0, third.stderr
+    again = json.loads((tmp_path / "run2" / "big" / "member.json").read_text())
+    assert again["baseline"]["skipped"] and again["baseline"]["out"] == baseline["out"]
+    lines = third.stdout.splitlines()
+    assert lines[1].startswith("at equal quality: ") and "from scratch" in lines[2]
+    assert any(line.startswith("equal tokens (not equal quality)") for line in lines[3:])

@@ -130,3 +130,22 @@ def test_width_plan_widens_every_axis_in_its_space_and_keeps_head_dim(tiny_check
 def test_plans_that_cannot_be_made_are_refused(tiny_checkpoints, options, message):
     with pytest.raises(UsageError, match=message):
         plan_for(tiny_checkpoints("llama"), **options)
+
+
+@pytest.mark.parametrize(
+    "options, dropout, noted",
+    [
+        ({"width_method": "fpi", "hidden_size": 64}, 0.0, True),
+        ({"width_method": "hypercloning", "width_factor": 2}, 0.0, True),
+        ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": 10}, 0.0, False),
+        ({"width_method": "aki", "hidden_size": 64}, 0.0, False),
+        ({"width_method": "fpi", "hidden_size": 64}, 0.1, False),
+        ({"layers": 8}, 0.0, False),
+    ],
+)
+def test_plan_says_when_copied_units_would_stay_copies(tiny_checkpoints, options, dropout, noted):
+    """Exact copies receive identical gradients: without dropout or noise they never diverge, so the plan says so."""
+    src = tiny_checkpoints("llama")
+    config = {**load_config(src), "attention_dropout": dropout}
+    plan = build_plan(config, source_infos(src), GrowthSpec(**options))
+    assert any("stay copies" in note for note in plan.notes) == noted

@@ -33,6 +33,10 @@ WEIGHT_SUFFIXES = (
     ".keras",
     ".pb",
 )
+# What `grow train-stage` writes beside the model: its metrics and its resumable checkpoints (model, optimizer,
+# schedule, RNG). They describe a run, not a model: never copied into a grown output, removed by --overwrite.
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
 # Weight formats grow recognises in a source folder but will not read (pickles other than torch's safe loader,
 # other frameworks): named in the error, so the user knows what was found.
 REFUSED_WEIGHTS = ("*.pt", "*.pth", "*.ckpt", "tf_model.h5", "flax_model.msgpack", "*.gguf", "*.onnx")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from grow_cli.checkpoint.claim import OLD_MARK, TMP_MARK, OutputClaim, sibling, unwritable
-from grow_cli.checkpoint.files import WEIGHT_INDEXES, WEIGHT_SUFFIXES
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE, WEIGHT_INDEXES, WEIGHT_SUFFIXES
 from grow_cli.console import err
 from grow_cli.errors import OutputError
 
@@ -23,7 +23,7 @@ from grow_cli.errors import OutputError
 REGENERATED = {"config.json", "README.md", "grow.json", *WEIGHT_INDEXES}
 MAX_COPIED_FILE = 100 * 1024 * 1024
 # Besides weights: what a grow run writes into its output, and a re-run with --overwrite must not leave stale.
-PREVIOUS_RUN_FILES = REGENERATED | {"generation_config.json", "metrics.jsonl"}
+PREVIOUS_RUN_FILES = REGENERATED | {"generation_config.json", METRICS_FILE}
 
 
 def check_not_overlapping(out: Path, source: Path | None) -> None:
@@ -46,7 +46,7 @@ def remove_previous_run(folder: Path) -> list[str]:
     Returns the names removed."""
     removed = []
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if entry.name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
+        if entry.name == CHECKPOINTS_DIR and entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         elif entry.is_file() and (entry.suffix in WEIGHT_SUFFIXES or entry.name in PREVIOUS_RUN_FILES):
             entry.unlink()
@@ -131,8 +131,9 @@ def _commit(tmp: Path, out: Path, *, force: bool) -> None:
 def small_files(source: Path) -> tuple[list[Path], list[str]]:
     """The tokenizer, generation config and other small files an output gets from `source` (sub-folders included).
 
-    Weight files, indexes and files grow regenerates are left out, and so is anything hidden or over 100 MB (those
-    are returned as skipped relative paths).
+    Weight files, indexes and files grow regenerates are left out, and so are a training run's metrics and
+    checkpoints (they describe the source's run, not the grown model) and anything hidden or over 100 MB (those are
+    returned as skipped relative paths).
     """
     kept: list[Path] = []
     skipped: list[str] = []
@@ -141,6 +142,8 @@ def small_files(source: Path) -> tuple[list[Path], list[str]]:
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
         if str(rel) in REGENERATED or path.suffix in WEIGHT_SUFFIXES:
+            continue
+        if str(rel) == METRICS_FILE or rel.parts[0] == CHECKPOINTS_DIR:
             continue
         if path.stat().st_size > MAX_COPIED_FILE:
             skipped.append(str(rel))

@@ -67,17 +67,40 @@ def family(
     if result["status"] != "done":
         stdout.print(f"paused in member {result['member']}; re-run the same command to continue")
         raise typer.Exit(3)
-    saving = result["ledger"]["saving"]
+    _print_summary(result)
+
+
+def _print_summary(result: dict) -> None:
+    """The terminal summary, in the report's order: the saving at equal quality first (per member and for the
+    family), the consistency measure, and only then the equal-tokens ratio, labelled as such."""
+    from grow_cli.console import out as stdout
+    from grow_cli.family.quality import saving_phrase
+
+    quality, book = result["equal_quality"], result["ledger"]
     stdout.print(f"[bold green]family done[/bold green]: {result['out']}")
-    stdout.print(f"  report {result['report']} (+ {', '.join(result['plots'])})")
-    if saving is not None:
-        stdout.print(f"  compute saved against training every member from scratch on the same tokens: {saving:.1%}")
-    for row in result["ledger"]["members"]:
-        b = row.get("baseline")
-        if b and b["saving_at_equal_quality"] is not None:
-            stdout.print(
-                f"  {row['name']}: at equal held-out loss, growing cost {b['saving_at_equal_quality']:.1%} "
-                f"less than training it from scratch"
-            )
-        elif b:
-            stdout.print(f"  {row['name']}: training from scratch never reached the grown model's held-out loss")
+    stdout.print(f"[bold]at equal quality[/bold]: {result['headline']}", soft_wrap=True)
+    for m in quality["members"] if quality["measured"] else []:
+        if m.get("status") is None:
+            stdout.print(f"  {m['name']}: no from-scratch run to compare with")
+            continue
+        how = f"{m['lineage_flops']:.3g} FLOPs against {m['scratch_flops_needed']:.3g}"
+        if m["bound"] != "=":
+            how += f"; {m['explanation']}"
+        stdout.print(
+            f"  {m['name']}: growing it cost {saving_phrase(m)} than training it from scratch to the same held-out "
+            f"loss, {m['grown_loss']:.4f} ({how})",
+            soft_wrap=True,
+        )
+    for pair in result["consistency"]:
+        grown, independent = pair["grown"], pair["independent"]
+        text = f"  KL {pair['pair']}: grown {grown['kl_a_b']:.4f}" if grown else f"  KL {pair['pair']}:"
+        if independent:
+            text += f", independent {independent['kl_a_b']:.4f}"
+        stdout.print(text + " (prev‖next, nats per token)", soft_wrap=True)
+    if book["saving"] is not None:
+        stdout.print(
+            f"equal tokens (not equal quality): {book['saving']:.1%} fewer FLOPs than training every member from "
+            "scratch on the tokens it has seen",
+            soft_wrap=True,
+        )
+    stdout.print(f"report: {result['report']} (+ {', '.join(result['plots'])})", soft_wrap=True)

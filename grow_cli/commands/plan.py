@@ -39,7 +39,7 @@ def plan(
     """Plan growth: when and how much to grow (G_stack guideline), what a family costs, and the peak LR per size."""
     from pathlib import Path
 
-    from grow_cli.console import out, print_json
+    from grow_cli.console import print_json
     from grow_cli.family.budget import parse_count
     from grow_cli.family.budget import plan as run
 
@@ -66,21 +66,46 @@ def plan(
     if json_out:
         print_json(result)
         return
+    _print_plan(result)
+
+
+def _count(value: float) -> str:
+    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _print_plan(result: dict) -> None:
+    """The plan in words and one table; the family saving labelled as the projection it is, with its
+    assumptions and the published measurements beside it."""
     from rich.table import Table
 
-    t, s, f = result["target"], result["stacking"], result["family"]
+    from grow_cli.console import out, print_table
+
+    t, s, f, p = result["target"], result["stacking"], result["family"], result["projection"]
     out.print(
-        f"[bold]target[/bold]: {t['num_parameters'] / 1e9:.2f}B parameters, {t['tokens'] / 1e9:.0f}B tokens, "
-        f"C = {t['compute_flops']:.3g} FLOPs"
+        f"[bold]target[/bold]: {_count(t['num_parameters'])} parameters, {_count(t['tokens'])} tokens, "
+        f"C = {t['compute_flops']:.3g} FLOPs",
+        soft_wrap=True,
     )
-    out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}):")
+    out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}):", soft_wrap=True)
     sm = s["small_model"]
     out.print(
-        f"  train a {sm['num_hidden_layers']}-layer, {sm['num_parameters'] / 1e9:.2f}B model on "
-        f"d = {s['growth_tokens'] / 1e9:.2f}B tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
-        f"{s['growth_factor']} in depth:"
+        f"  train a {sm['num_hidden_layers']}-layer, {_count(sm['num_parameters'])} model on "
+        f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
+        f"{s['growth_factor']} in depth:",
+        soft_wrap=True,
     )
-    out.print(f"  {s['command']}")
+    out.print(f"  {s['command']}", soft_wrap=True)
+    if not s["applies"]:
+        out.print(
+            f"  [bold]note[/bold]: d exceeds the target's whole budget ({_count(t['tokens'])} tokens): the guideline "
+            "was fitted on far larger runs (Du et al. 2024 go up to 7B parameters and 750B tokens) and gives no "
+            "usable growth timing at this scale",
+            soft_wrap=True,
+        )
     table = Table(
         "member",
         "layers × hidden",
@@ -90,24 +115,33 @@ def plan(
         "progressive tokens",
         "progressive FLOPs",
         "max LR",
-        title="family ledger",
+        title="family ledger (a projection: progressive tokens are assumed, not measured)",
         title_justify="left",
     )
     for m in f["members"]:
         table.add_row(
-            f"{m['params'] / 1e9:.2f}B",
+            _count(m["params"]),
             f"{m['layers']} × {m['hidden']}",
-            f"{m['tokens'] / 1e9:.1f}B",
+            _count(m["tokens"]),
             f"{m['flops_per_token']:.3g}",
             f"{m['independent_flops']:.3g}",
-            f"{m['progressive_tokens'] / 1e9:.1f}B",
+            _count(m["progressive_tokens"]),
             f"{m['progressive_flops']:.3g}",
             f"{m['max_lr']:.2e}",
         )
     table.add_row("total", "", "", "", f"{f['independent_flops']:.3g}", "", f"{f['progressive_flops']:.3g}", "")
-    out.print(table)
+    print_table(table)
+    for note in f["notes"]:
+        out.print(f"  [bold]note[/bold]: {note}", soft_wrap=True)
     out.print(
-        f"progressive training saves {f['saving']:.1%} of the independent family's compute "
-        f"(new-token fraction {f['new_token_fraction']:.3f}; attention term at seq_len {f['seq_len']})"
+        f"[bold]projected saving[/bold] (arithmetic on an assumed allocation, not a measurement): {p['saving']:.1%} "
+        "of the independent family's FLOPs. It assumes:",
+        soft_wrap=True,
     )
-    out.print(f"max LR rule: {result['lr_rule']}")
+    for assumption in p["assumptions"]:
+        out.print(f"  - {assumption}", soft_wrap=True)
+    out.print("[bold]measured[/bold] in the papers, at comparable quality:", soft_wrap=True)
+    for published in p["published"]:
+        out.print(f"  - {published['text']}", soft_wrap=True)
+    out.print(f"to measure it on your data: {p['measure_it']}", soft_wrap=True)
+    out.print(f"max LR rule: {result['lr_rule']}", soft_wrap=True)

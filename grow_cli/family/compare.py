@@ -82,11 +82,12 @@ def compare(
         cache_dir=cache_dir or token_cache_dir(a.resolve().parent),
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
-    model_a, model_b = _load(a), _load(b)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when there is one
+    model_a, model_b = _load(a).to(device), _load(b).to(device)
     totals: dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
-            block = torch.from_numpy(tokens.blocks[ids[start : start + batch_size]].astype("int64"))
+            block = torch.from_numpy(tokens.blocks[ids[start : start + batch_size]].astype("int64")).to(device)
             logits_a = model_a(input_ids=block).logits[:, :-1, :vocab].reshape(-1, vocab)
             logits_b = model_b(input_ids=block).logits[:, :-1, :vocab].reshape(-1, vocab)
             for key, value in divergences(logits_a, logits_b, block[:, 1:].reshape(-1)).items():

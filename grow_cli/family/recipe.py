@@ -10,6 +10,7 @@ train:                          # settings for every training stage (any `grow t
 compare:                        # optional: the held-out comparison between adjacent members
   max_blocks: 32
 baselines: false                # true: also train every grown member from scratch, for an equal-quality saving
+baselines_dir: ../baselines     # optional: share from-scratch baselines between recipes (each trained once)
 members:
   - name: small
     config: {model_type: llama, hidden_size: 64, …}   # a fresh model from a config (with `tokenizer:`)…
@@ -36,7 +37,7 @@ from typing import Any
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.spec import GrowthSpec, field_types
 
-TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines"}
+TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines", "baselines_dir"}
 MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train"}
 COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": int, "max_blocks": int}
 # How many values YAML aliases may repeat in one recipe, in all: a real recipe repeats a few dozen.
@@ -72,6 +73,7 @@ class Recipe:
     compare: dict[str, Any]
     seed: int = 0
     baselines: bool = False  # also train each grown member from scratch on its lineage's tokens
+    baselines_dir: Path | None = None  # shared home of baselines, keyed by what decides them; None: per member
     name: str = ""
     description: str = ""
 
@@ -296,5 +298,6 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         seed=seed,
         name=raw.get("name", path.stem),
         baselines=_typed(raw.get("baselines", False), "baselines", bool),
+        baselines_dir=base / _typed(raw["baselines_dir"], "baselines_dir", str) if "baselines_dir" in raw else None,
         description=raw.get("description", ""),
     )

@@ -87,6 +87,30 @@ def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool
     )
 
 
+def _baseline_root(recipe: Recipe, final: Path, settings: dict[str, Any], folder: Path) -> Path:
+    """Where a member's from-scratch baseline lives: beside the member, or — with `baselines_dir` — in a shared
+    folder named after everything that decides the run (architecture, tokenizer, training settings, seed), so
+    recipes that need the same baseline train it once."""
+    if recipe.baselines_dir is None:
+        return folder
+    import hashlib
+
+    config = json.loads((final / "config.json").read_text())
+    key = {
+        "config": {k: v for k, v in sorted(config.items()) if k not in ("_name_or_path", "transformers_version")},
+        "tokenizer": hashlib.sha256((final / "tokenizer.json").read_bytes()).hexdigest()
+        if (final / "tokenizer.json").is_file()
+        else None,
+        "train": settings,
+        "init_seed": recipe.seed,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    root = recipe.baselines_dir / f"{config.get('model_type', 'model')}-{digest}"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "baseline-key.json").write_text(json.dumps(key, indent=2, default=str) + "\n")
+    return root
+
+
 def _baseline(
     recipe: Recipe, member: Member, final: Path, folder: Path, tokens: int, quiet: bool
 ) -> dict[str, Any] | None:
@@ -96,11 +120,13 @@ def _baseline(
         return None
     import transformers
 
-    init = folder / "baseline-init"
+    settings = {k: v for k, v in settings.items() if k not in ("max_steps", "max_tokens", "exit_interval")}
+    settings["max_tokens"] = tokens
+    root = _baseline_root(recipe, final, settings, folder)
+    init = root / "baseline-init"
     if not (init / "config.json").is_file():
         _save_fresh_model(transformers.AutoConfig.from_pretrained(final), final, init, recipe.seed)
-    settings = {k: v for k, v in settings.items() if k not in ("max_steps", "max_tokens", "exit_interval")}
-    return _train_with({**settings, "max_tokens": tokens}, recipe, init, folder / "baseline", quiet)
+    return _train_with(settings, recipe, init, root / "baseline", quiet)
 
 
 def _train(recipe: Recipe, member: Member, model: Path, out: Path, quiet: bool) -> dict[str, Any] | None:
@@ -130,10 +156,26 @@ def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path
         resume=resume,
         overwrite=resume is None,
         quiet=quiet,
-        cache_dir=token_cache_dir(recipe.out),
-        **settings,
+        **{"cache_dir": _token_cache(recipe), **settings},
     )
     return train_stage(config)
+
+
+def _token_cache(recipe: Recipe) -> Path:
+    """The token cache of every stage and comparison: the recipe's `train.cache_dir`, else one in OUT."""
+    return Path(recipe.train.get("cache_dir") or token_cache_dir(recipe.out))
+
+
+def compare_settings(recipe: Recipe) -> dict[str, Any]:
+    """`compare` on the held-out blocks of the training data by default: same data, seq_len and split as
+    train-stage, overridden by the recipe's `compare:`."""
+    shared: dict[str, Any] = {
+        k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field") if k in recipe.train
+    }
+    settings: dict[str, Any] = {**shared, "cache_dir": _token_cache(recipe), **recipe.compare}
+    if not settings.get("data"):
+        raise UsageError("recipe: compare needs data (compare.data or train.data)")
+    return settings
 
 
 def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
@@ -172,24 +214,21 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         final = folder / "trained" if trained is not None else start
         comparison = None
         if previous_final is not None:
-            # By default the held-out blocks of the training data: same data, seq_len and split as train-stage.
-            shared: dict[str, Any] = {
-                k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field") if k in recipe.train
-            }
-            compare_settings = {
-                **shared,
-                "cache_dir": token_cache_dir(recipe.out),
-                **recipe.compare,
-            }
-            if not compare_settings.get("data"):
-                raise UsageError("recipe: compare needs data (compare.data or train.data)")
-            comparison = compare(previous_final, final, **compare_settings)
+            comparison = compare(previous_final, final, **compare_settings(recipe))
         baseline = None
         if recipe.baselines and i > 0:
             lineage = sum((s.get("train") or {}).get("tokens") or 0 for s in summaries)
             baseline = _baseline(recipe, member, final, folder, lineage + ((trained or {}).get("tokens") or 0), quiet)
             if baseline is not None and baseline.get("status") == "paused":
                 return {"status": "paused", "member": member.name, "out": str(recipe.out)}
+            # Yano et al.'s consistency claim needs the independent side too: the previous member's own
+            # from-scratch run (the first member is trained from scratch already) against this one.
+            previous = summaries[-1]
+            previous_independent = previous["final"] if i == 1 else (previous.get("baseline") or {}).get("out")
+            if baseline is not None and previous_independent:
+                baseline["compare_with_previous"] = compare(
+                    Path(previous_independent), Path(baseline["out"]), **compare_settings(recipe)
+                )
         summary = {
             "name": member.name,
             "index": i,

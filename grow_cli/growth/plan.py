@@ -32,6 +32,7 @@ class WidthPlan(Protocol):
     method: str
     target: ModelShape
     function_preserving: bool
+    symmetric_copies: bool
 
     def sources(self, tensor: BoundTensor, binding: Binding) -> tuple[str, ...]: ...
 
@@ -200,6 +201,14 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     plan.upcycle = upcycle
     if binding.dropped:
         plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]
+    if width is not None and width.symmetric_copies and not _dropout(config):
+        plan.notes.append(
+            f"the units {spec.width_method} adds are exact copies and this model trains without dropout, so copies "
+            "receive identical gradients and stay copies: the added width learns nothing of its own until something "
+            "breaks the symmetry. For an exact start that does break it: --width-method hypercloning --noise-snr-db 10"
+        )
+    if upcycle is not None and upcycle.note():
+        plan.notes.append(upcycle.note())
     return plan
 
 
@@ -223,6 +232,15 @@ def _upcycled(
         init, new = (None if zero else u.init), is_new or not u.reads  # a router has no counterpart in the source
         out.append(OutputTensor(u.name, shape, out_dtype_of(u.source), u.source, reads, zero, new, j, init, u.weight))
     return out
+
+
+def _dropout(config: dict[str, Any]) -> dict[str, float]:
+    """The dropout rates above zero in a config.json (`attention_dropout`, `resid_pdrop`, `hidden_dropout_prob`…)."""
+    return {
+        k: float(v)
+        for k, v in config.items()
+        if ("dropout" in k or "pdrop" in k) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+    }
 
 
 def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:

@@ -63,6 +63,8 @@ def render_expand(report: dict[str, Any]) -> None:
     )
     if files["skipped"]:
         out.print(f"  not copied (over 100 MB): {', '.join(files['skipped'])}")
+    for note in report["notes"]:
+        out.print(f"  note: {note}")
     check = report.get("verify")
     if check:
         kl = "n/a" if check["mean_kl"] is None else f"{check['mean_kl']:.3g}"

@@ -212,6 +212,16 @@ class Upcycler:
             return f"not exact: {self.drop:.0%} of every expert's units re-initialised (Drop-Upcycling); {how}"
         return f"exact: every expert a copy of the dense MLP and {how}, whatever the router says{shared}"
 
+    def note(self) -> str | None:
+        """What the user should know about a symmetric start: a zero router keeps the experts identical."""
+        if self.router_std or self.drop:
+            return None
+        return (
+            "with a zero router every token picks the same experts, which stay identical copies until the "
+            "load-balancing loss moves the router; for an exact start that spreads the tokens: --router-noise 0.02 "
+            "(the default), or --drop-upcycling 0.5 for experts that differ"
+        )
+
     def record(self) -> dict[str, Any]:
         return {
             "method": self.method,

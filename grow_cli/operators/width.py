@@ -303,6 +303,14 @@ class WidthOperator:
             return out
         return (out + w.gain_offset) * fold - w.gain_offset
 
+    @property
+    def symmetric_copies(self) -> bool:
+        """The added units are exact copies of source units (same incoming and outgoing weights): they then receive
+        identical gradients and stay copies through training unless dropout or noise breaks the symmetry (Net2Net's
+        point, operators.md §2.1). AKI and G_zero make new units that are not copies; HyperCloning's noise differs
+        between copies."""
+        return self.method == "fpi" or (self.method == "hypercloning" and self.noise_snr_db is None)
+
     def config_updates(self) -> dict[str, Any]:
         keys, t, s = self.arch.config, self.target, self.source
         updates: dict[str, Any] = {keys["hidden"]: t.hidden_size, keys["heads"]: t.num_heads}

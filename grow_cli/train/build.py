@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator, DistributedType
 
+from grow_cli.checkpoint.files import METRICS_FILE
 from grow_cli.checkpoint.output import remove_previous_run
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
@@ -95,7 +96,7 @@ def say(accelerator: Accelerator, quiet: bool, message: str) -> None:
 
 def build(config: TrainConfig, checked: Checked) -> Run:
     """Build, prepare and (when resuming) restore everything for the loop; see the module docstring."""
-    tracker = JsonlTracker(config.out / "metrics.jsonl", resume_step=0 if checked.resume_from else None)
+    tracker = JsonlTracker(config.out / METRICS_FILE, resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
     budget = make_budget(config, accelerator)
     if config.overwrite and checked.resume_from is None and accelerator.is_main_process:

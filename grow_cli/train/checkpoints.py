@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR
 from grow_cli.checkpoint.header import read_safetensors_header
 from grow_cli.errors import CheckpointError, UsageError
 
@@ -34,7 +35,7 @@ RESUME_KEYS = (
 
 
 def checkpoint_root(out: Path) -> Path:
-    return Path(out) / "checkpoints"
+    return Path(out) / CHECKPOINTS_DIR
 
 
 def complete_checkpoints(out: Path) -> list[Path]:

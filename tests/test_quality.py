@@ -1,0 +1,76 @@
+"""The equal-quality arithmetic of the family report, on synthetic held-out curves: reached (interpolated), reached
+by the first evaluation (an upper bound), never reached (a lower bound), and Yano et al.'s family total."""
+
+from __future__ import annotations
+
+import pytest
+
+from grow_cli.family.quality import (
+    eval_curve,
+    family_saving,
+    flops_to_reach,
+    member_saving,
+    saving_phrase,
+    saving_text,
+)
+
+# A from-scratch held-out curve: (FLOPs so far, loss), falling.
+CURVE = [(1e12, 6.0), (2e12, 5.0), (3e12, 4.5), (4e12, 4.2)]
+
+
+def test_eval_curve_reads_metrics_and_places_the_final_eval_at_the_last_token():
+    metrics = [
+        {"step": 1, "loss": 7.0, "tokens": 100, "flops_per_token": 10.0},
+        {"step": 2, "loss": 6.0, "tokens": 200, "eval_loss": 6.5},
+        {"step": 3, "loss": 5.5, "tokens": 300},
+        {"step": 3, "eval_loss": 5.9},  # the final evaluation carries no token count
+    ]
+    assert eval_curve(metrics) == [(2000.0, 6.5), (3000.0, 5.9)]
+
+
+def test_reached_is_interpolated_between_the_evaluations_around_the_crossing():
+    reach = flops_to_reach(CURVE, 4.75)  # halfway between 5.0 (2e12) and 4.5 (3e12)
+    assert reach["status"] == "reached" and reach["flops"] == pytest.approx(2.5e12)
+    entry = member_saving(2e12, 4.75, CURVE)
+    assert entry["saving"] == pytest.approx(1 - 2e12 / 2.5e12) and entry["bound"] == "="
+    assert saving_text(entry) == "20.0%" and saving_phrase(entry) == "20.0% less"
+    dearer = member_saving(3e12, 4.75, CURVE)
+    assert dearer["saving"] == pytest.approx(-0.2) and saving_phrase(dearer) == "20.0% more"
+
+
+def test_reached_at_the_first_evaluation_is_an_upper_bound():
+    entry = member_saving(0.5e12, 6.2, CURVE)
+    assert entry["status"] == "by-first-eval" and entry["bound"] == "≤"
+    assert entry["saving"] == pytest.approx(0.5) and saving_text(entry) == "≤ 50.0%"
+    assert saving_phrase(entry) == "at most 50.0% less"
+
+
+def test_not_reached_is_a_lower_bound_with_the_reason():
+    entry = member_saving(3e12, 4.0, CURVE)
+    assert entry["status"] == "not-reached" and entry["bound"] == ">"
+    assert entry["scratch_flops_needed"] == 4e12 and entry["scratch_final_loss"] == 4.2
+    assert entry["saving"] == pytest.approx(0.25) and saving_text(entry) == "> 25.0%"
+    assert saving_phrase(entry) == "at least 25.0% less"
+    # A grown member that cost more than the whole scratch run and is still better: at most x% more.
+    assert saving_phrase(member_saving(5e12, 4.0, CURVE)) == "at most 25.0% more"
+    assert flops_to_reach([], 4.0)["status"] == "not-reached"
+
+
+def test_family_total_is_yanos_measure():
+    # first member 1e12; second grown for 1e12 more (lineage 2e12), third for 2e12 more (lineage 4e12).
+    second = member_saving(2e12, 4.75, CURVE)  # scratch needs 2.5e12
+    third = member_saving(4e12, 4.35, CURVE)  # scratch needs 3.5e12
+    family = family_saving(1e12, [second, third], ["m2", "m3"])
+    assert family["progressive_flops"] == 4e12
+    assert family["independent_flops_needed"] == pytest.approx(1e12 + 2.5e12 + 3.5e12)
+    assert family["saving"] == pytest.approx(1 - 4 / 7) and family["bound"] == "="
+    # A member whose scratch run never got there makes the family figure a lower bound, and says why.
+    unreached = member_saving(4e12, 4.0, CURVE)
+    family = family_saving(1e12, [second, unreached], ["m2", "m3"])
+    assert family["bound"] == ">" and family["independent_flops_needed"] == pytest.approx(7.5e12)
+    assert "m3: from scratch never reached 4.0000" in family["reason"]
+    # Bounds in both directions leave it undetermined; a member without a baseline leaves it unmeasured.
+    early = member_saving(0.5e12, 6.2, CURVE)
+    assert saving_text(family_saving(1e12, [early, unreached], ["m2", "m3"])) == "undetermined"
+    missing = family_saving(1e12, [second, None], ["m2", "m3"])
+    assert missing["saving"] is None and "m3" in missing["reason"]

@@ -1,0 +1,115 @@
+"""The study harness (docs/study): every preset's arms expand into `grow family` recipes that load, share one
+baselines folder and differ from the template only where the arm says; the aggregator's arithmetic and wording.
+No training here: the harness runs real families, which is the study itself (and its smoke run)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grow_cli.errors import UsageError
+from grow_cli.family.quality import member_saving
+from grow_cli.family.recipe import load_recipe
+
+STUDY = Path(__file__).resolve().parent.parent / "docs" / "study"
+sys.path.insert(0, str(STUDY))
+
+import aggregate  # noqa: E402
+import study  # noqa: E402
+
+PRESETS = sorted(p.stem for p in (STUDY / "presets").glob("*.yaml"))
+
+
+def _data(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("text")
+    return {"corpus": str(tmp_path / "corpus"), "tokenizer": str(tmp_path / "tok"), "token_cache": str(tmp_path / "t")}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_arm_is_a_valid_recipe_sharing_one_baselines_folder(name, tmp_path):
+    preset = study.load_preset(name)
+    assert {"cpu", "gpu"} <= set(PRESETS)
+    data, run_dir = _data(tmp_path), tmp_path / "run"
+    runs = study.planned_runs(preset, None)
+    assert runs[0] == (next(iter(preset["arms"])), 0)
+    assert [seed for _, seed in runs] == sorted(seed for _, seed in runs)  # every arm's first seed first
+    for arm, seed in runs:
+        recipe = study.arm_recipe(preset, arm, seed, data, run_dir, 1.0)
+        path = tmp_path / f"{arm}-s{seed}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        loaded = load_recipe(path)
+        assert loaded.seed == seed and loaded.baselines and loaded.baselines_dir == run_dir / "baselines"
+        assert loaded.out == run_dir / f"{arm}-s{seed}" and loaded.train["data"] == [data["corpus"]]
+        assert [m.name for m in loaded.members] == [m["name"] for m in preset["family"]["members"]]
+    # main arms run with at least two seeds
+    assert all(len(preset["arms"][arm]["seeds"]) >= 2 for arm in ("auto-lr", "fixed-lr"))
+
+
+def test_an_arm_overlays_only_what_it_names(tmp_path):
+    preset = study.load_preset("cpu")
+    data, run_dir = _data(tmp_path), tmp_path / "run"
+    base = study.arm_recipe(preset, "auto-lr", 0, data, run_dir, 1.0)
+    fpi = study.arm_recipe(preset, "fpi-width", 0, data, run_dir, 1.0)
+    assert fpi["members"][2]["grow"] == {"width_factor": 2, "width_method": "fpi"}  # null removed the noise
+    assert fpi["members"][:2] == base["members"][:2] and fpi["train"] == base["train"]
+    fixed = study.arm_recipe(preset, "fixed-lr", 1, data, run_dir, 1.0)
+    assert fixed["train"]["max_lr"] == 3e-3 and fixed["seed"] == 1
+    smoke = study.arm_recipe(preset, "auto-lr", 0, data, run_dir, 0.05)
+    assert smoke["members"][0]["train"]["max_tokens"] == round(base["members"][0]["train"]["max_tokens"] * 0.05)
+    assert study.run_dir_for(preset, tmp_path, 0.05).name == "cpu-x0.05"
+
+
+def test_overlay_merges_replaces_and_removes():
+    base = {"a": {"x": 1, "y": 2}, "b": [1], "c": 3}
+    assert study.overlay(base, {"a": {"y": None, "z": 3}, "b": [2]}) == {"a": {"x": 1, "z": 3}, "b": [2], "c": 3}
+    assert base == {"a": {"x": 1, "y": 2}, "b": [1], "c": 3}  # not modified
+
+
+def test_a_bad_preset_is_one_clear_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "family": {"members": [{"name": "m1"}]}, "arms": {"a": {}}}))
+    with pytest.raises(UsageError, match="arm 'a' needs `seeds"):
+        study.load_preset(str(path))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "p", "family": {"members": [{"name": "m1"}]}, "arms": {"a": {"seeds": [0], "members": {"m9": {}}}}}
+        )
+    )
+    with pytest.raises(UsageError, match="unknown member 'm9'"):
+        study.load_preset(str(path))
+    with pytest.raises(UsageError, match="no preset 'tpu'"):
+        study.load_preset("tpu")
+
+
+def test_spread_over_seeds_and_the_measured_reason():
+    curve = [(1e12, 6.0), (2e12, 5.0), (3e12, 4.5)]
+    exact = [member_saving(1.5e12, 5.0, curve), member_saving(1.0e12, 5.0, curve)]
+    assert aggregate._spread(exact) == "37.5% (25.0% to 50.0%; 2 seeds)"
+    assert aggregate._spread([exact[0], member_saving(1e12, 4.0, curve)]) == "25.0%, > 66.7%"
+    dearer = member_saving(3e12, 5.0, curve)
+    copies = {"duplicated_ffn_units": 0.5, "loss_before_growth": 5.5, "loss_after_growth": 5.5, "epochs": 0.1}
+    assert "exact copies" in aggregate._reason(dearer, copies)
+    jump = {"duplicated_ffn_units": 0.0, "loss_before_growth": 5.5, "loss_after_growth": 6.5, "epochs": 0.1}
+    assert "lost 1.00 nats" in aggregate._reason(dearer, jump)
+    shock = {**jump, "loss_after_growth": 5.5, "first_eval_loss": 5.8}
+    assert "fresh optimizer" in aggregate._reason(dearer, shock) and "undid 0.30 nats" in aggregate._reason(
+        dearer, shock
+    )
+
+
+def test_duplicated_ffn_units_counts_units_that_copy_another(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    w = torch.randn(8, 4)
+    w[6:] = w[:2]  # units 6 and 7 copy 0 and 1: four of eight units have a twin
+    save_file(
+        {"model.layers.0.mlp.up_proj.weight": w, "model.layers.0.mlp.down_proj.weight": w.T.contiguous()},
+        tmp_path / "model.safetensors",
+    )
+    assert aggregate.duplicated_ffn_units(tmp_path) == 0.5
+    assert aggregate.duplicated_ffn_units(tmp_path / "nothing") is None
