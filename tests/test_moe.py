@@ -165,3 +165,23 @@ def test_inspect_cli_renders_the_moe_rows(cli, sources):
     text = " ".join(re.sub("[│┃┌┐└┘─┬┴┼├┤]", " ", result.stdout).split())  # the table's cells, unwrapped
     assert "4 routed, 2 per token" in text and "top-k weights sum to 1: yes" in text
     assert "MoE layers" in text and "active parameters" in text
+
+
+def test_grow_plan_charges_an_moe_target_its_active_parameters(cli, tmp_path):
+    """`grow plan --target FOLDER` on a Mixtral: the compute C = 6·N·D counts the top-2 of 8 experts a token runs."""
+    import transformers as tf
+
+    config = tf.MixtralConfig(
+        vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
+    )  # fmt: skip
+    tf.MixtralForCausalLM(config).save_pretrained(tmp_path / "mixtral")
+    info = inspect(str(tmp_path / "mixtral"))
+    total, active = info["num_parameters"], info["active_parameters"]
+    assert active < total / 2
+    result = cli("plan", "--target", tmp_path / "mixtral", "--tokens", "1B", "--family", str(total), "--json")
+    assert result.code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["target"]["compute_flops"] == 6 * active * 1e9
+    member = plan["family"]["members"][0]
+    assert member["params"] == total and member["active_params"] == active

@@ -59,7 +59,7 @@ def test_a_zero_router_collapses_the_load_and_router_noise_spreads_it(tmp_path):
             model.train()(input_ids=ids, labels=ids)
         loads[noise] = stats.summary()
     assert loads[0.0]["expert_load_min"] == 0 and loads[0.0]["expert_load_max"] == 2  # two of four take all
-    assert loads[None]["expert_load_min"] > 0.3 and loads[None]["expert_load_max"] < 1.7
+    assert loads[None]["expert_load_min"] > 0.5 and loads[None]["expert_load_max"] < 1.5  # measured 0.67–1.31
 
 
 def test_flops_count_the_experts_a_token_runs():

@@ -118,7 +118,8 @@ def bind(
                         item = take(
                             weight, layer_tensor_name(arch, prefix, weight, layer, e), layer, required=True, expert=e
                         )
-                        bound.append(item)  # type: ignore[arg-type]  # required: never None
+                        assert item is not None  # required: a missing tensor raised
+                        bound.append(item)
                     continue
             full = name_of(weight)
             if weight.when is not None and not config_flag(arch, config, weight.when):
