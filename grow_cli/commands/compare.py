@@ -29,7 +29,8 @@ def compare(
     eval_fraction: Annotated[float, typer.Option(help="Held-out share of the blocks (as in train-stage).")] = 0.01,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
-    """Compare two models' next-token distributions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl."""
+    """Compare two models' predictions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl — of every next token
+    for causal LMs, of the masked tokens (fixed 15 % masks) for BERT-style encoders."""
     from grow_cli.console import out, print_json
     from grow_cli.family.compare import compare as run
 
@@ -46,7 +47,8 @@ def compare(
     if json_out:
         print_json(result)
         return
-    out.print(f"compared on {result['positions']:,} held-out positions ({result['blocks']} blocks × {seq_len})")
+    kind = "masked positions" if result["objective"] == "masked" else "positions"
+    out.print(f"compared on {result['positions']:,} held-out {kind} ({result['blocks']} blocks × {seq_len})")
     out.print(
         f"  KL(A‖B) {result['kl_a_b']:.4f}   KL(B‖A) {result['kl_b_a']:.4f}   JS {result['js']:.4f}   "
         f"top-1 agreement {result['top1_agreement']:.1%}"

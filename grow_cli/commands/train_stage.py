@@ -34,6 +34,20 @@ Eight GPUs with FSDP (see docs/training.md and docs/accelerate/):
     accelerate launch --config_file docs/accelerate/fsdp2.yaml -m grow_cli train-stage grown/
     --data data/ --out stage1/ --max-steps 20000 --mixed-precision bf16
 
+Continue the masked-LM pretraining of a widened BERT (the objective follows the architecture):
+
+    grow train-stage minilm-768/ --data corpus/ --out minilm-768-mlm/ --max-steps 2000 --whole-word-mask
+
+Apollo: train a 3-layer model with its layers shared over sampled depths up to 12, then grow it by interpolation:
+
+    grow train-stage small/ --data corpus/ --out small-apollo/ --max-steps 1000 --apollo-target-layers 12
+
+    grow expand small-apollo/ deep/ --layers 12 --depth-method interpolate
+
+…or in one run that grows in place at the stage boundaries (3 → 6 unique layers at step 300, 12 at step 600):
+
+    grow train-stage small/ --data corpus/ --out deep/ --max-steps 2000 --apollo-stages 3,6@300,12@600
+
 Resume after Ctrl-C or a time limit: run the same command with `--resume auto`.
 """
 
@@ -73,6 +87,20 @@ def train_stage(
     weight_decay: Annotated[float, Opt(help="AdamW weight decay (matrices only).")] = 0.1,
     grad_clip: Annotated[float, Opt(help="Clip the gradient norm to this (0: off).")] = 1.0,
     train_only: Annotated[str, Opt(help="'all', or 'new': only the tensors grow added (LLaMA-Pro).")] = "all",
+    objective: Annotated[
+        str, Opt(help="auto (from the architecture: causal LM for decoders, masked LM for encoders) | causal | masked.")
+    ] = "auto",
+    mlm_probability: Annotated[float, Opt(help="Masked LM: share of tokens to predict.")] = 0.15,
+    mask_replace_prob: Annotated[float, Opt(help="Masked LM: share of those replaced by the mask token.")] = 0.8,
+    random_replace_prob: Annotated[float, Opt(help="Masked LM: share replaced by a random token (rest kept).")] = 0.1,
+    whole_word_mask: Annotated[bool, Opt(help="Masked LM: mask whole words, not single tokens.")] = False,
+    apollo_target_layers: Annotated[
+        int | None, Opt(help="Apollo: share the layers over sampled depths up to this many (Pan et al. 2024).")
+    ] = None,
+    apollo_stages: Annotated[
+        str | None, Opt(help="Apollo: grow the unique layers in place, e.g. '3,6@200,12@500' (LAYERS@STEP).")
+    ] = None,
+    apollo_sampling: Annotated[str, Opt(help="Apollo: depth sampling, lvps | uniform.")] = "lvps",
     mixed_precision: Annotated[str | None, Opt(help="no | fp16 | bf16 (default: accelerate's config).")] = None,
     gradient_checkpointing: Annotated[bool, Opt(help="Recompute activations to save memory.")] = False,
     compile: Annotated[bool, Opt("--compile", help="torch.compile the model (inductor).")] = False,

@@ -22,7 +22,8 @@ import numpy as np
 from grow_cli.data.sources import Source, fingerprint_sources, read_texts
 from grow_cli.errors import DataError
 
-FORMAT_VERSION = 1  # bump when the stream layout or the EOS rule changes, to invalidate old caches
+# Bump when the stream layout or the EOS rule changes, to invalidate old caches (2: documents are never truncated).
+FORMAT_VERSION = 2
 BATCH_PIECES = 256  # texts per tokenizer call; fast tokenizers encode a batch on all cores
 SPLIT_SEED = 0x5EED
 
@@ -61,21 +62,32 @@ def token_dtype(vocab_size: int, requested: str | None) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+def _encoder(tokenizer):
+    """A function from texts to token ids, for whole documents: never truncated, never padded.
+
+    Fast tokenizers are used through a copy of their Rust tokenizer (parallel, no "sequence too long" warnings)
+    with truncation and padding switched off: a tokenizer.json may carry them (all-MiniLM-L6-v2 truncates to 128
+    tokens), and the user's own tokenizer must stay as it is."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # the Rust tokenizer directly: parallel, and no "sequence too long" warnings
-        return [enc.ids for enc in backend.encode_batch(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        whole = Tokenizer.from_str(backend.to_str())
+        whole.no_truncation()
+        whole.no_padding()
+        return lambda texts: [enc.ids for enc in whole.encode_batch(texts, add_special_tokens=False)]
+    return lambda texts: tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
 
 
 def _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp: Path) -> tuple[int, int]:
     """Tokenize every source into `tmp`; return (tokens, documents)."""
     num_tokens = num_docs = 0
+    encode = _encoder(tokenizer)
     with tmp.open("wb") as out:
 
         def flush(texts: list[str], ends: list[bool]) -> int:
             ids: list[int] = []
-            for piece, end in zip(_encode(tokenizer, texts), ends, strict=True):
+            for piece, end in zip(encode(texts), ends, strict=True):
                 ids += piece
                 if end:
                     ids.append(eos_id)

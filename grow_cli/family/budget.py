@@ -97,13 +97,15 @@ def tally(rows: list[dict[str, Any]], *, independent_tokens: str, progressive_to
 
     Each row's `flops_per_token` (None: unknown, counted as 0) times the tokens it trains on from scratch (the key
     `independent_tokens` names) and when grown (`progressive_tokens`), added to the row as `independent_flops` and
-    `progressive_flops`; then the totals and the saving 1 − progressive / independent (None when nothing counted).
-    `grow plan` tallies a planned allocation, the family report the tokens its members really trained on.
+    `progressive_flops` — unless the row carries the `train_flops` its run measured (an Apollo stage trains at
+    shallower sampled depths); then the totals and the saving 1 − progressive / independent (None when nothing
+    counted). `grow plan` tallies a planned allocation, the family report the tokens its members really trained on.
     """
     for row in rows:
         per_token = row["flops_per_token"] or 0
         row["independent_flops"] = per_token * row[independent_tokens]
-        row["progressive_flops"] = per_token * row[progressive_tokens]
+        spent = row.get("train_flops")  # measured by the run itself, when it trained at other depths (Apollo)
+        row["progressive_flops"] = spent if spent is not None else per_token * row[progressive_tokens]
     independent = sum(r["independent_flops"] for r in rows)
     progressive = sum(r["progressive_flops"] for r in rows)
     return {

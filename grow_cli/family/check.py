@@ -36,12 +36,16 @@ def _fresh_model_shapes(member: Member) -> tuple[Any, Shapes]:
 
     config = dict(member.config or {})
     model_type = config.pop("model_type")
+    from grow_cli.train.objective import choose_objective
+
     try:
         hf_config = transformers.AutoConfig.for_model(model_type, **config)
+        masked = choose_objective(hf_config, "auto").name == "masked"  # as the run builds it (family/run.py)
+        auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
         with torch.device("meta"):
-            model = transformers.AutoModelForCausalLM.from_config(hf_config)
+            model = auto.from_config(hf_config)
     except Exception as exc:  # transformers' strict validation raises several types
-        raise _fail("members[0].config", f"not a valid {model_type} causal-LM config: {_one_line(exc)}") from None
+        raise _fail("members[0].config", f"not a valid {model_type} language-model config: {_one_line(exc)}") from None
     shapes = {name: (tuple(t.shape), dtype_name(t.dtype)) for name, t in model.state_dict().items()}
     return model.config, shapes
 

@@ -4,8 +4,10 @@ This is the consistency measure between adjacent members of a model family (Yano
 between adjacent progressively trained models). Both models are teacher-forced on the same packed blocks — the
 held-out split that `grow train-stage` also holds out (same data, same `--seq-len`, same split rule) — and, per
 predicted position, grow accumulates KL(A‖B), KL(B‖A), Jensen–Shannon divergence, top-1 agreement and each model's
-cross-entropy. Memory stays bounded: one batch of logits from each model at a time; the token stream is the
-memory-mapped cache of `grow train-stage`.
+cross-entropy. Causal LMs predict every next token; masked LMs (BERT-style encoders, whose objective
+`grow_cli.train.objective` decides the same way `grow train-stage` does) predict the masked positions of the same
+fixed masks that `grow train-stage` evaluates on, both models seeing the same corrupted input. Memory stays bounded:
+one batch of logits from each model at a time; the token stream is the memory-mapped cache of `grow train-stage`.
 """
 
 from __future__ import annotations
@@ -32,14 +34,34 @@ def check_compare_options(
         raise UsageError(f"--eval-fraction must be in (0, 0.5), as in train-stage; got {eval_fraction}")
 
 
-def _load(folder: Path):
-    import torch
-    from transformers import AutoModelForCausalLM
+def _load(folder: Path, choice):
     from transformers.utils import logging as hf_logging
 
+    from grow_cli.train.model_io import load_model
+
     hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    return model.eval()
+    loaded = load_model(folder, choice)
+    if loaded.created:
+        raise DataError(
+            f"{folder} has no {choice.name}-LM head ({', '.join(loaded.created[:3])} missing); compare models that "
+            f"were trained as {choice.name} LMs (e.g. by grow train-stage)"
+        )
+    return loaded.model.eval()
+
+
+def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, Any]:
+    """Both models' objective (they must agree) and the `Objective` that makes their inputs: for masked LMs, BERT's
+    default corruption (15 %, 80/10/10) with the fixed held-out masks of `grow train-stage`."""
+    from grow_cli.data.masking import masking_rule
+    from grow_cli.train.objective import Objective, choose_objective
+
+    choice, other = choose_objective(config_a, "auto"), choose_objective(config_b, "auto")
+    if choice.name != other.name:
+        raise DataError(f"{a} is a {choice.name} LM and {b} a {other.name} LM; their predictions are not comparable")
+    if choice.name == "causal":
+        return choice, Objective("causal", 0)
+    rule = masking_rule(tokenizer, probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1, whole_word=False)
+    return choice, Objective("masked", 0, rule)
 
 
 def compare(
@@ -57,6 +79,7 @@ def compare(
     """Compare models `a` and `b` (folders) on the held-out blocks of `data`; return the averaged metrics."""
     import torch
 
+    from grow_cli.data.masking import IGNORE_INDEX
     from grow_cli.data.sources import check_sources, find_sources
     from grow_cli.data.tokens import prepare_tokens, token_cache_dir, tokenizer_fingerprint
     from grow_cli.train.model_io import load_model_config, load_tokenizer
@@ -68,6 +91,7 @@ def compare(
     tok_b, _ = load_tokenizer(b, config_b)
     if tokenizer_fingerprint(tok_a) != tokenizer_fingerprint(tok_b):
         raise DataError(f"{a} and {b} do not share a tokenizer; their next-token distributions are not comparable")
+    choice, objective = _objective(a, config_a, b, config_b, tok_a)
     sources = find_sources(data)
     check_sources(sources, text_field)
     vocab = min(config_a.get_text_config().vocab_size, config_b.get_text_config().vocab_size)
@@ -83,14 +107,25 @@ def compare(
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when there is one
-    model_a, model_b = _load(a).to(device), _load(b).to(device)
+    model_a, model_b = _load(a, choice).to(device), _load(b, choice).to(device)
     totals: dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, len(ids), batch_size):
-            block = torch.from_numpy(tokens.blocks[ids[start : start + batch_size]].astype("int64")).to(device)
-            logits_a = model_a(input_ids=block).logits[:, :-1, :vocab].reshape(-1, vocab)
-            logits_b = model_b(input_ids=block).logits[:, :-1, :vocab].reshape(-1, vocab)
-            for key, value in divergences(logits_a, logits_b, block[:, 1:].reshape(-1)).items():
+            block = torch.from_numpy(tokens.blocks[ids[start : start + batch_size]].astype("int64"))
+            inputs = objective.eval_inputs(block)
+            labels = inputs.pop("labels")
+            if choice.name == "masked":  # the masked positions of the same corrupted input
+                where = labels != IGNORE_INDEX
+                targets = labels[where]
+            else:  # every next token
+                where = torch.zeros_like(block, dtype=torch.bool)
+                where[:, :-1] = True
+                targets = block[:, 1:].reshape(-1)
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            where, targets = where.to(device), targets.to(device)
+            logits_a = model_a(**inputs).logits[where][:, :vocab]
+            logits_b = model_b(**inputs).logits[where][:, :vocab]
+            for key, value in divergences(logits_a, logits_b, targets).items():
                 totals[key] = totals.get(key, 0.0) + value
     n = totals["positions"]
     loss_a, loss_b = totals["nll_a"] / n, totals["nll_b"] / n
@@ -100,6 +135,7 @@ def compare(
         "blocks": len(ids),
         "positions": int(n),
         "seq_len": seq_len,
+        "objective": choice.name,
         "data_fingerprint": tokens.fingerprint,
         "kl_a_b": totals["kl_ab"] / n,
         "kl_b_a": totals["kl_ba"] / n,

@@ -45,9 +45,11 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     rows, lineage_tokens = [], 0
     for s in summaries:
         metrics = member_metrics(Path(s["final"]))
-        per_token = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None)
         train_stages = [st for st in (s.get("record") or {}).get("stages", []) if st["kind"] == "train"]
-        tokens = train_stages[-1]["tokens"] if train_stages and metrics else 0
+        stage = train_stages[-1] if train_stages and metrics else {}
+        logged = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None)
+        per_token = stage.get("flops_per_token") or logged  # records before grow 0.1 logged it only in metrics
+        tokens = stage.get("tokens", 0)
         lineage_tokens += tokens
         evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
         record_model = (s.get("record") or {}).get("model", {})
@@ -59,6 +61,7 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
                 "tokens": tokens,
                 "lineage_tokens": lineage_tokens,
                 "flops_per_token": per_token,
+                "train_flops": stage.get("train_flops"),  # what the stage spent (less under Apollo's depths)
                 "final_eval_loss": evals[-1] if evals else None,
             }
         )

@@ -35,16 +35,20 @@ def _done_training(folder: Path) -> bool:
 
 
 def _save_fresh_model(hf_config, tokenizer_source: Path, folder: Path, seed: int) -> Path:
-    """A freshly initialised causal LM of `hf_config` with the tokenizer of `tokenizer_source`, written to `folder`
-    (through grow's staged output, so a complete `folder` means a finished write and a failure leaves nothing)."""
+    """A freshly initialised LM of `hf_config` (causal, or masked for an encoder) with the tokenizer of
+    `tokenizer_source`, written to `folder` (through grow's staged output, so a complete `folder` means a finished
+    write and a failure leaves nothing)."""
     import torch
     import transformers
 
     from grow_cli.checkpoint.output import staged_output
+    from grow_cli.train.objective import choose_objective
 
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    masked = choose_objective(hf_config, "auto").name == "masked"  # an encoder gets its masked-LM head
+    auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
+    model = auto.from_config(hf_config)
     with staged_output(folder, None, force=True) as tmp:
         model.save_pretrained(tmp)
         transformers.AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)

@@ -60,6 +60,8 @@ def front_matter(record: dict[str, Any]) -> dict[str, Any]:
             tags.append("width-expansion")
         if stage.get("moe"):
             tags.append("mixture-of-experts")
+        if stage.get("apollo"):
+            tags.append("apollo")
     tags += _methods(record)
     meta: dict[str, Any] = {}
     base = _base_model(record)
@@ -68,6 +70,9 @@ def front_matter(record: dict[str, Any]) -> dict[str, Any]:
         meta["base_model_relation"] = "finetune"
     meta["library_name"] = "transformers"
     meta["pipeline_tag"] = PIPELINE_TAGS.get(model.get("architecture", ""), "text-generation")
+    trained = [s for s in record["stages"] if s.get("kind") == "train" and s.get("objective")]
+    if trained:  # the objective the model was last trained with decides how it is used
+        meta["pipeline_tag"] = "fill-mask" if trained[-1]["objective"].get("name") == "masked" else "text-generation"
     meta["tags"] = list(dict.fromkeys(tags))
     datasets = _datasets(record)
     if datasets:
@@ -186,10 +191,16 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
         lines.append(
             f"  - schedule {name}, max LR {stage.get('max_lr')}, train only: {stage.get('train_only') or 'all'}."
         )
+    objective = stage.get("objective") or {}
+    if objective.get("name") == "masked":
+        lines.append(_masking_line(objective))
+    if stage.get("apollo"):
+        lines.append(_apollo_line(stage["apollo"]))
     loss = stage.get("final_eval_loss")
     if isinstance(loss, int | float):
         ppl = f" (perplexity {math.exp(loss):.2f})" if loss < 50 else ""
-        lines.append(f"  - final eval loss {loss:.4f}{ppl}.")
+        kind = "masked-token " if objective.get("name") == "masked" else ""
+        lines.append(f"  - final eval {kind}loss {loss:.4f}{ppl}.")
     router = stage.get("router")
     if router:
         lines.append(
@@ -198,6 +209,30 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
             f"{_num(router.get('expert_load_min'), '.2f')} to {_num(router.get('expert_load_max'), '.2f')}."
         )
     return lines
+
+
+def _masking_line(objective: dict[str, Any]) -> str:
+    words = " (whole words)" if objective.get("whole_word_mask") else ""
+    head = f"; new head of {len(objective['created_tensors'])} tensors" if objective.get("created_tensors") else ""
+    return (
+        f"  - objective: masked LM, {_num(objective.get('mlm_probability'), '.0%')} of tokens{words} "
+        f"({_num(objective.get('mask_replace_prob'), '.0%')} mask token, "
+        f"{_num(objective.get('random_replace_prob'), '.0%')} random, "
+        f"{_num(objective.get('keep_prob'), '.0%')} kept){head}."
+    )
+
+
+def _apollo_line(apollo: dict[str, Any]) -> str:
+    stages = " → ".join(
+        f"{s['unique_layers']}" + (f" (from step {s['from_step']})" if s["from_step"] else "")
+        for s in apollo.get("stages", [])
+    )
+    target, at_target = apollo.get("target_layers"), apollo.get("final_eval_loss_at_target")
+    loss = f"; eval loss at {target} layers {at_target:.4f}" if isinstance(at_target, float) else ""
+    return (
+        f"  - Apollo (Pan et al., AAAI 2024): unique layers {stages}, shared over sampled depths up to {target} "
+        f"({apollo.get('sampling')}, mean depth {_num(apollo.get('mean_depth'))}){loss}."
+    )
 
 
 def redact_argv(argv: list[str]) -> list[str]:

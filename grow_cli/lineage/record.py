@@ -12,7 +12,8 @@ Stage keys used by other parts of grow:
   finds the paper in the operator registry by method),
   ``seed``, ``dtype``, ``added_tensors`` (names of tensors that have no counterpart in the source: what
   `train-stage --train-only new` trains), ``verify`` (the function-preservation check, or null);
-- train: ``data`` ({paths, fingerprint, datasets}), ``tokens``, ``steps``, ``schedule``, ``max_lr``,
+- train: ``data`` ({paths, fingerprint, datasets}), ``objective`` ({name, masking rule, created/carried
+  tensors}), ``apollo`` (null or its plan and results), ``tokens``, ``steps``, ``schedule``, ``max_lr``,
   ``train_only``, ``final_eval_loss``.
 """
 

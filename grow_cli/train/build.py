@@ -22,13 +22,16 @@ from grow_cli.checkpoint.output import remove_previous_run
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import UsageError
+from grow_cli.train.apollo import Apollo, allocate
+from grow_cli.train.apollo_plan import check_apollo_run, describe_apollo
 from grow_cli.train.checkpoints import load_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.freeze import freeze_all_but
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
-from grow_cli.train.model_io import load_model
+from grow_cli.train.model_io import LoadedModel, load_model
+from grow_cli.train.objective import Objective, objective_notes
 from grow_cli.train.preflight import Checked
 from grow_cli.train.router import RouterStats, is_moe_model
 from grow_cli.train.schedule import Schedule, warmup_steps_for
@@ -74,6 +77,9 @@ class Run:
     flops_per_token: float
     peak_flops: float | None  # the device's dense peak (FLOP/s), None when unknown
     run_keys: dict[str, Any]  # what a resume must match (see checkpoints.RESUME_KEYS)
+    objective: Objective  # the inputs and labels of each micro-batch (causal or masked LM)
+    apollo: Apollo | None  # Apollo's depth sampling and shared layers; None: plain training
+    loaded: LoadedModel  # what loading created (a new head) and what the output carries unchanged
     step: int = 0
     tokens: int = 0
     router: RouterStats | None = None  # mixture of experts: auxiliary loss and expert load (train/router.py)
@@ -99,6 +105,8 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     tracker = JsonlTracker(config.out / METRICS_FILE, resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
     budget = make_budget(config, accelerator)
+    if checked.apollo:
+        check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)
     if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
         remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
     accelerator.wait_for_everyone()
@@ -106,7 +114,10 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         say(accelerator, False, f"note: {note}")
     data = load_data(config, checked, accelerator)
     config.out.mkdir(parents=True, exist_ok=True)  # only now: data that cannot be read leaves no empty output
-    model, saved_dtype, trainable = load_trainable_model(config, checked.trainable_names)
+    loaded, trainable = load_trainable_model(config, checked, accelerator)
+    model, saved_dtype = loaded.model, loaded.saved_dtype
+    apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
+    objective = Objective(checked.objective.name, config.seed, checked.masking)
     num_parameters = sum(p.numel() for p in model.parameters())
     max_lr = resolve_max_lr(config, num_parameters, accelerator)
     if config.max_tokens:
@@ -119,7 +130,9 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     schedule = make_schedule(config, budget.max_steps)
     optimizer = make_optimizer(model, config, max_lr, accelerator)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
-    flops_token = flops_per_token(model, config.seq_len)
+    flops_token = (
+        apollo.flops_per_token(apollo.unique, config.seq_len) if apollo else flops_per_token(model, config.seq_len)
+    )
     router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
@@ -143,7 +156,10 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         saved_dtype=saved_dtype,
         flops_per_token=flops_token,
         peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
-        run_keys=run_keys(config, data, budget, accelerator),
+        run_keys=run_keys(config, data, budget, accelerator, objective, apollo),
+        objective=objective,
+        apollo=apollo,
+        loaded=loaded,
         router=router,
     )
     if checked.resume_from is not None:
@@ -157,12 +173,16 @@ def build(config: TrainConfig, checked: Checked) -> Run:
 
 def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
     """The accelerator; flags left unset (None) fall through to `accelerate config` / `accelerate launch`."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
     return Accelerator(
         mixed_precision=config.mixed_precision,
         dynamo_backend="inductor" if config.compile else None,
         log_with=[tracker, *config.report_to],
         project_dir=str(config.out),
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, whatever the process count
+        # Apollo's stage plan holds layers that get no gradient until their stage: DDP must look for them.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.apollo_stages is not None)],
     )
 
 
@@ -218,23 +238,30 @@ def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -
 
 
 def load_trainable_model(
-    config: TrainConfig, trainable_names: list[str] | None
-) -> tuple[PreTrainedModel, torch.dtype, list[str]]:
-    """The model in float32, its saved dtype, and the names of the parameters left trainable (all, or the tensors
-    grow added); with activation checkpointing when asked."""
+    config: TrainConfig, checked: Checked, accelerator: Accelerator
+) -> tuple[LoadedModel, list[str]]:
+    """The model in float32 with the objective's head (and, for an Apollo stage plan, all its final layers), and the
+    names of the parameters left trainable (all, or the tensors grow added and a head created here); with
+    activation checkpointing when asked. Says which objective it trains and what loading created or carries."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # our own progress and notes say what is happening
     torch.manual_seed(config.seed)
-    model, saved_dtype = load_model(config.model)
-    if trainable_names:
-        trainable = freeze_all_but(model, trainable_names)
+    loaded = load_model(config.model, checked.objective)
+    for note in objective_notes(checked, loaded):
+        say(accelerator, config.quiet, note)
+    if checked.apollo:
+        loaded.model = allocate(checked.apollo, loaded.model)
+        say(accelerator, config.quiet, describe_apollo(checked.apollo))
+    model = loaded.model
+    if checked.trainable_names:
+        trainable = freeze_all_but(model, [*checked.trainable_names, *loaded.created])
     else:
         trainable = [name for name, _ in model.named_parameters()]
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    return model, saved_dtype, trainable
+    return loaded, trainable
 
 
 def resolve_max_lr(config: TrainConfig, num_parameters: int, accelerator: Accelerator) -> float:
@@ -305,9 +332,18 @@ def make_batches(
     return batches, held_out
 
 
-def run_keys(config: TrainConfig, data: TokenData, budget: Budget, accelerator: Accelerator) -> dict[str, Any]:
+def run_keys(
+    config: TrainConfig,
+    data: TokenData,
+    budget: Budget,
+    accelerator: Accelerator,
+    objective: Objective,
+    apollo: Apollo | None,
+) -> dict[str, Any]:
     """What a checkpoint records and a resume must match for the run to continue exactly where it stopped."""
     return {
+        "objective": objective.describe(),
+        "apollo": apollo.plan.describe() if apollo else None,
         "data_fingerprint": data.fingerprint,
         "seq_len": config.seq_len,
         "global_batch": budget.global_batch,
@@ -322,5 +358,7 @@ def resume(run: Run, checkpoint: Path) -> None:
     """Restore the model, optimizer, scheduler and RNG states from `checkpoint` and move the run to its step."""
     resumed = load_checkpoint(run.accelerator, checkpoint, run.run_keys)
     run.step, run.tokens = resumed["step"], resumed["tokens"]
+    if run.apollo:
+        run.apollo.resume_at(run.step)
     run.tracker.resume_step = run.step  # the metrics file drops lines from after the checkpoint
     run.say(f"resumed from {checkpoint} at step {run.step}")

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import UsageError
+from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 DECAY_TYPES = ("linear", "cosine", "sqrt")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRAIN_ONLY = ("all", "new")
+OBJECTIVES = ("auto", "causal", "masked")  # auto: decided from the architecture (train/objective.py)
 
 
 @dataclass
@@ -57,6 +59,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     # growth-aware
     train_only: str = "all"
+    # objective (train/objective.py): auto follows the architecture
+    objective: str = "auto"
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word_mask: bool = False
+    # Apollo (train/apollo.py): shared layers toward a deeper target, optionally growing in place
+    apollo_target_layers: int | None = None
+    apollo_stages: str | None = None  # "3,6@200,12@500": unique layers, and the step each stage starts at
+    apollo_sampling: str = "lvps"
     # efficiency (None: accelerate's config decides)
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
@@ -92,6 +104,8 @@ class TrainConfig:
             "--train-only": (self.train_only, TRAIN_ONLY),
             "--mixed-precision": (self.mixed_precision, (None, *MIXED_PRECISION)),
             "--token-dtype": (self.token_dtype, (None, "uint16", "uint32")),
+            "--objective": (self.objective, OBJECTIVES),
+            "--apollo-sampling": (self.apollo_sampling, SAMPLINGS),
         }
         for flag, (value, allowed) in choices.items():
             if value not in allowed:
@@ -115,6 +129,7 @@ class TrainConfig:
             "--log-every": self.log_every,
             "--exit-interval": self.exit_interval,
             "--global-batch-tokens": self.global_batch_tokens,
+            "--apollo-target-layers": self.apollo_target_layers,
         }
         for flag, number in positive.items():
             if number is not None and number < 1:
@@ -126,6 +141,30 @@ class TrainConfig:
             raise UsageError("--min-lr-ratio and --decay-ratio must lie in [0, 1]")
         if self.resume is not None and self.resume != "auto" and not Path(self.resume).is_dir():
             raise UsageError(f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
+        self._check_masking()
+        self._check_apollo()
+
+    def _check_masking(self) -> None:
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise UsageError(f"--mlm-probability must be in (0, 1), got {self.mlm_probability}")
+        replace = (self.mask_replace_prob, self.random_replace_prob)
+        if min(replace) < 0.0 or sum(replace) > 1.0:
+            raise UsageError(
+                f"--mask-replace-prob {self.mask_replace_prob} and --random-replace-prob "
+                f"{self.random_replace_prob} must be ≥ 0 and sum to at most 1 (the rest keep their token)"
+            )
+
+    def _check_apollo(self) -> None:
+        if self.apollo_stages is not None:
+            parse_stages(self.apollo_stages)
+        elif self.apollo_target_layers is None:
+            if self.apollo_sampling != "lvps":
+                raise UsageError("--apollo-sampling needs --apollo-target-layers (or --apollo-stages)")
+            return
+        if self.train_only != "all":
+            raise UsageError(
+                "Apollo trains every layer (each is shared across positions); --train-only new contradicts it"
+            )
 
     def _check_numbers(self) -> None:
         """Optimizer and budget numbers in their ranges (NaN and infinity never are): refused here, in one line,

@@ -16,7 +16,7 @@ from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.train.build import Run
 from grow_cli.train.checkpoints import save_checkpoint
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
-from grow_cli.train.model_io import save_model
+from grow_cli.train.model_io import carried_tensors, save_model
 from grow_cli.train.step import evaluate
 
 if TYPE_CHECKING:
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 def eval_metrics(eval_loss: float) -> dict[str, float]:
     """The held-out loss and its perplexity (capped at e^50 so that a diverged model still logs a number)."""
     return {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50))}
+
+
+def evaluation(run: Run) -> dict[str, float]:
+    """The held-out metrics of the model as it is written; under Apollo also `eval_loss_at_target`, the loss at
+    the target depth with shared layers — that of the model `grow expand --depth-method interpolate` makes of it."""
+    metrics = eval_metrics(evaluate(run))
+    if run.apollo is not None and run.apollo.unique < run.apollo.plan.target:
+        metrics["eval_loss_at_target"] = evaluate(run, run.apollo.plan.target)
+    return metrics
 
 
 def pause(run: Run) -> dict[str, Any]:
@@ -44,10 +53,15 @@ def pause(run: Run) -> dict[str, Any]:
 def finish(run: Run, ending: Ending) -> dict[str, Any]:
     """Evaluate, write the model, grow.json and the card to --out, and return the run's summary."""
     accelerator, out = run.accelerator, run.config.out
-    eval_loss = evaluate(run)
-    accelerator.log(eval_metrics(eval_loss), step=run.step)
+    evaluated = evaluation(run)
+    eval_loss = evaluated["eval_loss"]
+    accelerator.log(evaluated, step=run.step)
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(run.model)  # every process takes part (gathers FSDP/ZeRO-3 shards)
+    num_parameters = run.num_parameters
+    if run.apollo is not None:  # the unique layers in use (the model holds its last stage's layers)
+        num_parameters -= run.apollo.unused_parameters()
+        state_dict = run.apollo.written_state(state_dict)
     summary = {
         "status": "done",
         "out": str(out),
@@ -58,18 +72,24 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
         "final_eval_loss": eval_loss,
         "final_eval_ppl": eval_metrics(eval_loss)["eval_ppl"],
         "tokens_per_s": (run.step - ending.first_step) * run.budget.tokens_per_step / max(ending.elapsed, 1e-9),
-        "num_parameters": run.num_parameters,
+        "num_parameters": num_parameters,
         "trainable_tensors": len(run.trainable),
     }
     if run.router is not None:  # mixture of experts: auxiliary loss and expert load over the whole run
         summary["router"] = run.router.summary(accelerator)
+    if "eval_loss_at_target" in evaluated:
+        summary["final_eval_loss_at_target"] = evaluated["eval_loss_at_target"]
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model)
+        if run.loaded.carried:
+            state_dict.update(
+                carried_tensors(run.config.model, run.loaded.carried, set(state_dict), unwrapped.base_model_prefix)
+            )
         save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype)
-        stage = stage_record(run, eval_loss)
+        stage = stage_record(run, evaluated)
         if "router" in summary:
             stage["router"] = summary["router"]
-        record = append_stage(load_record(run.config.model), stage, model_summary(run, unwrapped))
+        record = append_stage(load_record(run.config.model), stage, model_summary(run, unwrapped, num_parameters))
         write_record(out, record)
         write_card(out, record)
         summary["record"] = str(Path(out) / "grow.json")
@@ -78,9 +98,11 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
     return summary
 
 
-def stage_record(run: Run, eval_loss: float) -> dict[str, Any]:
-    """This stage's entry in grow.json: data, budget, schedule, optimizer, batch and the final evaluation."""
+def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
+    """This stage's entry in grow.json: data, objective, Apollo, budget, schedule, optimizer, batch and the final
+    evaluation."""
     config, data = run.config, run.data
+    eval_loss = evaluated["eval_loss"]
     return {
         "kind": "train",
         "source": {"path": str(config.model)},
@@ -92,7 +114,17 @@ def stage_record(run: Run, eval_loss: float) -> dict[str, Any]:
             "documents": data.num_documents,
             "available_tokens": data.num_tokens,
         },
+        "objective": {
+            **run.objective.describe(),
+            "created_tensors": run.loaded.created,
+            "carried_tensors": run.loaded.carried,
+        },
+        "apollo": apollo_record(run, evaluated),
         "tokens": run.tokens,
+        # The model's own training FLOPs per token (as written), and what this stage spent: under Apollo the
+        # sampled, shallower depths cost less than the model's per-token figure times the tokens.
+        "flops_per_token": run.flops_per_token,
+        "train_flops": spent_flops(run),
         "steps": run.step,
         "schedule": run.schedule.describe(run.max_lr),
         "max_lr": run.max_lr,
@@ -120,12 +152,39 @@ def stage_record(run: Run, eval_loss: float) -> dict[str, Any]:
     }
 
 
-def model_summary(run: Run, unwrapped: Any) -> dict[str, Any]:
+def spent_flops(run: Run) -> float:
+    """The training FLOPs of this stage: the depths Apollo ran at, or the model's FLOPs per token × tokens."""
+    if run.apollo is None:
+        return run.flops_per_token * run.tokens
+    budget = run.budget
+    return run.apollo.compute(
+        run.step, budget.grad_accum, budget.tokens_per_step // budget.grad_accum, run.config.seq_len
+    )["train_flops"]
+
+
+def apollo_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any] | None:
+    """Apollo's part of the stage: the plan, the unique layers written, the depths run and the loss at the target."""
+    if run.apollo is None:
+        return None
+    budget = run.budget
+    spent = run.apollo.compute(
+        run.step, budget.grad_accum, budget.tokens_per_step // budget.grad_accum, run.config.seq_len
+    )
+    return {
+        **run.apollo.plan.describe(),
+        "unique_layers_written": run.apollo.unique,
+        **spent,
+        "final_eval_loss_at_target": evaluated.get("eval_loss_at_target"),
+        "paper": "Pan et al., AAAI 2024, Preparing Lessons for Progressive Training",
+    }
+
+
+def model_summary(run: Run, unwrapped: Any, num_parameters: int) -> dict[str, Any]:
     """The trained model's architecture, size, dtype and shape, for grow.json and the card."""
     text = unwrapped.config.get_text_config()
     return {
         "architecture": unwrapped.config.model_type,
-        "num_parameters": run.num_parameters,
+        "num_parameters": num_parameters,
         "dtype": str(run.saved_dtype).removeprefix("torch."),
         "shape": {
             "layers": text.num_hidden_layers,
@@ -133,6 +192,6 @@ def model_summary(run: Run, unwrapped: Any) -> dict[str, Any]:
             "intermediate_size": getattr(text, "intermediate_size", None),
             "num_heads": getattr(text, "num_attention_heads", None),
             "num_kv_heads": getattr(text, "num_key_value_heads", None),
-            "num_parameters": run.num_parameters,
+            "num_parameters": num_parameters,
         },
     }

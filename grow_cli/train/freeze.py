@@ -38,10 +38,13 @@ def freeze_all_but(model: torch.nn.Module, names: list[str]) -> list[str]:
     """Set requires_grad only on the parameters called `names`; return the trainable parameter names.
 
     A saved name may be a tied alias of a parameter (lm_head.weight tied to the embeddings), so names are
-    matched against every alias that `named_parameters(remove_duplicate=False)` reports.
+    matched against every alias that `named_parameters(remove_duplicate=False)` reports, and against the names
+    under the model's base prefix.
     """
-    wanted = set(names)
     aliases = dict(model.named_parameters(remove_duplicate=False))
+    prefix = getattr(model, "base_model_prefix", "")
+    # A headless checkpoint (BertModel) names `encoder.…` what the model with a head calls `bert.encoder.…`.
+    wanted = {name if name in aliases or not prefix else f"{prefix}.{name}" for name in names}
     unknown = sorted(wanted - set(aliases))
     if unknown:
         raise UsageError(

@@ -24,10 +24,10 @@ from grow_cli.errors import TrainingError
 from grow_cli.train.build import Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
-from grow_cli.train.finish import eval_metrics, finish, pause
+from grow_cli.train.finish import evaluation, finish, pause
 from grow_cli.train.metrics import training_progress
 from grow_cli.train.preflight import preflight
-from grow_cli.train.step import StepResult, evaluate, train_step
+from grow_cli.train.step import StepResult, train_step
 
 
 class Interrupted(TrainingError):
@@ -90,7 +90,7 @@ def train_loop(run: Run) -> Ending:
                     tps=f"{metrics['tokens_per_s']:,.0f}",
                 )
             if config.eval_every and run.step % config.eval_every == 0 and run.step < max_steps:
-                metrics.update(eval_metrics(evaluate(run)))
+                metrics.update(evaluation(run))
             accelerator.log(metrics, step=run.step)
             if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
                 save_checkpoint(accelerator, config.out, run.state(), config.keep_last)
@@ -111,15 +111,16 @@ def _diverged(run: Run, loss: float) -> TrainingError:
 
 def _throughput(run: Run, last: StepResult, tokens_per_s: float) -> dict[str, Any]:
     """The metrics logged every --log-every steps: tokens/s, FLOPs per token, epoch, gradient norm and MFU."""
-    metrics: dict[str, Any] = {
-        "tokens_per_s": tokens_per_s,
-        "flops_per_token": run.flops_per_token,
-        "epoch": run.batches.epoch_of(run.step),
-    }
+    flops_token = run.flops_per_token
+    metrics: dict[str, Any] = {"tokens_per_s": tokens_per_s, "epoch": run.batches.epoch_of(run.step)}
+    if run.apollo is not None and last.depths:  # the FLOPs of the depths this step ran at
+        metrics["apollo_depth"] = sum(last.depths) / len(last.depths)
+        flops_token = sum(run.apollo.flops_per_token(d, run.config.seq_len) for d in last.depths) / len(last.depths)
+    metrics["flops_per_token"] = flops_token
     if last.grad_norm is not None:
         metrics["grad_norm"] = float(last.grad_norm)
     if run.peak_flops:
-        metrics["mfu"] = tokens_per_s * run.flops_per_token / (run.peak_flops * run.accelerator.num_processes)
+        metrics["mfu"] = tokens_per_s * flops_token / (run.peak_flops * run.accelerator.num_processes)
     if run.router is not None:  # mixture of experts: the auxiliary loss and expert load since the last report
         metrics.update(run.router.metrics(run.accelerator))
     return metrics

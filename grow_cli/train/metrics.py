@@ -43,14 +43,18 @@ PEAK_TFLOPS = {
 
 def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token for `model` at sequence length `seq_len`."""
+    config = model.config.get_text_config()
+    active = matmul_params(model) - inactive_expert_parameters(model)  # an MoE runs top-k of its E experts per token
+    return training_flops_per_token(active, config.num_hidden_layers, config.hidden_size, seq_len)
+
+
+def matmul_params(model: Any) -> int:
+    """The parameters that take part in matrix products: all but an input embedding not tied to the head."""
     total = sum(p.numel() for p in model.parameters())
     embedding = cast(torch.Tensor, model.get_input_embeddings().weight)  # Module.__getattr__ says Tensor | Module
     output = model.get_output_embeddings()
     tied = output is not None and output.weight is embedding
-    matmul_params = total if tied else total - embedding.numel()
-    matmul_params -= inactive_expert_parameters(model)  # mixture of experts: a token runs top-k of E experts
-    config = model.config.get_text_config()
-    return training_flops_per_token(matmul_params, config.num_hidden_layers, config.hidden_size, seq_len)
+    return total if tied else total - embedding.numel()
 
 
 def peak_flops(device: torch.device, mixed_precision: str, override_tflops: float | None) -> float | None:

@@ -1,6 +1,6 @@
 """Reading the model folder before training and writing the trained model after it.
 
-The checks here run before any data is tokenized or weights are loaded: the config must describe a causal LM,
+The checks here run before any data is tokenized or weights are loaded: the config must be readable,
 `--seq-len` must fit its positions, and a tokenizer with an end-of-sequence token must exist. Weights are loaded in
 float32 (the optimizer's master copy; accelerate's mixed precision casts the compute) and written back in the
 checkpoint's own dtype, so a frozen bf16 tensor round-trips bit for bit.
@@ -8,6 +8,7 @@ checkpoint's own dtype, so a frozen bf16 tensor round-trips bit for bit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from grow_cli.errors import CheckpointError, DataError, UsageError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from grow_cli.train.objective import Choice
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
@@ -74,17 +77,79 @@ def load_tokenizer(path: Path, config) -> tuple[Any, int]:
     return tokenizer, int(eos)
 
 
-def load_model(model_dir: Path) -> tuple[PreTrainedModel, torch.dtype]:
-    """The causal LM in `model_dir` in float32, and the dtype its weights were saved in."""
-    from transformers import AutoModelForCausalLM
+@dataclass
+class LoadedModel:
+    """The model to train (float32), the dtype its checkpoint was saved in, the tensors the checkpoint lacked (created
+    fresh, e.g. BERT's masked-LM head) and those the model does not use (carried into the output unchanged)."""
 
+    model: PreTrainedModel
+    saved_dtype: torch.dtype
+    created: list[str]
+    carried: list[str]
+
+
+def load_model(model_dir: Path, choice: Choice) -> LoadedModel:
+    """The model in `model_dir` with the head of the chosen objective, in float32.
+
+    A missing head is created (transformers initialises it; a masked-LM decoder is tied to the word embeddings, as
+    BERT ties it), a missing tensor of the model body is refused, and tensors the head class does not use (a
+    BertModel's pooler) are carried into the output unchanged, so that nothing the checkpoint held is lost.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers.utils import logging as hf_logging
+
+    auto = AutoModelForMaskedLM if choice.name == "masked" else AutoModelForCausalLM
+    options: dict[str, Any] = {}
+    if choice.is_decoder is not None:
+        options["config"] = load_model_config(model_dir)
+        options["config"].get_text_config().is_decoder = choice.is_decoder
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # grow says what was created or carried, in one line instead of a table
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        loaded: Any = auto.from_pretrained(model_dir, dtype=torch.float32, output_loading_info=True, **options)
     except ValueError as exc:
-        raise CheckpointError(f"{model_dir} is not a causal language model transformers can train: {exc}") from None
+        raise CheckpointError(
+            f"{model_dir} is not a model transformers can train as a {choice.name} LM: {exc}"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model, info = loaded
+    created = sorted(info["missing_keys"])
+    prefix = model.base_model_prefix
+    body = [name for name in created if prefix and name.startswith(prefix + ".")]
+    if body:
+        raise CheckpointError(
+            f"{model_dir} lacks {len(body)} tensor(s) of the model body ({', '.join(body[:3])}"
+            f"{' …' if len(body) > 3 else ''}); it is not a complete {model.config.model_type} checkpoint"
+        )
+    if choice.name == "masked" and created:
+        _tie_head(model)
     saved = getattr(load_model_config(model_dir), "dtype", None) or torch.float32
     saved = getattr(torch, saved) if isinstance(saved, str) else saved
-    return model, saved
+    return LoadedModel(model, saved, created, sorted(info["unexpected_keys"]))
+
+
+def _tie_head(model: PreTrainedModel) -> None:
+    """Tie a freshly created masked-LM decoder to the word embeddings (BERT's layout), whatever the config said."""
+    output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if output is not None and output.weight is not embedding.weight:
+        output.weight = embedding.weight
+        model.config.get_text_config().tie_word_embeddings = True
+
+
+def carried_tensors(model_dir: Path, names: list[str], model_keys: set[str], prefix: str) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors `names` (which the trained model does not use), named as the output model names its
+    own: a headless checkpoint's `pooler.dense.weight` becomes `bert.pooler.dense.weight` beside `bert.*`."""
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    prefixed = bool(prefix) and any(key.startswith(prefix + ".") for key in model_keys)
+    tensors = {}
+    with CheckpointReader(Path(model_dir)) as reader:
+        for name in names:
+            out_name = f"{prefix}.{name}" if prefixed and not name.startswith(prefix + ".") else name
+            if name in reader.tensors and out_name not in model_keys:
+                tensors[out_name] = reader.read(name)
+    return tensors
 
 
 def save_model(

@@ -8,17 +8,21 @@ What the checks found (the data sources, the model's config, the tokenizer) is h
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.output import check_not_overlapping
+from grow_cli.data.masking import MaskingRule, masking_rule
 from grow_cli.data.sources import Source, check_sources, find_sources
 from grow_cli.errors import OutputError, UsageError
+from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
 from grow_cli.train.checkpoints import resolve_resume
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.freeze import added_tensors
 from grow_cli.train.model_io import check_seq_len, load_model_config, load_tokenizer
+from grow_cli.train.objective import Choice, choose_objective
 
 
 @dataclass
@@ -32,15 +36,32 @@ class Checked:
     trainable_names: list[str] | None  # --train-only new: the tensors grow added; None: train all
     resume_from: Path | None  # the checkpoint to continue from; None: a fresh start
     notes: list[str]  # for the user, e.g. a damaged newer checkpoint skipped by --resume auto
+    objective: Choice  # causal or masked LM, decided from the architecture and --objective
+    masking: MaskingRule | None  # how a masked LM's blocks are corrupted
+    apollo: ApolloPlan | None  # Apollo's depth sampling and stages; None: plain training
 
 
 def preflight(config: TrainConfig) -> Checked:
-    """Check the data, the model folder, the tokenizer, --train-only, --out/--resume and --report-to."""
+    """Check the data, the model folder, the objective, the tokenizer, Apollo, --train-only, --out/--resume and
+    --report-to."""
     sources = find_sources(config.data)
     check_sources(sources, config.text_field)
     model_config = load_model_config(config.model)
     check_seq_len(model_config, config.seq_len)
+    objective = choose_objective(model_config, config.objective)
     tokenizer, eos_id = load_tokenizer(config.tokenizer or config.model, model_config)
+    masking = None
+    if objective.name == "causal":
+        check_no_masking_options(config)
+    else:
+        masking = masking_rule(
+            tokenizer,
+            probability=config.mlm_probability,
+            mask_replace_prob=config.mask_replace_prob,
+            random_replace_prob=config.random_replace_prob,
+            whole_word=config.whole_word_mask,
+        )
+    apollo = plan_apollo(config, model_config)
     trainable_names = added_tensors(config.model) if config.train_only == "new" else None
     out = config.out
     check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
@@ -53,7 +74,21 @@ def preflight(config: TrainConfig) -> Checked:
             "start again, or another --out"
         )
     check_trackers(config.report_to)
-    return Checked(sources, model_config, tokenizer, eos_id, trainable_names, resume_from, notes)
+    return Checked(
+        sources, model_config, tokenizer, eos_id, trainable_names, resume_from, notes, objective, masking, apollo
+    )
+
+
+def check_no_masking_options(config: TrainConfig) -> None:
+    """Refuse masking options on a run that trains a causal LM: they would silently do nothing."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    flags = ("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_mask")
+    given = [name for name in flags if getattr(config, name) != defaults[name]]
+    if given:
+        raise UsageError(
+            f"--{given[0].replace('_', '-')} applies to masked-LM training, but this model trains as a causal LM "
+            "(see --objective)"
+        )
 
 
 def check_trackers(report_to: list[str]) -> None:

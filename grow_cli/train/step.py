@@ -1,17 +1,21 @@
 """One optimizer step of `grow train-stage`, the loss of one micro-batch, and evaluation on the held-out blocks.
 
 `train_step` reads the step's micro-batches from `StepBatches` (the step is the data position), accumulates their
-gradients under `accelerator.accumulate`, clips, steps the optimizer and then the LR schedule. The objective lives
-in `micro_batch_loss` and the move of a batch onto the device in `to_device`; training and evaluation share both.
+gradients under `accelerator.accumulate`, clips, steps the optimizer and then the LR schedule. The run's objective
+(objective.py) turns each block of token ids into the model's inputs and labels, `to_device` moves them and
+`micro_batch_loss` runs the model; training and evaluation share all three. Under Apollo (apollo.py) a step may
+first grow the unique layers, and each micro-batch runs at its own sampled depth.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from grow_cli.data.masking import IGNORE_INDEX
 from grow_cli.train.build import Run
 
 
@@ -20,27 +24,50 @@ class StepResult:
     loss: float  # mean training loss over the step's micro-batches and processes
     lr: float  # the LR this step used
     grad_norm: torch.Tensor | None  # before clipping, still on the device; None when clipping is off
+    depths: tuple[int, ...] = ()  # Apollo: the depth each micro-batch ran at
 
 
-def to_device(ids: torch.Tensor, accelerator: Any) -> torch.Tensor:
-    """A batch of token ids (from the host) on the accelerator's device."""
-    return ids.to(accelerator.device)
+def to_device(inputs: dict[str, Any], accelerator: Any) -> dict[str, Any]:
+    """A micro-batch's model inputs (tensors from the host) on the accelerator's device."""
+    return {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def micro_batch_loss(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    """The mean next-token loss of one micro-batch (a scalar with a graph to backpropagate)."""
-    return model(input_ids=ids, labels=ids).loss
+def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """The loss of one micro-batch under the run's objective (a scalar with a graph to backpropagate): the model's
+    own mean, or — given `num_items` — the sum of the token losses over it (see `Objective.train_inputs`)."""
+    items = inputs.get("num_items")
+    if items is None:
+        return model(**inputs).loss
+    labels = inputs["labels"]
+    logits = model(**{k: v for k, v in inputs.items() if k not in ("labels", "num_items")}).logits
+    where = labels != IGNORE_INDEX
+    return torch.nn.functional.cross_entropy(logits[where].float(), labels[where], reduction="sum") / items
+
+
+def at_depth(run: Run, depth: int | None) -> contextlib.AbstractContextManager:
+    """Under Apollo, run the model at `depth` (None: its unique layers) with shared layers; otherwise as it is."""
+    if run.apollo is None:
+        return contextlib.nullcontext()
+    return run.apollo.view(run.apollo.unique if depth is None else depth)
 
 
 def train_step(run: Run) -> StepResult:
     """Optimizer step `run.step`: accumulate gradients over its micro-batches, clip, step the optimizer and the LR."""
     accelerator, model, optimizer, config = run.accelerator, run.model, run.optimizer, run.config
     model.train()
+    if run.apollo is not None and (note := run.apollo.start_step(run.step)):
+        run.say(note)
     loss_sum = torch.zeros((), device=accelerator.device)
     grad_norm = None
-    for ids in run.batches.micro_batches(run.step):
-        with accelerator.accumulate(model):
-            loss = micro_batch_loss(model, to_device(ids, accelerator))
+    depths: list[int] = []
+    micro_batches = run.objective.train_inputs(run.batches.micro_batches(run.step), run.step, accelerator)
+    for micro, host_inputs in enumerate(micro_batches):
+        inputs = to_device(host_inputs, accelerator)
+        depth = run.apollo.depth(run.step, micro) if run.apollo else None
+        if depth is not None:
+            depths.append(depth)
+        with accelerator.accumulate(model), at_depth(run, depth):
+            loss = micro_batch_loss(model, inputs)
             accelerator.backward(loss)
             loss_sum += loss.detach()
             if accelerator.sync_gradients and config.grad_clip > 0:
@@ -51,18 +78,21 @@ def train_step(run: Run) -> StepResult:
     if not optimizer.step_was_skipped:  # fp16's scaler skips steps with inf gradients
         run.scheduler.step()
     loss_mean = accelerator.reduce(loss_sum / run.budget.grad_accum, "mean").item()
-    return StepResult(loss_mean, lr, grad_norm)
+    return StepResult(loss_mean, lr, grad_norm, tuple(depths))
 
 
-def evaluate(run: Run) -> float:
-    """Mean next-token loss over the held-out blocks of all processes."""
+def evaluate(run: Run, depth: int | None = None) -> float:
+    """Mean loss over the held-out blocks of all processes (next-token, or masked-token with fixed masks); under
+    Apollo at `depth` (None: the unique layers, as the model is written)."""
     accelerator, model = run.accelerator, run.model
     model.eval()
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-    with torch.no_grad():
+    with torch.no_grad(), at_depth(run, depth):
         for ids in run.held_out:
-            total[0] += micro_batch_loss(model, to_device(ids, accelerator)).double() * len(ids)
-            total[1] += len(ids)
+            inputs = run.objective.eval_inputs(ids)
+            positions = run.objective.predicted(inputs)  # the loss is a mean over these
+            total[0] += micro_batch_loss(model, to_device(inputs, accelerator)).double() * positions
+            total[1] += positions
     total = accelerator.reduce(total, "sum")
     model.train()
     return (total[0] / total[1]).item()

