@@ -79,12 +79,12 @@ def test_grow_plan_counts_active_parameters_of_an_moe_target():
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "vocab_size": 96,
-        "num_parameters": 100_000,
-        "active_parameters": 40_000,
+        "num_parameters": 10_000_000,
+        "active_parameters": 4_000_000,
     }
-    result = plan(shape, 1e9, family=[100_000], seq_len=64)
-    assert result["target"]["compute_flops"] == 6 * 40_000 * 1e9
-    assert result["family"]["members"][0]["flops_per_token"] == training_flops_per_token(40_000, 4, 32, 64)
+    result = plan(shape, 1e9, family=[10_000_000], seq_len=2048)
+    assert result["target"]["compute_flops"] == 6 * 4_000_000 * 1e9
+    assert result["family"]["members"][0]["flops_per_token"] == training_flops_per_token(4_000_000, 4, 32, 2048)
 
 
 def test_an_upcycled_model_learns_with_every_expert_and_reports_its_load(tmp_path, capsys):
