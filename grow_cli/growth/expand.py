@@ -49,7 +49,10 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
     if t.identity_init:
         return identity_init(t.source.weight, t.shape, plan.target_shape).to(dtype)
     inputs = [reader.read(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
-    result = plan.width.apply(t.source, inputs) if plan.width else inputs[0]
+    result = plan.width.apply(t.source, inputs) if plan.width and inputs else (inputs[0] if inputs else None)
+    if t.init is not None:  # upcycling: an expert's copy (scaled, partly re-initialised) or a new router
+        result = t.init.apply(None if result is None else result.float(), t.shape, plan.seed)
+    assert result is not None, t.name  # only an upcycling init makes a tensor that reads nothing
     return result.to(dtype).contiguous()
 
 
@@ -70,7 +73,11 @@ def _stage(
         "head_dim",
         "vocab_size",
         "num_parameters",
+        *("model_type", "num_experts", "experts_per_token", "active_parameters"),  # MoE shapes only
     )
+    if plan.upcycle is not None:  # the model type changes
+        summary["source"]["model_type"] = plan.source_config.get("model_type")
+        summary["target"]["model_type"] = plan.target_config.get("model_type")
     return {
         "kind": "expand",
         "source": {
@@ -78,11 +85,12 @@ def _stage(
             "files": hashes,
             "architecture": plan.arch.name,
             "definition": "curated" if plan.arch.curated else "derived",
-            "shape": {k: summary["source"][k] for k in shape_keys},
+            "shape": {k: summary["source"][k] for k in shape_keys if k in summary["source"]},
         },
-        "target": {k: summary["target"][k] for k in shape_keys},
+        "target": {k: summary["target"][k] for k in shape_keys if k in summary["target"]},
         "width": summary["width"],
         "depth": summary["depth"],
+        "moe": summary["moe"],
         "function_preserving": plan.function_preserving,
         "seed": plan.seed,
         "dtype": plan.out_dtype or "as source",
@@ -213,6 +221,7 @@ def _execute(
         "target_shape": summary["target"],
         "depth": summary["depth"],
         "width": summary["width"],
+        "moe": summary["moe"],
         "function_preserving": plan.function_preserving,
         "verify": check,
         "training_state": grown_state,

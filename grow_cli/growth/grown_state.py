@@ -40,7 +40,13 @@ DYNAMICS_METHODS = {"width": ("fpi", "hypercloning", "staged"), "depth": ("ident
 
 
 def method_refusal(spec: GrowthSpec) -> str | None:
-    """Why `spec`'s methods cannot carry a training run on (they change the function), or None."""
+    """Why `spec`'s methods cannot carry a training run on (they change the function, or their copies are not
+    symmetric duplicates), or None."""
+    if spec.grows_experts:
+        return (
+            "upcycling into experts routes each token through a renormalised top-k, so the experts' gradients are not "
+            "the dense MLP's divided by a copy count and its AdamW state cannot continue on them"
+        )
     for kind, grows in (("width", spec.grows_width), ("depth", spec.grows_depth)):
         method = spec.width_method if kind == "width" else spec.depth_method
         if grows and method not in DYNAMICS_METHODS[kind]:

@@ -28,7 +28,7 @@ SECRET = re.compile(r"hf_[A-Za-z0-9]{8,}")
 def _methods(record: dict[str, Any]) -> list[str]:
     methods: list[str] = []
     for stage in record["stages"]:
-        for part in ("width", "depth"):
+        for part in ("width", "depth", "moe"):
             method = (stage.get(part) or {}).get("method")
             if method and method not in methods:
                 methods.append(method)
@@ -58,6 +58,8 @@ def front_matter(record: dict[str, Any]) -> dict[str, Any]:
             tags.append("depth-upscaling")
         if stage.get("width"):
             tags.append("width-expansion")
+        if stage.get("moe"):
+            tags.append("mixture-of-experts")
         if stage.get("apollo"):
             tags.append("apollo")
     tags += _methods(record)
@@ -84,10 +86,15 @@ def _num(value: Any, fmt: str = ".3g") -> str:
 
 def _shape_line(shape: dict[str, Any] | None) -> str:
     shape = shape or {}
-    keys = ("layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
+    keys = (
+        *("model_type", "layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads"),
+        *("num_experts", "experts_per_token"),  # a mixture of experts
+    )
     parts = [f"{k}={shape[k]}" for k in keys if shape.get(k) is not None]
     if shape.get("num_parameters"):
         parts.append(f"{_count(shape['num_parameters'])} parameters")
+    if shape.get("active_parameters"):
+        parts.append(f"{_count(shape['active_parameters'])} active per token")
     return ", ".join(parts) or "shape not recorded"
 
 
@@ -117,7 +124,15 @@ def _operator_lines(part: str, op: dict[str, Any]) -> list[str]:
     paper = f"[{name}]({url})" if url else name
     exact = "exactly function-preserving" if op.get("function_preserving") else "not function-preserving"
     params = ", ".join(f"{k}={v}" for k, v in (op.get("parameters") or {}).items())
-    lines = [f"  - {part}: `{op.get('method', '?')}`, {paper}; {exact}{'; ' + params if params else ''}."]
+    label = "mixture of experts" if part == "moe" else part
+    lines = [f"  - {label}: `{op.get('method', '?')}`, {paper}; {exact}{'; ' + params if params else ''}."]
+    if part == "moe":
+        shared = ", a shared expert" if op.get("shared_expert") else ""
+        drop = f", {op['drop_upcycling']:.0%} of each expert's units re-initialised" if op.get("drop_upcycling") else ""
+        lines.append(
+            f"    - {op.get('model_type', '?')} with {op.get('experts', '?')} experts, top-{op.get('top_k', '?')}, "
+            f"router {op.get('router', '?')}{shared}{drop}: {op.get('exactness', '')}."
+        )
     if op.get("layer_map"):
         lines.append(f"    - layer map (grown layer → source layer): {_compact(op['layer_map'])}")
         if op.get("new_layers"):
@@ -147,7 +162,7 @@ def _expand_lines(stage: dict[str, Any]) -> list[str]:
         f"- **Grown** from {_origin(source)} ({_shape_line(source.get('shape'))})",
         f"  to {_shape_line(stage.get('target'))}.",
     ]
-    for part in ("width", "depth"):
+    for part in ("width", "depth", "moe"):
         if stage.get(part):
             lines += _operator_lines(part, stage[part])
     lines.append(_verify_line(stage.get("verify")))
@@ -198,6 +213,13 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
         ppl = f" (perplexity {math.exp(loss):.2f})" if loss < 50 else ""
         kind = "masked-token " if objective.get("name") == "masked" else ""
         lines.append(f"  - final eval {kind}loss {loss:.4f}{ppl}.")
+    router = stage.get("router")
+    if router:
+        lines.append(
+            f"  - mixture of experts: load-balancing loss {_num(router.get('router_aux_loss'))} (× "
+            f"{router.get('router_aux_loss_coef')}); expert load (share × experts, 1 = balanced) from "
+            f"{_num(router.get('expert_load_min'), '.2f')} to {_num(router.get('expert_load_max'), '.2f')}."
+        )
     return lines
 
 

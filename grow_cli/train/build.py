@@ -36,6 +36,7 @@ from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
 from grow_cli.train.model_io import LoadedModel, load_model
 from grow_cli.train.objective import Objective, objective_notes
 from grow_cli.train.preflight import Checked
+from grow_cli.train.router import RouterStats, is_moe_model
 from grow_cli.train.schedule import Schedule, warmup_steps_for
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class Run:
     continuation: Continuation | None = None  # where this run continues another (train/continuation.py)
     step: int = 0
     tokens: int = 0
+    router: RouterStats | None = None  # mixture of experts: auxiliary loss and expert load (train/router.py)
 
     def state(self) -> dict[str, Any]:
         """grow's part of a checkpoint: the run keys, the position, and what `grow expand` needs to grow the
@@ -163,6 +165,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     flops_token = (
         apollo.flops_per_token(apollo.unique, config.seq_len) if apollo else flops_per_token(model, config.seq_len)
     )
+    router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     offset = continuation.data_offset(budget.global_batch) if continuation else 0
@@ -190,6 +193,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         objective=objective,
         apollo=apollo,
         loaded=loaded,
+        router=router,
         parameter_names=names,
         continuation=continuation,
         step=continuation.start_step if continuation else 0,

@@ -81,6 +81,8 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
         "trainable_tensors": len(run.trainable),
         "final_state": str(final_state) if final_state else None,
     }
+    if run.router is not None:  # mixture of experts: auxiliary loss and expert load over the whole run
+        summary["router"] = run.router.summary(accelerator)
     if "eval_loss_at_target" in evaluated:
         summary["final_eval_loss_at_target"] = evaluated["eval_loss_at_target"]
     if accelerator.is_main_process:
@@ -90,11 +92,10 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
                 carried_tensors(run.config.model, run.loaded.carried, set(state_dict), unwrapped.base_model_prefix)
             )
         save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype)
-        record = append_stage(
-            load_record(run.config.model),
-            stage_record(run, evaluated),
-            model_summary(run, unwrapped, num_parameters),
-        )
+        stage = stage_record(run, evaluated)
+        if "router" in summary:
+            stage["router"] = summary["router"]
+        record = append_stage(load_record(run.config.model), stage, model_summary(run, unwrapped, num_parameters))
         write_record(out, record)
         write_card(out, record)
         summary["record"] = str(Path(out) / "grow.json")

@@ -121,6 +121,8 @@ def _throughput(run: Run, last: StepResult, tokens_per_s: float) -> dict[str, An
         metrics["grad_norm"] = float(last.grad_norm)
     if run.peak_flops:
         metrics["mfu"] = tokens_per_s * flops_token / (run.peak_flops * run.accelerator.num_processes)
+    if run.router is not None:  # mixture of experts: the auxiliary loss and expert load since the last report
+        metrics.update(run.router.metrics(run.accelerator))
     return metrics
 
 
