@@ -37,16 +37,25 @@ EXAMPLES = """
 
     # Drop-Upcycling (half of each expert's units re-initialised) and 2x depth in one pass
     grow expand ./Qwen3-0.6B ./qwen3-moe --experts 8 --drop-upcycling 0.5 --depth-factor 2 --depth-method identity
+
+    # Grow a training run, not only its weights: a train-stage checkpoint (or an output folder trained with
+    # --save-final-state) → the grown model plus its grown AdamW state, continued by train-stage --resume grown
+    grow expand ./run/checkpoints/step_00002000 ./wide --width-factor 2 --width-method staged
+    grow train-stage ./wide --resume grown --data corpus/ --out ./wide-run --max-steps 2000
 """
 
 DEPTH = "Depth"
 WIDTH = "Width"
 MOE = "Mixture of experts (upcycling)"
 OUTPUT = "Output"
+TRAINING_STATE = "Training state"
 
 
 def expand(
-    source: Annotated[str, typer.Argument(help="A model folder, or a Hub id such as org/name.")],
+    source: Annotated[
+        str,
+        typer.Argument(help="A model folder, a Hub id such as org/name, or a train-stage checkpoint (…/step_N)."),
+    ],
     out: Annotated[Path, typer.Argument(help="Output folder (must not exist or be empty, unless --force).")],
     layers: Annotated[int | None, typer.Option(help="Target number of layers.", rich_help_panel=DEPTH)] = None,
     depth_factor: Annotated[
@@ -80,6 +89,14 @@ def expand(
             rich_help_panel=WIDTH,
         ),
     ] = None,
+    weights_only: Annotated[
+        bool,
+        typer.Option(
+            help="SRC a train-stage checkpoint (or output with --save-final-state): grow its weights only, not its "
+            "optimizer state (which exact methods otherwise grow beside the model, for train-stage --resume grown).",
+            rich_help_panel=TRAINING_STATE,
+        ),
+    ] = False,
     experts: Annotated[
         int | None,
         typer.Option(

@@ -63,6 +63,7 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
                 "flops_per_token": per_token,
                 "train_flops": stage.get("train_flops"),  # what the stage spent (less under Apollo's depths)
                 "final_eval_loss": evals[-1] if evals else None,
+                "optimizer": s.get("optimizer"),  # "grow": continued the previous member's grown training state
             }
         )
     book = tally(rows, independent_tokens="lineage_tokens", progressive_tokens="tokens")
@@ -185,6 +186,13 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
             f"{shape.get('hidden_size')} | {r['tokens']:,} | {r['lineage_tokens']:,} | "
             f"{_fmt(r['final_eval_loss'], '.4f')} |"
         )
+    continued = [r["name"] for r in book["members"] if r.get("optimizer") == "grow"]
+    if continued:
+        lines += [
+            "",
+            f"Continued the previous member's grown training state (`optimizer: grow`): {', '.join(continued)}; "
+            "the other grown members started a fresh optimizer.",
+        ]
     if pairs:
         lines += [
             "",
@@ -249,7 +257,8 @@ def write_report(recipe: Recipe, summaries: list[dict[str, Any]]) -> dict[str, A
         "published": PUBLISHED,
         "ledger": book,
         "members": [
-            {k: s.get(k) for k in ("name", "final", "train", "compare_with_previous", "baseline")} for s in summaries
+            {k: s.get(k) for k in ("name", "final", "optimizer", "train", "compare_with_previous", "baseline")}
+            for s in summaries
         ],
         "plots": plots,
     }

@@ -1,5 +1,7 @@
 """`grow expand` as a library call: resolve the source, plan the `GrowthSpec`, stream every tensor into the output,
 write config, small files, `grow.json` and the model card, optionally verify, and move the folder into place.
+A source with a training state (a train-stage checkpoint, `growth/train_state.py`) also gets its AdamW state grown
+into `OUT/training-state/` (`growth/grown_state.py`).
 
 Memory stays bounded: the reader returns one tensor at a time and the writer appends it to a shard whose header was
 written in advance, so the peak is about one tensor (see `Plan.peak_bytes`), not one shard or one model.
@@ -19,11 +21,16 @@ from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, parse_size
 from grow_cli.console import byte_progress
+from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
+from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
+from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
+from grow_cli.growth.train_state import training_source
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
+from grow_cli.operators.staged import identity_init
 
 CARD_AND_RECORD_BYTES = 1 << 20  # config.json, grow.json, README.md and the index: generously
 
@@ -39,6 +46,8 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
     dtype = torch_dtype(t.dtype)
     if t.zero:  # an identity block's residual writer: 0, or −1 for a Gemma (1 + w) gain
         return torch.full(t.shape, t.source.weight.zero_fill, dtype=dtype)
+    if t.identity_init:
+        return identity_init(t.source.weight, t.shape, plan.target_shape).to(dtype)
     inputs = [reader.read(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
     result = plan.width.apply(t.source, inputs) if plan.width and inputs else (inputs[0] if inputs else None)
     if t.init is not None:  # upcycling: an expert's copy (scaled, partly re-initialised) or a new router
@@ -114,24 +123,32 @@ def expand(
         local = Path(source).expanduser()
         check_output(Path(out), local if local.exists() else None, force=force)
     src = resolve_source(source, revision=revision, token=token)
-    config = load_config(src.folder)
-    with CheckpointReader(src.folder) as reader:
-        plan = build_plan(config, reader.tensor_infos(), spec)
-        if dry_run:
-            return {"dry_run": True, "source": src.describe(), "plan": plan_summary(plan, with_tensors=True)}
-        if out is None:
-            raise ValueError("expand needs an output folder unless dry_run")
-        return _execute(
-            plan,
-            reader,
-            src,
-            Path(out),
-            force=force,
-            verify=verify or (plan.arch.always_verify and plan.function_preserving),
-            verify_memory=verify_memory,
-            quiet=quiet,
-            command=command,
-        )
+    with training_source(src, weights_only=spec.weights_only) as (src, source_state):
+        config = load_config(src.folder)
+        with CheckpointReader(src.folder) as reader:
+            plan = build_plan(config, reader.tensor_infos(), spec, uniform_maps=source_state is not None)
+            state = plan_state(plan, source_state, spec) if source_state is not None else None
+            if dry_run:
+                return {
+                    "dry_run": True,
+                    "source": src.describe(),
+                    "plan": plan_summary(plan, with_tensors=True),
+                    "training_state": state_summary(state) if state else None,
+                }
+            if out is None:
+                raise ValueError("expand needs an output folder unless dry_run")
+            return _execute(
+                plan,
+                reader,
+                src,
+                Path(out),
+                state=state,
+                force=force,
+                verify=verify or (plan.arch.always_verify and plan.function_preserving),
+                verify_memory=verify_memory,
+                quiet=quiet,
+                command=command,
+            )
 
 
 def _execute(
@@ -140,6 +157,7 @@ def _execute(
     src: CheckpointSource,
     out: Path,
     *,
+    state: StatePlan | None,
     force: bool,
     verify: bool,
     verify_memory: int | None,
@@ -150,15 +168,20 @@ def _execute(
     hasher = FileHasher([*reader.files, src.folder / "config.json"])
     with staged_output(out, src.folder, force=force) as tmp:
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
-        require_free_space(tmp, plan.total_bytes + extra, out)
-        require_memory(plan.peak_bytes)
+        state_bytes = state.total_bytes if state else 0
+        require_free_space(tmp, plan.total_bytes + state_bytes + extra, out)
+        require_memory(max(plan.peak_bytes, state_peak_bytes(plan, state) if state else 0))
         writer = ShardWriter(tmp, plan.shards)
         pool = BufferPool()
-        with byte_progress(f"growing 0/{len(plan.tensors)} tensors", plan.total_bytes, quiet=quiet) as advance:
+        total = plan.total_bytes + state_bytes
+        with byte_progress(f"growing 0/{len(plan.tensors)} tensors", total, quiet=quiet) as advance:
             for i, t in enumerate(plan.tensors):
                 written = writer.write(t.name, materialize(plan, reader, i, pool))
                 advance(written, f"growing {i + 1}/{len(plan.tensors)} tensors")
-        writer.finish()
+            writer.finish()
+            grown_state = None
+            if state is not None:
+                grown_state = write_state(plan, state, tmp / STATE_DIR, lambda n: advance(n, "growing the AdamW state"))
         (tmp / "config.json").write_text(json.dumps(plan.target_config, indent=2) + "\n")
         copied, skipped = copy_small_files(src.folder, tmp)
         if plan.width:
@@ -177,6 +200,7 @@ def _execute(
             )
             check = verifier.check(result, exact=plan.function_preserving, dtype=plan.out_dtype or _main_dtype(plan))
         stage = _stage(plan, src, hasher.result(), check, command)
+        stage["training_state"] = grown_state
         record = append_stage(
             load_record(src.folder),
             stage,
@@ -200,6 +224,7 @@ def _execute(
         "moe": summary["moe"],
         "function_preserving": plan.function_preserving,
         "verify": check,
+        "training_state": grown_state,
         "files": {
             "shards": len(plan.shards),
             "bytes": plan.total_bytes,

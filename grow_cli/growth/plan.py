@@ -18,11 +18,12 @@ from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.checkpoint.dtypes import FLOATING, numel
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
-from grow_cli.errors import UsageError
+from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.config import grown_config, validate_config
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import registry
 from grow_cli.operators.depth import DepthMap, depth_map, target_layers
+from grow_cli.operators.staged import gated_mlp
 from grow_cli.operators.upcycle import ExpertInit, Upcycler
 
 
@@ -42,6 +43,13 @@ class WidthPlan(Protocol):
 
     def record(self) -> dict[str, Any]: ...
 
+    # what growing a training state needs (grow_cli/growth/grown_state.py)
+    def state_layout(self, tensor: BoundTensor, x: Any, tag: str) -> Any: ...
+
+    def state_scales(self, w: WeightDef) -> tuple[int, float] | None: ...
+
+    def fresh_entries(self, w: WeightDef) -> bool: ...
+
 
 @dataclass(frozen=True)
 class OutputTensor:
@@ -57,6 +65,7 @@ class OutputTensor:
     layer: int | None = None
     init: ExpertInit | None = None  # upcycling: how the tensor is made from what it reads (or from nothing)
     target_weight: WeightDef | None = None  # upcycling: what the tensor is in the MoE definition
+    identity_init: bool = False  # staged-identity: a new layer's gain/bias 0 or identity matrix (reads nothing)
 
     @property
     def weight(self) -> WeightDef:
@@ -70,6 +79,8 @@ class OutputTensor:
     def describe(self, width: str | None) -> str:
         if self.zero:
             return "zeros (identity block output)"
+        if self.identity_init:
+            return "staged identity init (gains and biases 0, matrices I) → new"
         if not self.reads:
             return self.init.describe() if self.init else "zeros"
         how = f"{width}({', '.join(self.reads)})" if width else f"copy {self.reads[0]}"
@@ -137,8 +148,16 @@ def source_shape_of(
     return arch, shape, bind(arch, config, shape, tensors)
 
 
-def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], str]], spec: GrowthSpec) -> Plan:
-    """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data."""
+def build_plan(
+    config: dict[str, Any],
+    tensors: dict[str, tuple[tuple[int, ...], str]],
+    spec: GrowthSpec,
+    *,
+    uniform_maps: bool = False,
+) -> Plan:
+    """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data.
+
+    `uniform_maps`: every width map tiled, as growing a training state needs (grow_cli/growth/grown_state.py)."""
     arch, shape, binding = source_shape_of(config, tensors)
     out_dtype, seed = spec.out_dtype, spec.seed
 
@@ -146,7 +165,8 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     if spec.grows_width:
         op = registry.operator("width", spec.width_method)
         registry.refuse_if_inapplicable(op, arch)
-        width = op.implementation(spec, arch, binding, config)
+        uniform = {"uniform": True} if uniform_maps else {}  # (the plain call keeps the constructor's signature)
+        width = op.implementation(spec, arch, binding, config, **uniform)
     target_shape = width.target if width else shape
 
     layers, overlap = target_layers(shape.layers, spec)
@@ -169,6 +189,11 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     )
     upcycle = None
     if spec.grows_experts:
+        if depth is not None and depth.identity_init:
+            raise OptionError(
+                "depth_method",
+                "--depth-method staged-identity initialises dense layers; with --experts use --depth-method identity",
+            )
         op = registry.operator("moe", "drop-upcycle" if spec.drop_upcycling else "upcycle")
         registry.refuse_if_inapplicable(op, arch)
         upcycle = op.implementation(spec, arch, binding, target_config)
@@ -179,10 +204,10 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     def out_dtype_of(t: BoundTensor) -> str:
         return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype
 
-    def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None) -> OutputTensor:
+    def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None, init: bool = False):
         shape_ = target_shape.tensor_shape(t.weight.axes)
-        reads = () if zero else (width.sources(t, binding) if width else (t.name,))
-        return OutputTensor(name, shape_, out_dtype_of(t), t, reads, zero, new, layer)
+        reads = () if zero or init else (width.sources(t, binding) if width else (t.name,))
+        return OutputTensor(name, shape_, out_dtype_of(t), t, reads, zero, new, layer, identity_init=init)
 
     out: list[OutputTensor] = [output(t, t.name, new=False, zero=False, layer=None) for t in binding.embeddings]
     for j, src in enumerate(layer_map):
@@ -191,9 +216,11 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
             zero_outputs = bool(depth and depth.zero_new_outputs and is_new)
             out += _upcycled(upcycle, j, binding.layers[src], binding, width, is_new, zero_outputs, out_dtype_of)
             continue
+        init = bool(depth and depth.identity_init and is_new)
         for t in binding.layers[src]:
             zero = bool(depth and depth.zero_new_outputs and is_new and t.weight.residual_writer)
-            out.append(output(t, binding.layer_name(t.weight, j, t.expert), new=is_new, zero=zero, layer=j))
+            name = binding.layer_name(t.weight, j, t.expert)
+            out.append(output(t, name, new=is_new, zero=zero, layer=j, init=init))
     out += [output(t, t.name, new=False, zero=False, layer=None) for t in binding.final]
 
     shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], spec.max_shard_bytes)
@@ -201,6 +228,12 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     plan.upcycle = upcycle
     if binding.dropped:
         plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]
+    if depth and depth.identity_init and gated_mlp(arch):
+        plan.notes.append(
+            "staged-identity: the new layers' gated MLP (gate·up) starts at a stationary point — with its norm gain "
+            "at zero every MLP gradient there is exactly zero, so it never trains (its attention does); "
+            "--depth-method identity has no such problem"
+        )
     if width is not None and width.symmetric_copies and not _dropout(config):
         plan.notes.append(
             f"the units {spec.width_method} adds are exact copies and this model trains without dropout, so copies "

@@ -56,6 +56,8 @@ class GrowthSpec:
     router_noise: float | None = None  # std of the seeded normal router init (default 0.02; 0: a zero router)
     drop_upcycling: float | None = None  # Drop-Upcycling: share of each expert's units re-initialised
     shared_expert: bool = False  # a shared expert (copy of the MLP) where the MoE type has one
+    # training state (a train-stage checkpoint or output with --save-final-state as the source)
+    weights_only: bool = False  # grow the weights only, not the source's training state
     # output
     dtype: str | None = None  # bf16, fp16 or fp32; None: as the source
     shard_size: str | int = "5GB"

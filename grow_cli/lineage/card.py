@@ -166,6 +166,15 @@ def _expand_lines(stage: dict[str, Any]) -> list[str]:
         if stage.get(part):
             lines += _operator_lines(part, stage[part])
     lines.append(_verify_line(stage.get("verify")))
+    state = stage.get("training_state")
+    if state:
+        exact = "exactly continues the source's dynamics" if state.get("exact_dynamics") else "continues it"
+        partly = state.get("partly_fresh_tensors")
+        lines.append(
+            f"  - training state grown too (step {state.get('step')}): AdamW moments of "
+            f"{state.get('carried_tensors')} tensors carried, {state.get('fresh_tensors')} fresh"
+            f"{f', {partly} partly fresh' if partly else ''}; {exact} (`training-state/`)."
+        )
     lines.append(f"  - seed {stage.get('seed')}, dtype {stage.get('dtype')}, grow {stage.get('grow_version')}.")
     if stage.get("command"):
         lines.append(f"  - command: `{redact_command(stage['command'])}`")
@@ -191,6 +200,9 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
         lines.append(
             f"  - schedule {name}, max LR {stage.get('max_lr')}, train only: {stage.get('train_only') or 'all'}."
         )
+    continued = stage.get("continued")
+    if continued:
+        lines.append(_continued_line(continued))
     objective = stage.get("objective") or {}
     if objective.get("name") == "masked":
         lines.append(_masking_line(objective))
@@ -209,6 +221,27 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
             f"{_num(router.get('expert_load_min'), '.2f')} to {_num(router.get('expert_load_max'), '.2f')}."
         )
     return lines
+
+
+def _continued_line(continued: dict[str, Any]) -> str:
+    """How a train stage continued a grown training state: where it started and the per-tensor multipliers."""
+    source = continued.get("source") or {}
+    line = (
+        f"  - continued the grown training state of step {source['step']} from step {continued.get('start_step')}"
+        if source.get("step") is not None
+        else f"  - started at step {continued.get('start_step')} of the schedule"
+    )
+    if continued.get("restart_warmup_steps"):
+        line += f" with a {continued['restart_warmup_steps']}-step restart warmup"
+    groups = [g for g in continued.get("multipliers") or [] if (g["lr"], g["eps"], g["weight_decay"]) != (1, 1, 1)]
+    if groups:
+        parts = [
+            f"LR ×{_num(g['lr'])}, eps ×{_num(g['eps'])}, weight decay ×{_num(g['weight_decay'])} on "
+            f"{len(g['tensors'])} tensors"
+            for g in groups
+        ]
+        line += "; per-tensor multipliers: " + "; ".join(parts)
+    return line + "."
 
 
 def _masking_line(objective: dict[str, Any]) -> str:

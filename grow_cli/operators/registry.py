@@ -8,8 +8,9 @@ implementation in `depth.py`, `width.py` or `upcycle.py` (and its rows in docs/m
 
 `implementation` is, for a depth method, `layer_map(L, target) -> list[int]` (target layer j copies source layer
 `layer_map[j]`; the planner builds the `DepthMap` from it), for a width method the `WidthOperator` class, whose
-rules branch on the method name where the methods differ (the shared axis-by-axis core is the same for all four),
-and for a mixture-of-experts method (`--experts`, with `--drop-upcycling` choosing Drop-Upcycling) the `Upcycler`.
+rules branch on the method name where the methods differ (the shared axis-by-axis core is the same for all of them),
+or a subclass where the layout itself differs (staged training's block-diagonal `StagedWidth`), and for a
+mixture-of-experts method (`--experts`, with `--drop-upcycling` choosing Drop-Upcycling) the `Upcycler`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from grow_cli.arch.registry import ArchDef
 from grow_cli.errors import OptionError
-from grow_cli.operators import depth, upcycle, width
+from grow_cli.operators import depth, staged, upcycle, width
 
 KINDS = ("depth", "width", "moe")
 
@@ -117,6 +118,19 @@ OPERATORS: tuple[Operator, ...] = (
         refusal=_needs_zeroed_block_identity,
     ),
     Operator(
+        name="staged-identity",
+        kind="depth",
+        title="staged training, identity initialisation",
+        citation="Shen et al., ICML 2022",
+        url="https://arxiv.org/abs/2203.06211",
+        summary="staged training, exact",
+        exact="always, where a zero-gain block is an identity (pre-norm, sandwich-norm and post-sublayer-norm "
+        "layouts); refused after a post-norm",
+        how="new layers inserted as `identity` does, with norm gains and biases 0 and identity matrices",
+        implementation=depth.identity,
+        refusal=staged.staged_identity_refusal,
+    ),
+    Operator(
         name="dus",
         kind="depth",
         title="SOLAR depth up-scaling",
@@ -161,6 +175,18 @@ OPERATORS: tuple[Operator, ...] = (
         exact="always (integer ratios only), with or without `--noise-snr-db`",
         how="every map tiled; optional symmetric noise that cancels between paired copies",
         implementation=width.WidthOperator,
+        refusal=_width_refusal,
+    ),
+    Operator(
+        name="staged",
+        kind="width",
+        title="staged training",
+        citation="Shen et al., ICML 2022",
+        url="https://arxiv.org/abs/2203.06211",
+        summary="block-diagonal, exact",
+        exact="always (the same integer factor for every space)",
+        how="every map tiled ×k, matrices block-diagonal (not divided), the norm before the head divided by k",
+        implementation=staged.StagedWidth,
         refusal=_width_refusal,
     ),
     Operator(

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 _OUT_AXIS = {"linear": 0, "conv1d": 1, "bias": 0, "experts_linear": 1}  # the axis AKI fills from the next layer
 _HEAD_SPACES = {"q", "kv", "qkv", "qkv_heads"}
+TILED_METHODS = ("hypercloning", "staged")  # methods that copy whole units: integer ratios only
 
 
 def _multiples_near(value: int, step: int, floor: int) -> list[int]:
@@ -144,7 +145,7 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             f"{H2} query heads in {K2} KV groups leave some of the {H} source heads without a copy "
             f"(each source group of {g} needs room); try --num-heads {K2 * per_group}"
         )
-    if spec.width_method == "hypercloning":
+    if spec.width_method in TILED_METHODS:
         for flag, new, old in (
             ("hidden_size", d2, d),
             ("intermediate_size", f2, f),
@@ -154,7 +155,7 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             if new % old:
                 raise OptionError(
                     flag,
-                    f"hypercloning tiles whole copies: {flag} must be a multiple of {old}; try "
+                    f"{spec.width_method} tiles whole copies: {flag} must be a multiple of {old}; try "
                     f"{_try(_multiples_near(new, old, old + 1))}",
                 )
     fe2, fs2 = _expert_sizes(arch, shape, spec, f2)
@@ -204,7 +205,11 @@ class _Axis:
 class WidthOperator:
     """A `WidthPlan` (grow_cli.growth.plan): the maps of one width growth, and how each tensor is widened."""
 
-    def __init__(self, spec: GrowthSpec, arch: ArchDef, binding: Binding, config: dict[str, Any]):
+    def __init__(
+        self, spec: GrowthSpec, arch: ArchDef, binding: Binding, config: dict[str, Any], *, uniform: bool = False
+    ):
+        """`uniform`: tile every map, as growing a training state needs (`fpi`'s FFN and head maps otherwise copy
+        some units more often than others, which no per-tensor LR or eps multiplier can follow)."""
         self._pool = BufferPool()
         self.method = spec.width_method
         self.arch = arch
@@ -217,7 +222,7 @@ class WidthOperator:
         d, d2 = s.hidden_size, t.hidden_size
         rng = random.Random(self.seed)
         self.integer_hidden = d2 % d == 0
-        random_units = self.method in ("fpi", "aki")
+        random_units = self.method in ("fpi", "aki") and not uniform
         self.maps = {
             "hidden": im.tiled(d, d2) if self.integer_hidden or not random_units else im.prefix_random(d, d2, rng),
             "ffn": (im.prefix_random if random_units else im.tiled)(
@@ -510,8 +515,8 @@ class WidthOperator:
             raise UsageError(f"{self.arch.name}: cannot widen a '{space}' axis with these head maps")
         return self._axes[space]
 
-    def _fpi(self, w: WeightDef, x, tag: str):
-        """OUT on every axis, IN (gather and divide by the copy count) on the input axis.
+    def _fpi(self, w: WeightDef, x, tag: str, *, divide: bool = True):
+        """OUT on every axis, IN (gather and divide by the copy count) on the input axis; `divide=False`: gather only.
 
         Gathers go into reused buffers (slots named by `tag` and axis): the result is valid until the next call
         with the same tag, which the executor guarantees by writing each tensor before making the next.
@@ -524,9 +529,54 @@ class WidthOperator:
                 continue
             shape = (*x.shape[:axis], len(m.index_list), *x.shape[axis + 1 :])
             x = torch.index_select(x, axis, m.index, out=self._pool.tensor((tag, axis), shape, "F32"))
-            if axis == w.in_axis:
+            if divide and axis == w.in_axis:
                 x.div_(_along(m.divisor, axis, x.ndim))  # x is our own buffer, never an input
         return x
+
+    # -- what growing a training state needs (grow_cli/growth/grown_state.py) -----------------------------------
+
+    def state_layout(self, tensor: BoundTensor, x, tag: str):
+        """`x` (an optimizer moment of `tensor`, float32) laid out as the widened tensor: gathered like its weight,
+        unscaled. Entries with no counterpart in the source (none here; staged's off-diagonal blocks) are zero."""
+        return self._fpi(tensor.weight, x, tag, divide=False)
+
+    def fresh_entries(self, w: WeightDef) -> bool:
+        """Whether some widened entries of `w` have no counterpart in the source (never, for a gathered tensor)."""
+        return False
+
+    def state_scales(self, w: WeightDef) -> tuple[int, float] | None:
+        """(copies, value scale) of `w`: how many widened entries hold each source entry, and the factor `apply`
+        multiplies them by (1/C on an IN-divided input axis, folds, embedding scales); None when either differs
+        from entry to entry (a map that copies some units more often than others).
+
+        Under exact symmetric duplication a widened entry's gradient is G / (copies × value scale), so AdamW
+        continues the source's trajectory with moments m·s, v·s² (s = that factor), eps·s, and the LR times the
+        value scale (weight decay divided by it): docs/training-state.md derives it.
+        """
+        copies, scale = 1, 1.0
+        for axis, space in enumerate(w.axes):
+            count = self._uniform_count(space)
+            if count is None:
+                return None
+            copies *= count
+            if axis == w.in_axis:
+                scale /= count
+        if w.runtime_scale:
+            scale *= self.embed_scale
+        if w.head_norm and self.tied:
+            hidden = self._uniform_count("hidden")
+            if hidden is None:
+                return None
+            scale *= 1.0 / self.head_scale / hidden
+        return copies, scale
+
+    def _uniform_count(self, space: str | int) -> int | None:
+        """The copy count every unit of `space` has (1 for an axis that does not grow), or None if they differ."""
+        m = self._axis(space)
+        if m is None:
+            return 1
+        counts = set(m.divisor.tolist())
+        return int(counts.pop()) if len(counts) == 1 else None
 
     def _noise(self, w: WeightDef, x, name: str):
         """HyperCloning's symmetric noise: +N and −N on paired copies of each input column, so N·x − N·x = 0."""

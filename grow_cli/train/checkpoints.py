@@ -31,6 +31,7 @@ RESUME_KEYS = (
     "seed",
     "train_only",
     "num_processes",
+    "start_step",
     "objective",
     "apollo",
 )
