@@ -94,3 +94,15 @@ def test_every_checkpoint_damaged_is_one_line(paused, capsys):
     code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
     line = _one_line(stderr)
     assert code == 1 and re.search(r"every checkpoint in .* is damaged .*optimizer\.bin.*--overwrite", line)
+
+
+def test_a_checkpoint_from_before_the_objective_and_apollo_keys_resumes(paused, capsys):
+    """grow 0.1's checkpoints predate the `objective` and `apollo` resume keys; a causal run without Apollo (all
+    that grow trained then) resumes them."""
+    model, data, out, root = paused
+    state_file = root / "step_00000006" / "grow-state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k not in ("objective", "apollo")}))
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    assert json.loads((out / "grow.json").read_text())["stages"][-1]["steps"] == 8

@@ -117,6 +117,46 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     assert any(line.startswith("equal tokens (not equal quality)") for line in lines[3:])
 
 
+def test_optimizer_grow_continues_the_previous_members_training_state(cli, tmp_path):
+    """`optimizer: grow`: the small member also saves its final state (its published model unchanged), the next
+    member grows that state with its weights and continues it — step, schedule and per-tensor multipliers."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=2, chars=30_000)
+    published = {}
+    for optimizer in ("fresh", "grow"):
+        recipe = {
+            "out": f"run-{optimizer}",
+            "optimizer": optimizer,
+            "train": {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_batches": 1, "max_lr": 3e-3},
+            "compare": {"seq_len": 32, "max_blocks": 2},
+            "members": [
+                {"name": "small", "source": "base", "train": {"max_steps": 4}},
+                {
+                    "name": "wide",
+                    "grow": {"width_factor": 2, "width_method": "hypercloning"},
+                    "train": {"max_steps": 3},
+                },
+            ],
+        }
+        path = tmp_path / f"{optimizer}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        result = cli("family", path, "-q")
+        assert result.code == 0, result.stderr
+        run = tmp_path / f"run-{optimizer}"
+        published[optimizer] = (run / "small" / "trained" / "model.safetensors").read_bytes()
+        wide = json.loads((run / "wide" / "member.json").read_text())
+        assert wide["optimizer"] == optimizer and wide["train"]["steps"] == 3
+        stage = json.loads((run / "wide" / "trained" / "grow.json").read_text())["stages"][-1]
+        if optimizer == "grow":
+            assert (run / "small" / "trained" / "checkpoints" / "step_00000004" / "optimizer.bin").is_file()
+            assert (run / "wide" / "grown" / "training-state" / "state.json").is_file()
+            assert stage["continued"]["source"]["step"] == 4 and stage["end_step"] == 7
+            assert "Continued the previous member's grown training state" in (run / "family.md").read_text()
+        else:
+            assert stage["continued"] is None and not (run / "small" / "trained" / "checkpoints").exists()
+    assert published["fresh"] == published["grow"]  # saving the state changed nothing the member publishes
+
+
 def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     """A BERT family: the first member is built from a config (with its masked-LM head) and trained with Apollo
     toward 4 layers, the second is grown to 4 by interpolation and trained; both train as masked LMs and are
@@ -161,3 +201,10 @@ def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     assert deep["record"]["stages"][-1]["objective"]["name"] == "masked"
     comparison = deep["compare_with_previous"]
     assert comparison["objective"] == "masked" and comparison["kl_a_b"] > 0
+    # The ledger charges the Apollo member what it spent at its sampled depths (at least its 2 written layers'
+    # FLOPs per token × tokens, as shared layers run deeper), not the written model's per-token figure alone.
+    book = json.loads((run / "family.json").read_text())["ledger"]
+    row = book["members"][0]
+    assert row["progressive_flops"] == pytest.approx(small["train_flops"]) and small["apollo"]["train_flops"] > 0
+    assert row["progressive_flops"] >= row["flops_per_token"] * row["tokens"]
+    assert small["flops_per_token"] == row["flops_per_token"]

@@ -347,3 +347,19 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path):
     assert {"config.json", "README.md"} <= set(remote)
     assert list((out / "checkpoints").iterdir())  # resume state exists locally …
     assert not any(name.startswith("checkpoints/") for name in remote)  # … and stays local
+
+
+def test_training_states_stay_local(tmp_path):
+    """A model folder may carry train-stage checkpoints or a grown training state; neither belongs in a model repo."""
+    from grow_cli.hub.push import upload_files
+
+    for rel in (
+        "config.json",
+        "model.safetensors",
+        "checkpoints/step_00000002/optimizer.bin",
+        "training-state/state.json",
+        "training-state/moments.safetensors",
+    ):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert [f["path"] for f in upload_files(tmp_path)] == ["config.json", "model.safetensors"]

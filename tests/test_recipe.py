@@ -44,6 +44,21 @@ def write_recipe(tmp_path, members, **top):
             {},
             "--schedule",
         ),
+        ([{"name": "a", "source": "m", "optimizer": "grow"}], {}, "members[0].optimizer: the first member"),
+        ([{"name": "a", "source": "m"}], {"optimizer": "carry"}, "optimizer: expected one of fresh, grow"),
+        (
+            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": 4}, "optimizer": "grow"}],
+            {},
+            "members[1].optimizer: grow continues a's training state, but a is not trained",
+        ),
+        (
+            [
+                {"name": "a", "source": "m", "train": {"max_steps": 3}},
+                {"name": "b", "grow": {"layers": 4, "depth_method": "stack"}, "train": {"max_steps": 3}},
+            ],
+            {"optimizer": "grow", "train": {"data": "x"}},
+            "members[1].optimizer: --depth-method stack changes the model's function",
+        ),
     ],
 )
 def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):

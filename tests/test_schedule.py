@@ -51,3 +51,15 @@ def test_warmup_steps_from_ratio():
     assert warmup_steps_for(1000, None, 0.01) == 10
     assert warmup_steps_for(50, None, 0.01) == 1
     assert warmup_steps_for(10, 500, 0.01) == 10
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "wsd"])
+def test_restart_warmup_ramps_to_the_schedule_at_its_end_as_staged_training_does(name):
+    """get_restart_linear_schedule_with_warmup: from the restart step R, (t − R)/W × the schedule at R + W (grow
+    counts the first step as already learning: (t − R + 1)/W); before R and after R + W, the schedule itself."""
+    plain = Schedule(name, 100, warmup_steps=10)
+    restarted = Schedule(name, 100, warmup_steps=10, restart_step=40, restart_warmup_steps=8)
+    for t in range(100):
+        expected = (t - 39) / 8 * plain.lr_factor(48) if 40 <= t < 48 else plain.lr_factor(t)
+        assert restarted.lr_factor(t) == pytest.approx(expected), t
+    assert "restart_step" not in plain.describe(1.0) and restarted.describe(1.0)["restart_warmup_steps"] == 8

@@ -3,6 +3,10 @@
 Every tensor in the checkpoint must be a tensor the definition names (for the detected module prefix), a known
 non-persistent buffer, or the duplicate of a tied tensor; every tensor the definition requires for this config must
 be present with the shape the config implies. Anything else is an error, never a silent drop.
+
+In a mixture-of-experts checkpoint a layer holds the tensors of its kind (sparse: router and experts; dense: an
+MLP), its routed experts in the checkpoint's one layout (one tensor per expert, or fused 3-D tensors), and a
+per-expert tensor once for each expert (`{e}` in the definition's name).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from grow_cli.arch.experts import detect_layout, weight_applies
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape, config_flag
 from grow_cli.errors import ArchitectureError, CheckpointError
@@ -25,6 +30,7 @@ class BoundTensor:
     layer: int | None
     shape: tuple[int, ...]
     dtype: str
+    expert: int | None = None  # the routed expert of a per-expert tensor
 
 
 @dataclass
@@ -38,10 +44,11 @@ class Binding:
     layers: list[list[BoundTensor]]
     final: list[BoundTensor]
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    expert_layout: str | None = None  # MoE: "per_expert" or "fused" (grow_cli.arch.experts)
 
-    def layer_name(self, weight: WeightDef, index: int) -> str:
-        """The checkpoint name of `weight` in layer `index`."""
-        return self.arch.layer_prefix.format(p=self.prefix, i=index) + weight.name
+    def layer_name(self, weight: WeightDef, index: int, expert: int | None = None) -> str:
+        """The checkpoint name of `weight` in layer `index` (of routed expert `expert` for a per-expert tensor)."""
+        return layer_tensor_name(self.arch, self.prefix, weight, index, expert)
 
     def all_tensors(self) -> list[BoundTensor]:
         return [*self.embeddings, *(t for layer in self.layers for t in layer), *self.final]
@@ -49,6 +56,12 @@ class Binding:
 
 def _resolve(name: str, prefix: str) -> str:
     return name.replace("{p}", prefix)
+
+
+def layer_tensor_name(arch: ArchDef, prefix: str, weight: WeightDef, index: int, expert: int | None = None) -> str:
+    """The checkpoint name of `weight` in layer `index`, for routed expert `expert` when stored per expert."""
+    name = weight.name if expert is None else weight.name.replace("{e}", str(expert))
+    return arch.layer_prefix.format(p=prefix, i=index) + name
 
 
 def _detect_prefix(arch: ArchDef, names: set[str]) -> str:
@@ -73,8 +86,11 @@ def bind(
     claimed: set[str] = set()
     dropped: list[tuple[str, str]] = []
 
-    def take(weight: WeightDef, full_name: str, layer: int | None, *, required: bool) -> BoundTensor | None:
-        candidates = [full_name, *(_resolve(a, prefix) for a in weight.aliases)]
+    def take(
+        weight: WeightDef, full_name: str, layer: int | None, *, required: bool, expert: int | None = None
+    ) -> BoundTensor | None:
+        where = prefix if layer is None else arch.layer_prefix.format(p=prefix, i=layer)
+        candidates = [full_name, *(_resolve(a, prefix) if layer is None else where + a for a in weight.aliases)]
         found = next((c for c in candidates if c in names), None)
         if found is None:
             if required:
@@ -88,12 +104,23 @@ def bind(
                 f"tensor {found} has shape {list(actual)} but config.json implies {list(expected)} "
                 f"({' × '.join(map(str, weight.axes))})"
             )
-        return BoundTensor(found, weight, layer, tuple(actual), dtype)
+        return BoundTensor(found, weight, layer, tuple(actual), dtype, expert)
 
     def section(weights: tuple[WeightDef, ...], name_of, layer: int | None) -> list[BoundTensor]:
         bound: list[BoundTensor] = []
         groups: dict[str, list[bool]] = {}
         for weight in weights:
+            if layer is not None and arch.is_moe:
+                if not weight_applies(weight, layer in shape.sparse_layers, layout):
+                    continue
+                if weight.per_expert:
+                    for e in range(shape.num_experts):
+                        item = take(
+                            weight, layer_tensor_name(arch, prefix, weight, layer, e), layer, required=True, expert=e
+                        )
+                        assert item is not None  # required: a missing tensor raised
+                        bound.append(item)
+                    continue
             full = name_of(weight)
             if weight.when is not None and not config_flag(arch, config, weight.when):
                 if full in names:
@@ -114,6 +141,10 @@ def bind(
                 raise CheckpointError(f"the '{group}' tensors are only partly present in the checkpoint")
         return bound
 
+    first_sparse = shape.sparse_layers[0] if shape.sparse_layers else None
+    layout = detect_layout(
+        arch, names, None if first_sparse is None else arch.layer_prefix.format(p=prefix, i=first_sparse)
+    )
     embeddings = section(arch.embeddings, lambda w: _resolve(w.name, prefix), None)
     layers = [
         section(arch.layer, lambda w, i=i: arch.layer_prefix.format(p=prefix, i=i) + w.name, i)
@@ -133,4 +164,4 @@ def bind(
                 f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers"
             )
         raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")
-    return Binding(arch, prefix, shape, embeddings, layers, final, dropped)
+    return Binding(arch, prefix, shape, embeddings, layers, final, dropped, layout)

@@ -7,6 +7,15 @@ head: per-head q/k norms), `ffn`, `gate_up` (Phi-3's fused [gate|up]), `vocab`, 
 order is the storage order, so GPT-2's Conv1D (in × out) and nn.Linear (out × in) need no special casing: `kind`
 says which axis is the input. Width growth maps each space; depth growth copies layer templates.
 
+Mixture-of-experts definitions add the spaces `experts` (one entry per routed expert, never widened), `expert_ffn`
+and `expert_gate_up` (a routed expert's FFN units, and its fused [gate|up]) and `shared_ffn` (a shared expert's);
+a tensor stored once per expert names `{e}` in its name, a fused 3-D one (kind `experts_linear`, experts × out × in)
+has the `experts` axis first. `moe` says what a tensor is in the MoE block (router, routed expert, shared expert,
+shared-expert gate), `ffn_role` which MLP matrix it is (gate, up, down, or fused gate_up: what upcycling copies from
+a dense MLP), `layers` whether it exists only in sparse or only in dense layers, `layout` to which of the two
+on-disk expert layouts it belongs (`per_expert`: what `save_pretrained` writes; `fused`: transformers 5's in-memory
+3-D tensors, written with `save_original_format=False`). The `moe` block holds the rest (grow_cli/arch/experts.py).
+
 Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
 decoders, in the same schema plus a `derived` record (what was found, and why width growth may be refused).
 
@@ -24,10 +33,24 @@ from typing import Any
 
 from grow_cli.errors import ArchitectureError
 
-SPACES = {"hidden", "q", "kv", "head_dim", "ffn", "gate_up", "vocab", "positions", "token_types", "qkv", "qkv_heads"}
+SPACES = {
+    "hidden",
+    "q",
+    "kv",
+    "head_dim",
+    "ffn",
+    "gate_up",
+    "vocab",
+    "positions",
+    "token_types",
+    "qkv",
+    "qkv_heads",
+    *("experts", "expert_ffn", "expert_gate_up", "shared_ffn"),  # mixture-of-experts
+}
 # kind → index of the input axis (None: not a matrix product over its axes).
 KINDS: dict[str, int | None] = {
     "linear": 1,  # nn.Linear weight, out × in
+    "experts_linear": 2,  # stacked nn.Linear weights of the routed experts, experts × out × in (fused layout)
     "conv1d": 0,  # GPT-2 Conv1D weight, in × out
     "embedding": None,  # rows are looked up, columns are written to the residual stream
     "norm": None,  # norm gain
@@ -55,6 +78,7 @@ CONFIG_ROLES = {
     "token_types",
     "tie",
     "norm_eps",
+    *("experts", "experts_per_token", "expert_ffn", "shared_ffn"),  # mixture-of-experts
 }
 REQUIRED_ROLES = {"layers", "hidden", "heads", "vocab"}
 
@@ -70,7 +94,12 @@ _WEIGHT_KEYS = {
     "group",
     "aliases",
     "runtime_scale",
+    *("moe", "ffn_role", "layers", "layout"),  # mixture-of-experts
 }
+MOE_PARTS = {"router", "expert", "shared_expert", "shared_gate"}
+FFN_ROLES = {"gate", "up", "down", "gate_up"}
+LAYER_KINDS = {"sparse", "dense"}
+EXPERT_LAYOUTS = {"per_expert", "fused"}
 _TOP_KEYS = {
     "name",
     "model_types",
@@ -91,6 +120,8 @@ _TOP_KEYS = {
     "ffn_default_multiple",
     "norm_gain_offset",
     "derived",
+    "config_aliases",
+    "moe",
 }
 _DERIVED_KEYS = {"transformers", "model_class", "width_refused", "identity", "notes"}
 
@@ -111,6 +142,20 @@ class WeightDef:
     aliases: tuple[str, ...] = ()  # older names of the same tensor
     runtime_scale: str | None = None  # multiplied in the forward pass by a factor of the config (Gemma: √hidden)
     gain_offset: float = 0.0  # norms: the forward pass multiplies by (gain_offset + weight); from the definition
+    moe: str | None = None  # its part of a mixture-of-experts block: router, expert, shared_expert, shared_gate
+    ffn_role: str | None = None  # which MLP matrix it is: gate, up, down or gate_up (what upcycling copies)
+    layers: str | None = None  # only in "sparse" (MoE) or only in "dense" (MLP) layers; None: in every layer
+    layout: str | None = None  # the expert layout it belongs to: "per_expert" or "fused"; None: both
+
+    @property
+    def per_expert(self) -> bool:
+        """Stored once per routed expert: the name holds `{e}`."""
+        return "{e}" in self.name
+
+    @property
+    def routed(self) -> bool:
+        """A routed expert's tensor (only top-k of them run per token)."""
+        return self.moe == "expert"
 
     @property
     def in_axis(self) -> int | None:
@@ -145,6 +190,12 @@ class ArchDef:
     ffn_default_multiple: int | None = None
     norm_gain_offset: float = 0.0
     derived: dict[str, Any] | None = None  # None: a curated definition
+    config_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key → other names transformers reads
+    moe: dict[str, Any] | None = None  # mixture-of-experts settings (grow_cli/arch/experts.py); None: dense
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe is not None
 
     @property
     def curated(self) -> bool:
@@ -212,13 +263,16 @@ def _weight(raw: Any, where: str, gain_offset: float) -> WeightDef:
     bad = [a for a in axes if not (a in SPACES or (isinstance(a, int) and not isinstance(a, bool) and a > 0))]
     if bad:
         raise _fail(where, f"weight {raw['name']!r} has unknown axis space(s) {bad}; known: {sorted(SPACES)} or a size")
-    expected_ndim = {"linear": 2, "conv1d": 2, "embedding": 2, "other": len(axes)}.get(raw["kind"], 1)
+    expected_ndim = {"linear": 2, "conv1d": 2, "embedding": 2, "experts_linear": 3, "other": len(axes)}.get(
+        raw["kind"], 1
+    )
     if len(axes) != expected_ndim or (not axes and raw["kind"] != "other"):
         raise _fail(where, f"weight {raw['name']!r} of kind {raw['kind']} needs {expected_ndim} axes, has {len(axes)}")
     if raw.get("runtime_scale") not in (None, *RUNTIME_SCALES):
         raise _fail(where, f"weight {raw['name']!r}: runtime_scale must be one of {sorted(RUNTIME_SCALES)}")
     if raw.get("runtime_scale") and raw["kind"] != "embedding":
         raise _fail(where, f"weight {raw['name']!r}: only an embedding can carry a runtime_scale")
+    _check_moe_fields(raw, axes, where)
     return WeightDef(
         name=raw["name"],
         kind=raw["kind"],
@@ -232,7 +286,35 @@ def _weight(raw: Any, where: str, gain_offset: float) -> WeightDef:
         aliases=tuple(raw.get("aliases", ())),
         runtime_scale=raw.get("runtime_scale"),
         gain_offset=gain_offset if raw["kind"] == "norm" else 0.0,
+        moe=raw.get("moe"),
+        ffn_role=raw.get("ffn_role"),
+        layers=raw.get("layers"),
+        layout=raw.get("layout"),
     )
+
+
+def _check_moe_fields(raw: dict[str, Any], axes: tuple[str | int, ...], where: str) -> None:
+    """The mixture-of-experts fields of one weight are known values and agree with its name, kind and axes."""
+    name = raw["name"]
+    for key, allowed in (
+        ("moe", MOE_PARTS),
+        ("ffn_role", FFN_ROLES),
+        ("layers", LAYER_KINDS),
+        ("layout", EXPERT_LAYOUTS),
+    ):
+        if raw.get(key) is not None and raw[key] not in allowed:
+            raise _fail(where, f"weight {name!r}: {key} must be one of {sorted(allowed)}")
+    fused = raw["kind"] == "experts_linear"
+    if fused and (axes[0] != "experts" or raw.get("layout") != "fused"):
+        raise _fail(where, f"weight {name!r}: an experts_linear tensor has the 'experts' axis first and layout 'fused'")
+    if "experts" in axes and not (fused or raw.get("moe") == "router"):
+        raise _fail(where, f"weight {name!r}: only a router or an experts_linear tensor has an 'experts' axis")
+    if "{e}" in name and raw.get("layout") != "per_expert":
+        raise _fail(where, f"weight {name!r}: a tensor stored per expert ('{{e}}' in its name) has layout 'per_expert'")
+    if (raw.get("moe") == "expert") != ("{e}" in name or fused):
+        raise _fail(where, f"weight {name!r}: routed expert tensors (moe 'expert') are stored per expert or fused")
+    if raw.get("moe") in ("expert", "shared_expert") and raw.get("ffn_role") is None:
+        raise _fail(where, f"weight {name!r}: an expert's tensor names its ffn_role (gate, up, down or gate_up)")
 
 
 def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
@@ -276,6 +358,7 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
     offset = raw.get("norm_gain_offset", 0.0)
     if offset not in (0, 1):
         raise _fail(where, "norm_gain_offset must be 0 (gain = w) or 1 (gain = 1 + w, Gemma)")
+    moe = _moe_block(raw, where)
     arch = ArchDef(
         name=raw["name"],
         model_types=tuple(raw["model_types"]),
@@ -296,7 +379,12 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         ffn_default_multiple=raw.get("ffn_default_multiple"),
         norm_gain_offset=float(offset),
         derived=derived,
+        config_aliases={k: tuple(v) for k, v in raw.get("config_aliases", {}).items()},
+        moe=moe,
     )
+    moe_weights = [w for w in arch.layer if w.moe or w.layers or w.layout]
+    if moe_weights and moe is None:
+        raise _fail(where, f"weight {moe_weights[0].name!r} is part of an MoE block, but the definition has no 'moe'")
     if not arch.embeddings or not arch.layer:
         raise _fail(where, "needs at least one tensor in 'embeddings' and one in 'layer'")
     names = [w.name for w in (*arch.embeddings, *arch.final)] + [w.name for w in arch.layer]
@@ -311,6 +399,33 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
     if arch.width_refusal is None and any(w.kind == "other" for w in arch.all_weights()):
         raise _fail(where, "a tensor of kind 'other' cannot be widened: set derived.width_refused")
     return arch
+
+
+_MOE_KEYS = {"upcycle_from", "topk_norm", "sparse_step", "dense_layers"}
+
+
+def _moe_block(raw: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """The validated `moe` block: which dense definitions upcycle into this type (`upcycle_from`), how its router
+    normalises the top-k weights (`topk_norm`: "always", or the config key that switches it on), and the config keys
+    of a per-layer sparse/dense pattern (`sparse_step`: every n-th layer is sparse; `dense_layers`: listed layers
+    are dense)."""
+    block = raw.get("moe")
+    aliases = raw.get("config_aliases", {})
+    if not isinstance(aliases, dict) or not all(
+        isinstance(v, list) and all(isinstance(a, str) for a in v) for v in aliases.values()
+    ):
+        raise _fail(where, "'config_aliases' maps a config key to a list of the other names transformers reads")
+    if block is None:
+        return None
+    if not isinstance(block, dict) or set(block) - _MOE_KEYS:
+        raise _fail(where, f"'moe' must be an object with keys among {sorted(_MOE_KEYS)}")
+    if {"experts", "experts_per_token", "expert_ffn"} - set(raw["config"]):
+        raise _fail(where, "an MoE definition maps the config roles experts, experts_per_token and expert_ffn")
+    if "topk_norm" not in block:
+        raise _fail(where, "'moe' needs 'topk_norm': \"always\" or the config key that normalises the top-k weights")
+    if not isinstance(block.get("upcycle_from", []), list):
+        raise _fail(where, "'moe.upcycle_from' is a list of dense definition names")
+    return dict(block)
 
 
 @cache

@@ -25,6 +25,16 @@ class ModelShape:
     max_positions: int | None
     type_vocab_size: int | None
     tie_word_embeddings: bool
+    # mixture of experts (all 0 / empty for a dense model)
+    num_experts: int = 0  # num_local_experts / num_experts
+    experts_per_token: int = 0  # num_experts_per_tok (top-k)
+    expert_intermediate_size: int = 0  # a routed expert's FFN: moe_intermediate_size (Qwen) or intermediate_size
+    shared_intermediate_size: int = 0  # the shared expert's FFN (Qwen2-MoE); 0: none
+    sparse_layers: tuple[int, ...] = ()  # the layers whose MLP is an MoE block
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
 
     def space_size(self, space: str | int) -> int:
         """Length of an axis that lives in `space` (an integer axis is its own, fixed, length)."""
@@ -42,6 +52,10 @@ class ModelShape:
             "token_types": self.type_vocab_size,
             "qkv": (self.num_heads + 2 * self.num_kv_heads) * self.head_dim,
             "qkv_heads": 3 * self.num_heads * self.head_dim,
+            "experts": self.num_experts,
+            "expert_ffn": self.expert_intermediate_size,
+            "expert_gate_up": 2 * self.expert_intermediate_size,
+            "shared_ffn": self.shared_intermediate_size,
         }
         size = sizes[space]
         if size is None:
@@ -52,20 +66,35 @@ class ModelShape:
         return tuple(self.space_size(a) for a in axes)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The dimensions as JSON; the mixture-of-experts ones only for an MoE model."""
+        moe = ("num_experts", "experts_per_token", "expert_intermediate_size", "shared_intermediate_size")
+        result = asdict(self)
+        result["sparse_layers"] = list(self.sparse_layers)
+        if not self.is_moe:
+            for key in (*moe, "sparse_layers"):
+                del result[key]
+        return result
 
 
-def _int(config: dict[str, Any], key: str | None, what: str, defaults: dict[str, Any]) -> int | None:
-    """The positive integer `config[key]`, or the architecture's default for a key config.json leaves out."""
+def config_value(arch: ArchDef, config: dict[str, Any], key: str) -> Any:
+    """`config[key]`, read under the other names transformers accepts for it (`config_aliases`) when absent."""
+    if config.get(key) is not None:
+        return config[key]
+    return next((config[a] for a in arch.config_aliases.get(key, ()) if config.get(a) is not None), None)
+
+
+def _int(arch: ArchDef, config: dict[str, Any], key: str | None, what: str, *, minimum: int = 1) -> int | None:
+    """The integer `config[key]` (≥ `minimum`), or the architecture's default for a key config.json leaves out."""
     if key is None:
         return None
-    value = config.get(key)
+    value = config_value(arch, config, key)
     if value is None:
-        value = defaults.get(key)
+        value = arch.config_defaults.get(key)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise CheckpointError(f"config.json: {key} ({what}) must be a positive integer, found {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+        raise CheckpointError(f"config.json: {key} ({what}) must be {kind}, found {value!r}")
     return value
 
 
@@ -76,23 +105,23 @@ def config_flag(arch: ArchDef, config: dict[str, Any], key: str) -> bool:
 
 def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
     """The `ModelShape` of a config.json, with HF's defaults (kv heads = heads, head_dim = hidden / heads)."""
-    keys, defaults = arch.config, arch.config_defaults
-    layers = _int(config, keys["layers"], "layer count", defaults)
-    hidden = _int(config, keys["hidden"], "hidden size", defaults)
-    heads = _int(config, keys["heads"], "attention heads", defaults)
-    vocab = _int(config, keys["vocab"], "vocabulary size", defaults)
+    keys = arch.config
+    layers = _int(arch, config, keys["layers"], "layer count")
+    hidden = _int(arch, config, keys["hidden"], "hidden size")
+    heads = _int(arch, config, keys["heads"], "attention heads")
+    vocab = _int(arch, config, keys["vocab"], "vocabulary size")
     for value, role in ((layers, "layers"), (hidden, "hidden"), (heads, "heads"), (vocab, "vocab")):
         if value is None:
             raise CheckpointError(f"config.json lacks '{keys[role]}', which a {arch.name} model needs")
     assert layers is not None and hidden is not None and heads is not None and vocab is not None  # checked above
-    ffn = _int(config, keys.get("ffn"), "FFN size", defaults)
+    ffn = _int(arch, config, keys.get("ffn"), "FFN size")
     if ffn is None:
         uses_ffn = any(a in ("ffn", "gate_up") for w in arch.all_weights() for a in w.axes)
         if not arch.ffn_default_multiple and uses_ffn:
             raise CheckpointError(f"config.json lacks '{keys.get('ffn')}', which a {arch.name} model needs")
         ffn = (arch.ffn_default_multiple or 0) * hidden  # 0: no axis of this definition is an FFN axis
-    kv_heads = _int(config, keys.get("kv_heads"), "key/value heads", defaults) or heads
-    explicit_head_dim = _int(config, keys.get("head_dim"), "head dimension", defaults)
+    kv_heads = _int(arch, config, keys.get("kv_heads"), "key/value heads") or heads
+    explicit_head_dim = _int(arch, config, keys.get("head_dim"), "head dimension")
     head_dim = explicit_head_dim or hidden // heads
     if hidden % heads and not explicit_head_dim:
         raise CheckpointError(f"config.json: hidden size {hidden} is not divisible by {heads} heads")
@@ -109,7 +138,34 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         vocab_size=vocab,
-        max_positions=_int(config, keys.get("positions"), "positions", defaults),
-        type_vocab_size=_int(config, keys.get("token_types"), "token types", defaults),
+        max_positions=_int(arch, config, keys.get("positions"), "positions"),
+        type_vocab_size=_int(arch, config, keys.get("token_types"), "token types"),
         tie_word_embeddings=tie,
+        **_moe_shape(arch, config, layers),
     )
+
+
+def _moe_shape(arch: ArchDef, config: dict[str, Any], layers: int) -> dict[str, Any]:
+    """The mixture-of-experts dimensions of an MoE definition's config.json (none for a dense one)."""
+    if not arch.is_moe:
+        return {}
+    from grow_cli.arch.experts import sparse_layers
+
+    keys = arch.config
+    experts = _int(arch, config, keys["experts"], "routed experts")
+    top_k = _int(arch, config, keys["experts_per_token"], "experts per token")
+    expert_ffn = _int(arch, config, keys["expert_ffn"], "expert FFN size")
+    for value, role in ((experts, "experts"), (top_k, "experts_per_token"), (expert_ffn, "expert_ffn")):
+        if value is None:
+            raise CheckpointError(f"config.json lacks '{keys[role]}', which a {arch.name} model needs")
+    assert experts is not None and top_k is not None and expert_ffn is not None  # checked above
+    if top_k > experts:
+        raise CheckpointError(f"config.json: {top_k} experts per token but only {experts} experts")
+    return {
+        "num_experts": experts,
+        "experts_per_token": top_k,
+        "expert_intermediate_size": expert_ffn,
+        "shared_intermediate_size": _int(arch, config, keys.get("shared_ffn"), "shared expert FFN size", minimum=0)
+        or 0,
+        "sparse_layers": sparse_layers(arch, config, layers),
+    }

@@ -37,6 +37,7 @@ WEIGHT_SUFFIXES = (
 # schedule, RNG). They describe a run, not a model: never copied into a grown output, removed by --overwrite.
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
+TRAINING_STATE_DIR = "training-state"  # the AdamW state grow expand grows beside a model (growth/grown_state.py)
 # Weight formats grow recognises in a source folder but will not read (pickles other than torch's safe loader,
 # other frameworks): named in the error, so the user knows what was found.
 REFUSED_WEIGHTS = ("*.pt", "*.pth", "*.ckpt", "tf_model.h5", "flax_model.msgpack", "*.gguf", "*.onnx")

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from grow_cli.checkpoint.claim import OLD_MARK, TMP_MARK, OutputClaim, sibling, unwritable
 from grow_cli.checkpoint.durable import fsync_folder, fsync_tree
-from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE, WEIGHT_INDEXES, WEIGHT_SUFFIXES
+from grow_cli.checkpoint.files import (
+    CHECKPOINTS_DIR,
+    METRICS_FILE,
+    TRAINING_STATE_DIR,
+    WEIGHT_INDEXES,
+    WEIGHT_SUFFIXES,
+)
 from grow_cli.console import err
 from grow_cli.errors import OutputError
 
@@ -136,8 +142,8 @@ def small_files(source: Path) -> tuple[list[Path], list[str]]:
     """The tokenizer, generation config and other small files an output gets from `source` (sub-folders included).
 
     Weight files, indexes and files grow regenerates are left out, and so are a training run's metrics and
-    checkpoints (they describe the source's run, not the grown model) and anything hidden or over 100 MB (those are
-    returned as skipped relative paths).
+    checkpoints and a grown training state (they describe the source's run, not the grown model) and anything hidden
+    or over 100 MB (those are returned as skipped relative paths).
     """
     kept: list[Path] = []
     skipped: list[str] = []
@@ -147,7 +153,7 @@ def small_files(source: Path) -> tuple[list[Path], list[str]]:
             continue
         if str(rel) in REGENERATED or path.suffix in WEIGHT_SUFFIXES:
             continue
-        if str(rel) == METRICS_FILE or rel.parts[0] == CHECKPOINTS_DIR:
+        if str(rel) == METRICS_FILE or rel.parts[0] in (CHECKPOINTS_DIR, TRAINING_STATE_DIR):
             continue
         if path.stat().st_size > MAX_COPIED_FILE:
             skipped.append(str(rel))

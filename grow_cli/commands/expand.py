@@ -31,15 +31,31 @@ EXAMPLES = """
 
     # See the plan (every output tensor, its source and transform, shards, peak memory) without writing
     grow expand ./model ./out --layers 48 --dry-run --json
+
+    # Sparse upcycling: a Llama becomes a Mixtral with 8 experts, 2 per token (exact at initialisation)
+    grow expand ./TinyLlama ./tiny-8x --experts 8 --top-k 2 --verify
+
+    # Drop-Upcycling (half of each expert's units re-initialised) and 2x depth in one pass
+    grow expand ./Qwen3-0.6B ./qwen3-moe --experts 8 --drop-upcycling 0.5 --depth-factor 2 --depth-method identity
+
+    # Grow a training run, not only its weights: a train-stage checkpoint (or an output folder trained with
+    # --save-final-state) → the grown model plus its grown AdamW state, continued by train-stage --resume grown
+    grow expand ./run/checkpoints/step_00002000 ./wide --width-factor 2 --width-method staged
+    grow train-stage ./wide --resume grown --data corpus/ --out ./wide-run --max-steps 2000
 """
 
 DEPTH = "Depth"
 WIDTH = "Width"
+MOE = "Mixture of experts (upcycling)"
 OUTPUT = "Output"
+TRAINING_STATE = "Training state"
 
 
 def expand(
-    source: Annotated[str, typer.Argument(help="A model folder, or a Hub id such as org/name.")],
+    source: Annotated[
+        str,
+        typer.Argument(help="A model folder, a Hub id such as org/name, or a train-stage checkpoint (…/step_N)."),
+    ],
     out: Annotated[Path, typer.Argument(help="Output folder (must not exist or be empty, unless --force).")],
     layers: Annotated[int | None, typer.Option(help="Target number of layers.", rich_help_panel=DEPTH)] = None,
     depth_factor: Annotated[
@@ -73,6 +89,47 @@ def expand(
             rich_help_panel=WIDTH,
         ),
     ] = None,
+    weights_only: Annotated[
+        bool,
+        typer.Option(
+            help="SRC a train-stage checkpoint (or output with --save-final-state): grow its weights only, not its "
+            "optimizer state (which exact methods otherwise grow beside the model, for train-stage --resume grown).",
+            rich_help_panel=TRAINING_STATE,
+        ),
+    ] = False,
+    experts: Annotated[
+        int | None,
+        typer.Option(
+            help="Upcycle into the matching MoE type (llama/mistral → mixtral, qwen2 → qwen2_moe, qwen3 → qwen3_moe) "
+            "with this many routed experts, each a copy of the dense MLP; exact at initialisation.",
+            rich_help_panel=MOE,
+        ),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="Experts each token runs (default 2).", rich_help_panel=MOE)] = None,
+    router_noise: Annotated[
+        float | None,
+        typer.Option(
+            help="Router init: a seeded normal with this standard deviation (default 0.02; 0: zeros). Exact either "
+            "way: the top-k weights are renormalised.",
+            rich_help_panel=MOE,
+        ),
+    ] = None,
+    drop_upcycling: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop-Upcycling: re-initialise this share of each expert's FFN units (seeded; 0.5 in the paper). "
+            "Not exact.",
+            rich_help_panel=MOE,
+        ),
+    ] = None,
+    shared_expert: Annotated[
+        bool,
+        typer.Option(
+            help="Add a shared expert (a copy of the MLP, gate at ½, routed outputs halved: still exact) where the "
+            "MoE type has one (qwen2_moe).",
+            rich_help_panel=MOE,
+        ),
+    ] = False,
     dtype: Annotated[
         str | None, typer.Option(help="Convert floating tensors: bf16, fp16 or fp32.", rich_help_panel=OUTPUT)
     ] = None,
@@ -103,7 +160,8 @@ def expand(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Grow a checkpoint in depth and/or width; the output is an ordinary HF folder with grow.json and a card."""
+    """Grow a checkpoint in depth and/or width, or upcycle it into a mixture of experts; the output is an ordinary HF
+    folder with grow.json and a card."""
     options = dict(locals())  # first: every parameter, before any other name is bound
     from grow_cli.console import print_json
     from grow_cli.growth.expand import expand as run

@@ -75,9 +75,11 @@ def inspect(
             f"{info['format']}: " + ", ".join(f"{f['name']} ({format_bytes(f['bytes'])})" for f in info["files"]),
         ),
     ]
+    if info.get("num_experts"):
+        rows[3:3] = _moe_rows(info)
     for key, value in rows:
         table.add_row(key, str(value))
-    for part in ("depth", "width"):
+    for part in ("depth", "width", "moe"):
         methods = info["methods"][part]
         reasons = {m.get("why") for m in methods}
         if not any(m["applies"] for m in methods) and len(reasons) == 1:
@@ -86,7 +88,35 @@ def inspect(
             listed = ", ".join(
                 m["method"] if m["applies"] else f"[dim]{m['method']} (no: {m['why']})[/dim]" for m in methods
             )
-        table.add_row(f"{part} methods", listed)
+        if part == "moe" and info["upcycles_to"]:
+            listed += f" (--experts N makes a {info['upcycles_to']})"
+        table.add_row("upcycling methods" if part == "moe" else f"{part} methods", listed)
     if info["definition_written"]:
         table.add_row("definition written", info["definition_written"])
     out.print(table)
+
+
+def _moe_rows(info: dict) -> list[tuple[str, str]]:
+    """The rows of a mixture-of-experts checkpoint: experts and top-k, active against total parameters, layout."""
+    dense = info["dense_layers"]
+    shared = info["shared_intermediate_size"]
+    return [
+        (
+            "experts",
+            f"{info['num_experts']} routed, {info['experts_per_token']} per token, "
+            f"FFN {info['expert_intermediate_size']}"
+            + (f", shared expert FFN {shared}" if shared else "")
+            + f"; top-k weights sum to 1: {'yes' if info['topk_weights_sum_to_1'] else 'no'}",
+        ),
+        (
+            "active parameters",
+            f"{info['active_parameters']:,} of {info['num_parameters']:,} "
+            f"({info['active_parameters'] / info['num_parameters']:.0%}) per token",
+        ),
+        (
+            "MoE layers",
+            f"{len(info['sparse_layers'])} of {info['layers']}"
+            + (f" (dense MLP in layers {', '.join(map(str, dense))})" if dense else "")
+            + f"; experts stored {info['expert_layout'].replace('_', ' ')}",
+        ),
+    ]

@@ -57,6 +57,7 @@ def plan(
             "num_key_value_heads": info["num_kv_heads"],
             "vocab_size": info["vocab_size"],
             "num_parameters": info["num_parameters"],
+            **({"active_parameters": info["active_parameters"]} if "active_parameters" in info else {}),
         }
     else:
         spec = parse_count(target)

@@ -49,6 +49,15 @@ Apollo: train a 3-layer model with its layers shared over sampled depths up to 1
     grow train-stage small/ --data corpus/ --out deep/ --max-steps 2000 --apollo-stages 3,6@300,12@600
 
 Resume after Ctrl-C or a time limit: run the same command with `--resume auto`.
+
+Continue a grown training run (grow expand of a checkpoint, or of an output trained with `--save-final-state`):
+its AdamW moments, step, schedule position and per-tensor LR multipliers carry on; 1,000 more steps:
+
+    grow train-stage wide/ --resume grown --data corpus/ --out wide-run/ --max-steps 1000
+
+Staged training's restart: jump back to the step R its rule suggests and warm the LR up over 200 steps:
+
+    grow train-stage wide/ --resume grown --schedule-offset auto --restart-warmup-steps 200 ...
 """
 
 Opt = typer.Option
@@ -87,6 +96,19 @@ def train_stage(
     weight_decay: Annotated[float, Opt(help="AdamW weight decay (matrices only).")] = 0.1,
     grad_clip: Annotated[float, Opt(help="Clip the gradient norm to this (0: off).")] = 1.0,
     train_only: Annotated[str, Opt(help="'all', or 'new': only the tensors grow added (LLaMA-Pro).")] = "all",
+    schedule_offset: Annotated[
+        str | None,
+        Opt(
+            help="Start at this step of the LR schedule (staged training's restart step R); with --resume grown "
+            "'auto' takes the step the grown state suggests (default there: the step it was grown at)."
+        ),
+    ] = None,
+    restart_warmup_steps: Annotated[
+        int, Opt(help="Ramp the LR from 0 to the schedule over this many steps after the start step.")
+    ] = 0,
+    save_final_state: Annotated[
+        bool, Opt(help="Also save the final training state (a checkpoint), so grow expand can grow the run on.")
+    ] = False,
     objective: Annotated[
         str, Opt(help="auto (from the architecture: causal LM for decoders, masked LM for encoders) | causal | masked.")
     ] = "auto",
@@ -120,7 +142,13 @@ def train_stage(
     eval_fraction: Annotated[float, Opt(help="Fraction of blocks held out for evaluation.")] = 0.01,
     save_every: Annotated[int | None, Opt(help="Save a checkpoint every N steps.")] = None,
     keep_last: Annotated[int, Opt(help="Checkpoints to keep.")] = 2,
-    resume: Annotated[str | None, Opt(help="'auto' (newest checkpoint in --out) or a checkpoint folder.")] = None,
+    resume: Annotated[
+        str | None,
+        Opt(
+            help="'auto' (newest checkpoint in --out), 'grown' (the training state grow expand grew into MODEL) "
+            "or a checkpoint folder."
+        ),
+    ] = None,
     exit_interval: Annotated[int | None, Opt(help="Save and exit after N steps (for time-limited jobs).")] = None,
     log_every: Annotated[
         int, Opt(help="Throughput and progress every N steps (every step's loss is logged regardless).")

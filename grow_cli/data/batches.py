@@ -27,7 +27,10 @@ class StepBatches:
         num_processes: int,
         rank: int,
         seed: int,
+        offset: int = 0,
     ):
+        """`offset`: blocks added to every step's position — a run continued from another one's step reads on
+        after the blocks that run read (train/continuation.py)."""
         self.blocks, self.train_ids = blocks, train_ids
         self.micro, self.accum, self.world, self.rank, self.seed = (
             micro_batch_size,
@@ -37,6 +40,7 @@ class StepBatches:
             seed,
         )
         self.global_batch = micro_batch_size * grad_accum * num_processes
+        self.offset = offset
         self._orders: dict[int, np.ndarray] = {}
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -46,11 +50,11 @@ class StepBatches:
 
     def epoch_of(self, step: int) -> float:
         """How many passes over the training blocks the first `step` steps make."""
-        return step * self.global_batch / len(self.train_ids)
+        return (step * self.global_batch + self.offset) / len(self.train_ids)
 
     def step_block_ids(self, step: int) -> np.ndarray:
         """The global batch of optimizer step `step` as block ids, shaped [grad_accum, processes, micro]."""
-        positions = step * self.global_batch + np.arange(self.global_batch)
+        positions = step * self.global_batch + self.offset + np.arange(self.global_batch)
         n = len(self.train_ids)
         ids = np.empty(self.global_batch, dtype=np.int64)
         for epoch in np.unique(positions // n):

@@ -7,7 +7,8 @@ Three published rules, computed and explained:
   parameters and C = 6·N·D its compute budget (D tokens). It reproduces the paper's table (Llama2-7B at 2T tokens →
   d ≈ 11.1B; Llama3-8B at 15T → 6.58B).
 - **Compute ledger** of a model family trained independently versus progressively (Yano et al. 2025): training
-  FLOPs per token are 6·N plus the attention term 12·L·d·s (PaLM's accounting, sequence length s). Independently
+  FLOPs per token are 6·N plus the attention term 12·L·d·s (PaLM's accounting, sequence length s; N counts a
+  mixture of experts' *active* parameters, `active_params`). Independently
   member i trains on D_i tokens; progressively it starts from its predecessor and trains on `new_token_fraction`·D_i
   new tokens (default 140/320: Yano et al.'s 8B member trains 140B new tokens where an independent 8B uses 320B).
   The saving is a **projection**: arithmetic on that allocation, which assumes each grown member then matches its
@@ -96,13 +97,15 @@ def tally(rows: list[dict[str, Any]], *, independent_tokens: str, progressive_to
 
     Each row's `flops_per_token` (None: unknown, counted as 0) times the tokens it trains on from scratch (the key
     `independent_tokens` names) and when grown (`progressive_tokens`), added to the row as `independent_flops` and
-    `progressive_flops`; then the totals and the saving 1 − progressive / independent (None when nothing counted).
-    `grow plan` tallies a planned allocation, the family report the tokens its members really trained on.
+    `progressive_flops` — unless the row carries the `train_flops` its run measured (an Apollo stage trains at
+    shallower sampled depths); then the totals and the saving 1 − progressive / independent (None when nothing
+    counted). `grow plan` tallies a planned allocation, the family report the tokens its members really trained on.
     """
     for row in rows:
         per_token = row["flops_per_token"] or 0
         row["independent_flops"] = per_token * row[independent_tokens]
-        row["progressive_flops"] = per_token * row[progressive_tokens]
+        spent = row.get("train_flops")  # measured by the run itself, when it trained at other depths (Apollo)
+        row["progressive_flops"] = spent if spent is not None else per_token * row[progressive_tokens]
     independent = sum(r["independent_flops"] for r in rows)
     progressive = sum(r["progressive_flops"] for r in rows)
     return {
@@ -120,7 +123,9 @@ def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_frac
     rows = [
         {
             **m,
-            "flops_per_token": training_flops_per_token(m["params"], m["layers"], m["hidden"], seq_len),
+            "flops_per_token": training_flops_per_token(
+                m.get("active_params", m["params"]), m["layers"], m["hidden"], seq_len
+            ),
             "progressive_tokens": m["tokens"] if i == 0 else new_token_fraction * m["tokens"],
             "max_lr": auto_max_lr(int(m["params"])),
         }
@@ -191,6 +196,7 @@ def plan(
         members.append(
             {
                 "params": float(s["num_parameters"]),
+                "active_params": float(s.get("active_parameters", s["num_parameters"])),
                 "layers": s["num_hidden_layers"],
                 "hidden": s["hidden_size"],
                 "tokens": tokens * s["num_parameters"] / n,
@@ -198,7 +204,12 @@ def plan(
         )
     family_book = family_ledger(members, seq_len=seq_len, new_token_fraction=new_token_fraction)
     return {
-        "target": {"num_parameters": n, "tokens": tokens, "compute_flops": 6 * n * tokens, "config": shape},
+        "target": {
+            "num_parameters": n,
+            "tokens": tokens,
+            "compute_flops": 6 * float(shape.get("active_parameters", n)) * tokens,  # active: an MoE's top-k
+            "config": shape,
+        },
         "stacking": {
             "growth_factor": GROWTH_FACTOR,
             "growth_tokens": d,

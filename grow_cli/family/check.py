@@ -86,13 +86,17 @@ def _first_member(member: Member, notes: list[str]) -> tuple[dict[str, Any] | No
     return config, shapes, folder
 
 
-def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str):
-    """The member's config and tensor shapes after its `grow:` step, planned exactly as the run will."""
+def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *, state: bool):
+    """The member's config and tensor shapes after its `grow:` step, planned exactly as the run will (`state`: with
+    the previous member's training state, whose per-tensor multipliers need uniform copies)."""
+    from grow_cli.growth.grown_state import state_scales
     from grow_cli.growth.plan import build_plan
 
     assert member.spec is not None, "every member after the first has a grow: block"
     try:
-        plan = build_plan(config, shapes, member.spec)
+        plan = build_plan(config, shapes, member.spec, uniform_maps=state)
+        if state:
+            state_scales(plan)
     except GrowError as exc:
         raise _fail(f"{where}.grow", str(exc)) from None
     return plan.target_config, {t.name: (t.shape, t.dtype) for t in plan.tensors}
@@ -134,7 +138,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
     for i, member in enumerate(recipe.members):
         where = f"members[{i}]"
         if i > 0 and config is not None:
-            config, shapes = _grown(member, config, shapes, where)
+            config, shapes = _grown(member, config, shapes, where, state=recipe.optimizer_of(member) == "grow")
         settings = recipe.train_settings(member)
         if settings is not None:
             _check_training(settings, config, tokenizer, where)

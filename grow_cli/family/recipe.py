@@ -11,6 +11,7 @@ compare:                        # optional: the held-out comparison between adja
   max_blocks: 32
 baselines: false                # true: also train every grown member from scratch, for an equal-quality saving
 baselines_dir: ../baselines     # optional: share from-scratch baselines between recipes (each trained once)
+optimizer: fresh                # optional: fresh (default) | grow — see below
 members:
   - name: small
     config: {model_type: llama, hidden_size: 64, …}   # a fresh model from a config (with `tokenizer:`)…
@@ -19,7 +20,16 @@ members:
   - name: medium
     grow: {depth_factor: 2, depth_method: stack, width_factor: 2, width_method: fpi}
     train: {max_tokens: 400000}
+  - name: large
+    grow: {width_factor: 2, width_method: hypercloning}
+    optimizer: grow               # continue medium's grown AdamW state, step and schedule
+    train: {max_tokens: 800000, restart_warmup_steps: 50}
 ```
+
+`optimizer: grow` (per member, or for the family) grows the previous member's final training state with the weights
+and continues it (`grow train-stage --resume grown`): the previous member also saves its final state
+(`--save-final-state`, which changes nothing it publishes). Only growths that keep the function can carry a state
+(width fpi, hypercloning, staged; depth identity, staged-identity); others are refused here.
 
 Every unknown key is an error that names its location (`members[1].grow.depth_methd`), and so is every value of
 the wrong type, before anything runs. A `grow:` block takes exactly the fields of `GrowthSpec` (the options of
@@ -37,8 +47,22 @@ from typing import Any
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.spec import GrowthSpec, field_types
 
-TOP_KEYS = {"name", "description", "out", "seed", "train", "compare", "members", "baselines", "baselines_dir"}
-MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train"}
+TOP_KEYS = {
+    "name",
+    "description",
+    "out",
+    "seed",
+    "train",
+    "compare",
+    "members",
+    "baselines",
+    "baselines_dir",
+    "optimizer",
+}
+MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "train", "optimizer"}
+# How a grown member's training starts: "fresh" AdamW (and the schedule's warmup), or "grow": the previous member's
+# final training state grown with it (grow_cli/growth/grown_state.py) and continued (train-stage --resume grown).
+OPTIMIZERS = ("fresh", "grow")
 COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": int, "max_blocks": int}
 # How many values YAML aliases may repeat in one recipe, in all: a real recipe repeats a few dozen.
 MAX_ALIAS_NODES = 10_000
@@ -62,6 +86,7 @@ class Member:
     revision: str | None = None
     config: dict[str, Any] | None = None
     tokenizer: Path | None = None
+    optimizer: str | None = None  # "fresh" | "grow"; None: the family's
 
 
 @dataclass
@@ -76,6 +101,11 @@ class Recipe:
     baselines_dir: Path | None = None  # shared home of baselines, keyed by what decides them; None: per member
     name: str = ""
     description: str = ""
+    optimizer: str = "fresh"  # the members' default (see OPTIMIZERS)
+
+    def optimizer_of(self, member: Member) -> str:
+        """ "grow" when `member` continues the previous member's grown training state, else "fresh"."""
+        return member.optimizer or self.optimizer
 
     def train_settings(self, member: Member) -> dict[str, Any] | None:
         """The member's training settings (family defaults overlaid by its own), or None: no training."""
@@ -240,6 +270,7 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         check_compare_options(**compare)
     except UsageError as exc:
         raise _fail("compare", str(exc)) from None
+    optimizer = _optimizer(raw.get("optimizer", "fresh"), "optimizer")
     members: list[Member] = []
     for i, m in enumerate(members_raw):
         where = f"members[{i}]"
@@ -251,8 +282,9 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         if i == 0:
             if ("source" in m) == ("config" in m):
                 raise _fail(where, "the first member needs exactly one of 'source' (a checkpoint) or 'config'")
-            if "grow" in m:
-                raise _fail(f"{where}.grow", "the first member is not grown from anything")
+            for key in ("grow", "optimizer"):
+                if key in m:
+                    raise _fail(f"{where}.{key}", "the first member is not grown from anything")
             if "source" in m:
                 source = _typed(m["source"], f"{where}.source", str)
                 member.source = str(base / source) if (base / source).exists() else source
@@ -271,6 +303,8 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
             if "grow" not in m:
                 raise _fail(where, "needs a 'grow' section (how it is grown from the previous member)")
             member.grow, member.spec = _grow_block(m["grow"], f"{where}.grow", seed)
+            if "optimizer" in m:
+                member.optimizer = _optimizer(m["optimizer"], f"{where}.optimizer")
         if "train" in m:
             member.train = _train(m["train"], f"{where}.train", base)
         elif train:
@@ -278,8 +312,10 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         members.append(member)
     from grow_cli.train.config import TrainConfig
 
+    draft = Recipe(path, Path("."), members, train, compare, optimizer=optimizer)
+    _check_grown_optimizers(draft)
     for i, member in enumerate(members):
-        settings = Recipe(path, Path("."), members, train, compare).train_settings(member)
+        settings = draft.train_settings(member)
         if settings is None:
             continue
         if not settings.get("data"):
@@ -300,4 +336,31 @@ def load_recipe(path: Path, out: Path | None = None) -> Recipe:
         baselines=_typed(raw.get("baselines", False), "baselines", bool),
         baselines_dir=base / _typed(raw["baselines_dir"], "baselines_dir", str) if "baselines_dir" in raw else None,
         description=raw.get("description", ""),
+        optimizer=optimizer,
     )
+
+
+def _optimizer(value: Any, where: str) -> str:
+    if value not in OPTIMIZERS:
+        raise _fail(where, f"expected one of {', '.join(OPTIMIZERS)}, found {value!r}")
+    return value
+
+
+def _check_grown_optimizers(recipe: Recipe) -> None:
+    """`optimizer: grow` needs a trained previous member and a growth that keeps the function (so the state can
+    continue on it): refused here, before any member runs."""
+    from grow_cli.growth.grown_state import method_refusal
+
+    for i, member in enumerate(recipe.members[1:], 1):
+        if recipe.optimizer_of(member) != "grow":
+            continue
+        where = f"members[{i}].optimizer"
+        previous = recipe.members[i - 1]
+        if recipe.train_settings(previous) is None:
+            raise _fail(where, f"grow continues {previous.name}'s training state, but {previous.name} is not trained")
+        if recipe.train_settings(member) is None:
+            raise _fail(where, f"grow continues a training state, but {member.name} has no training of its own")
+        assert member.spec is not None
+        why = method_refusal(member.spec)
+        if why:
+            raise _fail(where, f"{why}; use optimizer: fresh")

@@ -45,9 +45,11 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     rows, lineage_tokens = [], 0
     for s in summaries:
         metrics = member_metrics(Path(s["final"]))
-        per_token = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None)
         train_stages = [st for st in (s.get("record") or {}).get("stages", []) if st["kind"] == "train"]
-        tokens = train_stages[-1]["tokens"] if train_stages and metrics else 0
+        stage = train_stages[-1] if train_stages and metrics else {}
+        logged = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None)
+        per_token = stage.get("flops_per_token") or logged  # records before grow 0.1 logged it only in metrics
+        tokens = stage.get("tokens", 0)
         lineage_tokens += tokens
         evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
         record_model = (s.get("record") or {}).get("model", {})
@@ -59,7 +61,9 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
                 "tokens": tokens,
                 "lineage_tokens": lineage_tokens,
                 "flops_per_token": per_token,
+                "train_flops": stage.get("train_flops"),  # what the stage spent (less under Apollo's depths)
                 "final_eval_loss": evals[-1] if evals else None,
+                "optimizer": s.get("optimizer"),  # "grow": continued the previous member's grown training state
             }
         )
     book = tally(rows, independent_tokens="lineage_tokens", progressive_tokens="tokens")
@@ -182,6 +186,13 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
             f"{shape.get('hidden_size')} | {r['tokens']:,} | {r['lineage_tokens']:,} | "
             f"{_fmt(r['final_eval_loss'], '.4f')} |"
         )
+    continued = [r["name"] for r in book["members"] if r.get("optimizer") == "grow"]
+    if continued:
+        lines += [
+            "",
+            f"Continued the previous member's grown training state (`optimizer: grow`): {', '.join(continued)}; "
+            "the other grown members started a fresh optimizer.",
+        ]
     if pairs:
         lines += [
             "",
@@ -246,7 +257,8 @@ def write_report(recipe: Recipe, summaries: list[dict[str, Any]]) -> dict[str, A
         "published": PUBLISHED,
         "ledger": book,
         "members": [
-            {k: s.get(k) for k in ("name", "final", "train", "compare_with_previous", "baseline")} for s in summaries
+            {k: s.get(k) for k in ("name", "final", "optimizer", "train", "compare_with_previous", "baseline")}
+            for s in summaries
         ],
         "plots": plots,
     }

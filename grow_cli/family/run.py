@@ -3,7 +3,8 @@
 Layout of the output folder (each `final` is a complete HF folder with its lineage in grow.json):
 
     OUT/<member>/init/       the first member's fresh model, when it is built from a config
-    OUT/<member>/grown/      `grow expand` of the previous member's final model
+    OUT/<member>/grown/      `grow expand` of the previous member's final model (with `optimizer: grow`, of its
+                             final training state too, continued by the member's training)
     OUT/<member>/trained/    `grow train-stage` output (checkpoints/ inside while it runs)
     OUT/<member>/baseline/   with `baselines: true`: the same model trained from scratch on as many tokens as the
                              member has seen through its lineage (the independent-training reference)
@@ -16,6 +17,7 @@ interrupted training stage continues from its newest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -82,13 +84,20 @@ def _first_model(member: Member, folder: Path, seed: int) -> Path:
 
 
 def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool) -> dict[str, Any]:
-    """`grow expand` of the previous member into `out`, as the member's `grow:` block says."""
+    """`grow expand` of the previous member into `out`, as the member's `grow:` block says; with `optimizer: grow`
+    its final training state is grown too, otherwise the weights only."""
     from grow_cli.growth.expand import expand
+    from grow_cli.growth.train_state import final_checkpoint
 
     assert member.spec is not None, "every member after the first has a grow: block"
-    return expand(
-        str(previous), out, member.spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)]
-    )
+    grows_state = recipe.optimizer_of(member) == "grow"
+    if grows_state and final_checkpoint(previous) is None:
+        raise UsageError(
+            f"recipe: {member.name} has optimizer: grow, but {previous} holds no final training state (it was "
+            "trained before the recipe asked for one); delete that member's folder to train it again"
+        )
+    spec = dataclasses.replace(member.spec, weights_only=not grows_state)
+    return expand(str(previous), out, spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)])
 
 
 def _baseline_root(recipe: Recipe, final: Path, settings: dict[str, Any], folder: Path) -> Path:
@@ -133,12 +142,22 @@ def _baseline(
     return _train_with(settings, recipe, init, root / "baseline", quiet)
 
 
-def _train(recipe: Recipe, member: Member, model: Path, out: Path, quiet: bool) -> dict[str, Any] | None:
+def _train(
+    recipe: Recipe, member: Member, model: Path, out: Path, quiet: bool, *, grown: bool, save_state: bool
+) -> dict[str, Any] | None:
+    """The member's training stage; `grown`: continue the grown training state in `model`; `save_state`: leave the
+    final training state for the next member (`optimizer: grow`), which changes nothing the member publishes."""
     settings = recipe.train_settings(member)
-    return None if settings is None else _train_with(settings, recipe, model, out, quiet)
+    if settings is None:
+        return None
+    if save_state:
+        settings = {**settings, "save_final_state": True}
+    return _train_with(settings, recipe, model, out, quiet, grown=grown)
 
 
-def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path, quiet: bool) -> dict[str, Any]:
+def _train_with(
+    settings: dict[str, Any], recipe: Recipe, model: Path, out: Path, quiet: bool, *, grown: bool = False
+) -> dict[str, Any]:
     """One `grow train-stage` run into `out`: skipped when finished, resumed when interrupted."""
     from grow_cli.train.checkpoints import complete_checkpoints
     from grow_cli.train.config import TrainConfig
@@ -153,12 +172,12 @@ def _train_with(settings: dict[str, Any], recipe: Recipe, model: Path, out: Path
             "out": str(out),
             **{k: stage.get(k) for k in ("steps", "tokens", "max_lr", "final_eval_loss", "final_eval_ppl")},
         }
-    resume = "auto" if complete_checkpoints(out) else None
+    resume = "auto" if complete_checkpoints(out) else "grown" if grown else None
     config = TrainConfig(
         model=model,
         out=out,
         resume=resume,
-        overwrite=resume is None,
+        overwrite=resume != "auto",
         quiet=quiet,
         **{"cache_dir": _token_cache(recipe), **settings},
     )
@@ -211,7 +230,9 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             if not (start / "grow.json").is_file():  # a complete expand output always has grow.json
                 assert previous_final is not None  # set by the member before this one
                 _grow(member, previous_final, start, recipe, quiet)
-        trained = _train(recipe, member, start, folder / "trained", quiet)
+        grown = i > 0 and recipe.optimizer_of(member) == "grow"
+        next_grows = i + 1 < len(recipe.members) and recipe.optimizer_of(recipe.members[i + 1]) == "grow"
+        trained = _train(recipe, member, start, folder / "trained", quiet, grown=grown, save_state=next_grows)
         if trained is not None and trained.get("status") == "paused":
             err.print(f"{member.name}: training paused at step {trained['step']}; re-run to continue")
             return {"status": "paused", "member": member.name, "out": str(recipe.out)}
@@ -238,6 +259,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             "index": i,
             "final": str(final),
             "grown": i > 0,
+            "optimizer": recipe.optimizer_of(member) if i > 0 else None,
             "train": trained,
             "compare_with_previous": comparison,
             "baseline": baseline,

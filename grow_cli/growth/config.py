@@ -14,6 +14,7 @@ import copy
 from typing import Any
 
 from grow_cli.arch import hf_config
+from grow_cli.arch.experts import sparse_config, sparse_layers
 from grow_cli.arch.layer_lists import map_layer_lists, per_layer_lists, transformers_params
 from grow_cli.arch.registry import ArchDef
 from grow_cli.checkpoint.dtypes import config_name
@@ -35,7 +36,12 @@ def grown_config(
         L = config.get(key_L, arch.config_defaults.get(key_L))
         assert isinstance(L, int), "read_shape checked the layer count"
         config[key_L] = len(layer_map)
-        map_layer_lists(config, per_layer_lists(source, key_L, L, arch.layer_lists), layer_map)
+        dense_key = (arch.moe or {}).get("dense_layers")  # a list of layer indices, not one entry per layer
+        lists = per_layer_lists({k: v for k, v in source.items() if k != dense_key}, key_L, L, arch.layer_lists)
+        map_layer_lists(config, lists, layer_map)
+        if arch.is_moe:  # each grown layer keeps the kind (sparse or dense) of the layer it copies
+            sparse = sparse_layers(arch, source, L)
+            config.update(sparse_config(arch, [src in sparse for src in layer_map]))
     config.update(width_updates)
     if dtype is not None:
         config.pop("torch_dtype", None)

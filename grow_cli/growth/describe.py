@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from grow_cli.arch.experts import parameter_counts, topk_normalised, upcycle_target
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
@@ -81,9 +82,24 @@ def inspect(
         "files": files,
         "tensors": len(bound),
         "not_read": [{"name": n, "why": why} for n, why in binding.dropped],
+        **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
+        "upcycles_to": (target := upcycle_target(arch)) and target.name,  # `grow expand --experts` makes this type
         "methods": applicability(arch),
         "definition": definition_summary(arch),
         "definition_written": (
             str(write_definition(config, write_definition_to, force=force)) if write_definition_to else None
         ),
+    }
+
+
+def _moe_summary(arch, config: dict[str, Any], shape, binding) -> dict[str, Any]:
+    """What a mixture-of-experts checkpoint adds: active parameters, its expert layout, where the MoE layers are and
+    whether the router's top-k weights sum to 1."""
+    counts = parameter_counts(binding.all_tensors(), shape.num_experts, shape.experts_per_token)
+    return {
+        "active_parameters": counts["active"],
+        "routed_expert_parameters": counts["routed_experts"],
+        "expert_layout": binding.expert_layout,
+        "dense_layers": [i for i in range(shape.layers) if i not in shape.sparse_layers],
+        "topk_weights_sum_to_1": topk_normalised(arch, config),
     }

@@ -1,5 +1,7 @@
 """`grow expand` as a library call: resolve the source, plan the `GrowthSpec`, stream every tensor into the output,
 write config, small files, `grow.json` and the model card, optionally verify, and move the folder into place.
+A source with a training state (a train-stage checkpoint, `growth/train_state.py`) also gets its AdamW state grown
+into `OUT/training-state/` (`growth/grown_state.py`).
 
 Memory stays bounded: the reader returns one tensor at a time and the writer appends it to a shard whose header was
 written in advance, so the peak is about one tensor (see `Plan.peak_bytes`), not one shard or one model. Tensors
@@ -24,11 +26,16 @@ from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_confi
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
 from grow_cli.console import byte_progress
+from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
+from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
+from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
+from grow_cli.growth.train_state import SourceState, training_source
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
+from grow_cli.operators.staged import identity_init
 
 CARD_AND_RECORD_BYTES = 1 << 20  # config.json, grow.json, README.md and the index: generously
 
@@ -47,9 +54,9 @@ def stored_bytes(plan: Plan, reader: CheckpointReader, index: int) -> FileRange 
 
 def copied_entry(plan: Plan, reader: CheckpointReader, index: int) -> TensorEntry | None:
     """The source tensor whose stored bytes output tensor `index` is, byte for byte; None when arithmetic (a width
-    map, a dtype change, zeros) makes it, or the source stores no byte range (`.bin`)."""
+    map, a dtype change, zeros, an upcycling or identity init) makes it, or the source stores no byte range (`.bin`)."""
     t = plan.tensors[index]
-    if plan.width is not None or t.zero or len(t.reads) != 1:
+    if plan.width is not None or t.zero or t.init is not None or t.identity_init or len(t.reads) != 1:
         return None
     entry = reader.tensors[t.reads[0]]
     if entry.dtype != t.dtype or entry.shape != t.shape or entry.start < 0:
@@ -68,8 +75,13 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
     dtype = torch_dtype(t.dtype)
     if t.zero:  # an identity block's residual writer: 0, or −1 for a Gemma (1 + w) gain
         return torch.full(t.shape, t.source.weight.zero_fill, dtype=dtype)
+    if t.identity_init:
+        return identity_init(t.source.weight, t.shape, plan.target_shape).to(dtype)
     inputs = [reader.read(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
-    result = plan.width.apply(t.source, inputs) if plan.width else inputs[0]
+    result = plan.width.apply(t.source, inputs) if plan.width and inputs else (inputs[0] if inputs else None)
+    if t.init is not None:  # upcycling: an expert's copy (scaled, partly re-initialised) or a new router
+        result = t.init.apply(None if result is None else result.float(), t.shape, plan.seed)
+    assert result is not None, t.name  # only an upcycling init makes a tensor that reads nothing
     return result.to(dtype).contiguous()
 
 
@@ -119,7 +131,11 @@ def _stage(
         "head_dim",
         "vocab_size",
         "num_parameters",
+        *("model_type", "num_experts", "experts_per_token", "active_parameters"),  # MoE shapes only
     )
+    if plan.upcycle is not None:  # the model type changes
+        summary["source"]["model_type"] = plan.source_config.get("model_type")
+        summary["target"]["model_type"] = plan.target_config.get("model_type")
     return {
         "kind": "expand",
         "source": {
@@ -127,11 +143,12 @@ def _stage(
             "files": hashes,
             "architecture": plan.arch.name,
             "definition": "curated" if plan.arch.curated else "derived",
-            "shape": {k: summary["source"][k] for k in shape_keys},
+            "shape": {k: summary["source"][k] for k in shape_keys if k in summary["source"]},
         },
-        "target": {k: summary["target"][k] for k in shape_keys},
+        "target": {k: summary["target"][k] for k in shape_keys if k in summary["target"]},
         "width": summary["width"],
         "depth": summary["depth"],
+        "moe": summary["moe"],
         "function_preserving": plan.function_preserving,
         "seed": plan.seed,
         "dtype": plan.out_dtype or "as source",
@@ -164,31 +181,46 @@ def expand(
         local = Path(source).expanduser()
         check_output(Path(out), local if local.exists() else None, force=force)
     src = resolve_source(source, revision=revision, token=token)
-    config = load_config(src.folder)
-    with CheckpointReader(src.folder) as reader:
-        if dry_run:
-            plan = build_plan(config, reader.tensor_infos(), spec)
-            return {"dry_run": True, "source": src.describe(), "plan": plan_summary(plan, with_tensors=True)}
-        if out is None:
-            raise ValueError("expand needs an output folder unless dry_run")
-        # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
-        hasher = FileHasher([*reader.files, src.folder / "config.json"])
-        try:
-            plan = build_plan(config, reader.tensor_infos(), spec)
-            return _execute(
-                plan,
-                reader,
-                src,
-                hasher,
-                Path(out),
-                force=force,
-                verify=verify or (plan.arch.always_verify and plan.function_preserving),
-                verify_memory=verify_memory,
-                quiet=quiet,
-                command=command,
-            )
-        finally:
-            hasher.cancel()  # a refused plan or a failed run leaves no thread hashing
+    with training_source(src, weights_only=spec.weights_only) as (src, source_state):
+        config = load_config(src.folder)
+        with CheckpointReader(src.folder) as reader:
+            if dry_run:
+                plan, state = _plan(config, reader, spec, source_state)
+                return {
+                    "dry_run": True,
+                    "source": src.describe(),
+                    "plan": plan_summary(plan, with_tensors=True),
+                    "training_state": state_summary(state) if state else None,
+                }
+            if out is None:
+                raise ValueError("expand needs an output folder unless dry_run")
+            # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
+            hasher = FileHasher([*reader.files, src.folder / "config.json"])
+            try:
+                plan, state = _plan(config, reader, spec, source_state)
+                return _execute(
+                    plan,
+                    reader,
+                    src,
+                    hasher,
+                    Path(out),
+                    state=state,
+                    force=force,
+                    verify=verify or (plan.arch.always_verify and plan.function_preserving),
+                    verify_memory=verify_memory,
+                    quiet=quiet,
+                    command=command,
+                )
+            finally:
+                hasher.cancel()  # a refused plan or a failed run leaves no thread hashing
+
+
+def _plan(
+    config: dict[str, Any], reader: CheckpointReader, spec: GrowthSpec, source_state: SourceState | None
+) -> tuple[Plan, StatePlan | None]:
+    """The weights' plan, and the training state's when the source has one (its maps must then be uniform)."""
+    plan = build_plan(config, reader.tensor_infos(), spec, uniform_maps=source_state is not None)
+    return plan, plan_state(plan, source_state, spec) if source_state is not None else None
 
 
 def _execute(
@@ -198,6 +230,7 @@ def _execute(
     hasher: FileHasher,
     out: Path,
     *,
+    state: StatePlan | None,
     force: bool,
     verify: bool,
     verify_memory: int | None,
@@ -207,15 +240,20 @@ def _execute(
     started = time.perf_counter()
     with staged_output(out, src.folder, force=force) as tmp:
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
-        require_free_space(tmp, plan.total_bytes + extra, out)
-        require_memory(plan.peak_bytes)
+        state_bytes = state.total_bytes if state else 0
+        require_free_space(tmp, plan.total_bytes + state_bytes + extra, out)
+        require_memory(max(plan.peak_bytes, state_peak_bytes(plan, state) if state else 0))
         copies = {t.name: e.start for i, t in enumerate(plan.tensors) if (e := copied_entry(plan, reader, i))}
+        total = plan.total_bytes + state_bytes
         with (
             ShardWriter(tmp, plan.shards, source_offsets=copies) as writer,
-            byte_progress(f"growing 0/{len(plan.tensors)} tensors", plan.total_bytes, quiet=quiet) as advance,
+            byte_progress(f"growing 0/{len(plan.tensors)} tensors", total, quiet=quiet) as advance,
         ):
             stream(plan, reader, writer, advance)
             writer.finish()
+            grown_state = None
+            if state is not None:
+                grown_state = write_state(plan, state, tmp / STATE_DIR, lambda n: advance(n, "growing the AdamW state"))
         (tmp / "config.json").write_text(json.dumps(plan.target_config, indent=2) + "\n")
         copied, skipped = copy_small_files(src.folder, tmp)
         if plan.width:
@@ -234,6 +272,7 @@ def _execute(
             )
             check = verifier.check(result, exact=plan.function_preserving, dtype=plan.out_dtype or _main_dtype(plan))
         stage = _stage(plan, src, hasher.result(), check, command)
+        stage["training_state"] = grown_state
         record = append_stage(
             load_record(src.folder),
             stage,
@@ -254,8 +293,10 @@ def _execute(
         "target_shape": summary["target"],
         "depth": summary["depth"],
         "width": summary["width"],
+        "moe": summary["moe"],
         "function_preserving": plan.function_preserving,
         "verify": check,
+        "training_state": grown_state,
         "files": {
             "shards": len(plan.shards),
             "bytes": plan.total_bytes,

@@ -1,9 +1,10 @@
 """The growth planner: (source config, architecture, tensors, `GrowthSpec`) → a `Plan`, touching no tensor data.
 
 A plan lists every output tensor with the source tensors it reads and the transform applied (width map, copy,
-zeroed identity output), the target config, the shard layout and the estimated peak memory. `--dry-run` prints it;
-`grow_cli.growth.expand` streams it. Width is applied first and depth second, as in bert2BERT: a target layer j is the
-widened source layer `layer_map[j]`.
+zeroed identity output, expert initialisation), the target config, the shard layout and the estimated peak memory.
+`--dry-run` prints it; `grow_cli.growth.expand` streams it. Width is applied first and depth second, as in bert2BERT:
+a target layer j is the widened source layer `layer_map[j]`; upcycling (`--experts`) comes last and turns each target
+layer's MLP into a mixture of experts (grow_cli/operators/upcycle.py).
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from grow_cli.arch.binding import Binding, BoundTensor, bind
-from grow_cli.arch.registry import ArchDef, detect
+from grow_cli.arch.experts import parameter_counts
+from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.checkpoint.dtypes import FLOATING, numel
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
-from grow_cli.errors import UsageError
+from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.config import grown_config, validate_config
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import registry
 from grow_cli.operators.depth import DepthMap, depth_map, target_layers
+from grow_cli.operators.staged import gated_mlp
+from grow_cli.operators.upcycle import ExpertInit, Upcycler
 
 
 class WidthPlan(Protocol):
@@ -39,6 +43,13 @@ class WidthPlan(Protocol):
 
     def record(self) -> dict[str, Any]: ...
 
+    # what growing a training state needs (grow_cli/growth/grown_state.py)
+    def state_layout(self, tensor: BoundTensor, x: Any, tag: str) -> Any: ...
+
+    def state_scales(self, w: WeightDef) -> tuple[int, float] | None: ...
+
+    def fresh_entries(self, w: WeightDef) -> bool: ...
+
 
 @dataclass(frozen=True)
 class OutputTensor:
@@ -52,6 +63,14 @@ class OutputTensor:
     zero: bool  # identity block output: all zeros
     new: bool  # has no counterpart in the source (a new layer's tensor)
     layer: int | None = None
+    init: ExpertInit | None = None  # upcycling: how the tensor is made from what it reads (or from nothing)
+    target_weight: WeightDef | None = None  # upcycling: what the tensor is in the MoE definition
+    identity_init: bool = False  # staged-identity: a new layer's gain/bias 0 or identity matrix (reads nothing)
+
+    @property
+    def weight(self) -> WeightDef:
+        """What the tensor is in the output's architecture."""
+        return self.target_weight or self.source.weight
 
     @property
     def nbytes(self) -> int:
@@ -60,7 +79,13 @@ class OutputTensor:
     def describe(self, width: str | None) -> str:
         if self.zero:
             return "zeros (identity block output)"
+        if self.identity_init:
+            return "staged identity init (gains and biases 0, matrices I) → new"
+        if not self.reads:
+            return self.init.describe() if self.init else "zeros"
         how = f"{width}({', '.join(self.reads)})" if width else f"copy {self.reads[0]}"
+        if self.init is not None:
+            how += f": {self.init.describe()}"
         return how + (" → new" if self.new else "")
 
 
@@ -79,6 +104,7 @@ class Plan:
     out_dtype: str | None
     seed: int
     notes: list[str] = field(default_factory=list)
+    upcycle: Upcycler | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -95,7 +121,7 @@ class Plan:
         peak = 0
         for t in self.tensors:
             read = sum(sizes[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
-            work = numel(t.shape) * 4 if self.width else 0  # the widened fp32 result before the cast
+            work = numel(t.shape) * 4 if self.width or t.init else 0  # the fp32 result before the cast
             peak = max(peak, read + work + t.nbytes)
         if self.width:  # one widened tensor is written while the next is computed (growth/expand.py)
             peak += max(numel(t.shape) * 4 for t in self.tensors)
@@ -103,11 +129,16 @@ class Plan:
 
     @property
     def function_preserving(self) -> bool:
-        parts = [p for p in (self.depth, self.width) if p is not None]
+        parts = [p for p in (self.depth, self.width, self.upcycle) if p is not None]
         return bool(parts) and all(p.function_preserving for p in parts)
 
     def added_tensors(self) -> list[str]:
         return [t.name for t in self.tensors if t.new]
+
+    def parameters(self) -> dict[str, int]:
+        """Total and active parameters of the output (they differ for a mixture of experts)."""
+        s = self.target_shape
+        return parameter_counts(self.tensors, s.num_experts, s.experts_per_token)
 
 
 def source_shape_of(
@@ -119,8 +150,16 @@ def source_shape_of(
     return arch, shape, bind(arch, config, shape, tensors)
 
 
-def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...], str]], spec: GrowthSpec) -> Plan:
-    """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data."""
+def build_plan(
+    config: dict[str, Any],
+    tensors: dict[str, tuple[tuple[int, ...], str]],
+    spec: GrowthSpec,
+    *,
+    uniform_maps: bool = False,
+) -> Plan:
+    """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data.
+
+    `uniform_maps`: every width map tiled, as growing a training state needs (grow_cli/growth/grown_state.py)."""
     arch, shape, binding = source_shape_of(config, tensors)
     out_dtype, seed = spec.out_dtype, spec.seed
 
@@ -128,7 +167,8 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
     if spec.grows_width:
         op = registry.operator("width", spec.width_method)
         registry.refuse_if_inapplicable(op, arch)
-        width = op.implementation(spec, arch, binding, config)
+        uniform = {"uniform": True} if uniform_maps else {}  # (the plain call keeps the constructor's signature)
+        width = op.implementation(spec, arch, binding, config, **uniform)
     target_shape = width.target if width else shape
 
     layers, overlap = target_layers(shape.layers, spec)
@@ -137,28 +177,11 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
         op = registry.operator("depth", spec.depth_method)
         registry.refuse_if_inapplicable(op, arch)
         depth = depth_map(op, shape.layers, layers, dus_overlap=overlap)
-    if depth is None and width is None:
+    if depth is None and width is None and not spec.grows_experts:
         raise UsageError(
             f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
         )
-
-    def out_dtype_of(t: BoundTensor) -> str:
-        return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype
-
-    def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None) -> OutputTensor:
-        shape_ = target_shape.tensor_shape(t.weight.axes)
-        reads = () if zero else (width.sources(t, binding) if width else (t.name,))
-        return OutputTensor(name, shape_, out_dtype_of(t), t, reads, zero, new, layer)
-
-    out: list[OutputTensor] = [output(t, t.name, new=False, zero=False, layer=None) for t in binding.embeddings]
     layer_map = depth.layer_map if depth else tuple(range(shape.layers))
-    for j, src in enumerate(layer_map):
-        is_new = bool(depth and depth.new[j])
-        for t in binding.layers[src]:
-            zero = bool(depth and depth.zero_new_outputs and is_new and t.weight.residual_writer)
-            out.append(output(t, binding.layer_name(t.weight, j), new=is_new, zero=zero, layer=j))
-    out += [output(t, t.name, new=False, zero=False, layer=None) for t in binding.final]
-
     target_config = grown_config(
         arch,
         config,
@@ -166,18 +189,84 @@ def build_plan(config: dict[str, Any], tensors: dict[str, tuple[tuple[int, ...],
         width_updates=width.config_updates() if width else {},
         dtype=out_dtype,
     )
+    upcycle = None
+    if spec.grows_experts:
+        if depth is not None and depth.identity_init:
+            raise OptionError(
+                "depth_method",
+                "--depth-method staged-identity initialises dense layers; with --experts use --depth-method identity",
+            )
+        op = registry.operator("moe", "drop-upcycle" if spec.drop_upcycling else "upcycle")
+        registry.refuse_if_inapplicable(op, arch)
+        upcycle = op.implementation(spec, arch, binding, target_config)
+        target_config = upcycle.config
+        target_shape = upcycle.shape
     validate_config(target_config)
+
+    def out_dtype_of(t: BoundTensor) -> str:
+        return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype
+
+    def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None, init: bool = False):
+        shape_ = target_shape.tensor_shape(t.weight.axes)
+        reads = () if zero or init else (width.sources(t, binding) if width else (t.name,))
+        return OutputTensor(name, shape_, out_dtype_of(t), t, reads, zero, new, layer, identity_init=init)
+
+    out: list[OutputTensor] = [output(t, t.name, new=False, zero=False, layer=None) for t in binding.embeddings]
+    for j, src in enumerate(layer_map):
+        is_new = bool(depth and depth.new[j])
+        if upcycle is not None:
+            zero_outputs = bool(depth and depth.zero_new_outputs and is_new)
+            out += _upcycled(upcycle, j, binding.layers[src], binding, width, is_new, zero_outputs, out_dtype_of)
+            continue
+        init = bool(depth and depth.identity_init and is_new)
+        for t in binding.layers[src]:
+            zero = bool(depth and depth.zero_new_outputs and is_new and t.weight.residual_writer)
+            name = binding.layer_name(t.weight, j, t.expert)
+            out.append(output(t, name, new=is_new, zero=zero, layer=j, init=init))
+    out += [output(t, t.name, new=False, zero=False, layer=None) for t in binding.final]
+
     shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], spec.max_shard_bytes)
     plan = Plan(arch, binding, shape, target_shape, config, target_config, depth, width, out, shards, out_dtype, seed)
+    plan.upcycle = upcycle
     if binding.dropped:
         plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]
+    if depth and depth.identity_init and gated_mlp(arch):
+        plan.notes.append(
+            "staged-identity: the new layers' gated MLP (gate·up) starts at a stationary point — with its norm gain "
+            "at zero every MLP gradient there is exactly zero, so it never trains (its attention does); "
+            "--depth-method identity has no such problem"
+        )
     if width is not None and width.symmetric_copies and not _dropout(config):
         plan.notes.append(
             f"the units {spec.width_method} adds are exact copies and this model trains without dropout, so copies "
             "receive identical gradients and stay copies: the added width learns nothing of its own until something "
             "breaks the symmetry. For an exact start that does break it: --width-method hypercloning --noise-snr-db 10"
         )
+    if upcycle is not None and upcycle.note():
+        plan.notes.append(upcycle.note())
     return plan
+
+
+def _upcycled(
+    upcycle: Upcycler,
+    j: int,
+    dense: list[BoundTensor],
+    binding: Binding,
+    width: WidthPlan | None,
+    is_new: bool,
+    zero_outputs: bool,
+    out_dtype_of,
+) -> list[OutputTensor]:
+    """The tensors of target layer j upcycled from the (widened) dense layer `dense`: each reads its dense tensor
+    through the width map, or nothing (a router: a new tensor); an identity layer's output projections are zero."""
+    out = []
+    for u in upcycle.layer(j, dense):
+        zero = zero_outputs and u.weight.residual_writer
+        reads = () if zero or not u.reads else (width.sources(u.source, binding) if width else (u.source.name,))
+        shape = upcycle.shape.tensor_shape(u.weight.axes)
+        init, new = (None if zero else u.init), is_new or not u.reads  # a router has no counterpart in the source
+        out.append(OutputTensor(u.name, shape, out_dtype_of(u.source), u.source, reads, zero, new, j, init, u.weight))
+    return out
 
 
 def _dropout(config: dict[str, Any]) -> dict[str, float]:
@@ -191,16 +280,20 @@ def _dropout(config: dict[str, Any]) -> dict[str, float]:
 
 def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
     """A JSON-able description of a plan (printed by --dry-run and stored in reports)."""
+    source = plan.source_shape
+    source_params = parameter_counts(plan.binding.all_tensors(), source.num_experts, source.experts_per_token)
     summary: dict[str, Any] = {
         "architecture": plan.arch.name,
         "source": {
-            **plan.source_shape.as_dict(),
-            "num_parameters": sum(numel(t.shape) for t in plan.binding.all_tensors()),
+            **source.as_dict(),
+            "num_parameters": source_params["total"],
+            **({"active_parameters": source_params["active"]} if source.is_moe else {}),
         },
         "target": {
             **plan.target_shape.as_dict(),
             "layers": len(plan.depth.layer_map) if plan.depth else plan.source_shape.layers,
             "num_parameters": plan.num_parameters,
+            **({"active_parameters": plan.parameters()["active"]} if plan.target_shape.is_moe else {}),
         },
         "depth": None
         if plan.depth is None
@@ -212,6 +305,7 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
             "parameters": plan.depth.parameters,
         },
         "width": None if plan.width is None else plan.width.record(),
+        "moe": None if plan.upcycle is None else plan.upcycle.record(),
         "function_preserving": plan.function_preserving,
         "dtype": plan.out_dtype,
         "output_bytes": plan.total_bytes,

@@ -41,6 +41,26 @@ def render_plan(report: dict[str, Any]) -> None:
         out.print(f"  … {len(tensors) - len(shown)} more tensors (all of them with --json)")
     for note in plan["notes"]:
         out.print(f"  note: {note}")
+    if report.get("training_state"):
+        render_training_state(report["training_state"])
+
+
+def render_training_state(state: dict[str, Any]) -> None:
+    """What the grown AdamW state holds, and how to continue it."""
+    dynamics = "exactly the source's dynamics" if state["exact_dynamics"] else "carried where a counterpart exists"
+    partly = f", {state['partly_fresh_tensors']} partly" if state["partly_fresh_tensors"] else ""
+    out.print(
+        f"  training state of step {state['step']}: moments of {state['carried_tensors']} tensors carried, "
+        f"{state['fresh_tensors']} fresh{partly} ({dynamics}); staged training's rule suggests restart step "
+        f"R = {state['suggested_restart_step']} (--schedule-offset auto)"
+    )
+    for group in state["multipliers"]:
+        out.print(
+            f"    LR ×{group['lr']:g}, eps ×{group['eps']:g}, weight decay ×{group['weight_decay']:g}: "
+            f"{group['tensors']} tensors"
+        )
+    for note in state["notes"]:
+        out.print(f"  note: {note}")
 
 
 def render_expand(report: dict[str, Any]) -> None:
@@ -78,5 +98,8 @@ def render_expand(report: dict[str, Any]) -> None:
             f"  verify on {check['tokens']} {check['probe']} tokens: max |Δ| {check['max_abs_logit_diff']:.3g}, "
             f"mean KL {kl}, top-1 agreement {top1} — {verdict[check['passed']]}"
         )
+    if report.get("training_state"):
+        render_training_state(report["training_state"])
+        out.print(f"  continue it: grow train-stage {report['output']} --resume grown --data … --out … --max-steps …")
     if report.get("push"):
         out.print(f"  pushed to {report['push'].get('repo_id')} ({report['push'].get('commit_url')})")

@@ -50,6 +50,14 @@ class GrowthSpec:
     num_kv_heads: int | None = None
     width_factor: float | None = None
     noise_snr_db: float | None = None  # hypercloning only: symmetric noise at this SNR
+    # mixture of experts: upcycle a dense model into its MoE type (grow_cli/operators/upcycle.py)
+    experts: int | None = None  # routed experts per MoE layer, each a copy of the dense MLP
+    top_k: int | None = None  # experts each token runs (default 2)
+    router_noise: float | None = None  # std of the seeded normal router init (default 0.02; 0: a zero router)
+    drop_upcycling: float | None = None  # Drop-Upcycling: share of each expert's units re-initialised
+    shared_expert: bool = False  # a shared expert (copy of the MLP) where the MoE type has one
+    # training state (a train-stage checkpoint or output with --save-final-state as the source)
+    weights_only: bool = False  # grow the weights only, not the source's training state
     # output
     dtype: str | None = None  # bf16, fp16 or fp32; None: as the source
     shard_size: str | int = "5GB"
@@ -59,9 +67,12 @@ class GrowthSpec:
         self._check_depth()
         self._check_width()
         self._check_files()
-        if not self.grows_depth and not self.grows_width:
+        self._check_experts()
+        if not self.grows_depth and not self.grows_width and not self.grows_experts:
             raise OptionError(
-                None, "nothing to grow: give --layers/--depth-factor and/or a width target (see grow expand --help)"
+                None,
+                "nothing to grow: give --layers/--depth-factor, a width target and/or --experts "
+                "(see grow expand --help)",
             )
 
     # -- what it asks for -----------------------------------------------------------------------------------------
@@ -75,6 +86,11 @@ class GrowthSpec:
     def grows_width(self) -> bool:
         """A width target was given."""
         return any(getattr(self, name) is not None for name in WIDTH_TARGETS)
+
+    @property
+    def grows_experts(self) -> bool:
+        """Upcycling into a mixture of experts was asked (--experts)."""
+        return self.experts is not None
 
     @property
     def out_dtype(self) -> str | None:
@@ -125,6 +141,33 @@ class GrowthSpec:
                     "noise_snr_db", f"--noise-snr-db must be a finite number of dB, got {self.noise_snr_db}; try 10"
                 )
 
+    def _check_experts(self) -> None:
+        if self.experts is None:
+            given = [
+                name for name in EXPERT_OPTIONS if getattr(self, name) is not None and getattr(self, name) is not False
+            ]
+            if given:
+                raise OptionError(given[0], f"{flag(given[0])} applies only with --experts N (upcycling)")
+            return
+        if self.experts < 2:
+            raise OptionError("experts", f"--experts must be at least 2 (a mixture), got {self.experts}; try 8")
+        if self.top_k is not None and not 1 <= self.top_k <= self.experts:
+            raise OptionError(
+                "top_k", f"--top-k must be between 1 and --experts {self.experts}, got {self.top_k}; try 2"
+            )
+        if self.router_noise is not None and not (math.isfinite(self.router_noise) and self.router_noise >= 0):
+            raise OptionError(
+                "router_noise", f"--router-noise is a standard deviation ≥ 0, got {self.router_noise}; try 0.02"
+            )
+        if self.drop_upcycling is not None and not (
+            math.isfinite(self.drop_upcycling) and 0 < self.drop_upcycling <= 1
+        ):
+            raise OptionError(
+                "drop_upcycling",
+                f"--drop-upcycling is the share of units re-initialised, in (0, 1], got {self.drop_upcycling}; "
+                f"try 0.5 (the paper's choice)",
+            )
+
     def _check_files(self) -> None:
         if self.dtype is not None:
             output_dtype(self.dtype)
@@ -133,6 +176,9 @@ class GrowthSpec:
         except UsageError as exc:
             raise OptionError("shard_size", f"--shard-size: {exc}") from None
 
+
+# The options of upcycling besides --experts itself.
+EXPERT_OPTIONS = ("top_k", "router_noise", "drop_upcycling", "shared_expert")
 
 # The width targets: any of them set means width growth.
 WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "width_factor")

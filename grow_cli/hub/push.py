@@ -14,7 +14,7 @@ from typing import Any
 from huggingface_hub import HfApi
 
 from grow_cli import __version__
-from grow_cli.checkpoint.files import WEIGHT_INDEXES, WEIGHT_LAYOUTS
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR, TRAINING_STATE_DIR, WEIGHT_INDEXES, WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import load_config, load_weight_map, read_safetensors_header
 from grow_cli.errors import CheckpointError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
@@ -34,9 +34,12 @@ IGNORE_PATTERNS = [
     "**/.DS_Store",
     "__pycache__/*",
     "**/__pycache__/**",
-    # train-stage's resume state (optimizer moments, RNG): large, and not part of a model repo
-    "checkpoints/*",
-    "checkpoints/**",
+    # train-stage's resume state and a grown training state (optimizer moments, RNG): large, and not part of a
+    # model repo
+    f"{CHECKPOINTS_DIR}/*",
+    f"{CHECKPOINTS_DIR}/**",
+    f"{TRAINING_STATE_DIR}/*",
+    f"{TRAINING_STATE_DIR}/**",
 ]
 
 

@@ -28,7 +28,7 @@ SECRET = re.compile(r"hf_[A-Za-z0-9]{8,}")
 def _methods(record: dict[str, Any]) -> list[str]:
     methods: list[str] = []
     for stage in record["stages"]:
-        for part in ("width", "depth"):
+        for part in ("width", "depth", "moe"):
             method = (stage.get(part) or {}).get("method")
             if method and method not in methods:
                 methods.append(method)
@@ -58,6 +58,8 @@ def front_matter(record: dict[str, Any]) -> dict[str, Any]:
             tags.append("depth-upscaling")
         if stage.get("width"):
             tags.append("width-expansion")
+        if stage.get("moe"):
+            tags.append("mixture-of-experts")
         if stage.get("apollo"):
             tags.append("apollo")
     tags += _methods(record)
@@ -84,10 +86,15 @@ def _num(value: Any, fmt: str = ".3g") -> str:
 
 def _shape_line(shape: dict[str, Any] | None) -> str:
     shape = shape or {}
-    keys = ("layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads")
+    keys = (
+        *("model_type", "layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads"),
+        *("num_experts", "experts_per_token"),  # a mixture of experts
+    )
     parts = [f"{k}={shape[k]}" for k in keys if shape.get(k) is not None]
     if shape.get("num_parameters"):
         parts.append(f"{_count(shape['num_parameters'])} parameters")
+    if shape.get("active_parameters"):
+        parts.append(f"{_count(shape['active_parameters'])} active per token")
     return ", ".join(parts) or "shape not recorded"
 
 
@@ -117,7 +124,15 @@ def _operator_lines(part: str, op: dict[str, Any]) -> list[str]:
     paper = f"[{name}]({url})" if url else name
     exact = "exactly function-preserving" if op.get("function_preserving") else "not function-preserving"
     params = ", ".join(f"{k}={v}" for k, v in (op.get("parameters") or {}).items())
-    lines = [f"  - {part}: `{op.get('method', '?')}`, {paper}; {exact}{'; ' + params if params else ''}."]
+    label = "mixture of experts" if part == "moe" else part
+    lines = [f"  - {label}: `{op.get('method', '?')}`, {paper}; {exact}{'; ' + params if params else ''}."]
+    if part == "moe":
+        shared = ", a shared expert" if op.get("shared_expert") else ""
+        drop = f", {op['drop_upcycling']:.0%} of each expert's units re-initialised" if op.get("drop_upcycling") else ""
+        lines.append(
+            f"    - {op.get('model_type', '?')} with {op.get('experts', '?')} experts, top-{op.get('top_k', '?')}, "
+            f"router {op.get('router', '?')}{shared}{drop}: {op.get('exactness', '')}."
+        )
     if op.get("layer_map"):
         lines.append(f"    - layer map (grown layer → source layer): {_compact(op['layer_map'])}")
         if op.get("new_layers"):
@@ -147,10 +162,19 @@ def _expand_lines(stage: dict[str, Any]) -> list[str]:
         f"- **Grown** from {_origin(source)} ({_shape_line(source.get('shape'))})",
         f"  to {_shape_line(stage.get('target'))}.",
     ]
-    for part in ("width", "depth"):
+    for part in ("width", "depth", "moe"):
         if stage.get(part):
             lines += _operator_lines(part, stage[part])
     lines.append(_verify_line(stage.get("verify")))
+    state = stage.get("training_state")
+    if state:
+        exact = "exactly continues the source's dynamics" if state.get("exact_dynamics") else "continues it"
+        partly = state.get("partly_fresh_tensors")
+        lines.append(
+            f"  - training state grown too (step {state.get('step')}): AdamW moments of "
+            f"{state.get('carried_tensors')} tensors carried, {state.get('fresh_tensors')} fresh"
+            f"{f', {partly} partly fresh' if partly else ''}; {exact} (`training-state/`)."
+        )
     lines.append(f"  - seed {stage.get('seed')}, dtype {stage.get('dtype')}, grow {stage.get('grow_version')}.")
     if stage.get("command"):
         lines.append(f"  - command: `{redact_command(stage['command'])}`")
@@ -176,6 +200,9 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
         lines.append(
             f"  - schedule {name}, max LR {stage.get('max_lr')}, train only: {stage.get('train_only') or 'all'}."
         )
+    continued = stage.get("continued")
+    if continued:
+        lines.append(_continued_line(continued))
     objective = stage.get("objective") or {}
     if objective.get("name") == "masked":
         lines.append(_masking_line(objective))
@@ -186,7 +213,35 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
         ppl = f" (perplexity {math.exp(loss):.2f})" if loss < 50 else ""
         kind = "masked-token " if objective.get("name") == "masked" else ""
         lines.append(f"  - final eval {kind}loss {loss:.4f}{ppl}.")
+    router = stage.get("router")
+    if router:
+        lines.append(
+            f"  - mixture of experts: load-balancing loss {_num(router.get('router_aux_loss'))} (× "
+            f"{router.get('router_aux_loss_coef')}); expert load (share × experts, 1 = balanced) from "
+            f"{_num(router.get('expert_load_min'), '.2f')} to {_num(router.get('expert_load_max'), '.2f')}."
+        )
     return lines
+
+
+def _continued_line(continued: dict[str, Any]) -> str:
+    """How a train stage continued a grown training state: where it started and the per-tensor multipliers."""
+    source = continued.get("source") or {}
+    line = (
+        f"  - continued the grown training state of step {source['step']} from step {continued.get('start_step')}"
+        if source.get("step") is not None
+        else f"  - started at step {continued.get('start_step')} of the schedule"
+    )
+    if continued.get("restart_warmup_steps"):
+        line += f" with a {continued['restart_warmup_steps']}-step restart warmup"
+    groups = [g for g in continued.get("multipliers") or [] if (g["lr"], g["eps"], g["weight_decay"]) != (1, 1, 1)]
+    if groups:
+        parts = [
+            f"LR ×{_num(g['lr'])}, eps ×{_num(g['eps'])}, weight decay ×{_num(g['weight_decay'])} on "
+            f"{len(g['tensors'])} tensors"
+            for g in groups
+        ]
+        line += "; per-tensor multipliers: " + "; ".join(parts)
+    return line + "."
 
 
 def _masking_line(objective: dict[str, Any]) -> str:

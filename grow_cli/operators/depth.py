@@ -3,7 +3,8 @@
 Each operator is a pure function from (source layers L, target layers L') to a layer map; `depth_map` turns the
 one named in the registry (`grow_cli.operators.registry`, which holds the papers and the exactness rules) into a
 `DepthMap`. The executor copies the tensors of source layer `layer_map[j]` into target layer `j` (cloned, never
-shared) and, for `identity`, zeroes the residual-stream writers of the new layers.
+shared) and, for `identity`, zeroes the residual-stream writers of the new layers; `staged-identity` initialises
+new layers instead (grow_cli/operators/staged.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class DepthMap:
     zero_new_outputs: bool  # identity blocks: residual writers of new layers are zero
     function_preserving: bool
     parameters: dict
+    identity_init: bool = False  # staged-identity: new layers are not copies but gains 0, biases 0, matrices I
 
 
 def _first_occurrence_is_original(layer_map: list[int]) -> tuple[bool, ...]:
@@ -140,8 +142,8 @@ def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
 
 def depth_map(op: Operator, L: int, target: int, *, dus_overlap: int | None = None) -> DepthMap:
     """The `DepthMap` of the depth method `op` (a registry entry) from L to `target` layers."""
-    if op.name == "identity" and target == L:
-        raise OptionError("layers", "identity needs more target layers than source layers")
+    if op.name in ("identity", "staged-identity") and target == L:
+        raise OptionError("layers", f"{op.name} needs more target layers than source layers")
     layer_map = op.implementation(L, target)
     assert len(layer_map) == target, (op.name, L, target, layer_map)
     if op.name == "dus":  # SOLAR's second copy is the new part, seam layers included
@@ -150,5 +152,8 @@ def depth_map(op: Operator, L: int, target: int, *, dus_overlap: int | None = No
     else:
         new = _first_occurrence_is_original(layer_map)
         params = {}
-    identity = op.name == "identity"  # zeroed residual writers: the only exact depth method
-    return DepthMap(op.name, tuple(layer_map), new, identity, identity, {"layers": target, **params})
+    zeroed = op.name == "identity"  # zeroed residual writers (LLaMA-Pro)
+    staged = op.name == "staged-identity"  # zero gains and biases, identity matrices (staged training)
+    return DepthMap(
+        op.name, tuple(layer_map), new, zeroed, zeroed or staged, {"layers": target, **params}, identity_init=staged
+    )

@@ -4,11 +4,13 @@ code that does it.
 The CLI's `--depth-method` / `--width-method` choices and their help, `GrowthSpec`'s validation, the planner's
 refusals, `grow inspect`'s "which methods apply", the model card's paper links and the table at the top of
 docs/methods.md (checked by tests/test_registry.py) all read this list. A new method is one entry here plus its
-implementation in `depth.py` or `width.py` (and its rows in docs/methods.md's per-architecture tables).
+implementation in `depth.py`, `width.py` or `upcycle.py` (and its rows in docs/methods.md's per-architecture tables).
 
 `implementation` is, for a depth method, `layer_map(L, target) -> list[int]` (target layer j copies source layer
-`layer_map[j]`; the planner builds the `DepthMap` from it), and for a width method the `WidthOperator` class, whose
-rules branch on the method name where the methods differ (the shared axis-by-axis core is the same for all four).
+`layer_map[j]`; the planner builds the `DepthMap` from it), for a width method the `WidthOperator` class, whose
+rules branch on the method name where the methods differ (the shared axis-by-axis core is the same for all of them),
+or a subclass where the layout itself differs (staged training's block-diagonal `StagedWidth`), and for a
+mixture-of-experts method (`--experts`, with `--drop-upcycling` choosing Drop-Upcycling) the `Upcycler`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 
 from grow_cli.arch.registry import ArchDef
 from grow_cli.errors import OptionError
-from grow_cli.operators import depth, width
+from grow_cli.operators import depth, staged, upcycle, width
 
-KINDS = ("depth", "width")
+KINDS = ("depth", "width", "moe")
 
 
 def _applies_everywhere(arch: ArchDef) -> str | None:
@@ -31,6 +33,11 @@ def _applies_everywhere(arch: ArchDef) -> str | None:
 def _width_refusal(arch: ArchDef) -> str | None:
     """Why no width method applies to `arch` (a derived definition with an axis it could not place), or None."""
     return arch.width_refusal
+
+
+def _upcycle_refusal(arch: ArchDef) -> str | None:
+    """Why `arch` cannot be upcycled into a mixture of experts (no MoE counterpart, or an MoE already), or None."""
+    return None if upcycle.upcycle_target(arch) else upcycle.upcycle_refusal(arch)
 
 
 def _needs_zeroed_block_identity(arch: ArchDef) -> str | None:
@@ -111,6 +118,19 @@ OPERATORS: tuple[Operator, ...] = (
         refusal=_needs_zeroed_block_identity,
     ),
     Operator(
+        name="staged-identity",
+        kind="depth",
+        title="staged training, identity initialisation",
+        citation="Shen et al., ICML 2022",
+        url="https://arxiv.org/abs/2203.06211",
+        summary="staged training, exact",
+        exact="always, where a zero-gain block is an identity (pre-norm, sandwich-norm and post-sublayer-norm "
+        "layouts); refused after a post-norm",
+        how="new layers inserted as `identity` does, with norm gains and biases 0 and identity matrices",
+        implementation=depth.identity,
+        refusal=staged.staged_identity_refusal,
+    ),
+    Operator(
         name="dus",
         kind="depth",
         title="SOLAR depth up-scaling",
@@ -158,6 +178,18 @@ OPERATORS: tuple[Operator, ...] = (
         refusal=_width_refusal,
     ),
     Operator(
+        name="staged",
+        kind="width",
+        title="staged training",
+        citation="Shen et al., ICML 2022",
+        url="https://arxiv.org/abs/2203.06211",
+        summary="block-diagonal, exact",
+        exact="always (the same integer factor for every space)",
+        how="every map tiled ×k, matrices block-diagonal (not divided), the norm before the head divided by k",
+        implementation=staged.StagedWidth,
+        refusal=_width_refusal,
+    ),
+    Operator(
         name="zero",
         kind="width",
         title="G_zero",
@@ -168,6 +200,32 @@ OPERATORS: tuple[Operator, ...] = (
         how="source units first, new units zero",
         implementation=width.WidthOperator,
         refusal=_width_refusal,
+    ),
+    Operator(
+        name="upcycle",
+        kind="moe",
+        title="sparse upcycling",
+        citation="Komatsuzaki et al., ICLR 2023",
+        url="https://arxiv.org/abs/2212.05055",
+        summary="exact",
+        exact="always: top-k weights renormalised to sum to 1 (set in the config where it is a switch), every "
+        "expert equal; with router noise and with a shared expert too",
+        how="every routed expert a copy of the dense MLP; a new seeded router (`--experts N --top-k K`)",
+        implementation=upcycle.Upcycler,
+        refusal=_upcycle_refusal,
+    ),
+    Operator(
+        name="drop-upcycle",
+        kind="moe",
+        title="Drop-Upcycling",
+        citation="Nakamura et al., ICLR 2025",
+        url="https://arxiv.org/abs/2502.19261",
+        summary="partial re-initialisation, not exact",
+        exact="never (by design: a share of each expert's units is re-initialised)",
+        how="as `upcycle`, then a seeded share r of each expert's FFN units (gate/up rows, down columns) re-drawn "
+        "from a normal with the mean and std of the weights they replace (`--drop-upcycling r`)",
+        implementation=upcycle.Upcycler,
+        refusal=_upcycle_refusal,
     ),
 )
 
@@ -216,6 +274,8 @@ def refuse_if_inapplicable(op: Operator, arch: ArchDef) -> None:
     why = op.why_not(arch)
     if why is not None:
         others = [o.name for o in operators(op.kind) if o.why_not(arch) is None]
+        if op.kind == "moe":
+            raise OptionError("experts", f"--experts: {why}")
         if not others:
             raise OptionError(f"{op.kind}_method", f"{op.kind} growth is refused for {arch.name}: {why}")
         choice = others[0] if len(others) == 1 else f"{', '.join(others[:-1])} or {others[-1]}"

@@ -41,8 +41,9 @@ from grow_cli.operators import index_maps as im
 if TYPE_CHECKING:
     from grow_cli.growth.spec import GrowthSpec
 
-_OUT_AXIS = {"linear": 0, "conv1d": 1, "bias": 0}  # the axis AKI fills from the next layer
+_OUT_AXIS = {"linear": 0, "conv1d": 1, "bias": 0, "experts_linear": 1}  # the axis AKI fills from the next layer
 _HEAD_SPACES = {"q", "kv", "qkv", "qkv_heads"}
+TILED_METHODS = ("hypercloning", "staged")  # methods that copy whole units: integer ratios only
 
 
 def _multiples_near(value: int, step: int, floor: int) -> list[int]:
@@ -144,7 +145,7 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             f"{H2} query heads in {K2} KV groups leave some of the {H} source heads without a copy "
             f"(each source group of {g} needs room); try --num-heads {K2 * per_group}"
         )
-    if spec.width_method == "hypercloning":
+    if spec.width_method in TILED_METHODS:
         for flag, new, old in (
             ("hidden_size", d2, d),
             ("intermediate_size", f2, f),
@@ -154,10 +155,41 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             if new % old:
                 raise OptionError(
                     flag,
-                    f"hypercloning tiles whole copies: {flag} must be a multiple of {old}; try "
+                    f"{spec.width_method} tiles whole copies: {flag} must be a multiple of {old}; try "
                     f"{_try(_multiples_near(new, old, old + 1))}",
                 )
-    return replace(shape, hidden_size=d2, intermediate_size=f2, num_heads=H2, num_kv_heads=K2, head_dim=h)
+    fe2, fs2 = _expert_sizes(arch, shape, spec, f2)
+    return replace(
+        shape,
+        hidden_size=d2,
+        intermediate_size=f2,
+        num_heads=H2,
+        num_kv_heads=K2,
+        head_dim=h,
+        expert_intermediate_size=fe2,
+        shared_intermediate_size=fs2,
+    )
+
+
+def _expert_sizes(arch: ArchDef, shape: ModelShape, spec: GrowthSpec, f2: int) -> tuple[int, int]:
+    """An MoE model's routed and shared expert FFN sizes after width growth: the FFN's growth ratio applied to each
+    (the same key as the dense FFN, as in Mixtral, simply follows it). The expert count never changes."""
+    fe, fs = shape.expert_intermediate_size, shape.shared_intermediate_size
+    if not shape.is_moe:
+        return fe, fs
+    if arch.config.get("expert_ffn") == arch.config.get("ffn"):
+        fe2 = f2
+    else:
+        fe2 = max(fe, round(fe * spec.width_factor)) if spec.width_factor else round(fe * f2 / shape.intermediate_size)
+    fs2 = max(fs, round(fs * spec.width_factor)) if spec.width_factor else round(fs * f2 / shape.intermediate_size)
+    if spec.width_method == "hypercloning" and (fe2 % fe or (fs and fs2 % fs)):
+        raise OptionError(
+            "intermediate_size",
+            f"hypercloning tiles whole copies: the expert FFN sizes {fe} and {fs} would grow to {fe2} and {fs2}, "
+            f"not whole multiples; give --width-factor 2 or an --intermediate-size that is a multiple of "
+            f"{shape.intermediate_size}",
+        )
+    return fe2, fs2
 
 
 @dataclass(frozen=True)
@@ -173,7 +205,11 @@ class _Axis:
 class WidthOperator:
     """A `WidthPlan` (grow_cli.growth.plan): the maps of one width growth, and how each tensor is widened."""
 
-    def __init__(self, spec: GrowthSpec, arch: ArchDef, binding: Binding, config: dict[str, Any]):
+    def __init__(
+        self, spec: GrowthSpec, arch: ArchDef, binding: Binding, config: dict[str, Any], *, uniform: bool = False
+    ):
+        """`uniform`: tile every map, as growing a training state needs (`fpi`'s FFN and head maps otherwise copy
+        some units more often than others, which no per-tensor LR or eps multiplier can follow)."""
         self._pool = BufferPool()
         self._calls = 0  # apply() calls so far: their parity picks the buffer set
         self.method = spec.width_method
@@ -187,13 +223,23 @@ class WidthOperator:
         d, d2 = s.hidden_size, t.hidden_size
         rng = random.Random(self.seed)
         self.integer_hidden = d2 % d == 0
-        random_units = self.method in ("fpi", "aki")
+        random_units = self.method in ("fpi", "aki") and not uniform
         self.maps = {
             "hidden": im.tiled(d, d2) if self.integer_hidden or not random_units else im.prefix_random(d, d2, rng),
             "ffn": (im.prefix_random if random_units else im.tiled)(
                 s.intermediate_size, t.intermediate_size, *([rng] if random_units else [])
             ),
         }
+        for space, n, n2 in (
+            ("expert_ffn", s.expert_intermediate_size, t.expert_intermediate_size),
+            ("shared_ffn", s.shared_intermediate_size, t.shared_intermediate_size),
+        ):
+            if n:  # MoE only; a zero-sized shared expert stays zero-sized
+                self.maps[space] = (
+                    self.maps["ffn"]
+                    if (n, n2) == (s.intermediate_size, t.intermediate_size)
+                    else (im.prefix_random(n, n2, rng) if random_units else im.tiled(n, n2))
+                )
         # A norm over all heads (OLMo 2) commutes with head copies only when every head is copied equally often.
         self.normed_heads = bool(arch.normed_spaces & _HEAD_SPACES)
         self.maps["heads"], self.maps["kv_heads"] = im.head_maps(
@@ -218,7 +264,14 @@ class WidthOperator:
         """The tensor itself; for AKI, a layer's matrices and biases also read the next layer's same tensor."""
         if self.method == "aki" and tensor.layer is not None and tensor.weight.kind in _OUT_AXIS:
             if tensor.layer + 1 < len(binding.layers):
-                nxt = next((u for u in binding.layers[tensor.layer + 1] if u.weight == tensor.weight), None)
+                nxt = next(
+                    (
+                        u
+                        for u in binding.layers[tensor.layer + 1]
+                        if u.weight == tensor.weight and u.expert == tensor.expert
+                    ),
+                    None,
+                )
                 if nxt is not None:
                     return (tensor.name, nxt.name)
         return (tensor.name,)
@@ -279,6 +332,10 @@ class WidthOperator:
             updates[keys["kv_heads"]] = t.num_kv_heads
         if "head_dim" in keys:
             updates[keys["head_dim"]] = t.head_dim
+        if t.is_moe:
+            updates[keys["expert_ffn"]] = t.expert_intermediate_size
+            if "shared_ffn" in keys:
+                updates[keys["shared_ffn"]] = t.shared_intermediate_size
         if self.method == "zero" and t.hidden_size != s.hidden_size and "norm_eps" in keys:
             updates[keys["norm_eps"]] = self._norm_eps() * s.hidden_size / t.hidden_size
         return updates
@@ -290,7 +347,17 @@ class WidthOperator:
             "ffn": s.intermediate_size,
             "heads": s.num_heads,
             "kv_heads": s.num_kv_heads,
+            "expert_ffn": s.expert_intermediate_size,
+            "shared_ffn": s.shared_intermediate_size,
         }
+        moe = (
+            {
+                "expert_intermediate_size": t.expert_intermediate_size,
+                "shared_intermediate_size": t.shared_intermediate_size,
+            }
+            if t.is_moe
+            else {}
+        )
         return {
             "method": self.method,
             "function_preserving": self.function_preserving,
@@ -301,6 +368,7 @@ class WidthOperator:
             "num_heads": t.num_heads,
             "num_kv_heads": t.num_kv_heads,
             "head_dim": t.head_dim,
+            **moe,
             "maps": {name: im.describe(m, sizes[name]) for name, m in self.maps.items()},
             "noise_snr_db": self.noise_snr_db,
             "tied_head": "kept tied; its 1/C division folded into the head norm" if self.tied else None,
@@ -418,6 +486,12 @@ class WidthOperator:
                 2 * s.intermediate_size,
             ),
         }
+        if "expert_ffn" in self.maps:  # MoE: each routed expert's units (and its fused [gate|up]), the shared expert's
+            fe, mapped = s.expert_intermediate_size, self.maps["expert_ffn"]
+            spaces["expert_ffn"] = (mapped, fe)
+            spaces["expert_gate_up"] = (mapped + [fe + r for r in mapped], 2 * fe)
+        if "shared_ffn" in self.maps:
+            spaces["shared_ffn"] = (self.maps["shared_ffn"], s.shared_intermediate_size)
         if self.maps["heads"] == self.maps["kv_heads"]:  # GPT-NeoX: per-head (heads, 3, head_dim) rows, MHA only
             spaces["qkv_heads"] = (im.rows(self.maps["heads"], 3 * h), 3 * qn)
         axes = {}
@@ -426,8 +500,8 @@ class WidthOperator:
             # new = not the first copy of its source unit (within its part of a fused [q|k|v])
             if space == "qkv":
                 new = im.new_units(q) + im.new_units(kv) * 2
-            elif space == "gate_up":
-                new = im.new_units(self.maps["ffn"]) * 2
+            elif space in ("gate_up", "expert_gate_up"):
+                new = im.new_units(self.maps["ffn" if space == "gate_up" else "expert_ffn"]) * 2
             else:
                 new = im.new_units(index)
             axes[space] = _Axis(
@@ -439,16 +513,18 @@ class WidthOperator:
         return axes
 
     def _axis(self, space: str | int) -> _Axis | None:
-        if space in ("vocab", "positions", "token_types"):
-            return None
+        if space in ("vocab", "positions", "token_types", "experts"):
+            return None  # never widened (the expert count is not a width)
+        if space == "shared_ffn" and space not in self._axes:
+            return None  # a zero-sized shared expert
         if isinstance(space, int) or space == "head_dim":
             return None  # a fixed axis, or one head (head_dim never changes)
         if space not in self._axes:
             raise UsageError(f"{self.arch.name}: cannot widen a '{space}' axis with these head maps")
         return self._axes[space]
 
-    def _fpi(self, w: WeightDef, x, tag: object):
-        """OUT on every axis, IN (gather and divide by the copy count) on the input axis.
+    def _fpi(self, w: WeightDef, x, tag: object, *, divide: bool = True):
+        """OUT on every axis, IN (gather and divide by the copy count) on the input axis; `divide=False`: gather only.
 
         Gathers go into reused buffers (slots named by `tag` and axis): the result is valid until the next call
         with the same tag (see `apply`).
@@ -461,9 +537,54 @@ class WidthOperator:
                 continue
             shape = (*x.shape[:axis], len(m.index_list), *x.shape[axis + 1 :])
             x = torch.index_select(x, axis, m.index, out=self._pool.tensor((tag, axis), shape, "F32"))
-            if axis == w.in_axis:
+            if divide and axis == w.in_axis:
                 x.div_(_along(m.divisor, axis, x.ndim))  # x is our own buffer, never an input
         return x
+
+    # -- what growing a training state needs (grow_cli/growth/grown_state.py) -----------------------------------
+
+    def state_layout(self, tensor: BoundTensor, x, tag: object):
+        """`x` (an optimizer moment of `tensor`, float32) laid out as the widened tensor: gathered like its weight,
+        unscaled. Entries with no counterpart in the source (none here; staged's off-diagonal blocks) are zero."""
+        return self._fpi(tensor.weight, x, tag, divide=False)
+
+    def fresh_entries(self, w: WeightDef) -> bool:
+        """Whether some widened entries of `w` have no counterpart in the source (never, for a gathered tensor)."""
+        return False
+
+    def state_scales(self, w: WeightDef) -> tuple[int, float] | None:
+        """(copies, value scale) of `w`: how many widened entries hold each source entry, and the factor `apply`
+        multiplies them by (1/C on an IN-divided input axis, folds, embedding scales); None when either differs
+        from entry to entry (a map that copies some units more often than others).
+
+        Under exact symmetric duplication a widened entry's gradient is G / (copies × value scale), so AdamW
+        continues the source's trajectory with moments m·s, v·s² (s = that factor), eps·s, and the LR times the
+        value scale (weight decay divided by it): docs/training-state.md derives it.
+        """
+        copies, scale = 1, 1.0
+        for axis, space in enumerate(w.axes):
+            count = self._uniform_count(space)
+            if count is None:
+                return None
+            copies *= count
+            if axis == w.in_axis:
+                scale /= count
+        if w.runtime_scale:
+            scale *= self.embed_scale
+        if w.head_norm and self.tied:
+            hidden = self._uniform_count("hidden")
+            if hidden is None:
+                return None
+            scale *= 1.0 / self.head_scale / hidden
+        return copies, scale
+
+    def _uniform_count(self, space: str | int) -> int | None:
+        """The copy count every unit of `space` has (1 for an axis that does not grow), or None if they differ."""
+        m = self._axis(space)
+        if m is None:
+            return 1
+        counts = set(m.divisor.tolist())
+        return int(counts.pop()) if len(counts) == 1 else None
 
     def _noise(self, w: WeightDef, x, name: str):
         """HyperCloning's symmetric noise: +N and −N on paired copies of each input column, so N·x − N·x = 0."""

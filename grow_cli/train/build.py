@@ -2,13 +2,15 @@
 
 In order: the accelerator (flags left unset fall through to `accelerate config` / `accelerate launch`), the step
 budget, the token data (tokenized once by the main process, read from its cache by the others), the model with
-only the trainable tensors unfrozen, the optimizer and its LR schedule, `accelerator.prepare`, the step-indexed
-batches and the held-out blocks. The result is a `Run`: everything built, and the position (step, tokens) that the
+only the trainable tensors unfrozen, the optimizer and its LR schedule (continuing a grown training state: its
+multipliers, moments and start step, train/continuation.py), `accelerator.prepare`, the step-indexed batches and
+the held-out blocks. The result is a `Run`: everything built, and the position (step, tokens) that the
 loop advances.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import check_apollo_run, describe_apollo
 from grow_cli.train.checkpoints import load_checkpoint
 from grow_cli.train.config import TrainConfig
+from grow_cli.train.continuation import Continuation, load_grown_state
 from grow_cli.train.freeze import freeze_all_but
 from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
@@ -34,6 +37,7 @@ from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
 from grow_cli.train.model_io import LoadedModel, load_model
 from grow_cli.train.objective import Objective, objective_notes
 from grow_cli.train.preflight import Checked
+from grow_cli.train.router import RouterStats, is_moe_model
 from grow_cli.train.schedule import Schedule, warmup_steps_for
 
 if TYPE_CHECKING:
@@ -81,12 +85,35 @@ class Run:
     apollo: Apollo | None  # Apollo's depth sampling and shared layers; None: plain training
     loaded: LoadedModel  # what loading created (a new head) and what the output carries unchanged
     kernels: dict[str, Any]  # what `speed_up` applied: Liger kernels and compiled blocks (recorded in grow.json)
+    parameter_names: list[str]  # the optimizer's parameters, in its index order
+    continuation: Continuation | None = None  # where this run continues another (train/continuation.py)
     step: int = 0
     tokens: int = 0
+    router: RouterStats | None = None  # mixture of experts: auxiliary loss and expert load (train/router.py)
 
     def state(self) -> dict[str, Any]:
-        """grow's part of a checkpoint: the run keys and the position."""
-        return {**self.run_keys, "step": self.step, "tokens": self.tokens}
+        """grow's part of a checkpoint: the run keys, the position, and what `grow expand` needs to grow the
+        training state (the model folder, the optimizer's parameter order and settings, the multipliers)."""
+        config = self.config
+        state = {
+            **self.run_keys,
+            "step": self.step,
+            "tokens": self.tokens,
+            "model": str(Path(config.model).resolve()),
+            "parameters": self.parameter_names,
+            "optimizer": {
+                "max_lr": self.max_lr,
+                "betas": [config.beta1, config.beta2],
+                "eps": config.eps,
+                "weight_decay": config.weight_decay,
+                "grad_clip": config.grad_clip,
+            },
+            "schedule": self.schedule.describe(self.max_lr),
+        }
+        if self.continuation is not None:
+            state["continuation"] = self.continuation.record()
+            state["multipliers"] = self.continuation.multipliers
+        return state
 
     def say(self, message: str) -> None:
         say(self.accelerator, self.config.quiet, message)
@@ -107,6 +134,9 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
     budget = make_budget(config, accelerator)
+    continuation = checked.continuation
+    if continuation is not None:  # the budget is what this run trains; its schedule starts at the start step
+        budget = dataclasses.replace(budget, max_steps=continuation.start_step + budget.max_steps)
     if checked.apollo:
         check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)
     if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
@@ -122,23 +152,29 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     objective = Objective(checked.objective.name, config.seed, checked.masking)
     kernels = speed_up(model, config, accelerator, liger=liger)
     num_parameters = sum(p.numel() for p in model.parameters())
-    max_lr = resolve_max_lr(config, num_parameters, accelerator)
+    max_lr = resolve_max_lr(config, num_parameters, accelerator, continuation)
     if config.max_tokens:
         say(
             accelerator,
             config.quiet,
             f"--max-tokens {config.max_tokens:,} / {budget.tokens_per_step:,} tokens per step = "
-            f"{budget.max_steps:,} steps",
+            f"{budget.max_steps - (continuation.start_step if continuation else 0):,} steps",
         )
-    schedule = make_schedule(config, budget.max_steps)
-    optimizer = make_optimizer(model, config, max_lr, accelerator)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor)
+    schedule = make_schedule(config, budget.max_steps, continuation)
+    optimizer, names = make_optimizer(model, config, max_lr, accelerator, continuation)
+    if continuation is not None and continuation.load_from is not None:
+        sharded = accelerator.distributed_type not in FUSED_ADAMW_TYPES  # FSDP/DeepSpeed shard the optimizer
+        for note in load_grown_state(optimizer, names, model, continuation, config, budget.global_batch, sharded):
+            say(accelerator, config.quiet, note)
+    scheduler = make_scheduler(optimizer, schedule, continuation.start_step if continuation else 0)
     flops_token = (
         apollo.flops_per_token(apollo.unique, config.seq_len) if apollo else flops_per_token(model, config.seq_len)
     )
+    router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    batches, held_out = make_batches(config, data, budget, accelerator)
+    offset = continuation.data_offset(budget.global_batch) if continuation else 0
+    batches, held_out = make_batches(config, data, budget, accelerator, offset)
     run = Run(
         config=config,
         accelerator=accelerator,
@@ -158,11 +194,15 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         saved_dtype=saved_dtype,
         flops_per_token=flops_token,
         peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
-        run_keys=run_keys(config, data, budget, accelerator, objective, apollo),
+        run_keys=run_keys(config, data, budget, accelerator, objective, apollo, continuation),
         objective=objective,
         apollo=apollo,
         loaded=loaded,
         kernels=kernels,
+        router=router,
+        parameter_names=names,
+        continuation=continuation,
+        step=continuation.start_step if continuation else 0,
     )
     if checked.resume_from is not None:
         resume(run, checked.resume_from)
@@ -281,10 +321,16 @@ def speed_up(model: PreTrainedModel, config: TrainConfig, accelerator: Accelerat
     return {"liger": fused, "compiled_blocks": blocks}
 
 
-def resolve_max_lr(config: TrainConfig, num_parameters: int, accelerator: Accelerator) -> float:
-    """`--max-lr` as a number; `auto` follows the size rule in `lr_rule` and says so."""
+def resolve_max_lr(
+    config: TrainConfig, num_parameters: int, accelerator: Accelerator, continuation: Continuation | None = None
+) -> float:
+    """`--max-lr` as a number; `auto` follows the size rule in `lr_rule` and says so — or, continuing a grown
+    training state, the source run's peak (its per-tensor multipliers already carry the size change)."""
     if config.max_lr != "auto":
         return float(config.max_lr)
+    if continuation is not None and continuation.max_lr is not None:
+        say(accelerator, config.quiet, f"max LR {continuation.max_lr:.3g} (--max-lr auto: the grown state's run)")
+        return continuation.max_lr
     max_lr = auto_max_lr(num_parameters)
     say(
         accelerator,
@@ -294,41 +340,77 @@ def resolve_max_lr(config: TrainConfig, num_parameters: int, accelerator: Accele
     return max_lr
 
 
-def make_schedule(config: TrainConfig, max_steps: int) -> Schedule:
+def make_schedule(config: TrainConfig, max_steps: int, continuation: Continuation | None = None) -> Schedule:
     warmup = warmup_steps_for(max_steps, config.warmup_steps, config.warmup_ratio)
-    return Schedule(config.schedule, max_steps, warmup, config.min_lr_ratio, config.decay_ratio, config.decay_type)
+    restart = (continuation.start_step, continuation.restart_warmup_steps) if continuation else (0, 0)
+    return Schedule(
+        config.schedule, max_steps, warmup, config.min_lr_ratio, config.decay_ratio, config.decay_type, *restart
+    )
 
 
-def param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups over the trainable parameters.
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, start: int):
+    """The LR scheduler over `schedule`, positioned at step `start` (a continued run's first step; a resumed
+    checkpoint then restores its own position)."""
+    if start:
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_factor, last_epoch=start - 1)
 
-    No weight decay on gains and biases (1-D tensors), as in GPT-2/LLaMA training. Settings that differ per group
-    (weight decay today) are decided here.
+
+def param_groups(
+    model: PreTrainedModel, weight_decay: float, max_lr: float, eps: float, continuation: Continuation | None = None
+) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups over the trainable parameters, each with its parameters' `names`.
+
+    No weight decay on gains and biases (1-D tensors), as in GPT-2/LLaMA training. A run continuing a grown
+    training state also gives each parameter its LR, eps and weight-decay multipliers (train/continuation.py), one
+    group per combination. Settings that differ per group are decided here.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    groups: dict[tuple[bool, float, float, float], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        m = continuation.multiplier(name) if continuation else {"lr": 1.0, "eps": 1.0, "weight_decay": 1.0}
+        matrix = param.ndim >= 2
+        group = groups.setdefault(
+            (matrix, m["lr"], m["eps"], m["weight_decay"]),
+            {
+                "params": [],
+                "names": [],
+                "lr": max_lr * m["lr"],
+                "eps": eps * m["eps"],
+                "weight_decay": (weight_decay if matrix else 0.0) * m["weight_decay"],
+            },
+        )
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
 
 
 def make_optimizer(
-    model: PreTrainedModel, config: TrainConfig, max_lr: float, accelerator: Accelerator
-) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, fused where torch's fused kernel applies."""
-    return torch.optim.AdamW(
-        param_groups(model, config.weight_decay),
+    model: PreTrainedModel,
+    config: TrainConfig,
+    max_lr: float,
+    accelerator: Accelerator,
+    continuation: Continuation | None = None,
+) -> tuple[torch.optim.AdamW, list[str]]:
+    """AdamW over `param_groups`, fused where torch's fused kernel applies; and its parameters' names in order."""
+    groups = param_groups(model, config.weight_decay, max_lr, config.eps, continuation)
+    names = [name for group in groups for name in group.pop("names")]
+    optimizer = torch.optim.AdamW(
+        groups,
         lr=max_lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,
         fused=accelerator.distributed_type in FUSED_ADAMW_TYPES and accelerator.device.type in ("cpu", "cuda"),
     )
+    return optimizer, names
 
 
 def make_batches(
-    config: TrainConfig, data: TokenData, budget: Budget, accelerator: Accelerator
+    config: TrainConfig, data: TokenData, budget: Budget, accelerator: Accelerator, offset: int = 0
 ) -> tuple[StepBatches, list[torch.Tensor]]:
-    """This process's training batches (indexed by optimizer step) and its share of the held-out blocks."""
+    """This process's training batches (indexed by optimizer step, `offset` blocks on) and its held-out blocks."""
     batches = StepBatches(
         data.blocks,
         data.train_ids,
@@ -337,6 +419,7 @@ def make_batches(
         num_processes=accelerator.num_processes,
         rank=accelerator.process_index,
         seed=config.seed,
+        offset=offset,
     )
     held_out = eval_batches(
         data.blocks,
@@ -356,9 +439,10 @@ def run_keys(
     accelerator: Accelerator,
     objective: Objective,
     apollo: Apollo | None,
+    continuation: Continuation | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint records and a resume must match for the run to continue exactly where it stopped."""
-    return {
+    keys = {
         "objective": objective.describe(),
         "apollo": apollo.plan.describe() if apollo else None,
         "data_fingerprint": data.fingerprint,
@@ -369,6 +453,9 @@ def run_keys(
         "train_only": config.train_only,
         "num_processes": accelerator.num_processes,
     }
+    if continuation is not None:
+        keys["start_step"] = continuation.start_step
+    return keys
 
 
 def resume(run: Run, checkpoint: Path) -> None:

@@ -31,6 +31,7 @@ RESUME_KEYS = (
     "seed",
     "train_only",
     "num_processes",
+    "start_step",
     "objective",
     "apollo",
 )
@@ -140,6 +141,14 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
     return path
 
 
+def _made_before(key: str, expected: dict[str, Any]) -> bool:
+    """A checkpoint of an earlier grow lacks the keys added since; it matches when this run does what every run
+    did then: a causal LM (`objective`), without Apollo (`apollo`)."""
+    if key == "objective":
+        return (expected.get("objective") or {}).get("name") == "causal"
+    return key == "apollo" and expected.get("apollo") is None
+
+
 def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     """Restore the training state from `path` after checking that it belongs to this run; return grow's state."""
     import pickle
@@ -148,6 +157,8 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[s
 
     state = json.loads((Path(path) / STATE_FILE).read_text())
     for key in RESUME_KEYS:
+        if key not in state and _made_before(key, expected):
+            continue
         if state.get(key) != expected.get(key):
             raise UsageError(
                 f"--resume {path}: the checkpoint was made with {key}={state.get(key)!r} but this run "

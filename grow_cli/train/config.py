@@ -59,6 +59,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     # growth-aware
     train_only: str = "all"
+    schedule_offset: int | str | None = None  # start at this step of the schedule (R); "auto": the grown state's rule
+    restart_warmup_steps: int = 0  # ramp the LR up again over this many steps from the start step
+    save_final_state: bool = False  # leave the final training state, to grow the model from where it finished
     # objective (train/objective.py): auto follows the architecture
     objective: str = "auto"
     mlm_probability: float = 0.15
@@ -77,7 +80,7 @@ class TrainConfig:
     # checkpoints, eval, logs
     save_every: int | None = None
     keep_last: int = 2
-    resume: str | None = None  # "auto" or a checkpoint folder
+    resume: str | None = None  # "auto", "grown" (the grown training state in --model) or a checkpoint folder
     exit_interval: int | None = None
     eval_every: int | None = None
     eval_batches: int = 16
@@ -140,10 +143,23 @@ class TrainConfig:
             raise UsageError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
         if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.decay_ratio <= 1.0:
             raise UsageError("--min-lr-ratio and --decay-ratio must lie in [0, 1]")
-        if self.resume is not None and self.resume != "auto" and not Path(self.resume).is_dir():
+        if self.resume not in (None, "auto", "grown") and not Path(self.resume).is_dir():
             raise UsageError(f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
+        self._check_schedule_offset()
         self._check_masking()
         self._check_apollo()
+
+    def _check_schedule_offset(self) -> None:
+        offset = self.schedule_offset
+        if isinstance(offset, str) and offset != "auto":
+            try:
+                offset = self.schedule_offset = int(offset)
+            except ValueError:
+                raise UsageError(f"--schedule-offset must be a step number or 'auto', got {offset!r}") from None
+        if isinstance(offset, int) and offset < 0:
+            raise UsageError(f"--schedule-offset must be at least 0, got {offset}")
+        if self.restart_warmup_steps < 0:
+            raise UsageError(f"--restart-warmup-steps must be at least 0, got {self.restart_warmup_steps}")
 
     def _check_masking(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:

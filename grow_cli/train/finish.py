@@ -1,7 +1,8 @@
 """Step 4 of `grow train-stage`: what the run leaves behind once the loop ends.
 
 A finished run is evaluated once more and written as an ordinary Hugging Face model folder in the checkpoint's own
-dtype, with grow.json (the lineage, this stage appended) and the model card. A run stopped early (Ctrl-C or
+dtype, with grow.json (the lineage, this stage appended) and the model card; with `--save-final-state` also a
+checkpoint of its last step, from which `grow expand` grows the training run on. A run stopped early (Ctrl-C or
 `--exit-interval`) saves a checkpoint instead, to be continued with `--resume auto`.
 """
 
@@ -56,6 +57,9 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
     evaluated = evaluation(run)
     eval_loss = evaluated["eval_loss"]
     accelerator.log(evaluated, step=run.step)
+    final_state = None
+    if run.config.save_final_state:  # the whole training state at the last step, for grow expand to grow on
+        final_state = save_checkpoint(accelerator, out, run.state(), run.config.keep_last)
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(run.model)  # every process takes part (gathers FSDP/ZeRO-3 shards)
     num_parameters = run.num_parameters
@@ -65,7 +69,8 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
     summary = {
         "status": "done",
         "out": str(out),
-        "steps": run.step,
+        "steps": run.step - (run.continuation.start_step if run.continuation else 0),
+        "end_step": run.step,
         "tokens": run.tokens,
         "max_lr": run.max_lr,
         "final_train_loss": ending.last_loss if run.step > ending.first_step else None,
@@ -74,7 +79,10 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
         "tokens_per_s": (run.step - ending.first_step) * run.budget.tokens_per_step / max(ending.elapsed, 1e-9),
         "num_parameters": num_parameters,
         "trainable_tensors": len(run.trainable),
+        "final_state": str(final_state) if final_state else None,
     }
+    if run.router is not None:  # mixture of experts: auxiliary loss and expert load over the whole run
+        summary["router"] = run.router.summary(accelerator)
     if "eval_loss_at_target" in evaluated:
         summary["final_eval_loss_at_target"] = evaluated["eval_loss_at_target"]
     if accelerator.is_main_process:
@@ -84,11 +92,10 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
                 carried_tensors(run.config.model, run.loaded.carried, set(state_dict), unwrapped.base_model_prefix)
             )
         save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype)
-        record = append_stage(
-            load_record(run.config.model),
-            stage_record(run, evaluated),
-            model_summary(run, unwrapped, num_parameters),
-        )
+        stage = stage_record(run, evaluated)
+        if "router" in summary:
+            stage["router"] = summary["router"]
+        record = append_stage(load_record(run.config.model), stage, model_summary(run, unwrapped, num_parameters))
         write_record(out, record)
         write_card(out, record)
         summary["record"] = str(Path(out) / "grow.json")
@@ -101,6 +108,7 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
     """This stage's entry in grow.json: data, objective, Apollo, budget, schedule, optimizer, batch and the final
     evaluation."""
     config, data = run.config, run.data
+    start = run.continuation.start_step if run.continuation else 0
     eval_loss = evaluated["eval_loss"]
     return {
         "kind": "train",
@@ -120,7 +128,12 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
         },
         "apollo": apollo_record(run, evaluated),
         "tokens": run.tokens,
-        "steps": run.step,
+        # The model's own training FLOPs per token (as written), and what this stage spent: under Apollo the
+        # sampled, shallower depths cost less than the model's per-token figure times the tokens.
+        "flops_per_token": run.flops_per_token,
+        "train_flops": spent_flops(run),
+        "steps": run.step - start,
+        "end_step": run.step,
         "schedule": run.schedule.describe(run.max_lr),
         "max_lr": run.max_lr,
         "max_lr_rule": LR_RULE_SOURCE if config.max_lr == "auto" else None,
@@ -143,9 +156,35 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
         "mixed_precision": run.accelerator.mixed_precision,
         "kernels": run.kernels,
         "seed": config.seed,
+        "continued": _continued(run),
+        "final_state": "checkpoints/" + f"step_{run.step:08d}" if config.save_final_state else None,
         "final_eval_loss": eval_loss,
         "final_eval_ppl": eval_metrics(eval_loss)["eval_ppl"],
     }
+
+
+def _continued(run: Run) -> dict[str, Any] | None:
+    """How this stage continued a grown training state (or a schedule offset), with its multiplier groups."""
+    if run.continuation is None:
+        return None
+    from grow_cli.growth.grown_state import multiplier_groups
+
+    groups = (
+        multiplier_groups({name: run.continuation.multiplier(name) for name in run.parameter_names})
+        if run.continuation.multipliers
+        else []
+    )
+    return {**run.continuation.record(), "multipliers": groups}
+
+
+def spent_flops(run: Run) -> float:
+    """The training FLOPs of this stage: the depths Apollo ran at, or the model's FLOPs per token × tokens."""
+    if run.apollo is None:
+        return run.flops_per_token * run.tokens
+    budget = run.budget
+    return run.apollo.compute(
+        run.step, budget.grad_accum, budget.tokens_per_step // budget.grad_accum, run.config.seq_len
+    )["train_flops"]
 
 
 def apollo_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any] | None:

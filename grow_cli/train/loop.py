@@ -168,6 +168,8 @@ def _throughput(run: Run, last: StepNumbers, tokens_per_s: float) -> dict[str, A
     metrics["flops_per_token"] = flops_token
     if run.peak_flops:
         metrics["mfu"] = tokens_per_s * flops_token / (run.peak_flops * run.accelerator.num_processes)
+    if run.router is not None:  # mixture of experts: the auxiliary loss and expert load since the last report
+        metrics.update(run.router.metrics(run.accelerator))
     return metrics
 
 

@@ -1,8 +1,8 @@
 """What a run reports: FLOPs per token and MFU, the JSON Lines metrics file, and the progress bar.
 
-FLOPs per token are PaLM's count (`grow_cli.train.flops`). MFU is achieved FLOPs over the device's dense peak,
-reported only when the peak is known (a GPU in `PEAK_TFLOPS`, or `--peak-tflops`); on a CPU it is left out rather
-than guessed.
+FLOPs per token are PaLM's count (`grow_cli.train.flops`) over the parameters a token runs (a mixture of experts'
+active ones). MFU is achieved FLOPs over the device's dense peak, reported only when the peak is known (a GPU in
+`PEAK_TFLOPS`, or `--peak-tflops`); on a CPU it is left out rather than guessed.
 
 The metrics file (`metrics.jsonl` in the output folder) is written on every run as an accelerate tracker, so the
 same `accelerator.log` call also feeds TensorBoard or W&B when `--report-to` asks for them.
@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from grow_cli.console import err
 from grow_cli.train.flops import training_flops_per_token
+from grow_cli.train.router import inactive_expert_parameters
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -43,7 +44,8 @@ PEAK_TFLOPS = {
 def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token for `model` at sequence length `seq_len`."""
     config = model.config.get_text_config()
-    return training_flops_per_token(matmul_params(model), config.num_hidden_layers, config.hidden_size, seq_len)
+    active = matmul_params(model) - inactive_expert_parameters(model)  # an MoE runs top-k of its E experts per token
+    return training_flops_per_token(active, config.num_hidden_layers, config.hidden_size, seq_len)
 
 
 def matmul_params(model: Any) -> int:

@@ -1,14 +1,16 @@
 """Step 1 of `grow train-stage`: every check that needs no weights and no tokenization, before anything is built.
 
 What a user can get wrong about the data, the model folder, the tokenizer, `--train-only new`, the output folder (it
-may not be the model folder, nor inside it), the checkpoint to resume from (a damaged one is named) and
-`--report-to` fails here, in one line, within a second — not after minutes of tokenization or loading weights.
+may not be the model folder, nor inside it), the checkpoint or grown training state to resume from (a damaged one
+is named) and `--report-to` fails here, in one line, within a second — not after minutes of tokenization or
+loading weights.
 What the checks found (the data sources, the model's config, the tokenizer) is handed on to `build`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,9 @@ from grow_cli.data.masking import MaskingRule, masking_rule
 from grow_cli.data.sources import Source, check_sources, find_sources
 from grow_cli.errors import OutputError, UsageError
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
-from grow_cli.train.checkpoints import resolve_resume
+from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, resolve_resume
 from grow_cli.train.config import TrainConfig
+from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
 from grow_cli.train.model_io import check_seq_len, load_model_config, load_tokenizer
 from grow_cli.train.objective import Choice, choose_objective
@@ -39,6 +42,7 @@ class Checked:
     objective: Choice  # causal or masked LM, decided from the architecture and --objective
     masking: MaskingRule | None  # how a masked LM's blocks are corrupted
     apollo: ApolloPlan | None  # Apollo's depth sampling and stages; None: plain training
+    continuation: Continuation | None = None  # a run that continues another: --resume grown, --schedule-offset
 
 
 def preflight(config: TrainConfig) -> Checked:
@@ -67,15 +71,36 @@ def preflight(config: TrainConfig) -> Checked:
     check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder")
-    resume_from, notes = resolve_resume(config.resume, out)
+    notes: list[str]
+    if config.resume == "grown":
+        if complete_checkpoints(out) and not config.overwrite:
+            raise OutputError(
+                f"{out} already holds checkpoints of a run under way; continue it with --resume auto, or start "
+                "again with --overwrite"
+            )
+        resume_from, notes = None, []
+    else:
+        resume_from, notes = resolve_resume(config.resume, out)
     if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite:
         raise OutputError(
             f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
             "start again, or another --out"
         )
+    checkpoint_state = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
+    continuation = plan_continuation(config, config.model, checkpoint_state)
     check_trackers(config.report_to)
     return Checked(
-        sources, model_config, tokenizer, eos_id, trainable_names, resume_from, notes, objective, masking, apollo
+        sources,
+        model_config,
+        tokenizer,
+        eos_id,
+        trainable_names,
+        resume_from,
+        notes,
+        objective,
+        masking,
+        apollo,
+        continuation,
     )
 
 

@@ -7,6 +7,8 @@ and trained on before any decay, and the decay can be run later (torchtitan's de
 
 `lr_factor(step)` is the multiplier of the LR used by optimizer step `step` (0-based); it is what
 `torch.optim.lr_scheduler.LambdaLR` calls, so the schedule is saved and resumed with the scheduler's step count.
+A run continued from a grown training state starts at a later step (`restart_step`, train/continuation.py) and may
+warm up again from there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class Schedule:
     min_lr_ratio: float = 0.1
     decay_ratio: float = 0.2  # wsd only
     decay_type: str = "linear"  # wsd only
+    restart_step: int = 0  # a continued run starts here (staged training's R)
+    restart_warmup_steps: int = 0  # …and ramps the LR up again over this many steps
 
     @property
     def decay_steps(self) -> int:
@@ -33,6 +37,15 @@ class Schedule:
         return 0 if self.name == "constant" else self.max_steps - self.warmup_steps
 
     def lr_factor(self, step: int) -> float:
+        """The schedule's factor at `step`; within the restart warmup, a linear ramp from the restart step to the
+        schedule's value at its end (staged training's `get_restart_linear_schedule_with_warmup`, with grow's
+        convention that the first step already learns)."""
+        r, w = self.restart_step, self.restart_warmup_steps
+        if w and r <= step < r + w:
+            return (step - r + 1) / w * self._base(min(r + w, self.max_steps - 1))
+        return self._base(step)
+
+    def _base(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps  # the first step already learns
         if self.name == "constant":
@@ -58,6 +71,9 @@ class Schedule:
         if self.name != "wsd":
             info.pop("decay_ratio")
             info.pop("decay_type")
+        if not self.restart_step and not self.restart_warmup_steps:
+            info.pop("restart_step")
+            info.pop("restart_warmup_steps")
         return info
 
 

@@ -1,0 +1,283 @@
+"""The grown training state: AdamW moments, step, schedule position and per-tensor multipliers, planned from the
+same plan as the weights and written beside them (`OUT/training-state/`), for `grow train-stage --resume grown`.
+
+Under exact symmetric duplication a widened entry's gradient is the source's divided by (copies × value scale) —
+the two numbers the width operator reports per tensor (`state_scales`; e.g. 1/C_out for an IN-divided matrix, 1
+for a tied head's folded norm gain). With s that factor, AdamW continues the source's trajectory exactly when
+
+    m' = m[map]·s,  v' = v[map]·s²,  eps' = eps·s,  lr' = lr·value scale,  weight_decay' = weight_decay / value scale
+
+(the moments follow the weights' own path, `state_layout`; the step counter is kept, so is bias correction).
+docs/training-state.md derives it and measures what is exact. Tensors with no counterpart — new layers, staged
+training's off-diagonal blocks — start with zero moments: they get gradients from the first step and follow their
+own trajectory. Methods that change the function (stack, AKI, …) cannot continue a trajectory and are refused.
+
+Files: `training-state/model*.safetensors` (+ index when sharded) hold `<param>.exp_avg` and `<param>.exp_avg_sq`
+in float32 for every carried tensor; `training-state/state.json` everything else (schema in the docs page).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grow_cli.checkpoint.dtypes import numel
+from grow_cli.checkpoint.files import TRAINING_STATE_DIR
+from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
+from grow_cli.errors import OptionError, UsageError
+from grow_cli.growth.plan import Plan
+from grow_cli.growth.restart import suggest_restart
+from grow_cli.growth.spec import GrowthSpec
+from grow_cli.growth.train_state import WEIGHTS_ONLY_HINT, SourceState
+
+STATE_DIR = TRAINING_STATE_DIR
+STATE_FILE = "state.json"
+FORMAT = "grow-training-state"
+FORMAT_VERSION = 1
+DYNAMICS_METHODS = {"width": ("fpi", "hypercloning", "staged"), "depth": ("identity", "staged-identity")}
+
+
+def method_refusal(spec: GrowthSpec) -> str | None:
+    """Why `spec`'s methods cannot carry a training run on (they change the function, or their copies are not
+    symmetric duplicates), or None."""
+    if spec.grows_experts:
+        return (
+            "upcycling into experts routes each token through a renormalised top-k, so the experts' gradients are not "
+            "the dense MLP's divided by a copy count and its AdamW state cannot continue on them"
+        )
+    for kind, grows in (("width", spec.grows_width), ("depth", spec.grows_depth)):
+        method = spec.width_method if kind == "width" else spec.depth_method
+        if grows and method not in DYNAMICS_METHODS[kind]:
+            exact = " or ".join(DYNAMICS_METHODS[kind])
+            return (
+                f"--{kind}-method {method} changes the model's function, so the source's training state cannot "
+                f"continue on it (exact {kind} methods: {exact})"
+            )
+    return None
+
+
+def state_scales(plan: Plan) -> list[tuple[int, float]]:
+    """(copies, value scale) of every planned tensor (`WidthOperator.state_scales`); a tensor whose units are copied
+    unequally often — which no per-tensor multiplier can follow — is refused. (Plan with `uniform_maps`.)"""
+    result = []
+    for t in plan.tensors:
+        scales = plan.width.state_scales(t.source.weight) if plan.width else (1, 1.0)
+        if scales is None:
+            raise UsageError(
+                f"{t.name}: the width maps copy some units of it more often than others, and per-tensor LR and eps "
+                f"multipliers cannot follow that; grow every size by an integer factor, or {WEIGHTS_ONLY_HINT}"
+            )
+        result.append(scales)
+    return result
+
+
+@dataclass(frozen=True)
+class TensorState:
+    """How one output tensor's optimizer state is made."""
+
+    name: str
+    role: str  # the source tensor it comes from (a new layer's: the tensor of the layer it was planned from)
+    carried: bool  # moments carried from the source; otherwise zero (fresh)
+    step: int | None  # AdamW's step for this tensor (None: fresh, torch starts it at 0)
+    scale: float  # s: m' = m·s, v' = v·s², eps' = eps·s
+    lr: float  # multipliers, composed with the source run's own
+    eps: float
+    weight_decay: float
+    fresh_entries: bool  # carried, but some entries have no counterpart (staged's off-diagonal blocks)
+
+    def describe(self) -> dict[str, Any]:
+        moments = "carried" if self.carried else "fresh"
+        if self.fresh_entries:
+            moments += "; off-diagonal blocks fresh"
+        return {
+            "moments": moments,
+            "step": self.step,
+            "lr": self.lr,
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
+
+
+@dataclass
+class StatePlan:
+    source: SourceState
+    tensors: list[TensorState]  # one per plan tensor, in plan order
+    shards: list[list[PlannedTensor]]
+    restart: dict[str, Any]  # the suggested restart step and its rule (growth/restart.py)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for shard in self.shards for t in shard)
+
+    @property
+    def exact(self) -> bool:
+        """Every tensor continues the source's trajectory (nothing fresh, nothing noisy)."""
+        return not self.notes and all(t.carried and not t.fresh_entries for t in self.tensors)
+
+
+def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
+    """The grown state of `source` under `plan` (which must have been built with uniform maps); refuses what cannot
+    continue the source's dynamics."""
+    why = method_refusal(spec)
+    if why:
+        raise OptionError("weights_only", f"{why}; {WEIGHTS_ONLY_HINT}")
+    shapes = {t.name: t.shape for t in plan.binding.all_tensors()}
+    source.open(shapes)
+    scales = state_scales(plan)
+    tensors: list[TensorState] = []
+    planned: list[PlannedTensor] = []
+    for t, (copies, value) in zip(plan.tensors, scales, strict=True):
+        role = t.source.name
+        moments = None if t.new else source.moments(role)
+        base = source.multipliers(role)
+        s = 1.0 / (copies * value)
+        tensors.append(
+            TensorState(
+                name=t.name,
+                role=role,
+                carried=moments is not None,
+                step=moments[0] if moments else None,
+                scale=s,
+                lr=base["lr"] * value,
+                eps=base["eps"] * s,
+                weight_decay=base["weight_decay"] / value,
+                fresh_entries=moments is not None and bool(plan.width and plan.width.fresh_entries(t.source.weight)),
+            )
+        )
+        if moments is not None:
+            planned += [PlannedTensor(f"{t.name}.{key}", t.shape, "F32") for key in ("exp_avg", "exp_avg_sq")]
+    growth = "both" if plan.width and plan.depth else "width" if plan.width else "depth"
+    warmup = int((source.state.get("schedule") or {}).get("warmup_steps") or 0)
+    sizes = (_non_embedding(t.shape, t.weight.axes) for t in plan.binding.all_tensors())
+    grown = (_non_embedding(t.shape, t.source.weight.axes) for t in plan.tensors)
+    restart = suggest_restart(source.step, source.losses, warmup, sum(sizes), sum(grown), growth)
+    state = StatePlan(source, tensors, plan_shards(planned, spec.max_shard_bytes), restart)
+    if plan.width is not None and getattr(plan.width, "noise_snr_db", None) is not None:
+        state.notes.append(
+            "HyperCloning's noise keeps the function but not the gradients' symmetry: the copies' updates differ "
+            "from the first step"
+        )
+    frozen = [s.name for t, s in zip(plan.tensors, tensors, strict=True) if not s.carried and not t.new]
+    if frozen:
+        state.notes.append(f"{len(frozen)} tensors had no optimizer state in the source (frozen there): fresh")
+    return state
+
+
+def _non_embedding(shape: tuple[int, ...], axes: tuple) -> int:
+    """A tensor's parameters as Kaplan's N counts them: embeddings and the vocabulary head excluded."""
+    return 0 if {"vocab", "positions", "token_types"} & set(axes) else numel(shape)
+
+
+def peak_bytes(plan: Plan, state: StatePlan) -> int:
+    """Memory of growing the moments: per carried tensor, its source moment plus the gathered and scaled result."""
+    sizes = {t.name: numel(t.shape) for t in plan.binding.all_tensors()}
+    return max(
+        (
+            4 * (sizes[s.role] + 2 * numel(t.shape))
+            for t, s in zip(plan.tensors, state.tensors, strict=True)
+            if s.carried
+        ),
+        default=0,
+    )
+
+
+def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dict[str, Any]:
+    """Stream the grown moments into `folder` (shards as planned) and write state.json; returns the summary."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(folder, state.shards)
+    for t, s in zip(plan.tensors, state.tensors, strict=True):
+        if not s.carried:
+            continue
+        moments = state.source.moments(s.role)
+        assert moments is not None
+        _, m, v = moments
+        for key, x, factor in (("exp_avg", m, s.scale), ("exp_avg_sq", v, s.scale**2)):
+            laid = plan.width.state_layout(t.source, x.float(), key) if plan.width else x.float()
+            written = writer.write(f"{t.name}.{key}", (laid * factor).contiguous())
+            if advance is not None:
+                advance(written)
+    writer.finish()
+    document = state_document(state)
+    (folder / STATE_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    return summary(state, document)
+
+
+def _source_optimizer(source: SourceState) -> dict[str, Any]:
+    """The source run's optimizer settings: recorded by grow ≥ this version, else read from optimizer.bin."""
+    recorded = source.state.get("optimizer")
+    if isinstance(recorded, dict):
+        return recorded
+    groups = source.param_groups() or [{}]
+    return {
+        "max_lr": groups[0].get("initial_lr", groups[0].get("lr")),
+        "betas": list(groups[0].get("betas", ())),
+        "eps": groups[0].get("eps"),
+        "weight_decay": max(g.get("weight_decay", 0.0) for g in groups),
+        "grad_clip": None,
+    }
+
+
+def state_document(state: StatePlan) -> dict[str, Any]:
+    """state.json: what `grow train-stage --resume grown` needs to continue, and what the source run was."""
+    src = state.source
+    run = {k: v for k, v in src.state.items() if k not in ("parameters", "multipliers", "optimizer", "step", "tokens")}
+    step = src.step
+    fresh = [t.name for t in state.tensors if not t.carried]
+    partly = [t.name for t in state.tensors if t.fresh_entries]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "optimizer": "adamw",
+        "step": step,
+        "tokens": src.state.get("tokens"),
+        "data_blocks": step * int(src.state.get("global_batch") or 0),
+        "source": {"checkpoint": str(src.checkpoint), "run": run, "optimizer": _source_optimizer(src)},
+        "loss_at_growth": src.loss_at_growth,
+        "restart": state.restart,
+        "dynamics": {
+            "exact": state.exact,
+            "carried": sum(t.carried for t in state.tensors),
+            "fresh": fresh,
+            "partly_fresh": partly,
+            "notes": state.notes,
+        },
+        "parameters": {t.name: t.describe() for t in state.tensors},
+    }
+
+
+def multiplier_groups(parameters: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tensors grouped by their (lr, eps, weight_decay) multipliers, for grow.json and the card."""
+    groups: dict[tuple[float, float, float], list[str]] = {}
+    for name, p in parameters.items():
+        groups.setdefault((p["lr"], p["eps"], p["weight_decay"]), []).append(name)
+    return [
+        {"lr": lr, "eps": eps, "weight_decay": wd, "tensors": names}
+        for (lr, eps, wd), names in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    ]
+
+
+def summary(state: StatePlan, document: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The expand stage's `training_state` entry in grow.json (and the dry-run's)."""
+    document = document or state_document(state)
+    dynamics = document["dynamics"]
+    return {
+        "folder": STATE_DIR,
+        "source_checkpoint": str(state.source.checkpoint),
+        "step": document["step"],
+        "tokens": document["tokens"],
+        "loss_at_growth": document["loss_at_growth"],
+        "suggested_restart_step": document["restart"]["suggested_step"],
+        "exact_dynamics": dynamics["exact"],
+        "carried_tensors": dynamics["carried"],
+        "fresh_tensors": len(dynamics["fresh"]),
+        "partly_fresh_tensors": len(dynamics["partly_fresh"]),
+        "notes": dynamics["notes"],
+        "multipliers": [
+            {k: v for k, v in g.items() if k != "tensors"} | {"tensors": len(g["tensors"])}
+            for g in multiplier_groups(document["parameters"])
+        ],
+        "bytes": state.total_bytes,
+    }

@@ -1,0 +1,253 @@
+"""The training state `grow expand` grows: where it is in SRC, and the AdamW moments of each source tensor.
+
+A `grow train-stage` checkpoint (`OUT/checkpoints/step_N`, accelerate's `save_state` plus grow's
+`grow-state.json`) holds the model's float32 master weights (`model.safetensors`), the optimizer (`optimizer.bin`, a
+torch pickle of `optimizer.state_dict()`), the LR scheduler and the run's position. A finished run's output folder
+holds one when it was trained with `--save-final-state` (its newest checkpoint is then at the final step). SRC may
+be either; any other folder has no training state and is grown as today.
+
+Such a SRC lacks what a model folder has beside its weights, so `training_source` presents it as one: a temporary
+folder of links to the checkpoint's weights and to the config, tokenizer and grow.json of the run's model (the
+finished output folder for a final state, else the folder the run trained, recorded in grow-state.json). Every
+other part of `grow expand` then reads it like any model folder.
+
+`optimizer.bin` is opened with `torch.load(weights_only=True, mmap=True)`: tensors stay on disk until one is read,
+so the moments are streamed like weights. What does not fit AdamW — other optimizers' state keys, moments whose
+shape is not their weight's, an FSDP/DeepSpeed sharded save — is refused in one line, naming what was found.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
+from grow_cli.checkpoint.output import small_files
+from grow_cli.checkpoint.source import CheckpointSource
+from grow_cli.errors import CheckpointError
+from grow_cli.lineage.record import RECORD_FILE, load_record
+from grow_cli.train.checkpoints import STATE_FILE as CHECKPOINT_STATE
+
+OPTIMIZER_FILE = "optimizer.bin"
+WEIGHTS_FILE = "model.safetensors"
+ADAM_KEYS = {"step", "exp_avg", "exp_avg_sq"}
+# What accelerate writes instead of optimizer.bin when FSDP or DeepSpeed shard the optimizer.
+SHARDED_SAVES = ("optimizer_0", "pytorch_model_fsdp_0", "pytorch_model", "zero_to_fp32.py")
+WEIGHTS_ONLY_HINT = "grow the weights only with --weights-only"
+
+
+@dataclass
+class SourceState:
+    """One checkpoint's training state: its grow-state.json and, by parameter name, its AdamW moments."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    names: list[str]  # parameter names in the optimizer's index order
+    losses: dict[int, float] = field(default_factory=dict)  # the run's logged training loss by step, up to `step`
+    _optimizer: dict[str, Any] | None = field(default=None, repr=False)
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    @property
+    def loss_at_growth(self) -> float | None:
+        """The mean training loss of the last 10 logged steps up to the checkpoint."""
+        last = [self.losses[s] for s in sorted(self.losses)[-10:]]
+        return sum(last) / len(last) if last else None
+
+    def multipliers(self, name: str) -> dict[str, float]:
+        """The LR / eps / weight-decay multipliers the source run applied to `name` (1 unless it was grown too)."""
+        given = (self.state.get("multipliers") or {}).get(name) or {}
+        return {key: float(given.get(key, 1.0)) for key in ("lr", "eps", "weight_decay")}
+
+    def open(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Load optimizer.bin memory-mapped and check that it is AdamW's state for exactly these weights."""
+        import pickle
+
+        import torch
+
+        path = self.checkpoint / OPTIMIZER_FILE
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{path} is not a readable optimizer state ({detail}); {WEIGHTS_ONLY_HINT}") from None
+        groups = state.get("param_groups") if isinstance(state, dict) else None
+        if not isinstance(groups, list) or not isinstance(state.get("state"), dict):
+            raise CheckpointError(f"{path} is not a torch optimizer state_dict; {WEIGHTS_ONLY_HINT}")
+        indices = [i for g in groups for i in g.get("params", [])]
+        if len(indices) != len(self.names):
+            raise CheckpointError(
+                f"{path} holds {len(indices)} parameters but the run recorded {len(self.names)}; the checkpoint's "
+                f"optimizer does not belong to its model — {WEIGHTS_ONLY_HINT}"
+            )
+        if any(g.get("amsgrad") for g in groups):
+            raise CheckpointError(f"{path} is AdamW with amsgrad, whose extra moment grow does not grow")
+        self._index = dict(zip(self.names, indices, strict=True))
+        for name, index in self._index.items():
+            entry = state["state"].get(index)
+            if entry is None:
+                continue  # never stepped (frozen): starts fresh
+            if not isinstance(entry, dict) or set(entry) != ADAM_KEYS:
+                found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+                raise CheckpointError(
+                    f"{path}: the state of {name} holds {found}, not AdamW's step/exp_avg/exp_avg_sq (another "
+                    f"optimizer?); {WEIGHTS_ONLY_HINT}"
+                )
+            if name not in shapes:
+                raise CheckpointError(f"{path} has moments for {name}, which the checkpoint's weights do not hold")
+            for key in ("exp_avg", "exp_avg_sq"):
+                if tuple(entry[key].shape) != tuple(shapes[name]):
+                    raise CheckpointError(
+                        f"{path}: {key} of {name} has shape {list(entry[key].shape)} but the weight has "
+                        f"{list(shapes[name])}; the optimizer state does not match its model — {WEIGHTS_ONLY_HINT}"
+                    )
+        self._optimizer = state
+
+    def moments(self, name: str) -> tuple[int, Any, Any] | None:
+        """(step, exp_avg, exp_avg_sq) of parameter `name` (memory-mapped tensors), or None: no state."""
+        assert self._optimizer is not None, "open() first"
+        index = self._index.get(name)
+        entry = None if index is None else self._optimizer["state"].get(index)
+        if entry is None:
+            return None
+        return int(entry["step"]), entry["exp_avg"], entry["exp_avg_sq"]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (hyperparameters and parameter indices)."""
+        assert self._optimizer is not None, "open() first"
+        return list(self._optimizer["param_groups"])
+
+    def close(self) -> None:
+        self._optimizer = None
+
+
+def is_checkpoint(folder: Path) -> bool:
+    return (Path(folder) / CHECKPOINT_STATE).is_file()
+
+
+def final_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint at a finished run's final step (`--save-final-state`), or None."""
+    record = load_record(folder) if (folder / RECORD_FILE).is_file() else None
+    stages = (record or {}).get("stages") or []
+    if not stages or stages[-1].get("kind") != "train" or not isinstance(stages[-1].get("end_step"), int):
+        return None
+    path = folder / CHECKPOINTS_DIR / f"step_{stages[-1]['end_step']:08d}"
+    return path if is_checkpoint(path) else None
+
+
+def _read_state(checkpoint: Path) -> dict[str, Any]:
+    from grow_cli.train.checkpoints import damage_in
+
+    damage = damage_in(checkpoint)
+    if damage is not None:
+        raise CheckpointError(f"{damage}; grow an earlier checkpoint, or {WEIGHTS_ONLY_HINT}")
+    state = json.loads((checkpoint / CHECKPOINT_STATE).read_text())
+    if not (checkpoint / OPTIMIZER_FILE).is_file():
+        sharded = [n for n in SHARDED_SAVES if (checkpoint / n).exists()]
+        found = f"an FSDP/DeepSpeed sharded save ({', '.join(sharded)})" if sharded else f"no {OPTIMIZER_FILE}"
+        raise CheckpointError(
+            f"{checkpoint} holds {found}: grow reads a whole optimizer state only (accelerate's optimizer.bin); "
+            f"{WEIGHTS_ONLY_HINT} from the run's final model folder"
+        )
+    if not (checkpoint / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{checkpoint} has no {WEIGHTS_FILE} (the run's float32 weights); {WEIGHTS_ONLY_HINT}")
+    return state
+
+
+def _model_folder(checkpoint: Path, state: dict[str, Any]) -> Path:
+    """Where the checkpoint's config, tokenizer and lineage are: its finished run's output folder when this is that
+    run's final state, else the folder the run trained (grow-state.json's `model`)."""
+    out = checkpoint.parent.parent
+    if final_checkpoint(out) == checkpoint:
+        return out
+    model = state.get("model")
+    if model and (Path(model) / "config.json").is_file():
+        return Path(model)
+    if (out / "config.json").is_file() and model is None:
+        return out  # a checkpoint of an older grow, inside a finished run: the architecture is the same
+    raise CheckpointError(
+        f"{checkpoint}: cannot find the model folder it was trained from ({model or 'not recorded'}), whose "
+        "config.json and tokenizer a grown model needs; grow the run's finished output folder instead"
+    )
+
+
+def _parameter_names(state: dict[str, Any], model_folder: Path) -> list[str]:
+    """The optimizer's parameter order: recorded by grow ≥ this version; for older checkpoints, rebuilt from the
+    model (on the meta device) as `train.build.param_groups` ordered it then — matrices first, then gains/biases."""
+    if isinstance(state.get("parameters"), list):
+        return [str(n) for n in state["parameters"]]
+    import torch
+    import transformers
+
+    from grow_cli.train.freeze import added_tensors
+
+    config = transformers.AutoConfig.from_pretrained(model_folder)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    params = list(model.named_parameters())
+    if state.get("train_only") == "new":
+        wanted = set(added_tensors(model_folder))
+        aliases = dict(model.named_parameters(remove_duplicate=False))
+        keep = {id(aliases[n]) for n in wanted if n in aliases}
+        params = [(n, p) for n, p in params if id(p) in keep]
+    return [n for n, p in params if p.ndim >= 2] + [n for n, p in params if p.ndim < 2]
+
+
+def _losses(checkpoint: Path, step: int) -> dict[int, float]:
+    """The training loss the run logged at each step up to `step` (its metrics.jsonl), or nothing."""
+    path = checkpoint.parent.parent / METRICS_FILE
+    if not path.is_file():
+        return {}
+    losses: dict[int, float] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("loss"), int | float):
+            if row["step"] <= step:
+                losses[row["step"]] = float(row["loss"])
+    return losses
+
+
+@contextmanager
+def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tuple[CheckpointSource, Any]]:
+    """(the source as a model folder, its `SourceState` or None): see the module docstring.
+
+    With `weights_only`, a checkpoint's weights are still read from it (with its model's config), but its optimizer
+    is not."""
+    folder = src.folder
+    checkpoint = folder if is_checkpoint(folder) else final_checkpoint(folder)
+    if checkpoint is None:
+        yield src, None
+        return
+    state = _read_state(checkpoint)
+    model_folder = _model_folder(checkpoint, state)
+    with tempfile.TemporaryDirectory(prefix="grow-source-") as tmp:
+        view = Path(tmp)
+        kept, _ = small_files(model_folder)
+        for path in [model_folder / "config.json", *kept]:
+            link = view / path.relative_to(model_folder)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+        if (model_folder / RECORD_FILE).is_file():
+            (view / RECORD_FILE).symlink_to((model_folder / RECORD_FILE).resolve())
+        (view / WEIGHTS_FILE).symlink_to((checkpoint / WEIGHTS_FILE).resolve())
+        shown = CheckpointSource(folder=view, path=src.path, repo_id=src.repo_id, revision=src.revision)
+        if weights_only:
+            yield shown, None
+            return
+        names = _parameter_names(state, model_folder)
+        source = SourceState(checkpoint, state, names, _losses(checkpoint, int(state["step"])))
+        try:
+            yield shown, source
+        finally:
+            source.close()

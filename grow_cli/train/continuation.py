@@ -1,0 +1,241 @@
+"""Continuing a training run on a grown model: `--resume grown`, `--schedule-offset` and `--restart-warmup-steps`.
+
+`grow expand` of a train-stage checkpoint writes the grown AdamW state beside the model (`training-state/`,
+grow_cli/growth/grown_state.py). `--resume grown` continues it: the run starts at the source's step N — or at
+staged training's restart step R (`--schedule-offset R`, or `auto` for the rule recorded in the state) — so the
+LR schedule, the step counter and AdamW's bias correction go on where the source stopped; each parameter gets the
+LR, eps and weight-decay multipliers the state lists (as parameter groups); the data continues after the blocks the
+source read. The budget (`--max-steps` / `--max-tokens`) is what this run trains, as always: its schedule spans
+R + budget steps. A restart warmup ramps the LR from 0 to the schedule's value over its first steps (staged
+training's `restart_warmup_steps`); for a WSD run grown in its stable phase none is needed. Without a grown state,
+`--schedule-offset R` starts any run at step R of its schedule and of its data order (a fresh optimizer placed
+exactly where a continued one would be).
+
+A continued run's checkpoints record all of this (grow-state.json `continuation`), so `--resume auto` after an
+interruption rebuilds the same parameter groups and schedule before accelerate restores the optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grow_cli.checkpoint.files import TRAINING_STATE_DIR as STATE_DIR
+from grow_cli.errors import CheckpointError, UsageError
+
+STATE_FILE = "state.json"  # the grown state's description, beside its moments (growth/grown_state.py writes it)
+FORMAT = "grow-training-state"
+MULTIPLIER_KEYS = ("lr", "eps", "weight_decay")
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Where this run starts in a longer run, and what it carries from there."""
+
+    start_step: int  # the first step's index in the schedule (R)
+    data_blocks: int | None  # blocks the source had read (the first step reads the next); None: step R's own blocks
+    restart_warmup_steps: int = 0
+    multipliers: dict[str, dict[str, float]] = field(default_factory=dict)  # per parameter: lr / eps / weight_decay
+    source: dict[str, Any] | None = None  # the grown state's step, tokens, loss at growth and source run
+    load_from: Path | None = None  # the grown state to load now; None when resuming this run's own checkpoint
+    max_lr: float | None = None  # the source run's peak LR (what --max-lr auto continues with)
+
+    def data_offset(self, global_batch: int) -> int:
+        """Blocks added to every step's data position so that step R reads the block after the source's last (0
+        without a source: the step is the data position, as in any run)."""
+        return 0 if self.data_blocks is None else self.data_blocks - self.start_step * global_batch
+
+    def multiplier(self, name: str) -> dict[str, float]:
+        return self.multipliers.get(name) or dict.fromkeys(MULTIPLIER_KEYS, 1.0)
+
+    def record(self) -> dict[str, Any]:
+        """What grow-state.json keeps (for --resume auto) and grow.json reports."""
+        return {
+            "start_step": self.start_step,
+            "data_blocks": self.data_blocks,
+            "restart_warmup_steps": self.restart_warmup_steps,
+            "source": self.source,
+            "max_lr": self.max_lr,
+        }
+
+
+def plan_continuation(config, model_dir: Path, checkpoint_state: dict[str, Any] | None) -> Continuation | None:
+    """The continuation of this run: from its own checkpoint when resuming one, from the grown state with
+    `--resume grown`, a bare schedule offset with `--schedule-offset N`, else None (a run from step 0)."""
+    recorded = (checkpoint_state or {}).get("continuation")
+    if recorded:
+        start = recorded["start_step"]
+        if isinstance(config.schedule_offset, int) and config.schedule_offset != start:
+            raise UsageError(
+                f"--schedule-offset {config.schedule_offset}: the checkpoint being resumed started at step {start}; "
+                "resume with the original settings"
+            )
+        return Continuation(
+            start_step=start,
+            data_blocks=recorded["data_blocks"],
+            restart_warmup_steps=recorded.get("restart_warmup_steps", 0),
+            multipliers=(checkpoint_state or {}).get("multipliers") or {},
+            source=recorded.get("source"),
+            max_lr=recorded.get("max_lr"),
+        )
+    if config.resume == "grown":
+        return from_grown_state(Path(model_dir) / STATE_DIR, config)
+    if config.schedule_offset == "auto":
+        raise UsageError(
+            "--schedule-offset auto reads the restart step a grown training state suggests; add --resume grown"
+        )
+    if config.schedule_offset or config.restart_warmup_steps:
+        return Continuation(int(config.schedule_offset or 0), None, config.restart_warmup_steps)
+    return None
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    """state.json of a grown training state, checked; a folder without one is one clear error."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise UsageError(
+            f"--resume grown: {folder.parent} has no grown training state ({STATE_DIR}/{STATE_FILE}); grow expand "
+            "writes one when SRC is a train-stage checkpoint or an output trained with --save-final-state. Drop "
+            "--resume grown to start a fresh optimizer"
+        )
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); grow the state again") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("parameters"), dict):
+        raise CheckpointError(f"{path} is not a grow training state (format '{FORMAT}'); grow the state again")
+    for name, entry in state["parameters"].items():
+        values = [entry.get(k) for k in MULTIPLIER_KEYS] if isinstance(entry, dict) else [None]
+        if not all(isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in values):
+            raise CheckpointError(f"{path}: the multipliers of {name} are not finite numbers ≥ 0")
+    return state
+
+
+def from_grown_state(folder: Path, config) -> Continuation:
+    state = read_state(folder)
+    step = int(state["step"])
+    suggested = int(state["restart"]["suggested_step"])
+    offset = config.schedule_offset
+    start = suggested if offset == "auto" else step if offset is None else int(offset)
+    if start > step:
+        raise UsageError(
+            f"--schedule-offset {start} lies beyond the grown state's step {step}: the restart step R is where the "
+            f"schedule resumes, at most the step grown from (staged training's rule suggests {suggested})"
+        )
+    source = {
+        "state": str(folder),
+        "step": step,
+        "tokens": state.get("tokens"),
+        "loss_at_growth": state.get("loss_at_growth"),
+        "suggested_restart_step": suggested,
+        "restart_rule": state["restart"].get("rule"),
+        "exact_dynamics": (state.get("dynamics") or {}).get("exact"),
+        "run": (state.get("source") or {}).get("run"),
+    }
+    multipliers = {name: {k: float(p[k]) for k in MULTIPLIER_KEYS} for name, p in state["parameters"].items()}
+    max_lr = ((state.get("source") or {}).get("optimizer") or {}).get("max_lr")
+    return Continuation(
+        start_step=start,
+        data_blocks=int(state.get("data_blocks") or 0),
+        restart_warmup_steps=config.restart_warmup_steps,
+        multipliers=multipliers,
+        source=source,
+        load_from=folder,
+        max_lr=float(max_lr) if isinstance(max_lr, int | float) else None,
+    )
+
+
+def differences(state_folder: Path, config, global_batch: int) -> list[str]:
+    """Settings in which this run differs from the source run it continues: notes, since each one means the grown
+    model follows its own dynamics rather than the source's (a legitimate choice, e.g. a larger batch)."""
+    state = read_state(state_folder)
+    run = (state.get("source") or {}).get("run") or {}
+    optimizer = (state.get("source") or {}).get("optimizer") or {}
+    schedule = run.get("schedule") or {}
+    ours = {
+        "seq_len": config.seq_len,
+        "global_batch": global_batch,
+        "seed": config.seed,
+        "schedule": config.schedule,
+        "betas": [config.beta1, config.beta2],
+        "eps": config.eps,
+        "weight_decay": config.weight_decay,
+        "grad_clip": config.grad_clip,
+    }
+    theirs = {
+        "seq_len": run.get("seq_len"),
+        "global_batch": run.get("global_batch"),
+        "seed": run.get("seed"),
+        "schedule": schedule.get("name"),
+        "betas": optimizer.get("betas"),
+        "eps": optimizer.get("eps"),
+        "weight_decay": optimizer.get("weight_decay"),
+        "grad_clip": optimizer.get("grad_clip"),
+    }
+    return [
+        f"the grown state's run had {key} {theirs[key]!r}, this run {ours[key]!r}"
+        for key in ours
+        if theirs[key] is not None and theirs[key] != ours[key]
+    ]
+
+
+def load_grown_state(
+    optimizer, names: list[str], model, continuation: Continuation, config, global_batch: int, sharded: bool
+) -> list[str]:
+    """Load the grown AdamW state into `optimizer` before accelerate prepares it (`--resume grown`); return the notes
+    for the user: how this run differs from the source's, and what was carried."""
+    assert continuation.load_from is not None
+    if sharded:
+        raise UsageError(
+            "--resume grown loads the grown optimizer state whole, which FSDP/DeepSpeed would shard; run it on one "
+            "process or with DDP"
+        )
+    notes = [
+        f"note: {difference}: the run continues the state, not the source's exact dynamics"
+        for difference in differences(continuation.load_from, config, global_batch)
+    ]
+    carried = load_moments(optimizer, names, model, continuation.load_from)
+    step = (continuation.source or {}).get("step")
+    notes.append(
+        f"continuing the grown training state of step {step} at step {continuation.start_step} ({carried} tensors "
+        f"with carried moments, {len(names) - carried} fresh)"
+    )
+    return notes
+
+
+def load_moments(optimizer, names: list[str], model, folder: Path) -> int:
+    """Put the grown moments and steps of `folder` into `optimizer` (before accelerate prepares it); `names` are
+    the parameters in the optimizer's index order. Returns how many tensors carried a state."""
+    import torch
+
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    state = read_state(folder)
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(state["parameters"]))
+    if missing:
+        raise CheckpointError(
+            f"{folder / STATE_FILE} does not cover parameter {missing[0]} of the model: the state belongs to another "
+            "model; grow it again from the same source"
+        )
+    optimizer_state = optimizer.state_dict()
+    carried = 0
+    with CheckpointReader(folder) as reader:
+        for index, name in enumerate(names):
+            entry = state["parameters"][name]
+            if not str(entry.get("moments", "")).startswith("carried"):
+                continue
+            moments = {key: reader.read(f"{name}.{key}") for key in ("exp_avg", "exp_avg_sq")}
+            for key, tensor in moments.items():
+                if tuple(tensor.shape) != tuple(params[name].shape):
+                    raise CheckpointError(
+                        f"{folder}: {name}.{key} has shape {list(tensor.shape)} but the parameter has "
+                        f"{list(params[name].shape)}; grow the state again from the same source"
+                    )
+            optimizer_state["state"][index] = {"step": torch.tensor(float(entry["step"])), **moments}
+            carried += 1
+    optimizer.load_state_dict(optimizer_state)
+    return carried

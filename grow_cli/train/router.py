@@ -1,0 +1,118 @@
+"""Mixture-of-experts training: the router's load-balancing loss as the model type defines it, expert load, and the
+parameters a token actually runs.
+
+transformers' MoE causal LMs (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, …) add `router_aux_loss_coef × aux_loss` to
+their loss when asked for router logits (`output_router_logits`). The auxiliary loss is the Switch Transformer
+load-balancing loss E·Σ_e f_e·P_e over the layers (f_e the share of tokens that chose expert e among their top k,
+P_e its mean router probability): k at perfect balance, larger as routing collapses onto few experts. grow asks for
+it in training forward passes only, so the objective is the one the model type defines while evaluation stays the
+plain next-token loss, comparable with a dense model's. From the same forward pass it records the auxiliary loss and
+each MoE layer's expert load — the share of routed slots each expert received, times E: 1 everywhere when balanced,
+0 for an expert no token chose — accumulated on the device and read only when the loop logs.
+
+FLOPs: a token runs only k of the E routed experts, so the training FLOPs per token count the routed experts'
+weights × k/E (`inactive_expert_parameters`, for the types with a curated definition).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from grow_cli.arch.experts import routed_parameter_names
+
+
+def is_moe_model(model: Any) -> bool:
+    """A transformers causal LM whose forward pass can return router logits (and add the auxiliary loss)."""
+    return "output_router_logits" in inspect.signature(model.forward).parameters
+
+
+def _experts_and_top_k(config: Any) -> tuple[int, int]:
+    text = config.get_text_config()
+    experts = getattr(text, "num_local_experts", None) or getattr(text, "num_experts", None) or 0
+    return int(experts), int(getattr(text, "num_experts_per_tok", 0) or 0)
+
+
+def inactive_expert_parameters(model: Any) -> int:
+    """The routed experts' weights a token does not run: (1 − k/E) of them (0 for a dense model)."""
+    experts, top_k = _experts_and_top_k(model.config)
+    if not experts or not top_k:
+        return 0
+    params = dict(model.named_parameters())
+    routed = sum(params[n].numel() for n in routed_parameter_names({"model_type": model.config.model_type}, params))
+    return routed - routed * top_k // experts
+
+
+class RouterStats:
+    """Turns on the model type's auxiliary loss in training forward passes and accumulates, on the device, the
+    auxiliary loss and the expert load of every MoE layer; `metrics()` reads (and restarts) the window."""
+
+    def __init__(self, model: Any):
+        self.num_experts, self.top_k = _experts_and_top_k(model.config)
+        self.coef = float(getattr(model.config.get_text_config(), "router_aux_loss_coef", 0.0))
+        self._handles = [
+            model.register_forward_pre_hook(self._ask_for_router_logits, with_kwargs=True),
+            model.register_forward_hook(self._record),
+        ]
+        self._window: tuple[torch.Tensor, torch.Tensor] | None = None  # (aux loss sum, per-layer expert counts)
+        self._total: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._passes = self._passes_total = 0  # training forward passes in the window, in the run
+
+    @staticmethod
+    def _ask_for_router_logits(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if module.training:
+            kwargs["output_router_logits"] = True
+        return args, kwargs
+
+    def _record(self, module: Any, args: tuple, output: Any) -> None:
+        logits = getattr(output, "router_logits", None)
+        if not module.training or not logits or getattr(output, "aux_loss", None) is None:
+            return
+        with torch.no_grad():
+            chosen = [layer.topk(self.top_k, dim=-1).indices.reshape(-1) for layer in logits]
+            counts = torch.stack([torch.bincount(c, minlength=self.num_experts).float() for c in chosen])
+            aux = output.aux_loss.detach().float().reshape(1)
+            for name in ("_window", "_total"):
+                held = getattr(self, name)
+                setattr(self, name, (aux, counts) if held is None else (held[0] + aux, held[1] + counts))
+            self._passes += 1
+            self._passes_total += 1
+
+    def metrics(self, accelerator: Any = None) -> dict[str, Any]:
+        """The window since the last call: mean auxiliary loss and the expert load (max and min over layers and
+        experts of the share × E); empty when no training pass ran."""
+        if self._window is None:
+            return {}
+        result = self._summarise(self._window, self._passes, accelerator)
+        self._window, self._passes = None, 0
+        return result
+
+    def summary(self, accelerator: Any = None) -> dict[str, Any]:
+        """The same over the whole run, with the load of each layer's experts (for grow.json and the summary)."""
+        if self._total is None:
+            return {}
+        result = self._summarise(self._total, self._passes_total, accelerator)
+        result["expert_load_by_layer"] = [[round(x, 3) for x in row] for row in self._load(self._total[1]).tolist()]
+        result["router_aux_loss_coef"] = self.coef
+        return result
+
+    def _load(self, counts: torch.Tensor) -> torch.Tensor:
+        return counts / counts.sum(dim=-1, keepdim=True).clamp_min(1) * self.num_experts
+
+    def _summarise(self, held: tuple, passes: int, accelerator: Any) -> dict[str, Any]:
+        aux, counts = held
+        if accelerator is not None and accelerator.num_processes > 1:
+            aux, counts = accelerator.reduce(aux, "sum"), accelerator.reduce(counts, "sum")
+            passes *= accelerator.num_processes
+        load = self._load(counts)
+        return {
+            "router_aux_loss": float(aux) / max(passes, 1),
+            "expert_load_max": float(load.max()),
+            "expert_load_min": float(load.min()),
+        }
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()

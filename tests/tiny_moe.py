@@ -1,0 +1,82 @@
+"""Tiny random mixture-of-experts models of every curated MoE type, built from transformers configs (no downloads).
+
+Each has GQA heads, four routed experts with top-2 routing and the feature that makes its type special switched on:
+Qwen2-MoE a sigmoid-gated shared expert and a dense MLP in layer 1 (`mlp_only_layers`), Qwen3-MoE per-head q/k norms
+and every other layer sparse (`decoder_sparse_step` 2), OLMoE q/k norms over all heads. Routers are drawn large
+(std 0.5) so that tokens really spread over different experts, and every 1-D tensor is randomised, so that a wrong
+rule for an expert, a router row or a gain cannot hide behind identical experts or ones and zeros.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers as tf
+
+VOCAB = 96
+_COMMON = dict(
+    vocab_size=VOCAB,
+    num_hidden_layers=4,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_experts_per_tok=2,
+)
+
+CONFIGS = {
+    "mixtral": lambda: tf.MixtralConfig(**_COMMON, intermediate_size=48, head_dim=8, num_local_experts=4),
+    "qwen2_moe": lambda: tf.Qwen2MoeConfig(
+        **_COMMON,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=40,
+        num_experts=4,
+        mlp_only_layers=[1],
+    ),
+    "qwen3_moe": lambda: tf.Qwen3MoeConfig(
+        **_COMMON,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        head_dim=8,
+        num_experts=4,
+        decoder_sparse_step=2,
+        norm_topk_prob=True,
+    ),
+    "olmoe": lambda: tf.OlmoeConfig(**_COMMON, intermediate_size=24, num_experts=4),
+}
+NAMES = list(CONFIGS)
+
+
+def model_class(name: str):
+    return tf.AutoModelForCausalLM._model_mapping[type(CONFIGS[name]())]
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    """A random tiny MoE model of kind `name` in eval mode (routers std 0.5; gains around 1, biases around 0)."""
+    torch.manual_seed(seed)
+    model = model_class(name)(CONFIGS[name]())
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if param.ndim == 1:
+                base = 1.0 if "norm" in pname else 0.0
+                param.copy_(base + 0.3 * torch.randn_like(param))
+            elif pname.endswith(("mlp.gate.weight", "shared_expert_gate.weight")):
+                param.copy_(0.5 * torch.randn_like(param))
+    return model.eval()
+
+
+def save(name: str, folder: Path, *, seed: int = 0, fused: bool = False) -> Path:
+    """Save a tiny MoE model in several shards: one tensor per expert as `save_pretrained` writes them, or (`fused`)
+    transformers 5's 3-D expert tensors (`save_original_format=False`)."""
+    build(name, seed).save_pretrained(folder, max_shard_size="40KB", save_original_format=not fused)
+    return Path(folder)
+
+
+def probe_ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=gen)
