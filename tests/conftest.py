@@ -17,6 +17,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def grow_cache(tmp_path_factory):
+    """grow's per-user cache (`grow_cli.cache`) in a folder of this test session: tests never read or write the
+    user's, and start with it empty."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GROW_CACHE_DIR", str(tmp_path_factory.mktemp("grow-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """`tiny_checkpoints(name)` → a folder holding a sharded tiny checkpoint of kind `name` (read-only use)."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 
 def test_dry_run_writes_nothing_and_lists_every_tensor(cli, tiny_checkpoints, tmp_path):
     result = cli(
@@ -72,3 +75,95 @@ def test_a_trained_source_gives_its_model_files_not_its_run(cli, tiny_copy, tmp_
     out = tmp_path / "out"
     assert (out / "tokenizer_config.json").is_file()
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+
+
+def _tensor_bytes(folder) -> dict[str, bytes]:
+    """Every tensor's stored bytes, read straight from the shards by their headers."""
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    with CheckpointReader(folder) as reader:
+        entries = dict(reader.tensors)
+    found = {}
+    for name, entry in entries.items():
+        with open(entry.file, "rb") as f:
+            f.seek(entry.start)
+            found[name] = f.read(entry.end - entry.start)
+    return found
+
+
+def test_depth_copies_are_the_source_bytes_in_the_kernel_and_through_the_buffer(
+    cli, tiny_checkpoints, tmp_path, monkeypatch
+):
+    """Stacked layers are the source's bytes; the kernel path (counted) and the buffered fallback (forced) write
+    identical files."""
+    import errno
+    import os
+
+    src = tiny_checkpoints("llama")
+    calls = []
+    real = os.copy_file_range
+    monkeypatch.setattr(os, "copy_file_range", lambda *a: calls.append(a) or real(*a))
+    assert cli("expand", src, tmp_path / "kernel", "--layers", "8", "--shard-size", "30KB", "-q").code == 0
+    assert calls
+
+    def refuse(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    assert cli("expand", src, tmp_path / "buffered", "--layers", "8", "--shard-size", "30KB", "-q").code == 0
+    shards = sorted(p.name for p in (tmp_path / "kernel").glob("*.safetensors"))
+    assert len(shards) > 1 and shards == sorted(p.name for p in (tmp_path / "buffered").glob("*.safetensors"))
+    for name in shards:
+        assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "buffered" / name).read_bytes()
+    source, grown = _tensor_bytes(src), _tensor_bytes(tmp_path / "kernel")
+    for name, data in grown.items():
+        if ".layers." in name:
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            name = name.replace(f".layers.{layer}.", f".layers.{layer % 4}.")
+        assert data == source[name]
+
+
+def test_identity_zeros_are_written_without_building_them(cli, tiny_checkpoints, tmp_path):
+    src = tiny_checkpoints("llama")
+    assert cli("expand", src, tmp_path / "out", "--layers", "6", "--depth-method", "identity", "-q").code == 0
+    grown, source = _tensor_bytes(tmp_path / "out"), _tensor_bytes(src)
+    zeroed = [f"model.layers.{j}.{p}.weight" for j in (2, 5) for p in ("self_attn.o_proj", "mlp.down_proj")]
+    for name in zeroed:
+        assert grown[name] == bytes(len(source[name.replace("layers.5", "layers.3").replace("layers.2", "layers.1")]))
+    assert grown["model.layers.2.self_attn.q_proj.weight"] == source["model.layers.1.self_attn.q_proj.weight"]
+
+
+@pytest.mark.parametrize("method", ["fpi", "aki"])
+def test_writes_overlapped_with_compute_equal_one_at_a_time(tiny_checkpoints, tmp_path, method):
+    """The executor writes a widened tensor while it computes the next (two buffer sets alternate); the result
+    must be what computing and writing one tensor at a time gives — a reused buffer would show here."""
+    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.growth.expand import expand, materialize
+    from grow_cli.growth.plan import build_plan
+    from grow_cli.growth.spec import GrowthSpec
+
+    src = tiny_checkpoints("llama")
+    spec = GrowthSpec(width_factor=2, width_method=method, layers=6, depth_method="interleave")
+    expand(str(src), tmp_path / "out", spec, quiet=True)
+    grown = _tensor_bytes(tmp_path / "out")
+    with CheckpointReader(src) as reader:
+        plan = build_plan(load_config(src), reader.tensor_infos(), spec)
+        for i, t in enumerate(plan.tensors):
+            expected = materialize(plan, reader, i).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            assert grown[t.name] == expected, t.name
+
+
+def test_a_failed_background_write_stops_the_run(cli, tiny_checkpoints, tmp_path, monkeypatch):
+    from grow_cli.checkpoint.writer import ShardWriter
+
+    original = ShardWriter.write
+
+    def failing_write(self, name, data):
+        if self._next == 5:
+            raise OSError(28, "No space left on device")
+        return original(self, name, data)
+
+    monkeypatch.setattr(ShardWriter, "write", failing_write)
+    result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--width-factor", "2", "-q")
+    assert result.code != 0 and "No space left" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.grow-*"))

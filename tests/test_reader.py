@@ -49,3 +49,11 @@ def test_reader_rejects_offsets_that_do_not_match_dtype(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(raw)
     with pytest.raises(CheckpointError, match="inconsistent offsets"):
         CheckpointReader(tmp_path)
+
+
+def test_config_dtype_names_are_torchs_without_importing_torch():
+    """config.json's `dtype` is checked against a table (so reading a config costs no torch import): the table is
+    exactly torch's dtype names."""
+    from grow_cli.checkpoint.dtypes import TORCH_DTYPE_NAMES
+
+    assert TORCH_DTYPE_NAMES == {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}

@@ -71,3 +71,65 @@ def test_parse_size():
     assert parse_size("1000") == 1000
     with pytest.raises(UsageError):
         parse_size("five")
+
+
+def test_writeback_starts_as_bytes_are_written(tmp_path, monkeypatch):
+    """Every byte of a shard has its writeback started once, in order, while the shard is written — from a
+    background thread (`durable.Writeback`), so the copying thread never waits for the disk's queue."""
+    import sys
+    import threading
+
+    import pytest
+
+    from grow_cli.checkpoint import durable, writer
+
+    if sys.platform == "linux":
+        assert durable._sync_file_range is not None  # the head start is real here
+    else:
+        pytest.skip("sync_file_range is Linux's")
+    started: list[tuple[int, int, str]] = []
+    monkeypatch.setattr(writer, "WRITEBACK_STEP", 1000)
+    monkeypatch.setattr(
+        durable, "start_writeback", lambda fd, offset, n: started.append((offset, n, threading.current_thread().name))
+    )
+    _write(tmp_path, {"a": (torch.randn(700), "F32"), "b": (torch.randn(300), "F32")}, max_shard=10**9)
+    size = (tmp_path / "model.safetensors").stat().st_size
+    assert len(started) > 2 and started[0][0] == 0 and {name for *_, name in started} == {"grow-writeback"}
+    assert all(a + n == b for (a, n, _), (b, _, _) in zip(started, started[1:], strict=False))
+    assert sum(n for _, n, _ in started) == size
+
+
+def test_copied_tensors_keep_their_place_within_a_page(tmp_path):
+    """The header is padded so that copied tensors start at the same offset within a page as in their source (the
+    kernel copies such ranges faster), and the file stays a valid safetensors file."""
+    from grow_cli.checkpoint.writer import PAGE
+
+    tensors = {"a.weight": (torch.randn(64, 32), "F32"), "b.weight": (torch.randn(32), "F32")}
+    planned = [PlannedTensor(n, tuple(t.shape), k) for n, (t, k) in tensors.items()]
+    writer = ShardWriter(tmp_path, plan_shards(planned, 10**9), source_offsets={"a.weight": 3 * PAGE + 200 * 8})
+    for name, (tensor, _) in tensors.items():
+        writer.write(name, tensor)
+    writer.finish()
+    reader = CheckpointReader(tmp_path)
+    assert reader.tensors["a.weight"].start % PAGE == 200 * 8
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert all(torch.equal(f.get_tensor(n), t) for n, (t, _) in tensors.items())
+
+
+def test_outputs_are_fsynced_before_they_appear(cli, tiny_checkpoints, tmp_path, monkeypatch):
+    """Every file of the output, its folder and the folder it is renamed into are fsynced (Linux: named by fd)."""
+    import os
+    import sys
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("names the fsynced files through /proc/self/fd")
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    out = tmp_path / "out"
+    assert cli("expand", tiny_checkpoints("llama"), out, "--layers", "6", "-q").code == 0
+    names = {os.path.basename(p) for p in synced}
+    assert {p.name for p in out.iterdir()} <= names
+    assert str(tmp_path) in synced  # the rename is recorded

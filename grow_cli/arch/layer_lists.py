@@ -26,13 +26,11 @@ def transformers_params(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def built_config(model_type: str, params: dict[str, Any]):
-    """transformers' config object for `params` (defaults filled in), or None when it cannot be built."""
-    import transformers
+    """The attributes of transformers' config for `params` (defaults filled in), or None when it cannot be built
+    (an unknown type or a config transformers rejects: `validate_config` reports it later)."""
+    from grow_cli.arch import hf_config
 
-    try:
-        return transformers.AutoConfig.for_model(model_type, **params)
-    except Exception:  # an unknown type or a config transformers rejects: validate_config reports it later
-        return None
+    return hf_config.built(model_type, params)
 
 
 def per_layer_lists(

@@ -36,3 +36,8 @@ class BufferPool:
             self._slots[slot] = None  # free the smaller buffer before allocating the larger one
             buffer = self._slots[slot] = torch.empty(max(size, 1), dtype=torch.uint8)
         return buffer[:size].view(torch_dtype(dtype)).view(shape)
+
+    def owns(self, tensor) -> bool:
+        """True when `tensor` lies in one of this pool's buffers (and so changes when its slot is taken again)."""
+        pointer = tensor.untyped_storage().data_ptr()
+        return any(b is not None and b.untyped_storage().data_ptr() == pointer for b in self._slots.values())

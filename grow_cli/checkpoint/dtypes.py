@@ -29,6 +29,19 @@ DTYPES: dict[str, tuple[int, str]] = {
     "F8_E4M3": (1, "float8_e4m3fn"),
     "F8_E5M2": (1, "float8_e5m2"),
 }
+# Every name torch gives a dtype (`torch.<name>`), which is what config.json's `dtype` / `torch_dtype` may say; kept
+# here so that reading a config needs no torch import (tests check it against the installed torch).
+TORCH_DTYPE_NAMES = frozenset(
+    {
+        *(torch_name for _, torch_name in DTYPES.values()),
+        *("float", "double", "half", "int", "long", "short", "cfloat", "cdouble", "chalf"),
+        *("complex32", "complex64", "complex128", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"),
+        *("float4_e2m1fn_x2", "qint8", "qint32", "quint8", "quint4x2", "quint2x4"),
+        *("bit", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16"),
+        *(f"int{n}" for n in range(1, 8)),
+        *(f"uint{n}" for n in range(1, 8)),
+    }
+)
 # Converted by `--dtype`; fp8 and integer tensors keep their dtype.
 FLOATING = ("F64", "F32", "F16", "BF16")
 # What `--dtype` accepts, and the safetensors dtype each spelling means.

@@ -1,8 +1,9 @@
 """Output folders that appear only when complete, and the small files that travel with a model.
 
-Everything is written into a temporary folder beside OUT and renamed into place at the end, so an interrupted or
-failed run leaves the user's files as they were; the run holds an exclusive claim on OUT meanwhile (`claim.py`).
-A non-empty OUT is refused unless `force`; OUT equal to SRC, inside it or holding it is refused outright.
+Everything is written into a temporary folder beside OUT, made durable (`durable.py`) and renamed into place at the
+end, so an interrupted or failed run — or a crash — leaves the user's files as they were; the run holds an
+exclusive claim on OUT meanwhile (`claim.py`). A non-empty OUT is refused unless `force`; OUT equal to SRC, inside
+it or holding it is refused outright.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from grow_cli.checkpoint.claim import OLD_MARK, TMP_MARK, OutputClaim, sibling, unwritable
+from grow_cli.checkpoint.durable import fsync_folder, fsync_tree
 from grow_cli.checkpoint.files import (
     CHECKPOINTS_DIR,
     METRICS_FILE,
@@ -96,7 +98,9 @@ def staged_output(out: Path, source: Path | None, *, force: bool) -> Iterator[Pa
         try:
             tmp.mkdir()
             yield tmp
+            fsync_tree(tmp)  # on disk before the rename publishes it (`durable.py`)
             _commit(tmp, out, force=force)
+            fsync_folder(out.parent)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError) and _is_output_error(exc, out, tmp):

@@ -1,7 +1,8 @@
 """Streaming checkpoint reader: one tensor at a time, never the whole model.
 
 Safetensors files are read by offset: grow parses each shard's header itself (which also detects corrupted and
-truncated files before anything is written) and reads a tensor's bytes with `readinto` into a fresh buffer. Unlike
+truncated files before anything is written) and reads a tensor's bytes with `readinto` into a fresh buffer, or
+hands out where they lie (`file_range`) for the writer to copy file to file. Unlike
 mmap, this keeps the process's resident memory at one tensor, whatever the checkpoint size. Legacy
 `pytorch_model.bin` files are opened only through `torch.load(weights_only=True)` (memory-mapped when they are
 zip files, read whole one file at a time when they are pre-zip legacy pickles); any other weight format is refused.
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.checkpoint.dtypes import dtype_name, torch_dtype
+from grow_cli.checkpoint.dtypes import TORCH_DTYPE_NAMES, dtype_name, torch_dtype
+from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import BIN_INDEX, BIN_SINGLE, REFUSED_WEIGHTS, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from grow_cli.checkpoint.header import DuplicateKey, TensorEntry, no_duplicate_keys, read_safetensors_header
 from grow_cli.errors import CheckpointError
@@ -146,10 +148,7 @@ class CheckpointReader:
         else:
             tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
         try:
-            if self._handle_path != entry.file:
-                self.close()
-                self._handle = open(entry.file, "rb", buffering=0)  # noqa: SIM115 - kept open across reads
-                self._handle_path = entry.file
+            self._open(entry.file)
             if entry.nbytes:
                 self._handle.seek(entry.start)
                 got = self._handle.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
@@ -160,6 +159,27 @@ class CheckpointReader:
         except OSError as exc:
             raise CheckpointError(f"cannot read tensor {name} from {entry.file}: {exc.strerror or exc}") from None
         return tensor
+
+    def file_range(self, name: str) -> FileRange | None:
+        """Where the stored bytes of tensor `name` lie in its (open) safetensors file, to be copied as they are; None
+        for `.bin` weights, which have no such range. Valid until the next read from another file."""
+        entry = self.tensors.get(name)
+        if entry is None:
+            raise CheckpointError(f"tensor {name} is not in the checkpoint")
+        if entry.start < 0:
+            return None
+        try:
+            self._open(entry.file)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read tensor {name} from {entry.file}: {exc.strerror or exc}") from None
+        return FileRange(self._handle.fileno(), entry.start, entry.nbytes, entry.file.name)
+
+    def _open(self, path: Path) -> None:
+        """Make `path` the one open file."""
+        if self._handle_path != path:
+            self.close()
+            self._handle = open(path, "rb", buffering=0)  # noqa: SIM115 - kept open across reads
+            self._handle_path = path
 
     def close(self) -> None:
         if self._handle is not None:
@@ -228,13 +248,11 @@ def load_config(folder: Path) -> dict[str, Any]:
 
 def _check_dtype_keys(config: dict[str, Any], path: Path) -> None:
     """`dtype` / `torch_dtype` must name a torch dtype: transformers cannot load a folder whose config says `5`."""
-    import torch
-
     for key in ("dtype", "torch_dtype"):
         value = config.get(key)
         if value is None or value == "auto":
             continue
-        if not isinstance(value, str) or not isinstance(getattr(torch, value, None), torch.dtype):
+        if not isinstance(value, str) or value not in TORCH_DTYPE_NAMES:
             raise CheckpointError(
                 f'{path}: {key!r} is {value!r}, not a dtype name; set it to the weights\' dtype, e.g. "bfloat16" '
                 'or "float32"'

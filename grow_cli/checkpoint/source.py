@@ -2,19 +2,25 @@
 
 A Hub id (`org/name`) is downloaded by `grow_cli.hub.download_checkpoint`, which fetches only the files grow needs
 and reuses the local cache. Hashes of the source files are computed in a background thread while grow streams the
-tensors (hashlib releases the GIL), so recording provenance costs little wall time.
+tensors (hashlib releases the GIL), so recording provenance costs little wall time, and remembered while a file is
+unchanged (`file_sha256`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grow_cli import cache
 from grow_cli.errors import CheckpointError
+
+HASH_CHUNK = 8 << 20
 
 # A Hub repo id: `name` or `namespace/name`, each part up to 96 letters, digits, `_`, `.` or `-`, starting with a
 # letter or digit (the Hub also refuses `--` and `..` inside, and `.` or `-` at the end).
@@ -73,29 +79,77 @@ def resolve_source(source: str, *, revision: str | None = None, token: str | Non
 
 @dataclass
 class FileHasher:
-    """sha256 and size of files, computed in a background thread; `result()` waits for it."""
+    """sha256 and size of files, computed in a background thread; `result()` waits for it.
+
+    The thread reads each file once, in order, beside the executor's copies of the same bytes: the first of the two
+    to touch a page reads it from disk and the other finds it in the page cache, so hashing adds CPU time on
+    another core but no pass over the disk. A hash is remembered in grow's cache (`grow_cli.cache`) under the
+    file's identity, size and change times, and reused while none of them changes — what git does for its index;
+    a file changed within `RACY_SECONDS` of being hashed, or while it was hashed, is not remembered.
+    """
 
     files: list[Path]
     _hashes: dict[str, dict[str, Any]] = field(default_factory=dict)
     _error: BaseException | None = None
 
     def __post_init__(self) -> None:
+        self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, name="grow-hash", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
             for path in self.files:
-                digest = hashlib.sha256()
-                with open(path, "rb") as f:
-                    while chunk := f.read(8 << 20):
-                        digest.update(chunk)
-                self._hashes[path.name] = {"sha256": digest.hexdigest(), "size": path.stat().st_size}
+                sha = file_sha256(path, self._cancelled)
+                if sha is None:
+                    return
+                self._hashes[path.name] = {"sha256": sha, "size": path.stat().st_size}
         except OSError as exc:
             self._error = exc
+
+    def cancel(self) -> None:
+        """Stop hashing (when the run ends without needing the hashes); harmless once they are done."""
+        self._cancelled.set()
 
     def result(self) -> dict[str, dict[str, Any]]:
         self._thread.join()
         if self._error is not None:
             raise CheckpointError(f"cannot hash source files: {self._error}")
         return dict(self._hashes)
+
+
+RACY_SECONDS = 2.0  # a file modified this recently may change again within its timestamp's resolution
+
+
+def file_sha256(path: Path, cancelled: threading.Event | None = None) -> str | None:
+    """The sha256 of a file's bytes: remembered from an earlier run while the file is unchanged, else computed
+    (None when `cancelled` is set meanwhile)."""
+    before = _identity(path)
+    remembered = cache.get("sha256", before)
+    if isinstance(remembered, str):
+        return remembered
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buffer = memoryview(bytearray(HASH_CHUNK))
+        while n := f.readinto(buffer):
+            if cancelled is not None and cancelled.is_set():
+                return None
+            digest.update(buffer[:n])
+    sha = digest.hexdigest()
+    changed_since = time.time() - max(before["mtime_ns"], before["ctime_ns"]) / 1e9
+    if _identity(path) == before and changed_since > RACY_SECONDS:
+        cache.put("sha256", before, sha)
+    return sha
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    """What identifies a file's content without reading it: where it is, its inode, size and change times."""
+    st = os.stat(path)
+    return {
+        "path": str(Path(path).resolve()),
+        "device": st.st_dev,
+        "inode": st.st_ino,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+    }

@@ -125,7 +125,18 @@ def train_stage(
     apollo_sampling: Annotated[str, Opt(help="Apollo: depth sampling, lvps | uniform.")] = "lvps",
     mixed_precision: Annotated[str | None, Opt(help="no | fp16 | bf16 (default: accelerate's config).")] = None,
     gradient_checkpointing: Annotated[bool, Opt(help="Recompute activations to save memory.")] = False,
-    compile: Annotated[bool, Opt("--compile", help="torch.compile the model (inductor).")] = False,
+    compile: Annotated[
+        bool, Opt("--compile", help="torch.compile each decoder layer in place (one compiled block, reused).")
+    ] = False,
+    liger: Annotated[
+        bool | None,
+        Opt(
+            "--liger/--no-liger",
+            help="Liger Kernel's fused kernels (default: used on CUDA GPUs when liger-kernel is installed and "
+            "supports the model).",
+            show_default=False,
+        ),
+    ] = None,
     eval_every: Annotated[int | None, Opt(help="Evaluate every N steps (always at the end).")] = None,
     eval_batches: Annotated[int, Opt(help="Micro-batches of held-out blocks per evaluation.")] = 16,
     eval_fraction: Annotated[float, Opt(help="Fraction of blocks held out for evaluation.")] = 0.01,
@@ -139,7 +150,9 @@ def train_stage(
         ),
     ] = None,
     exit_interval: Annotated[int | None, Opt(help="Save and exit after N steps (for time-limited jobs).")] = None,
-    log_every: Annotated[int, Opt(help="Throughput and progress every N steps.")] = 1,
+    log_every: Annotated[
+        int, Opt(help="Throughput and progress every N steps (every step's loss is logged regardless).")
+    ] = 10,
     report_to: Annotated[str, Opt(help="Extra trackers, comma-separated: tensorboard, wandb, mlflow, ….")] = "",
     peak_tflops: Annotated[float | None, Opt(help="Device peak TFLOP/s for MFU when not known.")] = None,
     tokenizer: Annotated[Path | None, Opt(help="Tokenizer folder (default: the model folder).")] = None,

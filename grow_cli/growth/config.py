@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from grow_cli.arch import hf_config
 from grow_cli.arch.experts import sparse_config, sparse_layers
 from grow_cli.arch.layer_lists import map_layer_lists, per_layer_lists, transformers_params
 from grow_cli.arch.registry import ArchDef
@@ -51,13 +52,8 @@ def grown_config(
 
 
 def validate_config(config: dict[str, Any]) -> None:
-    """Run transformers' own (strict) validation on `config`; a failure is a UsageError naming the cause."""
-    import transformers
-
-    params = transformers_params(config)
-    try:
-        built = transformers.AutoConfig.for_model(config["model_type"], **params)
-        built.validate()
-    except Exception as exc:  # transformers raises several types (ValueError, StrictDataclass…Error)
-        cause = exc.__cause__ or exc
-        raise UsageError(f"the grown config.json would not load in transformers: {cause}".splitlines()[0]) from exc
+    """Run transformers' own (strict) validation on `config` (without importing torch here: `hf_config`); a failure
+    is a UsageError naming the cause."""
+    cause = hf_config.problem(config["model_type"], transformers_params(config))
+    if cause is not None:
+        raise UsageError(f"the grown config.json would not load in transformers: {cause}".splitlines()[0])

@@ -4,35 +4,64 @@ A source with a training state (a train-stage checkpoint, `growth/train_state.py
 into `OUT/training-state/` (`growth/grown_state.py`).
 
 Memory stays bounded: the reader returns one tensor at a time and the writer appends it to a shard whose header was
-written in advance, so the peak is about one tensor (see `Plan.peak_bytes`), not one shard or one model.
+written in advance, so the peak is about one tensor (see `Plan.peak_bytes`), not one shard or one model. Tensors
+that no arithmetic changes (depth copies keeping their dtype, zeroed identity writers) never pass through Python:
+they are copied file to file in the kernel (`stored_bytes`), so a depth-only growth runs at the speed of `cp` and
+imports no torch.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
+from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output, update_pooling_dimension
-from grow_cli.checkpoint.reader import CheckpointReader, load_config
+from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
-from grow_cli.checkpoint.writer import ShardWriter, parse_size
+from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
 from grow_cli.console import byte_progress
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
-from grow_cli.growth.train_state import training_source
+from grow_cli.growth.train_state import SourceState, training_source
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.operators.staged import identity_init
 
 CARD_AND_RECORD_BYTES = 1 << 20  # config.json, grow.json, README.md and the index: generously
+
+
+def stored_bytes(plan: Plan, reader: CheckpointReader, index: int) -> FileRange | ZeroBytes | None:
+    """Output tensor `plan.tensors[index]` when no arithmetic makes it: the range of a source file that holds it byte
+    for byte (a depth copy that keeps its dtype), or all-zero bytes (an identity block's zeroed writer); else None.
+
+    These are written without torch: copied file to file in the kernel, or from a shared zero buffer.
+    """
+    t = plan.tensors[index]
+    if plan.width is None and t.zero:
+        return ZeroBytes(t.nbytes) if t.source.weight.zero_fill == 0 else None
+    return reader.file_range(t.reads[0]) if copied_entry(plan, reader, index) is not None else None
+
+
+def copied_entry(plan: Plan, reader: CheckpointReader, index: int) -> TensorEntry | None:
+    """The source tensor whose stored bytes output tensor `index` is, byte for byte; None when arithmetic (a width
+    map, a dtype change, zeros, an upcycling or identity init) makes it, or the source stores no byte range (`.bin`)."""
+    t = plan.tensors[index]
+    if plan.width is not None or t.zero or t.init is not None or t.identity_init or len(t.reads) != 1:
+        return None
+    entry = reader.tensors[t.reads[0]]
+    if entry.dtype != t.dtype or entry.shape != t.shape or entry.start < 0:
+        return None
+    return entry
 
 
 def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None):
@@ -54,6 +83,35 @@ def materialize(plan: Plan, reader: CheckpointReader, index: int, pool: BufferPo
         result = t.init.apply(None if result is None else result.float(), t.shape, plan.seed)
     assert result is not None, t.name  # only an upcycling init makes a tensor that reads nothing
     return result.to(dtype).contiguous()
+
+
+def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=None) -> None:
+    """Write every output tensor of `plan` in order, as `stored_bytes` or `materialize` makes it.
+
+    A computed tensor is written by a background thread while the next one is computed (file writes and torch's
+    kernels both release the GIL), so arithmetic and I/O overlap; at most one write is in flight, and width
+    operators alternate two buffer sets (`WidthOperator.apply`), so the tensor being written is never the one being
+    computed. Stored bytes and any tensor that lies in the reader's buffers are written in this thread, after the
+    write in flight: their source range or buffer is only valid until the next read.
+    """
+    pool = BufferPool()
+    total = len(plan.tensors)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grow-write") as background:
+        in_flight: Future | None = None
+        for i, t in enumerate(plan.tensors):
+            stored = stored_bytes(plan, reader, i)
+            data = stored if stored is not None else materialize(plan, reader, i, pool)
+            if in_flight is not None:
+                in_flight.result()  # the previous write is done: its buffers may be taken again
+                in_flight = None
+            if stored is None and not pool.owns(data):
+                in_flight = background.submit(writer.write, t.name, data)
+            else:
+                writer.write(t.name, data)
+            if advance is not None:
+                advance(t.nbytes, f"growing {i + 1}/{total} tensors")
+        if in_flight is not None:
+            in_flight.result()
 
 
 def _stage(
@@ -126,9 +184,8 @@ def expand(
     with training_source(src, weights_only=spec.weights_only) as (src, source_state):
         config = load_config(src.folder)
         with CheckpointReader(src.folder) as reader:
-            plan = build_plan(config, reader.tensor_infos(), spec, uniform_maps=source_state is not None)
-            state = plan_state(plan, source_state, spec) if source_state is not None else None
             if dry_run:
+                plan, state = _plan(config, reader, spec, source_state)
                 return {
                     "dry_run": True,
                     "source": src.describe(),
@@ -137,24 +194,40 @@ def expand(
                 }
             if out is None:
                 raise ValueError("expand needs an output folder unless dry_run")
-            return _execute(
-                plan,
-                reader,
-                src,
-                Path(out),
-                state=state,
-                force=force,
-                verify=verify or (plan.arch.always_verify and plan.function_preserving),
-                verify_memory=verify_memory,
-                quiet=quiet,
-                command=command,
-            )
+            # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
+            hasher = FileHasher([*reader.files, src.folder / "config.json"])
+            try:
+                plan, state = _plan(config, reader, spec, source_state)
+                return _execute(
+                    plan,
+                    reader,
+                    src,
+                    hasher,
+                    Path(out),
+                    state=state,
+                    force=force,
+                    verify=verify or (plan.arch.always_verify and plan.function_preserving),
+                    verify_memory=verify_memory,
+                    quiet=quiet,
+                    command=command,
+                )
+            finally:
+                hasher.cancel()  # a refused plan or a failed run leaves no thread hashing
+
+
+def _plan(
+    config: dict[str, Any], reader: CheckpointReader, spec: GrowthSpec, source_state: SourceState | None
+) -> tuple[Plan, StatePlan | None]:
+    """The weights' plan, and the training state's when the source has one (its maps must then be uniform)."""
+    plan = build_plan(config, reader.tensor_infos(), spec, uniform_maps=source_state is not None)
+    return plan, plan_state(plan, source_state, spec) if source_state is not None else None
 
 
 def _execute(
     plan: Plan,
     reader: CheckpointReader,
     src: CheckpointSource,
+    hasher: FileHasher,
     out: Path,
     *,
     state: StatePlan | None,
@@ -165,19 +238,18 @@ def _execute(
     command: list[str] | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    hasher = FileHasher([*reader.files, src.folder / "config.json"])
     with staged_output(out, src.folder, force=force) as tmp:
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
         state_bytes = state.total_bytes if state else 0
         require_free_space(tmp, plan.total_bytes + state_bytes + extra, out)
         require_memory(max(plan.peak_bytes, state_peak_bytes(plan, state) if state else 0))
-        writer = ShardWriter(tmp, plan.shards)
-        pool = BufferPool()
+        copies = {t.name: e.start for i, t in enumerate(plan.tensors) if (e := copied_entry(plan, reader, i))}
         total = plan.total_bytes + state_bytes
-        with byte_progress(f"growing 0/{len(plan.tensors)} tensors", total, quiet=quiet) as advance:
-            for i, t in enumerate(plan.tensors):
-                written = writer.write(t.name, materialize(plan, reader, i, pool))
-                advance(written, f"growing {i + 1}/{len(plan.tensors)} tensors")
+        with (
+            ShardWriter(tmp, plan.shards, source_offsets=copies) as writer,
+            byte_progress(f"growing 0/{len(plan.tensors)} tensors", total, quiet=quiet) as advance,
+        ):
+            stream(plan, reader, writer, advance)
             writer.finish()
             grown_state = None
             if state is not None:

@@ -123,6 +123,8 @@ class Plan:
             read = sum(sizes[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
             work = numel(t.shape) * 4 if self.width or t.init else 0  # the fp32 result before the cast
             peak = max(peak, read + work + t.nbytes)
+        if self.width:  # one widened tensor is written while the next is computed (growth/expand.py)
+            peak += max(numel(t.shape) * 4 for t in self.tensors)
         return peak
 
     @property

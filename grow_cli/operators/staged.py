@@ -72,7 +72,8 @@ class StagedWidth(WidthOperator):
 
     def apply(self, tensor: BoundTensor, inputs: list[Any]):
         w = tensor.weight
-        out = self.state_layout(tensor, inputs[0].float(), "this")
+        self._calls += 1  # alternate two buffer sets, as WidthOperator.apply does
+        out = self.state_layout(tensor, inputs[0].float(), ("this", self._calls % 2))
         divisor = self._in_divisor(w)
         if divisor != 1:
             out = out / divisor
@@ -83,7 +84,7 @@ class StagedWidth(WidthOperator):
             out = (out + w.gain_offset) * fold - w.gain_offset
         return out
 
-    def state_layout(self, tensor: BoundTensor, x, tag: str):
+    def state_layout(self, tensor: BoundTensor, x, tag: object):
         """Gathered on every axis, then the off-diagonal blocks zeroed (entries that pair copy a with copy b ≠ a)."""
         w = tensor.weight
         x = self._fpi(w, x, tag, divide=False)

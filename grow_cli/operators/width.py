@@ -211,6 +211,7 @@ class WidthOperator:
         """`uniform`: tile every map, as growing a training state needs (`fpi`'s FFN and head maps otherwise copy
         some units more often than others, which no per-tensor LR or eps multiplier can follow)."""
         self._pool = BufferPool()
+        self._calls = 0  # apply() calls so far: their parity picks the buffer set
         self.method = spec.width_method
         self.arch = arch
         self.config = config
@@ -276,17 +277,23 @@ class WidthOperator:
         return (tensor.name,)
 
     def apply(self, tensor: BoundTensor, inputs: list[Any]) -> Any:
-        """The widened tensor (float32; the executor casts it to the output dtype)."""
+        """The widened tensor (float32; the executor casts it to the output dtype).
+
+        It may live in this operator's buffers, and then stays valid until the second next call: calls alternate
+        between two buffer sets, so the executor can write one tensor while it computes the next.
+        """
         w = tensor.weight
+        self._calls += 1
+        side = self._calls % 2
         if self.method == "zero":
             out = self._zero(w, inputs[0].float(), tensor.name)
         else:
-            out = self._fpi(w, inputs[0].float(), "this")
+            out = self._fpi(w, inputs[0].float(), ("this", side))
             if self.method == "aki" and len(inputs) == 2:
                 axis = _OUT_AXIS[w.kind]
                 m = self._axis(w.axes[axis])
                 if m is not None:
-                    out = _where_along(m.new, axis, self._fpi(w, inputs[1].float(), "next"), out)
+                    out = _where_along(m.new, axis, self._fpi(w, inputs[1].float(), ("next", side)), out)
             if self.method == "hypercloning" and self.noise_snr_db is not None:
                 out = self._noise(w, out, tensor.name)
         if w.runtime_scale:
@@ -455,9 +462,10 @@ class WidthOperator:
         key = self.arch.config["norm_eps"]
         if self.config.get(key) is not None:
             return float(self.config[key])
-        import transformers
+        from grow_cli.arch import hf_config
 
-        return float(getattr(transformers.AutoConfig.for_model(self.config["model_type"]), key))
+        defaults = hf_config.built(self.config["model_type"], {})
+        return float(getattr(defaults, key))
 
     @cached_property
     def _axes(self) -> dict[str, _Axis]:
@@ -515,11 +523,11 @@ class WidthOperator:
             raise UsageError(f"{self.arch.name}: cannot widen a '{space}' axis with these head maps")
         return self._axes[space]
 
-    def _fpi(self, w: WeightDef, x, tag: str, *, divide: bool = True):
+    def _fpi(self, w: WeightDef, x, tag: object, *, divide: bool = True):
         """OUT on every axis, IN (gather and divide by the copy count) on the input axis; `divide=False`: gather only.
 
         Gathers go into reused buffers (slots named by `tag` and axis): the result is valid until the next call
-        with the same tag, which the executor guarantees by writing each tensor before making the next.
+        with the same tag (see `apply`).
         """
         import torch
 
@@ -535,7 +543,7 @@ class WidthOperator:
 
     # -- what growing a training state needs (grow_cli/growth/grown_state.py) -----------------------------------
 
-    def state_layout(self, tensor: BoundTensor, x, tag: str):
+    def state_layout(self, tensor: BoundTensor, x, tag: object):
         """`x` (an optimizer moment of `tensor`, float32) laid out as the widened tensor: gathered like its weight,
         unscaled. Entries with no counterpart in the source (none here; staged's off-diagonal blocks) are zero."""
         return self._fpi(tensor.weight, x, tag, divide=False)

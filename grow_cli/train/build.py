@@ -30,6 +30,7 @@ from grow_cli.train.checkpoints import load_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
 from grow_cli.train.freeze import freeze_all_but
+from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
@@ -83,6 +84,7 @@ class Run:
     objective: Objective  # the inputs and labels of each micro-batch (causal or masked LM)
     apollo: Apollo | None  # Apollo's depth sampling and shared layers; None: plain training
     loaded: LoadedModel  # what loading created (a new head) and what the output carries unchanged
+    kernels: dict[str, Any]  # what `speed_up` applied: Liger kernels and compiled blocks (recorded in grow.json)
     parameter_names: list[str]  # the optimizer's parameters, in its index order
     continuation: Continuation | None = None  # where this run continues another (train/continuation.py)
     step: int = 0
@@ -129,6 +131,8 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     """Build, prepare and (when resuming) restore everything for the loop; see the module docstring."""
     tracker = JsonlTracker(config.out / METRICS_FILE, resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
     budget = make_budget(config, accelerator)
     continuation = checked.continuation
     if continuation is not None:  # the budget is what this run trains; its schedule starts at the start step
@@ -146,6 +150,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     model, saved_dtype = loaded.model, loaded.saved_dtype
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
     objective = Objective(checked.objective.name, config.seed, checked.masking)
+    kernels = speed_up(model, config, accelerator, liger=liger)
     num_parameters = sum(p.numel() for p in model.parameters())
     max_lr = resolve_max_lr(config, num_parameters, accelerator, continuation)
     if config.max_tokens:
@@ -193,6 +198,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         objective=objective,
         apollo=apollo,
         loaded=loaded,
+        kernels=kernels,
         router=router,
         parameter_names=names,
         continuation=continuation,
@@ -208,12 +214,13 @@ def build(config: TrainConfig, checked: Checked) -> Run:
 
 
 def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
-    """The accelerator; flags left unset (None) fall through to `accelerate config` / `accelerate launch`."""
+    """The accelerator; flags left unset (None) fall through to `accelerate config` / `accelerate launch`. With
+    --compile grow compiles the repeated blocks itself (`kernels.py`), so accelerate must not compile the model."""
     from accelerate.utils import DistributedDataParallelKwargs
 
     return Accelerator(
         mixed_precision=config.mixed_precision,
-        dynamo_backend="inductor" if config.compile else None,
+        dynamo_backend="no" if config.compile else None,
         log_with=[tracker, *config.report_to],
         project_dir=str(config.out),
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, whatever the process count
@@ -296,8 +303,22 @@ def load_trainable_model(
         trainable = [name for name, _ in model.named_parameters()]
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+    # Training never reuses keys and values: without this, every forward fills a KV cache it throws away (and a
+    # compiled block would be recompiled once per layer on the cache's state). save_model turns it back on.
+    model.config.use_cache = False
     return loaded, trainable
+
+
+def speed_up(model: PreTrainedModel, config: TrainConfig, accelerator: Accelerator, *, liger: bool) -> dict[str, Any]:
+    """Liger Kernel where it applies, then (with --compile) each repeated block compiled in place (`kernels.py`);
+    says what was done and returns it for grow.json."""
+    fused = apply_liger(model) if liger else []
+    blocks = compile_repeated_blocks(model) if config.compile else 0
+    if fused:
+        say(accelerator, config.quiet, f"Liger Kernel: {', '.join(fused)}")
+    if blocks:
+        say(accelerator, config.quiet, f"compiling {blocks} repeated blocks in place (one graph, reused)")
+    return {"liger": fused, "compiled_blocks": blocks}
 
 
 def resolve_max_lr(

@@ -75,7 +75,8 @@ class TrainConfig:
     # efficiency (None: accelerate's config decides)
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile each repeated block (train/kernels.py)
+    liger: bool | None = None  # Liger Kernel: None uses it where installed and applicable (train/kernels.py)
     # checkpoints, eval, logs
     save_every: int | None = None
     keep_last: int = 2
@@ -83,7 +84,7 @@ class TrainConfig:
     exit_interval: int | None = None
     eval_every: int | None = None
     eval_batches: int = 16
-    log_every: int = 1
+    log_every: int = 10  # throughput and progress; the loop waits for the device only at such steps (step_log.py)
     report_to: list[str] = field(default_factory=list)
     peak_tflops: float | None = None
     overwrite: bool = False

@@ -154,6 +154,7 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
             "global_batch_tokens": run.budget.tokens_per_step,
         },
         "mixed_precision": run.accelerator.mixed_precision,
+        "kernels": run.kernels,
         "seed": config.seed,
         "continued": _continued(run),
         "final_state": "checkpoints/" + f"step_{run.step:08d}" if config.save_final_state else None,

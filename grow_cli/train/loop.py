@@ -25,9 +25,11 @@ from grow_cli.train.build import Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.finish import evaluation, finish, pause
+from grow_cli.train.kernels import undo_liger
 from grow_cli.train.metrics import training_progress
 from grow_cli.train.preflight import preflight
-from grow_cli.train.step import StepResult, train_step
+from grow_cli.train.step import train_step
+from grow_cli.train.step_log import LAG, StepLog, StepNumbers
 
 
 class Interrupted(TrainingError):
@@ -49,76 +51,121 @@ class Ending:
 def train_stage(config: TrainConfig) -> dict[str, Any]:
     """Train the model in `config.model` on `config.data`; write it, grow.json and the card to `config.out`."""
     checked = preflight(config)
-    run = build(config, checked)
-    ending = train_loop(run)
-    if ending.reason == "done":
-        return finish(run, ending)
-    paused = pause(run)
+    try:
+        run = build(config, checked)
+        ending = train_loop(run)
+        result = finish(run, ending) if ending.reason == "done" else pause(run)
+    finally:
+        undo_liger()  # Liger's patches of transformers' modules last as long as the run
     if ending.reason == "interrupted":
         raise Interrupted(
-            f"interrupted at step {run.step}/{run.budget.max_steps}; saved {paused['checkpoint']}. "
+            f"interrupted at step {run.step}/{run.budget.max_steps}; saved {result['checkpoint']}. "
             "Continue with --resume auto"
         )
-    run.say(f"stopped after {run.step - ending.first_step} steps (--exit-interval); saved {paused['checkpoint']}")
-    return paused
+    if ending.reason == "exit-interval":
+        run.say(f"stopped after {run.step - ending.first_step} steps (--exit-interval); saved {result['checkpoint']}")
+    return result
 
 
 def train_loop(run: Run) -> Ending:
-    """Optimizer steps until the budget is spent, Ctrl-C, or --exit-interval; log, evaluate and save on the way."""
+    """Optimizer steps until the budget is spent, Ctrl-C, or --exit-interval; log, evaluate and save on the way.
+
+    Each step's numbers reach the host a few steps later without stopping the device (`step_log.py`); the loop
+    waits for the device only at log, evaluation and checkpoint steps and at the end, so throughput is measured
+    between those synchronised points and no checkpoint is saved before the losses leading to it were checked.
+    """
     config, accelerator, max_steps = run.config, run.accelerator, run.budget.max_steps
     first_step, last = run.step, None
     show = accelerator.is_main_process and not config.quiet
     progress, task = training_progress(max_steps, first_step, enabled=show)
     started = time.perf_counter()
     window = _Window(started)
+    log = StepLog()
     with progress, _StopFlag() as stop:
         while run.step < max_steps:
-            last = train_step(run)
+            result = train_step(run)
             run.step += 1
             run.tokens += run.budget.tokens_per_step
             window.tokens += run.budget.tokens_per_step
-            if not math.isfinite(last.loss):
-                raise _diverged(run, last.loss)
-            metrics: dict[str, Any] = {"loss": last.loss, "lr": last.lr, "tokens": run.tokens}
-            if run.step % config.log_every == 0 or run.step == max_steps:
-                metrics.update(_throughput(run, last, window.rate()))
-                progress.update(
-                    task,
-                    completed=run.step,
-                    loss=f"{last.loss:.3f}",
-                    lr=f"{last.lr:.2e}",
-                    tps=f"{metrics['tokens_per_s']:,.0f}",
-                )
-            if config.eval_every and run.step % config.eval_every == 0 and run.step < max_steps:
-                metrics.update(evaluation(run))
-            accelerator.log(metrics, step=run.step)
-            if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
-                save_checkpoint(accelerator, config.out, run.state(), config.keep_last)
-            reason = _stop_reason(run, stop.requested, first_step)
+            log.push(run.step, result.loss, result.grad_norm, result.lr, run.tokens, result.depths)
+            synchronise = _synchronises(run)
+            for numbers in log.pop(upto=run.step if synchronise else run.step - LAG):
+                last = numbers
+                if numbers.step < run.step:
+                    _log(run, numbers)
+            if synchronise:
+                assert last is not None and last.step == run.step  # popped above
+                extra: dict[str, Any] = {}
+                if run.step % config.log_every == 0 or run.step == max_steps:
+                    extra.update(_throughput(run, last, window.rate()))
+                    progress.update(
+                        task,
+                        completed=run.step,
+                        loss=f"{last.loss:.3f}",
+                        lr=f"{last.lr:.2e}",
+                        tps=f"{extra['tokens_per_s']:,.0f}",
+                    )
+                if config.eval_every and run.step % config.eval_every == 0 and run.step < max_steps:
+                    extra.update(evaluation(run))
+                _log(run, last, extra)
+                if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
+                    save_checkpoint(accelerator, config.out, run.state(), config.keep_last)
+            reason = _stop_reason(run, stop.requested, first_step, synchronise)
             if reason:
-                return Ending(reason, first_step, last.loss, time.perf_counter() - started)
+                for numbers in log.pop(upto=run.step):  # every step checked before the checkpoint is saved
+                    last = numbers
+                    _log(run, numbers)
+                return Ending(reason, first_step, last.loss if last else None, time.perf_counter() - started)
     return Ending("done", first_step, last.loss if last else None, time.perf_counter() - started)
 
 
-def _diverged(run: Run, loss: float) -> TrainingError:
+def _synchronises(run: Run) -> bool:
+    """Whether the loop waits for the device after this step: to log throughput, evaluate, save, or finish."""
+    config, step = run.config, run.step
+    return (
+        step % config.log_every == 0
+        or step == run.budget.max_steps
+        or bool(config.eval_every and step % config.eval_every == 0)
+        or bool(config.save_every and step % config.save_every == 0)
+    )
+
+
+def _log(run: Run, numbers: StepNumbers, extra: dict[str, Any] | None = None) -> None:
+    """Log one step's metrics (metrics.jsonl and any tracker); a non-finite loss stops the run without saving."""
+    if not math.isfinite(numbers.loss):
+        raise _diverged(run, numbers)
+    metrics: dict[str, Any] = {"loss": numbers.loss, "lr": numbers.lr, "tokens": numbers.tokens}
+    if numbers.grad_norm is not None:
+        metrics["grad_norm"] = numbers.grad_norm
+    if run.apollo is not None and numbers.depths:  # the depths this step ran at, and their FLOPs
+        metrics["apollo_depth"], metrics["flops_per_token"] = _apollo_depth(run, numbers)
+    run.accelerator.log({**metrics, **(extra or {})}, step=numbers.step)
+
+
+def _apollo_depth(run: Run, numbers: StepNumbers) -> tuple[float, float]:
+    """Under Apollo: the mean depth step `numbers.step` ran at, and the mean FLOPs per token of those depths."""
+    assert run.apollo is not None
+    depths = numbers.depths
+    flops = sum(run.apollo.flops_per_token(d, run.config.seq_len) for d in depths) / len(depths)
+    return sum(depths) / len(depths), flops
+
+
+def _diverged(run: Run, numbers: StepNumbers) -> TrainingError:
     last = complete_checkpoints(run.config.out)
     return TrainingError(
-        f"the training loss became {loss} at step {run.step}; stopped without saving. "
+        f"the training loss became {numbers.loss} at step {numbers.step}; stopped without saving. "
         f"Last good checkpoint: {last[-1] if last else 'none'} (lower --max-lr, or "
         "resume from it with --resume auto)"
     )
 
 
-def _throughput(run: Run, last: StepResult, tokens_per_s: float) -> dict[str, Any]:
-    """The metrics logged every --log-every steps: tokens/s, FLOPs per token, epoch, gradient norm and MFU."""
+def _throughput(run: Run, last: StepNumbers, tokens_per_s: float) -> dict[str, Any]:
+    """The metrics logged every --log-every steps: tokens/s, FLOPs per token, epoch and MFU."""
     flops_token = run.flops_per_token
-    metrics: dict[str, Any] = {"tokens_per_s": tokens_per_s, "epoch": run.batches.epoch_of(run.step)}
     if run.apollo is not None and last.depths:  # the FLOPs of the depths this step ran at
-        metrics["apollo_depth"] = sum(last.depths) / len(last.depths)
-        flops_token = sum(run.apollo.flops_per_token(d, run.config.seq_len) for d in last.depths) / len(last.depths)
+        flops_token = _apollo_depth(run, last)[1]
+    metrics: dict[str, Any] = {"tokens_per_s": tokens_per_s, "epoch": run.batches.epoch_of(run.step)}
     metrics["flops_per_token"] = flops_token
-    if last.grad_norm is not None:
-        metrics["grad_norm"] = float(last.grad_norm)
     if run.peak_flops:
         metrics["mfu"] = tokens_per_s * flops_token / (run.peak_flops * run.accelerator.num_processes)
     if run.router is not None:  # mixture of experts: the auxiliary loss and expert load since the last report
@@ -126,12 +173,17 @@ def _throughput(run: Run, last: StepResult, tokens_per_s: float) -> dict[str, An
     return metrics
 
 
-def _stop_reason(run: Run, requested: bool, first_step: int) -> str | None:
-    """ "interrupted" after Ctrl-C on any process, "exit-interval" when --exit-interval steps ran, else None."""
+def _stop_reason(run: Run, requested: bool, first_step: int, synchronised: bool) -> str | None:
+    """ "interrupted" after Ctrl-C on any process, "exit-interval" when --exit-interval steps ran, else None.
+
+    With several processes all must agree, or the next collective hangs; agreeing is a collective and a host
+    wait, so they agree only at the steps where the loop synchronises anyway (every --log-every steps at most).
+    """
     accelerator, config = run.accelerator, run.config
     stopping: Any = requested
-    if accelerator.num_processes > 1:  # every process must agree, or the next collective hangs
-        stopping = accelerator.reduce(torch.tensor(float(requested), device=accelerator.device), "sum") > 0
+    if accelerator.num_processes > 1:
+        flag = torch.tensor(float(requested), device=accelerator.device)
+        stopping = synchronised and bool(accelerator.reduce(flag, "sum") > 0)
     if stopping:
         return "interrupted"
     if config.exit_interval and run.step - first_step >= config.exit_interval and run.step < run.budget.max_steps:

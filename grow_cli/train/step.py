@@ -21,15 +21,25 @@ from grow_cli.train.build import Run
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean training loss over the step's micro-batches and processes
+    loss: torch.Tensor  # mean training loss over the step's micro-batches and processes, still on the device
     lr: float  # the LR this step used
     grad_norm: torch.Tensor | None  # before clipping, still on the device; None when clipping is off
     depths: tuple[int, ...] = ()  # Apollo: the depth each micro-batch ran at
 
 
 def to_device(inputs: dict[str, Any], accelerator: Any) -> dict[str, Any]:
-    """A micro-batch's model inputs (tensors from the host) on the accelerator's device."""
-    return {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    """A micro-batch's model inputs (tensors from the host) on the accelerator's device. To a GPU through pinned
+    memory and without waiting: each copy is queued behind the work in flight instead of stopping the host."""
+    device = accelerator.device
+
+    def move(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if device.type == "cuda":
+            return value.pin_memory().to(device, non_blocking=True)
+        return value.to(device)
+
+    return {k: move(v) for k, v in inputs.items()}
 
 
 def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
@@ -77,7 +87,7 @@ def train_step(run: Run) -> StepResult:
     lr = run.scheduler.get_last_lr()[0]  # the LR this step used
     if not optimizer.step_was_skipped:  # fp16's scaler skips steps with inf gradients
         run.scheduler.step()
-    loss_mean = accelerator.reduce(loss_sum / run.budget.grad_accum, "mean").item()
+    loss_mean = accelerator.reduce(loss_sum / run.budget.grad_accum, "mean")  # no .item(): see step_log.py
     return StepResult(loss_mean, lr, grad_norm, tuple(depths))
 
 

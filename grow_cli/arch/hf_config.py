@@ -1,0 +1,157 @@
+"""What transformers' config classes say about a config.json, without paying for torch in grow's process.
+
+Planning a growth asks transformers two things: which attributes its config class fills per layer by default (to
+extend them through the layer map) and whether the grown config passes its strict validation. Those classes are
+pure Python, but importing them imports torch (transformers' rope and activation helpers do), which costs seconds
+and dominated `grow expand --dry-run` and small expands. So each question goes, in order of cost, to:
+
+1. transformers in this process, when it is already imported with torch (tests, `--verify`, training): free;
+2. grow's cache (`grow_cli.cache`), keyed by the transformers version and the exact question: free;
+3. a child Python process that hides torch from transformers (configurations need no torch; transformers then
+   skips its torch helpers) and answers one JSON line per question; started on the first miss, kept for the rest
+   of the run. If that child cannot answer (a transformers release whose configs need torch), the question is
+   answered in this process after all, so the answer never depends on the route.
+
+`answer` is the one function every route runs, so the three cannot disagree; tests compare them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from grow_cli import cache
+
+FORMAT = 1  # bump when `answer`'s output changes, so old cache entries are not read
+_CHILD_CODE = """
+import json, sys
+sys.path[:0] = json.loads(sys.argv[1])
+sys.modules["torch"] = None  # transformers then treats torch as absent: its configs load in a fraction of the time
+from grow_cli.arch.hf_config import answer
+for line in sys.stdin:
+    print(json.dumps(answer(json.loads(line))), flush=True)
+"""
+_child: subprocess.Popen | None = None
+_child_failed = False
+
+
+def built(model_type: str, params: dict[str, Any]) -> SimpleNamespace | None:
+    """The attributes (JSON-able ones) of transformers' config for `model_type` built from `params`, or None when
+    transformers cannot build it (an unknown type, a rejected value)."""
+    reply = ask(model_type, params)
+    return SimpleNamespace(**reply["attributes"]) if reply["built"] else None
+
+
+def problem(model_type: str, params: dict[str, Any]) -> str | None:
+    """Why transformers would refuse this config (its own words, the root cause), or None when it loads."""
+    return ask(model_type, params)["error"]
+
+
+def ask(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`answer` for this question, by the cheapest route (see the module docstring)."""
+    request = {"model_type": model_type, "params": params}
+    if "transformers" in sys.modules and sys.modules.get("torch") is not None:
+        return answer(request)
+    key = {"format": FORMAT, "transformers": _transformers_version(), "request": request}
+    reply = cache.get("transformers-configs", key)
+    if reply is None:
+        reply = _ask_child(request)
+        if reply is None:
+            reply = answer(request)
+        cache.put("transformers-configs", key, reply)
+    return reply
+
+
+def answer(request: dict[str, Any]) -> dict[str, Any]:
+    """Build transformers' config for the request and validate it: {built, attributes, error}."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.for_model(request["model_type"], **request["params"])
+    except Exception as exc:  # an unknown type or a value transformers rejects, in any of its exception types
+        return {"built": False, "attributes": {}, "error": _root_cause(exc)}
+    # As JSON sees them (integer keys become strings), so that every route gives the same value.
+    attributes = json.loads(json.dumps({k: v for k, v in vars(config).items() if _jsonable(v)}))
+    try:
+        config.validate()
+    except Exception as exc:  # transformers raises several types (ValueError, StrictDataclass…Error)
+        return {"built": True, "attributes": attributes, "error": _root_cause(exc)}
+    return {"built": True, "attributes": attributes, "error": None}
+
+
+def _root_cause(exc: BaseException) -> str:
+    return str(exc.__cause__ or exc)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _transformers_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _ask_child(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The child's reply, or None when the child cannot answer (then it is not asked again in this process)."""
+    global _child, _child_failed
+    if _child_failed:
+        return None
+    try:
+        if _child is None:
+            _child = _start_child()
+        assert _child.stdin is not None and _child.stdout is not None
+        _child.stdin.write(json.dumps(request) + "\n")
+        _child.stdin.flush()
+        reply = json.loads(_child.stdout.readline())
+        if not isinstance(reply, dict) or set(reply) != {"built", "attributes", "error"}:
+            raise ValueError(f"unexpected reply {reply!r}")
+        return reply
+    except (OSError, ValueError):
+        _child_failed = True
+        close()
+        return None
+
+
+def _start_child() -> subprocess.Popen:
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_CODE, json.dumps([package_root])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    atexit.register(close)
+    return child
+
+
+def close() -> None:
+    """End the child process, if one runs."""
+    global _child
+    child, _child = _child, None
+    if child is not None:
+        for stream in (child.stdin, child.stdout):
+            if stream is not None:
+                stream.close()
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

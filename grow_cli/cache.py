@@ -1,0 +1,54 @@
+"""grow's per-user cache: small JSON answers to pure questions that are slow to ask again.
+
+Two kinds of entries live here, each keyed by everything its answer depends on: the sha256 of a source file (keyed
+by the file's identity and change times, so an edited file is hashed again) and what transformers' config classes
+say about a config (keyed by the transformers version and the exact JSON asked about). The folder is
+`$GROW_CACHE_DIR`, else `$XDG_CACHE_HOME/grow`, else `~/.cache/grow`. Deleting it at any time is safe: every entry
+is recomputed on demand. Entries are written atomically (a temporary file renamed into place), so concurrent grow
+runs never read half an entry; a cache that cannot be written (a read-only home) is silently not used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def cache_dir() -> Path:
+    """The folder of grow's per-user cache (not created here)."""
+    if os.environ.get("GROW_CACHE_DIR"):
+        return Path(os.environ["GROW_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "grow"
+
+
+def key_of(value: Any) -> str:
+    """A stable file name for a JSON-able key."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def get(kind: str, key: Any) -> Any | None:
+    """The cached answer of kind `kind` for `key`, or None."""
+    path = cache_dir() / kind / f"{key_of(key)}.json"
+    try:
+        return json.loads(path.read_text())["answer"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def put(kind: str, key: Any, answer: Any) -> None:
+    """Remember `answer` (JSON-able) for `key`; a cache that cannot be written is skipped."""
+    folder = cache_dir() / kind
+    path = folder / f"{key_of(key)}.json"
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"key": key, "answer": answer}))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

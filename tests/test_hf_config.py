@@ -1,0 +1,69 @@
+"""What transformers' config classes say, asked three ways (`grow_cli.arch.hf_config`): in this process, from grow's
+cache, and from the torch-free child process. The answers must be identical, whatever the route."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tiny_decoders
+import tiny_models
+
+from grow_cli import cache
+from grow_cli.arch import hf_config
+from grow_cli.arch.layer_lists import transformers_params
+
+
+def _questions() -> list[tuple[str, dict]]:
+    """The config of every tiny test model (Gemma 2's default per-layer lists, Qwen 3's sliding layers, BERT, GPT-2…),
+    each also with a layer more (the planner's probe), and two configs that transformers refuses."""
+    questions = []
+    for make in (*tiny_models.CONFIGS.values(), *tiny_decoders.CONFIGS.values()):
+        config = make()
+        params = transformers_params(json.loads(config.to_json_string()))
+        questions.append((config.model_type, params))
+        layers = next(k for k in ("num_hidden_layers", "n_layer") if k in params)
+        questions.append((config.model_type, {**params, layers: params[layers] + 1}))
+    questions.append(("llama", {"hidden_size": 30, "num_attention_heads": 4}))  # heads do not divide hidden
+    questions.append(("no-such-model", {}))
+    return questions
+
+
+@pytest.fixture
+def child():
+    yield
+    hf_config.close()
+
+
+def test_the_child_answers_as_transformers_does_here(child):
+    questions = _questions()
+    here = [hf_config.answer({"model_type": m, "params": p}) for m, p in questions]
+    there = [hf_config._ask_child({"model_type": m, "params": p}) for m, p in questions]
+    assert there == here
+    gemma2 = [a for (m, _), a in zip(questions, here, strict=True) if m == "gemma2"]
+    assert len(gemma2[0]["attributes"]["layer_types"]) == 4  # per-layer lists come back
+    assert here[-2]["built"] is False or here[-2]["error"]
+    assert here[-1] == {"built": False, "attributes": {}, "error": here[-1]["error"]} and here[-1]["error"]
+
+
+def test_without_transformers_loaded_answers_come_from_the_child_then_the_cache(monkeypatch, child):
+    model_type, params = _questions()[1]
+    monkeypatch.delitem(__import__("sys").modules, "transformers")  # as in a fresh `grow` process
+    asked = []
+    real = hf_config._ask_child
+    monkeypatch.setattr(hf_config, "_ask_child", lambda request: asked.append(request) or real(request))
+    first = hf_config.ask(model_type, params)
+    second = hf_config.ask(model_type, params)
+    assert first == second == hf_config.answer({"model_type": model_type, "params": params})
+    assert len(asked) == 1  # the second answer came from the cache
+    assert list((cache.cache_dir() / "transformers-configs").glob("*.json"))
+
+
+def test_a_child_that_cannot_answer_is_replaced_by_this_process(monkeypatch, child):
+    model_type, params = _questions()[0]
+    monkeypatch.delitem(__import__("sys").modules, "transformers")
+    monkeypatch.setattr(hf_config, "_CHILD_CODE", "raise SystemExit(3)")
+    monkeypatch.setattr(hf_config, "_child_failed", False)
+    monkeypatch.setattr(cache, "get", lambda kind, key: None)
+    reply = hf_config.ask(model_type, params)
+    assert hf_config._child_failed and reply == hf_config.answer({"model_type": model_type, "params": params})

@@ -1,0 +1,133 @@
+"""Fast-step settings (`grow_cli.train.kernels`): regional compilation compiles one block graph and reuses it for
+every layer, trains the same numbers as eager and keeps checkpoint names; Liger Kernel is never looked for off a
+GPU, refused there when asked for, and — on a CUDA GPU with liger-kernel installed — gives the plain path's losses
+to a stated tolerance."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+import transformers as tf
+from tinylm import run_grow, save_tiny_lm, tiny_config, write_plays
+
+from grow_cli.train import kernels
+from grow_cli.train.metrics import read_metrics
+
+torch.set_num_threads(1)
+
+
+def test_regional_compilation_compiles_one_block_for_every_layer():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    config = tiny_config(num_hidden_layers=4, use_cache=False)
+    torch.manual_seed(0)
+    compiled, eager = tf.LlamaForCausalLM(config), tf.LlamaForCausalLM(config)
+    eager.load_state_dict(compiled.state_dict())
+    names = list(compiled.state_dict())
+    assert kernels.compile_repeated_blocks(compiled, backend="eager") == 4
+    ids = torch.randint(3, config.vocab_size, (2, 16))
+    loss = compiled(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert counters["stats"]["unique_graphs"] == 1  # one graph, reused by the four layers
+    torch.testing.assert_close(loss, eager(input_ids=ids, labels=ids).loss, rtol=0, atol=0)
+    assert list(compiled.state_dict()) == names  # compiled in place: checkpoints keep their names
+
+
+def test_train_stage_compile_trains_the_same_numbers(tmp_path, capsys, monkeypatch):
+    """`--compile` end to end (with dynamo's eager backend, which runs the captured graph op by op): the losses of
+    the eager run, and grow.json says how many blocks were compiled."""
+    monkeypatch.setattr(kernels, "COMPILE_BACKEND", "eager")
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
+    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet"]
+    losses = {}
+    for name, flag in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name
+        code, _, stderr = run_grow(["train-stage", model, "--out", out, *common, *flag], capsys)
+        assert code == 0, stderr
+        losses[name] = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
+        stage = json.loads((out / "grow.json").read_text())["stages"][-1]
+        assert stage["kernels"] == {"liger": [], "compiled_blocks": 2 if flag else 0}
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
+
+
+def test_liger_is_never_looked_for_off_a_gpu(monkeypatch):
+    def no_search(name, *args):
+        raise AssertionError(f"looked for {name}")
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_search)
+    assert kernels.liger_applies(None, "llama", torch.device("cpu")) is False
+    assert kernels.liger_applies(False, "llama", torch.device("cuda")) is False
+    assert "liger_kernel" not in sys.modules
+
+
+def test_liger_asked_for_off_a_gpu_is_one_clear_line(tmp_path, capsys):
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
+    out = tmp_path / "out"
+    args = ["train-stage", model, "--data", data, "--out", out, "--max-steps", 2, "--seq-len", 32, "--liger"]
+    code, _, stderr = run_grow(args, capsys)
+    assert code == 2 and "--liger: Liger Kernel's Triton kernels need a CUDA GPU" in stderr
+    assert "Traceback" not in stderr and not (out / "metrics.jsonl").exists()
+
+
+LIGER_READY = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+
+
+@pytest.mark.skipif(not LIGER_READY, reason="Liger Kernel's Triton kernels need a CUDA GPU and liger-kernel")
+@pytest.mark.parametrize(("precision", "rtol"), [("fp32", 1e-4), ("bf16", 2e-2)])
+def test_liger_losses_agree_with_the_plain_path(precision, rtol):
+    """Same model, same batches, five AdamW steps: every loss with Liger's kernels (RMSNorm, SwiGLU, RoPE, fused
+    linear cross-entropy) within `rtol` of the plain path's — rounding only (fp32: 1e-4, bf16 autocast: 2e-2)."""
+    config = tiny_config(num_hidden_layers=2, use_cache=False)
+    torch.manual_seed(0)
+    state = tf.LlamaForCausalLM(config).state_dict()
+    batches = [torch.randint(3, config.vocab_size, (4, 32), device="cuda") for _ in range(5)]
+    curves = []
+    try:
+        for fused in (False, True):  # plain first: Liger patches transformers' llama module until undo_liger
+            model = tf.LlamaForCausalLM(config)
+            model.load_state_dict(state)
+            model.cuda().train()
+            if fused:
+                assert kernels.liger_applies(True, "llama", torch.device("cuda"))
+                assert kernels.apply_liger(model) == ["fused_linear_cross_entropy", "rms_norm", "rope", "swiglu"]
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            curve = []
+            for ids in batches:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = model(input_ids=ids, labels=ids).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                curve.append(loss.item())
+            curves.append(curve)
+    finally:
+        kernels.undo_liger()
+    torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=rtol, atol=0)
+
+
+def test_undo_liger_puts_the_modeling_module_back():
+    """What Liger replaces in a modeling module is restored, and names it added are removed."""
+    import types
+
+    module = types.ModuleType("fake_modeling")
+    module.apply_rotary_pos_emb = original = object()
+    kernels._replaced.append((vars(module), dict(vars(module))))
+    module.apply_rotary_pos_emb, module.Added = object(), object()
+    kernels.undo_liger()
+    assert module.apply_rotary_pos_emb is original and not hasattr(module, "Added") and not kernels._replaced
+
+
+def test_liger_is_not_chosen_for_sharded_parameters_unless_asked(monkeypatch):
+    """Under FSDP or DeepSpeed the automatic choice is no Liger (its fused loss reads the head's weight outside the
+    head's forward); `--liger` still asks for it."""
+    monkeypatch.setattr(kernels, "_liger_unavailable", lambda model_type, device: None)  # as on a GPU with Liger
+    cuda = torch.device("cuda")
+    assert kernels.liger_applies(None, "llama", cuda, sharded=False) is True
+    assert kernels.liger_applies(None, "llama", cuda, sharded=True) is False
+    assert kernels.liger_applies(True, "llama", cuda, sharded=True) is True

@@ -1,0 +1,70 @@
+"""Source file hashes (`grow_cli.checkpoint.source`): the sha256 of the bytes, remembered in grow's cache while the
+file is unchanged, computed again when it changes, and never remembered for a file changed moments ago."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from grow_cli import cache
+from grow_cli.checkpoint import source
+from grow_cli.checkpoint.source import FileHasher, file_sha256
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROW_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_hash_is_the_sha256_of_the_bytes_and_is_remembered(tmp_path, monkeypatch):
+    path = tmp_path / "w.bin"
+    path.write_bytes(os.urandom(3 * source.HASH_CHUNK + 17))
+    monkeypatch.setattr(source, "RACY_SECONDS", -1.0)  # the change time is now: accept it for this test
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_sha256(path) == expected
+    stored = list((cache.cache_dir() / "sha256").glob("*.json"))
+    assert len(stored) == 1
+    monkeypatch.setattr(source, "hashlib", None)  # hashing again would now fail: it must not happen
+    assert file_sha256(path) == expected
+
+
+def test_a_changed_file_is_hashed_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(source, "RACY_SECONDS", -1.0)
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"a" * 1000)
+    first = file_sha256(path)
+    stat = os.stat(path)
+    path.write_bytes(b"b" * 1000)  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old modification time
+    assert file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest() != first
+
+
+def test_a_file_changed_moments_ago_is_not_remembered(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"fresh")
+    assert file_sha256(path) == hashlib.sha256(b"fresh").hexdigest()
+    assert not list((cache.cache_dir() / "sha256").glob("*.json"))
+
+
+def test_file_hasher_reports_every_file(tmp_path):
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(bytes([i]) * (i + 1) * 1000)
+    hashes = FileHasher(files).result()
+    assert hashes == {
+        f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "size": f.stat().st_size} for f in files
+    }
+
+
+def test_a_cancelled_hasher_stops(tmp_path, monkeypatch):
+    """A run that fails before it needs the hashes leaves no thread reading its source."""
+    monkeypatch.setattr(source, "HASH_CHUNK", 4096)
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(64 << 20))
+    hasher = FileHasher([path])
+    hasher.cancel()
+    hasher._thread.join(timeout=10)
+    assert not hasher._thread.is_alive() and "big.bin" not in hasher.result()

@@ -1,0 +1,73 @@
+"""What `grow` commands import: `inspect`, `expand --dry-run` and a depth expand that only copies bytes never import
+torch or transformers in grow's process (they cost seconds), and still give the same answers as the planner does
+with transformers loaded. Each command runs in a fresh process, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grow_cli.checkpoint.reader import CheckpointReader, load_config
+from grow_cli.growth.plan import build_plan, plan_summary
+from grow_cli.growth.spec import GrowthSpec
+
+# Runs `grow ARGS…` and then records which heavy modules the process imported.
+RUN = """
+import json, sys
+from grow_cli.cli import main
+report, sys.argv = sys.argv[1], ["grow", *sys.argv[2:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+with open(report, "w") as f:
+    json.dump({"code": code, "imported": [m for m in ("torch", "transformers", "accelerate") if m in sys.modules]}, f)
+"""
+
+
+def grow(tmp_path: Path, *args) -> tuple[dict, str, str]:
+    report = tmp_path / f"report-{len(list(tmp_path.glob('report-*')))}.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, str(report), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
+    return json.loads(report.read_text()), proc.stdout, proc.stderr
+
+
+def test_inspect_imports_no_torch(tiny_checkpoints, tmp_path):
+    result, stdout, _ = grow(tmp_path, "inspect", tiny_checkpoints("llama"), "--json")
+    assert result == {"code": 0, "imported": []}
+    assert json.loads(stdout)["num_parameters"] > 0
+
+
+@pytest.mark.parametrize("method", ["stack", "identity"])
+def test_dry_run_and_depth_expand_import_no_torch(tiny_checkpoints, tmp_path, method):
+    src = tiny_checkpoints("llama")
+    args = ("--layers", "6", "--depth-method", method)
+    result, stdout, _ = grow(tmp_path, "expand", src, tmp_path / "never", *args, "--dry-run", "--json")
+    assert result == {"code": 0, "imported": []}
+    with CheckpointReader(src) as reader:  # the same plan, with transformers loaded here
+        here = plan_summary(
+            build_plan(load_config(src), reader.tensor_infos(), GrowthSpec(layers=6, depth_method=method)),
+            with_tensors=True,
+        )
+    assert json.loads(stdout)["plan"] == json.loads(json.dumps(here))
+    result, _, _ = grow(tmp_path, "expand", src, tmp_path / "out", *args, "-q")
+    assert result == {"code": 0, "imported": []}
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 6
+
+
+def test_a_refused_config_is_refused_without_torch_too(tiny_copy, tmp_path):
+    """transformers' validation still runs (in the child): a grown config it would refuse is one clear line."""
+    src = tiny_copy("llama")
+    config = json.loads((src / "config.json").read_text())
+    config["hidden_act"] = 5
+    (src / "config.json").write_text(json.dumps(config))
+    result, _, stderr = grow(tmp_path, "expand", src, tmp_path / "out", "--layers", "6", "--dry-run")
+    assert result == {"code": 2, "imported": []}
+    assert "would not load in transformers: Field 'hidden_act' expected str" in stderr and "Traceback" not in stderr
