@@ -96,7 +96,7 @@ def test_spread_over_seeds_and_the_measured_reason():
     jump = {"duplicated_ffn_units": 0.0, "loss_before_growth": 5.5, "loss_after_growth": 6.5, "epochs": 0.1}
     assert "lost 1.00 nats" in aggregate._reason(dearer, jump)
     shock = {**jump, "loss_after_growth": 5.5, "first_eval_loss": 5.8}
-    assert "fresh optimizer" in aggregate._reason(dearer, shock) and "undid 0.30 nats" in aggregate._reason(
+    assert "optimizer restarts" in aggregate._reason(dearer, shock) and "undid 0.30 nats" in aggregate._reason(
         dearer, shock
     )
 

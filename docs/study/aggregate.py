@@ -123,8 +123,8 @@ def _reason(quality: dict[str, Any], diag: dict[str, Any]) -> str:
         cause = f"the growth step lost {jump:.2f} nats of held-out loss, which the member's stage had to win back"
     elif shock > LOSS_STEP:
         cause = (
-            f"the first steps after growth, with a fresh optimizer warming up to the stage's max LR, undid {shock:.2f} "
-            "nats of what the growth step preserved (the training-state arm of issue 10 targets exactly this)"
+            f"the first steps after growth undid {shock:.2f} nats of what the growth step preserved: the optimizer "
+            "restarts there (a fresh AdamW warming up to the stage's max LR, or a carried state's restart warmup)"
         )
     elif (diag.get("epochs") or 0) > 1 or (diag.get("scratch_epochs") or 0) > 1:
         cause = "the data repeated (more than one epoch), which favours neither side cleanly"

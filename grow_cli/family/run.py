@@ -100,6 +100,11 @@ def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool
     return expand(str(previous), out, spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)])
 
 
+# A member's training settings that a from-scratch run of its architecture does not take: its own token budget, and
+# how a continued (optimizer: grow) run rejoins the previous member's schedule — a fresh run has nothing to rejoin.
+BASELINE_DROPS = ("max_steps", "max_tokens", "exit_interval", "restart_warmup_steps", "schedule_offset")
+
+
 def _baseline_root(recipe: Recipe, final: Path, settings: dict[str, Any], folder: Path) -> Path:
     """Where a member's from-scratch baseline lives: beside the member, or — with `baselines_dir` — in a shared
     folder named after everything that decides the run (architecture, tokenizer, training settings, seed), so
@@ -133,7 +138,7 @@ def _baseline(
         return None
     import transformers
 
-    settings = {k: v for k, v in settings.items() if k not in ("max_steps", "max_tokens", "exit_interval")}
+    settings = {k: v for k, v in settings.items() if k not in BASELINE_DROPS}
     settings["max_tokens"] = tokens
     root = _baseline_root(recipe, final, settings, folder)
     init = root / "baseline-init"
