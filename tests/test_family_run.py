@@ -157,6 +157,16 @@ def test_optimizer_grow_continues_the_previous_members_training_state(cli, tmp_p
     assert published["fresh"] == published["grow"]  # saving the state changed nothing the member publishes
 
 
+def test_a_continued_member_shares_its_from_scratch_run_with_a_fresh_one():
+    """The from-scratch run of a member trained with `optimizer: grow` (restart warmup, schedule offset) is the one
+    its fresh-optimizer twin needs: same settings, its lineage's tokens as the budget."""
+    from grow_cli.family.run import baseline_settings
+
+    fresh = {"seq_len": 32, "max_lr": "auto", "warmup_steps": 10, "max_tokens": 500}
+    continued = {**fresh, "restart_warmup_steps": 10, "schedule_offset": 40, "exit_interval": 3}
+    assert baseline_settings(continued, 1500) == baseline_settings(fresh, 1500) == {**fresh, "max_tokens": 1500}
+
+
 def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     """A BERT family: the first member is built from a config (with its masked-LM head) and trained with Apollo
     toward 4 layers, the second is grown to 4 by interpolation and trained; both train as masked LMs and are

@@ -100,9 +100,12 @@ def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool
     return expand(str(previous), out, spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)])
 
 
-# A member's training settings that a from-scratch run of its architecture does not take: its own token budget, and
-# how a continued (optimizer: grow) run rejoins the previous member's schedule — a fresh run has nothing to rejoin.
-BASELINE_DROPS = ("max_steps", "max_tokens", "exit_interval", "restart_warmup_steps", "schedule_offset")
+def baseline_settings(settings: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """A member's training settings as its from-scratch run takes them: the lineage's `tokens` as the budget, and
+    nothing about how a continued (`optimizer: grow`) run rejoins the previous member's schedule — a fresh run has
+    nothing to rejoin, and must share its baseline with the same member trained with a fresh optimizer."""
+    dropped = ("max_steps", "max_tokens", "exit_interval", "restart_warmup_steps", "schedule_offset")
+    return {**{k: v for k, v in settings.items() if k not in dropped}, "max_tokens": tokens}
 
 
 def _baseline_root(recipe: Recipe, final: Path, settings: dict[str, Any], folder: Path) -> Path:
@@ -138,8 +141,7 @@ def _baseline(
         return None
     import transformers
 
-    settings = {k: v for k, v in settings.items() if k not in BASELINE_DROPS}
-    settings["max_tokens"] = tokens
+    settings = baseline_settings(settings, tokens)
     root = _baseline_root(recipe, final, settings, folder)
     init = root / "baseline-init"
     if not (init / "config.json").is_file():
