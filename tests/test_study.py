@@ -99,6 +99,9 @@ def test_spread_over_seeds_and_the_measured_reason():
     assert "optimizer restarts" in aggregate._reason(dearer, shock) and "undid 0.30 nats" in aggregate._reason(
         dearer, shock
     )
+    tail = {**jump, "loss_after_growth": 5.5, "start_step": 245, "mean_lr_share": 0.2}
+    assert "continued the previous member's schedule from step 245" in aggregate._reason(dearer, tail)
+    assert "no single cause" in aggregate._reason(dearer, {**tail, "start_step": 0})  # a fresh schedule's stage
 
 
 def test_duplicated_ffn_units_counts_units_that_copy_another(tmp_path):

@@ -8,7 +8,9 @@ and measures, once, what the family report does not (cached in the family folder
   untrained grown model, on the same held-out blocks as every evaluation): how much a step lost;
 - the share of FFN units that are still copies of another unit after training (a width step that copies units
   without breaking their symmetry leaves the added width unused);
-- the epochs each member's stage and each from-scratch run made over the training blocks.
+- the epochs each member's stage and each from-scratch run made over the training blocks;
+- each stage's mean learning rate as a share of its max LR, and the schedule step it started at (a member that
+  continues the previous member's schedule resumes part-way down its decay).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from grow_cli.family.quality import PUBLISHED, saving_phrase, saving_text
 DUPLICATE_TOLERANCE = 1e-3  # relative distance under which two FFN units count as copies
 CLEAR_GAP = 0.05  # nats: a larger member "clearly" beats a smaller one when its held-out loss is this much lower
 LOSS_STEP = 0.1  # nats: a growth step (or the restart after it) that costs more than this is a cause worth naming
+LOW_MEAN_LR = 0.35  # a stage whose mean LR is under this share of its max trained mostly in its schedule's tail
+DIAGNOSTICS_FORMAT = 2  # bump when `diagnostics` measures something new: older caches are measured again
 
 
 def _metrics(folder: Path) -> list[dict[str, Any]]:
@@ -35,6 +39,15 @@ def _metrics(folder: Path) -> list[dict[str, Any]]:
 
 def _epochs(folder: Path) -> float | None:
     return max((m["epoch"] for m in _metrics(folder) if "epoch" in m), default=None)
+
+
+def _learning_rate(folder: Path, max_lr: float | None) -> tuple[float | None, int | None]:
+    """(mean LR over the stage's steps ÷ the stage's max LR, the schedule step before its first), from
+    metrics.jsonl."""
+    logged = [(m["step"], m["lr"]) for m in _metrics(folder) if "lr" in m and "step" in m]
+    if not logged or not max_lr:
+        return None, None
+    return statistics.mean(lr for _, lr in logged) / max_lr, min(step for step, _ in logged) - 1
 
 
 def duplicated_ffn_units(folder: Path) -> float | None:
@@ -59,8 +72,9 @@ def duplicated_ffn_units(folder: Path) -> float | None:
 def diagnostics(out: Path, recipe_path: Path) -> dict[str, Any]:
     """What the family report does not measure, per member (cached: computed once per finished family)."""
     cache = out / "study-diagnostics.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
+    cached = json.loads(cache.read_text()) if cache.is_file() else None
+    if isinstance(cached, dict) and cached.get("format") == DIAGNOSTICS_FORMAT:
+        return cached["members"]
     from grow_cli.family.compare import compare
     from grow_cli.family.recipe import load_recipe
     from grow_cli.family.run import compare_settings
@@ -81,12 +95,13 @@ def diagnostics(out: Path, recipe_path: Path) -> dict[str, Any]:
             "scratch_epochs": _epochs(Path(baseline["out"])) if baseline.get("out") else None,
             "duplicated_ffn_units": duplicated_ffn_units(Path(summary["final"])),
         }
+        row["mean_lr_share"], row["start_step"] = _learning_rate(Path(summary["final"]), row["max_lr"])
         if previous is not None and (out / member.name / "grown").is_dir():
             step = compare(Path(previous), out / member.name / "grown", **compare_settings(recipe))
             row["loss_before_growth"], row["loss_after_growth"] = step["loss_a"], step["loss_b"]
         rows.append(row)
         previous = summary["final"]
-    cache.write_text(json.dumps(rows, indent=2) + "\n")
+    cache.write_text(json.dumps({"format": DIAGNOSTICS_FORMAT, "members": rows}, indent=2) + "\n")
     return rows
 
 
@@ -112,7 +127,8 @@ def _reason(quality: dict[str, Any], diag: dict[str, Any]) -> str:
         f"{diag.get('first_eval_loss') or float('nan'):.3f} at the stage's first evaluation, "
         f"{quality['grown_loss']:.3f} after its stage; "
         f"from scratch at equal tokens {quality['scratch_final_loss']:.3f}; {duplicated:.0%} of FFN units still "
-        f"copies; {diag.get('epochs') or 0:.3g} epochs over the data"
+        f"copies; {diag.get('epochs') or 0:.3g} epochs over the data; mean LR {diag.get('mean_lr_share') or 0:.0%} of "
+        f"its max from schedule step {diag.get('start_step') or 0}"
     )
     if duplicated > 0.25:
         cause = (
@@ -125,6 +141,11 @@ def _reason(quality: dict[str, Any], diag: dict[str, Any]) -> str:
         cause = (
             f"the first steps after growth undid {shock:.2f} nats of what the growth step preserved: the optimizer "
             "restarts there (a fresh AdamW warming up to the stage's max LR, or a carried state's restart warmup)"
+        )
+    elif (diag.get("start_step") or 0) > 0 and (diag.get("mean_lr_share") or 1) < LOW_MEAN_LR:
+        cause = (
+            f"the stage continued the previous member's schedule from step {diag['start_step']}, part-way down its "
+            f"decay, and trained at a mean LR of {diag['mean_lr_share']:.0%} of its max"
         )
     elif (diag.get("epochs") or 0) > 1 or (diag.get("scratch_epochs") or 0) > 1:
         cause = "the data repeated (more than one epoch), which favours neither side cleanly"
@@ -316,9 +337,10 @@ def _ordering(runs: list[dict[str, Any]]) -> tuple[list[str], bool]:
 
 def _diagnostics_table(runs: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| arm | seed | member | max LR | loss before growth | right after growth | stage's first evaluation | after "
-        "its stage | from scratch, equal tokens | FFN units still copies | epochs (member / its scratch run) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| arm | seed | member | max LR | mean LR (share of max; from step) | loss before growth | right after "
+        "growth | stage's first evaluation | after its stage | from scratch, equal tokens | FFN units still copies | "
+        "epochs (member / its scratch run) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in (r for r in runs if not r.get("missing")):
         quality = {m["name"]: m for m in r["family"]["equal_quality"]["members"]}
@@ -331,6 +353,7 @@ def _diagnostics_table(runs: list[dict[str, Any]]) -> list[str]:
 
             lines.append(
                 f"| {r['arm']} | {r['seed']} | {d['name']} | {f(d['max_lr'], '.2e')} | "
+                f"{f(d.get('mean_lr_share'), '.0%')} (from {f(d.get('start_step'), 'd')}) | "
                 f"{f(d.get('loss_before_growth'))} | {f(d.get('loss_after_growth'))} | {f(d.get('first_eval_loss'))} | "
                 f"{f(losses.get(d['name']))} | "
                 f"{f(q.get('scratch_final_loss'))} | {f(d.get('duplicated_ffn_units'), '.0%')} | "
