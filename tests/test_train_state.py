@@ -335,6 +335,10 @@ def test_schedule_offset_and_restart_warmup_continue_the_schedule(lab):
     assert lrs[0] < lrs[1] < lrs[2] and lrs[0] == pytest.approx(lrs[1] / 2)  # the ramp: 1/4, 2/4, 3/4 of its end
     saved = json.loads((step_dir(run, suggested + 3) / "grow-state.json").read_text())
     assert saved["continuation"]["start_step"] == suggested and saved["multipliers"]
+    # Its data position is the source's plus its own 3 steps (not step × batch, which a state grown from this run
+    # would then re-read from): what a further growth continues after.
+    batch = saved["global_batch"]
+    assert saved["data_blocks"] == state["data_blocks"] + 3 * batch != saved["step"] * batch
 
 
 def test_a_bare_schedule_offset_starts_a_fresh_optimizer_later_in_the_schedule(lab, tmp_path):

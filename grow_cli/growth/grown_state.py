@@ -223,7 +223,8 @@ def _source_optimizer(source: SourceState) -> dict[str, Any]:
 def state_document(state: StatePlan) -> dict[str, Any]:
     """state.json: what `grow train-stage --resume grown` needs to continue, and what the source run was."""
     src = state.source
-    run = {k: v for k, v in src.state.items() if k not in ("parameters", "multipliers", "optimizer", "step", "tokens")}
+    kept_apart = ("parameters", "multipliers", "optimizer", "step", "tokens", "data_blocks")
+    run = {k: v for k, v in src.state.items() if k not in kept_apart}
     step = src.step
     fresh = [t.name for t in state.tensors if not t.carried]
     partly = [t.name for t in state.tensors if t.fresh_entries]
@@ -233,7 +234,8 @@ def state_document(state: StatePlan) -> dict[str, Any]:
         "optimizer": "adamw",
         "step": step,
         "tokens": src.state.get("tokens"),
-        "data_blocks": step * int(src.state.get("global_batch") or 0),
+        # checkpoints written before grow recorded the data position read from step 0 of the data order
+        "data_blocks": src.state.get("data_blocks", step * int(src.state.get("global_batch") or 0)),
         "source": {"checkpoint": str(src.checkpoint), "run": run, "optimizer": _source_optimizer(src)},
         "loss_at_growth": src.loss_at_growth,
         "restart": state.restart,

@@ -99,6 +99,9 @@ class Run:
             **self.run_keys,
             "step": self.step,
             "tokens": self.tokens,
+            # blocks of the data order read so far: where a continued run reads on (a run that itself continued
+            # another, or started at a schedule offset, reads from an offset of its own)
+            "data_blocks": self.step * self.budget.global_batch + self.batches.offset,
             "model": str(Path(config.model).resolve()),
             "parameters": self.parameter_names,
             "optimizer": {
