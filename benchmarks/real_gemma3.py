@@ -19,10 +19,11 @@ import argparse
 import gc
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from real_smollm2 import grow_verified, output_folder, verify_row  # noqa: E402
 
 RUNS = [
     ("identity 18→24 (LLaMA-Pro, post-norm gains zeroed)", ["--layers", "24", "--depth-method", "identity"]),
@@ -92,15 +93,6 @@ def greedy_texts(folder: Path) -> list[str]:
     return texts
 
 
-def grow(source: Path, out: Path, flags: list[str]) -> tuple[dict, float]:
-    start = time.perf_counter()
-    command = [sys.executable, "-m", "grow_cli", "expand", str(source), str(out), "--force", "--verify", "--json", "-q"]
-    proc = subprocess.run([*command, *flags], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip()}, time.perf_counter() - start
-    return json.loads(proc.stdout), time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench-out"))
@@ -110,28 +102,14 @@ def main() -> None:
     reference = greedy_texts(source)
     rows = []
     for label, flags in RUNS:
-        out = args.work / ("grown-" + "".join(c if c.isalnum() else "-" for c in label)[:40])
-        report, seconds = grow(source, out, flags)
+        out = output_folder(args.work, "grown-", label)
+        report, seconds = grow_verified(source, out, flags)
         if "error" in report:
-            rows.append({"run": label, "error": report["error"]})
+            rows.append({"run": label, **report})
             continue
         texts = greedy_texts(out)
-        check = report["verify"]
-        rows.append(
-            {
-                "run": label,
-                "params_M": round(report["target_shape"]["num_parameters"] / 1e6, 1),
-                "exact_claimed": report["function_preserving"],
-                "passed": check["passed"],
-                "max_abs_logit_diff": check["max_abs_logit_diff"],
-                "logit_scale": check["output_scale"],
-                "mean_kl": check["mean_kl"],
-                "top1_agreement": check["top1_agreement"],
-                "greedy_text_equal": [a == b for a, b in zip(texts, reference, strict=True)],
-                "greedy_texts": texts,
-                "seconds": round(seconds, 1),
-            }
-        )
+        equal = [a == b for a, b in zip(texts, reference, strict=True)]
+        rows.append(verify_row(label, report, seconds, greedy_text_equal=equal, greedy_texts=texts))
         shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({"source_texts": dict(zip(PROMPTS, reference, strict=True)), "runs": rows}, indent=2))
     print("\n| run | params | exact? | max abs dlogit (scale) | mean KL | top-1 | greedy text | s |", file=sys.stderr)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 RUNS = [
     ("identity 30→36 (LLaMA-Pro)", ["--layers", "36", "--depth-method", "identity"]),
@@ -72,6 +73,39 @@ def convert(dest: Path) -> Path:
     return dest
 
 
+def grow_verified(source: Path, out: Path, flags: list[str]) -> tuple[dict[str, Any], float]:
+    """`grow expand SOURCE OUT --verify FLAGS` in a child process: its JSON report (or `{"error": stderr}`) and the
+    seconds it took. Shared by every real-weights benchmark."""
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "grow_cli", "expand", str(source), str(out), "--force", "--verify", "--json", "-q"]
+    proc = subprocess.run([*command, *flags], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip()}, time.perf_counter() - start
+    return json.loads(proc.stdout), time.perf_counter() - start
+
+
+def output_folder(work: Path, prefix: str, label: str) -> Path:
+    """A folder under `work` named after a run's label."""
+    return work / (prefix + "".join(c if c.isalnum() else "-" for c in label)[:40])
+
+
+def verify_row(label: str, report: dict[str, Any], seconds: float, **extra: Any) -> dict[str, Any]:
+    """A benchmark row: the grown size, whether the method claims exactness, what `--verify` measured, `extra`."""
+    check = report["verify"]
+    return {
+        "run": label,
+        "params_M": round(report["target_shape"]["num_parameters"] / 1e6, 1),
+        "exact_claimed": report["function_preserving"],
+        "passed": check["passed"],
+        "max_abs_logit_diff": check["max_abs_logit_diff"],
+        "logit_scale": check["output_scale"],
+        "mean_kl": check["mean_kl"],
+        "top1_agreement": check["top1_agreement"],
+        **extra,
+        "seconds": round(seconds, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench-out"))
@@ -80,44 +114,9 @@ def main() -> None:
     source = convert(args.work / "smollm2-135m")
     rows = []
     for label, flags in RUNS:
-        out = args.work / ("grown-" + "".join(c if c.isalnum() else "-" for c in label)[:40])
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "grow_cli",
-                "expand",
-                str(source),
-                str(out),
-                "--force",
-                "--verify",
-                "--json",
-                "-q",
-                *flags,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            rows.append({"run": label, "error": proc.stderr.strip()})
-            continue
-        report = json.loads(proc.stdout)
-        check = report["verify"]
-        rows.append(
-            {
-                "run": label,
-                "params_M": round(report["target_shape"]["num_parameters"] / 1e6, 1),
-                "exact_claimed": report["function_preserving"],
-                "passed": check["passed"],
-                "max_abs_logit_diff": check["max_abs_logit_diff"],
-                "logit_scale": check["output_scale"],
-                "mean_kl": check["mean_kl"],
-                "top1_agreement": check["top1_agreement"],
-                "seconds": round(seconds, 1),
-            }
-        )
+        out = output_folder(args.work, "grown-", label)
+        report, seconds = grow_verified(source, out, flags)
+        rows.append({"run": label, **report} if "error" in report else verify_row(label, report, seconds))
         shutil.rmtree(out, ignore_errors=True)
     print(json.dumps(rows, indent=2))
     print("\n| run | params | exact? | max abs dlogit | mean KL | top-1 | s |", file=sys.stderr)

@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from real_smollm2 import convert  # noqa: E402
+from real_smollm2 import convert, grow_verified, output_folder, verify_row  # noqa: E402
 
 RUNS = [
     ("upcycle 8 experts, top-2 (router N(0, 0.02²))", ["--experts", "8", "--top-k", "2"]),
@@ -54,33 +52,14 @@ def main() -> None:
     reference = greedy(source)
     rows = [{"run": "dense source (baseline)", "text_same": True, "max_abs_logit_diff": 0.0, "mean_kl": 0.0}]
     for label, flags in RUNS:
-        out = args.work / ("upcycled-" + "".join(c if c.isalnum() else "-" for c in label)[:40])
-        start = time.perf_counter()
-        command = [sys.executable, "-m", "grow_cli", "expand", str(source), str(out), "--force", "--verify"]
-        proc = subprocess.run([*command, "--json", "-q", *flags], capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            rows.append({"run": label, "error": proc.stderr.strip()})
+        out = output_folder(args.work, "upcycled-", label)
+        report, seconds = grow_verified(source, out, flags)
+        if "error" in report:
+            rows.append({"run": label, **report})
             continue
-        report = json.loads(proc.stdout)
-        check, target = report["verify"], report["target_shape"]
         text = greedy(out)
-        rows.append(
-            {
-                "run": label,
-                "params_M": round(target["num_parameters"] / 1e6, 1),
-                "active_M": round(target["active_parameters"] / 1e6, 1),
-                "exact_claimed": report["function_preserving"],
-                "passed": check["passed"],
-                "max_abs_logit_diff": check["max_abs_logit_diff"],
-                "logit_scale": check["output_scale"],
-                "mean_kl": check["mean_kl"],
-                "top1_agreement": check["top1_agreement"],
-                "text_same": text == reference,
-                "text": text,
-                "seconds": round(seconds, 1),
-            }
-        )
+        active = round(report["target_shape"]["active_parameters"] / 1e6, 1)
+        rows.append(verify_row(label, report, seconds, active_M=active, text_same=text == reference, text=text))
         shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({"reference_text": reference, "rows": rows}, indent=2))
     print(
