@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from tinylm import FRESH_CONFIG as FRESH
 from tinylm import save_tiny_lm, write_plays
 
 from grow_cli.errors import UsageError
 from grow_cli.family.check import check_recipe
 from grow_cli.family.recipe import MAX_ALIAS_NODES, load_recipe
 
-FRESH = {
-    "model_type": "llama",
-    "vocab_size": 512,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
 TRAIN = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4}
 
 

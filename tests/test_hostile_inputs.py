@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinylm import FRESH_CONFIG as FRESH
 from tinylm import save_tiny_lm, write_plays
 
 CATCH_ALL = re.compile(r"^error: [A-Za-z_.]*(Error|Exception|Interrupt|Exit)\w*: |run `grow --debug")
@@ -98,16 +99,6 @@ members:
       x5: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
       x6: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
 """
-FRESH = {
-    "model_type": "llama",
-    "vocab_size": 512,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 64,
-}
 
 
 def _case(ctx: Ctx, name: str) -> tuple[list, str]:

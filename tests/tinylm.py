@@ -27,19 +27,20 @@ VOCAB = 512
 SEQ_LEN = 32
 
 
+SHAPE = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+FRESH_CONFIG = {"model_type": "llama", **SHAPE}  # a family member's `config:` block: the same model, built fresh
+
+
 def tiny_config(**overrides) -> tf.LlamaConfig:
-    settings = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return tf.LlamaConfig(**{**settings, **overrides})
+    return tf.LlamaConfig(**{**SHAPE, "bos_token_id": 1, "eos_token_id": 2, **overrides})
 
 
 @functools.cache
