@@ -37,14 +37,14 @@ def _metrics(folder: Path) -> list[dict[str, Any]]:
     return member_metrics(folder)
 
 
-def _epochs(folder: Path) -> float | None:
-    return max((m["epoch"] for m in _metrics(folder) if "epoch" in m), default=None)
+def _epochs(metrics: list[dict[str, Any]]) -> float | None:
+    return max((m["epoch"] for m in metrics if "epoch" in m), default=None)
 
 
-def _learning_rate(folder: Path, max_lr: float | None) -> tuple[float | None, int | None]:
+def _learning_rate(metrics: list[dict[str, Any]], max_lr: float | None) -> tuple[float | None, int | None]:
     """(mean LR over the stage's steps ÷ the stage's max LR, the schedule step before its first), from
     metrics.jsonl."""
-    logged = [(m["step"], m["lr"]) for m in _metrics(folder) if "lr" in m and "step" in m]
+    logged = [(m["step"], m["lr"]) for m in metrics if "lr" in m and "step" in m]
     if not logged or not max_lr:
         return None, None
     return statistics.mean(lr for _, lr in logged) / max_lr, min(step for step, _ in logged) - 1
@@ -84,18 +84,17 @@ def diagnostics(out: Path, recipe_path: Path) -> dict[str, Any]:
     for member in recipe.members:
         summary = json.loads((out / member.name / "member.json").read_text())
         baseline = summary.get("baseline") or {}
+        metrics = _metrics(Path(summary["final"]))  # the member's own stage
         row = {
             "name": member.name,
             "grow": member.grow,
             "max_lr": (summary.get("train") or {}).get("max_lr"),
-            "epochs": _epochs(Path(summary["final"])),
-            "first_eval_loss": next(
-                (m["eval_loss"] for m in _metrics(Path(summary["final"])) if "eval_loss" in m), None
-            ),
-            "scratch_epochs": _epochs(Path(baseline["out"])) if baseline.get("out") else None,
+            "epochs": _epochs(metrics),
+            "first_eval_loss": next((m["eval_loss"] for m in metrics if "eval_loss" in m), None),
+            "scratch_epochs": _epochs(_metrics(Path(baseline["out"]))) if baseline.get("out") else None,
             "duplicated_ffn_units": duplicated_ffn_units(Path(summary["final"])),
         }
-        row["mean_lr_share"], row["start_step"] = _learning_rate(Path(summary["final"]), row["max_lr"])
+        row["mean_lr_share"], row["start_step"] = _learning_rate(metrics, row["max_lr"])
         if previous is not None and (out / member.name / "grown").is_dir():
             step = compare(Path(previous), out / member.name / "grown", **compare_settings(recipe))
             row["loss_before_growth"], row["loss_after_growth"] = step["loss_a"], step["loss_b"]

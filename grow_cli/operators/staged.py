@@ -72,8 +72,7 @@ class StagedWidth(WidthOperator):
 
     def apply(self, tensor: BoundTensor, inputs: list[Any]):
         w = tensor.weight
-        self._calls += 1  # alternate two buffer sets, as WidthOperator.apply does
-        out = self.state_layout(tensor, inputs[0].float(), ("this", self._calls % 2))
+        out = self.state_layout(tensor, inputs[0].float(), ("this", self._next_buffer_set()))
         divisor = self._in_divisor(w)
         if divisor != 1:
             out = out / divisor

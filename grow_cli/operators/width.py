@@ -283,8 +283,7 @@ class WidthOperator:
         between two buffer sets, so the executor can write one tensor while it computes the next.
         """
         w = tensor.weight
-        self._calls += 1
-        side = self._calls % 2
+        side = self._next_buffer_set()
         if self.method == "zero":
             out = self._zero(w, inputs[0].float(), tensor.name)
         else:
@@ -301,6 +300,11 @@ class WidthOperator:
         if w.head_norm and self.tied:
             out = self._fold_head(w, out)
         return out
+
+    def _next_buffer_set(self) -> int:
+        """Which of the two buffer sets this `apply` call computes into: they alternate (see `apply`)."""
+        self._calls += 1
+        return self._calls % 2
 
     def _fold_head(self, w: WeightDef, out):
         """A tied head reads the (scaled) embedding: fold 1/C (its sum over copies, E4) and 1/scale into the norm.
