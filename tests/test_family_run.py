@@ -147,6 +147,7 @@ def test_optimizer_grow_continues_the_previous_members_training_state(cli, tmp_p
         wide = json.loads((run / "wide" / "member.json").read_text())
         assert wide["optimizer"] == optimizer and wide["train"]["steps"] == 3
         stage = json.loads((run / "wide" / "trained" / "grow.json").read_text())["stages"][-1]
+        assert stage["data_blocks"] == (4 + 3) * 4  # fresh or continued, it reads on after small's 16 blocks
         if optimizer == "grow":
             assert (run / "small" / "trained" / "checkpoints" / "step_00000004" / "optimizer.bin").is_file()
             assert (run / "wide" / "grown" / "training-state" / "state.json").is_file()

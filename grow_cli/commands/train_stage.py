@@ -106,6 +106,14 @@ def train_stage(
     restart_warmup_steps: Annotated[
         int, Opt(help="Ramp the LR from 0 to the schedule over this many steps after the start step.")
     ] = 0,
+    data_offset: Annotated[
+        str | None,
+        Opt(
+            help="Skip this many blocks of the data order; 'lineage' reads on after the blocks the model's lineage "
+            "read from the same data (a grown model trained with a fresh optimizer sees new data, as a from-scratch "
+            "run would)."
+        ),
+    ] = None,
     save_final_state: Annotated[
         bool, Opt(help="Also save the final training state (a checkpoint), so grow expand can grow the run on.")
     ] = False,

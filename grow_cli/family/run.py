@@ -104,7 +104,7 @@ def baseline_settings(settings: dict[str, Any], tokens: int) -> dict[str, Any]:
     """A member's training settings as its from-scratch run takes them: the lineage's `tokens` as the budget, and
     nothing about how a continued (`optimizer: grow`) run rejoins the previous member's schedule — a fresh run has
     nothing to rejoin, and must share its baseline with the same member trained with a fresh optimizer."""
-    dropped = ("max_steps", "max_tokens", "exit_interval", "restart_warmup_steps", "schedule_offset")
+    dropped = ("max_steps", "max_tokens", "exit_interval", "restart_warmup_steps", "schedule_offset", "data_offset")
     return {**{k: v for k, v in settings.items() if k not in dropped}, "max_tokens": tokens}
 
 
@@ -153,10 +153,14 @@ def _train(
     recipe: Recipe, member: Member, model: Path, out: Path, quiet: bool, *, grown: bool, save_state: bool
 ) -> dict[str, Any] | None:
     """The member's training stage; `grown`: continue the grown training state in `model`; `save_state`: leave the
-    final training state for the next member (`optimizer: grow`), which changes nothing the member publishes."""
+    final training state for the next member (`optimizer: grow`), which changes nothing the member publishes.
+    A grown member with a fresh optimizer reads on after the blocks its lineage read (`data_offset: lineage`, unless
+    the recipe says otherwise), as its from-scratch baseline reads as many distinct blocks as the whole lineage."""
     settings = recipe.train_settings(member)
     if settings is None:
         return None
+    if member.spec is not None and not grown:
+        settings = {"data_offset": "lineage", **settings}
     if save_state:
         settings = {**settings, "save_final_state": True}
     return _train_with(settings, recipe, model, out, quiet, grown=grown)

@@ -29,6 +29,7 @@ from grow_cli.train.apollo_plan import check_apollo_run, describe_apollo
 from grow_cli.train.checkpoints import load_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
+from grow_cli.train.data_offset import resolve_data_offset
 from grow_cli.train.freeze import freeze_all_but
 from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
@@ -91,6 +92,12 @@ class Run:
     tokens: int = 0
     router: RouterStats | None = None  # mixture of experts: auxiliary loss and expert load (train/router.py)
 
+    @property
+    def data_blocks(self) -> int:
+        """Blocks of the data order read so far: where a continued run, or a fresh one with `--data-offset
+        lineage`, reads on (a run that itself continued another or skipped blocks starts at an offset of its own)."""
+        return self.step * self.budget.global_batch + self.batches.offset
+
     def state(self) -> dict[str, Any]:
         """grow's part of a checkpoint: the run keys, the position, and what `grow expand` needs to grow the
         training state (the model folder, the optimizer's parameter order and settings, the multipliers)."""
@@ -99,9 +106,7 @@ class Run:
             **self.run_keys,
             "step": self.step,
             "tokens": self.tokens,
-            # blocks of the data order read so far: where a continued run reads on (a run that itself continued
-            # another, or started at a schedule offset, reads from an offset of its own)
-            "data_blocks": self.step * self.budget.global_batch + self.batches.offset,
+            "data_blocks": self.data_blocks,
             "model": str(Path(config.model).resolve()),
             "parameters": self.parameter_names,
             "optimizer": {
@@ -176,7 +181,10 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    offset = continuation.data_offset(budget.global_batch) if continuation else 0
+    skipped, offset_note = resolve_data_offset(config, data.fingerprint, len(data.train_ids))
+    if offset_note:
+        say(accelerator, config.quiet, f"note: {offset_note}")
+    offset = (continuation.data_offset(budget.global_batch) if continuation else 0) + skipped
     batches, held_out = make_batches(config, data, budget, accelerator, offset)
     run = Run(
         config=config,
@@ -197,7 +205,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         saved_dtype=saved_dtype,
         flops_per_token=flops_token,
         peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
-        run_keys=run_keys(config, data, budget, accelerator, objective, apollo, continuation),
+        run_keys=run_keys(config, data, budget, accelerator, objective, apollo, continuation, skipped),
         objective=objective,
         apollo=apollo,
         loaded=loaded,
@@ -443,6 +451,7 @@ def run_keys(
     objective: Objective,
     apollo: Apollo | None,
     continuation: Continuation | None = None,
+    data_offset: int = 0,
 ) -> dict[str, Any]:
     """What a checkpoint records and a resume must match for the run to continue exactly where it stopped."""
     keys = {
@@ -458,6 +467,8 @@ def run_keys(
     }
     if continuation is not None:
         keys["start_step"] = continuation.start_step
+    if data_offset:  # absent, as in checkpoints made before --data-offset, when the run skips nothing
+        keys["data_offset"] = data_offset
     return keys
 
 

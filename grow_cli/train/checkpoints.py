@@ -32,6 +32,7 @@ RESUME_KEYS = (
     "train_only",
     "num_processes",
     "start_step",
+    "data_offset",
     "objective",
     "apollo",
 )

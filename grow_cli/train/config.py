@@ -61,6 +61,7 @@ class TrainConfig:
     train_only: str = "all"
     schedule_offset: int | str | None = None  # start at this step of the schedule (R); "auto": the grown state's rule
     restart_warmup_steps: int = 0  # ramp the LR up again over this many steps from the start step
+    data_offset: int | str | None = None  # skip this many blocks of the data order; "lineage": those the lineage read
     save_final_state: bool = False  # leave the final training state, to grow the model from where it finished
     # objective (train/objective.py): auto follows the architecture
     objective: str = "auto"
@@ -160,6 +161,21 @@ class TrainConfig:
             raise UsageError(f"--schedule-offset must be at least 0, got {offset}")
         if self.restart_warmup_steps < 0:
             raise UsageError(f"--restart-warmup-steps must be at least 0, got {self.restart_warmup_steps}")
+        self._check_data_offset()
+
+    def _check_data_offset(self) -> None:
+        offset = self.data_offset
+        if isinstance(offset, str) and offset != "lineage":
+            try:
+                offset = self.data_offset = int(offset)
+            except ValueError:
+                raise UsageError(f"--data-offset must be a number of blocks or 'lineage', got {offset!r}") from None
+        if isinstance(offset, int) and offset < 0:
+            raise UsageError(f"--data-offset must be at least 0, got {offset}")
+        if offset and self.resume == "grown":
+            raise UsageError(
+                "--data-offset: --resume grown reads on after the blocks its source read already; drop --data-offset"
+            )
 
     def _check_masking(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:

@@ -121,6 +121,7 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
             "documents": data.num_documents,
             "available_tokens": data.num_tokens,
         },
+        "data_blocks": run.data_blocks,  # how far into the data order it read (where --data-offset lineage goes on)
         "objective": {
             **run.objective.describe(),
             "created_tensors": run.loaded.created,

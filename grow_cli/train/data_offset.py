@@ -1,0 +1,60 @@
+"""Where in the data order a fresh run starts: `--data-offset BLOCKS|lineage`.
+
+A model grown from a trained one and trained with a fresh optimizer reads the data order from its first block —
+the blocks its ancestors trained on already — while the same model trained from scratch on as many tokens as its
+whole lineage reads that many distinct blocks. `lineage` reads on after the blocks the model's lineage read from
+the same data order (same data fingerprint, seq_len and seed, hence the same permutation), so the members of a
+family together read each block once per epoch, exactly like the from-scratch run they are compared with. A grown
+training state (`--resume grown`) carries its own position (train/continuation.py) and needs no offset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from grow_cli.lineage.record import load_record
+from grow_cli.train.continuation import Continuation
+
+
+def blocks_read(stage: dict[str, Any]) -> int:
+    """How far into its data order a training stage of grow.json read: recorded as `data_blocks`; derived from the
+    end step, batch and continuation for records written before grow recorded it."""
+    if "data_blocks" in stage:
+        return int(stage["data_blocks"])
+    global_batch = stage["batch"]["global_batch_tokens"] // stage["seq_len"]
+    continued = stage.get("continued")
+    offset = (
+        Continuation(continued["start_step"], continued["data_blocks"]).data_offset(global_batch) if continued else 0
+    )
+    return int(stage["end_step"]) * global_batch + offset
+
+
+def lineage_blocks(model_dir: Path, fingerprint: str, seq_len: int, seed: int) -> int | None:
+    """The blocks the newest training stage in `model_dir`'s lineage read from this data order, or None when none
+    of its stages read it (no grow.json, other data, another block length or seed: another order)."""
+    record = load_record(model_dir)
+    for stage in reversed((record or {}).get("stages", [])):
+        same_order = (stage.get("data") or {}).get("fingerprint") == fingerprint and (
+            stage.get("seq_len"),
+            stage.get("seed"),
+        ) == (seq_len, seed)
+        if stage.get("kind") == "train" and same_order:
+            return blocks_read(stage)
+    return None
+
+
+def resolve_data_offset(config, fingerprint: str, train_blocks: int) -> tuple[int, str | None]:
+    """`config.data_offset` in blocks, and a note for the user when `lineage` decided it."""
+    if config.data_offset != "lineage":
+        return int(config.data_offset or 0), None
+    blocks = lineage_blocks(config.model, fingerprint, config.seq_len, config.seed)
+    if blocks is None:
+        return 0, (
+            f"--data-offset lineage: no training stage in {config.model}'s lineage read this data with seq_len "
+            f"{config.seq_len} and seed {config.seed}; reading the data order from its first block"
+        )
+    return blocks, (
+        f"--data-offset lineage: reading on after the {blocks:,} blocks the lineage read ({blocks / train_blocks:.2f} "
+        "epochs)"
+    )
