@@ -71,3 +71,9 @@ def test_a_refused_config_is_refused_without_torch_too(tiny_copy, tmp_path):
     result, _, stderr = grow(tmp_path, "expand", src, tmp_path / "out", "--layers", "6", "--dry-run")
     assert result == {"code": 2, "imported": []}
     assert "would not load in transformers: Field 'hidden_act' expected str" in stderr and "Traceback" not in stderr
+    # A real run checks the config while it writes the tensors: the same line, and nothing written or left behind.
+    before = set(tmp_path.iterdir())
+    result, _, stderr = grow(tmp_path, "expand", src, tmp_path / "out", "--layers", "6")
+    assert result == {"code": 2, "imported": []}
+    assert "would not load in transformers: Field 'hidden_act' expected str" in stderr and "Traceback" not in stderr
+    assert {p.name for p in set(tmp_path.iterdir()) - before} == {"report-1.json"}

@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +39,8 @@ for line in sys.stdin:
     print(json.dumps(answer(json.loads(line))), flush=True)
 """
 _child: subprocess.Popen | None = None
+_one_at_a_time = threading.Lock()
+_exiting = False
 _child_failed = False
 
 
@@ -54,7 +57,13 @@ def problem(model_type: str, params: dict[str, Any]) -> str | None:
 
 
 def ask(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
-    """`answer` for this question, by the cheapest route (see the module docstring)."""
+    """`answer` for this question, by the cheapest route (see the module docstring); one question at a time (the
+    planner asks from a background thread while tensors are written)."""
+    with _one_at_a_time:
+        return _ask(model_type, params)
+
+
+def _ask(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
     request = {"model_type": model_type, "params": params}
     if "transformers" in sys.modules and sys.modules.get("torch") is not None:
         return answer(request)
@@ -63,6 +72,8 @@ def ask(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
     if reply is None:
         reply = _ask_child(request)
         if reply is None:
+            if _exiting:  # the child was ended at exit under a question asked in the background: let it go
+                raise RuntimeError("grow is exiting")
             reply = answer(request)
         cache.put("transformers-configs", key, reply)
     return reply
@@ -138,8 +149,14 @@ def _start_child() -> subprocess.Popen:
         text=True,
         env=env,
     )
-    atexit.register(close)
+    atexit.register(_close_at_exit)
     return child
+
+
+def _close_at_exit() -> None:
+    global _exiting
+    _exiting = True
+    close()
 
 
 def close() -> None:

@@ -99,6 +99,8 @@ def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=No
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grow-write") as background:
         in_flight: Future | None = None
         for i, t in enumerate(plan.tensors):
+            if (problem := plan.config_problem()) is not None:
+                raise problem  # the grown config would not load: stop writing now (the temporary output goes)
             stored = stored_bytes(plan, reader, i)
             data = stored if stored is not None else materialize(plan, reader, i, pool)
             if in_flight is not None:

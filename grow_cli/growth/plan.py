@@ -1,7 +1,8 @@
 """The growth planner: (source config, architecture, tensors, `GrowthSpec`) → a `Plan`, touching no tensor data.
 
 A plan lists every output tensor with the source tensors it reads and the transform applied (width map, copy,
-zeroed identity output, expert initialisation), the target config, the shard layout and the estimated peak memory.
+zeroed identity output, expert initialisation), the target config (checked in the background: `Plan.target_config`),
+the shard layout and the estimated peak memory.
 `--dry-run` prints it; `grow_cli.growth.expand` streams it. Width is applied first and depth second, as in bert2BERT:
 a target layer j is the widened source layer `layer_map[j]`; upcycling (`--experts`) comes last and turns each target
 layer's MLP into a mixture of experts (grow_cli/operators/upcycle.py).
@@ -9,6 +10,9 @@ layer's MLP into a mixture of experts (grow_cli/operators/upcycle.py).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,7 +100,7 @@ class Plan:
     source_shape: ModelShape
     target_shape: ModelShape
     source_config: dict[str, Any]
-    target_config: dict[str, Any]
+    config_job: Future[dict[str, Any]]  # the grown config.json, validated by transformers (see `target_config`)
     depth: DepthMap | None
     width: WidthPlan | None
     tensors: list[OutputTensor]
@@ -105,6 +109,17 @@ class Plan:
     seed: int
     notes: list[str] = field(default_factory=list)
     upcycle: Upcycler | None = None
+
+    @property
+    def target_config(self) -> dict[str, Any]:
+        """The grown config.json, once transformers' config class has filled its per-layer lists and validated it
+        (raising why it would not load). That takes a child process importing transformers on a first run, about
+        as long as writing 2 GB, so it runs in the background while the tensors are written (`config_problem`)."""
+        return self.config_job.result()
+
+    def config_problem(self) -> BaseException | None:
+        """Why the grown config failed, as soon as that is known (None while it is being checked, or when fine)."""
+        return self.config_job.exception() if self.config_job.done() else None
 
     @property
     def total_bytes(self) -> int:
@@ -139,6 +154,25 @@ class Plan:
         """Total and active parameters of the output (they differ for a mixture of experts)."""
         s = self.target_shape
         return parameter_counts(self.tensors, s.num_experts, s.experts_per_token)
+
+
+def _validated(config: dict[str, Any]) -> dict[str, Any]:
+    validate_config(config)
+    return config
+
+
+def _in_background(work: Callable[[], dict[str, Any]]) -> Future[dict[str, Any]]:
+    """`work()` run in a daemon thread; its result, or what it raised, in the future."""
+    future: Future[dict[str, Any]] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # delivered to whoever reads the result, as it would have been raised
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="grow-config", daemon=True).start()
+    return future
 
 
 def source_shape_of(
@@ -182,13 +216,16 @@ def build_plan(
             f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
         )
     layer_map = depth.layer_map if depth else tuple(range(shape.layers))
-    target_config = grown_config(
-        arch,
-        config,
-        layer_map=depth.layer_map if depth else None,
-        width_updates=width.config_updates() if width else {},
-        dtype=out_dtype,
-    )
+
+    def target_config() -> dict[str, Any]:
+        return grown_config(
+            arch,
+            config,
+            layer_map=depth.layer_map if depth else None,
+            width_updates=width.config_updates() if width else {},
+            dtype=out_dtype,
+        )
+
     upcycle = None
     if spec.grows_experts:
         if depth is not None and depth.identity_init:
@@ -198,10 +235,12 @@ def build_plan(
             )
         op = registry.operator("moe", "drop-upcycle" if spec.drop_upcycling else "upcycle")
         registry.refuse_if_inapplicable(op, arch)
-        upcycle = op.implementation(spec, arch, binding, target_config)
-        target_config = upcycle.config
+        upcycle = op.implementation(spec, arch, binding, target_config())
         target_shape = upcycle.shape
-    validate_config(target_config)
+        moe_config = upcycle.config
+        config_job = _in_background(lambda: _validated(moe_config))
+    else:
+        config_job = _in_background(lambda: _validated(target_config()))
 
     def out_dtype_of(t: BoundTensor) -> str:
         return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype
@@ -226,7 +265,7 @@ def build_plan(
     out += [output(t, t.name, new=False, zero=False, layer=None) for t in binding.final]
 
     shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], spec.max_shard_bytes)
-    plan = Plan(arch, binding, shape, target_shape, config, target_config, depth, width, out, shards, out_dtype, seed)
+    plan = Plan(arch, binding, shape, target_shape, config, config_job, depth, width, out, shards, out_dtype, seed)
     plan.upcycle = upcycle
     if binding.dropped:
         plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]
