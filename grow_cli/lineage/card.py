@@ -16,8 +16,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.operators.registry import by_name
 
@@ -325,6 +323,8 @@ def render_card(record: dict[str, Any], *, title: str) -> str:
         "```",
         "",
     ]
+    import yaml  # only when a card is written (start-up time of every command)
+
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
 
 
