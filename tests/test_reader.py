@@ -57,3 +57,19 @@ def test_config_dtype_names_are_torchs_without_importing_torch():
     from grow_cli.checkpoint.dtypes import TORCH_DTYPE_NAMES
 
     assert TORCH_DTYPE_NAMES == {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_expand_publishes_nothing_the_safetensors_library_refuses(tiny_checkpoints, tmp_path, monkeypatch, dry_run):
+    """expand lets the library's own header parse run beside the writes; its refusal still stops the run before
+    anything is published (here the library is made to refuse a file grow's parser accepts)."""
+    from grow_cli.checkpoint import reader as reader_module
+
+    def refuse(path):
+        raise CheckpointError(f"{path.name} is not a valid safetensors file (safetensors: refused in this test)")
+
+    monkeypatch.setattr(reader_module, "library_check", refuse)
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError, match="refused in this test"):
+        expand(str(tiny_checkpoints("llama")), out, GrowthSpec(layers=6), quiet=True, dry_run=dry_run)
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary folder

@@ -165,7 +165,7 @@ def _check_tiling(path: Path, entries: dict[str, TensorEntry], base: int, size: 
         )
 
 
-def _library_check(path: Path) -> None:
+def library_check(path: Path) -> None:
     """Let the safetensors library parse the header too: whatever it refuses, grow refuses."""
     from safetensors import SafetensorError, safe_open
 
@@ -176,8 +176,9 @@ def _library_check(path: Path) -> None:
         raise CheckpointError(f"{path.name} is not a valid safetensors file (safetensors: {exc})") from None
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
-    """Parse and strictly validate one safetensors file's header: its tensor entries and `__metadata__`."""
+def read_safetensors_header(path: Path, *, with_library: bool = True) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Parse and strictly validate one safetensors file's header: its tensor entries and `__metadata__`.
+    `with_library=False` leaves the safetensors library's parse to the caller (`library_check`)."""
     path = Path(path)
     raw, header_len, size = _read_raw_header(path)
     header = _parse_json(raw, path.name)
@@ -185,5 +186,6 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorEntry], dict[st
     base = 8 + header_len
     entries = {tensor: _entry(path, tensor, info, base) for tensor, info in header.items()}
     _check_tiling(path, entries, base, size)
-    _library_check(path)
+    if with_library:
+        library_check(path)
     return entries, metadata

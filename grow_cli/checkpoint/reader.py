@@ -14,14 +14,22 @@ from __future__ import annotations
 import json
 import os
 import re
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from grow_cli.background import in_background
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import TORCH_DTYPE_NAMES, dtype_name, torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import BIN_INDEX, BIN_SINGLE, REFUSED_WEIGHTS, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
-from grow_cli.checkpoint.header import DuplicateKey, TensorEntry, no_duplicate_keys, read_safetensors_header
+from grow_cli.checkpoint.header import (
+    DuplicateKey,
+    TensorEntry,
+    library_check,
+    no_duplicate_keys,
+    read_safetensors_header,
+)
 from grow_cli.errors import CheckpointError
 
 __all__ = ["CheckpointReader", "TensorEntry", "load_config", "load_weight_map", "read_safetensors_header"]
@@ -70,8 +78,13 @@ class CheckpointReader:
     file open.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, library_check_later: bool = False):
+        """`library_check_later`: the safetensors library parses the headers in the background (it imports numpy,
+        a tenth of a second); `library_checked()` waits for it and must pass before anything made from them is
+        published."""
         self.folder = Path(folder)
+        self._library_later = library_check_later
+        self._library_job: Future[None] | None = None
         if not self.folder.is_dir():
             raise CheckpointError(f"{self.folder} is not a folder")
         self.tensors: dict[str, TensorEntry] = {}
@@ -89,7 +102,7 @@ class CheckpointReader:
             self.format = "safetensors"
             weight_map = load_weight_map(f, SAFETENSORS_INDEX)
             shards = {name: _inside(f, shard, SAFETENSORS_INDEX) for name, shard in weight_map.items()}
-            headers = {p: read_safetensors_header(p)[0] for p in sorted(set(shards.values()))}
+            headers = {p: self._header(p)[0] for p in sorted(set(shards.values()))}
             for name, shard in shards.items():
                 if name not in headers[shard]:
                     raise CheckpointError(f"{SAFETENSORS_INDEX} puts {name} in {shard.name}, which does not hold it")
@@ -97,7 +110,7 @@ class CheckpointReader:
             self.files = sorted(headers)
         elif (f / SAFETENSORS_SINGLE).is_file():
             self.format = "safetensors"
-            self.tensors, self.metadata = read_safetensors_header(f / SAFETENSORS_SINGLE)
+            self.tensors, self.metadata = self._header(f / SAFETENSORS_SINGLE)
             self.files = [f / SAFETENSORS_SINGLE]
         elif (f / BIN_INDEX).is_file() or (f / BIN_SINGLE).is_file():
             self.format = "bin"
@@ -121,6 +134,21 @@ class CheckpointReader:
             )
         if not self.tensors:
             raise CheckpointError(f"the checkpoint in {f} holds no tensors")
+        if self._library_later and self.format == "safetensors":
+            self._library_job = in_background(self._check_with_library, "grow-headers")
+
+    def _check_with_library(self) -> None:
+        for path in self.files:
+            library_check(path)
+
+    def _header(self, path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+        return read_safetensors_header(path, with_library=not self._library_later)
+
+    def library_checked(self) -> None:
+        """Wait for the safetensors library's parse of the headers, when it runs in the background; raise what it
+        refused (a no-op otherwise: it ran when the reader opened)."""
+        if self._library_job is not None:
+            self._library_job.result()
 
     def _load_bin(self, path: Path) -> dict[str, Any]:
         if self._bin_path != path:

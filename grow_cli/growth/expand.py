@@ -185,9 +185,10 @@ def expand(
     src = resolve_source(source, revision=revision, token=token)
     with training_source(src, weights_only=spec.weights_only) as (src, source_state):
         config = load_config(src.folder)
-        with CheckpointReader(src.folder) as reader:
+        with CheckpointReader(src.folder, library_check_later=True) as reader:
             if dry_run:
                 plan, state = _plan(config, reader, spec, source_state)
+                reader.library_checked()
                 return {
                     "dry_run": True,
                     "source": src.describe(),
@@ -256,6 +257,7 @@ def _execute(
             grown_state = None
             if state is not None:
                 grown_state = write_state(plan, state, tmp / STATE_DIR, lambda n: advance(n, "growing the AdamW state"))
+        reader.library_checked()  # the source passed safetensors' own parse too, before anything is published
         (tmp / "config.json").write_text(json.dumps(plan.target_config, indent=2) + "\n")
         copied, skipped = copy_small_files(src.folder, tmp)
         if plan.width:

@@ -10,8 +10,6 @@ layer's MLP into a mixture of experts (grow_cli/operators/upcycle.py).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,6 +18,7 @@ from grow_cli.arch.binding import Binding, BoundTensor, bind
 from grow_cli.arch.experts import parameter_counts
 from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
+from grow_cli.background import in_background, problem_so_far
 from grow_cli.checkpoint.dtypes import FLOATING, numel
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import OptionError, UsageError
@@ -119,7 +118,7 @@ class Plan:
 
     def config_problem(self) -> BaseException | None:
         """Why the grown config failed, as soon as that is known (None while it is being checked, or when fine)."""
-        return self.config_job.exception() if self.config_job.done() else None
+        return problem_so_far(self.config_job)
 
     @property
     def total_bytes(self) -> int:
@@ -159,20 +158,6 @@ class Plan:
 def _validated(config: dict[str, Any]) -> dict[str, Any]:
     validate_config(config)
     return config
-
-
-def _in_background(work: Callable[[], dict[str, Any]]) -> Future[dict[str, Any]]:
-    """`work()` run in a daemon thread; its result, or what it raised, in the future."""
-    future: Future[dict[str, Any]] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(work())
-        except BaseException as exc:  # delivered to whoever reads the result, as it would have been raised
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="grow-config", daemon=True).start()
-    return future
 
 
 def source_shape_of(
@@ -238,9 +223,9 @@ def build_plan(
         upcycle = op.implementation(spec, arch, binding, target_config())
         target_shape = upcycle.shape
         moe_config = upcycle.config
-        config_job = _in_background(lambda: _validated(moe_config))
+        config_job = in_background(lambda: _validated(moe_config), "grow-config")
     else:
-        config_job = _in_background(lambda: _validated(target_config()))
+        config_job = in_background(lambda: _validated(target_config()), "grow-config")
 
     def out_dtype_of(t: BoundTensor) -> str:
         return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype

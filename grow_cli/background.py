@@ -1,0 +1,35 @@
+"""Work that runs beside the main thread and is waited for only where its answer is needed.
+
+Used for checks that must pass before an output is published but need not hold up the first byte written: the
+grown config's validation by transformers (a child process importing transformers on a first run) and the
+safetensors library's own parse of the source headers (it imports numpy). A daemon thread, not an executor: a run
+that fails or is interrupted exits at once instead of waiting for a check whose answer nobody will read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def in_background(work: Callable[[], T], name: str) -> Future[T]:
+    """`work()` run in a daemon thread called `name`; its result, or what it raised, in the future."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # delivered to whoever reads the result, as it would have been raised
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def problem_so_far(future: Future) -> BaseException | None:
+    """What `future`'s work raised, if it has finished and failed; None while it runs or when it succeeded."""
+    return future.exception() if future.done() else None
