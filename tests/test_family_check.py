@@ -108,3 +108,14 @@ def test_a_failed_fresh_model_write_leaves_nothing(folder):
     with pytest.raises(OSError):
         _save_fresh_model(config, folder / "no-tokenizer-here", folder / "init", seed=0)
     assert not (folder / "init").exists() and not [p for p in folder.iterdir() if ".grow-" in p.name]
+
+
+def test_a_grown_config_transformers_refuses_is_named_by_its_member(folder):
+    """transformers validates a grown config in the background; the check still names the member it belongs to."""
+    import json
+
+    config = json.loads((folder / "lm" / "config.json").read_text())
+    (folder / "lm" / "config.json").write_text(json.dumps({**config, "hidden_act": 5}))
+    members = [{"name": "a", "source": "lm"}, {"name": "b", "grow": {"depth_factor": 2}}]
+    with pytest.raises(UsageError, match=r"members\[1\]\.grow.*would not load in transformers"):
+        check_recipe(load_recipe(_recipe(folder, {"members": members})))

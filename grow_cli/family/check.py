@@ -97,9 +97,10 @@ def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *
         plan = build_plan(config, shapes, member.spec, uniform_maps=state)
         if state:
             state_scales(plan)
+        grown = plan.target_config  # transformers' verdict on the grown config (checked in the background)
     except GrowError as exc:
         raise _fail(f"{where}.grow", str(exc)) from None
-    return plan.target_config, {t.name: (t.shape, t.dtype) for t in plan.tensors}
+    return grown, {t.name: (t.shape, t.dtype) for t in plan.tensors}
 
 
 def _check_data(data: list[str], text_field: str, where: str) -> None:
