@@ -3,7 +3,10 @@
 Used for checks that must pass before an output is published but need not hold up the first byte written: the
 grown config's validation by transformers (a child process importing transformers on a first run) and the
 safetensors library's own parse of the source headers (it imports numpy). A daemon thread, not an executor: a run
-that fails or is interrupted exits at once instead of waiting for a check whose answer nobody will read.
+that fails or is interrupted exits at once instead of waiting for a check whose answer nobody will read. A job that
+calls into a native extension must still be waited for before the process exits (the checkpoint reader waits for
+its own): the interpreter tears a daemon thread down mid-call at exit, and native code that catches that unwinding
+(safetensors does) aborts the process.
 """
 
 from __future__ import annotations

@@ -210,6 +210,10 @@ class CheckpointReader:
             self._handle_path = path
 
     def close(self) -> None:
+        if self._library_job is not None:
+            # Wait, whatever the outcome: the check runs in safetensors' native code, and a thread still inside
+            # it when the interpreter exits is torn down mid-call, which aborts the process.
+            self._library_job.exception()
         if self._handle is not None:
             self._handle.close()
         self._handle = None
