@@ -34,6 +34,15 @@ def test_lineage_reads_on_after_the_blocks_the_previous_stage_read(tmp_path, cap
     assert code == 0, stderr
     assert last_stage(tmp_path / "c")["data_blocks"] == 2 * 4  # the default: the order's first blocks
 
+    # a schedule offset moves the schedule, not where --data-offset starts the data (step 5 reads block 12)
+    both = ("--max-steps", 2, "--schedule-offset", 5)
+    code, _, stderr = train(tmp_path / "a", data, tmp_path / "f", capsys, *both, "--data-offset", "lineage")
+    assert code == 0, stderr
+    assert last_stage(tmp_path / "f")["data_blocks"] == 3 * 4 + 2 * 4
+    code, _, stderr = train(tmp_path / "a", data, tmp_path / "g", capsys, *both)
+    assert code == 0, stderr
+    assert last_stage(tmp_path / "g")["data_blocks"] == (5 + 2) * 4  # without it: step 5's own blocks
+
     # another seed is another order: nothing of it was read, and the note says so
     code, _, stderr = run_grow(
         ["train-stage", tmp_path / "a", "--data", data, "--out", tmp_path / "e", "--seq-len", 32]

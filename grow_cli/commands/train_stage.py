@@ -109,9 +109,9 @@ def train_stage(
     data_offset: Annotated[
         str | None,
         Opt(
-            help="Skip this many blocks of the data order; 'lineage' reads on after the blocks the model's lineage "
-            "read from the same data (a grown model trained with a fresh optimizer sees new data, as a from-scratch "
-            "run would)."
+            help="Start reading the data order at this block; 'lineage' reads on after the blocks the model's "
+            "lineage read from the same data (a grown model trained with a fresh optimizer sees new data, as a "
+            "from-scratch run would)."
         ),
     ] = None,
     save_final_state: Annotated[

@@ -29,7 +29,7 @@ from grow_cli.train.apollo_plan import check_apollo_run, describe_apollo
 from grow_cli.train.checkpoints import load_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
-from grow_cli.train.data_offset import resolve_data_offset
+from grow_cli.train.data_offset import step_offset
 from grow_cli.train.freeze import freeze_all_but
 from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
@@ -181,10 +181,11 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    skipped, offset_note = resolve_data_offset(config, data.fingerprint, len(data.train_ids))
+    offset, first, offset_note = step_offset(
+        config, continuation, data.fingerprint, len(data.train_ids), budget.global_batch
+    )
     if offset_note:
         say(accelerator, config.quiet, f"note: {offset_note}")
-    offset = (continuation.data_offset(budget.global_batch) if continuation else 0) + skipped
     batches, held_out = make_batches(config, data, budget, accelerator, offset)
     run = Run(
         config=config,
@@ -205,7 +206,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         saved_dtype=saved_dtype,
         flops_per_token=flops_token,
         peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
-        run_keys=run_keys(config, data, budget, accelerator, objective, apollo, continuation, skipped),
+        run_keys=run_keys(config, data, budget, accelerator, objective, apollo, continuation, first),
         objective=objective,
         apollo=apollo,
         loaded=loaded,
@@ -451,7 +452,7 @@ def run_keys(
     objective: Objective,
     apollo: Apollo | None,
     continuation: Continuation | None = None,
-    data_offset: int = 0,
+    data_offset: int | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint records and a resume must match for the run to continue exactly where it stopped."""
     keys = {
@@ -467,7 +468,7 @@ def run_keys(
     }
     if continuation is not None:
         keys["start_step"] = continuation.start_step
-    if data_offset:  # absent, as in checkpoints made before --data-offset, when the run skips nothing
+    if data_offset is not None:  # the first step's block under --data-offset (absent without one, as before it)
         keys["data_offset"] = data_offset
     return keys
 

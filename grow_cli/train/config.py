@@ -61,7 +61,7 @@ class TrainConfig:
     train_only: str = "all"
     schedule_offset: int | str | None = None  # start at this step of the schedule (R); "auto": the grown state's rule
     restart_warmup_steps: int = 0  # ramp the LR up again over this many steps from the start step
-    data_offset: int | str | None = None  # skip this many blocks of the data order; "lineage": those the lineage read
+    data_offset: int | str | None = None  # the first step's block in the data order; "lineage": after those it read
     save_final_state: bool = False  # leave the final training state, to grow the model from where it finished
     # objective (train/objective.py): auto follows the architecture
     objective: str = "auto"

@@ -44,10 +44,24 @@ def lineage_blocks(model_dir: Path, fingerprint: str, seq_len: int, seed: int) -
     return None
 
 
-def resolve_data_offset(config, fingerprint: str, train_blocks: int) -> tuple[int, str | None]:
+def step_offset(
+    config, continuation: Continuation | None, fingerprint: str, train_blocks: int, global_batch: int
+) -> tuple[int, int | None, str | None]:
+    """Blocks added to every step's data position (`StepBatches.offset`); the block `--data-offset` makes the first
+    step read (None without one; a resume must match it); a note for the user."""
+    if continuation is not None and continuation.data_blocks is not None:
+        return continuation.data_offset(global_batch), None, None  # a grown state reads on after its source
+    if config.data_offset is None:
+        return 0, None, None  # step t reads its own blocks (a bare --schedule-offset R starts with step R's)
+    first, note = first_block(config, fingerprint, train_blocks)
+    start = continuation.start_step if continuation else 0
+    return first - start * global_batch, first, note
+
+
+def first_block(config, fingerprint: str, train_blocks: int) -> tuple[int, str | None]:
     """`config.data_offset` in blocks, and a note for the user when `lineage` decided it."""
     if config.data_offset != "lineage":
-        return int(config.data_offset or 0), None
+        return int(config.data_offset), None
     blocks = lineage_blocks(config.model, fingerprint, config.seq_len, config.seed)
     if blocks is None:
         return 0, (
