@@ -35,11 +35,8 @@ def lineage_blocks(model_dir: Path, fingerprint: str, seq_len: int, seed: int) -
     of its stages read it (no grow.json, other data, another block length or seed: another order)."""
     record = load_record(model_dir)
     for stage in reversed((record or {}).get("stages", [])):
-        same_order = (stage.get("data") or {}).get("fingerprint") == fingerprint and (
-            stage.get("seq_len"),
-            stage.get("seed"),
-        ) == (seq_len, seed)
-        if stage.get("kind") == "train" and same_order:
+        order = ((stage.get("data") or {}).get("fingerprint"), stage.get("seq_len"), stage.get("seed"))
+        if stage.get("kind") == "train" and order == (fingerprint, seq_len, seed):
             return blocks_read(stage)
     return None
 
