@@ -55,6 +55,11 @@ its AdamW moments, step, schedule position and per-tensor LR multipliers carry o
 
     grow train-stage wide/ --resume grown --data corpus/ --out wide-run/ --max-steps 1000
 
+A grown model with a fresh optimizer, reading the data on after the blocks its lineage trained on (same data, seq
+length and seed), as the same model trained from scratch on as many tokens would:
+
+    grow train-stage grown/ --data corpus/ --out grown-run/ --max-steps 1000 --data-offset lineage
+
 Staged training's restart: jump back to the step R its rule suggests and warm the LR up over 200 steps:
 
     grow train-stage wide/ --resume grown --schedule-offset auto --restart-warmup-steps 200 ...
