@@ -129,6 +129,14 @@ def train_stage(
     mask_replace_prob: Annotated[float, Opt(help="Masked LM: share of those replaced by the mask token.")] = 0.8,
     random_replace_prob: Annotated[float, Opt(help="Masked LM: share replaced by a random token (rest kept).")] = 0.1,
     whole_word_mask: Annotated[bool, Opt(help="Masked LM: mask whole words, not single tokens.")] = False,
+    document_masking: Annotated[
+        bool,
+        Opt(
+            "--document-masking",
+            help="Causal LM: each document packed into a block attends only to itself, at positions from 0 "
+            "(positions restart after every end-of-document token; checked on the model before training).",
+        ),
+    ] = False,
     apollo_target_layers: Annotated[
         int | None, Opt(help="Apollo: share the layers over sampled depths up to this many (Pan et al. 2024).")
     ] = None,

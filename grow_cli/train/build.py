@@ -30,6 +30,7 @@ from grow_cli.train.checkpoints import load_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
 from grow_cli.train.data_offset import step_offset
+from grow_cli.train.documents import check_document_masking
 from grow_cli.train.freeze import freeze_all_but
 from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
@@ -153,11 +154,15 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     for note in checked.notes:
         say(accelerator, False, f"note: {note}")
     data = load_data(config, checked, accelerator)
-    config.out.mkdir(parents=True, exist_ok=True)  # only now: data that cannot be read leaves no empty output
     loaded, trainable = load_trainable_model(config, checked, accelerator)
     model, saved_dtype = loaded.model, loaded.saved_dtype
+    if config.document_masking:
+        check_document_masking(model, checked.eos_id)
+    config.out.mkdir(parents=True, exist_ok=True)  # only now: unreadable data or a refused model leave no output
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
-    objective = Objective(checked.objective.name, config.seed, checked.masking)
+    objective = Objective(
+        checked.objective.name, config.seed, checked.masking, checked.eos_id if config.document_masking else None
+    )
     kernels = speed_up(model, config, accelerator, liger=liger)
     num_parameters = sum(p.numel() for p in model.parameters())
     max_lr = resolve_max_lr(config, num_parameters, accelerator, continuation)

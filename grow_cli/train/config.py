@@ -69,6 +69,7 @@ class TrainConfig:
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     whole_word_mask: bool = False
+    document_masking: bool = False  # each packed document attends only to itself (train/documents.py)
     # Apollo (train/apollo.py): shared layers toward a deeper target, optionally growing in place
     apollo_target_layers: int | None = None
     apollo_stages: str | None = None  # "3,6@200,12@500": unique layers, and the step each stage starts at

@@ -19,6 +19,7 @@ import torch
 
 from grow_cli.data.masking import EVAL_SEED, IGNORE_INDEX, MaskingRule, mask_rows
 from grow_cli.errors import CheckpointError, UsageError
+from grow_cli.train.documents import document_positions
 
 NAMES = {"causal": "causal LM (next-token prediction)", "masked": "masked LM (masked-token prediction)"}
 
@@ -81,6 +82,7 @@ class Objective:
     name: str
     seed: int
     masking: MaskingRule | None = None  # for "masked"
+    document_eos: int | None = None  # causal with --document-masking: positions restart after this token
 
     def train_inputs(self, micro_batches: list[torch.Tensor], step: int, accelerator: Any) -> list[dict[str, Any]]:
         """The inputs of optimizer step `step`'s micro-batches of this process.
@@ -105,9 +107,12 @@ class Objective:
         if self.masking is None:
             # No KV cache: training never decodes, and under Apollo's shared layers one cache slot per layer
             # object would mix the positions that share it.
-            return {"input_ids": ids, "labels": ids, "use_cache": False}
-        inputs, labels = mask_rows(self.masking, ids, seed)
-        return {"input_ids": inputs, "labels": labels}
+            inputs: dict[str, Any] = {"input_ids": ids, "labels": ids, "use_cache": False}
+            if self.document_eos is not None:
+                inputs["position_ids"] = document_positions(ids, self.document_eos)
+            return inputs
+        masked, labels = mask_rows(self.masking, ids, seed)
+        return {"input_ids": masked, "labels": labels}
 
     def predicted(self, inputs: dict[str, Any]) -> int:
         """How many positions the loss of `inputs` averages over."""
@@ -118,7 +123,8 @@ class Objective:
 
     def describe(self) -> dict[str, Any]:
         """The objective as grow.json records it."""
-        return {"name": self.name, **(self.masking.describe() if self.masking else {})}
+        documents = {"document_masking": True} if self.document_eos is not None else {}
+        return {"name": self.name, **documents, **(self.masking.describe() if self.masking else {})}
 
 
 def objective_notes(checked: Any, loaded: Any) -> list[str]:

@@ -57,6 +57,11 @@ def preflight(config: TrainConfig) -> Checked:
     masking = None
     if objective.name == "causal":
         check_no_masking_options(config)
+    elif config.document_masking:
+        raise UsageError(
+            "--document-masking applies to causal-LM training; a masked LM sees its whole block in both directions "
+            "(see --objective)"
+        )
     else:
         masking = masking_rule(
             tokenizer,
