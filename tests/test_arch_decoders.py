@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 import transformers
+from behaviour import behaviour, compare
 from tiny_decoders import NAMES, model_class, probe_ids, save
 
 from grow_cli.errors import UsageError, VerificationError
@@ -32,14 +33,10 @@ def sources(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(sources):
     """Each source's logits and greedy continuation (with the KV cache), computed once."""
-    result = {}
-    for name in NAMES:
-        model = model_class(name).from_pretrained(sources[name], dtype=torch.float32).eval()
-        with torch.no_grad():
-            logits = model(probe_ids()).logits
-            text = model.generate(probe_ids()[:1, :5], max_new_tokens=6, do_sample=False, use_cache=True)
-        result[name] = (logits, text)
-    return result
+    return {
+        name: behaviour(model_class(name).from_pretrained(sources[name], dtype=torch.float32).eval(), probe_ids())
+        for name in NAMES
+    }
 
 
 def grow(sources, reference, tmp_path, name, *, generate=False, verify=False, **kw):
@@ -47,13 +44,7 @@ def grow(sources, reference, tmp_path, name, *, generate=False, verify=False, **
     out = tmp_path / f"{name}-out"
     report = expand(str(sources[name]), out, GrowthSpec(shard_size="30KB", **kw), quiet=True, force=True, verify=verify)
     model = model_class(name).from_pretrained(out, dtype=torch.float32).eval()
-    logits, text = reference[name]
-    with torch.no_grad():
-        gap = float((model(probe_ids()).logits - logits).abs().max())
-        same = None
-        if generate:
-            grown = model.generate(probe_ids()[:1, :5], max_new_tokens=6, do_sample=False, use_cache=True)
-            same = torch.equal(grown, text)
+    gap, same = compare(model, reference[name], probe_ids(), generate=generate)
     return report, gap, same
 
 

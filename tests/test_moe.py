@@ -14,7 +14,7 @@ import re
 
 import pytest
 import torch
-from safetensors import safe_open
+from behaviour import behaviour, compare, tensors
 from tiny_moe import NAMES, model_class, probe_ids, save
 
 from grow_cli.growth.describe import inspect
@@ -35,14 +35,12 @@ def sources(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(sources):
     """Each source's logits and greedy continuation (with the KV cache), computed once."""
-    result = {}
-    for key, folder in sources.items():
-        model = model_class(key.removesuffix("-fused")).from_pretrained(folder, dtype=torch.float32).eval()
-        with torch.no_grad():
-            logits = model(probe_ids()).logits
-            text = model.generate(probe_ids()[:1, :5], max_new_tokens=6, do_sample=False, use_cache=True)
-        result[key] = (logits, text)
-    return result
+    return {
+        key: behaviour(
+            model_class(key.removesuffix("-fused")).from_pretrained(folder, dtype=torch.float32).eval(), probe_ids()
+        )
+        for key, folder in sources.items()
+    }
 
 
 def grow(sources, reference, tmp_path, key, *, generate=False, verify=False, **kw):
@@ -50,22 +48,8 @@ def grow(sources, reference, tmp_path, key, *, generate=False, verify=False, **k
     out = tmp_path / f"{key}-out"
     report = expand(str(sources[key]), out, GrowthSpec(shard_size="40KB", **kw), quiet=True, force=True, verify=verify)
     model = model_class(key.removesuffix("-fused")).from_pretrained(out, dtype=torch.float32).eval()
-    logits, text = reference[key]
-    with torch.no_grad():
-        gap = float((model(probe_ids()).logits - logits).abs().max())
-        same = None
-        if generate:
-            grown = model.generate(probe_ids()[:1, :5], max_new_tokens=6, do_sample=False, use_cache=True)
-            same = torch.equal(grown, text)
+    gap, same = compare(model, reference[key], probe_ids(), generate=generate)
     return report, gap, same, out
-
-
-def tensors(folder) -> dict[str, torch.Tensor]:
-    result: dict[str, torch.Tensor] = {}
-    for shard in folder.glob("*.safetensors"):
-        with safe_open(shard, "pt") as f:
-            result.update({name: f.get_tensor(name) for name in f.keys()})
-    return result
 
 
 def tensor_names(folder) -> set[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors import safe_open
+from behaviour import tensors
 from tiny_models import ALL, DECODERS, MODEL_CLASSES, probe_ids
 
 from grow_cli.errors import OptionError
@@ -15,14 +15,6 @@ from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import staged
 
 EXACT = 1e-4
-
-
-def tensors(folder):
-    result = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(path, "pt") as f:
-            result.update({name: f.get_tensor(name) for name in f.keys()})
-    return result
 
 
 def logits(name, folder):

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import transformers as tf
-from safetensors import safe_open
+from behaviour import behaviour, compare, tensors
 from test_refusals import _assert_refused
 from tiny_models import build_tiny, probe_ids
 
@@ -66,36 +65,21 @@ def dense(tmp_path_factory):
     for name, (_, build) in DENSE.items():
         model = build()
         model.save_pretrained(root / name, max_shard_size="20KB")
-        with torch.no_grad():
-            logits = model(probe_ids()).logits
-            text = model.generate(probe_ids()[:1, :5], max_new_tokens=6, do_sample=False, use_cache=True)
-        result[name] = (root / name, logits, text)
+        result[name] = (root / name, behaviour(model, probe_ids()))
     return result
 
 
 def upcycle(dense, tmp_path, name, *, generate=False, verify=False, config_edit=None, **kw):
     """Upcycle `name`; return (report, max |Δlogit| against the dense source, greedy equal or None, output folder)."""
-    folder, logits, text = dense[name]
+    folder, reference = dense[name]
     out = tmp_path / f"{name}-moe"
     report = expand(str(folder), out, GrowthSpec(shard_size="30KB", **kw), quiet=True, force=True, verify=verify)
     if config_edit:
         config = json.loads((out / "config.json").read_text())
         (out / "config.json").write_text(json.dumps({**config, **config_edit}))
     model = tf.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-    with torch.no_grad():
-        gap = float((model(probe_ids()).logits - logits).abs().max())
-        same = None
-        if generate:
-            same = torch.equal(model.generate(probe_ids()[:1, :5], max_new_tokens=6, do_sample=False), text)
+    gap, same = compare(model, reference, probe_ids(), generate=generate)
     return report, gap, same, out
-
-
-def tensors(folder: Path) -> dict[str, torch.Tensor]:
-    result: dict[str, torch.Tensor] = {}
-    for shard in folder.glob("*.safetensors"):
-        with safe_open(shard, "pt") as f:
-            result.update({name: f.get_tensor(name) for name in f.keys()})
-    return result
 
 
 @pytest.mark.parametrize("name", list(DENSE))

@@ -148,32 +148,18 @@ class TrainConfig:
         if self.resume not in (None, "auto", "grown") and not Path(self.resume).is_dir():
             raise UsageError(f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
         self._check_schedule_offset()
+        self._check_data_offset()
         self._check_masking()
         self._check_apollo()
 
     def _check_schedule_offset(self) -> None:
-        offset = self.schedule_offset
-        if isinstance(offset, str) and offset != "auto":
-            try:
-                offset = self.schedule_offset = int(offset)
-            except ValueError:
-                raise UsageError(f"--schedule-offset must be a step number or 'auto', got {offset!r}") from None
-        if isinstance(offset, int) and offset < 0:
-            raise UsageError(f"--schedule-offset must be at least 0, got {offset}")
+        self.schedule_offset = _count_or(self.schedule_offset, "auto", "--schedule-offset", "a step number")
         if self.restart_warmup_steps < 0:
             raise UsageError(f"--restart-warmup-steps must be at least 0, got {self.restart_warmup_steps}")
-        self._check_data_offset()
 
     def _check_data_offset(self) -> None:
-        offset = self.data_offset
-        if isinstance(offset, str) and offset != "lineage":
-            try:
-                offset = self.data_offset = int(offset)
-            except ValueError:
-                raise UsageError(f"--data-offset must be a number of blocks or 'lineage', got {offset!r}") from None
-        if isinstance(offset, int) and offset < 0:
-            raise UsageError(f"--data-offset must be at least 0, got {offset}")
-        if offset and self.resume == "grown":
+        self.data_offset = _count_or(self.data_offset, "lineage", "--data-offset", "a number of blocks")
+        if self.data_offset and self.resume == "grown":
             raise UsageError(
                 "--data-offset: --resume grown reads on after the blocks its source read already; drop --data-offset"
             )
@@ -228,3 +214,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings, for the checkpoint (resume checks) and the trackers' hyperparameters."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _count_or(value: int | str | None, keyword: str, flag: str, what: str) -> int | str | None:
+    """An option that takes a count ≥ 0 or one keyword (e.g. `--schedule-offset N|auto`), its count as an int."""
+    if isinstance(value, str) and value != keyword:
+        try:
+            value = int(value)
+        except ValueError:
+            raise UsageError(f"{flag} must be {what} or '{keyword}', got {value!r}") from None
+    if isinstance(value, int) and value < 0:
+        raise UsageError(f"{flag} must be at least 0, got {value}")
+    return value
