@@ -40,8 +40,8 @@ def check_document_masking(model: Any, eos_id: int) -> None:
     vocab = model.get_input_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(0)
     first, second = (torch.randint(0, vocab, (1, n), generator=generator) for n in PROBE)
-    first[first == eos_id] = (eos_id + 1) % vocab
-    second[second == eos_id] = (eos_id + 1) % vocab
+    for document in (first, second):
+        document[document == eos_id] = (eos_id + 1) % vocab  # one end-of-document token, where it belongs
     first[0, -1] = eos_id
     packed = torch.cat([first, second], dim=1).to(param.device)
     was_training = model.training
