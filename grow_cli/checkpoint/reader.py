@@ -283,7 +283,7 @@ def load_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
     try:
-        text = path.read_text()
+        text = path.read_bytes()  # decoded by json.loads: undecodable bytes are a ValueError below
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
