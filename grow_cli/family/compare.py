@@ -87,7 +87,8 @@ def compare(
     check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
     a, b = Path(a), Path(b)
     config_a, config_b = load_model_config(a), load_model_config(b)
-    check_weights(a), check_weights(b)
+    for folder in (a, b):
+        check_weights(folder)
     tok_a, eos = load_tokenizer(a, config_a)
     tok_b, _ = load_tokenizer(b, config_b)
     if tokenizer_fingerprint(tok_a) != tokenizer_fingerprint(tok_b):
