@@ -83,6 +83,15 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except PermissionError as exc:  # the user's files and folders, not a bug in grow: name the path, once, here
+        if os.environ.get("GROW_DEBUG"):
+            raise
+        where = exc.filename or "a file grow needs"
+        print(
+            f"error: permission denied: {where}; check its owner and mode (or run as a user who may use it)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except Terminated:
         print("terminated (SIGTERM); nothing unfinished was left behind", file=sys.stderr)
         sys.exit(Terminated.exit_code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,3 +221,93 @@ def test_tiny_outputs_fit_the_small_disk_used_above(src, tmp_path):
     report = expand(str(src), tmp_path / "out", GrowthSpec(layers=8), quiet=True)
     assert report["files"]["bytes"] > 64 * 1024
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 8
+
+
+def _without_root_powers(args: list) -> list:
+    """`grow ARGS…` as a process that file permissions bind: as root (tests often run so), through `setpriv` without
+    the capabilities that override them; skipped only where root has no `setpriv` to give them up."""
+    command = [sys.executable, "-m", "grow_cli", *map(str, args)]
+    if os.geteuid() != 0:
+        return command
+    if subprocess.run(["setpriv", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("running as root without setpriv: permissions cannot bind this process")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *command]
+
+
+def test_an_unreadable_source_is_one_line_naming_it(src, tmp_path):
+    locked = tmp_path / "locked"
+    shutil.copytree(src, locked / "model")
+    locked.chmod(0)
+    try:
+        done = subprocess.run(
+            _without_root_powers(["inspect", locked / "model"]), env=ENV, capture_output=True, text=True
+        )
+    finally:
+        locked.chmod(0o755)
+    line = _one_error_line(done.stderr)
+    assert done.returncode == 1 and line.startswith(f"error: permission denied: {locked / 'model'}"), line
+
+
+def test_force_refuses_an_old_output_it_could_not_remove(src, tmp_path):
+    """--force over an OUT whose files cannot be removed used to succeed and leave the old copy beside the new one
+    as `.OUT.grow-old-*`; it is refused before anything is written, and the old OUT stays as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    out.chmod(0o555)
+    try:
+        args = ["expand", src, out, "--layers", "8", "--force", "-q"]
+        done = subprocess.run(_without_root_powers(args), env=ENV, capture_output=True, text=True)
+    finally:
+        out.chmod(0o755)
+    line = _one_error_line(done.stderr)
+    assert done.returncode == 1 and "--force cannot replace" in line and "not writable" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"] and _leftovers(tmp_path) == []
+
+
+def test_force_into_the_working_folder_replaces_it_and_succeeds(cli, src, tmp_path, monkeypatch):
+    """`grow expand SRC . --force`: the working folder is replaced, so OUT is resolved before; this run used to
+    finish its work and then exit 1 with the catch-all (FileNotFoundError resolving '.')."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "old.txt").write_text("replaced, as --force says")
+    monkeypatch.chdir(work)
+    result = cli("expand", src, ".", "--layers", "8", "--force", "-q")
+    assert result.code == 0, result.stderr
+    assert _loads(work) == 8 and not (work / "old.txt").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_disk_that_fills_up_while_training_saves_leaves_no_half_checkpoint(cli, mount_tmpfs, tmp_path):
+    from accelerate.state import AcceleratorState
+    from tinylm import save_tiny_lm, write_plays
+
+    AcceleratorState._reset_state(True)
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    out = mount_tmpfs("400k") / "out"  # holds the metrics, not the ~650 kB checkpoint of step 1
+    args = ["train-stage", model, "--data", data, "--out", out, "--seq-len", 32, "--max-steps", 3]
+    result = cli(*args, "--save-every", 1, "--cache-dir", tmp_path / "cache", "-q")
+    line = _one_error_line(result.stderr)
+    assert result.code == 1 and "filled up while writing the checkpoint of step 1" in line, line
+    assert list((out / "checkpoints").iterdir()) == []
+
+
+def test_an_interrupt_while_saving_a_checkpoint_leaves_no_half_checkpoint(cli, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from tinylm import save_tiny_lm, write_plays
+
+    from grow_cli.signals import Terminated
+
+    def killed_mid_save(self, output_dir=None, **kwargs):
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"half")
+        raise Terminated
+
+    AcceleratorState._reset_state(True)
+    monkeypatch.setattr(Accelerator, "save_state", killed_mid_save)
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    args = ["train-stage", model, "--data", data, "--out", tmp_path / "out", "--seq-len", 32, "--max-steps", 3]
+    result = cli(*args, "--save-every", 1, "-q")
+    assert result.code == 143, result.stderr
+    assert list((tmp_path / "out" / "checkpoints").iterdir()) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,64 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         path = c.recipe("")
         path.write_bytes(b"\xff\xfe\x00\x01")
         return ["family", path, "--check"], "not a text file"
+    if name == "bin-not-a-pickle":
+        folder = _bin_model(c, {})
+        (folder / "pytorch_model.bin").write_text("hello")  # the legacy unpickler's memo lookup: a KeyError
+        return c.expand(src=folder), "not a readable PyTorch weights file"
+    if name == "both-single-and-index":
+        (c.src / "model.safetensors").write_bytes(c.first_shard().read_bytes())  # transformers would load this one
+        return c.expand(), "holds both model.safetensors and model.safetensors.index.json"
+    if name == "write-definition-missing-folder":
+        return ["inspect", c.src, "--write-definition", c.tmp / "no" / "def.json"], "cannot write"
+    if name == "train-out-holds-its-data":
+        run = c.tmp / "run"
+        run.mkdir()
+        (run / "tokens.bin").write_bytes(bytes(range(2, 202)) * 40)  # --overwrite removes .bin files from --out
+        args = c.train("--max-steps", 1, "--overwrite", data=run / "tokens.bin")
+        return [*args[:5], run, *args[6:]], "holds the training data"
+    if name == "train-out-in-data-folder":
+        args = c.train("--max-steps", 1)
+        return [*args[:5], c.data / "run", *args[6:]], "lies inside the --data folder"
+    if name == "train-no-weights":
+        (c.lm / "model.safetensors").unlink()
+        return c.train("--max-steps", 1), "no weights in"
+    if name == "train-truncated-weights":
+        weights = c.lm / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+        return c.train("--max-steps", 1), "model.safetensors is truncated"
+    if name == "train-shape-disagrees-with-config":
+        c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(intermediate_size=128))
+        return c.train("--max-steps", 1), "has shape [32, 64] but config.json implies [32, 128]"
+    if name == "compare-truncated-weights":
+        weights = c.src / "model.safetensors"  # a second copy of the tiny LM, damaged
+        c.src.rename(c.tmp / "llama")
+        shutil.copytree(c.lm, c.src)
+        weights.write_bytes(weights.read_bytes()[:-100])
+        return ["compare", c.lm, c.src, "--data", c.data], "model.safetensors is truncated"
+    if name == "train-parquet-numbers":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": list(range(50))}), c.tmp / "n.parquet")
+        return c.train("--max-steps", 1, data=c.tmp / "n.parquet"), "the field 'text' holds int64, not text"
+    if name == "train-parquet-garbage":
+        (c.tmp / "g.parquet").write_bytes(b"PAR1 not really")
+        return c.train("--max-steps", 1, data=c.tmp / "g.parquet"), "not a readable Parquet file"
+    if name == "train-datasets-folder-garbage":
+        (c.tmp / "ds").mkdir()
+        (c.tmp / "ds" / "state.json").write_text("{}")
+        return c.train("--max-steps", 1, data=c.tmp / "ds"), "not a readable `datasets` folder"
+    if name == "train-cache-dir-is-a-file":
+        return c.train("--max-steps", 1, "--cache-dir", c.lm / "config.json"), "a file is in the way"
+    if name == "train-seq-len-1":
+        args = c.train("--max-steps", 1)
+        return [*args[:-3], 1, "--max-steps", 1], "--seq-len must be at least 2"
+    if name == "family-out-is-a-file":
+        (c.tmp / "taken").write_text("mine")
+        doc = {"out": str(c.tmp / "taken"), "members": [{"name": "a", "config": FRESH, "tokenizer": str(c.lm)}]}
+        return ["family", c.recipe(doc)], "is a file; give a folder"
+    if name == "family-duplicate-key":
+        return ["family", c.recipe("seed: 1\nseed: 2\nmembers: []\n"), "--check"], "the key 'seed' appears twice"
     raise AssertionError(name)
 
 
@@ -219,6 +278,22 @@ CASES = [
     "family-alias-bomb-in-member-config",
     "family-missing-tokenizer",
     "family-recipe-not-text",
+    "bin-not-a-pickle",
+    "both-single-and-index",
+    "write-definition-missing-folder",
+    "train-out-holds-its-data",
+    "train-out-in-data-folder",
+    "train-no-weights",
+    "train-truncated-weights",
+    "train-shape-disagrees-with-config",
+    "compare-truncated-weights",
+    "train-parquet-numbers",
+    "train-parquet-garbage",
+    "train-datasets-folder-garbage",
+    "train-cache-dir-is-a-file",
+    "train-seq-len-1",
+    "family-out-is-a-file",
+    "family-duplicate-key",
 ]
 
 
@@ -251,6 +326,7 @@ def test_hostile_input_gets_one_clear_line(cli, ctx, name):
     assert "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
     left = sorted(f for f in _files(ctx.tmp) - before if ".grow-cache" not in f)  # the token cache may stay
     assert not ctx.out.exists() and left == [], left
+    assert before <= _files(ctx.tmp), sorted(before - _files(ctx.tmp))  # nothing the user had was removed
 
 
 def test_the_catch_all_still_reports_real_bugs(cli, tiny_checkpoints, tmp_path, monkeypatch):

@@ -73,6 +73,19 @@ def check_output(out: Path, source: Path | None, *, force: bool) -> None:
             raise OutputError(f"{out} exists and is a file; choose another output folder")
         if any(out.iterdir()) and not force:
             raise OutputError(f"{out} exists and is not empty; pass --force to replace it")
+        if force:
+            _check_removable(out)
+
+
+def _check_removable(out: Path) -> None:
+    """Refuse, before writing, a --force run whose old OUT cannot be removed (a folder in it is read-only): the new
+    output would take its place and the old one would be left behind beside it under a temporary name."""
+    for folder in (out, *(p for p in out.rglob("*") if p.is_dir() and not p.is_symlink())):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise OutputError(
+                f"--force cannot replace {out}: {folder} is not writable, so its files cannot be removed; fix its "
+                "permissions or choose another output folder"
+            )
 
 
 @contextmanager
@@ -106,6 +119,35 @@ def staged_output(out: Path, source: Path | None, *, force: bool) -> Iterator[Pa
             if isinstance(exc, OSError) and _is_output_error(exc, out, tmp):
                 raise unwritable(out, exc) from None
             raise
+
+
+@contextmanager
+def removed_unless_written(folder: Path, what: str) -> Iterator[Path]:
+    """Remove `folder` (being written in place, e.g. a training checkpoint) when the block fails or is interrupted,
+    so no half-written copy outlives the run; a disk that filled up becomes one `OutputError` naming `what`."""
+    try:
+        yield folder
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and _disk_full(exc, folder)  # measured before the removal frees space
+        shutil.rmtree(folder, ignore_errors=True)
+        if full:
+            raise OutputError(
+                f"the disk holding {folder.parent} filled up while writing {what}; the partial copy was removed. "
+                "Free some space (or choose an output on another disk) and run again"
+            ) from None
+        raise
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT anywhere in the chain, or (for libraries that report it
+    in other words, e.g. torch's "unexpected pos" or a safetensors text) almost no space left on that disk."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return probe is not None and shutil.disk_usage(probe).free < 1024 * 1024
 
 
 def _is_output_error(exc: OSError, out: Path, tmp: Path) -> bool:

@@ -22,7 +22,14 @@ from grow_cli.background import in_background
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import TORCH_DTYPE_NAMES, dtype_name, torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
-from grow_cli.checkpoint.files import BIN_INDEX, BIN_SINGLE, REFUSED_WEIGHTS, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
+from grow_cli.checkpoint.files import (
+    BIN_INDEX,
+    BIN_SINGLE,
+    REFUSED_WEIGHTS,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    WEIGHT_LAYOUTS,
+)
 from grow_cli.checkpoint.header import (
     DuplicateKey,
     TensorEntry,
@@ -98,6 +105,12 @@ class CheckpointReader:
     # -- layout -------------------------------------------------------------------------------------------------
     def _open_layout(self) -> None:
         f = self.folder
+        for single, index in WEIGHT_LAYOUTS:
+            if (f / single).is_file() and (f / index).is_file():  # transformers loads the first, grow would not
+                raise CheckpointError(
+                    f"{f} holds both {single} and {index}, two copies of the weights that may differ; remove the "
+                    "stale one"
+                )
         if (f / SAFETENSORS_INDEX).is_file():
             self.format = "safetensors"
             weight_map = load_weight_map(f, SAFETENSORS_INDEX)
@@ -247,7 +260,8 @@ def load_bin_weights(path: Path) -> dict[str, Any]:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
+        # KeyError/IndexError: the legacy unpickler reading bytes that are no pickle (a memo or stack opcode)
         refused = _refused_global(str(exc))
         if refused is not None:
             raise CheckpointError(
@@ -269,8 +283,12 @@ def load_config(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:  # ValueError: JSON errors and undecodable (non-UTF-8) bytes
+        text = path.read_bytes()  # decoded by json.loads: undecodable bytes are a ValueError below
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:  # JSON errors and undecodable (non-UTF-8) bytes
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")

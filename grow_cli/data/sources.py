@@ -27,6 +27,7 @@ from grow_cli.errors import DataError
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
 FOLDER_SUFFIXES = set(SUFFIX_KIND) | TEXT_SUFFIXES
+TEXT_COLUMN_TYPES = {"string", "large_string", "string_view", "null"}  # Arrow types a text field may have
 BINARY_PROBE = 8192  # bytes read to tell a binary file from text
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
 
@@ -100,14 +101,26 @@ def _columns(source: Source) -> list[str]:
                         raise DataError(f"{source.path}:{n}: not valid JSON ({exc.msg})") from None
                     return list(record) if isinstance(record, dict) else []
         raise DataError(f"--data {source.path}: the file holds no JSON lines")
+    return list(_schema(source))
+
+
+def _schema(source: Source) -> dict[str, str]:
+    """Column name → Arrow type name of a Parquet file or `datasets` folder; a damaged one is refused by name."""
     pa = _pyarrow()
-    if source.kind == "parquet":
-        return list(pa.parquet.read_schema(source.path).names)
-    files = _arrow_files(source.path)
-    if not files:
-        raise DataError(f"--data {source.path}: the dataset folder holds no data files")
-    with pa.memory_map(str(files[0])) as f:
-        return list(pa.ipc.open_stream(f).schema.names)
+    try:
+        if source.kind == "parquet":
+            schema = pa.parquet.read_schema(source.path)
+        else:
+            files = _arrow_files(source.path)
+            if not files:
+                raise DataError(f"--data {source.path}: the dataset folder holds no data files")
+            with pa.memory_map(str(files[0])) as f:
+                schema = pa.ipc.open_stream(f).schema
+    except (pa.ArrowException, ValueError, KeyError, IndexError, TypeError, FileNotFoundError) as exc:
+        what = "Parquet file" if source.kind == "parquet" else "`datasets` folder (save_to_disk)"
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"--data {source.path}: not a readable {what} ({detail}); re-create it") from None
+    return {field.name: str(field.type) for field in schema}
 
 
 def _pyarrow():
@@ -139,6 +152,13 @@ def check_sources(sources: list[Source], text_field: str) -> None:
                 raise DataError(
                     f"--data {source.path}: no text field '{text_field}' (found: "
                     f"{', '.join(columns) or 'none'}); pass --text-field NAME"
+                )
+        if source.kind in ("parquet", "arrow"):
+            kind = _schema(source)[text_field]
+            if kind not in TEXT_COLUMN_TYPES:
+                raise DataError(
+                    f"--data {source.path}: the field '{text_field}' holds {kind}, not text; pass --text-field NAME "
+                    "of a text column"
                 )
 
 

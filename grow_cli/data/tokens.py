@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from grow_cli.data.sources import Source, fingerprint_sources, read_texts
-from grow_cli.errors import DataError
+from grow_cli.errors import DataError, OutputError
 
 # Bump when the stream layout or the EOS rule changes, to invalidate old caches (2: documents are never truncated).
 FORMAT_VERSION = 2
@@ -166,7 +166,12 @@ def prepare_tokens(
     )
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(
+            f"cannot make the token cache folder {cache_dir}: a file is in the way; pass --cache-dir FOLDER"
+        ) from None
     stream_file, meta_file = cache_dir / f"{fingerprint}.bin", cache_dir / f"{fingerprint}.json"
     meta = _cached_meta(stream_file, meta_file)
     from_cache = meta is not None

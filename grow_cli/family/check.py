@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import GrowError, UsageError
+from grow_cli.errors import GrowError, OutputError, UsageError
 from grow_cli.family.recipe import Member, Recipe
 
 Shapes = dict[str, tuple[tuple[int, ...], str]]
@@ -135,6 +135,8 @@ def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tok
 def check_recipe(recipe: Recipe) -> list[str]:
     """Check what a run of `recipe` needs without writing anything; returns notes on what only the run can check."""
     notes: list[str] = []
+    if recipe.out.exists() and not recipe.out.is_dir():
+        raise OutputError(f"the family's output {recipe.out} is a file; give a folder (the recipe's out, or --out)")
     config, shapes, tokenizer = _first_member(recipe.members[0], notes)
     for i, member in enumerate(recipe.members):
         where = f"members[{i}]"

@@ -152,7 +152,16 @@ def _load_yaml(text: str) -> Any:
             return self._open(anchor, super().compose_sequence_node)
 
         def compose_mapping_node(self, anchor):
-            return self._open(anchor, super().compose_mapping_node)
+            node = self._open(anchor, super().compose_mapping_node)
+            seen: set[str] = set()
+            for key, _ in node.value:  # plain YAML keeps the last of two equal keys and drops the first silently
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in seen:
+                        raise yaml.MarkedYAMLError(
+                            problem=f"the key '{key.value}' appears twice (line {key.start_mark.line + 1}); keep one"
+                        )
+                    seen.add(key.value)
+            return node
 
         def _open(self, anchor, compose):
             self.open_anchors.add(anchor)

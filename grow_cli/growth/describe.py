@@ -40,8 +40,15 @@ def write_definition(config: dict[str, Any], path: Path, *, force: bool = False)
         raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
     document = definition_document(config)
     tmp = path.with_name(f".{path.name}.grow-tmp")
-    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: {exc.strerror or exc}; choose a path in a folder you can write to"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)  # gone once renamed; removed on a failure or an interrupt
     return path
 
 

@@ -180,6 +180,7 @@ def expand(
 
     verify_memory = parse_size(verify_max_memory) if verify_max_memory else None
     if out is not None:  # before any download: a refused output must not cost a multi-GB fetch
+        out = Path(out).expanduser().resolve()  # absolute: `--force` may replace the working folder "." names
         local = Path(source).expanduser()
         check_output(Path(out), local if local.exists() else None, force=force)
     src = resolve_source(source, revision=revision, token=token)

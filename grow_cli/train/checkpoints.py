@@ -17,6 +17,7 @@ from typing import Any
 
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR
 from grow_cli.checkpoint.header import read_safetensors_header
+from grow_cli.checkpoint.output import removed_unless_written
 from grow_cli.errors import CheckpointError, UsageError
 
 STATE_FILE = "grow-state.json"
@@ -131,11 +132,13 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
     if accelerator.is_main_process and path.exists():
         shutil.rmtree(path)  # a half-written save of this step from an interrupted run
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
+    with removed_unless_written(path, f"the checkpoint of step {state['step']}"):
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            tmp = path / (STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps(state, indent=2) + "\n")
+            tmp.replace(path / STATE_FILE)
     if accelerator.is_main_process:
-        tmp = path / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        tmp.replace(path / STATE_FILE)
         for old in complete_checkpoints(out)[:-keep_last]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()

@@ -122,8 +122,9 @@ class TrainConfig:
                     self.max_lr = float(self.max_lr)
                 except ValueError:
                     raise UsageError(f"--max-lr must be a number or 'auto', got {self.max_lr!r}") from None
+        if self.seq_len < 2:  # one token has no next token to predict: the loss would be 0/0
+            raise UsageError(f"--seq-len must be at least 2 (a token and the next one to predict), got {self.seq_len}")
         positive = {
-            "--seq-len": self.seq_len,
             "--micro-batch-size": self.micro_batch_size,
             "--max-steps": self.max_steps,
             "--max-tokens": self.max_tokens,

@@ -8,6 +8,8 @@ checkpoint's own dtype, so a frozen bf16 tensor round-trips bit for bit.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 
     from grow_cli.train.objective import Choice
 
+MODEL_STAGING = ".grow-tmp-model"  # where save_model writes before moving the files into --out
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
@@ -33,6 +36,14 @@ def load_model_config(model_dir: Path):
         return AutoConfig.from_pretrained(model_dir)
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"{model_dir}/config.json cannot be read by transformers: {exc}") from None
+
+
+def check_weights(model_dir: Path) -> None:
+    """Refuse a model folder whose weights are missing, truncated or corrupted, in grow's one line, before anything
+    is tokenized: only the headers are read (`CheckpointReader`), never the tensors of a safetensors checkpoint."""
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    CheckpointReader(Path(model_dir)).close()
 
 
 def check_seq_len(config, seq_len: int) -> None:
@@ -106,7 +117,9 @@ def load_model(model_dir: Path, choice: Choice) -> LoadedModel:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # grow says what was created or carried, in one line instead of a table
     try:
-        loaded: Any = auto.from_pretrained(model_dir, dtype=torch.float32, output_loading_info=True, **options)
+        loaded: Any = auto.from_pretrained(
+            model_dir, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True, **options
+        )
     except ValueError as exc:
         raise CheckpointError(
             f"{model_dir} is not a model transformers can train as a {choice.name} LM: {exc}"
@@ -114,6 +127,12 @@ def load_model(model_dir: Path, choice: Choice) -> LoadedModel:
     finally:
         hf_logging.set_verbosity(verbosity)
     model, info = loaded
+    if info["mismatched_keys"]:  # refused here, naming the tensor: transformers' own error points at a silenced table
+        name, saved_shape, model_shape = sorted(info["mismatched_keys"])[0]
+        raise CheckpointError(
+            f"{model_dir}: tensor {name} has shape {list(saved_shape)} but config.json implies {list(model_shape)}; "
+            "the weights and config.json belong to different models"
+        )
     created = sorted(info["missing_keys"])
     prefix = model.base_model_prefix
     body = [name for name in created if prefix and name.startswith(prefix + ".")]
@@ -155,9 +174,20 @@ def carried_tensors(model_dir: Path, names: list[str], model_keys: set[str], pre
 def save_model(
     model: PreTrainedModel, state_dict: dict[str, torch.Tensor], tokenizer, out: Path, dtype: torch.dtype
 ) -> None:
-    """Write `state_dict` as HF safetensors in `dtype`, with config, generation config and tokenizer."""
+    """Write `state_dict` as HF safetensors in `dtype`, with config, generation config and tokenizer.
+
+    Written into a hidden folder in `out` first and moved into place file by file once complete, so a full disk or
+    a kill mid-write never leaves a truncated model.safetensors in `out` (`removed_unless_written`)."""
+    from grow_cli.checkpoint.output import removed_unless_written
+
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     model.config.dtype = dtype
     model.config.use_cache = True
-    model.save_pretrained(out, state_dict=state_dict)
-    tokenizer.save_pretrained(out)
+    staging = Path(out) / MODEL_STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
+    with removed_unless_written(staging, "the trained model"):
+        model.save_pretrained(staging, state_dict=state_dict)
+        tokenizer.save_pretrained(staging)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, Path(out) / path.name)
+    staging.rmdir()

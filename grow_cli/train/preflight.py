@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR
 from grow_cli.checkpoint.output import check_not_overlapping
 from grow_cli.data.masking import MaskingRule, masking_rule
 from grow_cli.data.sources import Source, check_sources, find_sources
@@ -24,7 +25,7 @@ from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, resolve
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
-from grow_cli.train.model_io import check_seq_len, load_model_config, load_tokenizer
+from grow_cli.train.model_io import check_seq_len, check_weights, load_model_config, load_tokenizer
 from grow_cli.train.objective import Choice, choose_objective
 
 
@@ -51,6 +52,7 @@ def preflight(config: TrainConfig) -> Checked:
     sources = find_sources(config.data)
     check_sources(sources, config.text_field)
     model_config = load_model_config(config.model)
+    check_weights(config.model)
     check_seq_len(model_config, config.seq_len)
     objective = choose_objective(model_config, config.objective)
     tokenizer, eos_id = load_tokenizer(config.tokenizer or config.model, model_config)
@@ -74,6 +76,7 @@ def preflight(config: TrainConfig) -> Checked:
     trainable_names = added_tensors(config.model) if config.train_only == "new" else None
     out = config.out
     check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
+    check_data_outside(out, config.data, sources)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder")
     notes: list[str]
@@ -107,6 +110,24 @@ def preflight(config: TrainConfig) -> Checked:
         apollo,
         continuation,
     )
+
+
+def check_data_outside(out: Path, data: list[str], sources: list[Source]) -> None:
+    """Refuse an --out that is or directly holds a data file (the run writes README.md, config.json and
+    metrics.jsonl there, and --overwrite removes `.bin` token files and checkpoints), or that lies in a --data folder
+    (what the run writes there would become the next run's training text)."""
+    out = out.expanduser().resolve()
+    for source in sources:
+        path = source.path.expanduser().resolve()
+        if path == out or path.parent == out or out / CHECKPOINTS_DIR in path.parents:
+            raise OutputError(
+                f"--out {out} holds the training data {path}, which the run's own files would replace; choose an "
+                "--out outside the data"
+            )
+    for arg in data:
+        folder = Path(arg).expanduser().resolve()
+        if folder.is_dir() and (folder == out or folder in out.parents):
+            raise OutputError(f"--out {out} lies inside the --data folder {folder}; choose an --out outside the data")
 
 
 def check_no_masking_options(config: TrainConfig) -> None:
