@@ -135,3 +135,5 @@ def test_an_unknown_model_type_names_what_grow_supports():
         ArchitectureError, match="unknown architecture model_type='no_such_model'.*grow supports: .*llama"
     ):
         detect({"model_type": "no_such_model", "architectures": ["NoSuchModelForCausalLM"]})
+    with pytest.raises(ArchitectureError, match="'lamma'.*did you mean llama or"):
+        detect({"model_type": "lamma"})

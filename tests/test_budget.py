@@ -121,6 +121,10 @@ def test_family_sizes_that_round_to_one_shape_are_listed_once():
         (["--target", "1e300", "--tokens", "1T"], "--target 1e\\+300 parameters is outside"),
         (["--target", "8B", "--tokens", "1e40"], "--tokens 1e\\+40 tokens is outside"),
         (["--target", "8B", "--tokens", "1T", "--family", "1B,1e30"], "a --family size 1e\\+30 parameters"),
+        (
+            ["--target", "1B", "--tokens", "20B", "--family", "2B,1B"],
+            "a --family size \\(2e\\+09 parameters\\) is larger",
+        ),
     ],
 )
 def test_plans_outside_the_fitted_range_are_refused(cli, args, message):

@@ -76,6 +76,7 @@ def test_check_plans_every_member_from_a_fresh_config(folder):
     [
         (lambda d: d["members"][0].update(tokenizer="text"), "members[0].tokenizer: no usable tokenizer"),
         (lambda d: d["members"][0]["config"].update(hidden_size=30), "members[0].config: not a valid llama"),
+        (lambda d: d["members"][0]["config"].update(model_type="lamma"), "'lamma': neither a curated definition nor"),
         (lambda d: d["members"][2]["grow"].update(width_factor=1.3), "members[2].grow"),
         (lambda d: d["members"][1].update(grow={"layers": 1}), "members[1].grow: --layers 1 is smaller"),
         (lambda d: d["members"][1].update(grow={"layers": 10**9}), "members[1].grow: 1,000,000,000 target layers"),

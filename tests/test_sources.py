@@ -82,3 +82,25 @@ def test_missing_text_field_is_named(tmp_path):
     path.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(DataError, match="no text field 'text' .*found: body.*--text-field"):
         check_sources(find_sources([str(path)]), "text")
+
+
+def test_text_that_is_not_utf8_is_read_as_replacement_characters_and_counted(tmp_path):
+    """Two Latin-1 bytes (é, ü) become U+FFFD, as Python's "replace" decoding does, and are counted per file; the
+    count lives in the token cache, so a cached run reports it too. A clean file counts nothing."""
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(("café über " + " ".join(DOCS) * 4).encode("latin-1"))
+    clean = tmp_path / "clean.txt"
+    clean.write_text(" ".join(DOCS) * 4)
+    data = tokens_of([latin, clean], tmp_path)
+    assert data.undecodable == {str(latin): 2}
+    again = tokens_of([latin, clean], tmp_path)
+    assert again.from_cache and again.undecodable == {str(latin): 2}
+    assert tokens_of([clean], tmp_path).undecodable == {}
+
+
+def test_json_lines_that_are_not_utf8_are_refused_by_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n' + '{"text": "café"}\n'.encode("latin-1"))
+    check_sources(find_sources([str(path)]), "text")  # the first line, the one it reads, is UTF-8
+    with pytest.raises(DataError, match=r"d.jsonl:2: not UTF-8 \(byte 0xe9 at column 14\).*iconv"):
+        tokens_of([path], tmp_path)

@@ -43,10 +43,32 @@ def _refuse(model_type: Any, what: str) -> ArchitectureError:
     return ArchitectureError(f"cannot derive a definition for model_type={model_type!r}: {what}")
 
 
+def check_known_type(model_type: Any, architectures: Any = None) -> None:
+    """Refuse a model_type transformers does not know, naming the nearest ones it does (transformers' own message
+    lists all of its several hundred) and grow's curated ones."""
+    import difflib
+
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type in CONFIG_MAPPING_NAMES:
+        return
+    from grow_cli.arch.registry import all_definitions
+
+    close = difflib.get_close_matches(str(model_type), CONFIG_MAPPING_NAMES.keys(), n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    curated = sorted(t for a in all_definitions().values() for t in a.model_types)
+    seen = f" (architectures={architectures})" if architectures else ""
+    raise ArchitectureError(
+        f"unknown architecture model_type={model_type!r}{seen}: neither a curated definition nor a transformers "
+        f"{transformers.__version__} model type; {hint}grow supports: {', '.join(curated)}, and derives definitions "
+        "for other transformers decoders"
+    )
+
+
 def _classes(config: dict[str, Any]):
     """(transformers config object, causal-LM model class) for a config.json, or a refusal."""
     import transformers
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     model_type = config.get("model_type")
     if config.get("auto_map"):
@@ -55,15 +77,7 @@ def _classes(config: dict[str, Any]):
             "config.json maps to its own modeling code (auto_map); grow runs only transformers' own classes and "
             "does not support --trust-remote-code",
         )
-    if model_type not in CONFIG_MAPPING_NAMES:
-        from grow_cli.arch.registry import all_definitions
-
-        curated = sorted(t for a in all_definitions().values() for t in a.model_types)
-        raise ArchitectureError(
-            f"unknown architecture model_type={model_type!r} (architectures={config.get('architectures')}): "
-            f"neither a curated definition nor a transformers {transformers.__version__} model type; grow supports: "
-            f"{', '.join(curated)}, and derives definitions for other transformers decoders"
-        )
+    check_known_type(model_type, config.get("architectures"))
     try:
         cfg = transformers.AutoConfig.for_model(str(model_type), **transformers_params(config))
     except Exception as exc:

@@ -15,12 +15,15 @@ fail with one line that names the file.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from grow_cli.errors import DataError
 
@@ -92,14 +95,8 @@ def _arrow_files(folder: Path) -> list[Path]:
 def _columns(source: Source) -> list[str]:
     """The column names of a tabular source (the keys of the first JSON line)."""
     if source.kind == "jsonl":
-        with source.path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{source.path}:{n}: not valid JSON ({exc.msg})") from None
-                    return list(record) if isinstance(record, dict) else []
+        for _, record in _json_lines(source.path):
+            return list(record) if isinstance(record, dict) else []
         raise DataError(f"--data {source.path}: the file holds no JSON lines")
     return list(_schema(source))
 
@@ -162,12 +159,30 @@ def check_sources(sources: list[Source], text_field: str) -> None:
                 )
 
 
-def read_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
-    """(text, ends_document) pieces of a text source; a document may arrive in several pieces."""
+def _replace_counting(exc: UnicodeError) -> tuple[str, int]:
+    """Python's "replace" decoding (U+FFFD for each undecodable sequence), counting the sequences it replaced."""
+    assert isinstance(exc, UnicodeDecodeError)
+    _undecodable.count += 1
+    return "\ufffd", exc.end
+
+
+_undecodable = threading.local()  # .count: sequences replaced in the text file being read on this thread
+REPLACE_COUNTING = "grow-replace-counting"
+codecs.register_error(REPLACE_COUNTING, _replace_counting)
+
+
+def read_texts(
+    source: Source, text_field: str, undecodable: dict[str, int] | None = None
+) -> Iterator[tuple[str, bool]]:
+    """(text, ends_document) pieces of a text source; a document may arrive in several pieces.
+
+    A text file's bytes that are not UTF-8 are read as U+FFFD rather than refused (one stray byte should not stop a
+    run over a large corpus), but not silently: their count per file is added to `undecodable`, for a note."""
     if source.kind == "text":
         # Cut pieces at a line end so that no word is split between two tokenizer calls; hold one piece back
         # so the last one can say that it ends the document.
-        with source.path.open(encoding="utf-8", errors="replace") as f:
+        _undecodable.count = 0
+        with source.path.open(encoding="utf-8", errors=REPLACE_COUNTING) as f:
             held, carry = None, ""
             while block := f.read(CHUNK_CHARS):
                 text = carry + block
@@ -181,18 +196,13 @@ def read_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
                 held = carry
             if held is not None:
                 yield held, True
+        if _undecodable.count and undecodable is not None:
+            undecodable[str(source.path)] = _undecodable.count
     elif source.kind == "jsonl":
-        with source.path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{source.path}:{n}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    raise DataError(f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME")
-                yield str(record[text_field]), True
+        for n, record in _json_lines(source.path):
+            if not isinstance(record, dict) or text_field not in record:
+                raise DataError(f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME")
+            yield str(record[text_field]), True
     else:
         pa = _pyarrow()
         if source.kind == "parquet":
@@ -206,6 +216,24 @@ def read_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
                     for batch in pa.ipc.open_stream(f):
                         for text in batch.column(text_field).to_pylist():
                             yield (text or ""), True
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON Lines file; a line that is not UTF-8 JSON (the format
+    requires UTF-8) is refused by its number."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield n, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{n}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); JSON Lines must "
+                    "be UTF-8: convert the file (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
 
 
 def fingerprint_sources(sources: list[Source], text_field: str) -> str:

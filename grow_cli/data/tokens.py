@@ -47,6 +47,7 @@ class TokenData:
     num_documents: int
     cache_file: Path
     from_cache: bool
+    undecodable: dict[str, int]  # text file → byte sequences that were not UTF-8, read as U+FFFD
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -79,8 +80,10 @@ def _encoder(tokenizer):
     return lambda texts: tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
 
 
-def _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp: Path) -> tuple[int, int]:
-    """Tokenize every source into `tmp`; return (tokens, documents)."""
+def _write_stream(
+    sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp: Path, undecodable: dict[str, int]
+) -> tuple[int, int]:
+    """Tokenize every source into `tmp`; return (tokens, documents) and count undecodable text in `undecodable`."""
     num_tokens = num_docs = 0
     encode = _encoder(tokenizer)
     with tmp.open("wb") as out:
@@ -115,7 +118,7 @@ def _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp
                 num_docs += int((stream == eos_id).sum())
                 continue
             texts, ends = [], []
-            for text, end in read_texts(source, text_field):
+            for text, end in read_texts(source, text_field, undecodable):
                 texts.append(text)
                 ends.append(end)
                 num_docs += end
@@ -177,8 +180,11 @@ def prepare_tokens(
     from_cache = meta is not None
     if meta is None:
         tmp = cache_dir / f".{fingerprint}.{os.getpid()}.tmp"
+        undecodable: dict[str, int] = {}
         try:
-            num_tokens, num_docs = _write_stream(sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp)
+            num_tokens, num_docs = _write_stream(
+                sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp, undecodable
+            )
             tmp.replace(stream_file)  # rename last, so a crash never leaves a half-written cache behind
         finally:
             tmp.unlink(missing_ok=True)
@@ -187,6 +193,7 @@ def prepare_tokens(
             "documents": num_docs,
             "dtype": dtype.name,
             "sources": [str(s.path) for s in sources],
+            "undecodable": undecodable,
         }
         tmp_meta = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
         tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
@@ -210,4 +217,5 @@ def prepare_tokens(
         num_documents=int(meta["documents"]),
         cache_file=stream_file,
         from_cache=from_cache,
+        undecodable=dict(meta.get("undecodable", {})),
     )

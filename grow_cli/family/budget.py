@@ -183,6 +183,11 @@ def plan(
     sizes = sorted(family) if family else [n / 8, n / 4, n / 2, n]
     for size in sizes:
         _check_count(size, "a --family size", "parameters", PARAMS_RANGE)
+        if size > n * (1 + 1e-6):
+            raise UsageError(
+                f"a --family size ({size:.3g} parameters) is larger than the target ({n:.3g}): a family grows up to "
+                "its target; drop that size or raise --target"
+            )
     members: list[dict[str, Any]] = []
     notes = []
     for size in sizes:

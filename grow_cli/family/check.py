@@ -32,12 +32,17 @@ def _fresh_model_shapes(member: Member) -> tuple[Any, Shapes]:
     import torch
     import transformers
 
+    from grow_cli.arch.derive import check_known_type
     from grow_cli.checkpoint.dtypes import dtype_name
 
     config = dict(member.config or {})
     model_type = config.pop("model_type")
     from grow_cli.train.objective import choose_objective
 
+    try:
+        check_known_type(model_type)
+    except GrowError as exc:
+        raise _fail("members[0].config", str(exc)) from None
     try:
         hf_config = transformers.AutoConfig.for_model(model_type, **config)
         masked = choose_objective(hf_config, "auto").name == "masked"  # as the run builds it (family/run.py)

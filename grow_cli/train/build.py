@@ -294,6 +294,13 @@ def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -
         f"{len(data.train_ids):,} train / {len(data.eval_ids):,} eval blocks of {config.seq_len}"
         f"{' (cached)' if data.from_cache else ''}",
     )
+    for path, count in data.undecodable.items():
+        say(
+            accelerator,
+            False,
+            f"note: {path}: {count:,} byte sequence(s) are not UTF-8 and were read as U+FFFD; if the file is in "
+            "another encoding, convert it (e.g. iconv -f latin1 -t utf-8) and run again",
+        )
     return data
 
 
