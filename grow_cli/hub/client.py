@@ -9,15 +9,22 @@ are passed to the client and nowhere else: no message grow builds contains one, 
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 
 from huggingface_hub import constants, errors, get_token
-from huggingface_hub.utils import httpx
+from huggingface_hub import utils as hub_utils
 
 from grow_cli.errors import HubError
 
 TOKEN_HELP = "pass --token, set HF_TOKEN, or run `hf auth login`"
+
+# The network failure of the HTTP client huggingface_hub uses. Hub 1.31 added `huggingface_hub.utils.httpx`, the
+# client's module (httpx in 1.x, httpx2 from 2.0); hub 1.5-1.30, which grow's range and transformers 5.17 allow, use
+# httpx itself and do not export it.
+_http_client = getattr(hub_utils, "httpx", None) or importlib.import_module("httpx")
+TransportError: type[Exception] = _http_client.TransportError
 
 
 def endpoint() -> str:
@@ -54,7 +61,7 @@ def translate(exc: BaseException, action: str, repo_id: str) -> HubError:
         found = re.search(r"uploading '([^']+)'", str(exc))
         if found:
             action = f"uploading {found.group(1)} to"
-        exc = next((e for e in chain if isinstance(e, errors.HfHubHTTPError | httpx.TransportError)), chain[-1])
+        exc = next((e for e in chain if isinstance(e, errors.HfHubHTTPError | TransportError)), chain[-1])
     if isinstance(exc, errors.OfflineModeIsEnabled):
         return HubError(f"{action} {repo_id} needs the network, but HF_HUB_OFFLINE=1 is set; unset it and re-run")
     if isinstance(exc, errors.GatedRepoError):
@@ -80,7 +87,7 @@ def translate(exc: BaseException, action: str, repo_id: str) -> HubError:
                 "to resume: files that already arrived are not sent again"
             )
         return HubError(f"the Hub refused {action} {repo_id} (HTTP {status}: {detail})")
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, TransportError):
         return HubError(
             f"cannot reach the Hub at {endpoint()} while {action} {repo_id} ({type(exc).__name__}); check the "
             "network or HF_ENDPOINT, then re-run the same command to resume"

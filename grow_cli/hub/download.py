@@ -18,12 +18,11 @@ from typing import Any
 
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
-from huggingface_hub.utils import httpx
 
 from grow_cli import __version__
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS, WEIGHT_SUFFIXES
 from grow_cli.errors import HubError
-from grow_cli.hub.client import endpoint, is_offline, translate
+from grow_cli.hub.client import TransportError, endpoint, is_offline, translate
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
 
@@ -52,7 +51,7 @@ def download_checkpoint(
         folder = snapshot_download(repo_id, revision=revision, allow_patterns=files, **kwargs)
     except HubError:
         raise
-    except httpx.TransportError:
+    except TransportError:
         # The Hub cannot be reached: a cached copy of the revision is as good as a download.
         try:
             return _from_cache(repo_id, revision, where)
