@@ -127,3 +127,12 @@ def test_plans_outside_the_fitted_range_are_refused(cli, args, message):
     result = cli("plan", *args)
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and len(lines) == 1 and re.search(message, lines[0]), result.stderr
+
+
+@pytest.mark.parametrize("layers, option", [(32, "--depth-factor 4"), (30, "--layers 30"), (33, "--layers 33")])
+def test_stacking_command_grows_the_small_model_to_the_targets_depth(layers, option):
+    """The quarter-depth small model grown by the printed command has the target's depth: ×4 would make 28 of 30."""
+    target = {"num_hidden_layers": layers, "hidden_size": 576, "vocab_size": 49152, "num_parameters": 135e6}
+    stacking = plan(target, 1e12)["stacking"]
+    assert stacking["small_model"]["num_hidden_layers"] == layers // 4
+    assert stacking["command"] == f"grow expand SMALL OUT {option} --depth-method stack"

@@ -95,7 +95,7 @@ def _print_plan(result: dict) -> None:
     out.print(
         f"  train a {sm['num_hidden_layers']}-layer, {_count(sm['num_parameters'])} model on "
         f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
-        f"{s['growth_factor']} in depth:",
+        f"{s['growth_factor']} in depth (to the target's {t['config']['num_hidden_layers']} layers):",
         soft_wrap=True,
     )
     out.print(f"  {s['command']}", soft_wrap=True)

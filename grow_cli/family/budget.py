@@ -65,6 +65,12 @@ def stacking_growth_tokens(target_params: float, target_tokens: float) -> float:
     return 10 ** (0.88 * math.log10(target_params) + 163.27 / math.log10(compute) - 5.74)
 
 
+def _stacking_target(layers: int) -> str:
+    """The depth option that grows the quarter-depth small model back to exactly `layers`: ×4 when it divides,
+    else the count itself (stack's cycle then continues into the bottom layers), never a model of another depth."""
+    return f"--depth-factor {GROWTH_FACTOR}" if layers % GROWTH_FACTOR == 0 else f"--layers {layers}"
+
+
 def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
     """A Llama-style shape with about `params` parameters (untied head, SwiGLU FFN ≈ 8/3·d, head_dim 64–128)."""
     widths = [
@@ -218,7 +224,7 @@ def plan(
             "rule": "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)",
             # The fit's 163.27/log10 C term grows as C shrinks: at small budgets d exceeds D itself.
             "applies": d < tokens,
-            "command": f"grow expand SMALL OUT --depth-factor {GROWTH_FACTOR} --depth-method stack",
+            "command": f"grow expand SMALL OUT {_stacking_target(shape['num_hidden_layers'])} --depth-method stack",
         },
         "family": {**family_book, "notes": notes},
         "projection": projection(family_book),
