@@ -136,3 +136,61 @@ def test_stacking_command_grows_the_small_model_to_the_targets_depth(layers, opt
     stacking = plan(target, 1e12)["stacking"]
     assert stacking["small_model"]["num_hidden_layers"] == layers // 4
     assert stacking["command"] == f"grow expand SMALL OUT {option} --depth-method stack"
+
+
+# SmolLM2-135M's config.json: `grow inspect` of the real checkpoint (converted by benchmarks/real_smollm2.py) counts
+# 134,515,008 parameters; its head is tied, so its embeddings are one 49152 × 576 matrix.
+SMOLLM2_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_hidden_layers": 30,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "vocab_size": 49152,
+}
+
+
+@pytest.mark.parametrize("name", ["llama_tied", "gpt2", "bert"])
+def test_a_config_without_weights_counts_as_its_checkpoint_does(tiny_checkpoints, tmp_path, name):
+    """A folder holding only config.json (a target not trained yet) counts the parameters inspect counts in the
+    checkpoint, from the model built on the meta device."""
+    import shutil
+
+    from grow_cli.growth.describe import describe_shape, inspect
+
+    checkpoint = tiny_checkpoints(name)
+    shutil.copy(checkpoint / "config.json", tmp_path / "config.json")
+    counted = describe_shape(tmp_path)
+    info = inspect(str(checkpoint))
+    assert counted["num_parameters"] == info["num_parameters"] and counted["layers"] == info["layers"]
+    assert counted["tie_word_embeddings"] == info["tie_word_embeddings"]
+
+
+def test_plan_a_target_config_with_a_tied_head(cli, tmp_path):
+    """`grow plan --target` a config folder (or its config.json) plans; the tied head is one matrix, so the
+    quarter-depth small model is 28.3M embeddings + 7 of the 30 layers (it once counted the head twice: 74.8M)."""
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    for target in (tmp_path, tmp_path / "config.json"):
+        result = cli("plan", "--target", target, "--tokens", "1T", "--json")
+        assert result.code == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["target"]["num_parameters"] == 134_515_008
+        embeddings = 49152 * 576
+        per_layer = (134_515_008 - embeddings) / 30
+        assert report["stacking"]["small_model"]["num_parameters"] == int(embeddings + 7 * per_layer)
+
+
+def test_a_target_config_transformers_cannot_build_is_one_line(cli, tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 30, '
+        '"num_attention_heads": 4, "intermediate_size": 8, "vocab_size": 16}'
+    )
+    result = cli("plan", "--target", tmp_path, "--tokens", "1T")
+    lines = result.stderr.strip().splitlines()
+    assert result.code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -182,10 +182,10 @@ def plan(
         n = float(target)  # the guideline uses the requested size; the shape is the nearest concrete config
     d = stacking_growth_tokens(n, tokens)
     small = {**shape, "num_hidden_layers": max(1, shape["num_hidden_layers"] // GROWTH_FACTOR)}
-    per_layer = (shape["num_parameters"] - 2 * shape["vocab_size"] * shape["hidden_size"]) / shape["num_hidden_layers"]
-    small["num_parameters"] = int(
-        small["num_hidden_layers"] * per_layer + 2 * shape["vocab_size"] * shape["hidden_size"]
-    )
+    # A tied head shares the embedding matrix: counting it twice made the small model of a Gemma 3 270M 321M.
+    embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
+    per_layer = (shape["num_parameters"] - embeddings) / shape["num_hidden_layers"]
+    small["num_parameters"] = int(small["num_hidden_layers"] * per_layer + embeddings)
     sizes = sorted(family) if family else [n / 8, n / 4, n / 2, n]
     for size in sizes:
         _check_count(size, "a --family size", "parameters", PARAMS_RANGE)
