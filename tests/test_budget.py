@@ -194,3 +194,15 @@ def test_a_target_config_transformers_cannot_build_is_one_line(cli, tmp_path):
     result = cli("plan", "--target", tmp_path, "--tokens", "1T")
     lines = result.stderr.strip().splitlines()
     assert result.code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_family_members_of_a_target_folder_never_outgrow_it(cli, tmp_path):
+    """Members below a 576-wide target once came out 768 wide (the nearest Llama width), a family no growth can
+    build (growth only widens); they now stay within its hidden and FFN sizes and share its tied head."""
+    keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "tie_word_embeddings")
+    target = {k: SMOLLM2_CONFIG[k] for k in keys} | {"num_parameters": 134_515_008}
+    members = plan(target, 1e12, family=[40e6, 80e6, 134_515_008])["family"]["members"]
+    assert [m["hidden"] for m in members] == [576, 576, 576]
+    assert [m["layers"] for m in members] == sorted(m["layers"] for m in members) and members[-1]["layers"] == 30
+    embeddings, per_layer = 49152 * 576, 4 * 576 * 576 + 3 * 576 * 1536 + 2 * 576
+    assert members[0]["params"] == embeddings + members[0]["layers"] * per_layer + 576  # one tied matrix

@@ -71,8 +71,10 @@ def _stacking_target(layers: int) -> str:
     return f"--depth-factor {GROWTH_FACTOR}" if layers % GROWTH_FACTOR == 0 else f"--layers {layers}"
 
 
-def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
-    """A Llama-style shape with about `params` parameters (untied head, SwiGLU FFN ≈ 8/3·d, head_dim 64–128)."""
+def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str, Any] | None = None) -> dict[str, int]:
+    """A Llama-style shape with about `params` parameters (SwiGLU FFN ≈ 8/3·d, head_dim 64–128; an untied head
+    unless `within` ties it). `within`: the family's target, whose hidden and FFN sizes a smaller member never
+    exceeds (growth only widens) and whose tied or untied head it shares."""
     widths = [
         (2e8, 768),
         (6e8, 1024),
@@ -84,9 +86,14 @@ def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
     ]
     hidden = next((d for limit, d in widths if params <= limit), 8192)
     ffn = int(math.ceil(hidden * 8 / 3 / 256) * 256)
+    tied = False
+    if within is not None:
+        hidden, ffn = min(hidden, within["hidden_size"]), min(ffn, within.get("intermediate_size") or ffn)
+        tied = bool(within.get("tie_word_embeddings"))
+    embeddings = vocab_size * hidden * (1 if tied else 2)
     per_layer = 4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden
-    layers = max(1, round((params - 2 * vocab_size * hidden) / per_layer))
-    heads = hidden // (128 if hidden >= 2048 else 64)
+    layers = max(1, round((params - embeddings) / per_layer))
+    heads = max(1, hidden // (128 if hidden >= 2048 else 64))
     return {
         "num_hidden_layers": layers,
         "hidden_size": hidden,
@@ -94,7 +101,8 @@ def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
         "num_attention_heads": heads,
         "num_key_value_heads": heads,
         "vocab_size": vocab_size,
-        "num_parameters": layers * per_layer + 2 * vocab_size * hidden + hidden,
+        "tie_word_embeddings": tied,
+        "num_parameters": layers * per_layer + embeddings + hidden,
     }
 
 
@@ -192,7 +200,10 @@ def plan(
     members: list[dict[str, Any]] = []
     notes = []
     for size in sizes:
-        s = shape if math.isclose(size, n, rel_tol=1e-6) else llama_like_shape(size, shape["vocab_size"])
+        if math.isclose(size, n, rel_tol=1e-6):
+            s = shape
+        else:
+            s = llama_like_shape(size, shape["vocab_size"], within=shape if size < n else None)
         if members and (members[-1]["layers"], members[-1]["hidden"]) == (s["num_hidden_layers"], s["hidden_size"]):
             notes.append(
                 f"{size:.3g} parameters rounds to the same {s['num_hidden_layers']} × {s['hidden_size']} shape as the "
