@@ -282,7 +282,7 @@ def _execute(
             load_record(src.folder),
             stage,
             {
-                "architecture": plan.arch.name,
+                "architecture": plan.upcycle.target.name if plan.upcycle else plan.arch.name,  # what OUT holds
                 "model_type": plan.target_config.get("model_type"),
                 "num_parameters": plan.num_parameters,
             },
