@@ -61,6 +61,17 @@ def print_json(payload: Any) -> None:
 
 
 @contextmanager
+def activity(message: str, *, quiet: bool = False):
+    """A spinner with `message` on stderr while a step without a measurable total runs (gone when it ends), so a
+    long wait after a finished progress bar does not look like a hang; silent when quiet or not a terminal."""
+    if quiet or not err.is_terminal:
+        yield
+        return
+    with err.status(message):
+        yield
+
+
+@contextmanager
 def byte_progress(description: str, total_bytes: int, *, quiet: bool = False):
     """A progress bar over bytes (with tensor count in the description) on stderr; yields an `advance(n)`."""
     disabled = quiet or not err.is_terminal

@@ -131,3 +131,82 @@ def test_plans_outside_the_fitted_range_are_refused(cli, args, message):
     result = cli("plan", *args)
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and len(lines) == 1 and re.search(message, lines[0]), result.stderr
+
+
+@pytest.mark.parametrize("layers, option", [(32, "--depth-factor 4"), (30, "--layers 30"), (33, "--layers 33")])
+def test_stacking_command_grows_the_small_model_to_the_targets_depth(layers, option):
+    """The quarter-depth small model grown by the printed command has the target's depth: ×4 would make 28 of 30."""
+    target = {"num_hidden_layers": layers, "hidden_size": 576, "vocab_size": 49152, "num_parameters": 135e6}
+    stacking = plan(target, 1e12)["stacking"]
+    assert stacking["small_model"]["num_hidden_layers"] == layers // 4
+    assert stacking["command"] == f"grow expand SMALL OUT {option} --depth-method stack"
+
+
+# SmolLM2-135M's config.json: `grow inspect` of the real checkpoint (converted by benchmarks/real_smollm2.py) counts
+# 134,515,008 parameters; its head is tied, so its embeddings are one 49152 × 576 matrix.
+SMOLLM2_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_hidden_layers": 30,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "vocab_size": 49152,
+}
+
+
+@pytest.mark.parametrize("name", ["llama_tied", "gpt2", "bert"])
+def test_a_config_without_weights_counts_as_its_checkpoint_does(tiny_checkpoints, tmp_path, name):
+    """A folder holding only config.json (a target not trained yet) counts the parameters inspect counts in the
+    checkpoint, from the model built on the meta device."""
+    import shutil
+
+    from grow_cli.growth.describe import describe_shape, inspect
+
+    checkpoint = tiny_checkpoints(name)
+    shutil.copy(checkpoint / "config.json", tmp_path / "config.json")
+    counted = describe_shape(tmp_path)
+    info = inspect(str(checkpoint))
+    assert counted["num_parameters"] == info["num_parameters"] and counted["layers"] == info["layers"]
+    assert counted["tie_word_embeddings"] == info["tie_word_embeddings"]
+
+
+def test_plan_a_target_config_with_a_tied_head(cli, tmp_path):
+    """`grow plan --target` a config folder (or its config.json) plans; the tied head is one matrix, so the
+    quarter-depth small model is 28.3M embeddings + 7 of the 30 layers (it once counted the head twice: 74.8M)."""
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    for target in (tmp_path, tmp_path / "config.json"):
+        result = cli("plan", "--target", target, "--tokens", "1T", "--json")
+        assert result.code == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["target"]["num_parameters"] == 134_515_008
+        embeddings = 49152 * 576
+        per_layer = (134_515_008 - embeddings) / 30
+        assert report["stacking"]["small_model"]["num_parameters"] == int(embeddings + 7 * per_layer)
+
+
+def test_a_target_config_transformers_cannot_build_is_one_line(cli, tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 30, '
+        '"num_attention_heads": 4, "intermediate_size": 8, "vocab_size": 16}'
+    )
+    result = cli("plan", "--target", tmp_path, "--tokens", "1T")
+    lines = result.stderr.strip().splitlines()
+    assert result.code != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+
+
+def test_family_members_of_a_target_folder_never_outgrow_it(cli, tmp_path):
+    """Members below a 576-wide target once came out 768 wide (the nearest Llama width), a family no growth can
+    build (growth only widens); they now stay within its hidden and FFN sizes and share its tied head."""
+    keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "tie_word_embeddings")
+    target = {k: SMOLLM2_CONFIG[k] for k in keys} | {"num_parameters": 134_515_008}
+    members = plan(target, 1e12, family=[40e6, 80e6, 134_515_008])["family"]["members"]
+    assert [m["hidden"] for m in members] == [576, 576, 576]
+    assert [m["layers"] for m in members] == sorted(m["layers"] for m in members) and members[-1]["layers"] == 30
+    embeddings, per_layer = 49152 * 576, 4 * 576 * 576 + 3 * 576 * 1536 + 2 * 576
+    assert members[0]["params"] == embeddings + members[0]["layers"] * per_layer + 576  # one tied matrix

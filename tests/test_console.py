@@ -1,4 +1,5 @@
-"""The one byte-size formatter every command prints with: decimal units, as `--shard-size 5GB` and the Hub count."""
+"""What grow writes to the terminal: the one byte-size formatter every command prints with (decimal units, as
+`--shard-size 5GB` and the Hub count), and the spinner that covers a wait without a total."""
 
 from __future__ import annotations
 
@@ -25,3 +26,29 @@ from grow_cli.console import format_bytes
 )
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_verify_says_what_it_is_doing_on_a_terminal(tiny_checkpoints, tmp_path, monkeypatch, quiet):
+    """After the growing bar reaches 100%, --verify runs two models with no total to show: a spinner says so on a
+    terminal (once nothing did, and the wait looked like a hang); --quiet keeps stderr silent."""
+    import io
+
+    from rich.console import Console
+
+    import grow_cli.console as console
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
+    monkeypatch.setattr(console, "err", terminal)
+    expand(
+        tiny_checkpoints("llama"),
+        tmp_path / "out",
+        GrowthSpec(layers=6, depth_method="identity"),
+        verify=True,
+        quiet=quiet,
+    )
+    shown = terminal.file.getvalue()
+    assert ("verifying: the source, then the grown model" in shown) is not quiet
+    assert ("growing" in shown) is not quiet

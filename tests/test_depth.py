@@ -170,3 +170,13 @@ def test_layer_maps_of_each_method():
     # SOLAR: 32 layers, overlap 8 → 0..23 then 8..31
     assert ops.dus(32, 8) == list(range(24)) + list(range(8, 32))
     assert ops.target_layers(32, GrowthSpec(layers=48, depth_method="dus")) == (48, 8)
+
+
+@pytest.mark.parametrize("layers, suggestion", [(41, 42), (61, 60), (31, 32)])
+def test_a_dus_depth_it_cannot_make_suggests_the_nearest_it_can(layers, suggestion):
+    """dus makes an even count between L and 2L; the refusal names the nearest such count (it once said 46 for 41)."""
+    from grow_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"between 30 and 60; try {suggestion}$"):
+        ops.target_layers(30, GrowthSpec(layers=layers, depth_method="dus"))
+    assert ops.target_layers(30, GrowthSpec(layers=suggestion, depth_method="dus"))[0] == suggestion

@@ -285,6 +285,11 @@ def test_the_command_passes_every_option_to_train_config_by_name(tmp_path):
     assert config.report_to == ["tensorboard", "wandb"]
     with pytest.raises(UsageError, match="--max-tokens must be a whole number, got 2.5"):
         train_config({**options, **required, "max_tokens": 2.5})
+    for text, tokens in (("50M", 50_000_000), ("2e9", 2_000_000_000), ("1.5K", 1500), ("1024", 1024)):
+        assert train_config({**options, **required, "max_tokens": text}).max_tokens == tokens, text  # README's 50M
+    for text, message in (("lots", "cannot read 'lots'"), ("inf", "must be a whole number"), ("1.5", "whole")):
+        with pytest.raises(UsageError, match=message):
+            train_config({**options, **required, "max_tokens": text})
 
 
 def test_the_model_folder_is_never_the_output(tmp_path, capsys):

@@ -202,6 +202,18 @@ def test_the_plan_shows_how_each_expert_is_made(cli, dense, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_printed_plan_and_report_say_what_the_mlps_became(cli, dense, tmp_path):
+    """Without --json, both the plan and the report name the upcycling (they once printed only the shapes); the
+    record names the architecture the output holds."""
+    planned = cli("expand", dense["llama"][0], tmp_path / "plan", "--experts", "4", "--dry-run")
+    made = cli("expand", dense["llama"][0], tmp_path / "out", "--experts", "4", "--top-k", "1", "--router-noise", "0")
+    assert planned.code == 0 and made.code == 0, planned.stderr + made.stderr
+    assert "moe: upcycle → mixtral, 4 experts, top-2, router N(0, 0.02²), seeded (exact" in planned.stdout
+    assert "moe: upcycle → mixtral, 4 experts, top-1, router zeros (exact" in made.stdout
+    model = json.loads((tmp_path / "out" / "grow.json").read_text())["model"]
+    assert model["architecture"] == model["model_type"] == "mixtral"  # what the folder holds (it said llama)
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [

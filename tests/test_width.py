@@ -225,6 +225,12 @@ def test_config_keeps_head_dim_and_writes_ffn_explicitly(sources, tmp_path):
         ("gpt_neox", dict(hidden_size=64, num_heads=4), "RoPE frequencies"),
         ("gpt2", dict(width_factor=2, num_kv_heads=4), "no separate KV heads"),
         ("llama", dict(width_method="hypercloning", hidden_size=48), "multiple of 32; try 64"),
+        ("llama", dict(width_method="hypercloning", width_factor=1.5), "--width-factor must be a whole number.*try 2$"),
+        (
+            "llama",
+            dict(width_factor=1.25),
+            "--width-factor 1.25 makes 5 query heads from 4, but .* try --num-heads 4 or 6",
+        ),
         ("llama", dict(width_method="fpi", width_factor=2, noise_snr_db=10), "only to --width-method hypercloning"),
         ("llama", dict(width_method="net2net", width_factor=2), "unknown width method"),
         ("llama", dict(width_factor=0.5), "at least 1"),

@@ -46,9 +46,9 @@ def plan(
     spec: float | dict
     path = Path(target)
     if path.exists():
-        from grow_cli.growth.describe import inspect
+        from grow_cli.growth.describe import describe_shape
 
-        info = inspect(str(path.parent if path.name == "config.json" else path))
+        info = describe_shape(path.parent if path.name == "config.json" else path)
         spec = {
             "num_hidden_layers": info["layers"],
             "hidden_size": info["hidden_size"],
@@ -56,6 +56,7 @@ def plan(
             "num_attention_heads": info["num_heads"],
             "num_key_value_heads": info["num_kv_heads"],
             "vocab_size": info["vocab_size"],
+            "tie_word_embeddings": bool(info["tie_word_embeddings"]),
             "num_parameters": info["num_parameters"],
             **({"active_parameters": info["active_parameters"]} if "active_parameters" in info else {}),
         }
@@ -95,7 +96,7 @@ def _print_plan(result: dict) -> None:
     out.print(
         f"  train a {sm['num_hidden_layers']}-layer, {_count(sm['num_parameters'])} model on "
         f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
-        f"{s['growth_factor']} in depth:",
+        f"{s['growth_factor']} in depth (to the target's {t['config']['num_hidden_layers']} layers):",
         soft_wrap=True,
     )
     out.print(f"  {s['command']}", soft_wrap=True)

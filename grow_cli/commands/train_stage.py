@@ -82,7 +82,9 @@ def train_stage(
     ],
     out: Annotated[Path, Opt("--out", help="Output folder for the trained model, checkpoints and metrics.")],
     max_steps: Annotated[int | None, Opt(help="Budget in optimizer steps.")] = None,
-    max_tokens: Annotated[float | None, Opt(help="Budget in training tokens (e.g. 2e9); steps are derived.")] = None,
+    max_tokens: Annotated[
+        str | None, Opt(help="Budget in training tokens (e.g. 50M, 2B or 2e9); steps are derived.")
+    ] = None,
     seq_len: Annotated[int, Opt(help="Tokens per packed block.")] = 512,
     text_field: Annotated[str, Opt(help="Field of JSON Lines / column of Parquet and datasets holding text.")] = "text",
     micro_batch_size: Annotated[int, Opt(help="Blocks per forward pass per process.")] = 8,
@@ -223,17 +225,25 @@ def train_stage(
 def train_config(options: dict[str, Any]) -> TrainConfig:
     """The `TrainConfig` of the command's options: each goes in under its own name, except `COMMAND_ONLY`. The two
     that the command line spells differently are converted here: --report-to is one comma-separated string, and
-    --max-tokens is parsed as a number so that 2e9 works, but must be whole."""
+    --max-tokens is read as a count so that 50M, 2B and 2e9 work, but must be whole."""
     import math
 
     from grow_cli.errors import UsageError
+    from grow_cli.family.budget import parse_count
     from grow_cli.train.config import TrainConfig
 
     settings = {name: value for name, value in options.items() if name not in COMMAND_ONLY}
     max_tokens = settings["max_tokens"]
     if max_tokens is not None:
-        if not (math.isfinite(max_tokens) and max_tokens == int(max_tokens)):
+        try:
+            count = parse_count(max_tokens)
+        except UsageError:  # not a positive count: a plain number (0, -5, inf) goes on to the range checks
+            try:
+                count = float(max_tokens)
+            except ValueError:
+                raise UsageError(f"--max-tokens: cannot read {max_tokens!r}; use e.g. 50M, 2B or 2e9") from None
+        if not (math.isfinite(count) and count == int(count)):
             raise UsageError(f"--max-tokens must be a whole number, got {max_tokens}")
-        settings["max_tokens"] = int(max_tokens)
+        settings["max_tokens"] = int(count)
     settings["report_to"] = [name.strip() for name in settings["report_to"].split(",") if name.strip()]
     return TrainConfig(**settings)

@@ -65,8 +65,16 @@ def stacking_growth_tokens(target_params: float, target_tokens: float) -> float:
     return 10 ** (0.88 * math.log10(target_params) + 163.27 / math.log10(compute) - 5.74)
 
 
-def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
-    """A Llama-style shape with about `params` parameters (untied head, SwiGLU FFN ≈ 8/3·d, head_dim 64–128)."""
+def _stacking_target(layers: int) -> str:
+    """The depth option that grows the quarter-depth small model back to exactly `layers`: ×4 when it divides,
+    else the count itself (stack's cycle then continues into the bottom layers), never a model of another depth."""
+    return f"--depth-factor {GROWTH_FACTOR}" if layers % GROWTH_FACTOR == 0 else f"--layers {layers}"
+
+
+def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str, Any] | None = None) -> dict[str, int]:
+    """A Llama-style shape with about `params` parameters (SwiGLU FFN ≈ 8/3·d, head_dim 64–128; an untied head
+    unless `within` ties it). `within`: the family's target, whose hidden and FFN sizes a smaller member never
+    exceeds (growth only widens) and whose tied or untied head it shares."""
     widths = [
         (2e8, 768),
         (6e8, 1024),
@@ -78,9 +86,14 @@ def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
     ]
     hidden = next((d for limit, d in widths if params <= limit), 8192)
     ffn = int(math.ceil(hidden * 8 / 3 / 256) * 256)
+    tied = False
+    if within is not None:
+        hidden, ffn = min(hidden, within["hidden_size"]), min(ffn, within.get("intermediate_size") or ffn)
+        tied = bool(within.get("tie_word_embeddings"))
+    embeddings = vocab_size * hidden * (1 if tied else 2)
     per_layer = 4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden
-    layers = max(1, round((params - 2 * vocab_size * hidden) / per_layer))
-    heads = hidden // (128 if hidden >= 2048 else 64)
+    layers = max(1, round((params - embeddings) / per_layer))
+    heads = max(1, hidden // (128 if hidden >= 2048 else 64))
     return {
         "num_hidden_layers": layers,
         "hidden_size": hidden,
@@ -88,7 +101,8 @@ def llama_like_shape(params: float, vocab_size: int = 32000) -> dict[str, int]:
         "num_attention_heads": heads,
         "num_key_value_heads": heads,
         "vocab_size": vocab_size,
-        "num_parameters": layers * per_layer + 2 * vocab_size * hidden + hidden,
+        "tie_word_embeddings": tied,
+        "num_parameters": layers * per_layer + embeddings + hidden,
     }
 
 
@@ -176,10 +190,10 @@ def plan(
         n = float(target)  # the guideline uses the requested size; the shape is the nearest concrete config
     d = stacking_growth_tokens(n, tokens)
     small = {**shape, "num_hidden_layers": max(1, shape["num_hidden_layers"] // GROWTH_FACTOR)}
-    per_layer = (shape["num_parameters"] - 2 * shape["vocab_size"] * shape["hidden_size"]) / shape["num_hidden_layers"]
-    small["num_parameters"] = int(
-        small["num_hidden_layers"] * per_layer + 2 * shape["vocab_size"] * shape["hidden_size"]
-    )
+    # A tied head shares the embedding matrix: counting it twice made the small model of a Gemma 3 270M 321M.
+    embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
+    per_layer = (shape["num_parameters"] - embeddings) / shape["num_hidden_layers"]
+    small["num_parameters"] = int(small["num_hidden_layers"] * per_layer + embeddings)
     sizes = sorted(family) if family else [n / 8, n / 4, n / 2, n]
     for size in sizes:
         _check_count(size, "a --family size", "parameters", PARAMS_RANGE)
@@ -191,7 +205,10 @@ def plan(
     members: list[dict[str, Any]] = []
     notes = []
     for size in sizes:
-        s = shape if math.isclose(size, n, rel_tol=1e-6) else llama_like_shape(size, shape["vocab_size"])
+        if math.isclose(size, n, rel_tol=1e-6):
+            s = shape
+        else:
+            s = llama_like_shape(size, shape["vocab_size"], within=shape if size < n else None)
         if members and (members[-1]["layers"], members[-1]["hidden"]) == (s["num_hidden_layers"], s["hidden_size"]):
             notes.append(
                 f"{size:.3g} parameters rounds to the same {s['num_hidden_layers']} × {s['hidden_size']} shape as the "
@@ -223,7 +240,7 @@ def plan(
             "rule": "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)",
             # The fit's 163.27/log10 C term grows as C shrinks: at small budgets d exceeds D itself.
             "applies": d < tokens,
-            "command": f"grow expand SMALL OUT --depth-factor {GROWTH_FACTOR} --depth-method stack",
+            "command": f"grow expand SMALL OUT {_stacking_target(shape['num_hidden_layers'])} --depth-method stack",
         },
         "family": {**family_book, "notes": notes},
         "projection": projection(family_book),

@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from grow_cli.arch.binding import bind
 from grow_cli.arch.experts import parameter_counts, topk_normalised, upcycle_target
+from grow_cli.arch.registry import detect
+from grow_cli.arch.shape import read_shape
 from grow_cli.checkpoint.dtypes import numel
+from grow_cli.checkpoint.files import BIN_INDEX, BIN_SINGLE, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
-from grow_cli.errors import OutputError
+from grow_cli.errors import CheckpointError, OutputError
 from grow_cli.growth.plan import source_shape_of
 from grow_cli.operators.registry import applicability
 
@@ -97,6 +101,44 @@ def inspect(
             str(write_definition(config, write_definition_to, force=force)) if write_definition_to else None
         ),
     }
+
+
+def describe_shape(folder: Path) -> dict[str, Any]:
+    """The shape and parameter count of a model folder: `inspect` when it holds weights; from `config.json` alone
+    when it does not (a target not trained yet, as `grow plan --target` takes it): the model built on the meta
+    device names the tensors a checkpoint of it would hold, and they are bound and counted as inspect counts them."""
+    weights = (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, BIN_INDEX, BIN_SINGLE)
+    if any((folder / name).is_file() for name in weights):
+        return inspect(str(folder))
+    config = load_config(folder)
+    arch = detect(config)  # grow's own one-line refusals first (an unknown type, a missing key)
+    shape = read_shape(arch, config)
+    binding = bind(arch, config, shape, _meta_tensors(folder, config))
+    return {
+        "architecture": arch.name,
+        "num_parameters": sum(numel(t.shape) for t in binding.all_tensors()),
+        **shape.as_dict(),
+        **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
+    }
+
+
+def _meta_tensors(folder: Path, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{name: (shape, dtype)} of the model `config` describes, built on the meta device (no memory, no weights)."""
+    import torch
+    import transformers
+
+    try:
+        model_config = transformers.AutoConfig.from_pretrained(folder)
+        named = getattr(transformers, (config.get("architectures") or [""])[0], None)
+        with torch.device("meta"):
+            if isinstance(named, type) and hasattr(named, "_from_config"):
+                model = named._from_config(model_config)
+            else:
+                model = transformers.AutoModelForCausalLM.from_config(model_config)
+    except (ValueError, KeyError, TypeError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"no weights in {folder}, and transformers cannot build its config.json: {why}") from exc
+    return {name: (tuple(t.shape), "F32") for name, t in model.state_dict().items()}
 
 
 def _moe_summary(arch, config: dict[str, Any], shape, binding) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from grow_cli.checkpoint.output import copy_small_files, small_files, staged_out
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
-from grow_cli.console import byte_progress
+from grow_cli.console import activity, byte_progress
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
@@ -268,13 +268,14 @@ def _execute(
         if verify:
             from grow_cli.growth import verify as verifier
 
-            result = verifier.measure(
-                src.folder,
-                tmp,
-                vocab_size=plan.source_shape.vocab_size,
-                seed=plan.seed,
-                max_memory=verify_memory,
-            )
+            with activity("verifying: the source, then the grown model, on probe tokens", quiet=quiet):
+                result = verifier.measure(
+                    src.folder,
+                    tmp,
+                    vocab_size=plan.source_shape.vocab_size,
+                    seed=plan.seed,
+                    max_memory=verify_memory,
+                )
             check = verifier.check(result, exact=plan.function_preserving, dtype=plan.out_dtype or _main_dtype(plan))
         stage = _stage(plan, src, hasher.result(), check, command)
         stage["training_state"] = grown_state
@@ -282,7 +283,7 @@ def _execute(
             load_record(src.folder),
             stage,
             {
-                "architecture": plan.arch.name,
+                "architecture": plan.upcycle.target.name if plan.upcycle else plan.arch.name,  # what OUT holds
                 "model_type": plan.target_config.get("model_type"),
                 "num_parameters": plan.num_parameters,
             },

@@ -16,6 +16,17 @@ def _shape(s: dict[str, Any]) -> str:
     )
 
 
+def _moe(moe: dict[str, Any]) -> str:
+    """One line for an upcycling: what the dense MLPs became, and whether that is exact."""
+    extras = [f"drop-upcycling {moe['drop_upcycling']:g}"] if moe["drop_upcycling"] else []
+    extras += ["a shared expert"] if moe["shared_expert"] else []
+    exact = moe.get("exactness") or ("exact" if moe["function_preserving"] else "not function-preserving")
+    return (
+        f"moe: {moe['method']} → {moe['model_type']}, {moe['experts']} experts, top-{moe['top_k']}, router "
+        f"{moe['router']}{''.join(', ' + e for e in extras)} ({exact})"
+    )
+
+
 def render_plan(report: dict[str, Any]) -> None:
     """The --dry-run plan: shapes, maps, shards, peak memory and (abridged) the tensor table."""
     plan = report["plan"]
@@ -26,6 +37,8 @@ def render_plan(report: dict[str, Any]) -> None:
         out.print(f"  depth: {d['method']}, layer map {d['layer_map']}")
     if plan["width"]:
         out.print(f"  width: {plan['width']['method']}")
+    if plan["moe"]:
+        out.print(f"  {_moe(plan['moe'])}")
     out.print(f"  function-preserving: {'yes' if plan['function_preserving'] else 'no'}")
     out.print(
         f"  output {format_bytes(plan['output_bytes'])} in {len(plan['shards'])} shard(s); estimated peak memory "
@@ -76,6 +89,8 @@ def render_expand(report: dict[str, Any]) -> None:
             exact = "exact" if report[part]["function_preserving"] else "not function-preserving"
             why = report[part].get("exactness")
             out.print(f"  {part}: {report[part]['method']} ({exact}{': ' + why if why else ''})")
+    if report["moe"]:
+        out.print(f"  {_moe(report['moe'])}")
     files = report["files"]
     out.print(
         f"  wrote {format_bytes(files['bytes'])} in {files['shards']} shard(s) in {report['seconds']:.2f} s; "

@@ -112,7 +112,7 @@ def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
                 raise OptionError(
                     "layers",
                     f"dus makes 2·(L − overlap) layers; with L={L}, --layers must be even and "
-                    f"between {L + L % 2} and {2 * L}; try {2 * L - 2 * max(1, L // 4)}",
+                    f"between {L + L % 2} and {2 * L}; try {min(max(layers + layers % 2, L + L % 2), 2 * L)}",
                 )
             overlap = L - layers // 2
         if not 0 <= overlap <= L // 2:

@@ -68,6 +68,12 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
         shape.head_dim,
     )
     k = spec.width_factor
+    if k and spec.width_method in TILED_METHODS and k != int(k):
+        raise OptionError(
+            "width_factor",
+            f"{spec.width_method} tiles whole copies: --width-factor must be a whole number, got {k:g}; try "
+            f"{_try(sorted({max(2, math.floor(k)), math.ceil(k)}))}",
+        )
 
     def scaled(x: int) -> int:
         return max(x, round(x * k)) if k else x
@@ -116,7 +122,16 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             f"--hidden-size or --width-factor (try --width-factor 2)"
         )
     if H2 % K2:
-        raise UsageError(f"num_heads must be a multiple of num_kv_heads={K2}; try {_try(_multiples_near(H2, K2, H))}")
+        if spec.num_heads:
+            made = ""
+        elif k:
+            made = f"--width-factor {k:g} makes {H2} query heads from {H}, but "
+        else:
+            made = f"--hidden-size {d2} makes {H2} query heads of head_dim {h}, but "
+        raise UsageError(
+            f"{made}num_heads must be a multiple of num_kv_heads={K2}; try "
+            f"{'--num-heads ' if made else ''}{_try(_multiples_near(H2, K2, H))}"
+        )
     if "head_dim" in arch.config:
         if d2 % H2:
             raise UsageError(
