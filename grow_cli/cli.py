@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -60,14 +61,37 @@ def _root(
         os.environ["GROW_DEBUG"] = "1"
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """Whether a KeyboardInterrupt is among the exceptions that led to `exc` (Typer chains Exit(130) to it)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+def _run_app() -> None:
+    """Run the app with click's own error display off, so that a mistyped option or value gets one line like
+    every other refusal (click draws a multi-line box), and Ctrl-C is named (Typer turns it into exit 130)."""
+    # Typer (0.26 to 0.29 at least) raises the exceptions of the click it vendors, not of an installed click.
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    try:
+        code = app(prog_name="grow", standalone_mode=False)  # returns the exit code of --help, --version, Ctrl-C
+    except NoArgsIsHelpError:  # a bare `grow X`: Typer has printed X's help
+        sys.exit(2)
+    except UsageError as exc:
+        print(f"error: {exc.format_message().rstrip('.')}; see `{_command_path(exc)} --help`", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    if code == 130:
+        print("interrupted (Ctrl-C)", file=sys.stderr)
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+def _command_path(exc: Any) -> str:
+    """`grow COMMAND` of a usage error: its context's, or (the option parser gives none) the command named in argv."""
+    if exc.ctx is not None:
+        return exc.ctx.command_path
+    names = {command.name for command in app.registered_commands}
+    return " ".join(["grow", *[arg for arg in sys.argv[1:] if arg in names][:1]])
 
 
 def main() -> None:
@@ -77,7 +101,7 @@ def main() -> None:
 
     terminate_like_interrupt()
     try:
-        app()
+        _run_app()
     except GrowError as exc:
         if os.environ.get("GROW_DEBUG"):
             raise
@@ -95,10 +119,6 @@ def main() -> None:
     except Terminated:
         print("terminated (SIGTERM); nothing unfinished was left behind", file=sys.stderr)
         sys.exit(Terminated.exit_code)
-    except SystemExit as exc:
-        if exc.code == 130 and _interrupted(exc):  # Typer turns Ctrl-C into a silent exit 130: say what happened
-            print("interrupted (Ctrl-C)", file=sys.stderr)
-        raise
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):
             raise

@@ -1,4 +1,5 @@
-"""The `grow` command line (`grow_cli.cli`): every command documents examples in `--help`, and `--version` works."""
+"""The `grow` command line (`grow_cli.cli`): every command documents examples in `--help`, `--version` works, and
+usage mistakes and Ctrl-C get one line."""
 
 from __future__ import annotations
 
@@ -33,3 +34,28 @@ def test_ctrl_c_exits_130_with_one_line(cli, monkeypatch, tmp_path):
     monkeypatch.setattr(describe, "inspect", interrupted)
     result = cli("inspect", tmp_path)
     assert result.code == 130 and result.stderr.strip().splitlines() == ["interrupted (Ctrl-C)"]
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ["expand", "a", "b", "--method", "stack"],
+            "error: No such option: --method (Possible options: --depth-method",
+        ),
+        (["expand", "a", "b", "--layers", "x"], "error: Invalid value for '--layers'"),
+        (["expand", "a"], "error: Missing argument 'out'; see `grow expand --help`"),
+        (["plan", "--target"], "error: Option '--target' requires an argument; see `grow plan --help`"),
+        (["nosuch"], "error: No such command 'nosuch'; see `grow --help`"),
+    ],
+)
+def test_usage_mistakes_are_one_line_with_the_help_to_read(cli, args, line):
+    """click would draw a multi-line box; grow gives the one line every other refusal gets, and exit status 2."""
+    result = cli(*args)
+    assert result.code == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(line), result.stderr
+
+
+def test_a_bare_command_prints_its_help(cli):
+    result = cli("expand")
+    assert result.code == 2 and "Usage: grow expand" in result.stdout + result.stderr
