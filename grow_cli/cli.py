@@ -82,8 +82,7 @@ def _run_app() -> None:
         sys.exit(1)
     if code == 130:
         print("interrupted (Ctrl-C)", file=sys.stderr)
-    if isinstance(code, int) and code:
-        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
 
 
 def _command_path(exc: Any) -> str:
