@@ -215,3 +215,17 @@ def test_write_card_uses_the_folder_name(tmp_path, record):
     assert write_card(tmp_path / "smollm2-grown", record, title="acme/x").read_text() == render_card(
         record, title="acme/x"
     )
+
+
+def test_a_sentence_transformers_output_is_carded_as_one():
+    """all-MiniLM-L6-v2 grown keeps its modules.json: the card says sentence-transformers and shows its usage; a
+    masked-LM training stage after it writes a plain transformers model again."""
+    record = append_stage(None, expand_stage(), {"architecture": "bert", "library": "sentence-transformers"})
+    meta, card = front_matter(record), render_card(record, title="acme/minilm-wide")
+    assert meta["library_name"] == "sentence-transformers" and meta["pipeline_tag"] == "sentence-similarity"
+    assert 'SentenceTransformer("acme/minilm-wide")' in card and "AutoModelForMaskedLM" not in card
+    assert validate_card(card) == []
+    trained = append_stage(record, {"kind": "train", "objective": {"name": "masked"}}, {"architecture": "bert"})
+    assert (
+        front_matter(trained)["library_name"] == "transformers" and front_matter(trained)["pipeline_tag"] == "fill-mask"
+    )

@@ -48,3 +48,7 @@ def shard_names(count: int) -> list[str]:
     if count == 1:
         return [SAFETENSORS_SINGLE]
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+# A sentence-transformers model is a transformers folder plus this list of its modules (pooling, normalisation).
+SENTENCE_TRANSFORMERS_MODULES = "modules.json"

@@ -21,6 +21,7 @@ from typing import Any
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
+from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output, update_pooling_dimension
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
@@ -286,6 +287,9 @@ def _execute(
                 "architecture": plan.upcycle.target.name if plan.upcycle else plan.arch.name,  # what OUT holds
                 "model_type": plan.target_config.get("model_type"),
                 "num_parameters": plan.num_parameters,
+                "library": "sentence-transformers"
+                if (tmp / SENTENCE_TRANSFORMERS_MODULES).is_file()
+                else "transformers",
             },
         )
         write_record(tmp, record)

@@ -66,11 +66,13 @@ def front_matter(record: dict[str, Any]) -> dict[str, Any]:
     if base:
         meta["base_model"] = base
         meta["base_model_relation"] = "finetune"
-    meta["library_name"] = "transformers"
+    meta["library_name"] = model.get("library") or "transformers"  # a train stage writes a transformers model
     meta["pipeline_tag"] = PIPELINE_TAGS.get(model.get("architecture", ""), "text-generation")
     trained = [s for s in record["stages"] if s.get("kind") == "train" and s.get("objective")]
     if trained:  # the objective the model was last trained with decides how it is used
         meta["pipeline_tag"] = "fill-mask" if trained[-1]["objective"].get("name") == "masked" else "text-generation"
+    if meta["library_name"] == "sentence-transformers":  # an embedding model, used through its modules
+        meta["pipeline_tag"] = "sentence-similarity"
     meta["tags"] = list(dict.fromkeys(tags))
     datasets = _datasets(record)
     if datasets:
@@ -307,14 +309,8 @@ def render_card(record: dict[str, Any], *, title: str) -> str:
         stage_lines[0] = stage_lines[0].replace("- **", f"- Stage {number}: **", 1)
         body += stage_lines
     body += ["", "The full record, with file hashes and index maps, is in `grow.json`.", "", "## Usage", ""]
-    auto = "AutoModelForMaskedLM" if meta["pipeline_tag"] == "fill-mask" else "AutoModelForCausalLM"
     body += [
-        "```python",
-        f"from transformers import AutoTokenizer, {auto}",
-        "",
-        f'model = {auto}.from_pretrained("{title}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{title}")',
-        "```",
+        *_usage(meta, title),
         "",
         "With grow (to grow it further, pass it to `grow expand` the same way):",
         "",
@@ -326,6 +322,26 @@ def render_card(record: dict[str, Any], *, title: str) -> str:
     import yaml  # only when a card is written (start-up time of every command)
 
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
+
+
+def _usage(meta: dict[str, Any], title: str) -> list[str]:
+    """The card's snippet that loads the model, with the library and class it is used through."""
+    if meta["library_name"] == "sentence-transformers":
+        lines = [
+            "from sentence_transformers import SentenceTransformer",
+            "",
+            f'model = SentenceTransformer("{title}")',
+            'embeddings = model.encode(["A first sentence.", "Another one."])',
+        ]
+    else:
+        auto = "AutoModelForMaskedLM" if meta["pipeline_tag"] == "fill-mask" else "AutoModelForCausalLM"
+        lines = [
+            f"from transformers import AutoTokenizer, {auto}",
+            "",
+            f'model = {auto}.from_pretrained("{title}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{title}")',
+        ]
+    return ["```python", *lines, "```"]
 
 
 def write_card(folder: Path, record: dict[str, Any], *, title: str | None = None) -> Path:
