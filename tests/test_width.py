@@ -221,6 +221,7 @@ def test_config_keeps_head_dim_and_writes_ffn_explicitly(sources, tmp_path):
         ("llama", dict(hidden_size=16), "smaller than the source's 32"),
         ("llama", dict(num_heads=6, hidden_size=48, num_kv_heads=4), "multiple of num_kv_heads=4; try"),
         ("llama", dict(num_heads=6), "hidden_size must be a multiple of num_heads=6"),
+        ("llama", dict(hidden_size=40), "--hidden-size 40 makes 5 query heads of head_dim 8.*try --hidden-size 48$"),
         ("gpt2", dict(hidden_size=40, num_heads=4), "head_dim never changes"),
         ("gpt_neox", dict(hidden_size=64, num_heads=4), "RoPE frequencies"),
         ("gpt2", dict(width_factor=2, num_kv_heads=4), "no separate KV heads"),

@@ -122,16 +122,15 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             f"--hidden-size or --width-factor (try --width-factor 2)"
         )
     if H2 % K2:
+        heads = _multiples_near(H2, K2, H)
         if spec.num_heads:
-            made = ""
+            made, hint = "", _try(heads)
         elif k:
-            made = f"--width-factor {k:g} makes {H2} query heads from {H}, but "
-        else:
+            made, hint = f"--width-factor {k:g} makes {H2} query heads from {H}, but ", f"--num-heads {_try(heads)}"
+        else:  # the heads follow the hidden size: suggest larger hidden sizes whose head counts fit
             made = f"--hidden-size {d2} makes {H2} query heads of head_dim {h}, but "
-        raise UsageError(
-            f"{made}num_heads must be a multiple of num_kv_heads={K2}; try "
-            f"{'--num-heads ' if made else ''}{_try(_multiples_near(H2, K2, H))}"
-        )
+            hint = f"--hidden-size {_try([h * n for n in _multiples_near(H2, K2, H + 1)])}"
+        raise UsageError(f"{made}num_heads must be a multiple of num_kv_heads={K2}; try {hint}")
     if "head_dim" in arch.config:
         if d2 % H2:
             raise UsageError(
