@@ -103,6 +103,20 @@ def test_dtype_casts_every_float_tensor_and_the_config(tiny_checkpoints):
     assert bf16.target_config["dtype"] == "bfloat16" and bf16.out_dtype == "BF16"
 
 
+@pytest.mark.parametrize(
+    "keys,expected",
+    [({"torch_dtype": "float32"}, "float32"), ({"dtype": "float32", "torch_dtype": "bfloat16"}, "float32")],
+)
+def test_the_grown_config_keeps_the_dtype_transformers_reads(tiny_checkpoints, keys, expected):
+    """transformers 5 renamed `torch_dtype` to `dtype` and reads `dtype` where both are set (a stale `torch_dtype`
+    beside it once replaced it, so float32 weights were announced as bfloat16)."""
+    src = tiny_checkpoints("llama")
+    config = {k: v for k, v in load_config(src).items() if k not in ("dtype", "torch_dtype")} | keys
+    with CheckpointReader(src) as reader:
+        plan = build_plan(config, reader.tensor_infos(), GrowthSpec(layers=6))
+    assert plan.target_config["dtype"] == expected and "torch_dtype" not in plan.target_config
+
+
 def test_width_plan_widens_every_axis_in_its_space_and_keeps_head_dim(tiny_checkpoints):
     src = tiny_checkpoints("llama")
     plan = plan_for(src, width_method="fpi", hidden_size=64)

@@ -86,6 +86,49 @@ def _bin_model(ctx: Ctx, state) -> Path:
     return folder
 
 
+def _rewrite_tensors(ctx: Ctx, change) -> None:
+    """Apply `change` to the state dict of every shard (a dict it may edit), saving each shard back."""
+    from safetensors.torch import load_file, save_file
+
+    index = ctx.src / "model.safetensors.index.json"
+    weight_map = {}
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        state = load_file(ctx.src / shard)
+        change(state)
+        save_file(state, ctx.src / shard, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(state, shard))
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _gptq_layout(state: dict) -> None:
+    """GPTQ's names for each projection (old repos keep `quantization_config` out of config.json)."""
+    for name in [n for n in state if n.endswith("proj.weight")]:
+        out_features, in_features = state.pop(name).shape
+        stem = name.removesuffix(".weight")
+        state[f"{stem}.qweight"] = torch.zeros(in_features // 8, out_features, dtype=torch.int32)
+        state[f"{stem}.qzeros"] = torch.zeros(1, out_features // 8, dtype=torch.int32)
+        state[f"{stem}.scales"] = torch.ones(1, out_features, dtype=torch.float16)
+        state[f"{stem}.g_idx"] = torch.zeros(in_features, dtype=torch.int32)
+
+
+def _int8_weights(state: dict) -> None:
+    for name in [n for n in state if n.endswith("proj.weight")]:
+        state[name] = state[name].to(torch.int8)
+
+
+def _head_differs(state: dict) -> None:
+    if "lm_head.weight" in state:
+        state["lm_head.weight"] = state["lm_head.weight"] + 1
+
+
+def _drop_head(state: dict) -> None:
+    state.pop("lm_head.weight", None)
+
+
+def _set_config(ctx: Ctx, config: dict) -> None:
+    (ctx.src / "config.json").write_text(json.dumps(config))
+
+
 ALIAS_BOMB = """
 members:
   - name: a
@@ -245,6 +288,83 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return ["family", c.recipe(doc)], "is a file; give a folder"
     if name == "family-duplicate-key":
         return ["family", c.recipe("seed: 1\nseed: 2\nmembers: []\n"), "--check"], "the key 'seed' appears twice"
+    if name == "quantized-bitsandbytes-4bit":
+        c.edit_json(
+            c.src / "config.json",
+            lambda cfg: cfg.update(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}),
+        )
+        return c.expand(), "is a quantized checkpoint (bitsandbytes 4-bit); grow needs full-precision weights"
+    if name == "quantized-fp8-compressed-tensors":
+        c.edit_json(
+            c.src / "config.json", lambda cfg: cfg.update(quantization_config={"quant_method": "compressed-tensors"})
+        )
+        return ["inspect", c.src], "is a quantized checkpoint (compressed-tensors); grow needs full-precision"
+    if name == "quantized-gptq-quantize-config-json":
+        _rewrite_tensors(c, _gptq_layout)
+        (c.src / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 128}))
+        return c.expand(), "is a quantized checkpoint (gptq 4-bit)"
+    if name == "quantized-gptq-tensors-only":
+        _rewrite_tensors(c, _gptq_layout)
+        return c.expand(), "is a quantizer's (packed weights or scales): this is a quantized checkpoint"
+    if name == "quantized-int8-weights-only":
+        _rewrite_tensors(c, _int8_weights)
+        return c.expand(), "is stored as I8, not floating point: a quantized (packed) weight"
+    if name == "train-quantized-int8-weights":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(c.lm / "model.safetensors")
+        _int8_weights(state)
+        save_file(state, c.lm / "model.safetensors", metadata={"format": "pt"})
+        return c.train("--max-steps", 1), "is stored as I8, not floating point"
+    if name == "peft-adapter-folder":
+        adapter = c.tmp / "adapter"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text(
+            json.dumps({"peft_type": "LORA", "base_model_name_or_path": "org/base"})
+        )
+        (adapter / "adapter_model.safetensors").write_bytes(b"")
+        return c.expand(src=adapter), "it is a LORA adapter for org/base (adapter_config.json), not a model: merge it"
+    if name == "train-peft-adapter-folder":
+        for path in c.lm.iterdir():
+            if path.name in ("config.json", "model.safetensors"):
+                path.unlink()
+        (c.lm / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+        return c.train("--max-steps", 1), "it is a LORA adapter (adapter_config.json), not a model: merge it"
+    if name == "gguf-file":
+        (c.tmp / "model.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(60))
+        return ["inspect", c.tmp / "model.Q4_K_M.gguf"], "is a GGUF file (llama.cpp's format); grow reads Hugging Face"
+    if name == "gguf-folder":
+        (c.tmp / "gguf").mkdir()
+        (c.tmp / "gguf" / "model.Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(60))
+        return c.expand(src=c.tmp / "gguf"), "holds GGUF files (model.Q4_K_M.gguf), llama.cpp's format"
+    if name == "model-in-a-subfolder":
+        (c.tmp / "repo").mkdir()
+        c.src.rename(c.tmp / "repo" / "text_model")
+        return c.expand(src=c.tmp / "repo"), f"its model is in a subfolder: give {c.tmp / 'repo' / 'text_model'}"
+    if name == "hub-id-with-a-subfolder":
+        return c.expand(src=Path("someorg/somemodel/text_model")), "--include 'text_model/*'"
+    if name == "encoder-decoder-t5":
+        _set_config(c, {"model_type": "t5", "d_model": 32, "num_layers": 4, "is_encoder_decoder": True})
+        return c.expand(), "model_type='t5': it is an encoder-decoder model; grow grows decoder-only"
+    if name == "vision-language-llava":
+        text = json.loads((c.src / "config.json").read_text())
+        _set_config(
+            c, {"model_type": "llava", "text_config": text, "vision_config": {"model_type": "clip_vision_model"}}
+        )
+        return c.expand(), "it is a multimodal model (text_config, vision_config)"
+    if name == "config-without-model-type":
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.pop("model_type"))
+        return (
+            c.expand(),
+            'config.json has no model_type, which transformers needs to load it; add "model_type": "llama"',
+        )
+    if name == "tied-head-stored-with-other-values":
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(tie_word_embeddings=True))
+        _rewrite_tensors(c, _head_differs)
+        return c.expand(), "stores lm_head.weight with different values (transformers then does not tie them"
+    if name == "untied-head-missing":
+        _rewrite_tensors(c, _drop_head)
+        return c.expand(), "if it is meant to be model.embed_tokens.weight, set tie_word_embeddings true"
     raise AssertionError(name)
 
 
@@ -294,6 +414,23 @@ CASES = [
     "train-seq-len-1",
     "family-out-is-a-file",
     "family-duplicate-key",
+    "quantized-bitsandbytes-4bit",
+    "quantized-fp8-compressed-tensors",
+    "quantized-gptq-quantize-config-json",
+    "quantized-gptq-tensors-only",
+    "quantized-int8-weights-only",
+    "train-quantized-int8-weights",
+    "peft-adapter-folder",
+    "train-peft-adapter-folder",
+    "gguf-file",
+    "gguf-folder",
+    "model-in-a-subfolder",
+    "hub-id-with-a-subfolder",
+    "encoder-decoder-t5",
+    "vision-language-llava",
+    "config-without-model-type",
+    "tied-head-stored-with-other-values",
+    "untied-head-missing",
 ]
 
 

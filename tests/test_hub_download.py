@@ -114,6 +114,15 @@ def test_missing_repo_private_repo_and_non_checkpoints(fake_hub, tiny):
     fake_hub.add_files("acme/no-config", {"model.safetensors": b"\0" * 16})
     with pytest.raises(HubError, match="no config.json"):
         download_checkpoint("acme/no-config")
+    fake_hub.add_files("acme/lora", {"adapter_config.json": b"{}", "adapter_model.safetensors": b"\0" * 16})
+    with pytest.raises(HubError, match=r"no config.json: it is a PEFT adapter .*merge it into its base model"):
+        download_checkpoint("acme/lora")
+    fake_hub.add_files("acme/gguf", {"model.Q4_K_M.gguf": b"GGUF"})
+    with pytest.raises(HubError, match=r"holds GGUF files \(model.Q4_K_M.gguf\).*gguf_file="):
+        download_checkpoint("acme/gguf")
+    fake_hub.add_files("acme/pipeline", {"text_encoder/config.json": b"{}", "model_index.json": b"{}"})
+    with pytest.raises(HubError, match=r"subfolder text_encoder/: download it \(hf download REPO --include"):
+        download_checkpoint("acme/pipeline")
 
 
 def test_bad_token_on_download_is_an_authentication_error(fake_hub, hub_repo):

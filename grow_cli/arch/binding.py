@@ -18,6 +18,7 @@ from typing import Any
 from grow_cli.arch.experts import detect_layout, weight_applies
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape, config_flag
+from grow_cli.checkpoint.kinds import refuse_quantized_tensors
 from grow_cli.errors import ArchitectureError, CheckpointError
 
 
@@ -45,6 +46,7 @@ class Binding:
     final: list[BoundTensor]
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     expert_layout: str | None = None  # MoE: "per_expert" or "fused" (grow_cli.arch.experts)
+    tied_copies: list[tuple[str, str]] = field(default_factory=list)  # (stored tied tensor, the tensor it ties to)
 
     def layer_name(self, weight: WeightDef, index: int, expert: int | None = None) -> str:
         """The checkpoint name of `weight` in layer `index` (of routed expert `expert` for a per-expert tensor)."""
@@ -82,9 +84,11 @@ def bind(
 ) -> Binding:
     """Bind `tensors` ({name: (shape, dtype)}) to `arch`; raise on unknown, missing or misshapen tensors."""
     names = set(tensors)
+    refuse_quantized_tensors(tensors, set())  # a quantizer's tensors, named as such before any name is missed
     prefix = _detect_prefix(arch, names)
     claimed: set[str] = set()
     dropped: list[tuple[str, str]] = []
+    tied_copies: list[tuple[str, str]] = []
 
     def take(
         weight: WeightDef, full_name: str, layer: int | None, *, required: bool, expert: int | None = None
@@ -94,7 +98,13 @@ def bind(
         found = next((c for c in candidates if c in names), None)
         if found is None:
             if required:
-                raise CheckpointError(f"tensor {full_name} is missing from the checkpoint ({arch.name} needs it)")
+                tie = arch.config.get("tie")
+                untied = ""
+                if weight.tied_to is not None and tie:  # exporters drop a tied head but may forget the flag
+                    untied = f"; if it is meant to be {_resolve(weight.tied_to, prefix)}, set {tie} true in config.json"
+                raise CheckpointError(
+                    f"tensor {full_name} is missing from the checkpoint ({arch.name} needs it){untied}"
+                )
             return None
         claimed.add(found)
         expected = shape.tensor_shape(weight.axes)
@@ -127,9 +137,11 @@ def bind(
                     raise CheckpointError(f"tensor {full} is present although config.json sets {weight.when}=false")
                 continue
             if weight.tied_to is not None and _is_tied(weight, shape):
-                if full in names or any(_resolve(a, prefix) in names for a in weight.aliases):
-                    claimed.update({full, *(_resolve(a, prefix) for a in weight.aliases)} & names)
+                stored = [n for n in (full, *(_resolve(a, prefix) for a in weight.aliases)) if n in names]
+                if stored:
+                    claimed.update(stored)
                     dropped.append((full, f"tied to {_resolve(weight.tied_to, prefix)}; written once"))
+                    tied_copies.append((stored[0], _resolve(weight.tied_to, prefix)))
                 continue
             item = take(weight, full, layer, required=weight.group is None)
             if weight.group is not None:
@@ -164,4 +176,6 @@ def bind(
                 f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers"
             )
         raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")
-    return Binding(arch, prefix, shape, embeddings, layers, final, dropped, layout)
+    binding = Binding(arch, prefix, shape, embeddings, layers, final, dropped, layout, tied_copies)
+    refuse_quantized_tensors(tensors, {t.name for t in binding.all_tensors()})
+    return binding

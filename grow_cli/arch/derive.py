@@ -53,6 +53,13 @@ def check_known_type(model_type: Any, architectures: Any = None) -> None:
 
     if model_type in CONFIG_MAPPING_NAMES:
         return
+    if model_type is None:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
+        classes = {c: t for names in (MODEL_MAPPING_NAMES, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) for t, c in names.items()}
+        found = next((classes[a] for a in architectures or () if a in classes), None)
+        hint = f'add "model_type": "{found}" (what {architectures} is)' if found else "add its model_type"
+        raise ArchitectureError(f"config.json has no model_type, which transformers needs to load it; {hint}")
     from grow_cli.arch.registry import all_definitions
 
     close = difflib.get_close_matches(str(model_type), CONFIG_MAPPING_NAMES.keys(), n=3)
@@ -84,8 +91,22 @@ def _classes(config: dict[str, Any]):
         raise _refuse(model_type, f"transformers rejects its config.json ({str(exc).splitlines()[0]})") from exc
     model_class = transformers.AutoModelForCausalLM._model_mapping.get(type(cfg), None)
     if model_class is None:
-        raise _refuse(model_type, "transformers has no causal-LM class for it; grow derives definitions for decoders")
+        raise _refuse(model_type, _not_a_decoder(config))
     return cfg, model_class
+
+
+def _not_a_decoder(config: dict[str, Any]) -> str:
+    """Why a model type with no causal-LM class cannot be grown, naming its kind where config.json shows it."""
+    supported = "grow grows decoder-only language models (and BERT-style encoders with a curated definition)"
+    if config.get("is_encoder_decoder") or "decoder" in config and "encoder" in config:
+        return f"it is an encoder-decoder model; {supported}"
+    towers = [k for k in ("text_config", "vision_config", "audio_config") if isinstance(config.get(k), dict)]
+    if "text_config" in towers and len(towers) > 1:
+        return (
+            f"it is a multimodal model ({', '.join(towers)}); {supported}: grow the text-only model its language "
+            "tower was made from, or save that tower as a model of its own first"
+        )
+    return f"transformers has no causal-LM class for it; {supported}"
 
 
 def _layer_template(shapes: dict[str, tuple[int, ...]], prefix: str, layers: int, model_type) -> dict:

@@ -37,6 +37,7 @@ from grow_cli.checkpoint.header import (
     no_duplicate_keys,
     read_safetensors_header,
 )
+from grow_cli.checkpoint.kinds import refuse_quantized_config, what_else
 from grow_cli.errors import CheckpointError
 
 __all__ = ["CheckpointReader", "TensorEntry", "load_config", "load_weight_map", "read_safetensors_header"]
@@ -141,6 +142,9 @@ class CheckpointReader:
         else:
             refused = sorted({p.name for pattern in REFUSED_WEIGHTS for p in f.glob(pattern)})
             found = f" (found {', '.join(refused)}, which grow does not read)" if refused else ""
+            instead = what_else(f)
+            if instead:
+                raise CheckpointError(f"no weights in {f}: {instead}")
             raise CheckpointError(
                 f"no weights in {f}: expected model.safetensors, sharded safetensors with "
                 f"{SAFETENSORS_INDEX}, or {BIN_SINGLE}{found}"
@@ -200,6 +204,26 @@ class CheckpointReader:
         except OSError as exc:
             raise CheckpointError(f"cannot read tensor {name} from {entry.file}: {exc.strerror or exc}") from None
         return tensor
+
+    def same_values(self, a: str, b: str, chunk: int = 8 << 20) -> bool:
+        """Whether tensors `a` and `b` hold the same dtype, shape and bytes; compared a chunk at a time, so neither
+        is held whole (and, for safetensors, without importing torch)."""
+        ea, eb = self.tensors[a], self.tensors[b]
+        if (ea.dtype, ea.shape) != (eb.dtype, eb.shape):
+            return False
+        if ea.start < 0 or eb.start < 0:
+            import torch
+
+            return torch.equal(self.read(a), self.read(b))
+        try:
+            with open(ea.file, "rb", buffering=0) as fa, open(eb.file, "rb", buffering=0) as fb:
+                for offset in range(0, ea.nbytes, chunk):
+                    size = min(chunk, ea.nbytes - offset)
+                    if os.pread(fa.fileno(), size, ea.start + offset) != os.pread(fb.fileno(), size, eb.start + offset):
+                        return False
+        except OSError as exc:
+            raise CheckpointError(f"cannot read tensor {a} or {b}: {exc.strerror or exc}") from None
+        return True
 
     def file_range(self, name: str) -> FileRange | None:
         """Where the stored bytes of tensor `name` lie in its (open) safetensors file, to be copied as they are; None
@@ -281,6 +305,9 @@ def load_config(folder: Path) -> dict[str, Any]:
     """The folder's config.json as a dict (kept raw so every key survives growth)."""
     path = Path(folder) / "config.json"
     if not path.is_file():
+        instead = what_else(Path(folder))
+        if instead:
+            raise CheckpointError(f"{folder} has no config.json: {instead}")
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
     try:
         text = path.read_bytes()  # decoded by json.loads: undecodable bytes are a ValueError below
@@ -293,6 +320,7 @@ def load_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     _check_dtype_keys(config, path)
+    refuse_quantized_config(config, Path(folder))
     return config
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli import cache
+from grow_cli.checkpoint.kinds import refuse_gguf_file
 from grow_cli.errors import CheckpointError
 
 HASH_CHUNK = 8 << 20
@@ -65,10 +66,18 @@ def resolve_source(source: str, *, revision: str | None = None, token: str | Non
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
+            refuse_gguf_file(path)
             raise CheckpointError(f"{source} is a file; give the model folder that holds config.json")
         if revision:
             raise CheckpointError("--revision applies only to Hub ids, not to local folders")
         return CheckpointSource(folder=path.resolve(), path=str(path.resolve()))
+    parts = source.split("/")
+    if len(parts) > 2 and is_repo_id("/".join(parts[:2])) and not source.startswith((".", "/", "~")):
+        raise CheckpointError(
+            f"{source} does not exist locally, and a Hub id names a whole repo (org/name); for a model in a subfolder "
+            f"of a repo, download it (hf download {'/'.join(parts[:2])} --include '{'/'.join(parts[2:])}/*' "
+            "--local-dir DIR) and give that subfolder"
+        )
     if not is_hub_id(source):
         raise CheckpointError(f"{source} does not exist (give a model folder or a Hub id such as org/name)")
     from grow_cli.hub import download_checkpoint

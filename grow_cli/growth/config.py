@@ -46,8 +46,10 @@ def grown_config(
     if dtype is not None:
         config.pop("torch_dtype", None)
         config["dtype"] = config_name(dtype)
-    elif "torch_dtype" in config:
-        config["dtype"] = config.pop("torch_dtype")
+    elif "torch_dtype" in config:  # transformers 5's name; where both are set, `dtype` wins (as transformers reads it)
+        torch_dtype = config.pop("torch_dtype")
+        if config.get("dtype") is None:
+            config["dtype"] = torch_dtype
     return config
 
 

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from grow_cli.arch.binding import Binding
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
@@ -27,6 +28,7 @@ from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_confi
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
 from grow_cli.console import activity, byte_progress
+from grow_cli.errors import CheckpointError
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
@@ -225,7 +227,20 @@ def _plan(
 ) -> tuple[Plan, StatePlan | None]:
     """The weights' plan, and the training state's when the source has one (its maps must then be uniform)."""
     plan = build_plan(config, reader.tensor_infos(), spec, uniform_maps=source_state is not None)
+    check_tied_copies(plan.binding, reader)
     return plan, plan_state(plan, source_state, spec) if source_state is not None else None
+
+
+def check_tied_copies(binding: Binding, reader: CheckpointReader) -> None:
+    """Refuse a tied head stored with values of its own: transformers then unties them and uses the stored head,
+    which grow, writing a tied tensor once, would drop (some exporters store the copy; an equal copy is fine)."""
+    for stored, target in binding.tied_copies:
+        if not reader.same_values(stored, target):
+            raise CheckpointError(
+                f"config.json ties {stored} to {target}, but the checkpoint stores {stored} with different values "
+                f'(transformers then does not tie them and uses the stored one); set "tie_word_embeddings": false '
+                f"in config.json to keep it, or delete {stored} from the checkpoint to tie them"
+            )
 
 
 def _execute(

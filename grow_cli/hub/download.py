@@ -21,6 +21,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from grow_cli import __version__
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS, WEIGHT_SUFFIXES
+from grow_cli.checkpoint.kinds import what_else_on_hub
 from grow_cli.errors import HubError
 from grow_cli.hub.client import TransportError, endpoint, is_offline, translate
 
@@ -76,7 +77,8 @@ def download_checkpoint(
 def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[str]:
     """The files to download from a repo listing `{path: size}`; `read_index(name)` fetches a weight index."""
     if "config.json" not in sizes:
-        raise HubError(f"{where} has no config.json: it is not a transformers checkpoint")
+        instead = what_else_on_hub(list(sizes))
+        raise HubError(f"{where} has no config.json: {instead or 'it is not a transformers checkpoint'}")
     weights: list[str] = []
     for single, index in WEIGHT_LAYOUTS:
         if single in sizes:

@@ -30,8 +30,9 @@ POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 def load_model_config(model_dir: Path):
     from transformers import AutoConfig
 
-    if not (Path(model_dir) / "config.json").is_file():
-        raise CheckpointError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    from grow_cli.checkpoint.reader import load_config
+
+    load_config(Path(model_dir))  # grow's one-line refusals first: no config.json (an adapter?), a quantized model
     try:
         return AutoConfig.from_pretrained(model_dir)
     except (ValueError, OSError) as exc:
@@ -39,11 +40,15 @@ def load_model_config(model_dir: Path):
 
 
 def check_weights(model_dir: Path) -> None:
-    """Refuse a model folder whose weights are missing, truncated or corrupted, in grow's one line, before anything
-    is tokenized: only the headers are read (`CheckpointReader`), never the tensors of a safetensors checkpoint."""
+    """Refuse a model folder whose weights are missing, truncated, corrupted or quantized, in grow's one line, before
+    anything is tokenized: only the headers are read (`CheckpointReader`), never the tensors of a safetensors
+    checkpoint."""
+    from grow_cli.checkpoint.kinds import refuse_quantized_tensors
     from grow_cli.checkpoint.reader import CheckpointReader
 
-    CheckpointReader(Path(model_dir)).close()
+    with CheckpointReader(Path(model_dir)) as reader:
+        infos = reader.tensor_infos()
+    refuse_quantized_tensors(infos, {name for name in infos if name.endswith(".weight")})
 
 
 def check_seq_len(config, seq_len: int) -> None:

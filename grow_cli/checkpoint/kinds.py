@@ -1,0 +1,129 @@
+"""Things users download from the Hub that are not a full-precision transformers checkpoint, each named in one line
+with what to do: quantized checkpoints, PEFT adapters, GGUF files, and models kept in a subfolder of a repo.
+
+grow grows weights by arithmetic on their values (copies, splits, zeros); a quantized checkpoint stores packed
+integers and scales instead (bitsandbytes, GPTQ, AWQ, fp8 / compressed-tensors...), so growing it would produce a
+model that loads but computes nonsense. These kinds are recognised from config.json's `quantization_config`, an old
+GPTQ repo's `quantize_config.json`, or the tensor names quantizers write, and refused before anything is planned.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from grow_cli.checkpoint.dtypes import FLOATING
+from grow_cli.errors import CheckpointError
+
+# The extra tensors quantizers store beside (or instead of) a weight: GPTQ/AWQ `qweight`/`qzeros`/`scales`/`g_idx`,
+# bitsandbytes `SCB`/`weight_format`/`absmax`/`quant_map`/`quant_state.*`, fp8 `weight_scale`/`input_scale`,
+# compressed-tensors `weight_packed`/`weight_zero_point`/`weight_shape`, HQQ `W_q`.
+QUANTIZED_TENSOR = re.compile(
+    r"\.(qweight|qzeros|g_idx|SCB|weight_format|absmax|quant_map|quant_state\.[\w.]+|weight_scale(_inv)?|"
+    r"input_scale|weight_packed|weight_zero_point|weight_shape|weight_global_scale|W_q)$"
+)
+DEQUANTIZE = (
+    "grow it from the unquantized model it was made from, or dequantize it first (load it with transformers, "
+    "call model.dequantize() where the method supports it, and save_pretrained in bf16)"
+)
+MERGE_ADAPTER = (
+    "merge it into its base model first (peft: PeftModel.from_pretrained(base, adapter).merge_and_unload()"
+    ".save_pretrained(folder)) and grow that folder"
+)
+CONVERT_GGUF = (
+    "grow reads Hugging Face safetensors: use the original Hugging Face model, or convert it (transformers: "
+    "AutoModelForCausalLM.from_pretrained(folder, gguf_file=NAME) dequantizes it; then save_pretrained)"
+)
+
+
+def refuse_quantized_config(config: dict[str, Any], folder: Path) -> None:
+    """Refuse a folder whose config.json (or an old GPTQ `quantize_config.json`) says its weights are quantized."""
+    quant = config.get("quantization_config")
+    if quant is None and (folder / "quantize_config.json").is_file():
+        try:
+            quant = json.loads((folder / "quantize_config.json").read_text())
+        except (OSError, ValueError):
+            quant = {}
+        quant = {"quant_method": "gptq", **quant} if isinstance(quant, dict) else {"quant_method": "gptq"}
+    if quant is None:
+        return
+    raise CheckpointError(
+        f"{folder} is a quantized checkpoint ({_describe(quant)}); grow needs full-precision weights: {DEQUANTIZE}"
+    )
+
+
+def _describe(quant: Any) -> str:
+    """e.g. 'bitsandbytes 4-bit', 'gptq 4-bit', 'fp8', from a `quantization_config`."""
+    if not isinstance(quant, dict):
+        return "quantization_config"
+    method = str(quant.get("quant_method") or "quantization_config")
+    bits = quant.get("bits")
+    if quant.get("load_in_4bit"):
+        bits = 4
+    elif quant.get("load_in_8bit"):
+        bits = 8
+    return f"{method} {bits}-bit" if isinstance(bits, int) else method
+
+
+def refuse_quantized_tensors(tensors: dict[str, tuple[tuple[int, ...], str]], weights: set[str]) -> None:
+    """Refuse a checkpoint holding a quantizer's tensors, or a weight (a name in `weights`) stored as integers,
+    even when config.json does not say it is quantized."""
+    for name in sorted(tensors):
+        if QUANTIZED_TENSOR.search(name):
+            raise CheckpointError(
+                f"tensor {name} is a quantizer's (packed weights or scales): this is a quantized checkpoint, and grow "
+                f"needs full-precision weights: {DEQUANTIZE}"
+            )
+    for name in sorted(weights):
+        dtype = tensors[name][1]
+        if dtype not in FLOATING and not dtype.startswith("F8"):  # I8, U8, I32...: packed, not values to split
+            raise CheckpointError(
+                f"tensor {name} is stored as {dtype}, not floating point: a quantized (packed) weight, and grow "
+                f"needs full-precision weights: {DEQUANTIZE}"
+            )
+
+
+def what_else(folder: Path) -> str | None:
+    """What `folder` holds instead of a transformers model (an adapter, GGUF files, a model in a subfolder), as the
+    end of a sentence saying what to do; None when it is none of these."""
+    adapter = folder / "adapter_config.json"
+    if adapter.is_file():
+        try:
+            config = json.loads(adapter.read_text())
+        except (OSError, ValueError):
+            config = {}
+        base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+        kind = config.get("peft_type", "PEFT") if isinstance(config, dict) else "PEFT"
+        on = f" for {base}" if isinstance(base, str) and base else ""
+        return f"it is a {kind} adapter{on} (adapter_config.json), not a model: {MERGE_ADAPTER}"
+    gguf = sorted(p.name for p in folder.glob("*.gguf"))
+    if gguf:
+        return f"it holds GGUF files ({', '.join(gguf[:3])}), llama.cpp's format: {CONVERT_GGUF}"
+    inner = sorted(p.parent for p in folder.glob("*/config.json"))
+    if inner:
+        return f"its model is in a subfolder: give {inner[0]}" + (f" (or {inner[1]})" if len(inner) > 1 else "")
+    return None
+
+
+def what_else_on_hub(files: list[str]) -> str | None:
+    """`what_else` for a Hub repo, from the paths it lists."""
+    if "adapter_config.json" in files:
+        return f"it is a PEFT adapter (adapter_config.json), not a model: {MERGE_ADAPTER}"
+    gguf = sorted(f for f in files if f.lower().endswith(".gguf"))
+    if gguf:
+        return f"it holds GGUF files ({', '.join(gguf[:3])}), llama.cpp's format: {CONVERT_GGUF}"
+    inner = sorted(f.rsplit("/", 1)[0] for f in files if f.endswith("/config.json"))
+    if inner:
+        return (
+            f"its model is in the subfolder {inner[0]}/: download it (hf download REPO --include '{inner[0]}/*' "
+            "--local-dir DIR) and give that local subfolder"
+        )
+    return None
+
+
+def refuse_gguf_file(path: Path) -> None:
+    """Refuse a GGUF file given where grow takes a model folder."""
+    if path.suffix.lower() == ".gguf":
+        raise CheckpointError(f"{path} is a GGUF file (llama.cpp's format); {CONVERT_GGUF}")
