@@ -46,10 +46,27 @@ def _damage(checkpoint, kind):
     elif kind == "truncated-rng":
         path = checkpoint / "random_states_0.pkl"
         path.write_bytes(path.read_bytes()[:50])
+    elif kind == "missing-optimizer":  # deleted by hand: it used to fail the resume instead of being skipped
+        path = checkpoint / "optimizer.bin"
+        path.unlink()
+    elif kind == "other-step":  # edited by hand: it used to train from step 4 with step 6's optimizer and schedule
+        path = checkpoint / "grow-state.json"
+        path.write_text(path.read_text().replace('"step": 6,', '"step": 4,'))
+    elif kind == "no-tokens":  # edited by hand: it used to end in the catch-all `error: KeyError: 'tokens'`
+        path = checkpoint / "grow-state.json"
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "tokens"}))
     return path
 
 
-KINDS = ["truncated-model", "garbage-optimizer", "truncated-state", "truncated-rng"]
+KINDS = [
+    "truncated-model",
+    "garbage-optimizer",
+    "truncated-state",
+    "truncated-rng",
+    "missing-optimizer",
+    "other-step",
+    "no-tokens",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -106,3 +123,41 @@ def test_a_checkpoint_from_before_the_objective_and_apollo_keys_resumes(paused, 
     code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
     assert code == 0, stderr
     assert json.loads((out / "grow.json").read_text())["stages"][-1]["steps"] == 8
+
+
+def test_a_checkpoint_a_kill_left_half_saved_is_removed_by_the_next_run(paused, capsys):
+    """SIGKILL mid-save leaves a step folder without grow-state.json; one the resumed run never saves again (here
+    step 7: saves fall on even steps) used to stay for good beside the finished model."""
+    model, data, out, root = paused
+    torn = root / "step_00000007"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"half")
+    args = [a for a in train_args(model, data, out, *COMMON, "--resume", "auto") if a != "--quiet"]
+    code, _, stderr = run_grow(args, capsys)
+    assert code == 0, stderr
+    assert "removed step_00000007, a checkpoint a killed run left half-saved" in " ".join(stderr.split())
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000004", "step_00000006"]
+
+
+def test_resume_auto_with_nothing_to_resume_in_a_used_folder_says_so(tmp_path, capsys):
+    """A run killed before its first checkpoint (or while writing its model) leaves files but no checkpoint; the
+    refusal used to tell the user to pass the --resume auto just given."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 6.2}\n')
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--resume", "auto"), capsys)
+    line = _one_line(stderr)
+    assert code == 1 and "holds no checkpoint to continue from" in line and line.endswith("or another --out")
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_trains(paused, capsys):
+    """Two train-stage runs on one --out used to both run, interleaving checkpoints, metrics.jsonl and the model."""
+    from grow_cli.checkpoint.claim import OutputClaim
+
+    model, data, out, root = paused
+    with OutputClaim(out.resolve()):  # the first run, training
+        code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    line = _one_line(stderr)
+    assert code == 1 and "is being written by another grow run" in line
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000004", "step_00000006"]

@@ -219,3 +219,25 @@ def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     assert row["progressive_flops"] == pytest.approx(small["train_flops"]) and small["apollo"]["train_flops"] > 0
     assert row["progressive_flops"] >= row["flops_per_token"] * row["tokens"]
     assert small["flops_per_token"] == row["flops_per_token"]
+
+
+def test_a_finished_member_edited_or_deleted_since_is_refused_naming_it(cli, tmp_path):
+    """A re-run used to skip a finished member whatever the recipe now said of it, and whether or not its model
+    was still there, and report (and grow on from) the stale or missing model."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05, "max_lr": 1e-3}
+    member = {"name": "small", "source": "base", "train": {"max_steps": 2}}
+    path = write_recipe(tmp_path, [member], out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
+    assert cli("family", path, "-q").code == 0
+    assert cli("family", path, "-q").code == 0  # unchanged: skipped
+    write_recipe(tmp_path, [{**member, "train": {"max_steps": 3}}], out="run", train=train, compare={"seq_len": 32})
+    edited = cli("family", path, "-q")
+    assert edited.code == 2 and edited.stderr.count("\n") == 1, edited.stderr
+    assert "small finished with train.max_steps: 2, but the recipe now says train.max_steps: 3" in edited.stderr
+    assert f"delete {tmp_path / 'run' / 'small'} to train it again, or restore the recipe" in edited.stderr
+    write_recipe(tmp_path, [member], out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
+    for name in ("model.safetensors", "config.json"):
+        (tmp_path / "run" / "small" / "trained" / name).unlink()
+    gone = cli("family", path, "-q")
+    assert gone.code == 2 and "small finished, but its model" in gone.stderr and "is gone" in gone.stderr

@@ -74,3 +74,45 @@ def test_documents_are_never_truncated_by_the_tokenizer_json(tmp_path):
     assert tokenizer.backend_tokenizer.truncation is not None  # untouched
     whole = len(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]) + 1  # (this call resets it)
     assert data.num_tokens == whole > 600
+
+
+def test_a_killed_tokenization_leaves_nothing_after_the_next_run(tmp_path):
+    """SIGKILL mid-tokenization leaves its temporary stream (as large as the data's tokens) and the entry's lock
+    file; the next run of the same data removes both (it used to keep the temporary stream for good)."""
+    path = tmp_path / "a.txt"
+    path.write_text(" ".join(DOCS) * 5)
+    first = tokens_of([path], tmp_path)
+    cache = tmp_path / "cache"
+    for entry in cache.iterdir():
+        entry.unlink()
+    killed = [cache / f".{first.fingerprint}.999999.tmp", cache / f".{first.fingerprint}.json.999999.tmp"]
+    for leftover in [*killed, cache / f".{first.fingerprint}.lock"]:
+        leftover.write_bytes(b"\0" * 64)
+    again = tokens_of([path], tmp_path)
+    assert not again.from_cache and np.array_equal(np.asarray(again.blocks), np.asarray(first.blocks))
+    assert sorted(p.name for p in cache.iterdir()) == [f"{first.fingerprint}.bin", f"{first.fingerprint}.json"]
+
+
+def test_a_second_run_of_the_same_data_waits_and_reads_the_cache(tmp_path, capsys):
+    """Two runs sharing a cache: the second waits for the first's tokenization and reuses it."""
+    import threading
+
+    from grow_cli.data.tokens import _entry_lock
+
+    path = tmp_path / "a.txt"
+    path.write_text(" ".join(DOCS) * 5)
+    fingerprint = tokens_of([path], tmp_path).fingerprint
+    cache = tmp_path / "cache"
+    for entry in cache.iterdir():
+        entry.unlink()
+    results = []
+    with _entry_lock(cache, fingerprint):  # the first run, tokenizing
+        waiting = threading.Thread(target=lambda: results.append(tokens_of([path], tmp_path)))
+        waiting.start()
+        waiting.join(timeout=2)
+        assert waiting.is_alive() and not results  # waits while the entry is being written
+        tokens_of([path], tmp_path / "elsewhere")  # the entry's content, written as the first run would
+        for entry in (tmp_path / "elsewhere" / "cache").iterdir():
+            entry.rename(cache / entry.name)
+    waiting.join()
+    assert results[0].from_cache and "waiting for another grow run" in capsys.readouterr().err

@@ -410,6 +410,13 @@ def damaged_checkpoint(lab: Lab, tmp_path: Path, edit) -> Path:
     copy = tmp_path / "step"
     shutil.copytree(lab.source("llama").checkpoint, copy)
     edit(copy)
+    # As a checkpoint saved this way would list its files (a file changed behind the list is damage, tested in
+    # test_checkpoints.py): what is tested here is the state's content.
+    state_file = copy / "grow-state.json"
+    state = json.loads(state_file.read_text())
+    files = (p for p in sorted(copy.rglob("*")) if p.is_file() and p != state_file)
+    state["files"] = {str(p.relative_to(copy)): p.stat().st_size for p in files}
+    state_file.write_text(json.dumps(state))
     return copy
 
 

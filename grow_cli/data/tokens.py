@@ -11,14 +11,18 @@ split depends on the data alone, never on the training seed or the number of pro
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from grow_cli.console import err
 from grow_cli.data.sources import Source, fingerprint_sources, read_texts
 from grow_cli.errors import DataError, OutputError
 
@@ -130,6 +134,36 @@ def _write_stream(
     return num_tokens, num_docs
 
 
+@contextmanager
+def _entry_lock(cache_dir: Path, fingerprint: str) -> Iterator[None]:
+    """Hold the lock of cache entry `fingerprint` (an advisory `flock` on `.<fingerprint>.lock`, dropped by the
+    kernel however the holder dies): a second run of the same data waits for the first to tokenize it, then reads
+    the cache instead of tokenizing again; and the temporary files of this entry that remain are a killed run's,
+    removed here."""
+    path = cache_dir / f".{fingerprint}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            err.print(f"note: waiting for another grow run that is tokenizing the same data into {cache_dir}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # the holder before us may have unlinked the file as we opened it: lock the path's current file
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        for stale in cache_dir.glob(f".{fingerprint}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked, so nobody locks a file about to vanish
+        os.close(fd)
+
+
 def _cached_meta(stream_file: Path, meta_file: Path) -> dict | None:
     """The cache entry's metadata when both files are there and agree; None (tokenize again) otherwise."""
     if not (stream_file.is_file() and meta_file.is_file()):
@@ -141,6 +175,34 @@ def _cached_meta(stream_file: Path, meta_file: Path) -> dict | None:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return meta
+
+
+def _tokenize_into(
+    sources: list[Source], tokenizer, text_field: str, eos_id: int, dtype, vocab_size: int, stream_file: Path
+) -> dict:
+    """Tokenize `sources` into the cache entry `stream_file` and its `.json` metadata (each renamed into place
+    whole); return the metadata."""
+    tmp = stream_file.with_name(f".{stream_file.stem}.{os.getpid()}.tmp")
+    undecodable: dict[str, int] = {}
+    try:
+        num_tokens, num_docs = _write_stream(
+            sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp, undecodable
+        )
+        tmp.replace(stream_file)  # rename last, so a crash never leaves a half-written cache behind
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = {
+        "tokens": num_tokens,
+        "documents": num_docs,
+        "dtype": dtype.name,
+        "sources": [str(s.path) for s in sources],
+        "undecodable": undecodable,
+    }
+    meta_file = stream_file.with_suffix(".json")
+    tmp_meta = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp_meta.replace(meta_file)  # whole or absent: a run killed here re-tokenizes next time
     return meta
 
 
@@ -179,25 +241,11 @@ def prepare_tokens(
     meta = _cached_meta(stream_file, meta_file)
     from_cache = meta is not None
     if meta is None:
-        tmp = cache_dir / f".{fingerprint}.{os.getpid()}.tmp"
-        undecodable: dict[str, int] = {}
-        try:
-            num_tokens, num_docs = _write_stream(
-                sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp, undecodable
-            )
-            tmp.replace(stream_file)  # rename last, so a crash never leaves a half-written cache behind
-        finally:
-            tmp.unlink(missing_ok=True)
-        meta = {
-            "tokens": num_tokens,
-            "documents": num_docs,
-            "dtype": dtype.name,
-            "sources": [str(s.path) for s in sources],
-            "undecodable": undecodable,
-        }
-        tmp_meta = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
-        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp_meta.replace(meta_file)  # whole or absent: a run killed here re-tokenizes next time
+        with _entry_lock(cache_dir, fingerprint):
+            meta = _cached_meta(stream_file, meta_file)  # another run may have written it while this one waited
+            from_cache = meta is not None
+            if meta is None:
+                meta = _tokenize_into(sources, tokenizer, text_field, eos_id, dtype, vocab_size, stream_file)
     num_blocks = meta["tokens"] // seq_len
     num_eval = max(1, round(num_blocks * eval_fraction))
     if num_blocks < num_eval + 1:

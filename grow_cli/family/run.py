@@ -29,6 +29,66 @@ from grow_cli.family.recipe import Member, Recipe
 from grow_cli.lineage.record import load_record
 
 MEMBER_FILE = "member.json"
+# Training settings that change how a run goes (where it caches, when it pauses or logs), not the model it makes.
+NOT_DECIDING = ("cache_dir", "exit_interval", "log_every", "report_to", "save_every", "keep_last", "quiet")
+
+
+def member_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
+    """What in the recipe decides `member`'s model, as member.json records it (JSON values)."""
+    train = recipe.train_settings(member)
+    settings = {
+        "source": member.source,
+        "revision": member.revision,
+        "config": member.config,
+        "tokenizer": member.tokenizer,
+        "grow": member.grow,
+        "optimizer": recipe.optimizer_of(member),
+        "train": {k: v for k, v in train.items() if k not in NOT_DECIDING} if train else None,
+    }
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _first_change(recorded: dict[str, Any] | None, current: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first setting (as `train.max_steps` within a block) that differs, with its old and new value; None when
+    they agree or nothing was recorded (a member.json of an earlier grow)."""
+    if recorded is None:
+        return None
+    for key, now in current.items():
+        was = recorded.get(key)
+        if isinstance(was, dict) and isinstance(now, dict):
+            inner = next((k for k in {**was, **now} if was.get(k) != now.get(k)), None)
+            if inner is not None:
+                return f"{key}.{inner}", was.get(inner), now.get(inner)
+        elif was != now:
+            return key, was, now
+    return None
+
+
+def check_finished(recipe: Recipe) -> None:
+    """Refuse, in one line naming the member, a re-run whose finished members are no longer what the recipe asks:
+    a member's settings edited since it finished, its model deleted, or an earlier member gone (the later ones grew
+    from it). Skipping them would report and grow on from stale models; re-training them would replace results
+    without being asked. Deleting the member's folder (and those after it) trains them again."""
+    unfinished = None
+    for i, member in enumerate(recipe.members):
+        folder = recipe.out / member.name
+        later = [str(recipe.out / m.name) for m in recipe.members[i + 1 :] if (recipe.out / m.name).exists()]
+        redo = f"delete {' and '.join([str(folder), *later])} to train {'them' if later else 'it'} again"
+        if not (folder / MEMBER_FILE).is_file():
+            unfinished = unfinished or member.name
+            continue
+        if unfinished is not None:
+            raise UsageError(f"{member.name} finished, but {unfinished} before it is gone or unfinished; {redo}")
+        summary = json.loads((folder / MEMBER_FILE).read_text())
+        change = _first_change(summary.get("settings"), member_settings(recipe, member))
+        if change:
+            key, was, now = change
+            raise UsageError(
+                f"recipe: {member.name} finished with {key}: {was!r}, but the recipe now says {key}: {now!r}; "
+                f"{redo}, or restore the recipe"
+            )
+        if not (Path(summary["final"]) / "config.json").is_file():
+            raise UsageError(f"{member.name} finished, but its model {summary['final']} is gone; {redo}")
 
 
 def _done_training(folder: Path) -> bool:
@@ -220,6 +280,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
 
     for note in check_recipe(recipe):  # everything a run needs, before anything is built
         err.print(f"note: {note}", soft_wrap=True)
+    check_finished(recipe)
     recipe.out.mkdir(parents=True, exist_ok=True)
     previous_final: Path | None = None
     summaries: list[dict[str, Any]] = []
@@ -275,8 +336,11 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             "compare_with_previous": comparison,
             "baseline": baseline,
             "record": load_record(final),
+            "settings": member_settings(recipe, member),
         }
-        marker.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        tmp = marker.with_name(f".{MEMBER_FILE}.tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        tmp.replace(marker)  # whole or absent: its presence means "finished"
         summaries.append(summary)
         previous_final = final
     report = write_report(recipe, summaries)

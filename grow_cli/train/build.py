@@ -26,7 +26,7 @@ from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import UsageError
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import check_apollo_run, describe_apollo
-from grow_cli.train.checkpoints import load_checkpoint
+from grow_cli.train.checkpoints import load_checkpoint, remove_unfinished
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
 from grow_cli.train.data_offset import step_offset
@@ -150,6 +150,9 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)
     if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
         remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
+    if accelerator.is_main_process:
+        for name in remove_unfinished(config.out):
+            say(accelerator, config.quiet, f"note: removed {name}, a checkpoint a killed run left half-saved")
     accelerator.wait_for_everyone()
     for note in checked.notes:
         say(accelerator, False, f"note: {note}")

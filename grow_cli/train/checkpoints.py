@@ -21,6 +21,7 @@ from grow_cli.checkpoint.output import removed_unless_written
 from grow_cli.errors import CheckpointError, UsageError
 
 STATE_FILE = "grow-state.json"
+FILES_KEY = "files"  # grow-state.json: every file the checkpoint holds, by relative path, with its size in bytes
 # What accelerate's save_state writes with torch.save (zip archives): model, optimizer, scheduler, RNG, scaler.
 TORCH_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
 # What a resume must match for the run to continue exactly where it stopped.
@@ -65,20 +66,42 @@ def _damaged_torch_file(path: Path) -> str | None:
     return None
 
 
+def _state_damage(path: Path, state: object) -> tuple[Path, str] | None:
+    """The file of checkpoint `path` that grow-state.json shows to be wrong, and why; None when it agrees."""
+    state_file = path / STATE_FILE
+    if not isinstance(state, dict) or not all(isinstance(state.get(key), int) for key in ("step", "tokens")):
+        return state_file, "not the JSON grow wrote"
+    folder_step = path.name.removeprefix("step_")
+    if path.name.startswith("step_") and folder_step.isdigit() and int(folder_step) != state["step"]:
+        return state_file, f"it says step {state['step']} but lies in {path.name}"
+    files = state.get(FILES_KEY, {})  # absent from the checkpoints of an earlier grow
+    if not isinstance(files, dict):
+        return state_file, "not the JSON grow wrote"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return file, "missing"
+        if file.stat().st_size != size:
+            return file, f"{file.stat().st_size:,} bytes where {size:,} were saved"
+    return None
+
+
 def damage_in(path: Path) -> str | None:
     """The first damaged file of checkpoint `path`, as a phrase naming it, or None when the checkpoint is whole.
 
-    Checked without loading anything: grow-state.json parses and has the step, every safetensors file passes the
-    strict header check (which catches truncation), every torch file is a complete zip archive.
+    Checked without loading anything: grow-state.json parses, has the step and tokens, agrees with its folder's
+    step, and every file it lists is there at the size it was saved with (a file deleted or cut by hand); every
+    safetensors file passes the strict header check (which catches truncation), every torch file is a complete
+    zip archive.
     """
     path = Path(path)
-    state_file = path / STATE_FILE
     try:
-        state = json.loads(state_file.read_text())
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-            raise ValueError
+        state = json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError):
-        return f"{state_file} is damaged (not the JSON grow wrote)"
+        state = None
+    found = _state_damage(path, state)
+    if found is not None:
+        return f"{found[0]} is damaged ({found[1]})"
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         why = None
         if file.suffix == ".safetensors":
@@ -126,6 +149,16 @@ def resolve_resume(resume: str | None, out: Path) -> tuple[Path | None, list[str
     return path, []
 
 
+def remove_unfinished(out: Path) -> list[str]:
+    """Remove the checkpoint folders in `out` that a killed save left without grow-state.json (never resumed from,
+    never pruned, so otherwise kept for good); returns their names. Only the process that holds `out` may call it."""
+    root = checkpoint_root(out)
+    unfinished = sorted(p for p in root.glob("step_*") if p.is_dir() and not (p / STATE_FILE).is_file())
+    for folder in unfinished:
+        shutil.rmtree(folder)
+    return [folder.name for folder in unfinished]
+
+
 def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: int) -> Path:
     """Save the full training state at `state['step']` on every process; prune to the newest `keep_last`."""
     path = checkpoint_root(out) / f"step_{state['step']:08d}"
@@ -134,9 +167,11 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
     accelerator.wait_for_everyone()
     with removed_unless_written(path, f"the checkpoint of step {state['step']}"):
         accelerator.save_state(str(path))
+        accelerator.wait_for_everyone()  # every process's files are written before they are listed
         if accelerator.is_main_process:
+            files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
             tmp = path / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps(state, indent=2) + "\n")
+            tmp.write_text(json.dumps({**state, FILES_KEY: files}, indent=2) + "\n")
             tmp.replace(path / STATE_FILE)
     if accelerator.is_main_process:
         for old in complete_checkpoints(out)[:-keep_last]:

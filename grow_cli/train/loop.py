@@ -13,13 +13,17 @@ run without saving, so the newest checkpoint is the last good one.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from grow_cli.checkpoint.claim import OutputClaim, unwritable
 from grow_cli.errors import TrainingError
 from grow_cli.train.build import Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
@@ -49,14 +53,19 @@ class Ending:
 
 
 def train_stage(config: TrainConfig) -> dict[str, Any]:
-    """Train the model in `config.model` on `config.data`; write it, grow.json and the card to `config.out`."""
-    checked = preflight(config)
-    try:
-        run = build(config, checked)
-        ending = train_loop(run)
-        result = finish(run, ending) if ending.reason == "done" else pause(run)
-    finally:
-        undo_liger()  # Liger's patches of transformers' modules last as long as the run
+    """Train the model in `config.model` on `config.data`; write it, grow.json and the card to `config.out`.
+
+    The main process holds the claim on --out for the whole run (`checkpoint/claim.py`), so a second run into the
+    same folder is refused in one line instead of interleaving its checkpoints, metrics and model with this one's.
+    """
+    with _claim(config.out):
+        checked = preflight(config)
+        try:
+            run = build(config, checked)
+            ending = train_loop(run)
+            result = finish(run, ending) if ending.reason == "done" else pause(run)
+        finally:
+            undo_liger()  # Liger's patches of transformers' modules last as long as the run
     if ending.reason == "interrupted":
         raise Interrupted(
             f"interrupted at step {run.step}/{run.budget.max_steps}; saved {result['checkpoint']}. "
@@ -65,6 +74,18 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     if ending.reason == "exit-interval":
         run.say(f"stopped after {run.step - ending.first_step} steps (--exit-interval); saved {result['checkpoint']}")
     return result
+
+
+def _claim(out: Path) -> AbstractContextManager:
+    """The claim on `out`, taken by the main process only (global rank 0 under `accelerate launch`, which sets
+    RANK before any process builds its accelerator); the others write only what the main process coordinates."""
+    if os.environ.get("RANK", "0") != "0":
+        return nullcontext()
+    try:
+        Path(out).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(Path(out), exc) from None
+    return OutputClaim(Path(out).expanduser().resolve())
 
 
 def train_loop(run: Run) -> Ending:

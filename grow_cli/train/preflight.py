@@ -90,6 +90,11 @@ def preflight(config: TrainConfig) -> Checked:
     else:
         resume_from, notes = resolve_resume(config.resume, out)
     if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite:
+        if config.resume == "auto":  # e.g. a run killed before its first checkpoint, or while writing its model
+            raise OutputError(
+                f"--resume auto: {out} holds no checkpoint to continue from, but is not empty; pass --overwrite "
+                "to start again, or another --out"
+            )
         raise OutputError(
             f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
             "start again, or another --out"
