@@ -161,3 +161,35 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_trains(paused
     line = _one_line(stderr)
     assert code == 1 and "is being written by another grow run" in line
     assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000004", "step_00000006"]
+
+
+def _snapshot(folder):
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("save_every", [2, None])
+def test_resume_auto_on_the_finished_run_has_nothing_to_do(tmp_path, capsys, save_every):
+    """`--resume auto` on a run that finished used to retrain from its last intermediate checkpoint (or, without one,
+    to refuse the folder as not empty) and rewrite the model; the same run now leaves --out alone and says so, and
+    another run (here a larger --max-steps) is refused in one line naming the setting."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    out = tmp_path / "out"
+    budget = ("--max-steps", 8, *(("--save-every", save_every) if save_every else ()))
+    assert run_grow(train_args(model, data, out, *budget), capsys)[0] == 0
+    assert (out / "checkpoints").is_dir() == bool(save_every)
+    before = _snapshot(out)
+    args = [a for a in train_args(model, data, out, *budget, "--resume", "auto") if a != "--quiet"]
+    code, _, stderr = run_grow(args, capsys)
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert code == 0 and len(lines) == 1, stderr
+    assert lines[0] == f"{out} holds the finished run (step 8 of 8): nothing to do; " + (
+        "drop --resume auto and pass --overwrite to train again"
+    )
+    code, stdout, _ = run_grow(train_args(model, data, out, *budget, "--resume", "auto", "--json"), capsys)
+    assert code == 0 and json.loads(stdout)["status"] == "finished" and json.loads(stdout)["steps"] == 8
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 10, "--resume", "auto"), capsys)
+    line = _one_line(stderr)
+    assert code == 2 and "holds a finished run made with max_steps=8, but this run has max_steps=10" in line
+    assert _snapshot(out) == before

@@ -241,3 +241,27 @@ def test_a_finished_member_edited_or_deleted_since_is_refused_naming_it(cli, tmp
         (tmp_path / "run" / "small" / "trained" / name).unlink()
     gone = cli("family", path, "-q")
     assert gone.code == 2 and "small finished, but its model" in gone.stderr and "is gone" in gone.stderr
+
+
+def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming_it(cli, tmp_path):
+    """A re-run used to train on from an unfinished member's `grown/` whatever its `grow:` block now said; now its
+    start is checked like a finished member's settings, before anything is touched."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05, "max_lr": 1e-3}
+    small = {"name": "small", "source": "base", "train": {"max_steps": 2}}
+    big = {"name": "big", "grow": {"depth_factor": 2, "depth_method": "stack"}, "train": {"max_steps": 3}}
+    top = dict(out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
+    path = write_recipe(tmp_path, [small, {**big, "train": {"max_steps": 3, "exit_interval": 1}}], **top)
+    assert cli("family", path, "-q").code == 3  # paused in big, after its grown/ was made
+    grown = tmp_path / "run" / "big" / "grown"
+    before = {p.name: p.stat().st_mtime_ns for p in grown.iterdir()}
+    write_recipe(tmp_path, [small, {**big, "grow": {"depth_factor": 3, "depth_method": "stack"}}], **top)
+    edited = cli("family", path, "-q")
+    assert edited.code == 2 and edited.stderr.count("\n") == 1, edited.stderr
+    assert "big was started with grow.depth_factor: 2, but the recipe now says grow.depth_factor: 3" in edited.stderr
+    assert f"delete {tmp_path / 'run' / 'big'} to train it again, or restore the recipe" in edited.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in grown.iterdir()} == before
+    write_recipe(tmp_path, [small, big], **top)  # restored (exit_interval decides nothing): continues to the end
+    assert cli("family", path, "-q").code == 0
+    assert json.loads((tmp_path / "run" / "big" / "member.json").read_text())["train"]["end_step"] == 3

@@ -203,7 +203,7 @@ def train_stage(
 
     if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks
         return
-    if push_to_hub and result["status"] == "done":
+    if push_to_hub and result["status"] in ("done", "finished"):  # finished earlier: e.g. a failed push retried
         from grow_cli.hub import push_folder
 
         result["hub"] = push_folder(

@@ -8,11 +8,14 @@ Layout of the output folder (each `final` is a complete HF folder with its linea
     OUT/<member>/trained/    `grow train-stage` output (checkpoints/ inside while it runs)
     OUT/<member>/baseline/   with `baselines: true`: the same model trained from scratch on as many tokens as the
                              member has seen through its lineage (the independent-training reference)
+    OUT/<member>/start.json  the settings that decide the member's starting model (`init/`, `grown/` or the source),
+                             written before it is made
     OUT/<member>/member.json the member's summary; written last, so its presence means "finished"
     OUT/family.json, family.md, *.png   the family report
 
 A re-run skips finished members and finished steps (a complete `grown/` or `trained/` is never redone), and an
-interrupted training stage continues from its newest checkpoint.
+interrupted training stage continues from its newest checkpoint — unless the recipe was edited since in what
+decided them (`check_finished`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from grow_cli.family.recipe import Member, Recipe
 from grow_cli.lineage.record import load_record
 
 MEMBER_FILE = "member.json"
+START_FILE = "start.json"
+# What decides a member's starting model; an unfinished member's start.json records them.
+START_KEYS = ("source", "revision", "config", "tokenizer", "grow", "optimizer")
 # Training settings that change how a run goes (where it caches, when it pauses or logs), not the model it makes.
 NOT_DECIDING = ("cache_dir", "exit_interval", "log_every", "report_to", "save_every", "keep_last", "quiet")
 
@@ -64,10 +70,17 @@ def _first_change(recorded: dict[str, Any] | None, current: dict[str, Any]) -> t
     return None
 
 
+def start_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
+    """What in the recipe decides `member`'s starting model, as start.json records it."""
+    settings = member_settings(recipe, member)
+    return {key: settings[key] for key in START_KEYS}
+
+
 def check_finished(recipe: Recipe) -> None:
     """Refuse, in one line naming the member, a re-run whose finished members are no longer what the recipe asks:
     a member's settings edited since it finished, its model deleted, or an earlier member gone (the later ones grew
-    from it). Skipping them would report and grow on from stale models; re-training them would replace results
+    from it); likewise an unfinished member whose starting model (e.g. `grown/`) was made with settings edited
+    since. Skipping them would report and grow on from stale models; re-training them would replace results
     without being asked. Deleting the member's folder (and those after it) trains them again."""
     unfinished = None
     for i, member in enumerate(recipe.members):
@@ -75,6 +88,14 @@ def check_finished(recipe: Recipe) -> None:
         later = [str(recipe.out / m.name) for m in recipe.members[i + 1 :] if (recipe.out / m.name).exists()]
         redo = f"delete {' and '.join([str(folder), *later])} to train {'them' if later else 'it'} again"
         if not (folder / MEMBER_FILE).is_file():
+            started = json.loads((folder / START_FILE).read_text()) if (folder / START_FILE).is_file() else None
+            change = _first_change(started, start_settings(recipe, member))
+            if change:
+                key, was, now = change
+                raise UsageError(
+                    f"recipe: {member.name} was started with {key}: {was!r}, but the recipe now says {key}: {now!r}; "
+                    f"{redo}, or restore the recipe"
+                )
             unfinished = unfinished or member.name
             continue
         if unfinished is not None:
@@ -89,6 +110,13 @@ def check_finished(recipe: Recipe) -> None:
             )
         if not (Path(summary["final"]) / "config.json").is_file():
             raise UsageError(f"{member.name} finished, but its model {summary['final']} is gone; {redo}")
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    """Write `path` whole or not at all (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 def _done_training(folder: Path) -> bool:
@@ -294,6 +322,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             previous_final = Path(summary["final"])
             continue
         folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / START_FILE, start_settings(recipe, member))  # as found there, if any (check_finished)
         err.print(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
         if i == 0:
             start = _first_model(member, folder, recipe.seed)
@@ -338,9 +367,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             "record": load_record(final),
             "settings": member_settings(recipe, member),
         }
-        tmp = marker.with_name(f".{MEMBER_FILE}.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        tmp.replace(marker)  # whole or absent: its presence means "finished"
+        _write_json(marker, summary)  # whole or absent: its presence means "finished"
         summaries.append(summary)
         previous_final = final
     report = write_report(recipe, summaries)

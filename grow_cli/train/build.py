@@ -25,8 +25,8 @@ from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import UsageError
 from grow_cli.train.apollo import Apollo, allocate
-from grow_cli.train.apollo_plan import check_apollo_run, describe_apollo
-from grow_cli.train.checkpoints import load_checkpoint, remove_unfinished
+from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
+from grow_cli.train.checkpoints import finished_run, load_checkpoint, remove_unfinished, run_key_change
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
 from grow_cli.train.data_offset import step_offset
@@ -136,8 +136,9 @@ def say(accelerator: Accelerator, quiet: bool, message: str) -> None:
         err.print(message, soft_wrap=True)  # logs keep whole lines (and paths) intact
 
 
-def build(config: TrainConfig, checked: Checked) -> Run:
-    """Build, prepare and (when resuming) restore everything for the loop; see the module docstring."""
+def build(config: TrainConfig, checked: Checked) -> Run | Finished:
+    """Build, prepare and (when resuming) restore everything for the loop; see the module docstring. `--resume auto`
+    on a run that finished in --out already gets `Finished` instead, and --out is left as it was."""
     tracker = JsonlTracker(config.out / METRICS_FILE, resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
@@ -148,6 +149,16 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         budget = dataclasses.replace(budget, max_steps=continuation.start_step + budget.max_steps)
     if checked.apollo:
         check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)
+    data = load_data(config, checked, accelerator)
+    objective = Objective(
+        checked.objective.name, config.seed, checked.masking, checked.eos_id if config.document_masking else None
+    )
+    offset, first, offset_note = step_offset(
+        config, continuation, data.fingerprint, len(data.train_ids), budget.global_batch
+    )
+    keys = run_keys(config, data, budget, accelerator, objective, checked.apollo, continuation, first)
+    if config.resume == "auto" and (finished := finished_run(config.out)) is not None:
+        return _finished(config, finished, keys)  # before anything in --out is touched
     if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
         remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
     if accelerator.is_main_process:
@@ -156,16 +167,13 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     accelerator.wait_for_everyone()
     for note in checked.notes:
         say(accelerator, False, f"note: {note}")
-    data = load_data(config, checked, accelerator)
+    describe_data(config, data, accelerator)
     loaded, trainable = load_trainable_model(config, checked, accelerator)
     model, saved_dtype = loaded.model, loaded.saved_dtype
     if config.document_masking:
         check_document_masking(model, checked.eos_id)
     config.out.mkdir(parents=True, exist_ok=True)  # only now: unreadable data or a refused model leave no output
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
-    objective = Objective(
-        checked.objective.name, config.seed, checked.masking, checked.eos_id if config.document_masking else None
-    )
     kernels = speed_up(model, config, accelerator, liger=liger)
     num_parameters = sum(p.numel() for p in model.parameters())
     max_lr = resolve_max_lr(config, num_parameters, accelerator, continuation)
@@ -188,10 +196,6 @@ def build(config: TrainConfig, checked: Checked) -> Run:
     )
     router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-
-    offset, first, offset_note = step_offset(
-        config, continuation, data.fingerprint, len(data.train_ids), budget.global_batch
-    )
     if offset_note:
         say(accelerator, config.quiet, f"note: {offset_note}")
     batches, held_out = make_batches(config, data, budget, accelerator, offset)
@@ -214,7 +218,7 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         saved_dtype=saved_dtype,
         flops_per_token=flops_token,
         peak_flops=peak_flops(accelerator.device, accelerator.mixed_precision, config.peak_tflops),
-        run_keys=run_keys(config, data, budget, accelerator, objective, apollo, continuation, first),
+        run_keys=keys,
         objective=objective,
         apollo=apollo,
         loaded=loaded,
@@ -231,6 +235,31 @@ def build(config: TrainConfig, checked: Checked) -> Run:
         config={k: v for k, v in config.to_dict().items() if isinstance(v, int | float | str | bool)},
     )
     return run
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What `build` gives instead of a `Run` when `--resume auto` finds this very run finished in --out."""
+
+    summary: dict[str, Any]
+
+
+def _finished(config: TrainConfig, stage: dict[str, Any], keys: dict[str, Any]) -> Finished:
+    """Nothing to do when the run finished in --out is this run (same run key, hence the same planned end); any
+    other run is refused, naming the first setting that differs — resuming it would retrain the finished model."""
+    out, end = config.out, stage["run_key"]["max_steps"]
+    change = run_key_change(stage["run_key"], keys)
+    if change is not None:
+        key, was, now = change
+        raise UsageError(
+            f"--resume auto: {out} holds a finished run made with {key}={was!r}, but this run has {key}={now!r}; "
+            f"to train it on, give {out} as the MODEL of a new stage with another --out; to train again, drop "
+            "--resume auto and pass --overwrite"
+        )
+    summary = {"status": "finished", "out": str(out), "end_step": end, "max_steps": keys["max_steps"]}
+    summary.update({k: stage.get(k) for k in ("steps", "tokens", "final_eval_loss", "final_eval_ppl")})
+    summary["record"] = str(out / "grow.json")
+    return Finished(summary)
 
 
 def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
@@ -290,6 +319,11 @@ def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -
             cache_dir=config.cache_dir or token_cache_dir(config.out.resolve().parent),
             dtype_name=config.token_dtype,
         )
+    return data
+
+
+def describe_data(config: TrainConfig, data: TokenData, accelerator: Accelerator) -> None:
+    """Say what the data holds, and name the files read with replaced bytes."""
     say(
         accelerator,
         config.quiet,
@@ -304,7 +338,6 @@ def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -
             f"note: {path}: {count:,} byte sequence(s) are not UTF-8 and were read as U+FFFD; if the file is in "
             "another encoding, convert it (e.g. iconv -f latin1 -t utf-8) and run again",
         )
-    return data
 
 
 def load_trainable_model(
@@ -465,14 +498,14 @@ def run_keys(
     budget: Budget,
     accelerator: Accelerator,
     objective: Objective,
-    apollo: Apollo | None,
+    apollo: ApolloPlan | None,
     continuation: Continuation | None = None,
     data_offset: int | None = None,
 ) -> dict[str, Any]:
     """What a checkpoint records and a resume must match for the run to continue exactly where it stopped."""
     keys = {
         "objective": objective.describe(),
-        "apollo": apollo.plan.describe() if apollo else None,
+        "apollo": apollo.describe() if apollo else None,
         "data_fingerprint": data.fingerprint,
         "seq_len": config.seq_len,
         "global_batch": budget.global_batch,

@@ -188,6 +188,30 @@ def _made_before(key: str, expected: dict[str, Any]) -> bool:
     return key == "apollo" and expected.get("apollo") is None
 
 
+def run_key_change(recorded: dict[str, Any], expected: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first of RESUME_KEYS on which a recorded run (a checkpoint, a finished run) and this one differ, with
+    the recorded and the current value; None when this run is the recorded one. `expected` as JSON stores it."""
+    expected = json.loads(json.dumps(expected))
+    for key in RESUME_KEYS:
+        if key not in recorded and _made_before(key, expected):
+            continue
+        if recorded.get(key) != expected.get(key):
+            return key, recorded.get(key), expected.get(key)
+    return None
+
+
+def finished_run(out: Path) -> dict[str, Any] | None:
+    """The grow.json stage of the run that finished in `out` — its model written, then grow.json, whose last stage
+    is a train stage with the run key (`run_key`, written since grow records it) — or None."""
+    from grow_cli.lineage.record import load_record
+
+    record = load_record(out) if (Path(out) / "config.json").is_file() else None
+    stage = record["stages"][-1] if record and record["stages"] else None
+    if stage is None or stage.get("kind") != "train" or not isinstance(stage.get("run_key"), dict):
+        return None
+    return stage
+
+
 def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[str, Any]:
     """Restore the training state from `path` after checking that it belongs to this run; return grow's state."""
     import pickle
@@ -195,14 +219,13 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[s
     from safetensors import SafetensorError
 
     state = json.loads((Path(path) / STATE_FILE).read_text())
-    for key in RESUME_KEYS:
-        if key not in state and _made_before(key, expected):
-            continue
-        if state.get(key) != expected.get(key):
-            raise UsageError(
-                f"--resume {path}: the checkpoint was made with {key}={state.get(key)!r} but this run "
-                f"has {key}={expected.get(key)!r}; resume with the original settings"
-            )
+    change = run_key_change(state, expected)
+    if change is not None:
+        key, was, now = change
+        raise UsageError(
+            f"--resume {path}: the checkpoint was made with {key}={was!r} but this run has {key}={now!r}; resume "
+            "with the original settings"
+        )
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:

@@ -157,6 +157,7 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
         "mixed_precision": run.accelerator.mixed_precision,
         "kernels": run.kernels,
         "seed": config.seed,
+        "run_key": run.run_keys,  # what makes a later `--resume auto` this same run (checkpoints.finished_run)
         "continued": _continued(run),
         "final_state": "checkpoints/" + f"step_{run.step:08d}" if config.save_final_state else None,
         "final_eval_loss": eval_loss,

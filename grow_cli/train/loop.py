@@ -25,7 +25,7 @@ import torch
 
 from grow_cli.checkpoint.claim import OutputClaim, unwritable
 from grow_cli.errors import TrainingError
-from grow_cli.train.build import Run, build
+from grow_cli.train.build import Finished, Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.finish import evaluation, finish, pause
@@ -62,6 +62,8 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
         checked = preflight(config)
         try:
             run = build(config, checked)
+            if isinstance(run, Finished):
+                return _nothing_to_do(config, run.summary)
             ending = train_loop(run)
             result = finish(run, ending) if ending.reason == "done" else pause(run)
         finally:
@@ -74,6 +76,21 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     if ending.reason == "exit-interval":
         run.say(f"stopped after {run.step - ending.first_step} steps (--exit-interval); saved {result['checkpoint']}")
     return result
+
+
+def _nothing_to_do(config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """`--resume auto` on this run finished already: say so in one line (main process) and leave --out alone."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process and not config.quiet:
+        from grow_cli.console import err
+
+        err.print(
+            f"{config.out} holds the finished run (step {summary['end_step']} of {summary['max_steps']}): nothing to "
+            "do; drop --resume auto and pass --overwrite to train again",
+            soft_wrap=True,
+        )
+    return summary
 
 
 def _claim(out: Path) -> AbstractContextManager:

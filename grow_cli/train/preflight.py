@@ -21,7 +21,7 @@ from grow_cli.data.masking import MaskingRule, masking_rule
 from grow_cli.data.sources import Source, check_sources, find_sources
 from grow_cli.errors import OutputError, UsageError
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
-from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, resolve_resume
+from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, finished_run, resolve_resume
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
@@ -89,7 +89,8 @@ def preflight(config: TrainConfig) -> Checked:
         resume_from, notes = None, []
     else:
         resume_from, notes = resolve_resume(config.resume, out)
-    if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite:
+    finished = config.resume == "auto" and finished_run(out) is not None  # build compares it with this run
+    if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite and not finished:
         if config.resume == "auto":  # e.g. a run killed before its first checkpoint, or while writing its model
             raise OutputError(
                 f"--resume auto: {out} holds no checkpoint to continue from, but is not empty; pass --overwrite "
