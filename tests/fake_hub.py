@@ -6,9 +6,10 @@ download files (model_info, HEAD/GET resolve). See docs/reference ecosystem.md Â
 
 It keeps repos in memory as commits of `{path: bytes}` trees, stores LFS objects per repo (so a re-run of an upload
 is told which objects already arrived, as the real Hub does), records every request, and has switches to make it
-misbehave: `create_status` (e.g. 409 on repo creation), `fail_lfs_put_after` (HTTP 500 on every LFS PUT after the
-first N), `reject_tokens` (HTTP 401 for any token), `force_regular` (answer "regular" to every preupload, the path
-the xet pipeline takes without talking to a xet server).
+misbehave: `fail` (any endpoint answers an HTTP status, drops the connection or cuts it mid-body), `create_status`
+(e.g. 409 on repo creation), `fail_lfs_put_after` (HTTP 500 on every LFS PUT after the first N), `reject_tokens`
+(HTTP 401 for any token), `force_regular` (answer "regular" to every preupload, the path the xet pipeline takes
+without talking to a xet server).
 
 The tokens it accepts never leave this process: tests check that they appear in no output and no file.
 """

@@ -375,7 +375,7 @@ def test_token_shaped_strings_and_large_logs_are_refused(fake_hub, grown):
     assert other not in str(info.value)
     (grown / ".env").unlink()
     with open(grown / "train.log", "wb") as log:
-        log.write(b"step loss\n" * (51 << 20 // 10))  # past the 50 MB the check used to stop at
+        log.write(b"step loss\n" * ((51 << 20) // 10))  # past the 50 MB the check used to stop at
         log.write(f"resumed with --token {TOKEN}\n".encode())
     with pytest.raises(HubError, match="train.log contains the Hub token"):
         push_folder(grown, "acme/tiny-grown", token=TOKEN)
@@ -423,3 +423,10 @@ def test_expand_push_to_hub_failures_keep_the_output(fake_hub, tmp_path):
     proc = run_grow(["push", str(out), "acme/grown", "--token", TOKEN], env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert fake_hub.files("acme/grown")["grow.json"] == (out / "grow.json").read_bytes()
+
+
+def test_malformed_repo_ids_are_refused_before_any_request(fake_hub, grown):
+    for bad in ("acme/bad name", "acme/x--y", "a/b/c", "acme/", "-acme/x"):
+        with pytest.raises(UsageError, match="is not a repo id"):
+            push_folder(grown, bad, token=TOKEN)
+    assert fake_hub.requests == []

@@ -23,6 +23,7 @@ from grow_cli.checkpoint.files import (
     WEIGHT_LAYOUTS,
 )
 from grow_cli.checkpoint.reader import load_config, load_weight_map, read_safetensors_header
+from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
@@ -125,8 +126,11 @@ def push_folder(
 def check_can_push(repo_id: str, token: str | None) -> str:
     """What a push needs before any request (and before a long run that ends in one): a repo id, a token (returned)
     and the network."""
-    if repo_id.count("/") > 1 or not repo_id.strip("/"):
-        raise UsageError(f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name'")
+    if not is_repo_id(repo_id):
+        raise UsageError(
+            f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name' (letters, digits, '-', '_' and '.', "
+            "not starting or ending with '-' or '.', without '--' or '..', up to 96 characters each)"
+        )
     token = resolve_token(token)
     if is_offline():
         raise HubError(f"pushing to {repo_id} needs the network, but HF_HUB_OFFLINE=1 is set; unset it and re-run")
