@@ -6,9 +6,10 @@ download files (model_info, HEAD/GET resolve). See docs/reference ecosystem.md Â
 
 It keeps repos in memory as commits of `{path: bytes}` trees, stores LFS objects per repo (so a re-run of an upload
 is told which objects already arrived, as the real Hub does), records every request, and has switches to make it
-misbehave: `create_status` (e.g. 409 on repo creation), `fail_lfs_put_after` (HTTP 500 on every LFS PUT after the
-first N), `reject_tokens` (HTTP 401 for any token), `force_regular` (answer "regular" to every preupload, the path
-the xet pipeline takes without talking to a xet server).
+misbehave: `fail` (any endpoint answers an HTTP status, drops the connection or cuts it mid-body), `create_status`
+(e.g. 409 on repo creation), `fail_lfs_put_after` (HTTP 500 on every LFS PUT after the first N), `reject_tokens`
+(HTTP 401 for any token), `force_regular` (answer "regular" to every preupload, the path the xet pipeline takes
+without talking to a xet server).
 
 The tokens it accepts never leave this process: tests check that they appear in no output and no file.
 """
@@ -164,6 +165,7 @@ class FakeHub:
         self.fail_lfs_put_after: int | None = None  # every LFS PUT after this many successful ones gets a 500
         self.reject_tokens = False  # every token is refused with 401
         self.force_regular = False  # preupload answers "regular" for every file
+        self.faults: list[list] = []  # [method, path substring, action, times left]: see `fail`
         self._lock = threading.RLock()
         self._counter = itertools.count(1)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -220,6 +222,21 @@ class FakeHub:
 
     def head(self, repo_id: str, revision: str = "main") -> Commit:
         return self.repos[repo_id].resolve(revision)
+
+    def fail(self, method: str, contains: str, action: int | str, times: int = 1) -> None:
+        """Misbehave on the next `times` requests `method` whose path contains `contains`: answer HTTP `action`
+        (an int), "drop" the connection before handling the request, or handle it and "cut" the connection
+        halfway through the response body (a download that breaks mid-file; a commit whose answer is lost)."""
+        with self._lock:
+            self.faults.append([method, contains, action, times])
+
+    def _take_fault(self, method: str, path: str) -> int | str | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault[0] == method and fault[1] in path and fault[3] > 0:
+                    fault[3] -= 1
+                    return fault[2]
+        return None
 
     def paths_requested(self, method: str, contains: str = "") -> list[str]:
         return [r.path for r in self.requests if r.method == method and contains in r.path]
@@ -287,7 +304,15 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 hub.requests.append(record)
             self.query = parse_qs(parts.query)
             segments = [unquote(s) for s in parts.path.strip("/").split("/")]
+            fault = hub._take_fault(method, parts.path)
+            if fault == "drop":
+                record.status = -1
+                self.close_connection = True
+                return
             try:
+                if isinstance(fault, int):
+                    message = {401: "Invalid credentials", 403: "Forbidden", 429: "Too Many Requests"}
+                    raise HubHTTPError(fault, message.get(fault, f"fake hub: injected HTTP {fault}"))
                 status, payload, headers = self._route(method, segments, body)
             except HubHTTPError as exc:
                 headers = {"X-Error-Message": exc.message}
@@ -295,9 +320,9 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     headers["X-Error-Code"] = exc.code
                 status, payload = exc.status, {"error": exc.message}
             record.status = status
-            self._send(status, payload, headers, head=method == "HEAD")
+            self._send(status, payload, headers, head=method == "HEAD", cut=fault == "cut")
 
-        def _send(self, status: int, payload, headers: dict, *, head: bool = False) -> None:
+        def _send(self, status: int, payload, headers: dict, *, head: bool = False, cut: bool = False) -> None:
             if isinstance(payload, bytes | bytearray):
                 data, ctype = bytes(payload), "application/octet-stream"
             else:
@@ -309,7 +334,11 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             for key, value in headers.items():
                 self.send_header(key, value)
             self.end_headers()
-            if not head:
+            if cut:  # the promised Content-Length, then half of it, then the connection closes
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+            elif not head:
                 self.wfile.write(data)
 
         def _auth(self, *, required: bool) -> bool:

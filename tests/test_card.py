@@ -120,6 +120,7 @@ def test_body_tells_the_lineage(record):
         "Stage 1: **Grown** from [`HuggingFaceTB/SmolLM2-135M`](https://huggingface.co/HuggingFaceTB/SmolLM2-135M)"
         in card
     )
+    assert "SmolLM2-135M) @ `main`, commit `aaaaaaaaaaaa`" in card  # the branch, and the commit it was at
     assert "layers=24" in card and "layers=48" in card
     assert "`stack`, [G_stack (Du et al., NeurIPS 2024)](https://arxiv.org/abs/2405.15319)" in card
     assert "not function-preserving; factor=2" in card

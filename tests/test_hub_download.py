@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from fake_hub import TOKEN, client_env, fake_hub_fixture, make_grown_folder  # noqa: F401 (fixtures)
+from fake_hub import TOKEN, client_env, fake_hub_fixture, make_grown_folder, no_backoff_fixture  # noqa: F401 (fixtures)
 from tiny_models import save_tiny
 
 from grow_cli.checkpoint.source import is_hub_id
@@ -209,3 +209,71 @@ def test_grow_expand_from_the_hub(fake_hub, hub_repo, tmp_path):
     assert proc.returncode != 0 and proc.stderr.startswith("error: HF_HUB_OFFLINE=1 is set")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert os.environ.get("HF_TOKEN") is None or os.environ["HF_TOKEN"] not in proc.stderr
+
+
+def test_connection_cut_mid_download_offline_then_rerun_resumes(fake_hub, hub_repo, tiny, monkeypatch):
+    """A shard whose transfer keeps breaking: one line that says to re-run; offline, the partial cache is named as
+    partial; the re-run fetches only what is missing and ends with the whole checkpoint."""
+    shard = sorted(p.name for p in tiny.glob("*.safetensors"))[1]
+    fake_hub.fail("GET", f"/{shard}", "cut", times=100)  # more than the client's own resumes
+    with pytest.raises(HubError) as info:
+        download_checkpoint(hub_repo)
+    message = str(info.value)
+    assert message.startswith("the connection to the Hub at") and "broke" in message and "re-run" in message
+    assert "\n" not in message
+    snapshot = fake_hub.home / "hub" / "models--acme--tiny-llama" / "snapshots" / fake_hub.head(hub_repo).oid
+    arrived = {p.name for p in snapshot.iterdir()}
+    assert "config.json" in arrived and shard not in arrived
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match=rf"only partly in the local cache \(missing 1 of \d+ shards, e.g. {shard}\)"):
+        download_checkpoint(hub_repo)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    fake_hub.faults.clear()
+    fake_hub.requests.clear()
+    folder, source = download_checkpoint(hub_repo)
+    assert source["commit"] == fake_hub.head(hub_repo).oid
+    assert not set(resolved(fake_hub)) & (arrived - {"model.safetensors.index.json"})  # nothing fetched twice
+    for name in sorted(p.name for p in tiny.glob("*.safetensors")):
+        assert (folder / name).read_bytes() == (tiny / name).read_bytes(), name
+
+
+def test_revision_moved_during_download(fake_hub, hub_repo, monkeypatch):
+    """A push lands between the listing and the download (sharded weights re-saved as one file): grow downloads the
+    new commit whole and records it, instead of failing on the files the old listing named."""
+    import grow_cli.hub.download as download
+
+    real = download.snapshot_download
+    moved = []
+
+    def push_then_download(*args, **kwargs):
+        if not moved:
+            repo = fake_hub.repos[hub_repo]
+            head = repo.resolve("main")
+            tree = {k: v for k, v in head.tree.items() if not k.startswith("model")}
+            commit = fake_hub._commit(repo, head.oid, "re-save", "", {**tree, "model.safetensors": b"\0" * 16})
+            repo.branches["main"] = commit.oid
+            moved.append(commit.oid)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(download, "snapshot_download", push_then_download)
+    folder, source = download_checkpoint(hub_repo)
+    assert source["commit"] == moved[0] == folder.name
+    assert "model.safetensors" in source["files"] and (folder / "model.safetensors").is_file()
+    assert not any(name.startswith("model-") for name in source["files"])
+
+
+@pytest.mark.parametrize(
+    "status, expected",
+    [
+        (403, r"authentication failed while downloading acme/tiny-llama \(HTTP 403: Forbidden\): .*cannot read"),
+        (429, r"rate-limiting .*\(HTTP 429: Too Many Requests\); wait a few minutes, then re-run"),
+        (500, r"the Hub failed while downloading .*re-run the same command to resume: files already downloaded"),
+    ],
+)
+def test_http_errors_on_download_say_what_to_do(fake_hub, hub_repo, no_backoff, status, expected):
+    fake_hub.fail("GET", "/api/models/", status, times=100)
+    with pytest.raises(HubError, match=expected) as info:
+        download_checkpoint(hub_repo)
+    assert "write" not in str(info.value) and "sent again" not in str(info.value)

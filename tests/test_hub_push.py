@@ -363,3 +363,70 @@ def test_training_states_stay_local(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
     assert [f["path"] for f in upload_files(tmp_path)] == ["config.json", "model.safetensors"]
+
+
+def test_token_shaped_strings_and_large_logs_are_refused(fake_hub, grown):
+    """Not only the token in use: any Hub token in a file to upload (a .env), and in files of any size (a long
+    training log); files that stay local (train-stage checkpoints) are not in the way."""
+    other = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"
+    (grown / ".env").write_text(f"HF_TOKEN={other}\n")
+    with pytest.raises(HubError, match=r"\.env contains a Hugging Face token") as info:
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert other not in str(info.value)
+    (grown / ".env").unlink()
+    with open(grown / "train.log", "wb") as log:
+        log.write(b"step loss\n" * ((51 << 20) // 10))  # past the 50 MB the check used to stop at
+        log.write(f"resumed with --token {TOKEN}\n".encode())
+    with pytest.raises(HubError, match="train.log contains the Hub token"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert fake_hub.requests == []
+    (grown / "train.log").unlink()
+    (grown / "checkpoints" / "step_1").mkdir(parents=True)
+    (grown / "checkpoints" / "step_1" / "args.json").write_text(json.dumps({"token": TOKEN}))
+    push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert not any(TOKEN.encode() in data for data in fake_hub.files("acme/tiny-grown").values())
+
+
+def test_429_on_push_says_wait_then_resume(fake_hub, grown, no_backoff):
+    fake_hub.fail("POST", "/preupload/", 429, times=100)
+    with pytest.raises(HubError, match=r"rate-limiting .*wait a few minutes, then re-run the same command"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+
+
+@pytest.mark.slow
+def test_expand_push_to_hub_failures_keep_the_output(fake_hub, tmp_path):
+    """`grow expand --push-to-hub`: no token → refused before expanding; a failed expand pushes nothing; a push that
+    fails after a good expand keeps OUT and names the `grow push` command, which then completes the upload."""
+    from tiny_models import save_tiny
+
+    source = save_tiny("llama", tmp_path / "src")
+    out = tmp_path / "out"
+    env = client_env(fake_hub, fake_hub.home)
+    expand = ["expand", str(source), str(out), "--layers", "8", "--push-to-hub", "acme/grown", "-q"]
+
+    proc = run_grow(expand, env, tmp_path)
+    assert proc.returncode != 0 and proc.stderr.startswith("error: no Hugging Face token")
+    assert not out.exists() and fake_hub.requests == []
+
+    proc = run_grow([*expand[:4], "1", *expand[5:], "--token", TOKEN], env, tmp_path)  # fewer layers: refused
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
+    assert fake_hub.requests == []
+
+    fake_hub.reject_tokens = True
+    proc = run_grow([*expand, "--token", TOKEN], env, tmp_path)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"grow expand finished and {out} is complete" in proc.stderr
+    assert f"then run `grow push {out} acme/grown`" in proc.stderr and TOKEN not in proc.stderr
+    assert (out / "config.json").is_file() and (out / "grow.json").is_file()
+
+    fake_hub.reject_tokens = False
+    proc = run_grow(["push", str(out), "acme/grown", "--token", TOKEN], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert fake_hub.files("acme/grown")["grow.json"] == (out / "grow.json").read_bytes()
+
+
+def test_malformed_repo_ids_are_refused_before_any_request(fake_hub, grown):
+    for bad in ("acme/bad name", "acme/x--y", "a/b/c", "acme/", "-acme/x"):
+        with pytest.raises(UsageError, match="is not a repo id"):
+            push_folder(grown, bad, token=TOKEN)
+    assert fake_hub.requests == []

@@ -169,6 +169,10 @@ def expand(
     from grow_cli.growth.spec import GrowthSpec
     from grow_cli.lineage.card import redact_argv
 
+    if push_to_hub and not dry_run:  # a push that cannot happen is refused before the expand, not after it
+        from grow_cli.hub.push import check_can_push
+
+        check_can_push(push_to_hub, token)
     report = run(
         source,
         out,
@@ -183,9 +187,11 @@ def expand(
         command=["grow", *redact_argv(sys.argv[1:])],
     )
     if push_to_hub and not dry_run:
-        from grow_cli.hub import push_folder
+        from grow_cli.hub.push import push_output
 
-        report["push"] = push_folder(Path(report["output"]), push_to_hub, private=private, token=token)
+        report["push"] = push_output(
+            Path(report["output"]), push_to_hub, made_by="grow expand", private=private, token=token
+        )
     if json_out:
         print_json(report)
     else:

@@ -198,17 +198,22 @@ def train_stage(
     from grow_cli.console import err, print_json
     from grow_cli.train.loop import train_stage as run
 
+    if push_to_hub:  # a push that cannot happen is refused before hours of training, not after them
+        from grow_cli.hub.push import check_can_push
+
+        check_can_push(push_to_hub, token)
     result = run(train_config(options))
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks
         return
     if push_to_hub and result["status"] in ("done", "finished"):  # finished earlier: e.g. a failed push retried
-        from grow_cli.hub import push_folder
+        from grow_cli.hub.push import push_output
 
-        result["hub"] = push_folder(
+        result["hub"] = push_output(
             out,
             push_to_hub,
+            made_by="grow train-stage",
             private=private,
             token=token,
             commit_message=f"grow train-stage: {result['steps']} steps",

@@ -46,8 +46,9 @@ def resolve_token(token: str | None) -> str:
     return token
 
 
-def translate(exc: BaseException, action: str, repo_id: str) -> HubError:
-    """One line that says what failed while `action` on `repo_id`, why, and what to run next.
+def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-run the same command") -> HubError:
+    """One line that says what failed while `action` on `repo_id`, why, and what to run next (`rerun`: how to
+    resume, e.g. "re-run the same command").
 
     Never includes the token: messages are built from the status code, the server's message and the repo id.
     The client wraps a failed file upload in `RuntimeError("Error while uploading 'NAME' ...")`; the HTTP error
@@ -62,6 +63,10 @@ def translate(exc: BaseException, action: str, repo_id: str) -> HubError:
         if found:
             action = f"uploading {found.group(1)} to"
         exc = next((e for e in chain if isinstance(e, errors.HfHubHTTPError | TransportError)), chain[-1])
+    reading = action.startswith("downloading")
+    resume = f"{rerun} to resume: " + (
+        "files already downloaded stay in the cache" if reading else "files that already arrived are not sent again"
+    )
     if isinstance(exc, errors.OfflineModeIsEnabled):
         return HubError(f"{action} {repo_id} needs the network, but HF_HUB_OFFLINE=1 is set; unset it and re-run")
     if isinstance(exc, errors.GatedRepoError):
@@ -76,25 +81,38 @@ def translate(exc: BaseException, action: str, repo_id: str) -> HubError:
     if isinstance(exc, errors.HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
         detail = _server_message(exc)
+        if status in (401, 403) and reading:
+            return HubError(
+                f"authentication failed while {action} {repo_id} (HTTP {status}: {detail}): the token was refused "
+                f"or cannot read {repo_id}; {TOKEN_HELP} with a token that can read it"
+            )
         if status in (401, 403):
             return HubError(
                 f"authentication failed while {action} {repo_id} (HTTP {status}: {detail}): the token was refused "
                 f"or cannot write to '{repo_id.split('/')[0]}'; {TOKEN_HELP} with a write token"
             )
-        if status >= 500 or status == 429:
+        if status == 429:
             return HubError(
-                f"the Hub failed while {action} {repo_id} (HTTP {status}: {detail}); re-run the same command "
-                "to resume: files that already arrived are not sent again"
+                f"the Hub is rate-limiting requests while {action} {repo_id} (HTTP 429: {detail}); wait a few "
+                f"minutes, then {resume}"
             )
+        if status >= 500:
+            return HubError(f"the Hub failed while {action} {repo_id} (HTTP {status}: {detail}); {resume}")
         return HubError(f"the Hub refused {action} {repo_id} (HTTP {status}: {detail})")
     if isinstance(exc, TransportError):
         return HubError(
-            f"cannot reach the Hub at {endpoint()} while {action} {repo_id} ({type(exc).__name__}); check the "
-            "network or HF_ENDPOINT, then re-run the same command to resume"
+            f"{lost_connection(exc)} while {action} {repo_id}; check the network or HF_ENDPOINT, then {resume}"
         )
     if isinstance(exc, ValueError) and "Invalid metadata in README.md" in str(exc):
         return HubError(f"the Hub rejected the model card of {repo_id}: {_one_line(str(exc))}")
     return HubError(f"{action} {repo_id} failed: {type(exc).__name__}: {_one_line(str(exc))}")
+
+
+def lost_connection(exc: BaseException) -> str:
+    """What a network failure was: the Hub never answered, or the connection broke during a transfer."""
+    if isinstance(exc, _http_client.ConnectError | _http_client.ConnectTimeout):
+        return f"cannot reach the Hub at {endpoint()} ({type(exc).__name__})"
+    return f"the connection to the Hub at {endpoint()} broke ({type(exc).__name__})"
 
 
 def _server_message(exc: errors.HfHubHTTPError) -> str:

@@ -23,9 +23,10 @@ from grow_cli import __version__
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS, WEIGHT_SUFFIXES
 from grow_cli.checkpoint.kinds import what_else_on_hub
 from grow_cli.errors import HubError
-from grow_cli.hub.client import TransportError, endpoint, is_offline, translate
+from grow_cli.hub.client import TransportError, endpoint, is_offline, lost_connection, translate
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
+MOVED_RETRIES = 3  # downloads of a revision that moved meanwhile, before giving up
 
 
 def download_checkpoint(
@@ -42,24 +43,34 @@ def download_checkpoint(
     api = HfApi(endpoint=endpoint(), token=token or None, library_name="grow", library_version=__version__)
     kwargs: dict[str, Any] = {"endpoint": endpoint(), "token": token or None}
     try:
-        info = api.model_info(repo_id, revision=revision, files_metadata=True)
-        sizes = {s.rfilename: s.size for s in info.siblings or []}
-        index_reader = lambda name: json.loads(  # noqa: E731
-            Path(hf_hub_download(repo_id, name, revision=info.sha, **kwargs)).read_text()
-        )
-        files = select_files(sizes, index_reader, where)
-        # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later.
-        folder = snapshot_download(repo_id, revision=revision, allow_patterns=files, **kwargs)
+        for _ in range(MOVED_RETRIES):
+            info = api.model_info(repo_id, revision=revision, files_metadata=True)
+            sizes = {s.rfilename: s.size for s in info.siblings or []}
+            index_reader = lambda name, sha=info.sha: json.loads(  # noqa: E731
+                Path(hf_hub_download(repo_id, name, revision=sha, **kwargs)).read_text()
+            )
+            files = select_files(sizes, index_reader, where)
+            # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later. The name is
+            # resolved again: when a push moved it since `model_info`, the files chosen belong to another commit.
+            folder = snapshot_download(repo_id, revision=revision, allow_patterns=files, **kwargs)
+            if Path(folder).name == info.sha:
+                break
+        else:
+            raise HubError(
+                f"{where} moved to a new commit {MOVED_RETRIES} times while it was downloaded (someone is pushing "
+                "to it); re-run later, or pass --revision with a commit sha"
+            )
     except HubError:
         raise
-    except TransportError:
+    except TransportError as exc:
         # The Hub cannot be reached: a cached copy of the revision is as good as a download.
         try:
             return _from_cache(repo_id, revision, where)
         except HubError:
             raise HubError(
-                f"cannot reach the Hub at {endpoint()} to download {where}, and it is not in the local cache; "
-                "check the network or HF_ENDPOINT"
+                f"{lost_connection(exc)} while downloading {where}, and no complete copy is in the local cache; "
+                "check the network or HF_ENDPOINT, then re-run the same command to resume: files already "
+                "downloaded stay in the cache"
             ) from None
     except Exception as exc:
         raise translate(exc, "downloading", repo_id) from None
@@ -70,8 +81,7 @@ def download_checkpoint(
             f"download of {where} is incomplete ({len(missing)} file(s) missing, e.g. {missing[0]}); the Hub did "
             "not answer every request: re-run the same command to finish it"
         )
-    commit = Path(folder).name  # the snapshot folder is named after the commit it holds
-    return Path(folder), {"repo_id": repo_id, "revision": revision, "commit": commit, "files": files}
+    return Path(folder), {"repo_id": repo_id, "revision": revision, "commit": info.sha, "files": files}
 
 
 def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[str]:
@@ -118,21 +128,30 @@ def _from_cache(repo_id: str, revision: str | None, where: str) -> tuple[Path, d
         )
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         folder = None
-    if folder is None or not (folder / "config.json").is_file() or not _has_weights(folder):
+    if folder is None or not (folder / "config.json").is_file():
         raise HubError(
             f"HF_HUB_OFFLINE=1 is set and {where} is not in the local cache; download it once online "
             "(unset HF_HUB_OFFLINE), or pass a local folder"
+        )
+    missing = _missing_weights(folder)
+    if missing:
+        raise HubError(
+            f"HF_HUB_OFFLINE=1 is set and {where} is only partly in the local cache (missing {missing}); finish the "
+            "download online (unset HF_HUB_OFFLINE and re-run), or pass a local folder"
         )
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else None
     return folder, {"repo_id": repo_id, "revision": revision, "commit": commit, "files": files}
 
 
-def _has_weights(folder: Path) -> bool:
+def _missing_weights(folder: Path) -> str | None:
+    """What the cached snapshot lacks of its weights (None when they are all there): a download cut short leaves
+    config.json and some shards."""
     for single, index in WEIGHT_LAYOUTS:
         if (folder / single).is_file():
-            return True
+            return None
         if (folder / index).is_file():
-            shards = set(json.loads((folder / index).read_text()).get("weight_map", {}).values())
-            return all((folder / s).is_file() for s in shards)
-    return False
+            shards = sorted(set(json.loads((folder / index).read_text()).get("weight_map", {}).values()))
+            absent = [s for s in shards if not (folder / s).is_file()]
+            return f"{len(absent)} of {len(shards)} shards, e.g. {absent[0]}" if absent else None
+    return "the weights"

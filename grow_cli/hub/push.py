@@ -8,18 +8,30 @@ xet); the Hub keeps what already arrived, so re-running the same push after a fa
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
 
 from grow_cli import __version__
-from grow_cli.checkpoint.files import CHECKPOINTS_DIR, TRAINING_STATE_DIR, WEIGHT_INDEXES, WEIGHT_LAYOUTS
+from grow_cli.checkpoint.files import (
+    CHECKPOINTS_DIR,
+    TRAINING_STATE_DIR,
+    WEIGHT_INDEXES,
+    WEIGHT_LAYOUTS,
+)
 from grow_cli.checkpoint.reader import load_config, load_weight_map, read_safetensors_header
-from grow_cli.errors import CheckpointError, HubError, UsageError
+from grow_cli.checkpoint.source import is_repo_id
+from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
 from grow_cli.lineage.record import load_record
+
+# A user access token as the Hub issues them ("hf_" and 34 letters); older and test tokens are found by value.
+HUB_TOKEN = re.compile(rb"\bhf_[A-Za-z0-9]{34}\b")
+SCAN_CHUNK = 8 << 20
 
 # Besides huggingface_hub's own (.git/, .cache/huggingface/): editor and OS litter, and unfinished writes.
 IGNORE_PATTERNS = [
@@ -52,25 +64,23 @@ def push_folder(
     commit_message: str | None = None,
     create_pr: bool = False,
     token: str | None = None,
+    rerun: str = "re-run the same command",
 ) -> dict[str, Any]:
     """Upload `folder` to the model repo `repo_id` and return what happened.
 
     Returns `repo_id` (with its namespace), `revision`, `private`, `commit`, `commit_url`, `pr_url`, `url`,
     `card` ("regenerated", "kept" or "none") and `files` (each `{"path", "size"}`). Raises CheckpointError for an
-    incomplete folder, UsageError for contradictory options and HubError for everything the Hub refuses.
+    incomplete folder, UsageError for contradictory options and HubError for everything the Hub refuses; a
+    transient failure's message says to `rerun` to resume.
     """
     folder = Path(folder)
-    check_complete(folder)
+    weights = check_complete(folder)
     if create_pr and revision not in (None, "main"):
         raise UsageError(
             f"--create-pr opens a pull request against main; it cannot be combined with --revision {revision}"
         )
-    if repo_id.count("/") > 1 or not repo_id.strip("/"):
-        raise UsageError(f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name'")
-    token = resolve_token(token)
-    _refuse_leaked_token(folder, token)
-    if is_offline():
-        raise HubError(f"pushing to {repo_id} needs the network, but HF_HUB_OFFLINE=1 is set; unset it and re-run")
+    token = check_can_push(repo_id, token)
+    _refuse_leaked_token(folder, token, skip=set(weights))
 
     api = HfApi(endpoint=endpoint(), token=token, library_name="grow", library_version=__version__)
     action = "creating"
@@ -97,7 +107,7 @@ def push_folder(
     except HubError:
         raise
     except Exception as exc:  # the client's errors, translated once, without the token
-        raise translate(exc, action, repo_id) from None
+        raise translate(exc, action, repo_id, rerun) from None
 
     branch = revision or "main"
     return {
@@ -111,6 +121,34 @@ def push_folder(
         "card": card,
         "files": upload_files(folder),
     }
+
+
+def check_can_push(repo_id: str, token: str | None) -> str:
+    """What a push needs before any request (and before a long run that ends in one): a repo id, a token (returned)
+    and the network."""
+    if not is_repo_id(repo_id):
+        raise UsageError(
+            f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name' (letters, digits, '-', '_' and '.', "
+            "not starting or ending with '-' or '.', without '--' or '..', up to 96 characters each)"
+        )
+    token = resolve_token(token)
+    if is_offline():
+        raise HubError(f"pushing to {repo_id} needs the network, but HF_HUB_OFFLINE=1 is set; unset it and re-run")
+    return token
+
+
+def push_output(folder: Path, repo_id: str, *, made_by: str, private: bool = False, **options: Any) -> dict[str, Any]:
+    """`push_folder` at the end of a command that wrote `folder` (`--push-to-hub`): when the push fails, the output
+    stays complete on disk, and the one line says so and gives the `grow push` command that resumes the upload
+    (re-running `made_by` itself would refuse the existing folder or redo the work)."""
+    command = f"grow push {shlex.quote(str(folder))} {repo_id}" + (" --private" if private else "")
+    try:
+        return push_folder(folder, repo_id, private=private, rerun=f"run `{command}`", **options)
+    except GrowError as exc:
+        text = str(exc) if command in str(exc) else f"{exc}; then run `{command}`"
+        raise HubError(
+            f"{made_by} finished and {folder} is complete, but pushing it to {repo_id} failed: {text}"
+        ) from None
 
 
 def check_complete(folder: Path) -> list[str]:
@@ -145,16 +183,26 @@ def check_complete(folder: Path) -> list[str]:
     return weights
 
 
-def _refuse_leaked_token(folder: Path, token: str) -> None:
-    """Refuse to publish a folder whose text files contain the token (e.g. a command line recorded with --token)."""
-    needle = token.encode()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.name.endswith((".safetensors", ".bin")) and path.stat().st_size < 50 << 20:
-            if needle in path.read_bytes():
-                raise HubError(
-                    f"refusing to push: {path.relative_to(folder)} contains the Hub token; remove it from the file "
-                    "(and revoke the token if the file was shared)"
-                )
+def _refuse_leaked_token(folder: Path, token: str, skip: set[str]) -> None:
+    """Refuse to publish a folder in which a file to upload holds the token, or anything shaped like a Hub token
+    (a `.env`, a training log, a pickled `training_args.bin`, a command line recorded with --token). Only the
+    checked weight files (`skip`) are not read; the rest is read in chunks, as logs can be large."""
+    needles = re.compile(re.escape(token.encode()) + rb"|" + HUB_TOKEN.pattern)
+    overlap = max(len(token), 64)
+    for entry in upload_files(folder):
+        if entry["path"] in skip:
+            continue
+        with open(folder / entry["path"], "rb") as f:
+            tail = b""
+            while chunk := f.read(SCAN_CHUNK):
+                found = needles.search(tail + chunk)
+                if found:
+                    what = "the Hub token" if found.group() == token.encode() else "a Hugging Face token (hf_…)"
+                    raise HubError(
+                        f"refusing to push: {entry['path']} contains {what}; remove it from the file (and revoke "
+                        "the token if the file was shared)"
+                    )
+                tail = chunk[-overlap:]
 
 
 def refresh_card(folder: Path, repo_id: str) -> str:

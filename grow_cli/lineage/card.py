@@ -108,8 +108,10 @@ def _count(n: int) -> str:
 def _origin(source: dict[str, Any]) -> str:
     repo_id = source.get("repo_id")
     if repo_id:
-        pin = source.get("revision") or (source.get("commit") or "")[:12]
-        return f"[`{repo_id}`](https://huggingface.co/{repo_id})" + (f" @ `{pin}`" if pin else "")
+        # A branch moves: the commit that was downloaded is what the model was grown from.
+        pins = [f"`{source['revision']}`"] if source.get("revision") else []
+        pins += [f"commit `{source['commit'][:12]}`"] if source.get("commit") else []
+        return f"[`{repo_id}`](https://huggingface.co/{repo_id})" + (f" @ {', '.join(pins)}" if pins else "")
     return f"local folder `{Path(source.get('path') or '?').name}`"
 
 
