@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from grow_cli.whole_file import write_whole
+
 
 def cache_dir() -> Path:
     """The folder of grow's per-user cache (not created here)."""
@@ -43,12 +45,6 @@ def get(kind: str, key: Any) -> Any | None:
 def put(kind: str, key: Any, answer: Any) -> None:
     """Remember `answer` (JSON-able) for `key`; a cache that cannot be written is skipped."""
     folder = cache_dir() / kind
-    path = folder / f"{key_of(key)}.json"
-    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-    try:
+    with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"key": key, "answer": answer}))
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        write_whole(folder / f"{key_of(key)}.json", json.dumps({"key": key, "answer": answer}))

@@ -25,6 +25,7 @@ import numpy as np
 from grow_cli.console import err
 from grow_cli.data.sources import Source, fingerprint_sources, read_texts
 from grow_cli.errors import DataError, OutputError
+from grow_cli.whole_file import write_whole
 
 # Bump when the stream layout or the EOS rule changes, to invalidate old caches (2: documents are never truncated).
 FORMAT_VERSION = 2
@@ -199,10 +200,8 @@ def _tokenize_into(
         "sources": [str(s.path) for s in sources],
         "undecodable": undecodable,
     }
-    meta_file = stream_file.with_suffix(".json")
-    tmp_meta = meta_file.with_name(f".{meta_file.name}.{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp_meta.replace(meta_file)  # whole or absent: a run killed here re-tokenizes next time
+    # Whole or absent: a run killed before it re-tokenizes next time.
+    write_whole(stream_file.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     return meta
 
 

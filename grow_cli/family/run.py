@@ -30,6 +30,7 @@ from grow_cli.data.tokens import token_cache_dir
 from grow_cli.errors import UsageError
 from grow_cli.family.recipe import Member, Recipe
 from grow_cli.lineage.record import load_record
+from grow_cli.whole_file import write_whole
 
 MEMBER_FILE = "member.json"
 START_FILE = "start.json"
@@ -113,10 +114,7 @@ def check_finished(recipe: Recipe) -> None:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    """Write `path` whole or not at all (a temporary file renamed over it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_whole(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def _done_training(folder: Path) -> bool:

@@ -17,6 +17,7 @@ from grow_cli.checkpoint.source import resolve_source
 from grow_cli.errors import CheckpointError, OutputError
 from grow_cli.growth.plan import source_shape_of
 from grow_cli.operators.registry import applicability
+from grow_cli.whole_file import write_whole
 
 
 def definition_summary(arch) -> dict[str, Any]:
@@ -43,16 +44,12 @@ def write_definition(config: dict[str, Any], path: Path, *, force: bool = False)
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
     document = definition_document(config)
-    tmp = path.with_name(f".{path.name}.grow-tmp")
     try:
-        tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        write_whole(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     except OSError as exc:
         raise OutputError(
             f"cannot write {path}: {exc.strerror or exc}; choose a path in a folder you can write to"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)  # gone once renamed; removed on a failure or an interrupt
     return path
 
 

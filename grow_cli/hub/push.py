@@ -28,6 +28,7 @@ from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
 from grow_cli.lineage.record import load_record
+from grow_cli.whole_file import write_whole
 
 # A user access token as the Hub issues them ("hf_" and 34 letters); older and test tokens are found by value.
 HUB_TOKEN = re.compile(rb"\bhf_[A-Za-z0-9]{34}\b")
@@ -220,9 +221,7 @@ def refresh_card(folder: Path, repo_id: str) -> str:
         title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), None)
         if title is None or text != render_card(record, title=title):
             return "kept"
-    tmp = readme.with_name("README.md.tmp")
-    tmp.write_text(render_card(record, title=repo_id))
-    tmp.replace(readme)
+    write_whole(readme, render_card(record, title=repo_id))
     return "regenerated"
 
 

@@ -19,6 +19,7 @@ from grow_cli.checkpoint.files import CHECKPOINTS_DIR
 from grow_cli.checkpoint.header import read_safetensors_header
 from grow_cli.checkpoint.output import removed_unless_written
 from grow_cli.errors import CheckpointError, UsageError
+from grow_cli.whole_file import write_whole
 
 STATE_FILE = "grow-state.json"
 FILES_KEY = "files"  # grow-state.json: every file the checkpoint holds, by relative path, with its size in bytes
@@ -170,9 +171,7 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
         accelerator.wait_for_everyone()  # every process's files are written before they are listed
         if accelerator.is_main_process:
             files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
-            tmp = path / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps({**state, FILES_KEY: files}, indent=2) + "\n")
-            tmp.replace(path / STATE_FILE)
+            write_whole(path / STATE_FILE, json.dumps({**state, FILES_KEY: files}, indent=2) + "\n")
     if accelerator.is_main_process:
         for old in complete_checkpoints(out)[:-keep_last]:
             shutil.rmtree(old)
