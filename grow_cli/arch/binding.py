@@ -18,7 +18,7 @@ from typing import Any
 from grow_cli.arch.experts import detect_layout, weight_applies
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape, config_flag
-from grow_cli.checkpoint.kinds import refuse_quantized_tensors
+from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
 from grow_cli.errors import ArchitectureError, CheckpointError
 
 
@@ -84,7 +84,7 @@ def bind(
 ) -> Binding:
     """Bind `tensors` ({name: (shape, dtype)}) to `arch`; raise on unknown, missing or misshapen tensors."""
     names = set(tensors)
-    refuse_quantized_tensors(tensors, set())  # a quantizer's tensors, named as such before any name is missed
+    refuse_quantizer_tensors(names)  # a quantizer's tensors, named as such before any name is missed
     prefix = _detect_prefix(arch, names)
     claimed: set[str] = set()
     dropped: list[tuple[str, str]] = []
@@ -177,5 +177,5 @@ def bind(
             )
         raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")
     binding = Binding(arch, prefix, shape, embeddings, layers, final, dropped, layout, tied_copies)
-    refuse_quantized_tensors(tensors, {t.name for t in binding.all_tensors()})
+    refuse_integer_weights(tensors, {t.name for t in binding.all_tensors()})
     return binding

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,18 @@ def _describe(quant: Any) -> str:
     return f"{method} {bits}-bit" if isinstance(bits, int) else method
 
 
-def refuse_quantized_tensors(tensors: dict[str, tuple[tuple[int, ...], str]], weights: set[str]) -> None:
-    """Refuse a checkpoint holding a quantizer's tensors, or a weight (a name in `weights`) stored as integers,
-    even when config.json does not say it is quantized."""
-    for name in sorted(tensors):
+def refuse_quantizer_tensors(names: Iterable[str]) -> None:
+    """Refuse a checkpoint holding a quantizer's tensors, even when config.json does not say it is quantized."""
+    for name in sorted(names):
         if QUANTIZED_TENSOR.search(name):
             raise CheckpointError(
                 f"tensor {name} is a quantizer's (packed weights or scales): this is a quantized checkpoint, and grow "
                 f"needs full-precision weights: {DEQUANTIZE}"
             )
+
+
+def refuse_integer_weights(tensors: dict[str, tuple[tuple[int, ...], str]], weights: set[str]) -> None:
+    """Refuse a weight (a name in `weights`) stored as integers: packed by a quantizer, not values to grow."""
     for name in sorted(weights):
         dtype = tensors[name][1]
         if dtype not in FLOATING and not dtype.startswith("F8"):  # I8, U8, I32...: packed, not values to split

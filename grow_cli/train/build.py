@@ -26,7 +26,7 @@ from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import UsageError
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
-from grow_cli.train.checkpoints import finished_run, load_checkpoint, remove_unfinished, run_key_change
+from grow_cli.train.checkpoints import load_checkpoint, remove_unfinished, run_key_change
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
 from grow_cli.train.data_offset import step_offset
@@ -157,8 +157,8 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
         config, continuation, data.fingerprint, len(data.train_ids), budget.global_batch
     )
     keys = run_keys(config, data, budget, accelerator, objective, checked.apollo, continuation, first)
-    if config.resume == "auto" and (finished := finished_run(config.out)) is not None:
-        return _finished(config, finished, keys)  # before anything in --out is touched
+    if checked.finished is not None:
+        return _finished(config, checked.finished, keys)  # before anything in --out is touched
     if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
         remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
     if accelerator.is_main_process:

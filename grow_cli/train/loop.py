@@ -98,11 +98,12 @@ def _claim(out: Path) -> AbstractContextManager:
     RANK before any process builds its accelerator); the others write only what the main process coordinates."""
     if os.environ.get("RANK", "0") != "0":
         return nullcontext()
+    path = Path(out).expanduser().resolve()
     try:
-        Path(out).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise unwritable(Path(out), exc) from None
-    return OutputClaim(Path(out).expanduser().resolve())
+    return OutputClaim(path)
 
 
 def train_loop(run: Run) -> Ending:

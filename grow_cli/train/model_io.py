@@ -43,12 +43,13 @@ def check_weights(model_dir: Path) -> None:
     """Refuse a model folder whose weights are missing, truncated, corrupted or quantized, in grow's one line, before
     anything is tokenized: only the headers are read (`CheckpointReader`), never the tensors of a safetensors
     checkpoint."""
-    from grow_cli.checkpoint.kinds import refuse_quantized_tensors
+    from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
     from grow_cli.checkpoint.reader import CheckpointReader
 
     with CheckpointReader(Path(model_dir)) as reader:
         infos = reader.tensor_infos()
-    refuse_quantized_tensors(infos, {name for name in infos if name.endswith(".weight")})
+    refuse_quantizer_tensors(infos)
+    refuse_integer_weights(infos, {name for name in infos if name.endswith(".weight")})
 
 
 def check_seq_len(config, seq_len: int) -> None:

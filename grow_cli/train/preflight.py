@@ -44,6 +44,7 @@ class Checked:
     masking: MaskingRule | None  # how a masked LM's blocks are corrupted
     apollo: ApolloPlan | None  # Apollo's depth sampling and stages; None: plain training
     continuation: Continuation | None = None  # a run that continues another: --resume grown, --schedule-offset
+    finished: dict[str, Any] | None = None  # --resume auto: the grow.json stage of a run finished in --out
 
 
 def preflight(config: TrainConfig) -> Checked:
@@ -89,8 +90,8 @@ def preflight(config: TrainConfig) -> Checked:
         resume_from, notes = None, []
     else:
         resume_from, notes = resolve_resume(config.resume, out)
-    finished = config.resume == "auto" and finished_run(out) is not None  # build compares it with this run
-    if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite and not finished:
+    finished = finished_run(out) if config.resume == "auto" else None  # build compares it with this run
+    if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite and finished is None:
         if config.resume == "auto":  # e.g. a run killed before its first checkpoint, or while writing its model
             raise OutputError(
                 f"--resume auto: {out} holds no checkpoint to continue from, but is not empty; pass --overwrite "
@@ -115,6 +116,7 @@ def preflight(config: TrainConfig) -> Checked:
         masking,
         apollo,
         continuation,
+        finished,
     )
 
 
