@@ -11,7 +11,7 @@ from grow_cli.arch.experts import parameter_counts, topk_normalised, upcycle_tar
 from grow_cli.arch.registry import detect
 from grow_cli.arch.shape import read_shape
 from grow_cli.checkpoint.dtypes import numel
-from grow_cli.checkpoint.files import BIN_INDEX, BIN_SINGLE, SAFETENSORS_INDEX, SAFETENSORS_SINGLE
+from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
 from grow_cli.errors import CheckpointError, OutputError
@@ -104,8 +104,7 @@ def describe_shape(folder: Path) -> dict[str, Any]:
     """The shape and parameter count of a model folder: `inspect` when it holds weights; from `config.json` alone
     when it does not (a target not trained yet, as `grow plan --target` takes it): the model built on the meta
     device names the tensors a checkpoint of it would hold, and they are bound and counted as inspect counts them."""
-    weights = (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, BIN_INDEX, BIN_SINGLE)
-    if any((folder / name).is_file() for name in weights):
+    if any((folder / name).is_file() for layout in WEIGHT_LAYOUTS for name in layout):
         return inspect(str(folder))
     config = load_config(folder)
     arch = detect(config)  # grow's own one-line refusals first (an unknown type, a missing key)
