@@ -67,3 +67,31 @@ def test_a_child_that_cannot_answer_is_replaced_by_this_process(monkeypatch, chi
     monkeypatch.setattr(cache, "get", lambda kind, key: None)
     reply = hf_config.ask(model_type, params)
     assert hf_config._child_failed and reply == hf_config.answer({"model_type": model_type, "params": params})
+
+
+_LISTINGS = """
+import sys
+sys.modules["torch"] = None
+import transformers
+from transformers.utils import import_utils
+from grow_cli.arch.hf_config import list_models_once
+listing = import_utils.create_import_structure_from_path
+if sys.argv[1] == "once":
+    list_models_once()
+before = listing.cache_info().misses
+transformers.AutoConfig.for_model("llama")  # imports transformers.models, as `answer` does
+print(listing.cache_info().misses - before)
+"""
+
+
+@pytest.mark.parametrize("mode", ["once", "plain"])
+def test_the_child_lists_transformers_model_modules_once(mode):
+    """The child's speed-up (`list_models_once`): importing `transformers.models` must not read the model folders
+    again; without it (the control) every model folder is listed a second time."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _LISTINGS, mode], capture_output=True, text=True, check=True)
+    new_listings = int(result.stdout.split()[-1])
+    # With it, only the llama package's own lazy module lists its folder (a file or two); without, all ~560 again.
+    assert new_listings < 5 if mode == "once" else new_listings > 100

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import queue
 import threading
@@ -27,7 +26,7 @@ def _libc_sync_file_range():
     if not hasattr(os, "sync"):  # not POSIX
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them (no ldconfig run)
         function = libc.sync_file_range
     except (OSError, AttributeError, TypeError):  # no libc found, or one without sync_file_range (macOS, BSD)
         return None
