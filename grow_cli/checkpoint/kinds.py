@@ -134,7 +134,7 @@ def refuse_integer_weights(tensors: dict[str, tuple[tuple[int, ...], str]], weig
     """Refuse a weight (a name in `weights`) stored as integers: packed by a quantizer, not values to grow."""
     for name in sorted(weights):
         dtype = tensors[name][1]
-        if dtype not in FLOATING and not dtype.startswith("F8"):  # I8, U8, I32...: packed, not values to split
+        if dtype not in FLOATING:  # I8, U8, I32...: packed, not values to split
             raise CheckpointError(
                 f"tensor {name} is stored as {dtype}, not floating point: a quantized (packed) weight, and grow "
                 f"needs full-precision weights: {DEQUANTIZE}"
