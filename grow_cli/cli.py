@@ -1,6 +1,7 @@
 """The `grow` command line: one Typer app whose commands parse options, call one library function each, and
 render the result. Library errors (`grow_cli.errors.GrowError`) are translated here, once, into a single line on
-stderr and a non-zero exit code; `--debug` shows the traceback instead.
+stderr and a non-zero exit code; `--debug` shows the traceback instead. Under `accelerate launch` an error that every
+process found before they joined up is printed once, later ones by every rank with its rank (`grow_cli.launch`).
 
 Command modules live in `grow_cli/commands/` and import torch/transformers only inside the command body, so
 `grow --help` stays instant.
@@ -72,17 +73,27 @@ def _run_app() -> None:
     except NoArgsIsHelpError:  # a bare `grow X`: Typer has printed X's help
         sys.exit(2)
     except UsageError as exc:
-        print(f"error: {exc.format_message().rstrip('.')}; see `{_command_path(exc)} --help`", file=sys.stderr)
+        _report(f"error: {exc.format_message().rstrip('.')}; see `{_command_path(exc)} --help`")
         sys.exit(exc.exit_code)
     except ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
+        _report(f"error: {exc.format_message()}")
         sys.exit(exc.exit_code)
     except typer.Abort:  # end of input at a prompt
-        print("aborted", file=sys.stderr)
+        _report("aborted")
         sys.exit(1)
     if code == 130:
-        print("interrupted (Ctrl-C)", file=sys.stderr)
+        _report("interrupted (Ctrl-C)")
     sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
+
+
+def _report(line: str) -> None:
+    """Print the run's last line on stderr: once under a distributed launch when every process found the same
+    thing before the processes joined up, else from every rank, naming it (`grow_cli.launch`)."""
+    from grow_cli.launch import error_prefix
+
+    prefix = error_prefix()
+    if prefix is not None:
+        print(prefix + line, file=sys.stderr)
 
 
 def _command_path(exc: Any) -> str:
@@ -104,22 +115,19 @@ def main() -> None:
     except GrowError as exc:
         if os.environ.get("GROW_DEBUG"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        _report(f"error: {exc}")
         sys.exit(exc.exit_code)
     except PermissionError as exc:  # the user's files and folders, not a bug in grow: name the path, once, here
         if os.environ.get("GROW_DEBUG"):
             raise
         where = exc.filename or "a file grow needs"
-        print(
-            f"error: permission denied: {where}; check its owner and mode (or run as a user who may use it)",
-            file=sys.stderr,
-        )
+        _report(f"error: permission denied: {where}; check its owner and mode (or run as a user who may use it)")
         sys.exit(1)
     except Terminated:
-        print("terminated (SIGTERM); nothing unfinished was left behind", file=sys.stderr)
+        _report("terminated (SIGTERM); nothing unfinished was left behind")
         sys.exit(Terminated.exit_code)
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):
             raise
-        print(f"error: {type(exc).__name__}: {exc} (run `grow --debug …` for the traceback)", file=sys.stderr)
+        _report(f"error: {type(exc).__name__}: {exc} (run `grow --debug …` for the traceback)")
         sys.exit(1)

@@ -31,3 +31,54 @@ def test_inspect_bert_reports_identity_not_applicable(cli, tiny_checkpoints):
 def test_inspect_human_report(cli, tiny_checkpoints):
     result = cli("inspect", tiny_checkpoints("gpt2"))
     assert result.code == 0 and "gpt2" in result.stdout and "tied embeddings" in result.stdout
+
+
+def _tie_in_config_with_stored_head(folder, head):
+    """config.json ties the head, yet the checkpoint stores `lm_head.weight`, set to `head(embedding, lm_head)`."""
+    from safetensors.torch import load_file, save_file
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    weight_map = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    embedding = load_file(folder / weight_map["model.embed_tokens.weight"])["model.embed_tokens.weight"]
+    shard = folder / weight_map["lm_head.weight"]
+    state = load_file(shard)
+    state["lm_head.weight"] = head(embedding, state["lm_head.weight"])
+    save_file(state, shard, metadata={"format": "pt"})
+
+
+def _table_text(result) -> str:
+    """The words of `grow inspect`'s table in reading order: a cell wrapped over lines reads as one phrase."""
+    assert result.code == 0, result.stderr
+    return " ".join(result.stdout.replace("│", " ").split())
+
+
+def _loaded_parameters(folder) -> int:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())  # a tied head is one parameter, counted once
+
+
+def test_inspect_says_untied_when_a_tied_head_is_stored_with_other_values(cli, tiny_copy):
+    """config.json ties the head but lm_head.weight differs: transformers loads it untied, so inspect must not say
+    "tied: yes" (grow expand refuses this checkpoint); an equal stored copy is tied. The parameter count is the
+    loaded model's either way."""
+    folder = tiny_copy("llama")
+    _tie_in_config_with_stored_head(folder, lambda embedding, head: embedding.clone())
+    info = json.loads(cli("inspect", folder, "--json").stdout)
+    assert info["embeddings_tied"] is True and info["num_parameters"] == _loaded_parameters(folder)
+    assert info["tied_copies"] == [
+        {"tensor": "lm_head.weight", "tied_to": "model.embed_tokens.weight", "same_values": True}
+    ]
+    assert "tied embeddings yes (lm_head.weight also stored, an equal copy)" in _table_text(cli("inspect", folder))
+
+    _tie_in_config_with_stored_head(folder, lambda embedding, head: embedding + 1)
+    result = cli("inspect", folder, "--json")
+    info = json.loads(result.stdout)
+    assert info["tie_word_embeddings"] is True and info["embeddings_tied"] is False
+    assert info["tied_copies"][0]["same_values"] is False
+    assert info["num_parameters"] == _loaded_parameters(folder)  # the stored head is a parameter of its own
+    assert "lm_head.weight" not in {entry["name"] for entry in info["not_read"]}
+    human = _table_text(cli("inspect", folder))
+    assert "tied embeddings no: config.json ties them, but lm_head.weight is stored with values that differ" in human

@@ -86,18 +86,22 @@ def _bin_model(ctx: Ctx, state) -> Path:
     return folder
 
 
-def _rewrite_tensors(ctx: Ctx, change) -> None:
-    """Apply `change` to the state dict of every shard (a dict it may edit), saving each shard back."""
+def _rewrite_tensors(ctx: Ctx, change, *, framework: str = "pt", folder: Path | None = None) -> None:
+    """Apply `change` to the state dict of every shard (a dict it may edit), saving each shard back marked as
+    `framework`'s (safetensors' header `format`)."""
     from safetensors.torch import load_file, save_file
 
-    index = ctx.src / "model.safetensors.index.json"
+    folder = folder or ctx.src
+    index = folder / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else None
     weight_map = {}
-    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-        state = load_file(ctx.src / shard)
+    for shard in shards or ["model.safetensors"]:
+        state = load_file(folder / shard)
         change(state)
-        save_file(state, ctx.src / shard, metadata={"format": "pt"})
+        save_file(state, folder / shard, metadata={"format": framework})
         weight_map.update(dict.fromkeys(state, shard))
-    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    if shards:
+        index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
 def _gptq_layout(state: dict) -> None:
@@ -119,6 +123,12 @@ def _int8_weights(state: dict) -> None:
 def _head_differs(state: dict) -> None:
     if "lm_head.weight" in state:
         state["lm_head.weight"] = state["lm_head.weight"] + 1
+
+
+def _tensorflow_names(state: dict) -> None:
+    """The names transformers 4.x's TensorFlow models save under: `/` between scopes, Keras `kernel`, a `:0` index."""
+    for name in list(state):
+        state["tf_llama/" + name.replace(".", "/").replace("/weight", "/kernel") + ":0"] = state.pop(name)
 
 
 def _drop_head(state: dict) -> None:
@@ -362,6 +372,17 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(tie_word_embeddings=True))
         _rewrite_tensors(c, _head_differs)
         return c.expand(), "stores lm_head.weight with different values (transformers then does not tie them"
+    if name == "tensorflow-safetensors":  # what a TF model's save_pretrained(safe_serialization=True) writes
+        _rewrite_tensors(c, _tensorflow_names, framework="tf")
+        return c.expand(), "is a TensorFlow/Keras checkpoint (tensor names such as tf_llama/lm_head/kernel:0)"
+    if name == "tensorflow-h5-folder":
+        for path in c.src.glob("model*"):
+            path.unlink()
+        (c.src / "tf_model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(56))
+        return ["inspect", c.src], "holds TensorFlow/Keras weights (tf_model.h5), not PyTorch ones; grow reads PyTorch"
+    if name == "train-flax-safetensors":
+        _rewrite_tensors(c, lambda state: None, framework="flax", folder=c.lm)
+        return c.train("--max-steps", 1), 'is a Flax checkpoint ("format": "flax" in its safetensors header)'
     if name == "untied-head-missing":
         _rewrite_tensors(c, _drop_head)
         return c.expand(), "if it is meant to be model.embed_tokens.weight, set tie_word_embeddings true"
@@ -431,6 +452,9 @@ CASES = [
     "config-without-model-type",
     "tied-head-stored-with-other-values",
     "untied-head-missing",
+    "tensorflow-safetensors",
+    "tensorflow-h5-folder",
+    "train-flax-safetensors",
 ]
 
 

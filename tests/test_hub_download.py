@@ -117,6 +117,11 @@ def test_missing_repo_private_repo_and_non_checkpoints(fake_hub, tiny):
     fake_hub.add_files("acme/lora", {"adapter_config.json": b"{}", "adapter_model.safetensors": b"\0" * 16})
     with pytest.raises(HubError, match=r"no config.json: it is a PEFT adapter .*merge it into its base model"):
         download_checkpoint("acme/lora")
+    fake_hub.add_files("acme/keras", {"config.json": b"{}", "tf_model.h5": b"\x89HDF"})
+    with pytest.raises(
+        HubError, match=r"no PyTorch weights: it holds TensorFlow/Keras weights \(tf_model.h5\).*from_tf"
+    ):
+        download_checkpoint("acme/keras")
     fake_hub.add_files("acme/gguf", {"model.Q4_K_M.gguf": b"GGUF"})
     with pytest.raises(HubError, match=r"holds GGUF files \(model.Q4_K_M.gguf\).*gguf_file="):
         download_checkpoint("acme/gguf")

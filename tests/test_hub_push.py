@@ -127,6 +127,31 @@ def test_create_pr(fake_hub, grown):
         push_folder(grown, "acme/tiny-grown", create_pr=True, revision="stage-1", token=TOKEN)
 
 
+def test_push_to_a_missing_pull_request_creates_nothing(fake_hub, grown, cli):
+    """`--revision refs/pr/N` names a pull request, which a push never creates: when it does not exist, the push is
+    refused before a repo is created, the local card rewritten or anything uploaded (it used to create the repo,
+    then fail on the upload, leaving an empty repo behind)."""
+    card = (grown / "README.md").read_bytes()
+    with pytest.raises(HubError, match=r"acme/new-repo does not exist .*so it has no pull request refs/pr/1"):
+        push_folder(grown, "acme/new-repo", revision="refs/pr/1", token=TOKEN)
+    assert "acme/new-repo" not in fake_hub.repos and not fake_hub.paths_requested("POST", "/repos/create")
+
+    fake_hub.create_repo("acme/tiny-grown")
+    with pytest.raises(HubError, match=r"acme/tiny-grown has no pull request refs/pr/2; .*--create-pr"):
+        push_folder(grown, "acme/tiny-grown", revision="refs/pr/2", token=TOKEN)
+    assert not fake_hub.paths_requested("POST", "/commit/") and (grown / "README.md").read_bytes() == card
+
+    result = cli("push", grown, "acme/other", "--revision", "refs/pr/7", "--token", TOKEN)
+    assert result.code != 0 and result.stderr.startswith("error: acme/other does not exist"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "acme/other" not in fake_hub.repos
+
+    # a pull request that exists takes more commits
+    push_folder(grown, "acme/tiny-grown", create_pr=True, token=TOKEN)
+    (grown / "NOTES.md").write_text("evaluated on the held-out split\n")
+    push_folder(grown, "acme/tiny-grown", revision="refs/pr/1", commit_message="more", token=TOKEN)
+    assert fake_hub.head("acme/tiny-grown", "refs/pr/1").message == "more"
+
+
 def test_500_during_lfs_upload_then_rerun_resumes(fake_hub, grown, no_backoff):
     fake_hub.fail_lfs_put_after = 1  # the first shard arrives, then storage fails
     with pytest.raises(HubError) as info:

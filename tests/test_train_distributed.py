@@ -85,3 +85,42 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)
     batch = load_record(two)["stages"][-1]["batch"]
     assert batch == {"micro_batch_size": 4, "grad_accum": 1, "num_processes": 2, "global_batch_tokens": 256}
+
+
+def launch_grow(args: list, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `grow ARGS…` on 2 CPU processes (gloo)."""
+    # ACCELERATE_USE_CPU makes accelerate's multi-process launcher start gloo CPU workers (MULTI_CPU).
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port()), "-m", "grow_cli"]
+    return subprocess.run([*launch, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _said(proc: subprocess.CompletedProcess) -> list[str]:
+    """grow's last lines on stderr (the launcher's own report of a failed worker follows them)."""
+    return [line for line in proc.stderr.splitlines() if line.startswith(("error:", "[rank", "[node"))]
+
+
+def test_an_error_every_process_finds_before_training_is_printed_once(tmp_path):
+    """Under `accelerate launch` every process runs the same preflight on the same arguments: a bad option is one
+    `error:` line (the first process's), not one per process; the launch still fails."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    args = ["train-stage", model, "--data", data, "--out", tmp_path / "out", "--max-steps", 1, "--seq-len", 100000]
+    proc = launch_grow(args)
+    assert proc.returncode != 0
+    assert _said(proc) == [
+        "error: --seq-len 100000 exceeds the model's max_position_embeddings=64; use --seq-len 64 or less"
+    ], proc.stderr[-3000:]
+
+
+def test_an_error_during_training_is_printed_by_every_rank_with_its_rank(tmp_path):
+    """Once the processes have joined their group, an error may be one rank's own, so none is held back: here the
+    loss diverges (an LR of 1e6) and each rank says so, naming itself."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    args = ["train-stage", model, "--data", data, "--out", tmp_path / "out", "--max-steps", 20, "--seq-len", 32]
+    proc = launch_grow([*args, "--max-lr", "1e6", "--warmup-steps", 0, "--log-every", 1, "--quiet"])
+    assert proc.returncode != 0
+    said = _said(proc)
+    assert sorted(line.split(" error: ")[0] for line in said) == ["[rank 0]", "[rank 1]"], proc.stderr[-3000:]
+    assert all("the training loss became nan" in line for line in said)

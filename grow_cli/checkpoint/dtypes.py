@@ -42,8 +42,10 @@ TORCH_DTYPE_NAMES = frozenset(
         *(f"uint{n}" for n in range(1, 8)),
     }
 )
-# Converted by `--dtype`; fp8 and integer tensors keep their dtype.
-FLOATING = ("F64", "F32", "F16", "BF16")
+# Floating-point values, converted by `--dtype` (float8 too: without a quantizer's scales, which grow refuses, they are
+# plain values); integer tensors keep their dtype.
+FLOAT8 = ("F8_E4M3", "F8_E5M2")
+FLOATING = ("F64", "F32", "F16", "BF16", *FLOAT8)
 # What `--dtype` accepts, and the safetensors dtype each spelling means.
 OUTPUT_CHOICES = {
     "fp32": "F32",

@@ -1,5 +1,6 @@
 """Things users download from the Hub that are not a full-precision transformers checkpoint, each named in one line
-with what to do: quantized checkpoints, PEFT adapters, GGUF files, and models kept in a subfolder of a repo.
+with what to do: quantized checkpoints, PEFT adapters, GGUF files, TensorFlow/Keras and Flax weights, and models kept
+in a subfolder of a repo.
 
 grow grows weights by arithmetic on their values (copies, splits, zeros); a quantized checkpoint stores packed
 integers and scales instead (bitsandbytes, GPTQ, AWQ, fp8 / compressed-tensors...), so growing it would produce a
@@ -37,6 +38,57 @@ CONVERT_GGUF = (
     "grow reads Hugging Face safetensors: use the original Hugging Face model, or convert it (transformers: "
     "AutoModelForCausalLM.from_pretrained(folder, gguf_file=NAME) dequantizes it; then save_pretrained)"
 )
+
+# transformers 4.x also saved TensorFlow (Keras) and Flax models: as tf_model.h5 / flax_model.msgpack, or as safetensors
+# marked {"format": "tf"|"flax"} whose names are the framework's own (`bert/encoder/.../kernel:0`, kernels stored
+# in × out). transformers 5 dropped both frameworks and no longer checks the format, so it would load such a file as
+# a model whose every weight is missing; only transformers 4.x converts them.
+OTHER_FRAMEWORKS = {"tf": ("TensorFlow/Keras", "from_tf"), "flax": ("Flax", "from_flax")}
+OTHER_FRAMEWORK_FILES = {
+    "tf_model.h5": "tf",
+    "tf_model.h5.index.json": "tf",
+    "flax_model.msgpack": "flax",
+    "flax_model.msgpack.index.json": "flax",
+}
+TF_VARIABLE = re.compile(r":\d+$")  # a TensorFlow variable's name ends in its output index: `.../kernel:0`
+
+
+def convert_framework(framework: str) -> str:
+    """What to do with weights of another framework (`tf` or `flax`): convert them to PyTorch with transformers 4.x."""
+    name, flag = OTHER_FRAMEWORKS[framework]
+    return (
+        f"grow reads PyTorch weights and transformers 5 no longer reads {name} ones: convert it with transformers 4.x "
+        f'(pip install "transformers<5"; AutoModelFor….from_pretrained(folder, {flag}=True).save_pretrained(out) '
+        "writes PyTorch safetensors) and grow that folder"
+    )
+
+
+def refuse_other_framework(names: Iterable[str], formats: Iterable[str]) -> None:
+    """Refuse safetensors that hold another framework's weights: marked so in their header's `format` (`formats`,
+    one per file), or, whatever the mark says, named like TensorFlow variables."""
+    framework = next((f for f in formats if f in OTHER_FRAMEWORKS), None)
+    example = next((n for n in sorted(names) if TF_VARIABLE.search(n)), None)
+    if framework is None and example is None:
+        return
+    framework = framework or "tf"
+    what = f"tensor names such as {example}" if example else f'"format": "{framework}" in its safetensors header'
+    raise CheckpointError(
+        f"this is a {OTHER_FRAMEWORKS[framework][0]} checkpoint ({what}), not a PyTorch one; "
+        f"{convert_framework(framework)}"
+    )
+
+
+def other_framework_files(files: Iterable[str]) -> str | None:
+    """What to do when the only weights among `files` (names in a folder or repo) are another framework's; None when
+    there are none."""
+    found = sorted(f for f in files if f in OTHER_FRAMEWORK_FILES)
+    if not found:
+        return None
+    framework = OTHER_FRAMEWORK_FILES[found[0]]
+    return (
+        f"it holds {OTHER_FRAMEWORKS[framework][0]} weights ({', '.join(found)}), not PyTorch ones; "
+        f"{convert_framework(framework)}"
+    )
 
 
 def refuse_quantized_config(config: dict[str, Any], folder: Path) -> None:
@@ -82,7 +134,7 @@ def refuse_integer_weights(tensors: dict[str, tuple[tuple[int, ...], str]], weig
     """Refuse a weight (a name in `weights`) stored as integers: packed by a quantizer, not values to grow."""
     for name in sorted(weights):
         dtype = tensors[name][1]
-        if dtype not in FLOATING and not dtype.startswith("F8"):  # I8, U8, I32...: packed, not values to split
+        if dtype not in FLOATING:  # I8, U8, I32...: packed, not values to split
             raise CheckpointError(
                 f"tensor {name} is stored as {dtype}, not floating point: a quantized (packed) weight, and grow "
                 f"needs full-precision weights: {DEQUANTIZE}"
@@ -105,6 +157,9 @@ def what_else(folder: Path) -> str | None:
     gguf = sorted(p.name for p in folder.glob("*.gguf"))
     if gguf:
         return f"it holds GGUF files ({', '.join(gguf[:3])}), llama.cpp's format: {CONVERT_GGUF}"
+    other = other_framework_files(p.name for p in folder.glob("*"))
+    if other:
+        return other
     inner = sorted(p.parent for p in folder.glob("*/config.json"))
     if inner:
         return f"its model is in a subfolder: give {inner[0]}" + (f" (or {inner[1]})" if len(inner) > 1 else "")
@@ -118,6 +173,9 @@ def what_else_on_hub(files: list[str]) -> str | None:
     gguf = sorted(f for f in files if f.lower().endswith(".gguf"))
     if gguf:
         return f"it holds GGUF files ({', '.join(gguf[:3])}), llama.cpp's format: {CONVERT_GGUF}"
+    other = other_framework_files(files)
+    if other:
+        return other
     inner = sorted(f.rsplit("/", 1)[0] for f in files if f.endswith("/config.json"))
     if inner:
         return (

@@ -37,7 +37,7 @@ from grow_cli.checkpoint.header import (
     no_duplicate_keys,
     read_safetensors_header,
 )
-from grow_cli.checkpoint.kinds import refuse_quantized_config, what_else
+from grow_cli.checkpoint.kinds import refuse_other_framework, refuse_quantized_config, what_else
 from grow_cli.errors import CheckpointError
 
 __all__ = ["CheckpointReader", "TensorEntry", "load_config", "load_weight_map", "read_safetensors_header"]
@@ -116,16 +116,18 @@ class CheckpointReader:
             self.format = "safetensors"
             weight_map = load_weight_map(f, SAFETENSORS_INDEX)
             shards = {name: _inside(f, shard, SAFETENSORS_INDEX) for name, shard in weight_map.items()}
-            headers = {p: self._header(p)[0] for p in sorted(set(shards.values()))}
+            parsed = {p: self._header(p) for p in sorted(set(shards.values()))}
             for name, shard in shards.items():
-                if name not in headers[shard]:
+                if name not in parsed[shard][0]:
                     raise CheckpointError(f"{SAFETENSORS_INDEX} puts {name} in {shard.name}, which does not hold it")
-                self.tensors[name] = headers[shard][name]
-            self.files = sorted(headers)
+                self.tensors[name] = parsed[shard][0][name]
+            self.files = sorted(parsed)
+            refuse_other_framework(self.tensors, (meta.get("format", "") for _, meta in parsed.values()))
         elif (f / SAFETENSORS_SINGLE).is_file():
             self.format = "safetensors"
             self.tensors, self.metadata = self._header(f / SAFETENSORS_SINGLE)
             self.files = [f / SAFETENSORS_SINGLE]
+            refuse_other_framework(self.tensors, [self.metadata.get("format", "")])
         elif (f / BIN_INDEX).is_file() or (f / BIN_SINGLE).is_file():
             self.format = "bin"
             if (f / BIN_INDEX).is_file():

@@ -67,7 +67,7 @@ def inspect(
         ("heads / kv heads / head_dim", f"{info['num_heads']} / {info['num_kv_heads']} / {info['head_dim']}"),
         ("vocabulary", info["vocab_size"]),
         ("positions", f"{info['positions']} ({info['max_positions']})"),
-        ("tied embeddings", "yes" if info["tie_word_embeddings"] else "no"),
+        ("tied embeddings", _tied(info)),
         ("norm", info["norm"]),
         ("dtypes", ", ".join(f"{k} ×{v}" for k, v in info["dtypes"].items())),
         (
@@ -94,6 +94,23 @@ def inspect(
     if info["definition_written"]:
         table.add_row("definition written", info["definition_written"])
     out.print(table)
+
+
+def _tied(info: dict) -> str:
+    """Whether the model transformers loads has its head tied to its embedding, and why not when config.json says
+    so but the checkpoint stores a head of its own."""
+    differing = [c for c in info["tied_copies"] if not c["same_values"]]
+    if differing:
+        c = differing[0]
+        return (
+            f"no: config.json ties them, but {c['tensor']} is stored with values that differ from {c['tied_to']}, "
+            f'so transformers uses it untied (grow expand refuses this; set "tie_word_embeddings": false in '
+            f"config.json to keep it, or delete {c['tensor']} to tie them)"
+        )
+    if not info["embeddings_tied"]:
+        return "no"
+    equal = [c["tensor"] for c in info["tied_copies"]]
+    return f"yes ({', '.join(equal)} also stored, an equal copy)" if equal else "yes"
 
 
 def _moe_rows(info: dict) -> list[tuple[str, str]]:

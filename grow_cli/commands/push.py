@@ -36,7 +36,11 @@ def push(
     ] = False,
     revision: Annotated[
         str | None,
-        typer.Option("--revision", help="Branch to push to; created from main when missing.", show_default=False),
+        typer.Option(
+            "--revision",
+            help="Branch to push to (created from main when missing), or an open pull request's refs/pr/N.",
+            show_default=False,
+        ),
     ] = None,
     commit_message: Annotated[
         str | None,

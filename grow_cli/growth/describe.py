@@ -61,20 +61,27 @@ def inspect(
     write_definition_to: Path | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Describe the checkpoint `source` (folder or Hub id) without reading any tensor data; optionally write the
-    architecture definition it uses as JSON (`write_definition_to`), only once the checkpoint has bound to it."""
+    """Describe the checkpoint `source` (folder or Hub id) from its headers; optionally write the architecture
+    definition it uses as JSON (`write_definition_to`), only once the checkpoint has bound to it.
+
+    The only tensor data read is a tied head that is stored anyway (`lm_head.weight` beside the embedding it ties
+    to), compared with that embedding: transformers unties the two when their values differ, so "tied" is then not
+    true of the model it loads.
+    """
     src = resolve_source(source, revision=revision, token=token)
     config = load_config(src.folder)
     with CheckpointReader(src.folder) as reader:
         infos = reader.tensor_infos()
         arch, shape, binding = source_shape_of(config, infos)
+        copies = [(stored, target, reader.same_values(stored, target)) for stored, target in binding.tied_copies]
         files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
         fmt = reader.format
+    untied = {stored for stored, _, same in copies if not same}
     bound = binding.all_tensors()
     dtypes: dict[str, int] = {}
     for t in bound:
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
-    params = sum(numel(t.shape) for t in bound)
+    params = sum(numel(t.shape) for t in bound) + sum(numel(infos[name][0]) for name in untied)
     return {
         "source": src.describe(),
         "folder": str(src.folder),
@@ -89,7 +96,10 @@ def inspect(
         "format": fmt,
         "files": files,
         "tensors": len(bound),
-        "not_read": [{"name": n, "why": why} for n, why in binding.dropped],
+        # transformers ties the head only when no stored copy differs (grow expand refuses a differing one)
+        "embeddings_tied": shape.tie_word_embeddings and not untied,
+        "tied_copies": [{"tensor": stored, "tied_to": target, "same_values": same} for stored, target, same in copies],
+        "not_read": [{"name": n, "why": why} for n, why in binding.dropped if n not in untied],
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
         "upcycles_to": (target := upcycle_target(arch)) and target.name,  # `grow expand --experts` makes this type
         "methods": applicability(arch),

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.dtypes import FLOAT8
 from grow_cli.divergence import divergences
 from grow_cli.errors import VerificationError
 
@@ -116,8 +117,14 @@ def check(result: dict[str, Any], *, exact: bool, dtype: str) -> dict[str, Any]:
     result["exact_claimed"] = exact
     result["passed"] = (result["max_abs_logit_diff"] <= bound) if exact else None
     if exact and not result["passed"]:
+        float8 = (
+            "; float8 output rounds every divided weight to 3-4 significant bits, which alone can do this: grow with "
+            "--dtype bf16 to keep the growth exact"
+            if dtype in FLOAT8
+            else ""
+        )
         raise VerificationError(
             f"the grown model differs from its source by max |Δlogit| = {result['max_abs_logit_diff']:.3g} "
-            f"(tolerance {bound:.3g}) although the method is exact; nothing was written"
+            f"(tolerance {bound:.3g}) although the method is exact{float8}; nothing was written"
         )
     return result

@@ -21,7 +21,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 
 from grow_cli import __version__
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS, WEIGHT_SUFFIXES
-from grow_cli.checkpoint.kinds import what_else_on_hub
+from grow_cli.checkpoint.kinds import other_framework_files, what_else_on_hub
 from grow_cli.errors import HubError
 from grow_cli.hub.client import TransportError, endpoint, is_offline, lost_connection, translate
 
@@ -104,6 +104,9 @@ def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[s
             weights = [index, *shards]
             break
     if not weights:
+        other = other_framework_files(sizes)
+        if other:
+            raise HubError(f"{where} has no PyTorch weights: {other}")
         raise HubError(
             f"{where} has no transformers weights (looked for model.safetensors, model.safetensors.index.json, "
             "pytorch_model.bin and its index)"

@@ -1,9 +1,10 @@
 """`push_folder`: publish a finished grow (or plain transformers) output folder to a Hub model repo.
 
 The order matters for the user: first the local checks that need no network (the folder is complete, the flags
-agree, a token exists), then create the repo (409 "already exists" is fine), refresh the model card with the repo
-id, create the branch when missing, and upload the folder with `upload_folder`. Large files go through LFS (or
-xet); the Hub keeps what already arrived, so re-running the same push after a failure sends only what is missing.
+agree, a token exists), then that a `refs/pr/N` revision exists (a push never makes one), then create the repo (409
+"already exists" is fine), refresh the model card with the repo id, create the branch when missing, and upload the
+folder with `upload_folder`. Large files go through LFS (or xet); the Hub keeps what already arrived, so re-running
+the same push after a failure sends only what is missing.
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def push_folder(
     api = HfApi(endpoint=endpoint(), token=token, library_name="grow", library_version=__version__)
     action = "creating"
     try:
+        if revision and revision.startswith("refs/"):
+            action = f"looking up {revision} in"
+            _check_ref_exists(api, repo_id, revision)
+        action = "creating"
         repo_id = api.create_repo(repo_id, private=True if private else None, exist_ok=True).repo_id
         if private and not api.repo_info(repo_id).private:
             raise HubError(
@@ -122,6 +127,23 @@ def push_folder(
         "card": card,
         "files": upload_files(folder),
     }
+
+
+def _check_ref_exists(api: HfApi, repo_id: str, revision: str) -> None:
+    """A `refs/…` revision (a pull request's `refs/pr/N`) is never made by a push: it must exist before anything is
+    created, so that pushing to a missing one leaves no empty repo (nor a rewritten card) behind."""
+    from huggingface_hub import errors
+
+    what = f"pull request {revision}" if revision.startswith("refs/pr/") else revision
+    instead = "open a pull request with --create-pr, or push to a branch with --revision NAME (created when missing)"
+    try:
+        api.repo_info(repo_id, revision=revision)
+    except errors.RepositoryNotFoundError:
+        raise HubError(
+            f"{repo_id} does not exist (or the token cannot see it), so it has no {what}; {instead}"
+        ) from None
+    except errors.RevisionNotFoundError:
+        raise HubError(f"{repo_id} has no {what}; {instead}") from None
 
 
 def check_can_push(repo_id: str, token: str | None) -> str:

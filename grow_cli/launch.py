@@ -1,0 +1,43 @@
+"""Which process of a distributed launch (`accelerate launch`, torchrun) is speaking, for the CLI's one error line.
+
+Every process of a launch runs the same command. Until the processes join their process group (option parsing,
+train-stage's configuration checks and preflight), each one has run the same checks on the same arguments and the
+same files, so an error there is one error found N times: the first process on each machine reports it (on one
+machine, once) and the others exit with the same status without a word. Once the group exists, what fails may be
+one rank's own (its device, its part of the data, a collective that broke), so every rank reports its error,
+prefixed with its rank, and none is hidden.
+
+The launcher sets WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (the machine) in every process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def _group_started() -> bool:
+    """Whether this process has joined its process group (without importing torch: no torch, no group)."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
+
+
+def error_prefix() -> str | None:
+    """What to put before this process's error line: "" outside a launch; None (say nothing) for a process other
+    than its machine's first before the group exists; "[rank N] " once it does ("[node K] " before it, when the
+    launch spans machines, whose files may differ)."""
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return ""
+    if _group_started():
+        return f"[rank {_env_int('RANK', 0)}] "
+    if _env_int("LOCAL_RANK", _env_int("RANK", 0)) != 0:
+        return None
+    return f"[node {_env_int('GROUP_RANK', 0)}] " if _env_int("LOCAL_WORLD_SIZE", world) < world else ""

@@ -1,0 +1,55 @@
+"""`grow_cli.launch`: which process of a distributed launch prints the CLI's error line, and with what prefix."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from grow_cli.launch import error_prefix
+
+
+def _launched(monkeypatch, *, rank: int, local_rank: int, world: int, local_world: int, node: int = 0) -> None:
+    for name, value in {
+        "RANK": rank,
+        "LOCAL_RANK": local_rank,
+        "WORLD_SIZE": world,
+        "LOCAL_WORLD_SIZE": local_world,
+        "GROUP_RANK": node,
+    }.items():
+        monkeypatch.setenv(name, str(value))
+
+
+def _group(monkeypatch, started: bool) -> None:
+    """A stand-in for torch.distributed as this process sees it: joined its group or not."""
+    fake = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: started)
+    monkeypatch.setitem(sys.modules, "torch.distributed", fake)
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_outside_a_launch_every_error_is_printed_plainly(monkeypatch, started):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    _group(monkeypatch, started)
+    assert error_prefix() == ""
+
+
+def test_before_the_group_one_process_per_machine_speaks(monkeypatch):
+    _group(monkeypatch, False)
+    _launched(monkeypatch, rank=0, local_rank=0, world=4, local_world=4)
+    assert error_prefix() == ""
+    _launched(monkeypatch, rank=3, local_rank=3, world=4, local_world=4)
+    assert error_prefix() is None  # the same check on the same files: rank 0 has said it
+    # two machines, whose files may differ: each machine's first process speaks, naming its machine
+    _launched(monkeypatch, rank=2, local_rank=0, world=4, local_world=2, node=1)
+    assert error_prefix() == "[node 1] "
+    _launched(monkeypatch, rank=3, local_rank=1, world=4, local_world=2, node=1)
+    assert error_prefix() is None
+
+
+def test_once_the_group_exists_every_rank_speaks_with_its_rank(monkeypatch):
+    _group(monkeypatch, True)
+    for rank in range(4):
+        _launched(monkeypatch, rank=rank, local_rank=rank % 2, world=4, local_world=2, node=rank // 2)
+        assert error_prefix() == f"[rank {rank}] "
