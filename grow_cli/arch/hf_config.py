@@ -118,7 +118,8 @@ def list_models_once() -> None:
     def by_folder(module_path: str | os.PathLike) -> Any:
         return listing(Path(module_path).parent if os.path.isfile(module_path) else module_path)
 
-    import_utils.create_import_structure_from_path = by_folder  # type: ignore[assignment]  (lru-cached there)
+    # (an lru_cache wrapper there, a plain function here; only calls are made of it)
+    import_utils.create_import_structure_from_path = by_folder  # type: ignore[assignment]
 
 
 def _root_cause(exc: BaseException) -> str:
