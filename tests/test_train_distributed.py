@@ -116,11 +116,15 @@ def test_an_error_every_process_finds_before_training_is_printed_once(tmp_path):
 
 def test_an_error_during_training_is_printed_by_every_rank_with_its_rank(tmp_path):
     """Once the processes have joined their group, an error may be one rank's own, so none is held back: here the
-    loss diverges (an LR of 1e6) and each rank says so, naming itself."""
+    loss diverges (an LR of 1e6; the loss is averaged over ranks, so each finds it at the same step) and each rank
+    that gets to say so names itself. The launcher stops the other processes when the first one exits with an
+    error, so on a busy machine a slower rank may be terminated before its line: it then says that, or nothing."""
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
     args = ["train-stage", model, "--data", data, "--out", tmp_path / "out", "--max-steps", 20, "--seq-len", 32]
     proc = launch_grow([*args, "--max-lr", "1e6", "--warmup-steps", 0, "--log-every", 1, "--quiet"])
     assert proc.returncode != 0
-    said = _said(proc)
-    assert sorted(line.split(" error: ")[0] for line in said) == ["[rank 0]", "[rank 1]"], proc.stderr[-3000:]
-    assert all("the training loss became nan" in line for line in said)
+    said = sorted(_said(proc))
+    ranks = [line.split(" ")[0] + " " + line.split(" ")[1] for line in said]
+    assert ranks in (["[rank 0]", "[rank 1]"], ["[rank 0]"], ["[rank 1]"]), proc.stderr[-3000:]
+    assert any("the training loss became nan" in line for line in said), proc.stderr[-3000:]
+    assert all("the training loss became nan" in line or "terminated (SIGTERM)" in line for line in said)
