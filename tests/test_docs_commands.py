@@ -6,6 +6,7 @@ Parsing only: nothing runs (paths need not exist)."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -53,14 +54,18 @@ def _documented() -> list[tuple[str, str]]:
     return found
 
 
+@functools.cache
+def _group():
+    return typer.main.get_command(app)
+
+
 def _check(command_line: str) -> None:
     """Parse COMMAND_LINE with the real click command (options, their types, required ones, the number of
     arguments); raise click's error where the shell would print one. Commands are not invoked."""
     words = shlex.split(command_line)[1:]
     if words[:1] == ["--debug"]:
         words = words[1:]
-    group = typer.main.get_command(app)
-    command = group.commands.get(words[0])  # type: ignore[attr-defined]
+    command = _group().commands.get(words[0])
     assert command is not None, f"no command {words[0]!r}"
     command.make_context(words[0], words[1:])
 
