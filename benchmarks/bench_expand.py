@@ -2,7 +2,7 @@
 
     python benchmarks/bench_expand.py                       # depth: G_stack 4 → 8 layers, ~2.2 GB output
     python benchmarks/bench_expand.py --mode depth-large    # depth: G_stack 26 → 52 layers, ~6.3 GB output
-    python benchmarks/bench_expand.py --mode width          # width: FPI ×2 of a ~1.1 GB Llama, ~4.4 GB output
+    python benchmarks/bench_expand.py --mode width          # width: FPI ×2 of a ~1.0 GB Llama, ~3.5 GB output
     python benchmarks/bench_expand.py --mode index70b       # inspect and --dry-run of a Llama-3-70B-shaped index
     python benchmarks/bench_expand.py --keep DIR            # keep the generated files in DIR (reused next time)
 
@@ -52,7 +52,7 @@ CONFIGS = {
         "num_attention_heads": 16,
         "num_key_value_heads": 16,
     },
-    # ~1.1 GB fp32; width ×2 writes ~4.4 GB.
+    # ~1.0 GB fp32; width ×2 writes ~3.5 GB (layers grow ×4, the embedding and head ×2).
     "width": {
         "hidden_size": 1024,
         "intermediate_size": 2816,
