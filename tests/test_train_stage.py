@@ -17,7 +17,7 @@ import torch
 import transformers as tf
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tinylm import run_grow, save_tiny_lm, write_plays
+from tinylm import run_grow, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.train.metrics import read_metrics
@@ -124,6 +124,32 @@ def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_run_exactly(s
     a, b = weights(whole), weights(parts)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == ["step_00000005", "step_00000008"]
+
+
+def test_a_tied_model_resumes_exactly_and_its_checkpoints_say_nothing_of_the_tie(setup, tmp_path, capsys, caplog):
+    """A tied head is stored once (accelerate drops the alias and warned "Removed shared tensor …, check…" at every
+    save); loading ties it again, so the resumed run equals the uninterrupted one — which is why grow drops that
+    warning. The control: the checkpoint really lacks the head, so the tie is what brings it back."""
+    _, data = setup
+    model = tmp_path / "tied"
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tiny_config(tie_word_embeddings=True)).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    common = ("--max-steps", 6, "--save-every", 2, "--max-lr", "3e-3")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    loud = [arg for arg in train_args(model, data, whole, *common) if arg != "--quiet"]
+    code, _, stderr = run_grow(loud, capsys)
+    assert code == 0, stderr
+    assert not [r for r in caplog.records if "Removed shared tensor" in r.getMessage()]
+    code, _, _ = run_grow(train_args(model, data, parts, *common, "--exit-interval", 3), capsys)
+    assert code == 0
+    saved = safe_open(str(parts / "checkpoints" / "step_00000003" / "model.safetensors"), "pt").keys()
+    assert "lm_head.weight" not in saved and "model.embed_tokens.weight" in saved
+    code, _, stderr = run_grow(train_args(model, data, parts, *common, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    assert comparable(read_metrics(parts / "metrics.jsonl")) == comparable(read_metrics(whole / "metrics.jsonl"))
+    a, b = weights(whole), weights(parts)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def write_expand_record(model: Path, added: list[str]) -> None:

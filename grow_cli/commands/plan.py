@@ -94,7 +94,7 @@ def _print_plan(result: dict) -> None:
     out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}):", soft_wrap=True)
     sm = s["small_model"]
     out.print(
-        f"  train a {sm['num_hidden_layers']}-layer, {_count(sm['num_parameters'])} model on "
+        f"  train a small model ({sm['num_hidden_layers']} layers, {_count(sm['num_parameters'])}) on "
         f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
         f"{s['growth_factor']} in depth (to the target's {t['config']['num_hidden_layers']} layers):",
         soft_wrap=True,

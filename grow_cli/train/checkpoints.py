@@ -9,7 +9,9 @@ with a damaged file is named and skipped (`--resume auto`) or refused (`--resume
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import zipfile
 from pathlib import Path
@@ -167,7 +169,8 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
         shutil.rmtree(path)  # a half-written save of this step from an interrupted run
     accelerator.wait_for_everyone()
     with removed_unless_written(path, f"the checkpoint of step {state['step']}"):
-        accelerator.save_state(str(path))
+        with _quiet_about_ties():
+            accelerator.save_state(str(path))
         accelerator.wait_for_everyone()  # every process's files are written before they are listed
         if accelerator.is_main_process:
             files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
@@ -177,6 +180,25 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return path
+
+
+class _TiesDropped(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()  # after accelerate's "[RANK n] "
+
+
+@contextlib.contextmanager
+def _quiet_about_ties():
+    """Drop accelerate's warning at every save of a tied model ("Removed shared tensor {'lm_head.weight'} while
+    saving. This should be OK, but check…"): safetensors stores a storage once, and loading ties the head again. In
+    grow's runs tensors share storage only through the config's ties, and a tied model resumes exactly (tested),
+    so the line would only worry users, once per checkpoint."""
+    logger, drop = logging.getLogger("accelerate.utils.other"), _TiesDropped()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _made_before(key: str, expected: dict[str, Any]) -> bool:

@@ -74,7 +74,8 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             "Continue with --resume auto"
         )
     if ending.reason == "exit-interval":
-        run.say(f"stopped after {run.step - ending.first_step} steps (--exit-interval); saved {result['checkpoint']}")
+        steps = run.step - ending.first_step
+        run.say(f"stopped after {steps} step{'s' * (steps != 1)} (--exit-interval); saved {result['checkpoint']}")
     return result
 
 
