@@ -61,8 +61,11 @@ class CheckpointSource:
         return {"path": self.path}
 
 
-def resolve_source(source: str, *, revision: str | None = None, token: str | None = None) -> CheckpointSource:
+def resolve_source(
+    source: str | os.PathLike[str], *, revision: str | None = None, token: str | None = None
+) -> CheckpointSource:
     """A local folder as is; otherwise a Hub id, downloaded (only the needed files) into the HF cache."""
+    source = os.fspath(source)  # a Path from Python callers: a missing one is refused in words too
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():

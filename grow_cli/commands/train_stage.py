@@ -1,6 +1,6 @@
 """`grow train-stage`: continue pretraining a (grown) model folder — options in, `train_stage(config)` out.
 
-The library call is `grow_cli.train.loop.train_stage(TrainConfig(...))`; this module only maps flags onto the
+The library call is `grow_cli.train_stage(grow_cli.TrainConfig(...))`; this module only maps flags onto the
 config, renders the result, and pushes to the Hub when asked. Every option named like a `TrainConfig` field goes
 into the config under that name (`train_config`), so a new training setting is a field plus an option here; the
 rest (`--push-to-hub`, `--private`, `--token`, `--json`) belong to the command. torch/transformers/accelerate load

@@ -175,7 +175,14 @@ def plan(
     seq_len: int = 2048,
     new_token_fraction: float = YANO_NEW_TOKEN_FRACTION,
 ) -> dict[str, Any]:
-    """The full plan for a target (a parameter count, or a config with `num_parameters`) trained on `tokens`."""
+    """The full plan for a target (a parameter count such as 7e9, or a config dict with `num_parameters`) trained
+    on `tokens` (a count such as 2e12); `family` lists member sizes in parameters.
+
+    Returns the plan `grow plan --json` prints: `target` (parameters, tokens, compute FLOPs, config), `stacking`
+    (the G_stack guideline: `growth_tokens` d, the `small_model`, `growth_factor`, the `command` to run, and whether
+    it `applies` at this scale), `family` (the compute ledger: `members`, independent and progressive FLOPs),
+    `projection` (the projected saving, its assumptions and the published measurements) and `lr_rule`.
+    """
     if not 1 <= seq_len <= 10**7:
         raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
     _check_count(tokens, "--tokens", "tokens", TOKENS_RANGE)

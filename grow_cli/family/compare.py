@@ -13,6 +13,7 @@ one batch of logits from each model at a time; the token stream is the memory-ma
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,8 @@ def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, An
 
 
 def compare(
-    a: Path,
-    b: Path,
+    a: str | os.PathLike[str],
+    b: str | os.PathLike[str],
     data: list[str],
     *,
     text_field: str = "text",
@@ -76,7 +77,14 @@ def compare(
     eval_fraction: float = 0.01,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Compare models `a` and `b` (folders) on the held-out blocks of `data`; return the averaged metrics."""
+    """Compare models `a` and `b` (folders sharing a tokenizer) on the held-out blocks of `data` (files, folders or
+    globs, as train-stage reads them).
+
+    Returns the averages `grow compare --json` prints, per predicted token: `kl_a_b` (KL(A‖B)), `kl_b_a`, `js`,
+    `top1_agreement`, `loss_a`/`loss_b` and `ppl_a`/`ppl_b`, with `positions`, `blocks`, `seq_len`, `objective`
+    ("causal": every next token; "masked": fixed 15 % masks) and `data_fingerprint`. `max_blocks=None` uses every
+    held-out block. Raises `DataError` when the models' tokenizers or objectives differ or the data is unusable.
+    """
     import torch
 
     from grow_cli.data.masking import IGNORE_INDEX

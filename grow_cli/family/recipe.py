@@ -39,6 +39,7 @@ the wrong type, before anything runs. A `grow:` block takes exactly the fields o
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,8 +243,10 @@ def _train(value: Any, where: str, base: Path) -> dict[str, Any]:
     return settings
 
 
-def load_recipe(path: Path, out: Path | None = None) -> Recipe:
-    """Read and validate a recipe; paths in it are relative to the recipe's folder."""
+def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Recipe:
+    """Read and validate the family recipe (YAML) at `path`; paths in it are relative to the recipe's folder, and
+    `out` replaces the recipe's `out`. Returns the `Recipe` that `check_recipe` and `run_family` take; raises
+    `UsageError` naming the first key that is wrong."""
     import yaml
 
     path = Path(path)

@@ -299,7 +299,12 @@ def compare_settings(recipe: Recipe) -> dict[str, Any]:
 
 
 def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
-    """Run every member of `recipe` (skipping finished ones) and write the family report."""
+    """Run every member of `recipe` (skipping finished ones) and write the family report.
+
+    Returns what `grow family --json` prints: when every member is done, `{"status": "done", "out", "headline",
+    "equal_quality", "consistency", "ledger", "report", "plots"}` (`report` is the path of family.md); when a member's
+    training paused (its `exit_interval`), `{"status": "paused", "member", "out"}` — calling it again continues.
+    """
     from grow_cli.family.check import check_recipe
     from grow_cli.family.compare import compare
     from grow_cli.family.report import write_report

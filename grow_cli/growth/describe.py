@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def write_definition(config: dict[str, Any], path: Path, *, force: bool = False)
 
 
 def inspect(
-    source: str,
+    source: str | os.PathLike[str],
     *,
     revision: str | None = None,
     token: str | None = None,
@@ -63,6 +64,11 @@ def inspect(
 ) -> dict[str, Any]:
     """Describe the checkpoint `source` (folder or Hub id) from its headers; optionally write the architecture
     definition it uses as JSON (`write_definition_to`), only once the checkpoint has bound to it.
+
+    Returns the dict `grow inspect --json` prints: `architecture`, `model_type`, `num_parameters`, the shape
+    (`layers`, `hidden_size`, `intermediate_size`, `num_heads`, `num_kv_heads`, `head_dim`, `vocab_size`, …),
+    `dtypes`, `format` and `files`, `embeddings_tied`, `methods` (for "depth", "width" and "moe": each method,
+    whether it `applies`, and `why` not), `upcycles_to`, `definition` (curated or derived) and `definition_written`.
 
     The only tensor data read is a tied head that is stored anyway (`lm_head.weight` beside the embedding it ties
     to), compared with that embedding: transformers unties the two when their values differ, so "tied" is then not

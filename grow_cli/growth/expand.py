@@ -13,6 +13,7 @@ imports no torch.
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -164,8 +165,8 @@ def _stage(
 
 
 def expand(
-    source: str,
-    out: Path | None,
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
     spec: GrowthSpec,
     *,
     revision: str | None = None,
@@ -177,8 +178,20 @@ def expand(
     quiet: bool = False,
     command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Grow the checkpoint `source` (folder or Hub id) into `out` as `spec` says; return the report (the plan with
-    `dry_run`)."""
+    """Grow the checkpoint `source` (folder, Hub id or train-stage checkpoint) into the folder `out` as `spec` says.
+
+    Returns the report `grow expand --json` prints: `output` (the folder's absolute path), `architecture`,
+    `source_shape` and `target_shape` (layers, sizes, parameters), `depth`/`width`/`moe` (what was done, or None),
+    `function_preserving`, `verify` (with `verify=True`: `max_abs_logit_diff`, `tolerance`, `passed`, …; else None),
+    `training_state` (the grown AdamW state, or None), `files`, `notes` and `seconds`. With `dry_run=True` nothing is
+    written (`out` may be None) and it returns `{"dry_run": True, "source", "plan", "training_state"}`: the plan
+    lists every output tensor with its sources, the shards and the peak memory.
+
+    `out` must not exist or be empty unless `force`. Raises `OptionError`/`UsageError` for a growth the source cannot
+    take, `CheckpointError`, `ArchitectureError`, `OutputError`, `HubError`, and `VerificationError` when `verify`
+    finds an exact method not exact (nothing is written then). `quiet` hides the progress bar on stderr; `command`
+    is what grow.json records as the command that made the output (None from Python).
+    """
     from grow_cli.checkpoint.output import check_output
 
     verify_memory = parse_size(verify_max_memory) if verify_max_memory else None

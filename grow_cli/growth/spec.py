@@ -4,8 +4,7 @@
 family recipe from a member's `grow:` block (whose keys and value types are this class's fields), and Python users
 directly:
 
-    from grow_cli.growth.expand import expand
-    from grow_cli.growth.spec import GrowthSpec
+    from grow_cli import GrowthSpec, expand
 
     expand("./SmolLM2-135M", "./smol-pro", GrowthSpec(layers=36, depth_method="identity"), verify=True)
 
@@ -35,7 +34,8 @@ from grow_cli.operators import registry
 
 @dataclass(frozen=True)
 class GrowthSpec:
-    """How to grow; None means "unchanged" (or "not given")."""
+    """How to grow; None means "unchanged" (or "not given"). Each field is the `grow expand` flag of the same name
+    (`dus_overlap` is `--dus-overlap`); what no source could satisfy raises `OptionError` here, at construction."""
 
     # depth: the target layer count, as a number or a factor of the source's, and how new layers are made
     layers: int | None = None

@@ -9,6 +9,7 @@ the same push after a failure sends only what is missing.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -58,7 +59,7 @@ IGNORE_PATTERNS = [
 
 
 def push_folder(
-    folder: Path,
+    folder: str | os.PathLike[str],
     repo_id: str,
     *,
     private: bool = False,

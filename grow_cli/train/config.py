@@ -1,6 +1,6 @@
 """`TrainConfig`: every setting of one `grow train-stage` run, validated before anything heavy is loaded.
 
-The CLI builds one from its flags; Python users build one directly and call `grow_cli.train.loop.train_stage`.
+The CLI builds one from its flags; Python users build one directly and call `grow_cli.train_stage`.
 Settings that accelerate also owns (mixed precision, compilation) default to None so that `accelerate config` and
 `accelerate launch` flags decide unless the user says otherwise here.
 """
@@ -25,7 +25,12 @@ OBJECTIVES = ("auto", "causal", "masked")  # auto: decided from the architecture
 
 @dataclass
 class TrainConfig:
-    """One training stage. Exactly one of `max_steps` / `max_tokens` sets the budget."""
+    """One training stage. Exactly one of `max_steps` / `max_tokens` sets the budget.
+
+    Each field is the `grow train-stage` flag of the same name (`seq_len` is `--seq-len`; `report_to` is a list
+    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings. Contradictory or impossible settings
+    raise `UsageError` at construction, before anything heavy is loaded.
+    """
 
     model: Path
     data: list[str]

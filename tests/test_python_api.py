@@ -1,0 +1,160 @@
+"""grow's Python API (`grow_cli/__init__.py`): every public name resolves to the library object it names, `import
+grow_cli` stays cheap (no torch, transformers, typer or rich), a tiny model is grown and trained using top-level
+names only, and docs/python.md's examples run as written."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from fake_hub import TOKEN, client_env, fake_hub_fixture  # noqa: F401 (fixture)
+from tinylm import tiny_config, tiny_tokenizer, write_plays
+
+import grow_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "typer", "rich")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+
+
+def _type_checking_imports() -> dict[str, str]:
+    """{name: module} of the `if TYPE_CHECKING:` block in grow_cli/__init__.py: what type checkers and IDEs see."""
+    tree = ast.parse((ROOT / "grow_cli" / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING")
+    return {
+        alias.asname or alias.name: node.module
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
+
+
+def test_every_public_name_resolves_to_the_library_object():
+    exports = grow_cli._EXPORTS
+    assert len(grow_cli.__all__) == len(set(grow_cli.__all__)) == len(exports)
+    assert set(grow_cli.__all__) == set(exports)
+    assert _type_checking_imports() == exports  # the runtime table and the type checkers' view agree
+    for name in grow_cli.__all__:
+        value = getattr(grow_cli, name)
+        assert value is getattr(importlib.import_module(exports[name]), name), name
+        assert value.__doc__, f"{name} has no docstring"
+    assert set(grow_cli.__all__) <= set(dir(grow_cli))
+    errors = [n for n, module in exports.items() if module == "grow_cli.errors"] + ["Interrupted"]
+    assert all(issubclass(getattr(grow_cli, n), grow_cli.GrowError) for n in errors)
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        grow_cli.no_such_name  # noqa: B018
+    from grow_cli import cache  # submodules still import through the package
+
+    assert cache.__name__ == "grow_cli.cache"
+
+
+def test_import_grow_cli_imports_nothing_heavy():
+    """The CLI imports the package on every command: it loads none of its names, nor what they import."""
+    code = (
+        "import json, sys; import grow_cli; dir(grow_cli); grow_cli.GrowthSpec; grow_cli.inspect; grow_cli.plan; "
+        f"grow_cli.GrowError; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
+    assert json.loads(out.stdout) == []
+
+
+@pytest.fixture
+def tiny_llama(tmp_path):
+    """A 2-layer Llama with a real tokenizer, saved in several shards."""
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny"
+    tf.LlamaForCausalLM(tiny_config()).save_pretrained(folder, max_shard_size="20KB")
+    tiny_tokenizer().save_pretrained(folder)
+    assert len(list(folder.glob("*.safetensors"))) > 1
+    return folder
+
+
+def _logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
+    model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_grow_and_train_from_python(tiny_llama, tmp_path):
+    """`expand` with verify and `train_stage`, through top-level names only; the grown model loads in transformers
+    and computes the source's logits (identity: exact), unlike a stacked copy (the negative control)."""
+    from accelerate.state import AcceleratorState
+
+    ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(1))
+    source = _logits(tiny_llama, ids)
+    report = grow_cli.expand(
+        tiny_llama, tmp_path / "grown", grow_cli.GrowthSpec(layers=4, depth_method="identity"), verify=True
+    )
+    assert json.loads(json.dumps(report)) == report  # plain JSON: what `grow expand --json` prints
+    assert report["output"] == str((tmp_path / "grown").resolve()) and report["target_shape"]["layers"] == 4
+    assert report["function_preserving"] and report["verify"]["passed"]
+    torch.testing.assert_close(_logits(tmp_path / "grown", ids), source, rtol=1e-5, atol=1e-5)
+    grow_cli.expand(str(tiny_llama), str(tmp_path / "stacked"), grow_cli.GrowthSpec(layers=4), quiet=True)
+    assert not torch.allclose(_logits(tmp_path / "stacked", ids), source, atol=1e-3)
+
+    AcceleratorState._reset_state(True)  # a fresh accelerate state, as a new Python process has
+    config = grow_cli.TrainConfig(
+        model=tmp_path / "grown",
+        data=[str(write_plays(tmp_path / "plays", count=1, chars=20_000))],
+        out=tmp_path / "trained",
+        max_steps=2,
+        seq_len=32,
+        micro_batch_size=2,
+        eval_batches=1,
+        quiet=True,
+    )
+    result = grow_cli.train_stage(config)
+    assert json.loads(json.dumps(result)) == result
+    assert result["status"] == "done" and result["steps"] == 2 and result["final_eval_loss"] > 0
+    trained = _logits(tmp_path / "trained", ids)
+    assert trained.shape == source.shape and not torch.allclose(trained, source)
+    assert [s["kind"] for s in json.loads((tmp_path / "trained" / "grow.json").read_text())["stages"]][-2:] == [
+        "expand",
+        "train",
+    ]
+
+
+def test_a_missing_source_is_a_grow_error_for_a_path_too(tmp_path):
+    """Python callers pass `Path`s: a missing one is refused in words, as a string is, not with an AttributeError."""
+    for source in (tmp_path / "missing", str(tmp_path / "missing")):
+        with pytest.raises(grow_cli.CheckpointError, match="does not exist"):
+            grow_cli.inspect(source)
+        with pytest.raises(grow_cli.CheckpointError, match="does not exist"):
+            grow_cli.expand(source, tmp_path / "out", grow_cli.GrowthSpec(layers=4))
+
+
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def test_the_python_docs_run_as_written(fake_hub, tmp_path):
+    """docs/python.md's code blocks, in order, in an empty folder of a fresh process, with the Hub a local fake."""
+    blocks = PYTHON_BLOCK.findall((ROOT / "docs" / "python.md").read_text())
+    assert len(blocks) >= 9
+    script = tmp_path / "docs_python.py"
+    script.write_text("\n".join(blocks))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**client_env(fake_hub, fake_hub.home), "HF_TOKEN": TOKEN, "PYTHONPATH": _env()["PYTHONPATH"]}
+    proc = subprocess.run([sys.executable, str(script)], cwd=work, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("llama 2 ")
+    assert lines[2].startswith("4 ") and lines[2].endswith(" True")  # verified exact
+    assert lines[4].startswith("done 10 ")
+    assert lines[-2].startswith("error: ") and "exists" in lines[-2]
+    assert lines[-1].startswith("depth_factor 2 ")
+    assert json.loads((work / "tiny-4L" / "config.json").read_text())["num_hidden_layers"] == 4
+    assert (work / "family" / "family.md").is_file()
+    assert "config.json" in fake_hub.files("me/tiny-4L-trained")
