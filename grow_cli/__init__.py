@@ -52,7 +52,7 @@ _EXPORTS = {
     "HubError": "grow_cli.errors",
     "DataError": "grow_cli.errors",
     "TrainingError": "grow_cli.errors",
-    "Interrupted": "grow_cli.train.loop",
+    "Interrupted": "grow_cli.errors",
 }
 
 __all__ = [
@@ -87,6 +87,7 @@ if TYPE_CHECKING:
         DataError,
         GrowError,
         HubError,
+        Interrupted,
         OptionError,
         OutputError,
         TrainingError,
@@ -103,7 +104,7 @@ if TYPE_CHECKING:
     from grow_cli.growth.spec import GrowthSpec
     from grow_cli.hub.push import push_folder
     from grow_cli.train.config import TrainConfig
-    from grow_cli.train.loop import Interrupted, train_stage
+    from grow_cli.train.loop import train_stage
 else:  # hidden from type checkers, so that a misspelt name is reported as missing rather than typed as `object`
 
     def __getattr__(name: str) -> object:

@@ -52,3 +52,9 @@ class DataError(GrowError):
 
 class TrainingError(GrowError):
     """Training stopped because it cannot continue (e.g. a non-finite loss)."""
+
+
+class Interrupted(TrainingError):
+    """Ctrl-C: a checkpoint was saved; `--resume auto` continues. Exit status 130, like the shell's."""
+
+    exit_code = 130

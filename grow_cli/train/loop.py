@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from grow_cli.checkpoint.claim import OutputClaim, unwritable
-from grow_cli.errors import TrainingError
+from grow_cli.errors import Interrupted, TrainingError
 from grow_cli.train.build import Finished, Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
@@ -34,12 +34,6 @@ from grow_cli.train.metrics import training_progress
 from grow_cli.train.preflight import preflight
 from grow_cli.train.step import train_step
 from grow_cli.train.step_log import LAG, StepLog, StepNumbers
-
-
-class Interrupted(TrainingError):
-    """Ctrl-C: a checkpoint was saved; `--resume auto` continues. Exit status 130, like the shell's."""
-
-    exit_code = 130
 
 
 @dataclass(frozen=True)
