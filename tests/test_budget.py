@@ -210,3 +210,17 @@ def test_family_members_of_a_target_folder_never_outgrow_it(cli, tmp_path):
     assert [m["layers"] for m in members] == sorted(m["layers"] for m in members) and members[-1]["layers"] == 30
     embeddings, per_layer = 49152 * 576, 4 * 576 * 576 + 3 * 576 * 1536 + 2 * 576
     assert members[0]["params"] == embeddings + members[0]["layers"] * per_layer + 576  # one tied matrix
+
+
+def test_plan_from_python_takes_what_the_command_takes(tmp_path):
+    """`grow_cli.plan` reads counts ("7B", "2T"), a model folder or its config.json, as `grow plan` does; a path that
+    does not exist is named, not read as a malformed count."""
+    import grow_cli
+
+    assert grow_cli.plan("7B", "2T", family=["1B", "7B"]) == plan(7e9, 2e12, family=[1e9, 7e9])
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    for target in (tmp_path, str(tmp_path / "config.json")):
+        assert grow_cli.plan(target, 1e12)["target"]["num_parameters"] == 134_515_008
+    for missing in (tmp_path / "nothing", "./nothing/config.json"):
+        with pytest.raises(grow_cli.UsageError, match="no such model folder"):
+            grow_cli.plan(missing, 1e12)

@@ -37,33 +37,11 @@ def plan(
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
     """Plan growth: when and how much to grow (G_stack guideline), what a family costs, and the peak LR per size."""
-    from pathlib import Path
-
     from grow_cli.console import print_json
-    from grow_cli.family.budget import parse_count
     from grow_cli.family.budget import plan as run
 
-    spec: float | dict
-    path = Path(target)
-    if path.exists():
-        from grow_cli.growth.describe import describe_shape
-
-        info = describe_shape(path.parent if path.name == "config.json" else path)
-        spec = {
-            "num_hidden_layers": info["layers"],
-            "hidden_size": info["hidden_size"],
-            "intermediate_size": info["intermediate_size"],
-            "num_attention_heads": info["num_heads"],
-            "num_key_value_heads": info["num_kv_heads"],
-            "vocab_size": info["vocab_size"],
-            "tie_word_embeddings": bool(info["tie_word_embeddings"]),
-            "num_parameters": info["num_parameters"],
-            **({"active_parameters": info["active_parameters"]} if "active_parameters" in info else {}),
-        }
-    else:
-        spec = parse_count(target)
-    sizes = [parse_count(s) for s in family.split(",")] if family else None
-    result = run(spec, parse_count(tokens), family=sizes, seq_len=seq_len, new_token_fraction=new_token_fraction)
+    sizes = family.split(",") if family else None
+    result = run(target, tokens, family=sizes, seq_len=seq_len, new_token_fraction=new_token_fraction)
     if json_out:
         print_json(result)
         return

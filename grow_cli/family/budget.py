@@ -20,7 +20,9 @@ Three published rules, computed and explained:
 from __future__ import annotations
 
 import math
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import UsageError
@@ -57,6 +59,32 @@ def _check_count(value: float, option: str, unit: str, bounds: tuple[float, floa
     low, high = bounds
     if not (math.isfinite(value) and low <= value <= high):
         raise UsageError(f"{option} {value:.3g} {unit} is outside what grow plans for ({low:.0e} to {high:.0e} {unit})")
+
+
+def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | dict[str, Any]:
+    """A plan's target as a parameter count or a config dict: a model folder (or its config.json) is read as
+    `grow inspect` reads it; any other string is a count such as 7B."""
+    if isinstance(target, dict | int | float):
+        return target
+    path = Path(target)
+    if not path.exists():
+        if isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
+            raise UsageError(f"--target {os.fspath(target)}: no such model folder or config.json")
+        return parse_count(target)
+    from grow_cli.growth.describe import describe_shape
+
+    info = describe_shape(path.parent if path.name == "config.json" else path)
+    return {
+        "num_hidden_layers": info["layers"],
+        "hidden_size": info["hidden_size"],
+        "intermediate_size": info["intermediate_size"],
+        "num_attention_heads": info["num_heads"],
+        "num_key_value_heads": info["num_kv_heads"],
+        "vocab_size": info["vocab_size"],
+        "tie_word_embeddings": bool(info["tie_word_embeddings"]),
+        "num_parameters": info["num_parameters"],
+        **({"active_parameters": info["active_parameters"]} if "active_parameters" in info else {}),
+    }
 
 
 def stacking_growth_tokens(target_params: float, target_tokens: float) -> float:
@@ -168,15 +196,16 @@ def projection(book: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan(
-    target: float | dict[str, Any],
-    tokens: float,
+    target: float | str | os.PathLike[str] | dict[str, Any],
+    tokens: float | str,
     *,
-    family: list[float] | None = None,
+    family: list[float] | list[str] | None = None,
     seq_len: int = 2048,
     new_token_fraction: float = YANO_NEW_TOKEN_FRACTION,
 ) -> dict[str, Any]:
-    """The full plan for a target (a parameter count such as 7e9, or a config dict with `num_parameters`) trained
-    on `tokens` (a count such as 2e12); `family` lists member sizes in parameters.
+    """The full plan for a target trained on `tokens` (a count: 2e12 or "2T"). The target is a parameter count (7e9
+    or "7B"), a model folder or its config.json (its shape and parameter count, as `grow inspect` reads them), or a
+    config dict with `num_parameters`; `family` lists member sizes (counts, e.g. ["1B", "2B", "4B", "8B"]).
 
     Returns the plan `grow plan --json` prints: `target` (parameters, tokens, compute FLOPs, config), `stacking`
     (the G_stack guideline: `growth_tokens` d, the `small_model`, `growth_factor`, the `command` to run, and whether
@@ -185,7 +214,10 @@ def plan(
     """
     if not 1 <= seq_len <= 10**7:
         raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
+    tokens = parse_count(tokens)
     _check_count(tokens, "--tokens", "tokens", TOKENS_RANGE)
+    family = [parse_count(size) for size in family] if family else None
+    target = _target(target)
     if isinstance(target, dict):
         shape = dict(target)
         if "num_parameters" not in shape:
