@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -401,6 +402,35 @@ def test_a_final_state_lets_the_finished_run_grow_on(lab, tmp_path):
     assert not (tmp_path / "wide" / "checkpoints").exists() and not (tmp_path / "wide" / "metrics.jsonl").exists()
     plain_report = expand(str(plain), tmp_path / "wide-plain", GrowthSpec(layers=4, depth_method="stack"), quiet=True)
     assert plain_report["training_state"] is None  # no state in SRC: as before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the kernel's page accounting (smaps)")
+def test_growing_the_state_keeps_one_tensors_moments_resident(lab, tmp_path, monkeypatch):
+    """optimizer.bin is memory-mapped; growing its moments must give each tensor's pages back once written, or the
+    whole file ends up resident (it did: 2× the fp32 model beyond the weights' one tensor). The model is wider than
+    the lab's so that a tensor's moments span many pages beyond the kernel's 64 KB fault-around."""
+    from test_mapped import resident
+
+    from grow_cli.growth import grown_state
+
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(tiny_config(hidden_size=256, intermediate_size=1024))
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    train(model=tmp_path / "model", data=[str(lab.data)], out=tmp_path / "run", max_steps=1, save_final_state=True)
+    optimizer = (step_dir(tmp_path / "run", 1) / "optimizer.bin").resolve()
+    seen: list[int] = []
+
+    class Watched(grown_state.ShardWriter):
+        def write(self, name, data):
+            seen.append(resident(optimizer))
+            return super().write(name, data)
+
+    monkeypatch.setattr(grown_state, "ShardWriter", Watched)
+    expand(str(tmp_path / "run"), tmp_path / "deep", GrowthSpec(**PARTLY["identity"]), quiet=True)
+    largest_pair = 2 * 4 * max(p.numel() for p in model.parameters())
+    assert len(seen) > 10 and optimizer.stat().st_size > 8 * largest_pair
+    assert max(seen) <= largest_pair + (2 << 20)  # one tensor's moments, plus fault-around pages of the steps read
 
 
 # -- bad input: one clear line, nothing written ----------------------------------------------------------------

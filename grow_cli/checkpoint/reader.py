@@ -5,7 +5,8 @@ truncated files before anything is written) and reads a tensor's bytes with `rea
 hands out where they lie (`file_range`) for the writer to copy file to file. Unlike
 mmap, this keeps the process's resident memory at one tensor, whatever the checkpoint size. Legacy
 `pytorch_model.bin` files are opened only through `torch.load(weights_only=True)` (memory-mapped when they are
-zip files, read whole one file at a time when they are pre-zip legacy pickles); any other weight format is refused.
+zip files, each tensor's pages given back once it is copied out (`mapped.py`); read whole one file at a time when
+they are pre-zip legacy pickles); any other weight format is refused.
 Every safetensors header passes the strict validator in `header.py` before a byte of data is read.
 """
 
@@ -38,6 +39,7 @@ from grow_cli.checkpoint.header import (
     read_safetensors_header,
 )
 from grow_cli.checkpoint.kinds import refuse_other_framework, refuse_quantized_config, what_else
+from grow_cli.checkpoint.mapped import release
 from grow_cli.errors import CheckpointError
 
 __all__ = ["CheckpointReader", "TensorEntry", "load_config", "load_weight_map", "read_safetensors_header"]
@@ -189,7 +191,10 @@ class CheckpointReader:
         if entry is None:
             raise CheckpointError(f"tensor {name} is not in the checkpoint")
         if entry.start < 0:
-            return self._load_bin(entry.file)[name].clone()
+            stored = self._load_bin(entry.file)[name]
+            tensor = stored.clone()
+            release(stored)  # a zip-format .bin is memory-mapped: give its pages back, as for one tensor read
+            return tensor
         if pool is not None:
             tensor = pool.tensor(slot, entry.shape, entry.dtype)
         else:

@@ -25,6 +25,7 @@ from typing import Any
 
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR
+from grow_cli.checkpoint.mapped import release
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.plan import Plan
@@ -199,6 +200,7 @@ def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dic
             written = writer.write(f"{t.name}.{key}", (laid * factor).contiguous())
             if advance is not None:
                 advance(written)
+        release(m, v)  # optimizer.bin is memory-mapped: without this, every moment read stays resident
     writer.finish()
     document = state_document(state)
     (folder / STATE_FILE).write_text(json.dumps(document, indent=2) + "\n")
