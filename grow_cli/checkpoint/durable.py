@@ -18,24 +18,15 @@ import queue
 import threading
 from pathlib import Path
 
+from grow_cli.checkpoint.libc import function
+
 WRITEBACK_STEP = 64 << 20  # start writing back every 64 MB written
 _SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages in the range, do not wait for it
 
 
-def _libc_sync_file_range():
-    if not hasattr(os, "sync"):  # not POSIX
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them (no ldconfig run)
-        function = libc.sync_file_range
-    except (OSError, AttributeError, TypeError):  # no libc found, or one without sync_file_range (macOS, BSD)
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_sync_file_range = _libc_sync_file_range()
+_sync_file_range = function(
+    "sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint), ctypes.c_int
+)
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:

@@ -14,28 +14,12 @@ A no-op where the call is unavailable (not Linux) and for tensors that are not i
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
-import sys
-from functools import cache
 from typing import Any
 
+from grow_cli.checkpoint.libc import function
+
 MADV_DONTNEED = 4  # Linux's value (<sys/mman.h>); the mmap module only offers madvise on its own mmap objects
-
-
-@cache
-def _madvise():
-    """libc's madvise(addr, length, advice), or None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    call = libc.madvise
-    call.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    call.restype = ctypes.c_int
-    return call
 
 
 def mapped_file(start: int, end: int) -> str | None:
@@ -56,7 +40,7 @@ def mapped_file(start: int, end: int) -> str | None:
 
 def release(*tensors: Any) -> None:
     """Drop the resident pages of each file-mapped tensor in `tensors` (see the module docstring)."""
-    advise = _madvise()
+    advise = function("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int)
     if advise is None:
         return
     page = mmap.PAGESIZE
