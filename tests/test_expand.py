@@ -4,6 +4,7 @@ the model, its small files, grow.json with the lineage inherited from the source
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -133,17 +134,25 @@ def test_identity_zeros_are_written_without_building_them(cli, tiny_checkpoints,
     assert grown["model.layers.2.self_attn.q_proj.weight"] == source["model.layers.1.self_attn.q_proj.weight"]
 
 
-@pytest.mark.parametrize("method", ["fpi", "aki"])
-def test_writes_overlapped_with_compute_equal_one_at_a_time(tiny_checkpoints, tmp_path, method):
-    """The executor writes a widened tensor while it computes the next (two buffer sets alternate); the result
-    must be what computing and writing one tensor at a time gives — a reused buffer would show here."""
+@pytest.mark.parametrize(
+    "growth",
+    [
+        {"width_factor": 2, "width_method": "fpi"},
+        {"width_factor": 2, "width_method": "aki"},
+        {"width_factor": 2, "width_method": "fpi", "dtype": "bf16"},
+        {"dtype": "bf16"},
+    ],
+)
+def test_writes_overlapped_with_compute_equal_one_at_a_time(tiny_checkpoints, tmp_path, growth):
+    """The executor writes a widened or cast tensor while it computes the next (two buffer sets alternate); the
+    result must be what computing and writing one tensor at a time gives — a reused buffer would show here."""
     from grow_cli.checkpoint.reader import CheckpointReader, load_config
     from grow_cli.growth.expand import expand, materialize
     from grow_cli.growth.plan import build_plan
     from grow_cli.growth.spec import GrowthSpec
 
     src = tiny_checkpoints("llama")
-    spec = GrowthSpec(width_factor=2, width_method=method, layers=6, depth_method="interleave")
+    spec = GrowthSpec(layers=6, depth_method="interleave", **growth)
     expand(str(src), tmp_path / "out", spec, quiet=True)
     grown = _tensor_bytes(tmp_path / "out")
     with CheckpointReader(src) as reader:
@@ -151,6 +160,29 @@ def test_writes_overlapped_with_compute_equal_one_at_a_time(tiny_checkpoints, tm
         for i, t in enumerate(plan.tensors):
             expected = materialize(plan, reader, i).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
             assert grown[t.name] == expected, t.name
+
+
+def test_casts_reuse_two_buffers(tiny_checkpoints, tmp_path, monkeypatch):
+    """`--dtype` casts every tensor the executor computes; each cast lands in one of two reused buffers (a fresh
+    tensor per cast left the allocator holding 1.6× the planned peak), and the plan counts the second one."""
+    from grow_cli.growth import expand as executor
+    from grow_cli.growth.spec import GrowthSpec
+
+    seen = []
+    real = executor.materialize
+
+    def spy(plan, reader, index, pool=None, casts=None):
+        result = real(plan, reader, index, pool, casts)
+        if plan.casts(plan.tensors[index]):
+            seen.append(casts is not None and casts.owns(result))
+        return result
+
+    monkeypatch.setattr(executor, "materialize", spy)
+    report = executor.expand(str(tiny_checkpoints("llama")), None, GrowthSpec(layers=6, dtype="bf16"), dry_run=True)
+    executor.expand(str(tiny_checkpoints("llama")), tmp_path / "out", GrowthSpec(layers=6, dtype="bf16"), quiet=True)
+    assert seen and all(seen)
+    largest = max(math.prod(t["shape"]) * 2 for t in report["plan"]["tensors"])  # every tensor is cast to bf16
+    assert report["plan"]["estimated_peak_memory_bytes"] >= 2 * largest
 
 
 def test_a_failed_background_write_stops_the_run(cli, tiny_checkpoints, tmp_path, monkeypatch):

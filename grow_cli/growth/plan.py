@@ -139,7 +139,13 @@ class Plan:
             peak = max(peak, read + work + t.nbytes)
         if self.width:  # one widened tensor is written while the next is computed (growth/expand.py)
             peak += max(numel(t.shape) * 4 for t in self.tensors)
-        return peak
+        return peak + max((t.nbytes for t in self.tensors if self.casts(t)), default=0)  # the cast being written
+
+    def casts(self, t: OutputTensor) -> bool:
+        """Whether output `t` is cast after it is computed (to --dtype, or from a width map's float32 work): the
+        executor casts into two alternating buffers, writing one while it fills the other (growth/expand.py)."""
+        computed_in = "F32" if self.width or t.init else t.source.dtype
+        return bool(t.reads) and t.dtype != computed_in
 
     @property
     def function_preserving(self) -> bool:
