@@ -22,6 +22,15 @@ from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_t
 from grow_cli.errors import ArchitectureError, CheckpointError
 
 
+def untie_choices(stored: str) -> str:
+    """What to do about a tied head stored with values of its own (transformers then loads it untied): said by
+    `grow expand`, which refuses it, and by `grow inspect`, which reports it."""
+    return (
+        f'set "tie_word_embeddings": false in config.json to keep it, or delete {stored} from the checkpoint to '
+        "tie them"
+    )
+
+
 @dataclass(frozen=True)
 class BoundTensor:
     """A checkpoint tensor and what it is."""

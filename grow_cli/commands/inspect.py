@@ -99,13 +99,14 @@ def inspect(
 def _tied(info: dict) -> str:
     """Whether the model transformers loads has its head tied to its embedding, and why not when config.json says
     so but the checkpoint stores a head of its own."""
+    from grow_cli.arch.binding import untie_choices
+
     differing = [c for c in info["tied_copies"] if not c["same_values"]]
     if differing:
         c = differing[0]
         return (
             f"no: config.json ties them, but {c['tensor']} is stored with values that differ from {c['tied_to']}, "
-            f'so transformers uses it untied (grow expand refuses this; set "tie_word_embeddings": false in '
-            f"config.json to keep it, or delete {c['tensor']} to tie them)"
+            f"so transformers uses it untied (grow expand refuses this; {untie_choices(c['tensor'])})"
         )
     if not info["embeddings_tied"]:
         return "no"

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from grow_cli.arch.binding import Binding
+from grow_cli.arch.binding import Binding, untie_choices
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
@@ -258,8 +258,7 @@ def check_tied_copies(binding: Binding, reader: CheckpointReader) -> None:
         if not reader.same_values(stored, target):
             raise CheckpointError(
                 f"config.json ties {stored} to {target}, but the checkpoint stores {stored} with different values "
-                f'(transformers then does not tie them and uses the stored one); set "tie_word_embeddings": false '
-                f"in config.json to keep it, or delete {stored} from the checkpoint to tie them"
+                f"(transformers then does not tie them and uses the stored one); {untie_choices(stored)}"
             )
 
 
