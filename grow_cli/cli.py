@@ -104,12 +104,23 @@ def _command_path(exc: Any) -> str:
     return " ".join(["grow", *[arg for arg in sys.argv[1:] if arg in names][:1]])
 
 
+def _start_early() -> None:
+    """Start transformers' config child (`grow_cli.arch.hf_config`) for `grow expand` before the options are parsed:
+    on a first run its import of transformers then overlaps Typer's parsing and the reading of the source."""
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if command == "expand" and not {"--help", "-h"} & set(sys.argv):
+        from grow_cli.arch import hf_config
+
+        hf_config.start_early()
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into one line and an exit code."""
     from grow_cli.errors import GrowError
     from grow_cli.signals import Terminated, terminate_like_interrupt
 
     terminate_like_interrupt()
+    _start_early()
     try:
         _run_app()
     except GrowError as exc:

@@ -95,3 +95,31 @@ def test_the_child_lists_transformers_model_modules_once(mode):
     new_listings = int(result.stdout.split()[-1])
     # With it, only the llama package's own lazy module lists its folder (a file or two); without, all ~560 again.
     assert new_listings < 5 if mode == "once" else new_listings > 100
+
+
+def test_a_child_started_early_answers_the_first_question_the_cache_misses(monkeypatch, child):
+    model_type, params = _questions()[0]
+    expected = hf_config.answer({"model_type": model_type, "params": params})
+    monkeypatch.delitem(__import__("sys").modules, "transformers")
+    monkeypatch.setattr(cache, "get", lambda kind, key: None)
+    started = []
+    real_start = hf_config._start_child
+    monkeypatch.setattr(hf_config, "_start_child", lambda: started.append(real_start()) or started[-1])
+    hf_config.start_early()
+    assert len(started) == 1  # before any question
+    assert hf_config.ask(model_type, params) == expected
+    assert len(started) == 1 and hf_config._child is started[0]  # the early child answered; no second one
+
+
+def test_a_child_started_early_is_ended_unasked_where_the_cache_answers(monkeypatch, child):
+    """A run that repeats an earlier one (its answers cached) must not keep a child importing transformers beside it
+    (on two cores that slows the run): the first cached answer ends it."""
+    model_type, params = _questions()[0]
+    expected = hf_config.answer({"model_type": model_type, "params": params})
+    monkeypatch.delitem(__import__("sys").modules, "transformers")
+    monkeypatch.setattr(cache, "get", lambda kind, key: expected)
+    hf_config.start_early()
+    early = hf_config._child
+    assert early is not None and early.poll() is None
+    assert hf_config.ask(model_type, params) == expected
+    assert hf_config._child is None and early.poll() is not None  # ended at once, not at exit

@@ -77,3 +77,26 @@ def test_a_refused_config_is_refused_without_torch_too(tiny_copy, tmp_path):
     assert result == {"code": 2, "imported": []}
     assert "would not load in transformers: Field 'hidden_act' expected str" in stderr and "Traceback" not in stderr
     assert {p.name for p in set(tmp_path.iterdir()) - before} == {"report-1.json"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "starts"),
+    [
+        (["grow", "expand", "SRC", "OUT", "--layers", "8"], True),
+        (["grow", "--debug", "expand", "SRC", "OUT", "--dry-run"], True),
+        (["grow", "expand", "--help"], False),
+        (["grow", "inspect", "expand"], False),
+        (["grow", "train-stage", "MODEL", "--data", "d", "--out", "o"], False),
+    ],
+)
+def test_only_expand_starts_the_transformers_child_before_parsing(monkeypatch, argv, starts):
+    """`grow expand` starts the config child before Typer parses its options (`cli._start_early`), so that on a
+    first run the child's import of transformers overlaps that parsing; no other command, and not `--help`."""
+    from grow_cli import cli
+    from grow_cli.arch import hf_config
+
+    started = []
+    monkeypatch.setattr(hf_config, "start_early", lambda: started.append(True))
+    monkeypatch.setattr(sys, "argv", argv)
+    cli._start_early()
+    assert started == ([True] if starts else [])
