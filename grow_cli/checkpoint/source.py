@@ -21,7 +21,7 @@ from grow_cli import cache
 from grow_cli.checkpoint.kinds import refuse_gguf_file
 from grow_cli.errors import CheckpointError
 
-HASH_CHUNK = 8 << 20
+HASH_CHUNK = 1 << 20  # within the L2 cache: the bytes read in are hashed from it (8 MiB chunks hashed ~5% slower)
 
 # A Hub repo id: `name` or `namespace/name`, each part up to 96 letters, digits, `_`, `.` or `-`, starting with a
 # letter or digit (the Hub also refuses `--` and `..` inside, and `.` or `-` at the end).
