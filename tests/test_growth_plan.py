@@ -5,6 +5,7 @@ and the byte and parameter counts — before a single weight is read."""
 from __future__ import annotations
 
 import pytest
+import tiny_decoders
 
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
@@ -163,3 +164,35 @@ def test_plan_says_when_copied_units_would_stay_copies(tiny_checkpoints, options
     config = {**load_config(src), "attention_dropout": dropout}
     plan = build_plan(config, source_infos(src), GrowthSpec(**options))
     assert any("stay copies" in note for note in plan.notes) == noted
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [
+        ("llama", {"layers": 6}),
+        ("llama", {"layers": 6, "depth_method": "identity"}),
+        ("gemma", {"layers": 6, "depth_method": "identity"}),  # its zeroed gains are −1: computed, not zero bytes
+        ("llama", {"layers": 6, "dtype": "bf16"}),
+        ("llama", {"experts": 4, "top_k": 2}),
+        ("llama", {"width_method": "fpi", "hidden_size": 64}),
+    ],
+    ids=["stack", "identity", "gemma-identity", "dtype", "moe", "width"],
+)
+def test_the_memory_estimate_counts_what_the_executor_computes(tiny_checkpoints, tmp_path, arch, options):
+    """A tensor written as stored bytes (copied file to file) or zeros needs no memory of its own, so the estimate
+    `require_memory` refuses by leaves it out (it counted each as read in fp32 plus written: 10–25× the measured peak
+    of a depth growth). The plan's `without_arithmetic` must name exactly the tensors the executor writes that way."""
+    from grow_cli.checkpoint.file_copy import CHUNK
+    from grow_cli.growth.expand import stored_bytes
+
+    src = tiny_checkpoints(arch) if arch == "llama" else tiny_decoders.save(arch, tmp_path / arch)
+    plan = plan_for(src, **options)
+    with CheckpointReader(src) as reader:
+        stored = [stored_bytes(plan, reader, i) is not None for i in range(len(plan.tensors))]
+    assert [plan.without_arithmetic(t) for t in plan.tensors] == stored
+    computed = [t for t, s in zip(plan.tensors, stored, strict=True) if not s]
+    if not computed:  # every tensor copied or zero: one copy buffer, whatever the model's size
+        assert plan.peak_bytes == CHUNK
+    else:
+        assert plan.peak_bytes >= max(t.nbytes for t in computed)
+    assert any(stored) == (options.get("dtype") is None and "width_method" not in options)

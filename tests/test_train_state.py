@@ -521,3 +521,26 @@ def test_resume_grown_refuses_what_it_cannot_continue(lab, tmp_path):
         train(model=grown, data=[str(lab.data)], out=tmp_path / "c", max_steps=2, schedule_offset="auto")
     with pytest.raises(OptionError, match="changes the model's function"):
         expand(str(source.checkpoint), None, GrowthSpec(layers=4, depth_method="stack"), dry_run=True)
+
+
+@pytest.mark.parametrize("case", ["fpi", "identity"])
+def test_the_dry_run_reports_the_peak_of_growing_the_moments(lab, case):
+    """Growing a run peaks while its moments grow (both source moments of a tensor, its scaled result and, for width,
+    the gathers), above the weights' stream; the dry-run reports that peak, the one `require_memory` refuses by (it
+    reported the weights' alone)."""
+    from grow_cli.checkpoint.dtypes import numel
+    from grow_cli.growth import expand as executor
+    from grow_cli.growth.grown_state import peak_bytes as state_peak
+
+    checkpoint = lab.source("llama").checkpoint
+    spec = GrowthSpec(**{**EXACT, **PARTLY}[case])
+    report = expand(str(checkpoint), None, spec, dry_run=True)
+    with executor.training_source(executor.resolve_source(str(checkpoint)), weights_only=False) as (src, state):
+        with CheckpointReader(src.folder) as reader:
+            plan, grown = executor._plan(load_config(src.folder), reader, spec, state)
+    carried = [t for t, s in zip(plan.tensors, grown.tensors, strict=True) if s.carried]
+    largest = max(4 * numel(t.shape) for t in carried)  # fp32 moments
+    assert state_peak(plan, grown) >= 3 * largest  # two moments and a result, at least
+    assert report["plan"]["estimated_peak_memory_bytes"] == max(plan.peak_bytes, state_peak(plan, grown))
+    if case == "fpi":  # (a depth growth of this tiny model needs no more than the weights' copy buffer)
+        assert report["plan"]["estimated_peak_memory_bytes"] > plan.peak_bytes  # the moments' phase is the larger

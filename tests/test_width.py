@@ -181,6 +181,26 @@ def test_aki_reads_at_most_this_layer_and_the_next(sources):
     assert top == ["aki(transformer.h.3.attn.c_attn.weight)"]  # the top layer uses its own weights
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_zero_leaves_the_tensors_it_reads_unchanged(sources, name):
+    """G_zero edits in place what its gathers make, never what it is given: that is the reader's buffer, reused for
+    the next read (and, for a tied model, the embedding read again for the head)."""
+    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.growth.plan import build_plan
+
+    with CheckpointReader(sources[name]) as reader:
+        plan = build_plan(
+            load_config(sources[name]), reader.tensor_infos(), GrowthSpec(width_method="zero", width_factor=2)
+        )
+        assert plan.width is not None
+        for t in plan.tensors:
+            given = [reader.read(r).float() for r in t.reads]
+            kept = [x.clone() for x in given]
+            grown = plan.width.apply(t.source, given)
+            assert all(torch.equal(a, b) for a, b in zip(given, kept, strict=True)), t.name
+            assert grown.shape == t.shape
+
+
 def test_seed_makes_maps_reproducible_and_records_them(sources, tmp_path):
     def maps(seed, folder):
         expand(

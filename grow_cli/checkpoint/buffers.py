@@ -37,6 +37,10 @@ class BufferPool:
             buffer = self._slots[slot] = torch.empty(max(size, 1), dtype=torch.uint8)
         return buffer[:size].view(torch_dtype(dtype)).view(shape)
 
+    def clear(self) -> None:
+        """Free every buffer (once nothing taken from them is used any more)."""
+        self._slots.clear()
+
     def owns(self, tensor) -> bool:
         """True when `tensor` lies in one of this pool's buffers (and so changes when its slot is taken again)."""
         pointer = tensor.untyped_storage().data_ptr()

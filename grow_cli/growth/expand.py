@@ -51,8 +51,8 @@ def stored_bytes(plan: Plan, reader: CheckpointReader, index: int) -> FileRange 
     These are written without torch: copied file to file in the kernel, or from a shared zero buffer.
     """
     t = plan.tensors[index]
-    if plan.width is None and t.zero:
-        return ZeroBytes(t.nbytes) if t.source.weight.zero_fill == 0 else None
+    if plan.without_arithmetic(t) and t.zero:
+        return ZeroBytes(t.nbytes)
     return reader.file_range(t.reads[0]) if copied_entry(plan, reader, index) is not None else None
 
 
@@ -60,7 +60,7 @@ def copied_entry(plan: Plan, reader: CheckpointReader, index: int) -> TensorEntr
     """The source tensor whose stored bytes output tensor `index` is, byte for byte; None when arithmetic (a width
     map, a dtype change, zeros, an upcycling or identity init) makes it, or the source stores no byte range (`.bin`)."""
     t = plan.tensors[index]
-    if plan.width is not None or t.zero or t.init is not None or t.identity_init or len(t.reads) != 1:
+    if t.zero or not plan.without_arithmetic(t):
         return None
     entry = reader.tensors[t.reads[0]]
     if entry.dtype != t.dtype or entry.shape != t.shape or entry.start < 0:
@@ -103,7 +103,8 @@ def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=No
     kernels both release the GIL), so arithmetic and I/O overlap; at most one write is in flight, and width
     operators alternate two buffer sets (`WidthOperator.apply`), so the tensor being written is never the one being
     computed. Stored bytes and any tensor that lies in the reader's buffers are written in this thread, after the
-    write in flight: their source range or buffer is only valid until the next read.
+    write in flight: their source range or buffer is only valid until the next read. The width operator's buffers
+    are freed at the end: growing the training state, next, takes buffers of its own.
     """
     pool, casts = BufferPool(), BufferPool()
     total = len(plan.tensors)
@@ -125,6 +126,8 @@ def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=No
                 advance(t.nbytes, f"growing {i + 1}/{total} tensors")
         if in_flight is not None:
             in_flight.result()
+    if plan.width is not None:
+        plan.width.release_buffers()
 
 
 def _stage(
@@ -213,10 +216,11 @@ def expand(
             if dry_run:
                 plan, state = _plan(config, reader, spec, source_state)
                 reader.library_checked()
+                summary = plan_summary(plan, with_tensors=True)
                 return {
                     "dry_run": True,
                     "source": src.describe(),
-                    "plan": plan_summary(plan, with_tensors=True),
+                    "plan": {**summary, "estimated_peak_memory_bytes": peak_memory(plan, state)},
                     "training_state": state_summary(state) if state else None,
                 }
             if out is None:
@@ -251,6 +255,11 @@ def _plan(
     return plan, plan_state(plan, source_state, spec) if source_state is not None else None
 
 
+def peak_memory(plan: Plan, state: StatePlan | None) -> int:
+    """The run's estimated peak memory: writing the weights, or growing the moments after them, whichever needs more."""
+    return max(plan.peak_bytes, state_peak_bytes(plan, state) if state else 0)
+
+
 def check_tied_copies(binding: Binding, reader: CheckpointReader) -> None:
     """Refuse a tied head stored with values of its own: transformers then unties them and uses the stored head,
     which grow, writing a tied tensor once, would drop (some exporters store the copy; an equal copy is fine)."""
@@ -281,7 +290,7 @@ def _execute(
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
         state_bytes = state.total_bytes if state else 0
         require_free_space(tmp, plan.total_bytes + state_bytes + extra, out)
-        require_memory(max(plan.peak_bytes, state_peak_bytes(plan, state) if state else 0))
+        require_memory(peak_memory(plan, state))
         copies = {t.name: e.start for i, t in enumerate(plan.tensors) if (e := copied_entry(plan, reader, i))}
         total = plan.total_bytes + state_bytes
         with (

@@ -173,16 +173,30 @@ def _non_embedding(shape: tuple[int, ...], axes: tuple) -> int:
 
 
 def peak_bytes(plan: Plan, state: StatePlan) -> int:
-    """Memory of growing the moments: per carried tensor, its source moment plus the gathered and scaled result."""
+    """Estimated peak memory of growing the moments (`write_state`), in float32: the largest carried tensor's two
+    source moments (memory-mapped, resident once read, given back after it) and its scaled result, plus, for a
+    width growth, the gather buffers of both moments, which keep the largest size any tensor needed per axis."""
     sizes = {t.name: numel(t.shape) for t in plan.binding.all_tensors()}
-    return max(
-        (
-            4 * (sizes[s.role] + 2 * numel(t.shape))
-            for t, s in zip(plan.tensors, state.tensors, strict=True)
-            if s.carried
-        ),
-        default=0,
-    )
+    carried = [(t, s) for t, s in zip(plan.tensors, state.tensors, strict=True) if s.carried]
+    per_tensor = max((4 * (2 * sizes[s.role] + numel(t.shape)) for t, s in carried), default=0)
+    if plan.width is None:
+        return per_tensor
+    axes: dict[int, int] = {}
+    for t, _ in carried:
+        for axis, size in enumerate(gather_bytes(t.source.shape, t.shape)):
+            axes[axis] = max(axes.get(axis, 0), size)
+    return per_tensor + 2 * sum(axes.values())  # one buffer set per moment (exp_avg, exp_avg_sq)
+
+
+def gather_bytes(source: tuple[int, ...], target: tuple[int, ...]) -> list[int]:
+    """The float32 bytes of each step of a width gather from `source` to `target` shape, one axis at a time (0 for
+    an axis that keeps its size: nothing is gathered along it)."""
+    sizes, shape = [], list(source)
+    for axis, size in enumerate(target):
+        grows = shape[axis] != size
+        shape[axis] = size
+        sizes.append(4 * numel(tuple(shape)) if grows else 0)
+    return sizes
 
 
 def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.background import in_background, problem_so_far
 from grow_cli.checkpoint.dtypes import FLOATING, numel
+from grow_cli.checkpoint.file_copy import CHUNK as COPY_BUFFER_BYTES
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.config import grown_config, validate_config
@@ -41,6 +42,8 @@ class WidthPlan(Protocol):
     def sources(self, tensor: BoundTensor, binding: Binding) -> tuple[str, ...]: ...
 
     def apply(self, tensor: BoundTensor, inputs: list[Any]) -> Any: ...
+
+    def release_buffers(self) -> None: ...
 
     def config_updates(self) -> dict[str, Any]: ...
 
@@ -130,16 +133,36 @@ class Plan:
 
     @property
     def peak_bytes(self) -> int:
-        """Estimated peak memory of the streaming executor: the largest (inputs + fp32 work + output) per tensor."""
+        """Estimated peak memory of the streaming executor: the largest (inputs + fp32 work + output) per tensor that
+        arithmetic makes; tensors written without any (`without_arithmetic`) need at most one copy buffer."""
         sizes = {t.name: numel(t.shape) for t in self.binding.all_tensors()}
         peak = 0
         for t in self.tensors:
+            if self.without_arithmetic(t):
+                peak = max(peak, COPY_BUFFER_BYTES)
+                continue
             read = sum(sizes[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
             work = numel(t.shape) * 4 if self.width or t.init else 0  # the fp32 result before the cast
             peak = max(peak, read + work + t.nbytes)
         if self.width:  # one widened tensor is written while the next is computed (growth/expand.py)
             peak += max(numel(t.shape) * 4 for t in self.tensors)
         return peak + max((t.nbytes for t in self.tensors if self.casts(t)), default=0)  # the cast being written
+
+    def without_arithmetic(self, t: OutputTensor) -> bool:
+        """Whether output `t` is written as bytes that already exist: a source tensor's stored bytes (a depth copy
+        that keeps its dtype; copied file to file where the source stores a byte range, growth/expand.py) or all
+        zeros (an identity block's writer whose zero is 0, written from a shared buffer)."""
+        if self.width is not None:
+            return False
+        if t.zero:
+            return t.source.weight.zero_fill == 0
+        source = t.source
+        return (
+            t.init is None
+            and not t.identity_init
+            and t.reads == (source.name,)
+            and (source.dtype, source.shape) == (t.dtype, t.shape)
+        )
 
     def casts(self, t: OutputTensor) -> bool:
         """Whether output `t` is cast after it is computed (to --dtype, or from a width map's float32 work): the

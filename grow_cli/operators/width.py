@@ -315,6 +315,10 @@ class WidthOperator:
             out = self._fold_head(w, out)
         return out
 
+    def release_buffers(self) -> None:
+        """Free the buffers `apply` computed into (the weights are written; growing the moments takes its own)."""
+        self._pool.clear()
+
     def _next_buffer_set(self) -> int:
         """Which of the two buffer sets this `apply` call computes into: they alternate (see `apply`)."""
         self._calls += 1
@@ -625,7 +629,11 @@ class WidthOperator:
         return x
 
     def _zero(self, w: WeightDef, x, name: str):
-        """G_zero in width: new units zero; new input columns random (they read zeros); norm gains corrected."""
+        """G_zero in width: new units zero; new input columns random (they read zeros); norm gains corrected.
+
+        Each step works in place on the tensor the gather just made (never on `x` as given, which may be the
+        reader's buffer), so a matrix needs at most two full-size temporaries: the gathered tensor and the random
+        columns' draw (drawn at full size, so that the values do not depend on which columns are new)."""
         import torch
 
         std = float(x.std()) if x.numel() > 1 else 0.02
@@ -639,16 +647,20 @@ class WidthOperator:
             if axis == w.in_axis:
                 # New hidden and FFN units are exactly zero, so random weights reading them change nothing and
                 # let gradients in. A new query head may read an old KV head (and be non-zero): its columns are 0.
-                fill = torch.zeros_like(x) if space == "q" else torch.randn(x.shape, generator=gen) * (std or 0.02)
-                x = torch.where(new, fill, x)
+                if space == "q":
+                    x.masked_fill_(new, 0.0)
+                else:
+                    fill = torch.randn(x.shape, generator=gen).mul_(std or 0.02)
+                    torch.where(new, fill, x, out=x)
+                    del fill
             elif w.kind == "norm":
                 # RMS over a zero-padded space shrinks by √(n/n'): scale the gain (1 + w for Gemma) back (E1a)
                 scale = math.sqrt(self.source.space_size(space) / self.target.space_size(space))
                 x = (x + w.gain_offset) * scale - w.gain_offset
                 if self.arch.norm == "layer":  # LayerNorm: new units' output exactly zero
-                    x = torch.where(new, torch.full_like(x, w.zero_fill), x)
+                    x.masked_fill_(new, w.zero_fill)
             else:
-                x = torch.where(new, torch.zeros_like(x), x)
+                x.masked_fill_(new, 0.0)
         return x
 
     def _generator(self, name: str):
