@@ -43,7 +43,8 @@ def test_the_child_answers_as_transformers_does_here(child):
     gemma2 = [a for (m, _), a in zip(questions, here, strict=True) if m == "gemma2"]
     assert len(gemma2[0]["attributes"]["layer_types"]) == 4  # per-layer lists come back
     assert here[-2]["built"] is False or here[-2]["error"]
-    assert here[-1] == {"built": False, "attributes": {}, "error": here[-1]["error"]} and here[-1]["error"]
+    assert here[-1] == {"built": False, "attributes": {}, "error": here[-1]["error"], "causal_lm": None}
+    assert here[-1]["error"] and here[0]["causal_lm"] and here[0]["causal_lm"].endswith("ForCausalLM")
 
 
 def test_without_transformers_loaded_answers_come_from_the_child_then_the_cache(monkeypatch, child):

@@ -62,6 +62,18 @@ def test_dry_run_and_depth_expand_import_no_torch(tiny_checkpoints, tmp_path, me
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 6
 
 
+def test_an_upcycling_dry_run_imports_no_torch(tiny_checkpoints, tmp_path):
+    """The MoE config is built from transformers' answers through the torch-free child too (it imported torch and
+    transformers' model registry in grow's process: ~3 s and ~250 MB for a dry run); the same config as here."""
+    src = tiny_checkpoints("llama")
+    result, stdout, _ = grow(tmp_path, "expand", src, tmp_path / "never", "--experts", "4", "--dry-run", "--json")
+    assert result == {"code": 0, "imported": []}
+    with CheckpointReader(src) as reader:
+        here = build_plan(load_config(src), reader.tensor_infos(), GrowthSpec(experts=4))
+    there = json.loads(stdout)["plan"]["target_config"]
+    assert there == json.loads(json.dumps(here.target_config)) and there["architectures"] == ["MixtralForCausalLM"]
+
+
 def test_a_refused_config_is_refused_without_torch_too(tiny_copy, tmp_path):
     """transformers' validation still runs (in the child): a grown config it would refuse is one clear line."""
     src = tiny_copy("llama")

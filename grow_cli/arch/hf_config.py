@@ -31,7 +31,7 @@ from typing import Any
 
 from grow_cli import cache
 
-FORMAT = 1  # bump when `answer`'s output changes, so old cache entries are not read
+FORMAT = 2  # bump when `answer`'s output changes, so old cache entries are not read
 _CHILD_CODE = """
 import json, os, sys
 sys.path[:0] = json.loads(sys.argv[1])
@@ -92,20 +92,23 @@ def _answered_here() -> bool:
 
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:
-    """Build transformers' config for the request and validate it: {built, attributes, error}."""
+    """Build transformers' config for the request and validate it: {built, attributes, error, causal_lm} (the last:
+    the name of the model type's causal-LM class, for config.json's `architectures`, or None)."""
     import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    reply: dict[str, Any] = {"causal_lm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(request["model_type"])}
     try:
         config = transformers.AutoConfig.for_model(request["model_type"], **request["params"])
     except Exception as exc:  # an unknown type or a value transformers rejects, in any of its exception types
-        return {"built": False, "attributes": {}, "error": _root_cause(exc)}
+        return {**reply, "built": False, "attributes": {}, "error": _root_cause(exc)}
     # As JSON sees them (integer keys become strings), so that every route gives the same value.
     attributes = json.loads(json.dumps({k: v for k, v in vars(config).items() if _jsonable(v)}))
     try:
         config.validate()
     except Exception as exc:  # transformers raises several types (ValueError, StrictDataclass…Error)
-        return {"built": True, "attributes": attributes, "error": _root_cause(exc)}
-    return {"built": True, "attributes": attributes, "error": None}
+        return {**reply, "built": True, "attributes": attributes, "error": _root_cause(exc)}
+    return {**reply, "built": True, "attributes": attributes, "error": None}
 
 
 def list_models_once() -> None:
@@ -166,7 +169,7 @@ def _ask_child(request: dict[str, Any]) -> dict[str, Any] | None:
         _child.stdin.write(json.dumps(request) + "\n")
         _child.stdin.flush()
         reply = json.loads(_child.stdout.readline())
-        if not isinstance(reply, dict) or set(reply) != {"built", "attributes", "error"}:
+        if not isinstance(reply, dict) or set(reply) != {"built", "attributes", "error", "causal_lm"}:
             raise ValueError(f"unexpected reply {reply!r}")
         return reply
     except (OSError, ValueError):

@@ -34,6 +34,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from grow_cli.arch import hf_config
 from grow_cli.arch.binding import Binding, BoundTensor, layer_tensor_name
 from grow_cli.arch.experts import PER_EXPERT, sparse_config, upcycle_target, weight_applies
 from grow_cli.arch.layer_lists import transformers_params
@@ -263,11 +264,9 @@ def moe_config(target: ArchDef, dense: dict[str, Any], up: Upcycler) -> dict[str
     """The MoE config.json: the dense one's keys (transformers keeps keys its class does not name, and some modeling
     code reads them, such as Qwen3-MoE's head_dim), the dense class's defaults written out where the MoE class's
     differ (Qwen2-MoE's default layer_types are not Qwen2's), and the MoE keys set for exactness."""
-    import transformers
-
     dense_type, moe_type = dense["model_type"], target.model_types[0]
-    dense_built = transformers.AutoConfig.for_model(dense_type, **transformers_params(dense)).to_dict()
-    moe_default = transformers.AutoConfig.for_model(moe_type).to_dict()
+    dense_built = _config_values(dense_type, transformers_params(dense))
+    moe_default = _config_values(moe_type, {})
     config = {k: v for k, v in dense.items() if k not in ("architectures", "transformers_version")}
     for key in sorted(moe_default.keys() & dense_built.keys() - set(config) - {"model_type", "architectures"}):
         if dense_built[key] != moe_default[key]:
@@ -285,9 +284,16 @@ def moe_config(target: ArchDef, dense: dict[str, Any], up: Upcycler) -> dict[str
         config[target.moe["topk_norm"]] = True
     config["router_aux_loss_coef"] = ROUTER_AUX_LOSS_COEF
     config.update(sparse_config(target, [True] * shape.layers))
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return {"architectures": [hf_config.ask(moe_type, {})["causal_lm"]], **config}
 
-    return {"architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[moe_type]], **config}
+
+def _config_values(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The public attributes of transformers' config for `model_type` built from `params` (asked without torch in
+    grow's process: `grow_cli.arch.hf_config`)."""
+    reply = hf_config.ask(model_type, params)
+    if not reply["built"]:
+        raise ArchitectureError(f"transformers cannot build a {model_type} config from this one: {reply['error']}")
+    return {k: v for k, v in reply["attributes"].items() if not k.startswith("_")}
 
 
 def _check_attention_types(dense: dict[str, Any], moe_default: dict[str, Any], target: ArchDef, dense_type: str):
