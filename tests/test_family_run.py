@@ -54,6 +54,7 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
 
     first = cli("family", path, "-q")
     assert first.code == 3, first.stderr  # paused in member "big"
+    assert "big: training paused at step 4" in first.stderr and "(1/2)" not in first.stderr  # -q: no headers
     run = tmp_path / "run"
     small_marker = run / "small" / "member.json"
     assert small_marker.is_file() and not (run / "big" / "member.json").exists()
@@ -65,6 +66,7 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     report = json.loads(second.stdout)
     assert report["status"] == "done"
     assert small_marker.stat().st_mtime_ns == small_mtime  # finished member skipped
+    assert "finished earlier" not in second.stderr and "(2/2)" not in second.stderr
     big = json.loads((run / "big" / "member.json").read_text())
     assert big["train"]["steps"] == 6
     record = json.loads((run / "big" / "trained" / "grow.json").read_text())

@@ -27,7 +27,9 @@ def family(
         ),
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress on stderr (members' headers, progress bars).")
+    ] = False,
 ) -> None:
     """Run a model family from a recipe: each member grown from the previous one, trained, and compared with it."""
     from grow_cli.console import err, print_json

@@ -298,12 +298,17 @@ def compare_settings(recipe: Recipe) -> dict[str, Any]:
     return settings
 
 
+def _silent(*_: Any) -> None:
+    """What `quiet` prints."""
+
+
 def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     """Run every member of `recipe` (skipping finished ones) and write the family report.
 
     Returns what `grow family --json` prints: when every member is done, `{"status": "done", "out", "headline",
     "equal_quality", "consistency", "ledger", "report", "plots"}` (`report` is the path of family.md); when a member's
     training paused (its `exit_interval`), `{"status": "paused", "member", "out"}` — calling it again continues.
+    `quiet`: no progress on stderr (members' headers, progress bars); the recipe's notes and a pause are still said.
     """
     from grow_cli.family.check import check_recipe
     from grow_cli.family.compare import compare
@@ -313,6 +318,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         err.print(f"note: {note}", soft_wrap=True)
     check_finished(recipe)
     recipe.out.mkdir(parents=True, exist_ok=True)
+    progress = _silent if quiet else err.print
     previous_final: Path | None = None
     summaries: list[dict[str, Any]] = []
     for i, member in enumerate(recipe.members):
@@ -320,13 +326,13 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         marker = folder / MEMBER_FILE
         if marker.is_file():
             summary = json.loads(marker.read_text())
-            err.print(f"[dim]{member.name}: finished earlier, skipped[/dim]")
+            progress(f"[dim]{member.name}: finished earlier, skipped[/dim]")
             summaries.append(summary)
             previous_final = Path(summary["final"])
             continue
         folder.mkdir(parents=True, exist_ok=True)
         _write_json(folder / START_FILE, start_settings(recipe, member))  # as found there, if any (check_finished)
-        err.print(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
+        progress(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
         if i == 0:
             start = _first_model(member, folder, recipe.seed)
         else:
