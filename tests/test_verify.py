@@ -37,3 +37,48 @@ def test_verify_in_bounded_memory_offloads(tiny_checkpoints, monkeypatch):
     monkeypatch.setattr(transformers.LlamaForCausalLM, "from_pretrained", spy)
     verify._outputs(tiny_checkpoints("llama"), torch.randint(0, 96, (1, 8)), 60_000)
     assert "disk" in seen.values()
+
+
+def _bf16_source(tmp_path):
+    import torch
+    from tiny_models import build_tiny
+
+    folder = tmp_path / "bf16"
+    build_tiny("llama", 0).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def test_a_bf16_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypatch):
+    """A depth growth of bf16 weights copies stored values and writes exact zeros: nothing is rounded, and both
+    models run in float32, so the check keeps float32's tolerance. It used to allow 3% of the logit scale (at least
+    0.03) for any bf16 output, which a small model's slips fit under; the control, one copied matrix moved by one
+    bf16 step, must fail."""
+    import pytest
+    import torch
+
+    from grow_cli.errors import VerificationError
+    from grow_cli.growth import expand as executor
+    from grow_cli.growth.spec import GrowthSpec
+
+    src, spec = _bf16_source(tmp_path), GrowthSpec(layers=6, depth_method="identity")
+    report = executor.expand(str(src), tmp_path / "exact", spec, verify=True, quiet=True)
+    assert report["verify"]["passed"] and report["verify"]["tolerance"] <= 1e-4 * max(
+        1, report["verify"]["output_scale"]
+    )
+
+    nudged = "model.layers.1.self_attn.o_proj.weight"  # moves the logits by ~0.003: under 0.03, over 1e-4
+    stored, materialize = executor.stored_bytes, executor.materialize
+
+    def computed(plan, reader, index):
+        return None if plan.tensors[index].name == nudged else stored(plan, reader, index)
+
+    def nudge(plan, reader, index, pool=None, casts=None):
+        result = materialize(plan, reader, index, pool, casts)
+        step = result.abs().clamp(min=2**-126) * 2**-7  # one unit in bf16's last place, about
+        return (result + step).to(torch.bfloat16) if plan.tensors[index].name == nudged else result
+
+    monkeypatch.setattr(executor, "stored_bytes", computed)
+    monkeypatch.setattr(executor, "materialize", nudge)
+    with pytest.raises(VerificationError, match="although the method is exact"):
+        executor.expand(str(src), tmp_path / "nudged", spec, verify=True, quiet=True)
+    assert not (tmp_path / "nudged").exists()

@@ -320,7 +320,12 @@ def _execute(
                     seed=plan.seed,
                     max_memory=verify_memory,
                 )
-            check = verifier.check(result, exact=plan.function_preserving, dtype=plan.out_dtype or _main_dtype(plan))
+            check = verifier.check(
+                result,
+                exact=plan.function_preserving,
+                dtype=plan.out_dtype or _main_dtype(plan),
+                rounded=any(plan.casts(t) for t in plan.tensors),
+            )
         stage = _stage(plan, src, hasher.result(), check, command)
         stage["training_state"] = grown_state
         record = append_stage(
