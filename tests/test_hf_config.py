@@ -36,15 +36,15 @@ def child():
 
 
 def test_the_child_answers_as_transformers_does_here(child):
-    questions = _questions()
-    here = [hf_config.answer({"model_type": m, "params": p}) for m, p in questions]
-    there = [hf_config._ask_child({"model_type": m, "params": p}) for m, p in questions]
+    requests = [{"model_type": m, "params": p, "causal_lm": i % 2 == 0} for i, (m, p) in enumerate(_questions())]
+    here = [hf_config.answer(request) for request in requests]
+    there = [hf_config._ask_child(request) for request in requests]
     assert there == here
-    gemma2 = [a for (m, _), a in zip(questions, here, strict=True) if m == "gemma2"]
+    gemma2 = [a for r, a in zip(requests, here, strict=True) if r["model_type"] == "gemma2"]
     assert len(gemma2[0]["attributes"]["layer_types"]) == 4  # per-layer lists come back
     assert here[-2]["built"] is False or here[-2]["error"]
     assert here[-1] == {"built": False, "attributes": {}, "error": here[-1]["error"], "causal_lm": None}
-    assert here[-1]["error"] and here[0]["causal_lm"] and here[0]["causal_lm"].endswith("ForCausalLM")
+    assert here[-1]["error"] and here[0]["causal_lm"].endswith("ForCausalLM") and here[1]["causal_lm"] is None
 
 
 def test_without_transformers_loaded_answers_come_from_the_child_then_the_cache(monkeypatch, child):
@@ -55,7 +55,7 @@ def test_without_transformers_loaded_answers_come_from_the_child_then_the_cache(
     monkeypatch.setattr(hf_config, "_ask_child", lambda request: asked.append(request) or real(request))
     first = hf_config.ask(model_type, params)
     second = hf_config.ask(model_type, params)
-    assert first == second == hf_config.answer({"model_type": model_type, "params": params})
+    assert first == second == hf_config.answer({"model_type": model_type, "params": params, "causal_lm": False})
     assert len(asked) == 1  # the second answer came from the cache
     assert list((cache.cache_dir() / "transformers-configs").glob("*.json"))
 
@@ -67,7 +67,9 @@ def test_a_child_that_cannot_answer_is_replaced_by_this_process(monkeypatch, chi
     monkeypatch.setattr(hf_config, "_child_failed", False)
     monkeypatch.setattr(cache, "get", lambda kind, key: None)
     reply = hf_config.ask(model_type, params)
-    assert hf_config._child_failed and reply == hf_config.answer({"model_type": model_type, "params": params})
+    assert hf_config._child_failed and reply == hf_config.answer(
+        {"model_type": model_type, "params": params, "causal_lm": False}
+    )
 
 
 _LISTINGS = """
@@ -100,7 +102,7 @@ def test_the_child_lists_transformers_model_modules_once(mode):
 
 def test_a_child_started_early_answers_the_first_question_the_cache_misses(monkeypatch, child):
     model_type, params = _questions()[0]
-    expected = hf_config.answer({"model_type": model_type, "params": params})
+    expected = hf_config.answer({"model_type": model_type, "params": params, "causal_lm": False})
     monkeypatch.delitem(__import__("sys").modules, "transformers")
     monkeypatch.setattr(cache, "get", lambda kind, key: None)
     started = []
@@ -116,7 +118,7 @@ def test_a_child_started_early_is_ended_unasked_where_the_cache_answers(monkeypa
     """A run that repeats an earlier one (its answers cached) must not keep a child importing transformers beside it
     (on two cores that slows the run): the first cached answer ends it."""
     model_type, params = _questions()[0]
-    expected = hf_config.answer({"model_type": model_type, "params": params})
+    expected = hf_config.answer({"model_type": model_type, "params": params, "causal_lm": False})
     monkeypatch.delitem(__import__("sys").modules, "transformers")
     monkeypatch.setattr(cache, "get", lambda kind, key: expected)
     hf_config.start_early()

@@ -61,15 +61,15 @@ def problem(model_type: str, params: dict[str, Any]) -> str | None:
     return ask(model_type, params)["error"]
 
 
-def ask(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
+def ask(model_type: str, params: dict[str, Any], *, causal_lm: bool = False) -> dict[str, Any]:
     """`answer` for this question, by the cheapest route (see the module docstring); one question at a time (the
-    planner asks from a background thread while tensors are written)."""
+    planner asks from a background thread while tensors are written). `causal_lm`: also name the type's causal-LM
+    class (it imports transformers' model registry, ~15 ms, so only questions that need it ask)."""
     with _one_at_a_time:
-        return _ask(model_type, params)
+        return _ask({"model_type": model_type, "params": params, "causal_lm": causal_lm})
 
 
-def _ask(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
-    request = {"model_type": model_type, "params": params}
+def _ask(request: dict[str, Any]) -> dict[str, Any]:
     if _answered_here():
         return answer(request)
     key = {"format": FORMAT, "transformers": _transformers_version(), "request": request}
@@ -93,11 +93,14 @@ def _answered_here() -> bool:
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:
     """Build transformers' config for the request and validate it: {built, attributes, error, causal_lm} (the last:
-    the name of the model type's causal-LM class, for config.json's `architectures`, or None)."""
+    when the request asks, the name of the model type's causal-LM class, for config.json's `architectures`)."""
     import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    reply: dict[str, Any] = {"causal_lm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(request["model_type"])}
+    reply: dict[str, Any] = {"causal_lm": None}
+    if request.get("causal_lm"):
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        reply["causal_lm"] = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(request["model_type"])
     try:
         config = transformers.AutoConfig.for_model(request["model_type"], **request["params"])
     except Exception as exc:  # an unknown type or a value transformers rejects, in any of its exception types

@@ -265,8 +265,9 @@ def moe_config(target: ArchDef, dense: dict[str, Any], up: Upcycler) -> dict[str
     code reads them, such as Qwen3-MoE's head_dim), the dense class's defaults written out where the MoE class's
     differ (Qwen2-MoE's default layer_types are not Qwen2's), and the MoE keys set for exactness."""
     dense_type, moe_type = dense["model_type"], target.model_types[0]
-    dense_built = _config_values(dense_type, transformers_params(dense))
-    moe_default = _config_values(moe_type, {})
+    moe_reply = hf_config.ask(moe_type, {}, causal_lm=True)
+    dense_built = _config_values(dense_type, hf_config.ask(dense_type, transformers_params(dense)))
+    moe_default = _config_values(moe_type, moe_reply)
     config = {k: v for k, v in dense.items() if k not in ("architectures", "transformers_version")}
     for key in sorted(moe_default.keys() & dense_built.keys() - set(config) - {"model_type", "architectures"}):
         if dense_built[key] != moe_default[key]:
@@ -284,13 +285,12 @@ def moe_config(target: ArchDef, dense: dict[str, Any], up: Upcycler) -> dict[str
         config[target.moe["topk_norm"]] = True
     config["router_aux_loss_coef"] = ROUTER_AUX_LOSS_COEF
     config.update(sparse_config(target, [True] * shape.layers))
-    return {"architectures": [hf_config.ask(moe_type, {})["causal_lm"]], **config}
+    return {"architectures": [moe_reply["causal_lm"]], **config}
 
 
-def _config_values(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The public attributes of transformers' config for `model_type` built from `params` (asked without torch in
-    grow's process: `grow_cli.arch.hf_config`)."""
-    reply = hf_config.ask(model_type, params)
+def _config_values(model_type: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """The public attributes of transformers' config for `model_type` in `reply` (`hf_config.ask`: asked without
+    torch in grow's process)."""
     if not reply["built"]:
         raise ArchitectureError(f"transformers cannot build a {model_type} config from this one: {reply['error']}")
     return {k: v for k, v in reply["attributes"].items() if not k.startswith("_")}
