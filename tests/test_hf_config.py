@@ -126,3 +126,23 @@ def test_a_child_started_early_is_ended_unasked_where_the_cache_answers(monkeypa
     assert early is not None and early.poll() is None
     assert hf_config.ask(model_type, params) == expected
     assert hf_config._child is None and early.poll() is not None  # ended at once, not at exit
+
+
+def test_a_child_that_cannot_start_early_leaves_the_question_to_later(monkeypatch, child):
+    """`grow expand` starts the child before anything else; a system that refuses a new process then (a process
+    limit, a sandbox) must not fail the run there: the first question tries again, then answers in this process."""
+    import subprocess
+
+    model_type, params = _questions()[0]
+    expected = hf_config.answer({"model_type": model_type, "params": params, "causal_lm": False})
+    monkeypatch.delitem(__import__("sys").modules, "transformers")
+    monkeypatch.setattr(cache, "get", lambda kind, key: None)
+    monkeypatch.setattr(hf_config, "_child_failed", False)
+
+    def refused(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", refused)
+    hf_config.start_early()
+    assert hf_config._child is None
+    assert hf_config.ask(model_type, params) == expected and hf_config._child_failed

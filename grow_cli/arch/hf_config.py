@@ -20,6 +20,7 @@ and dominated `grow expand --dry-run` and small expands. So each question goes, 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import subprocess
@@ -183,11 +184,13 @@ def _ask_child(request: dict[str, Any]) -> dict[str, Any] | None:
 
 def start_early() -> None:
     """Start the child now, before the questions are known (see the module docstring); a no-op where one runs or
-    questions are answered in this process."""
+    questions are answered in this process. A child that cannot be started now is left to the first question (which
+    answers in this process if it cannot start one either)."""
     global _child
     with _one_at_a_time:
         if _child is None and not _child_failed and not _answered_here():
-            _child = _start_child()
+            with contextlib.suppress(OSError):
+                _child = _start_child()
 
 
 def _start_child() -> subprocess.Popen:
