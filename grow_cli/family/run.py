@@ -90,27 +90,27 @@ def check_finished(recipe: Recipe) -> None:
         redo = f"delete {' and '.join([str(folder), *later])} to train {'them' if later else 'it'} again"
         if not (folder / MEMBER_FILE).is_file():
             started = json.loads((folder / START_FILE).read_text()) if (folder / START_FILE).is_file() else None
-            change = _first_change(started, start_settings(recipe, member))
-            if change:
-                key, was, now = change
-                raise UsageError(
-                    f"recipe: {member.name} was started with {key}: {was!r}, but the recipe now says {key}: {now!r}; "
-                    f"{redo}, or restore the recipe"
-                )
+            _refuse_edited(member, "was started", _first_change(started, start_settings(recipe, member)), redo)
             unfinished = unfinished or member.name
             continue
         if unfinished is not None:
             raise UsageError(f"{member.name} finished, but {unfinished} before it is gone or unfinished; {redo}")
         summary = json.loads((folder / MEMBER_FILE).read_text())
-        change = _first_change(summary.get("settings"), member_settings(recipe, member))
-        if change:
-            key, was, now = change
-            raise UsageError(
-                f"recipe: {member.name} finished with {key}: {was!r}, but the recipe now says {key}: {now!r}; "
-                f"{redo}, or restore the recipe"
-            )
+        _refuse_edited(
+            member, "finished", _first_change(summary.get("settings"), member_settings(recipe, member)), redo
+        )
         if not (Path(summary["final"]) / "config.json").is_file():
             raise UsageError(f"{member.name} finished, but its model {summary['final']} is gone; {redo}")
+
+
+def _refuse_edited(member: Member, state: str, change: tuple[str, Any, Any] | None, redo: str) -> None:
+    """Refuse a member whose recorded settings differ from the recipe's (`change`, from `_first_change`)."""
+    if change:
+        key, was, now = change
+        raise UsageError(
+            f"recipe: {member.name} {state} with {key}: {was!r}, but the recipe now says {key}: {now!r}; "
+            f"{redo}, or restore the recipe"
+        )
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
