@@ -332,7 +332,8 @@ def _dropout(config: dict[str, Any]) -> dict[str, float]:
 
 
 def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
-    """A JSON-able description of a plan (printed by --dry-run and stored in reports)."""
+    """A JSON-able description of a plan (printed by --dry-run and stored in reports). The run's peak memory is
+    not in it: that depends on the training state too, see `expand.peak_memory`."""
     source = plan.source_shape
     source_params = parameter_counts(plan.binding.all_tensors(), source.num_experts, source.experts_per_token)
     summary: dict[str, Any] = {
@@ -362,7 +363,6 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
         "function_preserving": plan.function_preserving,
         "dtype": plan.out_dtype,
         "output_bytes": plan.total_bytes,
-        "estimated_peak_memory_bytes": plan.peak_bytes,
         "shards": [{"tensors": len(s), "bytes": sum(t.nbytes for t in s)} for s in plan.shards],
         "target_config": plan.target_config,
         "notes": plan.notes,
