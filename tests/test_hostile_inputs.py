@@ -386,6 +386,20 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "untied-head-missing":
         _rewrite_tensors(c, _drop_head)
         return c.expand(), "if it is meant to be model.embed_tokens.weight, set tie_word_embeddings true"
+    if name == "out-name-too-long":  # longer than a file system allows for one name (255 bytes)
+        return ["expand", c.src, c.tmp / ("o" * 300), "--layers", "8"], "is too long for the file system"
+    if name == "source-name-too-long":
+        return ["inspect", c.tmp / ("s" * 300)], "is too long for the file system"
+    if name == "plan-target-path-too-long":
+        return ["plan", "--target", "/".join(["t" * 200] * 25), "--tokens", "1T"], "is too long for the file system"
+    if name == "tensor-in-two-shards":
+
+        def second_copy(state):
+            if "lm_head.weight" not in state:
+                state["lm_head.weight"] = torch.zeros(96, 32)
+
+        _rewrite_tensors(c, second_copy)
+        return c.expand(), "'lm_head.weight' is stored in both"
     raise AssertionError(name)
 
 
@@ -455,6 +469,10 @@ CASES = [
     "tensorflow-safetensors",
     "tensorflow-h5-folder",
     "train-flax-safetensors",
+    "out-name-too-long",
+    "source-name-too-long",
+    "plan-target-path-too-long",
+    "tensor-in-two-shards",
 ]
 
 
