@@ -400,6 +400,14 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
 
         _rewrite_tensors(c, second_copy)
         return c.expand(), "'lm_head.weight' is stored in both"
+    if name == "verify-max-memory-garbage":
+        return c.expand("--verify", "--verify-max-memory", "lots"), "--verify-max-memory: cannot read size 'lots'"
+    if name == "verify-max-memory-without-verify":
+        return c.expand("--verify-max-memory", "8GB"), "--verify-max-memory applies only with --verify"
+    if name == "out-parent-is-a-file":
+        (c.tmp / "notes.txt").write_text("mine")
+        args = c.expand()
+        return [args[0], args[1], c.tmp / "notes.txt" / "out", *args[3:]], f"{c.tmp / 'notes.txt'} is a file, not"
     raise AssertionError(name)
 
 
@@ -473,6 +481,9 @@ CASES = [
     "source-name-too-long",
     "plan-target-path-too-long",
     "tensor-in-two-shards",
+    "verify-max-memory-garbage",
+    "verify-max-memory-without-verify",
+    "out-parent-is-a-file",
 ]
 
 
