@@ -408,6 +408,9 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         (c.tmp / "notes.txt").write_text("mine")
         args = c.expand()
         return [args[0], args[1], c.tmp / "notes.txt" / "out", *args[3:]], f"{c.tmp / 'notes.txt'} is a file, not"
+    if name == "source-config-transformers-refuses":  # the source's own config.json, not the grown one, is at fault
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(rms_norm_eps="tiny"))
+        return c.expand(), "the source's config.json does not load in transformers: Field 'rms_norm_eps' expected"
     raise AssertionError(name)
 
 
@@ -484,6 +487,7 @@ CASES = [
     "verify-max-memory-garbage",
     "verify-max-memory-without-verify",
     "out-parent-is-a-file",
+    "source-config-transformers-refuses",
 ]
 
 
