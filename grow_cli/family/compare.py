@@ -95,8 +95,9 @@ def compare(
     check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
     a, b = Path(a), Path(b)
     config_a, config_b = load_model_config(a), load_model_config(b)
-    for folder, config in ((a, config_a), (b, config_b)):
+    for folder in (a, b):
         check_weights(folder)
+    for folder, config in ((a, config_a), (b, config_b)):
         check_seq_len(config, seq_len, whose=f"{folder}'s")
     tok_a, eos = load_tokenizer(a, config_a, option=False)
     tok_b, _ = load_tokenizer(b, config_b, option=False)
