@@ -9,6 +9,7 @@ Command modules live in `grow_cli/commands/` and import torch/transformers only 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Any
@@ -114,6 +115,14 @@ def _start_early() -> None:
         hf_config.start_early()
 
 
+def _too_long(path: object) -> str:
+    """The one line for a path the file system refuses as too long (any path the user gave: a source, an output,
+    data), shortened so that the line stays readable."""
+    text = os.fsdecode(path) if isinstance(path, str | bytes | os.PathLike) else "a path"
+    shown = text if len(text) <= 80 else f"{text[:40]}…{text[-30:]} ({len(text):,} characters)"
+    return f"{shown} is too long for the file system (at most 255 bytes per name, 4,096 in all); choose a shorter path"
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning library errors into one line and an exit code."""
     from grow_cli.errors import GrowError
@@ -140,5 +149,8 @@ def main() -> None:
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):
             raise
+        if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path the user gave, not a bug
+            _report(f"error: {_too_long(exc.filename)}")
+            sys.exit(1)
         _report(f"error: {type(exc).__name__}: {exc} (run `grow --debug …` for the traceback)")
         sys.exit(1)

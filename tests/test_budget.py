@@ -224,3 +224,28 @@ def test_plan_from_python_takes_what_the_command_takes(tmp_path):
     for missing in (tmp_path / "nothing", "./nothing/config.json"):
         with pytest.raises(grow_cli.UsageError, match="no such model folder"):
             grow_cli.plan(missing, 1e12)
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--target", "1B", "--tokens", "0"], "error: --tokens: '0' must be positive"),
+        (["--target", "0", "--tokens", "1T"], "error: --target: '0' must be positive"),
+        (["--target", "1B", "--tokens", "-5B"], "error: --tokens: cannot read '-5B' as a count"),
+        (["--target", "1B", "--tokens", "1T", "--family", "1B,"], "error: --family: cannot read '' as a count"),
+        (["--target", "5M", "--tokens", "1T"], "error: the default family of --target 5e+06 parameters starts at"),
+    ],
+)
+def test_a_bad_count_names_its_option(cli, args, line):
+    """Two options take counts; a refusal names the one at fault (once: "'0' must be positive", of either), and a
+    default family the user never gave is not blamed on --family."""
+    result = cli("plan", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and lines[0].startswith(line), result.stderr
+
+
+def test_a_target_folder_too_small_to_plan_is_named_as_the_target(cli, tiny_checkpoints):
+    result = cli("plan", "--target", tiny_checkpoints("llama"), "--tokens", "1T")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.stderr
+    assert re.match(r"error: --target [0-9.e+]+ parameters is outside what grow plans for", lines[0]), lines[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -163,3 +164,29 @@ def test_encoders_are_compared_on_the_masked_positions(tmp_path, cli):
         compare(a, decoder, [str(data)], **settings)
     two_models_cli = cli("compare", a, a, "--data", data, "--seq-len", "32", "--eval-fraction", "0.1")
     assert two_models_cli.code == 0 and "held-out masked positions" in two_models_cli.stdout
+
+
+def test_a_seq_len_beyond_a_models_positions_is_refused(two_models, cli, tmp_path):
+    """GPT-2 learns one embedding per position: a longer block would index past them (once an IndexError that
+    reached the catch-all). Each model's limit is checked, as train-stage checks it, naming the model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    a, _, data, _ = two_models
+    short = tmp_path / "gpt2"
+    config = GPT2Config(vocab_size=512, n_embd=32, n_layer=1, n_head=4, n_positions=48, bos_token_id=1, eos_token_id=2)
+    GPT2LMHeadModel(config).save_pretrained(short)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(a / name, short / name)
+    result = cli("compare", a, short, "--data", data, "--seq-len", "60", "--eval-fraction", "0.1")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.stderr
+    assert lines[0] == f"error: --seq-len 60 exceeds {short}'s max_position_embeddings=48; use --seq-len 48 or less"
+
+
+def test_a_model_without_a_tokenizer_gets_advice_compare_can_follow(two_models, cli, tmp_path):
+    a, _, data, _ = two_models
+    bare = tmp_path / "bare"
+    shutil.copytree(a, bare, ignore=lambda folder, names: [n for n in names if n.startswith("tokenizer")])
+    result = cli("compare", a, bare, "--data", data, "--seq-len", "32", "--eval-fraction", "0.1")
+    assert result.code == 1 and "no usable tokenizer in" in result.stderr, result.stderr
+    assert "--tokenizer" not in result.stderr  # compare has no such option: both models must hold the tokenizer

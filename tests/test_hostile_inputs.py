@@ -386,6 +386,31 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "untied-head-missing":
         _rewrite_tensors(c, _drop_head)
         return c.expand(), "if it is meant to be model.embed_tokens.weight, set tie_word_embeddings true"
+    if name == "out-name-too-long":  # longer than a file system allows for one name (255 bytes)
+        return ["expand", c.src, c.tmp / ("o" * 300), "--layers", "8"], "is too long for the file system"
+    if name == "source-name-too-long":
+        return ["inspect", c.tmp / ("s" * 300)], "is too long for the file system"
+    if name == "plan-target-path-too-long":
+        return ["plan", "--target", "/".join(["t" * 200] * 25), "--tokens", "1T"], "is too long for the file system"
+    if name == "tensor-in-two-shards":
+
+        def second_copy(state):
+            if "lm_head.weight" not in state:
+                state["lm_head.weight"] = torch.zeros(96, 32)
+
+        _rewrite_tensors(c, second_copy)
+        return c.expand(), "'lm_head.weight' is stored in both"
+    if name == "verify-max-memory-garbage":
+        return c.expand("--verify", "--verify-max-memory", "lots"), "--verify-max-memory: cannot read size 'lots'"
+    if name == "verify-max-memory-without-verify":
+        return c.expand("--verify-max-memory", "8GB"), "--verify-max-memory applies only with --verify"
+    if name == "out-parent-is-a-file":
+        (c.tmp / "notes.txt").write_text("mine")
+        args = c.expand()
+        return [args[0], args[1], c.tmp / "notes.txt" / "out", *args[3:]], f"{c.tmp / 'notes.txt'} is a file, not"
+    if name == "source-config-transformers-refuses":  # the source's own config.json, not the grown one, is at fault
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(rms_norm_eps="tiny"))
+        return c.expand(), "the source's config.json does not load in transformers: Field 'rms_norm_eps' expected"
     raise AssertionError(name)
 
 
@@ -455,6 +480,14 @@ CASES = [
     "tensorflow-safetensors",
     "tensorflow-h5-folder",
     "train-flax-safetensors",
+    "out-name-too-long",
+    "source-name-too-long",
+    "plan-target-path-too-long",
+    "tensor-in-two-shards",
+    "verify-max-memory-garbage",
+    "verify-max-memory-without-verify",
+    "out-parent-is-a-file",
+    "source-config-transformers-refuses",
 ]
 
 

@@ -76,3 +76,38 @@ def test_expand_publishes_nothing_the_safetensors_library_refuses(tiny_checkpoin
     with pytest.raises(CheckpointError, match="refused in this test"):
         expand(str(tiny_checkpoints("llama")), out, GrowthSpec(layers=6), quiet=True, dry_run=dry_run)
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder
+
+
+def _sharded(folder, shards: dict[str, dict[str, torch.Tensor]], weight_map: dict[str, str]) -> None:
+    """A folder of safetensors `shards` ({file: tensors}) and an index with `weight_map`, as written, however wrong."""
+    import json
+
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    for name, tensors in shards.items():
+        save_file(tensors, folder / name, metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_a_tensor_stored_in_two_shards_is_refused(tmp_path):
+    """transformers loads every tensor of every shard the index lists, the later shard's copy last: a name stored
+    twice is the value transformers loads, not necessarily the one the index names. grow refuses the ambiguity."""
+    _sharded(
+        tmp_path / "src",
+        {"model-1.safetensors": {"w": torch.zeros(2)}, "model-2.safetensors": {"w": torch.ones(2), "v": torch.ones(1)}},
+        {"w": "model-1.safetensors", "v": "model-2.safetensors"},
+    )
+    with pytest.raises(CheckpointError, match="'w' is stored in both model-1.safetensors and model-2.safetensors"):
+        CheckpointReader(tmp_path / "src")
+
+
+def test_a_tensor_the_index_leaves_out_is_read_as_transformers_reads_it(tmp_path):
+    """A tensor in a listed shard that the index does not name is loaded by transformers all the same (the index
+    only lists the shards to open), so grow reads it too, instead of calling it missing."""
+    _sharded(
+        tmp_path / "src",
+        {"model-1.safetensors": {"w": torch.zeros(2)}, "model-2.safetensors": {"v": torch.ones(1), "u": torch.ones(3)}},
+        {"w": "model-1.safetensors", "v": "model-2.safetensors"},
+    )
+    reader = CheckpointReader(tmp_path / "src")
+    assert sorted(reader.tensors) == ["u", "v", "w"] and torch.equal(reader.read("u"), torch.ones(3))

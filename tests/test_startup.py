@@ -77,19 +77,22 @@ def test_an_upcycling_dry_run_imports_no_torch(tiny_checkpoints, tmp_path):
 
 
 def test_a_refused_config_is_refused_without_torch_too(tiny_copy, tmp_path):
-    """transformers' validation still runs (in the child): a grown config it would refuse is one clear line."""
+    """transformers' validation still runs (in the child): a grown config it would refuse is one clear line, naming
+    the source's config.json when the value at fault is the source's."""
     src = tiny_copy("llama")
     config = json.loads((src / "config.json").read_text())
     config["hidden_act"] = 5
     (src / "config.json").write_text(json.dumps(config))
     result, _, stderr = grow(tmp_path, "expand", src, tmp_path / "out", "--layers", "6", "--dry-run")
-    assert result == {"code": 2, "imported": []}
-    assert "would not load in transformers: Field 'hidden_act' expected str" in stderr and "Traceback" not in stderr
+    assert result == {"code": 1, "imported": []}
+    assert "source's config.json does not load in transformers: Field 'hidden_act' expected str" in stderr
+    assert "Traceback" not in stderr
     # A real run checks the config while it writes the tensors: the same line, and nothing written or left behind.
     before = set(tmp_path.iterdir())
     result, _, stderr = grow(tmp_path, "expand", src, tmp_path / "out", "--layers", "6")
-    assert result == {"code": 2, "imported": []}
-    assert "would not load in transformers: Field 'hidden_act' expected str" in stderr and "Traceback" not in stderr
+    assert result == {"code": 1, "imported": []}
+    assert "source's config.json does not load in transformers: Field 'hidden_act' expected str" in stderr
+    assert "Traceback" not in stderr
     assert {p.name for p in set(tmp_path.iterdir()) - before} == {"report-1.json"}
 
 

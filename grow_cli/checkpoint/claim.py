@@ -36,6 +36,12 @@ def lock_file(out: Path) -> Path:
 
 def unwritable(out: Path, exc: OSError) -> OutputError:
     """The one sentence for an output that cannot be written, naming OUT (never grow's temporary folder)."""
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where OUT's path needs a folder
+        in_the_way = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if in_the_way is not None:
+            return OutputError(
+                f"cannot write {out}: {in_the_way} is a file, not a folder; choose another output folder"
+            )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutputError(
             f"the disk holding {out} is full ({exc.strerror}); {out} was left as it was. Free some space, or "

@@ -59,6 +59,29 @@ def _inside(folder: Path, file_name: str, index_name: str) -> Path:
     return path
 
 
+def _listed_shards_tensors(
+    weight_map: dict[str, str], stored: dict[Path, dict[str, TensorEntry]]
+) -> dict[str, TensorEntry]:
+    """Every tensor of the shards an index lists (`stored`, in file name order), as transformers loads them.
+
+    transformers opens each shard the index names and loads all it holds: the index's tensor names only choose the
+    shards. So a tensor the index leaves out is still part of the model, and a name stored in two shards is
+    ambiguous (transformers keeps the copy of the later file, whichever the index names): refused. Tensors come in
+    the index's order, then those it leaves out.
+    """
+    found: dict[str, TensorEntry] = {}
+    for path, entries in stored.items():
+        for name, entry in entries.items():
+            if name in found:
+                raise CheckpointError(
+                    f"tensor {name!r} is stored in both {found[name].file.name} and {path.name}, two copies that "
+                    f"may differ (transformers loads the one in {path.name}, whatever the index says); remove the "
+                    "stale copy or re-create the checkpoint"
+                )
+            found[name] = entry
+    return {name: found[name] for name in (*weight_map, *found) if name in found}
+
+
 def load_weight_map(folder: Path, index_name: str) -> dict[str, str]:
     """The `weight_map` of an index file (tensor name → shard file name), type-checked."""
     try:
@@ -122,7 +145,7 @@ class CheckpointReader:
             for name, shard in shards.items():
                 if name not in parsed[shard][0]:
                     raise CheckpointError(f"{SAFETENSORS_INDEX} puts {name} in {shard.name}, which does not hold it")
-                self.tensors[name] = parsed[shard][0][name]
+            self.tensors = _listed_shards_tensors(weight_map, {path: entries for path, (entries, _) in parsed.items()})
             self.files = sorted(parsed)
             refuse_other_framework(self.tensors, (meta.get("format", "") for _, meta in parsed.values()))
         elif (f / SAFETENSORS_SINGLE).is_file():
@@ -138,11 +161,14 @@ class CheckpointReader:
             else:
                 shards = None
             self.files = sorted(set(shards.values())) if shards else [f / BIN_SINGLE]
-            for path in self.files:
-                for name, tensor in self._load_bin(path).items():
-                    if shards is not None and shards.get(name) != path:
-                        continue
-                    self.tensors[name] = TensorEntry(path, dtype_name(tensor.dtype), tuple(tensor.shape), -1, -1)
+            stored = {
+                path: {
+                    name: TensorEntry(path, dtype_name(tensor.dtype), tuple(tensor.shape), -1, -1)
+                    for name, tensor in self._load_bin(path).items()
+                }
+                for path in self.files
+            }
+            self.tensors = _listed_shards_tensors(weight_map if shards else {}, stored)
         else:
             refused = sorted({p.name for pattern in REFUSED_WEIGHTS for p in f.glob(pattern)})
             found = f" (found {', '.join(refused)}, which grow does not read)" if refused else ""

@@ -36,16 +36,17 @@ YANO_NEW_TOKEN_FRACTION = 140 / 320
 _SUFFIX = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
-def parse_count(text: str | float | int) -> float:
-    """A count such as `8B`, `135M`, `15T` or `2e12`."""
+def parse_count(text: str | float | int, option: str | None = None) -> float:
+    """A count such as `8B`, `135M`, `15T` or `2e12`; `option` (e.g. `--tokens`) names it in a refusal."""
     if isinstance(text, int | float):
         return float(text)
+    named = f"{option}: " if option else ""
     match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([KMBGT]?)\s*", str(text), re.IGNORECASE)
     if not match:
-        raise UsageError(f"cannot read {text!r} as a count; use e.g. 8B, 135M, 15T or 2e12")
+        raise UsageError(f"{named}cannot read {text!r} as a count; use e.g. 8B, 135M, 15T or 2e12")
     value = float(match.group(1)) * _SUFFIX[match.group(2).upper()]
     if value <= 0:
-        raise UsageError(f"{text!r} must be positive")
+        raise UsageError(f"{named}{text!r} must be positive")
     return value
 
 
@@ -70,7 +71,7 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     if not path.exists():
         if isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
             raise UsageError(f"--target {os.fspath(target)}: no such model folder or config.json")
-        return parse_count(target)
+        return parse_count(target, "--target")
     from grow_cli.growth.describe import describe_shape
 
     info = describe_shape(path.parent if path.name == "config.json" else path)
@@ -214,15 +215,16 @@ def plan(
     """
     if not 1 <= seq_len <= 10**7:
         raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
-    tokens = parse_count(tokens)
+    tokens = parse_count(tokens, "--tokens")
     _check_count(tokens, "--tokens", "tokens", TOKENS_RANGE)
-    family = [parse_count(size) for size in family] if family else None
+    family = [parse_count(size, "--family") for size in family] if family else None
     target = _target(target)
     if isinstance(target, dict):
         shape = dict(target)
         if "num_parameters" not in shape:
             raise UsageError("a target config needs a parameter count; give a model folder grow can inspect")
         n = float(shape["num_parameters"])
+        _check_count(n, "--target", "parameters", PARAMS_RANGE)
     else:
         _check_count(target, "--target", "parameters", PARAMS_RANGE)
         shape = llama_like_shape(target)
@@ -234,6 +236,11 @@ def plan(
     per_layer = (shape["num_parameters"] - embeddings) / shape["num_hidden_layers"]
     small["num_parameters"] = int(small["num_hidden_layers"] * per_layer + embeddings)
     sizes = sorted(family) if family else [n / 8, n / 4, n / 2, n]
+    if not family and sizes[0] < PARAMS_RANGE[0]:
+        raise UsageError(
+            f"the default family of --target {n:.3g} parameters starts at --target/8 = {sizes[0]:.3g}, below the "
+            f"{PARAMS_RANGE[0]:.0e} parameters grow plans for; give --family sizes of at least 1M"
+        )
     for size in sizes:
         _check_count(size, "a --family size", "parameters", PARAMS_RANGE)
         if size > n * (1 + 1e-6):

@@ -90,15 +90,17 @@ def compare(
     from grow_cli.data.masking import IGNORE_INDEX
     from grow_cli.data.sources import check_sources, find_sources
     from grow_cli.data.tokens import prepare_tokens, token_cache_dir, tokenizer_fingerprint
-    from grow_cli.train.model_io import check_weights, load_model_config, load_tokenizer
+    from grow_cli.train.model_io import check_seq_len, check_weights, load_model_config, load_tokenizer
 
     check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
     a, b = Path(a), Path(b)
     config_a, config_b = load_model_config(a), load_model_config(b)
     for folder in (a, b):
         check_weights(folder)
-    tok_a, eos = load_tokenizer(a, config_a)
-    tok_b, _ = load_tokenizer(b, config_b)
+    for folder, config in ((a, config_a), (b, config_b)):
+        check_seq_len(config, seq_len, whose=f"{folder}'s")
+    tok_a, eos = load_tokenizer(a, config_a, option=False)
+    tok_b, _ = load_tokenizer(b, config_b, option=False)
     if tokenizer_fingerprint(tok_a) != tokenizer_fingerprint(tok_b):
         raise DataError(f"{a} and {b} do not share a tokenizer; their next-token distributions are not comparable")
     choice, objective = _objective(a, config_a, b, config_b, tok_a)

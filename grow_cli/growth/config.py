@@ -18,7 +18,7 @@ from grow_cli.arch.experts import sparse_config, sparse_layers
 from grow_cli.arch.layer_lists import map_layer_lists, per_layer_lists, transformers_params
 from grow_cli.arch.registry import ArchDef
 from grow_cli.checkpoint.dtypes import config_name
-from grow_cli.errors import UsageError
+from grow_cli.errors import CheckpointError, UsageError
 
 
 def grown_config(
@@ -53,9 +53,16 @@ def grown_config(
     return config
 
 
-def validate_config(config: dict[str, Any]) -> None:
+def validate_config(config: dict[str, Any], source: dict[str, Any] | None = None) -> None:
     """Run transformers' own (strict) validation on `config` (without importing torch here: `hf_config`); a failure
-    is a UsageError naming the cause."""
+    is a UsageError naming the cause — or, when the `source` config it grew from fails too (its keys are kept as
+    they are), a CheckpointError naming the source's config.json, which is where the fix belongs."""
     cause = hf_config.problem(config["model_type"], transformers_params(config))
-    if cause is not None:
-        raise UsageError(f"the grown config.json would not load in transformers: {cause}".splitlines()[0])
+    if cause is None:
+        return
+    source_cause = None if source is None else hf_config.problem(source["model_type"], transformers_params(source))
+    if source_cause is not None:
+        raise CheckpointError(
+            f"the source's config.json does not load in transformers: {source_cause.splitlines()[0]}; fix it there"
+        )
+    raise UsageError(f"the grown config.json would not load in transformers: {cause}".splitlines()[0])

@@ -29,7 +29,7 @@ from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_confi
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
 from grow_cli.console import activity, byte_progress
-from grow_cli.errors import CheckpointError
+from grow_cli.errors import CheckpointError, OptionError, UsageError
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
@@ -130,6 +130,18 @@ def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=No
         plan.width.release_buffers()
 
 
+def _verify_memory(text: str | None, verify: bool) -> int | None:
+    """`--verify-max-memory` in bytes (None: not given); refused without `--verify`, whose bound it is."""
+    if text is None:
+        return None
+    if not verify:
+        raise OptionError("verify_max_memory", "--verify-max-memory applies only with --verify")
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise OptionError("verify_max_memory", f"--verify-max-memory: {exc}") from None
+
+
 def _stage(
     plan: Plan,
     source: CheckpointSource,
@@ -204,7 +216,7 @@ def expand(
     """
     from grow_cli.checkpoint.output import check_output
 
-    verify_memory = parse_size(verify_max_memory) if verify_max_memory else None
+    verify_memory = _verify_memory(verify_max_memory, verify)
     if out is not None:  # before any download: a refused output must not cost a multi-GB fetch
         out = Path(out).expanduser().resolve()  # absolute: `--force` may replace the working folder "." names
         local = Path(source).expanduser()

@@ -184,8 +184,8 @@ class Plan:
         return parameter_counts(self.tensors, s.num_experts, s.experts_per_token)
 
 
-def _validated(config: dict[str, Any]) -> dict[str, Any]:
-    validate_config(config)
+def _validated(config: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    validate_config(config, source)
     return config
 
 
@@ -252,9 +252,9 @@ def build_plan(
         upcycle = op.implementation(spec, arch, binding, target_config())
         target_shape = upcycle.shape
         moe_config = upcycle.config
-        config_job = in_background(lambda: _validated(moe_config), "grow-config")
+        config_job = in_background(lambda: _validated(moe_config, config), "grow-config")
     else:
-        config_job = in_background(lambda: _validated(target_config()), "grow-config")
+        config_job = in_background(lambda: _validated(target_config(), config), "grow-config")
 
     def out_dtype_of(t: BoundTensor) -> str:
         return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype

@@ -52,32 +52,32 @@ def check_weights(model_dir: Path) -> None:
     refuse_integer_weights(infos, {name for name in infos if name.endswith(".weight")})
 
 
-def check_seq_len(config, seq_len: int) -> None:
-    """Refuse a `--seq-len` longer than the positions the model was built for."""
+def check_seq_len(config, seq_len: int, *, whose: str = "the model's") -> None:
+    """Refuse a `--seq-len` longer than the positions the model was built for (`whose`: how the message names it)."""
     text = config.get_text_config()
     for key in POSITION_KEYS:
         limit = getattr(text, key, None)
         if isinstance(limit, int):
             if seq_len > limit:
-                raise UsageError(
-                    f"--seq-len {seq_len} exceeds the model's {key}={limit}; use --seq-len {limit} or less"
-                )
+                raise UsageError(f"--seq-len {seq_len} exceeds {whose} {key}={limit}; use --seq-len {limit} or less")
             return
 
 
-def load_tokenizer(path: Path, config) -> tuple[Any, int]:
-    """The tokenizer in `path` and the id placed between documents (EOS, else the config's EOS, else SEP)."""
+def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int]:
+    """The tokenizer in `path` and the id placed between documents (EOS, else the config's EOS, else SEP).
+    `option`: whether the command has `--tokenizer PATH` to offer instead (compare does not)."""
     from transformers import AutoTokenizer
 
+    instead = " or pass --tokenizer PATH" if option else ""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises OSError, ValueError or TypeError for a missing/partial one
         raise DataError(
-            f"no usable tokenizer in {path} ({type(exc).__name__}); copy the base model's tokenizer "
-            "files there or pass --tokenizer PATH"
+            f"no usable tokenizer in {path} ({type(exc).__name__}); copy the base model's tokenizer files there"
+            + instead
         ) from None
     if isinstance(tokenizer, bool) or not hasattr(tokenizer, "get_vocab"):
-        raise DataError(f"no usable tokenizer in {path}; pass --tokenizer PATH")
+        raise DataError(f"no usable tokenizer in {path}; copy the base model's tokenizer files there{instead}")
     text = config.get_text_config()
     eos = tokenizer.eos_token_id
     if eos is None:
