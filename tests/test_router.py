@@ -106,8 +106,8 @@ def test_an_upcycled_model_learns_with_every_expert_and_reports_its_load(tmp_pat
     assert sum(losses[-5:]) / 5 < losses[0] - 0.5  # ln(512) = 6.24 at the start
     router = result["router"]
     print(
-        f"loss {losses[0]:.2f} → {losses[-1]:.2f} (last 5: {sum(losses[-5:]) / 5:.2f}), aux {router['router_aux_loss']:.2f}, load "
-        f"{router['expert_load_min']:.2f} to {router['expert_load_max']:.2f}"
+        f"loss {losses[0]:.2f} → {losses[-1]:.2f} (last 5: {sum(losses[-5:]) / 5:.2f}), "
+        f"aux {router['router_aux_loss']:.2f}, load {router['expert_load_min']:.2f} to {router['expert_load_max']:.2f}"
     )
     assert router["router_aux_loss_coef"] == 0.01  # written by the upcycler (Switch Transformer's α)
     assert 2 <= router["router_aux_loss"] < 2.2  # 2 (top-2) at perfect balance
