@@ -13,7 +13,7 @@ library functions, and each returns the dict that the command's `--json` prints:
 | `grow expand` | `expand(source, out, GrowthSpec(...))` |
 | `grow train-stage` | `train_stage(TrainConfig(...))` |
 | `grow compare` | `compare(a, b, data)` |
-| `grow plan` | `plan(target_parameters, tokens)` |
+| `grow plan` | `plan(target, tokens)` |
 | `grow family` | `run_family(load_recipe(path))`; `--check` is `check_recipe(load_recipe(path))` |
 | `grow push` | `push_folder(folder, repo_id)` |
 

@@ -1,8 +1,9 @@
 """Every `grow …` command the documentation shows — in README.md's and docs/**/*.md's code blocks and in each
 command's `--help` examples — parses as the user would type it: a real command, real options, a value of the
 option's type for each that takes one, every required option, and no more arguments than the command has. A
-renamed or removed flag, or an example broken over two lines, then fails here instead of in a user's shell.
-Parsing only: nothing runs (paths need not exist)."""
+renamed or removed flag, or an example broken over two lines, then fails here instead of in a user's shell. The
+`grow expand` and `grow train-stage` commands also pass the checks of their values (GrowthSpec, TrainConfig), so a
+renamed method or schedule fails too. Nothing runs: the library call is replaced, and paths need not exist."""
 
 from __future__ import annotations
 
@@ -109,3 +110,54 @@ def test_a_wrong_command_line_is_caught(command_line):
     """The negative control: each of these would fail in a user's shell, so the check must fail too."""
     with pytest.raises((ClickException, AssertionError)):
         _check(command_line)
+
+
+class _Reached(Exception):
+    """Raised by the stand-in library call: the command line got past every check of its options."""
+
+
+# The commands whose options the CLI turns into a checked object before any file is read: GrowthSpec for expand,
+# TrainConfig for train-stage. Their library calls are replaced, so nothing runs and no path need exist.
+CHECKED = {"expand": "grow_cli.growth.expand.expand", "train-stage": "grow_cli.train.loop.train_stage"}
+
+
+def _checked_commands() -> list[tuple[str, str]]:
+    return [(where, line) for where, line in _documented() if shlex.split(line)[1] in CHECKED]
+
+
+def _run_to_the_library(command_line: str, monkeypatch) -> BaseException | None:
+    """Run COMMAND_LINE through the real CLI with its library call replaced; the exception it ended with."""
+    from typer.testing import CliRunner
+
+    def reached(*args, **kwargs):
+        raise _Reached
+
+    words = shlex.split(command_line)[1:]
+    monkeypatch.setattr(CHECKED[words[0]], reached)
+    monkeypatch.setattr("grow_cli.hub.push.check_can_push", lambda *args: None)  # needs a token, not an option check
+    return CliRunner().invoke(app, words).exception
+
+
+@pytest.mark.parametrize("where, command_line", _checked_commands())
+def test_a_documented_command_passes_its_option_checks(where, command_line, monkeypatch):
+    """Beyond parsing: the values are ones grow accepts (a method name, a schedule, an Apollo stage plan) and the
+    options do not contradict each other, as `GrowthSpec`/`TrainConfig` check them before anything is read."""
+    exception = _run_to_the_library(command_line, monkeypatch)
+    assert isinstance(exception, _Reached), f"{where}: {command_line}\n{exception!r}"
+
+
+@pytest.mark.parametrize(
+    "command_line",
+    [
+        "grow expand a b --depth-method llama-pro",  # no such method
+        "grow expand a b --layers 8 --depth-factor 2",  # contradictory
+        "grow train-stage m --data d --out o --max-steps 10 --schedule wsd --decay-type exp",
+        "grow train-stage m --data d --out o --max-steps 10 --apollo-stages 3,6",  # a stage without its step
+    ],
+)
+def test_a_refused_option_value_is_caught(command_line, monkeypatch):
+    """The negative control: each parses, so only the option checks can refuse it, and they do."""
+    from grow_cli.errors import UsageError
+
+    _check(command_line)
+    assert isinstance(_run_to_the_library(command_line, monkeypatch), UsageError)

@@ -58,6 +58,7 @@ def test_a_zero_router_collapses_the_load_and_router_noise_spreads_it(tmp_path):
         with torch.no_grad():
             model.train()(input_ids=ids, labels=ids)
         loads[noise] = stats.summary()
+    print({noise: (loads[noise]["expert_load_min"], loads[noise]["expert_load_max"]) for noise in loads})
     assert loads[0.0]["expert_load_min"] == 0 and loads[0.0]["expert_load_max"] == 2  # two of four take all
     assert loads[None]["expert_load_min"] > 0.5 and loads[None]["expert_load_max"] < 1.5  # measured 0.67–1.31
 
@@ -104,6 +105,10 @@ def test_an_upcycled_model_learns_with_every_expert_and_reports_its_load(tmp_pat
     losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
     assert sum(losses[-5:]) / 5 < losses[0] - 0.5  # ln(512) = 6.24 at the start
     router = result["router"]
+    print(
+        f"loss {losses[0]:.2f} → {losses[-1]:.2f} (last 5: {sum(losses[-5:]) / 5:.2f}), "
+        f"aux {router['router_aux_loss']:.2f}, load {router['expert_load_min']:.2f} to {router['expert_load_max']:.2f}"
+    )
     assert router["router_aux_loss_coef"] == 0.01  # written by the upcycler (Switch Transformer's α)
     assert 2 <= router["router_aux_loss"] < 2.2  # 2 (top-2) at perfect balance
     assert router["expert_load_min"] > 0.1 and router["expert_load_max"] < 1.95  # every expert trained

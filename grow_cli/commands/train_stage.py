@@ -88,7 +88,9 @@ def train_stage(
     seq_len: Annotated[int, Opt(help="Tokens per packed block.")] = 512,
     text_field: Annotated[str, Opt(help="Field of JSON Lines / column of Parquet and datasets holding text.")] = "text",
     micro_batch_size: Annotated[int, Opt(help="Blocks per forward pass per process.")] = 8,
-    grad_accum: Annotated[int | None, Opt(help="Micro-batches per optimizer step (default 1).")] = None,
+    grad_accum: Annotated[
+        int | None, Opt(help="Micro-batches per optimizer step (default: accelerate launch's, else 1).")
+    ] = None,
     global_batch_tokens: Annotated[int | None, Opt(help="Tokens per optimizer step; sets --grad-accum.")] = None,
     max_lr: Annotated[str, Opt(help="Peak LR, or 'auto' for the size rule of Yano et al. 2025.")] = "auto",
     min_lr_ratio: Annotated[float, Opt(help="Final LR as a fraction of the peak.")] = 0.1,
@@ -156,7 +158,7 @@ def train_stage(
         Opt(
             "--liger/--no-liger",
             help="Liger Kernel's fused kernels (default: used on CUDA GPUs when liger-kernel is installed and "
-            "supports the model).",
+            "supports the model; under FSDP or DeepSpeed only with --liger).",
             show_default=False,
         ),
     ] = None,

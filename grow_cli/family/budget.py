@@ -224,7 +224,7 @@ def plan(
         if "num_parameters" not in shape:
             raise UsageError("a target config needs a parameter count; give a model folder grow can inspect")
         n = float(shape["num_parameters"])
-        _check_count(n, "--target", "parameters", PARAMS_RANGE)
+        _check_count(n, "--target", "parameters", PARAMS_RANGE)  # a folder's count, before its members'
     else:
         _check_count(target, "--target", "parameters", PARAMS_RANGE)
         shape = llama_like_shape(target)
