@@ -82,3 +82,40 @@ def test_a_bf16_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypat
     with pytest.raises(VerificationError, match="although the method is exact"):
         executor.expand(str(src), tmp_path / "nudged", spec, verify=True, quiet=True)
     assert not (tmp_path / "nudged").exists()
+
+
+def test_a_source_that_cannot_run_is_refused_in_one_line(cli, tmp_path):
+    """transformers' validation lets a CodeGen config through whose rotary dimension (64) exceeds its heads' size
+    (8): the model loads but cannot run. Verifying it (derived architectures always are) reached the catch-all
+    `error: RuntimeError: …`; it is now the source's fault in words, and nothing is written."""
+    import torch
+    import transformers as tf
+
+    config = tf.CodeGenConfig(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=64)
+    torch.manual_seed(0)
+    tf.CodeGenForCausalLM(config).save_pretrained(tmp_path / "src")
+    result = cli("expand", tmp_path / "src", tmp_path / "out", "--layers", "4", "--depth-method", "identity")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: the source model in {tmp_path / 'src'} does not run in transformers (")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_grown_model_that_cannot_run_is_a_verification_failure(cli, tiny_checkpoints, tmp_path, monkeypatch):
+    """The other side: a source that runs and a grown model that does not is grow's fault, refused as a failed
+    verification with nothing written (simulated: the grown model's forward raises)."""
+    from grow_cli.growth import verify
+
+    outputs = verify._outputs
+
+    def grown_fails(folder, ids, max_memory):
+        if ".grow-tmp-" in folder.name:  # the staged output, not the source
+            raise RuntimeError("shape mismatch\nsecond line")
+        return outputs(folder, ids, max_memory)
+
+    monkeypatch.setattr(verify, "_outputs", grown_fails)
+    result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "6", "--verify", "-q")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.stderr
+    assert "the grown model does not run in transformers (RuntimeError: shape mismatch)" in lines[0]
+    assert not (tmp_path / "out").exists()

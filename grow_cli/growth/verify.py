@@ -17,7 +17,7 @@ from typing import Any
 
 from grow_cli.checkpoint.dtypes import FLOAT8
 from grow_cli.divergence import divergences
-from grow_cli.errors import VerificationError
+from grow_cli.errors import CheckpointError, VerificationError
 
 PROBE_TOKENS = 64
 
@@ -78,13 +78,34 @@ def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
     return result.float()
 
 
+def _run(folder: Path, ids, max_memory: int | None, *, grown: bool) -> Any:
+    """`_outputs`, with a model transformers cannot load or run refused in one line: a source that fails is the
+    checkpoint's fault (a config.json its weights or code disagree with, e.g. a rotary dimension above the head
+    size, which transformers' validation lets through); a grown model that fails while its source ran is grow's."""
+    try:
+        return _outputs(folder, ids, max_memory)
+    except MemoryError:
+        raise
+    except Exception as exc:  # transformers raises RuntimeError, ValueError, IndexError… for a model that cannot run
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        if grown:
+            raise VerificationError(
+                f"the grown model does not run in transformers ({cause}) although its source does; nothing was "
+                "written (this is a bug in grow: please report it with the source's config.json)"
+            ) from exc
+        raise CheckpointError(
+            f"the source model in {folder} does not run in transformers ({cause}), so it cannot be verified or "
+            "grown; check its config.json against its weights"
+        ) from exc
+
+
 def measure(
     source: Path, grown: Path, *, vocab_size: int, seed: int = 0, max_memory: int | None = None
 ) -> dict[str, Any]:
     """Run two model folders on the same probe tokens; returns how far apart their outputs are (no verdict)."""
     ids, kind = probe_ids(Path(source), vocab_size, seed)
-    a = _outputs(Path(source), ids, max_memory)
-    b = _outputs(Path(grown), ids, max_memory)
+    a = _run(Path(source), ids, max_memory, grown=False)
+    b = _run(Path(grown), ids, max_memory, grown=True)
     if b.shape[-1] != a.shape[-1]:
         # A width-grown encoder without a head: every width map keeps the source's hidden units first, in order.
         b = b[..., : a.shape[-1]]
