@@ -106,7 +106,7 @@ def test_width_growth_of_derived_decoders_is_verified(sources, tmp_path, name):
 
 def test_a_wrong_derived_rule_fails_the_forced_verification(sources, tmp_path, monkeypatch):
     """Without its measured √hidden embedding scale, a derived VaultGemma widens wrongly: the forced check catches
-    it although --verify was not given, and nothing is written."""
+    it although --verify was not given, says that the derived definition's claim failed, and nothing is written."""
     from grow_cli.arch import derive as derive_module
 
     real = derive_module._Derivation.embedding
@@ -118,7 +118,7 @@ def test_a_wrong_derived_rule_fails_the_forced_verification(sources, tmp_path, m
     monkeypatch.setattr(derive_module._Derivation, "embedding", forget_scale)
     derive_module._definition.cache_clear()
     try:
-        with pytest.raises(VerificationError, match="nothing was written"):
+        with pytest.raises(VerificationError, match="derived vaultgemma's definition.*nothing was written"):
             expand(str(sources["vaultgemma"]), tmp_path / "out", GrowthSpec(width_factor=2), quiet=True)
     finally:
         derive_module._definition.cache_clear()

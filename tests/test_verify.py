@@ -79,8 +79,9 @@ def test_a_bf16_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypat
 
     monkeypatch.setattr(executor, "stored_bytes", computed)
     monkeypatch.setattr(executor, "materialize", nudge)
-    with pytest.raises(VerificationError, match="although the method is exact"):
+    with pytest.raises(VerificationError, match="although the method is exact") as refused:
         executor.expand(str(src), tmp_path / "nudged", spec, verify=True, quiet=True)
+    assert "derived" not in str(refused.value)  # a curated definition's failure is not blamed on a derivation
     assert not (tmp_path / "nudged").exists()
 
 

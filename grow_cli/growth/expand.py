@@ -337,6 +337,7 @@ def _execute(
                 exact=plan.function_preserving,
                 dtype=plan.out_dtype or _main_dtype(plan),
                 rounded=any(plan.casts(t) for t in plan.tensors),
+                derived=None if plan.arch.curated else plan.arch.name,
             )
         stage = _stage(plan, src, hasher.result(), check, command)
         stage["training_state"] = grown_state

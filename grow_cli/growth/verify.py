@@ -134,9 +134,12 @@ def tolerance(dtype: str, rounded: bool) -> float:
     return 3e-2 if rounded and dtype not in ("F32", "F64") else 1e-4
 
 
-def check(result: dict[str, Any], *, exact: bool, dtype: str, rounded: bool) -> dict[str, Any]:
+def check(
+    result: dict[str, Any], *, exact: bool, dtype: str, rounded: bool, derived: str | None = None
+) -> dict[str, Any]:
     """Add the verdict to `result`; raise when an exact method misses its tolerance. `rounded`: whether the growth
-    rounded some computed weight to `dtype` (see `tolerance`)."""
+    rounded some computed weight to `dtype` (see `tolerance`); `derived`: the architecture's name when its definition
+    was derived from its model class, whose exactness is an assumption this check can refute."""
     bound = tolerance(dtype, rounded) * max(1.0, result["output_scale"])
     result["tolerance"] = bound
     result["exact_claimed"] = exact
@@ -148,8 +151,15 @@ def check(result: dict[str, Any], *, exact: bool, dtype: str, rounded: bool) -> 
             if dtype in FLOAT8
             else ""
         )
+        assumed = (
+            f"; grow derived {derived}'s definition from its model class, and {derived} breaks an assumption of "
+            "this exact method (e.g. a layer that computes with its own index): grow it with a method that does "
+            "not claim exactness (--depth-method stack, --width-method aki)"
+            if derived
+            else ""
+        )
         raise VerificationError(
             f"the grown model differs from its source by max |Δlogit| = {result['max_abs_logit_diff']:.3g} "
-            f"(tolerance {bound:.3g}) although the method is exact{float8}; nothing was written"
+            f"(tolerance {bound:.3g}) although the method is exact{float8}{assumed}; nothing was written"
         )
     return result
