@@ -69,6 +69,12 @@ def load_tokenizer(path: Path, config) -> tuple[Any, int]:
     """The tokenizer in `path` and the id placed between documents (EOS, else the config's EOS, else SEP)."""
     from transformers import AutoTokenizer
 
+    if not Path(path).is_dir():  # else transformers looks the name up on the Hub, and may find a stranger's
+        state = "is not a folder" if Path(path).exists() else "does not exist"
+        raise DataError(
+            f"the tokenizer folder {path} {state}; pass --tokenizer with the folder of a saved tokenizer "
+            "(tokenizer.json, tokenizer_config.json)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises OSError, ValueError or TypeError for a missing/partial one
