@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ class TrainConfig:
     """One training stage. Exactly one of `max_steps` / `max_tokens` sets the budget.
 
     Each field is the `grow train-stage` flag of the same name (`seq_len` is `--seq-len`; `report_to` is a list
-    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings. Contradictory or impossible settings
+    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings, `data` as one path or a list of
+    paths. Contradictory or impossible settings
     raise `UsageError` at construction, before anything heavy is loaded.
     """
 
@@ -105,6 +107,11 @@ class TrainConfig:
             self.tokenizer = Path(self.tokenizer)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
+        if isinstance(self.data, str | os.PathLike):  # one path given bare: that path, not its letters
+            self.data = [self.data]
+        if not isinstance(self.data, list | tuple) or not all(isinstance(d, str | os.PathLike) for d in self.data):
+            raise UsageError(f"data must be a path or a list of paths, got {self.data!r}")
+        self.data = [os.fspath(d) for d in self.data]
         if not self.data:
             raise UsageError("no training data: pass --data PATH (files, folders or globs)")
         if (self.max_steps is None) == (self.max_tokens is None):
