@@ -32,8 +32,7 @@ class TrainConfig:
 
     Each field is the `grow train-stage` flag of the same name (`seq_len` is `--seq-len`; `report_to` is a list
     here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings, `data` as one path or a list of
-    paths. Contradictory or impossible settings
-    raise `UsageError` at construction, before anything heavy is loaded.
+    paths. Contradictory or impossible settings raise `UsageError` at construction, before anything heavy is loaded.
     """
 
     model: Path
