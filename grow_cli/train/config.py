@@ -106,11 +106,10 @@ class TrainConfig:
             self.tokenizer = Path(self.tokenizer)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
-        if isinstance(self.data, str | os.PathLike):  # one path given bare: that path, not its letters
-            self.data = [self.data]
-        if not isinstance(self.data, list | tuple) or not all(isinstance(d, str | os.PathLike) for d in self.data):
+        data: Any = [self.data] if isinstance(self.data, str | os.PathLike) else self.data  # a bare path: not letters
+        if not isinstance(data, list | tuple) or not all(isinstance(d, str | os.PathLike) for d in data):
             raise UsageError(f"data must be a path or a list of paths, got {self.data!r}")
-        self.data = [os.fspath(d) for d in self.data]
+        self.data = [os.fspath(d) for d in data]
         if not self.data:
             raise UsageError("no training data: pass --data PATH (files, folders or globs)")
         if (self.max_steps is None) == (self.max_tokens is None):
