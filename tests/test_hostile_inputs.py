@@ -383,6 +383,15 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "train-flax-safetensors":
         _rewrite_tensors(c, lambda state: None, framework="flax", folder=c.lm)
         return c.train("--max-steps", 1), 'is a Flax checkpoint ("format": "flax" in its safetensors header)'
+    if name == "train-seed-negative":
+        return c.train("--max-steps", 1, "--seed", -1), "--seed must be between 0 and 2**64 - 1, got -1"
+    if name == "train-seed-too-large":
+        return c.train("--max-steps", 1, "--seed", 2**64), "--seed must be between 0 and 2**64 - 1"
+    if name == "train-tokenizer-missing":  # a local path, never looked up on the Hub (a typo would fetch a stranger's)
+        return c.train("--max-steps", 1, "--tokenizer", c.tmp / "tok"), f"the tokenizer folder {c.tmp / 'tok'} does not"
+    if name == "family-train-max-lr-list":
+        doc = {"members": [{"name": "a", "config": FRESH, "tokenizer": str(c.lm), "train": {"max_lr": [1]}}]}
+        return ["family", c.recipe(doc), "--check"], "members[0].train.max_lr: expected int or float or str"
     if name == "untied-head-missing":
         _rewrite_tensors(c, _drop_head)
         return c.expand(), "if it is meant to be model.embed_tokens.weight, set tie_word_embeddings true"
@@ -488,6 +497,10 @@ CASES = [
     "verify-max-memory-without-verify",
     "out-parent-is-a-file",
     "source-config-transformers-refuses",
+    "train-seed-negative",
+    "train-seed-too-large",
+    "train-tokenizer-missing",
+    "family-train-max-lr-list",
 ]
 
 

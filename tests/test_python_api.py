@@ -135,6 +135,15 @@ def test_a_missing_source_is_a_grow_error_for_a_path_too(tmp_path):
             grow_cli.expand(source, tmp_path / "out", grow_cli.GrowthSpec(layers=4))
 
 
+def test_train_data_given_as_one_path_is_that_path_not_its_letters():
+    """`data="corpus"` or `data=Path("corpus")` is one path (as a recipe's `data: corpus` is), never the paths "c",
+    "o", …; a list of `Path`s is a list of paths; anything else is refused in words."""
+    for data in ("corpus", Path("corpus"), [Path("corpus")], ["corpus"]):
+        assert grow_cli.TrainConfig(model="m", data=data, out="o", max_steps=1).data == ["corpus"]
+    with pytest.raises(grow_cli.UsageError, match="data must be a path or a list of paths, got 5"):
+        grow_cli.TrainConfig(model="m", data=5, out="o", max_steps=1)
+
+
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 

@@ -59,6 +59,25 @@ def write_recipe(tmp_path, members, **top):
             {"optimizer": "grow", "train": {"data": "x"}},
             "members[1].optimizer: --depth-method stack changes the model's function",
         ),
+        *[
+            (
+                [{"name": "a", "source": "m", "train": {"max_steps": 3, key: value}}],
+                {},
+                f"members[0].train.{key}: {want}",
+            )
+            for key, value, want in [
+                ("max_lr", [1], "expected int or float or str, found [1]"),
+                ("eval_every", 2.5, "expected int, found 2.5"),
+                ("seq_len", 32.5, "expected int, found 32.5"),
+                ("schedule_offset", [1], "expected int or str, found [1]"),
+                ("text_field", 5, "expected str, found 5"),
+                ("report_to", "tensorboard", "expected a list of str, found 'tensorboard'"),
+                ("report_to", [5], "expected a list of str, found [5]"),
+            ]
+        ],
+        ([{"name": "a", "source": "m", "train": {"max_steps": 1.5}}], {}, "train.max_steps: expected int, found 1.5"),
+        ([{"name": "a", "source": "m"}], {"name": ["x"]}, "recipe: name: expected str, found ['x']"),
+        ([{"name": "a", "source": "m"}], {"description": {"a": 1}}, "recipe: description: expected str"),
     ],
 )
 def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):
@@ -71,3 +90,14 @@ def test_recipe_error_on_the_cli_is_one_line(cli, tmp_path):
     path = write_recipe(tmp_path, [{"name": "a", "source": "m", "colour": "blue"}])
     result = cli("family", path)
     assert result.code == 2 and result.stderr.count("\n") == 1 and "members[0].colour" in result.stderr
+
+
+@pytest.mark.parametrize("budget, tokens", [("2B", 2_000_000_000), ("2e4", 20_000), (2.0e4, 20_000), (20_000, 20_000)])
+def test_a_token_budget_is_read_as_the_command_line_reads_it(tmp_path, budget, tokens):
+    train = {"max_tokens": budget, "data": "x"}
+    recipe = load_recipe(write_recipe(tmp_path, [{"name": "a", "source": "m", "train": train}]))
+    assert recipe.train_settings(recipe.members[0])["max_tokens"] == tokens
+    with pytest.raises(UsageError, match=r"members\[0\].train.max_tokens: --max-tokens: cannot read '2 apples'"):
+        load_recipe(
+            write_recipe(tmp_path, [{"name": "a", "source": "m", "train": {**train, "max_tokens": "2 apples"}}])
+        )

@@ -104,3 +104,25 @@ def test_json_lines_that_are_not_utf8_are_refused_by_line(tmp_path):
     check_sources(find_sources([str(path)]), "text")  # the first line, the one it reads, is UTF-8
     with pytest.raises(DataError, match=r"d.jsonl:2: not UTF-8 \(byte 0xe9 at column 14\).*iconv"):
         tokens_of([path], tmp_path)
+
+
+def test_json_lines_whose_text_is_null_are_empty_documents_as_in_parquet(tmp_path):
+    """A null text is an empty document (its EOS only), as a null in a Parquet column is, never the text "None"."""
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in [DOCS[0], None, DOCS[1], None, DOCS[2]]))
+    ids = stream(tokens_of([path], tmp_path)).tolist()
+    assert "None" not in tiny_tokenizer().decode(ids)
+    first, second, third = (tiny_tokenizer()(doc, add_special_tokens=False)["input_ids"] for doc in DOCS)
+    assert ids == [*first, EOS, EOS, *second, EOS, EOS, *third, EOS]
+
+
+@pytest.mark.parametrize(
+    "value, kind", [(7, "a number"), (True, "a boolean"), (["a", "b"], "a list"), ({}, "an object")]
+)
+def test_json_lines_whose_text_is_not_a_string_are_refused_by_line(tmp_path, value, kind):
+    """A number or list in the text field is not trained on as its Python repr ("7", "['a', 'b']"), as a Parquet
+    column of numbers is refused too."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": DOCS[0]}) + "\n" + json.dumps({"text": value}) + "\n")
+    with pytest.raises(DataError, match=rf"d.jsonl:2: the field 'text' holds {kind}, not text; pass --text-field"):
+        tokens_of([path], tmp_path)

@@ -232,25 +232,10 @@ def train_stage(
 def train_config(options: dict[str, Any]) -> TrainConfig:
     """The `TrainConfig` of the command's options: each goes in under its own name, except `COMMAND_ONLY`. The two
     that the command line spells differently are converted here: --report-to is one comma-separated string, and
-    --max-tokens is read as a count so that 50M, 2B and 2e9 work, but must be whole."""
-    import math
-
-    from grow_cli.errors import UsageError
-    from grow_cli.family.budget import parse_count
-    from grow_cli.train.config import TrainConfig
+    --max-tokens is read as a count so that 50M, 2B and 2e9 work (`parse_max_tokens`)."""
+    from grow_cli.train.config import TrainConfig, parse_max_tokens
 
     settings = {name: value for name, value in options.items() if name not in COMMAND_ONLY}
-    max_tokens = settings["max_tokens"]
-    if max_tokens is not None:
-        try:
-            count = parse_count(max_tokens)
-        except UsageError:  # not a positive count: a plain number (0, -5, inf) goes on to the range checks
-            try:
-                count = float(max_tokens)
-            except ValueError:
-                raise UsageError(f"--max-tokens: cannot read {max_tokens!r}; use e.g. 50M, 2B or 2e9") from None
-        if not (math.isfinite(count) and count == int(count)):
-            raise UsageError(f"--max-tokens must be a whole number, got {max_tokens}")
-        settings["max_tokens"] = int(count)
+    settings["max_tokens"] = parse_max_tokens(settings["max_tokens"])
     settings["report_to"] = [name.strip() for name in settings["report_to"].split(",") if name.strip()]
     return TrainConfig(**settings)

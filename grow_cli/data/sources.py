@@ -202,7 +202,7 @@ def read_texts(
         for n, record in _json_lines(source.path):
             if not isinstance(record, dict) or text_field not in record:
                 raise DataError(f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME")
-            yield str(record[text_field]), True
+            yield _json_text(record[text_field], text_field, f"{source.path}:{n}"), True
     else:
         pa = _pyarrow()
         if source.kind == "parquet":
@@ -216,6 +216,22 @@ def read_texts(
                     for batch in pa.ipc.open_stream(f):
                         for text in batch.column(text_field).to_pylist():
                             yield (text or ""), True
+
+
+JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+def _json_text(value: Any, text_field: str, where: str) -> str:
+    """The text of one JSON Lines record: a null is an empty document, as a null in a Parquet column is; a number,
+    list or object is refused rather than trained on as its Python repr ("7", "['a', 'b']", "None")."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(
+            f"{where}: the field '{text_field}' holds {JSON_KINDS[type(value)]}, not text; pass --text-field NAME "
+            "of a text field"
+        )
+    return value
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:

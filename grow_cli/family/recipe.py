@@ -202,7 +202,7 @@ def _mapping(value: Any, where: str, allowed: set[str] | dict[str, Any]) -> dict
 def _typed(value: Any, where: str, kind: Any) -> Any:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
+        names = " or ".join(k.__name__ for k in kinds if k is not type(None))  # null is the default: not named
         raise _fail(where, f"expected {names}, found {value!r}")
     return value
 
@@ -227,19 +227,26 @@ def _paths(value: Any, where: str, base: Path) -> list[str]:
 
 
 def _train(value: Any, where: str, base: Path) -> dict[str, Any]:
-    fields = _train_fields()
-    settings = dict(_mapping(value, where, fields))
+    """A `train:` block: keys and types from `TrainConfig`'s fields (paths resolved from the recipe's folder, a token
+    budget read as `--max-tokens` reads it); the values themselves are checked by `TrainConfig`."""
+    from grow_cli.train.config import field_types, parse_max_tokens
+
+    types = field_types()
+    settings = dict(_mapping(value, where, _train_fields()))
     if "data" in settings:
         settings["data"] = _paths(settings["data"], f"{where}.data", base)
     for key in ("tokenizer", "cache_dir"):
         if key in settings:
             settings[key] = str(base / _typed(settings[key], f"{where}.{key}", str))
+    if "max_tokens" in settings:
+        try:
+            settings["max_tokens"] = parse_max_tokens(settings["max_tokens"])
+        except UsageError as exc:
+            raise _fail(f"{where}.max_tokens", str(exc)) from None
     for key, value_ in settings.items():
-        default = fields[key].default
-        if isinstance(default, bool):
-            _typed(value_, f"{where}.{key}", bool)
-        elif isinstance(default, int | float) and key not in ("max_lr",):
-            _typed(value_, f"{where}.{key}", (int, float))
+        if list in types[key] and not (isinstance(value_, list) and all(isinstance(v, str) for v in value_)):
+            raise _fail(f"{where}.{key}", f"expected a list of str, found {value_!r}")
+        _typed(value_, f"{where}.{key}", types[key])
     return settings
 
 
@@ -344,10 +351,10 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
         train=train,
         compare=compare,
         seed=seed,
-        name=raw.get("name", path.stem),
+        name=_typed(raw.get("name", path.stem), "name", str),
         baselines=_typed(raw.get("baselines", False), "baselines", bool),
         baselines_dir=base / _typed(raw["baselines_dir"], "baselines_dir", str) if "baselines_dir" in raw else None,
-        description=raw.get("description", ""),
+        description=_typed(raw.get("description", ""), "description", str),
         optimizer=optimizer,
     )
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,8 @@ class TrainConfig:
     """One training stage. Exactly one of `max_steps` / `max_tokens` sets the budget.
 
     Each field is the `grow train-stage` flag of the same name (`seq_len` is `--seq-len`; `report_to` is a list
-    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings. Contradictory or impossible settings
-    raise `UsageError` at construction, before anything heavy is loaded.
+    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings, `data` as one path or a list of
+    paths. Contradictory or impossible settings raise `UsageError` at construction, before anything heavy is loaded.
     """
 
     model: Path
@@ -103,6 +106,10 @@ class TrainConfig:
             self.tokenizer = Path(self.tokenizer)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
+        data: Any = [self.data] if isinstance(self.data, str | os.PathLike) else self.data  # a bare path: not letters
+        if not isinstance(data, list | tuple) or not all(isinstance(d, str | os.PathLike) for d in data):
+            raise UsageError(f"data must be a path or a list of paths, got {self.data!r}")
+        self.data = [os.fspath(d) for d in data]
         if not self.data:
             raise UsageError("no training data: pass --data PATH (files, folders or globs)")
         if (self.max_steps is None) == (self.max_tokens is None):
@@ -127,6 +134,8 @@ class TrainConfig:
                     self.max_lr = float(self.max_lr)
                 except ValueError:
                     raise UsageError(f"--max-lr must be a number or 'auto', got {self.max_lr!r}") from None
+        if not 0 <= self.seed < 2**64:  # what torch's and numpy's generators take
+            raise UsageError(f"--seed must be between 0 and 2**64 - 1, got {self.seed}")
         if self.seq_len < 2:  # one token has no next token to predict: the loss would be 0/0
             raise UsageError(f"--seq-len must be at least 2 (a token and the next one to predict), got {self.seq_len}")
         positive = {
@@ -220,6 +229,42 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings, for the checkpoint (resume checks) and the trackers' hyperparameters."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def parse_max_tokens(value: str | float | None) -> int | None:
+    """A token budget as the command line and a recipe may spell it (50M, 2B, 2e9, 2000000.0), as a whole count; a
+    plain number out of range (0, -5) is left to `TrainConfig`'s checks, which name it."""
+    from grow_cli.family.budget import parse_count
+
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str | float):
+        raise UsageError(f"--max-tokens must be a count such as 50M, 2B or 2e9, got {value!r}")
+    try:
+        count = parse_count(value)
+    except UsageError:  # not a positive count: a plain number (0, -5, inf) goes on to the range checks
+        try:
+            count = float(value)
+        except ValueError:
+            raise UsageError(f"--max-tokens: cannot read {value!r}; use e.g. 50M, 2B or 2e9") from None
+    if not (math.isfinite(count) and count == int(count)):
+        raise UsageError(f"--max-tokens must be a whole number, got {value}")
+    return int(count)
+
+
+def field_types() -> dict[str, tuple[type, ...]]:
+    """Every field and the Python types a recipe may give it: an int where a float is expected, a string for a path,
+    None where the field may be None, and `list` for a list of strings (`data`, `report_to`)."""
+    hints = typing.get_type_hints(TrainConfig)
+    kinds: dict[str, tuple[type, ...]] = {}
+    for f in dataclasses.fields(TrainConfig):
+        hint = hints[f.name]
+        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        accepted = {float: (int, float), Path: (str,)}
+        kinds[f.name] = tuple(
+            dict.fromkeys(t for a in args for t in accepted.get(a, (typing.get_origin(a) or a,)))  # list[str]: list
+        )
+    return kinds
 
 
 def _count_or(value: int | str | None, keyword: str, flag: str, what: str) -> int | str | None:

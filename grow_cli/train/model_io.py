@@ -68,6 +68,12 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
     `option`: whether the command has `--tokenizer PATH` to offer instead (compare does not)."""
     from transformers import AutoTokenizer
 
+    if not Path(path).is_dir():  # else transformers looks the name up on the Hub, and may find a stranger's
+        state = "is not a folder" if Path(path).exists() else "does not exist"
+        raise DataError(
+            f"the tokenizer folder {path} {state}; pass --tokenizer with the folder of a saved tokenizer "
+            "(tokenizer.json, tokenizer_config.json)"
+        )
     instead = " or pass --tokenizer PATH" if option else ""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
