@@ -275,6 +275,8 @@ def test_revision_moved_during_download(fake_hub, hub_repo, monkeypatch):
         (403, r"authentication failed while downloading acme/tiny-llama \(HTTP 403: Forbidden\): .*cannot read"),
         (429, r"rate-limiting .*\(HTTP 429: Too Many Requests\); wait a few minutes, then re-run"),
         (500, r"the Hub failed while downloading .*re-run the same command to resume: files already downloaded"),
+        (404, r"'not found' while downloading acme/tiny-llama \(HTTP 404: .*\); check the repo id, and that http"),
+        (400, r"the Hub refused downloading acme/tiny-llama \(HTTP 400: .*\); its message says what to fix$"),
     ],
 )
 def test_http_errors_on_download_say_what_to_do(fake_hub, hub_repo, no_backoff, status, expected):

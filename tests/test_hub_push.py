@@ -412,6 +412,14 @@ def test_token_shaped_strings_and_large_logs_are_refused(fake_hub, grown):
     assert not any(TOKEN.encode() in data for data in fake_hub.files("acme/tiny-grown").values())
 
 
+@pytest.mark.parametrize("status", [409, 412])
+def test_a_repo_that_moved_during_the_push_says_re_run(fake_hub, grown, no_backoff, status):
+    """A commit refused because the branch moved (another push landed meanwhile) is not the user's error: re-run."""
+    fake_hub.fail("POST", "/commit/", status, times=100)
+    with pytest.raises(HubError, match=rf"acme/tiny-grown changed on the Hub while grow was uploading \(HTTP {status}"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+
+
 def test_429_on_push_says_wait_then_resume(fake_hub, grown, no_backoff):
     fake_hub.fail("POST", "/preupload/", 429, times=100)
     with pytest.raises(HubError, match=r"rate-limiting .*wait a few minutes, then re-run the same command"):

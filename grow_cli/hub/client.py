@@ -98,7 +98,17 @@ def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-ru
             )
         if status >= 500:
             return HubError(f"the Hub failed while {action} {repo_id} (HTTP {status}: {detail}); {resume}")
-        return HubError(f"the Hub refused {action} {repo_id} (HTTP {status}: {detail})")
+        if status == 404:
+            return HubError(
+                f"the Hub answered 'not found' while {action} {repo_id} (HTTP 404: {detail}); check the repo id, "
+                f"and that {endpoint()} is a Hugging Face Hub (HF_ENDPOINT; unset it for huggingface.co)"
+            )
+        if status in (409, 412) and not reading:
+            return HubError(
+                f"{repo_id} changed on the Hub while grow was {action.split(' ')[0]} (HTTP {status}: {detail}); "
+                f"{resume}"
+            )
+        return HubError(f"the Hub refused {action} {repo_id} (HTTP {status}: {detail}); its message says what to fix")
     if isinstance(exc, TransportError):
         return HubError(
             f"{lost_connection(exc)} while {action} {repo_id}; check the network or HF_ENDPOINT, then {resume}"
