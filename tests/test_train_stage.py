@@ -126,6 +126,43 @@ def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_run_exactly(s
     assert sorted(p.name for p in (parts / "checkpoints").iterdir()) == ["step_00000005", "step_00000008"]
 
 
+def test_resuming_another_models_checkpoint_says_how_its_weights_differ(setup, tmp_path, capsys):
+    """A checkpoint of another model (here: of the source, resumed by its depth-grown copy) used to end in torch's
+    list of every missing name, cut at 300 characters; it now says how many tensors differ, and how."""
+    model, data = setup
+    code, _, stderr = run_grow(train_args(model, data, tmp_path / "a", "--max-steps", 2, "--save-every", 1), capsys)
+    assert code == 0, stderr
+    deeper = tmp_path / "deeper"
+    assert run_grow(["expand", model, deeper, "--layers", 4, "-q"], capsys)[0] == 0
+    step = tmp_path / "a" / "checkpoints" / "step_00000001"
+    code, _, stderr = run_grow(train_args(deeper, data, tmp_path / "b", "--max-steps", 2, "--resume", step), capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 1 and len(lines) == 1, stderr
+    assert "its weights are another model's: this model has 18 tensor(s) the checkpoint lacks (model.layers.2." in stderr
+
+
+def test_torchs_weight_mismatches_are_counted():
+    """`_weights_mismatch` reads torch's own messages (taken here from real refusals): missing, unexpected and
+    reshaped tensors, each counted with a first example; any other message is left alone."""
+    from grow_cli.train.checkpoints import _weights_mismatch
+
+    def refusal(saved: torch.nn.Module, model: torch.nn.Module) -> str:
+        with pytest.raises(RuntimeError) as info:
+            model.load_state_dict(saved.state_dict())
+        return str(info.value)
+
+    two, three = torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.nn.Sequential(*[torch.nn.Linear(2, 2)] * 2)
+    assert _weights_mismatch(refusal(two, three)) == (
+        "its weights are another model's: this model has 2 tensor(s) the checkpoint lacks (1.weight…)"
+    )
+    assert "the checkpoint has 2 this model lacks (1.weight…)" in _weights_mismatch(refusal(three, two))
+    wide = torch.nn.Sequential(torch.nn.Linear(2, 4))
+    assert _weights_mismatch(refusal(wide, two)) == (
+        "its weights are another model's: 2 tensor(s) of other shapes (0.weight: [4, 2] saved, [2, 2] here…)"
+    )
+    assert _weights_mismatch("Error while deserializing header") is None
+
+
 def test_a_tied_model_resumes_exactly_and_its_checkpoints_say_nothing_of_the_tie(setup, tmp_path, capsys, caplog):
     """A tied head is stored once (accelerate drops the alias and warned "Removed shared tensor …, check…" at every
     save); loading ties it again, so the resumed run equals the uninterrupted one — which is why grow drops that

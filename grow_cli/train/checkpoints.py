@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -250,9 +251,34 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[s
     try:
         accelerator.load_state(str(path))
     except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
-        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]
+        detail = _weights_mismatch(str(exc)) or " ".join(line.strip() for line in str(exc).splitlines())[:300]
         raise CheckpointError(
             f"cannot resume from {path}: its saved state does not load into this run ({detail}); resume with the "
             "model it was made from, or start again with --overwrite"
         ) from None
     return state
+
+
+def _weights_mismatch(message: str) -> str | None:
+    """torch's `load_state_dict` refusal (every missing and unexpected name, then each size mismatch, hundreds of
+    lines for a model of another size) as counts and a first example of each; None for any other message."""
+    if "Error(s) in loading state_dict" not in message:
+        return None
+    parts = []
+    for label, what in (
+        ("Missing", "this model has {n} tensor(s) the checkpoint lacks"),
+        ("Unexpected", "the checkpoint has {n} this model lacks"),
+    ):
+        found = re.search(label + r' key\(s\) in state_dict: ((?:"[^"]+"(?:, )?)+)', message)
+        if found:
+            names = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(what.format(n=len(names)) + f" ({names[0]}…)")
+    sizes = re.findall(
+        r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, the "
+        r"shape in current model is torch\.Size\((\[[^\]]*\])\)",
+        message,
+    )
+    if sizes:
+        name, saved, here = sizes[0]
+        parts.append(f"{len(sizes)} tensor(s) of other shapes ({name}: {saved} saved, {here} here…)")
+    return "its weights are another model's: " + "; ".join(parts) if parts else None
