@@ -411,6 +411,9 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "source-config-transformers-refuses":  # the source's own config.json, not the grown one, is at fault
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(rms_norm_eps="tiny"))
         return c.expand(), "the source's config.json does not load in transformers: Field 'rms_norm_eps' expected"
+    if name == "inspect-config-transformers-refuses":  # inspect reports the rest, then fails as expand would
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(rope_scaling={"rope_type": "linear"}))
+        return ["inspect", c.src], "does not load in transformers: Missing required keys in `rope_parameters`"
     raise AssertionError(name)
 
 
@@ -488,6 +491,7 @@ CASES = [
     "verify-max-memory-without-verify",
     "out-parent-is-a-file",
     "source-config-transformers-refuses",
+    "inspect-config-transformers-refuses",
 ]
 
 
