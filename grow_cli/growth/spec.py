@@ -64,6 +64,7 @@ class GrowthSpec:
     seed: int = 0  # every random index map and noise
 
     def __post_init__(self) -> None:
+        self._check_types()
         self._check_depth()
         self._check_width()
         self._check_files()
@@ -108,6 +109,20 @@ class GrowthSpec:
         return cls(**{k: v for k, v in options.items() if k in names})
 
     # -- checks that need no source -------------------------------------------------------------------------------
+
+    def _check_types(self) -> None:
+        """Each field holds a value of its type (the Python API's mistakes: a string for a number, True for 1),
+        before any check compares it; None only where the field is optional."""
+        hints = typing.get_type_hints(GrowthSpec)
+        for name, kinds in field_types().items():
+            value = getattr(self, name)
+            if value is None and type(None) in typing.get_args(hints[name]):
+                continue
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                raise OptionError(
+                    name, f"GrowthSpec.{name}: expected {names}, found {value!r} ({type(value).__name__})"
+                )
 
     def _check_depth(self) -> None:
         registry.operator("depth", self.depth_method)
