@@ -318,6 +318,20 @@ def test_the_command_passes_every_option_to_train_config_by_name(tmp_path):
             train_config({**options, **required, "max_tokens": text})
 
 
+def test_train_config_takes_one_data_path_as_a_list_of_one(tmp_path):
+    """The Python API may give `data` as one path (a str or a Path): it is a list of one, not the characters of the
+    string; a value that is no path is refused at construction, naming `data`."""
+    from grow_cli.errors import UsageError
+    from grow_cli.train.config import TrainConfig
+
+    required = {"model": tmp_path / "m", "out": tmp_path / "o", "max_steps": 3}
+    assert TrainConfig(**required, data="corpus/").data == ["corpus/"]
+    assert TrainConfig(**required, data=tmp_path / "corpus").data == [str(tmp_path / "corpus")]
+    assert TrainConfig(**required, data=("a", Path("b"))).data == ["a", "b"]
+    with pytest.raises(UsageError, match="data: expected a path or a list of paths, found 5"):
+        TrainConfig(**required, data=5)
+
+
 def test_the_model_folder_is_never_the_output(tmp_path, capsys):
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
     before = sorted(p.name for p in model.iterdir())

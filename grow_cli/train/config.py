@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grow_cli.data.sources import data_paths
 from grow_cli.errors import UsageError
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
 
@@ -28,8 +29,8 @@ class TrainConfig:
     """One training stage. Exactly one of `max_steps` / `max_tokens` sets the budget.
 
     Each field is the `grow train-stage` flag of the same name (`seq_len` is `--seq-len`; `report_to` is a list
-    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings. Contradictory or impossible settings
-    raise `UsageError` at construction, before anything heavy is loaded.
+    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings, `data` as one path (a list of one).
+    Contradictory or impossible settings raise `UsageError` at construction, before anything heavy is loaded.
     """
 
     model: Path
@@ -103,6 +104,7 @@ class TrainConfig:
             self.tokenizer = Path(self.tokenizer)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
+        self.data = data_paths(self.data)  # one path (the Python API) is a list of one
         if not self.data:
             raise UsageError("no training data: pass --data PATH (files, folders or globs)")
         if (self.max_steps is None) == (self.max_tokens is None):
