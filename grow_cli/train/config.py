@@ -155,10 +155,29 @@ class TrainConfig:
             raise UsageError("--min-lr-ratio and --decay-ratio must lie in [0, 1]")
         if self.resume not in (None, "auto", "grown") and not Path(self.resume).is_dir():
             raise UsageError(f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
+        self._check_schedule_options()
         self._check_schedule_offset()
         self._check_data_offset()
         self._check_masking()
         self._check_apollo()
+
+    def _check_schedule_options(self) -> None:
+        """Refuse a schedule option that the chosen schedule would silently ignore (one given with a value other than
+        its default): --decay-ratio and --decay-type shape WSD's final decay only, --min-lr-ratio is the floor of a
+        decay that `constant` never makes, and --warmup-steps replaces --warmup-ratio."""
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        if self.schedule != "wsd":
+            for name in ("decay_ratio", "decay_type"):
+                if getattr(self, name) != defaults[name]:
+                    decays = "never decays" if self.schedule == "constant" else "decays over every step after warmup"
+                    raise UsageError(
+                        f"--{name.replace('_', '-')} applies only with --schedule wsd (--schedule {self.schedule} "
+                        f"{decays}); add --schedule wsd or drop it"
+                    )
+        if self.schedule == "constant" and self.min_lr_ratio != defaults["min_lr_ratio"]:
+            raise UsageError("--min-lr-ratio does not apply to --schedule constant (it never decays); drop it")
+        if self.warmup_steps is not None and self.warmup_ratio != defaults["warmup_ratio"]:
+            raise UsageError("--warmup-ratio applies only without --warmup-steps (which sets the warmup); give one")
 
     def _check_schedule_offset(self) -> None:
         self.schedule_offset = _count_or(self.schedule_offset, "auto", "--schedule-offset", "a step number")
