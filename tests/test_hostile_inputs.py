@@ -414,6 +414,12 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "inspect-config-transformers-refuses":  # inspect reports the rest, then fails as expand would
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(rope_scaling={"rope_type": "linear"}))
         return ["inspect", c.src], "does not load in transformers: Missing required keys in `rope_parameters`"
+    if name == "config-more-layers-than-checkpoint":  # the config is wrong, not one tensor
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(num_hidden_layers=6))
+        return c.expand(), "config.json's num_hidden_layers (6) disagrees with the checkpoint, which holds 4 layers"
+    if name == "inspect-config-more-layers-than-checkpoint":
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(num_hidden_layers=5))
+        return ["inspect", c.src], "num_hidden_layers (5) disagrees with the checkpoint, which holds 4 layers (0–3)"
     options_without_their_option = {  # each does nothing without the option it depends on: refused, not ignored
         "expand-private-without-push": (c.expand("--private"), "--private applies only with --push-to-hub"),
         "expand-depth-method-without-target": (
@@ -532,6 +538,8 @@ CASES = [
     "train-decay-ratio-without-wsd",
     "train-min-lr-ratio-with-constant",
     "train-warmup-ratio-with-warmup-steps",
+    "config-more-layers-than-checkpoint",
+    "inspect-config-more-layers-than-checkpoint",
 ]
 
 
