@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, An
 def compare(
     a: str | os.PathLike[str],
     b: str | os.PathLike[str],
-    data: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     text_field: str = "text",
     seq_len: int = 256,
