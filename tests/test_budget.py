@@ -115,6 +115,24 @@ def test_family_sizes_that_round_to_one_shape_are_listed_once():
 
 
 @pytest.mark.parametrize(
+    "family, why",
+    [
+        (["1B", "1B", "8B"], "1B parameters is given twice; listed once"),
+        (["1B", "1.01B", "8B"], "the two sizes differ by less than one layer of that shape"),
+        (["2M", "3M", "8B"], "beside the embeddings (49.2M parameters) less than one and a half layers"),
+        (["60M", "62M", "8B"], "the two sizes differ by less than one layer of that shape (7.08M parameters)"),
+    ],
+)
+def test_a_collapsed_family_size_says_why(family, why):
+    """Each collapsed size gets the reason that holds for it: a size given twice, two sizes less than a layer apart,
+    or sizes so small that both are one layer beside the embeddings — only the last is about the embeddings (the
+    note used to blame them for every collapse, 1B,1B included)."""
+    notes = plan(8e9, 1e12, family=family)["family"]["notes"]
+    assert len(notes) == 1 and why in notes[0], notes
+    assert ("embeddings" in notes[0]) == ("embeddings" in why), notes
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["--target", "8B", "--tokens", "1T", "--seq-len", "0"], "--seq-len must be between 1"),

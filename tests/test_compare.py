@@ -36,6 +36,14 @@ def test_identical_models_agree_exactly(two_models):
     assert result["top1_agreement"] == 1.0 and result["loss_a"] == result["loss_b"]
 
 
+def test_one_data_path_is_the_same_comparison_as_a_list_of_it(two_models):
+    """`compare(a, b, "folder")` (the Python API): one path, read as a list of one — not character by character."""
+    a, b, data, root = two_models
+    settings = {"seq_len": 32, "max_blocks": 4, "eval_fraction": 0.1, "cache_dir": root / "cache"}
+    listed = compare(a, b, [str(data)], **settings)
+    assert compare(a, b, str(data), **settings) == listed and compare(a, b, data, **settings) == listed
+
+
 def test_different_models_match_a_direct_computation(two_models):
     a, b, data, root = two_models
     result = compare(

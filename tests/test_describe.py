@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_inspect_json(cli, tiny_checkpoints):
     result = cli("inspect", tiny_checkpoints("llama_tied"), "--json")
@@ -82,3 +84,44 @@ def test_inspect_says_untied_when_a_tied_head_is_stored_with_other_values(cli, t
     assert "lm_head.weight" not in {entry["name"] for entry in info["not_read"]}
     human = _table_text(cli("inspect", folder))
     assert "tied embeddings no: config.json ties them, but lm_head.weight is stored with values that differ" in human
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "cause"),
+    [
+        ("llama", {"rms_norm_eps": "tiny"}, "Field 'rms_norm_eps' expected float"),
+        ("llama", {"rope_scaling": {"rope_type": "linear"}}, "Missing required keys in `rope_parameters`"),
+        (
+            "qwen2",
+            {"layer_types": ["full_attention"] * 3},
+            "`num_hidden_layers` (4) must be equal to the number of `layer_types` (3)",
+        ),
+    ],
+)
+def test_inspect_flags_a_config_transformers_refuses(cli, tiny_copy, name, change, cause):
+    """A config.json transformers refuses does not load, so `grow expand` refuses it: inspect still describes what
+    it read (the shape helps find the fault), but says so — no method applies, the report and `--json` name the
+    cause, and the exit status is 1 with the same one line on stderr that expand gives."""
+    folder = tiny_copy(name)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    line = f"error: the source's config.json does not load in transformers: {cause}"
+
+    result = cli("inspect", folder, "--json")
+    assert result.code == 1 and result.stderr.strip().startswith(line), result.stderr
+    info = json.loads(result.stdout)
+    assert info["layers"] == 4 and cause in info["config_problem"]
+    methods = [m for part in info["methods"].values() for m in part]
+    assert methods and not any(m["applies"] for m in methods)
+    assert all("config.json does not load in transformers" in m["why"] for m in methods)
+
+    result = cli("inspect", folder)
+    assert result.code == 1 and result.stderr.strip().startswith(line), result.stderr
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "problem config.json does not load in transformers" in text and "depth methods none" in text
+
+
+def test_inspect_of_a_config_transformers_loads_has_no_problem(cli, tiny_checkpoints):
+    """The negative control: a sound checkpoint reports `config_problem: null` and exits 0."""
+    result = cli("inspect", tiny_checkpoints("qwen2"), "--json")
+    assert result.code == 0 and json.loads(result.stdout)["config_problem"] is None

@@ -420,6 +420,46 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "source-config-transformers-refuses":  # the source's own config.json, not the grown one, is at fault
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(rms_norm_eps="tiny"))
         return c.expand(), "the source's config.json does not load in transformers: Field 'rms_norm_eps' expected"
+    if name == "inspect-config-transformers-refuses":  # inspect reports the rest, then fails as expand would
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(rope_scaling={"rope_type": "linear"}))
+        return ["inspect", c.src], "does not load in transformers: Missing required keys in `rope_parameters`"
+    if name == "config-more-layers-than-checkpoint":  # the config is wrong, not one tensor
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(num_hidden_layers=6))
+        return c.expand(), "config.json's num_hidden_layers (6) disagrees with the checkpoint, which holds 4 layers"
+    if name == "inspect-config-more-layers-than-checkpoint":
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(num_hidden_layers=5))
+        return ["inspect", c.src], "num_hidden_layers (5) disagrees with the checkpoint, which holds 4 layers (0–3)"
+    options_without_their_option = {  # each does nothing without the option it depends on: refused, not ignored
+        "expand-private-without-push": (c.expand("--private"), "--private applies only with --push-to-hub"),
+        "expand-depth-method-without-target": (
+            ["expand", c.src, c.out, "--width-factor", "2", "--depth-method", "identity"],
+            "--depth-method identity applies only with --layers or --depth-factor",
+        ),
+        "expand-width-method-without-target": (
+            c.expand("--width-method", "hypercloning"),
+            "--width-method hypercloning applies only with a width target",
+        ),
+        "train-private-without-push": (c.train("--max-steps", 1, "--private"), "--private applies only with"),
+        "train-token-without-push": (c.train("--max-steps", 1, "--token", "hf_x"), "--token applies only with"),
+        "train-decay-type-without-wsd": (
+            c.train("--max-steps", 1, "--decay-type", "sqrt"),
+            "--decay-type applies only with --schedule wsd",
+        ),
+        "train-decay-ratio-without-wsd": (
+            c.train("--max-steps", 1, "--schedule", "linear", "--decay-ratio", "0.5"),
+            "--decay-ratio applies only with --schedule wsd",
+        ),
+        "train-min-lr-ratio-with-constant": (
+            c.train("--max-steps", 1, "--schedule", "constant", "--min-lr-ratio", "0.5"),
+            "--min-lr-ratio does not apply to --schedule constant",
+        ),
+        "train-warmup-ratio-with-warmup-steps": (
+            c.train("--max-steps", 1, "--warmup-steps", 2, "--warmup-ratio", "0.1"),
+            "--warmup-ratio applies only without --warmup-steps",
+        ),
+    }
+    if name in options_without_their_option:
+        return options_without_their_option[name]
     raise AssertionError(name)
 
 
@@ -501,6 +541,18 @@ CASES = [
     "train-seed-too-large",
     "train-tokenizer-missing",
     "family-train-max-lr-list",
+    "inspect-config-transformers-refuses",
+    "expand-private-without-push",
+    "expand-depth-method-without-target",
+    "expand-width-method-without-target",
+    "train-private-without-push",
+    "train-token-without-push",
+    "train-decay-type-without-wsd",
+    "train-decay-ratio-without-wsd",
+    "train-min-lr-ratio-with-constant",
+    "train-warmup-ratio-with-warmup-steps",
+    "config-more-layers-than-checkpoint",
+    "inspect-config-more-layers-than-checkpoint",
 ]
 
 

@@ -205,6 +205,10 @@ def test_incomplete_folder_is_refused_before_any_request(fake_hub, grown):
     shard.unlink()
     with pytest.raises(CheckpointError, match="missing"):
         push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    shard.mkdir()  # a folder where the index names a shard is not "missing"
+    with pytest.raises(CheckpointError, match=rf"{shard.name} is a directory, not a file"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    shard.rmdir()
     (grown / "config.json").unlink()
     with pytest.raises(CheckpointError, match="config.json"):
         push_folder(grown, "acme/tiny-grown", token=TOKEN)

@@ -140,7 +140,7 @@ def test_train_data_given_as_one_path_is_that_path_not_its_letters():
     "o", …; a list of `Path`s is a list of paths; anything else is refused in words."""
     for data in ("corpus", Path("corpus"), [Path("corpus")], ["corpus"]):
         assert grow_cli.TrainConfig(model="m", data=data, out="o", max_steps=1).data == ["corpus"]
-    with pytest.raises(grow_cli.UsageError, match="data must be a path or a list of paths, got 5"):
+    with pytest.raises(grow_cli.UsageError, match="data: expected a path or a list of paths, found 5"):
         grow_cli.TrainConfig(model="m", data=5, out="o", max_steps=1)
 
 

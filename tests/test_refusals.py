@@ -65,6 +65,17 @@ def test_index_names_missing_shard(cli, tiny_copy, tmp_path):
     _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "missing")
 
 
+def test_index_names_a_shard_that_is_a_directory(cli, tiny_copy, tmp_path):
+    """A folder where the index names a shard is named as a folder, not reported as missing."""
+    src = tiny_copy("llama")
+    shard = sorted(src.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    shard.mkdir()
+    result = cli("expand", src, tmp_path / "out", "--layers", "8")
+    _assert_refused(result, tmp_path / "out", f"names shard {shard.name}, which is a directory, not a file")
+    assert "missing" not in result.stderr
+
+
 def test_index_path_outside_folder(cli, tiny_copy, tmp_path):
     src = tiny_copy("llama")
     index_path = src / "model.safetensors.index.json"

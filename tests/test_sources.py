@@ -11,7 +11,7 @@ import pytest
 from tinylm import DOCS, EOS, expected_stream, stream, tiny_tokenizer, tokens_of
 
 from grow_cli.data.sources import check_sources, find_sources
-from grow_cli.errors import DataError
+from grow_cli.errors import DataError, UsageError
 
 
 def test_text_folder_one_document_per_file_with_eos_after_each(tmp_path):
@@ -126,3 +126,18 @@ def test_json_lines_whose_text_is_not_a_string_are_refused_by_line(tmp_path, val
     path.write_text(json.dumps({"text": DOCS[0]}) + "\n" + json.dumps({"text": value}) + "\n")
     with pytest.raises(DataError, match=rf"d.jsonl:2: the field 'text' holds {kind}, not text; pass --text-field"):
         tokens_of([path], tmp_path)
+
+
+def test_a_single_path_is_read_as_a_list_of_one(tmp_path):
+    """The Python API takes one path (a str or a Path) where a list of data paths is expected — not a string read
+    character by character (which walked `/`); anything else is refused naming what it found."""
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    (folder / "a.txt").write_text("some text")
+    expected = find_sources([str(folder)])
+    assert len(expected) == 1
+    assert find_sources(str(folder)) == find_sources(folder) == find_sources([folder]) == expected
+    assert find_sources((str(folder), str(folder / "a.txt"))) == expected * 2
+    for wrong in (5, [str(folder), 5], b"/data"):
+        with pytest.raises(UsageError, match="data: expected a path or a list of paths, found"):
+            find_sources(wrong)

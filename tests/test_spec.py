@@ -35,6 +35,9 @@ FIELDS = [f.name for f in dataclasses.fields(GrowthSpec)]
         ({"hidden_size": 0}, "hidden_size", "--hidden-size must be at least 1"),
         ({"num_kv_heads": -2}, "num_kv_heads", "--num-kv-heads must be at least 1"),
         ({"width_factor": 2, "noise_snr_db": 10}, "noise_snr_db", "only to --width-method hypercloning"),
+        ({"width_factor": 2, "depth_method": "identity"}, "depth_method", "--depth-method identity applies only with"),
+        ({"layers": 8, "width_method": "zero"}, "width_method", "--width-method zero applies only with a width"),
+        ({"layers": 8, "width_method": "hypercloning", "noise_snr_db": 10}, "width_method", "applies only with a"),
         ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": float("nan")}, "noise_snr_db", "finite"),
         ({"layers": 8, "dtype": "fp64"}, "dtype", "--dtype must be one of bf16, fp16, fp32"),
         ({"layers": 8, "shard_size": "lots"}, "shard_size", "--shard-size: cannot read size"),
@@ -46,6 +49,33 @@ def test_impossible_specs_are_one_line_naming_the_option(options, option, fragme
     assert info.value.option == option
     assert fragment in str(info.value) and "\n" not in str(info.value)
     assert isinstance(info.value, UsageError)  # exit code 2 on the CLI
+
+
+@pytest.mark.parametrize(
+    "options, option, fragment",
+    [
+        ({"layers": "8"}, "layers", "GrowthSpec.layers: expected int, found '8' (str)"),
+        ({"layers": True}, "layers", "GrowthSpec.layers: expected int, found True (bool)"),
+        ({"layers": 8.0}, "layers", "GrowthSpec.layers: expected int, found 8.0 (float)"),
+        ({"depth_factor": "2"}, "depth_factor", "GrowthSpec.depth_factor: expected int or float, found '2' (str)"),
+        ({"layers": 8, "depth_method": 1}, "depth_method", "GrowthSpec.depth_method: expected str, found 1 (int)"),
+        ({"layers": 8, "shared_expert": 1}, "shared_expert", "GrowthSpec.shared_expert: expected bool, found 1"),
+        ({"layers": 8, "shard_size": 2.5}, "shard_size", "GrowthSpec.shard_size: expected str or int, found 2.5"),
+        ({"layers": 8, "seed": None}, "seed", "GrowthSpec.seed: expected int, found None"),
+    ],
+)
+def test_field_types_are_checked_at_construction(options, option, fragment):
+    """The Python API's mistakes (a string for a number, True for 1) are refused at once, naming the field — not a
+    TypeError later, nor True read as 1 layer."""
+    with pytest.raises(OptionError) as info:
+        GrowthSpec(**options)
+    assert info.value.option == option and fragment in str(info.value), str(info.value)
+
+
+def test_field_types_accept_what_the_fields_say():
+    """The negative control: an int where a float is expected, None for an optional field, an int shard size."""
+    spec = GrowthSpec(depth_factor=2, width_factor=2.0, hidden_size=None, shard_size=10**9, shared_expert=False)
+    assert spec.grows_depth and spec.grows_width and spec.max_shard_bytes == 10**9
 
 
 def test_a_valid_spec_says_what_it_grows():

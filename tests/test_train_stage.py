@@ -138,7 +138,9 @@ def test_resuming_another_models_checkpoint_says_how_its_weights_differ(setup, t
     code, _, stderr = run_grow(train_args(deeper, data, tmp_path / "b", "--max-steps", 2, "--resume", step), capsys)
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1, stderr
-    assert "its weights are another model's: this model has 18 tensor(s) the checkpoint lacks (model.layers.2." in stderr
+    assert (
+        "its weights are another model's: this model has 18 tensor(s) the checkpoint lacks (model.layers.2." in stderr
+    )
 
 
 def test_torchs_weight_mismatches_are_counted():
@@ -353,6 +355,20 @@ def test_the_command_passes_every_option_to_train_config_by_name(tmp_path):
     for text, message in (("lots", "cannot read 'lots'"), ("inf", "must be a whole number"), ("1.5", "whole")):
         with pytest.raises(UsageError, match=message):
             train_config({**options, **required, "max_tokens": text})
+
+
+def test_train_config_takes_one_data_path_as_a_list_of_one(tmp_path):
+    """The Python API may give `data` as one path (a str or a Path): it is a list of one, not the characters of the
+    string; a value that is no path is refused at construction, naming `data`."""
+    from grow_cli.errors import UsageError
+    from grow_cli.train.config import TrainConfig
+
+    required = {"model": tmp_path / "m", "out": tmp_path / "o", "max_steps": 3}
+    assert TrainConfig(**required, data="corpus/").data == ["corpus/"]
+    assert TrainConfig(**required, data=tmp_path / "corpus").data == [str(tmp_path / "corpus")]
+    assert TrainConfig(**required, data=("a", Path("b"))).data == ["a", "b"]
+    with pytest.raises(UsageError, match="data: expected a path or a list of paths, found 5"):
+        TrainConfig(**required, data=5)
 
 
 def test_the_model_folder_is_never_the_output(tmp_path, capsys):

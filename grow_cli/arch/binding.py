@@ -88,6 +88,21 @@ def _is_tied(weight: WeightDef, shape: ModelShape) -> bool:
     return weight.tied_to is not None and (weight.tie_always or shape.tie_word_embeddings)
 
 
+def _refuse_fewer_layers(arch: ArchDef, shape: ModelShape, names: set[str], layer_re: re.Pattern[str]) -> None:
+    """A checkpoint holding whole layers 0…M−1 where config.json names more: the config's layer count is wrong (or
+    the checkpoint incomplete), which "tensor model.layers.M… is missing" did not say."""
+    stored = {int(m.group(1)) for name in names if (m := layer_re.match(name))}
+    held = len(stored)
+    if held < shape.layers and stored == set(range(held)):
+        key = arch.config["layers"]
+        which = f" (0–{held - 1})" if held > 1 else " (0)" if held else ""
+        raise CheckpointError(
+            f"config.json's {key} ({shape.layers}) disagrees with the checkpoint, which holds {held} "
+            f"layer{'' if held == 1 else 's'}{which}; "
+            f"set {key} to {held}, or give the checkpoint its missing layers"
+        )
+
+
 def bind(
     arch: ArchDef, config: dict[str, Any], shape: ModelShape, tensors: dict[str, tuple[tuple[int, ...], str]]
 ) -> Binding:
@@ -166,6 +181,8 @@ def bind(
     layout = detect_layout(
         arch, names, None if first_sparse is None else arch.layer_prefix.format(p=prefix, i=first_sparse)
     )
+    layer_re = re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
+    _refuse_fewer_layers(arch, shape, names, layer_re)
     embeddings = section(arch.embeddings, lambda w: _resolve(w.name, prefix), None)
     layers = [
         section(arch.layer, lambda w, i=i: arch.layer_prefix.format(p=prefix, i=i) + w.name, i)
@@ -174,7 +191,6 @@ def bind(
     final = section(arch.final, lambda w: _resolve(w.name, prefix), None)
 
     buffer_patterns = [re.compile(b) for b in arch.buffers]
-    layer_re = re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
     for name in sorted(names - claimed):
         if any(p.fullmatch(name) for p in buffer_patterns):
             dropped.append((name, "non-persistent buffer; transformers recomputes it"))

@@ -32,7 +32,7 @@ from typing import Any
 
 from grow_cli import cache
 
-FORMAT = 2  # bump when `answer`'s output changes, so old cache entries are not read
+FORMAT = 3  # bump when `answer`'s output changes, so old cache entries are not read
 _CHILD_CODE = """
 import json, os, sys
 sys.path[:0] = json.loads(sys.argv[1])
@@ -140,7 +140,10 @@ def list_models_once() -> None:
 
 
 def _root_cause(exc: BaseException) -> str:
-    return str(exc.__cause__ or exc)
+    root = exc.__cause__ or exc
+    if isinstance(root, KeyError) and len(root.args) == 1:  # str() of a KeyError quotes its message
+        return str(root.args[0])
+    return str(root)
 
 
 def _jsonable(value: Any) -> bool:

@@ -42,7 +42,14 @@ from grow_cli.checkpoint.kinds import refuse_other_framework, refuse_quantized_c
 from grow_cli.checkpoint.mapped import release
 from grow_cli.errors import CheckpointError
 
-__all__ = ["CheckpointReader", "TensorEntry", "load_config", "load_weight_map", "read_safetensors_header"]
+__all__ = [
+    "CheckpointReader",
+    "TensorEntry",
+    "load_config",
+    "load_weight_map",
+    "not_a_file",
+    "read_safetensors_header",
+]
 
 
 def _inside(folder: Path, file_name: str, index_name: str) -> Path:
@@ -54,9 +61,24 @@ def _inside(folder: Path, file_name: str, index_name: str) -> Path:
     if os.path.isabs(file_name) or ".." in Path(file_name).parts or "\\" in file_name:
         raise CheckpointError(f"{index_name} names {file_name!r}, a path outside the checkpoint folder; refusing")
     path = folder / file_name
-    if not path.is_file():
-        raise CheckpointError(f"{index_name} names shard {file_name}, which is missing from {folder}")
+    problem = not_a_file(path)
+    if problem:
+        raise CheckpointError(f"{index_name} names shard {file_name}, which {problem}")
     return path
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why a weight file that must be read is not a regular file ("is missing from FOLDER", "is a directory, not a
+    file", …), or None when it is one: a folder where a shard should be is not reported as missing."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a directory, not a file"
+    if path.is_symlink() and not path.exists():
+        return "is a broken symbolic link"
+    if path.exists():
+        return "is not a regular file"
+    return f"is missing from {path.parent}"
 
 
 def _listed_shards_tensors(

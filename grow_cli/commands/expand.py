@@ -163,12 +163,14 @@ def expand(
     """Grow a checkpoint in depth and/or width, or upcycle it into a mixture of experts; the output is an ordinary HF
     folder with grow.json and a card."""
     options = dict(locals())  # first: every parameter, before any other name is bound
+    from grow_cli.commands.push_options import check_push_options
     from grow_cli.console import print_json
     from grow_cli.growth.expand import expand as run
     from grow_cli.growth.render import render_expand
     from grow_cli.growth.spec import GrowthSpec
     from grow_cli.lineage.card import redact_argv
 
+    check_push_options(push_to_hub, private=private)  # (expand's --token also reads a Hub source)
     if push_to_hub and not dry_run:  # a push that cannot happen is refused before the expand, not after it
         from grow_cli.hub.push import check_can_push
 

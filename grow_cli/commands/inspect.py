@@ -40,14 +40,25 @@ def inspect(
     Architectures without a curated definition get one derived from the transformers model class (checked on tiny
     random instances); the report says which, and why width growth is refused where it is.
     """
-    from grow_cli.console import format_bytes, out, print_json
+    from grow_cli.console import print_json
     from grow_cli.growth.describe import inspect as run
 
     info = run(source, revision=revision, token=token, write_definition_to=write_definition, force=force)
     if json_out:
         print_json(info)
-        return
+    else:
+        _print_table(source, info)
+    if info["config_problem"]:  # reported above; the run still fails, as `grow expand` of this source does
+        from grow_cli.growth.config import source_config_refused
+
+        raise source_config_refused(info["config_problem"])
+
+
+def _print_table(source: str, info: dict) -> None:
+    """The human report: one row per fact, then the growth methods that apply (and why the others do not)."""
     from rich.table import Table
+
+    from grow_cli.console import format_bytes, out
 
     table = Table(title=f"{source}", show_header=False, title_justify="left")
     definition = info["definition"]
@@ -77,6 +88,8 @@ def inspect(
     ]
     if info.get("num_experts"):
         rows[3:3] = _moe_rows(info)
+    if info["config_problem"]:
+        rows.insert(0, ("problem", f"[red]config.json does not load in transformers: {info['config_problem']}[/red]"))
     for key, value in rows:
         table.add_row(key, str(value))
     for part in ("depth", "width", "moe"):
@@ -88,7 +101,7 @@ def inspect(
             listed = ", ".join(
                 m["method"] if m["applies"] else f"[dim]{m['method']} (no: {m['why']})[/dim]" for m in methods
             )
-        if part == "moe" and info["upcycles_to"]:
+        if part == "moe" and info["upcycles_to"] and any(m["applies"] for m in methods):
             listed += f" (--experts N makes a {info['upcycles_to']})"
         table.add_row("upcycling methods" if part == "moe" else f"{part} methods", listed)
     if info["definition_written"]:

@@ -48,20 +48,13 @@ def plan(
     _print_plan(result)
 
 
-def _count(value: float) -> str:
-    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B."""
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3g}{suffix}"
-    return f"{value:.3g}"
-
-
 def _print_plan(result: dict) -> None:
     """The plan in words and one table; the family saving labelled as the projection it is, with its
     assumptions and the published measurements beside it."""
     from rich.table import Table
 
     from grow_cli.console import out, print_table
+    from grow_cli.family.budget import format_count as _count
 
     t, s, f, p = result["target"], result["stacking"], result["family"], result["projection"]
     out.print(

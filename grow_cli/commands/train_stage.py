@@ -197,9 +197,11 @@ def train_stage(
     """Continue pretraining MODEL on your data with accelerate (one CPU to many GPUs); write a trained model,
     checkpoints, metrics.jsonl, an updated grow.json and model card to --out."""
     options = dict(locals())  # every option above by name; first, so that nothing else is in it yet
+    from grow_cli.commands.push_options import check_push_options
     from grow_cli.console import err, print_json
     from grow_cli.train.loop import train_stage as run
 
+    check_push_options(push_to_hub, private=private, token=token)
     if push_to_hub:  # a push that cannot happen is refused before hours of training, not after them
         from grow_cli.hub.push import check_can_push
 

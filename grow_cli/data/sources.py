@@ -19,13 +19,14 @@ import codecs
 import glob
 import hashlib
 import json
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import DataError
+from grow_cli.errors import DataError, UsageError
 
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
@@ -60,10 +61,24 @@ def _from_folder(folder: Path) -> list[Source]:
     return [Source(p, SUFFIX_KIND.get(p.suffix, "text")) for p in files]
 
 
-def find_sources(paths: list[str]) -> list[Source]:
-    """The sources behind `--data` arguments, in the given order (folders and globs sorted by path)."""
+def data_paths(data: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+    """`--data` arguments as a list of strings: the Python API may give one path (a str or a PathLike) where a list
+    is expected — a string is never read as a sequence of one-character paths."""
+    items = [data] if isinstance(data, str | os.PathLike) else list(data) if isinstance(data, Iterable) else [None]
+    paths: list[str] = []
+    for item in items:
+        path = os.fspath(item) if isinstance(item, str | os.PathLike) else None
+        if not isinstance(path, str):  # a number, bytes, None
+            raise UsageError(f"data: expected a path or a list of paths, found {data!r}")
+        paths.append(path)
+    return paths
+
+
+def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Source]:
+    """The sources behind `--data` arguments (`data_paths`), in the given order (folders and globs sorted by
+    path)."""
     sources: list[Source] = []
-    for arg in paths:
+    for arg in data_paths(paths):
         if any(ch in arg for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(arg, recursive=True))
             if not matches:

@@ -135,6 +135,35 @@ def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str
     }
 
 
+def format_count(value: float) -> str:
+    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _collapsed(size: float, previous: float, shape: dict[str, Any]) -> str:
+    """The note for a family size listed once because it rounds to the shape of the member before it (of size
+    `previous`), with the reason that holds: the size given twice; sizes so small that less than one and a half
+    layers fit beside the embeddings (a model keeps at least one); or two sizes less than one layer apart."""
+    listed = f"{shape['num_hidden_layers']} × {shape['hidden_size']}"
+    if math.isclose(size, previous, rel_tol=1e-6):
+        return f"{format_count(size)} parameters is given twice; listed once"
+    embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
+    per_layer = format_count((shape["num_parameters"] - embeddings) / shape["num_hidden_layers"])
+    if shape["num_hidden_layers"] == 1:
+        why = (
+            f"beside the embeddings ({format_count(embeddings)} parameters) less than one and a half layers of "
+            f"{per_layer} parameters fit at either size, and a model keeps at least one"
+        )
+    else:
+        why = f"the two sizes differ by less than one layer of that shape ({per_layer} parameters)"
+    return (
+        f"{format_count(size)} parameters rounds to the same {listed} shape as the member before it: {why}; listed once"
+    )
+
+
 def tally(rows: list[dict[str, Any]], *, independent_tokens: str, progressive_tokens: str) -> dict[str, Any]:
     """A family's compute, independent against progressive.
 
@@ -250,17 +279,16 @@ def plan(
             )
     members: list[dict[str, Any]] = []
     notes = []
+    previous = 0.0  # the size of the last member listed
     for size in sizes:
         if math.isclose(size, n, rel_tol=1e-6):
             s = shape
         else:
             s = llama_like_shape(size, shape["vocab_size"], within=shape if size < n else None)
         if members and (members[-1]["layers"], members[-1]["hidden"]) == (s["num_hidden_layers"], s["hidden_size"]):
-            notes.append(
-                f"{size:.3g} parameters rounds to the same {s['num_hidden_layers']} × {s['hidden_size']} shape as the "
-                "member before it (the embeddings alone are most of a model this small); listed once"
-            )
+            notes.append(_collapsed(size, previous, s))
             continue
+        previous = size
         members.append(
             {
                 "params": float(s["num_parameters"]),

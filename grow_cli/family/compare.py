@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, An
 def compare(
     a: str | os.PathLike[str],
     b: str | os.PathLike[str],
-    data: list[str],
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     text_field: str = "text",
     seq_len: int = 256,
@@ -78,7 +79,7 @@ def compare(
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Compare models `a` and `b` (folders sharing a tokenizer) on the held-out blocks of `data` (files, folders or
-    globs, as train-stage reads them).
+    globs, as train-stage reads them; one path or a list).
 
     Returns the averages `grow compare --json` prints, per predicted token: `kl_a_b` (KL(A‖B)), `kl_b_a`, `js`,
     `top1_agreement`, `loss_a`/`loss_b` and `ppl_a`/`ppl_b`, with `positions`, `blocks`, `seq_len`, `objective`

@@ -57,12 +57,23 @@ def validate_config(config: dict[str, Any], source: dict[str, Any] | None = None
     """Run transformers' own (strict) validation on `config` (without importing torch here: `hf_config`); a failure
     is a UsageError naming the cause — or, when the `source` config it grew from fails too (its keys are kept as
     they are), a CheckpointError naming the source's config.json, which is where the fix belongs."""
-    cause = hf_config.problem(config["model_type"], transformers_params(config))
+    cause = config_problem(config)
     if cause is None:
         return
-    source_cause = None if source is None else hf_config.problem(source["model_type"], transformers_params(source))
+    source_cause = None if source is None else config_problem(source)
     if source_cause is not None:
-        raise CheckpointError(
-            f"the source's config.json does not load in transformers: {source_cause.splitlines()[0]}; fix it there"
-        )
-    raise UsageError(f"the grown config.json would not load in transformers: {cause}".splitlines()[0])
+        raise source_config_refused(source_cause)
+    raise UsageError(f"the grown config.json would not load in transformers: {cause}")
+
+
+def config_problem(config: dict[str, Any]) -> str | None:
+    """Why transformers refuses to load `config` (the first line of its own words), or None when it loads; asked
+    through `hf_config`, so without torch and cached (`grow inspect` asks it of every source)."""
+    cause = hf_config.problem(config["model_type"], transformers_params(config))
+    return None if cause is None else cause.splitlines()[0]
+
+
+def source_config_refused(cause: str) -> CheckpointError:
+    """The one line for a source whose config.json transformers refuses (`config_problem`): expand refuses it,
+    inspect reports it and exits with it."""
+    return CheckpointError(f"the source's config.json does not load in transformers: {cause}; fix it there")

@@ -16,6 +16,7 @@ from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import resolve_source
 from grow_cli.errors import CheckpointError, OutputError
+from grow_cli.growth.config import config_problem
 from grow_cli.growth.plan import source_shape_of
 from grow_cli.operators.registry import applicability
 from grow_cli.whole_file import write_whole
@@ -68,7 +69,9 @@ def inspect(
     Returns the dict `grow inspect --json` prints: `architecture`, `model_type`, `num_parameters`, the shape
     (`layers`, `hidden_size`, `intermediate_size`, `num_heads`, `num_kv_heads`, `head_dim`, `vocab_size`, …),
     `dtypes`, `format` and `files`, `embeddings_tied`, `methods` (for "depth", "width" and "moe": each method,
-    whether it `applies`, and `why` not), `upcycles_to`, `definition` (curated or derived) and `definition_written`.
+    whether it `applies`, and `why` not), `upcycles_to`, `definition` (curated or derived), `definition_written`
+    and `config_problem`: why transformers refuses to load config.json (`grow expand` then refuses the source, so no
+    method applies; `grow inspect` reports the rest and exits with `source_config_refused`), or None.
 
     The only tensor data read is a tied head that is stored anyway (`lm_head.weight` beside the embedding it ties
     to), compared with that embedding: transformers unties the two when their values differ, so "tied" is then not
@@ -88,6 +91,7 @@ def inspect(
     for t in bound:
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
     params = sum(numel(t.shape) for t in bound) + sum(numel(infos[name][0]) for name in untied)
+    problem = config_problem(config)
     return {
         "source": src.describe(),
         "folder": str(src.folder),
@@ -108,11 +112,25 @@ def inspect(
         "not_read": [{"name": n, "why": why} for n, why in binding.dropped if n not in untied],
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
         "upcycles_to": (target := upcycle_target(arch)) and target.name,  # `grow expand --experts` makes this type
-        "methods": applicability(arch),
+        "methods": _methods(arch, problem),
         "definition": definition_summary(arch),
         "definition_written": (
             str(write_definition(config, write_definition_to, force=force)) if write_definition_to else None
         ),
+        "config_problem": problem,
+    }
+
+
+def _methods(arch, problem: str | None) -> dict[str, list[dict[str, Any]]]:
+    """Which growth methods apply to the architecture — none where its config.json does not load in transformers
+    (`problem`), since `grow expand` refuses such a source whatever the method."""
+    methods = applicability(arch)
+    if problem is None:
+        return methods
+    why = "the source's config.json does not load in transformers"
+    return {
+        kind: [{"method": m["method"], "applies": False, "why": why} for m in entries]
+        for kind, entries in methods.items()
     }
 
 

@@ -64,6 +64,7 @@ class GrowthSpec:
     seed: int = 0  # every random index map and noise
 
     def __post_init__(self) -> None:
+        self._check_types()
         self._check_depth()
         self._check_width()
         self._check_files()
@@ -109,6 +110,20 @@ class GrowthSpec:
 
     # -- checks that need no source -------------------------------------------------------------------------------
 
+    def _check_types(self) -> None:
+        """Each field holds a value of its type (the Python API's mistakes: a string for a number, True for 1),
+        before any check compares it; None only where the field is optional."""
+        hints = typing.get_type_hints(GrowthSpec)
+        for name, kinds in field_types().items():
+            value = getattr(self, name)
+            if value is None and type(None) in typing.get_args(hints[name]):
+                continue
+            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+                names = " or ".join(k.__name__ for k in kinds)
+                raise OptionError(
+                    name, f"GrowthSpec.{name}: expected {names}, found {value!r} ({type(value).__name__})"
+                )
+
     def _check_depth(self) -> None:
         registry.operator("depth", self.depth_method)
         if self.layers is not None and self.depth_factor is not None:
@@ -117,9 +132,21 @@ class GrowthSpec:
             raise OptionError("depth_factor", f"--depth-factor must be a positive number, got {self.depth_factor}")
         if self.dus_overlap is not None and self.depth_method != "dus":
             raise OptionError("dus_overlap", "--dus-overlap applies only to --depth-method dus")
+        if self.depth_method != DEFAULTS["depth_method"] and not self.grows_depth:
+            raise OptionError(
+                "depth_method",
+                f"--depth-method {self.depth_method} applies only with --layers or --depth-factor (a depth target); "
+                "give one, or drop --depth-method",
+            )
 
     def _check_width(self) -> None:
         registry.operator("width", self.width_method)
+        if self.width_method != DEFAULTS["width_method"] and not self.grows_width:
+            raise OptionError(
+                "width_method",
+                f"--width-method {self.width_method} applies only with a width target (--width-factor, "
+                "--hidden-size, --intermediate-size, --num-heads or --num-kv-heads); give one, or drop --width-method",
+            )
         k = self.width_factor
         if k is not None and not (math.isfinite(k) and k >= 1):
             raise OptionError(
@@ -176,6 +203,9 @@ class GrowthSpec:
         except UsageError as exc:
             raise OptionError("shard_size", f"--shard-size: {exc}") from None
 
+
+# Each field's default, for the checks of an option given without the option it depends on.
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(GrowthSpec)}
 
 # The options of upcycling besides --experts itself.
 EXPERT_OPTIONS = ("top_k", "router_noise", "drop_upcycling", "shared_expert")

@@ -24,7 +24,7 @@ from grow_cli.checkpoint.files import (
     WEIGHT_INDEXES,
     WEIGHT_LAYOUTS,
 )
-from grow_cli.checkpoint.reader import load_config, load_weight_map, read_safetensors_header
+from grow_cli.checkpoint.reader import load_config, load_weight_map, not_a_file, read_safetensors_header
 from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError
 from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
@@ -198,9 +198,12 @@ def check_complete(folder: Path) -> list[str]:
             f"{folder} has no weights (expected model.safetensors, a sharded model.safetensors.index.json, or "
             "pytorch_model.bin): not a finished checkpoint"
         )
-    missing = [name for name in weights if not (folder / name).is_file()]
+    unread = [(name, problem) for name in weights if (problem := not_a_file(folder / name))]
+    missing = [name for name, problem in unread if problem.startswith("is missing")]
     if missing:
         raise CheckpointError(f"{folder} is incomplete: {len(missing)} weight file(s) missing, e.g. {missing[0]}")
+    if unread:
+        raise CheckpointError(f"{folder} is not a finished checkpoint: its weight file {unread[0][0]} {unread[0][1]}")
     for name in weights:
         if name.endswith(".safetensors"):
             read_safetensors_header(folder / name)  # the reader's strict check: complete, untruncated, consistent

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grow_cli.data.sources import data_paths
 from grow_cli.errors import UsageError
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
 
@@ -31,8 +31,8 @@ class TrainConfig:
     """One training stage. Exactly one of `max_steps` / `max_tokens` sets the budget.
 
     Each field is the `grow train-stage` flag of the same name (`seq_len` is `--seq-len`; `report_to` is a list
-    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings, `data` as one path or a list of
-    paths. Contradictory or impossible settings raise `UsageError` at construction, before anything heavy is loaded.
+    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings, `data` as one path (a list of one).
+    Contradictory or impossible settings raise `UsageError` at construction, before anything heavy is loaded.
     """
 
     model: Path
@@ -106,10 +106,7 @@ class TrainConfig:
             self.tokenizer = Path(self.tokenizer)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
-        data: Any = [self.data] if isinstance(self.data, str | os.PathLike) else self.data  # a bare path: not letters
-        if not isinstance(data, list | tuple) or not all(isinstance(d, str | os.PathLike) for d in data):
-            raise UsageError(f"data must be a path or a list of paths, got {self.data!r}")
-        self.data = [os.fspath(d) for d in data]
+        self.data = data_paths(self.data)  # one path (the Python API) is a list of one
         if not self.data:
             raise UsageError("no training data: pass --data PATH (files, folders or globs)")
         if (self.max_steps is None) == (self.max_tokens is None):
@@ -162,10 +159,29 @@ class TrainConfig:
             raise UsageError("--min-lr-ratio and --decay-ratio must lie in [0, 1]")
         if self.resume not in (None, "auto", "grown") and not Path(self.resume).is_dir():
             raise UsageError(f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
+        self._check_schedule_options()
         self._check_schedule_offset()
         self._check_data_offset()
         self._check_masking()
         self._check_apollo()
+
+    def _check_schedule_options(self) -> None:
+        """Refuse a schedule option that the chosen schedule would silently ignore (one given with a value other than
+        its default): --decay-ratio and --decay-type shape WSD's final decay only, --min-lr-ratio is the floor of a
+        decay that `constant` never makes, and --warmup-steps replaces --warmup-ratio."""
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        if self.schedule != "wsd":
+            for name in ("decay_ratio", "decay_type"):
+                if getattr(self, name) != defaults[name]:
+                    decays = "never decays" if self.schedule == "constant" else "decays over every step after warmup"
+                    raise UsageError(
+                        f"--{name.replace('_', '-')} applies only with --schedule wsd (--schedule {self.schedule} "
+                        f"{decays}); add --schedule wsd or drop it"
+                    )
+        if self.schedule == "constant" and self.min_lr_ratio != defaults["min_lr_ratio"]:
+            raise UsageError("--min-lr-ratio does not apply to --schedule constant (it never decays); drop it")
+        if self.warmup_steps is not None and self.warmup_ratio != defaults["warmup_ratio"]:
+            raise UsageError("--warmup-ratio applies only without --warmup-steps (which sets the warmup); give one")
 
     def _check_schedule_offset(self) -> None:
         self.schedule_offset = _count_or(self.schedule_offset, "auto", "--schedule-offset", "a step number")
