@@ -106,10 +106,11 @@ def _command_path(exc: Any) -> str:
 
 
 def _start_early() -> None:
-    """Start transformers' config child (`grow_cli.arch.hf_config`) for `grow expand` before the options are parsed:
-    on a first run its import of transformers then overlaps Typer's parsing and the reading of the source."""
+    """Start transformers' config child (`grow_cli.arch.hf_config`) for `grow expand` and `grow inspect` (both ask
+    it whether the config loads) before the options are parsed: on a first run its import of transformers then
+    overlaps Typer's parsing and the reading of the source."""
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    if command == "expand" and "--help" not in sys.argv:
+    if command in ("expand", "inspect") and "--help" not in sys.argv:
         from grow_cli.arch import hf_config
 
         hf_config.start_early()

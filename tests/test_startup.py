@@ -102,13 +102,16 @@ def test_a_refused_config_is_refused_without_torch_too(tiny_copy, tmp_path):
         (["grow", "expand", "SRC", "OUT", "--layers", "8"], True),
         (["grow", "--debug", "expand", "SRC", "OUT", "--dry-run"], True),
         (["grow", "expand", "--help"], False),
-        (["grow", "inspect", "expand"], False),
+        (["grow", "inspect", "expand"], True),  # a folder named expand
+        (["grow", "inspect", "--help"], False),
         (["grow", "train-stage", "MODEL", "--data", "d", "--out", "o"], False),
+        (["grow", "plan", "--target", "expand"], False),
     ],
 )
-def test_only_expand_starts_the_transformers_child_before_parsing(monkeypatch, argv, starts):
-    """`grow expand` starts the config child before Typer parses its options (`cli._start_early`), so that on a
-    first run the child's import of transformers overlaps that parsing; no other command, and not `--help`."""
+def test_only_expand_and_inspect_start_the_transformers_child_before_parsing(monkeypatch, argv, starts):
+    """`grow expand` and `grow inspect` start the config child before Typer parses their options
+    (`cli._start_early`), so that on a first run the child's import of transformers overlaps that parsing; no other
+    command, and not `--help`."""
     from grow_cli import cli
     from grow_cli.arch import hf_config
 
