@@ -141,3 +141,13 @@ def test_a_single_path_is_read_as_a_list_of_one(tmp_path):
     for wrong in (5, [str(folder), 5], b"/data"):
         with pytest.raises(UsageError, match="data: expected a path or a list of paths, found"):
             find_sources(wrong)
+
+
+def test_a_folder_without_data_names_every_kind_a_folder_is_read_for(tmp_path):
+    """The refusal lists what would have been read — .rst, .text and files without a suffix included (it used to
+    list six suffixes only); the control: a folder of one such file is read."""
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="holds no .bin/.json/.jsonl/.md/.parquet/.rst/.text/.txt files or files"):
+        find_sources([tmp_path])
+    (tmp_path / "README").write_text("plain text without a suffix")
+    assert [source.path.name for source in find_sources([tmp_path])] == ["README"]

@@ -57,7 +57,8 @@ def _from_folder(folder: Path) -> list[Source]:
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
     if not files:
-        raise DataError(f"--data {folder}: the folder holds no .txt/.md/.jsonl/.json/.parquet/.bin files")
+        read = "/".join(sorted(suffix for suffix in FOLDER_SUFFIXES if suffix))
+        raise DataError(f"--data {folder}: the folder holds no {read} files or files without a suffix")
     return [Source(p, SUFFIX_KIND.get(p.suffix, "text")) for p in files]
 
 
