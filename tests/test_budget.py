@@ -29,10 +29,11 @@ def test_cli_plan_json(cli):
     result = cli("plan", "--target", "7B", "--tokens", "2T", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["stacking"]["growth_factor"] == 4
     assert report["stacking"]["growth_tokens"] == pytest.approx(11.11e9, rel=5e-3)
     small = report["stacking"]["small_model"]
-    assert small["num_hidden_layers"] == report["target"]["config"]["num_hidden_layers"] // 4
+    layers = report["target"]["config"]["num_hidden_layers"]
+    assert small["num_hidden_layers"] == layers // 4
+    assert report["stacking"]["growth_factor"] == round(layers / small["num_hidden_layers"], 2)
     members = report["family"]["members"]
     assert len(members) == 4 and members[-1]["params"] == pytest.approx(report["target"]["config"]["num_parameters"])
     assert [m["max_lr"] for m in members] == sorted((m["max_lr"] for m in members), reverse=True)
@@ -283,3 +284,15 @@ def test_a_bad_count_names_its_option(cli, args, line):
     result = cli("plan", *args)
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and len(lines) == 1 and lines[0].startswith(line), result.stderr
+
+
+def test_the_growth_factor_is_the_one_the_command_makes(cli, tmp_path):
+    """A 30-layer target has a 7-layer small model (30 // 4): the plan says ×4.29, what `--layers 30` does, not
+    G_stack's nominal ×4 beside a command that does something else."""
+    (tmp_path / "config.json").write_text(json.dumps({**SMOLLM2_CONFIG, "num_hidden_layers": 30}))
+    report = json.loads(cli("plan", "--target", tmp_path, "--tokens", "2T", "--json").stdout)
+    stacking = report["stacking"]
+    assert stacking["small_model"]["num_hidden_layers"] == 7 and stacking["command"].endswith(
+        "--layers 30 --depth-method stack"
+    )
+    assert stacking["growth_factor"] == 4.29

@@ -307,7 +307,8 @@ def plan(
             "config": shape,
         },
         "stacking": {
-            "growth_factor": GROWTH_FACTOR,
+            # G_stack's ×4, as it comes out in whole layers (7 → 30 layers: 4.29).
+            "growth_factor": round(shape["num_hidden_layers"] / small["num_hidden_layers"], 2),
             "growth_tokens": d,
             "small_model": small,
             "small_model_flops": 6 * small["num_parameters"] * d,
