@@ -3,8 +3,8 @@ the largest tensor against the machine's memory.
 
 Without them a typo costs hours: `--layers 1000000000` builds a billion-entry layer map before any message, and
 `--layers 100000` starts writing tens of GB into a disk that cannot hold them. The bounds are far above any
-released transformer (the deepest have ~130 layers, the widest ~30k hidden units, ~50k FFN units), so they only
-ever refuse mistakes.
+released transformer (the deepest have ~130 layers, the widest ~30k hidden units, ~50k FFN units, the most
+experts a few hundred), so they only ever refuse mistakes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from grow_cli.errors import OptionError, OutputError, UsageError
 MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 18  # hidden and FFN units
 MAX_HEADS = 4096
+MAX_EXPERTS = 4096  # routed experts per layer; the most in a released MoE is a few hundred
 
 
 def check_layers(source_layers: int, target_layers: int) -> None:
@@ -37,6 +38,17 @@ def check_width(**targets: int) -> None:
         if value > bound:
             flag = "--" + key.replace("_", "-")
             raise OptionError(key, f"{flag} {value:,} is beyond grow's bound of {bound:,}; choose a smaller target")
+
+
+def check_experts(experts: int) -> None:
+    """An expert count within `MAX_EXPERTS`, checked before the plan lists experts × layers × 3 tensors (a typo such
+    as `--experts 100000000` otherwise plans for minutes before any message)."""
+    if experts > MAX_EXPERTS:
+        raise OptionError(
+            "experts",
+            f"--experts {experts:,} is beyond grow's bound of {MAX_EXPERTS:,}; released mixtures have 8 to a few "
+            "hundred experts. Try --experts 8",
+        )
 
 
 def require_free_space(folder: Path, needed: int, out: Path) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from grow_cli.checkpoint.dtypes import output_dtype
 from grow_cli.checkpoint.writer import parse_size
 from grow_cli.errors import OptionError, UsageError
+from grow_cli.limits import check_experts
 from grow_cli.operators import registry
 
 
@@ -178,6 +179,7 @@ class GrowthSpec:
             return
         if self.experts < 2:
             raise OptionError("experts", f"--experts must be at least 2 (a mixture), got {self.experts}; try 8")
+        check_experts(self.experts)
         if self.top_k is not None and not 1 <= self.top_k <= self.experts:
             raise OptionError(
                 "top_k", f"--top-k must be between 1 and --experts {self.experts}, got {self.top_k}; try 2"
