@@ -15,6 +15,7 @@ The properties (docs/training-state.md):
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -494,6 +495,30 @@ def test_a_state_that_does_not_fit_is_refused_in_one_line(lab, tmp_path, cli, ed
     result = cli("expand", src, tmp_path / "out", "--width-factor", "2", "--width-method", "hypercloning")
     assert result.code != 0 and len(result.stderr.strip().splitlines()) == 1 and "--weights-only" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [lambda f: (f / "optimizer.bin").unlink(), lambda f: os.truncate(f / "optimizer.bin", 3000)],
+    ids=["optimizer-missing", "optimizer-truncated"],
+)
+def test_weights_only_grows_a_checkpoint_whose_optimizer_is_lost(lab, tmp_path, cli, edit):
+    """The refusal of a damaged optimizer state advises --weights-only; with it the weights, which are whole, grow
+    (it refused again with the same advice). A damaged weights file is still refused."""
+    copy = tmp_path / "step"
+    shutil.copytree(lab.source("llama").checkpoint, copy)
+    edit(copy)
+    args = ("expand", copy, tmp_path / "out", "--layers", "4", "--weights-only")
+    refused = cli(*args[:-1])
+    assert refused.code != 0 and "optimizer.bin is damaged" in refused.stderr and "--weights-only" in refused.stderr
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert tf.AutoConfig.from_pretrained(tmp_path / "out").num_hidden_layers == 4
+    assert not (tmp_path / "out" / "training-state").exists()
+    os.truncate(copy / "model.safetensors", 100)
+    broken = cli("expand", copy, tmp_path / "out2", "--layers", "4", "--weights-only")
+    assert broken.code != 0 and "model.safetensors is damaged" in broken.stderr
+    assert len(broken.stderr.strip().splitlines()) == 1 and "--weights-only" not in broken.stderr
 
 
 def test_methods_that_change_the_function_are_refused_unless_weights_only(lab, tmp_path, cli):

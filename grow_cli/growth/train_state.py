@@ -143,14 +143,21 @@ def final_checkpoint(folder: Path) -> Path | None:
     return path if is_checkpoint(path) else None
 
 
-def _read_state(checkpoint: Path) -> dict[str, Any]:
+def _read_state(checkpoint: Path, *, weights_only: bool) -> dict[str, Any]:
+    """The checkpoint's grow-state.json, once the files the growth reads are whole: with `weights_only` its weights
+    alone (a lost optimizer state is what --weights-only is for), else its optimizer state too."""
     from grow_cli.train.checkpoints import damage_in
 
-    damage = damage_in(checkpoint)
-    if damage is not None:
-        raise CheckpointError(f"{damage}; grow an earlier checkpoint, or {WEIGHTS_ONLY_HINT}")
+    if weights_only:
+        damage = damage_in(checkpoint, needed={WEIGHTS_FILE})
+        if damage is not None:
+            raise CheckpointError(f"{damage}; grow an earlier checkpoint, or the run's final model folder")
+    else:
+        damage = damage_in(checkpoint)
+        if damage is not None:
+            raise CheckpointError(f"{damage}; grow an earlier checkpoint, or {WEIGHTS_ONLY_HINT}")
     state = json.loads((checkpoint / CHECKPOINT_STATE).read_text())
-    if not (checkpoint / OPTIMIZER_FILE).is_file():
+    if not weights_only and not (checkpoint / OPTIMIZER_FILE).is_file():
         sharded = [n for n in SHARDED_SAVES if (checkpoint / n).exists()]
         found = f"an FSDP/DeepSpeed sharded save ({', '.join(sharded)})" if sharded else f"no {OPTIMIZER_FILE}"
         raise CheckpointError(
@@ -158,7 +165,8 @@ def _read_state(checkpoint: Path) -> dict[str, Any]:
             f"{WEIGHTS_ONLY_HINT} from the run's final model folder"
         )
     if not (checkpoint / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{checkpoint} has no {WEIGHTS_FILE} (the run's float32 weights); {WEIGHTS_ONLY_HINT}")
+        instead = "grow the run's final model folder" if weights_only else WEIGHTS_ONLY_HINT
+        raise CheckpointError(f"{checkpoint} has no {WEIGHTS_FILE} (the run's float32 weights); {instead}")
     return state
 
 
@@ -229,7 +237,7 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
     if checkpoint is None:
         yield src, None
         return
-    state = _read_state(checkpoint)
+    state = _read_state(checkpoint, weights_only=weights_only)
     model_folder = _model_folder(checkpoint, state)
     with tempfile.TemporaryDirectory(prefix="grow-source-") as tmp:
         view = Path(tmp)

@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import zipfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,9 @@ def _damaged_torch_file(path: Path) -> str | None:
     return None
 
 
-def _state_damage(path: Path, state: object) -> tuple[Path, str] | None:
-    """The file of checkpoint `path` that grow-state.json shows to be wrong, and why; None when it agrees."""
+def _state_damage(path: Path, state: object, needed: Collection[str] | None) -> tuple[Path, str] | None:
+    """The file of checkpoint `path` that grow-state.json shows to be wrong, and why; None when it agrees. Only the
+    files named in `needed` count, when given."""
     state_file = path / STATE_FILE
     if not isinstance(state, dict) or not all(isinstance(state.get(key), int) for key in ("step", "tokens")):
         return state_file, "not the JSON grow wrote"
@@ -83,6 +85,8 @@ def _state_damage(path: Path, state: object) -> tuple[Path, str] | None:
         return state_file, "not the JSON grow wrote"
     for name, size in files.items():
         file = path / name
+        if needed is not None and name not in needed:
+            continue
         if not file.is_file():
             return file, "missing"
         if file.stat().st_size != size:
@@ -90,23 +94,26 @@ def _state_damage(path: Path, state: object) -> tuple[Path, str] | None:
     return None
 
 
-def damage_in(path: Path) -> str | None:
+def damage_in(path: Path, needed: Collection[str] | None = None) -> str | None:
     """The first damaged file of checkpoint `path`, as a phrase naming it, or None when the checkpoint is whole.
 
     Checked without loading anything: grow-state.json parses, has the step and tokens, agrees with its folder's
     step, and every file it lists is there at the size it was saved with (a file deleted or cut by hand); every
     safetensors file passes the strict header check (which catches truncation), every torch file is a complete
-    zip archive.
+    zip archive. With `needed` (file names relative to the checkpoint), only grow-state.json and those files count:
+    growing a checkpoint's weights only needs no optimizer state.
     """
     path = Path(path)
     try:
         state = json.loads((path / STATE_FILE).read_text())
     except (OSError, ValueError):
         state = None
-    found = _state_damage(path, state)
+    found = _state_damage(path, state, needed)
     if found is not None:
         return f"{found[0]} is damaged ({found[1]})"
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        if needed is not None and str(file.relative_to(path)) not in needed:
+            continue
         why = None
         if file.suffix == ".safetensors":
             try:
