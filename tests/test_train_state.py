@@ -548,6 +548,23 @@ def test_resume_grown_refuses_what_it_cannot_continue(lab, tmp_path):
         expand(str(source.checkpoint), None, GrowthSpec(layers=4, depth_method="stack"), dry_run=True)
 
 
+def test_resume_grown_in_another_data_order_reads_it_from_its_first_block(lab, tmp_path, capsys):
+    """The source's `data_blocks` count blocks of its own order (data, seq_len, seed): another seq_len makes
+    another permutation, where skipping that many blocks would skip unread data and re-read the source's. Such a run
+    reads its order from the first block and says so; the same order reads on after the source's blocks."""
+    grown = lab.grown("llama", "hypercloning", **EXACT["hypercloning"])
+    state = json.loads((grown / "training-state" / "state.json").read_text())
+
+    def blocks(name: str, **settings) -> int:
+        train(model=grown, data=[str(lab.data)], out=tmp_path / name, max_steps=2, resume="grown", **settings)
+        return json.loads((tmp_path / name / "grow.json").read_text())["stages"][-1]["data_blocks"]
+
+    assert blocks("same") == state["data_blocks"] + 2 * SETTINGS["micro_batch_size"]
+    capsys.readouterr()
+    assert blocks("other", seq_len=16, quiet=False) == 2 * SETTINGS["micro_batch_size"]
+    assert "another data order" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["fpi", "identity"])
 def test_the_dry_run_reports_the_peak_of_growing_the_moments(lab, case):
     """Growing a run peaks while its moments grow (both source moments of a tensor, its scaled result and, for width,

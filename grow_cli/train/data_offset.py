@@ -5,7 +5,8 @@ the blocks its ancestors trained on already — while the same model trained fro
 whole lineage reads that many distinct blocks. `lineage` reads on after the blocks the model's lineage read from
 the same data order (same data fingerprint, seq_len and seed, hence the same permutation), so the members of a
 family together read each block once per epoch, exactly like the from-scratch run they are compared with. A grown
-training state (`--resume grown`) carries its own position (train/continuation.py) and needs no offset.
+training state (`--resume grown`) carries its own position (train/continuation.py) and needs no offset; that
+position counts blocks of its source's order, so a continuation in another order reads its own from the start.
 """
 
 from __future__ import annotations
@@ -47,12 +48,35 @@ def step_offset(
     """Blocks added to every step's data position (`StepBatches.offset`); the block `--data-offset` makes the first
     step read (None without one; a resume must match it); a note for the user."""
     if continuation is not None and continuation.data_blocks is not None:
-        return continuation.data_offset(global_batch), None, None  # a grown state reads on after its source
+        other = _other_order(continuation, fingerprint, config.seq_len, config.seed)
+        if other is None:
+            return continuation.data_offset(global_batch), None, None  # a grown state reads on after its source
+        return (
+            -continuation.start_step * global_batch,
+            None,
+            (
+                f"--resume grown: the grown state's run read another data order ({other}); this run reads its own "
+                f"from the first block (the {continuation.data_blocks:,} blocks the source read count in the source's "
+                "order only)"
+            ),
+        )
     if config.data_offset is None:
         return 0, None, None  # step t reads its own blocks (a bare --schedule-offset R starts with step R's)
     first, note = first_block(config, fingerprint, train_blocks)
     start = continuation.start_step if continuation else 0
     return first - start * global_batch, first, note
+
+
+def _other_order(continuation: Continuation, fingerprint: str, seq_len: int, seed: int) -> str | None:
+    """How the data order of the run a grown state continues differs from this run's (the data, seq_len and seed
+    make the permutation), or None when it is the same or a state of an earlier grow does not say."""
+    run = (continuation.source or {}).get("run") or {}
+    theirs = {"data": run.get("data_fingerprint"), "seq_len": run.get("seq_len"), "seed": run.get("seed")}
+    ours = {"data": fingerprint, "seq_len": seq_len, "seed": seed}
+    changed = [
+        f"{key} {theirs[key]} → {ours[key]}" for key in ours if theirs[key] is not None and theirs[key] != ours[key]
+    ]
+    return ", ".join(changed) or None
 
 
 def first_block(config, fingerprint: str, train_blocks: int) -> tuple[int, str | None]:
