@@ -565,6 +565,17 @@ def test_resume_grown_in_another_data_order_reads_it_from_its_first_block(lab, t
     assert "another data order" in capsys.readouterr().err
 
 
+def test_resume_grown_refuses_a_model_edited_to_fewer_layers_than_its_state(lab, tmp_path):
+    """A grown folder whose config.json was cut to fewer layers after growth loads (transformers drops the extra
+    weights) but is not the model the state was grown for: refused, as a state missing a parameter is (it trained)."""
+    edited = tmp_path / "edited"
+    shutil.copytree(lab.grown("llama", "hypercloning", **EXACT["hypercloning"]), edited)
+    config = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] - 1}))
+    with pytest.raises(CheckpointError, match="holds parameter model.layers.1.* which the model does not have"):
+        train(model=edited, data=[str(lab.data)], out=tmp_path / "run", max_steps=1, resume="grown")
+
+
 @pytest.mark.parametrize("case", ["fpi", "identity"])
 def test_the_dry_run_reports_the_peak_of_growing_the_moments(lab, case):
     """Growing a run peaks while its moments grow (both source moments of a tensor, its scaled result and, for width,

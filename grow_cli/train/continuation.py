@@ -221,6 +221,13 @@ def load_moments(optimizer, names: list[str], model, folder: Path) -> int:
             f"{folder / STATE_FILE} does not cover parameter {missing[0]} of the model: the state belongs to another "
             "model; grow it again from the same source"
         )
+    known = {name for name, _ in model.named_parameters(remove_duplicate=False)}  # a tied head under both names
+    extra = sorted(set(state["parameters"]) - known)
+    if extra:
+        raise CheckpointError(
+            f"{folder / STATE_FILE} holds parameter {extra[0]}, which the model does not have: the model was changed "
+            "after growth (its config.json?); grow it again from the same source"
+        )
     optimizer_state = optimizer.state_dict()
     carried = 0
     with CheckpointReader(folder) as reader:
