@@ -574,6 +574,7 @@ def test_resume_grown_refuses_a_model_edited_to_fewer_layers_than_its_state(lab,
     (edited / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] - 1}))
     with pytest.raises(CheckpointError, match="holds parameter model.layers.1.* which the model does not have"):
         train(model=edited, data=[str(lab.data)], out=tmp_path / "run", max_steps=1, resume="grown")
+    assert not (tmp_path / "run").exists()  # refused after --out was made: no empty folder is left
 
 
 @pytest.mark.parametrize("case", ["fpi", "identity"])

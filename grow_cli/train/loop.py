@@ -16,7 +16,7 @@ import math
 import os
 import signal
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     same folder is refused in one line instead of interleaving its checkpoints, metrics and model with this one's.
     """
     with _claim(config.out):
+        created = not config.out.exists()
         checked = preflight(config)
         try:
             run = build(config, checked)
@@ -68,6 +69,11 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
                 return _nothing_to_do(config, run.summary)
             ending = train_loop(run)
             result = finish(run, ending) if ending.reason == "done" else pause(run)
+        except BaseException:
+            if created:  # refused after --out was made (a grown state that does not fit): leave no empty folder
+                with suppress(OSError):
+                    config.out.rmdir()  # only when empty: a run that saved a checkpoint keeps it
+            raise
         finally:
             undo_liger()  # Liger's patches of transformers' modules last as long as the run
     if ending.reason == "interrupted":
