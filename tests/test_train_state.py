@@ -577,6 +577,17 @@ def test_resume_grown_refuses_a_model_edited_to_fewer_layers_than_its_state(lab,
     assert not (tmp_path / "run").exists()  # refused after --out was made: no empty folder is left
 
 
+def test_a_damaged_grown_state_is_named_as_the_state_not_the_model(lab, tmp_path):
+    """A cut `training-state/model.safetensors` (the moments) was reported as "model.safetensors is corrupted…",
+    which reads as the model's own weights; the line now says it is the grown training state's."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(lab.grown("llama", "hypercloning", **EXACT["hypercloning"]), damaged)
+    moments = damaged / "training-state" / "model.safetensors"
+    moments.write_bytes(moments.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"^the grown training state in .*training-state: model.safetensors is"):
+        train(model=damaged, data=[str(lab.data)], out=tmp_path / "run", max_steps=1, resume="grown")
+
+
 @pytest.mark.parametrize("case", ["fpi", "identity"])
 def test_the_dry_run_reports_the_peak_of_growing_the_moments(lab, case):
     """Growing a run peaks while its moments grow (both source moments of a tensor, its scaled result and, for width,

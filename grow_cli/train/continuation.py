@@ -230,7 +230,11 @@ def load_moments(optimizer, names: list[str], model, folder: Path) -> int:
         )
     optimizer_state = optimizer.state_dict()
     carried = 0
-    with CheckpointReader(folder) as reader:
+    try:
+        reader = CheckpointReader(folder)
+    except CheckpointError as exc:  # it names the file alone: model.safetensors reads as the model's own weights
+        raise CheckpointError(f"the grown training state in {folder}: {exc}") from None
+    with reader:
         for index, name in enumerate(names):
             entry = state["parameters"][name]
             if not str(entry.get("moments", "")).startswith("carried"):
