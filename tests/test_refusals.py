@@ -76,6 +76,16 @@ def test_index_names_a_shard_that_is_a_directory(cli, tiny_copy, tmp_path):
     assert "missing" not in result.stderr
 
 
+def test_a_checkpoint_whose_save_did_not_finish_is_named_as_one(cli, tmp_path):
+    """A train-stage checkpoint folder without grow-state.json (written last by a save: a killed run's) was refused
+    as "no config.json; is it a Hugging Face model folder?"; it is now named as the unfinished save it is."""
+    step = tmp_path / "run" / "checkpoints" / "step_00000004"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(b"")
+    result = cli("expand", step, tmp_path / "out", "--layers", "8")
+    _assert_refused(result, tmp_path / "out", "train-stage checkpoint without its grow-state.json")
+
+
 def test_index_path_outside_folder(cli, tiny_copy, tmp_path):
     src = tiny_copy("llama")
     index_path = src / "model.safetensors.index.json"

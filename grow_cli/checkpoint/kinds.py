@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.dtypes import FLOATING
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR
 from grow_cli.errors import CheckpointError
 
 # The extra tensors quantizers store beside (or instead of) a weight: GPTQ/AWQ `qweight`/`qzeros`/`scales`/`g_idx`,
@@ -163,6 +164,13 @@ def what_else(folder: Path) -> str | None:
     inner = sorted(p.parent for p in folder.glob("*/config.json"))
     if inner:
         return f"its model is in a subfolder: give {inner[0]}" + (f" (or {inner[1]})" if len(inner) > 1 else "")
+    if re.fullmatch(r"step_\d+", folder.name) and folder.parent.name == CHECKPOINTS_DIR:
+        from grow_cli.train.checkpoints import STATE_FILE
+
+        return (
+            f"it is a train-stage checkpoint without its {STATE_FILE}, which a save writes last: the save did not "
+            "finish (a killed run); grow an earlier checkpoint, or the run's final model folder"
+        )
     return None
 
 
