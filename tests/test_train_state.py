@@ -577,6 +577,16 @@ def test_resume_grown_refuses_a_model_edited_to_fewer_layers_than_its_state(lab,
     assert not (tmp_path / "run").exists()  # refused after --out was made: no empty folder is left
 
 
+def test_growing_a_grown_folder_again_says_its_state_is_not_carried(lab, tmp_path):
+    """A grown folder's training-state/ is grown only through a continued run's checkpoint: growing the folder
+    itself again writes weights only, and now says so instead of dropping the state silently."""
+    report = expand(str(lab.grown("llama", "fpi", **EXACT["fpi"])), tmp_path / "again", GrowthSpec(layers=8))
+    assert report["training_state"] is None and not (tmp_path / "again" / "training-state").exists()
+    assert any(note.startswith("training-state/ (a grown training state that has not") for note in report["notes"])
+    plain = expand(str(lab.source("llama").model), tmp_path / "plain", GrowthSpec(layers=8))
+    assert not any("training-state" in note for note in plain["notes"])  # the control: a folder without one
+
+
 def test_a_damaged_grown_state_is_named_as_the_state_not_the_model(lab, tmp_path):
     """A cut `training-state/model.safetensors` (the moments) was reported as "model.safetensors is corrupted…",
     which reads as the model's own weights; the line now says it is the grown training state's."""

@@ -264,6 +264,11 @@ def _plan(
     """The weights' plan, and the training state's when the source has one (its maps must then be uniform)."""
     plan = build_plan(config, reader.tensor_infos(), spec, uniform_maps=source_state is not None)
     check_tied_copies(plan.binding, reader)
+    if source_state is None and not spec.weights_only and (reader.folder / STATE_DIR).is_dir():
+        plan.notes.append(
+            f"{STATE_DIR}/ (a grown training state that has not trained yet) is not grown again: the output holds "
+            "weights only; to grow a run twice, continue it first (train-stage --resume grown) and grow its checkpoint"
+        )
     return plan, plan_state(plan, source_state, spec) if source_state is not None else None
 
 
