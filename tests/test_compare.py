@@ -198,3 +198,20 @@ def test_a_model_without_a_tokenizer_gets_advice_compare_can_follow(two_models, 
     result = cli("compare", a, bare, "--data", data, "--seq-len", "32", "--eval-fraction", "0.1")
     assert result.code == 1 and "no usable tokenizer in" in result.stderr, result.stderr
     assert "--tokenizer" not in result.stderr  # compare has no such option: both models must hold the tokenizer
+
+
+def test_a_model_that_cannot_run_is_named_in_one_line(two_models, tmp_path, cli):
+    """transformers loads a CodeGen whose rotary dimension (64) exceeds its heads' size (8) but cannot run it; the
+    comparison names that model instead of ending in the catch-all `error: RuntimeError: …`."""
+    import transformers as tf
+
+    a, _, data, _ = two_models
+    broken = tmp_path / "codegen"
+    config = tf.CodeGenConfig(vocab_size=512, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=64)
+    tf.CodeGenForCausalLM(config).save_pretrained(broken)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(a / name, broken / name)
+    result = cli("compare", a, broken, "--data", data, "--seq-len", 32, "--max-blocks", 2)
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: the model in {broken} does not run in transformers (RuntimeError: ")

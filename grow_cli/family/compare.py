@@ -51,6 +51,20 @@ def _load(folder: Path, choice):
     return loaded.model.eval()
 
 
+def _logits(model, folder: Path, inputs: dict[str, Any]):
+    """The model's logits on `inputs`; a model that loads but cannot run is one line naming it (`cannot_run`)."""
+    import torch
+
+    from grow_cli.train.model_io import cannot_run
+
+    try:
+        return model(**inputs).logits
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # transformers raises RuntimeError, ValueError, IndexError… for a model that cannot run
+        raise cannot_run(folder, exc) from exc
+
+
 def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, Any]:
     """Both models' objective (they must agree) and the `Objective` that makes their inputs: for masked LMs, BERT's
     default corruption (15 %, 80/10/10) with the fixed held-out masks of `grow train-stage`."""
@@ -136,8 +150,8 @@ def compare(
                 targets = block[:, 1:].reshape(-1)
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             where, targets = where.to(device), targets.to(device)
-            logits_a = model_a(**inputs).logits[where][:, :vocab]
-            logits_b = model_b(**inputs).logits[where][:, :vocab]
+            logits_a = _logits(model_a, a, inputs)[where][:, :vocab]
+            logits_b = _logits(model_b, b, inputs)[where][:, :vocab]
             for key, value in divergences(logits_a, logits_b, targets).items():
                 totals[key] = totals.get(key, 0.0) + value
     n = totals["positions"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from grow_cli.checkpoint.dtypes import FLOAT8
 from grow_cli.divergence import divergences
-from grow_cli.errors import CheckpointError, VerificationError
+from grow_cli.errors import VerificationError
 
 PROBE_TOKENS = 64
 
@@ -80,23 +80,21 @@ def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
 
 def _run(folder: Path, ids, max_memory: int | None, *, grown: bool) -> Any:
     """`_outputs`, with a model transformers cannot load or run refused in one line: a source that fails is the
-    checkpoint's fault (a config.json its weights or code disagree with, e.g. a rotary dimension above the head
-    size, which transformers' validation lets through); a grown model that fails while its source ran is grow's."""
+    checkpoint's fault (`cannot_run`); a grown model that fails while its source ran is grow's."""
+    from grow_cli.train.model_io import cannot_run
+
     try:
         return _outputs(folder, ids, max_memory)
     except MemoryError:
         raise
     except Exception as exc:  # transformers raises RuntimeError, ValueError, IndexError… for a model that cannot run
-        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
         if grown:
+            cause = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
             raise VerificationError(
                 f"the grown model does not run in transformers ({cause}) although its source does; nothing was "
                 "written (this is a bug in grow: please report it with the source's config.json)"
             ) from exc
-        raise CheckpointError(
-            f"the source model in {folder} does not run in transformers ({cause}), so it cannot be verified or "
-            "grown; check its config.json against its weights"
-        ) from exc
+        raise cannot_run(folder, exc, "the source model") from exc
 
 
 def measure(
