@@ -229,9 +229,10 @@ def _paths(value: Any, where: str, base: Path) -> list[str]:
 def _train(value: Any, where: str, base: Path) -> dict[str, Any]:
     """A `train:` block: keys and types from `TrainConfig`'s fields (paths resolved from the recipe's folder, a token
     budget read as `--max-tokens` reads it); the values themselves are checked by `TrainConfig`."""
-    from grow_cli.train.config import field_types, parse_max_tokens
+    from grow_cli.field_types import field_types
+    from grow_cli.train.config import TrainConfig, parse_max_tokens
 
-    types = field_types()
+    types = field_types(TrainConfig)
     settings = dict(_mapping(value, where, _train_fields()))
     if "data" in settings:
         settings["data"] = _paths(settings["data"], f"{where}.data", base)

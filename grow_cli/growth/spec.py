@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from grow_cli.checkpoint.dtypes import output_dtype
 from grow_cli.checkpoint.writer import parse_size
 from grow_cli.errors import OptionError, UsageError
+from grow_cli.field_types import field_types as dataclass_types
 from grow_cli.limits import check_experts
 from grow_cli.operators import registry
 
@@ -114,11 +114,11 @@ class GrowthSpec:
     def _check_types(self) -> None:
         """Each field holds a value of its type (the Python API's mistakes: a string for a number, True for 1),
         before any check compares it; None only where the field is optional."""
-        hints = typing.get_type_hints(GrowthSpec)
-        for name, kinds in field_types().items():
+        for name, allowed in dataclass_types(GrowthSpec).items():
             value = getattr(self, name)
-            if value is None and type(None) in typing.get_args(hints[name]):
+            if value is None and type(None) in allowed:
                 continue
+            kinds = tuple(k for k in allowed if k is not type(None))
             if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
                 names = " or ".join(k.__name__ for k in kinds)
                 raise OptionError(
@@ -222,10 +222,6 @@ def flag(name: str) -> str:
 
 
 def field_types() -> dict[str, tuple[type, ...]]:
-    """Every field and the Python types a recipe may give it (an int where a float is expected is fine)."""
-    hints = typing.get_type_hints(GrowthSpec)
-    types: dict[str, tuple[type, ...]] = {}
-    for f in dataclasses.fields(GrowthSpec):
-        args = [a for a in typing.get_args(hints[f.name]) or (hints[f.name],) if a is not type(None)]
-        types[f.name] = tuple(dict.fromkeys(t for a in args for t in ((int, float) if a is float else (a,))))
-    return types
+    """Every field and the Python types a recipe may give it (an int where a float is expected is fine; null is not:
+    a recipe leaves out what it does not set)."""
+    return {name: tuple(k for k in kinds if k is not type(None)) for name, kinds in dataclass_types(GrowthSpec).items()}

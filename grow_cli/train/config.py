@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,21 +264,6 @@ def parse_max_tokens(value: str | float | None) -> int | None:
     if not (math.isfinite(count) and count == int(count)):
         raise UsageError(f"--max-tokens must be a whole number, got {value}")
     return int(count)
-
-
-def field_types() -> dict[str, tuple[type, ...]]:
-    """Every field and the Python types a recipe may give it: an int where a float is expected, a string for a path,
-    None where the field may be None, and `list` for a list of strings (`data`, `report_to`)."""
-    hints = typing.get_type_hints(TrainConfig)
-    kinds: dict[str, tuple[type, ...]] = {}
-    for f in dataclasses.fields(TrainConfig):
-        hint = hints[f.name]
-        args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        accepted = {float: (int, float), Path: (str,)}
-        kinds[f.name] = tuple(
-            dict.fromkeys(t for a in args for t in accepted.get(a, (typing.get_origin(a) or a,)))  # list[str]: list
-        )
-    return kinds
 
 
 def _count_or(value: int | str | None, keyword: str, flag: str, what: str) -> int | str | None:
