@@ -55,11 +55,15 @@ def check_weights(model_dir: Path) -> None:
 def cannot_run(folder: Path, exc: Exception, whose: str = "the model") -> CheckpointError:
     """The one line for a model transformers loads but cannot run: a config its code refuses only when run (e.g.
     CodeGen's `rotary_dim` above the head size, which transformers' validation lets through); `whose` names it."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    cause = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return CheckpointError(
-        f"{whose} in {folder} does not run in transformers ({cause}); check its config.json against its weights"
+        f"{whose} in {folder} does not run in transformers ({failure(exc)}); check its config.json against its weights"
     )
+
+
+def failure(exc: BaseException) -> str:
+    """An exception as one short phrase: its type and the first line of its message."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_seq_len(config, seq_len: int, *, whose: str = "the model's") -> None:
