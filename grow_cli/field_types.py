@@ -23,3 +23,9 @@ def field_types(cls: type) -> dict[str, tuple[type, ...]]:
             dict.fromkeys(t for a in args for t in ACCEPTED.get(a, (typing.get_origin(a) or a,)))  # list[str]: list
         )
     return kinds
+
+
+def accepts(kinds: tuple[type, ...], value: object) -> bool:
+    """Whether `value` is of one of `kinds`, a bool counting only where `bool` is named (`True` is an int to
+    Python, but never a count of layers)."""
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))

@@ -28,6 +28,7 @@ from typing import Any
 from grow_cli.checkpoint.dtypes import output_dtype
 from grow_cli.checkpoint.writer import parse_size
 from grow_cli.errors import OptionError, UsageError
+from grow_cli.field_types import accepts
 from grow_cli.field_types import field_types as dataclass_types
 from grow_cli.limits import check_experts
 from grow_cli.operators import registry
@@ -119,7 +120,7 @@ class GrowthSpec:
             if value is None and type(None) in allowed:
                 continue
             kinds = tuple(k for k in allowed if k is not type(None))
-            if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            if not accepts(kinds, value):
                 names = " or ".join(k.__name__ for k in kinds)
                 raise OptionError(
                     name, f"GrowthSpec.{name}: expected {names}, found {value!r} ({type(value).__name__})"
