@@ -199,7 +199,7 @@ def check_complete(folder: Path) -> list[str]:
             "pytorch_model.bin): not a finished checkpoint"
         )
     unread = [(name, problem) for name in weights if (problem := not_a_file(folder / name))]
-    missing = [name for name, problem in unread if problem.startswith("is missing")]
+    missing = [name for name, _ in unread if not os.path.lexists(folder / name)]
     if missing:
         raise CheckpointError(f"{folder} is incomplete: {len(missing)} weight file(s) missing, e.g. {missing[0]}")
     if unread:
