@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_verify_in_bounded_memory_streams_weights_from_disk(cli, tiny_checkpoints, tmp_path):
     """With --verify-max-memory far below the model's size, accelerate offloads weights to disk; the check gives
@@ -120,3 +122,20 @@ def test_a_grown_model_that_cannot_run_is_a_verification_failure(cli, tiny_check
     assert result.code == 1 and len(lines) == 1, result.stderr
     assert "the grown model does not run in transformers (RuntimeError: shape mismatch)" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_running_out_of_memory_is_not_blamed_on_the_model(tiny_checkpoints, tmp_path, monkeypatch):
+    """Out of memory (host or accelerator) is the machine's limit, not a model that cannot run: it passes through
+    verification as itself, where any other failure is named as the model's."""
+    import torch
+
+    from grow_cli.growth import verify
+
+    for error in (MemoryError(), torch.OutOfMemoryError("CUDA out of memory")):
+
+        def exhausted(folder, ids, max_memory, error=error):
+            raise error
+
+        monkeypatch.setattr(verify, "_outputs", exhausted)
+        with pytest.raises(type(error)):
+            verify.measure(tiny_checkpoints("llama"), tiny_checkpoints("llama"), vocab_size=128)

@@ -53,16 +53,10 @@ def _load(folder: Path, choice):
 
 def _logits(model, folder: Path, inputs: dict[str, Any]):
     """The model's logits on `inputs`; a model that loads but cannot run is one line naming it (`cannot_run`)."""
-    import torch
+    from grow_cli.train.model_io import cannot_run, refusing_failures
 
-    from grow_cli.train.model_io import cannot_run
-
-    try:
+    with refusing_failures(lambda exc: cannot_run(folder, exc)):
         return model(**inputs).logits
-    except (MemoryError, torch.OutOfMemoryError):
-        raise
-    except Exception as exc:  # transformers raises RuntimeError, ValueError, IndexError… for a model that cannot run
-        raise cannot_run(folder, exc) from exc
 
 
 def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, Any]:

@@ -81,19 +81,18 @@ def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
 def _run(folder: Path, ids, max_memory: int | None, *, grown: bool) -> Any:
     """`_outputs`, with a model transformers cannot load or run refused in one line: a source that fails is the
     checkpoint's fault (`cannot_run`); a grown model that fails while its source ran is grow's."""
-    from grow_cli.train.model_io import cannot_run, failure
+    from grow_cli.train.model_io import cannot_run, failure, refusing_failures
 
-    try:
-        return _outputs(folder, ids, max_memory)
-    except MemoryError:
-        raise
-    except Exception as exc:  # transformers raises RuntimeError, ValueError, IndexError… for a model that cannot run
+    def refusal(exc: Exception) -> Exception:
         if grown:
-            raise VerificationError(
+            return VerificationError(
                 f"the grown model does not run in transformers ({failure(exc)}) although its source does; nothing was "
                 "written (this is a bug in grow: please report it with the source's config.json)"
-            ) from exc
-        raise cannot_run(folder, exc, "the source model") from exc
+            )
+        return cannot_run(folder, exc, "the source model")
+
+    with refusing_failures(refusal):
+        return _outputs(folder, ids, max_memory)
 
 
 def measure(

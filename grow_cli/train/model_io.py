@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,19 @@ def check_weights(model_dir: Path) -> None:
         infos = reader.tensor_infos()
     refuse_quantizer_tensors(infos)
     refuse_integer_weights(infos, {name for name in infos if name.endswith(".weight")})
+
+
+@contextmanager
+def refusing_failures(refusal: Callable[[Exception], Exception]) -> Iterator[None]:
+    """Run a model, raising `refusal(exc)` for whatever it raises when it cannot run (transformers raises
+    RuntimeError, ValueError, IndexError… for a config its code refuses only when run); running out of memory is not
+    the model's fault and passes through as it is."""
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise refusal(exc) from exc
 
 
 def cannot_run(folder: Path, exc: Exception, whose: str = "the model") -> CheckpointError:
