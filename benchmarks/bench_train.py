@@ -8,8 +8,13 @@ its throughput metrics; Trainer: a callback), the first window (warm-up) left ou
 and bursts of load from other work on a shared machine are left out. Prints both rates and grow / Trainer (the
 target is >= 1.0); `--json` prints them as JSON.
 
+With `--document-masking` it measures what that option costs instead: grow with `--document-masking` against grow
+without it, on the same plays cut into documents of about a quarter of `--seq-len` (so a packed block holds about
+four), everything else the same.
+
     python benchmarks/bench_train.py            # defaults: 60 steps, windows of 10, micro-batch 8, seq-len 128
     python benchmarks/bench_train.py --repeats 3 --json
+    python benchmarks/bench_train.py --document-masking --seq-len 512 --repeats 3
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from grow_cli.train.loop import train_stage
 from grow_cli.train.metrics import read_metrics
 
 VOCAB = 2048
+SIDES = ["grow", "trainer", "grow-masked"]  # grow-masked: grow with --document-masking
 
 
 def build_model(folder: Path, text_dir: Path) -> None:
@@ -130,10 +136,28 @@ def run_trainer(model_dir: Path, text_dir: Path, work: Path, args) -> float:
     return median_rate(np.diff(clock.ends), args)
 
 
+def write_short_documents(model_dir: Path, text_dir: Path, folder: Path, tokens: int) -> float:
+    """The plays cut into documents of `tokens` tokens (by the model's tokenizer), one JSON line each; returns the
+    mean document length in tokens once re-encoded (a cut can merge differently), EOS included."""
+    tokenizer = tf.AutoTokenizer.from_pretrained(model_dir)
+    folder.mkdir()
+    lengths = []
+    with open(folder / "documents.jsonl", "w") as f:
+        for play in sorted(text_dir.glob("*.txt")):
+            ids = tokenizer(play.read_text())["input_ids"]
+            for start in range(0, len(ids), tokens):
+                text = tokenizer.decode(ids[start : start + tokens])
+                lengths.append(len(tokenizer(text)["input_ids"]) + 1)
+                f.write(json.dumps({"text": text}) + "\n")
+    return float(np.mean(lengths))
+
+
 def run_grow(model_dir: Path, text_dir: Path, work: Path, args) -> float:
+    masked = args.side == "grow-masked"
     config = TrainConfig(
         model=model_dir,
-        data=[str(text_dir)],
+        data=[str(text_dir.parent / "documents" if args.document_masking else text_dir)],
+        document_masking=masked,
         out=work / "grow",
         seq_len=args.seq_len,
         micro_batch_size=args.micro_batch_size,
@@ -161,11 +185,16 @@ def main() -> None:
     parser.add_argument("--plays", type=int, default=6, help="Shakespeare plays of training text")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two this many times; report medians")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--side", choices=["grow", "trainer"], help=argparse.SUPPRESS)  # one measurement
+    parser.add_argument(
+        "--document-masking",
+        action="store_true",
+        help="grow with --document-masking against grow without it, on documents of ~seq-len/4 tokens",
+    )
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one measurement
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:  # a child process: measure one side and print its rate
-        run = run_grow if args.side == "grow" else run_trainer
+        run = run_trainer if args.side == "trainer" else run_grow
         tf.utils.logging.set_verbosity_error()
         print(
             json.dumps(run(args.work / "model", args.work / "text", args.work / f"{args.side}-{time.time_ns()}", args))
@@ -178,10 +207,13 @@ def main() -> None:
         text_dir, model_dir = work / "text", work / "model"
         write_corpus("shakespeare", text_dir, max_files=args.plays)
         build_model(model_dir, text_dir)
+        document_tokens = None
+        if args.document_masking:
+            document_tokens = write_short_documents(model_dir, text_dir, work / "documents", args.seq_len // 4 - 1)
         started, load_before = time.perf_counter(), os.getloadavg()
         # Each measurement runs in a fresh process (as `grow train-stage` and a Trainer script would), since
         # accelerate keeps process-wide state; the two alternate so that load from other work hits both.
-        runs: dict[str, list[float]] = {"grow": [], "trainer": []}
+        runs: dict[str, list[float]] = {"grow": [], ("grow-masked" if args.document_masking else "trainer"): []}
         for _ in range(args.repeats):
             for side in runs:
                 cmd = [
@@ -201,11 +233,10 @@ def main() -> None:
                     str(args.lr),
                     "--window",
                     str(args.window),
+                    *(["--document-masking"] if args.document_masking else []),
                 ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 runs[side].append(float(proc.stdout.strip().splitlines()[-1]))
-        grow_runs, trainer_runs = runs["grow"], runs["trainer"]
-        grow_tps, trainer_tps = float(np.median(grow_runs)), float(np.median(trainer_runs))
         elapsed = time.perf_counter() - started
     result = {
         "device": "cpu",
@@ -215,21 +246,36 @@ def main() -> None:
         "micro_batch_size": args.micro_batch_size,
         "seq_len": args.seq_len,
         "precision": "fp32",
-        "grow_tokens_per_s": round(grow_tps, 1),
-        "trainer_tokens_per_s": round(trainer_tps, 1),
-        "ratio": round(grow_tps / trainer_tps, 3),
+        **({"mean_document_tokens": round(document_tokens, 1)} if document_tokens else {}),
+        **summary(runs),
         "repeats": args.repeats,
-        "grow_runs": [round(x, 1) for x in grow_runs],
-        "trainer_runs": [round(x, 1) for x in trainer_runs],
         "wall_s": round(elapsed, 1),
         "load_average_1_5_15": [[round(x, 2) for x in load_before], [round(x, 2) for x in os.getloadavg()]],
     }
     if args.json:
         print(json.dumps(result, indent=2))
+        return
+    if document_tokens:
+        print(f"documents of {document_tokens:.0f} tokens on average: {args.seq_len / document_tokens:.1f} per block")
+    names = {"grow": "grow train-stage", "trainer": "transformers Trainer", "grow-masked": "grow --document-masking"}
+    for side in runs:
+        print(f"{names[side]}: {result[side.replace('-', '_') + '_tokens_per_s']:,.0f} tokens/s")
+    if args.document_masking:
+        print(f"ratio with / without --document-masking: {result['ratio']:.3f}")
     else:
-        print(f"grow train-stage: {grow_tps:,.0f} tokens/s")
-        print(f"transformers Trainer: {trainer_tps:,.0f} tokens/s")
-        print(f"ratio grow / Trainer: {grow_tps / trainer_tps:.3f} (target >= 1.0)")
+        print(f"ratio grow / Trainer: {result['ratio']:.3f} (target >= 1.0)")
+
+
+def summary(runs: dict[str, list[float]]) -> dict:
+    """Each side's median tokens/s and its runs, and the ratio of the second side to the first (grow / Trainer, or
+    with --document-masking / without), the second being the one measured against grow's default."""
+    first, second = runs
+    medians = {side: float(np.median(rates)) for side, rates in runs.items()}
+    result: dict = {f"{side.replace('-', '_')}_tokens_per_s": round(medians[side], 1) for side in runs}
+    ratio = medians[first] / medians[second] if second == "trainer" else medians[second] / medians[first]
+    result["ratio"] = round(ratio, 3)
+    result.update({f"{side.replace('-', '_')}_runs": [round(x, 1) for x in rates] for side, rates in runs.items()})
+    return result
 
 
 if __name__ == "__main__":
