@@ -1,6 +1,9 @@
 """The grown model's config.json: the source's keys kept as they are, growth applied, and transformers 5's strict
 validation run before anything is written.
 
+A model whose checkpoints carry multi-token-prediction layers after the stack (DeepSeek-V3, GLM-4.5) is written without
+them, and its config says so (`num_nextn_predict_layers` 0).
+
 mergekit leaves per-layer lists stale (a depth-grown Qwen2 then fails to load); grow maps every per-layer list
 through the depth map, so layer j gets the type of the source layer it copies. A list the source config.json leaves
 to transformers' default (Gemma 2's alternating `layer_types`, SmolLM3's `no_rope_layers`, Qwen3's sliding layers
@@ -42,6 +45,8 @@ def grown_config(
         if arch.is_moe:  # each grown layer keeps the kind (sparse or dense) of the layer it copies
             sparse = sparse_layers(arch, source, L)
             config.update(sparse_config(arch, [src in sparse for src in layer_map]))
+    if arch.mtp_layers is not None:  # grow never writes the multi-token-prediction layers (grow_cli/arch/binding.py)
+        config[arch.mtp_layers] = 0
     config.update(width_updates)
     if dtype is not None:
         config.pop("torch_dtype", None)
