@@ -165,6 +165,21 @@ def test_glm4_moe_widens_exactly_with_every_router_decision_kept(sources, refere
     assert all(torch.equal(routes["glm4_moe"][i], grown_routes[i]) for i in (1, 2))
 
 
+def test_glm4_moe_heads_that_do_not_divide_the_hidden_size_widen_too(tmp_path):
+    """GLM-4.5-Air has 96 heads of 128 over a hidden size of 4096, which its config class allows: a tiny one (6 heads
+    of 8 over 40) widens ×2 exactly, where grow's check that heads divide the hidden size would have refused it."""
+    from tiny_moe import build
+
+    torch.manual_seed(0)
+    model = build("glm4_moe")
+    config = model.config.to_dict() | {"hidden_size": 40, "num_attention_heads": 6, "vocab_size": 96}
+    model = type(model)(type(model.config).from_dict(config)).eval()
+    model.save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    report = expand(str(tmp_path / "src"), tmp_path / "out", GrowthSpec(width_factor=2), quiet=True, verify=True)
+    assert report["target_shape"]["hidden_size"] == 80 and report["target_shape"]["num_heads"] == 12
+    assert report["verify"]["passed"] is True and report["verify"]["max_abs_logit_diff"] <= EXACT
+
+
 def test_glm4_moe_width_and_depth_pass_verify_through_the_cli(cli, sources, tmp_path):
     out = tmp_path / "out"
     result = cli(
@@ -227,6 +242,10 @@ def test_a_multi_token_prediction_layer_is_left_out_with_one_note(cli, sources, 
     info = inspect(str(src))
     assert [n["name"] for n in info["not_read"]] == ["model.layers.3.*"]
     out = tmp_path / "out"
+    dry = cli("expand", src, out, "--layers", "5", "--depth-method", "identity", "--dry-run", "--json")
+    dry = json.loads(dry.stdout)["plan"]
+    assert dry["target_config"]["num_nextn_predict_layers"] == 0 and dry["target_config"]["first_k_dense_replace"] == 1
+    assert sum("multi-token-prediction" in n for n in dry["notes"]) == 1 and not out.exists()
     result = cli("expand", src, out, "--layers", "5", "--depth-method", "identity", "--verify", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)

@@ -1,14 +1,14 @@
 """The grown model's config.json: the source's keys kept as they are, growth applied, and transformers 5's strict
 validation run before anything is written.
 
-A model whose checkpoints carry multi-token-prediction layers after the stack (DeepSeek-V3, GLM-4.5) is written without
-them, and its config says so (`num_nextn_predict_layers` 0).
-
 mergekit leaves per-layer lists stale (a depth-grown Qwen2 then fails to load); grow maps every per-layer list
 through the depth map, so layer j gets the type of the source layer it copies. A list the source config.json leaves
 to transformers' default (Gemma 2's alternating `layer_types`, SmolLM3's `no_rope_layers`, Qwen3's sliding layers
 above `max_window_layers`) is computed for the *source* layer count and written out explicitly: the default for
 the grown layer count would give copied layers a different type than their source, and the copy would not be exact.
+The MoE layer pattern is mapped the same way (grow_cli/arch/experts.py). A model whose checkpoints carry
+multi-token-prediction layers after the stack (DeepSeek-V3, GLM-4.5) is written without them, and its config says so
+(`num_nextn_predict_layers` 0).
 """
 
 from __future__ import annotations
