@@ -5,6 +5,9 @@ Qwen2-MoE a sigmoid-gated shared expert and a dense MLP in layer 1 (`mlp_only_la
 and every other layer sparse (`decoder_sparse_step` 2), OLMoE q/k norms over all heads. Routers are drawn large
 (std 0.5) so that tokens really spread over different experts, and every 1-D tensor is randomised, so that a wrong
 rule for an expert, a router row or a gain cannot hide behind identical experts or ones and zeros.
+
+`PREFIX_CONFIGS` adds the types whose first layers keep a dense MLP (GLM-4.5, DeepSeek-V3, DeepSeek-V2), with their
+routers' e-score correction biases (buffers) randomised too.
 """
 
 from __future__ import annotations
