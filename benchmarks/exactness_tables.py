@@ -1,9 +1,9 @@
 """Reprint the docs' tables of measured max |Δlogit| on tiny models: docs/methods.md's width methods (the models of
 tests/tiny_models.py) and curated decoders (tests/tiny_decoders.py), docs/upcycling.md's upcycled dense models
-(tests/test_upcycle.py's) and grown mixtures of experts (tests/tiny_moe.py).
+(tests/test_upcycle.py's) and grown mixtures of experts (tests/tiny_moe.py), those with a dense prefix too.
 
     python benchmarks/exactness_tables.py                   # every table, as markdown (~2 min on 2 CPU cores)
-    python benchmarks/exactness_tables.py --table decoders  # one of them: width | decoders | upcycle | moe
+    python benchmarks/exactness_tables.py --table decoders  # one of them: width | decoders | upcycle | moe | moe-prefix
 
 Each case is grown by `grow_cli.expand` into a sharded folder, loaded back with transformers in fp32, and compared
 with its source on the tests' probe ids (seed 0); ✗ marks a run the report calls not function-preserving. The tests
@@ -87,6 +87,17 @@ MOE_CASES: list[tuple[str, Options]] = [
     ("stack 4 → 8 (control)", dict(layers=8, depth_method="stack")),
 ]
 
+PREFIX_CASES: list[tuple[str, Options]] = [
+    ("identity 3 → 6 layers", dict(layers=6, depth_method="identity")),
+    ("staged-identity 3 → 5 layers", dict(layers=5, depth_method="staged-identity")),
+    ("fpi ×2", dict(width_method="fpi", width_factor=2)),
+    WIDTH_CASES[2],
+    ("zero, FFN ×2 (experts and shared experts too)", _doubled_ffn),
+    ("zero ×2 (hidden too)", dict(width_method="zero", width_factor=2)),
+    ("interleave 3 → 6 layers (control)", dict(layers=6, depth_method="interleave")),
+    ("stack 3 → 6 layers", dict(layers=6, depth_method="stack")),
+]
+
 
 def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
@@ -159,11 +170,18 @@ def moe_table(work: Path) -> str:
     return measure(sources, _causal_lm, tiny_moe.probe_ids(), MOE_CASES, work, scale_row=True, mark=True)
 
 
+def prefix_table(work: Path) -> str:
+    sources = {name: tiny_moe.save(name, work / name) for name in tiny_moe.PREFIX_NAMES}
+    sources["deepseek_v3 (fused layout)"] = tiny_moe.save("deepseek_v3", work / "deepseek_v3-fused", fused=True)
+    return measure(sources, _causal_lm, tiny_moe.probe_ids(), PREFIX_CASES, work, scale_row=True, mark=True)
+
+
 TABLES = {
     "width": ("docs/methods.md, width methods (tests/tiny_models.py)", width_table),
     "decoders": ("docs/methods.md, curated decoders (tests/tiny_decoders.py)", decoders_table),
     "upcycle": ("docs/upcycling.md, upcycled dense models (tests/test_upcycle.py)", upcycle_table),
     "moe": ("docs/upcycling.md, grown mixtures of experts (tests/tiny_moe.py)", moe_table),
+    "moe-prefix": ("docs/upcycling.md, mixtures of experts with dense first layers (tests/tiny_moe.py)", prefix_table),
 }
 
 

@@ -109,6 +109,30 @@ BROKEN = {
         lambda d: d["layer"].append(copy.deepcopy(q_proj(d))),
         "a tensor name appears twice",
     ),
+    "a config space without a width refusal": (
+        lambda d: (d.update(config_spaces={"latent": [["kv_lora_rank"]]}), q_proj(d).update(axes=["latent", "hidden"])),
+        "width growth has no map for the config spaces ['latent']: set 'width_refused'",
+    ),
+    "a config space named like one of grow's": (
+        lambda d: d.update(config_spaces={"ffn": [["intermediate_size"]]}, width_refused="no map"),
+        "config space 'ffn' is one of grow's own spaces",
+    ),
+    "a config space that is not a sum of products": (
+        lambda d: d.update(config_spaces={"latent": ["kv_lora_rank"]}, width_refused="no map"),
+        "config space 'latent': give a list of terms, each a list of config keys to multiply",
+    ),
+    "an axis in an undeclared config space": (
+        lambda d: q_proj(d).update(axes=["latent", "hidden"]),
+        "weight 'self_attn.q_proj.weight' has unknown axis space(s) ['latent']",
+    ),
+    "a presence condition that is not a key": (
+        lambda d: q_proj(d).update(when=[True]),
+        "weight 'self_attn.q_proj.weight': 'when' is a config key, or a list of keys that must all be set",
+    ),
+    "mtp_layers that is not a key": (
+        lambda d: d.update(mtp_layers=1),
+        "'mtp_layers' is the config key that counts the multi-token-prediction layers",
+    ),
     "tied to a tensor that is not there": (
         lambda d: d["final"][-1].update(tied_to="model.embed_token.weight"),
         "weight(s) ['lm_head.weight'] are tied to a tensor the definition does not name",

@@ -5,6 +5,9 @@ Qwen2-MoE a sigmoid-gated shared expert and a dense MLP in layer 1 (`mlp_only_la
 and every other layer sparse (`decoder_sparse_step` 2), OLMoE q/k norms over all heads. Routers are drawn large
 (std 0.5) so that tokens really spread over different experts, and every 1-D tensor is randomised, so that a wrong
 rule for an expert, a router row or a gain cannot hide behind identical experts or ones and zeros.
+
+`PREFIX_CONFIGS` adds the types whose first layers keep a dense MLP (GLM-4.5, DeepSeek-V3, DeepSeek-V2), with their
+routers' e-score correction biases (buffers) randomised too.
 """
 
 from __future__ import annotations
@@ -51,18 +54,55 @@ CONFIGS = {
 }
 NAMES = list(CONFIGS)
 
+# Mixtures of experts whose first first_k_dense_replace layers keep a dense MLP (here: layer 0 of 3), with shared
+# experts, sigmoid routers with an e-score correction bias and grouped top-k (two groups of four experts, one group
+# chosen), and a routed_scaling_factor other than 1: GLM-4.5 with q/k/v biases, partial rotary and q/k norms;
+# DeepSeek-V3 with multi-head latent attention through a query latent; DeepSeek-V2 (Lite) with plain query projections
+# and softmax routing.
+_PREFIXED = dict(
+    _COMMON,
+    num_hidden_layers=3,
+    intermediate_size=48,
+    moe_intermediate_size=16,
+    n_routed_experts=8,
+    first_k_dense_replace=1,
+)
+_MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8)
+PREFIX_CONFIGS = {
+    "glm4_moe": lambda: tf.Glm4MoeConfig(
+        **_PREFIXED,
+        head_dim=8,
+        attention_bias=True,
+        use_qk_norm=True,
+        n_shared_experts=1,
+        n_group=2,
+        topk_group=1,
+        routed_scaling_factor=1.5,
+    ),
+    "deepseek_v3": lambda: tf.DeepseekV3Config(
+        **{**_PREFIXED, **_MLA}, q_lora_rank=24, n_shared_experts=1, n_group=2, topk_group=1, routed_scaling_factor=2.5
+    ),
+    "deepseek_v2": lambda: tf.DeepseekV2Config(**{**_PREFIXED, **_MLA}, q_lora_rank=None, n_shared_experts=2),
+}
+PREFIX_NAMES = list(PREFIX_CONFIGS)
+
+
+def config(name: str):
+    return {**CONFIGS, **PREFIX_CONFIGS}[name]()
+
 
 def model_class(name: str):
-    return tf.AutoModelForCausalLM._model_mapping[type(CONFIGS[name]())]
+    return tf.AutoModelForCausalLM._model_mapping[type(config(name))]
 
 
 def build(name: str, seed: int = 0) -> torch.nn.Module:
-    """A random tiny MoE model of kind `name` in eval mode (routers std 0.5; gains around 1, biases around 0)."""
+    """A random tiny MoE model of kind `name` in eval mode (routers std 0.5; gains around 1, biases around 0 — the
+    routers' e-score correction biases too, which are buffers)."""
     torch.manual_seed(seed)
-    model = model_class(name)(CONFIGS[name]())
+    model = model_class(name)(config(name))
     with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if param.ndim == 1:
+        for pname, param in [*model.named_parameters(), *model.named_buffers()]:
+            if param.ndim == 1 and (pname.endswith("e_score_correction_bias") or param.requires_grad):
                 base = 1.0 if "norm" in pname else 0.0
                 param.copy_(base + 0.3 * torch.randn_like(param))
             elif pname.endswith(("mlp.gate.weight", "shared_expert_gate.weight")):

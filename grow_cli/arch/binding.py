@@ -17,7 +17,7 @@ from typing import Any
 
 from grow_cli.arch.experts import detect_layout, weight_applies
 from grow_cli.arch.registry import ArchDef, WeightDef
-from grow_cli.arch.shape import ModelShape, config_flag
+from grow_cli.arch.shape import ModelShape, config_value, presence_key, weight_present
 from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
 from grow_cli.errors import ArchitectureError, CheckpointError
 
@@ -103,6 +103,34 @@ def _refuse_fewer_layers(arch: ArchDef, shape: ModelShape, names: set[str], laye
         )
 
 
+def _mtp_layers(
+    arch: ArchDef, config: dict[str, Any], shape: ModelShape, unclaimed: set[str], layer_re: re.Pattern[str]
+) -> dict[int, int]:
+    """The multi-token-prediction layers stored after the decoder stack (layer L … L + n − 1, n from the definition's
+    `mtp_layers` key), with how many tensors each holds."""
+    if arch.mtp_layers is None:
+        return {}
+    n = config_value(arch, config, arch.mtp_layers)
+    n = arch.config_defaults.get(arch.mtp_layers, 0) if n is None else n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise CheckpointError(f"config.json: {arch.mtp_layers} must be a non-negative integer, found {n!r}")
+    counts: dict[int, int] = {}
+    for name in unclaimed:
+        match = layer_re.match(name)
+        if match and shape.layers <= int(match.group(1)) < shape.layers + n:
+            counts[int(match.group(1))] = counts.get(int(match.group(1)), 0) + 1
+    return counts
+
+
+def _mtp_note(arch: ArchDef, count: int) -> str:
+    """Why a multi-token-prediction layer is left out of a grown checkpoint (one line for all of its tensors)."""
+    return (
+        f"a multi-token-prediction layer, {count} tensors: transformers ignores it on load and finds it for "
+        f"generate(use_mtp=True) only at the layer index of the released checkpoints, and its input is the last "
+        f"layer's hidden state, which growth moves; the grown config sets {arch.mtp_layers} to 0"
+    )
+
+
 def bind(
     arch: ArchDef, config: dict[str, Any], shape: ModelShape, tensors: dict[str, tuple[tuple[int, ...], str]]
 ) -> Binding:
@@ -156,9 +184,11 @@ def bind(
                         bound.append(item)
                     continue
             full = name_of(weight)
-            if weight.when is not None and not config_flag(arch, config, weight.when):
+            if not weight_present(arch, config, weight):
                 if full in names:
-                    raise CheckpointError(f"tensor {full} is present although config.json sets {weight.when}=false")
+                    raise CheckpointError(
+                        f"tensor {full} is present although config.json has {presence_key(arch, config, weight)}"
+                    )
                 continue
             if weight.tied_to is not None and _is_tied(weight, shape):
                 stored = [n for n in (full, *(_resolve(a, prefix) for a in weight.aliases)) if n in names]
@@ -191,11 +221,16 @@ def bind(
     final = section(arch.final, lambda w: _resolve(w.name, prefix), None)
 
     buffer_patterns = [re.compile(b) for b in arch.buffers]
+    mtp = _mtp_layers(arch, config, shape, names - claimed, layer_re)
+    for layer, count in sorted(mtp.items()):
+        dropped.append((arch.layer_prefix.format(p=prefix, i=layer) + "*", _mtp_note(arch, count)))
     for name in sorted(names - claimed):
         if any(p.fullmatch(name) for p in buffer_patterns):
             dropped.append((name, "non-persistent buffer; transformers recomputes it"))
             continue
         match = layer_re.match(name)
+        if match and int(match.group(1)) in mtp:
+            continue
         if match and int(match.group(1)) >= shape.layers:
             raise CheckpointError(
                 f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers"

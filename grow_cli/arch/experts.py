@@ -3,16 +3,21 @@
 - **Which layers are sparse.** Mixtral and OLMoE make every MLP an MoE block. Qwen2-MoE and Qwen3-MoE keep a dense
   MLP in the layers listed in `mlp_only_layers` and in those off the `decoder_sparse_step` (layer i is sparse when
   i is not listed and (i + 1) is a multiple of the step); a definition names those keys as `moe.dense_layers` and
-  `moe.sparse_step`. Depth growth maps the pattern through the layer map and writes it back as an explicit
-  `mlp_only_layers` with step 1, so that every grown layer keeps the kind of the layer it copies.
+  `moe.sparse_step`. DeepSeek-V2/V3 and GLM-4.5 keep a dense MLP in their first `first_k_dense_replace` layers
+  (`moe.dense_prefix`). Depth growth maps the pattern through the layer map and writes it back — as an explicit
+  `mlp_only_layers` with step 1, or as the grown dense prefix — so that every grown layer keeps the kind of the layer
+  it copies. A dense prefix can say only "the first k": a layer map that puts a copy of a dense layer after a sparse
+  one (G_stack repeating the whole stack) cannot be written, and is refused before anything is written.
 - **Where the routed experts are.** On disk, `save_pretrained` writes one 2-D tensor per expert and matrix
   (`…experts.{e}.w1.weight`, the *per_expert* layout); transformers 5 fuses them on load into 3-D tensors
   (`…experts.gate_up_proj`: experts × [gate|up] × hidden, and `…experts.down_proj`) and writes those only with
   `save_original_format=False` (the *fused* layout). A checkpoint holds one layout or the other; grow reads both
   and writes what it read.
 - **Active parameters.** A token runs top-k of the E routed experts: active = total − (1 − k/E) × routed.
-- **Router normalisation.** Whether the top-k weights are renormalised to sum to 1: always (Mixtral), or when the
-  config key the definition names is true (`norm_topk_prob`: Qwen2-MoE, Qwen3-MoE, OLMoE; false by default).
+- **Router normalisation.** Whether the top-k weights are renormalised to sum to 1: always (Mixtral), never
+  (DeepSeek-V2), or when the config key the definition names is true (`norm_topk_prob`: Qwen2-MoE, Qwen3-MoE, OLMoE;
+  false by default) — and then multiplied by a config factor where the definition names one (`moe.routed_scale`:
+  DeepSeek's and GLM-4.5's `routed_scaling_factor`), so that they sum to 1 only when that factor is 1.
 """
 
 from __future__ import annotations
@@ -26,29 +31,67 @@ from grow_cli.errors import CheckpointError, UsageError
 PER_EXPERT, FUSED = "per_expert", "fused"
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def sparse_layers(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[int, ...]:
     """The indices of the layers whose MLP is an MoE block, from config.json."""
     assert arch.moe is not None
-    step_key, dense_key = arch.moe.get("sparse_step"), arch.moe.get("dense_layers")
+    step_key, dense_key, prefix_key = (arch.moe.get(k) for k in ("sparse_step", "dense_layers", "dense_prefix"))
     step = config.get(step_key, arch.config_defaults.get(step_key, 1)) if step_key else 1
     dense = config.get(dense_key) if dense_key else None
     dense = [] if dense is None else dense
-    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+    prefix = config.get(prefix_key, arch.config_defaults.get(prefix_key, 0)) if prefix_key else 0
+    if not _count(step) or step < 1:
         raise CheckpointError(f"config.json: {step_key} must be a positive integer, found {step!r}")
-    if not isinstance(dense, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in dense):
+    if not isinstance(dense, list) or not all(_count(i) for i in dense):
         raise CheckpointError(f"config.json: {dense_key} must be a list of layer indices, found {dense!r}")
-    return tuple(i for i in range(layers) if i not in dense and (i + 1) % step == 0)
+    if not _count(prefix) or prefix < 0:
+        raise CheckpointError(f"config.json: {prefix_key} must be a layer count (0 or more), found {prefix!r}")
+    return tuple(i for i in range(layers) if i >= prefix and i not in dense and (i + 1) % step == 0)
 
 
 def sparse_config(arch: ArchDef, sparse: Sequence[bool]) -> dict[str, Any]:
     """The config keys that make exactly the layers marked in `sparse` MoE layers (for a grown layer stack)."""
     assert arch.moe is not None
-    step_key, dense_key = arch.moe.get("sparse_step"), arch.moe.get("dense_layers")
-    if all(sparse):
-        return {**({step_key: 1} if step_key else {}), **({dense_key: []} if dense_key else {})}
-    if not dense_key:
-        raise UsageError(f"{arch.name} makes every layer an MoE layer; a mix of dense and sparse layers cannot be set")
-    return {**({step_key: 1} if step_key else {}), dense_key: [j for j, s in enumerate(sparse) if not s]}
+    why = pattern_refusal(arch, sparse)
+    if why is not None:
+        raise UsageError(why)
+    step_key, dense_key, prefix_key = (arch.moe.get(k) for k in ("sparse_step", "dense_layers", "dense_prefix"))
+    keys: dict[str, Any] = {step_key: 1} if step_key else {}
+    if prefix_key:  # the prefix holds every dense layer (pattern_refusal) unless a list of dense layers exists
+        keys[prefix_key] = 0 if dense_key else next((j for j, s in enumerate(sparse) if s), len(sparse))
+    if dense_key:
+        keys[dense_key] = [j for j, s in enumerate(sparse) if not s]
+    return keys
+
+
+def pattern_refusal(arch: ArchDef, sparse: Sequence[bool]) -> str | None:
+    """Why no config of `arch` makes exactly the layers marked in `sparse` its MoE layers, or None."""
+    assert arch.moe is not None
+    if all(sparse) or arch.moe.get("dense_layers"):
+        return None
+    dense = [j for j, s in enumerate(sparse) if not s]
+    prefix_key = arch.moe.get("dense_prefix")
+    if not prefix_key:
+        return f"{arch.name} makes every layer an MoE layer; a mix of dense and sparse layers cannot be set"
+    if dense == list(range(len(dense))):
+        return None
+    first_sparse = sparse.index(True)
+    after = [j for j in dense if j > first_sparse]
+    return f"the grown stack would have dense layers at {_listed(after)}, after MoE layers, and {prefix_only(arch)}"
+
+
+def prefix_only(arch: ArchDef) -> str:
+    """What a dense-prefix config can say, for refusals: "deepseek_v3 can mark only its first layers dense (…)"."""
+    assert arch.moe is not None
+    return f"{arch.name} can mark only its first layers dense ({arch.moe.get('dense_prefix')})"
+
+
+def _listed(indices: Sequence[int]) -> str:
+    shown = ", ".join(map(str, indices[:4]))
+    return shown + (f" and {len(indices) - 4} more" if len(indices) > 4 else "")
 
 
 def weight_applies(weight: WeightDef, sparse: bool, layout: str | None) -> bool:
@@ -67,9 +110,13 @@ def detect_layout(arch: ArchDef, names: set[str], first_sparse_prefix: str | Non
 
 
 def topk_normalised(arch: ArchDef, config: dict[str, Any]) -> bool:
-    """Whether the router renormalises its top-k weights to sum to 1 (what makes identical experts exact)."""
+    """Whether the router's top-k weights sum to 1 (what makes identical experts exact): renormalised, and not
+    multiplied by a scale other than 1."""
     assert arch.moe is not None
-    key = arch.moe["topk_norm"]
+    key, scale_key = arch.moe["topk_norm"], arch.moe.get("routed_scale")
+    scale = config.get(scale_key, arch.config_defaults.get(scale_key, 1.0)) if scale_key else 1.0
+    if key == "never" or scale != 1:
+        return False
     return key == "always" or bool(config.get(key, arch.config_defaults.get(key, False)))
 
 
@@ -105,3 +152,41 @@ def routed_parameter_names(config: dict[str, Any], names: Iterable[str]) -> list
         return []
     suffixes = tuple("." + w.name for w in arch.layer if w.routed and w.layout == FUSED)
     return [n for n in names if n.endswith(suffixes)]
+
+
+def depth_refusal(arch: ArchDef, config: dict[str, Any], layers: int, layer_map: Sequence[int]) -> str | None:
+    """Why the MoE pattern of a source of `layers` layers grown by `layer_map` (target layer j copies source layer
+    layer_map[j]) cannot be written in `arch`'s config, or None."""
+    if not arch.is_moe:
+        return None
+    sparse = sparse_layers(arch, config, layers)
+    return pattern_refusal(arch, [src in sparse for src in layer_map])
+
+
+def depth_methods_keeping(
+    arch: ArchDef, config: dict[str, Any], layers: int, targets: Iterable[int]
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """For each depth method that applies to `arch`: (the targets among `targets` it can make from `layers` layers,
+    those of them whose layer map gives a stack `arch`'s config can describe) — what grow's layer maps actually give,
+    not a rule about them (SOLAR's dus keeps a dense prefix only while its overlap covers it)."""
+    from grow_cli.errors import OptionError
+    from grow_cli.operators.depth import depth_map
+    from grow_cli.operators.registry import operators
+
+    result = {}
+    for op in operators("depth"):
+        if op.why_not(arch) is not None:
+            continue
+        tried, kept = [], []
+        for target in targets:
+            if op.name == "dus" and (target % 2 or not layers <= target <= 2 * layers):
+                continue  # dus makes 2·(L − overlap) layers only
+            try:
+                grown = depth_map(op, layers, target, dus_overlap=layers - target // 2 if op.name == "dus" else None)
+            except OptionError:  # a target this method cannot make (identity needs more layers)
+                continue
+            tried.append(target)
+            if depth_refusal(arch, config, layers, grown.layer_map) is None:
+                kept.append(target)
+        result[op.name] = (tuple(tried), tuple(kept))
+    return result

@@ -16,6 +16,12 @@ a dense MLP), `layers` whether it exists only in sparse or only in dense layers,
 on-disk expert layouts it belongs (`per_expert`: what `save_pretrained` writes; `fused`: transformers 5's in-memory
 3-D tensors, written with `save_original_format=False`). The `moe` block holds the rest (grow_cli/arch/experts.py).
 
+Attention that the spaces above cannot describe (DeepSeek's multi-head latent attention: low-rank query and key/value
+latents, heads of unequal query and value size) names *config spaces* of its own: `config_spaces` gives each one's
+size as a sum of products of config keys. Depth growth copies such tensors like any other; width growth has no map
+for them, so a definition using one states why width is refused (`width_refused`). A definition whose checkpoints
+store multi-token-prediction layers after the decoder stack names the config key that counts them (`mtp_layers`).
+
 Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
 decoders, in the same schema plus a `derived` record (what was found, and why width growth may be refused).
 
@@ -78,7 +84,7 @@ CONFIG_ROLES = {
     "token_types",
     "tie",
     "norm_eps",
-    *("experts", "experts_per_token", "expert_ffn", "shared_ffn"),  # mixture-of-experts
+    *("experts", "experts_per_token", "expert_ffn", "shared_ffn", "shared_experts"),  # mixture-of-experts
 }
 REQUIRED_ROLES = {"layers", "hidden", "heads", "vocab"}
 
@@ -87,6 +93,7 @@ _WEIGHT_KEYS = {
     "kind",
     "axes",
     "when",
+    "unless",
     "residual_writer",
     "head_norm",
     "tied_to",
@@ -122,6 +129,9 @@ _TOP_KEYS = {
     "derived",
     "config_aliases",
     "moe",
+    "config_spaces",
+    "width_refused",
+    "mtp_layers",
 }
 _DERIVED_KEYS = {"transformers", "model_class", "width_refused", "identity", "notes"}
 
@@ -133,7 +143,8 @@ class WeightDef:
     name: str
     kind: str
     axes: tuple[str | int, ...]  # a space per axis, or a fixed size
-    when: str | None = None  # present only when this boolean config key is true
+    when: tuple[str, ...] = ()  # present only when these config keys are all set (true, or a size: not null or 0)
+    unless: str | None = None  # present only when this config key is not set (false, null or absent)
     residual_writer: bool = False  # its zero makes its sublayer add nothing to the residual stream (identity blocks)
     head_norm: bool = False  # the norm right before the (possibly tied) output head
     tied_to: str | None = None  # the tensor this one is tied to (written once, as that tensor)
@@ -192,6 +203,9 @@ class ArchDef:
     derived: dict[str, Any] | None = None  # None: a curated definition
     config_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key → other names transformers reads
     moe: dict[str, Any] | None = None  # mixture-of-experts settings (grow_cli/arch/experts.py); None: dense
+    config_spaces: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)  # space → Σ Π config keys
+    curated_width_refusal: str | None = None  # a curated definition's `width_refused`: why width growth cannot apply
+    mtp_layers: str | None = None  # the config key counting the multi-token-prediction layers stored after the stack
 
     @property
     def is_moe(self) -> bool:
@@ -227,8 +241,11 @@ class ArchDef:
 
     @property
     def width_refusal(self) -> str | None:
-        """Why width growth is refused (derived definitions with an axis or module grow could not place)."""
-        return None if self.derived is None else self.derived.get("width_refused")
+        """Why width growth is refused: a curated definition's `width_refused` (an axis width growth has no map for),
+        or a derived definition's axis or module grow could not place."""
+        if self.derived is None:
+            return self.curated_width_refusal
+        return self.derived.get("width_refused")
 
     @property
     def always_verify(self) -> bool:
@@ -248,7 +265,7 @@ def _fail(where: str, message: str) -> ArchitectureError:
     return ArchitectureError(f"architecture definition {where}: {message}")
 
 
-def _weight(raw: Any, where: str, gain_offset: float) -> WeightDef:
+def _weight(raw: Any, where: str, gain_offset: float, spaces: frozenset[str] = frozenset()) -> WeightDef:
     if not isinstance(raw, dict):
         raise _fail(where, "each weight must be an object")
     unknown = set(raw) - _WEIGHT_KEYS
@@ -260,9 +277,15 @@ def _weight(raw: Any, where: str, gain_offset: float) -> WeightDef:
     if raw["kind"] not in KINDS:
         raise _fail(where, f"weight {raw['name']!r} has unknown kind {raw['kind']!r}; known: {sorted(KINDS)}")
     axes = tuple(raw["axes"])
-    bad = [a for a in axes if not (a in SPACES or (isinstance(a, int) and not isinstance(a, bool) and a > 0))]
+    known = SPACES | spaces
+    bad = [a for a in axes if not (a in known or (isinstance(a, int) and not isinstance(a, bool) and a > 0))]
     if bad:
-        raise _fail(where, f"weight {raw['name']!r} has unknown axis space(s) {bad}; known: {sorted(SPACES)} or a size")
+        raise _fail(where, f"weight {raw['name']!r} has unknown axis space(s) {bad}; known: {sorted(known)} or a size")
+    when = [raw["when"]] if isinstance(raw.get("when"), str) else raw.get("when", [])
+    if not isinstance(when, list) or not all(isinstance(k, str) for k in when):
+        raise _fail(where, f"weight {raw['name']!r}: 'when' is a config key, or a list of keys that must all be set")
+    if not isinstance(raw.get("unless", ""), str):
+        raise _fail(where, f"weight {raw['name']!r}: 'unless' is a config key")
     expected_ndim = {"linear": 2, "conv1d": 2, "embedding": 2, "experts_linear": 3, "other": len(axes)}.get(
         raw["kind"], 1
     )
@@ -277,7 +300,8 @@ def _weight(raw: Any, where: str, gain_offset: float) -> WeightDef:
         name=raw["name"],
         kind=raw["kind"],
         axes=axes,
-        when=raw.get("when"),
+        when=tuple(when),
+        unless=raw.get("unless"),
         residual_writer=bool(raw.get("residual_writer", False)),
         head_norm=bool(raw.get("head_norm", False)),
         tied_to=raw.get("tied_to"),
@@ -359,6 +383,16 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
     if offset not in (0, 1):
         raise _fail(where, "norm_gain_offset must be 0 (gain = w) or 1 (gain = 1 + w, Gemma)")
     moe = _moe_block(raw, where)
+    spaces = _config_spaces(raw, where)
+    extra = frozenset(spaces)
+    width_refused = raw.get("width_refused")
+    if width_refused is not None and (derived is not None or not isinstance(width_refused, str) or not width_refused):
+        raise _fail(
+            where, "'width_refused' is a curated definition's reason, one line (derived ones say it in 'derived')"
+        )
+    mtp = raw.get("mtp_layers")
+    if mtp is not None and not isinstance(mtp, str):
+        raise _fail(where, "'mtp_layers' is the config key that counts the multi-token-prediction layers")
     arch = ArchDef(
         name=raw["name"],
         model_types=tuple(raw["model_types"]),
@@ -368,10 +402,10 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         residual=raw["residual"],
         positions=raw["positions"],
         prefixes=tuple(raw["prefixes"]),
-        embeddings=tuple(_weight(w, where, offset) for w in raw["embeddings"]),
+        embeddings=tuple(_weight(w, where, offset, extra) for w in raw["embeddings"]),
         layer_prefix=raw["layer_prefix"],
-        layer=tuple(_weight(w, where, offset) for w in raw["layer"]),
-        final=tuple(_weight(w, where, offset) for w in raw["final"]),
+        layer=tuple(_weight(w, where, offset, extra) for w in raw["layer"]),
+        final=tuple(_weight(w, where, offset, extra) for w in raw["final"]),
         buffers=tuple(raw.get("buffers", ())),
         layer_lists=tuple(raw.get("layer_lists", ())),
         config_defaults=dict(raw.get("config_defaults", {})),
@@ -381,7 +415,12 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         derived=derived,
         config_aliases={k: tuple(v) for k, v in raw.get("config_aliases", {}).items()},
         moe=moe,
+        config_spaces=spaces,
+        curated_width_refusal=width_refused,
+        mtp_layers=mtp,
     )
+    if spaces and arch.width_refusal is None:
+        raise _fail(where, f"width growth has no map for the config spaces {sorted(spaces)}: set 'width_refused'")
     moe_weights = [w for w in arch.layer if w.moe or w.layers or w.layout]
     if moe_weights and moe is None:
         raise _fail(where, f"weight {moe_weights[0].name!r} is part of an MoE block, but the definition has no 'moe'")
@@ -401,14 +440,32 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
     return arch
 
 
-_MOE_KEYS = {"upcycle_from", "topk_norm", "sparse_step", "dense_layers"}
+def _config_spaces(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """The validated `config_spaces`: each new space's size as a list of terms, each a list of config keys whose
+    values multiply ([["num_attention_heads", "v_head_dim"]] is heads × v_head_dim; two terms add)."""
+    block = raw.get("config_spaces", {})
+    if not isinstance(block, dict):
+        raise _fail(where, "'config_spaces' maps a space name to a list of terms, each a list of config keys")
+    spaces = {}
+    for name, terms in block.items():
+        if name in SPACES:
+            raise _fail(where, f"config space {name!r} is one of grow's own spaces; choose another name")
+        ok = isinstance(terms, list) and terms and all(isinstance(t, list) and t for t in terms)
+        if not ok or not all(isinstance(k, str) for t in terms for k in t):
+            raise _fail(where, f"config space {name!r}: give a list of terms, each a list of config keys to multiply")
+        spaces[name] = tuple(tuple(t) for t in terms)
+    return spaces
+
+
+_MOE_KEYS = {"upcycle_from", "topk_norm", "sparse_step", "dense_layers", "dense_prefix", "routed_scale"}
 
 
 def _moe_block(raw: dict[str, Any], where: str) -> dict[str, Any] | None:
     """The validated `moe` block: which dense definitions upcycle into this type (`upcycle_from`), how its router
-    normalises the top-k weights (`topk_norm`: "always", or the config key that switches it on), and the config keys
-    of a per-layer sparse/dense pattern (`sparse_step`: every n-th layer is sparse; `dense_layers`: listed layers
-    are dense)."""
+    normalises the top-k weights (`topk_norm`: "always", "never", or the config key that switches it on) and the
+    config key of a factor it multiplies them by (`routed_scale`), and the config keys of a per-layer sparse/dense
+    pattern (`sparse_step`: every n-th layer is sparse; `dense_layers`: listed layers are dense; `dense_prefix`: the
+    first k layers are dense)."""
     block = raw.get("moe")
     aliases = raw.get("config_aliases", {})
     if not isinstance(aliases, dict) or not all(

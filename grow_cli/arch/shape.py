@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from grow_cli.arch.registry import ArchDef
+from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.errors import CheckpointError
 
 
@@ -31,6 +31,8 @@ class ModelShape:
     expert_intermediate_size: int = 0  # a routed expert's FFN: moe_intermediate_size (Qwen) or intermediate_size
     shared_intermediate_size: int = 0  # the shared expert's FFN (Qwen2-MoE); 0: none
     sparse_layers: tuple[int, ...] = ()  # the layers whose MLP is an MoE block
+    # the definition's own `config_spaces` (DeepSeek's latent attention), sized from config.json; None: not set
+    config_space_sizes: tuple[tuple[str, int | None], ...] = ()
 
     @property
     def is_moe(self) -> bool:
@@ -56,6 +58,7 @@ class ModelShape:
             "expert_ffn": self.expert_intermediate_size,
             "expert_gate_up": 2 * self.expert_intermediate_size,
             "shared_ffn": self.shared_intermediate_size,
+            **dict(self.config_space_sizes),
         }
         size = sizes[space]
         if size is None:
@@ -70,6 +73,9 @@ class ModelShape:
         moe = ("num_experts", "experts_per_token", "expert_intermediate_size", "shared_intermediate_size")
         result = asdict(self)
         result["sparse_layers"] = list(self.sparse_layers)
+        del result["config_space_sizes"]
+        if self.config_space_sizes:
+            result["config_spaces"] = dict(self.config_space_sizes)
         if not self.is_moe:
             for key in (*moe, "sparse_layers"):
                 del result[key]
@@ -99,8 +105,26 @@ def _int(arch: ArchDef, config: dict[str, Any], key: str | None, what: str, *, m
 
 
 def config_flag(arch: ArchDef, config: dict[str, Any], key: str) -> bool:
-    """A boolean config switch such as `attention_bias`, with the architecture's default."""
+    """A config switch such as `attention_bias` (or a size such as `q_lora_rank`: set when not null or 0), with the
+    architecture's default."""
     return bool(config.get(key, arch.config_defaults.get(key, False)))
+
+
+def weight_present(arch: ArchDef, config: dict[str, Any], weight: WeightDef) -> bool:
+    """Whether the config gives the model `weight`: its `when` keys are set, its `unless` key is not."""
+    if not all(config_flag(arch, config, key) for key in weight.when):
+        return False
+    return weight.unless is None or not config_flag(arch, config, weight.unless)
+
+
+def presence_key(arch: ArchDef, config: dict[str, Any], weight: WeightDef) -> str:
+    """The config setting that leaves `weight` out of the model, for messages: `attention_bias=false`."""
+    import json
+
+    unset = [key for key in weight.when if not config_flag(arch, config, key)]
+    if not unset:
+        return f"{weight.unless} set"
+    return f"{unset[0]}={json.dumps(config.get(unset[0], arch.config_defaults.get(unset[0], False)))}"
 
 
 def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
@@ -141,8 +165,25 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
         max_positions=_int(arch, config, keys.get("positions"), "positions"),
         type_vocab_size=_int(arch, config, keys.get("token_types"), "token types"),
         tie_word_embeddings=tie,
+        config_space_sizes=tuple((name, _space(arch, config, name)) for name in arch.config_spaces),
         **_moe_shape(arch, config, layers),
     )
+
+
+def _space(arch: ArchDef, config: dict[str, Any], name: str) -> int | None:
+    """The size of a definition's config space: its terms' products summed (None when a key is not set: null in
+    config.json, such as DeepSeek-V2-Lite's q_lora_rank, or absent without a default)."""
+    total = 0
+    for term in arch.config_spaces[name]:
+        product = 1
+        for key in term:
+            explicit_null = key in config and config[key] is None
+            value = None if explicit_null else _int(arch, config, key, f"a factor of the '{name}' axis", minimum=0)
+            if value is None:
+                return None
+            product *= value
+        total += product
+    return total
 
 
 def _moe_shape(arch: ArchDef, config: dict[str, Any], layers: int) -> dict[str, Any]:
@@ -161,11 +202,13 @@ def _moe_shape(arch: ArchDef, config: dict[str, Any], layers: int) -> dict[str, 
     assert experts is not None and top_k is not None and expert_ffn is not None  # checked above
     if top_k > experts:
         raise CheckpointError(f"config.json: {top_k} experts per token but only {experts} experts")
+    shared = _int(arch, config, keys.get("shared_ffn"), "shared expert FFN size", minimum=0) or 0
+    if "shared_experts" in keys:  # DeepSeek, GLM-4.5: the shared expert is that many experts' FFN wide
+        shared = expert_ffn * (_int(arch, config, keys["shared_experts"], "shared experts", minimum=0) or 0)
     return {
         "num_experts": experts,
         "experts_per_token": top_k,
         "expert_intermediate_size": expert_ffn,
-        "shared_intermediate_size": _int(arch, config, keys.get("shared_ffn"), "shared expert FFN size", minimum=0)
-        or 0,
+        "shared_intermediate_size": shared,
         "sparse_layers": sparse_layers(arch, config, layers),
     }

@@ -99,7 +99,10 @@ def _print_table(source: str, info: dict) -> None:
             listed = f"[dim]none ({reasons.pop()})[/dim]"
         else:
             listed = ", ".join(
-                m["method"] if m["applies"] else f"[dim]{m['method']} (no: {m['why']})[/dim]" for m in methods
+                (m["method"] + (f" (only {m['only']})" if m.get("only") else ""))
+                if m["applies"]
+                else f"[dim]{m['method']} (no: {m['why']})[/dim]"
+                for m in methods
             )
         if part == "moe" and info["upcycles_to"] and any(m["applies"] for m in methods):
             listed += f" (--experts N makes a {info['upcycles_to']})"

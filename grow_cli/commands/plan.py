@@ -71,6 +71,8 @@ def _print_plan(result: dict) -> None:
         soft_wrap=True,
     )
     out.print(f"  {s['command']}", soft_wrap=True)
+    if s["note"]:
+        out.print(f"  [bold]note[/bold]: {s['note']}", soft_wrap=True)
     if not s["applies"]:
         out.print(
             f"  [bold]note[/bold]: d exceeds the target's whole budget ({_count(t['tokens'])} tokens): the guideline "

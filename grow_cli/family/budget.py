@@ -75,6 +75,9 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     from grow_cli.growth.describe import describe_shape
 
     info = describe_shape(path.parent if path.name == "config.json" else path)
+    depth = info["methods"]["depth"]
+    stack = next(m for m in depth if m["method"] == "stack")
+    refused = not stack["applies"] and any(m["applies"] and not m.get("only") for m in depth)
     return {
         "num_hidden_layers": info["layers"],
         "hidden_size": info["hidden_size"],
@@ -85,6 +88,7 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
         "tie_word_embeddings": bool(info["tie_word_embeddings"]),
         "num_parameters": info["num_parameters"],
         **({"active_parameters": info["active_parameters"]} if "active_parameters" in info else {}),
+        **({"stack_refused": stack["why"]} if refused else {}),  # popped by `plan`: not a config key
     }
 
 
@@ -238,9 +242,10 @@ def plan(
     config dict with `num_parameters`; `family` lists member sizes (counts, e.g. ["1B", "2B", "4B", "8B"]).
 
     Returns the plan `grow plan --json` prints: `target` (parameters, tokens, compute FLOPs, config), `stacking`
-    (the G_stack guideline: `growth_tokens` d, the `small_model`, `growth_factor`, the `command` to run, and whether
-    it `applies` at this scale), `family` (the compute ledger: `members`, independent and progressive FLOPs),
-    `projection` (the projected saving, its assumptions and the published measurements) and `lr_rule`.
+    (the G_stack guideline: `growth_tokens` d, the `small_model`, `growth_factor`, the `command` to run, whether
+    it `applies` at this scale, and a `note` where the target's type refuses stacking), `family` (the compute
+    ledger: `members`, independent and progressive FLOPs), `projection` (the projected saving, its assumptions and
+    the published measurements) and `lr_rule`.
     """
     if not 1 <= seq_len <= 10**7:
         raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
@@ -248,8 +253,10 @@ def plan(
     _check_count(tokens, "--tokens", "tokens", TOKENS_RANGE)
     family = [parse_count(size, "--family") for size in family] if family else None
     target = _target(target)
+    stack_refused = None
     if isinstance(target, dict):
         shape = dict(target)
+        stack_refused = shape.pop("stack_refused", None)
         if "num_parameters" not in shape:
             raise UsageError("a target config needs a parameter count; give a model folder grow can inspect")
         n = float(shape["num_parameters"])
@@ -315,7 +322,13 @@ def plan(
             "rule": "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)",
             # The fit's 163.27/log10 C term grows as C shrinks: at small budgets d exceeds D itself.
             "applies": d < tokens,
-            "command": f"grow expand SMALL OUT {_stacking_target(shape['num_hidden_layers'])} --depth-method stack",
+            "command": f"grow expand SMALL OUT {_stacking_target(shape['num_hidden_layers'])} --depth-method "
+            + ("interleave" if stack_refused else "stack"),
+            # a target whose dense first layers stacked copies would put after its MoE layers (DeepSeek, GLM-4.5)
+            "note": f"--depth-method stack does not apply to this target ({stack_refused}); interleave, which "
+            "duplicates each layer in place, keeps them first"
+            if stack_refused
+            else None,
         },
         "family": {**family_book, "notes": notes},
         "projection": projection(family_book),

@@ -6,6 +6,9 @@ through the depth map, so layer j gets the type of the source layer it copies. A
 to transformers' default (Gemma 2's alternating `layer_types`, SmolLM3's `no_rope_layers`, Qwen3's sliding layers
 above `max_window_layers`) is computed for the *source* layer count and written out explicitly: the default for
 the grown layer count would give copied layers a different type than their source, and the copy would not be exact.
+The MoE layer pattern is mapped the same way (grow_cli/arch/experts.py). A model whose checkpoints carry
+multi-token-prediction layers after the stack (DeepSeek-V3, GLM-4.5) is written without them, and its config says so
+(`num_nextn_predict_layers` 0).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def grown_config(
         if arch.is_moe:  # each grown layer keeps the kind (sparse or dense) of the layer it copies
             sparse = sparse_layers(arch, source, L)
             config.update(sparse_config(arch, [src in sparse for src in layer_map]))
+    if arch.mtp_layers is not None:  # grow never writes the multi-token-prediction layers (grow_cli/arch/binding.py)
+        config[arch.mtp_layers] = 0
     config.update(width_updates)
     if dtype is not None:
         config.pop("torch_dtype", None)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.arch.binding import bind
-from grow_cli.arch.experts import parameter_counts, topk_normalised, upcycle_target
+from grow_cli.arch.experts import depth_methods_keeping, parameter_counts, prefix_only, topk_normalised, upcycle_target
 from grow_cli.arch.registry import detect
 from grow_cli.arch.shape import read_shape
 from grow_cli.checkpoint.dtypes import numel
@@ -69,9 +69,10 @@ def inspect(
     Returns the dict `grow inspect --json` prints: `architecture`, `model_type`, `num_parameters`, the shape
     (`layers`, `hidden_size`, `intermediate_size`, `num_heads`, `num_kv_heads`, `head_dim`, `vocab_size`, …),
     `dtypes`, `format` and `files`, `embeddings_tied`, `methods` (for "depth", "width" and "moe": each method,
-    whether it `applies`, and `why` not), `upcycles_to`, `definition` (curated or derived), `definition_written`
-    and `config_problem`: why transformers refuses to load config.json (`grow expand` then refuses the source, so no
-    method applies; `grow inspect` reports the rest and exits with `source_config_refused`), or None.
+    whether it `applies`, and `why` not, or `only` at which depths where it applies at some), `upcycles_to`,
+    `definition` (curated or derived), `definition_written` and `config_problem`: why transformers refuses to load
+    config.json (`grow expand` then refuses the source, so no method applies; `grow inspect` reports the rest and
+    exits with `source_config_refused`), or None.
 
     The only tensor data read is a tied head that is stored anyway (`lm_head.weight` beside the embedding it ties
     to), compared with that embedding: transformers unties the two when their values differ, so "tied" is then not
@@ -112,7 +113,7 @@ def inspect(
         "not_read": [{"name": n, "why": why} for n, why in binding.dropped if n not in untied],
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
         "upcycles_to": (target := upcycle_target(arch)) and target.name,  # `grow expand --experts` makes this type
-        "methods": _methods(arch, problem),
+        "methods": _methods(arch, config, shape.layers, problem),
         "definition": definition_summary(arch),
         "definition_written": (
             str(write_definition(config, write_definition_to, force=force)) if write_definition_to else None
@@ -121,11 +122,14 @@ def inspect(
     }
 
 
-def _methods(arch, problem: str | None) -> dict[str, list[dict[str, Any]]]:
+def _methods(arch, config: dict[str, Any], layers: int, problem: str | None) -> dict[str, list[dict[str, Any]]]:
     """Which growth methods apply to the architecture — none where its config.json does not load in transformers
-    (`problem`), since `grow expand` refuses such a source whatever the method."""
+    (`problem`), since `grow expand` refuses such a source whatever the method; for an MoE whose config marks only
+    a dense prefix, the depth methods whose layer maps keep it (`_prefix_keeping`)."""
     methods = applicability(arch)
     if problem is None:
+        if arch.is_moe:
+            methods["depth"] = _keeping_the_moe_pattern(arch, config, layers, methods["depth"])
         return methods
     why = "the source's config.json does not load in transformers"
     return {
@@ -134,8 +138,28 @@ def _methods(arch, problem: str | None) -> dict[str, list[dict[str, Any]]]:
     }
 
 
+def _keeping_the_moe_pattern(arch, config: dict[str, Any], layers: int, entries: list[dict]) -> list[dict]:
+    """The depth methods as `_methods` lists them, tried at every target from L+1 to 2L layers: one whose layer maps
+    always put a copy of a dense layer after an MoE layer (which a dense-prefix config cannot describe) does not
+    apply; one that does so only at some targets applies `only` at the others."""
+    kept = depth_methods_keeping(arch, config, layers, range(layers + 1, 2 * layers + 1))
+    result = []
+    for entry in entries:
+        tried, ok = kept.get(entry["method"], ((), ()))
+        if ok == tried:
+            result.append(entry)
+        elif not ok:
+            why = f"its copies of dense layers land after MoE layers, and {prefix_only(arch)}"
+            result.append({"method": entry["method"], "applies": False, "why": why})
+        else:
+            only = f"up to --layers {ok[-1]}" if ok == tried[: len(ok)] else f"--layers {', '.join(map(str, ok))}"
+            result.append({**entry, "only": only})
+    return result
+
+
 def describe_shape(folder: Path) -> dict[str, Any]:
-    """The shape and parameter count of a model folder: `inspect` when it holds weights; from `config.json` alone
+    """The shape, parameter count and growth methods of a model folder: `inspect` when it holds weights; from
+    `config.json` alone
     when it does not (a target not trained yet, as `grow plan --target` takes it): the model built on the meta
     device names the tensors a checkpoint of it would hold, and they are bound and counted as inspect counts them."""
     if any((folder / name).is_file() for layout in WEIGHT_LAYOUTS for name in layout):
@@ -149,6 +173,7 @@ def describe_shape(folder: Path) -> dict[str, Any]:
         "num_parameters": sum(numel(t.shape) for t in binding.all_tensors()),
         **shape.as_dict(),
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
+        "methods": _methods(arch, config, shape.layers, None),
     }
 
 

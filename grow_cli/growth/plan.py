@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from grow_cli.arch.binding import Binding, BoundTensor, bind
-from grow_cli.arch.experts import parameter_counts
+from grow_cli.arch.experts import depth_methods_keeping, depth_refusal, parameter_counts
 from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.background import in_background, problem_so_far
@@ -225,6 +225,7 @@ def build_plan(
         op = registry.operator("depth", spec.depth_method)
         registry.refuse_if_inapplicable(op, arch)
         depth = depth_map(op, shape.layers, layers, dus_overlap=overlap)
+        _refuse_unwritable_moe_pattern(arch, config, shape.layers, depth)
     if depth is None and width is None and not spec.grows_experts:
         raise UsageError(
             f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
@@ -298,6 +299,20 @@ def build_plan(
     if upcycle is not None and upcycle.note():
         plan.notes.append(upcycle.note())
     return plan
+
+
+def _refuse_unwritable_moe_pattern(arch: ArchDef, config: dict[str, Any], layers: int, depth: DepthMap) -> None:
+    """A grown stack whose pattern of dense and MoE layers the config cannot describe (a copy of DeepSeek's dense
+    first layer after its MoE layers) is refused before anything is written, naming the depth methods that keep the
+    pattern at this target."""
+    why = depth_refusal(arch, config, layers, depth.layer_map)
+    if why is None:
+        return
+    target = len(depth.layer_map)
+    keep = [name for name, (_, kept) in depth_methods_keeping(arch, config, layers, [target]).items() if kept]
+    either = keep[0] if len(keep) == 1 else f"{', '.join(keep[:-1])} or {keep[-1]}"
+    hint = f"; for {target} layers use --depth-method {either}" if keep else ""
+    raise OptionError("depth_method", f"--depth-method {depth.method} cannot grow this {arch.name}: {why}{hint}")
 
 
 def _upcycled(

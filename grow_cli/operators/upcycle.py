@@ -39,7 +39,7 @@ from grow_cli.arch.binding import Binding, BoundTensor, layer_tensor_name
 from grow_cli.arch.experts import PER_EXPERT, sparse_config, upcycle_target, weight_applies
 from grow_cli.arch.layer_lists import transformers_params
 from grow_cli.arch.registry import ArchDef, WeightDef, all_definitions
-from grow_cli.arch.shape import ModelShape, config_flag, read_shape
+from grow_cli.arch.shape import ModelShape, read_shape, weight_present
 from grow_cli.errors import ArchitectureError, OptionError
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Upcycler:
         for w in self.target.layer:
             if not weight_applies(w, j in self.shape.sparse_layers, PER_EXPERT):
                 continue
-            if w.when is not None and not config_flag(self.target, self.config, w.when):
+            if not weight_present(self.target, self.config, w):
                 continue
             if w.moe in ("router", "shared_gate"):
                 init = ExpertInit("router" if w.moe == "router" else "zeros", name(w), std=self.router_std)
@@ -250,7 +250,7 @@ def upcycle_refusal(arch: ArchDef) -> str:
     if arch.is_moe:
         return (
             f"{arch.name} is already a mixture of experts and grow keeps an MoE model's expert count (a new expert "
-            f"cannot join exactly); grow it in depth or width instead"
+            f"cannot join exactly); grow it in depth{'' if arch.width_refusal else ' or width'} instead"
         )
     pairs = "; ".join(
         f"{', '.join(d.moe['upcycle_from'])} → {d.name}"

@@ -132,7 +132,7 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             hint = f"--hidden-size {_try([h * n for n in _multiples_near(H2, K2, H + 1)])}"
         raise UsageError(f"{made}num_heads must be a multiple of num_kv_heads={K2}; try {hint}")
     if "head_dim" in arch.config:
-        if d2 % H2:
+        if d2 % H2 and d % H == 0:  # (a source whose heads do not divide its hidden size shows its class allows it)
             raise UsageError(
                 f"hidden_size must be a multiple of num_heads={H2} (transformers checks it even with an "
                 f"explicit head_dim); try --hidden-size {_try(_multiples_near(d2, H2, d))}"
@@ -196,6 +196,8 @@ def _expert_sizes(arch: ArchDef, shape: ModelShape, spec: GrowthSpec, f2: int) -
     else:
         fe2 = max(fe, round(fe * spec.width_factor)) if spec.width_factor else round(fe * f2 / shape.intermediate_size)
     fs2 = max(fs, round(fs * spec.width_factor)) if spec.width_factor else round(fs * f2 / shape.intermediate_size)
+    if "shared_experts" in arch.config:  # the shared expert is n routed experts wide (DeepSeek, GLM-4.5): it follows
+        fs2 = fe2 * fs // fe
     if spec.width_method == "hypercloning" and (fe2 % fe or (fs and fs2 % fs)):
         raise OptionError(
             "intermediate_size",
