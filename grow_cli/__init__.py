@@ -18,6 +18,9 @@ library functions, and each returns the dict that the command's `--json` prints:
 | `grow push` | `push_folder(folder, repo_id)` |
 
 Errors a user can cause are `GrowError`s (`grow_cli.errors`); `Interrupted` is the `TrainingError` of a stopped run.
+Each function here checks its arguments against its annotations (a wrong type or an unknown keyword is an
+`OptionError`) and leaves the process as it found it (`grow_cli/process_state.py`): the library modules behind
+them are grow's implementation, which its command line calls directly.
 The names load lazily (PEP 562): `import grow_cli` imports no torch, transformers, typer or rich, because the CLI
 imports this package on every command; the first use of `grow_cli.train_stage` imports torch. See docs/python.md.
 """
@@ -109,6 +112,7 @@ else:  # hidden from type checkers, so that a misspelt name is reported as missi
 
     def __getattr__(name: str) -> object:
         """Import the module behind a public name on first use and keep the name here, so later uses cost nothing.
+        A function is served through `process_state.public`: its arguments checked, the process given back after it.
         Any other name is an AttributeError, which is also what lets `from grow_cli import cache` find the submodule."""
         module = _EXPORTS.get(name)
         if module is None:
@@ -116,6 +120,10 @@ else:  # hidden from type checkers, so that a misspelt name is reported as missi
         import importlib  # here, not at the top: the package itself must not even cost importlib's import
 
         value = getattr(importlib.import_module(module), name)
+        if not isinstance(value, type):
+            from grow_cli.process_state import public
+
+            value = public(value)
         globals()[name] = value
         return value
 

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from grow_cli.errors import OptionError, OutputError, UsageError
+from grow_cli.field_types import flag
 
 MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 18  # hidden and FFN units
@@ -36,8 +37,9 @@ def check_width(**targets: int) -> None:
     for key, value in targets.items():
         bound = MAX_HEADS if "heads" in key else MAX_WIDTH
         if value > bound:
-            flag = "--" + key.replace("_", "-")
-            raise OptionError(key, f"{flag} {value:,} is beyond grow's bound of {bound:,}; choose a smaller target")
+            raise OptionError(
+                key, f"{flag(key)} {value:,} is beyond grow's bound of {bound:,}; choose a smaller target"
+            )
 
 
 def check_experts(experts: int) -> None:

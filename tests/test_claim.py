@@ -146,6 +146,30 @@ def test_an_output_moved_aside_by_a_killed_run_is_put_back(tmp_path):
     assert (out / "config.json").is_file() and not old.exists() and "restored" in notes[0]
 
 
+def test_a_model_folder_a_run_is_still_writing_is_named_as_such(src, tmp_path, monkeypatch):
+    """`expand` publishes its output only when complete; reading it meanwhile (train-stage on a folder expand is not
+    finished with, in a script that runs them in parallel) was "has no config.json; is it a Hugging Face model
+    folder?". A folder with no run writing it is named as missing (the negative control)."""
+    import grow_cli
+    from grow_cli.checkpoint.claim import writer_of
+    from grow_cli.errors import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    plays = tmp_path / "plays"
+    plays.mkdir()
+    (plays / "a.txt").write_text("to be or not to be " * 200)
+    config = grow_cli.TrainConfig(model="grown", data=plays, out="trained", max_steps=1, quiet=True)
+    with OutputClaim((tmp_path / "grown").resolve()):
+        assert writer_of(Path("grown")).startswith(f"pid {os.getpid()} on ")
+        for call in (lambda: grow_cli.train_stage(config), lambda: grow_cli.inspect("grown")):
+            with pytest.raises(CheckpointError, match=r"grown .*a grow run .*pid \d+ .*wait for that run to finish"):
+                call()
+    assert writer_of(Path("grown")) is None
+    with pytest.raises(CheckpointError, match="^grown does not exist; give a model folder"):
+        grow_cli.train_stage(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plays"]
+
+
 def test_the_claim_is_exclusive_and_released(tmp_path):
     out = tmp_path / "out"
     with OutputClaim(out):

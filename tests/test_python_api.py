@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import json
 import os
 import re
@@ -47,8 +48,12 @@ def test_every_public_name_resolves_to_the_library_object():
     assert set(grow_cli.__all__) == set(exports)
     assert _type_checking_imports() == exports  # the runtime table and the type checkers' view agree
     for name in grow_cli.__all__:
-        value = getattr(grow_cli, name)
-        assert value is getattr(importlib.import_module(exports[name]), name), name
+        value, library = getattr(grow_cli, name), getattr(importlib.import_module(exports[name]), name)
+        if isinstance(library, type):
+            assert value is library, name
+        else:  # a function is served through process_state.public, which keeps what help() and IDEs show
+            assert value.__wrapped__ is library and value is not library, name
+            assert inspect.signature(value) == inspect.signature(library) and value.__doc__ == library.__doc__
         assert value.__doc__, f"{name} has no docstring"
     assert set(grow_cli.__all__) <= set(dir(grow_cli))
     errors = [n for n, module in exports.items() if module == "grow_cli.errors"]
@@ -140,8 +145,10 @@ def test_train_data_given_as_one_path_is_that_path_not_its_letters():
     "o", …; a list of `Path`s is a list of paths; anything else is refused in words."""
     for data in ("corpus", Path("corpus"), [Path("corpus")], ["corpus"]):
         assert grow_cli.TrainConfig(model="m", data=data, out="o", max_steps=1).data == ["corpus"]
-    with pytest.raises(grow_cli.UsageError, match="data: expected a path or a list of paths, found 5"):
+    with pytest.raises(grow_cli.OptionError, match=r"TrainConfig.data: expected str, path or list, found 5 \(int\)"):
         grow_cli.TrainConfig(model="m", data=5, out="o", max_steps=1)
+    with pytest.raises(grow_cli.OptionError, match=r"data: expected a path or a list of paths, found \[5\]"):
+        grow_cli.TrainConfig(model="m", data=[5], out="o", max_steps=1)
 
 
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -162,8 +169,69 @@ def test_the_python_docs_run_as_written(fake_hub, tmp_path):
     assert lines[0].startswith("llama 2 ")
     assert lines[2].startswith("4 ") and lines[2].endswith(" True")  # verified exact
     assert lines[4].startswith("done 10 ")
+    assert lines[7] == "[]" and lines[8].startswith("done ") and lines[8].endswith("family.md")  # as the page says
     assert lines[-2].startswith("error: ") and "exists" in lines[-2]
     assert lines[-1].startswith("depth_factor 2 ")
     assert json.loads((work / "tiny-4L" / "config.json").read_text())["num_hidden_layers"] == 4
     assert (work / "family" / "family.md").is_file()
     assert "config.json" in fake_hub.files("me/tiny-4L-trained")
+    made = ["tiny", "tiny-4L", "tiny-4L-trained", "family.yaml", "family", ".grow-cache"]  # the cache: as the page says
+    assert sorted(p.name for p in work.iterdir()) == sorted(["plays", *made])
+
+
+@pytest.mark.parametrize(
+    "call, option, message",
+    [
+        (lambda t: grow_cli.inspect(None), "source", "inspect(source=…): expected str or path, found None"),
+        (lambda t: grow_cli.inspect("m", foo=1), "foo", "inspect() has no option 'foo'"),
+        (lambda t: grow_cli.expand("m", "o", None), "spec", "expand(spec=…): expected GrowthSpec, found None"),
+        (lambda t: grow_cli.expand("m", "o", {"layers": 4}), "spec", "make one with grow_cli.GrowthSpec(layers=…"),
+        (lambda t: grow_cli.expand("m", "o", layers=4), "layers", "expand() has no option 'layers'"),
+        (lambda t: grow_cli.expand("m", None, SPEC), "out", "expand needs an output folder (out) unless dry_run"),
+        (lambda t: grow_cli.expand("m", None, SPEC, dry_run="no"), "dry_run", "expected bool, found 'no' (str)"),
+        (lambda t: grow_cli.expand("m", "o", SPEC, verfy=True), "verfy", "did you mean 'verify'?"),
+        (lambda t: grow_cli.train_stage("m"), "config", "train_stage(config=…): expected TrainConfig, found 'm'"),
+        (lambda t: grow_cli.compare("a", "b", ["d"], seq_len="64"), "seq_len", "expected int, found '64' (str)"),
+        (lambda t: grow_cli.compare("a", "b", ["d"], batch_size=None), "batch_size", "expected int, found None"),
+        (lambda t: grow_cli.compare("a", "b", None), "data", "compare(data=…): expected str, path or list"),
+        (lambda t: grow_cli.plan("7B", "2T", seq_len="2048"), "seq_len", "plan(seq_len=…): expected int"),
+        (lambda t: grow_cli.plan(True, "2T"), "target", "plan(target=…): expected int, float, str, path or dict"),
+        (lambda t: grow_cli.plan("7B", "2T", familly=["1B"]), "familly", "did you mean 'family'?"),
+        (lambda t: grow_cli.load_recipe(None), "path", "load_recipe(path=…): expected str or path, found None"),
+        (lambda t: grow_cli.check_recipe("family.yaml"), "recipe", "make one with grow_cli.load_recipe(path)"),
+        (lambda t: grow_cli.run_family(str(t / "f.yaml")), "recipe", "expected Recipe, found '"),
+        (lambda t: grow_cli.run_family(grow_cli.load_recipe(t / "f.yaml"), quiet="yes"), "quiet", "found 'yes'"),
+        (lambda t: grow_cli.push_folder("m", "me/m", token=5), "token", "push_folder(token=…): expected str"),
+        (lambda t: grow_cli.push_folder(None, "me/m"), "folder", "push_folder(folder=…): expected str or path"),
+    ],
+)
+def test_a_wrong_argument_to_a_public_function_is_one_option_error(call, option, message, tmp_path, monkeypatch):
+    """Each was a TypeError, AttributeError or ValueError from inside (or, for `dry_run="no"`, a dry run): now one
+    `OptionError` naming the argument, before anything is read or written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.yaml").write_text("train: {data: [d], max_steps: 1}\nmembers: [{name: a, source: m}]\n")
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(grow_cli.OptionError) as info:
+        call(tmp_path)
+    assert info.value.option == option and message in str(info.value) and "\n" not in str(info.value)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+SPEC = grow_cli.GrowthSpec(layers=4)
+
+
+def test_a_plan_target_given_as_a_config_dict_names_what_it_lacks():
+    """`plan` documents a config dict with `num_parameters`; one without the shape keys the plan reads was a
+    KeyError, a zero layer count a ZeroDivisionError."""
+    for target, lacks in [
+        ({"num_parameters": 7e9}, "num_hidden_layers, hidden_size, vocab_size"),
+        (
+            {"num_parameters": 7e9, "num_hidden_layers": 0, "hidden_size": 4096, "vocab_size": 32000},
+            "num_hidden_layers",
+        ),
+        ({"num_parameters": "7B", "num_hidden_layers": 32, "hidden_size": 4096, "vocab_size": 32000}, "num_parameters"),
+    ]:
+        with pytest.raises(grow_cli.UsageError, match=f"it lacks a valid {lacks}"):
+            grow_cli.plan(target, "2T")
+    shape = {"num_parameters": 7e9, "num_hidden_layers": 32, "hidden_size": 4096, "vocab_size": 32000}
+    assert grow_cli.plan(shape, "2T")["stacking"]["small_model"]["num_hidden_layers"] == 8

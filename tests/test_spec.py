@@ -13,7 +13,8 @@ import yaml
 from grow_cli.commands import expand as expand_command
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.family.recipe import load_recipe
-from grow_cli.growth.spec import GrowthSpec, field_types, flag
+from grow_cli.field_types import flag
+from grow_cli.growth.spec import GrowthSpec, field_types
 from grow_cli.operators.registry import method_help
 
 FIELDS = [f.name for f in dataclasses.fields(GrowthSpec)]
@@ -41,6 +42,10 @@ FIELDS = [f.name for f in dataclasses.fields(GrowthSpec)]
         ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": float("nan")}, "noise_snr_db", "finite"),
         ({"layers": 8, "dtype": "fp64"}, "dtype", "--dtype must be one of bf16, fp16, fp32"),
         ({"layers": 8, "shard_size": "lots"}, "shard_size", "--shard-size: cannot read size"),
+        ({"layers": 0}, "layers", "--layers must be at least 1, got 0"),  # no source has fewer: refused here
+        ({"layers": -4}, "layers", "--layers must be at least 1, got -4"),
+        ({"depth_method": "dus", "dus_overlap": -1}, "dus_overlap", "--dus-overlap must be at least 0, got -1"),
+        ({"layerz": 8}, "layerz", "GrowthSpec has no option 'layerz'; did you mean 'layers'?"),  # was a TypeError
     ],
 )
 def test_impossible_specs_are_one_line_naming_the_option(options, option, fragment):

@@ -367,7 +367,7 @@ def test_train_config_takes_one_data_path_as_a_list_of_one(tmp_path):
     assert TrainConfig(**required, data="corpus/").data == ["corpus/"]
     assert TrainConfig(**required, data=tmp_path / "corpus").data == [str(tmp_path / "corpus")]
     assert TrainConfig(**required, data=("a", Path("b"))).data == ["a", "b"]
-    with pytest.raises(UsageError, match="data: expected a path or a list of paths, found 5"):
+    with pytest.raises(UsageError, match="TrainConfig.data: expected str, path or list, found 5"):
         TrainConfig(**required, data=5)
 
 

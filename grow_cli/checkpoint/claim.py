@@ -55,6 +55,23 @@ def unwritable(out: Path, exc: OSError) -> OutputError:
     return OutputError(f"cannot write {out}: {exc.strerror or exc}; {out} was left as it was")
 
 
+def writer_of(out: Path) -> str | None:
+    """Who holds the claim on `out` ("pid 123 on host, since 12:00:05"): a grow run writing it now; None when none
+    does. Asked by what reads a folder, so that one still being written is named as such, not as a folder without
+    config.json."""
+    try:
+        fd = os.open(lock_file(Path(out).expanduser().resolve()), os.O_RDONLY)
+    except OSError:
+        return None  # no claim file: nobody has claimed it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # releases the shared lock, if it was taken
+    return None
+
+
 class OutputClaim:
     """Holds the exclusive claim on `out` between `acquire()` and `release()` (or as a context manager)."""
 

@@ -144,7 +144,12 @@ def refuse_integer_weights(tensors: dict[str, tuple[tuple[int, ...], str]], weig
 
 def what_else(folder: Path) -> str | None:
     """What `folder` holds instead of a transformers model (an adapter, GGUF files, a model in a subfolder), as the
-    end of a sentence saying what to do; None when it is none of these."""
+    end of a sentence saying what to do; None when it is none of these. A folder a grow run is writing (`expand`
+    publishes its output only once complete) is named as that."""
+    from grow_cli.checkpoint.claim import writer_of
+
+    if (writer := writer_of(folder)) is not None:
+        return f"a grow run is writing it now ({writer}); wait for that run to finish, then run this again"
     adapter = folder / "adapter_config.json"
     if adapter.is_file():
         try:

@@ -363,6 +363,8 @@ def load_config(folder: Path) -> dict[str, Any]:
         instead = what_else(Path(folder))
         if instead:
             raise CheckpointError(f"{folder} has no config.json: {instead}")
+        if not Path(folder).exists():
+            raise CheckpointError(f"{folder} does not exist; give a model folder (one that holds config.json)")
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
     try:
         text = path.read_bytes()  # decoded by json.loads: undecodable bytes are a ValueError below

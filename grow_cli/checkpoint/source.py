@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli import cache
+from grow_cli.checkpoint.claim import writer_of
 from grow_cli.checkpoint.kinds import refuse_gguf_file
 from grow_cli.errors import CheckpointError
 
@@ -74,6 +75,8 @@ def resolve_source(
         if revision:
             raise CheckpointError("--revision applies only to Hub ids, not to local folders")
         return CheckpointSource(folder=path.resolve(), path=str(path.resolve()))
+    if (writer := writer_of(path)) is not None:  # `expand` publishes its output folder only once it is complete
+        raise CheckpointError(f"{source} is being written by a grow run ({writer}); wait for that run to finish")
     parts = source.split("/")
     if len(parts) > 2 and is_repo_id("/".join(parts[:2])) and not source.startswith((".", "/", "~")):
         raise CheckpointError(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import DataError, UsageError
+from grow_cli.errors import DataError, OptionError
 
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
@@ -63,14 +63,14 @@ def _from_folder(folder: Path) -> list[Source]:
 
 
 def data_paths(data: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
-    """`--data` arguments as a list of strings: the Python API may give one path (a str or a PathLike) where a list
-    is expected — a string is never read as a sequence of one-character paths."""
+    """`--data` arguments as a list of strings (`~` expanded, as a shell would): the Python API may give one path (a
+    str or a PathLike) where a list is expected — a string is never read as a sequence of one-character paths."""
     items = [data] if isinstance(data, str | os.PathLike) else list(data) if isinstance(data, Iterable) else [None]
     paths: list[str] = []
     for item in items:
-        path = os.fspath(item) if isinstance(item, str | os.PathLike) else None
+        path = os.path.expanduser(item) if isinstance(item, str | os.PathLike) else None
         if not isinstance(path, str):  # a number, bytes, None
-            raise UsageError(f"data: expected a path or a list of paths, found {data!r}")
+            raise OptionError("data", f"data: expected a path or a list of paths, found {data!r}")
         paths.append(path)
     return paths
 

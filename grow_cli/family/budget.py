@@ -62,6 +62,14 @@ def _check_count(value: float, option: str, unit: str, bounds: tuple[float, floa
         raise UsageError(f"{option} {value:.3g} {unit} is outside what grow plans for ({low:.0e} to {high:.0e} {unit})")
 
 
+# The keys of a target config that the plan reads (besides `num_parameters`); `_target` reads them from a folder.
+TARGET_KEYS = ("num_hidden_layers", "hidden_size", "vocab_size")
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | dict[str, Any]:
     """A plan's target as a parameter count or a config dict: a model folder (or its config.json) is read as
     `grow inspect` reads it; any other string is a count such as 7B."""
@@ -259,6 +267,13 @@ def plan(
         stack_refused = shape.pop("stack_refused", None)
         if "num_parameters" not in shape:
             raise UsageError("a target config needs a parameter count; give a model folder grow can inspect")
+        wrong = [k for k in TARGET_KEYS if not _whole(shape.get(k))]
+        if wrong or not isinstance(shape["num_parameters"], int | float) or isinstance(shape["num_parameters"], bool):
+            raise UsageError(
+                f"a target config needs num_parameters (a number) and {', '.join(TARGET_KEYS)} (whole numbers ≥ 1); "
+                f"it lacks a valid {', '.join(wrong or ['num_parameters'])}. Or give a model folder or its "
+                "config.json, which grow reads them from"
+            )
         n = float(shape["num_parameters"])
         _check_count(n, "--target", "parameters", PARAMS_RANGE)  # a folder's count, before its members'
     else:

@@ -113,11 +113,11 @@ def _kl_bars(ax, pairs: list[dict[str, Any]]) -> None:
 def write_plots(
     out: Path, summaries: list[dict[str, Any]], book: dict[str, Any], quality: dict[str, Any], pairs: list
 ) -> list[str]:
-    """Write loss_vs_flops.png, compute_saved.png and (with comparisons) kl_adjacent.png; return their names."""
-    import matplotlib
+    """Write loss_vs_flops.png, compute_saved.png and (with comparisons) kl_adjacent.png; return their names.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Each is a bare `Figure` drawn by its own canvas: pyplot would choose (or be told, process-wide) a GUI backend,
+    and would keep every figure in its registry — in the caller's notebook too."""
+    from matplotlib.figure import Figure
 
     figures: list[tuple[str, tuple[float, float], Callable[[Any], None]]] = [
         ("loss_vs_flops.png", (7, 4.5), lambda ax: _loss_vs_flops(ax, summaries, book))
@@ -126,9 +126,8 @@ def write_plots(
     if pairs:
         figures.append(("kl_adjacent.png", (6.5, 4), lambda ax: _kl_bars(ax, pairs)))
     for name, size, draw in figures:
-        fig, ax = plt.subplots(figsize=size)
-        draw(ax)
+        fig = Figure(figsize=size)
+        draw(fig.subplots())
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
-        plt.close(fig)
     return [name for name, _, _ in figures]

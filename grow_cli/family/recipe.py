@@ -344,7 +344,8 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
         try:  # the same checks `grow train-stage` makes, now, before any member runs
             TrainConfig(model=base, out=base, **settings)
         except UsageError as exc:
-            raise _fail(f"members[{i}].train", str(exc)) from None
+            option = exc.option if isinstance(exc, OptionError) else None
+            raise _fail(f"members[{i}].train" + (f".{option}" if option else ""), str(exc)) from None
     out_dir = Path(out) if out else (base / raw["out"] if "out" in raw else base / path.stem)
     return Recipe(
         path=path,

@@ -255,7 +255,9 @@ def _train(
 def _train_with(
     settings: dict[str, Any], recipe: Recipe, model: Path, out: Path, quiet: bool, *, grown: bool = False
 ) -> dict[str, Any]:
-    """One `grow train-stage` run into `out`: skipped when finished, resumed when interrupted."""
+    """One `grow train-stage` run into `out`: skipped when finished, resumed when interrupted. Each builds its own
+    `Accelerator` (a member may train in another mixed precision than the one before)."""
+    from grow_cli.process_state import run_accelerate_state
     from grow_cli.train.checkpoints import complete_checkpoints
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage
@@ -278,7 +280,8 @@ def _train_with(
         quiet=quiet,
         **{"cache_dir": _token_cache(recipe), **settings},
     )
-    return train_stage(config)
+    with run_accelerate_state():
+        return train_stage(config)
 
 
 def _token_cache(recipe: Recipe) -> Path:

@@ -36,15 +36,15 @@ def definition_summary(arch) -> dict[str, Any]:
     }
 
 
-def write_definition(config: dict[str, Any], path: Path, *, force: bool = False) -> Path:
+def write_definition(config: dict[str, Any], path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Write the definition grow uses for `config` as a JSON file for review; an existing file needs `force`."""
     from grow_cli.arch.registry import definition_document
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():  # before the --force advice: forcing would not make a folder a file
+        raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
     if path.exists() and not force:
         raise OutputError(f"{path} already exists; choose another path or pass --force to replace it")
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
     document = definition_document(config)
     try:
         write_whole(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
@@ -60,7 +60,7 @@ def inspect(
     *,
     revision: str | None = None,
     token: str | None = None,
-    write_definition_to: Path | None = None,
+    write_definition_to: str | os.PathLike[str] | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Describe the checkpoint `source` (folder or Hub id) from its headers; optionally write the architecture

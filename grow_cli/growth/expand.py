@@ -130,7 +130,7 @@ def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=No
         plan.width.release_buffers()
 
 
-def _verify_memory(text: str | None, verify: bool) -> int | None:
+def _verify_memory(text: str | int | None, verify: bool) -> int | None:
     """`--verify-max-memory` in bytes (None: not given); refused without `--verify`, whose bound it is."""
     if text is None:
         return None
@@ -196,7 +196,7 @@ def expand(
     force: bool = False,
     dry_run: bool = False,
     verify: bool = False,
-    verify_max_memory: str | None = None,
+    verify_max_memory: str | int | None = None,
     quiet: bool = False,
     command: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -217,6 +217,8 @@ def expand(
     from grow_cli.checkpoint.output import check_output
 
     verify_memory = _verify_memory(verify_max_memory, verify)
+    if out is None and not dry_run:
+        raise OptionError("out", "expand needs an output folder (out) unless dry_run=True, which writes nothing")
     if out is not None:  # before any download: a refused output must not cost a multi-GB fetch
         out = Path(out).expanduser().resolve()  # absolute: `--force` may replace the working folder "." names
         local = Path(source).expanduser()
@@ -235,8 +237,7 @@ def expand(
                     "plan": {**summary, "estimated_peak_memory_bytes": peak_memory(plan, state)},
                     "training_state": state_summary(state) if state else None,
                 }
-            if out is None:
-                raise ValueError("expand needs an output folder unless dry_run")
+            assert out is not None  # refused above
             # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
             hasher = FileHasher([*reader.files, src.folder / "config.json"])
             try:

@@ -28,16 +28,18 @@ from typing import Any
 from grow_cli.checkpoint.dtypes import output_dtype
 from grow_cli.checkpoint.writer import parse_size
 from grow_cli.errors import OptionError, UsageError
-from grow_cli.field_types import accepts
+from grow_cli.field_types import checked_init, flag
 from grow_cli.field_types import field_types as dataclass_types
 from grow_cli.limits import check_experts
 from grow_cli.operators import registry
 
 
+@checked_init
 @dataclass(frozen=True)
 class GrowthSpec:
     """How to grow; None means "unchanged" (or "not given"). Each field is the `grow expand` flag of the same name
-    (`dus_overlap` is `--dus-overlap`); what no source could satisfy raises `OptionError` here, at construction."""
+    (`dus_overlap` is `--dus-overlap`); what no source could satisfy raises `OptionError` here, at construction,
+    an unknown field or a value of the wrong type (`layers="8"`, `layers=True`) first (`grow_cli/field_types.py`)."""
 
     # depth: the target layer count, as a number or a factor of the source's, and how new layers are made
     layers: int | None = None
@@ -66,7 +68,6 @@ class GrowthSpec:
     seed: int = 0  # every random index map and noise
 
     def __post_init__(self) -> None:
-        self._check_types()
         self._check_depth()
         self._check_width()
         self._check_files()
@@ -112,22 +113,12 @@ class GrowthSpec:
 
     # -- checks that need no source -------------------------------------------------------------------------------
 
-    def _check_types(self) -> None:
-        """Each field holds a value of its type (the Python API's mistakes: a string for a number, True for 1),
-        before any check compares it; None only where the field is optional."""
-        for name, allowed in dataclass_types(GrowthSpec).items():
-            value = getattr(self, name)
-            if value is None and type(None) in allowed:
-                continue
-            kinds = tuple(k for k in allowed if k is not type(None))
-            if not accepts(kinds, value):
-                names = " or ".join(k.__name__ for k in kinds)
-                raise OptionError(
-                    name, f"GrowthSpec.{name}: expected {names}, found {value!r} ({type(value).__name__})"
-                )
-
     def _check_depth(self) -> None:
         registry.operator("depth", self.depth_method)
+        if self.layers is not None and self.layers < 1:
+            raise OptionError("layers", f"--layers must be at least 1, got {self.layers}")
+        if self.dus_overlap is not None and self.dus_overlap < 0:
+            raise OptionError("dus_overlap", f"--dus-overlap must be at least 0, got {self.dus_overlap}")
         if self.layers is not None and self.depth_factor is not None:
             raise OptionError("depth_factor", "give --layers or --depth-factor, not both")
         if self.depth_factor is not None and not (math.isfinite(self.depth_factor) and self.depth_factor > 0):
@@ -215,11 +206,6 @@ EXPERT_OPTIONS = ("top_k", "router_noise", "drop_upcycling", "shared_expert")
 
 # The width targets: any of them set means width growth.
 WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "width_factor")
-
-
-def flag(name: str) -> str:
-    """The `grow expand` flag of the field `name`, e.g. `--dus-overlap`."""
-    return "--" + name.replace("_", "-")
 
 
 def field_types() -> dict[str, tuple[type, ...]]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from grow_cli.arch.layer_lists import GENERIC_LAYER_LISTS
-from grow_cli.errors import ArchitectureError, UsageError
+from grow_cli.errors import ArchitectureError, OptionError, UsageError
 
 SAMPLINGS = ("lvps", "uniform")
 # LVPS constants of the released code (`get_curr_apollo_info`): a hyperbola in x ∈ [X_MIN, 1] that falls from
@@ -54,21 +54,23 @@ def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
     for i, item in enumerate(part.strip() for part in text.split(",")):
         match = re.fullmatch(r"(\d+)(?:@(\d+))?", item)
         if not match or (i > 0 and match.group(2) is None):
-            raise UsageError(
+            raise OptionError(
+                "apollo_stages",
                 f"--apollo-stages {text!r}: each stage after the first is LAYERS@STEP, e.g. '3,6@200,12@500' "
-                "(3 unique layers from step 0, 6 from step 200, 12 from step 500)"
+                "(3 unique layers from step 0, 6 from step 200, 12 from step 500)",
             )
         stages.append((int(match.group(1)), int(match.group(2) or 0)))
     if stages[0][1] != 0:
-        raise UsageError(f"--apollo-stages {text!r}: the first stage starts at step 0")
+        raise OptionError("apollo_stages", f"--apollo-stages {text!r}: the first stage starts at step 0")
     for (layers_a, step_a), (layers_b, step_b) in zip(stages, stages[1:], strict=False):
         if layers_b <= layers_a or step_b <= step_a:
-            raise UsageError(
+            raise OptionError(
+                "apollo_stages",
                 f"--apollo-stages {text!r}: stages must grow ({layers_a} → {layers_b} layers) at later steps "
-                f"({step_a} → {step_b})"
+                f"({step_a} → {step_b})",
             )
     if stages[0][0] < 1:
-        raise UsageError(f"--apollo-stages {text!r}: a stage needs at least one layer")
+        raise OptionError("apollo_stages", f"--apollo-stages {text!r}: a stage needs at least one layer")
     return tuple(stages)
 
 

@@ -23,7 +23,7 @@ from grow_cli.checkpoint.files import METRICS_FILE
 from grow_cli.checkpoint.output import remove_previous_run
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
-from grow_cli.errors import UsageError
+from grow_cli.errors import OptionError, UsageError
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
 from grow_cli.train.checkpoints import load_checkpoint, remove_unfinished, run_key_change
@@ -139,7 +139,8 @@ def say(accelerator: Accelerator, quiet: bool, message: str) -> None:
 def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     """Build, prepare and (when resuming) restore everything for the loop; see the module docstring. `--resume auto`
     on a run that finished in --out already gets `Finished` instead, and --out is left as it was."""
-    tracker = JsonlTracker(config.out / METRICS_FILE, resume_step=0 if checked.resume_from else None)
+    out = Path(config.out)
+    tracker = JsonlTracker(out / METRICS_FILE, resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
@@ -160,9 +161,9 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     if checked.finished is not None:
         return _finished(config, checked.finished, keys)  # before anything in --out is touched
     if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
-        remove_previous_run(config.out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
+        remove_previous_run(out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
     if accelerator.is_main_process:
-        for name in remove_unfinished(config.out):
+        for name in remove_unfinished(out):
             say(accelerator, config.quiet, f"note: removed {name}, a checkpoint a killed run left half-saved")
     accelerator.wait_for_everyone()
     for note in checked.notes:
@@ -172,7 +173,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     model, saved_dtype = loaded.model, loaded.saved_dtype
     if config.document_masking:
         check_document_masking(model, checked.eos_id)
-    config.out.mkdir(parents=True, exist_ok=True)  # only now: unreadable data or a refused model leave no output
+    out.mkdir(parents=True, exist_ok=True)  # only now: unreadable data or a refused model leave no output
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
     kernels = speed_up(model, config, accelerator, liger=liger)
     num_parameters = sum(p.numel() for p in model.parameters())
@@ -247,7 +248,7 @@ class Finished:
 def _finished(config: TrainConfig, stage: dict[str, Any], keys: dict[str, Any]) -> Finished:
     """Nothing to do when the run finished in --out is this run (same run key, hence the same planned end); any
     other run is refused, naming the first setting that differs — resuming it would retrain the finished model."""
-    out, end = config.out, stage["run_key"]["max_steps"]
+    out, end = Path(config.out), stage["run_key"]["max_steps"]
     change = run_key_change(stage["run_key"], keys)
     if change is not None:
         key, was, now = change
@@ -265,8 +266,17 @@ def _finished(config: TrainConfig, stage: dict[str, Any], keys: dict[str, Any]) 
 def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
     """The accelerator; flags left unset (None) fall through to `accelerate config` / `accelerate launch`. With
     --compile grow compiles the repeated blocks itself (`kernels.py`), so accelerate must not compile the model."""
+    from accelerate.state import AcceleratorState, is_initialized
     from accelerate.utils import DistributedDataParallelKwargs
 
+    if is_initialized() and config.mixed_precision not in (None, AcceleratorState().mixed_precision):
+        held = AcceleratorState().mixed_precision  # accelerate cannot change it: a caller's own Accelerator made it
+        raise OptionError(
+            "mixed_precision",
+            f"--mixed-precision {config.mixed_precision}: this Python process already runs accelerate with mixed "
+            f"precision {held!r} (an Accelerator made before this run); pass mixed_precision={held!r} or None, or "
+            "train in a new process",
+        )
     return Accelerator(
         mixed_precision=config.mixed_precision,
         dynamo_backend="no" if config.compile else None,
@@ -316,7 +326,7 @@ def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -
             eval_fraction=config.eval_fraction,
             vocab_size=checked.model_config.get_text_config().vocab_size,
             eos_id=checked.eos_id,
-            cache_dir=config.cache_dir or token_cache_dir(config.out.resolve().parent),
+            cache_dir=Path(config.cache_dir or token_cache_dir(Path(config.out).resolve().parent)),
             dtype_name=config.token_dtype,
         )
     return data
@@ -350,7 +360,7 @@ def load_trainable_model(
 
     transformers.utils.logging.disable_progress_bar()  # our own progress and notes say what is happening
     torch.manual_seed(config.seed)
-    loaded = load_model(config.model, checked.objective)
+    loaded = load_model(Path(config.model), checked.objective)
     for note in objective_notes(checked, loaded):
         say(accelerator, config.quiet, note)
     if checked.apollo:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grow_cli.data.sources import data_paths
-from grow_cli.errors import UsageError
+from grow_cli.errors import OptionError, UsageError
+from grow_cli.field_types import checked_init, flag
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -24,25 +27,28 @@ TRAIN_ONLY = ("all", "new")
 OBJECTIVES = ("auto", "causal", "masked")  # auto: decided from the architecture (train/objective.py)
 
 
-@dataclass
+@checked_init
+@dataclass(frozen=True)
 class TrainConfig:
     """One training stage. Exactly one of `max_steps` / `max_tokens` sets the budget.
 
     Each field is the `grow train-stage` flag of the same name (`seq_len` is `--seq-len`; `report_to` is a list
-    here); `model`, `out`, `tokenizer` and `cache_dir` may be given as strings, `data` as one path (a list of one).
-    Contradictory or impossible settings raise `UsageError` at construction, before anything heavy is loaded.
+    here). Paths may be strings or `os.PathLike`s and are held as `Path`s (`resume` as text), `data` may be one path
+    (held as a list of one). A value of the wrong type, and contradictory or impossible settings, raise
+    `OptionError` naming the field at construction, before anything heavy is loaded. Frozen, like `GrowthSpec`:
+    `dataclasses.replace(config, max_steps=…)` is a checked copy, where assigning a field would skip the checks.
     """
 
-    model: Path
-    data: list[str]
-    out: Path
+    model: str | os.PathLike[str]
+    data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+    out: str | os.PathLike[str]
     # data
     text_field: str = "text"
     seq_len: int = 512
     eval_fraction: float = 0.01
     token_dtype: str | None = None  # for pre-tokenized .bin files; None: uint16 if the vocab fits, else uint32
-    tokenizer: Path | None = None  # default: the model folder
-    cache_dir: Path | None = None  # default: <out's parent>/.grow-cache
+    tokenizer: str | os.PathLike[str] | None = None  # default: the model folder
+    cache_dir: str | os.PathLike[str] | None = None  # default: <out's parent>/.grow-cache
     seed: int = 0
     # budget and batch
     max_steps: int | None = None
@@ -88,7 +94,7 @@ class TrainConfig:
     # checkpoints, eval, logs
     save_every: int | None = None
     keep_last: int = 2
-    resume: str | None = None  # "auto", "grown" (the grown training state in --model) or a checkpoint folder
+    resume: str | os.PathLike[str] | None = None  # "auto", "grown" (the grown state in --model) or a checkpoint
     exit_interval: int | None = None
     eval_every: int | None = None
     eval_batches: int = 16
@@ -99,64 +105,75 @@ class TrainConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        self.model, self.out = Path(self.model), Path(self.out)
-        if self.tokenizer is not None:
-            self.tokenizer = Path(self.tokenizer)
-        if self.cache_dir is not None:
-            self.cache_dir = Path(self.cache_dir)
-        self.data = data_paths(self.data)  # one path (the Python API) is a list of one
+        for name in ("model", "out", "tokenizer", "cache_dir"):  # `~` is the home folder here too, as in a shell
+            if getattr(self, name) is not None:
+                self._set(name, Path(getattr(self, name)).expanduser())
+        if self.resume is not None:
+            self._set("resume", os.path.expanduser(self.resume))
+        self._set("data", data_paths(self.data))  # one path (the Python API) is a list of one
+        self._set("report_to", list(self.report_to))
         if not self.data:
-            raise UsageError("no training data: pass --data PATH (files, folders or globs)")
+            raise OptionError("data", "no training data: pass --data PATH (files, folders or globs)")
         if (self.max_steps is None) == (self.max_tokens is None):
-            raise UsageError("give exactly one budget: --max-steps N or --max-tokens N")
+            raise OptionError(
+                "max_tokens" if self.max_steps is not None else "max_steps",
+                "give exactly one budget: --max-steps N or --max-tokens N",
+            )
         if self.grad_accum is not None and self.global_batch_tokens is not None:
-            raise UsageError("--grad-accum and --global-batch-tokens both set the accumulation; give one")
+            raise OptionError(
+                "global_batch_tokens", "--grad-accum and --global-batch-tokens both set the accumulation; give one"
+            )
         choices = {
-            "--schedule": (self.schedule, SCHEDULES),
-            "--decay-type": (self.decay_type, DECAY_TYPES),
-            "--train-only": (self.train_only, TRAIN_ONLY),
-            "--mixed-precision": (self.mixed_precision, (None, *MIXED_PRECISION)),
-            "--token-dtype": (self.token_dtype, (None, "uint16", "uint32")),
-            "--objective": (self.objective, OBJECTIVES),
-            "--apollo-sampling": (self.apollo_sampling, SAMPLINGS),
+            "schedule": SCHEDULES,
+            "decay_type": DECAY_TYPES,
+            "train_only": TRAIN_ONLY,
+            "mixed_precision": (None, *MIXED_PRECISION),
+            "token_dtype": (None, "uint16", "uint32"),
+            "objective": OBJECTIVES,
+            "apollo_sampling": SAMPLINGS,
         }
-        for flag, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise UsageError(f"{flag} {value!r} is not one of {', '.join(a for a in allowed if a)}")
-        if isinstance(self.max_lr, str):
-            if self.max_lr != "auto":
-                try:
-                    self.max_lr = float(self.max_lr)
-                except ValueError:
-                    raise UsageError(f"--max-lr must be a number or 'auto', got {self.max_lr!r}") from None
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise OptionError(
+                    name, f"{flag(name)} {getattr(self, name)!r} is not one of {', '.join(a for a in allowed if a)}"
+                )
+        if isinstance(self.max_lr, str) and self.max_lr != "auto":
+            try:
+                self._set("max_lr", float(self.max_lr))
+            except ValueError:
+                raise OptionError("max_lr", f"--max-lr must be a number or 'auto', got {self.max_lr!r}") from None
         if not 0 <= self.seed < 2**64:  # what torch's and numpy's generators take
-            raise UsageError(f"--seed must be between 0 and 2**64 - 1, got {self.seed}")
+            raise OptionError("seed", f"--seed must be between 0 and 2**64 - 1, got {self.seed}")
         if self.seq_len < 2:  # one token has no next token to predict: the loss would be 0/0
-            raise UsageError(f"--seq-len must be at least 2 (a token and the next one to predict), got {self.seq_len}")
-        positive = {
-            "--micro-batch-size": self.micro_batch_size,
-            "--max-steps": self.max_steps,
-            "--max-tokens": self.max_tokens,
-            "--grad-accum": self.grad_accum,
-            "--save-every": self.save_every,
-            "--keep-last": self.keep_last,
-            "--eval-every": self.eval_every,
-            "--eval-batches": self.eval_batches,
-            "--log-every": self.log_every,
-            "--exit-interval": self.exit_interval,
-            "--global-batch-tokens": self.global_batch_tokens,
-            "--apollo-target-layers": self.apollo_target_layers,
-        }
-        for flag, number in positive.items():
+            raise OptionError(
+                "seq_len", f"--seq-len must be at least 2 (a token and the next one to predict), got {self.seq_len}"
+            )
+        positive = (
+            "micro_batch_size",
+            "max_steps",
+            "max_tokens",
+            "grad_accum",
+            "save_every",
+            "keep_last",
+            "eval_every",
+            "eval_batches",
+            "log_every",
+            "exit_interval",
+            "global_batch_tokens",
+            "apollo_target_layers",
+        )
+        for name in positive:
+            number = getattr(self, name)
             if number is not None and number < 1:
-                raise UsageError(f"{flag} must be at least 1, got {number}")
+                raise OptionError(name, f"{flag(name)} must be at least 1, got {number}")
         self._check_numbers()
         if not 0.0 < self.eval_fraction < 0.5:
-            raise UsageError(f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.decay_ratio <= 1.0:
-            raise UsageError("--min-lr-ratio and --decay-ratio must lie in [0, 1]")
+            raise OptionError("eval_fraction", f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
+        for name in ("min_lr_ratio", "decay_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise OptionError(name, "--min-lr-ratio and --decay-ratio must lie in [0, 1]")
         if self.resume not in (None, "auto", "grown") and not Path(self.resume).is_dir():
-            raise UsageError(f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
+            raise OptionError("resume", f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
         self._check_schedule_options()
         self._check_schedule_offset()
         self._check_data_offset()
@@ -172,35 +189,44 @@ class TrainConfig:
             for name in ("decay_ratio", "decay_type"):
                 if getattr(self, name) != defaults[name]:
                     decays = "never decays" if self.schedule == "constant" else "decays over every step after warmup"
-                    raise UsageError(
-                        f"--{name.replace('_', '-')} applies only with --schedule wsd (--schedule {self.schedule} "
-                        f"{decays}); add --schedule wsd or drop it"
+                    raise OptionError(
+                        name,
+                        f"{flag(name)} applies only with --schedule wsd (--schedule {self.schedule} {decays}); add "
+                        "--schedule wsd or drop it",
                     )
         if self.schedule == "constant" and self.min_lr_ratio != defaults["min_lr_ratio"]:
-            raise UsageError("--min-lr-ratio does not apply to --schedule constant (it never decays); drop it")
+            raise OptionError(
+                "min_lr_ratio", "--min-lr-ratio does not apply to --schedule constant (it never decays); drop it"
+            )
         if self.warmup_steps is not None and self.warmup_ratio != defaults["warmup_ratio"]:
-            raise UsageError("--warmup-ratio applies only without --warmup-steps (which sets the warmup); give one")
+            raise OptionError(
+                "warmup_ratio", "--warmup-ratio applies only without --warmup-steps (which sets the warmup); give one"
+            )
 
     def _check_schedule_offset(self) -> None:
-        self.schedule_offset = _count_or(self.schedule_offset, "auto", "--schedule-offset", "a step number")
+        self._set("schedule_offset", _count_or(self.schedule_offset, "auto", "schedule_offset", "a step number"))
         if self.restart_warmup_steps < 0:
-            raise UsageError(f"--restart-warmup-steps must be at least 0, got {self.restart_warmup_steps}")
+            raise OptionError(
+                "restart_warmup_steps", f"--restart-warmup-steps must be at least 0, got {self.restart_warmup_steps}"
+            )
 
     def _check_data_offset(self) -> None:
-        self.data_offset = _count_or(self.data_offset, "lineage", "--data-offset", "a number of blocks")
+        self._set("data_offset", _count_or(self.data_offset, "lineage", "data_offset", "a number of blocks"))
         if self.data_offset and self.resume == "grown":
-            raise UsageError(
-                "--data-offset: --resume grown reads on after the blocks its source read already; drop --data-offset"
+            raise OptionError(
+                "data_offset",
+                "--data-offset: --resume grown reads on after the blocks its source read already; drop --data-offset",
             )
 
     def _check_masking(self) -> None:
         if not 0.0 < self.mlm_probability < 1.0:
-            raise UsageError(f"--mlm-probability must be in (0, 1), got {self.mlm_probability}")
+            raise OptionError("mlm_probability", f"--mlm-probability must be in (0, 1), got {self.mlm_probability}")
         replace = (self.mask_replace_prob, self.random_replace_prob)
         if min(replace) < 0.0 or sum(replace) > 1.0:
-            raise UsageError(
+            raise OptionError(
+                "random_replace_prob" if self.mask_replace_prob >= 0 else "mask_replace_prob",
                 f"--mask-replace-prob {self.mask_replace_prob} and --random-replace-prob "
-                f"{self.random_replace_prob} must be ≥ 0 and sum to at most 1 (the rest keep their token)"
+                f"{self.random_replace_prob} must be ≥ 0 and sum to at most 1 (the rest keep their token)",
             )
 
     def _check_apollo(self) -> None:
@@ -208,37 +234,47 @@ class TrainConfig:
             parse_stages(self.apollo_stages)
         elif self.apollo_target_layers is None:
             if self.apollo_sampling != "lvps":
-                raise UsageError("--apollo-sampling needs --apollo-target-layers (or --apollo-stages)")
+                raise OptionError(
+                    "apollo_sampling", "--apollo-sampling needs --apollo-target-layers (or --apollo-stages)"
+                )
             return
         if self.train_only != "all":
-            raise UsageError(
-                "Apollo trains every layer (each is shared across positions); --train-only new contradicts it"
+            raise OptionError(
+                "train_only",
+                "Apollo trains every layer (each is shared across positions); --train-only new contradicts it",
             )
 
     def _check_numbers(self) -> None:
         """Optimizer and budget numbers in their ranges (NaN and infinity never are): refused here, in one line,
         rather than by torch's optimizer mid-run or as a loss that turns NaN."""
         max_lr = None if isinstance(self.max_lr, str) else self.max_lr  # "auto" (other strings: refused above)
-        ranges: dict[str, tuple[float | None, float, float, bool]] = {  # flag: (value, lowest, highest, lowest ok)
-            "--max-lr": (max_lr, 0.0, math.inf, False),
-            "--max-tokens": (self.max_tokens, 1.0, 1e18, True),
-            "--beta1": (self.beta1, 0.0, 1.0, True),
-            "--beta2": (self.beta2, 0.0, 1.0, True),
-            "--eps": (self.eps, 0.0, math.inf, False),
-            "--weight-decay": (self.weight_decay, 0.0, math.inf, True),
-            "--grad-clip": (self.grad_clip, 0.0, math.inf, True),
-            "--warmup-steps": (self.warmup_steps, 0, math.inf, True),
-            "--warmup-ratio": (self.warmup_ratio, 0.0, 1.0, True),
-            "--peak-tflops": (self.peak_tflops, 0.0, math.inf, False),
+        ranges: dict[str, tuple[float | None, float, float, bool]] = {  # field: (value, lowest, highest, lowest ok)
+            "max_lr": (max_lr, 0.0, math.inf, False),
+            "max_tokens": (self.max_tokens, 1.0, 1e18, True),
+            "beta1": (self.beta1, 0.0, 1.0, True),
+            "beta2": (self.beta2, 0.0, 1.0, True),
+            "eps": (self.eps, 0.0, math.inf, False),
+            "weight_decay": (self.weight_decay, 0.0, math.inf, True),
+            "grad_clip": (self.grad_clip, 0.0, math.inf, True),
+            "warmup_steps": (self.warmup_steps, 0, math.inf, True),
+            "warmup_ratio": (self.warmup_ratio, 0.0, 1.0, True),
+            "peak_tflops": (self.peak_tflops, 0.0, math.inf, False),
         }
-        for flag, (value, low, high, low_ok) in ranges.items():
+        for name, (value, low, high, low_ok) in ranges.items():
             if value is None:
                 continue
             if not (math.isfinite(value) and (value >= low if low_ok else value > low) and value <= high):
                 bound = f"{'≥' if low_ok else '>'} {low:g}" + (f" and ≤ {high:g}" if math.isfinite(high) else "")
-                raise UsageError(f"{flag} must be a finite number {bound}, got {value}")
-        if self.beta1 == 1.0 or self.beta2 == 1.0:
-            raise UsageError("--beta1 and --beta2 must be below 1 (AdamW's moving averages would never move)")
+                raise OptionError(name, f"{flag(name)} must be a finite number {bound}, got {value}")
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) == 1.0:
+                raise OptionError(
+                    name, "--beta1 and --beta2 must be below 1 (AdamW's moving averages would never move)"
+                )
+
+    def _set(self, name: str, value: Any) -> None:
+        """Store a field's checked, normalised value (a `Path` for a path given as text) in the frozen instance."""
+        object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings, for the checkpoint (resume checks) and the trackers' hyperparameters."""
@@ -266,13 +302,13 @@ def parse_max_tokens(value: str | float | None) -> int | None:
     return int(count)
 
 
-def _count_or(value: int | str | None, keyword: str, flag: str, what: str) -> int | str | None:
+def _count_or(value: int | str | None, keyword: str, name: str, what: str) -> int | str | None:
     """An option that takes a count ≥ 0 or one keyword (e.g. `--schedule-offset N|auto`), its count as an int."""
     if isinstance(value, str) and value != keyword:
         try:
             value = int(value)
         except ValueError:
-            raise UsageError(f"{flag} must be {what} or '{keyword}', got {value!r}") from None
+            raise OptionError(name, f"{flag(name)} must be {what} or '{keyword}', got {value!r}") from None
     if isinstance(value, int) and value < 0:
-        raise UsageError(f"{flag} must be at least 0, got {value}")
+        raise OptionError(name, f"{flag(name)} must be at least 0, got {value}")
     return value

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grow_cli.data.sources import data_paths
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.train.build import Run
@@ -40,7 +41,7 @@ def evaluation(run: Run) -> dict[str, float]:
 
 def pause(run: Run) -> dict[str, Any]:
     """Save a checkpoint at the current step and end tracking; the run continues with `--resume auto`."""
-    path = save_checkpoint(run.accelerator, run.config.out, run.state(), run.config.keep_last)
+    path = save_checkpoint(run.accelerator, Path(run.config.out), run.state(), run.config.keep_last)
     run.accelerator.end_training()
     return {
         "status": "paused",
@@ -53,7 +54,7 @@ def pause(run: Run) -> dict[str, Any]:
 
 def finish(run: Run, ending: Ending) -> dict[str, Any]:
     """Evaluate, write the model, grow.json and the card to --out, and return the run's summary."""
-    accelerator, out = run.accelerator, run.config.out
+    accelerator, out, model = run.accelerator, Path(run.config.out), Path(run.config.model)
     evaluated = evaluation(run)
     eval_loss = evaluated["eval_loss"]
     accelerator.log(evaluated, step=run.step)
@@ -88,17 +89,15 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(run.model)
         if run.loaded.carried:
-            state_dict.update(
-                carried_tensors(run.config.model, run.loaded.carried, set(state_dict), unwrapped.base_model_prefix)
-            )
+            state_dict.update(carried_tensors(model, run.loaded.carried, set(state_dict), unwrapped.base_model_prefix))
         save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype)
         stage = stage_record(run, evaluated)
         if "router" in summary:
             stage["router"] = summary["router"]
-        record = append_stage(load_record(run.config.model), stage, model_summary(run, unwrapped, num_parameters))
+        record = append_stage(load_record(model), stage, model_summary(run, unwrapped, num_parameters))
         write_record(out, record)
         write_card(out, record)
-        summary["record"] = str(Path(out) / "grow.json")
+        summary["record"] = str(out / "grow.json")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -114,7 +113,7 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
         "kind": "train",
         "source": {"path": str(config.model)},
         "data": {
-            "paths": list(config.data),
+            "paths": data_paths(config.data),
             "fingerprint": data.fingerprint,
             "datasets": [],
             "text_field": config.text_field,

@@ -60,8 +60,9 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     The main process holds the claim on --out for the whole run (`checkpoint/claim.py`), so a second run into the
     same folder is refused in one line instead of interleaving its checkpoints, metrics and model with this one's.
     """
-    with _claim(config.out):
-        created = not config.out.exists()
+    out = Path(config.out)
+    with _claim(out):
+        created = not out.exists()
         checked = preflight(config)
         try:
             run = build(config, checked)
@@ -72,7 +73,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
         except BaseException:
             if created:  # refused after --out was made (a grown state that does not fit): leave no empty folder
                 with suppress(OSError):
-                    config.out.rmdir()  # only when empty: a run that saved a checkpoint keeps it
+                    out.rmdir()  # only when empty: a run that saved a checkpoint keeps it
             raise
         finally:
             undo_liger()  # Liger's patches of transformers' modules last as long as the run
@@ -157,7 +158,7 @@ def train_loop(run: Run) -> Ending:
                     extra.update(evaluation(run))
                 _log(run, last, extra)
                 if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
-                    save_checkpoint(accelerator, config.out, run.state(), config.keep_last)
+                    save_checkpoint(accelerator, Path(config.out), run.state(), config.keep_last)
             reason = _stop_reason(run, stop.requested, first_step, synchronise)
             if reason:
                 for numbers in log.pop(upto=run.step):  # every step checked before the checkpoint is saved
@@ -199,7 +200,7 @@ def _apollo_depth(run: Run, numbers: StepNumbers) -> tuple[float, float]:
 
 
 def _diverged(run: Run, numbers: StepNumbers) -> TrainingError:
-    last = complete_checkpoints(run.config.out)
+    last = complete_checkpoints(Path(run.config.out))
     return TrainingError(
         f"the training loss became {numbers.loss} at step {numbers.step}; stopped without saving. "
         f"Last good checkpoint: {last[-1] if last else 'none'} (lower --max-lr, or "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR
 from grow_cli.checkpoint.output import check_not_overlapping
 from grow_cli.data.masking import MaskingRule, masking_rule
-from grow_cli.data.sources import Source, check_sources, find_sources
-from grow_cli.errors import OutputError, UsageError
+from grow_cli.data.sources import Source, check_sources, data_paths, find_sources
+from grow_cli.errors import OptionError, OutputError, UsageError
+from grow_cli.field_types import flag
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
 from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, finished_run, resolve_resume
 from grow_cli.train.config import TrainConfig
@@ -50,13 +52,14 @@ class Checked:
 def preflight(config: TrainConfig) -> Checked:
     """Check the data, the model folder, the objective, the tokenizer, Apollo, --train-only, --out/--resume and
     --report-to."""
-    sources = find_sources(config.data)
+    model, out, data = Path(config.model), Path(config.out), data_paths(config.data)  # as TrainConfig holds them
+    sources = find_sources(data)
     check_sources(sources, config.text_field)
-    model_config = load_model_config(config.model)
-    check_weights(config.model)
+    model_config = load_model_config(model)
+    check_weights(model)
     check_seq_len(model_config, config.seq_len)
     objective = choose_objective(model_config, config.objective)
-    tokenizer, eos_id = load_tokenizer(config.tokenizer or config.model, model_config)
+    tokenizer, eos_id = load_tokenizer(Path(config.tokenizer or model), model_config)
     masking = None
     if objective.name == "causal":
         check_no_masking_options(config)
@@ -74,10 +77,9 @@ def preflight(config: TrainConfig) -> Checked:
             whole_word=config.whole_word_mask,
         )
     apollo = plan_apollo(config, model_config)
-    trainable_names = added_tensors(config.model) if config.train_only == "new" else None
-    out = config.out
-    check_not_overlapping(out, config.model)  # --overwrite would otherwise delete the model being trained
-    check_data_outside(out, config.data, sources)
+    trainable_names = added_tensors(model) if config.train_only == "new" else None
+    check_not_overlapping(out, model)  # --overwrite would otherwise delete the model being trained
+    check_data_outside(out, data, sources)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder")
     notes: list[str]
@@ -89,7 +91,7 @@ def preflight(config: TrainConfig) -> Checked:
             )
         resume_from, notes = None, []
     else:
-        resume_from, notes = resolve_resume(config.resume, out)
+        resume_from, notes = resolve_resume(None if config.resume is None else os.fspath(config.resume), out)
     finished = finished_run(out) if config.resume == "auto" else None  # build compares it with this run
     if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite and finished is None:
         if config.resume == "auto":  # e.g. a run killed before its first checkpoint, or while writing its model
@@ -102,7 +104,7 @@ def preflight(config: TrainConfig) -> Checked:
             "start again, or another --out"
         )
     checkpoint_state = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
-    continuation = plan_continuation(config, config.model, checkpoint_state)
+    continuation = plan_continuation(config, model, checkpoint_state)
     check_trackers(config.report_to)
     return Checked(
         sources,
@@ -144,9 +146,9 @@ def check_no_masking_options(config: TrainConfig) -> None:
     flags = ("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_mask")
     given = [name for name in flags if getattr(config, name) != defaults[name]]
     if given:
-        raise UsageError(
-            f"--{given[0].replace('_', '-')} applies to masked-LM training, but this model trains as a causal LM "
-            "(see --objective)"
+        raise OptionError(
+            given[0],
+            f"{flag(given[0])} applies to masked-LM training, but this model trains as a causal LM (see --objective)",
         )
 
 

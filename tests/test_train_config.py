@@ -1,0 +1,127 @@
+"""`TrainConfig` (grow_cli/train/config.py) as a Python caller builds it: every field's type checked at construction
+(a string for a count, `"no"` for a switch, `None` for a number), each refusal an `OptionError` naming its field,
+paths given as text or `os.PathLike` and held as `Path`s, and a frozen instance whose changed copies are checked
+again."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grow_cli.errors import OptionError, UsageError
+from grow_cli.family.recipe import load_recipe
+from grow_cli.field_types import field_types
+from grow_cli.train.config import TrainConfig
+
+BASE = {"model": "m", "data": ["d"], "out": "o", "max_steps": 1}
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("model", None, "str or path"),
+        ("out", 5, "str or path"),
+        ("seq_len", "64", "int"),
+        ("seq_len", 64.0, "int"),
+        ("seq_len", None, "int"),
+        ("max_steps", 1.5, "int"),
+        ("max_steps", True, "int"),  # True is no count of steps
+        ("micro_batch_size", None, "int"),
+        ("seed", "0", "int"),
+        ("beta1", "0.9", "int or float"),
+        ("max_lr", None, "int, float or str"),
+        ("compile", "no", "bool"),  # a non-empty string is true to Python: it compiled
+        ("quiet", "yes", "bool"),
+        ("overwrite", 1, "bool"),
+        ("report_to", "tensorboard", "list"),
+        ("apollo_stages", 5, "str"),
+        ("text_field", None, "str"),
+        ("restart_warmup_steps", None, "int"),
+        ("tokenizer", 5, "str or path"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_its_field(field, value, expected):
+    """Before the old checks compared it (a TypeError from `<`), read it as true, or carried it into the run."""
+    with pytest.raises(OptionError) as info:
+        TrainConfig(**{**BASE, field: value})
+    assert info.value.option == field
+    assert str(info.value) == f"TrainConfig.{field}: expected {expected}, found {value!r} ({type(value).__name__})"
+
+
+def test_a_misspelt_or_missing_field_is_an_option_error():
+    with pytest.raises(OptionError, match="TrainConfig has no option 'seq_lenn'; did you mean 'seq_len'"):
+        TrainConfig(**BASE, seq_lenn=64)
+    with pytest.raises(OptionError, match="TrainConfig needs model, data, out"):
+        TrainConfig()  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"seq_len": 1}, "seq_len"),
+        ({"schedule": "step"}, "schedule"),
+        ({"max_lr": -1.0}, "max_lr"),
+        ({"beta2": 1.0}, "beta2"),
+        ({"micro_batch_size": 0}, "micro_batch_size"),
+        ({"max_tokens": 100}, "max_tokens"),  # and max_steps: two budgets
+        ({"decay_ratio": 0.5}, "decay_ratio"),  # only with --schedule wsd
+        ({"apollo_stages": "3,2@5"}, "apollo_stages"),
+        ({"data": []}, "data"),
+    ],
+)
+def test_each_impossible_setting_names_its_field(changes, field):
+    """The message names the flag (as the command line prints it); `.option` is the field, for programs and for
+    the recipe reader, which names the key."""
+    with pytest.raises(OptionError) as info:
+        TrainConfig(**{**BASE, **changes})
+    assert info.value.option == field and "\n" not in str(info.value)
+
+
+def test_paths_are_text_or_path_like_and_held_as_paths():
+    """What the annotations say (a type checker accepts `model="tiny"`) is what the class takes; `~` is the home
+    folder, as in a shell."""
+    hints = typing.get_type_hints(TrainConfig)
+    for name in ("model", "out", "tokenizer", "cache_dir", "data", "resume"):
+        assert str in typing.get_args(hints[name]) and os.PathLike[str] in typing.get_args(hints[name]), name
+        assert {str, os.PathLike} <= set(field_types(TrainConfig)[name]), name
+    config = TrainConfig(model=Path("m"), data=Path("d"), out="~/o", max_steps=1, tokenizer="t", cache_dir=Path("c"))
+    assert (config.model, config.out, config.tokenizer, config.cache_dir) == (
+        Path("m"),
+        Path.home() / "o",
+        Path("t"),
+        Path("c"),
+    )
+    assert config.data == ["d"] and TrainConfig(**{**BASE, "data": ("a", Path("~/b"))}).data == [
+        "a",
+        f"{Path.home()}/b",
+    ]
+
+
+def test_a_config_is_frozen_and_its_copies_are_checked_again(tmp_path):
+    """Assigning a field skipped every check (seq_len=1 trained into a NaN loss, out="x" failed deep inside);
+    `dataclasses.replace` makes a checked copy instead."""
+    config = TrainConfig(**BASE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seq_len = 1  # type: ignore[misc]
+    assert dataclasses.replace(config, max_steps=7).max_steps == 7
+    with pytest.raises(OptionError) as info:
+        dataclasses.replace(config, seq_len=1)
+    assert info.value.option == "seq_len"
+    resumed = TrainConfig(**BASE, resume=tmp_path)  # a checkpoint folder as a Path
+    assert resumed.resume == str(tmp_path)
+
+
+def test_a_recipe_names_the_train_key_at_fault(tmp_path):
+    (tmp_path / "m").mkdir()
+    recipe = {
+        "train": {"data": ["d"], "max_steps": 2},
+        "members": [{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": 4}, "train": {"seq_len": 1}}],
+    }
+    (tmp_path / "family.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(UsageError, match=r"^recipe: members\[1\]\.train\.seq_len: --seq-len must be at least 2"):
+        load_recipe(tmp_path / "family.yaml")
