@@ -207,7 +207,6 @@ def _start_child() -> subprocess.Popen:
         text=True,
         env=env,
     )
-    atexit.register(_close_at_exit)
     return child
 
 
@@ -215,6 +214,9 @@ def _close_at_exit() -> None:
     global _exiting
     _exiting = True
     close()
+
+
+atexit.register(_close_at_exit)  # once per process, however many children a long session starts and ends
 
 
 def close() -> None:

@@ -84,7 +84,7 @@ def compare(
     batch_size: int = 4,
     max_blocks: int | None = 64,
     eval_fraction: float = 0.01,
-    cache_dir: Path | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Compare models `a` and `b` (folders sharing a tokenizer) on the held-out blocks of `data` (files, folders or
     globs, as train-stage reads them; one path or a list).
@@ -124,7 +124,7 @@ def compare(
         eval_fraction=eval_fraction,
         vocab_size=vocab,
         eos_id=eos,
-        cache_dir=cache_dir or token_cache_dir(a.resolve().parent),
+        cache_dir=Path(cache_dir) if cache_dir else token_cache_dir(a.resolve().parent),
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when there is one
