@@ -23,8 +23,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)  # a long line is one line, piped or logged; a terminal wraps it
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def format_bytes(n: float) -> str:

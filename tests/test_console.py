@@ -52,3 +52,15 @@ def test_verify_says_what_it_is_doing_on_a_terminal(tiny_checkpoints, tmp_path, 
     shown = terminal.file.getvalue()
     assert ("verifying: the source, then the grown model" in shown) is not quiet
     assert ("growing" in shown) is not quiet
+
+
+@pytest.mark.parametrize("stream", ["out", "err"])
+def test_a_long_line_stays_one_line_when_piped(stream, capsys):
+    """Piped or logged, a report line longer than rich's default 80 columns is written whole: a reader greps the
+    verdict on the line of its figures, and a terminal wraps long lines itself."""
+    from grow_cli import console
+
+    line = "  verify on 64 random tokens: max |Δ| 0, mean KL 0, top-1 agreement 100.0% — " + "passed " * 8
+    getattr(console, stream).print(line)
+    captured = capsys.readouterr()
+    assert (captured.out if stream == "out" else captured.err) == line + "\n"
