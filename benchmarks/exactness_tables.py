@@ -94,6 +94,7 @@ PREFIX_CASES: list[tuple[str, Options]] = [
     WIDTH_CASES[2],
     ("zero, FFN ×2 (experts and shared experts too)", _doubled_ffn),
     ("zero ×2 (hidden too)", dict(width_method="zero", width_factor=2)),
+    ("aki ×2 (control)", dict(width_method="aki", width_factor=2)),
     ("interleave 3 → 6 layers (control)", dict(layers=6, depth_method="interleave")),
     ("stack 3 → 6 layers", dict(layers=6, depth_method="stack")),
 ]

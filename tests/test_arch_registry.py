@@ -109,10 +109,6 @@ BROKEN = {
         lambda d: d["layer"].append(copy.deepcopy(q_proj(d))),
         "a tensor name appears twice",
     ),
-    "a config space without a width refusal": (
-        lambda d: (d.update(config_spaces={"latent": [["kv_lora_rank"]]}), q_proj(d).update(axes=["latent", "hidden"])),
-        "width growth has no map for the config spaces ['latent']: set 'width_refused'",
-    ),
     "a config space named like one of grow's": (
         lambda d: d.update(config_spaces={"ffn": [["intermediate_size"]]}, width_refused="no map"),
         "config space 'ffn' is one of grow's own spaces",

@@ -5,8 +5,9 @@ DeepSeek-V3 (`deepseek_v3`, with its e-score correction bias and multi-head late
 Identity growth is exact after a save → `from_pretrained` round trip and keeps every router decision of the
 original layers; the grown dense prefix is written back (a wrong one does not load); a grown stack whose dense
 layers would not be a prefix (G_stack) is refused in one line before anything is written, naming the methods that
-keep it; GLM-4.5's GQA attention widens exactly, MLA's width is refused in one line; multi-token-prediction layers
-stored after the stack are left out with one note.
+keep it; GLM-4.5's GQA attention widens exactly, MLA's head count is kept by width growth (tests/test_mla_width.py)
+and a change of it refused in one line; multi-token-prediction layers stored after the stack are left out with one
+note.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def test_inspect_lists_the_depth_methods_that_keep_the_prefix(sources):
     assert depth["stack"]["applies"] is False and "first_k_dense_replace" in depth["stack"]["why"]
     assert depth["dus"] == {"method": "dus", "applies": True, "only": "up to --layers 4"}
     assert all(depth[m]["applies"] and "only" not in depth[m] for m in ("interleave", "identity", "staged-identity"))
-    assert not any(m["applies"] for m in info["methods"]["width"])
+    assert all(m["applies"] and "num_attention_heads" in m["only"] for m in info["methods"]["width"])
     glm = inspect(str(sources["glm4_moe-fused"]))
     assert glm["expert_layout"] == "fused" and all(m["applies"] for m in glm["methods"]["width"])
     model = load("glm4_moe", sources["glm4_moe"])
@@ -193,7 +194,7 @@ def test_glm4_moe_width_and_depth_pass_verify_through_the_cli(cli, sources, tmp_
 
 def test_mla_width_and_upcycling_are_refused_in_one_line(cli, sources, tmp_path):
     for args, phrase in (
-        (["--width-factor", "2"], "width growth is refused for deepseek_v3: its multi-head latent attention"),
+        (["--num-heads", "8"], "width growth of deepseek_v3 keeps every key of its config spaces"),
         (["--experts", "4"], "deepseek_v3 is already a mixture of experts"),
     ):
         result = cli("expand", sources["deepseek_v3"], tmp_path / "out", *args)

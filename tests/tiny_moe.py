@@ -95,11 +95,14 @@ def model_class(name: str):
     return tf.AutoModelForCausalLM._model_mapping[type(config(name))]
 
 
-def build(name: str, seed: int = 0) -> torch.nn.Module:
+def build(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A random tiny MoE model of kind `name` in eval mode (routers std 0.5; gains around 1, biases around 0 — the
-    routers' e-score correction biases too, which are buffers)."""
+    routers' e-score correction biases too, which are buffers); `overrides` set config keys (q_lora_rank=None)."""
     torch.manual_seed(seed)
-    model = model_class(name)(config(name))
+    cfg = config(name)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    model = model_class(name)(cfg)
     with torch.no_grad():
         for pname, param in [*model.named_parameters(), *model.named_buffers()]:
             if param.ndim == 1 and (pname.endswith("e_score_correction_bias") or param.requires_grad):
@@ -110,10 +113,10 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def save(name: str, folder: Path, *, seed: int = 0, fused: bool = False) -> Path:
+def save(name: str, folder: Path, *, seed: int = 0, fused: bool = False, **overrides) -> Path:
     """Save a tiny MoE model in several shards: one tensor per expert as `save_pretrained` writes them, or (`fused`)
-    transformers 5's 3-D expert tensors (`save_original_format=False`)."""
-    build(name, seed).save_pretrained(folder, max_shard_size="40KB", save_original_format=not fused)
+    transformers 5's 3-D expert tensors (`save_original_format=False`); `overrides` as in `build`."""
+    build(name, seed, **overrides).save_pretrained(folder, max_shard_size="40KB", save_original_format=not fused)
     return Path(folder)
 
 

@@ -18,8 +18,10 @@ on-disk expert layouts it belongs (`per_expert`: what `save_pretrained` writes; 
 
 Attention that the spaces above cannot describe (DeepSeek's multi-head latent attention: low-rank query and key/value
 latents, heads of unequal query and value size) names *config spaces* of its own: `config_spaces` gives each one's
-size as a sum of products of config keys. Depth growth copies such tensors like any other; width growth has no map
-for them, so a definition using one states why width is refused (`width_refused`). A definition whose checkpoints
+size as a sum of products of config keys. Depth growth copies such tensors like any other; width growth maps a config
+space only as it is — each of its axes copied unchanged — so it grows the other spaces (hidden, FFNs) while every key
+of a config space keeps its value, and refuses a target that would change one (`config_space_keys`). A definition
+that cannot be widened at all says why in `width_refused`. A definition whose checkpoints
 store multi-token-prediction layers after the decoder stack names the config key that counts them (`mtp_layers`).
 
 Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
@@ -248,6 +250,16 @@ class ArchDef:
         return self.derived.get("width_refused")
 
     @property
+    def config_space_keys(self) -> dict[str, list[str]]:
+        """Each config key that sizes a config space → the spaces it sizes. Width growth has no map that changes a
+        config space, so it keeps these keys' values (and refuses a target that would change one)."""
+        keys: dict[str, list[str]] = {}
+        for space, terms in self.config_spaces.items():
+            for key in dict.fromkeys(k for term in terms for k in term):
+                keys.setdefault(key, []).append(space)
+        return keys
+
+    @property
     def always_verify(self) -> bool:
         """Derived definitions are checked numerically whenever a growth claims to be exact."""
         return self.derived is not None
@@ -419,8 +431,6 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         curated_width_refusal=width_refused,
         mtp_layers=mtp,
     )
-    if spaces and arch.width_refusal is None:
-        raise _fail(where, f"width growth has no map for the config spaces {sorted(spaces)}: set 'width_refused'")
     moe_weights = [w for w in arch.layer if w.moe or w.layers or w.layout]
     if moe_weights and moe is None:
         raise _fail(where, f"weight {moe_weights[0].name!r} is part of an MoE block, but the definition has no 'moe'")

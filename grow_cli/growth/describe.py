@@ -130,6 +130,9 @@ def _methods(arch, config: dict[str, Any], layers: int, problem: str | None) -> 
     if problem is None:
         if arch.is_moe:
             methods["depth"] = _keeping_the_moe_pattern(arch, config, layers, methods["depth"])
+        if arch.config_space_keys:  # width growth keeps what sizes a config space (DeepSeek's heads and latents)
+            only = f"hidden size and FFNs; {', '.join(arch.config_space_keys)} kept"
+            methods["width"] = [{**m, "only": only} if m["applies"] else m for m in methods["width"]]
         return methods
     why = "the source's config.json does not load in transformers"
     return {

@@ -47,6 +47,8 @@ class WidthPlan(Protocol):
 
     def config_updates(self) -> dict[str, Any]: ...
 
+    def notes(self) -> list[str]: ...
+
     def record(self) -> dict[str, Any]: ...
 
     # what growing a training state needs (grow_cli/growth/grown_state.py)
@@ -290,6 +292,8 @@ def build_plan(
             "at zero every MLP gradient there is exactly zero, so it never trains (its attention does); "
             "--depth-method identity has no such problem"
         )
+    if width is not None:
+        plan.notes += width.notes()
     if width is not None and width.symmetric_copies and not _dropout(config):
         plan.notes.append(
             f"the units {spec.width_method} adds are exact copies and this model trains without dropout, so copies "

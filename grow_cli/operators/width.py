@@ -23,6 +23,7 @@ time is stored × √(d/d') so that its widened output is the source's copied; a
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import zlib
@@ -32,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from grow_cli.arch.binding import Binding, BoundTensor
 from grow_cli.arch.registry import ArchDef, WeightDef
-from grow_cli.arch.shape import ModelShape
+from grow_cli.arch.shape import ModelShape, config_value
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.limits import check_width
 from grow_cli.operators import index_maps as im
+from grow_cli.operators.config_spaces import kept_roles, refuse_config_space_changes
 
 if TYPE_CHECKING:
     from grow_cli.growth.spec import GrowthSpec
@@ -75,15 +77,19 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             f"{_try(sorted({max(2, math.floor(k)), math.ceil(k)}))}",
         )
 
-    def scaled(x: int) -> int:
-        return max(x, round(x * k)) if k else x
+    kept = kept_roles(arch)  # what sizes a config space keeps its value unless a flag asks otherwise (refused below)
 
-    d2 = spec.hidden_size or scaled(d)
-    f2 = spec.intermediate_size or scaled(f)
+    def scaled(x: int, role: str) -> int:
+        return max(x, round(x * k)) if k and role not in kept else x
+
+    d2 = spec.hidden_size or scaled(d, "hidden")
+    f2 = spec.intermediate_size or scaled(f, "ffn")
     if spec.num_heads:
         H2 = spec.num_heads
+    elif "heads" in kept:
+        H2 = H  # the heads size config spaces (DeepSeek's MLA): they do not follow the hidden size
     elif k:
-        H2 = scaled(H)
+        H2 = scaled(H, "heads")
     else:
         H2 = d2 // h if d2 % h == 0 and d2 // h >= H else H
     separate_kv = "kv_heads" in arch.config
@@ -103,6 +109,7 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
         K2 = H2  # MHA stays MHA
     else:
         K2 = K * H2 // H if (K * H2) % H == 0 else K  # keep the group size, else grow inside groups
+    refuse_config_space_changes(arch, {"hidden": (d, d2), "ffn": (f, f2), "heads": (H, H2), "kv_heads": (K, K2)})
 
     check_width(hidden_size=d2, intermediate_size=f2, num_heads=H2, num_kv_heads=K2)
     for flag, new, old in (
@@ -173,6 +180,9 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
                     f"{_try(_multiples_near(new, old, old + 1))}",
                 )
     fe2, fs2 = _expert_sizes(arch, shape, spec, f2)
+    refuse_config_space_changes(
+        arch, {"expert_ffn": (shape.expert_intermediate_size, fe2), "shared_ffn": (shape.shared_intermediate_size, fs2)}
+    )
     return replace(
         shape,
         hidden_size=d2,
@@ -233,6 +243,7 @@ class WidthOperator:
         self.config = config
         self.seed = spec.seed
         self.noise_snr_db = spec.noise_snr_db
+        self.width_factor = spec.width_factor
         self.source = binding.shape
         self.target = target_shape(arch, self.source, spec)
         s, t = self.source, self.target
@@ -364,6 +375,32 @@ class WidthOperator:
             updates[keys["norm_eps"]] = self._norm_eps() * s.hidden_size / t.hidden_size
         return updates
 
+    def kept_config_keys(self) -> dict[str, Any]:
+        """The config keys that size the definition's config spaces, with their values: width growth keeps them."""
+        kept = {}
+        for key in self.arch.config_space_keys:
+            value = config_value(self.arch, self.config, key)
+            kept[key] = self.arch.config_defaults.get(key) if value is None and key not in self.config else value
+        return kept
+
+    def notes(self) -> list[str]:
+        """What this width growth keeps that a user may expect to grow: the keys sizing config spaces."""
+        kept = self.kept_config_keys()
+        if not kept:
+            return []
+        s, t = self.source, self.target
+        sizes = [("hidden", s.hidden_size, t.hidden_size), ("FFN", s.intermediate_size, t.intermediate_size)]
+        if s.is_moe:
+            sizes.append(("expert FFN", s.expert_intermediate_size, t.expert_intermediate_size))
+        if s.shared_intermediate_size:
+            sizes.append(("shared-expert FFN", s.shared_intermediate_size, t.shared_intermediate_size))
+        factor = f"--width-factor {self.width_factor:g} scales the rest: " if self.width_factor else ""
+        return [
+            f"width: {', '.join(f'{k}={json.dumps(v)}' for k, v in kept.items())} keep their values — they size "
+            f"{self.arch.name}'s {', '.join(self.arch.config_spaces)} axes, which width growth copies unchanged; "
+            f"{factor}{', '.join(f'{name} {a} → {b}' for name, a, b in sizes)}"
+        ]
+
     def record(self) -> dict[str, Any]:
         s, t = self.source, self.target
         sizes = {
@@ -394,6 +431,7 @@ class WidthOperator:
             "head_dim": t.head_dim,
             **moe,
             "maps": {name: im.describe(m, sizes[name]) for name, m in self.maps.items()},
+            **({"kept": kept} if (kept := self.kept_config_keys()) else {}),
             "noise_snr_db": self.noise_snr_db,
             "tied_head": "kept tied; its 1/C division folded into the head norm" if self.tied else None,
             "embedding_scale": (
@@ -441,9 +479,10 @@ class WidthOperator:
         """G_zero pads every normed space with zeros; one shared eps can be corrected for one padding ratio only."""
         s, t = self.source, self.target
         ratio = s.hidden_size / t.hidden_size
+        absent = {space for space, size in s.config_space_sizes if size is None}  # DeepSeek's q_lora without a rank
         others = sorted(
             space
-            for space in self.arch.normed_spaces - {"hidden"}
+            for space in self.arch.normed_spaces - {"hidden"} - absent
             if s.space_size(space) / t.space_size(space) != ratio
         )
         if others and self.arch.norm == "rms":
@@ -537,8 +576,8 @@ class WidthOperator:
         return axes
 
     def _axis(self, space: str | int) -> _Axis | None:
-        if space in ("vocab", "positions", "token_types", "experts"):
-            return None  # never widened (the expert count is not a width)
+        if space in ("vocab", "positions", "token_types", "experts") or space in self.arch.config_spaces:
+            return None  # never widened (the expert count is not a width; a config space keeps its keys' values)
         if space == "shared_ffn" and space not in self._axes:
             return None  # a zero-sized shared expert
         if isinstance(space, int) or space == "head_dim":
