@@ -151,6 +151,24 @@ def test_inspect_lists_the_depth_methods_that_keep_the_prefix(sources):
     assert glm["num_parameters"] == sum(p.numel() for p in model.parameters()) + 2 * 8  # + 2 correction biases
 
 
+def test_a_dense_prefix_covering_every_layer_inspects_and_grows_all_dense(cli, tmp_path):
+    """first_k_dense_replace at or past num_hidden_layers (transformers allows it: every MLP dense): inspect's table
+    says so instead of failing on the expert layout it has none of, and growth keeps every layer dense."""
+    from tiny_moe import build
+
+    model = build("deepseek_v3")
+    config = model.config.to_dict() | {"first_k_dense_replace": 5}
+    type(model)(type(model.config).from_dict(config)).save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    result = cli("inspect", tmp_path / "src")
+    assert result.code == 0, result.stderr
+    assert "0 of 3 (dense MLP in layers 0, 1, 2)" in " ".join(result.stdout.split())
+    out = tmp_path / "out"
+    result = cli("expand", tmp_path / "src", out, "--layers", "5", "--depth-method", "identity", "--verify")
+    assert result.code == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["first_k_dense_replace"] == 5
+    assert not any(".experts." in n or "mlp.gate." in n for n in tensors(out))
+
+
 @pytest.mark.parametrize("method", ["fpi", "hypercloning"])
 def test_glm4_moe_widens_exactly_with_every_router_decision_kept(sources, reference, routes, tmp_path, method):
     out = tmp_path / "out"
