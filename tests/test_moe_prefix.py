@@ -169,6 +169,33 @@ def test_a_dense_prefix_covering_every_layer_inspects_and_grows_all_dense(cli, t
     assert not any(".experts." in n or "mlp.gate." in n for n in tensors(out))
 
 
+def test_a_grown_training_state_leaves_out_the_routers_correction_biases_and_resumes(tmp_path):
+    """DeepSeek-V3's and GLM-4.5's e-score correction bias is a buffer (saved, grown, never trained): the grown
+    AdamW state lists only the model's parameters, so `--resume grown` takes it, and no tensor is called frozen."""
+    from accelerate.state import AcceleratorState
+    from tiny_moe import build
+    from tinylm import tiny_tokenizer, write_plays
+
+    from grow_cli.train.config import TrainConfig
+    from grow_cli.train.loop import train_stage
+
+    model = build("deepseek_v3")
+    model = type(model)(type(model.config).from_dict(model.config.to_dict() | {"vocab_size": 512}))
+    model.save_pretrained(tmp_path / "src")
+    tiny_tokenizer().save_pretrained(tmp_path / "src")
+    data = write_plays(tmp_path / "data", count=1, chars=8000)
+    settings = dict(data=[str(data)], seq_len=32, micro_batch_size=2, max_steps=2, quiet=True)
+    train_stage(TrainConfig(model=tmp_path / "src", out=tmp_path / "run", **{**settings, "max_steps": 3}, save_every=2))
+    report = expand(str(tmp_path / "run/checkpoints/step_00000002"), tmp_path / "grown", GrowthSpec(layers=5,
+                    depth_method="identity"), quiet=True)  # fmt: skip
+    state = json.loads((tmp_path / "grown/training-state/state.json").read_text())
+    assert not any("e_score_correction_bias" in n for n in state["parameters"])
+    assert not any("frozen" in n for n in report["notes"] + state["dynamics"]["notes"])
+    AcceleratorState._reset_state(True)
+    result = train_stage(TrainConfig(model=tmp_path / "grown", out=tmp_path / "more", resume="grown", **settings))
+    assert result["status"] == "done" and result["end_step"] == 4
+
+
 @pytest.mark.parametrize("method", ["fpi", "hypercloning"])
 def test_glm4_moe_widens_exactly_with_every_router_decision_kept(sources, reference, routes, tmp_path, method):
     out = tmp_path / "out"
@@ -281,6 +308,7 @@ def test_a_multi_token_prediction_layer_is_left_out_with_one_note(cli, sources, 
     (src / "config.json").write_text(json.dumps({**config, "num_nextn_predict_layers": 0}))
     result = cli("expand", src, tmp_path / "out2", "--layers", "5", "--depth-method", "identity")
     assert result.code != 0 and "belongs to layer 3 but config.json says 3 layers" in result.stderr
+    assert "multi-token-prediction layer, set num_nextn_predict_layers (now 0) to count it" in result.stderr
 
 
 def test_grow_plan_proposes_a_depth_method_that_keeps_the_prefix(cli, tmp_path):
