@@ -311,6 +311,19 @@ def test_a_multi_token_prediction_layer_is_left_out_with_one_note(cli, sources, 
     assert "multi-token-prediction layer, set num_nextn_predict_layers (now 0) to count it" in result.stderr
 
 
+def test_an_mtp_count_under_transformers_other_name_is_not_left_contradicting_the_grown_one(sources, tmp_path):
+    """config.json may count the MTP layers as `num_mtp_layers` (transformers' attribute map): the grown config says
+    0 under one name only, not 0 beside a stale 1 that a reader of the other name would take."""
+    src = with_mtp_layer(sources["deepseek_v3"], tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    config["num_mtp_layers"] = config.pop("num_nextn_predict_layers")
+    (src / "config.json").write_text(json.dumps(config))
+    report = expand(str(src), None, GrowthSpec(layers=5, depth_method="identity"), dry_run=True, quiet=True)
+    grown = report["plan"]["target_config"]
+    assert grown["num_nextn_predict_layers"] == 0 and "num_mtp_layers" not in grown
+    assert sum("multi-token-prediction" in n for n in report["plan"]["notes"]) == 1
+
+
 def test_grow_plan_proposes_a_depth_method_that_keeps_the_prefix(cli, tmp_path):
     """`grow plan --target FOLDER` on a DeepSeek-V3 config: G_stack's command would be refused, so the guideline
     names interleave and says why."""
