@@ -7,10 +7,15 @@ speaks, planning may start transformers' config child (`grow_cli.arch.hf_config`
 process-wide state per `Accelerator`, which a second run with another mixed precision (or the caller's own
 `Accelerator`) could not change. `public` wraps each function of `grow_cli.__all__` so that none of it outlives the
 call; `run_accelerate_state` also scopes accelerate's state to each member of a family run.
+
+The one thing a run leaves is the process group of a distributed launch (`end_run`): torch cannot create the default
+group a second time under the launcher's store (gloo then connects to the first group's closed ports, or waits for
+ever), so a script's or a family's next run joins the same group, and the process's exit destroys it.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import random
 import sys
@@ -67,6 +72,31 @@ def run_accelerate_state() -> Iterator[None]:
         if not made_before and state is not None and state.is_initialized():
             state.AcceleratorState._reset_state(reset_partial_state=True)  # as accelerate's own tests do
             state.GradientState._reset_state()
+
+
+def end_run(accelerator: Any) -> None:
+    """End a training run: finish its trackers, as `Accelerator.end_training` does, but keep the process group, which
+    only the process's exit destroys (the module docstring says why)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        _destroy_group_at_exit()
+
+
+@functools.cache
+def _destroy_group_at_exit() -> None:
+    """Register, once per process, the destruction of the default process group at exit (torch warns of an NCCL
+    group left to the exit)."""
+
+    def destroy() -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def _accelerate_state() -> Any:

@@ -125,6 +125,10 @@ BROKEN = {
         lambda d: q_proj(d).update(when=[True]),
         "weight 'self_attn.q_proj.weight': 'when' is a config key, or a list of keys that must all be set",
     ),
+    "a buffer flag that is not a boolean": (
+        lambda d: q_proj(d).update(buffer="yes"),
+        "weight 'self_attn.q_proj.weight': 'buffer' is true or false",
+    ),
     "mtp_layers that is not a key": (
         lambda d: d.update(mtp_layers=1),
         "'mtp_layers' is the config key that counts the multi-token-prediction layers",

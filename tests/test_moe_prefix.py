@@ -152,6 +152,51 @@ def test_inspect_lists_the_depth_methods_that_keep_the_prefix(sources):
     assert glm["num_parameters"] == sum(p.numel() for p in model.parameters()) + 2 * 8  # + 2 correction biases
 
 
+def test_a_dense_prefix_covering_every_layer_inspects_and_grows_all_dense(cli, tmp_path):
+    """first_k_dense_replace at or past num_hidden_layers (transformers allows it: every MLP dense): inspect's table
+    says so instead of failing on the expert layout it has none of, and growth keeps every layer dense."""
+    from tiny_moe import build
+
+    model = build("deepseek_v3")
+    config = model.config.to_dict() | {"first_k_dense_replace": 5}
+    type(model)(type(model.config).from_dict(config)).save_pretrained(tmp_path / "src", max_shard_size="40KB")
+    result = cli("inspect", tmp_path / "src")
+    assert result.code == 0, result.stderr
+    assert "0 of 3 (dense MLP in layers 0, 1, 2)" in " ".join(result.stdout.split())
+    out = tmp_path / "out"
+    result = cli("expand", tmp_path / "src", out, "--layers", "5", "--depth-method", "identity", "--verify")
+    assert result.code == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["first_k_dense_replace"] == 5
+    assert not any(".experts." in n or "mlp.gate." in n for n in tensors(out))
+
+
+def test_a_grown_training_state_leaves_out_the_routers_correction_biases_and_resumes(tmp_path):
+    """DeepSeek-V3's and GLM-4.5's e-score correction bias is a buffer (saved, grown, never trained): the grown
+    AdamW state lists only the model's parameters, so `--resume grown` takes it, and no tensor is called frozen."""
+    from accelerate.state import AcceleratorState
+    from tiny_moe import build
+    from tinylm import tiny_tokenizer, write_plays
+
+    from grow_cli.train.config import TrainConfig
+    from grow_cli.train.loop import train_stage
+
+    model = build("deepseek_v3")
+    model = type(model)(type(model.config).from_dict(model.config.to_dict() | {"vocab_size": 512}))
+    model.save_pretrained(tmp_path / "src")
+    tiny_tokenizer().save_pretrained(tmp_path / "src")
+    data = write_plays(tmp_path / "data", count=1, chars=8000)
+    settings = dict(data=[str(data)], seq_len=32, micro_batch_size=2, max_steps=2, quiet=True)
+    train_stage(TrainConfig(model=tmp_path / "src", out=tmp_path / "run", **{**settings, "max_steps": 3}, save_every=2))
+    report = expand(str(tmp_path / "run/checkpoints/step_00000002"), tmp_path / "grown", GrowthSpec(layers=5,
+                    depth_method="identity"), quiet=True)  # fmt: skip
+    state = json.loads((tmp_path / "grown/training-state/state.json").read_text())
+    assert not any("e_score_correction_bias" in n for n in state["parameters"])
+    assert not any("frozen" in n for n in report["notes"] + state["dynamics"]["notes"])
+    AcceleratorState._reset_state(True)
+    result = train_stage(TrainConfig(model=tmp_path / "grown", out=tmp_path / "more", resume="grown", **settings))
+    assert result["status"] == "done" and result["end_step"] == 4
+
+
 @pytest.mark.parametrize("method", ["fpi", "hypercloning"])
 def test_glm4_moe_widens_exactly_with_every_router_decision_kept(sources, reference, routes, tmp_path, method):
     out = tmp_path / "out"
@@ -264,6 +309,20 @@ def test_a_multi_token_prediction_layer_is_left_out_with_one_note(cli, sources, 
     (src / "config.json").write_text(json.dumps({**config, "num_nextn_predict_layers": 0}))
     result = cli("expand", src, tmp_path / "out2", "--layers", "5", "--depth-method", "identity")
     assert result.code != 0 and "belongs to layer 3 but config.json says 3 layers" in result.stderr
+    assert "multi-token-prediction layer, set num_nextn_predict_layers (now 0) to count it" in result.stderr
+
+
+def test_an_mtp_count_under_transformers_other_name_is_not_left_contradicting_the_grown_one(sources, tmp_path):
+    """config.json may count the MTP layers as `num_mtp_layers` (transformers' attribute map): the grown config says
+    0 under one name only, not 0 beside a stale 1 that a reader of the other name would take."""
+    src = with_mtp_layer(sources["deepseek_v3"], tmp_path / "src")
+    config = json.loads((src / "config.json").read_text())
+    config["num_mtp_layers"] = config.pop("num_nextn_predict_layers")
+    (src / "config.json").write_text(json.dumps(config))
+    report = expand(str(src), None, GrowthSpec(layers=5, depth_method="identity"), dry_run=True, quiet=True)
+    grown = report["plan"]["target_config"]
+    assert grown["num_nextn_predict_layers"] == 0 and "num_mtp_layers" not in grown
+    assert sum("multi-token-prediction" in n for n in report["plan"]["notes"]) == 1
 
 
 def test_grow_plan_proposes_a_depth_method_that_keeps_the_prefix(cli, tmp_path):

@@ -87,14 +87,39 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert batch == {"micro_batch_size": 4, "grad_accum": 1, "num_processes": 2, "global_batch_tokens": 256}
 
 
-def launch_grow(args: list, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`accelerate launch` of `grow ARGS…` on 2 CPU processes (gloo)."""
+def launch_grow(args: list, timeout: int = 300, script: Path | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `grow ARGS…` (or of the Python `script`) on 2 CPU processes (gloo)."""
     # ACCELERATE_USE_CPU makes accelerate's multi-process launcher start gloo CPU workers (MULTI_CPU).
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(free_port()), "-m", "grow_cli"]
+    launch += ["--main_process_port", str(free_port()), *([script] if script else ["-m", "grow_cli"])]
     return subprocess.run([*launch, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+SCRIPT_TRAINING_TWICE = """
+import json, os, sys
+import grow_cli
+model, data, out = sys.argv[1:]
+for run in ("first", "second"):
+    settings = dict(max_steps=2, seq_len=32, eval_fraction=0.1, quiet=True)
+    result = grow_cli.train_stage(grow_cli.TrainConfig(model=model, data=data, out=f"{out}/{run}", **settings))
+    print(json.dumps({"rank": os.environ["RANK"], "run": run, "status": result["status"]}), flush=True)
+"""
+
+
+def test_a_script_under_accelerate_launch_trains_twice_and_every_rank_gets_each_result(tmp_path):
+    """A Python caller's second `train_stage` in the same launched processes (a family's next member, a script's
+    next run) joins the same process group: the first run must not destroy it, because torch cannot re-create the
+    default group under the launcher's store (gloo then connects to the first group's closed ports, or hangs)."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=8000)
+    script = tmp_path / "train_twice.py"
+    script.write_text(SCRIPT_TRAINING_TWICE)
+    proc = launch_grow([model, data, tmp_path / "out"], timeout=200, script=script)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    said = sorted((d["rank"], d["run"], d["status"]) for d in said)
+    assert said == [(r, run, "done") for r in ("0", "1") for run in ("first", "second")], proc.stdout
 
 
 def _said(proc: subprocess.CompletedProcess) -> list[str]:

@@ -110,16 +110,23 @@ def _mtp_layers(
     `mtp_layers` key), with how many tensors each holds."""
     if arch.mtp_layers is None:
         return {}
-    n = config_value(arch, config, arch.mtp_layers)
-    n = arch.config_defaults.get(arch.mtp_layers, 0) if n is None else n
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise CheckpointError(f"config.json: {arch.mtp_layers} must be a non-negative integer, found {n!r}")
+    n = _mtp_count(arch, config)
     counts: dict[int, int] = {}
     for name in unclaimed:
         match = layer_re.match(name)
         if match and shape.layers <= int(match.group(1)) < shape.layers + n:
             counts[int(match.group(1))] = counts.get(int(match.group(1)), 0) + 1
     return counts
+
+
+def _mtp_count(arch: ArchDef, config: dict[str, Any]) -> int:
+    """How many multi-token-prediction layers config.json says are stored after the stack (`mtp_layers`' key)."""
+    assert arch.mtp_layers is not None
+    n = config_value(arch, config, arch.mtp_layers)
+    n = arch.config_defaults.get(arch.mtp_layers, 0) if n is None else n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise CheckpointError(f"config.json: {arch.mtp_layers} must be a non-negative integer, found {n!r}")
+    return n
 
 
 def _mtp_note(arch: ArchDef, count: int) -> str:
@@ -232,8 +239,14 @@ def bind(
         if match and int(match.group(1)) in mtp:
             continue
         if match and int(match.group(1)) >= shape.layers:
+            hint = (
+                f"; if it is a multi-token-prediction layer, set {arch.mtp_layers} (now {_mtp_count(arch, config)}) "
+                "to count it"
+                if arch.mtp_layers
+                else ""
+            )
             raise CheckpointError(
-                f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers"
+                f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers{hint}"
             )
         raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")
     binding = Binding(arch, prefix, shape, embeddings, layers, final, dropped, layout, tied_copies)

@@ -343,6 +343,8 @@ class _Derivation:
         if tied and not head_norm:
             self.refusals.append("no norm before the tied output head to fold its scaling into")
 
+        persistent = {name for name, _ in self.real.named_buffers()} & set(self.shapes)  # saved, never trained
+
         def entry(name: str, full: str, writer: bool = False) -> dict[str, Any]:
             e: dict[str, Any] = {"name": name, "kind": self.kinds[full], "axes": self.axes[full]}
             flags = {
@@ -350,6 +352,7 @@ class _Derivation:
                 "head_norm": full in head_norm,
                 "tied_to": tied.get(full),
                 "runtime_scale": self.runtime_scale if full == self.token else None,
+                "buffer": full in persistent,
             }
             e.update({k: v for k, v in flags.items() if v})
             return e

@@ -103,6 +103,7 @@ _WEIGHT_KEYS = {
     "group",
     "aliases",
     "runtime_scale",
+    "buffer",
     *("moe", "ffn_role", "layers", "layout"),  # mixture-of-experts
 }
 MOE_PARTS = {"router", "expert", "shared_expert", "shared_gate"}
@@ -154,6 +155,7 @@ class WeightDef:
     group: str | None = None  # optional block: all of its tensors are present, or none
     aliases: tuple[str, ...] = ()  # older names of the same tensor
     runtime_scale: str | None = None  # multiplied in the forward pass by a factor of the config (Gemma: √hidden)
+    buffer: bool = False  # a persistent buffer: saved and grown like a weight, never trained (no optimizer state)
     gain_offset: float = 0.0  # norms: the forward pass multiplies by (gain_offset + weight); from the definition
     moe: str | None = None  # its part of a mixture-of-experts block: router, expert, shared_expert, shared_gate
     ffn_role: str | None = None  # which MLP matrix it is: gate, up, down or gate_up (what upcycling copies)
@@ -305,6 +307,8 @@ def _weight(raw: Any, where: str, gain_offset: float, spaces: frozenset[str] = f
         raise _fail(where, f"weight {raw['name']!r} of kind {raw['kind']} needs {expected_ndim} axes, has {len(axes)}")
     if raw.get("runtime_scale") not in (None, *RUNTIME_SCALES):
         raise _fail(where, f"weight {raw['name']!r}: runtime_scale must be one of {sorted(RUNTIME_SCALES)}")
+    if not isinstance(raw.get("buffer", False), bool):
+        raise _fail(where, f"weight {raw['name']!r}: 'buffer' is true or false")
     if raw.get("runtime_scale") and raw["kind"] != "embedding":
         raise _fail(where, f"weight {raw['name']!r}: only an embedding can carry a runtime_scale")
     _check_moe_fields(raw, axes, where)
@@ -321,6 +325,7 @@ def _weight(raw: Any, where: str, gain_offset: float, spaces: frozenset[str] = f
         group=raw.get("group"),
         aliases=tuple(raw.get("aliases", ())),
         runtime_scale=raw.get("runtime_scale"),
+        buffer=raw.get("buffer", False),
         gain_offset=gain_offset if raw["kind"] == "norm" else 0.0,
         moe=raw.get("moe"),
         ffn_role=raw.get("ffn_role"),

@@ -151,6 +151,6 @@ def _moe_rows(info: dict) -> list[tuple[str, str]]:
             "MoE layers",
             f"{len(info['sparse_layers'])} of {info['layers']}"
             + (f" (dense MLP in layers {', '.join(map(str, dense))})" if dense else "")
-            + f"; experts stored {info['expert_layout'].replace('_', ' ')}",
+            + (f"; experts stored {info['expert_layout'].replace('_', ' ')}" if info["expert_layout"] else ""),
         ),
     ]

@@ -46,6 +46,8 @@ def grown_config(
             sparse = sparse_layers(arch, source, L)
             config.update(sparse_config(arch, [src in sparse for src in layer_map]))
     if arch.mtp_layers is not None:  # grow never writes the multi-token-prediction layers (grow_cli/arch/binding.py)
+        for alias in arch.config_aliases.get(arch.mtp_layers, ()):  # a count under another name would contradict it
+            config.pop(alias, None)
         config[arch.mtp_layers] = 0
     config.update(width_updates)
     if dtype is not None:

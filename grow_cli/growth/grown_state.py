@@ -28,7 +28,7 @@ from grow_cli.checkpoint.files import TRAINING_STATE_DIR
 from grow_cli.checkpoint.mapped import release
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 from grow_cli.errors import OptionError, UsageError
-from grow_cli.growth.plan import Plan
+from grow_cli.growth.plan import OutputTensor, Plan
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import WEIGHTS_ONLY_HINT, SourceState
@@ -59,11 +59,17 @@ def method_refusal(spec: GrowthSpec) -> str | None:
     return None
 
 
+def trained_tensors(plan: Plan) -> list[OutputTensor]:
+    """The planned tensors an optimizer trains: all but persistent buffers (DeepSeek-V3's and GLM-4.5's e-score
+    correction bias), which are grown like weights but are no parameter of the model and have no optimizer state."""
+    return [t for t in plan.tensors if not t.source.weight.buffer]
+
+
 def state_scales(plan: Plan) -> list[tuple[int, float]]:
-    """(copies, value scale) of every planned tensor (`WidthOperator.state_scales`); a tensor whose units are copied
+    """(copies, value scale) of every trained tensor (`WidthOperator.state_scales`); a tensor whose units are copied
     unequally often — which no per-tensor multiplier can follow — is refused. (Plan with `uniform_maps`.)"""
     result = []
-    for t in plan.tensors:
+    for t in trained_tensors(plan):
         scales = plan.width.state_scales(t.source.weight) if plan.width else (1, 1.0)
         if scales is None:
             raise UsageError(
@@ -104,7 +110,7 @@ class TensorState:
 @dataclass
 class StatePlan:
     source: SourceState
-    tensors: list[TensorState]  # one per plan tensor, in plan order
+    tensors: list[TensorState]  # one per trained tensor (`trained_tensors`), in plan order
     shards: list[list[PlannedTensor]]
     restart: dict[str, Any]  # the suggested restart step and its rule (growth/restart.py)
     notes: list[str] = field(default_factory=list)
@@ -130,7 +136,7 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
     scales = state_scales(plan)
     tensors: list[TensorState] = []
     planned: list[PlannedTensor] = []
-    for t, (copies, value) in zip(plan.tensors, scales, strict=True):
+    for t, (copies, value) in zip(trained_tensors(plan), scales, strict=True):
         role = t.source.name
         moments = None if t.new else source.moments(role)
         base = source.multipliers(role)
@@ -161,7 +167,7 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
             "HyperCloning's noise keeps the function but not the gradients' symmetry: the copies' updates differ "
             "from the first step"
         )
-    frozen = [s.name for t, s in zip(plan.tensors, tensors, strict=True) if not s.carried and not t.new]
+    frozen = [s.name for t, s in zip(trained_tensors(plan), tensors, strict=True) if not s.carried and not t.new]
     if frozen:
         state.notes.append(f"{len(frozen)} tensors had no optimizer state in the source (frozen there): fresh")
     return state
@@ -177,7 +183,7 @@ def peak_bytes(plan: Plan, state: StatePlan) -> int:
     source moments (memory-mapped, resident once read, given back after it) and its scaled result, plus, for a
     width growth, the gather buffers of both moments, which keep the largest size any tensor needed per axis."""
     sizes = {t.name: numel(t.shape) for t in plan.binding.all_tensors()}
-    carried = [(t, s) for t, s in zip(plan.tensors, state.tensors, strict=True) if s.carried]
+    carried = [(t, s) for t, s in zip(trained_tensors(plan), state.tensors, strict=True) if s.carried]
     per_tensor = max((4 * (2 * sizes[s.role] + numel(t.shape)) for t, s in carried), default=0)
     if plan.width is None:
         return per_tensor
@@ -203,7 +209,7 @@ def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dic
     """Stream the grown moments into `folder` (shards as planned) and write state.json; returns the summary."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(folder, state.shards)
-    for t, s in zip(plan.tensors, state.tensors, strict=True):
+    for t, s in zip(trained_tensors(plan), state.tensors, strict=True):
         if not s.carried:
             continue
         moments = state.source.moments(s.role)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from grow_cli.data.sources import data_paths
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
+from grow_cli.process_state import end_run
 from grow_cli.train.build import Run
 from grow_cli.train.checkpoints import save_checkpoint
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
@@ -42,7 +43,7 @@ def evaluation(run: Run) -> dict[str, float]:
 def pause(run: Run) -> dict[str, Any]:
     """Save a checkpoint at the current step and end tracking; the run continues with `--resume auto`."""
     path = save_checkpoint(run.accelerator, Path(run.config.out), run.state(), run.config.keep_last)
-    run.accelerator.end_training()
+    end_run(run.accelerator)
     return {
         "status": "paused",
         "step": run.step,
@@ -99,7 +100,7 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
         write_card(out, record)
         summary["record"] = str(out / "grow.json")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)
     return summary
 
 
