@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.libc import function
@@ -26,7 +27,7 @@ def mapped_file(start: int, end: int) -> str | None:
     """The file mapped at addresses [start, end) of this process (from /proc/self/maps), or None when that range is
     not one file mapping (the heap, anonymous memory): dropping pages of those would lose their contents."""
     try:
-        lines = open("/proc/self/maps").read().splitlines()  # noqa: SIM115 - read whole, closed by refcount
+        lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return None
     for line in lines:
