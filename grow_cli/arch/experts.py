@@ -43,8 +43,8 @@ def _count(value: Any) -> bool:
 def sparse_layers(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[int, ...]:
     """The indices of the layers whose MLP is an MoE block, from config.json."""
     assert arch.moe is not None
-    if arch.moe.get("layer_types"):
-        return _listed_sparse(arch, config, layers)
+    if list_key := arch.moe.get("layer_types"):
+        return _listed_sparse(list_key, config, layers)
     step_key, dense_key, prefix_key = (arch.moe.get(k) for k in ("sparse_step", "dense_layers", "dense_prefix"))
     step = config.get(step_key, arch.config_defaults.get(step_key, 1)) if step_key else 1
     dense = config.get(dense_key) if dense_key else None
@@ -59,12 +59,11 @@ def sparse_layers(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[i
     return tuple(i for i in range(layers) if i >= prefix and i not in dense and (i + 1) % step == 0)
 
 
-def _listed_sparse(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[int, ...]:
+def _listed_sparse(key: str, config: dict[str, Any], layers: int) -> tuple[int, ...]:
     """The sparse layers of a definition whose config marks each layer (`moe.layer_types`): the list in config.json,
     or the one transformers' config class fills in when it is absent (GLM-4.7-Flash's config.json leaves it out)."""
     from grow_cli.arch.layer_lists import built_config, transformers_params
 
-    key = arch.moe["layer_types"]
     kinds = config.get(key)
     if kinds is None:
         built = built_config(config.get("model_type", ""), transformers_params(config))
