@@ -7,7 +7,8 @@ and every other layer sparse (`decoder_sparse_step` 2), OLMoE q/k norms over all
 rule for an expert, a router row or a gain cannot hide behind identical experts or ones and zeros.
 
 `PREFIX_CONFIGS` adds the types whose first layers keep a dense MLP (GLM-4.5, DeepSeek-V3, DeepSeek-V2), with their
-routers' e-score correction biases (buffers) randomised too.
+routers' e-score correction biases (buffers) randomised too. `LISTED_CONFIGS` adds GLM-4.7-Flash (`glm4_moe_lite`),
+DeepSeek-V3's attention and GLM's experts, whose dense layers are marked in a per-layer list (`mlp_layer_types`).
 """
 
 from __future__ import annotations
@@ -85,10 +86,16 @@ PREFIX_CONFIGS = {
     "deepseek_v2": lambda: tf.DeepseekV2Config(**{**_PREFIXED, **_MLA}, q_lora_rank=None, n_shared_experts=2),
 }
 PREFIX_NAMES = list(PREFIX_CONFIGS)
+_LISTED = {k: v for k, v in {**_PREFIXED, **_MLA}.items() if k != "first_k_dense_replace"}
+LISTED_CONFIGS = {  # transformers' default pattern: layer 0 dense, the others sparse
+    "glm4_moe_lite": lambda: tf.Glm4MoeLiteConfig(
+        **_LISTED, q_lora_rank=24, n_shared_experts=1, n_group=2, topk_group=1, routed_scaling_factor=1.5
+    ),
+}
 
 
 def config(name: str):
-    return {**CONFIGS, **PREFIX_CONFIGS}[name]()
+    return {**CONFIGS, **PREFIX_CONFIGS, **LISTED_CONFIGS}[name]()
 
 
 def model_class(name: str):

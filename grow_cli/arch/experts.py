@@ -8,6 +8,11 @@
   `mlp_only_layers` with step 1, or as the grown dense prefix — so that every grown layer keeps the kind of the layer
   it copies. A dense prefix can say only "the first k": a layer map that puts a copy of a dense layer after a sparse
   one (G_stack repeating the whole stack) cannot be written, and is refused before anything is written.
+  GLM-4.7-Flash (`glm4_moe_lite`) marks each layer in a per-layer list instead (`mlp_layer_types`: "dense" or
+  "sparse", transformers' default when absent; `moe.layer_types`): any pattern can be written, so every depth method
+  applies. The list travels through the layer map with the other per-layer lists (grow_cli/arch/layer_lists.py); a
+  `dense_prefix` key named beside it (transformers ignores it, other runtimes read it) is written as the grown
+  stack's leading dense layers.
 - **Where the routed experts are.** On disk, `save_pretrained` writes one 2-D tensor per expert and matrix
   (`…experts.{e}.w1.weight`, the *per_expert* layout); transformers 5 fuses them on load into 3-D tensors
   (`…experts.gate_up_proj`: experts × [gate|up] × hidden, and `…experts.down_proj`) and writes those only with
@@ -38,6 +43,8 @@ def _count(value: Any) -> bool:
 def sparse_layers(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[int, ...]:
     """The indices of the layers whose MLP is an MoE block, from config.json."""
     assert arch.moe is not None
+    if list_key := arch.moe.get("layer_types"):
+        return _listed_sparse(list_key, config, layers)
     step_key, dense_key, prefix_key = (arch.moe.get(k) for k in ("sparse_step", "dense_layers", "dense_prefix"))
     step = config.get(step_key, arch.config_defaults.get(step_key, 1)) if step_key else 1
     dense = config.get(dense_key) if dense_key else None
@@ -52,6 +59,20 @@ def sparse_layers(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[i
     return tuple(i for i in range(layers) if i >= prefix and i not in dense and (i + 1) % step == 0)
 
 
+def _listed_sparse(key: str, config: dict[str, Any], layers: int) -> tuple[int, ...]:
+    """The sparse layers of a definition whose config marks each layer (`moe.layer_types`): the list in config.json,
+    or the one transformers' config class fills in when it is absent (GLM-4.7-Flash's config.json leaves it out)."""
+    from grow_cli.arch.layer_lists import built_config, transformers_params
+
+    kinds = config.get(key)
+    if kinds is None:
+        built = built_config(config.get("model_type", ""), transformers_params(config))
+        kinds = getattr(built, key, None)
+    if not isinstance(kinds, list) or len(kinds) != layers or not set(kinds) <= {"dense", "sparse"}:
+        raise CheckpointError(f"config.json: {key} must list 'dense' or 'sparse' for each of {layers} layers")
+    return tuple(i for i, kind in enumerate(kinds) if kind == "sparse")
+
+
 def sparse_config(arch: ArchDef, sparse: Sequence[bool]) -> dict[str, Any]:
     """The config keys that make exactly the layers marked in `sparse` MoE layers (for a grown layer stack)."""
     assert arch.moe is not None
@@ -59,6 +80,8 @@ def sparse_config(arch: ArchDef, sparse: Sequence[bool]) -> dict[str, Any]:
     if why is not None:
         raise UsageError(why)
     step_key, dense_key, prefix_key = (arch.moe.get(k) for k in ("sparse_step", "dense_layers", "dense_prefix"))
+    if arch.moe.get("layer_types"):  # the list itself is mapped with the other per-layer lists (layer_lists.py)
+        return {prefix_key: next((j for j, s in enumerate(sparse) if s), len(sparse))} if prefix_key else {}
     keys: dict[str, Any] = {step_key: 1} if step_key else {}
     if prefix_key:  # the prefix holds every dense layer (pattern_refusal) unless a list of dense layers exists
         keys[prefix_key] = 0 if dense_key else next((j for j, s in enumerate(sparse) if s), len(sparse))
@@ -70,7 +93,7 @@ def sparse_config(arch: ArchDef, sparse: Sequence[bool]) -> dict[str, Any]:
 def pattern_refusal(arch: ArchDef, sparse: Sequence[bool]) -> str | None:
     """Why no config of `arch` makes exactly the layers marked in `sparse` its MoE layers, or None."""
     assert arch.moe is not None
-    if all(sparse) or arch.moe.get("dense_layers"):
+    if all(sparse) or arch.moe.get("dense_layers") or arch.moe.get("layer_types"):
         return None
     dense = [j for j, s in enumerate(sparse) if not s]
     prefix_key = arch.moe.get("dense_prefix")

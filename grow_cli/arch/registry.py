@@ -472,7 +472,7 @@ def _config_spaces(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str
     return spaces
 
 
-_MOE_KEYS = {"upcycle_from", "topk_norm", "sparse_step", "dense_layers", "dense_prefix", "routed_scale"}
+_MOE_KEYS = {"upcycle_from", "topk_norm", "sparse_step", "dense_layers", "dense_prefix", "layer_types", "routed_scale"}
 
 
 def _moe_block(raw: dict[str, Any], where: str) -> dict[str, Any] | None:
@@ -480,7 +480,8 @@ def _moe_block(raw: dict[str, Any], where: str) -> dict[str, Any] | None:
     normalises the top-k weights (`topk_norm`: "always", "never", or the config key that switches it on) and the
     config key of a factor it multiplies them by (`routed_scale`), and the config keys of a per-layer sparse/dense
     pattern (`sparse_step`: every n-th layer is sparse; `dense_layers`: listed layers are dense; `dense_prefix`: the
-    first k layers are dense)."""
+    first k layers are dense; `layer_types`: a list marking each layer "dense" or "sparse", which decides where it is
+    named)."""
     block = raw.get("moe")
     aliases = raw.get("config_aliases", {})
     if not isinstance(aliases, dict) or not all(
