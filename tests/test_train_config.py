@@ -125,3 +125,18 @@ def test_a_recipe_names_the_train_key_at_fault(tmp_path):
     (tmp_path / "family.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(UsageError, match=r"^recipe: members\[1\]\.train\.seq_len: --seq-len must be at least 2"):
         load_recipe(tmp_path / "family.yaml")
+
+
+def test_a_report_to_name_that_is_no_tracker_is_named_as_such(monkeypatch):
+    """`--report-to tensorbord` is a typo, not a package to install: the refusal lists the trackers accelerate knows
+    instead of suggesting `pip install`; a known tracker that is not installed still says to install it."""
+    from grow_cli.errors import GrowError
+    from grow_cli.train.preflight import check_trackers
+
+    with pytest.raises(
+        GrowError, match=r"--report-to tensorbord: not a tracker accelerate knows \(one of .*tensorboard"
+    ):
+        check_trackers(["tensorbord"])
+    monkeypatch.setattr("accelerate.tracking.get_available_trackers", lambda: [])
+    with pytest.raises(GrowError, match=r"--report-to wandb: not installed here"):
+        check_trackers(["wandb"])

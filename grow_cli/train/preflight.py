@@ -153,9 +153,16 @@ def check_no_masking_options(config: TrainConfig) -> None:
 
 
 def check_trackers(report_to: list[str]) -> None:
-    """Refuse a `--report-to` tracker that accelerate cannot find installed."""
-    from accelerate.tracking import get_available_trackers
+    """Refuse a `--report-to` name that is no tracker accelerate knows, or a tracker it cannot find installed."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
+    unknown = [name for name in report_to if name not in LOGGER_TYPE_TO_CLASS]
+    if unknown:
+        raise OptionError(
+            "report_to",
+            f"--report-to {', '.join(unknown)}: not a tracker accelerate knows (one of "
+            f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))})",
+        )
     available = {str(t.value if hasattr(t, "value") else t) for t in get_available_trackers()}
     missing = [name for name in report_to if name not in available]
     if missing:
