@@ -17,7 +17,7 @@ from typing import Any
 
 from grow_cli.arch.experts import detect_layout, weight_applies
 from grow_cli.arch.registry import ArchDef, WeightDef
-from grow_cli.arch.shape import ModelShape, config_value, presence_key, weight_present
+from grow_cli.arch.shape import ModelShape, config_int, presence_key, weight_present
 from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
 from grow_cli.errors import ArchitectureError, CheckpointError
 
@@ -122,11 +122,7 @@ def _mtp_layers(
 def _mtp_count(arch: ArchDef, config: dict[str, Any]) -> int:
     """How many multi-token-prediction layers config.json says are stored after the stack (`mtp_layers`' key)."""
     assert arch.mtp_layers is not None
-    n = config_value(arch, config, arch.mtp_layers)
-    n = arch.config_defaults.get(arch.mtp_layers, 0) if n is None else n
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise CheckpointError(f"config.json: {arch.mtp_layers} must be a non-negative integer, found {n!r}")
-    return n
+    return config_int(arch, config, arch.mtp_layers, "multi-token-prediction layers", minimum=0) or 0
 
 
 def _mtp_note(arch: ArchDef, count: int) -> str:

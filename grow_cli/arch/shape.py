@@ -89,7 +89,7 @@ def config_value(arch: ArchDef, config: dict[str, Any], key: str) -> Any:
     return next((config[a] for a in arch.config_aliases.get(key, ()) if config.get(a) is not None), None)
 
 
-def _int(arch: ArchDef, config: dict[str, Any], key: str | None, what: str, *, minimum: int = 1) -> int | None:
+def config_int(arch: ArchDef, config: dict[str, Any], key: str | None, what: str, *, minimum: int = 1) -> int | None:
     """The integer `config[key]` (≥ `minimum`), or the architecture's default for a key config.json leaves out."""
     if key is None:
         return None
@@ -130,22 +130,22 @@ def presence_key(arch: ArchDef, config: dict[str, Any], weight: WeightDef) -> st
 def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
     """The `ModelShape` of a config.json, with HF's defaults (kv heads = heads, head_dim = hidden / heads)."""
     keys = arch.config
-    layers = _int(arch, config, keys["layers"], "layer count")
-    hidden = _int(arch, config, keys["hidden"], "hidden size")
-    heads = _int(arch, config, keys["heads"], "attention heads")
-    vocab = _int(arch, config, keys["vocab"], "vocabulary size")
+    layers = config_int(arch, config, keys["layers"], "layer count")
+    hidden = config_int(arch, config, keys["hidden"], "hidden size")
+    heads = config_int(arch, config, keys["heads"], "attention heads")
+    vocab = config_int(arch, config, keys["vocab"], "vocabulary size")
     for value, role in ((layers, "layers"), (hidden, "hidden"), (heads, "heads"), (vocab, "vocab")):
         if value is None:
             raise CheckpointError(f"config.json lacks '{keys[role]}', which a {arch.name} model needs")
     assert layers is not None and hidden is not None and heads is not None and vocab is not None  # checked above
-    ffn = _int(arch, config, keys.get("ffn"), "FFN size")
+    ffn = config_int(arch, config, keys.get("ffn"), "FFN size")
     if ffn is None:
         uses_ffn = any(a in ("ffn", "gate_up") for w in arch.all_weights() for a in w.axes)
         if not arch.ffn_default_multiple and uses_ffn:
             raise CheckpointError(f"config.json lacks '{keys.get('ffn')}', which a {arch.name} model needs")
         ffn = (arch.ffn_default_multiple or 0) * hidden  # 0: no axis of this definition is an FFN axis
-    kv_heads = _int(arch, config, keys.get("kv_heads"), "key/value heads") or heads
-    explicit_head_dim = _int(arch, config, keys.get("head_dim"), "head dimension")
+    kv_heads = config_int(arch, config, keys.get("kv_heads"), "key/value heads") or heads
+    explicit_head_dim = config_int(arch, config, keys.get("head_dim"), "head dimension")
     head_dim = explicit_head_dim or hidden // heads
     if hidden % heads and not explicit_head_dim:
         raise CheckpointError(f"config.json: hidden size {hidden} is not divisible by {heads} heads")
@@ -162,8 +162,8 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         vocab_size=vocab,
-        max_positions=_int(arch, config, keys.get("positions"), "positions"),
-        type_vocab_size=_int(arch, config, keys.get("token_types"), "token types"),
+        max_positions=config_int(arch, config, keys.get("positions"), "positions"),
+        type_vocab_size=config_int(arch, config, keys.get("token_types"), "token types"),
         tie_word_embeddings=tie,
         config_space_sizes=tuple((name, _space(arch, config, name)) for name in arch.config_spaces),
         **_moe_shape(arch, config, layers),
@@ -177,8 +177,8 @@ def _space(arch: ArchDef, config: dict[str, Any], name: str) -> int | None:
     for term in arch.config_spaces[name]:
         product = 1
         for key in term:
-            explicit_null = key in config and config[key] is None
-            value = None if explicit_null else _int(arch, config, key, f"a factor of the '{name}' axis", minimum=0)
+            what = f"a factor of the '{name}' axis"
+            value = None if key in config and config[key] is None else config_int(arch, config, key, what, minimum=0)
             if value is None:
                 return None
             product *= value
@@ -193,18 +193,18 @@ def _moe_shape(arch: ArchDef, config: dict[str, Any], layers: int) -> dict[str, 
     from grow_cli.arch.experts import sparse_layers
 
     keys = arch.config
-    experts = _int(arch, config, keys["experts"], "routed experts")
-    top_k = _int(arch, config, keys["experts_per_token"], "experts per token")
-    expert_ffn = _int(arch, config, keys["expert_ffn"], "expert FFN size")
+    experts = config_int(arch, config, keys["experts"], "routed experts")
+    top_k = config_int(arch, config, keys["experts_per_token"], "experts per token")
+    expert_ffn = config_int(arch, config, keys["expert_ffn"], "expert FFN size")
     for value, role in ((experts, "experts"), (top_k, "experts_per_token"), (expert_ffn, "expert_ffn")):
         if value is None:
             raise CheckpointError(f"config.json lacks '{keys[role]}', which a {arch.name} model needs")
     assert experts is not None and top_k is not None and expert_ffn is not None  # checked above
     if top_k > experts:
         raise CheckpointError(f"config.json: {top_k} experts per token but only {experts} experts")
-    shared = _int(arch, config, keys.get("shared_ffn"), "shared expert FFN size", minimum=0) or 0
+    shared = config_int(arch, config, keys.get("shared_ffn"), "shared expert FFN size", minimum=0) or 0
     if "shared_experts" in keys:  # DeepSeek, GLM-4.5: the shared expert is that many experts' FFN wide
-        shared = expert_ffn * (_int(arch, config, keys["shared_experts"], "shared experts", minimum=0) or 0)
+        shared = expert_ffn * (config_int(arch, config, keys["shared_experts"], "shared experts", minimum=0) or 0)
     return {
         "num_experts": experts,
         "experts_per_token": top_k,
