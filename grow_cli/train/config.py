@@ -184,21 +184,20 @@ class TrainConfig:
         """Refuse a schedule option that the chosen schedule would silently ignore (one given with a value other than
         its default): --decay-ratio and --decay-type shape WSD's final decay only, --min-lr-ratio is the floor of a
         decay that `constant` never makes, and --warmup-steps replaces --warmup-ratio."""
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
         if self.schedule != "wsd":
             for name in ("decay_ratio", "decay_type"):
-                if getattr(self, name) != defaults[name]:
+                if getattr(self, name) != DEFAULTS[name]:
                     decays = "never decays" if self.schedule == "constant" else "decays over every step after warmup"
                     raise OptionError(
                         name,
                         f"{flag(name)} applies only with --schedule wsd (--schedule {self.schedule} {decays}); add "
                         "--schedule wsd or drop it",
                     )
-        if self.schedule == "constant" and self.min_lr_ratio != defaults["min_lr_ratio"]:
+        if self.schedule == "constant" and self.min_lr_ratio != DEFAULTS["min_lr_ratio"]:
             raise OptionError(
                 "min_lr_ratio", "--min-lr-ratio does not apply to --schedule constant (it never decays); drop it"
             )
-        if self.warmup_steps is not None and self.warmup_ratio != defaults["warmup_ratio"]:
+        if self.warmup_steps is not None and self.warmup_ratio != DEFAULTS["warmup_ratio"]:
             raise OptionError(
                 "warmup_ratio", "--warmup-ratio applies only without --warmup-steps (which sets the warmup); give one"
             )
@@ -279,6 +278,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings, for the checkpoint (resume checks) and the trackers' hyperparameters."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+# Each field's default, for the checks of an option given where it would do nothing (a list's default is MISSING).
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def parse_max_tokens(value: str | float | None) -> int | None:

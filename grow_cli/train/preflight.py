@@ -9,7 +9,6 @@ What the checks found (the data sources, the model's config, the tokenizer) is h
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from grow_cli.errors import OptionError, OutputError, UsageError
 from grow_cli.field_types import flag
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
 from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, finished_run, resolve_resume
-from grow_cli.train.config import TrainConfig
+from grow_cli.train.config import DEFAULTS, TrainConfig
 from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
 from grow_cli.train.model_io import check_seq_len, check_weights, load_model_config, load_tokenizer
@@ -142,9 +141,8 @@ def check_data_outside(out: Path, data: list[str], sources: list[Source]) -> Non
 
 def check_no_masking_options(config: TrainConfig) -> None:
     """Refuse masking options on a run that trains a causal LM: they would silently do nothing."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     flags = ("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_mask")
-    given = [name for name in flags if getattr(config, name) != defaults[name]]
+    given = [name for name in flags if getattr(config, name) != DEFAULTS[name]]
     if given:
         raise OptionError(
             given[0],
