@@ -193,7 +193,8 @@ def depth_methods_keeping(
     those of them whose layer map gives a stack `arch`'s config can describe) — what grow's layer maps actually give,
     not a rule about them (SOLAR's dus keeps a dense prefix only while its overlap covers it)."""
     from grow_cli.errors import OptionError
-    from grow_cli.operators.depth import depth_map
+    from grow_cli.growth.spec import GrowthSpec
+    from grow_cli.operators.depth import depth_map, target_layers
     from grow_cli.operators.registry import operators
 
     result = {}
@@ -202,11 +203,10 @@ def depth_methods_keeping(
             continue
         tried, kept = [], []
         for target in targets:
-            if op.name == "dus" and (target % 2 or not layers <= target <= 2 * layers):
-                continue  # dus makes 2·(L − overlap) layers only
-            try:
-                grown = depth_map(op, layers, target, dus_overlap=layers - target // 2 if op.name == "dus" else None)
-            except OptionError:  # a target this method cannot make (identity needs more layers)
+            try:  # the target and SOLAR overlap as `grow expand --layers target` would plan them
+                _, overlap = target_layers(layers, GrowthSpec(layers=target, depth_method=op.name))
+                grown = depth_map(op, layers, target, dus_overlap=overlap)
+            except OptionError:  # a target this method cannot make (dus: even, up to 2·L; identity: more layers)
                 continue
             tried.append(target)
             if depth_refusal(arch, config, layers, grown.layer_map) is None:
