@@ -32,12 +32,9 @@ from typing import Any
 
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.errors import CheckpointError, UsageError
+from grow_cli.field_types import accepts
 
 PER_EXPERT, FUSED = "per_expert", "fused"
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def sparse_layers(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[int, ...]:
@@ -50,11 +47,11 @@ def sparse_layers(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[i
     dense = config.get(dense_key) if dense_key else None
     dense = [] if dense is None else dense
     prefix = config.get(prefix_key, arch.config_defaults.get(prefix_key, 0)) if prefix_key else 0
-    if not _count(step) or step < 1:
+    if not accepts((int,), step) or step < 1:
         raise CheckpointError(f"config.json: {step_key} must be a positive integer, found {step!r}")
-    if not isinstance(dense, list) or not all(_count(i) for i in dense):
+    if not isinstance(dense, list) or not all(accepts((int,), i) for i in dense):
         raise CheckpointError(f"config.json: {dense_key} must be a list of layer indices, found {dense!r}")
-    if not _count(prefix) or prefix < 0:
+    if not accepts((int,), prefix) or prefix < 0:
         raise CheckpointError(f"config.json: {prefix_key} must be a layer count (0 or more), found {prefix!r}")
     return tuple(i for i in range(layers) if i >= prefix and i not in dense and (i + 1) % step == 0)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from grow_cli.errors import UsageError
 from grow_cli.family.quality import PUBLISHED
+from grow_cli.field_types import accepts
 from grow_cli.train.flops import training_flops_per_token
 from grow_cli.train.lr_rule import SOURCE as LR_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
@@ -66,8 +67,8 @@ def _check_count(value: float, option: str, unit: str, bounds: tuple[float, floa
 TARGET_KEYS = ("num_hidden_layers", "hidden_size", "vocab_size")
 
 
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def _whole(value: Any) -> bool:
+    return accepts((int,), value) and value >= 1
 
 
 def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | dict[str, Any]:
