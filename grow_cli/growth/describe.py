@@ -125,7 +125,7 @@ def inspect(
 def _methods(arch, config: dict[str, Any], layers: int, problem: str | None) -> dict[str, list[dict[str, Any]]]:
     """Which growth methods apply to the architecture — none where its config.json does not load in transformers
     (`problem`), since `grow expand` refuses such a source whatever the method; for an MoE whose config marks only
-    a dense prefix, the depth methods whose layer maps keep it (`_prefix_keeping`)."""
+    a dense prefix, the depth methods whose layer maps keep it (`_keeping_the_moe_pattern`)."""
     methods = applicability(arch)
     if problem is None:
         if arch.is_moe:
