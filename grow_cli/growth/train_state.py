@@ -148,14 +148,10 @@ def _read_state(checkpoint: Path, *, weights_only: bool) -> dict[str, Any]:
     alone (a lost optimizer state is what --weights-only is for), else its optimizer state too."""
     from grow_cli.train.checkpoints import damage_in
 
-    if weights_only:
-        damage = damage_in(checkpoint, needed={WEIGHTS_FILE})
-        if damage is not None:
-            raise CheckpointError(f"{damage}; grow an earlier checkpoint, or the run's final model folder")
-    else:
-        damage = damage_in(checkpoint)
-        if damage is not None:
-            raise CheckpointError(f"{damage}; grow an earlier checkpoint, or {WEIGHTS_ONLY_HINT}")
+    damage = damage_in(checkpoint, needed={WEIGHTS_FILE} if weights_only else None)
+    if damage is not None:
+        instead = "the run's final model folder" if weights_only else WEIGHTS_ONLY_HINT
+        raise CheckpointError(f"{damage}; grow an earlier checkpoint, or {instead}")
     state = json.loads((checkpoint / CHECKPOINT_STATE).read_text())
     if not weights_only and not (checkpoint / OPTIMIZER_FILE).is_file():
         sharded = [n for n in SHARDED_SAVES if (checkpoint / n).exists()]
