@@ -16,16 +16,17 @@ from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, parse_size, p
 from grow_cli.errors import UsageError
 
 
-def _write(folder, tensors, max_shard):
+def _write(folder, tensors, max_shard, *, direct=True):
     planned = [PlannedTensor(n, tuple(t.shape), k) for n, (t, k) in tensors.items()]
     shards = plan_shards(planned, max_shard)
-    writer = ShardWriter(folder, shards)
+    writer = ShardWriter(folder, shards, direct=direct)
     for name, (tensor, _) in tensors.items():
         writer.write(name, tensor)
     return writer.finish(), shards
 
 
-def test_writer_output_matches_safetensors(tmp_path):
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-io", "page-cache"])
+def test_writer_output_matches_safetensors(tmp_path, direct):
     gen = torch.Generator().manual_seed(0)
     tensors = {
         "a.weight": (torch.randn(7, 5, generator=gen), "F32"),
@@ -34,7 +35,7 @@ def test_writer_output_matches_safetensors(tmp_path):
         "d.ids": (torch.arange(11), "I64"),
         "e.half": (torch.randn(9, generator=gen).half(), "F16"),
     }
-    index, shards = _write(tmp_path, tensors, max_shard=100)
+    index, shards = _write(tmp_path, tensors, max_shard=100, direct=direct)
     assert len(shards) > 1
     on_disk = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert on_disk == index and on_disk["metadata"]["total_size"] == sum(
@@ -92,7 +93,8 @@ def test_writeback_starts_as_bytes_are_written(tmp_path, monkeypatch):
     monkeypatch.setattr(
         durable, "start_writeback", lambda fd, offset, n: started.append((offset, n, threading.current_thread().name))
     )
-    _write(tmp_path, {"a": (torch.randn(700), "F32"), "b": (torch.randn(300), "F32")}, max_shard=10**9)
+    tensors = {"a": (torch.randn(700), "F32"), "b": (torch.randn(300), "F32")}
+    _write(tmp_path, tensors, max_shard=10**9, direct=False)
     size = (tmp_path / "model.safetensors").stat().st_size
     assert len(started) > 2 and started[0][0] == 0 and {name for *_, name in started} == {"grow-writeback"}
     assert all(a + n == b for (a, n, _), (b, _, _) in zip(started, started[1:], strict=False))
@@ -133,3 +135,91 @@ def test_outputs_are_fsynced_before_they_appear(cli, tiny_checkpoints, tmp_path,
     names = {os.path.basename(p) for p in synced}
     assert {p.name for p in out.iterdir()} <= names
     assert str(tmp_path) in synced  # the rename is recorded
+
+
+def _direct_io_here(folder) -> bool:
+    from grow_cli.checkpoint.direct_io import open_direct
+
+    appender = open_direct(folder / "probe")
+    if appender is None:
+        return False
+    appender.close()
+    (folder / "probe").unlink()
+    return True
+
+
+def test_direct_io_writes_exact_bytes_across_staging_buffers(tmp_path, monkeypatch):
+    """Computed shards go to the disk with O_DIRECT through two small staging buffers taken in turn: tensors that
+    straddle buffers, a tail shorter than a block and shards of odd lengths come back exact (read with
+    safetensors), and each file has its true length (the padded last block is cut off)."""
+    import os
+
+    from grow_cli.checkpoint import direct_io
+
+    if not _direct_io_here(tmp_path):
+        pytest.skip("this filesystem has no direct I/O")
+    monkeypatch.setattr(direct_io, "STAGE", 3 * direct_io.ALIGN)
+    opened = []
+    real_open = direct_io.open_direct
+    monkeypatch.setattr(direct_io, "open_direct", lambda path: opened.append(real_open(path)) or opened[-1])
+    monkeypatch.setattr("grow_cli.checkpoint.writer.open_direct", direct_io.open_direct)
+    gen = torch.Generator().manual_seed(1)
+    tensors = {f"t{i}": (torch.randn(n, generator=gen), "F32") for i, n in enumerate([5000, 1, 7777, 3072, 13])}
+    index, shards = _write(tmp_path, tensors, max_shard=40_000)
+    assert len(shards) == 3 and len(opened) == 3 and all(a is not None for a in opened)
+    for shard_file in set(index["weight_map"].values()):
+        with open(tmp_path / shard_file, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+        data = sum(t.nbytes for shard in shards for t in shard if index["weight_map"][t.name] == shard_file)
+        assert os.path.getsize(tmp_path / shard_file) == 8 + header_len + data
+    for name, (tensor, _) in tensors.items():
+        with safe_open(tmp_path / index["weight_map"][name], "pt") as f:
+            assert torch.equal(f.get_tensor(name), tensor)
+
+
+@pytest.mark.parametrize("refused_at", ["open", "first write"])
+def test_without_direct_io_the_page_cache_writes_the_same_bytes(tmp_path, monkeypatch, refused_at):
+    """Where the filesystem refuses O_DIRECT (tmpfs, some network and FUSE filesystems), at open or at the first
+    write, the shard is written through the page cache instead: same bytes, no error, nothing left of the attempt."""
+    import errno
+    import os
+
+    real_open, real_pwrite = os.open, os.pwrite
+    direct_fds: set[int] = set()
+    tried: list[str] = []
+
+    def open_(path, flags, *args):
+        if flags & os.O_DIRECT:
+            tried.append(os.path.basename(path))
+        if flags & os.O_DIRECT and refused_at == "open":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fd = real_open(path, flags, *args)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def pwrite(fd, data, offset):
+        if fd in direct_fds:
+            direct_fds.discard(fd)  # the number is reused by the page-cache descriptor that follows
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    tensors = {"a": (torch.randn(1000), "F32"), "b": (torch.arange(7), "I64")}
+    _write(tmp_path, tensors, max_shard=10**9)
+    assert tried == ["model.safetensors"]  # direct I/O was tried, and refused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert all(torch.equal(f.get_tensor(n), t) for n, (t, _) in tensors.items())
+
+
+def test_a_copied_tensor_must_be_named_in_source_offsets(tmp_path):
+    """A shard is written with direct I/O when the plan copies nothing into it, so a copy the plan did not name
+    (in `source_offsets`) is refused rather than written past the staging buffers."""
+    from grow_cli.checkpoint.file_copy import FileRange
+
+    (tmp_path / "src").write_bytes(bytes(16))
+    writer = ShardWriter(tmp_path, plan_shards([PlannedTensor("a", (4,), "F32")], 10**9))
+    with open(tmp_path / "src", "rb") as f, pytest.raises(AssertionError, match="source_offsets"):
+        writer.write("a", FileRange(f.fileno(), 0, 16, "src"))

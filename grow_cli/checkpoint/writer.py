@@ -4,8 +4,9 @@ The plan knows every output tensor's name, shape and dtype before any data exist
 header (with all byte offsets) is written first and tensor bytes are then appended one at a time — from the
 tensor's own memory, or copied file to file from the source when they are the source's bytes as stored
 (`file_copy.py`). A shard never sits in memory: peak memory is one tensor, however large the shard (mergekit
-accumulates whole shards). Writeback to disk starts as bytes are written (`durable.py`). Files are named the
-Hugging Face way (`model.safetensors`, or `model-0000k-of-0000n.safetensors` plus
+accumulates whole shards). A shard that copies nothing from the source goes to the disk with direct I/O
+(`direct_io.py`); otherwise through the page cache, with writeback started as bytes are written (`durable.py`).
+Files are named the Hugging Face way (`model.safetensors`, or `model-0000k-of-0000n.safetensors` plus
 `model.safetensors.index.json` with `total_size`), with `{"format": "pt"}` metadata.
 """
 
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from grow_cli.checkpoint.direct_io import DirectAppender, open_direct
 from grow_cli.checkpoint.dtypes import dtype_name, nbytes, numel
 from grow_cli.checkpoint.durable import WRITEBACK_STEP, Writeback
 from grow_cli.checkpoint.file_copy import CHUNK, FileRange, RangeCopier
@@ -114,21 +116,32 @@ class ShardWriter:
 
     A tensor comes either as a CPU tensor, written from its own memory (no copy), or as a `FileRange` of a source
     file holding exactly its bytes, copied file to file in the kernel where possible (`file_copy.RangeCopier`).
+    `direct`: write shards without copied tensors with direct I/O where the filesystem allows it (False when the
+    output is read back at once, as `--verify` does: its bytes are then still in the page cache).
     """
 
     def __init__(
-        self, folder: Path, shards: list[list[PlannedTensor]], source_offsets: Mapping[str, int] | None = None
+        self,
+        folder: Path,
+        shards: list[list[PlannedTensor]],
+        source_offsets: Mapping[str, int] | None = None,
+        *,
+        direct: bool = True,
     ):
         self.folder = Path(folder)
         self.shards = shards
-        self.source_offsets = source_offsets  # where tensors to be copied lie in their source files (`_header`)
+        self.source_offsets = source_offsets or {}  # where tensors to be copied lie in their source files (`_header`)
         self.names = shard_names(len(shards))
         self.copier = RangeCopier()
         self.writeback = Writeback()
         self._writeback_fd = -1  # this shard's descriptor in `writeback`'s thread
         self._order = [(i, t) for i, shard in enumerate(shards) for t in shard]
         self._next = 0
+        self._direct_shards = {
+            i for i, shard in enumerate(shards) if direct and not any(t.name in self.source_offsets for t in shard)
+        }
         self._fd = -1
+        self._direct: DirectAppender | None = None  # the open shard's, when it is written with direct I/O
         self._position = 0  # where the next tensor's bytes go in the open shard
         self._written_back = 0  # bytes of the open shard whose writeback has been started
         self._file_index = -1
@@ -140,10 +153,7 @@ class ShardWriter:
         self._check(planned, name, data)
         if shard_index != self._file_index:
             self._close_file()
-            path = self.folder / self.names[shard_index]
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-            self._writeback_fd = self.writeback.track(self._fd)
-            self._file_index, self._position, self._written_back = shard_index, 0, 0
+            self._open_file(shard_index)
             self._write_bytes(memoryview(_header(self.shards[shard_index], self.source_offsets)))
         if planned.nbytes:
             if isinstance(data, FileRange):
@@ -162,18 +172,31 @@ class ShardWriter:
         self._next += 1
         return planned.nbytes
 
-    @staticmethod
-    def _check(planned: PlannedTensor, name: str, data) -> None:
+    def _check(self, planned: PlannedTensor, name: str, data) -> None:
         if isinstance(data, FileRange | ZeroBytes):
             got = f"{name} ({data.nbytes} bytes)"
             ok = name == planned.name and data.nbytes == planned.nbytes
         else:
             got = f"{name} {tuple(data.shape)} {dtype_name(data.dtype)}"
             ok = name == planned.name and tuple(data.shape) == planned.shape and dtype_name(data.dtype) == planned.dtype
+        if isinstance(data, FileRange) and name not in self.source_offsets:  # its shard may be direct
+            raise AssertionError(f"writer got {name} as a copy, but source_offsets does not name it")
         if not ok:
             raise AssertionError(f"writer expected {planned.name} {planned.shape} {planned.dtype}, got {got}")
 
+    def _open_file(self, shard_index: int) -> None:
+        path = self.folder / self.names[shard_index]
+        self._direct = open_direct(path) if shard_index in self._direct_shards else None
+        if self._direct is None:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            self._writeback_fd = self.writeback.track(self._fd)
+        self._file_index, self._position, self._written_back = shard_index, 0, 0
+
     def _write_bytes(self, data: memoryview) -> None:
+        if self._direct is not None:
+            self._direct.append(data)
+            self._position += len(data)
+            return
         # In pieces: single write() calls of hundreds of MB measured slower here than the same bytes in 8 MB
         # writes (docs/benchmarks.md), and pieces keep the kernel's dirty-page throttling smooth.
         for start in range(0, len(data), CHUNK):
@@ -190,7 +213,10 @@ class ShardWriter:
             self.writeback.add(self._writeback_fd, self._written_back, self._position - self._written_back)
             self._written_back = self._position
 
-    def _close_file(self) -> None:
+    def _close_file(self, *, failed: bool = False) -> None:
+        if self._direct is not None:
+            self._direct.close(discard=failed)
+            self._direct = None
         if self._fd >= 0:
             self.writeback.add(self._writeback_fd, self._written_back, self._position - self._written_back)
             self.writeback.release(self._writeback_fd)
@@ -201,7 +227,7 @@ class ShardWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._close_file()  # after a failure: the staged folder is removed, its open shard must not leak
+        self._close_file(failed=exc[0] is not None)  # after a failure: the staged folder goes, its shard must not leak
         self.writeback.close()
 
     def finish(self) -> dict[str, object]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.direct_io import STAGING_BYTES
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR
 from grow_cli.checkpoint.mapped import release
@@ -181,10 +182,11 @@ def _non_embedding(shape: tuple[int, ...], axes: tuple) -> int:
 def peak_bytes(plan: Plan, state: StatePlan) -> int:
     """Estimated peak memory of growing the moments (`write_state`), in float32: the largest carried tensor's two
     source moments (memory-mapped, resident once read, given back after it) and its scaled result, plus, for a
-    width growth, the gather buffers of both moments, which keep the largest size any tensor needed per axis."""
+    width growth, the gather buffers of both moments, which keep the largest size any tensor needed per axis; and
+    the direct-I/O staging buffers the moments are written through."""
     sizes = {t.name: numel(t.shape) for t in plan.binding.all_tensors()}
     carried = [(t, s) for t, s in zip(trained_tensors(plan), state.tensors, strict=True) if s.carried]
-    per_tensor = max((4 * (2 * sizes[s.role] + numel(t.shape)) for t, s in carried), default=0)
+    per_tensor = max((4 * (2 * sizes[s.role] + numel(t.shape)) for t, s in carried), default=0) + STAGING_BYTES
     if plan.width is None:
         return per_tensor
     axes: dict[int, int] = {}

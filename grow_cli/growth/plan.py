@@ -19,6 +19,7 @@ from grow_cli.arch.experts import depth_methods_keeping, depth_refusal, paramete
 from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.background import in_background, problem_so_far
+from grow_cli.checkpoint.direct_io import STAGING_BYTES
 from grow_cli.checkpoint.dtypes import FLOATING, numel
 from grow_cli.checkpoint.file_copy import CHUNK as COPY_BUFFER_BYTES
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
@@ -148,6 +149,8 @@ class Plan:
             peak = max(peak, read + work + t.nbytes)
         if self.width:  # one widened tensor is written while the next is computed (growth/expand.py)
             peak += max(numel(t.shape) * 4 for t in self.tensors)
+        if any(not self.without_arithmetic(t) for t in self.tensors):
+            peak += STAGING_BYTES  # computed bytes go to the disk through direct I/O's staging buffers
         return peak + max((t.nbytes for t in self.tensors if self.casts(t)), default=0)  # the cast being written
 
     def without_arithmetic(self, t: OutputTensor) -> bool:
