@@ -223,3 +223,31 @@ def test_a_copied_tensor_must_be_named_in_source_offsets(tmp_path):
     writer = ShardWriter(tmp_path, plan_shards([PlannedTensor("a", (4,), "F32")], 10**9))
     with open(tmp_path / "src", "rb") as f, pytest.raises(AssertionError, match="source_offsets"):
         writer.write("a", FileRange(f.fileno(), 0, 16, "src"))
+
+
+def test_a_failed_direct_write_is_raised_once_and_a_discarding_close_still_closes(tmp_path, monkeypatch):
+    """A write that fails in the appender's thread (a full disk) is raised by the next append that needs its buffer;
+    the close that follows a failure (`discard`) neither raises it again nor leaks the descriptor."""
+    import errno
+    import os
+
+    from grow_cli.checkpoint import direct_io
+
+    if not _direct_io_here(tmp_path):
+        pytest.skip("this filesystem has no direct I/O")
+    monkeypatch.setattr(direct_io, "STAGE", direct_io.ALIGN)
+    raised, in_flight = direct_io.open_direct(tmp_path / "a"), direct_io.open_direct(tmp_path / "b")
+    assert raised is not None and in_flight is not None
+
+    def full_disk(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct_io, "_write_all", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        raised.append(memoryview(bytes(3 * direct_io.ALIGN)))
+    in_flight.append(memoryview(bytes(direct_io.ALIGN)))  # one full buffer: its write fails in the thread
+    for appender in (raised, in_flight):
+        fd = appender.fd
+        appender.close(discard=True)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed

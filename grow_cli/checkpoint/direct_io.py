@@ -2,10 +2,11 @@
 
 Bytes that Python computes (a widened tensor, a dtype cast, grown optimizer moments) used to be written into the
 page cache, then written back (`durable.py`). Each written page is first a fresh page-cache page: on the VM where
-grow is developed, 3.5 GB of such writes took 0.8–8.7 s of system time from run to run for the same bytes, while
-the same bytes written with `O_DIRECT` took 1.9–2.3 s, fsync included, every time, with 0.1–0.2 s of system time
-(docs/benchmarks.md, eighth session). Direct I/O moves the bytes from our memory to the disk by DMA, so the core that
-paid for the page cache computes the next tensor instead, and the final fsync has nothing left to write back.
+grow is developed, 3.5 GB of such writes took 0.8–8.7 s, nearly all of it system time, from run to run for the same
+bytes, while the same bytes written with `O_DIRECT` took 1.9–3.7 s, fsync included, as fast as the disk took them,
+with a tenth of the system time (`benchmarks/bench_writes.py`; docs/benchmarks.md, eighth session). Direct I/O
+moves the bytes from our memory to the disk by DMA, so the core that paid for the page cache computes the next
+tensor instead, and the final fsync has nothing left to write back.
 
 Direct I/O wants the memory address, the file offset and the length aligned to the device's block size; tensors
 land at any 8-byte offset. So bytes are staged in two page-aligned buffers taken in turn: a full buffer is written
@@ -19,6 +20,7 @@ reading them into the staging buffers: 1.7–1.9 s against 2.0–2.3 s for a 2.1
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -99,7 +101,11 @@ class DirectAppender:
         if self.fd < 0:
             return
         try:
-            self._wait()
+            if discard:  # a failure is being handled: what the write in flight answers no longer matters
+                with contextlib.suppress(OSError):
+                    self._wait()
+            else:
+                self._wait()
             if not discard and self._fill:
                 padded = self._fill + (-self._fill % ALIGN)
                 view = self._views[self._current]
