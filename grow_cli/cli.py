@@ -82,20 +82,23 @@ def _run_app() -> None:
         _report(f"error: {exc.format_message()}")
         sys.exit(exc.exit_code)
     except typer.Abort:  # end of input at a prompt
-        _report("aborted")
+        _report("aborted", error=False)
         sys.exit(1)
     if code == 130:
-        _report("interrupted (Ctrl-C)")
+        _report("interrupted (Ctrl-C)", error=False)
     sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
 
 
-def _report(line: str) -> None:
+def _report(line: str, *, error: bool = True) -> None:
     """Print the run's last line on stderr: once under a distributed launch when every process found the same
-    thing before the processes joined up, else from every rank, naming it (`grow_cli.launch`)."""
-    from grow_cli.launch import error_prefix
+    thing before the processes joined up, else from every rank, naming it (`grow_cli.launch`). A process that says
+    nothing of an `error` waits for the one that says it (an interruption ends every process anyway)."""
+    from grow_cli.launch import error_prefix, wait_for_the_reporting_process
 
     prefix = error_prefix()
-    if prefix is not None:
+    if prefix is None and error:
+        wait_for_the_reporting_process()
+    elif prefix is not None:
         print(prefix + line, file=sys.stderr)
 
 
@@ -161,7 +164,7 @@ def main() -> None:
         _report(f"error: permission denied: {where}; check its owner and mode (or run as a user who may use it)")
         sys.exit(1)
     except Terminated:
-        _report("terminated (SIGTERM); nothing unfinished was left behind")
+        _report("terminated (SIGTERM); nothing unfinished was left behind", error=False)
         sys.exit(Terminated.exit_code)
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):

@@ -13,7 +13,11 @@ The launcher sets WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
+
+FIRST_PROCESS_WAIT = 10.0  # seconds a silent process gives its machine's first process to report the same error
 
 
 def _env_int(name: str, default: int) -> int:
@@ -41,3 +45,13 @@ def error_prefix() -> str | None:
     if _env_int("LOCAL_RANK", _env_int("RANK", 0)) != 0:
         return None
     return f"[node {_env_int('GROUP_RANK', 0)}] " if _env_int("LOCAL_WORLD_SIZE", world) < world else ""
+
+
+def wait_for_the_reporting_process() -> None:
+    """Before a silent process (`error_prefix` None) exits with its error, give its machine's first process time to
+    report the same error. The launcher ends every process as soon as one exits with an error, so a silent process
+    that exited first had the reporting one killed before its line: the launch then failed without a word (seen
+    under load, and every time once grow's exit got faster). The launcher's SIGTERM, sent when the first process
+    exits, ends this wait at once and quietly (SIGTERM's default action)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(FIRST_PROCESS_WAIT)

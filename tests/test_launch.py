@@ -53,3 +53,28 @@ def test_once_the_group_exists_every_rank_speaks_with_its_rank(monkeypatch):
     for rank in range(4):
         _launched(monkeypatch, rank=rank, local_rank=rank % 2, world=4, local_world=2, node=rank // 2)
         assert error_prefix() == f"[rank {rank}] "
+
+
+def test_a_silent_process_waits_until_the_launcher_ends_it(tmp_path):
+    """A process that says nothing of an error found before the group exists does not exit first: the launcher
+    would then end the process that reports it before its line. It waits; the launcher's SIGTERM (sent when the
+    reporting process exits) ends it quietly, by the signal's default action."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grow_cli", "expand", tmp_path / "missing", tmp_path / "out", "--layers", "4"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)  # well past the refusal (~0.3 s here), well within the wait
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert still_running and proc.returncode == -signal.SIGTERM, (proc.returncode, stderr)
+    assert stderr == ""
