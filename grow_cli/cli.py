@@ -99,7 +99,9 @@ def _report(line: str, *, error: bool = True) -> None:
     if prefix is None and error:
         wait_for_the_reporting_process()
     elif prefix is not None:
-        print(prefix + line, file=sys.stderr)
+        # One write per line: under PYTHONUNBUFFERED `print` writes the text and its newline apart, and the ranks'
+        # lines, sharing one pipe, then run together.
+        sys.stderr.write(f"{prefix}{line}\n")
 
 
 def _command_path(exc: Any) -> str:

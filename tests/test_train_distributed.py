@@ -104,7 +104,9 @@ model, data, out = sys.argv[1:]
 for run in ("first", "second"):
     settings = dict(max_steps=2, seq_len=32, eval_fraction=0.1, quiet=True)
     result = grow_cli.train_stage(grow_cli.TrainConfig(model=model, data=data, out=f"{out}/{run}", **settings))
-    print(json.dumps({"rank": os.environ["RANK"], "run": run, "status": result["status"]}), flush=True)
+    # one write per line (not print's two under PYTHONUNBUFFERED): both ranks share the pipe
+    sys.stdout.write(json.dumps({"rank": os.environ["RANK"], "run": run, "status": result["status"]}) + "\\n")
+    sys.stdout.flush()
 """
 
 
