@@ -66,7 +66,7 @@ def write_recipe(tmp_path, members, **top):
                 f"members[0].train.{key}: {want}",
             )
             for key, value, want in [
-                ("max_lr", [1], "expected int or float or str, found [1]"),
+                ("max_lr", [1], "expected int, float or str, found [1]"),
                 ("eval_every", 2.5, "expected int, found 2.5"),
                 ("seq_len", 32.5, "expected int, found 32.5"),
                 ("schedule_offset", [1], "expected int or str, found [1]"),

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import OptionError, UsageError
-from grow_cli.field_types import accepts
+from grow_cli.field_types import accepts, type_names
 from grow_cli.growth.spec import GrowthSpec, field_types
 
 TOP_KEYS = {
@@ -203,8 +203,7 @@ def _mapping(value: Any, where: str, allowed: set[str] | dict[str, Any]) -> dict
 def _typed(value: Any, where: str, kind: Any) -> Any:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not accepts(kinds, value):
-        names = " or ".join(k.__name__ for k in kinds if k is not type(None))  # null is the default: not named
-        raise _fail(where, f"expected {names}, found {value!r}")
+        raise _fail(where, f"expected {type_names(kinds)}, found {value!r}")  # null, a default, is not named
     return value
 
 
