@@ -110,13 +110,10 @@ MOE_PARTS = {"router", "expert", "shared_expert", "shared_gate"}
 FFN_ROLES = {"gate", "up", "down", "gate_up"}
 LAYER_KINDS = {"sparse", "dense"}
 EXPERT_LAYOUTS = {"per_expert", "fused"}
-_TOP_KEYS = {
+_REQUIRED_KEYS = {
     "name",
     "model_types",
-    "description",
     "config",
-    "config_defaults",
-    "tie_default",
     "norm",
     "residual",
     "positions",
@@ -125,6 +122,11 @@ _TOP_KEYS = {
     "layer_prefix",
     "layer",
     "final",
+}
+_TOP_KEYS = _REQUIRED_KEYS | {
+    "description",
+    "config_defaults",
+    "tie_default",
     "buffers",
     "layer_lists",
     "ffn_default_multiple",
@@ -363,19 +365,7 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(unknown)}")
-    missing = {
-        "name",
-        "model_types",
-        "config",
-        "norm",
-        "residual",
-        "positions",
-        "prefixes",
-        "embeddings",
-        "layer_prefix",
-        "layer",
-        "final",
-    } - set(raw)
+    missing = _REQUIRED_KEYS - set(raw)
     if missing:
         raise _fail(where, f"missing key(s) {sorted(missing)}")
     roles = set(raw["config"])
