@@ -25,7 +25,9 @@ fetch() {
 run() {
   local out="${OUT:-gpu-out}"
   mkdir -p "$out"
-  if [ -d .whl ]; then  # absent where grow's dependencies are installed already
+  # .whl: absent where grow's dependencies are installed already; its wheels are for that machine's Python 3.12, so a
+  # smoke run here leaves them out.
+  if [ -d .whl ] && [ -z "${GPU_SESSION_SMOKE:-}" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD"
   fi
