@@ -4,12 +4,14 @@ cache, and from the torch-free child process. The answers must be identical, wha
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 import tiny_decoders
 import tiny_models
 
-from grow_cli import cache
+from grow_cli import background, cache
 from grow_cli.arch import hf_config
 from grow_cli.arch.layer_lists import transformers_params
 
@@ -45,6 +47,14 @@ def test_the_child_answers_as_transformers_does_here(child):
     assert here[-2]["built"] is False or here[-2]["error"]
     assert here[-1] == {"built": False, "attributes": {}, "error": here[-1]["error"], "causal_lm": None}
     assert here[-1]["error"] and here[0]["causal_lm"].endswith("ForCausalLM") and here[1]["causal_lm"] is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="grow lowers a thread's priority on Linux only")
+def test_the_child_runs_below_this_process_s_priority(child):
+    """On a first run the child imports transformers while grow writes its first bytes: the writing comes first."""
+    hf_config._ask_child({"model_type": "llama", "params": {}, "causal_lm": False})  # answered: it is past its start
+    lowered = min(os.getpriority(os.PRIO_PROCESS, 0) + background.NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, hf_config._child.pid) == lowered
 
 
 def test_without_transformers_loaded_answers_come_from_the_child_then_the_cache(monkeypatch, child):

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import threading
 
 import pytest
 
-from grow_cli import cache
+from grow_cli import background, cache
 from grow_cli.checkpoint import source
 from grow_cli.checkpoint.source import FileHasher, file_sha256
 
@@ -68,3 +70,17 @@ def test_a_cancelled_hasher_stops(tmp_path, monkeypatch):
     hasher.cancel()
     hasher._thread.join(timeout=10)
     assert not hasher._thread.is_alive() and "big.bin" not in hasher.result()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")
+def test_the_hasher_runs_below_the_main_thread_s_priority(tmp_path, monkeypatch):
+    """Hashing is waited for only at the end of a run: it gives its core to the thread that writes the output."""
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    seen = []
+    real = source.file_sha256
+    own = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
+    monkeypatch.setattr(source, "file_sha256", lambda *a: seen.append(own()) or real(*a))
+    before = own()
+    FileHasher([path]).result()
+    assert seen == [min(before + background.NICENESS, 19)] and own() == before

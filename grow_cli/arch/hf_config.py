@@ -37,6 +37,8 @@ _CHILD_CODE = """
 import json, os, sys
 sys.path[:0] = json.loads(sys.argv[1])
 sys.modules["torch"] = None  # transformers then treats torch as absent: its configs load in a fraction of the time
+from grow_cli.background import lower_priority
+lower_priority()  # the parent's own work comes first
 from grow_cli.arch.hf_config import answer, list_models_once
 list_models_once()
 for line in sys.stdin:

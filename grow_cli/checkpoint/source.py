@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli import cache
+from grow_cli.background import lower_priority
 from grow_cli.checkpoint.claim import writer_of
 from grow_cli.checkpoint.kinds import refuse_gguf_file
 from grow_cli.errors import CheckpointError
@@ -113,6 +114,7 @@ class FileHasher:
         self._thread.start()
 
     def _run(self) -> None:
+        lower_priority()
         try:
             for path in self.files:
                 sha = file_sha256(path, self._cancelled)
