@@ -382,7 +382,7 @@ def _execute(
         },
         "notes": plan.notes,
         "seconds": round(time.perf_counter() - started, 3),
-        "write_seconds": round(write_seconds, 3),
+        "write_seconds": round(write_seconds, 3),  # the rest of `seconds` is --verify's, and the lineage's
     }
 
 

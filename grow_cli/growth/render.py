@@ -93,7 +93,7 @@ def render_expand(report: dict[str, Any]) -> None:
         out.print(f"  {_moe(report['moe'])}")
     files = report["files"]
     out.print(
-        f"  wrote {format_bytes(files['bytes'])} in {files['shards']} shard(s) in {report['seconds']:.2f} s; "
+        f"  wrote {format_bytes(files['bytes'])} in {files['shards']} shard(s) in {report['write_seconds']:.2f} s; "
         f"copied {len(files['copied'])} file(s)"
     )
     if files["skipped"]:
@@ -111,7 +111,8 @@ def render_expand(report: dict[str, Any]) -> None:
         }
         out.print(
             f"  verify on {check['tokens']} {check['probe']} tokens: max |Δ| {check['max_abs_logit_diff']:.3g}, "
-            f"mean KL {kl}, top-1 agreement {top1} — {verdict[check['passed']]}"
+            f"mean KL {kl}, top-1 agreement {top1} — {verdict[check['passed']]}, "
+            f"in {report['seconds'] - report['write_seconds']:.1f} s"
         )
     if report.get("training_state"):
         render_training_state(report["training_state"])
