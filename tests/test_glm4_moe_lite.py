@@ -112,12 +112,14 @@ def test_stacking_applies_writes_the_repeated_list_and_loads_but_is_not_exact(so
     assert sorted(routing(grown)) == [j for j, kind in enumerate(kinds * 2) if kind == "sparse"]
 
 
-def test_inspect_reads_the_list_and_every_depth_method_applies(sources):
+def test_inspect_reads_the_list_and_every_depth_method_but_staged_identity_applies(sources):
     info = inspect(str(sources["released"]))
     assert info["dense_layers"] == [0] and info["sparse_layers"] == [1, 2]
     assert [n["name"] for n in info["not_read"]] == ["model.layers.3.*"]  # the multi-token-prediction layer
     assert info["config_spaces"] == {"q_lora": 24, "kv_lora": 16, "kv_a": 20, "mla_q": 48, "mla_kv": 64, "mla_o": 32}
-    assert all(m["applies"] and "only" not in m for m in info["methods"]["depth"])
+    depth = {m["method"]: m for m in info["methods"]["depth"]}
+    assert depth.pop("staged-identity")["applies"] is False  # its latent norms would keep new layers from training
+    assert all(m["applies"] and "only" not in m for m in depth.values())
     assert inspect(str(sources["middle"]))["dense_layers"] == [1]
 
 

@@ -83,8 +83,9 @@ def test_width_factor_grows_hidden_and_ffns_and_says_what_it_keeps(cli, sources,
     assert "num_attention_heads=4" in note and "--width-factor 2 scales the rest: hidden 32 → 64" in note
     gap, _ = compare(load("deepseek_v3", out), reference["deepseek_v3"], probe_ids(), generate=False)
     assert gap <= EXACT, gap
-    info = inspect(str(sources["deepseek_v2"]))
-    assert all(m["applies"] and "num_attention_heads" in m["only"] for m in info["methods"]["width"])
+    width = {m["method"]: m for m in inspect(str(sources["deepseek_v2"]))["methods"]["width"]}
+    assert "keeps num_attention_heads" in width.pop("staged")["why"]  # staged needs the heads ×k
+    assert all(m["applies"] and "num_attention_heads" in m["only"] for m in width.values())
 
 
 def test_aki_and_a_perturbed_latent_projection_are_not_exact_negative_control(sources, reference, tmp_path):
@@ -118,6 +119,15 @@ def _names(shard) -> set[str]:
             "would change num_attention_heads 4 → 8 (it sizes mla_q, mla_kv, mla_o); drop --num-heads",
         ),
         (["--hidden-size", "64", "--num-kv-heads", "8"], "deepseek_v3 has no separate KV heads"),
+        # staged needs every space ×k, the heads too: no flag can give it that here, so none is suggested
+        *(
+            (
+                ["--width-method", "staged", *size],
+                "--width-method staged does not apply to deepseek_v3 (it grows every space ×k, the heads too, and "
+                "deepseek_v3's width growth keeps num_attention_heads); use --width-method",
+            )
+            for size in (["--width-factor", "2"], ["--hidden-size", "64"])
+        ),
     ],
 )
 def test_changing_a_key_of_a_config_space_is_refused_before_anything_is_written(cli, sources, tmp_path, args, phrase):

@@ -129,7 +129,12 @@ def test_stacking_is_refused_in_one_line_before_anything_is_written(cli, sources
         lines = result.stderr.strip().splitlines()
         assert result.code == 2 and len(lines) == 1, result.stderr
         assert "dense layers at 3, after MoE layers" in lines[0] and "first_k_dense_replace" in lines[0]
-        assert "use --depth-method interleave, interpolate, identity or staged-identity" in lines[0]
+        others = (
+            "interleave, interpolate or identity"
+            if key == "deepseek_v3"
+            else "interleave, interpolate, identity or staged-identity"
+        )
+        assert f"use --depth-method {others}" in lines[0]  # staged-identity: never on latent attention (test_staged.py)
         assert not out.exists()
     # SOLAR's dus keeps the prefix only while its overlap covers the dense layer: 3 → 4 runs, 3 → 6 does not
     assert cli("expand", sources[key], out, "--layers", "6", "--depth-method", "dus").code == 2 and not out.exists()
@@ -144,8 +149,11 @@ def test_inspect_lists_the_depth_methods_that_keep_the_prefix(sources):
     depth = {m["method"]: m for m in info["methods"]["depth"]}
     assert depth["stack"]["applies"] is False and "first_k_dense_replace" in depth["stack"]["why"]
     assert depth["dus"] == {"method": "dus", "applies": True, "only": "up to --layers 4"}
-    assert all(depth[m]["applies"] and "only" not in depth[m] for m in ("interleave", "identity", "staged-identity"))
-    assert all(m["applies"] and "num_attention_heads" in m["only"] for m in info["methods"]["width"])
+    assert all(depth[m]["applies"] and "only" not in depth[m] for m in ("interleave", "identity"))
+    assert depth["staged-identity"]["applies"] is False and "never train" in depth["staged-identity"]["why"]
+    width = {m["method"]: m for m in info["methods"]["width"]}
+    assert width.pop("staged")["applies"] is False  # it needs the heads ×k, which MLA keeps
+    assert all(m["applies"] and "num_attention_heads" in m["only"] for m in width.values())
     glm = inspect(str(sources["glm4_moe-fused"]))
     assert glm["expert_layout"] == "fused" and all(m["applies"] for m in glm["methods"]["width"])
     model = load("glm4_moe", sources["glm4_moe"])

@@ -5,8 +5,10 @@ every architecture they apply to, with the paper's layout checked tensor by tens
 from __future__ import annotations
 
 import pytest
+import tiny_moe
 import torch
 from behaviour import tensors
+from safetensors.torch import load_file, save_file
 from tiny_models import ALL, DECODERS, MODEL_CLASSES, probe_ids
 
 from grow_cli.errors import OptionError
@@ -141,6 +143,42 @@ def test_staged_identity_leaves_a_swiglu_mlp_at_a_stationary_point(tiny_checkpoi
         str(tiny_checkpoints("llama")), None, GrowthSpec(depth_method="staged-identity", layers=8), dry_run=True
     )
     assert any("stationary point" in note for note in report["plan"]["notes"])
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "deepseek_v2", "glm4_moe_lite"])
+def test_staged_identity_is_refused_where_latent_norms_would_leave_new_layers_untrainable(tmp_path, monkeypatch, name):
+    """Multi-head latent attention normalises its query and key-value latents: with those gains zeroed too, behind
+    the zero pre-norm gain, no tensor of a new layer gets a gradient, ever — measured here on a growth the refusal is
+    lifted for, with a negative control: the same layers with their latent gains at one do train."""
+    src = tiny_moe.save(name, tmp_path / "src")
+    with pytest.raises(OptionError, match="normalises latents .* so the new layers would never train"):
+        expand(str(src), None, GrowthSpec(depth_method="staged-identity", layers=6), dry_run=True)
+
+    monkeypatch.setattr(staged, "latent_norms", lambda arch: [])
+    out = tmp_path / "out"
+    expand(str(src), out, GrowthSpec(depth_method="staged-identity", layers=6), quiet=True)
+    new = ("model.layers.1.", "model.layers.3.", "model.layers.5.")
+
+    def new_layer_grads(folder):
+        model = tiny_moe.model_class(name).from_pretrained(folder, dtype=torch.float32).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(input_ids=tiny_moe.probe_ids(), labels=tiny_moe.probe_ids()).loss.backward()
+            optimizer.step()
+        return {n: float(p.grad.abs().max()) for n, p in model.named_parameters() if n.startswith(new)}
+
+    grads = new_layer_grads(out)
+    assert len(grads) >= 24 and not any(grads.values()), {n: g for n, g in grads.items() if g}
+    latent = []
+    for shard in out.glob("*.safetensors"):
+        weights = load_file(shard)
+        gains = [
+            n for n in weights if n.startswith(new) and n.endswith(("q_a_layernorm.weight", "kv_a_layernorm.weight"))
+        ]
+        save_file({**weights, **{n: torch.ones_like(weights[n]) for n in gains}}, shard, metadata={"format": "pt"})
+        latent += gains
+    assert latent and new_layer_grads(out)["model.layers.1.input_layernorm.weight"] > 0
 
 
 def test_staged_identity_is_refused_after_a_post_norm(tiny_checkpoints):

@@ -1,6 +1,7 @@
 """Growing a training run, not only its weights: `grow expand` of a train-stage checkpoint writes the grown AdamW
-state, `grow train-stage --resume grown` continues it — checked on a tiny Llama and a tiny GPT-2 on real Shakespeare
-(fp32, clipping off, dropout off).
+state, `grow train-stage --resume grown` continues it — checked on a tiny Llama, a tiny GPT-2 and a tiny DeepSeek-V3
+(latent attention, routed and shared experts, a dense first layer) on real Shakespeare (fp32, clipping off, dropout
+off).
 
 The properties (docs/training-state.md):
 * one step: every grown weight with a counterpart in the source equals the grown image of one AdamW step of the
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tiny_moe
 import torch
 import transformers as tf
 from safetensors.torch import load_file
@@ -51,7 +53,7 @@ PARTLY = {  # exact where a counterpart exists; new entries train from zero mome
     "identity": dict(depth_method="identity", layers=4),
     "staged-identity": dict(depth_method="staged-identity", layers=4),
 }
-ARCHS = ("llama", "gpt2")
+ARCHS = ("llama", "gpt2", "deepseek_v3")  # deepseek_v3: latent attention, routed and shared experts, a dense layer
 
 
 def train(**settings):
@@ -73,6 +75,10 @@ def tiny_model(arch: str, folder: Path) -> Path:
     torch.manual_seed(0)
     if arch == "llama":
         model = tf.LlamaForCausalLM(tiny_config())
+    elif arch == "deepseek_v3":
+        config = tiny_moe.config(arch)
+        config.vocab_size = tiny_config().vocab_size  # the tokenizer's
+        model = tf.DeepseekV3ForCausalLM(config)
     else:
         config = tf.GPT2Config(vocab_size=512, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
                                eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
@@ -185,7 +191,7 @@ def one_step(lab: Lab, source: Source, run: Path, spec: dict, *, image_of: Path 
         if mask is None:
             moved = max(moved, float((after[name] - grown_before[name]).abs().max()))
             continue
-        scale = float(image[name][mask].abs().max())
+        scale = float(image[name][mask].abs().max()) or 1.0  # all zeros: a router's untrained correction bias
         worst = max(worst, float((after[name] - image[name])[mask].abs().max()) / scale)
         if not mask.all():
             moved = max(moved, float((after[name] - grown_before[name])[~mask].abs().max()))
@@ -223,8 +229,12 @@ def test_exact_width_growth_continues_the_source_run(lab, arch, case):
     assert f"continued the grown training state of step {N}" in card and "LR ×0.5" in card
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("case", PARTLY)
+@pytest.mark.parametrize(
+    ("arch", "case"),
+    # refused for DeepSeek: staged needs its heads ×k (test_mla_width.py); staged-identity's new layers would never
+    # train behind its zeroed latent norms (test_staged.py)
+    [(arch, case) for arch in ARCHS for case in PARTLY if arch != "deepseek_v3" or case == "identity"],
+)
 def test_new_entries_train_from_fresh_moments_and_the_rest_is_exact(lab, arch, case):
     source, spec = lab.source(arch), PARTLY[case]
     grown = lab.grown(arch, case, **spec)

@@ -187,7 +187,7 @@ OPERATORS: tuple[Operator, ...] = (
         exact="always (the same integer factor for every space)",
         how="every map tiled ×k, matrices block-diagonal (not divided), the norm before the head divided by k",
         implementation=staged.StagedWidth,
-        refusal=_width_refusal,
+        refusal=staged.staged_width_refusal,
     ),
     Operator(
         name="zero",

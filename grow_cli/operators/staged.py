@@ -29,10 +29,21 @@ from grow_cli.arch.binding import BoundTensor
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape
 from grow_cli.errors import OptionError
+from grow_cli.operators.config_spaces import kept_roles
 from grow_cli.operators.width import WidthOperator, _along
 
 if TYPE_CHECKING:
     import torch
+
+
+def staged_width_refusal(arch: ArchDef) -> str | None:
+    """Why staged width growth cannot apply to `arch`, or None: width growth's own refusal, or heads that width growth
+    keeps as they are (DeepSeek's, which size its latent attention), where staged needs every space ×k."""
+    if arch.width_refusal is not None:
+        return arch.width_refusal
+    if "heads" in kept_roles(arch):
+        return f"it grows every space ×k, the heads too, and {arch.name}'s width growth keeps {arch.config['heads']}"
+    return None
 
 
 class StagedWidth(WidthOperator):
@@ -172,7 +183,23 @@ def staged_identity_refusal(arch: ArchDef) -> str | None:
         return f"the {arch.name} definition has no norm gain in its layers to zero"
     if any(w.kind == "other" for w in arch.layer):
         return f"the {arch.name} definition has layer tensors grow cannot initialise (kind 'other')"
+    if latent := latent_norms(arch):
+        return (
+            f"its attention normalises latents ({', '.join(latent)}) whose gains would start at zero too: behind the "
+            "zero pre-norm gain, every gradient in a new layer is then exactly zero at every step, so the new layers "
+            "would never train"
+        )
     return None
+
+
+def latent_norms(arch: ArchDef) -> list[str]:
+    """The layer's norms of a latent that a projection into another inner space reads: multi-head latent attention's
+    q_a_layernorm and kv_a_layernorm. Not the pre- or post-norms (the hidden state's) nor per-head q/k norms (only the
+    attention, or the output projection, reads what they normalise). staged-identity zeroes every gain: a value
+    latent whose gain is zero is zero whatever its input, so nothing upstream of it gets a gradient, and its own gain
+    gets none either, because its input is the output of the zeroed pre-norm (measured: tests/test_staged.py)."""
+    inside = {w.axes[w.in_axis] for w in arch.layer if w.in_axis is not None and "hidden" not in _out_spaces(w)}
+    return [w.name for w in arch.layer if w.kind == "norm" and w.axes[-1] != "hidden" and w.axes[-1] in inside]
 
 
 def gated_mlp(arch: ArchDef) -> bool:
