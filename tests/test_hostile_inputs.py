@@ -391,7 +391,7 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.train("--max-steps", 1, "--tokenizer", c.tmp / "tok"), f"the tokenizer folder {c.tmp / 'tok'} does not"
     if name == "family-train-max-lr-list":
         doc = {"members": [{"name": "a", "config": FRESH, "tokenizer": str(c.lm), "train": {"max_lr": [1]}}]}
-        return ["family", c.recipe(doc), "--check"], "members[0].train.max_lr: expected int or float or str"
+        return ["family", c.recipe(doc), "--check"], "members[0].train.max_lr: expected int, float or str"
     if name == "untied-head-missing":
         _rewrite_tensors(c, _drop_head)
         return c.expand(), "if it is meant to be model.embed_tokens.weight, set tie_word_embeddings true"
