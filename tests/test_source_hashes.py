@@ -84,3 +84,38 @@ def test_the_hasher_runs_below_the_main_thread_s_priority(tmp_path, monkeypatch)
     before = own()
     FileHasher([path]).result()
     assert seen == [min(before + background.NICENESS, 19)] and own() == before
+
+
+def _hub_snapshot(src, root, rename=lambda name, sha: sha):
+    """`src` laid out as the Hugging Face cache lays out a download: snapshots/<rev>/<file> links to blobs/<name>,
+    a large file's blob named by its sha256 (here every shard's: `rename` may misname one), a small one's by a git
+    sha1 (here a made-up one)."""
+    blobs, snapshot = root / "blobs", root / "snapshots" / "0123abcd"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, path in enumerate(sorted(src.iterdir())):
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        name = rename(path.name, sha) if path.suffix == ".safetensors" else f"{i:040x}"
+        (blobs / name).write_bytes(path.read_bytes())
+        (snapshot / path.name).symlink_to(blobs / name)
+    return snapshot
+
+
+def test_a_download_whose_bytes_do_not_match_the_hub_s_sha256_is_refused(tiny_checkpoints, tmp_path, cli):
+    """huggingface_hub can report success for a damaged download (huggingface/huggingface_hub#3643): the blob's
+    name, the sha256 the Hub gave the file, then differs from the hash of its bytes, which grow computes anyway."""
+    src = tiny_checkpoints("llama")
+    good = _hub_snapshot(src, tmp_path / "good")
+    result = cli("expand", good, tmp_path / "out", "--layers", "8", "--json")
+    assert result.code == 0, result.stderr
+    assert source.hub_sha256(next(good.glob("*.safetensors"))) is not None
+
+    damaged_shard = sorted(p.name for p in src.glob("*.safetensors"))[-1]
+    flip = lambda name, sha: ("0" if sha[0] != "0" else "1") + sha[1:] if name == damaged_shard else sha  # noqa: E731
+    bad = _hub_snapshot(src, tmp_path / "bad", rename=flip)
+    out = tmp_path / "out2"
+    result = cli("expand", bad, out, "--layers", "8")
+    lines = result.stderr.strip().splitlines()
+    assert result.code != 0 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {damaged_shard} is a damaged download: its bytes hash to sha256 "), lines[0]
+    assert "delete " in lines[0] and "/blobs/" in lines[0] and not out.exists()

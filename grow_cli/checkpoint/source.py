@@ -106,7 +106,7 @@ class FileHasher:
 
     files: list[Path]
     _hashes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _error: BaseException | None = None
+    _error: CheckpointError | None = None
 
     def __post_init__(self) -> None:
         self._cancelled = threading.Event()
@@ -120,9 +120,12 @@ class FileHasher:
                 sha = file_sha256(path, self._cancelled)
                 if sha is None:
                     return
+                if (damaged := _damaged_download(path, sha)) is not None:
+                    self._error = damaged
+                    return
                 self._hashes[path.name] = {"sha256": sha, "size": path.stat().st_size}
         except OSError as exc:
-            self._error = exc
+            self._error = CheckpointError(f"cannot hash source files: {exc}")
 
     def cancel(self) -> None:
         """Stop hashing (when the run ends without needing the hashes); harmless once they are done."""
@@ -131,8 +134,31 @@ class FileHasher:
     def result(self) -> dict[str, dict[str, Any]]:
         self._thread.join()
         if self._error is not None:
-            raise CheckpointError(f"cannot hash source files: {self._error}")
+            raise self._error
         return dict(self._hashes)
+
+
+def hub_sha256(path: Path) -> str | None:
+    """The sha256 the Hub gave a large file, where `path` is a Hugging Face cache snapshot's link to its blob: the
+    blob's name (`blobs/<sha256>`, the file's LFS/Xet etag). None elsewhere: a plain folder, or a small file, whose
+    blob is named by its git sha1."""
+    if not path.is_symlink():
+        return None
+    blob = path.resolve()
+    return blob.name if blob.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", blob.name) else None
+
+
+def _damaged_download(path: Path, sha: str) -> CheckpointError | None:
+    """A Hub download whose bytes do not hash to the sha256 the Hub named them by: huggingface_hub can report success
+    for such a file (huggingface/huggingface_hub#3643, large Xet files), and a model grown from it would carry the
+    damage. grow hashes the source anyway, so checking costs nothing."""
+    expected = hub_sha256(path)
+    if expected is None or expected == sha:
+        return None
+    return CheckpointError(
+        f"{path.name} is a damaged download: its bytes hash to sha256 {sha[:16]}…, not to the {expected[:16]}… the Hub "
+        f"gave it; delete {path.resolve()} and download it again (give grow the Hub id, or run hf download)"
+    )
 
 
 RACY_SECONDS = 2.0  # a file modified this recently may change again within its timestamp's resolution
