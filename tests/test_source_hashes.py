@@ -119,3 +119,29 @@ def test_a_download_whose_bytes_do_not_match_the_hub_s_sha256_is_refused(tiny_ch
     assert result.code != 0 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {damaged_shard} is a damaged download: its bytes hash to sha256 "), lines[0]
     assert "delete " in lines[0] and "/blobs/" in lines[0] and not out.exists()
+
+
+@pytest.mark.parametrize(("etag_of", "noted", "refused"), [
+    (lambda sha: sha, 5, False),
+    (lambda sha: sha[::-1], 5, True),
+    (lambda sha: sha[::-1], -60, False),  # the file changed after the download: the note no longer speaks for it
+])  # fmt: skip
+def test_a_local_dir_download_is_checked_against_the_etag_huggingface_hub_noted(
+    tiny_checkpoints, tmp_path, cli, etag_of, noted, refused
+):
+    """`hf download --local-dir DIR` notes each file's commit, etag and download time under DIR/.cache/huggingface;
+    the etag of a large file is its sha256, and huggingface_hub trusts it while the file is unchanged since."""
+    import shutil
+    import time
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoints("llama"), folder)
+    notes = folder / ".cache" / "huggingface" / "download"
+    notes.mkdir(parents=True)
+    for shard in folder.glob("*.safetensors"):
+        sha = hashlib.sha256(shard.read_bytes()).hexdigest()
+        (notes / f"{shard.name}.metadata").write_text(f"0123abcd\n{etag_of(sha)}\n{time.time() + noted}\n")
+    out = tmp_path / "out"
+    result = cli("expand", folder, out, "--layers", "8")
+    assert (result.code != 0) == refused and out.exists() != refused, result.stderr
+    assert ("is a damaged download" in result.stderr) == refused, result.stderr

@@ -139,13 +139,23 @@ class FileHasher:
 
 
 def hub_sha256(path: Path) -> str | None:
-    """The sha256 the Hub gave a large file, where `path` is a Hugging Face cache snapshot's link to its blob: the
-    blob's name (`blobs/<sha256>`, the file's LFS/Xet etag). None elsewhere: a plain folder, or a small file, whose
-    blob is named by its git sha1."""
-    if not path.is_symlink():
-        return None
-    blob = path.resolve()
-    return blob.name if blob.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", blob.name) else None
+    """The sha256 the Hub gave a large file (its LFS/Xet etag), where huggingface_hub downloaded `path`: in its cache,
+    the name of the blob a snapshot links to (`blobs/<sha256>`); in a `--local-dir` folder, the etag it noted in
+    `.cache/huggingface/download/<name>.metadata` (commit, etag, download time), while the file is unchanged since.
+    None elsewhere, and for a small file (named by its git sha1)."""
+    if path.is_symlink():
+        blob = path.resolve()
+        return blob.name if blob.parent.name == "blobs" and _SHA256.fullmatch(blob.name) else None
+    try:
+        lines = (path.parent / ".cache" / "huggingface" / "download" / f"{path.name}.metadata").read_text().split("\n")
+        if len(lines) >= 3 and _SHA256.fullmatch(lines[1]) and path.stat().st_mtime - 1 <= float(lines[2]):
+            return lines[1]  # huggingface_hub itself trusts the etag while mtime ≤ download time + 1 s
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _damaged_download(path: Path, sha: str) -> CheckpointError | None:
