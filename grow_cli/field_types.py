@@ -63,6 +63,15 @@ def accepts(kinds: tuple[type, ...], value: object) -> bool:
     return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
 
 
+def as_python_scalar(value: object) -> object:
+    """A numpy scalar (`np.int64`, `np.float32`, `np.bool_`) as the Python int, float or bool it holds, so that a
+    caller's `layers=np.int64(8)` is 8 and everything downstream (grow.json, the config) stays plain JSON; any other
+    value as it is. Its type is then judged as a Python value's (`np.float64(3.0)` is still no count of layers)."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()  # type: ignore[attr-defined]
+    return value
+
+
 # What a refusal calls a type its annotation names in the abstract.
 PLAIN_NAMES: dict[type, str] = {os.PathLike: "path", Sequence: "list"}
 
@@ -75,7 +84,8 @@ def type_names(kinds: tuple[type, ...]) -> str:
 
 def checked_init(cls: C) -> C:
     """Make the dataclass `cls` refuse, at construction, an unknown or missing field and a value of the wrong type
-    (`GrowthSpec.layers: expected int, found '8' (str)`), before its own `__post_init__` checks run."""
+    (`GrowthSpec.layers: expected int, found '8' (str)`), before its own `__post_init__` checks run; a numpy number
+    is taken as the Python one (`as_python_scalar`)."""
     init = vars(cls)["__init__"]  # the one @dataclass wrote
     kinds = functools.cache(lambda: field_types(cls))
     signature = inspect.signature(init)
@@ -84,7 +94,7 @@ def checked_init(cls: C) -> C:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         bound = _bind(signature, cls.__name__, (self, *args), kwargs)
         _check_values(bound, kinds(), lambda name: f"{cls.__name__}.{name}")
-        init(self, *args, **kwargs)
+        init(*bound.args, **bound.kwargs)
 
     cls.__init__ = __init__  # type: ignore[misc]
     return cls
@@ -105,7 +115,7 @@ def checked_call(fn: Callable[P, R]) -> Callable[P, R]:
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
         bound = _bind(signature, f"{fn.__name__}()", args, kwargs)
         _check_values(bound, kinds(), lambda name: f"{fn.__name__}({name}=…)")
-        return fn(*args, **kwargs)
+        return fn(*bound.args, **bound.kwargs)
 
     return call
 
@@ -135,14 +145,18 @@ def _bind(signature: inspect.Signature, where: str, args: tuple, kwargs: dict[st
 def _check_values(
     bound: inspect.BoundArguments, kinds: dict[str, tuple[type, ...]], label: Callable[[str], str]
 ) -> None:
-    """Refuse the first bound argument whose value is not of its annotation's types (`*args`/`**kwargs` unchecked)."""
+    """Refuse the first bound argument whose value is not of its annotation's types (`*args`/`**kwargs` unchecked),
+    after taking a numpy scalar as the Python value it holds (`as_python_scalar`, in `bound`)."""
     for name, value in bound.arguments.items():
         allowed = kinds.get(name)
         variadic = bound.signature.parameters[name].kind in (
             inspect.Parameter.VAR_POSITIONAL,
             inspect.Parameter.VAR_KEYWORD,
         )
-        if allowed is None or variadic or accepts(allowed, value):
+        if allowed is None or variadic:
+            continue
+        value = bound.arguments[name] = as_python_scalar(value)
+        if accepts(allowed, value):
             continue
         shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:77]}…"
         made_by = next((MADE_BY[k.__name__] for k in allowed if k.__name__ in MADE_BY), None)

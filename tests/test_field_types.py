@@ -91,3 +91,18 @@ def test_a_checked_dataclass_refuses_at_construction_and_on_replace():
             _Settings(**kwargs)
     with pytest.raises(OptionError, match="_Settings.lr: expected int or float, found '1' "):
         dataclasses.replace(settings, lr="1")
+
+
+def test_numpy_scalars_are_taken_as_the_python_values_they_hold():
+    """A count or a rate computed with numpy (`np.int64`, `np.float32`, `np.bool_`) is the Python value it holds
+    (downstream, grow.json and the config stay plain JSON), judged as that value: a float is still no count."""
+    np = pytest.importorskip("numpy")
+    settings = _Settings(np.str_("x"), steps=np.int64(3), lr=np.float32(0.5))
+    assert (settings.steps, settings.lr) == (3, 0.5) and (type(settings.steps), type(settings.lr)) == (int, float)
+    assert type(_Settings("x", lr=np.int32(2)).lr) is int  # an int where a float is meant, as for Python's own
+    grow = checked_call(_grow)
+    assert grow("m", np.int16(8), verify=np.bool_(True), shard=np.uint64(5)) == "m 8 True 5"
+    with pytest.raises(OptionError, match=r"_Settings.steps: expected int, found 3.0 \(float\)"):
+        _Settings("x", steps=np.float64(3.0))
+    with pytest.raises(OptionError, match=r"_grow\(layers=…\): expected int, found array\(\[8\]\) \(ndarray\)"):
+        grow("m", np.array([8]))
