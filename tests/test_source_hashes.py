@@ -132,7 +132,6 @@ def test_a_local_dir_download_is_checked_against_the_etag_huggingface_hub_noted(
     """`hf download --local-dir DIR` notes each file's commit, etag and download time under DIR/.cache/huggingface;
     the etag of a large file is its sha256, and huggingface_hub trusts it while the file is unchanged since."""
     import shutil
-    import time
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_checkpoints("llama"), folder)
@@ -140,7 +139,8 @@ def test_a_local_dir_download_is_checked_against_the_etag_huggingface_hub_noted(
     notes.mkdir(parents=True)
     for shard in folder.glob("*.safetensors"):
         sha = hashlib.sha256(shard.read_bytes()).hexdigest()
-        (notes / f"{shard.name}.metadata").write_text(f"0123abcd\n{etag_of(sha)}\n{time.time() + noted}\n")
+        downloaded = shard.stat().st_mtime + noted  # the download's time, against the file's last change
+        (notes / f"{shard.name}.metadata").write_text(f"0123abcd\n{etag_of(sha)}\n{downloaded}\n")
     out = tmp_path / "out"
     result = cli("expand", folder, out, "--layers", "8")
     assert (result.code != 0) == refused and out.exists() != refused, result.stderr
