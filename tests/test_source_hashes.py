@@ -145,3 +145,21 @@ def test_a_local_dir_download_is_checked_against_the_etag_huggingface_hub_noted(
     result = cli("expand", folder, out, "--layers", "8")
     assert (result.code != 0) == refused and out.exists() != refused, result.stderr
     assert ("is a damaged download" in result.stderr) == refused, result.stderr
+
+
+def test_a_problem_the_hasher_finds_stops_the_writing_at_the_next_tensor(tiny_checkpoints, tmp_path, monkeypatch):
+    """A large damaged download is refused when found, not after the whole growth has been written: the writing
+    asks the hasher before each tensor (here it has found the problem before the first)."""
+    from grow_cli.checkpoint.writer import ShardWriter
+    from grow_cli.errors import CheckpointError
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
+
+    found = CheckpointError("model.safetensors is a damaged download: …")
+    monkeypatch.setattr(FileHasher, "problem", lambda self: found)
+    written = []
+    real = ShardWriter.write
+    monkeypatch.setattr(ShardWriter, "write", lambda self, name, data: written.append(name) or real(self, name, data))
+    with pytest.raises(CheckpointError, match="damaged download"):
+        expand(str(tiny_checkpoints("llama")), tmp_path / "out", GrowthSpec(layers=8), quiet=True)
+    assert written == [] and not (tmp_path / "out").exists()

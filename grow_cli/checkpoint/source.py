@@ -131,6 +131,10 @@ class FileHasher:
         """Stop hashing (when the run ends without needing the hashes); harmless once they are done."""
         self._cancelled.set()
 
+    def problem(self) -> CheckpointError | None:
+        """What hashing has found wrong so far (a damaged download, an unreadable file), without waiting for it."""
+        return self._error
+
     def result(self) -> dict[str, dict[str, Any]]:
         self._thread.join()
         if self._error is not None:

@@ -96,7 +96,9 @@ def materialize(
     return casts.tensor(("cast", index % 2), t.shape, t.dtype).copy_(result)
 
 
-def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=None) -> None:
+def stream(
+    plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=None, hasher: FileHasher | None = None
+) -> None:
     """Write every output tensor of `plan` in order, as `stored_bytes` or `materialize` makes it.
 
     A computed tensor is written by a background thread while the next one is computed (file writes and torch's
@@ -104,15 +106,16 @@ def stream(plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=No
     operators alternate two buffer sets (`WidthOperator.apply`), so the tensor being written is never the one being
     computed. Stored bytes and any tensor that lies in the reader's buffers are written in this thread, after the
     write in flight: their source range or buffer is only valid until the next read. The width operator's buffers
-    are freed at the end: growing the training state, next, takes buffers of its own.
+    are freed at the end: growing the training state, next, takes buffers of its own. A grown config transformers
+    refuses, or a source the `hasher` finds damaged, stops the writing at the next tensor.
     """
     pool, casts = BufferPool(), BufferPool()
     total = len(plan.tensors)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grow-write") as background:
         in_flight: Future | None = None
         for i, t in enumerate(plan.tensors):
-            if (problem := plan.config_problem()) is not None:
-                raise problem  # the grown config would not load: stop writing now (the temporary output goes)
+            if (problem := plan.config_problem() or (hasher.problem() if hasher else None)) is not None:
+                raise problem  # stop writing now (the temporary output goes)
             stored = stored_bytes(plan, reader, i)
             data = stored if stored is not None else materialize(plan, reader, i, pool, casts)
             if in_flight is not None:
@@ -315,7 +318,7 @@ def _execute(
             ShardWriter(tmp, plan.shards, source_offsets=copies, direct=not verify) as writer,
             byte_progress(f"growing 0/{len(plan.tensors)} tensors", total, quiet=quiet) as advance,
         ):
-            stream(plan, reader, writer, advance)
+            stream(plan, reader, writer, advance, hasher)
             writer.finish()
             grown_state = None
             if state is not None:
