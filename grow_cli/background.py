@@ -42,7 +42,7 @@ def problem_so_far(future: Future) -> BaseException | None:
     return future.exception() if future.done() else None
 
 
-NICENESS = 10  # how far below the main thread background work runs: it then gets a core only when one is free
+NICENESS = 10  # how far below the main thread background work runs: on a shared core it gets ~1/10 of the time
 
 
 def lower_priority() -> None:
@@ -50,7 +50,9 @@ def lower_priority() -> None:
     source's hashes, the grown config's check by transformers) then takes no CPU from the work that writes the next
     byte. On the 2-core machine where grow is developed, a first run's width ×2 growth wrote its first byte 0.18 s
     sooner and ended 0.45 s sooner (medians of 8 alternated runs), a depth growth as soon as before (docs/benchmarks.md,
-    ninth session). Linux only, where a thread has a priority of its own; elsewhere nothing changes."""
+    ninth session). The price: on a machine whose every core is busy with other processes, this work gets a smaller
+    share of them than grow's main thread, so the run's end may wait longer for it (a process cannot raise its
+    priority back once lowered). Linux only, where a thread has a priority of its own; elsewhere nothing changes."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):  # a container may forbid it: the work then runs as before
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
