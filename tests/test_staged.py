@@ -117,21 +117,28 @@ def test_staged_identity_is_exact_and_initialised_as_the_paper_says(tiny_checkpo
     assert seen["gain"] >= 8 and seen["eye"] >= 16
 
 
+def grads_after_sgd(model, ids, prefixes: tuple[str, ...], steps: int = 3) -> dict[str, float]:
+    """The largest |gradient| of each parameter named with one of `prefixes`, at the last of `steps` SGD steps on
+    `ids` (a new layer's gradients after the rest of the model has moved)."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    return {n: float(p.grad.abs().max()) for n, p in model.named_parameters() if n.startswith(prefixes)}
+
+
 def test_staged_identity_leaves_a_swiglu_mlp_at_a_stationary_point(tiny_checkpoints, tmp_path):
     """Measured, and documented: in a new Llama layer the zero norm gain makes gate = up = 0, so every gradient of
     that MLP is exactly zero — also after steps have moved the rest — while its attention and GPT-2's biased GELU
     MLP do get gradients."""
 
-    def new_layer_grads(name, steps=3):
+    def new_layer_grads(name):
         _, _, _, out = grow(tiny_checkpoints, tmp_path / name, name, depth_method="staged-identity", layers=8)
-        model = MODEL_CLASSES[name].from_pretrained(out, dtype=torch.float32).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            model(input_ids=probe_ids(), labels=probe_ids()).loss.backward()
-            optimizer.step()
         layer = "transformer.h.1." if name == "gpt2" else "model.layers.1."
-        return {n[len(layer) :]: float(p.grad.abs().max()) for n, p in model.named_parameters() if n.startswith(layer)}
+        grads = grads_after_sgd(MODEL_CLASSES[name].from_pretrained(out, dtype=torch.float32), probe_ids(), (layer,))
+        return {n[len(layer) :]: g for n, g in grads.items()}
 
     llama = new_layer_grads("llama")
     mlp = {n: g for n, g in llama.items() if n.startswith(("mlp.", "post_attention_layernorm"))}
@@ -160,13 +167,9 @@ def test_staged_identity_is_refused_where_latent_norms_would_leave_new_layers_un
     new = ("model.layers.1.", "model.layers.3.", "model.layers.5.")
 
     def new_layer_grads(folder):
-        model = tiny_moe.model_class(name).from_pretrained(folder, dtype=torch.float32).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        for _ in range(3):
-            optimizer.zero_grad()
-            model(input_ids=tiny_moe.probe_ids(), labels=tiny_moe.probe_ids()).loss.backward()
-            optimizer.step()
-        return {n: float(p.grad.abs().max()) for n, p in model.named_parameters() if n.startswith(new)}
+        return grads_after_sgd(
+            tiny_moe.model_class(name).from_pretrained(folder, dtype=torch.float32), tiny_moe.probe_ids(), new
+        )
 
     grads = new_layer_grads(out)
     assert len(grads) >= 24 and not any(grads.values()), {n: g for n, g in grads.items() if g}
