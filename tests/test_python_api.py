@@ -92,9 +92,10 @@ def _logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
         return model(ids).logits
 
 
-def test_grow_and_train_from_python(tiny_llama, tmp_path):
+def test_grow_and_train_from_python(tiny_llama, tmp_path, monkeypatch):
     """`expand` with verify and `train_stage`, through top-level names only; the grown model loads in transformers
-    and computes the source's logits (identity: exact), unlike a stacked copy (the negative control)."""
+    and computes the source's logits (identity: exact), unlike a stacked copy (the negative control). Both report
+    their output folder as an absolute path, whatever path they were given."""
     from accelerate.state import AcceleratorState
 
     ids = torch.randint(3, 512, (2, 12), generator=torch.Generator().manual_seed(1))
@@ -113,15 +114,18 @@ def test_grow_and_train_from_python(tiny_llama, tmp_path):
     config = grow_cli.TrainConfig(
         model=tmp_path / "grown",
         data=[str(write_plays(tmp_path / "plays", count=1, chars=20_000))],
-        out=tmp_path / "trained",
+        out="trained",  # relative to the working folder
         max_steps=2,
         seq_len=32,
         micro_batch_size=2,
         eval_batches=1,
         quiet=True,
     )
+    monkeypatch.chdir(tmp_path)
     result = grow_cli.train_stage(config)
     assert json.loads(json.dumps(result)) == result
+    assert result["out"] == str((tmp_path / "trained").resolve())
+    assert result["record"] == str((tmp_path / "trained" / "grow.json").resolve())
     assert result["status"] == "done" and result["steps"] == 2 and result["final_eval_loss"] > 0
     trained = _logits(tmp_path / "trained", ids)
     assert trained.shape == source.shape and not torch.allclose(trained, source)

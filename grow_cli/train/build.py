@@ -248,7 +248,7 @@ class Finished:
 def _finished(config: TrainConfig, stage: dict[str, Any], keys: dict[str, Any]) -> Finished:
     """Nothing to do when the run finished in --out is this run (same run key, hence the same planned end); any
     other run is refused, naming the first setting that differs — resuming it would retrain the finished model."""
-    out, end = Path(config.out), stage["run_key"]["max_steps"]
+    out, end = Path(config.out).resolve(), stage["run_key"]["max_steps"]
     change = run_key_change(stage["run_key"], keys)
     if change is not None:
         key, was, now = change

@@ -48,14 +48,14 @@ def pause(run: Run) -> dict[str, Any]:
         "status": "paused",
         "step": run.step,
         "max_steps": run.budget.max_steps,
-        "checkpoint": str(path),
-        "out": str(run.config.out),
+        "checkpoint": str(path.resolve()),
+        "out": str(Path(run.config.out).resolve()),
     }
 
 
 def finish(run: Run, ending: Ending) -> dict[str, Any]:
     """Evaluate, write the model, grow.json and the card to --out, and return the run's summary."""
-    accelerator, out, model = run.accelerator, Path(run.config.out), Path(run.config.model)
+    accelerator, out, model = run.accelerator, Path(run.config.out).resolve(), Path(run.config.model)
     evaluated = evaluation(run)
     eval_loss = evaluated["eval_loss"]
     accelerator.log(evaluated, step=run.step)
