@@ -149,7 +149,7 @@ def _direct_io_here(folder) -> bool:
 
 
 def test_direct_io_writes_exact_bytes_across_staging_buffers(tmp_path, monkeypatch):
-    """Computed shards go to the disk with O_DIRECT through two small staging buffers taken in turn: tensors that
+    """Computed shards go to the disk with O_DIRECT through small staging buffers taken in turn: tensors that
     straddle buffers, a tail shorter than a block and shards of odd lengths come back exact (read with
     safetensors), and each file has its true length (the padded last block is cut off)."""
     import os
@@ -158,7 +158,7 @@ def test_direct_io_writes_exact_bytes_across_staging_buffers(tmp_path, monkeypat
 
     if not _direct_io_here(tmp_path):
         pytest.skip("this filesystem has no direct I/O")
-    monkeypatch.setattr(direct_io, "STAGE", 3 * direct_io.ALIGN)
+    monkeypatch.setattr(direct_io, "STAGE", direct_io.ALIGN)  # a shard fills the buffers about twice over
     opened = []
     real_open = direct_io.open_direct
     monkeypatch.setattr(direct_io, "open_direct", lambda path: opened.append(real_open(path)) or opened[-1])
@@ -226,8 +226,9 @@ def test_a_copied_tensor_must_be_named_in_source_offsets(tmp_path):
 
 
 def test_a_failed_direct_write_is_raised_once_and_a_discarding_close_still_closes(tmp_path, monkeypatch):
-    """A write that fails in the appender's thread (a full disk) is raised by the next append that needs its buffer;
-    the close that follows a failure (`discard`) neither raises it again nor leaks the descriptor."""
+    """A write that fails in the appender's thread (a full disk) is raised by the next append that needs its buffer
+    (once every staging buffer is taken); the close that follows a failure (`discard`) neither raises it again nor
+    leaks the descriptor."""
     import errno
     import os
 
@@ -244,7 +245,7 @@ def test_a_failed_direct_write_is_raised_once_and_a_discarding_close_still_close
 
     monkeypatch.setattr(direct_io, "_write_all", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        raised.append(memoryview(bytes(3 * direct_io.ALIGN)))
+        raised.append(memoryview(bytes(direct_io.BUFFERS * direct_io.ALIGN)))
     in_flight.append(memoryview(bytes(direct_io.ALIGN)))  # one full buffer: its write fails in the thread
     for appender in (raised, in_flight):
         fd = appender.fd
