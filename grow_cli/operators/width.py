@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 _OUT_AXIS = {"linear": 0, "conv1d": 1, "bias": 0, "experts_linear": 1}  # the axis AKI fills from the next layer
 _HEAD_SPACES = {"q", "kv", "qkv", "qkv_heads"}
 TILED_METHODS = ("hypercloning", "staged")  # methods that copy whole units: integer ratios only
+SIZES = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads")  # what width growth sets, in this order
 
 
 def _multiples_near(value: int, step: int, floor: int) -> list[int]:
@@ -62,13 +63,36 @@ def _try(values: list[int]) -> str:
 def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelShape:
     """The widened `ModelShape` that `spec` asks of a source of `shape`; every target this source cannot take is one
     clear UsageError. (What is impossible for any source, `GrowthSpec` refuses itself.)"""
-    d, f, H, K, h = (
-        shape.hidden_size,
-        shape.intermediate_size,
-        shape.num_heads,
-        shape.num_kv_heads,
-        shape.head_dim,
+    sizes = _asked_sizes(arch, shape, spec)
+    d2, f2, H2, K2 = sizes
+    _refuse_no_growth(shape, sizes)
+    _refuse_head_layout(arch, shape, spec, sizes)
+    if spec.width_method in TILED_METHODS:
+        _refuse_partial_tiles(spec, shape, sizes)
+    fe2, fs2 = _expert_sizes(arch, shape, spec, f2)
+    refuse_config_space_changes(
+        arch, {"expert_ffn": (shape.expert_intermediate_size, fe2), "shared_ffn": (shape.shared_intermediate_size, fs2)}
     )
+    return replace(
+        shape,
+        hidden_size=d2,
+        intermediate_size=f2,
+        num_heads=H2,
+        num_kv_heads=K2,
+        head_dim=shape.head_dim,
+        expert_intermediate_size=fe2,
+        shared_intermediate_size=fs2,
+    )
+
+
+def _source_sizes(shape: ModelShape) -> tuple[int, int, int, int]:
+    return shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_kv_heads
+
+
+def _asked_sizes(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> tuple[int, int, int, int]:
+    """The hidden size, FFN size, query heads and KV heads that the flags ask for: given ones as given, the others
+    scaled by --width-factor, or (heads, without it) following the hidden size at the same head_dim."""
+    d, f, H, K, h = shape.hidden_size, shape.intermediate_size, shape.num_heads, shape.num_kv_heads, shape.head_dim
     k = spec.width_factor
     if k and spec.width_method in TILED_METHODS and k != int(k):
         raise OptionError(
@@ -92,8 +116,7 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
         H2 = scaled(H, "heads")
     else:
         H2 = d2 // h if d2 % h == 0 and d2 // h >= H else H
-    separate_kv = "kv_heads" in arch.config
-    if not separate_kv:
+    if "kv_heads" not in arch.config:
         if spec.num_kv_heads and spec.num_kv_heads != H2:
             raise OptionError(
                 "num_kv_heads",
@@ -110,24 +133,32 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
     else:
         K2 = K * H2 // H if (K * H2) % H == 0 else K  # keep the group size, else grow inside groups
     refuse_config_space_changes(arch, {"hidden": (d, d2), "ffn": (f, f2), "heads": (H, H2), "kv_heads": (K, K2)})
+    return d2, f2, H2, K2
 
-    check_width(hidden_size=d2, intermediate_size=f2, num_heads=H2, num_kv_heads=K2)
-    for flag, new, old in (
-        ("--hidden-size", d2, d),
-        ("--intermediate-size", f2, f),
-        ("--num-heads", H2, H),
-        ("--num-kv-heads", K2, K),
-    ):
+
+def _refuse_no_growth(shape: ModelShape, sizes: tuple[int, int, int, int]) -> None:
+    """Refuse sizes out of range, a size smaller than the source's, and a target equal to the source."""
+    source = _source_sizes(shape)
+    check_width(**dict(zip(SIZES, sizes, strict=True)))
+    for name, new, old in zip(SIZES, sizes, source, strict=True):
         if new < old:
+            flag = "--" + name.replace("_", "-")
             raise OptionError(
-                flag[2:].replace("-", "_"),
-                f"{flag} {new} is smaller than the source's {old}; width growth only adds units (try {2 * old})",
+                name, f"{flag} {new} is smaller than the source's {old}; width growth only adds units (try {2 * old})"
             )
-    if (d2, f2, H2, K2) == (d, f, H, K):
+    if sizes == source:
         raise UsageError(
-            f"the width target equals the source (hidden {d}, FFN {f}, {H} heads); give a larger "
-            f"--hidden-size or --width-factor (try --width-factor 2)"
+            f"the width target equals the source (hidden {source[0]}, FFN {source[1]}, {source[2]} heads); give a "
+            f"larger --hidden-size or --width-factor (try --width-factor 2)"
         )
+
+
+def _refuse_head_layout(arch: ArchDef, shape: ModelShape, spec: GrowthSpec, sizes: tuple[int, int, int, int]) -> None:
+    """Refuse heads that do not form whole KV groups, a head_dim that would change, and KV groups too few to give
+    every source head a copy; each refusal suggests sizes that work."""
+    d2, _, H2, K2 = sizes
+    d, H, K, h = shape.hidden_size, shape.num_heads, shape.num_kv_heads, shape.head_dim
+    k = spec.width_factor
     if H2 % K2:
         heads = _multiples_near(H2, K2, H)
         if spec.num_heads:
@@ -166,33 +197,17 @@ def target_shape(arch: ArchDef, shape: ModelShape, spec: GrowthSpec) -> ModelSha
             f"{H2} query heads in {K2} KV groups leave some of the {H} source heads without a copy "
             f"(each source group of {g} needs room); try --num-heads {K2 * per_group}"
         )
-    if spec.width_method in TILED_METHODS:
-        for flag, new, old in (
-            ("hidden_size", d2, d),
-            ("intermediate_size", f2, f),
-            ("num_heads", H2, H),
-            ("num_kv_heads", K2, K),
-        ):
-            if new % old:
-                raise OptionError(
-                    flag,
-                    f"{spec.width_method} tiles whole copies: {flag} must be a multiple of {old}; try "
-                    f"{_try(_multiples_near(new, old, old + 1))}",
-                )
-    fe2, fs2 = _expert_sizes(arch, shape, spec, f2)
-    refuse_config_space_changes(
-        arch, {"expert_ffn": (shape.expert_intermediate_size, fe2), "shared_ffn": (shape.shared_intermediate_size, fs2)}
-    )
-    return replace(
-        shape,
-        hidden_size=d2,
-        intermediate_size=f2,
-        num_heads=H2,
-        num_kv_heads=K2,
-        head_dim=h,
-        expert_intermediate_size=fe2,
-        shared_intermediate_size=fs2,
-    )
+
+
+def _refuse_partial_tiles(spec: GrowthSpec, shape: ModelShape, sizes: tuple[int, int, int, int]) -> None:
+    """A tiling method copies each unit whole: every size must be a multiple of the source's."""
+    for name, new, old in zip(SIZES, sizes, _source_sizes(shape), strict=True):
+        if new % old:
+            raise OptionError(
+                name,
+                f"{spec.width_method} tiles whole copies: {name} must be a multiple of {old}; try "
+                f"{_try(_multiples_near(new, old, old + 1))}",
+            )
 
 
 def _expert_sizes(arch: ArchDef, shape: ModelShape, spec: GrowthSpec, f2: int) -> tuple[int, int]:
