@@ -141,16 +141,101 @@ def bind(
     names = set(tensors)
     refuse_quantizer_tensors(names)  # a quantizer's tensors, named as such before any name is missed
     prefix = _detect_prefix(arch, names)
-    claimed: set[str] = set()
-    dropped: list[tuple[str, str]] = []
-    tied_copies: list[tuple[str, str]] = []
+    first_sparse = shape.sparse_layers[0] if shape.sparse_layers else None
+    layout = detect_layout(
+        arch, names, None if first_sparse is None else arch.layer_prefix.format(p=prefix, i=first_sparse)
+    )
+    layer_re = re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
+    _refuse_fewer_layers(arch, shape, names, layer_re)
+    binder = _Binder(arch, config, shape, tensors, names, prefix, layout)
+    embeddings = binder.section(arch.embeddings, lambda w: _resolve(w.name, prefix), None)
+    layers = [
+        binder.section(arch.layer, lambda w, i=i: arch.layer_prefix.format(p=prefix, i=i) + w.name, i)
+        for i in range(shape.layers)
+    ]
+    final = binder.section(arch.final, lambda w: _resolve(w.name, prefix), None)
+    binder.account_for_the_rest(layer_re)
+    binding = Binding(arch, prefix, shape, embeddings, layers, final, binder.dropped, layout, binder.tied_copies)
+    refuse_integer_weights(tensors, {t.name for t in binding.all_tensors()})
+    return binding
 
-    def take(
-        weight: WeightDef, full_name: str, layer: int | None, *, required: bool, expert: int | None = None
+
+@dataclass
+class _Binder:
+    """One `bind` call's work: the checkpoint names it has claimed, and what it drops on the way."""
+
+    arch: ArchDef
+    config: dict[str, Any]
+    shape: ModelShape
+    tensors: dict[str, tuple[tuple[int, ...], str]]
+    names: set[str]
+    prefix: str
+    layout: str | None
+    claimed: set[str] = field(default_factory=set)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    tied_copies: list[tuple[str, str]] = field(default_factory=list)
+
+    def section(self, weights: tuple[WeightDef, ...], name_of, layer: int | None) -> list[BoundTensor]:
+        """The tensors of one section (embeddings, layer `layer`, final) that this config has; `name_of(weight)` is
+        a weight's full name there. An optional group of weights is all present or all absent."""
+        arch = self.arch
+        bound: list[BoundTensor] = []
+        groups: dict[str, list[bool]] = {}
+        for weight in weights:
+            if layer is not None and arch.is_moe:
+                if not weight_applies(weight, layer in self.shape.sparse_layers, self.layout):
+                    continue
+                if weight.per_expert:
+                    bound += self._experts(weight, layer)
+                    continue
+            full = name_of(weight)
+            if not weight_present(arch, self.config, weight):
+                if full in self.names:
+                    raise CheckpointError(
+                        f"tensor {full} is present although config.json has {presence_key(arch, self.config, weight)}"
+                    )
+                continue
+            if weight.tied_to is not None and _is_tied(weight, self.shape):
+                self._drop_tied_copy(weight, full)
+                continue
+            item = self._take(weight, full, layer, required=weight.group is None)
+            if weight.group is not None:
+                groups.setdefault(weight.group, []).append(item is not None)
+            if item is not None:
+                bound.append(item)
+        for group, present in groups.items():
+            if any(present) and not all(present):
+                raise CheckpointError(f"the '{group}' tensors are only partly present in the checkpoint")
+        return bound
+
+    def _experts(self, weight: WeightDef, layer: int) -> list[BoundTensor]:
+        """A per-expert weight, once for each routed expert of sparse layer `layer`: all required."""
+        bound = []
+        for e in range(self.shape.num_experts):
+            name = layer_tensor_name(self.arch, self.prefix, weight, layer, e)
+            item = self._take(weight, name, layer, required=True, expert=e)
+            assert item is not None  # required: a missing tensor raised
+            bound.append(item)
+        return bound
+
+    def _drop_tied_copy(self, weight: WeightDef, full: str) -> None:
+        """A tied weight is written once, as the weight it ties to: a stored copy of it is claimed and dropped."""
+        stored = [n for n in (full, *(_resolve(a, self.prefix) for a in weight.aliases)) if n in self.names]
+        if stored:
+            assert weight.tied_to is not None
+            tied_to = _resolve(weight.tied_to, self.prefix)
+            self.claimed.update(stored)
+            self.dropped.append((full, f"tied to {tied_to}; written once"))
+            self.tied_copies.append((stored[0], tied_to))
+
+    def _take(
+        self, weight: WeightDef, full_name: str, layer: int | None, *, required: bool, expert: int | None = None
     ) -> BoundTensor | None:
+        """Claim `weight` under its name or an alias and check its shape; None when absent and not `required`."""
+        arch, prefix = self.arch, self.prefix
         where = prefix if layer is None else arch.layer_prefix.format(p=prefix, i=layer)
         candidates = [full_name, *(_resolve(a, prefix) if layer is None else where + a for a in weight.aliases)]
-        found = next((c for c in candidates if c in names), None)
+        found = next((c for c in candidates if c in self.names), None)
         if found is None:
             if required:
                 tie = arch.config.get("tie")
@@ -161,9 +246,9 @@ def bind(
                     f"tensor {full_name} is missing from the checkpoint ({arch.name} needs it){untied}"
                 )
             return None
-        claimed.add(found)
-        expected = shape.tensor_shape(weight.axes)
-        actual, dtype = tensors[found]
+        self.claimed.add(found)
+        expected = self.shape.tensor_shape(weight.axes)
+        actual, dtype = self.tensors[found]
         if tuple(actual) != expected:
             raise CheckpointError(
                 f"tensor {found} has shape {list(actual)} but config.json implies {list(expected)} "
@@ -171,80 +256,29 @@ def bind(
             )
         return BoundTensor(found, weight, layer, tuple(actual), dtype, expert)
 
-    def section(weights: tuple[WeightDef, ...], name_of, layer: int | None) -> list[BoundTensor]:
-        bound: list[BoundTensor] = []
-        groups: dict[str, list[bool]] = {}
-        for weight in weights:
-            if layer is not None and arch.is_moe:
-                if not weight_applies(weight, layer in shape.sparse_layers, layout):
-                    continue
-                if weight.per_expert:
-                    for e in range(shape.num_experts):
-                        item = take(
-                            weight, layer_tensor_name(arch, prefix, weight, layer, e), layer, required=True, expert=e
-                        )
-                        assert item is not None  # required: a missing tensor raised
-                        bound.append(item)
-                    continue
-            full = name_of(weight)
-            if not weight_present(arch, config, weight):
-                if full in names:
-                    raise CheckpointError(
-                        f"tensor {full} is present although config.json has {presence_key(arch, config, weight)}"
-                    )
+    def account_for_the_rest(self, layer_re: re.Pattern[str]) -> None:
+        """Every name no section claimed is a non-persistent buffer or a multi-token-prediction layer (both dropped,
+        with the reason), or it is refused: a layer beyond the config's count, or a tensor the definition lacks."""
+        arch, config, shape = self.arch, self.config, self.shape
+        buffer_patterns = [re.compile(b) for b in arch.buffers]
+        mtp = _mtp_layers(arch, config, shape, self.names - self.claimed, layer_re)
+        for layer, count in sorted(mtp.items()):
+            self.dropped.append((arch.layer_prefix.format(p=self.prefix, i=layer) + "*", _mtp_note(arch, count)))
+        for name in sorted(self.names - self.claimed):
+            if any(p.fullmatch(name) for p in buffer_patterns):
+                self.dropped.append((name, "non-persistent buffer; transformers recomputes it"))
                 continue
-            if weight.tied_to is not None and _is_tied(weight, shape):
-                stored = [n for n in (full, *(_resolve(a, prefix) for a in weight.aliases)) if n in names]
-                if stored:
-                    claimed.update(stored)
-                    dropped.append((full, f"tied to {_resolve(weight.tied_to, prefix)}; written once"))
-                    tied_copies.append((stored[0], _resolve(weight.tied_to, prefix)))
+            match = layer_re.match(name)
+            if match and int(match.group(1)) in mtp:
                 continue
-            item = take(weight, full, layer, required=weight.group is None)
-            if weight.group is not None:
-                groups.setdefault(weight.group, []).append(item is not None)
-            if item is not None:
-                bound.append(item)
-        for group, present in groups.items():
-            if any(present) and not all(present):
-                raise CheckpointError(f"the '{group}' tensors are only partly present in the checkpoint")
-        return bound
-
-    first_sparse = shape.sparse_layers[0] if shape.sparse_layers else None
-    layout = detect_layout(
-        arch, names, None if first_sparse is None else arch.layer_prefix.format(p=prefix, i=first_sparse)
-    )
-    layer_re = re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
-    _refuse_fewer_layers(arch, shape, names, layer_re)
-    embeddings = section(arch.embeddings, lambda w: _resolve(w.name, prefix), None)
-    layers = [
-        section(arch.layer, lambda w, i=i: arch.layer_prefix.format(p=prefix, i=i) + w.name, i)
-        for i in range(shape.layers)
-    ]
-    final = section(arch.final, lambda w: _resolve(w.name, prefix), None)
-
-    buffer_patterns = [re.compile(b) for b in arch.buffers]
-    mtp = _mtp_layers(arch, config, shape, names - claimed, layer_re)
-    for layer, count in sorted(mtp.items()):
-        dropped.append((arch.layer_prefix.format(p=prefix, i=layer) + "*", _mtp_note(arch, count)))
-    for name in sorted(names - claimed):
-        if any(p.fullmatch(name) for p in buffer_patterns):
-            dropped.append((name, "non-persistent buffer; transformers recomputes it"))
-            continue
-        match = layer_re.match(name)
-        if match and int(match.group(1)) in mtp:
-            continue
-        if match and int(match.group(1)) >= shape.layers:
-            hint = (
-                f"; if it is a multi-token-prediction layer, set {arch.mtp_layers} (now {_mtp_count(arch, config)}) "
-                "to count it"
-                if arch.mtp_layers
-                else ""
-            )
-            raise CheckpointError(
-                f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers{hint}"
-            )
-        raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")
-    binding = Binding(arch, prefix, shape, embeddings, layers, final, dropped, layout, tied_copies)
-    refuse_integer_weights(tensors, {t.name for t in binding.all_tensors()})
-    return binding
+            if match and int(match.group(1)) >= shape.layers:
+                hint = (
+                    f"; if it is a multi-token-prediction layer, set {arch.mtp_layers} (now "
+                    f"{_mtp_count(arch, config)}) to count it"
+                    if arch.mtp_layers
+                    else ""
+                )
+                raise CheckpointError(
+                    f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers{hint}"
+                )
+            raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")
