@@ -287,25 +287,32 @@ def build_plan(
     shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], spec.max_shard_bytes)
     plan = Plan(arch, binding, shape, target_shape, config, config_job, depth, width, out, shards, out_dtype, seed)
     plan.upcycle = upcycle
-    if binding.dropped:
-        plan.notes += [f"not written: {name} ({why})" for name, why in binding.dropped]
-    if depth and depth.identity_init and gated_mlp(arch):
-        plan.notes.append(
+    plan.notes = _notes(plan, spec)
+    return plan
+
+
+def _notes(plan: Plan, spec: GrowthSpec) -> list[str]:
+    """What the user should know about this growth before training it: tensors not written, and starts that train
+    poorly (a stationary gated MLP, copies that stay copies)."""
+    notes = [f"not written: {name} ({why})" for name, why in plan.binding.dropped]
+    depth, width, upcycle = plan.depth, plan.width, plan.upcycle
+    if depth and depth.identity_init and gated_mlp(plan.arch):
+        notes.append(
             "staged-identity: the new layers' gated MLP (gate·up) starts at a stationary point — with its norm gain "
             "at zero every MLP gradient there is exactly zero, so it never trains (its attention does); "
             "--depth-method identity has no such problem"
         )
     if width is not None:
-        plan.notes += width.notes()
-    if width is not None and width.symmetric_copies and not _dropout(config):
-        plan.notes.append(
+        notes += width.notes()
+    if width is not None and width.symmetric_copies and not _dropout(plan.source_config):
+        notes.append(
             f"the units {spec.width_method} adds are exact copies and this model trains without dropout, so copies "
             "receive identical gradients and stay copies: the added width learns nothing of its own until something "
             "breaks the symmetry. For an exact start that does break it: --width-method hypercloning --noise-snr-db 10"
         )
-    if upcycle is not None and upcycle.note():
-        plan.notes.append(upcycle.note())
-    return plan
+    if upcycle is not None and (note := upcycle.note()):
+        notes.append(note)
+    return notes
 
 
 def _refuse_unwritable_moe_pattern(arch: ArchDef, config: dict[str, Any], layers: int, depth: DepthMap) -> None:
