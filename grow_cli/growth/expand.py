@@ -329,41 +329,10 @@ def _execute(
         if plan.width:
             update_pooling_dimension(tmp, plan.source_shape.hidden_size, plan.target_shape.hidden_size)
         write_seconds = time.perf_counter() - started
-        check = None
-        if verify:
-            from grow_cli.growth import verify as verifier
-
-            with activity("verifying: the source, then the grown model, on probe tokens", quiet=quiet):
-                result = verifier.measure(
-                    src.folder,
-                    tmp,
-                    vocab_size=plan.source_shape.vocab_size,
-                    seed=plan.seed,
-                    max_memory=verify_memory,
-                )
-            check = verifier.check(
-                result,
-                exact=plan.function_preserving,
-                dtype=plan.out_dtype or _main_dtype(plan),
-                rounded=any(plan.casts(t) for t in plan.tensors),
-                derived=None if plan.arch.curated else plan.arch.name,
-            )
+        check = _verified(plan, src.folder, tmp, verify_memory, quiet) if verify else None
         stage = _stage(plan, src, hasher.result(), check, command)
         stage["training_state"] = grown_state
-        record = append_stage(
-            load_record(src.folder),
-            stage,
-            {
-                "architecture": plan.upcycle.target.name if plan.upcycle else plan.arch.name,  # what OUT holds
-                "model_type": plan.target_config.get("model_type"),
-                "num_parameters": plan.num_parameters,
-                "library": "sentence-transformers"
-                if (tmp / SENTENCE_TRANSFORMERS_MODULES).is_file()
-                else "transformers",
-            },
-        )
-        write_record(tmp, record)
-        write_card(tmp, record, title=out.name)
+        _write_lineage(plan, src.folder, tmp, stage, title=out.name)
     summary = plan_summary(plan)
     return {
         "output": str(out.resolve()),
@@ -387,6 +356,40 @@ def _execute(
         "seconds": round(time.perf_counter() - started, 3),
         "write_seconds": round(write_seconds, 3),  # the rest of `seconds` is --verify's, and the lineage's
     }
+
+
+def _verified(plan: Plan, source: Path, grown: Path, max_memory: int | None, quiet: bool) -> dict[str, Any]:
+    """`--verify`: both models' outputs on probe tokens, and whether they agree as this growth promises."""
+    from grow_cli.growth import verify as verifier
+
+    with activity("verifying: the source, then the grown model, on probe tokens", quiet=quiet):
+        result = verifier.measure(
+            source, grown, vocab_size=plan.source_shape.vocab_size, seed=plan.seed, max_memory=max_memory
+        )
+    return verifier.check(
+        result,
+        exact=plan.function_preserving,
+        dtype=plan.out_dtype or _main_dtype(plan),
+        rounded=any(plan.casts(t) for t in plan.tensors),
+        derived=None if plan.arch.curated else plan.arch.name,
+    )
+
+
+def _write_lineage(plan: Plan, source: Path, grown: Path, stage: dict[str, Any], *, title: str) -> None:
+    """grow.json (the source's record, if any, plus this stage) and the model card, into the grown folder."""
+    library = "sentence-transformers" if (grown / SENTENCE_TRANSFORMERS_MODULES).is_file() else "transformers"
+    record = append_stage(
+        load_record(source),
+        stage,
+        {
+            "architecture": plan.upcycle.target.name if plan.upcycle else plan.arch.name,  # what OUT holds
+            "model_type": plan.target_config.get("model_type"),
+            "num_parameters": plan.num_parameters,
+            "library": library,
+        },
+    )
+    write_record(grown, record)
+    write_card(grown, record, title=title)
 
 
 def _main_dtype(plan: Plan) -> str:
