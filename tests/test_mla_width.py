@@ -1,11 +1,12 @@
-"""Width growth of DeepSeek-V2/V3 (multi-head latent attention): the hidden size and the FFNs (dense, routed and
-shared experts) grow while every config key that sizes MLA's latent and per-head axes keeps its value, so those
-axes are copied unchanged and FPI/HyperCloning are exact as on any RMSNorm decoder.
+"""Width growth of DeepSeek-V2/V3/V3.2 (multi-head latent attention): the hidden size and the FFNs (dense, routed and
+shared experts) grow while every config key that sizes MLA's latent and per-head axes — and V3.2's sparse-attention
+indexer — keeps its value, so those axes are copied unchanged and FPI/HyperCloning are exact as on any RMSNorm decoder.
 
 Tiny models from `tests/tiny_moe.py` (DeepSeek-V3 through a query latent and with `q_lora_rank` null → `q_proj`,
-DeepSeek-V2 (Lite)), saved in shards, grown, loaded back with `from_pretrained` and compared: logits, greedy text,
-every router decision, and `--verify`. Controls: AKI (not exact by design) and a perturbed MLA tensor are caught;
-a target that would change a key of a config space (the head count) is refused in one line with nothing written.
+DeepSeek-V3.2, DeepSeek-V2 (Lite)), saved in shards, grown, loaded back with `from_pretrained` and compared: logits,
+greedy text, every router decision, and `--verify`. Controls: AKI (not exact by design), a perturbed MLA tensor and a
+perturbed indexer tensor are caught; a target that would change a key of a config space (the head count) is refused
+in one line with nothing written.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from grow_cli.growth.spec import GrowthSpec
 CASES = {  # key → (tiny_moe name, config overrides)
     "deepseek_v3": ("deepseek_v3", {}),
     "deepseek_v3-q_proj": ("deepseek_v3", {"q_lora_rank": None}),
+    "deepseek_v32": ("deepseek_v32", {}),
     "deepseek_v2": ("deepseek_v2", {}),
 }
 MLA_KEYS = ("num_attention_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+INDEXER_KEYS = ("index_n_heads", "index_head_dim", "index_topk")  # DeepSeek-V3.2's sparse attention
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +59,11 @@ def test_fpi_doubles_hidden_and_ffns_exactly_keeping_every_router_decision(sourc
     assert len(list(out.glob("*.safetensors"))) > 1  # written in shards
     source, grown = (json.loads((f / "config.json").read_text()) for f in (sources[key], out))
     assert (grown["hidden_size"], grown["intermediate_size"], grown["moe_intermediate_size"]) == (64, 96, 32)
-    assert all(grown[k] == source[k] for k in (*MLA_KEYS, "num_key_value_heads", "n_shared_experts"))
+    assert all(grown.get(k) == source.get(k) for k in (*MLA_KEYS, *INDEXER_KEYS, "num_key_value_heads"))
+    assert grown["n_shared_experts"] == source["n_shared_experts"]
     model = load(key, out)
-    assert ("q_proj" in dict(model.model.layers[0].self_attn.named_children())) == (key != "deepseek_v3")
+    query_latent = key in ("deepseek_v3", "deepseek_v32")
+    assert ("q_proj" in dict(model.model.layers[0].self_attn.named_children())) != query_latent
     gap, same = compare(model, reference[key], probe_ids(), generate=True)
     assert gap <= EXACT and same, gap
     source_routes, grown_routes = routing(load(key, sources[key])), routing(model)
@@ -66,7 +71,9 @@ def test_fpi_doubles_hidden_and_ffns_exactly_keeping_every_router_decision(sourc
     assert all(torch.equal(source_routes[i], grown_routes[i]) for i in (1, 2))
     kept = report["width"]["kept"]
     assert kept["num_attention_heads"] == 4 and kept["kv_lora_rank"] == 16
-    assert kept["q_lora_rank"] == (24 if key == "deepseek_v3" else None)
+    assert kept["q_lora_rank"] == (24 if query_latent else None)
+    indexer = (kept.get("index_n_heads"), kept.get("index_head_dim"))
+    assert indexer == ((2, 8) if key == "deepseek_v32" else (None, None))
 
 
 def test_width_factor_grows_hidden_and_ffns_and_says_what_it_keeps(cli, sources, reference, tmp_path):
@@ -101,6 +108,19 @@ def test_aki_and_a_perturbed_latent_projection_are_not_exact_negative_control(so
     written[name] = written[name] + 1e-3 * torch.randn_like(written[name])
     save_file(written, shard, metadata={"format": "pt"})
     gap, _ = compare(load("deepseek_v2", out), reference["deepseek_v2"], probe_ids(), generate=False)
+    assert gap > 100 * EXACT, gap
+
+
+def test_a_perturbed_indexer_key_projection_is_not_exact_negative_control(sources, reference, tmp_path):
+    """DeepSeek-V3.2's indexer picks which keys each query attends to: with its key projection nudged in one layer of
+    an exact growth, the picks and so the logits change, so the exact results above depend on the indexer too."""
+    out = tmp_path / "fpi"
+    expand(str(sources["deepseek_v32"]), out, GrowthSpec(width_factor=2), quiet=True)
+    written = tensors(out)
+    name = "model.layers.0.self_attn.indexer.wk.weight"
+    written[name] = written[name] + 0.5 * torch.randn_like(written[name])
+    save_file(written, out / "model.safetensors", metadata={"format": "pt"})
+    gap, _ = compare(load("deepseek_v32", out), reference["deepseek_v32"], probe_ids(), generate=False)
     assert gap > 100 * EXACT, gap
 
 

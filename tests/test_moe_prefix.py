@@ -1,6 +1,7 @@
 """Mixtures of experts whose first layers keep a dense MLP (`first_k_dense_replace`): GLM-4.5 (`glm4_moe`),
-DeepSeek-V3 (`deepseek_v3`, with its e-score correction bias and multi-head latent attention) and DeepSeek-V2
-(`deepseek_v2`, V2-Lite's direct query projection), tiny and saved in shards in both expert layouts.
+DeepSeek-V3 (`deepseek_v3`, with its e-score correction bias and multi-head latent attention), DeepSeek-V3.2
+(`deepseek_v32`, V3 plus a sparse-attention indexer in every layer) and DeepSeek-V2 (`deepseek_v2`, V2-Lite's direct
+query projection), tiny and saved in shards in both expert layouts.
 
 Identity growth is exact after a save → `from_pretrained` round trip and keeps every router decision of the
 original layers; the grown dense prefix is written back (a wrong one does not load); a grown stack whose dense

@@ -6,9 +6,11 @@ and every other layer sparse (`decoder_sparse_step` 2), OLMoE q/k norms over all
 (std 0.5) so that tokens really spread over different experts, and every 1-D tensor is randomised, so that a wrong
 rule for an expert, a router row or a gain cannot hide behind identical experts or ones and zeros.
 
-`PREFIX_CONFIGS` adds the types whose first layers keep a dense MLP (GLM-4.5, DeepSeek-V3, DeepSeek-V2), with their
-routers' e-score correction biases (buffers) randomised too. `LISTED_CONFIGS` adds GLM-4.7-Flash (`glm4_moe_lite`),
-DeepSeek-V3's attention and GLM's experts, whose dense layers are marked in a per-layer list (`mlp_layer_types`).
+`PREFIX_CONFIGS` adds the types whose first layers keep a dense MLP (GLM-4.5, DeepSeek-V3, DeepSeek-V3.2, DeepSeek-V2),
+with their routers' e-score correction biases (buffers) randomised too; DeepSeek-V3.2's sparse-attention indexer keeps
+5 of the probe's 12 positions, so the keys it picks decide the output. `LISTED_CONFIGS` adds GLM-4.7-Flash
+(`glm4_moe_lite`), DeepSeek-V3's attention and GLM's experts, whose dense layers are marked in a per-layer list
+(`mlp_layer_types`).
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ NAMES = list(CONFIGS)
 # Mixtures of experts whose first first_k_dense_replace layers keep a dense MLP (here: layer 0 of 3), with shared
 # experts, sigmoid routers with an e-score correction bias and grouped top-k (two groups of four experts, one group
 # chosen), and a routed_scaling_factor other than 1: GLM-4.5 with q/k/v biases, partial rotary and q/k norms;
-# DeepSeek-V3 with multi-head latent attention through a query latent; DeepSeek-V2 (Lite) with plain query projections
-# and softmax routing.
+# DeepSeek-V3 with multi-head latent attention through a query latent; DeepSeek-V3.2 as V3 plus its sparse-attention
+# indexer; DeepSeek-V2 (Lite) with plain query projections and softmax routing.
 _PREFIXED = dict(
     _COMMON,
     num_hidden_layers=3,
@@ -82,6 +84,17 @@ PREFIX_CONFIGS = {
     ),
     "deepseek_v3": lambda: tf.DeepseekV3Config(
         **{**_PREFIXED, **_MLA}, q_lora_rank=24, n_shared_experts=1, n_group=2, topk_group=1, routed_scaling_factor=2.5
+    ),
+    "deepseek_v32": lambda: tf.DeepseekV32Config(
+        **{**_PREFIXED, **_MLA},
+        q_lora_rank=24,
+        n_shared_experts=1,
+        n_group=2,
+        topk_group=1,
+        routed_scaling_factor=2.5,
+        index_n_heads=2,
+        index_head_dim=8,
+        index_topk=5,
     ),
     "deepseek_v2": lambda: tf.DeepseekV2Config(**{**_PREFIXED, **_MLA}, q_lora_rank=None, n_shared_experts=2),
 }
