@@ -174,7 +174,8 @@ def moe_table(work: Path) -> str:
 def prefix_table(work: Path) -> str:
     sources = {name: tiny_moe.save(name, work / name) for name in tiny_moe.PREFIX_NAMES}
     sources["deepseek_v3 (fused layout)"] = tiny_moe.save("deepseek_v3", work / "deepseek_v3-fused", fused=True)
-    sources["glm4_moe_lite"] = tiny_moe.save("glm4_moe_lite", work / "glm4_moe_lite")
+    for name in tiny_moe.LISTED_CONFIGS:  # glm4_moe_lite, glm_moe_dsa
+        sources[name] = tiny_moe.save(name, work / name)
     return measure(sources, _causal_lm, tiny_moe.probe_ids(), PREFIX_CASES, work, scale_row=True, mark=True)
 
 

@@ -133,6 +133,14 @@ BROKEN = {
         lambda d: d.update(mtp_layers=1),
         "'mtp_layers' is the config key that counts the multi-token-prediction layers",
     ),
+    "layer list values without a reason": (
+        lambda d: d.update(layer_list_values={"indexer_types": {"values": ["full"]}}),
+        "'layer_list_values' maps a per-layer list key to its 'values' (a list of strings) and 'why' (one line)",
+    ),
+    "layer list values that are not strings": (
+        lambda d: d.update(layer_list_values={"indexer_types": {"values": [1], "why": "a reason"}}),
+        "'layer_list_values' maps a per-layer list key to its 'values' (a list of strings) and 'why' (one line)",
+    ),
     "tied to a tensor that is not there": (
         lambda d: d["final"][-1].update(tied_to="model.embed_token.weight"),
         "weight(s) ['lm_head.weight'] are tied to a tensor the definition does not name",

@@ -157,7 +157,7 @@ def test_staged_identity_leaves_a_swiglu_mlp_at_a_stationary_point(tiny_checkpoi
     assert any("stationary point" in note for note in report["plan"]["notes"])
 
 
-@pytest.mark.parametrize("name", ["deepseek_v3", "deepseek_v32", "deepseek_v2", "glm4_moe_lite"])
+@pytest.mark.parametrize("name", ["deepseek_v3", "deepseek_v32", "deepseek_v2", "glm4_moe_lite", "glm_moe_dsa"])
 def test_staged_identity_is_refused_where_latent_norms_would_leave_new_layers_untrainable(tmp_path, monkeypatch, name):
     """Multi-head latent attention normalises its query and key-value latents: with those gains zeroed too, behind
     the zero pre-norm gain, no tensor of a new layer gets a gradient, ever — measured here on a growth the refusal is

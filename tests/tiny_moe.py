@@ -10,7 +10,7 @@ rule for an expert, a router row or a gain cannot hide behind identical experts 
 with their routers' e-score correction biases (buffers) randomised too; DeepSeek-V3.2's sparse-attention indexer keeps
 5 of the probe's 12 positions, so the keys it picks decide the output. `LISTED_CONFIGS` adds GLM-4.7-Flash
 (`glm4_moe_lite`), DeepSeek-V3's attention and GLM's experts, whose dense layers are marked in a per-layer list
-(`mlp_layer_types`).
+(`mlp_layer_types`), and GLM-5 (`glm_moe_dsa`), the same with DeepSeek-V3.2's indexer.
 """
 
 from __future__ import annotations
@@ -103,6 +103,18 @@ _LISTED = {k: v for k, v in {**_PREFIXED, **_MLA}.items() if k != "first_k_dense
 LISTED_CONFIGS = {  # transformers' default pattern: layer 0 dense, the others sparse
     "glm4_moe_lite": lambda: tf.Glm4MoeLiteConfig(
         **_LISTED, q_lora_rank=24, n_shared_experts=1, n_group=2, topk_group=1, routed_scaling_factor=1.5
+    ),
+    "glm_moe_dsa": lambda: tf.GlmMoeDsaConfig(  # its default pattern follows first_k_dense_replace
+        **_LISTED,
+        first_k_dense_replace=1,
+        q_lora_rank=24,
+        n_shared_experts=1,
+        n_group=2,
+        topk_group=1,
+        routed_scaling_factor=1.5,
+        index_n_heads=2,
+        index_head_dim=8,
+        index_topk=5,
     ),
 }
 

@@ -59,12 +59,9 @@ def sparse_layers(arch: ArchDef, config: dict[str, Any], layers: int) -> tuple[i
 def _listed_sparse(key: str, config: dict[str, Any], layers: int) -> tuple[int, ...]:
     """The sparse layers of a definition whose config marks each layer (`moe.layer_types`): the list in config.json,
     or the one transformers' config class fills in when it is absent (GLM-4.7-Flash's config.json leaves it out)."""
-    from grow_cli.arch.layer_lists import built_config, transformers_params
+    from grow_cli.arch.layer_lists import listed
 
-    kinds = config.get(key)
-    if kinds is None:
-        built = built_config(config.get("model_type", ""), transformers_params(config))
-        kinds = getattr(built, key, None)
+    kinds = listed(key, config)
     if not isinstance(kinds, list) or len(kinds) != layers or not set(kinds) <= {"dense", "sparse"}:
         raise CheckpointError(f"config.json: {key} must list 'dense' or 'sparse' for each of {layers} layers")
     return tuple(i for i, kind in enumerate(kinds) if kind == "sparse")

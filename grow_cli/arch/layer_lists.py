@@ -11,9 +11,12 @@ default is refused rather than guessed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from grow_cli.errors import UsageError
+from grow_cli.errors import CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    from grow_cli.arch.registry import ArchDef
 
 # Per-layer lists that transformers validates against the layer count, whatever the architecture.
 GENERIC_LAYER_LISTS = ("layer_types", "mlp_layer_types", "no_rope_layers")
@@ -31,6 +34,29 @@ def built_config(model_type: str, params: dict[str, Any]):
     from grow_cli.arch import hf_config
 
     return hf_config.built(model_type, params)
+
+
+def listed(key: str, config: dict[str, Any]) -> Any:
+    """The per-layer list `key` of a config.json: as given, or the one transformers' config class fills in when it
+    is absent (GLM-4.7-Flash's config.json leaves `mlp_layer_types` out); None when neither has one."""
+    if config.get(key) is not None:
+        return config[key]
+    built = built_config(config.get("model_type", ""), transformers_params(config))
+    return getattr(built, key, None)
+
+
+def refuse_unsupported_values(arch: ArchDef, config: dict[str, Any]) -> None:
+    """Refuse a source whose per-layer list holds a value its definition cannot grow (`layer_list_values`)."""
+    for key, (values, why) in arch.layer_list_values.items():
+        entries = listed(key, config)
+        odd = [i for i, value in enumerate(entries or []) if value not in values]
+        if odd:
+            found = " or ".join(repr(v) for v in sorted({str(entries[i]) for i in odd}))
+            where = ", ".join(map(str, odd[:4])) + (", …" if len(odd) > 4 else "")
+            raise CheckpointError(
+                f"config.json: {key} is {found} at layer{'s' if len(odd) > 1 else ''} {where}, and grow takes a "
+                f"{arch.name} only where every entry is {' or '.join(map(repr, values))}: {why}"
+            )
 
 
 def per_layer_lists(

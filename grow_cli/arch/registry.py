@@ -23,6 +23,9 @@ space only as it is — each of its axes copied unchanged — so it grows the ot
 of a config space keeps its value, and refuses a target that would change one (`config_space_keys`). A definition
 that cannot be widened at all says why in `width_refused`. A definition whose checkpoints
 store multi-token-prediction layers after the decoder stack names the config key that counts them (`mtp_layers`).
+A per-layer list some of whose values grow cannot grow (GLM-5's `indexer_types`, whose "shared" layers reuse another
+layer's work) names the values it can in `layer_list_values`, with why the others cannot be: a source with another
+value is refused (`layer_lists.refuse_unsupported_values`).
 
 Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
 decoders, in the same schema plus a `derived` record (what was found, and why width growth may be refused).
@@ -137,6 +140,7 @@ _TOP_KEYS = _REQUIRED_KEYS | {
     "config_spaces",
     "width_refused",
     "mtp_layers",
+    "layer_list_values",
 }
 _DERIVED_KEYS = {"transformers", "model_class", "width_refused", "identity", "notes"}
 
@@ -212,6 +216,8 @@ class ArchDef:
     config_spaces: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)  # space → Σ Π config keys
     curated_width_refusal: str | None = None  # a curated definition's `width_refused`: why width growth cannot apply
     mtp_layers: str | None = None  # the config key counting the multi-token-prediction layers stored after the stack
+    # per-layer list key → (the values grow can grow, why a source with another one cannot be)
+    layer_list_values: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
 
     @property
     def is_moe(self) -> bool:
@@ -425,6 +431,7 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         config_spaces=spaces,
         curated_width_refusal=width_refused,
         mtp_layers=mtp,
+        layer_list_values=_layer_list_values(raw, where),
     )
     moe_weights = [w for w in arch.layer if w.moe or w.layers or w.layout]
     if moe_weights and moe is None:
@@ -460,6 +467,25 @@ def _config_spaces(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str
             raise _fail(where, f"config space {name!r}: give a list of terms, each a list of config keys to multiply")
         spaces[name] = tuple(tuple(t) for t in terms)
     return spaces
+
+
+def _layer_list_values(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str, ...], str]]:
+    """The validated `layer_list_values`: {list key: {"values": [what grow can grow], "why": "why not the others"}}."""
+    block = raw.get("layer_list_values", {})
+    usage = "'layer_list_values' maps a per-layer list key to its 'values' (a list of strings) and 'why' (one line)"
+    if not isinstance(block, dict):
+        raise _fail(where, usage)
+    checked = {}
+    for key, spec in block.items():
+        if not isinstance(spec, dict) or set(spec) != {"values", "why"}:
+            raise _fail(where, usage)
+        values, why = spec["values"], spec["why"]
+        if not isinstance(why, str) or not why or not isinstance(values, list) or not values:
+            raise _fail(where, usage)
+        if not all(isinstance(v, str) for v in values):
+            raise _fail(where, usage)
+        checked[key] = (tuple(values), why)
+    return checked
 
 
 _MOE_KEYS = {"upcycle_from", "topk_norm", "sparse_step", "dense_layers", "dense_prefix", "layer_types", "routed_scale"}
