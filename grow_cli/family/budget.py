@@ -261,32 +261,48 @@ def plan(
     tokens = parse_count(tokens, "--tokens")
     _check_count(tokens, "--tokens", "tokens", TOKENS_RANGE)
     family = [parse_count(size, "--family") for size in family] if family else None
-    target = _target(target)
-    stack_refused = None
-    if isinstance(target, dict):
-        shape = dict(target)
-        stack_refused = shape.pop("stack_refused", None)
-        if "num_parameters" not in shape:
-            raise UsageError("a target config needs a parameter count; give a model folder grow can inspect")
-        wrong = [k for k in TARGET_KEYS if not _whole(shape.get(k))]
-        if wrong or not isinstance(shape["num_parameters"], int | float) or isinstance(shape["num_parameters"], bool):
-            raise UsageError(
-                f"a target config needs num_parameters (a number) and {', '.join(TARGET_KEYS)} (whole numbers ≥ 1); "
-                f"it lacks a valid {', '.join(wrong or ['num_parameters'])}. Or give a model folder or its "
-                "config.json, which grow reads them from"
-            )
-        n = float(shape["num_parameters"])
-        _check_count(n, "--target", "parameters", PARAMS_RANGE)  # a folder's count, before its members'
-    else:
-        _check_count(target, "--target", "parameters", PARAMS_RANGE)
-        shape = llama_like_shape(target)
-        n = float(target)  # the guideline uses the requested size; the shape is the nearest concrete config
+    shape, n, stack_refused = _target_shape(_target(target))
     d = stacking_growth_tokens(n, tokens)
-    small = {**shape, "num_hidden_layers": max(1, shape["num_hidden_layers"] // GROWTH_FACTOR)}
-    # A tied head shares the embedding matrix: counting it twice made the small model of a Gemma 3 270M 321M.
-    embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
-    per_layer = (shape["num_parameters"] - embeddings) / shape["num_hidden_layers"]
-    small["num_parameters"] = int(small["num_hidden_layers"] * per_layer + embeddings)
+    members, notes = _members(_family_sizes(family, n), n, shape, tokens)
+    family_book = family_ledger(members, seq_len=seq_len, new_token_fraction=new_token_fraction)
+    return {
+        "target": {
+            "num_parameters": n,
+            "tokens": tokens,
+            "compute_flops": 6 * float(shape.get("active_parameters", n)) * tokens,  # active: an MoE's top-k
+            "config": shape,
+        },
+        "stacking": _stacking(shape, d, tokens, stack_refused),
+        "family": {**family_book, "notes": notes},
+        "projection": projection(family_book),
+        "lr_rule": LR_SOURCE,
+    }
+
+
+def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float, str | None]:
+    """The target's config (as given, or the nearest Llama-like one to a parameter count), its parameter count, and
+    why stacking does not apply to it (None when it does)."""
+    if not isinstance(target, dict):
+        _check_count(target, "--target", "parameters", PARAMS_RANGE)
+        return llama_like_shape(target), float(target), None  # the guideline uses the requested size
+    shape = dict(target)
+    stack_refused = shape.pop("stack_refused", None)
+    if "num_parameters" not in shape:
+        raise UsageError("a target config needs a parameter count; give a model folder grow can inspect")
+    wrong = [k for k in TARGET_KEYS if not _whole(shape.get(k))]
+    if wrong or not isinstance(shape["num_parameters"], int | float) or isinstance(shape["num_parameters"], bool):
+        raise UsageError(
+            f"a target config needs num_parameters (a number) and {', '.join(TARGET_KEYS)} (whole numbers ≥ 1); "
+            f"it lacks a valid {', '.join(wrong or ['num_parameters'])}. Or give a model folder or its "
+            "config.json, which grow reads them from"
+        )
+    n = float(shape["num_parameters"])
+    _check_count(n, "--target", "parameters", PARAMS_RANGE)  # a folder's count, before its members'
+    return shape, n, stack_refused
+
+
+def _family_sizes(family: list[float] | None, n: float) -> list[float]:
+    """The family's member sizes, smallest first: as given, or the target's eighth, quarter, half and itself."""
     sizes = sorted(family) if family else [n / 8, n / 4, n / 2, n]
     if not family and sizes[0] < PARAMS_RANGE[0]:
         raise UsageError(
@@ -300,6 +316,14 @@ def plan(
                 f"a --family size ({size:.3g} parameters) is larger than the target ({n:.3g}): a family grows up to "
                 "its target; drop that size or raise --target"
             )
+    return sizes
+
+
+def _members(
+    sizes: list[float], n: float, shape: dict[str, Any], tokens: float
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The family's members (each size's config, tokens in proportion to its parameters), and a note for each size
+    that came out as the same config as the one before it (left out)."""
     members: list[dict[str, Any]] = []
     notes = []
     previous = 0.0  # the size of the last member listed
@@ -321,32 +345,30 @@ def plan(
                 "tokens": tokens * s["num_parameters"] / n,
             }
         )
-    family_book = family_ledger(members, seq_len=seq_len, new_token_fraction=new_token_fraction)
+    return members, notes
+
+
+def _stacking(shape: dict[str, Any], d: float, tokens: float, stack_refused: str | None) -> dict[str, Any]:
+    """The G_stack guideline for this target: the small model to train on `d` tokens and grow ×4 in depth."""
+    small = {**shape, "num_hidden_layers": max(1, shape["num_hidden_layers"] // GROWTH_FACTOR)}
+    # A tied head shares the embedding matrix: counting it twice made the small model of a Gemma 3 270M 321M.
+    embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
+    per_layer = (shape["num_parameters"] - embeddings) / shape["num_hidden_layers"]
+    small["num_parameters"] = int(small["num_hidden_layers"] * per_layer + embeddings)
     return {
-        "target": {
-            "num_parameters": n,
-            "tokens": tokens,
-            "compute_flops": 6 * float(shape.get("active_parameters", n)) * tokens,  # active: an MoE's top-k
-            "config": shape,
-        },
-        "stacking": {
-            # G_stack's ×4, as it comes out in whole layers (7 → 30 layers: 4.29).
-            "growth_factor": round(shape["num_hidden_layers"] / small["num_hidden_layers"], 2),
-            "growth_tokens": d,
-            "small_model": small,
-            "small_model_flops": 6 * small["num_parameters"] * d,
-            "rule": "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)",
-            # The fit's 163.27/log10 C term grows as C shrinks: at small budgets d exceeds D itself.
-            "applies": d < tokens,
-            "command": f"grow expand SMALL OUT {_stacking_target(shape['num_hidden_layers'])} --depth-method "
-            + ("interleave" if stack_refused else "stack"),
-            # a target whose dense first layers stacked copies would put after its MoE layers (DeepSeek, GLM-4.5)
-            "note": f"--depth-method stack does not apply to this target ({stack_refused}); interleave, which "
-            "duplicates each layer in place, keeps them first"
-            if stack_refused
-            else None,
-        },
-        "family": {**family_book, "notes": notes},
-        "projection": projection(family_book),
-        "lr_rule": LR_SOURCE,
+        # G_stack's ×4, as it comes out in whole layers (7 → 30 layers: 4.29).
+        "growth_factor": round(shape["num_hidden_layers"] / small["num_hidden_layers"], 2),
+        "growth_tokens": d,
+        "small_model": small,
+        "small_model_flops": 6 * small["num_parameters"] * d,
+        "rule": "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)",
+        # The fit's 163.27/log10 C term grows as C shrinks: at small budgets d exceeds D itself.
+        "applies": d < tokens,
+        "command": f"grow expand SMALL OUT {_stacking_target(shape['num_hidden_layers'])} --depth-method "
+        + ("interleave" if stack_refused else "stack"),
+        # a target whose dense first layers stacked copies would put after its MoE layers (DeepSeek, GLM-4.5)
+        "note": f"--depth-method stack does not apply to this target ({stack_refused}); interleave, which "
+        "duplicates each layer in place, keeps them first"
+        if stack_refused
+        else None,
     }
