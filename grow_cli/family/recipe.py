@@ -255,96 +255,22 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     """Read and validate the family recipe (YAML) at `path`; paths in it are relative to the recipe's folder, and
     `out` replaces the recipe's `out`. Returns the `Recipe` that `check_recipe` and `run_family` take; raises
     `UsageError` naming the first key that is wrong."""
-    import yaml
-
     path = Path(path)
-    try:
-        raw = _load_yaml(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read recipe {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError:
-        raise UsageError(f"recipe {path} is not a text file (not UTF-8); give a YAML recipe") from None
-    except _AliasBomb as exc:
-        raise UsageError(
-            f"recipe {path}: YAML aliases (*name) there repeat {exc.nodes:,}+ values, over grow's bound of "
-            f"{MAX_ALIAS_NODES:,}; write the repeated settings out, or repeat fewer of them"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     base = path.resolve().parent
-    raw = _mapping(raw, "top level", TOP_KEYS)
+    raw = _mapping(_read_yaml(path), "top level", TOP_KEYS)
     seed = _typed(raw.get("seed", 0), "seed", int)
     members_raw = raw.get("members")
     if not isinstance(members_raw, list) or not members_raw:
         raise _fail("members", "expected a non-empty list of members")
     train = _train(raw.get("train", {}), "train", base)
-    compare = dict(_mapping(raw.get("compare", {}), "compare", COMPARE_KEYS))
-    for key, kind in COMPARE_KEYS.items():
-        if key in compare:
-            _typed(compare[key], f"compare.{key}", kind)
-    if "data" in compare:
-        compare["data"] = _paths(compare["data"], "compare.data", base)
-    from grow_cli.family.compare import check_compare_options
-
-    try:
-        check_compare_options(**compare)
-    except UsageError as exc:
-        raise _fail("compare", str(exc)) from None
+    compare = _compare(raw.get("compare", {}), base)
     optimizer = _optimizer(raw.get("optimizer", "fresh"), "optimizer")
     members: list[Member] = []
     for i, m in enumerate(members_raw):
-        where = f"members[{i}]"
-        m = _mapping(m, where, MEMBER_KEYS)
-        name = _typed(m.get("name", f"member-{i + 1}"), f"{where}.name", str)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in {x.name for x in members}:
-            raise _fail(f"{where}.name", f"{name!r} must be unique and a plain folder name")
-        member = Member(name=name)
-        if i == 0:
-            if ("source" in m) == ("config" in m):
-                raise _fail(where, "the first member needs exactly one of 'source' (a checkpoint) or 'config'")
-            for key in ("grow", "optimizer"):
-                if key in m:
-                    raise _fail(f"{where}.{key}", "the first member is not grown from anything")
-            if "source" in m:
-                source = _typed(m["source"], f"{where}.source", str)
-                member.source = str(base / source) if (base / source).exists() else source
-                member.revision = m.get("revision")
-            else:
-                member.config = dict(_typed(m["config"], f"{where}.config", dict))
-                if "model_type" not in member.config:
-                    raise _fail(f"{where}.config", "needs a 'model_type'")
-                if "tokenizer" not in m:
-                    raise _fail(where, "a member built from 'config' needs 'tokenizer' (a folder with one)")
-                member.tokenizer = base / _typed(m["tokenizer"], f"{where}.tokenizer", str)
-        else:
-            for key in ("source", "config", "tokenizer", "revision"):
-                if key in m:
-                    raise _fail(f"{where}.{key}", "only the first member has a source; later ones are grown")
-            if "grow" not in m:
-                raise _fail(where, "needs a 'grow' section (how it is grown from the previous member)")
-            member.grow, member.spec = _grow_block(m["grow"], f"{where}.grow", seed)
-            if "optimizer" in m:
-                member.optimizer = _optimizer(m["optimizer"], f"{where}.optimizer")
-        if "train" in m:
-            member.train = _train(m["train"], f"{where}.train", base)
-        elif train:
-            member.train = {}
-        members.append(member)
-    from grow_cli.train.config import TrainConfig
-
+        members.append(_member(m, i, members, base, seed, has_train=bool(train)))
     draft = Recipe(path, Path("."), members, train, compare, optimizer=optimizer)
     _check_grown_optimizers(draft)
-    for i, member in enumerate(members):
-        settings = draft.train_settings(member)
-        if settings is None:
-            continue
-        if not settings.get("data"):
-            raise _fail(f"members[{i}].train", "no 'data' (give it here or in the top-level 'train')")
-        try:  # the same checks `grow train-stage` makes, now, before any member runs
-            TrainConfig(model=base, out=base, **settings)
-        except UsageError as exc:
-            option = exc.option if isinstance(exc, OptionError) else None
-            raise _fail(f"members[{i}].train" + (f".{option}" if option else ""), str(exc)) from None
+    _check_train_settings(draft, base)
     out_dir = Path(out) if out else (base / raw["out"] if "out" in raw else base / path.stem)
     return Recipe(
         path=path,
@@ -359,6 +285,107 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
         description=_typed(raw.get("description", ""), "description", str),
         optimizer=optimizer,
     )
+
+
+def _read_yaml(path: Path) -> Any:
+    """The recipe file's YAML, parsed; what cannot be read or parsed is one `UsageError` naming the file."""
+    import yaml
+
+    try:
+        return _load_yaml(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read recipe {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise UsageError(f"recipe {path} is not a text file (not UTF-8); give a YAML recipe") from None
+    except _AliasBomb as exc:
+        raise UsageError(
+            f"recipe {path}: YAML aliases (*name) there repeat {exc.nodes:,}+ values, over grow's bound of "
+            f"{MAX_ALIAS_NODES:,}; write the repeated settings out, or repeat fewer of them"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+
+
+def _compare(value: Any, base: Path) -> dict[str, Any]:
+    """The `compare` section, checked as `grow compare` checks its options; data paths relative to `base`."""
+    compare = dict(_mapping(value, "compare", COMPARE_KEYS))
+    for key, kind in COMPARE_KEYS.items():
+        if key in compare:
+            _typed(compare[key], f"compare.{key}", kind)
+    if "data" in compare:
+        compare["data"] = _paths(compare["data"], "compare.data", base)
+    from grow_cli.family.compare import check_compare_options
+
+    try:
+        check_compare_options(**compare)
+    except UsageError as exc:
+        raise _fail("compare", str(exc)) from None
+    return compare
+
+
+def _member(value: Any, i: int, earlier: list[Member], base: Path, seed: int, *, has_train: bool) -> Member:
+    """Member `i` of the recipe: the first from a checkpoint or a config, each later one grown from the one before;
+    `has_train`: the recipe has a top-level `train`, so every member trains."""
+    where = f"members[{i}]"
+    m = _mapping(value, where, MEMBER_KEYS)
+    name = _typed(m.get("name", f"member-{i + 1}"), f"{where}.name", str)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in {x.name for x in earlier}:
+        raise _fail(f"{where}.name", f"{name!r} must be unique and a plain folder name")
+    member = Member(name=name)
+    if i == 0:
+        _first_member(member, m, where, base)
+    else:
+        for key in ("source", "config", "tokenizer", "revision"):
+            if key in m:
+                raise _fail(f"{where}.{key}", "only the first member has a source; later ones are grown")
+        if "grow" not in m:
+            raise _fail(where, "needs a 'grow' section (how it is grown from the previous member)")
+        member.grow, member.spec = _grow_block(m["grow"], f"{where}.grow", seed)
+        if "optimizer" in m:
+            member.optimizer = _optimizer(m["optimizer"], f"{where}.optimizer")
+    if "train" in m:
+        member.train = _train(m["train"], f"{where}.train", base)
+    elif has_train:
+        member.train = {}
+    return member
+
+
+def _first_member(member: Member, m: dict[str, Any], where: str, base: Path) -> None:
+    """The first member's start: a checkpoint (`source`, a folder beside the recipe or a Hub id) or a `config`
+    with a `tokenizer`; it is grown from nothing."""
+    if ("source" in m) == ("config" in m):
+        raise _fail(where, "the first member needs exactly one of 'source' (a checkpoint) or 'config'")
+    for key in ("grow", "optimizer"):
+        if key in m:
+            raise _fail(f"{where}.{key}", "the first member is not grown from anything")
+    if "source" in m:
+        source = _typed(m["source"], f"{where}.source", str)
+        member.source = str(base / source) if (base / source).exists() else source
+        member.revision = m.get("revision")
+        return
+    member.config = dict(_typed(m["config"], f"{where}.config", dict))
+    if "model_type" not in member.config:
+        raise _fail(f"{where}.config", "needs a 'model_type'")
+    if "tokenizer" not in m:
+        raise _fail(where, "a member built from 'config' needs 'tokenizer' (a folder with one)")
+    member.tokenizer = base / _typed(m["tokenizer"], f"{where}.tokenizer", str)
+
+
+def _check_train_settings(recipe: Recipe, base: Path) -> None:
+    """Each training member's settings pass the checks `grow train-stage` makes, now, before any member runs."""
+    from grow_cli.train.config import TrainConfig
+
+    for i, member in enumerate(recipe.members):
+        settings = recipe.train_settings(member)
+        if settings is None:
+            continue
+        if not settings.get("data"):
+            raise _fail(f"members[{i}].train", "no 'data' (give it here or in the top-level 'train')")
+        try:
+            TrainConfig(model=base, out=base, **settings)
+        except UsageError as exc:
+            option = exc.option if isinstance(exc, OptionError) else None
+            raise _fail(f"members[{i}].train" + (f".{option}" if option else ""), str(exc)) from None
 
 
 def _optimizer(value: Any, where: str) -> str:
