@@ -111,3 +111,21 @@ def test_a_shared_indexer_layer_is_refused_in_one_line(cli, tmp_path):
         assert not (tmp_path / "out").exists()
     full = save(NAME, tmp_path / "full", indexer_types=["full"] * 3)  # the control: the same model, all full
     assert cli("expand", full, tmp_path / "out", "--layers", "6", "--depth-method", "identity").code == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "found"), [("full", "found 'full'"), (["full", "full"], "found 2 entries"), (7, "found 7")]
+)
+def test_an_indexer_list_that_is_no_list_of_one_entry_per_layer_is_one_line(cli, source, tmp_path, value, found):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in source.iterdir():
+        (bad / f.name).symlink_to(f)
+    (bad / "config.json").unlink()
+    config = json.loads((source / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "indexer_types": value}))
+    result = cli("expand", bad, tmp_path / "out", "--layers", "6", "--depth-method", "identity")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.stderr
+    assert f"indexer_types must list one entry for each of 3 layers, {found}" in lines[0]
+    assert not (tmp_path / "out").exists()

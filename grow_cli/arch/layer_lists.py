@@ -45,11 +45,17 @@ def listed(key: str, config: dict[str, Any]) -> Any:
     return getattr(built, key, None)
 
 
-def refuse_unsupported_values(arch: ArchDef, config: dict[str, Any]) -> None:
-    """Refuse a source whose per-layer list holds a value its definition cannot grow (`layer_list_values`)."""
+def refuse_unsupported_values(arch: ArchDef, config: dict[str, Any], layers: int) -> None:
+    """Refuse a source whose per-layer list holds a value its definition cannot grow (`layer_list_values`), or that
+    is no list of one entry per layer."""
     for key, (values, why) in arch.layer_list_values.items():
         entries = listed(key, config)
-        odd = [i for i, value in enumerate(entries or []) if value not in values]
+        if entries is None:  # neither config.json nor this transformers has the list: nothing marks another value
+            continue
+        if not isinstance(entries, list) or len(entries) != layers:
+            found = f"{entries!r:.60}" if not isinstance(entries, list) else f"{len(entries)} entries"
+            raise CheckpointError(f"config.json: {key} must list one entry for each of {layers} layers, found {found}")
+        odd = [i for i, value in enumerate(entries) if value not in values]
         if odd:
             found = " or ".join(repr(v) for v in sorted({str(entries[i]) for i in odd}))
             where = ", ".join(map(str, odd[:4])) + (", …" if len(odd) > 4 else "")

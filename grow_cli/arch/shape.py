@@ -154,7 +154,7 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
     if arch.layer_list_values:
         from grow_cli.arch.layer_lists import refuse_unsupported_values
 
-        refuse_unsupported_values(arch, config)
+        refuse_unsupported_values(arch, config, layers)
     tie_key = keys.get("tie")
     tie = config.get(tie_key) if tie_key else None
     tie = arch.tie_default if tie is None else bool(tie)
