@@ -133,13 +133,13 @@ BROKEN = {
         lambda d: d.update(mtp_layers=1),
         "'mtp_layers' is the config key that counts the multi-token-prediction layers",
     ),
-    "layer list values without a reason": (
-        lambda d: d.update(layer_list_values={"indexer_types": {"values": ["full"]}}),
-        "'layer_list_values' maps a per-layer list key to its 'values' (a list of strings) and 'why' (one line)",
+    "a presence condition on two lists": (
+        lambda d: q_proj(d).update(only_where={"layer_types": "full", "indexer_types": "full"}),
+        "weight 'self_attn.q_proj.weight': 'only_where' is one per-layer list key and its value",
     ),
-    "layer list values that are not strings": (
-        lambda d: d.update(layer_list_values={"indexer_types": {"values": [1], "why": "a reason"}}),
-        "'layer_list_values' maps a per-layer list key to its 'values' (a list of strings) and 'why' (one line)",
+    "identity layer values that are not strings": (
+        lambda d: d.update(identity_layer_values={"indexer_types": 1}),
+        "'identity_layer_values' maps a per-layer list key to one of its values",
     ),
     "tied to a tensor that is not there": (
         lambda d: d["final"][-1].update(tied_to="model.embed_token.weight"),

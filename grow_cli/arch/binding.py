@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grow_cli.arch.experts import detect_layout, weight_applies
+from grow_cli.arch.layer_lists import holds, layer_entries
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape, config_int, presence_key, weight_present
 from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
@@ -56,6 +57,8 @@ class Binding:
     dropped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
     expert_layout: str | None = None  # MoE: "per_expert" or "fused" (grow_cli.arch.experts)
     tied_copies: list[tuple[str, str]] = field(default_factory=list)  # (stored tied tensor, the tensor it ties to)
+    # the source's entries of the per-layer lists that decide which layers hold a tensor (`only_where`)
+    layer_entries: dict[str, list[Any]] = field(default_factory=dict)
 
     def layer_name(self, weight: WeightDef, index: int, expert: int | None = None) -> str:
         """The checkpoint name of `weight` in layer `index` (of routed expert `expert` for a per-expert tensor)."""
@@ -147,7 +150,7 @@ def bind(
     )
     layer_re = re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
     _refuse_fewer_layers(arch, shape, names, layer_re)
-    binder = _Binder(arch, config, shape, tensors, names, prefix, layout)
+    binder = _Binder(arch, config, shape, tensors, names, prefix, layout, layer_entries(arch, config, shape.layers))
     embeddings = binder.section(arch.embeddings, lambda w: _resolve(w.name, prefix), None)
     layers = [
         binder.section(arch.layer, lambda w, i=i: arch.layer_prefix.format(p=prefix, i=i) + w.name, i)
@@ -155,7 +158,9 @@ def bind(
     ]
     final = binder.section(arch.final, lambda w: _resolve(w.name, prefix), None)
     binder.account_for_the_rest(layer_re)
-    binding = Binding(arch, prefix, shape, embeddings, layers, final, binder.dropped, layout, binder.tied_copies)
+    binding = Binding(
+        arch, prefix, shape, embeddings, layers, final, binder.dropped, layout, binder.tied_copies, binder.entries
+    )
     refuse_integer_weights(tensors, {t.name for t in binding.all_tensors()})
     return binding
 
@@ -171,6 +176,7 @@ class _Binder:
     names: set[str]
     prefix: str
     layout: str | None
+    entries: dict[str, list[Any]]  # `Binding.layer_entries`
     claimed: set[str] = field(default_factory=set)
     dropped: list[tuple[str, str]] = field(default_factory=list)
     tied_copies: list[tuple[str, str]] = field(default_factory=list)
@@ -189,6 +195,14 @@ class _Binder:
                     bound += self._experts(weight, layer)
                     continue
             full = name_of(weight)
+            if layer is not None and not holds(weight, self.entries, layer):
+                if full in self.names:
+                    key = weight.only_where[0] if weight.only_where else ""
+                    raise CheckpointError(
+                        f"tensor {full} is present although config.json's {key} marks layer {layer} "
+                        f"{self.entries[key][layer]!r}"
+                    )
+                continue
             if not weight_present(arch, self.config, weight):
                 if full in self.names:
                     raise CheckpointError(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from grow_cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
-    from grow_cli.arch.registry import ArchDef
+    from grow_cli.arch.registry import ArchDef, WeightDef
 
 # Per-layer lists that transformers validates against the layer count, whatever the architecture.
 GENERIC_LAYER_LISTS = ("layer_types", "mlp_layer_types", "no_rope_layers")
@@ -45,24 +45,50 @@ def listed(key: str, config: dict[str, Any]) -> Any:
     return getattr(built, key, None)
 
 
-def refuse_unsupported_values(arch: ArchDef, config: dict[str, Any], layers: int) -> None:
-    """Refuse a source whose per-layer list holds a value its definition cannot grow (`layer_list_values`), or that
-    is no list of one entry per layer."""
-    for key, (values, why) in arch.layer_list_values.items():
-        entries = listed(key, config)
-        if entries is None:  # neither config.json nor this transformers has the list: nothing marks another value
+def layer_entries(arch: ArchDef, config: dict[str, Any], layers: int) -> dict[str, list[Any]]:
+    """The source's entries of each per-layer list that decides which layers hold a tensor (`only_where`): from
+    config.json, or transformers' default; a list neither has is left out (every layer then holds the tensor)."""
+    entries = {}
+    for key in arch.presence_lists:
+        listed_entries = listed(key, config)
+        if listed_entries is None:
             continue
-        if not isinstance(entries, list) or len(entries) != layers:
-            found = f"{entries!r:.60}" if not isinstance(entries, list) else f"{len(entries)} entries"
+        if not isinstance(listed_entries, list) or len(listed_entries) != layers:
+            found = f"{len(listed_entries)} entries" if isinstance(listed_entries, list) else f"{listed_entries!r:.60}"
             raise CheckpointError(f"config.json: {key} must list one entry for each of {layers} layers, found {found}")
-        odd = [i for i, value in enumerate(entries) if value not in values]
-        if odd:
-            found = " or ".join(repr(v) for v in sorted({str(entries[i]) for i in odd}))
-            where = ", ".join(map(str, odd[:4])) + (", …" if len(odd) > 4 else "")
-            raise CheckpointError(
-                f"config.json: {key} is {found} at layer{'s' if len(odd) > 1 else ''} {where}, and grow takes a "
-                f"{arch.name} only where every entry is {' or '.join(map(repr, values))}: {why}"
-            )
+        entries[key] = list(listed_entries)
+    return entries
+
+
+def grown_entries(
+    arch: ArchDef, entries: dict[str, list[Any]], layer_map: tuple[int, ...], identity_layers: frozenset[int]
+) -> dict[str, list[Any]]:
+    """Those lists for the grown stack: each layer keeps the entry of the layer it copies, except an identity block
+    followed (past other identity blocks) by a layer whose entry is the definition's `identity_layer_values`: it takes
+    that value too. GLM-5's "shared" layer reuses the picks of the last "full" layer before it; a full copy placed
+    before one would make it reuse the copy's picks instead of those it reused before, while a shared block passes
+    the same picks on (and has no indexer). Elsewhere a block keeps its copy's entry, so a model whose every layer is
+    full stays so."""
+    grown = {}
+    for key, values in entries.items():
+        copied = [values[src] for src in layer_map]
+        reuse = arch.identity_layer_values.get(key)
+        following = None  # the entry of the next layer that is not an identity block
+        for j in reversed(range(len(copied))):
+            if j not in identity_layers:
+                following = copied[j]
+            elif reuse is not None and following == reuse:
+                copied[j] = reuse
+        grown[key] = copied
+    return grown
+
+
+def holds(weight: WeightDef, entries: dict[str, list[Any]], layer: int) -> bool:
+    """Whether layer `layer` holds `weight` (a `WeightDef`), as its `only_where` list entry says."""
+    if weight.only_where is None or weight.only_where[0] not in entries:
+        return True
+    key, value = weight.only_where
+    return entries[key][layer] == value
 
 
 def per_layer_lists(

@@ -23,9 +23,10 @@ space only as it is — each of its axes copied unchanged — so it grows the ot
 of a config space keeps its value, and refuses a target that would change one (`config_space_keys`). A definition
 that cannot be widened at all says why in `width_refused`. A definition whose checkpoints
 store multi-token-prediction layers after the decoder stack names the config key that counts them (`mtp_layers`).
-A per-layer list some of whose values grow cannot grow (GLM-5's `indexer_types`, whose "shared" layers reuse another
-layer's work) names the values it can in `layer_list_values`, with why the others cannot be: a source with another
-value is refused (`layer_lists.refuse_unsupported_values`).
+A tensor that only some layers hold, as a per-layer list says, names that list and value in `only_where` (GLM-5's
+indexer: `{"indexer_types": "full"}`; a "shared" layer has none). `identity_layer_values` gives the value of such a
+list that makes a layer reuse the work of the layers before it ("shared"): an identity block followed by such a layer
+takes it too, so that the layer keeps reusing what it did (`layer_lists.grown_entries`).
 
 Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
 decoders, in the same schema plus a `derived` record (what was found, and why width growth may be refused).
@@ -108,6 +109,7 @@ _WEIGHT_KEYS = {
     "runtime_scale",
     "buffer",
     *("moe", "ffn_role", "layers", "layout"),  # mixture-of-experts
+    "only_where",
 }
 MOE_PARTS = {"router", "expert", "shared_expert", "shared_gate"}
 FFN_ROLES = {"gate", "up", "down", "gate_up"}
@@ -140,7 +142,7 @@ _TOP_KEYS = _REQUIRED_KEYS | {
     "config_spaces",
     "width_refused",
     "mtp_layers",
-    "layer_list_values",
+    "identity_layer_values",
 }
 _DERIVED_KEYS = {"transformers", "model_class", "width_refused", "identity", "notes"}
 
@@ -167,6 +169,7 @@ class WeightDef:
     ffn_role: str | None = None  # which MLP matrix it is: gate, up, down or gate_up (what upcycling copies)
     layers: str | None = None  # only in "sparse" (MoE) or only in "dense" (MLP) layers; None: in every layer
     layout: str | None = None  # the expert layout it belongs to: "per_expert" or "fused"; None: both
+    only_where: tuple[str, str] | None = None  # (per-layer list key, value): only in layers whose entry is the value
 
     @property
     def per_expert(self) -> bool:
@@ -216,8 +219,8 @@ class ArchDef:
     config_spaces: dict[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)  # space → Σ Π config keys
     curated_width_refusal: str | None = None  # a curated definition's `width_refused`: why width growth cannot apply
     mtp_layers: str | None = None  # the config key counting the multi-token-prediction layers stored after the stack
-    # per-layer list key → (the values grow can grow, why a source with another one cannot be)
-    layer_list_values: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
+    # per-layer list key → its value that reuses earlier layers' work, which identity blocks before one take
+    identity_layer_values: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_moe(self) -> bool:
@@ -226,6 +229,11 @@ class ArchDef:
     @property
     def curated(self) -> bool:
         return self.derived is None
+
+    @property
+    def presence_lists(self) -> tuple[str, ...]:
+        """The per-layer lists that decide which layers hold a tensor (`only_where`)."""
+        return tuple(sorted({w.only_where[0] for w in self.layer if w.only_where}))
 
     @property
     def identity_refusal(self) -> str | None:
@@ -320,6 +328,12 @@ def _weight(raw: Any, where: str, gain_offset: float, spaces: frozenset[str] = f
     if raw.get("runtime_scale") and raw["kind"] != "embedding":
         raise _fail(where, f"weight {raw['name']!r}: only an embedding can carry a runtime_scale")
     _check_moe_fields(raw, axes, where)
+    only_where = raw.get("only_where")
+    if only_where is not None:
+        one = isinstance(only_where, dict) and len(only_where) == 1
+        if not one or not all(isinstance(x, str) for item in only_where.items() for x in item):
+            raise _fail(where, f"weight {raw['name']!r}: 'only_where' is one per-layer list key and its value")
+        only_where = next(iter(only_where.items()))
     return WeightDef(
         name=raw["name"],
         kind=raw["kind"],
@@ -339,6 +353,7 @@ def _weight(raw: Any, where: str, gain_offset: float, spaces: frozenset[str] = f
         ffn_role=raw.get("ffn_role"),
         layers=raw.get("layers"),
         layout=raw.get("layout"),
+        only_where=only_where,
     )
 
 
@@ -431,7 +446,7 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         config_spaces=spaces,
         curated_width_refusal=width_refused,
         mtp_layers=mtp,
-        layer_list_values=_layer_list_values(raw, where),
+        identity_layer_values=_identity_layer_values(raw, where),
     )
     moe_weights = [w for w in arch.layer if w.moe or w.layers or w.layout]
     if moe_weights and moe is None:
@@ -469,23 +484,12 @@ def _config_spaces(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str
     return spaces
 
 
-def _layer_list_values(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str, ...], str]]:
-    """The validated `layer_list_values`: {list key: {"values": [what grow can grow], "why": "why not the others"}}."""
-    block = raw.get("layer_list_values", {})
-    usage = "'layer_list_values' maps a per-layer list key to its 'values' (a list of strings) and 'why' (one line)"
-    if not isinstance(block, dict):
-        raise _fail(where, usage)
-    checked = {}
-    for key, spec in block.items():
-        if not isinstance(spec, dict) or set(spec) != {"values", "why"}:
-            raise _fail(where, usage)
-        values, why = spec["values"], spec["why"]
-        if not isinstance(why, str) or not why or not isinstance(values, list) or not values:
-            raise _fail(where, usage)
-        if not all(isinstance(v, str) for v in values):
-            raise _fail(where, usage)
-        checked[key] = (tuple(values), why)
-    return checked
+def _identity_layer_values(raw: dict[str, Any], where: str) -> dict[str, str]:
+    """The validated `identity_layer_values`: {per-layer list key: its value that reuses earlier layers' work}."""
+    block = raw.get("identity_layer_values", {})
+    if not isinstance(block, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in block.items()):
+        raise _fail(where, "'identity_layer_values' maps a per-layer list key to one of its values")
+    return dict(block)
 
 
 _MOE_KEYS = {"upcycle_from", "topk_norm", "sparse_step", "dense_layers", "dense_prefix", "layer_types", "routed_scale"}

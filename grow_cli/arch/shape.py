@@ -151,10 +151,6 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
         raise CheckpointError(f"config.json: hidden size {hidden} is not divisible by {heads} heads")
     if heads % kv_heads:
         raise CheckpointError(f"config.json: {heads} attention heads are not a multiple of {kv_heads} KV heads")
-    if arch.layer_list_values:
-        from grow_cli.arch.layer_lists import refuse_unsupported_values
-
-        refuse_unsupported_values(arch, config, layers)
     tie_key = keys.get("tie")
     tie = config.get(tie_key) if tie_key else None
     tie = arch.tie_default if tie is None else bool(tie)

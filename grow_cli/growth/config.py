@@ -31,8 +31,11 @@ def grown_config(
     layer_map: tuple[int, ...] | None,
     width_updates: dict[str, Any],
     dtype: str | None,
+    layer_entries: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
-    """The target config: layer count, per-layer lists, width keys and dtype updated; everything else kept."""
+    """The target config: layer count, per-layer lists, width keys and dtype updated; everything else kept.
+    `layer_entries`: the grown stack's lists that decide which layers hold a tensor (`layer_lists.grown_entries`),
+    written over the plain copies of the layer map."""
     config = copy.deepcopy(source)
     if layer_map is not None:
         key_L = arch.config["layers"]
@@ -42,6 +45,7 @@ def grown_config(
         dense_key = (arch.moe or {}).get("dense_layers")  # a list of layer indices, not one entry per layer
         lists = per_layer_lists({k: v for k, v in source.items() if k != dense_key}, key_L, L, arch.layer_lists)
         map_layer_lists(config, lists, layer_map)
+        config.update(layer_entries or {})
         if arch.is_moe:  # each grown layer keeps the kind (sparse or dense) of the layer it copies
             sparse = sparse_layers(arch, source, L)
             config.update(sparse_config(arch, [src in sparse for src in layer_map]))

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from grow_cli.arch.binding import Binding, BoundTensor, bind
 from grow_cli.arch.experts import depth_methods_keeping, depth_refusal, parameter_counts
+from grow_cli.arch.layer_lists import grown_entries, holds
 from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.background import in_background, problem_so_far
@@ -236,12 +237,16 @@ def build_plan(
             f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
         )
     layer_map = depth.layer_map if depth else tuple(range(shape.layers))
+    blocks = depth is not None and (depth.zero_new_outputs or depth.identity_init)  # new layers add nothing
+    identity_layers = frozenset(j for j, new in enumerate(depth.new) if new) if depth and blocks else frozenset()
+    entries = grown_entries(arch, binding.layer_entries, layer_map, identity_layers)  # which layers hold what
 
     def target_config() -> dict[str, Any]:
         return grown_config(
             arch,
             config,
             layer_map=depth.layer_map if depth else None,
+            layer_entries=entries,
             width_updates=width.config_updates() if width else {},
             dtype=out_dtype,
         )
@@ -279,6 +284,8 @@ def build_plan(
             continue
         init = bool(depth and depth.identity_init and is_new)
         for t in binding.layers[src]:
+            if not holds(t.weight, entries, j):  # (a GLM-5 identity block has no indexer)
+                continue
             zero = bool(depth and depth.zero_new_outputs and is_new and t.weight.residual_writer)
             name = binding.layer_name(t.weight, j, t.expert)
             out.append(output(t, name, new=is_new, zero=zero, layer=j, init=init))
