@@ -197,7 +197,8 @@ class _Binder:
             full = name_of(weight)
             if layer is not None and not holds(weight, self.entries, layer):
                 if full in self.names:
-                    key = weight.only_where[0] if weight.only_where else ""
+                    assert weight.only_where is not None  # (only such a weight is missing from a layer)
+                    key = weight.only_where[0]
                     raise CheckpointError(
                         f"tensor {full} is present although config.json's {key} marks layer {layer} "
                         f"{self.entries[key][layer]!r}"
