@@ -59,6 +59,54 @@ def _logits(model, folder: Path, inputs: dict[str, Any]):
         return model(**inputs).logits
 
 
+def _comparable(a: Path, b: Path, seq_len: int):
+    """Both models' configs (after checking their weights and `seq_len`), A's tokenizer and end-of-text id; refuses
+    two models that do not share a tokenizer."""
+    from grow_cli.data.tokens import tokenizer_fingerprint
+    from grow_cli.train.model_io import check_seq_len, check_weights, load_model_config, load_tokenizer
+
+    config_a, config_b = load_model_config(a), load_model_config(b)
+    for folder in (a, b):
+        check_weights(folder)
+    for folder, config in ((a, config_a), (b, config_b)):
+        check_seq_len(config, seq_len, whose=f"{folder}'s")
+    tok_a, eos = load_tokenizer(a, config_a, option=False)
+    tok_b, _ = load_tokenizer(b, config_b, option=False)
+    if tokenizer_fingerprint(tok_a) != tokenizer_fingerprint(tok_b):
+        raise DataError(f"{a} and {b} do not share a tokenizer; their next-token distributions are not comparable")
+    return config_a, config_b, tok_a, eos
+
+
+def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks, vocab: int) -> dict[str, float]:
+    """Both models (on a GPU when there is one) on each batch of token `blocks`: `divergences` summed over the
+    predicted positions — the masked ones of a masked-LM objective, else every next token."""
+    import torch
+
+    from grow_cli.data.masking import IGNORE_INDEX
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models = [_load(folder, choice).to(device) for folder in folders]
+    totals: dict[str, float] = {}
+    with torch.no_grad():
+        for batch in blocks:
+            block = torch.from_numpy(batch.astype("int64"))
+            inputs = objective.eval_inputs(block)
+            labels = inputs.pop("labels")
+            if choice.name == "masked":  # the masked positions of the same corrupted input
+                where = labels != IGNORE_INDEX
+                targets = labels[where]
+            else:  # every next token
+                where = torch.zeros_like(block, dtype=torch.bool)
+                where[:, :-1] = True
+                targets = block[:, 1:].reshape(-1)
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            where, targets = where.to(device), targets.to(device)
+            logits_a, logits_b = (_logits(m, f, inputs)[where][:, :vocab] for m, f in zip(models, folders, strict=True))
+            for key, value in divergences(logits_a, logits_b, targets).items():
+                totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
 def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, Any]:
     """Both models' objective (they must agree) and the `Objective` that makes their inputs: for masked LMs, BERT's
     default corruption (15 %, 80/10/10) with the fixed held-out masks of `grow train-stage`."""
@@ -94,24 +142,12 @@ def compare(
     ("causal": every next token; "masked": fixed 15 % masks) and `data_fingerprint`. `max_blocks=None` uses every
     held-out block. Raises `DataError` when the models' tokenizers or objectives differ or the data is unusable.
     """
-    import torch
-
-    from grow_cli.data.masking import IGNORE_INDEX
     from grow_cli.data.sources import check_sources, find_sources
-    from grow_cli.data.tokens import prepare_tokens, token_cache_dir, tokenizer_fingerprint
-    from grow_cli.train.model_io import check_seq_len, check_weights, load_model_config, load_tokenizer
+    from grow_cli.data.tokens import prepare_tokens, token_cache_dir
 
     check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
     a, b = Path(a), Path(b)
-    config_a, config_b = load_model_config(a), load_model_config(b)
-    for folder in (a, b):
-        check_weights(folder)
-    for folder, config in ((a, config_a), (b, config_b)):
-        check_seq_len(config, seq_len, whose=f"{folder}'s")
-    tok_a, eos = load_tokenizer(a, config_a, option=False)
-    tok_b, _ = load_tokenizer(b, config_b, option=False)
-    if tokenizer_fingerprint(tok_a) != tokenizer_fingerprint(tok_b):
-        raise DataError(f"{a} and {b} do not share a tokenizer; their next-token distributions are not comparable")
+    config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
     choice, objective = _objective(a, config_a, b, config_b, tok_a)
     sources = find_sources(data)
     check_sources(sources, text_field)
@@ -127,27 +163,8 @@ def compare(
         cache_dir=Path(cache_dir) if cache_dir else token_cache_dir(a.resolve().parent),
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when there is one
-    model_a, model_b = _load(a, choice).to(device), _load(b, choice).to(device)
-    totals: dict[str, float] = {}
-    with torch.no_grad():
-        for start in range(0, len(ids), batch_size):
-            block = torch.from_numpy(tokens.blocks[ids[start : start + batch_size]].astype("int64"))
-            inputs = objective.eval_inputs(block)
-            labels = inputs.pop("labels")
-            if choice.name == "masked":  # the masked positions of the same corrupted input
-                where = labels != IGNORE_INDEX
-                targets = labels[where]
-            else:  # every next token
-                where = torch.zeros_like(block, dtype=torch.bool)
-                where[:, :-1] = True
-                targets = block[:, 1:].reshape(-1)
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-            where, targets = where.to(device), targets.to(device)
-            logits_a = _logits(model_a, a, inputs)[where][:, :vocab]
-            logits_b = _logits(model_b, b, inputs)[where][:, :vocab]
-            for key, value in divergences(logits_a, logits_b, targets).items():
-                totals[key] = totals.get(key, 0.0) + value
+    blocks = (tokens.blocks[ids[start : start + batch_size]] for start in range(0, len(ids), batch_size))
+    totals = _summed_divergences((a, b), choice, objective, blocks, vocab)
     n = totals["positions"]
     loss_a, loss_b = totals["nll_a"] / n, totals["nll_b"] / n
     return {
