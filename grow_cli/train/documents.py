@@ -3,8 +3,9 @@
 train-stage packs documents end to end, separated by the end-of-document token, into blocks of `--seq-len`, so by
 default a token attends to the tail of the previous document too. With position ids that restart at 0 after every
 end-of-document token — and no attention mask — transformers detects the packed sequences and masks attention
-between them (its `find_packed_sequence_indices`; flash attention's variable-length kernels where installed), so
-every document is trained as if it stood alone, at its own positions: Llama 3's document masking.
+between them (its `find_packed_sequence_indices`, which builds a block-diagonal mask for SDPA, the attention models
+load with here), so every document is trained as if it stood alone, at its own positions: Llama 3's document
+masking.
 
 Not every architecture honours those position ids (measured with transformers 5: BLOOM and MPT use ALiBi and ignore
 them, OPT computes its own positions), and a run that silently still attends across documents would be worse than
