@@ -1,13 +1,15 @@
 """What the exactness tests compare between a source model and its grown copy — logits on probe tokens and the
-greedy continuation with the KV cache — and the tensors of a saved folder: one definition for every family of tiny
-models (dense decoders, mixtures of experts, upcycled ones)."""
+greedy continuation with the KV cache — and the tensors of a saved folder, which a negative control nudges: one
+definition for every family of tiny models (dense decoders, mixtures of experts, upcycled ones)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 
 def behaviour(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,3 +39,15 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
         with safe_open(shard, "pt") as f:
             result.update({name: f.get_tensor(name) for name in f.keys()})  # noqa: SIM118 (not a mapping)
     return result
+
+
+def nudge(folder: Path, name: str, scale: float) -> None:
+    """Add `scale` × Gaussian noise to tensor `name` of the checkpoint in `folder`, in the shard that holds it: a
+    growth with one tensor wrong, which an exactness comparison must catch."""
+    index = Path(folder) / "model.safetensors.index.json"
+    shard = Path(folder) / (
+        json.loads(index.read_text())["weight_map"][name] if index.exists() else "model.safetensors"
+    )
+    written = load_file(shard)
+    written[name] = written[name] + scale * torch.randn_like(written[name])
+    save_file(written, shard, metadata={"format": "pt"})

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from behaviour import behaviour, compare, tensors
-from safetensors.torch import save_file
+from behaviour import behaviour, compare, nudge, tensors
 from test_moe_prefix import EXACT, routing
 from tiny_moe import model_class, probe_ids, save
 
@@ -128,10 +127,7 @@ def test_stacking_applies_and_writes_the_repeated_lists_but_is_not_exact(sources
 def test_a_perturbed_indexer_query_projection_is_not_exact_negative_control(sources, reference, tmp_path):
     out = tmp_path / "out"
     expand(str(sources["full"]), out, GrowthSpec(width_factor=2), quiet=True)
-    written = tensors(out)
-    name = "model.layers.1.self_attn.indexer.wq_b.weight"
-    written[name] = written[name] + 0.5 * torch.randn_like(written[name])
-    save_file(written, out / "model.safetensors", metadata={"format": "pt"})
+    nudge(out, "model.layers.1.self_attn.indexer.wq_b.weight", 0.5)
     gap, _ = compare(load(out).eval(), reference["full"], probe_ids(), generate=False)
     assert gap > 100 * EXACT, gap
 
