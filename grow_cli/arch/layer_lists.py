@@ -84,7 +84,7 @@ def grown_entries(
 
 
 def holds(weight: WeightDef, entries: dict[str, list[Any]], layer: int) -> bool:
-    """Whether layer `layer` holds `weight` (a `WeightDef`), as its `only_where` list entry says."""
+    """Whether layer `layer` holds `weight`, as its `only_where` list entry says (every layer, without one)."""
     if weight.only_where is None or weight.only_where[0] not in entries:
         return True
     key, value = weight.only_where

@@ -237,8 +237,9 @@ def build_plan(
             f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
         )
     layer_map = depth.layer_map if depth else tuple(range(shape.layers))
-    blocks = depth is not None and (depth.zero_new_outputs or depth.identity_init)  # new layers add nothing
-    identity_layers = frozenset(j for j, new in enumerate(depth.new) if new) if depth and blocks else frozenset()
+    identity_layers: frozenset[int] = frozenset()  # new layers that add nothing (identity blocks)
+    if depth is not None and (depth.zero_new_outputs or depth.identity_init):
+        identity_layers = frozenset(j for j, new in enumerate(depth.new) if new)
     entries = grown_entries(arch, binding.layer_entries, layer_map, identity_layers)  # which layers hold what
 
     def target_config() -> dict[str, Any]:

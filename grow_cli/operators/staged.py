@@ -18,9 +18,9 @@
   On a gated MLP (SwiGLU: silu(gate·x)·(up·x), no biases) the zero gain leaves the new MLP at a stationary point:
   gate = up = 0 makes every gradient of that MLP exactly zero, so it never trains (its attention does); the
   planner says so, and `identity` (LLaMA-Pro) has no such problem.
-* Both are refused on multi-head latent attention (DeepSeek-V2/V3, GLM-4.7-Flash): width growth keeps its heads,
-  which `staged` would need ×k, and its latent norms (`latent_norms`), zeroed too, would leave every tensor of a new
-  layer without a gradient, for good.
+* Both are refused on multi-head latent attention (DeepSeek-V2/V3/V3.2, GLM-4.7-Flash, GLM-5): width growth keeps
+  its heads, which `staged` would need ×k, and its latent norms (`latent_norms`), zeroed too, would leave every tensor
+  of a new layer without a gradient, for good.
 """
 
 from __future__ import annotations
