@@ -23,6 +23,12 @@ def test_positions_restart_after_every_end_of_document():
     assert document_positions(ids, EOS).tolist() == [[0, 1, 0, 1, 2, 0], [0, 0, 1, 2, 3, 4]]
 
 
+def test_positions_stay_on_the_device_of_the_ids():
+    """On an accelerator too (the meta device stands in for a GPU here): the probe builds positions for blocks on the
+    model's device, and an index made on the CPU failed there."""
+    assert document_positions(torch.tensor([[5, EOS, 7]], device="meta"), EOS).device.type == "meta"
+
+
 def _documents(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     first = torch.randint(3, vocab, (1, 9), generator=generator)

@@ -52,7 +52,7 @@ def test_train_stage_compile_trains_the_same_numbers(tmp_path, capsys, monkeypat
         assert code == 0, stderr
         losses[name] = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
         stage = json.loads((out / "grow.json").read_text())["stages"][-1]
-        assert stage["kernels"] == {"liger": [], "compiled_blocks": 2 if flag else 0}
+        assert stage["kernels"] == {"liger": [], "compiled_blocks": 2 if flag else 0, "attention": "sdpa"}
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
 
 

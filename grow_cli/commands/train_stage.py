@@ -48,6 +48,12 @@ Apollo: train a 3-layer model with its layers shared over sampled depths up to 1
 
     grow train-stage small/ --data corpus/ --out deep/ --max-steps 2000 --apollo-stages 3,6@300,12@600
 
+Packed documents that attend only to themselves, through flash attention's variable-length kernels on a GPU
+(pip install flash-attn):
+
+    grow train-stage grown/ --data corpus/ --out stage1/ --max-steps 1000 --document-masking \\
+        --attn-implementation flash_attention_2 --mixed-precision bf16
+
 Resume after Ctrl-C or a time limit: run the same command with `--resume auto`.
 
 Continue a grown training run (grow expand of a checkpoint, or of an output trained with `--save-final-state`):
@@ -153,6 +159,14 @@ def train_stage(
     compile: Annotated[
         bool, Opt("--compile", help="torch.compile each decoder layer in place (one compiled block, reused).")
     ] = False,
+    attn_implementation: Annotated[
+        str | None,
+        Opt(
+            help="transformers' attention: sdpa (its default where the model has it), eager, flex_attention, "
+            "flash_attention_2, … (with --document-masking, flash attention's variable-length kernels).",
+            show_default=False,
+        ),
+    ] = None,
     liger: Annotated[
         bool | None,
         Opt(

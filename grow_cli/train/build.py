@@ -26,6 +26,7 @@ from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
+from grow_cli.train.attention import HALF, check_attention_run, one_row
 from grow_cli.train.checkpoints import load_checkpoint, remove_unfinished, run_key_change
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
@@ -86,7 +87,7 @@ class Run:
     objective: Objective  # the inputs and labels of each micro-batch (causal or masked LM)
     apollo: Apollo | None  # Apollo's depth sampling and shared layers; None: plain training
     loaded: LoadedModel  # what loading created (a new head) and what the output carries unchanged
-    kernels: dict[str, Any]  # what `speed_up` applied: Liger kernels and compiled blocks (recorded in grow.json)
+    kernels: dict[str, Any]  # what `speed_up` applied: Liger kernels, compiled blocks, attention (for grow.json)
     parameter_names: list[str]  # the optimizer's parameters, in its index order
     continuation: Continuation | None = None  # where this run continues another (train/continuation.py)
     step: int = 0
@@ -144,6 +145,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     accelerator = make_accelerator(config, tracker)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
+    check_attention_run(config.attn_implementation, accelerator.device, accelerator.mixed_precision)
     budget = make_budget(config, accelerator)
     continuation = checked.continuation
     if continuation is not None:  # the budget is what this run trains; its schedule starts at the start step
@@ -152,7 +154,11 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
         check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)
     data = load_data(config, checked, accelerator)
     objective = Objective(
-        checked.objective.name, config.seed, checked.masking, checked.eos_id if config.document_masking else None
+        checked.objective.name,
+        config.seed,
+        checked.masking,
+        checked.eos_id if config.document_masking else None,
+        config.document_masking and one_row(config.attn_implementation),
     )
     offset, first, offset_note = step_offset(
         config, continuation, data.fingerprint, len(data.train_ids), budget.global_batch
@@ -172,7 +178,8 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     loaded, trainable = load_trainable_model(config, checked, accelerator)
     model, saved_dtype = loaded.model, loaded.saved_dtype
     if config.document_masking:
-        check_document_masking(model, checked.eos_id)
+        autocast = HALF.get(accelerator.mixed_precision) if objective.one_row else None  # flash computes in half
+        check_document_masking(model, checked.eos_id, one_row=objective.one_row, autocast=autocast)
     out.mkdir(parents=True, exist_ok=True)  # only now: unreadable data or a refused model leave no output
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
     kernels = speed_up(model, config, accelerator, liger=liger)
@@ -360,7 +367,7 @@ def load_trainable_model(
 
     transformers.utils.logging.disable_progress_bar()  # our own progress and notes say what is happening
     torch.manual_seed(config.seed)
-    loaded = load_model(Path(config.model), checked.objective)
+    loaded = load_model(Path(config.model), checked.objective, config.attn_implementation)
     for note in objective_notes(checked, loaded):
         say(accelerator, config.quiet, note)
     if checked.apollo:
@@ -381,14 +388,14 @@ def load_trainable_model(
 
 def speed_up(model: PreTrainedModel, config: TrainConfig, accelerator: Accelerator, *, liger: bool) -> dict[str, Any]:
     """Liger Kernel where it applies, then (with --compile) each repeated block compiled in place (`kernels.py`);
-    says what was done and returns it for grow.json."""
+    says what was done and returns it, with the attention the model runs, for grow.json."""
     fused = apply_liger(model) if liger else []
     blocks = compile_repeated_blocks(model) if config.compile else 0
     if fused:
         say(accelerator, config.quiet, f"Liger Kernel: {', '.join(fused)}")
     if blocks:
         say(accelerator, config.quiet, f"compiling {blocks} repeated blocks in place (one graph, reused)")
-    return {"liger": fused, "compiled_blocks": blocks}
+    return {"liger": fused, "compiled_blocks": blocks, "attention": model.config._attn_implementation}
 
 
 def resolve_max_lr(

@@ -90,6 +90,7 @@ class TrainConfig:
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile each repeated block (train/kernels.py)
+    attn_implementation: str | None = None  # transformers' attention, e.g. flash_attention_2 (train/attention.py)
     liger: bool | None = None  # Liger Kernel: None uses it where installed and applicable (train/kernels.py)
     # checkpoints, eval, logs
     save_every: int | None = None
@@ -148,6 +149,8 @@ class TrainConfig:
             raise OptionError(
                 "seq_len", f"--seq-len must be at least 2 (a token and the next one to predict), got {self.seq_len}"
             )
+        if self.attn_implementation is not None and not self.attn_implementation.strip():
+            raise OptionError("attn_implementation", "--attn-implementation is empty; name one (e.g. sdpa) or drop it")
         positive = (
             "micro_batch_size",
             "max_steps",

@@ -4,13 +4,14 @@ train-stage packs documents end to end, separated by the end-of-document token, 
 default a token attends to the tail of the previous document too. With position ids that restart at 0 after every
 end-of-document token — and no attention mask — transformers detects the packed sequences and masks attention
 between them (its `find_packed_sequence_indices`, which builds a block-diagonal mask for SDPA, the attention models
-load with here), so every document is trained as if it stood alone, at its own positions: Llama 3's document
-masking.
+load with by default), so every document is trained as if it stood alone, at its own positions: Llama 3's document
+masking. Flash attention (`--attn-implementation`, attention.py) finds the documents from the positions only in a
+batch of one row, so there the blocks of a micro-batch go to the model as one row (`document_inputs`).
 
 Not every architecture honours those position ids (measured with transformers 5: BLOOM and MPT use ALiBi and ignore
 them, OPT computes its own positions), and a run that silently still attends across documents would be worse than
-none, so `check_document_masking` measures it on the model itself before training: the logits of a document packed
-after another must equal those of the document alone.
+none, so `check_document_masking` measures it on the model itself, fed as training feeds it, before training: in a
+micro-batch of two blocks, the logits of a document packed after another must equal those of the document alone.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from grow_cli.data.masking import IGNORE_INDEX
 from grow_cli.errors import UsageError
 
 PROBE = (9, 7)  # tokens of the two probe documents (the first ends with the end-of-document token)
@@ -27,16 +29,32 @@ PROBE = (9, 7)  # tokens of the two probe documents (the first ends with the end
 def document_positions(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """Position ids for blocks `ids` [B, T]: 0 at the start of each block and after every `eos_id`, counting up
     within each document."""
-    index = torch.arange(ids.shape[-1]).expand_as(ids)
+    index = torch.arange(ids.shape[-1], device=ids.device).expand_as(ids)
     starts = torch.zeros_like(ids, dtype=torch.bool)
     starts[:, 0] = True
     starts[:, 1:] = ids[:, :-1] == eos_id
     return index - torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
 
 
-def check_document_masking(model: Any, eos_id: int) -> None:
-    """Refuse `--document-masking` for a model whose attention still crosses document boundaries under restarted
-    position ids: a document packed after another must give the logits it gives alone."""
+def document_inputs(ids: torch.Tensor, eos_id: int, *, one_row: bool = False) -> dict[str, torch.Tensor]:
+    """The causal-LM inputs of blocks `ids` [B, T] with positions restarting per document. With `one_row` the
+    blocks go in as one row [1, B·T] (for flash attention's variable-length kernels), each block's first label
+    ignored so that no block predicts the next one's first token: the same B·(T−1) predictions and losses."""
+    positions = document_positions(ids, eos_id)
+    if not one_row:
+        return {"input_ids": ids, "labels": ids, "position_ids": positions}
+    labels = ids.clone()
+    labels[:, 0] = IGNORE_INDEX
+    return {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1), "position_ids": positions.reshape(1, -1)}
+
+
+def check_document_masking(
+    model: Any, eos_id: int, *, one_row: bool = False, autocast: torch.dtype | None = None
+) -> None:
+    """Refuse `--document-masking` for a model whose attention still crosses document boundaries when fed as
+    training feeds it (`document_inputs`; under `autocast`, for attention that computes in half precision only): in
+    a micro-batch of two blocks, a document packed after another must give the logits it gives alone. Two blocks,
+    because flash attention masks packed documents in a batch of one row only."""
     param = next(model.parameters())
     vocab = model.get_input_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(0)
@@ -44,19 +62,21 @@ def check_document_masking(model: Any, eos_id: int) -> None:
     for document in (first, second):
         document[document == eos_id] = (eos_id + 1) % vocab  # one end-of-document token, where it belongs
     first[0, -1] = eos_id
-    packed = torch.cat([first, second], dim=1).to(param.device)
+    blocks = torch.cat([first, second], dim=1).repeat(2, 1)
+    inputs = {name: value.to(param.device) for name, value in document_inputs(blocks, eos_id, one_row=one_row).items()}
+    del inputs["labels"]
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        together = model(input_ids=packed, position_ids=document_positions(packed, eos_id), use_cache=False).logits
+    with torch.no_grad(), torch.autocast(param.device.type, dtype=autocast, enabled=autocast is not None):
+        together = model(**inputs, use_cache=False).logits.reshape(*blocks.shape, -1)
         alone = model(input_ids=second.to(param.device), use_cache=False).logits
     model.train(was_training)
-    gap = (together[0, PROBE[0] :].float() - alone[0].float()).abs().max().item()
+    gap = (together[:, PROBE[0] :].float() - alone.float()).abs().max().item()
     scale = alone.float().abs().max().item() + 1.0
-    tolerance = 1e-4 if param.dtype == torch.float32 else 3e-2  # fp32 rounding, or bf16/fp16's
+    tolerance = 1e-4 if (autocast or param.dtype) == torch.float32 else 3e-2  # fp32 rounding, or bf16/fp16's
     if not gap <= tolerance * scale:
         raise UsageError(
             f"--document-masking: {model.config.model_type} does not mask attention between packed documents in "
-            f"transformers (a document after another gave logits {gap:.3g} away from the same document alone); "
-            "train without --document-masking"
+            f"transformers under {model.config._attn_implementation} attention (a document after another gave logits "
+            f"{gap:.3g} away from the same document alone); train without --document-masking"
         )

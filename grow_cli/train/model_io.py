@@ -140,18 +140,25 @@ class LoadedModel:
     carried: list[str]
 
 
-def load_model(model_dir: Path, choice: Choice) -> LoadedModel:
-    """The model in `model_dir` with the head of the chosen objective, in float32.
+def model_class(choice: Choice) -> Any:
+    """transformers' auto class of the chosen objective's head."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    return AutoModelForMaskedLM if choice.name == "masked" else AutoModelForCausalLM
+
+
+def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None = None) -> LoadedModel:
+    """The model in `model_dir` with the head of the chosen objective, in float32, running `attn_implementation`
+    (None: transformers' default for it).
 
     A missing head is created (transformers initialises it; a masked-LM decoder is tied to the word embeddings, as
     BERT ties it), a missing tensor of the model body is refused, and tensors the head class does not use (a
     BertModel's pooler) are carried into the output unchanged, so that nothing the checkpoint held is lost.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
 
-    auto = AutoModelForMaskedLM if choice.name == "masked" else AutoModelForCausalLM
-    options: dict[str, Any] = {}
+    auto = model_class(choice)
+    options: dict[str, Any] = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     if choice.is_decoder is not None:
         options["config"] = load_model_config(model_dir)
         options["config"].get_text_config().is_decoder = choice.is_decoder

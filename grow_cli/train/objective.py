@@ -19,7 +19,7 @@ import torch
 
 from grow_cli.data.masking import EVAL_SEED, IGNORE_INDEX, MaskingRule, mask_rows
 from grow_cli.errors import CheckpointError, UsageError
-from grow_cli.train.documents import document_positions
+from grow_cli.train.documents import document_inputs
 
 NAMES = {"causal": "causal LM (next-token prediction)", "masked": "masked LM (masked-token prediction)"}
 
@@ -83,6 +83,7 @@ class Objective:
     seed: int
     masking: MaskingRule | None = None  # for "masked"
     document_eos: int | None = None  # causal with --document-masking: positions restart after this token
+    one_row: bool = False  # with document_eos: a micro-batch goes in as one row (flash attention; attention.py)
 
     def train_inputs(self, micro_batches: list[torch.Tensor], step: int, accelerator: Any) -> list[dict[str, Any]]:
         """The inputs of optimizer step `step`'s micro-batches of this process.
@@ -107,18 +108,17 @@ class Objective:
         if self.masking is None:
             # No KV cache: training never decodes, and under Apollo's shared layers one cache slot per layer
             # object would mix the positions that share it.
-            inputs: dict[str, Any] = {"input_ids": ids, "labels": ids, "use_cache": False}
-            if self.document_eos is not None:
-                inputs["position_ids"] = document_positions(ids, self.document_eos)
-            return inputs
+            if self.document_eos is None:
+                return {"input_ids": ids, "labels": ids, "use_cache": False}
+            return {**document_inputs(ids, self.document_eos, one_row=self.one_row), "use_cache": False}
         masked, labels = mask_rows(self.masking, ids, seed)
         return {"input_ids": masked, "labels": labels}
 
     def predicted(self, inputs: dict[str, Any]) -> int:
         """How many positions the loss of `inputs` averages over."""
         labels = inputs["labels"]
-        if self.masking is None:
-            return labels[:, 1:].numel()  # every position but the first is predicted from its left context
+        if self.masking is None:  # every position but a block's first is predicted from its left context
+            return int((labels[:, 1:] != IGNORE_INDEX).sum())
         return int((labels != IGNORE_INDEX).sum())
 
     def describe(self) -> dict[str, Any]:

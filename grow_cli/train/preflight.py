@@ -22,11 +22,12 @@ from grow_cli.data.sources import Source, check_sources, data_paths, find_source
 from grow_cli.errors import OptionError, OutputError, UsageError
 from grow_cli.field_types import flag
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
+from grow_cli.train.attention import check_attention
 from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, finished_run, resolve_resume
 from grow_cli.train.config import DEFAULTS, TrainConfig
 from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
-from grow_cli.train.model_io import check_seq_len, check_weights, load_model_config, load_tokenizer
+from grow_cli.train.model_io import check_seq_len, check_weights, load_model_config, load_tokenizer, model_class
 from grow_cli.train.objective import Choice, choose_objective
 
 
@@ -49,8 +50,8 @@ class Checked:
 
 
 def preflight(config: TrainConfig) -> Checked:
-    """Check the data, the model folder, the objective, the tokenizer, Apollo, --train-only, --out/--resume and
-    --report-to."""
+    """Check the data, the model folder, the objective, --attn-implementation, the tokenizer, Apollo, --train-only,
+    --out/--resume and --report-to."""
     model, out, data = Path(config.model), Path(config.out), data_paths(config.data)  # as TrainConfig holds them
     sources = find_sources(data)
     check_sources(sources, config.text_field)
@@ -58,6 +59,7 @@ def preflight(config: TrainConfig) -> Checked:
     check_weights(model)
     check_seq_len(model_config, config.seq_len)
     objective = choose_objective(model_config, config.objective)
+    check_attention(model_config, model_class(objective), config.attn_implementation)
     tokenizer, eos_id = load_tokenizer(Path(config.tokenizer or model), model_config)
     masking = None
     if objective.name == "causal":
