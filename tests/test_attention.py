@@ -125,12 +125,26 @@ def test_train_stage_runs_the_attention_asked_for(tmp_path, capsys):
     assert "attn" not in (tmp_path / "out" / "config.json").read_text()  # the trained model loads with the default
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_stage_with_flex_attention_on_a_gpu(tmp_path, capsys):
+    """Flex attention trains packed documents apart on a GPU, where it has a backward pass (compiled by torch)."""
+    args = _train_args(tmp_path, "--attn-implementation", "flex_attention", "--document-masking")
+    code, _, stderr = run_grow([*args, "--mixed-precision", "bf16"], capsys)
+    assert code == 0, stderr
+    stage = json.loads((tmp_path / "out" / "grow.json").read_text())["stages"][-1]
+    assert stage["kernels"]["attention"] == "flex_attention"
+
+
 @pytest.mark.parametrize(
     ("name", "refusal"),
     [
         ("no_such_attention", 'Specified `attn_implementation="no_such_attention"` is not supported'),
         ("flash_attention_2", "the package for FlashAttention2 doesn't seem to be installed"),
-        ("flex_attention", "torch has no backward pass for flex attention on the CPU"),
+        pytest.param(
+            "flex_attention",
+            "torch has no backward pass for flex attention on the CPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="the run is on a GPU, where flex trains"),
+        ),
         (" ", "--attn-implementation is empty"),
     ],
 )
