@@ -76,3 +76,13 @@ def test_step_log_gives_steps_back_in_order_up_to_the_asked_step():
     assert [(n.step, n.loss, n.grad_norm, n.tokens) for n in first] == [(1, 1.0, 10.0, 100)]
     rest = log.pop(upto=3)
     assert [(n.step, n.grad_norm) for n in rest] == [(2, None), (3, 30.0)] and len(log) == 0
+
+
+def test_a_gradient_norm_given_as_a_number_or_on_another_device_is_logged():
+    """DeepSpeed may return the norm as a Python number, FSDP with offloaded parameters as a CPU tensor while the loss
+    is on the GPU (the meta device stands in for it: it refuses a CPU tensor beside its own, as a GPU does)."""
+    log = StepLog()
+    log.push(1, torch.tensor(2.0), 1.5, 0.1, 100)  # a number
+    assert [(n.loss, n.grad_norm) for n in log.pop(upto=1)] == [(2.0, 1.5)]
+    log.push(2, torch.tensor(2.0, device="meta"), torch.tensor(1.5), 0.1, 200)  # stacked on the loss's device
+    assert len(log) == 1

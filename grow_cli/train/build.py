@@ -31,6 +31,7 @@ from grow_cli.train.checkpoints import load_checkpoint, remove_unfinished, run_k
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, load_grown_state
 from grow_cli.train.data_offset import step_offset
+from grow_cli.train.deepspeed_engine import fill_deepspeed_config, full_ndim, full_numel
 from grow_cli.train.documents import check_document_masking
 from grow_cli.train.freeze import freeze_all_but
 from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
@@ -147,6 +148,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
     check_attention_run(config.attn_implementation, accelerator.device, accelerator.mixed_precision)
     budget = make_budget(config, accelerator)
+    fill_deepspeed_config(accelerator, config.micro_batch_size, budget.grad_accum, config.grad_clip)
     continuation = checked.continuation
     if continuation is not None:  # the budget is what this run trains; its schedule starts at the start step
         budget = dataclasses.replace(budget, max_steps=continuation.start_step + budget.max_steps)
@@ -177,13 +179,9 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     describe_data(config, data, accelerator)
     loaded, trainable = load_trainable_model(config, checked, accelerator)
     model, saved_dtype = loaded.model, loaded.saved_dtype
-    if config.document_masking:
-        autocast = HALF.get(accelerator.mixed_precision) if objective.one_row else None  # flash computes in half
-        check_document_masking(model, checked.eos_id, one_row=objective.one_row, autocast=autocast)
-    out.mkdir(parents=True, exist_ok=True)  # only now: unreadable data or a refused model leave no output
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
     kernels = speed_up(model, config, accelerator, liger=liger)
-    num_parameters = sum(p.numel() for p in model.parameters())
+    num_parameters = sum(full_numel(p) for p in model.parameters())
     max_lr = resolve_max_lr(config, num_parameters, accelerator, continuation)
     if config.max_tokens:
         say(
@@ -204,6 +202,10 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     )
     router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if config.document_masking:  # measured on the model as it trains: on its device, wrapped or sharded
+        autocast = HALF.get(accelerator.mixed_precision) if objective.one_row else None  # flash computes in half
+        check_document_masking(model, checked.eos_id, one_row=objective.one_row, autocast=autocast)
+    out.mkdir(parents=True, exist_ok=True)  # only now: unreadable data or a refused model leave no output
     if offset_note:
         say(accelerator, config.quiet, f"note: {offset_note}")
     batches, held_out = make_batches(config, data, budget, accelerator, offset)
@@ -448,7 +450,7 @@ def param_groups(
         if not param.requires_grad:
             continue
         m = continuation.multiplier(name) if continuation else {"lr": 1.0, "eps": 1.0, "weight_decay": 1.0}
-        matrix = param.ndim >= 2
+        matrix = full_ndim(param) >= 2
         group = groups.setdefault(
             (matrix, m["lr"], m["eps"], m["weight_decay"]),
             {

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from grow_cli.data.masking import IGNORE_INDEX
 from grow_cli.errors import UsageError
@@ -54,29 +55,38 @@ def check_document_masking(
     """Refuse `--document-masking` for a model whose attention still crosses document boundaries when fed as
     training feeds it (`document_inputs`; under `autocast`, for attention that computes in half precision only): in
     a micro-batch of two blocks, a document packed after another must give the logits it gives alone. Two blocks,
-    because flash attention masks packed documents in a batch of one row only."""
-    param = next(model.parameters())
-    vocab = model.get_input_embeddings().weight.shape[0]
+    because flash attention masks packed documents in a batch of one row only.
+
+    `model` is the model as it trains — on its device, and under `accelerate launch` wrapped (DDP) or sharded
+    (FSDP, DeepSpeed), where every process must run the same forward passes. It runs eagerly, so that a compiled
+    block is not compiled once more for inference."""
+    inner = extract_model_from_parallel(model)
+    device = next(inner.parameters()).device
+    vocab = inner.config.get_text_config().vocab_size  # not the embedding's shape, which sharding splits
     generator = torch.Generator().manual_seed(0)
     first, second = (torch.randint(0, vocab, (1, n), generator=generator) for n in PROBE)
     for document in (first, second):
         document[document == eos_id] = (eos_id + 1) % vocab  # one end-of-document token, where it belongs
     first[0, -1] = eos_id
     blocks = torch.cat([first, second], dim=1).repeat(2, 1)
-    inputs = {name: value.to(param.device) for name, value in document_inputs(blocks, eos_id, one_row=one_row).items()}
+    inputs = {name: value.to(device) for name, value in document_inputs(blocks, eos_id, one_row=one_row).items()}
     del inputs["labels"]
     was_training = model.training
     model.eval()
-    with torch.no_grad(), torch.autocast(param.device.type, dtype=autocast, enabled=autocast is not None):
+    with (
+        torch.no_grad(),
+        torch.compiler.set_stance("force_eager"),
+        torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
+    ):
         together = model(**inputs, use_cache=False).logits.reshape(*blocks.shape, -1)
-        alone = model(input_ids=second.to(param.device), use_cache=False).logits
+        alone = model(input_ids=second.to(device), use_cache=False).logits
     model.train(was_training)
     gap = (together[:, PROBE[0] :].float() - alone.float()).abs().max().item()
     scale = alone.float().abs().max().item() + 1.0
-    tolerance = 1e-4 if (autocast or param.dtype) == torch.float32 else 3e-2  # fp32 rounding, or bf16/fp16's
-    if not gap <= tolerance * scale:
+    exact = (autocast or next(inner.parameters()).dtype) == torch.float32
+    if not gap <= (1e-4 if exact else 3e-2) * scale:  # fp32 rounding, or bf16/fp16's
         raise UsageError(
-            f"--document-masking: {model.config.model_type} does not mask attention between packed documents in "
-            f"transformers under {model.config._attn_implementation} attention (a document after another gave logits "
+            f"--document-masking: {inner.config.model_type} does not mask attention between packed documents in "
+            f"transformers under {inner.config._attn_implementation} attention (a document after another gave logits "
             f"{gap:.3g} away from the same document alone); train without --document-masking"
         )

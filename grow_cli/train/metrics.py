@@ -19,6 +19,7 @@ from accelerate.tracking import GeneralTracker
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from grow_cli.console import err
+from grow_cli.train.deepspeed_engine import full_numel
 from grow_cli.train.flops import training_flops_per_token
 from grow_cli.train.router import inactive_expert_parameters
 
@@ -50,11 +51,11 @@ def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
 
 def matmul_params(model: Any) -> int:
     """The parameters that take part in matrix products: all but an input embedding not tied to the head."""
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(full_numel(p) for p in model.parameters())
     embedding = cast(torch.Tensor, model.get_input_embeddings().weight)  # Module.__getattr__ says Tensor | Module
     output = model.get_output_embeddings()
     tied = output is not None and output.weight is embedding
-    return total if tied else total - embedding.numel()
+    return total if tied else total - full_numel(embedding)
 
 
 def peak_flops(device: torch.device, mixed_precision: str, override_tflops: float | None) -> float | None:

@@ -94,8 +94,9 @@ class Objective:
         the micro-batch count (accelerate divides by the accumulation and DDP averages over processes)."""
         inputs = [self._inputs(ids, (self.seed, step)) for ids in micro_batches]
         if self.masking is not None:
-            count = sum(self.predicted(item) for item in inputs)
-            total = accelerator.reduce(torch.tensor(count, device=accelerator.device), "sum").item()
+            total = sum(self.predicted(item) for item in inputs)
+            if accelerator.num_processes > 1:  # the other processes' counts: a wait for the device, so only here
+                total = accelerator.reduce(torch.tensor(total, device=accelerator.device), "sum").item()
             for item in inputs:
                 item["num_items"] = total / (len(inputs) * accelerator.num_processes)
         return inputs

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from grow_cli.arch.experts import routed_parameter_names
+from grow_cli.train.deepspeed_engine import full_numel
 
 
 def is_moe_model(model: Any) -> bool:
@@ -41,7 +42,7 @@ def inactive_expert_parameters(model: Any) -> int:
     if not experts or not top_k:
         return 0
     params = dict(model.named_parameters())
-    routed = sum(params[n].numel() for n in routed_parameter_names({"model_type": model.config.model_type}, params))
+    routed = sum(full_numel(params[n]) for n in routed_parameter_names({"model_type": model.config.model_type}, params))
     return routed - routed * top_k // experts
 
 
@@ -72,13 +73,19 @@ class RouterStats:
             return
         with torch.no_grad():
             chosen = [layer.topk(self.top_k, dim=-1).indices.reshape(-1) for layer in logits]
-            counts = torch.stack([torch.bincount(c, minlength=self.num_experts).float() for c in chosen])
+            counts = torch.stack([self._count(c) for c in chosen])
             aux = output.aux_loss.detach().float().reshape(1)
             for name in ("_window", "_total"):
                 held = getattr(self, name)
                 setattr(self, name, (aux, counts) if held is None else (held[0] + aux, held[1] + counts))
             self._passes += 1
             self._passes_total += 1
+
+    def _count(self, chosen: torch.Tensor) -> torch.Tensor:
+        """How often each expert was chosen, on the device. Not `torch.bincount`: on a GPU it reads the largest index
+        back to the host to size its output, a wait in every training forward pass."""
+        counts = torch.zeros(self.num_experts, device=chosen.device)
+        return counts.index_add_(0, chosen, torch.ones_like(chosen, dtype=counts.dtype))
 
     def metrics(self, accelerator: Any = None) -> dict[str, Any]:
         """The window since the last call: mean auxiliary loss and the expert load (max and min over layers and

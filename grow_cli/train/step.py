@@ -23,7 +23,7 @@ from grow_cli.train.build import Run
 class StepResult:
     loss: torch.Tensor  # mean training loss over the step's micro-batches and processes, still on the device
     lr: float  # the LR this step used
-    grad_norm: torch.Tensor | None  # before clipping, still on the device; None when clipping is off
+    grad_norm: torch.Tensor | float | None  # before clipping, on the device (DeepSpeed: maybe a number); None: off
     depths: tuple[int, ...] = ()  # Apollo: the depth each micro-batch ran at
 
 
@@ -39,7 +39,11 @@ def to_device(inputs: dict[str, Any], accelerator: Any) -> dict[str, Any]:
             return value.pin_memory().to(device, non_blocking=True)
         return value.to(device)
 
-    return {k: move(v) for k, v in inputs.items()}
+    moved: dict[int, Any] = {}  # by identity: a causal LM's labels are its input ids, one tensor copied once
+    for value in inputs.values():
+        if id(value) not in moved:
+            moved[id(value)] = move(value)
+    return {name: moved[id(value)] for name, value in inputs.items()}
 
 
 def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:

@@ -44,15 +44,19 @@ class StepLog:
         self,
         step: int,
         loss: torch.Tensor,
-        grad_norm: torch.Tensor | None,
+        grad_norm: torch.Tensor | float | None,
         lr: float,
         tokens: int,
         depths: tuple[int, ...] = (),
     ) -> None:
         """Start copying step `step`'s loss and gradient norm (device scalars) to the host; nothing waits. The
         host numbers (`lr`, `tokens`, `depths`) travel with them."""
-        nan = torch.full((), math.nan, device=loss.device)
-        values = torch.stack([loss.detach().float(), _local(grad_norm).float() if grad_norm is not None else nan])
+        norm = math.nan if grad_norm is None else _local(grad_norm)
+        if isinstance(norm, torch.Tensor):
+            norm = norm.float().to(loss.device)
+        else:  # a number: filled on the device, not copied to it
+            norm = torch.full((), norm, device=loss.device)
+        values = torch.stack([loss.detach().float(), norm])
         event = None
         if values.device.type == "cuda":
             host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
@@ -77,6 +81,7 @@ class StepLog:
         return len(self._pending)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor of a (possibly distributed) one: FSDP2's gradient norm is a DTensor."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
+def _local(norm: torch.Tensor | float) -> torch.Tensor | float:
+    """A plain tensor or number of a gradient norm as the engines return it: FSDP2's is a DTensor (on the CPU where it
+    offloads parameters), DeepSpeed's a number or a tensor."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
