@@ -71,6 +71,7 @@ def train_step(run: Run) -> StepResult:
     model.train()
     if run.apollo is not None and (note := run.apollo.start_step(run.step)):
         run.say(note)
+    lr = run.scheduler.get_last_lr()[0]  # the LR this step uses (read before DeepSpeed steps it in its backward)
     loss_sum = torch.zeros((), device=accelerator.device)
     grad_norm = None
     depths: list[int] = []
@@ -88,7 +89,6 @@ def train_step(run: Run) -> StepResult:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()  # accelerate only really steps on the last micro-batch
             optimizer.zero_grad()
-    lr = run.scheduler.get_last_lr()[0]  # the LR this step used
     if not optimizer.step_was_skipped:  # fp16's scaler skips steps with inf gradients
         run.scheduler.step()
     loss_mean = accelerator.reduce(loss_sum / run.budget.grad_accum, "mean")  # no .item(): see step_log.py
