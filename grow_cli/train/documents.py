@@ -16,6 +16,7 @@ micro-batch of two blocks, the logits of a document packed after another must eq
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -75,7 +76,7 @@ def check_document_masking(
     model.eval()
     with (
         torch.no_grad(),
-        torch.compiler.set_stance("force_eager"),
+        _eager(),
         torch.autocast(device.type, dtype=autocast, enabled=autocast is not None),
     ):
         together = model(**inputs, use_cache=False).logits.reshape(*blocks.shape, -1)
@@ -90,3 +91,9 @@ def check_document_masking(
             f"transformers under {inner.config._attn_implementation} attention (a document after another gave logits "
             f"{gap:.3g} away from the same document alone); train without --document-masking"
         )
+
+
+def _eager() -> contextlib.AbstractContextManager:
+    """Compiled code run eagerly (torch ≥ 2.6; before it, a compiled block compiles once more for the probe)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
