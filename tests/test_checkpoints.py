@@ -12,6 +12,8 @@ import transformers as tf
 from test_train_stage import train_args
 from tinylm import run_grow, save_tiny_lm, write_plays
 
+from grow_cli.train.metrics import read_metrics
+
 COMMON = ("--max-steps", 8, "--save-every", 2, "--keep-last", 3)
 
 
@@ -139,16 +141,36 @@ def test_a_checkpoint_a_kill_left_half_saved_is_removed_by_the_next_run(paused, 
     assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000004", "step_00000006"]
 
 
+def test_resume_auto_after_a_kill_before_the_first_checkpoint_starts_again(tmp_path, capsys):
+    """A job that always passes --resume auto, killed before its first checkpoint (metrics written, a save cut
+    short), used to be refused when restarted until someone passed --overwrite; it now starts again, saying so, and
+    its metrics are the new run's alone."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    out = tmp_path / "out"
+    (out / "checkpoints" / "step_00000004").mkdir(parents=True)  # a save the kill cut short
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 6.2}\n{"step": 2, "loss": 6.1}\n{"step": 3, "loss": 6.0}\n')
+    args = [a for a in train_args(model, data, out, "--max-steps", 2, "--resume", "auto") if a != "--quiet"]
+    code, _, stderr = run_grow(args, capsys)
+    assert code == 0, stderr
+    assert "holds no checkpoint yet, only what a run killed before its first one left; starting again" in " ".join(
+        stderr.split()
+    )
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m] == [1, 2]
+    assert not (out / "checkpoints" / "step_00000004").exists()
+
+
 def test_resume_auto_with_nothing_to_resume_in_a_used_folder_says_so(tmp_path, capsys):
-    """A run killed before its first checkpoint (or while writing its model) leaves files but no checkpoint; the
-    refusal used to tell the user to pass the --resume auto just given."""
+    """A folder holding anything else and no checkpoint (someone's files; a run killed while moving its model in) is
+    refused; the refusal used to tell the user to pass the --resume auto just given."""
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 6.2}\n')
+    (out / "notes.txt").write_text("mine")
     code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--resume", "auto"), capsys)
     line = _one_line(stderr)
     assert code == 1 and "holds no checkpoint to continue from" in line and line.endswith("or another --out")
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_trains(paused, capsys):

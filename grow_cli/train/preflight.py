@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grow_cli.checkpoint.files import CHECKPOINTS_DIR
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
 from grow_cli.checkpoint.output import check_not_overlapping
 from grow_cli.data.masking import MaskingRule, masking_rule
 from grow_cli.data.sources import Source, check_sources, data_paths, find_sources
@@ -27,8 +27,17 @@ from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, finishe
 from grow_cli.train.config import DEFAULTS, TrainConfig
 from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
-from grow_cli.train.model_io import check_seq_len, check_weights, load_model_config, load_tokenizer, model_class
+from grow_cli.train.model_io import (
+    MODEL_STAGING,
+    check_seq_len,
+    check_weights,
+    load_model_config,
+    load_tokenizer,
+    model_class,
+)
 from grow_cli.train.objective import Choice, choose_objective
+
+KILLED_RUN_REMAINS = {METRICS_FILE, CHECKPOINTS_DIR, MODEL_STAGING}  # what a run writes before its first checkpoint
 
 
 @dataclass
@@ -95,15 +104,21 @@ def preflight(config: TrainConfig) -> Checked:
         resume_from, notes = resolve_resume(None if config.resume is None else os.fspath(config.resume), out)
     finished = finished_run(out) if config.resume == "auto" else None  # build compares it with this run
     if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite and finished is None:
-        if config.resume == "auto":  # e.g. a run killed before its first checkpoint, or while writing its model
+        if config.resume == "auto" and killed_before_first_checkpoint(out):
+            notes.append(
+                f"--resume auto: {out} holds no checkpoint yet, only what a run killed before its first one "
+                "left; starting again"
+            )
+        elif config.resume == "auto":  # e.g. a run killed while writing its model, or someone else's files
             raise OutputError(
                 f"--resume auto: {out} holds no checkpoint to continue from, but is not empty; pass --overwrite "
                 "to start again, or another --out"
             )
-        raise OutputError(
-            f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
-            "start again, or another --out"
-        )
+        else:
+            raise OutputError(
+                f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
+                "start again, or another --out"
+            )
     checkpoint_state = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
     continuation = plan_continuation(config, model, checkpoint_state)
     check_trackers(config.report_to)
@@ -139,6 +154,13 @@ def check_data_outside(out: Path, data: list[str], sources: list[Source]) -> Non
         folder = Path(arg).expanduser().resolve()
         if folder.is_dir() and (folder == out or folder in out.parents):
             raise OutputError(f"--out {out} lies inside the --data folder {folder}; choose an --out outside the data")
+
+
+def killed_before_first_checkpoint(out: Path) -> bool:
+    """Whether `out` holds nothing but what a run killed before its first whole checkpoint leaves (its metrics, a
+    half-saved checkpoint, the final model's staging folder): a job restarted with --resume auto after such a kill
+    starts again instead of being refused; the new run rewrites or removes each of them."""
+    return all(entry.name in KILLED_RUN_REMAINS for entry in out.iterdir())
 
 
 def check_no_masking_options(config: TrainConfig) -> None:
