@@ -439,6 +439,14 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             c.expand("--width-method", "hypercloning"),
             "--width-method hypercloning applies only with a width target",
         ),
+        "expand-default-depth-method-without-target": (  # named at its default: still does nothing
+            ["expand", c.src, c.out, "--width-factor", "2", "--depth-method", "stack"],
+            "--depth-method stack applies only with --layers or --depth-factor",
+        ),
+        "expand-default-width-method-without-target": (
+            c.expand("--width-method", "fpi"),
+            "--width-method fpi applies only with a width target",
+        ),
         "train-private-without-push": (c.train("--max-steps", 1, "--private"), "--private applies only with"),
         "train-token-without-push": (c.train("--max-steps", 1, "--token", "hf_x"), "--token applies only with"),
         "train-decay-type-without-wsd": (
@@ -545,6 +553,8 @@ CASES = [
     "expand-private-without-push",
     "expand-depth-method-without-target",
     "expand-width-method-without-target",
+    "expand-default-depth-method-without-target",
+    "expand-default-width-method-without-target",
     "train-private-without-push",
     "train-token-without-push",
     "train-decay-type-without-wsd",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,6 +52,7 @@ TRAINING_STATE = "Training state"
 
 
 def expand(
+    context: typer.Context,
     source: Annotated[
         str,
         typer.Argument(help="A model folder, a Hub id such as org/name, or a train-stage checkpoint (…/step_N)."),
@@ -178,7 +179,7 @@ def expand(
     report = run(
         source,
         out,
-        GrowthSpec.from_options(options),
+        GrowthSpec.from_options(options, _given(context, options)),
         revision=revision,
         token=token,
         force=force,
@@ -198,3 +199,8 @@ def expand(
         print_json(report)
     else:
         render_expand(report)
+
+
+def _given(context: typer.Context, options: dict[str, Any]) -> set[str]:
+    """The options typed on the command line, as opposed to left at their defaults (`GrowthSpec.check_given`)."""
+    return {name for name in options if getattr(context.get_parameter_source(name), "name", None) == "COMMANDLINE"}

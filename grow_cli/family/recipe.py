@@ -214,7 +214,7 @@ def _grow_block(value: Any, where: str, seed: int) -> tuple[dict[str, Any], Grow
     for key, value_ in options.items():
         _typed(value_, f"{where}.{key}", types[key])
     try:
-        return options, GrowthSpec(**{"seed": seed, **options})
+        return options, GrowthSpec.from_options({"seed": seed, **options}, given=options)
     except OptionError as exc:
         raise _fail(f"{where}.{exc.option}" if exc.option else where, str(exc)) from None
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,10 +107,20 @@ class GrowthSpec:
         return parse_size(self.shard_size)
 
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> GrowthSpec:
-        """The spec of the entries of `options` that name its fields (a command's parameters); others are ignored."""
+    def from_options(cls, options: dict[str, Any], given: Collection[str] = ()) -> GrowthSpec:
+        """The spec of the entries of `options` that name its fields (a command's parameters); others are ignored.
+        `given` names the options the user gave (`check_given`)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in names})
+        spec = cls(**{k: v for k, v in options.items() if k in names})
+        spec.check_given(given)
+        return spec
+
+    def check_given(self, given: Collection[str]) -> None:
+        """Refuse a method the user named at its default value without the target it needs (`--depth-method stack`
+        alone), as construction refuses any other method: a command line or a recipe knows which options were
+        given, where the fields only hold values."""
+        self._check_depth_method_used(named="depth_method" in given)
+        self._check_width_method_used(named="width_method" in given)
 
     # -- checks that need no source -------------------------------------------------------------------------------
 
@@ -125,7 +136,11 @@ class GrowthSpec:
             raise OptionError("depth_factor", f"--depth-factor must be a positive number, got {self.depth_factor}")
         if self.dus_overlap is not None and self.depth_method != "dus":
             raise OptionError("dus_overlap", "--dus-overlap applies only to --depth-method dus")
-        if self.depth_method != DEFAULTS["depth_method"] and not self.grows_depth:
+        self._check_depth_method_used(named=False)
+
+    def _check_depth_method_used(self, *, named: bool) -> None:
+        """A depth method other than the default (or `named` by the user) needs a depth target."""
+        if (named or self.depth_method != DEFAULTS["depth_method"]) and not self.grows_depth:
             raise OptionError(
                 "depth_method",
                 f"--depth-method {self.depth_method} applies only with --layers or --depth-factor (a depth target); "
@@ -134,12 +149,7 @@ class GrowthSpec:
 
     def _check_width(self) -> None:
         registry.operator("width", self.width_method)
-        if self.width_method != DEFAULTS["width_method"] and not self.grows_width:
-            raise OptionError(
-                "width_method",
-                f"--width-method {self.width_method} applies only with a width target (--width-factor, "
-                "--hidden-size, --intermediate-size, --num-heads or --num-kv-heads); give one, or drop --width-method",
-            )
+        self._check_width_method_used(named=False)
         k = self.width_factor
         if k is not None and not (math.isfinite(k) and k >= 1):
             raise OptionError(
@@ -160,6 +170,15 @@ class GrowthSpec:
                 raise OptionError(
                     "noise_snr_db", f"--noise-snr-db must be a finite number of dB, got {self.noise_snr_db}; try 10"
                 )
+
+    def _check_width_method_used(self, *, named: bool) -> None:
+        """A width method other than the default (or `named` by the user) needs a width target."""
+        if (named or self.width_method != DEFAULTS["width_method"]) and not self.grows_width:
+            raise OptionError(
+                "width_method",
+                f"--width-method {self.width_method} applies only with a width target (--width-factor, "
+                "--hidden-size, --intermediate-size, --num-heads or --num-kv-heads); give one, or drop --width-method",
+            )
 
     def _check_experts(self) -> None:
         if self.experts is None:
