@@ -453,6 +453,10 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             c.train("--max-steps", 1, "--decay-type", "sqrt"),
             "--decay-type applies only with --schedule wsd",
         ),
+        "train-default-decay-type-without-wsd": (  # named at its default: still ignored by cosine
+            c.train("--max-steps", 1, "--decay-type", "linear"),
+            "--decay-type applies only with --schedule wsd",
+        ),
         "train-decay-ratio-without-wsd": (
             c.train("--max-steps", 1, "--schedule", "linear", "--decay-ratio", "0.5"),
             "--decay-ratio applies only with --schedule wsd",
@@ -555,6 +559,7 @@ CASES = [
     "expand-width-method-without-target",
     "expand-default-depth-method-without-target",
     "expand-default-width-method-without-target",
+    "train-default-decay-type-without-wsd",
     "train-private-without-push",
     "train-token-without-push",
     "train-decay-type-without-wsd",

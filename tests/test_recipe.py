@@ -81,6 +81,11 @@ def write_recipe(tmp_path, members, **top):
             ]
         ],
         ([{"name": "a", "source": "m", "train": {"max_steps": 1.5}}], {}, "train.max_steps: expected int, found 1.5"),
+        (
+            [{"name": "a", "source": "m", "train": {"max_steps": 3, "decay_type": "linear"}}],
+            {"train": {"data": "x"}},
+            "members[0].train.decay_type: --decay-type applies only with --schedule wsd",
+        ),
         ([{"name": "a", "source": "m"}], {"name": ["x"]}, "recipe: name: expected str, found ['x']"),
         ([{"name": "a", "source": "m"}], {"description": {"a": 1}}, "recipe: description: expected str"),
     ],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -164,6 +164,7 @@ def expand(
     """Grow a checkpoint in depth and/or width, or upcycle it into a mixture of experts; the output is an ordinary HF
     folder with grow.json and a card."""
     options = dict(locals())  # first: every parameter, before any other name is bound
+    from grow_cli.commands.given import given_on_the_command_line
     from grow_cli.commands.push_options import check_push_options
     from grow_cli.console import print_json
     from grow_cli.growth.expand import expand as run
@@ -179,7 +180,7 @@ def expand(
     report = run(
         source,
         out,
-        GrowthSpec.from_options(options, _given(context, options)),
+        GrowthSpec.from_options(options, given_on_the_command_line(context, options)),
         revision=revision,
         token=token,
         force=force,
@@ -199,8 +200,3 @@ def expand(
         print_json(report)
     else:
         render_expand(report)
-
-
-def _given(context: typer.Context, options: dict[str, Any]) -> set[str]:
-    """The options typed on the command line, as opposed to left at their defaults (`GrowthSpec.check_given`)."""
-    return {name for name in options if getattr(context.get_parameter_source(name), "name", None) == "COMMANDLINE"}

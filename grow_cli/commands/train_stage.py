@@ -73,10 +73,11 @@ Staged training's restart: jump back to the step R its rule suggests and warm th
 
 Opt = typer.Option
 # The options that say what to do with the result rather than how to train; every other one is a `TrainConfig` field.
-COMMAND_ONLY = ("push_to_hub", "private", "token", "json_output")
+COMMAND_ONLY = ("context", "push_to_hub", "private", "token", "json_output")
 
 
 def train_stage(
+    context: typer.Context,
     model: Annotated[Path, typer.Argument(help="Model folder to train (HF safetensors + config + tokenizer).")],
     data: Annotated[
         list[str],
@@ -211,6 +212,7 @@ def train_stage(
     """Continue pretraining MODEL on your data with accelerate (one CPU to many GPUs); write a trained model,
     checkpoints, metrics.jsonl, an updated grow.json and model card to --out."""
     options = dict(locals())  # every option above by name; first, so that nothing else is in it yet
+    from grow_cli.commands.given import given_on_the_command_line
     from grow_cli.commands.push_options import check_push_options
     from grow_cli.console import err, print_json
     from grow_cli.train.loop import train_stage as run
@@ -220,7 +222,9 @@ def train_stage(
         from grow_cli.hub.push import check_can_push
 
         check_can_push(push_to_hub, token)
-    result = run(train_config(options))
+    config = train_config(options)
+    config.check_given(given_on_the_command_line(context, options))
+    result = run(config)
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks

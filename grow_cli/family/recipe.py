@@ -382,7 +382,7 @@ def _check_train_settings(recipe: Recipe, base: Path) -> None:
         if not settings.get("data"):
             raise _fail(f"members[{i}].train", "no 'data' (give it here or in the top-level 'train')")
         try:
-            TrainConfig(model=base, out=base, **settings)
+            TrainConfig(model=base, out=base, **settings).check_given(settings)
         except UsageError as exc:
             option = exc.option if isinstance(exc, OptionError) else None
             raise _fail(f"members[{i}].train" + (f".{option}" if option else ""), str(exc)) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,24 +183,34 @@ class TrainConfig:
         self._check_masking()
         self._check_apollo()
 
-    def _check_schedule_options(self) -> None:
-        """Refuse a schedule option that the chosen schedule would silently ignore (one given with a value other than
-        its default): --decay-ratio and --decay-type shape WSD's final decay only, --min-lr-ratio is the floor of a
-        decay that `constant` never makes, and --warmup-steps replaces --warmup-ratio."""
+    def check_given(self, given: Collection[str]) -> None:
+        """Refuse a schedule option the user named at its default value where the schedule ignores it
+        (`--decay-type linear` with cosine), as construction refuses any other value: a command line or a recipe
+        knows which options were given, where the fields only hold values."""
+        self._check_schedule_options(named=given)
+
+    def _check_schedule_options(self, named: Collection[str] = ()) -> None:
+        """Refuse a schedule option that the chosen schedule would silently ignore (one with a value other than its
+        default, or `named`): --decay-ratio and --decay-type shape WSD's final decay only, --min-lr-ratio is the
+        floor of a decay that `constant` never makes, and --warmup-steps replaces --warmup-ratio."""
+
+        def set_(name: str) -> bool:
+            return getattr(self, name) != DEFAULTS[name] or name in named
+
         if self.schedule != "wsd":
             for name in ("decay_ratio", "decay_type"):
-                if getattr(self, name) != DEFAULTS[name]:
+                if set_(name):
                     decays = "never decays" if self.schedule == "constant" else "decays over every step after warmup"
                     raise OptionError(
                         name,
                         f"{flag(name)} applies only with --schedule wsd (--schedule {self.schedule} {decays}); add "
                         "--schedule wsd or drop it",
                     )
-        if self.schedule == "constant" and self.min_lr_ratio != DEFAULTS["min_lr_ratio"]:
+        if self.schedule == "constant" and set_("min_lr_ratio"):
             raise OptionError(
                 "min_lr_ratio", "--min-lr-ratio does not apply to --schedule constant (it never decays); drop it"
             )
-        if self.warmup_steps is not None and self.warmup_ratio != DEFAULTS["warmup_ratio"]:
+        if self.warmup_steps is not None and set_("warmup_ratio"):
             raise OptionError(
                 "warmup_ratio", "--warmup-ratio applies only without --warmup-steps (which sets the warmup); give one"
             )
