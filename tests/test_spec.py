@@ -144,3 +144,13 @@ def test_recipe_grow_block_is_a_spec_checked_at_load(tmp_path):
         with pytest.raises(UsageError) as info:
             load_recipe(_recipe(tmp_path, grow))
         assert fragment in str(info.value), str(info.value)
+
+
+def test_a_method_named_at_its_default_without_its_target_is_refused_when_given():
+    """The fields cannot tell `depth_method="stack"` from the default; a caller that knows what was given can."""
+    GrowthSpec(width_factor=2, depth_method="stack")  # only values: accepted
+    with pytest.raises(OptionError, match="--depth-method stack applies only with --layers or --depth-factor"):
+        GrowthSpec(width_factor=2).check_given({"depth_method"})
+    with pytest.raises(OptionError, match="--width-method fpi applies only with a width target"):
+        GrowthSpec(layers=8).check_given({"width_method", "layers"})
+    GrowthSpec(layers=8, width_factor=2).check_given({"depth_method", "width_method"})  # each has its target
