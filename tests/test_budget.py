@@ -78,7 +78,7 @@ def test_plan_labels_its_saving_a_projection_and_cuts_no_number(cli):
     for member in report["family"]["members"]:
         assert f"{member['independent_flops']:.3g}" in text and f"{member['flops_per_token']:.3g}" in text
     assert "…" not in text and "independent FLOPs" in text and "progressive FLOPs" in text
-    assert "projected saving (arithmetic on an assumed allocation, not a measurement): 55.5%" in text
+    assert "projected saving (arithmetic on an assumed allocation, not a measurement): 55.6%" in text
     assert "It assumes:" in text and "26% (one max LR) to 31%" in text
     assert "progressive training saves" not in text
     assert report["projection"]["kind"] == "projection" and report["projection"]["published"]
@@ -296,3 +296,12 @@ def test_the_growth_factor_is_the_one_the_command_makes(cli, tmp_path):
         "--layers 30 --depth-method stack"
     )
     assert stacking["growth_factor"] == 4.29
+
+
+@pytest.mark.parametrize("family", [[1e9, 2e9, 4e9, 8e9], [1e8, 3e8, 1e9, 8e9], [2e9, 2.5e9, 8e9]])
+def test_each_family_member_grows_into_the_next(family):
+    """Depth and width never shrink from one member to the next, so each member can be grown into the next: shapes
+    chosen per size alone gave 1B as 17 × 2048 and 2B as 16 × 3072, a step no growth takes."""
+    members = plan(8e9, 320e9, family=family)["family"]["members"]
+    for smaller, larger in zip(members, members[1:]):
+        assert smaller["layers"] <= larger["layers"] and smaller["hidden"] <= larger["hidden"], (smaller, larger)

@@ -115,8 +115,8 @@ def _stacking_target(layers: int) -> str:
 
 def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str, Any] | None = None) -> dict[str, int]:
     """A Llama-style shape with about `params` parameters (SwiGLU FFN ≈ 8/3·d, head_dim 64–128; an untied head
-    unless `within` ties it). `within`: the family's target, whose hidden and FFN sizes a smaller member never
-    exceeds (growth only widens) and whose tied or untied head it shares."""
+    unless `within` ties it). `within`: the next larger member of the family, whose hidden size, FFN size and depth
+    a smaller member never exceeds (growth only widens and deepens) and whose tied or untied head it shares."""
     widths = [
         (2e8, 768),
         (6e8, 1024),
@@ -135,6 +135,8 @@ def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str
     embeddings = vocab_size * hidden * (1 if tied else 2)
     per_layer = 4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden
     layers = max(1, round((params - embeddings) / per_layer))
+    if within is not None:
+        layers = min(layers, within["num_hidden_layers"])
     heads = max(1, hidden // (128 if hidden >= 2048 else 64))
     return {
         "num_hidden_layers": layers,
@@ -324,14 +326,16 @@ def _members(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The family's members (each size's config, tokens in proportion to its parameters), and a note for each size
     that came out as the same config as the one before it (left out)."""
+    shapes: list[dict[str, Any]] = []
+    bound = shape  # each member fits within the next larger one, so that each grows into the next
+    for size in reversed(sizes):
+        s = shape if math.isclose(size, n, rel_tol=1e-6) else llama_like_shape(size, shape["vocab_size"], within=bound)
+        shapes.insert(0, s)
+        bound = s
     members: list[dict[str, Any]] = []
     notes = []
     previous = 0.0  # the size of the last member listed
-    for size in sizes:
-        if math.isclose(size, n, rel_tol=1e-6):
-            s = shape
-        else:
-            s = llama_like_shape(size, shape["vocab_size"], within=shape if size < n else None)
+    for size, s in zip(sizes, shapes, strict=True):
         if members and (members[-1]["layers"], members[-1]["hidden"]) == (s["num_hidden_layers"], s["hidden_size"]):
             notes.append(_collapsed(size, previous, s))
             continue
