@@ -3,6 +3,7 @@ are consistent."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -303,5 +304,5 @@ def test_each_family_member_grows_into_the_next(family):
     """Depth and width never shrink from one member to the next, so each member can be grown into the next: shapes
     chosen per size alone gave 1B as 17 × 2048 and 2B as 16 × 3072, a step no growth takes."""
     members = plan(8e9, 320e9, family=family)["family"]["members"]
-    for smaller, larger in zip(members, members[1:]):
+    for smaller, larger in itertools.pairwise(members):
         assert smaller["layers"] <= larger["layers"] and smaller["hidden"] <= larger["hidden"], (smaller, larger)

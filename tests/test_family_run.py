@@ -255,7 +255,12 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
     big = {"name": "big", "grow": {"depth_factor": 2, "depth_method": "stack"}, "train": {"max_steps": 3}}
     top = dict(out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
     path = write_recipe(tmp_path, [small, {**big, "train": {"max_steps": 3, "exit_interval": 1}}], **top)
-    assert cli("family", path, "-q").code == 3  # paused in big, after its grown/ was made
+    paused = cli("family", path, "--json")  # paused in big, after its grown/ was made: exit 3 with --json too
+    assert paused.code == 3 and json.loads(paused.stdout) == {
+        "status": "paused",
+        "member": "big",
+        "out": str((tmp_path / "run").resolve()),
+    }
     grown = tmp_path / "run" / "big" / "grown"
     before = {p.name: p.stat().st_mtime_ns for p in grown.iterdir()}
     write_recipe(tmp_path, [small, {**big, "grow": {"depth_factor": 3, "depth_method": "stack"}}], **top)

@@ -82,6 +82,11 @@ def write_recipe(tmp_path, members, **top):
         ],
         ([{"name": "a", "source": "m", "train": {"max_steps": 1.5}}], {}, "train.max_steps: expected int, found 1.5"),
         (
+            [{"name": "a", "source": "m", "train": {"max_lr": 2.0e-3}}],
+            {"train": {"data": "x"}},
+            "members[0].train: no budget: give max_steps or max_tokens",
+        ),
+        (
             [{"name": "a", "source": "m", "train": {"max_steps": 3, "decay_type": "linear"}}],
             {"train": {"data": "x"}},
             "members[0].train.decay_type: --decay-type applies only with --schedule wsd",

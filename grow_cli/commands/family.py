@@ -65,11 +65,12 @@ def family(
     result = run_family(parsed, quiet=quiet or json_out)
     if json_out:
         print_json(result)
-        return
-    if result["status"] != "done":
+    elif result["status"] != "done":
         stdout.print(f"paused in member {result['member']}; re-run the same command to continue")
+    else:
+        _print_summary(result)
+    if result["status"] != "done":  # with --json too: a script loops on the exit code until the family is done
         raise typer.Exit(3)
-    _print_summary(result)
 
 
 def _print_summary(result: dict) -> None:

@@ -377,6 +377,11 @@ def _check_train_settings(recipe: Recipe, base: Path) -> None:
 
     for i, member in enumerate(recipe.members):
         settings = recipe.train_settings(member)
+        if settings is None and member.train:  # its own settings, and no budget to train them with: a mistake
+            raise _fail(
+                f"members[{i}].train",
+                "no budget: give max_steps or max_tokens (here or in the top-level 'train'), or drop this 'train'",
+            )
         if settings is None:
             continue
         if not settings.get("data"):
