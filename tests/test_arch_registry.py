@@ -10,8 +10,10 @@ import re
 from importlib import resources
 
 import pytest
+import tiny_decoders
+import tiny_moe
 
-from grow_cli.arch.registry import all_definitions, detect, parse_definition
+from grow_cli.arch.registry import all_definitions, definition_document, detect, parse_definition
 from grow_cli.errors import ArchitectureError
 
 PACKAGED = sorted(
@@ -169,3 +171,22 @@ def test_an_unknown_model_type_names_what_grow_supports():
         detect({"model_type": "no_such_model", "architectures": ["NoSuchModelForCausalLM"]})
     with pytest.raises(ArchitectureError, match="'lamma'.*did you mean llama or"):
         detect({"model_type": "lamma"})
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        *[("tiny_moe", n) for n in [*tiny_moe.NAMES, *tiny_moe.PREFIX_NAMES, *tiny_moe.LISTED_CONFIGS]],
+        *[("tiny_decoders", n) for n in tiny_decoders.NAMES],
+    ],
+)
+def test_the_definition_marks_exactly_the_models_persistent_buffers(module, name):
+    """A tensor transformers saves as a buffer is never trained, so a grown training state must give it no optimizer
+    state (`buffer: true`), and a parameter must not be marked: either way `--resume grown` would refuse the state.
+    GLM-4.7-Flash's and GLM-5's e-score correction bias were unmarked."""
+    model = {"tiny_moe": tiny_moe, "tiny_decoders": tiny_decoders}[module].build(name)
+    state = model.state_dict()
+    saved_buffers = {re.sub(r"^.*?layers\.\d+\.", "", n) for n, _ in model.named_buffers() if n in state}
+    document = definition_document(model.config.to_dict())
+    marked = {w["name"] for part in ("embeddings", "layer", "final") for w in document[part] if w.get("buffer")}
+    assert saved_buffers == marked

@@ -179,9 +179,11 @@ def test_a_dense_prefix_covering_every_layer_inspects_and_grows_all_dense(cli, t
     assert not any(".experts." in n or "mlp.gate." in n for n in tensors(out))
 
 
-def test_a_grown_training_state_leaves_out_the_routers_correction_biases_and_resumes(tmp_path):
-    """DeepSeek-V3's and GLM-4.5's e-score correction bias is a buffer (saved, grown, never trained): the grown
-    AdamW state lists only the model's parameters, so `--resume grown` takes it, and no tensor is called frozen."""
+@pytest.mark.parametrize("name", ["deepseek_v3", "glm4_moe_lite"])
+def test_a_grown_training_state_leaves_out_the_routers_correction_biases_and_resumes(tmp_path, name):
+    """The e-score correction bias of DeepSeek-V3 and of the GLMs is a buffer (saved, grown, never trained): the
+    grown AdamW state lists only the model's parameters, so `--resume grown` takes it, and no tensor is called frozen
+    (GLM-4.7-Flash's and GLM-5's were unmarked, and the resume refused the state)."""
     from accelerate.state import AcceleratorState
     from tiny_moe import build
     from tinylm import tiny_tokenizer, write_plays
@@ -189,7 +191,7 @@ def test_a_grown_training_state_leaves_out_the_routers_correction_biases_and_res
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage
 
-    model = build("deepseek_v3")
+    model = build(name)
     model = type(model)(type(model.config).from_dict(model.config.to_dict() | {"vocab_size": 512}))
     model.save_pretrained(tmp_path / "src")
     tiny_tokenizer().save_pretrained(tmp_path / "src")

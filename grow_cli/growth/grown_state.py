@@ -61,7 +61,7 @@ def method_refusal(spec: GrowthSpec) -> str | None:
 
 
 def trained_tensors(plan: Plan) -> list[OutputTensor]:
-    """The planned tensors an optimizer trains: all but persistent buffers (DeepSeek-V3's and GLM-4.5's e-score
+    """The planned tensors an optimizer trains: all but persistent buffers (DeepSeek-V3's and the GLMs' e-score
     correction bias), which are grown like weights but are no parameter of the model and have no optimizer state."""
     return [t for t in plan.tensors if not t.source.weight.buffer]
 
