@@ -11,6 +11,7 @@ from importlib import resources
 
 import pytest
 import tiny_decoders
+import tiny_models
 import tiny_moe
 
 from grow_cli.arch.registry import all_definitions, definition_document, detect, parse_definition
@@ -178,13 +179,15 @@ def test_an_unknown_model_type_names_what_grow_supports():
     [
         *[("tiny_moe", n) for n in [*tiny_moe.NAMES, *tiny_moe.PREFIX_NAMES, *tiny_moe.LISTED_CONFIGS]],
         *[("tiny_decoders", n) for n in tiny_decoders.NAMES],
+        *[("tiny_models", n) for n in tiny_models.ALL],
     ],
 )
 def test_the_definition_marks_exactly_the_models_persistent_buffers(module, name):
     """A tensor transformers saves as a buffer is never trained, so a grown training state must give it no optimizer
     state (`buffer: true`), and a parameter must not be marked: either way `--resume grown` would refuse the state.
     GLM-4.7-Flash's and GLM-5's e-score correction bias were unmarked."""
-    model = {"tiny_moe": tiny_moe, "tiny_decoders": tiny_decoders}[module].build(name)
+    build = {"tiny_moe": tiny_moe.build, "tiny_decoders": tiny_decoders.build, "tiny_models": tiny_models.build_tiny}
+    model = build[module](name)
     state = model.state_dict()
     saved_buffers = {re.sub(r"^.*?layers\.\d+\.", "", n) for n, _ in model.named_buffers() if n in state}
     document = definition_document(model.config.to_dict())
