@@ -119,8 +119,8 @@ class GrowthSpec:
         """Refuse a method the user named at its default value without the target it needs (`--depth-method stack`
         alone), as construction refuses any other method: a command line or a recipe knows which options were
         given, where the fields only hold values."""
-        self._check_depth_method_used(named="depth_method" in given)
-        self._check_width_method_used(named="width_method" in given)
+        for axis in METHOD_TARGETS:
+            self._check_method_used(axis, named=f"{axis}_method" in given)
 
     # -- checks that need no source -------------------------------------------------------------------------------
 
@@ -136,20 +136,20 @@ class GrowthSpec:
             raise OptionError("depth_factor", f"--depth-factor must be a positive number, got {self.depth_factor}")
         if self.dus_overlap is not None and self.depth_method != "dus":
             raise OptionError("dus_overlap", "--dus-overlap applies only to --depth-method dus")
-        self._check_depth_method_used(named=False)
+        self._check_method_used("depth", named=False)
 
-    def _check_depth_method_used(self, *, named: bool) -> None:
-        """A depth method other than the default (or `named` by the user) needs a depth target."""
-        if (named or self.depth_method != DEFAULTS["depth_method"]) and not self.grows_depth:
+    def _check_method_used(self, axis: str, *, named: bool) -> None:
+        """A depth or width method other than the default (or `named` by the user) needs a target on its axis."""
+        name = f"{axis}_method"
+        method, grows = getattr(self, name), self.grows_depth if axis == "depth" else self.grows_width
+        if (named or method != DEFAULTS[name]) and not grows:
             raise OptionError(
-                "depth_method",
-                f"--depth-method {self.depth_method} applies only with --layers or --depth-factor (a depth target); "
-                "give one, or drop --depth-method",
+                name, f"{flag(name)} {method} applies only with {METHOD_TARGETS[axis]}; give one, or drop {flag(name)}"
             )
 
     def _check_width(self) -> None:
         registry.operator("width", self.width_method)
-        self._check_width_method_used(named=False)
+        self._check_method_used("width", named=False)
         k = self.width_factor
         if k is not None and not (math.isfinite(k) and k >= 1):
             raise OptionError(
@@ -170,15 +170,6 @@ class GrowthSpec:
                 raise OptionError(
                     "noise_snr_db", f"--noise-snr-db must be a finite number of dB, got {self.noise_snr_db}; try 10"
                 )
-
-    def _check_width_method_used(self, *, named: bool) -> None:
-        """A width method other than the default (or `named` by the user) needs a width target."""
-        if (named or self.width_method != DEFAULTS["width_method"]) and not self.grows_width:
-            raise OptionError(
-                "width_method",
-                f"--width-method {self.width_method} applies only with a width target (--width-factor, "
-                "--hidden-size, --intermediate-size, --num-heads or --num-kv-heads); give one, or drop --width-method",
-            )
 
     def _check_experts(self) -> None:
         if self.experts is None:
@@ -222,6 +213,12 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(GrowthSpec)}
 
 # The options of upcycling besides --experts itself.
 EXPERT_OPTIONS = ("top_k", "router_noise", "drop_upcycling", "shared_expert")
+
+# What a depth or width method needs to do anything, for its refusal without it.
+METHOD_TARGETS = {
+    "depth": "--layers or --depth-factor (a depth target)",
+    "width": "a width target (--width-factor, --hidden-size, --intermediate-size, --num-heads or --num-kv-heads)",
+}
 
 # The width targets: any of them set means width growth.
 WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "width_factor")
