@@ -159,6 +159,20 @@ def test_resume_auto_after_a_kill_before_the_first_checkpoint_starts_again(tmp_p
     assert not (out / "checkpoints" / "step_00000004").exists()
 
 
+def test_resume_auto_never_starts_again_over_a_saved_checkpoint_found_damaged(tmp_path, capsys):
+    """The negative control of the test above: a checkpoint that was saved whole (grow-state.json written) but is
+    damaged now is training done, not a remain of an early kill: --resume auto refuses, naming it, and keeps it."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    out = tmp_path / "out"
+    saved = out / "checkpoints" / "step_00000004"
+    saved.mkdir(parents=True)
+    (saved / "grow-state.json").write_text("{not json")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 6.2}\n')
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--resume", "auto"), capsys)
+    assert code == 1 and "every checkpoint in" in stderr and "start again with --overwrite" in stderr, stderr
+    assert (saved / "grow-state.json").read_text() == "{not json"
+
+
 def test_resume_auto_with_nothing_to_resume_in_a_used_folder_says_so(tmp_path, capsys):
     """A folder holding anything else and no checkpoint (someone's files; a run killed while moving its model in) is
     refused; the refusal used to tell the user to pass the --resume auto just given."""
