@@ -234,6 +234,8 @@ def test_a_finished_member_edited_or_deleted_since_is_refused_naming_it(cli, tmp
     assert cli("family", path, "-q").code == 0
     assert cli("family", path, "-q").code == 0  # unchanged: skipped
     write_recipe(tmp_path, [{**member, "train": {"max_steps": 3}}], out="run", train=train, compare={"seq_len": 32})
+    checked = cli("family", path, "--check")  # --check says so too, before anyone starts the run
+    assert checked.code == 2 and "small finished with train.max_steps: 2" in checked.stderr, checked.stderr
     edited = cli("family", path, "-q")
     assert edited.code == 2 and edited.stderr.count("\n") == 1, edited.stderr
     assert "small finished with train.max_steps: 2, but the recipe now says train.max_steps: 3" in edited.stderr

@@ -138,7 +138,10 @@ def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tok
 
 
 def check_recipe(recipe: Recipe) -> list[str]:
-    """Check what a run of `recipe` needs without writing anything; returns notes on what only the run can check."""
+    """Check what a run of `recipe` needs without writing anything, members already run in its output included
+    (`check_finished`); returns notes on what only the run can check."""
+    from grow_cli.family.run import check_finished
+
     notes: list[str] = []
     if recipe.out.exists() and not recipe.out.is_dir():
         raise OutputError(f"the family's output {recipe.out} is a file; give a folder (the recipe's out, or --out)")
@@ -155,4 +158,5 @@ def check_recipe(recipe: Recipe) -> list[str]:
         if not data:
             raise _fail("compare", "comparing adjacent members needs data: give compare.data or train.data")
         _check_data(data, recipe.compare.get("text_field", recipe.train.get("text_field", "text")), "compare")
+    check_finished(recipe)
     return notes

@@ -319,7 +319,6 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
 
     for note in check_recipe(recipe):  # everything a run needs, before anything is built
         err.print(f"note: {note}", soft_wrap=True)
-    check_finished(recipe)
     recipe.out.mkdir(parents=True, exist_ok=True)
     progress = _silent if quiet else err.print
     previous_final: Path | None = None
