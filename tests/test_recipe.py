@@ -46,6 +46,11 @@ def write_recipe(tmp_path, members, **top):
         ),
         ([{"name": "a", "source": "m", "optimizer": "grow"}], {}, "members[0].optimizer: the first member"),
         (
+            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": 4, "weights_only": True}}],
+            {},
+            "members[1].grow.weights_only: unknown key",
+        ),
+        (
             [{"name": "a", "source": "m"}, {"name": "b", "grow": {"width_factor": 2, "depth_method": "stack"}}],
             {},
             "members[1].grow.depth_method: --depth-method stack applies only with --layers or --depth-factor",

@@ -68,8 +68,9 @@ OPTIMIZERS = ("fresh", "grow")
 COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": int, "max_blocks": int}
 # How many values YAML aliases may repeat in one recipe, in all: a real recipe repeats a few dozen.
 MAX_ALIAS_NODES = 10_000
-# Training settings a recipe may not set: the family decides them per member.
+# Settings a recipe may not set: the family decides them per member (`optimizer:` decides `weights_only`).
 TRAIN_RESERVED = {"model", "out", "resume", "quiet", "overwrite"}
+GROW_RESERVED = {"weights_only"}
 
 
 def _train_fields() -> dict[str, Any]:
@@ -209,7 +210,7 @@ def _typed(value: Any, where: str, kind: Any) -> Any:
 
 def _grow_block(value: Any, where: str, seed: int) -> tuple[dict[str, Any], GrowthSpec]:
     """A member's `grow:` block: keys and types from `GrowthSpec`'s fields, then the spec's own checks."""
-    types = field_types()
+    types = {name: kinds for name, kinds in field_types().items() if name not in GROW_RESERVED}
     options = dict(_mapping(value, where, types))
     for key, value_ in options.items():
         _typed(value_, f"{where}.{key}", types[key])
