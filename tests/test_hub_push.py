@@ -111,6 +111,12 @@ def test_private_push_to_existing_public_repo_is_refused(fake_hub, grown):
     assert not fake_hub.paths_requested("POST", "/commit/")
 
 
+def test_the_result_says_the_repos_own_visibility(fake_hub, grown):
+    """A repo made private before is pushed to without --private: the result says private (it echoed the flag)."""
+    fake_hub.create_repo("acme/tiny-grown", private=True)
+    assert push_folder(grown, "acme/tiny-grown", token=TOKEN)["private"] is True
+
+
 def test_namespace_comes_from_the_token(fake_hub, grown):
     result = push_folder(grown, "tiny-grown", token=TOKEN)
     assert result["repo_id"] == "tester/tiny-grown"
@@ -121,6 +127,7 @@ def test_create_pr(fake_hub, grown):
     fake_hub.create_repo("acme/tiny-grown")
     result = push_folder(grown, "acme/tiny-grown", create_pr=True, token=TOKEN)
     assert result["pr_url"].endswith("/acme/tiny-grown/discussions/1")
+    assert result["revision"] == "refs/pr/1"  # where the files are (it said main, which the push left untouched)
     assert "config.json" in fake_hub.files("acme/tiny-grown", "refs/pr/1")
     assert "config.json" not in fake_hub.files("acme/tiny-grown", "main")
     with pytest.raises(UsageError, match="--create-pr"):

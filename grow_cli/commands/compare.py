@@ -10,11 +10,12 @@ import typer
 EXAMPLES = """
 **Examples**
 
-    # KL both ways, Jensen–Shannon, top-1 agreement, loss and perplexity of each model
-    grow compare ./family/member-1 ./family/member-2 --data ./corpus/
+    # KL both ways, Jensen–Shannon, top-1 agreement, loss and perplexity of each model (two members of a family)
+    grow compare ./family/s1/trained ./family/s2/trained --data ./corpus/
 
-    # More held-out blocks, longer sequences, machine-readable
-    grow compare ./small ./big --data books.jsonl --text-field text --seq-len 512 --max-blocks 256 --json
+    # More held-out blocks (5% of the data held out, up to 256 of them), longer sequences, machine-readable
+    grow compare ./small ./big --data books.jsonl --text-field text --seq-len 512 --eval-fraction 0.05 \\
+        --max-blocks 256 --json
 """
 
 

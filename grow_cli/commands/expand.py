@@ -40,7 +40,7 @@ EXAMPLES = """
 
     # Grow a training run, not only its weights: a train-stage checkpoint (or an output folder trained with
     # --save-final-state) → the grown model plus its grown AdamW state, continued by train-stage --resume grown
-    grow expand ./run/checkpoints/step_00002000 ./wide --width-factor 2 --width-method staged
+    grow expand ./run/checkpoints/step_00002000 ./wide --width-factor 2 --width-method hypercloning --noise-snr-db 10
     grow train-stage ./wide --resume grown --data corpus/ --out ./wide-run --max-steps 2000
 """
 

@@ -10,6 +10,7 @@ import typer
 EXAMPLES = """
 **Examples**
 
+    python docs/examples/tiny_family.py --prepare-only    # the example's corpus and tokenizer (a fresh clone)
     grow family docs/examples/tiny-family.yaml            # runs every member, then writes the report
     grow family recipe.yaml --out runs/family-1           # same recipe, another output folder
     grow family recipe.yaml --check                       # validate the recipe only

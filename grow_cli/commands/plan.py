@@ -15,7 +15,7 @@ EXAMPLES = """
     # A 1B→2B→4B→8B family at 320B tokens for the 8B member, independent vs progressive
     grow plan --target 8B --tokens 320B --family 1B,2B,4B,8B --json
 
-    # Target taken from a model folder (its shape and parameter count)
+    # Target taken from a model folder, or a folder holding only its config.json (its shape and parameter count)
     grow plan --target ./my-8b-config --tokens 1T
 """
 

@@ -75,7 +75,8 @@ def push(
     size = sum(f["size"] for f in result["files"])
     err.print(
         f"pushed {len(result['files'])} files ({format_bytes(size)}) to {result['repo_id']} "
-        f"({'private, ' if result['private'] else ''}branch {result['revision']})"
+        f"({'private, ' if result['private'] else ''}{'pull request' if result['pr_url'] else 'branch'} "
+        f"{result['revision']})"
     )
     err.print(f"commit: {result['commit_url']}")
     if result["pr_url"]:

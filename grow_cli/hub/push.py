@@ -93,7 +93,8 @@ def push_folder(
             _check_ref_exists(api, repo_id, revision)
         action = "creating"
         repo_id = api.create_repo(repo_id, private=True if private else None, exist_ok=True).repo_id
-        if private and not api.repo_info(repo_id).private:
+        is_private = bool(api.repo_info(repo_id).private)  # the repo's own, reported: it may have been so before
+        if private and not is_private:
             raise HubError(
                 f"{repo_id} already exists and is public; --private cannot change that. Make it private in its "
                 "settings on the Hub, or push without --private"
@@ -116,11 +117,11 @@ def push_folder(
     except Exception as exc:  # the client's errors, translated once, without the token
         raise translate(exc, action, repo_id, rerun) from None
 
-    branch = revision or "main"
+    branch = (info.pr_revision if create_pr else None) or revision or "main"  # a pull request's refs/pr/N
     return {
         "repo_id": repo_id,
         "revision": branch,
-        "private": bool(private),
+        "private": is_private,
         "commit": info.oid,
         "commit_url": info.commit_url,
         "pr_url": info.pr_url,
