@@ -7,8 +7,9 @@ Three published rules, computed and explained:
   parameters and C = 6·N·D its compute budget (D tokens). It reproduces the paper's table (Llama2-7B at 2T tokens →
   d ≈ 11.1B; Llama3-8B at 15T → 6.58B).
 - **Compute ledger** of a model family trained independently versus progressively (Yano et al. 2025): training
-  FLOPs per token are 6·N plus the attention term 12·L·d·s (PaLM's accounting, sequence length s; N counts a
-  mixture of experts' *active* parameters, `active_params`). Independently
+  FLOPs per token are 6·N plus the attention term 12·L·d·s (PaLM's accounting, sequence length s; N counts the
+  parameters in matrix products — all but an untied input embedding, as train-stage counts them — and of a mixture
+  of experts only the *active* ones). Independently
   member i trains on D_i tokens; progressively it starts from its predecessor and trains on `new_token_fraction`·D_i
   new tokens (default 140/320: Yano et al.'s 8B member trains 140B new tokens where an independent 8B uses 320B).
   The saving is a **projection**: arithmetic on that allocation, which assumes each grown member then matches its
@@ -211,7 +212,7 @@ def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_frac
         {
             **m,
             "flops_per_token": training_flops_per_token(
-                m.get("active_params", m["params"]), m["layers"], m["hidden"], seq_len
+                m.get("matmul_params", m.get("active_params", m["params"])), m["layers"], m["hidden"], seq_len
             ),
             "progressive_tokens": m["tokens"] if i == 0 else new_token_fraction * m["tokens"],
             "max_lr": auto_max_lr(int(m["params"])),
@@ -344,12 +345,19 @@ def _members(
             {
                 "params": float(s["num_parameters"]),
                 "active_params": float(s.get("active_parameters", s["num_parameters"])),
+                "matmul_params": float(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
                 "layers": s["num_hidden_layers"],
                 "hidden": s["hidden_size"],
                 "tokens": tokens * s["num_parameters"] / n,
             }
         )
     return members, notes
+
+
+def _lookup_embedding(shape: dict[str, Any]) -> int:
+    """The input embedding's parameters where it is only a lookup (an untied head), which PaLM's 6·N leaves out, as
+    `grow train-stage`'s FLOPs count does (`train/metrics.py`); a tied one is the head's matmul, counted."""
+    return 0 if shape.get("tie_word_embeddings") else shape["vocab_size"] * shape["hidden_size"]
 
 
 def _stacking(shape: dict[str, Any], d: float, tokens: float, stack_refused: str | None) -> dict[str, Any]:
