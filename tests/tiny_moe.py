@@ -71,6 +71,9 @@ _PREFIXED = dict(
     first_k_dense_replace=1,
 )
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8)
+# DeepSeek-V3's routing, shared by the types built on it: a query latent, one shared expert, top-k in one of two groups.
+_V3_ROUTING = dict(q_lora_rank=24, n_shared_experts=1, n_group=2, topk_group=1)
+_INDEXER = dict(index_n_heads=2, index_head_dim=8, index_topk=5)  # DeepSeek Sparse Attention: 5 of the probe's 12 keys
 PREFIX_CONFIGS = {
     "glm4_moe": lambda: tf.Glm4MoeConfig(
         **_PREFIXED,
@@ -82,39 +85,18 @@ PREFIX_CONFIGS = {
         topk_group=1,
         routed_scaling_factor=1.5,
     ),
-    "deepseek_v3": lambda: tf.DeepseekV3Config(
-        **{**_PREFIXED, **_MLA}, q_lora_rank=24, n_shared_experts=1, n_group=2, topk_group=1, routed_scaling_factor=2.5
-    ),
+    "deepseek_v3": lambda: tf.DeepseekV3Config(**{**_PREFIXED, **_MLA}, **_V3_ROUTING, routed_scaling_factor=2.5),
     "deepseek_v32": lambda: tf.DeepseekV32Config(
-        **{**_PREFIXED, **_MLA},
-        q_lora_rank=24,
-        n_shared_experts=1,
-        n_group=2,
-        topk_group=1,
-        routed_scaling_factor=2.5,
-        index_n_heads=2,
-        index_head_dim=8,
-        index_topk=5,
+        **{**_PREFIXED, **_MLA}, **_V3_ROUTING, routed_scaling_factor=2.5, **_INDEXER
     ),
     "deepseek_v2": lambda: tf.DeepseekV2Config(**{**_PREFIXED, **_MLA}, q_lora_rank=None, n_shared_experts=2),
 }
 PREFIX_NAMES = list(PREFIX_CONFIGS)
 _LISTED = {k: v for k, v in {**_PREFIXED, **_MLA}.items() if k != "first_k_dense_replace"}
 LISTED_CONFIGS = {  # transformers' default pattern: layer 0 dense, the others sparse
-    "glm4_moe_lite": lambda: tf.Glm4MoeLiteConfig(
-        **_LISTED, q_lora_rank=24, n_shared_experts=1, n_group=2, topk_group=1, routed_scaling_factor=1.5
-    ),
+    "glm4_moe_lite": lambda: tf.Glm4MoeLiteConfig(**_LISTED, **_V3_ROUTING, routed_scaling_factor=1.5),
     "glm_moe_dsa": lambda: tf.GlmMoeDsaConfig(  # its default pattern follows first_k_dense_replace
-        **_LISTED,
-        first_k_dense_replace=1,
-        q_lora_rank=24,
-        n_shared_experts=1,
-        n_group=2,
-        topk_group=1,
-        routed_scaling_factor=1.5,
-        index_n_heads=2,
-        index_head_dim=8,
-        index_topk=5,
+        **_LISTED, first_k_dense_replace=1, **_V3_ROUTING, routed_scaling_factor=1.5, **_INDEXER
     ),
 }
 
