@@ -62,7 +62,8 @@ def check_document_masking(
     (FSDP, DeepSpeed), where every process must run the same forward passes. It runs eagerly, so that a compiled
     block is not compiled once more for inference."""
     inner = extract_model_from_parallel(model)
-    device = next(inner.parameters()).device
+    param = next(inner.parameters())
+    device = param.device
     vocab = inner.config.get_text_config().vocab_size  # not the embedding's shape, which sharding splits
     generator = torch.Generator().manual_seed(0)
     first, second = (torch.randint(0, vocab, (1, n), generator=generator) for n in PROBE)
@@ -84,7 +85,7 @@ def check_document_masking(
     model.train(was_training)
     gap = (together[:, PROBE[0] :].float() - alone.float()).abs().max().item()
     scale = alone.float().abs().max().item() + 1.0
-    exact = (autocast or next(inner.parameters()).dtype) == torch.float32
+    exact = (autocast or param.dtype) == torch.float32
     if not gap <= (1e-4 if exact else 3e-2) * scale:  # fp32 rounding, or bf16/fp16's
         raise UsageError(
             f"--document-masking: {inner.config.model_type} does not mask attention between packed documents in "
