@@ -140,8 +140,15 @@ def script() -> None:
     before a command returns; exit handlers still run first), so the objects are frozen (`gc.freeze`) as the last
     exit handler: the collection skips them (~0.1 s). Only here: tests and Python callers run `main` in a process
     that goes on.
+
+    With `--json`, stdout is kept for the JSON document (`console.keep_stdout_for_json`): libraries that print
+    there would otherwise break it.
     """
     atexit.register(gc.freeze)  # registered first, so it runs after every other exit handler
+    if "--json" in sys.argv[1:] and "--help" not in sys.argv[1:]:
+        from grow_cli.console import keep_stdout_for_json
+
+        keep_stdout_for_json()
     main()
 
 

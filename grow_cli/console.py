@@ -9,9 +9,10 @@ Hugging Face names shard sizes (`--shard-size 5GB`) and as the Hub shows file si
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -54,10 +55,28 @@ def print_table(table: Any, console: Console = out) -> None:
         console.width = width
 
 
+_json_stdout: TextIO | None = None  # the real stdout, once `keep_stdout_for_json` moved everything else off it
+
+
+def keep_stdout_for_json() -> None:
+    """Keep the process's stdout for `print_json` alone, and send whatever else writes there to stderr.
+
+    `--json` promises one JSON document on stdout, but libraries write there too: DeepSpeed's logger and its op
+    builders (JIT-compiled on first use) print to stdout, from Python and from C. So a whole `grow` process with
+    `--json` (`cli.script`; not an in-process caller of `cli.main`, whose streams are its own) points file
+    descriptor 1 and `sys.stdout` at stderr and keeps a duplicate of the original stdout for the JSON document."""
+    global _json_stdout
+    sys.stdout.flush()
+    _json_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+
 def print_json(payload: Any) -> None:
     """Write one JSON document to stdout (the only thing grow ever writes to stdout)."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    stream = _json_stdout or sys.stdout
+    stream.write(json.dumps(payload, indent=2, default=str) + "\n")
+    stream.flush()
 
 
 @contextmanager

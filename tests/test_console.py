@@ -64,3 +64,42 @@ def test_a_long_line_stays_one_line_when_piped(stream, capsys):
     getattr(console, stream).print(line)
     captured = capsys.readouterr()
     assert (captured.out if stream == "out" else captured.err) == line + "\n"
+
+
+def test_with_json_stdout_holds_the_json_document_alone_whatever_else_prints():
+    """`--json` promises one JSON document on stdout, but libraries print there: DeepSpeed's logger and its op
+    builders write to stdout, from Python and from C. The `grow` script with `--json` sends them to stderr. Here a
+    stand-in library prints both ways just before the document; `cli.main` (in-process callers' entry, which leaves
+    their streams alone) is the negative control: there its lines break the document."""
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import os, sys
+import grow_cli.console as console
+real = console.print_json
+def chatty(payload):
+    print("a library's print")
+    os.write(1, b"a library's write to fd 1\\n")
+    real(payload)
+console.print_json = chatty
+entry = sys.argv[1]
+sys.argv = ["grow", "plan", "--target", "1B", "--tokens", "20B", "--json"]
+from grow_cli import cli
+getattr(cli, entry)()
+"""
+
+    def run(entry: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-c", code, entry], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    script = run("script")
+    assert json.loads(script.stdout)["target"]["num_parameters"] == 1e9  # the whole of stdout is one document
+    assert "a library's print" in script.stderr and "a library's write to fd 1" in script.stderr
+
+    main = run("main")
+    assert "a library's print" in main.stdout and "a library's write to fd 1" in main.stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(main.stdout)
