@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tiny_models import MODEL_CLASSES, build_tiny, probe_ids
 
 from grow_cli.checkpoint.reader import CheckpointReader
@@ -111,3 +111,42 @@ def test_a_tensor_the_index_leaves_out_is_read_as_transformers_reads_it(tmp_path
     )
     reader = CheckpointReader(tmp_path / "src")
     assert sorted(reader.tensors) == ["u", "v", "w"] and torch.equal(reader.read("u"), torch.ones(3))
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_legacy_layernorm_names_are_read_as_transformers_loads_them(tmp_path, weights):
+    """The original BERT checkpoints on the Hub (bert-base-uncased and its siblings) store LayerNorm's gain and bias
+    as TensorFlow's `gamma` and `beta`, which transformers renames as it loads. grow reads them under the loaded
+    names: the source is described and grown exactly (checked against transformers' own loading of it), and the
+    output stores today's names."""
+    model = build_tiny("bert")
+    src = tmp_path / "legacy"
+    model.save_pretrained(src)
+    saved = load_file(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    legacy = {
+        name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): tensor
+        for name, tensor in saved.items()
+    }
+    assert sum(name.endswith("LayerNorm.gamma") for name in legacy) > 2
+    if weights.endswith(".bin"):
+        torch.save(legacy, src / weights)
+    else:
+        save_file(legacy, src / weights, metadata={"format": "pt"})
+    with CheckpointReader(src) as reader:
+        assert set(reader.tensors) == set(saved)
+        gain = reader.read("bert.embeddings.LayerNorm.weight")
+        torch.testing.assert_close(gain, model.bert.embeddings.LayerNorm.weight, rtol=0, atol=0)
+    spec = GrowthSpec(width_factor=2, width_method="fpi")
+    report = expand(str(src), tmp_path / "wide", spec, quiet=True, verify=True)
+    assert report["verify"]["passed"] is True
+    with CheckpointReader(tmp_path / "wide") as grown:
+        assert not any(name.endswith(("gamma", "beta")) for name in grown.tensors)
+
+
+def test_a_tensor_stored_under_its_legacy_and_its_loaded_name_is_refused(tmp_path):
+    """Both `LayerNorm.gamma` and `LayerNorm.weight`: two copies of one tensor, which may differ."""
+    (tmp_path / "config.json").write_text("{}")
+    save_file({"a.LayerNorm.gamma": torch.ones(2), "a.LayerNorm.weight": torch.ones(2)}, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="holds both a.LayerNorm.weight and a.LayerNorm.gamma"):
+        CheckpointReader(tmp_path)

@@ -104,6 +104,30 @@ def _listed_shards_tensors(
     return {name: found[name] for name in (*weight_map, *found) if name in found}
 
 
+# transformers loads these as the names on the right, for every model (its "legacy" renaming): the original BERT
+# checkpoints on the Hub (bert-base-uncased, bert-large-cased, multilingual BERT, …) still store LayerNorm's gain and
+# bias under TensorFlow's names.
+LEGACY_NAMES = (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"))
+
+
+def _as_loaded(tensors: dict[str, TensorEntry], folder: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """The tensors under the names transformers loads them as (`LEGACY_NAMES`), and the stored name of each one
+    renamed. A checkpoint that holds both names of one tensor is ambiguous: refused."""
+    loaded: dict[str, TensorEntry] = {}
+    stored: dict[str, str] = {}
+    for name, entry in tensors.items():
+        modern = next((name[: -len(old)] + new for old, new in LEGACY_NAMES if name.endswith(old)), name)
+        if modern in loaded:
+            raise CheckpointError(
+                f"the checkpoint in {folder} holds both {modern} and {stored.get(modern, name)}, two copies of one "
+                "tensor that may differ; remove one"
+            )
+        loaded[modern] = entry
+        if modern != name:
+            stored[modern] = name
+    return loaded, stored
+
+
 def load_weight_map(folder: Path, index_name: str) -> dict[str, str]:
     """The `weight_map` of an index file (tensor name → shard file name), type-checked."""
     try:
@@ -129,8 +153,8 @@ def load_weight_map(folder: Path, index_name: str) -> dict[str, str]:
 class CheckpointReader:
     """Lists a local checkpoint's tensors and reads them one at a time.
 
-    `tensors` maps each name to its `TensorEntry`; `read(name)` returns a fresh CPU tensor. Keeps at most one
-    file open.
+    `tensors` maps each name, as transformers loads it (`LEGACY_NAMES`), to its `TensorEntry`; `read(name)`
+    returns a fresh CPU tensor. Keeps at most one file open.
     """
 
     def __init__(self, folder: Path, *, library_check_later: bool = False):
@@ -143,6 +167,7 @@ class CheckpointReader:
         if not self.folder.is_dir():
             raise CheckpointError(f"{self.folder} is not a folder")
         self.tensors: dict[str, TensorEntry] = {}
+        self.stored_names: dict[str, str] = {}  # a tensor's name in the files, where it differs from `tensors`'
         self.metadata: dict[str, str] = {}
         self._handle: Any = None
         self._handle_path: Path | None = None
@@ -203,6 +228,7 @@ class CheckpointReader:
             )
         if not self.tensors:
             raise CheckpointError(f"the checkpoint in {f} holds no tensors")
+        self.tensors, self.stored_names = _as_loaded(self.tensors, f)
         if self._library_later and self.format == "safetensors":
             self._library_job = in_background(self._check_with_library, "grow-headers")
 
@@ -239,7 +265,7 @@ class CheckpointReader:
         if entry is None:
             raise CheckpointError(f"tensor {name} is not in the checkpoint")
         if entry.start < 0:
-            stored = self._load_bin(entry.file)[name]
+            stored = self._load_bin(entry.file)[self.stored_names.get(name, name)]
             tensor = stored.clone()
             release(stored)  # a zip-format .bin is memory-mapped: give its pages back, as for one tensor read
             return tensor
