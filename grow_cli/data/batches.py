@@ -10,10 +10,10 @@ Within a step the global batch is laid out as [grad_accum, num_processes, micro_
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-
-from grow_cli.errors import DataError
 
 
 class StepBatches:
@@ -76,20 +76,20 @@ def eval_batches(
     max_batches: int,
     num_processes: int,
     rank: int,
-) -> list[torch.Tensor]:
-    """This process's share of the held-out blocks: the first `max_batches × micro_batch_size` eval blocks
-    (rounded down to a multiple of the process count), dealt round-robin to the processes.
+) -> list[tuple[torch.Tensor, bool]]:
+    """This process's share of the held-out blocks: the first `max_batches × micro_batch_size` eval blocks, dealt
+    round-robin to the processes, in micro-batches, each with whether it counts.
 
-    Every process gets the same number of batches, because under FSDP or DeepSpeed each forward is a collective.
+    Every process runs the same number of batches, because under FSDP or DeepSpeed each forward is a collective:
+    one with fewer blocks than another (at most one fewer) ends with a batch that repeats a block and does not
+    count. Every block is evaluated once whatever the process count, so the eval loss does not depend on it.
     """
     count = min(len(eval_ids), max_batches * micro_batch_size)
-    count -= count % num_processes
-    if count == 0:
-        raise DataError(
-            f"only {len(eval_ids)} eval blocks for {num_processes} processes; add data or raise --eval-fraction"
-        )
     chosen = eval_ids[:count][rank::num_processes]
-    return [
-        torch.from_numpy(blocks[chosen[i : i + micro_batch_size]].astype(np.int64))
+    batches = [
+        (torch.from_numpy(blocks[chosen[i : i + micro_batch_size]].astype(np.int64)), True)
         for i in range(0, len(chosen), micro_batch_size)
     ]
+    most = math.ceil(math.ceil(count / num_processes) / micro_batch_size)  # of the process dealt the most blocks
+    filler = torch.from_numpy(blocks[eval_ids[:1]].astype(np.int64))
+    return batches + [(filler, False)] * (most - len(batches))

@@ -29,7 +29,7 @@ from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_ap
 from grow_cli.train.attention import HALF, check_attention_run, one_row
 from grow_cli.train.checkpoints import load_checkpoint, remove_unfinished, run_key_change
 from grow_cli.train.config import TrainConfig
-from grow_cli.train.continuation import Continuation, load_grown_state
+from grow_cli.train.continuation import Continuation, check_whole_state, load_grown_state
 from grow_cli.train.data_offset import step_offset
 from grow_cli.train.deepspeed_engine import fill_deepspeed_config, full_ndim, full_numel
 from grow_cli.train.documents import check_document_masking
@@ -76,7 +76,7 @@ class Run:
     scheduler: Any  # accelerate's AcceleratedScheduler around LambdaLR(schedule.lr_factor)
     schedule: Schedule
     batches: StepBatches
-    held_out: list[torch.Tensor]
+    held_out: list[tuple[torch.Tensor, bool]]  # this process's eval micro-batches, and whether each counts
     budget: Budget
     max_lr: float
     num_parameters: int
@@ -145,6 +145,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     tracker = JsonlTracker(out / METRICS_FILE, resume_step=0 if checked.resume_from else None)
     accelerator = make_accelerator(config, tracker)
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    check_whole_state(config, checked.continuation, accelerator.distributed_type.value if sharded else None)
     liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
     check_attention_run(config.attn_implementation, accelerator.device, accelerator.mixed_precision)
     budget = make_budget(config, accelerator)
@@ -193,8 +194,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     schedule = make_schedule(config, budget.max_steps, continuation)
     optimizer, names = make_optimizer(model, config, max_lr, accelerator, continuation)
     if continuation is not None and continuation.load_from is not None:
-        sharded = accelerator.distributed_type not in FUSED_ADAMW_TYPES  # FSDP/DeepSpeed shard the optimizer
-        for note in load_grown_state(optimizer, names, model, continuation, config, budget.global_batch, sharded):
+        for note in load_grown_state(optimizer, names, model, continuation, config, budget.global_batch):
             say(accelerator, config.quiet, note)
     scheduler = make_scheduler(optimizer, schedule, continuation.start_step if continuation else 0)
     flops_token = (
@@ -488,7 +488,7 @@ def make_optimizer(
 
 def make_batches(
     config: TrainConfig, data: TokenData, budget: Budget, accelerator: Accelerator, offset: int = 0
-) -> tuple[StepBatches, list[torch.Tensor]]:
+) -> tuple[StepBatches, list[tuple[torch.Tensor, bool]]]:
     """This process's training batches (indexed by optimizer step, `offset` blocks on) and its held-out blocks."""
     batches = StepBatches(
         data.blocks,

@@ -182,17 +182,32 @@ def differences(state_folder: Path, config, global_batch: int) -> list[str]:
     ]
 
 
-def load_grown_state(
-    optimizer, names: list[str], model, continuation: Continuation, config, global_batch: int, sharded: bool
-) -> list[str]:
-    """Load the grown AdamW state into `optimizer` before accelerate prepares it (`--resume grown`); return the notes
-    for the user: how this run differs from the source's, and what was carried."""
-    assert continuation.load_from is not None
-    if sharded:
+def check_whole_state(config, continuation: Continuation | None, engine: str | None) -> None:
+    """Refuse, before the model loads, a run that would read or leave a training state that FSDP or DeepSpeed
+    (`engine`; None for one process or DDP) shard: grow grows and loads the AdamW state whole (accelerate's
+    `optimizer.bin`), and a sharded save is only found unusable when `grow expand` reads it, after the run."""
+    if engine is None:
+        return
+    if continuation is not None and continuation.load_from is not None:
         raise UsageError(
-            "--resume grown loads the grown optimizer state whole, which FSDP/DeepSpeed would shard; run it on one "
+            f"--resume grown loads the grown optimizer state whole, which {engine} would shard; run it on one "
             "process or with DDP"
         )
+    if config.save_final_state:
+        raise UsageError(
+            f"--save-final-state leaves the optimizer state for grow expand to grow, which reads it whole; {engine} "
+            "saves it sharded. Leave out --save-final-state (grow the final model with --weights-only), or train on "
+            "one process or with DDP"
+        )
+
+
+def load_grown_state(
+    optimizer, names: list[str], model, continuation: Continuation, config, global_batch: int
+) -> list[str]:
+    """Load the grown AdamW state into `optimizer` before accelerate prepares it (`--resume grown`; one process or
+    DDP, `check_whole_state`); return the notes for the user: how this run differs from the source's, and what was
+    carried."""
+    assert continuation.load_from is not None
     notes = [
         f"note: {difference}: the run continues the state, not the source's exact dynamics"
         for difference in differences(continuation.load_from, config, global_batch)

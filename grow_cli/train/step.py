@@ -102,9 +102,9 @@ def evaluate(run: Run, depth: int | None = None) -> float:
     model.eval()
     total = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
     with torch.no_grad(), at_depth(run, depth):
-        for ids in run.held_out:
+        for ids, counted in run.held_out:
             inputs = run.objective.eval_inputs(ids)
-            positions = run.objective.predicted(inputs)  # the loss is a mean over these
+            positions = run.objective.predicted(inputs) if counted else 0  # the loss is a mean over these
             total[0] += micro_batch_loss(model, to_device(inputs, accelerator)).double() * positions
             total[1] += positions
     total = accelerator.reduce(total, "sum")
