@@ -42,6 +42,32 @@ def test_the_auxiliary_loss_joins_training_passes_only():
     assert stats.metrics() == {}
 
 
+def test_the_load_of_each_layer_counts_every_process():
+    """Under a distributed launch each process counts its own tokens; the run's per-layer load in grow.json must sum
+    them like its maximum and minimum do (it once showed the first process's alone). A stand-in second process
+    sends the same counts as the first with every expert moved by one."""
+    model = build("mixtral")
+    stats = RouterStats(model)
+    with torch.no_grad():
+        model.train()(input_ids=probe_ids(), labels=probe_ids())
+    alone = torch.tensor(stats.summary()["expert_load_by_layer"])
+
+    class TwoProcesses:
+        num_processes = 2
+
+        @staticmethod
+        def reduce(tensor, reduction):
+            return tensor + (tensor.roll(1, dims=-1) if tensor.ndim == 2 else tensor)
+
+    both = stats.summary(TwoProcesses())
+    counts = stats._total[1] + stats._total[1].roll(1, dims=-1)
+    expected = counts / counts.sum(dim=-1, keepdim=True) * 4
+    assert torch.allclose(torch.tensor(both["expert_load_by_layer"]), expected, atol=1e-3)
+    assert not torch.allclose(torch.tensor(both["expert_load_by_layer"]), alone, atol=1e-2)
+    assert both["expert_load_max"] == pytest.approx(float(expected.max()))
+    stats.close()
+
+
 def test_a_zero_router_collapses_the_load_and_router_noise_spreads_it(tmp_path):
     """Upcycled with `--router-noise 0`, every token picks the same two experts; with the default noise all four
     are used from the first step. Both models are exact copies of the dense one."""

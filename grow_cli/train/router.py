@@ -92,7 +92,7 @@ class RouterStats:
         experts of the share × E); empty when no training pass ran."""
         if self._window is None:
             return {}
-        result = self._summarise(self._window, self._passes, accelerator)
+        result, _ = self._summarise(self._window, self._passes, accelerator)
         self._window, self._passes = None, 0
         return result
 
@@ -100,15 +100,16 @@ class RouterStats:
         """The same over the whole run, with the load of each layer's experts (for grow.json and the summary)."""
         if self._total is None:
             return {}
-        result = self._summarise(self._total, self._passes_total, accelerator)
-        result["expert_load_by_layer"] = [[round(x, 3) for x in row] for row in self._load(self._total[1]).tolist()]
+        result, load = self._summarise(self._total, self._passes_total, accelerator)
+        result["expert_load_by_layer"] = [[round(x, 3) for x in row] for row in load.tolist()]
         result["router_aux_loss_coef"] = self.coef
         return result
 
     def _load(self, counts: torch.Tensor) -> torch.Tensor:
         return counts / counts.sum(dim=-1, keepdim=True).clamp_min(1) * self.num_experts
 
-    def _summarise(self, held: tuple, passes: int, accelerator: Any) -> dict[str, Any]:
+    def _summarise(self, held: tuple, passes: int, accelerator: Any) -> tuple[dict[str, Any], torch.Tensor]:
+        """The mean auxiliary loss and the expert load over every process, and the load itself [layers, experts]."""
         aux, counts = held
         if accelerator is not None and accelerator.num_processes > 1:
             aux, counts = accelerator.reduce(aux, "sum"), accelerator.reduce(counts, "sum")
@@ -118,7 +119,7 @@ class RouterStats:
             "router_aux_loss": float(aux) / max(passes, 1),
             "expert_load_max": float(load.max()),
             "expert_load_min": float(load.min()),
-        }
+        }, load
 
     def close(self) -> None:
         for handle in self._handles:
