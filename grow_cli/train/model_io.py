@@ -234,8 +234,24 @@ def save_model(
     staging = Path(out) / MODEL_STAGING
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
     with removed_unless_written(staging, "the trained model"):
+        _forget_unused_renamings(model)
         model.save_pretrained(staging, state_dict=state_dict)
         tokenizer.save_pretrained(staging)
         for path in sorted(staging.iterdir()):
             os.replace(path, Path(out) / path.name)
     staging.rmdir()
+
+
+def _forget_unused_renamings(model: PreTrainedModel) -> None:
+    """Keep `save_pretrained` from renaming tensors that were never renamed. It writes each tensor under the name
+    the loaded checkpoint had, undoing the weight conversions kept on the model (`_weight_conversions`).
+    transformers' own loading keeps only the conversions that matched a stored name, but its ZeRO-3 loading
+    (`zero3_init_flag`, transformers 5.17–5.24 at least) keeps every one it knows: a BERT that stored
+    LayerNorm.weight was written back as TensorFlow's LayerNorm.gamma (the legacy renaming, which applies to every
+    model). Renamings that matched nothing are dropped here; conversions that reshape tensors (fused experts) stay."""
+    from transformers.core_model_loading import WeightRenaming
+
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        kept = [c for c in conversions if not isinstance(c, WeightRenaming) or getattr(c, "was_used", lambda: True)()]
+        setattr(model, "_weight_conversions", kept)  # noqa: B010 - a private attribute nn.Module's typing hides
