@@ -558,7 +558,6 @@ def test_resume_grown_refuses_what_it_cannot_continue(lab, tmp_path):
         expand(str(source.checkpoint), None, GrowthSpec(layers=4, depth_method="stack"), dry_run=True)
 
 
-
 def test_a_sharded_engine_is_refused_before_the_model_loads_where_the_state_must_be_whole(tmp_path):
     """FSDP and DeepSpeed save the optimizer sharded, and a sharded save is refused by grow expand, so
     --save-final-state under them would end a run with a state nobody can grow; --resume grown would shard a state
@@ -577,6 +576,7 @@ def test_a_sharded_engine_is_refused_before_the_model_loads_where_the_state_must
         check_whole_state(plain, grown, "FSDP")
     check_whole_state(final, grown, None)
     check_whole_state(plain, SimpleNamespace(load_from=None), "FSDP")  # a continuation that loads no state
+
 
 def test_resume_grown_in_another_data_order_reads_it_from_its_first_block(lab, tmp_path, capsys):
     """The source's `data_blocks` count blocks of its own order (data, seq_len, seed): another seq_len makes
