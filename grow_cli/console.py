@@ -64,11 +64,18 @@ def keep_stdout_for_json() -> None:
     `--json` promises one JSON document on stdout, but libraries write there too: DeepSpeed's logger and its op
     builders (JIT-compiled on first use) print to stdout, from Python and from C. So a whole `grow` process with
     `--json` (`cli.script`; not an in-process caller of `cli.main`, whose streams are its own) points file
-    descriptor 1 and `sys.stdout` at stderr and keeps a duplicate of the original stdout for the JSON document."""
+    descriptor 1 and `sys.stdout` at stderr and keeps a duplicate of the original stdout for the JSON document.
+    Without a stdout (closed) or a stderr, nothing changes: the command then fails as it did, in one line."""
     global _json_stdout
+    if sys.stdout is None or sys.stderr is None:
+        return
     sys.stdout.flush()
-    _json_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    try:
+        kept = os.dup(1)
+    except OSError:
+        return
     os.dup2(2, 1)
+    _json_stdout = os.fdopen(kept, "w", encoding="utf-8")
     sys.stdout = sys.stderr
 
 
