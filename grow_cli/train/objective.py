@@ -20,7 +20,9 @@ import torch
 from grow_cli.data.masking import EVAL_SEED, IGNORE_INDEX, MaskingRule, mask_rows
 from grow_cli.errors import CheckpointError, UsageError
 from grow_cli.train.documents import document_inputs
+from grow_cli.train.transfer import tensor_to_device
 
+LOSS_ONLY = ("labels", "num_items", "predicted_at")  # inputs of the loss that the model itself is not given
 NAMES = {"causal": "causal LM (next-token prediction)", "masked": "masked LM (masked-token prediction)"}
 
 
@@ -91,14 +93,17 @@ class Objective:
         A masked LM's loss is the mean over the masked tokens of the whole step — all micro-batches, all processes
         — as if it were one batch; a mean per micro-batch would weigh the tokens of a sparsely masked micro-batch
         more, and differ with the split over processes. So each gets `num_items`: the step's masked tokens over
-        the micro-batch count (accelerate divides by the accumulation and DDP averages over processes)."""
+        the micro-batch count (accelerate divides by the accumulation and DDP averages over processes), and
+        `predicted_at`: the flat positions of its own masked tokens, for `step.micro_batch_loss`."""
         inputs = [self._inputs(ids, (self.seed, step)) for ids in micro_batches]
         if self.masking is not None:
-            total = sum(self.predicted(item) for item in inputs)
-            if accelerator.num_processes > 1:  # the other processes' counts: a wait for the device, so only here
-                total = accelerator.reduce(torch.tensor(total, device=accelerator.device), "sum").item()
+            total: int | torch.Tensor = sum(self.predicted(item) for item in inputs)
+            if accelerator.num_processes > 1:  # the other processes' counts, summed on the devices: no host wait
+                total = accelerator.reduce(tensor_to_device(torch.tensor(total), accelerator.device), "sum")
+            share = total / (len(inputs) * accelerator.num_processes)
             for item in inputs:
-                item["num_items"] = total / (len(inputs) * accelerator.num_processes)
+                item["predicted_at"] = (item["labels"].flatten() != IGNORE_INDEX).nonzero().squeeze(1)
+                item["num_items"] = share
         return inputs
 
     def eval_inputs(self, ids: torch.Tensor) -> dict[str, Any]:

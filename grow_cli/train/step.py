@@ -2,9 +2,9 @@
 
 `train_step` reads the step's micro-batches from `StepBatches` (the step is the data position), accumulates their
 gradients under `accelerator.accumulate`, clips, steps the optimizer and then the LR schedule. The run's objective
-(objective.py) turns each block of token ids into the model's inputs and labels, `to_device` moves them and
-`micro_batch_loss` runs the model; training and evaluation share all three. Under Apollo (apollo.py) a step may
-first grow the unique layers, and each micro-batch runs at its own sampled depth.
+(objective.py) turns each block of token ids into the model's inputs and labels, `to_device` (transfer.py) moves
+them and `micro_batch_loss` runs the model; training and evaluation share all three. Under Apollo (apollo.py) a step
+may first grow the unique layers, and each micro-batch runs at its own sampled depth.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from grow_cli.data.masking import IGNORE_INDEX
 from grow_cli.train.build import Run
+from grow_cli.train.objective import LOSS_ONLY
+from grow_cli.train.transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -27,35 +28,21 @@ class StepResult:
     depths: tuple[int, ...] = ()  # Apollo: the depth each micro-batch ran at
 
 
-def to_device(inputs: dict[str, Any], accelerator: Any) -> dict[str, Any]:
-    """A micro-batch's model inputs (tensors from the host) on the accelerator's device. To a GPU through pinned
-    memory and without waiting: each copy is queued behind the work in flight instead of stopping the host."""
-    device = accelerator.device
-
-    def move(value: Any) -> Any:
-        if not isinstance(value, torch.Tensor):
-            return value
-        if device.type == "cuda":
-            return value.pin_memory().to(device, non_blocking=True)
-        return value.to(device)
-
-    moved: dict[int, Any] = {}  # by identity: a causal LM's labels are its input ids, one tensor copied once
-    for value in inputs.values():
-        if id(value) not in moved:
-            moved[id(value)] = move(value)
-    return {name: moved[id(value)] for name, value in inputs.items()}
-
-
 def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
     """The loss of one micro-batch under the run's objective (a scalar with a graph to backpropagate): the model's
-    own mean, or — given `num_items` — the sum of the token losses over it (see `Objective.train_inputs`)."""
+    own mean, or — given `num_items` — the sum of the token losses at `predicted_at` over it (see
+    `Objective.train_inputs`). Those positions were found on the host: selecting by a mask on the device instead
+    would make the host wait for the forward to learn how many there are, once per micro-batch."""
     items = inputs.get("num_items")
     if items is None:
         return model(**inputs).loss
-    labels = inputs["labels"]
-    logits = model(**{k: v for k, v in inputs.items() if k not in ("labels", "num_items")}).logits
-    where = labels != IGNORE_INDEX
-    return torch.nn.functional.cross_entropy(logits[where].float(), labels[where], reduction="sum") / items
+    logits = model(**{k: v for k, v in inputs.items() if k not in LOSS_ONLY}).logits
+    at = inputs["predicted_at"]
+    chosen = logits.flatten(0, 1).index_select(0, at).float()
+    return (
+        torch.nn.functional.cross_entropy(chosen, inputs["labels"].flatten().index_select(0, at), reduction="sum")
+        / items
+    )
 
 
 def at_depth(run: Run, depth: int | None) -> contextlib.AbstractContextManager:
@@ -77,7 +64,7 @@ def train_step(run: Run) -> StepResult:
     depths: list[int] = []
     micro_batches = run.objective.train_inputs(run.batches.micro_batches(run.step), run.step, accelerator)
     for micro, host_inputs in enumerate(micro_batches):
-        inputs = to_device(host_inputs, accelerator)
+        inputs = to_device(host_inputs, accelerator.device)
         depth = run.apollo.depth(run.step, micro) if run.apollo else None
         if depth is not None:
             depths.append(depth)
@@ -105,7 +92,7 @@ def evaluate(run: Run, depth: int | None = None) -> float:
         for ids, counted in run.held_out:
             inputs = run.objective.eval_inputs(ids)
             positions = run.objective.predicted(inputs) if counted else 0  # the loss is a mean over these
-            total[0] += micro_batch_loss(model, to_device(inputs, accelerator)).double() * positions
+            total[0] += micro_batch_loss(model, to_device(inputs, accelerator.device)).double() * positions
             total[1] += positions
     total = accelerator.reduce(total, "sum")
     model.train()

@@ -1,0 +1,105 @@
+"""A masked-LM micro-batch reads nothing back from the device: no step of its forward, loss or backward needs a value
+that only the device knows (`.item()`, a mask's count), which on a GPU would stop the host until the queued work
+has run, once per micro-batch (`step.micro_batch_loss`, `Objective.train_inputs`).
+
+On the CPU there is no device to wait for, so the check watches the operations themselves: torch tags every
+operation whose result (a Python number) or output shape depends on tensor values, and a watcher records each one
+that runs. The negative control selects the masked positions by a boolean mask on the device, as grow once did.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import BertConfig, BertForMaskedLM
+
+from grow_cli.data.masking import IGNORE_INDEX, MaskingRule
+from grow_cli.train.objective import Objective
+from grow_cli.train.step import micro_batch_loss
+from grow_cli.train.transfer import to_device
+
+VOCAB = 300
+RULE = MaskingRule(mask_id=4, vocab_size=VOCAB, special_ids=(0, 1, 2, 3, 4))
+CPU = torch.device("cpu")
+
+
+class HostReads(TorchDispatchMode):
+    """Records the operations that run while it is active and must read tensor values on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if _reads_values(func, args):
+            self.found.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _reads_values(func, args) -> bool:
+    if torch.Tag.data_dependent_output in func.tags:  # .item(), torch.equal, …
+        return True
+    if func is torch.ops.aten.index.Tensor:  # shape-dependent only when an index is a mask
+        return any(
+            isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] if i is not None
+        )
+    return torch.Tag.dynamic_output_shape in func.tags  # nonzero, masked_select, unique, …
+
+
+@pytest.fixture(scope="module")
+def bert():
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    return BertForMaskedLM(config).eval()  # no dropout: the loss test compares two forwards
+
+
+def blocks(rows: int = 4, length: int = 24) -> torch.Tensor:
+    return torch.randint(5, VOCAB, (rows, length), generator=torch.Generator().manual_seed(1))
+
+
+def one_process(processes: int = 1):
+    """The parts of an accelerate `Accelerator` that `Objective.train_inputs` uses; with more processes, the others
+    are stand-ins that masked as many tokens as this one."""
+    return SimpleNamespace(num_processes=processes, device=CPU, reduce=lambda t, how: t * processes)
+
+
+def test_a_masked_micro_batch_reads_nothing_from_the_device(bert):
+    (host,) = Objective("masked", 0, RULE).train_inputs([blocks()], 0, one_process())
+    inputs = to_device(host, CPU)
+    with HostReads() as watch:
+        micro_batch_loss(bert, inputs).backward()
+    assert watch.found == []
+
+    def by_mask(model, inputs):  # the negative control: the masked positions picked on the device
+        logits = model(input_ids=inputs["input_ids"]).logits
+        where = inputs["labels"] != IGNORE_INDEX
+        return torch.nn.functional.cross_entropy(logits[where].float(), inputs["labels"][where], reduction="sum")
+
+    with HostReads() as watch:
+        by_mask(bert, inputs).backward()
+    assert "aten.index.Tensor" in watch.found
+
+
+def test_the_masked_loss_is_the_mean_over_the_step_s_masked_tokens(bert):
+    ids = blocks(rows=8)
+    halves = [ids[:4], ids[4:]]
+    host = Objective("masked", 0, RULE).train_inputs(halves, 3, one_process())
+    masked = sum(int((item["labels"] != IGNORE_INDEX).sum()) for item in host)
+    assert host[0]["num_items"] == masked / 2 and host[0]["predicted_at"].numel() > 0
+    with torch.no_grad():
+        step = sum(micro_batch_loss(bert, item).double() for item in host) / 2  # accelerate's ÷ accumulation
+        whole = {name: torch.cat([item[name] for item in host]) for name in ("input_ids", "labels")}
+        reference = bert(**whole).loss  # BERT's own loss: the mean over the masked tokens of the whole batch
+    assert float(step) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_with_more_processes_the_token_count_stays_a_device_tensor(bert):
+    host = Objective("masked", 0, RULE).train_inputs([blocks()], 0, one_process(processes=2))
+    masked = int((host[0]["labels"] != IGNORE_INDEX).sum())
+    count = host[0]["num_items"]
+    assert isinstance(count, torch.Tensor) and float(count) == masked  # (2 × masked) ÷ (1 micro-batch × 2)
