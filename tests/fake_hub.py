@@ -2,7 +2,8 @@
 
 `FakeHub` is an in-process `ThreadingHTTPServer` that answers the endpoints `huggingface_hub` 2.4 calls to create a
 repo and a branch, validate a model card, upload a folder (preupload, LFS batch, LFS PUT, ndjson commit) and to
-download files (model_info, HEAD/GET resolve). See docs/reference ecosystem.md §2.6 for the payloads.
+download files (model_info, HEAD/GET resolve, with byte ranges: each request records the `range` asked and the bytes
+`sent`). See docs/reference ecosystem.md §2.6 for the payloads.
 
 It keeps repos in memory as commits of `{path: bytes}` trees, stores LFS objects per repo (so a re-run of an upload
 is told which objects already arrived, as the real Hub does), records every request, and has switches to make it
@@ -149,6 +150,8 @@ class Request:
     path: str
     status: int = 0
     body_size: int = 0
+    range: str = ""  # the Range header asked for
+    sent: int = 0  # bytes of file content answered (GET of a file)
 
 
 class FakeHub:
@@ -320,6 +323,9 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     headers["X-Error-Code"] = exc.code
                 status, payload = exc.status, {"error": exc.message}
             record.status = status
+            record.range = self.headers.get("Range", "")
+            if method == "GET" and isinstance(payload, bytes | bytearray):
+                record.sent = len(payload)
             self._send(status, payload, headers, head=method == "HEAD", cut=fault == "cut")
 
         def _send(self, status: int, payload, headers: dict, *, head: bool = False, cut: bool = False) -> None:
@@ -598,11 +604,12 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if path in commit.lfs:
                 headers["X-Linked-Etag"] = f'"{etag}"'
                 headers["X-Linked-Size"] = str(len(data))
-            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
             if match:
                 start = int(match.group(1))
-                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-                return 206, data[start:], headers
+                end = min(int(match.group(2) or len(data) - 1), len(data) - 1)  # inclusive, as HTTP counts
+                headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+                return 206, data[start : end + 1], headers
             return 200, data, headers
 
     return Handler

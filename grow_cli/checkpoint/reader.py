@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -157,11 +158,19 @@ class CheckpointReader:
     returns a fresh CPU tensor. Keeps at most one file open.
     """
 
-    def __init__(self, folder: Path, *, library_check_later: bool = False):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        library_check_later: bool = False,
+        fetch: Callable[[Path, int, int], None] | None = None,
+    ):
         """`library_check_later`: the safetensors library parses the headers in the background (it imports numpy,
         a tenth of a second); `library_checked()` waits for it and must pass before anything made from them is
-        published."""
+        published. `fetch(file, start, end)`: called before a tensor's bytes are read, where the files hold only
+        their headers so far (`CheckpointSource.fetch`, from `source_headers`)."""
         self.folder = Path(folder)
+        self._fetch = fetch
         self._library_later = library_check_later
         self._library_job: Future[None] | None = None
         if not self.folder.is_dir():
@@ -274,6 +283,7 @@ class CheckpointReader:
         else:
             tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
         try:
+            self._present(entry)
             self._open(entry.file)
             if entry.nbytes:
                 self._handle.seek(entry.start)
@@ -297,6 +307,8 @@ class CheckpointReader:
 
             return torch.equal(self.read(a), self.read(b))
         try:
+            self._present(ea)
+            self._present(eb)
             with open(ea.file, "rb", buffering=0) as fa, open(eb.file, "rb", buffering=0) as fb:
                 for offset in range(0, ea.nbytes, chunk):
                     size = min(chunk, ea.nbytes - offset)
@@ -315,10 +327,16 @@ class CheckpointReader:
         if entry.start < 0:
             return None
         try:
+            self._present(entry)
             self._open(entry.file)
         except OSError as exc:
             raise CheckpointError(f"cannot read tensor {name} from {entry.file}: {exc.strerror or exc}") from None
         return FileRange(self._handle.fileno(), entry.start, entry.nbytes, entry.file.name)
+
+    def _present(self, entry: TensorEntry) -> None:
+        """Make the bytes of `entry` present in its file, where the files hold only headers (`fetch`)."""
+        if self._fetch is not None:
+            self._fetch(entry.file, entry.start, entry.end)
 
     def _open(self, path: Path) -> None:
         """Make `path` the one open file."""

@@ -1,9 +1,10 @@
 """Where a checkpoint comes from: a local folder or a Hub id, and the file hashes that identify it.
 
 A Hub id (`org/name`) is downloaded by `grow_cli.hub.download_checkpoint`, which fetches only the files grow needs
-and reuses the local cache. Hashes of the source files are computed in a background thread while grow streams the
-tensors (hashlib releases the GIL), so recording provenance costs little wall time, and remembered while a file is
-unchanged (`file_sha256`).
+and reuses the local cache; the commands that read only config.json and the shard headers (inspect, a dry run)
+take `source_headers` instead, which downloads no weights (`grow_cli.hub.headers`). Hashes of the source files are
+computed in a background thread while grow streams the tensors (hashlib releases the GIL), so recording provenance
+costs little wall time, and remembered while a file is unchanged (`file_sha256`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,9 @@ class CheckpointSource:
     repo_id: str | None = None
     revision: str | None = None
     commit: str | None = None
+    # Only the headers of a Hub id's shards are in `folder` (`source_headers`): this fills a tensor's byte range
+    # (file, start, end) from the Hub before it is read.
+    fetch: Callable[[Path, int, int], None] | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
         if self.repo_id:
@@ -67,6 +74,35 @@ def resolve_source(
     source: str | os.PathLike[str], *, revision: str | None = None, token: str | None = None
 ) -> CheckpointSource:
     """A local folder as is; otherwise a Hub id, downloaded (only the needed files) into the HF cache."""
+    local, source = _local_or_hub_id(source, revision)
+    return local or _download(source, revision, token)
+
+
+@contextmanager
+def source_headers(
+    source: str | os.PathLike[str], *, revision: str | None = None, token: str | None = None
+) -> Iterator[CheckpointSource]:
+    """The checkpoint `source` for reading its config.json and shard headers: a local folder as is; a Hub id's small
+    files and shard headers, its weights left on the Hub (`grow_cli.hub.headers`: read them with `CheckpointReader(
+    folder, fetch=src.fetch)`), in a temporary folder removed on exit — or downloaded whole where they must be
+    (`.bin` weights, offline, the Hub unreachable)."""
+    local, source = _local_or_hub_id(source, revision)
+    if local is not None:
+        yield local
+        return
+    from grow_cli.hub.headers import mirror_headers
+
+    with tempfile.TemporaryDirectory(prefix="grow-headers-") as tmp:
+        mirrored = mirror_headers(source, revision=revision, token=token, into=Path(tmp))
+        if mirrored is None:
+            yield _download(source, revision, token)
+            return
+        commit, fetch = mirrored
+        yield CheckpointSource(folder=Path(tmp), repo_id=source, revision=revision, commit=commit, fetch=fetch)
+
+
+def _local_or_hub_id(source: str | os.PathLike[str], revision: str | None) -> tuple[CheckpointSource | None, str]:
+    """(the local folder `source` names, or None for a Hub id; `source` as text); refuses what is neither."""
     source = os.fspath(source)  # a Path from Python callers: a missing one is refused in words too
     path = Path(source).expanduser()
     if path.exists():
@@ -75,7 +111,7 @@ def resolve_source(
             raise CheckpointError(f"{source} is a file; give the model folder that holds config.json")
         if revision:
             raise CheckpointError("--revision applies only to Hub ids, not to local folders")
-        return CheckpointSource(folder=path.resolve(), path=str(path.resolve()))
+        return CheckpointSource(folder=path.resolve(), path=str(path.resolve())), source
     if (writer := writer_of(path)) is not None:  # `expand` publishes its output folder only once it is complete
         raise CheckpointError(f"{source} is being written by a grow run ({writer}); wait for that run to finish")
     parts = source.split("/")
@@ -87,10 +123,14 @@ def resolve_source(
         )
     if not is_hub_id(source):
         raise CheckpointError(f"{source} does not exist (give a model folder or a Hub id such as org/name)")
+    return None, source
+
+
+def _download(repo_id: str, revision: str | None, token: str | None) -> CheckpointSource:
     from grow_cli.hub import download_checkpoint
 
-    folder, info = download_checkpoint(source, revision=revision, token=token)
-    return CheckpointSource(folder=Path(folder), repo_id=source, revision=revision, commit=info.get("commit"))
+    folder, info = download_checkpoint(repo_id, revision=revision, token=token)
+    return CheckpointSource(folder=Path(folder), repo_id=repo_id, revision=revision, commit=info.get("commit"))
 
 
 @dataclass

@@ -9,6 +9,7 @@ the member's positions and tokenizer, and the comparison has data. Nothing is wr
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,11 @@ def _fresh_model_shapes(member: Member) -> tuple[Any, Shapes]:
     return model.config, shapes
 
 
-def _first_member(member: Member, notes: list[str]) -> tuple[dict[str, Any] | None, Shapes, Path | None]:
-    """(config, tensor shapes, tokenizer folder) of the family's starting model; config None for a Hub source."""
+def _first_member(
+    member: Member, stack: ExitStack, notes: list[str]
+) -> tuple[dict[str, Any] | None, Shapes, Path | None]:
+    """(config, tensor shapes, tokenizer folder) of the family's starting model; a Hub source is read from its
+    small files and shard headers, which stay in a temporary folder until `stack` closes."""
     if member.config is not None:
         from grow_cli.train.model_io import load_tokenizer
 
@@ -72,23 +76,22 @@ def _first_member(member: Member, notes: list[str]) -> tuple[dict[str, Any] | No
             ) from None
         return hf_config.to_dict(), shapes, tokenizer
     source = member.source or ""  # the recipe loader requires a source without a config
-    folder = Path(source)
-    if not folder.exists():
-        from grow_cli.checkpoint.source import is_hub_id
-
-        if not is_hub_id(source):
-            raise _fail("members[0].source", f"{source} does not exist (give a model folder or a Hub id)")
-        notes.append(f"members[0].source {source} is a Hub id: downloaded and checked when the run starts")
-        return None, {}, None
     from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.checkpoint.source import source_headers
 
-    try:
-        config = load_config(folder)
-        with CheckpointReader(folder) as reader:
+    try:  # a Hub id's config, tokenizer and shard headers: its weights wait for the run
+        src = stack.enter_context(source_headers(source, revision=member.revision))
+        config = load_config(src.folder)
+        with CheckpointReader(src.folder, fetch=src.fetch) as reader:
             shapes = reader.tensor_infos()
     except GrowError as exc:
         raise _fail("members[0].source", str(exc)) from None
-    return config, shapes, folder
+    if src.fetch is not None:
+        notes.append(
+            f"members[0].source {source} was checked from its config and shard headers (commit {src.commit}); the "
+            "run downloads its weights"
+        )
+    return config, shapes, src.folder
 
 
 def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *, state: bool):
@@ -145,14 +148,15 @@ def check_recipe(recipe: Recipe) -> list[str]:
     notes: list[str] = []
     if recipe.out.exists() and not recipe.out.is_dir():
         raise OutputError(f"the family's output {recipe.out} is a file; give a folder (the recipe's out, or --out)")
-    config, shapes, tokenizer = _first_member(recipe.members[0], notes)
-    for i, member in enumerate(recipe.members):
-        where = f"members[{i}]"
-        if i > 0 and config is not None:
-            config, shapes = _grown(member, config, shapes, where, state=recipe.optimizer_of(member) == "grow")
-        settings = recipe.train_settings(member)
-        if settings is not None:
-            _check_training(settings, config, tokenizer, where)
+    with ExitStack() as stack:  # holds a Hub source's headers (and tokenizer) while the members are checked
+        config, shapes, tokenizer = _first_member(recipe.members[0], stack, notes)
+        for i, member in enumerate(recipe.members):
+            where = f"members[{i}]"
+            if i > 0 and config is not None:
+                config, shapes = _grown(member, config, shapes, where, state=recipe.optimizer_of(member) == "grow")
+            settings = recipe.train_settings(member)
+            if settings is not None:
+                _check_training(settings, config, tokenizer, where)
     if len(recipe.members) > 1:
         data = recipe.compare.get("data") or recipe.train.get("data")
         if not data:

@@ -14,7 +14,7 @@ from grow_cli.arch.shape import read_shape
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
-from grow_cli.checkpoint.source import resolve_source
+from grow_cli.checkpoint.source import source_headers
 from grow_cli.errors import CheckpointError, OutputError
 from grow_cli.growth.config import config_problem
 from grow_cli.growth.plan import source_shape_of
@@ -76,16 +76,20 @@ def inspect(
 
     The only tensor data read is a tied head that is stored anyway (`lm_head.weight` beside the embedding it ties
     to), compared with that embedding: transformers unties the two when their values differ, so "tied" is then not
-    true of the model it loads.
+    true of the model it loads. A Hub id's weights are not downloaded (`source_headers`): its shard headers and
+    those two tensors are read from the Hub, and `folder` is None.
     """
-    src = resolve_source(source, revision=revision, token=token)
-    config = load_config(src.folder)
-    with CheckpointReader(src.folder) as reader:
+    with (
+        source_headers(source, revision=revision, token=token) as src,
+        CheckpointReader(src.folder, fetch=src.fetch) as reader,
+    ):
+        config = load_config(src.folder)
         infos = reader.tensor_infos()
         arch, shape, binding = source_shape_of(config, infos)
         copies = [(stored, target, reader.same_values(stored, target)) for stored, target in binding.tied_copies]
         files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
         fmt = reader.format
+        folder = None if src.fetch else str(src.folder)  # a Hub id read for its headers only is in no folder
     untied = {stored for stored, _, same in copies if not same}
     bound = binding.all_tensors()
     dtypes: dict[str, int] = {}
@@ -95,7 +99,7 @@ def inspect(
     problem = config_problem(config)
     return {
         "source": src.describe(),
-        "folder": str(src.folder),
+        "folder": folder,
         "architecture": arch.name,
         "description": arch.description,
         "model_type": config.get("model_type"),

@@ -26,7 +26,7 @@ from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output, update_pooling_dimension
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
-from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source
+from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source, source_headers
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
 from grow_cli.console import activity, byte_progress
 from grow_cli.errors import CheckpointError, OptionError, UsageError
@@ -226,20 +226,12 @@ def expand(
         out = Path(out).expanduser().resolve()  # absolute: `--force` may replace the working folder "." names
         local = Path(source).expanduser()
         check_output(Path(out), local if local.exists() else None, force=force)
+    if dry_run:  # config.json and the shard headers are all a plan reads: a Hub id's weights stay on the Hub
+        return _dry_run(source, spec, revision=revision, token=token)
     src = resolve_source(source, revision=revision, token=token)
     with training_source(src, weights_only=spec.weights_only) as (src, source_state):
         config = load_config(src.folder)
         with CheckpointReader(src.folder, library_check_later=True) as reader:
-            if dry_run:
-                plan, state = _plan(config, reader, spec, source_state)
-                reader.library_checked()
-                summary = plan_summary(plan, with_tensors=True)
-                return {
-                    "dry_run": True,
-                    "source": src.describe(),
-                    "plan": {**summary, "estimated_peak_memory_bytes": peak_memory(plan, state)},
-                    "training_state": state_summary(state) if state else None,
-                }
             assert out is not None  # refused above
             # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
             hasher = FileHasher([*reader.files, src.folder / "config.json"])
@@ -260,6 +252,23 @@ def expand(
                 )
             finally:
                 hasher.cancel()  # a refused plan or a failed run leaves no thread hashing
+
+
+def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str | None, token: str | None) -> dict:
+    """`expand`'s answer with `dry_run=True`: the plan of every output tensor, the shards and the peak memory."""
+    with (
+        source_headers(source, revision=revision, token=token) as src,
+        training_source(src, weights_only=spec.weights_only) as (src, source_state),
+        CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader,
+    ):
+        plan, state = _plan(load_config(src.folder), reader, spec, source_state)
+        reader.library_checked()
+        return {
+            "dry_run": True,
+            "source": src.describe(),
+            "plan": {**plan_summary(plan, with_tensors=True), "estimated_peak_memory_bytes": peak_memory(plan, state)},
+            "training_state": state_summary(state) if state else None,
+        }
 
 
 def _plan(

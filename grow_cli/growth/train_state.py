@@ -245,7 +245,9 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
         if (model_folder / RECORD_FILE).is_file():
             (view / RECORD_FILE).symlink_to((model_folder / RECORD_FILE).resolve())
         (view / WEIGHTS_FILE).symlink_to((checkpoint / WEIGHTS_FILE).resolve())
-        shown = CheckpointSource(folder=view, path=src.path, repo_id=src.repo_id, revision=src.revision)
+        shown = CheckpointSource(
+            folder=view, path=src.path, repo_id=src.repo_id, revision=src.revision, fetch=src.fetch
+        )
         if weights_only:
             yield shown, None
             return

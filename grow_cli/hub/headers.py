@@ -1,0 +1,150 @@
+"""A Hub checkpoint's config and safetensors headers without its weights, for the commands that read nothing else.
+
+`grow inspect`, `grow expand --dry-run` and `grow family --check` read config.json and each shard's header, and no
+more; a whole download first would be 140 GB for a 70B model, to print a plan. `mirror_headers` fetches the
+small files (into the standard cache, where a later download finds them) and, from each safetensors shard, only its
+header, by HTTP range requests as `huggingface_hub.HfApi.get_safetensors_metadata` does (the first 100 kB, then the
+rest of a longer header) — through the client's own session, URLs and headers, but not that call, which returns the
+header already parsed, a repeated key silently merged, where grow's validator needs its bytes. Each shard becomes a
+sparse file in a temporary folder: the real header, then a hole up to the shard's true size. The ordinary reader and
+its strict header validator then read the folder as they read any checkpoint, so a plan made this way is the plan a
+full download gives.
+
+The few commands that read tensor bytes while planning (comparing a tied head that is stored anyway with its
+embedding) get them through `RemoteBytes`, which fetches exactly those byte ranges into the sparse files before the
+reader reads them. Weights in `pytorch_model.bin` files have no header to read apart, so they are downloaded whole
+(`mirror_headers` answers None); so are checkpoints read offline or when the Hub cannot be reached, which a cached
+download may serve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, hf_hub_download, hf_hub_url, snapshot_download
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+from grow_cli import __version__
+from grow_cli.checkpoint.header import MAX_HEADER
+from grow_cli.errors import HubError
+from grow_cli.hub.client import TransportError, endpoint, is_offline, translate
+from grow_cli.hub.download import select_files
+
+FIRST_READ = 100_000  # bytes read from a shard's start: huggingface_hub's guess, which holds 97% of headers whole
+PARALLEL = 8  # shards whose headers are read at once
+TIMEOUT = 30  # seconds without an answer before a read fails
+
+
+class RemoteBytes:
+    """Fills byte ranges of the sparse shard files from the Hub, once each, before the reader reads them."""
+
+    def __init__(self, urls: dict[Path, str], headers: dict[str, str], repo_id: str) -> None:
+        self._urls = urls  # by the shard's resolved path: a reader may see it through a link
+        self._headers = headers
+        self._repo_id = repo_id
+        self._present: set[tuple[Path, int, int]] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, path: Path, start: int, end: int) -> None:
+        """Make bytes [start, end) of the mirrored shard `path` its real bytes."""
+        with self._lock:
+            if (path, start, end) in self._present or start >= end:
+                return
+            try:
+                data = read_range(self._urls[path.resolve()], self._headers, start, end)
+            except Exception as exc:
+                raise translate(exc, "downloading tensor bytes of", self._repo_id) from None
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, data, start)
+            finally:
+                os.close(fd)
+            self._present.add((path, start, end))
+
+
+def mirror_headers(
+    repo_id: str, *, revision: str | None, token: str | None, into: Path
+) -> tuple[str, RemoteBytes] | None:
+    """Write `repo_id`'s small files (links into the cache) and the headers of its safetensors shards (sparse files)
+    into the empty folder `into`; return (the commit read, a `RemoteBytes` for tensor bytes), or None where the
+    weights must be downloaded instead (offline, the Hub unreachable, or `.bin` weights)."""
+    if is_offline():
+        return None
+    api = HfApi(endpoint=endpoint(), token=token or None, library_name="grow", library_version=__version__)
+    where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
+    try:
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+    except TransportError:  # the download path says so, or serves a cached copy
+        return None
+    except Exception as exc:
+        raise translate(exc, "downloading", repo_id) from None
+    sizes = {s.rfilename: s.size for s in info.siblings or []}
+    kwargs: dict[str, Any] = {"endpoint": endpoint(), "token": token or None}
+    try:
+        files = select_files(
+            sizes, lambda name: _json(hf_hub_download(repo_id, name, revision=info.sha, **kwargs)), where
+        )
+        shards = [name for name in files if name.endswith(".safetensors")]
+        if not shards:
+            return None
+        small = [name for name in files if name not in shards]
+        cached = Path(snapshot_download(repo_id, revision=info.sha, allow_patterns=small, **kwargs))
+        for name in small:
+            (into / name).symlink_to((cached / name).resolve())
+        headers = build_hf_headers(token=token or None, library_name="grow", library_version=__version__)
+        urls = {into / name: hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint()) for name in shards}
+        with ThreadPoolExecutor(PARALLEL, thread_name_prefix="grow-headers") as pool:
+            jobs = [pool.submit(_mirror_shard, path, url, headers, sizes[path.name]) for path, url in urls.items()]
+            for job in jobs:
+                job.result()
+    except HubError:
+        raise
+    except Exception as exc:
+        raise translate(exc, "downloading the shard headers of", repo_id) from None
+    return str(info.sha), RemoteBytes({path.resolve(): url for path, url in urls.items()}, headers, repo_id)
+
+
+def _mirror_shard(path: Path, url: str, headers: dict[str, str], size: int | None) -> None:
+    """The shard at `url` as a sparse file at `path`: its header bytes, then a hole up to its size (a size the Hub
+    did not list is taken from the header: the validator then cannot find the file truncated, only the download)."""
+    head = read_range(url, headers, 0, min(FIRST_READ, size) if size else FIRST_READ)
+    if len(head) >= 8:
+        (length,) = struct.unpack("<Q", head[:8])
+        wanted = 8 + length
+        if len(head) < wanted <= 8 + MAX_HEADER and (size is None or wanted <= size):
+            head += read_range(url, headers, len(head), wanted)  # a longer header: the rest of it
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(size if size is not None else len(head))
+
+
+def read_range(url: str, headers: dict[str, str], start: int, end: int) -> bytes:
+    """Bytes [start, end) of the file at `url` (fewer where it ends sooner). A server that ignores the range and
+    sends the whole file is read only as far as the range reaches."""
+    wanted = end - start
+    parts: list[bytes] = []
+    got = 0
+    with get_session().stream(
+        "GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"}, timeout=TIMEOUT
+    ) as response:
+        hf_raise_for_status(response)
+        skip = start if response.status_code == 200 else 0
+        for chunk in response.iter_bytes():
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk, skip = chunk[dropped:], skip - dropped
+            parts.append(chunk[: wanted - got])
+            got += len(parts[-1])
+            if got >= wanted:
+                break
+    return b"".join(parts)
+
+
+def _json(path: str) -> Any:
+    return json.loads(Path(path).read_text())
