@@ -15,7 +15,7 @@ import yaml
 from fake_hub import fake_hub_fixture, no_backoff_fixture  # noqa: F401 (fixtures)
 from safetensors.torch import load_file, save_file
 
-from grow_cli.errors import UsageError
+from grow_cli.errors import HubError, UsageError
 from grow_cli.family.check import check_recipe
 from grow_cli.family.recipe import load_recipe
 from grow_cli.hub.headers import FIRST_READ
@@ -163,3 +163,17 @@ def test_a_failed_header_read_is_one_line_and_leaves_nothing(fake_hub, cli, tmp_
     assert result.stderr.splitlines()[-1].startswith("error: ")
     assert f"while downloading the shard headers of {REPO}" in result.stderr
     assert list(isolated_tmp.iterdir()) == []
+
+
+def test_tensor_bytes_the_hub_sends_short_are_refused_not_read_as_zeros(tmp_path, monkeypatch):
+    from grow_cli.hub import headers
+
+    shard = tmp_path / "model.safetensors"
+    shard.write_bytes(bytes(64))
+    monkeypatch.setattr(headers, "read_range", lambda url, sent, start, end: b"\x01" * (end - start - 1))
+    fetch = headers.RemoteBytes({shard.resolve(): "http://hub/x"}, {}, REPO)
+    with pytest.raises(HubError, match=r"the Hub sent 15 of the 16 bytes asked for from model.safetensors"):
+        fetch(shard, 16, 32)
+    monkeypatch.setattr(headers, "read_range", lambda url, sent, start, end: b"\x01" * (end - start))
+    fetch(shard, 16, 32)
+    assert shard.read_bytes() == bytes(16) + b"\x01" * 16 + bytes(32)

@@ -60,6 +60,11 @@ class RemoteBytes:
                 data = read_range(self._urls[path.resolve()], self._headers, start, end)
             except Exception as exc:
                 raise translate(exc, "downloading tensor bytes of", self._repo_id) from None
+            if len(data) != end - start:  # the rest would read as zeros
+                raise HubError(
+                    f"the Hub sent {len(data)} of the {end - start} bytes asked for from {path.name} of "
+                    f"{self._repo_id} (bytes {start}-{end - 1}); re-run the same command"
+                )
             fd = os.open(path, os.O_WRONLY)
             try:
                 os.pwrite(fd, data, start)
