@@ -79,16 +79,14 @@ def inspect(
     true of the model it loads. A Hub id's weights are not downloaded (`source_headers`): its shard headers and
     those two tensors are read from the Hub, and `folder` is None.
     """
-    with (
-        source_headers(source, revision=revision, token=token) as src,
-        CheckpointReader(src.folder, fetch=src.fetch) as reader,
-    ):
+    with source_headers(source, revision=revision, token=token) as src:
         config = load_config(src.folder)
-        infos = reader.tensor_infos()
-        arch, shape, binding = source_shape_of(config, infos)
-        copies = [(stored, target, reader.same_values(stored, target)) for stored, target in binding.tied_copies]
-        files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
-        fmt = reader.format
+        with CheckpointReader(src.folder, fetch=src.fetch) as reader:
+            infos = reader.tensor_infos()
+            arch, shape, binding = source_shape_of(config, infos)
+            copies = [(stored, target, reader.same_values(stored, target)) for stored, target in binding.tied_copies]
+            files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
+            fmt = reader.format
         folder = None if src.fetch else str(src.folder)  # a Hub id read for its headers only is in no folder
     untied = {stored for stored, _, same in copies if not same}
     bound = binding.all_tensors()

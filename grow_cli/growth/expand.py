@@ -259,10 +259,11 @@ def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str 
     with (
         source_headers(source, revision=revision, token=token) as src,
         training_source(src, weights_only=spec.weights_only) as (src, source_state),
-        CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader,
     ):
-        plan, state = _plan(load_config(src.folder), reader, spec, source_state)
-        reader.library_checked()
+        config = load_config(src.folder)
+        with CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader:
+            plan, state = _plan(config, reader, spec, source_state)
+            reader.library_checked()
         return {
             "dry_run": True,
             "source": src.describe(),
