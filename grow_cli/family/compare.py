@@ -92,6 +92,7 @@ def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks, v
             block = torch.from_numpy(batch.astype("int64"))
             inputs = objective.eval_inputs(block)
             labels = inputs.pop("labels")
+            inputs.pop("predicted_at", None)  # the loss's, not the model's
             if choice.name == "masked":  # the masked positions of the same corrupted input
                 where = labels != IGNORE_INDEX
                 targets = labels[where]

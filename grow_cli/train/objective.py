@@ -93,8 +93,7 @@ class Objective:
         A masked LM's loss is the mean over the masked tokens of the whole step — all micro-batches, all processes
         — as if it were one batch; a mean per micro-batch would weigh the tokens of a sparsely masked micro-batch
         more, and differ with the split over processes. So each gets `num_items`: the step's masked tokens over
-        the micro-batch count (accelerate divides by the accumulation and DDP averages over processes), and
-        `predicted_at`: the flat positions of its own masked tokens, for `step.micro_batch_loss`."""
+        the micro-batch count (accelerate divides by the accumulation and DDP averages over processes)."""
         inputs = [self._inputs(ids, (self.seed, step)) for ids in micro_batches]
         if self.masking is not None:
             total: int | torch.Tensor = sum(self.predicted(item) for item in inputs)
@@ -102,7 +101,6 @@ class Objective:
                 total = accelerator.reduce(tensor_to_device(torch.tensor(total), accelerator.device), "sum")
             share = total / (len(inputs) * accelerator.num_processes)
             for item in inputs:
-                item["predicted_at"] = (item["labels"].flatten() != IGNORE_INDEX).nonzero().squeeze(1)
                 item["num_items"] = share
         return inputs
 
@@ -118,7 +116,12 @@ class Objective:
                 return {"input_ids": ids, "labels": ids, "use_cache": False}
             return {**document_inputs(ids, self.document_eos, one_row=self.one_row), "use_cache": False}
         masked, labels = mask_rows(self.masking, ids, seed)
-        return {"input_ids": masked, "labels": labels}
+        # the flat positions of the masked tokens, for `step.micro_batch_loss`
+        return {
+            "input_ids": masked,
+            "labels": labels,
+            "predicted_at": (labels.flatten() != IGNORE_INDEX).nonzero()[:, 0],
+        }
 
     def predicted(self, inputs: dict[str, Any]) -> int:
         """How many positions the loss of `inputs` averages over."""

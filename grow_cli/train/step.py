@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from grow_cli.train.build import Run
+from grow_cli.train.masked_head import head_at
 from grow_cli.train.objective import LOSS_ONLY
 from grow_cli.train.transfer import to_device
 
@@ -29,20 +30,21 @@ class StepResult:
 
 
 def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-    """The loss of one micro-batch under the run's objective (a scalar with a graph to backpropagate): the model's
-    own mean, or — given `num_items` — the sum of the token losses at `predicted_at` over it (see
-    `Objective.train_inputs`). Those positions were found on the host: selecting by a mask on the device instead
-    would make the host wait for the forward to learn how many there are, once per micro-batch."""
-    items = inputs.get("num_items")
-    if items is None:
+    """The loss of one micro-batch under the run's objective (a scalar with a graph to backpropagate): a causal LM's
+    own mean; for a masked LM, the sum of the token losses at `predicted_at` over `num_items` (training: see
+    `Objective.train_inputs`), or their mean (evaluation). Those positions were found on the host: selecting by a
+    mask on the device instead would make the host wait for the forward to learn how many there are, once per
+    micro-batch. The head runs at those positions only (masked_head.py)."""
+    at = inputs.get("predicted_at")
+    if at is None:
         return model(**inputs).loss
-    logits = model(**{k: v for k, v in inputs.items() if k not in LOSS_ONLY}).logits
-    at = inputs["predicted_at"]
-    chosen = logits.flatten(0, 1).index_select(0, at).float()
-    return (
-        torch.nn.functional.cross_entropy(chosen, inputs["labels"].flatten().index_select(0, at), reduction="sum")
-        / items
-    )
+    with head_at(model, at) as applied:
+        logits = model(**{k: v for k, v in inputs.items() if k not in LOSS_ONLY}).logits
+    if not applied:  # the head ran everywhere
+        logits = logits.flatten(0, 1).index_select(0, at)
+    chosen = logits.reshape(-1, logits.shape[-1]).float()
+    summed = torch.nn.functional.cross_entropy(chosen, inputs["labels"].flatten().index_select(0, at), reduction="sum")
+    return summed / inputs.get("num_items", at.numel())
 
 
 def at_depth(run: Run, depth: int | None) -> contextlib.AbstractContextManager:
