@@ -67,7 +67,7 @@ def test_the_head_at_the_masked_positions_gives_the_full_head_s_loss_and_gradien
     torch.manual_seed(0)
     model = AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **ENCODERS[model_type])).eval()
     inputs = {**masked_batch(), "num_items": 7.0}
-    with head_at(model, inputs["predicted_at"]) as applied:
+    with head_at(model, inputs["predicted_at"], inputs["labels"].shape) as applied:
         rows = model(input_ids=inputs["input_ids"]).logits
     assert applied and rows.shape == (1, inputs["predicted_at"].numel(), VOCAB)  # the head ran on those rows only
 
@@ -106,7 +106,41 @@ def test_a_model_without_a_base_to_cut_at_gets_the_full_head_and_the_same_loss()
     torch.manual_seed(0)
     model = Plain()
     inputs = {**masked_batch(), "num_items": 5.0}
-    with head_at(model, inputs["predicted_at"]) as applied:
+    with head_at(model, inputs["predicted_at"], inputs["labels"].shape) as applied:
+        model(input_ids=inputs["input_ids"])
+    assert not applied
+    assert float(micro_batch_loss(model, inputs)) == pytest.approx(float(full_head_loss(model, inputs, 5.0)), rel=1e-6)
+
+
+def test_a_base_that_adds_positions_is_left_alone():
+    """A base whose output is longer than the input (here a prefix token the model drops before its head) does not
+    line up with the masked positions: the head then runs everywhere, and the loss is still the right one."""
+
+    class Body(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(VOCAB, 16)
+
+        def forward(self, input_ids):
+            return (torch.cat([self.embed(input_ids[:, :1]) * 0, self.embed(input_ids)], dim=1),)
+
+    class Prefixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = Body()
+            self.head = torch.nn.Linear(16, VOCAB)
+
+        @property
+        def base_model(self):
+            return self.body
+
+        def forward(self, input_ids):
+            return SimpleNamespace(logits=self.head(self.body(input_ids)[0][:, 1:]))
+
+    torch.manual_seed(0)
+    model = Prefixed()
+    inputs = {**masked_batch(), "num_items": 5.0}
+    with head_at(model, inputs["predicted_at"], inputs["labels"].shape) as applied:
         model(input_ids=inputs["input_ids"])
     assert not applied
     assert float(micro_batch_loss(model, inputs)) == pytest.approx(float(full_head_loss(model, inputs, 5.0)), rel=1e-6)

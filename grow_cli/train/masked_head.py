@@ -19,10 +19,11 @@ import torch
 
 
 @contextlib.contextmanager
-def head_at(model: Any, positions: torch.Tensor) -> Iterator[list[bool]]:
-    """While active, a forward of `model` (a masked LM, maybe wrapped for DDP/FSDP/DeepSpeed) applies its head only
-    at `positions`, flat indices into [batch × length]: the logits come out as [1, len(positions), vocabulary]. The
-    list yielded holds True once that happened (a base whose output is not [batch, length, hidden] is left alone)."""
+def head_at(model: Any, positions: torch.Tensor, batch: torch.Size) -> Iterator[list[bool]]:
+    """While active, a forward of `model` (a masked LM, maybe wrapped for DDP/FSDP/DeepSpeed) on inputs of shape
+    `batch` ([batch, length]) applies its head only at `positions`, flat indices into [batch × length]: the logits
+    come out as [1, len(positions), vocabulary]. The list yielded holds True once that happened; a base whose output
+    is not [batch, length, hidden] (positions it added or removed) is left alone."""
     from accelerate.utils import extract_model_from_parallel
 
     base = getattr(extract_model_from_parallel(model), "base_model", None)
@@ -30,7 +31,7 @@ def head_at(model: Any, positions: torch.Tensor) -> Iterator[list[bool]]:
 
     def keep_positions(module: Any, args: Any, output: Any) -> Any:
         hidden = output[0]
-        if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[:2] != batch:
             return None
         rows = hidden.flatten(0, 1).index_select(0, positions).unsqueeze(0)
         applied.append(True)

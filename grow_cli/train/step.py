@@ -38,7 +38,7 @@ def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
     at = inputs.get("predicted_at")
     if at is None:
         return model(**inputs).loss
-    with head_at(model, at) as applied:
+    with head_at(model, at, inputs["labels"].shape) as applied:
         logits = model(**{k: v for k, v in inputs.items() if k not in LOSS_ONLY}).logits
     if not applied:  # the head ran everywhere
         logits = logits.flatten(0, 1).index_select(0, at)
