@@ -82,8 +82,6 @@ def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks, v
     predicted positions — the masked ones of a masked-LM objective, else every next token."""
     import torch
 
-    from grow_cli.data.masking import IGNORE_INDEX
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [_load(folder, choice).to(device) for folder in folders]
     totals: dict[str, float] = {}
@@ -92,20 +90,31 @@ def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks, v
             block = torch.from_numpy(batch.astype("int64"))
             inputs = objective.eval_inputs(block)
             labels = inputs.pop("labels")
-            inputs.pop("predicted_at", None)  # the loss's, not the model's
             if choice.name == "masked":  # the masked positions of the same corrupted input
-                where = labels != IGNORE_INDEX
-                targets = labels[where]
+                at = inputs.pop("predicted_at")
+                targets = labels.flatten().index_select(0, at)
             else:  # every next token
-                where = torch.zeros_like(block, dtype=torch.bool)
-                where[:, :-1] = True
-                targets = block[:, 1:].reshape(-1)
+                at = torch.arange(block.numel()).view(block.shape)[:, :-1].flatten()
+                targets = block[:, 1:].flatten()
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-            where, targets = where.to(device), targets.to(device)
-            logits_a, logits_b = (_logits(m, f, inputs)[where][:, :vocab] for m, f in zip(models, folders, strict=True))
+            at, targets = at.to(device), targets.to(device)
+            logits_a, logits_b = (
+                _predicted(m, f, inputs, at, block.shape, masked=choice.name == "masked")[:, :vocab]
+                for m, f in zip(models, folders, strict=True)
+            )
             for key, value in divergences(logits_a, logits_b, targets).items():
                 totals[key] = totals.get(key, 0.0) + value
     return totals
+
+
+def _predicted(model, folder: Path, inputs: dict[str, Any], at, shape, *, masked: bool):
+    """The model's logits at the flat positions `at` of its inputs of `shape`: a masked LM's head run at those only
+    (train/masked_head.py), a causal LM's everywhere (all but each row's last are kept)."""
+    from grow_cli.train.masked_head import logits_at
+
+    if masked:
+        return logits_at(lambda: _logits(model, folder, inputs), model, at, shape)
+    return _logits(model, folder, inputs).flatten(0, 1).index_select(0, at)
 
 
 def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, Any]:

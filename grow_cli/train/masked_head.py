@@ -12,7 +12,7 @@ the encoder without the head), whose first field, the last hidden state, the hea
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -46,3 +46,15 @@ def head_at(model: Any, positions: torch.Tensor, batch: torch.Size) -> Iterator[
     finally:
         if handle is not None:
             handle.remove()
+
+
+def logits_at(
+    forward: Callable[[], torch.Tensor], model: Any, positions: torch.Tensor, batch: torch.Size
+) -> torch.Tensor:
+    """[len(positions), vocabulary]: the logits that `forward()`, a forward of `model` on inputs of shape `batch`,
+    gives at `positions`, its head run there only (`head_at`) or, where it cannot be, everywhere and then picked."""
+    with head_at(model, positions, batch) as applied:
+        logits = forward()
+    if not applied:
+        logits = logits.flatten(0, 1).index_select(0, positions)
+    return logits.reshape(-1, logits.shape[-1])

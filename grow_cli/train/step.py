@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from grow_cli.train.build import Run
-from grow_cli.train.masked_head import head_at
+from grow_cli.train.masked_head import logits_at
 from grow_cli.train.objective import LOSS_ONLY
 from grow_cli.train.transfer import to_device
 
@@ -38,11 +38,8 @@ def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
     at = inputs.get("predicted_at")
     if at is None:
         return model(**inputs).loss
-    with head_at(model, at, inputs["labels"].shape) as applied:
-        logits = model(**{k: v for k, v in inputs.items() if k not in LOSS_ONLY}).logits
-    if not applied:  # the head ran everywhere
-        logits = logits.flatten(0, 1).index_select(0, at)
-    chosen = logits.reshape(-1, logits.shape[-1]).float()
+    model_inputs = {k: v for k, v in inputs.items() if k not in LOSS_ONLY}
+    chosen = logits_at(lambda: model(**model_inputs).logits, model, at, inputs["labels"].shape).float()
     summed = torch.nn.functional.cross_entropy(chosen, inputs["labels"].flatten().index_select(0, at), reduction="sum")
     return summed / inputs.get("num_items", at.numel())
 
