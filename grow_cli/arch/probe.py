@@ -313,15 +313,14 @@ def residual_writers(
 
 def saved_names(model) -> set[str]:
     """The tensor names `save_pretrained` writes for `model` (transformers 5 converts some layouts on save)."""
-    import tempfile
-    from pathlib import Path
-
     from safetensors import safe_open
 
-    with tempfile.TemporaryDirectory(prefix="grow-derive-") as tmp:
+    from grow_cli.scratch import scratch_folder
+
+    with scratch_folder("derive") as tmp:
         model.save_pretrained(tmp)
         names: set[str] = set()
-        for path in Path(tmp).glob("*.safetensors"):
+        for path in tmp.glob("*.safetensors"):
             with safe_open(path, "pt") as f:
                 names.update(f.keys())
     return names

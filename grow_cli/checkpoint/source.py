@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from grow_cli.background import lower_priority
 from grow_cli.checkpoint.claim import writer_of
 from grow_cli.checkpoint.kinds import refuse_gguf_file
 from grow_cli.errors import CheckpointError
+from grow_cli.scratch import scratch_folder
 
 HASH_CHUNK = 1 << 20  # within the L2 cache: the bytes read in are hashed from it (8 MiB chunks hashed ~5% slower)
 
@@ -92,13 +92,13 @@ def source_headers(
         return
     from grow_cli.hub.headers import mirror_headers
 
-    with tempfile.TemporaryDirectory(prefix="grow-headers-") as tmp:
-        mirrored = mirror_headers(source, revision=revision, token=token, into=Path(tmp))
+    with scratch_folder("headers") as tmp:
+        mirrored = mirror_headers(source, revision=revision, token=token, into=tmp)
         if mirrored is None:
             yield _download(source, revision, token)
             return
         commit, fetch = mirrored
-        yield CheckpointSource(folder=Path(tmp), repo_id=source, revision=revision, commit=commit, fetch=fetch)
+        yield CheckpointSource(folder=tmp, repo_id=source, revision=revision, commit=commit, fetch=fetch)
 
 
 def _local_or_hub_id(source: str | os.PathLike[str], revision: str | None) -> tuple[CheckpointSource | None, str]:

@@ -19,7 +19,6 @@ shape is not their weight's, an FSDP/DeepSpeed sharded save — is refused in on
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from grow_cli.checkpoint.output import small_files
 from grow_cli.checkpoint.source import CheckpointSource
 from grow_cli.errors import CheckpointError
 from grow_cli.lineage.record import RECORD_FILE, load_record
+from grow_cli.scratch import scratch_folder
 from grow_cli.train.checkpoints import STATE_FILE as CHECKPOINT_STATE
 
 OPTIMIZER_FILE = "optimizer.bin"
@@ -235,8 +235,7 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
         return
     state = _read_state(checkpoint, weights_only=weights_only)
     model_folder = _model_folder(checkpoint, state)
-    with tempfile.TemporaryDirectory(prefix="grow-source-") as tmp:
-        view = Path(tmp)
+    with scratch_folder("source") as view:
         kept, _ = small_files(model_folder)
         for path in [model_folder / "config.json", *kept]:
             link = view / path.relative_to(model_folder)

@@ -56,17 +56,17 @@ def _model_class(folder: Path):
 def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
     """The model's logits (or last hidden state) on `ids`; with `max_memory` (bytes), weights beyond it stay on
     disk and are streamed through accelerate's offloading, so the check runs in bounded memory."""
-    import tempfile
-
     import torch
     from transformers.utils import logging as hf_logging
 
+    from grow_cli.scratch import scratch_folder
+
     hf_logging.disable_progress_bar()  # grow's own progress is on stderr; keep the check quiet
-    with tempfile.TemporaryDirectory(prefix="grow-verify-") as offload:
+    with scratch_folder("verify") as offload:
         options = (
             {}
             if max_memory is None
-            else {"device_map": "auto", "max_memory": {"cpu": max_memory}, "offload_folder": offload}
+            else {"device_map": "auto", "max_memory": {"cpu": max_memory}, "offload_folder": str(offload)}
         )
         model = _model_class(folder).from_pretrained(folder, dtype=torch.float32, **options)
         model.eval()

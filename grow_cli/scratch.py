@@ -1,0 +1,60 @@
+"""Temporary folders in the system's temp directory that a killed run cannot leave behind for long.
+
+grow needs scratch space in a few places: a Hub checkpoint's header mirror (hub/headers.py), the model view of a
+training checkpoint (growth/train_state.py), `--verify`'s offload of a model larger than its memory budget (as
+large as the model), and the probe that derives an architecture definition. `tempfile.TemporaryDirectory` removes
+its folder when the run ends or fails, and on SIGINT/SIGTERM (signals.py turns both into exceptions), but not when
+the process is killed outright. So each folder carries its process id (`grow-<kind>-<pid>-<random>`), and every
+new one first removes the grow folders of processes that no longer exist, those of this user only: a killed run's
+scratch lives until the next grow run that needs scratch of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+NAME = re.compile(r"grow-[a-z]+-(\d+)-")
+
+
+@contextmanager
+def scratch_folder(kind: str) -> Iterator[Path]:
+    """A new empty folder `grow-<kind>-<pid>-…` in the temp directory, removed on exit (with its contents)."""
+    remove_orphans()
+    with tempfile.TemporaryDirectory(prefix=f"grow-{kind}-{os.getpid()}-") as folder:
+        yield Path(folder)
+
+
+def remove_orphans() -> None:
+    """Remove the scratch folders of this user's grow processes that have ended."""
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return
+    for entry in entries:
+        found = NAME.match(entry.name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists (one of another user counts: its folder is not ours to judge)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

@@ -1,0 +1,62 @@
+"""Scratch folders (`grow_cli.scratch`): a killed run's folder is removed by the next one, a live run's is not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from grow_cli.scratch import scratch_folder
+
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def ended_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_run_s_scratch_is_removed_by_the_next_and_a_live_one_s_is_kept(temp_dir):
+    dead = temp_dir / f"grow-verify-{ended_pid()}-x1y2"
+    (dead / "offload").mkdir(parents=True)
+    (dead / "offload" / "weights.dat").write_bytes(b"0" * 1024)
+    live = temp_dir / f"grow-headers-{os.getppid()}-a1b2"  # the test runner's parent is alive
+    live.mkdir()
+    other = temp_dir / "grow-notes"  # not a scratch name
+    other.mkdir()
+
+    with scratch_folder("source") as folder:
+        assert folder.parent == temp_dir and folder.name.startswith(f"grow-source-{os.getpid()}-")
+        assert list(folder.iterdir()) == []
+        assert not dead.exists() and live.exists() and other.exists()
+    assert not folder.exists()
+
+
+def test_the_folder_of_a_run_killed_outright_goes_with_the_next_run(temp_dir):
+    code = (
+        "import sys, tempfile, time\n"
+        "tempfile.tempdir = sys.argv[1]\n"
+        "from grow_cli.scratch import scratch_folder\n"
+        "with scratch_folder('verify') as folder:\n"
+        "    print(folder, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(temp_dir)], stdout=subprocess.PIPE, text=True)
+    left = Path(proc.stdout.readline().strip())
+    proc.kill()  # SIGKILL: no clean-up of its own runs
+    proc.wait()
+    assert left.is_dir()
+    with scratch_folder("headers"):
+        assert not left.exists()
