@@ -1,6 +1,7 @@
-"""A masked-LM micro-batch reads nothing back from the device: no step of its forward, loss or backward needs a value
-that only the device knows (`.item()`, a mask's count), which on a GPU would stop the host until the queued work
-has run, once per micro-batch (`step.micro_batch_loss`, `Objective.train_inputs`).
+"""A micro-batch reads nothing back from the device that grow asks for: no step of its forward, loss or backward needs
+a value that only the device knows (`.item()`, a mask's count), which on a GPU would stop the host until the queued
+work has run, once per micro-batch (`step.micro_batch_loss`, `Objective.train_inputs`). A masked LM's reads none at
+all; a decoder's, the one transformers makes in every forward.
 
 On the CPU there is no device to wait for, so the check watches the operations themselves: torch tags every
 operation whose result (a Python number) or output shape depends on tensor values, and a watcher records each one
@@ -9,12 +10,15 @@ that runs. The negative control selects the masked positions by a boolean mask o
 
 from __future__ import annotations
 
+import os
+import traceback
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 from grow_cli.data.masking import IGNORE_INDEX, MaskingRule
 from grow_cli.train.objective import Objective
@@ -24,18 +28,23 @@ from grow_cli.train.transfer import to_device
 VOCAB = 300
 RULE = MaskingRule(mask_id=4, vocab_size=VOCAB, special_ids=(0, 1, 2, 3, 4))
 CPU = torch.device("cpu")
+TORCH = str(Path(torch.__file__).parent)
 
 
 class HostReads(TorchDispatchMode):
-    """Records the operations that run while it is active and must read tensor values on the host."""
+    """Records the operations that run while it is active and must read tensor values on the host (`found`), and
+    for each the file of the innermost Python frame outside torch and this test that asked for it (`origins`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.found: list[str] = []
+        self.origins: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if _reads_values(func, args):
             self.found.append(str(func))
+            frames = [f.filename for f in traceback.extract_stack() if not f.filename.startswith((TORCH, __file__))]
+            self.origins.append(frames[-1])
         return func(*args, **(kwargs or {}))
 
 
@@ -103,3 +112,25 @@ def test_with_more_processes_the_token_count_stays_a_device_tensor(bert):
     masked = int((host[0]["labels"] != IGNORE_INDEX).sum())
     count = host[0]["num_items"]
     assert isinstance(count, torch.Tensor) and float(count) == masked  # (2 × masked) ÷ (1 micro-batch × 2)
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [Objective("causal", 0), Objective("causal", 0, None, 2), Objective("causal", 0, None, 2, one_row=True)],
+    ids=["causal", "document-masking", "document-masking-one-row"],
+)
+def test_a_decoder_micro_batch_reads_the_device_only_where_transformers_does(objective):
+    """grow adds no read to a decoder's micro-batch; transformers 5.x makes one per forward, checking the position
+    ids for packed sequences (`masking_utils.find_packed_sequence_indices`), in Trainer's runs as in grow's."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    model = LlamaForCausalLM(config)
+    ids = blocks()
+    ids[:, 10] = 2  # document ends, for document masking
+    (host,) = objective.train_inputs([ids], 0, one_process())
+    with HostReads() as watch:
+        micro_batch_loss(model, to_device(host, CPU)).backward()
+    assert len(watch.found) <= 1
+    assert all(origin.endswith(os.path.join("transformers", "masking_utils.py")) for origin in watch.origins)
