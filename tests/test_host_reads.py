@@ -134,3 +134,19 @@ def test_a_decoder_micro_batch_reads_the_device_only_where_transformers_does(obj
         micro_batch_loss(model, to_device(host, CPU)).backward()
     assert len(watch.found) <= 1
     assert all(origin.endswith(os.path.join("transformers", "masking_utils.py")) for origin in watch.origins)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_a_masked_micro_batch_never_synchronises(bert):
+    """The same on a GPU, by CUDA's own account: with torch's sync debug mode at "error", any operation that makes
+    the host wait for the device (a read, a synchronising copy) raises."""
+    cuda = torch.device("cuda")
+    model = BertForMaskedLM(bert.config).to(cuda)
+    (host,) = Objective("masked", 0, RULE).train_inputs([blocks()], 0, one_process())
+    inputs = to_device(host, cuda)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        micro_batch_loss(model, inputs).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
