@@ -32,13 +32,13 @@ def isolated_tmp(tmp_path, monkeypatch):
     return folder
 
 
-def save_llama(folder, *, tie_with_stored_head=None, metadata_bytes: int = 0):
+def save_llama(folder, *, tie_with_stored_head=None, metadata_bytes: int = 0, vocab: int = 2048):
     """A small Llama in shards of ~0.3 MB, each larger than the first read of a header; with
     `tie_with_stored_head(embedding)`, config.json ties the head and `lm_head.weight` is stored as that value; with
     `metadata_bytes`, one shard's header carries that much `__metadata__`, so it is longer than the first read."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=2048,
+        vocab_size=vocab,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -177,3 +177,13 @@ def test_tensor_bytes_the_hub_sends_short_are_refused_not_read_as_zeros(tmp_path
     monkeypatch.setattr(headers, "read_range", lambda url, sent, start, end: b"\x01" * (end - start))
     fetch(shard, 16, 32)
     assert shard.read_bytes() == bytes(16) + b"\x01" * 16 + bytes(32)
+
+
+def test_plan_takes_a_hub_id_as_its_target(fake_hub, tmp_path):
+    from grow_cli.family.budget import plan
+
+    local = save_llama(tmp_path / "llama", vocab=8192)  # over the million parameters plan starts at
+    fake_hub.add_folder(REPO, local)
+    remote, here = (plan(target, "2B", family=["1M"]) for target in (REPO, str(local)))
+    assert remote == here and remote["target"]["config"]["num_hidden_layers"] == 2
+    assert not list(fake_hub.home.rglob("*.safetensors"))

@@ -17,11 +17,16 @@ EXAMPLES = """
 
     # Target taken from a model folder, or a folder holding only its config.json (its shape and parameter count)
     grow plan --target ./my-8b-config --tokens 1T
+
+    # ...or from a Hub id: its config.json and shard headers are read, no weights downloaded
+    grow plan --target meta-llama/Llama-3.1-8B --tokens 15T
 """
 
 
 def plan(
-    target: Annotated[str, typer.Option(help="Target size (8B, 1.3B, 135M) or a model folder / config.json.")],
+    target: Annotated[
+        str, typer.Option(help="Target size (8B, 1.3B, 135M), a model folder / config.json, or a Hub id (org/name).")
+    ],
     tokens: Annotated[str, typer.Option(help="Training tokens of the target (e.g. 2T, 320B).")],
     family: Annotated[
         str | None,

@@ -73,18 +73,23 @@ def _whole(value: Any) -> bool:
 
 
 def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | dict[str, Any]:
-    """A plan's target as a parameter count or a config dict: a model folder (or its config.json) is read as
-    `grow inspect` reads it; any other string is a count such as 7B."""
+    """A plan's target as a parameter count or a config dict: a model folder (or its config.json) or a Hub id is read
+    as `grow inspect` reads it (a Hub id's config and shard headers, no weights); any other string is a count such
+    as 7B."""
     if isinstance(target, dict | int | float):
         return target
-    path = Path(target)
-    if not path.exists():
-        if isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
-            raise UsageError(f"--target {os.fspath(target)}: no such model folder or config.json")
-        return parse_count(target, "--target")
-    from grow_cli.growth.describe import describe_shape
+    from grow_cli.checkpoint.source import is_hub_id
+    from grow_cli.growth.describe import describe_shape, inspect
 
-    info = describe_shape(path.parent if path.name == "config.json" else path)
+    path = Path(target)
+    if not path.exists() and not isinstance(target, os.PathLike) and is_hub_id(target):
+        info = inspect(target)
+    elif not path.exists():
+        if isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
+            raise UsageError(f"--target {os.fspath(target)}: no such model folder, config.json or Hub id")
+        return parse_count(target, "--target")
+    else:
+        info = describe_shape(path.parent if path.name == "config.json" else path)
     depth = info["methods"]["depth"]
     stack = next(m for m in depth if m["method"] == "stack")
     refused = not stack["applies"] and any(m["applies"] and not m.get("only") for m in depth)
