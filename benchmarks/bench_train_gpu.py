@@ -4,7 +4,8 @@ transformers' `Trainer` (eager, with and without `use_liger_kernel`), on Llama s
     python benchmarks/bench_train_gpu.py                  # both shapes, all configurations: ≤ 5 min on H100/H200
     python benchmarks/bench_train_gpu.py --shapes 360m    # one shape
     python benchmarks/bench_train_gpu.py --json           # the results as JSON on stdout
-    python benchmarks/bench_train_gpu.py --smoke          # a tiny shape on the CPU: checks the script, measures nothing
+    python benchmarks/bench_train_gpu.py --smoke          # tiny shapes on the CPU: checks the script, measures nothing
+    python benchmarks/bench_train_gpu.py --shapes bert-base   # masked LM: BERT-base, grow against Trainer's collator
 
 Both sides train the same randomly initialised model (SmolLM2-360M's and TinyLlama-1.1B's shapes, written once) on
 the same random tokens (a local `.bin` file, packed by grow's token pipeline for both), with the same micro-batch,
@@ -16,6 +17,10 @@ step) after `--warmup` steps, divided by the time between them; MFU is that over
 PaLM's FLOPs per token (`grow_cli.train.flops`), the same count for both sides; memory is
 `torch.cuda.max_memory_allocated`. Printed: one row per configuration and the ratios that answer the question —
 grow's default against Trainer's default, and the fastest grow against the fastest Trainer.
+
+`--shapes bert-base` (not in the default run, to keep it within 5 minutes) measures masked-LM training instead:
+BERT-base (110M parameters, sequence 512), grow's masking and head at the masked positions only against Trainer with
+transformers' `DataCollatorForLanguageModeling` (15 %), both eager; tokens/s counts every token of a block.
 
 Nothing is downloaded: the model is random, the tokenizer is trained here on a few sentences, the tokens are
 random. It needs torch, transformers and accelerate (checked with torch 2.11 / transformers 5.17 / accelerate
@@ -65,7 +70,32 @@ SHAPES = {
         },
         "micro_batch_size": 4,
     },
-    # --smoke: a tiny model that trains on a CPU in seconds.
+    # BERT-base, as a masked LM (its positions stop at 512).
+    "bert-base": {
+        "config": {
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "vocab_size": 30522,
+        },
+        "micro_batch_size": 32,
+        "masked": True,
+        "max_seq_len": 512,
+    },
+    # --smoke: tiny models that train on a CPU in seconds.
+    "tiny-bert": {
+        "config": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "vocab_size": 512,
+        },
+        "micro_batch_size": 2,
+        "masked": True,
+        "max_seq_len": 512,
+    },
     "tiny": {
         "config": {
             "hidden_size": 64,
@@ -90,7 +120,9 @@ PLAN = {
         ("trainer", False, True),
     ],
     "1.1b": [("grow", False, True), ("grow", True, True), ("trainer", False, False), ("trainer", False, True)],
+    "bert-base": [("grow", False, False), ("trainer", False, False)],
     "tiny": [("grow", False, False), ("grow", True, False), ("trainer", False, False)],
+    "tiny-bert": [("grow", False, False), ("trainer", False, False)],
 }
 
 
@@ -114,31 +146,54 @@ SENTENCES = [
 # -- the parent ------------------------------------------------------------------------------------------------
 
 
+def seq_len_of(shape: str, args) -> int:
+    """The sequence length `shape` trains at: `--seq-len`, or less where its positions stop sooner (BERT: 512)."""
+    return min(args.seq_len, SHAPES[shape].get("max_seq_len", args.seq_len))
+
+
 def prepare(work: Path, shape: str, seq_len: int, steps: int, device: str) -> Path:
     """A random-init model folder (config, bf16 safetensors, a small tokenizer) and a `.bin` of random tokens."""
     import numpy as np
     import torch
     import transformers as tf
 
-    from grow_cli.data.corpus import train_tokenizer
-
     folder = work / f"model-{shape}"
     if (folder / "config.json").exists():
         return folder
     tf.utils.logging.disable_progress_bar()
     spec = SHAPES[shape]
-    config = tf.LlamaConfig(**spec["config"], max_position_embeddings=seq_len, bos_token_id=1, eos_token_id=2)
+    if spec.get("masked"):
+        config = tf.BertConfig(**spec["config"], max_position_embeddings=512)
+        model_class = tf.BertForMaskedLM
+    else:
+        config = tf.LlamaConfig(**spec["config"], max_position_embeddings=seq_len, bos_token_id=1, eos_token_id=2)
+        model_class = tf.LlamaForCausalLM
     torch.manual_seed(0)
     with torch.device(device):  # random init on the GPU: seconds instead of a minute for 1.1B parameters
-        model = tf.LlamaForCausalLM(config)
+        model = model_class(config)
     model.to(torch.bfloat16).save_pretrained(folder)
-    train_tokenizer(SENTENCES * 20, 300).save_pretrained(folder)
+    _tokenizer(masked=bool(spec.get("masked")), work=work).save_pretrained(folder)
     blocks = (steps + 2) * spec["micro_batch_size"] * 2 + 8  # every step's blocks, and a few held out
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, config.vocab_size, blocks * seq_len, dtype=np.uint16)
     (work / f"tokens-{shape}").mkdir(exist_ok=True)
     tokens.tofile(work / f"tokens-{shape}" / "tokens.bin")
     return folder
+
+
+def _tokenizer(*, masked: bool, work: Path):
+    """A small tokenizer of the sentences: byte-level BPE, or for a masked LM a WordPiece one with BERT's special
+    tokens ([MASK] among them)."""
+    import transformers as tf
+
+    from grow_cli.data.corpus import train_tokenizer
+
+    if not masked:
+        return train_tokenizer(SENTENCES * 20, 300)
+    words = sorted({w.strip(".,").lower() for sentence in SENTENCES for w in sentence.split()})
+    vocab = work / "bert-vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    return tf.BertTokenizerFast(vocab_file=str(vocab))
 
 
 def run_configuration(name: str, setting: tuple[str, bool, bool], shape: str, work: Path, args) -> dict:
@@ -151,8 +206,9 @@ def run_configuration(name: str, setting: tuple[str, bool, bool], shape: str, wo
         "model": str(work / f"model-{shape}"),
         "data": str(work / f"tokens-{shape}" / "tokens.bin"),
         "out": str(work / f"run-{shape}-{name.replace(' ', '_').replace('+', 'and')}"),
-        "seq_len": args.seq_len,
+        "seq_len": seq_len_of(shape, args),
         "micro_batch_size": SHAPES[shape]["micro_batch_size"],
+        "masked": bool(SHAPES[shape].get("masked")),
         "warmup": args.warmup,
         "steps": args.steps,
         "precision": "no" if args.smoke else "bf16",
@@ -207,7 +263,7 @@ def print_table(results: dict, summary: dict, header: dict) -> None:
     )
     for shape, rows in results.items():
         print(
-            f"\n{shape}: {header['parameters'][shape] / 1e6:.0f}M parameters, sequence {header['seq_len']}, "
+            f"\n{shape}: {header['parameters'][shape] / 1e6:.0f}M parameters, sequence {header['seq_len'][shape]}, "
             f"micro-batch {SHAPES[shape]['micro_batch_size']}"
         )
         print(f"  {'configuration':26} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'wall s':>7}")
@@ -226,13 +282,15 @@ def print_table(results: dict, summary: dict, header: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="360m,1.1b", help="comma-separated: 360m, 1.1b")
+    parser.add_argument(
+        "--shapes", help="comma-separated: 360m, 1.1b (the default), bert-base; with --smoke: tiny, tiny-bert (both)"
+    )
     parser.add_argument("--configurations", help='comma-separated subset, e.g. "grow eager,trainer eager"')
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--warmup", type=int, default=5, help="steps before the first synchronised point")
     parser.add_argument("--steps", type=int, default=20, help="steps measured after the warm-up")
     parser.add_argument("--child-timeout", type=int, default=150, help="seconds one configuration may take")
-    parser.add_argument("--smoke", action="store_true", help="tiny shape on the CPU: check the script only")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: check the script only")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (reuses the generated models)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -243,11 +301,13 @@ def main() -> None:
     import torch
 
     if args.smoke:
-        args.shapes, args.seq_len, args.warmup, args.steps = "tiny", 64, 2, 4
+        args.shapes, args.seq_len, args.warmup, args.steps = args.shapes or "tiny,tiny-bert", 64, 2, 4
+        if not set(args.shapes.split(",")) <= {"tiny", "tiny-bert"}:
+            parser.error("--smoke runs the tiny shapes only: --shapes tiny, tiny-bert or both")
     elif not torch.cuda.is_available():
         raise SystemExit("bench_train_gpu.py needs a CUDA GPU (run with --smoke to check the script on a CPU)")
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    shapes = [s.strip() for s in args.shapes.split(",")]
+    shapes = [s.strip() for s in (args.shapes or "360m,1.1b").split(",")]
     liger = importlib.util.find_spec("liger_kernel") is not None and device == "cuda"
     wanted = [c.strip() for c in args.configurations.split(",")] if args.configurations else None
     work = args.keep or Path(tempfile.mkdtemp(prefix="grow-bench-gpu-"))
@@ -256,7 +316,7 @@ def main() -> None:
     results: dict = {}
     parameters = {}
     for shape in shapes:
-        folder = prepare(work, shape, args.seq_len, args.warmup + args.steps, device)
+        folder = prepare(work, shape, seq_len_of(shape, args), args.warmup + args.steps, device)
         parameters[shape] = _parameters(folder)
         results[shape] = {}
         for name, setting in configurations(shape, liger).items():
@@ -270,7 +330,7 @@ def main() -> None:
         "transformers": _version("transformers"),
         "accelerate": _version("accelerate"),
         "liger_kernel": _version("liger-kernel") if liger else None,
-        "seq_len": args.seq_len,
+        "seq_len": {shape: seq_len_of(shape, args) for shape in shapes},
         "warmup_steps": args.warmup,
         "measured_steps": args.steps,
         "parameters": parameters,
@@ -289,13 +349,15 @@ def main() -> None:
 
 
 def _parameters(folder: Path) -> int:
-    import json as _json
+    """The model's parameter count, from its config (built on the meta device: no memory, no weights)."""
+    import torch
+    import transformers as tf
 
-    config = _json.loads((folder / "config.json").read_text())
-    d, f, L, v = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"], config["vocab_size"]
-    kv = config["num_key_value_heads"] * d // config["num_attention_heads"]
-    per_layer = 2 * d * d + 2 * d * kv + 3 * d * f + 2 * d
-    return L * per_layer + v * d * (1 if config["tie_word_embeddings"] else 2) + d
+    config = tf.AutoConfig.from_pretrained(folder)
+    auto = tf.AutoModelForMaskedLM if config.model_type == "bert" else tf.AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def _version(package: str) -> str | None:
@@ -391,7 +453,9 @@ def trainer_side(job: dict) -> dict:
     from grow_cli.data.tokens import prepare_tokens
 
     tokenizer = tf.AutoTokenizer.from_pretrained(job["model"])
-    model = tf.AutoModelForCausalLM.from_pretrained(job["model"], dtype=torch.float32)
+    masked = job["masked"]
+    auto = tf.AutoModelForMaskedLM if masked else tf.AutoModelForCausalLM
+    model = auto.from_pretrained(job["model"], dtype=torch.float32)
     data = prepare_tokens(
         find_sources([job["data"]]),
         tokenizer,
@@ -399,7 +463,7 @@ def trainer_side(job: dict) -> dict:
         seq_len=job["seq_len"],
         eval_fraction=0.02,
         vocab_size=model.config.vocab_size,
-        eos_id=tokenizer.eos_token_id,
+        eos_id=tokenizer.sep_token_id if masked else tokenizer.eos_token_id,  # as grow chooses for each
         cache_dir=Path(job["out"]) / "cache",
     )
 
@@ -409,7 +473,7 @@ def trainer_side(job: dict) -> dict:
 
         def __getitem__(self, i: int) -> dict:
             x = torch.from_numpy(data.blocks[data.train_ids[i]].astype(np.int64))
-            return {"input_ids": x, "labels": x}
+            return {"input_ids": x} if masked else {"input_ids": x, "labels": x}  # the collator masks
 
     class Clock(tf.TrainerCallback):
         def __init__(self) -> None:
@@ -444,7 +508,8 @@ def trainer_side(job: dict) -> dict:
         options["use_liger_kernel"] = True
     args = tf.TrainingArguments(**options)
     clock = Clock()
-    trainer = tf.Trainer(model=model, args=args, train_dataset=Blocks())
+    collator = tf.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15) if masked else None
+    trainer = tf.Trainer(model=model, args=args, train_dataset=Blocks(), data_collator=collator)
     trainer.add_callback(clock)
     trainer.train()
     first, last = clock.marks[job["warmup"]], clock.marks[job["warmup"] + job["steps"]]

@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_session.sh fetch   # here, with network: the wheels that machine lacks, into .whl/ (~4 MB)
 #   bash benchmarks/gpu_session.sh run     # there (carry .whl): install them, the GPU-only tests, the benchmark
+#   bash benchmarks/gpu_session.sh run-masked   # there, a second call if time allows: masked LM (BERT-base)
 #
 # `run` writes under $OUT (or ./gpu-out): gpu_tests.log (Liger Kernel's, document masking's, attention's, the
 # masked head's and the host-sync checks; the GPU ones skip on a CPU), bench_train_gpu.log and bench_train_gpu.json
@@ -23,9 +24,7 @@ fetch() {
     -d .whl "${WHEELS[@]}"
 }
 
-run() {
-  local out="${OUT:-gpu-out}"
-  mkdir -p "$out"
+setup() {
   # .whl: absent where grow's dependencies are installed already; its wheels are for that machine's Python 3.12, so a
   # smoke run here leaves them out.
   if [ -d .whl ] && [ -z "${GPU_SESSION_SMOKE:-}" ]; then
@@ -33,6 +32,12 @@ run() {
     export PYTHONPATH="/tmp/site:$PWD"
   fi
   export PYTHONUNBUFFERED=1
+}
+
+run() {
+  local out="${OUT:-gpu-out}"
+  mkdir -p "$out"
+  setup
   (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") | tee "$out/gpu.txt"
   python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_documents.py tests/test_attention.py \
     tests/test_host_reads.py tests/test_masked_head.py 2>&1 | tee "$out/gpu_tests.log" ||
@@ -42,8 +47,21 @@ run() {
     2> >(tee "$out/bench_train_gpu.log" >&2)
 }
 
+# A second device call, when the session's time allows (about 2 minutes): masked-LM training, BERT-base, grow
+# (head at the masked positions only) against Trainer with transformers' masked-LM collator.
+run_masked() {
+  local out="${OUT:-gpu-out}"
+  mkdir -p "$out"
+  setup
+  local shapes=bert-base
+  [ -n "${GPU_SESSION_SMOKE:-}" ] && shapes=tiny-bert
+  python3 benchmarks/bench_train_gpu.py --json --shapes "$shapes" ${GPU_SESSION_SMOKE:+--smoke} \
+    >"$out/bench_train_gpu_masked.json" 2> >(tee "$out/bench_train_gpu_masked.log" >&2)
+}
+
 case "${1:-}" in
   fetch) fetch ;;
   run) run ;;
-  *) echo "usage: bash benchmarks/gpu_session.sh fetch|run" >&2 && exit 2 ;;
+  run-masked) run_masked ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh fetch|run|run-masked" >&2 && exit 2 ;;
 esac
