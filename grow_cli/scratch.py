@@ -4,9 +4,10 @@ grow needs scratch space in a few places: a Hub checkpoint's header mirror (hub/
 training checkpoint (growth/train_state.py), `--verify`'s offload of a model larger than its memory budget (as
 large as the model), and the probe that derives an architecture definition. `tempfile.TemporaryDirectory` removes
 its folder when the run ends or fails, and on SIGINT/SIGTERM (signals.py turns both into exceptions), but not when
-the process is killed outright. So each folder carries its process id (`grow-<kind>-<pid>-<random>`), and every
-new one first removes the grow folders of processes that no longer exist, those of this user only: a killed run's
-scratch lives until the next grow run that needs scratch of its own.
+the process is killed outright. So each folder carries its process id and host (`grow-<kind>-<pid>@<host>-<random>`),
+and every new one first removes the grow folders of processes of this host that no longer exist, those of this user
+only: a killed run's scratch lives until the next grow run that needs scratch of its own. (The host keeps a temp
+directory shared between machines or containers, whose process ids are not ours to look up, out of it.)
 """
 
 from __future__ import annotations
@@ -14,31 +15,33 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-NAME = re.compile(r"grow-[a-z]+-(\d+)-")
+NAME = re.compile(r"grow-[a-z]+-(\d+)@(.+)-[a-z0-9_]+")  # tempfile's random suffix has no hyphen
 
 
 @contextmanager
 def scratch_folder(kind: str) -> Iterator[Path]:
-    """A new empty folder `grow-<kind>-<pid>-…` in the temp directory, removed on exit (with its contents)."""
+    """A new empty folder `grow-<kind>-<pid>@<host>-…` in the temp directory, removed on exit (with its contents)."""
     remove_orphans()
-    with tempfile.TemporaryDirectory(prefix=f"grow-{kind}-{os.getpid()}-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"grow-{kind}-{os.getpid()}@{socket.gethostname()}-") as folder:
         yield Path(folder)
 
 
 def remove_orphans() -> None:
-    """Remove the scratch folders of this user's grow processes that have ended."""
+    """Remove the scratch folders of this user's grow processes on this host that have ended."""
     try:
         entries = list(os.scandir(tempfile.gettempdir()))
     except OSError:
         return
+    host = socket.gethostname()
     for entry in entries:
-        found = NAME.match(entry.name)
-        if found is None or _alive(int(found.group(1))):
+        found = NAME.fullmatch(entry.name)
+        if found is None or found.group(2) != host or _alive(int(found.group(1))):
             continue
         try:
             if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,18 +30,20 @@ def ended_pid() -> int:
 
 
 def test_a_killed_run_s_scratch_is_removed_by_the_next_and_a_live_one_s_is_kept(temp_dir):
-    dead = temp_dir / f"grow-verify-{ended_pid()}-x1y2"
+    host, gone = socket.gethostname(), ended_pid()
+    dead = temp_dir / f"grow-verify-{gone}@{host}-x1y2"
     (dead / "offload").mkdir(parents=True)
     (dead / "offload" / "weights.dat").write_bytes(b"0" * 1024)
-    live = temp_dir / f"grow-headers-{os.getppid()}-a1b2"  # the test runner's parent is alive
-    live.mkdir()
+    live = temp_dir / f"grow-headers-{os.getppid()}@{host}-a1b2"  # the test runner's parent is alive
+    elsewhere = temp_dir / f"grow-verify-{gone}@another-host-c3d4"  # a process id of another machine
     other = temp_dir / "grow-notes"  # not a scratch name
-    other.mkdir()
+    for folder in (live, elsewhere, other):
+        folder.mkdir()
 
     with scratch_folder("source") as folder:
-        assert folder.parent == temp_dir and folder.name.startswith(f"grow-source-{os.getpid()}-")
+        assert folder.parent == temp_dir and folder.name.startswith(f"grow-source-{os.getpid()}@{host}-")
         assert list(folder.iterdir()) == []
-        assert not dead.exists() and live.exists() and other.exists()
+        assert not dead.exists() and live.exists() and elsewhere.exists() and other.exists()
     assert not folder.exists()
 
 
