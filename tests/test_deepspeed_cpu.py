@@ -5,95 +5,32 @@ partitioned parameters, and the refusals that need a sharded engine.
 
 CI does not install DeepSpeed (its source build imports torch: `pip install --no-build-isolation deepspeed`, then
 `python -m pytest tests/test_deepspeed_cpu.py`); without it these tests are skipped. The first launch JIT-builds
-DeepSpeed's shared-memory op (a minute or so, once). The launcher runs `tests/deepspeed_on_cpu.py` instead of
-`-m grow_cli`, which names the gloo backend that accelerate leaves unnamed without a GPU."""
+DeepSpeed's shared-memory op (a minute or so, once). The launcher runs `tests/sharded_on_cpu.py` instead of
+`-m grow_cli`, which names the gloo backend that accelerate leaves unnamed without a GPU (tests/sharded_runs.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import yaml
-from safetensors.torch import load_file
-from test_train_distributed import free_port
-from tinylm import run_grow, save_tiny_bert, save_tiny_lm, write_plays
+from sharded_runs import COMMON, assert_same_run, document, launch, make_lab, two_process_config
+from tinylm import run_grow
 
-from grow_cli.growth.expand import expand
-from grow_cli.growth.spec import GrowthSpec
 from grow_cli.lineage.record import load_record
-from grow_cli.train.metrics import read_metrics
 
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["--seq-len", 32, "--eval-every", 3, "--save-every", 3, "--max-lr", "3e-3", "--json"]
-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """The models and data every test trains: a tiny Llama, its 4-expert upcycle, its identity-grown 4-layer copy,
-    a tiny BERT, and two Shakespeare plays."""
-    root = tmp_path_factory.mktemp("deepspeed")
-    model = save_tiny_lm(root / "model")
-    expand(str(model), root / "moe", GrowthSpec(experts=4, top_k=2), quiet=True)
-    expand(str(model), root / "deep", GrowthSpec(layers=4, depth_method="identity"), quiet=True)
-    return {
-        "model": model,
-        "moe": root / "moe",
-        "deep": root / "deep",
-        "bert": save_tiny_bert(root / "bert", headless=False, dropout=0.0),
-        "data": write_plays(root / "data"),
-        "root": root,
-    }
+    return make_lab(tmp_path_factory.mktemp("deepspeed"))
 
 
-def zero_config(stage: int, folder: Path) -> Path:
+def zero_config(stage: int, folder):
     """The shipped ZeRO config of `stage`, for two processes in float32 (DeepSpeed's CPU accelerator)."""
-    config = yaml.safe_load((ROOT / "docs" / "accelerate" / f"deepspeed_zero{stage}.yaml").read_text())
-    config.update(num_processes=2, mixed_precision="no")
-    path = folder / f"zero{stage}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def launch(config: Path, args: list) -> subprocess.CompletedProcess:
-    """`accelerate launch` of `grow train-stage ARGS…` under DeepSpeed on two CPU processes."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
-    command += ["--main_process_port", str(free_port()), str(ROOT / "tests" / "deepspeed_on_cpu.py")]
-    return subprocess.run([*command, "train-stage", *map(str, args)], env=env, capture_output=True, text=True)
-
-
-def document(stdout: str) -> dict:
-    """grow's JSON document: all of its processes' stdout. The launcher's own process imports DeepSpeed, which on
-    a CPU prints one warning there first; nothing else may come before the document."""
-    start = stdout.index("{\n")
-    assert all("Setting accelerator to CPU" in line for line in stdout[:start].splitlines()), stdout[:start]
-    return json.loads(stdout[start:])
-
-
-def assert_same_run(one: Path, sharded: Path, rel: float = 1e-3) -> None:
-    """The same metrics and final weights, up to float reduction order: ZeRO reduces gradients in buckets, in
-    another order than one process sums them (up to 2e-4 apart in a gradient norm here). Weights are compared as
-    whole tensors, since Adam turns any difference in an element whose gradient is near zero into a step of up to
-    the learning rate either way (BERT's key biases, whose gradient is zero but for rounding, stay within 1e-6)."""
-    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(sharded / "metrics.jsonl")
-    assert [m["step"] for m in a] == [m["step"] for m in b]
-    for x, y in zip(a, b, strict=True):
-        for key in ("loss", "eval_loss", "lr", "tokens", "grad_norm"):
-            if key in x:
-                assert y[key] == pytest.approx(x[key], rel=rel), (x["step"], key)
-    wa, wb = load_file(one / "model.safetensors"), load_file(sharded / "model.safetensors")
-    assert sorted(wa) == sorted(wb)
-    for name in wa:
-        assert torch.linalg.norm(wb[name] - wa[name]) <= rel * torch.linalg.norm(wa[name]) + 1e-6, name
+    return two_process_config(f"deepspeed_zero{stage}", folder)
 
 
 @pytest.mark.parametrize("stage", [2, 3])

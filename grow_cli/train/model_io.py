@@ -228,7 +228,7 @@ def save_model(
     a kill mid-write never leaves a truncated model.safetensors in `out` (`removed_unless_written`)."""
     from grow_cli.checkpoint.output import removed_unless_written
 
-    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    state_dict = _tied_as_in(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()})
     model.config.dtype = dtype
     model.config.use_cache = True
     staging = Path(out) / MODEL_STAGING
@@ -240,6 +240,21 @@ def save_model(
         for path in sorted(staging.iterdir()):
             os.replace(path, Path(out) / path.name)
     staging.rmdir()
+
+
+def _tied_as_in(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state_dict` with the model's tied head one tensor with its embedding again. A state dict gathered from FSDP's
+    shards holds the two as separate copies, which `save_pretrained` would store twice (a ModernBERT's decoder
+    beside its embeddings); it stores the tied head once, as for a model trained on one process."""
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embedding is None or head.weight is not embedding.weight:
+        return state_dict
+    names = [name for name, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight]
+    kept = next((name for name in names if name in state_dict), None)
+    for name in names:
+        if kept is not None and name in state_dict:
+            state_dict[name] = state_dict[kept]
+    return state_dict
 
 
 def _forget_unused_renamings(model: PreTrainedModel) -> None:

@@ -1,0 +1,43 @@
+"""`accelerate launch --config_file Z.yaml tests/sharded_on_cpu.py ARGS…`: grow's CLI under DeepSpeed or FSDP on CPU
+processes, for tests/test_deepspeed_cpu.py and tests/test_fsdp_cpu.py (`sharded_runs.launch`). On GPUs nothing of
+this is needed; without one, accelerate needs two nudges:
+
+- It starts the processes without naming a backend and then counts one process (DeepSpeed's batch check fails:
+  "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size"). Naming gloo, the CPU
+  backend, before grow builds its Accelerator makes it count them all.
+- It turns FSDP on only for accelerators (its list of distributed types that may become FSDP has no CPU entry),
+  although torch's FSDP2 runs on CPU processes over gloo. The patch below does, for a CPU run given an FSDP plugin,
+  what accelerate does for a GPU run: the state's distributed type becomes FSDP, the process state's too.
+
+stdout is kept for `--json` first, as the `grow` script does (`cli.script`): importing DeepSpeed on a CPU prints a
+warning there."""
+
+import sys
+
+from grow_cli.console import keep_stdout_for_json
+
+if "--json" in sys.argv:
+    keep_stdout_for_json()
+
+from accelerate import PartialState  # noqa: E402
+from accelerate.state import AcceleratorState  # noqa: E402
+from accelerate.utils import DistributedType  # noqa: E402
+
+PartialState(backend="gloo")  # the process group, before grow's Accelerator (PartialState is shared)
+_accelerator_state = AcceleratorState.__init__
+
+
+def _with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+    _accelerator_state(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.num_processes > 1 and self.distributed_type != DistributedType.FSDP:
+        self.distributed_type = DistributedType.FSDP
+        self.fsdp_plugin = fsdp_plugin
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate's own init ends
+
+
+AcceleratorState.__init__ = _with_fsdp_on_cpu
+
+from grow_cli.cli import main  # noqa: E402
+
+sys.argv = ["grow", *sys.argv[1:]]
+main()

@@ -1,0 +1,104 @@
+"""What tests/test_deepspeed_cpu.py and tests/test_fsdp_cpu.py share: the models and data they train, a launch of
+`grow train-stage` on two CPU processes through a shipped accelerate config (docs/accelerate/), and the comparison
+of such a run with one process at the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+import yaml
+from safetensors.torch import load_file
+from test_train_distributed import free_port
+from tinylm import save_tiny_bert, save_tiny_lm, write_plays
+
+from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
+from grow_cli.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["--seq-len", 32, "--eval-every", 3, "--save-every", 3, "--max-lr", "3e-3", "--json"]
+
+
+def make_lab(root: Path) -> dict[str, Path]:
+    """The models and data the tests train: a tiny Llama, its 4-expert upcycle, its identity-grown 4-layer copy, a
+    tiny BERT and a tiny ModernBERT (masked LMs), and two Shakespeare plays."""
+    model = save_tiny_lm(root / "model")
+    expand(str(model), root / "moe", GrowthSpec(experts=4, top_k=2), quiet=True)
+    expand(str(model), root / "deep", GrowthSpec(layers=4, depth_method="identity"), quiet=True)
+    bert = save_tiny_bert(root / "bert", headless=False, dropout=0.0)
+    return {
+        "model": model,
+        "moe": root / "moe",
+        "deep": root / "deep",
+        "bert": bert,
+        "modernbert": save_tiny_modernbert(root / "modernbert", tokenizer=bert),
+        "data": write_plays(root / "data"),
+        "root": root,
+    }
+
+
+def save_tiny_modernbert(folder: Path, *, tokenizer: Path) -> Path:
+    """A tiny ModernBERT masked LM (decoder tied to the embeddings, no dropout) with the tokenizer in `tokenizer`."""
+    settings = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    ids = {"pad_token_id": 0, "cls_token_id": 101, "sep_token_id": 102, "bos_token_id": 101, "eos_token_id": 102}
+    config = tf.ModernBertConfig(
+        vocab_size=30522,
+        **settings,
+        **ids,
+        global_attn_every_n_layers=2,
+        local_attention=16,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    tf.ModernBertForMaskedLM(config).save_pretrained(folder)
+    tf.AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
+    return folder
+
+
+def two_process_config(name: str, folder: Path) -> Path:
+    """The shipped accelerate config `docs/accelerate/NAME.yaml`, for two processes in float32."""
+    config = yaml.safe_load((ROOT / "docs" / "accelerate" / f"{name}.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no")
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(config: Path, args: list) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `grow train-stage ARGS…` on two CPU processes (through tests/sharded_on_cpu.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    command += ["--main_process_port", str(free_port()), str(ROOT / "tests" / "sharded_on_cpu.py")]
+    return subprocess.run([*command, "train-stage", *map(str, args)], env=env, capture_output=True, text=True)
+
+
+def document(stdout: str) -> dict:
+    """grow's JSON document: all of its processes' stdout. Under DeepSpeed the launcher's own process imports it,
+    which on a CPU prints one warning there first; nothing else may come before the document."""
+    start = stdout.index("{\n")
+    assert all("Setting accelerator to CPU" in line for line in stdout[:start].splitlines()), stdout[:start]
+    return json.loads(stdout[start:])
+
+
+def assert_same_run(one: Path, sharded: Path, rel: float = 1e-3) -> None:
+    """The same metrics and final weights, up to float reduction order: a sharded run reduces gradients in another
+    order than one process sums them (up to 2e-4 apart in a gradient norm here). Weights are compared as whole
+    tensors, since Adam turns any difference in an element whose gradient is near zero into a step of up to the
+    learning rate either way (BERT's key biases, whose gradient is zero but for rounding, stay within 1e-6)."""
+    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(sharded / "metrics.jsonl")
+    assert [m["step"] for m in a] == [m["step"] for m in b]
+    for x, y in zip(a, b, strict=True):
+        for key in ("loss", "eval_loss", "lr", "tokens", "grad_norm"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=rel), (x["step"], key)
+    wa, wb = load_file(one / "model.safetensors"), load_file(sharded / "model.safetensors")
+    assert sorted(wa) == sorted(wb)
+    for name in wa:
+        assert torch.linalg.norm(wb[name] - wa[name]) <= rel * torch.linalg.norm(wa[name]) + 1e-6, name
