@@ -10,16 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
 import yaml
 from safetensors.torch import load_file
 from test_train_distributed import free_port
-from tinylm import save_tiny_bert, save_tiny_lm, write_plays
+from tinylm import run_grow, save_tiny_bert, save_tiny_lm, write_plays
 
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
+from grow_cli.lineage.record import load_record
 from grow_cli.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +104,57 @@ def assert_same_run(one: Path, sharded: Path, rel: float = 1e-3) -> None:
     assert sorted(wa) == sorted(wb)
     for name in wa:
         assert torch.linalg.norm(wb[name] - wa[name]) <= rel * torch.linalg.norm(wa[name]) + 1e-6, name
+
+
+def check_matches_and_resumes(config: Path, lab: dict, tmp_path: Path, capsys, *, grad_accum: int, saved: str):
+    """Micro-batch 4 on each of 2 processes against micro-batch 8 on one, with `grad_accum` accumulation steps: the
+    same metrics and final weights, the batch recorded in grow.json, and a run paused at step 5 that resumes from
+    the engine's sharded checkpoint (`saved`, its folder in the checkpoint) to the same end."""
+    args = [lab["model"], "--data", lab["data"], "--max-steps", 8, "--grad-accum", grad_accum, *COMMON]
+    code, _, stderr = run_grow(["train-stage", *args, "--micro-batch-size", 8, "--out", tmp_path / "one"], capsys)
+    assert code == 0, stderr
+    sharded = [*args, "--micro-batch-size", 4]
+
+    whole = launch(config, [*sharded, "--out", tmp_path / "whole"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert document(whole.stdout)["status"] == "done"
+    assert_same_run(tmp_path / "one", tmp_path / "whole")
+    batch = load_record(tmp_path / "whole")["stages"][-1]["batch"]
+    tokens = 4 * 2 * grad_accum * 32
+    assert batch == {"micro_batch_size": 4, "grad_accum": grad_accum, "num_processes": 2, "global_batch_tokens": tokens}
+
+    parts = tmp_path / "parts"
+    paused = launch(config, [*sharded, "--out", parts, "--exit-interval", 5])
+    assert paused.returncode == 0 and document(paused.stdout)["status"] == "paused", paused.stderr[-3000:]
+    assert (parts / "checkpoints" / "step_00000005" / saved).is_dir()
+    resumed = launch(config, [*sharded, "--out", parts, "--resume", "auto"])
+    assert resumed.returncode == 0 and document(resumed.stdout)["status"] == "done", resumed.stderr[-3000:]
+    assert_same_run(tmp_path / "one", parts)
+
+
+def check_trains_like_one_process(config: Path, lab: dict, tmp_path: Path, capsys, model: str, extra: list) -> None:
+    """`lab[model]` trained with `extra` options on 2 processes under `config` against one process with the same
+    micro-batches (an MoE's load-balancing loss is a mean over each micro-batch): the same parameter and trainable
+    counts, metrics and weights, and for an MoE the same router counts."""
+    args = [lab[model], "--data", lab["data"], "--max-steps", 6, *extra, *COMMON]
+    alone = ["train-stage", *args, "--micro-batch-size", 4, "--grad-accum", 2, "--out", tmp_path / "one"]
+    code, stdout, stderr = run_grow(alone, capsys)
+    assert code == 0, stderr
+    run = launch(config, [*args, "--micro-batch-size", 4, "--out", tmp_path / "sharded"])
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, sharded = json.loads(stdout), document(run.stdout)
+    assert sharded["num_parameters"] == one["num_parameters"]
+    assert sharded["trainable_tensors"] == one["trainable_tensors"]
+    assert_same_run(tmp_path / "one", tmp_path / "sharded")
+    if model == "moe":
+        for key, value in one["router"].items():  # numbers, and per-layer lists of expert loads
+            np.testing.assert_allclose(sharded["router"][key], value, rtol=1e-3, err_msg=key)
+
+
+def check_state_to_grow_refused(config: Path, lab: dict, tmp_path: Path, engine: str) -> None:
+    """--save-final-state would end the run with a sharded state that grow expand refuses: refused at the start."""
+    args = [lab["model"], "--data", lab["data"], "--seq-len", 32, "--max-steps", 2, "--out", tmp_path / "o"]
+    run = launch(config, [*args, "--save-final-state"])
+    assert run.returncode == 1
+    assert "--save-final-state leaves the optimizer state for grow expand to grow" in run.stderr
+    assert f"{engine} saves it sharded" in run.stderr and not (tmp_path / "o").exists()
