@@ -1,18 +1,19 @@
 """FSDP's wrapping of a model whose tied weights would straddle two of its units.
 
 With transformer-based wrapping (the shipped docs/accelerate/fsdp2.yaml), accelerate gives every module of the
-model's `_no_split_modules` classes an FSDP unit of its own. For BERT those are `BertLayer` and `BertEmbeddings`,
-but a BERT masked LM ties its output decoder to the word embeddings, outside that unit: FSDP2 shards the weight
-with the embeddings' unit and then meets it, already sharded, in the root unit, and fails while preparing the
-model (torch: "Invariant encountered: value was None"). Decoders such as Llama name only their layer class, so
-their tied head and embedding share the root unit. Where the user names no classes, grow leaves out of the wrapped
-classes those whose modules hold a parameter that is used outside them too, so each tied weight lives in one unit.
+model's `_no_split_modules` classes an FSDP unit of its own. For ModernBERT those are `ModernBertEncoderLayer` and
+`ModernBertEmbeddings` (BERT's: `BertLayer`, `BertEmbeddings`), but a masked LM ties its output decoder to the word
+embeddings, outside that unit: FSDP2 shards the weight with the embeddings' unit, meets it already sharded when it
+shards the output layer, and fails while preparing the model (torch: "Invariant encountered: value was None").
+Decoders such as Llama name only their layer class, so their tied head and embedding share the root unit. Where the
+user names no classes, grow leaves out of the wrapped classes those whose modules hold a parameter that is used
+outside them too, so each tied weight lives in one unit.
 
 One tie accelerate's FSDP2 cannot place: it puts the input embedding and the output layer in a unit of their own
 (with the final norm), so a parameter the output layer shares with another module — BERT's and RoBERTa's decoder
 bias, tied to `cls.predictions.bias` — sits in two units, which torch 2.13 refuses at the first forward ("is shared
-with a parameter already managed by another FSDP group"). Such a model is refused before it trains, in one line
-that names the tie and the launches that train it (DDP, DeepSpeed).
+with a parameter already managed by another FSDP group"). Such a model is refused before it trains, in one line that
+names the tie and the launches that train it (DDP, DeepSpeed).
 """
 
 from __future__ import annotations
