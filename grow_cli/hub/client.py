@@ -13,7 +13,7 @@ import importlib
 import os
 import re
 
-from huggingface_hub import constants, errors, get_token
+from huggingface_hub import HfApi, constants, errors, get_token
 from huggingface_hub import utils as hub_utils
 
 from grow_cli.errors import HubError
@@ -30,6 +30,13 @@ TransportError: type[Exception] = _http_client.TransportError
 def endpoint() -> str:
     """The Hub's base URL: `HF_ENDPOINT` as it is now, else the client's default."""
     return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_client(token: str | None) -> HfApi:
+    """The Hub client grow talks through: `HF_ENDPOINT` as it is now, grow named as the library."""
+    from grow_cli import __version__
+
+    return HfApi(endpoint=endpoint(), token=token or None, library_name="grow", library_version=__version__)
 
 
 def is_offline() -> bool:

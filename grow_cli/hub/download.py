@@ -16,14 +16,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from grow_cli import __version__
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS, WEIGHT_SUFFIXES
 from grow_cli.checkpoint.kinds import other_framework_files, what_else_on_hub
 from grow_cli.errors import HubError
-from grow_cli.hub.client import TransportError, endpoint, is_offline, lost_connection, translate
+from grow_cli.hub.client import TransportError, endpoint, hub_client, is_offline, lost_connection, translate
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
 MOVED_RETRIES = 3  # downloads of a revision that moved meanwhile, before giving up
@@ -36,23 +35,18 @@ def download_checkpoint(
 
     `source` is `{"repo_id", "revision" (as requested, or None), "commit" (the resolved commit sha), "files"}`.
     """
-    where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
+    where = where_of(repo_id, revision)
     if is_offline():
         return _from_cache(repo_id, revision, where)
 
-    api = HfApi(endpoint=endpoint(), token=token or None, library_name="grow", library_version=__version__)
-    kwargs: dict[str, Any] = {"endpoint": endpoint(), "token": token or None}
+    api = hub_client(token)
     try:
         for _ in range(MOVED_RETRIES):
             info = api.model_info(repo_id, revision=revision, files_metadata=True)
-            sizes = {s.rfilename: s.size for s in info.siblings or []}
-            index_reader = lambda name, sha=info.sha: json.loads(  # noqa: E731
-                Path(hf_hub_download(repo_id, name, revision=sha, **kwargs)).read_text()
-            )
-            files = select_files(sizes, index_reader, where)
+            _, files = needed_files(repo_id, revision, info, token)
             # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later. The name is
             # resolved again: when a push moved it since `model_info`, the files chosen belong to another commit.
-            folder = snapshot_download(repo_id, revision=revision, allow_patterns=files, **kwargs)
+            folder = snapshot_download(repo_id, revision=revision, allow_patterns=files, **file_options(token))
             if Path(folder).name == info.sha:
                 break
         else:
@@ -82,6 +76,30 @@ def download_checkpoint(
             "not answer every request: re-run the same command to finish it"
         )
     return Path(folder), {"repo_id": repo_id, "revision": revision, "commit": info.sha, "files": files}
+
+
+def where_of(repo_id: str, revision: str | None) -> str:
+    """A repo as messages name it: `org/name`, with the revision where one was asked for."""
+    return repo_id + (f" (revision {revision})" if revision else "")
+
+
+def file_options(token: str | None) -> dict[str, Any]:
+    """What `hf_hub_download` and `snapshot_download` are given besides the repo: the endpoint and the token."""
+    return {"endpoint": endpoint(), "token": token or None}
+
+
+def needed_files(
+    repo_id: str, revision: str | None, info: Any, token: str | None
+) -> tuple[dict[str, int | None], list[str]]:
+    """The size of each file `info` (`model_info` of `repo_id` at `revision`, with files metadata) lists, and the
+    files grow needs of them (`select_files`: a weight index is downloaded, at the listed commit, to read the shards
+    it names)."""
+    sizes = {s.rfilename: s.size for s in info.siblings or []}
+
+    def read_index(name: str) -> Any:
+        return json.loads(Path(hf_hub_download(repo_id, name, revision=info.sha, **file_options(token))).read_text())
+
+    return sizes, select_files(sizes, read_index, where_of(repo_id, revision))
 
 
 def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[str]:

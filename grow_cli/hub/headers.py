@@ -19,22 +19,20 @@ download may serve.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-from huggingface_hub import HfApi, hf_hub_download, hf_hub_url, snapshot_download
+from huggingface_hub import hf_hub_url, snapshot_download
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from grow_cli import __version__
 from grow_cli.checkpoint.header import MAX_HEADER
 from grow_cli.errors import HubError
-from grow_cli.hub.client import TransportError, endpoint, is_offline, translate
-from grow_cli.hub.download import select_files
+from grow_cli.hub.client import TransportError, endpoint, hub_client, is_offline, translate
+from grow_cli.hub.download import file_options, needed_files
 
 FIRST_READ = 100_000  # bytes read from a shard's start: huggingface_hub's guess, which holds 97% of headers whole
 PARALLEL = 8  # shards whose headers are read at once
@@ -81,25 +79,19 @@ def mirror_headers(
     weights must be downloaded instead (offline, the Hub unreachable, or `.bin` weights)."""
     if is_offline():
         return None
-    api = HfApi(endpoint=endpoint(), token=token or None, library_name="grow", library_version=__version__)
-    where = f"{repo_id}" + (f" (revision {revision})" if revision else "")
     try:
-        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+        info = hub_client(token).model_info(repo_id, revision=revision, files_metadata=True)
     except TransportError:  # the download path says so, or serves a cached copy
         return None
     except Exception as exc:
         raise translate(exc, "downloading", repo_id) from None
-    sizes = {s.rfilename: s.size for s in info.siblings or []}
-    kwargs: dict[str, Any] = {"endpoint": endpoint(), "token": token or None}
     try:
-        files = select_files(
-            sizes, lambda name: _json(hf_hub_download(repo_id, name, revision=info.sha, **kwargs)), where
-        )
+        sizes, files = needed_files(repo_id, revision, info, token)
         shards = [name for name in files if name.endswith(".safetensors")]
         if not shards:
             return None
         small = [name for name in files if name not in shards]
-        cached = Path(snapshot_download(repo_id, revision=info.sha, allow_patterns=small, **kwargs))
+        cached = Path(snapshot_download(repo_id, revision=info.sha, allow_patterns=small, **file_options(token)))
         for name in small:
             (into / name).symlink_to((cached / name).resolve())
         headers = build_hf_headers(token=token or None, library_name="grow", library_version=__version__)
@@ -149,7 +141,3 @@ def read_range(url: str, headers: dict[str, str], start: int, end: int) -> bytes
             if got >= wanted:
                 break
     return b"".join(parts)
-
-
-def _json(path: str) -> Any:
-    return json.loads(Path(path).read_text())

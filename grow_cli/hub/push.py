@@ -27,7 +27,7 @@ from grow_cli.checkpoint.files import (
 from grow_cli.checkpoint.reader import load_config, load_weight_map, not_a_file, read_safetensors_header
 from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError
-from grow_cli.hub.client import endpoint, is_offline, resolve_token, translate
+from grow_cli.hub.client import endpoint, hub_client, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
@@ -85,7 +85,7 @@ def push_folder(
     token = check_can_push(repo_id, token)
     _refuse_leaked_token(folder, token, skip=set(weights))
 
-    api = HfApi(endpoint=endpoint(), token=token, library_name="grow", library_version=__version__)
+    api = hub_client(token)
     action = "creating"
     try:
         if revision and revision.startswith("refs/"):
