@@ -82,14 +82,14 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     from grow_cli.growth.describe import describe_shape, inspect
 
     path = Path(target)
-    if not path.exists() and not isinstance(target, os.PathLike) and is_hub_id(target):
-        info = inspect(target)
-    elif not path.exists():
-        if isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
-            raise UsageError(f"--target {os.fspath(target)}: no such model folder, config.json or Hub id")
-        return parse_count(target, "--target")
-    else:
+    if path.exists():
         info = describe_shape(path.parent if path.name == "config.json" else path)
+    elif isinstance(target, str) and is_hub_id(target):
+        info = inspect(target)
+    elif isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
+        raise UsageError(f"--target {os.fspath(target)}: no such model folder, config.json or Hub id")
+    else:
+        return parse_count(target, "--target")
     depth = info["methods"]["depth"]
     stack = next(m for m in depth if m["method"] == "stack")
     refused = not stack["applies"] and any(m["applies"] and not m.get("only") for m in depth)

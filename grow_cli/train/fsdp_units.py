@@ -36,7 +36,7 @@ def keep_tied_weights_in_one_unit(accelerator: Any, model: Any) -> str | None:
     if policy is not transformer_auto_wrap_policy or plugin.transformer_cls_names_to_wrap is not None:
         return None
     classes = list(getattr(model, "_no_split_modules", None) or [])
-    straddling = sorted({type(module).__name__ for name, module in _modules_of(model, classes) if _shares(model, name)})
+    straddling = _straddling(model, classes)
     if not straddling:
         return None
     plugin.transformer_cls_names_to_wrap = [name for name in classes if name not in straddling]
@@ -46,18 +46,21 @@ def keep_tied_weights_in_one_unit(accelerator: Any, model: Any) -> str | None:
     )
 
 
-def _modules_of(model: Any, classes: list[str]) -> list[tuple[str, Any]]:
-    return [(name, module) for name, module in model.named_modules() if type(module).__name__ in classes]
-
-
-def _shares(model: Any, prefix: str) -> bool:
-    """Whether a parameter of the module at `prefix` is also a parameter of the model under another name outside it."""
-    inside = {id(p) for name, p in model.named_parameters(remove_duplicate=False) if name.startswith(prefix + ".")}
-    return any(
-        id(p) in inside
-        for name, p in model.named_parameters(remove_duplicate=False)
-        if not name.startswith(prefix + ".")
-    )
+def _straddling(model: Any, classes: list[str]) -> list[str]:
+    """The `classes` of which a module holds a parameter that the model also holds under a name outside it."""
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    tied = [group for group in names.values() if len(group) > 1]
+    found = set()
+    for prefix, module in model.named_modules():
+        if type(module).__name__ not in classes:
+            continue
+        for group in tied:
+            inside = [name.startswith(prefix + ".") for name in group]
+            if any(inside) and not all(inside):
+                found.add(type(module).__name__)
+    return sorted(found)
 
 
 def refuse_ties_fsdp2_splits(accelerator: Any, model: Any) -> None:

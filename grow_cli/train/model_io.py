@@ -249,11 +249,9 @@ def _tied_as_in(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> 
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     if head is None or embedding is None or head.weight is not embedding.weight:
         return state_dict
-    names = [name for name, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight]
-    kept = next((name for name in names if name in state_dict), None)
-    for name in names:
-        if kept is not None and name in state_dict:
-            state_dict[name] = state_dict[kept]
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight and n in state_dict]
+    for name in names[1:]:
+        state_dict[name] = state_dict[names[0]]
     return state_dict
 
 

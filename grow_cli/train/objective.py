@@ -125,10 +125,9 @@ class Objective:
 
     def predicted(self, inputs: dict[str, Any]) -> int:
         """How many positions the loss of `inputs` averages over."""
-        labels = inputs["labels"]
         if self.masking is None:  # every position but a block's first is predicted from its left context
-            return int((labels[:, 1:] != IGNORE_INDEX).sum())
-        return int((labels != IGNORE_INDEX).sum())
+            return int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return inputs["predicted_at"].numel()  # the masked positions, found once in `_inputs`
 
     def describe(self) -> dict[str, Any]:
         """The objective as grow.json records it."""
