@@ -80,3 +80,14 @@ def run_cli(*args: str) -> CliResult:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def empty_tempdir(tmp_path, monkeypatch):
+    """The folder Python's `tempfile` uses, empty and the test's own, so a test can see what a command left there."""
+    import tempfile
+
+    folder = tmp_path / "tempdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

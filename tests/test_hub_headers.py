@@ -6,7 +6,6 @@ must compare), and no weight file reaches the cache or outlives the command."""
 from __future__ import annotations
 
 import json
-import tempfile
 
 import pytest
 import torch
@@ -21,15 +20,6 @@ from grow_cli.family.recipe import load_recipe
 from grow_cli.hub.headers import FIRST_READ
 
 REPO = "acme/llama-headers"
-
-
-@pytest.fixture
-def isolated_tmp(tmp_path, monkeypatch):
-    """The folder Python's tempfile uses, empty, so a test can see what a command left there."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def save_llama(folder, *, tie_with_stored_head=None, metadata_bytes: int = 0, vocab: int = 2048):
@@ -70,7 +60,7 @@ def without_place(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("source", "folder")}
 
 
-def test_inspect_and_dry_run_of_a_hub_id_read_the_headers_only(fake_hub, cli, tmp_path, isolated_tmp):
+def test_inspect_and_dry_run_of_a_hub_id_read_the_headers_only(fake_hub, cli, tmp_path, empty_tempdir):
     local = save_llama(tmp_path / "llama")
     fake_hub.add_folder(REPO, local)
     shards = sorted(p.name for p in local.glob("*.safetensors"))
@@ -89,7 +79,7 @@ def test_inspect_and_dry_run_of_a_hub_id_read_the_headers_only(fake_hub, cli, tm
     assert sum(r.sent for r in weight_reads(fake_hub)) == 2 * len(shards) * FIRST_READ
 
     assert not list(fake_hub.home.rglob("*.safetensors"))  # the cache holds the small files, no weights
-    assert list(isolated_tmp.iterdir()) == []  # the sparse mirror is gone
+    assert list(empty_tempdir.iterdir()) == []  # the sparse mirror is gone
 
 
 def last_row_changed(embedding):  # beyond the bytes a header read brings along
@@ -155,14 +145,14 @@ def test_family_check_plans_a_hub_source_from_its_headers(fake_hub, tmp_path):
 
 
 @pytest.mark.parametrize("fault", [500, "cut"])
-def test_a_failed_header_read_is_one_line_and_leaves_nothing(fake_hub, cli, tmp_path, isolated_tmp, fault):
+def test_a_failed_header_read_is_one_line_and_leaves_nothing(fake_hub, cli, tmp_path, empty_tempdir, fault):
     fake_hub.add_folder(REPO, save_llama(tmp_path / "llama"))
     fake_hub.fail("GET", ".safetensors", fault, times=100)
     result = cli("inspect", REPO)
     assert result.code == 1 and "Traceback" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith("error: ")
     assert f"while downloading the shard headers of {REPO}" in result.stderr
-    assert list(isolated_tmp.iterdir()) == []
+    assert list(empty_tempdir.iterdir()) == []
 
 
 def test_tensor_bytes_the_hub_sends_short_are_refused_not_read_as_zeros(tmp_path, monkeypatch):
