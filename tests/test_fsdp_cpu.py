@@ -14,7 +14,6 @@ from sharded_runs import (
     check_matches_and_resumes,
     check_state_to_grow_refused,
     check_trains_like_one_process,
-    launch,
     make_lab,
     two_process_config,
 )
@@ -40,28 +39,19 @@ def test_fsdp2_matches_one_process_and_resumes_where_it_paused(lab, tmp_path, ca
         ("deep", ["--train-only", "new"]),
         ("model", ["--document-masking"]),
         ("modernbert", []),
+        ("bert", []),
     ],
-    ids=["moe-router", "train-only-new", "document-masking", "masked-lm"],
+    ids=["moe-router", "train-only-new", "document-masking", "masked-lm", "bert-masked-lm"],
 )
 def test_fsdp2_sharded_parameters_train_like_one_process(lab, tmp_path, capsys, model, extra):
     """FSDP2 turns every parameter into a sharded DTensor: what grow counts (parameters, FLOPs, experts' tokens),
     freezes, probes (document masking runs on the prepared model) and masks must still match one process. The
-    masked LM is a ModernBERT, whose embeddings class accelerate would wrap apart from the decoder tied to it
-    (`fsdp_units.keep_tied_weights_in_one_unit`; without it FSDP2 fails while preparing the model)."""
+    masked LMs are a ModernBERT, whose embeddings class accelerate would wrap apart from the decoder tied to it
+    (`fsdp_units.keep_tied_weights_in_one_unit`; without it FSDP2 fails while preparing the model), and a BERT, whose
+    decoder bias is tied to `cls.predictions.bias` outside the decoder's unit (`shared_parameters_left_to_the_output`;
+    without it torch refuses the shared bias at the first forward). Both are saved as one process saves them."""
     check_trains_like_one_process(two_process_config("fsdp2", tmp_path), lab, tmp_path, capsys, model, extra)
 
 
 def test_a_state_to_grow_is_refused_under_fsdp_before_the_model_loads(lab, tmp_path):
     check_state_to_grow_refused(two_process_config("fsdp2", tmp_path), lab, tmp_path, "FSDP")
-
-
-def test_a_bert_masked_lm_is_refused_under_fsdp2_in_one_line(lab, tmp_path):
-    """BERT's decoder bias is tied to `cls.predictions.bias`; accelerate's FSDP2 shards the decoder in a unit of its
-    own, and torch refuses the shared bias at the first forward. grow says so before training, and what to use."""
-    args = [lab["bert"], "--data", lab["data"], "--seq-len", 32, "--max-steps", 2, "--out", tmp_path / "o"]
-    run = launch(two_process_config("fsdp2", tmp_path), args)
-    assert run.returncode == 1 and "grow_cli/" not in run.stderr  # one line from grow: no traceback of its own
-    assert "FSDP2 cannot train this BertForMaskedLM: its output layer shares a parameter with cls.predictions.bias" in (
-        run.stderr
-    )
-    assert "DeepSpeed (docs/accelerate/deepspeed_zero3.yaml)" in run.stderr and not (tmp_path / "o").exists()

@@ -34,7 +34,7 @@ from grow_cli.train.data_offset import step_offset
 from grow_cli.train.deepspeed_engine import fill_deepspeed_config, full_ndim, full_numel
 from grow_cli.train.documents import check_document_masking
 from grow_cli.train.freeze import freeze_all_but
-from grow_cli.train.fsdp_units import keep_tied_weights_in_one_unit, refuse_ties_fsdp2_splits
+from grow_cli.train.fsdp_units import keep_tied_weights_in_one_unit, shared_parameters_left_to_the_output
 from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
@@ -196,10 +196,12 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
         apollo.flops_per_token(apollo.unique, config.seq_len) if apollo else flops_per_token(model, config.seq_len)
     )
     router = RouterStats(model) if is_moe_model(model) else None  # hooks on the model itself, before any wrapper
-    refuse_ties_fsdp2_splits(accelerator, model)
     if wrapping := keep_tied_weights_in_one_unit(accelerator, model):
         say(accelerator, config.quiet, f"note: {wrapping}")
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    with shared_parameters_left_to_the_output(accelerator, model) as sharing:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if sharing:
+        say(accelerator, config.quiet, f"note: {sharing}")
     if config.document_masking:  # measured on the model as it trains: on its device, wrapped or sharded
         autocast = HALF.get(accelerator.mixed_precision) if objective.one_row else None  # flash computes in half
         check_document_masking(model, checked.eos_id, one_row=objective.one_row, autocast=autocast)

@@ -9,18 +9,19 @@ Decoders such as Llama name only their layer class, so their tied head and embed
 user names no classes, grow leaves out of the wrapped classes those whose modules hold a parameter that is used
 outside them too, so each tied weight lives in one unit.
 
-One tie accelerate's FSDP2 cannot place: it puts the input embedding and the output layer in a unit of their own
+One tie accelerate's FSDP2 would split: it puts the input embedding and the output layer in a unit of their own
 (with the final norm), so a parameter the output layer shares with another module — BERT's and RoBERTa's decoder
-bias, tied to `cls.predictions.bias` — sits in two units, which torch 2.13 refuses at the first forward ("is shared
-with a parameter already managed by another FSDP group"). Such a model is refused before it trains, in one line that
-names the tie and the launches that train it (DDP, DeepSpeed).
+bias, tied to `cls.predictions.bias` — would sit in two units, which torch 2.13 refuses at the first forward ("is
+shared with a parameter already managed by another FSDP group"). Under FSDP2 grow leaves such a parameter to the
+output layer alone; the other module reads it through the output layer (`shared_parameters_left_to_the_output`),
+and the saved model stores it under both names again (`model_io._tied_as_in`), as one process saves it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
-
-from grow_cli.errors import UsageError
 
 
 def keep_tied_weights_in_one_unit(accelerator: Any, model: Any) -> str | None:
@@ -63,27 +64,73 @@ def _straddling(model: Any, classes: list[str]) -> list[str]:
     return sorted(found)
 
 
-def refuse_ties_fsdp2_splits(accelerator: Any, model: Any) -> None:
-    """Under FSDP2, refuse a model whose output layer shares a parameter with a module other than the input
-    embedding (see the module docstring)."""
+@contextlib.contextmanager
+def shared_parameters_left_to_the_output(accelerator: Any, model: Any) -> Iterator[str | None]:
+    """Under FSDP2, leave each parameter that the output layer shares with a module other than the input embedding
+    to the output layer alone (see the module docstring), for good; yield a note naming them, or None. Wraps
+    `accelerator.prepare`, during which transformers' tie declarations leave those parameters out (`_untie`)."""
     from accelerate.utils import DistributedType
 
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    if accelerator.distributed_type != DistributedType.FSDP or plugin is None or plugin.fsdp_version != 2:
+    fsdp2 = accelerator.distributed_type == DistributedType.FSDP and plugin is not None and plugin.fsdp_version == 2
+    output = model.get_output_embeddings() if fsdp2 else None
+    shared = _shared_with(output, model) if output is not None else []
+    if not shared:
+        yield None
         return
-    output = model.get_output_embeddings()
-    if output is None:
-        return
-    together = {id(m) for m in (output, model.get_input_embeddings())}
-    held = {id(p) for p in output.parameters()}
-    for name, module in model.named_modules():
-        if id(module) in together:
+    untied = _untie(model, {name for name, *_ in shared})
+    for _, module, local, path in shared:
+        _read_through(module, local, output, path)
+    try:
+        yield f"FSDP2: {', '.join(name for name, *_ in shared)} left to the output layer, which shares it"
+    finally:
+        for submodel in untied:
+            del submodel._tied_weights_keys  # the class's declarations again, which saving reads
+
+
+def _shared_with(output: Any, model: Any) -> list[tuple[str, Any, str, str]]:
+    """(name, module, local name, path in `output`) of each parameter of `output` that a module other than the
+    input embedding registers too."""
+    together = {id(output), id(model.get_input_embeddings())}
+    held = {id(parameter): path for path, parameter in output.named_parameters()}
+    return [
+        (f"{name}.{local}" if name else local, module, local, held[id(parameter)])
+        for name, module in model.named_modules()
+        if id(module) not in together
+        for local, parameter in module.named_parameters(recurse=False)
+        if id(parameter) in held
+    ]
+
+
+def _untie(model: Any, names: set[str]) -> list[Any]:
+    """Drop from transformers' tie declarations (`_tied_weights_keys`, per model and submodel, as instance
+    attributes) the ties of the parameters `names`, so that `tie_weights` — which accelerate calls again once
+    FSDP2 has sharded the model — neither looks for a name that is no longer registered nor ties it anew. Returns
+    the (sub)models changed."""
+    from transformers import PreTrainedModel
+
+    untied = []
+    for prefix, submodel in list(model.named_modules()):
+        if not isinstance(submodel, PreTrainedModel):
             continue
-        for local, parameter in module.named_parameters(recurse=False):
-            if id(parameter) in held:
-                raise UsageError(
-                    f"FSDP2 cannot train this {type(model).__name__}: its output layer shares a parameter with "
-                    f"{name}.{local}, and accelerate shards the output layer in a unit of its own, which torch "
-                    "refuses for a shared parameter; train it with DDP (accelerate launch --multi_gpu) or "
-                    "DeepSpeed (docs/accelerate/deepspeed_zero3.yaml)"
-                )
+        ties = submodel.get_expanded_tied_weights_keys(all_submodels=False)
+        full = f"{prefix}." if prefix else ""
+        kept = {target: source for target, source in ties.items() if not {full + target, full + source} & names}
+        if kept != ties:
+            submodel._tied_weights_keys = kept
+            untied.append(submodel)
+    return untied
+
+
+def _read_through(module: Any, local: str, owner: Any, path: str) -> None:
+    """Make `module.<local>` a read-only view of `owner`'s parameter at `path` instead of a parameter of its own:
+    `module` no longer registers it (FSDP2 finds it in one unit), and whatever reads it gets the parameter the output
+    layer trains — its sharded DTensor once FSDP2 has sharded it. The module's class is swapped for a subclass of
+    the same name that adds the view."""
+
+    def view(_module: Any) -> Any:
+        return owner.get_parameter(path)
+
+    del module._parameters[local]
+    cls = type(module)
+    module.__class__ = type(cls.__name__, (cls,), {local: property(view), "__module__": cls.__module__})

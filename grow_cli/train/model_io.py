@@ -243,15 +243,16 @@ def save_model(
 
 
 def _tied_as_in(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state_dict` with the model's tied head one tensor with its embedding again. A state dict gathered from FSDP's
-    shards holds the two as separate copies, which `save_pretrained` would store twice (a ModernBERT's decoder
-    beside its embeddings); it stores the tied head once, as for a model trained on one process."""
-    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is None or embedding is None or head.weight is not embedding.weight:
-        return state_dict
-    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight and n in state_dict]
-    for name in names[1:]:
-        state_dict[name] = state_dict[names[0]]
+    """`state_dict` with each of the model's tied parameters (transformers' `all_tied_weights_keys`, target: source)
+    one tensor under both names again, as a model trained on one process gives it. A state dict gathered from FSDP's
+    shards holds a tied head and its embedding as separate copies, which `save_pretrained` would store twice (a
+    ModernBERT's decoder beside its embeddings), and lacks a parameter left to the output layer alone
+    (`fsdp_units.shared_parameters_left_to_the_output`: BERT's `cls.predictions.bias`)."""
+    for target, source in getattr(model, "all_tied_weights_keys", {}).items():
+        if source in state_dict:
+            state_dict[target] = state_dict[source]
+        elif target in state_dict:
+            state_dict[source] = state_dict[target]
     return state_dict
 
 
