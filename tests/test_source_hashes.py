@@ -13,6 +13,7 @@ import pytest
 from grow_cli import background, cache
 from grow_cli.checkpoint import source
 from grow_cli.checkpoint.source import FileHasher, file_sha256
+from grow_cli.errors import CheckpointError
 
 
 @pytest.fixture(autouse=True)
@@ -68,8 +69,42 @@ def test_a_cancelled_hasher_stops(tmp_path, monkeypatch):
     path.write_bytes(bytes(64 << 20))
     hasher = FileHasher([path])
     hasher.cancel()
-    hasher._thread.join(timeout=10)
-    assert not hasher._thread.is_alive() and "big.bin" not in hasher.result()
+    for thread in hasher._threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in hasher._threads) and "big.bin" not in hasher.result()
+
+
+def test_several_threads_hash_the_files_in_order_and_the_first_problem_stops_them(tmp_path, monkeypatch):
+    """Threads take the files in order, one each; the hashes come back in the files' order, and an unreadable file
+    stops every thread at its next chunk (the files after it are not hashed)."""
+    monkeypatch.setattr(source, "hash_threads", lambda files: 3)
+    monkeypatch.setattr(source, "HASH_CHUNK", 4096)
+    files = []
+    for i in range(7):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(
+            bytes([i]) * (7 - i) * 100_000
+        )  # the first files take longest: threads finish out of order
+    hasher = FileHasher(files)
+    assert len(hasher._threads) == 3
+    hashes = hasher.result()
+    assert list(hashes) == [f.name for f in files]
+    assert all(hashes[f.name]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+
+    later = [tmp_path / f"later{i}" for i in range(40)]
+    for path in later:
+        path.write_bytes(bytes(4 << 20))
+    unreadable = tmp_path / "gone"  # removed before it is hashed: open fails
+    hasher = FileHasher([unreadable, *later])
+    with pytest.raises(CheckpointError, match="cannot hash source files: .*gone"):
+        hasher.result()
+    assert len(hasher._hashes) < len(later) // 2
+
+
+@pytest.mark.parametrize(("cores", "files", "threads"), [(2, 30, 1), (1, 30, 1), (16, 30, 4), (16, 2, 2), (16, 0, 1)])
+def test_hash_threads_leave_a_core_to_the_writer(monkeypatch, cores, files, threads):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert source.hash_threads(files) == threads
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")

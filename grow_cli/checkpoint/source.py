@@ -133,15 +133,27 @@ def _download(repo_id: str, revision: str | None, token: str | None) -> Checkpoi
     return CheckpointSource(folder=Path(folder), repo_id=repo_id, revision=revision, commit=info.get("commit"))
 
 
+HASH_THREADS = 4  # at most: past four, hashing outruns the disks that a copy of a checkpoint is read from
+
+
+def hash_threads(files: int) -> int:
+    """How many files `FileHasher` hashes at once: one per core the process may use, less the one that writes the
+    output, at most `HASH_THREADS` and at most one per file; at least one. One sha256 stream runs at 1.1–2 GB/s, so a
+    70B checkpoint's 140 GB would take 70–130 s on one core, longer than writing the grown model on a fast disk."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(files, HASH_THREADS, cores - 1))
+
+
 @dataclass
 class FileHasher:
-    """sha256 and size of files, computed in a background thread; `result()` waits for it.
+    """sha256 and size of files, computed in background threads; `result()` waits for them.
 
-    The thread reads each file once, in order, beside the executor's copies of the same bytes: the first of the two
-    to touch a page reads it from disk and the other finds it in the page cache, so hashing adds CPU time on
-    another core but no pass over the disk. A hash is remembered in grow's cache (`grow_cli.cache`) under the
-    file's identity, size and change times, and reused while none of them changes — what git does for its index;
-    a file changed within `RACY_SECONDS` of being hashed, or while it was hashed, is not remembered.
+    The threads take the files in order, a file each (`hash_threads` of them), and read each file once, beside the
+    executor's copies of the same bytes: the first of the two to touch a page reads it from disk and the other finds
+    it in the page cache, so hashing adds CPU time on other cores but no pass over the disk. A hash is remembered in
+    grow's cache (`grow_cli.cache`) under the file's identity, size and change times, and reused while none of them
+    changes — what git does for its index; a file changed within `RACY_SECONDS` of being hashed, or while it was
+    hashed, is not remembered.
     """
 
     files: list[Path]
@@ -150,22 +162,39 @@ class FileHasher:
 
     def __post_init__(self) -> None:
         self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="grow-hash", daemon=True)
-        self._thread.start()
+        self._next = iter(self.files)
+        self._taking = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"grow-hash-{i}", daemon=True)
+            for i in range(hash_threads(len(self.files)))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def _run(self) -> None:
         lower_priority()
         try:
-            for path in self.files:
+            while (path := self._take()) is not None:
                 sha = file_sha256(path, self._cancelled)
                 if sha is None:
                     return
                 if (damaged := _damaged_download(path, sha)) is not None:
-                    self._error = damaged
+                    self._stop(damaged)
                     return
                 self._hashes[path.name] = {"sha256": sha, "size": path.stat().st_size}
         except OSError as exc:
-            self._error = CheckpointError(f"cannot hash source files: {exc}")
+            self._stop(CheckpointError(f"cannot hash source files: {exc}"))
+
+    def _take(self) -> Path | None:
+        """The next file to hash, or None when all are taken or hashing has stopped."""
+        with self._taking:
+            return None if self._cancelled.is_set() else next(self._next, None)
+
+    def _stop(self, error: CheckpointError) -> None:
+        """Keep the first problem found and stop the other threads at their next chunk."""
+        with self._taking:
+            self._error = self._error or error
+        self._cancelled.set()
 
     def cancel(self) -> None:
         """Stop hashing (when the run ends without needing the hashes); harmless once they are done."""
@@ -176,10 +205,12 @@ class FileHasher:
         return self._error
 
     def result(self) -> dict[str, dict[str, Any]]:
-        self._thread.join()
+        """The hashes, in the order of `files` (all of them unless cancelled)."""
+        for thread in self._threads:
+            thread.join()
         if self._error is not None:
             raise self._error
-        return dict(self._hashes)
+        return {path.name: self._hashes[path.name] for path in self.files if path.name in self._hashes}
 
 
 def hub_sha256(path: Path) -> str | None:
