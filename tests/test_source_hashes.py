@@ -77,7 +77,7 @@ def test_a_cancelled_hasher_stops(tmp_path, monkeypatch):
 def test_several_threads_hash_the_files_in_order_and_the_first_problem_stops_them(tmp_path, monkeypatch):
     """Threads take the files in order, one each; the hashes come back in the files' order, and an unreadable file
     stops every thread at its next chunk (the files after it are not hashed)."""
-    monkeypatch.setattr(source, "hash_threads", lambda files: 3)
+    monkeypatch.setattr(source, "hash_threads", lambda sizes: 3)
     monkeypatch.setattr(source, "HASH_CHUNK", 4096)
     files = []
     for i in range(7):
@@ -101,10 +101,24 @@ def test_several_threads_hash_the_files_in_order_and_the_first_problem_stops_the
     assert len(hasher._hashes) < len(later) // 2
 
 
-@pytest.mark.parametrize(("cores", "files", "threads"), [(2, 30, 1), (1, 30, 1), (16, 30, 4), (16, 2, 2), (16, 0, 1)])
-def test_hash_threads_leave_a_core_to_the_writer(monkeypatch, cores, files, threads):
+GB = 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("cores", "sizes", "threads"),
+    [
+        (2, [GB] * 30, 1),  # the development VM: one core writes, one hashes
+        (1, [GB] * 30, 1),
+        (16, [GB] * 30, 4),
+        (16, [GB] * 2, 2),
+        (16, [], 1),
+        (16, [GB] * 65, 1),  # 65 GB of 128: read from the disk twice if threads ran ahead of the copy
+    ],
+)
+def test_hash_threads_leave_a_core_to_the_writer_and_the_page_cache_to_the_copy(monkeypatch, cores, sizes, threads):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
-    assert source.hash_threads(files) == threads
+    monkeypatch.setattr(os, "sysconf", {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 128 * GB // 4096}.__getitem__)
+    assert source.hash_threads(sizes) == threads
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread has a priority of its own on Linux only")

@@ -3,7 +3,7 @@
 A Hub id (`org/name`) is downloaded by `grow_cli.hub.download_checkpoint`, which fetches only the files grow needs
 and reuses the local cache; the commands that read only config.json and the shard headers (inspect, a dry run)
 take `source_headers` instead, which downloads no weights (`grow_cli.hub.headers`). Hashes of the source files are
-computed in a background thread while grow streams the tensors (hashlib releases the GIL), so recording provenance
+computed in background threads while grow streams the tensors (hashlib releases the GIL), so recording provenance
 costs little wall time, and remembered while a file is unchanged (`file_sha256`).
 """
 
@@ -136,19 +136,28 @@ def _download(repo_id: str, revision: str | None, token: str | None) -> Checkpoi
 HASH_THREADS = 4  # at most: past four, hashing outruns the disks that a copy of a checkpoint is read from
 
 
-def hash_threads(files: int) -> int:
-    """How many files `FileHasher` hashes at once: one per core the process may use, less the one that writes the
-    output, at most `HASH_THREADS` and at most one per file; at least one. One sha256 stream runs at 1.1–2 GB/s, so a
-    70B checkpoint's 140 GB would take 70–130 s on one core, longer than writing the grown model on a fast disk."""
+def hash_threads(sizes: list[int]) -> int:
+    """How many files (of `sizes` bytes) `FileHasher` hashes at once. One sha256 stream runs at 1.1–2 GB/s, so a 70B
+    checkpoint's 140 GB take 70–130 s on one core, longer than writing the grown model on a fast disk: one thread
+    per core the process may use, less the one that writes the output, at most `HASH_THREADS` and one per file. But
+    only where the whole source fits in half the machine's memory: threads that run ahead of the copy leave what
+    they read in the page cache for it, and a source larger than the cache would be read from the disk twice. One
+    thread otherwise, which reads the files in the copy's order."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(files, HASH_THREADS, cores - 1))
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform says
+        memory = 0
+    if sum(sizes) > memory // 2:
+        return 1
+    return max(1, min(len(sizes), HASH_THREADS, cores - 1))
 
 
 @dataclass
 class FileHasher:
     """sha256 and size of files, computed in background threads; `result()` waits for them.
 
-    The threads take the files in order, a file each (`hash_threads` of them), and read each file once, beside the
+    The threads (`hash_threads` of them) take the files in order, a file each, and read each file once, beside the
     executor's copies of the same bytes: the first of the two to touch a page reads it from disk and the other finds
     it in the page cache, so hashing adds CPU time on other cores but no pass over the disk. A hash is remembered in
     grow's cache (`grow_cli.cache`) under the file's identity, size and change times, and reused while none of them
@@ -166,7 +175,7 @@ class FileHasher:
         self._taking = threading.Lock()
         self._threads = [
             threading.Thread(target=self._run, name=f"grow-hash-{i}", daemon=True)
-            for i in range(hash_threads(len(self.files)))
+            for i in range(hash_threads([_size(path) for path in self.files]))
         ]
         for thread in self._threads:
             thread.start()
@@ -211,6 +220,14 @@ class FileHasher:
         if self._error is not None:
             raise self._error
         return {path.name: self._hashes[path.name] for path in self.files if path.name in self._hashes}
+
+
+def _size(path: Path) -> int:
+    """The file's size, or 0 where it cannot be read: the thread that hashes it reports why."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def hub_sha256(path: Path) -> str | None:
