@@ -1,7 +1,7 @@
 """A micro-batch reads nothing back from the device that grow asks for: no step of its forward, loss or backward needs
 a value that only the device knows (`.item()`, a mask's count), which on a GPU would stop the host until the queued
-work has run, once per micro-batch (`step.micro_batch_loss`, `Objective.train_inputs`). A masked LM's reads none at
-all; a decoder's, the one transformers makes in every forward.
+work has run, once per micro-batch (`step.micro_batch_loss`, `Objective.train_inputs`). Neither a masked LM's nor a
+decoder's reads any: not even the one transformers makes in every forward of a decoder (packed.py).
 
 On the CPU there is no device to wait for, so the check watches the operations themselves: torch tags every
 operation whose result (a Python number) or output shape depends on tensor values, and a watcher records each one
@@ -21,7 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import BertConfig, BertForMaskedLM, LlamaConfig, LlamaForCausalLM
 
 from grow_cli.data.masking import IGNORE_INDEX, MaskingRule
-from grow_cli.train.objective import Objective
+from grow_cli.train.objective import PACKED, Objective
+from grow_cli.train.packed import has_packed_rows, packing_known
 from grow_cli.train.step import micro_batch_loss
 from grow_cli.train.transfer import to_device
 
@@ -119,9 +120,10 @@ def test_with_more_processes_the_token_count_stays_a_device_tensor(bert):
     [Objective("causal", 0), Objective("causal", 0, None, 2), Objective("causal", 0, None, 2, one_row=True)],
     ids=["causal", "document-masking", "document-masking-one-row"],
 )
-def test_a_decoder_micro_batch_reads_the_device_only_where_transformers_does(objective):
-    """grow adds no read to a decoder's micro-batch; transformers 5.x makes one per forward, checking the position
-    ids for packed sequences (`masking_utils.find_packed_sequence_indices`), in Trainer's runs as in grow's."""
+def test_a_decoder_micro_batch_reads_nothing_from_the_device(objective):
+    """transformers 5.x reads the device in every forward without a mask, checking the position ids for packed
+    sequences (`masking_utils.find_packed_sequence_indices`), as the negative control shows: a forward of the same
+    inputs outside `micro_batch_loss`. grow answers that check from the host (packed.py): no read at all."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
@@ -130,20 +132,52 @@ def test_a_decoder_micro_batch_reads_the_device_only_where_transformers_does(obj
     ids = blocks()
     ids[:, 10] = 2  # document ends, for document masking
     (host,) = objective.train_inputs([ids], 0, one_process())
+    inputs = to_device(host, CPU)
     with HostReads() as watch:
-        micro_batch_loss(model, to_device(host, CPU)).backward()
-    assert len(watch.found) <= 1
-    assert all(origin.endswith(os.path.join("transformers", "masking_utils.py")) for origin in watch.origins)
+        micro_batch_loss(model, inputs).backward()
+    assert watch.found == []
+
+    with HostReads() as watch:
+        model(**{k: v for k, v in inputs.items() if k != PACKED}).loss.backward()
+    assert len(watch.found) == 1 and watch.origins[0].endswith(os.path.join("transformers", "masking_utils.py"))
+
+
+@pytest.mark.parametrize(
+    "rows", [[[0, 1, 2, 3, 4, 5]] * 2, [[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 5]], [[0, 1, 0, 1, 2, 3]]]
+)
+def test_the_host_s_answer_is_the_one_transformers_reads_from_the_device(rows):
+    """Unpacked rows (None), one packed row among plain ones, one row of several blocks: the answer `packing_known`
+    gives transformers is what its own check returns, and the check is transformers' own again afterwards."""
+    import transformers.masking_utils as masking
+
+    real = masking.find_packed_sequence_indices
+    positions = torch.tensor(rows)
+    expected = real(positions)
+    with packing_known(has_packed_rows(positions)):
+        answer = masking.find_packed_sequence_indices(positions)
+    assert masking.find_packed_sequence_indices is real
+    assert (answer is None) == (expected is None) == (not has_packed_rows(positions))
+    if expected is not None:
+        assert torch.equal(answer, expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_a_gpu_a_masked_micro_batch_never_synchronises(bert):
+@pytest.mark.parametrize("kind", ["masked", "causal", "document-masking"])
+def test_on_a_gpu_a_micro_batch_never_synchronises(bert, kind):
     """The same on a GPU, by CUDA's own account: with torch's sync debug mode at "error", any operation that makes
     the host wait for the device (a read, a synchronising copy) raises."""
     cuda = torch.device("cuda")
-    model = BertForMaskedLM(bert.config).to(cuda)
-    (host,) = Objective("masked", 0, RULE).train_inputs([blocks()], 0, one_process())
-    inputs = to_device(host, cuda)
+    if kind == "masked":
+        model, objective = BertForMaskedLM(bert.config), Objective("masked", 0, RULE)
+    else:
+        config = LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        )
+        model, objective = LlamaForCausalLM(config), Objective("causal", 0, None, 2 if kind != "causal" else None)
+    ids = blocks()
+    ids[:, 10] = 2  # document ends, for document masking
+    (host,) = objective.train_inputs([ids], 0, one_process())
+    model, inputs = model.to(cuda), to_device(host, cuda)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -20,9 +20,11 @@ import torch
 from grow_cli.data.masking import EVAL_SEED, IGNORE_INDEX, MaskingRule, mask_rows
 from grow_cli.errors import CheckpointError, UsageError
 from grow_cli.train.documents import document_inputs
+from grow_cli.train.packed import has_packed_rows
 from grow_cli.train.transfer import tensor_to_device
 
 LOSS_ONLY = ("labels", "num_items", "predicted_at")  # inputs of the loss that the model itself is not given
+PACKED = "packed"  # with --document-masking: whether a row packs two documents (known on the host; packed.py)
 NAMES = {"causal": "causal LM (next-token prediction)", "masked": "masked LM (masked-token prediction)"}
 
 
@@ -114,7 +116,8 @@ class Objective:
             # object would mix the positions that share it.
             if self.document_eos is None:
                 return {"input_ids": ids, "labels": ids, "use_cache": False}
-            return {**document_inputs(ids, self.document_eos, one_row=self.one_row), "use_cache": False}
+            inputs = document_inputs(ids, self.document_eos, one_row=self.one_row)
+            return {**inputs, "use_cache": False, PACKED: has_packed_rows(inputs["position_ids"])}
         masked, labels = mask_rows(self.masking, ids, seed)
         # the flat positions of the masked tokens, for `step.micro_batch_loss`
         return {

@@ -17,7 +17,8 @@ import torch
 
 from grow_cli.train.build import Run
 from grow_cli.train.masked_head import logits_at
-from grow_cli.train.objective import LOSS_ONLY
+from grow_cli.train.objective import LOSS_ONLY, PACKED
+from grow_cli.train.packed import packing_known
 from grow_cli.train.transfer import to_device
 
 
@@ -34,12 +35,14 @@ def micro_batch_loss(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
     own mean; for a masked LM, the sum of the token losses at `predicted_at` over `num_items` (training: see
     `Objective.train_inputs`), or their mean (evaluation). Those positions were found on the host: selecting by a
     mask on the device instead would make the host wait for the forward to learn how many there are, once per
-    micro-batch. The head runs at those positions only (masked_head.py)."""
+    micro-batch. The head runs at those positions only (masked_head.py). transformers' own check for packed
+    sequences is answered from the host too (packed.py)."""
     at = inputs.get("predicted_at")
-    if at is None:
-        return model(**inputs).loss
-    model_inputs = {k: v for k, v in inputs.items() if k not in LOSS_ONLY}
-    chosen = logits_at(lambda: model(**model_inputs).logits, model, at, inputs["labels"].shape).float()
+    with packing_known(inputs.get(PACKED, False)):
+        if at is None:
+            return model(**{k: v for k, v in inputs.items() if k != PACKED}).loss
+        model_inputs = {k: v for k, v in inputs.items() if k not in LOSS_ONLY}
+        chosen = logits_at(lambda: model(**model_inputs).logits, model, at, inputs["labels"].shape).float()
     summed = torch.nn.functional.cross_entropy(chosen, inputs["labels"].flatten().index_select(0, at), reduction="sum")
     return summed / inputs.get("num_items", at.numel())
 
