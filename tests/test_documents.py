@@ -12,7 +12,7 @@ import transformers as tf
 from tinylm import run_grow, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
 from grow_cli.errors import UsageError
-from grow_cli.train.documents import check_document_masking, document_positions
+from grow_cli.train.documents import check_document_masking, document_inputs, document_positions
 from grow_cli.train.objective import Objective
 
 EOS = 2
@@ -27,6 +27,20 @@ def test_positions_stay_on_the_device_of_the_ids():
     """On an accelerator too (the meta device stands in for a GPU here): the probe builds positions for blocks on the
     model's device, and an index made on the CPU failed there."""
     assert document_positions(torch.tensor([[5, EOS, 7]], device="meta"), EOS).device.type == "meta"
+
+
+def test_one_row_carries_flash_attention_s_variable_length_arguments_as_transformers_derives_them():
+    """Given these, transformers' flash attention reads nothing from the device in its layers; they must be what it
+    would derive from the positions itself (the documents' start offsets, the longest document)."""
+    from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
+
+    ids = torch.tensor([[5, EOS, 7, 8, EOS, 9], [EOS, 4, 4, 4, 4, 4], [4, 4, 4, 4, 4, 4]])
+    inputs = document_inputs(ids, EOS, one_row=True)
+    (offsets, _), (longest, _) = prepare_fa_kwargs_from_position_ids(inputs["position_ids"])
+    assert inputs["cu_seq_lens_q"].tolist() == offsets.tolist() == [0, 2, 5, 6, 7, 12, 18]
+    assert inputs["cu_seq_lens_k"] is inputs["cu_seq_lens_q"] and inputs["cu_seq_lens_q"].dtype == offsets.dtype
+    assert inputs["max_length_q"] == inputs["max_length_k"] == int(longest) == 6
+    assert "cu_seq_lens_q" not in document_inputs(ids, EOS)  # a batch of rows: no variable-length kernels
 
 
 def _documents(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ from accelerate.utils import extract_model_from_parallel
 
 from grow_cli.data.masking import IGNORE_INDEX
 from grow_cli.errors import UsageError
+from grow_cli.train.transfer import to_device
 
 PROBE = (9, 7)  # tokens of the two probe documents (the first ends with the end-of-document token)
 
@@ -38,16 +39,29 @@ def document_positions(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return index - torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
 
 
-def document_inputs(ids: torch.Tensor, eos_id: int, *, one_row: bool = False) -> dict[str, torch.Tensor]:
+def document_inputs(ids: torch.Tensor, eos_id: int, *, one_row: bool = False) -> dict[str, Any]:
     """The causal-LM inputs of blocks `ids` [B, T] with positions restarting per document. With `one_row` the
-    blocks go in as one row [1, B·T] (for flash attention's variable-length kernels), each block's first label
-    ignored so that no block predicts the next one's first token: the same B·(T−1) predictions and losses."""
+    blocks go in as one row [1, B·T] (for flash attention's variable-length kernels, with their arguments: `varlen`),
+    each block's first label ignored so that no block predicts the next one's first token: the same B·(T−1)
+    predictions and losses."""
     positions = document_positions(ids, eos_id)
     if not one_row:
         return {"input_ids": ids, "labels": ids, "position_ids": positions}
     labels = ids.clone()
     labels[:, 0] = IGNORE_INDEX
-    return {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1), "position_ids": positions.reshape(1, -1)}
+    row = positions.reshape(1, -1)
+    return {"input_ids": ids.reshape(1, -1), "labels": labels.reshape(1, -1), "position_ids": row, **varlen(row)}
+
+
+def varlen(positions: torch.Tensor) -> dict[str, Any]:
+    """Flash attention's variable-length arguments for one row of packed documents at host `positions` [1, N]: the
+    offsets where documents start (and the row's end), and the longest document. Given none, transformers derives
+    the same from the positions on the device in every attention layer (`prepare_fa_kwargs_from_position_ids`, after
+    `_is_packed_sequence`), reading the device several times per layer; given these, it reads nothing."""
+    starts = (positions.reshape(-1) == 0).nonzero().view(-1)
+    offsets = torch.cat([starts, torch.tensor([positions.numel()])]).to(torch.int32)
+    longest = int(offsets.diff().max())
+    return {"cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets, "max_length_q": longest, "max_length_k": longest}
 
 
 def check_document_masking(
@@ -71,7 +85,7 @@ def check_document_masking(
         document[document == eos_id] = (eos_id + 1) % vocab  # one end-of-document token, where it belongs
     first[0, -1] = eos_id
     blocks = torch.cat([first, second], dim=1).repeat(2, 1)
-    inputs = {name: value.to(device) for name, value in document_inputs(blocks, eos_id, one_row=one_row).items()}
+    inputs = to_device(document_inputs(blocks, eos_id, one_row=one_row), device)
     del inputs["labels"]
     was_training = model.training
     model.eval()
