@@ -84,8 +84,11 @@ def shared_parameters_left_to_the_output(accelerator: Any, model: Any) -> Iterat
     try:
         yield f"FSDP2: {', '.join(name for name, *_ in shared)} left to the output layer, which shares it"
     finally:
-        for submodel in untied:
-            del submodel._tied_weights_keys  # the class's declarations again, which saving reads
+        for submodel, own in untied:  # the declarations as they were, which saving reads
+            if own is None:
+                del submodel._tied_weights_keys
+            else:
+                submodel._tied_weights_keys = own
 
 
 def _shared_with(output: Any, model: Any) -> list[tuple[str, Any, str, str]]:
@@ -102,11 +105,11 @@ def _shared_with(output: Any, model: Any) -> list[tuple[str, Any, str, str]]:
     ]
 
 
-def _untie(model: Any, names: set[str]) -> list[Any]:
+def _untie(model: Any, names: set[str]) -> list[tuple[Any, Any]]:
     """Drop from transformers' tie declarations (`_tied_weights_keys`, per model and submodel, as instance
     attributes) the ties of the parameters `names`, so that `tie_weights` — which accelerate calls again once
     FSDP2 has sharded the model — neither looks for a name that is no longer registered nor ties it anew. Returns
-    the (sub)models changed."""
+    each (sub)model changed with its own instance attribute before (None: it had none)."""
     from transformers import PreTrainedModel
 
     untied = []
@@ -117,8 +120,8 @@ def _untie(model: Any, names: set[str]) -> list[Any]:
         full = f"{prefix}." if prefix else ""
         kept = {target: source for target, source in ties.items() if not {full + target, full + source} & names}
         if kept != ties:
+            untied.append((submodel, vars(submodel).get("_tied_weights_keys")))
             submodel._tied_weights_keys = kept
-            untied.append(submodel)
     return untied
 
 
