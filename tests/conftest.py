@@ -17,19 +17,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
 
 
-def pytest_collection_finish(session):
-    """Start the slow tooling check in the background now, if it is to run (test_tooling.py)."""
-    import test_tooling
-
-    test_tooling.start_early([item.nodeid for item in session.items])
-
-
-def pytest_sessionfinish(session, exitstatus):
-    import test_tooling
-
-    test_tooling.stop_early()
-
-
 @pytest.fixture(scope="session", autouse=True)
 def grow_cache(tmp_path_factory):
     """grow's per-user cache (`grow_cli.cache`) in a folder of this test session: tests never read or write the
