@@ -29,8 +29,12 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, capsys):
+    """DDP on two processes trains as one process does with the same global batch. With `--document-masking`: its
+    probe runs after `accelerator.prepare`, on the DDP-wrapped model of each process (as it runs sharded under
+    FSDP), and the positions that restart per document go through the wrapper."""
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
     common = [
+        "--document-masking",
         "--data",
         data,
         "--seq-len",
@@ -155,14 +159,3 @@ def test_an_error_during_training_is_printed_by_every_rank_with_its_rank(tmp_pat
     assert ranks in (["[rank 0]", "[rank 1]"], ["[rank 0]"], ["[rank 1]"]), proc.stderr[-3000:]
     assert any("the training loss became nan" in line for line in said), proc.stderr[-3000:]
     assert all("the training loss became nan" in line or "terminated (SIGTERM)" in line for line in said)
-
-
-def test_document_masking_is_measured_on_the_wrapped_model_of_every_process(tmp_path):
-    """The document-masking probe runs after `accelerator.prepare`, on the DDP-wrapped model of each process (as it
-    would run sharded under FSDP), and the run trains."""
-    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=8000)
-    args = ["train-stage", model, "--data", data, "--max-steps", 2, "--seq-len", 32, "--document-masking", "-q"]
-    args += ["--eval-fraction", 0.1]
-    proc = launch_grow([*args, "--out", tmp_path / "out", "--json"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout)["status"] == "done"
