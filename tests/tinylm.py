@@ -103,11 +103,14 @@ def write_plays(folder: Path, count: int = 2, chars: int = 40_000) -> Path:
 
 
 def run_grow(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the `grow` CLI in this process as the console script would; return (exit code, stdout, stderr)."""
+    """Run the `grow` CLI in this process as the console script would; return (exit code, stdout, stderr) of that
+    run alone (what the test's set-up printed before, such as transformers' progress bar while saving a model, is
+    dropped: whether it shows depends on which tests ran earlier in the process)."""
     from accelerate.state import AcceleratorState
 
     from grow_cli.cli import main
 
+    capsys.readouterr()
     AcceleratorState._reset_state(True)  # each run builds its own Accelerator, as a fresh process would
     argv, sys.argv = sys.argv, ["grow", *map(str, args)]
     try:
