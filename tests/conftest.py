@@ -17,6 +17,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """The tests marked slow run first: under the README's `-n auto` the workers then share out the many short tests
+    at the end, instead of one worker finishing a long test (mypy, two-process training) while the others wait."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def grow_cache(tmp_path_factory):
     """grow's per-user cache (`grow_cli.cache`) in a folder of this test session: tests never read or write the
