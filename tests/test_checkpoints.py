@@ -229,3 +229,27 @@ def test_resume_auto_on_the_finished_run_has_nothing_to_do(tmp_path, capsys, sav
     line = _one_line(stderr)
     assert code == 2 and "holds a finished run made with max_steps=8, but this run has max_steps=10" in line
     assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    ("changed", "refusal"),
+    [
+        (("--max-lr", "1e-5"), r"made with max_lr=[0-9.e-]+ but this run has max_lr=1e-05; resume with the original"),
+        (("--schedule", "constant"), "made with name='cosine' but this run has name='constant'"),
+        (("--weight-decay", "0.3"), "made with weight_decay=0.1 but this run has weight_decay=0.3"),
+    ],
+)
+def test_a_resume_with_other_optimizer_or_schedule_settings_is_refused(paused, capsys, changed, refusal):
+    """Loading a checkpoint restores its optimizer's settings and its scheduler, so a changed learning rate, schedule
+    or weight decay would be written to grow.json and the model card but never used: refused in one line."""
+    model, data, out, _ = paused
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto", *changed), capsys)
+    assert code == 2 and re.search(refusal, stderr) and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_a_resume_may_change_the_gradient_clip(paused, capsys):
+    """The clip, which each step reads from the run (not from the checkpoint), is not a setting a resume must keep."""
+    model, data, out, _ = paused
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto", "--grad-clip", "0.5"), capsys)
+    assert code == 0, stderr
+    assert json.loads((out / "grow.json").read_text())["stages"][-1]["optimizer"]["grad_clip"] == 0.5

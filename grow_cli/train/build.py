@@ -113,19 +113,25 @@ class Run:
             "data_blocks": self.data_blocks,
             "model": str(Path(config.model).resolve()),
             "parameters": self.parameter_names,
-            "optimizer": {
-                "max_lr": self.max_lr,
-                "betas": [config.beta1, config.beta2],
-                "eps": config.eps,
-                "weight_decay": config.weight_decay,
-                "grad_clip": config.grad_clip,
-            },
-            "schedule": self.schedule.describe(self.max_lr),
+            **self.settings(),
         }
         if self.continuation is not None:
             state["continuation"] = self.continuation.record()
             state["multipliers"] = self.continuation.multipliers
         return state
+
+    def settings(self) -> dict[str, Any]:
+        """The optimizer's settings and the schedule, as a checkpoint records them: a resume restores the
+        checkpoint's optimizer and scheduler, so it must match them (`checkpoints.setting_change`)."""
+        config = self.config
+        optimizer = {
+            "max_lr": self.max_lr,
+            "betas": [config.beta1, config.beta2],
+            "eps": config.eps,
+            "weight_decay": config.weight_decay,
+            "grad_clip": config.grad_clip,
+        }
+        return {"optimizer": optimizer, "schedule": self.schedule.describe(self.max_lr)}
 
     def say(self, message: str) -> None:
         say(self.accelerator, self.config.quiet, message)
@@ -548,7 +554,7 @@ def run_keys(
 
 def resume(run: Run, checkpoint: Path) -> None:
     """Restore the model, optimizer, scheduler and RNG states from `checkpoint` and move the run to its step."""
-    resumed = load_checkpoint(run.accelerator, checkpoint, run.run_keys)
+    resumed = load_checkpoint(run.accelerator, checkpoint, run.run_keys, run.settings())
     run.step, run.tokens = resumed["step"], resumed["tokens"]
     if run.apollo:
         run.apollo.resume_at(run.step)

@@ -241,14 +241,31 @@ def finished_run(out: Path) -> dict[str, Any] | None:
     return stage
 
 
-def load_checkpoint(accelerator, path: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    """Restore the training state from `path` after checking that it belongs to this run; return grow's state."""
+def setting_change(recorded: dict[str, Any], settings: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first optimizer or schedule setting (max_lr, betas, the schedule's name, its warmup, …) on which a
+    checkpoint and this run differ, with both values; None when they agree. Loading the checkpoint restores its
+    optimizer's settings and its scheduler, so a changed value would be recorded in grow.json but never used. The
+    gradient clip, which each step reads from this run, may change. `settings` as `Run.settings` gives them."""
+    expected = json.loads(json.dumps(settings))
+    for group in ("optimizer", "schedule"):
+        was, now = recorded.get(group), expected[group]
+        if not isinstance(was, dict):  # a checkpoint of a grow that recorded no settings
+            continue
+        for name in [*was, *(name for name in now if name not in was)]:
+            if name != "grad_clip" and was.get(name) != now.get(name):
+                return name, was.get(name), now.get(name)
+    return None
+
+
+def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Restore the training state from `path` after checking that it belongs to this run (its run keys, its
+    optimizer's settings and schedule); return grow's state."""
     import pickle
 
     from safetensors import SafetensorError
 
     state = json.loads((Path(path) / STATE_FILE).read_text())
-    change = run_key_change(state, expected)
+    change = run_key_change(state, expected) or setting_change(state, settings)
     if change is not None:
         key, was, now = change
         raise UsageError(
