@@ -414,3 +414,31 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert proc.returncode == 130 and len(lines) == 1 and "interrupted at step" in lines[0], stderr
     (checkpoint,) = (out / "checkpoints").iterdir()
     assert json.loads((checkpoint / "grow-state.json").read_text())["step"] >= 2
+
+
+@pytest.mark.parametrize(
+    ("config", "refusal"),
+    [
+        ({"hidden_size": "big"}, "Field 'hidden_size' expected int, got str"),
+        ({"num_attention_heads": 5}, "The hidden size (32) is not a multiple of the number of attention heads (5)."),
+        ({"model_type": "nonexistent"}, "nonexistent"),  # transformers words it differently for each route
+    ],
+)
+def test_a_config_transformers_refuses_is_one_line_naming_it(setup, tmp_path, capsys, config, refusal):
+    """A config.json whose values transformers rejects (its strict-dataclass errors, an unknown model type) is named
+    in one line by train-stage, compare and family --check; it reached the catch-all line, or took several lines."""
+    model, data = setup
+    bad = tmp_path / "bad"
+    shutil.copytree(model, bad)
+    (bad / "config.json").write_text(json.dumps({**json.loads((model / "config.json").read_text()), **config}))
+    recipe = tmp_path / "recipe.yaml"
+    member = {"name": "s1", "source": str(bad), "train": {"data": [str(data)], "max_steps": 2, "seq_len": 32}}
+    recipe.write_text(json.dumps({"out": str(tmp_path / "family"), "members": [member]}))
+    for args in (
+        train_args(bad, data, tmp_path / "out", "--max-steps", 2),
+        ["compare", model, bad, "--data", data, "--seq-len", 32],
+        ["family", recipe, "--check"],
+    ):
+        code, _, stderr = run_grow(args, capsys)
+        assert code in (1, 2) and refusal in stderr and len(stderr.strip().splitlines()) == 1, (args[0], stderr)
+        assert "--debug" not in stderr

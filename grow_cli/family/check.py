@@ -127,10 +127,13 @@ def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tok
         return
     import transformers
 
-    from grow_cli.train.model_io import check_seq_len, load_tokenizer
+    from grow_cli.train.model_io import check_seq_len, config_problem, load_tokenizer
 
     params = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
-    hf_config = transformers.AutoConfig.for_model(config["model_type"], **params)
+    try:
+        hf_config = transformers.AutoConfig.for_model(config["model_type"], **params)
+    except Exception as exc:  # an unknown type or a value transformers rejects, in any of its exception types
+        raise _fail(where, f"its config.json cannot be read by transformers: {config_problem(exc)}") from None
     try:
         check_seq_len(hf_config, settings.get("seq_len", 512))
         path = Path(settings["tokenizer"]) if settings.get("tokenizer") else tokenizer

@@ -37,8 +37,19 @@ def load_model_config(model_dir: Path):
     load_config(Path(model_dir))  # grow's one-line refusals first: no config.json (an adapter?), a quantized model
     try:
         return AutoConfig.from_pretrained(model_dir)
-    except (ValueError, OSError) as exc:
-        raise CheckpointError(f"{model_dir}/config.json cannot be read by transformers: {exc}") from None
+    except Exception as exc:  # transformers' refusals come in many types (ValueError, its strict-dataclass errors…)
+        raise CheckpointError(f"{model_dir}/config.json cannot be read by transformers: {config_problem(exc)}") from None
+
+
+def config_problem(exc: BaseException) -> str:
+    """transformers' refusal of a config as one line: the root cause (its strict-dataclass errors wrap it), its lines
+    joined; a long one (an unknown model type: advice on upgrading, or every known type) cut to its first sentence."""
+    root = exc.__cause__ or exc
+    text = " ".join(line.strip() for line in str(root).splitlines() if line.strip()) or type(root).__name__
+    if len(text) <= 200:
+        return text
+    end = text.find(". ", 20)
+    return text[: end + 1] if 0 < end < 300 else f"{text[:299]}…"
 
 
 def check_weights(model_dir: Path) -> None:
