@@ -55,6 +55,11 @@ class TrainingError(GrowError):
 
 
 class Interrupted(TrainingError):
-    """Ctrl-C: a checkpoint was saved; `--resume auto` continues. Exit status 130, like the shell's."""
+    """Ctrl-C: a checkpoint was saved; `what` says where, `advice` how to continue (`--resume auto` for train-stage,
+    rerunning the recipe for `grow family`). Exit status 130, like the shell's."""
 
     exit_code = 130
+
+    def __init__(self, what: str, advice: str):
+        super().__init__(f"{what}. {advice}")
+        self.what = what

@@ -274,3 +274,27 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
     write_recipe(tmp_path, [small, big], **top)  # restored (exit_interval decides nothing): continues to the end
     assert cli("family", path, "-q").code == 0
     assert json.loads((tmp_path / "run" / "big" / "member.json").read_text())["train"]["end_step"] == 3
+
+
+def test_an_interrupted_member_says_to_run_the_family_again(cli, tmp_path, monkeypatch):
+    """Ctrl-C in a member's training: the line says how a family continues (its command again), not train-stage's
+    `--resume auto`, which `grow family` does not take."""
+    import grow_cli.train.loop
+    from grow_cli.errors import Interrupted
+
+    def interrupted(config):
+        raise Interrupted(
+            f"interrupted at step 3/8; saved {config.out}/checkpoints/step_00000003", "Continue with --resume auto"
+        )
+
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1)
+    train = {"data": [str(tmp_path / "text")], "seq_len": 32, "max_steps": 8}
+    path = write_recipe(
+        tmp_path, [{"name": "small", "source": str(tmp_path / "base"), "train": train}], out=str(tmp_path / "run")
+    )
+    monkeypatch.setattr(grow_cli.train.loop, "train_stage", interrupted)
+    result = cli("family", path, "-q")
+    assert result.code == 130 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "interrupted at step 3/8" in result.stderr and "running the same grow family command again" in result.stderr
+    assert "--resume" not in result.stderr

@@ -27,7 +27,7 @@ from typing import Any
 
 from grow_cli.console import err
 from grow_cli.data.tokens import token_cache_dir
-from grow_cli.errors import UsageError
+from grow_cli.errors import Interrupted, UsageError
 from grow_cli.family.recipe import Member, Recipe
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
@@ -281,7 +281,10 @@ def _train_with(
         **{"cache_dir": _token_cache(recipe), **settings},
     )
     with run_accelerate_state():
-        return train_stage(config)
+        try:
+            return train_stage(config)
+        except Interrupted as exc:  # the family resumes its member itself: `--resume auto` is not its option
+            raise Interrupted(exc.what, "Continue by running the same grow family command again") from None
 
 
 def _token_cache(recipe: Recipe) -> Path:

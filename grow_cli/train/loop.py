@@ -79,8 +79,8 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             undo_liger()  # Liger's patches of transformers' modules last as long as the run
     if ending.reason == "interrupted":
         raise Interrupted(
-            f"interrupted at step {run.step}/{run.budget.max_steps}; saved {result['checkpoint']}. "
-            "Continue with --resume auto"
+            f"interrupted at step {run.step}/{run.budget.max_steps}; saved {result['checkpoint']}",
+            "Continue with --resume auto",
         )
     if ending.reason == "exit-interval":
         steps = run.step - ending.first_step

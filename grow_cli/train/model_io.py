@@ -38,7 +38,8 @@ def load_model_config(model_dir: Path):
     try:
         return AutoConfig.from_pretrained(model_dir)
     except Exception as exc:  # transformers' refusals come in many types (ValueError, its strict-dataclass errors…)
-        raise CheckpointError(f"{model_dir}/config.json cannot be read by transformers: {config_problem(exc)}") from None
+        problem = config_problem(exc)
+        raise CheckpointError(f"{model_dir}/config.json cannot be read by transformers: {problem}") from None
 
 
 def config_problem(exc: BaseException) -> str:
