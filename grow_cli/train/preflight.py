@@ -90,6 +90,7 @@ def preflight(config: TrainConfig) -> Checked:
     trainable_names = added_tensors(model) if config.train_only == "new" else None
     check_not_overlapping(out, model)  # --overwrite would otherwise delete the model being trained
     check_data_outside(out, data, sources)
+    check_cache_outside(config.cache_dir, data)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder")
     notes: list[str]
@@ -154,6 +155,21 @@ def check_data_outside(out: Path, data: list[str], sources: list[Source]) -> Non
         folder = Path(arg).expanduser().resolve()
         if folder.is_dir() and (folder == out or folder in out.parents):
             raise OutputError(f"--out {out} lies inside the --data folder {folder}; choose an --out outside the data")
+
+
+def check_cache_outside(cache_dir: str | os.PathLike[str] | None, data: list[str]) -> None:
+    """Refuse a --cache-dir that is or lies in a --data folder: the token files written there would be read as
+    training data by the next run of the same command (its `--resume auto` included), which then fails on them."""
+    if cache_dir is None:
+        return
+    cache = Path(cache_dir).expanduser().resolve()
+    for arg in data:
+        folder = Path(arg).expanduser().resolve()
+        if folder.is_dir() and (folder == cache or folder in cache.parents):
+            raise OutputError(
+                f"--cache-dir {cache} lies inside the --data folder {folder}: its token files would be read as data "
+                "by the next run; choose a --cache-dir outside the data"
+            )
 
 
 def killed_before_first_checkpoint(out: Path) -> bool:
