@@ -298,3 +298,20 @@ def test_an_interrupted_member_says_to_run_the_family_again(cli, tmp_path, monke
     assert result.code == 130 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "interrupted at step 3/8" in result.stderr and "running the same grow family command again" in result.stderr
     assert "--resume" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["the-source", "inside-the-source"])
+def test_a_family_output_in_its_source_is_refused_before_anything_is_written(cli, tmp_path, where):
+    """The members are written into the family's output: an output that is, or lies in, the first member's source
+    folder passed --check and failed in the first member, leaving its start.json in the user's model folder."""
+    base = save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1)
+    out = base if where == "the-source" else base / "family"
+    train = {"data": [str(tmp_path / "text")], "seq_len": 32, "max_steps": 2}
+    path = write_recipe(tmp_path, [{"name": "s1", "source": str(base), "train": train}], out=str(out))
+    before = sorted(p.name for p in base.iterdir())
+    for args in (("--check",), ("-q",)):
+        result = cli("family", path, *args)
+        assert result.code == 1 and "source folder" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in base.iterdir()) == before

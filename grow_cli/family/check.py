@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.output import check_not_overlapping
 from grow_cli.errors import GrowError, OutputError, UsageError
 from grow_cli.family.recipe import Member, Recipe
 
@@ -151,6 +152,9 @@ def check_recipe(recipe: Recipe) -> list[str]:
     notes: list[str] = []
     if recipe.out.exists() and not recipe.out.is_dir():
         raise OutputError(f"the family's output {recipe.out} is a file; give a folder (the recipe's out, or --out)")
+    source = recipe.members[0].source
+    if source and Path(source).expanduser().exists():  # a local folder (a Hub id names none): the members go in out
+        check_not_overlapping(recipe.out, Path(source))
     with ExitStack() as stack:  # holds a Hub source's headers (and tokenizer) while the members are checked
         config, shapes, tokenizer = _first_member(recipe.members[0], stack, notes)
         for i, member in enumerate(recipe.members):
