@@ -206,7 +206,9 @@ def train_stage(
         str | None,
         Opt(help="Hub token for --push-to-hub (default: HF_TOKEN or the saved login).", show_default=False),
     ] = None,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="No progress or notes on stderr.")] = False,
+    quiet: Annotated[
+        bool, Opt("--quiet", "-q", help="No progress or notes on stderr, but warnings about the data (non-UTF-8 text).")
+    ] = False,
     json_output: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Continue pretraining MODEL on your data with accelerate (one CPU to many GPUs); write a trained model,
