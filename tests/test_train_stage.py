@@ -263,6 +263,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_p
         "no-budget",
         "out-not-empty",
         "cache-in-data",
+        "data-twice",
     ],
 )
 def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, capsys, case):
@@ -280,6 +281,7 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
         "no-budget": (2, "give exactly one budget"),
         "out-not-empty": (1, "exists and is not empty; pass --resume auto"),
         "cache-in-data": (1, "--cache-dir .*/cache lies inside the --data folder .*; choose a --cache-dir outside"),
+        "data-twice": (1, "--data reaches .*play\\d.txt twice: .*give each file once"),
     }[case]
     if case == "missing-data":
         args[3] = tmp_path / "nope"
@@ -304,6 +306,8 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
         (out / "notes.txt").write_text("mine")
     elif case == "cache-in-data":
         args += ["--cache-dir", data / "cache"]
+    elif case == "data-twice":  # a folder and one of its files, written another way
+        args += ["--data", f"{data}/./{next(data.iterdir()).name}"]
     code, stdout, stderr = run_grow(args, capsys)
     lines = stderr.strip().splitlines()
     assert code == want[0] and len(lines) == 1 and lines[0].startswith("error: "), stderr

@@ -93,9 +93,18 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
         if not path.exists():
             raise DataError(f"--data {arg}: no such file or folder")
         sources += _from_folder(path) if path.is_dir() else [Source(path, SUFFIX_KIND.get(path.suffix, "text"))]
+    first_named: dict[Path, Path] = {}
     for source in sources:
         if source.kind != "arrow" and source.path.stat().st_size == 0:
             raise DataError(f"--data {source.path}: the file is empty")
+        real = source.path.resolve()
+        if real in first_named:
+            also = f" (also as {first_named[real]})" if first_named[real] != source.path else ""
+            raise DataError(
+                f"--data reaches {source.path} twice{also}: it would be trained on twice, and its blocks could be "
+                "held out too; give each file once"
+            )
+        first_named[real] = source.path
     return sources
 
 
