@@ -137,7 +137,11 @@ def test_a_single_path_is_read_as_a_list_of_one(tmp_path):
     expected = find_sources([str(folder)])
     assert len(expected) == 1
     assert find_sources(str(folder)) == find_sources(folder) == find_sources([folder]) == expected
-    assert find_sources((str(folder), str(folder / "a.txt"))) == expected * 2
+    (tmp_path / "b.txt").write_text("more text")
+    assert [s.path for s in find_sources((str(folder), str(tmp_path / "b.txt")))] == [
+        folder / "a.txt",
+        tmp_path / "b.txt",
+    ]
     for wrong in (5, [str(folder), 5], b"/data"):
         with pytest.raises(UsageError, match="data: expected a path or a list of paths, found"):
             find_sources(wrong)
