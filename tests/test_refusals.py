@@ -118,6 +118,18 @@ def test_unknown_architecture(cli, tiny_copy, tmp_path):
     )
 
 
+@pytest.mark.parametrize("model_type", [["llama"], {"a": 1}, 7])
+def test_a_model_type_that_is_not_a_name(cli, tiny_copy, tmp_path, model_type):
+    """A model_type that is a list, an object or a number reached the catch-all (unhashable type) in expand and
+    inspect."""
+    src = tiny_copy("llama")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
+    _assert_refused(cli("expand", src, tmp_path / "out", "--layers", "8"), tmp_path / "out", "model_type", "not a name")
+    result = cli("inspect", src)
+    assert result.code == 1 and "not a name" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_unknown_tensor_is_not_dropped(cli, tiny_copy, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -51,6 +51,10 @@ def check_known_type(model_type: Any, architectures: Any = None) -> None:
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+    if model_type is not None and not isinstance(model_type, str):
+        raise ArchitectureError(
+            f"config.json's model_type is {model_type!r}, not a name; give the name of the architecture (e.g. llama)"
+        )
     if model_type in CONFIG_MAPPING_NAMES:
         return
     if model_type is None:
