@@ -172,11 +172,12 @@ def test_layer_maps_of_each_method():
     assert ops.target_layers(32, GrowthSpec(layers=48, depth_method="dus")) == (48, 8)
 
 
-@pytest.mark.parametrize("layers, suggestion", [(41, 42), (61, 60), (31, 32)])
+@pytest.mark.parametrize("layers, suggestion", [(41, 42), (61, 60), (31, 32), (30, 32)])
 def test_a_dus_depth_it_cannot_make_suggests_the_nearest_it_can(layers, suggestion):
-    """dus makes an even count between L and 2L; the refusal names the nearest such count (it once said 46 for 41)."""
+    """dus makes an even count above L up to 2L; the refusal names the nearest such count (it once said 46 for 41,
+    and it once accepted L itself, a "growth" that added no layer)."""
     from grow_cli.errors import UsageError
 
-    with pytest.raises(UsageError, match=f"between 30 and 60; try {suggestion}$"):
+    with pytest.raises(UsageError, match=f"between 32 and 60; try {suggestion}$"):
         ops.target_layers(30, GrowthSpec(layers=layers, depth_method="dus"))
     assert ops.target_layers(30, GrowthSpec(layers=suggestion, depth_method="dus"))[0] == suggestion

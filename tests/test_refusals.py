@@ -214,7 +214,10 @@ def test_unsupported_dtype(cli, tiny_checkpoints, tmp_path):
     [
         (["--layers", "8", "--depth-factor", "2"], "not both"),
         (["--depth-method", "dus", "--layers", "7"], "even"),
-        (["--depth-method", "dus", "--dus-overlap", "3"], "between 0 and 2"),
+        (["--depth-method", "dus", "--dus-overlap", "3"], "between 0 and 1 for 4 layers"),
+        (["--depth-method", "dus", "--dus-overlap", "2"], "would add no layers"),  # 2·(4 − 2) = 4: was accepted
+        (["--depth-method", "dus", "--layers", "4"], "between 6 and 8"),  # the source's own count: was accepted
+        (["--depth-factor", "0.5"], "--depth-factor 0.5 (2) is smaller than the source's 4 layers"),
         (["--depth-method", "warp", "--layers", "8"], "unknown depth method"),
         (["--layers", "8", "--shard-size", "lots"], "size"),
         (["--dus-overlap", "1", "--layers", "8"], "only to --depth-method dus"),

@@ -108,18 +108,19 @@ def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
                 raise OptionError(
                     "layers", "dus needs --layers or --dus-overlap (SOLAR used 32 layers with overlap 8 → 48)"
                 )
-            if layers % 2 or not L <= layers <= 2 * L:
+            fewest = L + 2 - L % 2  # the first even count above L: dus must add layers
+            if layers % 2 or not fewest <= layers <= 2 * L:
                 raise OptionError(
                     "layers",
                     f"dus makes 2·(L − overlap) layers; with L={L}, --layers must be even and "
-                    f"between {L + L % 2} and {2 * L}; try {min(max(layers + layers % 2, L + L % 2), 2 * L)}",
+                    f"between {fewest} and {2 * L}; try {min(max(layers + layers % 2, fewest), 2 * L)}",
                 )
             overlap = L - layers // 2
-        if not 0 <= overlap <= L // 2:
+        if not 0 <= overlap <= (L - 1) // 2:
             raise OptionError(
                 "dus_overlap",
-                f"--dus-overlap must be between 0 and {L // 2} for {L} layers (a larger overlap "
-                f"would shrink the model), got {overlap}",
+                f"--dus-overlap must be between 0 and {(L - 1) // 2} for {L} layers (a larger overlap "
+                f"would add no layers, or remove some), got {overlap}",
             )
         if layers is not None and layers != 2 * (L - overlap):
             raise OptionError(
@@ -132,9 +133,10 @@ def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
     if layers is None:
         return L, None
     if layers < L:
+        asked = f"--layers {layers}" if spec.layers is not None else f"--depth-factor {spec.depth_factor} ({layers})"
         raise OptionError(
-            "layers",
-            f"--layers {layers} is smaller than the source's {L} layers; grow only adds layers (try {2 * L})",
+            "layers" if spec.layers is not None else "depth_factor",
+            f"{asked} is smaller than the source's {L} layers; grow only adds layers (try {2 * L})",
         )
     check_layers(L, layers)
     return layers, None
