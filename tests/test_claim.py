@@ -335,3 +335,30 @@ def test_an_interrupt_while_saving_a_checkpoint_leaves_no_half_checkpoint(cli, t
     result = cli(*args, "--save-every", 1, "-q")
     assert result.code == 143, result.stderr
     assert list((tmp_path / "out" / "checkpoints").iterdir()) == []
+
+
+@pytest.mark.parametrize("signal_like", [KeyboardInterrupt, "Terminated"])
+def test_an_interrupt_while_force_removes_the_old_output_still_removes_it(tmp_path, monkeypatch, signal_like):
+    """With --force the old OUT is moved aside, the new output renamed in, then the old one removed; a Ctrl-C or
+    SIGTERM during that removal (60,000 files take a while) left it, half removed, as a hidden folder beside OUT."""
+    from grow_cli.checkpoint import output
+    from grow_cli.signals import Terminated
+
+    interrupt = Terminated if signal_like == "Terminated" else signal_like
+    out, new = tmp_path / "out", tmp_path / ".out.grow-tmp-1"
+    for folder, text in ((out, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "config.json").write_text(text)
+    removals, rmtree = [], shutil.rmtree
+
+    def interrupted_once(path, ignore_errors=False):
+        removals.append(path)
+        if len(removals) == 1:
+            raise interrupt
+        rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(output.shutil, "rmtree", interrupted_once)
+    with pytest.raises(interrupt):
+        output._commit(new, out, force=True)
+    assert (out / "config.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

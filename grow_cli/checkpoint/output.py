@@ -167,7 +167,11 @@ def _commit(tmp: Path, out: Path, *, force: bool) -> None:
         except BaseException:
             old.rename(out)
             raise
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:  # Ctrl-C or SIGTERM while the replaced output goes: the new one is in place, so finish
+            shutil.rmtree(old, ignore_errors=True)  # removing the old one rather than leave it hidden beside it
+            raise
         return
     try:
         os.rename(tmp, out)  # atomic; replaces `out` only when it is missing or an empty folder
