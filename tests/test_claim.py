@@ -204,11 +204,15 @@ def mount_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-def test_read_only_disk_names_the_output_not_a_temporary_folder(cli, src, mount_tmpfs):
-    out = mount_tmpfs("1m", read_only=True) / "out"
+@pytest.mark.parametrize("below", ["out", "a/b/out"])
+def test_read_only_disk_names_the_output_not_a_temporary_folder(cli, src, mount_tmpfs, below):
+    """The line names OUT and the folder that cannot be written: the mount, not a folder under it that does not
+    exist yet (it named `a/b` for `a/b/out`)."""
+    point = mount_tmpfs("1m", read_only=True)
+    out = point / below
     result = cli("expand", src, out, "--layers", "8", "-q")
     line = _one_error_line(result.stderr)
-    assert result.code == 1 and f"cannot write {out}" in line and "not writable" in line
+    assert result.code == 1 and f"cannot write {out}: {point} is not writable" in line, line
     assert ".grow-" not in line and not out.exists()
 
 

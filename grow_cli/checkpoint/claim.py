@@ -48,9 +48,9 @@ def unwritable(out: Path, exc: OSError) -> OutputError:
             "choose an output folder on another disk, and run again"
         )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        folder = next((p for p in out.parents if p.exists()), out.parent)  # the folders below it are not made yet
         return OutputError(
-            f"cannot write {out}: {out.parent} is not writable ({exc.strerror}); choose an output folder you can "
-            "write to"
+            f"cannot write {out}: {folder} is not writable ({exc.strerror}); choose an output folder you can write to"
         )
     return OutputError(f"cannot write {out}: {exc.strerror or exc}; {out} was left as it was")
 
