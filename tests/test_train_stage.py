@@ -264,6 +264,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_p
         "out-not-empty",
         "cache-in-data",
         "data-twice",
+        "data-fifo",
     ],
 )
 def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, capsys, case):
@@ -282,6 +283,7 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
         "out-not-empty": (1, "exists and is not empty; pass --resume auto"),
         "cache-in-data": (1, "--cache-dir .*/cache lies inside the --data folder .*; choose a --cache-dir outside"),
         "data-twice": (1, "--data reaches .*play\\d.txt twice: .*give each file once"),
+        "data-fifo": (1, "--data .*pipe.txt: not a regular file \\(a pipe or a device\\)"),  # was "the file is empty"
     }[case]
     if case == "missing-data":
         args[3] = tmp_path / "nope"
@@ -306,6 +308,9 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
         (out / "notes.txt").write_text("mine")
     elif case == "cache-in-data":
         args += ["--cache-dir", data / "cache"]
+    elif case == "data-fifo":
+        os.mkfifo(tmp_path / "pipe.txt")
+        args[3] = tmp_path / "pipe.txt"
     elif case == "data-twice":  # a folder and one of its files, written another way
         args += ["--data", f"{data}/./{next(data.iterdir()).name}"]
     code, stdout, stderr = run_grow(args, capsys)
