@@ -95,10 +95,11 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
         sources += _from_folder(path) if path.is_dir() else [Source(path, SUFFIX_KIND.get(path.suffix, "text"))]
     first_named: dict[Path, Path] = {}
     for source in sources:
-        if not source.path.is_file():  # a named pipe or a device: grow reads its data more than once
-            raise DataError(f"--data {source.path}: not a regular file (a pipe or a device); give a file or a folder")
-        if source.kind != "arrow" and source.path.stat().st_size == 0:
-            raise DataError(f"--data {source.path}: the file is empty")
+        if source.kind != "arrow":  # (a datasets folder's files are `datasets`' to read)
+            if not source.path.is_file():  # a named pipe or a device: grow reads its data more than once
+                raise DataError(f"--data {source.path}: not a regular file (a pipe or a device); give a file or folder")
+            if source.path.stat().st_size == 0:
+                raise DataError(f"--data {source.path}: the file is empty")
         real = source.path.resolve()
         if real in first_named:
             also = f" (also as {first_named[real]})" if first_named[real] != source.path else ""
