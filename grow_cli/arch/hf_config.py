@@ -107,13 +107,13 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     try:
         config = transformers.AutoConfig.for_model(request["model_type"], **request["params"])
     except Exception as exc:  # an unknown type or a value transformers rejects, in any of its exception types
-        return {**reply, "built": False, "attributes": {}, "error": _root_cause(exc)}
+        return {**reply, "built": False, "attributes": {}, "error": root_cause(exc)}
     # As JSON sees them (integer keys become strings), so that every route gives the same value.
     attributes = json.loads(json.dumps({k: v for k, v in vars(config).items() if _jsonable(v)}))
     try:
         config.validate()
     except Exception as exc:  # transformers raises several types (ValueError, StrictDataclass…Error)
-        return {**reply, "built": True, "attributes": attributes, "error": _root_cause(exc)}
+        return {**reply, "built": True, "attributes": attributes, "error": root_cause(exc)}
     return {**reply, "built": True, "attributes": attributes, "error": None}
 
 
@@ -141,7 +141,8 @@ def list_models_once() -> None:
     import_utils.create_import_structure_from_path = by_folder  # type: ignore[assignment]
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
+    """The message of what transformers raised, from its root cause (its strict-dataclass errors wrap it)."""
     root = exc.__cause__ or exc
     if isinstance(root, KeyError) and len(root.args) == 1:  # str() of a KeyError quotes its message
         return str(root.args[0])

@@ -227,7 +227,7 @@ def build_plan(
 
     layers, overlap = target_layers(shape.layers, spec)
     depth = None
-    if layers != shape.layers or spec.depth_method == "dus":
+    if layers != shape.layers:
         op = registry.operator("depth", spec.depth_method)
         registry.refuse_if_inapplicable(op, arch)
         depth = depth_map(op, shape.layers, layers, dus_overlap=overlap)

@@ -43,10 +43,12 @@ def load_model_config(model_dir: Path):
 
 
 def config_problem(exc: BaseException) -> str:
-    """transformers' refusal of a config as one line: the root cause (its strict-dataclass errors wrap it), its lines
-    joined; a long one (an unknown model type: advice on upgrading, or every known type) cut to its first sentence."""
-    root = exc.__cause__ or exc
-    text = " ".join(line.strip() for line in str(root).splitlines() if line.strip()) or type(root).__name__
+    """transformers' refusal of a config as one line: its root cause (`hf_config.root_cause`), the lines joined; a
+    long one (an unknown model type: advice on upgrading, or every known type) cut to its first sentence."""
+    from grow_cli.arch.hf_config import root_cause
+
+    root = root_cause(exc)
+    text = " ".join(line.strip() for line in root.splitlines() if line.strip()) or type(exc.__cause__ or exc).__name__
     if len(text) <= 200:
         return text
     end = text.find(". ", 20)

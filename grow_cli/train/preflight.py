@@ -151,10 +151,18 @@ def check_data_outside(out: Path, data: list[str], sources: list[Source]) -> Non
                 f"--out {out} holds the training data {path}, which the run's own files would replace; choose an "
                 "--out outside the data"
             )
+    folder = _data_folder_holding(out, data)
+    if folder is not None:
+        raise OutputError(f"--out {out} lies inside the --data folder {folder}; choose an --out outside the data")
+
+
+def _data_folder_holding(path: Path, data: list[str]) -> Path | None:
+    """The --data folder that is `path` (resolved) or holds it, or None."""
     for arg in data:
         folder = Path(arg).expanduser().resolve()
-        if folder.is_dir() and (folder == out or folder in out.parents):
-            raise OutputError(f"--out {out} lies inside the --data folder {folder}; choose an --out outside the data")
+        if folder.is_dir() and (folder == path or folder in path.parents):
+            return folder
+    return None
 
 
 def check_cache_outside(cache_dir: str | os.PathLike[str] | None, data: list[str]) -> None:
@@ -163,13 +171,12 @@ def check_cache_outside(cache_dir: str | os.PathLike[str] | None, data: list[str
     if cache_dir is None:
         return
     cache = Path(cache_dir).expanduser().resolve()
-    for arg in data:
-        folder = Path(arg).expanduser().resolve()
-        if folder.is_dir() and (folder == cache or folder in cache.parents):
-            raise OutputError(
-                f"--cache-dir {cache} lies inside the --data folder {folder}: its token files would be read as data "
-                "by the next run; choose a --cache-dir outside the data"
-            )
+    folder = _data_folder_holding(cache, data)
+    if folder is not None:
+        raise OutputError(
+            f"--cache-dir {cache} lies inside the --data folder {folder}: its token files would be read as data by "
+            "the next run; choose a --cache-dir outside the data"
+        )
 
 
 def killed_before_first_checkpoint(out: Path) -> bool:
