@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tinylm import DOCS, tokens_of
 
+from grow_cli.data import tokens
 from grow_cli.errors import DataError
 
 
@@ -91,6 +92,29 @@ def test_a_killed_tokenization_leaves_nothing_after_the_next_run(tmp_path):
     again = tokens_of([path], tmp_path)
     assert not again.from_cache and np.array_equal(np.asarray(again.blocks), np.asarray(first.blocks))
     assert sorted(p.name for p in cache.iterdir()) == [f"{first.fingerprint}.bin", f"{first.fingerprint}.json"]
+
+
+def test_a_stopped_tokenization_leaves_no_empty_cache_folder(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while tokenizing into a new --cache-dir removes the folders the run made (it left them
+    empty); a cache folder that already held entries stays."""
+    path = tmp_path / "a.txt"
+    path.write_text(" ".join(DOCS) * 5)
+    kept = tokens_of([path], tmp_path)  # tmp_path/cache now holds an entry
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokens, "_write_stream", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        tokens_of([path], tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()
+    path.write_text("other text")  # a new entry in the old cache folder
+    with pytest.raises(KeyboardInterrupt):
+        tokens_of([path], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        f"{kept.fingerprint}.bin",
+        f"{kept.fingerprint}.json",
+    ]
 
 
 def test_a_second_run_of_the_same_data_waits_and_reads_the_cache(tmp_path, capsys):

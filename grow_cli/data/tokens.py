@@ -136,6 +136,33 @@ def _write_stream(
 
 
 @contextmanager
+def _cache_folder(folder: Path) -> Iterator[None]:
+    """Make the cache folder `folder` and its missing parents for the block; if the block fails (a tokenizer error,
+    Ctrl-C, SIGTERM) the folders made here that it left empty are removed again: a stopped run leaves no empty
+    `--cache-dir` behind."""
+    made = []
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        made.append(probe)  # deepest first, the order to remove them in
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(
+            f"cannot make the token cache folder {folder}: a file is in the way; pass --cache-dir FOLDER"
+        ) from None
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()  # only when empty
+            except OSError:
+                break
+        raise
+
+
+@contextmanager
 def _entry_lock(cache_dir: Path, fingerprint: str) -> Iterator[None]:
     """Hold the lock of cache entry `fingerprint` (an advisory `flock` on `.<fingerprint>.lock`, dropped by the
     kernel however the holder dies): a second run of the same data waits for the first to tokenize it, then reads
@@ -230,17 +257,11 @@ def prepare_tokens(
     )
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise OutputError(
-            f"cannot make the token cache folder {cache_dir}: a file is in the way; pass --cache-dir FOLDER"
-        ) from None
     stream_file, meta_file = cache_dir / f"{fingerprint}.bin", cache_dir / f"{fingerprint}.json"
     meta = _cached_meta(stream_file, meta_file)
     from_cache = meta is not None
     if meta is None:
-        with _entry_lock(cache_dir, fingerprint):
+        with _cache_folder(cache_dir), _entry_lock(cache_dir, fingerprint):
             meta = _cached_meta(stream_file, meta_file)  # another run may have written it while this one waited
             from_cache = meta is not None
             if meta is None:
