@@ -83,6 +83,8 @@ def test_check_plans_every_member_from_a_fresh_config(folder):
         (lambda d: d["train"].update(seq_len=4096), "members[0].train: --seq-len 4096 exceeds"),
         (lambda d: d["train"].update(data=["nope"]), "members[0].train: --data"),
         (lambda d: d.update(compare={"data": ["nope"]}), "compare: --data"),
+        (lambda d: d["train"].update(cache_dir="text/cache"), "members[0].train: --cache-dir"),
+        (lambda d: d.update(out="text/family"), "members[0].train: --out"),
     ],
 )
 def test_check_finds_what_a_run_would_trip_on(folder, change, fragment):

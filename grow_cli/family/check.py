@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.output import check_not_overlapping
+from grow_cli.data.sources import Source
 from grow_cli.errors import GrowError, OutputError, UsageError
 from grow_cli.family.recipe import Member, Recipe
 
@@ -112,18 +113,34 @@ def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *
     return grown, {t.name: (t.shape, t.dtype) for t in plan.tensors}
 
 
-def _check_data(data: list[str], text_field: str, where: str) -> None:
+def _check_data(data: list[str], text_field: str, where: str) -> list[Source]:
     from grow_cli.data.sources import check_sources, find_sources
 
     try:
-        check_sources(find_sources(data), text_field)
+        sources = find_sources(data)
+        check_sources(sources, text_field)
     except GrowError as exc:
         raise _fail(where, str(exc)) from None
+    return sources
+
+
+def _check_writes_outside_data(
+    recipe: Recipe, member: Member, settings: dict[str, Any], sources: list[Source], where: str
+) -> None:
+    """What the member's stage will write, its trained model and its token cache, lies outside its data, as
+    train-stage requires: refused here, before the members before it are built."""
+    from grow_cli.family.run import token_cache, trained_folder
+    from grow_cli.train.preflight import check_cache_outside, check_data_outside
+
+    try:
+        check_data_outside(trained_folder(recipe, member), settings["data"], sources)
+        check_cache_outside(settings.get("cache_dir") or token_cache(recipe), settings["data"])
+    except OutputError as exc:
+        raise _fail(f"{where}.train", str(exc)) from None
 
 
 def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tokenizer: Path | None, where: str):
     """The stage's data exists and reads; its sequence length fits the member; its tokenizer loads and fits."""
-    _check_data(settings["data"], settings.get("text_field", "text"), f"{where}.train")
     if config is None:
         return
     import transformers
@@ -163,6 +180,8 @@ def check_recipe(recipe: Recipe) -> list[str]:
                 config, shapes = _grown(member, config, shapes, where, state=recipe.optimizer_of(member) == "grow")
             settings = recipe.train_settings(member)
             if settings is not None:
+                sources = _check_data(settings["data"], settings.get("text_field", "text"), f"{where}.train")
+                _check_writes_outside_data(recipe, member, settings, sources, where)
                 _check_training(settings, config, tokenizer, where)
     if len(recipe.members) > 1:
         data = recipe.compare.get("data") or recipe.train.get("data")

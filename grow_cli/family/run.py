@@ -278,7 +278,7 @@ def _train_with(
         resume=resume,
         overwrite=resume != "auto",
         quiet=quiet,
-        **{"cache_dir": _token_cache(recipe), **settings},
+        **{"cache_dir": token_cache(recipe), **settings},
     )
     with run_accelerate_state():
         try:
@@ -287,9 +287,14 @@ def _train_with(
             raise Interrupted(exc.what, "Continue by running the same grow family command again") from None
 
 
-def _token_cache(recipe: Recipe) -> Path:
+def token_cache(recipe: Recipe) -> Path:
     """The token cache of every stage and comparison: the recipe's `train.cache_dir`, else one in OUT."""
     return Path(recipe.train.get("cache_dir") or token_cache_dir(recipe.out))
+
+
+def trained_folder(recipe: Recipe, member: Member) -> Path:
+    """Where `member`'s training stage writes its trained model."""
+    return recipe.out / member.name / "trained"
 
 
 def compare_settings(recipe: Recipe) -> dict[str, Any]:
@@ -298,7 +303,7 @@ def compare_settings(recipe: Recipe) -> dict[str, Any]:
     shared: dict[str, Any] = {
         k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field") if k in recipe.train
     }
-    settings: dict[str, Any] = {**shared, "cache_dir": _token_cache(recipe), **recipe.compare}
+    settings: dict[str, Any] = {**shared, "cache_dir": token_cache(recipe), **recipe.compare}
     if not settings.get("data"):
         raise UsageError("recipe: compare needs data (compare.data or train.data)")
     return settings
@@ -347,11 +352,13 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
                 _grow(member, previous_final, start, recipe, quiet)
         grown = i > 0 and recipe.optimizer_of(member) == "grow"
         next_grows = i + 1 < len(recipe.members) and recipe.optimizer_of(recipe.members[i + 1]) == "grow"
-        trained = _train(recipe, member, start, folder / "trained", quiet, grown=grown, save_state=next_grows)
+        trained = _train(
+            recipe, member, start, trained_folder(recipe, member), quiet, grown=grown, save_state=next_grows
+        )
         if trained is not None and trained.get("status") == "paused":
             err.print(f"{member.name}: training paused at step {trained['step']}; re-run to continue")
             return {"status": "paused", "member": member.name, "out": str(recipe.out)}
-        final = folder / "trained" if trained is not None else start
+        final = trained_folder(recipe, member) if trained is not None else start
         comparison = None
         if previous_final is not None:
             comparison = compare(previous_final, final, **compare_settings(recipe))
