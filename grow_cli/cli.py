@@ -71,6 +71,8 @@ def _run_app() -> None:
     # Typer (0.26 to 0.29 at least) raises the exceptions of the click it vendors, not of an installed click.
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
+    from grow_cli.signals import interruption_note
+
     try:
         code = app(prog_name="grow", standalone_mode=False)  # returns the exit code of --help, --version, Ctrl-C
     except NoArgsIsHelpError:  # a bare `grow X`: Typer has printed X's help
@@ -85,7 +87,7 @@ def _run_app() -> None:
         _report("aborted", error=False)
         sys.exit(1)
     if code == 130:
-        _report("interrupted (Ctrl-C)", error=False)
+        _report(f"interrupted (Ctrl-C){interruption_note()}", error=False)
     sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
 
 
@@ -141,23 +143,31 @@ def script() -> None:
     exit handler: the collection skips them (~0.1 s). Only here: tests and Python callers run `main` in a process
     that goes on.
 
+    A Ctrl-C that lands while Python exits ends the process at once (`signals.end_at_once_when_interrupted`).
+
     With `--json`, stdout is kept for the JSON document (`console.keep_stdout_for_json`): libraries that print
     there would otherwise break it.
     """
+    from grow_cli.signals import end_at_once_when_interrupted
+
     atexit.register(gc.freeze)  # registered first, so it runs after every other exit handler
     if "--json" in sys.argv[1:] and "--help" not in sys.argv[1:]:
         from grow_cli.console import keep_stdout_for_json
 
         keep_stdout_for_json()
-    main()
+    try:
+        main()
+    finally:
+        end_at_once_when_interrupted()
 
 
 def main() -> None:
     """Run the app, turning library errors into one line and an exit code (in-process: see `script`)."""
     from grow_cli.errors import GrowError
-    from grow_cli.signals import Terminated, terminate_like_interrupt
+    from grow_cli.signals import Terminated, forget_completed, interruption_note, terminate_like_interrupt
 
     terminate_like_interrupt()
+    forget_completed()
     _start_early()
     try:
         _run_app()
@@ -173,7 +183,7 @@ def main() -> None:
         _report(f"error: permission denied: {where}; check its owner and mode (or run as a user who may use it)")
         sys.exit(1)
     except Terminated:
-        _report("terminated (SIGTERM); nothing unfinished was left behind", error=False)
+        _report(f"terminated (SIGTERM){interruption_note() or '; nothing unfinished was left behind'}", error=False)
         sys.exit(Terminated.exit_code)
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):

@@ -6,12 +6,22 @@ into `Terminated`, a `BaseException` like `KeyboardInterrupt` (so no `except Exc
 that cleans up after Ctrl-C (temporary output removed, the output claim released) runs for it too; train-stage's
 loop treats a first SIGTERM exactly like a first Ctrl-C (finish the step, save a checkpoint, exit). SIGKILL cannot
 be caught; what it leaves is cleared by the next run into the same folder (`grow_cli.checkpoint.claim`).
+
+An interruption can also land after the output is in place (between its rename and the process's end); the line that
+reports it then says the output is complete (`completed`, `interruption_note`), instead of leaving the user to
+think it lost. Once the command has finished, an interruption while Python exits ends the process at once
+(`end_at_once_when_interrupted`).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+from pathlib import Path
+
+_completed: list[Path] = []  # the outputs this command has put in place whole, newest last
 
 
 class Terminated(BaseException):
@@ -31,3 +41,40 @@ def terminate_like_interrupt() -> None:
         return  # only the main thread may set handlers (grow's CLI called from a worker thread)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def completed(output: Path) -> None:
+    """Record that `output` is in place and whole (renamed from its temporary folder)."""
+    _completed.append(output)
+
+
+def interruption_note() -> str:
+    """What the line reporting an interruption adds: that the command's newest output was already complete."""
+    return f" after {_completed[-1]} was complete; it holds the whole output" if _completed else ""
+
+
+def forget_completed() -> None:
+    """Start a command with no completed outputs (a Python caller may run several in one process)."""
+    _completed.clear()
+
+
+def end_at_once_when_interrupted() -> None:
+    """For the rest of the process (the command has finished): Ctrl-C or SIGTERM while Python exits, during its exit
+    handlers (torch's, a tracker's upload), ends the process at once with one line, not with an "Exception ignored in
+    atexit callback" traceback. Everything grow wrote is closed and on disk by then."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _end_at_once)
+
+
+def _end_at_once(signum, frame) -> None:
+    for stream in (sys.stdout, sys.stderr):  # what the command printed (its --json document) is not lost
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe, or a flush this signal interrupted: exit all the same
+            pass
+    name = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    os.write(2, f"{name} as grow exited; the command had finished\n".encode())
+    os._exit(128 + signum)

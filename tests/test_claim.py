@@ -17,6 +17,7 @@ import transformers as tf
 
 from grow_cli.checkpoint.claim import OutputClaim, remove_leftovers, sibling
 from grow_cli.errors import OutputError
+from grow_cli.signals import Terminated
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).with_name("paused_grow.py")
@@ -118,6 +119,28 @@ def test_sigterm_mid_write_leaves_nothing_behind(src, tmp_path, force):
     assert code == 143 and stderr.strip() == "terminated (SIGTERM); nothing unfinished was left behind"
     assert _leftovers(tmp_path) == []
     assert (out / "previous.txt").read_text() == "the output of an earlier run" if force else not out.exists()
+
+
+@pytest.mark.parametrize(
+    "signal_error, code, said",
+    [(KeyboardInterrupt, 130, "interrupted (Ctrl-C)"), (Terminated, 143, "terminated (SIGTERM)")],
+)
+def test_an_interruption_after_the_output_is_in_place_says_it_is_complete(
+    cli, src, tmp_path, monkeypatch, signal_error, code, said
+):
+    """Ctrl-C or SIGTERM between the output's rename and the process's end: the exit status says it was
+    interrupted, and the line says that the output is whole (the audit found "interrupted" beside a complete OUT)."""
+    from grow_cli.checkpoint import output
+
+    def interrupted(folder):
+        raise signal_error
+
+    monkeypatch.setattr(output, "fsync_folder", interrupted)  # the step right after the rename
+    out = tmp_path / "out"
+    result = cli("expand", src, out, "--layers", "8", "-q")
+    assert result.code == code
+    assert result.stderr.strip() == f"{said} after {out} was complete; it holds the whole output"
+    assert _loads(out) == 8 and _leftovers(tmp_path) == []
 
 
 def test_sigkill_mid_write_is_cleaned_by_the_next_run(src, tmp_path):

@@ -3,6 +3,11 @@ usage mistakes and Ctrl-C get one line."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from grow_cli.cli import app
@@ -34,6 +39,27 @@ def test_ctrl_c_exits_130_with_one_line(cli, monkeypatch, tmp_path):
     monkeypatch.setattr(describe, "inspect", interrupted)
     result = cli("inspect", tmp_path)
     assert result.code == 130 and result.stderr.strip().splitlines() == ["interrupted (Ctrl-C)"]
+
+
+@pytest.mark.parametrize(
+    "signum, line", [(signal.SIGINT, "interrupted (Ctrl-C)"), (signal.SIGTERM, "terminated (SIGTERM)")]
+)
+def test_an_interruption_while_python_exits_is_one_line(signum, line):
+    """Ctrl-C during an exit handler (torch registers some) ended in an "Exception ignored in atexit callback"
+    traceback; the finished command now ends at once, with one line and the signal's exit status."""
+    program = textwrap.dedent(
+        f"""
+        import atexit, os, sys, time
+        atexit.register(lambda: (os.kill(os.getpid(), {int(signum)}), time.sleep(5)))  # runs after grow's command
+        sys.argv = ["grow", "--version"]
+        from grow_cli.cli import script
+        script()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("grow ")  # the command's own output is flushed first
+    assert done.stderr.strip() == f"{line} as grow exited; the command had finished"
+    assert done.returncode == 128 + signum
 
 
 @pytest.mark.parametrize(

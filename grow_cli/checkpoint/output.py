@@ -26,6 +26,7 @@ from grow_cli.checkpoint.files import (
 )
 from grow_cli.console import err
 from grow_cli.errors import OutputError
+from grow_cli.signals import completed
 
 # Files the output gets afresh, never copied from the source.
 REGENERATED = {"config.json", "README.md", "grow.json", *WEIGHT_INDEXES}
@@ -113,6 +114,7 @@ def staged_output(out: Path, source: Path | None, *, force: bool) -> Iterator[Pa
             yield tmp
             fsync_tree(tmp)  # on disk before the rename publishes it (`durable.py`)
             _commit(tmp, out, force=force)
+            completed(out)
             fsync_folder(out.parent)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
