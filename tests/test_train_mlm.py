@@ -138,6 +138,19 @@ def test_objective_causal_turns_a_bert_into_a_decoder(setup, tmp_path, capsys):
     assert (a[0, 6:] - b[0, 6:]).abs().max() > 1e-3
 
 
+def test_a_bert_trained_causally_has_the_causal_loss_by_name(setup):
+    """BertLMHeadModel's class name matches no loss of transformers', so its forward fell back to the causal loss
+    with a warning on every run, even under -q; the model is loaded with that loss named."""
+    from transformers.loss.loss_utils import LOSS_MAPPING
+
+    from grow_cli.train.model_io import load_model
+    from grow_cli.train.objective import Choice
+
+    model = load_model(setup[0], Choice("causal", True, None)).model
+    assert type(model).__name__ == "BertLMHeadModel" and model.loss_function is LOSS_MAPPING["ForCausalLM"]
+    assert model.loss_type == "ForCausalLM"
+
+
 @pytest.mark.parametrize("case", ["masked-decoder", "no-mask-token", "wwm-causal", "encoder-decoder"])
 def test_wrong_objectives_are_refused_in_one_line(setup, tmp_path, capsys, case):
     _, data = setup

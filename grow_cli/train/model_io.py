@@ -169,6 +169,7 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
     BERT ties it), a missing tensor of the model body is refused, and tensors the head class does not use (a
     BertModel's pooler) are carried into the output unchanged, so that nothing the checkpoint held is lost.
     """
+    from transformers.loss.loss_utils import LOSS_MAPPING
     from transformers.utils import logging as hf_logging
 
     auto = model_class(choice)
@@ -205,6 +206,8 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
         )
     if choice.name == "masked" and created:
         _tie_head(model)
+    if choice.name == "causal" and model.loss_type not in LOSS_MAPPING:  # BertLMHeadModel: no loss of its own name
+        model.loss_type = "ForCausalLM"  # what transformers falls back to, but with a warning that -q cannot hush
     saved = getattr(load_model_config(model_dir), "dtype", None) or torch.float32
     saved = getattr(torch, saved) if isinstance(saved, str) else saved
     return LoadedModel(model, saved, created, sorted(info["unexpected_keys"]))
