@@ -21,7 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
-_completed: list[Path] = []  # the outputs this command has put in place whole, newest last
+_completed: list[Path] = []  # the outputs this process has put in place whole
+_command_output: list[Path] = []  # the one folder that is the command's whole output, when it has one
 
 
 class Terminated(BaseException):
@@ -43,19 +44,28 @@ def terminate_like_interrupt() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def command_output(output: Path) -> None:
+    """Declare `output` (resolved) the command's whole output, as `grow expand`'s OUT is; a command that writes
+    several (a family's members) declares none, since one of them complete is not the command's work done."""
+    _command_output[:] = [output]
+
+
 def completed(output: Path) -> None:
-    """Record that `output` is in place and whole (renamed from its temporary folder)."""
+    """Record that `output` (resolved) is in place and whole (renamed from its temporary folder)."""
     _completed.append(output)
 
 
 def interruption_note() -> str:
-    """What the line reporting an interruption adds: that the command's newest output was already complete."""
-    return f" after {_completed[-1]} was complete; it holds the whole output" if _completed else ""
+    """What the line reporting an interruption adds: that the command's output was already complete."""
+    if _command_output and _command_output[0] in _completed:
+        return f" after {_command_output[0]} was complete; it holds the whole output"
+    return ""
 
 
 def forget_completed() -> None:
-    """Start a command with no completed outputs (a Python caller may run several in one process)."""
+    """Start a command with no output declared or completed (a Python caller may run several in one process)."""
     _completed.clear()
+    _command_output.clear()
 
 
 def end_at_once_when_interrupted() -> None:

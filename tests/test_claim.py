@@ -143,6 +143,25 @@ def test_an_interruption_after_the_output_is_in_place_says_it_is_complete(
     assert _loads(out) == 8 and _leftovers(tmp_path) == []
 
 
+def test_an_interrupted_family_does_not_call_a_members_folder_its_output(cli, tmp_path, monkeypatch):
+    """A family writes one folder per member: the first of them complete is not the command's work done, so the
+    interruption's line names no folder as the whole output (it named the first member's model)."""
+    from tinylm import FRESH_CONFIG, save_tiny_lm
+
+    from grow_cli.checkpoint import output
+
+    save_tiny_lm(tmp_path / "lm")
+    recipe = tmp_path / "family.yaml"
+    recipe.write_text(json.dumps({"out": "run", "members": [{"name": "a", "config": FRESH_CONFIG, "tokenizer": "lm"}]}))
+
+    def interrupted(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(output, "fsync_folder", interrupted)  # right after the first member's model is in place
+    result = cli("family", recipe, "-q")
+    assert result.code == 130 and result.stderr.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+
+
 def test_sigkill_mid_write_is_cleaned_by_the_next_run(src, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

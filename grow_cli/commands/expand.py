@@ -171,8 +171,10 @@ def expand(
     from grow_cli.growth.render import render_expand
     from grow_cli.growth.spec import GrowthSpec
     from grow_cli.lineage.card import redact_argv
+    from grow_cli.signals import command_output
 
     check_push_options(push_to_hub, private=private)  # (expand's --token also reads a Hub source)
+    command_output(out.expanduser().resolve())
     if push_to_hub and not dry_run:  # a push that cannot happen is refused before the expand, not after it
         from grow_cli.hub.push import check_can_push
 
