@@ -241,10 +241,33 @@ def test_a_finished_member_edited_or_deleted_since_is_refused_naming_it(cli, tmp
     assert "small finished with train.max_steps: 2, but the recipe now says train.max_steps: 3" in edited.stderr
     assert f"delete {tmp_path / 'run' / 'small'} to train it again, or restore the recipe" in edited.stderr
     write_recipe(tmp_path, [member], out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
-    for name in ("model.safetensors", "config.json"):
-        (tmp_path / "run" / "small" / "trained" / name).unlink()
+    (tmp_path / "run" / "small" / "trained" / "model.safetensors").unlink()  # config.json is still there
+    weightless = cli("family", path, "-q")
+    assert weightless.code == 2 and "small finished, but its model" in weightless.stderr, weightless.stderr
+    assert "is incomplete" in weightless.stderr
+    (tmp_path / "run" / "small" / "trained" / "config.json").unlink()
     gone = cli("family", path, "-q")
     assert gone.code == 2 and "small finished, but its model" in gone.stderr and "is gone" in gone.stderr
+
+
+def test_a_member_removed_or_moved_since_is_refused_naming_who_grew_from_it(cli, tmp_path):
+    """Removing or reordering members made the later finished ones skipped as they were, grown from another
+    predecessor, and the report paired and labelled them as if grown from their new neighbour."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    small = {"name": "small", "source": "base"}
+    mid = {"name": "mid", "grow": {"depth_factor": 2, "depth_method": "stack"}}
+    big = {"name": "big", "grow": {"width_factor": 2}}
+    top = dict(out="run", train={"data": ["text"], "seq_len": 32}, compare={"seq_len": 32, "max_blocks": 2})
+    path = write_recipe(tmp_path, [small, mid, big], **top)
+    assert cli("family", path, "-q").code == 0
+    write_recipe(tmp_path, [small, big], **top)
+    removed = cli("family", path, "--check")
+    assert removed.code == 2 and "big finished with grown_from: 'mid', but the recipe now says grown_from: 'small'" in (
+        removed.stderr
+    ), removed.stderr
+    write_recipe(tmp_path, [small, big, mid], **top)
+    assert "big finished with grown_from: 'mid'" in cli("family", path, "-q").stderr
 
 
 def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming_it(cli, tmp_path):

@@ -49,7 +49,10 @@ def _loss_vs_flops(ax, summaries: list[dict[str, Any]], book: dict[str, Any]) ->
     ax.set_xlabel("cumulative family training FLOPs")
     ax.set_ylabel("loss")
     ax.set_title("loss against cumulative compute (dots: held-out loss)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:  # (matplotlib warns of a legend with nothing in it)
+        ax.text(0.5, 0.5, "no member was trained", ha="center", va="center", transform=ax.transAxes)
 
 
 def _compute_bars(ax, book: dict[str, Any], quality: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from grow_cli.console import err
 from grow_cli.data.tokens import token_cache_dir
-from grow_cli.errors import Interrupted, UsageError
+from grow_cli.errors import CheckpointError, Interrupted, UsageError
 from grow_cli.family.recipe import Member, Recipe
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
@@ -35,7 +35,7 @@ from grow_cli.whole_file import write_whole
 MEMBER_FILE = "member.json"
 START_FILE = "start.json"
 # What decides a member's starting model; an unfinished member's start.json records them.
-START_KEYS = ("source", "revision", "config", "tokenizer", "grow", "optimizer")
+START_KEYS = ("grown_from", "source", "revision", "config", "tokenizer", "grow", "optimizer")
 # Training settings that change how a run goes (where it caches, when it pauses or logs), not the model it makes.
 NOT_DECIDING = ("cache_dir", "exit_interval", "log_every", "report_to", "save_every", "keep_last", "quiet")
 
@@ -43,7 +43,9 @@ NOT_DECIDING = ("cache_dir", "exit_interval", "log_every", "report_to", "save_ev
 def member_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
     """What in the recipe decides `member`'s model, as member.json records it (JSON values)."""
     train = recipe.train_settings(member)
+    index = recipe.members.index(member)
     settings = {
+        "grown_from": recipe.members[index - 1].name if index else None,  # a removed or reordered member shows
         "source": member.source,
         "revision": member.revision,
         "config": member.config,
@@ -61,7 +63,9 @@ def _first_change(recorded: dict[str, Any] | None, current: dict[str, Any]) -> t
     if recorded is None:
         return None
     for key, now in current.items():
-        was = recorded.get(key)
+        if key not in recorded:  # recorded by an earlier grow, which did not record it
+            continue
+        was = recorded[key]
         if isinstance(was, dict) and isinstance(now, dict):
             inner = next((k for k in {**was, **now} if was.get(k) != now.get(k)), None)
             if inner is not None:
@@ -99,8 +103,23 @@ def check_finished(recipe: Recipe) -> None:
         _refuse_edited(
             member, "finished", _first_change(summary.get("settings"), member_settings(recipe, member)), redo
         )
-        if not (Path(summary["final"]) / "config.json").is_file():
-            raise UsageError(f"{member.name} finished, but its model {summary['final']} is gone; {redo}")
+        missing = _model_missing(Path(summary["final"]))
+        if missing:
+            raise UsageError(f"{member.name} finished, but its model {summary['final']} {missing}; {redo}")
+
+
+def _model_missing(folder: Path) -> str | None:
+    """What a finished member's model folder lacks (its config.json, or weights its layout names: read from the
+    shard headers), or None when it is whole."""
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    if not (folder / "config.json").is_file():
+        return "is gone"
+    try:
+        CheckpointReader(folder)
+    except CheckpointError as exc:
+        return f"is incomplete ({exc})"
+    return None
 
 
 def _refuse_edited(member: Member, state: str, change: tuple[str, Any, Any] | None, redo: str) -> None:
