@@ -85,6 +85,13 @@ def test_check_plans_every_member_from_a_fresh_config(folder):
         (lambda d: d.update(compare={"data": ["nope"]}), "compare: --data"),
         (lambda d: d["train"].update(cache_dir="text/cache"), "members[0].train: --cache-dir"),
         (lambda d: d.update(out="text/family"), "members[0].train: --out"),
+        (lambda d: d.update(out=123), "recipe: out: expected"),
+        (lambda d: d.update(seed=-1), "recipe: seed: must be between 0 and 2**64 - 1"),
+        (lambda d: d["members"][1].update(name="b" * 101), "plain folder name of at most 100 characters"),
+        (lambda d: d["members"][1].update(name="family.json"), "ends like the report's files"),
+        (lambda d: d["members"][1].update(train={}), "members[1].train: no budget"),
+        (lambda d: d.update(baselines=True, baselines_dir="lm/config.json"), "config.json is a file; give a folder"),
+        (lambda d: d.update(baselines=True, baselines_dir="text/bl"), "bl lies inside the data folder"),
     ],
 )
 def test_check_finds_what_a_run_would_trip_on(folder, change, fragment):

@@ -241,6 +241,12 @@ def test_a_finished_member_edited_or_deleted_since_is_refused_naming_it(cli, tmp
     assert "small finished with train.max_steps: 2, but the recipe now says train.max_steps: 3" in edited.stderr
     assert f"delete {tmp_path / 'run' / 'small'} to train it again, or restore the recipe" in edited.stderr
     write_recipe(tmp_path, [member], out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
+    record = tmp_path / "run" / "small" / "member.json"
+    kept = record.read_text()
+    record.write_text("[]")
+    damaged = cli("family", path, "-q")
+    assert damaged.code == 2 and f"{record} is damaged (not the record grow wrote); delete" in damaged.stderr
+    record.write_text(kept)
     (tmp_path / "run" / "small" / "trained" / "model.safetensors").unlink()  # config.json is still there
     weightless = cli("family", path, "-q")
     assert weightless.code == 2 and "small finished, but its model" in weightless.stderr, weightless.stderr

@@ -139,6 +139,33 @@ def _check_writes_outside_data(
         raise _fail(f"{where}.train", str(exc)) from None
 
 
+def _check_baselines_dir(recipe: Recipe) -> None:
+    """The shared home of from-scratch baselines is a folder (or not there yet), outside the first member's source
+    and outside every stage's data: baselines write models there."""
+    from grow_cli.train.preflight import data_folder_holding
+
+    folder = recipe.baselines_dir
+    if not recipe.baselines or folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise _fail("baselines_dir", f"{folder} is a file; give a folder")
+    source = recipe.members[0].source
+    if source and Path(source).expanduser().exists():
+        try:
+            check_not_overlapping(folder, Path(source))
+        except OutputError as exc:
+            raise _fail("baselines_dir", str(exc)) from None
+    for member in recipe.members:
+        settings = recipe.train_settings(member)
+        holding = data_folder_holding(folder.expanduser().resolve(), settings["data"]) if settings else None
+        if holding is not None:
+            raise _fail(
+                "baselines_dir",
+                f"{folder} lies inside the data folder {holding}: the baselines' models would become training "
+                "data; choose a folder outside the data",
+            )
+
+
 def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tokenizer: Path | None, where: str):
     """The stage's data exists and reads; its sequence length fits the member; its tokenizer loads and fits."""
     if config is None:
@@ -172,6 +199,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
     source = recipe.members[0].source
     if source and Path(source).expanduser().exists():  # a local folder (a Hub id names none): the members go in out
         check_not_overlapping(recipe.out, Path(source))
+    _check_baselines_dir(recipe)
     with ExitStack() as stack:  # holds a Hub source's headers (and tokenizer) while the members are checked
         config, shapes, tokenizer = _first_member(recipe.members[0], stack, notes)
         for i, member in enumerate(recipe.members):

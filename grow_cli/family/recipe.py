@@ -70,6 +70,7 @@ COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": i
 MAX_ALIAS_NODES = 10_000
 # Settings a recipe may not set: the family decides them per member (`optimizer:` decides `weights_only`).
 TRAIN_RESERVED = {"model", "out", "resume", "quiet", "overwrite"}
+REPORT_SUFFIXES = (".json", ".md", ".png")  # a member's folder beside the report's files never takes their names
 GROW_RESERVED = {"weights_only"}
 
 
@@ -90,6 +91,7 @@ class Member:
     config: dict[str, Any] | None = None
     tokenizer: Path | None = None
     optimizer: str | None = None  # "fresh" | "grow"; None: the family's
+    own_train: bool = False  # it has a `train:` block of its own: it asks to be trained
 
 
 @dataclass
@@ -260,6 +262,8 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     base = path.resolve().parent
     raw = _mapping(_read_yaml(path), "top level", TOP_KEYS)
     seed = _typed(raw.get("seed", 0), "seed", int)
+    if not 0 <= seed < 2**64:  # what torch's generators take
+        raise _fail("seed", f"must be between 0 and 2**64 - 1, found {seed}")
     members_raw = raw.get("members")
     if not isinstance(members_raw, list) or not members_raw:
         raise _fail("members", "expected a non-empty list of members")
@@ -272,7 +276,7 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     draft = Recipe(path, Path("."), members, train, compare, optimizer=optimizer)
     _check_grown_optimizers(draft)
     _check_train_settings(draft, base)
-    out_dir = Path(out) if out else (base / raw["out"] if "out" in raw else base / path.stem)
+    out_dir = Path(out) if out else (base / _typed(raw["out"], "out", str) if "out" in raw else base / path.stem)
     return Recipe(
         path=path,
         out=out_dir,
@@ -330,8 +334,10 @@ def _member(value: Any, i: int, earlier: list[Member], base: Path, seed: int, *,
     where = f"members[{i}]"
     m = _mapping(value, where, MEMBER_KEYS)
     name = _typed(m.get("name", f"member-{i + 1}"), f"{where}.name", str)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name in {x.name for x in earlier}:
-        raise _fail(f"{where}.name", f"{name!r} must be unique and a plain folder name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or name in {x.name for x in earlier}:
+        raise _fail(f"{where}.name", f"{name!r} must be unique and a plain folder name of at most 100 characters")
+    if name.lower().endswith(REPORT_SUFFIXES):
+        raise _fail(f"{where}.name", f"{name!r} ends like the report's files (family.md, family.json, the plots)")
     member = Member(name=name)
     if i == 0:
         _first_member(member, m, where, base)
@@ -346,6 +352,7 @@ def _member(value: Any, i: int, earlier: list[Member], base: Path, seed: int, *,
             member.optimizer = _optimizer(m["optimizer"], f"{where}.optimizer")
     if "train" in m:
         member.train = _train(m["train"], f"{where}.train", base)
+        member.own_train = True
     elif has_train:
         member.train = {}
     return member
@@ -378,7 +385,7 @@ def _check_train_settings(recipe: Recipe, base: Path) -> None:
 
     for i, member in enumerate(recipe.members):
         settings = recipe.train_settings(member)
-        if settings is None and member.train:  # its own settings, and no budget to train them with: a mistake
+        if settings is None and member.own_train:  # its own train:, and no budget to train with: a mistake
             raise _fail(
                 f"members[{i}].train",
                 "no budget: give max_steps or max_tokens (here or in the top-level 'train'), or drop this 'train'",

@@ -93,19 +93,34 @@ def check_finished(recipe: Recipe) -> None:
         later = [str(recipe.out / m.name) for m in recipe.members[i + 1 :] if (recipe.out / m.name).exists()]
         redo = f"delete {' and '.join([str(folder), *later])} to train {'them' if later else 'it'} again"
         if not (folder / MEMBER_FILE).is_file():
-            started = json.loads((folder / START_FILE).read_text()) if (folder / START_FILE).is_file() else None
+            started = _recorded(folder / START_FILE, redo) if (folder / START_FILE).is_file() else None
             _refuse_edited(member, "was started", _first_change(started, start_settings(recipe, member)), redo)
             unfinished = unfinished or member.name
             continue
         if unfinished is not None:
             raise UsageError(f"{member.name} finished, but {unfinished} before it is gone or unfinished; {redo}")
-        summary = json.loads((folder / MEMBER_FILE).read_text())
+        summary = _recorded(folder / MEMBER_FILE, redo)
         _refuse_edited(
             member, "finished", _first_change(summary.get("settings"), member_settings(recipe, member)), redo
         )
         missing = _model_missing(Path(summary["final"]))
         if missing:
             raise UsageError(f"{member.name} finished, but its model {summary['final']} {missing}; {redo}")
+        baseline = (summary.get("baseline") or {}).get("out")
+        if baseline and _model_missing(Path(baseline)):
+            raise UsageError(f"{member.name} finished, but its from-scratch baseline {baseline} is gone; {redo}")
+
+
+def _recorded(path: Path, redo: str) -> dict[str, Any]:
+    """A member's start.json or member.json as grow wrote it (a JSON object; member.json names its final model),
+    or one line saying it is damaged."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or (path.name == MEMBER_FILE and not isinstance(record.get("final"), str)):
+        raise UsageError(f"{path} is damaged (not the record grow wrote); {redo}")
+    return record
 
 
 def _model_missing(folder: Path) -> str | None:

@@ -151,12 +151,12 @@ def check_data_outside(out: Path, data: list[str], sources: list[Source]) -> Non
                 f"--out {out} holds the training data {path}, which the run's own files would replace; choose an "
                 "--out outside the data"
             )
-    folder = _data_folder_holding(out, data)
+    folder = data_folder_holding(out, data)
     if folder is not None:
         raise OutputError(f"--out {out} lies inside the --data folder {folder}; choose an --out outside the data")
 
 
-def _data_folder_holding(path: Path, data: list[str]) -> Path | None:
+def data_folder_holding(path: Path, data: list[str]) -> Path | None:
     """The --data folder that is `path` (resolved) or holds it, or None."""
     for arg in data:
         folder = Path(arg).expanduser().resolve()
@@ -171,7 +171,7 @@ def check_cache_outside(cache_dir: str | os.PathLike[str] | None, data: list[str
     if cache_dir is None:
         return
     cache = Path(cache_dir).expanduser().resolve()
-    folder = _data_folder_holding(cache, data)
+    folder = data_folder_holding(cache, data)
     if folder is not None:
         raise OutputError(
             f"--cache-dir {cache} lies inside the --data folder {folder}: its token files would be read as data by "
