@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tinylm import save_tiny_lm, write_plays
+from tinylm import FRESH_CONFIG, save_tiny_lm, write_plays
 
 from grow_cli.family.quality import eval_curve
 from grow_cli.train.metrics import read_metrics
@@ -300,9 +300,24 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
     assert "big was started with grow.depth_factor: 2, but the recipe now says grow.depth_factor: 3" in edited.stderr
     assert f"delete {tmp_path / 'run' / 'big'} to train it again, or restore the recipe" in edited.stderr
     assert {p.name: p.stat().st_mtime_ns for p in grown.iterdir()} == before
+    write_recipe(tmp_path, [small, {**big, "train": {"max_steps": 4}}], **top)  # its training, edited since
+    edited = cli("family", path, "-q")
+    assert "big was started with train.max_steps: 3, but the recipe now says train.max_steps: 4" in edited.stderr
     write_recipe(tmp_path, [small, big], **top)  # restored (exit_interval decides nothing): continues to the end
     assert cli("family", path, "-q").code == 0
     assert json.loads((tmp_path / "run" / "big" / "member.json").read_text())["train"]["end_step"] == 3
+
+
+def test_a_fresh_member_initialised_with_another_seed_is_refused(cli, tmp_path):
+    """An untrained first member built from `config:` records the seed of its initialisation: a re-run with another
+    seed used to keep (and grow on from) the model made with the old one."""
+    save_tiny_lm(tmp_path / "lm")
+    member = {"name": "fresh", "config": FRESH_CONFIG, "tokenizer": "lm"}
+    path = write_recipe(tmp_path, [member], out="run", seed=0)
+    assert cli("family", path, "-q").code == 0
+    write_recipe(tmp_path, [member], out="run", seed=7)
+    reseeded = cli("family", path, "--check")
+    assert reseeded.code == 2 and "fresh finished with seed: 0, but the recipe now says seed: 7" in reseeded.stderr
 
 
 def test_an_interrupted_member_says_to_run_the_family_again(cli, tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ Layout of the output folder (each `final` is a complete HF folder with its linea
     OUT/<member>/trained/    `grow train-stage` output (checkpoints/ inside while it runs)
     OUT/<member>/baseline/   with `baselines: true`: the same model trained from scratch on as many tokens as the
                              member has seen through its lineage (the independent-training reference)
-    OUT/<member>/start.json  the settings that decide the member's starting model (`init/`, `grown/` or the source),
-                             written before it is made
+    OUT/<member>/start.json  the settings that decide the member (its start: `init/`, `grown/` or the source, and
+                             its training), written before its start is made
     OUT/<member>/member.json the member's summary; written last, so its presence means "finished"
     OUT/family.json, family.md, *.png   the family report
 
@@ -34,8 +34,6 @@ from grow_cli.whole_file import write_whole
 
 MEMBER_FILE = "member.json"
 START_FILE = "start.json"
-# What decides a member's starting model; an unfinished member's start.json records them.
-START_KEYS = ("grown_from", "source", "revision", "config", "tokenizer", "grow", "optimizer")
 # Training settings that change how a run goes (where it caches, when it pauses or logs), not the model it makes.
 NOT_DECIDING = ("cache_dir", "exit_interval", "log_every", "report_to", "save_every", "keep_last", "quiet")
 
@@ -50,6 +48,7 @@ def member_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
         "revision": member.revision,
         "config": member.config,
         "tokenizer": member.tokenizer,
+        "seed": None if member.source else recipe.seed,  # a fresh model's initialisation, a growth's randomness
         "grow": member.grow,
         "optimizer": recipe.optimizer_of(member),
         "train": {k: v for k, v in train.items() if k not in NOT_DECIDING} if train else None,
@@ -75,12 +74,6 @@ def _first_change(recorded: dict[str, Any] | None, current: dict[str, Any]) -> t
     return None
 
 
-def start_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
-    """What in the recipe decides `member`'s starting model, as start.json records it."""
-    settings = member_settings(recipe, member)
-    return {key: settings[key] for key in START_KEYS}
-
-
 def check_finished(recipe: Recipe) -> None:
     """Refuse, in one line naming the member, a re-run whose finished members are no longer what the recipe asks:
     a member's settings edited since it finished, its model deleted, or an earlier member gone (the later ones grew
@@ -94,7 +87,7 @@ def check_finished(recipe: Recipe) -> None:
         redo = f"delete {' and '.join([str(folder), *later])} to train {'them' if later else 'it'} again"
         if not (folder / MEMBER_FILE).is_file():
             started = _recorded(folder / START_FILE, redo) if (folder / START_FILE).is_file() else None
-            _refuse_edited(member, "was started", _first_change(started, start_settings(recipe, member)), redo)
+            _refuse_edited(member, "was started", _first_change(started, member_settings(recipe, member)), redo)
             unfinished = unfinished or member.name
             continue
         if unfinished is not None:
@@ -375,7 +368,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             previous_final = Path(summary["final"])
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / START_FILE, start_settings(recipe, member))  # as found there, if any (check_finished)
+        _write_json(folder / START_FILE, member_settings(recipe, member))  # as found there, if any (check_finished)
         progress(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
         if i == 0:
             start = _first_model(member, folder, recipe.seed)
