@@ -15,23 +15,33 @@ ROWS_PER_CHUNK = 128
 
 def divergences(logits_a, logits_b, targets=None) -> dict[str, Any]:
     """Summed per-position metrics of two [N, V] logit tensors: `kl_ab` = Σ KL(A‖B), `kl_ba`, `js`, `top1` (count of
-    equal argmaxes) and `positions`; with [N] next-token `targets`, also `nll_a` and `nll_b`."""
+    equal argmaxes) and `positions`; with [N] next-token `targets`, also `nll_a` and `nll_b`.
+
+    Two models sharing a tokenizer may have different widths (one with a padded embedding, whose extra ids the
+    tokenizer never gives): the divergences and top-1 then compare the distributions renormalised over the shared
+    ids, while each loss is its model's own (its whole distribution), and `outside_a`/`outside_b` sum the
+    probability each model puts beyond the shared ids."""
     import torch
 
-    sums = {"kl_ab": 0.0, "kl_ba": 0.0, "js": 0.0, "top1": 0.0}
+    shared = min(logits_a.shape[-1], logits_b.shape[-1])
+    sums = {"kl_ab": 0.0, "kl_ba": 0.0, "js": 0.0, "top1": 0.0, "outside_a": 0.0, "outside_b": 0.0}
     if targets is not None:
         sums.update(nll_a=0.0, nll_b=0.0)
     for start in range(0, len(logits_a), ROWS_PER_CHUNK):
         rows = slice(start, start + ROWS_PER_CHUNK)
-        logp_a = torch.log_softmax(logits_a[rows].double(), -1)
-        logp_b = torch.log_softmax(logits_b[rows].double(), -1)
+        whole_a = torch.log_softmax(logits_a[rows].double(), -1)
+        whole_b = torch.log_softmax(logits_b[rows].double(), -1)
+        logp_a = torch.log_softmax(whole_a[:, :shared], -1)
+        logp_b = torch.log_softmax(whole_b[:, :shared], -1)
         p_a, p_b = logp_a.exp(), logp_b.exp()
         log_m = torch.log((p_a + p_b) / 2)
         sums["kl_ab"] += float((p_a * (logp_a - logp_b)).sum())
         sums["kl_ba"] += float((p_b * (logp_b - logp_a)).sum())
         sums["js"] += float((0.5 * (p_a * (logp_a - log_m)).sum(-1) + 0.5 * (p_b * (logp_b - log_m)).sum(-1)).sum())
-        sums["top1"] += float((logits_a[rows].argmax(-1) == logits_b[rows].argmax(-1)).sum())
+        sums["top1"] += float((logp_a.argmax(-1) == logp_b.argmax(-1)).sum())
+        sums["outside_a"] += float(whole_a[:, shared:].exp().sum())
+        sums["outside_b"] += float(whole_b[:, shared:].exp().sum())
         if targets is not None:
-            sums["nll_a"] += float(-logp_a.gather(-1, targets[rows, None]).sum())
-            sums["nll_b"] += float(-logp_b.gather(-1, targets[rows, None]).sum())
+            sums["nll_a"] += float(-whole_a.gather(-1, targets[rows, None]).sum())
+            sums["nll_b"] += float(-whole_b.gather(-1, targets[rows, None]).sum())
     return {**sums, "positions": int(len(logits_a))}

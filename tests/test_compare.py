@@ -36,6 +36,29 @@ def test_identical_models_agree_exactly(two_models):
     assert result["top1_agreement"] == 1.0 and result["loss_a"] == result["loss_b"]
 
 
+def test_a_padded_vocabulary_counts_in_the_loss_and_is_named(two_models, cli):
+    """The same model with its embedding padded (resize_token_embeddings, ids the tokenizer never gives): compare
+    scored it on its distribution cut to the shared ids and renormalised, so its loss equalled the original's and
+    the padded ids' probability went unseen. Each loss is now the model's own; the mass beyond is reported."""
+    from transformers import AutoModelForCausalLM
+
+    a, _, data, root = two_models
+    padded = root / "padded"
+    model = AutoModelForCausalLM.from_pretrained(a)
+    model.resize_token_embeddings(model.config.vocab_size + 64, mean_resizing=False)
+    with torch.no_grad():  # padded rows that take real probability, as an untrained embedding may
+        model.get_output_embeddings().weight[-64:] = model.get_output_embeddings().weight[:64]
+    model.save_pretrained(padded)
+    shutil.copy(a / "tokenizer.json", padded)
+    shutil.copy(a / "tokenizer_config.json", padded)
+    result = compare(a, padded, [str(data)], seq_len=32, max_blocks=8, eval_fraction=0.1, cache_dir=root / "cache")
+    assert result["kl_a_b"] == pytest.approx(0, abs=1e-9) and result["top1_agreement"] == 1.0  # the shared ids
+    assert result["outside_shared_vocab_a"] == 0 and result["outside_shared_vocab_b"] > 0.01
+    assert result["loss_b"] > result["loss_a"] + 0.005
+    shown = cli("compare", a, padded, "--data", data, "--seq-len", 32, "--max-blocks", 8, "--eval-fraction", 0.1)
+    assert shown.code == 0 and "note: B puts" in shown.stdout and "beyond the other's vocabulary" in shown.stdout
+
+
 def test_one_data_path_is_the_same_comparison_as_a_list_of_it(two_models):
     """`compare(a, b, "folder")` (the Python API): one path, read as a list of one — not character by character."""
     a, b, data, root = two_models

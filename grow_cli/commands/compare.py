@@ -56,3 +56,10 @@ def compare(
     )
     out.print(f"  A: loss {result['loss_a']:.4f}  ppl {result['ppl_a']:.2f}   ({result['a']})")
     out.print(f"  B: loss {result['loss_b']:.4f}  ppl {result['ppl_b']:.2f}   ({result['b']})")
+    for side in ("a", "b"):
+        beyond = result[f"outside_shared_vocab_{side}"]
+        if beyond > 0:
+            out.print(
+                f"  note: {side.upper()} puts {beyond:.2%} of its probability on ids beyond the other's vocabulary "
+                "(a padded embedding); KL, JS and top-1 compare the shared ids renormalised, its loss counts them"
+            )

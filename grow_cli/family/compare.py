@@ -77,7 +77,7 @@ def _comparable(a: Path, b: Path, seq_len: int):
     return config_a, config_b, tok_a, eos
 
 
-def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks, vocab: int) -> dict[str, float]:
+def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks) -> dict[str, float]:
     """Both models (on a GPU when there is one) on each batch of token `blocks`: `divergences` summed over the
     predicted positions — the masked ones of a masked-LM objective, else every next token."""
     import torch
@@ -99,7 +99,7 @@ def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks, v
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             at, targets = at.to(device), targets.to(device)
             logits_a, logits_b = (
-                _predicted(m, f, inputs, at, block.shape, masked=choice.name == "masked")[:, :vocab]
+                _predicted(m, f, inputs, at, block.shape, masked=choice.name == "masked")
                 for m, f in zip(models, folders, strict=True)
             )
             for key, value in divergences(logits_a, logits_b, targets).items():
@@ -148,7 +148,9 @@ def compare(
     globs, as train-stage reads them; one path or a list).
 
     Returns the averages `grow compare --json` prints, per predicted token: `kl_a_b` (KL(A‖B)), `kl_b_a`, `js`,
-    `top1_agreement`, `loss_a`/`loss_b` and `ppl_a`/`ppl_b`, with `positions`, `blocks`, `seq_len`, `objective`
+    `top1_agreement`, `loss_a`/`loss_b` and `ppl_a`/`ppl_b`, `outside_shared_vocab_a`/`_b` (the probability a model
+    with a padded, wider vocabulary puts beyond the other's ids: the divergences compare the shared ids renormalised,
+    each loss is the model's own), with `positions`, `blocks`, `seq_len`, `objective`
     ("causal": every next token; "masked": fixed 15 % masks) and `data_fingerprint`. `max_blocks=None` uses every
     held-out block. Raises `DataError` when the models' tokenizers or objectives differ or the data is unusable.
     """
@@ -174,7 +176,7 @@ def compare(
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
     blocks = (tokens.blocks[ids[start : start + batch_size]] for start in range(0, len(ids), batch_size))
-    totals = _summed_divergences((a, b), choice, objective, blocks, vocab)
+    totals = _summed_divergences((a, b), choice, objective, blocks)
     n = totals["positions"]
     loss_a, loss_b = totals["nll_a"] / n, totals["nll_b"] / n
     return {
@@ -193,4 +195,6 @@ def compare(
         "loss_b": loss_b,
         "ppl_a": math.exp(loss_a),
         "ppl_b": math.exp(loss_b),
+        "outside_shared_vocab_a": totals["outside_a"] / n,
+        "outside_shared_vocab_b": totals["outside_b"] / n,
     }
