@@ -121,3 +121,13 @@ def test_a_token_budget_is_read_as_the_command_line_reads_it(tmp_path, budget, t
         load_recipe(
             write_recipe(tmp_path, [{"name": "a", "source": "m", "train": {**train, "max_tokens": "2 apples"}}])
         )
+
+
+def test_a_members_own_budget_replaces_the_familys_of_the_other_kind(tmp_path):
+    """A top-level max_steps and a member's own max_tokens was refused as two budgets; the member's own settings
+    override the family's, its budget included."""
+    members = [{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_factor": 2}, "train": {"max_tokens": 1000}}]
+    recipe = load_recipe(write_recipe(tmp_path, members, train={"max_steps": 3, "data": "x"}))
+    first, second = (recipe.train_settings(m) for m in recipe.members)
+    assert first["max_steps"] == 3 and "max_tokens" not in first
+    assert second["max_tokens"] == 1000 and "max_steps" not in second

@@ -70,6 +70,7 @@ COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": i
 MAX_ALIAS_NODES = 10_000
 # Settings a recipe may not set: the family decides them per member (`optimizer:` decides `weights_only`).
 TRAIN_RESERVED = {"model", "out", "resume", "quiet", "overwrite"}
+BUDGETS = {"max_steps", "max_tokens"}  # a training stage gives exactly one
 REPORT_SUFFIXES = (".json", ".md", ".png")  # a member's folder beside the report's files never takes their names
 GROW_RESERVED = {"weights_only"}
 
@@ -116,7 +117,10 @@ class Recipe:
         """The member's training settings (family defaults overlaid by its own), or None: no training."""
         if member.train is None:
             return None
-        settings = {"seed": self.seed, **self.train, **member.train}
+        defaults = dict(self.train)
+        if BUDGETS & set(member.train):  # the member's own budget replaces the family's, whichever kind each is
+            defaults = {k: v for k, v in defaults.items() if k not in BUDGETS}
+        settings = {"seed": self.seed, **defaults, **member.train}
         if "max_steps" not in settings and "max_tokens" not in settings:
             return None
         return settings
