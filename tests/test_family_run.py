@@ -308,6 +308,22 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
     assert json.loads((tmp_path / "run" / "big" / "member.json").read_text())["train"]["end_step"] == 3
 
 
+def test_files_the_family_did_not_write_where_a_member_trains_are_never_replaced(cli, tmp_path):
+    """A folder of the user's at OUT/<member>/trained was overwritten by the stage (train-stage's --overwrite, which
+    the family passes to start a stage again), the user's notes left inside the published model."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    theirs = tmp_path / "run" / "small" / "trained"
+    save_tiny_lm(theirs)
+    (theirs / "NOTES.txt").write_text("my notes")
+    before = (theirs / "model.safetensors").read_bytes()
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "max_steps": 2}
+    path = write_recipe(tmp_path, [{"name": "small", "source": "base"}], out="run", train=train)
+    refused = cli("family", path, "-q")
+    assert refused.code == 2 and f"{theirs} holds files this family did not write there" in refused.stderr
+    assert (theirs / "model.safetensors").read_bytes() == before and (theirs / "NOTES.txt").is_file()
+
+
 def test_a_fresh_member_initialised_with_another_seed_is_refused(cli, tmp_path):
     """An untrained first member built from `config:` records the seed of its initialisation: a re-run with another
     seed used to keep (and grow on from) the model made with the old one."""

@@ -288,6 +288,7 @@ def _train_with(
     from grow_cli.train.checkpoints import complete_checkpoints
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage
+    from grow_cli.train.preflight import killed_before_first_checkpoint
 
     record = load_record(out) if _done_training(out) else None
     if record is not None:  # finished in an earlier run: report what that run recorded
@@ -299,6 +300,12 @@ def _train_with(
             **{k: stage.get(k) for k in ("steps", "tokens", "max_lr", "final_eval_loss", "final_eval_ppl")},
         }
     resume = "auto" if complete_checkpoints(out) else "grown" if grown else None
+    if resume != "auto" and out.is_dir() and not killed_before_first_checkpoint(out):
+        found = ", ".join(sorted(entry.name for entry in out.iterdir())[:3])
+        raise UsageError(
+            f"{out} holds files this family did not write there ({found}); starting the stage would replace them: "
+            f"move them away, or delete {out}, and run again"
+        )
     config = TrainConfig(
         model=model,
         out=out,
