@@ -59,6 +59,16 @@ def test_a_padded_vocabulary_counts_in_the_loss_and_is_named(two_models, cli):
     assert shown.code == 0 and "note: B puts" in shown.stdout and "beyond the other's vocabulary" in shown.stdout
 
 
+def test_the_cli_takes_a_token_cache_outside_the_model_folders(two_models, cli, tmp_path):
+    """grow compare cached the tokenized text beside A (in a family: inside a member folder), with no way to move it."""
+    a, b, data, _ = two_models
+    cache = tmp_path / "tokens"
+    args = ["compare", a, b, "--data", data, "--seq-len", 32, "--max-blocks", 2, "--eval-fraction", 0.1]
+    assert cli(*args, "--cache-dir", cache).code == 0 and any(cache.glob("*.bin"))
+    inside = cli(*args, "--cache-dir", data / "cache")
+    assert inside.code == 1 and "lies inside the --data folder" in inside.stderr
+
+
 def test_one_data_path_is_the_same_comparison_as_a_list_of_it(two_models):
     """`compare(a, b, "folder")` (the Python API): one path, read as a list of one — not character by character."""
     a, b, data, root = two_models

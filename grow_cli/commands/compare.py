@@ -16,6 +16,9 @@ EXAMPLES = """
     # More held-out blocks (5% of the data held out, up to 256 of them), longer sequences, machine-readable
     grow compare ./small ./big --data books.jsonl --text-field text --seq-len 512 --eval-fraction 0.05 \\
         --max-blocks 256 --json
+
+    # Keep the tokenized held-out text out of the model folders (by default it is cached beside A)
+    grow compare ./small ./big --data ./corpus/ --cache-dir ~/.cache/grow-tokens
 """
 
 
@@ -28,6 +31,10 @@ def compare(
     batch_size: Annotated[int, typer.Option(help="Blocks per forward pass (bounds memory).")] = 4,
     max_blocks: Annotated[int, typer.Option(help="Held-out blocks to use (0: all).")] = 64,
     eval_fraction: Annotated[float, typer.Option(help="Held-out share of the blocks (as in train-stage).")] = 0.01,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Token cache (default: .grow-cache/tokens beside A, shared with runs that write there)."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
     """Compare two models' predictions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl — of every next token
@@ -44,6 +51,7 @@ def compare(
         batch_size=batch_size,
         max_blocks=max_blocks or None,
         eval_fraction=eval_fraction,
+        cache_dir=cache_dir,
     )
     if json_out:
         print_json(result)

@@ -154,13 +154,15 @@ def compare(
     ("causal": every next token; "masked": fixed 15 % masks) and `data_fingerprint`. `max_blocks=None` uses every
     held-out block. Raises `DataError` when the models' tokenizers or objectives differ or the data is unusable.
     """
-    from grow_cli.data.sources import check_sources, find_sources
+    from grow_cli.data.sources import check_sources, data_paths, find_sources
     from grow_cli.data.tokens import prepare_tokens, token_cache_dir
+    from grow_cli.train.preflight import check_cache_outside
 
     check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
     a, b = Path(a), Path(b)
     config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
     choice, objective = _objective(a, config_a, b, config_b, tok_a)
+    check_cache_outside(cache_dir, data_paths(data))  # its token files would become the data of the next run
     sources = find_sources(data)
     check_sources(sources, text_field)
     vocab = min(config_a.get_text_config().vocab_size, config_b.get_text_config().vocab_size)
