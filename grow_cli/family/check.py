@@ -166,19 +166,41 @@ def _check_baselines_dir(recipe: Recipe) -> None:
             )
 
 
+def _hf_config(config: dict[str, Any], where: str) -> Any:
+    """transformers' config object for a member's config.json (as a dict), or one line naming the member."""
+    import transformers
+
+    from grow_cli.train.model_io import config_problem
+
+    params = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
+    try:
+        return transformers.AutoConfig.for_model(config["model_type"], **params)
+    except Exception as exc:  # an unknown type or a value transformers rejects, in any of its exception types
+        raise _fail(where, f"its config.json cannot be read by transformers: {config_problem(exc)}") from None
+
+
+def _check_compare_length(recipe: Recipe, configs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Every member fits the blocks the comparisons use (`compare.seq_len`, else the training's, else compare's
+    default): the run would otherwise train members first and fail at the first comparison."""
+    from grow_cli.family.compare import SEQ_LEN
+    from grow_cli.family.run import compare_settings
+    from grow_cli.train.model_io import check_seq_len
+
+    seq_len = compare_settings(recipe).get("seq_len", SEQ_LEN)
+    for where, config in configs:
+        try:
+            check_seq_len(_hf_config(config, where), seq_len, whose=f"{where}'s")
+        except UsageError as exc:
+            raise _fail("compare.seq_len", str(exc).replace("--seq-len", "seq_len")) from None
+
+
 def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tokenizer: Path | None, where: str):
     """The stage's data exists and reads; its sequence length fits the member; its tokenizer loads and fits."""
     if config is None:
         return
-    import transformers
+    from grow_cli.train.model_io import check_seq_len, load_tokenizer
 
-    from grow_cli.train.model_io import check_seq_len, config_problem, load_tokenizer
-
-    params = {k: v for k, v in config.items() if k not in ("model_type", "transformers_version")}
-    try:
-        hf_config = transformers.AutoConfig.for_model(config["model_type"], **params)
-    except Exception as exc:  # an unknown type or a value transformers rejects, in any of its exception types
-        raise _fail(where, f"its config.json cannot be read by transformers: {config_problem(exc)}") from None
+    hf_config = _hf_config(config, where)
     try:
         check_seq_len(hf_config, settings.get("seq_len", 512))
         path = Path(settings["tokenizer"]) if settings.get("tokenizer") else tokenizer
@@ -202,10 +224,13 @@ def check_recipe(recipe: Recipe) -> list[str]:
     _check_baselines_dir(recipe)
     with ExitStack() as stack:  # holds a Hub source's headers (and tokenizer) while the members are checked
         config, shapes, tokenizer = _first_member(recipe.members[0], stack, notes)
+        configs: list[tuple[str, dict[str, Any]]] = []
         for i, member in enumerate(recipe.members):
             where = f"members[{i}]"
             if i > 0 and config is not None:
                 config, shapes = _grown(member, config, shapes, where, state=recipe.optimizer_of(member) == "grow")
+            if config is not None:
+                configs.append((where, config))
             settings = recipe.train_settings(member)
             if settings is not None:
                 sources = _check_data(settings["data"], settings.get("text_field", "text"), f"{where}.train")
@@ -216,5 +241,6 @@ def check_recipe(recipe: Recipe) -> list[str]:
         if not data:
             raise _fail("compare", "comparing adjacent members needs data: give compare.data or train.data")
         _check_data(data, recipe.compare.get("text_field", recipe.train.get("text_field", "text")), "compare")
+        _check_compare_length(recipe, configs)
     check_finished(recipe)
     return notes

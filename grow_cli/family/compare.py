@@ -21,9 +21,11 @@ from typing import Any
 from grow_cli.divergence import divergences
 from grow_cli.errors import DataError, UsageError
 
+SEQ_LEN = 256  # tokens per compared block, unless told
+
 
 def check_compare_options(
-    *, seq_len: int = 256, batch_size: int = 4, max_blocks: int | None = 64, eval_fraction: float = 0.01, **_: Any
+    *, seq_len: int = SEQ_LEN, batch_size: int = 4, max_blocks: int | None = 64, eval_fraction: float = 0.01, **_: Any
 ) -> None:
     """Refuse options that cannot describe a comparison, before any model or data is read."""
     if seq_len < 2:
@@ -138,7 +140,7 @@ def compare(
     data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     text_field: str = "text",
-    seq_len: int = 256,
+    seq_len: int = SEQ_LEN,
     batch_size: int = 4,
     max_blocks: int | None = 64,
     eval_fraction: float = 0.01,
