@@ -324,6 +324,23 @@ def test_files_the_family_did_not_write_where_a_member_trains_are_never_replaced
     assert (theirs / "model.safetensors").read_bytes() == before and (theirs / "NOTES.txt").is_file()
 
 
+def test_a_moved_output_finds_its_own_members(cli, tmp_path):
+    """member.json named each model by its absolute path: a renamed OUT was refused as 'model gone' (with advice to
+    delete the work), and a copied one read the original's models."""
+    save_tiny_lm(tmp_path / "base")
+    members = [{"name": "small", "source": "base"}, {"name": "big", "grow": {"depth_factor": 2}}]
+    path = write_recipe(
+        tmp_path, members, out="run", train={"data": ["text"], "seq_len": 32}, compare={"max_blocks": 2}
+    )
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    assert cli("family", path, "-q", "--json").code == 0
+    (tmp_path / "run").rename(tmp_path / "moved")
+    again = cli("family", path, "--out", tmp_path / "moved", "--json")
+    assert again.code == 0, again.stderr
+    finals = [m["final"] for m in json.loads((tmp_path / "moved" / "family.json").read_text())["members"]]
+    assert finals[1] == str(tmp_path / "moved" / "big" / "grown")
+
+
 def test_a_fresh_member_initialised_with_another_seed_is_refused(cli, tmp_path):
     """An untrained first member built from `config:` records the seed of its initialisation: a re-run with another
     seed used to keep (and grow on from) the model made with the old one."""

@@ -92,7 +92,7 @@ def check_finished(recipe: Recipe) -> None:
             continue
         if unfinished is not None:
             raise UsageError(f"{member.name} finished, but {unfinished} before it is gone or unfinished; {redo}")
-        summary = _recorded(folder / MEMBER_FILE, redo)
+        summary = _located(recipe, _recorded(folder / MEMBER_FILE, redo))
         _refuse_edited(
             member, "finished", _first_change(summary.get("settings"), member_settings(recipe, member)), redo
         )
@@ -102,6 +102,26 @@ def check_finished(recipe: Recipe) -> None:
         baseline = (summary.get("baseline") or {}).get("out")
         if baseline and _model_missing(Path(baseline)):
             raise UsageError(f"{member.name} finished, but its from-scratch baseline {baseline} is gone; {redo}")
+
+
+def _within(out: Path, path: Path) -> str | None:
+    """`path` relative to the family's OUT when it lies there (a member's models), else None (a source, a shared
+    baseline)."""
+    try:
+        return str(path.resolve().relative_to(out.resolve()))
+    except ValueError:
+        return None
+
+
+def _located(recipe: Recipe, summary: dict[str, Any]) -> dict[str, Any]:
+    """A finished member's summary with its models found in OUT as it is now: an OUT renamed, moved or copied since
+    (or a relative --out given from another folder) still finds its own models, never the old folder's."""
+    within = summary.get("in_out") if isinstance(summary.get("in_out"), dict) else {}
+    if isinstance(within.get("final"), str):
+        summary["final"] = str(recipe.out / within["final"])
+    if isinstance(within.get("baseline"), str) and isinstance(summary.get("baseline"), dict):
+        summary["baseline"]["out"] = str(recipe.out / within["baseline"])
+    return summary
 
 
 def _recorded(path: Path, redo: str) -> dict[str, Any]:
@@ -369,7 +389,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         folder = recipe.out / member.name
         marker = folder / MEMBER_FILE
         if marker.is_file():
-            summary = json.loads(marker.read_text())
+            summary = _located(recipe, json.loads(marker.read_text()))  # (check_recipe read it whole)
             progress(f"[dim]{member.name}: finished earlier, skipped[/dim]")
             summaries.append(summary)
             previous_final = Path(summary["final"])
@@ -421,6 +441,10 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             "baseline": baseline,
             "record": load_record(final),
             "settings": member_settings(recipe, member),
+            "in_out": {  # where the models lie within OUT, which may be moved or copied since
+                "final": _within(recipe.out, final),
+                "baseline": _within(recipe.out, Path(baseline["out"])) if baseline else None,
+            },
         }
         _write_json(marker, summary)  # whole or absent: its presence means "finished"
         summaries.append(summary)
