@@ -253,3 +253,22 @@ def test_a_resume_may_change_the_gradient_clip(paused, capsys):
     code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto", "--grad-clip", "0.5"), capsys)
     assert code == 0, stderr
     assert json.loads((out / "grow.json").read_text())["stages"][-1]["optimizer"]["grad_clip"] == 0.5
+
+
+def test_a_sharded_state_that_does_not_load_is_one_line(tmp_path):
+    """torch's distributed-checkpoint loader (FSDP's sharded state) raises `CheckpointException`, a BaseException
+    that escaped every handler: each rank printed its tracebacks (a DDP checkpoint resumed under FSDP)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from grow_cli.errors import CheckpointError
+    from grow_cli.train.checkpoints import STATE_FILE, load_checkpoint
+
+    class Accelerator:
+        def load_state(self, path):
+            raise CheckpointException("load", {0: (FileNotFoundError("pytorch_model_fsdp_0/.metadata"), None)})
+
+    (tmp_path / STATE_FILE).write_text('{"step": 3}')
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(Accelerator(), tmp_path, {}, {"optimizer": {}, "schedule": {}})
+    assert "its saved state does not load into this run (pytorch_model_fsdp_0/.metadata)" in str(refused.value)
+    assert "with FSDP or without as then" in str(refused.value)

@@ -263,6 +263,7 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings:
     import pickle
 
     from safetensors import SafetensorError
+    from torch.distributed.checkpoint.api import CheckpointException  # (a BaseException: FSDP's sharded state)
 
     state = json.loads((Path(path) / STATE_FILE).read_text())
     change = run_key_change(state, expected) or setting_change(state, settings)
@@ -274,11 +275,22 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings:
         )
     try:
         accelerator.load_state(str(path))
-    except (RuntimeError, ValueError, KeyError, OSError, EOFError, pickle.UnpicklingError, SafetensorError) as exc:
+    except (
+        RuntimeError,
+        ValueError,
+        KeyError,
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        SafetensorError,
+        CheckpointException,
+    ) as exc:
+        if isinstance(exc, CheckpointException):  # each rank's own failure, wrapped with its stack
+            exc = next((failure[0] for failure in exc.failures.values()), exc)
         detail = _weights_mismatch(str(exc)) or " ".join(line.strip() for line in str(exc).splitlines())[:300]
         raise CheckpointError(
-            f"cannot resume from {path}: its saved state does not load into this run ({detail}); resume with the "
-            "model it was made from, or start again with --overwrite"
+            f"cannot resume from {path}: its saved state does not load into this run ({detail}); resume it as it "
+            "was made (the same model, with FSDP or without as then), or start again with --overwrite"
         ) from None
     return state
 
