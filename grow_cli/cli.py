@@ -191,5 +191,10 @@ def main() -> None:
         if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path the user gave, not a bug
             _report(f"error: {_too_long(exc.filename)}")
             sys.exit(1)
+        from grow_cli.launch import lost_contact
+
+        if lost := lost_contact(exc):  # another process's failure, reported by that process
+            _report(f"error: {lost}")
+            sys.exit(1)
         _report(f"error: {type(exc).__name__}: {exc} (run `grow --debug …` for the traceback)")
         sys.exit(1)

@@ -55,3 +55,27 @@ def wait_for_the_reporting_process() -> None:
     exits, ends this wait at once and quietly (SIGTERM's default action)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     time.sleep(FIRST_PROCESS_WAIT)
+
+
+# What torch.distributed's backends say when another process of the group is gone (gloo's TCP pair, NCCL's watchdog).
+BACKENDS = ("gloo", "NCCL", "ProcessGroup")
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Read error", "Broken pipe", "remote process")
+
+
+def lost_contact(exc: BaseException) -> str | None:
+    """The line for `exc` when it is a collective that broke because another process of the launch stopped (it
+    failed, was killed, or ran out of memory): that process's own lines say why, this one has nothing to add but
+    where to look and how to go on. None for any other error."""
+    if _env_int("WORLD_SIZE", 1) < 2:
+        return None
+    torch = sys.modules.get("torch")
+    dist_error = getattr(getattr(torch, "distributed", None), "DistError", None) if torch else None
+    broken = isinstance(exc, dist_error) if isinstance(dist_error, type) else False
+    text = str(exc)
+    said = any(name in text for name in BACKENDS) and any(phrase in text for phrase in LOST_PEER)
+    if not (broken or (isinstance(exc, RuntimeError) and said)):
+        return None
+    return (
+        "lost contact with another process of this launch (it stopped: its own lines above say why); once that is "
+        "fixed, continue from the last checkpoint with --resume auto"
+    )

@@ -78,3 +78,37 @@ def test_a_silent_process_waits_until_the_launcher_ends_it(tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert still_running and proc.returncode == -signal.SIGTERM, (proc.returncode, stderr)
     assert stderr == ""
+
+
+GLOO_LOST = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+    "[127.0.0.1]:29373. This is typically caused by a remote worker crashing. Check the logs of the remote worker "
+    "before reporting an error. GLHF!"
+)
+
+
+def test_a_collective_broken_by_another_process_is_named_not_the_catch_all(monkeypatch, cli):
+    """A rank killed (OOM, kill -9) or stopped by its own error left the others with gloo's multi-line RuntimeError
+    under the catch-all; they now say that another process stopped, and how to go on."""
+    from grow_cli.launch import lost_contact
+
+    _launched(monkeypatch, rank=0, local_rank=0, world=2, local_world=2)
+    assert "lost contact with another process of this launch" in lost_contact(RuntimeError(GLOO_LOST))
+    assert lost_contact(RuntimeError("Read error in some other library")) is None
+    assert lost_contact(ValueError(GLOO_LOST)) is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert lost_contact(RuntimeError(GLOO_LOST)) is None  # one process: no other to lose
+
+    import grow_cli.growth.describe as describe
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(GLOO_LOST)
+
+    monkeypatch.setattr(describe, "inspect", broken)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _group(monkeypatch, True)
+    result = cli("inspect", ".")
+    assert result.code == 1 and result.stderr.strip().splitlines() == [
+        "[rank 0] error: lost contact with another process of this launch (it stopped: its own lines above say "
+        "why); once that is fixed, continue from the last checkpoint with --resume auto"
+    ]
