@@ -86,3 +86,21 @@ def test_a_gradient_norm_given_as_a_number_or_on_another_device_is_logged():
     assert [(n.loss, n.grad_norm) for n in log.pop(upto=1)] == [(2.0, 1.5)]
     log.push(2, torch.tensor(2.0, device="meta"), torch.tensor(1.5), 0.1, 200)  # stacked on the loss's device
     assert len(log) == 1
+
+
+def test_a_disk_that_fills_up_under_the_metrics_file_is_one_line(tmp_path):
+    """ENOSPC while a step's metrics were written reached the catch-all (OSError: No space left on device)."""
+    import errno
+
+    from grow_cli.errors import OutputError
+    from grow_cli.train.metrics import JsonlTracker
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    tracker = JsonlTracker(tmp_path / "out" / "metrics.jsonl", None)
+    tracker.start()
+    tracker._file = FullDisk()
+    with pytest.raises(OutputError, match=r"filled up while writing metrics.jsonl; .* continue with --resume auto"):
+        tracker.log({"loss": 1.0}, step=1)

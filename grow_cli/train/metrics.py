@@ -10,6 +10,7 @@ same `accelerator.log` call also feeds TensorBoard or W&B when `--report-to` ask
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -19,6 +20,7 @@ from accelerate.tracking import GeneralTracker
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from grow_cli.console import err
+from grow_cli.errors import OutputError
 from grow_cli.train.deepspeed_engine import full_numel
 from grow_cli.train.flops import training_flops_per_token
 from grow_cli.train.router import inactive_expert_parameters
@@ -104,8 +106,16 @@ class JsonlTracker(GeneralTracker):
         pass  # the configuration goes into grow.json; the metrics file holds metrics only
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        self._file.write(json.dumps({"step": step, **values}) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps({"step": step, **values}) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OutputError(
+                f"the disk holding {self.path.parent} filled up while writing {self.path.name}; the checkpoints "
+                "saved so far are whole: free some space and continue with --resume auto"
+            ) from None
 
     def finish(self) -> None:
         self._file.close()
