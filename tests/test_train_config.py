@@ -72,6 +72,7 @@ def test_a_misspelt_or_missing_field_is_an_option_error():
         ({"decay_ratio": 0.5}, "decay_ratio"),  # only with --schedule wsd
         ({"apollo_stages": "3,2@5"}, "apollo_stages"),
         ({"data": []}, "data"),
+        ({"data_offset": 10**23}, "data_offset"),  # beyond int64 block positions: was the catch-all
     ],
 )
 def test_each_impossible_setting_names_its_field(changes, field):

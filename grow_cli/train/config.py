@@ -224,6 +224,10 @@ class TrainConfig:
 
     def _check_data_offset(self) -> None:
         self._set("data_offset", _count_or(self.data_offset, "lineage", "data_offset", "a number of blocks"))
+        if isinstance(self.data_offset, int) and self.data_offset > 2**53:  # block positions stay exact int64s
+            raise OptionError(
+                "data_offset", f"--data-offset {self.data_offset} is more blocks than any data holds (at most 2**53)"
+            )
         if self.data_offset and self.resume == "grown":
             raise OptionError(
                 "data_offset",
