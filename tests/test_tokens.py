@@ -140,3 +140,24 @@ def test_a_second_run_of_the_same_data_waits_and_reads_the_cache(tmp_path, capsy
             entry.rename(cache / entry.name)
     waiting.join()
     assert results[0].from_cache and "waiting for another grow run" in capsys.readouterr().err
+
+
+def test_processes_whose_token_streams_differ_are_refused(tmp_path, monkeypatch):
+    """A file appended to while the main process tokenized gave the other processes another fingerprint: they
+    tokenized their own stream and trained on other data than grow.json recorded, without a word."""
+    import accelerate.utils
+
+    from grow_cli.train.build import check_same_tokens
+
+    path = tmp_path / "a.txt"
+    path.write_text(" ".join(DOCS) * 5)
+    data = tokens_of([path], tmp_path)
+
+    class Launched:
+        num_processes = 2
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda items: [data.fingerprint, *items])
+    check_same_tokens(Launched(), data)  # the same stream on both
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda items: ["0" * 16, *items])
+    with pytest.raises(DataError, match="the data changed while the processes read it"):
+        check_same_tokens(Launched(), data)

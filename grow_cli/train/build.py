@@ -23,7 +23,7 @@ from grow_cli.checkpoint.files import METRICS_FILE
 from grow_cli.checkpoint.output import remove_previous_run
 from grow_cli.data.batches import StepBatches, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
-from grow_cli.errors import OptionError, UsageError
+from grow_cli.errors import DataError, OptionError, UsageError
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
 from grow_cli.train.attention import HALF, check_attention_run, one_row
@@ -350,7 +350,22 @@ def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -
             cache_dir=Path(config.cache_dir or token_cache_dir(Path(config.out).resolve().parent)),
             dtype_name=config.token_dtype,
         )
+    check_same_tokens(accelerator, data)
     return data
+
+
+def check_same_tokens(accelerator: Accelerator, data: TokenData) -> None:
+    """Every process reads the token stream the main process made: a file that changed while the main process read
+    it gives the others another fingerprint, and they tokenized their own (different) stream without a word."""
+    if accelerator.num_processes < 2:
+        return
+    from accelerate.utils import gather_object
+
+    if len(set(gather_object([data.fingerprint]))) > 1:
+        raise DataError(
+            "the data changed while the processes read it, so their token streams differ; run again once the "
+            "files no longer change (a copy that nothing writes to, for example)"
+        )
 
 
 def describe_data(config: TrainConfig, data: TokenData, accelerator: Accelerator) -> None:
