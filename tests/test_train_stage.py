@@ -455,3 +455,21 @@ def test_a_config_transformers_refuses_is_one_line_naming_it(setup, tmp_path, ca
         code, _, stderr = run_grow(args, capsys)
         assert code in (1, 2) and refusal in stderr and len(stderr.strip().splitlines()) == 1, (args[0], stderr)
         assert "--debug" not in stderr
+
+
+def test_a_signal_repeated_at_once_is_one_request_and_a_later_one_aborts():
+    """Under a launch each process gets the job's SIGTERM and, a moment later, the launcher's forward of it: taken
+    as a second signal, it aborted without the checkpoint the first asked for (and was called Ctrl-C)."""
+    from grow_cli.signals import Terminated
+    from grow_cli.train.loop import _StopFlag
+
+    with _StopFlag() as flag:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # the forward: no abort
+        time.sleep(0.05)
+        assert flag.requested
+        flag.first -= _StopFlag.REPEAT_SECONDS  # later: a second request, which aborts
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)

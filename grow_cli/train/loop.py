@@ -25,6 +25,7 @@ import torch
 
 from grow_cli.checkpoint.claim import OutputClaim, unwritable
 from grow_cli.errors import Interrupted, TrainingError
+from grow_cli.signals import Terminated
 from grow_cli.train.build import Finished, Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
@@ -256,18 +257,24 @@ class _Window:
 
 class _StopFlag:
     """A first SIGINT or SIGTERM (what `timeout`, Slurm, Docker and systemd send) asks the loop to stop at the end
-    of the current step, which saves a checkpoint; a second one aborts at once."""
+    of the current step, which saves a checkpoint; a second one aborts at once — unless it comes within
+    `REPEAT_SECONDS` of the first: under `accelerate launch` each process gets the signal sent to the job and then
+    the launcher's forward of it, one request that must not abort the checkpoint it asked for."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_SECONDS = 1.0
 
     def __init__(self) -> None:
         self.requested = False
+        self.first = 0.0
 
     def __enter__(self) -> _StopFlag:
         def handler(signum: int, frame: Any) -> None:
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
+            now = time.monotonic()
+            if not self.requested:
+                self.requested, self.first = True, now
+            elif now - self.first >= self.REPEAT_SECONDS:
+                raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
         self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
         return self
