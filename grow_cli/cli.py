@@ -91,13 +91,14 @@ def _run_app() -> None:
     sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
 
 
-def _report(line: str, *, error: bool = True) -> None:
+def _report(line: str, *, error: bool = True, every_rank: bool = False) -> None:
     """Print the run's last line on stderr: once under a distributed launch when every process found the same
-    thing before the processes joined up, else from every rank, naming it (`grow_cli.launch`). A process that says
-    nothing of an `error` waits for the one that says it (an interruption ends every process anyway)."""
+    thing (before the processes joined up, or an error of that kind: `every_rank`), else from every rank, naming it
+    (`grow_cli.launch`). A process that says nothing of an `error` waits for the one that says it (an interruption
+    ends every process anyway)."""
     from grow_cli.launch import error_prefix, wait_for_the_reporting_process
 
-    prefix = error_prefix()
+    prefix = error_prefix(every_rank)
     if prefix is None and error:
         wait_for_the_reporting_process()
     elif prefix is not None:
@@ -174,7 +175,7 @@ def main() -> None:
     except GrowError as exc:
         if os.environ.get("GROW_DEBUG"):
             raise
-        _report(f"error: {exc}")
+        _report(f"error: {exc}", every_rank=exc.every_rank)
         sys.exit(exc.exit_code)
     except PermissionError as exc:  # the user's files and folders, not a bug in grow: name the path, once, here
         if os.environ.get("GROW_DEBUG"):

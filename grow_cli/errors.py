@@ -9,12 +9,14 @@ class GrowError(Exception):
     """Base class for every error a user can cause; the CLI prints `error: <message>` without a traceback."""
 
     exit_code = 1
+    every_rank = False  # found alike by every process of a launch, wherever it arises: printed once (launch.py)
 
 
 class UsageError(GrowError):
     """The command line asks for something impossible (e.g. fewer layers than the source)."""
 
     exit_code = 2
+    every_rank = True  # made of the arguments, which every process shares
 
 
 class OptionError(UsageError):
@@ -59,6 +61,7 @@ class Interrupted(TrainingError):
     rerunning the recipe for `grow family`). Exit status 130, like the shell's."""
 
     exit_code = 130
+    every_rank = True  # the processes agree on the step to stop at and save together
 
     def __init__(self, what: str, advice: str):
         super().__init__(f"{what}. {advice}")

@@ -33,14 +33,15 @@ def _group_started() -> bool:
     return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
 
-def error_prefix() -> str | None:
+def error_prefix(every_rank: bool = False) -> str | None:
     """What to put before this process's error line: "" outside a launch; None (say nothing) for a process other
-    than its machine's first before the group exists; "[rank N] " once it does ("[node K] " before it, when the
+    than its machine's first before the group exists, or for an error every process finds alike (`every_rank`: a
+    refused setting, an agreed stop); "[rank N] " for other errors once it does ("[node K] " before it, when the
     launch spans machines, whose files may differ)."""
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return ""
-    if _group_started():
+    if _group_started() and not every_rank:
         return f"[rank {_env_int('RANK', 0)}] "
     if _env_int("LOCAL_RANK", _env_int("RANK", 0)) != 0:
         return None

@@ -55,6 +55,27 @@ def test_once_the_group_exists_every_rank_speaks_with_its_rank(monkeypatch):
         assert error_prefix() == f"[rank {rank}] "
 
 
+def test_an_error_every_rank_finds_alike_is_said_once_after_the_group_exists_too(monkeypatch, cli):
+    """A refused resume setting, or the agreed stop of a Ctrl-C, was printed by every rank with its rank."""
+    from grow_cli.errors import CheckpointError, Interrupted, UsageError
+
+    assert UsageError.every_rank and Interrupted.every_rank and not CheckpointError.every_rank
+    _group(monkeypatch, True)
+    _launched(monkeypatch, rank=1, local_rank=1, world=2, local_world=2)
+    assert error_prefix(every_rank=True) is None
+    _launched(monkeypatch, rank=0, local_rank=0, world=2, local_world=2)
+    assert error_prefix(every_rank=True) == ""
+
+    import grow_cli.growth.describe as describe
+
+    def refused(*args, **kwargs):
+        raise UsageError("--resume: the checkpoint was made with max_lr=0.001")
+
+    monkeypatch.setattr(describe, "inspect", refused)
+    result = cli("inspect", ".")
+    assert result.code == 2 and result.stderr == "error: --resume: the checkpoint was made with max_lr=0.001\n"
+
+
 def test_a_silent_process_waits_until_the_launcher_ends_it(tmp_path):
     """A process that says nothing of an error found before the group exists does not exit first: the launcher
     would then end the process that reports it before its line. It waits; the launcher's SIGTERM (sent when the
