@@ -392,3 +392,17 @@ def test_a_family_output_in_its_source_is_refused_before_anything_is_written(cli
         assert result.code == 1 and "source folder" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert sorted(p.name for p in base.iterdir()) == before
+
+
+def test_kl_rows_measured_on_different_blocks_are_said_not_to_compare():
+    """A finished member keeps its comparison; with `compare:` or the data changed since, the report still said
+    every row was measured on the same held-out blocks."""
+    from grow_cli.family.report import measured_alike
+
+    blocks = {"data_fingerprint": "faf05f8d", "seq_len": 32, "blocks": 4}
+    pairs = [
+        {"pair": "small→big", "grown": blocks, "independent": {**blocks, "kl_a_b": 0.1}},
+        {"pair": "big→wide", "grown": {**blocks, "seq_len": 8, "blocks": 40}, "independent": None},
+    ]
+    assert measured_alike(pairs[:1]) and not measured_alike(pairs)
+    assert not measured_alike([pairs[0], {**pairs[1], "grown": {**blocks, "data_fingerprint": "fff6f946"}}])

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from grow_cli.family.report import measured_alike
 from grow_cli.family.report import member_metrics as _metrics
 
 
@@ -109,7 +110,8 @@ def _kl_bars(ax, pairs: list[dict[str, Any]]) -> None:
         )
     ax.set_xticks(list(x), [p["pair"] for p in pairs])
     ax.set_ylabel("mean KL per token (nats)")
-    ax.set_title("consistency between adjacent members (same held-out blocks)")
+    alike = "same held-out blocks" if measured_alike(pairs) else "rows measured on DIFFERENT held-out blocks"
+    ax.set_title(f"consistency between adjacent members ({alike})")
     ax.legend(fontsize=8)
 
 

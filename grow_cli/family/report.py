@@ -106,6 +106,13 @@ def consistency(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pairs
 
 
+def measured_alike(pairs: list[dict[str, Any]]) -> bool:
+    """Whether every comparison of `pairs` ran on the same held-out blocks (data, seq_len, block count): finished
+    members keep the comparisons of their run, and `compare:` or the data may have changed since."""
+    runs = [c for p in pairs for c in (p["grown"], p["independent"]) if c]
+    return len({(c.get("data_fingerprint"), c.get("seq_len"), c.get("blocks")) for c in runs}) <= 1
+
+
 def headline(quality: dict[str, Any]) -> str:
     """The report's first sentence: the family's saving at equal quality, or why there is none."""
     family = quality.get("family")
@@ -198,8 +205,14 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
             "",
             "## Consistency between adjacent members",
             "",
-            "Mean KL per predicted token on the same held-out blocks (Yano et al. report lower KL between adjacent "
-            "progressively trained members than between independently trained ones).",
+            (
+                "Mean KL per predicted token on the same held-out blocks"
+                if measured_alike(pairs)
+                else "Mean KL per predicted token, **measured on different held-out blocks** (the data, `compare:` "
+                "or `seq_len` changed between runs of this family), so the rows do not compare with each other"
+            )
+            + " (Yano et al. report lower KL between adjacent progressively trained members than between "
+            "independently trained ones).",
             "",
             "| pair | KL(prev‖next) grown | KL(next‖prev) grown | KL(prev‖next) independent | "
             "KL(next‖prev) independent | JS grown | top-1 agreement grown |",
