@@ -406,3 +406,39 @@ def test_kl_rows_measured_on_different_blocks_are_said_not_to_compare():
     ]
     assert measured_alike(pairs[:1]) and not measured_alike(pairs)
     assert not measured_alike([pairs[0], {**pairs[1], "grown": {**blocks, "data_fingerprint": "fff6f946"}}])
+
+
+def test_a_baseline_gets_the_tokens_of_a_trained_sources_lineage_too(cli, tmp_path):
+    """A first member taken untrained from a source grow trained: the ledger counted the source's tokens in the
+    lineage, but the from-scratch baseline got only the next member's own, so the equal-quality figures compared a
+    lineage with a baseline given fewer tokens."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05}
+    source = tmp_path / "pre"
+    trained = cli(
+        "train-stage",
+        tmp_path / "base",
+        "--out",
+        source,
+        "--data",
+        tmp_path / "text",
+        "--seq-len",
+        32,
+        "--micro-batch-size",
+        4,
+        "--eval-fraction",
+        0.05,
+        "--max-steps",
+        4,
+        "-q",
+    )
+    assert trained.code == 0, trained.stderr
+    members = [
+        {"name": "small", "source": "pre"},
+        {"name": "big", "grow": {"depth_factor": 2}, "train": {"max_steps": 2}},
+    ]
+    path = write_recipe(tmp_path, members, out="run", train=train, compare={"max_blocks": 2}, baselines=True)
+    assert cli("family", path, "-q").code == 0
+    big = json.loads((tmp_path / "run" / "big" / "member.json").read_text())
+    assert big["baseline"]["tokens"] == (4 + 2) * 4 * 32  # the source's 4 steps and big's 2, 4 blocks of 32 each

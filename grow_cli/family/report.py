@@ -40,13 +40,20 @@ def member_metrics(final: Path) -> list[dict[str, Any]]:
     return read_metrics(Path(final) / METRICS_FILE, missing_ok=True)
 
 
+def last_training(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The training stage a member's final model ends with, where its folder holds that training's metrics (a
+    member trained here, or a first member whose source a grow run trained), else {}: the ledger's tokens and
+    FLOPs, and the tokens a from-scratch baseline gets, both count it."""
+    stages = [st for st in (summary.get("record") or {}).get("stages", []) if st["kind"] == "train"]
+    return stages[-1] if stages and metrics else {}
+
+
 def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-member and total FLOPs, progressive versus independent on the same tokens (not equal quality)."""
     rows, lineage_tokens = [], 0
     for s in summaries:
         metrics = member_metrics(Path(s["final"]))
-        train_stages = [st for st in (s.get("record") or {}).get("stages", []) if st["kind"] == "train"]
-        stage = train_stages[-1] if train_stages and metrics else {}
+        stage = last_training(s, metrics)
         logged = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None)
         per_token = stage.get("flops_per_token") or logged  # records before grow 0.1 logged it only in metrics
         tokens = stage.get("tokens", 0)

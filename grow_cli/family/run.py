@@ -104,6 +104,14 @@ def check_finished(recipe: Recipe) -> None:
             raise UsageError(f"{member.name} finished, but its from-scratch baseline {baseline} is gone; {redo}")
 
 
+def _trained_tokens(summary: dict[str, Any]) -> int:
+    """The tokens a finished member's final model was trained on, as the family's ledger counts them (a first
+    member's source trained by grow counts too)."""
+    from grow_cli.family.report import last_training, member_metrics
+
+    return last_training(summary, member_metrics(Path(summary["final"]))).get("tokens") or 0
+
+
 def _within(out: Path, path: Path) -> str | None:
     """`path` relative to the family's OUT when it lies there (a member's models), else None (a source, a shared
     baseline)."""
@@ -418,7 +426,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             comparison = compare(previous_final, final, **compare_settings(recipe))
         baseline = None
         if recipe.baselines and i > 0:
-            lineage = sum((s.get("train") or {}).get("tokens") or 0 for s in summaries)
+            lineage = sum(_trained_tokens(s) for s in summaries)  # as the ledger counts them
             baseline = _baseline(recipe, member, final, folder, lineage + ((trained or {}).get("tokens") or 0), quiet)
             if baseline is not None and baseline.get("status") == "paused":
                 return {"status": "paused", "member": member.name, "out": str(recipe.out)}
