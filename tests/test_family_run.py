@@ -337,8 +337,13 @@ def test_a_moved_output_finds_its_own_members(cli, tmp_path):
     (tmp_path / "run").rename(tmp_path / "moved")
     again = cli("family", path, "--out", tmp_path / "moved", "--json")
     assert again.code == 0, again.stderr
-    finals = [m["final"] for m in json.loads((tmp_path / "moved" / "family.json").read_text())["members"]]
-    assert finals[1] == str(tmp_path / "moved" / "big" / "grown")
+    report = json.loads((tmp_path / "moved" / "family.json").read_text())
+    assert [m["final"] for m in report["members"]][1] == str(tmp_path / "moved" / "big" / "grown")
+    # untrained members' sizes, read from their folders (they showed "0.00M | None × None")
+    small, big = report["ledger"]["members"]
+    assert (
+        big["shape"]["layers"] == 2 * small["shape"]["layers"] and big["num_parameters"] > small["num_parameters"] > 0
+    )
 
 
 def test_a_fresh_member_initialised_with_another_seed_is_refused(cli, tmp_path):
@@ -442,3 +447,16 @@ def test_a_baseline_gets_the_tokens_of_a_trained_sources_lineage_too(cli, tmp_pa
     assert cli("family", path, "-q").code == 0
     big = json.loads((tmp_path / "run" / "big" / "member.json").read_text())
     assert big["baseline"]["tokens"] == (4 + 2) * 4 * 32  # the source's 4 steps and big's 2, 4 blocks of 32 each
+
+
+def test_the_family_figure_names_an_untrained_member_as_such():
+    """An untrained grown member was reported as 'no from-scratch run measured', though it had nothing to match."""
+    from grow_cli.family.report import equal_quality, headline
+
+    rows = [
+        {"name": "small", "final_eval_loss": 5.0, "lineage_flops": 1e9, "progressive_flops": 1e9},
+        {"name": "big", "final_eval_loss": None, "lineage_flops": 1e9, "progressive_flops": 0.0},
+    ]
+    summaries = [{"name": "small"}, {"name": "big", "baseline": {"out": "baseline"}}]
+    quality = equal_quality(summaries, {"members": rows})
+    assert headline(quality) == "No family figure at equal quality: big was not trained (no held-out loss)."

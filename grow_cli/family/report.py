@@ -48,6 +48,23 @@ def last_training(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> dic
     return stages[-1] if stages and metrics else {}
 
 
+def _size_of(summary: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
+    """A member's parameter count and shape: from its grow.json where a training recorded them, else read from its
+    final folder (a grown or fresh model that was not trained: its config.json and its shard headers)."""
+    from math import prod
+
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    model = (summary.get("record") or {}).get("model", {})
+    if model.get("num_parameters") and (model.get("shape") or {}).get("layers"):
+        return model["num_parameters"], model["shape"]
+    final = Path(summary["final"])
+    config = json.loads((final / "config.json").read_text())
+    text = config.get("text_config") or config
+    shape = {"layers": text.get("num_hidden_layers"), "hidden_size": text.get("hidden_size")}
+    return sum(prod(dims) for dims, _ in CheckpointReader(final).tensor_infos().values()), shape
+
+
 def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-member and total FLOPs, progressive versus independent on the same tokens (not equal quality)."""
     rows, lineage_tokens = [], 0
@@ -59,12 +76,12 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         tokens = stage.get("tokens", 0)
         lineage_tokens += tokens
         evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
-        record_model = (s.get("record") or {}).get("model", {})
+        num_parameters, shape = _size_of(s)
         rows.append(
             {
                 "name": s["name"],
-                "num_parameters": record_model.get("num_parameters"),
-                "shape": record_model.get("shape"),
+                "num_parameters": num_parameters,
+                "shape": shape,
                 "tokens": tokens,
                 "lineage_tokens": lineage_tokens,
                 "flops_per_token": per_token,
@@ -95,6 +112,10 @@ def equal_quality(summaries: list[dict[str, Any]], book: dict[str, Any]) -> dict
             entry["explanation"] = describe_reach(entry)
         grown.append(entry)
         members.append({"name": row["name"], **(entry or {"saving": None})})
+    untrained = [r["name"] for r in rows[1:] if r["final_eval_loss"] is None]
+    if untrained and any(s.get("baseline") for s in summaries[1:]):  # nothing to match: not a missing baseline
+        reason = f"{', '.join(untrained)} {'was' if len(untrained) == 1 else 'were'} not trained (no held-out loss)"
+        return {"family": {"saving": None, "bound": None, "reason": reason}, "members": members, "measured": True}
     if not any(grown):
         return {"family": None, "members": members, "measured": False}
     family = family_saving(rows[0]["progressive_flops"], grown, [r["name"] for r in rows[1:]])
