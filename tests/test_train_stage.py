@@ -473,3 +473,22 @@ def test_a_signal_repeated_at_once_is_one_request_and_a_later_one_aborts():
         with pytest.raises(Terminated):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
+
+
+def test_a_stop_while_the_final_model_is_written_says_what_is_kept(setup, tmp_path, capsys, monkeypatch):
+    """SIGTERM while the trained model was written said only "terminated; nothing unfinished was left behind": not
+    that the model was not written, nor that the steps since the newest checkpoint were lost until a resume."""
+    from grow_cli.signals import Terminated
+    from grow_cli.train import loop
+
+    def stopped(run, ending):
+        raise Terminated
+
+    monkeypatch.setattr(loop, "finish", stopped)
+    model, data = setup
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 5, "--save-every", 2), capsys)
+    assert code == 130, stderr
+    assert "terminated (SIGTERM) while writing the final model after step 5/5: it was not written" in stderr
+    assert f"the steps since the newest checkpoint ({out / 'checkpoints' / 'step_00000004'}) are not kept" in stderr
+    assert "Continue with --resume auto, which trains them again" in stderr

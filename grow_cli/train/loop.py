@@ -70,7 +70,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             if isinstance(run, Finished):
                 return _nothing_to_do(config, run.summary)
             ending = train_loop(run)
-            result = finish(run, ending) if ending.reason == "done" else pause(run)
+            result = _finish(run, ending) if ending.reason == "done" else pause(run)
         except BaseException:
             if created:  # refused after --out was made (a grown state that does not fit): leave no empty folder
                 with suppress(OSError):
@@ -87,6 +87,22 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
         steps = run.step - ending.first_step
         run.say(f"stopped after {steps} step{'s' * (steps != 1)} (--exit-interval); saved {result['checkpoint']}")
     return result
+
+
+def _finish(run: Run, ending: Any) -> dict[str, Any]:
+    """`finish` the trained run (final evaluation, model, grow.json, card); a Ctrl-C or SIGTERM there leaves the
+    model unwritten, so it says what is kept and how to go on instead of only that it was stopped."""
+    try:
+        return finish(run, ending)
+    except (KeyboardInterrupt, Terminated) as exc:
+        kept = complete_checkpoints(Path(run.config.out))
+        since = f"the newest checkpoint ({kept[-1]})" if kept else "the start (no checkpoint was saved)"
+        raise Interrupted(
+            f"{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted (Ctrl-C)'} while writing the "
+            f"final model after step {run.step}/{run.budget.max_steps}: it was not written, and the steps since "
+            f"{since} are not kept",
+            "Continue with --resume auto, which trains them again",
+        ) from None
 
 
 def _nothing_to_do(config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
