@@ -124,7 +124,9 @@ def _within(out: Path, path: Path) -> str | None:
 def _located(recipe: Recipe, summary: dict[str, Any]) -> dict[str, Any]:
     """A finished member's summary with its models found in OUT as it is now: an OUT renamed, moved or copied since
     (or a relative --out given from another folder) still finds its own models, never the old folder's."""
-    within = summary.get("in_out") if isinstance(summary.get("in_out"), dict) else {}
+    within = summary.get("in_out")
+    if not isinstance(within, dict):
+        within = {}
     if isinstance(within.get("final"), str):
         summary["final"] = str(recipe.out / within["final"])
     if isinstance(within.get("baseline"), str) and isinstance(summary.get("baseline"), dict):

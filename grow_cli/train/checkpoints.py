@@ -285,9 +285,10 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings:
         SafetensorError,
         CheckpointException,
     ) as exc:
+        cause: BaseException = exc
         if isinstance(exc, CheckpointException):  # each rank's own failure, wrapped with its stack
-            exc = next((failure[0] for failure in exc.failures.values()), exc)
-        detail = _weights_mismatch(str(exc)) or " ".join(line.strip() for line in str(exc).splitlines())[:300]
+            cause = next((failure[0] for failure in exc.failures.values()), exc)
+        detail = _weights_mismatch(str(cause)) or " ".join(line.strip() for line in str(cause).splitlines())[:300]
         raise CheckpointError(
             f"cannot resume from {path}: its saved state does not load into this run ({detail}); resume it as it "
             "was made (the same model, with FSDP or without as then), or start again with --overwrite"
