@@ -272,3 +272,22 @@ def test_a_sharded_state_that_does_not_load_is_one_line(tmp_path):
         load_checkpoint(Accelerator(), tmp_path, {}, {"optimizer": {}, "schedule": {}})
     assert "its saved state does not load into this run (pytorch_model_fsdp_0/.metadata)" in str(refused.value)
     assert "with FSDP or without as then" in str(refused.value)
+
+
+def test_a_checkpoint_of_another_engine_is_refused_by_name():
+    """An FSDP checkpoint resumed without FSDP (or the reverse) failed while loading, with advice to resume with the
+    model it was made from or to --overwrite: it was the same model. The engine is now a run key, named up front;
+    a checkpoint of a grow that did not record it is left to the loader."""
+    from types import SimpleNamespace
+
+    from accelerate import DistributedType
+
+    from grow_cli.train.build import state_engine
+    from grow_cli.train.checkpoints import run_key_change
+
+    engines = [state_engine(SimpleNamespace(distributed_type=kind)) for kind in DistributedType]
+    assert {"fsdp", "deepspeed", "plain"} == set(engines) and engines.count("plain") == len(engines) - 2
+    made = {"objective": {"name": "causal"}, "apollo": None, "num_processes": 2}
+    assert run_key_change({**made, "engine": "fsdp"}, {**made, "engine": "plain"}) == ("engine", "fsdp", "plain")
+    assert run_key_change({**made, "engine": "fsdp"}, {**made, "engine": "fsdp"}) is None
+    assert run_key_change(made, {**made, "engine": "plain"}) is None

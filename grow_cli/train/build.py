@@ -559,12 +559,21 @@ def run_keys(
         "seed": config.seed,
         "train_only": config.train_only,
         "num_processes": accelerator.num_processes,
+        "engine": state_engine(accelerator),
     }
     if continuation is not None:
         keys["start_step"] = continuation.start_step
     if data_offset is not None:  # the first step's block under --data-offset (absent without one, as before it)
         keys["data_offset"] = data_offset
     return keys
+
+
+def state_engine(accelerator: Accelerator) -> str:
+    """How a checkpoint holds the training state: FSDP's sharded files, DeepSpeed's, or one whole copy ("plain": one
+    process or DDP). A checkpoint loads only under the engine that saved it."""
+    return {DistributedType.FSDP: "fsdp", DistributedType.DEEPSPEED: "deepspeed"}.get(
+        accelerator.distributed_type, "plain"
+    )
 
 
 def resume(run: Run, checkpoint: Path) -> None:

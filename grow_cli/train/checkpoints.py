@@ -42,6 +42,7 @@ RESUME_KEYS = (
     "data_offset",
     "objective",
     "apollo",
+    "engine",
 )
 
 
@@ -211,10 +212,11 @@ def _quiet_about_ties():
 
 def _made_before(key: str, expected: dict[str, Any]) -> bool:
     """A checkpoint of an earlier grow lacks the keys added since; it matches when this run does what every run
-    did then: a causal LM (`objective`), without Apollo (`apollo`)."""
+    did then: a causal LM (`objective`), without Apollo (`apollo`); its engine was not recorded (`engine`: loading
+    it finds out)."""
     if key == "objective":
         return (expected.get("objective") or {}).get("name") == "causal"
-    return key == "apollo" and expected.get("apollo") is None
+    return key == "engine" or (key == "apollo" and expected.get("apollo") is None)
 
 
 def run_key_change(recorded: dict[str, Any], expected: dict[str, Any]) -> tuple[str, Any, Any] | None:
