@@ -69,9 +69,8 @@ def lost_contact(exc: BaseException) -> str | None:
     where to look and how to go on. None for any other error."""
     if _env_int("WORLD_SIZE", 1) < 2:
         return None
-    torch = sys.modules.get("torch")
-    dist_error = getattr(getattr(torch, "distributed", None), "DistError", None) if torch else None
-    broken = isinstance(exc, dist_error) if isinstance(dist_error, type) else False
+    dist = sys.modules.get("torch.distributed")  # (not imported: no group, nothing to lose contact with)
+    broken = isinstance(exc, getattr(dist, "DistError", ()))
     text = str(exc)
     said = any(name in text for name in BACKENDS) and any(phrase in text for phrase in LOST_PEER)
     if not (broken or (isinstance(exc, RuntimeError) and said)):

@@ -21,8 +21,9 @@ import sys
 import threading
 from pathlib import Path
 
-_completed: list[Path] = []  # the outputs this process has put in place whole
-_command_output: list[Path] = []  # the one folder that is the command's whole output, when it has one
+# The command's whole output, when it has one folder (`command_output`), and whether it is in place: one pair for
+# the process, reset as each command starts (`forget_completed`).
+_output: dict[str, Path | bool | None] = {"path": None, "complete": False}
 
 
 class Terminated(BaseException):
@@ -47,25 +48,23 @@ def terminate_like_interrupt() -> None:
 def command_output(output: Path) -> None:
     """Declare `output` (resolved) the command's whole output, as `grow expand`'s OUT is; a command that writes
     several (a family's members) declares none, since one of them complete is not the command's work done."""
-    _command_output[:] = [output]
+    _output.update(path=output, complete=False)
 
 
 def completed(output: Path) -> None:
     """Record that `output` (resolved) is in place and whole (renamed from its temporary folder)."""
-    _completed.append(output)
+    if output == _output["path"]:
+        _output["complete"] = True
 
 
 def interruption_note() -> str:
     """What the line reporting an interruption adds: that the command's output was already complete."""
-    if _command_output and _command_output[0] in _completed:
-        return f" after {_command_output[0]} was complete; it holds the whole output"
-    return ""
+    return f" after {_output['path']} was complete; it holds the whole output" if _output["complete"] else ""
 
 
 def forget_completed() -> None:
     """Start a command with no output declared or completed (a Python caller may run several in one process)."""
-    _completed.clear()
-    _command_output.clear()
+    _output.update(path=None, complete=False)
 
 
 def end_at_once_when_interrupted() -> None:
