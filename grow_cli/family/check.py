@@ -139,9 +139,9 @@ def _check_writes_outside_data(
         raise _fail(f"{where}.train", str(exc)) from None
 
 
-def _check_baselines_dir(recipe: Recipe) -> None:
-    """The shared home of from-scratch baselines is a folder (or not there yet), outside the first member's source
-    and outside every stage's data: baselines write models there."""
+def _check_baselines_dir(recipe: Recipe, source: Path | None) -> None:
+    """The shared home of from-scratch baselines is a folder (or not there yet), outside the first member's local
+    `source` and outside every stage's data: baselines write models there."""
     from grow_cli.train.preflight import data_folder_holding
 
     folder = recipe.baselines_dir
@@ -149,12 +149,10 @@ def _check_baselines_dir(recipe: Recipe) -> None:
         return
     if folder.exists() and not folder.is_dir():
         raise _fail("baselines_dir", f"{folder} is a file; give a folder")
-    source = recipe.members[0].source
-    if source and Path(source).expanduser().exists():
-        try:
-            check_not_overlapping(folder, Path(source))
-        except OutputError as exc:
-            raise _fail("baselines_dir", str(exc)) from None
+    try:
+        check_not_overlapping(folder, source)
+    except OutputError as exc:
+        raise _fail("baselines_dir", str(exc)) from None
     for member in recipe.members:
         settings = recipe.train_settings(member)
         holding = data_folder_holding(folder.expanduser().resolve(), settings["data"]) if settings else None
@@ -179,25 +177,30 @@ def _hf_config(config: dict[str, Any], where: str) -> Any:
         raise _fail(where, f"its config.json cannot be read by transformers: {config_problem(exc)}") from None
 
 
-def _check_compare_length(recipe: Recipe, configs: list[tuple[str, dict[str, Any]]]) -> None:
-    """Every member fits the blocks the comparisons use (`compare.seq_len`, else the training's, else compare's
-    default): the run would otherwise train members first and fail at the first comparison."""
+def _check_compare_length(recipe: Recipe, members: list[tuple[str, dict[str, Any], Any | None]]) -> None:
+    """Every member (where it is in the recipe, its config, and transformers' config where the training check built
+    it) fits the blocks the comparisons use (`compare.seq_len`, else the training's, else compare's default): the
+    run would otherwise train members first and fail at the first comparison."""
     from grow_cli.family.compare import SEQ_LEN
     from grow_cli.family.run import compare_settings
     from grow_cli.train.model_io import check_seq_len
 
     seq_len = compare_settings(recipe).get("seq_len", SEQ_LEN)
-    for where, config in configs:
+    for where, config, hf_config in members:
+        hf_config = hf_config or _hf_config(config, where)  # (its refusal names the member, not compare.seq_len)
         try:
-            check_seq_len(_hf_config(config, where), seq_len, whose=f"{where}'s")
+            check_seq_len(hf_config, seq_len, whose=f"{where}'s")
         except UsageError as exc:
             raise _fail("compare.seq_len", str(exc).replace("--seq-len", "seq_len")) from None
 
 
-def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tokenizer: Path | None, where: str):
-    """The stage's data exists and reads; its sequence length fits the member; its tokenizer loads and fits."""
+def _check_training(
+    settings: dict[str, Any], config: dict[str, Any] | None, tokenizer: Path | None, where: str
+) -> Any | None:
+    """The stage's sequence length fits the member; its tokenizer loads and fits. Returns transformers' config of
+    the member (None where its config is not known before the run)."""
     if config is None:
-        return
+        return None
     from grow_cli.train.model_io import check_seq_len, load_tokenizer
 
     hf_config = _hf_config(config, where)
@@ -208,6 +211,7 @@ def _check_training(settings: dict[str, Any], config: dict[str, Any] | None, tok
             load_tokenizer(path, hf_config)
     except GrowError as exc:
         raise _fail(f"{where}.train", str(exc)) from None
+    return hf_config
 
 
 def check_recipe(recipe: Recipe) -> list[str]:
@@ -219,28 +223,30 @@ def check_recipe(recipe: Recipe) -> list[str]:
     if recipe.out.exists() and not recipe.out.is_dir():
         raise OutputError(f"the family's output {recipe.out} is a file; give a folder (the recipe's out, or --out)")
     source = recipe.members[0].source
-    if source and Path(source).expanduser().exists():  # a local folder (a Hub id names none): the members go in out
-        check_not_overlapping(recipe.out, Path(source))
-    _check_baselines_dir(recipe)
+    local = Path(source) if source and Path(source).expanduser().exists() else None  # (a Hub id names no folder)
+    check_not_overlapping(recipe.out, local)  # the members go in out
+    _check_baselines_dir(recipe, local)
+    compared = len(recipe.members) > 1
     with ExitStack() as stack:  # holds a Hub source's headers (and tokenizer) while the members are checked
         config, shapes, tokenizer = _first_member(recipe.members[0], stack, notes)
-        configs: list[tuple[str, dict[str, Any]]] = []
+        members: list[tuple[str, dict[str, Any], Any | None]] = []  # where, config, transformers' (if built)
         for i, member in enumerate(recipe.members):
             where = f"members[{i}]"
             if i > 0 and config is not None:
                 config, shapes = _grown(member, config, shapes, where, state=recipe.optimizer_of(member) == "grow")
-            if config is not None:
-                configs.append((where, config))
             settings = recipe.train_settings(member)
+            hf_config = None
             if settings is not None:
                 sources = _check_data(settings["data"], settings.get("text_field", "text"), f"{where}.train")
                 _check_writes_outside_data(recipe, member, settings, sources, where)
-                _check_training(settings, config, tokenizer, where)
-    if len(recipe.members) > 1:
+                hf_config = _check_training(settings, config, tokenizer, where)
+            if config is not None:
+                members.append((where, config, hf_config))
+    if compared:
         data = recipe.compare.get("data") or recipe.train.get("data")
         if not data:
             raise _fail("compare", "comparing adjacent members needs data: give compare.data or train.data")
         _check_data(data, recipe.compare.get("text_field", recipe.train.get("text_field", "text")), "compare")
-        _check_compare_length(recipe, configs)
+        _check_compare_length(recipe, members)
     check_finished(recipe)
     return notes
