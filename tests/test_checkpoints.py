@@ -291,3 +291,42 @@ def test_a_checkpoint_of_another_engine_is_refused_by_name():
     assert run_key_change({**made, "engine": "fsdp"}, {**made, "engine": "plain"}) == ("engine", "fsdp", "plain")
     assert run_key_change({**made, "engine": "fsdp"}, {**made, "engine": "fsdp"}) is None
     assert run_key_change(made, {**made, "engine": "plain"}) is None
+
+
+def _sharded_checkpoint(root, step):
+    """A checkpoint folder as FSDP leaves it: torch.distributed.checkpoint's `.metadata` and `.distcp` files (saved
+    here by one process), and grow-state.json listing them."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from grow_cli.train.checkpoints import FILES_KEY, STATE_FILE
+
+    folder = root / f"step_{step:08d}"
+    state = {"model": {"w": torch.randn(64, 32), "b": torch.randn(64)}, "optimizer": {"step": step, "lr": 0.1}}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save(state, checkpoint_id=folder / "pytorch_model_fsdp_0")
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    (folder / STATE_FILE).write_text(json.dumps({"step": step, "tokens": 64 * step, FILES_KEY: files}))
+    return folder
+
+
+WHY = {  # what each damaged file of the sharded state is said to be
+    "__0_0.distcp": "truncated, or not a file torch.save wrote",
+    ".metadata": "not the index torch.distributed.checkpoint wrote",
+}
+
+
+@pytest.mark.parametrize("damaged", list(WHY))
+def test_resume_auto_skips_a_sharded_checkpoint_damaged_in_place(tmp_path, damaged):
+    """A `.distcp` shard (or its index) whose bytes were overwritten in place keeps its size, so only its structure
+    shows the damage: it failed the resume on every rank instead of being skipped for the previous checkpoint."""
+    from grow_cli.train.checkpoints import checkpoint_root, resolve_resume
+
+    root = checkpoint_root(tmp_path)
+    older, newer = _sharded_checkpoint(root, 2), _sharded_checkpoint(root, 4)
+    assert resolve_resume("auto", tmp_path) == (newer, [])  # whole: the newest is taken
+    path = newer / "pytorch_model_fsdp_0" / damaged
+    scrambled = bytearray(path.read_bytes())
+    scrambled[::7] = bytes((b * 31 + 7) % 256 for b in scrambled[::7])
+    path.write_bytes(scrambled)
+    assert resolve_resume("auto", tmp_path) == (older, [f"{path} is damaged ({WHY[damaged]}); skipping step_00000004"])

@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import shutil
-import zipfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,17 @@ from typing import Any
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR
 from grow_cli.checkpoint.header import read_safetensors_header
 from grow_cli.checkpoint.output import removed_unless_written
+from grow_cli.checkpoint.torch_files import (
+    SHARDED_INDEX,
+    TORCH_FILE_SUFFIXES,
+    damaged_sharded_state,
+    damaged_torch_file,
+)
 from grow_cli.errors import CheckpointError, UsageError
 from grow_cli.whole_file import write_whole
 
 STATE_FILE = "grow-state.json"
 FILES_KEY = "files"  # grow-state.json: every file the checkpoint holds, by relative path, with its size in bytes
-# What accelerate's save_state writes with torch.save (zip archives): model, optimizer, scheduler, RNG, scaler.
-TORCH_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
 # What a resume must match for the run to continue exactly where it stopped.
 RESUME_KEYS = (
     "data_fingerprint",
@@ -56,20 +59,6 @@ def complete_checkpoints(out: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
-
-
-def _damaged_torch_file(path: Path) -> str | None:
-    """Why a `torch.save` file (a zip archive) is damaged, or None. Checks the archive's structure only — the
-    central directory and that every member lies inside the file — so the cost does not grow with its size."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            size = path.stat().st_size
-            for member in archive.infolist():
-                if member.header_offset + member.compress_size > size:
-                    return "truncated"
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return "truncated, or not a file torch.save wrote"
-    return None
 
 
 def _state_damage(path: Path, state: object, needed: Collection[str] | None) -> tuple[Path, str] | None:
@@ -122,7 +111,10 @@ def damage_in(path: Path, needed: Collection[str] | None = None) -> str | None:
             except CheckpointError as exc:
                 why = str(exc).removeprefix(f"{file.name} ").removeprefix("is ").split("; ")[0]
         elif file.suffix in TORCH_FILE_SUFFIXES:
-            why = _damaged_torch_file(file)
+            why = damaged_torch_file(file)
+        elif file.name == SHARDED_INDEX:
+            found = damaged_sharded_state(file.parent)
+            file, why = found if found is not None else (file, None)
         if why is not None:
             return f"{file} is damaged ({why})"
     return None
