@@ -66,3 +66,17 @@ class Interrupted(TrainingError):
     def __init__(self, what: str, advice: str):
         super().__init__(f"{what}. {advice}")
         self.what = what
+
+
+def one_line(message: object, limit: int) -> str:
+    """A library's message (often several lines: a traceback-like report, a table of causes) as the single line grow
+    prints, its lines joined and cut to `limit` characters; an exception without a message gives its type's name."""
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())[:limit]
+    return text or (type(message).__name__ if isinstance(message, BaseException) else "")
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as a short phrase: the first line of its message (a library's headline, before its details),
+    cut to `limit` characters; its type's name when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import DataError, OptionError
+from grow_cli.errors import DataError, OptionError, first_line
 
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
@@ -143,7 +143,7 @@ def _schema(source: Source) -> dict[str, str]:
                 schema = pa.ipc.open_stream(f).schema
     except (pa.ArrowException, ValueError, KeyError, IndexError, TypeError, FileNotFoundError) as exc:
         what = "Parquet file" if source.kind == "parquet" else "`datasets` folder (save_to_disk)"
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = first_line(exc, 400)
         raise DataError(f"--data {source.path}: not a readable {what} ({detail}); re-create it") from None
     return {field.name: str(field.type) for field in schema}
 

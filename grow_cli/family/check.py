@@ -15,7 +15,7 @@ from typing import Any
 
 from grow_cli.checkpoint.output import check_not_overlapping
 from grow_cli.data.sources import Source
-from grow_cli.errors import GrowError, OutputError, UsageError
+from grow_cli.errors import GrowError, OutputError, UsageError, one_line
 from grow_cli.family.recipe import Member, Recipe
 
 Shapes = dict[str, tuple[tuple[int, ...], str]]
@@ -23,11 +23,6 @@ Shapes = dict[str, tuple[tuple[int, ...], str]]
 
 def _fail(where: str, message: str) -> UsageError:
     return UsageError(f"recipe: {where}: {message}")
-
-
-def _one_line(exc: BaseException) -> str:
-    """A library's (often multi-line) message as one line."""
-    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:400] or type(exc).__name__
 
 
 def _fresh_model_shapes(member: Member) -> tuple[Any, Shapes]:
@@ -53,7 +48,9 @@ def _fresh_model_shapes(member: Member) -> tuple[Any, Shapes]:
         with torch.device("meta"):
             model = auto.from_config(hf_config)
     except Exception as exc:  # transformers' strict validation raises several types
-        raise _fail("members[0].config", f"not a valid {model_type} language-model config: {_one_line(exc)}") from None
+        raise _fail(
+            "members[0].config", f"not a valid {model_type} language-model config: {one_line(exc, 400)}"
+        ) from None
     shapes = {name: (tuple(t.shape), dtype_name(t.dtype)) for name, t in model.state_dict().items()}
     return model.config, shapes
 

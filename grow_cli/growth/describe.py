@@ -15,7 +15,7 @@ from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import source_headers
-from grow_cli.errors import CheckpointError, OutputError
+from grow_cli.errors import CheckpointError, OutputError, first_line
 from grow_cli.growth.config import config_problem
 from grow_cli.growth.plan import source_shape_of
 from grow_cli.operators.registry import applicability
@@ -196,7 +196,7 @@ def _meta_tensors(folder: Path, config: dict[str, Any]) -> dict[str, tuple[tuple
             else:
                 model = transformers.AutoModelForCausalLM.from_config(model_config)
     except (ValueError, KeyError, TypeError) as exc:
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = first_line(exc, 400)
         raise CheckpointError(f"no weights in {folder}, and transformers cannot build its config.json: {why}") from exc
     return {name: (tuple(t.shape), "F32") for name, t in model.state_dict().items()}
 

@@ -28,7 +28,7 @@ from typing import Any
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
 from grow_cli.checkpoint.output import small_files
 from grow_cli.checkpoint.source import CheckpointSource
-from grow_cli.errors import CheckpointError
+from grow_cli.errors import CheckpointError, first_line
 from grow_cli.lineage.record import RECORD_FILE, load_record
 from grow_cli.scratch import scratch_folder
 from grow_cli.train.checkpoints import STATE_FILE as CHECKPOINT_STATE
@@ -77,7 +77,7 @@ class SourceState:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            detail = first_line(exc)
             raise CheckpointError(f"{path} is not a readable optimizer state ({detail}); {WEIGHTS_ONLY_HINT}") from None
         groups = state.get("param_groups") if isinstance(state, dict) else None
         if not isinstance(groups, list) or not isinstance(state.get("state"), dict):

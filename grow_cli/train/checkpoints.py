@@ -27,7 +27,7 @@ from grow_cli.checkpoint.torch_files import (
     damaged_sharded_state,
     damaged_torch_file,
 )
-from grow_cli.errors import CheckpointError, UsageError
+from grow_cli.errors import CheckpointError, UsageError, one_line
 from grow_cli.whole_file import write_whole
 
 STATE_FILE = "grow-state.json"
@@ -282,7 +282,7 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings:
         cause: BaseException = exc
         if isinstance(exc, CheckpointException):  # each rank's own failure, wrapped with its stack
             cause = next((failure[0] for failure in exc.failures.values()), exc)
-        detail = _weights_mismatch(str(cause)) or " ".join(line.strip() for line in str(cause).splitlines())[:300]
+        detail = _weights_mismatch(str(cause)) or one_line(cause, 300)
         raise CheckpointError(
             f"cannot resume from {path}: its saved state does not load into this run ({detail}); resume it as it "
             "was made (the same model, with FSDP or without as then), or start again with --overwrite"

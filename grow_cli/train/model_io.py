@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grow_cli.errors import CheckpointError, DataError, UsageError
+from grow_cli.errors import CheckpointError, DataError, UsageError, one_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -48,7 +48,7 @@ def config_problem(exc: BaseException) -> str:
     from grow_cli.arch.hf_config import root_cause
 
     root = root_cause(exc)
-    text = " ".join(line.strip() for line in root.splitlines() if line.strip()) or type(exc.__cause__ or exc).__name__
+    text = one_line(root, 10_000) or type(exc.__cause__ or exc).__name__
     if len(text) <= 200:
         return text
     end = text.find(". ", 20)
