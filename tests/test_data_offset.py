@@ -50,7 +50,32 @@ def test_lineage_reads_on_after_the_blocks_the_previous_stage_read(tmp_path, cap
         capsys,
     )
     assert code == 0, stderr
-    assert "no training stage" in stderr and last_stage(tmp_path / "e")["data_blocks"] == 4
+    assert "no training in" in stderr and last_stage(tmp_path / "e")["data_blocks"] == 4
+
+
+@pytest.mark.parametrize("state", ["weights-only", "grown-state"])
+def test_lineage_counts_the_run_of_a_checkpoint_the_model_was_grown_from(tmp_path, capsys, state):
+    """A model grown from a training checkpoint (not a finished run): that run's train stage is in no grow.json, so
+    a fresh optimizer read the order from its first block again (found by an audit). The expand stage records the
+    checkpoint's place in its run, with or without its optimizer state grown."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+    code, _, stderr = train(
+        model, data, tmp_path / "a", capsys, "--max-steps", 6, "--save-every", 3, "--exit-interval", 3
+    )
+    assert code == 0, stderr
+    checkpoint = tmp_path / "a" / "checkpoints" / "step_00000003"
+    extra = ["--weights-only"] if state == "weights-only" else ["--depth-method", "identity"]
+    code, _, stderr = run_grow(["expand", checkpoint, tmp_path / "grown", "--layers", 4, *extra, "--quiet"], capsys)
+    assert code == 0, stderr
+    recorded = json.loads((tmp_path / "grown" / "grow.json").read_text())["stages"][-1]["source"]["checkpoint"]
+    assert (recorded["step"], recorded["data_blocks"], recorded["seq_len"]) == (3, 3 * 4, 32)
+    assert "the training checkpoint `step_00000003` (step 3" in (tmp_path / "grown" / "README.md").read_text()
+
+    code, _, stderr = train(
+        tmp_path / "grown", data, tmp_path / "b", capsys, "--max-steps", 2, "--data-offset", "lineage"
+    )
+    assert code == 0, stderr
+    assert last_stage(tmp_path / "b")["data_blocks"] == 3 * 4 + 2 * 4  # blocks 12..19, not the checkpoint's 0..11
 
 
 def test_old_records_derive_the_blocks_read():

@@ -63,11 +63,14 @@ class CheckpointSource:
     # Only the headers of a Hub id's shards are in `folder` (`source_headers`): this fills a tensor's byte range
     # (file, start, end) from the Hub before it is read.
     fetch: Callable[[Path, int, int], None] | None = field(default=None, repr=False)
+    # A training checkpoint's place in its run (`growth.train_state.position`), recorded with the source: the
+    # run's own train stage is in no grow.json until it finishes, and what it read must still count as read.
+    trained: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
-        if self.repo_id:
-            return {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit}
-        return {"path": self.path}
+        where = {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit}
+        described = where if self.repo_id else {"path": self.path}
+        return {**described, "checkpoint": self.trained} if self.trained else described
 
 
 def resolve_source(

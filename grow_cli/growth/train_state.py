@@ -166,6 +166,26 @@ def _read_state(checkpoint: Path, *, weights_only: bool) -> dict[str, Any]:
     return state
 
 
+def blocks_read(state: dict[str, Any]) -> int:
+    """How far into its data order the run of a checkpoint's grow-state.json had read; checkpoints written before
+    grow recorded it read from the first block of the order."""
+    return int(state.get("data_blocks", int(state["step"]) * int(state.get("global_batch") or 0)))
+
+
+def position(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """Where a checkpoint is in its run: the step and tokens trained, the blocks read and the data order they were
+    read in (the data fingerprint, block length and seed make the permutation; `train.data_offset`)."""
+    return {
+        "path": str(checkpoint),
+        "step": int(state["step"]),
+        "tokens": state.get("tokens"),
+        "data_blocks": blocks_read(state),
+        "data_fingerprint": state.get("data_fingerprint"),
+        "seq_len": state.get("seq_len"),
+        "seed": state.get("seed"),
+    }
+
+
 def _model_folder(checkpoint: Path, state: dict[str, Any]) -> Path:
     """Where the checkpoint's config, tokenizer and lineage are: its finished run's output folder when this is that
     run's final state, else the folder the run trained (grow-state.json's `model`)."""
@@ -245,7 +265,12 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
             (view / RECORD_FILE).symlink_to((model_folder / RECORD_FILE).resolve())
         (view / WEIGHTS_FILE).symlink_to((checkpoint / WEIGHTS_FILE).resolve())
         shown = CheckpointSource(
-            folder=view, path=src.path, repo_id=src.repo_id, revision=src.revision, fetch=src.fetch
+            folder=view,
+            path=src.path,
+            repo_id=src.repo_id,
+            revision=src.revision,
+            fetch=src.fetch,
+            trained=position(checkpoint, state),
         )
         if weights_only:
             yield shown, None

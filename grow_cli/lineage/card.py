@@ -112,6 +112,10 @@ def _origin(source: dict[str, Any]) -> str:
         pins = [f"`{source['revision']}`"] if source.get("revision") else []
         pins += [f"commit `{source['commit'][:12]}`"] if source.get("commit") else []
         return f"[`{repo_id}`](https://huggingface.co/{repo_id})" + (f" @ {', '.join(pins)}" if pins else "")
+    checkpoint = source.get("checkpoint")
+    if checkpoint:  # the run's train stage is not in the lineage: say how far it had trained
+        tokens = f", {_count(checkpoint['tokens'])} tokens" if isinstance(checkpoint.get("tokens"), int) else ""
+        return f"the training checkpoint `{Path(checkpoint['path']).name}` (step {checkpoint['step']}{tokens})"
     return f"local folder `{Path(source.get('path') or '?').name}`"
 
 

@@ -32,13 +32,18 @@ def blocks_read(stage: dict[str, Any]) -> int:
 
 
 def lineage_blocks(model_dir: Path, fingerprint: str, seq_len: int, seed: int) -> int | None:
-    """The blocks the newest training stage in `model_dir`'s lineage read from this data order, or None when none
-    of its stages read it (no grow.json, other data, another block length or seed: another order)."""
-    record = load_record(model_dir)
-    for stage in reversed((record or {}).get("stages", [])):
-        order = ((stage.get("data") or {}).get("fingerprint"), stage.get("seq_len"), stage.get("seed"))
-        if stage.get("kind") == "train" and order == (fingerprint, seq_len, seed):
-            return blocks_read(stage)
+    """The blocks the newest training in `model_dir`'s lineage read from this data order, or None when none read it
+    (no grow.json, other data, another block length or seed: another order). A training is a finished train stage,
+    or the run of a checkpoint that a growth started from (recorded with the expand stage's source: that run's own
+    train stage reaches grow.json only when it finishes)."""
+    ours = (fingerprint, seq_len, seed)
+    for stage in reversed((load_record(model_dir) or {}).get("stages", [])):
+        if stage.get("kind") == "train":
+            if ((stage.get("data") or {}).get("fingerprint"), stage.get("seq_len"), stage.get("seed")) == ours:
+                return blocks_read(stage)
+        elif stage.get("kind") == "expand" and (checkpoint := (stage.get("source") or {}).get("checkpoint")):
+            if (checkpoint.get("data_fingerprint"), checkpoint.get("seq_len"), checkpoint.get("seed")) == ours:
+                return int(checkpoint["data_blocks"])
     return None
 
 
@@ -86,7 +91,7 @@ def first_block(config, fingerprint: str, train_blocks: int) -> tuple[int, str |
     blocks = lineage_blocks(config.model, fingerprint, config.seq_len, config.seed)
     if blocks is None:
         return 0, (
-            f"--data-offset lineage: no training stage in {config.model}'s lineage read this data with seq_len "
+            f"--data-offset lineage: no training in {config.model}'s lineage read this data with seq_len "
             f"{config.seq_len} and seed {config.seed}; reading the data order from its first block"
         )
     return blocks, (
