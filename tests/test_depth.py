@@ -181,3 +181,43 @@ def test_a_dus_depth_it_cannot_make_suggests_the_nearest_it_can(layers, suggesti
     with pytest.raises(UsageError, match=f"between 32 and 60; try {suggestion}$"):
         ops.target_layers(30, GrowthSpec(layers=layers, depth_method="dus"))
     assert ops.target_layers(30, GrowthSpec(layers=suggestion, depth_method="dus"))[0] == suggestion
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_identity_blocks_that_move_a_layer_scaled_by_its_index_are_not_called_exact(tmp_path, flag):
+    """GPT-2's `scale_attn_by_inverse_layer_idx` scales each layer's attention by 1/(its index + 1): identity blocks
+    move the original layers up, so they compute another function there. It was called exact (grow.json, the
+    card) and failed `--verify`; at default init the gap is ~1e-7, so the weights are scaled up to peak attention.
+    Without the flag (the control) the same growth is exact."""
+    import transformers as tf
+
+    config = tf.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    config.scale_attn_by_inverse_layer_idx = flag
+    torch.manual_seed(0)
+    model = tf.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(8 if param.ndim >= 2 else 1)
+    model.save_pretrained(tmp_path / "src")
+    report = _grow(tmp_path / "src", tmp_path / "out", "identity", verify=True, layers=4)
+    assert report["function_preserving"] is (not flag)
+    assert report["verify"]["passed"] is (None if flag else True)
+    moved = "config sets scale_attn_by_inverse_layer_idx, so each layer computes with its own index"
+    assert any(moved in note for note in report["notes"]) is flag
+    if flag:
+        assert report["verify"]["max_abs_logit_diff"] > 1e-2  # the gap --verify now reports, not refuses
+        _check_its_training_state_is_not_grown(tmp_path / "src")
+
+
+def _check_its_training_state_is_not_grown(src):
+    """Such a growth cannot continue the source's AdamW state: refused before any moment is read."""
+    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.errors import OptionError
+    from grow_cli.growth.grown_state import plan_state
+    from grow_cli.growth.plan import build_plan
+
+    spec = GrowthSpec(depth_method="identity", layers=4)
+    with CheckpointReader(src) as reader:
+        plan = build_plan(load_config(src), reader.tensor_infos(), spec, uniform_maps=True)
+    with pytest.raises(OptionError, match="scale_attn_by_inverse_layer_idx.*--weights-only"):
+        plan_state(plan, None, spec)  # refused before the source state is read

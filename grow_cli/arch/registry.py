@@ -26,7 +26,9 @@ store multi-token-prediction layers after the decoder stack names the config key
 A tensor that only some layers hold, as a per-layer list says, names that list and value in `only_where` (GLM-5's
 indexer: `{"indexer_types": "full"}`; a "shared" layer has none). `identity_layer_values` gives the value of such a
 list that makes a layer reuse the work of the layers before it ("shared"): an identity block followed by such a layer
-takes it too, so that the layer keeps reusing what it did (`layer_lists.grown_entries`).
+takes it too, so that the layer keeps reusing what it did (`layer_lists.grown_entries`). `layer_index_flags` lists
+the config keys that, when true, make each layer compute with its own index (GPT-2's
+`scale_attn_by_inverse_layer_idx`): a depth growth that moves an original layer is then not exact.
 
 Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
 decoders, in the same schema plus a `derived` record (what was found, and why width growth may be refused).
@@ -143,6 +145,7 @@ _TOP_KEYS = _REQUIRED_KEYS | {
     "width_refused",
     "mtp_layers",
     "identity_layer_values",
+    "layer_index_flags",
 }
 _DERIVED_KEYS = {"transformers", "model_class", "width_refused", "identity", "notes"}
 
@@ -221,6 +224,9 @@ class ArchDef:
     mtp_layers: str | None = None  # the config key counting the multi-token-prediction layers stored after the stack
     # per-layer list key → its value that reuses earlier layers' work, which identity blocks before one take
     identity_layer_values: dict[str, str] = field(default_factory=dict)
+    # config keys that, when true, make each layer compute with its own index (GPT-2's attention scaled by
+    # 1 / (layer index + 1)): a layer that growth moves to another index computes another function there
+    layer_index_flags: tuple[str, ...] = ()
 
     @property
     def is_moe(self) -> bool:
@@ -447,6 +453,7 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         curated_width_refusal=width_refused,
         mtp_layers=mtp,
         identity_layer_values=_identity_layer_values(raw, where),
+        layer_index_flags=_layer_index_flags(raw, where),
     )
     moe_weights = [w for w in arch.layer if w.moe or w.layers or w.layout]
     if moe_weights and moe is None:
@@ -482,6 +489,14 @@ def _config_spaces(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str
             raise _fail(where, f"config space {name!r}: give a list of terms, each a list of config keys to multiply")
         spaces[name] = tuple(tuple(t) for t in terms)
     return spaces
+
+
+def _layer_index_flags(raw: dict[str, Any], where: str) -> tuple[str, ...]:
+    """The validated `layer_index_flags`: config keys whose true value makes a layer depend on its index."""
+    flags = raw.get("layer_index_flags", [])
+    if not isinstance(flags, list) or not all(isinstance(key, str) and key for key in flags):
+        raise _fail(where, "'layer_index_flags' lists config keys (strings)")
+    return tuple(flags)
 
 
 def _identity_layer_values(raw: dict[str, Any], where: str) -> dict[str, str]:

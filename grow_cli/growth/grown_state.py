@@ -132,6 +132,10 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
     why = method_refusal(spec)
     if why:
         raise OptionError("weights_only", f"{why}; {WEIGHTS_ONLY_HINT}")
+    if plan.depth is not None and plan.depth.inexact:  # an exact method that this model's config makes inexact
+        raise OptionError(
+            "weights_only", f"{plan.depth.inexact}, so the source's training state cannot continue; {WEIGHTS_ONLY_HINT}"
+        )
     shapes = {t.name: t.shape for t in plan.binding.all_tensors()}
     source.open(shapes)
     scales = state_scales(plan)

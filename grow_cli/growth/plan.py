@@ -11,7 +11,7 @@ layer's MLP into a mixture of experts (grow_cli/operators/upcycle.py).
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from grow_cli.arch.binding import Binding, BoundTensor, bind
@@ -232,6 +232,8 @@ def build_plan(
         registry.refuse_if_inapplicable(op, arch)
         depth = depth_map(op, shape.layers, layers, dus_overlap=overlap)
         _refuse_unwritable_moe_pattern(arch, config, shape.layers, depth)
+        if depth.function_preserving and (inexact := _moved_index_flag(arch, config, depth)):
+            depth = replace(depth, function_preserving=False, inexact=inexact)
     if depth is None and width is None and not spec.grows_experts:
         raise UsageError(
             f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
@@ -299,11 +301,27 @@ def build_plan(
     return plan
 
 
+def _moved_index_flag(arch: ArchDef, config: dict[str, Any], depth: DepthMap) -> str | None:
+    """Why `depth` is not exact for this model when one of the definition's `layer_index_flags` is set true and it
+    moves an original layer to another index, where the layer computes another function; else None."""
+    flag = next((key for key in arch.layer_index_flags if config.get(key) is True), None)
+    moved = (j for j, (i, new) in enumerate(zip(depth.layer_map, depth.new, strict=True)) if not new and i != j)
+    first = next(moved, None) if flag else None
+    if flag is None or first is None:
+        return None
+    return (
+        f"{depth.method} is not exact for this model: its config sets {flag}, so each layer computes with its own "
+        f"index, and source layer {depth.layer_map[first]} moves to index {first}"
+    )
+
+
 def _notes(plan: Plan, spec: GrowthSpec) -> list[str]:
     """What the user should know about this growth before training it: tensors not written, and starts that train
     poorly (a stationary gated MLP, copies that stay copies)."""
     notes = [f"not written: {name} ({why})" for name, why in plan.binding.dropped]
     depth, width, upcycle = plan.depth, plan.width, plan.upcycle
+    if depth and depth.inexact:
+        notes.append(depth.inexact)
     if depth and depth.identity_init and gated_mlp(plan.arch):
         notes.append(
             "staged-identity: the new layers' gated MLP (gate·up) starts at a stationary point — with its norm gain "
