@@ -137,16 +137,20 @@ def topk_normalised(arch: ArchDef, config: dict[str, Any]) -> bool:
     return key == "always" or bool(config.get(key, arch.config_defaults.get(key, False)))
 
 
+def num_parameters(tensors: Iterable[Any]) -> int:
+    """The parameters among tensors with a `weight` (WeightDef) and a `shape`, as transformers counts them:
+    persistent buffers (a router's correction bias) are stored but are no parameters."""
+    from grow_cli.checkpoint.dtypes import numel
+
+    return sum(numel(t.shape) for t in tensors if not t.weight.buffer)
+
+
 def parameter_counts(tensors: Iterable[Any], num_experts: int, top_k: int) -> dict[str, int]:
     """Total and active parameters (a token runs top-k of the routed experts) of tensors with a `weight` (WeightDef)
     and a `shape`: bound checkpoint tensors, or a plan's output tensors."""
-    from grow_cli.checkpoint.dtypes import numel
-
-    total = routed = 0
-    for t in tensors:
-        n = numel(t.shape)
-        total += n
-        routed += n if t.weight.routed else 0
+    tensors = list(tensors)
+    total = num_parameters(tensors)
+    routed = num_parameters(t for t in tensors if t.weight.routed)
     active = total - routed + (routed * top_k // num_experts if num_experts else 0)
     return {"total": total, "active": active, "routed_experts": routed}
 

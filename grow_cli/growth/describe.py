@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.arch.binding import bind
-from grow_cli.arch.experts import depth_methods_keeping, parameter_counts, prefix_only, topk_normalised, upcycle_target
+from grow_cli.arch.experts import (
+    depth_methods_keeping,
+    num_parameters,
+    parameter_counts,
+    prefix_only,
+    topk_normalised,
+    upcycle_target,
+)
 from grow_cli.arch.registry import detect
 from grow_cli.arch.shape import read_shape
 from grow_cli.checkpoint.dtypes import numel
@@ -93,7 +100,7 @@ def inspect(
     dtypes: dict[str, int] = {}
     for t in bound:
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
-    params = sum(numel(t.shape) for t in bound) + sum(numel(infos[name][0]) for name in untied)
+    params = num_parameters(bound) + sum(numel(infos[name][0]) for name in untied)
     problem = config_problem(config)
     return {
         "source": src.describe(),
@@ -175,7 +182,7 @@ def describe_shape(folder: Path) -> dict[str, Any]:
     binding = bind(arch, config, shape, _meta_tensors(folder, config))
     return {
         "architecture": arch.name,
-        "num_parameters": sum(numel(t.shape) for t in binding.all_tensors()),
+        "num_parameters": num_parameters(binding.all_tensors()),
         **shape.as_dict(),
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
         "methods": _methods(arch, config, shape.layers, None),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from grow_cli.arch.binding import Binding, BoundTensor, bind
-from grow_cli.arch.experts import depth_methods_keeping, depth_refusal, parameter_counts
+from grow_cli.arch.experts import depth_methods_keeping, depth_refusal, num_parameters, parameter_counts
 from grow_cli.arch.layer_lists import grown_entries, holds
 from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
@@ -133,7 +133,7 @@ class Plan:
 
     @property
     def num_parameters(self) -> int:
-        return sum(numel(t.shape) for t in self.tensors)
+        return num_parameters(self.tensors)
 
     @property
     def peak_bytes(self) -> int:
