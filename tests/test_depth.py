@@ -221,3 +221,16 @@ def _check_its_training_state_is_not_grown(src):
         plan = build_plan(load_config(src), reader.tensor_infos(), spec, uniform_maps=True)
     with pytest.raises(OptionError, match="scale_attn_by_inverse_layer_idx.*--weights-only"):
         plan_state(plan, None, spec)  # refused before the source state is read
+
+
+def test_verify_probes_a_model_with_few_positions_within_them(tmp_path):
+    """The probe was 64 tokens whatever the model: a GPT-2 of 16 learned positions failed `--verify` as a source
+    that 'does not run in transformers' (found by an audit). It now probes no more positions than the source has."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=16)).save_pretrained(
+        tmp_path / "src"
+    )
+    report = _grow(tmp_path / "src", tmp_path / "out", "identity", verify=True, layers=4)
+    assert report["verify"]["passed"] is True and report["verify"]["tokens"] == 16  # 2 rows of 8

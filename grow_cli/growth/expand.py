@@ -374,7 +374,12 @@ def _verified(plan: Plan, source: Path, grown: Path, max_memory: int | None, qui
 
     with activity("verifying: the source, then the grown model, on probe tokens", quiet=quiet):
         result = verifier.measure(
-            source, grown, vocab_size=plan.source_shape.vocab_size, seed=plan.seed, max_memory=max_memory
+            source,
+            grown,
+            vocab_size=plan.source_shape.vocab_size,
+            seed=plan.seed,
+            max_memory=max_memory,
+            positions=plan.source_shape.max_positions,
         )
     return verifier.check(
         result,

@@ -98,10 +98,18 @@ def _run(folder: Path, ids, max_memory: int | None, *, grown: bool) -> Any:
 
 
 def measure(
-    source: Path, grown: Path, *, vocab_size: int, seed: int = 0, max_memory: int | None = None
+    source: Path,
+    grown: Path,
+    *,
+    vocab_size: int,
+    seed: int = 0,
+    max_memory: int | None = None,
+    positions: int | None = None,
 ) -> dict[str, Any]:
-    """Run two model folders on the same probe tokens; returns how far apart their outputs are (no verdict)."""
-    ids, kind = probe_ids(Path(source), vocab_size, seed)
+    """Run two model folders on the same probe tokens, no more per row than the source's learned `positions`
+    (when it has a table of them); returns how far apart their outputs are (no verdict)."""
+    length = PROBE_TOKENS if positions is None else max(2, min(PROBE_TOKENS, positions))
+    ids, kind = probe_ids(Path(source), vocab_size, seed, length)
     a = _run(Path(source), ids, max_memory, grown=False)
     b = _run(Path(grown), ids, max_memory, grown=True)
     if b.shape[-1] != a.shape[-1]:
