@@ -94,6 +94,27 @@ def test_a_killed_tokenization_leaves_nothing_after_the_next_run(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == [f"{first.fingerprint}.bin", f"{first.fingerprint}.json"]
 
 
+def test_a_killed_tokenization_of_data_changed_since_is_removed_by_any_run(tmp_path):
+    """A run killed while tokenizing data that then changed left its temporary stream for good: only a run of the
+    same fingerprint removed it (found by an audit). Any run now removes the leftovers of an entry no process holds
+    the lock of, and keeps those of an entry being tokenized now."""
+    import fcntl
+
+    path = tmp_path / "a.txt"
+    path.write_text(" ".join(DOCS) * 5)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    killed = [cache / ".0badc0ffee000000.999999.tmp", cache / ".0badc0ffee000000.json.999999.tmp"]
+    for leftover in [*killed, cache / ".0badc0ffee000000.lock", cache / ".1111111111111111.4242.tmp"]:
+        leftover.write_bytes(b"\0" * 64)
+    with (cache / ".1111111111111111.lock").open("w") as busy:  # another run is tokenizing that entry now
+        fcntl.flock(busy, fcntl.LOCK_EX)
+        data = tokens_of([path], tmp_path)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [f"{data.fingerprint}.bin", f"{data.fingerprint}.json", ".1111111111111111.4242.tmp", ".1111111111111111.lock"]
+    )
+
+
 def test_a_stopped_tokenization_leaves_no_empty_cache_folder(tmp_path, monkeypatch):
     """Ctrl-C or SIGTERM while tokenizing into a new --cache-dir removes the folders the run made (it left them
     empty); a cache folder that already held entries stays."""
@@ -161,3 +182,27 @@ def test_processes_whose_token_streams_differ_are_refused(tmp_path, monkeypatch)
     monkeypatch.setattr(accelerate.utils, "gather_object", lambda items: ["0" * 16, *items])
     with pytest.raises(DataError, match="the data changed while the processes read it"):
         check_same_tokens(Launched(), data)
+
+
+def test_each_tokenizer_call_gets_a_bounded_amount_of_text(tmp_path, monkeypatch):
+    """A batch was 256 pieces of up to 1 MB: any file under 256 MB was tokenized in one call, whose encodings took
+    ~80 bytes per character (8 GB for 100 MB; found by an audit). A call now gets at most BATCH_CHARS and one piece,
+    and the stream is the same."""
+    from grow_cli.data import sources
+
+    path = tmp_path / "a.txt"
+    path.write_text("\n".join(DOCS * 1000))
+    whole = tokens_of([path], tmp_path / "one")
+    calls: list[int] = []
+    encoder = tokens._encoder
+
+    def counting(tokenizer):
+        encode = encoder(tokenizer)
+        return lambda texts: calls.append(sum(map(len, texts))) or encode(texts)
+
+    monkeypatch.setattr(sources, "CHUNK_CHARS", 2_000)
+    monkeypatch.setattr(tokens, "BATCH_CHARS", 10_000)
+    monkeypatch.setattr(tokens, "_encoder", counting)
+    cut = tokens_of([path], tmp_path / "many")
+    assert len(calls) > 5 and max(calls) < 10_000 + 2 * 2_000 and sum(calls) == len(path.read_text())  # + a piece
+    assert np.array_equal(np.asarray(cut.blocks), np.asarray(whole.blocks))
