@@ -73,6 +73,10 @@ def _run_app() -> None:
 
     from grow_cli.signals import interruption_note
 
+    empty = _empty_argument(sys.argv[1:])
+    if empty is not None:
+        _report(f"error: {empty} is empty (an unset shell variable?); give a value, or leave it out", every_rank=True)
+        sys.exit(2)
     try:
         code = app(prog_name="grow", standalone_mode=False)  # returns the exit code of --help, --version, Ctrl-C
     except NoArgsIsHelpError:  # a bare `grow X`: Typer has printed X's help
@@ -89,6 +93,17 @@ def _run_app() -> None:
     if code == 130:
         _report(f"interrupted (Ctrl-C){interruption_note()}", error=False)
     sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
+
+
+def _empty_argument(args: list[str]) -> str | None:
+    """Which argument is an empty string, or None. No grow argument takes one, and a path given as "" is the
+    working folder: `grow expand SRC "$OUT" --force` with OUT unset would replace it."""
+    for i, arg in enumerate(args):
+        if arg == "":
+            return f"the value of {args[i - 1]}" if i and args[i - 1].startswith("-") else f"argument {i + 1}"
+        if arg.startswith("--") and arg.endswith("="):
+            return f"the value of {arg[:-1]}"
+    return None
 
 
 def _report(line: str, *, error: bool = True, every_rank: bool = False) -> None:

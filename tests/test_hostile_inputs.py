@@ -429,6 +429,9 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "inspect-config-more-layers-than-checkpoint":
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(num_hidden_layers=5))
         return ["inspect", c.src], "num_hidden_layers (5) disagrees with the checkpoint, which holds 4 layers (0–3)"
+    found = _data_and_config_case(c, name)
+    if found is not None:
+        return found
     options_without_their_option = {  # each does nothing without the option it depends on: refused, not ignored
         "expand-private-without-push": (c.expand("--private"), "--private applies only with --push-to-hub"),
         "expand-depth-method-without-target": (
@@ -473,6 +476,52 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name in options_without_their_option:
         return options_without_their_option[name]
     raise AssertionError(name)
+
+
+DOC_LINE = json.dumps({"text": "To be, or not to be, that is the question. " * 20})
+
+
+def _jsonl(c: Ctx, last: str) -> Path:
+    """A JSON Lines file of good lines, then `last` as its line 21."""
+    path = c.tmp / "d.jsonl"
+    path.write_text("\n".join([DOC_LINE] * 20 + [last]) + "\n")
+    return path
+
+
+def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
+    """Hostile data and config.json files, each of which reached the catch-all or ran without bound (an audit)."""
+    if name == "train-jsonl-lone-surrogate":
+        path = _jsonl(c, '{"text": "\\ud800 lone"}')
+        return c.train("--max-steps", 1, data=path), "d.jsonl:21: the field 'text' holds an unpaired UTF-16 surrogate"
+    if name == "train-jsonl-nested-too-deeply":
+        path = _jsonl(c, '{"text": "x", "a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        return c.train("--max-steps", 1, data=path), "d.jsonl:21: not valid JSON (nested too deeply to read)"
+    if name == "train-jsonl-integer-too-long":
+        path = _jsonl(c, '{"text": 1' + "0" * 5000 + "}")
+        return c.train("--max-steps", 1, data=path), "d.jsonl:21: not valid JSON (Exceeds the limit"
+    if name == "train-parquet-damaged-data-page":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = c.tmp / "d.parquet"
+        pq.write_table(pa.table({"text": ["To be, or not to be. " * 20] * 40}), path, compression="snappy")
+        damaged = bytearray(path.read_bytes())
+        damaged[200 : len(damaged) // 2] = b"A" * (len(damaged) // 2 - 200)  # the data, not the footer
+        path.write_bytes(bytes(damaged))
+        return c.train("--max-steps", 1, data=path), "d.parquet: not a readable Parquet file"
+    if name == "inspect-config-nested-too-deeply":
+        (c.src / "config.json").write_text('{"model_type": "llama", "x": ' + "[" * 2000 + "]" * 2000 + "}")
+        return ["inspect", c.src], "its JSON is nested too deeply to read"
+    if name in ("plan-target-config-transformers-refuses", "plan-target-layers-1e6"):
+        target = c.tmp / "target"
+        target.mkdir()
+        config = json.loads((c.src / "config.json").read_text())
+        refuses = name.endswith("refuses")
+        config.update({"tie_word_embeddings": "yes"} if refuses else {"num_hidden_layers": 10**6})
+        (target / "config.json").write_text(json.dumps(config))
+        why = "does not load in transformers: Field 'tie_word_embeddings'" if refuses else "1,000,000 layers is beyond"
+        return ["plan", "--target", target, "--tokens", "1B"], why
+    return None
 
 
 CASES = [
@@ -568,6 +617,13 @@ CASES = [
     "train-warmup-ratio-with-warmup-steps",
     "config-more-layers-than-checkpoint",
     "inspect-config-more-layers-than-checkpoint",
+    "train-jsonl-lone-surrogate",
+    "train-jsonl-nested-too-deeply",
+    "train-jsonl-integer-too-long",
+    "train-parquet-damaged-data-page",
+    "inspect-config-nested-too-deeply",
+    "plan-target-config-transformers-refuses",
+    "plan-target-layers-1e6",
 ]
 
 
@@ -635,3 +691,26 @@ def test_a_legacy_pickle_bin_is_read_safely_and_grows_exactly(tmp_path):
     ids = torch.arange(1, 17)[None]
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, grown(ids).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("args", "empty"),
+    [
+        (["expand", "SRC", "", "--layers", "8", "--force"], "argument 3"),
+        (["train-stage", "LM", "--data", "DATA", "--out", "run", "--cache-dir="], "the value of --cache-dir"),
+    ],
+)
+def test_an_empty_argument_is_refused_before_it_names_the_working_folder(cli, ctx, monkeypatch, args, empty):
+    """A path given as "" is the working folder: `grow expand SRC "$OUT" --force` with OUT unset replaced it, and
+    `--cache-dir ""` wrote the token cache into it (found by an audit). Run from a folder of its own, so that a
+    regression replaces that folder, not the checkout the tests run in."""
+    here = ctx.tmp / "here"
+    here.mkdir()
+    (here / "keep.txt").write_text("the user's file")
+    monkeypatch.chdir(here)
+    swap = {"SRC": ctx.src, "LM": ctx.lm, "DATA": ctx.data}
+    result = cli(*[swap.get(arg, arg) for arg in args])
+    assert result.code == 2 and result.stderr.strip() == (
+        f"error: {empty} is empty (an unset shell variable?); give a value, or leave it out"
+    )
+    assert sorted(p.name for p in here.iterdir()) == ["keep.txt"]

@@ -10,7 +10,7 @@ import pytest
 from tinylm import DOCS, tokens_of
 
 from grow_cli.data import tokens
-from grow_cli.errors import DataError
+from grow_cli.errors import DataError, OutputError
 
 
 def test_cache_is_reused_and_invalidated_by_a_data_or_tokenizer_change(tmp_path):
@@ -206,3 +206,24 @@ def test_each_tokenizer_call_gets_a_bounded_amount_of_text(tmp_path, monkeypatch
     cut = tokens_of([path], tmp_path / "many")
     assert len(calls) > 5 and max(calls) < 10_000 + 2 * 2_000 and sum(calls) == len(path.read_text())  # + a piece
     assert np.array_equal(np.asarray(cut.blocks), np.asarray(whole.blocks))
+
+
+@pytest.mark.parametrize(
+    ("failure", "why"),
+    [
+        (OSError(28, "No space left on device"), "its disk is full"),
+        (OSError(30, "Read-only file system"), "its file system is read-only"),
+    ],
+)
+def test_a_token_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, failure, why):
+    """A full or read-only disk under the token cache reached the catch-all (found by an audit)."""
+    path = tmp_path / "a.txt"
+    path.write_text(" ".join(DOCS) * 5)
+
+    def fails(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(tokens, "_write_stream", fails)
+    with pytest.raises(OutputError, match=f"cannot write the token cache in .*cache: {why}; .*--cache-dir FOLDER"):
+        tokens_of([path], tmp_path)
+    assert not (tmp_path / "cache").exists()  # the folder this run made is gone again

@@ -130,7 +130,7 @@ def removed_unless_written(folder: Path, what: str) -> Iterator[Path]:
     try:
         yield folder
     except BaseException as exc:
-        full = isinstance(exc, Exception) and _disk_full(exc, folder)  # measured before the removal frees space
+        full = isinstance(exc, Exception) and disk_full(exc, folder)  # measured before the removal frees space
         shutil.rmtree(folder, ignore_errors=True)
         if full:
             raise OutputError(
@@ -140,7 +140,7 @@ def removed_unless_written(folder: Path, what: str) -> Iterator[Path]:
         raise
 
 
-def _disk_full(exc: BaseException, folder: Path) -> bool:
+def disk_full(exc: BaseException, folder: Path) -> bool:
     """Whether a failed write ran out of space: ENOSPC/EDQUOT anywhere in the chain, or (for libraries that report it
     in other words, e.g. torch's "unexpected pos" or a safetensors text) almost no space left on that disk."""
     seen: BaseException | None = exc

@@ -418,6 +418,8 @@ def load_config(folder: Path) -> dict[str, Any]:
         config = json.loads(text)
     except ValueError as exc:  # JSON errors and undecodable (non-UTF-8) bytes
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a model config: its JSON is nested too deeply to read") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     _check_dtype_keys(config, path)

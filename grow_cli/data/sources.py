@@ -20,6 +20,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
 FOLDER_SUFFIXES = set(SUFFIX_KIND) | TEXT_SUFFIXES
 TEXT_COLUMN_TYPES = {"string", "large_string", "string_view", "null"}  # Arrow types a text field may have
+# ... and a dictionary of strings (pandas' `category`, some exporters), which pyarrow decodes as it reads
+TEXT_DICTIONARY = re.compile(r"dictionary<values=(string|large_string|string_view), ")
 BINARY_PROBE = 8192  # bytes read to tell a binary file from text
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
 
@@ -49,17 +52,26 @@ def _is_arrow_dataset(folder: Path) -> bool:
 def _from_folder(folder: Path) -> list[Source]:
     if _is_arrow_dataset(folder):
         return [Source(folder, "arrow")]
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix in FOLDER_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    files = sorted(p for p in _visible_files(folder) if p.is_file() and p.suffix in FOLDER_SUFFIXES)
     if not files:
         read = "/".join(sorted(suffix for suffix in FOLDER_SUFFIXES if suffix))
         raise DataError(f"--data {folder}: the folder holds no {read} files or files without a suffix")
     return [Source(p, SUFFIX_KIND.get(p.suffix, "text")) for p in files]
+
+
+def _visible_files(folder: Path) -> Iterator[Path]:
+    """The files under `folder`, hidden files and folders (a leading dot) left out, links to folders not followed.
+    A subfolder that cannot be listed is refused: its files would be left out of the run without a word."""
+
+    def refuse(exc: OSError) -> None:
+        raise DataError(
+            f"--data {folder}: cannot list {exc.filename} ({exc.strerror}); check its owner and mode, or move it out "
+            "of the data"
+        )
+
+    for root, folders, names in os.walk(folder, onerror=refuse):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        yield from (Path(root) / name for name in names if not name.startswith("."))
 
 
 def data_paths(data: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -141,11 +153,18 @@ def _schema(source: Source) -> dict[str, str]:
                 raise DataError(f"--data {source.path}: the dataset folder holds no data files")
             with pa.memory_map(str(files[0])) as f:
                 schema = pa.ipc.open_stream(f).schema
-    except (pa.ArrowException, ValueError, KeyError, IndexError, TypeError, FileNotFoundError) as exc:
-        what = "Parquet file" if source.kind == "parquet" else "`datasets` folder (save_to_disk)"
-        detail = first_line(exc, 400)
-        raise DataError(f"--data {source.path}: not a readable {what} ({detail}); re-create it") from None
+    except (pa.ArrowException, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise _unreadable_table(source, exc) from None
     return {field.name: str(field.type) for field in schema}
+
+
+def _unreadable_table(source: Source, exc: Exception) -> Exception:
+    """A Parquet file or `datasets` folder that pyarrow cannot read, refused by name; a permission refusal is left
+    as it is (grow's one line names the path and the fix)."""
+    if isinstance(exc, PermissionError):
+        return exc
+    what = "Parquet file" if source.kind == "parquet" else "`datasets` folder (save_to_disk)"
+    return DataError(f"--data {source.path}: not a readable {what} ({first_line(exc, 400)}); re-create it")
 
 
 def _pyarrow():
@@ -180,7 +199,7 @@ def check_sources(sources: list[Source], text_field: str) -> None:
                 )
         if source.kind in ("parquet", "arrow"):
             kind = _schema(source)[text_field]
-            if kind not in TEXT_COLUMN_TYPES:
+            if kind not in TEXT_COLUMN_TYPES and not TEXT_DICTIONARY.match(kind):
                 raise DataError(
                     f"--data {source.path}: the field '{text_field}' holds {kind}, not text; pass --text-field NAME "
                     "of a text column"
@@ -232,7 +251,14 @@ def read_texts(
                 raise DataError(f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME")
             yield _json_text(record[text_field], text_field, f"{source.path}:{n}"), True
     else:
-        pa = _pyarrow()
+        yield from _table_texts(source, text_field)
+
+
+def _table_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
+    """The documents of a Parquet file or `datasets` folder, one per row; rows that do not read (a damaged data page,
+    a cut shard: only the schema was checked before) are refused by the source's name."""
+    pa = _pyarrow()
+    try:
         if source.kind == "parquet":
             batches = pa.parquet.ParquetFile(source.path).iter_batches(columns=[text_field], batch_size=1024)
             for batch in batches:
@@ -244,9 +270,12 @@ def read_texts(
                     for batch in pa.ipc.open_stream(f):
                         for text in batch.column(text_field).to_pylist():
                             yield (text or ""), True
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable_table(source, exc) from None
 
 
 JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins the pairs; what is left is unpaired
 
 
 def _json_text(value: Any, text_field: str, where: str) -> str:
@@ -258,6 +287,11 @@ def _json_text(value: Any, text_field: str, where: str) -> str:
         raise DataError(
             f"{where}: the field '{text_field}' holds {JSON_KINDS[type(value)]}, not text; pass --text-field NAME "
             "of a text field"
+        )
+    if lone := LONE_SURROGATE.search(value):  # JSON allows the escape; no text encoding holds it
+        raise DataError(
+            f"{where}: the field '{text_field}' holds an unpaired UTF-16 surrogate (\\u{ord(lone.group()):04x} at "
+            f"character {lone.start() + 1}), which is not text; fix or remove that line"
         )
     return value
 
@@ -278,6 +312,10 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
                 ) from None
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{n}: not valid JSON (nested too deeply to read)") from None
+            except ValueError as exc:  # e.g. an integer of more digits than Python converts
+                raise DataError(f"{path}:{n}: not valid JSON ({first_line(exc, 200)})") from None
 
 
 def fingerprint_sources(sources: list[Source], text_field: str) -> str:

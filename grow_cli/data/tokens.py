@@ -11,6 +11,7 @@ split depends on the data alone, never on the training seed or the number of pro
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grow_cli.checkpoint.output import disk_full
 from grow_cli.console import err
 from grow_cli.data.sources import Source, fingerprint_sources, read_texts
 from grow_cli.errors import DataError, OutputError
@@ -139,6 +141,22 @@ def _write_stream(
             if texts:
                 num_tokens += flush(texts, ends)
     return num_tokens, num_docs
+
+
+@contextmanager
+def _cache_writes(folder: Path) -> Iterator[None]:
+    """A token cache that cannot be written — its disk full or read-only — is one line naming it and what to do;
+    what the failed write left is removed by the blocks inside (`_tokenize_into`, `_cache_folder`)."""
+    try:
+        yield
+    except OSError as exc:
+        if not (disk_full(exc, folder) or exc.errno == errno.EROFS):
+            raise
+        why = "its file system is read-only" if exc.errno == errno.EROFS else "its disk is full"
+        raise OutputError(
+            f"cannot write the token cache in {folder}: {why}; free some space there, or pass --cache-dir FOLDER on "
+            "another disk"
+        ) from None
 
 
 @contextmanager
@@ -298,7 +316,7 @@ def prepare_tokens(
     meta = _cached_meta(stream_file, meta_file)
     from_cache = meta is not None
     if meta is None:
-        with _cache_folder(cache_dir), _entry_lock(cache_dir, fingerprint):
+        with _cache_writes(cache_dir), _cache_folder(cache_dir), _entry_lock(cache_dir, fingerprint):
             meta = _cached_meta(stream_file, meta_file)  # another run may have written it while this one waited
             from_cache = meta is not None
             if meta is None:

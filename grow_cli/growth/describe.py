@@ -17,7 +17,7 @@ from grow_cli.arch.experts import (
     upcycle_target,
 )
 from grow_cli.arch.registry import detect
-from grow_cli.arch.shape import read_shape
+from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
@@ -25,6 +25,7 @@ from grow_cli.checkpoint.source import source_headers
 from grow_cli.errors import CheckpointError, OutputError, first_line
 from grow_cli.growth.config import config_problem
 from grow_cli.growth.plan import source_shape_of
+from grow_cli.limits import MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_WIDTH
 from grow_cli.operators.registry import applicability
 from grow_cli.whole_file import write_whole
 
@@ -179,6 +180,7 @@ def describe_shape(folder: Path) -> dict[str, Any]:
     config = load_config(folder)
     arch = detect(config)  # grow's own one-line refusals first (an unknown type, a missing key)
     shape = read_shape(arch, config)
+    _refuse_unbuildable(folder, config, shape)
     binding = bind(arch, config, shape, _meta_tensors(folder, config))
     return {
         "architecture": arch.name,
@@ -187,6 +189,26 @@ def describe_shape(folder: Path) -> dict[str, Any]:
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
         "methods": _methods(arch, config, shape.layers, None),
     }
+
+
+def _refuse_unbuildable(folder: Path, config: dict[str, Any], shape: ModelShape) -> None:
+    """Refuse, in grow's one line, a config-only model that transformers would not build, or would build for
+    minutes layer by layer (a typo of 10**6 layers): sizes beyond grow's bounds, then transformers' own refusal."""
+    sizes = {
+        "layers": (shape.layers, MAX_LAYERS),
+        "hidden units": (shape.hidden_size, MAX_WIDTH),
+        "FFN units": (shape.intermediate_size, MAX_WIDTH),
+        "attention heads": (shape.num_heads, MAX_HEADS),
+        "experts": (shape.num_experts, MAX_EXPERTS),
+    }
+    for what, (value, bound) in sizes.items():
+        if value > bound:
+            raise CheckpointError(
+                f"{folder / 'config.json'}: {value:,} {what} is beyond grow's bound of {bound:,}; check the config"
+            )
+    problem = config_problem(config)
+    if problem is not None:
+        raise CheckpointError(f"{folder / 'config.json'} does not load in transformers: {problem}; fix it there")
 
 
 def _meta_tensors(folder: Path, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:

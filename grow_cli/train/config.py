@@ -108,6 +108,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("model", "out", "tokenizer", "cache_dir"):  # `~` is the home folder here too, as in a shell
             if getattr(self, name) is not None:
+                if not str(getattr(self, name)).strip():  # Path("") is the working folder: never meant
+                    what = "MODEL" if name == "model" else f"--{name.replace('_', '-')}"
+                    raise OptionError(name, f"{what} is empty; give a folder")
                 self._set(name, Path(getattr(self, name)).expanduser())
         if self.resume is not None:
             self._set("resume", os.path.expanduser(self.resume))
