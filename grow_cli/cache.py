@@ -19,6 +19,8 @@ from typing import Any
 
 from grow_cli.whole_file import write_whole
 
+MAX_ENTRY_BYTES = 1 << 20  # a real config's entry is a few kB
+
 
 def cache_dir() -> Path:
     """The folder of grow's per-user cache (not created here)."""
@@ -43,8 +45,12 @@ def get(kind: str, key: Any) -> Any | None:
 
 
 def put(kind: str, key: Any, answer: Any) -> None:
-    """Remember `answer` (JSON-able) for `key`; a cache that cannot be written is skipped."""
+    """Remember `answer` (JSON-able) for `key`; a cache that cannot be written is skipped, and so is an entry beyond
+    `MAX_ENTRY_BYTES` (a 50 MB config.json left two copies of itself per run, never evicted)."""
+    entry = json.dumps({"key": key, "answer": answer})
+    if len(entry) > MAX_ENTRY_BYTES:
+        return
     folder = cache_dir() / kind
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        write_whole(folder / f"{key_of(key)}.json", json.dumps({"key": key, "answer": answer}))
+        write_whole(folder / f"{key_of(key)}.json", entry)

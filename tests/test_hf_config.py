@@ -172,3 +172,15 @@ def test_a_long_session_registers_one_exit_handler_however_many_children_it_star
         assert hf_config._child is not None
         hf_config.close()
     assert atexit._ncallbacks() == before
+
+
+def test_an_answer_too_large_for_the_cache_is_not_kept(tmp_path, monkeypatch):
+    """The cache keeps small answers: a 50 MB config.json left two copies of itself per command, never evicted
+    (found by an audit). A large entry is answered and not kept; a small one is kept."""
+    from grow_cli import cache
+
+    monkeypatch.setenv("GROW_CACHE_DIR", str(tmp_path))
+    cache.put("transformers-configs", {"params": "x" * cache.MAX_ENTRY_BYTES}, {"built": True})
+    cache.put("transformers-configs", {"params": "small"}, {"built": True})
+    assert len(list((tmp_path / "transformers-configs").iterdir())) == 1
+    assert cache.get("transformers-configs", {"params": "small"}) == {"built": True}
