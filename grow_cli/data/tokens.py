@@ -32,8 +32,8 @@ from grow_cli.whole_file import write_whole
 # Bump when the stream layout or the EOS rule changes, to invalidate old caches (2: documents are never truncated).
 FORMAT_VERSION = 2
 BATCH_PIECES = 256  # texts per tokenizer call; fast tokenizers encode a batch on all cores
-# Text per tokenizer call: its encodings take ~60 bytes per character until the call returns, so this bounds the
-# memory tokenization needs (~0.5 GB) whatever the file's size (a batch of 256 pieces of 1 MB took ~20 GB).
+# Text per tokenizer call: its encodings and ids take 60-100 bytes per character until the call returns, so this
+# bounds what tokenization adds (~0.8 GB measured) whatever the file's size (256 pieces of 1 MB would take ~20 GB).
 BATCH_CHARS = 8 << 20
 SPLIT_SEED = 0x5EED
 
