@@ -187,3 +187,16 @@ def test_a_dictionary_encoded_text_column_is_text(tmp_path):
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"text": pa.array(DOCS).dictionary_encode()}), path)
     assert stream(tokens_of([path], tmp_path)).tolist() == expected_stream()
+
+
+def test_a_line_longer_than_a_piece_is_cut_between_words(tmp_path, monkeypatch):
+    """A file without line ends (one long line) was cut every CHUNK_CHARS characters, mid-word, so the word at each
+    cut was tokenized as two pieces. It is now cut before a space: the same tokens as the file read whole."""
+    import grow_cli.data.sources as sources
+
+    text = " ".join(DOCS * 8)
+    (tmp_path / "line.txt").write_text(text)
+    whole = stream(tokens_of([tmp_path / "line.txt"], tmp_path / "whole")).tolist()
+    monkeypatch.setattr(sources, "CHUNK_CHARS", 37)  # every cut would land inside a word
+    cut = stream(tokens_of([tmp_path / "line.txt"], tmp_path / "cut")).tolist()
+    assert cut == whole

@@ -226,14 +226,14 @@ def read_texts(
     A text file's bytes that are not UTF-8 are read as U+FFFD rather than refused (one stray byte should not stop a
     run over a large corpus), but not silently: their count per file is added to `undecodable`, for a note."""
     if source.kind == "text":
-        # Cut pieces at a line end so that no word is split between two tokenizer calls; hold one piece back
-        # so the last one can say that it ends the document.
+        # Cut pieces after a line end (or, in a line longer than a piece, before a space) so that no word is
+        # split between two tokenizer calls; hold one piece back so the last one can say that it ends the document.
         _undecodable.count = 0
         with source.path.open(encoding="utf-8", errors=REPLACE_COUNTING) as f:
             held, carry = None, ""
             while block := f.read(CHUNK_CHARS):
                 text = carry + block
-                cut = text.rfind("\n") + 1 or len(text)
+                cut = text.rfind("\n") + 1 or max(text.rfind(" "), 0) or len(text)
                 if held is not None:
                     yield held, False
                 held, carry = text[:cut], text[cut:]
