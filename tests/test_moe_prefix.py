@@ -220,6 +220,10 @@ def test_glm4_moe_widens_exactly_with_every_router_decision_kept(sources, refere
     assert gap <= EXACT and same, gap
     grown_routes = routing(grown)
     assert all(torch.equal(routes["glm4_moe"][i], grown_routes[i]) for i in (1, 2))
+    # the index and grow.json count parameters as transformers does: the correction-bias buffers are no parameters
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    parameters = sum(p.numel() for p in grown.parameters())
+    assert index["metadata"]["total_parameters"] == parameters == report["target_shape"]["num_parameters"]
 
 
 def test_glm4_moe_heads_that_do_not_divide_the_hidden_size_widen_too(tmp_path):

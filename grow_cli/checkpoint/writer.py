@@ -127,8 +127,11 @@ class ShardWriter:
         source_offsets: Mapping[str, int] | None = None,
         *,
         direct: bool = True,
+        parameters: int | None = None,
     ):
         self.folder = Path(folder)
+        # the index's total_parameters, as transformers counts them (buffers left out); None: every tensor written
+        self.parameters = parameters
         self.shards = shards
         self.source_offsets = source_offsets or {}  # where tensors to be copied lie in their source files (`_header`)
         self.names = shard_names(len(shards))
@@ -237,7 +240,7 @@ class ShardWriter:
         self._close_file()
         self.writeback.close()
         total_size = sum(t.nbytes for _, t in self._order)
-        total_params = sum(numel(t.shape) for _, t in self._order)
+        total_params = self.parameters if self.parameters is not None else sum(numel(t.shape) for _, t in self._order)
         index = {
             "metadata": {"total_size": total_size, "total_parameters": total_params},
             "weight_map": {t.name: self.names[i] for i, t in self._order},

@@ -325,7 +325,9 @@ def _execute(
         copies = {t.name: e.start for i, t in enumerate(plan.tensors) if (e := copied_entry(plan, reader, i))}
         total = plan.total_bytes + state_bytes
         with (
-            ShardWriter(tmp, plan.shards, source_offsets=copies, direct=not verify) as writer,
+            ShardWriter(
+                tmp, plan.shards, source_offsets=copies, direct=not verify, parameters=plan.num_parameters
+            ) as writer,
             byte_progress(f"growing 0/{len(plan.tensors)} tensors", total, quiet=quiet) as advance,
         ):
             stream(plan, reader, writer, advance, hasher)
