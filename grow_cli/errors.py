@@ -68,9 +68,10 @@ class Interrupted(TrainingError):
         self.what = what
 
 
-def one_line(message: object, limit: int) -> str:
+def one_line(message: object, limit: int | None = None) -> str:
     """A library's message (often several lines: a traceback-like report, a table of causes) as the single line grow
-    prints, its lines joined and cut to `limit` characters; an exception without a message gives its type's name."""
+    prints, its lines joined and cut to `limit` characters (when given); an exception without a message gives its
+    type's name."""
     text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())[:limit]
     return text or (type(message).__name__ if isinstance(message, BaseException) else "")
 

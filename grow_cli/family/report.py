@@ -50,19 +50,19 @@ def last_training(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> dic
 
 def _size_of(summary: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
     """A member's parameter count and shape: from its grow.json where a training recorded them, else read from its
-    final folder (a grown or fresh model that was not trained: its config.json and its shard headers)."""
-    from math import prod
-
-    from grow_cli.checkpoint.reader import CheckpointReader
+    final folder (a grown or fresh model that was not trained: its config.json and its shard headers, counted as
+    `grow inspect` counts them)."""
+    from grow_cli.arch.experts import num_parameters
+    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.growth.plan import source_shape_of
 
     model = (summary.get("record") or {}).get("model", {})
     if model.get("num_parameters") and (model.get("shape") or {}).get("layers"):
         return model["num_parameters"], model["shape"]
     final = Path(summary["final"])
-    config = json.loads((final / "config.json").read_text())
-    text = config.get("text_config") or config
-    shape = {"layers": text.get("num_hidden_layers"), "hidden_size": text.get("hidden_size")}
-    return sum(prod(dims) for dims, _ in CheckpointReader(final).tensor_infos().values()), shape
+    with CheckpointReader(final) as reader:
+        _, shape, binding = source_shape_of(load_config(final), reader.tensor_infos())
+    return num_parameters(binding.all_tensors()), {"layers": shape.layers, "hidden_size": shape.hidden_size}
 
 
 def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ same `accelerator.log` call also feeds TensorBoard or W&B when `--report-to` ask
 
 from __future__ import annotations
 
-import errno
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -19,6 +18,7 @@ import torch
 from accelerate.tracking import GeneralTracker
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from grow_cli.checkpoint.output import disk_full
 from grow_cli.console import err
 from grow_cli.errors import OutputError
 from grow_cli.train.deepspeed_engine import full_numel
@@ -110,7 +110,7 @@ class JsonlTracker(GeneralTracker):
             self._file.write(json.dumps({"step": step, **values}) + "\n")
             self._file.flush()
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not disk_full(exc, self.path.parent):
                 raise
             raise OutputError(
                 f"the disk holding {self.path.parent} filled up while writing {self.path.name}; the checkpoints "

@@ -48,7 +48,7 @@ def config_problem(exc: BaseException) -> str:
     from grow_cli.arch.hf_config import root_cause
 
     root = root_cause(exc)
-    text = one_line(root, 10_000) or type(exc.__cause__ or exc).__name__
+    text = one_line(root) or type(exc.__cause__ or exc).__name__
     if len(text) <= 200:
         return text
     end = text.find(". ", 20)
