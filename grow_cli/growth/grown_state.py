@@ -32,7 +32,7 @@ from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.plan import OutputTensor, Plan
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
-from grow_cli.growth.train_state import WEIGHTS_ONLY_HINT, SourceState, blocks_read
+from grow_cli.growth.train_state import WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
 
 STATE_DIR = TRAINING_STATE_DIR
 STATE_FILE = "state.json"
@@ -262,7 +262,7 @@ def state_document(state: StatePlan) -> dict[str, Any]:
         "optimizer": "adamw",
         "step": step,
         "tokens": src.state.get("tokens"),
-        "data_blocks": blocks_read(src.state),
+        "data_blocks": checkpoint_blocks_read(src.state),
         "source": {"checkpoint": str(src.checkpoint), "run": run, "optimizer": _source_optimizer(src)},
         "loss_at_growth": src.loss_at_growth,
         "restart": state.restart,

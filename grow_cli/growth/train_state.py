@@ -166,7 +166,7 @@ def _read_state(checkpoint: Path, *, weights_only: bool) -> dict[str, Any]:
     return state
 
 
-def blocks_read(state: dict[str, Any]) -> int:
+def checkpoint_blocks_read(state: dict[str, Any]) -> int:
     """How far into its data order the run of a checkpoint's grow-state.json had read; checkpoints written before
     grow recorded it read from the first block of the order."""
     return int(state.get("data_blocks", int(state["step"]) * int(state.get("global_batch") or 0)))
@@ -179,7 +179,7 @@ def position(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
         "path": str(checkpoint),
         "step": int(state["step"]),
         "tokens": state.get("tokens"),
-        "data_blocks": blocks_read(state),
+        "data_blocks": checkpoint_blocks_read(state),
         "data_fingerprint": state.get("data_fingerprint"),
         "seq_len": state.get("seq_len"),
         "seed": state.get("seed"),
