@@ -12,7 +12,8 @@ and dominated `grow expand --dry-run` and small expands. So each question goes, 
    of the run. If that child cannot answer (a transformers release whose configs need torch), the question is
    answered in this process after all, so the answer never depends on the route. `grow expand` starts the child
    before its first question is known (`start_early`): on a first run its import of transformers (~0.7 s) then
-   overlaps grow's own start-up; where the cache answers, it is ended unasked at the first answer.
+   overlaps grow's own start-up; where the cache answers, it is ended unasked at the first answer. The child
+   imports only the config classes, not transformers' package `__init__` (`configs_only`).
 
 `answer` is the one function every route runs, so the three cannot disagree; tests compare them.
 """
@@ -39,10 +40,10 @@ sys.path[:0] = json.loads(sys.argv[1])
 sys.modules["torch"] = None  # transformers then treats torch as absent: its configs load in a fraction of the time
 from grow_cli.background import lower_priority
 lower_priority()  # the parent's own work comes first
-from grow_cli.arch.hf_config import answer, list_models_once
-list_models_once()
+from grow_cli.arch.hf_config import answer_without_init, configs_only
+configs_only()
 for line in sys.stdin:
-    print(json.dumps(answer(json.loads(line))), flush=True)
+    print(json.dumps(answer_without_init(json.loads(line))), flush=True)
 os._exit(0)  # nothing to clean up: skipping the interpreter's teardown of transformers saves the parent ~0.2 s
 """
 _child: subprocess.Popen | None = None
@@ -97,7 +98,8 @@ def _answered_here() -> bool:
 def answer(request: dict[str, Any]) -> dict[str, Any]:
     """Build transformers' config for the request and validate it: {built, attributes, error, causal_lm} (the last:
     when the request asks, the name of the model type's causal-LM class, for config.json's `architectures`)."""
-    import transformers
+    from transformers.models.auto.configuration_auto import AutoConfig  # (not `transformers.AutoConfig`: see
+    # `configs_only`)
 
     reply: dict[str, Any] = {"causal_lm": None}
     if request.get("causal_lm"):
@@ -105,40 +107,66 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
 
         reply["causal_lm"] = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(request["model_type"])
     try:
-        config = transformers.AutoConfig.for_model(request["model_type"], **request["params"])
+        config = AutoConfig.for_model(request["model_type"], **request["params"])
+    except NeedsTransformersInit:
+        raise
     except Exception as exc:  # an unknown type or a value transformers rejects, in any of its exception types
         return {**reply, "built": False, "attributes": {}, "error": root_cause(exc)}
     # As JSON sees them (integer keys become strings), so that every route gives the same value.
     attributes = json.loads(json.dumps({k: v for k, v in vars(config).items() if _jsonable(v)}))
     try:
         config.validate()
+    except NeedsTransformersInit:
+        raise
     except Exception as exc:  # transformers raises several types (ValueError, StrictDataclass…Error)
         return {**reply, "built": True, "attributes": attributes, "error": root_cause(exc)}
     return {**reply, "built": True, "attributes": attributes, "error": None}
 
 
-def list_models_once() -> None:
-    """Import transformers so that it lists its model modules once instead of twice (for the child process).
+class NeedsTransformersInit(Exception):
+    """Code asked the bare `transformers` package (`configs_only`) for a name that only its `__init__` defines."""
 
-    Importing transformers lists every model module by reading ~1,700 source files for their `__all__`
-    (`create_import_structure_from_path`, cached per path); importing `transformers.models`, which `AutoConfig`
-    needs, lists the same folder again but names it by its `__init__.py`, which misses that cache: 0.3 s of the
-    child's ~0.9 s. Given a file, the function lists the file's folder, so naming the folder instead is the same
-    question and a cache hit (the folder's entry is the last one cached, so it survives the cache's 128-entry limit;
-    tests compare the child's answers with this process's). Left alone where a transformers release has no such
-    cached function."""
-    import transformers  # noqa: F401 (the first listing)
-    from transformers.utils import import_utils
 
-    listing = getattr(import_utils, "create_import_structure_from_path", None)
-    if listing is None or not hasattr(listing, "cache_info"):
-        return
+_PACKAGES = ("transformers", "transformers.models")  # packages whose __init__ lists every model module
 
-    def by_folder(module_path: str | os.PathLike) -> Any:
-        return listing(Path(module_path).parent if os.path.isfile(module_path) else module_path)
 
-    # (an lru_cache wrapper there, a plain function here; only calls are made of it)
-    import_utils.create_import_structure_from_path = by_folder  # type: ignore[assignment]
+def configs_only() -> None:
+    """Make transformers' config classes importable without running the `__init__` of `transformers` and
+    `transformers.models` (for the child process).
+
+    Each of those `__init__`s lists every model module, reading ~1,700 source files for their `__all__`: about half
+    of the child's time to its first answer (0.8 s of 1.6 s on the development VM). A config class needs neither:
+    `AutoConfig` imports `transformers.models.<type>` by its full name. So both become bare packages (their folder
+    and `__version__`, which `transformers.utils` imports); a name that only their `__init__` defines raises
+    `NeedsTransformersInit`, and `answer_without_init` then answers with transformers imported whole, so the
+    answer never depends on the route (layoutlm's config module is one that asks)."""
+    import importlib.util
+    from importlib.metadata import version
+
+    for name in _PACKAGES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None, name
+        package = importlib.util.module_from_spec(spec)
+        package.__getattr__ = _needs_init  # type: ignore[method-assign]
+        sys.modules[name] = package
+    vars(sys.modules["transformers"]).update(
+        __version__=version("transformers"), models=sys.modules["transformers.models"]
+    )
+
+
+def _needs_init(name: str) -> Any:
+    raise NeedsTransformersInit(name)
+
+
+def answer_without_init(request: dict[str, Any]) -> dict[str, Any]:
+    """`answer`, in a process where `configs_only` ran: with transformers imported whole where the bare packages
+    cannot answer."""
+    try:
+        return answer(request)
+    except NeedsTransformersInit:
+        for name in [m for m in sys.modules if m.split(".")[0] == "transformers"]:
+            del sys.modules[name]  # the next import runs transformers' own __init__ (and so on for later questions)
+        return answer(request)
 
 
 def root_cause(exc: BaseException) -> str:
