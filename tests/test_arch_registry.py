@@ -144,6 +144,14 @@ BROKEN = {
         lambda d: d.update(identity_layer_values={"indexer_types": 1}),
         "'identity_layer_values' maps a per-layer list key to one of its values",
     ),
+    "index-scaled attention that is not a flag and tensors": (
+        lambda d: d.update(index_scaled_attention={"flag": "scale_attn_by_inverse_layer_idx"}),
+        "'index_scaled_attention' is {\"flag\": a config key, \"query\": [layer tensor names]}",
+    ),
+    "index-scaled attention on a tensor without a query axis": (
+        lambda d: d.update(index_scaled_attention={"flag": "scale", "query": ["self_attn.k_proj.weight"]}),
+        "index_scaled_attention: 'self_attn.k_proj.weight' is not a layer tensor with a 'q' or 'qkv' axis",
+    ),
     "tied to a tensor that is not there": (
         lambda d: d["final"][-1].update(tied_to="model.embed_token.weight"),
         "weight(s) ['lm_head.weight'] are tied to a tensor the definition does not name",

@@ -183,12 +183,9 @@ def test_a_dus_depth_it_cannot_make_suggests_the_nearest_it_can(layers, suggesti
     assert ops.target_layers(30, GrowthSpec(layers=suggestion, depth_method="dus"))[0] == suggestion
 
 
-@pytest.mark.parametrize("flag", [True, False])
-def test_identity_blocks_that_move_a_layer_scaled_by_its_index_are_not_called_exact(tmp_path, flag):
-    """GPT-2's `scale_attn_by_inverse_layer_idx` scales each layer's attention by 1/(its index + 1): identity blocks
-    move the original layers up, so they compute another function there. It was called exact (grow.json, the
-    card) and failed `--verify`; at default init the gap is ~1e-7, so the weights are scaled up to peak attention.
-    Without the flag (the control) the same growth is exact."""
+def _gpt2_scaled_by_layer_index(folder, flag=True):
+    """A GPT-2 whose attention is scaled by 1/(layer index + 1) when `flag`; its weights scaled up to peak
+    attention (at default init a moved layer's gap is ~1e-7)."""
     import transformers as tf
 
     config = tf.GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=4, n_positions=64)
@@ -198,15 +195,44 @@ def test_identity_blocks_that_move_a_layer_scaled_by_its_index_are_not_called_ex
     with torch.no_grad():
         for param in model.parameters():
             param.mul_(8 if param.ndim >= 2 else 1)
-    model.save_pretrained(tmp_path / "src")
-    report = _grow(tmp_path / "src", tmp_path / "out", "identity", verify=True, layers=4)
-    assert report["function_preserving"] is (not flag)
-    assert report["verify"]["passed"] is (None if flag else True)
-    moved = "config sets scale_attn_by_inverse_layer_idx, so each layer computes with its own index"
-    assert any(moved in note for note in report["notes"]) is flag
-    if flag:
-        assert report["verify"]["max_abs_logit_diff"] > 1e-2  # the gap --verify now reports, not refuses
-        _check_its_training_state_is_not_grown(tmp_path / "src")
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "case,method",
+    [("flag", "identity"), ("flag", "staged-identity"), ("no-flag", "identity"), ("flag-unscaled", "identity")],
+)
+def test_identity_blocks_keep_attention_scaled_by_layer_index_exact(tmp_path, monkeypatch, case, method):
+    """GPT-2's `scale_attn_by_inverse_layer_idx` divides each layer's attention scores by its index + 1, and
+    identity blocks move the original layers up: the query of each moved layer is multiplied by
+    (index + 1)/(source index + 1), so the growth stays exact (`--verify`, after a real save and load). Controls:
+    without the flag nothing is scaled; with the scaling turned off the same growth misses by |Δlogit| > 1e-2 (it was
+    once called exact so, then recorded as inexact)."""
+    from grow_cli.errors import VerificationError
+    from grow_cli.growth import plan as plan_module
+
+    src = _gpt2_scaled_by_layer_index(tmp_path / "src", flag=case != "no-flag")
+    if case == "flag-unscaled":
+        monkeypatch.setattr(plan_module, "query_scale", lambda *args: 1.0)
+        with pytest.raises(VerificationError, match="max \\|Δlogit\\| = .* although the method is exact"):
+            _grow(src, tmp_path / "out", method, verify=True, layers=4)
+        return
+    report = _grow(src, tmp_path / "out", method, verify=True, layers=4)
+    assert report["function_preserving"] is True and report["verify"]["passed"] is True
+    assert report["verify"]["max_abs_logit_diff"] < 1e-4
+    scaled = "the query of each layer placed at another index is multiplied"
+    assert any(scaled in note for note in report["notes"]) is (case == "flag")
+    # identity 2 → 4 layers: layer_map (0, 0, 1, 1); source layer 1 moved to index 2 gets 3/2 on its query only
+    assert report["depth"]["layer_map"] == [0, 0, 1, 1]
+    a, b = _tensors(src), _tensors(tmp_path / "out")
+    factor = 1.5 if case == "flag" else 1.0
+    q, kv = b["transformer.h.2.attn.c_attn.weight"][:, :32], b["transformer.h.2.attn.c_attn.weight"][:, 32:]
+    assert torch.allclose(q, a["transformer.h.1.attn.c_attn.weight"][:, :32] * factor, rtol=1e-6, atol=0)
+    assert torch.equal(kv, a["transformer.h.1.attn.c_attn.weight"][:, 32:])
+    assert torch.equal(b["transformer.h.0.attn.c_attn.weight"], a["transformer.h.0.attn.c_attn.weight"])
+    if case == "flag" and method == "identity":
+        _check_its_training_state_is_not_grown(src)
 
 
 def _check_its_training_state_is_not_grown(src):
@@ -219,7 +245,7 @@ def _check_its_training_state_is_not_grown(src):
     spec = GrowthSpec(depth_method="identity", layers=4)
     with CheckpointReader(src) as reader:
         plan = build_plan(load_config(src), reader.tensor_infos(), spec, uniform_maps=True)
-    with pytest.raises(OptionError, match="scale_attn_by_inverse_layer_idx.*--weights-only"):
+    with pytest.raises(OptionError, match="multiplies the query.*scale_attn_by_inverse_layer_idx.*--weights-only"):
         plan_state(plan, None, spec)  # refused before the source state is read
 
 

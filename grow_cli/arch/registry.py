@@ -26,9 +26,11 @@ store multi-token-prediction layers after the decoder stack names the config key
 A tensor that only some layers hold, as a per-layer list says, names that list and value in `only_where` (GLM-5's
 indexer: `{"indexer_types": "full"}`; a "shared" layer has none). `identity_layer_values` gives the value of such a
 list that makes a layer reuse the work of the layers before it ("shared"): an identity block followed by such a layer
-takes it too, so that the layer keeps reusing what it did (`layer_lists.grown_entries`). `layer_index_flags` lists
-the config keys that, when true, make each layer compute with its own index (GPT-2's
-`scale_attn_by_inverse_layer_idx`): a depth growth that moves an original layer is then not exact.
+takes it too, so that the layer keeps reusing what it did (`layer_lists.grown_entries`). `index_scaled_attention`
+names a config flag that, when true, divides each layer's attention scores by its index + 1 (GPT-2's
+`scale_attn_by_inverse_layer_idx`) and the layer tensors that hold the query: depth growth multiplies the query of a
+layer it places at another index by (new index + 1)/(source index + 1), so that the layer computes what it did
+(`grow_cli.operators.index_scaling`).
 
 Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
 decoders, in the same schema plus a `derived` record (what was found, and why width growth may be refused).
@@ -145,7 +147,7 @@ _TOP_KEYS = _REQUIRED_KEYS | {
     "width_refused",
     "mtp_layers",
     "identity_layer_values",
-    "layer_index_flags",
+    "index_scaled_attention",
 }
 _DERIVED_KEYS = {"transformers", "model_class", "width_refused", "identity", "notes"}
 
@@ -195,6 +197,15 @@ class WeightDef:
 
 
 @dataclass(frozen=True)
+class IndexScaledAttention:
+    """`flag`: a config key that, when true, divides each layer's attention scores by its index + 1 (GPT-2's
+    `scale_attn_by_inverse_layer_idx`); `query`: the layer tensors that hold the query (on a `q` or `qkv` axis)."""
+
+    flag: str
+    query: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ArchDef:
     """A validated architecture definition."""
 
@@ -224,9 +235,8 @@ class ArchDef:
     mtp_layers: str | None = None  # the config key counting the multi-token-prediction layers stored after the stack
     # per-layer list key → its value that reuses earlier layers' work, which identity blocks before one take
     identity_layer_values: dict[str, str] = field(default_factory=dict)
-    # config keys that, when true, make each layer compute with its own index (GPT-2's attention scaled by
-    # 1 / (layer index + 1)): a layer that growth moves to another index computes another function there
-    layer_index_flags: tuple[str, ...] = ()
+    # a config flag that, when true, divides each layer's attention scores by its index + 1, and the query tensors
+    index_scaled_attention: IndexScaledAttention | None = None
 
     @property
     def is_moe(self) -> bool:
@@ -453,8 +463,12 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         curated_width_refusal=width_refused,
         mtp_layers=mtp,
         identity_layer_values=_identity_layer_values(raw, where),
-        layer_index_flags=_layer_index_flags(raw, where),
+        index_scaled_attention=_index_scaled_attention(raw, where),
     )
+    layer = {w.name: w for w in arch.layer}
+    for name in arch.index_scaled_attention.query if arch.index_scaled_attention else ():
+        if name not in layer or not {"q", "qkv"} & set(layer[name].axes):
+            raise _fail(where, f"index_scaled_attention: {name!r} is not a layer tensor with a 'q' or 'qkv' axis")
     moe_weights = [w for w in arch.layer if w.moe or w.layers or w.layout]
     if moe_weights and moe is None:
         raise _fail(where, f"weight {moe_weights[0].name!r} is part of an MoE block, but the definition has no 'moe'")
@@ -491,12 +505,24 @@ def _config_spaces(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str
     return spaces
 
 
-def _layer_index_flags(raw: dict[str, Any], where: str) -> tuple[str, ...]:
-    """The validated `layer_index_flags`: config keys whose true value makes a layer depend on its index."""
-    flags = raw.get("layer_index_flags", [])
-    if not isinstance(flags, list) or not all(isinstance(key, str) and key for key in flags):
-        raise _fail(where, "'layer_index_flags' lists config keys (strings)")
-    return tuple(flags)
+def _index_scaled_attention(raw: dict[str, Any], where: str) -> IndexScaledAttention | None:
+    """The validated `index_scaled_attention`: {"flag": config key, "query": [layer tensors holding the query, on a
+    `q` or fused `qkv` axis]}."""
+    block = raw.get("index_scaled_attention")
+    if block is None:
+        return None
+    query = block.get("query") if isinstance(block, dict) else None
+    if not (
+        isinstance(block, dict)
+        and set(block) == {"flag", "query"}
+        and isinstance(block["flag"], str)
+        and block["flag"]
+        and isinstance(query, list)
+        and query
+        and all(isinstance(name, str) for name in query)
+    ):
+        raise _fail(where, '\'index_scaled_attention\' is {"flag": a config key, "query": [layer tensor names]}')
+    return IndexScaledAttention(block["flag"], tuple(query))
 
 
 def _identity_layer_values(raw: dict[str, Any], where: str) -> dict[str, str]:

@@ -39,6 +39,7 @@ from grow_cli.growth.train_state import SourceState, training_source
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
+from grow_cli.operators.index_scaling import scale_query
 from grow_cli.operators.staged import identity_init
 
 CARD_AND_RECORD_BYTES = 1 << 20  # config.json, grow.json, README.md and the index: generously
@@ -91,6 +92,8 @@ def materialize(
     if t.init is not None:  # upcycling: an expert's copy (scaled, partly re-initialised) or a new router
         result = t.init.apply(None if result is None else result.float(), t.shape, plan.seed)
     assert result is not None, t.name  # only an upcycling init makes a tensor that reads nothing
+    if t.query_scale != 1:  # (a copy in float32: the input may be the reader's buffer)
+        result = scale_query(result.float().clone(), t.source.weight, plan.target_shape, t.query_scale)
     if casts is None or not plan.casts(t):
         return result.to(dtype).contiguous()
     return casts.tensor(("cast", index % 2), t.shape, t.dtype).copy_(result)

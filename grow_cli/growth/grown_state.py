@@ -132,9 +132,13 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
     why = method_refusal(spec)
     if why:
         raise OptionError("weights_only", f"{why}; {WEIGHTS_ONLY_HINT}")
-    if plan.depth is not None and plan.depth.inexact:  # an exact method that this model's config makes inexact
+    if scaled := next((t for t in plan.tensors if t.query_scale != 1), None):  # operators/index_scaling
+        flag = plan.arch.index_scaled_attention.flag  # type: ignore[union-attr]
         raise OptionError(
-            "weights_only", f"{plan.depth.inexact}, so the source's training state cannot continue; {WEIGHTS_ONLY_HINT}"
+            "weights_only",
+            f"this growth multiplies the query of layers it moves ({scaled.name}) because config.json sets {flag}, "
+            f"and AdamW would take other steps on it, so the source's training state cannot continue; "
+            f"{WEIGHTS_ONLY_HINT}",
         )
     shapes = {t.name: t.shape for t in plan.binding.all_tensors()}
     source.open(shapes)

@@ -11,7 +11,7 @@ layer's MLP into a mixture of experts (grow_cli/operators/upcycle.py).
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from grow_cli.arch.binding import Binding, BoundTensor, bind
@@ -27,8 +27,9 @@ from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.growth.config import grown_config, validate_config
 from grow_cli.growth.spec import GrowthSpec
-from grow_cli.operators import registry
+from grow_cli.operators import index_scaling, registry
 from grow_cli.operators.depth import DepthMap, depth_map, target_layers
+from grow_cli.operators.index_scaling import query_scale
 from grow_cli.operators.staged import gated_mlp
 from grow_cli.operators.upcycle import ExpertInit, Upcycler
 
@@ -76,6 +77,7 @@ class OutputTensor:
     init: ExpertInit | None = None  # upcycling: how the tensor is made from what it reads (or from nothing)
     target_weight: WeightDef | None = None  # upcycling: what the tensor is in the MoE definition
     identity_init: bool = False  # staged-identity: a new layer's gain/bias 0 or identity matrix (reads nothing)
+    query_scale: float = 1.0  # attention scaled by the layer's index: the query's factor (operators/index_scaling)
 
     @property
     def weight(self) -> WeightDef:
@@ -96,6 +98,8 @@ class OutputTensor:
         how = f"{width}({', '.join(self.reads)})" if width else f"copy {self.reads[0]}"
         if self.init is not None:
             how += f": {self.init.describe()}"
+        if self.query_scale != 1:
+            how += f", query × {self.query_scale:.6g}"
         return how + (" → new" if self.new else "")
 
 
@@ -146,7 +150,7 @@ class Plan:
                 peak = max(peak, COPY_BUFFER_BYTES)
                 continue
             read = sum(sizes[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
-            work = numel(t.shape) * 4 if self.width or t.init else 0  # the fp32 result before the cast
+            work = numel(t.shape) * 4 if self.width or t.init or t.query_scale != 1 else 0  # fp32 before the cast
             peak = max(peak, read + work + t.nbytes)
         if self.width:  # one widened tensor is written while the next is computed (growth/expand.py)
             peak += max(numel(t.shape) * 4 for t in self.tensors)
@@ -166,6 +170,7 @@ class Plan:
         return (
             t.init is None
             and not t.identity_init
+            and t.query_scale == 1
             and t.reads == (source.name,)
             and (source.dtype, source.shape) == (t.dtype, t.shape)
         )
@@ -173,7 +178,7 @@ class Plan:
     def casts(self, t: OutputTensor) -> bool:
         """Whether output `t` is cast after it is computed (to --dtype, or from a width map's float32 work): the
         executor casts into two alternating buffers, writing one while it fills the other (growth/expand.py)."""
-        computed_in = "F32" if self.width or t.init else t.source.dtype
+        computed_in = "F32" if self.width or t.init or t.query_scale != 1 else t.source.dtype
         return bool(t.reads) and t.dtype != computed_in
 
     @property
@@ -232,8 +237,6 @@ def build_plan(
         registry.refuse_if_inapplicable(op, arch)
         depth = depth_map(op, shape.layers, layers, dus_overlap=overlap)
         _refuse_unwritable_moe_pattern(arch, config, shape.layers, depth)
-        if depth.function_preserving and (inexact := _moved_index_flag(arch, config, depth)):
-            depth = replace(depth, function_preserving=False, inexact=inexact)
     if depth is None and width is None and not spec.grows_experts:
         raise UsageError(
             f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
@@ -276,7 +279,10 @@ def build_plan(
     def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None, init: bool = False):
         shape_ = target_shape.tensor_shape(t.weight.axes)
         reads = () if zero or init else (width.sources(t, binding) if width else (t.name,))
-        return OutputTensor(name, shape_, out_dtype_of(t), t, reads, zero, new, layer, identity_init=init)
+        scale = 1.0 if layer is None or zero or init else query_scale(arch, config, t.weight, layer_map[layer], layer)
+        return OutputTensor(
+            name, shape_, out_dtype_of(t), t, reads, zero, new, layer, identity_init=init, query_scale=scale
+        )
 
     out: list[OutputTensor] = [output(t, t.name, new=False, zero=False, layer=None) for t in binding.embeddings]
     for j, src in enumerate(layer_map):
@@ -301,27 +307,13 @@ def build_plan(
     return plan
 
 
-def _moved_index_flag(arch: ArchDef, config: dict[str, Any], depth: DepthMap) -> str | None:
-    """Why `depth` is not exact for this model when one of the definition's `layer_index_flags` is set true and it
-    moves an original layer to another index, where the layer computes another function; else None."""
-    flag = next((key for key in arch.layer_index_flags if config.get(key) is True), None)
-    moved = (j for j, (i, new) in enumerate(zip(depth.layer_map, depth.new, strict=True)) if not new and i != j)
-    first = next(moved, None) if flag else None
-    if flag is None or first is None:
-        return None
-    return (
-        f"{depth.method} is not exact for this model: its config sets {flag}, so each layer computes with its own "
-        f"index, and source layer {depth.layer_map[first]} moves to index {first}"
-    )
-
-
 def _notes(plan: Plan, spec: GrowthSpec) -> list[str]:
     """What the user should know about this growth before training it: tensors not written, and starts that train
     poorly (a stationary gated MLP, copies that stay copies)."""
     notes = [f"not written: {name} ({why})" for name, why in plan.binding.dropped]
     depth, width, upcycle = plan.depth, plan.width, plan.upcycle
-    if depth and depth.inexact:
-        notes.append(depth.inexact)
+    if any(t.query_scale != 1 for t in plan.tensors):
+        notes.append(index_scaling.note(plan.arch))
     if depth and depth.identity_init and gated_mlp(plan.arch):
         notes.append(
             "staged-identity: the new layers' gated MLP (gate·up) starts at a stationary point — with its norm gain "

@@ -31,7 +31,6 @@ class DepthMap:
     function_preserving: bool
     parameters: dict
     identity_init: bool = False  # staged-identity: new layers are not copies but gains 0, biases 0, matrices I
-    inexact: str | None = None  # why a method exact by design is not exact for this model (growth/plan.py)
 
 
 def _first_occurrence_is_original(layer_map: list[int]) -> tuple[bool, ...]:
