@@ -130,17 +130,6 @@ def _command_path(exc: Any) -> str:
     return " ".join(["grow", *[arg for arg in sys.argv[1:] if arg in names][:1]])
 
 
-def _start_early() -> None:
-    """Start transformers' config child (`grow_cli.arch.hf_config`) for `grow expand` and `grow inspect` (both ask
-    it whether the config loads) before the options are parsed: on a first run its import of transformers then
-    overlaps Typer's parsing and the reading of the source."""
-    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    if command in ("expand", "inspect") and "--help" not in sys.argv:
-        from grow_cli.arch import hf_config
-
-        hf_config.start_early()
-
-
 def _too_long(path: object) -> str:
     """The one line for a path the file system refuses as too long (any path the user gave: a source, an output,
     data), shortened so that the line stays readable."""
@@ -184,7 +173,6 @@ def main() -> None:
 
     terminate_like_interrupt()
     forget_completed()
-    _start_early()
     try:
         _run_app()
     except GrowError as exc:

@@ -146,7 +146,7 @@ BROKEN = {
     ),
     "index-scaled attention that is not a flag and tensors": (
         lambda d: d.update(index_scaled_attention={"flag": "scale_attn_by_inverse_layer_idx"}),
-        "'index_scaled_attention' is {\"flag\": a config key, \"query\": [layer tensor names]}",
+        '\'index_scaled_attention\' is {"flag": a config key, "query": [layer tensor names]}',
     ),
     "index-scaled attention on a tensor without a query axis": (
         lambda d: d.update(index_scaled_attention={"flag": "scale", "query": ["self_attn.k_proj.weight"]}),

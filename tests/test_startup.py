@@ -110,13 +110,13 @@ def test_a_refused_config_is_refused_without_torch_too(tiny_copy, tmp_path):
 )
 def test_only_expand_and_inspect_start_the_transformers_child_before_parsing(monkeypatch, argv, starts):
     """`grow expand` and `grow inspect` start the config child before Typer parses their options
-    (`cli._start_early`), so that on a first run the child's import of transformers overlaps that parsing; no other
-    command, and not `--help`."""
-    from grow_cli import cli
+    (`__main__.start_config_child_early`), so that on a first run the child's import of transformers overlaps that
+    parsing; no other command, and not `--help`."""
+    from grow_cli import __main__ as entry
     from grow_cli.arch import hf_config
 
     started = []
     monkeypatch.setattr(hf_config, "start_early", lambda: started.append(True))
     monkeypatch.setattr(sys, "argv", argv)
-    cli._start_early()
+    entry.start_config_child_early()
     assert started == ([True] if starts else [])
