@@ -134,6 +134,20 @@ def test_create_pr(fake_hub, grown):
         push_folder(grown, "acme/tiny-grown", create_pr=True, revision="stage-1", token=TOKEN)
 
 
+def test_a_push_with_nothing_new_says_so_and_opens_no_pull_request(fake_hub, grown):
+    """The client skips a commit that would change nothing (and so opens no pull request); the result said "pushed"
+    with `pr_url` null and revision main, as if a pull request had been asked for and made (found by an audit)."""
+    first = push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert first["changed"] is True
+    again = push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert again["changed"] is False and again["commit"] == first["commit"]
+    asked_pr = push_folder(grown, "acme/tiny-grown", create_pr=True, token=TOKEN)
+    assert asked_pr["changed"] is False and asked_pr["pr_url"] is None and asked_pr["revision"] == "main"
+    (grown / "notes.txt").write_text("one change\n")
+    changed = push_folder(grown, "acme/tiny-grown", create_pr=True, token=TOKEN)  # the control
+    assert changed["changed"] is True and changed["pr_url"] and changed["commit"] != first["commit"]
+
+
 def test_push_to_a_missing_pull_request_creates_nothing(fake_hub, grown, cli):
     """`--revision refs/pr/N` names a pull request, which a push never creates: when it does not exist, the push is
     refused before a repo is created, the local card rewritten or anything uploaded (it used to create the repo,
@@ -306,6 +320,7 @@ def test_cli_push_json_and_token_never_leaks(fake_hub, grown, tmp_path):
     assert human.returncode == 0, human.stderr
     assert human.stdout == ""
     assert "acme/tiny-grown" in human.stderr and TOKEN not in human.stderr
+    assert "nothing to push: acme/tiny-grown (private, branch stage-1) already holds these" in human.stderr  # a rerun
 
 
 def test_cli_errors_are_one_line(fake_hub, grown, tmp_path):
@@ -386,7 +401,8 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path):
 
 
 def test_training_states_stay_local(tmp_path):
-    """A model folder may carry train-stage checkpoints or a grown training state; neither belongs in a model repo."""
+    """A model folder may carry train-stage checkpoints, a grown training state or a token cache; none belongs in a
+    model repo."""
     from grow_cli.hub.push import upload_files
 
     for rel in (
@@ -395,6 +411,8 @@ def test_training_states_stay_local(tmp_path):
         "checkpoints/step_00000002/optimizer.bin",
         "training-state/state.json",
         "training-state/moments.safetensors",
+        ".grow-cache/tokens/stream.bin",
+        "run/.grow-cache/tokens/stream.bin",
     ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")

@@ -73,11 +73,17 @@ def push(
         print_json(result)
         return
     size = sum(f["size"] for f in result["files"])
-    err.print(
-        f"pushed {len(result['files'])} files ({format_bytes(size)}) to {result['repo_id']} "
-        f"({'private, ' if result['private'] else ''}{'pull request' if result['pr_url'] else 'branch'} "
-        f"{result['revision']})"
+    where = (
+        f"{result['repo_id']} ({'private, ' if result['private'] else ''}"
+        f"{'pull request' if result['pr_url'] else 'branch'} {result['revision']})"
     )
+    if result["changed"]:
+        err.print(f"pushed {len(result['files'])} files ({format_bytes(size)}) to {where}")
+    else:
+        err.print(
+            f"nothing to push: {where} already holds these {len(result['files'])} files"
+            + ("; no pull request was opened" if create_pr else "")
+        )
     err.print(f"commit: {result['commit_url']}")
     if result["pr_url"]:
         err.print(f"pull request: {result['pr_url']}")

@@ -43,6 +43,8 @@ IGNORE_PATTERNS = [
     "**/.git/**",
     ".cache/*",
     "**/.cache/**",
+    ".grow-cache/*",  # grow's token cache, where a run's --cache-dir put it inside the folder
+    "**/.grow-cache/**",
     "*.tmp",
     "*.partial",
     ".DS_Store",
@@ -72,7 +74,9 @@ def push_folder(
     """Upload `folder` to the model repo `repo_id` and return what happened.
 
     Returns `repo_id` (with its namespace), `revision`, `private`, `commit`, `commit_url`, `pr_url`, `url`,
-    `card` ("regenerated", "kept" or "none") and `files` (each `{"path", "size"}`). Raises CheckpointError for an
+    `card` ("regenerated", "kept" or "none"), `files` (each `{"path", "size"}`) and `changed` (False when the
+    revision already held these files: the client then makes no commit, and opens no pull request, so `commit` is
+    the revision's head). Raises CheckpointError for an
     incomplete folder, UsageError for contradictory options and HubError for everything the Hub refuses; a
     transient failure's message says to `rerun` to resume.
     """
@@ -93,7 +97,8 @@ def push_folder(
             _check_ref_exists(api, repo_id, revision)
         action = "creating"
         repo_id = api.create_repo(repo_id, private=True if private else None, exist_ok=True).repo_id
-        is_private = bool(api.repo_info(repo_id).private)  # the repo's own, reported: it may have been so before
+        main = api.repo_info(repo_id)
+        is_private = bool(main.private)  # the repo's own, reported: it may have been so before
         if private and not is_private:
             raise HubError(
                 f"{repo_id} already exists and is public; --private cannot change that. Make it private in its "
@@ -104,6 +109,7 @@ def push_folder(
             action = "creating branch " + revision + " in"
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         action = "uploading to"
+        head = main.sha if revision in (None, "main") else api.repo_info(repo_id, revision=revision).sha
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
@@ -128,6 +134,7 @@ def push_folder(
         "url": f"{endpoint()}/{repo_id}" + ("" if branch == "main" or create_pr else f"/tree/{branch}"),
         "card": card,
         "files": upload_files(folder),
+        "changed": info.oid != head,  # a push with nothing new returns the head it found (no commit, no PR)
     }
 
 
