@@ -63,8 +63,10 @@ def test_lr_rule_end_points_in_plan():
 
 def test_counts_and_refusals(cli):
     assert parse_count("135M") == 135e6 and parse_count("15T") == 15e12 and parse_count("2e12") == 2e12
-    with pytest.raises(UsageError):
-        parse_count("lots")
+    assert parse_count(".5K") == 500 and parse_count("1.5e+12") == 1.5e12
+    for text in ("lots", "1.2.3", "..", "1e"):
+        with pytest.raises(UsageError, match=f"cannot read '{re.escape(text)}' as a count"):
+            parse_count(text)
     result = cli("plan", "--target", "huge", "--tokens", "1T")
     assert result.code == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
 
@@ -277,14 +279,27 @@ def test_plan_from_python_takes_what_the_command_takes(tmp_path):
         (["--target", "1B", "--tokens", "-5B"], "error: --tokens: cannot read '-5B' as a count"),
         (["--target", "1B", "--tokens", "1T", "--family", "1B,"], "error: --family: cannot read '' as a count"),
         (["--target", "5M", "--tokens", "1T"], "error: the default family of --target 5e+06 parameters starts at"),
+        (["--target", "1.2.3B", "--tokens", "2T"], "error: --target: cannot read '1.2.3B' as a count; use a number"),
+        (["--target", "1B", "--tokens", "..T"], "error: --tokens: cannot read '..T' as a count; use a number"),
     ],
 )
 def test_a_bad_count_names_its_option(cli, args, line):
     """Two options take counts; a refusal names the one at fault (once: "'0' must be positive", of either), and a
-    default family the user never gave is not blamed on --family."""
+    default family the user never gave is not blamed on --family. A malformed number (1.2.3B) is refused the same
+    way: it once reached `float` and came out as the catch-all "ValueError: could not convert string to float"."""
     result = cli("plan", *args)
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and len(lines) == 1 and lines[0].startswith(line), result.stderr
+
+
+def test_train_stage_refuses_a_malformed_token_count_in_one_line(cli, tmp_path):
+    """`train-stage --max-tokens` reads counts with the same parser: 1.2.3 is a usage error naming the option, not
+    the catch-all ValueError (exit 1) it once was."""
+    result = cli(
+        "train-stage", tmp_path / "m", "--data", tmp_path / "d", "--out", tmp_path / "o", "--max-tokens", "1.2.3"
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and lines == ["error: --max-tokens: cannot read '1.2.3'; use e.g. 50M, 2B or 2e9"], lines
 
 
 def test_the_growth_factor_is_the_one_the_command_makes(cli, tmp_path):
