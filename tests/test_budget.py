@@ -87,6 +87,17 @@ def test_plan_labels_its_saving_a_projection_and_cuts_no_number(cli):
     assert report["projection"]["kind"] == "projection" and report["projection"]["published"]
 
 
+def test_the_target_trains_on_the_tokens_given(cli):
+    """`--target 8B` is planned as the nearest Llama shape, 7.95B parameters; its row trains on the 320B tokens asked
+    for, not 318B (tokens were scaled by 7.95B / 8B), and the smaller members scale from that shape's count."""
+    members = plan(8e9, 320e9, family=[1e9, 2e9, 4e9, 8e9])["family"]["members"]
+    assert members[-1]["tokens"] == 320e9 and members[-1]["params"] != 8e9
+    for member in members:
+        assert member["tokens"] == pytest.approx(320e9 * member["params"] / members[-1]["params"])
+    table = cli("plan", "--target", "8B", "--tokens", "320B", "--family", "1B,2B,4B,8B").stdout
+    assert re.search(r"│ 7\.95B +│ [0-9]+ × 4096 +│ 320B +│", table), table
+
+
 def test_print_table_never_narrower_than_its_content():
     import io
 

@@ -338,8 +338,9 @@ def _family_sizes(family: list[float] | None, n: float) -> list[float]:
 def _members(
     sizes: list[float], n: float, shape: dict[str, Any], tokens: float
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The family's members (each size's config, tokens in proportion to its parameters), and a note for each size
-    that came out as the same config as the one before it (left out)."""
+    """The family's members (each size's config, tokens in proportion to its parameters: the target's shape trains
+    on `tokens` exactly, even where a count such as 8B came out as a 7.95B shape), and a note for each size that
+    came out as the same config as the one before it (left out)."""
     shapes: list[dict[str, Any]] = []
     bound = shape  # each member fits within the next larger one, so that each grows into the next
     for size in reversed(sizes):
@@ -361,7 +362,7 @@ def _members(
                 "matmul_params": float(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
                 "layers": s["num_hidden_layers"],
                 "hidden": s["hidden_size"],
-                "tokens": tokens * s["num_parameters"] / n,
+                "tokens": tokens * s["num_parameters"] / shape["num_parameters"],
             }
         )
     return members, notes
