@@ -158,12 +158,51 @@ def test_a_collapsed_family_size_says_why(family, why):
             ["--target", "1B", "--tokens", "20B", "--family", "2B,1B"],
             "a --family size \\(2e\\+09 parameters\\) is larger",
         ),
+        (
+            ["--target", "8B", "--tokens", "1T", "--family", "1B,8.5B"],
+            "a --family size \\(8.5e\\+09 parameters\\) is larger than the target \\(8e\\+09; a size within 5% of",
+        ),
     ],
 )
 def test_plans_outside_the_fitted_range_are_refused(cli, args, message):
     result = cli("plan", *args)
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and len(lines) == 1 and re.search(message, lines[0]), result.stderr
+
+
+# Llama-3.1-8B's config.json as `grow plan --target` reads a folder holding it (counted on the meta device).
+LLAMA31_8B = {
+    "num_hidden_layers": 32,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+    "num_parameters": 8_030_261_248,
+}
+
+
+@pytest.mark.parametrize(
+    "family, left_out",
+    [
+        (["1B", "2B", "4B", "8B"], False),
+        (["1B", "2B", "4B", "8.3B"], False),
+        (["1B", "2B", "4B", "7.8B", "8B"], False),
+        (["1B", "2B", "4B"], True),
+    ],
+)
+def test_the_target_is_always_the_familys_last_member(family, left_out):
+    """The family of an 8.03B target with --family 1B,2B,4B,8B ended in a 7.53B model (32 × 4096 on 14.1T tokens), a
+    different one, and left the target out: only its exact parameter count was taken as the target. A size within 5%
+    of the target is the target, and a family that names none ends with it all the same, saying so."""
+    report = plan(LLAMA31_8B, "15T", family=family)
+    members, notes = report["family"]["members"], report["family"]["notes"]
+    last = members[-1]
+    assert (last["params"], last["layers"], last["hidden"], last["tokens"]) == (8_030_261_248, 32, 4096, 15e12)
+    assert len(members) == 4 and all(m["params"] < 4.5e9 for m in members[:-1]), members
+    assert any("the target is the family's last member" in note for note in notes) == left_out, notes
 
 
 @pytest.mark.parametrize("layers, option", [(32, "--depth-factor 4"), (30, "--layers 30"), (33, "--layers 33")])

@@ -30,7 +30,10 @@ def plan(
     tokens: Annotated[str, typer.Option(help="Training tokens of the target (e.g. 2T, 320B).")],
     family: Annotated[
         str | None,
-        typer.Option(help="Comma-separated member sizes (default: target/8, /4, /2, target). Tokens scale with size."),
+        typer.Option(
+            help="Comma-separated member sizes (default: target/8, /4, /2). The target is always the last member, "
+            "and a size close to it is the target. Tokens scale with size."
+        ),
     ] = None,
     seq_len: Annotated[int, typer.Option(help="Sequence length, for the attention FLOPs term.")] = 2048,
     new_token_fraction: Annotated[

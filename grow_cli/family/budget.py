@@ -172,12 +172,12 @@ def format_count(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _collapsed(size: float, previous: float, shape: dict[str, Any]) -> str:
-    """The note for a family size listed once because it rounds to the shape of the member before it (of size
-    `previous`), with the reason that holds: the size given twice; sizes so small that less than one and a half
+def _collapsed(size: float, larger: float, shape: dict[str, Any]) -> str:
+    """The note for a family size listed once because it rounds to the shape of the next larger member (of size
+    `larger`), with the reason that holds: the size given twice; sizes so small that less than one and a half
     layers fit beside the embeddings (a model keeps at least one); or two sizes less than one layer apart."""
     listed = f"{shape['num_hidden_layers']} × {shape['hidden_size']}"
-    if math.isclose(size, previous, rel_tol=1e-6):
+    if math.isclose(size, larger, rel_tol=1e-6):
         return f"{format_count(size)} parameters is given twice; listed once"
     embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
     per_layer = format_count((shape["num_parameters"] - embeddings) / shape["num_hidden_layers"])
@@ -189,7 +189,8 @@ def _collapsed(size: float, previous: float, shape: dict[str, Any]) -> str:
     else:
         why = f"the two sizes differ by less than one layer of that shape ({per_layer} parameters)"
     return (
-        f"{format_count(size)} parameters rounds to the same {listed} shape as the member before it: {why}; listed once"
+        f"{format_count(size)} parameters rounds to the same {listed} shape as the next larger member: {why}; listed "
+        "once"
     )
 
 
@@ -279,7 +280,8 @@ def plan(
     family = [parse_count(size, "--family") for size in family] if family else None
     shape, n, stack_refused = _target_shape(_target(target))
     d = stacking_growth_tokens(n, tokens)
-    members, notes = _members(_family_sizes(family, n), n, shape, tokens)
+    sizes, missing = _family_sizes(family, n)
+    members, notes = _members(sizes, n, shape, tokens)
     family_book = family_ledger(members, seq_len=seq_len, new_token_fraction=new_token_fraction)
     return {
         "target": {
@@ -289,7 +291,7 @@ def plan(
             "config": shape,
         },
         "stacking": _stacking(shape, d, tokens, stack_refused),
-        "family": {**family_book, "notes": notes},
+        "family": {**family_book, "notes": missing + notes},
         "projection": projection(family_book),
         "lr_rule": LR_SOURCE,
     }
@@ -317,54 +319,70 @@ def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float
     return shape, n, stack_refused
 
 
-def _family_sizes(family: list[float] | None, n: float) -> list[float]:
-    """The family's member sizes, smallest first: as given, or the target's eighth, quarter, half and itself."""
-    sizes = sorted(family) if family else [n / 8, n / 4, n / 2, n]
-    if not family and sizes[0] < PARAMS_RANGE[0]:
-        raise UsageError(
-            f"the default family of --target {n:.3g} parameters starts at --target/8 = {sizes[0]:.3g}, below the "
-            f"{PARAMS_RANGE[0]:.0e} parameters grow plans for; give --family sizes of at least 1M"
-        )
-    for size in sizes:
-        _check_count(size, "a --family size", "parameters", PARAMS_RANGE)
-        if size > n * (1 + 1e-6):
+# A --family size within this share of the target's parameter count is the target itself: sizes are nominal
+# (Llama-3.1-8B has 8.03B parameters, Llama-2-7B 6.74B, Mistral-7B 7.24B), and a member this close below its target
+# would differ from it by about a layer.
+TARGET_MATCH = 0.05
+
+
+def _family_sizes(family: list[float] | None, n: float) -> tuple[list[float], list[str]]:
+    """The sizes of the members below the target, smallest first, and a note when `family` leaves the target out.
+
+    The target is always the family's last member, with its own shape: a size within TARGET_MATCH of its `n`
+    parameters is the target, a larger one is refused. Without `family`, the target's eighth, quarter and half."""
+    if not family:
+        if n / 8 < PARAMS_RANGE[0]:
             raise UsageError(
-                f"a --family size ({size:.3g} parameters) is larger than the target ({n:.3g}): a family grows up to "
-                "its target; drop that size or raise --target"
+                f"the default family of --target {n:.3g} parameters starts at --target/8 = {n / 8:.3g}, below the "
+                f"{PARAMS_RANGE[0]:.0e} parameters grow plans for; give --family sizes of at least 1M"
             )
-    return sizes
+        return [n / 8, n / 4, n / 2], []
+    for size in family:
+        _check_count(size, "a --family size", "parameters", PARAMS_RANGE)
+        if size > n * (1 + TARGET_MATCH):
+            raise UsageError(
+                f"a --family size ({size:.3g} parameters) is larger than the target ({n:.3g}; a size within "
+                f"{TARGET_MATCH:.0%} of it is the target): a family grows up to its target; drop that size or raise "
+                "--target"
+            )
+    smaller = sorted(size for size in family if size < n * (1 - TARGET_MATCH))
+    if len(smaller) < len(family):
+        return smaller, []
+    return smaller, [
+        f"--family gives no size within {TARGET_MATCH:.0%} of the target's {format_count(n)} parameters; the "
+        "target is the family's last member all the same"
+    ]
 
 
 def _members(
     sizes: list[float], n: float, shape: dict[str, Any], tokens: float
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The family's members (each size's config, tokens in proportion to its parameters: the target's shape trains
-    on `tokens` exactly, even where a count such as 8B came out as a 7.95B shape), and a note for each size that
-    came out as the same config as the one before it (left out)."""
-    shapes: list[dict[str, Any]] = []
-    bound = shape  # each member fits within the next larger one, so that each grows into the next
+    """The family's members, smallest first, ending with the target (`shape`, of `n` parameters): for each smaller
+    size the nearest Llama-like shape within the next larger member, so that each grows into the next. Tokens are
+    in proportion to parameters (the target's shape trains on `tokens` exactly, even where a count such as 8B came
+    out as a 7.95B shape). A size that comes out as the same shape as the next larger member is left out, with a
+    note."""
+    shapes: list[dict[str, Any]] = [shape]
+    notes: list[str] = []
+    larger = n  # the size of the next larger member listed
     for size in reversed(sizes):
-        s = shape if math.isclose(size, n, rel_tol=1e-6) else llama_like_shape(size, shape["vocab_size"], within=bound)
-        shapes.insert(0, s)
-        bound = s
-    members: list[dict[str, Any]] = []
-    notes = []
-    previous = 0.0  # the size of the last member listed
-    for size, s in zip(sizes, shapes, strict=True):
-        if members and (members[-1]["layers"], members[-1]["hidden"]) == (s["num_hidden_layers"], s["hidden_size"]):
-            notes.append(_collapsed(size, previous, s))
+        s = llama_like_shape(size, shape["vocab_size"], within=shapes[0])
+        if (s["num_hidden_layers"], s["hidden_size"]) == (shapes[0]["num_hidden_layers"], shapes[0]["hidden_size"]):
+            notes.insert(0, _collapsed(size, larger, shapes[0]))
             continue
-        previous = size
-        members.append(
-            {
-                "params": float(s["num_parameters"]),
-                "active_params": float(s.get("active_parameters", s["num_parameters"])),
-                "matmul_params": float(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
-                "layers": s["num_hidden_layers"],
-                "hidden": s["hidden_size"],
-                "tokens": tokens * s["num_parameters"] / shape["num_parameters"],
-            }
-        )
+        shapes.insert(0, s)
+        larger = size
+    members = [
+        {
+            "params": float(s["num_parameters"]),
+            "active_params": float(s.get("active_parameters", s["num_parameters"])),
+            "matmul_params": float(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
+            "layers": s["num_hidden_layers"],
+            "hidden": s["hidden_size"],
+            "tokens": tokens * s["num_parameters"] / shape["num_parameters"],
+        }
+        for s in shapes
+    ]
     return members, notes
 
 
