@@ -373,6 +373,64 @@ def test_each_family_member_grows_into_the_next(family):
         assert smaller["layers"] <= larger["layers"] and smaller["hidden"] <= larger["hidden"], (smaller, larger)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 1, 16])  # GQA (4 query heads per KV head), MQA, MHA
+def test_grows_own_planner_grows_each_member_of_a_family_into_the_next(tmp_path, kv_heads):
+    """Members of a 1024-wide target with 16 heads of 64 were multi-head attention at whatever width they came out:
+    768 wide, 12 query and 12 KV heads, which no width growth turns into the target's 4 KV heads (`grow expand
+    --num-kv-heads 4` refuses: "smaller than the source's 12"). They now keep the target's head_dim, hidden size per
+    head and heads per KV head: grow's own planner grows each member into the next, and each member's count is that
+    of the model transformers builds from its config."""
+    import torch
+    import transformers as tf
+
+    from grow_cli.growth.plan import build_plan
+    from grow_cli.growth.spec import GrowthSpec
+
+    def config_of(shape):
+        keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+        return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 2048} | {
+            k: shape[k] for k in (*keys, "head_dim") if k in shape
+        }
+
+    def built(config):  # {name: (shape, dtype)} and the parameter count of the model, built without memory
+        with torch.device("meta"):
+            model = tf.LlamaForCausalLM(tf.LlamaConfig(**config))
+        return {n: (tuple(t.shape), "F32") for n, t in model.state_dict().items()}, model.num_parameters()
+
+    target = config_of(
+        {"num_hidden_layers": 8, "hidden_size": 1024, "intermediate_size": 2816, "num_attention_heads": 16}
+    ) | {"num_key_value_heads": kv_heads}
+    (tmp_path / "config.json").write_text(json.dumps(target))
+    members = plan(str(tmp_path), "10B", family=["10M", "30M"])["family"]["members"]
+    assert [(m["layers"], m["hidden"]) for m in members] == [(1, 768), (4, 768), (8, 1024)]
+    for member in members:
+        assert built(config_of(member["config"]))[1] == member["params"], member["config"]
+    flags = {  # each config key's `grow expand` option, as a GrowthSpec field
+        "hidden_size": "hidden_size",
+        "intermediate_size": "intermediate_size",
+        "num_attention_heads": "num_heads",
+        "num_key_value_heads": "num_kv_heads",
+    }
+    for smaller, larger in itertools.pairwise(config_of(m["config"]) for m in members):
+        wider = any(smaller[k] != larger[k] for k in flags)
+        deeper = smaller["num_hidden_layers"] != larger["num_hidden_layers"]
+        spec = GrowthSpec(
+            layers=larger["num_hidden_layers"] if deeper else None,
+            **({flag: larger[k] for k, flag in flags.items()} if wider else {}),
+        )
+        grown = build_plan(smaller, built(smaller)[0], spec)
+        assert {t.name: t.shape for t in grown.tensors} == {name: s for name, (s, _) in built(larger)[0].items()}
+        assert {k: grown.target_config[k] for k in (*flags, "head_dim")} == {k: larger[k] for k in (*flags, "head_dim")}
+
+
+def test_a_target_config_whose_heads_form_no_kv_groups_is_refused():
+    """The members follow the target's heads per KV head, so a config dict whose heads are not a whole number of KV
+    groups is refused in one line rather than planned into fractional heads."""
+    target = {"num_hidden_layers": 8, "hidden_size": 384, "vocab_size": 2048, "num_parameters": 20e6}
+    with pytest.raises(UsageError, match=r"num_attention_heads \(6\) must be a whole multiple of its num_key_value"):
+        plan(target | {"num_attention_heads": 6, "num_key_value_heads": 4}, 1e9)
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_the_ledger_counts_flops_as_train_stage_does(tmp_path, tied):
     """PaLM's 6·N leaves out an input embedding that is only a lookup: the plan used to count it, so its FLOPs per

@@ -72,7 +72,8 @@ def _check_count(value: float, option: str, unit: str, bounds: tuple[float, floa
         raise UsageError(f"{option} {value:.3g} {unit} is outside what grow plans for ({low:.0e} to {high:.0e} {unit})")
 
 
-# The keys of a target config that the plan reads (besides `num_parameters`); `_target` reads them from a folder.
+# The keys a target config must have (besides `num_parameters`); `_target` reads them, and the attention layout the
+# family's members follow, from a folder. A config without heads is taken as Llama-style multi-head attention.
 TARGET_KEYS = ("num_hidden_layers", "hidden_size", "vocab_size")
 
 
@@ -107,6 +108,7 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
         "intermediate_size": info["intermediate_size"],
         "num_attention_heads": info["num_heads"],
         "num_key_value_heads": info["num_kv_heads"],
+        "head_dim": info["head_dim"],
         "vocab_size": info["vocab_size"],
         "tie_word_embeddings": bool(info["tie_word_embeddings"]),
         "num_parameters": info["num_parameters"],
@@ -128,9 +130,10 @@ def _stacking_target(layers: int) -> str:
 
 
 def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str, Any] | None = None) -> dict[str, int]:
-    """A Llama-style shape with about `params` parameters (SwiGLU FFN ≈ 8/3·d, head_dim 64–128; an untied head
-    unless `within` ties it). `within`: the next larger member of the family, whose hidden size, FFN size and depth
-    a smaller member never exceeds (growth only widens and deepens) and whose tied or untied head it shares."""
+    """A Llama-style shape with about `params` parameters (SwiGLU FFN ≈ 8/3·d; an untied head unless `within` ties
+    it); on its own, multi-head attention of head_dim 64–128 (`_llama_heads`). `within`: the next larger member of the
+    family, which this shape must grow into: it never exceeds its hidden size, FFN size and depth (growth only widens
+    and deepens), and shares its tied or untied head and its attention layout (`_attention_within`)."""
     widths = [
         (2e8, 768),
         (6e8, 1024),
@@ -141,27 +144,53 @@ def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str
         (4.5e10, 6656),
     ]
     hidden = next((d for limit, d in widths if params <= limit), 8192)
-    ffn = int(math.ceil(hidden * 8 / 3 / 256) * 256)
-    tied = False
-    if within is not None:
-        hidden, ffn = min(hidden, within["hidden_size"]), min(ffn, within.get("intermediate_size") or ffn)
+    if within is None:
+        heads, head_dim = _llama_heads(hidden)
+        kv_heads, tied = heads, False
+    else:
+        hidden, heads, kv_heads, head_dim = _attention_within(hidden, within)
         tied = bool(within.get("tie_word_embeddings"))
+    ffn = int(math.ceil(hidden * 8 / 3 / 256) * 256)
+    if within is not None:
+        ffn = min(ffn, within.get("intermediate_size") or ffn)
     embeddings = vocab_size * hidden * (1 if tied else 2)
-    per_layer = 4 * hidden * hidden + 3 * hidden * ffn + 2 * hidden
+    # q and o project hidden ↔ heads·head_dim, k and v hidden → kv_heads·head_dim; the FFN; two norms
+    per_layer = 2 * hidden * head_dim * (heads + kv_heads) + 3 * hidden * ffn + 2 * hidden
     layers = max(1, round((params - embeddings) / per_layer))
     if within is not None:
         layers = min(layers, within["num_hidden_layers"])
-    heads = max(1, hidden // (128 if hidden >= 2048 else 64))
     return {
         "num_hidden_layers": layers,
         "hidden_size": hidden,
         "intermediate_size": ffn,
         "num_attention_heads": heads,
-        "num_key_value_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
         "vocab_size": vocab_size,
         "tie_word_embeddings": tied,
         "num_parameters": layers * per_layer + embeddings + hidden,
     }
+
+
+def _llama_heads(hidden: int) -> tuple[int, int]:
+    """Llama-style multi-head attention for a hidden size: its head count and head_dim (128 from 2048 wide, else
+    64), for a target given as a count, or as a config without heads."""
+    head_dim = 128 if hidden >= 2048 else 64
+    return max(1, hidden // head_dim), head_dim
+
+
+def _attention_within(hidden: int, larger: dict[str, Any]) -> tuple[int, int, int, int]:
+    """The hidden size (at most `hidden`), query heads, KV heads and head_dim of a member that grows into `larger`
+    (the next larger member) by grow's width growth, which keeps head_dim, adds whole query and KV heads and never
+    removes any (`operators/width.py`). A member keeps `larger`'s head_dim, hidden size per query head and query
+    heads per KV head: a GQA model shrinks by whole KV groups, an MQA model keeps its one KV head (as width growth
+    keeps it), so the family's members share the target's attention layout. At least one group wide."""
+    d, H, K = larger["hidden_size"], larger["num_attention_heads"], larger["num_key_value_heads"]
+    group = H // K if 1 < K < H else 1  # the query heads a GQA model adds or drops at a time
+    unit_heads = group * H // math.gcd(group * d, H)  # the fewest such heads whose hidden size (d/H each) is whole
+    unit_hidden = unit_heads * d // H
+    heads = max(1, min(hidden, d) // unit_hidden) * unit_heads
+    return heads * d // H, heads, 1 if K == 1 else heads * K // H, larger.get("head_dim") or d // H
 
 
 def format_count(value: float) -> str:
@@ -270,8 +299,8 @@ def plan(
     Returns the plan `grow plan --json` prints: `target` (parameters, tokens, compute FLOPs, config), `stacking`
     (the G_stack guideline: `growth_tokens` d, the `small_model`, `growth_factor`, the `command` to run, whether
     it `applies` at this scale, and a `note` where the target's type refuses stacking), `family` (the compute
-    ledger: `members`, independent and progressive FLOPs), `projection` (the projected saving, its assumptions and
-    the published measurements) and `lr_rule`.
+    ledger: `members`, each with its `config`, and independent and progressive FLOPs), `projection` (the projected
+    saving, its assumptions and the published measurements) and `lr_rule`.
     """
     if not 1 <= seq_len <= 10**7:
         raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
@@ -313,6 +342,16 @@ def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float
             f"a target config needs num_parameters (a number) and {', '.join(TARGET_KEYS)} (whole numbers ≥ 1); "
             f"it lacks a valid {', '.join(wrong or ['num_parameters'])}. Or give a model folder or its "
             "config.json, which grow reads them from"
+        )
+    if "num_attention_heads" not in shape:
+        heads, head_dim = _llama_heads(shape["hidden_size"])
+        shape.update(num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim)
+    heads = shape["num_attention_heads"]
+    kv_heads = shape.setdefault("num_key_value_heads", heads)
+    if not (_whole(heads) and _whole(kv_heads) and heads % kv_heads == 0):
+        raise UsageError(
+            f"a target config's num_attention_heads ({heads!r}) must be a whole multiple of its num_key_value_heads "
+            f"({kv_heads!r})"
         )
     n = float(shape["num_parameters"])
     _check_count(n, "--target", "parameters", PARAMS_RANGE)  # a folder's count, before its members'
@@ -380,6 +419,7 @@ def _members(
             "layers": s["num_hidden_layers"],
             "hidden": s["hidden_size"],
             "tokens": tokens * s["num_parameters"] / shape["num_parameters"],
+            "config": s,  # the shape to build the member at (layers, widths, heads), as the target's config
         }
         for s in shapes
     ]
