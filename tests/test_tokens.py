@@ -36,6 +36,24 @@ def test_split_is_deterministic_and_disjoint(tmp_path):
     assert len(a.eval_ids) + len(a.train_ids) == len(a.blocks)
 
 
+def test_an_evaluation_reads_held_out_blocks_from_every_source_not_the_start_of_the_stream(tmp_path):
+    """An evaluation of k blocks reads the first k eval ids (train-stage's --eval-batches, compare's --max-blocks).
+    Listed in stream order they all came from the first of two sources; they must be spread over the whole held-out
+    set, whatever k, a smaller k reading a subset of a larger one."""
+    (tmp_path / "a.txt").write_text(" ".join(DOCS) * 200)
+    (tmp_path / "b.txt").write_text(" ".join(DOCS) * 20)
+    data = tokens_of([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path)
+    held_out = np.sort(data.eval_ids)
+    second = held_out[held_out >= len(data.blocks) * 200 // 220]  # blocks of b.txt (and the one across both)
+    assert 4 <= len(second) <= len(held_out) // 8
+    for k in (8, 16, 33, len(held_out)):
+        ranks = np.searchsorted(held_out, np.sort(data.eval_ids[:k]))  # the first k, among the held-out blocks
+        gaps = np.diff([-1, *ranks, len(held_out)])
+        assert gaps.max() < 2 * len(held_out) / k, k  # no long run of held-out blocks without one of them
+    assert set(second) & set(data.eval_ids[:16])
+    assert sorted(data.eval_ids.tolist()) == held_out.tolist()  # the same split, only in another order
+
+
 def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
     np.array([1, 2, 600], dtype=np.uint16).tofile(tmp_path / "bad.bin")
     with pytest.raises(DataError, match="outside the model's vocabulary"):

@@ -77,8 +77,9 @@ def eval_batches(
     num_processes: int,
     rank: int,
 ) -> list[tuple[torch.Tensor, bool]]:
-    """This process's share of the held-out blocks: the first `max_batches × micro_batch_size` eval blocks, dealt
-    round-robin to the processes, in micro-batches, each with whether it counts.
+    """This process's share of the held-out blocks: the first `max_batches × micro_batch_size` eval blocks (spread
+    over the whole held-out set, `tokens.evaluation_order`), dealt round-robin to the processes, in micro-batches,
+    each with whether it counts.
 
     Every process runs the same number of batches, because under FSDP or DeepSpeed each forward is a collective:
     one with fewer blocks than another (at most one fewer) ends with a batch that repeats a block and does not

@@ -6,7 +6,9 @@ stage, or running another with a different `--seq-len`, skips tokenization, and 
 
 Packing cuts the stream into contiguous blocks of `seq_len` tokens (the tail that does not fill a block is
 dropped). A fixed-seed permutation of the block indices holds out `eval_fraction` of them for evaluation, so the
-split depends on the data alone, never on the training seed or the number of processes.
+split depends on the data alone, never on the training seed or the number of processes. The held-out blocks are
+listed in the order evaluations read them (`evaluation_order`): an evaluation of k blocks reads the first k, spread
+over the whole stream.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class TokenData:
     """The packed blocks: `train_ids` / `eval_ids` index rows of `blocks` (a read-only memmap view)."""
 
     blocks: np.ndarray  # [n_blocks, seq_len]
-    train_ids: np.ndarray
-    eval_ids: np.ndarray
+    train_ids: np.ndarray  # in stream order
+    eval_ids: np.ndarray  # in the order evaluations read them (`evaluation_order`)
     fingerprint: str
     num_tokens: int
     num_documents: int
@@ -334,7 +336,7 @@ def prepare_tokens(
     return TokenData(
         blocks=blocks,
         train_ids=np.sort(order[num_eval:]),
-        eval_ids=np.sort(order[:num_eval]),
+        eval_ids=evaluation_order(np.sort(order[:num_eval])),
         fingerprint=fingerprint,
         num_tokens=int(meta["tokens"]),
         num_documents=int(meta["documents"]),
@@ -342,3 +344,20 @@ def prepare_tokens(
         from_cache=from_cache,
         undecodable=dict(meta.get("undecodable", {})),
     )
+
+
+def evaluation_order(ids: np.ndarray) -> np.ndarray:
+    """The held-out blocks `ids` (in stream order) in the order evaluations read them, an evaluation of k blocks the
+    first k (train-stage's `--eval-batches` × micro-batch, `grow compare`'s `--max-blocks`).
+
+    In stream order the first k came from the start of the stream alone: the first source of several, ~1% of a large
+    corpus. This is the van der Corput (bit-reversal) order of their ranks, so the first k are spread over the whole
+    held-out set for every k — no 2 × len(ids) / k consecutive held-out blocks without one of them, each source
+    represented in proportion to its held-out blocks — and a smaller evaluation reads a subset of a larger one.
+    """
+    bits = max(1, (len(ids) - 1).bit_length())
+    ranks = np.arange(len(ids))
+    reversed_ranks = np.zeros_like(ranks)
+    for bit in range(bits):
+        reversed_ranks |= ((ranks >> bit) & 1) << (bits - 1 - bit)
+    return ids[np.argsort(reversed_ranks)]
