@@ -265,6 +265,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_p
         "cache-in-data",
         "data-twice",
         "data-fifo",
+        "batch-over-data",
     ],
 )
 def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, capsys, case):
@@ -284,6 +285,8 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
         "cache-in-data": (1, "--cache-dir .*/cache lies inside the --data folder .*; choose a --cache-dir outside"),
         "data-twice": (1, "--data reaches .*play\\d.txt twice: .*give each file once"),
         "data-fifo": (1, "--data .*pipe.txt: not a regular file \\(a pipe or a device\\)"),  # was "the file is empty"
+        # was trained: 5,000 blocks a step, 1,339 of them distinct
+        "batch-over-data": (2, "global batch of 5,000 blocks .* more than the data's 1,339 training blocks"),
     }[case]
     if case == "missing-data":
         args[3] = tmp_path / "nope"
@@ -311,6 +314,8 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
     elif case == "data-fifo":
         os.mkfifo(tmp_path / "pipe.txt")
         args[3] = tmp_path / "pipe.txt"
+    elif case == "batch-over-data":
+        args[args.index("--micro-batch-size") + 1] = 5000
     elif case == "data-twice":  # a folder and one of its files, written another way
         args += ["--data", f"{data}/./{next(data.iterdir()).name}"]
     code, stdout, stderr = run_grow(args, capsys)

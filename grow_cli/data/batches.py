@@ -3,7 +3,8 @@
 We shard the data ourselves instead of letting `accelerator.prepare` wrap a DataLoader, because then the data
 position *is* the step: resuming needs no sampler state, and one optimizer step reads the same set of blocks
 whether the global batch is split over 1 process with 4 micro-batches or 2 processes with 2. Every epoch is a
-new seeded permutation of the training blocks; a step that crosses an epoch boundary simply reads from both.
+new seeded permutation of the training blocks; a step that crosses an epoch boundary simply reads from both. A
+global batch larger than the training blocks is refused (`check_global_batch`): its step would span epochs.
 
 Within a step the global batch is laid out as [grad_accum, num_processes, micro_batch_size].
 """
@@ -14,6 +15,21 @@ import math
 
 import numpy as np
 import torch
+
+from grow_cli.errors import UsageError
+
+
+def check_global_batch(*, micro_batch_size: int, grad_accum: int, num_processes: int, train_blocks: int) -> None:
+    """Refuse a global batch of more blocks than the data has for training: each step would read some blocks twice
+    or more (a step reads on into the next epochs), train on them as if they were new, and count an epoch per step."""
+    global_batch = micro_batch_size * grad_accum * num_processes
+    if global_batch > train_blocks:
+        raise UsageError(
+            f"the global batch of {global_batch:,} blocks (--micro-batch-size {micro_batch_size} × grad accumulation "
+            f"{grad_accum} × {num_processes} process{'es' * (num_processes != 1)}) is more than the data's "
+            f"{train_blocks:,} training blocks, so every step would read some of them twice; lower --micro-batch-size, "
+            "--grad-accum, --global-batch-tokens or --seq-len, or add data"
+        )
 
 
 class StepBatches:

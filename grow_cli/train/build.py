@@ -21,7 +21,7 @@ from accelerate import Accelerator, DistributedType
 
 from grow_cli.checkpoint.files import METRICS_FILE
 from grow_cli.checkpoint.output import remove_previous_run
-from grow_cli.data.batches import StepBatches, eval_batches
+from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import DataError, OptionError, UsageError
 from grow_cli.train.apollo import Apollo, allocate
@@ -176,6 +176,12 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     keys = run_keys(config, data, budget, accelerator, objective, checked.apollo, continuation, first)
     if checked.finished is not None:
         return _finished(config, checked.finished, keys)  # before anything in --out is touched
+    check_global_batch(
+        micro_batch_size=config.micro_batch_size,
+        grad_accum=budget.grad_accum,
+        num_processes=accelerator.num_processes,
+        train_blocks=len(data.train_ids),
+    )
     for note in checked.notes:
         say(accelerator, False, f"note: {note}")
     describe_data(config, data, accelerator)
