@@ -497,3 +497,29 @@ def test_a_stop_while_the_final_model_is_written_says_what_is_kept(setup, tmp_pa
     assert "terminated (SIGTERM) while writing the final model after step 5/5: it was not written" in stderr
     assert f"the steps since the newest checkpoint ({out / 'checkpoints' / 'step_00000004'}) are not kept" in stderr
     assert "Continue with --resume auto, which trains them again" in stderr
+
+
+def test_a_resume_from_the_final_state_logs_the_final_eval_once_and_summarises_the_run(
+    setup, tmp_path, capsys, monkeypatch
+):
+    """Stopped while writing the model, after its --save-final-state checkpoint of the last step, the run resumes at
+    that step and trains nothing: metrics.jsonl held its final evaluation twice (the checkpoint's run had logged it),
+    and the summary said final_train_loss null and tokens_per_s 0.0."""
+    from grow_cli.train import finish
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    model, data = setup
+    out = tmp_path / "out"
+    args = train_args(model, data, out, "--max-steps", 3, "--save-final-state")
+    with monkeypatch.context() as patch:
+        patch.setattr(finish, "save_model", stopped)
+        code, _, stderr = run_grow(args, capsys)
+    assert code == 130, stderr
+    code, stdout, stderr = run_grow([*args, "--resume", "auto", "--json"], capsys)
+    assert code == 0, stderr
+    summary, metrics = json.loads(stdout), read_metrics(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics if "eval_loss" in m] == [3]
+    assert summary["tokens_per_s"] is None  # nothing trained in this process to measure
+    assert summary["final_train_loss"] == [m["loss"] for m in metrics if "loss" in m][-1]

@@ -68,6 +68,7 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
     if run.apollo is not None:  # the unique layers in use (the model holds its last stage's layers)
         num_parameters -= run.apollo.unused_parameters()
         state_dict = run.apollo.written_state(state_dict)
+    trained = run.step - ending.first_step  # steps this process trained: none after a resume from the last step
     summary = {
         "status": "done",
         "out": str(out),
@@ -75,10 +76,10 @@ def finish(run: Run, ending: Ending) -> dict[str, Any]:
         "end_step": run.step,
         "tokens": run.tokens,
         "max_lr": run.max_lr,
-        "final_train_loss": ending.last_loss if run.step > ending.first_step else None,
+        "final_train_loss": ending.last_loss if trained else run.tracker.loss_at(run.step),
         "final_eval_loss": eval_loss,
         "final_eval_ppl": eval_metrics(eval_loss)["eval_ppl"],
-        "tokens_per_s": (run.step - ending.first_step) * run.budget.tokens_per_step / max(ending.elapsed, 1e-9),
+        "tokens_per_s": trained * run.budget.tokens_per_step / max(ending.elapsed, 1e-9) if trained else None,
         "num_parameters": num_parameters,
         "trainable_tensors": len(run.trainable),
         "final_state": str(final_state) if final_state else None,

@@ -76,7 +76,8 @@ def peak_flops(device: torch.device, mixed_precision: str, override_tflops: floa
 class JsonlTracker(GeneralTracker):
     """An accelerate tracker that appends one JSON object per `accelerator.log` call to a file.
 
-    On resume, lines from steps after the checkpoint are dropped first, so the file always tells one
+    On resume, lines the resumed run logs again are dropped first — those of the steps after the checkpoint, and the
+    final evaluation a `--save-final-state` checkpoint's run logged at its own step — so the file always tells one
     consistent run with no duplicated or abandoned steps.
     """
 
@@ -94,7 +95,8 @@ class JsonlTracker(GeneralTracker):
         if self.resume_step is None:
             self.path.write_text("")
         elif self.path.is_file():
-            kept = [record for record in read_metrics(self.path) if record.get("step", 0) <= self.resume_step]
+            step = self.resume_step
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) < step or step_record(r, step)]
             self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         self._file = self.path.open("a")
 
@@ -119,6 +121,19 @@ class JsonlTracker(GeneralTracker):
 
     def finish(self) -> None:
         self._file.close()
+
+    def loss_at(self, step: int) -> float | None:
+        """The training loss the file records for `step`, None when it records none: the run's final training loss
+        when this process trained no step (it resumed from the checkpoint of the run's last step). Every process
+        reads it, from the file the main process writes."""
+        records = read_metrics(self.path, missing_ok=True)
+        return next((r["loss"] for r in records if step_record(r, step)), None)
+
+
+def step_record(record: dict[str, Any], step: int) -> bool:
+    """Whether `record` is the training record of `step` (its loss, LR, tokens, and any evaluation at that step),
+    not the final evaluation, logged at the last step in a record of its own."""
+    return record.get("step") == step and "loss" in record
 
 
 def read_metrics(path: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
