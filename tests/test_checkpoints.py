@@ -330,3 +330,50 @@ def test_resume_auto_skips_a_sharded_checkpoint_damaged_in_place(tmp_path, damag
     scrambled[::7] = bytes((b * 31 + 7) % 256 for b in scrambled[::7])
     path.write_bytes(scrambled)
     assert resolve_resume("auto", tmp_path) == (older, [f"{path} is damaged ({WHY[damaged]}); skipping step_00000004"])
+
+
+def test_a_checkpoint_of_another_folder_continues_only_into_an_empty_out(tmp_path, capsys):
+    """`--resume PATH` to another run's checkpoint used to skip the non-empty check: it replaced the model in --out,
+    and metrics.jsonl and checkpoints/ then held both runs'. Into an empty --out it continues as before, and
+    --overwrite first removes the earlier run's files, as for a fresh start."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    victim, other = tmp_path / "victim", tmp_path / "other"
+    budget = ("--max-steps", 4, "--save-every", 2)
+    assert run_grow(train_args(model, data, victim, *budget), capsys)[0] == 0
+    assert run_grow(train_args(model, data, other, *budget, "--seed", 1, "--exit-interval", 2), capsys)[0] == 0
+    theirs = other / "checkpoints" / "step_00000002"
+    before = _snapshot(victim)
+    resumed = ("--seed", 1, "--resume", theirs)
+    code, _, stderr = run_grow(train_args(model, data, victim, *budget, *resumed), capsys)
+    line = _one_line(stderr)
+    assert code == 1 and f"the checkpoint is not one of {victim}'s, and {victim} is not empty" in line
+    assert _snapshot(victim) == before
+    code, _, stderr = run_grow(train_args(model, data, tmp_path / "new", *budget, *resumed), capsys)
+    assert code == 0, stderr
+    code, _, stderr = run_grow(train_args(model, data, victim, *budget, *resumed, "--overwrite"), capsys)
+    assert code == 0, stderr
+    assert [m["step"] for m in read_metrics(victim / "metrics.jsonl") if "loss" in m] == [3, 4]
+    assert not (victim / "checkpoints").exists()  # victim's own checkpoints went with its model
+
+
+def test_resuming_a_finished_runs_own_checkpoint_needs_overwrite(tmp_path, capsys):
+    """It retrained silently over the finished model, and a kill part-way left grow.json beside metrics cut back to
+    the checkpoint, where `--resume auto` then said the run was finished. --overwrite removes the model first."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    out = tmp_path / "out"
+    budget = ("--max-steps", 4, "--save-every", 2)
+    assert run_grow(train_args(model, data, out, *budget), capsys)[0] == 0
+    own = out / "checkpoints" / "step_00000002"
+    before = _snapshot(out)
+    code, _, stderr = run_grow(train_args(model, data, out, *budget, "--resume", own), capsys)
+    line = _one_line(stderr)
+    assert code == 1 and "holds the finished run's model, which continuing from step_00000002 would replace" in line
+    assert _snapshot(out) == before
+    args = [a for a in train_args(model, data, out, *budget, "--resume", own, "--overwrite") if a != "--quiet"]
+    code, _, stderr = run_grow(args, capsys)
+    assert code == 0, stderr
+    assert (
+        "removed what continuing from step_00000002 replaces: README.md, config.json, generation_config.json, "
+        "grow.json, model.safetensors" in " ".join(stderr.split())
+    )
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]

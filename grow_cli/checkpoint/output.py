@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,21 +48,25 @@ def check_not_overlapping(out: Path, source: Path | None) -> None:
         raise OutputError(f"the source {src} lies inside the output {out}; choose another output folder")
 
 
-def remove_previous_run(folder: Path) -> list[str]:
-    """Remove from `folder` what an earlier run wrote there: weights, indexes, config, card, grow.json, metrics and
-    training checkpoints. A run told to start again must not leave such files to mix with its own (an index naming
-    shards that are gone, a checkpoint of a later step that `--resume auto` would take); other files are kept.
-    Returns the names removed."""
-    removed = []
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if entry.name == CHECKPOINTS_DIR and entry.is_dir() and not entry.is_symlink():
+def previous_run_entries(folder: Path) -> list[Path]:
+    """What an earlier run wrote in `folder`: weights, indexes, config, card, grow.json, metrics and training
+    checkpoints. A run told to start again must not leave such files to mix with its own (an index naming shards
+    that are gone, a checkpoint of a later step that `--resume auto` would take); other files are the user's."""
+    return [
+        entry
+        for entry in (sorted(folder.iterdir()) if folder.is_dir() else [])
+        if (entry.name == CHECKPOINTS_DIR and entry.is_dir() and not entry.is_symlink())
+        or (entry.is_file() and (entry.suffix in WEIGHT_SUFFIXES or entry.name in PREVIOUS_RUN_FILES))
+    ]
+
+
+def remove_entries(entries: Iterable[Path]) -> None:
+    """Remove each file, or folder with what it holds, of `entries` (a link: the link alone)."""
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-        elif entry.is_file() and (entry.suffix in WEIGHT_SUFFIXES or entry.name in PREVIOUS_RUN_FILES):
-            entry.unlink()
         else:
-            continue
-        removed.append(entry.name)
-    return removed
+            entry.unlink(missing_ok=True)
 
 
 def check_output(out: Path, source: Path | None, *, force: bool) -> None:

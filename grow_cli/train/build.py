@@ -20,7 +20,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 
 from grow_cli.checkpoint.files import METRICS_FILE
-from grow_cli.checkpoint.output import remove_previous_run
+from grow_cli.checkpoint.output import remove_entries
 from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import DataError, OptionError, UsageError
@@ -218,8 +218,14 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
         autocast = HALF.get(accelerator.mixed_precision) if objective.one_row else None  # flash computes in half
         check_document_masking(model, checked.eos_id, one_row=objective.one_row, autocast=autocast)
     if accelerator.is_main_process:  # only now: a run refused before this point leaves --out as it was
-        if config.overwrite and checked.resume_from is None:
-            remove_previous_run(out)  # a fresh start: no stale shard, index or checkpoint of the old run survives
+        remove_entries(checked.replaced)  # --overwrite: no stale shard, index or checkpoint of the old run survives
+        if checked.replaced and checked.resume_from is not None:
+            removed = ", ".join(str(entry.relative_to(out)) for entry in checked.replaced)
+            say(
+                accelerator,
+                config.quiet,
+                f"note: --overwrite: removed what continuing from {checked.resume_from.name} replaces: {removed}",
+            )
         for name in remove_unfinished(out):
             say(accelerator, config.quiet, f"note: removed {name}, a checkpoint a killed run left half-saved")
     accelerator.wait_for_everyone()

@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
-from grow_cli.checkpoint.output import check_not_overlapping
+from grow_cli.checkpoint.output import check_not_overlapping, previous_run_entries
 from grow_cli.data.masking import MaskingRule, masking_rule
 from grow_cli.data.sources import Source, check_sources, data_paths, find_sources
 from grow_cli.errors import OptionError, OutputError, UsageError
 from grow_cli.field_types import flag
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
 from grow_cli.train.attention import check_attention
-from grow_cli.train.checkpoints import STATE_FILE, complete_checkpoints, finished_run, resolve_resume
+from grow_cli.train.checkpoints import (
+    STATE_FILE,
+    checkpoint_root,
+    complete_checkpoints,
+    finished_run,
+    resolve_resume,
+)
 from grow_cli.train.config import DEFAULTS, TrainConfig
 from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
@@ -56,6 +62,7 @@ class Checked:
     apollo: ApolloPlan | None  # Apollo's depth sampling and stages; None: plain training
     continuation: Continuation | None = None  # a run that continues another: --resume grown, --schedule-offset
     finished: dict[str, Any] | None = None  # --resume auto: the grow.json stage of a run finished in --out
+    replaced: list[Path] = field(default_factory=list)  # what --overwrite removes from --out before the first step
 
 
 def preflight(config: TrainConfig) -> Checked:
@@ -104,7 +111,8 @@ def preflight(config: TrainConfig) -> Checked:
     else:
         resume_from, notes = resolve_resume(None if config.resume is None else os.fspath(config.resume), out)
     finished = finished_run(out) if config.resume == "auto" else None  # build compares it with this run
-    if resume_from is None and out.exists() and any(out.iterdir()) and not config.overwrite and finished is None:
+    own = resume_from is not None and resume_from.resolve().parent == checkpoint_root(out).resolve()
+    if not own and out.exists() and any(out.iterdir()) and not config.overwrite and finished is None:
         if config.resume == "auto" and killed_before_first_checkpoint(out):
             notes.append(
                 f"--resume auto: {out} holds no checkpoint yet, only what a run killed before its first one "
@@ -115,11 +123,18 @@ def preflight(config: TrainConfig) -> Checked:
                 f"--resume auto: {out} holds no checkpoint to continue from, but is not empty; pass --overwrite "
                 "to start again, or another --out"
             )
+        elif resume_from is not None:  # another folder's checkpoint: a run of its own, new to --out
+            raise OutputError(
+                f"--resume {resume_from}: the checkpoint is not one of {out}'s, and {out} is not empty; continue "
+                f"{out}'s own run with --resume auto, pass --overwrite to replace what it holds with this run, or "
+                "give an empty --out"
+            )
         else:
             raise OutputError(
                 f"{out} exists and is not empty; pass --resume auto to continue it, --overwrite to "
                 "start again, or another --out"
             )
+    replaced = replaced_in_out(config, out, resume_from if own else None)
     checkpoint_state = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
     continuation = plan_continuation(config, model, checkpoint_state)
     check_trackers(config.report_to)
@@ -136,6 +151,7 @@ def preflight(config: TrainConfig) -> Checked:
         apollo,
         continuation,
         finished,
+        replaced,
     )
 
 
@@ -184,6 +200,32 @@ def killed_before_first_checkpoint(out: Path) -> bool:
     half-saved checkpoint, the final model's staging folder): a job restarted with --resume auto after such a kill
     starts again instead of being refused; the new run rewrites or removes each of them."""
     return all(entry.name in KILLED_RUN_REMAINS for entry in out.iterdir())
+
+
+def replaced_in_out(config: TrainConfig, out: Path, own_checkpoint: Path | None) -> list[Path]:
+    """What the run removes from `out` before its first step. A fresh start with --overwrite, or a checkpoint of
+    another folder continued here with it, removes an earlier run's files (`previous_run_entries`). A checkpoint of
+    `out`'s own run given by path (`own_checkpoint`) replaces what continuing from it abandons: refused unless
+    --overwrite, which then removes it."""
+    if own_checkpoint is None:
+        return previous_run_entries(out) if config.overwrite else []
+    if config.resume == "auto":  # the newest whole checkpoint, of a run that has not finished: nothing abandoned
+        return []
+    abandoned = abandoned_by(own_checkpoint, out)
+    if abandoned and not config.overwrite:
+        raise OutputError(
+            f"--resume {own_checkpoint}: {out} holds the finished run's model, which continuing from "
+            f"{own_checkpoint.name} would replace; to train that model on, give {out} as the MODEL of a new stage "
+            f"with another --out; to train again from {own_checkpoint.name}, pass --overwrite"
+        )
+    return abandoned
+
+
+def abandoned_by(checkpoint: Path, out: Path) -> list[Path]:
+    """What continuing from `checkpoint`, one of `out`'s own, abandons: the model a finished run wrote in `out` (its
+    grow.json and card would describe a run that the retraining replaces, and a kill part-way would leave them
+    beside metrics cut back to the checkpoint, where `--resume auto` would find the run finished)."""
+    return [entry for entry in previous_run_entries(out) if entry.name not in (CHECKPOINTS_DIR, METRICS_FILE)]
 
 
 def check_no_masking_options(config: TrainConfig) -> None:
