@@ -247,6 +247,19 @@ def test_a_resume_with_other_optimizer_or_schedule_settings_is_refused(paused, c
     assert code == 2 and re.search(refusal, stderr) and len(stderr.strip().splitlines()) == 1, stderr
 
 
+def test_a_resume_with_another_eval_fraction_is_refused(paused, capsys):
+    """The eval fraction decides which blocks train: a resume with another one was accepted, moving blocks already
+    trained on into the held-out set (1,339 → 947 train blocks in the audit)."""
+    model, data, out, root = paused
+    before = _snapshot(out)
+    code, _, stderr = run_grow(
+        train_args(model, data, out, *COMMON, "--resume", "auto", "--eval-fraction", 0.3), capsys
+    )
+    line = _one_line(stderr)
+    assert code == 2 and "made with eval_fraction=0.01 but this run has eval_fraction=0.3" in line
+    assert _snapshot(out) == before
+
+
 def test_a_resume_may_change_the_gradient_clip(paused, capsys):
     """The clip, which each step reads from the run (not from the checkpoint), is not a setting a resume must keep."""
     model, data, out, _ = paused

@@ -88,21 +88,29 @@ def test_old_records_derive_the_blocks_read():
 
 
 def test_only_a_stage_of_the_same_order_counts(tmp_path):
-    def train_stage(fingerprint, seed, blocks):
+    def train_stage(fingerprint, seed, blocks, eval_fraction=0.01):
         return {
             "kind": "train",
             "data": {"fingerprint": fingerprint},
             "seq_len": 32,
             "seed": seed,
             "data_blocks": blocks,
+            "run_key": {"eval_fraction": eval_fraction},
         }
 
     stages = [train_stage("aa", 0, 50), {"kind": "expand"}, train_stage("bb", 0, 9), train_stage("aa", 1, 5)]
     (tmp_path / "grow.json").write_text(json.dumps({"format": FORMAT, "stages": stages}))
-    assert lineage_blocks(tmp_path, "aa", 32, 0) == 50  # the newest stage that read this data with this seed
-    assert lineage_blocks(tmp_path, "bb", 32, 0) == 9
-    assert lineage_blocks(tmp_path, "aa", 64, 0) is None  # other blocks
-    assert lineage_blocks(tmp_path / "missing", "aa", 32, 0) is None
+    assert lineage_blocks(tmp_path, "aa", 32, 0, 0.01) == 50  # the newest stage that read this data with this seed
+    assert lineage_blocks(tmp_path, "bb", 32, 0, 0.01) == 9
+    assert lineage_blocks(tmp_path, "aa", 64, 0, 0.01) is None  # other blocks
+    assert lineage_blocks(tmp_path / "missing", "aa", 32, 0, 0.01) is None
+    # another eval fraction holds out other blocks, so the rest are other train blocks in another order (it used to
+    # count); a stage of a grow that did not record its eval fraction counts, as it did then
+    stages += [train_stage("cc", 0, 7, eval_fraction=0.3), {**train_stage("dd", 0, 3), "run_key": None}]
+    (tmp_path / "grow.json").write_text(json.dumps({"format": FORMAT, "stages": stages}))
+    assert lineage_blocks(tmp_path, "cc", 32, 0, 0.01) is None
+    assert lineage_blocks(tmp_path, "cc", 32, 0, 0.3) == 7
+    assert lineage_blocks(tmp_path, "dd", 32, 0, 0.3) == 3
 
 
 @pytest.mark.parametrize(

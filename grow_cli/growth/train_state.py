@@ -174,7 +174,8 @@ def checkpoint_blocks_read(state: dict[str, Any]) -> int:
 
 def position(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Where a checkpoint is in its run: the step and tokens trained, the blocks read and the data order they were
-    read in (the data fingerprint, block length and seed make the permutation; `train.data_offset`)."""
+    read in (the data fingerprint, block length and seed make the permutation of the train blocks that the eval
+    fraction leaves; `train.data_offset`)."""
     return {
         "path": str(checkpoint),
         "step": int(state["step"]),
@@ -183,6 +184,7 @@ def position(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
         "data_fingerprint": state.get("data_fingerprint"),
         "seq_len": state.get("seq_len"),
         "seed": state.get("seed"),
+        "eval_fraction": state.get("eval_fraction"),
     }
 
 

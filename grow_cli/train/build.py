@@ -566,6 +566,7 @@ def run_keys(
         "apollo": apollo.describe() if apollo else None,
         "data_fingerprint": data.fingerprint,
         "seq_len": config.seq_len,
+        "eval_fraction": config.eval_fraction,  # which blocks train: the permutation orders the rest
         "global_batch": budget.global_batch,
         "max_steps": budget.max_steps,
         "seed": config.seed,

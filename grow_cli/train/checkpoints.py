@@ -36,6 +36,7 @@ FILES_KEY = "files"  # grow-state.json: every file the checkpoint holds, by rela
 RESUME_KEYS = (
     "data_fingerprint",
     "seq_len",
+    "eval_fraction",
     "global_batch",
     "max_steps",
     "seed",
@@ -205,10 +206,10 @@ def _quiet_about_ties():
 def _made_before(key: str, expected: dict[str, Any]) -> bool:
     """A checkpoint of an earlier grow lacks the keys added since; it matches when this run does what every run
     did then: a causal LM (`objective`), without Apollo (`apollo`); its engine was not recorded (`engine`: loading
-    it finds out)."""
+    it finds out), nor its eval fraction (`eval_fraction`: not known, so not compared, as then)."""
     if key == "objective":
         return (expected.get("objective") or {}).get("name") == "causal"
-    return key == "engine" or (key == "apollo" and expected.get("apollo") is None)
+    return key in ("engine", "eval_fraction") or (key == "apollo" and expected.get("apollo") is None)
 
 
 def run_key_change(recorded: dict[str, Any], expected: dict[str, Any]) -> tuple[str, Any, Any] | None:

@@ -3,7 +3,8 @@
 A model grown from a trained one and trained with a fresh optimizer reads the data order from its first block —
 the blocks its ancestors trained on already — while the same model trained from scratch on as many tokens as its
 whole lineage reads that many distinct blocks. `lineage` reads on after the blocks the model's lineage read from
-the same data order (same data fingerprint, seq_len and seed, hence the same permutation), so the members of a
+the same data order (same data fingerprint, seq_len and seed, hence the same permutation, of the same train blocks:
+the same eval fraction), so the members of a
 family together read each block once per epoch, exactly like the from-scratch run they are compared with. A grown
 training state (`--resume grown`) carries its own position (train/continuation.py) and needs no offset; that
 position counts blocks of its source's order, so a continuation in another order reads its own from the start.
@@ -31,20 +32,28 @@ def blocks_read(stage: dict[str, Any]) -> int:
     return int(stage["end_step"]) * global_batch + offset
 
 
-def lineage_blocks(model_dir: Path, fingerprint: str, seq_len: int, seed: int) -> int | None:
+def lineage_blocks(model_dir: Path, fingerprint: str, seq_len: int, seed: int, eval_fraction: float) -> int | None:
     """The blocks the newest training in `model_dir`'s lineage read from this data order, or None when none read it
-    (no grow.json, other data, another block length or seed: another order). A training is a finished train stage,
-    or the run of a checkpoint that a growth started from (recorded with the expand stage's source: that run's own
-    train stage reaches grow.json only when it finishes)."""
+    (no grow.json, other data, another block length, seed or eval fraction: another order). A training is a
+    finished train stage, or the run of a checkpoint that a growth started from (recorded with the expand stage's
+    source: that run's own train stage reaches grow.json only when it finishes)."""
     ours = (fingerprint, seq_len, seed)
     for stage in reversed((load_record(model_dir) or {}).get("stages", [])):
         if stage.get("kind") == "train":
-            if ((stage.get("data") or {}).get("fingerprint"), stage.get("seq_len"), stage.get("seed")) == ours:
+            theirs = ((stage.get("data") or {}).get("fingerprint"), stage.get("seq_len"), stage.get("seed"))
+            if theirs == ours and _same_split((stage.get("run_key") or {}).get("eval_fraction"), eval_fraction):
                 return blocks_read(stage)
         elif stage.get("kind") == "expand" and (checkpoint := (stage.get("source") or {}).get("checkpoint")):
-            if (checkpoint.get("data_fingerprint"), checkpoint.get("seq_len"), checkpoint.get("seed")) == ours:
+            theirs = (checkpoint.get("data_fingerprint"), checkpoint.get("seq_len"), checkpoint.get("seed"))
+            if theirs == ours and _same_split(checkpoint.get("eval_fraction"), eval_fraction):
                 return int(checkpoint["data_blocks"])
     return None
+
+
+def _same_split(recorded: float | None, eval_fraction: float) -> bool:
+    """Whether a recorded run held out the same share of blocks (which decides the train blocks the permutation
+    orders); a record of a grow that did not note its eval fraction counts as the same, as it did then."""
+    return recorded is None or recorded == eval_fraction
 
 
 def step_offset(
@@ -53,7 +62,7 @@ def step_offset(
     """Blocks added to every step's data position (`StepBatches.offset`); the block `--data-offset` makes the first
     step read (None without one; a resume must match it); a note for the user."""
     if continuation is not None and continuation.data_blocks is not None:
-        other = _other_order(continuation, fingerprint, config.seq_len, config.seed)
+        other = _other_order(continuation, fingerprint, config)
         if other is None:
             return continuation.data_offset(global_batch), None, None  # a grown state reads on after its source
         return (
@@ -72,12 +81,18 @@ def step_offset(
     return first - start * global_batch, first, note
 
 
-def _other_order(continuation: Continuation, fingerprint: str, seq_len: int, seed: int) -> str | None:
+def _other_order(continuation: Continuation, fingerprint: str, config) -> str | None:
     """How the data order of the run a grown state continues differs from this run's (the data, seq_len and seed
-    make the permutation), or None when it is the same or a state of an earlier grow does not say."""
+    make the permutation, of the train blocks the eval fraction leaves), or None when it is the same or a state of
+    an earlier grow does not say."""
     run = (continuation.source or {}).get("run") or {}
-    theirs = {"data": run.get("data_fingerprint"), "seq_len": run.get("seq_len"), "seed": run.get("seed")}
-    ours = {"data": fingerprint, "seq_len": seq_len, "seed": seed}
+    theirs = {
+        "data": run.get("data_fingerprint"),
+        "seq_len": run.get("seq_len"),
+        "seed": run.get("seed"),
+        "eval_fraction": run.get("eval_fraction"),
+    }
+    ours = {"data": fingerprint, "seq_len": config.seq_len, "seed": config.seed, "eval_fraction": config.eval_fraction}
     changed = [
         f"{key} {theirs[key]} → {ours[key]}" for key in ours if theirs[key] is not None and theirs[key] != ours[key]
     ]
@@ -88,11 +103,12 @@ def first_block(config, fingerprint: str, train_blocks: int) -> tuple[int, str |
     """`config.data_offset` in blocks, and a note for the user when `lineage` decided it."""
     if config.data_offset != "lineage":
         return int(config.data_offset), None
-    blocks = lineage_blocks(config.model, fingerprint, config.seq_len, config.seed)
+    blocks = lineage_blocks(config.model, fingerprint, config.seq_len, config.seed, config.eval_fraction)
     if blocks is None:
         return 0, (
             f"--data-offset lineage: no training in {config.model}'s lineage read this data with seq_len "
-            f"{config.seq_len} and seed {config.seed}; reading the data order from its first block"
+            f"{config.seq_len}, seed {config.seed} and eval fraction {config.eval_fraction}; reading the data order "
+            "from its first block"
         )
     return blocks, (
         f"--data-offset lineage: reading on after the {blocks:,} blocks the lineage read ({blocks / train_blocks:.2f} "
