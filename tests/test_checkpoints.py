@@ -10,7 +10,7 @@ import re
 import pytest
 import transformers as tf
 from test_train_stage import train_args
-from tinylm import run_grow, save_tiny_lm, write_plays
+from tinylm import run_grow, save_tiny_lm, tiny_config, write_plays
 
 from grow_cli.train.metrics import read_metrics
 
@@ -227,7 +227,7 @@ def test_resume_auto_on_the_finished_run_has_nothing_to_do(tmp_path, capsys, sav
     assert code == 0 and json.loads(stdout)["status"] == "finished" and json.loads(stdout)["steps"] == 8
     code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 10, "--resume", "auto"), capsys)
     line = _one_line(stderr)
-    assert code == 2 and "holds a finished run made with max_steps=8, but this run has max_steps=10" in line
+    assert code == 2 and "holds a finished run made with max_steps=8 but this run has max_steps=10" in line
     assert _snapshot(out) == before
 
 
@@ -258,6 +258,32 @@ def test_a_resume_with_another_eval_fraction_is_refused(paused, capsys):
     line = _one_line(stderr)
     assert code == 2 and "made with eval_fraction=0.01 but this run has eval_fraction=0.3" in line
     assert _snapshot(out) == before
+
+
+def test_a_resume_with_another_models_weights_is_refused_and_a_moved_model_resumes(paused, tmp_path, capsys):
+    """A resume with another MODEL was accepted: the trained weights descended from the checkpoint's model while
+    grow-state.json named one model and grow.json, the tokenizer and the card came from the other. The model's
+    weights are a run key now; the same weights in another folder (moved, copied) are the same model."""
+    import shutil
+
+    import torch
+
+    model, data, out, root = paused
+    other = save_tiny_lm(tmp_path / "other")
+    torch.manual_seed(1)  # the same shape and files, other weights
+    tf.LlamaForCausalLM(tiny_config()).save_pretrained(other)
+    before = _snapshot(out)
+    code, _, stderr = run_grow(train_args(other, data, out, *COMMON, "--resume", "auto"), capsys)
+    line = _one_line(stderr)
+    assert code == 2 and (
+        f"the checkpoint was made from the model in {model.resolve()} but this run's MODEL {other.resolve()} holds "
+        "other weights" in line
+    )
+    assert _snapshot(out) == before
+    moved = tmp_path / "moved"
+    shutil.move(model, moved)
+    code, _, stderr = run_grow(train_args(moved, data, out, *COMMON, "--resume", "auto"), capsys)
+    assert code == 0, stderr
 
 
 def test_a_resume_may_change_the_gradient_clip(paused, capsys):

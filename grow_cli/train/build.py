@@ -27,7 +27,7 @@ from grow_cli.errors import DataError, OptionError, UsageError
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
 from grow_cli.train.attention import HALF, check_attention_run, one_row
-from grow_cli.train.checkpoints import load_checkpoint, remove_unfinished, run_key_change
+from grow_cli.train.checkpoints import described_change, load_checkpoint, remove_unfinished, run_key_change
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, check_whole_state, load_grown_state
 from grow_cli.train.data_offset import step_offset
@@ -39,7 +39,7 @@ from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_a
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
-from grow_cli.train.model_io import LoadedModel, load_model
+from grow_cli.train.model_io import LoadedModel, load_model, weights_fingerprint
 from grow_cli.train.objective import Objective, objective_notes
 from grow_cli.train.preflight import Checked
 from grow_cli.train.router import RouterStats, is_moe_model
@@ -103,15 +103,13 @@ class Run:
         return self.step * self.budget.global_batch + self.batches.offset
 
     def state(self) -> dict[str, Any]:
-        """grow's part of a checkpoint: the run keys, the position, and what `grow expand` needs to grow the
-        training state (the model folder, the optimizer's parameter order and settings, the multipliers)."""
-        config = self.config
+        """grow's part of a checkpoint: the run keys (with the model folder), the position, and what `grow expand`
+        needs to grow the training state (the optimizer's parameter order and settings, the multipliers)."""
         state = {
             **self.run_keys,
             "step": self.step,
             "tokens": self.tokens,
             "data_blocks": self.data_blocks,
-            "model": str(Path(config.model).resolve()),
             "parameters": self.parameter_names,
             **self.settings(),
         }
@@ -284,10 +282,9 @@ def _finished(config: TrainConfig, stage: dict[str, Any], keys: dict[str, Any]) 
     out, end = Path(config.out).resolve(), stage["run_key"]["max_steps"]
     change = run_key_change(stage["run_key"], keys)
     if change is not None:
-        key, was, now = change
         raise UsageError(
-            f"--resume auto: {out} holds a finished run made with {key}={was!r}, but this run has {key}={now!r}; "
-            f"to train it on, give {out} as the MODEL of a new stage with another --out; to train again, drop "
+            f"--resume auto: {out} holds a finished run {described_change(change, stage['run_key'], keys)}; to "
+            f"train it on, give {out} as the MODEL of a new stage with another --out; to train again, drop "
             "--resume auto and pass --overwrite"
         )
     summary = {"status": "finished", "out": str(out), "end_step": end, "max_steps": keys["max_steps"]}
@@ -560,8 +557,12 @@ def run_keys(
     continuation: Continuation | None = None,
     data_offset: int | None = None,
 ) -> dict[str, Any]:
-    """What a checkpoint records and a resume must match for the run to continue exactly where it stopped."""
+    """What a checkpoint records and a resume must match for the run to continue exactly where it stopped, and the
+    model folder its weights came from (`model`: a moved folder resumes, so its path is not compared; `grow expand`
+    of a checkpoint finds the config and tokenizer there)."""
     keys = {
+        "model": str(Path(config.model).resolve()),
+        "model_weights": weights_fingerprint(Path(config.model)),
         "objective": objective.describe(),
         "apollo": apollo.describe() if apollo else None,
         "data_fingerprint": data.fingerprint,

@@ -34,6 +34,7 @@ STATE_FILE = "grow-state.json"
 FILES_KEY = "files"  # grow-state.json: every file the checkpoint holds, by relative path, with its size in bytes
 # What a resume must match for the run to continue exactly where it stopped.
 RESUME_KEYS = (
+    "model_weights",
     "data_fingerprint",
     "seq_len",
     "eval_fraction",
@@ -206,10 +207,11 @@ def _quiet_about_ties():
 def _made_before(key: str, expected: dict[str, Any]) -> bool:
     """A checkpoint of an earlier grow lacks the keys added since; it matches when this run does what every run
     did then: a causal LM (`objective`), without Apollo (`apollo`); its engine was not recorded (`engine`: loading
-    it finds out), nor its eval fraction (`eval_fraction`: not known, so not compared, as then)."""
+    it finds out), nor its eval fraction and model weights (`eval_fraction`, `model_weights`: not known, so not
+    compared, as then)."""
     if key == "objective":
         return (expected.get("objective") or {}).get("name") == "causal"
-    return key in ("engine", "eval_fraction") or (key == "apollo" and expected.get("apollo") is None)
+    return key in ("engine", "eval_fraction", "model_weights") or (key == "apollo" and expected.get("apollo") is None)
 
 
 def run_key_change(recorded: dict[str, Any], expected: dict[str, Any]) -> tuple[str, Any, Any] | None:
@@ -222,6 +224,19 @@ def run_key_change(recorded: dict[str, Any], expected: dict[str, Any]) -> tuple[
         if recorded.get(key) != expected.get(key):
             return key, recorded.get(key), expected.get(key)
     return None
+
+
+def described_change(change: tuple[str, Any, Any], recorded: dict[str, Any], expected: dict[str, Any]) -> str:
+    """How a recorded run (a checkpoint, a finished run) and this one differ, as a refusal says it: `made with
+    KEY=WAS but this run has KEY=NOW`; the model by its folders, as a fingerprint of its weights tells the user
+    nothing."""
+    key, was, now = change
+    if key == "model_weights":
+        return (
+            f"made from the model in {recorded.get('model') or 'another folder'} but this run's MODEL "
+            f"{expected.get('model')} holds other weights"
+        )
+    return f"made with {key}={was!r} but this run has {key}={now!r}"
 
 
 def finished_run(out: Path) -> dict[str, Any] | None:
@@ -263,10 +278,9 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings:
     state = json.loads((Path(path) / STATE_FILE).read_text())
     change = run_key_change(state, expected) or setting_change(state, settings)
     if change is not None:
-        key, was, now = change
         raise UsageError(
-            f"--resume {path}: the checkpoint was made with {key}={was!r} but this run has {key}={now!r}; resume "
-            "with the original settings"
+            f"--resume {path}: the checkpoint was {described_change(change, state, expected)}; resume with the "
+            "original settings"
         )
     try:
         accelerator.load_state(str(path))
