@@ -266,6 +266,7 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_p
         "data-twice",
         "data-fifo",
         "batch-over-data",
+        "resume-auto-overwrite",
     ],
 )
 def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, capsys, case):
@@ -287,6 +288,11 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
         "data-fifo": (1, "--data .*pipe.txt: not a regular file \\(a pipe or a device\\)"),  # was "the file is empty"
         # was trained: 5,000 blocks a step, 1,339 of them distinct
         "batch-over-data": (2, "global batch of 5,000 blocks .* more than the data's 1,339 training blocks"),
+        # --overwrite was ignored: the run resumed, or, finished, was told to pass the --overwrite it had
+        "resume-auto-overwrite": (
+            2,
+            "--resume auto continues the run in --out and --overwrite starts it again; give one",
+        ),
     }[case]
     if case == "missing-data":
         args[3] = tmp_path / "nope"
@@ -316,6 +322,8 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
         args[3] = tmp_path / "pipe.txt"
     elif case == "batch-over-data":
         args[args.index("--micro-batch-size") + 1] = 5000
+    elif case == "resume-auto-overwrite":
+        args += ["--resume", "auto", "--overwrite"]
     elif case == "data-twice":  # a folder and one of its files, written another way
         args += ["--data", f"{data}/./{next(data.iterdir()).name}"]
     code, stdout, stderr = run_grow(args, capsys)

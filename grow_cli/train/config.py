@@ -180,6 +180,10 @@ class TrainConfig:
                 raise OptionError(name, "--min-lr-ratio and --decay-ratio must lie in [0, 1]")
         if self.resume not in (None, "auto", "grown") and not Path(self.resume).is_dir():
             raise OptionError("resume", f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
+        if self.resume == "auto" and self.overwrite:  # one would be ignored: which, the user should say
+            raise OptionError(
+                "overwrite", "--resume auto continues the run in --out and --overwrite starts it again; give one"
+            )
         self._check_schedule_options()
         self._check_schedule_offset()
         self._check_data_offset()
