@@ -104,6 +104,35 @@ def test_an_explicit_damaged_checkpoint_is_refused_with_the_one_to_use(paused, c
     assert code == 1 and f"{damaged} is damaged" in line
     assert line.endswith(f"resume from the previous whole one with --resume {root / 'step_00000004'}")
     assert not (out / "model.safetensors").exists()
+    # the advice works: a damaged newer checkpoint is no run's progress, which continuing from an older one abandons
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", root / "step_00000004"), capsys)
+    assert code == 0, stderr
+
+
+def test_resuming_an_older_checkpoint_of_the_run_needs_overwrite_which_removes_the_newer_ones(paused, capsys):
+    """`--resume PATH` to an older checkpoint left the newer ones in place: after a kill, `--resume auto` took one of
+    them, saved with other settings, and metrics.jsonl skipped the steps in between. Refused now; --overwrite
+    removes the newer checkpoints, so the run goes on from the one given and metrics.jsonl tells one run."""
+    model, data, out, root = paused
+    before = _snapshot(out)
+    older = ("--resume", root / "step_00000004", "--grad-clip", 0.05)
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, *older), capsys)
+    line = _one_line(stderr)
+    assert code == 1 and (
+        "holds newer checkpoints of its run (step_00000006), which continuing from step_00000004 would replace; "
+        "continue from the newest with --resume auto, or pass --overwrite" in line
+    )
+    assert _snapshot(out) == before
+    args = train_args(model, data, out, *COMMON, *older, "--overwrite", "--exit-interval", 1)
+    code, _, stderr = run_grow([a for a in args if a != "--quiet"], capsys)
+    assert code == 0, stderr
+    assert "removed what continuing from step_00000004 replaces: checkpoints/step_00000006" in " ".join(stderr.split())
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000004", "step_00000005"]
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto", "--grad-clip", 0.05), capsys)
+    assert code == 0, stderr
+    steps = [m["step"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
+    assert steps == list(range(1, 9))
+    assert json.loads((out / "grow.json").read_text())["stages"][-1]["optimizer"]["grad_clip"] == 0.05
 
 
 def test_every_checkpoint_damaged_is_one_line(paused, capsys):

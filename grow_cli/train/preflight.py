@@ -27,6 +27,7 @@ from grow_cli.train.checkpoints import (
     STATE_FILE,
     checkpoint_root,
     complete_checkpoints,
+    damage_in,
     finished_run,
     resolve_resume,
 )
@@ -211,21 +212,40 @@ def replaced_in_out(config: TrainConfig, out: Path, own_checkpoint: Path | None)
         return previous_run_entries(out) if config.overwrite else []
     if config.resume == "auto":  # the newest whole checkpoint, of a run that has not finished: nothing abandoned
         return []
-    abandoned = abandoned_by(own_checkpoint, out)
-    if abandoned and not config.overwrite:
-        raise OutputError(
-            f"--resume {own_checkpoint}: {out} holds the finished run's model, which continuing from "
-            f"{own_checkpoint.name} would replace; to train that model on, give {out} as the MODEL of a new stage "
-            f"with another --out; to train again from {own_checkpoint.name}, pass --overwrite"
+    model, newer = abandoned_by(own_checkpoint, out)
+    if (model or newer) and not config.overwrite:
+        raise OutputError(abandoning(own_checkpoint, out, model, newer))
+    return [*model, *newer]
+
+
+def abandoning(checkpoint: Path, out: Path, model: list[Path], newer: list[Path]) -> str:
+    """The refusal of `--resume PATH` to `out`'s own checkpoint where continuing from it abandons the finished
+    run's `model` or `newer` checkpoints, with what to do instead."""
+    held = ["the finished run's model"] if model else []
+    if newer:
+        held.append(f"newer checkpoints of its run ({', '.join(p.name for p in newer)})")
+    if model:
+        advice = (
+            f"to train that model on, give {out} as the MODEL of a new stage with another --out; to train again "
+            f"from {checkpoint.name}, pass --overwrite"
         )
-    return abandoned
+    else:
+        advice = "continue from the newest with --resume auto, or pass --overwrite to remove them and continue here"
+    return (
+        f"--resume {checkpoint}: {out} holds {' and '.join(held)}, which continuing from {checkpoint.name} would "
+        f"replace; {advice}"
+    )
 
 
-def abandoned_by(checkpoint: Path, out: Path) -> list[Path]:
+def abandoned_by(checkpoint: Path, out: Path) -> tuple[list[Path], list[Path]]:
     """What continuing from `checkpoint`, one of `out`'s own, abandons: the model a finished run wrote in `out` (its
     grow.json and card would describe a run that the retraining replaces, and a kill part-way would leave them
-    beside metrics cut back to the checkpoint, where `--resume auto` would find the run finished)."""
-    return [entry for entry in previous_run_entries(out) if entry.name not in (CHECKPOINTS_DIR, METRICS_FILE)]
+    beside metrics cut back to the checkpoint, where `--resume auto` would find the run finished); and the newer
+    whole checkpoints (after a kill, `--resume auto` would take one of them, and metrics.jsonl would skip the steps
+    in between). A newer damaged one is left as it is: `--resume auto` never takes it."""
+    model = [entry for entry in previous_run_entries(out) if entry.name not in (CHECKPOINTS_DIR, METRICS_FILE)]
+    newer = [p for p in complete_checkpoints(out) if p.name > checkpoint.name and damage_in(p) is None]
+    return model, newer
 
 
 def check_no_masking_options(config: TrainConfig) -> None:
