@@ -404,7 +404,7 @@ def grow_side(job: dict) -> dict:
     from grow_cli.train.build import build
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.kernels import undo_liger
-    from grow_cli.train.loop import train_loop
+    from grow_cli.train.loop import StopFlag, train_loop
     from grow_cli.train.metrics import read_metrics
     from grow_cli.train.preflight import preflight
 
@@ -431,7 +431,8 @@ def grow_side(job: dict) -> dict:
     )
     run = build(config, preflight(config))
     try:
-        train_loop(run)
+        with StopFlag() as stop:
+            train_loop(run, stop)
     finally:
         undo_liger()
     windows = [m for m in read_metrics(Path(job["out"]) / "metrics.jsonl") if "tokens_per_s" in m][1:]

@@ -474,18 +474,46 @@ def test_a_signal_repeated_at_once_is_one_request_and_a_later_one_aborts():
     """Under a launch each process gets the job's SIGTERM and, a moment later, the launcher's forward of it: taken
     as a second signal, it aborted without the checkpoint the first asked for (and was called Ctrl-C)."""
     from grow_cli.signals import Terminated
-    from grow_cli.train.loop import _StopFlag
+    from grow_cli.train.loop import StopFlag
 
-    with _StopFlag() as flag:
+    with StopFlag() as flag:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGTERM)  # the forward: no abort
         time.sleep(0.05)
         assert flag.requested
-        flag.first -= _StopFlag.REPEAT_SECONDS  # later: a second request, which aborts
+        flag.first -= StopFlag.REPEAT_SECONDS  # later: a second request, which aborts
         with pytest.raises(Terminated):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
+
+
+def test_a_signal_repeated_as_the_checkpoint_it_asked_for_is_saved_does_not_abort_it(
+    setup, tmp_path, capsys, monkeypatch
+):
+    """The launcher's forward of the job's SIGTERM can come as the checkpoint the first one asked for is saved: the
+    loop had put back the default handlers by then, so it aborted that save (exit 143, the steps since the previous
+    checkpoint lost) although it came within a second of the first."""
+    from grow_cli.train import finish, loop
+
+    train_step, save_checkpoint = loop.train_step, finish.save_checkpoint
+
+    def step(run):
+        if run.step == 2:  # the job's signal, during step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(run)
+
+    def save(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's forward, as the save begins
+        return save_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(finish, "save_checkpoint", save)
+    model, data = setup
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 10), capsys)
+    assert code == 130 and "interrupted at step 3/10" in stderr, stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000003"]
 
 
 def test_a_stop_while_the_final_model_is_written_says_what_is_kept(setup, tmp_path, capsys, monkeypatch):

@@ -69,8 +69,12 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             run = build(config, checked)
             if isinstance(run, Finished):
                 return _nothing_to_do(config, run.summary)
-            ending = train_loop(run)
-            result = _finish(run, ending) if ending.reason == "done" else pause(run)
+            with StopFlag() as stop:  # over the pause's save too: a repeated signal must not abort it
+                ending = train_loop(run, stop)
+                if ending.reason != "done":
+                    result = pause(run)
+            if ending.reason == "done":
+                result = _finish(run, ending)
         except BaseException:
             if created:  # refused after --out was made (a grown state that does not fit): leave no empty folder
                 with suppress(OSError):
@@ -133,8 +137,9 @@ def _claim(out: Path) -> AbstractContextManager:
     return OutputClaim(path)
 
 
-def train_loop(run: Run) -> Ending:
-    """Optimizer steps until the budget is spent, Ctrl-C, or --exit-interval; log, evaluate and save on the way.
+def train_loop(run: Run, stop: StopFlag) -> Ending:
+    """Optimizer steps until the budget is spent, Ctrl-C (`stop`), or --exit-interval; log, evaluate and save on the
+    way.
 
     Each step's numbers reach the host a few steps later without stopping the device (`step_log.py`); the loop
     waits for the device only at log, evaluation and checkpoint steps and at the end, so throughput is measured
@@ -147,7 +152,7 @@ def train_loop(run: Run) -> Ending:
     started = time.perf_counter()
     window = _Window(started)
     log = StepLog()
-    with progress, _StopFlag() as stop:
+    with progress:
         while run.step < max_steps:
             result = train_step(run)
             run.step += 1
@@ -271,11 +276,12 @@ class _Window:
         return tokens_per_s
 
 
-class _StopFlag:
+class StopFlag:
     """A first SIGINT or SIGTERM (what `timeout`, Slurm, Docker and systemd send) asks the loop to stop at the end
     of the current step, which saves a checkpoint; a second one aborts at once — unless it comes within
     `REPEAT_SECONDS` of the first: under `accelerate launch` each process gets the signal sent to the job and then
-    the launcher's forward of it, one request that must not abort the checkpoint it asked for."""
+    the launcher's forward of it, one request that must not abort the checkpoint it asked for. So `train_stage`
+    holds the flag until that checkpoint is saved, not only while the loop runs."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT_SECONDS = 1.0
@@ -284,7 +290,7 @@ class _StopFlag:
         self.requested = False
         self.first = 0.0
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> StopFlag:
         def handler(signum: int, frame: Any) -> None:
             now = time.monotonic()
             if not self.requested:
