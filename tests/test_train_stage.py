@@ -517,12 +517,13 @@ def test_a_signal_repeated_as_the_checkpoint_it_asked_for_is_saved_does_not_abor
 
 
 def test_a_stop_while_the_final_model_is_written_says_what_is_kept(setup, tmp_path, capsys, monkeypatch):
-    """SIGTERM while the trained model was written said only "terminated; nothing unfinished was left behind": not
-    that the model was not written, nor that the steps since the newest checkpoint were lost until a resume."""
+    """A second SIGTERM while the trained model was written said only "terminated; nothing unfinished was left
+    behind": not that the model was not written, nor that the steps since the newest checkpoint were lost until a
+    resume."""
     from grow_cli.signals import Terminated
     from grow_cli.train import loop
 
-    def stopped(run, ending):
+    def stopped(run, ending, stopping):
         raise Terminated
 
     monkeypatch.setattr(loop, "finish", stopped)
@@ -530,7 +531,7 @@ def test_a_stop_while_the_final_model_is_written_says_what_is_kept(setup, tmp_pa
     out = tmp_path / "out"
     code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 5, "--save-every", 2), capsys)
     assert code == 130, stderr
-    assert "terminated (SIGTERM) while writing the final model after step 5/5: it was not written" in stderr
+    assert "terminated (SIGTERM) again while finishing after step 5/5: the final model was not written" in stderr
     assert f"the steps since the newest checkpoint ({out / 'checkpoints' / 'step_00000004'}) are not kept" in stderr
     assert "Continue with --resume auto, which trains them again" in stderr
 
@@ -559,3 +560,46 @@ def test_a_resume_from_the_final_state_logs_the_final_eval_once_and_summarises_t
     assert [m["step"] for m in metrics if "eval_loss" in m] == [3]
     assert summary["tokens_per_s"] is None  # nothing trained in this process to measure
     assert summary["final_train_loss"] == [m["loss"] for m in metrics if "loss" in m][-1]
+def test_a_first_signal_during_the_final_evaluation_keeps_the_trained_steps(setup, tmp_path, capsys, monkeypatch):
+    """A first SIGTERM (or Ctrl-C) during the final evaluation threw away every step since the last checkpoint (the
+    whole run without --save-every): the default handlers were back once the loop ended. It now saves a checkpoint
+    of the last step, from which --resume auto writes the model."""
+    from grow_cli.train import finish
+
+    evaluate = finish.evaluate
+
+    def signalled(run, depth=None):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(run, depth)
+
+    monkeypatch.setattr(finish, "evaluate", signalled)
+    model, data = setup
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 5), capsys)
+    checkpoint = out / "checkpoints" / "step_00000005"
+    assert code == 130, stderr
+    assert f"at step 5/5; the final model was not written; saved {checkpoint}" in stderr
+    assert "Continue with --resume auto, which writes it" in stderr and not (out / "model.safetensors").exists()
+    monkeypatch.setattr(finish, "evaluate", evaluate)
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 5, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    assert all(torch.equal(weights(checkpoint)[k], t) for k, t in weights(out).items())
+
+
+def test_a_first_signal_while_the_final_model_is_written_lets_it_finish(setup, tmp_path, capsys, monkeypatch):
+    """Writing the model costs less than a checkpoint, so a first Ctrl-C there lets it finish (it used to abort it,
+    losing the run's steps) and then says the output is whole."""
+    from grow_cli.train import finish
+
+    save_model = finish.save_model
+
+    def signalled(*args):
+        os.kill(os.getpid(), signal.SIGINT)
+        return save_model(*args)
+
+    monkeypatch.setattr(finish, "save_model", signalled)
+    model, data = setup
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 3), capsys)
+    assert code == 130 and f"{out} holds the whole trained model" in stderr, stderr
+    assert load_record(out)["stages"][-1]["end_step"] == 3 and weights(out)

@@ -3,12 +3,14 @@
 A finished run is evaluated once more and written as an ordinary Hugging Face model folder in the checkpoint's own
 dtype, with grow.json (the lineage, this stage appended) and the model card; with `--save-final-state` also a
 checkpoint of its last step, from which `grow expand` grows the training run on. A run stopped early (Ctrl-C or
-`--exit-interval`) saves a checkpoint instead, to be continued with `--resume auto`.
+`--exit-interval`), or by a Ctrl-C during its final evaluation, saves a checkpoint instead, to be continued with
+`--resume auto`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,10 +55,15 @@ def pause(run: Run) -> dict[str, Any]:
     }
 
 
-def finish(run: Run, ending: Ending) -> dict[str, Any]:
-    """Evaluate, write the model, grow.json and the card to --out, and return the run's summary."""
+def finish(run: Run, ending: Ending, stopping: Callable[[], bool]) -> dict[str, Any]:
+    """Evaluate, write the model, grow.json and the card to --out, and return the run's summary — unless `stopping`
+    (every process asks it, after the evaluation) says a Ctrl-C came since the last step: then `pause`, as the loop
+    would have, and the steps trained are kept. Writing the model is cheaper than a checkpoint, so a Ctrl-C that
+    comes after that point lets it finish."""
     accelerator, out, model = run.accelerator, Path(run.config.out).resolve(), Path(run.config.model)
     evaluated = evaluation(run)
+    if stopping():
+        return pause(run)
     eval_loss = evaluated["eval_loss"]
     accelerator.log(evaluated, step=run.step)
     final_state = None

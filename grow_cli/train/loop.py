@@ -6,8 +6,9 @@
    and checkpoints as asked;
 4. `finish` (finish.py): the model, grow.json, the card and the summary — or, when stopped early, a checkpoint.
 
-A first Ctrl-C finishes the current step, saves a checkpoint and exits with status 130; a non-finite loss stops the
-run without saving, so the newest checkpoint is the last good one.
+A first Ctrl-C finishes the current step, saves a checkpoint and exits with status 130 — also after the last step,
+until the final model is being written, which it then lets finish; a non-finite loss stops the run without saving,
+so the newest checkpoint is the last good one.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     `tokens_per_s`, `num_parameters`, `final_state` and `record` (the path of grow.json); "paused" — stopped by
     `exit_interval` with a checkpoint saved: `step`, `max_steps`, `checkpoint`, `out` (continue with
     `resume="auto"`); "finished" — `resume="auto"` found this run already done in `out`, which is left as it was.
-    A first Ctrl-C (or SIGTERM) saves a checkpoint and raises `Interrupted`; a non-finite loss raises
+    A first Ctrl-C (or SIGTERM) saves a checkpoint and raises `Interrupted` (or, once the final model is being
+    written, finishes writing it and then raises `Interrupted`); a non-finite loss raises
     `TrainingError`; bad settings, data or models raise the other `GrowError`s before any training.
 
     The main process holds the claim on --out for the whole run (`checkpoint/claim.py`), so a second run into the
@@ -69,12 +71,9 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             run = build(config, checked)
             if isinstance(run, Finished):
                 return _nothing_to_do(config, run.summary)
-            with StopFlag() as stop:  # over the pause's save too: a repeated signal must not abort it
+            with StopFlag() as stop:  # to the last file written: a first signal never discards the steps trained
                 ending = train_loop(run, stop)
-                if ending.reason != "done":
-                    result = pause(run)
-            if ending.reason == "done":
-                result = _finish(run, ending)
+                result = _finish(run, ending, stop) if ending.reason == "done" else pause(run)
         except BaseException:
             if created:  # refused after --out was made (a grown state that does not fit): leave no empty folder
                 with suppress(OSError):
@@ -82,31 +81,45 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             raise
         finally:
             undo_liger()  # Liger's patches of transformers' modules last as long as the run
-    if ending.reason == "interrupted":
-        raise Interrupted(
-            f"interrupted at step {run.step}/{run.budget.max_steps}; saved {result['checkpoint']}",
-            "Continue with --resume auto",
-        )
+    if stop.requested:
+        raise _interrupted(run, result)
     if ending.reason == "exit-interval":
         steps = run.step - ending.first_step
         run.say(f"stopped after {steps} step{'s' * (steps != 1)} (--exit-interval); saved {result['checkpoint']}")
     return result
 
 
-def _finish(run: Run, ending: Any) -> dict[str, Any]:
-    """`finish` the trained run (final evaluation, model, grow.json, card); a Ctrl-C or SIGTERM there leaves the
-    model unwritten, so it says what is kept and how to go on instead of only that it was stopped."""
+def _finish(run: Run, ending: Any, stop: StopFlag) -> dict[str, Any]:
+    """`finish` the trained run (final evaluation, model, grow.json, card), or save a checkpoint of its last step
+    instead when a first Ctrl-C or SIGTERM came before the model is written. A second one aborts there (`stop`)
+    and leaves the model unwritten, so it says what is kept and how to go on instead of only that it was stopped."""
     try:
-        return finish(run, ending)
+        return finish(run, ending, stopping=lambda: stop.agreed(run.accelerator))
     except (KeyboardInterrupt, Terminated) as exc:
         kept = complete_checkpoints(Path(run.config.out))
         since = f"the newest checkpoint ({kept[-1]})" if kept else "the start (no checkpoint was saved)"
         raise Interrupted(
-            f"{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted (Ctrl-C)'} while writing the "
-            f"final model after step {run.step}/{run.budget.max_steps}: it was not written, and the steps since "
-            f"{since} are not kept",
+            f"{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted (Ctrl-C)'} again while "
+            f"finishing after step {run.step}/{run.budget.max_steps}: the final model was not written, and the "
+            f"steps since {since} are not kept",
             "Continue with --resume auto, which trains them again",
         ) from None
+
+
+def _interrupted(run: Run, result: dict[str, Any]) -> Interrupted:
+    """What a first Ctrl-C or SIGTERM ended with: a checkpoint (the loop's current step, or the last step when it
+    came before the final model was written), or the whole trained model (it came while that was written)."""
+    at = f"step {run.step}/{run.budget.max_steps}"
+    if result["status"] == "done":
+        return Interrupted(
+            f"interrupted after {at}, as the final model was written: {result['out']} holds the whole trained model",
+            "Nothing is left to do",
+        )
+    last = run.step == run.budget.max_steps
+    return Interrupted(
+        f"interrupted at {at}{'; the final model was not written' if last else ''}; saved {result['checkpoint']}",
+        f"Continue with --resume auto{', which writes it' if last else ''}",
+    )
 
 
 def _nothing_to_do(config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +194,7 @@ def train_loop(run: Run, stop: StopFlag) -> Ending:
                 _log(run, last, extra)
                 if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
                     save_checkpoint(accelerator, Path(config.out), run.state(), config.keep_last)
-            reason = _stop_reason(run, stop.requested, first_step, synchronise)
+            reason = _stop_reason(run, stop, first_step, synchronise)
             if reason:
                 for numbers in log.pop(upto=run.step):  # every step checked before the checkpoint is saved
                     last = numbers
@@ -244,18 +257,14 @@ def _throughput(run: Run, last: StepNumbers, tokens_per_s: float) -> dict[str, A
     return metrics
 
 
-def _stop_reason(run: Run, requested: bool, first_step: int, synchronised: bool) -> str | None:
+def _stop_reason(run: Run, stop: StopFlag, first_step: int, synchronised: bool) -> str | None:
     """ "interrupted" after Ctrl-C on any process, "exit-interval" when --exit-interval steps ran, else None.
 
-    With several processes all must agree, or the next collective hangs; agreeing is a collective and a host
-    wait, so they agree only at the steps where the loop synchronises anyway (every --log-every steps at most).
+    With several processes agreeing is a collective and a host wait (`StopFlag.agreed`), so they agree only at the
+    steps where the loop synchronises anyway (every --log-every steps at most).
     """
     accelerator, config = run.accelerator, run.config
-    stopping: Any = requested
-    if accelerator.num_processes > 1:
-        flag = torch.tensor(float(requested), device=accelerator.device)
-        stopping = synchronised and bool(accelerator.reduce(flag, "sum") > 0)
-    if stopping:
+    if (synchronised or accelerator.num_processes == 1) and stop.agreed(accelerator):
         return "interrupted"
     if config.exit_interval and run.step - first_step >= config.exit_interval and run.step < run.budget.max_steps:
         return "exit-interval"
@@ -281,7 +290,7 @@ class StopFlag:
     of the current step, which saves a checkpoint; a second one aborts at once — unless it comes within
     `REPEAT_SECONDS` of the first: under `accelerate launch` each process gets the signal sent to the job and then
     the launcher's forward of it, one request that must not abort the checkpoint it asked for. So `train_stage`
-    holds the flag until that checkpoint is saved, not only while the loop runs."""
+    holds the flag until that checkpoint is saved, or the final model written, not only while the loop runs."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT_SECONDS = 1.0
@@ -300,6 +309,16 @@ class StopFlag:
 
         self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
         return self
+
+    def agreed(self, accelerator: Any) -> bool:
+        """Whether any process was asked to stop. With several processes all must agree, or the next collective
+        hangs: so this is a collective, called at the same point by every process, and a process that learns of
+        the request here takes it as its own."""
+        if accelerator.num_processes > 1:
+            flag = torch.tensor(float(self.requested), device=accelerator.device)
+            if accelerator.reduce(flag, "sum") > 0 and not self.requested:
+                self.requested, self.first = True, time.monotonic()
+        return self.requested
 
     def __exit__(self, *exc: object) -> None:
         for s, previous in self._previous.items():
