@@ -13,6 +13,7 @@ import atexit
 import errno
 import gc
 import os
+import signal
 import sys
 from typing import Any
 
@@ -71,7 +72,7 @@ def _run_app() -> None:
     # Typer (0.26 to 0.29 at least) raises the exceptions of the click it vendors, not of an installed click.
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    from grow_cli.signals import interruption_note
+    from grow_cli.signals import interruption_note, stopped_by
 
     empty = _empty_argument(sys.argv[1:])
     if empty is not None:
@@ -91,7 +92,7 @@ def _run_app() -> None:
         _report("aborted", error=False)
         sys.exit(1)
     if code == 130:
-        _report(f"interrupted (Ctrl-C){interruption_note()}", error=False)
+        _report(f"{stopped_by(signal.SIGINT)}{interruption_note()}", error=False)
     sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
 
 
@@ -169,7 +170,13 @@ def script() -> None:
 def main() -> None:
     """Run the app, turning library errors into one line and an exit code (in-process: see `script`)."""
     from grow_cli.errors import GrowError
-    from grow_cli.signals import Terminated, forget_completed, interruption_note, terminate_like_interrupt
+    from grow_cli.signals import (
+        Terminated,
+        forget_completed,
+        interruption_note,
+        stopped_by,
+        terminate_like_interrupt,
+    )
 
     terminate_like_interrupt()
     forget_completed()
@@ -187,7 +194,8 @@ def main() -> None:
         _report(f"error: permission denied: {where}; check its owner and mode (or run as a user who may use it)")
         sys.exit(1)
     except Terminated:
-        _report(f"terminated (SIGTERM){interruption_note() or '; nothing unfinished was left behind'}", error=False)
+        note = interruption_note() or "; nothing unfinished was left behind"
+        _report(f"{stopped_by(signal.SIGTERM)}{note}", error=False)
         sys.exit(Terminated.exit_code)
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):

@@ -4,6 +4,8 @@ Every message says what was expected, what was found and, where possible, what t
 calls `sys.exit`; `grow_cli.cli` maps `GrowError.exit_code` to the process exit status.
 """
 
+from grow_cli.signals import stopped_by
+
 
 class GrowError(Exception):
     """Base class for every error a user can cause; the CLI prints `error: <message>` without a traceback."""
@@ -57,15 +59,16 @@ class TrainingError(GrowError):
 
 
 class Interrupted(TrainingError):
-    """Ctrl-C: a checkpoint was saved; `what` says where, `advice` how to continue (`--resume auto` for train-stage,
-    rerunning the recipe for `grow family`). Exit status 130, like the shell's."""
+    """Ctrl-C or SIGTERM (`signum`): a checkpoint was saved; `what` says where, `advice` how to continue (`--resume
+    auto` for train-stage, rerunning the recipe for `grow family`). The message names the signal and the exit status
+    is the shell's for it, 130 or 143: supervisors (Slurm, systemd, Kubernetes) read 143 as their own SIGTERM."""
 
-    exit_code = 130
     every_rank = True  # the processes agree on the step to stop at and save together
 
-    def __init__(self, what: str, advice: str):
-        super().__init__(f"{what}. {advice}")
-        self.what = what
+    def __init__(self, signum: int, what: str, advice: str):
+        super().__init__(f"{stopped_by(signum)} {what}. {advice}")
+        self.signum, self.what = signum, what
+        self.exit_code = 128 + signum
 
 
 def one_line(message: object, limit: int | None = None) -> str:

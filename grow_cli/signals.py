@@ -78,12 +78,16 @@ def end_at_once_when_interrupted() -> None:
             signal.signal(signum, _end_at_once)
 
 
+def stopped_by(signum: int) -> str:
+    """How grow's last line names the signal that stopped it; the exit status is 128 + `signum` (130, 143)."""
+    return "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
+
+
 def _end_at_once(signum, frame) -> None:
     for stream in (sys.stdout, sys.stderr):  # what the command printed (its --json document) is not lost
         try:
             stream.flush()
         except Exception:  # noqa: BLE001 - a closed pipe, or a flush this signal interrupted: exit all the same
             pass
-    name = "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"
-    os.write(2, f"{name} as grow exited; the command had finished\n".encode())
+    os.write(2, f"{stopped_by(signum)} as grow exited; the command had finished\n".encode())
     os._exit(128 + signum)

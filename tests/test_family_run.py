@@ -4,6 +4,8 @@ its second member, then resumes, skips the finished member, and writes the ledge
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -358,16 +360,22 @@ def test_a_fresh_member_initialised_with_another_seed_is_refused(cli, tmp_path):
     assert reseeded.code == 2 and "fresh finished with seed: 0, but the recipe now says seed: 7" in reseeded.stderr
 
 
-def test_an_interrupted_member_says_to_run_the_family_again(cli, tmp_path, monkeypatch):
-    """Ctrl-C in a member's training: the line says how a family continues (its command again), not train-stage's
-    `--resume auto`, which `grow family` does not take."""
+@pytest.mark.parametrize(
+    ("signum", "code", "named"),
+    [(signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+)
+def test_an_interrupted_member_says_to_run_the_family_again(cli, tmp_path, monkeypatch, signum, code, named):
+    """Ctrl-C or SIGTERM in a member's training: the line says how a family continues (its command again), not
+    train-stage's `--resume auto`, which `grow family` does not take; and SIGTERM exits 143 there too, as it does
+    in the family's other steps (it was 130, the code of every interrupted training stage)."""
     import grow_cli.train.loop
-    from grow_cli.errors import Interrupted
 
-    def interrupted(config):
-        raise Interrupted(
-            f"interrupted at step 3/8; saved {config.out}/checkpoints/step_00000003", "Continue with --resume auto"
-        )
+    train_step = grow_cli.train.loop.train_step
+
+    def step(run):
+        if run.step == 2:
+            os.kill(os.getpid(), signum)
+        return train_step(run)
 
     save_tiny_lm(tmp_path / "base")
     write_plays(tmp_path / "text", count=1)
@@ -375,10 +383,10 @@ def test_an_interrupted_member_says_to_run_the_family_again(cli, tmp_path, monke
     path = write_recipe(
         tmp_path, [{"name": "small", "source": str(tmp_path / "base"), "train": train}], out=str(tmp_path / "run")
     )
-    monkeypatch.setattr(grow_cli.train.loop, "train_stage", interrupted)
+    monkeypatch.setattr(grow_cli.train.loop, "train_step", step)
     result = cli("family", path, "-q")
-    assert result.code == 130 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "interrupted at step 3/8" in result.stderr and "running the same grow family command again" in result.stderr
+    assert result.code == code and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{named} at step 3/8" in result.stderr and "running the same grow family command again" in result.stderr
     assert "--resume" not in result.stderr
 
 

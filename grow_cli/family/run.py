@@ -348,7 +348,7 @@ def _train_with(
         try:
             return train_stage(config)
         except Interrupted as exc:  # the family resumes its member itself: `--resume auto` is not its option
-            raise Interrupted(exc.what, "Continue by running the same grow family command again") from None
+            raise Interrupted(exc.signum, exc.what, "Continue by running the same grow family command again") from None
 
 
 def token_cache(recipe: Recipe) -> Path:

@@ -6,9 +6,9 @@
    and checkpoints as asked;
 4. `finish` (finish.py): the model, grow.json, the card and the summary — or, when stopped early, a checkpoint.
 
-A first Ctrl-C finishes the current step, saves a checkpoint and exits with status 130 — also after the last step,
-until the final model is being written, which it then lets finish; a non-finite loss stops the run without saving,
-so the newest checkpoint is the last good one.
+A first Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits with status 130 or 143 — also
+after the last step, until the final model is being written, which it then lets finish; a non-finite loss stops the
+run without saving, so the newest checkpoint is the last good one.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
             raise
         finally:
             undo_liger()  # Liger's patches of transformers' modules last as long as the run
-    if stop.requested:
-        raise _interrupted(run, result)
+    if stop.signum:
+        raise _interrupted(run, result, stop.signum)
     if ending.reason == "exit-interval":
         steps = run.step - ending.first_step
         run.say(f"stopped after {steps} step{'s' * (steps != 1)} (--exit-interval); saved {result['checkpoint']}")
@@ -94,30 +94,32 @@ def _finish(run: Run, ending: Any, stop: StopFlag) -> dict[str, Any]:
     instead when a first Ctrl-C or SIGTERM came before the model is written. A second one aborts there (`stop`)
     and leaves the model unwritten, so it says what is kept and how to go on instead of only that it was stopped."""
     try:
-        return finish(run, ending, stopping=lambda: stop.agreed(run.accelerator))
+        return finish(run, ending, stopping=lambda: bool(stop.agreed(run.accelerator)))
     except (KeyboardInterrupt, Terminated) as exc:
         kept = complete_checkpoints(Path(run.config.out))
         since = f"the newest checkpoint ({kept[-1]})" if kept else "the start (no checkpoint was saved)"
         raise Interrupted(
-            f"{'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted (Ctrl-C)'} again while "
-            f"finishing after step {run.step}/{run.budget.max_steps}: the final model was not written, and the "
-            f"steps since {since} are not kept",
+            signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT,
+            f"again while finishing after step {run.step}/{run.budget.max_steps}: the final model was not written, "
+            f"and the steps since {since} are not kept",
             "Continue with --resume auto, which trains them again",
         ) from None
 
 
-def _interrupted(run: Run, result: dict[str, Any]) -> Interrupted:
-    """What a first Ctrl-C or SIGTERM ended with: a checkpoint (the loop's current step, or the last step when it
-    came before the final model was written), or the whole trained model (it came while that was written)."""
+def _interrupted(run: Run, result: dict[str, Any], signum: int) -> Interrupted:
+    """What a first Ctrl-C or SIGTERM (`signum`) ended with: a checkpoint (the loop's current step, or the last step
+    when it came before the final model was written), or the whole trained model (it came while that was written)."""
     at = f"step {run.step}/{run.budget.max_steps}"
     if result["status"] == "done":
         return Interrupted(
-            f"interrupted after {at}, as the final model was written: {result['out']} holds the whole trained model",
+            signum,
+            f"after {at}, as the final model was written: {result['out']} holds the whole trained model",
             "Nothing is left to do",
         )
     last = run.step == run.budget.max_steps
     return Interrupted(
-        f"interrupted at {at}{'; the final model was not written' if last else ''}; saved {result['checkpoint']}",
+        signum,
+        f"at {at}{'; the final model was not written' if last else ''}; saved {result['checkpoint']}",
         f"Continue with --resume auto{', which writes it' if last else ''}",
     )
 
@@ -296,29 +298,32 @@ class StopFlag:
     REPEAT_SECONDS = 1.0
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum = 0  # the first signal's number; 0 while none came
         self.first = 0.0
 
     def __enter__(self) -> StopFlag:
         def handler(signum: int, frame: Any) -> None:
             now = time.monotonic()
-            if not self.requested:
-                self.requested, self.first = True, now
+            if not self.signum:
+                self.signum, self.first = signum, now
             elif now - self.first >= self.REPEAT_SECONDS:
                 raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
         self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
         return self
 
-    def agreed(self, accelerator: Any) -> bool:
-        """Whether any process was asked to stop. With several processes all must agree, or the next collective
+    def agreed(self, accelerator: Any) -> int:
+        """The signal the run stops for (0: none). With several processes all must agree, or the next collective
         hangs: so this is a collective, called at the same point by every process, and a process that learns of
-        the request here takes it as its own."""
+        the request here takes it as its own — SIGTERM if any process got one (its exit status is the one
+        supervisors expect), else Ctrl-C."""
         if accelerator.num_processes > 1:
-            flag = torch.tensor(float(self.requested), device=accelerator.device)
-            if accelerator.reduce(flag, "sum") > 0 and not self.requested:
-                self.requested, self.first = True, time.monotonic()
-        return self.requested
+            got = torch.tensor([float(self.signum == s) for s in self.SIGNALS], device=accelerator.device)
+            counts = accelerator.reduce(got, "sum").tolist()
+            agreed = max((s for s, n in zip(self.SIGNALS, counts, strict=True) if n > 0), default=0)  # 15 over 2
+            if agreed and agreed != self.signum:
+                self.signum, self.first = agreed, self.first or time.monotonic()
+        return self.signum
 
     def __exit__(self, *exc: object) -> None:
         for s, previous in self._previous.items():
