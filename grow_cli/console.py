@@ -9,6 +9,7 @@ Hugging Face names shard sizes (`--shard-size 5GB`) and as the Hub shows file si
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -82,8 +83,20 @@ def keep_stdout_for_json() -> None:
 def print_json(payload: Any) -> None:
     """Write one JSON document to stdout (the only thing grow ever writes to stdout)."""
     stream = _json_stdout or sys.stdout
-    stream.write(json.dumps(payload, indent=2, default=str) + "\n")
+    stream.write(json.dumps(_finite(payload), indent=2, default=str) + "\n")
     stream.flush()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with each NaN or infinity as None (null): JSON has no such numbers, and strict parsers refuse the
+    bare `NaN` and `Infinity` Python's json module writes for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 @contextmanager

@@ -103,3 +103,20 @@ getattr(cli, entry)()
     assert "a library's print" in main.stdout and "a library's write to fd 1" in main.stdout
     with pytest.raises(json.JSONDecodeError):
         json.loads(main.stdout)
+
+
+def test_json_output_writes_a_number_json_cannot_hold_as_null(capsys):
+    """A diverged run's `--json` held bare `NaN`, which strict JSON parsers (jq, JavaScript's, Go's) refuse."""
+    import json
+
+    from grow_cli.console import print_json
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    print_json({"loss": float("nan"), "curve": [float("inf"), 1.5, (-float("inf"),)], "steps": 3})
+    assert json.loads(capsys.readouterr().out, parse_constant=refuse) == {
+        "loss": None,
+        "curve": [None, 1.5, [None]],
+        "steps": 3,
+    }

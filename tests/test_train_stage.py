@@ -231,23 +231,54 @@ def test_train_only_new_keeps_a_bf16_checkpoint_bit_identical(setup, tmp_path, c
 
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys):
+    """Step 5's loss comes from the weights of step 4, so the checkpoint of step 4 is not named as good when it is
+    not finite (it was: step S's weights were taken as vouched for by the losses up to S, computed before them)."""
     model, data = setup
     out = tmp_path / "out"
-    common = ("--max-steps", 10, "--save-every", 2, "--keep-last", 1)
+    common = ("--max-steps", 10, "--save-every", 2, "--keep-last", 2)
     assert run_grow(train_args(model, data, out, *common, "--exit-interval", 4), capsys)[0] == 0
-    good = out / "checkpoints" / "step_00000004"
+    good, poisoned = out / "checkpoints" / "step_00000002", out / "checkpoints" / "step_00000004"
     # Make the next step diverge: a NaN in one weight of the state the run resumes from (a header-valid file of the
     # size grow-state.json lists, so the damage check lets it through).
-    tensors = load_file(good / "model.safetensors")
+    tensors = load_file(poisoned / "model.safetensors")
     name = next(k for k in tensors if k.endswith("down_proj.weight"))
     tensors[name][0, 0] = float("nan")
-    save_file(tensors, good / "model.safetensors", metadata={"format": "pt"})
-    code, _, stderr = run_grow(train_args(model, data, out, *common, "--resume", good), capsys)
+    save_file(tensors, poisoned / "model.safetensors", metadata={"format": "pt"})
+    code, _, stderr = run_grow(train_args(model, data, out, *common, "--resume", poisoned), capsys)
     assert code == 1
     assert stderr.strip().splitlines()[-1].startswith("error: the training loss became nan at step 5")
-    assert "Traceback" not in stderr and str(good) in stderr
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000004"]
+    assert "Traceback" not in stderr and f"Last good checkpoint: {good} " in stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert not (out / "model.safetensors").exists()
+
+
+def test_a_diverged_run_names_a_checkpoint_whose_weights_are_finite(setup, tmp_path, capsys):
+    """An LR of 1e35 without clipping: step 2's update makes the weights infinite, step 3's loss is NaN. The error
+    named the checkpoint of step 2 as the last good one, and resuming from it failed at step 3 again, forever."""
+    model, data = setup
+    out = tmp_path / "out"
+    diverging = ("--max-lr", "1e35", "--grad-clip", 0, "--save-every", 1, "--keep-last", 10)
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 30, *diverging), capsys)
+    assert code == 1 and "error: the training loss became nan at step 3" in stderr, stderr
+    named = out / "checkpoints" / "step_00000001"
+    assert f"Last good checkpoint: {named} " in stderr and f"--resume {named} " in stderr
+    assert all(torch.isfinite(t).all() for t in weights(named).values())
+    assert not all(torch.isfinite(t).all() for t in weights(out / "checkpoints" / "step_00000002").values())
+
+
+def test_a_non_finite_final_evaluation_writes_no_model_and_fails(setup, tmp_path, capsys):
+    """The weights after the last step diverged (the training losses, computed before each update, were finite):
+    the run wrote them, exited 0 with "status": "done", a final eval loss of NaN in grow.json and the card, and a
+    bare NaN in --json."""
+    model, data = setup
+    out = tmp_path / "out"
+    diverging = ("--max-lr", "1e35", "--grad-clip", 0, "--save-every", 1, "--json")
+    code, stdout, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, *diverging), capsys)
+    assert code == 1 and stdout == "", stderr
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("error: the held-out loss became nan after step 2; stopped without saving")
+    assert f"Last good checkpoint: {out / 'checkpoints' / 'step_00000001'} " in line
+    assert not (out / "model.safetensors").exists() and not (out / "grow.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.process_state import end_run
 from grow_cli.train.build import Run
 from grow_cli.train.checkpoints import save_checkpoint
+from grow_cli.train.diverged import diverged
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.model_io import carried_tensors, save_model
 from grow_cli.train.step import evaluate
@@ -29,14 +30,17 @@ if TYPE_CHECKING:
 
 
 def eval_metrics(eval_loss: float) -> dict[str, float]:
-    """The held-out loss and its perplexity (capped at e^50 so that a diverged model still logs a number)."""
+    """The held-out loss and its perplexity (capped at e^50, so that a huge loss still gives a finite number)."""
     return {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50))}
 
 
 def evaluation(run: Run) -> dict[str, float]:
     """The held-out metrics of the model as it is written; under Apollo also `eval_loss_at_target`, the loss at
-    the target depth with shared layers — that of the model `grow expand --depth-method interpolate` makes of it."""
+    the target depth with shared layers — that of the model `grow expand --depth-method interpolate` makes of it.
+    A non-finite loss means the weights diverged: the run stops without saving or writing them (diverged.py)."""
     metrics = eval_metrics(evaluate(run))
+    if not math.isfinite(metrics["eval_loss"]):
+        raise diverged(run, f"the held-out loss became {metrics['eval_loss']} after step {run.step}", run.step)
     if run.apollo is not None and run.apollo.unique < run.apollo.plan.target:
         metrics["eval_loss_at_target"] = evaluate(run, run.apollo.plan.target)
     return metrics

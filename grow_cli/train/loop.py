@@ -8,7 +8,7 @@
 
 A first Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits with status 130 or 143 — also
 after the last step, until the final model is being written, which it then lets finish; a non-finite loss stops the
-run without saving, so the newest checkpoint is the last good one.
+run without saving, naming the newest checkpoint whose weights a finite loss vouched for (diverged.py).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from typing import Any
 import torch
 
 from grow_cli.checkpoint.claim import OutputClaim, unwritable
-from grow_cli.errors import Interrupted, TrainingError
+from grow_cli.errors import Interrupted
 from grow_cli.signals import Terminated
 from grow_cli.train.build import Finished, Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
+from grow_cli.train.diverged import diverged
 from grow_cli.train.finish import evaluation, finish, pause
 from grow_cli.train.kernels import undo_liger
 from grow_cli.train.metrics import training_progress
@@ -57,7 +58,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     `exit_interval` with a checkpoint saved: `step`, `max_steps`, `checkpoint`, `out` (continue with
     `resume="auto"`); "finished" — `resume="auto"` found this run already done in `out`, which is left as it was.
     A first Ctrl-C (or SIGTERM) saves a checkpoint and raises `Interrupted` (or, once the final model is being
-    written, finishes writing it and then raises `Interrupted`); a non-finite loss raises
+    written, finishes writing it and then raises `Interrupted`); a non-finite loss (training or held-out) raises
     `TrainingError`; bad settings, data or models raise the other `GrowError`s before any training.
 
     The main process holds the claim on --out for the whole run (`checkpoint/claim.py`), so a second run into the
@@ -175,7 +176,7 @@ def train_loop(run: Run, stop: StopFlag) -> Ending:
             window.tokens += run.budget.tokens_per_step
             log.push(run.step, result.loss, result.grad_norm, result.lr, run.tokens, result.depths)
             synchronise = _synchronises(run)
-            for numbers in log.pop(upto=run.step if synchronise else run.step - LAG):
+            for numbers in _checked(run, log.pop(upto=run.step if synchronise else run.step - LAG)):
                 last = numbers
                 if numbers.step < run.step:
                     _log(run, numbers)
@@ -198,7 +199,7 @@ def train_loop(run: Run, stop: StopFlag) -> Ending:
                     save_checkpoint(accelerator, Path(config.out), run.state(), config.keep_last)
             reason = _stop_reason(run, stop, first_step, synchronise)
             if reason:
-                for numbers in log.pop(upto=run.step):  # every step checked before the checkpoint is saved
+                for numbers in _checked(run, log.pop(upto=run.step)):  # every step, before the checkpoint is saved
                     last = numbers
                     _log(run, numbers)
                 return Ending(reason, first_step, last.loss if last else None, time.perf_counter() - started)
@@ -216,10 +217,17 @@ def _synchronises(run: Run) -> bool:
     )
 
 
+def _checked(run: Run, popped: list[StepNumbers]) -> list[StepNumbers]:
+    """The steps' numbers, once each loss is finite: a non-finite one stops the run without saving (before it is
+    logged, evaluated on or checkpointed), naming the last good checkpoint (diverged.py)."""
+    for numbers in popped:
+        if not math.isfinite(numbers.loss):
+            raise diverged(run, f"the training loss became {numbers.loss} at step {numbers.step}", numbers.step - 1)
+    return popped
+
+
 def _log(run: Run, numbers: StepNumbers, extra: dict[str, Any] | None = None) -> None:
-    """Log one step's metrics (metrics.jsonl and any tracker); a non-finite loss stops the run without saving."""
-    if not math.isfinite(numbers.loss):
-        raise _diverged(run, numbers)
+    """Log one step's metrics (metrics.jsonl and any tracker)."""
     metrics: dict[str, Any] = {"loss": numbers.loss, "lr": numbers.lr, "tokens": numbers.tokens}
     if numbers.grad_norm is not None:
         metrics["grad_norm"] = numbers.grad_norm
@@ -234,15 +242,6 @@ def _apollo_depth(run: Run, numbers: StepNumbers) -> tuple[float, float]:
     depths = numbers.depths
     flops = sum(run.apollo.flops_per_token(d, run.config.seq_len) for d in depths) / len(depths)
     return sum(depths) / len(depths), flops
-
-
-def _diverged(run: Run, numbers: StepNumbers) -> TrainingError:
-    last = complete_checkpoints(Path(run.config.out))
-    return TrainingError(
-        f"the training loss became {numbers.loss} at step {numbers.step}; stopped without saving. "
-        f"Last good checkpoint: {last[-1] if last else 'none'} (lower --max-lr, or "
-        "resume from it with --resume auto)"
-    )
 
 
 def _throughput(run: Run, last: StepNumbers, tokens_per_s: float) -> dict[str, Any]:
