@@ -250,6 +250,12 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_p
     assert "Traceback" not in stderr and f"Last good checkpoint: {good} " in stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     assert not (out / "model.safetensors").exists()
+    # The advice works: from the good checkpoint, with the newer (poisoned) one removed, the run goes on.
+    assert f"--resume {good} --overwrite" in stderr
+    resumed = ("--resume", good, "--overwrite", "--grad-clip", "0.5", "--exit-interval", 1)
+    code, _, stderr = run_grow(train_args(model, data, out, *common, *resumed), capsys)
+    assert code == 0, stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
 
 
 def test_a_diverged_run_names_a_checkpoint_whose_weights_are_finite(setup, tmp_path, capsys):
@@ -592,6 +598,8 @@ def test_a_resume_from_the_final_state_logs_the_final_eval_once_and_summarises_t
     assert [m["step"] for m in metrics if "eval_loss" in m] == [3]
     assert summary["tokens_per_s"] is None  # nothing trained in this process to measure
     assert summary["final_train_loss"] == [m["loss"] for m in metrics if "loss" in m][-1]
+
+
 def test_a_first_signal_during_the_final_evaluation_keeps_the_trained_steps(setup, tmp_path, capsys, monkeypatch):
     """A first SIGTERM (or Ctrl-C) during the final evaluation threw away every step since the last checkpoint (the
     whole run without --save-every): the default handlers were back once the loop ended. It now saves a checkpoint

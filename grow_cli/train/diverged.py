@@ -27,8 +27,9 @@ def diverged(run: Run, what: str, weights_step: int) -> TrainingError:
         )
     return TrainingError(
         f"{what}; stopped without saving. Last good checkpoint: {good[-1]} (a finite loss came from its weights): "
-        f"lower --max-lr and start again with --overwrite, or resume from it with --resume {good[-1]} and a "
-        "tighter --grad-clip (resumed as it was, the run would diverge again)"
+        f"lower --max-lr and start again with --overwrite, or resume from it with --resume {good[-1]} --overwrite "
+        "(which removes the newer checkpoints) and a tighter --grad-clip (resumed as it was, the run would diverge "
+        "again)"
     )
 
 
