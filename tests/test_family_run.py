@@ -421,10 +421,11 @@ def test_kl_rows_measured_on_different_blocks_are_said_not_to_compare():
     assert not measured_alike([pairs[0], {**pairs[1], "grown": {**blocks, "data_fingerprint": "fff6f946"}}])
 
 
-def test_a_baseline_gets_the_tokens_of_a_trained_sources_lineage_too(cli, tmp_path):
-    """A first member taken untrained from a source grow trained: the ledger counted the source's tokens in the
-    lineage, but the from-scratch baseline got only the next member's own, so the equal-quality figures compared a
-    lineage with a baseline given fewer tokens."""
+@pytest.mark.parametrize("first_trained", [False, True])
+def test_a_baseline_gets_the_tokens_of_a_trained_sources_lineage_too(cli, tmp_path, first_trained):
+    """A first member from a source grow trained: the ledger counted the source's tokens only while the member was
+    not trained itself (then it counted the member's last stage alone), and the from-scratch baseline got only the
+    family's own tokens, so the equal-quality figures left out what the source cost."""
     save_tiny_lm(tmp_path / "base")
     write_plays(tmp_path / "text", count=1, chars=20_000)
     train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05}
@@ -447,14 +448,24 @@ def test_a_baseline_gets_the_tokens_of_a_trained_sources_lineage_too(cli, tmp_pa
         "-q",
     )
     assert trained.code == 0, trained.stderr
+    small_steps = 3 if first_trained else 0
     members = [
-        {"name": "small", "source": "pre"},
+        {"name": "small", "source": "pre", **({"train": {"max_steps": small_steps}} if first_trained else {})},
         {"name": "big", "grow": {"depth_factor": 2}, "train": {"max_steps": 2}},
     ]
     path = write_recipe(tmp_path, members, out="run", train=train, compare={"max_blocks": 2}, baselines=True)
-    assert cli("family", path, "-q").code == 0
+    result = cli("family", path, "-q", "--json")
+    assert result.code == 0, result.stderr
     big = json.loads((tmp_path / "run" / "big" / "member.json").read_text())
-    assert big["baseline"]["tokens"] == (4 + 2) * 4 * 32  # the source's 4 steps and big's 2, 4 blocks of 32 each
+    # the source's 4 steps, small's own and big's 2, 4 blocks of 32 tokens each
+    assert big["baseline"]["tokens"] == (4 + small_steps + 2) * 4 * 32
+    report = json.loads(result.stdout)
+    small_row = report["ledger"]["members"][0]
+    assert small_row["tokens"] == (4 + small_steps) * 4 * 32 and small_row["source_tokens"] == 4 * 4 * 32
+    assert not small_row["source_unrecorded"] and "source_unrecorded" not in report["equal_quality"]
+    md = (tmp_path / "run" / "family.md").read_text()
+    assert "small's tokens include the 512 its source's grow.json records" in md
+    assert "trained from scratch either way" not in md
 
 
 def test_the_family_figure_names_an_untrained_member_as_such():

@@ -12,6 +12,7 @@ from grow_cli.family.quality import (
     member_saving,
     saving_phrase,
     saving_text,
+    unrecorded_source_bound,
 )
 
 # A from-scratch held-out curve: (FLOPs so far, loss), falling.
@@ -74,3 +75,46 @@ def test_family_total_is_yanos_measure():
     assert saving_text(family_saving(1e12, [early, unreached], ["m2", "m3"])) == "undetermined"
     missing = family_saving(1e12, [second, None], ["m2", "m3"])
     assert missing["saving"] is None and "m3" in missing["reason"]
+
+
+@pytest.mark.parametrize(
+    "saving,bound,member,family",
+    [
+        (0.2, "=", "≤", "≤"),  # the source's cost lowers a member's saving, and moves the family's towards zero
+        (0.2, "≤", "≤", "≤"),
+        (0.2, ">", "?", "?"),  # "at least" no longer holds once a cost is missing from the grown side
+        (-0.2, "=", "≤", ">"),  # a family dearer than scratch: counting the source on both sides makes it less so
+        (-0.2, ">", "?", ">"),
+        (-0.2, "≤", "≤", "?"),
+    ],
+)
+def test_a_source_whose_training_is_unrecorded_leaves_each_figure_a_one_sided_bound(saving, bound, member, family):
+    """A first member from a source grow did not train: its cost was counted nowhere, yet the report said 'at least
+    x% less … the saving is larger than this' and that the first member 'counts the same on both sides'."""
+    entry = {"saving": saving, "bound": bound, "explanation": "from scratch reached 4.0"}
+    weakened = unrecorded_source_bound(entry, "small's source has no training in its grow.json", family=False)
+    assert weakened["bound"] == member and weakened["explanation"].startswith("from scratch reached 4.0; small's")
+    assert unrecorded_source_bound({**entry, "reason": None}, "why", family=True)["bound"] == family
+
+
+def test_the_report_says_what_an_unrecorded_source_leaves_out(monkeypatch):
+    import grow_cli.family.report as report
+
+    rows = [
+        {"name": "small", "final_eval_loss": 5.0, "lineage_flops": 1e12, "progressive_flops": 1e12},
+        {"name": "big", "final_eval_loss": 4.0, "lineage_flops": 2e12, "progressive_flops": 1e12},
+    ]
+    rows[0]["source_unrecorded"] = True
+    summaries = [{"name": "small"}, {"name": "big", "baseline": {"out": "scratch"}}]
+    # from scratch: 4.5 at 2e12 FLOPs, 3.5 at 4e12, so big's 4.0 at 3e12 (33% saved), the family's 50%
+    scratch = [{"tokens": 1, "flops_per_token": 2e12, "eval_loss": 4.5}, {"tokens": 2, "eval_loss": 3.5}]
+    monkeypatch.setattr(report, "member_metrics", lambda folder: scratch)
+    quality = report.equal_quality(summaries, {"members": rows})
+    assert quality["source_unrecorded"] == "small" and quality["members"][0]["bound"] == "≤"
+    assert quality["family"]["saving"] == pytest.approx(0.5) and quality["family"]["bound"] == "≤"
+    text = report.headline(quality)
+    assert "cost at most 50.0% less compute" in text and "at least" not in text
+    assert text.endswith(
+        "a bound, not an exact figure: small's source has no training in its grow.json, so whatever "
+        "trained it is not counted and the saving is at most this."
+    )

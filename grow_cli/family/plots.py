@@ -59,7 +59,7 @@ def _loss_vs_flops(ax, summaries: list[dict[str, Any]], book: dict[str, Any]) ->
 def _compute_bars(ax, book: dict[str, Any], quality: dict[str, Any]) -> None:
     """Equal quality when measured: each grown member's lineage FLOPs against the from-scratch FLOPs to reach its
     loss (hatched and marked '>' where the scratch run never got there). Otherwise the equal-tokens ledger."""
-    from grow_cli.family.quality import saving_text
+    from grow_cli.family.quality import BOUND, saving_text
 
     if quality["measured"]:
         members = [m for m in quality["members"] if m.get("status")]
@@ -72,9 +72,10 @@ def _compute_bars(ax, book: dict[str, Any], quality: dict[str, Any]) -> None:
             label="from scratch, to the same held-out loss",
         )
         for bar, m in zip(bars, members, strict=True):
-            if m["bound"] != "=":
+            reach = BOUND[m["status"]]  # how the from-scratch run met the loss (the saving's bound may be weaker)
+            if reach != "=":
                 bar.set_hatch("//")
-                ax.annotate(m["bound"], (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center")
+                ax.annotate(reach, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center")
         ax.set_xticks(list(x), [m["name"] for m in members])
         family = quality["family"] or {}
         ax.set_title(f"compute at equal quality — family saving {saving_text(family)}")

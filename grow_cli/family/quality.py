@@ -17,8 +17,8 @@ FLOPs read off the curve are therefore an upper bound on what a from-scratch run
 saving an upper bound too (the bias vanishes as the crossing nears the end of the run).
 
 The family figure sums, over every member, what independent training needs to reach that member's quality (the
-first member is trained from scratch in both cases, so it counts its own FLOPs on both sides) and compares it with
-the progressive family's total FLOPs.
+first member is built the same way in both cases, so it counts its own FLOPs — its source's recorded training
+included — on both sides) and compares it with the progressive family's total FLOPs.
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def family_saving(first_member_flops: float, grown: list[dict[str, Any] | None],
     bounds = {g["bound"] for g in measured} - {"="}
     bound = "=" if not bounds else (bounds.pop() if len(bounds) == 1 else "?")
     reasons = [f"{n}: {describe_reach(g)}" for n, g in zip(names, measured, strict=True) if g["bound"] != "="]
+    if bound == "?":
+        reasons.insert(0, "some from-scratch runs bound it from above and others from below")
     return {
         "progressive_flops": progressive,
         "independent_flops_needed": independent,
@@ -110,6 +112,25 @@ def family_saving(first_member_flops: float, grown: list[dict[str, Any] | None],
         "bound": bound,
         "reason": "; ".join(reasons) or None,
     }
+
+
+def unrecorded_source_bound(entry: dict[str, Any], why: str, *, family: bool) -> dict[str, Any]:
+    """A saving (`member_saving`'s or `family_saving`'s) whose first member came from a source trained at a cost
+    no record gives (`why` says so). That cost belongs in every grown member's lineage, so a member saved less than
+    its figure; in the family figure it belongs on both sides (the first member counts the same in both), which
+    moves the saving towards zero: at most the figure when it is positive, at least it when negative. A bound that
+    pointed the other way is then undetermined."""
+    if entry.get("saving") is None or entry.get("bound") is None:
+        return entry
+    if not family or entry["saving"] >= 0:
+        bound = "≤" if entry["bound"] in ("=", "≤") else "?"
+    else:
+        bound = ">" if entry["bound"] in ("=", ">") else "?"
+    so = {"≤": "the saving is at most this", ">": "the saving is at least this", "?": "the saving is undetermined"}[
+        bound
+    ]
+    key = "reason" if family else "explanation"
+    return {**entry, "bound": bound, key: "; ".join(filter(None, [entry.get(key), f"{why} and {so}"]))}
 
 
 def saving_text(entry: dict[str, Any] | None) -> str:
@@ -127,7 +148,7 @@ def saving_phrase(entry: dict[str, Any]) -> str:
     """A saving as a comparison: `23.4% less`, `at least 5.2% less`, `1.7% more`, `at most 5.0% more`."""
     saving, bound = entry["saving"], entry.get("bound") or "="
     if bound == "?":
-        return "an undetermined amount less"
+        return "an undetermined amount more or less"
     if saving >= 0:
         return {"=": f"{saving:.1%} less", ">": f"at least {saving:.1%} less", "≤": f"at most {saving:.1%} less"}[bound]
     cost = -saving

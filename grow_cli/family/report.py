@@ -22,6 +22,7 @@ from typing import Any
 from grow_cli.checkpoint.files import METRICS_FILE
 from grow_cli.family.budget import tally
 from grow_cli.family.quality import (
+    BOUND,
     PUBLISHED,
     describe_reach,
     eval_curve,
@@ -29,6 +30,7 @@ from grow_cli.family.quality import (
     member_saving,
     saving_phrase,
     saving_text,
+    unrecorded_source_bound,
 )
 from grow_cli.family.recipe import Recipe
 
@@ -40,12 +42,25 @@ def member_metrics(final: Path) -> list[dict[str, Any]]:
     return read_metrics(Path(final) / METRICS_FILE, missing_ok=True)
 
 
-def last_training(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """The training stage a member's final model ends with, where its folder holds that training's metrics (a
-    member trained here, or a first member whose source a grow run trained), else {}: the ledger's tokens and
-    FLOPs, and the tokens a from-scratch baseline gets, both count it."""
-    stages = [st for st in (summary.get("record") or {}).get("stages", []) if st["kind"] == "train"]
-    return stages[-1] if stages and metrics else {}
+def trainings(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The training stages (grow.json's) that a member adds to the family's compute: a grown member's own, those
+    after its last expand stage (the stages before it are its ancestors', counted with them, and an untrained grown
+    member adds none); a first member's whole recorded lineage, its source's training included — the family needed
+    that training as much as its own, so the ledger, the lineage FLOPs and a from-scratch baseline's tokens all
+    count it."""
+    stages = (summary.get("record") or {}).get("stages", [])
+    if summary.get("grown"):
+        expands = [i for i, st in enumerate(stages) if st["kind"] == "expand"]
+        stages = stages[expands[-1] + 1 :] if expands else []
+    return [st for st in stages if st["kind"] == "train"]
+
+
+def source_unrecorded(summary: dict[str, Any]) -> bool:
+    """Whether `summary` is a first member from a `source:` whose grow.json records no training: whatever trained it
+    (outside grow, or nothing) cost compute the family cannot count."""
+    from_source = bool((summary.get("settings") or {}).get("source"))
+    own = 1 if summary.get("train") else 0  # the family's own training stage of the member, if it has one
+    return not summary.get("grown") and from_source and len(trainings(summary)) == own
 
 
 def _size_of(summary: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
@@ -70,10 +85,11 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     rows, lineage_tokens = [], 0
     for s in summaries:
         metrics = member_metrics(Path(s["final"]))
-        stage = last_training(s, metrics)
+        stages = trainings(s)
         logged = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None)
-        per_token = stage.get("flops_per_token") or logged  # records before grow 0.1 logged it only in metrics
-        tokens = stage.get("tokens", 0)
+        # The last stage trained the member as it is; records before grow 0.1 logged its FLOPs only in metrics.
+        per_token = (stages[-1].get("flops_per_token") if stages else None) or logged
+        tokens = sum(st.get("tokens", 0) for st in stages)
         lineage_tokens += tokens
         evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
         num_parameters, shape = _size_of(s)
@@ -85,17 +101,28 @@ def ledger(summaries: list[dict[str, Any]]) -> dict[str, Any]:
                 "tokens": tokens,
                 "lineage_tokens": lineage_tokens,
                 "flops_per_token": per_token,
-                "train_flops": stage.get("train_flops"),  # what the stage spent (less under Apollo's depths)
+                # What its stages spent (less than FLOPs per token × tokens under Apollo's depths)
+                "train_flops": sum(_spent(st, per_token) for st in stages) if stages else None,
                 "final_eval_loss": evals[-1] if evals else None,
                 "optimizer": s.get("optimizer"),  # "grow": continued the previous member's grown training state
             }
         )
+        if not s.get("grown"):  # what its source brought: recorded training counted above, or none on record
+            own = (s.get("train") or {}).get("tokens") or 0
+            rows[-1].update(source_tokens=tokens - own, source_unrecorded=source_unrecorded(s))
     book = tally(rows, independent_tokens="lineage_tokens", progressive_tokens="tokens")
     cumulative = 0.0
     for row in rows:
         cumulative += row["progressive_flops"]
         row["lineage_flops"] = cumulative
     return book
+
+
+def _spent(stage: dict[str, Any], per_token: float | None) -> float:
+    """A training stage's FLOPs as it recorded them, else (a record before grow 0.1) FLOPs per token × tokens."""
+    if stage.get("train_flops") is not None:
+        return stage["train_flops"]
+    return (stage.get("flops_per_token") or per_token or 0) * stage.get("tokens", 0)
 
 
 def equal_quality(summaries: list[dict[str, Any]], book: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +146,11 @@ def equal_quality(summaries: list[dict[str, Any]], book: dict[str, Any]) -> dict
     if not any(grown):
         return {"family": None, "members": members, "measured": False}
     family = family_saving(rows[0]["progressive_flops"], grown, [r["name"] for r in rows[1:]])
+    if rows[0].get("source_unrecorded"):  # its compute is counted nowhere: every figure is a bound at best
+        why = f"{rows[0]['name']}'s source has no training in its grow.json, so whatever trained it is not counted"
+        family = unrecorded_source_bound(family, why, family=True)
+        members = [unrecorded_source_bound(m, why, family=False) for m in members]
+        return {"family": family, "members": members, "measured": True, "source_unrecorded": rows[0]["name"]}
     return {"family": family, "members": members, "measured": True}
 
 
@@ -152,10 +184,7 @@ def headline(quality: dict[str, Any]) -> str:
     if family["saving"] is None:
         return f"No family figure at equal quality: {family['reason']}."
     if family["bound"] == "?":
-        return (
-            "The family saving at equal quality is undetermined: some from-scratch runs bound it from above and "
-            f"others from below ({family['reason']})."
-        )
+        return f"The family saving at equal quality is undetermined: {family['reason']}."
     sentence = (
         f"Growing the family cost {saving_phrase(family)} compute than training every member from scratch to the "
         f"same held-out loss ({family['progressive_flops']:.3g} FLOPs against "
@@ -191,17 +220,25 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
             if m.get("status") is None:
                 lines.append(f"| {m['name']} | — | — | — | — | no from-scratch run |")
                 continue
-            needed = ("> " if m["bound"] == ">" else "≤ " if m["bound"] == "≤" else "") + _fmt(
-                m["scratch_flops_needed"], ".3g"
-            )
+            reach = BOUND[m["status"]]  # the from-scratch FLOPs' own bound (the saving's may be weaker)
+            needed = ("> " if reach == ">" else "≤ " if reach == "≤" else "") + _fmt(m["scratch_flops_needed"], ".3g")
             lines.append(
                 f"| {m['name']} | {m['grown_loss']:.4f} | {m['lineage_flops']:.3g} | {needed} | "
                 f"{saving_text(m)} | {m['explanation']} |"
             )
         lines += [
             "",
-            "A member's own FLOPs include its ancestors' (growing it needed them); the first member is trained "
-            "from scratch either way and counts the same on both sides of the family figure. The from-scratch "
+            "A member's own FLOPs include its ancestors' (growing it needed them), back to the first member's "
+            "source: the training its grow.json records counts as the first member's own. The first member counts "
+            "the same on both sides of the family figure (it is built the same way in both)."
+            + (
+                f" {quality['source_unrecorded']}'s source has no training in its grow.json: what trained it "
+                "(outside grow, if anything) is counted on neither side, so a member's figure is at most what growing "
+                "it saved, and the family's lies between zero and its figure."
+                if quality.get("source_unrecorded")
+                else ""
+            )
+            + " The from-scratch "
             "FLOPs are read off one run's held-out curve, linear between evaluations; that run's LR schedule spans "
             "its whole budget, so where the crossing falls mid-run a run sized to stop there would get there "
             "sooner — such a figure is an upper bound on the saving.",
@@ -221,6 +258,14 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
             f"{shape.get('hidden_size')} | {r['tokens']:,} | {r['lineage_tokens']:,} | "
             f"{_fmt(r['final_eval_loss'], '.4f')} |"
         )
+    first = book["members"][0]
+    if first.get("source_tokens"):
+        lines += [
+            "",
+            f"{first['name']}'s tokens include the {first['source_tokens']:,} its source's grow.json records.",
+        ]
+    elif first.get("source_unrecorded"):
+        lines += ["", f"{first['name']}'s source has no training in its grow.json: whatever trained it is not counted."]
     continued = [r["name"] for r in book["members"] if r.get("optimizer") == "grow"]
     if continued:
         lines += [

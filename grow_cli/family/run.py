@@ -105,11 +105,11 @@ def check_finished(recipe: Recipe) -> None:
 
 
 def _trained_tokens(summary: dict[str, Any]) -> int:
-    """The tokens a finished member's final model was trained on, as the family's ledger counts them (a first
-    member's source trained by grow counts too)."""
-    from grow_cli.family.report import last_training, member_metrics
+    """The tokens a finished member adds to the lineage, as the family's ledger counts them (a first member's
+    whole recorded lineage: its source's training by grow too)."""
+    from grow_cli.family.report import trainings
 
-    return last_training(summary, member_metrics(Path(summary["final"]))).get("tokens") or 0
+    return sum(stage.get("tokens") or 0 for stage in trainings(summary))
 
 
 def _within(out: Path, path: Path) -> str | None:
