@@ -310,6 +310,39 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
     assert json.loads((tmp_path / "run" / "big" / "member.json").read_text())["train"]["end_step"] == 3
 
 
+def test_an_unfinished_member_grown_from_a_member_made_again_since_is_refused(cli, tmp_path):
+    """A member paused after its grown/ was made; its predecessor deleted and trained again (with other settings, or
+    the same): the re-run passed --check and resumed from the grown/ of the old predecessor, whose expand stage
+    recorded the old model. start.json named the member grown from, not the model."""
+    import shutil
+
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05, "max_lr": 1e-3}
+    small = {"name": "small", "source": "base", "train": {"max_steps": 2}}
+    big = {"name": "big", "grow": {"depth_factor": 2}, "train": {"max_steps": 3, "exit_interval": 1}}
+    top = dict(train=train, compare={"seq_len": 32, "max_blocks": 2})
+    path = write_recipe(tmp_path, [small, big], out="run", **top)
+    assert cli("family", path, "-q").code == 3  # paused in big, after its grown/ was made
+    run = tmp_path / "run"
+    shutil.rmtree(run / "small")
+    write_recipe(tmp_path, [{**small, "train": {"max_steps": 3}}, big], out="run", **top)
+    for args in (("--check",), ("-q",)):
+        gone = cli("family", path, *args)
+        assert gone.code == 2 and gone.stderr.count("\n") == 1, gone.stderr
+        assert "big was started, but small before it is gone or unfinished" in gone.stderr
+        assert f"delete {run / 'big'} to train it again" in gone.stderr
+    assert not (run / "small").exists()  # nothing was trained
+    # small made again elsewhere with the same settings, and put in its place: another model all the same
+    write_recipe(tmp_path, [small], out="again", **top)
+    assert cli("family", path, "-q").code == 0
+    shutil.copytree(tmp_path / "again" / "small", run / "small")
+    write_recipe(tmp_path, [small, big], out="run", **top)
+    made_again = cli("family", path, "--check")
+    assert made_again.code == 2, made_again.stderr
+    assert "big was started from small's model as it was then, but small was made again since" in made_again.stderr
+
+
 def test_files_the_family_did_not_write_where_a_member_trains_are_never_replaced(cli, tmp_path):
     """A folder of the user's at OUT/<member>/trained was overwritten by the stage (train-stage's --overwrite, which
     the family passes to start a stage again), the user's notes left inside the published model."""

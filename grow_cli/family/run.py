@@ -9,7 +9,8 @@ Layout of the output folder (each `final` is a complete HF folder with its linea
     OUT/<member>/baseline/   with `baselines: true`: the same model trained from scratch on as many tokens as the
                              member has seen through its lineage (the independent-training reference)
     OUT/<member>/start.json  the settings that decide the member (its start: `init/`, `grown/` or the source, and
-                             its training), written before its start is made
+                             its training) and which making of the previous member it starts from, written before
+                             its start is made
     OUT/<member>/member.json the member's summary; written last, so its presence means "finished"
     OUT/family.json, family.md, *.png   the family report
 
@@ -76,32 +77,60 @@ def _first_change(recorded: dict[str, Any] | None, current: dict[str, Any]) -> t
 
 def check_finished(recipe: Recipe) -> None:
     """Refuse, in one line naming the member, a re-run whose finished members are no longer what the recipe asks:
-    a member's settings edited since it finished, its model deleted, or an earlier member gone (the later ones grew
-    from it); likewise an unfinished member whose starting model (e.g. `grown/`) was made with settings edited
-    since. Skipping them would report and grow on from stale models; re-training them would replace results
-    without being asked. Deleting the member's folder (and those after it) trains them again."""
-    unfinished = None
+    a member's settings edited since it finished, its model deleted, or an earlier member gone or made again (the
+    later ones grew from it); likewise an unfinished member whose starting model (e.g. `grown/`) was made with
+    settings edited since, or from an earlier member that is gone or was made again since. Skipping them would
+    report and grow on from stale models; re-training them would replace results without being asked. Deleting the
+    member's folder (and those after it) trains them again."""
+    previous: dict[str, Any] | None = None  # the summary of the member before, while that one is finished
     for i, member in enumerate(recipe.members):
         folder = recipe.out / member.name
         later = [str(recipe.out / m.name) for m in recipe.members[i + 1 :] if (recipe.out / m.name).exists()]
         redo = f"delete {' and '.join([str(folder), *later])} to train {'them' if later else 'it'} again"
-        if not (folder / MEMBER_FILE).is_file():
-            started = _recorded(folder / START_FILE, redo) if (folder / START_FILE).is_file() else None
-            _refuse_edited(member, "was started", _first_change(started, member_settings(recipe, member)), redo)
-            unfinished = unfinished or member.name
+        finished = (folder / MEMBER_FILE).is_file()
+        path = folder / (MEMBER_FILE if finished else START_FILE)
+        recorded = _recorded(path, redo) if path.is_file() else None
+        state = "finished" if finished else "was started"
+        settings = (recorded or {}).get("settings") if finished else recorded  # start.json holds them alone
+        _refuse_edited(member, state, _first_change(settings, member_settings(recipe, member)), redo)
+        if recorded is not None and i > 0:
+            _refuse_regrown(member, recipe.members[i - 1].name, previous, recorded, state, redo)
+        if not finished:
+            previous = None
             continue
-        if unfinished is not None:
-            raise UsageError(f"{member.name} finished, but {unfinished} before it is gone or unfinished; {redo}")
-        summary = _located(recipe, _recorded(folder / MEMBER_FILE, redo))
-        _refuse_edited(
-            member, "finished", _first_change(summary.get("settings"), member_settings(recipe, member)), redo
-        )
+        assert recorded is not None  # member.json is there
+        summary = _located(recipe, recorded)
         missing = _model_missing(Path(summary["final"]))
         if missing:
             raise UsageError(f"{member.name} finished, but its model {summary['final']} {missing}; {redo}")
         baseline = (summary.get("baseline") or {}).get("out")
         if baseline and _model_missing(Path(baseline)):
             raise UsageError(f"{member.name} finished, but its from-scratch baseline {baseline} is gone; {redo}")
+        previous = summary
+
+
+def model_identity(summary: dict[str, Any]) -> str:
+    """What tells one making of a finished member from another: its settings and its model's lineage record, whose
+    stages carry the time they were made (a member redone with the same settings is another model all the same)."""
+    import hashlib
+
+    made = json.dumps({k: summary.get(k) for k in ("settings", "record")}, sort_keys=True, default=str)
+    return hashlib.sha256(made.encode()).hexdigest()[:16]
+
+
+def _refuse_regrown(
+    member: Member, before: str, previous: dict[str, Any] | None, recorded: dict[str, Any], state: str, redo: str
+) -> None:
+    """Refuse a member started (or finished) from the member `before` it when that one is now gone, unfinished
+    (`previous` is None) or made again since (its `model_identity` is not the one `recorded` when the member
+    started): its `grown/` and everything after were made from a model that is no longer there."""
+    if previous is None:
+        raise UsageError(f"{member.name} {state}, but {before} before it is gone or unfinished; {redo}")
+    made_from = recorded.get("previous_model")  # absent from the records of an earlier grow
+    if made_from is not None and made_from != model_identity(previous):
+        raise UsageError(
+            f"{member.name} {state} from {before}'s model as it was then, but {before} was made again since; {redo}"
+        )
 
 
 def _trained_tokens(summary: dict[str, Any]) -> int:
@@ -405,7 +434,9 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             previous_final = Path(summary["final"])
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / START_FILE, member_settings(recipe, member))  # as found there, if any (check_finished)
+        made_from = model_identity(summaries[-1]) if summaries else None  # the model it starts from, as it is now
+        # As found there, if any (check_finished)
+        _write_json(folder / START_FILE, {**member_settings(recipe, member), "previous_model": made_from})
         progress(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
         if i == 0:
             start = _first_model(member, folder, recipe.seed)
@@ -451,6 +482,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             "baseline": baseline,
             "record": load_record(final),
             "settings": member_settings(recipe, member),
+            "previous_model": made_from,
             "in_out": {  # where the models lie within OUT, which may be moved or copied since
                 "final": _within(recipe.out, final),
                 "baseline": _within(recipe.out, Path(baseline["out"])) if baseline else None,
