@@ -354,9 +354,42 @@ def test_files_the_family_did_not_write_where_a_member_trains_are_never_replaced
     before = (theirs / "model.safetensors").read_bytes()
     train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "max_steps": 2}
     path = write_recipe(tmp_path, [{"name": "small", "source": "base"}], out="run", train=train)
-    refused = cli("family", path, "-q")
-    assert refused.code == 2 and f"{theirs} holds files this family did not write there" in refused.stderr
+    refused = cli("family", path, "-q")  # (refused as an output no family run wrote, before the stage starts)
+    assert (
+        refused.code == 1 and f"{tmp_path / 'run'} holds files (small) that no grow family run wrote" in refused.stderr
+    )
     assert (theirs / "model.safetensors").read_bytes() == before and (theirs / "NOTES.txt").is_file()
+
+
+def test_an_output_folder_this_family_did_not_write_is_never_written_over(cli, tmp_path):
+    """`--out` naming a folder of the user's passed --check, and the run replaced its family.md, family.json and
+    plots and wrote into its folder named like a member; a member folder of the user's inside a real family output
+    was likewise written into."""
+    import shutil
+
+    save_tiny_lm(tmp_path / "base")
+    theirs = tmp_path / "u"
+    (theirs / "small").mkdir(parents=True)
+    mine = {"family.md": "mine\n", "family.json": '{"mine": 1}\n', "small/notes.txt": "keep\n"}
+    for name, text in mine.items():
+        (theirs / name).write_text(text)
+    members = [{"name": "small", "source": "base"}, {"name": "big", "grow": {"depth_factor": 2}}]
+    path = write_recipe(tmp_path, members[:1], out="run")
+    for args in (("--check",), ("-q",)):
+        refused = cli("family", path, "--out", theirs, *args)
+        assert refused.code == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"{theirs} holds files (family.json, family.md, small) that no grow family run wrote" in refused.stderr
+    assert {name: (theirs / name).read_text() for name in mine} == mine
+    assert sorted(p.name for p in theirs.iterdir()) == ["family.json", "family.md", "small"]
+    assert cli("family", path, "-q").code == 0  # a family output of its own, then a member folder of the user's
+    shutil.rmtree(tmp_path / "run" / "small")  # (a family output without its members is still one: redone)
+    assert cli("family", path, "-q").code == 0
+    (tmp_path / "run" / "big").mkdir()
+    (tmp_path / "run" / "big" / "notes.txt").write_text("keep")
+    write_plays(tmp_path / "text", count=1, chars=5000)
+    path = write_recipe(tmp_path, members, out="run", compare={"data": ["text"]})
+    refused = cli("family", path, "--check")
+    assert refused.code == 1 and f"{tmp_path / 'run' / 'big'} holds files this family did not write" in refused.stderr
 
 
 def test_a_moved_output_finds_its_own_members(cli, tmp_path):

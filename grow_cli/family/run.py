@@ -13,6 +13,7 @@ Layout of the output folder (each `final` is a complete HF folder with its linea
                              its start is made
     OUT/<member>/member.json the member's summary; written last, so its presence means "finished"
     OUT/family.json, family.md, *.png   the family report
+    OUT/.grow-family.json    written first: a family run took OUT (a folder without it is the user's)
 
 A re-run skips finished members and finished steps (a complete `grown/` or `trained/` is never redone), and an
 interrupted training stage continues from its newest checkpoint — unless the recipe was edited since in what
@@ -35,6 +36,7 @@ from grow_cli.whole_file import write_whole
 
 MEMBER_FILE = "member.json"
 START_FILE = "start.json"
+OUT_FILE = ".grow-family.json"  # in OUT: a family run took the folder (written before its first member starts)
 # Training settings that change how a run goes (where it caches, when it pauses or logs), not the model it makes.
 NOT_DECIDING = ("cache_dir", "exit_interval", "log_every", "report_to", "save_every", "keep_last", "quiet")
 
@@ -107,6 +109,20 @@ def check_finished(recipe: Recipe) -> None:
         if baseline and _model_missing(Path(baseline)):
             raise UsageError(f"{member.name} finished, but its from-scratch baseline {baseline} is gone; {redo}")
         previous = summary
+
+
+def family_output(out: Path) -> bool:
+    """Whether the folder `out` was taken by a `grow family` run: it holds the run's OUT_FILE, or (an output of an
+    earlier grow, or of a run that wrote none) a member folder a run started. A family's report, token cache and
+    member folders are then its own; what else a folder holds is the user's."""
+    if (out / OUT_FILE).is_file():
+        return True
+    return any(started(entry) for entry in out.iterdir() if entry.is_dir())
+
+
+def started(folder: Path) -> bool:
+    """Whether a family run started the member in `folder` (its start.json, or the member.json of its end)."""
+    return (folder / START_FILE).is_file() or (folder / MEMBER_FILE).is_file()
 
 
 def model_identity(summary: dict[str, Any]) -> str:
@@ -421,6 +437,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     for note in check_recipe(recipe):  # everything a run needs, before anything is built
         err.print(f"note: {note}", soft_wrap=True)
     recipe.out.mkdir(parents=True, exist_ok=True)
+    _write_json(recipe.out / OUT_FILE, {"made_by": "grow family", "recipe": str(recipe.path)})  # (family_output)
     progress = _silent if quiet else err.print
     previous_final: Path | None = None
     summaries: list[dict[str, Any]] = []
