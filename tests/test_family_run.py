@@ -414,6 +414,37 @@ def test_a_moved_output_finds_its_own_members(cli, tmp_path):
     )
 
 
+def test_a_report_write_that_fails_leaves_the_previous_report_whole(cli, tmp_path, monkeypatch):
+    """family.md, family.json and the plots were written in place: a full disk while the report was rewritten left
+    half a file where the previous report was."""
+    import errno
+
+    from grow_cli.family.recipe import load_recipe
+    from grow_cli.family.run import run_family
+
+    save_tiny_lm(tmp_path / "base")
+    path = write_recipe(tmp_path, [{"name": "small", "source": "base"}], out="run")
+    assert cli("family", path, "-q").code == 0
+    report = ("family.md", "family.json", "loss_vs_flops.png", "compute_saved.png")
+    before = {name: (tmp_path / "run" / name).read_bytes() for name in report}
+
+    def half_then_full(write):
+        def written(self, data, *args, **kwargs):
+            if not any(self.name == name or self.name.startswith(f".{name}.") for name in report):  # (or its tmp)
+                return write(self, data, *args, **kwargs)
+            write(self, data[: len(data) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return written
+
+    monkeypatch.setattr(Path, "write_text", half_then_full(Path.write_text))
+    monkeypatch.setattr(Path, "write_bytes", half_then_full(Path.write_bytes))
+    with pytest.raises(OSError):
+        run_family(load_recipe(path), quiet=True)
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in report} == before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")) == []
+
+
 def test_a_fresh_member_initialised_with_another_seed_is_refused(cli, tmp_path):
     """An untrained first member built from `config:` records the seed of its initialisation: a re-run with another
     seed used to keep (and grow on from) the model made with the old one."""

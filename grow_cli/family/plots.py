@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from grow_cli.family.report import measured_alike
 from grow_cli.family.report import member_metrics as _metrics
+from grow_cli.whole_file import write_whole
 
 
 def _loss_vs_flops(ax, summaries: list[dict[str, Any]], book: dict[str, Any]) -> None:
@@ -135,5 +137,7 @@ def write_plots(
         fig = Figure(figsize=size)
         draw(fig.subplots())
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
+        write_whole(out / name, png.getvalue())  # a full disk or a kill leaves the previous plot, not half of one
     return [name for name, _, _ in figures]

@@ -33,6 +33,7 @@ from grow_cli.family.quality import (
     unrecorded_source_bound,
 )
 from grow_cli.family.recipe import Recipe
+from grow_cli.whole_file import write_whole
 
 
 def member_metrics(final: Path) -> list[dict[str, Any]]:
@@ -348,8 +349,9 @@ def write_report(recipe: Recipe, summaries: list[dict[str, Any]]) -> dict[str, A
         ],
         "plots": plots,
     }
-    (recipe.out / "family.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (recipe.out / "family.md").write_text(_markdown(recipe, book, quality, pairs, plots))
+    # Whole or not at all, each: a full disk or a kill leaves the previous report, never half of one.
+    write_whole(recipe.out / "family.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_whole(recipe.out / "family.md", _markdown(recipe, book, quality, pairs, plots))
     return {
         "headline": first,
         "equal_quality": quality,
