@@ -574,5 +574,30 @@ def test_the_family_figure_names_an_untrained_member_as_such():
         {"name": "big", "final_eval_loss": None, "lineage_flops": 1e9, "progressive_flops": 0.0},
     ]
     summaries = [{"name": "small"}, {"name": "big", "baseline": {"out": "baseline"}}]
-    quality = equal_quality(summaries, {"members": rows})
+    quality = equal_quality(summaries, {"members": rows}, baselines=True)
     assert headline(quality) == "No family figure at equal quality: big was not trained (no held-out loss)."
+
+
+def test_a_family_without_a_from_scratch_run_says_why(cli, tmp_path):
+    """The headline told every family without a from-scratch run to 'add `baselines: true`', also one that had it:
+    with no grown member trained, or with members finished before it was set."""
+    from grow_cli.family.report import equal_quality, headline
+
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=5000)
+    members = [{"name": "small", "source": "base"}, {"name": "big", "grow": {"depth_factor": 2}}]
+    path = write_recipe(
+        tmp_path, members, out="run", baselines=True, compare={"data": ["text"], "seq_len": 32, "max_blocks": 2}
+    )
+    result = cli("family", path, "-q", "--json")
+    assert result.code == 0, result.stderr
+    said = json.loads(result.stdout)["headline"]
+    assert said.startswith("Not measured at equal quality: no grown member is trained") and "add `" not in said
+
+    rows = [{"name": "small", "final_eval_loss": 5.0}, {"name": "big", "final_eval_loss": 4.0}]
+    summaries = [{"name": "small"}, {"name": "big", "train": {"tokens": 512}, "baseline": None}]
+    before = headline(equal_quality(summaries, {"members": rows}, baselines=True))
+    assert "big finished before `baselines: true` was set" in before and "add `" not in before
+    assert "(add `baselines: true`)" in headline(equal_quality(summaries, {"members": rows}, baselines=False))
+    alone = headline(equal_quality(summaries[:1], {"members": rows[:1]}, baselines=True))
+    assert alone.startswith("Not measured at equal quality: the family has a single member")

@@ -126,9 +126,10 @@ def _spent(stage: dict[str, Any], per_token: float | None) -> float:
     return (stage.get("flops_per_token") or per_token or 0) * stage.get("tokens", 0)
 
 
-def equal_quality(summaries: list[dict[str, Any]], book: dict[str, Any]) -> dict[str, Any]:
+def equal_quality(summaries: list[dict[str, Any]], book: dict[str, Any], *, baselines: bool) -> dict[str, Any]:
     """Per grown member and for the family: the compute saved against from-scratch training at equal held-out
-    loss (None throughout when the recipe trained no baselines)."""
+    loss (None throughout, with the `reason`, when no grown member has a from-scratch run; `baselines`: the recipe
+    asks for them)."""
     rows = book["members"]
     grown, members = [], []
     for s, row in zip(summaries[1:], rows[1:], strict=True):
@@ -145,7 +146,7 @@ def equal_quality(summaries: list[dict[str, Any]], book: dict[str, Any]) -> dict
         reason = f"{', '.join(untrained)} {'was' if len(untrained) == 1 else 'were'} not trained (no held-out loss)"
         return {"family": {"saving": None, "bound": None, "reason": reason}, "members": members, "measured": True}
     if not any(grown):
-        return {"family": None, "members": members, "measured": False}
+        return {"family": None, "members": members, "measured": False, "reason": _unmeasured(summaries, baselines)}
     family = family_saving(rows[0]["progressive_flops"], grown, [r["name"] for r in rows[1:]])
     if rows[0].get("source_unrecorded"):  # its compute is counted nowhere: every figure is a bound at best
         why = f"{rows[0]['name']}'s source has no training in its grow.json, so whatever trained it is not counted"
@@ -153,6 +154,22 @@ def equal_quality(summaries: list[dict[str, Any]], book: dict[str, Any]) -> dict
         members = [unrecorded_source_bound(m, why, family=False) for m in members]
         return {"family": family, "members": members, "measured": True, "source_unrecorded": rows[0]["name"]}
     return {"family": family, "members": members, "measured": True}
+
+
+def _unmeasured(summaries: list[dict[str, Any]], baselines: bool) -> str:
+    """Why no grown member has a from-scratch run to compare with (`baselines`: the recipe asks for them)."""
+    grown = summaries[1:]
+    if not grown:
+        return "the family has a single member, and only a grown member has a saving to measure"
+    if not baselines:
+        return "this recipe trains no from-scratch baselines (add `baselines: true`)"
+    before = [s["name"] for s in grown if s.get("train")]  # trained, yet without a baseline: finished without one
+    if not before:
+        return "no grown member is trained (none has a training budget), so none has a held-out loss to match"
+    return (
+        f"{', '.join(before)} finished before `baselines: true` was set, and baselines are trained only with the "
+        "members still to run (run the recipe into a new out to train them)"
+    )
 
 
 def consistency(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -176,11 +193,11 @@ def measured_alike(pairs: list[dict[str, Any]]) -> bool:
 
 def headline(quality: dict[str, Any]) -> str:
     """The report's first sentence: the family's saving at equal quality, or why there is none."""
-    family = quality.get("family")
-    if not quality["measured"] or family is None:
+    family = quality["family"]
+    if not quality["measured"]:
         return (
-            "Not measured at equal quality: this recipe trains no from-scratch baselines (add `baselines: true`), so "
-            "the report cannot say what growing saved for the same quality. The equal-tokens figure below is not that."
+            f"Not measured at equal quality: {quality['reason']}, so the report cannot say what growing saved for the "
+            "same quality. The equal-tokens figure below is not that."
         )
     if family["saving"] is None:
         return f"No family figure at equal quality: {family['reason']}."
@@ -326,7 +343,7 @@ def write_report(recipe: Recipe, summaries: list[dict[str, Any]]) -> dict[str, A
     from grow_cli.family.plots import write_plots
 
     book = ledger(summaries)
-    quality = equal_quality(summaries, book)
+    quality = equal_quality(summaries, book, baselines=recipe.baselines)
     pairs = consistency(summaries)
     plots = write_plots(recipe.out, summaries, book, quality, pairs)
     first = headline(quality)
