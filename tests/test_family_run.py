@@ -62,6 +62,7 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     assert small_marker.is_file() and not (run / "big" / "member.json").exists()
     assert list((run / "big" / "trained" / "checkpoints").glob("step_*"))
     small_mtime = small_marker.stat().st_mtime_ns
+    (run / "big" / "trained" / "checkpoints" / "NOTES.txt").write_text("mine")
 
     second = cli("family", path, "-q", "--json")
     assert second.code == 0, second.stderr
@@ -71,6 +72,8 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     assert "finished earlier" not in second.stderr and "(2/2)" not in second.stderr
     big = json.loads((run / "big" / "member.json").read_text())
     assert big["train"]["steps"] == 6
+    # The pause's checkpoint (a whole optimizer state) goes once the member is finished; a file of the user's stays.
+    assert sorted(p.name for p in (run / "big" / "trained" / "checkpoints").iterdir()) == ["NOTES.txt"]
     record = json.loads((run / "big" / "trained" / "grow.json").read_text())
     assert [s["kind"] for s in record["stages"]] == ["train", "expand", "train"]
     comparison = big["compare_with_previous"]
@@ -308,6 +311,7 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
     write_recipe(tmp_path, [small, big], **top)  # restored (exit_interval decides nothing): continues to the end
     assert cli("family", path, "-q").code == 0
     assert json.loads((tmp_path / "run" / "big" / "member.json").read_text())["train"]["end_step"] == 3
+    assert not (tmp_path / "run" / "big" / "trained" / "checkpoints").exists()  # its pauses' checkpoints: gone
 
 
 def test_an_unfinished_member_grown_from_a_member_made_again_since_is_refused(cli, tmp_path):

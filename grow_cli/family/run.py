@@ -5,7 +5,8 @@ Layout of the output folder (each `final` is a complete HF folder with its linea
     OUT/<member>/init/       the first member's fresh model, when it is built from a config
     OUT/<member>/grown/      `grow expand` of the previous member's final model (with `optimizer: grow`, of its
                              final training state too, continued by the member's training)
-    OUT/<member>/trained/    `grow train-stage` output (checkpoints/ inside while it runs)
+    OUT/<member>/trained/    `grow train-stage` output (checkpoints/ inside while it runs; once it is finished,
+                             only the final training state the next member grows with `optimizer: grow`)
     OUT/<member>/baseline/   with `baselines: true`: the same model trained from scratch on as many tokens as the
                              member has seen through its lineage (the independent-training reference)
     OUT/<member>/start.json  the settings that decide the member (its start: `init/`, `grown/` or the source, and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -367,6 +369,7 @@ def _train_with(
 
     record = load_record(out) if _done_training(out) else None
     if record is not None:  # finished in an earlier run: report what that run recorded
+        _drop_checkpoints(out, keep_final=bool(settings.get("save_final_state")))  # (if that run stopped before)
         stage = record["stages"][-1]
         return {
             "status": "done",
@@ -391,9 +394,31 @@ def _train_with(
     )
     with run_accelerate_state():
         try:
-            return train_stage(config)
+            trained = train_stage(config)
         except Interrupted as exc:  # the family resumes its member itself: `--resume auto` is not its option
             raise Interrupted(exc.signum, exc.what, "Continue by running the same grow family command again") from None
+    if trained.get("status") == "done":
+        _drop_checkpoints(out, keep_final=config.save_final_state)
+    return trained
+
+
+def _drop_checkpoints(out: Path, *, keep_final: bool) -> None:
+    """Remove the checkpoints a finished stage in `out` left (a pause's or an interrupt's, or `save_every`'s: each
+    a whole optimizer state, as large as the model several times over), which nothing reads once the stage is
+    done; with `keep_final`, its final state, which the next member grows (`optimizer: grow`). Only checkpoint
+    folders grow names `step_N` are removed, and checkpoints/ only when nothing else is left in it."""
+    from grow_cli.growth.train_state import final_checkpoint
+    from grow_cli.train.checkpoints import checkpoint_root
+
+    root = checkpoint_root(out)
+    if not root.is_dir():
+        return
+    keep = final_checkpoint(out) if keep_final else None
+    for folder in root.glob("step_*"):
+        if folder.is_dir() and folder.name.removeprefix("step_").isdigit() and folder != keep:
+            shutil.rmtree(folder)
+    if not any(root.iterdir()):
+        root.rmdir()
 
 
 def token_cache(recipe: Recipe) -> Path:
