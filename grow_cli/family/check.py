@@ -165,7 +165,7 @@ def _check_out_is_a_family_output(recipe: Recipe) -> None:
     """OUT is empty (or not there yet), or a family's output (`family_output`), and each member folder there that
     holds files was started by a family run. Otherwise it is a folder of the user's, whose files the report (family.md,
     family.json, the plots) and the members would be written over."""
-    from grow_cli.family.run import family_output, started
+    from grow_cli.family.resume import family_output, started
 
     out = recipe.out
     if not out.is_dir() or not any(out.iterdir()):
@@ -242,7 +242,7 @@ def _check_training(
 def check_recipe(recipe: Recipe) -> list[str]:
     """Check what a run of `recipe` needs without writing anything, members already run in its output included
     (`check_finished`); returns notes on what only the run can check."""
-    from grow_cli.family.run import check_finished
+    from grow_cli.family.resume import check_finished
 
     notes: list[str] = []
     if recipe.out.exists() and not recipe.out.is_dir():

@@ -18,7 +18,7 @@ Layout of the output folder (each `final` is a complete HF folder with its linea
 
 A re-run skips finished members and finished steps (a complete `grown/` or `trained/` is never redone), and an
 interrupted training stage continues from its newest checkpoint — unless the recipe was edited since in what
-decided them (`check_finished`).
+decided them (`resume.check_finished`).
 """
 
 from __future__ import annotations
@@ -31,124 +31,11 @@ from typing import Any
 
 from grow_cli.console import err
 from grow_cli.data.tokens import token_cache_dir
-from grow_cli.errors import CheckpointError, Interrupted, UsageError
+from grow_cli.errors import Interrupted, UsageError
 from grow_cli.family.recipe import Member, Recipe
+from grow_cli.family.resume import MEMBER_FILE, OUT_FILE, START_FILE, located, member_settings, model_identity
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
-
-MEMBER_FILE = "member.json"
-START_FILE = "start.json"
-OUT_FILE = ".grow-family.json"  # in OUT: a family run took the folder (written before its first member starts)
-# Training settings that change how a run goes (where it caches, when it pauses or logs), not the model it makes.
-NOT_DECIDING = ("cache_dir", "exit_interval", "log_every", "report_to", "save_every", "keep_last", "quiet")
-
-
-def member_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
-    """What in the recipe decides `member`'s model, as member.json records it (JSON values)."""
-    train = recipe.train_settings(member)
-    index = recipe.members.index(member)
-    settings = {
-        "grown_from": recipe.members[index - 1].name if index else None,  # a removed or reordered member shows
-        "source": member.source,
-        "revision": member.revision,
-        "config": member.config,
-        "tokenizer": member.tokenizer,
-        "seed": None if member.source else recipe.seed,  # a fresh model's initialisation, a growth's randomness
-        "grow": member.grow,
-        "optimizer": recipe.optimizer_of(member),
-        "train": {k: v for k, v in train.items() if k not in NOT_DECIDING} if train else None,
-    }
-    return json.loads(json.dumps(settings, default=str))
-
-
-def _first_change(recorded: dict[str, Any] | None, current: dict[str, Any]) -> tuple[str, Any, Any] | None:
-    """The first setting (as `train.max_steps` within a block) that differs, with its old and new value; None when
-    they agree or nothing was recorded (a member.json of an earlier grow)."""
-    if recorded is None:
-        return None
-    for key, now in current.items():
-        if key not in recorded:  # recorded by an earlier grow, which did not record it
-            continue
-        was = recorded[key]
-        if isinstance(was, dict) and isinstance(now, dict):
-            inner = next((k for k in {**was, **now} if was.get(k) != now.get(k)), None)
-            if inner is not None:
-                return f"{key}.{inner}", was.get(inner), now.get(inner)
-        elif was != now:
-            return key, was, now
-    return None
-
-
-def check_finished(recipe: Recipe) -> None:
-    """Refuse, in one line naming the member, a re-run whose finished members are no longer what the recipe asks:
-    a member's settings edited since it finished, its model deleted, or an earlier member gone or made again (the
-    later ones grew from it); likewise an unfinished member whose starting model (e.g. `grown/`) was made with
-    settings edited since, or from an earlier member that is gone or was made again since. Skipping them would
-    report and grow on from stale models; re-training them would replace results without being asked. Deleting the
-    member's folder (and those after it) trains them again."""
-    previous: dict[str, Any] | None = None  # the summary of the member before, while that one is finished
-    for i, member in enumerate(recipe.members):
-        folder = recipe.out / member.name
-        later = [str(recipe.out / m.name) for m in recipe.members[i + 1 :] if (recipe.out / m.name).exists()]
-        redo = f"delete {' and '.join([str(folder), *later])} to train {'them' if later else 'it'} again"
-        finished = (folder / MEMBER_FILE).is_file()
-        path = folder / (MEMBER_FILE if finished else START_FILE)
-        recorded = _recorded(path, redo) if path.is_file() else None
-        state = "finished" if finished else "was started"
-        settings = (recorded or {}).get("settings") if finished else recorded  # start.json holds them alone
-        _refuse_edited(member, state, _first_change(settings, member_settings(recipe, member)), redo)
-        if recorded is not None and i > 0:
-            _refuse_regrown(member, recipe.members[i - 1].name, previous, recorded, state, redo)
-        if not finished:
-            previous = None
-            continue
-        assert recorded is not None  # member.json is there
-        summary = _located(recipe, recorded)
-        missing = _model_missing(Path(summary["final"]))
-        if missing:
-            raise UsageError(f"{member.name} finished, but its model {summary['final']} {missing}; {redo}")
-        baseline = (summary.get("baseline") or {}).get("out")
-        if baseline and _model_missing(Path(baseline)):
-            raise UsageError(f"{member.name} finished, but its from-scratch baseline {baseline} is gone; {redo}")
-        previous = summary
-
-
-def family_output(out: Path) -> bool:
-    """Whether the folder `out` was taken by a `grow family` run: it holds the run's OUT_FILE, or (an output of an
-    earlier grow, or of a run that wrote none) a member folder a run started. A family's report, token cache and
-    member folders are then its own; what else a folder holds is the user's."""
-    if (out / OUT_FILE).is_file():
-        return True
-    return any(started(entry) for entry in out.iterdir() if entry.is_dir())
-
-
-def started(folder: Path) -> bool:
-    """Whether a family run started the member in `folder` (its start.json, or the member.json of its end)."""
-    return (folder / START_FILE).is_file() or (folder / MEMBER_FILE).is_file()
-
-
-def model_identity(summary: dict[str, Any]) -> str:
-    """What tells one making of a finished member from another: its settings and its model's lineage record, whose
-    stages carry the time they were made (a member redone with the same settings is another model all the same)."""
-    import hashlib
-
-    made = json.dumps({k: summary.get(k) for k in ("settings", "record")}, sort_keys=True, default=str)
-    return hashlib.sha256(made.encode()).hexdigest()[:16]
-
-
-def _refuse_regrown(
-    member: Member, before: str, previous: dict[str, Any] | None, recorded: dict[str, Any], state: str, redo: str
-) -> None:
-    """Refuse a member started (or finished) from the member `before` it when that one is now gone, unfinished
-    (`previous` is None) or made again since (its `model_identity` is not the one `recorded` when the member
-    started): its `grown/` and everything after were made from a model that is no longer there."""
-    if previous is None:
-        raise UsageError(f"{member.name} {state}, but {before} before it is gone or unfinished; {redo}")
-    made_from = recorded.get("previous_model")  # absent from the records of an earlier grow
-    if made_from is not None and made_from != model_identity(previous):
-        raise UsageError(
-            f"{member.name} {state} from {before}'s model as it was then, but {before} was made again since; {redo}"
-        )
 
 
 def _trained_tokens(summary: dict[str, Any]) -> int:
@@ -166,55 +53,6 @@ def _within(out: Path, path: Path) -> str | None:
         return str(path.resolve().relative_to(out.resolve()))
     except ValueError:
         return None
-
-
-def _located(recipe: Recipe, summary: dict[str, Any]) -> dict[str, Any]:
-    """A finished member's summary with its models found in OUT as it is now: an OUT renamed, moved or copied since
-    (or a relative --out given from another folder) still finds its own models, never the old folder's."""
-    within = summary.get("in_out")
-    if not isinstance(within, dict):
-        within = {}
-    if isinstance(within.get("final"), str):
-        summary["final"] = str(recipe.out / within["final"])
-    if isinstance(within.get("baseline"), str) and isinstance(summary.get("baseline"), dict):
-        summary["baseline"]["out"] = str(recipe.out / within["baseline"])
-    return summary
-
-
-def _recorded(path: Path, redo: str) -> dict[str, Any]:
-    """A member's start.json or member.json as grow wrote it (a JSON object; member.json names its final model),
-    or one line saying it is damaged."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = None
-    if not isinstance(record, dict) or (path.name == MEMBER_FILE and not isinstance(record.get("final"), str)):
-        raise UsageError(f"{path} is damaged (not the record grow wrote); {redo}")
-    return record
-
-
-def _model_missing(folder: Path) -> str | None:
-    """What a finished member's model folder lacks (its config.json, or weights its layout names: read from the
-    shard headers), or None when it is whole."""
-    from grow_cli.checkpoint.reader import CheckpointReader
-
-    if not (folder / "config.json").is_file():
-        return "is gone"
-    try:
-        CheckpointReader(folder)
-    except CheckpointError as exc:
-        return f"is incomplete ({exc})"
-    return None
-
-
-def _refuse_edited(member: Member, state: str, change: tuple[str, Any, Any] | None, redo: str) -> None:
-    """Refuse a member whose recorded settings differ from the recipe's (`change`, from `_first_change`)."""
-    if change:
-        key, was, now = change
-        raise UsageError(
-            f"recipe: {member.name} {state} with {key}: {was!r}, but the recipe now says {key}: {now!r}; "
-            f"{redo}, or restore the recipe"
-        )
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
@@ -470,7 +308,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
         folder = recipe.out / member.name
         marker = folder / MEMBER_FILE
         if marker.is_file():
-            summary = _located(recipe, json.loads(marker.read_text()))  # (check_recipe read it whole)
+            summary = located(recipe, json.loads(marker.read_text()))  # (check_recipe read it whole)
             progress(f"[dim]{member.name}: finished earlier, skipped[/dim]")
             summaries.append(summary)
             previous_final = Path(summary["final"])
