@@ -65,7 +65,8 @@ def test_a_non_finite_loss_stops_the_run_before_a_later_checkpoint(setup, tmp_pa
     code, _, stderr = train(model, data, out, capsys, "--max-steps", 20, "--save-every", 2, "--log-every", 7)
     assert code != 0 and "the training loss became nan at step 5" in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
-    assert "step_00000004" in stderr  # the last good checkpoint, named
+    # the last good checkpoint, named: step 5's loss came from step 4's weights, so step 4's is not vouched for
+    assert f"Last good checkpoint: {out / 'checkpoints' / 'step_00000002'} " in stderr
 
 
 def test_step_log_gives_steps_back_in_order_up_to_the_asked_step():
