@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 from tinylm import FRESH_CONFIG, save_tiny_lm, write_plays
 
 from grow_cli.family.quality import eval_curve
@@ -316,8 +317,9 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
 
 def test_an_unfinished_member_grown_from_a_member_made_again_since_is_refused(cli, tmp_path):
     """A member paused after its grown/ was made; its predecessor deleted and trained again (with other settings, or
-    the same): the re-run passed --check and resumed from the grown/ of the old predecessor, whose expand stage
-    recorded the old model. start.json named the member grown from, not the model."""
+    other weights): the re-run passed --check and resumed from the grown/ of the old predecessor, whose expand stage
+    recorded the old model. start.json named the member grown from, not the model. A predecessor made again bit for
+    bit is the same model (the control): what was grown from it still holds."""
     import shutil
 
     save_tiny_lm(tmp_path / "base")
@@ -337,11 +339,18 @@ def test_an_unfinished_member_grown_from_a_member_made_again_since_is_refused(cl
         assert "big was started, but small before it is gone or unfinished" in gone.stderr
         assert f"delete {run / 'big'} to train it again" in gone.stderr
     assert not (run / "small").exists()  # nothing was trained
-    # small made again elsewhere with the same settings, and put in its place: another model all the same
+    # small made again elsewhere with the same settings, bit for bit, and put in its place: the same model
     write_recipe(tmp_path, [small], out="again", **top)
     assert cli("family", path, "-q").code == 0
     shutil.copytree(tmp_path / "again" / "small", run / "small")
     write_recipe(tmp_path, [small, big], out="run", **top)
+    assert cli("family", path, "--check").code == 0
+    # … and with other weights (a run that does not repeat bit for bit): another model
+    final = run / "small" / "trained" / "model.safetensors"
+    weights = load_file(final)
+    name = next(iter(weights))
+    weights[name] = weights[name] * 1.5
+    save_file(weights, final, metadata={"format": "pt"})
     made_again = cli("family", path, "--check")
     assert made_again.code == 2, made_again.stderr
     assert "big was started from small's model as it was then, but small was made again since" in made_again.stderr

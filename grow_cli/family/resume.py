@@ -109,12 +109,12 @@ def started(folder: Path) -> bool:
 
 
 def model_identity(summary: dict[str, Any]) -> str:
-    """What tells one making of a finished member from another: its settings and its model's lineage record, whose
-    stages carry the time they were made (a member redone with the same settings is another model all the same)."""
-    import hashlib
+    """What tells one making of a finished member's model from another: its weights (`weights_fingerprint`). A member
+    made again with other settings, or by a run that does not repeat bit for bit, is another model; one made again
+    bit for bit is the same model, and what was grown from it still holds."""
+    from grow_cli.checkpoint.fingerprint import weights_fingerprint
 
-    made = json.dumps({k: summary.get(k) for k in ("settings", "record")}, sort_keys=True, default=str)
-    return hashlib.sha256(made.encode()).hexdigest()[:16]
+    return weights_fingerprint(Path(summary["final"]))
 
 
 def _refuse_regrown(

@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 
 from grow_cli.checkpoint.files import METRICS_FILE
+from grow_cli.checkpoint.fingerprint import weights_fingerprint
 from grow_cli.checkpoint.output import remove_entries
 from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
@@ -39,7 +40,7 @@ from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_a
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
-from grow_cli.train.model_io import LoadedModel, load_model, weights_fingerprint
+from grow_cli.train.model_io import LoadedModel, load_model
 from grow_cli.train.objective import Objective, objective_notes
 from grow_cli.train.preflight import Checked
 from grow_cli.train.router import RouterStats, is_moe_model

@@ -8,7 +8,6 @@ checkpoint's own dtype, so a frozen bf16 tensor round-trips bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from grow_cli.checkpoint.files import WEIGHT_SUFFIXES
 from grow_cli.errors import CheckpointError, DataError, UsageError, one_line
 
 if TYPE_CHECKING:
@@ -29,10 +27,6 @@ if TYPE_CHECKING:
 
 MODEL_STAGING = ".grow-tmp-model"  # where save_model writes before moving the files into --out
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-# `weights_fingerprint` reads this many evenly spaced pieces of each weight file: any stretch of bytes longer than
-# about 1/63 of the file (a layer of a deep model) holds one.
-FINGERPRINT_READS = 64
-FINGERPRINT_READ_BYTES = 4096
 
 
 def load_model_config(model_dir: Path):
@@ -72,26 +66,6 @@ def check_weights(model_dir: Path) -> None:
         infos = reader.tensor_infos()
     refuse_quantizer_tensors(infos)
     refuse_integer_weights(infos, {name for name in infos if name.endswith(".weight")})
-
-
-def weights_fingerprint(model_dir: Path) -> str:
-    """A fingerprint of the weights in `model_dir`, by which a resume checks that its checkpoint was trained from
-    them: the trained model takes its config, tokenizer, lineage and card from MODEL. Each weight file's name and
-    size and FINGERPRINT_READS evenly spaced pieces of its bytes (the whole of a smaller file): a moved or copied
-    folder keeps it, another initialisation or a trained or grown model changes it, and it costs milliseconds where
-    hashing every byte of a large model would take minutes at every start."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}|".encode())
-        with path.open("rb") as file:
-            if size <= FINGERPRINT_READS * FINGERPRINT_READ_BYTES:
-                digest.update(file.read())
-                continue
-            for i in range(FINGERPRINT_READS):
-                file.seek(i * (size - FINGERPRINT_READ_BYTES) // (FINGERPRINT_READS - 1))
-                digest.update(file.read(FINGERPRINT_READ_BYTES))
-    return digest.hexdigest()[:16]
 
 
 @contextmanager
