@@ -106,6 +106,15 @@ def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):
     assert fragment in str(info.value)
 
 
+def test_a_yaml_syntax_error_names_the_problem_and_its_line(tmp_path):
+    """The line was cut to PyYAML's first line, "while parsing a block collection": the context, without the problem
+    or where it is (found by an audit)."""
+    recipe = tmp_path / "family.yaml"
+    recipe.write_text("members:\n  - name: small\n    source: base\n   train: {max_steps: 4\n")
+    with pytest.raises(UsageError, match="is not valid YAML: expected <block end>, but found .* at line 4, column 4$"):
+        load_recipe(recipe)
+
+
 def test_recipe_error_on_the_cli_is_one_line(cli, tmp_path):
     path = write_recipe(tmp_path, [{"name": "a", "source": "m", "colour": "blue"}])
     result = cli("family", path)

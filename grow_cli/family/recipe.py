@@ -312,7 +312,15 @@ def _read_yaml(path: Path) -> Any:
             f"{MAX_ALIAS_NODES:,}; write the repeated settings out, or repeat fewer of them"
         ) from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise UsageError(f"recipe {path} is not valid YAML: {_yaml_problem(exc)}") from exc
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's problem and where it is (line and column, from 1), in one line. Its message spans several lines, and
+    the first ("while parsing a block collection") names only the context, not the problem nor its place."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 def _compare(value: Any, base: Path) -> dict[str, Any]:
