@@ -181,7 +181,9 @@ def train_stage(
     eval_batches: Annotated[int, Opt(help="Micro-batches of held-out blocks per evaluation.")] = 16,
     eval_fraction: Annotated[float, Opt(help="Fraction of blocks held out for evaluation.")] = 0.01,
     save_every: Annotated[int | None, Opt(help="Save a checkpoint every N steps.")] = None,
-    keep_last: Annotated[int, Opt(help="Checkpoints to keep.")] = 2,
+    keep_last: Annotated[
+        int, Opt(help="Checkpoints to keep (at least 2 where a run may diverge: the newest is not yet known good).")
+    ] = 2,
     resume: Annotated[
         str | None,
         Opt(
