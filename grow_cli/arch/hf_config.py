@@ -98,8 +98,8 @@ def _answered_here() -> bool:
 def answer(request: dict[str, Any]) -> dict[str, Any]:
     """Build transformers' config for the request and validate it: {built, attributes, error, causal_lm} (the last:
     when the request asks, the name of the model type's causal-LM class, for config.json's `architectures`)."""
-    from transformers.models.auto.configuration_auto import AutoConfig  # (not `transformers.AutoConfig`: see
-    # `configs_only`)
+    # By its module, not as `transformers.AutoConfig`: in the child `transformers` is a bare package (`configs_only`)
+    from transformers.models.auto.configuration_auto import AutoConfig
 
     reply: dict[str, Any] = {"causal_lm": None}
     if request.get("causal_lm"):
