@@ -10,7 +10,9 @@ this is needed; without one, accelerate needs two nudges:
   what accelerate does for a GPU run: the state's distributed type becomes FSDP, the process state's too.
 
 stdout is kept for `--json` first, as the `grow` script does (`cli.script`): importing DeepSpeed on a CPU prints a
-warning there."""
+warning there. Several command lines separated by `--then` run one after another in the same launched processes
+(each launch costs CI seconds), stopping at the first that fails; each starts from a fresh accelerate state, as a
+family's next member does (`process_state.run_accelerate_state`), in the process group of the first."""
 
 import sys
 
@@ -20,7 +22,7 @@ if "--json" in sys.argv:
     keep_stdout_for_json()
 
 from accelerate import PartialState  # noqa: E402
-from accelerate.state import AcceleratorState  # noqa: E402
+from accelerate.state import AcceleratorState, GradientState  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
 
 PartialState(backend="gloo")  # the process group, before grow's Accelerator (PartialState is shared)
@@ -39,5 +41,23 @@ AcceleratorState.__init__ = _with_fsdp_on_cpu
 
 from grow_cli.cli import main  # noqa: E402
 
-sys.argv = ["grow", *sys.argv[1:]]
-main()
+
+def command_lines(args: list[str]) -> list[list[str]]:
+    """ARGS split at each `--then`."""
+    lines: list[list[str]] = [[]]
+    for arg in args:
+        lines.append([]) if arg == "--then" else lines[-1].append(arg)
+    return lines
+
+
+for i, line in enumerate(command_lines(sys.argv[1:])):
+    if i:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        PartialState(backend="gloo")
+    sys.argv = ["grow", *line]
+    try:
+        main()
+    except SystemExit as exit:
+        if exit.code:
+            raise

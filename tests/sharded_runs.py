@@ -82,11 +82,22 @@ def launch(config: Path, args: list) -> subprocess.CompletedProcess:
 
 
 def document(stdout: str) -> dict:
-    """grow's JSON document: all of its processes' stdout. Under DeepSpeed the launcher's own process imports it,
-    which on a CPU prints one warning there first; nothing else may come before the document."""
+    """grow's JSON document: all of its processes' stdout (`documents`, of one command line)."""
+    (only,) = documents(stdout)
+    return only
+
+
+def documents(stdout: str) -> list[dict]:
+    """grow's JSON documents, one per command line launched. Under DeepSpeed the launcher's own process imports it,
+    which on a CPU prints one warning there first; nothing else may come before or between the documents."""
     start = stdout.index("{\n")
     assert all("Setting accelerator to CPU" in line for line in stdout[:start].splitlines()), stdout[:start]
-    return json.loads(stdout[start:])
+    found, decoder, rest = [], json.JSONDecoder(), stdout[start:]
+    while rest.strip():
+        value, end = decoder.raw_decode(rest.lstrip())
+        found.append(value)
+        rest = rest.lstrip()[end:]
+    return found
 
 
 def assert_same_run(one: Path, sharded: Path, rel: float = 1e-3) -> None:
@@ -129,23 +140,28 @@ def check_matches_and_resumes(config: Path, lab: dict, tmp_path: Path, capsys, *
     assert batch == {"micro_batch_size": 4, "grad_accum": grad_accum, "num_processes": 2, "global_batch_tokens": tokens}
 
 
-def check_trains_like_one_process(config: Path, lab: dict, tmp_path: Path, capsys, model: str, extra: list) -> None:
-    """`lab[model]` trained with `extra` options on 2 processes under `config` against one process with the same
-    micro-batches (an MoE's load-balancing loss is a mean over each micro-batch): the same parameter and trainable
-    counts, metrics and weights, and for an MoE the same router counts."""
-    args = [lab[model], "--data", lab["data"], "--max-steps", 6, *extra, *COMMON]
-    alone = ["train-stage", *args, "--micro-batch-size", 4, "--grad-accum", 2, "--out", tmp_path / "one"]
-    code, stdout, stderr = run_grow(alone, capsys)
-    assert code == 0, stderr
-    run = launch(config, [*args, "--micro-batch-size", 4, "--out", tmp_path / "sharded"])
+def check_trains_like_one_process(config: Path, lab: dict, tmp_path: Path, capsys, cases: list[tuple]) -> None:
+    """Each `(model, extra)` of `cases`, `lab[model]` trained with `extra` options on 2 processes under `config`
+    (all cases in one launch, one after another) against one process with the same micro-batches (an MoE's
+    load-balancing loss is a mean over each micro-batch): the same parameter and trainable counts, metrics and
+    weights, and for an MoE the same router counts."""
+    alone, sharded = [], []
+    for i, (model, extra) in enumerate(cases):
+        args = [lab[model], "--data", lab["data"], "--max-steps", 6, *extra, *COMMON, "--micro-batch-size", 4]
+        one = ["train-stage", *args, "--grad-accum", 2, "--out", tmp_path / f"one-{i}"]
+        code, stdout, stderr = run_grow(one, capsys)
+        assert code == 0, stderr
+        alone.append(json.loads(stdout))
+        sharded += [*(["--then", "train-stage"] if sharded else []), *args, "--out", tmp_path / f"sharded-{i}"]
+    run = launch(config, sharded)
     assert run.returncode == 0, run.stderr[-3000:]
-    one, sharded = json.loads(stdout), document(run.stdout)
-    assert sharded["num_parameters"] == one["num_parameters"]
-    assert sharded["trainable_tensors"] == one["trainable_tensors"]
-    assert_same_run(tmp_path / "one", tmp_path / "sharded")
-    if model == "moe":
-        for key, value in one["router"].items():  # numbers, and per-layer lists of expert loads
-            np.testing.assert_allclose(sharded["router"][key], value, rtol=1e-3, err_msg=key)
+    for i, ((model, _), one, two) in enumerate(zip(cases, alone, documents(run.stdout), strict=True)):
+        assert two["num_parameters"] == one["num_parameters"], model
+        assert two["trainable_tensors"] == one["trainable_tensors"], model
+        assert_same_run(tmp_path / f"one-{i}", tmp_path / f"sharded-{i}")
+        assert ("router" in one) == ("router" in two) == (model == "moe"), model
+        for key, value in one.get("router", {}).items():  # numbers, and per-layer lists of expert loads
+            np.testing.assert_allclose(two["router"][key], value, rtol=1e-3, err_msg=key)
 
 
 def check_state_to_grow_refused(config: Path, lab: dict, tmp_path: Path, engine: str) -> None:

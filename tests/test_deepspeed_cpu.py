@@ -54,7 +54,7 @@ def test_zero3_partitioned_parameters_train_like_one_process(lab, tmp_path, caps
     """ZeRO-3 leaves every parameter an empty partition outside its forward: what grow counts (parameters, FLOPs,
     experts' tokens), freezes, probes (document masking runs on the prepared model) and masks must still match one
     process."""
-    check_trains_like_one_process(zero_config(3, tmp_path), lab, tmp_path, capsys, model, extra)
+    check_trains_like_one_process(zero_config(3, tmp_path), lab, tmp_path, capsys, [(model, extra)])
 
 
 def test_a_state_to_grow_is_refused_under_zero_before_the_model_loads(lab, tmp_path):

@@ -32,24 +32,16 @@ def test_fsdp2_matches_one_process_and_resumes_where_it_paused(lab, tmp_path, ca
     check_matches_and_resumes(config, lab, tmp_path, capsys, grad_accum=1, saved="pytorch_model_fsdp_0")
 
 
-@pytest.mark.parametrize(
-    "model, extra",
-    [
-        ("moe", []),
-        ("deep", ["--train-only", "new", "--document-masking"]),  # two features, one launch: CI's time is short
-        ("modernbert", []),
-        ("bert", []),
-    ],
-    ids=["moe-router", "train-only-new-document-masking", "masked-lm", "bert-masked-lm"],
-)
-def test_fsdp2_sharded_parameters_train_like_one_process(lab, tmp_path, capsys, model, extra):
+def test_fsdp2_sharded_parameters_train_like_one_process(lab, tmp_path, capsys):
     """FSDP2 turns every parameter into a sharded DTensor: what grow counts (parameters, FLOPs, experts' tokens),
     freezes, probes (document masking runs on the prepared model) and masks must still match one process. The
     masked LMs are a ModernBERT, whose embeddings class accelerate would wrap apart from the decoder tied to it
     (`fsdp_units.keep_tied_weights_in_one_unit`; without it FSDP2 fails while preparing the model), and a BERT, whose
     decoder bias is tied to `cls.predictions.bias` outside the decoder's unit (`shared_parameters_left_to_the_output`;
-    without it torch refuses the shared bias at the first forward). Both are saved as one process saves them."""
-    check_trains_like_one_process(two_process_config("fsdp2", tmp_path), lab, tmp_path, capsys, model, extra)
+    without it torch refuses the shared bias at the first forward). Both are saved as one process saves them. The
+    four runs share one launch (CI's time is short), so they also show that a second run prepares its own model."""
+    cases = [("moe", []), ("deep", ["--train-only", "new", "--document-masking"]), ("modernbert", []), ("bert", [])]
+    check_trains_like_one_process(two_process_config("fsdp2", tmp_path), lab, tmp_path, capsys, cases)
 
 
 def test_a_state_to_grow_is_refused_under_fsdp_before_the_model_loads(lab, tmp_path):
