@@ -230,12 +230,15 @@ def test_train_only_new_keeps_a_bf16_checkpoint_bit_identical(setup, tmp_path, c
     assert all(torch.equal(before[k], after[k]) for k in before if k not in added)
 
 
-def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys):
+@pytest.mark.parametrize("keep_last", [2, 1])
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys, keep_last):
     """Step 5's loss comes from the weights of step 4, so the checkpoint of step 4 is not named as good when it is
-    not finite (it was: step S's weights were taken as vouched for by the losses up to S, computed before them)."""
+    not finite (it was: step S's weights were taken as vouched for by the losses up to S, computed before them).
+    With --keep-last 1 the save of step 4 removed step 2's, which no loss had then been found to vouch against:
+    the run named no good checkpoint, and none was left to resume from."""
     model, data = setup
     out = tmp_path / "out"
-    common = ("--max-steps", 10, "--save-every", 2, "--keep-last", 2)
+    common = ("--max-steps", 10, "--save-every", 2, "--keep-last", keep_last)
     assert run_grow(train_args(model, data, out, *common, "--exit-interval", 4), capsys)[0] == 0
     good, poisoned = out / "checkpoints" / "step_00000002", out / "checkpoints" / "step_00000004"
     # Make the next step diverge: a NaN in one weight of the state the run resumes from (a header-valid file of the
@@ -258,18 +261,30 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_p
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
 
 
-def test_a_diverged_run_names_a_checkpoint_whose_weights_are_finite(setup, tmp_path, capsys):
+@pytest.mark.parametrize("keep_last", [10, 1])
+def test_a_diverged_run_names_a_checkpoint_whose_weights_are_finite(setup, tmp_path, capsys, keep_last):
     """An LR of 1e35 without clipping: step 2's update makes the weights infinite, step 3's loss is NaN. The error
-    named the checkpoint of step 2 as the last good one, and resuming from it failed at step 3 again, forever."""
+    named the checkpoint of step 2 as the last good one, and resuming from it failed at step 3 again, forever; with
+    --keep-last 1 the save of step 2 removed step 1's, and the error named none."""
     model, data = setup
     out = tmp_path / "out"
-    diverging = ("--max-lr", "1e35", "--grad-clip", 0, "--save-every", 1, "--keep-last", 10)
+    diverging = ("--max-lr", "1e35", "--grad-clip", 0, "--save-every", 1, "--keep-last", keep_last)
     code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 30, *diverging), capsys)
     assert code == 1 and "error: the training loss became nan at step 3" in stderr, stderr
     named = out / "checkpoints" / "step_00000001"
     assert f"Last good checkpoint: {named} " in stderr and f"--resume {named} " in stderr
     assert all(torch.isfinite(t).all() for t in weights(named).values())
     assert not all(torch.isfinite(t).all() for t in weights(out / "checkpoints" / "step_00000002").values())
+
+
+def test_keep_last_1_keeps_the_newest_checkpoint_and_the_one_before_it(setup, tmp_path, capsys):
+    """--keep-last 1 also keeps the newest checkpoint a finite loss vouched for, the one before the newest: after
+    the loop's saves (steps 2, 4, 6) and the final state's (step 8), those two are left, and the older ones went."""
+    model, data = setup
+    out = tmp_path / "out"
+    args = ("--max-steps", 8, "--save-every", 2, "--keep-last", 1, "--save-final-state")
+    assert run_grow(train_args(model, data, out, *args), capsys)[0] == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000006", "step_00000008"]
 
 
 def test_a_non_finite_final_evaluation_writes_no_model_and_fails(setup, tmp_path, capsys):

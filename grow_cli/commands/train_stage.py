@@ -182,7 +182,11 @@ def train_stage(
     eval_fraction: Annotated[float, Opt(help="Fraction of blocks held out for evaluation.")] = 0.01,
     save_every: Annotated[int | None, Opt(help="Save a checkpoint every N steps.")] = None,
     keep_last: Annotated[
-        int, Opt(help="Checkpoints to keep (at least 2 where a run may diverge: the newest is not yet known good).")
+        int,
+        Opt(
+            help="Checkpoints to keep: the newest N, and the newest one a finite loss vouched for, which a diverged "
+            "run names to resume from (with 1, the one before the newest is kept too)."
+        ),
     ] = 2,
     resume: Annotated[
         str | None,

@@ -1,4 +1,5 @@
-"""Training checkpoints: `accelerator.save_state` folders under `OUT/checkpoints/step_NNNNNNNN`, keep-last-K.
+"""Training checkpoints: `accelerator.save_state` folders under `OUT/checkpoints/step_NNNNNNNN`, keep-last-K (and
+the newest one a finite loss vouched for, `vouched_for`).
 
 accelerate saves the model, the optimizer, the LR scheduler, the gradient scaler and every process's RNG states
 (and shards them under FSDP/DeepSpeed). grow adds `grow-state.json`, written last: the step (which is the data
@@ -61,6 +62,25 @@ def complete_checkpoints(out: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+
+
+def _step(checkpoint: Path) -> int:
+    """The step of a checkpoint folder, `step_NNNNNNNN`."""
+    return int(checkpoint.name.removeprefix("step_"))
+
+
+def vouched_for(out: Path, unvouched_step: int) -> list[Path]:
+    """The finished checkpoints in `out` whose weights a finite loss vouched for, oldest first, when no finite loss
+    has come from the weights after step `unvouched_step` (they diverged, or no step has used them yet).
+
+    Step S's training loss is computed with the weights of step S-1, before update S, so no loss up to step S
+    vouches for the weights saved at step S: update S may have made them non-finite. A checkpoint of step S is good
+    once a loss computed from its weights was finite — step S+1's training loss, or an evaluation after step S. The
+    losses are checked in step order, so every checkpoint before `unvouched_step` is good. The one of that step stays
+    unvouched even after a finite evaluation: should its next training loss not be finite, the run diverged from its
+    weights, and an older checkpoint is the one to name (diverged.py).
+    """
+    return [path for path in complete_checkpoints(out) if _step(path) < unvouched_step]
 
 
 def _state_damage(path: Path, state: object, needed: Collection[str] | None) -> tuple[Path, str] | None:
@@ -166,7 +186,8 @@ def remove_unfinished(out: Path) -> list[str]:
 
 
 def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: int) -> Path:
-    """Save the full training state at `state['step']` on every process; prune to the newest `keep_last`."""
+    """Save the full training state at `state['step']` on every process, once every loss up to that step was found
+    finite; prune to the newest `keep_last` and the newest one a finite loss vouched for (`_prune`)."""
     path = checkpoint_root(out) / f"step_{state['step']:08d}"
     if accelerator.is_main_process and path.exists():
         shutil.rmtree(path)  # a half-written save of this step from an interrupted run
@@ -179,10 +200,21 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
             files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
             write_whole(path / STATE_FILE, json.dumps({**state, FILES_KEY: files}, indent=2) + "\n")
     if accelerator.is_main_process:
-        for old in complete_checkpoints(out)[:-keep_last]:
-            shutil.rmtree(old)
+        _prune(out, keep_last, state["step"])
     accelerator.wait_for_everyone()
     return path
+
+
+def _prune(out: Path, keep_last: int, saved_step: int) -> None:
+    """Remove all but the newest `keep_last` checkpoints and the newest one a finite loss vouched for: the one just
+    saved at `saved_step` is vouched for by no loss yet, and should the run diverge from its weights, the one before
+    it is what diverged.py names to resume from. So `keep_last` 1 keeps two once a second checkpoint is saved; with
+    2 or more, the one before the newest is among them anyway."""
+    checkpoints = complete_checkpoints(out)
+    kept = {*checkpoints[-keep_last:], *vouched_for(out, saved_step)[-1:]}
+    for old in checkpoints:
+        if old not in kept:
+            shutil.rmtree(old)
 
 
 class _TiesDropped(logging.Filter):
