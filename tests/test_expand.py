@@ -56,6 +56,25 @@ def test_expand_json_report_and_outputs(cli, tiny_checkpoints, tmp_path):
     assert "library_name: transformers" in card and "- grow" in card and "- stack" in card
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_json_keeps_the_progress_on_stderr(cli, tiny_checkpoints, tmp_path, monkeypatch, quiet):
+    """`--json` writes one document on stdout and, as train-stage does, leaves the progress bar on stderr (a long
+    expand was silent with it); only --quiet hides it."""
+    import io
+
+    from rich.console import Console
+
+    import grow_cli.console as console
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
+    monkeypatch.setattr(console, "err", terminal)
+    args = ("-q",) if quiet else ()
+    result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "6", "--json", *args)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["target_shape"]["layers"] == 6  # the whole of stdout is one JSON document
+    assert ("growing" in terminal.file.getvalue()) is not quiet
+
+
 def test_lineage_is_inherited(cli, tiny_checkpoints, tmp_path):
     assert cli("expand", tiny_checkpoints("llama"), tmp_path / "a", "--layers", "6", "-q").code == 0
     assert cli("expand", tmp_path / "a", tmp_path / "b", "--layers", "12", "-q").code == 0

@@ -427,6 +427,24 @@ def test_a_moved_output_finds_its_own_members(cli, tmp_path):
     )
 
 
+def test_json_keeps_the_progress_on_stderr(cli, tmp_path):
+    """`--json` writes one document on stdout and, as train-stage does, leaves the progress on stderr (members'
+    headers; an unattended family was silent for hours with it); only --quiet hides it."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=5000)
+    members = [{"name": "small", "source": "base"}, {"name": "big", "grow": {"depth_factor": 2}}]
+    path = write_recipe(tmp_path, members, out="run", compare={"data": ["text"], "seq_len": 32, "max_blocks": 2})
+    first = cli("family", path, "--json")
+    assert first.code == 0, first.stderr
+    assert json.loads(first.stdout)["status"] == "done"  # the whole of stdout is one JSON document
+    assert "small (1/2)" in first.stderr and "big (2/2)" in first.stderr, first.stderr
+    again = cli("family", path, "--json")
+    assert json.loads(again.stdout)["status"] == "done"
+    assert "small: finished earlier, skipped" in again.stderr and "big: finished earlier" in again.stderr
+    quiet = cli("family", path, "--json", "-q")
+    assert json.loads(quiet.stdout)["status"] == "done" and quiet.stderr == "", quiet.stderr
+
+
 def test_a_report_write_that_fails_leaves_the_previous_report_whole(cli, tmp_path, monkeypatch):
     """family.md, family.json and the plots were written in place: a full disk while the report was rewritten left
     half a file where the previous report was."""

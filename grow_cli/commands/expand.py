@@ -189,7 +189,7 @@ def expand(
         dry_run=dry_run,
         verify=verify,
         verify_max_memory=verify_max_memory,
-        quiet=quiet or json_out,
+        quiet=quiet,  # --json too shows progress: it goes to stderr, the document to stdout
         command=["grow", *redact_argv(sys.argv[1:])],
     )
     if push_to_hub and not dry_run:

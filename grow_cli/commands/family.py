@@ -63,7 +63,7 @@ def family(
         return
     from grow_cli.family.run import run_family
 
-    result = run_family(parsed, quiet=quiet or json_out)
+    result = run_family(parsed, quiet=quiet)  # --json too shows progress: on stderr, the document on stdout
     if json_out:
         print_json(result)
     elif result["status"] != "done":
