@@ -148,6 +148,33 @@ def test_a_push_with_nothing_new_says_so_and_opens_no_pull_request(fake_hub, gro
     assert changed["changed"] is True and changed["pr_url"] and changed["commit"] != first["commit"]
 
 
+def test_files_are_those_the_push_sent(fake_hub, grown):
+    """`files` listed every file of the folder to upload, also those the revision already held, which the client
+    does not send (a push with nothing new "sent" them all); now it lists the files the push's commit added or
+    changed, and `unchanged` counts the others. Ignored files (a token cache) are in neither."""
+    cache = grown / ".grow-cache" / "tokens" / "stream.bin"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"tokens")
+    first = push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    held = set(fake_hub.files("acme/tiny-grown")) - {".gitattributes"}
+    assert {f["path"] for f in first["files"]} == held and first["unchanged"] == 0
+    assert not any(path.startswith(".grow-cache") for path in held)
+
+    (grown / "notes.txt").write_text("new\n")  # a new file, a changed one; the shards (LFS) and the rest as they were
+    (grown / "generation_config.json").write_text('{"max_new_tokens": 8}\n')
+    second = push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert second["changed"] and second["files"] == [
+        {"path": "generation_config.json", "size": (grown / "generation_config.json").stat().st_size},
+        {"path": "notes.txt", "size": 4},
+    ]
+    assert second["unchanged"] == len(held) - 1
+
+    again = push_folder(grown, "acme/tiny-grown", token=TOKEN)  # nothing new: nothing sent
+    assert not again["changed"] and again["files"] == [] and again["unchanged"] == len(held) + 1
+    branch = push_folder(grown, "acme/tiny-grown", revision="stage-1", token=TOKEN)  # a new branch holds main's
+    assert not branch["changed"] and branch["files"] == [] and branch["unchanged"] == len(held) + 1
+
+
 def test_push_to_a_missing_pull_request_creates_nothing(fake_hub, grown, cli):
     """`--revision refs/pr/N` names a pull request, which a push never creates: when it does not exist, the push is
     refused before a repo is created, the local card rewritten or anything uploaded (it used to create the repo,
@@ -320,7 +347,8 @@ def test_cli_push_json_and_token_never_leaks(fake_hub, grown, tmp_path):
     assert human.returncode == 0, human.stderr
     assert human.stdout == ""
     assert "acme/tiny-grown" in human.stderr and TOKEN not in human.stderr
-    assert "nothing to push: acme/tiny-grown (private, branch stage-1) already holds these" in human.stderr  # a rerun
+    held = f"already holds these {len(result['files'])} files"  # a rerun: all the first push sent
+    assert f"nothing to push: acme/tiny-grown (private, branch stage-1) {held}" in human.stderr
 
 
 def test_cli_errors_are_one_line(fake_hub, grown, tmp_path):

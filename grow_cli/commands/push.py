@@ -20,6 +20,9 @@ EPILOG = """\
 
 The token comes from `--token`, `HF_TOKEN` or `hf auth login`; grow never prints or saves it. An upload that
 fails halfway is resumed by running the same command again: files that already arrived are not sent again.
+
+With `--json`, `files` lists the files the push sent (path and size), `unchanged` counts the folder's other files,
+which the revision already held as they are; a push with nothing new sends none (`changed` is false).
 """
 
 
@@ -78,10 +81,13 @@ def push(
         f"{'pull request' if result['pr_url'] else 'branch'} {result['revision']})"
     )
     if result["changed"]:
-        err.print(f"pushed {len(result['files'])} files ({format_bytes(size)}) to {where}")
+        err.print(
+            f"pushed {len(result['files'])} files ({format_bytes(size)}) to {where}"
+            + (f"; {result['unchanged']} more were there already, unchanged" if result["unchanged"] else "")
+        )
     else:
         err.print(
-            f"nothing to push: {where} already holds these {len(result['files'])} files"
+            f"nothing to push: {where} already holds these {result['unchanged']} files"
             + ("; no pull request was opened" if create_pr else "")
         )
     err.print(f"commit: {result['commit_url']}")

@@ -4,7 +4,8 @@ The order matters for the user: first the local checks that need no network (the
 agree, a token exists), then that a `refs/pr/N` revision exists (a push never makes one), then create the repo (409
 "already exists" is fine), refresh the model card with the repo id, create the branch when missing, and upload the
 folder with `upload_folder`. Large files go through LFS (or xet); the Hub keeps what already arrived, so re-running
-the same push after a failure sends only what is missing.
+the same push after a failure sends only what is missing. Last, the new commit is read back to say which files the
+push sent (the client sends no file the revision already holds, and does not say which those were).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelInfo
 
 from grow_cli import __version__
 from grow_cli.checkpoint.files import (
@@ -74,11 +75,12 @@ def push_folder(
     """Upload `folder` to the model repo `repo_id` and return what happened.
 
     Returns `repo_id` (with its namespace), `revision`, `private`, `commit`, `commit_url`, `pr_url`, `url`,
-    `card` ("regenerated", "kept" or "none"), `files` (each `{"path", "size"}`) and `changed` (False when the
-    revision already held these files: the client then makes no commit, and opens no pull request, so `commit` is
-    the revision's head). Raises CheckpointError for an
-    incomplete folder, UsageError for contradictory options and HubError for everything the Hub refuses; a
-    transient failure's message says to `rerun` to resume.
+    `card` ("regenerated", "kept" or "none"), `files` (each `{"path", "size"}`: the files the push sent, those its
+    commit added or changed), `unchanged` (how many of the folder's other files to upload the revision already held
+    as they are: not sent) and `changed` (False when the revision already held every file: the client then makes no
+    commit, and opens no pull request, so `commit` is the revision's head and `files` is empty). Raises
+    CheckpointError for an incomplete folder, UsageError for contradictory options and HubError for everything the
+    Hub refuses; a transient failure's message says to `rerun` to resume.
     """
     folder = Path(folder)
     weights = check_complete(folder)
@@ -97,7 +99,7 @@ def push_folder(
             _check_ref_exists(api, repo_id, revision)
         action = "creating"
         repo_id = api.create_repo(repo_id, private=True if private else None, exist_ok=True).repo_id
-        main = api.repo_info(repo_id)
+        main = api.model_info(repo_id, files_metadata=True)
         is_private = bool(main.private)  # the repo's own, reported: it may have been so before
         if private and not is_private:
             raise HubError(
@@ -109,7 +111,7 @@ def push_folder(
             action = "creating branch " + revision + " in"
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         action = "uploading to"
-        head = main.sha if revision in (None, "main") else api.repo_info(repo_id, revision=revision).sha
+        head = main if revision in (None, "main") else api.model_info(repo_id, revision=revision, files_metadata=True)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
@@ -118,6 +120,9 @@ def push_folder(
             create_pr=create_pr,
             ignore_patterns=list(IGNORE_PATTERNS),
         )
+        action = "reading back the commit of"
+        local = upload_files(folder)
+        sent = _sent(api, repo_id, head, info.oid, local)
     except HubError:
         raise
     except Exception as exc:  # the client's errors, translated once, without the token
@@ -133,9 +138,26 @@ def push_folder(
         "pr_url": info.pr_url,
         "url": f"{endpoint()}/{repo_id}" + ("" if branch == "main" or create_pr else f"/tree/{branch}"),
         "card": card,
-        "files": upload_files(folder),
-        "changed": info.oid != head,  # a push with nothing new returns the head it found (no commit, no PR)
+        "files": sent,
+        "unchanged": len(local) - len(sent),
+        "changed": info.oid != head.sha,  # a push with nothing new returns the head it found (no commit, no PR)
     }
+
+
+def _sent(api: HfApi, repo_id: str, head: ModelInfo, commit: str, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The files of `local` that the push sent: those whose content differs between `head`, the revision it pushed
+    onto, and its `commit` (the client sends no file the revision already holds as it is, and reports none of this;
+    with hf_xet a large folder may be committed in parts, which the comparison with `head` covers too)."""
+    if commit == head.sha:
+        return []
+    before, after = _content_ids(head), _content_ids(api.model_info(repo_id, revision=commit, files_metadata=True))
+    return [entry for entry in local if after.get(entry["path"]) != before.get(entry["path"])]
+
+
+def _content_ids(info: ModelInfo) -> dict[str, str | None]:
+    """Each file of a revision (read with `files_metadata`) by what names its content: the LFS sha256, else the git
+    blob id."""
+    return {s.rfilename: s.lfs.sha256 if s.lfs else s.blob_id for s in info.siblings or []}
 
 
 def _check_ref_exists(api: HfApi, repo_id: str, revision: str) -> None:
