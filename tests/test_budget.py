@@ -95,7 +95,37 @@ def test_the_target_trains_on_the_tokens_given(cli):
     for member in members:
         assert member["tokens"] == pytest.approx(320e9 * member["params"] / members[-1]["params"])
     table = cli("plan", "--target", "8B", "--tokens", "320B", "--family", "1B,2B,4B,8B").stdout
-    assert re.search(r"│ 7\.95B +│ [0-9]+ × 4096 +│ 320B +│", table), table
+    assert re.search(r"│ 7\.95B +│ [0-9]+ × 4096 +│ 32/32 × 128 +│ 11008 +│ 320B +│", table), table
+
+
+def test_the_ledger_shows_each_members_heads_and_ffn(cli, tmp_path):
+    """The table showed only layers × hidden: a member's query and KV heads, head_dim and FFN size — what `grow
+    expand` grows it into the next with, and where a GQA family's members differ from the target (narrower by whole
+    KV groups) — were in --json alone."""
+    target = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "num_hidden_layers": 8,
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "vocab_size": 2048,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(target))
+    args = ("plan", "--target", tmp_path, "--tokens", "10B", "--family", "10M,30M")
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert "heads (q/kv × dim)" in result.stdout and "FFN" in result.stdout
+    members = json.loads(cli(*args, "--json").stdout)["family"]["members"]
+    rows = [
+        (m["layers"], m["hidden"], m["config"]["num_attention_heads"], m["config"]["intermediate_size"])
+        for m in members
+    ]
+    assert rows == [(1, 768, 12, 2048), (4, 768, 12, 2048), (8, 1024, 16, 2816)]  # 12 query heads: 3 KV groups
+    for layers, hidden, heads, ffn in rows:
+        row = rf"│ {layers} × {hidden} +│ {heads}/{heads // 4} × 64 +│ {ffn} +│"
+        assert re.search(row, result.stdout), result.stdout
 
 
 def test_print_table_never_narrower_than_its_content():

@@ -91,6 +91,8 @@ def _print_plan(result: dict) -> None:
     table = Table(
         "member",
         "layers × hidden",
+        "heads (q/kv × dim)",
+        "FFN",
         "tokens",
         "FLOPs/token",
         "independent FLOPs",
@@ -104,6 +106,8 @@ def _print_plan(result: dict) -> None:
         table.add_row(
             _count(m["params"]),
             f"{m['layers']} × {m['hidden']}",
+            _heads(m["config"]),
+            str(m["config"].get("intermediate_size") or "—"),
             _count(m["tokens"]),
             f"{m['flops_per_token']:.3g}",
             f"{m['independent_flops']:.3g}",
@@ -111,7 +115,7 @@ def _print_plan(result: dict) -> None:
             f"{m['progressive_flops']:.3g}",
             f"{m['max_lr']:.2e}",
         )
-    table.add_row("total", "", "", "", f"{f['independent_flops']:.3g}", "", f"{f['progressive_flops']:.3g}", "")
+    table.add_row("total", "", "", "", "", "", f"{f['independent_flops']:.3g}", "", f"{f['progressive_flops']:.3g}", "")
     print_table(table)
     for note in f["notes"]:
         out.print(f"  [bold]note[/bold]: {note}", soft_wrap=True)
@@ -127,3 +131,10 @@ def _print_plan(result: dict) -> None:
         out.print(f"  - {published['text']}", soft_wrap=True)
     out.print(f"to measure it on your data: {p['measure_it']}", soft_wrap=True)
     out.print(f"max LR rule: {result['lr_rule']}", soft_wrap=True)
+
+
+def _heads(config: dict) -> str:
+    """A member's attention layout, as `grow expand --num-heads/--num-kv-heads` takes it: `32/8 × 128` is 32 query
+    heads sharing 8 KV heads, of head_dim 128 (left out where the target config did not give one)."""
+    heads = f"{config['num_attention_heads']}/{config['num_key_value_heads']}"
+    return f"{heads} × {config['head_dim']}" if config.get("head_dim") else heads
