@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -9,9 +10,17 @@ import torch
 
 
 @pytest.mark.slow
-def test_demo_grows_the_packaged_minilm(cli, tmp_path):
+def test_demo_grows_the_packaged_minilm(cli, tmp_path, monkeypatch):
+    """With --json too, the progress shows on stderr (a terminal there) and stdout is one JSON document."""
+    from rich.console import Console
+
+    import grow_cli.console as console
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
+    monkeypatch.setattr(console, "err", terminal)
     result = cli("demo", tmp_path / "demo", "--json")
     assert result.code == 0, result.stderr
+    assert "growing" in terminal.file.getvalue()
     wide, deep = json.loads(result.stdout)
     assert wide["target_shape"]["hidden_size"] == 768 and wide["verify"]["passed"] is True
     assert wide["verify"]["max_abs_logit_diff"] < 1e-4 * max(1.0, wide["verify"]["output_scale"])

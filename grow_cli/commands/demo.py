@@ -19,6 +19,7 @@ def demo(
     out: Annotated[Path, typer.Argument(help="Output folder.")] = Path("grow-demo-minilm"),
     force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Grow all-MiniLM-L6-v2 (a real 6-layer BERT) 384 → 768 wide (FPI, verified exact), then to 12 layers.
 
@@ -28,7 +29,7 @@ def demo(
     from grow_cli.growth.demo import run_demo
     from grow_cli.growth.render import render_expand
 
-    reports = run_demo(out, force=force, quiet=json_out)
+    reports = run_demo(out, force=force, quiet=quiet)  # --json too shows progress: on stderr, as expand does
     if json_out:
         print_json(reports)
         return
