@@ -85,6 +85,22 @@ def test_resume_auto_names_the_damaged_file_and_takes_the_previous_checkpoint(pa
     tf.AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_a_resume_past_a_damaged_checkpoint_keeps_the_ones_it_saves(paused, capsys):
+    """`--resume auto` past a damaged newer checkpoint leaves it in place (the run overwrites it when it gets there);
+    pruning must not count it as the newest: with --keep-last 1 the checkpoint a pause had just saved was removed,
+    and the next resume went back two steps further."""
+    model, data, out, root = paused
+    _damage(root / "step_00000006", "truncated-model")
+    settings = ("--max-steps", 8, "--save-every", 1, "--keep-last", 1, "--resume", "auto")
+    args = [a for a in train_args(model, data, out, *settings) if a != "--quiet"]
+    code, _, stderr = run_grow([*args, "--exit-interval", 1], capsys)
+    assert code == 0, stderr
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000004", "step_00000005", "step_00000006"]
+    code, _, stderr = run_grow(args, capsys)
+    text = " ".join(stderr.split())  # rich wraps long lines
+    assert code == 0 and f"resumed from {root / 'step_00000005'} at step 5" in text, stderr
+
+
 def test_a_metrics_line_torn_by_a_kill_does_not_stop_the_resume(paused, capsys):
     model, data, out, _ = paused
     with (out / "metrics.jsonl").open("a") as f:

@@ -209,8 +209,10 @@ def _prune(out: Path, keep_last: int, saved_step: int) -> None:
     """Remove all but the newest `keep_last` checkpoints and the newest one a finite loss vouched for: the one just
     saved at `saved_step` is vouched for by no loss yet, and should the run diverge from its weights, the one before
     it is what diverged.py names to resume from. So `keep_last` 1 keeps two once a second checkpoint is saved; with
-    2 or more, the one before the newest is among them anyway."""
-    checkpoints = complete_checkpoints(out)
+    2 or more, the one before the newest is among them anyway. A checkpoint after `saved_step` (a damaged one that
+    `--resume auto` went past) is no part of this run yet: neither counted nor removed; the run overwrites it when it
+    gets there."""
+    checkpoints = [path for path in complete_checkpoints(out) if _step(path) <= saved_step]
     kept = {*checkpoints[-keep_last:], *vouched_for(out, saved_step)[-1:]}
     for old in checkpoints:
         if old not in kept:
