@@ -248,3 +248,30 @@ def test_a_model_that_cannot_run_is_named_in_one_line(two_models, tmp_path, cli)
     lines = result.stderr.strip().splitlines()
     assert result.code == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: the model in {broken} does not run in transformers (RuntimeError: ")
+
+
+def test_a_loss_too_large_for_its_perplexity_reports_an_infinite_one(two_models, cli, tmp_path):
+    """A model whose logits blew up (its head scaled by 1e4, as after a diverged run) has a loss of thousands, and
+    exp(loss) overflows a float: `math.exp` raised OverflowError, which ended compare in the catch-all
+    `error: OverflowError: math range error`. The perplexity is now infinite (null in --json), the loss exact."""
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    a, _, data, root = two_models
+    blown = tmp_path / "blown"
+    model = AutoModelForCausalLM.from_pretrained(a)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e4)
+    model.save_pretrained(blown)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(a / name, blown / name)
+    settings = {"seq_len": 32, "max_blocks": 2, "eval_fraction": 0.1, "cache_dir": root / "cache"}
+    result = compare(a, blown, [str(data)], **settings)
+    assert result["loss_b"] > 710 and result["ppl_b"] == math.inf and result["ppl_a"] == math.exp(result["loss_a"])
+    args = ["compare", a, blown, "--data", data, "--seq-len", 32, "--max-blocks", 2, "--eval-fraction", 0.1]
+    shown = cli(*args, "--json", "--cache-dir", root / "cache")
+    assert shown.code == 0, shown.stderr
+    assert json.loads(shown.stdout)["ppl_b"] is None
+    text = cli(*args, "--cache-dir", root / "cache")
+    assert text.code == 0 and "ppl inf" in text.stdout, text.stderr

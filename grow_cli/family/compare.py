@@ -38,6 +38,15 @@ def check_compare_options(
         raise UsageError(f"--eval-fraction must be in (0, 0.5), as in train-stage; got {eval_fraction}")
 
 
+def perplexity(loss: float) -> float:
+    """exp(`loss`), infinite where that exceeds a float (a loss past ~709.78, as a diverged model's may be): the
+    honest value, which `--json` writes as null, rather than an OverflowError."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
 def _load(folder: Path, choice):
     from transformers.utils import logging as hf_logging
 
@@ -197,8 +206,8 @@ def compare(
         "top1_agreement": totals["top1"] / n,
         "loss_a": loss_a,
         "loss_b": loss_b,
-        "ppl_a": math.exp(loss_a),
-        "ppl_b": math.exp(loss_b),
+        "ppl_a": perplexity(loss_a),
+        "ppl_b": perplexity(loss_b),
         "outside_shared_vocab_a": totals["outside_a"] / n,
         "outside_shared_vocab_b": totals["outside_b"] / n,
     }
