@@ -72,6 +72,10 @@ def as_python_scalar(value: object) -> object:
     return value
 
 
+# An empty string where a path belongs (an unset variable, most often) is the working folder to the OS: as output
+# with `force=True` that folder would be replaced. The command line refuses an empty argument for the same reason.
+EMPTY_PATH = "expected a path, found '' (an empty string, which names the working folder); give the path ('.' for that)"
+
 # What a refusal calls a type its annotation names in the abstract.
 PLAIN_NAMES: dict[type, str] = {os.PathLike: "path", Sequence: "list"}
 
@@ -156,6 +160,8 @@ def _check_values(
         if allowed is None or variadic:
             continue
         value = bound.arguments[name] = as_python_scalar(value)
+        if value == "" and os.PathLike in allowed:
+            raise OptionError(name, f"{label(name)}: {EMPTY_PATH}")
         if accepts(allowed, value):
             continue
         shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:77]}…"

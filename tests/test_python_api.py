@@ -224,6 +224,34 @@ def test_a_wrong_argument_to_a_public_function_is_one_option_error(call, option,
 SPEC = grow_cli.GrowthSpec(layers=4)
 
 
+@pytest.mark.parametrize(
+    "call, option",
+    [
+        (lambda src: grow_cli.expand(src, "", SPEC, force=True), "out"),
+        (lambda src: grow_cli.inspect(""), "source"),
+        (lambda src: grow_cli.compare(src, src, ""), "data"),
+        (lambda src: grow_cli.compare(src, src, [src, ""]), "data"),
+        (lambda src: grow_cli.compare(src, src, [src], cache_dir=""), "cache_dir"),
+        (lambda src: grow_cli.TrainConfig(model=src, data=[src], out=""), "out"),
+        (lambda src: grow_cli.TrainConfig(model=src, data=[""], out="o"), "data"),
+    ],
+)
+def test_an_empty_path_is_refused_not_read_as_the_working_folder(call, option, tiny_llama, tmp_path, monkeypatch):
+    """`""` is the working folder to the OS: `expand(src, os.environ.get("OUT", ""), spec, force=True)` replaced the
+    folder the script ran in with the grown model, and `compare(a, b, "")` tokenized everything under it as data.
+    The command line refuses an empty argument for this reason; the Python API now refuses it as well."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    with pytest.raises(grow_cli.OptionError) as info:
+        call(str(tiny_llama))
+    assert info.value.option == option and "found '' (an empty string, which names the working folder)" in str(
+        info.value
+    )
+    assert [p.name for p in work.iterdir()] == ["notes.txt"]
+
+
 def test_a_plan_target_given_as_a_config_dict_names_what_it_lacks():
     """`plan` documents a config dict with `num_parameters`; one without the shape keys the plan reads was a
     KeyError, a zero layer count a ZeroDivisionError."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import DataError, OptionError, first_line
+from grow_cli.field_types import EMPTY_PATH
 
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
@@ -83,6 +84,8 @@ def data_paths(data: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
         path = os.path.expanduser(item) if isinstance(item, str | os.PathLike) else None
         if not isinstance(path, str):  # a number, bytes, None
             raise OptionError("data", f"data: expected a path or a list of paths, found {data!r}")
+        if not path:  # the working folder, read whole as data
+            raise OptionError("data", f"data: {EMPTY_PATH}")
         paths.append(path)
     return paths
 

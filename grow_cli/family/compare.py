@@ -170,10 +170,11 @@ def compare(
     from grow_cli.train.preflight import check_cache_outside
 
     check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
+    data = data_paths(data)  # a path that is no path is refused before a model is read
     a, b = Path(a), Path(b)
     config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
     choice, objective = _objective(a, config_a, b, config_b, tok_a)
-    check_cache_outside(cache_dir, data_paths(data))  # its token files would become the data of the next run
+    check_cache_outside(cache_dir, data)  # its token files would become the data of the next run
     sources = find_sources(data)
     check_sources(sources, text_field)
     vocab = min(config_a.get_text_config().vocab_size, config_b.get_text_config().vocab_size)
