@@ -290,3 +290,20 @@ def test_encoders_on_blocks_with_nothing_to_mask_are_refused_in_one_line(tmp_pat
     lines = result.stderr.strip().splitlines()
     assert result.code == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: the 1 held-out block(s) hold only special tokens"), lines[0]
+
+
+def test_text_that_is_not_utf8_is_named_as_train_stage_names_it(two_models, cli, tmp_path):
+    """A Latin-1 file is read with U+FFFD for each byte that is not UTF-8; train-stage names the file in a note, but
+    compare compared the models on the replaced text without a word. The note is now on stderr and the counts in
+    the result (`undecodable`), with --json's stdout still one JSON document."""
+    a, b, _, _ = two_models
+    data = tmp_path / "latin"
+    data.mkdir()
+    (data / "cafe.txt").write_bytes(("café au lait, s'il vous plaît. " * 400).encode("latin-1"))
+    settings = {"seq_len": 32, "max_blocks": 2, "eval_fraction": 0.1, "cache_dir": tmp_path / "cache"}
+    result = compare(a, b, data, **settings)
+    assert result["undecodable"] == {str(data / "cafe.txt"): 800}
+    args = ["compare", a, b, "--data", data, "--seq-len", 32, "--max-blocks", 2, "--eval-fraction", 0.1]
+    shown = cli(*args, "--cache-dir", tmp_path / "cache", "--json")
+    assert shown.code == 0 and json.loads(shown.stdout)["undecodable"] == result["undecodable"]
+    assert f"note: {data / 'cafe.txt'}: 800 byte sequence(s) are not UTF-8" in shown.stderr

@@ -162,7 +162,8 @@ def compare(
     `top1_agreement`, `loss_a`/`loss_b` and `ppl_a`/`ppl_b`, `outside_shared_vocab_a`/`_b` (the probability a model
     with a padded, wider vocabulary puts beyond the other's ids: the divergences compare the shared ids renormalised,
     each loss is the model's own), with `positions`, `blocks`, `seq_len`, `objective`
-    ("causal": every next token; "masked": fixed 15 % masks) and `data_fingerprint`. `max_blocks=None` uses every
+    ("causal": every next token; "masked": fixed 15 % masks), `data_fingerprint` and `undecodable` (each text file
+    with bytes that are not UTF-8, which were read as U+FFFD: how many byte sequences). `max_blocks=None` uses every
     held-out block. Raises `DataError` when the models' tokenizers or objectives differ or the data is unusable.
     """
     from grow_cli.data.sources import check_sources, data_paths, find_sources
@@ -216,4 +217,5 @@ def compare(
         "ppl_b": perplexity(loss_b),
         "outside_shared_vocab_a": totals["outside_a"] / n,
         "outside_shared_vocab_b": totals["outside_b"] / n,
+        "undecodable": dict(tokens.undecodable),
     }
