@@ -177,3 +177,20 @@ def test_plan_takes_a_hub_id_as_its_target(fake_hub, tmp_path):
     remote, here = (plan(target, "2B", family=["1M"]) for target in (REPO, str(local)))
     assert remote == here and remote["target"]["config"]["num_hidden_layers"] == 2
     assert not list(fake_hub.home.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "config, problem", [(b'{"model_type": ', "config.json is not valid JSON"), (b"[1, 2]", "config.json must hold")]
+)
+def test_a_broken_config_on_the_hub_is_named_by_its_repo(fake_hub, cli, tmp_path, empty_tempdir, config, problem):
+    """inspect reads a Hub id's files through a temporary folder, and a broken config.json was named by that folder
+    (`error: /tmp/grow-headers-…/config.json is not valid JSON`), a path gone when the command ended: now by the repo
+    and revision the user gave."""
+    folder = save_llama(tmp_path / "llama")
+    (folder / "config.json").write_bytes(config)
+    fake_hub.add_folder(REPO, folder, branch="v1")
+    result = cli("inspect", REPO, "--revision", "v1")
+    line = result.stderr.strip().splitlines()[-1]  # (after the download's progress bar)
+    assert result.code == 1 and "Traceback" not in result.stderr
+    assert line.startswith(f"error: {REPO} (revision v1): {problem}") and "grow-headers" not in line, line
+    assert list(empty_tempdir.iterdir()) == []

@@ -24,7 +24,7 @@ from grow_cli import cache
 from grow_cli.background import lower_priority
 from grow_cli.checkpoint.claim import writer_of
 from grow_cli.checkpoint.kinds import refuse_gguf_file
-from grow_cli.errors import CheckpointError
+from grow_cli.errors import CheckpointError, GrowError
 from grow_cli.scratch import scratch_folder
 
 HASH_CHUNK = 1 << 20  # within the L2 cache: the bytes read in are hashed from it (8 MiB chunks hashed ~5% slower)
@@ -101,7 +101,13 @@ def source_headers(
             yield _download(source, revision, token)
             return
         commit, fetch = mirrored
-        yield CheckpointSource(folder=tmp, repo_id=source, revision=revision, commit=commit, fetch=fetch)
+        try:
+            yield CheckpointSource(folder=tmp, repo_id=source, revision=revision, commit=commit, fetch=fetch)
+        except GrowError as exc:  # a file's problem named by the repo, not by this folder, gone once the command ends
+            if exc.args and isinstance(exc.args[0], str) and str(tmp) in exc.args[0]:
+                where = source + (f" (revision {revision})" if revision else "")
+                exc.args = (exc.args[0].replace(f"{tmp}/", f"{where}: ").replace(str(tmp), where), *exc.args[1:])
+            raise
 
 
 def _local_or_hub_id(source: str | os.PathLike[str], revision: str | None) -> tuple[CheckpointSource | None, str]:
