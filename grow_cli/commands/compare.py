@@ -40,6 +40,7 @@ def compare(
     """Compare two models' predictions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl — of every next token
     for causal LMs, of the masked tokens (fixed 15 % masks) for BERT-style encoders."""
     from grow_cli.console import err, out, print_json
+    from grow_cli.data.sources import undecodable_note
     from grow_cli.family.compare import compare as run
 
     result = run(
@@ -54,10 +55,7 @@ def compare(
         cache_dir=cache_dir,
     )
     for path, count in result["undecodable"].items():  # as train-stage notes it: the text compared is not the file's
-        err.print(
-            f"note: {path}: {count:,} byte sequence(s) are not UTF-8 and were read as U+FFFD; if the file is in "
-            "another encoding, convert it (e.g. iconv -f latin1 -t utf-8) and run again"
-        )
+        err.print(undecodable_note(path, count), soft_wrap=True)
     if json_out:
         print_json(result)
         return

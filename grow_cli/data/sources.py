@@ -221,6 +221,14 @@ REPLACE_COUNTING = "grow-replace-counting"
 codecs.register_error(REPLACE_COUNTING, _replace_counting)
 
 
+def undecodable_note(path: str, count: int) -> str:
+    """The note that names a text file whose `count` byte sequences were not UTF-8 (`read_texts`), and what to do."""
+    return (
+        f"note: {path}: {count:,} byte sequence(s) are not UTF-8 and were read as U+FFFD; if the file is in another "
+        "encoding, convert it (e.g. iconv -f latin1 -t utf-8) and run again"
+    )
+
+
 def read_texts(
     source: Source, text_field: str, undecodable: dict[str, int] | None = None
 ) -> Iterator[tuple[str, bool]]:

@@ -23,6 +23,7 @@ from grow_cli.checkpoint.files import METRICS_FILE
 from grow_cli.checkpoint.fingerprint import weights_fingerprint
 from grow_cli.checkpoint.output import remove_entries
 from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
+from grow_cli.data.sources import undecodable_note
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import DataError, OptionError, UsageError
 from grow_cli.train.apollo import Apollo, allocate
@@ -388,12 +389,7 @@ def describe_data(config: TrainConfig, data: TokenData, accelerator: Accelerator
         f"{' (cached)' if data.from_cache else ''}",
     )
     for path, count in data.undecodable.items():
-        say(
-            accelerator,
-            False,
-            f"note: {path}: {count:,} byte sequence(s) are not UTF-8 and were read as U+FFFD; if the file is in "
-            "another encoding, convert it (e.g. iconv -f latin1 -t utf-8) and run again",
-        )
+        say(accelerator, False, undecodable_note(path, count))
 
 
 def load_trainable_model(
