@@ -8,9 +8,19 @@ read them from `divergences`, in float64, a few positions at a time so memory st
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 ROWS_PER_CHUNK = 128
+
+
+def perplexity(loss: float) -> float:
+    """exp(`loss`), infinite where that exceeds a float (a loss past ~709.78, as a diverged model's may be): the
+    honest value, which `--json` writes as null, rather than an OverflowError."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
 
 
 def divergences(logits_a, logits_b, targets=None) -> dict[str, Any]:

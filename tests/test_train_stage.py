@@ -659,3 +659,14 @@ def test_a_first_signal_while_the_final_model_is_written_lets_it_finish(setup, t
     assert code == 130 and "interrupted (Ctrl-C) after step 3/3" in stderr, stderr
     assert f"{out} holds the whole trained model" in stderr
     assert load_record(out)["stages"][-1]["end_step"] == 3 and weights(out)
+
+
+def test_the_eval_perplexity_is_exp_of_the_loss_however_large():
+    """It was capped at e^50 (5.2e21 for any larger loss); a loss past a float's exp is an infinite one (null in
+    --json)."""
+    import math
+
+    from grow_cli.train.finish import eval_metrics
+
+    assert eval_metrics(60.0)["eval_ppl"] == pytest.approx(math.exp(60.0))
+    assert eval_metrics(800.0)["eval_ppl"] == math.inf

@@ -12,13 +12,12 @@ one batch of logits from each model at a time; the token stream is the memory-ma
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grow_cli.divergence import divergences
+from grow_cli.divergence import divergences, perplexity
 from grow_cli.errors import DataError, UsageError
 
 SEQ_LEN = 256  # tokens per compared block, unless told
@@ -36,15 +35,6 @@ def check_compare_options(
         raise UsageError(f"--max-blocks must be 0 (all) or more, got {max_blocks}")
     if not 0.0 < eval_fraction < 0.5:
         raise UsageError(f"--eval-fraction must be in (0, 0.5), as in train-stage; got {eval_fraction}")
-
-
-def perplexity(loss: float) -> float:
-    """exp(`loss`), infinite where that exceeds a float (a loss past ~709.78, as a diverged model's may be): the
-    honest value, which `--json` writes as null, rather than an OverflowError."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
 
 
 def _load(folder: Path, choice):

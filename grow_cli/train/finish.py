@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grow_cli.data.sources import data_paths
+from grow_cli.divergence import perplexity
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.process_state import end_run
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
 
 
 def eval_metrics(eval_loss: float) -> dict[str, float]:
-    """The held-out loss and its perplexity (capped at e^50, so that a huge loss still gives a finite number)."""
-    return {"eval_loss": eval_loss, "eval_ppl": math.exp(min(eval_loss, 50))}
+    """The held-out loss and its perplexity."""
+    return {"eval_loss": eval_loss, "eval_ppl": perplexity(eval_loss)}
 
 
 def evaluation(run: Run) -> dict[str, float]:
