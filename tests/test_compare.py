@@ -307,3 +307,25 @@ def test_text_that_is_not_utf8_is_named_as_train_stage_names_it(two_models, cli,
     shown = cli(*args, "--cache-dir", tmp_path / "cache", "--json")
     assert shown.code == 0 and json.loads(shown.stdout)["undecodable"] == result["undecodable"]
     assert f"note: {data / 'cafe.txt'}: 800 byte sequence(s) are not UTF-8" in shown.stderr
+
+
+def test_a_model_with_non_finite_logits_is_refused_naming_it(two_models, cli, tmp_path):
+    """A diverged model (its head NaN) gave NaN KL, JS and loss beside a top-1 agreement of 0.0 that read as a
+    measurement, exit 0. Its predictions cannot be compared: one line names which model, A or B, and its folder."""
+    from transformers import AutoModelForCausalLM
+
+    a, _, data, _ = two_models
+    nan = tmp_path / "nan"
+    model = AutoModelForCausalLM.from_pretrained(a)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(float("nan"))
+    model.save_pretrained(nan)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(a / name, nan / name)
+    args = ["--data", data, "--seq-len", 32, "--max-blocks", 2, "--eval-fraction", 0.1, "--json"]
+    for first, second, side in ((a, nan, "B"), (nan, a, "A")):
+        result = cli("compare", first, second, *args, "--cache-dir", tmp_path / "cache")
+        lines = result.stderr.strip().splitlines()
+        assert result.code == 1 and len(lines) == 1 and not result.stdout, result.stderr
+        assert lines[0].startswith(f"error: model {side} ({nan}) predicts NaN or infinite logits"), lines[0]
+        assert "compare a checkpoint saved before it diverged" in lines[0]

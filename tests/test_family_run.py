@@ -632,3 +632,26 @@ def test_a_family_without_a_from_scratch_run_says_why(cli, tmp_path):
     assert "(add `baselines: true`)" in headline(equal_quality(summaries, {"members": rows}, baselines=False))
     alone = headline(equal_quality(summaries[:1], {"members": rows[:1]}, baselines=True))
     assert alone.startswith("Not measured at equal quality: the family has a single member")
+
+
+def test_a_member_with_non_finite_logits_stops_the_comparison_naming_it(cli, tmp_path):
+    """A first member whose source predicts NaN (a diverged checkpoint, used untrained) was compared with the member
+    grown from it: NaN KL and loss in the report, its top-1 agreement 1.0, exit 0. The comparison of adjacent members
+    now stops as `grow compare` does, in one line naming the model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = save_tiny_lm(tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(float("nan"))
+    model.save_pretrained(source)
+    write_plays(tmp_path / "text", count=2, chars=30_000)
+    members = [{"name": "small", "source": "base"}, {"name": "big", "grow": {"depth_factor": 2}}]
+    train = {"data": ["text"], "seq_len": 32, "eval_fraction": 0.1}
+    path = write_recipe(tmp_path, members, out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
+    result = cli("family", path, "-q")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: model A ({source}) predicts NaN or infinite logits"), lines[0]
+    assert not (tmp_path / "run" / "big" / "member.json").exists()

@@ -100,12 +100,25 @@ def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks) -
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             at, targets = at.to(device), targets.to(device)
             logits_a, logits_b = (
-                _predicted(m, f, inputs, at, block.shape, masked=choice.name == "masked")
-                for m, f in zip(models, folders, strict=True)
+                _finite(_predicted(m, f, inputs, at, block.shape, masked=choice.name == "masked"), side, f)
+                for m, f, side in zip(models, folders, "AB", strict=True)
             )
             for key, value in divergences(logits_a, logits_b, targets).items():
                 totals[key] = totals.get(key, 0.0) + value
     return totals
+
+
+def _finite(logits, side: str, folder: Path):
+    """`logits`, refused when any is NaN or infinite: a diverged model's predictions have no distribution to compare,
+    and its KL, JS and loss would be NaN beside a top-1 agreement of 0 that looks like a measurement."""
+    import torch
+
+    if not bool(torch.isfinite(logits).all()):
+        raise DataError(
+            f"model {side} ({folder}) predicts NaN or infinite logits on the held-out text, as a diverged model does, "
+            "so there is nothing to compare; compare a checkpoint saved before it diverged"
+        )
+    return logits
 
 
 def _predicted(model, folder: Path, inputs: dict[str, Any], at, shape, *, masked: bool):
@@ -154,7 +167,8 @@ def compare(
     each loss is the model's own), with `positions`, `blocks`, `seq_len`, `objective`
     ("causal": every next token; "masked": fixed 15 % masks), `data_fingerprint` and `undecodable` (each text file
     with bytes that are not UTF-8, which were read as U+FFFD: how many byte sequences). `max_blocks=None` uses every
-    held-out block. Raises `DataError` when the models' tokenizers or objectives differ or the data is unusable.
+    held-out block. Raises `DataError` when the models' tokenizers or objectives differ, when either predicts NaN or
+    infinite logits (a diverged model: no distribution to compare), or when the data is unusable.
     """
     from grow_cli.data.sources import check_sources, data_paths, find_sources
     from grow_cli.data.tokens import prepare_tokens, token_cache_dir
