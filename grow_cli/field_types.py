@@ -72,9 +72,14 @@ def as_python_scalar(value: object) -> object:
     return value
 
 
-# An empty string where a path belongs (an unset variable, most often) is the working folder to the OS: as output
-# with `force=True` that folder would be replaced. The command line refuses an empty argument for the same reason.
-EMPTY_PATH = "expected a path, found '' (an empty string, which names the working folder); give the path ('.' for that)"
+def empty_path(folder: str = "the working folder") -> str:
+    """The refusal of an empty string where a path belongs (an unset variable, most often): to the OS it is the
+    working folder — to a family recipe, its own `folder` — which as output with `force=True` would be replaced.
+    The command line refuses an empty argument for the same reason."""
+    return f"expected a path, found '' (an empty string, which names {folder}); give the path ('.' for that)"
+
+
+EMPTY_PATH = empty_path()
 
 # What a refusal calls a type its annotation names in the abstract.
 PLAIN_NAMES: dict[type, str] = {os.PathLike: "path", Sequence: "list"}

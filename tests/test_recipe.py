@@ -106,6 +106,32 @@ def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "members,top,key",
+    [
+        ([{"name": "a", "source": "m"}], {"out": ""}, "out"),
+        ([{"name": "a", "source": "m"}], {"baselines_dir": ""}, "baselines_dir"),
+        ([{"name": "a", "source": ""}], {}, "members[0].source"),
+        ([{"name": "a", "config": {"model_type": "llama"}, "tokenizer": ""}], {}, "members[0].tokenizer"),
+        ([{"name": "a", "source": "m"}], {"train": {"data": ""}}, "train.data"),
+        ([{"name": "a", "source": "m"}], {"train": {"data": ["x", ""]}}, "train.data[1]"),
+        ([{"name": "a", "source": "m", "train": {"max_steps": 3, "data": [""]}}], {}, "members[0].train.data[0]"),
+        ([{"name": "a", "source": "m"}], {"train": {"tokenizer": ""}}, "train.tokenizer"),
+        ([{"name": "a", "source": "m"}], {"train": {"cache_dir": ""}}, "train.cache_dir"),
+        ([{"name": "a", "source": "m"}], {"compare": {"data": [""]}}, "compare.data[0]"),
+    ],
+)
+def test_an_empty_path_is_refused_naming_its_key(tmp_path, members, top, key):
+    """`out: ""`, `data: [""]`, a source or tokenizer of "" were joined to the recipe's folder, which they then named:
+    the family's output there, or the recipe's folder read whole as data. Each is refused as the Python API refuses an
+    empty path (field_types.EMPTY_PATH's text), naming the key."""
+    from grow_cli.field_types import empty_path
+
+    with pytest.raises(UsageError) as info:
+        load_recipe(write_recipe(tmp_path, members, **top))
+    assert str(info.value) == f"recipe: {key}: " + empty_path("the recipe's folder")
+
+
 def test_a_yaml_syntax_error_names_the_problem_and_its_line(tmp_path):
     """The line was cut to PyYAML's first line, "while parsing a block collection": the context, without the problem
     or where it is (found by an audit)."""

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import OptionError, UsageError
-from grow_cli.field_types import accepts, type_names
+from grow_cli.field_types import accepts, empty_path, type_names
 from grow_cli.growth.spec import GrowthSpec, field_types
 
 TOP_KEYS = {
@@ -226,10 +226,20 @@ def _grow_block(value: Any, where: str, seed: int) -> tuple[dict[str, Any], Grow
         raise _fail(f"{where}.{exc.option}" if exc.option else where, str(exc)) from None
 
 
+def _path(value: Any, where: str) -> str:
+    """A path key's value: text, and not empty — `base / ""` would be the recipe's own folder (as output, or as
+    data read whole)."""
+    if _typed(value, where, str) == "":
+        raise _fail(where, empty_path("the recipe's folder"))
+    return value
+
+
 def _paths(value: Any, where: str, base: Path) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
         raise _fail(where, "expected a path or a list of paths")
+    for i, v in enumerate(items):
+        _path(v, where if isinstance(value, str) else f"{where}[{i}]")
     return [v if Path(v).is_absolute() else str(base / v) for v in items]
 
 
@@ -245,7 +255,7 @@ def _train(value: Any, where: str, base: Path) -> dict[str, Any]:
         settings["data"] = _paths(settings["data"], f"{where}.data", base)
     for key in ("tokenizer", "cache_dir"):
         if key in settings:
-            settings[key] = str(base / _typed(settings[key], f"{where}.{key}", str))
+            settings[key] = str(base / _path(settings[key], f"{where}.{key}"))
     if "max_tokens" in settings:
         try:
             settings["max_tokens"] = parse_max_tokens(settings["max_tokens"])
@@ -280,7 +290,7 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     draft = Recipe(path, Path("."), members, train, compare, optimizer=optimizer)
     _check_grown_optimizers(draft)
     _check_train_settings(draft, base)
-    out_dir = Path(out) if out else (base / _typed(raw["out"], "out", str) if "out" in raw else base / path.stem)
+    out_dir = Path(out) if out else (base / _path(raw["out"], "out") if "out" in raw else base / path.stem)
     return Recipe(
         path=path,
         out=out_dir,
@@ -290,7 +300,7 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
         seed=seed,
         name=_typed(raw.get("name", path.stem), "name", str),
         baselines=_typed(raw.get("baselines", False), "baselines", bool),
-        baselines_dir=base / _typed(raw["baselines_dir"], "baselines_dir", str) if "baselines_dir" in raw else None,
+        baselines_dir=base / _path(raw["baselines_dir"], "baselines_dir") if "baselines_dir" in raw else None,
         description=_typed(raw.get("description", ""), "description", str),
         optimizer=optimizer,
     )
@@ -379,7 +389,7 @@ def _first_member(member: Member, m: dict[str, Any], where: str, base: Path) -> 
         if key in m:
             raise _fail(f"{where}.{key}", "the first member is not grown from anything")
     if "source" in m:
-        source = _typed(m["source"], f"{where}.source", str)
+        source = _path(m["source"], f"{where}.source")
         member.source = str(base / source) if (base / source).exists() else source
         member.revision = m.get("revision")
         return
@@ -388,7 +398,7 @@ def _first_member(member: Member, m: dict[str, Any], where: str, base: Path) -> 
         raise _fail(f"{where}.config", "needs a 'model_type'")
     if "tokenizer" not in m:
         raise _fail(where, "a member built from 'config' needs 'tokenizer' (a folder with one)")
-    member.tokenizer = base / _typed(m["tokenizer"], f"{where}.tokenizer", str)
+    member.tokenizer = base / _path(m["tokenizer"], f"{where}.tokenizer")
 
 
 def _check_train_settings(recipe: Recipe, base: Path) -> None:
