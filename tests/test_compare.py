@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -67,6 +68,20 @@ def test_the_cli_takes_a_token_cache_outside_the_model_folders(two_models, cli, 
     assert cli(*args, "--cache-dir", cache).code == 0 and any(cache.glob("*.bin"))
     inside = cli(*args, "--cache-dir", data / "cache")
     assert inside.code == 1 and "lies inside the --data folder" in inside.stderr
+
+
+def test_no_data_is_refused_as_no_data(two_models, tmp_path):
+    """`compare(a, b, [])` read no text and said "the data holds 0 tokens …; add data or lower --seq-len", as if
+    the data were too short. It now says that no data was given, before any model is read."""
+    import grow_cli
+    from grow_cli.errors import OptionError
+
+    a, b, _, _ = two_models
+    want = "no data to compare on: pass --data PATH (files, folders or globs)"
+    with pytest.raises(OptionError, match=re.escape(want)):
+        compare(a, b, [], seq_len=32, cache_dir=tmp_path / "cache")
+    with pytest.raises(OptionError, match=re.escape(want)):
+        grow_cli.compare(tmp_path / "no-model", b, ())
 
 
 def test_one_data_path_is_the_same_comparison_as_a_list_of_it(two_models):

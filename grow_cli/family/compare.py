@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.divergence import divergences, perplexity
-from grow_cli.errors import DataError, UsageError
+from grow_cli.errors import DataError, OptionError, UsageError
 
 SEQ_LEN = 256  # tokens per compared block, unless told
 
@@ -168,7 +168,8 @@ def compare(
     ("causal": every next token; "masked": fixed 15 % masks), `data_fingerprint` and `undecodable` (each text file
     with bytes that are not UTF-8, which were read as U+FFFD: how many byte sequences). `max_blocks=None` uses every
     held-out block. Raises `DataError` when the models' tokenizers or objectives differ, when either predicts NaN or
-    infinite logits (a diverged model: no distribution to compare), or when the data is unusable.
+    infinite logits (a diverged model: no distribution to compare), or when the data is unusable; `OptionError` when
+    `data` is an empty list (no data given) or an empty path.
     """
     from grow_cli.data.sources import check_sources, data_paths, find_sources
     from grow_cli.data.tokens import prepare_tokens, token_cache_dir
@@ -176,6 +177,8 @@ def compare(
 
     check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
     data = data_paths(data)  # a path that is no path is refused before a model is read
+    if not data:
+        raise OptionError("data", "no data to compare on: pass --data PATH (files, folders or globs)")
     a, b = Path(a), Path(b)
     config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
     choice, objective = _objective(a, config_a, b, config_b, tok_a)
