@@ -344,3 +344,21 @@ def test_a_model_with_non_finite_logits_is_refused_naming_it(two_models, cli, tm
         assert result.code == 1 and len(lines) == 1 and not result.stdout, result.stderr
         assert lines[0].startswith(f"error: model {side} ({nan}) predicts NaN or infinite logits"), lines[0]
         assert "compare a checkpoint saved before it diverged" in lines[0]
+
+
+def test_an_encoder_decoder_is_refused_in_compares_words(two_models, cli, tmp_path):
+    """A T5 was refused with train-stage's words ("grow train-stage trains decoders …"), though nothing was to be
+    trained: compare's refusal speaks of what compare compares."""
+    import transformers as tf
+
+    a, _, data, _ = two_models
+    t5 = tmp_path / "t5"
+    config = tf.T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    tf.T5ForConditionalGeneration(config).save_pretrained(t5)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(a / name, t5 / name)
+    result = cli("compare", a, t5, "--data", data, "--seq-len", 32, "--cache-dir", tmp_path / "cache")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.stderr
+    want = "error: t5 is an encoder-decoder model; grow compare compares decoders (causal LM) and encoders (masked LM)"
+    assert lines[0] == want

@@ -52,3 +52,11 @@ def test_overrides_switch_is_decoder_where_both_classes_exist():
 def test_mismatches_are_refused(config, objective, error, message):
     with pytest.raises(error, match=message):
         choose_objective(config, objective)
+
+
+def test_compare_is_refused_in_its_own_words():
+    """The same checks refuse a model for `grow compare` naming compare, not train-stage."""
+    with pytest.raises(UsageError, match="; grow compare compares decoders \\(causal LM\\) and encoders"):
+        choose_objective(tf.BartConfig(), "auto", command="compare")
+    with pytest.raises(CheckpointError, match="masked-LM class in transformers; grow compare cannot compare it$"):
+        choose_objective(tf.ViTConfig(), "auto", command="compare")

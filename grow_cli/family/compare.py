@@ -137,7 +137,7 @@ def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, An
     from grow_cli.data.masking import masking_rule
     from grow_cli.train.objective import Objective, choose_objective
 
-    choice, other = choose_objective(config_a, "auto"), choose_objective(config_b, "auto")
+    choice, other = (choose_objective(config, "auto", command="compare") for config in (config_a, config_b))
     if choice.name != other.name:
         raise DataError(f"{a} is a {choice.name} LM and {b} a {other.name} LM; their predictions are not comparable")
     if choice.name == "causal":

@@ -37,8 +37,14 @@ class Choice:
     note: str | None  # what the choice changed, for the run's output
 
 
-def choose_objective(model_config: Any, requested: str) -> Choice:
-    """The objective for a model of `model_config` given `--objective` (auto, causal or masked)."""
+# What each command that chooses an objective does with the model, for its refusal of one it cannot take.
+VERBS = {"train-stage": "train", "compare": "compare"}
+
+
+def choose_objective(model_config: Any, requested: str, *, command: str = "train-stage") -> Choice:
+    """The objective for a model of `model_config` given `--objective` (auto, causal or masked); a model no
+    objective fits is refused in the words of `command` (a key of `VERBS`)."""
+    verb = VERBS[command]
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -47,15 +53,15 @@ def choose_objective(model_config: Any, requested: str) -> Choice:
     model_type = model_config.model_type
     if getattr(model_config, "is_encoder_decoder", False):
         raise UsageError(
-            f"{model_type} is an encoder-decoder model; grow train-stage trains decoders (causal LM) and "
+            f"{model_type} is an encoder-decoder model; grow {command} {verb}s decoders (causal LM) and "
             "encoders (masked LM)"
         )
     causal = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     masked = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
     if not (causal or masked):
         raise CheckpointError(
-            f"{model_type} has neither a causal-LM nor a masked-LM class in transformers; grow train-stage "
-            "cannot train it"
+            f"{model_type} has neither a causal-LM nor a masked-LM class in transformers; grow {command} "
+            f"cannot {verb} it"
         )
     is_decoder = bool(getattr(model_config.get_text_config(), "is_decoder", False))
     natural = "causal" if causal and (is_decoder or not masked) else "masked"
