@@ -284,3 +284,52 @@ def test_http_errors_on_download_say_what_to_do(fake_hub, hub_repo, no_backoff, 
     with pytest.raises(HubError, match=expected) as info:
         download_checkpoint(hub_repo)
     assert "write" not in str(info.value) and "sent again" not in str(info.value)
+
+
+def _client_home(monkeypatch, home, cache=None):
+    """The client's folders as it derives them from HF_HOME=`home` (and HF_HUB_CACHE=`cache`) at import."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache or home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_hf_home_or_the_hub_cache_in_a_file_is_named_in_one_line(
+    fake_hub, hub_repo, tiny, cli, tmp_path, monkeypatch, offline
+):
+    """HF_HOME (or HF_HUB_CACHE) pointing at a file: `grow expand acme/…` ended in `downloading acme/… failed:
+    NotADirectoryError: …` (offline, and `grow push`, in the catch-all); one line now names the setting, the path and
+    what to do, before any request."""
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    args = ["expand", hub_repo, tmp_path / "out", "--layers", "8"]
+    fake_hub.requests.clear()
+    cases = [
+        (
+            a_file,
+            None,
+            f"error: HF_HOME ({a_file}) is a file, not a folder; it holds the Hub cache and the saved login; "
+            "point HF_HOME at a folder",
+        ),
+        (
+            fake_hub.home,
+            a_file / "hub",
+            f"error: the Hub cache ({a_file / 'hub'}: HF_HUB_CACHE, by default HF_HOME/hub) "
+            f"lies inside {a_file}, a file, not a folder; point HF_HUB_CACHE or HF_HOME at a folder",
+        ),
+    ]
+    for home, cache, want in cases:
+        with monkeypatch.context() as patch:
+            _client_home(patch, home, cache)
+            result = cli(*args)
+        assert result.code == 1 and result.stderr.strip() == want, result.stderr
+    assert fake_hub.requests == [] and not (tmp_path / "out").exists()
+    if not offline:  # a push reads the saved login in HF_HOME, even beside --token
+        _client_home(monkeypatch, a_file)
+        pushed = cli("push", tiny, "acme/pushed", "--token", TOKEN)
+        assert pushed.code == 1 and pushed.stderr.strip() == cases[0][2], pushed.stderr

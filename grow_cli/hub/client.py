@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from pathlib import Path
 
 from huggingface_hub import HfApi, constants, errors, get_token
 from huggingface_hub import utils as hub_utils
@@ -43,6 +44,30 @@ def is_offline() -> bool:
     """True when `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) is set now or was set when the client was imported."""
     values = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
     return constants.is_offline_mode() or any((v or "").upper() in {"1", "ON", "YES", "TRUE"} for v in values)
+
+
+def check_cache_folders(*, hub_cache: bool = True) -> None:
+    """Refuse, before any request, an `HF_HOME` (and, with `hub_cache`, a Hub cache `HF_HUB_CACHE`, which a push
+    does not use) that is a file or lies inside one, as the client sees them: it would fail on its first file
+    there (the saved login, a download) with a bare NotADirectoryError."""
+    folders = [
+        (constants.HF_HOME, "HF_HOME ({})", "it holds the Hub cache and the saved login; point HF_HOME at a folder")
+    ]
+    if hub_cache:
+        folders.append(
+            (
+                constants.HF_HUB_CACHE,
+                "the Hub cache ({}: HF_HUB_CACHE, by default HF_HOME/hub)",
+                "point HF_HUB_CACHE or HF_HOME at a folder",
+            )
+        )
+    for path, named, advice in folders:
+        folder = Path(path)
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is None or existing.is_dir():
+            continue
+        where = "is a file" if existing == folder else f"lies inside {existing}, a file"
+        raise HubError(f"{named.format(folder)} {where}, not a folder; {advice}")
 
 
 def resolve_token(token: str | None) -> str:

@@ -22,7 +22,15 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS, WEIGHT_SUFFIXES
 from grow_cli.checkpoint.kinds import other_framework_files, what_else_on_hub
 from grow_cli.errors import HubError
-from grow_cli.hub.client import TransportError, endpoint, hub_client, is_offline, lost_connection, translate
+from grow_cli.hub.client import (
+    TransportError,
+    check_cache_folders,
+    endpoint,
+    hub_client,
+    is_offline,
+    lost_connection,
+    translate,
+)
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
 MOVED_RETRIES = 3  # downloads of a revision that moved meanwhile, before giving up
@@ -36,6 +44,7 @@ def download_checkpoint(
     `source` is `{"repo_id", "revision" (as requested, or None), "commit" (the resolved commit sha), "files"}`.
     """
     where = where_of(repo_id, revision)
+    check_cache_folders()
     if is_offline():
         return _from_cache(repo_id, revision, where)
 

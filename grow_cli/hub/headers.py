@@ -31,7 +31,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 from grow_cli import __version__
 from grow_cli.checkpoint.header import MAX_HEADER
 from grow_cli.errors import HubError
-from grow_cli.hub.client import TransportError, endpoint, hub_client, is_offline, translate
+from grow_cli.hub.client import TransportError, check_cache_folders, endpoint, hub_client, is_offline, translate
 from grow_cli.hub.download import file_options, needed_files
 
 FIRST_READ = 100_000  # bytes read from a shard's start: huggingface_hub's guess, which holds 97% of headers whole
@@ -77,6 +77,7 @@ def mirror_headers(
     """Write `repo_id`'s small files (links into the cache) and the headers of its safetensors shards (sparse files)
     into the empty folder `into`; return (the commit read, a `RemoteBytes` for tensor bytes), or None where the
     weights must be downloaded instead (offline, the Hub unreachable, or `.bin` weights)."""
+    check_cache_folders()
     if is_offline():
         return None
     try:

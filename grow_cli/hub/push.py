@@ -28,7 +28,7 @@ from grow_cli.checkpoint.files import (
 from grow_cli.checkpoint.reader import load_config, load_weight_map, not_a_file, read_safetensors_header
 from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError
-from grow_cli.hub.client import endpoint, hub_client, is_offline, resolve_token, translate
+from grow_cli.hub.client import check_cache_folders, endpoint, hub_client, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
@@ -185,6 +185,7 @@ def check_can_push(repo_id: str, token: str | None) -> str:
             f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name' (letters, digits, '-', '_' and '.', "
             "not starting or ending with '-' or '.', without '--' or '..', up to 96 characters each)"
         )
+    check_cache_folders(hub_cache=False)  # the client reads the saved login there, even beside a given token
     token = resolve_token(token)
     if is_offline():
         raise HubError(f"pushing to {repo_id} needs the network, but HF_HUB_OFFLINE=1 is set; unset it and re-run")
