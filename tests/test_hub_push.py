@@ -175,6 +175,28 @@ def test_files_are_those_the_push_sent(fake_hub, grown):
     assert not branch["changed"] and branch["files"] == [] and branch["unchanged"] == len(held) + 1
 
 
+@pytest.mark.parametrize("fault", [500, "drop"])
+def test_a_commit_that_cannot_be_read_back_is_still_a_push(fake_hub, grown, cli, no_backoff, fault):
+    """The upload made its commit, then reading it back (which files it sent) failed: the push reported a Hub error
+    saying to re-run, exit 1, though every file was on the Hub. It now succeeds, with `files` and `unchanged` null
+    and a note on stderr saying which files were sent is not known."""
+    fake_hub.fail("GET", "/revision/", fault, times=100)  # only the read-back asks for a revision by name here
+    result = cli("push", grown, "acme/tiny-grown", "--token", TOKEN, "--json")
+    assert result.code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    head = fake_hub.head("acme/tiny-grown")
+    assert shown["commit"] == head.oid and shown["changed"] is True
+    assert shown["files"] is None and shown["unchanged"] is None
+    assert set(head.tree) >= {"config.json", "grow.json", "README.md", *sha256s(grown)}
+    assert fake_hub.paths_requested("GET", f"/revision/{head.oid}")  # the read-back was asked for, and failed
+    note = "note: pushed to acme/tiny-grown (branch main), but which files its commit sent could not be read back"
+    assert result.stderr.strip().splitlines()[-1].startswith(note) and "the push succeeded" in result.stderr
+    (grown / "notes.txt").write_text("new\n")
+    human = cli("push", grown, "acme/tiny-grown", "--token", TOKEN)
+    assert human.code == 0 and "which files its commit sent could not be read back" in human.stderr, human.stderr
+    assert f"commit: {fake_hub.url}/acme/tiny-grown/commit/{fake_hub.head('acme/tiny-grown').oid}" in human.stderr
+
+
 def test_push_to_a_missing_pull_request_creates_nothing(fake_hub, grown, cli):
     """`--revision refs/pr/N` names a pull request, which a push never creates: when it does not exist, the push is
     refused before a repo is created, the local card rewritten or anything uploaded (it used to create the repo,

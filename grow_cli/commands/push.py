@@ -22,7 +22,8 @@ The token comes from `--token`, `HF_TOKEN` or `hf auth login`; grow never prints
 fails halfway is resumed by running the same command again: files that already arrived are not sent again.
 
 With `--json`, `files` lists the files the push sent (path and size), `unchanged` counts the folder's other files,
-which the revision already held as they are; a push with nothing new sends none (`changed` is false).
+which the revision already held as they are; a push with nothing new sends none (`changed` is false). When the
+commit is made but cannot be read back, both are null and a note on stderr says so: the push still succeeded.
 """
 
 
@@ -72,15 +73,21 @@ def push(
         create_pr=create_pr,
         token=token,
     )
-    if as_json:
-        print_json(result)
-        return
-    size = sum(f["size"] for f in result["files"])
     where = (
         f"{result['repo_id']} ({'private, ' if result['private'] else ''}"
         f"{'pull request' if result['pr_url'] else 'branch'} {result['revision']})"
     )
-    if result["changed"]:
+    # The commit is made but could not be read back (files: null): said on stderr, beside --json's document too.
+    unread = f"pushed to {where}, but which files its commit sent could not be read back from the Hub (files: null)"
+    if as_json:
+        if result["files"] is None:
+            err.print(f"note: {unread}; the push succeeded", soft_wrap=True)
+        print_json(result)
+        return
+    if result["files"] is None:
+        err.print(unread, soft_wrap=True)
+    elif result["changed"]:
+        size = sum(f["size"] for f in result["files"])
         err.print(
             f"pushed {len(result['files'])} files ({format_bytes(size)}) to {where}"
             + (f"; {result['unchanged']} more were there already, unchanged" if result["unchanged"] else "")

@@ -5,7 +5,8 @@ agree, a token exists), then that a `refs/pr/N` revision exists (a push never ma
 "already exists" is fine), refresh the model card with the repo id, create the branch when missing, and upload the
 folder with `upload_folder`. Large files go through LFS (or xet); the Hub keeps what already arrived, so re-running
 the same push after a failure sends only what is missing. Last, the new commit is read back to say which files the
-push sent (the client sends no file the revision already holds, and does not say which those were).
+push sent (the client sends no file the revision already holds, and does not say which those were); when that read
+fails, the push has still succeeded, and the result says the files are not known (`files` and `unchanged` None).
 """
 
 from __future__ import annotations
@@ -77,10 +78,11 @@ def push_folder(
     Returns `repo_id` (with its namespace), `revision`, `private`, `commit`, `commit_url`, `pr_url`, `url`,
     `card` ("regenerated", "kept" or "none"), `files` (each `{"path", "size"}`: the files the push sent, those its
     commit added or changed), `unchanged` (how many of the folder's other files to upload the revision already held
-    as they are: not sent) and `changed` (False when the revision already held every file: the client then makes no
-    commit, and opens no pull request, so `commit` is the revision's head and `files` is empty). Raises
-    CheckpointError for an incomplete folder, UsageError for contradictory options and HubError for everything the
-    Hub refuses; a transient failure's message says to `rerun` to resume.
+    as they are: not sent) — both None when the commit was made but reading it back failed, so which files it
+    changed is not known (the push succeeded all the same) — and `changed` (False when the revision already held
+    every file: the client then makes no commit, and opens no pull request, so `commit` is the revision's head and
+    `files` is empty). Raises CheckpointError for an incomplete folder, UsageError for contradictory options and
+    HubError for everything the Hub refuses; a transient failure's message says to `rerun` to resume.
     """
     folder = Path(folder)
     weights = check_complete(folder)
@@ -120,9 +122,8 @@ def push_folder(
             create_pr=create_pr,
             ignore_patterns=list(IGNORE_PATTERNS),
         )
-        action = "reading back the commit of"
         local = upload_files(folder)
-        sent = _sent(api, repo_id, head, info.oid, local)
+        sent = _sent(api, repo_id, head, info.oid, local)  # None: the commit is made, its files not read back
     except HubError:
         raise
     except Exception as exc:  # the client's errors, translated once, without the token
@@ -139,19 +140,26 @@ def push_folder(
         "url": f"{endpoint()}/{repo_id}" + ("" if branch == "main" or create_pr else f"/tree/{branch}"),
         "card": card,
         "files": sent,
-        "unchanged": len(local) - len(sent),
+        "unchanged": None if sent is None else len(local) - len(sent),
         "changed": info.oid != head.sha,  # a push with nothing new returns the head it found (no commit, no PR)
     }
 
 
-def _sent(api: HfApi, repo_id: str, head: ModelInfo, commit: str, local: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _sent(
+    api: HfApi, repo_id: str, head: ModelInfo, commit: str, local: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
     """The files of `local` that the push sent: those whose content differs between `head`, the revision it pushed
     onto, and its `commit` (the client sends no file the revision already holds as it is, and reports none of this;
-    with hf_xet a large folder may be committed in parts, which the comparison with `head` covers too)."""
+    with hf_xet a large folder may be committed in parts, which the comparison with `head` covers too). None when
+    the commit cannot be read back: it is made, so the push succeeded, and a re-run would send nothing."""
     if commit == head.sha:
         return []
-    before, after = _content_ids(head), _content_ids(api.model_info(repo_id, revision=commit, files_metadata=True))
-    return [entry for entry in local if after.get(entry["path"]) != before.get(entry["path"])]
+    try:
+        after = api.model_info(repo_id, revision=commit, files_metadata=True)
+    except Exception:  # any failure of the client (HTTP, network, an answer it cannot parse) leaves the commit made
+        return None
+    before, now = _content_ids(head), _content_ids(after)
+    return [entry for entry in local if now.get(entry["path"]) != before.get(entry["path"])]
 
 
 def _content_ids(info: ModelInfo) -> dict[str, str | None]:
