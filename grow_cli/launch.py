@@ -33,6 +33,17 @@ def _group_started() -> bool:
     return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
 
+def launched() -> bool:
+    """Whether this process is one of several of a launch (the launcher's WORLD_SIZE)."""
+    return _env_int("WORLD_SIZE", 1) > 1
+
+
+def main_process() -> bool:
+    """Whether this process speaks for its launch: global rank 0 (outside a launch, the one process). Read from the
+    launcher's RANK, so it holds before the process group exists (and without importing torch)."""
+    return _env_int("RANK", 0) == 0
+
+
 def error_prefix(every_rank: bool = False) -> str | None:
     """What to put before this process's error line: "" outside a launch; None (say nothing) for a process other
     than its machine's first before the group exists, or for an error every process finds alike (`every_rank`: a

@@ -10,7 +10,9 @@ call; `run_accelerate_state` also scopes accelerate's state to each member of a 
 
 The one thing a run leaves is the process group of a distributed launch (`end_run`): torch cannot create the default
 group a second time under the launcher's store (gloo then connects to the first group's closed ports, or waits for
-ever), so a script's or a family's next run joins the same group, and the process's exit destroys it.
+ever), so a script's or a family's next run joins the same group, and the process's exit destroys it. A family joins
+it before its first member trains (`join_group`), for the steps its main process takes alone, and keeps only the
+group too.
 """
 
 from __future__ import annotations
@@ -79,6 +81,22 @@ def end_run(accelerator: Any) -> None:
     only the process's exit destroys (the module docstring says why)."""
     for tracker in accelerator.trackers:
         tracker.finish()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        _destroy_group_at_exit()
+
+
+def join_group() -> None:
+    """Join the process group of a distributed launch as a run's `Accelerator` would (accelerate picks the backend
+    and binds the process to its device), and keep nothing of accelerate's state but the group: each later run makes
+    and clears its own (`run_accelerate_state`). A state made before (the caller's own) is left as it is."""
+    from accelerate.state import PartialState
+
+    made_before = bool(PartialState._shared_state)
+    PartialState()
+    if not made_before:
+        PartialState._reset_state()  # as `run_accelerate_state` clears it after a run
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -15,6 +15,10 @@ EXAMPLES = """
     grow family recipe.yaml --out runs/family-1           # same recipe, another output folder
     grow family recipe.yaml --check                       # validate the recipe only
     grow family recipe.yaml                               # after an interruption: skips finished members
+
+On several GPUs (every process trains; the main one grows, compares and reports; see docs/family.md):
+
+    accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m grow_cli family recipe.yaml
 """
 
 
@@ -36,12 +40,16 @@ def family(
     from grow_cli.console import err, print_json
     from grow_cli.console import out as stdout
     from grow_cli.family.recipe import load_recipe
+    from grow_cli.launch import main_process
 
     parsed = load_recipe(recipe, out)
     if check:
         from grow_cli.family.check import check_recipe
 
-        for note in check_recipe(parsed):
+        notes = check_recipe(parsed)
+        if not main_process():  # under `accelerate launch` every process checks alike; one speaks
+            return
+        for note in notes:
             err.print(f"note: {note}", soft_wrap=True)
         members = [
             {
@@ -64,14 +72,22 @@ def family(
     from grow_cli.family.run import run_family
 
     result = run_family(parsed, quiet=quiet)  # --json too shows progress: on stderr, the document on stdout
+    if main_process():  # under `accelerate launch` one process speaks; every one ends with the same status
+        _print_result(result, json_out)
+    if result["status"] != "done":  # with --json too: a script loops on the exit code until the family is done
+        raise typer.Exit(3)
+
+
+def _print_result(result: dict, json_out: bool) -> None:
+    from grow_cli.console import out as stdout
+    from grow_cli.console import print_json
+
     if json_out:
         print_json(result)
     elif result["status"] != "done":
         stdout.print(f"paused in member {result['member']}; re-run the same command to continue")
     else:
         _print_summary(result)
-    if result["status"] != "done":  # with --json too: a script loops on the exit code until the family is done
-        raise typer.Exit(3)
 
 
 def _print_summary(result: dict) -> None:

@@ -19,6 +19,9 @@ Layout of the output folder (each `final` is a complete HF folder with its linea
 A re-run skips finished members and finished steps (a complete `grown/` or `trained/` is never redone), and an
 interrupted training stage continues from its newest checkpoint — unless the recipe was edited since in what
 decided them (`resume.check_finished`).
+
+Under `accelerate launch` every process walks the recipe: the training stages run on all of them, every other step
+(and what decides a resume) on the main process alone, whose result the others get (`main_process.on_main`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from grow_cli.console import err
 from grow_cli.data.tokens import token_cache_dir
 from grow_cli.errors import Interrupted, UsageError
+from grow_cli.family.main_process import join, main_first, on_main
 from grow_cli.family.recipe import Member, Recipe
 from grow_cli.family.resume import MEMBER_FILE, OUT_FILE, START_FILE, located, member_settings, model_identity
 from grow_cli.lineage.record import load_record
@@ -167,14 +171,20 @@ def _baseline(
     settings = recipe.train_settings(member)
     if settings is None or tokens <= 0:
         return None
+    settings = baseline_settings(settings, tokens)
+    root = on_main(_baseline_init, recipe, final, settings, folder)
+    return _train_with(settings, recipe, root / "baseline-init", root / "baseline", quiet)
+
+
+def _baseline_init(recipe: Recipe, final: Path, settings: dict[str, Any], folder: Path) -> Path:
+    """The baseline's folder (`_baseline_root`), with its fresh model in `baseline-init/` made unless there."""
     import transformers
 
-    settings = baseline_settings(settings, tokens)
     root = _baseline_root(recipe, final, settings, folder)
     init = root / "baseline-init"
     if not (init / "config.json").is_file():
         _save_fresh_model(transformers.AutoConfig.from_pretrained(final), final, init, recipe.seed)
-    return _train_with(settings, recipe, init, root / "baseline", quiet)
+    return root
 
 
 def _train(
@@ -200,28 +210,13 @@ def _train_with(
     """One `grow train-stage` run into `out`: skipped when finished, resumed when interrupted. Each builds its own
     `Accelerator` (a member may train in another mixed precision than the one before)."""
     from grow_cli.process_state import run_accelerate_state
-    from grow_cli.train.checkpoints import complete_checkpoints
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage
-    from grow_cli.train.preflight import killed_before_first_checkpoint
 
-    record = load_record(out) if _done_training(out) else None
-    if record is not None:  # finished in an earlier run: report what that run recorded
-        _drop_checkpoints(out, keep_final=bool(settings.get("save_final_state")))  # (if that run stopped before)
-        stage = record["stages"][-1]
-        return {
-            "status": "done",
-            "skipped": True,
-            "out": str(out),
-            **{k: stage.get(k) for k in ("steps", "tokens", "max_lr", "final_eval_loss", "final_eval_ppl")},
-        }
-    resume = "auto" if complete_checkpoints(out) else "grown" if grown else None
-    if resume != "auto" and out.is_dir() and not killed_before_first_checkpoint(out):
-        found = ", ".join(sorted(entry.name for entry in out.iterdir())[:3])
-        raise UsageError(
-            f"{out} holds files this family did not write there ({found}); starting the stage would replace them: "
-            f"move them away, or delete {out}, and run again"
-        )
+    found = on_main(_stage_found, out, grown, keep_final=bool(settings.get("save_final_state")))
+    if found["done"] is not None:
+        return found["done"]
+    resume = found["resume"]
     config = TrainConfig(
         model=model,
         out=out,
@@ -236,8 +231,36 @@ def _train_with(
         except Interrupted as exc:  # the family resumes its member itself: `--resume auto` is not its option
             raise Interrupted(exc.signum, exc.what, "Continue by running the same grow family command again") from None
     if trained.get("status") == "done":
-        _drop_checkpoints(out, keep_final=config.save_final_state)
+        on_main(_drop_checkpoints, out, keep_final=config.save_final_state)
     return trained
+
+
+def _stage_found(out: Path, grown: bool, *, keep_final: bool) -> dict[str, Any]:
+    """What a training stage into `out` finds there: `done`, the summary of a stage an earlier run finished (its
+    leftover checkpoints removed), else None and how to `resume` ("auto": from its newest checkpoint; "grown": the
+    grown training state; None: a fresh start). Files the family did not write there are refused."""
+    from grow_cli.train.checkpoints import complete_checkpoints
+    from grow_cli.train.preflight import killed_before_first_checkpoint
+
+    record = load_record(out) if _done_training(out) else None
+    if record is not None:  # finished in an earlier run: report what that run recorded
+        _drop_checkpoints(out, keep_final=keep_final)  # (if that run stopped before)
+        stage = record["stages"][-1]
+        done = {
+            "status": "done",
+            "skipped": True,
+            "out": str(out),
+            **{k: stage.get(k) for k in ("steps", "tokens", "max_lr", "final_eval_loss", "final_eval_ppl")},
+        }
+        return {"done": done, "resume": None}
+    resume = "auto" if complete_checkpoints(out) else "grown" if grown else None
+    if resume != "auto" and out.is_dir() and not killed_before_first_checkpoint(out):
+        found = ", ".join(sorted(entry.name for entry in out.iterdir())[:3])
+        raise UsageError(
+            f"{out} holds files this family did not write there ({found}); starting the stage would replace them: "
+            f"move them away, or delete {out}, and run again"
+        )
+    return {"done": None, "resume": resume}
 
 
 def _drop_checkpoints(out: Path, *, keep_final: bool) -> None:
@@ -281,8 +304,8 @@ def compare_settings(recipe: Recipe) -> dict[str, Any]:
     return settings
 
 
-def _silent(*_: Any) -> None:
-    """What `quiet` prints."""
+def _silent(*_: Any, **__: Any) -> None:
+    """What `quiet` prints, and what a process other than the main one of a launch prints."""
 
 
 def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
@@ -292,51 +315,49 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     "equal_quality", "consistency", "ledger", "report", "plots"}` (`report` is the path of family.md); when a member's
     training paused (its `exit_interval`), `{"status": "paused", "member", "out"}` — calling it again continues.
     `quiet`: no progress on stderr (members' headers, progress bars); the recipe's notes and a pause are still said.
+    Under `accelerate launch` every process returns the same; only the main one speaks.
     """
     from grow_cli.family.check import check_recipe
-    from grow_cli.family.compare import compare
     from grow_cli.family.report import write_report
+    from grow_cli.launch import main_process
 
-    for note in check_recipe(recipe):  # everything a run needs, before anything is built
-        err.print(f"note: {note}", soft_wrap=True)
-    recipe.out.mkdir(parents=True, exist_ok=True)
-    _write_json(recipe.out / OUT_FILE, {"made_by": "grow family", "recipe": str(recipe.path)})  # (family_output)
-    progress = _silent if quiet else err.print
+    notes = check_recipe(recipe)  # everything a run needs, before anything is built (by every process, alike)
+    join()  # (under a launch: every process has checked, before the main one writes)
+    say = err.print if main_process() else _silent
+    for note in notes:
+        say(f"note: {note}", soft_wrap=True)
+    on_main(_take, recipe)
+    progress = _silent if quiet else say
     previous_final: Path | None = None
     summaries: list[dict[str, Any]] = []
     for i, member in enumerate(recipe.members):
         folder = recipe.out / member.name
-        marker = folder / MEMBER_FILE
-        if marker.is_file():
-            summary = located(recipe, json.loads(marker.read_text()))  # (check_recipe read it whole)
+        finished = on_main(_finished, recipe, member)
+        if finished is not None:
             progress(f"[dim]{member.name}: finished earlier, skipped[/dim]")
-            summaries.append(summary)
-            previous_final = Path(summary["final"])
+            summaries.append(finished)
+            previous_final = Path(finished["final"])
             continue
-        folder.mkdir(parents=True, exist_ok=True)
-        made_from = model_identity(summaries[-1]) if summaries else None  # the model it starts from, as it is now
-        # As found there, if any (check_finished)
-        _write_json(folder / START_FILE, {**member_settings(recipe, member), "previous_model": made_from})
+        made_from = on_main(_record_start, recipe, member, summaries)
         progress(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
         if i == 0:
-            start = _first_model(member, folder, recipe.seed)
+            start = main_first(_first_model, member, folder, recipe.seed)
         else:
             start = folder / "grown"
-            if not (start / "grow.json").is_file():  # a complete expand output always has grow.json
-                assert previous_final is not None  # set by the member before this one
-                _grow(member, previous_final, start, recipe, quiet)
+            assert previous_final is not None  # set by the member before this one
+            on_main(_make_grown, member, previous_final, start, recipe, quiet)
         grown = i > 0 and recipe.optimizer_of(member) == "grow"
         next_grows = i + 1 < len(recipe.members) and recipe.optimizer_of(recipe.members[i + 1]) == "grow"
         trained = _train(
             recipe, member, start, trained_folder(recipe, member), quiet, grown=grown, save_state=next_grows
         )
         if trained is not None and trained.get("status") == "paused":
-            err.print(f"{member.name}: training paused at step {trained['step']}; re-run to continue")
+            say(f"{member.name}: training paused at step {trained['step']}; re-run to continue")
             return {"status": "paused", "member": member.name, "out": str(recipe.out)}
         final = trained_folder(recipe, member) if trained is not None else start
         comparison = None
         if previous_final is not None:
-            comparison = compare(previous_final, final, **compare_settings(recipe))
+            comparison = on_main(_compare, recipe, previous_final, final)
         baseline = None
         if recipe.baselines and i > 0:
             lineage = sum(_trained_tokens(s) for s in summaries)  # as the ledger counts them
@@ -348,8 +369,8 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             previous = summaries[-1]
             previous_independent = previous["final"] if i == 1 else (previous.get("baseline") or {}).get("out")
             if baseline is not None and previous_independent:
-                baseline["compare_with_previous"] = compare(
-                    Path(previous_independent), Path(baseline["out"]), **compare_settings(recipe)
+                baseline["compare_with_previous"] = on_main(
+                    _compare, recipe, Path(previous_independent), Path(baseline["out"])
                 )
         summary = {
             "name": member.name,
@@ -360,7 +381,7 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
             "train": trained,
             "compare_with_previous": comparison,
             "baseline": baseline,
-            "record": load_record(final),
+            "record": None,  # the final model's lineage, read by the main process (`_record_finished`)
             "settings": member_settings(recipe, member),
             "previous_model": made_from,
             "in_out": {  # where the models lie within OUT, which may be moved or copied since
@@ -368,8 +389,50 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
                 "baseline": _within(recipe.out, Path(baseline["out"])) if baseline else None,
             },
         }
-        _write_json(marker, summary)  # whole or absent: its presence means "finished"
-        summaries.append(summary)
+        summaries.append(on_main(_record_finished, summary, folder / MEMBER_FILE))  # the main process's, everywhere
         previous_final = final
-    report = write_report(recipe, summaries)
+    report = on_main(write_report, recipe, summaries)
     return {"status": "done", "out": str(recipe.out), **report}
+
+
+def _take(recipe: Recipe) -> None:
+    """Make OUT and record that a family run took it (`resume.family_output`)."""
+    recipe.out.mkdir(parents=True, exist_ok=True)
+    _write_json(recipe.out / OUT_FILE, {"made_by": "grow family", "recipe": str(recipe.path)})
+
+
+def _finished(recipe: Recipe, member: Member) -> dict[str, Any] | None:
+    """The summary of `member` when an earlier run finished it (its member.json, read whole by `check_recipe`)."""
+    marker = recipe.out / member.name / MEMBER_FILE
+    return located(recipe, json.loads(marker.read_text())) if marker.is_file() else None
+
+
+def _record_start(recipe: Recipe, member: Member, summaries: list[dict[str, Any]]) -> str | None:
+    """Write the member's start.json before its start is made: the settings that decide it, and the model it starts
+    from as it is now (`check_finished` compares both on a re-run). Returns that model's identity."""
+    folder = recipe.out / member.name
+    folder.mkdir(parents=True, exist_ok=True)
+    made_from = model_identity(summaries[-1]) if summaries else None
+    _write_json(folder / START_FILE, {**member_settings(recipe, member), "previous_model": made_from})
+    return made_from
+
+
+def _make_grown(member: Member, previous: Path, start: Path, recipe: Recipe, quiet: bool) -> None:
+    """The member's `grown/`, grown from `previous` unless a complete one is there (it always has grow.json)."""
+    if not (start / "grow.json").is_file():
+        _grow(member, previous, start, recipe, quiet)
+
+
+def _compare(recipe: Recipe, a: Path, b: Path) -> dict[str, Any]:
+    """`grow compare` of two members (or baselines) on the recipe's comparison data."""
+    from grow_cli.family.compare import compare
+
+    return compare(a, b, **compare_settings(recipe))
+
+
+def _record_finished(summary: dict[str, Any], marker: Path) -> dict[str, Any]:
+    """The member's summary with its model's lineage, written to member.json (whole or absent: its presence means
+    "finished")."""
+    summary["record"] = load_record(Path(summary["final"]))
+    _write_json(marker, summary)
+    return summary
