@@ -74,10 +74,10 @@ BACKENDS = ("gloo", "NCCL", "ProcessGroup")
 LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Read error", "Broken pipe", "remote process")
 
 
-def lost_contact(exc: BaseException) -> str | None:
+def lost_contact(exc: BaseException, go_on: str = "continue from the last checkpoint with --resume auto") -> str | None:
     """The line for `exc` when it is a collective that broke because another process of the launch stopped (it
     failed, was killed, or ran out of memory): that process's own lines say why, this one has nothing to add but
-    where to look and how to go on. None for any other error."""
+    where to look and how to `go_on`. None for any other error."""
     if _env_int("WORLD_SIZE", 1) < 2:
         return None
     dist = sys.modules.get("torch.distributed")  # (not imported: no group, nothing to lose contact with)
@@ -88,5 +88,5 @@ def lost_contact(exc: BaseException) -> str | None:
         return None
     return (
         "lost contact with another process of this launch (it stopped: its own lines above say why); once that is "
-        "fixed, continue from the last checkpoint with --resume auto"
+        f"fixed, {go_on}"
     )

@@ -133,3 +133,19 @@ def test_a_collective_broken_by_another_process_is_named_not_the_catch_all(monke
         "[rank 0] error: lost contact with another process of this launch (it stopped: its own lines above say "
         "why); once that is fixed, continue from the last checkpoint with --resume auto"
     ]
+
+
+def test_a_family_that_lost_a_process_says_to_run_it_again(monkeypatch, tmp_path):
+    """`--resume auto` is not the family's option: it resumes its member itself when run again."""
+    import grow_cli.family.run as run
+    from grow_cli.errors import TrainingError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(GLOO_LOST)
+
+    _launched(monkeypatch, rank=1, local_rank=1, world=2, local_world=2)
+    monkeypatch.setattr(run, "join", lambda: None)
+    monkeypatch.setattr(run, "_run_members", broken)
+    monkeypatch.setattr("grow_cli.family.check.check_recipe", lambda recipe: [])
+    with pytest.raises(TrainingError, match=r"once that is fixed, run the same grow family command again$"):
+        run.run_family(object())  # type: ignore[arg-type]

@@ -34,7 +34,7 @@ from typing import Any
 
 from grow_cli.console import err
 from grow_cli.data.tokens import token_cache_dir
-from grow_cli.errors import Interrupted, UsageError
+from grow_cli.errors import Interrupted, TrainingError, UsageError
 from grow_cli.family.main_process import join, main_first, on_main
 from grow_cli.family.recipe import Member, Recipe
 from grow_cli.family.resume import MEMBER_FILE, OUT_FILE, START_FILE, located, member_settings, model_identity
@@ -318,11 +318,23 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     Under `accelerate launch` every process returns the same; only the main one speaks.
     """
     from grow_cli.family.check import check_recipe
+    from grow_cli.launch import lost_contact
+
+    notes = check_recipe(recipe)  # everything a run needs, before anything is built (by every process, alike)
+    try:
+        join()  # (under a launch: every process has checked, before the main one writes)
+        return _run_members(recipe, notes, quiet)
+    except Exception as exc:  # a launch that lost one of its processes: the family resumes itself (no --resume)
+        if lost := lost_contact(exc, go_on="run the same grow family command again"):
+            raise TrainingError(lost) from None
+        raise
+
+
+def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any]:
+    """`run_family` once the recipe is checked and every process of a launch has joined."""
     from grow_cli.family.report import write_report
     from grow_cli.launch import main_process
 
-    notes = check_recipe(recipe)  # everything a run needs, before anything is built (by every process, alike)
-    join()  # (under a launch: every process has checked, before the main one writes)
     say = err.print if main_process() else _silent
     for note in notes:
         say(f"note: {note}", soft_wrap=True)
