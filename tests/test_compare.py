@@ -248,6 +248,13 @@ def test_a_model_without_a_tokenizer_gets_advice_compare_can_follow(two_models, 
     assert "--tokenizer" not in result.stderr  # compare has no such option: both models must hold the tokenizer
 
 
+def _save_with_tokenizer_of(a, model, folder):
+    """`model` saved in `folder` with the tokenizer of model `a`, so that only the model differs."""
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(a / name, folder / name)
+
+
 def test_a_model_that_cannot_run_is_named_in_one_line(two_models, tmp_path, cli):
     """transformers loads a CodeGen whose rotary dimension (64) exceeds its heads' size (8) but cannot run it; the
     comparison names that model instead of ending in the catch-all `error: RuntimeError: …`."""
@@ -256,9 +263,7 @@ def test_a_model_that_cannot_run_is_named_in_one_line(two_models, tmp_path, cli)
     a, _, data, _ = two_models
     broken = tmp_path / "codegen"
     config = tf.CodeGenConfig(vocab_size=512, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=64)
-    tf.CodeGenForCausalLM(config).save_pretrained(broken)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(a / name, broken / name)
+    _save_with_tokenizer_of(a, tf.CodeGenForCausalLM(config), broken)
     result = cli("compare", a, broken, "--data", data, "--seq-len", 32, "--max-blocks", 2)
     lines = result.stderr.strip().splitlines()
     assert result.code == 1 and len(lines) == 1, result.stderr
@@ -354,9 +359,7 @@ def test_an_encoder_decoder_is_refused_in_compares_words(two_models, cli, tmp_pa
     a, _, data, _ = two_models
     t5 = tmp_path / "t5"
     config = tf.T5Config(vocab_size=512, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
-    tf.T5ForConditionalGeneration(config).save_pretrained(t5)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(a / name, t5 / name)
+    _save_with_tokenizer_of(a, tf.T5ForConditionalGeneration(config), t5)
     result = cli("compare", a, t5, "--data", data, "--seq-len", 32, "--cache-dir", tmp_path / "cache")
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and len(lines) == 1, result.stderr
