@@ -116,3 +116,16 @@ def test_duplicated_ffn_units_counts_units_that_copy_another(tmp_path):
     )
     assert aggregate.duplicated_ffn_units(tmp_path) == 0.5
     assert aggregate.duplicated_ffn_units(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "abc", "nan", "inf", ""])
+def test_a_scale_that_trains_nothing_is_one_clear_error(text, monkeypatch, capsys, tmp_path):
+    # 0 and -1 ran every stage on one token (budgets are clamped to 1) into runs/cpu-x0 or cpu-x-1; abc printed
+    # argparse's usage block
+    monkeypatch.setattr(sys, "argv", ["study.py", "run", "--scale", text, "--work", str(tmp_path)])
+    with pytest.raises(SystemExit) as stopped:
+        study.main()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --scale {text}: expected a positive number, such as 0.02 for a smoke run"]
+    assert study.checked_scale("0.02") == 0.02 and study.checked_scale("1") == 1.0

@@ -3,7 +3,7 @@
     python docs/study/study.py prepare                          # corpus → 8k BPE tokenizer → token cache (once)
     python docs/study/study.py run --preset cpu                 # every arm × seed, then the study's report
     python docs/study/study.py report --preset cpu              # the report again, from the finished runs
-    python docs/study/study.py run --preset cpu --scale 0.03    # a smoke version: every budget × 0.03
+    python docs/study/study.py run --preset cpu --scale 0.02    # a smoke version: every budget × 0.02
 
 A preset (presets/*.yaml) is a `grow family` recipe template plus its arms. An arm is a few lines that overlay the
 template — top-level settings such as `train:`, and `members: {NAME: {grow: …, train: …}}` member by member (a
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import shutil
 import sys
 import time
@@ -101,6 +102,17 @@ def arm_recipe(preset: dict[str, Any], arm: str, seed: int, data: dict[str, Any]
             if member.get("train"):
                 member["train"] = _scaled(member["train"], scale)
     return recipe
+
+
+def checked_scale(text: str) -> float:
+    """`--scale`: a positive finite factor (0 or less would train no tokens; `nan` and `inf`, nothing sensible)."""
+    try:
+        scale = float(text)
+    except ValueError:
+        raise UsageError(f"--scale {text}: expected a positive number, such as 0.02 for a smoke run") from None
+    if not math.isfinite(scale) or scale <= 0:
+        raise UsageError(f"--scale {text}: expected a positive number, such as 0.02 for a smoke run")
+    return scale
 
 
 def run_dir_for(preset: dict[str, Any], work: Path, scale: float) -> Path:
@@ -249,18 +261,19 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "work", help="data and runs (default: docs/study/work)")
     parser.add_argument("--text", type=Path, help="prepare: any folder of text instead of the installed corpora")
     parser.add_argument("--arms", help="comma-separated arms to run (default: all of the preset's)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every token budget (a smoke run: 0.03)")
+    parser.add_argument("--scale", default="1", help="multiply every token budget (a smoke run: 0.02)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     try:
+        scale = checked_scale(args.scale)
         preset = load_preset(args.preset)
         arms = args.arms.split(",") if args.arms else None
         if args.command == "prepare":
             prepare(preset, args.work, args.text)
         elif args.command == "run":
-            run(preset, args.work, arms=arms, scale=args.scale, quiet=args.quiet)
+            run(preset, args.work, arms=arms, scale=scale, quiet=args.quiet)
         else:
-            report(preset, args.work, arms=arms, scale=args.scale)
+            report(preset, args.work, arms=arms, scale=scale)
     except GrowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
