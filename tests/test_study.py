@@ -129,3 +129,42 @@ def test_a_scale_that_trains_nothing_is_one_clear_error(text, monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --scale {text}: expected a positive number, such as 0.02 for a smoke run"]
     assert study.checked_scale("0.02") == 0.02 and study.checked_scale("1") == 1.0
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "line"),
+    [
+        (KeyboardInterrupt, 130, "interrupted (Ctrl-C); run the same study.py command again"),
+        ("terminated", 143, "terminated (SIGTERM); run the same study.py command again"),
+        ("interrupted", 130, "interrupted (Ctrl-C) training m2, checkpoint saved; run the same study.py command"),
+    ],
+)
+def test_an_interrupted_run_says_in_one_line_how_to_continue(stop, code, line, monkeypatch, capsys, tmp_path):
+    # a Ctrl-C outside a training stage (the family's plots) printed a 30-line traceback and exited 1; SIGTERM
+    # killed the harness without unwinding; a stopped stage's advice named `grow family`, not the study's command
+    import signal
+
+    from grow_cli.errors import Interrupted
+    from grow_cli.signals import Terminated
+
+    raised = {
+        KeyboardInterrupt: KeyboardInterrupt(),
+        "terminated": Terminated(),
+        "interrupted": Interrupted(signal.SIGINT, "training m2, checkpoint saved", "Run grow family again"),
+    }[stop]
+
+    def stopped(*_, **__):
+        raise raised
+
+    monkeypatch.setattr(study, "run", stopped)
+    monkeypatch.setattr(sys, "argv", ["study.py", "run", "--work", str(tmp_path)])
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            study.main()
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL or handler is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert exited.value.code == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line) and "grow family" not in err[0]

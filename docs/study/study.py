@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,11 +34,13 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # run from a checkout without installing grow
 
-from grow_cli.errors import GrowError, UsageError  # noqa: E402
+from grow_cli.errors import GrowError, Interrupted, UsageError  # noqa: E402
+from grow_cli.signals import Terminated, stopped_by, terminate_like_interrupt  # noqa: E402
 
 PRESET_KEYS = {"name", "description", "data", "family", "arms", "estimate"}
 ARM_KEYS = {"description", "seeds"}  # everything else in an arm overlays the family recipe
 SCALED_TRAIN_KEYS = ("max_tokens", "eval_every", "warmup_steps")
+AGAIN = "run the same study.py command again to continue (finished members and from-scratch runs are kept)"
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -264,6 +267,7 @@ def main() -> None:
     parser.add_argument("--scale", default="1", help="multiply every token budget (a smoke run: 0.02)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
+    terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C: a checkpoint is saved, no temporary folder is left
     try:
         scale = checked_scale(args.scale)
         preset = load_preset(args.preset)
@@ -274,9 +278,16 @@ def main() -> None:
             run(preset, args.work, arms=arms, scale=scale, quiet=args.quiet)
         else:
             report(preset, args.work, arms=arms, scale=scale)
+    except Interrupted as exc:  # its advice names `grow family`; the study resumes by its own command
+        print(f"{stopped_by(exc.signum)} {exc.what}; {AGAIN}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     except GrowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
+    except (KeyboardInterrupt, Terminated) as exc:  # outside a training stage (growing, comparing, a report)
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        print(f"{stopped_by(signum)}; {AGAIN}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 if __name__ == "__main__":
