@@ -168,3 +168,70 @@ def test_an_interrupted_run_says_in_one_line_how_to_continue(stop, code, line, m
     assert exited.value.code == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(line) and "grow family" not in err[0]
+
+
+def _finished_family(run_dir: Path, arm: str, seed: int, saving: float, members=("m1", "m2")) -> Path:
+    """A family folder as `grow family` leaves it finished (family.json, member.json) with cached diagnostics."""
+    import json
+
+    out = run_dir / f"{arm}-s{seed}"
+    (run_dir / "recipes").mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipes" / f"{arm}-s{seed}.yaml").write_text(
+        yaml.safe_dump({"members": [{"name": m} for m in members]})
+    )
+    for m in members:
+        (out / m).mkdir(parents=True)
+        (out / m / "member.json").write_text(json.dumps({"name": m, "train": {"tokens": 100, "step": seed}}))
+    entry = {"saving": saving, "bound": "="}
+    family = {
+        "equal_quality": {"family": entry, "members": [{**entry, "name": "m2"}]},
+        "members": [{"name": m, "train": {"tokens": 100, "step": seed}} for m in members],
+    }
+    (out / "family.json").write_text(json.dumps(family))
+    diag = {"format": aggregate.DIAGNOSTICS_FORMAT, "members": [{"name": m} for m in members]}
+    (out / "study-diagnostics.json").write_text(json.dumps(diag))
+    return out
+
+
+PREPARED = {
+    "tokens": 1,
+    "documents": 1,
+    "corpus": "c",
+    "vocab_size": 8,
+    "train_tokens": 1,
+    "eval_tokens": 1,
+    "seq_len": 8,
+    "missing": [],
+}
+
+
+def test_unfinished_runs_are_named_never_counted_and_a_report_needs_one_finished(tmp_path):
+    # an interrupted run, or one finished once and now being re-trained, counted as finished from its stale
+    # family.json; the headline gave one seed's figure as the arm's without a word; a report before any run
+    # wrote an empty report and exited 0
+    import json
+
+    preset = {
+        "name": "p",
+        "description": "d",
+        "family": {"members": [{"name": "m1"}, {"name": "m2"}]},
+        "path": "p.yaml",
+    }
+    preset["arms"] = {"a": {"seeds": [0, 1]}, "b": {"seeds": [0]}}
+    planned = [("a", 0), ("a", 1), ("b", 0)]
+    with pytest.raises(UsageError, match=r"no finished run in .* run `python docs/study/study.py run --preset p"):
+        aggregate.write_study_report(preset, tmp_path, planned, PREPARED, 1.0)
+    assert not (tmp_path / "report").exists()
+
+    _finished_family(tmp_path, "a", 0, 0.3)
+    stale = _finished_family(tmp_path, "a", 1, 0.5)
+    (stale / "m2" / "member.json").write_text(json.dumps({"name": "m2", "train": {"tokens": 100, "step": 9}}))
+    started = _finished_family(tmp_path, "b", 0, 0.4)
+    (started / "family.json").unlink()
+    runs = aggregate.collect(tmp_path, planned + [("c", 0)])
+    assert [r.get("state") for r in runs] == [None, "incomplete", "incomplete", "not run"]
+    headline = aggregate._headline(preset, runs, ["a", "b"])
+    assert "30.0% (finished seeds only: seed 1 incomplete)" in headline
+    table = aggregate._results_table(preset, runs, ["a", "b", "c"])
+    assert table[2] == "| a | 30.0% | 30.0% | 0 (seed 1 incomplete: not counted) |"
+    assert table[3].startswith("| b | seed 0 incomplete | —") and table[4].startswith("| c | seed 0 not run | —")

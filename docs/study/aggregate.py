@@ -156,18 +156,48 @@ def _reason(quality: dict[str, Any], diag: dict[str, Any]) -> str:
     return f"{cause} ({facts})"
 
 
+def _family_state(out: Path, recipe_path: Path) -> tuple[str, dict[str, Any] | None]:
+    """("finished", its family.json) when the family's report covers every member as it is now; else ("not run",
+    None) for a family never started, ("incomplete", None) for one started and not finished — or finished once and
+    since being trained again (a member re-made after its family.json was written, or not yet remade)."""
+    if not out.is_dir():
+        return "not run", None
+    if not (out / "family.json").is_file():
+        return "incomplete", None
+    family = json.loads((out / "family.json").read_text())
+    names = [m["name"] for m in yaml.safe_load(recipe_path.read_text())["members"]] if recipe_path.is_file() else None
+    reported = family.get("members") or []
+    if names is not None and [m.get("name") for m in reported] != names:
+        return "incomplete", None
+    for m in reported:
+        marker = out / m["name"] / "member.json"
+        if not marker.is_file() or json.loads(marker.read_text()).get("train") != m.get("train"):
+            return "incomplete", None
+    return "finished", family
+
+
 def collect(run_dir: Path, runs: list[tuple[str, int]]) -> list[dict[str, Any]]:
-    """Each arm × seed's family report and diagnostics (skipping runs that have not finished)."""
+    """Each arm × seed's family report and diagnostics; a run that has not finished is `missing`, its `state`
+    "not run" or "incomplete" (its figures are not counted, and the report names it)."""
     gathered = []
     for arm, seed in runs:
-        out = run_dir / f"{arm}-s{seed}"
-        if not (out / "family.json").is_file():
-            gathered.append({"arm": arm, "seed": seed, "missing": True})
+        out, recipe_path = run_dir / f"{arm}-s{seed}", run_dir / "recipes" / f"{arm}-s{seed}.yaml"
+        state, family = _family_state(out, recipe_path)
+        if family is None:
+            gathered.append({"arm": arm, "seed": seed, "missing": True, "state": state})
             continue
-        family = json.loads((out / "family.json").read_text())
-        diag = diagnostics(out, run_dir / "recipes" / f"{arm}-s{seed}.yaml")
+        diag = diagnostics(out, recipe_path)
         gathered.append({"arm": arm, "seed": seed, "out": str(out), "family": family, "diagnostics": diag})
     return gathered
+
+
+def _unfinished(runs: list[dict[str, Any]], arm: str | None = None) -> str:
+    """The runs (of `arm`, or all) that have not finished, as `seed 1 incomplete, seed 2 not run` (or with arms)."""
+    return ", ".join(
+        f"{'' if arm else r['arm'] + ' '}seed {r['seed']} {r['state']}"
+        for r in runs
+        if r.get("missing") and (arm is None or r["arm"] == arm)
+    )
 
 
 def _gstack_note(preset: dict[str, Any], runs: list[dict[str, Any]]) -> str:
@@ -301,12 +331,13 @@ def _results_table(preset: dict[str, Any], runs: list[dict[str, Any]], arms: lis
     ]
     for arm in arms:
         done = [r for r in runs if r["arm"] == arm and not r.get("missing")]
+        unfinished = _unfinished(runs, arm)
         if not done:
-            lines.append(f"| {arm} | not run | " + " | ".join("—" for _ in names) + " | — |")
+            lines.append(f"| {arm} | {unfinished} | " + " | ".join("—" for _ in names) + " | — |")
             continue
         family = _spread([r["family"]["equal_quality"]["family"] for r in done])
         members = [_spread([r["family"]["equal_quality"]["members"][i] for r in done]) for i in range(len(names))]
-        seeds = ", ".join(str(r["seed"]) for r in done)
+        seeds = ", ".join(str(r["seed"]) for r in done) + (f" ({unfinished}: not counted)" if unfinished else "")
         lines.append(f"| {arm} | {family} | " + " | ".join(members) + f" | {seeds} |")
     return lines
 
@@ -398,8 +429,11 @@ def _headline(preset: dict[str, Any], runs: list[dict[str, Any]], arms: list[str
     arm = arms[0]
     done = [r for r in runs if r["arm"] == arm and not r.get("missing")]
     if not done:
-        return f"The headline arm ({arm}) has not run yet."
+        return f"The headline arm ({arm}) has not finished a run yet."
     spread = _spread([r["family"]["equal_quality"]["family"] for r in done])
+    unfinished = _unfinished(runs, arm)
+    if unfinished:
+        spread += f" (finished seeds only: {unfinished})"
     return (
         f"In the headline arm ({arm}), growing the family cost {spread} less compute than training every member "
         f"from scratch to the same held-out loss (Yano et al.'s family measure; a negative figure means it cost "
@@ -411,9 +445,16 @@ def write_study_report(
     preset: dict[str, Any], run_dir: Path, planned: list[tuple[str, int]], prepared: dict[str, Any], scale: float
 ) -> Path:
     """study.md, study.json and the plots in RUN/report/; returns the Markdown file."""
+    runs = collect(run_dir, planned)
+    if all(r.get("missing") for r in runs):
+        from grow_cli.errors import UsageError
+
+        command = f"python docs/study/study.py run --preset {preset['name']}" + (
+            "" if scale == 1 else f" --scale {scale:g}"
+        )
+        raise UsageError(f"no finished run in {run_dir} to report on: run `{command}` first")
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    runs = collect(run_dir, planned)
     arms = list(dict.fromkeys(arm for arm, _ in planned))
     totals = _totals(run_dir, runs)
     plots = _plots(out, runs, arms) if any(not r.get("missing") for r in runs) else []
@@ -432,9 +473,8 @@ def write_study_report(
         "decayed yet).",
         "",
     ]
-    missing = [f"{r['arm']}-s{r['seed']}" for r in runs if r.get("missing")]
-    if missing:
-        lines += [f"Not run yet: {', '.join(missing)}.", ""]
+    if any(r.get("missing") for r in runs):
+        lines += [f"Not finished, so not counted anywhere in this report: {_unfinished(runs)}.", ""]
     lines += ["## Where an arm saved nothing, and why", "", *_no_saving(runs), ""]
     lines += [
         "## Does each larger member clearly beat the smaller one?",
