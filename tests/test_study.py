@@ -188,7 +188,8 @@ def _finished_family(run_dir: Path, arm: str, seed: int, saving: float, members=
         "members": [{"name": m, "train": {"tokens": 100, "step": seed}} for m in members],
     }
     (out / "family.json").write_text(json.dumps(family))
-    diag = {"format": aggregate.DIAGNOSTICS_FORMAT, "members": [{"name": m} for m in members]}
+    made = [[m, {"tokens": 100, "step": seed}] for m in members]
+    diag = {"format": aggregate.DIAGNOSTICS_FORMAT, "made": made, "members": [{"name": m} for m in members]}
     (out / "study-diagnostics.json").write_text(json.dumps(diag))
     return out
 
@@ -235,3 +236,27 @@ def test_unfinished_runs_are_named_never_counted_and_a_report_needs_one_finished
     table = aggregate._results_table(preset, runs, ["a", "b", "c"])
     assert table[2] == "| a | 30.0% | 30.0% | 0 (seed 1 incomplete: not counted) |"
     assert table[3].startswith("| b | seed 0 incomplete | —") and table[4].startswith("| c | seed 0 not run | —")
+
+
+def test_diagnostics_of_a_member_trained_again_are_measured_again(tmp_path, monkeypatch):
+    # the cache held the first making's measurements (loss before/after growth, copies, epochs) for good, so a
+    # member deleted and re-trained (as the README's re-run did) was reported with its old diagnostics
+    import json
+
+    import grow_cli.family.recipe
+
+    out = _finished_family(tmp_path, "a", 0, 0.3)
+    assert aggregate.diagnostics(out, tmp_path / "recipes" / "a-s0.yaml") == [{"name": "m1"}, {"name": "m2"}]
+
+    class Measured(Exception):
+        pass
+
+    def measure(*_):
+        raise Measured
+
+    monkeypatch.setattr(grow_cli.family.recipe, "load_recipe", measure)
+    family = json.loads((out / "family.json").read_text())
+    family["members"][1]["train"] = {"tokens": 100, "step": 7}  # m2 trained again, its report written again
+    (out / "family.json").write_text(json.dumps(family))
+    with pytest.raises(Measured):
+        aggregate.diagnostics(out, tmp_path / "recipes" / "a-s0.yaml")

@@ -69,11 +69,18 @@ def duplicated_ffn_units(folder: Path) -> float | None:
     return copies / total if total else None
 
 
+def _making(out: Path) -> list[Any]:
+    """Which making of each member the family's report covers: its training's summary in family.json."""
+    family = json.loads((out / "family.json").read_text())
+    return [[m.get("name"), m.get("train")] for m in family.get("members") or []]
+
+
 def diagnostics(out: Path, recipe_path: Path) -> dict[str, Any]:
     """What the family report does not measure, per member (cached: computed once per finished family)."""
     cache = out / "study-diagnostics.json"
     cached = json.loads(cache.read_text()) if cache.is_file() else None
-    if isinstance(cached, dict) and cached.get("format") == DIAGNOSTICS_FORMAT:
+    made = _making(out)  # a member trained again since (deleted and re-run) is measured again
+    if isinstance(cached, dict) and cached.get("format") == DIAGNOSTICS_FORMAT and cached.get("made") == made:
         return cached["members"]
     from grow_cli.family.compare import compare
     from grow_cli.family.recipe import load_recipe
@@ -100,7 +107,7 @@ def diagnostics(out: Path, recipe_path: Path) -> dict[str, Any]:
             row["loss_before_growth"], row["loss_after_growth"] = step["loss_a"], step["loss_b"]
         rows.append(row)
         previous = summary["final"]
-    cache.write_text(json.dumps({"format": DIAGNOSTICS_FORMAT, "members": rows}, indent=2) + "\n")
+    cache.write_text(json.dumps({"format": DIAGNOSTICS_FORMAT, "made": made, "members": rows}, indent=2) + "\n")
     return rows
 
 
