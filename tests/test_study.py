@@ -71,18 +71,30 @@ def test_overlay_merges_replaces_and_removes():
 
 def test_a_bad_preset_is_one_clear_error(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"name": "p", "family": {"members": [{"name": "m1"}]}, "arms": {"a": {}}}))
+    head = {"name": "p", "description": "d", "data": {"sources": [], "vocab_size": 8}}
+    path.write_text(yaml.safe_dump({**head, "family": {"members": [{"name": "m1"}]}, "arms": {"a": {}}}))
     with pytest.raises(UsageError, match="arm 'a' needs `seeds"):
         study.load_preset(str(path))
     path.write_text(
         yaml.safe_dump(
-            {"name": "p", "family": {"members": [{"name": "m1"}]}, "arms": {"a": {"seeds": [0], "members": {"m9": {}}}}}
+            {**head, "family": {"members": [{"name": "m1"}]}, "arms": {"a": {"seeds": [0], "members": {"m9": {}}}}}
         )
     )
     with pytest.raises(UsageError, match="unknown member 'm9'"):
         study.load_preset(str(path))
     with pytest.raises(UsageError, match="no preset 'tpu'"):
         study.load_preset("tpu")
+    # a malformed preset file was a traceback (KeyError, yaml's ParserError, TypeError); now one line each
+    for text, says in [
+        ("name: p\n", r"missing key\(s\) arms, data, description, family"),
+        ("name: p\narms: {a: {seeds: [0]}\n", r"not valid YAML \(line 3\)"),
+        ("- 1\n", "expected a mapping"),
+        (yaml.safe_dump({**head, "family": {"members": "m1"}, "arms": {"a": {"seeds": [0]}}}), "list of `members:`"),
+        (yaml.safe_dump({**head, "family": {"members": [{"name": "m1"}]}, "arms": ["a"]}), "`arms:` must map"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(UsageError, match=says):
+            study.load_preset(str(path))
 
 
 def test_spread_over_seeds_and_the_measured_reason():

@@ -38,6 +38,7 @@ from grow_cli.errors import GrowError, Interrupted, UsageError  # noqa: E402
 from grow_cli.signals import Terminated, stopped_by, terminate_like_interrupt  # noqa: E402
 
 PRESET_KEYS = {"name", "description", "data", "family", "arms", "estimate"}
+REQUIRED_KEYS = {"name", "description", "data", "family", "arms"}  # `estimate` is optional
 ARM_KEYS = {"description", "seeds"}  # everything else in an arm overlays the family recipe
 SCALED_TRAIN_KEYS = ("max_tokens", "eval_every", "warmup_steps")
 AGAIN = "run the same study.py command again to continue (finished members and from-scratch runs are kept)"
@@ -49,14 +50,31 @@ def load_preset(name: str) -> dict[str, Any]:
     if not path.is_file():
         choices = ", ".join(sorted(p.stem for p in (HERE / "presets").glob("*.yaml")))
         raise UsageError(f"no preset {name!r}: give one of {choices} or a path to a preset YAML")
-    preset = yaml.safe_load(path.read_text())
+    try:
+        preset = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise UsageError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(preset, dict):
+        raise UsageError(f"{path}: expected a mapping of {', '.join(sorted(PRESET_KEYS))}")
     unknown = set(preset) - PRESET_KEYS
     if unknown:
         raise UsageError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(PRESET_KEYS))})"
         )
-    members = {m["name"] for m in preset["family"]["members"]}
-    for arm, spec in preset["arms"].items():
+    absent = sorted(REQUIRED_KEYS - set(preset))
+    if absent:
+        raise UsageError(f"{path}: missing key(s) {', '.join(absent)}")
+    family, arms = preset["family"], preset["arms"]
+    if not isinstance(family, dict) or not isinstance(family.get("members"), list) or not family["members"]:
+        raise UsageError(f"{path}: `family:` must be a grow family recipe with a list of `members:`")
+    if not all(isinstance(m, dict) and m.get("name") for m in family["members"]):
+        raise UsageError(f"{path}: every member in `family.members` needs a `name:`")
+    if not isinstance(arms, dict) or not arms or not all(isinstance(spec, dict) for spec in arms.values()):
+        raise UsageError(f"{path}: `arms:` must map each arm's name to its settings (at least `seeds: [...]`)")
+    members = {m["name"] for m in family["members"]}
+    for arm, spec in arms.items():
         if not spec.get("seeds"):
             raise UsageError(f"{path}: arm {arm!r} needs `seeds: [...]`")
         for member in spec.get("members", {}):
