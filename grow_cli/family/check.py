@@ -165,28 +165,23 @@ def _check_out_is_a_family_output(recipe: Recipe) -> None:
     """OUT is empty (or not there yet), or a family's output (`family_output`), and each member folder there that
     holds files was started by a family run. Otherwise it is a folder of the user's, whose files the report (family.md,
     family.json, the plots) and the members would be written over."""
-    from grow_cli.family.resume import family_output, started
+    from grow_cli.family.resume import family_output, some_names, started
 
     out = recipe.out
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not family_output(out):
         raise OutputError(
-            f"the family's output {out} holds files ({_some_names(out)}) that no grow family run wrote: the run "
+            f"the family's output {out} holds files ({some_names(out)}) that no grow family run wrote: the run "
             "would write over them; give another out (the recipe's out, or --out), or move them away"
         )
     for member in recipe.members:
         folder = out / member.name
         if folder.is_file() or (folder.is_dir() and any(folder.iterdir()) and not started(folder)):
-            found = f"holds files this family did not write there ({_some_names(folder)})" if folder.is_dir() else ""
+            found = f"holds files this family did not write there ({some_names(folder)})" if folder.is_dir() else ""
             raise OutputError(
                 f"{folder} {found or 'is a file'}: the member's run would write over it; move it away and run again"
             )
-
-
-def _some_names(folder: Path) -> str:
-    """The first three entries of `folder`, to name what a refusal is about."""
-    return ", ".join(sorted(entry.name for entry in folder.iterdir())[:3])
 
 
 def _hf_config(config: dict[str, Any], where: str) -> Any:

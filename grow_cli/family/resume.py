@@ -108,6 +108,11 @@ def started(folder: Path) -> bool:
     return (folder / START_FILE).is_file() or (folder / MEMBER_FILE).is_file()
 
 
+def some_names(folder: Path) -> str:
+    """The first three entries of `folder`, to name what a refusal of files the family did not write is about."""
+    return ", ".join(sorted(entry.name for entry in folder.iterdir())[:3])
+
+
 def model_identity(summary: dict[str, Any]) -> str:
     """What tells one making of a finished member's model from another: its weights (`weights_fingerprint`). A member
     made again with other settings, or by a run that does not repeat bit for bit, is another model; one made again

@@ -37,7 +37,15 @@ from grow_cli.data.tokens import token_cache_dir
 from grow_cli.errors import Interrupted, TrainingError, UsageError
 from grow_cli.family.main_process import join, main_first, on_main
 from grow_cli.family.recipe import Member, Recipe
-from grow_cli.family.resume import MEMBER_FILE, OUT_FILE, START_FILE, located, member_settings, model_identity
+from grow_cli.family.resume import (
+    MEMBER_FILE,
+    OUT_FILE,
+    START_FILE,
+    located,
+    member_settings,
+    model_identity,
+    some_names,
+)
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
 
@@ -255,10 +263,9 @@ def _stage_found(out: Path, grown: bool, *, keep_final: bool) -> dict[str, Any]:
         return {"done": done, "resume": None}
     resume = "auto" if complete_checkpoints(out) else "grown" if grown else None
     if resume != "auto" and out.is_dir() and not killed_before_first_checkpoint(out):
-        found = ", ".join(sorted(entry.name for entry in out.iterdir())[:3])
         raise UsageError(
-            f"{out} holds files this family did not write there ({found}); starting the stage would replace them: "
-            f"move them away, or delete {out}, and run again"
+            f"{out} holds files this family did not write there ({some_names(out)}); starting the stage would replace "
+            f"them: move them away, or delete {out}, and run again"
         )
     return {"done": None, "resume": resume}
 
