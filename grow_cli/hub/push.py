@@ -101,7 +101,8 @@ def push_folder(
             _check_ref_exists(api, repo_id, revision)
         action = "creating"
         repo_id = api.create_repo(repo_id, private=True if private else None, exist_ok=True).repo_id
-        main = api.model_info(repo_id, files_metadata=True)
+        on_main = revision in (None, "main")
+        main = api.model_info(repo_id, files_metadata=on_main)  # its files: what a push to main is compared with
         is_private = bool(main.private)  # the repo's own, reported: it may have been so before
         if private and not is_private:
             raise HubError(
@@ -113,7 +114,7 @@ def push_folder(
             action = "creating branch " + revision + " in"
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         action = "uploading to"
-        head = main if revision in (None, "main") else api.model_info(repo_id, revision=revision, files_metadata=True)
+        head = main if on_main else api.model_info(repo_id, revision=revision, files_metadata=True)
         info = api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
