@@ -19,12 +19,13 @@ def script() -> None:
 
 def start_config_child_early() -> None:
     """Start the config child for `grow expand` and `grow inspect` (not for their `--help`), before the options are
-    parsed: the first argument that is not an option names the command."""
+    parsed: the first argument that is not an option names the command. `grow inspect` and `--dry-run` only wait
+    for its answer, so it is urgent there; a real expand writes tensors meanwhile."""
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     if command in ("expand", "inspect") and "--help" not in sys.argv:
         from grow_cli.arch import hf_config
 
-        hf_config.start_early()
+        hf_config.start_early(urgent=command == "inspect" or "--dry-run" in sys.argv)
 
 
 if __name__ == "__main__":

@@ -46,13 +46,15 @@ NICENESS = 10  # how far below the main thread background work runs: on a shared
 
 
 def lower_priority() -> None:
-    """Run the calling thread (and the threads it starts) at `NICENESS`: work the run waits for only at its end (the
-    source's hashes, the grown config's check by transformers) then takes no CPU from the work that writes the next
-    byte. On the 2-core machine where grow is developed, a first run's width ×2 growth wrote its first byte 0.18 s
-    sooner and ended 0.45 s sooner (medians of 8 alternated runs), a depth growth as soon as before (docs/benchmarks.md,
-    ninth session). The price: on a machine whose every core is busy with other processes, this work gets a smaller
-    share of them than grow's main thread, so the run's end may wait longer for it (a process cannot raise its
-    priority back once lowered). Linux only, where a thread has a priority of its own; elsewhere nothing changes."""
+    """Run the calling thread (and the threads it starts) `NICENESS` below its priority (a grow started with `nice`
+    keeps the difference): work the run waits for only at its end (the source's hashes, the grown config's check by
+    transformers) then takes no CPU from the work that writes the next byte. On the 2-core machine where grow is
+    developed, a first run's width ×2 growth wrote its first byte 0.18 s sooner and ended 0.45 s sooner (medians of
+    8 alternated runs), a depth growth as soon as before (docs/benchmarks.md, ninth session). The price: on a machine
+    whose every core is busy with other processes, this work gets a smaller share of them than grow's main thread,
+    so the run's end may wait longer for it (a process cannot raise its priority back once lowered). Linux only,
+    where a thread has a priority of its own; elsewhere nothing changes."""
     if sys.platform.startswith("linux"):
+        thread = threading.get_native_id()
         with contextlib.suppress(OSError):  # a container may forbid it: the work then runs as before
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
+            os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + NICENESS, 19))

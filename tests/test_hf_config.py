@@ -50,11 +50,17 @@ def test_the_child_answers_as_transformers_does_here(child):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="grow lowers a thread's priority on Linux only")
-def test_the_child_runs_below_this_process_s_priority(child):
-    """On a first run the child imports transformers while grow writes its first bytes: the writing comes first."""
+@pytest.mark.parametrize("urgent", [False, True])
+def test_the_child_runs_below_this_process_s_priority_unless_urgent(monkeypatch, child, urgent):
+    """On a first run the child imports transformers while grow writes its first bytes: the writing comes first.
+    `grow inspect` and `--dry-run` have nothing to do but wait for its answer: there it runs at grow's priority."""
+    if urgent:
+        monkeypatch.setattr(hf_config, "_answered_here", lambda: False)  # as in a process without torch
+        hf_config.start_early(urgent=True)  # as __main__ starts it for those; a child started by a question is not
     hf_config._ask_child({"model_type": "llama", "params": {}, "causal_lm": False})  # answered: it is past its start
-    lowered = min(os.getpriority(os.PRIO_PROCESS, 0) + background.NICENESS, 19)
-    assert os.getpriority(os.PRIO_PROCESS, hf_config._child.pid) == lowered
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = own if urgent else min(own + background.NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, hf_config._child.pid) == expected
 
 
 def test_without_transformers_loaded_answers_come_from_the_child_then_the_cache(monkeypatch, child):
@@ -117,7 +123,7 @@ def test_a_child_started_early_answers_the_first_question_the_cache_misses(monke
     monkeypatch.setattr(cache, "get", lambda kind, key: None)
     started = []
     real_start = hf_config._start_child
-    monkeypatch.setattr(hf_config, "_start_child", lambda: started.append(real_start()) or started[-1])
+    monkeypatch.setattr(hf_config, "_start_child", lambda **kw: started.append(real_start(**kw)) or started[-1])
     hf_config.start_early()
     assert len(started) == 1  # before any question
     assert hf_config.ask(model_type, params) == expected

@@ -99,24 +99,25 @@ def test_a_refused_config_is_refused_without_torch_too(tiny_copy, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "starts"),
     [
-        (["grow", "expand", "SRC", "OUT", "--layers", "8"], True),
-        (["grow", "--debug", "expand", "SRC", "OUT", "--dry-run"], True),
-        (["grow", "expand", "--help"], False),
-        (["grow", "inspect", "expand"], True),  # a folder named expand
-        (["grow", "inspect", "--help"], False),
-        (["grow", "train-stage", "MODEL", "--data", "d", "--out", "o"], False),
-        (["grow", "plan", "--target", "expand"], False),
+        (["grow", "expand", "SRC", "OUT", "--layers", "8"], "background"),
+        (["grow", "--debug", "expand", "SRC", "OUT", "--dry-run"], "urgent"),
+        (["grow", "expand", "--help"], None),
+        (["grow", "inspect", "expand"], "urgent"),  # a folder named expand
+        (["grow", "inspect", "--help"], None),
+        (["grow", "train-stage", "MODEL", "--data", "d", "--out", "o"], None),
+        (["grow", "plan", "--target", "expand"], None),
     ],
 )
 def test_only_expand_and_inspect_start_the_transformers_child_before_parsing(monkeypatch, argv, starts):
     """`grow expand` and `grow inspect` start the config child before Typer parses their options
     (`__main__.start_config_child_early`), so that on a first run the child's import of transformers overlaps that
-    parsing; no other command, and not `--help`."""
+    parsing; no other command, and not `--help`. It is urgent (grow's own priority) where the command only waits
+    for its answer, and background work beside a real expand's writing."""
     from grow_cli import __main__ as entry
     from grow_cli.arch import hf_config
 
     started = []
-    monkeypatch.setattr(hf_config, "start_early", lambda: started.append(True))
+    monkeypatch.setattr(hf_config, "start_early", lambda urgent: started.append("urgent" if urgent else "background"))
     monkeypatch.setattr(sys, "argv", argv)
     entry.start_config_child_early()
-    assert started == ([True] if starts else [])
+    assert started == ([starts] if starts else [])

@@ -12,7 +12,9 @@ and dominated `grow expand --dry-run` and small expands. So each question goes, 
    of the run. If that child cannot answer (a transformers release whose configs need torch), the question is
    answered in this process after all, so the answer never depends on the route. `grow expand` starts the child
    before its first question is known (`start_early`): on a first run its import of transformers (~0.7 s) then
-   overlaps grow's own start-up; where the cache answers, it is ended unasked at the first answer. The child
+   overlaps grow's own start-up; where the cache answers, it is ended unasked at the first answer. The child runs
+   at a lower priority than grow's own work (`background.lower_priority`) unless the command has nothing else to
+   do but wait for its answer (`grow inspect`, `--dry-run`: `urgent`). The child
    imports only the config classes, not transformers' package `__init__` (`configs_only`).
 
 `answer` is the one function every route runs, so the three cannot disagree; tests compare them.
@@ -38,8 +40,9 @@ _CHILD_CODE = """
 import json, os, sys
 sys.path[:0] = json.loads(sys.argv[1])
 sys.modules["torch"] = None  # transformers then treats torch as absent: its configs load in a fraction of the time
-from grow_cli.background import lower_priority
-lower_priority()  # the parent's own work comes first
+if sys.argv[2] == "background":
+    from grow_cli.background import lower_priority
+    lower_priority()  # the parent's own work comes first
 from grow_cli.arch.hf_config import answer_without_init, configs_only
 configs_only()
 for line in sys.stdin:
@@ -216,22 +219,28 @@ def _ask_child(request: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def start_early() -> None:
+def start_early(*, urgent: bool = False) -> None:
     """Start the child now, before the questions are known (see the module docstring); a no-op where one runs or
     questions are answered in this process. A child that cannot be started now is left to the first question (which
-    answers in this process if it cannot start one either)."""
+    answers in this process if it cannot start one either).
+
+    `urgent`: the command has nothing to do but wait for the answer, so the child runs at grow's own priority. At a
+    lower one, on two cores, the scheduler may share a core between the child and grow's other thread (the
+    safetensors check of the headers), and a first `grow inspect` of a 70B-shaped index waited ~0.15 s longer for
+    its answer (docs/benchmarks.md, twentieth session)."""
     global _child
     with _one_at_a_time:
         if _child is None and not _child_failed and not _answered_here():
             with contextlib.suppress(OSError):
-                _child = _start_child()
+                _child = _start_child(urgent=urgent)
 
 
-def _start_child() -> subprocess.Popen:
+def _start_child(*, urgent: bool = False) -> subprocess.Popen:
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TRANSFORMERS_NO_ADVISORY_WARNINGS="1")
+    priority = "urgent" if urgent else "background"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD_CODE, json.dumps([package_root])],
+        [sys.executable, "-c", _CHILD_CODE, json.dumps([package_root]), priority],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
