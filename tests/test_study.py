@@ -4,6 +4,8 @@ No training here: the harness runs real families, which is the study itself (and
 
 from __future__ import annotations
 
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -141,6 +143,37 @@ def test_a_scale_that_trains_nothing_is_one_clear_error(text, monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --scale {text}: expected a positive number, such as 0.02 for a smoke run"]
     assert study.checked_scale("0.02") == 0.02 and study.checked_scale("1") == 1.0
+
+
+OPTIONS = {
+    "prepare": {"--preset", "--work", "--text"},
+    "run": {"--preset", "--work", "--arms", "--scale", "--quiet"},
+    "report": {"--preset", "--work", "--arms", "--scale"},
+}
+
+
+@pytest.mark.parametrize("command", OPTIONS)
+def test_each_subcommand_shows_and_accepts_only_the_options_it_uses(command, capsys):
+    # every option was shown and accepted under every subcommand: `prepare --help` listed --arms, --scale and
+    # --quiet, which prepare ignored, and `run --text DIR` ran on without the text
+    with pytest.raises(SystemExit) as shown:
+        study.arguments([command, "--help"])
+    assert shown.value.code == 0
+    assert set(re.findall(r"--[a-z]+", capsys.readouterr().out)) - {"--help"} == OPTIONS[command]
+    for other in set().union(*OPTIONS.values()) - OPTIONS[command]:
+        with pytest.raises(SystemExit) as refused:
+            study.arguments([command, other, "x"])
+        assert refused.value.code == 2
+        assert f" {command}: error: unrecognized arguments: {other}" in capsys.readouterr().err
+
+
+def test_every_documented_command_line_parses():
+    documents = [study.__doc__, (STUDY / "README.md").read_text(), (STUDY / "results" / "cpu" / "study.md").read_text()]
+    lines = [line for text in documents for line in re.findall(r"python docs/study/study\.py ([^#`\n]+)", text)]
+    assert len(lines) >= 10
+    for line in lines:
+        args = study.arguments(shlex.split(line))
+        assert args.command in OPTIONS
 
 
 @pytest.mark.parametrize(

@@ -275,27 +275,50 @@ def report(preset: dict[str, Any], work: Path, *, arms: list[str] | None, scale:
     return path
 
 
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: each subcommand shows and accepts only the options it uses, and an option it does not use
+    is refused with that subcommand's usage."""
+    top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = argparse.ArgumentParser(add_help=False)  # every subcommand reads a preset and a work folder
+    where.add_argument("--preset", default="cpu", help="cpu, gpu, or a preset YAML (default: cpu)")
+    where.add_argument(
+        "--work", type=Path, default=HERE / "work", metavar="DIR", help="data and runs (default: docs/study/work)"
+    )
+    runs = argparse.ArgumentParser(add_help=False)  # run and report choose the same runs
+    runs.add_argument("--arms", metavar="A,B", help="comma-separated arms (default: all of the preset's)")
+    runs.add_argument("--scale", default="1", help="multiply every token budget (a smoke run: 0.02)")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    def command(name: str, about: str, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=parents, help=about, description=about)
+
+    prepare_ = command("prepare", "corpus → byte-level BPE tokenizer → token cache (once)", [where])
+    prepare_.add_argument(
+        "--text", type=Path, metavar="DIR", help="any folder of text instead of the installed corpora"
+    )
+    run_ = command("run", "every arm × seed (resuming finished parts), then the study's report", [where, runs])
+    run_.add_argument("--quiet", action="store_true", help="no progress bars")
+    command("report", "the study's report again, from the finished runs", [where, runs])
+    args, unused = top.parse_known_args(argv)
+    if unused:
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unused)}")
+    return args
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("prepare", "run", "report"))
-    parser.add_argument("--preset", default="cpu", help="cpu, gpu, or a preset YAML (default: cpu)")
-    parser.add_argument("--work", type=Path, default=HERE / "work", help="data and runs (default: docs/study/work)")
-    parser.add_argument("--text", type=Path, help="prepare: any folder of text instead of the installed corpora")
-    parser.add_argument("--arms", help="comma-separated arms to run (default: all of the preset's)")
-    parser.add_argument("--scale", default="1", help="multiply every token budget (a smoke run: 0.02)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args()
+    args = arguments()
     terminate_like_interrupt()  # SIGTERM unwinds like Ctrl-C: a checkpoint is saved, no temporary folder is left
     try:
-        scale = checked_scale(args.scale)
-        preset = load_preset(args.preset)
-        arms = args.arms.split(",") if args.arms else None
         if args.command == "prepare":
-            prepare(preset, args.work, args.text)
-        elif args.command == "run":
-            run(preset, args.work, arms=arms, scale=scale, quiet=args.quiet)
+            prepare(load_preset(args.preset), args.work, args.text)
         else:
-            report(preset, args.work, arms=arms, scale=scale)
+            scale = checked_scale(args.scale)
+            preset = load_preset(args.preset)
+            arms = args.arms.split(",") if args.arms else None
+            if args.command == "run":
+                run(preset, args.work, arms=arms, scale=scale, quiet=args.quiet)
+            else:
+                report(preset, args.work, arms=arms, scale=scale)
     except Interrupted as exc:  # its advice names `grow family`; the study resumes by its own command
         print(f"{stopped_by(exc.signum)} {exc.what}; {AGAIN}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
