@@ -216,7 +216,8 @@ def test_an_interrupted_run_says_in_one_line_how_to_continue(stop, code, line, m
 
 
 def _finished_family(run_dir: Path, arm: str, seed: int, saving: float, members=("m1", "m2")) -> Path:
-    """A family folder as `grow family` leaves it finished (family.json, member.json) with cached diagnostics."""
+    """A family folder as `grow family` leaves it finished (family.json, member.json) with cached diagnostics: enough
+    for the study's whole report (its members were never trained, so their curves are empty)."""
     import json
 
     out = run_dir / f"{arm}-s{seed}"
@@ -227,14 +228,29 @@ def _finished_family(run_dir: Path, arm: str, seed: int, saving: float, members=
     for m in members:
         (out / m).mkdir(parents=True)
         (out / m / "member.json").write_text(json.dumps({"name": m, "train": {"tokens": 100, "step": seed}}))
+    final = {m: str(out / m / "trained") for m in members}
     entry = {"saving": saving, "bound": "="}
     family = {
-        "equal_quality": {"family": entry, "members": [{**entry, "name": "m2"}]},
-        "members": [{"name": m, "train": {"tokens": 100, "step": seed}} for m in members],
+        "equal_quality": {
+            "family": entry,
+            "members": [{**entry, "name": m, "scratch_final_loss": 5.0 - i} for i, m in enumerate(members[1:])],
+        },
+        "members": [{"name": m, "train": {"tokens": 100, "step": seed}, "final": final[m]} for m in members],
+        "ledger": {
+            "progressive_flops": 2e12,
+            "members": [
+                {"name": m, "final_eval_loss": 6.0 - i, "progressive_flops": 1e12} for i, m in enumerate(members)
+            ],
+        },
+        "consistency": [
+            {"pair": f"{a}→{b}", "grown": {"a": final[a], "b": final[b], "kl_a_b": 0.1}, "independent": None}
+            for a, b in zip(members, members[1:], strict=False)
+        ],
     }
     (out / "family.json").write_text(json.dumps(family))
     made = [[m, {"tokens": 100, "step": seed}] for m in members]
-    diag = {"format": aggregate.DIAGNOSTICS_FORMAT, "made": made, "members": [{"name": m} for m in members]}
+    rows = [{"name": m, "max_lr": 1e-3} for m in members]
+    diag = {"format": aggregate.DIAGNOSTICS_FORMAT, "made": made, "members": rows}
     (out / "study-diagnostics.json").write_text(json.dumps(diag))
     return out
 
@@ -251,19 +267,24 @@ PREPARED = {
 }
 
 
+def _preset() -> dict:
+    """A preset of two arms, `a` (its headline: the first) and `b`, over a two-member family."""
+    return {
+        "name": "p",
+        "description": "d",
+        "family": {"members": [{"name": "m1"}, {"name": "m2"}]},
+        "path": "p.yaml",
+        "arms": {"a": {"seeds": [0, 1]}, "b": {"seeds": [0]}},
+    }
+
+
 def test_unfinished_runs_are_named_never_counted_and_a_report_needs_one_finished(tmp_path):
     # an interrupted run, or one finished once and now being re-trained, counted as finished from its stale
     # family.json; the headline gave one seed's figure as the arm's without a word; a report before any run
     # wrote an empty report and exited 0
     import json
 
-    preset = {
-        "name": "p",
-        "description": "d",
-        "family": {"members": [{"name": "m1"}, {"name": "m2"}]},
-        "path": "p.yaml",
-    }
-    preset["arms"] = {"a": {"seeds": [0, 1]}, "b": {"seeds": [0]}}
+    preset = _preset()
     planned = [("a", 0), ("a", 1), ("b", 0)]
     with pytest.raises(UsageError, match=r"no finished run in .* run `python docs/study/study.py run --preset p"):
         aggregate.write_study_report(preset, tmp_path, planned, PREPARED, 1.0)
@@ -291,7 +312,8 @@ def test_diagnostics_of_a_member_trained_again_are_measured_again(tmp_path, monk
     import grow_cli.family.recipe
 
     out = _finished_family(tmp_path, "a", 0, 0.3)
-    assert aggregate.diagnostics(out, tmp_path / "recipes" / "a-s0.yaml") == [{"name": "m1"}, {"name": "m2"}]
+    cached = [{"name": "m1", "max_lr": 1e-3}, {"name": "m2", "max_lr": 1e-3}]
+    assert aggregate.diagnostics(out, tmp_path / "recipes" / "a-s0.yaml") == cached
 
     class Measured(Exception):
         pass
@@ -305,3 +327,54 @@ def test_diagnostics_of_a_member_trained_again_are_measured_again(tmp_path, monk
     (out / "family.json").write_text(json.dumps(family))
     with pytest.raises(Measured):
         aggregate.diagnostics(out, tmp_path / "recipes" / "a-s0.yaml")
+
+
+def _killed_writing(monkeypatch, name: str) -> None:
+    """From now on, writing a file named `name` (or a temporary file beside it for it) writes half its text, then
+    the process is interrupted — as a kill mid-write would leave it."""
+    write_text = Path.write_text
+
+    def half(self, text, *args, **kwargs):
+        if name in self.name:
+            write_text(self, text[: len(text) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", half)
+
+
+@pytest.mark.parametrize("name", ["study.md", "study.json"])
+def test_a_report_killed_mid_write_leaves_the_previous_one_whole(name, tmp_path, monkeypatch):
+    # study.md and study.json were written in place: a run killed mid-write left half a report
+    _finished_family(tmp_path, "a", 0, 0.3)
+    planned = [("a", 0)]
+    aggregate.write_study_report(_preset(), tmp_path, planned, PREPARED, 1.0)
+    report = tmp_path / "report"
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+    _killed_writing(monkeypatch, name)
+    with pytest.raises(KeyboardInterrupt):
+        aggregate.write_study_report(_preset(), tmp_path, planned, PREPARED, 1.0)
+    assert {p.name: p.read_bytes() for p in report.iterdir()}[name] == before[name]
+    assert sorted(p.name for p in report.iterdir()) == sorted(before)  # no temporary file left either
+
+
+def test_timings_killed_mid_write_are_left_whole(tmp_path, monkeypatch):
+    # timings.json was written in place after every family: a kill then left it truncated, and every later run and
+    # report stopped on a JSONDecodeError traceback
+    import json
+
+    import grow_cli.family.recipe
+    import grow_cli.family.run
+
+    preset = study.load_preset("cpu")
+    monkeypatch.setattr(study, "_prepared", lambda *_: _data(tmp_path))
+    monkeypatch.setattr(grow_cli.family.recipe, "load_recipe", lambda path: path)
+    monkeypatch.setattr(grow_cli.family.run, "run_family", lambda *_, **__: {"status": "done"})
+    run_dir = study.run_dir_for(preset, tmp_path, 1.0)
+    run_dir.mkdir(parents=True)
+    (run_dir / "timings.json").write_text(json.dumps({"auto-lr-s0": 60.0}))
+    _killed_writing(monkeypatch, "timings.json")
+    with pytest.raises(KeyboardInterrupt):
+        study.run(preset, tmp_path, arms=["auto-lr"], scale=1.0, quiet=True)
+    assert json.loads((run_dir / "timings.json").read_text()) == {"auto-lr-s0": 60.0}
+    assert sorted(p.name for p in run_dir.iterdir()) == ["recipes", "timings.json"]

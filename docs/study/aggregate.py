@@ -15,6 +15,7 @@ and measures, once, what the family report does not (cached in the family folder
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from grow_cli.family.quality import PUBLISHED, saving_phrase, saving_text
+from grow_cli.whole_file import write_whole
 
 DUPLICATE_TOLERANCE = 1e-3  # relative distance under which two FFN units count as copies
 CLEAR_GAP = 0.05  # nats: a larger member "clearly" beats a smaller one when its held-out loss is this much lower
@@ -107,7 +109,7 @@ def diagnostics(out: Path, recipe_path: Path) -> dict[str, Any]:
             row["loss_before_growth"], row["loss_after_growth"] = step["loss_a"], step["loss_b"]
         rows.append(row)
         previous = summary["final"]
-    cache.write_text(json.dumps({"format": DIAGNOSTICS_FORMAT, "made": made, "members": rows}, indent=2) + "\n")
+    write_whole(cache, json.dumps({"format": DIAGNOSTICS_FORMAT, "made": made, "members": rows}, indent=2) + "\n")
     return rows
 
 
@@ -235,6 +237,16 @@ def _gstack_note(preset: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _save(fig: Any, path: Path) -> None:
+    """`fig` as a PNG written whole: a kill or a full disk leaves the previous plot, not half of one."""
+    import matplotlib.pyplot as plt
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    write_whole(path, png.getvalue())
+
+
 def _plots(out: Path, runs: list[dict[str, Any]], arms: list[str]) -> list[str]:
     import matplotlib
 
@@ -280,8 +292,7 @@ def _plots(out: Path, runs: list[dict[str, Any]], arms: list[str]) -> list[str]:
     for ax in list(axes.flat)[len(arms) :]:
         ax.set_visible(False)
     fig.tight_layout()
-    fig.savefig(out / "loss_vs_flops.png", dpi=100)
-    plt.close(fig)
+    _save(fig, out / "loss_vs_flops.png")
 
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(arms)), 4))
     markers = {"=": "o", ">": "^", "≤": "v", "?": "x"}
@@ -305,8 +316,7 @@ def _plots(out: Path, runs: list[dict[str, Any]], arms: list[str]) -> list[str]:
     ax.set_title("saving at equal quality per arm (▲ lower bound, ▼ upper bound)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "savings.png", dpi=100)
-    plt.close(fig)
+    _save(fig, out / "savings.png")
     return ["savings.png", "loss_vs_flops.png"]
 
 
@@ -536,8 +546,9 @@ def write_study_report(
         *[f"![{p}]({p})" for p in plots],
         "",
     ]
-    (out / "study.md").write_text("\n".join(lines))
-    (out / "study.json").write_text(
+    write_whole(out / "study.md", "\n".join(lines))
+    write_whole(
+        out / "study.json",
         json.dumps(
             {
                 "preset": preset["name"],
@@ -553,7 +564,7 @@ def write_study_report(
             indent=2,
             default=str,
         )
-        + "\n"
+        + "\n",
     )
     return out / "study.md"
 

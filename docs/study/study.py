@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent.parent))  # run from a checkout without insta
 
 from grow_cli.errors import GrowError, Interrupted, UsageError  # noqa: E402
 from grow_cli.signals import Terminated, stopped_by, terminate_like_interrupt  # noqa: E402
+from grow_cli.whole_file import write_whole  # noqa: E402
 
 PRESET_KEYS = {"name", "description", "data", "family", "arms", "estimate"}
 REQUIRED_KEYS = {"name", "description", "data", "family", "arms"}  # `estimate` is optional
@@ -218,7 +219,7 @@ def prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str, 
         "eval_tokens": len(tokens.eval_ids) * train["seq_len"],
         "fingerprint": tokens.fingerprint,
     }
-    (data_dir / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_whole(data_dir / "prepare.json", json.dumps(summary, indent=2) + "\n")
     print(
         f"tokens: {tokens.num_tokens:,} in {tokens.num_documents:,} documents; "
         f"{summary['train_tokens']:,} train / {summary['eval_tokens']:,} held-out (never trained on)"
@@ -253,14 +254,14 @@ def run(preset: dict[str, Any], work: Path, *, arms: list[str] | None, scale: fl
     for arm, seed in planned_runs(preset, arms):
         recipe = arm_recipe(preset, arm, seed, data, run_dir, scale)
         path = run_dir / "recipes" / f"{recipe['name']}.yaml"
-        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        write_whole(path, yaml.safe_dump(recipe, sort_keys=False))
         print(f"== {recipe['name']}: grow family {path}", file=sys.stderr)
         started = time.perf_counter()
         try:
             result = run_family(load_recipe(path), quiet=quiet)
         finally:  # wall time adds up over interrupted and resumed calls (a finished family costs seconds)
             timings[recipe["name"]] = timings.get(recipe["name"], 0.0) + time.perf_counter() - started
-            timings_file.write_text(json.dumps(timings, indent=2) + "\n")
+            write_whole(timings_file, json.dumps(timings, indent=2) + "\n")
         if result["status"] != "done":
             raise GrowError(f"{recipe['name']} paused in member {result['member']}; re-run the same command")
     return report(preset, work, arms=arms, scale=scale)
