@@ -378,3 +378,24 @@ def test_timings_killed_mid_write_are_left_whole(tmp_path, monkeypatch):
         study.run(preset, tmp_path, arms=["auto-lr"], scale=1.0, quiet=True)
     assert json.loads((run_dir / "timings.json").read_text()) == {"auto-lr-s0": 60.0}
     assert sorted(p.name for p in run_dir.iterdir()) == ["recipes", "timings.json"]
+
+
+def test_the_headline_arm_is_the_presets_first_and_no_other_arm_is_called_so(tmp_path):
+    # with --arms b the report said "In the headline arm (b)", b being merely the first arm asked for; with
+    # --arms b,a it gave b's figure as the headline, not a's
+    import json
+
+    _finished_family(tmp_path, "a", 0, 0.3)
+    _finished_family(tmp_path, "b", 0, 0.4)
+    preset = _preset()
+    assert aggregate.headline_arm(preset) == "a"
+    runs = aggregate.collect(tmp_path, [("b", 0), ("a", 0)])
+    assert aggregate._headline(preset, runs, ["b", "a"]).startswith(
+        "In the headline arm (a), growing the family cost 30.0%"
+    )
+    path = aggregate.write_study_report(preset, tmp_path, [("b", 0)], PREPARED, 1.0)
+    said = "In arm b (the preset's headline arm, a, is not in this report), growing the family cost 40.0%"
+    assert f"**{said}" in path.read_text() and "headline arm (b)" not in path.read_text()
+    assert json.loads((path.parent / "study.json").read_text())["headline"].startswith(said)
+    runs = aggregate.collect(tmp_path, [("c", 0)])
+    assert aggregate._headline(preset, runs, ["c"]).startswith("No run of arm c (the preset's headline arm, a,")

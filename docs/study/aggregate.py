@@ -442,17 +442,29 @@ def _no_saving(runs: list[dict[str, Any]]) -> list[str]:
     return lines or ["Every grown member saved compute at equal quality."]
 
 
+def headline_arm(preset: dict[str, Any]) -> str:
+    """The preset's headline arm: its first (as the README says)."""
+    return next(iter(preset["arms"]))
+
+
 def _headline(preset: dict[str, Any], runs: list[dict[str, Any]], arms: list[str]) -> str:
-    arm = arms[0]
+    """The report's first sentence: the family saving of the preset's headline arm, or — in a report on a subset of
+    arms without it (`--arms`) — of the first arm reported, never called the headline."""
+    headline = headline_arm(preset)
+    arm = headline if headline in arms else arms[0]
+    if arm == headline:
+        named = f"the headline arm ({arm})"
+    else:
+        named = f"arm {arm} (the preset's headline arm, {headline}, is not in this report)"
     done = [r for r in runs if r["arm"] == arm and not r.get("missing")]
     if not done:
-        return f"The headline arm ({arm}) has not finished a run yet."
+        return f"No run of {named} has finished yet."
     spread = _spread([r["family"]["equal_quality"]["family"] for r in done])
     unfinished = _unfinished(runs, arm)
     if unfinished:
         spread += f" (finished seeds only: {unfinished})"
     return (
-        f"In the headline arm ({arm}), growing the family cost {spread} less compute than training every member "
+        f"In {named}, growing the family cost {spread} less compute than training every member "
         f"from scratch to the same held-out loss (Yano et al.'s family measure; a negative figure means it cost "
         f"more). Published: {PUBLISHED[0]['text']}."
     )
