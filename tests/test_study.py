@@ -399,3 +399,21 @@ def test_the_headline_arm_is_the_presets_first_and_no_other_arm_is_called_so(tmp
     assert json.loads((path.parent / "study.json").read_text())["headline"].startswith(said)
     runs = aggregate.collect(tmp_path, [("c", 0)])
     assert aggregate._headline(preset, runs, ["c"]).startswith("No run of arm c (the preset's headline arm, a,")
+
+
+def test_an_error_about_the_text_names_the_option_given(tmp_path, monkeypatch, capsys):
+    # prepare's errors about its --text folder named `--data`, and about the preset's text field `--text-field`:
+    # options of grow train-stage that the study does not have
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "a.jsonl").write_text('{"body": "words"}\n')
+    for text, says in [
+        ("absent", f"error: --text {tmp_path / 'absent'}: no such file or folder"),
+        ("records", f"error: {tmp_path / 'records' / 'a.jsonl'}:1: no text field 'text'; set the preset's text_field"),
+    ]:
+        argv = ["study.py", "prepare", "--text", str(tmp_path / text), "--work", str(tmp_path / "work")]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as refused:
+            study.main()
+        assert refused.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(says) and "--data" not in err[-1]

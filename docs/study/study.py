@@ -34,7 +34,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # run from a checkout without installing grow
 
-from grow_cli.errors import GrowError, Interrupted, UsageError  # noqa: E402
+from grow_cli.errors import DataError, GrowError, Interrupted, UsageError  # noqa: E402
 from grow_cli.signals import Terminated, stopped_by, terminate_like_interrupt  # noqa: E402
 from grow_cli.whole_file import write_whole  # noqa: E402
 
@@ -42,6 +42,11 @@ PRESET_KEYS = {"name", "description", "data", "family", "arms", "estimate"}
 REQUIRED_KEYS = {"name", "description", "data", "family", "arms"}  # `estimate` is optional
 ARM_KEYS = {"description", "seeds"}  # everything else in an arm overlays the family recipe
 SCALED_TRAIN_KEYS = ("max_tokens", "eval_every", "warmup_steps")
+# grow's options for what a study takes from its preset's `train:`, as `prepare`'s errors name them instead
+PRESET_TERMS = (
+    ("--seq-len", "the preset's seq_len"),
+    ("pass --text-field NAME", "set the preset's text_field to NAME"),
+)
 AGAIN = "run the same study.py command again to continue (finished members and from-scratch runs are kept)"
 
 
@@ -152,7 +157,22 @@ def planned_runs(preset: dict[str, Any], arms: list[str] | None) -> list[tuple[s
 
 
 def prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str, Any]:
-    """Corpus (the installed sources, or any folder of text) → byte-level BPE tokenizer → token cache."""
+    """Corpus (the installed sources, or any folder of text) → byte-level BPE tokenizer → token cache.
+
+    grow's data errors name `grow train-stage`'s options; here the text came from `--text` and the sequence length
+    and text field from the preset's `train:`, so an error names those instead (as `grow family` names its recipe's
+    keys)."""
+    terms = PRESET_TERMS if text is None else (("--data ", "--text "), *PRESET_TERMS)
+    try:
+        return _prepare(preset, work, text)
+    except DataError as exc:
+        message = str(exc)
+        for option, ours in terms:
+            message = message.replace(option, ours)
+        raise DataError(message) from None
+
+
+def _prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str, Any]:
     import transformers
 
     from grow_cli.data.corpus import corpus_status, train_tokenizer, write_corpus_jsonl
