@@ -417,3 +417,36 @@ def test_an_error_about_the_text_names_the_option_given(tmp_path, monkeypatch, c
         assert refused.value.code == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith(says) and "--data" not in err[-1]
+
+
+def test_the_report_writes_paths_relative_to_the_checkout(tmp_path, monkeypatch):
+    # study.md and study.json held the absolute paths of the machine that ran the study (/work/main/docs/study/work/…)
+    import json
+
+    monkeypatch.setattr(aggregate, "CHECKOUT", tmp_path)
+    run_dir, data = tmp_path / "work" / "runs" / "p", tmp_path / "work" / "data"
+    _finished_family(run_dir, "a", 0, 0.3)
+    prepared = {**PREPARED, "corpus": str(data / "corpus"), "written": {"folder": "/elsewhere/text"}}
+    path = aggregate.write_study_report(_preset(), run_dir, [("a", 0)], prepared, 1.0)
+    report, document = path.read_text(), (path.parent / "study.json").read_text()
+    assert str(tmp_path) not in report and str(tmp_path) not in document
+    assert "documents (work/data/corpus)" in report and "- recipes: `work/runs/p/recipes`" in report
+    run = json.loads(document)["runs"][0]
+    assert run["out"] == "work/runs/p/a-s0" and run["consistency"][0]["grown"]["a"] == "work/runs/p/a-s0/m1/trained"
+    assert json.loads(document)["prepared"]["written"] == {"folder": "/elsewhere/text"}  # outside the checkout
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (STUDY / "results").iterdir()))
+def test_the_committed_report_holds_no_absolute_path(folder):
+    import json
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    results = STUDY / "results" / folder
+    assert not [s for s in strings(json.loads((results / "study.json").read_text())) if Path(s).is_absolute()]
+    assert not re.findall(r"[\s(`](?:/[\w.-]+){2,}", (results / "study.md").read_text())

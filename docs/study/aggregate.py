@@ -30,7 +30,21 @@ DUPLICATE_TOLERANCE = 1e-3  # relative distance under which two FFN units count 
 CLEAR_GAP = 0.05  # nats: a larger member "clearly" beats a smaller one when its held-out loss is this much lower
 LOSS_STEP = 0.1  # nats: a growth step (or the restart after it) that costs more than this is a cause worth naming
 LOW_MEAN_LR = 0.35  # a stage whose mean LR is under this share of its max trained mostly in its schedule's tail
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository the study runs in
 DIAGNOSTICS_FORMAT = 2  # bump when `diagnostics` measures something new: older caches are measured again
+
+
+def portable(value: Any) -> Any:
+    """`value` (a path, or a record holding paths) as the report writes it, the same on any machine: every absolute
+    path inside the checkout relative to it (docs/study/work/runs/…). A path outside it (a `--work` or `--text`
+    folder elsewhere) is left as given."""
+    if isinstance(value, dict):
+        return {key: portable(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str | Path) and Path(value).is_absolute() and Path(value).is_relative_to(CHECKOUT):
+        return str(Path(value).relative_to(CHECKOUT))
+    return value
 
 
 def _metrics(folder: Path) -> list[dict[str, Any]]:
@@ -537,7 +551,8 @@ def write_study_report(
         "## Setup",
         "",
         f"- command: `python docs/study/study.py prepare` then `{command}`",
-        f"- data: {prepared['tokens']:,} tokens in {prepared['documents']:,} documents ({prepared['corpus']}), "
+        f"- data: {prepared['tokens']:,} tokens in {prepared['documents']:,} documents "
+        f"({portable(prepared['corpus'])}), "
         f"{prepared['vocab_size']}-token byte-level BPE; {prepared['train_tokens']:,} training and "
         f"{prepared['eval_tokens']:,} held-out tokens (blocks of {prepared['seq_len']}; held-out blocks are never "
         "trained on; the tokenizer was fitted on the whole corpus)",
@@ -545,7 +560,7 @@ def write_study_report(
         f"- compute: {totals['family_flops']:.3g} FLOPs in the families, {totals['scratch_flops']:.3g} in "
         f"{totals['scratch_runs']} distinct from-scratch runs; wall time {totals['wall_s'] / 60:.1f} min "
         "(measured by this run, on its machine)",
-        f"- recipes: `{run_dir / 'recipes'}` (each reproducible with `grow family RECIPE`), preset "
+        f"- recipes: `{portable(run_dir / 'recipes')}` (each reproducible with `grow family RECIPE`), preset "
         f"`{Path(preset['path']).name}`",
         "",
         "Arms:",
@@ -562,17 +577,19 @@ def write_study_report(
     write_whole(
         out / "study.json",
         json.dumps(
-            {
-                "preset": preset["name"],
-                "scale": scale,
-                "headline": _headline(preset, runs, arms),
-                "runs": [{k: v for k, v in r.items() if k != "family"} | _summary(r) for r in runs],
-                "prepared": prepared,
-                "totals": totals,
-                "members_clearly_ordered": clear,
-                "plots": plots,
-                "recipe_template": yaml.safe_dump(preset["family"]),
-            },
+            portable(
+                {
+                    "preset": preset["name"],
+                    "scale": scale,
+                    "headline": _headline(preset, runs, arms),
+                    "runs": [{k: v for k, v in r.items() if k != "family"} | _summary(r) for r in runs],
+                    "prepared": prepared,
+                    "totals": totals,
+                    "members_clearly_ordered": clear,
+                    "plots": plots,
+                    "recipe_template": yaml.safe_dump(preset["family"]),
+                }
+            ),
             indent=2,
             default=str,
         )
