@@ -197,6 +197,21 @@ def test_a_commit_that_cannot_be_read_back_is_still_a_push(fake_hub, grown, cli,
     assert f"commit: {fake_hub.url}/acme/tiny-grown/commit/{fake_hub.head('acme/tiny-grown').oid}" in human.stderr
 
 
+def test_expand_push_to_hub_says_a_commit_not_read_back(fake_hub, tiny_checkpoints, cli, no_backoff, tmp_path):
+    """`grow expand --push-to-hub` shares the push, but said nothing when its commit could not be read back: its
+    JSON had `push.files` null without a reason. It now gives `grow push`'s note, with --json and without."""
+    fake_hub.fail("GET", "/revision/", 500, times=100)
+    expand = ["expand", tiny_checkpoints("llama"), "--layers", "8", "--push-to-hub", "acme/grown", "--token", TOKEN]
+    note = "note: pushed to acme/grown (branch main), but which files its commit sent could not be read back"
+    shown = cli(*expand[:2], tmp_path / "json", *expand[2:], "--json", "-q")
+    assert shown.code == 0, shown.stderr
+    assert json.loads(shown.stdout)["push"]["files"] is None
+    assert shown.stderr.strip().splitlines()[-1].startswith(note) and "the push succeeded" in shown.stderr
+    human = cli(*expand[:2], tmp_path / "human", *expand[2:], "-q")
+    assert human.code == 0 and note in human.stderr, human.stderr
+    assert fake_hub.head("acme/grown").oid in human.stdout  # the report's "pushed to … (commit url)"
+
+
 def test_push_to_a_missing_pull_request_creates_nothing(fake_hub, grown, cli):
     """`--revision refs/pr/N` names a pull request, which a push never creates: when it does not exist, the push is
     refused before a repo is created, the local card rewritten or anything uploaded (it used to create the repo,
@@ -401,8 +416,12 @@ def test_cli_help_has_examples():
 
 @pytest.mark.slow
 def test_train_stage_push_to_hub(fake_hub, tmp_path):
-    """`grow train-stage --push-to-hub` uploads the trained folder (with its train stage) once it is complete."""
+    """`grow train-stage --push-to-hub` uploads the trained folder (with its train stage) once it is complete. Its
+    commit cannot be read back here: the push succeeds with `hub.files` null, and `grow push`'s note says why (it
+    used to say nothing)."""
     from tinylm import save_tiny_lm, write_plays
+
+    fake_hub.fail("GET", "/revision/", 500, times=100)  # only the read-back asks for a revision by name here
 
     model = save_tiny_lm(tmp_path / "model")
     text = write_plays(tmp_path / "text", count=1, chars=20_000)
@@ -442,6 +461,9 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert TOKEN not in proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["hub"]["files"] is None
+    note = "note: pushed to acme/trained (branch main), but which files its commit sent could not be read back"
+    assert note in proc.stderr and "the push succeeded" in proc.stderr, proc.stderr
     remote = fake_hub.files("acme/trained")
     assert remote["grow.json"] == (out / "grow.json").read_bytes()
     assert json.loads(remote["grow.json"])["stages"][-1]["kind"] == "train"

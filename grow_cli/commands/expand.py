@@ -193,11 +193,13 @@ def expand(
         command=["grow", *redact_argv(sys.argv[1:])],
     )
     if push_to_hub and not dry_run:
+        from grow_cli.commands.push_options import note_if_unread
         from grow_cli.hub.push import push_output
 
         report["push"] = push_output(
             Path(report["output"]), push_to_hub, made_by="grow expand", private=private, token=token
         )
+        note_if_unread(report["push"])
     if json_out:
         print_json(report)
     else:

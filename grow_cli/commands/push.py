@@ -61,6 +61,7 @@ def push(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Upload a grown or trained model folder to the Hugging Face Hub, with a model card made from grow.json."""
+    from grow_cli.commands.push_options import note_if_unread, pushed_where
     from grow_cli.console import err, format_bytes, print_json
     from grow_cli.hub import push_folder
 
@@ -73,29 +74,21 @@ def push(
         create_pr=create_pr,
         token=token,
     )
-    where = (
-        f"{result['repo_id']} ({'private, ' if result['private'] else ''}"
-        f"{'pull request' if result['pr_url'] else 'branch'} {result['revision']})"
-    )
-    # The commit is made but could not be read back (files: null): said on stderr, beside --json's document too.
-    unread = f"pushed to {where}, but which files its commit sent could not be read back from the Hub (files: null)"
+    where = pushed_where(result)
+    note_if_unread(result)  # files: null, said on stderr beside --json's document too
     if as_json:
-        if result["files"] is None:
-            err.print(f"note: {unread}; the push succeeded", soft_wrap=True)
         print_json(result)
         return
-    if result["files"] is None:
-        err.print(unread, soft_wrap=True)
-    elif result["changed"]:
+    if not result["changed"]:
+        err.print(
+            f"nothing to push: {where} already holds these {result['unchanged']} files"
+            + ("; no pull request was opened" if create_pr else "")
+        )
+    elif result["files"] is not None:  # None: the note above said so
         size = sum(f["size"] for f in result["files"])
         err.print(
             f"pushed {len(result['files'])} files ({format_bytes(size)}) to {where}"
             + (f"; {result['unchanged']} more were there already, unchanged" if result["unchanged"] else "")
-        )
-    else:
-        err.print(
-            f"nothing to push: {where} already holds these {result['unchanged']} files"
-            + ("; no pull request was opened" if create_pr else "")
         )
     err.print(f"commit: {result['commit_url']}")
     if result["pr_url"]:

@@ -238,6 +238,7 @@ def train_stage(
     if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks
         return
     if push_to_hub and result["status"] in ("done", "finished"):  # finished earlier: e.g. a failed push retried
+        from grow_cli.commands.push_options import note_if_unread
         from grow_cli.hub.push import push_output
 
         result["hub"] = push_output(
@@ -248,6 +249,8 @@ def train_stage(
             token=token,
             commit_message=f"grow train-stage: {result['steps']} steps",
         )
+        if not quiet:
+            note_if_unread(result["hub"])
     if json_output:
         print_json(result)
     elif not quiet and result["status"] == "done":
