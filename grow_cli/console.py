@@ -1,5 +1,6 @@
 """Where grow writes: reports on stdout (`out`; a JSON document instead with `--json`), progress and
-messages on stderr (`err`); and how it writes a byte size.
+messages on stderr (`err`); how it keeps what libraries write off them (`keep_stdout_for_json`,
+`quiet_transformers`); and how it writes a byte size.
 
 Progress bars are rich `Progress` objects on stderr; they stay silent when stderr is not a terminal or when the
 user asked for `--quiet`, so logs and CI output stay clean. Byte sizes are decimal everywhere (kB, MB, GB), as
@@ -12,6 +13,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -78,6 +80,27 @@ def keep_stdout_for_json() -> None:
     os.dup2(2, 1)
     _json_stdout = os.fdopen(kept, "w", encoding="utf-8")
     sys.stdout = sys.stderr
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' logging (below errors), Python warnings and progress bars off for the block, then as they were:
+    grow's output is its own while it reads a config or loads a model (transformers' notices about a config's token
+    ids beyond the vocabulary, its tables of created weights) or builds one of its own tiny instances. Errors still
+    raise, and grow says what matters in its own words."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def print_json(payload: Any) -> None:

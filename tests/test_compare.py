@@ -365,3 +365,42 @@ def test_an_encoder_decoder_is_refused_in_compares_words(two_models, cli, tmp_pa
     assert result.code == 2 and len(lines) == 1, result.stderr
     want = "error: t5 is an encoder-decoder model; grow compare compares decoders (causal LM) and encoders (masked LM)"
     assert lines[0] == want
+
+
+def test_transformers_notices_stay_off_compares_output(two_models, cli, tmp_path):
+    """transformers' notices while compare read the models (here: a config's bos/eos ids beyond its 512-token
+    vocabulary) reached stderr beside compare's report. They are now silenced around the loading; grow's own notes
+    (text that is not UTF-8) still show. transformers' handler writes to the stream it was made with, not to the
+    runner's, so what it is given is recorded here, with the Python warnings transformers raises."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    a, b, _, _ = two_models
+    odd = []
+    for folder in (a, b):
+        copy = shutil.copytree(folder, tmp_path / f"odd-{folder.name}")
+        config = json.loads((copy / "config.json").read_text())
+        config.update(bos_token_id=9001, eos_token_id=9002)  # ids no other test uses: transformers warns once each
+        (copy / "config.json").write_text(json.dumps(config))
+        odd.append(copy)
+    data = tmp_path / "latin"
+    data.mkdir()
+    (data / "cafe.txt").write_bytes(("café au lait, s'il vous plaît. " * 400).encode("latin-1"))
+    args = ["compare", *odd, "--data", data, "--seq-len", 32, "--max-blocks", 2, "--eval-fraction", 0.1]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_logging.add_handler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            shown = cli(*args, "--cache-dir", tmp_path / "cache")
+    finally:
+        hf_logging.remove_handler(handler)
+    assert shown.code == 0, shown.stderr
+    assert f"note: {data / 'cafe.txt'}: 800 byte sequence(s) are not UTF-8" in shown.stderr
+    said = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    said += [str(w.message) for w in caught if "transformers" in w.filename]
+    assert not said, said

@@ -28,6 +28,7 @@ from typing import Any
 from grow_cli.arch import probe
 from grow_cli.arch.layer_lists import map_layer_lists, per_layer_lists, transformers_params
 from grow_cli.arch.registry import ArchDef, parse_definition
+from grow_cli.console import quiet_transformers
 from grow_cli.errors import ArchitectureError
 
 _EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps")
@@ -425,7 +426,7 @@ def derive_definition(config: dict[str, Any]) -> dict[str, Any]:
 @lru_cache(maxsize=8)
 def _definition(config_json: str) -> dict[str, Any]:
     config = json.loads(config_json)
-    with probe.quiet():
+    with quiet_transformers():
         run = _Derivation(config)
         run.structure()
         run.label_axes()

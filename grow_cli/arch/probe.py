@@ -9,8 +9,6 @@ module computes, how the embedding is scaled, and which zeroed tensors make a co
 from __future__ import annotations
 
 import math
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,24 +32,6 @@ TINY = {"layers": 2, "hidden": 64, "ffn": 80, "heads": 4, "kv_heads": 2, "head_d
 PERTURBED = {"hidden": 96, "ffn": 104, "heads": 8, "kv_heads": 4, "head_dim": 16, "vocab": 160, "positions": 88}
 _DROPPED = ("quantization_config", "auto_map", "_name_or_path", "torch_dtype", "dtype", "rope_scaling")
 _TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "decoder_start_token_id")
-
-
-@contextmanager
-def quiet():
-    """transformers' warnings and progress bars off while grow experiments on its own tiny instances."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 @dataclass

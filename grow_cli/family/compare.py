@@ -38,12 +38,11 @@ def check_compare_options(
 
 
 def _load(folder: Path, choice):
-    from transformers.utils import logging as hf_logging
-
+    from grow_cli.console import quiet_transformers
     from grow_cli.train.model_io import load_model
 
-    hf_logging.disable_progress_bar()
-    loaded = load_model(folder, choice)
+    with quiet_transformers():  # as in `compare`: transformers' notices are not compare's output
+        loaded = load_model(folder, choice)
     if loaded.created:
         raise DataError(
             f"{folder} has no {choice.name}-LM head ({', '.join(loaded.created[:3])} missing); compare models that "
@@ -171,6 +170,7 @@ def compare(
     infinite logits (a diverged model: no distribution to compare), or when the data is unusable; `OptionError` when
     `data` is an empty list (no data given) or an empty path.
     """
+    from grow_cli.console import quiet_transformers
     from grow_cli.data.sources import check_sources, data_paths, find_sources
     from grow_cli.data.tokens import prepare_tokens, token_cache_dir
     from grow_cli.train.preflight import check_cache_outside
@@ -180,7 +180,8 @@ def compare(
     if not data:
         raise OptionError("data", "no data to compare on: pass --data PATH (files, folders or globs)")
     a, b = Path(a), Path(b)
-    config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
+    with quiet_transformers():  # its notices about the configs (a token id beyond the vocabulary…) are not compare's
+        config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
     choice, objective = _objective(a, config_a, b, config_b, tok_a)
     check_cache_outside(cache_dir, data)  # its token files would become the data of the next run
     sources = find_sources(data)

@@ -170,25 +170,23 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
     BertModel's pooler) are carried into the output unchanged, so that nothing the checkpoint held is lost.
     """
     from transformers.loss.loss_utils import LOSS_MAPPING
-    from transformers.utils import logging as hf_logging
+
+    from grow_cli.console import quiet_transformers
 
     auto = model_class(choice)
     options: dict[str, Any] = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     if choice.is_decoder is not None:
         options["config"] = load_model_config(model_dir)
         options["config"].get_text_config().is_decoder = choice.is_decoder
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # grow says what was created or carried, in one line instead of a table
     try:
-        loaded: Any = auto.from_pretrained(
-            model_dir, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True, **options
-        )
+        with quiet_transformers():  # grow says what was created or carried, in one line instead of a table
+            loaded: Any = auto.from_pretrained(
+                model_dir, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True, **options
+            )
     except ValueError as exc:
         raise CheckpointError(
             f"{model_dir} is not a model transformers can train as a {choice.name} LM: {exc}"
         ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     model, info = loaded
     if info["mismatched_keys"]:  # refused here, naming the tensor: transformers' own error points at a silenced table
         name, saved_shape, model_shape = sorted(info["mismatched_keys"])[0]
