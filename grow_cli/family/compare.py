@@ -180,7 +180,7 @@ def compare(
     if not data:
         raise OptionError("data", "no data to compare on: pass --data PATH (files, folders or globs)")
     a, b = Path(a), Path(b)
-    with quiet_transformers():  # its notices about the configs (a token id beyond the vocabulary…) are not compare's
+    with quiet_transformers():  # its notices while reading the tokenizers (and the configs) are not compare's output
         config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
     choice, objective = _objective(a, config_a, b, config_b, tok_a)
     check_cache_outside(cache_dir, data)  # its token files would become the data of the next run

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from grow_cli.console import quiet_transformers
 from grow_cli.errors import CheckpointError, DataError, UsageError, one_line
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def load_model_config(model_dir: Path):
 
     load_config(Path(model_dir))  # grow's one-line refusals first: no config.json (an adapter?), a quantized model
     try:
-        return AutoConfig.from_pretrained(model_dir)
+        with quiet_transformers():  # e.g. its notice of a bos/eos id beyond the vocabulary, on every read
+            return AutoConfig.from_pretrained(model_dir)
     except Exception as exc:  # transformers' refusals come in many types (ValueError, its strict-dataclass errors…)
         problem = config_problem(exc)
         raise CheckpointError(f"{model_dir}/config.json cannot be read by transformers: {problem}") from None
@@ -170,8 +172,6 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
     BertModel's pooler) are carried into the output unchanged, so that nothing the checkpoint held is lost.
     """
     from transformers.loss.loss_utils import LOSS_MAPPING
-
-    from grow_cli.console import quiet_transformers
 
     auto = model_class(choice)
     options: dict[str, Any] = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
