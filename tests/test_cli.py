@@ -49,7 +49,8 @@ def test_an_interruption_while_python_exits_is_one_line(signum, line):
     traceback; the finished command now ends at once, with one line and the signal's exit status."""
     program = textwrap.dedent(
         f"""
-        import atexit, os, sys, time
+        import atexit, os, signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts ignoring it
         atexit.register(lambda: (os.kill(os.getpid(), {int(signum)}), time.sleep(5)))  # runs after grow's command
         sys.argv = ["grow", "--version"]
         from grow_cli.cli import script
