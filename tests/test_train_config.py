@@ -140,5 +140,5 @@ def test_a_report_to_name_that_is_no_tracker_is_named_as_such(monkeypatch):
     ):
         check_trackers(["tensorbord"])
     monkeypatch.setattr("accelerate.tracking.get_available_trackers", lambda: [])
-    with pytest.raises(GrowError, match=r"--report-to wandb: not installed here"):
-        check_trackers(["wandb"])
+    with pytest.raises(GrowError, match=r"--report-to wandb: not installed here.*; pip install wandb,"):
+        check_trackers(["wandb"])  # the package asked for, not another tracker's

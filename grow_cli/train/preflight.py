@@ -275,5 +275,5 @@ def check_trackers(report_to: list[str]) -> None:
     if missing:
         raise UsageError(
             f"--report-to {', '.join(missing)}: not installed here (available: "
-            f"{', '.join(sorted(available)) or 'none'}); e.g. pip install tensorboard"
+            f"{', '.join(sorted(available)) or 'none'}); pip install {' '.join(missing)}, or drop it from --report-to"
         )
