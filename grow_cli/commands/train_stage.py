@@ -203,7 +203,10 @@ def train_stage(
     peak_tflops: Annotated[float | None, Opt(help="Device peak TFLOP/s for MFU when not known.")] = None,
     tokenizer: Annotated[Path | None, Opt(help="Tokenizer folder (default: the model folder).")] = None,
     token_dtype: Annotated[str | None, Opt(help="uint16 | uint32 for .bin token files.")] = None,
-    cache_dir: Annotated[Path | None, Opt(help="Token cache (default: .grow-cache beside --out).")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        Opt(help="Token cache folder (default: .grow-cache/tokens beside --out, shared with runs that write there)."),
+    ] = None,
     seed: Annotated[int, Opt(help="Seed for data order and initialisation.")] = 0,
     overwrite: Annotated[bool, Opt(help="Start again in a non-empty --out.")] = False,
     push_to_hub: Annotated[str | None, Opt(help="Upload the result to this Hub repo id.")] = None,

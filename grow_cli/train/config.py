@@ -48,7 +48,7 @@ class TrainConfig:
     eval_fraction: float = 0.01
     token_dtype: str | None = None  # for pre-tokenized .bin files; None: uint16 if the vocab fits, else uint32
     tokenizer: str | os.PathLike[str] | None = None  # default: the model folder
-    cache_dir: str | os.PathLike[str] | None = None  # default: <out's parent>/.grow-cache
+    cache_dir: str | os.PathLike[str] | None = None  # default: <out's parent>/.grow-cache/tokens
     seed: int = 0
     # budget and batch
     max_steps: int | None = None
