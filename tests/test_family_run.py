@@ -239,6 +239,9 @@ def test_a_finished_member_edited_or_deleted_since_is_refused_naming_it(cli, tmp
     path = write_recipe(tmp_path, [member], out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
     assert cli("family", path, "-q").code == 0
     assert cli("family", path, "-q").code == 0  # unchanged: skipped
+    spelt_out = {**member, "train": {"max_steps": 2, "schedule": "cosine", "warmup_steps": None}}  # the defaults
+    write_recipe(tmp_path, [spelt_out], out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
+    assert cli("family", path, "--check").code == 0  # no edit: it was refused as "train.schedule: None" → 'cosine'
     write_recipe(tmp_path, [{**member, "train": {"max_steps": 3}}], out="run", train=train, compare={"seq_len": 32})
     checked = cli("family", path, "--check")  # --check says so too, before anyone starts the run
     assert checked.code == 2 and "small finished with train.max_steps: 2" in checked.stderr, checked.stderr
@@ -309,7 +312,10 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
     write_recipe(tmp_path, [small, {**big, "train": {"max_steps": 4}}], **top)  # its training, edited since
     edited = cli("family", path, "-q")
     assert "big was started with train.max_steps: 3, but the recipe now says train.max_steps: 4" in edited.stderr
-    write_recipe(tmp_path, [small, big], **top)  # restored (exit_interval decides nothing): continues to the end
+    # Restored (exit_interval decides nothing), with defaults spelt out (the recipe's seed, no shared expert), which
+    # are no edit either: continues to the end.
+    spelt_out = {**big, "grow": {**big["grow"], "seed": 0, "shared_expert": False}}
+    write_recipe(tmp_path, [small, spelt_out], **top)
     assert cli("family", path, "-q").code == 0
     assert json.loads((tmp_path / "run" / "big" / "member.json").read_text())["train"]["end_step"] == 3
     assert not (tmp_path / "run" / "big" / "trained" / "checkpoints").exists()  # its pauses' checkpoints: gone

@@ -42,11 +42,41 @@ def member_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=str))
 
 
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default value of every field of dataclass `cls` that has one, as JSON values (as member.json holds them)."""
+    import dataclasses
+
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory()
+    return json.loads(json.dumps(defaults, default=str))
+
+
+def _effective(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` (as `member_settings` makes them, recorded or now) with every `grow:` and `train:` key the recipe
+    leaves out at the value its absence gives (`schedule: cosine`; a growth's `seed`, the recipe's): spelling a default
+    out, or deleting it, changes nothing the member is made with, so it is no edit."""
+    from grow_cli.growth.spec import GrowthSpec
+    from grow_cli.train.config import TrainConfig
+
+    grow_defaults = {**_defaults(GrowthSpec), "seed": settings.get("seed")}  # a growth's seed defaults to the recipe's
+    train_defaults = {k: v for k, v in _defaults(TrainConfig).items() if k not in NOT_DECIDING}
+    effective = dict(settings)
+    for block, defaults in (("grow", grow_defaults), ("train", train_defaults)):
+        if isinstance(settings.get(block), dict):
+            effective[block] = {**defaults, **settings[block]}
+    return effective
+
+
 def _first_change(recorded: dict[str, Any] | None, current: dict[str, Any]) -> tuple[str, Any, Any] | None:
     """The first setting (as `train.max_steps` within a block) that differs, with its old and new value; None when
-    they agree or nothing was recorded (a member.json of an earlier grow)."""
+    they agree or nothing was recorded (a member.json of an earlier grow). A default spelt out is no change."""
     if recorded is None:
         return None
+    recorded, current = _effective(recorded), _effective(current)
     for key, now in current.items():
         if key not in recorded:  # recorded by an earlier grow, which did not record it
             continue
