@@ -228,6 +228,9 @@ def test_train_only_new_keeps_a_bf16_checkpoint_bit_identical(setup, tmp_path, c
     before, after = weights(model), weights(out)
     assert all(t.dtype == torch.bfloat16 for t in after.values())
     assert all(torch.equal(before[k], after[k]) for k in before if k not in added)
+    # config.json says so too (it said float32, the master copy's dtype), so dtype="auto" loads it in bf16
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert tf.AutoModelForCausalLM.from_pretrained(out, dtype="auto").dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("keep_last", [2, 1])

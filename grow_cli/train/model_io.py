@@ -244,13 +244,16 @@ def save_model(
     from grow_cli.checkpoint.output import removed_unless_written
 
     state_dict = _tied_as_in(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()})
-    model.config.dtype = dtype
     model.config.use_cache = True
     staging = Path(out) / MODEL_STAGING
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
     with removed_unless_written(staging, "the trained model"):
         _forget_unused_renamings(model)
         model.save_pretrained(staging, state_dict=state_dict)
+        # save_pretrained records the dtype of the parameters in memory (float32, the optimizer's master copy), not
+        # the one written: say the written one, or `dtype="auto"` would load a bf16 checkpoint as float32.
+        model.config.dtype = dtype
+        model.config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         for path in sorted(staging.iterdir()):
             os.replace(path, Path(out) / path.name)
