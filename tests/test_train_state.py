@@ -406,8 +406,14 @@ def test_a_final_state_lets_the_finished_run_grow_on(lab, tmp_path):
                        overwrite=True, save_final_state=save)  # fmt: skip
     assert result["final_state"] and (step_dir(kept, N + 2) / "optimizer.bin").is_file()
     assert (plain / "model.safetensors").read_bytes() == (kept / "model.safetensors").read_bytes()
+    # As a run from a bf16 model writes it: config.json says bfloat16, the final state holds float32 master weights.
+    config = json.loads((kept / "config.json").read_text())
+    (kept / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
     report = expand(str(kept), tmp_path / "wide", GrowthSpec(width_method="staged", width_factor=2), quiet=True)
     assert report["training_state"]["step"] == N + 2
+    # The growth's config says what its tensors are (it said bfloat16 over float32 tensors)
+    assert json.loads((tmp_path / "wide" / "config.json").read_text())["dtype"] == "float32"
+    assert {t.dtype for t in load_file(tmp_path / "wide" / "model.safetensors").values()} == {torch.float32}
     stage = json.loads((tmp_path / "wide" / "grow.json").read_text())["stages"]
     assert [s["kind"] for s in stage] == ["train", "expand"] and stage[-1]["training_state"]["carried_tensors"] > 0
     assert not (tmp_path / "wide" / "checkpoints").exists() and not (tmp_path / "wide" / "metrics.jsonl").exists()
@@ -642,7 +648,7 @@ def test_the_dry_run_reports_the_peak_of_growing_the_moments(lab, case):
     report = expand(str(checkpoint), None, spec, dry_run=True)
     with executor.training_source(executor.resolve_source(str(checkpoint)), weights_only=False) as (src, state):
         with CheckpointReader(src.folder) as reader:
-            plan, grown = executor._plan(load_config(src.folder), reader, spec, state)
+            plan, grown = executor._plan(load_config(src.folder), reader, spec, state, checkpoint=True)
     carried = [t for t, s in zip(plan.tensors, grown.tensors, strict=True) if s.carried]
     largest = max(4 * numel(t.shape) for t in carried)  # fp32 moments
     assert state_peak(plan, grown) >= 3 * largest  # two moments and a result, at least

@@ -35,7 +35,7 @@ from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
-from grow_cli.growth.train_state import SourceState, training_source
+from grow_cli.growth.train_state import SourceState, config_of_weights, training_source
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
@@ -239,7 +239,7 @@ def expand(
             # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
             hasher = FileHasher([*reader.files, src.folder / "config.json"])
             try:
-                plan, state = _plan(config, reader, spec, source_state)
+                plan, state = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
                 return _execute(
                     plan,
                     reader,
@@ -265,7 +265,7 @@ def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str 
     ):
         config = load_config(src.folder)
         with CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader:
-            plan, state = _plan(config, reader, spec, source_state)
+            plan, state = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
             reader.library_checked()
         return {
             "dry_run": True,
@@ -276,10 +276,19 @@ def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str 
 
 
 def _plan(
-    config: dict[str, Any], reader: CheckpointReader, spec: GrowthSpec, source_state: SourceState | None
+    config: dict[str, Any],
+    reader: CheckpointReader,
+    spec: GrowthSpec,
+    source_state: SourceState | None,
+    *,
+    checkpoint: bool,
 ) -> tuple[Plan, StatePlan | None]:
-    """The weights' plan, and the training state's when the source has one (its maps must then be uniform)."""
-    plan = build_plan(config, reader.tensor_infos(), spec, uniform_maps=source_state is not None)
+    """The weights' plan, and the training state's when the source has one (its maps must then be uniform). A
+    training `checkpoint`'s config is the run's model folder's, which may name another dtype than its weights."""
+    infos = reader.tensor_infos()
+    if checkpoint:
+        config = config_of_weights(config, infos)
+    plan = build_plan(config, infos, spec, uniform_maps=source_state is not None)
     check_tied_copies(plan.binding, reader)
     if source_state is None and not spec.weights_only and (reader.folder / STATE_DIR).is_dir():
         plan.notes.append(

@@ -244,6 +244,18 @@ def _losses(checkpoint: Path, step: int) -> dict[int, float]:
     return losses
 
 
+def config_of_weights(config: dict[str, Any], infos: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:
+    """A checkpoint's config (the run's model folder's) with the dtype of the checkpoint's weights, the float32
+    master copy: a model trained from bf16 says bfloat16 in its config, and a growth of the checkpoint would write
+    float32 tensors under a config that says bfloat16. Unchanged where the floating tensors have no single dtype."""
+    from grow_cli.checkpoint.dtypes import FLOATING, config_name
+
+    floating = {dtype for _, dtype in infos.values() if dtype in FLOATING}
+    if len(floating) != 1:
+        return config
+    return {**{k: v for k, v in config.items() if k != "torch_dtype"}, "dtype": config_name(floating.pop())}
+
+
 @contextmanager
 def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tuple[CheckpointSource, Any]]:
     """(the source as a model folder, its `SourceState` or None): see the module docstring.
