@@ -49,6 +49,15 @@ def train_args(model, data, out, *extra):
     ]
 
 
+def test_the_summary_line_counts_its_steps(setup, tmp_path, capsys):
+    """Without --json or --quiet a finished run ends with one line: steps, tokens, eval loss and ppl, the folder."""
+    model, data = setup
+    args = [a for a in train_args(model, data, tmp_path / "out", "--max-steps", 1) if a != "--quiet"]
+    code, _, stderr = run_grow(args, capsys)
+    assert code == 0, stderr
+    assert f"trained 1 step on {8 * 32:,} tokens: eval loss " in stderr and str(tmp_path / "out") in stderr
+
+
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 

@@ -258,8 +258,8 @@ def train_stage(
         print_json(result)
     elif not quiet and result["status"] == "done":
         err.print(
-            f"trained {result['steps']} steps on {result['tokens']:,} tokens: eval loss "
-            f"{result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) → {out}"
+            f"trained {result['steps']} step{'' if result['steps'] == 1 else 's'} on {result['tokens']:,} tokens: "
+            f"eval loss {result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) → {out}"
         )
 
 
