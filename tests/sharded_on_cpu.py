@@ -12,8 +12,11 @@ this is needed; without one, accelerate needs two nudges:
 stdout is kept for `--json` first, as the `grow` script does (`cli.script`): importing DeepSpeed on a CPU prints a
 warning there. Several command lines separated by `--then` run one after another in the same launched processes
 (each launch costs CI seconds), stopping at the first that fails; each starts from a fresh accelerate state, as a
-family's next member does (`process_state.run_accelerate_state`), in the process group of the first."""
+family's next member does (`process_state.run_accelerate_state`), in the process group of the first. Each process
+says on stderr how each command line it ran ended (`sharded_runs.exits`), so a launch may end with a line that is
+meant to fail (a refusal) and still show that the lines before it succeeded."""
 
+import os
 import sys
 
 from grow_cli.console import keep_stdout_for_json
@@ -50,6 +53,12 @@ def command_lines(args: list[str]) -> list[list[str]]:
     return lines
 
 
+def say_exit(number: int, status: object) -> None:
+    """One write (both processes share the pipe): how command line `number` ended in this process."""
+    sys.stderr.write(f"sharded_on_cpu.py: rank {os.environ['RANK']}, command line {number} exited {status}\n")
+    sys.stderr.flush()
+
+
 for i, line in enumerate(command_lines(sys.argv[1:])):
     if i:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -59,5 +68,8 @@ for i, line in enumerate(command_lines(sys.argv[1:])):
     try:
         main()
     except SystemExit as exit:
+        say_exit(i + 1, exit.code or 0)
         if exit.code:
             raise
+    else:
+        say_exit(i + 1, 0)

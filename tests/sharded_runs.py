@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,12 +74,23 @@ def two_process_config(name: str, folder: Path) -> Path:
     return path
 
 
-def launch(config: Path, args: list) -> subprocess.CompletedProcess:
-    """`accelerate launch` of `grow train-stage ARGS…` on two CPU processes (through tests/sharded_on_cpu.py)."""
+def launch(config: Path, *lines: list) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `grow train-stage LINE…` for each of `lines`, one after another in the same two CPU
+    processes (through tests/sharded_on_cpu.py, which stops at the first line that fails)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     command += ["--main_process_port", str(free_port()), str(ROOT / "tests" / "sharded_on_cpu.py")]
-    return subprocess.run([*command, "train-stage", *map(str, args)], env=env, capture_output=True, text=True)
+    joined = [arg for i, line in enumerate(lines) for arg in [*(["--then"] if i else []), "train-stage", *line]]
+    return subprocess.run([*command, *map(str, joined)], env=env, capture_output=True, text=True)
+
+
+def exits(stderr: str) -> dict[int, list[int]]:
+    """{rank: the exit status of each command line that process finished}, as tests/sharded_on_cpu.py says them. A
+    line that fails ends the launch: the launcher then stops the other process, which may not get to say it."""
+    said: dict[int, list[int]] = {}
+    for rank, status in re.findall(r"^sharded_on_cpu\.py: rank (\d+), command line \d+ exited (-?\d+)$", stderr, re.M):
+        said.setdefault(int(rank), []).append(int(status))
+    return said
 
 
 def document(stdout: str) -> dict:
@@ -123,14 +135,29 @@ def check_matches_and_resumes(config: Path, lab: dict, tmp_path: Path, capsys, *
     same metrics — those of its first 5 steps, kept through the resume, and of the rest — and the same final weights,
     and grow.json records the batch. (A run that matches one process when paused and resumed matches it without the
     pause too: its first steps are the same run's.)"""
+    sharded = run_to_resume(lab, tmp_path, capsys, grad_accum=grad_accum)
+    paused = launch(config, paused_line(sharded, tmp_path))
+    assert paused.returncode == 0 and document(paused.stdout)["status"] == "paused", paused.stderr[-3000:]
+    check_resumes(config, sharded, tmp_path, grad_accum=grad_accum, saved=saved)
+
+
+def run_to_resume(lab: dict, tmp_path: Path, capsys, *, grad_accum: int) -> list:
+    """The run of `check_matches_and_resumes` on one process (micro-batch 8, in `one`); returns the arguments of the
+    same run on 2 processes (micro-batch 4), but for --out."""
     args = [lab["model"], "--data", lab["data"], "--max-steps", 8, "--grad-accum", grad_accum, *COMMON]
     code, _, stderr = run_grow(["train-stage", *args, "--micro-batch-size", 8, "--out", tmp_path / "one"], capsys)
     assert code == 0, stderr
-    sharded = [*args, "--micro-batch-size", 4]
+    return [*args, "--micro-batch-size", 4]
 
+
+def paused_line(sharded: list, tmp_path: Path) -> list:
+    """The run on 2 processes (`run_to_resume`), paused at step 5 (in `parts`)."""
+    return [*sharded, "--out", tmp_path / "parts", "--exit-interval", 5]
+
+
+def check_resumes(config: Path, sharded: list, tmp_path: Path, *, grad_accum: int, saved: str) -> None:
+    """The paused run (`paused_line`) resumed in a launch of its own, then checked against the one on one process."""
     parts = tmp_path / "parts"
-    paused = launch(config, [*sharded, "--out", parts, "--exit-interval", 5])
-    assert paused.returncode == 0 and document(paused.stdout)["status"] == "paused", paused.stderr[-3000:]
     assert (parts / "checkpoints" / "step_00000005" / saved).is_dir()
     resumed = launch(config, [*sharded, "--out", parts, "--resume", "auto"])
     assert resumed.returncode == 0 and document(resumed.stdout)["status"] == "done", resumed.stderr[-3000:]
@@ -145,17 +172,29 @@ def check_trains_like_one_process(config: Path, lab: dict, tmp_path: Path, capsy
     (all cases in one launch, one after another) against one process with the same micro-batches (an MoE's
     load-balancing loss is a mean over each micro-batch): the same parameter and trainable counts, metrics and
     weights, and for an MoE the same router counts."""
-    alone, sharded = [], []
+    alone, lines = run_alone(lab, tmp_path, capsys, cases)
+    run = launch(config, *lines)
+    assert run.returncode == 0, run.stderr[-3000:]
+    check_like_one_process(cases, alone, documents(run.stdout), tmp_path)
+
+
+def run_alone(lab: dict, tmp_path: Path, capsys, cases: list[tuple]) -> tuple[list[dict], list[list]]:
+    """The cases of `check_trains_like_one_process` on one process (in `one-I`): their JSON documents, and the
+    command lines that train them on 2 processes (in `sharded-I`)."""
+    alone, lines = [], []
     for i, (model, extra) in enumerate(cases):
         args = [lab[model], "--data", lab["data"], "--max-steps", 6, *extra, *COMMON, "--micro-batch-size", 4]
         one = ["train-stage", *args, "--grad-accum", 2, "--out", tmp_path / f"one-{i}"]
         code, stdout, stderr = run_grow(one, capsys)
         assert code == 0, stderr
         alone.append(json.loads(stdout))
-        sharded += [*(["--then", "train-stage"] if sharded else []), *args, "--out", tmp_path / f"sharded-{i}"]
-    run = launch(config, sharded)
-    assert run.returncode == 0, run.stderr[-3000:]
-    for i, ((model, _), one, two) in enumerate(zip(cases, alone, documents(run.stdout), strict=True)):
+        lines.append([*args, "--out", tmp_path / f"sharded-{i}"])
+    return alone, lines
+
+
+def check_like_one_process(cases: list[tuple], alone: list[dict], sharded: list[dict], tmp_path: Path) -> None:
+    """The runs of `run_alone`'s lines on 2 processes (their JSON documents, `sharded`) against those on one."""
+    for i, ((model, _), one, two) in enumerate(zip(cases, alone, sharded, strict=True)):
         assert two["num_parameters"] == one["num_parameters"], model
         assert two["trainable_tensors"] == one["trainable_tensors"], model
         assert_same_run(tmp_path / f"one-{i}", tmp_path / f"sharded-{i}")
@@ -166,8 +205,18 @@ def check_trains_like_one_process(config: Path, lab: dict, tmp_path: Path, capsy
 
 def check_state_to_grow_refused(config: Path, lab: dict, tmp_path: Path, engine: str) -> None:
     """--save-final-state would end the run with a sharded state that grow expand refuses: refused at the start."""
-    args = [lab["model"], "--data", lab["data"], "--seq-len", 32, "--max-steps", 2, "--out", tmp_path / "o"]
-    run = launch(config, [*args, "--save-final-state"])
+    run = launch(config, refused_line(lab, tmp_path))
     assert run.returncode == 1
-    assert "--save-final-state leaves the optimizer state for grow expand to grow" in run.stderr
-    assert f"{engine} saves it sharded" in run.stderr and not (tmp_path / "o").exists()
+    check_refused(run.stderr, tmp_path, engine)
+
+
+def refused_line(lab: dict, tmp_path: Path) -> list:
+    """A run with --save-final-state (in `o`), which a sharded engine refuses: `check_refused`."""
+    args = [lab["model"], "--data", lab["data"], "--seq-len", 32, "--max-steps", 2, "--out", tmp_path / "o"]
+    return [*args, "--save-final-state"]
+
+
+def check_refused(stderr: str, tmp_path: Path, engine: str) -> None:
+    """`refused_line` refused at the start under `engine`, with nothing written."""
+    assert "--save-final-state leaves the optimizer state for grow expand to grow" in stderr
+    assert f"{engine} saves it sharded" in stderr and not (tmp_path / "o").exists()

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import pytest
 from sharded_runs import (
-    check_matches_and_resumes,
-    check_state_to_grow_refused,
-    check_trains_like_one_process,
+    check_like_one_process,
+    check_refused,
+    check_resumes,
+    documents,
+    exits,
+    launch,
     make_lab,
+    paused_line,
+    refused_line,
+    run_alone,
+    run_to_resume,
     two_process_config,
 )
 
@@ -26,23 +33,31 @@ def lab(tmp_path_factory):
     return make_lab(tmp_path_factory.mktemp("fsdp"))
 
 
-def test_fsdp2_matches_one_process_and_resumes_where_it_paused(lab, tmp_path, capsys):
-    """The final model is gathered to full safetensors, and a paused run resumes from FSDP's sharded checkpoint."""
-    config = two_process_config("fsdp2", tmp_path)
-    check_matches_and_resumes(config, lab, tmp_path, capsys, grad_accum=1, saved="pytorch_model_fsdp_0")
-
-
-def test_fsdp2_sharded_parameters_train_like_one_process(lab, tmp_path, capsys):
+def test_fsdp2_trains_like_one_process_resumes_where_it_paused_and_refuses_a_state_to_grow(lab, tmp_path, capsys):
     """FSDP2 turns every parameter into a sharded DTensor: what grow counts (parameters, FLOPs, experts' tokens),
     freezes, probes (document masking runs on the prepared model) and masks must still match one process. The
     masked LMs are a ModernBERT, whose embeddings class accelerate would wrap apart from the decoder tied to it
     (`fsdp_units.keep_tied_weights_in_one_unit`; without it FSDP2 fails while preparing the model), and a BERT, whose
     decoder bias is tied to `cls.predictions.bias` outside the decoder's unit (`shared_parameters_left_to_the_output`;
-    without it torch refuses the shared bias at the first forward). Both are saved as one process saves them. The
-    four runs share one launch (CI's time is short), so they also show that a second run prepares its own model."""
+    without it torch refuses the shared bias at the first forward). Both are saved as one process saves them.
+
+    The final model is gathered to full safetensors, and a paused run resumes from FSDP's sharded checkpoint
+    (`sharded_runs.check_matches_and_resumes`). --save-final-state is refused before the model loads.
+
+    Each launch costs CI about 20 s, so the four cases, the run to pause and the refusal (last: it ends the launch)
+    share one, which also shows that a later run prepares its own model; the resumed run has a launch of its own."""
+    config = two_process_config("fsdp2", tmp_path)
     cases = [("moe", []), ("deep", ["--train-only", "new", "--document-masking"]), ("modernbert", []), ("bert", [])]
-    check_trains_like_one_process(two_process_config("fsdp2", tmp_path), lab, tmp_path, capsys, cases)
+    alone, lines = run_alone(lab, tmp_path, capsys, cases)
+    sharded = run_to_resume(lab, tmp_path, capsys, grad_accum=1)
+    run = launch(config, *lines, paused_line(sharded, tmp_path), refused_line(lab, tmp_path))
 
-
-def test_a_state_to_grow_is_refused_under_fsdp_before_the_model_loads(lab, tmp_path):
-    check_state_to_grow_refused(two_process_config("fsdp2", tmp_path), lab, tmp_path, "FSDP")
+    assert run.returncode == 1, run.stderr[-3000:]
+    said = exits(run.stderr)
+    assert said[0] == [0, 0, 0, 0, 0, 2], run.stderr[-3000:]  # the refusal (a usage error), last, ends the launch …
+    assert said[1] in ([0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 2]), run.stderr[-3000:]  # … and may stop rank 1 first
+    *trained, paused = documents(run.stdout)  # one document per line with --json: the main process's
+    check_like_one_process(cases, alone, trained, tmp_path)
+    assert paused["status"] == "paused"
+    check_refused(run.stderr, tmp_path, "FSDP")
+    check_resumes(config, sharded, tmp_path, grad_accum=1, saved="pytorch_model_fsdp_0")
