@@ -27,11 +27,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_grow(args: list, timeout: int = 300, script: Path | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `grow ARGS…` (or of the Python `script`) on 2 CPU processes (gloo)."""
+    # ACCELERATE_USE_CPU makes accelerate's multi-process launcher start gloo CPU workers (MULTI_CPU).
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port()), *([script] if script else ["-m", "grow_cli"])]
+    return subprocess.run([*launch, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+SCRIPT_TRAINING_TWICE_THEN_THE_COMMAND = """
+import json, os, sys
+import grow_cli
+from grow_cli.cli import main
+from grow_cli.console import keep_stdout_for_json
+model, data, out, *command = sys.argv[1:]
+keep_stdout_for_json()  # as `python -m grow_cli … --json` does: stdout holds the command's JSON document alone
+for run in ("first", "second"):
+    settings = dict(max_steps=2, seq_len=32, eval_fraction=0.1, quiet=True)
+    result = grow_cli.train_stage(grow_cli.TrainConfig(model=model, data=data, out=f"{out}/{run}", **settings))
+    # one write per line (not print's two under PYTHONUNBUFFERED): both ranks share the pipe
+    sys.stderr.write(json.dumps({"rank": os.environ["RANK"], "run": run, "status": result["status"]}) + "\\n")
+    sys.stderr.flush()
+sys.argv = ["grow", *command]
+main()
+"""
+
+
 @pytest.mark.slow
-def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path, capsys):
-    """DDP on two processes trains as one process does with the same global batch. With `--document-masking`: its
-    probe runs after `accelerator.prepare`, on the DDP-wrapped model of each process (as it runs sharded under
-    FSDP), and the positions that restart per document go through the wrapper."""
+def test_a_script_trains_twice_then_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, capsys):
+    """A Python caller's second `train_stage` in the same launched processes (a family's next member, a script's
+    next run) joins the same process group: the first run must not destroy it, because torch cannot re-create the
+    default group under the launcher's store (gloo then connects to the first group's closed ports, or hangs). Every
+    rank gets each result.
+
+    Then, in the same processes (each launch costs CI about 20 s), `grow train-stage` trains under DDP as one process
+    does with the same global batch. With `--document-masking`: its probe runs after `accelerator.prepare`, on the
+    DDP-wrapped model of each process (as it runs sharded under FSDP), and the positions that restart per document
+    go through the wrapper."""
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
     common = [
         "--document-masking",
@@ -52,32 +86,18 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert code == 0, stderr
 
     two = tmp_path / "two"
-    # ACCELERATE_USE_CPU makes accelerate's multi-process launcher start gloo CPU workers (MULTI_CPU).
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "grow_cli",
-    ]
+    script = tmp_path / "train_twice.py"
+    script.write_text(SCRIPT_TRAINING_TWICE_THEN_THE_COMMAND)
+    short = write_plays(tmp_path / "short", count=1, chars=8000)
     args = ["train-stage", model, "--out", two, "--micro-batch-size", 4, *common, "--json"]
-    proc = subprocess.run([*launch, *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
+    proc = launch_grow([model, short, tmp_path / "out", *args], script=script)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith('{"rank"')]
+    said = sorted((d["rank"], d["run"], d["status"]) for d in said)
+    assert said == [(r, run, "done") for r in ("0", "1") for run in ("first", "second")], proc.stderr[-3000:]
+
     result = json.loads(proc.stdout)  # exactly one JSON document: only the main process prints
     assert result["status"] == "done"
-
     a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [m["step"] for m in a] == [m["step"] for m in b]
     for x, y in zip(a, b, strict=True):
@@ -89,43 +109,6 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)
     batch = load_record(two)["stages"][-1]["batch"]
     assert batch == {"micro_batch_size": 4, "grad_accum": 1, "num_processes": 2, "global_batch_tokens": 256}
-
-
-def launch_grow(args: list, timeout: int = 300, script: Path | None = None) -> subprocess.CompletedProcess:
-    """`accelerate launch` of `grow ARGS…` (or of the Python `script`) on 2 CPU processes (gloo)."""
-    # ACCELERATE_USE_CPU makes accelerate's multi-process launcher start gloo CPU workers (MULTI_CPU).
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(free_port()), *([script] if script else ["-m", "grow_cli"])]
-    return subprocess.run([*launch, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-SCRIPT_TRAINING_TWICE = """
-import json, os, sys
-import grow_cli
-model, data, out = sys.argv[1:]
-for run in ("first", "second"):
-    settings = dict(max_steps=2, seq_len=32, eval_fraction=0.1, quiet=True)
-    result = grow_cli.train_stage(grow_cli.TrainConfig(model=model, data=data, out=f"{out}/{run}", **settings))
-    # one write per line (not print's two under PYTHONUNBUFFERED): both ranks share the pipe
-    sys.stdout.write(json.dumps({"rank": os.environ["RANK"], "run": run, "status": result["status"]}) + "\\n")
-    sys.stdout.flush()
-"""
-
-
-def test_a_script_under_accelerate_launch_trains_twice_and_every_rank_gets_each_result(tmp_path):
-    """A Python caller's second `train_stage` in the same launched processes (a family's next member, a script's
-    next run) joins the same process group: the first run must not destroy it, because torch cannot re-create the
-    default group under the launcher's store (gloo then connects to the first group's closed ports, or hangs)."""
-    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=8000)
-    script = tmp_path / "train_twice.py"
-    script.write_text(SCRIPT_TRAINING_TWICE)
-    proc = launch_grow([model, data, tmp_path / "out"], timeout=200, script=script)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    said = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    said = sorted((d["rank"], d["run"], d["status"]) for d in said)
-    assert said == [(r, run, "done") for r in ("0", "1") for run in ("first", "second")], proc.stdout
 
 
 def _said(proc: subprocess.CompletedProcess) -> list[str]:
