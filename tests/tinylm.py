@@ -45,8 +45,15 @@ def tiny_config(**overrides) -> tf.LlamaConfig:
 
 
 @functools.cache
+def shakespeare() -> tuple[str, ...]:
+    """The plays of `corpus_documents("shakespeare")`, read once per test process (each read takes ~0.4 s, and
+    nearly every training test writes some: `write_plays`)."""
+    return tuple(corpus_documents("shakespeare"))
+
+
+@functools.cache
 def tiny_tokenizer() -> tf.PreTrainedTokenizerFast:
-    return train_tokenizer(corpus_documents("shakespeare")[:2], VOCAB)
+    return train_tokenizer(list(shakespeare()[:2]), VOCAB)
 
 
 @functools.cache
@@ -97,7 +104,7 @@ def save_tiny_bert(folder: Path, *, layers: int = 2, headless: bool = True, drop
 def write_plays(folder: Path, count: int = 2, chars: int = 40_000) -> Path:
     """`count` Shakespeare plays (the first `chars` characters of each) as text files in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    for i, play in enumerate(corpus_documents("shakespeare")[5 : 5 + count]):
+    for i, play in enumerate(shakespeare()[5 : 5 + count]):
         (folder / f"play{i}.txt").write_text(play[:chars])
     return folder
 
