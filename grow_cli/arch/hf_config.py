@@ -226,8 +226,9 @@ def start_early(*, urgent: bool = False) -> None:
 
     `urgent`: the command has nothing to do but wait for the answer, so the child runs at grow's own priority. At a
     lower one, on two cores, the scheduler may share a core between the child and grow's other thread (the
-    safetensors check of the headers), and a first `grow inspect` of a 70B-shaped index waited ~0.15 s longer for
-    its answer (docs/benchmarks.md, twentieth session)."""
+    safetensors check of the headers): a first `grow inspect` of a 70B-shaped index had its answer 0.10 s later
+    (means of 8 alternated runs; less than the benchmark's run-to-run noise, docs/benchmarks.md, twentieth
+    session)."""
     global _child
     with _one_at_a_time:
         if _child is None and not _child_failed and not _answered_here():
