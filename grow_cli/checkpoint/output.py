@@ -225,22 +225,3 @@ def copy_small_files(source: Path, dest: Path) -> tuple[list[str], list[str]]:
         shutil.copyfile(path, target)
         copied.append(str(rel))
     return copied, skipped
-
-
-def update_pooling_dimension(folder: Path, source_hidden: int, target_hidden: int) -> list[str]:
-    """Keep a sentence-transformers model usable after width growth: its pooling modules record the embedding
-    width (`*/config.json` with `word_embedding_dimension`), which must follow the new hidden size. Returns the
-    files changed."""
-    import json
-
-    changed = []
-    for path in sorted(folder.glob("*/config.json")):
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(config, dict) and config.get("word_embedding_dimension") == source_hidden:
-            config["word_embedding_dimension"] = target_hidden
-            path.write_text(json.dumps(config, indent=2) + "\n")
-            changed.append(str(path.relative_to(folder)))
-    return changed

@@ -24,7 +24,7 @@ from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES
-from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output, update_pooling_dimension
+from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source, source_headers
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
@@ -35,6 +35,7 @@ from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
+from grow_cli.growth.st_modules import Module, module_bytes, module_notes, refuse_width, st_modules, write_modules
 from grow_cli.growth.train_state import SourceState, config_of_weights, training_source
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
@@ -239,7 +240,7 @@ def expand(
             # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
             hasher = FileHasher([*reader.files, src.folder / "config.json"])
             try:
-                plan, state = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
+                plan, state, modules = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
                 return _execute(
                     plan,
                     reader,
@@ -247,6 +248,7 @@ def expand(
                     hasher,
                     Path(out),
                     state=state,
+                    modules=modules,
                     force=force,
                     verify=verify or (plan.arch.always_verify and plan.function_preserving),
                     verify_memory=verify_memory,
@@ -265,7 +267,7 @@ def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str 
     ):
         config = load_config(src.folder)
         with CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader:
-            plan, state = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
+            plan, state, _ = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
             reader.library_checked()
         return {
             "dry_run": True,
@@ -282,9 +284,11 @@ def _plan(
     source_state: SourceState | None,
     *,
     checkpoint: bool,
-) -> tuple[Plan, StatePlan | None]:
-    """The weights' plan, and the training state's when the source has one (its maps must then be uniform). A
-    training `checkpoint`'s config is the run's model folder's, which may name another dtype than its weights."""
+) -> tuple[Plan, StatePlan | None, list[Module]]:
+    """The weights' plan, the training state's when the source has one (its maps must then be uniform), and the
+    sentence-transformers modules with weights of their own (a width growth one cannot follow is refused here,
+    before anything is written). A training `checkpoint`'s config is the run's model folder's, which may name
+    another dtype than its weights."""
     infos = reader.tensor_infos()
     if checkpoint:
         config = config_of_weights(config, infos)
@@ -295,7 +299,16 @@ def _plan(
             f"{STATE_DIR}/ (a grown training state that has not trained yet) is not grown again: the output holds "
             "weights only; to grow a run twice, continue it first (train-stage --resume grown) and grow its checkpoint"
         )
-    return plan, plan_state(plan, source_state, spec) if source_state is not None else None
+    modules = st_modules(reader.folder, plan.source_shape.hidden_size)
+    if plan.width is not None:
+        refuse_width(modules)
+    plan.notes += module_notes(modules, _hidden_factor(plan))
+    return plan, plan_state(plan, source_state, spec) if source_state is not None else None, modules
+
+
+def _hidden_factor(plan: Plan) -> float | None:
+    """How many times wider the hidden state grows; None for depth only."""
+    return plan.target_shape.hidden_size / plan.source_shape.hidden_size if plan.width else None
 
 
 def peak_memory(plan: Plan, state: StatePlan | None) -> int:
@@ -322,6 +335,7 @@ def _execute(
     out: Path,
     *,
     state: StatePlan | None,
+    modules: list[Module],
     force: bool,
     verify: bool,
     verify_memory: int | None,
@@ -331,6 +345,7 @@ def _execute(
     started = time.perf_counter()
     with staged_output(out, src.folder, force=force) as tmp:
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
+        extra += module_bytes(src.folder, modules, _hidden_factor(plan))
         state_bytes = state.total_bytes if state else 0
         require_free_space(tmp, plan.total_bytes + state_bytes + extra, out)
         require_memory(peak_memory(plan, state))
@@ -350,8 +365,7 @@ def _execute(
         reader.library_checked()  # the source passed safetensors' own parse too, before anything is published
         (tmp / "config.json").write_text(json.dumps(plan.target_config, indent=2) + "\n")
         copied, skipped = copy_small_files(src.folder, tmp)
-        if plan.width:
-            update_pooling_dimension(tmp, plan.source_shape.hidden_size, plan.target_shape.hidden_size)
+        module_files = write_modules(plan, modules, src.folder, tmp)
         write_seconds = time.perf_counter() - started
         check = _verified(plan, src.folder, tmp, verify_memory, quiet) if verify else None
         stage = _stage(plan, src, hasher.result(), check, command)
@@ -375,6 +389,7 @@ def _execute(
             "bytes": plan.total_bytes,
             "copied": copied,
             "skipped": skipped,
+            "modules": module_files,  # sentence-transformers modules' weights (copied or widened) and grown configs
         },
         "notes": plan.notes,
         "seconds": round(time.perf_counter() - started, 3),

@@ -92,10 +92,15 @@ class StagedWidth(WidthOperator):
             out = out / divisor
         if w.runtime_scale:
             out = out * self.embed_scale
-        if w.head_norm and self.head_folds:
-            fold = (1.0 / self.head_scale if self.tied else 1.0) / self.k
+        if w.head_norm and (fold := self.head_fold()) is not None:
             out = (out + w.gain_offset) * fold - w.gain_offset
         return out
+
+    def head_fold(self) -> float | None:
+        """The head sums over the k copies, tied or not: 1/k (and a tied head's 1/scale) goes into its norm."""
+        if not self.head_folds:
+            return None
+        return (1.0 / self.head_scale if self.tied else 1.0) / self.k
 
     def state_layout(self, tensor: BoundTensor, x, tag: object):
         """Gathered on every axis, then the off-diagonal blocks zeroed (entries that pair copy a with copy b ≠ a)."""
@@ -123,8 +128,8 @@ class StagedWidth(WidthOperator):
         scale = 1.0 / self._in_divisor(w)
         if w.runtime_scale:
             scale *= self.embed_scale
-        if w.head_norm and self.head_folds:
-            scale *= (1.0 / self.head_scale if self.tied else 1.0) / self.k
+        if w.head_norm and (fold := self.head_fold()) is not None:
+            scale *= fold
         return copies, scale
 
     def _exactness(self) -> tuple[bool, str]:

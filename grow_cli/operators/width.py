@@ -364,9 +364,21 @@ class WidthOperator:
                 out = self._noise(w, out, tensor.name)
         if w.runtime_scale:
             out = out * self.embed_scale
-        if w.head_norm and self.tied:
-            out = self._fold_head(w, out)
+        if w.head_norm and (fold := self.head_fold()) is not None:
+            out = (out + w.gain_offset) * fold - w.gain_offset
         return out
+
+    def widen_reader(self, name: str, w_OI, *, after_head_norm: bool):
+        """A matrix outside the checkpoint that reads the model's last hidden state, out × in (a sentence-transformers
+        Dense over the pooled state, `grow_cli/checkpoint/st_modules.py`), widened as an untied output head is: IN on
+        the input axis, with HyperCloning's noise, AKI's and G_zero's rules as for the model's own readers
+        (`name` seeds the noise). A hidden state that leaves the model through the norm before the head
+        (`after_head_norm`) carries that norm's fold (`head_fold`: a tied head's 1/C, staged's 1/k), which the
+        reader undoes: it reads what the head reads. Float32; a fresh tensor."""
+        weight = WeightDef(name=name, kind="linear", axes=(w_OI.shape[0], "hidden"))
+        out = self.apply(BoundTensor(name, weight, None, tuple(w_OI.shape), "F32"), [w_OI]).clone()
+        fold = self.head_fold() if after_head_norm else None
+        return out if fold is None else out / fold
 
     def release_buffers(self) -> None:
         """Free the buffers `apply` computed into (the weights are written; growing the moments takes its own)."""
@@ -377,18 +389,17 @@ class WidthOperator:
         self._calls += 1
         return self._calls % 2
 
-    def _fold_head(self, w: WeightDef, out):
-        """A tied head reads the (scaled) embedding: fold 1/C (its sum over copies, E4) and 1/scale into the norm.
-
-        Under `zero` the new hidden units are zero, so only the embedding scale is folded. A Gemma gain is folded as
-        the gain `1 + w` it computes, not as `w`.
-        """
+    def head_fold(self) -> Any:
+        """What the norm right before the output head is multiplied by (as the gain `1 + w` a Gemma norm computes,
+        not as `w`), or None: a tied head reads the (scaled) embedding, so 1/C (its sum over copies, E4) and
+        1/scale are folded into that norm. Under `zero` the new hidden units are zero, so only the embedding scale
+        is folded. A float, or one factor per hidden unit."""
+        if not self.tied:
+            return None
         fold = 1.0 / self.head_scale
         if self.method != "zero":
-            fold = fold / self._axes["hidden"].divisor
-        elif fold == 1.0:
-            return out
-        return (out + w.gain_offset) * fold - w.gain_offset
+            return fold / self._axes["hidden"].divisor
+        return None if fold == 1.0 else fold
 
     @property
     def symmetric_copies(self) -> bool:

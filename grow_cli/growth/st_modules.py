@@ -1,0 +1,307 @@
+"""A sentence-transformers model's modules with weights of their own, and what a growth does with them.
+
+A sentence-transformers folder is a transformers checkpoint plus `modules.json`, which lists the modules an input
+runs through in order: the transformer (path ""), then e.g. `1_Pooling`, `2_Dense`, `3_Normalize`, each in a
+sub-folder with its `config.json` and, for a module with weights (a `Dense`, an LSTM, WordWeights…), weight files
+of its own. grow grows the transformer; the other modules are handled here, so that the output loads as the model
+its modules.json names:
+
+* Depth growth keeps the hidden size, so every module reads what it read before: its weight files are copied byte
+  for byte.
+* Width growth widens the transformer's output. The features it flows into are followed through modules.json:
+  the transformer writes `token_embeddings` (hidden units); Pooling writes `sentence_embedding`, one block of
+  hidden units per pooling mode (cls, mean, max, … each acts unit by unit, so a widened input gives the widened
+  pooled vector, block by block). A `Dense` reading such a feature consumes the last hidden state exactly as an
+  untied output head does, so its input axis gets the width operator's rule for a head (`widen_reader`), block by
+  block, and its `in_features` follows; its output, and everything after it, keeps its width. A Dense reading a
+  feature width growth does not change is copied. Any other module with weights, or a Dense whose `in_features`
+  is not its input's width, is refused before anything is written: grow cannot grow it correctly.
+* Pooling's recorded embedding width (`embedding_dimension`, `word_embedding_dimension` before
+  sentence-transformers 6) follows the hidden size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from grow_cli.checkpoint.files import BIN_SINGLE, SAFETENSORS_SINGLE, SENTENCE_TRANSFORMERS_MODULES, WEIGHT_SUFFIXES
+from grow_cli.errors import CheckpointError, UsageError
+
+if TYPE_CHECKING:
+    from grow_cli.growth.plan import Plan
+
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+LEGACY_POOLING_KEYS = (  # sentence-transformers before 6: one flag per mode
+    "pooling_mode_cls_token",
+    "pooling_mode_max_tokens",
+    "pooling_mode_mean_tokens",
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+    "pooling_mode_lasttoken",
+)
+POOLING_WIDTH_KEYS = ("embedding_dimension", "word_embedding_dimension")  # the name since 6, and before
+DENSE_TENSORS = ("linear.weight", "linear.bias", "residual.weight")
+
+
+@dataclass(frozen=True)
+class Module:
+    """A module of modules.json with weights of its own, and what width growth does with it."""
+
+    path: str  # its folder, relative to the model folder
+    kind: str  # its class, as modules.json names it (the last part)
+    files: tuple[str, ...]  # its weight files, relative to the model folder
+    blocks: int = 0  # widened: how many blocks of hidden units its input holds; 0: copied unchanged
+    in_features: int = 0  # a widened Dense's, before growth
+    refusal: str | None = None  # why width growth cannot follow it
+
+    def action(self, factor: float | None) -> str:
+        """What a growth does with it (`factor`: the hidden size's growth, None for depth only)."""
+        if factor is None or (not self.blocks and self.refusal is None):
+            return "weights copied unchanged"
+        if self.refusal is not None:
+            return f"width growth refused: {self.refusal}"
+        return f"input axis widened as the output head's, in_features {self.in_features} → {self.grown_in(factor)}"
+
+    def grown_in(self, factor: float) -> int:
+        return round(self.in_features * factor)
+
+
+def st_modules(folder: Path, hidden_size: int) -> list[Module]:
+    """The modules with weights that `folder`'s modules.json lists (none without one), in order, each with what
+    width growth of a transformer of `hidden_size` would do with it."""
+    listing = folder / SENTENCE_TRANSFORMERS_MODULES
+    if not listing.is_file():
+        return []
+    entries = _read_json(listing)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
+        raise CheckpointError(f"{listing} is not a list of modules with a path each; fix or remove it")
+    grown = {"token_embeddings": 1}  # feature → blocks of hidden units, for the features width growth widens
+    modules = []
+    for entry in sorted(entries, key=lambda e: e.get("idx", 0)):
+        path, kind = str(entry["path"]), str(entry.get("type", "")).rsplit(".", 1)[-1]
+        ours = str(entry.get("type", "")).startswith("sentence_transformers.")
+        if path in ("", "."):
+            continue  # the transformer itself: the plan grows it
+        config = _module_config(folder / path)
+        if ours and kind == "Pooling":
+            width = next((config[k] for k in POOLING_WIDTH_KEYS if k in config), None)
+            reads = grown.get("token_embeddings") if width == hidden_size else None
+            _set(grown, "sentence_embedding", reads and _pooling_modes(config))
+            continue
+        files = _weight_files(folder, path)
+        if ours and kind == "Dense":
+            source = config.get("module_input_name") or "sentence_embedding"
+            target = config.get("module_output_name") or source
+            module = _dense(path, kind, files, config, grown.get(source), hidden_size, folder)
+            _set(grown, target, None)  # a Dense writes out_features, which width growth keeps
+            if files:
+                modules.append(module)
+        elif files:
+            why = f"a {kind} module has weights grow cannot grow"
+            modules.append(Module(path, kind, files, refusal=why))
+    return modules
+
+
+def _dense(
+    path: str, kind: str, files: tuple[str, ...], config: dict, blocks: int | None, hidden: int, folder: Path
+) -> Module:
+    """A Dense: widened where it reads a feature width growth widens (`blocks` of `hidden` units), else copied."""
+    if not blocks:
+        return Module(path, kind, files)
+    in_features, out_features = config.get("in_features"), config.get("out_features")
+    if in_features != blocks * hidden:
+        refusal = f"its in_features {in_features} is not the {blocks * hidden} units it reads" + (
+            f" ({blocks} pooling modes × {hidden})" if blocks > 1 else ""
+        )
+        return Module(path, kind, files, refusal=refusal)
+    if config.get("use_residual") and in_features == out_features:
+        return Module(path, kind, files, refusal="its residual connection adds its input, which would be wider")
+    names = _dense_tensor_names(folder, path, files)
+    unknown = sorted(set(names) - set(DENSE_TENSORS))
+    if unknown:
+        return Module(path, kind, files, refusal=f"it holds tensors a Dense does not ({', '.join(unknown)})")
+    return Module(path, kind, files, blocks=blocks, in_features=in_features)
+
+
+def refuse_width(modules: list[Module]) -> None:
+    """Refuse, before anything is written, a width growth that a module cannot follow."""
+    for m in modules:
+        if m.refusal is not None:
+            raise UsageError(
+                f"width growth cannot follow the sentence-transformers module {m.path}/ ({m.refusal}); grow this "
+                f"model in depth only (--layers), or remove {m.path} from modules.json if the model works without it"
+            )
+
+
+def module_notes(modules: list[Module], factor: float | None) -> list[str]:
+    """One note per module with weights: what this growth does with it."""
+    return [f"sentence-transformers module {m.path}/ ({m.kind}): {m.action(factor)}" for m in modules]
+
+
+def module_bytes(folder: Path, modules: list[Module], factor: float | None) -> int:
+    """What the modules' weights take in the output: their files, a widened Dense's about `factor` times over."""
+    total = 0
+    for m in modules:
+        size = sum((folder / f).stat().st_size for f in m.files)
+        total += round(size * factor) if factor and m.blocks else size
+    return total
+
+
+def write_modules(plan: Plan, modules: list[Module], source: Path, dest: Path) -> list[str]:
+    """The modules' weights and configs into `dest` (where the small files are already copied); returns the files
+    written, relative to `dest`. Depth only: weight files copied byte for byte; width: Dense modules widened, the
+    Pooling and Dense configs following the new width."""
+    import shutil
+
+    written = []
+    width = plan.width
+    for m in modules:
+        if width is None or not m.blocks:
+            for name in m.files:
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name, dest / name)
+                written.append(name)
+            continue
+        written.append(_write_dense(plan, m, source, dest))
+    if width is not None:
+        written += _grown_configs(dest, plan.source_shape.hidden_size, plan.target_shape.hidden_size, modules)
+    return written
+
+
+def _write_dense(plan: Plan, m: Module, source: Path, dest: Path) -> str:
+    """A Dense with its input axis widened block by block (`widen_reader`), as model.safetensors in its dtype."""
+    import torch
+    from safetensors.torch import save_file
+
+    width, d = plan.width, plan.source_shape.hidden_size
+    assert width is not None
+    after = leaves_through_head_norm(plan)
+    grown = {}
+    for name, w in _load(source / _weights_file(m)).items():
+        if name == "linear.bias":  # on the output axis, which keeps its width
+            grown[name] = w.contiguous()
+            continue
+        blocks = [
+            width.widen_reader(f"{m.path}/{name}[{b}]", w[:, b * d : (b + 1) * d].float(), after_head_norm=after)
+            for b in range(m.blocks)
+        ]
+        grown[name] = torch.cat(blocks, dim=1).to(w.dtype).contiguous()
+    (dest / m.path).mkdir(parents=True, exist_ok=True)
+    for stale in m.files:  # another format of the source's weights would hold the old shape
+        (dest / stale).unlink(missing_ok=True)
+    save_file(grown, str(dest / m.path / SAFETENSORS_SINGLE), metadata={"format": "pt"})
+    return f"{m.path}/{SAFETENSORS_SINGLE}"
+
+
+def leaves_through_head_norm(plan: Plan) -> bool:
+    """Whether the transformer's output (what sentence-transformers pools) passes through the norm before the output
+    head: a stored head norm outside any optional head block (Llama's model.norm, GPT-2's ln_f). One inside a head
+    block is that head's own (BERT's MLM transform LayerNorm), after the encoder's output."""
+    return any(t.weight.head_norm and t.weight.group is None for t in plan.binding.final)
+
+
+def _grown_configs(dest: Path, hidden: int, grown_hidden: int, modules: list[Module]) -> list[str]:
+    """Pooling's embedding width and each widened Dense's in_features, in the copied configs of `dest`."""
+    changed = []
+    listing = dest / SENTENCE_TRANSFORMERS_MODULES
+    entries = _read_json(listing) if listing.is_file() else []
+    widened = {m.path: m for m in modules if m.blocks}
+    for entry in entries:
+        path, kind = str(entry["path"]), str(entry.get("type", "")).rsplit(".", 1)[-1]
+        config_path = dest / path / "config.json"
+        if path in ("", ".") or not config_path.is_file():
+            continue
+        config = _read_json(config_path)
+        if kind == "Pooling" and str(entry.get("type", "")).startswith("sentence_transformers."):
+            keys = [k for k in POOLING_WIDTH_KEYS if config.get(k) == hidden]
+        elif path in widened:
+            keys = ["in_features"]
+        else:
+            continue
+        for key in keys:
+            config[key] = config[key] * grown_hidden // hidden
+        if keys:
+            config_path.write_text(json.dumps(config, indent=2) + "\n")
+            changed.append(f"{path}/config.json")
+    return changed
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}; fix or remove it") from None
+
+
+def _module_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    config = _read_json(path) if path.is_file() else {}
+    return config if isinstance(config, dict) else {}
+
+
+def _pooling_modes(config: dict[str, Any]) -> int:
+    """How many vectors Pooling concatenates: its modes (`pooling_mode`, or the flags before version 6)."""
+    mode = config.get("pooling_mode")
+    if isinstance(mode, str):
+        return 1
+    if isinstance(mode, list):
+        return len(mode)
+    return sum(bool(config.get(k)) for k in LEGACY_POOLING_KEYS) or 1
+
+
+def _set(grown: dict[str, int], feature: str, blocks: int | None) -> None:
+    if blocks:
+        grown[feature] = blocks
+    else:
+        grown.pop(feature, None)
+
+
+def _weight_files(folder: Path, path: str) -> tuple[str, ...]:
+    """The weight files under a module's folder, relative to the model folder."""
+    module = folder / path
+    if not module.is_dir():
+        return ()
+    return tuple(
+        str(p.relative_to(folder))
+        for p in sorted(module.rglob("*"))
+        if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not any(part.startswith(".") for part in p.parts)
+    )
+
+
+def _weights_file(m: Module) -> str:
+    """The file sentence-transformers loads a module's weights from: model.safetensors, else pytorch_model.bin."""
+    for name in (SAFETENSORS_SINGLE, BIN_SINGLE):
+        if f"{m.path}/{name}" in m.files:
+            return f"{m.path}/{name}"
+    raise CheckpointError(f"{m.path}/ holds no {SAFETENSORS_SINGLE} or {BIN_SINGLE}; give the module its weights")
+
+
+def _dense_tensor_names(folder: Path, path: str, files: tuple[str, ...]) -> list[str]:
+    m = Module(path, "Dense", files)
+    file = folder / _weights_file(m)
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), "pt") as f:
+            return list(f.keys())
+    return list(_load(file))
+
+
+def _load(file: Path) -> dict[str, Any]:
+    """A small module's tensors, whole (`torch.load` only with weights_only)."""
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        import torch
+
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file: safetensors' and torch's own errors, in one line
+        raise CheckpointError(f"cannot read {file}: {str(exc).splitlines()[0][:200]}; the file is damaged") from None

@@ -1,0 +1,191 @@
+"""Sentence-transformers modules with weights of their own (a `2_Dense/`) through growth: depth copies them, width
+widens a Dense's input axis as the output head's, and a module grow cannot grow refuses width growth up front.
+
+Each model is a tiny BERT or GPT-2 built from a config, with Pooling, Dense and Normalize modules, saved by
+sentence-transformers itself (the transformer re-saved in several shards); every check loads the output with
+`SentenceTransformer` and compares embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+
+import pytest
+import tiny_models
+import torch
+
+from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
+
+st = pytest.importorskip("sentence_transformers")
+SENTENCES = ["w1 w2 w3 w4 w5", "w6 w7", "w8 w9 w10 w11 w12 w13 w14 w15", "w3 w1 w4 w1 w5 w9"]
+WORDS = [f"w{i}" for i in range(60)]  # the tokenizer's vocabulary, after its 5 special tokens
+
+
+def _save_st(folder, kind: str, pooling, dense_sizes: list[int]):
+    """A tiny sentence-transformer: a `kind` transformer (tiny_models' config, random norms and biases), Pooling of
+    `pooling` mode(s), a Tanh Dense per size in `dense_sizes` (each reading the previous), and Normalize."""
+    import transformers as tf
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.dense import Dense
+    from sentence_transformers.base.modules.normalize import Normalize
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+
+    torch.manual_seed(0)
+    model = {"bert": tf.BertModel, "gpt2": tf.GPT2Model}[kind](tiny_models.CONFIGS[kind]())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim == 1:
+                gain = ("LayerNorm" in name or "ln_" in name) and name.endswith("weight")
+                param.copy_(float(gain) + 0.1 * torch.randn_like(param))
+    base = folder.parent / f"{folder.name}-base"
+    model.save_pretrained(base)
+    (base / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if kind == "bert" else [])
+    tf.BertTokenizerFast(vocab_file=str(base / "vocab.txt"), model_input_names=inputs).save_pretrained(base)
+    hidden = model.config.hidden_size
+    modules = [Transformer(str(base)), Pooling(hidden, pooling)]
+    width = hidden * (len(pooling) if isinstance(pooling, list) else 1)
+    for size in dense_sizes:
+        modules.append(Dense(width, size))
+        width = size
+    SentenceTransformer(modules=[*modules, Normalize()], device="cpu").save(str(folder))
+    (folder / "model.safetensors").unlink()  # the transformer again, in several shards
+    modules[0].auto_model.save_pretrained(folder, max_shard_size="20KB")
+    shutil.rmtree(base)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def st_source(tmp_path_factory):
+    """`st_source(name)` → a tiny sentence-transformer folder (read-only use), built once per module."""
+    built = {}
+    kinds = {
+        "bert-mean": ("bert", "mean", [16]),
+        "bert-mean-max": ("bert", ["mean", "max"], [24, 16]),  # 2 × 32 pooled units; a Dense after a Dense
+        "gpt2-mean": ("gpt2", "mean", [16]),
+    }
+
+    def get(name: str):
+        if name not in built:
+            built[name] = _save_st(tmp_path_factory.mktemp("st") / name, *kinds[name])
+        return built[name]
+
+    return get
+
+
+def _encode(folder, dense_scale: float | None = None) -> torch.Tensor:
+    """The normalised embeddings of SENTENCES; `dense_scale` multiplies the first Dense's weight (a control)."""
+    from sentence_transformers import SentenceTransformer
+
+    logging.disable(logging.WARNING)
+    try:
+        model = SentenceTransformer(str(folder), device="cpu")
+    finally:
+        logging.disable(logging.NOTSET)
+    if dense_scale is not None:
+        dense = next(m for m in model if type(m).__name__ == "Dense")
+        with torch.no_grad():
+            dense.linear.weight.mul_(dense_scale)
+    return model.encode(SENTENCES, convert_to_tensor=True)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("source", "method", "wrong_scale"),
+    [
+        # BERT's encoder output is the last post-LN state: the Dense's input axis is divided (IN); the control
+        # gathers without dividing.
+        ("bert-mean", "fpi", 2.0),
+        ("bert-mean", "staged", 2.0),
+        # mean+max pooling: two blocks of hidden units, each widened; the second Dense (24 → 16) is copied
+        ("bert-mean-max", "hypercloning", 2.0),
+        # GPT-2's output passes ln_f, which took the tied head's 1/C (fpi) or staged's 1/k: the Dense reads what
+        # the head reads, so is not divided again; the control divides it as if ln_f were unfolded.
+        ("gpt2-mean", "fpi", 0.5),
+        ("gpt2-mean", "staged", 0.5),
+    ],
+)
+def test_width_growth_widens_a_dense_and_keeps_the_embeddings(st_source, tmp_path, source, method, wrong_scale):
+    src = st_source(source)
+    spec = GrowthSpec(width_method=method, width_factor=2, noise_snr_db=10 if method == "hypercloning" else None)
+    report = expand(str(src), tmp_path / "wide", spec, quiet=True)
+    out = tmp_path / "wide"
+    assert report["function_preserving"] is True
+    dense = json.loads((src / "2_Dense" / "config.json").read_text())
+    assert json.loads((out / "2_Dense" / "config.json").read_text())["in_features"] == 2 * dense["in_features"]
+    assert "2_Dense/model.safetensors" in report["files"]["modules"]
+    assert any(
+        n.startswith("sentence-transformers module 2_Dense/ (Dense): input axis widened") for n in report["notes"]
+    )
+    before, after = _encode(src), _encode(out)
+    gap = (after - before).abs().max().item()
+    print(f"{source} {method} ×2: max |Δ embedding| {gap:.3g}")
+    assert gap < 1e-5
+    control = (_encode(out, dense_scale=wrong_scale) - before).abs().max().item()
+    assert control > 1e-2, control  # the other rule for the Dense's input axis changes the embeddings
+    if source == "bert-mean-max":  # the second Dense reads the first's 24 units, which width growth keeps
+        assert _sha(out / "3_Dense" / "model.safetensors") == _sha(src / "3_Dense" / "model.safetensors")
+
+
+def test_depth_growth_copies_the_dense_and_an_exact_method_keeps_the_embeddings(st_source, tmp_path):
+    src = st_source("gpt2-mean")
+    report = expand(str(src), tmp_path / "deep", GrowthSpec(layers=6, depth_method="identity"), quiet=True)
+    out = tmp_path / "deep"
+    assert report["function_preserving"] is True
+    assert _sha(out / "2_Dense" / "model.safetensors") == _sha(src / "2_Dense" / "model.safetensors")
+    assert (out / "2_Dense" / "config.json").read_bytes() == (src / "2_Dense" / "config.json").read_bytes()
+    assert "sentence-transformers module 2_Dense/ (Dense): weights copied unchanged" in report["notes"]
+    before = _encode(src)
+    gap = (_encode(out) - before).abs().max().item()
+    print(f"gpt2 identity depth 4 → 6: max |Δ embedding| {gap:.3g}")
+    assert gap < 1e-5
+    assert (_encode(out, dense_scale=-1.0) - before).abs().max().item() > 1e-2  # the check sees the Dense
+
+
+def _with_lstm(src, dest):
+    """`src` with a module grow cannot grow appended to modules.json: an LSTM with weights of its own."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dest)
+    (dest / "4_LSTM").mkdir()
+    (dest / "4_LSTM" / "config.json").write_text(json.dumps({"word_embedding_dimension": 16, "hidden_dim": 8}))
+    save_file({"encoder.weight_ih_l0": torch.randn(32, 16)}, str(dest / "4_LSTM" / "model.safetensors"))
+    entries = json.loads((dest / "modules.json").read_text())
+    entries.append({"idx": 4, "name": "4", "path": "4_LSTM", "type": "sentence_transformers.models.LSTM"})
+    (dest / "modules.json").write_text(json.dumps(entries))
+    return dest
+
+
+def test_a_module_grow_cannot_grow_refuses_width_before_writing_and_is_copied_in_depth(st_source, tmp_path, cli):
+    src = _with_lstm(st_source("bert-mean"), tmp_path / "lstm")
+    result = cli("expand", src, tmp_path / "wide", "--width-method", "fpi", "--width-factor", "2")
+    assert result.code != 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "4_LSTM/" in lines[0] and "--layers" in lines[0]
+    assert not (tmp_path / "wide").exists()
+    dry = cli("expand", src, tmp_path / "wide", "--dry-run", "--width-method", "fpi", "--width-factor", "2")
+    assert dry.code != 0 and "4_LSTM/" in dry.stderr
+
+    dry = cli("expand", src, tmp_path / "deep", "--dry-run", "--layers", "6", "--depth-method", "stack")
+    assert dry.code == 0 and "4_LSTM/ (LSTM): weights copied unchanged" in dry.stdout
+    report = expand(str(src), tmp_path / "deep", GrowthSpec(layers=6, depth_method="stack"), quiet=True)
+    for module in ("2_Dense", "4_LSTM"):
+        assert _sha(tmp_path / "deep" / module / "model.safetensors") == _sha(src / module / "model.safetensors")
+    assert sorted(report["files"]["modules"]) == ["2_Dense/model.safetensors", "4_LSTM/model.safetensors"]
+
+
+def test_a_dense_that_does_not_read_the_pooled_width_is_refused(st_source, tmp_path, cli):
+    src = shutil.copytree(st_source("bert-mean"), tmp_path / "odd")
+    config = json.loads((src / "2_Dense" / "config.json").read_text())
+    (src / "2_Dense" / "config.json").write_text(json.dumps({**config, "in_features": 48}))
+    result = cli("expand", src, tmp_path / "wide", "--width-method", "fpi", "--width-factor", "2")
+    assert result.code != 0 and "2_Dense/" in result.stderr and "in_features 48 is not the 32 units" in result.stderr
+    assert not (tmp_path / "wide").exists()
