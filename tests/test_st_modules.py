@@ -189,3 +189,25 @@ def test_a_dense_that_does_not_read_the_pooled_width_is_refused(st_source, tmp_p
     result = cli("expand", src, tmp_path / "wide", "--width-method", "fpi", "--width-factor", "2")
     assert result.code != 0 and "2_Dense/" in result.stderr and "in_features 48 is not the 32 units" in result.stderr
     assert not (tmp_path / "wide").exists()
+
+
+def test_inspect_says_what_growth_does_with_each_module(st_source, tmp_path, cli):
+    from grow_cli.growth.describe import inspect
+
+    info = inspect(str(st_source("bert-mean")))
+    assert info["st_modules"] == [
+        {
+            "path": "2_Dense",
+            "type": "Dense",
+            "depth": "weights copied unchanged",
+            "width": "input axis widened as the output head's",
+        }
+    ]
+    assert all(m["applies"] for m in info["methods"]["width"])
+    src = _with_lstm(st_source("bert-mean"), tmp_path / "lstm")
+    info = inspect(str(src))
+    assert [m["path"] for m in info["st_modules"]] == ["2_Dense", "4_LSTM"]
+    assert not any(m["applies"] for m in info["methods"]["width"])
+    assert all("4_LSTM/" in m["why"] for m in info["methods"]["width"])
+    shown = cli("inspect", src)
+    assert shown.code == 0 and "module 4_LSTM/" in shown.stdout

@@ -88,6 +88,8 @@ def _print_table(source: str, info: dict) -> None:
     ]
     if info.get("num_experts"):
         rows[3:3] = _moe_rows(info)
+    for m in info["st_modules"]:  # a sentence-transformers model's modules with weights of their own
+        rows.append((f"module {m['path']}/", f"{m['type']}: depth: {m['depth']}; width: {m['width']}"))
     if info["config_problem"]:
         rows.insert(0, ("problem", f"[red]config.json does not load in transformers: {info['config_problem']}[/red]"))
     for key, value in rows:

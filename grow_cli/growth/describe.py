@@ -25,6 +25,7 @@ from grow_cli.checkpoint.source import source_headers
 from grow_cli.errors import CheckpointError, OutputError, first_line
 from grow_cli.growth.config import config_problem
 from grow_cli.growth.plan import source_shape_of
+from grow_cli.growth.st_modules import st_modules
 from grow_cli.limits import MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_WIDTH
 from grow_cli.operators.registry import applicability
 from grow_cli.whole_file import write_whole
@@ -78,6 +79,8 @@ def inspect(
     (`layers`, `hidden_size`, `intermediate_size`, `num_heads`, `num_kv_heads`, `head_dim`, `vocab_size`, …),
     `dtypes`, `format` and `files`, `embeddings_tied`, `methods` (for "depth", "width" and "moe": each method,
     whether it `applies`, and `why` not, or `only` at which depths where it applies at some), `upcycles_to`,
+    `st_modules` (a sentence-transformers model's modules with weights of their own: `path`, `type`, and what
+    `depth` and `width` growth do with each),
     `definition` (curated or derived), `definition_written` and `config_problem`: why transformers refuses to load
     config.json (`grow expand` then refuses the source, so no method applies; `grow inspect` reports the rest and
     exits with `source_config_refused`), or None.
@@ -95,6 +98,7 @@ def inspect(
             copies = [(stored, target, reader.same_values(stored, target)) for stored, target in binding.tied_copies]
             files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
             fmt = reader.format
+        modules = st_modules(src.folder, shape.hidden_size)
         folder = None if src.fetch else str(src.folder)  # a Hub id read for its headers only is in no folder
     untied = {stored for stored, _, same in copies if not same}
     bound = binding.all_tensors()
@@ -123,7 +127,8 @@ def inspect(
         "not_read": [{"name": n, "why": why} for n, why in binding.dropped if n not in untied],
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
         "upcycles_to": (target := upcycle_target(arch)) and target.name,  # `grow expand --experts` makes this type
-        "methods": _methods(arch, config, shape.layers, problem),
+        "methods": _refuse_width_for_modules(_methods(arch, config, shape.layers, problem), modules),
+        "st_modules": [m.describe() for m in modules],
         "definition": definition_summary(arch),
         "definition_written": (
             str(write_definition(config, write_definition_to, force=force)) if write_definition_to else None
@@ -149,6 +154,15 @@ def _methods(arch, config: dict[str, Any], layers: int, problem: str | None) -> 
         kind: [{"method": m["method"], "applies": False, "why": why} for m in entries]
         for kind, entries in methods.items()
     }
+
+
+def _refuse_width_for_modules(methods: dict[str, list[dict[str, Any]]], modules) -> dict[str, list[dict[str, Any]]]:
+    """No width method applies where a sentence-transformers module with weights cannot follow width growth."""
+    refused = next((m for m in modules if m.refusal is not None), None)
+    if refused is None:
+        return methods
+    why = f"the sentence-transformers module {refused.path}/ cannot follow it: {refused.refusal}"
+    return {**methods, "width": [{"method": m["method"], "applies": False, "why": why} for m in methods["width"]]}
 
 
 def _keeping_the_moe_pattern(arch, config: dict[str, Any], layers: int, entries: list[dict]) -> list[dict]:

@@ -58,15 +58,20 @@ class Module:
     refusal: str | None = None  # why width growth cannot follow it
 
     def action(self, factor: float | None) -> str:
-        """What a growth does with it (`factor`: the hidden size's growth, None for depth only)."""
+        """What a growth does with it (`factor`: how many times wider the hidden state grows; None: depth only)."""
         if factor is None or (not self.blocks and self.refusal is None):
             return "weights copied unchanged"
         if self.refusal is not None:
             return f"width growth refused: {self.refusal}"
-        return f"input axis widened as the output head's, in_features {self.in_features} → {self.grown_in(factor)}"
+        grown = round(self.in_features * factor)
+        return f"input axis widened as the output head's, in_features {self.in_features} → {grown}"
 
-    def grown_in(self, factor: float) -> int:
-        return round(self.in_features * factor)
+    def describe(self) -> dict[str, str]:
+        """What depth and width growth do with it, for `grow inspect`."""
+        width = "input axis widened as the output head's" if self.blocks else "weights copied unchanged"
+        if self.refusal is not None:
+            width = f"refused ({self.refusal})"
+        return {"path": self.path, "type": self.kind, "depth": self.action(None), "width": width}
 
 
 def st_modules(folder: Path, hidden_size: int) -> list[Module]:
@@ -100,7 +105,7 @@ def st_modules(folder: Path, hidden_size: int) -> list[Module]:
             if files:
                 modules.append(module)
         elif files:
-            why = f"a {kind} module has weights grow cannot grow"
+            why = f"grow cannot widen the weights of {kind}"
             modules.append(Module(path, kind, files, refusal=why))
     return modules
 
