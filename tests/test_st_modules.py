@@ -150,6 +150,17 @@ def test_depth_growth_copies_the_dense_and_an_exact_method_keeps_the_embeddings(
     assert (_encode(out, dense_scale=-1.0) - before).abs().max().item() > 1e-2  # the check sees the Dense
 
 
+def test_a_depth_growth_and_a_dry_run_still_import_no_torch(st_source, tmp_path):
+    """Reading a Dense's tensor names takes its safetensors header, not torch (see test_startup.py)."""
+    from test_startup import grow
+
+    args = ("--layers", "6", "--depth-method", "stack")
+    result, stdout, _ = grow(tmp_path, "expand", st_source("bert-mean"), tmp_path / "never", *args, "--dry-run")
+    assert result == {"code": 0, "imported": []} and "2_Dense/ (Dense): weights copied unchanged" in stdout
+    result, _, _ = grow(tmp_path, "expand", st_source("bert-mean"), tmp_path / "out", *args, "-q")
+    assert result == {"code": 0, "imported": []} and (tmp_path / "out" / "2_Dense" / "model.safetensors").is_file()
+
+
 def _with_lstm(src, dest):
     """`src` with a module grow cannot grow appended to modules.json: an LSTM with weights of its own."""
     from safetensors.torch import save_file

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from grow_cli.checkpoint.files import BIN_SINGLE, SAFETENSORS_SINGLE, SENTENCE_TRANSFORMERS_MODULES, WEIGHT_SUFFIXES
+from grow_cli.checkpoint.header import read_safetensors_header
+from grow_cli.checkpoint.reader import load_bin_weights
 from grow_cli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
@@ -288,25 +290,18 @@ def _weights_file(m: Module) -> str:
 
 
 def _dense_tensor_names(folder: Path, path: str, files: tuple[str, ...]) -> list[str]:
-    m = Module(path, "Dense", files)
-    file = folder / _weights_file(m)
-    if file.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(file), "pt") as f:
-            return list(f.keys())
-    return list(_load(file))
+    """The tensors a Dense's weights file holds: its safetensors header (no torch import), or the `.bin` loaded."""
+    file = folder / _weights_file(Module(path, "Dense", files))
+    try:
+        return list(read_safetensors_header(file)[0] if file.suffix == ".safetensors" else load_bin_weights(file))
+    except CheckpointError as exc:  # its message names the file alone: say which module's it is
+        raise CheckpointError(f"{path}/: {exc}") from None
 
 
 def _load(file: Path) -> dict[str, Any]:
-    """A small module's tensors, whole (`torch.load` only with weights_only)."""
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    """A small module's tensors, whole (a `.bin` only through torch's weights-only loader)."""
+    if file.suffix != ".safetensors":
+        return load_bin_weights(file)
+    from safetensors.torch import load_file
 
-            return load_file(str(file))
-        import torch
-
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a damaged file: safetensors' and torch's own errors, in one line
-        raise CheckpointError(f"cannot read {file}: {str(exc).splitlines()[0][:200]}; the file is damaged") from None
+    return load_file(str(file))  # its header passed `read_safetensors_header` when the growth was planned
