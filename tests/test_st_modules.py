@@ -16,6 +16,7 @@ import shutil
 import pytest
 import tiny_models
 import torch
+from fake_hub import fake_hub_fixture  # noqa: F401 (fixture)
 
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
@@ -222,3 +223,22 @@ def test_inspect_says_what_growth_does_with_each_module(st_source, tmp_path, cli
     assert all("4_LSTM/" in m["why"] for m in info["methods"]["width"])
     shown = cli("inspect", src)
     assert shown.code == 0 and "module 4_LSTM/" in shown.stdout
+
+
+def test_a_hub_source_brings_its_module_folders(st_source, fake_hub, tmp_path, cli):
+    """From the Hub, the module folders modules.json lists are fetched (small files, one weights format), for the
+    download and for the headers-only dry run; other weight formats stay on the Hub."""
+    from grow_cli.hub import download_checkpoint
+
+    fake_hub.add_folder("acme/tiny-st", st_source("bert-mean"))
+    fake_hub.add_files(
+        "acme/tiny-st", {"2_Dense/pytorch_model.bin": b"the same Dense, pickled", "onnx/model.onnx": b""}
+    )
+    dry = cli("expand", "acme/tiny-st", tmp_path / "never", "--dry-run", "--width-method", "fpi", "--width-factor", "2")
+    assert dry.code == 0 and "2_Dense/ (Dense): input axis widened as the output head's" in dry.stdout
+    folder, source = download_checkpoint("acme/tiny-st")
+    assert {"1_Pooling/config.json", "2_Dense/config.json", "2_Dense/model.safetensors"} <= set(source["files"])
+    assert not {"2_Dense/pytorch_model.bin", "onnx/model.onnx"} & set(source["files"])
+    report = expand("acme/tiny-st", tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), quiet=True)
+    assert report["files"]["modules"] == ["2_Dense/model.safetensors", "1_Pooling/config.json", "2_Dense/config.json"]
+    assert (_encode(tmp_path / "wide") - _encode(st_source("bert-mean"))).abs().max().item() < 1e-5

@@ -2,7 +2,8 @@
 
 What grow needs: config.json, ONE weight format (model.safetensors, else the shards named by
 model.safetensors.index.json, else pytorch_model.bin or its index and shards), the tokenizer, generation_config.json,
-grow.json and the other small top-level files (under 50 MB: README, licence, chat template...). Other weight
+grow.json and the other small top-level files (under 50 MB: README, licence, chat template...), and a
+sentence-transformers model's module folders that modules.json lists (their small files and weights). Other weight
 formats (a repo often carries .bin and .safetensors copies, ONNX, GGUF, `original/` folders) are left on the Hub.
 
 Files land in the standard `huggingface_hub` cache, so a second run downloads nothing. With `HF_HUB_OFFLINE=1` the
@@ -19,7 +20,13 @@ from typing import Any
 from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from grow_cli.checkpoint.files import WEIGHT_LAYOUTS, WEIGHT_SUFFIXES
+from grow_cli.checkpoint.files import (
+    BIN_SINGLE,
+    SAFETENSORS_SINGLE,
+    SENTENCE_TRANSFORMERS_MODULES,
+    WEIGHT_LAYOUTS,
+    WEIGHT_SUFFIXES,
+)
 from grow_cli.checkpoint.kinds import other_framework_files, what_else_on_hub
 from grow_cli.errors import HubError
 from grow_cli.hub.client import (
@@ -146,7 +153,30 @@ def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[s
         and name != ".gitattributes"
         and (size is None or size < SMALL_FILE_BYTES)
     ]
-    return sorted(set(small) | set(weights))
+    modules = module_files(sizes, read_index) if SENTENCE_TRANSFORMERS_MODULES in sizes else []
+    return sorted(set(small) | set(weights) | set(modules))
+
+
+def module_files(sizes: dict[str, int | None], read_json) -> list[str]:
+    """A sentence-transformers model's module folders (`1_Pooling/`, `2_Dense/`, … as modules.json lists them): their
+    small files and their weights in one format, model.safetensors else pytorch_model.bin — what the output needs to
+    load as the model modules.json names (grow_cli/growth/st_modules.py)."""
+    entries = read_json(SENTENCE_TRANSFORMERS_MODULES)
+    paths = (
+        {str(e["path"]).strip("/") for e in entries if isinstance(e, dict) and e.get("path")}
+        if isinstance(entries, list)
+        else set()
+    )
+    files = []
+    for path in paths - {"", "."}:
+        inside = {name: size for name, size in sizes.items() if name.startswith(f"{path}/")}
+        weights = next((f"{path}/{w}" for w in (SAFETENSORS_SINGLE, BIN_SINGLE) if f"{path}/{w}" in inside), None)
+        files += [
+            name
+            for name, size in inside.items()
+            if name == weights or (not name.endswith(WEIGHT_SUFFIXES) and (size is None or size < SMALL_FILE_BYTES))
+        ]
+    return files
 
 
 def _from_cache(repo_id: str, revision: str | None, where: str) -> tuple[Path, dict[str, Any]]:

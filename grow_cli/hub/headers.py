@@ -88,12 +88,13 @@ def mirror_headers(
         raise translate(exc, "downloading", repo_id) from None
     try:
         sizes, files = needed_files(repo_id, revision, info, token)
-        shards = [name for name in files if name.endswith(".safetensors")]
+        shards = [name for name in files if name.endswith(".safetensors") and "/" not in name]
         if not shards:
             return None
-        small = [name for name in files if name not in shards]
+        small = [name for name in files if name not in shards]  # a sentence-transformers module's weights too
         cached = Path(snapshot_download(repo_id, revision=info.sha, allow_patterns=small, **file_options(token)))
         for name in small:
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
             (into / name).symlink_to((cached / name).resolve())
         headers = build_hf_headers(token=token or None, library_name="grow", library_version=__version__)
         urls = {into / name: hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint()) for name in shards}
