@@ -203,6 +203,17 @@ def test_a_dense_that_does_not_read_the_pooled_width_is_refused(st_source, tmp_p
     assert not (tmp_path / "wide").exists()
 
 
+def test_a_dense_after_a_module_grow_does_not_know_is_refused(st_source, tmp_path, cli):
+    """A module of another package, even without weights, may rewrite the pooled vector at any width."""
+    src = shutil.copytree(st_source("bert-mean"), tmp_path / "custom")
+    entries = json.loads((src / "modules.json").read_text())
+    entries.insert(2, {"idx": 1.5, "name": "whiten", "path": "1_Whiten", "type": "acme.modules.Whiten"})
+    (src / "modules.json").write_text(json.dumps(entries))
+    result = cli("expand", src, tmp_path / "wide", "--width-method", "fpi", "--width-factor", "2")
+    assert result.code != 0 and "2_Dense/ (it reads features after 1_Whiten/" in result.stderr
+    assert not (tmp_path / "wide").exists()
+
+
 def test_inspect_says_what_growth_does_with_each_module(st_source, tmp_path, cli):
     from grow_cli.growth.describe import inspect
 

@@ -46,6 +46,7 @@ LEGACY_POOLING_KEYS = (  # sentence-transformers before 6: one flag per mode
 )
 POOLING_WIDTH_KEYS = ("embedding_dimension", "word_embedding_dimension")  # the name since 6, and before
 DENSE_TENSORS = ("linear.weight", "linear.bias", "residual.weight")
+SAME_WIDTH = ("Normalize", "Dropout")  # modules without weights that keep every feature's width
 
 
 @dataclass(frozen=True)
@@ -86,36 +87,45 @@ def st_modules(folder: Path, hidden_size: int) -> list[Module]:
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
         raise CheckpointError(f"{listing} is not a list of modules with a path each; fix or remove it")
     grown = {"token_embeddings": 1}  # feature → blocks of hidden units, for the features width growth widens
+    unknown = None  # the last module (without weights) whose effect on the features grow does not know
     modules = []
     for entry in sorted(entries, key=lambda e: e.get("idx", 0)):
         path, kind = str(entry["path"]), str(entry.get("type", "")).rsplit(".", 1)[-1]
         ours = str(entry.get("type", "")).startswith("sentence_transformers.")
         if path in ("", "."):
             continue  # the transformer itself: the plan grows it
-        config = _module_config(folder / path)
+        config, files = _module_config(folder / path), _weight_files(folder, path)
         if ours and kind == "Pooling":
             width = next((config[k] for k in POOLING_WIDTH_KEYS if k in config), None)
             reads = grown.get("token_embeddings") if width == hidden_size else None
             _set(grown, "sentence_embedding", reads and _pooling_modes(config))
-            continue
-        files = _weight_files(folder, path)
-        if ours and kind == "Dense":
+        elif ours and kind == "Dense":
             source = config.get("module_input_name") or "sentence_embedding"
             target = config.get("module_output_name") or source
-            module = _dense(path, kind, files, config, grown.get(source), hidden_size, folder)
-            _set(grown, target, None)  # a Dense writes out_features, which width growth keeps
             if files:
-                modules.append(module)
+                modules.append(_dense(path, kind, files, config, grown.get(source), hidden_size, folder, unknown))
+            _set(grown, target, None)  # a Dense writes out_features, which width growth keeps
         elif files:
-            why = f"grow cannot widen the weights of {kind}"
-            modules.append(Module(path, kind, files, refusal=why))
+            modules.append(Module(path, kind, files, refusal=f"grow cannot widen the weights of {kind}"))
+        elif not (ours and kind in SAME_WIDTH):
+            grown, unknown = {}, path  # it may have written any feature, at any width
     return modules
 
 
 def _dense(
-    path: str, kind: str, files: tuple[str, ...], config: dict, blocks: int | None, hidden: int, folder: Path
+    path: str,
+    kind: str,
+    files: tuple[str, ...],
+    config: dict,
+    blocks: int | None,
+    hidden: int,
+    folder: Path,
+    unknown: str | None,
 ) -> Module:
-    """A Dense: widened where it reads a feature width growth widens (`blocks` of `hidden` units), else copied."""
+    """A Dense: widened where it reads a feature width growth widens (`blocks` of `hidden` units), copied where it
+    reads one width growth keeps; refused after a module (`unknown`) that may have written either."""
+    if not blocks and unknown is not None:
+        return Module(path, kind, files, refusal=f"it reads features after {unknown}/, whose widths grow cannot tell")
     if not blocks:
         return Module(path, kind, files)
     in_features, out_features = config.get("in_features"), config.get("out_features")
@@ -127,9 +137,9 @@ def _dense(
     if config.get("use_residual") and in_features == out_features:
         return Module(path, kind, files, refusal="its residual connection adds its input, which would be wider")
     names = _dense_tensor_names(folder, path, files)
-    unknown = sorted(set(names) - set(DENSE_TENSORS))
-    if unknown:
-        return Module(path, kind, files, refusal=f"it holds tensors a Dense does not ({', '.join(unknown)})")
+    extra = sorted(set(names) - set(DENSE_TENSORS))
+    if extra:
+        return Module(path, kind, files, refusal=f"it holds tensors a Dense does not ({', '.join(extra)})")
     return Module(path, kind, files, blocks=blocks, in_features=in_features)
 
 
@@ -196,9 +206,7 @@ def _write_dense(plan: Plan, m: Module, source: Path, dest: Path) -> str:
             for b in range(m.blocks)
         ]
         grown[name] = torch.cat(blocks, dim=1).to(w.dtype).contiguous()
-    (dest / m.path).mkdir(parents=True, exist_ok=True)
-    for stale in m.files:  # another format of the source's weights would hold the old shape
-        (dest / stale).unlink(missing_ok=True)
+    (dest / m.path).mkdir(parents=True, exist_ok=True)  # (other formats of the source's weights are not written)
     save_file(grown, str(dest / m.path / SAFETENSORS_SINGLE), metadata={"format": "pt"})
     return f"{m.path}/{SAFETENSORS_SINGLE}"
 
