@@ -358,7 +358,8 @@ def test_plan_from_python_takes_what_the_command_takes(tmp_path):
         (["--target", "0", "--tokens", "1T"], "error: --target: '0' must be positive"),
         (["--target", "1B", "--tokens", "-5B"], "error: --tokens: cannot read '-5B' as a count"),
         (["--target", "1B", "--tokens", "1T", "--family", "1B,"], "error: --family: cannot read '' as a count"),
-        (["--target", "5M", "--tokens", "1T"], "error: the default family of --target 5e+06 parameters starts at"),
+        (["--target", "5M", "--tokens", "1T"], "error: --target 5M: no Llama-style shape comes near 5M parameters"),
+        (["--target", "my-model", "--tokens", "1T"], "error: --target 'my-model' is neither a count (a number"),
         (["--target", "1.2.3B", "--tokens", "2T"], "error: --target: cannot read '1.2.3B' as a count; use a number"),
         (["--target", "1B", "--tokens", "..T"], "error: --tokens: cannot read '..T' as a count; use a number"),
     ],
@@ -370,6 +371,53 @@ def test_a_bad_count_names_its_option(cli, args, line):
     result = cli("plan", *args)
     lines = result.stderr.strip().splitlines()
     assert result.code == 2 and len(lines) == 1 and lines[0].startswith(line), result.stderr
+
+
+@pytest.mark.parametrize("count", ["1M", "50M"])
+def test_a_count_no_llama_shape_comes_near_is_refused(count):
+    """`--target 1M` was planned as a 56.2M model (one 768-wide layer beside a 32k vocabulary's 49.2M embeddings):
+    the guideline used 1M, the ledger's target row and the small model 56.2M ("grow it ×1.0 in depth", to 1 layer).
+    A count whose nearest shape is more than 10% off is refused, naming that shape; 60M (63.3M) still plans."""
+    with pytest.raises(
+        UsageError,
+        match=f"--target {count}: no Llama-style shape comes near {count} parameters .*"
+        "the nearest shape, 1 layer × 768 hidden, has 56.2M",
+    ):
+        plan(count, "1B")
+    assert plan("60M", "1B")["target"]["config"]["num_parameters"] == pytest.approx(60e6, rel=0.1)
+
+
+def test_a_one_layer_target_gets_no_stacking_command(cli, tmp_path):
+    """A 1-layer target's "small model" was the target itself, "grown ×1.0 in depth" by `grow expand SMALL OUT
+    --layers 1`, which `grow expand` refuses (nothing to grow): there is no shallower model to stack from."""
+    config = {**SMOLLM2_CONFIG, "num_hidden_layers": 1, "hidden_size": 256, "num_attention_heads": 4}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 4, "vocab_size": 4096}))
+    args = ("plan", "--target", tmp_path, "--tokens", "20B", "--family", "1M")
+    stacking = json.loads(cli(*args, "--json").stdout)["stacking"]
+    assert stacking["applies"] is False and stacking["command"] is None and stacking["small_model"] is None
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    assert "grow expand SMALL" not in result.stdout and "train a small model" not in result.stdout
+    assert "a 1-layer target has no shallower model to grow from by stacking" in result.stdout
+    assert "d exceeds the target's whole budget" not in result.stdout  # d is within the 20B tokens
+    two = plan(
+        {"num_hidden_layers": 2, "hidden_size": 256, "vocab_size": 4096, "num_parameters": 3.5e6}, 2e10, family=[1e6]
+    )
+    assert two["stacking"]["command"] == "grow expand SMALL OUT --layers 2 --depth-method stack"
+    with pytest.raises(UsageError, match="the default family of --target 3.5e\\+06 parameters starts at"):
+        plan({**two["target"]["config"], "num_parameters": 3.5e6}, 2e10)  # (a count this small is refused above)
+
+
+def test_a_target_that_is_a_file_but_no_config_json_is_named_a_file(cli, tmp_path):
+    """A file given as --target was read as a folder: "notes.txt has no config.json; is it a Hugging Face model
+    folder?"."""
+    (tmp_path / "notes.txt").write_text("mine")
+    result = cli("plan", "--target", tmp_path / "notes.txt", "--tokens", "1T", "--json")
+    assert result.code == 2 and result.stdout == "", result.stdout
+    assert (
+        result.stderr.strip()
+        == f"error: --target {tmp_path / 'notes.txt'} is a file; give a model folder, or the config.json in one"
+    )
 
 
 def test_train_stage_refuses_a_malformed_token_count_in_one_line(cli, tmp_path):

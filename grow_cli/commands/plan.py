@@ -72,16 +72,18 @@ def _print_plan(result: dict) -> None:
     )
     out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}):", soft_wrap=True)
     sm = s["small_model"]
-    out.print(
-        f"  train a small model ({sm['num_hidden_layers']} layers, {_count(sm['num_parameters'])}) on "
-        f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
-        f"{s['growth_factor']} in depth (to the target's {t['config']['num_hidden_layers']} layers):",
-        soft_wrap=True,
-    )
-    out.print(f"  {s['command']}", soft_wrap=True)
+    if sm is not None:  # (a 1-layer target has none: its note says why)
+        layers = f"{sm['num_hidden_layers']} layer{'' if sm['num_hidden_layers'] == 1 else 's'}"
+        out.print(
+            f"  train a small model ({layers}, {_count(sm['num_parameters'])}) on "
+            f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
+            f"{s['growth_factor']} in depth (to the target's {t['config']['num_hidden_layers']} layers):",
+            soft_wrap=True,
+        )
+        out.print(f"  {s['command']}", soft_wrap=True)
     if s["note"]:
         out.print(f"  [bold]note[/bold]: {s['note']}", soft_wrap=True)
-    if not s["applies"]:
+    if s["growth_tokens"] >= t["tokens"]:
         out.print(
             f"  [bold]note[/bold]: d exceeds the target's whole budget ({_count(t['tokens'])} tokens): the guideline "
             "was fitted on far larger runs (Du et al. 2024 go up to 7B parameters and 750B tokens) and gives no "

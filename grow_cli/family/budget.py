@@ -91,12 +91,19 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     from grow_cli.growth.describe import describe_shape, inspect
 
     path = Path(target)
+    if path.is_file() and path.name != "config.json":  # read as a folder, it had "no config.json"
+        raise UsageError(f"--target {os.fspath(target)} is a file; give a model folder, or the config.json in one")
     if path.exists():
         info = describe_shape(path.parent if path.name == "config.json" else path)
     elif isinstance(target, str) and is_hub_id(target):
         info = inspect(target)
     elif isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
         raise UsageError(f"--target {os.fspath(target)}: no such model folder, config.json or Hub id")
+    elif not re.match(r"\s*[0-9.]", target):  # `my-model`, a folder name mistyped, is not a malformed count
+        raise UsageError(
+            f"--target {target!r} is neither a count (a number with an optional K, M, B or T suffix, e.g. 7B or "
+            "1.5e9) nor an existing model folder or config.json"
+        )
     else:
         return parse_count(target, "--target")
     depth = info["methods"]["depth"]
@@ -115,6 +122,9 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
         **({"active_parameters": info["active_parameters"]} if "active_parameters" in info else {}),
         **({"stack_refused": stack["why"]} if refused else {}),  # popped by `plan`: not a config key
     }
+
+
+STACKING_RULE = "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)"
 
 
 def stacking_growth_tokens(target_params: float, target_tokens: float) -> float:
@@ -298,7 +308,8 @@ def plan(
 
     Returns the plan `grow plan --json` prints: `target` (parameters, tokens, compute FLOPs, config), `stacking`
     (the G_stack guideline: `growth_tokens` d, the `small_model`, `growth_factor`, the `command` to run, whether
-    it `applies` at this scale, and a `note` where the target's type refuses stacking), `family` (the compute
+    it `applies` (d within the target's budget, and a target of more than one layer: a 1-layer one gets no small
+    model and no command), and a `note` where the target refuses stacking), `family` (the compute
     ledger: `members`, each with its `config`, and independent and progressive FLOPs), `projection` (the projected
     saving, its assumptions and the published measurements) and `lr_rule`.
     """
@@ -331,7 +342,17 @@ def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float
     why stacking does not apply to it (None when it does)."""
     if not isinstance(target, dict):
         _check_count(target, "--target", "parameters", PARAMS_RANGE)
-        return llama_like_shape(target), float(target), None  # the guideline uses the requested size
+        planned: dict[str, Any] = llama_like_shape(target)
+        if abs(planned["num_parameters"] / target - 1) > COUNT_MATCH:
+            layers = planned["num_hidden_layers"]
+            nearest = f"{layers} layer{'' if layers == 1 else 's'} × {planned['hidden_size']} hidden"
+            raise UsageError(
+                f"--target {format_count(target)}: no Llama-style shape comes near {format_count(target)} parameters "
+                f"(a count is planned with a {planned['vocab_size']:,}-token vocabulary; the nearest shape, {nearest}, "
+                f"has {format_count(planned['num_parameters'])}); give a larger count, or a model folder or "
+                "config.json, which has its own vocabulary"
+            )
+        return planned, float(target), None  # the guideline uses the requested size
     shape = dict(target)
     stack_refused = shape.pop("stack_refused", None)
     if "num_parameters" not in shape:
@@ -357,6 +378,12 @@ def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float
     _check_count(n, "--target", "parameters", PARAMS_RANGE)  # a folder's count, before its members'
     return shape, n, stack_refused
 
+
+# A target given as a count is planned as the nearest Llama-style shape; one that comes out further than this from
+# the count is refused. Above ~70M parameters every count comes within 5.3% (a layer's rounding); below, the 32k
+# vocabulary's embeddings alone outweigh the count (`--target 1M` was planned, and its family costed, as a 56.2M model
+# while the guideline used 1M).
+COUNT_MATCH = 0.10
 
 # A --family size within this share of the target's parameter count is the target itself: sizes are nominal
 # (Llama-3.1-8B has 8.03B parameters, Llama-2-7B 6.74B, Mistral-7B 7.24B), and a member this close below its target
@@ -433,7 +460,20 @@ def _lookup_embedding(shape: dict[str, Any]) -> int:
 
 
 def _stacking(shape: dict[str, Any], d: float, tokens: float, stack_refused: str | None) -> dict[str, Any]:
-    """The G_stack guideline for this target: the small model to train on `d` tokens and grow ×4 in depth."""
+    """The G_stack guideline for this target: the small model to train on `d` tokens and grow ×4 in depth. A
+    1-layer target has no shallower model to grow from: no small model and no command (`applies` false, a `note`)."""
+    if shape["num_hidden_layers"] == 1:
+        return {
+            "growth_factor": None,
+            "growth_tokens": d,
+            "small_model": None,
+            "small_model_flops": None,
+            "rule": STACKING_RULE,
+            "applies": False,
+            "command": None,
+            "note": "a 1-layer target has no shallower model to grow from by stacking; the guideline does not apply "
+            "(its family can still grow in width)",
+        }
     small = {**shape, "num_hidden_layers": max(1, shape["num_hidden_layers"] // GROWTH_FACTOR)}
     # A tied head shares the embedding matrix: counting it twice made the small model of a Gemma 3 270M 321M.
     embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
@@ -445,7 +485,7 @@ def _stacking(shape: dict[str, Any], d: float, tokens: float, stack_refused: str
         "growth_tokens": d,
         "small_model": small,
         "small_model_flops": 6 * small["num_parameters"] * d,
-        "rule": "log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, C = 6·N·D (Du et al. 2024)",
+        "rule": STACKING_RULE,
         # The fit's 163.27/log10 C term grows as C shrinks: at small budgets d exceeds D itself.
         "applies": d < tokens,
         "command": f"grow expand SMALL OUT {_stacking_target(shape['num_hidden_layers'])} --depth-method "
