@@ -125,3 +125,25 @@ def test_inspect_of_a_config_transformers_loads_has_no_problem(cli, tiny_checkpo
     """The negative control: a sound checkpoint reports `config_problem: null` and exits 0."""
     result = cli("inspect", tiny_checkpoints("qwen2"), "--json")
     assert result.code == 0 and json.loads(result.stdout)["config_problem"] is None
+
+
+def test_inspect_refuses_options_that_would_do_nothing_or_replace_what_is_no_file(cli, tiny_checkpoints, tmp_path):
+    """`--force` without `--write-definition`, and `--token` for a local folder, did nothing, silently (`--revision`
+    for a folder was refused); `--write-definition PIPE --force` replaced the pipe (or /dev/null) with a regular file.
+    Each is one line on stderr, nothing on stdout under --json, and the pipe is left as it was."""
+    import os
+    import stat
+
+    source = tiny_checkpoints("llama_tied")
+    os.mkfifo(tmp_path / "pipe")
+    cases = [
+        (["--force"], 2, "error: --force applies only with --write-definition FILE"),
+        (["--token", "hf_x"], 2, "error: --token applies only to Hub ids, not to local folders; drop --token"),
+        (["--write-definition", tmp_path / "pipe", "--force"], 1, f"error: {tmp_path / 'pipe'} is not a regular file"),
+    ]
+    for args, code, line in cases:
+        result = cli("inspect", source, "--json", *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.code == code and result.stdout == "" and len(lines) == 1, result.stderr
+        assert lines[0].startswith(line), lines
+    assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)

@@ -22,7 +22,7 @@ from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.checkpoint.source import source_headers
-from grow_cli.errors import CheckpointError, OutputError, first_line
+from grow_cli.errors import CheckpointError, OptionError, OutputError, first_line
 from grow_cli.growth.config import config_problem
 from grow_cli.growth.plan import source_shape_of
 from grow_cli.growth.st_modules import st_modules
@@ -45,15 +45,24 @@ def definition_summary(arch) -> dict[str, Any]:
     }
 
 
+def check_definition_path(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Refuse a --write-definition path that cannot take the file: a folder, a device or pipe (`--force` would have
+    replaced /dev/null with a regular file), or an existing file without `force`."""
+    path = Path(path).expanduser()
+    if path.is_dir():  # before the --force advice: forcing would not make a folder a file
+        raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path} is not a regular file (a device, pipe or socket); give a file path")
+    if path.exists() and not force:
+        raise OutputError(f"{path} already exists; choose another path or pass --force to replace it")
+    return path
+
+
 def write_definition(config: dict[str, Any], path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Write the definition grow uses for `config` as a JSON file for review; an existing file needs `force`."""
     from grow_cli.arch.registry import definition_document
 
-    path = Path(path).expanduser()
-    if path.is_dir():  # before the --force advice: forcing would not make a folder a file
-        raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
-    if path.exists() and not force:
-        raise OutputError(f"{path} already exists; choose another path or pass --force to replace it")
+    path = check_definition_path(path, force=force)
     document = definition_document(config)
     try:
         write_whole(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
@@ -90,6 +99,14 @@ def inspect(
     true of the model it loads. A Hub id's weights are not downloaded (`source_headers`): its shard headers and
     those two tensors are read from the Hub, and `folder` is None.
     """
+    if force and write_definition_to is None:
+        raise OptionError(
+            "force", "--force applies only with --write-definition FILE (it replaces that file); add it or drop --force"
+        )
+    if token is not None and Path(os.fspath(source)).expanduser().exists():
+        raise OptionError("token", "--token applies only to Hub ids, not to local folders; drop --token")
+    if write_definition_to is not None:  # before the source is read (a Hub id's headers are downloaded)
+        check_definition_path(write_definition_to, force=force)
     with source_headers(source, revision=revision, token=token) as src:
         config = load_config(src.folder)
         with CheckpointReader(src.folder, fetch=src.fetch) as reader:
