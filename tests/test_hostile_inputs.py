@@ -429,6 +429,12 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "inspect-config-more-layers-than-checkpoint":
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(num_hidden_layers=5))
         return ["inspect", c.src], "num_hidden_layers (5) disagrees with the checkpoint, which holds 4 layers (0–3)"
+    if name == "inspect-config-fewer-layers-than-checkpoint":  # said "config.json says 1 layers", and no fix
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(num_hidden_layers=1))
+        return ["inspect", c.src], (
+            "but config.json says 1 layer; if the checkpoint's layers 0–3 are all the model's, set "
+            "num_hidden_layers to 4"
+        )
     found = _data_and_config_case(c, name)
     if found is not None:
         return found
@@ -617,6 +623,7 @@ CASES = [
     "train-warmup-ratio-with-warmup-steps",
     "config-more-layers-than-checkpoint",
     "inspect-config-more-layers-than-checkpoint",
+    "inspect-config-fewer-layers-than-checkpoint",
     "train-jsonl-lone-surrogate",
     "train-jsonl-nested-too-deeply",
     "train-jsonl-integer-too-long",

@@ -287,6 +287,8 @@ class _Binder:
             if match and int(match.group(1)) in mtp:
                 continue
             if match and int(match.group(1)) >= shape.layers:
+                key = arch.config["layers"]
+                stored = 1 + max(int(m.group(1)) for n in self.names if (m := layer_re.match(n)))
                 hint = (
                     f"; if it is a multi-token-prediction layer, set {arch.mtp_layers} (now "
                     f"{_mtp_count(arch, config)}) to count it"
@@ -294,6 +296,8 @@ class _Binder:
                     else ""
                 )
                 raise CheckpointError(
-                    f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} layers{hint}"
+                    f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} "
+                    f"layer{'' if shape.layers == 1 else 's'}; if the checkpoint's layers 0–{stored - 1} are all the "
+                    f"model's, set {key} to {stored}{hint}"
                 )
             raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")
