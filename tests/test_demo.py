@@ -47,3 +47,17 @@ def test_widened_minilm_is_still_a_sentence_transformer_with_the_same_similariti
     wide = SentenceTransformer(str(tmp_path / "wide"), device="cpu").encode(sentences, convert_to_tensor=True)
     assert wide.shape == (3, 768)
     assert torch.allclose(small @ small.T, wide @ wide.T, atol=1e-5)
+
+
+def test_demo_refuses_a_full_second_output_before_writing_the_first(cli, tmp_path):
+    """OUT/wide-deep already full (without --force) was refused only after OUT/wide had been grown and verified,
+    which then stood in the way of the next run too; both outputs are checked before anything is written."""
+    out = tmp_path / "demo"
+    (out / "wide-deep").mkdir(parents=True)
+    (out / "wide-deep" / "notes.txt").write_text("mine")
+    result = cli("demo", out, "--json")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and result.stdout == "" and len(lines) == 1, result.stderr
+    assert lines[0] == f"error: {out / 'wide-deep'} exists and is not empty; pass --force to replace it"
+    assert sorted(p.name for p in out.iterdir()) == ["wide-deep"]
+    assert (out / "wide-deep" / "notes.txt").read_text() == "mine"

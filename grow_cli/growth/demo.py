@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.output import check_output
 from grow_cli.errors import CheckpointError
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
@@ -26,8 +27,12 @@ def minilm_folder() -> Path:
 
 
 def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
-    """Grow MiniLM wider (FPI ×2, verified exact) into OUT/wide, then deeper (G_stack ×2) into OUT/wide-deep."""
+    """Grow MiniLM wider (FPI ×2, verified exact) into OUT/wide, then deeper (G_stack ×2) into OUT/wide-deep.
+
+    Both outputs are checked first: a full OUT/wide-deep was refused only after OUT/wide had been written."""
     out = Path(out)
+    for stage in ("wide", "wide-deep"):
+        check_output(out / stage, None, force=force)
     wide = expand(
         str(minilm_folder()),
         out / "wide",
