@@ -143,6 +143,23 @@ def test_an_interruption_after_the_output_is_in_place_says_it_is_complete(
     assert _loads(out) == 8 and _leftovers(tmp_path) == []
 
 
+def test_an_interrupted_run_removes_the_folders_it_created_above_out(cli, src, tmp_path, monkeypatch):
+    """`grow expand SRC new/deeper/out` (or `grow demo OUT`, whose outputs are OUT/wide…) creates the folders above
+    OUT; interrupted, it removed its temporary folder but left them, empty. A folder that existed before stays."""
+    from grow_cli.checkpoint import output
+
+    def interrupted(folder):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(output, "fsync_tree", interrupted)  # the step before the rename
+    result = cli("expand", src, tmp_path / "new" / "deeper" / "out", "--layers", "8", "-q")
+    assert result.code == 130 and result.stderr.strip() == "interrupted (Ctrl-C)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    assert cli("expand", src, tmp_path / "mine" / "new" / "out", "--layers", "8", "-q").code == 130
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine"]
+
+
 def test_an_interrupted_family_does_not_call_a_members_folder_its_output(cli, tmp_path, monkeypatch):
     """A family writes one folder per member: the first of them complete is not the command's work done, so the
     interruption's line names no folder as the whole output (it named the first member's model)."""

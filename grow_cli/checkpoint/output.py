@@ -101,13 +101,31 @@ def staged_output(out: Path, source: Path | None, *, force: bool) -> Iterator[Pa
     instead of racing. Without `force` the final rename is atomic and replaces only a missing or empty `out`:
     whatever appears there meanwhile is never replaced. With `force` the previous `out` is moved aside, the new
     one renamed in, and the old one removed. Errors writing the folder name `out`, never the temporary folder.
+    The folders this run creates above `out` are removed too when it fails (once empty), so a refused or
+    interrupted `grow expand SRC new/out` leaves no empty `new/`.
     """
     out = out.expanduser().resolve()
     check_not_overlapping(out, source)
+    created = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]  # deepest first
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise unwritable(out, exc) from None
+    try:
+        with _claimed_and_staged(out, source, force=force) as tmp:
+            yield tmp
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()  # only while empty: whatever else appeared in it stays
+            except OSError:
+                break
+        raise
+
+
+@contextmanager
+def _claimed_and_staged(out: Path, source: Path | None, *, force: bool) -> Iterator[Path]:
+    """`staged_output` once `out`'s parent exists: the claim held, the temporary folder renamed in or removed."""
     with OutputClaim(out) as claim:
         for note in claim.notes:
             err.print(f"note: {note}", soft_wrap=True)
