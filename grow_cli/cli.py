@@ -173,12 +173,15 @@ def main() -> None:
     from grow_cli.signals import (
         Terminated,
         forget_completed,
+        interrupted,
         interruption_note,
+        remember_interrupts,
         stopped_by,
         terminate_like_interrupt,
     )
 
     terminate_like_interrupt()
+    remember_interrupts()
     forget_completed()
     try:
         _run_app()
@@ -200,6 +203,9 @@ def main() -> None:
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):
             raise
+        if interrupted():  # a library turned the Ctrl-C into another error (`signals.remember_interrupts`)
+            _report(f"{stopped_by(signal.SIGINT)}{interruption_note()}", error=False)
+            sys.exit(128 + signal.SIGINT)
         if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path the user gave, not a bug
             _report(f"error: {_too_long(exc.filename)}")
             sys.exit(1)

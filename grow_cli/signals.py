@@ -45,6 +45,33 @@ def terminate_like_interrupt() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+# Whether Ctrl-C reached the command (`remember_interrupts`): set by the handler, reset as each command starts.
+_interrupt: dict[str, bool] = {"seen": False}
+
+
+def _remember_interrupt(signum, frame) -> None:
+    _interrupt["seen"] = True
+    raise KeyboardInterrupt
+
+
+def remember_interrupts() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt as Python's own handler does, and remember that it came: a library can
+    turn it into another error (a Ctrl-C during transformers' lazy import of a model module comes out as
+    "ModuleNotFoundError: Could not import module 'LlamaConfig'"), which is then still reported as the interruption
+    (`interrupted`), not as a bug. Left alone where SIGINT is not Python's default (a shell's background job ignores
+    it), and off the main thread."""
+    _interrupt["seen"] = False
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _remember_interrupt)
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C reached the command since it started (`remember_interrupts`)."""
+    return _interrupt["seen"]
+
+
 def command_output(output: Path) -> None:
     """Declare `output` (resolved) the command's whole output, as `grow expand`'s OUT is; a command that writes
     several (a family's members) declares none, since one of them complete is not the command's work done."""
