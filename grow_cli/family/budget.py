@@ -380,7 +380,7 @@ def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float
 
 
 # A target given as a count is planned as the nearest Llama-style shape; one that comes out further than this from
-# the count is refused. Above ~70M parameters every count comes within 5.3% (a layer's rounding); below, the 32k
+# the count is refused (below 51.2M). Above ~70M every count comes within 5.3% (a layer's rounding); below, the 32k
 # vocabulary's embeddings alone outweigh the count (`--target 1M` was planned, and its family costed, as a 56.2M model
 # while the guideline used 1M).
 COUNT_MATCH = 0.10
