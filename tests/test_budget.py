@@ -524,3 +524,14 @@ def test_the_ledger_counts_flops_as_train_stage_does(tmp_path, tied):
     params = sum(p.numel() for p in model.parameters())
     member = plan(str(tmp_path), 1e9, family=[params], seq_len=32)["family"]["members"][0]
     assert member["flops_per_token"] == flops_per_token(model, 32)
+
+
+def test_a_target_under_the_home_folder_is_read_as_inspect_reads_it(cli, tmp_path, monkeypatch):
+    """`--target=~/my-model` (the shell leaves `~` after `=` alone) was "no such model folder", where `grow inspect
+    ~/my-model` reads the folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
+    result = cli("plan", "--target=~/my-model", "--tokens", "1T", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["target"]["num_parameters"] == 134_515_008
