@@ -358,6 +358,7 @@ def test_plan_from_python_takes_what_the_command_takes(tmp_path):
         (["--target", "0", "--tokens", "1T"], "error: --target: '0' must be positive"),
         (["--target", "1B", "--tokens", "-5B"], "error: --tokens: cannot read '-5B' as a count"),
         (["--target", "1B", "--tokens", "1T", "--family", "1B,"], "error: --family: cannot read '' as a count"),
+        (["--target", "8B", "--tokens", "1T", "--family", "1B 2B"], "error: --family: '1B 2B' holds several sizes;"),
         (["--target", "5M", "--tokens", "1T"], "error: --target 5M: no Llama-style shape comes near 5M parameters"),
         (["--target", "my-model", "--tokens", "1T"], "error: --target 'my-model' is neither a count (a number"),
         (["--target", "1.2.3B", "--tokens", "2T"], "error: --target: cannot read '1.2.3B' as a count; use a number"),

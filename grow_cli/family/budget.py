@@ -317,6 +317,9 @@ def plan(
         raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
     tokens = parse_count(tokens, "--tokens")
     _check_count(tokens, "--tokens", "tokens", TOKENS_RANGE)
+    for size in family or ():
+        if isinstance(size, str) and len(size.split()) > 1:  # `--family "1B 2B 4B"`: one size that reads as none
+            raise UsageError(f"--family: {size!r} holds several sizes; separate them with commas, e.g. 1B,2B,4B")
     family = [parse_count(size, "--family") for size in family] if family else None
     shape, n, stack_refused = _target_shape(_target(target))
     d = stacking_growth_tokens(n, tokens)
