@@ -6,14 +6,22 @@ the CLI itself (Typer, Rich and the command modules: ~0.12 s on the development 
 grow's own start-up.
 """
 
+import signal
 import sys
 
 
 def script() -> None:
-    """The `grow` command (`grow_cli.cli.script`), with the config child started first where the command asks it."""
-    start_config_child_early()
-    from grow_cli.cli import script as run
+    """The `grow` command (`grow_cli.cli.script`), with the config child started first where the command asks it.
+    A Ctrl-C while the CLI is still being imported (its first ~0.3 s, before grow's own handling is in place) is
+    the same one line as later, not a traceback of whichever import it landed in."""
+    try:
+        start_config_child_early()
+        from grow_cli.cli import script as run
+    except KeyboardInterrupt:
+        from grow_cli.signals import stopped_by
 
+        sys.stderr.write(f"{stopped_by(signal.SIGINT)}\n")
+        raise SystemExit(128 + signal.SIGINT) from None
     run()
 
 

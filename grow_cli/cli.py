@@ -200,6 +200,9 @@ def main() -> None:
         note = interruption_note() or "; nothing unfinished was left behind"
         _report(f"{stopped_by(signal.SIGTERM)}{note}", error=False)
         sys.exit(Terminated.exit_code)
+    except KeyboardInterrupt:  # Typer names a Ctrl-C during the command; this one came while Typer built the CLI
+        _report(f"{stopped_by(signal.SIGINT)}{interruption_note()}", error=False)
+        sys.exit(128 + signal.SIGINT)
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):
             raise

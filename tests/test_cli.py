@@ -88,6 +88,41 @@ def test_a_bare_command_prints_its_help(cli):
     assert result.code == 2 and "Usage: grow expand" in result.stdout + result.stderr
 
 
+def test_ctrl_c_while_the_cli_is_still_imported_is_one_line(monkeypatch, capsys):
+    """The `grow` script imports the CLI before grow's own handling of Ctrl-C is in place (~0.3 s): a Ctrl-C then
+    is the same one line and exit 130, not a traceback of the import it landed in."""
+    from grow_cli import __main__ as entry
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "start_config_child_early", interrupted)
+    try:
+        entry.script()
+    except SystemExit as exit:
+        code = exit.code
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C left the grow script as a KeyboardInterrupt (a traceback)")
+    assert code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"
+
+
+def test_ctrl_c_while_typer_builds_the_cli_is_one_line(cli, monkeypatch):
+    """Typer turns a Ctrl-C during a command into exit 130; one while it builds the command from grow's functions
+    (reading their type hints, ~0.2 s into a run) left Typer as a KeyboardInterrupt: a traceback, and Python's own
+    death by SIGINT. It is now the same one line and exit 130."""
+    import typer.main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.main, "get_command", interrupted)
+    try:
+        result = cli("inspect", "somewhere")
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C left grow as a KeyboardInterrupt (a traceback)")
+    assert result.code == 130 and result.stderr.strip().splitlines() == ["interrupted (Ctrl-C)"]
+
+
 def test_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interruption(cli, monkeypatch, tmp_path):
     """A Ctrl-C during transformers' lazy import of a model module comes out of it as "ModuleNotFoundError: Could not
     import module 'LlamaConfig'" (seen 3 times in 15 for `grow plan --target CONFIG_FOLDER` interrupted after 1 s):
