@@ -79,6 +79,11 @@ def one_line(message: object, limit: int | None = None) -> str:
     return text or (type(message).__name__ if isinstance(message, BaseException) else "")
 
 
+def counted(number: int, noun: str) -> str:
+    """`number` and `noun` as a message says them: "1 layer", "4 layers"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception as a short phrase: the first line of its message (a library's headline, before its details),
     cut to `limit` characters; its type's name when it has no message."""

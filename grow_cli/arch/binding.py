@@ -20,7 +20,7 @@ from grow_cli.arch.layer_lists import holds, layer_entries
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape, config_int, presence_key, weight_present
 from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
-from grow_cli.errors import ArchitectureError, CheckpointError
+from grow_cli.errors import ArchitectureError, CheckpointError, counted
 
 
 def untie_choices(stored: str) -> str:
@@ -91,17 +91,22 @@ def _is_tied(weight: WeightDef, shape: ModelShape) -> bool:
     return weight.tied_to is not None and (weight.tie_always or shape.tie_word_embeddings)
 
 
+def _stored_layers(names: set[str], layer_re: re.Pattern[str]) -> set[int]:
+    """The indices of the layers the checkpoint's tensor `names` hold."""
+    return {int(m.group(1)) for name in names if (m := layer_re.match(name))}
+
+
 def _refuse_fewer_layers(arch: ArchDef, shape: ModelShape, names: set[str], layer_re: re.Pattern[str]) -> None:
     """A checkpoint holding whole layers 0…M−1 where config.json names more: the config's layer count is wrong (or
     the checkpoint incomplete), which "tensor model.layers.M… is missing" did not say."""
-    stored = {int(m.group(1)) for name in names if (m := layer_re.match(name))}
+    stored = _stored_layers(names, layer_re)
     held = len(stored)
     if held < shape.layers and stored == set(range(held)):
         key = arch.config["layers"]
         which = f" (0–{held - 1})" if held > 1 else " (0)" if held else ""
         raise CheckpointError(
-            f"config.json's {key} ({shape.layers}) disagrees with the checkpoint, which holds {held} "
-            f"layer{'' if held == 1 else 's'}{which}; "
+            f"config.json's {key} ({shape.layers}) disagrees with the checkpoint, which holds "
+            f"{counted(held, 'layer')}{which}; "
             f"set {key} to {held}, or give the checkpoint its missing layers"
         )
 
@@ -288,7 +293,7 @@ class _Binder:
                 continue
             if match and int(match.group(1)) >= shape.layers:
                 key = arch.config["layers"]
-                stored = 1 + max(int(m.group(1)) for n in self.names if (m := layer_re.match(n)))
+                stored = 1 + max(_stored_layers(self.names, layer_re))
                 hint = (
                     f"; if it is a multi-token-prediction layer, set {arch.mtp_layers} (now "
                     f"{_mtp_count(arch, config)}) to count it"
@@ -296,8 +301,8 @@ class _Binder:
                     else ""
                 )
                 raise CheckpointError(
-                    f"tensor {name} belongs to layer {match.group(1)} but config.json says {shape.layers} "
-                    f"layer{'' if shape.layers == 1 else 's'}; if the checkpoint's layers 0–{stored - 1} are all the "
+                    f"tensor {name} belongs to layer {match.group(1)} but config.json says "
+                    f"{counted(shape.layers, 'layer')}; if the checkpoint's layers 0–{stored - 1} are all the "
                     f"model's, set {key} to {stored}{hint}"
                 )
             raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")

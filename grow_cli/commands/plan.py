@@ -62,6 +62,7 @@ def _print_plan(result: dict) -> None:
     from rich.table import Table
 
     from grow_cli.console import out, print_table
+    from grow_cli.errors import counted
     from grow_cli.family.budget import format_count as _count
 
     t, s, f, p = result["target"], result["stacking"], result["family"], result["projection"]
@@ -73,7 +74,7 @@ def _print_plan(result: dict) -> None:
     out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}):", soft_wrap=True)
     sm = s["small_model"]
     if sm is not None:  # (a 1-layer target has none: its note says why)
-        layers = f"{sm['num_hidden_layers']} layer{'' if sm['num_hidden_layers'] == 1 else 's'}"
+        layers = counted(sm["num_hidden_layers"], "layer")
         out.print(
             f"  train a small model ({layers}, {_count(sm['num_parameters'])}) on "
             f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"

@@ -226,6 +226,7 @@ def train_stage(
     from grow_cli.commands.given import given_on_the_command_line
     from grow_cli.commands.push_options import check_push_options
     from grow_cli.console import err, print_json
+    from grow_cli.errors import counted
     from grow_cli.train.loop import train_stage as run
 
     check_push_options(push_to_hub, private=private, token=token)
@@ -258,7 +259,7 @@ def train_stage(
         print_json(result)
     elif not quiet and result["status"] == "done":
         err.print(
-            f"trained {result['steps']} step{'' if result['steps'] == 1 else 's'} on {result['tokens']:,} tokens: "
+            f"trained {counted(result['steps'], 'step')} on {result['tokens']:,} tokens: "
             f"eval loss {result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) → {out}"
         )
 

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import UsageError
+from grow_cli.errors import UsageError, counted
 from grow_cli.family.quality import PUBLISHED
 from grow_cli.field_types import accepts
 from grow_cli.train.flops import training_flops_per_token
@@ -347,8 +347,7 @@ def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float
         _check_count(target, "--target", "parameters", PARAMS_RANGE)
         planned: dict[str, Any] = llama_like_shape(target)
         if abs(planned["num_parameters"] / target - 1) > COUNT_MATCH:
-            layers = planned["num_hidden_layers"]
-            nearest = f"{layers} layer{'' if layers == 1 else 's'} × {planned['hidden_size']} hidden"
+            nearest = f"{counted(planned['num_hidden_layers'], 'layer')} × {planned['hidden_size']} hidden"
             raise UsageError(
                 f"--target {format_count(target)}: no Llama-style shape comes near {format_count(target)} parameters "
                 f"(a count is planned with a {planned['vocab_size']:,}-token vocabulary; the nearest shape, {nearest}, "
