@@ -42,28 +42,23 @@ def member_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=str))
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    """The default value of every field of dataclass `cls` that has one, as JSON values (as member.json holds them)."""
+def _known(defaults: dict[str, Any]) -> dict[str, Any]:
+    """A dataclass's `DEFAULTS` table without the fields it has none for, as JSON values (as member.json holds
+    them)."""
     import dataclasses
 
-    defaults = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            defaults[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            defaults[f.name] = f.default_factory()
-    return json.loads(json.dumps(defaults, default=str))
+    return json.loads(json.dumps({k: v for k, v in defaults.items() if v is not dataclasses.MISSING}, default=str))
 
 
 def _effective(settings: dict[str, Any]) -> dict[str, Any]:
     """`settings` (as `member_settings` makes them, recorded or now) with every `grow:` and `train:` key the recipe
     leaves out at the value its absence gives (`schedule: cosine`; a growth's `seed`, the recipe's): spelling a default
     out, or deleting it, changes nothing the member is made with, so it is no edit."""
-    from grow_cli.growth.spec import GrowthSpec
-    from grow_cli.train.config import TrainConfig
+    from grow_cli.growth.spec import DEFAULTS as GROW_DEFAULTS
+    from grow_cli.train.config import DEFAULTS as TRAIN_DEFAULTS
 
-    grow_defaults = {**_defaults(GrowthSpec), "seed": settings.get("seed")}  # a growth's seed defaults to the recipe's
-    train_defaults = {k: v for k, v in _defaults(TrainConfig).items() if k not in NOT_DECIDING}
+    grow_defaults = {**_known(GROW_DEFAULTS), "seed": settings.get("seed")}  # a growth's seed defaults to the recipe's
+    train_defaults = {k: v for k, v in _known(TRAIN_DEFAULTS).items() if k not in NOT_DECIDING}
     effective = dict(settings)
     for block, defaults in (("grow", grow_defaults), ("train", train_defaults)):
         if isinstance(settings.get(block), dict):
