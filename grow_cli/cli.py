@@ -15,7 +15,7 @@ import gc
 import os
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -72,8 +72,6 @@ def _run_app() -> None:
     # Typer (0.26 to 0.29 at least) raises the exceptions of the click it vendors, not of an installed click.
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    from grow_cli.signals import interruption_note, stopped_by
-
     empty = _empty_argument(sys.argv[1:])
     if empty is not None:
         _report(f"error: {empty} is empty (an unset shell variable?); give a value, or leave it out", every_rank=True)
@@ -91,9 +89,17 @@ def _run_app() -> None:
     except typer.Abort:  # end of input at a prompt
         _report("aborted", error=False)
         sys.exit(1)
-    if code == 130:
-        _report(f"{stopped_by(signal.SIGINT)}{interruption_note()}", error=False)
+    if code == 128 + signal.SIGINT:
+        _stopped_by_ctrl_c()
     sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
+
+
+def _stopped_by_ctrl_c() -> NoReturn:
+    """Ctrl-C's one line (saying what output was already complete) and its exit status, 130."""
+    from grow_cli.signals import interruption_note, stopped_by
+
+    _report(f"{stopped_by(signal.SIGINT)}{interruption_note()}", error=False)
+    sys.exit(128 + signal.SIGINT)
 
 
 def _empty_argument(args: list[str]) -> str | None:
@@ -201,14 +207,12 @@ def main() -> None:
         _report(f"{stopped_by(signal.SIGTERM)}{note}", error=False)
         sys.exit(Terminated.exit_code)
     except KeyboardInterrupt:  # Typer names a Ctrl-C during the command; this one came while Typer built the CLI
-        _report(f"{stopped_by(signal.SIGINT)}{interruption_note()}", error=False)
-        sys.exit(128 + signal.SIGINT)
+        _stopped_by_ctrl_c()
     except Exception as exc:  # a bug in grow or a library: still one line, with a way to get the details
         if os.environ.get("GROW_DEBUG"):
             raise
         if interrupted():  # a library turned the Ctrl-C into another error (`signals.remember_interrupts`)
-            _report(f"{stopped_by(signal.SIGINT)}{interruption_note()}", error=False)
-            sys.exit(128 + signal.SIGINT)
+            _stopped_by_ctrl_c()
         if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path the user gave, not a bug
             _report(f"error: {_too_long(exc.filename)}")
             sys.exit(1)
