@@ -190,3 +190,22 @@ def test_an_answer_too_large_for_the_cache_is_not_kept(tmp_path, monkeypatch):
     cache.put("transformers-configs", {"params": "small"}, {"built": True})
     assert len(list((tmp_path / "transformers-configs").iterdir())) == 1
     assert cache.get("transformers-configs", {"params": "small"}) == {"built": True}
+
+
+def test_the_child_imports_transformers_before_it_is_asked():
+    """A child started early (`start_early`) must spend grow's start-up importing transformers' config classes, not
+    waiting for its first question: that import is most of a first `grow inspect`'s wait. A child given no question
+    at all (its input closed) has still imported them."""
+    import subprocess
+
+    result = subprocess.run(
+        hf_config.child_command(urgent=True),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"),
+        check=True,
+    )
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "transformers.models.auto.configuration_auto" in imported
+    assert "torch" not in imported  # hidden from transformers, as for every answer

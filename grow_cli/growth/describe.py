@@ -109,9 +109,12 @@ def inspect(
         check_definition_path(write_definition_to, force=force)
     with source_headers(source, revision=revision, token=token) as src:
         config = load_config(src.folder)
-        with CheckpointReader(src.folder, fetch=src.fetch) as reader:
+        # safetensors' own parse of the headers (it imports numpy) runs beside transformers' answer (config_problem)
+        with CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader:
             infos = reader.tensor_infos()
             arch, shape, binding = source_shape_of(config, infos)
+            problem = config_problem(config)
+            reader.library_checked()
             copies = [(stored, target, reader.same_values(stored, target)) for stored, target in binding.tied_copies]
             files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
             fmt = reader.format
@@ -123,7 +126,6 @@ def inspect(
     for t in bound:
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
     params = num_parameters(bound) + sum(numel(infos[name][0]) for name in untied)
-    problem = config_problem(config)
     return {
         "source": src.describe(),
         "folder": folder,
