@@ -56,7 +56,7 @@ def test_file_hasher_reports_every_file(tmp_path):
     for i in range(3):
         files.append(tmp_path / f"f{i}")
         files[-1].write_bytes(bytes([i]) * (i + 1) * 1000)
-    hashes = FileHasher(files).result()
+    hashes = FileHasher(files, tmp_path).result()
     assert hashes == {
         f.name: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "size": f.stat().st_size} for f in files
     }
@@ -67,7 +67,7 @@ def test_a_cancelled_hasher_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(source, "HASH_CHUNK", 4096)
     path = tmp_path / "big.bin"
     path.write_bytes(bytes(64 << 20))
-    hasher = FileHasher([path])
+    hasher = FileHasher([path], tmp_path)
     hasher.cancel()
     for thread in hasher._threads:
         thread.join(timeout=10)
@@ -85,7 +85,7 @@ def test_several_threads_hash_the_files_in_order_and_the_first_problem_stops_the
         files[-1].write_bytes(
             bytes([i]) * (7 - i) * 100_000
         )  # the first files take longest: threads finish out of order
-    hasher = FileHasher(files)
+    hasher = FileHasher(files, tmp_path)
     assert len(hasher._threads) == 3
     hashes = hasher.result()
     assert list(hashes) == [f.name for f in files]
@@ -95,7 +95,7 @@ def test_several_threads_hash_the_files_in_order_and_the_first_problem_stops_the
     for path in later:
         path.write_bytes(bytes(4 << 20))
     unreadable = tmp_path / "gone"  # removed before it is hashed: open fails
-    hasher = FileHasher([unreadable, *later])
+    hasher = FileHasher([unreadable, *later], tmp_path)
     with pytest.raises(CheckpointError, match="cannot hash source files: .*gone"):
         hasher.result()
     assert len(hasher._hashes) < len(later) // 2
@@ -131,7 +131,7 @@ def test_the_hasher_runs_below_the_main_thread_s_priority(tmp_path, monkeypatch)
     own = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
     monkeypatch.setattr(source, "file_sha256", lambda *a: seen.append(own()) or real(*a))
     before = own()
-    FileHasher([path]).result()
+    FileHasher([path], tmp_path).result()
     assert seen == [min(before + background.NICENESS, 19)] and own() == before
 
 

@@ -136,6 +136,35 @@ def test_width_growth_widens_a_dense_and_keeps_the_embeddings(st_source, tmp_pat
         assert _sha(out / "3_Dense" / "model.safetensors") == _sha(src / "3_Dense" / "model.safetensors")
 
 
+def _one_file(src, dest):
+    """A copy of `src` whose transformer is one `model.safetensors`: the name each Dense's weights file has too."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dest)
+    index = dest / "model.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    tensors = {name: t for shard in shards for name, t in load_file(str(dest / shard)).items()}
+    for shard in [index.name, *shards]:
+        (dest / shard).unlink()
+    save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
+    return dest
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [GrowthSpec(layers=6, depth_method="stack"), GrowthSpec(width_method="fpi", width_factor=2)],
+    ids=["depth", "width"],
+)
+def test_grow_json_hashes_each_modules_weights_under_its_path(st_source, tmp_path, spec):
+    """Three source files named model.safetensors, the transformer's and two Dense modules': grow.json records each,
+    a module's under its path in the source folder, the transformer's under its name as before."""
+    src = _one_file(st_source("bert-mean-max"), tmp_path / "one-file")
+    expand(str(src), tmp_path / "out", spec, quiet=True)
+    recorded = json.loads((tmp_path / "out" / "grow.json").read_text())["stages"][-1]["source"]["files"]
+    names = ["model.safetensors", "config.json", "2_Dense/model.safetensors", "3_Dense/model.safetensors"]
+    assert recorded == {name: {"sha256": _sha(src / name), "size": (src / name).stat().st_size} for name in names}
+
+
 def test_depth_growth_copies_the_dense_and_an_exact_method_keeps_the_embeddings(st_source, tmp_path):
     src = st_source("gpt2-mean")
     report = expand(str(src), tmp_path / "deep", GrowthSpec(layers=6, depth_method="identity"), quiet=True)

@@ -166,6 +166,10 @@ def hash_threads(sizes: list[int]) -> int:
 class FileHasher:
     """sha256 and size of files, computed in background threads; `result()` waits for them.
 
+    Each is keyed by its path relative to `root` (the source folder), in `/` form: a top-level file by its name, a
+    file in a sub-folder by its path (a sentence-transformers module's `2_Dense/model.safetensors`, which its name
+    alone would confuse with the transformer's `model.safetensors`).
+
     The threads (`hash_threads` of them) take the files in order, a file each, and read each file once, beside the
     executor's copies of the same bytes: the first of the two to touch a page reads it from disk and the other finds
     it in the page cache, so hashing adds CPU time on other cores but no pass over the disk. A hash is remembered in
@@ -175,6 +179,7 @@ class FileHasher:
     """
 
     files: list[Path]
+    root: Path
     _hashes: dict[str, dict[str, Any]] = field(default_factory=dict)
     _error: CheckpointError | None = None
 
@@ -199,9 +204,12 @@ class FileHasher:
                 if (damaged := _damaged_download(path, sha)) is not None:
                     self._stop(damaged)
                     return
-                self._hashes[path.name] = {"sha256": sha, "size": path.stat().st_size}
+                self._hashes[self._key(path)] = {"sha256": sha, "size": path.stat().st_size}
         except OSError as exc:
             self._stop(CheckpointError(f"cannot hash source files: {exc}"))
+
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     def _take(self) -> Path | None:
         """The next file to hash, or None when all are taken or hashing has stopped."""
@@ -228,7 +236,8 @@ class FileHasher:
             thread.join()
         if self._error is not None:
             raise self._error
-        return {path.name: self._hashes[path.name] for path in self.files if path.name in self._hashes}
+        keys = [self._key(path) for path in self.files]
+        return {key: self._hashes[key] for key in keys if key in self._hashes}
 
 
 def _size(path: Path) -> int:

@@ -35,7 +35,15 @@ from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
-from grow_cli.growth.st_modules import Module, module_bytes, module_notes, refuse_width, st_modules, write_modules
+from grow_cli.growth.st_modules import (
+    Module,
+    module_bytes,
+    module_notes,
+    module_weight_files,
+    refuse_width,
+    st_modules,
+    write_modules,
+)
 from grow_cli.growth.train_state import SourceState, config_of_weights, training_source
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
@@ -238,7 +246,9 @@ def expand(
         with CheckpointReader(src.folder, library_check_later=True) as reader:
             assert out is not None  # refused above
             # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
-            hasher = FileHasher([*reader.files, src.folder / "config.json"])
+            hasher = FileHasher(
+                [*reader.files, src.folder / "config.json", *module_weight_files(src.folder)], src.folder
+            )
             try:
                 plan, state, modules = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
                 return _execute(

@@ -80,20 +80,12 @@ class Module:
 def st_modules(folder: Path, hidden_size: int) -> list[Module]:
     """The modules with weights that `folder`'s modules.json lists (none without one), in order, each with what
     width growth of a transformer of `hidden_size` would do with it."""
-    listing = folder / SENTENCE_TRANSFORMERS_MODULES
-    if not listing.is_file():
-        return []
-    entries = _read_json(listing)
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
-        raise CheckpointError(f"{listing} is not a list of modules with a path each; fix or remove it")
     grown = {"token_embeddings": 1}  # feature → blocks of hidden units, for the features width growth widens
     unknown = None  # the last module (without weights) whose effect on the features grow does not know
     modules = []
-    for entry in sorted(entries, key=lambda e: e.get("idx", 0)):
+    for entry in _listed(folder):
         path, kind = str(entry["path"]), str(entry.get("type", "")).rsplit(".", 1)[-1]
         ours = str(entry.get("type", "")).startswith("sentence_transformers.")
-        if path in ("", "."):
-            continue  # the transformer itself: the plan grows it
         config, files = _module_config(folder / path), _weight_files(folder, path)
         if ours and kind == "Pooling":
             width = next((config[k] for k in POOLING_WIDTH_KEYS if k in config), None)
@@ -110,6 +102,12 @@ def st_modules(folder: Path, hidden_size: int) -> list[Module]:
         elif not (ours and kind in SAME_WIDTH):
             grown, unknown = {}, path  # it may have written any feature, at any width
     return modules
+
+
+def module_weight_files(folder: Path) -> list[Path]:
+    """The weight files of the modules `folder`'s modules.json lists (the transformer's own aside): source files
+    of the output, which grow.json records beside the transformer's shards."""
+    return [folder / name for entry in _listed(folder) for name in _weight_files(folder, str(entry["path"]))]
 
 
 def _dense(
@@ -252,6 +250,18 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}; fix or remove it") from None
+
+
+def _listed(folder: Path) -> list[dict[str, Any]]:
+    """The entries of `folder`'s modules.json in their order, the transformer's (path "") left out: the plan grows
+    it; none without a modules.json."""
+    listing = folder / SENTENCE_TRANSFORMERS_MODULES
+    if not listing.is_file():
+        return []
+    entries = _read_json(listing)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
+        raise CheckpointError(f"{listing} is not a list of modules with a path each; fix or remove it")
+    return [e for e in sorted(entries, key=lambda e: e.get("idx", 0)) if str(e["path"]) not in ("", ".")]
 
 
 def _module_config(folder: Path) -> dict[str, Any]:

@@ -7,7 +7,8 @@ can read it without grow installed.
 
 Stage keys used by other parts of grow:
 - every stage: ``kind`` ("expand" | "train"), ``created`` (UTC ISO time), ``grow_version``;
-- expand: ``source`` ({path | repo_id, revision, files: {name: {sha256, size}}, architecture, shape}),
+- expand: ``source`` ({path | repo_id, revision, files: {path in the source folder: {sha256, size}}, architecture,
+  shape}),
   ``target`` (shape), ``depth`` / ``width`` (method, parameters, maps, ``function_preserving``; the card
   finds the paper in the operator registry by method),
   ``seed``, ``dtype``, ``added_tensors`` (names of tensors that have no counterpart in the source: what
