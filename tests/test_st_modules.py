@@ -79,15 +79,20 @@ def st_source(tmp_path_factory):
     return get
 
 
-def _encode(folder, dense_scale: float | None = None) -> torch.Tensor:
-    """The normalised embeddings of SENTENCES; `dense_scale` multiplies the first Dense's weight (a control)."""
+def _st_model(folder):
+    """`folder` loaded by sentence-transformers, on the CPU."""
     from sentence_transformers import SentenceTransformer
 
     logging.disable(logging.WARNING)
     try:
-        model = SentenceTransformer(str(folder), device="cpu")
+        return SentenceTransformer(str(folder), device="cpu")
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _encode(folder, dense_scale: float | None = None) -> torch.Tensor:
+    """The normalised embeddings of SENTENCES; `dense_scale` multiplies the first Dense's weight (a control)."""
+    model = _st_model(folder)
     if dense_scale is not None:
         dense = next(m for m in model if type(m).__name__ == "Dense")
         with torch.no_grad():
@@ -163,6 +168,39 @@ def test_grow_json_hashes_each_modules_weights_under_its_path(st_source, tmp_pat
     recorded = json.loads((tmp_path / "out" / "grow.json").read_text())["stages"][-1]["source"]["files"]
     names = ["model.safetensors", "config.json", "2_Dense/model.safetensors", "3_Dense/model.safetensors"]
     assert recorded == {name: {"sha256": _sha(src / name), "size": (src / name).stat().st_size} for name in names}
+
+
+def test_dtype_writes_the_dense_modules_in_it_too(st_source, tmp_path):
+    """--dtype bf16 converts the Dense modules with the transformer, widened (2_Dense) or not (3_Dense), in width and
+    in depth growth: each tensor the value the growth in float32 writes, in bfloat16 — what sentence-transformers
+    casts it to when it loads a float32 Dense beside a bfloat16 transformer. --dtype fp32, their dtype already,
+    leaves a Dense the growth does not widen byte for byte."""
+    from safetensors.torch import load_file
+
+    src = st_source("bert-mean-max")
+    growths = {"wide": {"width_method": "fpi", "width_factor": 2}, "deep": {"layers": 6, "depth_method": "stack"}}
+    for name, options in growths.items():
+        kept = expand(str(src), tmp_path / f"{name}-fp32", GrowthSpec(**options, dtype="fp32"), quiet=True)
+        cast = expand(str(src), tmp_path / f"{name}-bf16", GrowthSpec(**options, dtype="bf16"), quiet=True)
+        for dense in ("2_Dense", "3_Dense"):
+            reference = load_file(str(tmp_path / f"{name}-fp32" / dense / "model.safetensors"))
+            written = load_file(str(tmp_path / f"{name}-bf16" / dense / "model.safetensors"))
+            assert written.keys() == reference.keys() and {t.dtype for t in written.values()} == {torch.bfloat16}
+            assert all(torch.equal(written[k], reference[k].to(torch.bfloat16)) for k in reference)
+            note = f"sentence-transformers module {dense}/ (Dense): "
+            assert any(n.startswith(note) and n.endswith("cast to BF16") for n in cast["notes"])
+        for dense in ("2_Dense", "3_Dense") if name == "deep" else ("3_Dense",):
+            assert _sha(tmp_path / f"{name}-fp32" / dense / "model.safetensors") == _sha(
+                src / dense / "model.safetensors"
+            )
+            assert f"sentence-transformers module {dense}/ (Dense): weights copied unchanged" in kept["notes"]
+
+    mixed = shutil.copytree(tmp_path / "wide-bf16", tmp_path / "mixed")  # the bfloat16 growth, its Dense in float32
+    shutil.copyfile(tmp_path / "wide-fp32" / "2_Dense" / "model.safetensors", mixed / "2_Dense" / "model.safetensors")
+    loaded = next(m for m in _st_model(mixed) if type(m).__name__ == "Dense").linear.weight
+    assert torch.equal(
+        loaded, load_file(str(tmp_path / "wide-bf16" / "2_Dense" / "model.safetensors"))["linear.weight"]
+    )
 
 
 def test_depth_growth_copies_the_dense_and_an_exact_method_keeps_the_embeddings(st_source, tmp_path):

@@ -64,6 +64,12 @@ def output_dtype(text: str) -> str:
     return OUTPUT_CHOICES[text.lower()]
 
 
+def converted(dtype: str, out_dtype: str | None) -> str:
+    """The dtype a tensor stored as `dtype` is written in under `--dtype` (`out_dtype`; None: as the source): a
+    floating tensor takes it, an integer one keeps its own."""
+    return out_dtype if out_dtype and dtype in FLOATING else dtype
+
+
 def config_name(name: str) -> str:
     """The `dtype` value of `config.json` (torch's name) for a safetensors dtype, e.g. BF16 → bfloat16."""
     return DTYPES[name][1]

@@ -309,7 +309,7 @@ def _plan(
             f"{STATE_DIR}/ (a grown training state that has not trained yet) is not grown again: the output holds "
             "weights only; to grow a run twice, continue it first (train-stage --resume grown) and grow its checkpoint"
         )
-    modules = st_modules(reader.folder, plan.source_shape.hidden_size)
+    modules = st_modules(reader.folder, plan.source_shape.hidden_size, plan.out_dtype)
     if plan.width is not None:
         refuse_width(modules)
     plan.notes += module_notes(modules, _hidden_factor(plan))

@@ -21,7 +21,7 @@ from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.background import in_background, problem_so_far
 from grow_cli.checkpoint.direct_io import STAGING_BYTES
-from grow_cli.checkpoint.dtypes import FLOATING, numel
+from grow_cli.checkpoint.dtypes import converted, numel
 from grow_cli.checkpoint.file_copy import CHUNK as COPY_BUFFER_BYTES
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import OptionError, UsageError
@@ -276,7 +276,7 @@ def build_plan(
         config_job = in_background(lambda: _validated(target_config(), config), "grow-config")
 
     def out_dtype_of(t: BoundTensor) -> str:
-        return out_dtype if out_dtype and t.dtype in FLOATING else t.dtype
+        return converted(t.dtype, out_dtype)
 
     def output(t: BoundTensor, name: str, *, new: bool, zero: bool, layer: int | None, init: bool = False):
         shape_ = target_shape.tensor_shape(t.weight.axes)

@@ -18,17 +18,23 @@ its modules.json names:
   is not its input's width, is refused before anything is written: grow cannot grow it correctly.
 * Pooling's recorded embedding width (`embedding_dimension`, `word_embedding_dimension` before
   sentence-transformers 6) follows the hidden size.
+* `--dtype` converts a Dense's floating tensors as it does the transformer's (the Dense is then rewritten, even in
+  depth growth): sentence-transformers casts every module to the transformer's dtype when it loads a model, so a
+  Dense left in the source's dtype would only disagree with the rest of the output's files. A Dense already in that
+  dtype is copied byte for byte; any other module's weights are copied as they are (grow does not know their
+  format), and sentence-transformers casts them on load.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grow_cli.checkpoint.dtypes import converted, dtype_name, nbytes, torch_dtype
 from grow_cli.checkpoint.files import BIN_SINGLE, SAFETENSORS_SINGLE, SENTENCE_TRANSFORMERS_MODULES, WEIGHT_SUFFIXES
-from grow_cli.checkpoint.header import read_safetensors_header
+from grow_cli.checkpoint.header import TensorEntry, read_safetensors_header
 from grow_cli.checkpoint.reader import load_bin_weights
 from grow_cli.errors import CheckpointError, UsageError
 
@@ -59,15 +65,18 @@ class Module:
     blocks: int = 0  # widened: how many blocks of hidden units its input holds; 0: copied unchanged
     in_features: int = 0  # a widened Dense's, before growth
     refusal: str | None = None  # why width growth cannot follow it
+    cast: str | None = None  # a Dense's: the dtype --dtype converts its tensors to, where that changes one
 
     def action(self, factor: float | None) -> str:
         """What a growth does with it (`factor`: how many times wider the hidden state grows; None: depth only)."""
-        if factor is None or (not self.blocks and self.refusal is None):
-            return "weights copied unchanged"
-        if self.refusal is not None:
+        if factor is not None and self.refusal is not None:
             return f"width growth refused: {self.refusal}"
+        cast = f"cast to {self.cast}" if self.cast else ""
+        if factor is None or not self.blocks:
+            return f"weights {cast or 'copied unchanged'}"
         grown = round(self.in_features * factor)
-        return f"input axis widened as the output head's, in_features {self.in_features} → {grown}"
+        widened = f"input axis widened as the output head's, in_features {self.in_features} → {grown}"
+        return f"{widened}, {cast}" if cast else widened
 
     def describe(self) -> dict[str, str]:
         """What depth and width growth do with it, for `grow inspect`."""
@@ -77,9 +86,10 @@ class Module:
         return {"path": self.path, "type": self.kind, "depth": self.action(None), "width": width}
 
 
-def st_modules(folder: Path, hidden_size: int) -> list[Module]:
+def st_modules(folder: Path, hidden_size: int, out_dtype: str | None = None) -> list[Module]:
     """The modules with weights that `folder`'s modules.json lists (none without one), in order, each with what
-    width growth of a transformer of `hidden_size` would do with it."""
+    width growth of a transformer of `hidden_size` would do with it, and a Dense with what `--dtype` (`out_dtype`)
+    would."""
     grown = {"token_embeddings": 1}  # feature → blocks of hidden units, for the features width growth widens
     unknown = None  # the last module (without weights) whose effect on the features grow does not know
     modules = []
@@ -95,7 +105,8 @@ def st_modules(folder: Path, hidden_size: int) -> list[Module]:
             source = config.get("module_input_name") or "sentence_embedding"
             target = config.get("module_output_name") or source
             if files:
-                modules.append(_dense(path, kind, files, config, grown.get(source), hidden_size, folder, unknown))
+                dense = _dense(path, kind, files, config, grown.get(source), hidden_size, folder, unknown)
+                modules.append(_cast(folder, dense, out_dtype))
             _set(grown, target, None)  # a Dense writes out_features, which width growth keeps
         elif files:
             modules.append(Module(path, kind, files, refusal=f"grow cannot widen the weights of {kind}"))
@@ -134,11 +145,19 @@ def _dense(
         return Module(path, kind, files, refusal=refusal)
     if config.get("use_residual") and in_features == out_features:
         return Module(path, kind, files, refusal="its residual connection adds its input, which would be wider")
-    names = _dense_tensor_names(folder, path, files)
-    extra = sorted(set(names) - set(DENSE_TENSORS))
+    extra = sorted(set(_dense_tensors(folder, path, files)) - set(DENSE_TENSORS))
     if extra:
         return Module(path, kind, files, refusal=f"it holds tensors a Dense does not ({', '.join(extra)})")
     return Module(path, kind, files, blocks=blocks, in_features=in_features)
+
+
+def _cast(folder: Path, m: Module, out_dtype: str | None) -> Module:
+    """The Dense `m`, with `cast` where `out_dtype` changes the dtype of one of its tensors (its weights file is read
+    only then: a growth that keeps the dtypes reads no Dense's header)."""
+    if out_dtype is None:
+        return m
+    entries = _dense_tensors(folder, m.path, m.files).values()
+    return replace(m, cast=out_dtype) if any(converted(e.dtype, out_dtype) != e.dtype for e in entries) else m
 
 
 def refuse_width(modules: list[Module]) -> None:
@@ -157,10 +176,15 @@ def module_notes(modules: list[Module], factor: float | None) -> list[str]:
 
 
 def module_bytes(folder: Path, modules: list[Module], factor: float | None) -> int:
-    """What the modules' weights take in the output: their files, a widened Dense's about `factor` times over."""
+    """What the modules' weights take in the output: their files, a widened Dense's about `factor` times over, a cast
+    one's scaled as its tensors' bytes are."""
     total = 0
     for m in modules:
         size = sum((folder / f).stat().st_size for f in m.files)
+        if m.cast:
+            entries = _dense_tensors(folder, m.path, m.files).values()
+            cast = sum(nbytes(converted(e.dtype, m.cast), e.shape) for e in entries)
+            size = round(size * cast / sum(e.nbytes for e in entries))
         total += round(size * factor) if factor and m.blocks else size
     return total
 
@@ -168,13 +192,13 @@ def module_bytes(folder: Path, modules: list[Module], factor: float | None) -> i
 def write_modules(plan: Plan, modules: list[Module], source: Path, dest: Path) -> list[str]:
     """The modules' weights and configs into `dest` (where the small files are already copied); returns the files
     written, relative to `dest`. Depth only: weight files copied byte for byte; width: Dense modules widened, the
-    Pooling and Dense configs following the new width."""
+    Pooling and Dense configs following the new width; either way, a Dense whose dtype --dtype changes rewritten."""
     import shutil
 
     written = []
     width = plan.width
     for m in modules:
-        if width is None or not m.blocks:
+        if (width is None or not m.blocks) and not m.cast:
             for name in m.files:
                 (dest / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / name, dest / name)
@@ -187,23 +211,24 @@ def write_modules(plan: Plan, modules: list[Module], source: Path, dest: Path) -
 
 
 def _write_dense(plan: Plan, m: Module, source: Path, dest: Path) -> str:
-    """A Dense with its input axis widened block by block (`widen_reader`), as model.safetensors in its dtype."""
+    """A Dense as model.safetensors: its input axis widened block by block (`widen_reader`) where width growth widens
+    what it reads, each tensor in its dtype or, where --dtype changes that, in `m.cast`."""
     import torch
     from safetensors.torch import save_file
 
-    width, d = plan.width, plan.source_shape.hidden_size
-    assert width is not None
+    width, d = plan.width if m.blocks else None, plan.source_shape.hidden_size
     after = leaves_through_head_norm(plan)
     grown = {}
     for name, w in _load(source / _weights_file(m)).items():
-        if name == "linear.bias":  # on the output axis, which keeps its width
-            grown[name] = w.contiguous()
+        dtype = torch_dtype(converted(dtype_name(w.dtype), m.cast))
+        if width is None or name == "linear.bias":  # the bias is on the output axis, which keeps its width
+            grown[name] = w.to(dtype).contiguous()
             continue
         blocks = [
             width.widen_reader(f"{m.path}/{name}[{b}]", w[:, b * d : (b + 1) * d].float(), after_head_norm=after)
             for b in range(m.blocks)
         ]
-        grown[name] = torch.cat(blocks, dim=1).to(w.dtype).contiguous()
+        grown[name] = torch.cat(blocks, dim=1).to(dtype).contiguous()
     (dest / m.path).mkdir(parents=True, exist_ok=True)  # (other formats of the source's weights are not written)
     save_file(grown, str(dest / m.path / SAFETENSORS_SINGLE), metadata={"format": "pt"})
     return f"{m.path}/{SAFETENSORS_SINGLE}"
@@ -307,11 +332,15 @@ def _weights_file(m: Module) -> str:
     raise CheckpointError(f"{m.path}/ holds no {SAFETENSORS_SINGLE} or {BIN_SINGLE}; give the module its weights")
 
 
-def _dense_tensor_names(folder: Path, path: str, files: tuple[str, ...]) -> list[str]:
-    """The tensors a Dense's weights file holds: its safetensors header (no torch import), or the `.bin` loaded."""
+def _dense_tensors(folder: Path, path: str, files: tuple[str, ...]) -> dict[str, TensorEntry]:
+    """The tensors a Dense's weights file holds, by name: its safetensors header (no torch import), or the `.bin`
+    loaded."""
     file = folder / _weights_file(Module(path, "Dense", files))
     try:
-        return list(read_safetensors_header(file)[0] if file.suffix == ".safetensors" else load_bin_weights(file))
+        if file.suffix == ".safetensors":
+            return read_safetensors_header(file)[0]
+        loaded = load_bin_weights(file).items()
+        return {name: TensorEntry(file, dtype_name(t.dtype), tuple(t.shape), -1, -1) for name, t in loaded}
     except CheckpointError as exc:  # its message names the file alone: say which module's it is
         raise CheckpointError(f"{path}/: {exc}") from None
 
