@@ -1,7 +1,7 @@
 """Sentence-transformers modules with weights of their own (a `2_Dense/`) through growth: depth copies them, width
 widens a Dense's input axis as the output head's, and a module grow cannot grow refuses width growth up front.
 
-Each model is a tiny BERT or GPT-2 built from a config, with Pooling, Dense and Normalize modules, saved by
+Each model is a tiny BERT, GPT-2 or Llama built from a config, with Pooling, Dense and Normalize modules, saved by
 sentence-transformers itself (the transformer re-saved in several shards); every check loads the output with
 `SentenceTransformer` and compares embeddings.
 """
@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import tiny_models
@@ -37,11 +39,14 @@ def _save_st(folder, kind: str, pooling, dense_sizes: list[int]):
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
     torch.manual_seed(0)
-    model = {"bert": tf.BertModel, "gpt2": tf.GPT2Model}[kind](tiny_models.CONFIGS[kind]())
+    # Llama with its head: grow's llama definition reads `model.*` names; sentence-transformers loads the LlamaModel
+    model = {"bert": tf.BertModel, "gpt2": tf.GPT2Model, "llama": tf.LlamaForCausalLM}[kind](
+        tiny_models.CONFIGS[kind]()
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.ndim == 1:
-                gain = ("LayerNorm" in name or "ln_" in name) and name.endswith("weight")
+                gain = ("norm" in name.lower() or "ln_" in name) and name.endswith("weight")
                 param.copy_(float(gain) + 0.1 * torch.randn_like(param))
     base = folder.parent / f"{folder.name}-base"
     model.save_pretrained(base)
@@ -56,7 +61,7 @@ def _save_st(folder, kind: str, pooling, dense_sizes: list[int]):
         width = size
     SentenceTransformer(modules=[*modules, Normalize()], device="cpu").save(str(folder))
     (folder / "model.safetensors").unlink()  # the transformer again, in several shards
-    modules[0].auto_model.save_pretrained(folder, max_shard_size="20KB")
+    model.save_pretrained(folder, max_shard_size="20KB")
     shutil.rmtree(base)
     return folder
 
@@ -69,6 +74,7 @@ def st_source(tmp_path_factory):
         "bert-mean": ("bert", "mean", [16]),
         "bert-mean-max": ("bert", ["mean", "max"], [24, 16]),  # 2 × 32 pooled units; a Dense after a Dense
         "gpt2-mean": ("gpt2", "mean", [16]),
+        "llama-mean": ("llama", "mean", [16]),  # RMSNorm: G_zero (`zero`) is exact
     }
 
     def get(name: str):
@@ -90,13 +96,14 @@ def _st_model(folder):
         logging.disable(logging.NOTSET)
 
 
-def _encode(folder, dense_scale: float | None = None) -> torch.Tensor:
-    """The normalised embeddings of SENTENCES; `dense_scale` multiplies the first Dense's weight (a control)."""
+def _encode(folder, edit: Callable[[torch.Tensor], Any] | None = None) -> torch.Tensor:
+    """The normalised embeddings of SENTENCES; `edit` changes the first Dense's weight (out × in) in place first
+    (a control)."""
     model = _st_model(folder)
-    if dense_scale is not None:
+    if edit is not None:
         dense = next(m for m in model if type(m).__name__ == "Dense")
         with torch.no_grad():
-            dense.linear.weight.mul_(dense_scale)
+            edit(dense.linear.weight)
     return model.encode(SENTENCES, convert_to_tensor=True)
 
 
@@ -117,6 +124,9 @@ def _sha(path) -> str:
         # the head reads, so is not divided again; the control divides it as if ln_f were unfolded.
         ("gpt2-mean", "fpi", 0.5),
         ("gpt2-mean", "staged", 0.5),
+        # G_zero on RMSNorm: the new hidden units are zero, so the Dense keeps the source's columns where it reads
+        # the old units (its new columns read zeros); the control divides them as FPI would.
+        ("llama-mean", "zero", 0.5),
     ],
 )
 def test_width_growth_widens_a_dense_and_keeps_the_embeddings(st_source, tmp_path, source, method, wrong_scale):
@@ -135,10 +145,48 @@ def test_width_growth_widens_a_dense_and_keeps_the_embeddings(st_source, tmp_pat
     gap = (after - before).abs().max().item()
     print(f"{source} {method} ×2: max |Δ embedding| {gap:.3g}")
     assert gap < 1e-5
-    control = (_encode(out, dense_scale=wrong_scale) - before).abs().max().item()
+    control = (_encode(out, lambda w: w.mul_(wrong_scale)) - before).abs().max().item()
     assert control > 1e-2, control  # the other rule for the Dense's input axis changes the embeddings
     if source == "bert-mean-max":  # the second Dense reads the first's 24 units, which width growth keeps
         assert _sha(out / "3_Dense" / "model.safetensors") == _sha(src / "3_Dense" / "model.safetensors")
+
+
+def test_zero_on_layernorm_is_not_exact_but_the_dense_reads_zero_new_units(st_source, tmp_path):
+    """G_zero claims no function preservation on LayerNorm with the hidden size grown (the mean over d' units shifts
+    every old unit); what it claims is that the new hidden units are zero: so the Dense's new columns (random, to let
+    gradients in) read nothing, and replacing them changes no embedding, where replacing its old ones does. Its old
+    columns are the source's."""
+    from safetensors.torch import load_file
+
+    src = st_source("bert-mean")
+    report = expand(str(src), tmp_path / "wide", GrowthSpec(width_method="zero", width_factor=2), quiet=True)
+    out, d = tmp_path / "wide", json.loads((src / "config.json").read_text())["hidden_size"]
+    assert report["function_preserving"] is False
+    weight_OI = load_file(str(out / "2_Dense" / "model.safetensors"))["linear.weight"]
+    assert torch.equal(weight_OI[:, :d], load_file(str(src / "2_Dense" / "model.safetensors"))["linear.weight"])
+    grown = _encode(out)
+    assert (_encode(out, lambda w: w[:, d:].normal_()) - grown).abs().max().item() < 1e-6
+    assert (_encode(out, lambda w: w[:, :d].normal_()) - grown).abs().max().item() > 1e-2  # the control
+
+
+def test_aki_widens_a_dense_by_fpis_rule_for_a_head(st_source, tmp_path):
+    """AKI is not function-preserving by design (a layer's new units take the next layer's weights); for a reader of
+    the last hidden state, which has no next layer, it claims FPI's rule for an output head. So AKI's Dense, put in
+    place of the Dense of FPI's growth of the same source (the same maps), gives the source's embeddings; the same
+    Dense gathered without FPI's division does not."""
+    src = st_source("bert-mean-max")
+    aki = expand(str(src), tmp_path / "aki", GrowthSpec(width_method="aki", width_factor=2), quiet=True)
+    fpi = expand(str(src), tmp_path / "fpi", GrowthSpec(width_method="fpi", width_factor=2), quiet=True)
+    assert aki["function_preserving"] is False and fpi["function_preserving"] is True
+    assert "sentence-transformers module 2_Dense/ (Dense): input axis widened" in " ".join(aki["notes"])
+    shutil.copyfile(
+        tmp_path / "aki" / "2_Dense" / "model.safetensors", tmp_path / "fpi" / "2_Dense" / "model.safetensors"
+    )
+    before = _encode(src)
+    gap = (_encode(tmp_path / "fpi") - before).abs().max().item()
+    print(f"AKI's Dense over FPI's growth: max |Δ embedding| {gap:.3g}")
+    assert gap < 1e-5
+    assert (_encode(tmp_path / "fpi", lambda w: w.mul_(2.0)) - before).abs().max().item() > 1e-2
 
 
 def _one_file(src, dest):
@@ -215,7 +263,7 @@ def test_depth_growth_copies_the_dense_and_an_exact_method_keeps_the_embeddings(
     gap = (_encode(out) - before).abs().max().item()
     print(f"gpt2 identity depth 4 → 6: max |Δ embedding| {gap:.3g}")
     assert gap < 1e-5
-    assert (_encode(out, dense_scale=-1.0) - before).abs().max().item() > 1e-2  # the check sees the Dense
+    assert (_encode(out, lambda w: w.neg_()) - before).abs().max().item() > 1e-2  # the check sees the Dense
 
 
 def test_a_depth_growth_and_a_dry_run_still_import_no_torch(st_source, tmp_path):
