@@ -419,7 +419,8 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path, capfd):
     commit cannot be read back here: the push succeeds with `hub.files` null, and `grow push`'s note says why (it
     used to say nothing). It runs in this process (a process of its own costs CI seconds and shows nothing more
     here: the push's own process is tested above); capfd also holds what libraries write to the file descriptors,
-    as a subprocess's pipes would."""
+    as a subprocess's pipes would. One step, its final state kept (--save-final-state): the commit message counts
+    it in the singular ("1 step"), and the checkpoint stays local."""
     from tinylm import run_grow, save_tiny_lm, write_plays
 
     fake_hub.fail("GET", "/revision/", 500, times=100)  # only the read-back asks for a revision by name here
@@ -427,8 +428,9 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path, capfd):
     model = save_tiny_lm(tmp_path / "model")
     text = write_plays(tmp_path / "text", count=1, chars=20_000)
     out = tmp_path / "trained"
-    args = [model, "--data", text, "--out", out, "--max-steps", 2, "--seq-len", 32, "--micro-batch-size", 2]
-    args += ["--eval-fraction", "0.05", "--save-every", 1, "--token", TOKEN, "--push-to-hub", "acme/trained", "--json"]
+    args = [model, "--data", text, "--out", out, "--max-steps", 1, "--seq-len", 32, "--micro-batch-size", 2]
+    args += ["--eval-fraction", "0.05", "--save-final-state", "--json"]
+    args += ["--token", TOKEN, "--push-to-hub", "acme/trained"]
     code, stdout, stderr = run_grow(["train-stage", *args], capfd)
     assert code == 0, stderr
     assert TOKEN not in stdout + stderr
@@ -436,6 +438,7 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path, capfd):
     note = "note: pushed to acme/trained (branch main), but which files its commit sent could not be read back"
     assert note in stderr and "the push succeeded" in stderr, stderr
     remote = fake_hub.files("acme/trained")
+    assert fake_hub.head("acme/trained", "main").message == "grow train-stage: 1 step"
     assert remote["grow.json"] == (out / "grow.json").read_bytes()
     assert json.loads(remote["grow.json"])["stages"][-1]["kind"] == "train"
     assert {"config.json", "README.md"} <= set(remote)

@@ -251,7 +251,7 @@ def train_stage(
             made_by="grow train-stage",
             private=private,
             token=token,
-            commit_message=f"grow train-stage: {result['steps']} steps",
+            commit_message=f"grow train-stage: {counted(result['steps'], 'step')}",
         )
         if not quiet:
             note_if_unread(result["hub"])
