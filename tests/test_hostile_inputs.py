@@ -135,6 +135,25 @@ def _drop_head(state: dict) -> None:
     state.pop("lm_head.weight", None)
 
 
+def _head_in_a_shard_the_index_leaves_out(ctx: Ctx) -> str:
+    """lm_head.weight alone in its shard, which the index (the rest of it right) does not name: transformers, opening
+    only the shards the index names, leaves the head out, though the model is untied and the head stored. Returns
+    that shard's name."""
+    from safetensors.torch import load_file, save_file
+
+    index = ctx.src / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"]
+    shard = weight_map.pop("lm_head.weight")
+    state = load_file(ctx.src / shard)
+    other = next(name for name in sorted(set(weight_map.values())) if name != shard)
+    moved = {**load_file(ctx.src / other), **{n: t for n, t in state.items() if n != "lm_head.weight"}}
+    save_file(moved, ctx.src / other, metadata={"format": "pt"})
+    save_file({"lm_head.weight": state["lm_head.weight"]}, ctx.src / shard, metadata={"format": "pt"})
+    weight_map.update(dict.fromkeys(moved, other))
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return shard
+
+
 def _set_config(ctx: Ctx, config: dict) -> None:
     (ctx.src / "config.json").write_text(json.dumps(config))
 
@@ -395,6 +414,10 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "untied-head-missing":
         _rewrite_tensors(c, _drop_head)
         return c.expand(), "if it is meant to be model.embed_tokens.weight, set tie_word_embeddings true"
+    if name in ("head-in-a-shard-the-index-leaves-out", "inspect-head-in-a-shard-the-index-leaves-out"):
+        shard = _head_in_a_shard_the_index_leaves_out(c)
+        args = ["inspect", c.src] if name.startswith("inspect") else c.expand()
+        return args, f"does not list tensor lm_head.weight, which shard {shard} stores, and transformers loads only"
     if name == "out-name-too-long":  # longer than a file system allows for one name (255 bytes)
         return ["expand", c.src, c.tmp / ("o" * 300), "--layers", "8"], "is too long for the file system"
     if name == "source-name-too-long":
@@ -593,6 +616,8 @@ CASES = [
     "config-without-model-type",
     "tied-head-stored-with-other-values",
     "untied-head-missing",
+    "head-in-a-shard-the-index-leaves-out",
+    "inspect-head-in-a-shard-the-index-leaves-out",
     "tensorflow-safetensors",
     "tensorflow-h5-folder",
     "train-flax-safetensors",

@@ -113,6 +113,28 @@ def test_a_tensor_the_index_leaves_out_is_read_as_transformers_reads_it(tmp_path
     assert sorted(reader.tensors) == ["u", "v", "w"] and torch.equal(reader.read("u"), torch.ones(3))
 
 
+def test_a_shard_the_index_leaves_out_is_refused_and_other_safetensors_files_are_not_read(tmp_path):
+    """A shard of the index's set that the index does not name is left out by transformers, tensors and all: grow
+    names the tensors the index does not list. Files of no shard set (Mistral's consolidated.safetensors, whose names
+    are not transformers') and shards of another set (a stale save) are no part of the model and are not read."""
+    import json
+
+    first, second = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    shards = {
+        first: {"w": torch.zeros(2)},
+        second: {"v": torch.ones(1), "u": torch.ones(3)},
+        "consolidated.safetensors": {"layers.0.attention.wq.weight": torch.ones(2)},
+        "model-00001-of-00003.safetensors": {"stale": torch.ones(2)},
+    }
+    _sharded(tmp_path / "src", shards, {"w": first})
+    refusal = rf"does not list tensor [uv] \(and 1 other tensor\), which shard {second} stores.*re-create the index"
+    with pytest.raises(CheckpointError, match=refusal):
+        CheckpointReader(tmp_path / "src")
+    index = tmp_path / "src" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"w": first, "v": second}}))
+    assert sorted(CheckpointReader(tmp_path / "src").tensors) == ["u", "v", "w"]
+
+
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
 def test_legacy_layernorm_names_are_read_as_transformers_loads_them(tmp_path, weights):
     """The original BERT checkpoints on the Hub (bert-base-uncased and its siblings) store LayerNorm's gain and bias

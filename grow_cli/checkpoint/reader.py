@@ -12,6 +12,7 @@ Every safetensors header passes the strict validator in `header.py` before a byt
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -41,7 +42,7 @@ from grow_cli.checkpoint.header import (
 )
 from grow_cli.checkpoint.kinds import refuse_other_framework, refuse_quantized_config, what_else
 from grow_cli.checkpoint.mapped import release
-from grow_cli.errors import CheckpointError
+from grow_cli.errors import CheckpointError, counted
 
 __all__ = [
     "CheckpointReader",
@@ -103,6 +104,33 @@ def _listed_shards_tensors(
                 )
             found[name] = entry
     return {name: found[name] for name in (*weight_map, *found) if name in found}
+
+
+SHARD_NAME = re.compile(r"(.+)-\d+-of-(\d+)\.safetensors")  # model-00002-of-00005.safetensors
+
+
+def _refuse_unlisted_shards(folder: Path, weight_map: dict[str, str]) -> None:
+    """Refuse a shard of the index's set (`model-0000k-of-0000N`, N as in the files it names) that the index does
+    not name, holding a tensor the index does not list.
+
+    transformers opens only the shards the index names, so such a tensor is left out of the model it loads: without
+    this, grow called it missing and, for an untied `lm_head.weight`, advised tying the head, which drops the very
+    tensor the shard holds.
+    """
+    named = set(weight_map.values())
+    sets = {match.groups() for shard in named if (match := SHARD_NAME.fullmatch(shard))}
+    for stem, total in sorted(sets):
+        for path in sorted(folder.glob(f"{glob.escape(stem)}-*-of-{total}.safetensors")):
+            if path.relative_to(folder).as_posix() in named or not SHARD_NAME.fullmatch(path.name):
+                continue
+            unlisted = [name for name in read_safetensors_header(path, with_library=False)[0] if name not in weight_map]
+            if unlisted:
+                others = f" (and {counted(len(unlisted) - 1, 'other tensor')})" if len(unlisted) > 1 else ""
+                raise CheckpointError(
+                    f"{SAFETENSORS_INDEX} does not list tensor {unlisted[0]}{others}, which shard {path.name} "
+                    "stores, and transformers loads only the shards the index names; re-create the index, or "
+                    f"remove the tensor from {path.name}"
+                )
 
 
 # transformers loads these as the names on the right, for every model (its "legacy" renaming): the original BERT
@@ -202,6 +230,7 @@ class CheckpointReader:
                 if name not in parsed[shard][0]:
                     raise CheckpointError(f"{SAFETENSORS_INDEX} puts {name} in {shard.name}, which does not hold it")
             self.tensors = _listed_shards_tensors(weight_map, {path: entries for path, (entries, _) in parsed.items()})
+            _refuse_unlisted_shards(f, weight_map)
             self.files = sorted(parsed)
             refuse_other_framework(self.tensors, (meta.get("format", "") for _, meta in parsed.values()))
         elif (f / SAFETENSORS_SINGLE).is_file():
