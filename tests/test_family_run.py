@@ -602,6 +602,26 @@ def test_a_baseline_gets_the_tokens_of_a_trained_sources_lineage_too(cli, tmp_pa
     assert "trained from scratch either way" not in md
 
 
+def test_a_member_grown_from_a_source_with_a_final_state_grows_its_weights_only(cli, tmp_path):
+    """The family passes `weights_only` only where the previous member has a training state (expand refuses it for a
+    model folder): a first member from a run kept with --save-final-state is grown by `stack`, which a training state
+    refuses, as weights, and nothing of that state comes along."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=5000)
+    args = ["--data", tmp_path / "text", "--seq-len", 32, "--micro-batch-size", 2, "--eval-fraction", 0.05]
+    trained = cli(
+        "train-stage", tmp_path / "base", "--out", tmp_path / "pre", *args, "--max-steps", 1, "--save-final-state"
+    )
+    assert trained.code == 0, trained.stderr
+    assert list((tmp_path / "pre" / "checkpoints").glob("step_*"))  # SRC with a final training state
+    members = [{"name": "small", "source": "pre"}, {"name": "big", "grow": {"depth_factor": 2}}]
+    path = write_recipe(tmp_path, members, out="run", compare={"data": ["text"], "seq_len": 32, "max_blocks": 2})
+    result = cli("family", path, "-q")
+    assert result.code == 0, result.stderr
+    grown = tmp_path / "run" / "big" / "grown"
+    assert (grown / "config.json").is_file() and not (grown / "training-state").exists()
+
+
 def test_the_family_figure_names_an_untrained_member_as_such():
     """An untrained grown member was reported as 'no from-scratch run measured', though it had nothing to match."""
     from grow_cli.family.report import equal_quality, headline

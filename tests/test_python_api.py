@@ -135,6 +135,25 @@ def test_grow_and_train_from_python(tiny_llama, tmp_path, monkeypatch):
     ]
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_weights_only_on_a_model_folder_is_refused_alike_by_the_command_and_the_call(
+    cli, tiny_llama, tmp_path, monkeypatch, dry_run
+):
+    """--weights-only leaves out a training checkpoint's optimizer state; a model folder has none, and the option
+    did nothing there, silently. The command and the Python call refuse it in the same one line, writing nothing."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    out = tmp_path / "out"
+    result = cli("expand", tiny_llama, out, "--layers", "4", "--weights-only", *(["--dry-run"] if dry_run else []))
+    assert result.code == 2 and result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: --weights-only applies only to a train-stage checkpoint")
+    spec = grow_cli.GrowthSpec(layers=4, weights_only=True)
+    with pytest.raises(grow_cli.OptionError) as info:
+        grow_cli.expand(tiny_llama, out, spec, dry_run=dry_run)
+    assert info.value.option == "weights_only" and result.stderr.strip() == f"error: {info.value}"
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_a_missing_source_is_a_grow_error_for_a_path_too(tmp_path):
     """Python callers pass `Path`s: a missing one is refused in words, as a string is, not with an AttributeError."""
     for source in (tmp_path / "missing", str(tmp_path / "missing")):

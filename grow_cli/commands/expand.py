@@ -94,7 +94,8 @@ def expand(
         bool,
         typer.Option(
             help="SRC a train-stage checkpoint (or output with --save-final-state): grow its weights only, not its "
-            "optimizer state (which exact methods otherwise grow beside the model, for train-stage --resume grown).",
+            "optimizer state (which exact methods otherwise grow beside the model, for train-stage --resume grown). "
+            "Refused for any other SRC.",
             rich_help_panel=TRAINING_STATE,
         ),
     ] = False,

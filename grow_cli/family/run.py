@@ -127,7 +127,7 @@ def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool
     """`grow expand` of the previous member into `out`, as the member's `grow:` block says; with `optimizer: grow`
     its final training state is grown too, otherwise the weights only."""
     from grow_cli.growth.expand import expand
-    from grow_cli.growth.train_state import final_checkpoint
+    from grow_cli.growth.train_state import final_checkpoint, training_checkpoint
 
     assert member.spec is not None, "every member after the first has a grow: block"
     grows_state = recipe.optimizer_of(member) == "grow"
@@ -136,7 +136,9 @@ def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool
             f"recipe: {member.name} has optimizer: grow, but {previous} holds no final training state (it was "
             "trained before the recipe asked for one); delete that member's folder to train it again"
         )
-    spec = dataclasses.replace(member.spec, weights_only=not grows_state)
+    # weights only where the previous member kept a training state; expand refuses the option for a model folder
+    weights_only = not grows_state and training_checkpoint(previous) is not None
+    spec = dataclasses.replace(member.spec, weights_only=weights_only)
     return expand(str(previous), out, spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)])
 
 

@@ -304,7 +304,7 @@ def _plan(
         config = config_of_weights(config, infos)
     plan = build_plan(config, infos, spec, uniform_maps=source_state is not None)
     check_tied_copies(plan.binding, reader)
-    if source_state is None and not spec.weights_only and (reader.folder / STATE_DIR).is_dir():
+    if source_state is None and (reader.folder / STATE_DIR).is_dir():
         plan.notes.append(
             f"{STATE_DIR}/ (a grown training state that has not trained yet) is not grown again: the output holds "
             "weights only; to grow a run twice, continue it first (train-stage --resume grown) and grow its checkpoint"

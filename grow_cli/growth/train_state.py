@@ -28,7 +28,7 @@ from typing import Any
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
 from grow_cli.checkpoint.output import small_files
 from grow_cli.checkpoint.source import CheckpointSource
-from grow_cli.errors import CheckpointError, first_line
+from grow_cli.errors import CheckpointError, OptionError, first_line
 from grow_cli.lineage.record import RECORD_FILE, load_record
 from grow_cli.scratch import scratch_folder
 from grow_cli.train.checkpoints import STATE_FILE as CHECKPOINT_STATE
@@ -141,6 +141,12 @@ def final_checkpoint(folder: Path) -> Path | None:
         return None
     path = folder / CHECKPOINTS_DIR / f"step_{stages[-1]['end_step']:08d}"
     return path if is_checkpoint(path) else None
+
+
+def training_checkpoint(folder: Path) -> Path | None:
+    """The training checkpoint a source folder is, or holds as its finished run's final state; None for a model
+    folder, which has no training state to grow or leave out."""
+    return folder if is_checkpoint(folder) else final_checkpoint(folder)
 
 
 def _read_state(checkpoint: Path, *, weights_only: bool) -> dict[str, Any]:
@@ -261,10 +267,17 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
     """(the source as a model folder, its `SourceState` or None): see the module docstring.
 
     With `weights_only`, a checkpoint's weights are still read from it (with its model's config), but its optimizer
-    is not."""
-    folder = src.folder
-    checkpoint = folder if is_checkpoint(folder) else final_checkpoint(folder)
+    is not; for a model folder, which has no optimizer to leave out, `weights_only` is refused (an option that does
+    nothing)."""
+    checkpoint = training_checkpoint(src.folder)
     if checkpoint is None:
+        if weights_only:
+            raise OptionError(
+                "weights_only",
+                f"--weights-only applies only to a train-stage checkpoint or an output trained with "
+                f"--save-final-state; {src.repo_id or src.path or src.folder} has no training state, so its weights "
+                "are all that expand grows: drop --weights-only",
+            )
         yield src, None
         return
     state = _read_state(checkpoint, weights_only=weights_only)

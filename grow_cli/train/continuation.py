@@ -196,8 +196,8 @@ def check_whole_state(config, continuation: Continuation | None, engine: str | N
     if config.save_final_state:
         raise UsageError(
             f"--save-final-state leaves the optimizer state for grow expand to grow, which reads it whole; {engine} "
-            "saves it sharded. Leave out --save-final-state (grow the final model with --weights-only), or train on "
-            "one process or with DDP"
+            "saves it sharded. Leave out --save-final-state (grow expand then grows the final model's weights), or "
+            "train on one process or with DDP"
         )
 
 
