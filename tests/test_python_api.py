@@ -154,6 +154,25 @@ def test_weights_only_on_a_model_folder_is_refused_alike_by_the_command_and_the_
     assert sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["written", "dry-run"])
+def test_weights_only_with_a_hub_id_is_refused_before_anything_is_downloaded(tmp_path, monkeypatch, dry_run):
+    """grow downloads no training state from the Hub, so --weights-only with a Hub id can only be refused: before the
+    weights (or the headers) are fetched, not after a download of many gigabytes."""
+    from grow_cli.checkpoint import source
+    from grow_cli.hub import headers
+
+    def fetched(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(source, "_download", fetched)
+    monkeypatch.setattr(headers, "mirror_headers", fetched)
+    spec = grow_cli.GrowthSpec(layers=4, weights_only=True)
+    with pytest.raises(grow_cli.OptionError, match="org/model has no training state") as info:
+        grow_cli.expand("org/model", tmp_path / "out", spec, dry_run=dry_run)
+    assert info.value.option == "weights_only" and not (tmp_path / "out").exists()
+
+
 def test_a_missing_source_is_a_grow_error_for_a_path_too(tmp_path):
     """Python callers pass `Path`s: a missing one is refused in words, as a string is, not with an AttributeError."""
     for source in (tmp_path / "missing", str(tmp_path / "missing")):

@@ -110,6 +110,11 @@ def source_headers(
             raise
 
 
+def is_local(source: str | os.PathLike[str], revision: str | None = None) -> bool:
+    """Whether `source` names a local folder (else a Hub id); refuses what is neither, as `resolve_source` does."""
+    return _local_or_hub_id(source, revision)[0] is not None
+
+
 def _local_or_hub_id(source: str | os.PathLike[str], revision: str | None) -> tuple[CheckpointSource | None, str]:
     """(the local folder `source` names, or None for a Hub id; `source` as text); refuses what is neither."""
     source = os.fspath(source)  # a Path from Python callers: a missing one is refused in words too

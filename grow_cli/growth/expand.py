@@ -26,7 +26,7 @@ from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
-from grow_cli.checkpoint.source import CheckpointSource, FileHasher, resolve_source, source_headers
+from grow_cli.checkpoint.source import CheckpointSource, FileHasher, is_local, resolve_source, source_headers
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
 from grow_cli.console import activity, byte_progress
 from grow_cli.errors import CheckpointError, OptionError, UsageError
@@ -44,7 +44,7 @@ from grow_cli.growth.st_modules import (
     st_modules,
     write_modules,
 )
-from grow_cli.growth.train_state import SourceState, config_of_weights, training_source
+from grow_cli.growth.train_state import SourceState, config_of_weights, training_source, weights_only_refused
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
@@ -238,6 +238,8 @@ def expand(
         out = Path(out).expanduser().resolve()  # absolute: `--force` may replace the working folder "." names
         local = Path(source).expanduser()
         check_output(Path(out), local if local.exists() else None, force=force)
+    if spec.weights_only and not is_local(source, revision):  # before a download that could only be refused
+        raise weights_only_refused(os.fspath(source))  # grow downloads no training state from the Hub
     if dry_run:  # config.json and the shard headers are all a plan reads: a Hub id's weights stay on the Hub
         return _dry_run(source, spec, revision=revision, token=token)
     src = resolve_source(source, revision=revision, token=token)

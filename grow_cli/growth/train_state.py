@@ -149,6 +149,16 @@ def training_checkpoint(folder: Path) -> Path | None:
     return folder if is_checkpoint(folder) else final_checkpoint(folder)
 
 
+def weights_only_refused(source: str) -> OptionError:
+    """`--weights-only` for a source without a training state (a model folder, any Hub id): an option that would do
+    nothing."""
+    return OptionError(
+        "weights_only",
+        f"--weights-only applies only to a train-stage checkpoint or an output trained with --save-final-state; "
+        f"{source} has no training state, so its weights are all that expand grows: drop --weights-only",
+    )
+
+
 def _read_state(checkpoint: Path, *, weights_only: bool) -> dict[str, Any]:
     """The checkpoint's grow-state.json, once the files the growth reads are whole: with `weights_only` its weights
     alone (a lost optimizer state is what --weights-only is for), else its optimizer state too."""
@@ -272,12 +282,7 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
     checkpoint = training_checkpoint(src.folder)
     if checkpoint is None:
         if weights_only:
-            raise OptionError(
-                "weights_only",
-                f"--weights-only applies only to a train-stage checkpoint or an output trained with "
-                f"--save-final-state; {src.repo_id or src.path or src.folder} has no training state, so its weights "
-                "are all that expand grows: drop --weights-only",
-            )
+            raise weights_only_refused(src.repo_id or src.path or str(src.folder))
         yield src, None
         return
     state = _read_state(checkpoint, weights_only=weights_only)
