@@ -18,9 +18,10 @@ def script() -> None:
         start_config_child_early()
         from grow_cli.cli import script as run
     except KeyboardInterrupt:
-        from grow_cli.signals import stopped_by
+        from grow_cli.signals import forget_caught_interrupts, stopped_by
 
         sys.stderr.write(f"{stopped_by(signal.SIGINT)}\n")
+        forget_caught_interrupts()  # the import it landed in may have been making a dataclass (see there)
         raise SystemExit(128 + signal.SIGINT) from None
     run()
 

@@ -155,12 +155,13 @@ def script() -> None:
     exit handler: the collection skips them (~0.1 s). Only here: tests and Python callers run `main` in a process
     that goes on.
 
-    A Ctrl-C that lands while Python exits ends the process at once (`signals.end_at_once_when_interrupted`).
+    A Ctrl-C that lands while Python exits ends the process at once (`signals.end_at_once_when_interrupted`); one
+    that grow caught earlier does not turn its exit status into a death by SIGINT (`signals.forget_caught_interrupts`).
 
     With `--json`, stdout is kept for the JSON document (`console.keep_stdout_for_json`): libraries that print
     there would otherwise break it.
     """
-    from grow_cli.signals import end_at_once_when_interrupted
+    from grow_cli.signals import end_at_once_when_interrupted, forget_caught_interrupts
 
     atexit.register(gc.freeze)  # registered first, so it runs after every other exit handler
     if "--json" in sys.argv[1:] and "--help" not in sys.argv[1:]:
@@ -171,6 +172,7 @@ def script() -> None:
         main()
     finally:
         end_at_once_when_interrupted()
+        forget_caught_interrupts()  # after the line above: a Ctrl-C now ends the process at once, with 130
 
 
 def main() -> None:
