@@ -104,6 +104,25 @@ def test_width_growth_of_derived_decoders_is_verified(sources, tmp_path, name):
     assert gap <= EXACT, gap
 
 
+@pytest.mark.parametrize("name", ["arcee", "cohere"])  # cohere: tied head, so width folds nothing into a norm
+@pytest.mark.parametrize("spec", [GrowthSpec(layers=6, depth_method="identity"), GrowthSpec(width_factor=2)])
+def test_a_headless_derived_decoder_grows_in_its_own_naming(tmp_path, name, spec):
+    """The base model saved alone (`ArceeModel`): the derived definition names its tensors under transformers'
+    base_model_prefix as `{p}` and binds the headless form too; the output keeps the naming and `architectures`, and
+    the forced verification compares the last hidden states."""
+    torch.manual_seed(0)
+    config = tf.AutoConfig.for_model(name, **CONFIGS[name])
+    tf.AutoModel.from_config(config).save_pretrained(tmp_path / "src", max_shard_size="20KB")
+    arch = detect(_config(tmp_path / "src"))
+    assert arch.prefixes == ("model.", "") and arch.embeddings[0].name == "{p}embed_tokens.weight"
+    report = expand(str(tmp_path / "src"), tmp_path / "out", spec, quiet=True)
+    assert report["verify"]["passed"] is True and report["verify"]["compared"] == "last_hidden_state"
+    headless_class = _config(tmp_path / "src")["architectures"]
+    assert _config(tmp_path / "out")["architectures"] == headless_class
+    loaded, info = tf.AutoModel.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert [type(loaded).__name__] == headless_class and not info["missing_keys"] and not info["unexpected_keys"]
+
+
 def test_a_wrong_derived_rule_fails_the_forced_verification(sources, tmp_path, monkeypatch):
     """Without its measured √hidden embedding scale, a derived VaultGemma widens wrongly: the forced check catches
     it although --verify was not given, says that the derived definition's claim failed, and nothing is written."""

@@ -96,6 +96,25 @@ BROKEN = {
     "bad residual": (lambda d: d.update(residual="sandwich"), "residual must be one of"),
     "bad positions": (lambda d: d.update(positions="alibi"), "positions must be 'rope', 'learned' or 'other'"),
     "layer prefix without {i}": (lambda d: d.update(layer_prefix="model.layers."), "layer_prefix must contain '{i}'"),
+    "a base model prefix without the headless form": (
+        lambda d: d.update(prefixes=["model."]),
+        "prefixes ['model.'] lack \"\", the base model saved alone (headless)",
+    ),
+    "an embedding outside the base model": (
+        lambda d: [
+            w.update({k: "model.embed_tokens.weight"})
+            for w, k in ((d["embeddings"][0], "name"), (d["final"][1], "tied_to"))
+        ],
+        "'model.embed_tokens.weight' does not begin with {p}, although the base model holds it",
+    ),
+    "layers outside the base model": (
+        lambda d: d.update(layer_prefix="model.layers.{i}."),
+        "'model.layers.{i}.' does not begin with {p}, although the base model holds it",
+    ),
+    "a prefix that is no module path": (
+        lambda d: d.update(prefixes=["model", ""]),
+        "'prefixes' lists module prefixes, each ending in '.'",
+    ),
     "no embedding tensors": (
         lambda d: d.update(embeddings=[]),
         "needs at least one tensor in 'embeddings' and one in 'layer'",

@@ -45,8 +45,15 @@ def test_the_child_answers_as_transformers_does_here(child):
     gemma2 = [a for r, a in zip(requests, here, strict=True) if r["model_type"] == "gemma2"]
     assert len(gemma2[0]["attributes"]["layer_types"]) == 4  # per-layer lists come back
     assert here[-2]["built"] is False or here[-2]["error"]
-    assert here[-1] == {"built": False, "attributes": {}, "error": here[-1]["error"], "causal_lm": None}
+    assert here[-1] == {
+        "built": False,
+        "attributes": {},
+        "error": here[-1]["error"],
+        "causal_lm": None,
+        "base_model": None,
+    }
     assert here[-1]["error"] and here[0]["causal_lm"].endswith("ForCausalLM") and here[1]["causal_lm"] is None
+    assert here[0]["base_model"].endswith("Model") and here[1]["base_model"] is None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="grow lowers a thread's priority on Linux only")

@@ -2,8 +2,8 @@
 widens a Dense's input axis as the output head's, and a module grow cannot grow refuses width growth up front.
 
 Each model is a tiny BERT, GPT-2 or Llama built from a config, with Pooling, Dense and Normalize modules, saved by
-sentence-transformers itself (the transformer re-saved in several shards); every check loads the output with
-`SentenceTransformer` and compares embeddings.
+sentence-transformers itself (the transformer re-saved in several shards: headless, as sentence-transformers saves
+it, or with its head); every check loads the output with `SentenceTransformer` and compares embeddings.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ SENTENCES = ["w1 w2 w3 w4 w5", "w6 w7", "w8 w9 w10 w11 w12 w13 w14 w15", "w3 w1 
 WORDS = [f"w{i}" for i in range(60)]  # the tokenizer's vocabulary, after its 5 special tokens
 
 
-def _save_st(folder, kind: str, pooling, dense_sizes: list[int]):
-    """A tiny sentence-transformer: a `kind` transformer (tiny_models' config, random norms and biases), Pooling of
-    `pooling` mode(s), a Tanh Dense per size in `dense_sizes` (each reading the previous), and Normalize."""
+def _save_st(folder, kind: str, model_class, pooling, dense_sizes: list[int]):
+    """A tiny sentence-transformer: a `kind` transformer saved as `model_class` (tiny_models' config, random norms
+    and biases), Pooling of `pooling` mode(s), a Tanh Dense per size in `dense_sizes` (each reading the previous), and
+    Normalize."""
     import transformers as tf
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.dense import Dense
@@ -39,10 +40,7 @@ def _save_st(folder, kind: str, pooling, dense_sizes: list[int]):
     from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
     torch.manual_seed(0)
-    # Llama with its head: grow's llama definition reads `model.*` names; sentence-transformers loads the LlamaModel
-    model = {"bert": tf.BertModel, "gpt2": tf.GPT2Model, "llama": tf.LlamaForCausalLM}[kind](
-        tiny_models.CONFIGS[kind]()
-    )
+    model = model_class(tiny_models.CONFIGS[kind]())
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.ndim == 1:
@@ -70,11 +68,15 @@ def _save_st(folder, kind: str, pooling, dense_sizes: list[int]):
 def st_source(tmp_path_factory):
     """`st_source(name)` → a tiny sentence-transformer folder (read-only use), built once per module."""
     built = {}
+    import transformers as tf
+
     kinds = {
-        "bert-mean": ("bert", "mean", [16]),
-        "bert-mean-max": ("bert", ["mean", "max"], [24, 16]),  # 2 × 32 pooled units; a Dense after a Dense
-        "gpt2-mean": ("gpt2", "mean", [16]),
-        "llama-mean": ("llama", "mean", [16]),  # RMSNorm: G_zero (`zero`) is exact
+        "bert-mean": ("bert", tf.BertModel, "mean", [16]),
+        "bert-mean-max": ("bert", tf.BertModel, ["mean", "max"], [24, 16]),  # 2 × 32 pooled units; Dense after Dense
+        "gpt2-mean": ("gpt2", tf.GPT2Model, "mean", [16]),
+        "gpt2-lm-mean": ("gpt2", tf.GPT2LMHeadModel, "mean", [16]),  # its head tied: width folds into ln_f
+        "llama-mean": ("llama", tf.LlamaForCausalLM, "mean", [16]),  # RMSNorm: G_zero (`zero`) is exact
+        "llama-headless-mean": ("llama", tf.LlamaModel, "mean", [16]),  # as e5-mistral-7b-instruct is stored
     }
 
     def get(name: str):
@@ -120,10 +122,14 @@ def _sha(path) -> str:
         ("bert-mean", "staged", 2.0),
         # mean+max pooling: two blocks of hidden units, each widened; the second Dense (24 → 16) is copied
         ("bert-mean-max", "hypercloning", 2.0),
-        # GPT-2's output passes ln_f, which took the tied head's 1/C (fpi) or staged's 1/k: the Dense reads what
-        # the head reads, so is not divided again; the control divides it as if ln_f were unfolded.
-        ("gpt2-mean", "fpi", 0.5),
-        ("gpt2-mean", "staged", 0.5),
+        # GPT2LMHeadModel's output passes ln_f, which took the tied head's 1/C (fpi) or staged's 1/k: the Dense
+        # reads what the head reads, so is not divided again; the control divides it as if ln_f were unfolded.
+        ("gpt2-lm-mean", "fpi", 0.5),
+        ("gpt2-lm-mean", "staged", 0.5),
+        # GPT2Model is headless: no head, so ln_f takes no fold and the Dense's input axis is divided as an untied
+        # head's; the control leaves it undivided.
+        ("gpt2-mean", "fpi", 2.0),
+        ("llama-headless-mean", "fpi", 2.0),
         # G_zero on RMSNorm: the new hidden units are zero, so the Dense keeps the source's columns where it reads
         # the old units (its new columns read zeros); the control divides them as FPI would.
         ("llama-mean", "zero", 0.5),
@@ -264,6 +270,29 @@ def test_depth_growth_copies_the_dense_and_an_exact_method_keeps_the_embeddings(
     print(f"gpt2 identity depth 4 → 6: max |Δ embedding| {gap:.3g}")
     assert gap < 1e-5
     assert (_encode(out, lambda w: w.neg_()) - before).abs().max().item() > 1e-2  # the check sees the Dense
+
+
+def test_a_sentence_transformer_over_a_headless_decoder_grows_in_its_own_naming(st_source, tmp_path):
+    """A headless Llama (`LlamaModel`, as sentence-transformers saves a decoder: e5-mistral-7b-instruct,
+    SFR-Embedding-Mistral) under its modules: identity depth growth writes the base model's names and class again,
+    copies the modules, and keeps the embeddings."""
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    src = st_source("llama-headless-mean")
+    report = expand(str(src), tmp_path / "deep", GrowthSpec(layers=6, depth_method="identity"), quiet=True)
+    out = tmp_path / "deep"
+    assert report["function_preserving"] is True
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaModel"]
+    with CheckpointReader(out) as reader:
+        assert "layers.5.mlp.down_proj.weight" in reader.tensors and "norm.weight" in reader.tensors
+        assert not any(name.startswith("model.") or name == "lm_head.weight" for name in reader.tensors)
+    assert (out / "modules.json").read_bytes() == (src / "modules.json").read_bytes()
+    assert _sha(out / "2_Dense" / "model.safetensors") == _sha(src / "2_Dense" / "model.safetensors")
+    before = _encode(src)
+    gap = (_encode(out) - before).abs().max().item()
+    print(f"headless llama identity depth 4 → 6: max |Δ embedding| {gap:.3g}")
+    assert gap < 1e-5
+    assert (_encode(out, lambda w: w.neg_()) - before).abs().max().item() > 1e-2
 
 
 def test_a_depth_growth_and_a_dry_run_still_import_no_torch(st_source, tmp_path):

@@ -38,7 +38,7 @@ def test_verify_in_bounded_memory_offloads(tiny_checkpoints, monkeypatch):
         return model
 
     monkeypatch.setattr(transformers.LlamaForCausalLM, "from_pretrained", spy)
-    verify._outputs(tiny_checkpoints("llama"), torch.randint(0, 96, (1, 8)), 60_000)
+    verify._outputs(tiny_checkpoints("llama"), torch.randint(0, 96, (1, 8)), 60_000, False)
     assert "disk" in seen.values()
 
 
@@ -112,10 +112,10 @@ def test_a_grown_model_that_cannot_run_is_a_verification_failure(cli, tiny_check
 
     outputs = verify._outputs
 
-    def grown_fails(folder, ids, max_memory):
+    def grown_fails(folder, ids, max_memory, headless):
         if ".grow-tmp-" in folder.name:  # the staged output, not the source
             raise RuntimeError("shape mismatch\nsecond line")
-        return outputs(folder, ids, max_memory)
+        return outputs(folder, ids, max_memory, headless)
 
     monkeypatch.setattr(verify, "_outputs", grown_fails)
     result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "6", "--verify", "-q")
@@ -134,7 +134,7 @@ def test_running_out_of_memory_is_not_blamed_on_the_model(tiny_checkpoints, tmp_
 
     for error in (MemoryError(), torch.OutOfMemoryError("CUDA out of memory")):
 
-        def exhausted(folder, ids, max_memory, error=error):
+        def exhausted(folder, ids, max_memory, headless, error=error):
             raise error
 
         monkeypatch.setattr(verify, "_outputs", exhausted)

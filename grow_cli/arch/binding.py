@@ -2,7 +2,9 @@
 
 Every tensor in the checkpoint must be a tensor the definition names (for the detected module prefix), a known
 non-persistent buffer, or the duplicate of a tied tensor; every tensor the definition requires for this config must
-be present with the shape the config implies. Anything else is an error, never a silent drop.
+be present with the shape the config implies. Anything else is an error, never a silent drop. A headless checkpoint
+(the base model saved alone, its names without the prefix: `grow_cli.arch.registry`) holds no tensor named outside
+the base model: no output head.
 
 In a mixture-of-experts checkpoint a layer holds the tensors of its kind (sparse: router and experts; dense: an
 MLP), its routed experts in the checkpoint's one layout (one tensor per expert, or fused 3-D tensors), and a
@@ -15,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from grow_cli.arch import hf_config
 from grow_cli.arch.experts import detect_layout, weight_applies
 from grow_cli.arch.layer_lists import holds, layer_entries
 from grow_cli.arch.registry import ArchDef, WeightDef
@@ -59,6 +62,9 @@ class Binding:
     tied_copies: list[tuple[str, str]] = field(default_factory=list)  # (stored tied tensor, the tensor it ties to)
     # the source's entries of the per-layer lists that decide which layers hold a tensor (`only_where`)
     layer_entries: dict[str, list[Any]] = field(default_factory=dict)
+    # the base model saved alone (`saved_alone`): no output head, so growth has none to fold a tied embedding's width
+    # scaling into, and the output is its last hidden state
+    headless: bool = False
 
     def layer_name(self, weight: WeightDef, index: int, expert: int | None = None) -> str:
         """The checkpoint name of `weight` in layer `index` (of routed expert `expert` for a per-expert tensor)."""
@@ -70,6 +76,25 @@ class Binding:
 
 def _resolve(name: str, prefix: str) -> str:
     return name.replace("{p}", prefix)
+
+
+def _head(arch: ArchDef) -> list[WeightDef]:
+    """The tensors outside the base model (named outside `{p}`): the output head, lm_head or BERT's cls.*."""
+    return [w for w in arch.final if not w.name.startswith("{p}")] if any(arch.prefixes) else []
+
+
+def saved_alone(arch: ArchDef, config: dict[str, Any], shape: ModelShape, prefix: str, names: set[str]) -> bool:
+    """Whether the checkpoint is the base model saved alone (`LlamaModel.save_pretrained`: headless): its names lack
+    the base model's prefix, and it has no head. An untied head is stored, so its absence says so; a tied one never
+    is, and the original GPT-2 checkpoint stores its tensors without `transformer.` yet is a GPT2LMHeadModel whose
+    head is its embedding. A tied model is headless, then, where config.json names the base model class, or none."""
+    head = _head(arch)
+    if prefix or not head or any(_resolve(w.name, prefix) in names for w in head):
+        return False
+    named = config.get("architectures") or []
+    if not (shape.tie_word_embeddings and named):
+        return True
+    return named[0] == hf_config.ask(str(config.get("model_type")), {}, causal_lm=True)["base_model"]
 
 
 def layer_tensor_name(arch: ArchDef, prefix: str, weight: WeightDef, index: int, expert: int | None = None) -> str:
@@ -155,7 +180,9 @@ def bind(
     )
     layer_re = re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
     _refuse_fewer_layers(arch, shape, names, layer_re)
-    binder = _Binder(arch, config, shape, tensors, names, prefix, layout, layer_entries(arch, config, shape.layers))
+    headless = saved_alone(arch, config, shape, prefix, names)
+    entries = layer_entries(arch, config, shape.layers)
+    binder = _Binder(arch, config, shape, tensors, names, prefix, headless, layout, entries)
     embeddings = binder.section(arch.embeddings, lambda w: _resolve(w.name, prefix), None)
     layers = [
         binder.section(arch.layer, lambda w, i=i: arch.layer_prefix.format(p=prefix, i=i) + w.name, i)
@@ -164,7 +191,17 @@ def bind(
     final = binder.section(arch.final, lambda w: _resolve(w.name, prefix), None)
     binder.account_for_the_rest(layer_re)
     binding = Binding(
-        arch, prefix, shape, embeddings, layers, final, binder.dropped, layout, binder.tied_copies, binder.entries
+        arch,
+        prefix,
+        shape,
+        embeddings,
+        layers,
+        final,
+        binder.dropped,
+        layout,
+        binder.tied_copies,
+        binder.entries,
+        headless,
     )
     refuse_integer_weights(tensors, {t.name for t in binding.all_tensors()})
     return binding
@@ -180,6 +217,7 @@ class _Binder:
     tensors: dict[str, tuple[tuple[int, ...], str]]
     names: set[str]
     prefix: str
+    headless: bool  # `Binding.headless`
     layout: str | None
     entries: dict[str, list[Any]]  # `Binding.layer_entries`
     claimed: set[str] = field(default_factory=set)
@@ -193,6 +231,8 @@ class _Binder:
         bound: list[BoundTensor] = []
         groups: dict[str, list[bool]] = {}
         for weight in weights:
+            if layer is None and self.headless and weight in _head(arch):
+                continue  # the base model saved alone has no head
             if layer is not None and arch.is_moe:
                 if not weight_applies(weight, layer in self.shape.sparse_layers, self.layout):
                     continue
@@ -280,7 +320,7 @@ class _Binder:
         """Every name no section claimed is a non-persistent buffer or a multi-token-prediction layer (both dropped,
         with the reason), or it is refused: a layer beyond the config's count, or a tensor the definition lacks."""
         arch, config, shape = self.arch, self.config, self.shape
-        buffer_patterns = [re.compile(b) for b in arch.buffers]
+        buffer_patterns = [re.compile(b.replace("{p}", re.escape(self.prefix))) for b in arch.buffers]
         mtp = _mtp_layers(arch, config, shape, self.names - self.claimed, layer_re)
         for layer, count in sorted(mtp.items()):
             self.dropped.append((arch.layer_prefix.format(p=self.prefix, i=layer) + "*", _mtp_note(arch, count)))

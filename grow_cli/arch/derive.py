@@ -329,6 +329,13 @@ class _Derivation:
             "growing a small instance in depth", probe.residual_writers, self.small, grown, fills, self.order
         )
 
+    def base_prefix(self, embeddings: list[str]) -> str:
+        """transformers' `base_model_prefix` and a dot (`model.`) where the base model holds the embeddings and the
+        repeated block, so that a checkpoint of it saved alone (headless) names them without it; else ""."""
+        base = f"{self.real.base_model_prefix}." if getattr(self.real, "base_model_prefix", "") else ""
+        held = all(n.startswith(base) for n in [*embeddings, f"{self.prefix}."])
+        return base if base and held else ""
+
     def owner_rank(self, name: str) -> int:
         return self.rank.get(name.rsplit(".", 1)[0], len(self.order))
 
@@ -341,6 +348,8 @@ class _Derivation:
         block_rank = self.rank.get(f"{self.prefix}.0", 0)
         before = [n for n in self.outer if self.owner_rank(n) < block_rank]
         after = [n for n in self.outer if n not in before]
+        embeddings = [token, *(n for n in before if n != token)]
+        base = self.base_prefix(embeddings)
         tied = self.real.get_expanded_tied_weights_keys() if getattr(self.cfg, "tie_word_embeddings", False) else {}
         norms = [n for n in after if self.kinds[n] in ("norm", "norm_bias")]
         last = max(norms, key=self.owner_rank, default="")
@@ -355,7 +364,7 @@ class _Derivation:
             flags = {
                 "residual_writer": writer,
                 "head_norm": full in head_norm,
-                "tied_to": tied.get(full),
+                "tied_to": tied.get(full) and _under(tied[full], base),
                 "runtime_scale": self.runtime_scale if full == self.token else None,
                 "buffer": full in persistent,
             }
@@ -374,7 +383,7 @@ class _Derivation:
             k: getattr(self.cfg, k) for k in keys.values() if k not in self.config and getattr(self.cfg, k, None)
         }
         buffers = {
-            re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(name))
+            _under(re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(name)), re.escape(base))
             for name, _ in self.real.named_buffers()
             if name not in self.shapes
         }
@@ -397,11 +406,11 @@ class _Derivation:
             "norm": self.norm,
             "residual": "derived",
             "positions": positions,
-            "prefixes": [""],
-            "embeddings": [entry(n, n) for n in [token, *(n for n in before if n != token)]],
-            "layer_prefix": f"{self.prefix}.{{i}}.",
+            "prefixes": [base, ""] if base else [""],
+            "embeddings": [entry(_under(n, base), n) for n in embeddings],
+            "layer_prefix": _under(f"{self.prefix}.{{i}}.", base),
             "layer": [entry(r, f"{self.prefix}.0.{r}", r in (self.writers or ())) for r in self.template],
-            "final": [entry(n, n) for n in after],
+            "final": [entry(_under(n, base), n) for n in after],
             "buffers": sorted(buffers),
             "layer_lists": sorted(per_layer_lists(self.config, self.roles["layers"], self.layers)),
             "config_defaults": defaults,
@@ -438,6 +447,12 @@ def _definition(config_json: str) -> dict[str, Any]:
     return definition
 
 
+def _under(name: str, base: str) -> str:
+    """`name` with its leading base model prefix `base` (as written there: a regular expression escapes it) as the
+    definition's `{p}`."""
+    return "{p}" + name[len(base) :] if base and name.startswith(base) else name
+
+
 def _names(names: list[str]) -> str:
     shown = ", ".join(names[:3])
     return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -450,7 +465,7 @@ def _check_shapes(definition: dict[str, Any], config: dict[str, Any], real_shape
     arch = parse_definition(definition, where=f"derived {model_type!r}")
     shape = read_shape(arch, config)
     for w in (*arch.embeddings, *arch.final):
-        _same(w, shape.tensor_shape(w.axes), real_shapes[w.name], model_type)
+        _same(w, shape.tensor_shape(w.axes), real_shapes[w.name.replace("{p}", arch.prefixes[0])], model_type)
     for w in arch.layer:
         _same(w, shape.tensor_shape(w.axes), real_shapes[f"{prefix}.0.{w.name}"], model_type)
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from grow_cli import cache
 
-FORMAT = 3  # bump when `answer`'s output changes, so old cache entries are not read
+FORMAT = 4  # bump when `answer`'s output changes, so old cache entries are not read
 _CHILD_CODE = """
 import json, os, sys
 sys.path[:0] = json.loads(sys.argv[1])
@@ -73,7 +73,7 @@ def problem(model_type: str, params: dict[str, Any]) -> str | None:
 def ask(model_type: str, params: dict[str, Any], *, causal_lm: bool = False) -> dict[str, Any]:
     """`answer` for this question, by the cheapest route (see the module docstring); one question at a time (the
     planner asks from a background thread while tensors are written). `causal_lm`: also name the type's causal-LM
-    class (it imports transformers' model registry, ~15 ms, so only questions that need it ask)."""
+    and base model classes (it imports transformers' model registry, ~15 ms, so only questions that need it ask)."""
     with _one_at_a_time:
         return _ask({"model_type": model_type, "params": params, "causal_lm": causal_lm})
 
@@ -101,16 +101,18 @@ def _answered_here() -> bool:
 
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:
-    """Build transformers' config for the request and validate it: {built, attributes, error, causal_lm} (the last:
-    when the request asks, the name of the model type's causal-LM class, for config.json's `architectures`)."""
+    """Build transformers' config for the request and validate it: {built, attributes, error, causal_lm,
+    base_model} (the last two: when the request asks, the names of the model type's causal-LM class and of its base
+    model class, saved alone by a headless checkpoint, for config.json's `architectures`)."""
     # By its module, not as `transformers.AutoConfig`: in the child `transformers` is a bare package (`configs_only`)
     from transformers.models.auto.configuration_auto import AutoConfig
 
-    reply: dict[str, Any] = {"causal_lm": None}
+    reply: dict[str, Any] = {"causal_lm": None, "base_model": None}
     if request.get("causal_lm"):
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
         reply["causal_lm"] = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(request["model_type"])
+        reply["base_model"] = MODEL_MAPPING_NAMES.get(request["model_type"])
     try:
         config = AutoConfig.for_model(request["model_type"], **request["params"])
     except NeedsTransformersInit:
@@ -224,7 +226,7 @@ def _ask_child(request: dict[str, Any]) -> dict[str, Any] | None:
         _child.stdin.write(json.dumps(request) + "\n")
         _child.stdin.flush()
         reply = json.loads(_child.stdout.readline())
-        if not isinstance(reply, dict) or set(reply) != {"built", "attributes", "error", "causal_lm"}:
+        if not isinstance(reply, dict) or set(reply) != {"built", "attributes", "error", "causal_lm", "base_model"}:
             raise ValueError(f"unexpected reply {reply!r}")
         return reply
     except (OSError, ValueError):

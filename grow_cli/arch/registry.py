@@ -32,6 +32,14 @@ names a config flag that, when true, divides each layer's attention scores by it
 layer it places at another index by (new index + 1)/(source index + 1), so that the layer computes what it did
 (`grow_cli.operators.index_scaling`).
 
+Names begin with `{p}` where the base model holds the tensor: transformers' `base_model_prefix` (`model.` for Llama,
+`bert.`, `transformer.` for GPT-2) in a checkpoint of the model with a head, nothing in one of the base model saved
+alone (`LlamaModel`, `BertModel`: a *headless* checkpoint, as decoder-based sentence-transformers models are stored),
+which holds no tensor named outside `{p}` (no output head). `prefixes` lists both forms, and a definition with a base
+model prefix must list the headless `""` too, so every architecture reads and writes both. The prefix is data rather
+than code that strips `model.` from names: the names, buffer patterns and tie targets then say where each tensor sits
+in either form, one rule for every architecture, as BERT's and GPT-2's definitions always said it.
+
 Definitions in `definitions/` are *curated*; `grow_cli.arch.derive` builds *derived* ones for other transformers
 decoders, in the same schema plus a `derived` record (what was found, and why width growth may be refused).
 
@@ -485,7 +493,23 @@ def parse_definition(raw: dict[str, Any], where: str = "<memory>") -> ArchDef:
         raise _fail(where, "no final tensor is marked head_norm (needed to fold a tied head's scaling)")
     if arch.width_refusal is None and any(w.kind == "other" for w in arch.all_weights()):
         raise _fail(where, "a tensor of kind 'other' cannot be widened: set derived.width_refused")
+    _check_prefixes(arch, where)
     return arch
+
+
+def _check_prefixes(arch: ArchDef, where: str) -> None:
+    """A base model prefix (`model.`) is a module path; a definition with one names its embeddings and layers under
+    `{p}` (the base model holds them) and lists the headless form `""` (the base model saved alone)."""
+    if not arch.prefixes or any(p and not p.endswith(".") for p in arch.prefixes):
+        raise _fail(where, "'prefixes' lists module prefixes, each ending in '.' (or \"\": none)")
+    if not any(arch.prefixes):
+        return
+    if "" not in arch.prefixes:
+        raise _fail(where, f'prefixes {list(arch.prefixes)} lack "", the base model saved alone (headless)')
+    outside = [w.name for w in arch.embeddings if not w.name.startswith("{p}")]
+    if outside or not arch.layer_prefix.startswith("{p}"):
+        name = outside[0] if outside else arch.layer_prefix
+        raise _fail(where, f"{name!r} does not begin with {{p}}, although the base model holds it")
 
 
 def _config_spaces(raw: dict[str, Any], where: str) -> dict[str, tuple[tuple[str, ...], ...]]:

@@ -421,6 +421,7 @@ def _verified(plan: Plan, source: Path, grown: Path, max_memory: int | None, qui
             seed=plan.seed,
             max_memory=max_memory,
             positions=plan.source_shape.max_positions,
+            headless=plan.binding.headless,
         )
     return verifier.check(
         result,

@@ -4,8 +4,8 @@ Only one model is in memory at a time: the source runs first and its outputs (pr
 are kept, then it is freed and the grown model runs. With a memory bound (`--verify-max-memory`), weights beyond it
 stay on disk and accelerate streams them through the forward pass, so even a model larger than RAM can be
 checked. Both run in float32 and eval mode (dropout off). Reported:
-max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement; for encoders without a head
-(e.g. `BertModel`), the max |Δ| of the last hidden state.
+max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement; for a model without a head
+(`BertModel`, any headless checkpoint: `Binding.headless`), the max |Δ| of the last hidden state.
 """
 
 from __future__ import annotations
@@ -42,11 +42,15 @@ def probe_ids(folder: Path, vocab_size: int, seed: int, length: int = PROBE_TOKE
     return torch.randint(0, vocab_size, (2, length // 2), generator=gen), "random"
 
 
-def _model_class(folder: Path):
+def _model_class(folder: Path, headless: bool):
+    """The class config.json names (the first transformers has), else the causal LM; the base model class for a
+    headless checkpoint, whatever config.json names (a head class would make up a random head)."""
     import json
 
     import transformers
 
+    if headless:
+        return transformers.AutoModel
     config = json.loads((folder / "config.json").read_text())
     for name in config.get("architectures") or []:
         cls = getattr(transformers, name, None)
@@ -55,7 +59,7 @@ def _model_class(folder: Path):
     return transformers.AutoModelForCausalLM
 
 
-def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
+def _outputs(folder: Path, ids, max_memory: int | None, headless: bool) -> Any:
     """The model's logits (or last hidden state) on `ids`; with `max_memory` (bytes), weights beyond it stay on
     disk and are streamed through accelerate's offloading, so the check runs in bounded memory."""
     import torch
@@ -70,7 +74,7 @@ def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
             if max_memory is None
             else {"device_map": "auto", "max_memory": {"cpu": max_memory}, "offload_folder": str(offload)}
         )
-        model = _model_class(folder).from_pretrained(folder, dtype=torch.float32, **options)
+        model = _model_class(folder, headless).from_pretrained(folder, dtype=torch.float32, **options)
         model.eval()
         with torch.no_grad():
             out = model(input_ids=ids)
@@ -80,7 +84,7 @@ def _outputs(folder: Path, ids, max_memory: int | None) -> Any:
     return result.float()
 
 
-def _run(folder: Path, ids, max_memory: int | None, *, grown: bool) -> Any:
+def _run(folder: Path, ids, max_memory: int | None, headless: bool, *, grown: bool) -> Any:
     """`_outputs`, with a model transformers cannot load or run refused in one line: a source that fails is the
     checkpoint's fault (`cannot_run`); a grown model that fails while its source ran is grow's."""
     from grow_cli.train.model_io import cannot_run, failure, refusing_failures
@@ -94,7 +98,7 @@ def _run(folder: Path, ids, max_memory: int | None, *, grown: bool) -> Any:
         return cannot_run(folder, exc, "the source model")
 
     with refusing_failures(refusal):
-        return _outputs(folder, ids, max_memory)
+        return _outputs(folder, ids, max_memory, headless)
 
 
 def measure(
@@ -105,13 +109,15 @@ def measure(
     seed: int = 0,
     max_memory: int | None = None,
     positions: int | None = None,
+    headless: bool = False,
 ) -> dict[str, Any]:
     """Run two model folders on the same probe tokens, no more per row than the source's learned `positions`
-    (when it has a table of them); returns how far apart their outputs are (no verdict)."""
+    (when it has a table of them), as base models where `headless`; returns how far apart their outputs are (no
+    verdict)."""
     length = PROBE_TOKENS if positions is None else max(2, min(PROBE_TOKENS, positions))
     ids, kind = probe_ids(Path(source), vocab_size, seed, length)
-    a = _run(Path(source), ids, max_memory, grown=False)
-    b = _run(Path(grown), ids, max_memory, grown=True)
+    a = _run(Path(source), ids, max_memory, headless, grown=False)
+    b = _run(Path(grown), ids, max_memory, headless, grown=True)
     if b.shape[-1] != a.shape[-1]:
         # A width-grown encoder without a head: every width map keeps the source's hidden units first, in order.
         b = b[..., : a.shape[-1]]

@@ -53,6 +53,8 @@ class StagedWidth(WidthOperator):
     """Block-diagonal width growth ×k; a `WidthPlan` like every width operator (maps from `WidthOperator`)."""
 
     def __init__(self, spec, arch, binding, config, *, uniform: bool = False):
+        # A headless checkpoint (the base model alone) has no head to fold into: its last hidden state is kept.
+        self.head_folds = not binding.headless and any(w.head_norm for w in arch.final)
         super().__init__(spec, arch, binding, config, uniform=True)
         s, t = self.source, self.target
         k = t.hidden_size // s.hidden_size
@@ -70,7 +72,6 @@ class StagedWidth(WidthOperator):
                 f"staged grows every space by the same factor (block-diagonal ×k): hidden ×{k} but {name} ×{r}; "
                 f"use --width-factor {k}",
             )
-        self.head_folds = any(w.head_norm for w in arch.final)
 
     @property
     def symmetric_copies(self) -> bool:
@@ -133,9 +134,14 @@ class StagedWidth(WidthOperator):
         return copies, scale
 
     def _exactness(self) -> tuple[bool, str]:
+        head = (
+            f"the norm before the head takes the head's 1/{self.k}"
+            if self.head_folds
+            else "no head (headless): the last hidden state is k copies of the source's"
+        )
         return True, (
-            f"block-diagonal ×{self.k}: every output copy reads only its own input copy; the norm before the head "
-            f"takes the head's 1/{self.k} (exact through {self._norm_name})"
+            f"block-diagonal ×{self.k}: every output copy reads only its own input copy; {head} "
+            f"(exact through {self._norm_name})"
         )
 
     def record(self) -> dict[str, Any]:

@@ -316,7 +316,10 @@ class WidthOperator:
             t.num_kv_heads,
             rng if random_units and not self.normed_heads else None,
         )
-        self.tied = s.tie_word_embeddings and any(w.tied_to and not w.tie_always for w in arch.final)
+        # A headless checkpoint (the base model alone) has no head: its output is the last hidden state, kept as is.
+        self.tied = (
+            s.tie_word_embeddings and not binding.headless and any(w.tied_to and not w.tie_always for w in arch.final)
+        )
         # Gemma multiplies its embedding by √hidden_size at run time: stored × √(d/d'), its output is the source's.
         self.embed_scale = math.sqrt(d / d2)
         tied_to = {w.tied_to for w in arch.final if w.tied_to}
