@@ -22,6 +22,7 @@ from grow_cli.arch.binding import bind
 from grow_cli.arch.registry import all_definitions, detect
 from grow_cli.arch.shape import read_shape
 from grow_cli.checkpoint.reader import CheckpointReader
+from grow_cli.growth.describe import inspect
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
 
@@ -135,6 +136,20 @@ def test_a_headless_decoder_grows_in_its_own_naming_and_keeps_its_hidden_states(
         assert (halved[..., :d] - before).abs().max() > 1e-2
 
 
+def test_inspect_claims_no_head_for_a_headless_checkpoint(tmp_path, cli):
+    """A headless checkpoint whose config ties the embeddings has no head to tie: inspect says so (JSON and table),
+    and counts the base model's parameters, which the headless class holds."""
+    src = _save_headless("llama_tied", tmp_path / "src")
+    info = inspect(str(src))
+    assert info["headless"] is True and info["embeddings_tied"] is None and info["tie_word_embeddings"] is True
+    assert info["num_parameters"] == sum(p.numel() for p in tf.LlamaModel.from_pretrained(src).parameters())
+    assert info["not_read"] == [] and info["tied_copies"] == []
+    table = " ".join(cli("inspect", src).stdout.replace("│", " ").split())
+    assert "tied embeddings no output head (headless: the base model saved alone)" in table
+    with_head = inspect(str(tiny_models.save_tiny("llama_tied", tmp_path / "with-head")))
+    assert with_head["headless"] is False and with_head["embeddings_tied"] is True
+
+
 @pytest.mark.parametrize(
     ("name", "named", "headless"),
     [
@@ -147,6 +162,8 @@ def test_a_headless_decoder_grows_in_its_own_naming_and_keeps_its_hidden_states(
 )
 def test_a_tied_head_makes_config_json_decide_what_unprefixed_names_are(tmp_path, name, named, headless):
     src = _save_headless(name, tmp_path / "src", architectures=named)
+    info = inspect(str(src))
+    assert info["headless"] is headless and info["embeddings_tied"] is (None if headless else True)
     report = expand(str(src), tmp_path / "out", GrowthSpec(width_method="fpi", width_factor=2), verify=True, quiet=True)
     assert report["verify"]["passed"] is True
     assert ("compared" in report["verify"]) is headless  # the last hidden state, else the logits

@@ -116,9 +116,11 @@ def _print_table(source: str, info: dict) -> None:
 
 def _tied(info: dict) -> str:
     """Whether the model transformers loads has its head tied to its embedding, and why not when config.json says
-    so but the checkpoint stores a head of its own."""
+    so but the checkpoint stores a head of its own; a headless checkpoint has no head to tie."""
     from grow_cli.arch.binding import untie_choices
 
+    if info["headless"]:
+        return "no output head (headless: the base model saved alone)"
     differing = [c for c in info["tied_copies"] if not c["same_values"]]
     if differing:
         c = differing[0]

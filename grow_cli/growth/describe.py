@@ -86,8 +86,10 @@ def inspect(
 
     Returns the dict `grow inspect --json` prints: `architecture`, `model_type`, `num_parameters`, the shape
     (`layers`, `hidden_size`, `intermediate_size`, `num_heads`, `num_kv_heads`, `head_dim`, `vocab_size`, …),
-    `dtypes`, `format` and `files`, `embeddings_tied`, `methods` (for "depth", "width" and "moe": each method,
-    whether it `applies`, and `why` not, or `only` at which depths where it applies at some), `upcycles_to`,
+    `dtypes`, `format` and `files`, `headless` (the base model saved alone, `LlamaModel`: no output head),
+    `embeddings_tied` (whether the head is tied to the embedding; None without a head), `methods` (for "depth",
+    "width" and "moe": each method, whether it `applies`, and `why` not, or `only` at which depths where it applies at
+    some), `upcycles_to`,
     `st_modules` (a sentence-transformers model's modules with weights of their own: `path`, `type`, and what
     `depth` and `width` growth do with each),
     `definition` (curated or derived), `definition_written` and `config_problem`: why transformers refuses to load
@@ -140,8 +142,9 @@ def inspect(
         "format": fmt,
         "files": files,
         "tensors": len(bound),
+        "headless": binding.headless,
         # transformers ties the head only when no stored copy differs (grow expand refuses a differing one)
-        "embeddings_tied": shape.tie_word_embeddings and not untied,
+        "embeddings_tied": None if binding.headless else shape.tie_word_embeddings and not untied,
         "tied_copies": [{"tensor": stored, "tied_to": target, "same_values": same} for stored, target, same in copies],
         "not_read": [{"name": n, "why": why} for n, why in binding.dropped if n not in untied],
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
