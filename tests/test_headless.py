@@ -150,6 +150,18 @@ def test_inspect_claims_no_head_for_a_headless_checkpoint(tmp_path, cli):
     assert with_head["headless"] is False and with_head["embeddings_tied"] is True
 
 
+def test_upcycling_a_headless_decoder_writes_the_moe_base_model(tmp_path):
+    """--experts turns a headless Llama into a headless Mixtral: MixtralModel in config.json, its hidden states the
+    source's (every expert a copy of the dense MLP)."""
+    src = _save_headless("llama", tmp_path / "src")
+    report = expand(str(src), tmp_path / "moe", GrowthSpec(experts=4), verify=True, quiet=True)
+    assert report["function_preserving"] is True
+    assert json.loads((tmp_path / "moe" / "config.json").read_text())["architectures"] == ["MixtralModel"]
+    gap = (_hidden(tmp_path / "moe") - _hidden(src)).abs().max()
+    print(f"headless llama upcycled: max |Δ last hidden state| {gap.item():.3g}")
+    assert gap < EXACT
+
+
 @pytest.mark.parametrize(
     ("name", "named", "headless"),
     [

@@ -285,7 +285,8 @@ def moe_config(target: ArchDef, dense: dict[str, Any], up: Upcycler) -> dict[str
         config[target.moe["topk_norm"]] = True
     config["router_aux_loss_coef"] = ROUTER_AUX_LOSS_COEF
     config.update(sparse_config(target, [True] * shape.layers))
-    return {"architectures": [moe_reply["causal_lm"]], **config}
+    class_name = moe_reply["base_model" if up.binding.headless else "causal_lm"]  # a headless source stays headless
+    return {"architectures": [class_name], **config}
 
 
 def _config_values(model_type: str, reply: dict[str, Any]) -> dict[str, Any]:
