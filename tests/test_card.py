@@ -174,6 +174,18 @@ def test_bert_is_fill_mask_and_width_methods_are_tags():
     assert validate_card(card) == []
 
 
+def test_a_headless_output_is_a_feature_extractor_loaded_with_automodel():
+    """A headless checkpoint grown (LlamaModel: no head) is used for its hidden states: the card says so and loads it
+    with AutoModel; a causal-LM training stage after it writes a model with a head again."""
+    record = append_stage(None, expand_stage(), {"architecture": "llama", "headless": True})
+    meta, card = front_matter(record), render_card(record, title="acme/embedder-deep")
+    assert meta["pipeline_tag"] == "feature-extraction" and meta["library_name"] == "transformers"
+    assert 'AutoModel.from_pretrained("acme/embedder-deep")' in card and "AutoModelForCausalLM" not in card
+    assert validate_card(card) == []
+    trained = append_stage(record, {"kind": "train", "objective": {"name": "causal"}}, {"architecture": "llama"})
+    assert front_matter(trained)["pipeline_tag"] == "text-generation"
+
+
 def test_missing_optional_fields_do_not_break_the_card():
     stage = expand_stage(verify=None)
     del stage["target"], stage["seed"]

@@ -122,6 +122,8 @@ def test_a_headless_decoder_grows_in_its_own_naming_and_keeps_its_hidden_states(
         written = set(reader.tensors)
     prefix = tiny_models.MODEL_CLASSES[name].base_model_prefix + "."
     assert not any(n.startswith(prefix) or n == "lm_head.weight" for n in written)
+    assert json.loads((out / "grow.json").read_text())["model"]["headless"] is True
+    assert "model = AutoModel.from_pretrained" in (out / "README.md").read_text()
 
     before, after = _hidden(src), _hidden(out)
     d = before.shape[-1]

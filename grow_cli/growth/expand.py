@@ -443,6 +443,7 @@ def _write_lineage(plan: Plan, source: Path, grown: Path, stage: dict[str, Any],
             "model_type": plan.target_config.get("model_type"),
             "num_parameters": plan.num_parameters,
             "library": library,
+            "headless": plan.binding.headless,
         },
     )
     write_record(grown, record)

@@ -71,6 +71,8 @@ def front_matter(record: dict[str, Any]) -> dict[str, Any]:
     trained = [s for s in record["stages"] if s.get("kind") == "train" and s.get("objective")]
     if trained:  # the objective the model was last trained with decides how it is used
         meta["pipeline_tag"] = "fill-mask" if trained[-1]["objective"].get("name") == "masked" else "text-generation"
+    if model.get("headless"):  # the base model alone (LlamaModel, BertModel): hidden states, no head to predict with
+        meta["pipeline_tag"] = "feature-extraction"
     if meta["library_name"] == "sentence-transformers":  # an embedding model, used through its modules
         meta["pipeline_tag"] = "sentence-similarity"
     meta["tags"] = list(dict.fromkeys(tags))
@@ -340,7 +342,9 @@ def _usage(meta: dict[str, Any], title: str) -> list[str]:
             'embeddings = model.encode(["A first sentence.", "Another one."])',
         ]
     else:
-        auto = "AutoModelForMaskedLM" if meta["pipeline_tag"] == "fill-mask" else "AutoModelForCausalLM"
+        auto = {"fill-mask": "AutoModelForMaskedLM", "feature-extraction": "AutoModel"}.get(
+            meta["pipeline_tag"], "AutoModelForCausalLM"
+        )
         lines = [
             f"from transformers import AutoTokenizer, {auto}",
             "",
