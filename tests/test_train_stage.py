@@ -203,6 +203,36 @@ def test_a_tied_model_resumes_exactly_and_its_checkpoints_say_nothing_of_the_tie
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize(
+    ("tied", "note"),
+    [
+        (False, "the checkpoint has no LlamaForCausalLM head: created lm_head.weight"),
+        (
+            True,
+            "the checkpoint is the base model saved alone (headless): it trains as a LlamaForCausalLM, its head the "
+            "word embeddings (tied), and is written as one",
+        ),
+    ],
+)
+def test_a_headless_decoder_trains_with_a_head_and_says_so(setup, tmp_path, capsys, tied, note):
+    """A decoder saved as its base model (LlamaModel: no `model.` prefix, no head) trains as a causal LM: loading
+    creates its head (untied) or ties it to the word embeddings, a note says which, and the output is the model with
+    its head, which the causal-LM class loads whole."""
+    _, data = setup
+    model = tmp_path / "headless"
+    torch.manual_seed(0)
+    tf.LlamaModel(tiny_config(tie_word_embeddings=tied)).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    out = tmp_path / "out"
+    loud = [arg for arg in train_args(model, data, out, "--max-steps", 2) if arg != "--quiet"]
+    code, _, stderr = run_grow(loud, capsys)
+    assert code == 0, stderr
+    assert note in " ".join(stderr.split())
+    trained, info = tf.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert type(trained).__name__ == "LlamaForCausalLM" and not info["missing_keys"]
+    assert "model.embed_tokens.weight" in weights(out)
+
+
 def write_expand_record(model: Path, added: list[str]) -> None:
     stage = {"kind": "expand", "source": {"path": "base"}, "added_tensors": added}
     write_record(model, append_stage(None, stage, {"architecture": "llama"}))

@@ -148,12 +148,15 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
 @dataclass
 class LoadedModel:
     """The model to train (float32), the dtype its checkpoint was saved in, the tensors the checkpoint lacked (created
-    fresh, e.g. BERT's masked-LM head) and those the model does not use (carried into the output unchanged)."""
+    fresh, e.g. BERT's masked-LM head), those the model does not use (carried into the output unchanged), and whether
+    the checkpoint was the base model saved alone (headless: `LlamaModel`), which trains and is written with the
+    head class's head."""
 
     model: PreTrainedModel
     saved_dtype: torch.dtype
     created: list[str]
     carried: list[str]
+    headless: bool
 
 
 def model_class(choice: Choice) -> Any:
@@ -208,7 +211,16 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
         model.loss_type = "ForCausalLM"  # what transformers falls back to, but with a warning that -q cannot hush
     saved = getattr(load_model_config(model_dir), "dtype", None) or torch.float32
     saved = getattr(torch, saved) if isinstance(saved, str) else saved
-    return LoadedModel(model, saved, created, sorted(info["unexpected_keys"]))
+    return LoadedModel(model, saved, created, sorted(info["unexpected_keys"]), _saved_alone(model_dir, prefix))
+
+
+def _saved_alone(model_dir: Path, prefix: str) -> bool:
+    """Whether the checkpoint holds the base model alone (headless): no tensor under `prefix`, where the model with a
+    head keeps its base model (transformers adds it on load). Read from the headers of a safetensors checkpoint."""
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    with CheckpointReader(Path(model_dir)) as reader:
+        return bool(prefix) and not any(name.startswith(prefix + ".") for name in reader.tensors)
 
 
 def _tie_head(model: PreTrainedModel) -> None:

@@ -164,6 +164,11 @@ def objective_notes(checked: Any, loaded: Any) -> list[str]:
             f"the checkpoint has no {type(model).__name__} head: created {_names(loaded.created)}"
             f"{', its decoder tied to the word embeddings' if tied and checked.objective.name == 'masked' else ''}"
         )
+    elif loaded.headless:  # nothing created: the head is the (tied) word embeddings
+        notes.append(
+            f"the checkpoint is the base model saved alone (headless): it trains as a {type(model).__name__}, its "
+            "head the word embeddings (tied), and is written as one"
+        )
     if loaded.carried:
         notes.append(f"not used by {type(model).__name__}, carried unchanged into the output: {_names(loaded.carried)}")
     return notes
