@@ -397,3 +397,17 @@ def test_a_hub_source_brings_its_module_folders(st_source, fake_hub, tmp_path, c
     report = expand("acme/tiny-st", tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), quiet=True)
     assert report["files"]["modules"] == ["2_Dense/model.safetensors", "1_Pooling/config.json", "2_Dense/config.json"]
     assert (_encode(tmp_path / "wide") - _encode(st_source("bert-mean"))).abs().max().item() < 1e-5
+
+
+def test_a_module_path_outside_the_model_folder_is_refused(st_source, tmp_path, cli):
+    """modules.json names folders under the model folder; one outside it (`../`) is refused before grow reads,
+    copies or writes there."""
+    src = shutil.copytree(st_source("bert-mean"), tmp_path / "src")
+    listing = json.loads((src / "modules.json").read_text())
+    listing[2]["path"] = "../2_Dense"
+    outside = shutil.move(src / "2_Dense", tmp_path / "2_Dense")
+    (src / "modules.json").write_text(json.dumps(listing))
+    kept = {p.name: _sha(p) for p in outside.iterdir()}
+    result = cli("expand", src, tmp_path / "out", "--width-factor", "2")
+    assert result.code != 0 and "modules.json lists module path '../2_Dense', outside the model folder" in result.stderr
+    assert not (tmp_path / "out").exists() and {p.name: _sha(p) for p in outside.iterdir()} == kept

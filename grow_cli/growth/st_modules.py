@@ -286,6 +286,9 @@ def _listed(folder: Path) -> list[dict[str, Any]]:
     entries = _read_json(listing)
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
         raise CheckpointError(f"{listing} is not a list of modules with a path each; fix or remove it")
+    outside = [e["path"] for e in entries if Path(str(e["path"])).is_absolute() or ".." in Path(str(e["path"])).parts]
+    if outside:  # grow reads, writes and copies a module's folder under the model folder and the output
+        raise CheckpointError(f"{listing} lists module path {outside[0]!r}, outside the model folder; fix it")
     return [e for e in sorted(entries, key=lambda e: e.get("idx", 0)) if str(e["path"]) not in ("", ".")]
 
 
