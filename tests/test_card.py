@@ -232,7 +232,7 @@ def test_write_card_uses_the_folder_name(tmp_path, record):
 
 def test_a_sentence_transformers_output_is_carded_as_one():
     """all-MiniLM-L6-v2 grown keeps its modules.json: the card says sentence-transformers and shows its usage; a
-    masked-LM training stage after it writes a plain transformers model again."""
+    masked-LM training stage after it whose model is a plain transformers one (no modules.json) is carded as one."""
     record = append_stage(None, expand_stage(), {"architecture": "bert", "library": "sentence-transformers"})
     meta, card = front_matter(record), render_card(record, title="acme/minilm-wide")
     assert meta["library_name"] == "sentence-transformers" and meta["pipeline_tag"] == "sentence-similarity"

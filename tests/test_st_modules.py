@@ -13,12 +13,14 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import tiny_models
 import torch
 from fake_hub import fake_hub_fixture  # noqa: F401 (fixture)
+from tinylm import run_grow
 
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
@@ -397,6 +399,108 @@ def test_a_hub_source_brings_its_module_folders(st_source, fake_hub, tmp_path, c
     report = expand("acme/tiny-st", tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), quiet=True)
     assert report["files"]["modules"] == ["2_Dense/model.safetensors", "1_Pooling/config.json", "2_Dense/config.json"]
     assert (_encode(tmp_path / "wide") - _encode(st_source("bert-mean"))).abs().max().item() < 1e-5
+
+
+# -- through grow train-stage ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_st(tmp_path_factory):
+    """A tiny sentence-transformer over a headless Llama with tinylm's tokenizer (Pooling, Dense, Normalize), and
+    its `grow train-stage` run of 4 steps: a checkpoint at step 2, and the final state (`--save-final-state`).
+    `run(capsys)` trains once, for the first test that asks, and gives the run's stderr."""
+    import transformers as tf
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules.dense import Dense
+    from sentence_transformers.base.modules.normalize import Normalize
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+    from tinylm import tiny_config, tiny_tokenizer, write_plays
+
+    root = tmp_path_factory.mktemp("trained-st")
+    torch.manual_seed(0)
+    tf.LlamaModel(tiny_config()).save_pretrained(root / "base")
+    tokenizer = tiny_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token  # sentence-transformers pads its batches
+    tokenizer.save_pretrained(root / "base")
+    modules = [Transformer(str(root / "base")), Pooling(32, "mean"), Dense(32, 16), Normalize()]
+    logging.disable(logging.WARNING)
+    try:
+        SentenceTransformer(modules=modules, device="cpu").save(str(root / "st"))
+    finally:
+        logging.disable(logging.NOTSET)
+    args = ["train-stage", root / "st", "--data", write_plays(root / "data"), "--out", root / "out", "--seq-len", 32]
+    args += ["--micro-batch-size", 8, "--max-steps", 4, "--save-every", 2, "--save-final-state"]
+    stderr: list[str] = []
+
+    def run(capsys) -> str:
+        if not stderr:
+            code, _, err = run_grow(args, capsys)
+            assert code == 0, err
+            stderr.append(err)
+        return stderr[0]
+
+    return SimpleNamespace(source=root / "st", out=root / "out", args=args, run=run)
+
+
+def test_train_stage_carries_a_sentence_transformers_models_modules(trained_st, capsys):
+    """The transformer trains; modules.json, the configs beside it and every module (Dense weights included) are
+    carried into the output unchanged and said so, so that it loads as the same sentence-transformer (it wrote the
+    transformer alone, which sentence-transformers then loaded with a default mean Pooling and no Dense)."""
+    from safetensors.torch import load_file
+
+    from grow_cli.growth.st_modules import module_files
+
+    src, out, stderr = trained_st.source, trained_st.out, trained_st.run(capsys)
+    assert (
+        "a sentence-transformers model: its transformer trains; modules.json and its modules (1_Pooling/, 2_Dense/, "
+        "3_Normalize/) are carried unchanged into the output" in " ".join(stderr.split())
+    )
+    files = module_files(src)
+    assert {"modules.json", "sentence_bert_config.json", "2_Dense/model.safetensors"} <= set(files)
+    assert all((out / name).read_bytes() == (src / name).read_bytes() for name in files)
+    assert json.loads((out / "grow.json").read_text())["model"]["library"] == "sentence-transformers"
+    trained = _st_model(out)
+    assert [type(m).__name__ for m in trained] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    assert not torch.equal(
+        load_file(out / "model.safetensors")["model.norm.weight"], _st_model(src)[0].auto_model.norm.weight
+    )
+
+
+def test_a_train_stage_checkpoint_of_a_sentence_transformer_grows_with_its_modules(trained_st, tmp_path, capsys):
+    """`grow expand` of the run's final state widens the Dense it reads from the run's output (the embeddings are
+    the trained model's); of its step-2 checkpoint, whose modules are the source folder's, it copies them. Both
+    linked the modules' configs but not their weights, so the output had a Dense without weights."""
+    trained_st.run(capsys)
+    src, out = trained_st.source, trained_st.out
+    wide = expand(str(out), tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), quiet=True)
+    assert wide["function_preserving"] is True
+    assert json.loads((tmp_path / "wide" / "2_Dense" / "config.json").read_text())["in_features"] == 64
+    before = _encode(out)
+    gap = (_encode(tmp_path / "wide") - before).abs().max().item()
+    print(f"train-stage final state, fpi ×2: max |Δ embedding| {gap:.3g}")
+    assert gap < 1e-5
+    assert (_encode(tmp_path / "wide", lambda w: w.mul_(2.0)) - before).abs().max().item() > 1e-2
+
+    step_2 = out / "checkpoints" / "step_00000002"
+    expand(str(step_2), tmp_path / "deep", GrowthSpec(layers=4, depth_method="identity"), quiet=True)
+    assert _sha(tmp_path / "deep" / "2_Dense" / "model.safetensors") == _sha(src / "2_Dense" / "model.safetensors")
+    assert [type(m).__name__ for m in _st_model(tmp_path / "deep")] == ["Transformer", "Pooling", "Dense", "Normalize"]
+
+
+def test_overwrite_removes_an_earlier_runs_modules(trained_st, tmp_path, capsys):
+    """A run of a plain model with --overwrite into a sentence-transformer's run output leaves no modules.json or
+    module folder of it: the plain model would load as that sentence-transformer."""
+    from tinylm import save_tiny_lm
+
+    trained_st.run(capsys)
+    again = shutil.copytree(trained_st.out, tmp_path / "again")
+    data = trained_st.args[trained_st.args.index("--data") + 1]
+    args = ["train-stage", save_tiny_lm(tmp_path / "lm"), "--data", data, "--out", again, "--seq-len", 32]
+    code, _, stderr = run_grow([*args, "--micro-batch-size", 8, "--max-steps", 1, "--overwrite"], capsys)
+    assert code == 0, stderr
+    assert not any((again / name).exists() for name in ("modules.json", "1_Pooling", "2_Dense", "3_Normalize"))
+    assert not (again / "sentence_bert_config.json").exists()
 
 
 def test_a_module_path_outside_the_model_folder_is_refused(st_source, tmp_path, cli):

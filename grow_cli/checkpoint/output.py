@@ -49,14 +49,19 @@ def check_not_overlapping(out: Path, source: Path | None) -> None:
 
 
 def previous_run_entries(folder: Path) -> list[Path]:
-    """What an earlier run wrote in `folder`: weights, indexes, config, card, grow.json, metrics and training
-    checkpoints. A run told to start again must not leave such files to mix with its own (an index naming shards
-    that are gone, a checkpoint of a later step that `--resume auto` would take); other files are the user's."""
+    """What an earlier run wrote in `folder`: weights, indexes, config, card, grow.json, metrics, training
+    checkpoints and a sentence-transformers model's modules. A run told to start again must not leave such files to
+    mix with its own (an index naming shards that are gone, a checkpoint of a later step that `--resume auto` would
+    take, a modules.json that makes a plain model load as another); other files are the user's."""
+    from grow_cli.growth.st_modules import module_files
+
+    modules = {Path(name).parts[0] for name in module_files(folder)} if folder.is_dir() else set()
     return [
         entry
         for entry in (sorted(folder.iterdir()) if folder.is_dir() else [])
         if (entry.name == CHECKPOINTS_DIR and entry.is_dir() and not entry.is_symlink())
         or (entry.is_file() and (entry.suffix in WEIGHT_SUFFIXES or entry.name in PREVIOUS_RUN_FILES))
+        or entry.name in modules
     ]
 
 

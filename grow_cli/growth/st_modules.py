@@ -52,6 +52,9 @@ LEGACY_POOLING_KEYS = (  # sentence-transformers before 6: one flag per mode
 )
 POOLING_WIDTH_KEYS = ("embedding_dimension", "word_embedding_dimension")  # the name since 6, and before
 DENSE_TENSORS = ("linear.weight", "linear.bias", "residual.weight")
+# Beside modules.json: the model's settings, and the transformer module's (sentence_bert_config.json; before
+# sentence-transformers 3, a name per model type such as sentence_roberta_config.json).
+TOP_CONFIGS = ("config_sentence_transformers.json", "sentence_*_config.json")
 SAME_WIDTH = ("Normalize", "Dropout")  # modules without weights that keep every feature's width
 
 
@@ -119,6 +122,22 @@ def module_weight_files(folder: Path) -> list[Path]:
     """The weight files of the modules `folder`'s modules.json lists (the transformer's own aside): source files
     of the output, which grow.json records beside the transformer's shards."""
     return [folder / name for entry in _listed(folder) for name in _weight_files(folder, str(entry["path"]))]
+
+
+def module_files(folder: Path) -> list[str]:
+    """The files that make `folder` a sentence-transformers model beside its transformer, relative to it: modules.json,
+    the configs beside it (`TOP_CONFIGS`) and every file in the other modules' folders, weights included; none without
+    a modules.json. `grow train-stage` trains the transformer alone and carries these into its output unchanged."""
+    if not (folder / SENTENCE_TRANSFORMERS_MODULES).is_file():
+        return []
+    top = [p for pattern in TOP_CONFIGS for p in sorted(folder.glob(pattern)) if p.is_file()]
+    inside = [
+        p
+        for entry in _listed(folder)
+        for p in sorted((folder / str(entry["path"])).rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    return [SENTENCE_TRANSFORMERS_MODULES, *(str(p.relative_to(folder)) for p in [*top, *inside])]
 
 
 def _dense(

@@ -7,9 +7,9 @@ holds one when it was trained with `--save-final-state` (its newest checkpoint i
 be either; any other folder has no training state and is grown as today.
 
 Such a SRC lacks what a model folder has beside its weights, so `training_source` presents it as one: a temporary
-folder of links to the checkpoint's weights and to the config, tokenizer and grow.json of the run's model (the
-finished output folder for a final state, else the folder the run trained, recorded in grow-state.json). Every
-other part of `grow expand` then reads it like any model folder.
+folder of links to the checkpoint's weights and to the config, tokenizer, grow.json and sentence-transformers modules
+(their configs and weights) of the run's model (the finished output folder for a final state, else the folder the
+run trained, recorded in grow-state.json). Every other part of `grow expand` then reads it like any model folder.
 
 `optimizer.bin` is opened with `torch.load(weights_only=True, mmap=True)`: tensors stay on disk until one is read,
 so the moments are streamed like weights. What does not fit AdamW — other optimizers' state keys, moments whose
@@ -29,6 +29,7 @@ from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
 from grow_cli.checkpoint.output import small_files
 from grow_cli.checkpoint.source import CheckpointSource
 from grow_cli.errors import CheckpointError, OptionError, first_line
+from grow_cli.growth.st_modules import module_weight_files
 from grow_cli.lineage.record import RECORD_FILE, load_record
 from grow_cli.scratch import scratch_folder
 from grow_cli.train.checkpoints import STATE_FILE as CHECKPOINT_STATE
@@ -289,7 +290,7 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
     model_folder = _model_folder(checkpoint, state)
     with scratch_folder("source") as view:
         kept, _ = small_files(model_folder)
-        for path in [model_folder / "config.json", *kept]:
+        for path in [model_folder / "config.json", *kept, *module_weight_files(model_folder)]:
             link = view / path.relative_to(model_folder)
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(path.resolve())

@@ -104,7 +104,8 @@ def finish(run: Run, ending: Ending, stopping: Callable[[], bool]) -> dict[str, 
         unwrapped = accelerator.unwrap_model(run.model)
         if run.loaded.carried:
             state_dict.update(carried_tensors(model, run.loaded.carried, set(state_dict), unwrapped.base_model_prefix))
-        save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype)
+        modules = {name: model / name for name in run.loaded.modules}  # sentence-transformers: carried unchanged
+        save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype, modules)
         stage = stage_record(run, evaluated)
         if "router" in summary:
             stage["router"] = summary["router"]
@@ -220,10 +221,12 @@ def apollo_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any] | Non
 
 
 def model_summary(run: Run, unwrapped: Any, num_parameters: int) -> dict[str, Any]:
-    """The trained model's architecture, size, dtype and shape, for grow.json and the card."""
+    """The trained model's architecture, size, dtype and shape, and its library (a sentence-transformers model keeps
+    its modules), for grow.json and the card."""
     text = unwrapped.config.get_text_config()
     return {
         "architecture": unwrapped.config.model_type,
+        "library": "sentence-transformers" if run.loaded.modules else "transformers",
         "num_parameters": num_parameters,
         "dtype": str(run.saved_dtype).removeprefix("torch."),
         "shape": {

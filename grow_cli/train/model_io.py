@@ -148,15 +148,17 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
 @dataclass
 class LoadedModel:
     """The model to train (float32), the dtype its checkpoint was saved in, the tensors the checkpoint lacked (created
-    fresh, e.g. BERT's masked-LM head), those the model does not use (carried into the output unchanged), and whether
+    fresh, e.g. BERT's masked-LM head), those the model does not use (carried into the output unchanged), whether
     the checkpoint was the base model saved alone (headless: `LlamaModel`), which trains and is written with the
-    head class's head."""
+    head class's head, and a sentence-transformers model's files beside its transformer (`module_files`: modules.json,
+    Pooling, Dense…), which do not train and are carried into the output unchanged."""
 
     model: PreTrainedModel
     saved_dtype: torch.dtype
     created: list[str]
     carried: list[str]
     headless: bool
+    modules: list[str]
 
 
 def model_class(choice: Choice) -> Any:
@@ -211,7 +213,10 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
         model.loss_type = "ForCausalLM"  # what transformers falls back to, but with a warning that -q cannot hush
     saved = getattr(load_model_config(model_dir), "dtype", None) or torch.float32
     saved = getattr(torch, saved) if isinstance(saved, str) else saved
-    return LoadedModel(model, saved, created, sorted(info["unexpected_keys"]), _saved_alone(model_dir, prefix))
+    from grow_cli.growth.st_modules import module_files
+
+    carried = sorted(info["unexpected_keys"])
+    return LoadedModel(model, saved, created, carried, _saved_alone(model_dir, prefix), module_files(Path(model_dir)))
 
 
 def _saved_alone(model_dir: Path, prefix: str) -> bool:
@@ -247,9 +252,15 @@ def carried_tensors(model_dir: Path, names: list[str], model_keys: set[str], pre
 
 
 def save_model(
-    model: PreTrainedModel, state_dict: dict[str, torch.Tensor], tokenizer, out: Path, dtype: torch.dtype
+    model: PreTrainedModel,
+    state_dict: dict[str, torch.Tensor],
+    tokenizer,
+    out: Path,
+    dtype: torch.dtype,
+    carried_files: dict[str, Path],
 ) -> None:
-    """Write `state_dict` as HF safetensors in `dtype`, with config, generation config and tokenizer.
+    """Write `state_dict` as HF safetensors in `dtype`, with config, generation config and tokenizer, and
+    `carried_files` (name in `out` → source file: a sentence-transformers model's modules) copied as they are.
 
     Written into a hidden folder in `out` first and moved into place file by file once complete, so a full disk or
     a kill mid-write never leaves a truncated model.safetensors in `out` (`removed_unless_written`)."""
@@ -267,9 +278,14 @@ def save_model(
         model.config.dtype = dtype
         model.config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        for path in sorted(staging.iterdir()):
-            os.replace(path, Path(out) / path.name)
-    staging.rmdir()
+        for name, source in carried_files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, staging / name)
+        for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+            target = Path(out) / path.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    shutil.rmtree(staging)  # the module folders emptied above
 
 
 def _tied_as_in(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

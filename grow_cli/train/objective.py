@@ -171,6 +171,12 @@ def objective_notes(checked: Any, loaded: Any) -> list[str]:
         )
     if loaded.carried:
         notes.append(f"not used by {type(model).__name__}, carried unchanged into the output: {_names(loaded.carried)}")
+    if loaded.modules:
+        folders = sorted({name.split("/")[0] + "/" for name in loaded.modules if "/" in name})
+        notes.append(
+            "a sentence-transformers model: its transformer trains; modules.json and its modules "
+            f"({_names(folders)}) are carried unchanged into the output"
+        )
     return notes
 
 
