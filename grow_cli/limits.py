@@ -20,6 +20,7 @@ MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 18  # hidden and FFN units
 MAX_HEADS = 4096
 MAX_EXPERTS = 4096  # routed experts per layer; the most in a released MoE is a few hundred
+DEEPEST_RELEASED = "the deepest released transformers have about 130"
 
 
 def check_layers(source_layers: int, target_layers: int) -> None:
@@ -28,7 +29,18 @@ def check_layers(source_layers: int, target_layers: int) -> None:
         raise OptionError(
             "layers",
             f"{target_layers:,} target layers (from {source_layers}) is beyond grow's bound of {MAX_LAYERS:,}; "
-            f"the deepest released transformers have about 130. Try --layers {2 * source_layers}",
+            f"{DEEPEST_RELEASED}. Try --layers {2 * source_layers}",
+        )
+
+
+def check_layer_option(option: str, layers: int) -> None:
+    """A layer count a training option asks for (Apollo's target depth, its last stage) within `MAX_LAYERS`, checked
+    with the other settings: past it, the run trains and then builds and evaluates a layer list that long at the
+    end, for hours, before any message."""
+    if layers > MAX_LAYERS:
+        raise OptionError(
+            option,
+            f"{flag(option)} asks for {layers:,} layers, beyond grow's bound of {MAX_LAYERS:,}; {DEEPEST_RELEASED}",
         )
 
 

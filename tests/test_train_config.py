@@ -84,6 +84,21 @@ def test_each_impossible_setting_names_its_field(changes, field):
     assert info.value.option == field and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"apollo_target_layers": 10**8}, "--apollo-target-layers asks for 100,000,000 layers"),
+        ({"apollo_stages": "2,4@1,100000000@2"}, "--apollo-stages asks for 100,000,000 layers"),
+    ],
+)
+def test_an_apollo_depth_beyond_grows_layer_bound_is_refused_with_the_settings(changes, message):
+    """It was taken: the run trained, then its final evaluation at that depth built a 10**8-entry layer list and ran
+    it for hours (expand's --layers has the same bound)."""
+    with pytest.raises(OptionError, match=f"^{message}, beyond grow's bound of 1,024; the deepest released"):
+        TrainConfig(**{**BASE, **changes})
+    TrainConfig(**{**BASE, "apollo_target_layers": 1024, "apollo_stages": "2,1024@1"})  # the bound itself is fine
+
+
 def test_paths_are_text_or_path_like_and_held_as_paths():
     """What the annotations say (a type checker accepts `model="tiny"`) is what the class takes; `~` is the home
     folder, as in a shell."""

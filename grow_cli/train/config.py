@@ -18,6 +18,7 @@ from typing import Any
 from grow_cli.data.sources import data_paths
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.field_types import checked_init, flag
+from grow_cli.limits import check_layer_option
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -254,13 +255,15 @@ class TrainConfig:
 
     def _check_apollo(self) -> None:
         if self.apollo_stages is not None:
-            parse_stages(self.apollo_stages)
+            check_layer_option("apollo_stages", parse_stages(self.apollo_stages)[-1][0])  # (stages only grow)
         elif self.apollo_target_layers is None:
             if self.apollo_sampling != "lvps":
                 raise OptionError(
                     "apollo_sampling", "--apollo-sampling needs --apollo-target-layers (or --apollo-stages)"
                 )
             return
+        if self.apollo_target_layers is not None:
+            check_layer_option("apollo_target_layers", self.apollo_target_layers)
         if self.train_only != "all":
             raise OptionError(
                 "train_only",
