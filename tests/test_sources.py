@@ -157,6 +157,22 @@ def test_a_folder_without_data_names_every_kind_a_folder_is_read_for(tmp_path):
     assert [source.path.name for source in find_sources([tmp_path])] == ["README"]
 
 
+def test_a_model_folder_given_as_data_is_named_as_one(tmp_path):
+    """A grow output, a train-stage run or a downloaded model given as --data (or a folder holding one) is refused as
+    a model folder; its config.json was read as JSON Lines and refused as 'not valid JSON', which it is. A folder
+    holding a config.json without weights is still data (the control)."""
+    model = tmp_path / "data" / "run" / "trained"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}, indent=2))
+    (tmp_path / "data" / "notes.txt").write_text("some text")
+    assert [s.path.name for s in find_sources([model.parent])] == ["config.json"]
+    (model / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(DataError, match=rf"^--data {model} is a model folder \(config.json and its weights\), not "):
+        find_sources([model])
+    with pytest.raises(DataError, match=rf"^--data {tmp_path / 'data'} holds a model folder \({model}: config.json"):
+        find_sources([tmp_path / "data"])
+
+
 def test_a_data_subfolder_that_cannot_be_listed_is_refused(tmp_path, monkeypatch):
     """Python's rglob skips a folder it may not list: the run trained on the rest without a word (found by an
     audit). Simulated, since the tests may run as root, whom file modes do not stop."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.errors import DataError, OptionError, first_line
 from grow_cli.field_types import EMPTY_PATH
 
@@ -50,10 +51,24 @@ def _is_arrow_dataset(folder: Path) -> bool:
     return (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()
 
 
+def _holds_a_model(folder: Path) -> bool:
+    """Whether `folder` holds a model, config.json beside its weights (a grow output, a train-stage run or
+    checkpoint, a downloaded model), rather than data."""
+    return (folder / "config.json").is_file() and any(
+        (folder / name).is_file() for pair in WEIGHT_LAYOUTS for name in pair
+    )
+
+
 def _from_folder(folder: Path) -> list[Source]:
     if _is_arrow_dataset(folder):
         return [Source(folder, "arrow")]
     files = sorted(p for p in _visible_files(folder) if p.is_file() and p.suffix in FOLDER_SUFFIXES)
+    models = sorted({p.parent for p in files if p.name == "config.json" and _holds_a_model(p.parent)})
+    if models:  # its config.json, tokenizer.json, grow.json would be read as JSON Lines ("not valid JSON"), its card
+        what = "is a model folder (" if models[0] == folder else f"holds a model folder ({models[0]}: "
+        raise DataError(
+            f"--data {folder} {what}config.json and its weights), not data; give the text files or folders to read"
+        )
     if not files:
         read = "/".join(sorted(suffix for suffix in FOLDER_SUFFIXES if suffix))
         raise DataError(f"--data {folder}: the folder holds no {read} files or files without a suffix")
