@@ -372,7 +372,8 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
         "empty-data": (1, "empty.txt: the file is empty"),
         "missing-field": (1, "no text field 'text'"),
         "seq-len": (2, "--seq-len 128 exceeds the model's max_position_embeddings=64"),
-        "no-tokenizer": (1, "no usable tokenizer"),
+        # was "no usable tokenizer in bare (ValueError)": an exception's class name, no file named
+        "no-tokenizer": (1, "no usable tokenizer in .*bare: it holds no tokenizer files \\(tokenizer.json, tok"),
         "no-record": (2, "--train-only new needs the grow.json"),
         "no-added": (2, "lists no added tensors"),
         "no-budget": (2, "give exactly one budget"),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from grow_cli.console import quiet_transformers
-from grow_cli.errors import CheckpointError, DataError, UsageError, one_line
+from grow_cli.errors import CheckpointError, DataError, UsageError, first_line, one_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -108,6 +108,19 @@ def check_seq_len(config, seq_len: int, *, whose: str = "the model's") -> None:
             return
 
 
+# The files a saved tokenizer is read from (fast, then the slow kinds transformers converts, Mistral's tekken), and
+# the suffixes of the others (SentencePiece, tiktoken): a folder without any holds no tokenizer, whatever else it holds.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tekken.json")
+TOKENIZER_SUFFIXES = (".model", ".tiktoken")
+SAVED_TOKENIZER = "tokenizer.json, tokenizer_config.json"  # what save_pretrained writes, as messages name it
+
+
+def _holds_tokenizer_files(folder: Path) -> bool:
+    """Whether `folder` holds any file a tokenizer is read from (transformers' refusal of one that holds none names no
+    file: "Couldn't instantiate the backend tokenizer from one of: …")."""
+    return any(p.name in TOKENIZER_FILES or p.suffix in TOKENIZER_SUFFIXES for p in folder.iterdir() if p.is_file())
+
+
 def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int]:
     """The tokenizer in `path` and the id placed between documents (EOS, else the config's EOS, else SEP).
     `option`: whether the command has `--tokenizer PATH` to offer instead (compare does not)."""
@@ -117,15 +130,19 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
         state = "is not a folder" if Path(path).exists() else "does not exist"
         raise DataError(
             f"the tokenizer folder {path} {state}; pass --tokenizer with the folder of a saved tokenizer "
-            "(tokenizer.json, tokenizer_config.json)"
+            f"({SAVED_TOKENIZER})"
         )
     instead = " or pass --tokenizer PATH" if option else ""
+    if not _holds_tokenizer_files(Path(path)):
+        raise DataError(
+            f"no usable tokenizer in {path}: it holds no tokenizer files ({SAVED_TOKENIZER}, …); "
+            f"copy the base model's tokenizer files there{instead}"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises OSError, ValueError or TypeError for a missing/partial one
         raise DataError(
-            f"no usable tokenizer in {path} ({type(exc).__name__}); copy the base model's tokenizer files there"
-            + instead
+            f"no usable tokenizer in {path} ({first_line(exc)}); copy the base model's tokenizer files there{instead}"
         ) from None
     if isinstance(tokenizer, bool) or not hasattr(tokenizer, "get_vocab"):
         raise DataError(f"no usable tokenizer in {path}; copy the base model's tokenizer files there{instead}")
