@@ -370,6 +370,15 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         (c.tmp / "repo").mkdir()
         c.src.rename(c.tmp / "repo" / "text_model")
         return c.expand(src=c.tmp / "repo"), f"its model is in a subfolder: give {c.tmp / 'repo' / 'text_model'}"
+    if name == "family-out-as-source":  # its models lie two levels down; it was "has no config.json; is it a …?"
+        (c.tmp / "fam" / "s1").mkdir(parents=True)
+        (c.tmp / "fam" / ".grow-family.json").write_text("{}")
+        c.src.rename(c.tmp / "fam" / "s1" / "trained")
+        return (
+            c.expand(src=c.tmp / "fam"),
+            f"the output of grow family, which holds each member's model in MEMBER/trained: give one, e.g. "
+            f"{c.tmp / 'fam' / 's1' / 'trained'}",
+        )
     if name == "hub-id-with-a-subfolder":
         return c.expand(src=Path("someorg/somemodel/text_model")), "--include 'text_model/*'"
     if name == "encoder-decoder-t5":
@@ -610,6 +619,7 @@ CASES = [
     "gguf-file",
     "gguf-folder",
     "model-in-a-subfolder",
+    "family-out-as-source",
     "hub-id-with-a-subfolder",
     "encoder-decoder-t5",
     "vision-language-llava",

@@ -300,6 +300,22 @@ def test_incomplete_folder_is_refused_before_any_request(fake_hub, grown):
     assert fake_hub.requests == []
 
 
+def test_a_folder_that_holds_its_model_elsewhere_is_named_as_such_before_any_request(fake_hub, grown, tmp_path):
+    """As every other command names it (a model in a subfolder, a family's OUT); push said 'not a finished checkpoint
+    (did the run complete?)', and 'is not a folder' for one that does not exist."""
+    family = tmp_path / "family"
+    (family / "s1").mkdir(parents=True)
+    (family / ".grow-family.json").write_text("{}")
+    grown.rename(family / "s1" / "trained")
+    with pytest.raises(CheckpointError, match=rf"it is the output of grow family, .*: give one, e\.g\. {family}/s1/"):
+        push_folder(family, "acme/tiny-grown", token=TOKEN)
+    with pytest.raises(CheckpointError, match=rf"{family / 's1'} has no config.json: its model is in a subfolder"):
+        push_folder(family / "s1", "acme/tiny-grown", token=TOKEN)
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'nope'} does not exist; pass the output folder"):
+        push_folder(tmp_path / "nope", "acme/tiny-grown", token=TOKEN)
+    assert fake_hub.requests == []
+
+
 def test_folder_containing_the_token_is_refused(fake_hub, grown):
     (grown / "notes.txt").write_text(f"ran with --token {TOKEN}\n")
     with pytest.raises(HubError, match="contains the Hub token") as info:

@@ -166,6 +166,8 @@ def what_else(folder: Path) -> str | None:
     other = other_framework_files(p.name for p in folder.glob("*"))
     if other:
         return other
+    if family := _family_member_model(folder):
+        return family
     inner = sorted(p.parent for p in folder.glob("*/config.json"))
     if inner:
         return f"its model is in a subfolder: give {inner[0]}" + (f" (or {inner[1]})" if len(inner) > 1 else "")
@@ -177,6 +179,20 @@ def what_else(folder: Path) -> str | None:
             "finish (a killed run); grow an earlier checkpoint, or the run's final model folder"
         )
     return None
+
+
+def _family_member_model(folder: Path) -> str | None:
+    """For the OUT of a `grow family` run (its members' models lie two levels down, MEMBER/trained and MEMBER/grown,
+    where a look one level down finds none): which model to give instead. None for any other folder."""
+    from grow_cli.family.resume import OUT_FILE
+
+    if not (folder / OUT_FILE).is_file():
+        return None
+    models = sorted(p.parent for p in folder.glob("*/trained/config.json")) or sorted(
+        p.parent for p in folder.glob("*/grown/config.json")
+    )
+    where = f"give one, e.g. {models[0]}" if models else "no member has one yet"
+    return f"it is the output of grow family, which holds each member's model in MEMBER/trained: {where}"
 
 
 def what_else_on_hub(files: list[str]) -> str | None:

@@ -26,6 +26,7 @@ from grow_cli.checkpoint.files import (
     WEIGHT_INDEXES,
     WEIGHT_LAYOUTS,
 )
+from grow_cli.checkpoint.kinds import what_else
 from grow_cli.checkpoint.reader import load_config, load_weight_map, not_a_file, read_safetensors_header
 from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError
@@ -218,11 +219,11 @@ def push_output(folder: Path, repo_id: str, *, made_by: str, private: bool = Fal
 def check_complete(folder: Path) -> list[str]:
     """Check `folder` is a complete checkpoint (config, every weight file, untruncated); return the weight files."""
     if not folder.is_dir():
-        raise CheckpointError(
-            f"{folder} is not a folder; pass the output folder of `grow expand` or `grow train-stage`"
-        )
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder} has no config.json: not a finished checkpoint (did the run complete?)")
+        state = "is not a folder" if os.path.lexists(folder) else "does not exist"
+        raise CheckpointError(f"{folder} {state}; pass the output folder of `grow expand` or `grow train-stage`")
+    if not (folder / "config.json").is_file():  # named as what it holds instead (a model in a subfolder, …) if known
+        instead = what_else(folder) or "not a finished checkpoint (did the run complete?)"
+        raise CheckpointError(f"{folder} has no config.json: {instead}")
     load_config(folder)
     load_record(folder)  # a grow.json, when present, must be a valid record
 
