@@ -84,6 +84,13 @@ def test_each_impossible_setting_names_its_field(changes, field):
     assert info.value.option == field and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["min_lr_ratio", "decay_ratio"])
+def test_a_ratio_out_of_range_is_named_alone_with_its_value(field):
+    """The line named both ratios and neither value ('--min-lr-ratio and --decay-ratio must lie in [0, 1]')."""
+    with pytest.raises(OptionError, match=rf"^--{field.replace('_', '-')} must lie in \[0, 1\], got nan$"):
+        TrainConfig(**{**BASE, "schedule": "wsd", field: float("nan")})
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

@@ -178,7 +178,7 @@ class TrainConfig:
             raise OptionError("eval_fraction", f"--eval-fraction must be in (0, 0.5), got {self.eval_fraction}")
         for name in ("min_lr_ratio", "decay_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise OptionError(name, "--min-lr-ratio and --decay-ratio must lie in [0, 1]")
+                raise OptionError(name, f"{flag(name)} must lie in [0, 1], got {getattr(self, name)}")
         if self.resume not in (None, "auto", "grown") and not Path(self.resume).is_dir():
             raise OptionError("resume", f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
         if self.resume == "auto" and self.overwrite:  # one would be ignored: which, the user should say
