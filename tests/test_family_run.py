@@ -113,8 +113,10 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     assert md.index(report["headline"]) < md.index("## Equal tokens (not equal quality)")
     assert "KL(prev‖next) independent" in md and "Yano et al. 2025" in md
 
-    # Another recipe that needs the same baseline (here: one that never pauses) reuses it instead of training it.
+    # Another recipe that needs the same baseline reuses it instead of training it: here one that never pauses,
+    # states a default and logs more often — the same run in other words.
     members[1]["train"].pop("exit_interval")
+    train = {**train, "weight_decay": 0.1, "log_every": 1}
     path = write_recipe(tmp_path, members, out="run2", train=train, baselines=True, baselines_dir="scratch")
     third = cli("family", path, "-q")
     assert third.code == 0, third.stderr

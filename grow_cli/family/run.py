@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.console import err
+from grow_cli.data.sources import data_paths
 from grow_cli.data.tokens import token_cache_dir
 from grow_cli.errors import Interrupted, TrainingError, UsageError
 from grow_cli.family.main_process import join, main_first, on_main
@@ -48,6 +49,23 @@ from grow_cli.family.resume import (
 )
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
+
+# Training settings that change neither a from-scratch baseline's weights nor its held-out curve.
+NOT_DECIDING = {
+    "model",
+    "out",
+    "resume",
+    "overwrite",
+    "quiet",
+    "cache_dir",
+    "save_every",
+    "keep_last",
+    "exit_interval",
+    "log_every",
+    "report_to",
+    "peak_tflops",
+    "save_final_state",
+}
 
 
 def _trained_tokens(summary: dict[str, Any]) -> int:
@@ -164,7 +182,7 @@ def _baseline_root(recipe: Recipe, final: Path, settings: dict[str, Any], folder
         "tokenizer": hashlib.sha256((final / "tokenizer.json").read_bytes()).hexdigest()
         if (final / "tokenizer.json").is_file()
         else None,
-        "train": settings,
+        "train": _deciding_settings(settings),
         "init_seed": recipe.seed,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -172,6 +190,18 @@ def _baseline_root(recipe: Recipe, final: Path, settings: dict[str, Any], folder
     root.mkdir(parents=True, exist_ok=True)
     (root / "baseline-key.json").write_text(json.dumps(key, indent=2, default=str) + "\n")
     return root
+
+
+def _deciding_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` as `TrainConfig` reads them (defaults filled, `3e-3` and `0.003` alike, paths resolved), less
+    what decides nothing about the trained model or its held-out curve (logging, checkpoints, where tokens are
+    cached): two recipes that say the same run in other words share one baseline."""
+    from grow_cli.train.config import TrainConfig
+
+    config = TrainConfig(model=".", out=".", **settings)
+    decided = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_DECIDING}
+    decided["data"] = [str(Path(p).resolve()) for p in data_paths(config.data)]
+    return decided
 
 
 def _baseline(
