@@ -205,9 +205,10 @@ def _prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str,
         for name, stats in written.items():
             print(f"corpus {name}: {stats['documents']:,} documents, {stats['characters'] / 1e6:.1f}M characters")
     sources = find_sources([str(corpus)])
+    fitted_on = {"vocab_size": spec["vocab_size"], "files": _identities(sources)}
     tokenizer_dir = data_dir / "tokenizer"
-    if previous and (previous.get("corpus") != str(corpus) or previous.get("vocab_size") != spec["vocab_size"]):
-        shutil.rmtree(tokenizer_dir, ignore_errors=True)  # another corpus or vocabulary: fit it again
+    if previous.get("tokenizer_fitted_on") != fitted_on:
+        shutil.rmtree(tokenizer_dir, ignore_errors=True)  # another text (a source installed since) or vocabulary
     if not (tokenizer_dir / "tokenizer.json").is_file():
         print(f"training a {spec['vocab_size']}-token byte-level BPE on the corpus…", file=sys.stderr)
         texts = (piece for source in sources for piece, _ in read_texts(source, text_field))
@@ -238,6 +239,7 @@ def _prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str,
         "train_tokens": len(tokens.train_ids) * train["seq_len"],
         "eval_tokens": len(tokens.eval_ids) * train["seq_len"],
         "fingerprint": tokens.fingerprint,
+        "tokenizer_fitted_on": fitted_on,
     }
     write_whole(data_dir / "prepare.json", json.dumps(summary, indent=2) + "\n")
     print(
@@ -245,6 +247,17 @@ def _prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str,
         f"{summary['train_tokens']:,} train / {summary['eval_tokens']:,} held-out (never trained on)"
     )
     return summary
+
+
+def _identities(sources: list[Any]) -> list[list[Any]]:
+    """What tells the text behind `sources` changed without reading it: each file's path, size and modification
+    time. The tokenizer is fitted again when they change — a corpus installed after a first `prepare` (which says
+    what is missing) was tokenized with the BPE fitted on the sources present before."""
+    identities = []
+    for source in sources:
+        st = source.path.stat()
+        identities.append([str(source.path), st.st_size, st.st_mtime_ns])
+    return identities
 
 
 def _prepared(preset: dict[str, Any], work: Path) -> dict[str, Any]:
