@@ -30,10 +30,12 @@ SENTENCES = ["w1 w2 w3 w4 w5", "w6 w7", "w8 w9 w10 w11 w12 w13 w14 w15", "w3 w1 
 WORDS = [f"w{i}" for i in range(60)]  # the tokenizer's vocabulary, after its 5 special tokens
 
 
-def _save_st(folder, kind: str, model_class, pooling, dense_sizes: list[int]):
+def _save_st(
+    folder, kind: str, model_class, pooling, dense_sizes: list[int], normalize: bool = True, named: str | None = None
+):
     """A tiny sentence-transformer: a `kind` transformer saved as `model_class` (tiny_models' config, random norms
     and biases), Pooling of `pooling` mode(s), a Tanh Dense per size in `dense_sizes` (each reading the previous), and
-    Normalize."""
+    Normalize unless not `normalize`; `named`: the class config.json's `architectures` names instead."""
     import transformers as tf
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules.dense import Dense
@@ -59,10 +61,13 @@ def _save_st(folder, kind: str, model_class, pooling, dense_sizes: list[int]):
     for size in dense_sizes:
         modules.append(Dense(width, size))
         width = size
-    SentenceTransformer(modules=[*modules, Normalize()], device="cpu").save(str(folder))
+    SentenceTransformer(modules=[*modules, *([Normalize()] if normalize else [])], device="cpu").save(str(folder))
     (folder / "model.safetensors").unlink()  # the transformer again, in several shards
     model.save_pretrained(folder, max_shard_size="20KB")
     shutil.rmtree(base)
+    if named is not None:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "architectures": [named]}))
     return folder
 
 
@@ -79,6 +84,10 @@ def st_source(tmp_path_factory):
         "gpt2-lm-mean": ("gpt2", tf.GPT2LMHeadModel, "mean", [16]),  # its head tied: width folds into ln_f
         "llama-mean": ("llama", tf.LlamaForCausalLM, "mean", [16]),  # RMSNorm: G_zero (`zero`) is exact
         "llama-headless-mean": ("llama", tf.LlamaModel, "mean", [16]),  # as e5-mistral-7b-instruct is stored
+        # Pooling alone after a transformer saved over a tied-head LM: `model.`-prefixed, or unprefixed with
+        # config.json naming the LM (a head class, so grow reads a tied head, as for the original GPT-2)
+        "llama-tied-lm-pooled": ("llama_tied", tf.LlamaForCausalLM, "mean", [], False),
+        "llama-tied-named-lm-pooled": ("llama_tied", tf.LlamaModel, "mean", [], False, "LlamaForCausalLM"),
     }
 
     def get(name: str):
@@ -124,12 +133,11 @@ def _sha(path) -> str:
         ("bert-mean", "staged", 2.0),
         # mean+max pooling: two blocks of hidden units, each widened; the second Dense (24 → 16) is copied
         ("bert-mean-max", "hypercloning", 2.0),
-        # GPT2LMHeadModel's output passes ln_f, which took the tied head's 1/C (fpi) or staged's 1/k: the Dense
-        # reads what the head reads, so is not divided again; the control divides it as if ln_f were unfolded.
-        ("gpt2-lm-mean", "fpi", 0.5),
-        ("gpt2-lm-mean", "staged", 0.5),
-        # GPT2Model is headless: no head, so ln_f takes no fold and the Dense's input axis is divided as an untied
-        # head's; the control leaves it undivided.
+        # GPT2LMHeadModel, its head tied, and GPT2Model, headless: either way sentence-transformers reads the last
+        # hidden state, so ln_f takes no fold (the tied head's 1/C, staged's 1/k) and the Dense's input axis is
+        # divided as an untied head's; the control leaves it undivided.
+        ("gpt2-lm-mean", "fpi", 2.0),
+        ("gpt2-lm-mean", "staged", 2.0),
         ("gpt2-mean", "fpi", 2.0),
         ("llama-headless-mean", "fpi", 2.0),
         # G_zero on RMSNorm: the new hidden units are zero, so the Dense keeps the source's columns where it reads
@@ -157,6 +165,36 @@ def test_width_growth_widens_a_dense_and_keeps_the_embeddings(st_source, tmp_pat
     assert control > 1e-2, control  # the other rule for the Dense's input axis changes the embeddings
     if source == "bert-mean-max":  # the second Dense reads the first's 24 units, which width growth keeps
         assert _sha(out / "3_Dense" / "model.safetensors") == _sha(src / "3_Dense" / "model.safetensors")
+
+
+@pytest.mark.parametrize("method", ["fpi", "staged"])
+@pytest.mark.parametrize("source", ["llama-tied-lm-pooled", "llama-tied-named-lm-pooled"])
+def test_width_growth_keeps_the_hidden_state_of_a_transformer_saved_with_a_tied_head(
+    st_source, tmp_path, source, method
+):
+    """sentence-transformers loads the transformer as its base model (AutoModel), whatever config.json names: a
+    transformer saved over a tied-head LM is used for its last hidden state too. Width growth keeps that state, so
+    with Pooling alone after it (no Dense to undo a fold, no Normalize to hide one) the grown embeddings are the
+    source's, unit j copying unit j mod d; --verify compares the hidden states, and the report says the tied head's
+    logits now scale. It folded the head's 1/C into the final norm: every embedding was halved, while --verify
+    compared the LM's logits and passed."""
+    src = st_source(source)
+    spec = GrowthSpec(width_method=method, width_factor=2)
+    report = expand(str(src), tmp_path / "wide", spec, verify=True, quiet=True)
+    out = tmp_path / "wide"
+    assert report["verify"]["passed"] is True and report["verify"]["compared"] == "last_hidden_state"
+    assert any("the tied head's logits scale ×2" in note for note in report["notes"]), report["notes"]
+    before = _encode(src).repeat(1, 2)
+    gap = (_encode(out) - before).abs().max().item()
+    print(f"{source} {method} ×2, Pooling alone: max |Δ embedding| {gap:.3g}")
+    assert gap < 1e-5
+    grown = _st_model(out)
+    with torch.no_grad():
+        grown[0].auto_model.norm.weight.mul_(0.5)  # the control: the head's 1/C folded into the norm, as before
+    assert (grown.encode(SENTENCES, convert_to_tensor=True) - before).abs().max().item() > 1e-2
+    assert "model = SentenceTransformer(" in (out / "README.md").read_text()
+    width = json.loads((out / "grow.json").read_text())["stages"][-1]["width"]
+    assert width["tied_head"].startswith("kept tied, nothing folded: the last hidden state is kept")
 
 
 def test_zero_on_layernorm_is_not_exact_but_the_dense_reads_zero_new_units(st_source, tmp_path):

@@ -140,7 +140,7 @@ def test_negative_control_unfolded_tied_head_breaks_exactness(sources, tmp_path,
 
     def untied(self, *args):
         real(self, *args)
-        self.tied = False  # forget to fold the tied head's 1/C into the final norm
+        self.folds_tied_head = False  # forget to fold the tied head's 1/C into the final norm
 
     monkeypatch.setattr(width.WidthOperator, "__init__", untied)
     _, gap, _ = grow(sources, tmp_path, "llama_tied", width_method="fpi", width_factor=2)

@@ -65,6 +65,17 @@ class Binding:
     # the base model saved alone (`saved_alone`): no output head, so growth has none to fold a tied embedding's width
     # scaling into, and the output is its last hidden state
     headless: bool = False
+    # the transformer of a sentence-transformers model (modules.json beside it; set by the planner, a fact of the
+    # folder rather than of the tensors): sentence-transformers loads it as its base model (AutoModel) whatever
+    # config.json names, and pools its last hidden state
+    sentence_transformer: bool = False
+
+    @property
+    def outputs_hidden_state(self) -> bool:
+        """Whether the model is used for its last hidden state rather than a head's logits: headless, or read by
+        sentence-transformers. Growth then keeps that state as it is, folding no head's width scaling into the norm
+        before the head (a tied head stored with it reads scaled logits), and --verify compares it."""
+        return self.headless or self.sentence_transformer
 
     def layer_name(self, weight: WeightDef, index: int, expert: int | None = None) -> str:
         """The checkpoint name of `weight` in layer `index` (of routed expert `expert` for a per-expert tensor)."""

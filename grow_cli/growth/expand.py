@@ -304,7 +304,8 @@ def _plan(
     infos = reader.tensor_infos()
     if checkpoint:
         config = config_of_weights(config, infos)
-    plan = build_plan(config, infos, spec, uniform_maps=source_state is not None)
+    st_folder = (reader.folder / SENTENCE_TRANSFORMERS_MODULES).is_file()
+    plan = build_plan(config, infos, spec, uniform_maps=source_state is not None, sentence_transformer=st_folder)
     check_tied_copies(plan.binding, reader)
     if source_state is None and (reader.folder / STATE_DIR).is_dir():
         plan.notes.append(
@@ -421,7 +422,7 @@ def _verified(plan: Plan, source: Path, grown: Path, max_memory: int | None, qui
             seed=plan.seed,
             max_memory=max_memory,
             positions=plan.source_shape.max_positions,
-            headless=plan.binding.headless,
+            hidden_state=plan.binding.outputs_hidden_state,
         )
     return verifier.check(
         result,

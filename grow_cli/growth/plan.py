@@ -46,7 +46,7 @@ class WidthPlan(Protocol):
 
     def apply(self, tensor: BoundTensor, inputs: list[Any]) -> Any: ...
 
-    def widen_reader(self, name: str, w_OI: Any, *, after_head_norm: bool) -> Any: ...
+    def widen_reader(self, name: str, w_OI: Any) -> Any: ...
 
     def release_buffers(self) -> None: ...
 
@@ -217,11 +217,14 @@ def build_plan(
     spec: GrowthSpec,
     *,
     uniform_maps: bool = False,
+    sentence_transformer: bool = False,
 ) -> Plan:
     """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data.
 
-    `uniform_maps`: every width map tiled, as growing a training state needs (grow_cli/growth/grown_state.py)."""
+    `uniform_maps`: every width map tiled, as growing a training state needs (grow_cli/growth/grown_state.py);
+    `sentence_transformer`: the checkpoint is a sentence-transformers model's transformer (`Binding`)."""
     arch, shape, binding = source_shape_of(config, tensors)
+    binding.sentence_transformer = sentence_transformer
     out_dtype, seed = spec.out_dtype, spec.seed
 
     width = None

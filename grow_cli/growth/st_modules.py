@@ -8,7 +8,10 @@ its modules.json names:
 
 * Depth growth keeps the hidden size, so every module reads what it read before: its weight files are copied byte
   for byte.
-* Width growth widens the transformer's output. The features it flows into are followed through modules.json:
+* Width growth widens the transformer's output and keeps it, unit for unit: sentence-transformers loads the
+  transformer as its base model (AutoModel) whatever config.json names, so a transformer saved with a tied LM head
+  takes no fold of that head's width scaling into its last norm either (`Binding.outputs_hidden_state`, set by the
+  planner for a folder with modules.json). The features it flows into are followed through modules.json:
   the transformer writes `token_embeddings` (hidden units); Pooling writes `sentence_embedding`, one block of
   hidden units per pooling mode (cls, mean, max, … each acts unit by unit, so a widened input gives the widened
   pooled vector, block by block). A `Dense` reading such a feature consumes the last hidden state exactly as an
@@ -236,7 +239,7 @@ def _write_dense(plan: Plan, m: Module, source: Path, dest: Path) -> str:
     from safetensors.torch import save_file
 
     width, d = plan.width if m.blocks else None, plan.source_shape.hidden_size
-    after = leaves_through_head_norm(plan)
+    assert width is None or plan.binding.outputs_hidden_state, "a widened Dense reads the unfolded hidden state"
     grown = {}
     for name, w in _load(source / _weights_file(m)).items():
         dtype = torch_dtype(converted(dtype_name(w.dtype), m.cast))
@@ -244,20 +247,12 @@ def _write_dense(plan: Plan, m: Module, source: Path, dest: Path) -> str:
             grown[name] = w.to(dtype).contiguous()
             continue
         blocks = [
-            width.widen_reader(f"{m.path}/{name}[{b}]", w[:, b * d : (b + 1) * d].float(), after_head_norm=after)
-            for b in range(m.blocks)
+            width.widen_reader(f"{m.path}/{name}[{b}]", w[:, b * d : (b + 1) * d].float()) for b in range(m.blocks)
         ]
         grown[name] = torch.cat(blocks, dim=1).to(dtype).contiguous()
     (dest / m.path).mkdir(parents=True, exist_ok=True)  # (other formats of the source's weights are not written)
     save_file(grown, str(dest / m.path / SAFETENSORS_SINGLE), metadata={"format": "pt"})
     return f"{m.path}/{SAFETENSORS_SINGLE}"
-
-
-def leaves_through_head_norm(plan: Plan) -> bool:
-    """Whether the transformer's output (what sentence-transformers pools) passes through the norm before the output
-    head: a stored head norm outside any optional head block (Llama's model.norm, GPT-2's ln_f). One inside a head
-    block is that head's own (BERT's MLM transform LayerNorm), after the encoder's output."""
-    return any(t.weight.head_norm and t.weight.group is None for t in plan.binding.final)
 
 
 def _grown_configs(dest: Path, hidden: int, grown_hidden: int, modules: list[Module]) -> list[str]:

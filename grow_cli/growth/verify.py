@@ -5,7 +5,8 @@ are kept, then it is freed and the grown model runs. With a memory bound (`--ver
 stay on disk and accelerate streams them through the forward pass, so even a model larger than RAM can be
 checked. Both run in float32 and eval mode (dropout off). Reported:
 max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement; for a model without a head
-(`BertModel`, any headless checkpoint: `Binding.headless`), the max |Δ| of the last hidden state.
+(`BertModel`) or one used for its last hidden state (headless, or a sentence-transformers model's transformer:
+`Binding.outputs_hidden_state`), the max |Δ| of the last hidden state.
 """
 
 from __future__ import annotations
@@ -42,14 +43,15 @@ def probe_ids(folder: Path, vocab_size: int, seed: int, length: int = PROBE_TOKE
     return torch.randint(0, vocab_size, (2, length // 2), generator=gen), "random"
 
 
-def _model_class(folder: Path, headless: bool):
+def _model_class(folder: Path, hidden_state: bool):
     """The class config.json names (the first transformers has), else the causal LM; the base model class for a
-    headless checkpoint, whatever config.json names (a head class would make up a random head)."""
+    model used for its `hidden_state`, whatever config.json names (as sentence-transformers loads one; a head class
+    would make up a random head for a headless checkpoint)."""
     import json
 
     import transformers
 
-    if headless:
+    if hidden_state:
         return transformers.AutoModel
     config = json.loads((folder / "config.json").read_text())
     for name in config.get("architectures") or []:
@@ -59,22 +61,24 @@ def _model_class(folder: Path, headless: bool):
     return transformers.AutoModelForCausalLM
 
 
-def _outputs(folder: Path, ids, max_memory: int | None, headless: bool) -> Any:
+def _outputs(folder: Path, ids, max_memory: int | None, hidden_state: bool) -> Any:
     """The model's logits (or last hidden state) on `ids`; with `max_memory` (bytes), weights beyond it stay on
     disk and are streamed through accelerate's offloading, so the check runs in bounded memory."""
     import torch
-    from transformers.utils import logging as hf_logging
 
+    from grow_cli.console import quiet_transformers
     from grow_cli.scratch import scratch_folder
 
-    hf_logging.disable_progress_bar()  # grow's own progress is on stderr; keep the check quiet
     with scratch_folder("verify") as offload:
         options = (
             {}
             if max_memory is None
             else {"device_map": "auto", "max_memory": {"cpu": max_memory}, "offload_folder": str(offload)}
         )
-        model = _model_class(folder, headless).from_pretrained(folder, dtype=torch.float32, **options)
+        # grow's own progress is on stderr; transformers' table of a head the base model class leaves unread (a
+        # sentence-transformers model saved with its LM head) is no news to the check
+        with quiet_transformers():
+            model = _model_class(folder, hidden_state).from_pretrained(folder, dtype=torch.float32, **options)
         model.eval()
         with torch.no_grad():
             out = model(input_ids=ids)
@@ -84,7 +88,7 @@ def _outputs(folder: Path, ids, max_memory: int | None, headless: bool) -> Any:
     return result.float()
 
 
-def _run(folder: Path, ids, max_memory: int | None, headless: bool, *, grown: bool) -> Any:
+def _run(folder: Path, ids, max_memory: int | None, hidden_state: bool, *, grown: bool) -> Any:
     """`_outputs`, with a model transformers cannot load or run refused in one line: a source that fails is the
     checkpoint's fault (`cannot_run`); a grown model that fails while its source ran is grow's."""
     from grow_cli.train.model_io import cannot_run, failure, refusing_failures
@@ -98,7 +102,7 @@ def _run(folder: Path, ids, max_memory: int | None, headless: bool, *, grown: bo
         return cannot_run(folder, exc, "the source model")
 
     with refusing_failures(refusal):
-        return _outputs(folder, ids, max_memory, headless)
+        return _outputs(folder, ids, max_memory, hidden_state)
 
 
 def measure(
@@ -109,15 +113,15 @@ def measure(
     seed: int = 0,
     max_memory: int | None = None,
     positions: int | None = None,
-    headless: bool = False,
+    hidden_state: bool = False,
 ) -> dict[str, Any]:
     """Run two model folders on the same probe tokens, no more per row than the source's learned `positions`
-    (when it has a table of them), as base models where `headless`; returns how far apart their outputs are (no
+    (when it has a table of them), as base models where `hidden_state`; returns how far apart their outputs are (no
     verdict)."""
     length = PROBE_TOKENS if positions is None else max(2, min(PROBE_TOKENS, positions))
     ids, kind = probe_ids(Path(source), vocab_size, seed, length)
-    a = _run(Path(source), ids, max_memory, headless, grown=False)
-    b = _run(Path(grown), ids, max_memory, headless, grown=True)
+    a = _run(Path(source), ids, max_memory, hidden_state, grown=False)
+    b = _run(Path(grown), ids, max_memory, hidden_state, grown=True)
     if b.shape[-1] != a.shape[-1]:
         # A width-grown encoder without a head: every width map keeps the source's hidden units first, in order.
         b = b[..., : a.shape[-1]]

@@ -53,8 +53,9 @@ class StagedWidth(WidthOperator):
     """Block-diagonal width growth ×k; a `WidthPlan` like every width operator (maps from `WidthOperator`)."""
 
     def __init__(self, spec, arch, binding, config, *, uniform: bool = False):
-        # A headless checkpoint (the base model alone) has no head to fold into: its last hidden state is kept.
-        self.head_folds = not binding.headless and any(w.head_norm for w in arch.final)
+        # A model used for its last hidden state (headless, or a sentence-transformers model's: `Binding`) keeps
+        # it: nothing is folded into the norm, and a stored untied head's input axis is divided instead.
+        self.head_folds = not binding.outputs_hidden_state and any(w.head_norm for w in arch.final)
         super().__init__(spec, arch, binding, config, uniform=True)
         s, t = self.source, self.target
         k = t.hidden_size // s.hidden_size
@@ -137,7 +138,7 @@ class StagedWidth(WidthOperator):
         head = (
             f"the norm before the head takes the head's 1/{self.k}"
             if self.head_folds
-            else "no head (headless): the last hidden state is k copies of the source's"
+            else "the last hidden state (the output: no head, or sentence-transformers') is k copies of the source's"
         )
         return True, (
             f"block-diagonal ×{self.k}: every output copy reads only its own input copy; {head} "

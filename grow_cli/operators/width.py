@@ -316,10 +316,13 @@ class WidthOperator:
             t.num_kv_heads,
             rng if random_units and not self.normed_heads else None,
         )
-        # A headless checkpoint (the base model alone) has no head: its output is the last hidden state, kept as is.
+        # A tied head reads the widened embedding (a headless checkpoint, the base model alone, has no head). Its
+        # width scaling is folded into the norm before it, keeping its logits, unless the model is used for its last
+        # hidden state (`Binding.outputs_hidden_state`: a sentence-transformers model's), which that fold would scale.
         self.tied = (
             s.tie_word_embeddings and not binding.headless and any(w.tied_to and not w.tie_always for w in arch.final)
         )
+        self.folds_tied_head = self.tied and not binding.outputs_hidden_state
         # Gemma multiplies its embedding by √hidden_size at run time: stored × √(d/d'), its output is the source's.
         self.embed_scale = math.sqrt(d / d2)
         tied_to = {w.tied_to for w in arch.final if w.tied_to}
@@ -371,17 +374,14 @@ class WidthOperator:
             out = (out + w.gain_offset) * fold - w.gain_offset
         return out
 
-    def widen_reader(self, name: str, w_OI, *, after_head_norm: bool):
+    def widen_reader(self, name: str, w_OI):
         """A matrix outside the checkpoint that reads the model's last hidden state, out × in (a sentence-transformers
-        Dense over the pooled state, `grow_cli/checkpoint/st_modules.py`), widened as an untied output head is: IN on
+        Dense over the pooled state, `grow_cli/growth/st_modules.py`), widened as an untied output head is: IN on
         the input axis, with HyperCloning's noise, AKI's and G_zero's rules as for the model's own readers
-        (`name` seeds the noise). A hidden state that leaves the model through the norm before the head
-        (`after_head_norm`) carries that norm's fold (`head_fold`: a tied head's 1/C, staged's 1/k), which the
-        reader undoes: it reads what the head reads. Float32; a fresh tensor."""
+        (`name` seeds the noise). Such a model is used for its last hidden state (`Binding.outputs_hidden_state`),
+        so no head's fold scales what it reads. Float32; a fresh tensor."""
         weight = WeightDef(name=name, kind="linear", axes=(w_OI.shape[0], "hidden"))
-        out = self.apply(BoundTensor(name, weight, None, tuple(w_OI.shape), "F32"), [w_OI]).clone()
-        fold = self.head_fold() if after_head_norm else None
-        return out if fold is None else out / fold
+        return self.apply(BoundTensor(name, weight, None, tuple(w_OI.shape), "F32"), [w_OI]).clone()
 
     def release_buffers(self) -> None:
         """Free the buffers `apply` computed into (the weights are written; growing the moments takes its own)."""
@@ -396,8 +396,9 @@ class WidthOperator:
         """What the norm right before the output head is multiplied by (as the gain `1 + w` a Gemma norm computes,
         not as `w`), or None: a tied head reads the (scaled) embedding, so 1/C (its sum over copies, E4) and
         1/scale are folded into that norm. Under `zero` the new hidden units are zero, so only the embedding scale
-        is folded. A float, or one factor per hidden unit."""
-        if not self.tied:
+        is folded. A float, or one factor per hidden unit. None where the model is used for its last hidden
+        state (`folds_tied_head`)."""
+        if not self.folds_tied_head:
             return None
         fold = 1.0 / self.head_scale
         if self.method != "zero":
@@ -438,7 +439,27 @@ class WidthOperator:
         return kept
 
     def notes(self) -> list[str]:
-        """What this width growth keeps that a user may expect to grow: the keys sizing config spaces."""
+        """What this width growth keeps that a user may expect to grow or to keep: the keys sizing config spaces, and
+        a tied head's logits where the model is used for its last hidden state."""
+        return [*self._kept_keys_note(), *self._unfolded_head_note()]
+
+    def _unfolded_head_note(self) -> list[str]:
+        """A tied head stored with a model used for its last hidden state: nothing is folded into the norm before
+        it, so the head (which sentence-transformers does not load) reads every copy of each hidden unit."""
+        if not self.tied or self.folds_tied_head:
+            return []
+        copies = 1 if self.method == "zero" else self._uniform_count("hidden")  # zero's new units are zero
+        if copies is not None and copies * self.head_scale == 1.0:
+            return []
+        scale = "change" if copies is None else f"scale ×{copies * self.head_scale:.4g}"
+        return [
+            "width: the last hidden state is kept, as sentence-transformers pools it (it loads the transformer as "
+            f"its base model); the tied head's logits {scale} (AutoModelForCausalLM on the output): folding that "
+            "into the norm before the head would scale the hidden state"
+        ]
+
+    def _kept_keys_note(self) -> list[str]:
+        """The keys sizing config spaces, which width growth keeps."""
         kept = self.kept_config_keys()
         if not kept:
             return []
@@ -487,7 +508,13 @@ class WidthOperator:
             "maps": {name: im.describe(m, sizes[name]) for name, m in self.maps.items()},
             **({"kept": kept} if (kept := self.kept_config_keys()) else {}),
             "noise_snr_db": self.noise_snr_db,
-            "tied_head": "kept tied; its 1/C division folded into the head norm" if self.tied else None,
+            "tied_head": (
+                "kept tied; its 1/C division folded into the head norm"
+                if self.folds_tied_head
+                else "kept tied, nothing folded: the last hidden state is kept, the head's logits scale"
+                if self.tied
+                else None
+            ),
             "embedding_scale": (
                 f"× √(d/d') = {self.embed_scale:.6g}: the model multiplies its embedding by √hidden_size"
                 if any(w.runtime_scale for w in self.arch.embeddings)
@@ -685,7 +712,7 @@ class WidthOperator:
                 scale /= count
         if w.runtime_scale:
             scale *= self.embed_scale
-        if w.head_norm and self.tied:
+        if w.head_norm and self.folds_tied_head:
             hidden = self._uniform_count("hidden")
             if hidden is None:
                 return None
