@@ -148,6 +148,16 @@ def test_exact_method_shows_its_verdict():
     assert "passed (tolerance 0.0001)" in card
 
 
+def test_a_check_of_the_last_hidden_state_names_it():
+    """--verify of a model used for its hidden state (headless, sentence-transformers) compared no logits: the card
+    said 'max |Δlogit|' for it."""
+    check = {"tokens": 64, "max_abs_logit_diff": 9.5e-7, "mean_kl": None, "top1_agreement": None}
+    check |= {"compared": "last_hidden_state", "tolerance": 3.5e-4, "passed": True}
+    card = render_card(append_stage(None, expand_stage(verify=check), {"architecture": "llama"}), title="x")
+    assert "function check on 64 probe tokens: max |Δ last hidden state| = 9.5e-07; passed" in card
+    assert "logit" not in card.split("function check")[1].split("\n")[0]
+
+
 def test_local_source_has_no_base_model_but_an_ancestor_from_the_hub_counts():
     local = {"path": "/models/mine", "files": {}, "architecture": "llama", "shape": SHAPE}
     alone = append_stage(None, expand_stage(source=local), {"architecture": "llama"})

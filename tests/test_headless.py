@@ -152,6 +152,23 @@ def test_inspect_claims_no_head_for_a_headless_checkpoint(tmp_path, cli):
     assert with_head["headless"] is False and with_head["embeddings_tied"] is True
 
 
+def test_verify_of_a_headless_checkpoint_names_the_hidden_state_it_compares(tmp_path, cli, monkeypatch):
+    """The report line and a failing check's refusal say what --verify compared: the last hidden state (they said
+    'max |Δ|, mean KL n/a, top-1 agreement n/a' and 'max |Δlogit|')."""
+    from grow_cli.errors import VerificationError
+    from grow_cli.growth import verify
+
+    src = _save_headless("llama", tmp_path / "src")
+    monkeypatch.chdir(tmp_path)
+    shown = cli("expand", src, tmp_path / "out", "--width-factor", "2", "--verify")
+    assert shown.code == 0, shown.stderr
+    line = next(line for line in shown.stdout.splitlines() if "verify on" in line)
+    assert "max |Δ last hidden state| " in line and "KL" not in line and "top-1" not in line
+    result = {"max_abs_logit_diff": 0.5, "output_scale": 1.0, "compared": "last_hidden_state"}
+    with pytest.raises(VerificationError, match=r"by max \|Δ last hidden state\| = 0\.5 \(tolerance"):
+        verify.check(result, exact=True, dtype="F32", rounded=False)
+
+
 def test_upcycling_a_headless_decoder_writes_the_moe_base_model(tmp_path):
     """--experts turns a headless Llama into a headless Mixtral: MixtralModel in config.json, its hidden states the
     source's (every expert a copy of the dense MLP)."""

@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from grow_cli.console import format_bytes, out
+from grow_cli.growth.verify import compared_output
 
 
 def _shape(s: dict[str, Any]) -> str:
@@ -102,16 +103,16 @@ def render_expand(report: dict[str, Any]) -> None:
         out.print(f"  note: {note}")
     check = report.get("verify")
     if check:
-        kl = "n/a" if check["mean_kl"] is None else f"{check['mean_kl']:.3g}"
-        top1 = "n/a" if check["top1_agreement"] is None else f"{check['top1_agreement']:.1%}"
+        measured = f"max |Δ{compared_output(check)}| {check['max_abs_logit_diff']:.3g}"
+        if check["mean_kl"] is not None:  # (logits: none for a last hidden state)
+            measured += f", mean KL {check['mean_kl']:.3g}, top-1 agreement {check['top1_agreement']:.1%}"
         verdict = {
             True: "[green]passed[/green]",
             False: "[red]failed[/red]",
             None: "measured (method not exact)",
         }
         out.print(
-            f"  verify on {check['tokens']} {check['probe']} tokens: max |Δ| {check['max_abs_logit_diff']:.3g}, "
-            f"mean KL {kl}, top-1 agreement {top1} — {verdict[check['passed']]}, "
+            f"  verify on {check['tokens']} {check['probe']} tokens: {measured} — {verdict[check['passed']]}, "
             f"in {report['seconds'] - report['write_seconds']:.1f} s"
         )
     if report.get("training_state"):

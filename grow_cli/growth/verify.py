@@ -142,6 +142,11 @@ def measure(
     return result
 
 
+def compared_output(result: dict[str, Any]) -> str:
+    """What a check's `max_abs_logit_diff` measured, as its reports name it: logits, or the last hidden state."""
+    return " last hidden state" if result.get("compared") == "last_hidden_state" else "logit"
+
+
 def tolerance(dtype: str, rounded: bool) -> float:
     """Relative tolerance for an exact method. Both models run in float32, so a growth that only copies stored
     values and writes exact ones (zeros, identities) keeps float32's ~1e-6 whatever dtype the weights are stored in;
@@ -175,7 +180,8 @@ def check(
             else ""
         )
         raise VerificationError(
-            f"the grown model differs from its source by max |Δlogit| = {result['max_abs_logit_diff']:.3g} "
+            f"the grown model differs from its source by max |Δ{compared_output(result)}| = "
+            f"{result['max_abs_logit_diff']:.3g} "
             f"(tolerance {bound:.3g}) although the method is exact{float8}{assumed}; nothing was written"
         )
     return result

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.source import is_repo_id
+from grow_cli.growth.verify import compared_output
 from grow_cli.operators.registry import by_name
 
 PIPELINE_TAGS = {"bert": "fill-mask"}
@@ -153,7 +154,7 @@ def _verify_line(verify: dict[str, Any] | None) -> str:
         return "  - function check: not run (`grow expand --verify` compares source and grown logits)."
     line = (
         f"  - function check on {verify.get('tokens', '?')} probe tokens: "
-        f"max |Δlogit| = {_num(verify.get('max_abs_logit_diff'))}"
+        f"max |Δ{compared_output(verify)}| = {_num(verify.get('max_abs_logit_diff'))}"
     )
     if verify.get("mean_kl") is not None:
         line += f", mean KL(source‖grown) = {_num(verify['mean_kl'])}"
