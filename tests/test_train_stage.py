@@ -233,6 +233,35 @@ def test_a_headless_decoder_trains_with_a_head_and_says_so(setup, tmp_path, caps
     assert "model.embed_tokens.weight" in weights(out)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_checkpoint_of_a_headless_decoder_grows_as_the_causal_lm_it_trained(setup, tmp_path, capsys, tied):
+    """A train-stage checkpoint of a headless decoder holds the causal LM the run trained (`model.`-prefixed, its head
+    stored or tied), so the config grow reads with it names that class, not the source folder's LlamaModel: its
+    width growth writes a LlamaForCausalLM that loads whole, and --verify compares logits. It named LlamaModel over
+    the LM's tensors: the untied head's output said LlamaModel beside lm_head.weight, and the tied one took the head's
+    fold while --verify compared hidden states, failing (max |Δ| 1.44)."""
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
+
+    _, data = setup
+    model = tmp_path / "headless"
+    torch.manual_seed(0)
+    tf.LlamaModel(tiny_config(tie_word_embeddings=tied)).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--save-every", 1), capsys)
+    assert code == 0, stderr
+    step_1 = out / "checkpoints" / "step_00000001"
+    spec = GrowthSpec(width_method="fpi", width_factor=2, weights_only=True)
+    report = expand(str(step_1), tmp_path / "wide", spec, verify=True, quiet=True)
+    assert report["verify"]["passed"] is True and report["verify"]["top1_agreement"] == 1.0
+    assert json.loads((tmp_path / "wide" / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert json.loads((tmp_path / "wide" / "grow.json").read_text())["model"]["headless"] is False
+    grown, info = tf.LlamaForCausalLM.from_pretrained(tmp_path / "wide", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert ("lm_head.weight" in weights(tmp_path / "wide")) is not tied
+
+
 def write_expand_record(model: Path, added: list[str]) -> None:
     stage = {"kind": "expand", "source": {"path": "base"}, "added_tensors": added}
     write_record(model, append_stage(None, stage, {"architecture": "llama"}))

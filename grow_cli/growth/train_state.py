@@ -9,7 +9,8 @@ be either; any other folder has no training state and is grown as today.
 Such a SRC lacks what a model folder has beside its weights, so `training_source` presents it as one: a temporary
 folder of links to the checkpoint's weights and to the config, tokenizer, grow.json and sentence-transformers modules
 (their configs and weights) of the run's model (the finished output folder for a final state, else the folder the
-run trained, recorded in grow-state.json). Every other part of `grow expand` then reads it like any model folder.
+run trained, recorded in grow-state.json), the config naming the class the run trained (a headless decoder's folder
+names its base model). Every other part of `grow expand` then reads it like any model folder.
 
 `optimizer.bin` is opened with `torch.load(weights_only=True, mmap=True)`: tensors stay on disk until one is read,
 so the moments are streamed like weights. What does not fit AdamW — other optimizers' state keys, moments whose
@@ -222,6 +223,21 @@ def _model_folder(checkpoint: Path, state: dict[str, Any]) -> Path:
     )
 
 
+def _link_config(view: Path, model_folder: Path, state: dict[str, Any]) -> None:
+    """The checkpoint's config.json in `view`: its model folder's, naming the class of the checkpoint's weights
+    (grow-state.json's `model_class`). They differ where the run trained a headless decoder (config.json: LlamaModel)
+    as its causal LM, whose `model.`-prefixed tensors and head the checkpoint holds, as the run's output does."""
+    config, trained = model_folder / "config.json", state.get("model_class")
+    try:  # (a checkpoint of an older grow records no class)
+        settings = json.loads(config.read_text()) if isinstance(trained, str) else None
+    except (OSError, ValueError):
+        settings = None  # load_config refuses it, saying why
+    if not isinstance(settings, dict) or settings.get("architectures") == [trained]:
+        (view / config.name).symlink_to(config.resolve())
+        return
+    (view / config.name).write_text(json.dumps({**settings, "architectures": [trained]}, indent=2) + "\n")
+
+
 def _parameter_names(state: dict[str, Any], model_folder: Path) -> list[str]:
     """The optimizer's parameter order: recorded by grow ≥ this version; for older checkpoints, rebuilt from the
     model (on the meta device) as `train.build.param_groups` ordered it then — matrices first, then gains/biases."""
@@ -290,10 +306,11 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
     model_folder = _model_folder(checkpoint, state)
     with scratch_folder("source") as view:
         kept, _ = small_files(model_folder)
-        for path in [model_folder / "config.json", *kept, *module_weight_files(model_folder)]:
+        for path in [*kept, *module_weight_files(model_folder)]:
             link = view / path.relative_to(model_folder)
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(path.resolve())
+        _link_config(view, model_folder, state)
         if (model_folder / RECORD_FILE).is_file():
             (view / RECORD_FILE).symlink_to((model_folder / RECORD_FILE).resolve())
         (view / WEIGHTS_FILE).symlink_to((checkpoint / WEIGHTS_FILE).resolve())

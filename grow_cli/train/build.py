@@ -109,6 +109,9 @@ class Run:
         needs to grow the training state (the optimizer's parameter order and settings, the multipliers)."""
         state = {
             **self.run_keys,
+            # the class of the weights saved (a headless source trains with its head): the config `grow expand`
+            # reads with them, its model folder's, names it (`growth/train_state.py`)
+            "model_class": type(self.loaded.model).__name__,
             "step": self.step,
             "tokens": self.tokens,
             "data_blocks": self.data_blocks,
