@@ -262,6 +262,34 @@ def test_a_checkpoint_of_a_headless_decoder_grows_as_the_causal_lm_it_trained(se
     assert ("lm_head.weight" in weights(tmp_path / "wide")) is not tied
 
 
+def test_inspect_reads_a_train_stage_checkpoint_with_its_models_config(setup, tmp_path, capsys):
+    """`grow inspect` of a checkpoint describes the weights it holds, read with its model's config as `grow expand`
+    reads them (a headless source's: the causal LM it trained, tied here). It refused every checkpoint, saying that
+    its grow-state.json was missing: 'the save did not finish (a killed run)'."""
+    from grow_cli.growth.describe import inspect
+
+    _, data = setup
+    model = tmp_path / "headless"
+    torch.manual_seed(0)
+    tf.LlamaModel(tiny_config(tie_word_embeddings=True)).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--save-every", 1), capsys)
+    assert code == 0, stderr
+    step_1 = out / "checkpoints" / "step_00000001"
+    info = inspect(str(step_1))
+    assert info["folder"] == str(step_1) and info["source"]["checkpoint"]["step"] == 1
+    assert info["headless"] is False and info["embeddings_tied"] is True and info["not_read"] == []
+    assert info["num_parameters"] == sum(p.numel() for p in tf.LlamaForCausalLM(tiny_config()).model.parameters())
+    assert info["dtypes"] == {"F32": 20}
+    code, stdout, stderr = run_grow(["inspect", step_1], capsys)
+    assert code == 0 and "tied embeddings" in stdout and "yes" in stdout, stderr
+    code, _, stderr = run_grow(["compare", step_1, out, "--data", data], capsys)  # a command that reads no checkpoint
+    assert code != 0 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "it is a train-stage checkpoint, read with its run's model by grow expand, grow inspect" in stderr
+    assert f"such as the run's output {out} once it finishes" in stderr and "did not finish" not in stderr
+
+
 def write_expand_record(model: Path, added: list[str]) -> None:
     stage = {"kind": "expand", "source": {"path": "base"}, "added_tensors": added}
     write_record(model, append_stage(None, stage, {"architecture": "llama"}))

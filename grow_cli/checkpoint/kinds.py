@@ -174,6 +174,12 @@ def what_else(folder: Path) -> str | None:
     if re.fullmatch(r"step_\d+", folder.name) and folder.parent.name == CHECKPOINTS_DIR:
         from grow_cli.train.checkpoints import STATE_FILE
 
+        if (folder / STATE_FILE).is_file():  # a finished save: weights and training state, the config elsewhere
+            return (
+                "it is a train-stage checkpoint, read with its run's model by grow expand, grow inspect and "
+                f"train-stage --resume; give a model folder, such as the run's output {folder.parent.parent} once "
+                "it finishes, or grow expand the checkpoint into one"
+            )
         return (
             f"it is a train-stage checkpoint without its {STATE_FILE}, which a save writes last: the save did not "
             "finish (a killed run); grow an earlier checkpoint, or the run's final model folder"

@@ -109,7 +109,12 @@ def inspect(
         raise OptionError("token", "--token applies only to Hub ids, not to local folders; drop --token")
     if write_definition_to is not None:  # before the source is read (a Hub id's headers are downloaded)
         check_definition_path(write_definition_to, force=force)
-    with source_headers(source, revision=revision, token=token) as src:
+    from grow_cli.growth.train_state import checkpoint_weights  # (here: `import grow_cli` loads no console)
+
+    with (
+        source_headers(source, revision=revision, token=token) as given,
+        checkpoint_weights(given) as src,  # a train-stage checkpoint: its weights, its model's config
+    ):
         config = load_config(src.folder)
         # safetensors' own parse of the headers (it imports numpy) runs beside transformers' answer (config_problem)
         with CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader:
@@ -121,7 +126,7 @@ def inspect(
             files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
             fmt = reader.format
         modules = st_modules(src.folder, shape.hidden_size)
-        folder = None if src.fetch else str(src.folder)  # a Hub id read for its headers only is in no folder
+        folder = None if given.fetch else str(given.folder)  # a Hub id read for its headers only is in no folder
     untied = {stored for stored, _, same in copies if not same}
     bound = binding.all_tensors()
     dtypes: dict[str, int] = {}

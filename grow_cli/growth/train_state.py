@@ -303,6 +303,35 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
         yield src, None
         return
     state = _read_state(checkpoint, weights_only=weights_only)
+    with _model_view(src, checkpoint, state) as (shown, model_folder):
+        if weights_only:
+            yield shown, None
+            return
+        names = _parameter_names(state, model_folder)
+        source = SourceState(checkpoint, state, names, _losses(checkpoint, int(state["step"])))
+        try:
+            yield shown, source
+        finally:
+            source.close()
+
+
+@contextmanager
+def checkpoint_weights(src: CheckpointSource) -> Iterator[CheckpointSource]:
+    """`src` as a model folder whose weights are read alone (`grow inspect`): a train-stage checkpoint as
+    `training_source` shows it, any other folder as it is (a finished run's output is its own model, whatever final
+    state it holds)."""
+    if not is_checkpoint(src.folder):
+        yield src
+        return
+    with _model_view(src, src.folder, _read_state(src.folder, weights_only=True)) as (shown, _):
+        yield shown
+
+
+@contextmanager
+def _model_view(
+    src: CheckpointSource, checkpoint: Path, state: dict[str, Any]
+) -> Iterator[tuple[CheckpointSource, Path]]:
+    """(the checkpoint as a model folder: links to its weights and to its model's files, its model folder)."""
     model_folder = _model_folder(checkpoint, state)
     with scratch_folder("source") as view:
         kept, _ = small_files(model_folder)
@@ -322,12 +351,4 @@ def training_source(src: CheckpointSource, *, weights_only: bool) -> Iterator[tu
             fetch=src.fetch,
             trained=position(checkpoint, state),
         )
-        if weights_only:
-            yield shown, None
-            return
-        names = _parameter_names(state, model_folder)
-        source = SourceState(checkpoint, state, names, _losses(checkpoint, int(state["step"])))
-        try:
-            yield shown, source
-        finally:
-            source.close()
+        yield shown, model_folder
