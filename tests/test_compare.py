@@ -161,6 +161,37 @@ def test_cli_compare_json_and_tokenizer_mismatch(two_models, cli, tmp_path):
     assert mismatch.code != 0 and "do not share a tokenizer" in mismatch.stderr
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_headless_decoder_compares_only_where_it_has_a_head(two_models, tmp_path, cli, tied):
+    """A decoder saved as its base model (LlamaModel) predicts no tokens without a head: untied, it is refused in one
+    line that says so and what to do (it said 'lm_head.weight missing; compare models that were trained as causal
+    LMs'). Tied, its head is its word embeddings, as grow train-stage trains it: compared as that causal LM, equal to
+    the model saved with its head."""
+    from tinylm import tiny_config, tiny_tokenizer
+    from transformers import LlamaForCausalLM
+
+    a, _, data, root = two_models
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(tiny_config(tie_word_embeddings=tied))
+    lm.model.save_pretrained(tmp_path / "headless")
+    lm.save_pretrained(tmp_path / "with-head")
+    for folder in ("headless", "with-head"):
+        tiny_tokenizer().save_pretrained(tmp_path / folder)
+    args = ("--data", data, "--seq-len", 32, "--max-blocks", 4, "--eval-fraction", 0.1)
+    shown = cli("compare", tmp_path / "with-head", tmp_path / "headless", *args)
+    if tied:
+        assert shown.code == 0, shown.stderr
+        assert "KL(A‖B) 0.0000" in shown.stdout and "top-1 agreement 100.0%" in shown.stdout
+        return
+    lines = shown.stderr.strip().splitlines()
+    assert shown.code != 0 and len(lines) == 1 and "Traceback" not in shown.stderr, shown.stderr
+    assert (
+        f"{tmp_path / 'headless'} is a headless checkpoint (the base model saved alone) with no causal-LM head "
+        "(lm_head.weight missing); grow compare compares next-token predictions, which need one" in lines[0]
+    )
+    assert "train it as a causal LM first (grow train-stage creates the head)" in lines[0]
+
+
 def test_encoders_are_compared_on_the_masked_positions(tmp_path, cli):
     """Two BERTs: zero for identical ones; otherwise KL, loss and top-1 of the fixed held-out masks, as computed
     directly; a BERT without an MLM head and a causal/masked pair are refused."""
@@ -211,7 +242,7 @@ def test_encoders_are_compared_on_the_masked_positions(tmp_path, cli):
     assert result["loss_b"] == pytest.approx(loss_b, rel=1e-6)
 
     headless = save_tiny_bert(tmp_path / "headless")
-    with pytest.raises(DataError, match="has no masked-LM head"):
+    with pytest.raises(DataError, match="headless checkpoint .* with no masked-LM head .* masked-token predictions"):
         compare(a, headless, [str(data)], **settings)
     decoder = save_tiny_bert(tmp_path / "decoder", headless=False)
     config = json.loads((decoder / "config.json").read_text())

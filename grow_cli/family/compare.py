@@ -38,17 +38,28 @@ def check_compare_options(
 
 
 def _load(folder: Path, choice):
+    """The model with the objective's head, in eval mode; refused in one line where loading had to create that head
+    (made up at random, it would compare nothing)."""
     from grow_cli.console import quiet_transformers
     from grow_cli.train.model_io import load_model
 
     with quiet_transformers():  # as in `compare`: transformers' notices are not compare's output
         loaded = load_model(folder, choice)
-    if loaded.created:
+    if not loaded.created:
+        return loaded.model.eval()
+    missing = f"{', '.join(loaded.created[:3])} missing"
+    if loaded.headless:  # the base model saved alone (an embedding model's transformer): hidden states, no predictions
+        predicted = "next-token" if choice.name == "causal" else "masked-token"
         raise DataError(
-            f"{folder} has no {choice.name}-LM head ({', '.join(loaded.created[:3])} missing); compare models that "
-            f"were trained as {choice.name} LMs (e.g. by grow train-stage)"
+            f"{folder} is a headless checkpoint (the base model saved alone) with no {choice.name}-LM head "
+            f"({missing}); grow compare compares {predicted} predictions, which need one: train it as a "
+            f"{choice.name} LM first (grow train-stage creates the head) and compare that; a growth of it keeps its "
+            "hidden states, which grow expand --verify compares"
         )
-    return loaded.model.eval()
+    raise DataError(
+        f"{folder} has no {choice.name}-LM head ({missing}); compare models that were trained as {choice.name} LMs "
+        "(e.g. by grow train-stage)"
+    )
 
 
 def _logits(model, folder: Path, inputs: dict[str, Any]):
