@@ -225,3 +225,10 @@ def test_unsupported_dtype(cli, tiny_checkpoints, tmp_path):
 )
 def test_option_refusals(cli, tiny_checkpoints, tmp_path, args, fragment):
     _assert_refused(cli("expand", tiny_checkpoints("llama"), tmp_path / "out", *args), tmp_path / "out", fragment)
+
+
+def test_a_dry_run_refuses_a_push_to_hub_that_is_no_repo_id_as_the_run_does(cli, tiny_checkpoints, tmp_path):
+    args = ["expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "8", "--push-to-hub", "bad name!!"]
+    dry, real = cli(*args, "--dry-run"), cli(*args)
+    _assert_refused(dry, tmp_path / "out", "'bad name!!' is not a repo id")
+    assert (dry.code, dry.stderr, dry.stdout) == (real.code, real.stderr, real.stdout) == (2, real.stderr, "")

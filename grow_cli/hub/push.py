@@ -187,14 +187,20 @@ def _check_ref_exists(api: HfApi, repo_id: str, revision: str) -> None:
         raise HubError(f"{repo_id} has no {what}; {instead}") from None
 
 
-def check_can_push(repo_id: str, token: str | None) -> str:
-    """What a push needs before any request (and before a long run that ends in one): a repo id, a token (returned)
-    and the network."""
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a `repo_id` the Hub would refuse, with no request: a dry run checks it too, so that the real run
+    does not stop on it."""
     if not is_repo_id(repo_id):
         raise UsageError(
             f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name' (letters, digits, '-', '_' and '.', "
             "not starting or ending with '-' or '.', without '--' or '..', up to 96 characters each)"
         )
+
+
+def check_can_push(repo_id: str, token: str | None) -> str:
+    """What a push needs before any request (and before a long run that ends in one): a repo id, a token (returned)
+    and the network."""
+    check_repo_id(repo_id)
     check_cache_folders(hub_cache=False)  # the client reads the saved login there, even beside a given token
     token = resolve_token(token)
     if is_offline():
