@@ -4,7 +4,7 @@ the largest tensor against the machine's memory.
 Without them a typo costs hours: `--layers 1000000000` builds a billion-entry layer map before any message, and
 `--layers 100000` starts writing tens of GB into a disk that cannot hold them. The bounds are far above any
 released transformer (the deepest have ~130 layers, the widest ~30k hidden units, ~50k FFN units, the most
-experts a few hundred), so they only ever refuse mistakes.
+experts a few hundred, the longest training runs a few million steps), so they only ever refuse mistakes.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 18  # hidden and FFN units
 MAX_HEADS = 4096
 MAX_EXPERTS = 4096  # routed experts per layer; the most in a released MoE is a few hundred
+# A training budget: the largest released pretraining runs read about 2e13 tokens in a few million optimizer steps.
+MAX_TOKENS = 10**18
+MAX_STEPS = 10**12
 DEEPEST_RELEASED = "the deepest released transformers have about 130"
 
 

@@ -106,6 +106,14 @@ def test_an_apollo_depth_beyond_grows_layer_bound_is_refused_with_the_settings(c
     TrainConfig(**{**BASE, "apollo_target_layers": 1024, "apollo_stages": "2,1024@1"})  # the bound itself is fine
 
 
+def test_a_step_budget_has_a_bound_as_the_token_budget_has():
+    """--max-steps 10**20 was taken (and trained, its warmup alone 10**18 steps at an LR near 0); --max-tokens has
+    always had its bound."""
+    with pytest.raises(OptionError, match=r"^--max-steps must be a finite number ≥ 1 and ≤ 1e\+12, got "):
+        TrainConfig(**{**BASE, "max_steps": 10**12 + 1})
+    assert TrainConfig(**{**BASE, "max_steps": 10**12}).max_steps == 10**12  # the bound itself is fine
+
+
 def test_paths_are_text_or_path_like_and_held_as_paths():
     """What the annotations say (a type checker accepts `model="tiny"`) is what the class takes; `~` is the home
     folder, as in a shell."""

@@ -18,7 +18,7 @@ from typing import Any
 from grow_cli.data.sources import data_paths
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.field_types import checked_init, flag
-from grow_cli.limits import check_layer_option
+from grow_cli.limits import MAX_STEPS, MAX_TOKENS, check_layer_option
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -276,7 +276,8 @@ class TrainConfig:
         max_lr = None if isinstance(self.max_lr, str) else self.max_lr  # "auto" (other strings: refused above)
         ranges: dict[str, tuple[float | None, float, float, bool]] = {  # field: (value, lowest, highest, lowest ok)
             "max_lr": (max_lr, 0.0, math.inf, False),
-            "max_tokens": (self.max_tokens, 1.0, 1e18, True),
+            "max_steps": (self.max_steps, 1, MAX_STEPS, True),
+            "max_tokens": (self.max_tokens, 1, MAX_TOKENS, True),
             "beta1": (self.beta1, 0.0, 1.0, True),
             "beta2": (self.beta2, 0.0, 1.0, True),
             "eps": (self.eps, 0.0, math.inf, False),
