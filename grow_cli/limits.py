@@ -23,6 +23,7 @@ MAX_EXPERTS = 4096  # routed experts per layer; the most in a released MoE is a 
 # A training budget: the largest released pretraining runs read about 2e13 tokens in a few million optimizer steps.
 MAX_TOKENS = 10**18
 MAX_STEPS = 10**12
+MAX_SEED = 2**64 - 1  # the most torch's and numpy's generators take
 DEEPEST_RELEASED = "the deepest released transformers have about 130"
 
 
@@ -45,6 +46,14 @@ def check_layer_option(option: str, layers: int) -> None:
             option,
             f"{flag(option)} asks for {layers:,} layers, beyond grow's bound of {MAX_LAYERS:,}; {DEEPEST_RELEASED}",
         )
+
+
+def check_seed(seed: int) -> None:
+    """A seed from 0 to `MAX_SEED`, as every generator grow seeds takes it: numpy's refuses a negative one and
+    Python's `random` reads -1 as 1 (a negative seed would repeat a positive one's index maps), and torch's
+    refuses one past `MAX_SEED` (`grow expand --verify` failed on it after writing the output)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise OptionError("seed", f"--seed must be between 0 and 2**64 - 1, got {seed}")
 
 
 def check_width(**targets: int) -> None:

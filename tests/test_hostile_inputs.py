@@ -415,6 +415,10 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.train("--max-steps", 1, "--seed", -1), "--seed must be between 0 and 2**64 - 1, got -1"
     if name == "train-seed-too-large":
         return c.train("--max-steps", 1, "--seed", 2**64), "--seed must be between 0 and 2**64 - 1"
+    if name == "expand-seed-negative":  # Python's random reads -1 as 1: the index maps of --seed 1
+        return c.expand("--seed", -1, "--dry-run"), "--seed must be between 0 and 2**64 - 1, got -1"
+    if name == "expand-seed-too-large":  # torch refused it in --verify, after the output was written
+        return c.expand("--seed", 2**64, "--verify"), "--seed must be between 0 and 2**64 - 1"
     if name == "train-tokenizer-missing":  # a local path, never looked up on the Hub (a typo would fetch a stranger's)
         return c.train("--max-steps", 1, "--tokenizer", c.tmp / "tok"), f"the tokenizer folder {c.tmp / 'tok'} does not"
     if name == "family-train-max-lr-list":
@@ -641,6 +645,8 @@ CASES = [
     "source-config-transformers-refuses",
     "train-seed-negative",
     "train-seed-too-large",
+    "expand-seed-negative",
+    "expand-seed-too-large",
     "train-tokenizer-missing",
     "family-train-max-lr-list",
     "inspect-config-transformers-refuses",

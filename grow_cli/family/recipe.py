@@ -48,6 +48,7 @@ from typing import Any
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.field_types import accepts, empty_path, type_names
 from grow_cli.growth.spec import GrowthSpec, field_types
+from grow_cli.limits import MAX_SEED
 
 TOP_KEYS = {
     "name",
@@ -276,7 +277,7 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     base = path.resolve().parent
     raw = _mapping(_read_yaml(path), "top level", TOP_KEYS)
     seed = _typed(raw.get("seed", 0), "seed", int)
-    if not 0 <= seed < 2**64:  # what torch's generators take
+    if not 0 <= seed <= MAX_SEED:
         raise _fail("seed", f"must be between 0 and 2**64 - 1, found {seed}")
     members_raw = raw.get("members")
     if not isinstance(members_raw, list) or not members_raw:

@@ -31,7 +31,7 @@ from grow_cli.checkpoint.writer import parse_size
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.field_types import checked_init, flag
 from grow_cli.field_types import field_types as dataclass_types
-from grow_cli.limits import check_experts
+from grow_cli.limits import check_experts, check_seed
 from grow_cli.operators import registry
 
 
@@ -73,6 +73,7 @@ class GrowthSpec:
         self._check_width()
         self._check_files()
         self._check_experts()
+        check_seed(self.seed)
         if not self.grows_depth and not self.grows_width and not self.grows_experts:
             raise OptionError(
                 None,

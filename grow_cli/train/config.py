@@ -18,7 +18,7 @@ from typing import Any
 from grow_cli.data.sources import data_paths
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.field_types import checked_init, flag
-from grow_cli.limits import MAX_STEPS, MAX_TOKENS, check_layer_option
+from grow_cli.limits import MAX_STEPS, MAX_TOKENS, check_layer_option, check_seed
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
@@ -147,8 +147,7 @@ class TrainConfig:
                 self._set("max_lr", float(self.max_lr))
             except ValueError:
                 raise OptionError("max_lr", f"--max-lr must be a number or 'auto', got {self.max_lr!r}") from None
-        if not 0 <= self.seed < 2**64:  # what torch's and numpy's generators take
-            raise OptionError("seed", f"--seed must be between 0 and 2**64 - 1, got {self.seed}")
+        check_seed(self.seed)
         if self.seq_len < 2:  # one token has no next token to predict: the loss would be 0/0
             raise OptionError(
                 "seq_len", f"--seq-len must be at least 2 (a token and the next one to predict), got {self.seq_len}"
