@@ -419,6 +419,8 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.expand("--seed", -1, "--dry-run"), "--seed must be between 0 and 2**64 - 1, got -1"
     if name == "expand-seed-too-large":  # torch refused it in --verify, after the output was written
         return c.expand("--seed", 2**64, "--verify"), "--seed must be between 0 and 2**64 - 1"
+    if name == "train-token-dtype-without-bin":  # it only changed the dtype of the token cache
+        return c.train("--max-steps", 1, "--token-dtype", "uint32"), "--token-dtype uint32 applies only to pre-tok"
     if name == "train-tokenizer-missing":  # a local path, never looked up on the Hub (a typo would fetch a stranger's)
         return c.train("--max-steps", 1, "--tokenizer", c.tmp / "tok"), f"the tokenizer folder {c.tmp / 'tok'} does not"
     if name == "family-train-max-lr-list":
@@ -647,6 +649,7 @@ CASES = [
     "train-seed-too-large",
     "expand-seed-negative",
     "expand-seed-too-large",
+    "train-token-dtype-without-bin",
     "train-tokenizer-missing",
     "family-train-max-lr-list",
     "inspect-config-transformers-refuses",

@@ -200,8 +200,15 @@ def _looks_binary(path: Path) -> bool:
         return b"\0" in f.read(BINARY_PROBE)
 
 
-def check_sources(sources: list[Source], text_field: str) -> None:
-    """Fail now, with the file's name, if a text source is binary or a tabular source lacks `text_field`."""
+def check_sources(sources: list[Source], text_field: str, token_dtype: str | None = None) -> None:
+    """Fail now, with the file's name, if a text source is binary or a tabular source lacks `text_field`; and if a
+    `token_dtype` is given for data without any `.bin` token file, which it would not change."""
+    if token_dtype is not None and not any(source.kind == "tokens" for source in sources):
+        raise OptionError(
+            "token_dtype",
+            f"--token-dtype {token_dtype} applies only to pre-tokenized .bin files, and --data holds none (its "
+            "text is tokenized with the model's tokenizer); drop --token-dtype",
+        )
     for source in sources:
         if source.kind == "text" and _looks_binary(source.path):
             raise DataError(

@@ -110,12 +110,12 @@ def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *
     return grown, {t.name: (t.shape, t.dtype) for t in plan.tensors}
 
 
-def _check_data(data: list[str], text_field: str, where: str) -> list[Source]:
+def _check_data(data: list[str], text_field: str, where: str, token_dtype: str | None = None) -> list[Source]:
     from grow_cli.data.sources import check_sources, find_sources
 
     try:
         sources = find_sources(data)
-        check_sources(sources, text_field)
+        check_sources(sources, text_field, token_dtype)
     except GrowError as exc:
         raise _fail(where, str(exc)) from None
     return sources
@@ -258,7 +258,9 @@ def check_recipe(recipe: Recipe) -> list[str]:
             settings = recipe.train_settings(member)
             hf_config = None
             if settings is not None:
-                sources = _check_data(settings["data"], settings.get("text_field", "text"), f"{where}.train")
+                sources = _check_data(
+                    settings["data"], settings.get("text_field", "text"), f"{where}.train", settings.get("token_dtype")
+                )
                 _check_writes_outside_data(recipe, member, settings, sources, where)
                 hf_config = _check_training(settings, config, tokenizer, where)
             if config is not None:

@@ -71,7 +71,7 @@ def preflight(config: TrainConfig) -> Checked:
     --out/--resume and --report-to."""
     model, out, data = Path(config.model), Path(config.out), data_paths(config.data)  # as TrainConfig holds them
     sources = find_sources(data)
-    check_sources(sources, config.text_field)
+    check_sources(sources, config.text_field, config.token_dtype)
     model_config = load_model_config(model)
     check_weights(model)
     check_seq_len(model_config, config.seq_len)
