@@ -232,3 +232,30 @@ def test_a_dry_run_refuses_a_push_to_hub_that_is_no_repo_id_as_the_run_does(cli,
     dry, real = cli(*args, "--dry-run"), cli(*args)
     _assert_refused(dry, tmp_path / "out", "'bad name!!' is not a repo id")
     assert (dry.code, dry.stderr, dry.stdout) == (real.code, real.stderr, real.stdout) == (2, real.stderr, "")
+
+
+def test_a_named_pipe_where_grow_reads_a_file_is_refused_not_waited_on(tmp_path):
+    """`grow family PIPE` waited forever for a writer to the pipe (Ctrl-C ended it); a model folder whose config.json
+    is a pipe was said to have no config.json. Run as processes with a timeout, so that a wait fails the test."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    os.mkfifo(tmp_path / "recipe.yaml")
+    (tmp_path / "model").mkdir()
+    os.mkfifo(tmp_path / "model" / "config.json")
+    pipe_line = "is not a regular file (a pipe, a socket or a device)"
+    cases = [
+        (["family", "recipe.yaml"], 2, f"error: recipe recipe.yaml {pipe_line}; give a YAML recipe"),
+        (["family", "recipe.yaml", "--check"], 2, f"error: recipe recipe.yaml {pipe_line}; give a YAML recipe"),
+        (["inspect", "model"], 1, f"error: {tmp_path / 'model' / 'config.json'} {pipe_line}; a model folder's"),
+        (["plan", "--target", "model/config.json", "--tokens", "1B"], 1, f"error: model/config.json {pipe_line}"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for args, code, line in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "grow_cli", *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+        )
+        assert done.returncode == code and done.stderr.startswith(line), (args, done.stderr)
+        assert len(done.stderr.splitlines()) == 1 and done.stdout == "", done.stderr

@@ -79,7 +79,7 @@ def not_a_file(path: Path) -> str | None:
     if path.is_symlink() and not path.exists():
         return "is a broken symbolic link"
     if path.exists():
-        return "is not a regular file"
+        return "is not a regular file (a pipe, a socket or a device)"
     return f"is missing from {path.parent}"
 
 
@@ -432,6 +432,8 @@ def load_bin_weights(path: Path) -> dict[str, Any]:
 def load_config(folder: Path) -> dict[str, Any]:
     """The folder's config.json as a dict (kept raw so every key survives growth)."""
     path = Path(folder) / "config.json"
+    if not path.is_file() and os.path.lexists(path):  # a named pipe's read would wait for a writer, forever
+        raise CheckpointError(f"{path} {not_a_file(path)}; a model folder's config.json is a JSON file")
     if not path.is_file():
         instead = what_else(Path(folder))
         if instead:

@@ -91,7 +91,7 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     from grow_cli.growth.describe import describe_shape, inspect
 
     path = Path(target).expanduser()  # as `grow inspect` reads a source: `--target=~/x` is not expanded by the shell
-    if path.is_file() and path.name != "config.json":  # read as a folder, it had "no config.json"
+    if path.exists() and not path.is_dir() and path.name != "config.json":  # as a folder, it had "no config.json"
         raise UsageError(f"--target {os.fspath(target)} is a file; give a model folder, or the config.json in one")
     if path.exists():
         info = describe_shape(path.parent if path.name == "config.json" else path)

@@ -311,6 +311,8 @@ def _read_yaml(path: Path) -> Any:
     """The recipe file's YAML, parsed; what cannot be read or parsed is one `UsageError` naming the file."""
     import yaml
 
+    if path.exists() and not path.is_file() and not path.is_dir():  # a named pipe: reading it waits for a writer
+        raise UsageError(f"recipe {path} is not a regular file (a pipe, a socket or a device); give a YAML recipe")
     try:
         return _load_yaml(path.read_text())
     except OSError as exc:

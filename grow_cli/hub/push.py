@@ -227,7 +227,7 @@ def check_complete(folder: Path) -> list[str]:
     if not folder.is_dir():
         state = "is not a folder" if os.path.lexists(folder) else "does not exist"
         raise CheckpointError(f"{folder} {state}; pass the output folder of `grow expand` or `grow train-stage`")
-    if not (folder / "config.json").is_file():  # named as what it holds instead (a model in a subfolder, …) if known
+    if not os.path.lexists(folder / "config.json"):  # named as what it holds instead (a model in a subfolder, …)
         instead = what_else(folder) or "not a finished checkpoint (did the run complete?)"
         raise CheckpointError(f"{folder} has no config.json: {instead}")
     load_config(folder)
