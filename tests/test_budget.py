@@ -10,7 +10,8 @@ import re
 import pytest
 
 from grow_cli.errors import UsageError
-from grow_cli.family.budget import family_ledger, parse_count, plan, stacking_growth_tokens
+from grow_cli.family.budget import family_ledger, plan, stacking_growth_tokens
+from grow_cli.quantities import parse_count
 
 # Du et al. 2024 (tongxuluo/prts README): model, N, D, growth timing d.
 PAPER_TABLE = [

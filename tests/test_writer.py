@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 
 from grow_cli.checkpoint.reader import CheckpointReader
-from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, parse_size, plan_shards
-from grow_cli.errors import UsageError
+from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 
 
 def _write(folder, tensors, max_shard, *, direct=True):
@@ -63,15 +62,6 @@ def test_plan_shards_respects_the_limit(sizes, max_shard):
     assert [t for s in shards for t in s] == planned  # order kept, nothing lost
     for shard in shards:
         assert sum(t.nbytes for t in shard) <= max_shard or len(shard) == 1
-
-
-def test_parse_size():
-    assert parse_size("5GB") == 5 * 10**9
-    assert parse_size("500MB") == 500 * 10**6
-    assert parse_size("2GiB") == 2 * 2**30
-    assert parse_size("1000") == 1000
-    with pytest.raises(UsageError):
-        parse_size("five")
 
 
 def test_writeback_starts_as_bytes_are_written(tmp_path, monkeypatch):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,33 +23,8 @@ from grow_cli.checkpoint.dtypes import dtype_name, nbytes, numel
 from grow_cli.checkpoint.durable import WRITEBACK_STEP, Writeback
 from grow_cli.checkpoint.file_copy import CHUNK, FileRange, RangeCopier
 from grow_cli.checkpoint.files import SAFETENSORS_INDEX, shard_names
-from grow_cli.errors import UsageError
 
 PAGE = 4096
-
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes in a size such as `5GB` (powers of ten, as Hugging Face uses), `500MB`, `2GiB` or `1000000`."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B?)\s*", str(text).upper())
-    if not match or match.group(2) not in _UNITS:
-        raise UsageError(f"cannot read size {text!r}; use e.g. 5GB, 500MB or 2GiB")
-    value = int(float(match.group(1)) * _UNITS[match.group(2)])
-    if value <= 0:
-        raise UsageError(f"size {text!r} must be positive")
-    return value
 
 
 @dataclass(frozen=True)

@@ -29,36 +29,13 @@ from typing import Any
 from grow_cli.errors import UsageError, counted
 from grow_cli.family.quality import PUBLISHED
 from grow_cli.field_types import accepts
+from grow_cli.quantities import parse_count
 from grow_cli.train.flops import training_flops_per_token
 from grow_cli.train.lr_rule import SOURCE as LR_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 
 GROWTH_FACTOR = 4
 YANO_NEW_TOKEN_FRACTION = 140 / 320
-_SUFFIX = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-
-
-# A count as people write one: a decimal number (`1.5`, `.5`, `2e12`, `1.5e+12`) and an optional suffix. The pattern
-# admits only what `float` reads, so `1.2.3` or `..` is refused here in one line, not by `float` as a ValueError.
-_COUNT = re.compile(r"\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?)\s*([KMBGT]?)\s*", re.IGNORECASE)
-
-
-def parse_count(text: str | float | int, option: str | None = None) -> float:
-    """A count such as `8B`, `135M`, `15T` or `2e12`; `option` (e.g. `--tokens`) names it in a refusal."""
-    if isinstance(text, int | float):
-        return float(text)
-    named = f"{option}: " if option else ""
-    match = _COUNT.fullmatch(str(text))
-    if not match:
-        raise UsageError(
-            f"{named}cannot read {text!r} as a count; use a number with an optional K, M, B or T suffix, e.g. 2T, "
-            "320B, 1.5B or 1.5e12"
-        )
-    value = float(match.group(1)) * _SUFFIX[match.group(2).upper()]
-    if value <= 0:
-        raise UsageError(f"{named}{text!r} must be positive")
-    return value
-
 
 # What `grow plan` plans for: the G_stack fit and the LR rule come from models of 1e8–1e11 parameters and 1e10–1e13
 # tokens; outside these ranges its numbers mean nothing.

@@ -27,7 +27,7 @@ from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, is_local, resolve_source, source_headers
-from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes, parse_size
+from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes
 from grow_cli.console import activity, byte_progress
 from grow_cli.errors import CheckpointError, OptionError, UsageError
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
@@ -50,6 +50,7 @@ from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.operators.index_scaling import scale_query
 from grow_cli.operators.staged import identity_init
+from grow_cli.quantities import parse_size
 
 CARD_AND_RECORD_BYTES = 1 << 20  # config.json, grow.json, README.md and the index: generously
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from grow_cli.checkpoint.dtypes import output_dtype
-from grow_cli.checkpoint.writer import parse_size
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.field_types import checked_init, flag
 from grow_cli.field_types import field_types as dataclass_types
 from grow_cli.limits import check_experts, check_seed
 from grow_cli.operators import registry
+from grow_cli.quantities import parse_size
 
 
 @checked_init

@@ -314,7 +314,7 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 def parse_max_tokens(value: str | float | None) -> int | None:
     """A token budget as the command line and a recipe may spell it (50M, 2B, 2e9, 2000000.0), as a whole count; a
     plain number out of range (0, -5) is left to `TrainConfig`'s checks, which name it."""
-    from grow_cli.family.budget import parse_count
+    from grow_cli.quantities import parse_count
 
     if value is None or isinstance(value, int) and not isinstance(value, bool):
         return value
