@@ -79,6 +79,15 @@ def one_line(message: object, limit: int | None = None) -> str:
     return text or (type(message).__name__ if isinstance(message, BaseException) else "")
 
 
+def shown(number: float) -> str:
+    """A number as a message shows it: a whole one with its thousands separated (1,024), or past 10**15 in short
+    e-notation (2e+99) — `--depth-factor 2e99` was answered with all 79 digits of the layer count it made, and
+    `--max-tokens 2e99` with 100; any other number as Python writes it (0.1, nan)."""
+    if isinstance(number, int) and not isinstance(number, bool):
+        return f"{number:,}" if abs(number) < 10**15 else f"{number:.3g}"
+    return str(number)
+
+
 def counted(number: int, noun: str) -> str:
     """`number` and `noun` as a message says them: "1 layer", "4 layers"."""
     return f"{number} {noun}{'' if number == 1 else 's'}"

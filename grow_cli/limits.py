@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from grow_cli.errors import OptionError, OutputError, UsageError
+from grow_cli.errors import OptionError, OutputError, UsageError, shown
 from grow_cli.field_types import flag
 
 MAX_LAYERS = 1024
@@ -32,7 +32,7 @@ def check_layers(source_layers: int, target_layers: int) -> None:
     if target_layers > MAX_LAYERS:
         raise OptionError(
             "layers",
-            f"{target_layers:,} target layers (from {source_layers}) is beyond grow's bound of {MAX_LAYERS:,}; "
+            f"{shown(target_layers)} target layers (from {source_layers}) is beyond grow's bound of {MAX_LAYERS:,}; "
             f"{DEEPEST_RELEASED}. Try --layers {2 * source_layers}",
         )
 
@@ -44,7 +44,8 @@ def check_layer_option(option: str, layers: int) -> None:
     if layers > MAX_LAYERS:
         raise OptionError(
             option,
-            f"{flag(option)} asks for {layers:,} layers, beyond grow's bound of {MAX_LAYERS:,}; {DEEPEST_RELEASED}",
+            f"{flag(option)} asks for {shown(layers)} layers, beyond grow's bound of {MAX_LAYERS:,}; "
+            + DEEPEST_RELEASED,
         )
 
 
@@ -62,7 +63,7 @@ def check_width(**targets: int) -> None:
         bound = MAX_HEADS if "heads" in key else MAX_WIDTH
         if value > bound:
             raise OptionError(
-                key, f"{flag(key)} {value:,} is beyond grow's bound of {bound:,}; choose a smaller target"
+                key, f"{flag(key)} {shown(value)} is beyond grow's bound of {bound:,}; choose a smaller target"
             )
 
 
@@ -72,7 +73,7 @@ def check_experts(experts: int) -> None:
     if experts > MAX_EXPERTS:
         raise OptionError(
             "experts",
-            f"--experts {experts:,} is beyond grow's bound of {MAX_EXPERTS:,}; released mixtures have 8 to a few "
+            f"--experts {shown(experts)} is beyond grow's bound of {MAX_EXPERTS:,}; released mixtures have 8 to a few "
             "hundred experts. Try --experts 8",
         )
 

@@ -259,3 +259,28 @@ def test_a_named_pipe_where_grow_reads_a_file_is_refused_not_waited_on(tmp_path)
         )
         assert done.returncode == code and done.stderr.startswith(line), (args, done.stderr)
         assert len(done.stderr.splitlines()) == 1 and done.stdout == "", done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--depth-factor", "2e99"], "error: 8e+99 target layers (from 4) is beyond grow's bound of 1,024"),
+        (["--width-factor", "2e99"], "error: --hidden-size 6.4e+100 is beyond grow's bound of 262,144"),
+        (["--experts", str(10**20)], "error: --experts 1e+20 is beyond grow's bound of 4,096"),
+        (["--layers", "2000"], "error: 2,000 target layers (from 4)"),  # below 10**15: in full, as before
+    ],
+)
+def test_a_huge_number_is_shown_short_in_a_refusal(cli, tiny_checkpoints, tmp_path, args, line):
+    """`--depth-factor 2e99` was answered with the 79 digits of the layer count it made."""
+    result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", *args, "--dry-run")
+    _assert_refused(result, tmp_path / "out", line)
+    assert result.stderr.startswith(line)
+
+
+def test_a_huge_token_budget_is_shown_short_in_its_refusal():
+    """`--max-tokens 2e99` was answered with 100 digits (the float's exact integer value)."""
+    from grow_cli.errors import OptionError
+    from grow_cli.train.config import TrainConfig, parse_max_tokens
+
+    with pytest.raises(OptionError, match=r"^--max-tokens must be a finite number ≥ 1 and ≤ 1e\+18, got 2e\+99$"):
+        TrainConfig(model="m", data=["d"], out="o", max_tokens=parse_max_tokens("2e99"))

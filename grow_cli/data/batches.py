@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from grow_cli.errors import UsageError
+from grow_cli.errors import UsageError, shown
 
 
 def check_global_batch(*, micro_batch_size: int, grad_accum: int, num_processes: int, train_blocks: int) -> None:
@@ -25,10 +25,10 @@ def check_global_batch(*, micro_batch_size: int, grad_accum: int, num_processes:
     global_batch = micro_batch_size * grad_accum * num_processes
     if global_batch > train_blocks:
         raise UsageError(
-            f"the global batch of {global_batch:,} blocks (--micro-batch-size {micro_batch_size} × grad accumulation "
-            f"{grad_accum} × {num_processes} process{'es' * (num_processes != 1)}) is more than the data's "
-            f"{train_blocks:,} training blocks, so every step would read some of them twice; lower --micro-batch-size, "
-            "--grad-accum, --global-batch-tokens or --seq-len, or add data"
+            f"the global batch of {shown(global_batch)} blocks (--micro-batch-size {micro_batch_size} × grad "
+            f"accumulation {grad_accum} × {num_processes} process{'es' * (num_processes != 1)}) is more than the "
+            f"data's {train_blocks:,} training blocks, so every step would read some of them twice; lower "
+            "--micro-batch-size, --grad-accum, --global-batch-tokens or --seq-len, or add data"
         )
 
 

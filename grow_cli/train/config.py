@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.data.sources import data_paths
-from grow_cli.errors import OptionError, UsageError
+from grow_cli.errors import OptionError, UsageError, shown
 from grow_cli.field_types import checked_init, flag
 from grow_cli.limits import MAX_STEPS, MAX_TOKENS, check_layer_option, check_seed
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
@@ -233,7 +233,8 @@ class TrainConfig:
         self._set("data_offset", _count_or(self.data_offset, "lineage", "data_offset", "a number of blocks"))
         if isinstance(self.data_offset, int) and self.data_offset > 2**53:  # block positions stay exact int64s
             raise OptionError(
-                "data_offset", f"--data-offset {self.data_offset} is more blocks than any data holds (at most 2**53)"
+                "data_offset",
+                f"--data-offset {shown(self.data_offset)} is more blocks than any data holds (at most 2**53)",
             )
         if self.data_offset and self.resume == "grown":
             raise OptionError(
@@ -291,7 +292,7 @@ class TrainConfig:
                 continue
             if not (math.isfinite(value) and (value >= low if low_ok else value > low) and value <= high):
                 bound = f"{'≥' if low_ok else '>'} {low:g}" + (f" and ≤ {high:g}" if math.isfinite(high) else "")
-                raise OptionError(name, f"{flag(name)} must be a finite number {bound}, got {value}")
+                raise OptionError(name, f"{flag(name)} must be a finite number {bound}, got {shown(value)}")
         for name in ("beta1", "beta2"):
             if getattr(self, name) == 1.0:
                 raise OptionError(
