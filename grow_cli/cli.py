@@ -74,7 +74,7 @@ def _run_app() -> None:
 
     empty = _empty_argument(sys.argv[1:])
     if empty is not None:
-        _report(f"error: {empty} is empty (an unset shell variable?); give a value, or leave it out", every_rank=True)
+        _report(f"error: {empty}", every_rank=True)
         sys.exit(2)
     try:
         code = app(prog_name="grow", standalone_mode=False)  # returns the exit code of --help, --version, Ctrl-C
@@ -103,14 +103,62 @@ def _stopped_by_ctrl_c() -> NoReturn:
 
 
 def _empty_argument(args: list[str]) -> str | None:
-    """Which argument is an empty string, or None. No grow argument takes one, and a path given as "" is the
-    working folder: `grow expand SRC "$OUT" --force` with OUT unset would replace it."""
-    for i, arg in enumerate(args):
-        if arg == "":
-            return f"the value of {args[i - 1]}" if i and args[i - 1].startswith("-") else f"argument {i + 1}"
-        if arg.startswith("--") and arg.endswith("="):
-            return f"the value of {arg[:-1]}"
+    """The refusal of an argument that is an empty string, naming it as the command's help does (argument 'out', the
+    value of --cache-dir), or None. No grow argument takes one, and a path given as "" is the working folder:
+    `grow expand SRC "$OUT" --force` with OUT unset would replace it."""
+    if not any(arg == "" or (arg.startswith("--") and arg.endswith("=")) for arg in args):
+        return None  # the usual case, without building the command tree below
+    from typer.main import get_command
+
+    group: Any = get_command(app)
+    command: Any = None
+    positional, option, options_end = 0, None, False
+    for arg in args:
+        if option is not None:  # the value of the option before it
+            if arg == "":
+                return f"the value of {option} is empty (an unset shell variable?); give a value, or leave it out"
+            option = None
+        elif arg.startswith("--") and arg.endswith("=") and not options_end:
+            return f"the value of {arg[:-1]} is empty (an unset shell variable?); give a value, or leave it out"
+        elif arg == "--" and not options_end:
+            options_end = True
+        elif arg.startswith("-") and len(arg) > 1 and not options_end:
+            option = _option_with_value(command or group, arg)
+        elif command is None:
+            command = group.commands.get(arg)
+            if command is None:  # no such command: click names it ('' too)
+                return None
+        elif arg == "":
+            return _empty_positional(command, positional)
+        else:
+            positional += 1
     return None
+
+
+def _option_with_value(command: Any, arg: str) -> str | None:
+    """`arg` (an option of `command`) when the next argument is its value; None for a flag or `--name=value`. An
+    option the command lacks is taken as one with a value: click refuses it anyway, and an empty string after it is
+    named as its value."""
+    if "=" in arg:
+        return None
+    for param in command.params:
+        if arg in getattr(param, "secondary_opts", ()):  # --no-force
+            return None
+        if param.param_type_name == "option" and arg in param.opts:
+            return None if param.is_flag or param.count else arg
+    return arg
+
+
+def _empty_positional(command: Any, index: int) -> str:
+    """The refusal of the `index`-th positional argument of `command` given as an empty string: named as click names
+    it in its own refusals (`Missing argument 'out'`), told to be left out only where it may be."""
+    arguments = [param for param in command.params if param.param_type_name == "argument"]
+    if index >= len(arguments):  # an extra one: click would refuse it as such
+        names = " and ".join(f"'{argument.name}'" for argument in arguments)
+        return f"an extra argument is empty: grow {command.name} takes only {names}; drop it"
+    argument = arguments[index]
+    leave = "" if argument.required else ", or leave it out"
+    return f"argument '{argument.name}' is empty (an unset shell variable?); give a value{leave}"
 
 
 def _report(line: str, *, error: bool = True, every_rank: bool = False) -> None:

@@ -747,8 +747,32 @@ def test_a_legacy_pickle_bin_is_read_safely_and_grows_exactly(tmp_path):
 @pytest.mark.parametrize(
     ("args", "empty"),
     [
-        (["expand", "SRC", "", "--layers", "8", "--force"], "argument 3"),
-        (["train-stage", "LM", "--data", "DATA", "--out", "run", "--cache-dir="], "the value of --cache-dir"),
+        (
+            ["expand", "SRC", "", "--layers", "8", "--force"],
+            "argument 'out' is empty (an unset shell variable?); give a value",
+        ),
+        (
+            ["--debug", "expand", "", "run", "--layers", "8"],
+            "argument 'source' is empty (an unset shell variable?); give a value",
+        ),
+        (
+            ["expand", "SRC", "--layers", "8", "--", ""],
+            "argument 'out' is empty (an unset shell variable?); give a value",
+        ),
+        (["demo", "", "--force"], "argument 'out' is empty (an unset shell variable?); give a value, or leave it out"),
+        (
+            ["train-stage", "LM", "--data", "DATA", "--out", "run", "--cache-dir="],
+            "the value of --cache-dir is empty (an unset shell variable?); give a value, or leave it out",
+        ),
+        (
+            ["train-stage", "LM", "--data", "", "--out", "run"],
+            "the value of --data is empty (an unset shell variable?); give a value, or leave it out",
+        ),
+        # after a flag, an extra argument: it was called the flag's value ('the value of --verify is empty')
+        (
+            ["expand", "SRC", "run", "--verify", "", "--layers", "8"],
+            "an extra argument is empty: grow expand takes only 'source' and 'out'; drop it",
+        ),
     ],
 )
 def test_an_empty_argument_is_refused_before_it_names_the_working_folder(cli, ctx, monkeypatch, args, empty):
@@ -761,7 +785,5 @@ def test_an_empty_argument_is_refused_before_it_names_the_working_folder(cli, ct
     monkeypatch.chdir(here)
     swap = {"SRC": ctx.src, "LM": ctx.lm, "DATA": ctx.data}
     result = cli(*[swap.get(arg, arg) for arg in args])
-    assert result.code == 2 and result.stderr.strip() == (
-        f"error: {empty} is empty (an unset shell variable?); give a value, or leave it out"
-    )
+    assert result.code == 2 and result.stderr.strip() == f"error: {empty}"  # named as click names it: was 'argument 3'
     assert sorted(p.name for p in here.iterdir()) == ["keep.txt"]
