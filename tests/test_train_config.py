@@ -73,6 +73,7 @@ def test_a_misspelt_or_missing_field_is_an_option_error():
         ({"apollo_stages": "3,2@5"}, "apollo_stages"),
         ({"data": []}, "data"),
         ({"data_offset": 10**23}, "data_offset"),  # beyond int64 block positions: was the catch-all
+        ({"schedule_offset": 10**26}, "schedule_offset"),  # beyond int64 block positions: was the catch-all
         ({"resume": "auto", "overwrite": True}, "overwrite"),  # continue or start again: --overwrite was ignored
     ],
 )

@@ -224,6 +224,12 @@ class TrainConfig:
 
     def _check_schedule_offset(self) -> None:
         self._set("schedule_offset", _count_or(self.schedule_offset, "auto", "schedule_offset", "a step number"))
+        if isinstance(self.schedule_offset, int) and self.schedule_offset > MAX_STEPS:  # a step, as --max-steps
+            raise OptionError(
+                "schedule_offset",
+                f"--schedule-offset must be a step ≤ {MAX_STEPS:g} (grow's bound on steps), got "
+                f"{shown(self.schedule_offset)}",
+            )
         if self.restart_warmup_steps < 0:
             raise OptionError(
                 "restart_warmup_steps", f"--restart-warmup-steps must be at least 0, got {self.restart_warmup_steps}"
