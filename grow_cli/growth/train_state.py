@@ -9,8 +9,9 @@ be either; any other folder has no training state and is grown as today.
 Such a SRC lacks what a model folder has beside its weights, so `training_source` presents it as one: a temporary
 folder of links to the checkpoint's weights and to the config, tokenizer, grow.json and sentence-transformers modules
 (their configs and weights) of the run's model (the finished output folder for a final state, else the folder the
-run trained, recorded in grow-state.json), the config naming the class the run trained (a headless decoder's folder
-names its base model). Every other part of `grow expand` then reads it like any model folder.
+run trained, recorded in grow-state.json), and the config of the model the run trained, which grow-state.json
+records: a headless decoder's folder names its base model, an Apollo stage plan's its first stage's layers. Every other
+part of `grow expand` then reads it like any model folder.
 
 `optimizer.bin` is opened with `torch.load(weights_only=True, mmap=True)`: tensors stay on disk until one is read,
 so the moments are streamed like weights. What does not fit AdamW — other optimizers' state keys, moments whose
@@ -223,19 +224,17 @@ def _model_folder(checkpoint: Path, state: dict[str, Any]) -> Path:
     )
 
 
-def _link_config(view: Path, model_folder: Path, state: dict[str, Any]) -> None:
-    """The checkpoint's config.json in `view`: its model folder's, naming the class of the checkpoint's weights
-    (grow-state.json's `model_class`). They differ where the run trained a headless decoder (config.json: LlamaModel)
-    as its causal LM, whose `model.`-prefixed tensors and head the checkpoint holds, as the run's output does."""
-    config, trained = model_folder / "config.json", state.get("model_class")
-    try:  # (a checkpoint of an older grow records no class)
-        settings = json.loads(config.read_text()) if isinstance(trained, str) else None
-    except (OSError, ValueError):
-        settings = None  # load_config refuses it, saying why
-    if not isinstance(settings, dict) or settings.get("architectures") == [trained]:
-        (view / config.name).symlink_to(config.resolve())
-        return
-    (view / config.name).write_text(json.dumps({**settings, "architectures": [trained]}, indent=2) + "\n")
+def _write_config(view: Path, model_folder: Path, state: dict[str, Any]) -> None:
+    """The checkpoint's config.json in `view`: the config of the model its run trained, as grow-state.json records it
+    (`model_config`). The checkpoint's weights need not fit the model folder's: a headless decoder (config.json:
+    LlamaModel) trains as its causal LM, whose head and `model.`-prefixed tensors the checkpoint holds, and an Apollo
+    stage plan trains its last stage's layers from step 0. A checkpoint of an older grow records none: its model
+    folder's config, as the view gave it then."""
+    recorded = state.get("model_config")
+    if isinstance(recorded, dict):
+        (view / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
+    else:
+        (view / "config.json").symlink_to((model_folder / "config.json").resolve())
 
 
 def _parameter_names(state: dict[str, Any], model_folder: Path) -> list[str]:
@@ -339,7 +338,7 @@ def _model_view(
             link = view / path.relative_to(model_folder)
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(path.resolve())
-        _link_config(view, model_folder, state)
+        _write_config(view, model_folder, state)
         if (model_folder / RECORD_FILE).is_file():
             (view / RECORD_FILE).symlink_to((model_folder / RECORD_FILE).resolve())
         (view / WEIGHTS_FILE).symlink_to((checkpoint / WEIGHTS_FILE).resolve())

@@ -41,7 +41,7 @@ from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_a
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
-from grow_cli.train.model_io import LoadedModel, load_model
+from grow_cli.train.model_io import LoadedModel, load_model, saved_config
 from grow_cli.train.objective import Objective, objective_notes
 from grow_cli.train.preflight import Checked
 from grow_cli.train.router import RouterStats, is_moe_model
@@ -109,9 +109,8 @@ class Run:
         needs to grow the training state (the optimizer's parameter order and settings, the multipliers)."""
         state = {
             **self.run_keys,
-            # the class of the weights saved (a headless source trains with its head): the config `grow expand`
-            # reads with them, its model folder's, names it (`growth/train_state.py`)
-            "model_class": type(self.loaded.model).__name__,
+            # the config of the weights saved, which `grow expand` and `grow inspect` read them with
+            "model_config": saved_config(self.loaded.model),
             "step": self.step,
             "tokens": self.tokens,
             "data_blocks": self.data_blocks,

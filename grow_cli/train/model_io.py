@@ -305,6 +305,15 @@ def save_model(
     shutil.rmtree(staging)  # the module folders emptied above
 
 
+def saved_config(model: PreTrainedModel) -> dict[str, Any]:
+    """The config.json of `model` as it is now, as `save_pretrained` writes it (its class, the KV cache on, which
+    training turns off): a checkpoint records it (`Run.state`), since its weights may not be those of MODEL's config —
+    a headless decoder trains with its head, an Apollo stage plan with its last stage's layers."""
+    import json
+
+    return {**json.loads(model.config.to_json_string()), "architectures": [type(model).__name__], "use_cache": True}
+
+
 def _tied_as_in(model: PreTrainedModel, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`state_dict` with each of the model's tied parameters (transformers' `all_tied_weights_keys`, target: source)
     one tensor under both names again, as a model trained on one process gives it. A state dict gathered from FSDP's
