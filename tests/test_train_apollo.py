@@ -95,39 +95,76 @@ def test_a_plan_that_reaches_its_target_writes_the_whole_stack(setup, tmp_path, 
     assert load_record(out)["stages"][-1]["apollo"]["final_eval_loss_at_target"] is None
 
 
-def test_a_mid_run_checkpoint_of_a_stage_plan_is_read_with_the_layers_it_holds(setup, tmp_path, capsys, monkeypatch):
-    """A checkpoint before the last stage holds all the layers the plan allocated (4), where MODEL's config.json says
-    its first stage's (2): grow-state.json records the config of the model the run trains, so `grow inspect` and
-    `grow expand` read the checkpoint as 4 layers, and the growth passes --verify. Both refused it in one line,
-    advising to 'set num_hidden_layers to 4' — in the source model's folder. A checkpoint that records no config (an
-    older grow's) is read with its model folder's, as then."""
+def test_a_mid_plan_checkpoint_is_read_as_the_model_of_its_unique_layers(setup, tmp_path, capsys, monkeypatch):
+    """Before the last stage's copies, a checkpoint holds all the layers the plan allocated (4): the 2 in use and 2
+    untrained placeholders. grow-state.json records the model the run trains then (its config of 2 layers and the
+    placeholders' tensors), so `grow inspect` says 2 layers and `grow expand` grows those 2 with their AdamW state: the
+    growth, saved and loaded by transformers, computes the logits of the 2-layer model built from the checkpoint's
+    first 2 layers — not those of all 4 it holds (the control), as which both read it: expand grew the placeholders
+    and called them '18 tensors [that] had no optimizer state in the source (frozen there)'. Checkpoint step_3 of a
+    stage from step 3 is still mid-plan (the copies come as step 3 starts); the final state at step 4 is the 4 layers
+    in use. A mid-plan checkpoint of an older grow, which named no placeholders, is refused in one line."""
     from grow_cli.growth.expand import expand
     from grow_cli.growth.spec import GrowthSpec
 
     monkeypatch.chdir(tmp_path)
     model, data = setup
     out = tmp_path / "out"
-    plan = ("--apollo-stages", "2,4@3", "--apollo-target-layers", 8, "--save-every", 2, "-q")
+    plan = ("--apollo-stages", "2,4@3", "--apollo-target-layers", 8, "--save-every", 3, "--save-final-state", "-q")
     assert run_grow(args(model, data, out, "--max-steps", 4, *plan), capsys)[0] == 0
-    step_2 = out / "checkpoints" / "step_00000002"
-    assert tf.AutoConfig.from_pretrained(model).num_hidden_layers == 2
-    assert {k.split(".")[2] for k in load_file(step_2 / "model.safetensors") if ".layers." in k} == {"0", "1", "2", "3"}
-    code, stdout, stderr = run_grow(["inspect", step_2, "--json"], capsys)
+    step_3, step_4 = out / "checkpoints" / "step_00000003", out / "checkpoints" / "step_00000004"
+    held = load_file(step_3 / "model.safetensors")
+    assert {k.split(".")[2] for k in held if ".layers." in k} == {"0", "1", "2", "3"}
+    placeholders = {k for k in held if k.startswith(("model.layers.2.", "model.layers.3."))}
+    state = json.loads((step_3 / "grow-state.json").read_text())
+    assert state["model_config"]["num_hidden_layers"] == 2 and set(state["placeholders"]) == placeholders
+
+    code, stdout, stderr = run_grow(["inspect", step_3, "--json"], capsys)
     assert code == 0, stderr
     info = json.loads(stdout)
-    assert info["source"]["checkpoint"]["step"] == 2 and info["layers"] == 4
+    assert info["source"]["checkpoint"]["step"] == 3 and info["layers"] == 2
+    assert info["num_parameters"] == sum(v.numel() for k, v in held.items() if k not in placeholders)
     report = expand(
-        str(step_2), tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), verify=True, quiet=True
+        str(step_3), tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), verify=True, quiet=True
     )
-    assert report["verify"]["passed"] is True and report["verify"]["top1_agreement"] == 1.0
-    grown = tf.AutoConfig.from_pretrained(tmp_path / "wide")
-    assert grown.num_hidden_layers == 4 and grown.hidden_size == 64 and grown.architectures == ["LlamaForCausalLM"]
+    assert report["verify"]["passed"] is True and report["source_shape"]["layers"] == 2
+    grown_state = report["training_state"]
+    assert grown_state["carried_tensors"] == 21 and grown_state["fresh_tensors"] == 0
+    assert not any("frozen" in note for note in [*report["notes"], *grown_state["notes"]])
+    moments = json.loads((tmp_path / "wide" / "training-state" / "state.json").read_text())["parameters"]
+    assert not any(".layers.2." in k or ".layers.3." in k for k in moments)
 
-    state_file = step_2 / "grow-state.json"
-    state = json.loads(state_file.read_text())
-    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "model_config"}))
-    code, _, stderr = run_grow(["inspect", step_2], capsys)
-    assert code != 0 and "config.json says 2 layers" in stderr, stderr
+    ids = tiny_tokenizer()("To be, or not to be, that is the question", return_tensors="pt")["input_ids"]
+    grown = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "wide", dtype=torch.float32).eval()
+    assert grown.config.num_hidden_layers == 2 and grown.config.hidden_size == 64
+    in_use = tf.LlamaForCausalLM(tf.AutoConfig.from_pretrained(model)).eval()  # MODEL's config: 2 layers
+    in_use.load_state_dict({k: v for k, v in held.items() if k not in placeholders})
+    allocated = tf.LlamaForCausalLM(tf.AutoConfig.from_pretrained(model, num_hidden_layers=4)).eval()
+    allocated.load_state_dict(held)
+    with torch.no_grad():
+        logits, expected, control = (m(ids).logits for m in (grown, in_use, allocated))
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert (logits - control).abs().max() > 1e-2  # the placeholders change the function: reading them is caught
+
+    code, stdout, stderr = run_grow(["inspect", step_4, "--json"], capsys)  # the copies made: all 4 layers in use
+    assert code == 0 and json.loads(stdout)["layers"] == 4, stderr
+    assert json.loads((step_4 / "grow-state.json").read_text())["placeholders"] == []
+
+    for checkpoint in (step_3, step_4):  # as an older grow saved them: no placeholders named
+        state_file = checkpoint / "grow-state.json"
+        saved = json.loads(state_file.read_text())
+        state_file.write_text(json.dumps({k: v for k, v in saved.items() if k != "placeholders"}))
+    code, stdout, stderr = run_grow(["inspect", step_4, "--json"], capsys)
+    assert code == 0 and json.loads(stdout)["layers"] == 4, stderr
+    for command in (["inspect", step_3], ["expand", step_3, tmp_path / "deep", "--layers", 4, "--weights-only"]):
+        code, _, stderr = run_grow(command, capsys)
+        assert code != 0 and len(stderr.strip().splitlines()) == 1, stderr
+        assert (
+            "is mid-way through an Apollo stage plan: it holds 2 trained layers and 2 placeholders, filled at step 3, "
+            "and an older grow saved it without naming them; grow a checkpoint from step_00000004 on, or the run's "
+            "output" in " ".join(stderr.split())
+        ), stderr
+    assert not (tmp_path / "deep").exists()
 
 
 def test_bert_trains_with_apollo_under_masked_lm(tmp_path, capsys):

@@ -16,7 +16,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -192,12 +192,15 @@ class CheckpointReader:
         *,
         library_check_later: bool = False,
         fetch: Callable[[Path, int, int], None] | None = None,
+        leave_out: Collection[str] = (),
     ):
         """`library_check_later`: the safetensors library parses the headers in the background (it imports numpy,
         a tenth of a second); `library_checked()` waits for it and must pass before anything made from them is
         published. `fetch(file, start, end)`: called before a tensor's bytes are read, where the files hold only
-        their headers so far (`CheckpointSource.fetch`, from `source_headers`)."""
+        their headers so far (`CheckpointSource.fetch`, from `source_headers`). `leave_out`: tensors the files hold
+        that are no part of the model (`CheckpointSource.placeholders`), neither listed nor read."""
         self.folder = Path(folder)
+        self._leave_out = frozenset(leave_out)
         self._fetch = fetch
         self._library_later = library_check_later
         self._library_job: Future[None] | None = None
@@ -264,6 +267,7 @@ class CheckpointReader:
                 f"no weights in {f}: expected model.safetensors, sharded safetensors with "
                 f"{SAFETENSORS_INDEX}, or {BIN_SINGLE}{found}"
             )
+        self.tensors = {name: entry for name, entry in self.tensors.items() if name not in self._leave_out}
         if not self.tensors:
             raise CheckpointError(f"the checkpoint in {f} holds no tensors")
         self.tensors, self.stored_names = _as_loaded(self.tensors, f)

@@ -66,6 +66,9 @@ class CheckpointSource:
     # A training checkpoint's place in its run (`growth.train_state.position`), recorded with the source: the
     # run's own train stage is in no grow.json until it finishes, and what it read must still count as read.
     trained: dict[str, Any] | None = None
+    # Tensors its weight files hold that are no part of its model, which a `CheckpointReader` of it leaves out: a
+    # training checkpoint mid-way through an Apollo stage plan holds the layers not yet in use as placeholders.
+    placeholders: frozenset[str] = frozenset()
 
     def describe(self) -> dict[str, Any]:
         where = {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit}

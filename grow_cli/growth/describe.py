@@ -117,7 +117,9 @@ def inspect(
     ):
         config = load_config(src.folder)
         # safetensors' own parse of the headers (it imports numpy) runs beside transformers' answer (config_problem)
-        with CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader:
+        with CheckpointReader(
+            src.folder, library_check_later=True, fetch=src.fetch, leave_out=src.placeholders
+        ) as reader:
             infos = reader.tensor_infos()
             arch, shape, binding = source_shape_of(config, infos)
             problem = config_problem(config)

@@ -246,7 +246,7 @@ def expand(
     src = resolve_source(source, revision=revision, token=token)
     with training_source(src, weights_only=spec.weights_only) as (src, source_state):
         config = load_config(src.folder)
-        with CheckpointReader(src.folder, library_check_later=True) as reader:
+        with CheckpointReader(src.folder, library_check_later=True, leave_out=src.placeholders) as reader:
             assert out is not None  # refused above
             # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
             hasher = FileHasher(
@@ -279,7 +279,9 @@ def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str 
         training_source(src, weights_only=spec.weights_only) as (src, source_state),
     ):
         config = load_config(src.folder)
-        with CheckpointReader(src.folder, library_check_later=True, fetch=src.fetch) as reader:
+        with CheckpointReader(
+            src.folder, library_check_later=True, fetch=src.fetch, leave_out=src.placeholders
+        ) as reader:
             plan, state, _ = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
             reader.library_checked()
         return {

@@ -255,7 +255,7 @@ def _source_optimizer(source: SourceState) -> dict[str, Any]:
 def state_document(state: StatePlan) -> dict[str, Any]:
     """state.json: what `grow train-stage --resume grown` needs to continue, and what the source run was."""
     src = state.source
-    kept_apart = ("parameters", "multipliers", "optimizer", "step", "tokens", "data_blocks")
+    kept_apart = ("parameters", "placeholders", "multipliers", "optimizer", "step", "tokens", "data_blocks")
     run = {k: v for k, v in src.state.items() if k not in kept_apart}
     step = src.step
     fresh = [t.name for t in state.tensors if not t.carried]

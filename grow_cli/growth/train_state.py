@@ -11,7 +11,9 @@ folder of links to the checkpoint's weights and to the config, tokenizer, grow.j
 (their configs and weights) of the run's model (the finished output folder for a final state, else the folder the
 run trained, recorded in grow-state.json), and the config of the model the run trained, which grow-state.json
 records: a headless decoder's folder names its base model, an Apollo stage plan's its first stage's layers. Every other
-part of `grow expand` then reads it like any model folder.
+part of `grow expand` then reads it like any model folder. Mid-way through an Apollo stage plan, the weights also hold
+the layers not yet in use, untrained placeholders that grow-state.json names: the model the run trains at that step
+is its unique layers in use, so readers of the view leave the placeholders out (`CheckpointSource.placeholders`).
 
 `optimizer.bin` is opened with `torch.load(weights_only=True, mmap=True)`: tensors stay on disk until one is read,
 so the moments are streamed like weights. What does not fit AdamW — other optimizers' state keys, moments whose
@@ -228,13 +230,33 @@ def _write_config(view: Path, model_folder: Path, state: dict[str, Any]) -> None
     """The checkpoint's config.json in `view`: the config of the model its run trained, as grow-state.json records it
     (`model_config`). The checkpoint's weights need not fit the model folder's: a headless decoder (config.json:
     LlamaModel) trains as its causal LM, whose head and `model.`-prefixed tensors the checkpoint holds, and an Apollo
-    stage plan trains its last stage's layers from step 0. A checkpoint of an older grow records none: its model
-    folder's config, as the view gave it then."""
+    stage plan trains more unique layers than its first stage's once past a boundary. A checkpoint of an older grow
+    records none: its model folder's config, as the view gave it then."""
     recorded = state.get("model_config")
     if isinstance(recorded, dict):
         (view / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
     else:
         (view / "config.json").symlink_to((model_folder / "config.json").resolve())
+
+
+def _placeholders(checkpoint: Path, state: dict[str, Any]) -> frozenset[str]:
+    """The tensors the checkpoint's weights hold beside its model, as grow-state.json names them: mid-way through an
+    Apollo stage plan, the layers allocated for its last stage and not yet in use. A checkpoint of an older grow names
+    none; one of those taken mid-way through a stage plan is refused, since its model is not all it holds."""
+    recorded = state.get("placeholders")
+    if isinstance(recorded, list):
+        return frozenset(map(str, recorded))
+    stages = (state.get("apollo") or {}).get("stages") or []
+    step = int(state["step"])
+    if len(stages) < 2 or stages[-1]["from_step"] < step:
+        return frozenset()  # no stage plan, or its last stage in use: the model is all the weights hold
+    in_use = [s["unique_layers"] for s in stages if s["from_step"] < step] or [stages[0]["unique_layers"]]
+    boundary, allocated = stages[-1]["from_step"], stages[-1]["unique_layers"]
+    raise CheckpointError(
+        f"{checkpoint} is mid-way through an Apollo stage plan: it holds {in_use[-1]} trained layers and "
+        f"{allocated - in_use[-1]} placeholders, filled at step {boundary}, and an older grow saved it without naming "
+        f"them; grow a checkpoint from step_{boundary + 1:08d} on, or the run's output"
+    )
 
 
 def _parameter_names(state: dict[str, Any], model_folder: Path) -> list[str]:
@@ -349,5 +371,6 @@ def _model_view(
             revision=src.revision,
             fetch=src.fetch,
             trained=position(checkpoint, state),
+            placeholders=_placeholders(checkpoint, state),
         )
         yield shown, model_folder

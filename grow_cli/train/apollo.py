@@ -111,6 +111,15 @@ class Apollo:
         """Parameters of the allocated layers not yet in use (left out of the written model)."""
         return (len(self.layers) - self.unique) * self.layer_params
 
+    def placeholders(self) -> list[str]:
+        """The tensors of the allocated layers not yet in use, by their names in the model's state dict: a checkpoint
+        holds them (a resume loads every tensor), the model it trains does not."""
+        return [
+            f"{self.path}.{j}.{name}"
+            for j in range(self.unique, len(self.layers))
+            for name in self.layers[j].state_dict()
+        ]
+
     def written_state(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`state_dict` without the layers not yet in use, and the config set to the unique layers: the model that
         is written (of its unique layers, or of the whole stack once the last stage holds them all)."""

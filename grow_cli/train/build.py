@@ -10,6 +10,7 @@ loop advances.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -109,8 +110,10 @@ class Run:
         needs to grow the training state (the optimizer's parameter order and settings, the multipliers)."""
         state = {
             **self.run_keys,
-            # the config of the weights saved, which `grow expand` and `grow inspect` read them with
-            "model_config": saved_config(self.loaded.model),
+            # the model the run trains now, which `grow expand` and `grow inspect` read the weights saved as: its
+            # config, and the tensors the weights hold beside it (an Apollo stage plan's layers not yet in use)
+            "model_config": self.model_config(),
+            "placeholders": self.apollo.placeholders() if self.apollo else [],
             "step": self.step,
             "tokens": self.tokens,
             "data_blocks": self.data_blocks,
@@ -121,6 +124,12 @@ class Run:
             state["continuation"] = self.continuation.record()
             state["multipliers"] = self.continuation.multipliers
         return state
+
+    def model_config(self) -> dict[str, Any]:
+        """The config.json of the model the run trains now: under an Apollo stage plan, of its unique layers in use
+        (as its evaluation runs it), not of all the layers allocated."""
+        with self.apollo.view(self.apollo.unique) if self.apollo else contextlib.nullcontext():
+            return saved_config(self.loaded.model)
 
     def settings(self) -> dict[str, Any]:
         """The optimizer's settings and the schedule, as a checkpoint records them: a resume restores the

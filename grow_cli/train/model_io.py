@@ -308,7 +308,7 @@ def save_model(
 def saved_config(model: PreTrainedModel) -> dict[str, Any]:
     """The config.json of `model` as it is now, as `save_pretrained` writes it (its class, the KV cache on, which
     training turns off): a checkpoint records it (`Run.state`), since its weights may not be those of MODEL's config —
-    a headless decoder trains with its head, an Apollo stage plan with its last stage's layers."""
+    a headless decoder trains with its head, an Apollo stage plan grows its unique layers."""
     import json
 
     return {**json.loads(model.config.to_json_string()), "architectures": [type(model).__name__], "use_cache": True}
