@@ -24,6 +24,10 @@ MAX_EXPERTS = 4096  # routed experts per layer; the most in a released MoE is a 
 MAX_TOKENS = 10**18
 MAX_STEPS = 10**12
 MAX_SEED = 2**64 - 1  # the most torch's and numpy's generators take
+# The router's initial standard deviation: routers start at 0.02 (the MoE types' initializer_range). At 1 the logits
+# over a normed hidden state are already √hidden wide and the softmax near one-hot; more only saturates it (and
+# starves its gradient), and past float32's range the router is written as inf.
+MAX_ROUTER_NOISE = 1.0
 DEEPEST_RELEASED = "the deepest released transformers have about 130"
 
 

@@ -80,6 +80,10 @@ def test_check_plans_every_member_from_a_fresh_config(folder):
         (lambda d: d["members"][2]["grow"].update(width_factor=1.3), "members[2].grow"),
         (lambda d: d["members"][1].update(grow={"layers": 1}), "members[1].grow: --layers 1 is smaller"),
         (lambda d: d["members"][1].update(grow={"layers": 10**9}), "members[1].grow: 1,000,000,000 target layers"),
+        (
+            lambda d: d["members"][1].update(grow={"experts": 4, "router_noise": 2e99}),
+            "members[1].grow.router_noise: --router-n",
+        ),
         (lambda d: d["train"].update(seq_len=4096), "members[0].train: --seq-len 4096 exceeds"),
         (lambda d: d["train"].update(data=["nope"]), "members[0].train: --data"),
         (lambda d: d.update(compare={"data": ["nope"]}), "compare: --data"),

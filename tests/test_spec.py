@@ -40,6 +40,8 @@ FIELDS = [f.name for f in dataclasses.fields(GrowthSpec)]
         ({"layers": 8, "width_method": "zero"}, "width_method", "--width-method zero applies only with a width"),
         ({"layers": 8, "width_method": "hypercloning", "noise_snr_db": 10}, "width_method", "applies only with a"),
         ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": float("nan")}, "noise_snr_db", "finite"),
+        ({"experts": 4, "router_noise": 2e99}, "router_noise", "from 0 to 1, got 2e+99"),
+        ({"experts": 4, "router_noise": float("nan")}, "router_noise", "from 0 to 1, got nan"),
         ({"layers": 8, "dtype": "fp64"}, "dtype", "--dtype must be one of bf16, fp16, fp32"),
         ({"layers": 8, "shard_size": "lots"}, "shard_size", "--shard-size: cannot read size"),
         ({"layers": 0}, "layers", "--layers must be at least 1, got 0"),  # no source has fewer: refused here

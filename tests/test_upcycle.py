@@ -221,6 +221,8 @@ def test_the_printed_plan_and_report_say_what_the_mlps_became(cli, dense, tmp_pa
         (["--experts", "1"], "--experts must be at least 2"),
         (["--experts", "100000000"], "--experts 100,000,000 is beyond grow's bound of 4,096"),
         (["--layers", "6", "--router-noise", "0.1"], "--router-noise applies only with --experts"),
+        # a router of inf was written (--verify caught it as nan, after the work)
+        (["--experts", "4", "--router-noise", "2e99"], "--router-noise is the standard deviation of the router's"),
         (["--experts", "4", "--drop-upcycling", "1.5"], "--drop-upcycling is the share of units re-initialised"),
         (["--experts", "4", "--shared-expert"], "--shared-expert: mixtral has no shared expert"),
     ],

@@ -111,8 +111,8 @@ def expand(
     router_noise: Annotated[
         float | None,
         typer.Option(
-            help="Router init: a seeded normal with this standard deviation (default 0.02; 0: zeros). Exact either "
-            "way: the top-k weights are renormalised.",
+            help="Router init: a seeded normal with this standard deviation, 0 to 1 (default 0.02; 0: zeros). Exact "
+            "either way: the top-k weights are renormalised.",
             rich_help_panel=MOE,
         ),
     ] = None,

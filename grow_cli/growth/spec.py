@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from grow_cli.checkpoint.dtypes import output_dtype
-from grow_cli.errors import OptionError, UsageError
+from grow_cli.errors import OptionError, UsageError, shown
 from grow_cli.field_types import checked_init, flag
 from grow_cli.field_types import field_types as dataclass_types
-from grow_cli.limits import check_experts, check_seed
+from grow_cli.limits import MAX_ROUTER_NOISE, check_experts, check_seed
 from grow_cli.operators import registry
 from grow_cli.quantities import parse_size
 
@@ -187,9 +187,11 @@ class GrowthSpec:
             raise OptionError(
                 "top_k", f"--top-k must be between 1 and --experts {self.experts}, got {self.top_k}; try 2"
             )
-        if self.router_noise is not None and not (math.isfinite(self.router_noise) and self.router_noise >= 0):
+        if self.router_noise is not None and not 0 <= self.router_noise <= MAX_ROUTER_NOISE:  # refuses nan too
             raise OptionError(
-                "router_noise", f"--router-noise is a standard deviation ≥ 0, got {self.router_noise}; try 0.02"
+                "router_noise",
+                f"--router-noise is the standard deviation of the router's initial weights, from 0 to "
+                f"{MAX_ROUTER_NOISE:g}, got {shown(self.router_noise)}; try 0.02 (the MoE types' initializer_range)",
             )
         if self.drop_upcycling is not None and not (
             math.isfinite(self.drop_upcycling) and 0 < self.drop_upcycling <= 1
