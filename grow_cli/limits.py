@@ -61,6 +61,18 @@ def check_seed(seed: int) -> None:
         raise OptionError("seed", f"--seed must be between 0 and 2**64 - 1, got {seed}")
 
 
+def check_token_steps(max_tokens: int, steps: int, global_batch: int, seq_len: int) -> None:
+    """The steps a `--max-tokens` budget makes within `MAX_STEPS`, as `--max-steps` is: a tiny global batch (one
+    sequence of `--seq-len 2`) made `--max-tokens 1e18` 5e17 steps, trained with a 1% warmup of 5e15."""
+    if steps > MAX_STEPS:
+        raise OptionError(
+            "max_tokens",
+            f"--max-tokens {shown(max_tokens)} over a global batch of {shown(global_batch)} × {seq_len} tokens "
+            f"(sequences × --seq-len) is {shown(steps)} steps, beyond grow's bound of {MAX_STEPS:g} (as --max-steps); "
+            "lower --max-tokens or raise the batch (--micro-batch-size, --grad-accum or --global-batch-tokens)",
+        )
+
+
 def check_width(**targets: int) -> None:
     """Every width target (e.g. `hidden_size=…`) within its bound; the flag is named in the refusal."""
     for key, value in targets.items():

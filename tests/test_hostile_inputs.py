@@ -421,6 +421,8 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.expand("--seed", 2**64, "--verify"), "--seed must be between 0 and 2**64 - 1"
     if name == "train-token-dtype-without-bin":  # it only changed the dtype of the token cache
         return c.train("--max-steps", 1, "--token-dtype", "uint32"), "--token-dtype uint32 applies only to pre-tok"
+    if name == "train-max-tokens-past-max-steps":  # 1e18 tokens / 32 a step: 3.1e16 steps, which it trained
+        return c.train("--max-tokens", "1e18", "--micro-batch-size", 1), "--max-tokens 1e+18 over a global batch of 1"
     if name == "train-tokenizer-missing":  # a local path, never looked up on the Hub (a typo would fetch a stranger's)
         return c.train("--max-steps", 1, "--tokenizer", c.tmp / "tok"), f"the tokenizer folder {c.tmp / 'tok'} does not"
     if name == "family-train-max-lr-list":
@@ -650,6 +652,7 @@ CASES = [
     "expand-seed-negative",
     "expand-seed-too-large",
     "train-token-dtype-without-bin",
+    "train-max-tokens-past-max-steps",
     "train-tokenizer-missing",
     "family-train-max-lr-list",
     "inspect-config-transformers-refuses",

@@ -16,6 +16,7 @@ import yaml
 from grow_cli.errors import OptionError, UsageError
 from grow_cli.family.recipe import load_recipe
 from grow_cli.field_types import field_types
+from grow_cli.limits import MAX_STEPS
 from grow_cli.train.config import TrainConfig
 
 BASE = {"model": "m", "data": ["d"], "out": "o", "max_steps": 1}
@@ -113,6 +114,23 @@ def test_a_step_budget_has_a_bound_as_the_token_budget_has():
     with pytest.raises(OptionError, match=r"^--max-steps must be a finite number ≥ 1 and ≤ 1e\+12, got "):
         TrainConfig(**{**BASE, "max_steps": 10**12 + 1})
     assert TrainConfig(**{**BASE, "max_steps": 10**12}).max_steps == 10**12  # the bound itself is fine
+
+
+@pytest.mark.parametrize("max_tokens, refused", [(2 * MAX_STEPS, False), (2 * MAX_STEPS + 1, True), (10**18, True)])
+def test_a_token_budget_is_bounded_in_steps_as_max_steps_is(max_tokens, refused):
+    """One sequence of 2 tokens a step made --max-tokens 1e18 5e17 steps, which trained (--max-steps is bounded by
+    `MAX_STEPS`); the step count a token budget makes is refused past the same bound, naming the batch."""
+    from types import SimpleNamespace
+
+    from grow_cli.train.build import make_budget
+
+    config = TrainConfig(**{**BASE, "max_steps": None, "max_tokens": max_tokens, "seq_len": 2, "micro_batch_size": 1})
+    accelerator = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1)
+    if not refused:
+        assert make_budget(config, accelerator).max_steps == MAX_STEPS  # type: ignore[arg-type]
+        return
+    with pytest.raises(OptionError, match=r"^--max-tokens .* over a global batch of 1 × 2 tokens .* beyond grow's"):
+        make_budget(config, accelerator)  # type: ignore[arg-type]
 
 
 def test_paths_are_text_or_path_like_and_held_as_paths():

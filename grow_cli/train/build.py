@@ -27,6 +27,7 @@ from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
 from grow_cli.data.sources import undecodable_note
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import DataError, OptionError, UsageError
+from grow_cli.limits import check_token_steps
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
 from grow_cli.train.attention import HALF, check_attention_run, one_row
@@ -343,6 +344,7 @@ def make_budget(config: TrainConfig, accelerator: Accelerator) -> Budget:
     else:
         assert config.max_tokens is not None  # TrainConfig requires exactly one budget
         max_steps = math.ceil(config.max_tokens / tokens_per_step)
+        check_token_steps(config.max_tokens, max_steps, global_batch, config.seq_len)
     return Budget(grad_accum, global_batch, tokens_per_step, max_steps)
 
 
