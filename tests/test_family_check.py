@@ -93,6 +93,8 @@ def test_check_plans_every_member_from_a_fresh_config(folder):
         (lambda d: d.update(compare={"seq_len": 100_000}), "compare.seq_len: seq_len 100000 exceeds members[0]'s"),
         (lambda d: d.update(seed=-1), "recipe: seed: must be between 0 and 2**64 - 1"),
         (lambda d: d["train"].update(token_dtype="uint32"), "members[0].train: --token-dtype uint32 applies only"),
+        (lambda d: d["train"].update(text_field="body"), "members[0].train: --text-field body applies only"),
+        (lambda d: d.update(compare={"text_field": "body"}), "compare: --text-field body applies only"),
         (lambda d: d["members"][1].update(name="b" * 101), "plain folder name of at most 100 characters"),
         (lambda d: d["members"][1].update(name="family.json"), "ends like the report's files"),
         (lambda d: d["members"][1].update(train={}), "members[1].train: no budget"),

@@ -423,6 +423,8 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.train("--max-steps", 1, "--token-dtype", "uint32"), "--token-dtype uint32 applies only to pre-tok"
     if name == "train-max-tokens-past-max-steps":  # 1e18 tokens / 32 a step: 3.1e16 steps, which it trained
         return c.train("--max-tokens", "1e18", "--micro-batch-size", 1), "--max-tokens 1e+18 over a global batch of 1"
+    if name == "train-text-field-without-fields":  # the plays are text files: it was ignored
+        return c.train("--max-steps", 1, "--text-field", "body"), "--text-field body applies only to data with fields"
     if name == "train-tokenizer-missing":  # a local path, never looked up on the Hub (a typo would fetch a stranger's)
         return c.train("--max-steps", 1, "--tokenizer", c.tmp / "tok"), f"the tokenizer folder {c.tmp / 'tok'} does not"
     if name == "family-train-max-lr-list":
@@ -652,6 +654,7 @@ CASES = [
     "expand-seed-negative",
     "expand-seed-too-large",
     "train-token-dtype-without-bin",
+    "train-text-field-without-fields",
     "train-max-tokens-past-max-steps",
     "train-tokenizer-missing",
     "family-train-max-lr-list",

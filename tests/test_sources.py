@@ -11,7 +11,7 @@ import pytest
 from tinylm import DOCS, EOS, expected_stream, stream, tiny_tokenizer, tokens_of
 
 from grow_cli.data.sources import check_sources, find_sources
-from grow_cli.errors import DataError, UsageError
+from grow_cli.errors import DataError, OptionError, UsageError
 
 
 def test_text_folder_one_document_per_file_with_eos_after_each(tmp_path):
@@ -82,6 +82,21 @@ def test_missing_text_field_is_named(tmp_path):
     path.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(DataError, match="no text field 'text' .*found: body.*--text-field"):
         check_sources(find_sources([str(path)]), "text")
+
+
+@pytest.mark.parametrize("names", [["a.txt"], ["a.md", "b"], ["a.txt", "t.bin"]])
+def test_a_text_field_for_data_without_fields_is_refused(tmp_path, names):
+    """Text files are one document each and .bin files hold tokens: a --text-field for them alone was ignored without
+    a word (as --token-dtype for text was). The default is fine, and so is any field once one source has fields."""
+    paths = [str(tmp_path / name) for name in names]
+    for path in paths:
+        with open(path, "wb") as f:
+            f.write(np.arange(8, dtype=np.uint16).tobytes() if path.endswith(".bin") else b"some text")
+    check_sources(find_sources(paths), "text")
+    with pytest.raises(OptionError, match=r"^--text-field body applies only to data with fields \(JSON Lines, .*drop"):
+        check_sources(find_sources(paths), "body")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    check_sources(find_sources([*paths, str(tmp_path / "d.jsonl")]), "body")
 
 
 def test_text_that_is_not_utf8_is_read_as_replacement_characters_and_counted(tmp_path):

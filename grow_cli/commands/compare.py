@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.data.sources import TEXT_FIELD
+
 EXAMPLES = """
 **Examples**
 
@@ -26,7 +28,7 @@ def compare(
     a: Annotated[Path, typer.Argument(help="First model folder (the reference for KL(A‖B)).")],
     b: Annotated[Path, typer.Argument(help="Second model folder (same tokenizer).")],
     data: Annotated[list[str], typer.Option(help="Text files, folders, globs, JSON Lines or Parquet (repeatable).")],
-    text_field: Annotated[str, typer.Option(help="Field holding the text in JSON Lines / Parquet.")] = "text",
+    text_field: Annotated[str, typer.Option(help="Field holding the text in JSON Lines / Parquet.")] = TEXT_FIELD,
     seq_len: Annotated[int, typer.Option(help="Tokens per block.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Blocks per forward pass (bounds memory).")] = 4,
     max_blocks: Annotated[int, typer.Option(help="Held-out blocks to use (0: all).")] = 64,

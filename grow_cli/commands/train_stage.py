@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from grow_cli.data.sources import TEXT_FIELD
+
 if TYPE_CHECKING:
     from grow_cli.train.config import TrainConfig
 
@@ -93,7 +95,9 @@ def train_stage(
         str | None, Opt(help="Budget in training tokens (e.g. 50M, 2B or 2e9); steps are derived.")
     ] = None,
     seq_len: Annotated[int, Opt(help="Tokens per packed block.")] = 512,
-    text_field: Annotated[str, Opt(help="Field of JSON Lines / column of Parquet and datasets holding text.")] = "text",
+    text_field: Annotated[
+        str, Opt(help="Field of JSON Lines / column of Parquet and datasets holding text.")
+    ] = TEXT_FIELD,
     micro_batch_size: Annotated[int, Opt(help="Blocks per forward pass per process.")] = 8,
     grad_accum: Annotated[
         int | None, Opt(help="Micro-batches per optimizer step (default: accelerate launch's, else 1).")

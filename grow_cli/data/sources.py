@@ -31,6 +31,8 @@ from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.errors import DataError, OptionError, first_line
 from grow_cli.field_types import EMPTY_PATH
 
+TEXT_FIELD = "text"  # --text-field's default
+FIELD_KINDS = ("jsonl", "parquet", "arrow")  # the kinds whose documents are a field of a record, which it names
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
 FOLDER_SUFFIXES = set(SUFFIX_KIND) | TEXT_SUFFIXES
@@ -202,12 +204,19 @@ def _looks_binary(path: Path) -> bool:
 
 def check_sources(sources: list[Source], text_field: str, token_dtype: str | None = None) -> None:
     """Fail now, with the file's name, if a text source is binary or a tabular source lacks `text_field`; and if a
-    `token_dtype` is given for data without any `.bin` token file, which it would not change."""
+    `token_dtype` is given for data without any `.bin` token file, or a `text_field` other than the default for data
+    without fields (text files, `.bin` tokens), which neither would change."""
     if token_dtype is not None and not any(source.kind == "tokens" for source in sources):
         raise OptionError(
             "token_dtype",
             f"--token-dtype {token_dtype} applies only to pre-tokenized .bin files, and --data holds none (its "
             "text is tokenized with the model's tokenizer); drop --token-dtype",
+        )
+    if text_field != TEXT_FIELD and not any(source.kind in FIELD_KINDS for source in sources):
+        raise OptionError(
+            "text_field",
+            f"--text-field {text_field} applies only to data with fields (JSON Lines, Parquet, a `datasets` folder), "
+            "and --data holds none (a text file is one document, a .bin file holds tokens); drop --text-field",
         )
     for source in sources:
         if source.kind == "text" and _looks_binary(source.path):
@@ -215,7 +224,7 @@ def check_sources(sources: list[Source], text_field: str, token_dtype: str | Non
                 f"--data {source.path}: the file is binary (it holds NUL bytes), not text; pass text, .jsonl, "
                 ".parquet or pre-tokenized .bin files"
             )
-        if source.kind in ("jsonl", "parquet", "arrow"):
+        if source.kind in FIELD_KINDS:
             columns = _columns(source)
             if text_field not in columns:
                 raise DataError(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.output import check_not_overlapping
-from grow_cli.data.sources import Source
+from grow_cli.data.sources import TEXT_FIELD, Source
 from grow_cli.errors import GrowError, OutputError, UsageError, one_line
 from grow_cli.family.recipe import Member, Recipe
 
@@ -259,7 +259,10 @@ def check_recipe(recipe: Recipe) -> list[str]:
             hf_config = None
             if settings is not None:
                 sources = _check_data(
-                    settings["data"], settings.get("text_field", "text"), f"{where}.train", settings.get("token_dtype")
+                    settings["data"],
+                    settings.get("text_field", TEXT_FIELD),
+                    f"{where}.train",
+                    settings.get("token_dtype"),
                 )
                 _check_writes_outside_data(recipe, member, settings, sources, where)
                 hf_config = _check_training(settings, config, tokenizer, where)
@@ -269,7 +272,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
         data = recipe.compare.get("data") or recipe.train.get("data")
         if not data:
             raise _fail("compare", "comparing adjacent members needs data: give compare.data or train.data")
-        _check_data(data, recipe.compare.get("text_field", recipe.train.get("text_field", "text")), "compare")
+        _check_data(data, recipe.compare.get("text_field", recipe.train.get("text_field", TEXT_FIELD)), "compare")
         _check_compare_length(recipe, members)
     check_finished(recipe)
     return notes

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from grow_cli.data.sources import TEXT_FIELD
 from grow_cli.divergence import divergences, perplexity
 from grow_cli.errors import DataError, OptionError, UsageError
 
@@ -161,7 +162,7 @@ def compare(
     b: str | os.PathLike[str],
     data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
-    text_field: str = "text",
+    text_field: str = TEXT_FIELD,
     seq_len: int = SEQ_LEN,
     batch_size: int = 4,
     max_blocks: int | None = 64,
