@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from tinylm import DOCS, tokens_of
+from tinylm import DOCS, tiny_tokenizer, tokens_of
 
 from grow_cli.data import tokens
 from grow_cli.errors import DataError, OutputError
@@ -58,6 +58,40 @@ def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
     np.array([1, 2, 600], dtype=np.uint16).tofile(tmp_path / "bad.bin")
     with pytest.raises(DataError, match="outside the model's vocabulary"):
         tokens_of([tmp_path / "bad.bin"], tmp_path)
+
+
+def test_a_uint16_token_file_beside_text_with_a_larger_vocabulary_keeps_every_id(tmp_path):
+    """--token-dtype uint16 names the .bin file's layout; the stream holds the text's ids too. With 70,000 tokens
+    (EOS 69,999, as large vocabularies put special tokens last) it was written as uint16 and stopped on numpy's
+    OverflowError, in the catch-all; the stream is uint32 now, the file's ids and the text's EOS exact."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from grow_cli.data.sources import find_sources
+    from grow_cli.data.tokens import prepare_tokens
+
+    backend = Tokenizer.from_str(tiny_tokenizer().backend_tokenizer.to_str())
+    backend.add_special_tokens([f"<extra_{i}>" for i in range(70_000 - backend.get_vocab_size())])
+    big = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<extra_69487>")
+    assert len(big) == 70_000 and big.eos_token_id == 69_999  # the premise: an id uint16 cannot hold
+    (tmp_path / "a.txt").write_text(DOCS[0])
+    ids = np.arange(3, 500, dtype=np.uint16)
+    ids.tofile(tmp_path / "t.bin")
+    data = prepare_tokens(
+        find_sources([str(tmp_path / "a.txt"), str(tmp_path / "t.bin")]),
+        big,
+        text_field="text",
+        seq_len=4,
+        eval_fraction=0.1,
+        vocab_size=70_000,
+        eos_id=big.eos_token_id,
+        cache_dir=tmp_path / "cache",
+        dtype_name="uint16",
+    )
+    text = big(DOCS[0], add_special_tokens=False)["input_ids"]
+    expected = [*text, 69_999, *ids.tolist()]
+    assert data.blocks.dtype == np.uint32 and data.num_tokens == len(expected)
+    assert np.asarray(data.blocks).ravel().tolist() == expected[: len(expected) // 4 * 4]
 
 
 def test_too_little_data_for_a_block(tmp_path):

@@ -69,10 +69,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}|{state}".encode()).hexdigest()[:16]
 
 
-def token_dtype(vocab_size: int, requested: str | None) -> np.dtype:
-    if requested is not None:
-        return np.dtype(requested)
+def stream_dtype(vocab_size: int) -> np.dtype:
+    """The token stream's dtype: the narrowest that holds every id of the model's vocabulary."""
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def token_dtype(vocab_size: int, requested: str | None) -> np.dtype:
+    """The dtype `.bin` token files are read as: `--token-dtype`, else the stream's. It is the files' alone: the
+    stream holds the text's ids too, which need the vocabulary's dtype (`--token-dtype uint16` for a uint16 file
+    beside text, with 70,000 tokens, stopped on numpy's OverflowError writing the text's ids)."""
+    return np.dtype(requested) if requested is not None else stream_dtype(vocab_size)
 
 
 def _encoder(tokenizer):
@@ -95,9 +101,11 @@ def _encoder(tokenizer):
 
 
 def _write_stream(
-    sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp: Path, undecodable: dict[str, int]
+    sources, tokenizer, text_field, eos_id, bin_dtype, vocab_size, tmp: Path, undecodable: dict[str, int]
 ) -> tuple[int, int]:
-    """Tokenize every source into `tmp`; return (tokens, documents) and count undecodable text in `undecodable`."""
+    """Tokenize every source into `tmp` (`.bin` files read as `bin_dtype`); return (tokens, documents) and count
+    undecodable text in `undecodable`."""
+    dtype = stream_dtype(vocab_size)
     num_tokens = num_docs = 0
     encode = _encoder(tokenizer)
     with tmp.open("wb") as out:
@@ -114,20 +122,20 @@ def _write_stream(
         for source in sources:
             if source.kind == "tokens":
                 size = source.path.stat().st_size
-                if size % dtype.itemsize:
+                if size % bin_dtype.itemsize:
                     raise DataError(
-                        f"--data {source.path}: {size:,} bytes is not a whole number of {dtype.name} tokens "
-                        f"({dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
+                        f"--data {source.path}: {size:,} bytes is not a whole number of {bin_dtype.name} tokens "
+                        f"({bin_dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
                     )
-                stream = np.memmap(source.path, dtype=dtype, mode="r")
+                stream = np.memmap(source.path, dtype=bin_dtype, mode="r")
                 top = int(stream.max()) if stream.size else 0
                 if top >= vocab_size:
                     raise DataError(
                         f"{source.path}: token id {top} is outside the model's vocabulary "
                         f"({vocab_size}); wrong --token-dtype or a different tokenizer?"
                     )
-                for start in range(0, stream.size, 1 << 24):
-                    np.asarray(stream[start : start + (1 << 24)]).tofile(out)
+                for start in range(0, stream.size, 1 << 24):  # every id below vocab_size: the stream's dtype holds it
+                    np.asarray(stream[start : start + (1 << 24)]).astype(dtype, copy=False).tofile(out)
                 num_tokens += int(stream.size)
                 num_docs += int((stream == eos_id).sum())
                 continue
@@ -264,7 +272,7 @@ def _cached_meta(stream_file: Path, meta_file: Path) -> dict | None:
 
 
 def _tokenize_into(
-    sources: list[Source], tokenizer, text_field: str, eos_id: int, dtype, vocab_size: int, stream_file: Path
+    sources: list[Source], tokenizer, text_field: str, eos_id: int, bin_dtype, vocab_size: int, stream_file: Path
 ) -> dict:
     """Tokenize `sources` into the cache entry `stream_file` and its `.json` metadata (each renamed into place
     whole); return the metadata."""
@@ -272,7 +280,7 @@ def _tokenize_into(
     undecodable: dict[str, int] = {}
     try:
         num_tokens, num_docs = _write_stream(
-            sources, tokenizer, text_field, eos_id, dtype, vocab_size, tmp, undecodable
+            sources, tokenizer, text_field, eos_id, bin_dtype, vocab_size, tmp, undecodable
         )
         tmp.replace(stream_file)  # rename last, so a crash never leaves a half-written cache behind
     finally:
@@ -280,7 +288,7 @@ def _tokenize_into(
     meta = {
         "tokens": num_tokens,
         "documents": num_docs,
-        "dtype": dtype.name,
+        "dtype": stream_dtype(vocab_size).name,
         "sources": [str(s.path) for s in sources],
         "undecodable": undecodable,
     }
@@ -302,13 +310,13 @@ def prepare_tokens(
     dtype_name: str | None = None,
 ) -> TokenData:
     """Tokenize (or reuse the cache), pack into blocks of `seq_len` and split off the eval blocks."""
-    dtype = token_dtype(vocab_size, dtype_name)
+    bin_dtype = token_dtype(vocab_size, dtype_name)
     key = "|".join(
         [
             fingerprint_sources(sources, text_field),
             tokenizer_fingerprint(tokenizer),
             str(eos_id),
-            dtype.name,
+            bin_dtype.name,  # the stream's dtype is in the entry's metadata
             str(FORMAT_VERSION),
         ]
     )
@@ -322,7 +330,7 @@ def prepare_tokens(
             meta = _cached_meta(stream_file, meta_file)  # another run may have written it while this one waited
             from_cache = meta is not None
             if meta is None:
-                meta = _tokenize_into(sources, tokenizer, text_field, eos_id, dtype, vocab_size, stream_file)
+                meta = _tokenize_into(sources, tokenizer, text_field, eos_id, bin_dtype, vocab_size, stream_file)
     num_blocks = meta["tokens"] // seq_len
     num_eval = max(1, round(num_blocks * eval_fraction))
     if num_blocks < num_eval + 1:
