@@ -472,3 +472,13 @@ def test_prepare_fits_the_tokenizer_again_when_the_text_changes(tmp_path, monkey
     assert prepared_vocab() == prepared_vocab()  # nothing changed: kept (the token cache stays valid)
     (text / "b.txt").write_text("zyxwvut qponm zyxwvut qponm\n" * 500)
     assert "Ġzyxwvut" in prepared_vocab()
+
+
+def test_a_report_of_some_arms_gives_the_command_that_ran_them(tmp_path):
+    # a report of `run --arms auto-lr` said its command was `run --preset cpu`, which runs every arm
+    _finished_family(tmp_path, "b", 0, 0.4)
+    some = aggregate.write_study_report(_preset(), tmp_path, [("b", 0)], PREPARED, 1.0).read_text()
+    assert "then `python docs/study/study.py run --preset p --arms b`" in some
+    _finished_family(tmp_path, "a", 0, 0.3)
+    every = aggregate.write_study_report(_preset(), tmp_path, [("a", 0), ("b", 0)], PREPARED, 0.5).read_text()
+    assert "then `python docs/study/study.py run --preset p --scale 0.5`" in every

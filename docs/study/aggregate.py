@@ -484,6 +484,16 @@ def _headline(preset: dict[str, Any], runs: list[dict[str, Any]], arms: list[str
     )
 
 
+def _run_command(preset: dict[str, Any], planned: list[tuple[str, int]], scale: float) -> str:
+    """The `study.py run` command that plans `planned`: `--arms` where they are not all of the preset's."""
+    arms = list(dict.fromkeys(arm for arm, _ in planned))
+    return (
+        f"python docs/study/study.py run --preset {preset['name']}"
+        + ("" if set(arms) == set(preset["arms"]) else f" --arms {','.join(arms)}")
+        + ("" if scale == 1 else f" --scale {scale:g}")
+    )
+
+
 def write_study_report(
     preset: dict[str, Any], run_dir: Path, planned: list[tuple[str, int]], prepared: dict[str, Any], scale: float
 ) -> Path:
@@ -492,10 +502,9 @@ def write_study_report(
     if all(r.get("missing") for r in runs):
         from grow_cli.errors import UsageError
 
-        command = f"python docs/study/study.py run --preset {preset['name']}" + (
-            "" if scale == 1 else f" --scale {scale:g}"
+        raise UsageError(
+            f"no finished run in {run_dir} to report on: run `{_run_command(preset, planned, scale)}` first"
         )
-        raise UsageError(f"no finished run in {run_dir} to report on: run `{command}` first")
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     arms = list(dict.fromkeys(arm for arm, _ in planned))
@@ -544,13 +553,10 @@ def write_study_report(
     note = _gstack_note(preset, runs)
     if note:
         lines += ["## Growth timing", "", note, ""]
-    command = f"python docs/study/study.py run --preset {preset['name']}" + (
-        "" if scale == 1 else f" --scale {scale:g}"
-    )
     lines += [
         "## Setup",
         "",
-        f"- command: `python docs/study/study.py prepare` then `{command}`",
+        f"- command: `python docs/study/study.py prepare` then `{_run_command(preset, planned, scale)}`",
         f"- data: {prepared['tokens']:,} tokens in {prepared['documents']:,} documents "
         f"({portable(prepared['corpus'])}), "
         f"{prepared['vocab_size']}-token byte-level BPE; {prepared['train_tokens']:,} training and "
