@@ -10,7 +10,8 @@ be caught; what it leaves is cleared by the next run into the same folder (`grow
 An interruption can also land after the output is in place (between its rename and the process's end); the line that
 reports it then says the output is complete (`completed`, `interruption_note`), instead of leaving the user to
 think it lost. Once the command has finished, an interruption while Python exits ends the process at once
-(`end_at_once_when_interrupted`).
+(`end_at_once_when_interrupted`). A few system calls whose result must be recorded before anything unwinds hold an
+interruption back until they are done (`interruptions_held`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # The command's whole output, when it has one folder (`command_output`), and whether it is in place: one pair for
 # the process, reset as each command starts (`forget_completed`).
@@ -34,7 +38,7 @@ class Terminated(BaseException):
 
 
 def _raise_terminated(signum, frame) -> None:
-    raise Terminated
+    _raise(Terminated)
 
 
 def terminate_like_interrupt() -> None:
@@ -51,7 +55,38 @@ _interrupt: dict[str, bool] = {"seen": False}
 
 def _remember_interrupt(signum, frame) -> None:
     _interrupt["seen"] = True
-    raise KeyboardInterrupt
+    _raise(KeyboardInterrupt)
+
+
+# The `interruptions_held` blocks being run, and the first interruption that came meanwhile.
+_held: dict[str, Any] = {"depth": 0, "pending": None}
+
+
+def _raise(interruption: type[BaseException]) -> None:
+    """What grow's handlers do with Ctrl-C (`KeyboardInterrupt`) and SIGTERM (`Terminated`): raise it, unless an
+    `interruptions_held` block runs."""
+    if _held["depth"]:
+        _held["pending"] = _held["pending"] or interruption
+        return
+    raise interruption
+
+
+@contextmanager
+def interruptions_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back during a few system calls whose result must be recorded before anything may
+    unwind, and raise the first that came as the block ends. An output claim's lock file is created, locked and its
+    descriptor kept in one such block: an interruption between those steps left the file beside OUT for good. Never
+    around an import or other long work: Ctrl-C must stay prompt. It holds grow's own handlers
+    (`remember_interrupts`, `terminate_like_interrupt`), which the CLI installs; elsewhere nothing is held."""
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+        pending = _held["pending"]
+        if pending is not None and not _held["depth"]:
+            _held["pending"] = None
+            raise pending
 
 
 def remember_interrupts() -> None:

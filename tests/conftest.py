@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +98,19 @@ def empty_tempdir(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
+
+
+@pytest.fixture
+def grow_handlers():
+    """grow's handlers of Ctrl-C and SIGTERM installed as the CLI installs them (`grow_cli.signals`), and the test
+    process's own put back after the test."""
+    from grow_cli.signals import remember_interrupts, terminate_like_interrupt
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    remember_interrupts()
+    terminate_like_interrupt()
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)

@@ -3,6 +3,7 @@ does with a killed run's leftovers, a read-only and a full disk (real tmpfs moun
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 import transformers as tf
 
-from grow_cli.checkpoint.claim import OutputClaim, remove_leftovers, sibling
+from grow_cli.checkpoint import claim
+from grow_cli.checkpoint.claim import OutputClaim, lock_file, remove_leftovers, sibling
 from grow_cli.errors import OutputError
 from grow_cli.signals import Terminated
 
@@ -425,3 +427,41 @@ def test_an_interrupt_while_force_removes_the_old_output_still_removes_it(tmp_pa
         output._commit(new, out, force=True)
     assert (out / "config.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _interrupting(monkeypatch, module, name: str, when=lambda *args: True) -> None:
+    """Make `module.name` raise Ctrl-C's signal as it returns (when `when(*its args)`), the first time only: the
+    interruption lands right after that step, wherever it lies."""
+    real = getattr(module, name)
+    done = []
+
+    def step(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if not done and when(*args):
+            done.append(True)
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(module, name, step)
+
+
+@pytest.mark.parametrize("step", ["open", "flock", "fstat", "remove_leftovers"])
+def test_a_claim_interrupted_at_any_step_leaves_no_lock_file(tmp_path, monkeypatch, grow_handlers, step):
+    """Ctrl-C between the lock file's creation and its descriptor being kept left `.OUT.grow-lock` beside OUT (and
+    the claim's lock held by a descriptor nobody could close); interrupted after that, the claim was never released
+    either, since `with` calls `__exit__` only once `__enter__` has returned. Now the file goes with the interruption,
+    which is still raised."""
+    out = (tmp_path / "out").resolve()
+    lock = lock_file(out)
+    if step == "remove_leftovers":
+        _interrupting(monkeypatch, claim, step)
+    elif step == "open":
+        _interrupting(monkeypatch, os, step, when=lambda path, *rest: Path(path) == lock)
+    else:
+        _interrupting(monkeypatch, os if step == "fstat" else fcntl, step)
+    with pytest.raises(KeyboardInterrupt), OutputClaim(out):
+        pytest.fail("the claim was taken although Ctrl-C came while it was taken")
+    assert not lock.exists()
+    monkeypatch.undo()
+    with OutputClaim(out):  # nothing holds the lock any more
+        assert lock.exists()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from grow_cli.errors import OutputError
+from grow_cli.signals import interruptions_held
 
 TMP_MARK = "grow-tmp"
 OLD_MARK = "grow-old"
@@ -82,47 +83,64 @@ class OutputClaim:
         self.notes: list[str] = []
 
     def acquire(self) -> OutputClaim:
-        """Take the claim, or refuse with the holder's pid and host; then clear what dead runs left."""
-        while self._fd is None:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise unwritable(self.out, exc) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise OutputError(
-                    f"{self.out} is being written by another grow run ({holder}); wait for it to finish, or "
-                    "choose another output folder"
-                ) from None
-            # The holder before us may have unlinked the file just as we opened it: then our lock is on a
-            # file nobody else can see, and we start over on the path's current file.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._fd = fd
-            else:
-                os.close(fd)
-        try:  # who holds the claim, for a refused run's message; a full disk may refuse even these bytes
+        """Take the claim, or refuse with the holder's pid and host; then clear what dead runs left. Interrupted at
+        any moment (Ctrl-C, SIGTERM), it leaves no lock file behind: the file is created, locked and its descriptor
+        kept with interruptions held, and a claim interrupted after that is released."""
+        try:
+            while self._fd is None:
+                with interruptions_held():
+                    self._fd = self._lock()
+            self._name_holder()
+            self.notes = remove_leftovers(self.out)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _lock(self) -> int | None:
+        """The locked lock file's descriptor; None when the file was replaced meanwhile (then try again)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise unwritable(self.out, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputError(
+                f"{self.out} is being written by another grow run ({holder}); wait for it to finish, or "
+                "choose another output folder"
+            ) from None
+        # The holder before us may have unlinked the file just as we opened it: then our lock is on a
+        # file nobody else can see, and we start over on the path's current file.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+        return None
+
+    def _name_holder(self) -> None:
+        """Write who holds the claim, for a refused run's message; a full disk may refuse even these bytes."""
+        assert self._fd is not None
+        try:
             os.ftruncate(self._fd, 0)
             os.write(
                 self._fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}".encode()
             )
         except OSError:
             pass
-        self.notes = remove_leftovers(self.out)
-        return self
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        self.path.unlink(missing_ok=True)  # while still locked, so nobody locks a file about to vanish
-        os.close(self._fd)
-        self._fd = None
+        with interruptions_held():  # the file goes with the lock: never one without the other
+            if self._fd is None:
+                return
+            self.path.unlink(missing_ok=True)  # while still locked, so nobody locks a file about to vanish
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> OutputClaim:
         return self.acquire()
