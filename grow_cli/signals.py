@@ -38,7 +38,7 @@ class Terminated(BaseException):
 
 
 def _raise_terminated(signum, frame) -> None:
-    _raise(Terminated)
+    _raise(Terminated, frame)
 
 
 def terminate_like_interrupt() -> None:
@@ -55,19 +55,63 @@ _interrupt: dict[str, bool] = {"seen": False}
 
 def _remember_interrupt(signum, frame) -> None:
     _interrupt["seen"] = True
-    _raise(KeyboardInterrupt)
+    _raise(KeyboardInterrupt, frame)
 
 
 # The `interruptions_held` blocks being run, and the first interruption that came meanwhile.
 _held: dict[str, Any] = {"depth": 0, "pending": None}
 
+# importlib's own modules. They take and release the import locks in plain Python (`_imp.acquire_lock()` and then a
+# `try`; a module lock's `__enter__`, then the `with` it serves; a weakref callback that drops one), so an exception
+# raised between two of their bytecodes can leave a lock held for good. The main thread goes on (the locks are
+# reentrant), but a background thread importing a module then waits forever, and so does whatever waits for that
+# thread: `grow expand` hung (1 in 286 interrupted runs, benchmarks/interrupted_runs.py). In the weakref callback the
+# exception is also swallowed ("Exception ignored in: <function _get_module_lock.<locals>.cb>"): the run went on.
+_IMPORT_MACHINERY = frozenset({"importlib._bootstrap", "importlib._bootstrap_external"})
+# An interruption on its way out of importlib (`_raise_outside_importlib`): what to raise, the frame that started the
+# import, and the trace function to put back.
+_after_import: dict[str, Any] = {"interruption": None, "caller": None, "previous": None}
 
-def _raise(interruption: type[BaseException]) -> None:
-    """What grow's handlers do with Ctrl-C (`KeyboardInterrupt`) and SIGTERM (`Terminated`): raise it, unless an
-    `interruptions_held` block runs."""
+
+def _raise(interruption: type[BaseException], frame) -> None:
+    """What grow's handlers do with Ctrl-C (`KeyboardInterrupt`) and SIGTERM (`Terminated`), which came while `frame`
+    ran: raise it, unless an `interruptions_held` block runs or `frame` is importlib's own."""
     if _held["depth"]:
         _held["pending"] = _held["pending"] or interruption
-        return
+    elif _in_importlib(frame):
+        _raise_outside_importlib(interruption, frame)
+    else:
+        raise interruption
+
+
+def _in_importlib(frame) -> bool:
+    return frame is not None and frame.f_globals.get("__name__") in _IMPORT_MACHINERY
+
+
+def _raise_outside_importlib(interruption: type[BaseException], frame) -> None:
+    """Raise `interruption` at the first line or call that runs outside importlib's frames (a module body the import
+    runs, a finder, or the code that asked for the import once it returns), with a trace function; usually within
+    microseconds. importlib expects any exception from the code it calls and releases its locks for it."""
+    if _after_import["interruption"] is not None:
+        return  # one is on its way already
+    caller = frame
+    while _in_importlib(caller):
+        caller = caller.f_back
+    _after_import.update(interruption=interruption, caller=caller, previous=sys.gettrace())
+    if caller is not None:
+        caller.f_trace = _raise_here
+    sys.settrace(_raise_here)
+
+
+def _raise_here(frame, event, arg):
+    """The trace function of `_raise_outside_importlib`: raise at the first event outside importlib."""
+    if _in_importlib(frame):
+        return None  # and no line events in that frame
+    interruption, caller, previous = _after_import["interruption"], _after_import["caller"], _after_import["previous"]
+    _after_import.update(interruption=None, caller=None, previous=None)
+    if caller is not None:
+        caller.f_trace = None
+    sys.settrace(previous)
     raise interruption
 
 

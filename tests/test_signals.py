@@ -1,0 +1,61 @@
+"""Where grow's handlers of Ctrl-C and SIGTERM raise (`grow_cli.signals`): each test lands the signal at one exact
+point, by a step that raises it as it returns, and checks what that point needs."""
+
+from __future__ import annotations
+
+import _imp
+import importlib
+import importlib._bootstrap
+import signal
+import sys
+import textwrap
+import threading
+import types
+
+import pytest
+
+
+def _importlib_step(name: str, real):
+    """`real`, made a function of importlib's own module (as `_imp.acquire_lock` is called from it), that raises
+    Ctrl-C's signal as it returns, the first time only."""
+    namespace = {"__name__": "importlib._bootstrap", "real": real, "signal": signal, "done": []}
+    exec(
+        textwrap.dedent(
+            f"""
+            def {name}(*args):
+                result = real(*args)
+                if not done:
+                    done.append(True)
+                    signal.raise_signal(signal.SIGINT)
+                return result
+            """
+        ),
+        namespace,
+    )
+    return namespace[name]
+
+
+def test_ctrl_c_inside_importlibs_lock_keeping_is_raised_outside_it(tmp_path, monkeypatch, grow_handlers):
+    """Ctrl-C right after importlib took its global import lock (before the `try` that releases it) left the lock held
+    by the main thread: a background thread importing anything new then waited forever, and `grow expand` hung. It is
+    now raised at the first code outside importlib (here the imported module's body), which importlib unwinds."""
+    (tmp_path / "grow_test_interrupted_import.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake = types.SimpleNamespace(**{name: getattr(_imp, name) for name in dir(_imp) if not name.startswith("__")})
+    fake.acquire_lock = _importlib_step("acquire_lock", _imp.acquire_lock)
+    tracing = sys.gettrace()
+    importlib._bootstrap._imp = fake  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            import grow_test_interrupted_import  # noqa: F401
+    finally:
+        importlib._bootstrap._imp = _imp  # type: ignore[attr-defined]
+        leaked = _imp.lock_held()
+        while _imp.lock_held():  # (only where the lock leaked, so that the rest of the session can import)
+            _imp.release_lock()
+    assert not leaked and sys.gettrace() is tracing  # (the trace function that raised it is gone)
+    importer = threading.Thread(target=importlib.import_module, args=("grow_test_interrupted_import",), daemon=True)
+    importer.start()
+    importer.join(timeout=60)
+    assert not importer.is_alive(), "another thread cannot import the module: a lock was left held"
+    assert sys.modules.pop("grow_test_interrupted_import").VALUE == 1
