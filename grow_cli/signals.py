@@ -16,6 +16,8 @@ interruption back until they are done (`interruptions_held`).
 
 from __future__ import annotations
 
+import _imp
+import importlib._bootstrap
 import os
 import signal
 import sys
@@ -68,19 +70,29 @@ _held: dict[str, Any] = {"depth": 0, "pending": None}
 # thread: `grow expand` hung (1 in 286 interrupted runs, benchmarks/interrupted_runs.py). In the weakref callback the
 # exception is also swallowed ("Exception ignored in: <function _get_module_lock.<locals>.cb>"): the run went on.
 _IMPORT_MACHINERY = frozenset({"importlib._bootstrap", "importlib._bootstrap_external"})
-# An interruption on its way out of importlib (`_raise_outside_importlib`): what to raise, the frame that started the
-# import, and the trace function to put back.
-_after_import: dict[str, Any] = {"interruption": None, "caller": None, "previous": None}
+# How importlib runs a C extension module's initialisation: `_call_with_frames_removed(f, ...)`, `f` being
+# `_imp.create_dynamic` or `_imp.exec_dynamic`. The C code may clear what the Python code it runs raised: torch's
+# does, for its import of numpy, so a Ctrl-C landing there was lost and the run went on to its end (exit 0; 6 in 80
+# interrupted `import torch`, 0 now).
+_RUNS_EXTENSION_INIT = importlib._bootstrap._call_with_frames_removed.__code__  # type: ignore[attr-defined]
+# An interruption on its way (`_follow`): what to raise; whether to raise it at the first call outside importlib; the
+# frame outside imports where it is raised unless it comes out through it; the trace function to put back.
+_on_its_way: dict[str, Any] = {"interruption": None, "at_first_call": False, "outside": None, "previous": None}
 
 
 def _raise(interruption: type[BaseException], frame) -> None:
     """What grow's handlers do with Ctrl-C (`KeyboardInterrupt`) and SIGTERM (`Terminated`), which came while `frame`
-    ran: raise it, unless an `interruptions_held` block runs or `frame` is importlib's own."""
+    ran: raise it, unless an `interruptions_held` block runs; from importlib's code, at the first call outside it;
+    during an extension's initialisation, at once and again where it returns if it swallowed that one, or only there
+    from importlib's code (`_follow`; for torch's, up to ~0.3 s later)."""
     if _held["depth"]:
         _held["pending"] = _held["pending"] or interruption
-    elif _in_importlib(frame):
-        _raise_outside_importlib(interruption, frame)
-    else:
+        return
+    in_importlib = _in_importlib(frame)
+    outside, initialising = _outside_imports(frame)
+    if in_importlib or initialising:
+        _follow(interruption, outside, at_first_call=in_importlib and not initialising)
+    if not in_importlib:
         raise interruption
 
 
@@ -88,31 +100,53 @@ def _in_importlib(frame) -> bool:
     return frame is not None and frame.f_globals.get("__name__") in _IMPORT_MACHINERY
 
 
-def _raise_outside_importlib(interruption: type[BaseException], frame) -> None:
-    """Raise `interruption` at the first line or call that runs outside importlib's frames (a module body the import
-    runs, a finder, or the code that asked for the import once it returns), with a trace function; usually within
-    microseconds. importlib expects any exception from the code it calls and releases its locks for it."""
-    if _after_import["interruption"] is not None:
-        return  # one is on its way already
-    caller = frame
-    while _in_importlib(caller):
-        caller = caller.f_back
-    _after_import.update(interruption=interruption, caller=caller, previous=sys.gettrace())
-    if caller is not None:
-        caller.f_trace = _raise_here
-    sys.settrace(_raise_here)
+def _outside_imports(frame):
+    """The nearest frame outwards of `frame` (itself included) outside importlib and every extension's
+    initialisation, where an exception raised inside them comes out (unless that C code swallows it), and whether an
+    extension's initialisation is running."""
+    outside, initialising = None, False
+    while frame is not None:
+        if frame.f_code is _RUNS_EXTENSION_INIT and frame.f_locals.get("f") in (_imp.create_dynamic, _imp.exec_dynamic):
+            outside, initialising = None, True  # what it runs is inside it, however deep
+        elif outside is None and not _in_importlib(frame):
+            outside = frame
+        frame = frame.f_back
+    return outside, initialising
 
 
-def _raise_here(frame, event, arg):
-    """The trace function of `_raise_outside_importlib`: raise at the first event outside importlib."""
-    if _in_importlib(frame):
-        return None  # and no line events in that frame
-    interruption, caller, previous = _after_import["interruption"], _after_import["caller"], _after_import["previous"]
-    _after_import.update(interruption=None, caller=None, previous=None)
-    if caller is not None:
-        caller.f_trace = None
+def _follow(interruption: type[BaseException], outside, *, at_first_call: bool) -> None:
+    """Raise `interruption` with a trace function (`_on_the_way`) at the next line of `outside`, unless it comes out
+    through `outside` first, or, with `at_first_call`, at the first call outside importlib if that comes sooner (a
+    module body the import runs, a finder: importlib expects exceptions from what it calls and releases its locks
+    for them). Raising from a trace function ends tracing, so there is no following it further."""
+    if _on_its_way["interruption"] is not None or (outside is None and not at_first_call):
+        return  # one is on its way already, or there is nowhere to follow this one
+    _on_its_way.update(interruption=interruption, at_first_call=at_first_call, outside=outside, previous=sys.gettrace())
+    if outside is not None:
+        outside.f_trace = _on_the_way
+    sys.settrace(_on_the_way)
+
+
+def _on_the_way(frame, event, arg):
+    """The trace function of `_follow`, for calls and for the events of `outside`."""
+    interruption = _on_its_way["interruption"]
+    if frame is _on_its_way["outside"] or (
+        event == "call" and _on_its_way["at_first_call"] and not _in_importlib(frame)
+    ):
+        _arrived()
+        if event == "exception":
+            return None  # it came out through `outside`
+        raise interruption
+    return None  # no line events in other frames
+
+
+def _arrived() -> None:
+    """Stop following the interruption: no trace function of ours is left."""
+    outside, previous = _on_its_way["outside"], _on_its_way["previous"]
+    _on_its_way.update(interruption=None, at_first_call=False, outside=None, previous=None)
+    if outside is not None:
+        outside.f_trace = None
     sys.settrace(previous)
-    raise interruption
 
 
 @contextmanager

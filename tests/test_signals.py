@@ -59,3 +59,27 @@ def test_ctrl_c_inside_importlibs_lock_keeping_is_raised_outside_it(tmp_path, mo
     importer.join(timeout=60)
     assert not importer.is_alive(), "another thread cannot import the module: a lock was left held"
     assert sys.modules.pop("grow_test_interrupted_import").VALUE == 1
+
+
+def test_ctrl_c_that_an_extensions_initialisation_swallows_is_raised_once_it_returns(
+    tmp_path, monkeypatch, grow_handlers
+):
+    """torch's C++ initialisation imports numpy and clears whatever that import raised: a Ctrl-C landing in it was
+    lost, and `grow expand` went on to write its whole output (exit 0). It is now raised again where the
+    initialisation returns to Python."""
+    (tmp_path / "grow_test_imported_by_extension.py").write_text("import signal\nsignal.raise_signal(signal.SIGINT)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def initialise(spec):  # as torch's C++ does with its import of numpy
+        try:
+            import grow_test_imported_by_extension  # noqa: F401
+        except BaseException:  # noqa: BLE001 - PyErr_Clear()
+            pass
+        return types.ModuleType(spec.name)
+
+    monkeypatch.setattr(_imp, "create_dynamic", initialise)
+    with pytest.raises(KeyboardInterrupt):
+        importlib._bootstrap._call_with_frames_removed(_imp.create_dynamic, types.SimpleNamespace(name="ext"))  # type: ignore[attr-defined]
+        pytest.fail("the interruption was lost")
+    monkeypatch.undo()
+    assert "grow_test_imported_by_extension" not in sys.modules
