@@ -3,11 +3,9 @@
 Used for checks that must pass before an output is published but need not hold up the first byte written: the
 grown config's validation by transformers (a child process importing transformers on a first run) and the
 safetensors library's own parse of the source headers (it imports numpy). A daemon thread, not an executor: a run
-that fails or is interrupted exits at once instead of waiting for a check whose answer nobody will read. A job that
-calls into a native extension must still be waited for before the process exits (the checkpoint reader waits for
-its own): the interpreter tears a daemon thread down mid-call at exit, and native code that catches that unwinding
-(safetensors does) aborts the process. Work that only the end of the run waits for gives way to the rest
-(`lower_priority`).
+that fails or is interrupted exits at once instead of waiting for a check whose answer nobody will read. Work that
+runs inside a native extension is the exception (`finish_before_exit`). Work that only the end of the run waits for
+gives way to the rest (`lower_priority`).
 """
 
 from __future__ import annotations
@@ -23,8 +21,14 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def in_background(work: Callable[[], T], name: str) -> Future[T]:
-    """`work()` run in a daemon thread called `name`; its result, or what it raised, in the future."""
+def in_background(work: Callable[[], T], name: str, *, finish_before_exit: bool = False) -> Future[T]:
+    """`work()` run in a daemon thread called `name`; its result, or what it raised, in the future.
+
+    `finish_before_exit`: the thread is not a daemon, so the interpreter waits for it before it exits, however the
+    run ends. For work inside a native extension, short enough to wait for: the interpreter tears a daemon thread
+    down mid-call at exit, and native code that catches that unwinding (safetensors' does) aborts the process
+    ("FATAL: exception not rethrown"). An interruption can land where nothing waits for the work yet (after the
+    thread started, before the reader that started it is in a `with`)."""
     future: Future[T] = Future()
 
     def run() -> None:
@@ -33,7 +37,7 @@ def in_background(work: Callable[[], T], name: str) -> Future[T]:
         except BaseException as exc:  # delivered to whoever reads the result, as it would have been raised
             future.set_exception(exc)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=not finish_before_exit).start()
     return future
 
 

@@ -4,6 +4,10 @@ dtype and shape are refused."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -172,3 +176,29 @@ def test_a_tensor_stored_under_its_legacy_and_its_loaded_name_is_refused(tmp_pat
     save_file({"a.LayerNorm.gamma": torch.ones(2), "a.LayerNorm.weight": torch.ones(2)}, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="holds both a.LayerNorm.weight and a.LayerNorm.gamma"):
         CheckpointReader(tmp_path)
+
+
+def test_a_run_that_ends_while_the_header_check_runs_waits_for_it(tiny_checkpoints, tmp_path):
+    """The safetensors library's parse of the headers runs in the background, inside its native code (which imports
+    numpy: Python code, a tenth of a second). A run interrupted before the reader could be closed (between the check's
+    start and the `with` around the reader) exited meanwhile, and the interpreter tore the thread down inside that
+    native code: the process aborted ("FATAL: exception not rethrown", exit -6). The check is now finished first."""
+    slow_numpy, inside = tmp_path / "numpy", tmp_path / "inside"
+    slow_numpy.mkdir()
+    (slow_numpy / "__init__.py").write_text(  # busy in Python code for a second, as numpy's import is for 0.1 s
+        f"open({str(inside)!r}, 'w').close()\n"
+        "import time\nstart = time.monotonic()\nwhile time.monotonic() - start < 1:\n    pass\n"
+    )
+    program = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {str(tmp_path)!r})
+        from grow_cli.checkpoint.reader import CheckpointReader
+        CheckpointReader({str(tiny_checkpoints("llama"))!r}, library_check_later=True)
+        while not os.path.exists({str(inside)!r}):  # the check is inside safetensors' native code
+            time.sleep(0.01)
+        sys.exit(130)  # as an interrupted run does, the reader never closed
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr

@@ -272,7 +272,7 @@ class CheckpointReader:
             raise CheckpointError(f"the checkpoint in {f} holds no tensors")
         self.tensors, self.stored_names = _as_loaded(self.tensors, f)
         if self._library_later and self.format == "safetensors":
-            self._library_job = in_background(self._check_with_library, "grow-headers")
+            self._library_job = in_background(self._check_with_library, "grow-headers", finish_before_exit=True)
 
     def _check_with_library(self) -> None:
         for path in self.files:
@@ -379,10 +379,6 @@ class CheckpointReader:
             self._handle_path = path
 
     def close(self) -> None:
-        if self._library_job is not None:
-            # Wait, whatever the outcome: the check runs in safetensors' native code, and a thread still inside
-            # it when the interpreter exits is torn down mid-call, which aborts the process.
-            self._library_job.exception()
         if self._handle is not None:
             self._handle.close()
         self._handle = None
