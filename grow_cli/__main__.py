@@ -12,17 +12,22 @@ import sys
 
 def script() -> None:
     """The `grow` command (`grow_cli.cli.script`), with the config child started first where the command asks it.
-    A Ctrl-C while the CLI is still being imported (its first ~0.3 s, before grow's own handling is in place) is
-    the same one line as later, not a traceback of whichever import it landed in."""
+    A Ctrl-C or SIGTERM while the CLI is still being imported (its first ~0.3 s, before grow's own handling is in
+    place) is the same one line as later, not a traceback of whichever import it landed in, nor (SIGTERM) a silent
+    death."""
+    from grow_cli.signals import Terminated, terminate_like_interrupt  # (standard library only: a few ms)
+
     try:
+        terminate_like_interrupt()
         start_config_child_early()
         from grow_cli.cli import script as run
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         from grow_cli.signals import forget_caught_interrupts, stopped_by
 
-        sys.stderr.write(f"{stopped_by(signal.SIGINT)}\n")
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        sys.stderr.write(f"{stopped_by(signum)}\n")
         forget_caught_interrupts()  # the import it landed in may have been making a dataclass (see there)
-        raise SystemExit(128 + signal.SIGINT) from None
+        raise SystemExit(128 + signum) from None
     run()
 
 

@@ -108,6 +108,22 @@ def test_ctrl_c_while_the_cli_is_still_imported_is_one_line(monkeypatch, capsys)
     assert code == 130 and capsys.readouterr().err == "interrupted (Ctrl-C)\n"
 
 
+def test_sigterm_while_the_cli_is_still_imported_is_one_line():
+    """SIGTERM in the script's first ~0.3 s (before `grow_cli.cli.main` made it an exception) ended the process
+    silently by the signal; it is the same one line and exit 143 as later."""
+    program = textwrap.dedent(
+        """
+        import signal, sys
+        from grow_cli import __main__ as entry
+        entry.start_config_child_early = lambda: signal.raise_signal(signal.SIGTERM)
+        sys.argv = ["grow", "--version"]
+        entry.script()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143 and done.stderr == "terminated (SIGTERM)\n" and done.stdout == ""
+
+
 def test_ctrl_c_while_typer_builds_the_cli_is_one_line(cli, monkeypatch):
     """Typer turns a Ctrl-C during a command into exit 130; one while it builds the command from grow's functions
     (reading their type hints, ~0.2 s into a run) left Typer as a KeyboardInterrupt: a traceback, and Python's own
