@@ -75,6 +75,11 @@ _IMPORT_MACHINERY = frozenset({"importlib._bootstrap", "importlib._bootstrap_ext
 # does, for its import of numpy, so a Ctrl-C landing there was lost and the run went on to its end (exit 0; 6 in 80
 # interrupted `import torch`, 0 now).
 _RUNS_EXTENSION_INIT = importlib._bootstrap._call_with_frames_removed.__code__  # type: ignore[attr-defined]
+# Modules whose body calls a native function that aborts the process if a Python exception is raised while it runs:
+# torch.distributed's `_c10d_init()` (pybind11: "terminate called after throwing an instance of
+# 'pybind11::error_already_set' what(): KeyboardInterrupt", exit -6; 2 in 286 interrupted runs of `grow expand`,
+# during its `import torch`). An interruption that comes while such a body runs is raised at its next line (~3 ms).
+_ABORTS_ON_EXCEPTION = frozenset({"torch.distributed"})
 # An interruption on its way (`_follow`): what to raise; whether to raise it at the first call outside importlib; the
 # frame outside imports where it is raised unless it comes out through it; the trace function to put back.
 _on_its_way: dict[str, Any] = {"interruption": None, "at_first_call": False, "outside": None, "previous": None}
@@ -82,11 +87,19 @@ _on_its_way: dict[str, Any] = {"interruption": None, "at_first_call": False, "ou
 
 def _raise(interruption: type[BaseException], frame) -> None:
     """What grow's handlers do with Ctrl-C (`KeyboardInterrupt`) and SIGTERM (`Terminated`), which came while `frame`
-    ran: raise it, unless an `interruptions_held` block runs; from importlib's code, at the first call outside it;
+    ran: raise it, unless an `interruptions_held` block runs; from a module body of `_ABORTS_ON_EXCEPTION`, at its
+    next line; from importlib's code, at the first call outside it;
     during an extension's initialisation, at once and again where it returns if it swallowed that one, or only there
     from importlib's code (`_follow`; for torch's, up to ~0.3 s later)."""
     if _held["depth"]:
         _held["pending"] = _held["pending"] or interruption
+        return
+    if (
+        frame is not None
+        and frame.f_code.co_name == "<module>"
+        and frame.f_globals.get("__name__") in _ABORTS_ON_EXCEPTION
+    ):
+        _follow(interruption, frame, at_first_call=False)
         return
     in_importlib = _in_importlib(frame)
     outside, initialising = _outside_imports(frame)
