@@ -67,9 +67,12 @@ def _root(
 
 def _run_app() -> None:
     """Run the app with click's own error display off, so that a mistyped option or value gets one line like
-    every other refusal (click draws a multi-line box), and Ctrl-C is named (Typer turns it into exit 130)."""
+    every other refusal (click draws a multi-line box), and Ctrl-C is named (Typer turns it into exit 130). A
+    Ctrl-C or SIGTERM whose exception was lost on its way still ends the command as interrupted, never with 0."""
     # Typer (0.26 to 0.29 at least) raises the exceptions of the click it vendors, not of an installed click.
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
+    from grow_cli.signals import Terminated, caught_signal
 
     empty = _empty_argument(sys.argv[1:])
     if empty is not None:
@@ -88,7 +91,10 @@ def _run_app() -> None:
     except typer.Abort:  # end of input at a prompt
         _report("aborted", error=False)
         sys.exit(1)
-    if code == 128 + signal.SIGINT:
+    caught = caught_signal()  # even where its exception was lost on the way (`signals.caught_signal`)
+    if caught == signal.SIGTERM:
+        raise Terminated
+    if code == 128 + signal.SIGINT or caught == signal.SIGINT:
         _stopped_by_ctrl_c()
     sys.exit(code if isinstance(code, int) else 0)  # always, as click's standalone mode did
 

@@ -40,6 +40,7 @@ class Terminated(BaseException):
 
 
 def _raise_terminated(signum, frame) -> None:
+    _caught["signum"] = signum
     _raise(Terminated, frame)
 
 
@@ -51,12 +52,13 @@ def terminate_like_interrupt() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-# Whether Ctrl-C reached the command (`remember_interrupts`): set by the handler, reset as each command starts.
-_interrupt: dict[str, bool] = {"seen": False}
+# The signal that last reached the command through grow's handlers (0: none), reset as each command starts
+# (`remember_interrupts`).
+_caught: dict[str, int] = {"signum": 0}
 
 
 def _remember_interrupt(signum, frame) -> None:
-    _interrupt["seen"] = True
+    _caught["signum"] = signum
     _raise(KeyboardInterrupt, frame)
 
 
@@ -186,7 +188,7 @@ def remember_interrupts() -> None:
     "ModuleNotFoundError: Could not import module 'LlamaConfig'"), which is then still reported as the interruption
     (`interrupted`), not as a bug. Left alone where SIGINT is not Python's default (a shell's background job ignores
     it), and off the main thread."""
-    _interrupt["seen"] = False
+    _caught["signum"] = 0
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -195,7 +197,14 @@ def remember_interrupts() -> None:
 
 def interrupted() -> bool:
     """Whether Ctrl-C reached the command since it started (`remember_interrupts`)."""
-    return _interrupt["seen"]
+    return _caught["signum"] == signal.SIGINT
+
+
+def caught_signal() -> int:
+    """The signal (SIGINT, SIGTERM) that last reached the command through grow's handlers since it started, or 0.
+    Its exception can be lost on the way out: Python prints and drops one raised in a weakref callback or `__del__`
+    (which the garbage collector runs inside any code), and C code may clear one raised in Python code it called."""
+    return _caught["signum"]
 
 
 def command_output(output: Path) -> None:
