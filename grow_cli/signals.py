@@ -82,6 +82,11 @@ _RUNS_EXTENSION_INIT = importlib._bootstrap._call_with_frames_removed.__code__  
 # 'pybind11::error_already_set' what(): KeyboardInterrupt", exit -6; 2 in 286 interrupted runs of `grow expand`,
 # during its `import torch`). An interruption that comes while such a body runs is raised at its next line (~3 ms).
 _ABORTS_ON_EXCEPTION = frozenset({"torch.distributed"})
+# Modules of weakref callbacks. Python prints and drops an exception raised in one ("Exception ignored in: <function
+# WeakSet.__init__.<locals>._remove>", a traceback), as in a finaliser (`__del__`), and the garbage collector runs
+# both inside whatever code allocated: a Ctrl-C landing there was lost, and the run went on (1 in 130 interrupted runs
+# of `grow expand` with a cold cache). It is raised in the code the collection interrupted.
+_WEAKREFS = frozenset({"weakref", "_weakrefset"})
 # An interruption on its way (`_follow`): what to raise; whether to raise it at the first call outside importlib; the
 # frame outside imports where it is raised unless it comes out through it; the trace function to put back.
 _on_its_way: dict[str, Any] = {"interruption": None, "at_first_call": False, "outside": None, "previous": None}
@@ -89,10 +94,11 @@ _on_its_way: dict[str, Any] = {"interruption": None, "at_first_call": False, "ou
 
 def _raise(interruption: type[BaseException], frame) -> None:
     """What grow's handlers do with Ctrl-C (`KeyboardInterrupt`) and SIGTERM (`Terminated`), which came while `frame`
-    ran: raise it, unless an `interruptions_held` block runs; from a module body of `_ABORTS_ON_EXCEPTION`, at its
-    next line; from importlib's code, at the first call outside it;
-    during an extension's initialisation, at once and again where it returns if it swallowed that one, or only there
-    from importlib's code (`_follow`; for torch's, up to ~0.3 s later)."""
+    ran: raise it, unless an `interruptions_held` block runs. Where raising it at once would do harm, a trace
+    function raises it a little later (`_follow`): after a module body of `_ABORTS_ON_EXCEPTION`'s current line;
+    from importlib's code, at the first call outside it; from code that drops exceptions, in the code it interrupted;
+    during an extension's initialisation, at once and again where it returns if it swallowed that one (or only there,
+    from importlib's code: for torch's, up to ~0.3 s later)."""
     if _held["depth"]:
         _held["pending"] = _held["pending"] or interruption
         return
@@ -103,11 +109,11 @@ def _raise(interruption: type[BaseException], frame) -> None:
     ):
         _follow(interruption, frame, at_first_call=False)
         return
-    in_importlib = _in_importlib(frame)
+    in_importlib, dropping = _in_importlib(frame), _drops_exceptions(frame)
     outside, initialising = _outside_imports(frame)
-    if in_importlib or initialising:
+    if in_importlib or dropping or initialising:
         _follow(interruption, outside, at_first_call=in_importlib and not initialising)
-    if not in_importlib:
+    if not (in_importlib or dropping):
         raise interruption
 
 
@@ -115,18 +121,34 @@ def _in_importlib(frame) -> bool:
     return frame is not None and frame.f_globals.get("__name__") in _IMPORT_MACHINERY
 
 
+def _drops_exceptions(frame) -> bool:
+    return frame is not None and (frame.f_code.co_name == "__del__" or frame.f_globals.get("__name__") in _WEAKREFS)
+
+
 def _outside_imports(frame):
-    """The nearest frame outwards of `frame` (itself included) outside importlib and every extension's
-    initialisation, where an exception raised inside them comes out (unless that C code swallows it), and whether an
-    extension's initialisation is running."""
+    """The nearest frame outwards of `frame` (itself included) outside importlib, code that drops exceptions and
+    every extension's initialisation: where an exception raised inside them comes out (unless that C code swallows
+    it); and whether an extension's initialisation is running."""
     outside, initialising = None, False
     while frame is not None:
         if frame.f_code is _RUNS_EXTENSION_INIT and frame.f_locals.get("f") in (_imp.create_dynamic, _imp.exec_dynamic):
             outside, initialising = None, True  # what it runs is inside it, however deep
-        elif outside is None and not _in_importlib(frame):
+        elif outside is None and not _in_importlib(frame) and not _drops_exceptions(frame):
             outside = frame
         frame = frame.f_back
     return outside, initialising
+
+
+def _comes_out_to_importlib(frame) -> bool:
+    """Whether an exception raised as `frame` starts comes out to importlib's code: `frame` is not importlib's, and
+    none between them drops exceptions (a weakref callback that the collector ran inside the import)."""
+    if _in_importlib(frame):
+        return False
+    while frame is not None and not _in_importlib(frame):
+        if _drops_exceptions(frame):
+            return False
+        frame = frame.f_back
+    return True
 
 
 def _follow(interruption: type[BaseException], outside, *, at_first_call: bool) -> None:
@@ -146,7 +168,7 @@ def _on_the_way(frame, event, arg):
     """The trace function of `_follow`, for calls and for the events of `outside`."""
     interruption = _on_its_way["interruption"]
     if frame is _on_its_way["outside"] or (
-        event == "call" and _on_its_way["at_first_call"] and not _in_importlib(frame)
+        event == "call" and _on_its_way["at_first_call"] and _comes_out_to_importlib(frame)
     ):
         _arrived()
         if event == "exception":

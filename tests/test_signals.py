@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 import types
+import weakref
 
 import pytest
 
@@ -103,3 +104,33 @@ def test_ctrl_c_during_torch_distributeds_native_initialisation_is_raised_at_its
     with pytest.raises(KeyboardInterrupt):
         exec(body, {"__name__": "torch.distributed", "signal": signal, "seen": seen})
     assert seen == []
+
+
+@pytest.mark.parametrize("where", ["a weakref callback", "a finaliser"])
+def test_ctrl_c_in_code_whose_exceptions_python_drops_is_raised_in_the_code_it_interrupted(where, grow_handlers):
+    """Python prints and drops an exception raised in a weakref callback or a `__del__`, which the garbage
+    collector runs inside whatever code allocated: a Ctrl-C landing there printed "Exception ignored in: <function
+    WeakSet.__init__.<locals>._remove>" with a traceback, and the run went on. It is now raised at the next line of
+    the code that was interrupted, and nothing is dropped."""
+    namespace = {"__name__": "_weakrefset", "signal": signal}
+    exec("def _remove(item):\n    signal.raise_signal(signal.SIGINT)\n", namespace)
+
+    class Thing:
+        pass
+
+    class Finalised:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    dropped: list[object] = []
+    thing = Finalised() if where == "a finaliser" else Thing()
+    if where == "a weakref callback":
+        ref = weakref.ref(thing, namespace["_remove"])  # noqa: F841 - alive until the callback runs
+    hook, sys.unraisablehook = sys.unraisablehook, dropped.append
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            del thing  # the callback or the finaliser runs here, inside this code
+            pytest.fail("the interruption was dropped")
+    finally:
+        sys.unraisablehook = hook
+    assert dropped == []
