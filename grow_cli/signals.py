@@ -78,10 +78,20 @@ _IMPORT_MACHINERY = frozenset({"importlib._bootstrap", "importlib._bootstrap_ext
 # interrupted `import torch`, 0 now).
 _RUNS_EXTENSION_INIT = importlib._bootstrap._call_with_frames_removed.__code__  # type: ignore[attr-defined]
 # Modules whose body calls a native function that aborts the process if a Python exception is raised while it runs:
-# torch.distributed's `_c10d_init()` (pybind11: "terminate called after throwing an instance of
-# 'pybind11::error_already_set' what(): KeyboardInterrupt", exit -6; 2 in 286 interrupted runs of `grow expand`,
-# during its `import torch`). An interruption that comes while such a body runs is raised at its next line (~3 ms).
-_ABORTS_ON_EXCEPTION = frozenset({"torch.distributed"})
+# torch's `torch._C._<name>_init()` calls, made as `import torch` imports them (pybind11: "terminate called after
+# throwing an instance of 'pybind11::error_already_set' what(): KeyboardInterrupt", exit -6; 2 in 286 interrupted
+# runs of `grow expand` in `_c10d_init`, 1 in 232 in `_autograd_init` once that one was handled). An interruption
+# that comes while such a body runs is raised at its next line (`_c10d_init` takes ~3 ms).
+_ABORTS_ON_EXCEPTION = frozenset(
+    {
+        "torch.autograd",
+        "torch.distributed",
+        "torch.distributed.autograd",
+        "torch.distributed.rpc",
+        "torch.jit",
+        "torch.multiprocessing",
+    }
+)
 # Modules of weakref callbacks. Python prints and drops an exception raised in one ("Exception ignored in: <function
 # WeakSet.__init__.<locals>._remove>", a traceback), as in a finaliser (`__del__`), and the garbage collector runs
 # both inside whatever code allocated: a Ctrl-C landing there was lost, and the run went on (1 in 130 interrupted runs
