@@ -232,7 +232,12 @@ def script() -> None:
 
 
 def _end_now(status: dict[str, int]) -> None:
-    """End the process with `status["code"]`, its output streams flushed, skipping the interpreter's finalization."""
+    """End the process with `status["code"]`, its output streams flushed, skipping the interpreter's finalization —
+    and the exit handlers registered before this one: the config child's (`hf_config`, started before the CLI is
+    imported), which is closed here; left running, it went on importing transformers after grow had ended."""
+    config_child = sys.modules.get("grow_cli.arch.hf_config")
+    if config_child is not None:
+        config_child.close()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -4,6 +4,7 @@ usage mistakes and Ctrl-C get one line."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,3 +225,30 @@ def test_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interruption
     monkeypatch.undo()
     broken = cli("plan", "--target", tmp_path, "--tokens", "1T")  # the next command starts afresh: a real error
     assert broken.code == 1 and broken.stderr.startswith("error: ") and "interrupted" not in broken.stderr
+
+
+def test_the_config_child_ends_with_grow(tmp_path):
+    """The process ends without finalising (`cli._end_now`), which skipped the exit handler that closes the config
+    child started before the CLI was imported: the child went on importing transformers after grow had ended."""
+    program = textwrap.dedent(
+        f"""
+        import sys
+        from grow_cli import __main__ as entry
+        from grow_cli.arch import hf_config
+
+        start = hf_config.start_early
+
+        def start_and_say(**options):
+            start(**options)
+            sys.stderr.write(f"child {{hf_config._child.pid}}\\n")
+
+        hf_config.start_early = start_and_say
+        sys.argv = ["grow", "inspect", {str(tmp_path / "absent")!r}]
+        entry.script()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "absent" in done.stderr
+    pid = int(re.search(r"child (\d+)", done.stderr).group(1))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
