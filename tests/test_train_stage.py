@@ -233,6 +233,19 @@ def test_a_headless_decoder_trains_with_a_head_and_says_so(setup, tmp_path, caps
     assert "model.embed_tokens.weight" in weights(out)
 
 
+def _headless_checkpoint(setup, tmp_path, capsys, *, tied: bool):
+    """The first checkpoint of a train-stage run of a headless tiny Llama (`LlamaModel` saved alone)."""
+    _, data = setup
+    model = tmp_path / "headless"
+    torch.manual_seed(0)
+    tf.LlamaModel(tiny_config(tie_word_embeddings=tied)).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    out = tmp_path / "out"
+    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--save-every", 1), capsys)
+    assert code == 0, stderr
+    return out / "checkpoints" / "step_00000001"
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_a_checkpoint_of_a_headless_decoder_grows_as_the_causal_lm_it_trained(setup, tmp_path, capsys, tied):
     """A train-stage checkpoint of a headless decoder holds the causal LM the run trained (`model.`-prefixed, its head
@@ -243,15 +256,7 @@ def test_a_checkpoint_of_a_headless_decoder_grows_as_the_causal_lm_it_trained(se
     from grow_cli.growth.expand import expand
     from grow_cli.growth.spec import GrowthSpec
 
-    _, data = setup
-    model = tmp_path / "headless"
-    torch.manual_seed(0)
-    tf.LlamaModel(tiny_config(tie_word_embeddings=tied)).save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
-    out = tmp_path / "out"
-    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--save-every", 1), capsys)
-    assert code == 0, stderr
-    step_1 = out / "checkpoints" / "step_00000001"
+    step_1 = _headless_checkpoint(setup, tmp_path, capsys, tied=tied)
     spec = GrowthSpec(width_method="fpi", width_factor=2, weights_only=True)
     report = expand(str(step_1), tmp_path / "wide", spec, verify=True, quiet=True)
     assert report["verify"]["passed"] is True and report["verify"]["top1_agreement"] == 1.0
@@ -268,15 +273,8 @@ def test_inspect_reads_a_train_stage_checkpoint_with_its_models_config(setup, tm
     its grow-state.json was missing: 'the save did not finish (a killed run)'."""
     from grow_cli.growth.describe import inspect
 
-    _, data = setup
-    model = tmp_path / "headless"
-    torch.manual_seed(0)
-    tf.LlamaModel(tiny_config(tie_word_embeddings=True)).save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
-    out = tmp_path / "out"
-    code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--save-every", 1), capsys)
-    assert code == 0, stderr
-    step_1 = out / "checkpoints" / "step_00000001"
+    step_1 = _headless_checkpoint(setup, tmp_path, capsys, tied=True)
+    data, out = setup[1], step_1.parent.parent
     info = inspect(str(step_1))
     assert info["folder"] == str(step_1) and info["source"]["checkpoint"]["step"] == 1
     assert info["headless"] is False and info["embeddings_tied"] is True and info["not_read"] == []
