@@ -139,6 +139,28 @@ def test_a_shard_the_index_leaves_out_is_refused_and_other_safetensors_files_are
     assert sorted(CheckpointReader(tmp_path / "src").tensors) == ["u", "v", "w"]
 
 
+def test_a_bin_shard_the_index_leaves_out_is_refused_as_a_safetensors_one_is(tmp_path):
+    """The same holds for `pytorch_model-0000k-of-0000N.bin` shards and their index: a shard of the set that the
+    index does not name is left out by transformers, so the tensors in it are named; shards of another set are not
+    read."""
+    import json
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    first, second = "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"
+    torch.save({"w": torch.zeros(2)}, src / first)
+    torch.save({"v": torch.ones(1), "u": torch.ones(3)}, src / second)
+    torch.save({"stale": torch.ones(2)}, src / "pytorch_model-00001-of-00003.bin")
+    index = src / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"w": first}}))
+    refusal = rf"pytorch_model.bin.index.json does not list tensor [uv] \(and 1 other tensor\), which shard {second}"
+    with pytest.raises(CheckpointError, match=refusal):
+        CheckpointReader(src)
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"w": first, "v": second}}))
+    assert sorted(CheckpointReader(src).tensors) == ["u", "v", "w"]
+
+
 @pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
 def test_legacy_layernorm_names_are_read_as_transformers_loads_them(tmp_path, weights):
     """The original BERT checkpoints on the Hub (bert-base-uncased and its siblings) store LayerNorm's gain and bias

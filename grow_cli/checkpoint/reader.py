@@ -16,7 +16,7 @@ import glob
 import json
 import os
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -106,12 +106,14 @@ def _listed_shards_tensors(
     return {name: found[name] for name in (*weight_map, *found) if name in found}
 
 
-SHARD_NAME = re.compile(r"(.+)-\d+-of-(\d+)\.safetensors")  # model-00002-of-00005.safetensors
+SHARD_NAME = re.compile(r"(.+)-\d+-of-(\d+)\.(safetensors|bin)")  # model-00002-of-00005.safetensors
 
 
-def _refuse_unlisted_shards(folder: Path, weight_map: dict[str, str]) -> None:
-    """Refuse a shard of the index's set (`model-0000k-of-0000N`, N as in the files it names) that the index does
-    not name, holding a tensor the index does not list.
+def _refuse_unlisted_shards(
+    folder: Path, weight_map: dict[str, str], index: str, names_in: Callable[[Path], Iterable[str]]
+) -> None:
+    """Refuse a shard of the index's set (`model-0000k-of-0000N.safetensors`, `pytorch_model-0000k-of-0000N.bin`, N
+    and the suffix as in the files it names) that the index does not name, holding a tensor the index does not list.
 
     transformers opens only the shards the index names, so such a tensor is left out of the model it loads: without
     this, grow called it missing and, for an untied `lm_head.weight`, advised tying the head, which drops the very
@@ -119,15 +121,15 @@ def _refuse_unlisted_shards(folder: Path, weight_map: dict[str, str]) -> None:
     """
     named = set(weight_map.values())
     sets = {match.groups() for shard in named if (match := SHARD_NAME.fullmatch(shard))}
-    for stem, total in sorted(sets):
-        for path in sorted(folder.glob(f"{glob.escape(stem)}-*-of-{total}.safetensors")):
+    for stem, total, suffix in sorted(sets):
+        for path in sorted(folder.glob(f"{glob.escape(stem)}-*-of-{total}.{suffix}")):
             if path.relative_to(folder).as_posix() in named or not SHARD_NAME.fullmatch(path.name):
                 continue
-            unlisted = [name for name in read_safetensors_header(path, with_library=False)[0] if name not in weight_map]
+            unlisted = [name for name in names_in(path) if name not in weight_map]
             if unlisted:
                 others = f" (and {counted(len(unlisted) - 1, 'other tensor')})" if len(unlisted) > 1 else ""
                 raise CheckpointError(
-                    f"{SAFETENSORS_INDEX} does not list tensor {unlisted[0]}{others}, which shard {path.name} "
+                    f"{index} does not list tensor {unlisted[0]}{others}, which shard {path.name} "
                     "stores, and transformers loads only the shards the index names; re-create the index, or "
                     f"remove the tensor from {path.name}"
                 )
@@ -233,7 +235,9 @@ class CheckpointReader:
                 if name not in parsed[shard][0]:
                     raise CheckpointError(f"{SAFETENSORS_INDEX} puts {name} in {shard.name}, which does not hold it")
             self.tensors = _listed_shards_tensors(weight_map, {path: entries for path, (entries, _) in parsed.items()})
-            _refuse_unlisted_shards(f, weight_map)
+            _refuse_unlisted_shards(
+                f, weight_map, SAFETENSORS_INDEX, lambda path: read_safetensors_header(path, with_library=False)[0]
+            )
             self.files = sorted(parsed)
             refuse_other_framework(self.tensors, (meta.get("format", "") for _, meta in parsed.values()))
         elif (f / SAFETENSORS_SINGLE).is_file():
@@ -257,6 +261,8 @@ class CheckpointReader:
                 for path in self.files
             }
             self.tensors = _listed_shards_tensors(weight_map if shards else {}, stored)
+            if shards:
+                _refuse_unlisted_shards(f, weight_map, BIN_INDEX, lambda path: load_bin_weights(path).keys())
         else:
             refused = sorted({p.name for pattern in REFUSED_WEIGHTS for p in f.glob(pattern)})
             found = f" (found {', '.join(refused)}, which grow does not read)" if refused else ""
