@@ -15,8 +15,14 @@ def script() -> None:
     A Ctrl-C or SIGTERM while the CLI is still being imported (its first ~0.3 s, before grow's own handling is in
     place) is the same one line as later, not a traceback of whichever import it landed in, nor (SIGTERM) a silent
     death."""
-    from grow_cli.signals import Terminated, terminate_like_interrupt  # (standard library only: a few ms)
+    from grow_cli.signals import (  # (standard library only: a few ms)
+        Terminated,
+        end_without_finalizing,
+        exit_with,
+        terminate_like_interrupt,
+    )
 
+    end_without_finalizing()  # first: it must run after every other exit handler
     try:
         terminate_like_interrupt()
         start_config_child_early()
@@ -27,6 +33,7 @@ def script() -> None:
         signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         sys.stderr.write(f"{stopped_by(signum)}\n")
         forget_caught_interrupts()  # the import it landed in may have been making a dataclass (see there)
+        exit_with(128 + signum)
         raise SystemExit(128 + signum) from None
     run()
 

@@ -9,7 +9,6 @@ Command modules live in `grow_cli/commands/` and import torch/transformers only 
 
 from __future__ import annotations
 
-import atexit
 import errno
 import os
 import signal
@@ -201,23 +200,16 @@ def _too_long(path: object) -> str:
 def script() -> None:
     """The `grow` command and `python -m grow_cli`: `main`, in a process that ends as soon as it is done.
 
-    The process ends with the command's exit status as soon as the last exit handler has run (`_end_now`): the
-    interpreter's own finalization does nothing grow needs (grow closes and fsyncs its outputs before a command
-    returns; exit handlers still run first) and takes time: its last garbage collection walks every object still
-    alive, once torch is imported its operator registry's hundreds of thousands (0.3–0.5 s on the development VM
-    after every run that used torch), then the C++ libraries are torn down. A Ctrl-C in that time could not be
-    handled any more: the process died by the signal without a line, or exited 0 (17 of 289 interrupted runs of
-    `grow expand`, benchmarks/interrupted_runs.py). Only here: tests and Python callers run `main` in a process that
-    goes on. A Ctrl-C that lands while the exit handlers run ends the process at once
-    (`signals.end_at_once_when_interrupted`).
+    The process ends with the command's exit status as soon as the last exit handler has run, skipping the
+    interpreter's finalization (`signals.end_without_finalizing`). A Ctrl-C that lands while the exit handlers run
+    ends the process at once (`signals.end_at_once_when_interrupted`).
 
     With `--json`, stdout is kept for the JSON document (`console.keep_stdout_for_json`): libraries that print
     there would otherwise break it.
     """
-    from grow_cli.signals import end_at_once_when_interrupted
+    from grow_cli.signals import end_at_once_when_interrupted, end_without_finalizing, exit_with
 
-    status = {"code": 1}  # an exception that leaves `main` (none should) ends the process as Python would
-    atexit.register(_end_now, status)  # registered first, so it runs after every other exit handler
+    end_without_finalizing()  # already, where the `grow` script (`grow_cli.__main__`) started
     if "--json" in sys.argv[1:] and "--help" not in sys.argv[1:]:
         from grow_cli.console import keep_stdout_for_json
 
@@ -225,25 +217,10 @@ def script() -> None:
     try:
         main()
     except SystemExit as exc:
-        status["code"] = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+        exit_with(0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1)
         raise
     finally:
         end_at_once_when_interrupted()
-
-
-def _end_now(status: dict[str, int]) -> None:
-    """End the process with `status["code"]`, its output streams flushed, skipping the interpreter's finalization —
-    and the exit handlers registered before this one: the config child's (`hf_config`, started before the CLI is
-    imported), which is closed here; left running, it went on importing transformers after grow had ended."""
-    config_child = sys.modules.get("grow_cli.arch.hf_config")
-    if config_child is not None:
-        config_child.close()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed pipe: exit all the same
-            pass
-    os._exit(status["code"])
 
 
 def main() -> None:

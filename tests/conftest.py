@@ -3,6 +3,7 @@ that goes through the real `grow` entry point, error translation included."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import shutil
@@ -31,6 +32,21 @@ def grow_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GROW_CACHE_DIR", str(tmp_path_factory.mktemp("grow-cache")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def no_grow_ending_in_pytest():
+    """No test leaves the `grow` process's ending (`signals.end_without_finalizing`) registered in pytest's own
+    process: it ended pytest with the last command's status (130 after a Ctrl-C test) and skipped pytest's exit
+    handlers (a /tmp/grow-tinylm-* folder left per run), which `-n auto` hides. A test of the `grow` script runs it
+    in a child process."""
+    yield
+    from grow_cli import signals
+
+    if signals._ending["registered"]:
+        atexit.unregister(signals._end_now)
+        signals._ending.update(registered=False, status=1)
+        pytest.fail("the test registered the grow process's ending in pytest's; run the grow script in a subprocess")
 
 
 @pytest.fixture(scope="session")

@@ -236,21 +236,23 @@ def test_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interruption
 
 
 def test_the_config_child_ends_with_grow(tmp_path):
-    """The process ends without finalising (`cli._end_now`), which skipped the exit handler that closes the config
-    child started before the CLI was imported: the child went on importing transformers after grow had ended."""
+    """The process ends without finalising (`signals.end_without_finalizing`), which skipped the exit handlers
+    registered before it: the one that closes the config child started before the CLI was imported among them, and
+    the child went on importing transformers after grow had ended."""
     program = textwrap.dedent(
         f"""
         import sys
         from grow_cli import __main__ as entry
-        from grow_cli.arch import hf_config
 
-        start = hf_config.start_early
+        start = entry.start_config_child_early
 
-        def start_and_say(**options):
-            start(**options)
+        def start_and_say():  # hf_config is imported there, as in the grow script
+            start()
+            from grow_cli.arch import hf_config
+
             sys.stderr.write(f"child {{hf_config._child.pid}}\\n")
 
-        hf_config.start_early = start_and_say
+        entry.start_config_child_early = start_and_say
         sys.argv = ["grow", "inspect", {str(tmp_path / "absent")!r}]
         entry.script()
         """
