@@ -226,6 +226,29 @@ def remember_interrupts() -> None:
         return
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _remember_interrupt)
+    if not isinstance(sys.unraisablehook, _RaiseDropped):
+        sys.unraisablehook = _RaiseDropped(sys.unraisablehook)
+
+
+class _RaiseDropped:
+    """`sys.unraisablehook` while grow's handlers are installed: an interruption that Python dropped, raised in code
+    whose exceptions it prints and drops (a weakref callback, a `__del__`, whatever they call), is raised at the next
+    line of the code the garbage collector or the last reference's release interrupted, instead of being printed as
+    "Exception ignored in: …" while the run went on (train-stage trained on to its last step). `_raise` keeps it out
+    of weakref's own modules and `__del__` itself beforehand; this catches every other such callback. Other
+    unraisable exceptions go to the hook that was there before."""
+
+    def __init__(self, previous) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        interruption = type(unraisable.exc_value)
+        if interruption not in (KeyboardInterrupt, Terminated):
+            self.previous(unraisable)
+            return
+        interrupted = sys._getframe(1)  # the hook is called once the dropping code's frames are gone
+        outside, initialising = _outside_imports(interrupted)
+        _follow(interruption, outside, at_first_call=_in_importlib(interrupted) and not initialising)
 
 
 def interrupted() -> bool:
@@ -235,8 +258,8 @@ def interrupted() -> bool:
 
 def caught_signal() -> int:
     """The signal (SIGINT, SIGTERM) that last reached the command through grow's handlers since it started, or 0.
-    Its exception can be lost on the way out: Python prints and drops one raised in a weakref callback or `__del__`
-    (which the garbage collector runs inside any code), and C code may clear one raised in Python code it called."""
+    Its exception can be lost on the way out: C code may clear one raised in Python code it called (what Python
+    drops from a weakref callback or `__del__` is raised again, `_RaiseDropped`)."""
     return _caught["signum"]
 
 

@@ -123,6 +123,7 @@ def grow_handlers():
     from grow_cli.signals import remember_interrupts, terminate_like_interrupt
 
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    unraisable_hook = sys.unraisablehook
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     remember_interrupts()
@@ -130,3 +131,4 @@ def grow_handlers():
     yield
     for signum, handler in before.items():
         signal.signal(signum, handler)
+    sys.unraisablehook = unraisable_hook
