@@ -95,6 +95,8 @@ def test_check_plans_every_member_from_a_fresh_config(folder):
         (lambda d: d["train"].update(token_dtype="uint32"), "members[0].train: --token-dtype uint32 applies only"),
         (lambda d: d["train"].update(text_field="body"), "members[0].train: --text-field body applies only"),
         (lambda d: d.update(compare={"text_field": "body"}), "compare: --text-field body applies only"),
+        (lambda d: d["train"].update(text_field="text"), "members[0].train: --text-field text applies only"),
+        (lambda d: d.update(compare={"text_field": "text"}), "compare: --text-field text applies only"),
         (lambda d: d["members"][1].update(name="b" * 101), "plain folder name of at most 100 characters"),
         (lambda d: d["members"][1].update(name="family.json"), "ends like the report's files"),
         (lambda d: d["members"][1].update(train={}), "members[1].train: no budget"),
@@ -115,6 +117,47 @@ def test_check_finds_what_a_run_would_trip_on(folder, change, fragment):
     with pytest.raises(UsageError) as info:
         check_recipe(load_recipe(_recipe(folder, doc)))
     assert fragment in str(info.value)
+
+
+def test_a_train_text_field_is_not_applied_to_compare_data_of_its_own(folder):
+    """`compare:` reads the training data and its text field unless it names data of its own: a `train.text_field`
+    that named the training JSON Lines' field was applied to compare's text files too, and refused for them
+    ('applies only to data with fields'), though no setting of the recipe could then be right."""
+    import json
+
+    from grow_cli.family.run import compare_settings
+
+    (folder / "d.jsonl").write_text(json.dumps({"body": "To be, or not to be. " * 40}) + "\n")
+    doc = {
+        "train": {**TRAIN, "data": ["d.jsonl"], "text_field": "body"},
+        "compare": {"data": ["text"]},
+        "members": [
+            {"name": "a", "config": dict(FRESH), "tokenizer": "lm", "train": {"max_steps": 2}},
+            {"name": "b", "grow": {"depth_factor": 2}},
+        ],
+    }
+    recipe = load_recipe(_recipe(folder, doc))
+    assert check_recipe(recipe) == []
+    assert "text_field" not in compare_settings(recipe)
+    del doc["compare"]  # compare reads the training data then, with its field
+    assert compare_settings(load_recipe(_recipe(folder, doc)))["text_field"] == "body"
+
+
+def test_a_text_field_stated_at_its_default_is_no_edit_and_the_same_baseline():
+    """`text_field: text` and no `text_field` read the same field (TrainConfig holds None for the second, so that data
+    without fields can refuse a given one): adding or removing it is no edit of a finished member, and names the
+    same shared baseline, as a default spelt out is elsewhere."""
+    from grow_cli.family.resume import _first_change
+    from grow_cli.family.run import _deciding_settings
+
+    train = {"data": ["d.jsonl"], "max_steps": 2}
+    stated = {**train, "text_field": "text"}
+    assert _first_change({"train": train}, {"train": stated}) is None
+    assert _first_change({"train": stated}, {"train": train}) is None
+    assert _deciding_settings(train) == _deciding_settings(stated)
+    other = {**train, "text_field": "body"}
+    assert _first_change({"train": train}, {"train": other}) == ("train.text_field", "text", "body")
+    assert _deciding_settings(other) != _deciding_settings(train)
 
 
 def test_a_failed_fresh_model_write_leaves_nothing(folder):

@@ -425,6 +425,10 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.train("--max-tokens", "1e18", "--micro-batch-size", 1), "--max-tokens 1e+18 over a global batch of 1"
     if name == "train-text-field-without-fields":  # the plays are text files: it was ignored
         return c.train("--max-steps", 1, "--text-field", "body"), "--text-field body applies only to data with fields"
+    if name == "train-default-text-field-without-fields":  # named at its default: still ignored by text files
+        return c.train("--max-steps", 1, "--text-field", "text"), "--text-field text applies only to data with fields"
+    if name == "compare-default-text-field-without-fields":
+        return c.compare("--seq-len", 32, "--text-field", "text"), "--text-field text applies only to data with fields"
     if name == "train-tokenizer-missing":  # a local path, never looked up on the Hub (a typo would fetch a stranger's)
         return c.train("--max-steps", 1, "--tokenizer", c.tmp / "tok"), f"the tokenizer folder {c.tmp / 'tok'} does not"
     if name == "family-train-max-lr-list":
@@ -655,6 +659,8 @@ CASES = [
     "expand-seed-too-large",
     "train-token-dtype-without-bin",
     "train-text-field-without-fields",
+    "train-default-text-field-without-fields",
+    "compare-default-text-field-without-fields",
     "train-max-tokens-past-max-steps",
     "train-tokenizer-missing",
     "family-train-max-lr-list",

@@ -87,14 +87,16 @@ def test_missing_text_field_is_named(tmp_path):
 @pytest.mark.parametrize("names", [["a.txt"], ["a.md", "b"], ["a.txt", "t.bin"]])
 def test_a_text_field_for_data_without_fields_is_refused(tmp_path, names):
     """Text files are one document each and .bin files hold tokens: a --text-field for them alone was ignored without
-    a word (as --token-dtype for text was). The default is fine, and so is any field once one source has fields."""
+    a word (as --token-dtype for text was), and still was when it named the default field, `text`. None (not given)
+    is fine, and so is any field once one source has fields."""
     paths = [str(tmp_path / name) for name in names]
     for path in paths:
         with open(path, "wb") as f:
             f.write(np.arange(8, dtype=np.uint16).tobytes() if path.endswith(".bin") else b"some text")
-    check_sources(find_sources(paths), "text")
-    with pytest.raises(OptionError, match=r"^--text-field body applies only to data with fields \(JSON Lines, .*drop"):
-        check_sources(find_sources(paths), "body")
+    check_sources(find_sources(paths), None)
+    for field in ("body", "text"):
+        with pytest.raises(OptionError, match=rf"^--text-field {field} applies only to data with fields \(JSON .*drop"):
+            check_sources(find_sources(paths), field)
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     check_sources(find_sources([*paths, str(tmp_path / "d.jsonl")]), "body")
 

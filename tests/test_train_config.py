@@ -41,7 +41,7 @@ BASE = {"model": "m", "data": ["d"], "out": "o", "max_steps": 1}
         ("overwrite", 1, "bool"),
         ("report_to", "tensorboard", "list"),
         ("apollo_stages", 5, "str"),
-        ("text_field", None, "str"),
+        ("text_field", 5, "str"),
         ("restart_warmup_steps", None, "int"),
         ("tokenizer", 5, "str or path"),
     ],

@@ -140,7 +140,7 @@ DOCS = [
 EOS = 2
 
 
-def tokens_of(paths, tmp_path, text_field="text", seq_len=4, **kw) -> TokenData:
+def tokens_of(paths, tmp_path, text_field=None, seq_len=4, **kw) -> TokenData:
     """Find, check and tokenize `paths` as `grow train-stage` does, with the cache under `tmp_path`."""
     sources = find_sources([str(p) for p in paths])
     check_sources(sources, text_field)

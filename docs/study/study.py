@@ -176,13 +176,13 @@ def _prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str,
     import transformers
 
     from grow_cli.data.corpus import corpus_status, train_tokenizer, write_corpus_jsonl
-    from grow_cli.data.sources import find_sources, read_texts
+    from grow_cli.data.sources import field_read, find_sources, read_texts
     from grow_cli.data.tokens import prepare_tokens
     from grow_cli.train.model_io import load_tokenizer
 
     spec, data_dir = preset["data"], work / "data"
     train = preset["family"]["train"]
-    text_field = train.get("text_field", "text")
+    text_field = field_read(train.get("text_field"))
     previous = json.loads((data_dir / "prepare.json").read_text()) if (data_dir / "prepare.json").is_file() else {}
     missing = []
     if text is not None:

@@ -28,7 +28,9 @@ def compare(
     a: Annotated[Path, typer.Argument(help="First model folder (the reference for KL(A‖B)).")],
     b: Annotated[Path, typer.Argument(help="Second model folder (same tokenizer).")],
     data: Annotated[list[str], typer.Option(help="Text files, folders, globs, JSON Lines or Parquet (repeatable).")],
-    text_field: Annotated[str, typer.Option(help="Field holding the text in JSON Lines / Parquet.")] = TEXT_FIELD,
+    text_field: Annotated[
+        str | None, typer.Option(help=f"Field holding the text in JSON Lines / Parquet (default: {TEXT_FIELD}).")
+    ] = None,
     seq_len: Annotated[int, typer.Option(help="Tokens per block.")] = 256,
     batch_size: Annotated[int, typer.Option(help="Blocks per forward pass (bounds memory).")] = 4,
     max_blocks: Annotated[int, typer.Option(help="Held-out blocks to use (0: all).")] = 64,

@@ -96,8 +96,9 @@ def train_stage(
     ] = None,
     seq_len: Annotated[int, Opt(help="Tokens per packed block.")] = 512,
     text_field: Annotated[
-        str, Opt(help="Field of JSON Lines / column of Parquet and datasets holding text.")
-    ] = TEXT_FIELD,
+        str | None,
+        Opt(help=f"Field of JSON Lines / column of Parquet and datasets holding text (default: {TEXT_FIELD})."),
+    ] = None,
     micro_batch_size: Annotated[int, Opt(help="Blocks per forward pass per process.")] = 8,
     grad_accum: Annotated[
         int | None, Opt(help="Micro-batches per optimizer step (default: accelerate launch's, else 1).")

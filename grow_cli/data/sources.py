@@ -31,7 +31,7 @@ from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.errors import DataError, OptionError, first_line
 from grow_cli.field_types import EMPTY_PATH
 
-TEXT_FIELD = "text"  # --text-field's default
+TEXT_FIELD = "text"  # the field read when --text-field is not given
 FIELD_KINDS = ("jsonl", "parquet", "arrow")  # the kinds whose documents are a field of a record, which it names
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}
@@ -202,22 +202,30 @@ def _looks_binary(path: Path) -> bool:
         return b"\0" in f.read(BINARY_PROBE)
 
 
-def check_sources(sources: list[Source], text_field: str, token_dtype: str | None = None) -> None:
-    """Fail now, with the file's name, if a text source is binary or a tabular source lacks `text_field`; and if a
-    `token_dtype` is given for data without any `.bin` token file, or a `text_field` other than the default for data
-    without fields (text files, `.bin` tokens), which neither would change."""
+def field_read(text_field: str | None) -> str:
+    """The field a source's text is read from: `text_field`, or `TEXT_FIELD` where none was given (None). Not given
+    and given at the default differ for data without fields only, which refuses a given one (`check_sources`)."""
+    return TEXT_FIELD if text_field is None else text_field
+
+
+def check_sources(sources: list[Source], text_field: str | None, token_dtype: str | None = None) -> None:
+    """Fail now, with the file's name, if a text source is binary or a tabular source lacks the text field; and if a
+    `token_dtype` is given for data without any `.bin` token file, or a `text_field` for data without fields (text
+    files, `.bin` tokens), which neither would change — the default's name given (`text`) as well as any other.
+    None: the option was not given."""
     if token_dtype is not None and not any(source.kind == "tokens" for source in sources):
         raise OptionError(
             "token_dtype",
             f"--token-dtype {token_dtype} applies only to pre-tokenized .bin files, and --data holds none (its "
             "text is tokenized with the model's tokenizer); drop --token-dtype",
         )
-    if text_field != TEXT_FIELD and not any(source.kind in FIELD_KINDS for source in sources):
+    if text_field is not None and not any(source.kind in FIELD_KINDS for source in sources):
         raise OptionError(
             "text_field",
             f"--text-field {text_field} applies only to data with fields (JSON Lines, Parquet, a `datasets` folder), "
             "and --data holds none (a text file is one document, a .bin file holds tokens); drop --text-field",
         )
+    field = field_read(text_field)
     for source in sources:
         if source.kind == "text" and _looks_binary(source.path):
             raise DataError(
@@ -226,16 +234,16 @@ def check_sources(sources: list[Source], text_field: str, token_dtype: str | Non
             )
         if source.kind in FIELD_KINDS:
             columns = _columns(source)
-            if text_field not in columns:
+            if field not in columns:
                 raise DataError(
-                    f"--data {source.path}: no text field '{text_field}' (found: "
+                    f"--data {source.path}: no text field '{field}' (found: "
                     f"{', '.join(columns) or 'none'}); pass --text-field NAME"
                 )
         if source.kind in ("parquet", "arrow"):
-            kind = _schema(source)[text_field]
+            kind = _schema(source)[field]
             if kind not in TEXT_COLUMN_TYPES and not TEXT_DICTIONARY.match(kind):
                 raise DataError(
-                    f"--data {source.path}: the field '{text_field}' holds {kind}, not text; pass --text-field NAME "
+                    f"--data {source.path}: the field '{field}' holds {kind}, not text; pass --text-field NAME "
                     "of a text column"
                 )
 

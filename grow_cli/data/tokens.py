@@ -27,7 +27,7 @@ import numpy as np
 
 from grow_cli.checkpoint.output import disk_full
 from grow_cli.console import err
-from grow_cli.data.sources import Source, fingerprint_sources, read_texts
+from grow_cli.data.sources import Source, field_read, fingerprint_sources, read_texts
 from grow_cli.errors import DataError, OutputError
 from grow_cli.whole_file import write_whole
 
@@ -301,7 +301,7 @@ def prepare_tokens(
     sources: list[Source],
     tokenizer,
     *,
-    text_field: str,
+    text_field: str | None,
     seq_len: int,
     eval_fraction: float,
     vocab_size: int,
@@ -309,11 +309,13 @@ def prepare_tokens(
     cache_dir: Path,
     dtype_name: str | None = None,
 ) -> TokenData:
-    """Tokenize (or reuse the cache), pack into blocks of `seq_len` and split off the eval blocks."""
+    """Tokenize (or reuse the cache), pack into blocks of `seq_len` and split off the eval blocks. `text_field`:
+    the field of tabular sources (None: `TEXT_FIELD`)."""
     bin_dtype = token_dtype(vocab_size, dtype_name)
+    field = field_read(text_field)
     key = "|".join(
         [
-            fingerprint_sources(sources, text_field),
+            fingerprint_sources(sources, field),
             tokenizer_fingerprint(tokenizer),
             str(eos_id),
             bin_dtype.name,  # the stream's dtype is in the entry's metadata
@@ -330,7 +332,7 @@ def prepare_tokens(
             meta = _cached_meta(stream_file, meta_file)  # another run may have written it while this one waited
             from_cache = meta is not None
             if meta is None:
-                meta = _tokenize_into(sources, tokenizer, text_field, eos_id, bin_dtype, vocab_size, stream_file)
+                meta = _tokenize_into(sources, tokenizer, field, eos_id, bin_dtype, vocab_size, stream_file)
     num_blocks = meta["tokens"] // seq_len
     num_eval = max(1, round(num_blocks * eval_fraction))
     if num_blocks < num_eval + 1:

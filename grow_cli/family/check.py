@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.output import check_not_overlapping
-from grow_cli.data.sources import TEXT_FIELD, Source
+from grow_cli.data.sources import Source
 from grow_cli.errors import GrowError, OutputError, UsageError, one_line
 from grow_cli.family.recipe import Member, Recipe
 
@@ -110,7 +110,7 @@ def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *
     return grown, {t.name: (t.shape, t.dtype) for t in plan.tensors}
 
 
-def _check_data(data: list[str], text_field: str, where: str, token_dtype: str | None = None) -> list[Source]:
+def _check_data(data: list[str], text_field: str | None, where: str, token_dtype: str | None = None) -> list[Source]:
     from grow_cli.data.sources import check_sources, find_sources
 
     try:
@@ -260,7 +260,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
             if settings is not None:
                 sources = _check_data(
                     settings["data"],
-                    settings.get("text_field", TEXT_FIELD),
+                    settings.get("text_field"),
                     f"{where}.train",
                     settings.get("token_dtype"),
                 )
@@ -269,10 +269,12 @@ def check_recipe(recipe: Recipe) -> list[str]:
             if config is not None:
                 members.append((where, config, hf_config))
     if compared:
-        data = recipe.compare.get("data") or recipe.train.get("data")
-        if not data:
+        from grow_cli.family.run import compare_settings
+
+        if not (recipe.compare.get("data") or recipe.train.get("data")):
             raise _fail("compare", "comparing adjacent members needs data: give compare.data or train.data")
-        _check_data(data, recipe.compare.get("text_field", recipe.train.get("text_field", TEXT_FIELD)), "compare")
+        compared_on = compare_settings(recipe)
+        _check_data(compared_on["data"], compared_on.get("text_field"), "compare")
         _check_compare_length(recipe, members)
     check_finished(recipe)
     return notes

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grow_cli.data.sources import TEXT_FIELD
 from grow_cli.divergence import divergences, perplexity
 from grow_cli.errors import DataError, OptionError, UsageError
 
@@ -162,7 +161,7 @@ def compare(
     b: str | os.PathLike[str],
     data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
-    text_field: str = TEXT_FIELD,
+    text_field: str | None = None,
     seq_len: int = SEQ_LEN,
     batch_size: int = 4,
     max_blocks: int | None = 64,

@@ -54,11 +54,13 @@ def _effective(settings: dict[str, Any]) -> dict[str, Any]:
     """`settings` (as `member_settings` makes them, recorded or now) with every `grow:` and `train:` key the recipe
     leaves out at the value its absence gives (`schedule: cosine`; a growth's `seed`, the recipe's): spelling a default
     out, or deleting it, changes nothing the member is made with, so it is no edit."""
+    from grow_cli.data.sources import TEXT_FIELD
     from grow_cli.growth.spec import DEFAULTS as GROW_DEFAULTS
     from grow_cli.train.config import DEFAULTS as TRAIN_DEFAULTS
 
     grow_defaults = {**_known(GROW_DEFAULTS), "seed": settings.get("seed")}  # a growth's seed defaults to the recipe's
     train_defaults = {k: v for k, v in _known(TRAIN_DEFAULTS).items() if k not in NOT_DECIDING}
+    train_defaults["text_field"] = TEXT_FIELD  # the field read where none is given (None)
     effective = dict(settings)
     for block, defaults in (("grow", grow_defaults), ("train", train_defaults)):
         if isinstance(settings.get(block), dict):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.console import err
-from grow_cli.data.sources import data_paths
+from grow_cli.data.sources import data_paths, field_read
 from grow_cli.data.tokens import token_cache_dir
 from grow_cli.errors import Interrupted, TrainingError, UsageError
 from grow_cli.family.main_process import join, main_first, on_main
@@ -201,6 +201,7 @@ def _deciding_settings(settings: dict[str, Any]) -> dict[str, Any]:
     config = TrainConfig(model=".", out=".", **settings)
     decided = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_DECIDING}
     decided["data"] = [str(Path(p).resolve()) for p in data_paths(config.data)]
+    decided["text_field"] = field_read(config.text_field)  # `text_field: text` or none: the same run
     return decided
 
 
@@ -333,10 +334,10 @@ def trained_folder(recipe: Recipe, member: Member) -> Path:
 
 def compare_settings(recipe: Recipe) -> dict[str, Any]:
     """`compare` on the held-out blocks of the training data by default: same data, seq_len and split as
-    train-stage, overridden by the recipe's `compare:`."""
-    shared: dict[str, Any] = {
-        k: recipe.train[k] for k in ("data", "seq_len", "eval_fraction", "text_field") if k in recipe.train
-    }
+    train-stage, overridden by the recipe's `compare:`. The training's text field goes with its data: `compare:` data
+    of its own is read with `compare.text_field` alone (text files beside training JSON Lines have no field)."""
+    data = () if "data" in recipe.compare else ("data", "text_field")
+    shared: dict[str, Any] = {k: recipe.train[k] for k in ("seq_len", "eval_fraction", *data) if k in recipe.train}
     settings: dict[str, Any] = {**shared, "cache_dir": token_cache(recipe), **recipe.compare}
     if not settings.get("data"):
         raise UsageError("recipe: compare needs data (compare.data or train.data)")

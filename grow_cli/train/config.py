@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grow_cli.data.sources import TEXT_FIELD, data_paths
+from grow_cli.data.sources import data_paths
 from grow_cli.errors import OptionError, UsageError, shown
 from grow_cli.field_types import checked_init, flag
 from grow_cli.limits import MAX_STEPS, MAX_TOKENS, check_layer_option, check_seed
@@ -44,7 +44,7 @@ class TrainConfig:
     data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     out: str | os.PathLike[str]
     # data
-    text_field: str = TEXT_FIELD
+    text_field: str | None = None  # of JSON Lines, Parquet, datasets; None: not given (`TEXT_FIELD` is read)
     seq_len: int = 512
     eval_fraction: float = 0.01
     token_dtype: str | None = None  # for pre-tokenized .bin files; None: uint16 if the vocab fits, else uint32

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grow_cli.data.sources import data_paths
+from grow_cli.data.sources import data_paths, field_read
 from grow_cli.divergence import perplexity
 from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
@@ -131,7 +131,7 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
             "paths": data_paths(config.data),
             "fingerprint": data.fingerprint,
             "datasets": [],
-            "text_field": config.text_field,
+            "text_field": field_read(config.text_field),
             "documents": data.num_documents,
             "available_tokens": data.num_tokens,
         },
