@@ -3,11 +3,12 @@ the packed blocks, and refusals of out-of-vocabulary ids and of too little data 
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
-from tinylm import DOCS, tiny_tokenizer, tokens_of
+from tinylm import DOCS, EOS, VOCAB, tiny_tokenizer, tokens_of
 
 from grow_cli.data import tokens
 from grow_cli.errors import DataError, OutputError
@@ -58,6 +59,27 @@ def test_token_ids_outside_the_vocabulary_are_refused(tmp_path):
     np.array([1, 2, 600], dtype=np.uint16).tofile(tmp_path / "bad.bin")
     with pytest.raises(DataError, match="outside the model's vocabulary"):
         tokens_of([tmp_path / "bad.bin"], tmp_path)
+
+
+def test_a_token_file_cached_for_a_larger_vocabulary_is_checked_again_for_a_smaller_one(tmp_path):
+    """The cache key left the vocabulary out: a .bin file whose ids fit a padded 576-token model was cached, and a
+    run of the 512-token model with the same tokenizer read that stream, id 522 included, without the check that
+    refuses it on a fresh cache — the embedding's IndexError, in the catch-all (a device-side assert on a GPU).
+    Text ids depend on the tokenizer alone, which every model it is used with holds: its cache is still shared."""
+    np.array([5, 6, VOCAB + 10, EOS] * 20, dtype=np.uint16).tofile(tmp_path / "t.bin")
+    padded = tokens_of([tmp_path / "t.bin"], tmp_path, vocab_size=VOCAB + 64)
+    assert int(padded.blocks.max()) == VOCAB + 10
+    with pytest.raises(DataError, match=f"t.bin: token id {VOCAB + 10} is outside the model's vocabulary"):
+        tokens_of([tmp_path / "t.bin"], tmp_path)
+    meta = json.loads(padded.cache_file.with_suffix(".json").read_text())
+    del meta["largest_ids"]  # an entry written before they were recorded: copied again, and checked
+    padded.cache_file.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=f"t.bin: token id {VOCAB + 10} is outside the model's vocabulary"):
+        tokens_of([tmp_path / "t.bin"], tmp_path)
+    (tmp_path / "a.txt").write_text(" ".join(DOCS) * 5)
+    padded = tokens_of([tmp_path / "a.txt"], tmp_path, vocab_size=VOCAB + 64)
+    again = tokens_of([tmp_path / "a.txt"], tmp_path)
+    assert again.from_cache and again.fingerprint == padded.fingerprint
 
 
 def test_a_uint16_token_file_beside_text_with_a_larger_vocabulary_keeps_every_id(tmp_path):

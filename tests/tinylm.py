@@ -140,7 +140,7 @@ DOCS = [
 EOS = 2
 
 
-def tokens_of(paths, tmp_path, text_field=None, seq_len=4, **kw) -> TokenData:
+def tokens_of(paths, tmp_path, text_field=None, seq_len=4, vocab_size=VOCAB, **kw) -> TokenData:
     """Find, check and tokenize `paths` as `grow train-stage` does, with the cache under `tmp_path`."""
     sources = find_sources([str(p) for p in paths])
     check_sources(sources, text_field)
@@ -150,7 +150,7 @@ def tokens_of(paths, tmp_path, text_field=None, seq_len=4, **kw) -> TokenData:
         text_field=text_field,
         seq_len=seq_len,
         eval_fraction=0.1,
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         eos_id=EOS,
         cache_dir=tmp_path / "cache",
         **kw,

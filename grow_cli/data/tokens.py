@@ -2,7 +2,9 @@
 
 The stream is one flat file of token ids (uint16 when the vocabulary fits, else uint32) with EOS after every
 document. It is cached under a fingerprint of the data files, the text field and the tokenizer, so re-running a
-stage, or running another with a different `--seq-len`, skips tokenization, and any change re-tokenizes.
+stage, or running another with a different `--seq-len`, skips tokenization, and any change re-tokenizes. The
+model's vocabulary is not in the fingerprint, which names the data: the ids of `.bin` files are checked against it
+at every read of the entry instead.
 
 Packing cuts the stream into contiguous blocks of `seq_len` tokens (the tail that does not fill a block is
 dropped). A fixed-seed permutation of the block indices holds out `eval_fraction` of them for evaluation, so the
@@ -100,13 +102,40 @@ def _encoder(tokenizer):
     return lambda texts: tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
 
 
+def _check_ids(path: Path, largest: int, vocab_size: int) -> None:
+    """Refuse the `.bin` file `path` if its largest token id, `largest`, is outside the model's vocabulary."""
+    if largest >= vocab_size:
+        raise DataError(
+            f"{path}: token id {largest} is outside the model's vocabulary ({vocab_size}); wrong --token-dtype or a "
+            "different tokenizer?"
+        )
+
+
+def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int, out) -> tuple[int, int, int]:
+    """Copy the `.bin` file `path`, read as `bin_dtype`, into the stream `out` as `dtype`; return its (tokens,
+    documents, largest id)."""
+    size = path.stat().st_size
+    if size % bin_dtype.itemsize:
+        raise DataError(
+            f"--data {path}: {size:,} bytes is not a whole number of {bin_dtype.name} tokens "
+            f"({bin_dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
+        )
+    stream = np.memmap(path, dtype=bin_dtype, mode="r")
+    largest = int(stream.max()) if stream.size else 0
+    _check_ids(path, largest, vocab_size)
+    for start in range(0, stream.size, 1 << 24):  # every id below vocab_size: the stream's dtype holds it
+        np.asarray(stream[start : start + (1 << 24)]).astype(dtype, copy=False).tofile(out)
+    return int(stream.size), int((stream == eos_id).sum()), largest
+
+
 def _write_stream(
     sources, tokenizer, text_field, eos_id, bin_dtype, vocab_size, tmp: Path, undecodable: dict[str, int]
-) -> tuple[int, int]:
-    """Tokenize every source into `tmp` (`.bin` files read as `bin_dtype`); return (tokens, documents) and count
-    undecodable text in `undecodable`."""
+) -> tuple[int, int, list[int]]:
+    """Tokenize every source into `tmp` (`.bin` files read as `bin_dtype`); return (tokens, documents, the largest
+    id of each `.bin` file) and count undecodable text in `undecodable`."""
     dtype = stream_dtype(vocab_size)
     num_tokens = num_docs = 0
+    largest_ids: list[int] = []
     encode = _encoder(tokenizer)
     with tmp.open("wb") as out:
 
@@ -121,23 +150,9 @@ def _write_stream(
 
         for source in sources:
             if source.kind == "tokens":
-                size = source.path.stat().st_size
-                if size % bin_dtype.itemsize:
-                    raise DataError(
-                        f"--data {source.path}: {size:,} bytes is not a whole number of {bin_dtype.name} tokens "
-                        f"({bin_dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
-                    )
-                stream = np.memmap(source.path, dtype=bin_dtype, mode="r")
-                top = int(stream.max()) if stream.size else 0
-                if top >= vocab_size:
-                    raise DataError(
-                        f"{source.path}: token id {top} is outside the model's vocabulary "
-                        f"({vocab_size}); wrong --token-dtype or a different tokenizer?"
-                    )
-                for start in range(0, stream.size, 1 << 24):  # every id below vocab_size: the stream's dtype holds it
-                    np.asarray(stream[start : start + (1 << 24)]).astype(dtype, copy=False).tofile(out)
-                num_tokens += int(stream.size)
-                num_docs += int((stream == eos_id).sum())
+                tokens, documents, largest = _copy_token_file(source.path, bin_dtype, dtype, vocab_size, eos_id, out)
+                num_tokens, num_docs = num_tokens + tokens, num_docs + documents
+                largest_ids.append(largest)
                 continue
             texts, ends, chars = [], [], 0
             for text, end in read_texts(source, text_field, undecodable):
@@ -150,7 +165,7 @@ def _write_stream(
                     texts, ends, chars = [], [], 0
             if texts:
                 num_tokens += flush(texts, ends)
-    return num_tokens, num_docs
+    return num_tokens, num_docs, largest_ids
 
 
 @contextmanager
@@ -257,14 +272,18 @@ def _entry_lock(cache_dir: Path, fingerprint: str) -> Iterator[None]:
         _unlock(path, fd)
 
 
-def _cached_meta(stream_file: Path, meta_file: Path) -> dict | None:
-    """The cache entry's metadata when both files are there and agree; None (tokenize again) otherwise."""
+def _cached_meta(stream_file: Path, meta_file: Path, token_files: int) -> dict | None:
+    """The cache entry's metadata when both files are there and agree, and it holds the largest id of each of the
+    data's `token_files` `.bin` files (entries written before grow recorded them lack them); None (tokenize again)
+    otherwise."""
     if not (stream_file.is_file() and meta_file.is_file()):
         return None
     try:
         meta = json.loads(meta_file.read_text())
         itemsize = np.dtype(meta["dtype"]).itemsize
         if stream_file.stat().st_size != int(meta["tokens"]) * itemsize:
+            return None
+        if len(meta.setdefault("largest_ids", [])) != token_files:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -279,7 +298,7 @@ def _tokenize_into(
     tmp = stream_file.with_name(f".{stream_file.stem}.{os.getpid()}.tmp")
     undecodable: dict[str, int] = {}
     try:
-        num_tokens, num_docs = _write_stream(
+        num_tokens, num_docs, largest_ids = _write_stream(
             sources, tokenizer, text_field, eos_id, bin_dtype, vocab_size, tmp, undecodable
         )
         tmp.replace(stream_file)  # rename last, so a crash never leaves a half-written cache behind
@@ -291,6 +310,7 @@ def _tokenize_into(
         "dtype": stream_dtype(vocab_size).name,
         "sources": [str(s.path) for s in sources],
         "undecodable": undecodable,
+        "largest_ids": largest_ids,  # of the .bin files: checked again by a run of a model with fewer ids
     }
     # Whole or absent: a run killed before it re-tokenizes next time.
     write_whole(stream_file.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
@@ -325,14 +345,18 @@ def prepare_tokens(
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir)
     stream_file, meta_file = cache_dir / f"{fingerprint}.bin", cache_dir / f"{fingerprint}.json"
-    meta = _cached_meta(stream_file, meta_file)
+    token_files = [source.path for source in sources if source.kind == "tokens"]
+    meta = _cached_meta(stream_file, meta_file, len(token_files))
     from_cache = meta is not None
     if meta is None:
         with _cache_writes(cache_dir), _cache_folder(cache_dir), _entry_lock(cache_dir, fingerprint):
-            meta = _cached_meta(stream_file, meta_file)  # another run may have written it while this one waited
+            meta = _cached_meta(stream_file, meta_file, len(token_files))  # another run may have written it meanwhile
             from_cache = meta is not None
             if meta is None:
                 meta = _tokenize_into(sources, tokenizer, field, eos_id, bin_dtype, vocab_size, stream_file)
+    # The entry names the data, whatever the model: one made for a model with more ids holds ids this one lacks.
+    for path, largest in zip(token_files, meta["largest_ids"], strict=True):
+        _check_ids(path, largest, vocab_size)
     num_blocks = meta["tokens"] // seq_len
     num_eval = max(1, round(num_blocks * eval_fraction))
     if num_blocks < num_eval + 1:
