@@ -82,38 +82,68 @@ def test_a_token_file_cached_for_a_larger_vocabulary_is_checked_again_for_a_smal
     assert again.from_cache and again.fingerprint == padded.fingerprint
 
 
-def test_a_uint16_token_file_beside_text_with_a_larger_vocabulary_keeps_every_id(tmp_path):
-    """--token-dtype uint16 names the .bin file's layout; the stream holds the text's ids too. With 70,000 tokens
-    (EOS 69,999, as large vocabularies put special tokens last) it was written as uint16 and stopped on numpy's
-    OverflowError, in the catch-all; the stream is uint32 now, the file's ids and the text's EOS exact."""
+def _tokenizer_of_70_000(eos: str):
+    """The tiny tokenizer grown to 70,000 tokens (`<extra_69487>` is the last, 69,999: large vocabularies put special
+    tokens last, beyond what uint16 holds), with `eos` as its EOS."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
+    backend = Tokenizer.from_str(tiny_tokenizer().backend_tokenizer.to_str())
+    backend.add_special_tokens([f"<extra_{i}>" for i in range(70_000 - backend.get_vocab_size())])
+    big = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos)
+    assert len(big) == 70_000 and big.convert_tokens_to_ids("<extra_69487>") == 69_999  # the premise
+    return big
+
+
+def _tokens_of_70_000(paths, tmp_path, tokenizer):
+    """`paths` tokenized for a model of `tokenizer`'s 70,000 tokens, their .bin files read as uint16."""
     from grow_cli.data.sources import find_sources
     from grow_cli.data.tokens import prepare_tokens
 
-    backend = Tokenizer.from_str(tiny_tokenizer().backend_tokenizer.to_str())
-    backend.add_special_tokens([f"<extra_{i}>" for i in range(70_000 - backend.get_vocab_size())])
-    big = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<extra_69487>")
-    assert len(big) == 70_000 and big.eos_token_id == 69_999  # the premise: an id uint16 cannot hold
-    (tmp_path / "a.txt").write_text(DOCS[0])
-    ids = np.arange(3, 500, dtype=np.uint16)
-    ids.tofile(tmp_path / "t.bin")
-    data = prepare_tokens(
-        find_sources([str(tmp_path / "a.txt"), str(tmp_path / "t.bin")]),
-        big,
-        text_field="text",
+    return prepare_tokens(
+        find_sources([str(p) for p in paths]),
+        tokenizer,
+        text_field=None,
         seq_len=4,
         eval_fraction=0.1,
         vocab_size=70_000,
-        eos_id=big.eos_token_id,
+        eos_id=tokenizer.eos_token_id,
         cache_dir=tmp_path / "cache",
         dtype_name="uint16",
     )
-    text = big(DOCS[0], add_special_tokens=False)["input_ids"]
-    expected = [*text, 69_999, *ids.tolist()]
+
+
+def test_a_uint16_token_file_beside_text_with_a_larger_vocabulary_keeps_every_id(tmp_path):
+    """--token-dtype uint16 names the .bin file's layout; the stream holds the text's ids too. With 70,000 tokens
+    (here id 69,999 in the text) it was written as uint16 and stopped on numpy's OverflowError, in the catch-all; the
+    stream is uint32 now, the file's ids and the text's exact."""
+    big = _tokenizer_of_70_000(eos="</s>")
+    (tmp_path / "a.txt").write_text(f"{DOCS[0]}<extra_69487>")
+    ids = np.arange(3, 500, dtype=np.uint16)
+    ids.tofile(tmp_path / "t.bin")
+    data = _tokens_of_70_000([tmp_path / "a.txt", tmp_path / "t.bin"], tmp_path, big)
+    text = big(f"{DOCS[0]}<extra_69487>", add_special_tokens=False)["input_ids"]
+    assert text[-1] == 69_999  # the premise
+    expected = [*text, big.eos_token_id, *ids.tolist()]
     assert data.blocks.dtype == np.uint32 and data.num_tokens == len(expected)
     assert np.asarray(data.blocks).ravel().tolist() == expected[: len(expected) // 4 * 4]
+
+
+def test_a_uint16_token_file_cannot_hold_an_eos_id_past_65535_and_is_refused(tmp_path):
+    """A .bin file holds its documents' EOS ids, and uint16 ones cannot hold 69,999: such a file separates no
+    documents (a writer that wrapped the id left 4,463, an ordinary token). It was read without a word, 0 documents
+    counted; it is refused in one line naming the file, the id and what to do."""
+    big = _tokenizer_of_70_000(eos="<extra_69487>")
+    ids = np.arange(3, 500, dtype=np.uint16)
+    ids[::10] = 69_999 % 65_536
+    ids.tofile(tmp_path / "t.bin")
+    with pytest.raises(DataError) as info:
+        _tokens_of_70_000([tmp_path / "t.bin"], tmp_path, big)
+    assert str(info.value) == (
+        f"--data {tmp_path / 't.bin'}: the end-of-document id 69,999 does not fit its uint16 tokens (at most 65,535), "
+        "so the file cannot hold the EOS between its documents; write it as uint32 and pass --token-dtype uint32"
+    )
+    assert not list((tmp_path / "cache").glob("*.bin"))
 
 
 def test_too_little_data_for_a_block(tmp_path):

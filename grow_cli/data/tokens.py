@@ -113,7 +113,14 @@ def _check_ids(path: Path, largest: int, vocab_size: int) -> None:
 
 def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int, out) -> tuple[int, int, int]:
     """Copy the `.bin` file `path`, read as `bin_dtype`, into the stream `out` as `dtype`; return its (tokens,
-    documents, largest id)."""
+    documents, largest id). A file whose dtype cannot hold the EOS id separates no documents: refused."""
+    most = int(np.iinfo(bin_dtype).max)
+    if eos_id > most:  # (uint16 under a vocabulary past 65,536, which --token-dtype uint16 alone gives)
+        raise DataError(
+            f"--data {path}: the end-of-document id {eos_id:,} does not fit its {bin_dtype.name} tokens (at most "
+            f"{most:,}), so the file cannot hold the EOS between its documents; write it as uint32 and pass "
+            "--token-dtype uint32"
+        )
     size = path.stat().st_size
     if size % bin_dtype.itemsize:
         raise DataError(

@@ -159,6 +159,12 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
             f"the tokenizer in {path} has {len(tokenizer)} tokens but the model's vocabulary is "
             f"{text.vocab_size}; it belongs to another model"
         )
+    if not 0 <= eos < text.vocab_size:  # the tokenizer's own ids are within it (above): the config's is not checked
+        raise DataError(
+            f"the end-of-sequence id {eos} (config.json's eos_token_id; the tokenizer in {path} has no EOS token) is "
+            f"outside the model's vocabulary ({text.vocab_size}), so it cannot mark where documents end; set "
+            "eos_token_id in config.json to the model's end-of-sequence token"
+        )
     return tokenizer, int(eos)
 
 
