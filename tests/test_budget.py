@@ -43,11 +43,11 @@ def test_cli_plan_json(cli):
 
 def test_ledger_arithmetic():
     members = [
-        {"params": 1e9, "layers": 16, "hidden": 2048, "tokens": 40e9},
-        {"params": 2e9, "layers": 16, "hidden": 2816, "tokens": 80e9},
+        {"params": 1e9, "layers": 16, "attention_width": 2048, "tokens": 40e9},
+        {"params": 2e9, "layers": 16, "attention_width": 2816, "tokens": 80e9},
     ]
     book = family_ledger(members, seq_len=1024, new_token_fraction=0.5)
-    per_token = [6 * m["params"] + 12 * m["layers"] * m["hidden"] * 1024 for m in members]
+    per_token = [6 * m["params"] + 12 * m["layers"] * m["attention_width"] * 1024 for m in members]
     independent = per_token[0] * 40e9 + per_token[1] * 80e9
     progressive = per_token[0] * 40e9 + per_token[1] * 40e9
     assert book["independent_flops"] == pytest.approx(independent)

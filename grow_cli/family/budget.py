@@ -7,10 +7,10 @@ Three published rules, computed and explained:
   parameters and C = 6·N·D its compute budget (D tokens). It reproduces the paper's table (Llama2-7B at 2T tokens →
   d ≈ 11.1B; Llama3-8B at 15T → 6.58B).
 - **Compute ledger** of a model family trained independently versus progressively (Yano et al. 2025): training
-  FLOPs per token are 6·N plus the attention term 12·L·d·s (PaLM's accounting, sequence length s; N counts the
-  parameters in matrix products — all but an untied input embedding, as train-stage counts them — and of a mixture
-  of experts only the *active* ones). Independently
-  member i trains on D_i tokens; progressively it starts from its predecessor and trains on `new_token_fraction`·D_i
+  FLOPs per token are 6·N plus the attention term 12·L·H·Q·s (PaLM's accounting, `train/flops.py`: H heads of width
+  Q, sequence length s; N counts the parameters in matrix products — all but an untied input embedding, as
+  train-stage counts them — and of a mixture of experts only the *active* ones). Independently member i trains on
+  D_i tokens; progressively it starts from its predecessor and trains on `new_token_fraction`·D_i
   new tokens (default 140/320: Yano et al.'s 8B member trains 140B new tokens where an independent 8B uses 320B).
   The saving is a **projection**: arithmetic on that allocation, which assumes each grown member then matches its
   independently trained twin. It is reported as such, with its assumptions and beside what the papers measured at
@@ -30,7 +30,7 @@ from grow_cli.errors import UsageError, counted
 from grow_cli.family.quality import PUBLISHED
 from grow_cli.field_types import accepts
 from grow_cli.quantities import parse_count
-from grow_cli.train.flops import training_flops_per_token
+from grow_cli.train.flops import attention_width, training_flops_per_token
 from grow_cli.train.lr_rule import SOURCE as LR_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 
@@ -86,6 +86,12 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     depth = info["methods"]["depth"]
     stack = next(m for m in depth if m["method"] == "stack")
     refused = not stack["applies"] and any(m["applies"] and not m.get("only") for m in depth)
+    # latent attention (DeepSeek): its query-key and value head widths, from the spaces of heads × each (head_dim is
+    # the rotary part alone there), which its attention FLOPs count (`train/flops.py`)
+    spaces, heads = info.get("config_spaces", {}), info["num_heads"]
+    latent = (
+        {"qk_head_dim": spaces["mla_q"] // heads, "v_head_dim": spaces["mla_o"] // heads} if "mla_q" in spaces else {}
+    )
     return {
         "num_hidden_layers": info["layers"],
         "hidden_size": info["hidden_size"],
@@ -93,6 +99,7 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
         "num_attention_heads": info["num_heads"],
         "num_key_value_heads": info["num_kv_heads"],
         "head_dim": info["head_dim"],
+        **latent,
         "vocab_size": info["vocab_size"],
         "tie_word_embeddings": bool(info["tie_word_embeddings"]),
         "num_parameters": info["num_parameters"],
@@ -242,7 +249,7 @@ def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_frac
         {
             **m,
             "flops_per_token": training_flops_per_token(
-                m.get("matmul_params", m.get("active_params", m["params"])), m["layers"], m["hidden"], seq_len
+                m.get("matmul_params", m.get("active_params", m["params"])), m["layers"], m["attention_width"], seq_len
             ),
             "progressive_tokens": m["tokens"] if i == 0 else new_token_fraction * m["tokens"],
             "max_lr": auto_max_lr(int(m["params"])),
@@ -264,7 +271,8 @@ def projection(book: dict[str, Any]) -> dict[str, Any]:
             "140/320: Yano et al.'s 8B allocation) and then reaches the quality of the same model trained "
             "independently",
             "member token budgets scale with parameter count from the target's",
-            f"FLOPs per token 6·N + 12·L·d·s at seq_len {book['seq_len']}; no evaluation, restarts or failed runs",
+            f"FLOPs per token 6·N + 12·L·H·Q·s at seq_len {book['seq_len']} (full attention: no discount for the "
+            "causal mask or a sliding window); no evaluation, restarts or failed runs",
         ],
         "published": PUBLISHED,
         "measure_it": "grow family RECIPE.yaml with `baselines: true` reports the saving measured at equal quality",
@@ -424,6 +432,7 @@ def _members(
             "matmul_params": float(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
             "layers": s["num_hidden_layers"],
             "hidden": s["hidden_size"],
+            "attention_width": attention_width(s),  # PaLM's H·Q (heads × head_dim), the attention FLOPs' width
             "tokens": tokens * s["num_parameters"] / shape["num_parameters"],
             "config": s,  # the shape to build the member at (layers, widths, heads), as the target's config
         }

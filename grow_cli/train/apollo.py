@@ -32,7 +32,7 @@ import torch
 from grow_cli.errors import ArchitectureError
 from grow_cli.operators.depth import interpolate
 from grow_cli.train.apollo_plan import DEPTH_SALT, ApolloPlan, definition, layer_lists, sample_depth
-from grow_cli.train.flops import training_flops_per_token
+from grow_cli.train.flops import attention_width, training_flops_per_token
 from grow_cli.train.metrics import matmul_params
 
 
@@ -48,7 +48,7 @@ class Apollo:
         self.unique = plan.stages[0][0]
         self.layer_params = sum(p.numel() for p in self.layers[0].parameters())
         self.rest_params = matmul_params(model) - len(self.layers) * self.layer_params
-        self.hidden = self.config.hidden_size
+        self.attention_width = attention_width(self.config)
 
     @property
     def layers(self) -> torch.nn.ModuleList:
@@ -105,7 +105,9 @@ class Apollo:
 
     def flops_per_token(self, depth: int, seq_len: int) -> float:
         """Training FLOPs per token of a forward and backward pass at `depth`."""
-        return training_flops_per_token(self.rest_params + depth * self.layer_params, depth, self.hidden, seq_len)
+        return training_flops_per_token(
+            self.rest_params + depth * self.layer_params, depth, self.attention_width, seq_len
+        )
 
     def unused_parameters(self) -> int:
         """Parameters of the allocated layers not yet in use (left out of the written model)."""

@@ -22,7 +22,7 @@ from grow_cli.checkpoint.output import disk_full
 from grow_cli.console import err
 from grow_cli.errors import OutputError
 from grow_cli.train.deepspeed_engine import full_numel
-from grow_cli.train.flops import training_flops_per_token
+from grow_cli.train.flops import attention_width, training_flops_per_token
 from grow_cli.train.router import inactive_expert_parameters
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     """Training FLOPs (forward + backward) per token for `model` at sequence length `seq_len`."""
     config = model.config.get_text_config()
     active = matmul_params(model) - inactive_expert_parameters(model)  # an MoE runs top-k of its E experts per token
-    return training_flops_per_token(active, config.num_hidden_layers, config.hidden_size, seq_len)
+    return training_flops_per_token(active, config.num_hidden_layers, attention_width(config), seq_len)
 
 
 def matmul_params(model: Any) -> int:
