@@ -11,7 +11,8 @@ import torch
 from tiny_moe import build, probe_ids
 from tinylm import run_grow, save_tiny_lm, write_plays
 
-from grow_cli.family.budget import plan
+from grow_cli.commands.plan import _print_plan
+from grow_cli.family.budget import plan, stacking_growth_tokens
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.lineage.record import load_record
@@ -144,3 +145,33 @@ def test_an_upcycled_model_learns_with_every_expert_and_reports_its_load(tmp_pat
     assert load_record(out)["stages"][-1]["router"] == router
     dense_like = training_flops_per_token(result["num_parameters"], 2, 32, 32)
     assert metrics[0]["flops_per_token"] < dense_like  # a token runs 2 of 4 experts
+
+
+def test_grow_plan_states_the_stacking_rules_n_and_c_for_an_moe_target(capsys):
+    """G_stack's rule takes C = 6·N·D with N the target's parameters — every expert's, for an MoE — while the target's
+    compute counts active ones: the plan said C = 6·active·D above a d computed from another C. The guideline now
+    states the N and C it used, and its quarter-depth small model has its own active parameters (it carried the
+    target's, more than its own total) and FLOPs over them."""
+    shape = {
+        "num_hidden_layers": 8,
+        "hidden_size": 512,
+        "intermediate_size": 1024,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "vocab_size": 1000,
+        "num_parameters": 100_000_000,
+        "active_parameters": 30_000_000,
+    }
+    result = plan(shape, 1e12)
+    stacking, embeddings = result["stacking"], 2 * 1000 * 512
+    assert stacking["num_parameters"] == 100_000_000 and stacking["compute_flops"] == 6 * 100_000_000 * 1e12
+    assert stacking["growth_tokens"] == pytest.approx(stacking_growth_tokens(100_000_000, 1e12))
+    small = stacking["small_model"]
+    assert small["num_parameters"] == 2 * (100_000_000 - embeddings) // 8 + embeddings
+    assert small["active_parameters"] == 2 * (30_000_000 - embeddings) // 8 + embeddings
+    assert stacking["small_model_flops"] == 6 * small["active_parameters"] * stacking["growth_tokens"]
+    _print_plan(result)
+    text = capsys.readouterr().out
+    assert f"C = {result['target']['compute_flops']:.3g} FLOPs" in text  # the target's compute: active parameters
+    assert "with N = 100M parameters (every expert's) and C = 6·N·D = 6e+20 FLOPs" in text, text
+    assert "train a small model (2 layers, 25.8M, 8.27M active) on d = " in text, text

@@ -71,12 +71,19 @@ def _print_plan(result: dict) -> None:
         f"C = {t['compute_flops']:.3g} FLOPs",
         soft_wrap=True,
     )
-    out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}):", soft_wrap=True)
+    rule_inputs = ""
+    if s["compute_flops"] != t["compute_flops"]:  # an MoE: the rule's N counts every expert, so its C does too
+        rule_inputs = (
+            f" with N = {_count(s['num_parameters'])} parameters (every expert's) and C = 6·N·D = "
+            f"{s['compute_flops']:.3g} FLOPs"
+        )
+    out.print(f"[bold]G_stack guideline[/bold] ({s['rule']}){rule_inputs}:", soft_wrap=True)
     sm = s["small_model"]
     if sm is not None:  # (a 1-layer target has none: its note says why)
         layers = counted(sm["num_hidden_layers"], "layer")
+        active = f", {_count(sm['active_parameters'])} active" if "active_parameters" in sm else ""  # its FLOPs'
         out.print(
-            f"  train a small model ({layers}, {_count(sm['num_parameters'])}) on "
+            f"  train a small model ({layers}, {_count(sm['num_parameters'])}{active}) on "
             f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
             f"{s['growth_factor']} in depth (to the target's {t['config']['num_hidden_layers']} layers):",
             soft_wrap=True,

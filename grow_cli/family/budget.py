@@ -292,11 +292,12 @@ def plan(
     config dict with `num_parameters`; `family` lists member sizes (counts, e.g. ["1B", "2B", "4B", "8B"]).
 
     Returns the plan `grow plan --json` prints: `target` (parameters, tokens, compute FLOPs, config), `stacking`
-    (the G_stack guideline: `growth_tokens` d, the `small_model`, `growth_factor`, the `command` to run, whether
-    it `applies` (d within the target's budget, and a target of more than one layer: a 1-layer one gets no small
-    model and no command), and a `note` where the target refuses stacking), `family` (the compute
-    ledger: `members`, each with its `config`, and independent and progressive FLOPs), `projection` (the projected
-    saving, its assumptions and the published measurements) and `lr_rule`.
+    (the G_stack guideline: the `num_parameters` N and `compute_flops` C it takes, `growth_tokens` d, the
+    `small_model`, `growth_factor`, the `command` to run, whether it `applies` (d within the target's budget, and a
+    target of more than one layer: a 1-layer one gets no small model and no command), and a `note` where the target
+    refuses stacking), `family` (the compute ledger: `members`, each with its `config`, and independent and
+    progressive FLOPs), `projection` (the projected saving, its assumptions and the published measurements) and
+    `lr_rule`.
     """
     if not 1 <= seq_len <= 10**7:
         raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
@@ -307,7 +308,6 @@ def plan(
             raise UsageError(f"--family: {size!r} holds several sizes; separate them with commas, e.g. 1B,2B,4B")
     family = [parse_count(size, "--family") for size in family] if family else None
     shape, n, stack_refused = _target_shape(_target(target))
-    d = stacking_growth_tokens(n, tokens)
     sizes, missing = _family_sizes(family, n)
     members, notes = _members(sizes, n, shape, tokens)
     family_book = family_ledger(members, seq_len=seq_len, new_token_fraction=new_token_fraction)
@@ -318,7 +318,7 @@ def plan(
             "compute_flops": 6 * float(shape.get("active_parameters", n)) * tokens,  # active: an MoE's top-k
             "config": shape,
         },
-        "stacking": _stacking(shape, d, tokens, stack_refused),
+        "stacking": _stacking(shape, n, tokens, stack_refused),
         "family": {**family_book, "notes": missing + notes},
         "projection": projection(family_book),
         "lr_rule": LR_SOURCE,
@@ -447,36 +447,40 @@ def _lookup_embedding(shape: dict[str, Any]) -> int:
     return 0 if shape.get("tie_word_embeddings") else shape["vocab_size"] * shape["hidden_size"]
 
 
-def _stacking(shape: dict[str, Any], d: float, tokens: float, stack_refused: str | None) -> dict[str, Any]:
-    """The G_stack guideline for this target: the small model to train on `d` tokens and grow ×4 in depth. A
-    1-layer target has no shallower model to grow from: no small model and no command (`applies` false, a `note`)."""
+def _stacking(shape: dict[str, Any], n: float, tokens: float, stack_refused: str | None) -> dict[str, Any]:
+    """The G_stack guideline for this target of `n` parameters trained on `tokens`: the N and C = 6·N·D the rule
+    takes (N counts every expert of an MoE, whose own compute counts active ones), and the quarter-depth small model
+    to train on d tokens and grow ×4 in depth. A 1-layer target has no shallower model to grow from: no small model
+    and no command (`applies` false, a `note`)."""
+    d = stacking_growth_tokens(n, tokens)
+    rule = {"rule": STACKING_RULE, "num_parameters": n, "compute_flops": 6 * n * tokens, "growth_tokens": d}
     if shape["num_hidden_layers"] == 1:
         return {
+            **rule,
             "growth_factor": None,
-            "growth_tokens": d,
             "small_model": None,
             "small_model_flops": None,
-            "rule": STACKING_RULE,
             "applies": False,
             "command": None,
             "note": "a 1-layer target has no shallower model to grow from by stacking; the guideline does not apply "
             "(its family can still grow in width)",
         }
-    small = {**shape, "num_hidden_layers": max(1, shape["num_hidden_layers"] // GROWTH_FACTOR)}
+    layers = shape["num_hidden_layers"]
+    small = {**shape, "num_hidden_layers": max(1, layers // GROWTH_FACTOR)}
     # A tied head shares the embedding matrix: counting it twice made the small model of a Gemma 3 270M 321M.
     embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
-    per_layer = (shape["num_parameters"] - embeddings) / shape["num_hidden_layers"]
-    small["num_parameters"] = int(small["num_hidden_layers"] * per_layer + embeddings)
+    for key in ("num_parameters", "active_parameters"):  # (an MoE's active ones: its layers' share, as its total)
+        if key in shape:
+            small[key] = int(small["num_hidden_layers"] * (shape[key] - embeddings) / layers + embeddings)
     return {
+        **rule,
         # G_stack's ×4, as it comes out in whole layers (7 → 30 layers: 4.29).
-        "growth_factor": round(shape["num_hidden_layers"] / small["num_hidden_layers"], 2),
-        "growth_tokens": d,
+        "growth_factor": round(layers / small["num_hidden_layers"], 2),
         "small_model": small,
-        "small_model_flops": 6 * small["num_parameters"] * d,
-        "rule": STACKING_RULE,
+        "small_model_flops": 6 * small.get("active_parameters", small["num_parameters"]) * d,  # C's 6·N·D
         # The fit's 163.27/log10 C term grows as C shrinks: at small budgets d exceeds D itself.
         "applies": d < tokens,
-        "command": f"grow expand SMALL OUT {_stacking_target(shape['num_hidden_layers'])} --depth-method "
+        "command": f"grow expand SMALL OUT {_stacking_target(layers)} --depth-method "
         + ("interleave" if stack_refused else "stack"),
         # a target whose dense first layers stacked copies would put after its MoE layers (DeepSeek, GLM-4.5)
         "note": f"--depth-method stack does not apply to this target ({stack_refused}); interleave, which "
