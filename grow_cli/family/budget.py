@@ -188,10 +188,12 @@ def _attention_within(hidden: int, larger: dict[str, Any]) -> tuple[int, int, in
 
 
 def format_count(value: float) -> str:
-    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B."""
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B; whole where 3 significant
+    digits would turn to an exponent (10,000T, not 1e+04T; 1,000B for 999.7B, not 1e+03B)."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3), ("", 1)):
         if value >= scale:
-            return f"{value / scale:.3g}{suffix}"
+            digits = f"{value / scale:.3g}"
+            return (f"{value / scale:,.0f}" if "e" in digits else digits) + suffix
     return f"{value:.3g}"
 
 
