@@ -37,8 +37,9 @@ from grow_cli.train.lr_rule import auto_max_lr
 GROWTH_FACTOR = 4
 YANO_NEW_TOKEN_FRACTION = 140 / 320
 
-# What `grow plan` plans for: the G_stack fit and the LR rule come from models of 1e8–1e11 parameters and 1e10–1e13
-# tokens; outside these ranges its numbers mean nothing.
+# What `grow plan` plans for. The G_stack fit comes from runs of up to 7B parameters and 750B tokens (Du et al.), the
+# LR rule from 1B–8B (Yano et al.); these bounds are far wider, and only past them do the numbers mean nothing at
+# all (inside them, a d beyond the whole budget is said to give no usable timing).
 PARAMS_RANGE = (1e6, 1e14)
 TOKENS_RANGE = (1e6, 1e16)
 
