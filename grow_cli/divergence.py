@@ -23,6 +23,16 @@ def perplexity(loss: float) -> float:
         return math.inf
 
 
+def _log_mixture(logp_a, logp_b):
+    """log((p_a + p_b) / 2) from the log-probabilities: finite where both probabilities underflow to 0 (logits more
+    than ~745 apart), where the log of their mean is -inf and the JS term 0 · (log p - log m) NaN instead of 0; and
+    exactly log p where the two are equal, so a model's JS against itself is 0."""
+    import torch
+
+    gap = (logp_a - logp_b).abs()
+    return torch.maximum(logp_a, logp_b) + torch.log((1 + torch.exp(-gap)) / 2)
+
+
 def divergences(logits_a, logits_b, targets=None) -> dict[str, Any]:
     """Summed per-position metrics of two [N, V] logit tensors: `kl_ab` = Σ KL(A‖B), `kl_ba`, `js`, `top1` (count of
     equal argmaxes) and `positions`; with [N] next-token `targets`, also `nll_a` and `nll_b`.
@@ -44,7 +54,7 @@ def divergences(logits_a, logits_b, targets=None) -> dict[str, Any]:
         logp_a = torch.log_softmax(whole_a[:, :shared], -1)
         logp_b = torch.log_softmax(whole_b[:, :shared], -1)
         p_a, p_b = logp_a.exp(), logp_b.exp()
-        log_m = torch.log((p_a + p_b) / 2)
+        log_m = _log_mixture(logp_a, logp_b)
         sums["kl_ab"] += float((p_a * (logp_a - logp_b)).sum())
         sums["kl_ba"] += float((p_b * (logp_b - logp_a)).sum())
         sums["js"] += float((0.5 * (p_a * (logp_a - log_m)).sum(-1) + 0.5 * (p_b * (logp_b - log_m)).sum(-1)).sum())

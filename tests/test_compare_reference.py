@@ -252,3 +252,22 @@ def test_a_tied_head_compares_as_the_same_untied_head(corpus, tmp_path):
     other = _llama(tmp_path / "other", 1)
     reference = causal_reference(tmp_path / "tied", other, _held_out(other, data, root / "cache"))
     _agrees(compare(tmp_path / "tied", other, data, batch_size=3, cache_dir=root / "cache", **SETTINGS), reference)
+
+
+def test_ids_both_models_rule_out_leave_the_divergences_finite(corpus, tmp_path):
+    """Two models with huge logits (heads scaled by 1e4, as after a diverged run) both give some ids a probability
+    below float64's smallest (0 after exp): grow's JS took log(0) for their mixture and 0·(−log 0) gave NaN, so
+    the JS of such a model against itself was NaN, not 0. 0·log 0 counts as 0, as in the reference."""
+    data, root = corpus
+    folders = []
+    for seed in (0, 1):
+        model = tf.AutoModelForCausalLM.from_pretrained(_llama(tmp_path / f"m{seed}", seed))
+        with torch.no_grad():
+            model.lm_head.weight.mul_(1e3)
+        model.save_pretrained(tmp_path / f"m{seed}")
+        folders.append(tmp_path / f"m{seed}")
+    same = compare(folders[0], folders[0], data, cache_dir=root / "cache", **SETTINGS)
+    assert (same["kl_a_b"], same["js"], same["top1_agreement"]) == (0, 0, 1)
+    reference = causal_reference(*folders, _held_out(folders[0], data, root / "cache"))
+    assert math.isfinite(reference["js"]) and reference["js"] > 0.1
+    _agrees(compare(*folders, data, cache_dir=root / "cache", **SETTINGS), reference, rel=1e-6)
