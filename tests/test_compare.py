@@ -435,3 +435,33 @@ def test_transformers_notices_stay_off_compares_output(two_models, cli, tmp_path
     said = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     said += [str(w.message) for w in caught if "transformers" in w.filename]
     assert not said, said
+
+
+def test_a_token_file_of_uint32_ids_is_read_as_train_stage_reads_it(two_models, cli, tmp_path):
+    """train-stage reads a .bin token file of uint32 ids with --token-dtype uint32; compare had no such option and read
+    it as uint16 (the vocabulary fits), each id followed by a 0 — other text, compared without a word. With
+    --token-dtype uint32 it compares the same ids as the uint16 file of them."""
+    import numpy as np
+    from tinylm import shakespeare, tiny_tokenizer
+
+    a, b, _, _ = two_models
+    ids = []
+    for play in shakespeare()[5:7]:
+        ids += tiny_tokenizer()(play[:30_000])["input_ids"] + [2]
+    narrow, wide = tmp_path / "narrow", tmp_path / "wide"
+    narrow.mkdir(), wide.mkdir()
+    np.array(ids, dtype=np.uint16).tofile(narrow / "tokens.bin")
+    np.array(ids, dtype=np.uint32).tofile(wide / "tokens.bin")
+    settings = {"seq_len": 32, "max_blocks": 8, "eval_fraction": 0.1, "cache_dir": tmp_path / "cache"}
+    expected = compare(a, b, narrow, **settings)
+    read = compare(a, b, wide, token_dtype="uint32", **settings)
+    assert {k: v for k, v in read.items() if k != "data_fingerprint"} == {
+        k: v for k, v in expected.items() if k != "data_fingerprint"
+    }
+    args = ["compare", a, b, "--data", wide, "--seq-len", 32, "--max-blocks", 8, "--eval-fraction", 0.1, "--json"]
+    shown = cli(*args, "--cache-dir", tmp_path / "cache", "--token-dtype", "uint32")
+    assert shown.code == 0 and json.loads(shown.stdout)["kl_a_b"] == expected["kl_a_b"], shown.stderr
+    wrong = cli(*args, "--cache-dir", tmp_path / "cache", "--token-dtype", "int8")
+    assert wrong.code == 2 and wrong.stderr.strip() == "error: --token-dtype 'int8' is not one of uint16, uint32"
+    text = cli("compare", a, b, "--data", two_models[2], "--seq-len", 32, "--token-dtype", "uint32")
+    assert text.code == 2 and "--token-dtype uint32 applies only to pre-tokenized .bin files" in text.stderr

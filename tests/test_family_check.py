@@ -97,6 +97,8 @@ def test_check_plans_every_member_from_a_fresh_config(folder):
         (lambda d: d.update(compare={"text_field": "body"}), "compare: --text-field body applies only"),
         (lambda d: d["train"].update(text_field="text"), "members[0].train: --text-field text applies only"),
         (lambda d: d.update(compare={"text_field": "text"}), "compare: --text-field text applies only"),
+        (lambda d: d.update(compare={"token_dtype": "uint32"}), "compare: --token-dtype uint32 applies only"),
+        (lambda d: d.update(compare={"token_dtype": "int8"}), "compare: --token-dtype 'int8' is not one of uint16"),
         (lambda d: d["members"][1].update(name="b" * 101), "plain folder name of at most 100 characters"),
         (lambda d: d["members"][1].update(name="family.json"), "ends like the report's files"),
         (lambda d: d["members"][1].update(train={}), "members[1].train: no budget"),

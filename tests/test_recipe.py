@@ -166,3 +166,21 @@ def test_a_members_own_budget_replaces_the_familys_of_the_other_kind(tmp_path):
     first, second = (recipe.train_settings(m) for m in recipe.members)
     assert first["max_steps"] == 3 and "max_tokens" not in first
     assert second["max_tokens"] == 1000 and "max_steps" not in second
+
+
+def test_the_comparison_reads_the_trainings_token_files_as_the_training_does(tmp_path):
+    """A family trained on .bin token files of uint32 ids (train.token_dtype) compared its members on the same files
+    read as uint16, each id followed by a 0. The training's token dtype goes with its data to the comparison; a
+    `compare.data` of its own takes its own `compare.token_dtype`."""
+    from grow_cli.family.run import compare_settings
+
+    members = [{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_factor": 2}}]
+    train = {"data": "tokens", "token_dtype": "uint32", "max_steps": 1}
+    recipe = load_recipe(write_recipe(tmp_path, members, train=train))
+    assert compare_settings(recipe)["token_dtype"] == "uint32"
+    text = load_recipe(write_recipe(tmp_path, members, train=train, compare={"data": ["text"]}))
+    assert "token_dtype" not in compare_settings(text)
+    own = {"data": ["other-tokens"], "token_dtype": "uint16"}
+    assert compare_settings(load_recipe(write_recipe(tmp_path, members, train=train, compare=own)))["token_dtype"] == (
+        "uint16"
+    )

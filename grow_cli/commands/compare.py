@@ -39,6 +39,9 @@ def compare(
         Path | None,
         typer.Option(help="Token cache (default: .grow-cache/tokens beside A, shared with runs that write there)."),
     ] = None,
+    token_dtype: Annotated[
+        str | None, typer.Option(help="uint16 | uint32 for .bin token files (as in train-stage).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
     """Compare two models' predictions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl — of every next token
@@ -57,6 +60,7 @@ def compare(
         max_blocks=max_blocks or None,
         eval_fraction=eval_fraction,
         cache_dir=cache_dir,
+        token_dtype=token_dtype,
     )
     for path, count in result["undecodable"].items():  # as train-stage notes it: the text compared is not the file's
         err.print(undecodable_note(path, count), soft_wrap=True)

@@ -32,6 +32,7 @@ from grow_cli.errors import DataError, OptionError, first_line
 from grow_cli.field_types import EMPTY_PATH
 
 TEXT_FIELD = "text"  # the field read when --text-field is not given
+TOKEN_DTYPES = ("uint16", "uint32")  # --token-dtype's choices: the ids of .bin token files
 FIELD_KINDS = ("jsonl", "parquet", "arrow")  # the kinds whose documents are a field of a record, which it names
 SUFFIX_KIND = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".bin": "tokens"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst", ""}

@@ -273,8 +273,8 @@ def check_recipe(recipe: Recipe) -> list[str]:
 
         if not (recipe.compare.get("data") or recipe.train.get("data")):
             raise _fail("compare", "comparing adjacent members needs data: give compare.data or train.data")
-        compared_on = compare_settings(recipe)
-        _check_data(compared_on["data"], compared_on.get("text_field"), "compare")
+        compared_on = compare_settings(recipe)  # the text field and token dtype of the data compared
+        _check_data(compared_on["data"], compared_on.get("text_field"), "compare", compared_on.get("token_dtype"))
         _check_compare_length(recipe, members)
     check_finished(recipe)
     return notes

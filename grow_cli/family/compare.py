@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from grow_cli.data.sources import TOKEN_DTYPES
 from grow_cli.divergence import divergences, perplexity
 from grow_cli.errors import DataError, OptionError, UsageError
 
@@ -24,7 +25,13 @@ SEQ_LEN = 256  # tokens per compared block, unless told
 
 
 def check_compare_options(
-    *, seq_len: int = SEQ_LEN, batch_size: int = 4, max_blocks: int | None = 64, eval_fraction: float = 0.01, **_: Any
+    *,
+    seq_len: int = SEQ_LEN,
+    batch_size: int = 4,
+    max_blocks: int | None = 64,
+    eval_fraction: float = 0.01,
+    token_dtype: str | None = None,
+    **_: Any,
 ) -> None:
     """Refuse options that cannot describe a comparison, before any model or data is read."""
     if seq_len < 2:
@@ -35,6 +42,8 @@ def check_compare_options(
         raise UsageError(f"--max-blocks must be 0 (all) or more, got {max_blocks}")
     if not 0.0 < eval_fraction < 0.5:
         raise UsageError(f"--eval-fraction must be in (0, 0.5), as in train-stage; got {eval_fraction}")
+    if token_dtype not in (None, *TOKEN_DTYPES):
+        raise OptionError("token_dtype", f"--token-dtype {token_dtype!r} is not one of {', '.join(TOKEN_DTYPES)}")
 
 
 def _load(folder: Path, choice):
@@ -167,9 +176,11 @@ def compare(
     max_blocks: int | None = 64,
     eval_fraction: float = 0.01,
     cache_dir: str | os.PathLike[str] | None = None,
+    token_dtype: str | None = None,
 ) -> dict[str, Any]:
     """Compare models `a` and `b` (folders sharing a tokenizer) on the held-out blocks of `data` (files, folders or
-    globs, as train-stage reads them; one path or a list).
+    globs, as train-stage reads them; one path or a list; `token_dtype` is that of its .bin token files, as in
+    train-stage: uint16 where the vocabulary fits, else uint32, unless told).
 
     Returns the averages `grow compare --json` prints, per predicted token: `kl_a_b` (KL(A‖B)), `kl_b_a`, `js`,
     `top1_agreement`, `loss_a`/`loss_b` and `ppl_a`/`ppl_b`, `outside_shared_vocab_a`/`_b` (the probability a model
@@ -186,7 +197,13 @@ def compare(
     from grow_cli.data.tokens import prepare_tokens, token_cache_dir
     from grow_cli.train.preflight import check_cache_outside
 
-    check_compare_options(seq_len=seq_len, batch_size=batch_size, max_blocks=max_blocks, eval_fraction=eval_fraction)
+    check_compare_options(
+        seq_len=seq_len,
+        batch_size=batch_size,
+        max_blocks=max_blocks,
+        eval_fraction=eval_fraction,
+        token_dtype=token_dtype,
+    )
     data = data_paths(data)  # a path that is no path is refused before a model is read
     if not data:
         raise OptionError("data", "no data to compare on: pass --data PATH (files, folders or globs)")
@@ -196,7 +213,7 @@ def compare(
     choice, objective = _objective(a, config_a, b, config_b, tok_a)
     check_cache_outside(cache_dir, data)  # its token files would become the data of the next run
     sources = find_sources(data)
-    check_sources(sources, text_field)
+    check_sources(sources, text_field, token_dtype)
     vocab = min(config_a.get_text_config().vocab_size, config_b.get_text_config().vocab_size)
     tokens = prepare_tokens(
         sources,
@@ -207,6 +224,7 @@ def compare(
         vocab_size=vocab,
         eos_id=eos,
         cache_dir=Path(cache_dir) if cache_dir else token_cache_dir(a.resolve().parent),
+        dtype_name=token_dtype,
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
     blocks = (tokens.blocks[ids[start : start + batch_size]] for start in range(0, len(ids), batch_size))

@@ -66,7 +66,14 @@ MEMBER_KEYS = {"name", "source", "revision", "config", "tokenizer", "grow", "tra
 # How a grown member's training starts: "fresh" AdamW (and the schedule's warmup), or "grow": the previous member's
 # final training state grown with it (grow_cli/growth/grown_state.py) and continued (train-stage --resume grown).
 OPTIMIZERS = ("fresh", "grow")
-COMPARE_KEYS = {"data": list, "text_field": str, "seq_len": int, "batch_size": int, "max_blocks": int}
+COMPARE_KEYS = {
+    "data": list,
+    "text_field": str,
+    "token_dtype": str,
+    "seq_len": int,
+    "batch_size": int,
+    "max_blocks": int,
+}
 # How many values YAML aliases may repeat in one recipe, in all: a real recipe repeats a few dozen.
 MAX_ALIAS_NODES = 10_000
 # Settings a recipe may not set: the family decides them per member (`optimizer:` decides `weights_only`).

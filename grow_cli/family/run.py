@@ -334,9 +334,10 @@ def trained_folder(recipe: Recipe, member: Member) -> Path:
 
 def compare_settings(recipe: Recipe) -> dict[str, Any]:
     """`compare` on the held-out blocks of the training data by default: same data, seq_len and split as
-    train-stage, overridden by the recipe's `compare:`. The training's text field goes with its data: `compare:` data
-    of its own is read with `compare.text_field` alone (text files beside training JSON Lines have no field)."""
-    data = () if "data" in recipe.compare else ("data", "text_field")
+    train-stage, overridden by the recipe's `compare:`. The training's text field and token dtype go with its data:
+    `compare:` data of its own is read with `compare.text_field` and `compare.token_dtype` alone (text files beside
+    training JSON Lines have no field)."""
+    data = () if "data" in recipe.compare else ("data", "text_field", "token_dtype")
     shared: dict[str, Any] = {k: recipe.train[k] for k in ("seq_len", "eval_fraction", *data) if k in recipe.train}
     settings: dict[str, Any] = {**shared, "cache_dir": token_cache(recipe), **recipe.compare}
     if not settings.get("data"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grow_cli.data.sources import data_paths
+from grow_cli.data.sources import TOKEN_DTYPES, data_paths
 from grow_cli.errors import OptionError, UsageError, shown
 from grow_cli.field_types import checked_init, flag
 from grow_cli.limits import MAX_STEPS, MAX_TOKENS, check_layer_option, check_seed
@@ -133,7 +133,7 @@ class TrainConfig:
             "decay_type": DECAY_TYPES,
             "train_only": TRAIN_ONLY,
             "mixed_precision": (None, *MIXED_PRECISION),
-            "token_dtype": (None, "uint16", "uint32"),
+            "token_dtype": (None, *TOKEN_DTYPES),
             "objective": OBJECTIVES,
             "apollo_sampling": SAMPLINGS,
         }
