@@ -351,7 +351,7 @@ def test_a_sharded_state_that_does_not_load_is_one_line(tmp_path):
         def load_state(self, path):
             raise CheckpointException("load", {0: (FileNotFoundError("pytorch_model_fsdp_0/.metadata"), None)})
 
-    (tmp_path / STATE_FILE).write_text('{"step": 3}')
+    (tmp_path / STATE_FILE).write_text('{"step": 3, "tokens": 0}')
     with pytest.raises(CheckpointError) as refused:
         load_checkpoint(Accelerator(), tmp_path, {}, {"optimizer": {}, "schedule": {}})
     assert "its saved state does not load into this run (pytorch_model_fsdp_0/.metadata)" in str(refused.value)

@@ -95,7 +95,7 @@ def test_only_a_stage_of_the_same_order_counts(tmp_path):
             "seq_len": 32,
             "seed": seed,
             "data_blocks": blocks,
-            "run_key": {"eval_fraction": eval_fraction},
+            "run_key": {"eval_fraction": eval_fraction, "max_steps": 10},
         }
 
     stages = [train_stage("aa", 0, 50), {"kind": "expand"}, train_stage("bb", 0, 9), train_stage("aa", 1, 5)]

@@ -172,9 +172,9 @@ def what_else(folder: Path) -> str | None:
     if inner:
         return f"its model is in a subfolder: give {inner[0]}" + (f" (or {inner[1]})" if len(inner) > 1 else "")
     if re.fullmatch(r"step_\d+", folder.name) and folder.parent.name == CHECKPOINTS_DIR:
-        from grow_cli.train.checkpoints import STATE_FILE
+        from grow_cli.train.checkpoint_state import STATE_FILE, saved
 
-        if (folder / STATE_FILE).is_file():  # a finished save: weights and training state, the config elsewhere
+        if saved(folder):  # a finished save: weights and training state, the config elsewhere
             return (
                 "it is a train-stage checkpoint, read with its run's model by grow expand, grow inspect and "
                 f"train-stage --resume; give a model folder, such as the run's output {folder.parent.parent} once "

@@ -178,14 +178,19 @@ def located(recipe: Recipe, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recorded(path: Path, redo: str) -> dict[str, Any]:
-    """A member's start.json or member.json as grow wrote it (a JSON object; member.json names its final model),
-    or one line saying it is damaged."""
+    """A member's start.json or member.json as grow wrote it (a JSON object; member.json names its final model and
+    holds a copy of its grow.json, which the report reads), or one line saying it is damaged."""
+    from grow_cli.json_shape import maybe, problem
+    from grow_cli.lineage.record import SHAPE
+
     try:
         record = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         record = None
     if not isinstance(record, dict) or (path.name == MEMBER_FILE and not isinstance(record.get("final"), str)):
         raise UsageError(f"{path} is damaged (not the record grow wrote); {redo}")
+    if path.name == MEMBER_FILE and (found := problem(record.get("record"), maybe(SHAPE), "record")):
+        raise UsageError(f"{path} is damaged ({found}); {redo}")
     return record
 
 

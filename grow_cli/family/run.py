@@ -90,8 +90,8 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 
 
 def _done_training(folder: Path) -> bool:
-    record = load_record(folder) if (folder / "grow.json").is_file() else None
-    return bool(record and record["stages"][-1]["kind"] == "train" and (folder / "config.json").is_file())
+    stages = (load_record(folder) or {}).get("stages") or [{}]
+    return stages[-1].get("kind") == "train" and (folder / "config.json").is_file()
 
 
 def _save_fresh_model(hf_config, tokenizer_source: Path, folder: Path, seed: int) -> Path:
@@ -251,6 +251,7 @@ def _train_with(
     """One `grow train-stage` run into `out`: skipped when finished, resumed when interrupted. Each builds its own
     `Accelerator` (a member may train in another mixed precision than the one before)."""
     from grow_cli.process_state import run_accelerate_state
+    from grow_cli.train.checkpoints import EveryCheckpointDamaged, checkpoint_root
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.loop import train_stage
 
@@ -271,6 +272,9 @@ def _train_with(
             trained = train_stage(config)
         except Interrupted as exc:  # the family resumes its member itself: `--resume auto` is not its option
             raise Interrupted(exc.signum, exc.what, "Continue by running the same grow family command again") from None
+        except EveryCheckpointDamaged as exc:  # nor is `--overwrite`
+            advice = f"delete {checkpoint_root(out)} to train this stage again from its start, and run the family again"
+            raise EveryCheckpointDamaged(exc.what, advice) from None
     if trained.get("status") == "done":
         on_main(_drop_checkpoints, out, keep_final=config.save_final_state)
     return trained

@@ -23,6 +23,7 @@ shape is not their weight's, an FSDP/DeepSpeed sharded save — is refused in on
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,11 +33,12 @@ from typing import Any
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
 from grow_cli.checkpoint.output import small_files
 from grow_cli.checkpoint.source import CheckpointSource
-from grow_cli.errors import CheckpointError, OptionError, first_line
+from grow_cli.errors import CheckpointError, GrowError, OptionError, first_line
 from grow_cli.growth.st_modules import module_weight_files
 from grow_cli.lineage.record import RECORD_FILE, load_record
 from grow_cli.scratch import scratch_folder
-from grow_cli.train.checkpoints import STATE_FILE as CHECKPOINT_STATE
+from grow_cli.train.checkpoint_state import STATE_FILE as CHECKPOINT_STATE
+from grow_cli.train.checkpoint_state import load_state, saved
 
 OPTIMIZER_FILE = "optimizer.bin"
 WEIGHTS_FILE = "model.safetensors"
@@ -135,13 +137,12 @@ class SourceState:
 
 
 def is_checkpoint(folder: Path) -> bool:
-    return (Path(folder) / CHECKPOINT_STATE).is_file()
+    return saved(folder)
 
 
 def final_checkpoint(folder: Path) -> Path | None:
     """The checkpoint at a finished run's final step (`--save-final-state`), or None."""
-    record = load_record(folder) if (folder / RECORD_FILE).is_file() else None
-    stages = (record or {}).get("stages") or []
+    stages = (load_record(folder) or {}).get("stages") or []
     if not stages or stages[-1].get("kind") != "train" or not isinstance(stages[-1].get("end_step"), int):
         return None
     path = folder / CHECKPOINTS_DIR / f"step_{stages[-1]['end_step']:08d}"
@@ -173,7 +174,7 @@ def _read_state(checkpoint: Path, *, weights_only: bool) -> dict[str, Any]:
     if damage is not None:
         instead = "the run's final model folder" if weights_only else WEIGHTS_ONLY_HINT
         raise CheckpointError(f"{damage}; grow an earlier checkpoint, or {instead}")
-    state = json.loads((checkpoint / CHECKPOINT_STATE).read_text())
+    state = load_state(checkpoint)
     if not weights_only and not (checkpoint / OPTIMIZER_FILE).is_file():
         sharded = [n for n in SHARDED_SAVES if (checkpoint / n).exists()]
         found = f"an FSDP/DeepSpeed sharded save ({', '.join(sharded)})" if sharded else f"no {OPTIMIZER_FILE}"
@@ -361,7 +362,7 @@ def _model_view(
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(path.resolve())
         _write_config(view, model_folder, state)
-        if (model_folder / RECORD_FILE).is_file():
+        if (model_folder / RECORD_FILE).exists():  # a folder in its place too: load_record names it
             (view / RECORD_FILE).symlink_to((model_folder / RECORD_FILE).resolve())
         (view / WEIGHTS_FILE).symlink_to((checkpoint / WEIGHTS_FILE).resolve())
         shown = CheckpointSource(
@@ -373,4 +374,21 @@ def _model_view(
             trained=position(checkpoint, state),
             placeholders=_placeholders(checkpoint, state),
         )
-        yield shown, model_folder
+        try:
+            yield shown, model_folder
+        except GrowError as exc:  # a file of the view named where it is: the view is gone once the command ends
+            if exc.args and isinstance(exc.args[0], str):
+                recorded = isinstance(state.get("model_config"), dict)
+                exc.args = (_in_place(exc.args[0], view, checkpoint, model_folder, recorded), *exc.args[1:])
+            raise
+
+
+def _in_place(message: str, view: Path, checkpoint: Path, model_folder: Path, recorded_config: bool) -> str:
+    """`message` about a file of the view, naming the file it stands for: the checkpoint's weights, its model
+    folder's other files, and a config.json written from grow-state.json's `model_config` (named bare, as in
+    `config.json: num_hidden_layers …`, or by its path)."""
+    if recorded_config:
+        config = f"{checkpoint / CHECKPOINT_STATE}'s model_config"
+        message = re.sub(r"(?<![\w/.-])config\.json", config, message.replace(str(view / "config.json"), config))
+    message = message.replace(str(view / WEIGHTS_FILE), str(checkpoint / WEIGHTS_FILE))
+    return message.replace(f"{view}/", f"{model_folder}/").replace(str(view), str(checkpoint))

@@ -22,15 +22,97 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from grow_cli import __version__
 from grow_cli.errors import CheckpointError
+from grow_cli.json_shape import (
+    COUNT,
+    FLAG,
+    NUMBER,
+    OBJECT,
+    POSITIVE,
+    SIZE,
+    STEP,
+    TEXT,
+    ListOf,
+    OneOf,
+    Required,
+    Unfit,
+    maybe,
+    read_checked,
+)
 
 RECORD_FILE = "grow.json"
 FORMAT = "grow-record"
 FORMAT_VERSION = 1
+
+# What grow reads of a record (json_shape.py): the keys above, as the card (card.py), `--data-offset lineage`,
+# `--train-only new`, `--resume auto` on a finished run, the family's report and `grow push` read them.
+MODEL_SHAPE = dict.fromkeys(("layers", "num_parameters", "active_parameters"), maybe(COUNT))
+OPERATOR = {
+    "method": TEXT,
+    "parameters": maybe(OBJECT),
+    "layer_map": ListOf(COUNT),
+    "new_layers": ListOf(COUNT),
+    "drop_upcycling": maybe(NUMBER),
+}
+CHECKPOINT = {  # an expand stage's source checkpoint: where it was in its run (growth/train_state.position)
+    "path": Required(TEXT),
+    "step": Required(STEP),
+    "tokens": maybe(COUNT),
+    "data_blocks": Required(COUNT),
+}
+MULTIPLIER_GROUP = {k: Required(SIZE) for k in ("lr", "eps", "weight_decay")} | {"tensors": Required(ListOf(TEXT))}
+STAGE = {
+    "kind": Required(TEXT),
+    "source": {
+        **dict.fromkeys(("path", "repo_id", "revision", "commit"), maybe(TEXT)),
+        "shape": maybe(MODEL_SHAPE),
+        "checkpoint": maybe(CHECKPOINT),
+    },
+    "target": maybe(MODEL_SHAPE),
+    **dict.fromkeys(("depth", "width", "moe"), maybe(OPERATOR)),
+    "verify": maybe(OBJECT),
+    "training_state": maybe(OBJECT),
+    "command": maybe(OneOf((ListOf(TEXT), TEXT))),  # None from Python
+    "added_tensors": ListOf(TEXT),
+    "data": maybe({"paths": ListOf(TEXT), "datasets": ListOf(TEXT), "fingerprint": maybe(TEXT)}),
+    "data_blocks": COUNT,
+    "objective": maybe({"name": TEXT, "created_tensors": ListOf(TEXT)}),
+    "apollo": maybe({"stages": ListOf({"unique_layers": Required(POSITIVE), "from_step": Required(STEP)})}),
+    **dict.fromkeys(("tokens", "steps"), COUNT),
+    "end_step": STEP,
+    "schedule": maybe(OneOf((OBJECT, TEXT))),
+    "train_only": maybe(TEXT),
+    "seq_len": POSITIVE,
+    "batch": {"global_batch_tokens": POSITIVE},
+    "run_key": maybe({"max_steps": Required(STEP), "eval_fraction": maybe(SIZE)}),
+    "continued": maybe(
+        {
+            "start_step": Required(STEP),
+            "data_blocks": Required(maybe(COUNT)),
+            "restart_warmup_steps": COUNT,
+            "source": maybe({"step": maybe(STEP)}),
+            "multipliers": ListOf(MULTIPLIER_GROUP),
+        }
+    ),
+    "router": maybe(OBJECT),
+    **dict.fromkeys(("flops_per_token", "train_flops"), maybe(SIZE)),
+}
+SHAPE = {
+    "format": Required(TEXT),
+    "model": {
+        "architecture": TEXT,
+        "library": TEXT,
+        "headless": FLAG,
+        "num_parameters": maybe(COUNT),
+        "shape": MODEL_SHAPE,
+    },
+    "stages": Required(ListOf(STAGE)),
+}
 
 
 def utc_now() -> str:
@@ -39,16 +121,16 @@ def utc_now() -> str:
 
 
 def load_record(folder: Path) -> dict[str, Any] | None:
-    """The record in `folder`, or None when the folder was not made by grow."""
+    """The record in `folder`, checked against `SHAPE`; None when the folder was not made by grow (no grow.json)."""
     path = Path(folder) / RECORD_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); remove it or restore it from the source") from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("stages"), list):
-        raise CheckpointError(f"{path} is not a grow record (expected format '{FORMAT}' with a 'stages' list)")
+        record = read_checked(path, SHAPE)
+        if record["format"] != FORMAT:
+            raise Unfit(f"format is {json.dumps(record['format'])[:40]}, not {json.dumps(FORMAT)}")
+    except Unfit as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); remove it or restore it from the source") from None
     return record
 
 

@@ -29,10 +29,9 @@ from grow_cli.checkpoint.torch_files import (
     damaged_torch_file,
 )
 from grow_cli.errors import CheckpointError, UsageError, one_line
+from grow_cli.train.checkpoint_state import FILES_KEY, STATE_FILE, load_state, saved
 from grow_cli.whole_file import write_whole
 
-STATE_FILE = "grow-state.json"
-FILES_KEY = "files"  # grow-state.json: every file the checkpoint holds, by relative path, with its size in bytes
 # What a resume must match for the run to continue exactly where it stopped.
 RESUME_KEYS = (
     "model_weights",
@@ -52,16 +51,30 @@ RESUME_KEYS = (
 )
 
 
+class EveryCheckpointDamaged(CheckpointError):
+    """`--resume auto` found no whole checkpoint to continue from, only damaged ones (`what` names the newest's damaged
+    file); `advice` says how to start again, in the terms of the command that resumed (`grow family` has its own)."""
+
+    def __init__(self, what: str, advice: str):
+        super().__init__(f"{what}; {advice}")
+        self.what = what
+
+
 def checkpoint_root(out: Path) -> Path:
     return Path(out) / CHECKPOINTS_DIR
 
 
-def complete_checkpoints(out: Path) -> list[Path]:
-    """Finished checkpoints in `out`, oldest first."""
+def _step_folders(out: Path) -> list[Path]:
+    """The folders in `out` named as grow names a checkpoint (`step_NNNNNNNN`), finished or not, oldest first."""
     root = checkpoint_root(out)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).is_file())
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d+", p.name))
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """Finished checkpoints in `out`, oldest first."""
+    return [p for p in _step_folders(out) if saved(p)]
 
 
 def _step(checkpoint: Path) -> int:
@@ -83,18 +96,10 @@ def vouched_for(out: Path, unvouched_step: int) -> list[Path]:
     return [path for path in complete_checkpoints(out) if _step(path) < unvouched_step]
 
 
-def _state_damage(path: Path, state: object, needed: Collection[str] | None) -> tuple[Path, str] | None:
-    """The file of checkpoint `path` that grow-state.json shows to be wrong, and why; None when it agrees. Only the
-    files named in `needed` count, when given."""
-    state_file = path / STATE_FILE
-    if not isinstance(state, dict) or not all(isinstance(state.get(key), int) for key in ("step", "tokens")):
-        return state_file, "not the JSON grow wrote"
-    folder_step = path.name.removeprefix("step_")
-    if path.name.startswith("step_") and folder_step.isdigit() and int(folder_step) != state["step"]:
-        return state_file, f"it says step {state['step']} but lies in {path.name}"
+def _missing_file(path: Path, state: dict[str, Any], needed: Collection[str] | None) -> tuple[Path, str] | None:
+    """The file of checkpoint `path` that its grow-state.json lists but the folder lacks or holds cut, and why; None
+    when they agree. Only the files named in `needed` count, when given."""
     files = state.get(FILES_KEY, {})  # absent from the checkpoints of an earlier grow
-    if not isinstance(files, dict):
-        return state_file, "not the JSON grow wrote"
     for name, size in files.items():
         file = path / name
         if needed is not None and name not in needed:
@@ -109,18 +114,18 @@ def _state_damage(path: Path, state: object, needed: Collection[str] | None) -> 
 def damage_in(path: Path, needed: Collection[str] | None = None) -> str | None:
     """The first damaged file of checkpoint `path`, as a phrase naming it, or None when the checkpoint is whole.
 
-    Checked without loading anything: grow-state.json parses, has the step and tokens, agrees with its folder's
-    step, and every file it lists is there at the size it was saved with (a file deleted or cut by hand); every
+    Checked without loading anything: grow-state.json is what grow writes (`checkpoint_state.load_state`), and
+    every file it lists is there at the size it was saved with (a file deleted or cut by hand); every
     safetensors file passes the strict header check (which catches truncation), every torch file is a complete
     zip archive. With `needed` (file names relative to the checkpoint), only grow-state.json and those files count:
     growing a checkpoint's weights only needs no optimizer state.
     """
     path = Path(path)
     try:
-        state = json.loads((path / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        state = None
-    found = _state_damage(path, state, needed)
+        state = load_state(path)
+    except CheckpointError as exc:
+        return str(exc)
+    found = _missing_file(path, state, needed)
     if found is not None:
         return f"{found[0]} is damaged ({found[1]})"
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -159,13 +164,11 @@ def resolve_resume(resume: str | None, out: Path) -> tuple[Path | None, list[str
                 return candidate, notes
             notes.append(f"{damage}; skipping {candidate.name}")
         if notes:
-            raise CheckpointError(
-                f"every checkpoint in {checkpoint_root(out)} is damaged (newest: {notes[0].removesuffix(';')}); "
-                "start again with --overwrite"
-            )
+            what = f"every checkpoint in {checkpoint_root(out)} is damaged (newest: {notes[0].removesuffix(';')})"
+            raise EveryCheckpointDamaged(what, "start again with --overwrite")
         return None, []
     path = Path(resume)
-    if not (path / STATE_FILE).is_file():
+    if not saved(path):
         raise UsageError(f"--resume {path}: not a finished grow checkpoint (no {STATE_FILE})")
     damage = damage_in(path)
     if damage is not None:
@@ -178,8 +181,7 @@ def resolve_resume(resume: str | None, out: Path) -> tuple[Path | None, list[str
 def remove_unfinished(out: Path) -> list[str]:
     """Remove the checkpoint folders in `out` that a killed save left without grow-state.json (never resumed from,
     never pruned, so otherwise kept for good); returns their names. Only the process that holds `out` may call it."""
-    root = checkpoint_root(out)
-    unfinished = sorted(p for p in root.glob("step_*") if p.is_dir() and not (p / STATE_FILE).is_file())
+    unfinished = [p for p in _step_folders(out) if not saved(p)]
     for folder in unfinished:
         shutil.rmtree(folder)
     return [folder.name for folder in unfinished]
@@ -309,7 +311,7 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings:
     from safetensors import SafetensorError
     from torch.distributed.checkpoint.api import CheckpointException  # (a BaseException: FSDP's sharded state)
 
-    state = json.loads((Path(path) / STATE_FILE).read_text())
+    state = load_state(path)
     change = run_key_change(state, expected) or setting_change(state, settings)
     if change is not None:
         raise UsageError(

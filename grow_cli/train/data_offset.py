@@ -15,15 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from grow_cli.lineage.record import load_record
+from grow_cli.errors import CheckpointError
+from grow_cli.lineage.record import RECORD_FILE, load_record
 from grow_cli.train.continuation import Continuation
 
 
-def blocks_read(stage: dict[str, Any]) -> int:
+def blocks_read(stage: dict[str, Any]) -> int | None:
     """How far into its data order a training stage of grow.json read: recorded as `data_blocks`; derived from the
-    end step, batch and continuation for records written before grow recorded it."""
+    end step, batch and continuation for records written before grow recorded it; None where it records neither."""
     if "data_blocks" in stage:
         return int(stage["data_blocks"])
+    if not ("end_step" in stage and "seq_len" in stage and "global_batch_tokens" in (stage.get("batch") or {})):
+        return None
     global_batch = stage["batch"]["global_batch_tokens"] // stage["seq_len"]
     continued = stage.get("continued")
     offset = (
@@ -38,11 +41,19 @@ def lineage_blocks(model_dir: Path, fingerprint: str, seq_len: int, seed: int, e
     finished train stage, or the run of a checkpoint that a growth started from (recorded with the expand stage's
     source: that run's own train stage reaches grow.json only when it finishes)."""
     ours = (fingerprint, seq_len, seed)
-    for stage in reversed((load_record(model_dir) or {}).get("stages", [])):
+    stages = (load_record(model_dir) or {}).get("stages", [])
+    for number, stage in reversed(list(enumerate(stages, 1))):
         if stage.get("kind") == "train":
             theirs = ((stage.get("data") or {}).get("fingerprint"), stage.get("seq_len"), stage.get("seed"))
             if theirs == ours and _same_split((stage.get("run_key") or {}).get("eval_fraction"), eval_fraction):
-                return blocks_read(stage)
+                read = blocks_read(stage)
+                if read is None:
+                    raise CheckpointError(
+                        f"--data-offset lineage: stage {number} of {Path(model_dir) / RECORD_FILE} trained on this "
+                        "data but records neither how far it read (data_blocks) nor its end step and batch; give "
+                        "--data-offset BLOCKS instead"
+                    )
+                return read
         elif stage.get("kind") == "expand" and (checkpoint := (stage.get("source") or {}).get("checkpoint")):
             theirs = (checkpoint.get("data_fingerprint"), checkpoint.get("seq_len"), checkpoint.get("seed"))
             if theirs == ours and _same_split(checkpoint.get("eval_fraction"), eval_fraction):

@@ -9,7 +9,6 @@ What the checks found (the data sources, the model's config, the tokenizer) is h
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,8 @@ from grow_cli.errors import OptionError, OutputError, UsageError
 from grow_cli.field_types import flag
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
 from grow_cli.train.attention import check_attention
+from grow_cli.train.checkpoint_state import load_state
 from grow_cli.train.checkpoints import (
-    STATE_FILE,
     checkpoint_root,
     complete_checkpoints,
     damage_in,
@@ -136,7 +135,7 @@ def preflight(config: TrainConfig) -> Checked:
                 "start again, or another --out"
             )
     replaced = replaced_in_out(config, out, resume_from if own else None)
-    checkpoint_state = json.loads((resume_from / STATE_FILE).read_text()) if resume_from else None
+    checkpoint_state = load_state(resume_from) if resume_from else None
     continuation = plan_continuation(config, model, checkpoint_state)
     check_trackers(config.report_to)
     return Checked(

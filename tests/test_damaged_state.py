@@ -1,0 +1,244 @@
+"""A checkpoint's grow-state.json and a model's grow.json damaged by hand, through the real commands that read them
+(`grow inspect`, `grow expand`, `grow train-stage --resume`, `--train-only new`, `--data-offset lineage`, `grow
+family` resuming): each is one `error:` line naming the file and what in it is wrong, never a traceback or the
+catch-all, and nothing the user had is removed (a folder in place of grow-state.json was taken for a killed save's
+remains, and `--resume auto` deleted the checkpoint).
+
+The runs are made once: a finished run with checkpoints and its final state, a run paused after its first
+checkpoint, and a model grown from the finished run's checkpoint (its grow.json: the train stage, then the expand
+stage with its source checkpoint and added tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from tinylm import save_tiny_lm, write_plays
+
+CATCH_ALL = "run `grow --debug"
+TRAIN = ("--seq-len", 32, "--micro-batch-size", 8, "-q")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    import grow_cli
+
+    root = tmp_path_factory.mktemp("made")
+    model, data = save_tiny_lm(root / "model"), write_plays(root / "data", count=1)
+    common = {"model": model, "data": data, "seq_len": 32, "micro_batch_size": 8, "save_every": 2, "quiet": True}
+    finished, paused = {"max_steps": 4, "save_final_state": True}, {"max_steps": 6, "exit_interval": 2}
+    for out, budget in (("run", finished), ("part", paused)):
+        grow_cli.train_stage(grow_cli.TrainConfig(**common, **budget, out=root / out))
+    spec = grow_cli.GrowthSpec(layers=4, depth_method="identity")
+    grow_cli.expand(root / "run" / "checkpoints" / "step_00000004", root / "grown", spec, quiet=True)
+    return root
+
+
+@pytest.fixture
+def copy(made, tmp_path, monkeypatch):
+    """The made folders, copied into the test's own folder (its working folder too), free to damage; the data
+    linked, as the runs' data fingerprint names its files where they are."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("model", "run", "part", "grown"):
+        shutil.copytree(made / name, tmp_path / name, symlinks=True)
+    (tmp_path / "data").symlink_to(made / "data")
+    return tmp_path
+
+
+def _grow(cli, *args):
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # each train-stage builds its own Accelerator, as a fresh process would
+    return cli(*args)
+
+
+def _damage(path: Path, how) -> None:
+    """Replace the file at `path` with bytes, a folder ("folder"), or its JSON as `how` edits it."""
+    if isinstance(how, bytes):
+        path.write_bytes(how)
+    elif how == "folder":
+        path.unlink()
+        path.mkdir()
+        (path / "notes.txt").write_text("the user's")
+    else:
+        document = json.loads(path.read_text())
+        how(document)
+        path.write_text(json.dumps(document))
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """Every file in `folder` and its size, but the token cache's (which a run that tokenized before it was refused
+    may add)."""
+    files = (p for p in folder.rglob("*") if p.is_file() and ".grow-cache" not in p.parts)
+    return {str(p.relative_to(folder)): p.stat().st_size for p in files}
+
+
+def _one_line(result, *fragments: str) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert result.code != 0 and len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert CATCH_ALL not in errors[0] and "Traceback" not in result.stderr, errors[0]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def _set(key, value):
+    return lambda state: state.update({key: value})
+
+
+STATE_CASES = {  # how grow-state.json is damaged, and what the one line says of it
+    "empty": (b"", "not the JSON grow wrote"),
+    "cut": (lambda state: None, "not the JSON grow wrote"),  # (cut below, once written whole)
+    "folder": ("folder", "a folder, not a file"),
+    "apollo-stages-of-another-kind": (_set("apollo", {"stages": {"unique_layers": 2}}), "apollo.stages is {"),
+    "apollo-stage-without-its-step": (
+        _set("apollo", {"stages": [{"unique_layers": 2}, {"unique_layers": 4, "from_step": 3}]}),
+        "apollo.stages[0].from_step is missing",
+    ),
+    "continuation-a-list": (_set("continuation", []), "continuation is [], not a JSON object"),
+    "start-step-as-text": (
+        _set("continuation", {"start_step": "1", "data_blocks": 0}),
+        'continuation.start_step is "1", not a whole number from 0 to 1e+12',
+    ),
+    "data-blocks-null": (_set("data_blocks", None), "data_blocks is null, not a whole number"),
+    "file-size-as-text": (_set("files", {"model.safetensors": "big"}), 'files["model.safetensors"] is "big"'),
+    "tokens-negative": (_set("tokens", -5), "tokens is -5, not a whole number"),
+    "step-past-the-bound": (_set("step", 10**13), "step is 10000000000000, not a whole number from 0 to 1e+12"),
+    "multiplier-as-text": (
+        _set("multipliers", {"lm_head.weight": {"lr": "x", "eps": 1, "weight_decay": 1}}),
+        'multipliers["lm_head.weight"].lr is "x", not a finite number ≥ 0',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STATE_CASES))
+def test_a_damaged_grow_state_is_one_line_in_every_command_that_reads_it(cli, copy, case):
+    """Each reader of grow-state.json: inspect and expand (with and without the optimizer state) of a finished run's
+    checkpoint, and train-stage resuming a paused run's (by path, and --resume auto, which finds none whole)."""
+    how, said = STATE_CASES[case]
+    final, paused = copy / "run" / "checkpoints" / "step_00000004", copy / "part" / "checkpoints" / "step_00000002"
+    for checkpoint in (final, paused):
+        state = checkpoint / "grow-state.json"
+        _damage(state, how)
+        if case == "cut":
+            state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    before = _files(copy)
+    resume = ("train-stage", copy / "model", "--data", copy / "data", "--out", copy / "part", "--max-steps", 6)
+    commands = {
+        final: [
+            ("inspect", final),
+            ("expand", final, copy / "out", "--layers", 4, "--depth-method", "identity"),
+            ("expand", final, copy / "out", "--layers", 4, "--weights-only"),
+        ],
+        paused: [(*resume, *TRAIN, "--save-every", 2, "--resume", paused), (*resume, *TRAIN, "--resume", "auto")],
+    }
+    for checkpoint, runs in commands.items():
+        for args in runs:
+            line = _one_line(_grow(cli, *args), f"{checkpoint / 'grow-state.json'} is damaged (", said)
+            assert ("start again" in line) if args[0] == "train-stage" else ("grow an earlier checkpoint" in line)
+    assert _files(copy) == before and not (copy / "out").exists()  # the damaged checkpoints are kept as they were
+
+
+def _stage(number: int, key: str, value):
+    def edit(record):
+        stage = record["stages"][number]
+        if value is KeyError:
+            stage.pop(key)
+        else:
+            stage[key] = value
+
+    return edit
+
+
+def _expand_grown(copy):
+    return ("expand", copy / "grown", copy / "out", "--layers", 6)
+
+
+def _train(model: str, *extra):
+    return lambda copy: ("train-stage", copy / model, "--data", copy / "data", "--out", copy / "out", *TRAIN, *extra)
+
+
+def _resume_finished(copy):
+    args = ("--max-steps", 4, "--save-every", 2, "--save-final-state", "--resume", "auto")
+    return ("train-stage", copy / "model", "--data", copy / "data", "--out", copy / "run", *TRAIN, *args)
+
+
+def _checkpoint_blocks(value):
+    return lambda record: record["stages"][1]["source"]["checkpoint"].update(data_blocks=value)
+
+
+RECORD_CASES = {  # (the folder whose grow.json is damaged, how, the command that reads it, what the line says)
+    "empty": ("grown", b"", _expand_grown, "is damaged (not the JSON grow wrote)"),
+    "folder": ("grown", "folder", _expand_grown, "is damaged (a folder, not a file)"),
+    "stage-not-an-object": ("grown", lambda r: r["stages"].insert(0, 1), _expand_grown, "stages[0] is 1, not a JSON"),
+    "source-a-list": ("grown", _stage(0, "source", []), _expand_grown, "stages[0].source is [], not a JSON object"),
+    "kind-missing": ("run", _stage(0, "kind", KeyError), _resume_finished, "stages[0].kind is missing"),
+    "run-key-a-list": ("run", _stage(0, "run_key", [4]), _resume_finished, "stages[0].run_key is [4], not a JSON"),
+    "end-step-as-text": (
+        "run",
+        _stage(0, "end_step", "4"),
+        lambda copy: ("expand", copy / "run", copy / "out", "--layers", 4, "--depth-method", "identity"),
+        'stages[0].end_step is "4", not a whole number from 0 to 1e+12',
+    ),
+    "added-tensors-as-text": (
+        "grown",
+        _stage(1, "added_tensors", "abc"),
+        _train("grown", "--max-steps", 1, "--train-only", "new"),
+        'stages[1].added_tensors is "abc", not a list',
+    ),
+    "checkpoint-blocks-as-text": (
+        "grown",
+        _checkpoint_blocks("12"),
+        _train("grown", "--max-steps", 1, "--data-offset", "lineage"),
+        'stages[1].source.checkpoint.data_blocks is "12", not a whole number',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORD_CASES))
+def test_a_damaged_grow_json_is_one_line_in_the_command_that_reads_it(cli, copy, case):
+    """The card of a model grown again, `--resume auto` on a finished run, the final state a run's grow.json names,
+    `--train-only new` and `--data-offset lineage`: each read a key of grow.json that a hand-edit can break."""
+    folder, how, command, said = RECORD_CASES[case]
+    record = copy / folder / "grow.json"
+    _damage(record, how)
+    before = _files(copy)
+    _one_line(_grow(cli, *command(copy)), f"{record} is damaged (", said, "remove it or restore it")
+    assert _files(copy) == before and not (copy / "out").exists()
+
+
+def test_a_train_stage_that_records_no_position_is_named_by_data_offset_lineage(cli, copy):
+    """`--data-offset lineage` derives how far a stage of a record before `data_blocks` read from its end step and
+    batch; a stage that records none of them was a KeyError."""
+
+    def unrecorded(record):
+        for key in ("data_blocks", "batch"):
+            record["stages"][0].pop(key)
+
+    _damage(copy / "run" / "grow.json", unrecorded)
+    result = _grow(cli, *_train("run", "--max-steps", 1, "--data-offset", "lineage")(copy))
+    _one_line(result, f"stage 1 of {copy / 'run' / 'grow.json'}", "records neither how far it read", "--data-offset")
+    assert not (copy / "out").exists()
+
+
+def test_a_family_resuming_a_member_with_only_damaged_checkpoints_says_what_to_delete(cli, copy):
+    """`grow family` resumes a paused member with `--resume auto`: when every checkpoint is damaged, the line names
+    the newest's damaged file and what to delete to train the stage again — not train-stage's --overwrite, which the
+    family does not take; doing so trains it again."""
+    recipe = copy / "family.yaml"
+    train = {"data": ["data"], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05, "eval_batches": 2}
+    member = {"name": "small", "source": "model", "train": {"max_steps": 4, "save_every": 2, "exit_interval": 2}}
+    recipe.write_text(yaml.safe_dump({"out": "fam", "train": train, "members": [member]}))
+    assert _grow(cli, "family", recipe, "-q").code == 3  # paused at step 2, its checkpoint saved
+    checkpoints = copy / "fam" / "small" / "trained" / "checkpoints"
+    _damage(checkpoints / "step_00000002" / "grow-state.json", _set("continuation", []))
+    line = _one_line(_grow(cli, "family", recipe, "-q"), "step_00000002/grow-state.json is damaged (continuation is")
+    assert f"delete {checkpoints} to train this stage again from its start, and run the family again" in line
+    assert "--overwrite" not in line and (checkpoints / "step_00000002").is_dir()
+    shutil.rmtree(checkpoints)
+    assert _grow(cli, "family", recipe, "-q").code == 3  # trained again from its start, paused again
