@@ -98,12 +98,14 @@ def test_a_plan_that_reaches_its_target_writes_the_whole_stack(setup, tmp_path, 
 def test_a_mid_plan_checkpoint_is_read_as_the_model_of_its_unique_layers(setup, tmp_path, capsys, monkeypatch):
     """Before the last stage's copies, a checkpoint holds all the layers the plan allocated (4): the 2 in use and 2
     untrained placeholders. grow-state.json records the model the run trains then (its config of 2 layers and the
-    placeholders' tensors), so `grow inspect` says 2 layers and `grow expand` grows those 2 with their AdamW state: the
-    growth, saved and loaded by transformers, computes the logits of the 2-layer model built from the checkpoint's
-    first 2 layers — not those of all 4 it holds (the control), as which both read it: expand grew the placeholders
-    and called them '18 tensors [that] had no optimizer state in the source (frozen there)'. Checkpoint step_3 of a
-    stage from step 3 is still mid-plan (the copies come as step 3 starts); the final state at step 4 is the 4 layers
-    in use. A mid-plan checkpoint of an older grow, which named no placeholders, is refused in one line."""
+    placeholders' tensors), so `grow inspect` says 2 layers (and how many of the file's bytes are the placeholders')
+    and `grow expand` grows those 2 with their AdamW state: the growth, saved and loaded by transformers, computes the
+    logits of the 2-layer model built from the checkpoint's first 2 layers — not those of all 4 it holds (the
+    control), as which both read it: expand grew the placeholders and called them '18 tensors [that] had no optimizer
+    state in the source (frozen there)'. Checkpoint step_3 of a stage from step 3 is still mid-plan (the copies come
+    as step 3 starts); the final state at step 4 is the 4 layers in use. A mid-plan checkpoint of an older grow, which
+    named no placeholders, is refused in one line."""
+    from grow_cli.console import format_bytes
     from grow_cli.growth.expand import expand
     from grow_cli.growth.spec import GrowthSpec
 
@@ -124,6 +126,12 @@ def test_a_mid_plan_checkpoint_is_read_as_the_model_of_its_unique_layers(setup, 
     info = json.loads(stdout)
     assert info["source"]["checkpoint"]["step"] == 3 and info["layers"] == 2
     assert info["num_parameters"] == sum(v.numel() for k, v in held.items() if k not in placeholders)
+    # The file holds the placeholders too, and inspect says how much of it they are (it gave the file's size alone).
+    placeholder_bytes = sum(v.numel() * v.element_size() for k, v in held.items() if k in placeholders)
+    assert info["files"] == [{"name": "model.safetensors", "bytes": (step_3 / "model.safetensors").stat().st_size}]
+    assert info["placeholders"] == {"tensors": len(placeholders), "bytes": placeholder_bytes}
+    code, stdout, stderr = run_grow(["inspect", step_3], capsys)
+    assert code == 0 and f"18 tensors ({format_bytes(placeholder_bytes)} of the files above)" in stdout, stdout
     report = expand(
         str(step_3), tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), verify=True, quiet=True
     )
@@ -147,7 +155,7 @@ def test_a_mid_plan_checkpoint_is_read_as_the_model_of_its_unique_layers(setup, 
     assert (logits - control).abs().max() > 1e-2  # the placeholders change the function: reading them is caught
 
     code, stdout, stderr = run_grow(["inspect", step_4, "--json"], capsys)  # the copies made: all 4 layers in use
-    assert code == 0 and json.loads(stdout)["layers"] == 4, stderr
+    assert code == 0 and json.loads(stdout)["layers"] == 4 and json.loads(stdout)["placeholders"] is None, stderr
     assert json.loads((step_4 / "grow-state.json").read_text())["placeholders"] == []
 
     for checkpoint in (step_3, step_4):  # as an older grow saved them: no placeholders named

@@ -209,6 +209,7 @@ class CheckpointReader:
         if not self.folder.is_dir():
             raise CheckpointError(f"{self.folder} is not a folder")
         self.tensors: dict[str, TensorEntry] = {}
+        self.left_out: dict[str, TensorEntry] = {}  # the tensors of `leave_out` the files hold
         self.stored_names: dict[str, str] = {}  # a tensor's name in the files, where it differs from `tensors`'
         self.metadata: dict[str, str] = {}
         self._handle: Any = None
@@ -273,6 +274,7 @@ class CheckpointReader:
                 f"no weights in {f}: expected model.safetensors, sharded safetensors with "
                 f"{SAFETENSORS_INDEX}, or {BIN_SINGLE}{found}"
             )
+        self.left_out = {name: entry for name, entry in self.tensors.items() if name in self._leave_out}
         self.tensors = {name: entry for name, entry in self.tensors.items() if name not in self._leave_out}
         if not self.tensors:
             raise CheckpointError(f"the checkpoint in {f} holds no tensors")

@@ -86,6 +86,15 @@ def _print_table(source: str, info: dict) -> None:
             f"{info['format']}: " + ", ".join(f"{f['name']} ({format_bytes(f['bytes'])})" for f in info["files"]),
         ),
     ]
+    if info["placeholders"]:  # an Apollo stage plan's checkpoint: its files hold more than its model
+        held = info["placeholders"]
+        rows.append(
+            (
+                "placeholders",
+                f"{held['tensors']} tensors ({format_bytes(held['bytes'])} of the files above): the layers an Apollo "
+                "stage plan holds for a later stage, not yet in use; left out of the parameters, layers and dtypes",
+            )
+        )
     if info.get("num_experts"):
         rows[3:3] = _moe_rows(info)
     for m in info["st_modules"]:  # a sentence-transformers model's modules with weights of their own

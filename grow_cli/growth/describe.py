@@ -127,6 +127,7 @@ def inspect(
             copies = [(stored, target, reader.same_values(stored, target)) for stored, target in binding.tied_copies]
             files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
             fmt = reader.format
+            placeholders = _placeholders(reader.left_out)
         modules = st_modules(src.folder, shape.hidden_size)
         folder = None if given.fetch else str(given.folder)  # a Hub id read for its headers only is in no folder
     untied = {stored for stored, _, same in copies if not same}
@@ -148,6 +149,7 @@ def inspect(
         "dtypes": dtypes,
         "format": fmt,
         "files": files,
+        "placeholders": placeholders,
         "tensors": len(bound),
         "headless": binding.headless,
         # transformers ties the head only when no stored copy differs (grow expand refuses a differing one)
@@ -164,6 +166,15 @@ def inspect(
         ),
         "config_problem": problem,
     }
+
+
+def _placeholders(left_out: dict[str, Any]) -> dict[str, Any] | None:
+    """What a training checkpoint mid-way through an Apollo stage plan holds beside its model: the tensors of the
+    layers allocated for a later stage, not yet in use (`CheckpointSource.placeholders`), which the parameters, layers
+    and dtypes leave out but the files' bytes include; None for any other checkpoint."""
+    if not left_out:
+        return None
+    return {"tensors": len(left_out), "bytes": sum(entry.nbytes for entry in left_out.values())}
 
 
 def _methods(arch, config: dict[str, Any], layers: int, problem: str | None) -> dict[str, list[dict[str, Any]]]:
