@@ -73,6 +73,23 @@ def check_token_steps(max_tokens: int, steps: int, global_batch: int, seq_len: i
         )
 
 
+def check_final_step(start_step: int, steps: int, option: str, value: int) -> None:
+    """A run's final step — the step it starts at (a continued run's: `--schedule-offset`'s or its grown state's, as
+    the checkpoint it resumes recorded it) plus the `steps` its budget (`option` `value`) makes — within `MAX_STEPS`,
+    as the offset and the budget each are: its schedule runs to that step, and `--schedule-offset 999999999999
+    --max-steps 5` trained and recorded step 1,000,000,000,004."""
+    end, room = start_step + steps, MAX_STEPS - start_step
+    if end > MAX_STEPS:
+        made = f" ({shown(steps)} steps)" if option == "max_tokens" else ""
+        lower = f"lower {flag(option)}" + (f" to {shown(room)} or less" if option == "max_steps" else "")
+        raise OptionError(
+            option,
+            f"{flag(option)} {shown(value)}{made} from step {shown(start_step)}, where this run starts, ends at step "
+            f"{shown(end)}, beyond grow's bound of {MAX_STEPS:g} steps; "
+            + (lower if room >= 1 else "start it from an earlier step"),
+        )
+
+
 def check_width(**targets: int) -> None:
     """Every width target (e.g. `hidden_size=…`) within its bound; the flag is named in the refusal."""
     for key, value in targets.items():

@@ -423,6 +423,14 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.train("--max-steps", 1, "--token-dtype", "uint32"), "--token-dtype uint32 applies only to pre-tok"
     if name == "train-max-tokens-past-max-steps":  # 1e18 tokens / 32 a step: 3.1e16 steps, which it trained
         return c.train("--max-tokens", "1e18", "--micro-batch-size", 1), "--max-tokens 1e+18 over a global batch of 1"
+    if name == "train-offset-past-max-steps":  # it trained and wrote end_step 1e12 + 4 in grow.json
+        offset = ("--schedule-offset", 10**12 - 1)
+        return c.train(
+            *offset, "--max-steps", 5
+        ), "--max-steps 5 from step 999,999,999,999, where this run starts, ends"
+    if name == "train-offset-past-max-steps-in-tokens":  # 10 steps of 8 × 32 tokens
+        offset = ("--schedule-offset", 10**12 - 1)
+        return c.train(*offset, "--max-tokens", 2560, "--micro-batch-size", 8), "ends at step 1,000,000,000,009, beyond"
     if name == "train-text-field-without-fields":  # the plays are text files: it was ignored
         return c.train("--max-steps", 1, "--text-field", "body"), "--text-field body applies only to data with fields"
     if name == "train-default-text-field-without-fields":  # named at its default: still ignored by text files
@@ -668,6 +676,8 @@ CASES = [
     "train-default-text-field-without-fields",
     "compare-default-text-field-without-fields",
     "train-max-tokens-past-max-steps",
+    "train-offset-past-max-steps",
+    "train-offset-past-max-steps-in-tokens",
     "train-tokenizer-missing",
     "family-train-max-lr-list",
     "inspect-config-transformers-refuses",

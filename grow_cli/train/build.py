@@ -11,7 +11,6 @@ loop advances.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
 from grow_cli.data.sources import undecodable_note
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import DataError, OptionError, UsageError
-from grow_cli.limits import check_token_steps
+from grow_cli.limits import check_final_step, check_token_steps
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
 from grow_cli.train.attention import HALF, check_attention_run, one_row
@@ -64,7 +63,7 @@ class Budget:
     grad_accum: int  # micro-batches per process per optimizer step
     global_batch: int  # sequences per optimizer step, all processes together
     tokens_per_step: int
-    max_steps: int
+    max_steps: int  # the run's final step: a continued run's start step and the steps of its budget
 
 
 @dataclass
@@ -167,11 +166,9 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     check_whole_state(config, checked.continuation, accelerator.distributed_type.value if sharded else None)
     liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
     check_attention_run(config.attn_implementation, accelerator.device, accelerator.mixed_precision)
-    budget = make_budget(config, accelerator)
-    fill_deepspeed_config(accelerator, config.micro_batch_size, budget.grad_accum, config.grad_clip)
     continuation = checked.continuation
-    if continuation is not None:  # the budget is what this run trains; its schedule starts at the start step
-        budget = dataclasses.replace(budget, max_steps=continuation.start_step + budget.max_steps)
+    budget = make_budget(config, accelerator, continuation.start_step if continuation else 0)
+    fill_deepspeed_config(accelerator, config.micro_batch_size, budget.grad_accum, config.grad_clip)
     if checked.apollo:
         check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)
     data = load_data(config, checked, accelerator)
@@ -332,8 +329,9 @@ def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
     )
 
 
-def make_budget(config: TrainConfig, accelerator: Accelerator) -> Budget:
-    """Set the accumulation on the accelerator and derive the tokens per step and the number of steps."""
+def make_budget(config: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> Budget:
+    """Set the accumulation on the accelerator and derive the tokens per step and the final step: the budget is what
+    this run trains, from `start_step` (where a continued run's schedule starts) on."""
     # Accumulation left unset follows the launcher (ACCELERATE_GRADIENT_ACCUMULATION_STEPS), else 1.
     grad_accum = _grad_accum(config, accelerator.num_processes, accelerator.gradient_accumulation_steps)
     accelerator.gradient_accumulation_steps = grad_accum
@@ -345,7 +343,9 @@ def make_budget(config: TrainConfig, accelerator: Accelerator) -> Budget:
         assert config.max_tokens is not None  # TrainConfig requires exactly one budget
         max_steps = math.ceil(config.max_tokens / tokens_per_step)
         check_token_steps(config.max_tokens, max_steps, global_batch, config.seq_len)
-    return Budget(grad_accum, global_batch, tokens_per_step, max_steps)
+    option = "max_steps" if config.max_steps else "max_tokens"
+    check_final_step(start_step, max_steps, option, getattr(config, option))
+    return Budget(grad_accum, global_batch, tokens_per_step, start_step + max_steps)
 
 
 def _grad_accum(config: TrainConfig, num_processes: int, launcher_default: int) -> int:
