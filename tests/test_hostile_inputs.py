@@ -238,6 +238,9 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "train-odd-token-file":
         (c.tmp / "tokens.bin").write_bytes(b"\x01\x00\x02")
         return c.train("--max-steps", 1, data=c.tmp / "tokens.bin"), "not a whole number of uint16 tokens"
+    if name == "train-uint32-token-file-read-as-uint16":  # trained on "id, 0, id, 0, …" without a word
+        (c.tmp / "tokens.bin").write_bytes(struct.pack("<512I", *[5, 6, 7, 2] * 128))
+        return c.train("--max-steps", 1, data=c.tmp / "tokens.bin"), "its ids look like uint32, not uint16"
     if name == "train-max-lr-nan":
         return c.train("--max-steps", 1, "--max-lr", "nan"), "--max-lr must be a finite number"
     if name == "train-max-tokens-inf":
@@ -611,6 +614,7 @@ CASES = [
     "train-out-is-model",
     "train-binary-data",
     "train-odd-token-file",
+    "train-uint32-token-file-read-as-uint16",
     "train-max-lr-nan",
     "train-max-tokens-inf",
     "train-beta-2",

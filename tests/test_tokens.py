@@ -146,6 +146,96 @@ def test_a_uint16_token_file_cannot_hold_an_eos_id_past_65535_and_is_refused(tmp
     assert not list((tmp_path / "cache").glob("*.bin"))
 
 
+def _play_ids() -> list[int]:
+    """A scene of Shakespeare (~2,800 ids, an even count) tokenized as a pipeline writing `.bin` files would."""
+    from tinylm import shakespeare
+
+    ids = tiny_tokenizer()(shakespeare()[5][:8_000], add_special_tokens=False)["input_ids"] + [EOS]
+    return ids[: len(ids) // 2 * 2]
+
+
+def _grow_on(command: str, data, capsys, *extra, seq_len: int = 32):
+    """`grow train-stage` (into a fresh --out under the data's folder) or `grow compare` of the tiny LM (made there
+    once) on the .bin file `data`; return (exit code, stderr)."""
+    from tinylm import run_grow, save_tiny_lm
+
+    folder = data.parent
+    lm = folder / "lm" if (folder / "lm").is_dir() else save_tiny_lm(folder / "lm")
+    common = ["--data", data, "--seq-len", seq_len, "--cache-dir", folder / "cache", *extra]
+    if command == "train-stage":
+        out = folder / f"out-{len(list(folder.glob('out-*')))}"
+        args = ["train-stage", lm, "--out", out, "--max-steps", 1, "--micro-batch-size", 1, *common]
+    else:
+        args = ["compare", lm, lm, "--max-blocks", 1, *common]
+    code, _, stderr = run_grow(args, capsys)
+    return code, stderr
+
+
+@pytest.mark.parametrize("command", ["train-stage", "compare"])
+def test_a_token_file_of_uint32_ids_read_as_uint16_is_refused(command, tmp_path, monkeypatch, capsys):
+    """A .bin file of uint32 ids (as nanoGPT- and Megatron-style preprocessors write them) read as uint16, the
+    default where the vocabulary fits: every id below 65,536, none was past the vocabulary, and the model trained
+    (or was compared) on "id, 0, id, 0, …" without a word. It is refused in one line naming the file and the fix,
+    before anything is written; with --token-dtype uint32 it is read. The opposite mistake, uint16 ids read as
+    uint32, was and is refused as ids past the vocabulary (a pair whose second is not 0 makes one of 65,536 or more)."""
+    monkeypatch.chdir(tmp_path)
+    wide, narrow = tmp_path / "wide.bin", tmp_path / "narrow.bin"
+    np.array(_play_ids(), dtype=np.uint32).tofile(wide)
+    np.array(_play_ids(), dtype=np.uint16).tofile(narrow)
+    for given in ([], ["--token-dtype", "uint16"]):
+        code, stderr = _grow_on(command, wide, capsys, *given)
+        assert code == 1 and stderr.strip() == (
+            f"error: --data {wide}: its ids look like uint32, not uint16: every second 16-bit value is 0 (of "
+            f"{2 * len(_play_ids()):,}); pass --token-dtype uint32 (token_dtype: uint32 in a recipe)"
+        ), stderr
+        assert not list(tmp_path.glob("out-*/*")) and not list((tmp_path / "cache").glob("*.bin"))
+    code, stderr = _grow_on(command, narrow, capsys, "--token-dtype", "uint32")
+    assert code == 1 and "narrow.bin: token id " in stderr and "outside the model's vocabulary (512)" in stderr
+    code, stderr = _grow_on(command, wide, capsys, "--token-dtype", "uint32")
+    assert code == 0, stderr
+
+
+@pytest.mark.parametrize("command", ["train-stage", "compare"])
+def test_uint16_token_files_with_zeros_and_tiny_files_are_read(command, tmp_path, monkeypatch, capsys):
+    """What the uint32 check must let through, read as uint16: the same ids written as uint16; a real file in which
+    id 0 is common (here two ids in five, an EOS or <unk> of id 0), and one with 0 in every second place but one;
+    and a file too short to judge, 16 ids of uint32 (its signature could be chance in a file of a few tokens)."""
+    monkeypatch.chdir(tmp_path)
+    ids = np.array(_play_ids(), dtype=np.uint16)
+    files = {"narrow": ids.copy()}
+    files["zeros"] = np.where(np.random.default_rng(0).random(ids.size) < 0.4, 0, ids).astype(np.uint16)
+    files["all-but-one"] = ids.copy()
+    files["all-but-one"][1:-2:2] = 0  # the last odd place keeps its id
+    files["tiny"] = ids[:16].astype(np.uint32).view(np.uint16)
+    assert (files["zeros"] == 0).mean() > 0.35 and files["all-but-one"][-1] and not files["tiny"][1::2].any()
+    for name, values in files.items():
+        values.tofile(tmp_path / f"{name}.bin")
+        code, stderr = _grow_on(command, tmp_path / f"{name}.bin", capsys, seq_len=8 if name == "tiny" else 32)
+        assert code == 0, (name, stderr)
+
+
+def test_a_token_cache_entry_copied_before_the_uint32_check_is_copied_and_checked_again(tmp_path, monkeypatch):
+    """A cache entry holding a .bin file that a grow without the check copied may hold uint32 ids read as uint16; its
+    metadata lacks `token_file_checks`, so it is copied again, and refused, instead of read as it was. A file of a
+    few tokens is not judged; one of `WIDE_SIGNATURE_MIN` 16-bit values is."""
+    short, long = tmp_path / "short" / "t.bin", tmp_path / "long" / "t.bin"
+    for path, values in ((short, tokens.WIDE_SIGNATURE_MIN - 2), (long, tokens.WIDE_SIGNATURE_MIN)):
+        path.parent.mkdir()
+        np.array(_play_ids()[: values // 2], dtype=np.uint32).tofile(path)
+    assert tokens_of([short], tmp_path).num_tokens == tokens.WIDE_SIGNATURE_MIN - 2
+    with pytest.raises(DataError, match="its ids look like uint32"):
+        tokens_of([long], tmp_path)
+    monkeypatch.setattr(tokens, "_check_width", lambda *args: None)
+    old = tokens_of([long], tmp_path)
+    monkeypatch.undo()
+    assert tokens_of([long], tmp_path).from_cache  # an entry recorded as copied under today's checks is read
+    meta = json.loads(old.cache_file.with_suffix(".json").read_text())
+    del meta["token_file_checks"]
+    old.cache_file.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="its ids look like uint32"):
+        tokens_of([long], tmp_path)
+
+
 def test_too_little_data_for_a_block(tmp_path):
     (tmp_path / "a.txt").write_text("Hi.")
     with pytest.raises(DataError, match="too few"):

@@ -40,6 +40,13 @@ BATCH_PIECES = 256  # texts per tokenizer call; fast tokenizers encode a batch o
 # bounds what tokenization adds (~0.8 GB measured) whatever the file's size (256 pieces of 1 MB would take ~20 GB).
 BATCH_CHARS = 8 << 20
 SPLIT_SEED = 0x5EED
+COPY_TOKENS = 1 << 24  # a .bin file is read in pieces of this many ids (even: a piece's odd places are the file's)
+# The fewest 16-bit values, of a .bin file read as uint16, whose every second one being 0 marks uint32 ids: 128
+# zeros in a row of odd places fall below 2**-128 even were half the ids 0; a shorter file is not judged.
+WIDE_SIGNATURE_MIN = 256
+# Bump when a .bin file is checked for more as it is copied: an entry holding one that a grow checking less copied
+# (it may hold uint32 ids read as uint16) is copied, and checked, again.
+TOKEN_FILE_CHECKS = 1
 
 
 def token_cache_dir(root: Path) -> Path:
@@ -111,9 +118,33 @@ def _check_ids(path: Path, largest: int, vocab_size: int) -> None:
         )
 
 
+def _check_width(path: Path, bin_dtype, tokens: int, largest: int, odd_zero: bool) -> None:
+    """Refuse the `.bin` file `path` of `tokens` ids read as `bin_dtype` if they look like uint32 ids read as uint16:
+    the high half of each uint32 id of a vocabulary that fits uint16 is 0, so read as uint16 (little-endian) every
+    second value is 0 (`odd_zero`) and the model would train on "id, 0, id, 0, …" without a word. An all-zero file
+    and a short one are not judged."""
+    if bin_dtype == np.uint16 and odd_zero and largest > 0 and tokens >= WIDE_SIGNATURE_MIN:
+        raise DataError(
+            f"--data {path}: its ids look like uint32, not uint16: every second 16-bit value is 0 (of {tokens:,}); "
+            "pass --token-dtype uint32 (token_dtype: uint32 in a recipe)"
+        )
+
+
+def _scan_token_file(stream: np.ndarray) -> tuple[int, bool]:
+    """The largest id of the token file `stream` (a memmap) and whether every second id, from the second, is 0,
+    read piece by piece so memory stays bounded whatever its size."""
+    largest, odd_zero = 0, True
+    for start in range(0, stream.size, COPY_TOKENS):
+        piece = np.asarray(stream[start : start + COPY_TOKENS])
+        largest = max(largest, int(piece.max()))
+        odd_zero = odd_zero and not piece[1::2].any()
+    return largest, odd_zero
+
+
 def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int, out) -> tuple[int, int, int]:
     """Copy the `.bin` file `path`, read as `bin_dtype`, into the stream `out` as `dtype`; return its (tokens,
-    documents, largest id). A file whose dtype cannot hold the EOS id separates no documents: refused."""
+    documents, largest id). A file whose dtype cannot hold the EOS id separates no documents, and one of uint32 ids
+    read as uint16 is misread (`_check_width`): both refused, before anything is written."""
     most = int(np.iinfo(bin_dtype).max)
     if eos_id > most:  # (uint16 under a vocabulary past 65,536, which --token-dtype uint16 alone gives)
         raise DataError(
@@ -128,11 +159,15 @@ def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int,
             f"({bin_dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
         )
     stream = np.memmap(path, dtype=bin_dtype, mode="r")
-    largest = int(stream.max()) if stream.size else 0
+    largest, odd_zero = _scan_token_file(stream)
     _check_ids(path, largest, vocab_size)
-    for start in range(0, stream.size, 1 << 24):  # every id below vocab_size: the stream's dtype holds it
-        np.asarray(stream[start : start + (1 << 24)]).astype(dtype, copy=False).tofile(out)
-    return int(stream.size), int((stream == eos_id).sum()), largest
+    _check_width(path, bin_dtype, int(stream.size), largest, odd_zero)
+    documents = 0
+    for start in range(0, stream.size, COPY_TOKENS):  # every id below vocab_size: the stream's dtype holds it
+        piece = np.asarray(stream[start : start + COPY_TOKENS])
+        documents += int(np.count_nonzero(piece == eos_id))
+        piece.astype(dtype, copy=False).tofile(out)
+    return int(stream.size), documents, largest
 
 
 def _write_stream(
@@ -281,8 +316,8 @@ def _entry_lock(cache_dir: Path, fingerprint: str) -> Iterator[None]:
 
 def _cached_meta(stream_file: Path, meta_file: Path, token_files: int) -> dict | None:
     """The cache entry's metadata when both files are there and agree, and it holds the largest id of each of the
-    data's `token_files` `.bin` files (entries written before grow recorded them lack them); None (tokenize again)
-    otherwise."""
+    data's `token_files` `.bin` files, copied under today's checks (`TOKEN_FILE_CHECKS`; entries written before grow
+    recorded them lack them); None (tokenize again) otherwise."""
     if not (stream_file.is_file() and meta_file.is_file()):
         return None
     try:
@@ -291,6 +326,8 @@ def _cached_meta(stream_file: Path, meta_file: Path, token_files: int) -> dict |
         if stream_file.stat().st_size != int(meta["tokens"]) * itemsize:
             return None
         if len(meta.setdefault("largest_ids", [])) != token_files:
+            return None
+        if token_files and meta.get("token_file_checks") != TOKEN_FILE_CHECKS:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -318,6 +355,7 @@ def _tokenize_into(
         "sources": [str(s.path) for s in sources],
         "undecodable": undecodable,
         "largest_ids": largest_ids,  # of the .bin files: checked again by a run of a model with fewer ids
+        "token_file_checks": TOKEN_FILE_CHECKS,
     }
     # Whole or absent: a run killed before it re-tokenizes next time.
     write_whole(stream_file.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
