@@ -1,12 +1,12 @@
-"""A checkpoint's grow-state.json and a model's grow.json damaged by hand, through the real commands that read them
-(`grow inspect`, `grow expand`, `grow train-stage --resume`, `--train-only new`, `--data-offset lineage`, `grow
-family` resuming): each is one `error:` line naming the file and what in it is wrong, never a traceback or the
-catch-all, and nothing the user had is removed (a folder in place of grow-state.json was taken for a killed save's
-remains, and `--resume auto` deleted the checkpoint).
+"""A checkpoint's grow-state.json, a model's grow.json and a grown training state's state.json damaged by hand,
+through the real commands that read them (`grow inspect`, `grow expand`, `grow train-stage --resume`, `--resume
+grown`, `--train-only new`, `--data-offset lineage`, `grow family` resuming): each is one `error:` line naming the
+file and what in it is wrong, never a traceback or the catch-all, and nothing the user had is removed (a folder in
+place of grow-state.json was taken for a killed save's remains, and `--resume auto` deleted the checkpoint).
 
 The runs are made once: a finished run with checkpoints and its final state, a run paused after its first
-checkpoint, and a model grown from the finished run's checkpoint (its grow.json: the train stage, then the expand
-stage with its source checkpoint and added tensors).
+checkpoint, and a model grown from the finished run's checkpoint with its training state (its grow.json: the train
+stage, then the expand stage with its source checkpoint and added tensors).
 """
 
 from __future__ import annotations
@@ -224,6 +224,55 @@ def test_a_train_stage_that_records_no_position_is_named_by_data_offset_lineage(
     result = _grow(cli, *_train("run", "--max-steps", 1, "--data-offset", "lineage")(copy))
     _one_line(result, f"stage 1 of {copy / 'run' / 'grow.json'}", "records neither how far it read", "--data-offset")
     assert not (copy / "out").exists()
+
+
+def _parameter(edit):
+    """An edit of state.json's first tensor that carries the source's moments."""
+
+    def apply(state):
+        edit(next(p for p in state["parameters"].values() if p["moments"] == "carried"))
+
+    return apply
+
+
+def _in(key, inner, value):
+    return lambda state: state[key].update({inner: value})
+
+
+GROWN_STATE_CASES = {  # how the grown training state's state.json is damaged, and what the one line says of it
+    "empty": (b"", "not the JSON grow wrote"),
+    "folder": ("folder", "a folder, not a file"),
+    "step-as-text": (_set("step", "four"), 'step is "four", not a whole number from 0 to 1e+12'),
+    "restart-step-as-text": (_in("restart", "suggested_step", "2"), 'restart.suggested_step is "2", not a whole'),
+    "restart-a-list": (_set("restart", []), "restart is [], not a JSON object"),
+    "another-format": (_set("format", "grow-record"), 'format is "grow-record", not "grow-training-state"'),
+    "data-blocks-negative": (_set("data_blocks", -3), "data_blocks is -3, not a whole number"),
+    "dynamics-a-list": (_set("dynamics", ["exact"]), 'dynamics is ["exact"], not a JSON object or null'),
+    "schedule-as-text": (
+        lambda state: state["source"]["run"].update(schedule="cosine"),
+        'source.run.schedule is "cosine", not a JSON object',
+    ),
+    "max-lr-infinite": (
+        lambda state: state["source"]["optimizer"].update(max_lr=float("inf")),
+        "source.optimizer.max_lr is Infinity, not a finite number ≥ 0",
+    ),
+    "multiplier-as-text": (_parameter(lambda p: p.update(lr="x")), '.lr is "x", not a finite number ≥ 0'),
+    "carried-without-its-step": (_parameter(lambda p: p.update(step=None)), "carries moments but no step"),
+}
+
+
+@pytest.mark.parametrize("case", list(GROWN_STATE_CASES))
+def test_a_damaged_grown_state_is_one_line_in_resume_grown(cli, copy, case):
+    """`train-stage --resume grown` reads the state.json `grow expand` wrote beside the grown model's training state:
+    a step or restart step as text went through int() to the catch-all (or was taken, "4" for 4), a list where an
+    object was written was an AttributeError, an infinite max LR became the run's `--max-lr auto`."""
+    how, said = GROWN_STATE_CASES[case]
+    _damage(copy / "grown" / "training-state" / "state.json", how)
+    before = _files(copy)
+    args = _train("grown", "--max-steps", 1, "--resume", "grown", "--max-lr", "auto")(copy)
+    line = _one_line(_grow(cli, *args), f"{copy / 'grown' / 'training-state' / 'state.json'} is damaged (", said)
+    assert "grow expand" in line and "drop --resume grown" in line
+    assert _files(copy) == before and not (copy / "out").exists()
 
 
 def test_a_family_resuming_a_member_with_only_damaged_checkpoints_says_what_to_delete(cli, copy):

@@ -33,10 +33,9 @@ from grow_cli.growth.plan import OutputTensor, Plan
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
+from grow_cli.train.continuation import FORMAT, STATE_FILE  # (where state.json is read, and checked)
 
 STATE_DIR = TRAINING_STATE_DIR
-STATE_FILE = "state.json"
-FORMAT = "grow-training-state"
 FORMAT_VERSION = 1
 DYNAMICS_METHODS = {"width": ("fpi", "hypercloning", "staged"), "depth": ("identity", "staged-identity")}
 

@@ -45,6 +45,7 @@ CONTINUATION = {
     "source": maybe(OBJECT),
     "max_lr": maybe(SIZE),
 }
+OPTIMIZER = {"max_lr": SIZE, "betas": ListOf(NUMBER), "eps": SIZE, "weight_decay": SIZE, "grad_clip": SIZE}
 MULTIPLIERS = {"lr": Required(SIZE), "eps": Required(SIZE), "weight_decay": Required(SIZE)}
 # The keys an earlier grow did not write are read as it wrote them (checkpoints._made_before, train_state.py).
 SHAPE = {
@@ -70,7 +71,7 @@ SHAPE = {
     "model_config": {"model_type": Required(TEXT)},
     "placeholders": ListOf(TEXT),
     "parameters": ListOf(TEXT),
-    "optimizer": {"max_lr": SIZE, "betas": ListOf(NUMBER), "eps": SIZE, "weight_decay": SIZE, "grad_clip": SIZE},
+    "optimizer": OPTIMIZER,
     "schedule": OBJECT,
     "continuation": CONTINUATION,
     "multipliers": MapOf(MULTIPLIERS),

@@ -18,17 +18,43 @@ interruption rebuilds the same parameter groups and schedule before accelerate r
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR as STATE_DIR
 from grow_cli.errors import CheckpointError, UsageError
+from grow_cli.json_shape import COUNT, FLAG, NUMBER, SIZE, STEP, TEXT, MapOf, Required, Unfit, maybe, read_checked
+from grow_cli.train.checkpoint_state import OPTIMIZER
+from grow_cli.train.checkpoint_state import SHAPE as CHECKPOINT_SHAPE
 
 STATE_FILE = "state.json"  # the grown state's description, beside its moments (growth/grown_state.py writes it)
 FORMAT = "grow-training-state"
 MULTIPLIER_KEYS = ("lr", "eps", "weight_decay")
+
+# What grow reads of state.json (json_shape.py): the step and restart step a continued run starts from, each
+# tensor's multipliers and moments, and of the source run the settings the notes compare (as the checkpoint's
+# grow-state.json held them) and its optimizer's, which `--max-lr auto` takes (any of them null when they were read
+# from an optimizer.bin that did not hold them).
+COMPARED = ("data_fingerprint", "seq_len", "seed", "eval_fraction", "global_batch", "schedule")
+SHAPE = {
+    "format": Required(TEXT),
+    "step": Required(STEP),
+    "tokens": maybe(COUNT),
+    "data_blocks": maybe(COUNT),
+    "loss_at_growth": maybe(NUMBER),
+    "restart": Required({"suggested_step": Required(STEP), "rule": maybe(TEXT)}),
+    "dynamics": maybe({"exact": maybe(FLAG)}),
+    "source": maybe(
+        {
+            "run": maybe({k: CHECKPOINT_SHAPE[k] for k in COMPARED}),
+            "optimizer": maybe({k: maybe(shape) for k, shape in OPTIMIZER.items()}),
+        }
+    ),
+    "parameters": Required(
+        MapOf({**{k: Required(SIZE) for k in MULTIPLIER_KEYS}, "moments": Required(TEXT), "step": maybe(STEP)})
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -93,31 +119,41 @@ def plan_continuation(config, model_dir: Path, checkpoint_state: dict[str, Any] 
 
 
 def read_state(folder: Path) -> dict[str, Any]:
-    """state.json of a grown training state, checked; a folder without one is one clear error."""
+    """state.json of a grown training state, checked against `SHAPE`; a folder without one, or one damaged, is one
+    clear error."""
     path = folder / STATE_FILE
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(
             f"--resume grown: {folder.parent} has no grown training state ({STATE_DIR}/{STATE_FILE}); grow expand "
             "writes one when SRC is a train-stage checkpoint or an output trained with --save-final-state. Drop "
             "--resume grown to start a fresh optimizer"
         )
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); grow the state again") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("parameters"), dict):
-        raise CheckpointError(f"{path} is not a grow training state (format '{FORMAT}'); grow the state again")
-    for name, entry in state["parameters"].items():
-        values = [entry.get(k) for k in MULTIPLIER_KEYS] if isinstance(entry, dict) else [None]
-        if not all(isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in values):
-            raise CheckpointError(f"{path}: the multipliers of {name} are not finite numbers ≥ 0")
+        state = read_checked(path, SHAPE)
+        if state["format"] != FORMAT:
+            raise Unfit(f"format is {json.dumps(state['format'])[:40]}, not {json.dumps(FORMAT)}")
+        if unstepped := next(
+            (n for n, p in state["parameters"].items() if carries_moments(p) and p.get("step") is None), None
+        ):
+            raise Unfit(f"parameters[{json.dumps(unstepped)}] carries moments but no step")
+    except Unfit as exc:
+        raise CheckpointError(
+            f"{path} is damaged ({exc}); grow the model again from its checkpoint (grow expand) to write the state "
+            "anew, or drop --resume grown to start a fresh optimizer"
+        ) from None
     return state
+
+
+def carries_moments(parameter: dict[str, Any]) -> bool:
+    """Whether a tensor of state.json carries the source's moments (`moments` "carried", or "carried; off-diagonal
+    blocks fresh"); otherwise its optimizer state starts at zero."""
+    return parameter["moments"].startswith("carried")
 
 
 def from_grown_state(folder: Path, config) -> Continuation:
     state = read_state(folder)
-    step = int(state["step"])
-    suggested = int(state["restart"]["suggested_step"])
+    step = state["step"]
+    suggested = state["restart"]["suggested_step"]
     offset = config.schedule_offset
     start = suggested if offset == "auto" else step if offset is None else int(offset)
     if start > step:
@@ -139,12 +175,12 @@ def from_grown_state(folder: Path, config) -> Continuation:
     max_lr = ((state.get("source") or {}).get("optimizer") or {}).get("max_lr")
     return Continuation(
         start_step=start,
-        data_blocks=int(state.get("data_blocks") or 0),
+        data_blocks=state.get("data_blocks") or 0,
         restart_warmup_steps=config.restart_warmup_steps,
         multipliers=multipliers,
         source=source,
         load_from=folder,
-        max_lr=float(max_lr) if isinstance(max_lr, int | float) else None,
+        max_lr=None if max_lr is None else float(max_lr),
     )
 
 
@@ -252,7 +288,7 @@ def load_moments(optimizer, names: list[str], model, folder: Path) -> int:
     with reader:
         for index, name in enumerate(names):
             entry = state["parameters"][name]
-            if not str(entry.get("moments", "")).startswith("carried"):
+            if not carries_moments(entry):
                 continue
             moments = {key: reader.read(f"{name}.{key}") for key in ("exp_avg", "exp_avg_sq")}
             for key, tensor in moments.items():
