@@ -1,12 +1,13 @@
 """A checkpoint's grow-state.json, a model's grow.json and a grown training state's state.json damaged by hand,
 through the real commands that read them (`grow inspect`, `grow expand`, `grow train-stage --resume`, `--resume
-grown`, `--train-only new`, `--data-offset lineage`, `grow family` resuming): each is one `error:` line naming the
-file and what in it is wrong, never a traceback or the catch-all, and nothing the user had is removed (a folder in
-place of grow-state.json was taken for a killed save's remains, and `--resume auto` deleted the checkpoint).
+grown`, `--train-only new`, `--data-offset lineage`, `grow family` resuming), and `grow family`'s own start.json and
+member.json, through a re-run of a finished family: each is one `error:` line naming the file and what in it is
+wrong, never a traceback or the catch-all, and nothing the user had is removed (a folder in place of grow-state.json
+was taken for a killed save's remains, and `--resume auto` deleted the checkpoint).
 
 The runs are made once: a finished run with checkpoints and its final state, a run paused after its first
-checkpoint, and a model grown from the finished run's checkpoint with its training state (its grow.json: the train
-stage, then the expand stage with its source checkpoint and added tensors).
+checkpoint, a model grown from the finished run's checkpoint with its training state (its grow.json: the train
+stage, then the expand stage with its source checkpoint and added tensors), and a finished family of two members.
 """
 
 from __future__ import annotations
@@ -291,3 +292,82 @@ def test_a_family_resuming_a_member_with_only_damaged_checkpoints_says_what_to_d
     assert "--overwrite" not in line and (checkpoints / "step_00000002").is_dir()
     shutil.rmtree(checkpoints)
     assert _grow(cli, "family", recipe, "-q").code == 3  # trained again from its start, paused again
+
+
+@pytest.fixture(scope="module")
+def family(made):
+    """A finished two-member family (the second grown from the first, compared with it), its recipe naming the
+    source and data by absolute path so that a copy of it elsewhere is the same family."""
+    train = {"data": [str(made / "data")], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05}
+    members = [
+        {"name": "small", "source": str(made / "model"), "train": {"max_steps": 2}},
+        {"name": "big", "grow": {"layers": 4, "depth_method": "identity"}, "train": {"max_steps": 2}},
+    ]
+    recipe = {"out": "fam", "train": {**train, "eval_batches": 2}, "compare": {"max_blocks": 2}, "members": members}
+    (made / "family.yaml").write_text(yaml.safe_dump(recipe))
+    import grow_cli
+
+    assert grow_cli.run_family(grow_cli.load_recipe(made / "family.yaml"), quiet=True)["status"] == "done"
+    return made
+
+
+@pytest.fixture
+def family_copy(family, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(family / "family.yaml", tmp_path)
+    shutil.copytree(family / "fam", tmp_path / "fam", symlinks=True)
+    return tmp_path
+
+
+def _unfinished(member):
+    """The family as a run killed after `member`'s training, before its member.json, leaves it."""
+    return lambda copy: (copy / "fam" / member / "member.json").unlink()
+
+
+FAMILY_CASES = {  # (the member, its file, how it is damaged, what the one line says)
+    "member-folder": ("big", "member.json", "folder", "a folder, not a file"),
+    "member-name-missing": ("small", "member.json", lambda s: s.pop("name"), "name is missing"),
+    "member-settings-a-list": ("big", "member.json", _set("settings", []), "settings is [], not a JSON object"),
+    "member-baseline-a-list": ("big", "member.json", _set("baseline", ["x"]), 'baseline is ["x"], not a JSON'),
+    "member-tokens-as-text": ("small", "member.json", _in("train", "tokens", "12"), 'train.tokens is "12", not a'),
+    "member-kl-as-text": (
+        "big",
+        "member.json",
+        _in("compare_with_previous", "kl_a_b", "low"),
+        'compare_with_previous.kl_a_b is "low", not a number',
+    ),
+    "member-model-elsewhere": (
+        "big",
+        "member.json",
+        _in("in_out", "final", 1),
+        "in_out.final is 1, not text or null",
+    ),
+    "start-train-as-text": ("big", "start.json", _set("train", "x"), 'train is "x", not a JSON object or null'),
+    "start-previous-model-a-number": ("big", "start.json", _set("previous_model", 7), "previous_model is 7, not text"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAMILY_CASES))
+def test_a_damaged_member_or_start_json_is_one_line_in_grow_family(cli, family_copy, case):
+    """A re-run of a family reads each member's member.json (a finished member's summary, which the report reads) or
+    start.json (what an unfinished one was started with): a list or text where grow wrote an object or a number went
+    to the catch-all (settings, baseline; a token count or a KL in the report), a name missing was a KeyError, a
+    model's place in OUT that is no text made the re-run report the models of the folder it was copied from, and a
+    start.json edited was taken for an edited recipe or a previous member made again."""
+    member, name, how, said = FAMILY_CASES[case]
+    if name == "start.json":
+        _unfinished(member)(family_copy)
+    path = family_copy / "fam" / member / name
+    _damage(path, how)
+    before = _files(family_copy)
+    line = _one_line(_grow(cli, "family", family_copy / "family.yaml", "-q"), f"{path} is damaged (", said)
+    assert f"delete {family_copy / 'fam' / member}" in line and "to train" in line
+    assert _files(family_copy) == before
+
+
+def test_an_undamaged_family_copied_elsewhere_is_skipped_and_reported(cli, family_copy):
+    """The control of the cases above: the same copy, undamaged, is finished and reports its own models."""
+    result = _grow(cli, "family", family_copy / "family.yaml", "-q", "--json")
+    assert result.code == 0, result.stderr
+    members = json.loads((family_copy / "fam" / "family.json").read_text())["members"]
+    assert [m["final"] for m in members] == [str(family_copy / "fam" / m / "trained") for m in ("small", "big")]

@@ -256,7 +256,7 @@ def test_a_finished_member_edited_or_deleted_since_is_refused_naming_it(cli, tmp
     kept = record.read_text()
     record.write_text("[]")
     damaged = cli("family", path, "-q")
-    assert damaged.code == 2 and f"{record} is damaged (not the record grow wrote); delete" in damaged.stderr
+    assert damaged.code == 2 and f"{record} is damaged (the file is [], not a JSON object); delete" in damaged.stderr
     record.write_text(kept)
     (tmp_path / "run" / "small" / "trained" / "model.safetensors").unlink()  # config.json is still there
     weightless = cli("family", path, "-q")

@@ -11,17 +11,64 @@ stale `grown/`, or replaced without being asked.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import CheckpointError, UsageError
 from grow_cli.family.recipe import Member, Recipe
+from grow_cli.json_shape import (
+    COUNT,
+    FLAG,
+    OBJECT,
+    POSITIVE,
+    TEXT,
+    Kind,
+    Required,
+    Unfit,
+    count_up_to,
+    maybe,
+    read_checked,
+)
+from grow_cli.limits import MAX_SEED
+from grow_cli.lineage.record import SHAPE as RECORD_SHAPE
 
 MEMBER_FILE = "member.json"
 START_FILE = "start.json"
 OUT_FILE = ".grow-family.json"  # in OUT: a family run took the folder (written before its first member starts)
 # Training settings that change how a run goes (where it caches, when it pauses or logs), not the model it makes.
 NOT_DECIDING = ("cache_dir", "exit_interval", "log_every", "report_to", "save_every", "keep_last", "quiet")
+
+# What grow reads of start.json and member.json (json_shape.py): the settings `member_settings` records, which a
+# re-run compares with the recipe's; and of a finished member, what the re-run and the report take from its summary
+# (`run._run_members` writes it) — its models, its training's tokens, its comparisons and its grow.json.
+SETTINGS = {
+    **dict.fromkeys(("grown_from", "source", "revision", "tokenizer", "optimizer"), maybe(TEXT)),
+    **dict.fromkeys(("config", "grow", "train"), maybe(OBJECT)),
+    "seed": maybe(count_up_to(MAX_SEED)),
+}
+START_SHAPE = {**SETTINGS, "previous_model": maybe(TEXT)}
+# A comparison's measures: a diverged model's are NaN, which json writes and reads back.
+MEASURE = Kind("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+COMPARISON = {
+    **dict.fromkeys(("kl_a_b", "kl_b_a", "js", "top1_agreement"), MEASURE),
+    "data_fingerprint": TEXT,
+    "seq_len": POSITIVE,
+    "blocks": COUNT,
+}
+MEMBER_SHAPE = {
+    "name": Required(TEXT),
+    "final": Required(TEXT),
+    "grown": FLAG,
+    "optimizer": maybe(TEXT),
+    "train": maybe({"tokens": maybe(COUNT)}),
+    "compare_with_previous": maybe(COMPARISON),
+    "baseline": maybe({"out": Required(TEXT), "compare_with_previous": maybe(COMPARISON)}),
+    "record": maybe(RECORD_SHAPE),
+    "settings": maybe(SETTINGS),
+    "previous_model": maybe(TEXT),
+    "in_out": maybe(dict.fromkeys(("final", "baseline"), maybe(TEXT))),
+}
 
 
 def member_settings(recipe: Recipe, member: Member) -> dict[str, Any]:
@@ -96,12 +143,10 @@ def check_finished(recipe: Recipe) -> None:
     member's folder (and those after it) trains them again."""
     previous: dict[str, Any] | None = None  # the summary of the member before, while that one is finished
     for i, member in enumerate(recipe.members):
-        folder = recipe.out / member.name
-        later = [str(recipe.out / m.name) for m in recipe.members[i + 1 :] if (recipe.out / m.name).exists()]
-        redo = f"delete {' and '.join([str(folder), *later])} to train {'them' if later else 'it'} again"
-        finished = (folder / MEMBER_FILE).is_file()
+        folder, redo = recipe.out / member.name, _redo(recipe, member)
+        finished = os.path.lexists(folder / MEMBER_FILE)  # a folder in its place is named damaged, not unfinished
         path = folder / (MEMBER_FILE if finished else START_FILE)
-        recorded = _recorded(path, redo) if path.is_file() else None
+        recorded = _recorded(path, redo) if os.path.lexists(path) else None
         state = "finished" if finished else "was started"
         settings = (recorded or {}).get("settings") if finished else recorded  # start.json holds them alone
         _refuse_edited(member, state, _first_change(settings, member_settings(recipe, member)), redo)
@@ -119,6 +164,21 @@ def check_finished(recipe: Recipe) -> None:
         if baseline and _model_missing(Path(baseline)):
             raise UsageError(f"{member.name} finished, but its from-scratch baseline {baseline} is gone; {redo}")
         previous = summary
+
+
+def finished_summary(recipe: Recipe, member: Member) -> dict[str, Any] | None:
+    """The summary of `member` when an earlier run finished it (its member.json, checked, with its models found in
+    OUT as it is now), else None."""
+    path = recipe.out / member.name / MEMBER_FILE
+    return located(recipe, _recorded(path, _redo(recipe, member))) if os.path.lexists(path) else None
+
+
+def _redo(recipe: Recipe, member: Member) -> str:
+    """What to delete to make `member` again: its folder, and those of the members after it that are there (they
+    grew from it)."""
+    i = recipe.members.index(member)
+    later = [str(recipe.out / m.name) for m in recipe.members[i + 1 :] if (recipe.out / m.name).exists()]
+    return f"delete {' and '.join([str(recipe.out / member.name), *later])} to train {'them' if later else 'it'} again"
 
 
 def family_output(out: Path) -> bool:
@@ -178,20 +238,12 @@ def located(recipe: Recipe, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recorded(path: Path, redo: str) -> dict[str, Any]:
-    """A member's start.json or member.json as grow wrote it (a JSON object; member.json names its final model and
-    holds a copy of its grow.json, which the report reads), or one line saying it is damaged."""
-    from grow_cli.json_shape import maybe, problem
-    from grow_cli.lineage.record import SHAPE
-
+    """A member's start.json or member.json, checked against what grow reads of it (`START_SHAPE`, `MEMBER_SHAPE`),
+    or one line saying what in it is damaged."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        record = None
-    if not isinstance(record, dict) or (path.name == MEMBER_FILE and not isinstance(record.get("final"), str)):
-        raise UsageError(f"{path} is damaged (not the record grow wrote); {redo}")
-    if path.name == MEMBER_FILE and (found := problem(record.get("record"), maybe(SHAPE), "record")):
-        raise UsageError(f"{path} is damaged ({found}); {redo}")
-    return record
+        return read_checked(path, MEMBER_SHAPE if path.name == MEMBER_FILE else START_SHAPE)
+    except Unfit as exc:
+        raise UsageError(f"{path} is damaged ({exc}); {redo}") from None
 
 
 def _model_missing(folder: Path) -> str | None:

@@ -42,7 +42,7 @@ from grow_cli.family.resume import (
     MEMBER_FILE,
     OUT_FILE,
     START_FILE,
-    located,
+    finished_summary,
     member_settings,
     model_identity,
     some_names,
@@ -389,7 +389,7 @@ def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any
     summaries: list[dict[str, Any]] = []
     for i, member in enumerate(recipe.members):
         folder = recipe.out / member.name
-        finished = on_main(_finished, recipe, member)
+        finished = on_main(finished_summary, recipe, member)
         if finished is not None:
             progress(f"[dim]{member.name}: finished earlier, skipped[/dim]")
             summaries.append(finished)
@@ -456,12 +456,6 @@ def _take(recipe: Recipe) -> None:
     """Make OUT and record that a family run took it (`resume.family_output`)."""
     recipe.out.mkdir(parents=True, exist_ok=True)
     _write_json(recipe.out / OUT_FILE, {"made_by": "grow family", "recipe": str(recipe.path)})
-
-
-def _finished(recipe: Recipe, member: Member) -> dict[str, Any] | None:
-    """The summary of `member` when an earlier run finished it (its member.json, read whole by `check_recipe`)."""
-    marker = recipe.out / member.name / MEMBER_FILE
-    return located(recipe, json.loads(marker.read_text())) if marker.is_file() else None
 
 
 def _record_start(recipe: Recipe, member: Member, summaries: list[dict[str, Any]]) -> str | None:
