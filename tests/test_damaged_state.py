@@ -371,3 +371,24 @@ def test_an_undamaged_family_copied_elsewhere_is_skipped_and_reported(cli, famil
     assert result.code == 0, result.stderr
     members = json.loads((family_copy / "fam" / "family.json").read_text())["members"]
     assert [m["final"] for m in members] == [str(family_copy / "fam" / m / "trained") for m in ("small", "big")]
+
+
+CACHE_CASES = {  # how a token cache entry's metadata is damaged: each was read on, to a TypeError or ValueError
+    "tokens-as-text": lambda meta: meta.update(tokens=str(meta["tokens"])),  # its size still agreed with the stream
+    "documents-as-text": _set("documents", "many"),
+    "undecodable-a-list": _set("undecodable", [1]),
+}
+
+
+@pytest.mark.parametrize("case", list(CACHE_CASES))
+def test_a_token_cache_entry_edited_by_hand_is_tokenized_again(cli, copy, case):
+    """The token cache is grow's own (`.grow-cache/tokens` beside the output): an entry whose metadata is not what
+    grow wrote is made again, as a cut one is, and the run trains — it went on to the catch-all."""
+    args = _train("model", "--max-steps", 1)(copy)
+    assert _grow(cli, *args).code == 0
+    (meta,) = (copy / ".grow-cache" / "tokens").glob("*.json")
+    written = json.loads(meta.read_text())
+    _damage(meta, CACHE_CASES[case])
+    result = _grow(cli, *args[:5], copy / "again", *args[6:])
+    assert result.code == 0, result.stderr
+    assert json.loads(meta.read_text()) == written

@@ -29,8 +29,9 @@ import numpy as np
 
 from grow_cli.checkpoint.output import disk_full
 from grow_cli.console import err
-from grow_cli.data.sources import Source, field_read, fingerprint_sources, read_texts
+from grow_cli.data.sources import TOKEN_DTYPES, Source, field_read, fingerprint_sources, read_texts
 from grow_cli.errors import DataError, OutputError
+from grow_cli.json_shape import COUNT, Kind, ListOf, MapOf, Required, Unfit, read_checked
 from grow_cli.whole_file import write_whole
 
 # Bump when the stream layout or the EOS rule changes, to invalidate old caches (2: documents are never truncated).
@@ -47,6 +48,15 @@ WIDE_SIGNATURE_MIN = 256
 # Bump when a .bin file is checked for more as it is copied: an entry holding one that a grow checking less copied
 # (it may hold uint32 ids read as uint16) is copied, and checked, again.
 TOKEN_FILE_CHECKS = 1
+# What a run reads of a cache entry's metadata (json_shape.py); an entry of another shape is tokenized again.
+META_SHAPE = {
+    "tokens": Required(COUNT),
+    "documents": Required(COUNT),
+    "dtype": Required(Kind(" or ".join(TOKEN_DTYPES), lambda v: v in TOKEN_DTYPES)),  # `stream_dtype`'s
+    "largest_ids": ListOf(COUNT),
+    "undecodable": MapOf(COUNT),
+    "token_file_checks": COUNT,
+}
 
 
 def token_cache_dir(root: Path) -> Path:
@@ -317,19 +327,17 @@ def _entry_lock(cache_dir: Path, fingerprint: str) -> Iterator[None]:
 def _cached_meta(stream_file: Path, meta_file: Path, token_files: int) -> dict | None:
     """The cache entry's metadata when both files are there and agree, and it holds the largest id of each of the
     data's `token_files` `.bin` files, copied under today's checks (`TOKEN_FILE_CHECKS`; entries written before grow
-    recorded them lack them); None (tokenize again) otherwise."""
-    if not (stream_file.is_file() and meta_file.is_file()):
-        return None
+    recorded them lack them); None (tokenize again) otherwise — a metadata file cut, or edited into another shape
+    (`META_SHAPE`), too."""
     try:
-        meta = json.loads(meta_file.read_text())
-        itemsize = np.dtype(meta["dtype"]).itemsize
-        if stream_file.stat().st_size != int(meta["tokens"]) * itemsize:
+        meta = read_checked(meta_file, META_SHAPE)
+        if stream_file.stat().st_size != meta["tokens"] * np.dtype(meta["dtype"]).itemsize:
             return None
-        if len(meta.setdefault("largest_ids", [])) != token_files:
-            return None
-        if token_files and meta.get("token_file_checks") != TOKEN_FILE_CHECKS:
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (Unfit, OSError):
+        return None
+    if len(meta.setdefault("largest_ids", [])) != token_files:
+        return None
+    if token_files and meta.get("token_file_checks") != TOKEN_FILE_CHECKS:
         return None
     return meta
 
