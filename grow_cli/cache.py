@@ -4,8 +4,9 @@ Two kinds of entries live here, each keyed by everything its answer depends on: 
 by the file's identity and change times, so an edited file is hashed again) and what transformers' config classes
 say about a config (keyed by the transformers version and the exact JSON asked about). The folder is
 `$GROW_CACHE_DIR`, else `$XDG_CACHE_HOME/grow`, else `~/.cache/grow`. Deleting it at any time is safe: every entry
-is recomputed on demand. Entries are written atomically (a temporary file renamed into place), so concurrent grow
-runs never read half an entry; a cache that cannot be written (a read-only home) is silently not used.
+is recomputed on demand, and so is one cut or edited by hand into another shape than its reader takes. Entries are
+written atomically (a temporary file renamed into place), so concurrent grow runs never read half an entry; a cache
+that cannot be written (a read-only home) is silently not used.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from grow_cli.json_shape import Required, Unfit, read_checked
 from grow_cli.whole_file import write_whole
 
 MAX_ENTRY_BYTES = 1 << 20  # a real config's entry is a few kB
@@ -35,12 +37,12 @@ def key_of(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def get(kind: str, key: Any) -> Any | None:
-    """The cached answer of kind `kind` for `key`, or None."""
-    path = cache_dir() / kind / f"{key_of(key)}.json"
+def get(kind: str, key: Any, shape: Any) -> Any | None:
+    """The cached answer of kind `kind` for `key`, or None: also for an entry cut, or edited by hand into an answer
+    without `shape` (json_shape.py), which is then asked again and its entry replaced."""
     try:
-        return json.loads(path.read_text())["answer"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_checked(cache_dir() / kind / f"{key_of(key)}.json", {"answer": Required(shape)})["answer"]
+    except Unfit:
         return None
 
 

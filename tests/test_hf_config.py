@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import tiny_decoders
@@ -88,7 +90,7 @@ def test_a_child_that_cannot_answer_is_replaced_by_this_process(monkeypatch, chi
     monkeypatch.delitem(__import__("sys").modules, "transformers")
     monkeypatch.setattr(hf_config, "_CHILD_CODE", "raise SystemExit(3)")
     monkeypatch.setattr(hf_config, "_child_failed", False)
-    monkeypatch.setattr(cache, "get", lambda kind, key: None)
+    monkeypatch.setattr(cache, "get", lambda kind, key, shape: None)
     reply = hf_config.ask(model_type, params)
     assert hf_config._child_failed and reply == hf_config.answer(
         {"model_type": model_type, "params": params, "causal_lm": False}
@@ -127,7 +129,7 @@ def test_a_child_started_early_answers_the_first_question_the_cache_misses(monke
     model_type, params = _questions()[0]
     expected = hf_config.answer({"model_type": model_type, "params": params, "causal_lm": False})
     monkeypatch.delitem(__import__("sys").modules, "transformers")
-    monkeypatch.setattr(cache, "get", lambda kind, key: None)
+    monkeypatch.setattr(cache, "get", lambda kind, key, shape: None)
     started = []
     real_start = hf_config._start_child
     monkeypatch.setattr(hf_config, "_start_child", lambda **kw: started.append(real_start(**kw)) or started[-1])
@@ -143,7 +145,7 @@ def test_a_child_started_early_is_ended_unasked_where_the_cache_answers(monkeypa
     model_type, params = _questions()[0]
     expected = hf_config.answer({"model_type": model_type, "params": params, "causal_lm": False})
     monkeypatch.delitem(__import__("sys").modules, "transformers")
-    monkeypatch.setattr(cache, "get", lambda kind, key: expected)
+    monkeypatch.setattr(cache, "get", lambda kind, key, shape: expected)
     hf_config.start_early()
     early = hf_config._child
     assert early is not None and early.poll() is None
@@ -159,7 +161,7 @@ def test_a_child_that_cannot_start_early_leaves_the_question_to_later(monkeypatc
     model_type, params = _questions()[0]
     expected = hf_config.answer({"model_type": model_type, "params": params, "causal_lm": False})
     monkeypatch.delitem(__import__("sys").modules, "transformers")
-    monkeypatch.setattr(cache, "get", lambda kind, key: None)
+    monkeypatch.setattr(cache, "get", lambda kind, key, shape: None)
     monkeypatch.setattr(hf_config, "_child_failed", False)
 
     def refused(*args, **kwargs):
@@ -196,7 +198,7 @@ def test_an_answer_too_large_for_the_cache_is_not_kept(tmp_path, monkeypatch):
     cache.put("transformers-configs", {"params": "x" * cache.MAX_ENTRY_BYTES}, {"built": True})
     cache.put("transformers-configs", {"params": "small"}, {"built": True})
     assert len(list((tmp_path / "transformers-configs").iterdir())) == 1
-    assert cache.get("transformers-configs", {"params": "small"}) == {"built": True}
+    assert cache.get("transformers-configs", {"params": "small"}, {}) == {"built": True}
 
 
 def test_the_child_imports_transformers_before_it_is_asked():
@@ -216,3 +218,21 @@ def test_the_child_imports_transformers_before_it_is_asked():
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert "transformers.models.auto.configuration_auto" in imported
     assert "torch" not in imported  # hidden from transformers, as for every answer
+
+
+def test_a_cache_entry_edited_by_hand_is_asked_again(tiny_checkpoints, tmp_path):
+    """A `grow` process without torch reads transformers' answers from grow's cache: an entry edited by hand into
+    another shape was read as an answer, a KeyError in the catch-all of every later `grow inspect` or `grow expand`
+    of that architecture; it is asked again and the entry replaced."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "GROW_CACHE_DIR": str(tmp_path)}
+    inspect = [sys.executable, "-m", "grow_cli", "inspect", str(tiny_checkpoints("llama"))]
+    first = subprocess.run(inspect, capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    entries = list((tmp_path / "transformers-configs").glob("*.json"))
+    written = [json.loads(entry.read_text()) for entry in entries]
+    assert entries
+    for entry, document in zip(entries, written, strict=True):
+        entry.write_text(json.dumps({**document, "answer": {"built": "yes"}}))
+    again = subprocess.run(inspect, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
+    assert [json.loads(entry.read_text()) for entry in entries] == written

@@ -4,6 +4,7 @@ file is unchanged, computed again when it changes, and never remembered for a fi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -12,7 +13,7 @@ import pytest
 
 from grow_cli import background, cache
 from grow_cli.checkpoint import source
-from grow_cli.checkpoint.source import FileHasher, file_sha256
+from grow_cli.checkpoint.source import _SHA256, FileHasher, file_sha256
 from grow_cli.errors import CheckpointError
 
 
@@ -212,3 +213,23 @@ def test_a_problem_the_hasher_finds_stops_the_writing_at_the_next_tensor(tiny_ch
     with pytest.raises(CheckpointError, match="damaged download"):
         expand(str(tiny_checkpoints("llama")), tmp_path / "out", GrowthSpec(layers=8), quiet=True)
     assert written == [] and not (tmp_path / "out").exists()
+
+
+def test_a_remembered_hash_edited_by_hand_is_computed_again(cli, tiny_checkpoints, tmp_path, monkeypatch):
+    """grow.json records the sha256 of every source file, remembered in grow's cache: an entry edited by hand into
+    text that is no sha256 was taken for the file's hash and recorded (and would have made a download's check call
+    the file damaged); it is computed again and the entry replaced."""
+    monkeypatch.setattr(source, "RACY_SECONDS", -1.0)  # the tiny checkpoint was written moments ago: remember it
+    monkeypatch.chdir(tmp_path)
+    src = tiny_checkpoints("llama")
+    assert cli("expand", src, tmp_path / "first", "--layers", 8, "-q").code == 0
+    entries = list((cache.cache_dir() / "sha256").glob("*.json"))
+    assert entries
+    for entry in entries:
+        entry.write_text(json.dumps({**json.loads(entry.read_text()), "answer": "edited"}))
+    assert cli("expand", src, tmp_path / "again", "--layers", 8, "-q").code == 0
+    recorded = json.loads((tmp_path / "again" / "grow.json").read_text())["stages"][-1]["source"]["files"]
+    assert recorded and all(
+        f["sha256"] == hashlib.sha256((src / n).read_bytes()).hexdigest() for n, f in recorded.items()
+    )
+    assert all(_SHA256.fullmatch(json.loads(entry.read_text())["answer"]) for entry in entries)

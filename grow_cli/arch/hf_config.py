@@ -35,8 +35,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from grow_cli import cache
+from grow_cli.json_shape import FLAG, OBJECT, TEXT, Required, maybe
 
 FORMAT = 4  # bump when `answer`'s output changes, so old cache entries are not read
+REPLY = {  # `answer`'s, as a cache entry must hold it to be read
+    "built": Required(FLAG),
+    "attributes": Required(OBJECT),
+    **dict.fromkeys(("error", "causal_lm", "base_model"), Required(maybe(TEXT))),
+}
 _CHILD_CODE = """
 import json, os, sys
 sys.path[:0] = json.loads(sys.argv[1])
@@ -82,7 +88,7 @@ def _ask(request: dict[str, Any]) -> dict[str, Any]:
     if _answered_here():
         return answer(request)
     key = {"format": FORMAT, "transformers": _transformers_version(), "request": request}
-    reply = cache.get("transformers-configs", key)
+    reply = cache.get("transformers-configs", key, REPLY)
     if reply is not None and not _child_asked:
         close()  # a child started ahead of the questions is not needed: this run asks what an earlier one did
     if reply is None:

@@ -25,6 +25,7 @@ from grow_cli.background import lower_priority
 from grow_cli.checkpoint.claim import writer_of
 from grow_cli.checkpoint.kinds import refuse_gguf_file
 from grow_cli.errors import CheckpointError, GrowError
+from grow_cli.json_shape import Kind
 from grow_cli.scratch import scratch_folder
 
 HASH_CHUNK = 1 << 20  # within the L2 cache: the bytes read in are hashed from it (8 MiB chunks hashed ~5% slower)
@@ -274,6 +275,7 @@ def hub_sha256(path: Path) -> str | None:
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256 = Kind("a sha256 in hex", lambda v: isinstance(v, str) and _SHA256.fullmatch(v) is not None)
 
 
 def _damaged_download(path: Path, sha: str) -> CheckpointError | None:
@@ -296,8 +298,8 @@ def file_sha256(path: Path, cancelled: threading.Event | None = None) -> str | N
     """The sha256 of a file's bytes: remembered from an earlier run while the file is unchanged, else computed
     (None when `cancelled` is set meanwhile)."""
     before = _identity(path)
-    remembered = cache.get("sha256", before)
-    if isinstance(remembered, str):
+    remembered = cache.get("sha256", before, SHA256)
+    if remembered is not None:
         return remembered
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
