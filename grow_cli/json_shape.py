@@ -1,5 +1,6 @@
-"""The shape of a JSON file grow writes and reads back — a checkpoint's grow-state.json, a model's grow.json — and
-the one check of a parsed document against it.
+"""The shape of a JSON file grow writes and reads back — a checkpoint's grow-state.json, a model's grow.json, a grown
+training state's state.json, a family member's member.json, a metrics record, a cache entry — and the one check of
+a parsed document against it.
 
 Such a file is read again later, often by another run, and may have been edited, cut or replaced by hand in between.
 Its readers index it (`state["step"]`, `stage["run_key"]["max_steps"]`), so a key of the wrong kind would surface
@@ -72,7 +73,8 @@ NULL = Kind("null", lambda v: v is None)
 OBJECT = Kind("a JSON object", lambda v: isinstance(v, dict))
 COUNT = Kind("a whole number from 0 to 2**63 - 1", lambda v: _whole(v) and 0 <= v < INT64)
 POSITIVE = Kind("a whole number from 1 to 2**63 - 1", lambda v: _whole(v) and 1 <= v < INT64)
-NUMBER = Kind("a finite number", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
+REAL = Kind("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool))  # NaN, ±Infinity too
+NUMBER = Kind("a finite number", lambda v: REAL.holds(v) and math.isfinite(v))
 SIZE = Kind("a finite number ≥ 0", lambda v: NUMBER.holds(v) and v >= 0)
 STEP = count_up_to(MAX_STEPS)  # a step of a training run
 

@@ -392,3 +392,40 @@ def test_a_token_cache_entry_edited_by_hand_is_tokenized_again(cli, copy, case):
     result = _grow(cli, *args[:5], copy / "again", *args[6:])
     assert result.code == 0, result.stderr
     assert json.loads(meta.read_text()) == written
+
+
+def _record(index: int, edit):
+    """An edit of one record of a metrics.jsonl (`index` as in a list), the others kept as they were."""
+
+    def apply(path: Path) -> None:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        edit(records[index])
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+    return apply
+
+
+def test_a_damaged_metrics_record_is_one_line_on_resume(cli, copy):
+    """`--resume auto` drops the records of the steps after its checkpoint from metrics.jsonl: a step as text there
+    was a TypeError through the catch-all, after the run had begun."""
+    metrics = copy / "part" / "metrics.jsonl"
+    _record(0, _set("step", "1"))(metrics)
+    before = _files(copy)
+    args = ("--max-steps", 6, "--resume", "auto")
+    line = _one_line(_grow(cli, *_train("model", *args)(copy)[:5], copy / "part", *TRAIN, *args))
+    assert f'{metrics} is damaged (line 1: step is "1", not a whole number' in line, line
+    assert "delete that line or restore the file" in line and _files(copy) == before
+
+
+def test_a_damaged_metrics_record_is_one_line_in_the_family_report(cli, family_copy):
+    """The family report reads each member's held-out losses, tokens and FLOPs per token from its metrics.jsonl: a
+    final held-out loss as text was a ValueError through the catch-all once every member was done."""
+    metrics = family_copy / "fam" / "small" / "trained" / "metrics.jsonl"
+    _record(-1, _set("eval_loss", "low"))(metrics)
+    lines = len(metrics.read_text().splitlines())
+    before = _files(family_copy)
+    line = _one_line(_grow(cli, "family", family_copy / "family.yaml", "-q"))
+    assert f'{metrics} is damaged (line {lines}: eval_loss is "low", not a number)' in line
+    after = _files(family_copy)
+    assert {name for name in before | after if before.get(name) != after.get(name)} <= {"fam/.grow-family.json"}
+    # (the family's mark on OUT, its own, names the recipe where it now lies)

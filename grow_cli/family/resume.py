@@ -22,8 +22,8 @@ from grow_cli.json_shape import (
     FLAG,
     OBJECT,
     POSITIVE,
+    REAL,
     TEXT,
-    Kind,
     Required,
     Unfit,
     count_up_to,
@@ -48,10 +48,8 @@ SETTINGS = {
     "seed": maybe(count_up_to(MAX_SEED)),
 }
 START_SHAPE = {**SETTINGS, "previous_model": maybe(TEXT)}
-# A comparison's measures: a diverged model's are NaN, which json writes and reads back.
-MEASURE = Kind("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool))
 COMPARISON = {
-    **dict.fromkeys(("kl_a_b", "kl_b_a", "js", "top1_agreement"), MEASURE),
+    **dict.fromkeys(("kl_a_b", "kl_b_a", "js", "top1_agreement"), REAL),  # NaN where a model diverged
     "data_fingerprint": TEXT,
     "seq_len": POSITIVE,
     "blocks": COUNT,
