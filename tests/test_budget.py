@@ -88,6 +88,22 @@ def test_plan_labels_its_saving_a_projection_and_cuts_no_number(cli):
     assert report["projection"]["kind"] == "projection" and report["projection"]["published"]
 
 
+def test_plan_sets_its_projection_beside_the_saving_of_yano_et_als_budget(cli):
+    """Yano et al. hold a family's progressive training to what its largest member trained alone costs (papers.md),
+    which is where their ≈25% comes from; the plan prints that figure beside its own projection, which applies the
+    8B member's token share to every grown member and so projects about twice as much at the paper's setting."""
+    result = cli("plan", "--target", "8B", "--tokens", "320B", "--family", "1B,2B,4B,8B", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    members = report["family"]["members"]
+    largest_alone = 1 - members[-1]["independent_flops"] / report["family"]["independent_flops"]
+    assert report["projection"]["saving_at_largest_alone"] == pytest.approx(largest_alone)
+    assert 0.24 < largest_alone < 0.27 and report["projection"]["saving"] > 2 * largest_alone
+    text = cli("plan", "--target", "8B", "--tokens", "320B", "--family", "1B,2B,4B,8B").stdout
+    line = "at Yano et al.'s budget instead (the whole family for what its largest member alone costs): "
+    assert f"{line}{largest_alone:.1%}" in text
+
+
 def test_the_target_trains_on_the_tokens_given(cli):
     """`--target 8B` is planned as the nearest Llama shape, 7.95B parameters; its row trains on the 320B tokens asked
     for, not 318B (tokens were scaled by 7.95B / 8B), and the smaller members scale from that shape's count."""

@@ -136,6 +136,12 @@ def _print_plan(result: dict) -> None:
     )
     for assumption in p["assumptions"]:
         out.print(f"  - {assumption}", soft_wrap=True)
+    if p["saving_at_largest_alone"] is not None:
+        out.print(
+            f"  at Yano et al.'s budget instead (the whole family for what its largest member alone costs): "
+            f"{p['saving_at_largest_alone']:.1%}",
+            soft_wrap=True,
+        )
     out.print("[bold]measured[/bold] in the papers, at comparable quality:", soft_wrap=True)
     for published in p["published"]:
         out.print(f"  - {published['text']}", soft_wrap=True)

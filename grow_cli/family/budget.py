@@ -265,10 +265,16 @@ def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_frac
 
 def projection(book: dict[str, Any]) -> dict[str, Any]:
     """The family ledger's saving as what it is — a projection — with the assumptions behind it and what the
-    papers measured at comparable quality beside it."""
+    papers measured at comparable quality beside it; and, to read it against, `saving_at_largest_alone`: what a
+    family saves when its whole progressive training costs what its largest member trained alone costs, the budget
+    Yano et al. hold their family to (their ≈25% follows from it), as opposed to the per-member token share this
+    ledger applies to every grown member."""
+    independent = book["independent_flops"]
+    largest = max((row["independent_flops"] for row in book["members"]), default=0)
     return {
         "kind": "projection",
         "saving": book["saving"],
+        "saving_at_largest_alone": (1 - largest / independent) if independent else None,
         "assumptions": [
             f"each grown member trains on {book['new_token_fraction']:.3f} of its independent token budget (default "
             "140/320: Yano et al.'s 8B allocation) and then reaches the quality of the same model trained "
@@ -299,8 +305,8 @@ def plan(
     `small_model`, `growth_factor`, the `command` to run, whether it `applies` (d within the target's budget, and a
     target of more than one layer: a 1-layer one gets no small model and no command), and a `note` where the target
     refuses stacking), `family` (the compute ledger: `members`, each with its `config`, and independent and
-    progressive FLOPs), `projection` (the projected saving, its assumptions and the published measurements) and
-    `lr_rule`.
+    progressive FLOPs), `projection` (the projected saving, its assumptions, the published measurements and
+    `saving_at_largest_alone`) and `lr_rule`.
     """
     if not 1 <= seq_len <= 10**7:
         raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
