@@ -37,8 +37,8 @@ from grow_cli.errors import CheckpointError, GrowError, OptionError, first_line
 from grow_cli.growth.st_modules import module_weight_files
 from grow_cli.lineage.record import RECORD_FILE, load_record
 from grow_cli.scratch import scratch_folder
+from grow_cli.train.checkpoint_state import MULTIPLIER_KEYS, load_state, saved
 from grow_cli.train.checkpoint_state import STATE_FILE as CHECKPOINT_STATE
-from grow_cli.train.checkpoint_state import load_state, saved
 
 OPTIMIZER_FILE = "optimizer.bin"
 WEIGHTS_FILE = "model.safetensors"
@@ -72,7 +72,7 @@ class SourceState:
     def multipliers(self, name: str) -> dict[str, float]:
         """The LR / eps / weight-decay multipliers the source run applied to `name` (1 unless it was grown too)."""
         given = (self.state.get("multipliers") or {}).get(name) or {}
-        return {key: float(given.get(key, 1.0)) for key in ("lr", "eps", "weight_decay")}
+        return {key: float(given.get(key, 1.0)) for key in MULTIPLIER_KEYS}
 
     def open(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Load optimizer.bin memory-mapped and check that it is AdamW's state for exactly these weights."""

@@ -44,6 +44,7 @@ from grow_cli.json_shape import (
     maybe,
     read_checked,
 )
+from grow_cli.train.checkpoint_state import APOLLO_STAGES, MULTIPLIERS
 
 RECORD_FILE = "grow.json"
 FORMAT = "grow-record"
@@ -65,7 +66,7 @@ CHECKPOINT = {  # an expand stage's source checkpoint: where it was in its run (
     "tokens": maybe(COUNT),
     "data_blocks": Required(COUNT),
 }
-MULTIPLIER_GROUP = {k: Required(SIZE) for k in ("lr", "eps", "weight_decay")} | {"tensors": Required(ListOf(TEXT))}
+MULTIPLIER_GROUP = MULTIPLIERS | {"tensors": Required(ListOf(TEXT))}
 STAGE = {
     "kind": Required(TEXT),
     "source": {
@@ -82,7 +83,7 @@ STAGE = {
     "data": maybe({"paths": ListOf(TEXT), "datasets": ListOf(TEXT), "fingerprint": maybe(TEXT)}),
     "data_blocks": COUNT,
     "objective": maybe({"name": TEXT, "created_tensors": ListOf(TEXT)}),
-    "apollo": maybe({"stages": ListOf({"unique_layers": Required(POSITIVE), "from_step": Required(STEP)})}),
+    "apollo": maybe({"stages": APOLLO_STAGES}),
     **dict.fromkeys(("tokens", "steps"), COUNT),
     "end_step": STEP,
     "schedule": maybe(OneOf((OBJECT, TEXT))),

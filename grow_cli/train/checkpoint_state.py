@@ -34,10 +34,9 @@ from grow_cli.json_shape import (
 STATE_FILE = "grow-state.json"
 FILES_KEY = "files"  # every file the checkpoint holds, by relative path, with its size in bytes
 
-APOLLO = {
-    "target_layers": POSITIVE,
-    "stages": ListOf({"unique_layers": Required(POSITIVE), "from_step": Required(STEP)}),
-}
+# Shapes the run's other records repeat (grow.json's train stages, the grown state's state.json) take from here.
+APOLLO_STAGES = ListOf({"unique_layers": Required(POSITIVE), "from_step": Required(STEP)})
+APOLLO = {"target_layers": POSITIVE, "stages": APOLLO_STAGES}
 CONTINUATION = {
     "start_step": Required(STEP),
     "data_blocks": Required(maybe(COUNT)),
@@ -46,7 +45,8 @@ CONTINUATION = {
     "max_lr": maybe(SIZE),
 }
 OPTIMIZER = {"max_lr": SIZE, "betas": ListOf(NUMBER), "eps": SIZE, "weight_decay": SIZE, "grad_clip": SIZE}
-MULTIPLIERS = {"lr": Required(SIZE), "eps": Required(SIZE), "weight_decay": Required(SIZE)}
+MULTIPLIER_KEYS = ("lr", "eps", "weight_decay")  # a tensor's multipliers of the optimizer's settings
+MULTIPLIERS = {key: Required(SIZE) for key in MULTIPLIER_KEYS}
 # The keys an earlier grow did not write are read as it wrote them (checkpoints._made_before, train_state.py).
 SHAPE = {
     "step": Required(STEP),

@@ -24,13 +24,12 @@ from typing import Any
 
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR as STATE_DIR
 from grow_cli.errors import CheckpointError, UsageError
-from grow_cli.json_shape import COUNT, FLAG, NUMBER, SIZE, STEP, TEXT, MapOf, Required, Unfit, maybe, read_checked
-from grow_cli.train.checkpoint_state import OPTIMIZER
+from grow_cli.json_shape import COUNT, FLAG, NUMBER, STEP, TEXT, MapOf, Required, Unfit, maybe, read_checked
+from grow_cli.train.checkpoint_state import MULTIPLIER_KEYS, MULTIPLIERS, OPTIMIZER
 from grow_cli.train.checkpoint_state import SHAPE as CHECKPOINT_SHAPE
 
 STATE_FILE = "state.json"  # the grown state's description, beside its moments (growth/grown_state.py writes it)
 FORMAT = "grow-training-state"
-MULTIPLIER_KEYS = ("lr", "eps", "weight_decay")
 
 # What grow reads of state.json (json_shape.py): the step and restart step a continued run starts from, each
 # tensor's multipliers and moments, and of the source run the settings the notes compare (as the checkpoint's
@@ -51,9 +50,7 @@ SHAPE = {
             "optimizer": maybe({k: maybe(shape) for k, shape in OPTIMIZER.items()}),
         }
     ),
-    "parameters": Required(
-        MapOf({**{k: Required(SIZE) for k in MULTIPLIER_KEYS}, "moments": Required(TEXT), "step": maybe(STEP)})
-    ),
+    "parameters": Required(MapOf({**MULTIPLIERS, "moments": Required(TEXT), "step": maybe(STEP)})),
 }
 
 
