@@ -219,10 +219,7 @@ def test_a_headless_decoder_trains_with_a_head_and_says_so(setup, tmp_path, caps
     creates its head (untied) or ties it to the word embeddings, a note says which, and the output is the model with
     its head, which the causal-LM class loads whole."""
     _, data = setup
-    model = tmp_path / "headless"
-    torch.manual_seed(0)
-    tf.LlamaModel(tiny_config(tie_word_embeddings=tied)).save_pretrained(model)
-    tiny_tokenizer().save_pretrained(model)
+    model = _headless_model(tmp_path, tied=tied)
     out = tmp_path / "out"
     loud = [arg for arg in train_args(model, data, out, "--max-steps", 2) if arg != "--quiet"]
     code, _, stderr = run_grow(loud, capsys)
@@ -233,14 +230,19 @@ def test_a_headless_decoder_trains_with_a_head_and_says_so(setup, tmp_path, caps
     assert "model.embed_tokens.weight" in weights(out)
 
 
-def _headless_checkpoint(setup, tmp_path, capsys, *, tied: bool):
-    """The first checkpoint of a train-stage run of a headless tiny Llama (`LlamaModel` saved alone)."""
-    _, data = setup
+def _headless_model(tmp_path, *, tied: bool):
+    """A tiny Llama saved as its base model alone (`LlamaModel`: no `model.` prefix, no head), with a tokenizer."""
     model = tmp_path / "headless"
     torch.manual_seed(0)
     tf.LlamaModel(tiny_config(tie_word_embeddings=tied)).save_pretrained(model)
     tiny_tokenizer().save_pretrained(model)
-    out = tmp_path / "out"
+    return model
+
+
+def _headless_checkpoint(setup, tmp_path, capsys, *, tied: bool):
+    """The first checkpoint of a train-stage run of a headless tiny Llama (`_headless_model`)."""
+    _, data = setup
+    model, out = _headless_model(tmp_path, tied=tied), tmp_path / "out"
     code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--save-every", 1), capsys)
     assert code == 0, stderr
     return out / "checkpoints" / "step_00000001"
