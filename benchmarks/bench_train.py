@@ -45,7 +45,7 @@ from grow_cli.data.sources import find_sources
 from grow_cli.data.tokens import prepare_tokens, token_cache_dir
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.loop import train_stage
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 VOCAB = 2048
 SIDES = ["grow", "trainer", "grow-masked"]  # grow-masked: grow with --document-masking

@@ -405,7 +405,7 @@ def grow_side(job: dict) -> dict:
     from grow_cli.train.config import TrainConfig
     from grow_cli.train.kernels import undo_liger
     from grow_cli.train.loop import StopFlag, train_loop
-    from grow_cli.train.metrics import read_metrics
+    from grow_cli.train.metrics_file import read_metrics
     from grow_cli.train.preflight import preflight
 
     window = job["warmup"]

@@ -43,7 +43,7 @@ from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.loop import train_stage
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 VOCAB = 1024
 GROWTHS = {

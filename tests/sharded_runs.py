@@ -23,7 +23,7 @@ from tinylm import run_grow, save_tiny_bert, save_tiny_lm, write_plays
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.lineage.record import load_record
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--seq-len", 32, "--eval-every", 3, "--save-every", 3, "--max-lr", "3e-3", "--json"]

@@ -12,7 +12,7 @@ import transformers as tf
 from test_train_stage import train_args
 from tinylm import run_grow, save_tiny_lm, tiny_config, write_plays
 
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 COMMON = ("--max-steps", 8, "--save-every", 2, "--keep-last", 3)
 

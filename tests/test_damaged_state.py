@@ -429,3 +429,16 @@ def test_a_damaged_metrics_record_is_one_line_in_the_family_report(cli, family_c
     after = _files(family_copy)
     assert {name for name in before | after if before.get(name) != after.get(name)} <= {"fam/.grow-family.json"}
     # (the family's mark on OUT, its own, names the recipe where it now lies)
+
+
+def test_a_damaged_metrics_record_is_one_line_when_growing_a_training_state(cli, copy):
+    """Growing a checkpoint's training state reads the run's training losses from its metrics.jsonl (the restart it
+    suggests follows their trend): a loss as text was skipped there without a word, where every other reader of the
+    file names it."""
+    metrics = copy / "run" / "metrics.jsonl"
+    _record(0, _set("loss", "high"))(metrics)
+    before = _files(copy)
+    checkpoint = copy / "run" / "checkpoints" / "step_00000004"
+    line = _one_line(_grow(cli, "expand", checkpoint, copy / "out", "--layers", 4, "--depth-method", "identity"))
+    assert f'{metrics} is damaged (line 1: loss is "high", not a number)' in line, line
+    assert _files(copy) == before

@@ -11,7 +11,7 @@ import yaml
 from test_train_distributed import launch_grow
 from tinylm import save_tiny_lm, write_plays
 
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 
 def _recipe(tmp_path, out: str, micro_batch_size: int):

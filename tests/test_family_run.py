@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from tinylm import FRESH_CONFIG, save_tiny_lm, write_plays
 
 from grow_cli.family.quality import eval_curve
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 
 def write_recipe(tmp_path, members, **top):

@@ -15,7 +15,7 @@ import transformers as tf
 from tinylm import run_grow, save_tiny_lm, tiny_config, write_plays
 
 from grow_cli.train import kernels
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 torch.set_num_threads(1)
 

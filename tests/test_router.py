@@ -17,7 +17,8 @@ from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.lineage.record import load_record
 from grow_cli.train.flops import training_flops_per_token
-from grow_cli.train.metrics import flops_per_token, read_metrics
+from grow_cli.train.metrics import flops_per_token
+from grow_cli.train.metrics_file import read_metrics
 from grow_cli.train.router import RouterStats, inactive_expert_parameters, is_moe_model
 
 torch.set_num_threads(1)

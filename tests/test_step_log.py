@@ -11,7 +11,7 @@ import torch
 from tinylm import run_grow, save_tiny_lm, write_plays
 
 from grow_cli.train import loop
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 from grow_cli.train.step_log import StepLog
 
 torch.set_num_threads(1)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tinylm import run_grow, save_tiny_lm, write_plays
 
 from grow_cli.lineage.record import load_record
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 

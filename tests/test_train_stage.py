@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tinylm import run_grow, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
 from grow_cli.lineage.record import append_stage, load_record, write_record
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 torch.set_num_threads(1)
 

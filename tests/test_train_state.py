@@ -36,7 +36,7 @@ from grow_cli.growth.plan import build_plan
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.loop import train_stage
-from grow_cli.train.metrics import read_metrics
+from grow_cli.train.metrics_file import read_metrics
 
 torch.set_num_threads(1)
 

@@ -38,7 +38,7 @@ from grow_cli.whole_file import write_whole
 
 def member_metrics(final: Path) -> list[dict[str, Any]]:
     """The metrics `grow train-stage` logged into `final` (none for a member that was not trained)."""
-    from grow_cli.train.metrics import read_metrics
+    from grow_cli.train.metrics_file import read_metrics
 
     return read_metrics(Path(final) / METRICS_FILE, missing_ok=True)
 

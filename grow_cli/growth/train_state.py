@@ -39,6 +39,7 @@ from grow_cli.lineage.record import RECORD_FILE, load_record
 from grow_cli.scratch import scratch_folder
 from grow_cli.train.checkpoint_state import MULTIPLIER_KEYS, load_state, saved
 from grow_cli.train.checkpoint_state import STATE_FILE as CHECKPOINT_STATE
+from grow_cli.train.metrics_file import read_metrics
 
 OPTIMIZER_FILE = "optimizer.bin"
 WEIGHTS_FILE = "model.safetensors"
@@ -284,19 +285,9 @@ def _parameter_names(state: dict[str, Any], model_folder: Path) -> list[str]:
 
 def _losses(checkpoint: Path, step: int) -> dict[int, float]:
     """The training loss the run logged at each step up to `step` (its metrics.jsonl), or nothing."""
-    path = checkpoint.parent.parent / METRICS_FILE
-    if not path.is_file():
-        return {}
-    losses: dict[int, float] = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("loss"), int | float):
-            if row["step"] <= step:
-                losses[row["step"]] = float(row["loss"])
-    return losses
+    records = read_metrics(checkpoint.parent.parent / METRICS_FILE, missing_ok=True)
+    logged = {r["step"]: r["loss"] for r in records if "loss" in r and "step" in r}  # training records, not evaluations
+    return {s: float(loss) for s, loss in logged.items() if s <= step}
 
 
 def config_of_weights(config: dict[str, Any], infos: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, Any]:

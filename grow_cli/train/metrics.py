@@ -20,18 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from grow_cli.checkpoint.output import disk_full
 from grow_cli.console import err
-from grow_cli.errors import CheckpointError, OutputError
-from grow_cli.json_shape import COUNT, REAL, SIZE, STEP, problem
+from grow_cli.errors import OutputError
 from grow_cli.train.deepspeed_engine import full_numel
 from grow_cli.train.flops import attention_width, training_flops_per_token
+from grow_cli.train.metrics_file import read_metrics, step_record
 from grow_cli.train.router import inactive_expert_parameters
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-# What grow reads back of a metrics record (json_shape.py): a resume drops the steps after its checkpoint, and the
-# family report reads the losses, tokens and FLOPs per token; losses may be NaN where a run diverged.
-RECORD = {"step": STEP, "tokens": COUNT, "flops_per_token": SIZE, "loss": REAL, "eval_loss": REAL}
 
 # Dense peak TFLOP/s (bf16/fp16 tensor cores, fp32 via TF32), from the vendors' data sheets; matched against
 # torch.cuda.get_device_name(), first match wins, so specific names come before general ones.
@@ -133,33 +129,6 @@ class JsonlTracker(GeneralTracker):
         reads it, from the file the main process writes."""
         records = read_metrics(self.path, missing_ok=True)
         return next((r["loss"] for r in records if step_record(r, step)), None)
-
-
-def step_record(record: dict[str, Any], step: int) -> bool:
-    """Whether `record` is the training record of `step` (its loss, LR, tokens, and any evaluation at that step),
-    not the final evaluation, logged at the last step in a record of its own."""
-    return record.get("step") == step and "loss" in record
-
-
-def read_metrics(path: Path, *, missing_ok: bool = False) -> list[dict[str, Any]]:
-    """The records of a metrics file (`[]` for a missing one when `missing_ok`): for a resume, the family report,
-    tests, benchmarks and notebooks. A line torn by a killed run (not JSON, or not an object) is dropped; a record
-    edited by hand into another shape (`RECORD`) is one line naming it."""
-    path = Path(path)
-    if missing_ok and not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict):
-            continue
-        if found := problem(record, RECORD):
-            raise CheckpointError(f"{path} is damaged (line {number}: {found}); delete that line or restore the file")
-        records.append(record)
-    return records
 
 
 def training_progress(total_steps: int, first_step: int, *, enabled: bool) -> tuple[Progress, Any]:
