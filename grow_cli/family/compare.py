@@ -6,7 +6,9 @@ held-out split that `grow train-stage` also holds out (same data, same `--seq-le
 predicted position, grow accumulates KL(A‖B), KL(B‖A), Jensen–Shannon divergence, top-1 agreement and each model's
 cross-entropy. Causal LMs predict every next token; masked LMs (BERT-style encoders, whose objective
 `grow_cli.train.objective` decides the same way `grow train-stage` does) predict the masked positions of the same
-fixed masks that `grow train-stage` evaluates on, both models seeing the same corrupted input. Memory stays bounded:
+fixed masks that `grow train-stage` evaluates on, both models seeing the same corrupted input. The masks follow
+train-stage's masking settings (`--mlm-probability`, …; BERT's 15 %, 80/10/10 unless told), so that a family trained
+with other masks is compared on those, and a `grow family` passes its training's. Memory stays bounded:
 one batch of logits from each model at a time; the token stream is the memory-mapped cache of `grow train-stage`.
 """
 
@@ -17,9 +19,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from grow_cli.data.masking_settings import (
+    MASK_REPLACE_PROB,
+    MLM_PROBABILITY,
+    RANDOM_REPLACE_PROB,
+    check_masking,
+    first_changed,
+)
 from grow_cli.data.sources import TOKEN_DTYPES
 from grow_cli.divergence import divergences, perplexity
 from grow_cli.errors import DataError, OptionError, UsageError
+from grow_cli.field_types import flag
 
 SEQ_LEN = 256  # tokens per compared block, unless told
 
@@ -31,6 +41,9 @@ def check_compare_options(
     max_blocks: int | None = 64,
     eval_fraction: float = 0.01,
     token_dtype: str | None = None,
+    mlm_probability: float = MLM_PROBABILITY,
+    mask_replace_prob: float = MASK_REPLACE_PROB,
+    random_replace_prob: float = RANDOM_REPLACE_PROB,
     **_: Any,
 ) -> None:
     """Refuse options that cannot describe a comparison, before any model or data is read."""
@@ -44,6 +57,7 @@ def check_compare_options(
         raise UsageError(f"--eval-fraction must be in (0, 0.5), as in train-stage; got {eval_fraction}")
     if token_dtype not in (None, *TOKEN_DTYPES):
         raise OptionError("token_dtype", f"--token-dtype {token_dtype!r} is not one of {', '.join(TOKEN_DTYPES)}")
+    check_masking(mlm_probability, mask_replace_prob, random_replace_prob)
 
 
 def _load(folder: Path, choice):
@@ -150,9 +164,10 @@ def _predicted(model, folder: Path, inputs: dict[str, Any], at, shape, *, masked
     return _logits(model, folder, inputs).flatten(0, 1).index_select(0, at)
 
 
-def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, Any]:
-    """Both models' objective (they must agree) and the `Objective` that makes their inputs: for masked LMs, BERT's
-    default corruption (15 %, 80/10/10) with the fixed held-out masks of `grow train-stage`."""
+def _objective(a: Path, config_a, b: Path, config_b, tokenizer, masking: dict[str, Any]) -> tuple[Any, Any]:
+    """Both models' objective (they must agree) and the `Objective` that makes their inputs: for masked LMs, the
+    corruption of `masking` (train-stage's settings, by name) with the fixed held-out masks of `grow train-stage`.
+    Causal LMs are refused any masking setting but the defaults, as train-stage refuses them: it would do nothing."""
     from grow_cli.data.masking import masking_rule
     from grow_cli.train.objective import Objective, choose_objective
 
@@ -160,8 +175,21 @@ def _objective(a: Path, config_a, b: Path, config_b, tokenizer) -> tuple[Any, An
     if choice.name != other.name:
         raise DataError(f"{a} is a {choice.name} LM and {b} a {other.name} LM; their predictions are not comparable")
     if choice.name == "causal":
+        given = first_changed(masking)
+        if given:
+            raise OptionError(
+                given,
+                f"{flag(given)} applies to masked LMs (it sets their held-out masks), but {a} and {b} are causal "
+                "LMs, compared on every next token; drop it",
+            )
         return choice, Objective("causal", 0)
-    rule = masking_rule(tokenizer, probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1, whole_word=False)
+    rule = masking_rule(
+        tokenizer,
+        probability=masking["mlm_probability"],
+        mask_replace_prob=masking["mask_replace_prob"],
+        random_replace_prob=masking["random_replace_prob"],
+        whole_word=masking["whole_word_mask"],
+    )
     return choice, Objective("masked", 0, rule)
 
 
@@ -177,20 +205,28 @@ def compare(
     eval_fraction: float = 0.01,
     cache_dir: str | os.PathLike[str] | None = None,
     token_dtype: str | None = None,
+    mlm_probability: float = MLM_PROBABILITY,
+    mask_replace_prob: float = MASK_REPLACE_PROB,
+    random_replace_prob: float = RANDOM_REPLACE_PROB,
+    whole_word_mask: bool = False,
 ) -> dict[str, Any]:
     """Compare models `a` and `b` (folders sharing a tokenizer) on the held-out blocks of `data` (files, folders or
     globs, as train-stage reads them; one path or a list; `token_dtype` is that of its .bin token files, as in
-    train-stage: uint16 where the vocabulary fits, else uint32, unless told).
+    train-stage: uint16 where the vocabulary fits, else uint32, unless told). Masked LMs are compared on held-out masks
+    made with `mlm_probability`, `mask_replace_prob`, `random_replace_prob` and `whole_word_mask`, train-stage's
+    settings of those names (give those the models were trained with).
 
     Returns the averages `grow compare --json` prints, per predicted token: `kl_a_b` (KL(A‖B)), `kl_b_a`, `js`,
     `top1_agreement`, `loss_a`/`loss_b` and `ppl_a`/`ppl_b`, `outside_shared_vocab_a`/`_b` (the probability a model
     with a padded, wider vocabulary puts beyond the other's ids: the divergences compare the shared ids renormalised,
-    each loss is the model's own), with `positions`, `blocks`, `seq_len`, `objective`
-    ("causal": every next token; "masked": fixed 15 % masks), `data_fingerprint` and `undecodable` (each text file
-    with bytes that are not UTF-8, which were read as U+FFFD: how many byte sequences). `max_blocks=None` uses every
-    held-out block. Raises `DataError` when the models' tokenizers or objectives differ, when either predicts NaN or
-    infinite logits (a diverged model: no distribution to compare), or when the data is unusable; `OptionError` when
-    `data` is an empty list (no data given) or an empty path.
+    each loss is the model's own), with `positions` (the predicted tokens the averages are over), `blocks`, `seq_len`,
+    `objective` ("causal": every next token; "masked": the masked positions of fixed masks), `masking` (for masked
+    LMs, the masks' settings as grow.json records a training's; None for causal ones), `data_fingerprint` and
+    `undecodable` (each text file with bytes that are not UTF-8, which were read as U+FFFD: how many byte sequences).
+    `max_blocks=None` uses every held-out block. Raises `DataError` when the models' tokenizers or objectives differ,
+    when either predicts NaN or infinite logits (a diverged model: no distribution to compare), or when the data is
+    unusable; `OptionError` when `data` is an empty list (no data given) or an empty path, and for a masking setting
+    out of its range, or other than its default for causal LMs (it would do nothing).
     """
     from grow_cli.console import quiet_transformers
     from grow_cli.data.sources import check_sources, data_paths, find_sources
@@ -203,6 +239,9 @@ def compare(
         max_blocks=max_blocks,
         eval_fraction=eval_fraction,
         token_dtype=token_dtype,
+        mlm_probability=mlm_probability,
+        mask_replace_prob=mask_replace_prob,
+        random_replace_prob=random_replace_prob,
     )
     data = data_paths(data)  # a path that is no path is refused before a model is read
     if not data:
@@ -210,7 +249,13 @@ def compare(
     a, b = Path(a), Path(b)
     with quiet_transformers():  # its notices while reading the tokenizers (and the configs) are not compare's output
         config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
-    choice, objective = _objective(a, config_a, b, config_b, tok_a)
+    masking = {
+        "mlm_probability": mlm_probability,
+        "mask_replace_prob": mask_replace_prob,
+        "random_replace_prob": random_replace_prob,
+        "whole_word_mask": whole_word_mask,
+    }
+    choice, objective = _objective(a, config_a, b, config_b, tok_a, masking)
     check_cache_outside(cache_dir, data)  # its token files would become the data of the next run
     sources = find_sources(data)
     check_sources(sources, text_field, token_dtype)
@@ -243,6 +288,7 @@ def compare(
         "positions": int(n),
         "seq_len": seq_len,
         "objective": choice.name,
+        "masking": objective.masking.describe() if objective.masking else None,
         "data_fingerprint": tokens.fingerprint,
         "kl_a_b": totals["kl_ab"] / n,
         "kl_b_a": totals["kl_ba"] / n,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.console import err
+from grow_cli.data.masking_settings import NAMES as MASKING
 from grow_cli.data.sources import data_paths, field_read
 from grow_cli.data.tokens import token_cache_dir
 from grow_cli.errors import Interrupted, TrainingError, UsageError
@@ -340,9 +341,11 @@ def compare_settings(recipe: Recipe) -> dict[str, Any]:
     """`compare` on the held-out blocks of the training data by default: same data, seq_len and split as
     train-stage, overridden by the recipe's `compare:`. The training's text field and token dtype go with its data:
     `compare:` data of its own is read with `compare.text_field` and `compare.token_dtype` alone (text files beside
-    training JSON Lines have no field)."""
+    training JSON Lines have no field). Masked LMs are compared on masks made as the training made its own (its
+    `mlm_probability`, … and `whole_word_mask`), whatever data is compared."""
     data = () if "data" in recipe.compare else ("data", "text_field", "token_dtype")
-    shared: dict[str, Any] = {k: recipe.train[k] for k in ("seq_len", "eval_fraction", *data) if k in recipe.train}
+    taken = ("seq_len", "eval_fraction", *MASKING, *data)
+    shared: dict[str, Any] = {k: recipe.train[k] for k in taken if k in recipe.train}
     settings: dict[str, Any] = {**shared, "cache_dir": token_cache(recipe), **recipe.compare}
     if not settings.get("data"):
         raise UsageError("recipe: compare needs data (compare.data or train.data)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grow_cli.data.masking_settings import MASK_REPLACE_PROB, MLM_PROBABILITY, RANDOM_REPLACE_PROB, check_masking
 from grow_cli.data.sources import TOKEN_DTYPES, data_paths
 from grow_cli.errors import OptionError, UsageError, shown
 from grow_cli.field_types import checked_init, flag
@@ -78,9 +79,9 @@ class TrainConfig:
     save_final_state: bool = False  # leave the final training state, to grow the model from where it finished
     # objective (train/objective.py): auto follows the architecture
     objective: str = "auto"
-    mlm_probability: float = 0.15
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
+    mlm_probability: float = MLM_PROBABILITY  # masking (data/masking_settings.py), as grow compare takes it too
+    mask_replace_prob: float = MASK_REPLACE_PROB
+    random_replace_prob: float = RANDOM_REPLACE_PROB
     whole_word_mask: bool = False
     document_masking: bool = False  # each packed document attends only to itself (train/documents.py)
     # Apollo (train/apollo.py): shared layers toward a deeper target, optionally growing in place
@@ -187,7 +188,7 @@ class TrainConfig:
         self._check_schedule_options()
         self._check_schedule_offset()
         self._check_data_offset()
-        self._check_masking()
+        check_masking(self.mlm_probability, self.mask_replace_prob, self.random_replace_prob)
         self._check_apollo()
 
     def check_given(self, given: Collection[str]) -> None:
@@ -246,17 +247,6 @@ class TrainConfig:
             raise OptionError(
                 "data_offset",
                 "--data-offset: --resume grown reads on after the blocks its source read already; drop --data-offset",
-            )
-
-    def _check_masking(self) -> None:
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise OptionError("mlm_probability", f"--mlm-probability must be in (0, 1), got {self.mlm_probability}")
-        replace = (self.mask_replace_prob, self.random_replace_prob)
-        if min(replace) < 0.0 or sum(replace) > 1.0:
-            raise OptionError(
-                "random_replace_prob" if self.mask_replace_prob >= 0 else "mask_replace_prob",
-                f"--mask-replace-prob {self.mask_replace_prob} and --random-replace-prob "
-                f"{self.random_replace_prob} must be ≥ 0 and sum to at most 1 (the rest keep their token)",
             )
 
     def _check_apollo(self) -> None:

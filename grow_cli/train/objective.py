@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from grow_cli.data.masking import EVAL_SEED, IGNORE_INDEX, MaskingRule, mask_rows
+from grow_cli.data.masking import EVAL_SEED, IGNORE_INDEX, MaskingRule, mask_rows, masking_in_words
 from grow_cli.errors import CheckpointError, UsageError
 from grow_cli.train.documents import document_inputs
 from grow_cli.train.packed import has_packed_rows
@@ -149,12 +149,7 @@ def objective_notes(checked: Any, loaded: Any) -> list[str]:
     it and the checkpoint tensors the head class does not use (carried into the output)."""
     notes = [checked.objective.note] if checked.objective.note else []
     if checked.masking is not None:
-        rule = checked.masking.describe()
-        notes.append(
-            f"objective: {NAMES['masked']}, {rule['mlm_probability']:.0%} of tokens"
-            f"{' (whole words)' if rule['whole_word_mask'] else ''}: {rule['mask_replace_prob']:.0%} mask token, "
-            f"{rule['random_replace_prob']:.0%} random, {rule['keep_prob']:.0%} kept"
-        )
+        notes.append(f"objective: {NAMES['masked']}, {masking_in_words(checked.masking.describe())}")
     model = loaded.model
     if loaded.created:
         tied = model.get_output_embeddings() is not None and (

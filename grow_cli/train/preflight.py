@@ -17,6 +17,8 @@ from typing import Any
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
 from grow_cli.checkpoint.output import check_not_overlapping, previous_run_entries
 from grow_cli.data.masking import MaskingRule, masking_rule
+from grow_cli.data.masking_settings import NAMES as MASKING
+from grow_cli.data.masking_settings import first_changed
 from grow_cli.data.sources import Source, check_sources, data_paths, find_sources
 from grow_cli.errors import OptionError, OutputError, UsageError
 from grow_cli.field_types import flag
@@ -30,7 +32,7 @@ from grow_cli.train.checkpoints import (
     finished_run,
     resolve_resume,
 )
-from grow_cli.train.config import DEFAULTS, TrainConfig
+from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, plan_continuation
 from grow_cli.train.freeze import added_tensors
 from grow_cli.train.model_io import (
@@ -249,12 +251,11 @@ def abandoned_by(checkpoint: Path, out: Path) -> tuple[list[Path], list[Path]]:
 
 def check_no_masking_options(config: TrainConfig) -> None:
     """Refuse masking options on a run that trains a causal LM: they would silently do nothing."""
-    flags = ("mlm_probability", "mask_replace_prob", "random_replace_prob", "whole_word_mask")
-    given = [name for name in flags if getattr(config, name) != DEFAULTS[name]]
+    given = first_changed({name: getattr(config, name) for name in MASKING})
     if given:
         raise OptionError(
-            given[0],
-            f"{flag(given[0])} applies to masked-LM training, but this model trains as a causal LM (see --objective)",
+            given,
+            f"{flag(given)} applies to masked-LM training, but this model trains as a causal LM (see --objective)",
         )
 
 
