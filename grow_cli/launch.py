@@ -7,7 +7,8 @@ machine, once) and the others exit with the same status without a word. Once the
 one rank's own (its device, its part of the data, a collective that broke), so every rank reports its error,
 prefixed with its rank, and none is hidden.
 
-The launcher sets WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (the machine) in every process.
+The launcher sets WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (the machine) in every process;
+`accelerate launch` also says which engine its config shards the training with (`sharding_engine`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ def main_process() -> bool:
     """Whether this process speaks for its launch: global rank 0 (outside a launch, the one process). Read from the
     launcher's RANK, so it holds before the process group exists (and without importing torch)."""
     return _env_int("RANK", 0) == 0
+
+
+def sharding_engine() -> str | None:
+    """The engine that will shard this launch's training state, named as accelerate names it ("FSDP",
+    "DEEPSPEED"), read before any `Accelerator` exists from what `accelerate launch` sets for its config's
+    distributed_type; None outside a launch and for DDP."""
+    if not launched():
+        return None
+    for engine in ("DEEPSPEED", "FSDP"):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "false").lower() == "true":
+            return engine
+    return None
 
 
 def error_prefix(every_rank: bool = False) -> str | None:

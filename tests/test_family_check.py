@@ -183,3 +183,32 @@ def test_a_grown_config_transformers_refuses_is_named_by_its_member(folder):
     members = [{"name": "a", "source": "lm"}, {"name": "b", "grow": {"depth_factor": 2}}]
     with pytest.raises(UsageError, match=r"members\[1\]\.grow: the source's config.json does not load in trans"):
         check_recipe(load_recipe(_recipe(folder, {"members": members})))
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_optimizer_grow_under_a_sharding_launch_is_refused_before_anything_is_written(folder, monkeypatch, engine):
+    """`optimizer: grow` continues a member's whole training state, which FSDP and DeepSpeed shard. A launch of
+    either was refused only once the first member's training started, with train-stage's advice to leave out
+    --save-final-state (an option the recipe never gave), and after its start.json had recorded the setting, so that
+    the run with `optimizer: fresh` the line should have advised was refused in turn until the member was deleted."""
+    doc = {
+        "train": TRAIN,
+        "optimizer": "grow",
+        "members": [
+            {"name": "a", "source": "lm", "train": {"max_steps": 2}},
+            {"name": "b", "grow": {"depth_factor": 2, "depth_method": "identity"}, "train": {"max_steps": 2}},
+        ],
+    }
+    recipe = load_recipe(_recipe(folder, doc))
+    assert check_recipe(recipe) == []  # one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert check_recipe(recipe) == []  # DDP
+    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")
+    with pytest.raises(UsageError) as info:
+        check_recipe(recipe)
+    assert str(info.value) == (
+        f"recipe: members[1].optimizer: grow continues a's whole training state, which {engine} (this launch's "
+        "accelerate config) shards; use optimizer: fresh, or launch on one process or with DDP"
+    )
+    doc["optimizer"] = "fresh"
+    assert check_recipe(load_recipe(_recipe(folder, doc))) == []

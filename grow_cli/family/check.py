@@ -277,4 +277,23 @@ def check_recipe(recipe: Recipe) -> list[str]:
         _check_data(compared_on["data"], compared_on.get("text_field"), "compare", compared_on.get("token_dtype"))
         _check_compare_length(recipe, members)
     check_finished(recipe)
+    _check_whole_states(recipe)
     return notes
+
+
+def _check_whole_states(recipe: Recipe) -> None:
+    """`optimizer: grow` continues the previous member's whole training state, which FSDP and DeepSpeed shard
+    (`train.continuation.check_whole_state`): refused here, before anything is written, rather than by the previous
+    member's training once its start.json recorded the setting, in train-stage's terms (--save-final-state)."""
+    from grow_cli.launch import sharding_engine
+
+    engine = sharding_engine()
+    if engine is None:
+        return
+    for i, member in enumerate(recipe.members[1:], 1):
+        if recipe.optimizer_of(member) == "grow":
+            raise _fail(
+                f"members[{i}].optimizer",
+                f"grow continues {recipe.members[i - 1].name}'s whole training state, which {engine} (this "
+                "launch's accelerate config) shards; use optimizer: fresh, or launch on one process or with DDP",
+            )
