@@ -1,10 +1,12 @@
 """`accelerate launch --config_file Z.yaml tests/sharded_on_cpu.py ARGS…`: grow's CLI under DeepSpeed or FSDP on CPU
-processes, for tests/test_deepspeed_cpu.py and tests/test_fsdp_cpu.py (`sharded_runs.launch`). On GPUs nothing of
-this is needed; without one, accelerate needs two nudges:
+processes, for tests/test_deepspeed_cpu.py, tests/test_fsdp_cpu.py and tests/test_family_launch.py
+(`sharded_runs.launch`). On GPUs nothing of this is needed; without one, accelerate needs two nudges:
 
 - It starts the processes without naming a backend and then counts one process (DeepSpeed's batch check fails:
-  "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size"). Naming gloo, the CPU
-  backend, before grow builds its Accelerator makes it count them all.
+  "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size"). Each process state made
+  here names gloo, the CPU backend, where its maker names none, so that it counts them all: grow's first, and each
+  that a family makes for its next member after clearing the last (`process_state.run_accelerate_state`), which
+  otherwise trained on each process alone, as a one-process run.
 - It turns FSDP on only for accelerators (its list of distributed types that may become FSDP has no CPU entry),
   although torch's FSDP2 runs on CPU processes over gloo. The patch below does, for a CPU run given an FSDP plugin,
   what accelerate does for a GPU run: the state's distributed type becomes FSDP, the process state's too.
@@ -12,9 +14,10 @@ this is needed; without one, accelerate needs two nudges:
 stdout is kept for `--json` first, as the `grow` script does (`cli.script`): importing DeepSpeed on a CPU prints a
 warning there. Several command lines separated by `--then` run one after another in the same launched processes
 (each launch costs CI seconds), stopping at the first that fails; each starts from a fresh accelerate state, as a
-family's next member does (`process_state.run_accelerate_state`), in the process group of the first. Each process
-says on stderr how each command line it ran ended (`sharded_runs.exits`), so a launch may end with a line that is
-meant to fail (a refusal) and still show that the lines before it succeeded."""
+family's next member does, in the process group of the first. Each process says on stderr how each command line it
+ran ended (`sharded_runs.exits`), so a launch may end with a line that is meant to fail (a refusal) and still show
+that the lines before it succeeded, and under which distributed type each accelerate state it made trained
+(`sharded_runs.engines`: one per training stage)."""
 
 import os
 import sys
@@ -25,19 +28,30 @@ if "--json" in sys.argv:
     keep_stdout_for_json()
 
 from accelerate import PartialState  # noqa: E402
-from accelerate.state import AcceleratorState, GradientState  # noqa: E402
+from accelerate.state import AcceleratorState, GradientState, is_initialized  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
 
-PartialState(backend="gloo")  # the process group, before grow's Accelerator (PartialState is shared)
+_partial_state = PartialState.__init__
 _accelerator_state = AcceleratorState.__init__
 
 
+def _on_gloo(self, *args, backend=None, **kwargs):
+    """PartialState's init, naming gloo where its caller names no backend (the first nudge above)."""
+    _partial_state(self, *args, backend=backend or "gloo", **kwargs)
+
+
+PartialState.__init__ = _on_gloo
+
+
 def _with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+    made = not is_initialized()
     _accelerator_state(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
     if fsdp_plugin is not None and self.num_processes > 1 and self.distributed_type != DistributedType.FSDP:
         self.distributed_type = DistributedType.FSDP
         self.fsdp_plugin = fsdp_plugin
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate's own init ends
+    if made:
+        say(f"accelerate state {self.distributed_type.value} of {self.num_processes} processes")
 
 
 AcceleratorState.__init__ = _with_fsdp_on_cpu
@@ -53,9 +67,9 @@ def command_lines(args: list[str]) -> list[list[str]]:
     return lines
 
 
-def say_exit(number: int, status: object) -> None:
-    """One write (both processes share the pipe): how command line `number` ended in this process."""
-    sys.stderr.write(f"sharded_on_cpu.py: rank {os.environ['RANK']}, command line {number} exited {status}\n")
+def say(what: str) -> None:
+    """One line on stderr in one write (both processes share the pipe), naming this process."""
+    sys.stderr.write(f"sharded_on_cpu.py: rank {os.environ['RANK']}, {what}\n")
     sys.stderr.flush()
 
 
@@ -63,13 +77,12 @@ for i, line in enumerate(command_lines(sys.argv[1:])):
     if i:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-        PartialState(backend="gloo")
     sys.argv = ["grow", *line]
     try:
         main()
     except SystemExit as exit:
-        say_exit(i + 1, exit.code or 0)
+        say(f"command line {i + 1} exited {exit.code or 0}")
         if exit.code:
             raise
     else:
-        say_exit(i + 1, 0)
+        say(f"command line {i + 1} exited 0")

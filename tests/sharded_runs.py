@@ -1,6 +1,6 @@
 """What tests/test_deepspeed_cpu.py and tests/test_fsdp_cpu.py share: the models and data they train, a launch of
-`grow train-stage` on two CPU processes through a shipped accelerate config (docs/accelerate/), and the comparison
-of such a run with one process at the same global batch."""
+`grow train-stage` (or, for tests/test_family_launch.py, of any grow command) on two CPU processes through a shipped
+accelerate config (docs/accelerate/), and the comparison of such a run with one process at the same global batch."""
 
 from __future__ import annotations
 
@@ -77,11 +77,16 @@ def two_process_config(name: str, folder: Path) -> Path:
 def launch(config: Path, *lines: list) -> subprocess.CompletedProcess:
     """`accelerate launch` of `grow train-stage LINE…` for each of `lines`, one after another in the same two CPU
     processes (through tests/sharded_on_cpu.py, which stops at the first line that fails)."""
+    joined = [arg for i, line in enumerate(lines) for arg in [*(["--then"] if i else []), "train-stage", *line]]
+    return launch_grow_sharded(config, joined)
+
+
+def launch_grow_sharded(config: Path, args: list) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `grow ARGS…` on two CPU processes through tests/sharded_on_cpu.py."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     command += ["--main_process_port", str(free_port()), str(ROOT / "tests" / "sharded_on_cpu.py")]
-    joined = [arg for i, line in enumerate(lines) for arg in [*(["--then"] if i else []), "train-stage", *line]]
-    return subprocess.run([*command, *map(str, joined)], env=env, capture_output=True, text=True)
+    return subprocess.run([*command, *map(str, args)], env=env, capture_output=True, text=True)
 
 
 def exits(stderr: str) -> dict[int, list[int]]:
@@ -90,6 +95,15 @@ def exits(stderr: str) -> dict[int, list[int]]:
     said: dict[int, list[int]] = {}
     for rank, status in re.findall(r"^sharded_on_cpu\.py: rank (\d+), command line \d+ exited (-?\d+)$", stderr, re.M):
         said.setdefault(int(rank), []).append(int(status))
+    return said
+
+
+def engines(stderr: str) -> dict[int, list[str]]:
+    """{rank: "DISTRIBUTED_TYPE of N processes" for each accelerate state that process made}, as
+    tests/sharded_on_cpu.py says them: one per training stage."""
+    said: dict[int, list[str]] = {}
+    for rank, state in re.findall(r"^sharded_on_cpu\.py: rank (\d+), accelerate state (.+)$", stderr, re.M):
+        said.setdefault(int(rank), []).append(state)
     return said
 
 

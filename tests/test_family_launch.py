@@ -1,13 +1,18 @@
 """`grow family` under `accelerate launch` (2 CPU processes, gloo): every process walks the recipe, the training
 stages run on all of them, the growth, comparisons, records and report on the main process alone
-(`grow_cli.family.main_process`)."""
+(`grow_cli.family.main_process`). Plain data-parallel, and FSDP2 through the shipped config (docs/accelerate/), as
+a family of large models runs: each member's training sharded, its final model gathered whole for the main process
+to grow, the grown model sharded again for the next member's training."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
+import transformers as tf
 import yaml
+from sharded_runs import document, engines, launch_grow_sharded, two_process_config
 from test_train_distributed import launch_grow
 from tinylm import save_tiny_lm, write_plays
 
@@ -40,15 +45,47 @@ def test_a_launched_family_matches_one_process_with_the_same_global_batch(cli, t
     """Two processes with micro-batches of 4 make the family one process makes with 8: each member trains to the
     same losses, the comparison measures the same models, and one report is written — the growth of `big` happens
     once (every process growing it collided on its output before), and only the main process speaks."""
+    one = _family_alone(cli, tmp_path)
+    two = launch_grow(["family", _recipe(tmp_path, "two", 4), "--json"], timeout=200)
+    _check_like_one_process(one, two, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, config", [("FSDP", "fsdp2"), ("DEEPSPEED", "deepspeed_zero3")])
+def test_a_sharded_family_shards_every_member_and_matches_one_process(cli, tmp_path, engine, config):
+    """Under the shipped fsdp2.yaml (and deepspeed_zero3.yaml, where DeepSpeed is installed: CI does not install it,
+    tests/test_deepspeed_cpu.py) each member trains sharded over both processes (`engines`: one state of that engine
+    per member on each); `small`'s final model is gathered whole for the main process to grow into `big`, whose
+    training shards the grown model again; and the family is the one one process makes with the same global batch.
+    Each member builds its accelerate state anew: on CPUs tests/sharded_on_cpu.py names gloo for each, without which
+    `big` trained on each process alone (FSDP: both writing its folder) or failed DeepSpeed's batch check."""
+    if engine == "DEEPSPEED":
+        pytest.importorskip("deepspeed")
+    one = _family_alone(cli, tmp_path)
+    two = launch_grow_sharded(two_process_config(config, tmp_path), ["family", _recipe(tmp_path, "two", 4), "--json"])
+    _check_like_one_process(one, two, tmp_path)
+    assert engines(two.stderr) == {rank: [f"{engine} of 2 processes"] * 2 for rank in (0, 1)}, two.stderr[-3000:]
+
+
+def _family_alone(cli, tmp_path):
+    """The tiny model and plays the family grows and trains, and the family one process makes with micro-batches
+    of 8 (in `one`)."""
     save_tiny_lm(tmp_path / "base")
     write_plays(tmp_path / "text", count=2, chars=30_000)
     one = cli("family", _recipe(tmp_path, "one", 8), "--json")
     assert one.code == 0, one.stderr
+    return one
 
-    two = launch_grow(["family", _recipe(tmp_path, "two", 4), "--json"], timeout=200)
+
+def _check_like_one_process(one, two, tmp_path) -> None:
+    """The launched family (`two`, in `two`) against the one of one process (`one`): exactly one JSON document and
+    its report, each member's losses within 1e-4 (float reduction order: at most ~3e-7 apart here), the grown and
+    the trained `big` loadable whole with `from_pretrained` and their weights those of one process (within 1e-3 of
+    each tensor's norm, as tests/sharded_runs.py compares sharded runs), and the same comparison of the two."""
     assert two.returncode == 0, two.stderr[-3000:]
-    result = json.loads(two.stdout)  # exactly one JSON document: only the main process prints
+    result = document(two.stdout)  # exactly one JSON document: only the main process prints
     assert result["status"] == "done" and result["report"] == str(tmp_path / "two" / "family.md")
+    assert (tmp_path / "two" / "family.md").is_file()
     assert two.stderr.count("big (2/2)") == 1  # the main process's progress only
     assert "error" not in two.stderr
 
@@ -60,7 +97,25 @@ def test_a_launched_family_matches_one_process_with_the_same_global_batch(cli, t
             for key in ("loss", "eval_loss", "lr", "tokens"):
                 if key in x:
                     assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (member, x["step"], key)
-    summaries = [json.loads((tmp_path / run / "big" / "member.json").read_text()) for run in ("one", "two")]
-    assert summaries[1]["record"]["stages"][-1]["batch"]["num_processes"] == 2
-    kl = [s["compare_with_previous"]["kl_a_b"] for s in summaries]
+    for model in ("grown", "trained"):
+        alone, launched = (_loaded(tmp_path / run / "big" / model) for run in ("one", "two"))
+        assert launched.config.num_hidden_layers == 4
+        weights = launched.state_dict()
+        for name, weight in alone.state_dict().items():
+            assert torch.linalg.norm(weights[name] - weight) <= 1e-3 * torch.linalg.norm(weight) + 1e-6, (model, name)
+    for member in ("small", "big"):
+        assert _summary(tmp_path / "two" / member)["record"]["stages"][-1]["batch"]["num_processes"] == 2
+    kl = [_summary(tmp_path / run / "big")["compare_with_previous"]["kl_a_b"] for run in ("one", "two")]
     assert kl[1] == pytest.approx(kl[0], rel=1e-3, abs=1e-6)
+
+
+def _loaded(folder):
+    """The model in `folder` by `from_pretrained`, every tensor found and none left over."""
+    model, info = tf.AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), (folder, info)
+    return model
+
+
+def _summary(member):
+    """The member's member.json."""
+    return json.loads((member / "member.json").read_text())
