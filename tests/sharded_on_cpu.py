@@ -1,6 +1,7 @@
 """`accelerate launch --config_file Z.yaml tests/sharded_on_cpu.py ARGS…`: grow's CLI under DeepSpeed or FSDP on CPU
 processes, for tests/test_deepspeed_cpu.py, tests/test_fsdp_cpu.py and tests/test_family_launch.py
-(`sharded_runs.launch`). On GPUs nothing of this is needed; without one, accelerate needs two nudges:
+(`sharded_runs.launch`); tests/test_ddp_state.py launches it under DDP for its several command lines in one launch
+(below). On GPUs nothing of this is needed; without one, accelerate needs two nudges:
 
 - It starts the processes without naming a backend and then counts one process (DeepSpeed's batch check fails:
   "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size"). Each process state made

@@ -1,6 +1,7 @@
 """`grow family` under `accelerate launch` (2 CPU processes, gloo): every process walks the recipe, the training
 stages run on all of them, the growth, comparisons, records and report on the main process alone
-(`grow_cli.family.main_process`). Plain data-parallel, and FSDP2 through the shipped config (docs/accelerate/), as
+(`grow_cli.family.main_process`). Plain data-parallel, with `optimizer: grow` (DDP keeps the training state whole:
+the main process grows it, every process continues it), and FSDP2 through the shipped config (docs/accelerate/), as
 a family of large models runs: each member's training sharded, its final model gathered whole for the main process
 to grow, the grown model sharded again for the next member's training."""
 
@@ -19,7 +20,7 @@ from tinylm import save_tiny_lm, write_plays
 from grow_cli.train.metrics_file import read_metrics
 
 
-def _recipe(tmp_path, out: str, micro_batch_size: int):
+def _recipe(tmp_path, out: str, micro_batch_size: int, optimizer: str = "fresh"):
     train = {
         "data": ["text"],
         "seq_len": 32,
@@ -30,12 +31,14 @@ def _recipe(tmp_path, out: str, micro_batch_size: int):
         "warmup_steps": 1,
         "max_steps": 4,  # (eval_batches: its default, 16, covers the 51 held-out blocks at either micro-batch)
     }
+    method = "identity" if optimizer == "grow" else "stack"  # a grown state needs a growth that keeps the function
     members = [
         {"name": "small", "source": "base"},
-        {"name": "big", "grow": {"depth_factor": 2, "depth_method": "stack"}},
+        {"name": "big", "grow": {"depth_factor": 2, "depth_method": method}},
     ]
     path = tmp_path / f"{out}.yaml"
-    recipe = {"out": out, "train": train, "compare": {"seq_len": 32, "max_blocks": 4}, "members": members}
+    compare = {"seq_len": 32, "max_blocks": 4}
+    recipe = {"out": out, "optimizer": optimizer, "train": train, "compare": compare, "members": members}
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -44,10 +47,16 @@ def _recipe(tmp_path, out: str, micro_batch_size: int):
 def test_a_launched_family_matches_one_process_with_the_same_global_batch(cli, tmp_path):
     """Two processes with micro-batches of 4 make the family one process makes with 8: each member trains to the
     same losses, the comparison measures the same models, and one report is written — the growth of `big` happens
-    once (every process growing it collided on its output before), and only the main process speaks."""
-    one = _family_alone(cli, tmp_path)
-    two = launch_grow(["family", _recipe(tmp_path, "two", 4), "--json"], timeout=200)
+    once (every process growing it collided on its output before), and only the main process speaks. With
+    `optimizer: grow`, which DDP keeps (docs/family.md): `small` leaves its final training state on 2 processes, the
+    main process grows it with the weights, and `big` continues it on both from `small`'s step."""
+    one = _family_alone(cli, tmp_path, "grow")
+    two = launch_grow(["family", _recipe(tmp_path, "two", 4, "grow"), "--json"], timeout=200)
     _check_like_one_process(one, two, tmp_path)
+    for run in ("one", "two"):
+        assert _summary(tmp_path / run / "big")["optimizer"] == "grow"
+        stage = json.loads((tmp_path / run / "big" / "trained" / "grow.json").read_text())["stages"][-1]
+        assert stage["continued"]["source"]["step"] == 4 and stage["end_step"] == 8, run
 
 
 @pytest.mark.slow
@@ -67,12 +76,12 @@ def test_a_sharded_family_shards_every_member_and_matches_one_process(cli, tmp_p
     assert engines(two.stderr) == {rank: [f"{engine} of 2 processes"] * 2 for rank in (0, 1)}, two.stderr[-3000:]
 
 
-def _family_alone(cli, tmp_path):
+def _family_alone(cli, tmp_path, optimizer: str = "fresh"):
     """The tiny model and plays the family grows and trains, and the family one process makes with micro-batches
     of 8 (in `one`)."""
     save_tiny_lm(tmp_path / "base")
     write_plays(tmp_path / "text", count=2, chars=30_000)
-    one = cli("family", _recipe(tmp_path, "one", 8), "--json")
+    one = cli("family", _recipe(tmp_path, "one", 8, optimizer), "--json")
     assert one.code == 0, one.stderr
     return one
 

@@ -133,17 +133,24 @@ def test_one_launch_trains_twice_from_python_reports_a_diverged_run_per_rank_and
 
     result = json.loads(proc.stdout)  # exactly one JSON document: only the main process prints
     assert result["status"] == "done"
+    assert_like_one_process(one, two)
+    batch = load_record(two)["stages"][-1]["batch"]
+    assert batch == {"micro_batch_size": 4, "grad_accum": 1, "num_processes": 2, "global_batch_tokens": 256}
+
+
+def assert_like_one_process(one: Path, two: Path) -> None:
+    """The run in `two` (DDP) has the metrics and final weights of the one in `one` (one process, the same global
+    batch), up to float reduction order."""
     a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [m["step"] for m in a] == [m["step"] for m in b]
     for x, y in zip(a, b, strict=True):
         for key in ("loss", "eval_loss", "lr", "tokens"):
             if key in x:
-                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (x["step"], key)
+                assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), (two, x["step"], key)
     wa, wb = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert wa.keys() == wb.keys()
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)
-    batch = load_record(two)["stages"][-1]["batch"]
-    assert batch == {"micro_batch_size": 4, "grad_accum": 1, "num_processes": 2, "global_batch_tokens": 256}
 
 
 def test_an_error_every_process_finds_before_training_is_printed_once(tmp_path):
