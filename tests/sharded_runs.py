@@ -17,7 +17,7 @@ import torch
 import transformers as tf
 import yaml
 from safetensors.torch import load_file
-from test_train_distributed import free_port
+from test_train_distributed import free_port, run_launch
 from tinylm import run_grow, save_tiny_bert, save_tiny_lm, write_plays
 
 from grow_cli.growth.expand import expand
@@ -86,7 +86,7 @@ def launch_grow_sharded(config: Path, args: list) -> subprocess.CompletedProcess
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     command += ["--main_process_port", str(free_port()), str(ROOT / "tests" / "sharded_on_cpu.py")]
-    return subprocess.run([*command, *map(str, args)], env=env, capture_output=True, text=True)
+    return run_launch([*command, *map(str, args)], env)
 
 
 def exits(stderr: str) -> dict[int, list[int]]:

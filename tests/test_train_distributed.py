@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,15 @@ def launch_grow(args: list, timeout: int = 300, script: Path | None = None) -> s
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_port", str(free_port()), *([script] if script else ["-m", "grow_cli"])]
-    return subprocess.run([*launch, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+    return run_launch([*launch, *map(str, args)], env, timeout)
+
+
+def run_launch(command: list, env: dict, timeout: int | None = None) -> subprocess.CompletedProcess:
+    """Run an `accelerate launch` command line with its temporary files in a folder of its own, removed after it:
+    torch's launcher leaves a /tmp/torchelastic_* folder behind on every launch."""
+    with tempfile.TemporaryDirectory(prefix="grow-test-launch-") as tmp:
+        env = {**env, "TMPDIR": tmp}
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _said(proc: subprocess.CompletedProcess) -> list[str]:
