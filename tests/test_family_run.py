@@ -235,6 +235,8 @@ def test_an_encoder_family_with_an_apollo_member(cli, tmp_path):
     assert comparison["masking"] == {key: trained[key] for key in comparison["masking"]}  # the training's masks
     assert comparison["masking"]["mlm_probability"] == 0.3 and comparison["masking"]["whole_word_mask"] is True
     assert comparison["positions"] > 0.22 * 4 * 32  # about 30 % of the 4 blocks' tokens are scored, not 15 %
+    masks = "masked positions of fixed masks, 30% of tokens (whole words): 80% mask token, 10% random, 10% kept."
+    assert masks in (run / "family.md").read_text()  # the report says which masks its KL is over
     # The ledger charges the Apollo member what it spent at its sampled depths (at least its 2 written layers'
     # FLOPs per token × tokens, as shared layers run deeper), not the written model's per-token figure alone.
     book = json.loads((run / "family.json").read_text())["ledger"]

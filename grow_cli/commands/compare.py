@@ -57,7 +57,7 @@ def compare(
     for causal LMs, of the masked tokens for BERT-style encoders (fixed masks, made with train-stage's masking options:
     give those the models were trained with)."""
     from grow_cli.console import err, out, print_json
-    from grow_cli.data.masking import masking_in_words
+    from grow_cli.data.masking_settings import masking_in_words
     from grow_cli.data.sources import undecodable_note
     from grow_cli.family.compare import compare as run
 

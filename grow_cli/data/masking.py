@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,20 +48,6 @@ class MaskingRule:
             "keep_prob": round(1.0 - self.mask_replace_prob - self.random_replace_prob, 10) + 0.0,  # never -0.0
             "whole_word_mask": self.word_start is not None,
         }
-
-
-def masking_in_words(described: dict[str, Any]) -> str:
-    """A rule as `MaskingRule.describe` gives it, as train-stage's notes and compare's output say it: '30% of tokens
-    (whole words): 80% mask token, 10% random, 10% kept' (shares to 6 digits, so that 12.5% is not 12%)."""
-    words = " (whole words)" if described["whole_word_mask"] else ""
-    return (
-        f"{_percent(described['mlm_probability'])} of tokens{words}: {_percent(described['mask_replace_prob'])} mask "
-        f"token, {_percent(described['random_replace_prob'])} random, {_percent(described['keep_prob'])} kept"
-    )
-
-
-def _percent(share: float) -> str:
-    return f"{share * 100:g}%"
 
 
 def masking_rule(

@@ -43,3 +43,17 @@ def first_changed(settings: Mapping[str, Any]) -> str | None:
     """The first masking setting of `settings` (keys of `NAMES`) not at its default, for the refusal of masking where
     the model is a causal LM and it would silently do nothing; None when every one is at its default."""
     return next((name for name in NAMES if settings[name] != DEFAULTS[name]), None)
+
+
+def masking_in_words(described: dict[str, Any]) -> str:
+    """A rule as `MaskingRule.describe` gives it, as train-stage's notes and compare's output say it: '30% of tokens
+    (whole words): 80% mask token, 10% random, 10% kept' (shares to 6 digits, so that 12.5% is not 12%)."""
+    words = " (whole words)" if described["whole_word_mask"] else ""
+    return (
+        f"{_percent(described['mlm_probability'])} of tokens{words}: {_percent(described['mask_replace_prob'])} mask "
+        f"token, {_percent(described['random_replace_prob'])} random, {_percent(described['keep_prob'])} kept"
+    )
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:g}%"

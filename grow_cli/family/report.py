@@ -191,6 +191,21 @@ def measured_alike(pairs: list[dict[str, Any]]) -> bool:
     return len({(c.get("data_fingerprint"), c.get("seq_len"), c.get("blocks")) for c in runs}) <= 1
 
 
+def masks_used(pairs: list[dict[str, Any]]) -> str | None:
+    """How the comparisons of masked LMs in `pairs` masked their held-out blocks, in words (one masking), a warning
+    (several: `compare` was given others between runs of the family), or None for causal LMs. Comparisons recorded
+    before compare named its masking say nothing and are left out (they used the default masks)."""
+    from grow_cli.data.masking_settings import masking_in_words
+
+    runs = [c for p in pairs for c in (p["grown"], p["independent"]) if c and c.get("masking")]
+    masks = {json.dumps(c["masking"], sort_keys=True) for c in runs}
+    if not masks:
+        return None
+    if len(masks) > 1:
+        return "The rows' masked positions were **masked differently** (the training's masking changed between runs)."
+    return f"Masked LMs: the KL is over the masked positions of fixed masks, {masking_in_words(runs[0]['masking'])}."
+
+
 def headline(quality: dict[str, Any]) -> str:
     """The report's first sentence: the family's saving at equal quality, or why there is none."""
     family = quality["family"]
@@ -303,7 +318,7 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
                 "or `seq_len` changed between runs of this family), so the rows do not compare with each other"
             )
             + " (Yano et al. report lower KL between adjacent progressively trained members than between "
-            "independently trained ones).",
+            "independently trained ones)." + (f" {masks}" if (masks := masks_used(pairs)) else ""),
             "",
             "| pair | KL(prev‖next) grown | KL(next‖prev) grown | KL(prev‖next) independent | "
             "KL(next‖prev) independent | JS grown | top-1 agreement grown |",

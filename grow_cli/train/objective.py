@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from grow_cli.data.masking import EVAL_SEED, IGNORE_INDEX, MaskingRule, mask_rows, masking_in_words
+from grow_cli.data.masking import EVAL_SEED, IGNORE_INDEX, MaskingRule, mask_rows
+from grow_cli.data.masking_settings import masking_in_words
 from grow_cli.errors import CheckpointError, UsageError
 from grow_cli.train.documents import document_inputs
 from grow_cli.train.packed import has_packed_rows
