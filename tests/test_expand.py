@@ -97,6 +97,46 @@ def test_a_trained_source_gives_its_model_files_not_its_run(cli, tiny_copy, tmp_
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
 
 
+# What `hf download --local-dir` leaves besides the model: git's and the client's hidden files, the same weights in
+# other formats (in sub-folders too; ONNX keeps large weights in a `.onnx_data` file beside the graph), a large file.
+WHOLE_REPO_EXTRAS = {
+    ".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+    ".cache/huggingface/download/config.json.metadata": b"0123abcd\netag\n1764000000.0\n",
+    "pytorch_model.bin": b"the same weights, pickled",
+    "tf_model.h5": b"the same weights, for Keras",
+    "onnx/model.onnx": b"an ONNX graph",
+    "onnx/model.onnx_data": b"its weights, stored beside it",
+    "original/consolidated.00.pth": b"the weights in the original format",
+    "README.md": b"# the source's own card\n",
+    "special_tokens_map.json": b"{}",
+}
+
+
+def test_a_local_copy_of_a_whole_hub_repo_gives_the_output_its_small_files_only(cli, tiny_copy, tmp_path):
+    """docs/expand.md's list of what OUT gets from SRC, for a folder as `hf download --local-dir` leaves a whole repo:
+    the small files byte for byte; no hidden file, no weight file of another format (a stale copy of the source's
+    weights that `grow push` would upload, in a sub-folder too), and a file over 100 MB not copied but listed in the
+    report and the printed summary; the card is the grown model's. `onnx/model.onnx_data` (ONNX's external weights)
+    was copied."""
+    src = tiny_copy("llama")
+    for name, data in WHOLE_REPO_EXTRAS.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    with open(src / "big_notes.txt", "wb") as big:
+        big.truncate(100 * 1024 * 1024 + 1)  # sparse: costs no disk
+    result = cli("expand", src, tmp_path / "out", "--layers", "6", "--json")
+    assert result.code == 0, result.stderr
+    files, out = json.loads(result.stdout)["files"], tmp_path / "out"
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    small = {"generation_config.json", "tokenizer_config.json", "special_tokens_map.json"}
+    assert written == small | {"config.json", "model.safetensors", "grow.json", "README.md"}
+    assert set(files["copied"]) == small and files["skipped"] == ["big_notes.txt"]
+    assert all((out / name).read_bytes() == (src / name).read_bytes() for name in small)
+    assert "# the source's own card" not in (out / "README.md").read_text()
+    printed = cli("expand", src, tmp_path / "again", "--layers", "6")
+    assert printed.code == 0 and "not copied (over 100 MB): big_notes.txt" in printed.stdout
+
+
 def _tensor_bytes(folder) -> dict[str, bytes]:
     """Every tensor's stored bytes, read straight from the shards by their headers."""
     from grow_cli.checkpoint.reader import CheckpointReader

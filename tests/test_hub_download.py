@@ -28,6 +28,7 @@ def hub_repo(fake_hub, tiny):
     extra = {
         "pytorch_model.bin": b"duplicate weights in another format",
         "onnx/model.onnx": b"onnx export",
+        "model.onnx_data": b"an onnx export's weights, beside its graph",
         "original/consolidated.00.pth": b"original checkpoint",
         "big_notes.txt": b"x" * (50 * 1024 * 1024 + 1),
         "tokenizer.json": b'{"version": "1.0"}',

@@ -14,6 +14,7 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_LAYOUTS = ((SAFETENSORS_SINGLE, SAFETENSORS_INDEX), (BIN_SINGLE, BIN_INDEX))
 WEIGHT_INDEXES = (SAFETENSORS_INDEX, BIN_INDEX)
 # Weight files of any framework: never copied into an output (they would be stale) nor fetched from the Hub.
+# `.onnx_data` holds an ONNX graph's weights beside it (optimum's and transformers.js's exports).
 WEIGHT_SUFFIXES = (
     ".safetensors",
     ".bin",
@@ -23,6 +24,7 @@ WEIGHT_SUFFIXES = (
     ".h5",
     ".msgpack",
     ".onnx",
+    ".onnx_data",
     ".gguf",
     ".ot",
     ".tflite",
