@@ -1,6 +1,6 @@
 """grow's Python API (`grow_cli/__init__.py`): every public name resolves to the library object it names, `import
 grow_cli` stays cheap (no torch, transformers, typer or rich), a tiny model is grown and trained using top-level
-names only, and docs/python.md's examples run as written."""
+names only, `expand` returns what `grow expand --json` prints, and docs/python.md's examples run as written."""
 
 from __future__ import annotations
 
@@ -133,6 +133,44 @@ def test_grow_and_train_from_python(tiny_llama, tmp_path, monkeypatch):
         "expand",
         "train",
     ]
+
+
+def _less_place_and_time(report: dict) -> dict:
+    return {key: value for key, value in report.items() if key not in ("output", "seconds", "write_seconds")}
+
+
+def test_expand_returns_the_document_the_command_prints_and_writes_the_same_model(cli, tiny_llama, tmp_path):
+    """docs/python.md: `grow_cli.expand(…)` is `grow expand … --json`, the options the flags under their Python
+    names. One growth that exercises most of them — width, depth and upcycling in one pass, a seed, verified — and
+    its dry run, both ways: the same report (less the output path and timings), byte-identical weights and config,
+    and the same card and grow.json less the time and the command line a run from one records."""
+    spec = grow_cli.GrowthSpec(width_factor=2, layers=4, depth_method="identity", experts=4, top_k=2, seed=3)
+    flags = ["--width-factor", "2", "--layers", "4", "--depth-method", "identity", "--experts", "4", "--top-k", "2"]
+    flags += ["--seed", "3"]
+    via_cli, via_python = tmp_path / "cli" / "grown", tmp_path / "python" / "grown"
+    printed = cli("expand", tiny_llama, via_cli, *flags, "--verify", "--json")
+    assert printed.code == 0, printed.stderr
+    returned = grow_cli.expand(tiny_llama, via_python, spec, verify=True, quiet=True)
+    shown = json.loads(printed.stdout)
+    assert (shown["output"], returned["output"]) == (str(via_cli), str(via_python))
+    assert _less_place_and_time(shown) == _less_place_and_time(returned)
+    assert shown["verify"]["passed"] is True and shown["moe"]["method"] == "upcycle"
+    written = sorted(p.name for p in via_cli.iterdir())
+    assert written == sorted(p.name for p in via_python.iterdir())
+    for name in set(written) - {"grow.json", "README.md"}:
+        assert (via_cli / name).read_bytes() == (via_python / name).read_bytes(), name
+    cards = [(out / "README.md").read_text().splitlines() for out in (via_cli, via_python)]
+    assert [line for line in cards[0] if "- command: `grow expand " not in line] == cards[1]
+    stages = [json.loads((out / "grow.json").read_text())["stages"] for out in (via_cli, via_python)]
+    for stage in (stages[0][-1], stages[1][-1]):
+        del stage["created"]
+    assert stages[0][-1].pop("command")[:2] == ["grow", "expand"] and stages[1][-1].pop("command") is None
+    assert stages[0] == stages[1]
+
+    planned = cli("expand", tiny_llama, tmp_path / "never", *flags, "--dry-run", "--json")
+    assert planned.code == 0, planned.stderr
+    assert json.loads(planned.stdout) == grow_cli.expand(tiny_llama, None, spec, dry_run=True)
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
