@@ -181,7 +181,9 @@ def test_bert_trains_with_apollo_under_masked_lm(tmp_path, capsys):
     assert tf.AutoConfig.from_pretrained(out).num_hidden_layers == 2
 
 
-@pytest.mark.parametrize("case", ["shallower", "no-definition", "train-only-new", "late-boundary", "first-stage"])
+@pytest.mark.parametrize(
+    "case", ["shallower", "no-definition", "train-only-new", "late-boundary", "early-boundary", "first-stage"]
+)
 def test_bad_apollo_settings_are_refused_in_one_line(setup, tmp_path, capsys, case):
     model, data = setup
     extra, want = {
@@ -189,6 +191,11 @@ def test_bad_apollo_settings_are_refused_in_one_line(setup, tmp_path, capsys, ca
         "no-definition": (["--apollo-target-layers", 4], "Apollo needs grow's definition of the model's layer block"),
         "train-only-new": (["--apollo-target-layers", 4, "--train-only", "new"], "--train-only new contradicts it"),
         "late-boundary": (["--apollo-stages", "2,4@9"], "starts a stage at step 9, but the run has only 3 steps"),
+        # a run placed at step 4 of its schedule never crosses a boundary at step 2: its layers were never copied
+        "early-boundary": (
+            ["--apollo-stages", "2,4@2", "--schedule-offset", 4],
+            "starts a stage at step 2, but this run starts at step 4 of its schedule (--schedule-offset)",
+        ),
         "first-stage": (["--apollo-stages", "3,6@1"], "starts with 3 unique layers but the model has 2"),
     }[case]
     if case == "no-definition":  # DistilBERT: transformers trains it (masked), grow has no definition of its layers
@@ -204,6 +211,29 @@ def test_bad_apollo_settings_are_refused_in_one_line(setup, tmp_path, capsys, ca
     lines = stderr.strip().splitlines()
     assert code != 0 and len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], stderr
     assert stdout == "" and not (out / "metrics.jsonl").exists()
+
+
+def test_a_grown_training_state_continues_with_shared_layers_but_not_under_a_stage_plan(setup, tmp_path, capsys):
+    """--resume grown with --apollo-target-layers continues the grown state with Apollo's shared layers; a stage plan
+    is refused in one line before anything is written: its later layers have no place in the state (it was refused
+    only once the optimizer was made, as a state 'of another model' to grow again, which could never help)."""
+    model, data = setup
+    source, grown = tmp_path / "source", tmp_path / "grown"
+    assert run_grow(args(model, data, source, "--max-steps", 2, "--save-final-state", "-q"), capsys)[0] == 0
+    assert run_grow(["expand", source, grown, "--width-factor", 2, "--width-method", "hypercloning"], capsys)[0] == 0
+    continued = args(grown, data, tmp_path / "shared", "--max-steps", 2, "--resume", "grown", "-q")
+    code, _, stderr = run_grow([*continued, "--apollo-target-layers", 4], capsys)
+    assert code == 0, stderr
+    stage = load_record(tmp_path / "shared")["stages"][-1]
+    assert stage["continued"]["start_step"] == 2 and stage["apollo"]["target_layers"] == 4
+
+    out = tmp_path / "staged"
+    staged = args(grown, data, out, "--max-steps", 2, "--resume", "grown", "--apollo-stages", "2,4@3")
+    code, stdout, stderr = run_grow(staged, capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and stdout == "", stderr
+    assert "--apollo-stages with --resume grown: the grown training state holds the model's 2 layers" in lines[0]
+    assert not out.exists()
 
 
 @pytest.mark.slow

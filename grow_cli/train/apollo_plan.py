@@ -132,18 +132,37 @@ def plan_apollo(config: Any, model_config: Any) -> ApolloPlan | None:
     return ApolloPlan(target, stages, config.apollo_sampling)
 
 
-def check_apollo_run(plan: ApolloPlan, distributed_type: str, max_steps: int) -> None:
-    """Refuse what only the accelerator and the step budget reveal: sharded training, a boundary never reached."""
+def check_apollo_run(
+    plan: ApolloPlan, distributed_type: str, max_steps: int, *, start_step: int = 0, grown_state: bool = False
+) -> None:
+    """Refuse what only the accelerator, the step budget and the run's start reveal: sharded training, a boundary
+    the run never crosses (after its end, or before the step a continuation starts it at: a stage's layers are
+    copied as its boundary is crossed), and a stage plan on a grown training state (`grown_state`), which holds the
+    moments and multipliers of the model's own layers only, none for the layers its stages copy into."""
     if distributed_type not in ("NO", "MULTI_CPU", "MULTI_GPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU"):
         raise UsageError(
             f"Apollo's shared layers run in one process or under DDP, not under {distributed_type}, which shards "
             "each layer for a single use per pass; launch with a multi-GPU (DDP) accelerate config"
+        )
+    if grown_state and plan.allocated > plan.stages[0][0]:
+        raise UsageError(
+            f"--apollo-stages with --resume grown: the grown training state holds the model's {plan.stages[0][0]} "
+            f"layers, not the {plan.allocated} the plan grows to, whose copies would train without the multipliers "
+            "of the layers they copy; continue the state with --apollo-target-layers alone, or run the stage plan "
+            "with a fresh optimizer (without --resume grown)"
         )
     late = [start for _, start in plan.stages[1:] if start >= max_steps]
     if late:
         raise UsageError(
             f"--apollo-stages starts a stage at step {late[0]}, but the run has only {max_steps} steps; "
             "move the boundary earlier or train longer"
+        )
+    early = [start for _, start in plan.stages[1:] if start < start_step]
+    if early:
+        raise UsageError(
+            f"--apollo-stages starts a stage at step {early[0]}, but this run starts at step {start_step} of its "
+            f"schedule (--schedule-offset), after that boundary, so its layers would never be copied; move the "
+            f"boundary to step {start_step} or later"
         )
 
 

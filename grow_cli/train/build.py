@@ -170,7 +170,13 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     budget = make_budget(config, accelerator, continuation.start_step if continuation else 0)
     fill_deepspeed_config(accelerator, config.micro_batch_size, budget.grad_accum, config.grad_clip)
     if checked.apollo:
-        check_apollo_run(checked.apollo, accelerator.distributed_type.value, budget.max_steps)
+        check_apollo_run(
+            checked.apollo,
+            accelerator.distributed_type.value,
+            budget.max_steps,
+            start_step=continuation.start_step if continuation else 0,
+            grown_state=continuation is not None and continuation.load_from is not None,
+        )
     data = load_data(config, checked, accelerator)
     objective = Objective(
         checked.objective.name,
