@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -117,6 +118,41 @@ def test_train_only_new_trains_the_added_layers_and_the_created_head(tmp_path, c
         assert torch.equal(tensor, after["bert." + name]) != new, name
     assert "cls.predictions.transform.dense.weight" in after
     assert load_record(out)["stages"][-1]["trainable_tensors"][-1].startswith("cls.predictions")
+
+
+def test_a_widened_bert_continues_its_masked_lm_runs_training_state_exactly(tmp_path, capsys):
+    """bert2BERT's two halves with the training state carried (docs/training-state.md, training-modes.md): a headless
+    BERT trains as a masked LM (its head created), its checkpoint is widened ×2 by FPI (tiled, as with any state) and
+    `--resume grown` continues it on the masked-token losses the source run has at the same steps — the masks depend
+    on the step and the row, not the model's width. With fresh moments (the control) the losses leave the source's."""
+    model, data = save_tiny_bert(tmp_path / "bert", dropout=0.0), write_plays(tmp_path / "data", count=2, chars=10_000)
+    common = ("--max-lr", "3e-3", "--grad-clip", 0, "-q")
+    source, continued = tmp_path / "source", tmp_path / "continued"
+    assert run_grow(args(model, data, source, "--max-steps", 8, "--exit-interval", 4, *common), capsys)[0] == 0
+    shutil.copytree(source, continued)
+    assert run_grow(args(model, data, continued, "--max-steps", 8, "--resume", "auto", *common), capsys)[0] == 0
+    wide = tmp_path / "wide"
+    grow = ["expand", source / "checkpoints" / "step_00000004", wide, "--width-factor", 2, "--width-method", "fpi"]
+    assert run_grow(grow, capsys)[0] == 0
+    state = json.loads((wide / "training-state" / "state.json").read_text())
+    assert state["step"] == 4 and state["dynamics"]["exact"] is True
+    assert "cls.predictions.transform.dense.weight" in state["parameters"]  # the head the source run created
+    runs = {}
+    for name in ("grown", "fresh-moments"):
+        if name == "fresh-moments":
+            for entry in state["parameters"].values():
+                entry["moments"] = "fresh"
+            (wide / "training-state" / "state.json").write_text(json.dumps(state))
+        out = tmp_path / name
+        code, _, stderr = run_grow(args(wide, data, out, "--max-steps", 4, "--resume", "grown", *common), capsys)
+        assert code == 0, stderr
+        runs[name] = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
+    theirs = [m["loss"] for m in read_metrics(continued / "metrics.jsonl") if "loss" in m][4:]
+    assert runs["grown"] == pytest.approx(theirs, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(runs["fresh-moments"], theirs, strict=True)) > 1e-3
+    stage = load_record(tmp_path / "grown")["stages"][-1]
+    assert stage["objective"]["name"] == "masked" and stage["continued"]["start_step"] == 4
+    assert tf.AutoConfig.from_pretrained(tmp_path / "grown").hidden_size == 64
 
 
 def test_objective_causal_turns_a_bert_into_a_decoder(setup, tmp_path, capsys):
