@@ -27,7 +27,7 @@ import tiny_moe
 import torch
 import transformers as tf
 from safetensors.torch import load_file
-from tinylm import tiny_config, tiny_tokenizer, write_plays
+from tinylm import run_grow, tiny_config, tiny_tokenizer, write_plays
 
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.errors import CheckpointError, OptionError, UsageError
@@ -582,6 +582,29 @@ def test_a_sharded_engine_is_refused_before_the_model_loads_where_the_state_must
         check_whole_state(plain, grown, "FSDP")
     check_whole_state(final, grown, None)
     check_whole_state(plain, SimpleNamespace(load_from=None), "FSDP")  # a continuation that loads no state
+
+
+def test_resume_grown_takes_the_source_runs_peak_lr_and_notes_each_setting_that_differs(lab, tmp_path, capsys):
+    """--max-lr auto, the default, continues a grown state at its source run's peak LR (3e-3 here; the size rule gives
+    this model 1.5e-3): the multipliers already carry the size change. grow.json says where the LR came from (it
+    named the size rule), and each setting in which the run differs from the source's is a note."""
+    from grow_cli.train.lr_rule import auto_max_lr
+
+    grown = lab.grown("llama", "hypercloning", **EXACT["hypercloning"])
+    out = tmp_path / "run"
+    args = ["train-stage", grown, "--data", lab.data, "--out", out, "--resume", "grown", "--max-steps", 2]
+    code, stdout, stderr = run_grow([*args, "--seq-len", 32, "--micro-batch-size", 4, "--json"], capsys)
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert result["max_lr"] == SETTINGS["max_lr"] != auto_max_lr(result["num_parameters"])
+    stage = json.loads((out / "grow.json").read_text())["stages"][-1]
+    assert stage["max_lr"] == SETTINGS["max_lr"] and stage["max_lr_rule"] == "the grown training state's run"
+    notes = " ".join(stderr.split())
+    assert "max LR 0.003 (--max-lr auto: the grown training state's run)" in notes
+    continues = "the run continues the state, not the source's exact dynamics"
+    assert f"note: the grown state's run had global_batch 8, this run 4: {continues}" in notes
+    assert f"note: the grown state's run had grad_clip 0.0, this run 1.0: {continues}" in notes
+    assert notes.count(continues) == 2  # seq_len, seed, schedule and the betas are the source's
 
 
 def test_resume_grown_in_another_data_order_reads_it_from_its_first_block(lab, tmp_path, capsys):

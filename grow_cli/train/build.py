@@ -51,6 +51,8 @@ from grow_cli.train.schedule import Schedule, warmup_steps_for
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+GROWN_STATE_LR = "the grown training state's run"  # --max-lr auto continuing a grown state: its run's peak LR
+
 # Where torch's fused AdamW kernel (one kernel for all tensors, much faster than the per-tensor loop) applies:
 # plain and DDP training; FSDP and DeepSpeed bring their own optimizer handling.
 FUSED_ADAMW_TYPES = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU}
@@ -83,6 +85,7 @@ class Run:
     held_out: list[tuple[torch.Tensor, bool]]  # this process's eval micro-batches, and whether each counts
     budget: Budget
     max_lr: float
+    max_lr_rule: str | None  # where --max-lr auto took the peak LR from (None: a number given)
     num_parameters: int
     trainable: list[str]  # names of the parameters that train
     saved_dtype: torch.dtype  # the checkpoint's dtype, which the trained model is written back in
@@ -205,7 +208,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
     kernels = speed_up(model, config, accelerator, liger=liger)
     num_parameters = sum(full_numel(p) for p in model.parameters())
-    max_lr = resolve_max_lr(config, num_parameters, accelerator, continuation)
+    max_lr, max_lr_rule = resolve_max_lr(config, num_parameters, accelerator, continuation)
     if config.max_tokens:
         say(
             accelerator,
@@ -262,6 +265,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
         held_out=held_out,
         budget=budget,
         max_lr=max_lr,
+        max_lr_rule=max_lr_rule,
         num_parameters=num_parameters,
         trainable=trainable,
         saved_dtype=saved_dtype,
@@ -454,21 +458,22 @@ def speed_up(model: PreTrainedModel, config: TrainConfig, accelerator: Accelerat
 
 def resolve_max_lr(
     config: TrainConfig, num_parameters: int, accelerator: Accelerator, continuation: Continuation | None = None
-) -> float:
+) -> tuple[float, str | None]:
     """`--max-lr` as a number; `auto` follows the size rule in `lr_rule` and says so — or, continuing a grown
-    training state, the source run's peak (its per-tensor multipliers already carry the size change)."""
+    training state, the source run's peak (its per-tensor multipliers already carry the size change). Returns the
+    peak LR and where `auto` took it from (grow.json's `max_lr_rule`; None for a number given)."""
     if config.max_lr != "auto":
-        return float(config.max_lr)
+        return float(config.max_lr), None
     if continuation is not None and continuation.max_lr is not None:
-        say(accelerator, config.quiet, f"max LR {continuation.max_lr:.3g} (--max-lr auto: the grown state's run)")
-        return continuation.max_lr
+        say(accelerator, config.quiet, f"max LR {continuation.max_lr:.3g} (--max-lr auto: {GROWN_STATE_LR})")
+        return continuation.max_lr, GROWN_STATE_LR
     max_lr = auto_max_lr(num_parameters)
     say(
         accelerator,
         config.quiet,
         f"max LR {max_lr:.3g} for {num_parameters / 1e6:.1f}M parameters (--max-lr auto: {LR_RULE_SOURCE})",
     )
-    return max_lr
+    return max_lr, LR_RULE_SOURCE
 
 
 def make_schedule(config: TrainConfig, max_steps: int, continuation: Continuation | None = None) -> Schedule:

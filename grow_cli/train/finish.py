@@ -22,7 +22,6 @@ from grow_cli.process_state import end_run
 from grow_cli.train.build import Run
 from grow_cli.train.checkpoints import save_checkpoint
 from grow_cli.train.diverged import diverged
-from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.model_io import carried_tensors, save_model
 from grow_cli.train.step import evaluate
 
@@ -151,7 +150,7 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
         "end_step": run.step,
         "schedule": run.schedule.describe(run.max_lr),
         "max_lr": run.max_lr,
-        "max_lr_rule": LR_RULE_SOURCE if config.max_lr == "auto" else None,
+        "max_lr_rule": run.max_lr_rule,
         "optimizer": {
             "name": "adamw",
             "betas": [config.beta1, config.beta2],
