@@ -551,6 +551,20 @@ def test_methods_that_change_the_function_are_refused_unless_weights_only(lab, t
     assert report["training_state"] is None and not (tmp_path / "w" / "training-state").exists()
 
 
+def test_upcycling_a_checkpoint_is_refused_with_its_state_and_upcycles_its_weights_alone(lab, tmp_path, cli):
+    """Upcycling keeps the function but not a copy count: each expert's gradient is the dense MLP's weighed per token
+    by its renormalised router weight, which no moment scaling follows. Growing a checkpoint into experts is one line
+    naming --weights-only, with nothing written; with it, the weights upcycle and no state is written."""
+    checkpoint, out = lab.source("llama").checkpoint, tmp_path / "moe"
+    result = cli("expand", checkpoint, out, "--experts", "4", "--top-k", "2")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and "renormalised top-k" in lines[0] and "--weights-only" in lines[0]
+    assert not out.exists()
+    result = cli("expand", checkpoint, out, "--experts", "4", "--top-k", "2", "--weights-only", "-q")
+    assert result.code == 0, result.stderr
+    assert tf.AutoConfig.from_pretrained(out).num_local_experts == 4 and not (out / "training-state").exists()
+
+
 def test_resume_grown_refuses_what_it_cannot_continue(lab, tmp_path):
     source = lab.source("llama")
     with pytest.raises(UsageError, match="has no grown training state"):
