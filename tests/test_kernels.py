@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 import transformers as tf
+from safetensors.torch import load_file
 from tinylm import run_grow, save_tiny_lm, tiny_config, write_plays
 
 from grow_cli.train import kernels
@@ -54,6 +55,28 @@ def test_train_stage_compile_trains_the_same_numbers(tmp_path, capsys, monkeypat
         stage = json.loads((out / "grow.json").read_text())["stages"][-1]
         assert stage["kernels"] == {"liger": [], "compiled_blocks": 2 if flag else 0, "attention": "sdpa"}
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
+
+
+def test_checkpoints_of_compiled_and_eager_runs_are_interchangeable(tmp_path, capsys, monkeypatch):
+    """docs/training.md: `--compile` keeps the parameter names, so a run paused eager resumes compiled and one paused
+    compiled resumes eager, each to the losses and weights of the uninterrupted eager run (dynamo's eager backend
+    computes eager's numbers, so a difference could only come from the checkpoint)."""
+    monkeypatch.setattr(kernels, "COMPILE_BACKEND", "eager")
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
+    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet"]
+
+    def train(out, *extra):
+        code, _, stderr = run_grow(["train-stage", model, "--out", out, *common, *extra], capsys)
+        assert code == 0, stderr
+        return [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
+
+    whole = train(tmp_path / "whole")
+    for first, then in ((), ("--compile",)), (("--compile",), ()):
+        out = tmp_path / f"paused{len(first)}"
+        train(out, *first, "--exit-interval", 3)
+        assert train(out, *then, "--resume", "auto") == whole
+        resumed, expected = load_file(out / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
+        assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
 
 
 def test_liger_is_never_looked_for_off_a_gpu(monkeypatch):
