@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from tinylm import run_grow, tiny_config, tiny_tokenizer, write_plays
 
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
-from grow_cli.errors import CheckpointError, OptionError, UsageError
+from grow_cli.errors import CheckpointError, OptionError, OutputError, UsageError
 from grow_cli.growth.expand import expand, materialize
 from grow_cli.growth.plan import build_plan
 from grow_cli.growth.spec import GrowthSpec
@@ -574,6 +574,12 @@ def test_resume_grown_refuses_what_it_cannot_continue(lab, tmp_path):
         train(model=grown, data=[str(lab.data)], out=tmp_path / "b", max_steps=2, resume="grown", schedule_offset=N + 1)
     with pytest.raises(UsageError, match="add --resume grown"):
         train(model=grown, data=[str(lab.data)], out=tmp_path / "c", max_steps=2, schedule_offset="auto")
+    under_way = tmp_path / "under-way"  # a run's --out with its checkpoints: continued by --resume auto, not replaced
+    shutil.copytree(source.out, under_way)
+    with pytest.raises(OutputError, match="already holds checkpoints of a run under way; continue it with --resume"):
+        train(model=grown, data=[str(lab.data)], out=under_way, max_steps=2, resume="grown")
+    files = {folder: {p.relative_to(folder) for p in folder.rglob("*")} for folder in (source.out, under_way)}
+    assert files[under_way] == files[source.out]  # nothing written into it
     with pytest.raises(OptionError, match="changes the model's function"):
         expand(str(source.checkpoint), None, GrowthSpec(layers=4, depth_method="stack"), dry_run=True)
 
