@@ -225,6 +225,10 @@ def test_the_printed_plan_and_report_say_what_the_mlps_became(cli, dense, tmp_pa
         (["--experts", "4", "--router-noise", "2e99"], "--router-noise is the standard deviation of the router's"),
         (["--experts", "4", "--drop-upcycling", "1.5"], "--drop-upcycling is the share of units re-initialised"),
         (["--experts", "4", "--shared-expert"], "--shared-expert: mixtral has no shared expert"),
+        (
+            ["--experts", "4", "--layers", "6", "--depth-method", "staged-identity"],
+            "--depth-method staged-identity initialises dense layers; with --experts use --depth-method identity",
+        ),
     ],
 )
 def test_bad_upcycling_options_are_one_line(cli, dense, tmp_path, args, fragment):
