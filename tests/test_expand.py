@@ -34,6 +34,15 @@ def test_dry_run_writes_nothing_and_lists_every_tensor(cli, tiny_checkpoints, tm
     assert plan["estimated_peak_memory_bytes"] > 0 and plan["output_bytes"] > 0
     human = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "6", "--dry-run")
     assert "plan" in human.stdout and not (tmp_path / "out").exists()
+    # The table shows the first and last 20 tensors, and marks where it leaves the others out (it showed them back
+    # to back and said so below the table).
+    names = [t["name"] for t in plan["tensors"]]
+    cells = [line.split("│")[1].strip() for line in human.stdout.splitlines() if line.startswith("│")]
+    marker = next(i for i, cell in enumerate(cells) if cell.startswith(f"… {len(names) - 40} more tensors"))
+    shown = [cell.rstrip("…") for cell in cells if cell.startswith(("model.", "lm_head"))]  # (cut to the column)
+    before = [cell.rstrip("…") for cell in cells[:marker] if cell.startswith(("model.", "lm_head"))]
+    assert len(shown) == 40 and len(before) == 20 and names[19].startswith(before[-1]), human.stdout
+    assert names[20 + len(names) - 40].startswith(shown[20]), human.stdout
 
 
 def test_expand_json_report_and_outputs(cli, tiny_checkpoints, tmp_path):

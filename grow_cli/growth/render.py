@@ -47,12 +47,12 @@ def render_plan(report: dict[str, Any]) -> None:
     )
     table = Table("tensor", "shape", "dtype", "from", title="output tensors", title_justify="left")
     tensors = plan["tensors"]
-    shown = tensors if len(tensors) <= 40 else tensors[:20] + tensors[-20:]
-    for t in shown:
+    left_out = max(len(tensors) - 40, 0)  # the first and last 20 are shown, the gap between them marked
+    for i, t in enumerate(tensors[:20] + tensors[20 + left_out :]):
+        if left_out and i == 20:
+            table.add_row(f"… {left_out} more tensors (all of them with --json)", "", "", "")
         table.add_row(t["name"], "×".join(map(str, t["shape"])), t["dtype"], t["from"])
     out.print(table)
-    if len(tensors) > len(shown):
-        out.print(f"  … {len(tensors) - len(shown)} more tensors (all of them with --json)")
     for note in plan["notes"]:
         out.print(f"  note: {note}")
     if report.get("training_state"):
