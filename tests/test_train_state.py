@@ -27,7 +27,7 @@ import tiny_moe
 import torch
 import transformers as tf
 from safetensors.torch import load_file
-from tinylm import run_grow, tiny_config, tiny_tokenizer, write_plays
+from tinylm import run_grow, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
 from grow_cli.errors import CheckpointError, OptionError, OutputError, UsageError
@@ -419,6 +419,77 @@ def test_a_final_state_lets_the_finished_run_grow_on(lab, tmp_path):
     assert not (tmp_path / "wide" / "checkpoints").exists() and not (tmp_path / "wide" / "metrics.jsonl").exists()
     plain_report = expand(str(plain), tmp_path / "wide-plain", GrowthSpec(layers=4, depth_method="stack"), quiet=True)
     assert plain_report["training_state"] is None  # no state in SRC: as before
+
+
+BF16 = ["--mixed-precision", "bf16", "--schedule", "constant", "--warmup-steps", 2]  # constant: any horizon agrees
+BF16_CURVE = 3e-3  # a logit of order 1 rounded once more in bf16 moves by ≤ 2⁻⁸ ≈ 3.9e-3
+
+
+def cli_train(capsys, model: Path, out: Path, data: Path, *extra) -> None:
+    """One `grow train-stage` run through the command, with the lab's settings."""
+    args = ["train-stage", model, "--data", data, "--out", out, "--seq-len", 32, "--micro-batch-size", 8, "-q"]
+    code, _, stderr = run_grow([*args, "--max-lr", "3e-3", "--grad-clip", 0, *extra], capsys)
+    assert code == 0, stderr
+
+
+def test_a_bf16_run_resumes_exactly_and_its_grown_final_state_continues_it(lab, tmp_path, capsys):
+    """docs/training.md's --mixed-precision bf16 (autocast on CPU too): a run paused at step 4 and resumed with
+    --resume auto ends as the uninterrupted one, bit for bit (the same bf16 ops on the same inputs); and a 4-step run
+    with --save-final-state, widened ×2 by HyperCloning with its state, continues under --resume grown with the
+    uninterrupted run's losses at steps 5–8 within BF16_CURVE (HyperCloning's copies and halvings are exact in bf16 as
+    in fp32: measured 0). The control, the grown state's moments made fresh, leaves them by more (2.9e-2)."""
+    model, data = save_tiny_lm(tmp_path / "model"), lab.data
+    whole, parts, source = tmp_path / "whole", tmp_path / "parts", tmp_path / "source"
+    cli_train(capsys, model, whole, data, "--max-steps", 8, *BF16)
+    cli_train(capsys, model, parts, data, "--max-steps", 8, "--exit-interval", 4, *BF16)
+    cli_train(capsys, model, parts, data, "--max-steps", 8, "--resume", "auto", *BF16)
+    assert losses(parts) == losses(whole)
+    a, b = load_file(whole / "model.safetensors"), load_file(parts / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((parts / "grow.json").read_text())["stages"][-1]["mixed_precision"] == "bf16"
+
+    cli_train(capsys, model, source, data, "--max-steps", 4, "--save-final-state", *BF16)
+    code, _, stderr = run_grow(["expand", source, tmp_path / "wide", "--width-factor", 2, "--width-method",
+                                "hypercloning", "-q"], capsys)  # fmt: skip
+    assert code == 0, stderr
+    shutil.copytree(tmp_path / "wide", tmp_path / "fresh")
+    edit_state(tmp_path / "fresh", lambda name, p: p.update(moments="fresh"))
+    gaps = {}
+    for grown in ("wide", "fresh"):
+        cli_train(capsys, tmp_path / grown, tmp_path / f"{grown}-run", data, "--max-steps", 4, "--resume", "grown",
+                  *BF16)  # fmt: skip
+        ours = losses(tmp_path / f"{grown}-run")
+        gaps[grown] = max(abs(x - y) for x, y in zip(ours, losses(whole)[4:], strict=True))
+    print(f"bf16 hypercloning ×2 of a final state, 4 steps: loss gap {gaps['wide']:.2e}, fresh {gaps['fresh']:.2e}")
+    assert gaps["wide"] <= BF16_CURVE < gaps["fresh"], gaps
+
+
+def test_train_only_new_continues_a_grown_state_and_resumes_with_the_frozen_tensors_bit_identical(
+    lab, tmp_path, capsys
+):
+    """--train-only new with --resume grown (LLaMA-Pro's recipe on a grown run): only the added layers train, every
+    other tensor of the grown model comes out bit-identical (docs/training.md: frozen tensors are not in the
+    optimizer), and the run paused at step 5 and resumed with --resume auto ends as the uninterrupted one, bit for
+    bit."""
+    source = tmp_path / "source"
+    cli_train(capsys, save_tiny_lm(tmp_path / "model"), source, lab.data, "--max-steps", 4, "--save-final-state")
+    code, _, stderr = run_grow(["expand", source, tmp_path / "deep", "--layers", 4, "--depth-method", "identity",
+                                "-q"], capsys)  # fmt: skip
+    assert code == 0, stderr
+    deep, whole, parts = tmp_path / "deep", tmp_path / "whole", tmp_path / "parts"
+    only_new = ("--max-steps", 3, "--resume", "grown", "--train-only", "new")
+    cli_train(capsys, deep, whole, lab.data, *only_new)
+    cli_train(capsys, deep, parts, lab.data, *only_new, "--exit-interval", 1)
+    cli_train(capsys, deep, parts, lab.data, "--max-steps", 3, "--resume", "auto", "--train-only", "new")
+    added = set(json.loads((deep / "grow.json").read_text())["stages"][-1]["added_tensors"])
+    grown, trained, resumed = (load_file(folder / "model.safetensors") for folder in (deep, whole, parts))
+    assert added and grown.keys() == trained.keys() == resumed.keys()
+    for name in grown:
+        assert torch.equal(grown[name], trained[name]) != (name in added), name
+        assert torch.equal(trained[name], resumed[name]), name
+    assert losses(parts) == losses(whole)
+    stage = json.loads((whole / "grow.json").read_text())["stages"][-1]
+    assert stage["train_only"] == "new" and stage["continued"]["start_step"] == 4
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the kernel's page accounting (smaps)")
