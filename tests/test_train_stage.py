@@ -269,6 +269,32 @@ def test_a_checkpoint_of_a_headless_decoder_grows_as_the_causal_lm_it_trained(se
     assert ("lm_head.weight" in weights(tmp_path / "wide")) is not tied
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_headless_decoders_grown_training_state_continues_its_run(setup, tmp_path, capsys, tied):
+    """The training state of a headless decoder's run (its head created for the run, random or tied) grows with its
+    weights and continues: widened ×2 by HyperCloning at step 4, --resume grown gives the source run's own losses at
+    steps 5–8 within 1e-4, test_train_state.py's fp32 tolerance for an exact continuation (measured 0)."""
+    _, data = setup
+    model, source = _headless_model(tmp_path, tied=tied), tmp_path / "source"
+    common = ("--max-steps", 8, "--max-lr", "3e-3", "--grad-clip", 0)
+    assert run_grow(train_args(model, data, source, *common, "--exit-interval", 4), capsys)[0] == 0
+    step_4 = source / "checkpoints" / "step_00000004"
+    code, _, stderr = run_grow(["expand", step_4, tmp_path / "wide", "--width-factor", 2, "--width-method",
+                                "hypercloning", "-q"], capsys)  # fmt: skip
+    assert code == 0 and (tmp_path / "wide" / "training-state" / "state.json").is_file(), stderr
+    assert run_grow(train_args(model, data, source, *common, "--resume", "auto"), capsys)[0] == 0
+    run = tmp_path / "run"
+    grown = ("--max-steps", 4, "--resume", "grown", "--grad-clip", 0)
+    code, _, stderr = run_grow(train_args(tmp_path / "wide", data, run, *grown), capsys)
+    assert code == 0, stderr
+    theirs, ours = ([m for m in read_metrics(out / "metrics.jsonl") if "loss" in m] for out in (source, run))
+    theirs = theirs[4:]
+    assert [m["step"] for m in ours] == [m["step"] for m in theirs] == [5, 6, 7, 8]
+    gap = max(abs(a["loss"] - b["loss"]) for a, b in zip(ours, theirs, strict=True))
+    print(f"headless llama (tied: {tied}) hypercloning ×2 with its state, 4 steps: loss gap {gap:.2e}")
+    assert gap <= 1e-4, gap
+
+
 def test_inspect_reads_a_train_stage_checkpoint_with_its_models_config(setup, tmp_path, capsys):
     """`grow inspect` of a checkpoint describes the weights it holds, read with its model's config as `grow expand`
     reads them (a headless source's: the causal LM it trained, tied here). It refused every checkpoint, saying that
