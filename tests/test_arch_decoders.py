@@ -1,10 +1,12 @@
 """The curated decoders beyond the first six — qwen3, gemma, gemma2, gemma3_text, phi3, olmo2, smollm3, granite,
-starcoder2 — grown in depth and width by every method that claims exactness, saved in shards, loaded back with
-transformers and compared with their source (fp32, eval mode), greedy generation with the KV cache included.
+starcoder2 — grown in depth and width by every method that claims exactness (staged training's two included), saved
+in shards, loaded back with transformers and compared with their source (fp32, eval mode), greedy generation with the
+KV cache included.
 
-Negative controls show that each special rule matters: Gemma's √hidden embedding rescale, the (1 + w) gain of an
-identity block's zeroed post-norm, the tiled head maps under OLMo 2's all-heads q/k norms, and the per-layer lists
-written out explicitly for the grown config.
+Negative controls show that each special rule matters: Gemma's √hidden embedding rescale (fpi and staged), the
+(1 + w) gain of an identity block's zeroed post-norm (identity and staged-identity), the tiled head maps under OLMo 2's
+all-heads q/k norms, and the per-layer lists (Gemma 2's layer types, SmolLM3's NoPE layers) written out explicitly for
+the grown config.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ def test_hypercloning_with_noise_and_identity_in_one_verified_pass(sources, refe
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_staged_width_and_staged_identity_are_exact(sources, reference, tmp_path, name):
+    """docs/methods.md calls staged training's operators exact on every layout they apply to: block-diagonal ×2
+    (Gemma's embedding scale and (1 + w) head norm, Phi-3's fused [q|k|v] and [gate|up] split per part) and new layers
+    whose norm gains are zero (−1 for a (1 + w) gain; a post-sublayer norm's in Gemma 2/3 and OLMo 2)."""
+    report, gap, _ = grow(sources, reference, tmp_path, name, width_method="staged", width_factor=2)
+    assert report["function_preserving"] is True and "block-diagonal ×2" in report["width"]["exactness"]
+    assert gap <= EXACT, gap
+    report, gap, _ = grow(sources, reference, tmp_path, name, layers=6, depth_method="staged-identity")
+    assert report["function_preserving"] is True and report["depth"]["new_layers"] == [2, 5]
+    assert gap <= EXACT, gap
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_zero_width_exact_where_claimed(sources, reference, tmp_path, name):
     report, gap, _ = grow(sources, reference, tmp_path, name, width_method="zero", intermediate_size=80)
     assert report["function_preserving"] is True and gap <= EXACT, gap  # FFN only: exact everywhere
@@ -85,28 +100,31 @@ def test_zero_width_exact_where_claimed(sources, reference, tmp_path, name):
         assert report["function_preserving"] is True and gap <= EXACT, gap
 
 
-def test_gemma_width_without_the_embedding_rescale_is_caught(sources, reference, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["fpi", "staged"])
+def test_gemma_width_without_the_embedding_rescale_is_caught(sources, reference, tmp_path, monkeypatch, method):
     from grow_cli.operators import width
 
     real = width.WidthOperator.__init__
 
-    def unscaled(self, *args):
-        real(self, *args)
+    def unscaled(self, *args, **kwargs):
+        real(self, *args, **kwargs)
         self.embed_scale = self.head_scale = 1.0  # forget that Gemma multiplies its embedding by √hidden_size
 
     monkeypatch.setattr(width.WidthOperator, "__init__", unscaled)
-    report, gap, _ = grow(sources, reference, tmp_path, "gemma", width_factor=2)
+    report, gap, _ = grow(sources, reference, tmp_path, "gemma", width_method=method, width_factor=2)
     assert report["function_preserving"] is True and gap > 100 * EXACT, gap
     with pytest.raises(VerificationError):
-        expand(str(sources["gemma"]), tmp_path / "v", GrowthSpec(width_factor=2), quiet=True, verify=True)
+        spec = GrowthSpec(width_method=method, width_factor=2)
+        expand(str(sources["gemma"]), tmp_path / "v", spec, quiet=True, verify=True)
     assert not (tmp_path / "v").exists()
 
 
-def test_gemma2_identity_with_a_plain_zero_post_norm_gain_is_caught(sources, reference, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["identity", "staged-identity"])
+def test_gemma2_identity_with_a_plain_zero_post_norm_gain_is_caught(sources, reference, tmp_path, monkeypatch, method):
     from grow_cli.arch.registry import WeightDef
 
     monkeypatch.setattr(WeightDef, "zero_fill", property(lambda self: 0.0))  # w = 0 is a gain of 1 in Gemma
-    _, gap, _ = grow(sources, reference, tmp_path, "gemma2", layers=6, depth_method="identity")
+    _, gap, _ = grow(sources, reference, tmp_path, "gemma2", layers=6, depth_method=method)
     assert gap > 100 * EXACT, gap
 
 
@@ -132,26 +150,31 @@ def test_olmo2_head_maps_are_tiled_under_its_all_heads_norms(sources, reference,
     assert gap > 100 * EXACT, gap
 
 
-def test_gemma2_per_layer_types_written_out_for_the_grown_depth(sources, reference, tmp_path, monkeypatch):
-    """A Gemma 2 config.json without layer_types (as on the Hub before transformers wrote them) means the default,
-    which alternates by index: grown without writing the source's list out, copied layers would change attention
-    type and the identity would break."""
-    src = tmp_path / "no-layer-types"
+@pytest.mark.parametrize("name, key", [("gemma2", "layer_types"), ("smollm3", "no_rope_layers")])
+def test_per_layer_lists_left_to_their_default_are_written_out(sources, reference, tmp_path, monkeypatch, name, key):
+    """A config.json without Gemma 2's layer_types (as on the Hub before transformers wrote them) or SmolLM3's
+    no_rope_layers means the default, which follows the index (sliding every other layer; NoPE every
+    no_rope_layer_interval-th): grown without writing the source's list out, copied layers would change attention
+    type or lose their rotary embedding, and the identity would break."""
+    src = tmp_path / f"no-{key}"
     src.mkdir()
-    for f in sources["gemma2"].iterdir():
+    for f in sources[name].iterdir():
         (src / f.name).write_bytes(f.read_bytes())
     config = json.loads((src / "config.json").read_text())
-    source_types = config.pop("layer_types")
+    source_list = config.pop(key)
     (src / "config.json").write_text(json.dumps(config))
-    local = {"gemma2": src}
-    report, gap, _ = grow(local, reference, tmp_path, "gemma2", layers=6, depth_method="identity")
+    local = {name: src}
+    report, gap, _ = grow(local, reference, tmp_path, name, layers=6, depth_method="identity")
     assert gap <= EXACT, gap
-    written = json.loads((tmp_path / "gemma2-out" / "config.json").read_text())
-    assert written["layer_types"] == [source_types[i] for i in report["depth"]["layer_map"]]
+    written = json.loads((tmp_path / f"{name}-out" / "config.json").read_text())
+    assert written[key] == [source_list[i] for i in report["depth"]["layer_map"]]
     from grow_cli.growth import config as grown_config
 
-    monkeypatch.setattr(grown_config, "per_layer_lists", lambda *a, **k: {})
-    _, gap, _ = grow(local, reference, tmp_path, "gemma2", layers=6, depth_method="identity")
+    real = grown_config.per_layer_lists  # the control: every other per-layer list mapped, this one left to its default
+    monkeypatch.setattr(
+        grown_config, "per_layer_lists", lambda *a, **k: {n: v for n, v in real(*a, **k).items() if n != key}
+    )
+    _, gap, _ = grow(local, reference, tmp_path, name, layers=6, depth_method="identity")
     assert gap > 100 * EXACT, gap
 
 

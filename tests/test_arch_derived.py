@@ -144,6 +144,24 @@ def test_a_wrong_derived_rule_fails_the_forced_verification(sources, tmp_path, m
     assert not (tmp_path / "out").exists()
 
 
+def test_a_layer_that_computes_with_its_own_index_refuses_identity_growth(tmp_path):
+    """Differential attention's λ_init = 0.8 − 0.6·e^(−0.3·i) depends on the layer's index i, so a layer copied to
+    another index computes otherwise: docs/architectures.md says the forced check refuses DiffLlama's identity growth
+    and names the derivation, with nothing written, while stack (not exact) grows it."""
+    torch.manual_seed(0)
+    config = tf.AutoConfig.for_model("diffllama", **CONFIGS["arcee"])
+    _model_class("diffllama")(config).save_pretrained(tmp_path / "src", max_shard_size="20KB")
+    spec = GrowthSpec(layers=6, depth_method="identity")
+    with pytest.raises(VerificationError, match="derived diffllama's definition.*its own index.*nothing was written"):
+        expand(str(tmp_path / "src"), tmp_path / "out", spec, quiet=True)
+    assert not (tmp_path / "out").exists()
+    report = expand(str(tmp_path / "src"), tmp_path / "out", GrowthSpec(layers=6, depth_method="stack"), quiet=True)
+    assert (
+        report["function_preserving"] is False
+        and tf.AutoConfig.from_pretrained(tmp_path / "out").num_hidden_layers == 6
+    )
+
+
 def test_width_is_refused_where_an_axis_cannot_be_placed(cli, sources, tmp_path):
     result = cli("expand", sources["stablelm"], tmp_path / "out", "--width-factor", "2")
     lines = result.stderr.strip().splitlines()
