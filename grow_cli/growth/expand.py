@@ -433,6 +433,9 @@ def _verified(plan: Plan, source: Path, grown: Path, max_memory: int | None, qui
         dtype=plan.out_dtype or _main_dtype(plan),
         rounded=any(plan.casts(t) for t in plan.tensors),
         derived=None if plan.arch.curated else plan.arch.name,
+        instead=tuple(
+            m for m, grew in (("--depth-method stack", plan.depth), ("--width-method aki", plan.width)) if grew
+        ),
     )
 
 

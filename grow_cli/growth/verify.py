@@ -156,11 +156,18 @@ def tolerance(dtype: str, rounded: bool) -> float:
 
 
 def check(
-    result: dict[str, Any], *, exact: bool, dtype: str, rounded: bool, derived: str | None = None
+    result: dict[str, Any],
+    *,
+    exact: bool,
+    dtype: str,
+    rounded: bool,
+    derived: str | None = None,
+    instead: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Add the verdict to `result`; raise when an exact method misses its tolerance. `rounded`: whether the growth
     rounded some computed weight to `dtype` (see `tolerance`); `derived`: the architecture's name when its definition
-    was derived from its model class, whose exactness is an assumption this check can refute."""
+    was derived from its model class, whose exactness is an assumption this check can refute, and `instead` the
+    options of methods that claim no exactness for the dimensions this growth changed (the refusal's advice)."""
     bound = tolerance(dtype, rounded) * max(1.0, result["output_scale"])
     result["tolerance"] = bound
     result["exact_claimed"] = exact
@@ -175,7 +182,7 @@ def check(
         assumed = (
             f"; grow derived {derived}'s definition from its model class, and {derived} breaks an assumption of "
             "this exact method (e.g. a layer that computes with its own index): grow it with a method that does "
-            "not claim exactness (--depth-method stack, --width-method aki)"
+            f"not claim exactness ({', '.join(instead)})"
             if derived
             else ""
         )
