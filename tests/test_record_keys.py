@@ -1,0 +1,109 @@
+"""docs/grow-json.md lists every key grow writes into grow.json: records made here through the real commands (an
+expand in depth and width with --verify, an upcycling, a training with its final state grown and continued, a
+masked LM, Apollo, an MoE's router) hold no key the page's "Every key" section leaves out, so a field added
+without documentation fails here."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tinylm import run_grow, save_tiny_bert, save_tiny_lm, write_plays
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "grow-json.md"
+BULLET = re.compile(r"^( *)- ((?:`[^`]+`(?:, )?)+)")
+
+
+def documented() -> dict[str, list[tuple[str, ...]]]:
+    """The key paths each part of the page's key list names, by part ("The record", "Expand stages", "Train
+    stages"): a bullet's leading `paths`, each below those of the bullet it is indented under."""
+    section = PAGE.read_text().split("\n## Every key\n", 1)[1].split("\n## ", 1)[0]
+    parts: dict[str, list[tuple[str, ...]]] = {}
+    part, parents = "", [[()]]
+    for line in section.splitlines():
+        if line.startswith("### "):
+            part = line[4:].strip()
+            parts[part] = []
+        elif match := BULLET.match(line):
+            depth = len(match[1]) // 2
+            names = [tuple(name.split(".")) for name in re.findall(r"`([^`]+)`", match[2])]
+            paths = [up + name for up in parents[depth] for name in names]
+            parents = [*parents[: depth + 1], paths]
+            parts[part] += paths
+    return parts
+
+
+def key_paths(value, path=()):
+    """Every key path of a JSON value: an object's keys, and under a list of objects `name[]`."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield (*path, key)
+            yield from key_paths(item, (*path, key))
+    elif isinstance(value, list) and path:
+        for item in value:
+            if isinstance(item, dict):
+                yield from key_paths(item, (*path[:-1], path[-1] + "[]"))
+
+
+def covered(path: tuple[str, ...], patterns: list[tuple[str, ...]]) -> bool:
+    """Whether a documented pattern names `path` or a key below it (an object is documented by its keys' bullets),
+    with `<name>` for any one key, `a[]` for `a` (a list of objects) and a last `*` for everything below."""
+    return any(_names(path, pattern) for pattern in patterns)
+
+
+def _names(path: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    if pattern[-1] == "*":
+        pattern, path = pattern[:-1], path[: len(pattern) - 1]
+    if len(path) > len(pattern):
+        return False
+    same = (
+        p.startswith("<") or p.removesuffix("[]") == k.removesuffix("[]") for p, k in zip(pattern, path, strict=False)
+    )
+    return all(same)
+
+
+def undocumented(record: dict) -> list[str]:
+    """The key paths of `record` that the page does not list, each as `part: a.b.c`."""
+    parts = documented()
+    scope = {"expand": "Expand stages", "train": "Train stages"}
+    found = [("The record", p) for p in key_paths({k: v for k, v in record.items() if k != "stages"})]
+    found += [(scope[stage["kind"]], p) for stage in record["stages"] for p in key_paths(stage)]
+    return [f"{part}: {'.'.join(path)}" for part, path in found if not covered(path, parts[part])]
+
+
+def test_the_page_parses_into_its_three_parts_and_a_stray_key_is_caught():
+    parts = documented()
+    assert set(parts) == {"The record", "Expand stages", "Train stages"}
+    assert ("source", "files", "<file>", "sha256") in parts["Expand stages"]
+    assert ("continued", "source", "run", "objective", "name") in parts["Train stages"]
+    stage = {"kind": "expand", "depth": {"method": "stack", "stray": 1}, "source": {"files": {"a.bin": {"size": 1}}}}
+    assert undocumented({"format": "grow-record", "stages": [stage]}) == ["Expand stages: depth.stray"]
+
+
+def test_every_key_grow_writes_is_on_the_page(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base, bert, data = save_tiny_lm(tmp_path / "base"), save_tiny_bert(tmp_path / "bert"), write_plays(tmp_path / "d")
+    train = ["--data", data, "--seq-len", 32, "--micro-batch-size", 8, "-q"]
+    grown, trained, continued = tmp_path / "grown", tmp_path / "trained", tmp_path / "continued"
+    step_2 = trained / "checkpoints" / "step_00000002"
+    runs = {
+        grown: ["expand", base, grown, "--layers", 4, "--width-factor", 2, "--verify", "-q"],
+        tmp_path / "moe": ["expand", base, tmp_path / "moe", "--experts", 4, "--top-k", 2, "-q"],
+        trained: ["train-stage", base, "--out", trained, "--max-steps", 2, "--save-final-state", *train],
+        tmp_path / "state": ["expand", step_2, tmp_path / "state", "--width-factor", 2, "-q"],
+        continued: ["train-stage", tmp_path / "state", "--out", continued, "--resume", "grown", "--max-steps", 1,
+                    "--document-masking", *train],
+        tmp_path / "mlm": ["train-stage", bert, "--out", tmp_path / "mlm", "--max-steps", 1, *train],
+        tmp_path / "apollo": ["train-stage", base, "--out", tmp_path / "apollo", "--max-steps", 2,
+                              "--apollo-stages", "2,4@1", "--apollo-target-layers", 4, *train],
+        tmp_path / "router": ["train-stage", tmp_path / "moe", "--out", tmp_path / "router", "--max-steps", 1, *train],
+    }  # fmt: skip
+    for out, args in runs.items():
+        code, _, stderr = run_grow(args, capsys)
+        assert code == 0, stderr
+        record = json.loads((out / "grow.json").read_text())
+        assert undocumented(record) == [], out.name
+    stages = json.loads((continued / "grow.json").read_text())["stages"]
+    assert [s["kind"] for s in stages] == ["train", "expand", "train"]  # the record checked the keys of every kind
+    assert stages[1]["training_state"] and stages[1]["source"]["checkpoint"] and stages[2]["continued"]["source"]
