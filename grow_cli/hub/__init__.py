@@ -4,6 +4,8 @@
   id, uploads through `huggingface_hub.upload_folder` (LFS/xet for large files; re-running resumes).
 - `download_checkpoint` (download.py): fetches config, one weight format, tokenizer and small files into the
   standard cache; honours `HF_HUB_OFFLINE`.
+- headers.py: a Hub id's config.json and shard headers by HTTP ranges, without its weights (`grow inspect`,
+  `grow expand --dry-run`, `grow family --check`).
 - client.py: endpoint, offline mode, token resolution and the single translation of client errors to HubError.
 """
 
