@@ -482,3 +482,22 @@ def test_a_report_of_some_arms_gives_the_command_that_ran_them(tmp_path):
     _finished_family(tmp_path, "a", 0, 0.3)
     every = aggregate.write_study_report(_preset(), tmp_path, [("a", 0), ("b", 0)], PREPARED, 0.5).read_text()
     assert "then `python docs/study/study.py run --preset p --scale 0.5`" in every
+
+
+def test_the_pages_quote_the_committed_headline_figures():
+    """README.md and docs/study/README.md quote the CPU study's headline arm — its family saving and its largest
+    member's, each with its range over seeds — from the committed report (results/cpu/study.md): a study run again
+    without the pages following fails here, as a stale figure would otherwise stand in the README's first paragraph."""
+    row = next(
+        line
+        for line in (STUDY / "results" / "cpu" / "study.md").read_text().splitlines()
+        if line.startswith("| auto-lr |")
+    )
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    family, largest = cells[1], cells[-2]  # the family figure and the last (largest) member's
+    figures = [re.findall(r"-?\d+\.\d+%", cell) for cell in (family, largest)]
+    assert all(len(f) == 3 for f in figures), row  # a figure and its range over seeds
+    for page in (STUDY.parent.parent / "README.md", STUDY / "README.md"):
+        text = page.read_text().replace("−", "-").replace("+", "")
+        quoted = [figures[0][0], *figures[1]]  # (the README rounds the family's range)
+        assert all(figure in text for figure in quoted), (page.name, quoted)
