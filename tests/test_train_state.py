@@ -464,6 +464,46 @@ def test_a_bf16_run_resumes_exactly_and_its_grown_final_state_continues_it(lab, 
     assert gaps["wide"] <= BF16_CURVE < gaps["fresh"], gaps
 
 
+def test_a_resume_in_another_mixed_precision_goes_on_with_a_note_and_resume_grown_notes_it_too(lab, tmp_path, capsys):
+    """A checkpoint records the mixed precision it was saved in. `--resume auto` in another one (a GPU without bf16)
+    goes on — the float32 state loads under any — with one note that the continuation is no longer exact; the same
+    precision, or a checkpoint of an earlier grow that did not record it, gets none. `--resume grown` notes a
+    precision and an objective setting (--document-masking) the source run did not have, as it notes the batch."""
+    model, data = save_tiny_lm(tmp_path / "model"), lab.data
+    args = ["--seq-len", 32, "--micro-batch-size", 8, "--max-lr", "3e-3", "--max-steps", 4, "--save-final-state"]
+
+    def grow_train(out: Path, *extra, model: Path = model) -> str:
+        code, _, stderr = run_grow(["train-stage", model, "--data", data, "--out", out, *args, *extra], capsys)
+        assert code == 0, stderr
+        return " ".join(stderr.split())
+
+    grow_train(tmp_path / "fp32", "--exit-interval", 2, *BF16)
+    state = step_dir(tmp_path / "fp32", 2) / "grow-state.json"
+    assert json.loads(state.read_text())["mixed_precision"] == "bf16"
+    for copy in ("bf16", "older"):
+        shutil.copytree(tmp_path / "fp32", tmp_path / copy)
+    older = step_dir(tmp_path / "older", 2) / "grow-state.json"
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "mixed_precision"}))
+
+    inexact = "no longer exactly as the paused run would have gone on"
+    notes = grow_train(tmp_path / "fp32", "--resume", "auto", "--mixed-precision", "no", *BF16[2:])
+    assert "note: the checkpoint was made with mixed_precision='bf16' but this run has mixed_precision='no'" in notes
+    assert notes.count(inexact) == 1 and "resumed from" in notes
+    assert json.loads((tmp_path / "fp32" / "grow.json").read_text())["stages"][-1]["mixed_precision"] == "no"
+    assert inexact not in grow_train(tmp_path / "bf16", "--resume", "auto", *BF16)
+    assert inexact not in grow_train(tmp_path / "older", "--resume", "auto", "--mixed-precision", "no", *BF16[2:])
+
+    code, _, stderr = run_grow(["expand", tmp_path / "bf16", tmp_path / "wide", "--width-factor", 2, "--width-method",
+                                "hypercloning", "-q"], capsys)  # fmt: skip
+    assert code == 0, stderr
+    notes = grow_train(tmp_path / "grown", "--resume", "grown", "--mixed-precision", "no", "--document-masking",
+                       *BF16[2:], model=tmp_path / "wide")  # fmt: skip
+    continues = "the run continues the state, not the source's exact dynamics"
+    assert f"note: the grown state's run had mixed_precision 'bf16', this run 'no': {continues}" in notes
+    assert f"note: the grown state's run had document_masking False, this run True: {continues}" in notes
+    assert notes.count(continues) == 2  # the batch, schedule, optimizer and masking rule are the source's
+
+
 def test_train_only_new_continues_a_grown_state_and_resumes_with_the_frozen_tensors_bit_identical(
     lab, tmp_path, capsys
 ):

@@ -30,7 +30,13 @@ from grow_cli.limits import check_final_step, check_token_steps
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
 from grow_cli.train.attention import HALF, check_attention_run, one_row
-from grow_cli.train.checkpoints import described_change, load_checkpoint, remove_unfinished, run_key_change
+from grow_cli.train.checkpoints import (
+    described_change,
+    load_checkpoint,
+    precision_change,
+    remove_unfinished,
+    run_key_change,
+)
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, check_whole_state, load_grown_state
 from grow_cli.train.data_offset import step_offset
@@ -109,8 +115,9 @@ class Run:
         return self.step * self.budget.global_batch + self.batches.offset
 
     def state(self) -> dict[str, Any]:
-        """grow's part of a checkpoint: the run keys (with the model folder), the position, and what `grow expand`
-        needs to grow the training state (the optimizer's parameter order and settings, the multipliers)."""
+        """grow's part of a checkpoint: the run keys (with the model folder), the position, the mixed precision it
+        trained in (a resume in another is noted), and what `grow expand` needs to grow the training state (the
+        optimizer's parameter order and settings, the multipliers)."""
         state = {
             **self.run_keys,
             # the model the run trains now, which `grow expand` and `grow inspect` read the weights saved as: its
@@ -121,6 +128,7 @@ class Run:
             "tokens": self.tokens,
             "data_blocks": self.data_blocks,
             "parameters": self.parameter_names,
+            "mixed_precision": self.accelerator.mixed_precision,
             **self.settings(),
         }
         if self.continuation is not None:
@@ -219,7 +227,8 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     schedule = make_schedule(config, budget.max_steps, continuation)
     optimizer, names = make_optimizer(model, config, max_lr, accelerator, continuation)
     if continuation is not None and continuation.load_from is not None:
-        for note in load_grown_state(optimizer, names, model, continuation, config, budget.global_batch):
+        this_run = {**keys, "mixed_precision": accelerator.mixed_precision}
+        for note in load_grown_state(optimizer, names, model, continuation, config, this_run):
             say(accelerator, config.quiet, note)
     scheduler = make_scheduler(optimizer, schedule, continuation.start_step if continuation else 0)
     flops_token = (
@@ -614,6 +623,8 @@ def state_engine(accelerator: Accelerator) -> str:
 def resume(run: Run, checkpoint: Path) -> None:
     """Restore the model, optimizer, scheduler and RNG states from `checkpoint` and move the run to its step."""
     resumed = load_checkpoint(run.accelerator, checkpoint, run.run_keys, run.settings())
+    if change := precision_change(resumed, run.accelerator.mixed_precision):
+        run.say(f"note: {change}")
     run.step, run.tokens = resumed["step"], resumed["tokens"]
     if run.apollo:
         run.apollo.resume_at(run.step)

@@ -66,6 +66,7 @@ SHAPE = {
     "train_only": TEXT,
     "num_processes": POSITIVE,
     "engine": TEXT,
+    "mixed_precision": TEXT,  # not a run key: a resume may change it, and says so (checkpoints.precision_change)
     "start_step": STEP,
     "data_offset": COUNT,
     "model_config": {"model_type": Required(TEXT)},

@@ -3,9 +3,10 @@ the newest one a finite loss vouched for, `vouched_for`).
 
 accelerate saves the model, the optimizer, the LR scheduler, the gradient scaler and every process's RNG states
 (and shards them under FSDP/DeepSpeed). grow adds `grow-state.json`, written last: the step (which is the data
-position, see `batches.py`), the tokens seen, and what must not change across a resume (data fingerprint,
-sequence length, global batch). A folder without it is an interrupted save and is never resumed from; a folder
-with a damaged file is named and skipped (`--resume auto`) or refused (`--resume PATH`), never loaded half-way.
+position, see `batches.py`), the tokens seen, what must not change across a resume (data fingerprint, sequence
+length, global batch) and the mixed precision, which may (with a note: `precision_change`). A folder without it is
+an interrupted save and is never resumed from; a folder with a damaged file is named and skipped (`--resume auto`)
+or refused (`--resume PATH`), never loaded half-way.
 """
 
 from __future__ import annotations
@@ -273,6 +274,20 @@ def described_change(change: tuple[str, Any, Any], recorded: dict[str, Any], exp
             f"{expected.get('model')} holds other weights"
         )
     return f"made with {key}={was!r} but this run has {key}={now!r}"
+
+
+def precision_change(recorded: dict[str, Any], precision: str) -> str | None:
+    """How a checkpoint's mixed precision and this run's differ, as a note; None when they agree or the checkpoint
+    of an earlier grow did not record its own. Not a run key: the saved state (float32 weights and moments) loads
+    under any precision, and a run may need another one where it resumes (a GPU without bf16), so the resume goes on
+    — but its losses are no longer the ones the paused run would have had, and the docs promise those."""
+    was = recorded.get("mixed_precision")
+    if was is None or was == precision:
+        return None
+    return (
+        f"the checkpoint was made with mixed_precision={was!r} but this run has mixed_precision={precision!r}: it "
+        "continues from the checkpoint's state, no longer exactly as the paused run would have gone on"
+    )
 
 
 def finished_run(out: Path) -> dict[str, Any] | None:

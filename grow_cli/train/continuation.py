@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR as STATE_DIR
+from grow_cli.data.masking_settings import NAMES as MASKING
 from grow_cli.errors import CheckpointError, UsageError
 from grow_cli.json_shape import COUNT, FLAG, NUMBER, STEP, TEXT, MapOf, Required, Unfit, maybe, read_checked
 from grow_cli.train.checkpoint_state import MULTIPLIER_KEYS, MULTIPLIERS, OPTIMIZER
@@ -35,7 +36,16 @@ FORMAT = "grow-training-state"
 # tensor's multipliers and moments, and of the source run the settings the notes compare (as the checkpoint's
 # grow-state.json held them) and its optimizer's, which `--max-lr auto` takes (any of them null when they were read
 # from an optimizer.bin that did not hold them).
-COMPARED = ("data_fingerprint", "seq_len", "seed", "eval_fraction", "global_batch", "schedule")
+COMPARED = (
+    "data_fingerprint",
+    "seq_len",
+    "seed",
+    "eval_fraction",
+    "global_batch",
+    "schedule",
+    "mixed_precision",
+    "objective",
+)
 SHAPE = {
     "format": Required(TEXT),
     "step": Required(STEP),
@@ -181,22 +191,26 @@ def from_grown_state(folder: Path, config) -> Continuation:
     )
 
 
-def differences(state_folder: Path, config, global_batch: int) -> list[str]:
+def differences(state_folder: Path, config, this_run: dict[str, Any]) -> list[str]:
     """Settings in which this run differs from the source run it continues: notes, since each one means the grown
-    model follows its own dynamics rather than the source's (a legitimate choice, e.g. a larger batch)."""
+    model follows its own dynamics rather than the source's (a legitimate choice, e.g. a larger batch). `this_run`
+    holds this run's keys (`build.run_keys`) and its `mixed_precision`; a setting the source did not record (a state
+    grown by an earlier grow) is not compared."""
     state = read_state(state_folder)
     run = (state.get("source") or {}).get("run") or {}
     optimizer = (state.get("source") or {}).get("optimizer") or {}
     schedule = run.get("schedule") or {}
     ours = {
         "seq_len": config.seq_len,
-        "global_batch": global_batch,
+        "global_batch": this_run["global_batch"],
         "seed": config.seed,
         "schedule": config.schedule,
         "betas": [config.beta1, config.beta2],
         "eps": config.eps,
         "weight_decay": config.weight_decay,
         "grad_clip": config.grad_clip,
+        "mixed_precision": this_run["mixed_precision"],
+        **objective_settings(this_run["objective"]),
     }
     theirs = {
         "seq_len": run.get("seq_len"),
@@ -207,12 +221,24 @@ def differences(state_folder: Path, config, global_batch: int) -> list[str]:
         "eps": optimizer.get("eps"),
         "weight_decay": optimizer.get("weight_decay"),
         "grad_clip": optimizer.get("grad_clip"),
+        "mixed_precision": run.get("mixed_precision"),
+        **objective_settings(run.get("objective")),
     }
     return [
-        f"the grown state's run had {key} {theirs[key]!r}, this run {ours[key]!r}"
+        f"the grown state's run had {key} {theirs.get(key)!r}, this run {ours[key]!r}"
         for key in ours
-        if theirs[key] is not None and theirs[key] != ours[key]
+        if theirs.get(key) is not None and theirs[key] != ours[key]
     ]
+
+
+def objective_settings(objective: dict[str, Any] | None) -> dict[str, Any]:
+    """An objective as the run keys record it (`Objective.describe`), setting by setting: its name, document masking
+    (recorded only when on) and a masked LM's masking rule (its `keep_prob` follows from the other shares; a causal
+    LM has none, and another objective is one note, not one per share)."""
+    if objective is None:
+        return {}
+    settings = {"objective": objective["name"], "document_masking": bool(objective.get("document_masking"))}
+    return settings | {name: objective[name] for name in MASKING if name in objective}
 
 
 def check_whole_state(config, continuation: Continuation | None, engine: str | None) -> None:
@@ -235,7 +261,7 @@ def check_whole_state(config, continuation: Continuation | None, engine: str | N
 
 
 def load_grown_state(
-    optimizer, names: list[str], model, continuation: Continuation, config, global_batch: int
+    optimizer, names: list[str], model, continuation: Continuation, config, this_run: dict[str, Any]
 ) -> list[str]:
     """Load the grown AdamW state into `optimizer` before accelerate prepares it (`--resume grown`; one process or
     DDP, `check_whole_state`); return the notes for the user: how this run differs from the source's, and what was
@@ -243,7 +269,7 @@ def load_grown_state(
     assert continuation.load_from is not None
     notes = [
         f"note: {difference}: the run continues the state, not the source's exact dynamics"
-        for difference in differences(continuation.load_from, config, global_batch)
+        for difference in differences(continuation.load_from, config, this_run)
     ]
     carried = load_moments(optimizer, names, model, continuation.load_from)
     step = (continuation.source or {}).get("step")
