@@ -29,17 +29,32 @@ CONFIGS = {
     "exaone4": dict(_BASE, intermediate_size=48, num_key_value_heads=2, head_dim=8, sliding_window=5),
     # Gemma-like: (1 + w) norms and √hidden embedding scale, found by measurement.
     "vaultgemma": dict(_BASE, intermediate_size=48, num_key_value_heads=1, head_dim=8),
+    # LayerNorm with bias, parallel attention + MLP, partial rotary, biased output projections and head.
+    "phi": dict(_BASE, intermediate_size=48, num_key_value_heads=2),
+    # LayerNorm without parameters: the identity block and width scale only the projections.
+    "olmo": dict(_BASE, intermediate_size=48, num_key_value_heads=2),
+    # Llama-like, head_dim set apart from hidden / heads.
+    "internlm3": dict(_BASE, intermediate_size=48, num_key_value_heads=2, head_dim=8),
+    # a bias on every projection: the sublayers' last biases are residual writers too.
+    "ernie4_5": dict(_BASE, intermediate_size=48, num_key_value_heads=2, head_dim=8, use_bias=True),
     # runs only with head_dim = hidden / heads: depth only, width refused.
     "stablelm": dict(_BASE, intermediate_size=48, num_key_value_heads=2),
+    # fused [q|k|v] with grouped KV heads (Falcon's new decoder architecture): depth only, width refused.
+    "falcon": dict(_BASE, num_kv_heads=2, new_decoder_architecture=True),
 }
 WRITERS = {
     "arcee": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
     "cohere": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
     "exaone4": ["post_attention_layernorm.weight", "post_feedforward_layernorm.weight"],
     "vaultgemma": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
+    "phi": ["self_attn.dense.weight", "self_attn.dense.bias", "mlp.fc2.weight", "mlp.fc2.bias"],
+    "olmo": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
+    "internlm3": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
+    "ernie4_5": ["self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias"],
     "stablelm": ["self_attn.o_proj.weight", "mlp.down_proj.weight"],
+    "falcon": ["self_attention.dense.weight", "mlp.dense_4h_to_h.weight"],
 }
-WIDTH = ["arcee", "cohere", "exaone4", "vaultgemma"]
+WIDTH = ["arcee", "cohere", "exaone4", "vaultgemma", "phi", "olmo", "internlm3", "ernie4_5"]
 
 
 def _model_class(name):
@@ -164,11 +179,12 @@ def test_a_layer_that_computes_with_its_own_index_refuses_identity_growth(tmp_pa
     )
 
 
-def test_width_is_refused_where_an_axis_cannot_be_placed(cli, sources, tmp_path):
-    result = cli("expand", sources["stablelm"], tmp_path / "out", "--width-factor", "2")
+@pytest.mark.parametrize(("name", "unplaced"), [("stablelm", "k_proj"), ("falcon", "query_key_value")])
+def test_width_is_refused_where_an_axis_cannot_be_placed(cli, sources, tmp_path, name, unplaced):
+    result = cli("expand", sources[name], tmp_path / "out", "--width-factor", "2")
     lines = result.stderr.strip().splitlines()
-    assert result.code != 0 and len(lines) == 1 and "width growth is refused for stablelm" in lines[0]
-    assert "k_proj" in lines[0] and "Traceback" not in result.stderr
+    assert result.code != 0 and len(lines) == 1 and f"width growth is refused for {name}" in lines[0]
+    assert unplaced in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 
 
