@@ -1,6 +1,6 @@
 """Grow every causal LM that the installed transformers ships, as a tiny random model, and sort the outcomes.
 
-    python benchmarks/sweep_decoders.py                 # every type (~45 min on a 2-core machine)
+    python benchmarks/sweep_decoders.py                 # every type (~3 min on a 2-core machine)
     python benchmarks/sweep_decoders.py llama diffllama # some types
     python benchmarks/sweep_decoders.py --json out.json
 
