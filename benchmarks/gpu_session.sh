@@ -7,9 +7,9 @@
 #   bash benchmarks/gpu_session.sh run-masked   # there, a second call if time allows: masked LM (BERT-base)
 #
 # `run` writes under $OUT (or ./gpu-out): gpu_tests.log (Liger Kernel's, document masking's, attention's, the
-# masked head's and the host-sync checks; the GPU ones skip on a CPU), bench_train_gpu.log and bench_train_gpu.json
-# (grow against Trainer, tokens/s, MFU, peak memory). It is sized to finish in about 7 minutes: tests ~1-2 min,
-# benchmark ≤ 5 min plus start-up.
+# masked head's, the host-sync and the fp16 resume checks; the GPU ones skip on a CPU), bench_train_gpu.log and
+# bench_train_gpu.json (grow against Trainer, tokens/s, MFU, peak memory). It is sized to finish in about 7 minutes:
+# tests ~1-2 min, benchmark ≤ 5 min plus start-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +40,7 @@ run() {
   setup
   (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") | tee "$out/gpu.txt"
   python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_documents.py tests/test_attention.py \
-    tests/test_host_reads.py tests/test_masked_head.py 2>&1 | tee "$out/gpu_tests.log" ||
+    tests/test_host_reads.py tests/test_masked_head.py tests/test_fp16_resume.py 2>&1 | tee "$out/gpu_tests.log" ||
     echo "GPU tests failed: see gpu_tests.log (the benchmark still runs)"
   # GPU_SESSION_SMOKE=1: the benchmark's tiny CPU shape, to check this script on a machine without a GPU.
   python3 benchmarks/bench_train_gpu.py --json ${GPU_SESSION_SMOKE:+--smoke} >"$out/bench_train_gpu.json" \

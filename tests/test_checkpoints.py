@@ -348,6 +348,8 @@ def test_a_sharded_state_that_does_not_load_is_one_line(tmp_path):
     from grow_cli.train.checkpoints import STATE_FILE, load_checkpoint
 
     class Accelerator:
+        scaler = None  # fp32: no gradient scaler
+
         def load_state(self, path):
             raise CheckpointException("load", {0: (FileNotFoundError("pytorch_model_fsdp_0/.metadata"), None)})
 

@@ -36,6 +36,7 @@ from grow_cli.train.checkpoints import (
     precision_change,
     remove_unfinished,
     run_key_change,
+    starts_fresh_scaler,
 )
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, check_whole_state, load_grown_state
@@ -623,7 +624,8 @@ def state_engine(accelerator: Accelerator) -> str:
 def resume(run: Run, checkpoint: Path) -> None:
     """Restore the model, optimizer, scheduler and RNG states from `checkpoint` and move the run to its step."""
     resumed = load_checkpoint(run.accelerator, checkpoint, run.run_keys, run.settings())
-    if change := precision_change(resumed, run.accelerator.mixed_precision):
+    fresh_scaler = starts_fresh_scaler(run.accelerator, checkpoint)
+    if change := precision_change(resumed, run.accelerator.mixed_precision, fresh_scaler):
         run.say(f"note: {change}")
     run.step, run.tokens = resumed["step"], resumed["tokens"]
     if run.apollo:

@@ -276,18 +276,35 @@ def described_change(change: tuple[str, Any, Any], recorded: dict[str, Any], exp
     return f"made with {key}={was!r} but this run has {key}={now!r}"
 
 
-def precision_change(recorded: dict[str, Any], precision: str) -> str | None:
-    """How a checkpoint's mixed precision and this run's differ, as a note; None when they agree or the checkpoint
-    of an earlier grow did not record its own. Not a run key: the saved state (float32 weights and moments) loads
-    under any precision, and a run may need another one where it resumes (a GPU without bf16), so the resume goes on
-    — but its losses are no longer the ones the paused run would have had, and the docs promise those."""
+def precision_change(recorded: dict[str, Any], precision: str, fresh_scaler: bool) -> str | None:
+    """How a checkpoint's mixed precision and this run's differ, as a note; None when they agree (or the checkpoint
+    of an earlier grow did not record its own) and the run loads the checkpoint's gradient scaler, if it has one. Not
+    a run key: the saved state (float32 weights and moments) loads under any precision, and a run may need another
+    one where it resumes (a GPU without bf16), so the resume goes on — but its losses are no longer the ones the
+    paused run would have had, and the docs promise those. `fresh_scaler`: `starts_fresh_scaler`."""
+    from accelerate.utils import SCALER_NAME
+
     was = recorded.get("mixed_precision")
-    if was is None or was == precision:
+    changed = was is not None and was != precision
+    if not changed and not fresh_scaler:
         return None
-    return (
-        f"the checkpoint was made with mixed_precision={was!r} but this run has mixed_precision={precision!r}: it "
-        "continues from the checkpoint's state, no longer exactly as the paused run would have gone on"
-    )
+    if changed:
+        made = f"the checkpoint was made with mixed_precision={was!r} but this run has mixed_precision={precision!r}"
+    else:
+        made = f"the checkpoint holds no gradient scaler ({SCALER_NAME}) but this {precision} run has one"
+    scaler = " with a fresh gradient scaler, as a new fp16 run starts" if fresh_scaler else ""
+    exactly = "no longer exactly as the paused run would have gone on"
+    return f"{made}: it continues from the checkpoint's state{scaler}, {exactly}"
+
+
+def starts_fresh_scaler(accelerator, path: Path) -> bool:
+    """Whether this run has a gradient scaler (fp16 on a GPU) and checkpoint `path` holds none (it was saved in bf16
+    or fp32, or in fp16 on a CPU, where accelerate uses none): accelerate's `load_state` would fail on the missing
+    file, so the run keeps its new scaler (`load_checkpoint`). A checkpoint's scaler that this run has no use for
+    (an fp16 one resumed in another precision) is left unread by accelerate itself."""
+    from accelerate.utils import SCALER_NAME
+
+    return accelerator.scaler is not None and not (Path(path) / SCALER_NAME).is_file()
 
 
 def finished_run(out: Path) -> dict[str, Any] | None:
@@ -334,7 +351,8 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings:
             "original settings"
         )
     try:
-        accelerator.load_state(str(path))
+        with _scaler_left_fresh(accelerator, starts_fresh_scaler(accelerator, path)):
+            accelerator.load_state(str(path))
     except (
         RuntimeError,
         ValueError,
@@ -354,6 +372,19 @@ def load_checkpoint(accelerator, path: Path, expected: dict[str, Any], settings:
             "was made (the same model, with FSDP or without as then), or start again with --overwrite"
         ) from None
     return state
+
+
+@contextlib.contextmanager
+def _scaler_left_fresh(accelerator, fresh: bool):
+    """With `fresh`, hide the accelerator's gradient scaler from `load_state`, which then loads everything else as
+    it always does, and leaves the scaler as this run made it (`starts_fresh_scaler`)."""
+    scaler = accelerator.scaler
+    if fresh:
+        accelerator.scaler = None
+    try:
+        yield
+    finally:
+        accelerator.scaler = scaler
 
 
 def _weights_mismatch(message: str) -> str | None:
