@@ -58,6 +58,18 @@ def test_the_summary_line_counts_its_steps(setup, tmp_path, capsys):
     assert f"trained 1 step on {8 * 32:,} tokens: eval loss " in stderr and str(tmp_path / "out") in stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU fp16 trains in fp16")
+def test_fp16_on_a_cpu_is_refused_in_one_line(setup, tmp_path, capsys):
+    """accelerate makes no fp16 autocast or gradient scaler on a CPU, so such a run trained in float32 and grow.json
+    recorded fp16: refused before the data is read, nothing written."""
+    model, data = setup
+    args = train_args(model, data, tmp_path / "out", "--max-steps", 2, "--mixed-precision", "fp16")
+    code, _, stderr = run_grow(args, capsys)
+    assert code != 0 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "mixed precision fp16 on a CPU: accelerate trains in float32 there" in stderr
+    assert not (tmp_path / "out").exists()
+
+
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 

@@ -338,7 +338,7 @@ def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
             f"precision {held!r} (an Accelerator made before this run); pass mixed_precision={held!r} or None, or "
             "train in a new process",
         )
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         dynamo_backend="no" if config.compile else None,
         log_with=[tracker, *config.report_to],
@@ -347,6 +347,13 @@ def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
         # Apollo's stage plan holds layers that get no gradient until their stage: DDP must look for them.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.apollo_stages is not None)],
     )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise OptionError(  # (accelerate's own choice: it makes no fp16 autocast or gradient scaler on a CPU)
+            "mixed_precision",
+            "mixed precision fp16 on a CPU: accelerate trains in float32 there, which grow.json would record as fp16; "
+            "use --mixed-precision bf16 (autocast on the CPU) or no, or train on a GPU",
+        )
+    return accelerator
 
 
 def make_budget(config: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> Budget:
