@@ -230,7 +230,9 @@ def test_encoders_are_compared_on_the_masked_positions(tmp_path, cli):
         eos_id=tok.sep_token_id,
         cache_dir=tmp_path / "c",
     )
-    rule = masking_rule(tok, probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1, whole_word=False)
+    rule = masking_rule(
+        tok, mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1, whole_word_mask=False
+    )
     inputs = Objective("masked", 0, rule).eval_inputs(torch.from_numpy(tokens.blocks[tokens.eval_ids[:6]]).long())
     where = inputs["labels"] != IGNORE_INDEX
     with torch.no_grad():

@@ -80,9 +80,9 @@ def test_the_masks_follow_the_masking_options_the_same_for_a_and_b_on_every_run(
     thirty = _compared(cli, a, b, "--data", data, *options, "--mlm-probability", 0.3)
     assert default["masking"]["mlm_probability"] == 0.15 and thirty["masking"]["mlm_probability"] == 0.3
     assert 1.6 < thirty["positions"] / default["positions"] < 2.4, (default["positions"], thirty["positions"])
-    settings = {"mask_replace_prob": 0.8, "random_replace_prob": 0.1, "whole_word": False}
+    settings = {"mask_replace_prob": 0.8, "random_replace_prob": 0.1, "whole_word_mask": False}
     for result, probability in ((default, 0.15), (thirty, 0.3)):
-        reference = _reference(a, b, data, cache, probability=probability, **settings)
+        reference = _reference(a, b, data, cache, mlm_probability=probability, **settings)
         assert result["positions"] == reference["positions"]
         for key in ("loss_a", "loss_b", "kl_a_b"):
             assert result[key] == pytest.approx(reference[key], rel=1e-6), (probability, key)
@@ -94,7 +94,7 @@ def test_the_masks_follow_the_masking_options_the_same_for_a_and_b_on_every_run(
 
     words = ["--mlm-probability", 0.3, "--mask-replace-prob", 0.5, "--random-replace-prob", 0.2, "--whole-word-mask"]
     whole = _compared(cli, a, b, "--data", data, *options, *words)
-    masking = {"probability": 0.3, "mask_replace_prob": 0.5, "random_replace_prob": 0.2, "whole_word": True}
+    masking = {"mlm_probability": 0.3, "mask_replace_prob": 0.5, "random_replace_prob": 0.2, "whole_word_mask": True}
     reference = _reference(a, b, data, cache, **masking)
     assert whole["positions"] == reference["positions"] and whole["loss_b"] == pytest.approx(reference["loss_b"])
     assert whole["masking"] == {

@@ -118,7 +118,9 @@ def masked_reference(a, b, blocks):
     from grow_cli.train.objective import Objective
 
     tok = tf.AutoTokenizer.from_pretrained(a)
-    rule = masking_rule(tok, probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1, whole_word=False)
+    rule = masking_rule(
+        tok, mlm_probability=0.15, mask_replace_prob=0.8, random_replace_prob=0.1, whole_word_mask=False
+    )
     inputs = Objective("masked", 0, rule).eval_inputs(blocks)
     where = inputs["labels"] != IGNORE_INDEX
     assert not torch.isin(blocks[where], torch.tensor(tok.all_special_ids)).any()  # never a special token

@@ -33,7 +33,7 @@ def blocks(tokenizer, rows: int = 64, length: int = 64) -> torch.Tensor:
 
 
 def rule(tokenizer, **kw) -> MaskingRule:
-    settings = {"probability": 0.15, "mask_replace_prob": 0.8, "random_replace_prob": 0.1, "whole_word": False}
+    settings = {"mlm_probability": 0.15, "mask_replace_prob": 0.8, "random_replace_prob": 0.1, "whole_word_mask": False}
     return masking_rule(tokenizer, **{**settings, **kw})
 
 
@@ -64,7 +64,7 @@ def test_whole_word_masking_hides_every_piece_of_a_word(tokenizer):
     starts = word_starts(tokenizer)
     assert not starts[tokenizer.convert_tokens_to_ids("##ization")] and starts[tokenizer.convert_tokens_to_ids("the")]
     ids = blocks(tokenizer)
-    _, labels = mask_rows(rule(tokenizer, whole_word=True), ids, (0, 1))
+    _, labels = mask_rows(rule(tokenizer, whole_word_mask=True), ids, (0, 1))
     chosen = (labels != IGNORE_INDEX).numpy()
     special = np.isin(ids.numpy(), tokenizer.all_special_ids)
     continuation = ~starts[ids.numpy()] & ~np.roll(special, 1, axis=1)  # a piece after a special starts a word
@@ -81,7 +81,7 @@ def test_whole_word_masking_hides_every_piece_of_a_word(tokenizer):
 
 def test_every_row_predicts_something_and_a_tokenizer_without_mask_is_refused(tokenizer):
     ids = blocks(tokenizer, rows=200, length=4)
-    _, labels = mask_rows(rule(tokenizer, probability=0.01), ids, (0, 0))
+    _, labels = mask_rows(rule(tokenizer, mlm_probability=0.01), ids, (0, 0))
     assert ((labels != IGNORE_INDEX).sum(1) >= 1).all()
 
     from tinylm import tiny_tokenizer

@@ -53,12 +53,14 @@ class MaskingRule:
 def masking_rule(
     tokenizer,
     *,
-    probability: float,
+    mlm_probability: float,
     mask_replace_prob: float,
     random_replace_prob: float,
-    whole_word: bool,
+    whole_word_mask: bool,
 ) -> MaskingRule:
-    """The `MaskingRule` for `tokenizer`; a tokenizer without a mask token cannot be trained with masking."""
+    """The `MaskingRule` for `tokenizer` and the masking settings under their own names (`masking_settings.NAMES`:
+    train-stage's options, compare's, a recipe's keys); a tokenizer without a mask token cannot be trained with
+    masking."""
     if tokenizer.mask_token_id is None:
         raise UsageError(
             "masked-LM training needs a mask token, and this tokenizer has none; train this model with "
@@ -68,10 +70,10 @@ def masking_rule(
         mask_id=int(tokenizer.mask_token_id),
         vocab_size=len(tokenizer),
         special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
-        probability=probability,
+        probability=mlm_probability,
         mask_replace_prob=mask_replace_prob,
         random_replace_prob=random_replace_prob,
-        word_start=word_starts(tokenizer) if whole_word else None,
+        word_start=word_starts(tokenizer) if whole_word_mask else None,
     )
 
 

@@ -183,13 +183,7 @@ def _objective(a: Path, config_a, b: Path, config_b, tokenizer, masking: dict[st
                 "LMs, compared on every next token; drop it",
             )
         return choice, Objective("causal", 0)
-    rule = masking_rule(
-        tokenizer,
-        probability=masking["mlm_probability"],
-        mask_replace_prob=masking["mask_replace_prob"],
-        random_replace_prob=masking["random_replace_prob"],
-        whole_word=masking["whole_word_mask"],
-    )
+    rule = masking_rule(tokenizer, **masking)
     return choice, Objective("masked", 0, rule)
 
 

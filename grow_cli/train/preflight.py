@@ -88,13 +88,7 @@ def preflight(config: TrainConfig) -> Checked:
             "(see --objective)"
         )
     else:
-        masking = masking_rule(
-            tokenizer,
-            probability=config.mlm_probability,
-            mask_replace_prob=config.mask_replace_prob,
-            random_replace_prob=config.random_replace_prob,
-            whole_word=config.whole_word_mask,
-        )
+        masking = masking_rule(tokenizer, **{name: getattr(config, name) for name in MASKING})
     apollo = plan_apollo(config, model_config)
     trainable_names = added_tensors(model) if config.train_only == "new" else None
     check_not_overlapping(out, model)  # --overwrite would otherwise delete the model being trained
