@@ -146,7 +146,7 @@ def _option_with_value(command: Any, arg: str) -> str | None:
     if "=" in arg:
         return None
     for param in command.params:
-        if arg in getattr(param, "secondary_opts", ()):  # --no-force
+        if arg in getattr(param, "secondary_opts", ()):  # --no-liger
             return None
         if param.param_type_name == "option" and arg in param.opts:
             return None if param.is_flag or param.count else arg

@@ -27,6 +27,22 @@ def test_every_command_is_documented_with_examples(cli, command):
     assert "Examples" in result.stdout, f"`grow {command} --help` has no examples"
 
 
+@pytest.mark.parametrize("command", _commands())
+def test_help_names_every_option_in_full_in_an_80_column_terminal(cli, command, monkeypatch):
+    """Rich shrinks a wide options table by cutting every column short, option names too (`--micro-batch-s…` in
+    train-stage's help at 80 columns, the default of many terminals): each name must read whole."""
+    import typer.main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli(command, "--help")
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    names = [name for param in click_command.params for name in (*param.opts, *param.secondary_opts)]
+    cut = [
+        name for name in names if name.startswith("--") and not re.search(rf"{re.escape(name)}(?![\w-])", result.stdout)
+    ]
+    assert result.code == 0 and names and not cut, f"`grow {command} --help` at 80 columns cuts {cut}"
+
+
 def test_version(cli):
     result = cli("--version")
     assert result.code == 0 and result.stdout.startswith("grow ")

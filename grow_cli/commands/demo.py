@@ -19,7 +19,9 @@ def demo(
     out: Annotated[
         Path, typer.Argument(help="Output folder, new or empty: the models go into OUT/wide and OUT/wide-deep.")
     ] = Path("grow-demo-minilm"),
-    force: Annotated[bool, typer.Option(help="Replace the wide/ and wide-deep/ of an earlier demo in OUT.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the wide/ and wide-deep/ of an earlier demo in OUT.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:

@@ -93,6 +93,7 @@ def expand(
     weights_only: Annotated[
         bool,
         typer.Option(
+            "--weights-only",
             help="SRC a train-stage checkpoint (or output with --save-final-state): grow its weights only, not its "
             "optimizer state (which exact methods otherwise grow beside the model, for train-stage --resume grown). "
             "Refused for any other SRC.",
@@ -127,6 +128,7 @@ def expand(
     shared_expert: Annotated[
         bool,
         typer.Option(
+            "--shared-expert",
             help="Add a shared expert (a copy of the MLP, gate at ½, routed outputs halved: still exact) where the "
             "MoE type has one (qwen2_moe).",
             rich_help_panel=MOE,
@@ -145,19 +147,24 @@ def expand(
     ] = None,
     verify: Annotated[
         bool,
-        typer.Option(help="Compare source and grown outputs on probe tokens; fails when an exact method is not exact."),
+        typer.Option(
+            "--verify",
+            help="Compare source and grown outputs on probe tokens; fails when an exact method is not exact.",
+        ),
     ] = False,
     verify_max_memory: Annotated[
         str | None,
         typer.Option(help="Memory bound for --verify (e.g. 8GB): weights beyond it are streamed from disk."),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty output folder.", rich_help_panel=OUTPUT)] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan and write nothing.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a non-empty output folder.", rich_help_panel=OUTPUT)
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and write nothing.")] = False,
     push_to_hub: Annotated[
         str | None, typer.Option(help="Push the finished output to this Hub repo id.", rich_help_panel=OUTPUT)
     ] = None,
     private: Annotated[
-        bool, typer.Option(help="With --push-to-hub: create the repo private.", rich_help_panel=OUTPUT)
+        bool, typer.Option("--private", help="With --push-to-hub: create the repo private.", rich_help_panel=OUTPUT)
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,

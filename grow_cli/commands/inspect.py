@@ -33,7 +33,7 @@ def inspect(
             show_default=False,
         ),
     ] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing --write-definition file.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --write-definition file.")] = False,
 ) -> None:
     """Describe a checkpoint: architecture, parameters, shape, dtypes, shards, and which growth methods apply.
 

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-MlmProbability = Annotated[float, typer.Option(help="Masked LM: share of tokens to predict.")]
-MaskReplaceProb = Annotated[float, typer.Option(help="Masked LM: share of those replaced by the mask token.")]
-RandomReplaceProb = Annotated[float, typer.Option(help="Masked LM: share replaced by a random token (rest kept).")]
-WholeWordMask = Annotated[bool, typer.Option(help="Masked LM: mask whole words, not single tokens.")]
+MASKED_LM = "Masked LM"  # the --help panel of these options
+
+MlmProbability = Annotated[float, typer.Option(help="Share of tokens to predict.", rich_help_panel=MASKED_LM)]
+MaskReplaceProb = Annotated[
+    float, typer.Option(help="Share of those replaced by the mask token.", rich_help_panel=MASKED_LM)
+]
+RandomReplaceProb = Annotated[
+    float, typer.Option(help="Share replaced by a random token (rest kept).", rich_help_panel=MASKED_LM)
+]
+WholeWordMask = Annotated[
+    bool,
+    typer.Option("--whole-word-mask", help="Mask whole words, not single tokens.", rich_help_panel=MASKED_LM),
+]

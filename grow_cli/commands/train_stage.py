@@ -9,6 +9,7 @@ inside the body.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -76,6 +77,23 @@ Staged training's restart: jump back to the step R its rule suggests and warm th
 """
 
 Opt = typer.Option
+
+
+def _panel(title: str) -> Any:
+    """typer.Option for the options --help shows together under `title`: grouped, the options panel of a command
+    with some fifty options reads by topic, and each panel's table sizes its columns to its own names, so no option
+    name is cut short in an 80-column terminal."""
+    return functools.partial(typer.Option, rich_help_panel=title)
+
+
+DataOpt = _panel("Data")
+BatchOpt = _panel("Batch")
+LrOpt = _panel("Learning rate and optimizer")
+ObjectiveOpt = _panel("Objective")
+ApolloOpt = _panel("Apollo")
+SpeedOpt = _panel("Speed and memory")
+RunOpt = _panel("Evaluation, checkpoints and logs")
+HubOpt = _panel("Hub")
 # The options that say what to do with the result rather than how to train; every other one is a `TrainConfig` field.
 COMMAND_ONLY = ("context", "push_to_hub", "private", "token", "json_output")
 
@@ -96,52 +114,52 @@ def train_stage(
     max_tokens: Annotated[
         str | None, Opt(help="Budget in training tokens (e.g. 50M, 2B or 2e9); steps are derived.")
     ] = None,
-    seq_len: Annotated[int, Opt(help="Tokens per packed block.")] = 512,
     text_field: Annotated[
         str | None,
-        Opt(help=f"Field of JSON Lines / column of Parquet and datasets holding text (default: {TEXT_FIELD})."),
+        DataOpt(help=f"Field of JSON Lines / column of Parquet and datasets holding text (default: {TEXT_FIELD})."),
     ] = None,
-    micro_batch_size: Annotated[int, Opt(help="Blocks per forward pass per process.")] = 8,
+    micro_batch_size: Annotated[int, BatchOpt(help="Blocks per forward pass per process.")] = 8,
     grad_accum: Annotated[
-        int | None, Opt(help="Micro-batches per optimizer step (default: accelerate launch's, else 1).")
+        int | None, BatchOpt(help="Micro-batches per optimizer step (default: accelerate launch's, else 1).")
     ] = None,
-    global_batch_tokens: Annotated[int | None, Opt(help="Tokens per optimizer step; sets --grad-accum.")] = None,
-    max_lr: Annotated[str, Opt(help="Peak LR, or 'auto' for the size rule of Yano et al. 2025.")] = "auto",
-    min_lr_ratio: Annotated[float, Opt(help="Final LR as a fraction of the peak.")] = 0.1,
-    schedule: Annotated[str, Opt(help="cosine | linear | constant | wsd.")] = "cosine",
-    warmup_steps: Annotated[int | None, Opt(help="Warmup steps (default: --warmup-ratio of the run).")] = None,
-    warmup_ratio: Annotated[float, Opt(help="Warmup as a fraction of all steps.")] = 0.01,
-    decay_ratio: Annotated[float, Opt(help="wsd: fraction of steps in the final decay.")] = 0.2,
-    decay_type: Annotated[str, Opt(help="wsd: linear | cosine | sqrt decay.")] = "linear",
-    beta1: Annotated[float, Opt(help="AdamW beta1.")] = 0.9,
-    beta2: Annotated[float, Opt(help="AdamW beta2.")] = 0.95,
-    eps: Annotated[float, Opt(help="AdamW epsilon.")] = 1e-8,
-    weight_decay: Annotated[float, Opt(help="AdamW weight decay (matrices only).")] = 0.1,
-    grad_clip: Annotated[float, Opt(help="Clip the gradient norm to this (0: off).")] = 1.0,
-    train_only: Annotated[str, Opt(help="'all', or 'new': only the tensors grow added (LLaMA-Pro).")] = "all",
+    global_batch_tokens: Annotated[int | None, BatchOpt(help="Tokens per optimizer step; sets --grad-accum.")] = None,
+    seq_len: Annotated[int, BatchOpt(help="Tokens per packed block.")] = 512,
+    max_lr: Annotated[str, LrOpt(help="Peak LR, or 'auto' for the size rule of Yano et al. 2025.")] = "auto",
+    min_lr_ratio: Annotated[float, LrOpt(help="Final LR as a fraction of the peak.")] = 0.1,
+    schedule: Annotated[str, LrOpt(help="cosine | linear | constant | wsd.")] = "cosine",
+    warmup_steps: Annotated[int | None, LrOpt(help="Warmup steps (default: --warmup-ratio of the run).")] = None,
+    warmup_ratio: Annotated[float, LrOpt(help="Warmup as a fraction of all steps.")] = 0.01,
+    decay_ratio: Annotated[float, LrOpt(help="wsd: fraction of steps in the final decay.")] = 0.2,
+    decay_type: Annotated[str, LrOpt(help="wsd: linear | cosine | sqrt decay.")] = "linear",
+    beta1: Annotated[float, LrOpt(help="AdamW beta1.")] = 0.9,
+    beta2: Annotated[float, LrOpt(help="AdamW beta2.")] = 0.95,
+    eps: Annotated[float, LrOpt(help="AdamW epsilon.")] = 1e-8,
+    weight_decay: Annotated[float, LrOpt(help="AdamW weight decay (matrices only).")] = 0.1,
+    grad_clip: Annotated[float, LrOpt(help="Clip the gradient norm to this (0: off).")] = 1.0,
+    train_only: Annotated[str, ObjectiveOpt(help="'all', or 'new': only the tensors grow added (LLaMA-Pro).")] = "all",
     schedule_offset: Annotated[
         str | None,
-        Opt(
+        LrOpt(
             help="Start at this step of the LR schedule (staged training's restart step R); with --resume grown "
             "'auto' takes the step the grown state suggests (default there: the step it was grown at)."
         ),
     ] = None,
     restart_warmup_steps: Annotated[
-        int, Opt(help="Ramp the LR from 0 to the schedule over this many steps after the start step.")
+        int, LrOpt(help="Ramp the LR from 0 to the schedule over this many steps after the start step.")
     ] = 0,
     data_offset: Annotated[
         str | None,
-        Opt(
+        DataOpt(
             help="Start reading the data order at this block; 'lineage' reads on after the blocks the model's "
             "lineage read from the same data (a grown model trained with a fresh optimizer sees new data, as a "
             "from-scratch run would)."
         ),
     ] = None,
-    save_final_state: Annotated[
-        bool, Opt(help="Also save the final training state (a checkpoint), so grow expand can grow the run on.")
-    ] = False,
     objective: Annotated[
-        str, Opt(help="auto (from the architecture: causal LM for decoders, masked LM for encoders) | causal | masked.")
+        str,
+        ObjectiveOpt(
+            help="auto (from the architecture: causal LM for decoders, masked LM for encoders) | causal | masked."
+        ),
     ] = "auto",
     mlm_probability: MlmProbability = MLM_PROBABILITY,
     mask_replace_prob: MaskReplaceProb = MASK_REPLACE_PROB,
@@ -149,27 +167,29 @@ def train_stage(
     whole_word_mask: WholeWordMask = False,
     document_masking: Annotated[
         bool,
-        Opt(
+        ObjectiveOpt(
             "--document-masking",
             help="Causal LM: each document packed into a block attends only to itself, at positions from 0 "
             "(positions restart after every end-of-document token; checked on the model before training).",
         ),
     ] = False,
     apollo_target_layers: Annotated[
-        int | None, Opt(help="Apollo: share the layers over sampled depths up to this many (Pan et al. 2024).")
+        int | None, ApolloOpt(help="Share the layers over sampled depths up to this many (Pan et al. 2024).")
     ] = None,
     apollo_stages: Annotated[
-        str | None, Opt(help="Apollo: grow the unique layers in place, e.g. '3,6@200,12@500' (LAYERS@STEP).")
+        str | None, ApolloOpt(help="Grow the unique layers in place, e.g. '3,6@200,12@500' (LAYERS@STEP).")
     ] = None,
-    apollo_sampling: Annotated[str, Opt(help="Apollo: depth sampling, lvps | uniform.")] = "lvps",
-    mixed_precision: Annotated[str | None, Opt(help="no | fp16 | bf16 (default: accelerate's config).")] = None,
-    gradient_checkpointing: Annotated[bool, Opt(help="Recompute activations to save memory.")] = False,
+    apollo_sampling: Annotated[str, ApolloOpt(help="Depth sampling, lvps | uniform.")] = "lvps",
+    mixed_precision: Annotated[str | None, SpeedOpt(help="no | fp16 | bf16 (default: accelerate's config).")] = None,
+    gradient_checkpointing: Annotated[
+        bool, SpeedOpt("--gradient-checkpointing", help="Recompute activations to save memory.")
+    ] = False,
     compile: Annotated[
-        bool, Opt("--compile", help="torch.compile each decoder layer in place (one compiled block, reused).")
+        bool, SpeedOpt("--compile", help="torch.compile each decoder layer in place (one compiled block, reused).")
     ] = False,
     attn_implementation: Annotated[
         str | None,
-        Opt(
+        SpeedOpt(
             help="transformers' attention: sdpa (its default where the model has it), eager, flex_attention, "
             "flash_attention_2, … (with --document-masking, flash attention's variable-length kernels).",
             show_default=False,
@@ -177,50 +197,59 @@ def train_stage(
     ] = None,
     liger: Annotated[
         bool | None,
-        Opt(
+        SpeedOpt(
             "--liger/--no-liger",
             help="Liger Kernel's fused kernels (default: used on CUDA GPUs when liger-kernel is installed and "
             "supports the model; under FSDP or DeepSpeed only with --liger).",
             show_default=False,
         ),
     ] = None,
-    eval_every: Annotated[int | None, Opt(help="Evaluate every N steps (always at the end).")] = None,
-    eval_batches: Annotated[int, Opt(help="Micro-batches of held-out blocks per evaluation.")] = 16,
-    eval_fraction: Annotated[float, Opt(help="Fraction of blocks held out for evaluation.")] = 0.01,
-    save_every: Annotated[int | None, Opt(help="Save a checkpoint every N steps.")] = None,
+    eval_every: Annotated[int | None, RunOpt(help="Evaluate every N steps (always at the end).")] = None,
+    eval_batches: Annotated[int, RunOpt(help="Micro-batches of held-out blocks per evaluation.")] = 16,
+    eval_fraction: Annotated[float, RunOpt(help="Fraction of blocks held out for evaluation.")] = 0.01,
+    save_every: Annotated[int | None, RunOpt(help="Save a checkpoint every N steps.")] = None,
     keep_last: Annotated[
         int,
-        Opt(
+        RunOpt(
             help="Checkpoints to keep: the newest N, and the newest one a finite loss vouched for, which a diverged "
             "run names to resume from (with 1, the one before the newest is kept too)."
         ),
     ] = 2,
     resume: Annotated[
         str | None,
-        Opt(
+        RunOpt(
             help="'auto' (newest checkpoint in --out), 'grown' (the training state grow expand grew into MODEL) "
             "or a checkpoint folder."
         ),
     ] = None,
-    exit_interval: Annotated[int | None, Opt(help="Save and exit after N steps (for time-limited jobs).")] = None,
+    save_final_state: Annotated[
+        bool,
+        RunOpt(
+            "--save-final-state",
+            help="Also save the final training state (a checkpoint), so grow expand can grow the run on.",
+        ),
+    ] = False,
+    exit_interval: Annotated[int | None, RunOpt(help="Save and exit after N steps (for time-limited jobs).")] = None,
     log_every: Annotated[
-        int, Opt(help="Throughput and progress every N steps (every step's loss is logged regardless).")
+        int, RunOpt(help="Throughput and progress every N steps (every step's loss is logged regardless).")
     ] = 10,
-    report_to: Annotated[str, Opt(help="Extra trackers, comma-separated: tensorboard, wandb, mlflow, ….")] = "",
-    peak_tflops: Annotated[float | None, Opt(help="Device peak TFLOP/s for MFU when not known.")] = None,
-    tokenizer: Annotated[Path | None, Opt(help="Tokenizer folder (default: the model folder).")] = None,
-    token_dtype: Annotated[str | None, Opt(help="uint16 | uint32 for .bin token files.")] = None,
+    report_to: Annotated[str, RunOpt(help="Extra trackers, comma-separated: tensorboard, wandb, mlflow, ….")] = "",
+    peak_tflops: Annotated[float | None, RunOpt(help="Device peak TFLOP/s for MFU when not known.")] = None,
+    tokenizer: Annotated[Path | None, DataOpt(help="Tokenizer folder (default: the model folder).")] = None,
+    token_dtype: Annotated[str | None, DataOpt(help="uint16 | uint32 for .bin token files.")] = None,
     cache_dir: Annotated[
         Path | None,
-        Opt(help="Token cache folder (default: .grow-cache/tokens beside --out, shared with runs that write there)."),
+        DataOpt(
+            help="Token cache folder (default: .grow-cache/tokens beside --out, shared with runs that write there)."
+        ),
     ] = None,
     seed: Annotated[int, Opt(help="Seed for data order and initialisation.")] = 0,
-    overwrite: Annotated[bool, Opt(help="Start again in a non-empty --out.")] = False,
-    push_to_hub: Annotated[str | None, Opt(help="Upload the result to this Hub repo id.")] = None,
-    private: Annotated[bool, Opt(help="With --push-to-hub: create the repo private.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Start again in a non-empty --out.")] = False,
+    push_to_hub: Annotated[str | None, HubOpt(help="Upload the result to this Hub repo id.")] = None,
+    private: Annotated[bool, HubOpt("--private", help="With --push-to-hub: create the repo private.")] = False,
     token: Annotated[
         str | None,
-        Opt(help="Hub token for --push-to-hub (default: HF_TOKEN or the saved login).", show_default=False),
+        HubOpt(help="Hub token for --push-to-hub (default: HF_TOKEN or the saved login).", show_default=False),
     ] = None,
     quiet: Annotated[
         bool, Opt("--quiet", "-q", help="No progress or notes on stderr, but warnings about the data (non-UTF-8 text).")
