@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.source import is_repo_id
+from grow_cli.data.hub_origin import hub_dataset
 from grow_cli.growth.verify import compared_output
 from grow_cli.operators.registry import by_name
 
@@ -198,8 +199,9 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
         if isinstance(tokens, int)
         else f"- **Trained** for {stage.get('steps', '?')} steps"
     )
-    # Hub datasets by id; local files by name only (a public card need not show the trainer's file system).
-    names = [d if is_repo_id(d) else Path(d).name for d in data.get("datasets") or data.get("paths") or []]
+    # Hub datasets by id, then the local files by name only (a public card need not show the trainer's file system).
+    local = [path for path in data.get("paths") or [] if hub_dataset(path) is None]
+    names = list(dict.fromkeys(d if is_repo_id(d) else Path(d).name for d in [*(data.get("datasets") or []), *local]))
     if names:
         line += f" of {', '.join(f'`{n}`' for n in names)}"
     lines = [line + (f" (data fingerprint `{data['fingerprint']}`)." if data.get("fingerprint") else ".")]

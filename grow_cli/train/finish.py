@@ -10,10 +10,12 @@ checkpoint of its last step, from which `grow expand` grows the training run on.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grow_cli.data.hub_origin import hub_datasets
 from grow_cli.data.sources import data_paths, field_read
 from grow_cli.divergence import perplexity
 from grow_cli.lineage.card import write_card
@@ -120,16 +122,16 @@ def finish(run: Run, ending: Ending, stopping: Callable[[], bool]) -> dict[str, 
 def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
     """This stage's entry in grow.json: data, objective, Apollo, budget, schedule, optimizer, batch and the final
     evaluation."""
-    config, data = run.config, run.data
+    config, data, paths = run.config, run.data, data_paths(run.config.data)
     start = run.continuation.start_step if run.continuation else 0
     eval_loss = evaluated["eval_loss"]
     return {
         "kind": "train",
         "source": {"path": str(config.model)},
         "data": {
-            "paths": data_paths(config.data),
+            "paths": paths,
             "fingerprint": data.fingerprint,
-            "datasets": [],
+            "datasets": hub_datasets(os.path.abspath(path) for path in paths),  # those in the Hub cache
             "text_field": field_read(config.text_field),
             "documents": data.num_documents,
             "available_tokens": data.num_tokens,
