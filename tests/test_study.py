@@ -501,3 +501,21 @@ def test_the_pages_quote_the_committed_headline_figures():
         text = page.read_text().replace("−", "-").replace("+", "")
         quoted = [figures[0][0], *figures[1]]  # (the README rounds the family's range)
         assert all(figure in text for figure in quoted), (page.name, quoted)
+
+
+def test_the_study_page_quotes_every_arms_committed_figures():
+    """docs/study/README.md's results table gives, for every arm of the committed CPU report (results/cpu/study.md),
+    its family saving and its largest member's, each with its range over seeds or its bound: a study run again
+    without the table following fails here, as only the headline arm's figures were checked before."""
+    report = (STUDY / "results" / "cpu" / "study.md").read_text().split("## Saving at equal quality")[1]
+    table = report.split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| arm ")]
+    page = [line for line in (STUDY / "README.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 7
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        arm, family, largest = cells[0], cells[1], cells[-2]
+        quoted = next(line for line in page if re.search(rf"(?<![\w-]){re.escape(arm)}(?![\w-])", line.split("|")[1]))
+        quoted = quoted.replace("−", "-").replace("+", "")
+        figures = re.findall(r"(?:[>≤] )?-?\d+\.\d+%", family) + re.findall(r"-?\d+\.\d+%", largest)
+        assert all(figure in quoted for figure in figures), (arm, figures, quoted)
