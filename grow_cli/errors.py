@@ -89,8 +89,9 @@ def shown(number: float) -> str:
 
 
 def counted(number: int, noun: str) -> str:
-    """`number` and `noun` as a message says them: "1 layer", "4 layers"."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+    """`number` and `noun` as a message says them, the noun plural unless the number is one: "1 layer", "4 layers",
+    "1,207,909 documents" (never "1 documents" or "file(s)")."""
+    return f"{shown(number)} {noun}{'' if number == 1 else 's'}"
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -125,7 +125,7 @@ def test_body_tells_the_lineage(record):
     assert "`stack`, [G_stack (Du et al., NeurIPS 2024)](https://arxiv.org/abs/2405.15319)" in card
     assert "not function-preserving; factor=2" in card
     assert "max |Δlogit| = 1.75" in card and "top-1 agreement = 62.0%" in card and "512 probe tokens" in card
-    assert "Stage 2: **Trained** for 3815 steps on 2,000,000,000 tokens" in card
+    assert "Stage 2: **Trained** for 3,815 steps on 2,000,000,000 tokens" in card
     assert "`HuggingFaceFW/fineweb-edu`" in card and "final eval loss 2.8731" in card
     assert "schedule wsd" in card and "train only: new" in card
     assert 'AutoModelForCausalLM.from_pretrained("acme/smollm2-270m-grown")' in card

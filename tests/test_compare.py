@@ -359,7 +359,7 @@ def test_text_that_is_not_utf8_is_named_as_train_stage_names_it(two_models, cli,
     args = ["compare", a, b, "--data", data, "--seq-len", 32, "--max-blocks", 2, "--eval-fraction", 0.1]
     shown = cli(*args, "--cache-dir", tmp_path / "cache", "--json")
     assert shown.code == 0 and json.loads(shown.stdout)["undecodable"] == result["undecodable"]
-    assert f"note: {data / 'cafe.txt'}: 800 byte sequence(s) are not UTF-8" in shown.stderr
+    assert f"note: {data / 'cafe.txt'}: 800 byte sequences not UTF-8" in shown.stderr
 
 
 def test_a_model_with_non_finite_logits_is_refused_naming_it(two_models, cli, tmp_path):
@@ -433,7 +433,7 @@ def test_transformers_notices_stay_off_compares_output(two_models, cli, tmp_path
     finally:
         hf_logging.remove_handler(handler)
     assert shown.code == 0, shown.stderr
-    assert f"note: {data / 'cafe.txt'}: 800 byte sequence(s) are not UTF-8" in shown.stderr
+    assert f"note: {data / 'cafe.txt'}: 800 byte sequences not UTF-8" in shown.stderr
     said = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     said += [str(w.message) for w in caught if "transformers" in w.filename]
     assert not said, said

@@ -165,6 +165,8 @@ def test_two_llamas_match_the_reference_at_every_batch_size(corpus, tmp_path, cl
     assert f"top-1 agreement {r['top1_agreement']:.1%}" in text
     assert f"A: loss {r['loss_a']:.4f}  ppl {r['ppl_a']:.2f}" in text
     assert f"B: loss {r['loss_b']:.4f}  ppl {r['ppl_b']:.2f}" in text
+    one = cli(*args[:-4], "--max-blocks", 1, "--eval-fraction", 0.1, "--cache-dir", root / "cache").stdout
+    assert "compared on 31 held-out positions (1 block × 32)" in one  # not "1 blocks"
 
 
 def test_a_model_against_itself_is_zero_with_its_own_loss(corpus, tmp_path):

@@ -1,11 +1,13 @@
 """What grow writes to the terminal: the one byte-size formatter every command prints with (decimal units, as
-`--shard-size 5GB` and the Hub count), and the spinner that covers a wait without a total."""
+`--shard-size 5GB` and the Hub count), the one way a message counts things ("1 document", "2 documents"), and the
+spinner that covers a wait without a total."""
 
 from __future__ import annotations
 
 import pytest
 
 from grow_cli.console import format_bytes
+from grow_cli.errors import counted
 
 
 @pytest.mark.parametrize(
@@ -26,6 +28,16 @@ from grow_cli.console import format_bytes
 )
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
+
+
+@pytest.mark.parametrize(
+    "n, text",
+    [(0, "0 documents"), (1, "1 document"), (2, "2 documents"), (1_207_909, "1,207,909 documents")],
+)
+def test_a_count_agrees_with_its_noun(n, text):
+    """train-stage's data line said "1,207,909 tokens in 1 documents"; every count-based message goes through
+    `counted`, which also separates thousands as the numbers beside it do."""
+    assert counted(n, "document") == text
 
 
 @pytest.mark.parametrize("quiet", [False, True])

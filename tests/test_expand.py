@@ -34,6 +34,7 @@ def test_dry_run_writes_nothing_and_lists_every_tensor(cli, tiny_checkpoints, tm
     assert plan["estimated_peak_memory_bytes"] > 0 and plan["output_bytes"] > 0
     human = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "6", "--dry-run")
     assert "plan" in human.stdout and not (tmp_path / "out").exists()
+    assert " in 1 shard; estimated peak memory " in human.stdout
     # The table shows the first and last 20 tensors, and marks where it leaves the others out (it showed them back
     # to back and said so below the table).
     names = [t["name"] for t in plan["tensors"]]
@@ -144,6 +145,7 @@ def test_a_local_copy_of_a_whole_hub_repo_gives_the_output_its_small_files_only(
     assert "# the source's own card" not in (out / "README.md").read_text()
     printed = cli("expand", src, tmp_path / "again", "--layers", "6")
     assert printed.code == 0 and "not copied (over 100 MB): big_notes.txt" in printed.stdout
+    assert " in 1 shard in " in printed.stdout and "; copied 3 files" in printed.stdout  # not "1 shard(s)"
 
 
 def _tensor_bytes(folder) -> dict[str, bytes]:

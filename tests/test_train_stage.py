@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -49,12 +50,15 @@ def train_args(model, data, out, *extra):
     ]
 
 
-def test_the_summary_line_counts_its_steps(setup, tmp_path, capsys):
-    """Without --json or --quiet a finished run ends with one line: steps, tokens, eval loss and ppl, the folder."""
-    model, data = setup
+def test_the_data_and_summary_lines_count_in_words(setup, tmp_path, capsys):
+    """Without --json or --quiet a run says what its data holds ("1 document", where it said "1 documents") and ends
+    with one line: steps, tokens, eval loss and ppl, the folder."""
+    model, _ = setup
+    data = write_plays(tmp_path / "one-play", count=1)
     args = [a for a in train_args(model, data, tmp_path / "out", "--max-steps", 1) if a != "--quiet"]
     code, _, stderr = run_grow(args, capsys)
     assert code == 0, stderr
+    assert re.search(r"^data: [\d,]+ tokens in 1 document, [\d,]+ train / ", stderr, re.M), stderr
     assert f"trained 1 step on {8 * 32:,} tokens: eval loss " in stderr and str(tmp_path / "out") in stderr
 
 
@@ -162,9 +166,7 @@ def test_resuming_another_models_checkpoint_says_how_its_weights_differ(setup, t
     code, _, stderr = run_grow(train_args(deeper, data, tmp_path / "b", "--max-steps", 2, "--resume", step), capsys)
     lines = stderr.strip().splitlines()
     assert code == 1 and len(lines) == 1, stderr
-    assert (
-        "its weights are another model's: this model has 18 tensor(s) the checkpoint lacks (model.layers.2." in stderr
-    )
+    assert "its weights are another model's: this model has 18 tensors the checkpoint lacks (model.layers.2." in stderr
 
 
 def test_torchs_weight_mismatches_are_counted():
@@ -179,12 +181,12 @@ def test_torchs_weight_mismatches_are_counted():
 
     two, three = torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.nn.Sequential(*[torch.nn.Linear(2, 2)] * 2)
     assert _weights_mismatch(refusal(two, three)) == (
-        "its weights are another model's: this model has 2 tensor(s) the checkpoint lacks (1.weight…)"
+        "its weights are another model's: this model has 2 tensors the checkpoint lacks (1.weight…)"
     )
-    assert "the checkpoint has 2 this model lacks (1.weight…)" in _weights_mismatch(refusal(three, two))
+    assert "the checkpoint has 2 tensors this model lacks (1.weight…)" in _weights_mismatch(refusal(three, two))
     wide = torch.nn.Sequential(torch.nn.Linear(2, 4))
     assert _weights_mismatch(refusal(wide, two)) == (
-        "its weights are another model's: 2 tensor(s) of other shapes (0.weight: [4, 2] saved, [2, 2] here…)"
+        "its weights are another model's: 2 tensors of other shapes (0.weight: [4, 2] saved, [2, 2] here…)"
     )
     assert _weights_mismatch("Error while deserializing header") is None
 

@@ -59,6 +59,7 @@ def compare(
     from grow_cli.console import err, out, print_json
     from grow_cli.data.masking_settings import masking_in_words
     from grow_cli.data.sources import undecodable_note
+    from grow_cli.errors import counted
     from grow_cli.family.compare import compare as run
 
     result = run(
@@ -83,7 +84,7 @@ def compare(
         print_json(result)
         return
     kind = "masked positions" if result["objective"] == "masked" else "positions"
-    out.print(f"compared on {result['positions']:,} held-out {kind} ({result['blocks']} blocks × {seq_len})")
+    out.print(f"compared on {result['positions']:,} held-out {kind} ({counted(result['blocks'], 'block')} × {seq_len})")
     if result["masking"]:
         out.print(f"  masks: {masking_in_words(result['masking'])}")
     out.print(

@@ -39,6 +39,7 @@ def family(
     """Run a model family from a recipe: each member grown from the previous one, trained, and compared with it."""
     from grow_cli.console import err, print_json
     from grow_cli.console import out as stdout
+    from grow_cli.errors import counted
     from grow_cli.family.recipe import load_recipe
     from grow_cli.launch import main_process
 
@@ -63,7 +64,7 @@ def family(
         if json_out:
             print_json({"out": str(parsed.out), "members": members})
         else:
-            stdout.print(f"recipe OK: {len(members)} members → {parsed.out}")
+            stdout.print(f"recipe OK: {counted(len(members), 'member')} → {parsed.out}")
             for m in members:
                 stdout.print(
                     f"  {m['name']}: from {m['from']}; grow {m['grow'] or '—'}; train {'yes' if m['train'] else 'no'}"

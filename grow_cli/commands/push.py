@@ -63,6 +63,7 @@ def push(
     """Upload a grown or trained model folder to the Hugging Face Hub, with a model card made from grow.json."""
     from grow_cli.commands.push_options import note_if_unread, pushed_where
     from grow_cli.console import err, format_bytes, print_json
+    from grow_cli.errors import counted
     from grow_cli.hub import push_folder
 
     result = push_folder(
@@ -81,13 +82,13 @@ def push(
         return
     if not result["changed"]:
         err.print(
-            f"nothing to push: {where} already holds these {result['unchanged']} files"
+            f"nothing to push: {where} already holds these {counted(result['unchanged'], 'file')}"
             + ("; no pull request was opened" if create_pr else "")
         )
     elif result["files"] is not None:  # None: the note above said so
         size = sum(f["size"] for f in result["files"])
         err.print(
-            f"pushed {len(result['files'])} files ({format_bytes(size)}) to {where}"
+            f"pushed {counted(len(result['files']), 'file')} ({format_bytes(size)}) to {where}"
             + (f"; {result['unchanged']} more were there already, unchanged" if result["unchanged"] else "")
         )
     err.print(f"commit: {result['commit_url']}")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
-from grow_cli.errors import DataError, OptionError, first_line
+from grow_cli.errors import DataError, OptionError, counted, first_line
 from grow_cli.field_types import EMPTY_PATH
 
 TEXT_FIELD = "text"  # the field read when --text-field is not given
@@ -264,7 +264,7 @@ codecs.register_error(REPLACE_COUNTING, _replace_counting)
 def undecodable_note(path: str, count: int) -> str:
     """The note that names a text file whose `count` byte sequences were not UTF-8 (`read_texts`), and what to do."""
     return (
-        f"note: {path}: {count:,} byte sequence(s) are not UTF-8 and were read as U+FFFD; if the file is in another "
+        f"note: {path}: {counted(count, 'byte sequence')} not UTF-8, read as U+FFFD; if the file is in another "
         "encoding, convert it (e.g. iconv -f latin1 -t utf-8) and run again"
     )
 

@@ -28,7 +28,7 @@ from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR
 from grow_cli.checkpoint.mapped import release
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
-from grow_cli.errors import OptionError, UsageError
+from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.growth.plan import OutputTensor, Plan
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
@@ -177,7 +177,9 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
         )
     frozen = [s.name for t, s in zip(trained_tensors(plan), tensors, strict=True) if not s.carried and not t.new]
     if frozen:
-        state.notes.append(f"{len(frozen)} tensors had no optimizer state in the source (frozen there): fresh")
+        state.notes.append(
+            f"{counted(len(frozen), 'tensor')} without optimizer state in the source (frozen there): fresh"
+        )
     return state
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from grow_cli.console import format_bytes, out
+from grow_cli.errors import counted
 from grow_cli.growth.verify import compared_output
 
 
@@ -42,8 +43,8 @@ def render_plan(report: dict[str, Any]) -> None:
         out.print(f"  {_moe(plan['moe'])}")
     out.print(f"  function-preserving: {'yes' if plan['function_preserving'] else 'no'}")
     out.print(
-        f"  output {format_bytes(plan['output_bytes'])} in {len(plan['shards'])} shard(s); estimated peak memory "
-        f"{format_bytes(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline"
+        f"  output {format_bytes(plan['output_bytes'])} in {counted(len(plan['shards']), 'shard')}; estimated peak "
+        f"memory {format_bytes(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline"
     )
     table = Table("tensor", "shape", "dtype", "from", title="output tensors", title_justify="left")
     tensors = plan["tensors"]
@@ -64,14 +65,14 @@ def render_training_state(state: dict[str, Any]) -> None:
     dynamics = "exactly the source's dynamics" if state["exact_dynamics"] else "carried where a counterpart exists"
     partly = f", {state['partly_fresh_tensors']} partly" if state["partly_fresh_tensors"] else ""
     out.print(
-        f"  training state of step {state['step']}: moments of {state['carried_tensors']} tensors carried, "
+        f"  training state of step {state['step']}: moments of {counted(state['carried_tensors'], 'tensor')} carried, "
         f"{state['fresh_tensors']} fresh{partly} ({dynamics}); staged training's rule suggests restart step "
         f"R = {state['suggested_restart_step']} (--schedule-offset auto)"
     )
     for group in state["multipliers"]:
         out.print(
             f"    LR ×{group['lr']:g}, eps ×{group['eps']:g}, weight decay ×{group['weight_decay']:g}: "
-            f"{group['tensors']} tensors"
+            f"{counted(group['tensors'], 'tensor')}"
         )
     for note in state["notes"]:
         out.print(f"  note: {note}")
@@ -94,8 +95,8 @@ def render_expand(report: dict[str, Any]) -> None:
         out.print(f"  {_moe(report['moe'])}")
     files = report["files"]
     out.print(
-        f"  wrote {format_bytes(files['bytes'])} in {files['shards']} shard(s) in {report['write_seconds']:.2f} s; "
-        f"copied {len(files['copied'])} file(s)"
+        f"  wrote {format_bytes(files['bytes'])} in {counted(files['shards'], 'shard')} in "
+        f"{report['write_seconds']:.2f} s; copied {counted(len(files['copied']), 'file')}"
     )
     if files["skipped"]:
         out.print(f"  not copied (over 100 MB): {', '.join(files['skipped'])}")

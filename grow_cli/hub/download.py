@@ -28,7 +28,7 @@ from grow_cli.checkpoint.files import (
     WEIGHT_SUFFIXES,
 )
 from grow_cli.checkpoint.kinds import other_framework_files, what_else_on_hub
-from grow_cli.errors import HubError
+from grow_cli.errors import HubError, counted
 from grow_cli.hub.client import (
     TransportError,
     check_cache_folders,
@@ -88,8 +88,8 @@ def download_checkpoint(
     missing = [name for name in files if not (Path(folder) / name).is_file()]
     if missing:
         raise HubError(
-            f"download of {where} is incomplete ({len(missing)} file(s) missing, e.g. {missing[0]}); the Hub did "
-            "not answer every request: re-run the same command to finish it"
+            f"download of {where} is incomplete ({counted(len(missing), 'file')} missing, e.g. {missing[0]}); the Hub "
+            "did not answer every request: re-run the same command to finish it"
         )
     return Path(folder), {"repo_id": repo_id, "revision": revision, "commit": info.sha, "files": files}
 
@@ -133,7 +133,7 @@ def select_files(sizes: dict[str, int | None], read_index, where: str) -> list[s
             missing = [s for s in shards if s not in sizes]
             if missing:
                 raise HubError(
-                    f"{where}: {index} names {len(missing)} shard(s) missing from the repo, e.g. {missing[0]}"
+                    f"{where}: {index} names {counted(len(missing), 'shard')} missing from the repo, e.g. {missing[0]}"
                 )
             weights = [index, *shards]
             break

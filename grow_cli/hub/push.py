@@ -29,7 +29,7 @@ from grow_cli.checkpoint.files import (
 from grow_cli.checkpoint.kinds import what_else
 from grow_cli.checkpoint.reader import load_config, load_weight_map, not_a_file, read_safetensors_header
 from grow_cli.checkpoint.source import is_repo_id
-from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError
+from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError, counted
 from grow_cli.hub.client import check_cache_folders, endpoint, hub_client, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
 from grow_cli.lineage.record import load_record
@@ -248,7 +248,9 @@ def check_complete(folder: Path) -> list[str]:
     unread = [(name, problem) for name in weights if (problem := not_a_file(folder / name))]
     missing = [name for name, _ in unread if not os.path.lexists(folder / name)]
     if missing:
-        raise CheckpointError(f"{folder} is incomplete: {len(missing)} weight file(s) missing, e.g. {missing[0]}")
+        raise CheckpointError(
+            f"{folder} is incomplete: {counted(len(missing), 'weight file')} missing, e.g. {missing[0]}"
+        )
     if unread:
         raise CheckpointError(f"{folder} is not a finished checkpoint: its weight file {unread[0][0]} {unread[0][1]}")
     for name in weights:

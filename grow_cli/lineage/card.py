@@ -18,6 +18,7 @@ from typing import Any
 
 from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.data.hub_origin import hub_dataset
+from grow_cli.errors import counted
 from grow_cli.growth.verify import compared_output
 from grow_cli.operators.registry import by_name
 
@@ -193,12 +194,9 @@ def _expand_lines(stage: dict[str, Any]) -> list[str]:
 
 def _train_lines(stage: dict[str, Any]) -> list[str]:
     data = stage.get("data") or {}
-    tokens = stage.get("tokens")
-    line = (
-        f"- **Trained** for {stage.get('steps', '?')} steps on {tokens:,} tokens"
-        if isinstance(tokens, int)
-        else f"- **Trained** for {stage.get('steps', '?')} steps"
-    )
+    tokens, steps = stage.get("tokens"), stage.get("steps")
+    line = f"- **Trained** for {counted(steps, 'step') if isinstance(steps, int) else '? steps'}"
+    line += f" on {tokens:,} tokens" if isinstance(tokens, int) else ""
     # Hub datasets by id, then the local files by name only (a public card need not show the trainer's file system).
     local = [path for path in data.get("paths") or [] if hub_dataset(path) is None]
     names = list(dict.fromkeys(d if is_repo_id(d) else Path(d).name for d in [*(data.get("datasets") or []), *local]))
@@ -248,7 +246,7 @@ def _continued_line(continued: dict[str, Any]) -> str:
     if groups:
         parts = [
             f"LR ×{_num(g['lr'])}, eps ×{_num(g['eps'])}, weight decay ×{_num(g['weight_decay'])} on "
-            f"{len(g['tensors'])} tensors"
+            f"{counted(len(g['tensors']), 'tensor')}"
             for g in groups
         ]
         line += "; per-tensor multipliers: " + "; ".join(parts)
@@ -257,7 +255,11 @@ def _continued_line(continued: dict[str, Any]) -> str:
 
 def _masking_line(objective: dict[str, Any]) -> str:
     words = " (whole words)" if objective.get("whole_word_mask") else ""
-    head = f"; new head of {len(objective['created_tensors'])} tensors" if objective.get("created_tensors") else ""
+    head = (
+        f"; new head of {counted(len(objective['created_tensors']), 'tensor')}"
+        if objective.get("created_tensors")
+        else ""
+    )
     return (
         f"  - objective: masked LM, {_num(objective.get('mlm_probability'), '.0%')} of tokens{words} "
         f"({_num(objective.get('mask_replace_prob'), '.0%')} mask token, "

@@ -25,7 +25,7 @@ from grow_cli.checkpoint.output import remove_entries
 from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
 from grow_cli.data.sources import undecodable_note
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
-from grow_cli.errors import DataError, OptionError, UsageError
+from grow_cli.errors import DataError, OptionError, UsageError, counted
 from grow_cli.limits import check_final_step, check_token_steps
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
@@ -424,7 +424,7 @@ def describe_data(config: TrainConfig, data: TokenData, accelerator: Accelerator
     say(
         accelerator,
         config.quiet,
-        f"data: {data.num_tokens:,} tokens in {data.num_documents:,} documents, "
+        f"data: {data.num_tokens:,} tokens in {counted(data.num_documents, 'document')}, "
         f"{len(data.train_ids):,} train / {len(data.eval_ids):,} eval blocks of {config.seq_len}"
         f"{' (cached)' if data.from_cache else ''}",
     )

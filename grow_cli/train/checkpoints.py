@@ -29,7 +29,7 @@ from grow_cli.checkpoint.torch_files import (
     damaged_sharded_state,
     damaged_torch_file,
 )
-from grow_cli.errors import CheckpointError, UsageError, one_line
+from grow_cli.errors import CheckpointError, UsageError, counted, one_line
 from grow_cli.train.checkpoint_state import FILES_KEY, STATE_FILE, load_state, saved
 from grow_cli.whole_file import write_whole
 
@@ -394,13 +394,13 @@ def _weights_mismatch(message: str) -> str | None:
         return None
     parts = []
     for label, what in (
-        ("Missing", "this model has {n} tensor(s) the checkpoint lacks"),
+        ("Missing", "this model has {n} the checkpoint lacks"),
         ("Unexpected", "the checkpoint has {n} this model lacks"),
     ):
         found = re.search(label + r' key\(s\) in state_dict: ((?:"[^"]+"(?:, )?)+)', message)
         if found:
             names = re.findall(r'"([^"]+)"', found.group(1))
-            parts.append(what.format(n=len(names)) + f" ({names[0]}…)")
+            parts.append(what.format(n=counted(len(names), "tensor")) + f" ({names[0]}…)")
     sizes = re.findall(
         r"size mismatch for ([^:]+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from checkpoint, the "
         r"shape in current model is torch\.Size\((\[[^\]]*\])\)",
@@ -408,5 +408,5 @@ def _weights_mismatch(message: str) -> str | None:
     )
     if sizes:
         name, saved, here = sizes[0]
-        parts.append(f"{len(sizes)} tensor(s) of other shapes ({name}: {saved} saved, {here} here…)")
+        parts.append(f"{counted(len(sizes), 'tensor')} of other shapes ({name}: {saved} saved, {here} here…)")
     return "its weights are another model's: " + "; ".join(parts) if parts else None

@@ -24,7 +24,7 @@ from typing import Any
 
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR as STATE_DIR
 from grow_cli.data.masking_settings import NAMES as MASKING
-from grow_cli.errors import CheckpointError, UsageError
+from grow_cli.errors import CheckpointError, UsageError, counted
 from grow_cli.json_shape import COUNT, FLAG, NUMBER, STEP, TEXT, MapOf, Required, Unfit, maybe, read_checked
 from grow_cli.train.checkpoint_state import MULTIPLIER_KEYS, MULTIPLIERS, OPTIMIZER
 from grow_cli.train.checkpoint_state import SHAPE as CHECKPOINT_SHAPE
@@ -274,8 +274,8 @@ def load_grown_state(
     carried = load_moments(optimizer, names, model, continuation.load_from)
     step = (continuation.source or {}).get("step")
     notes.append(
-        f"continuing the grown training state of step {step} at step {continuation.start_step} ({carried} tensors "
-        f"with carried moments, {len(names) - carried} fresh)"
+        f"continuing the grown training state of step {step} at step {continuation.start_step} "
+        f"({counted(carried, 'tensor')} with carried moments, {len(names) - carried} fresh)"
     )
     return notes
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from grow_cli.console import quiet_transformers
-from grow_cli.errors import CheckpointError, DataError, UsageError, first_line, one_line
+from grow_cli.errors import CheckpointError, DataError, UsageError, counted, first_line, one_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -227,7 +227,7 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
     body = [name for name in created if prefix and name.startswith(prefix + ".")]
     if body:
         raise CheckpointError(
-            f"{model_dir} lacks {len(body)} tensor(s) of the model body ({', '.join(body[:3])}"
+            f"{model_dir} lacks {counted(len(body), 'tensor')} of the model body ({', '.join(body[:3])}"
             f"{' …' if len(body) > 3 else ''}); it is not a complete {model.config.model_type} checkpoint"
         )
     if choice.name == "masked" and created:
