@@ -36,14 +36,14 @@ def test_dry_run_writes_nothing_and_lists_every_tensor(cli, tiny_checkpoints, tm
     assert "plan" in human.stdout and not (tmp_path / "out").exists()
     assert " in 1 shard; estimated peak memory " in human.stdout
     # The table shows the first and last 20 tensors, and marks where it leaves the others out (it showed them back
-    # to back and said so below the table).
+    # to back and said so below the table); each row is one line naming its tensor and source whole, where at 80
+    # columns (a pipe's width) rich cut them ("model.layers.0.input_layer…") and wrapped the source onto a second line.
     names = [t["name"] for t in plan["tensors"]]
-    cells = [line.split("│")[1].strip() for line in human.stdout.splitlines() if line.startswith("│")]
-    marker = next(i for i, cell in enumerate(cells) if cell.startswith(f"… {len(names) - 40} more tensors"))
-    shown = [cell.rstrip("…") for cell in cells if cell.startswith(("model.", "lm_head"))]  # (cut to the column)
-    before = [cell.rstrip("…") for cell in cells[:marker] if cell.startswith(("model.", "lm_head"))]
-    assert len(shown) == 40 and len(before) == 20 and names[19].startswith(before[-1]), human.stdout
-    assert names[20 + len(names) - 40].startswith(shown[20]), human.stdout
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in human.stdout.splitlines() if line[:1] == "│"]
+    marker = next(i for i, row in enumerate(rows) if row[0].startswith(f"… {len(names) - 40} more tensors"))
+    shown = [row[0] for row in rows if row[0].startswith(("model.", "lm_head"))]
+    assert shown == names[:20] + names[-20:] and len(rows) == 41 and marker == 20, human.stdout
+    assert all(row[3] == f"copy {row[0]}" for row in rows[:20]), human.stdout  # (stacked: the first layers' own)
 
 
 def test_expand_json_report_and_outputs(cli, tiny_checkpoints, tmp_path):

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from grow_cli.console import format_bytes, out
+from grow_cli.console import format_bytes, out, print_table
 from grow_cli.errors import counted
 from grow_cli.growth.verify import compared_output
 
@@ -53,7 +53,7 @@ def render_plan(report: dict[str, Any]) -> None:
         if left_out and i == 20:
             table.add_row(f"… {left_out} more tensors (all of them with --json)", "", "", "")
         table.add_row(t["name"], "×".join(map(str, t["shape"])), t["dtype"], t["from"])
-    out.print(table)
+    print_table(table)  # whole tensor names, never cut to 80 columns
     for note in plan["notes"]:
         out.print(f"  note: {note}")
     if report.get("training_state"):
