@@ -1,4 +1,5 @@
-"""Sizes and counts as people write them — `5GB`, `2GiB`, `50M`, `2B`, `2e9`, `.5K` — read with one number syntax.
+"""Sizes and counts as people write them — `5GB`, `2GiB`, `50M`, `2B`, `2e9`, `.5K` — read with one number syntax,
+and a count written back the same way (`format_count`: 41.3K, 135M, 1.71B parameters in every report).
 
 Every option that takes a size in bytes (`--shard-size`, `--verify-max-memory`) or a count (`--max-tokens`, `grow
 plan`'s `--target`, `--tokens` and `--family`) reads its number the same way, so that what one accepts (`2e9`) the
@@ -63,3 +64,13 @@ def parse_count(text: str | float | int, option: str | None = None) -> float:
     if value <= 0:
         raise UsageError(f"{named}{text!r} must be positive")
     return value
+
+
+def format_count(value: float) -> str:
+    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B; whole where 3 significant
+    digits would turn to an exponent (10,000T, not 1e+04T; 1,000B for 999.7B, not 1e+03B)."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3), ("", 1)):
+        if value >= scale:
+            digits = f"{value / scale:.3g}"
+            return (f"{value / scale:,.0f}" if "e" in digits else digits) + suffix
+    return f"{value:.3g}"

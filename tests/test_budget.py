@@ -558,7 +558,7 @@ def test_a_target_under_the_home_folder_is_read_as_inspect_reads_it(cli, tmp_pat
 def test_a_huge_token_count_reads_as_a_count(cli):
     """`--tokens 1e16`, the top of the range grow plans for, printed as `1e+04T tokens` (3 significant digits of
     10,000 in T), and 999.7B as 1e+03B; a count that 3 digits would turn into an exponent is written out whole."""
-    from grow_cli.family.budget import format_count
+    from grow_cli.quantities import format_count
 
     assert format_count(1e16) == "10,000T" and format_count(2.5e15) == "2,500T" and format_count(999e12) == "999T"
     assert format_count(999.7e9) == "1,000B" and format_count(999.7) == "1,000" and format_count(0.5) == "0.5"

@@ -35,6 +35,8 @@ def test_dry_run_writes_nothing_and_lists_every_tensor(cli, tiny_checkpoints, tm
     human = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "6", "--dry-run")
     assert "plan" in human.stdout and not (tmp_path / "out").exists()
     assert " in 1 shard; estimated peak memory " in human.stdout
+    source_params = plan["source"]["num_parameters"]  # a tiny model's count reads in K, where it read "0.0M params"
+    assert source_params < 1e5 and f", {source_params / 1e3:.3g}K params\n" in human.stdout, human.stdout
     # The table shows the first and last 20 tensors, and marks where it leaves the others out (it showed them back
     # to back and said so below the table); each row is one line naming its tensor and source whole, where at 80
     # columns (a pipe's width) rich cut them ("model.layers.0.input_layer…") and wrapped the source onto a second line.

@@ -59,6 +59,7 @@ def _print_table(source: str, info: dict) -> None:
     from rich.table import Table
 
     from grow_cli.console import format_bytes, out
+    from grow_cli.quantities import format_count
 
     table = Table(title=f"{source}", show_header=False, title_justify="left")
     definition = info["definition"]
@@ -72,7 +73,7 @@ def _print_table(source: str, info: dict) -> None:
     rows = [
         ("architecture", f"{info['architecture']} — {info['description']}"),
         ("definition", origin),
-        ("parameters", f"{info['num_parameters']:,} ({info['num_parameters'] / 1e6:.1f}M)"),
+        ("parameters", f"{info['num_parameters']:,} ({format_count(info['num_parameters'])})"),
         ("layers", info["layers"]),
         ("hidden / ffn", f"{info['hidden_size']} / {info['intermediate_size']}"),
         ("heads / kv heads / head_dim", f"{info['num_heads']} / {info['num_kv_heads']} / {info['head_dim']}"),

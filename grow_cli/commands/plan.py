@@ -63,7 +63,7 @@ def _print_plan(result: dict) -> None:
 
     from grow_cli.console import out, print_table
     from grow_cli.errors import counted
-    from grow_cli.family.budget import format_count as _count
+    from grow_cli.quantities import format_count as _count
 
     t, s, f, p = result["target"], result["stacking"], result["family"], result["projection"]
     out.print(

@@ -29,7 +29,7 @@ from typing import Any
 from grow_cli.errors import UsageError, counted
 from grow_cli.family.quality import PUBLISHED
 from grow_cli.field_types import accepts
-from grow_cli.quantities import parse_count
+from grow_cli.quantities import format_count, parse_count
 from grow_cli.train.flops import attention_width, training_flops_per_token
 from grow_cli.train.lr_rule import SOURCE as LR_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
@@ -186,16 +186,6 @@ def _attention_within(hidden: int, larger: dict[str, Any]) -> tuple[int, int, in
     unit_hidden = unit_heads * d // H
     heads = max(1, min(hidden, d) // unit_hidden) * unit_heads
     return heads * d // H, heads, 1 if K == 1 else heads * K // H, larger.get("head_dim") or d // H
-
-
-def format_count(value: float) -> str:
-    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B; whole where 3 significant
-    digits would turn to an exponent (10,000T, not 1e+04T; 1,000B for 999.7B, not 1e+03B)."""
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3), ("", 1)):
-        if value >= scale:
-            digits = f"{value / scale:.3g}"
-            return (f"{value / scale:,.0f}" if "e" in digits else digits) + suffix
-    return f"{value:.3g}"
 
 
 def _collapsed(size: float, larger: float, shape: dict[str, Any]) -> str:

@@ -9,12 +9,13 @@ from rich.table import Table
 from grow_cli.console import format_bytes, out, print_table
 from grow_cli.errors import counted
 from grow_cli.growth.verify import compared_output
+from grow_cli.quantities import format_count
 
 
 def _shape(s: dict[str, Any]) -> str:
     return (
         f"{s['layers']} layers, hidden {s['hidden_size']}, ffn {s['intermediate_size']}, "
-        f"heads {s['num_heads']}/{s['num_kv_heads']}, {s['num_parameters'] / 1e6:.1f}M params"
+        f"heads {s['num_heads']}/{s['num_kv_heads']}, {format_count(s['num_parameters'])} params"
     )
 
 

@@ -27,6 +27,7 @@ from grow_cli.data.sources import undecodable_note
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import DataError, OptionError, UsageError, counted
 from grow_cli.limits import check_final_step, check_token_steps
+from grow_cli.quantities import format_count
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
 from grow_cli.train.attention import HALF, check_attention_run, one_row
@@ -488,7 +489,7 @@ def resolve_max_lr(
     say(
         accelerator,
         config.quiet,
-        f"max LR {max_lr:.3g} for {num_parameters / 1e6:.1f}M parameters (--max-lr auto: {LR_RULE_SOURCE})",
+        f"max LR {max_lr:.3g} for {format_count(num_parameters)} parameters (--max-lr auto: {LR_RULE_SOURCE})",
     )
     return max_lr, LR_RULE_SOURCE
 
