@@ -67,10 +67,11 @@ def parse_count(text: str | float | int, option: str | None = None) -> float:
 
 
 def format_count(value: float) -> str:
-    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B; whole where 3 significant
-    digits would turn to an exponent (10,000T, not 1e+04T; 1,000B for 999.7B, not 1e+03B)."""
+    """A count people read at a glance, never rounded to nothing: 40.2B, 135M, 2.5K, 7.95B; one that 3 significant
+    digits round up to the next suffix is written in it (1T for 999.7B, as 1.00T is, not 1,000B or 1e+03B), and one
+    past the last suffix whole (10,000T, not 1e+04T)."""
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3), ("", 1)):
-        if value >= scale:
+        if value >= scale * 0.9995:  # (999.5 and above round to 1e+03)
             digits = f"{value / scale:.3g}"
             return (f"{value / scale:,.0f}" if "e" in digits else digits) + suffix
     return f"{value:.3g}"

@@ -557,11 +557,13 @@ def test_a_target_under_the_home_folder_is_read_as_inspect_reads_it(cli, tmp_pat
 
 def test_a_huge_token_count_reads_as_a_count(cli):
     """`--tokens 1e16`, the top of the range grow plans for, printed as `1e+04T tokens` (3 significant digits of
-    10,000 in T), and 999.7B as 1e+03B; a count that 3 digits would turn into an exponent is written out whole."""
+    10,000 in T), and 999.7B as 1e+03B, then as 1,000B (plan's ledger: 474B, 526B, 1,000B, 2T); a count that 3 digits
+    round up to the next suffix is written in it, and past the last suffix a count is written out whole."""
     from grow_cli.quantities import format_count
 
     assert format_count(1e16) == "10,000T" and format_count(2.5e15) == "2,500T" and format_count(999e12) == "999T"
-    assert format_count(999.7e9) == "1,000B" and format_count(999.7) == "1,000" and format_count(0.5) == "0.5"
+    assert format_count(999.7e9) == "1T" and format_count(999.7) == "1K" and format_count(0.5) == "0.5"
+    assert format_count(999.4e9) == "999B" and format_count(999.5e6) == "1B" and format_count(1.5e12) == "1.5T"
     assert format_count(7.95e9) == "7.95B" and format_count(135e6) == "135M" and format_count(950) == "950"
     result = cli("plan", "--target", "1B", "--tokens", "1e16")
     assert result.code == 0 and "1B parameters, 10,000T tokens" in result.stdout, result.stdout
