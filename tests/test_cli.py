@@ -43,6 +43,20 @@ def test_help_names_every_option_in_full_in_an_80_column_terminal(cli, command, 
     assert result.code == 0 and names and not cut, f"`grow {command} --help` at 80 columns cuts {cut}"
 
 
+@pytest.mark.parametrize("command", _commands())
+def test_help_shows_every_example_line_whole_in_an_80_column_terminal(cli, command, monkeypatch):
+    """Rich wraps an example's code line at the terminal's width, hard: at 80 columns `grow compare … --seq-len` then
+    `512 --eval-fraction 0.05 \\` on the next line, which pasted into a shell runs a command without its value, and a
+    comment's tail on a line of its own ("numerically") that reads as a command. Every line of the examples fits."""
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli(command, "--help")
+    epilog = next(c.epilog for c in app.registered_commands if c.name == command) or ""
+    code = [line.strip() for line in epilog.splitlines() if line.startswith("    ")]
+    shown = {line.strip() for line in result.stdout.splitlines()}
+    cut = [line for line in code if line not in shown]
+    assert result.code == 0 and code and not cut, f"`grow {command} --help` at 80 columns wraps {cut}"
+
+
 def test_version(cli):
     result = cli("--version")
     assert result.code == 0 and result.stdout.startswith("grow ")

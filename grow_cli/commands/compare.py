@@ -14,18 +14,24 @@ from grow_cli.data.sources import TEXT_FIELD
 EXAMPLES = """
 **Examples**
 
-    # KL both ways, Jensen–Shannon, top-1 agreement, loss and perplexity of each model (two members of a family)
+    # KL both ways, Jensen–Shannon, top-1 agreement, loss and perplexity of
+    # each model (two members of a family)
     grow compare ./family/s1/trained ./family/s2/trained --data ./corpus/
 
-    # More held-out blocks (5% of the data held out, up to 256 of them), longer sequences, machine-readable
-    grow compare ./small ./big --data books.jsonl --text-field text --seq-len 512 --eval-fraction 0.05 \\
-        --max-blocks 256 --json
+    # More held-out blocks (5% of the data held out, up to 256 of them),
+    # longer sequences, machine-readable
+    grow compare ./small ./big --data books.jsonl --text-field text \\
+        --seq-len 512 --eval-fraction 0.05 --max-blocks 256 --json
 
-    # Two BERTs trained with train-stage --mlm-probability 0.3 --whole-word-mask: compared on masks made the same way
-    grow compare ./bert-small ./bert-wide --data ./corpus/ --mlm-probability 0.3 --whole-word-mask
+    # Two BERTs trained with train-stage --mlm-probability 0.3
+    # --whole-word-mask: compared on masks made the same way
+    grow compare ./bert-small ./bert-wide --data ./corpus/ \\
+        --mlm-probability 0.3 --whole-word-mask
 
-    # Keep the tokenized held-out text out of the model folders (by default it is cached beside A)
-    grow compare ./small ./big --data ./corpus/ --cache-dir ~/.cache/grow-tokens
+    # Keep the tokenized held-out text out of the model folders (by default
+    # it is cached beside A)
+    grow compare ./small ./big --data ./corpus/ \\
+        --cache-dir ~/.cache/grow-tokens
 """
 
 

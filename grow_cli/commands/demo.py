@@ -10,7 +10,8 @@ import typer
 EXAMPLES = """
 **Examples**
 
-    grow demo                       # writes ./grow-demo-minilm/{wide,wide-deep} and prints the reports
+    # writes ./grow-demo-minilm/{wide,wide-deep} and prints the reports
+    grow demo
     grow demo /tmp/minilm-grown --force --json
 """
 

@@ -20,28 +20,40 @@ EXAMPLES = """
     # G_stack: repeat the whole stack to 4× depth
     grow expand ./SmolLM2-135M ./smol-120L --depth-factor 4 --depth-method stack
 
-    # LLaMA-Pro identity blocks (exactly function-preserving), checked numerically
-    grow expand ./SmolLM2-135M ./smol-pro --layers 36 --depth-method identity --verify
+    # LLaMA-Pro identity blocks (exactly function-preserving), checked
+    # numerically
+    grow expand ./SmolLM2-135M ./smol-pro --layers 36 \\
+        --depth-method identity --verify
 
-    # SOLAR depth up-scaling: 32 layers → 48 (overlap 8), written in bf16 shards of 2 GB
-    grow expand mistralai/Mistral-7B-v0.1 ./solar-like --depth-method dus --dus-overlap 8 --dtype bf16 --shard-size 2GB
+    # SOLAR depth up-scaling: 32 layers → 48 (overlap 8), written in bf16
+    # shards of 2 GB
+    grow expand mistralai/Mistral-7B-v0.1 ./solar-like --depth-method dus \\
+        --dus-overlap 8 --dtype bf16 --shard-size 2GB
 
     # Width ×2 (exact bert2BERT FPI) and 2× depth in one pass
-    grow expand ./bert-small ./bert-big --width-factor 2 --width-method fpi --depth-factor 2 --verify
+    grow expand ./bert-small ./bert-big --width-factor 2 --width-method fpi \\
+        --depth-factor 2 --verify
 
-    # See the plan (every output tensor, its source and transform, shards, peak memory) without writing
+    # See the plan (every output tensor, its source and transform, shards,
+    # peak memory) without writing
     grow expand ./model ./out --layers 48 --dry-run --json
 
-    # Sparse upcycling: a Llama becomes a Mixtral with 8 experts, 2 per token (exact at initialisation)
+    # Sparse upcycling: a Llama becomes a Mixtral with 8 experts, 2 per token
+    # (exact at initialisation)
     grow expand ./TinyLlama ./tiny-8x --experts 8 --top-k 2 --verify
 
-    # Drop-Upcycling (half of each expert's units re-initialised) and 2x depth in one pass
-    grow expand ./Qwen3-0.6B ./qwen3-moe --experts 8 --drop-upcycling 0.5 --depth-factor 2 --depth-method identity
+    # Drop-Upcycling (half of each expert's units re-initialised) and 2×
+    # depth in one pass
+    grow expand ./Qwen3-0.6B ./qwen3-moe --experts 8 --drop-upcycling 0.5 \\
+        --depth-factor 2 --depth-method identity
 
-    # Grow a training run, not only its weights: a train-stage checkpoint (or an output folder trained with
-    # --save-final-state) → the grown model plus its grown AdamW state, continued by train-stage --resume grown
-    grow expand ./run/checkpoints/step_00002000 ./wide --width-factor 2 --width-method hypercloning --noise-snr-db 10
-    grow train-stage ./wide --resume grown --data corpus/ --out ./wide-run --max-steps 2000
+    # Grow a training run, not only its weights: a train-stage checkpoint (or
+    # an output folder trained with --save-final-state) → the grown model
+    # plus its grown AdamW state, continued by train-stage --resume grown
+    grow expand ./run/checkpoints/step_00002000 ./wide --width-factor 2 \\
+        --width-method hypercloning --noise-snr-db 10
+    grow train-stage ./wide --resume grown --data corpus/ --out ./wide-run \\
+        --max-steps 2000
 """
 
 DEPTH = "Depth"

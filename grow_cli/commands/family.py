@@ -10,15 +10,24 @@ import typer
 EXAMPLES = """
 **Examples**
 
-    python docs/examples/tiny_family.py --prepare-only    # the example's corpus and tokenizer (a fresh clone)
-    grow family docs/examples/tiny-family.yaml            # runs every member, then writes the report
-    grow family recipe.yaml --out runs/family-1           # same recipe, another output folder
-    grow family recipe.yaml --check                       # validate the recipe only
-    grow family recipe.yaml                               # after an interruption: skips finished members
+    # the example's corpus and tokenizer (in a fresh clone), then every
+    # member, then the report
+    python docs/examples/tiny_family.py --prepare-only
+    grow family docs/examples/tiny-family.yaml
+
+    # the same recipe into another output folder
+    grow family recipe.yaml --out runs/family-1
+
+    # validate the recipe only
+    grow family recipe.yaml --check
+
+    # after an interruption: the same command skips the finished members
+    grow family recipe.yaml
 
 On several GPUs (every process trains; the main one grows, compares and reports; see docs/family.md):
 
-    accelerate launch --config_file docs/accelerate/multi_gpu.yaml -m grow_cli family recipe.yaml
+    accelerate launch --config_file docs/accelerate/multi_gpu.yaml \\
+        -m grow_cli family recipe.yaml
 """
 
 

@@ -13,7 +13,9 @@ EXAMPLES = """
     grow inspect ./SmolLM2-135M
     grow inspect HuggingFaceTB/SmolLM2-135M --revision main
     grow inspect ./my-model --json | jq .num_parameters
-    grow inspect ./an-exaone4-model --write-definition exaone4.json   # review a derived definition
+
+    # write a derived definition out, to review it
+    grow inspect ./an-exaone4-model --write-definition exaone4.json
 """
 
 

@@ -9,16 +9,20 @@ import typer
 EXAMPLES = """
 **Examples**
 
-    # Llama2-7B-sized target on 2T tokens: grow when the 1/4-depth model has seen d ≈ 11.1B tokens
+    # Llama2-7B-sized target on 2T tokens: grow when the 1/4-depth model has
+    # seen d ≈ 11.1B tokens
     grow plan --target 7B --tokens 2T
 
-    # A 1B→2B→4B→8B family at 320B tokens for the 8B member, independent vs progressive
+    # A 1B→2B→4B→8B family at 320B tokens for the 8B member, independent vs
+    # progressive
     grow plan --target 8B --tokens 320B --family 1B,2B,4B,8B --json
 
-    # Target taken from a model folder, or a folder holding only its config.json (its shape and parameter count)
+    # Target taken from a model folder, or a folder holding only its
+    # config.json (its shape and parameter count)
     grow plan --target ./my-8b-config --tokens 1T
 
-    # ...or from a Hub id: its config.json and shard headers are read, no weights downloaded
+    # ...or from a Hub id: its config.json and shard headers are read, no
+    # weights downloaded
     grow plan --target meta-llama/Llama-3.1-8B --tokens 15T
 """
 

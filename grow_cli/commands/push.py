@@ -10,13 +10,17 @@ import typer
 EPILOG = """\
 **Examples**
 
-* `grow push out/llama-16l me/llama-16l --private` : create a private repo and upload the folder.
+    # create a private repo and upload the folder
+    grow push out/llama-16l me/llama-16l --private
 
-* `grow push out/stage-2 me/llama-16l --revision stage-2` : one branch per stage (created when missing).
+    # one branch per stage (created when missing)
+    grow push out/stage-2 me/llama-16l --revision stage-2
 
-* `grow push out/llama-16l org/llama-16l --create-pr --commit-message "Add the grown model"`
+    # a pull request against main instead of a commit to it
+    grow push out/llama-16l org/llama-16l --create-pr \\
+        --commit-message "Add the grown model"
 
-* `HF_TOKEN=hf_... grow push out/llama-16l me/llama-16l --json`
+    HF_TOKEN=hf_... grow push out/llama-16l me/llama-16l --json
 
 The token comes from `--token`, `HF_TOKEN` or `hf auth login`; grow never prints or saves it. An upload that
 fails halfway is resumed by running the same command again: files that already arrived are not sent again.

@@ -31,49 +31,57 @@ Train a grown model on text files for 1,000 steps (one process, best device):
 
 JSON Lines with a `content` field, a token budget, WSD schedule, only the layers grow added:
 
-    grow train-stage grown/ --data 'shards/*.jsonl' --text-field content --max-tokens 2e9 \\
-        --schedule wsd --train-only new --out stage1/
+    grow train-stage grown/ --data 'shards/*.jsonl' --text-field content \\
+        --max-tokens 2e9 --schedule wsd --train-only new --out stage1/
 
 Eight GPUs with FSDP (see docs/training.md and docs/accelerate/):
 
-    accelerate launch --config_file docs/accelerate/fsdp2.yaml -m grow_cli train-stage grown/ \\
-        --data data/ --out stage1/ --max-steps 20000 --mixed-precision bf16
+    accelerate launch --config_file docs/accelerate/fsdp2.yaml \\
+        -m grow_cli train-stage grown/ --data data/ --out stage1/ \\
+        --max-steps 20000 --mixed-precision bf16
 
 Continue the masked-LM pretraining of a widened BERT (the objective follows the architecture):
 
-    grow train-stage minilm-768/ --data corpus/ --out minilm-768-mlm/ --max-steps 2000 --whole-word-mask
+    grow train-stage minilm-768/ --data corpus/ --out minilm-768-mlm/ \\
+        --max-steps 2000 --whole-word-mask
 
 Apollo: train a 3-layer model with its layers shared over sampled depths up to 12, then grow it by interpolation:
 
-    grow train-stage small/ --data corpus/ --out small-apollo/ --max-steps 1000 --apollo-target-layers 12
+    grow train-stage small/ --data corpus/ --out small-apollo/ \\
+        --max-steps 1000 --apollo-target-layers 12
 
     grow expand small-apollo/ deep/ --layers 12 --depth-method interpolate
 
 …or in one run that grows in place at the stage boundaries (3 → 6 unique layers at step 300, 12 at step 600):
 
-    grow train-stage small/ --data corpus/ --out deep/ --max-steps 2000 --apollo-stages 3,6@300,12@600
+    grow train-stage small/ --data corpus/ --out deep/ --max-steps 2000 \\
+        --apollo-stages 3,6@300,12@600
 
 Packed documents that attend only to themselves, through flash attention's variable-length kernels on a GPU
 (pip install flash-attn):
 
-    grow train-stage grown/ --data corpus/ --out stage1/ --max-steps 1000 --document-masking \\
-        --attn-implementation flash_attention_2 --mixed-precision bf16
+    grow train-stage grown/ --data corpus/ --out stage1/ --max-steps 1000 \\
+        --document-masking --attn-implementation flash_attention_2 \\
+        --mixed-precision bf16
 
 Resume after Ctrl-C or a time limit: run the same command with `--resume auto`.
 
 Continue a grown training run (grow expand of a checkpoint, or of an output trained with `--save-final-state`):
 its AdamW moments, step, schedule position and per-tensor LR multipliers carry on; 1,000 more steps:
 
-    grow train-stage wide/ --resume grown --data corpus/ --out wide-run/ --max-steps 1000
+    grow train-stage wide/ --resume grown --data corpus/ --out wide-run/ \\
+        --max-steps 1000
 
 A grown model with a fresh optimizer, reading the data on after the blocks its lineage trained on (same data, seq
 length and seed), as the same model trained from scratch on as many tokens would:
 
-    grow train-stage grown/ --data corpus/ --out grown-run/ --max-steps 1000 --data-offset lineage
+    grow train-stage grown/ --data corpus/ --out grown-run/ --max-steps 1000 \\
+        --data-offset lineage
 
 Staged training's restart: jump back to the step R its rule suggests and warm the LR up over 200 steps:
 
-    grow train-stage wide/ --resume grown --schedule-offset auto --restart-warmup-steps 200 ...
+    grow train-stage wide/ --resume grown --schedule-offset auto \\
+        --restart-warmup-steps 200 ...
 """
 
 Opt = typer.Option
