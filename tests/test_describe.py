@@ -28,6 +28,12 @@ def test_inspect_bert_reports_identity_not_applicable(cli, tiny_checkpoints):
     info = json.loads(cli("inspect", tiny_checkpoints("bert"), "--json").stdout)
     depth = {m["method"]: m for m in info["methods"]["depth"]}
     assert depth["identity"]["applies"] is False and "post-LayerNorm" in depth["identity"]["why"]
+    # The human report names the reason once for the two methods it rules out (it gave it twice, word for word).
+    human = _table_text(cli("inspect", tiny_checkpoints("bert")))
+    listed = (
+        "depth methods stack, interleave, interpolate, dus; not identity or staged-identity (bert is post-LayerNorm"
+    )
+    assert listed in human and human.count("post-LayerNorm:") == 1, human
 
 
 def test_inspect_human_report(cli, tiny_checkpoints):

@@ -108,22 +108,31 @@ def _print_table(source: str, info: dict) -> None:
         table.add_row(key, str(value))
     for part in ("depth", "width", "moe"):
         methods = info["methods"][part]
-        reasons = {m.get("why") for m in methods}
-        if not any(m["applies"] for m in methods) and len(reasons) == 1:
-            listed = f"[dim]none ({reasons.pop()})[/dim]"
-        else:
-            listed = ", ".join(
-                (m["method"] + (f" (only {m['only']})" if m.get("only") else ""))
-                if m["applies"]
-                else f"[dim]{m['method']} (no: {m['why']})[/dim]"
-                for m in methods
-            )
+        listed = _methods(methods)
         if part == "moe" and info["upcycles_to"] and any(m["applies"] for m in methods):
             listed += f" (--experts N makes a {info['upcycles_to']})"
         table.add_row("upcycling methods" if part == "moe" else f"{part} methods", listed)
     if info["definition_written"]:
         table.add_row("definition written", info["definition_written"])
     out.print(table)
+
+
+def _methods(methods: list[dict]) -> str:
+    """The methods that apply, then those that do not, named together under each reason: BERT's identity and
+    staged-identity share one, which the row gave twice, word for word."""
+    refused: dict[str, list[str]] = {}
+    for m in methods:
+        if not m["applies"]:
+            refused.setdefault(m["why"], []).append(m["method"])
+    if len(refused) == 1 and not any(m["applies"] for m in methods):
+        return f"[dim]none ({next(iter(refused))})[/dim]"
+    listed = [
+        ", ".join(m["method"] + (f" (only {m['only']})" if m.get("only") else "") for m in methods if m["applies"])
+    ]
+    for why, names in refused.items():
+        either = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        listed.append(f"[dim]not {either} ({why})[/dim]")
+    return "; ".join(part for part in listed if part)
 
 
 def _tied(info: dict) -> str:
