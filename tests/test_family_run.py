@@ -452,15 +452,21 @@ def test_a_moved_output_finds_its_own_members(cli, tmp_path):
 
 def test_json_keeps_the_progress_on_stderr(cli, tmp_path):
     """`--json` writes one document on stdout and, as train-stage does, leaves the progress on stderr (members'
-    headers; an unattended family was silent for hours with it); only --quiet hides it."""
+    headers, the baseline's among them: its data and LR lines read as a second run of the member without one; an
+    unattended family was silent for hours without them); only --quiet hides it."""
     save_tiny_lm(tmp_path / "base")
     write_plays(tmp_path / "text", count=1, chars=5000)
     members = [{"name": "small", "source": "base"}, {"name": "big", "grow": {"depth_factor": 2}}]
-    path = write_recipe(tmp_path, members, out="run", compare={"data": ["text"], "seq_len": 32, "max_blocks": 2})
+    members[1]["train"] = {"data": ["text"], "seq_len": 32, "micro_batch_size": 2, "max_steps": 1}
+    compare = {"data": ["text"], "seq_len": 32, "max_blocks": 2}
+    path = write_recipe(tmp_path, members, out="run", compare=compare, baselines=True)
     first = cli("family", path, "--json")
     assert first.code == 0, first.stderr
     assert json.loads(first.stdout)["status"] == "done"  # the whole of stdout is one JSON document
     assert "small (1/2)" in first.stderr and "big (2/2)" in first.stderr, first.stderr
+    lines = first.stderr.splitlines()
+    header = lines.index("big baseline: the same model from scratch on its lineage's 64 tokens")
+    assert header > lines.index("big (2/2)") and lines[header + 1].startswith("data: "), first.stderr
     again = cli("family", path, "--json")
     assert json.loads(again.stdout)["status"] == "done"
     assert "small: finished earlier, skipped" in again.stderr and "big: finished earlier" in again.stderr

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -207,12 +208,14 @@ def _deciding_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _baseline(
-    recipe: Recipe, member: Member, final: Path, folder: Path, tokens: int, quiet: bool
+    recipe: Recipe, member: Member, final: Path, folder: Path, tokens: int, quiet: bool, progress: Callable[..., None]
 ) -> dict[str, Any] | None:
-    """`final`'s architecture, freshly initialised and trained from scratch on `tokens` tokens."""
+    """`final`'s architecture, freshly initialised and trained from scratch on `tokens` tokens; its header says so
+    (its training's data and LR lines read as a second run of the member's otherwise)."""
     settings = recipe.train_settings(member)
     if settings is None or tokens <= 0:
         return None
+    progress(f"[bold]{member.name}[/bold] baseline: the same model from scratch on its lineage's {tokens:,} tokens")
     settings = baseline_settings(settings, tokens)
     root = on_main(_baseline_init, recipe, final, settings, folder)
     return _train_with(settings, recipe, root / "baseline-init", root / "baseline", quiet)
@@ -421,7 +424,8 @@ def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any
         baseline = None
         if recipe.baselines and i > 0:
             lineage = sum(_trained_tokens(s) for s in summaries)  # as the ledger counts them
-            baseline = _baseline(recipe, member, final, folder, lineage + ((trained or {}).get("tokens") or 0), quiet)
+            tokens = lineage + ((trained or {}).get("tokens") or 0)
+            baseline = _baseline(recipe, member, final, folder, tokens, quiet, progress)
             if baseline is not None and baseline.get("status") == "paused":
                 return {"status": "paused", "member": member.name, "out": str(recipe.out)}
             # Yano et al.'s consistency claim needs the independent side too: the previous member's own
