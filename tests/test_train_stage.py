@@ -51,14 +51,16 @@ def train_args(model, data, out, *extra):
 
 
 def test_the_data_and_summary_lines_count_in_words(setup, tmp_path, capsys):
-    """Without --json or --quiet a run says what its data holds ("1 document", where it said "1 documents") and ends
-    with one line: steps, tokens, eval loss and ppl, the folder."""
+    """Without --json or --quiet a run says what its data holds ("1 document", where it said "1 documents") and the
+    steps its token budget makes ("1 step", not "1 steps"), and ends with one line: steps, tokens, eval loss and ppl,
+    the folder."""
     model, _ = setup
     data = write_plays(tmp_path / "one-play", count=1)
-    args = [a for a in train_args(model, data, tmp_path / "out", "--max-steps", 1) if a != "--quiet"]
+    args = [a for a in train_args(model, data, tmp_path / "out", "--max-tokens", 8 * 32) if a != "--quiet"]
     code, _, stderr = run_grow(args, capsys)
     assert code == 0, stderr
     assert re.search(r"^data: [\d,]+ tokens in 1 document, [\d,]+ train / ", stderr, re.M), stderr
+    assert "\n--max-tokens 256 / 256 tokens per step = 1 step\n" in stderr, stderr
     assert f"trained 1 step on {8 * 32:,} tokens: eval loss " in stderr and str(tmp_path / "out") in stderr
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from grow_cli.arch.registry import ArchDef, WeightDef
-from grow_cli.errors import CheckpointError
+from grow_cli.errors import CheckpointError, counted
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def _moe_shape(arch: ArchDef, config: dict[str, Any], layers: int) -> dict[str, 
             raise CheckpointError(f"config.json lacks '{keys[role]}', which a {arch.name} model needs")
     assert experts is not None and top_k is not None and expert_ffn is not None  # checked above
     if top_k > experts:
-        raise CheckpointError(f"config.json: {top_k} experts per token but only {experts} experts")
+        raise CheckpointError(f"config.json: {top_k} experts per token but only {counted(experts, 'expert')}")
     shared = config_int(arch, config, keys.get("shared_ffn"), "shared expert FFN size", minimum=0) or 0
     if "shared_experts" in keys:  # DeepSeek, GLM-4.5: the shared expert is that many experts' FFN wide
         shared = expert_ffn * (config_int(arch, config, keys["shared_experts"], "shared experts", minimum=0) or 0)

@@ -24,7 +24,7 @@ from grow_cli.checkpoint.direct_io import STAGING_BYTES
 from grow_cli.checkpoint.dtypes import converted, numel
 from grow_cli.checkpoint.file_copy import CHUNK as COPY_BUFFER_BYTES
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
-from grow_cli.errors import OptionError, UsageError
+from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.growth.config import grown_config, validate_config
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import index_scaling, registry
@@ -244,7 +244,8 @@ def build_plan(
         _refuse_unwritable_moe_pattern(arch, config, shape.layers, depth)
     if depth is None and width is None and not spec.grows_experts:
         raise UsageError(
-            f"nothing to grow: the source already has {shape.layers} layers; give more --layers or a width target"
+            f"nothing to grow: the source already has {counted(shape.layers, 'layer')}; give more --layers or a "
+            "width target"
         )
     layer_map = depth.layer_map if depth else tuple(range(shape.layers))
     identity_layers: frozenset[int] = frozenset()  # new layers that add nothing (identity blocks)

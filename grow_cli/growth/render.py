@@ -14,7 +14,7 @@ from grow_cli.quantities import format_count
 
 def _shape(s: dict[str, Any]) -> str:
     return (
-        f"{s['layers']} layers, hidden {s['hidden_size']}, ffn {s['intermediate_size']}, "
+        f"{counted(s['layers'], 'layer')}, hidden {s['hidden_size']}, ffn {s['intermediate_size']}, "
         f"heads {s['num_heads']}/{s['num_kv_heads']}, {format_count(s['num_parameters'])} params"
     )
 

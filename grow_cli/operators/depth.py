@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from grow_cli.errors import OptionError
+from grow_cli.errors import OptionError, counted
 from grow_cli.limits import check_layers
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def target_layers(L: int, spec: GrowthSpec) -> tuple[int, int | None]:
         if not 0 <= overlap <= (L - 1) // 2:
             raise OptionError(
                 "dus_overlap",
-                f"--dus-overlap must be between 0 and {(L - 1) // 2} for {L} layers (a larger overlap "
+                f"--dus-overlap must be between 0 and {(L - 1) // 2} for {counted(L, 'layer')} (a larger overlap "
                 f"would add no layers, or remove some), got {overlap}",
             )
         if layers is not None and layers != 2 * (L - overlap):

@@ -35,7 +35,7 @@ from grow_cli.arch.binding import Binding, BoundTensor
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape, config_value
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.errors import OptionError, UsageError
+from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.limits import check_width
 from grow_cli.operators import index_maps as im
 from grow_cli.operators.config_spaces import kept_roles, refuse_config_space_changes
@@ -148,8 +148,8 @@ def _refuse_no_growth(shape: ModelShape, sizes: tuple[int, int, int, int]) -> No
             )
     if sizes == source:
         raise UsageError(
-            f"the width target equals the source (hidden {source[0]}, FFN {source[1]}, {source[2]} heads); give a "
-            f"larger --hidden-size or --width-factor (try --width-factor 2)"
+            f"the width target equals the source (hidden {source[0]}, FFN {source[1]}, {counted(source[2], 'head')}); "
+            f"give a larger --hidden-size or --width-factor (try --width-factor 2)"
         )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from grow_cli.arch.layer_lists import GENERIC_LAYER_LISTS
-from grow_cli.errors import ArchitectureError, OptionError, UsageError
+from grow_cli.errors import ArchitectureError, OptionError, UsageError, counted
 
 SAMPLINGS = ("lvps", "uniform")
 # LVPS constants of the released code (`get_curr_apollo_info`): a hyperbola in x ∈ [X_MIN, 1] that falls from
@@ -117,8 +117,8 @@ def plan_apollo(config: Any, model_config: Any) -> ApolloPlan | None:
         )
     if target <= layers:
         raise UsageError(
-            f"--apollo-target-layers {target} is not deeper than the model's {layers} layers; Apollo trains a "
-            f"shallow model toward a deeper target (e.g. --apollo-target-layers {2 * layers})"
+            f"--apollo-target-layers {target} is not deeper than the model's {counted(layers, 'layer')}; Apollo trains "
+            f"a shallow model toward a deeper target (e.g. --apollo-target-layers {2 * layers})"
         )
     if stages[-1][0] > target:
         raise UsageError(f"--apollo-stages grows to {stages[-1][0]} layers, past --apollo-target-layers {target}")
@@ -154,7 +154,7 @@ def check_apollo_run(
     late = [start for _, start in plan.stages[1:] if start >= max_steps]
     if late:
         raise UsageError(
-            f"--apollo-stages starts a stage at step {late[0]}, but the run has only {max_steps} steps; "
+            f"--apollo-stages starts a stage at step {late[0]}, but the run has only {counted(max_steps, 'step')}; "
             "move the boundary earlier or train longer"
         )
     early = [start for _, start in plan.stages[1:] if start < start_step]

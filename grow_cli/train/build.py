@@ -224,7 +224,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
             accelerator,
             config.quiet,
             f"--max-tokens {config.max_tokens:,} / {budget.tokens_per_step:,} tokens per step = "
-            f"{budget.max_steps - (continuation.start_step if continuation else 0):,} steps",
+            f"{counted(budget.max_steps - (continuation.start_step if continuation else 0), 'step')}",
         )
     schedule = make_schedule(config, budget.max_steps, continuation)
     optimizer, names = make_optimizer(model, config, max_lr, accelerator, continuation)
