@@ -71,6 +71,20 @@ def test_check_plans_every_member_from_a_fresh_config(folder):
     assert check_recipe(load_recipe(_recipe(folder, doc))) == []
 
 
+def test_check_lists_each_member_with_its_grow_settings_as_the_recipe_writes_them(cli, folder):
+    """The human --check printed a member's growth as a Python dict ({'depth_factor': 2, 'depth_method': 'stack'})."""
+    members = [
+        {"name": "a", "source": "lm", "train": {"max_steps": 2}},
+        {"name": "b", "grow": {"depth_factor": 2, "depth_method": "stack"}},
+    ]
+    result = cli("family", _recipe(folder, {"train": TRAIN, "members": members}), "--check")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        f"  a: from {folder / 'lm'}; grow —; train yes",
+        "  b: from previous member; grow {depth_factor: 2, depth_method: stack}; train no",
+    ], result.stdout
+
+
 @pytest.mark.parametrize(
     "change,fragment",
     [

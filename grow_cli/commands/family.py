@@ -54,6 +54,8 @@ def family(
 
     parsed = load_recipe(recipe, out)
     if check:
+        import yaml  # (the grow settings as the recipe writes them: {depth_factor: 2}, not Python's dict)
+
         from grow_cli.family.check import check_recipe
 
         notes = check_recipe(parsed)
@@ -75,9 +77,8 @@ def family(
         else:
             stdout.print(f"recipe OK: {counted(len(members), 'member')} → {parsed.out}")
             for m in members:
-                stdout.print(
-                    f"  {m['name']}: from {m['from']}; grow {m['grow'] or '—'}; train {'yes' if m['train'] else 'no'}"
-                )
+                grow = yaml.safe_dump(m["grow"], default_flow_style=True, sort_keys=False).strip() if m["grow"] else "—"
+                stdout.print(f"  {m['name']}: from {m['from']}; grow {grow}; train {'yes' if m['train'] else 'no'}")
         return
     from grow_cli.family.run import run_family
 
