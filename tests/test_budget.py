@@ -86,6 +86,7 @@ def test_plan_labels_its_saving_a_projection_and_cuts_no_number(cli):
     assert "It assumes:" in text and "26% (one max LR) to 31%" in text
     assert "progressive training saves" not in text
     assert report["projection"]["kind"] == "projection" and report["projection"]["published"]
+    assert "train a small model (9 layers, 2.08B parameters) on d = 21.6B tokens" in text  # was "(9 layers, 2.08B)"
 
 
 def test_plan_sets_its_projection_beside_the_saving_of_yano_et_als_budget(cli):

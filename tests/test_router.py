@@ -175,4 +175,4 @@ def test_grow_plan_states_the_stacking_rules_n_and_c_for_an_moe_target(capsys):
     text = capsys.readouterr().out
     assert f"C = {result['target']['compute_flops']:.3g} FLOPs" in text  # the target's compute: active parameters
     assert "with N = 100M parameters (every expert's) and C = 6·N·D = 6e+20 FLOPs" in text, text
-    assert "train a small model (2 layers, 25.8M, 8.27M active) on d = " in text, text
+    assert "train a small model (2 layers, 25.8M parameters, 8.27M active) on d = " in text, text

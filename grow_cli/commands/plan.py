@@ -87,7 +87,7 @@ def _print_plan(result: dict) -> None:
         layers = counted(sm["num_hidden_layers"], "layer")
         active = f", {_count(sm['active_parameters'])} active" if "active_parameters" in sm else ""  # its FLOPs'
         out.print(
-            f"  train a small model ({layers}, {_count(sm['num_parameters'])}{active}) on "
+            f"  train a small model ({layers}, {_count(sm['num_parameters'])} parameters{active}) on "
             f"d = {_count(s['growth_tokens'])} tokens ({s['small_model_flops']:.3g} FLOPs), then grow it ×"
             f"{s['growth_factor']} in depth (to the target's {t['config']['num_hidden_layers']} layers):",
             soft_wrap=True,
