@@ -64,6 +64,26 @@ def test_the_data_and_summary_lines_count_in_words(setup, tmp_path, capsys):
     assert f"trained 1 step on {8 * 32:,} tokens: eval loss " in stderr and str(tmp_path / "out") in stderr
 
 
+def test_the_progress_bar_shows_the_last_held_out_loss(setup, tmp_path, capsys, monkeypatch):
+    """On a terminal the bar shows each --eval-every loss as it is measured: the evaluations a user asked for were in
+    metrics.jsonl alone until the final line."""
+    import io
+
+    from rich.console import Console
+
+    import grow_cli.train.metrics as metrics
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=200)
+    monkeypatch.setattr(metrics, "err", terminal)
+    model, data = setup
+    args = train_args(model, data, tmp_path / "out", "--max-steps", 3, "--eval-every", 2, "--log-every", 1)
+    code, _, stderr = run_grow([a for a in args if a != "--quiet"], capsys)
+    assert code == 0, stderr
+    evaluated = next(r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["step"] == 2)["eval_loss"]
+    shown = terminal.file.getvalue()
+    assert f" tok/s  eval {evaluated:.3f}" in shown and "3/3" in shown, shown
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU fp16 trains in fp16")
 def test_fp16_on_a_cpu_is_refused_in_one_line(setup, tmp_path, capsys):
     """accelerate makes no fp16 autocast or gradient scaler on a CPU, so such a run trained in float32 and grow.json

@@ -194,6 +194,7 @@ def train_loop(run: Run, stop: StopFlag) -> Ending:
                     )
                 if config.eval_every and run.step % config.eval_every == 0 and run.step < max_steps:
                     extra.update(evaluation(run))
+                    progress.update(task, eval=f"  eval {extra['eval_loss']:.3f}")  # (metrics.jsonl alone had it)
                 _log(run, last, extra)
                 if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
                     save_checkpoint(accelerator, Path(config.out), run.state(), config.keep_last)

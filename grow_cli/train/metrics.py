@@ -132,15 +132,16 @@ class JsonlTracker(GeneralTracker):
 
 
 def training_progress(total_steps: int, first_step: int, *, enabled: bool) -> tuple[Progress, Any]:
-    """A rich progress bar on stderr showing loss, LR, tokens/s and ETA; returns (progress, task id)."""
+    """A rich progress bar on stderr showing loss, LR, tokens/s, the last --eval-every held-out loss and ETA; returns
+    (progress, task id)."""
     progress = Progress(
         TextColumn("[bold]train"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s{task.fields[eval]}"),
         TimeRemainingColumn(),
         console=err,
         disable=not enabled or not err.is_terminal,
     )
-    task = progress.add_task("train", total=total_steps, completed=first_step, loss="-", lr="-", tps="-")
+    task = progress.add_task("train", total=total_steps, completed=first_step, loss="-", lr="-", tps="-", eval="")
     return progress, task
