@@ -38,8 +38,7 @@ from grow_cli.errors import DataError, GrowError, Interrupted, UsageError  # noq
 from grow_cli.signals import Terminated, stopped_by, terminate_like_interrupt  # noqa: E402
 from grow_cli.whole_file import write_whole  # noqa: E402
 
-PRESET_KEYS = {"name", "description", "data", "family", "arms", "estimate"}
-REQUIRED_KEYS = {"name", "description", "data", "family", "arms"}  # `estimate` is optional
+PRESET_KEYS = {"name", "description", "data", "family", "arms"}  # each required
 ARM_KEYS = {"description", "seeds"}  # everything else in an arm overlays the family recipe
 SCALED_TRAIN_KEYS = ("max_tokens", "eval_every", "warmup_steps")
 # grow's options for what a study takes from its preset's `train:`, as `prepare`'s errors name them instead
@@ -69,7 +68,7 @@ def load_preset(name: str) -> dict[str, Any]:
         raise UsageError(
             f"{path}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(PRESET_KEYS))})"
         )
-    absent = sorted(REQUIRED_KEYS - set(preset))
+    absent = sorted(PRESET_KEYS - set(preset))
     if absent:
         raise UsageError(f"{path}: missing key(s) {', '.join(absent)}")
     family, arms = preset["family"], preset["arms"]
