@@ -165,8 +165,8 @@ def test_cli_compare_json_and_tokenizer_mismatch(two_models, cli, tmp_path):
 def test_a_headless_decoder_compares_only_where_it_has_a_head(two_models, tmp_path, cli, tied):
     """A decoder saved as its base model (LlamaModel) predicts no tokens without a head: untied, it is refused in one
     line that says so and what to do (it said 'lm_head.weight missing; compare models that were trained as causal
-    LMs'). Tied, its head is its word embeddings, as grow train-stage trains it: compared as that causal LM, equal to
-    the model saved with its head."""
+    LMs'), before the data is tokenized. Tied, its head is its word embeddings, as grow train-stage trains it:
+    compared as that causal LM, equal to the model saved with its head."""
     from tinylm import tiny_config, tiny_tokenizer
     from transformers import LlamaForCausalLM
 
@@ -190,6 +190,7 @@ def test_a_headless_decoder_compares_only_where_it_has_a_head(two_models, tmp_pa
         "(lm_head.weight missing); grow compare compares next-token predictions, which need one" in lines[0]
     )
     assert "train it as a causal LM first (grow train-stage creates the head)" in lines[0]
+    assert not (tmp_path / ".grow-cache").exists()  # refused before the data was tokenized (cached beside A)
 
 
 def test_encoders_are_compared_on_the_masked_positions(tmp_path, cli):

@@ -87,12 +87,13 @@ def test_demo_never_writes_into_a_model_folder_or_beside_the_users_files(cli, ti
 
 
 def test_an_earlier_demos_folder_is_the_demos_to_replace(tmp_path):
-    """What a demo run leaves in OUT (its two stages, their claim files and a killed run's temporary folders) is no
-    reason to refuse OUT; --force then replaces the stages (`check_output`)."""
+    """What a demo run leaves in OUT (its two stages, their claim files and a killed run's temporary folders), and
+    the token cache a `grow compare` of its stages keeps beside them, are no reason to refuse OUT; --force then
+    replaces the stages (`check_output`)."""
     from grow_cli.errors import OutputError
     from grow_cli.growth.demo import check_demo_folder
 
-    for name in ("wide", "wide-deep", ".wide.grow-lock", ".wide-deep.grow-tmp-123"):
+    for name in ("wide", "wide-deep", ".wide.grow-lock", ".wide-deep.grow-tmp-123", ".grow-cache"):
         (tmp_path / name).mkdir()
     check_demo_folder(tmp_path)
     check_demo_folder(tmp_path / "missing")

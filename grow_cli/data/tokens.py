@@ -59,11 +59,14 @@ META_SHAPE = {
 }
 
 
+CACHE_FOLDER = ".grow-cache"  # grow's token cache in the folder that holds a run's output (or compare's first model)
+
+
 def token_cache_dir(root: Path) -> Path:
     """Where token streams are cached under `root`: `root/.grow-cache/tokens`. `grow train-stage` and `grow compare`
     use the folder that holds their output (or first model), a family its output folder, so runs on the same data
     share one tokenization."""
-    return Path(root) / ".grow-cache" / "tokens"
+    return Path(root) / CACHE_FOLDER / "tokens"
 
 
 @dataclass

@@ -111,13 +111,14 @@ def _comparable(a: Path, b: Path, seq_len: int):
     return config_a, config_b, tok_a, eos
 
 
-def _summed_divergences(folders: tuple[Path, Path], choice, objective, blocks) -> dict[str, float]:
-    """Both models (on a GPU when there is one) on each batch of token `blocks`: `divergences` summed over the
-    predicted positions — the masked ones of a masked-LM objective, else every next token."""
+def _summed_divergences(folders: tuple[Path, Path], loaded: list, choice, objective, blocks) -> dict[str, float]:
+    """Both models, `loaded` from `folders` (moved to a GPU when there is one), on each batch of token `blocks`:
+    `divergences` summed over the predicted positions — the masked ones of a masked-LM objective, else every next
+    token."""
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    models = [_load(folder, choice).to(device) for folder in folders]
+    models = [model.to(device) for model in loaded]
     totals: dict[str, float] = {}
     with torch.no_grad():
         for batch in blocks:
@@ -250,6 +251,7 @@ def compare(
         "whole_word_mask": whole_word_mask,
     }
     choice, objective = _objective(a, config_a, b, config_b, tok_a, masking)
+    models = [_load(folder, choice) for folder in (a, b)]  # a model without the head is refused before tokenizing
     check_cache_outside(cache_dir, data)  # its token files would become the data of the next run
     sources = find_sources(data)
     check_sources(sources, text_field, token_dtype)
@@ -267,7 +269,7 @@ def compare(
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids
     blocks = (tokens.blocks[ids[start : start + batch_size]] for start in range(0, len(ids), batch_size))
-    totals = _summed_divergences((a, b), choice, objective, blocks)
+    totals = _summed_divergences((a, b), models, choice, objective, blocks)
     n = totals["positions"]
     if n == 0:  # masks never choose a special token: blocks of nothing else leave no position to compare
         raise DataError(

@@ -60,14 +60,18 @@ def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dic
 
 def check_demo_folder(out: Path) -> None:
     """Refuse an OUT that holds anything but an earlier demo's stages (and the claim and temporary files their runs
-    leave beside them): the demo writes its two models into OUT, and `--force` replaces those alone, so a model
-    folder given as OUT got two models inside it (and became a model with models in subfolders), and the user's
-    other files got the demo's beside them."""
+    leave beside them, and the token cache that `grow compare` or `train-stage` of those stages keeps beside them):
+    the demo writes its two models into OUT, and `--force` replaces those alone, so a model folder given as OUT got
+    two models inside it (and became a model with models in subfolders), and the user's other files got the demo's
+    beside them."""
+    from grow_cli.data.tokens import CACHE_FOLDER
+
     out = out.expanduser().resolve()
     if not out.is_dir():
         return  # missing (made by the run), or a file (refused by the run, naming it)
     beside = tuple(f".{stage}.grow-" for stage in STAGES)  # claim files, a killed run's temporary folders
-    others = sorted(e.name for e in out.iterdir() if e.name not in STAGES and not e.name.startswith(beside))
+    ours = (*STAGES, CACHE_FOLDER)
+    others = sorted(e.name for e in out.iterdir() if e.name not in ours and not e.name.startswith(beside))
     if not others:
         return
     if "config.json" in others:
