@@ -214,6 +214,49 @@ def test_uint16_token_files_with_zeros_and_tiny_files_are_read(command, tmp_path
         assert code == 0, (name, stderr)
 
 
+GEMMA_VOCAB = 262_144  # Gemma 3's: its ids need uint32, its EOS (1) fits uint16
+
+
+def _save_gemma_sized_lm(folder):
+    """The tiny LM with Gemma 3's vocabulary size (its tokenizer still the tiny one: ids past it are padding rows)."""
+    import torch
+    import transformers as tf
+    from tinylm import tiny_config
+
+    torch.manual_seed(0)
+    tf.LlamaForCausalLM(tiny_config(vocab_size=GEMMA_VOCAB, tie_word_embeddings=True)).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+
+
+@pytest.mark.parametrize("command", ["train-stage", "compare"])
+def test_uint32_ids_of_a_vocabulary_past_65536_read_as_uint16_are_refused(command, tmp_path, monkeypatch, capsys):
+    """A .bin file of Gemma 3 ids (uint32) read with --token-dtype uint16: the high half of each id is 0 to 3, not 0,
+    so the check that every second value is 0 let it through, every value fit the vocabulary, and the model trained
+    (or was compared) on "id, 3, id, 1, …" without a word. It is refused in one line; read as uint32 (the default for
+    this vocabulary) it runs. The opposite mistake, a uint16 file read as uint32, makes ids past the vocabulary from
+    any pair whose second id is 4 or more, and is refused as such; the uint16 file read as uint16 runs."""
+    monkeypatch.chdir(tmp_path)
+    _save_gemma_sized_lm(tmp_path / "lm")
+    wide, narrow = tmp_path / "wide.bin", tmp_path / "narrow.bin"
+    ids = np.random.default_rng(0).integers(3, GEMMA_VOCAB, size=2_000)
+    ids[::50] = EOS
+    ids.astype(np.uint32).tofile(wide)
+    np.array(_play_ids(), dtype=np.uint16).tofile(narrow)
+    assert ids.max() >= 3 << 16 and not (ids.astype(np.uint32).view(np.uint16)[1::2] > 3).any()  # the premise
+    code, stderr = _grow_on(command, wide, capsys, "--token-dtype", "uint16")
+    assert code == 1 and stderr.strip() == (
+        f"error: --data {wide}: its ids look like uint32, not uint16: every second 16-bit value is at most 3 (of "
+        f"{2 * ids.size:,}), as the high halves of ids below 262,144 are; pass --token-dtype uint32 (token_dtype: "
+        "uint32 in a recipe)"
+    ), stderr
+    assert not list(tmp_path.glob("out-*/*")) and not list((tmp_path / "cache").glob("*.bin"))
+    code, stderr = _grow_on(command, narrow, capsys)
+    assert code == 1 and "narrow.bin: token id " in stderr and "outside the model's vocabulary (262144)" in stderr
+    for data, given in ((wide, []), (narrow, ["--token-dtype", "uint16"])):
+        code, stderr = _grow_on(command, data, capsys, *given)
+        assert code == 0, (data, stderr)
+
+
 def test_a_token_cache_entry_copied_before_the_uint32_check_is_copied_and_checked_again(tmp_path, monkeypatch):
     """A cache entry holding a .bin file that a grow without the check copied may hold uint32 ids read as uint16; its
     metadata lacks `token_file_checks`, so it is copied again, and refused, instead of read as it was. A file of a

@@ -42,12 +42,13 @@ BATCH_PIECES = 256  # texts per tokenizer call; fast tokenizers encode a batch o
 BATCH_CHARS = 8 << 20
 SPLIT_SEED = 0x5EED
 COPY_TOKENS = 1 << 24  # a .bin file is read in pieces of this many ids (even: a piece's odd places are the file's)
-# The fewest 16-bit values, of a .bin file read as uint16, whose every second one being 0 marks uint32 ids: 128
-# zeros in a row of odd places fall below 2**-128 even were half the ids 0; a shorter file is not judged.
+# The fewest 16-bit values, of a .bin file read as uint16, whose every second one being a uint32 id's high half marks
+# uint32 ids (`_check_width`); a shorter file is not judged.
 WIDE_SIGNATURE_MIN = 256
 # Bump when a .bin file is checked for more as it is copied: an entry holding one that a grow checking less copied
-# (it may hold uint32 ids read as uint16) is copied, and checked, again.
-TOKEN_FILE_CHECKS = 1
+# (it may hold uint32 ids read as uint16) is copied, and checked, again. 2: high halves past 0 (vocabularies past
+# 65,536) are recognized.
+TOKEN_FILE_CHECKS = 2
 # What a run reads of a cache entry's metadata (json_shape.py); an entry of another shape is tokenized again.
 META_SHAPE = {
     "tokens": Required(COUNT),
@@ -131,27 +132,34 @@ def _check_ids(path: Path, largest: int, vocab_size: int) -> None:
         )
 
 
-def _check_width(path: Path, bin_dtype, tokens: int, largest: int, odd_zero: bool) -> None:
-    """Refuse the `.bin` file `path` of `tokens` ids read as `bin_dtype` if they look like uint32 ids read as uint16:
-    the high half of each uint32 id of a vocabulary that fits uint16 is 0, so read as uint16 (little-endian) every
-    second value is 0 (`odd_zero`) and the model would train on "id, 0, id, 0, …" without a word. An all-zero file
-    and a short one are not judged."""
-    if bin_dtype == np.uint16 and odd_zero and largest > 0 and tokens >= WIDE_SIGNATURE_MIN:
+def _check_width(path: Path, bin_dtype, tokens: int, largest: int, odd_largest: int, vocab_size: int) -> None:
+    """Refuse the `.bin` file `path` of `tokens` ids read as `bin_dtype` if they look like uint32 ids read as uint16.
+
+    Read as uint16 (little-endian), each uint32 id is its low half then its high half, which is at most
+    `(vocab_size - 1) >> 16`: 0 for a vocabulary that fits uint16, 3 for Gemma 3's 262,144. So every second value
+    (the largest of them is `odd_largest`) is at most that bound, and the model would train on "id, 0, id, 3, …"
+    without a word. A genuine uint16 file is refused only if its ≥ WIDE_SIGNATURE_MIN / 2 = 128 ids in odd places are
+    all among the bound + 1 lowest ids (special tokens, or the first bytes, in every tokenizer we know): below 2**-128
+    even were those ids half the text's. A file of nothing but such ids, and a short one, are not judged."""
+    bound = (vocab_size - 1) >> 16
+    if bin_dtype == np.uint16 and odd_largest <= bound < largest and tokens >= WIDE_SIGNATURE_MIN:
+        what = "0" if bound == 0 else f"at most {bound}"
+        why = "" if bound == 0 else f", as the high halves of ids below {vocab_size:,} are"
         raise DataError(
-            f"--data {path}: its ids look like uint32, not uint16: every second 16-bit value is 0 (of {tokens:,}); "
-            "pass --token-dtype uint32 (token_dtype: uint32 in a recipe)"
+            f"--data {path}: its ids look like uint32, not uint16: every second 16-bit value is {what} (of "
+            f"{tokens:,}){why}; pass --token-dtype uint32 (token_dtype: uint32 in a recipe)"
         )
 
 
-def _scan_token_file(stream: np.ndarray) -> tuple[int, bool]:
-    """The largest id of the token file `stream` (a memmap) and whether every second id, from the second, is 0,
-    read piece by piece so memory stays bounded whatever its size."""
-    largest, odd_zero = 0, True
+def _scan_token_file(stream: np.ndarray) -> tuple[int, int]:
+    """The largest id of the token file `stream` (a memmap) and the largest of every second id, from the second, read
+    piece by piece so memory stays bounded whatever its size."""
+    largest = odd_largest = 0
     for start in range(0, stream.size, COPY_TOKENS):
         piece = np.asarray(stream[start : start + COPY_TOKENS])
         largest = max(largest, int(piece.max()))
-        odd_zero = odd_zero and not piece[1::2].any()
-    return largest, odd_zero
+        odd_largest = max(odd_largest, int(piece[1::2].max(initial=0)))
+    return largest, odd_largest
 
 
 def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int, out) -> tuple[int, int, int]:
@@ -172,9 +180,9 @@ def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int,
             f"({bin_dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
         )
     stream = np.memmap(path, dtype=bin_dtype, mode="r")
-    largest, odd_zero = _scan_token_file(stream)
+    largest, odd_largest = _scan_token_file(stream)
     _check_ids(path, largest, vocab_size)
-    _check_width(path, bin_dtype, int(stream.size), largest, odd_zero)
+    _check_width(path, bin_dtype, int(stream.size), largest, odd_largest, vocab_size)
     documents = 0
     for start in range(0, stream.size, COPY_TOKENS):  # every id below vocab_size: the stream's dtype holds it
         piece = np.asarray(stream[start : start + COPY_TOKENS])
