@@ -257,6 +257,30 @@ def test_uint32_ids_of_a_vocabulary_past_65536_read_as_uint16_are_refused(comman
         assert code == 0, (data, stderr)
 
 
+def test_a_token_file_cut_while_it_is_read_is_refused(tmp_path, monkeypatch, capsys):
+    """A .bin file was memory-mapped: cut while grow read it (rewritten by the job that makes it), the process died of
+    SIGBUS, without a word, leaving its temporary stream (found by an audit; seen with a 600 MB file cut as it was
+    copied). It is read now, and a file that ends early is one line naming it, with nothing left in the cache."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "t.bin"
+    np.array(_play_ids(), dtype=np.uint16).tofile(path)
+    monkeypatch.setattr(tokens, "COPY_TOKENS", 512)
+    read = np.fromfile
+
+    def cut_after_the_first_piece(f, *args, **kwargs):
+        piece = read(f, *args, **kwargs)
+        os.truncate(path, 600)  # the job rewriting the file has begun
+        return piece
+
+    monkeypatch.setattr(np, "fromfile", cut_after_the_first_piece)
+    code, stderr = _grow_on("train-stage", path, capsys)
+    assert code == 1 and stderr.strip() == (
+        f"error: --data {path}: the file got shorter while grow read it ({2 * len(_play_ids()):,} bytes, now 600); "
+        "run again once nothing writes to it"
+    ), stderr
+    assert not (tmp_path / "cache").exists()  # the folder this run made, its temporary stream in it, is gone
+
+
 def test_a_token_cache_entry_copied_before_the_uint32_check_is_copied_and_checked_again(tmp_path, monkeypatch):
     """A cache entry holding a .bin file that a grow without the check copied may hold uint32 ids read as uint16; its
     metadata lacks `token_file_checks`, so it is copied again, and refused, instead of read as it was. A file of a

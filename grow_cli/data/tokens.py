@@ -151,21 +151,27 @@ def _check_width(path: Path, bin_dtype, tokens: int, largest: int, odd_largest: 
         )
 
 
-def _scan_token_file(stream: np.ndarray) -> tuple[int, int]:
-    """The largest id of the token file `stream` (a memmap) and the largest of every second id, from the second, read
-    piece by piece so memory stays bounded whatever its size."""
-    largest = odd_largest = 0
-    for start in range(0, stream.size, COPY_TOKENS):
-        piece = np.asarray(stream[start : start + COPY_TOKENS])
-        largest = max(largest, int(piece.max()))
-        odd_largest = max(odd_largest, int(piece[1::2].max(initial=0)))
-    return largest, odd_largest
+def _token_pieces(path: Path, f, bin_dtype, tokens: int) -> Iterator[np.ndarray]:
+    """The `tokens` ids of the open `.bin` file `f` in pieces of `COPY_TOKENS`, so memory stays bounded whatever its
+    size. Read, not memory-mapped: a mapped file cut while it is read (rewritten by the job that makes it) killed the
+    process with SIGBUS, without a word; read, it ends early and is refused by name."""
+    for start in range(0, tokens, COPY_TOKENS):
+        want = min(COPY_TOKENS, tokens - start)
+        piece = np.fromfile(f, dtype=bin_dtype, count=want)
+        if piece.size < want:
+            raise DataError(
+                f"--data {path}: the file got shorter while grow read it ({tokens * bin_dtype.itemsize:,} bytes, now "
+                f"{path.stat().st_size:,}); run again once nothing writes to it"
+            )
+        yield piece
 
 
 def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int, out) -> tuple[int, int, int]:
     """Copy the `.bin` file `path`, read as `bin_dtype`, into the stream `out` as `dtype`; return its (tokens,
-    documents, largest id). A file whose dtype cannot hold the EOS id separates no documents, and one of uint32 ids
-    read as uint16 is misread (`_check_width`): both refused, before anything is written."""
+    documents, largest id). A file whose dtype cannot hold the EOS id separates no documents, one whose ids are past
+    the vocabulary cannot be trained on, and one of uint32 ids read as uint16 is misread (`_check_width`): all
+    refused. The file is read once, so what is checked is what was copied; the checks that need the whole file come
+    after the copy, into the temporary stream that a refusal removes (`_tokenize_into`)."""
     most = int(np.iinfo(bin_dtype).max)
     if eos_id > most:  # (uint16 under a vocabulary past 65,536, which --token-dtype uint16 alone gives)
         raise DataError(
@@ -173,22 +179,23 @@ def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int,
             f"{most:,}), so the file cannot hold the EOS between its documents; write it as uint32 and pass "
             "--token-dtype uint32"
         )
-    size = path.stat().st_size
-    if size % bin_dtype.itemsize:
-        raise DataError(
-            f"--data {path}: {size:,} bytes is not a whole number of {bin_dtype.name} tokens "
-            f"({bin_dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
-        )
-    stream = np.memmap(path, dtype=bin_dtype, mode="r")
-    largest, odd_largest = _scan_token_file(stream)
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size % bin_dtype.itemsize:
+            raise DataError(
+                f"--data {path}: {size:,} bytes is not a whole number of {bin_dtype.name} tokens "
+                f"({bin_dtype.itemsize} bytes each); is it a token file, and is --token-dtype right?"
+            )
+        tokens = size // bin_dtype.itemsize
+        largest = odd_largest = documents = 0
+        for piece in _token_pieces(path, f, bin_dtype, tokens):
+            largest = max(largest, int(piece.max()))
+            odd_largest = max(odd_largest, int(piece[1::2].max(initial=0)))  # (COPY_TOKENS is even)
+            documents += int(np.count_nonzero(piece == eos_id))
+            piece.astype(dtype, copy=False).tofile(out)  # an id past the stream's dtype wraps, and is refused below
     _check_ids(path, largest, vocab_size)
-    _check_width(path, bin_dtype, int(stream.size), largest, odd_largest, vocab_size)
-    documents = 0
-    for start in range(0, stream.size, COPY_TOKENS):  # every id below vocab_size: the stream's dtype holds it
-        piece = np.asarray(stream[start : start + COPY_TOKENS])
-        documents += int(np.count_nonzero(piece == eos_id))
-        piece.astype(dtype, copy=False).tofile(out)
-    return int(stream.size), documents, largest
+    _check_width(path, bin_dtype, tokens, largest, odd_largest, vocab_size)
+    return tokens, documents, largest
 
 
 def _write_stream(
