@@ -578,6 +578,19 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
         damaged[200 : len(damaged) // 2] = b"A" * (len(damaged) // 2 - 200)  # the data, not the footer
         path.write_bytes(bytes(damaged))
         return c.train("--max-steps", 1, data=path), "d.parquet: not a readable Parquet file"
+    if name in ("train-datasets-dict-without-train", "train-datasets-folder-missing-a-file"):
+        import datasets
+
+        rows = datasets.Dataset.from_dict({"text": ["To be, or not to be. " * 20] * 40})
+        if name.endswith("without-train"):  # grow trained on its first split, here the validation set, unasked
+            datasets.DatasetDict({"validation": rows, "test": rows}).save_to_disk(c.tmp / "ds")
+            why = "no 'train' split (its splits: validation, test); give the folder of the split to read, e.g. --data "
+            why += str(c.tmp / "ds" / "validation")
+            return c.train("--max-steps", 1, data=c.tmp / "ds"), why
+        rows.save_to_disk(c.tmp / "ds", num_shards=3)
+        (c.tmp / "ds" / "data-00001-of-00003.arrow").unlink()  # a FileNotFoundError in the catch-all
+        why = "data-00001-of-00003.arrow is missing (1 of the 3 data files its state.json lists); save it again"
+        return c.train("--max-steps", 1, data=c.tmp / "ds"), why
     if name == "inspect-config-nested-too-deeply":
         (c.src / "config.json").write_text('{"model_type": "llama", "x": ' + "[" * 2000 + "]" * 2000 + "}")
         return ["inspect", c.src], "its JSON is nested too deeply to read"
@@ -705,6 +718,8 @@ CASES = [
     "train-jsonl-nested-too-deeply",
     "train-jsonl-integer-too-long",
     "train-parquet-damaged-data-page",
+    "train-datasets-dict-without-train",
+    "train-datasets-folder-missing-a-file",
     "inspect-config-nested-too-deeply",
     "plan-target-config-transformers-refuses",
     "plan-target-layers-1e6",

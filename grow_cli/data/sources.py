@@ -145,12 +145,28 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
 
 
 def _arrow_files(folder: Path) -> list[Path]:
+    """The data files of the `datasets` folder `folder`: a Dataset's, or its `train` split's for a DatasetDict. A
+    DatasetDict without one is refused, naming its splits (grow trained on the first, a validation or test set, without
+    a word), and so is a listed file that is missing (it reached the catch-all)."""
+    given = folder
     if (folder / "dataset_dict.json").is_file():
         splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
-        split = "train" if "train" in splits else splits[0]
-        folder = folder / split
+        if "train" not in splits:
+            example = f", e.g. --data {folder / splits[0]}" if splits else ""
+            raise DataError(
+                f"--data {folder}: the DatasetDict has no 'train' split (its splits: {', '.join(splits) or 'none'}); "
+                f"give the folder of the split to read{example}"
+            )
+        folder = folder / "train"
     state = json.loads((folder / "state.json").read_text())
-    return [folder / f["filename"] for f in state["_data_files"]]
+    files = [folder / f["filename"] for f in state["_data_files"]]
+    missing = [path for path in files if not path.is_file()]
+    if missing:
+        raise DataError(
+            f"--data {given}: {missing[0]} is missing ({len(missing)} of the {len(files)} data files its state.json "
+            "lists); save it again (save_to_disk) or copy it whole"
+        )
+    return files
 
 
 def _columns(source: Source) -> list[str]:
