@@ -281,6 +281,28 @@ def test_a_token_file_cut_while_it_is_read_is_refused(tmp_path, monkeypatch, cap
     assert not (tmp_path / "cache").exists()  # the folder this run made, its temporary stream in it, is gone
 
 
+@pytest.mark.parametrize("command", ["train-stage", "compare"])
+def test_a_data_file_whose_name_is_not_utf8_is_read(command, tmp_path, monkeypatch, capsys):
+    """A file name of bytes that are not UTF-8 (Python holds them as lone surrogates) stopped both commands in the
+    catch-all, a UnicodeEncodeError hashing the data's fingerprint; past it, train-stage stopped again writing the
+    model card, its training done. The name is hashed as its bytes (a UTF-8 name as before: caches stay valid) and
+    written into the card escaped, as grow.json escapes it."""
+    monkeypatch.chdir(tmp_path)
+    name = os.fsdecode(b"\xff\xfe.bin")
+    try:
+        np.array(_play_ids(), dtype=np.uint16).tofile(tmp_path / name)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    code, stderr = _grow_on(command, tmp_path / name, capsys)
+    assert code == 0, stderr
+    if command == "train-stage":
+        card = (tmp_path / "out-0" / "README.md").read_text()
+        assert "`\\udcff\\udcfe.bin`" in card
+        assert json.loads((tmp_path / "out-0" / "grow.json").read_text())["stages"][0]["data"]["paths"] == [
+            str(tmp_path / name)
+        ]
+
+
 def test_a_token_cache_entry_copied_before_the_uint32_check_is_copied_and_checked_again(tmp_path, monkeypatch):
     """A cache entry holding a .bin file that a grow without the check copied may hold uint32 ids read as uint16; its
     metadata lacks `token_file_checks`, so it is copied again, and refused, instead of read as it was. A file of a

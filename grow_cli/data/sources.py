@@ -392,5 +392,6 @@ def fingerprint_sources(sources: list[Source], text_field: str) -> str:
         files = _arrow_files(source.path) if source.kind == "arrow" else [source.path]
         for path in files:
             stat = path.stat()
-            h.update(f"|{source.kind}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            entry = f"|{source.kind}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+            h.update(entry.encode(errors="surrogateescape"))  # a name that is not UTF-8 hashed as its bytes
     return h.hexdigest()[:16]

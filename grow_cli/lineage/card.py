@@ -360,7 +360,8 @@ def _usage(meta: dict[str, Any], title: str) -> list[str]:
 
 
 def write_card(folder: Path, record: dict[str, Any], *, title: str | None = None) -> Path:
-    """Write README.md for `record` into `folder` and return its path."""
+    """Write README.md for `record` into `folder` and return its path; a path in it whose name is not UTF-8 (lone
+    surrogates in Python) is written escaped, `\\udcff`, as grow.json writes it."""
     path = Path(folder) / "README.md"
-    path.write_text(render_card(record, title=title or Path(folder).name))
+    path.write_text(render_card(record, title=title or Path(folder).name), errors="backslashreplace")
     return path
