@@ -4,6 +4,7 @@ long files read in pieces, and missing, empty or fieldless data refused with its
 
 from __future__ import annotations
 
+import codecs
 import json
 
 import numpy as np
@@ -233,3 +234,31 @@ def test_a_line_longer_than_a_piece_is_cut_between_words(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "CHUNK_CHARS", 37)  # every cut would land inside a word
     cut = stream(tokens_of([tmp_path / "line.txt"], tmp_path / "cut")).tolist()
     assert cut == whole
+
+
+def test_a_utf8_byte_order_mark_is_not_data(tmp_path):
+    """Windows tools open UTF-8 files with a byte-order mark: a JSON Lines file was refused ("not valid JSON
+    (Unexpected UTF-8 BOM (decode using utf-8-sig))"), one of files that had it concatenated too, and a text file's
+    was tokenized into its first document (found by an audit). Both read as the same text without it."""
+    bom = codecs.BOM_UTF8
+    lines = [json.dumps({"text": doc}).encode() for doc in DOCS]
+    (tmp_path / "d.jsonl").write_bytes(bom + lines[0] + b"\n" + bom + lines[1] + b"\n" + lines[2] + b"\n")
+    assert stream(tokens_of([tmp_path / "d.jsonl"], tmp_path)).tolist() == expected_stream()
+    (tmp_path / "plain.txt").write_text(" ".join(DOCS))
+    (tmp_path / "bom.txt").write_bytes(bom + " ".join(DOCS).encode())
+    plain = stream(tokens_of([tmp_path / "plain.txt"], tmp_path)).tolist()
+    assert stream(tokens_of([tmp_path / "bom.txt"], tmp_path)).tolist() == plain
+
+
+@pytest.mark.parametrize("name", ["d.txt", "d.jsonl"])
+def test_utf16_data_is_named_as_utf16(tmp_path, name):
+    """Windows' "Unicode" text is UTF-16 with a byte-order mark: a text file was refused as binary (the NUL bytes of
+    its ASCII), and a JSON Lines file as not UTF-8 with advice to convert from latin1 (found by an audit)."""
+    text = json.dumps({"text": DOCS[0]}) if name.endswith(".jsonl") else DOCS[0]
+    (tmp_path / name).write_bytes((text + "\n").encode("utf-16"))
+    with pytest.raises(DataError) as info:
+        tokens_of([tmp_path / name], tmp_path)
+    assert str(info.value) == (
+        f"--data {tmp_path / name}: the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8) and "
+        "pass that"
+    )

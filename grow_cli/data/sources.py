@@ -41,6 +41,8 @@ TEXT_COLUMN_TYPES = {"string", "large_string", "string_view", "null"}  # Arrow t
 # ... and a dictionary of strings (pandas' `category`, some exporters), which pyarrow decodes as it reads
 TEXT_DICTIONARY = re.compile(r"dictionary<values=(string|large_string|string_view), ")
 BINARY_PROBE = 8192  # bytes read to tell a binary file from text
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+UTF16_FIX = "the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8) and pass that"
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
 
 
@@ -213,10 +215,19 @@ def _pyarrow():
     return pa
 
 
-def _looks_binary(path: Path) -> bool:
-    """A NUL byte in the first 8 KB: text never has one; images, archives, executables and weights almost surely do."""
+def _check_text_file(path: Path) -> None:
+    """Refuse a text source that is not UTF-8 text, judged by its first 8 KB: UTF-16 (a byte-order mark, as Windows
+    writes "Unicode" text) is named as such, rather than as binary for the NUL bytes of its ASCII; a NUL byte otherwise
+    marks binary, which text never holds and images, archives, executables and weights almost surely do."""
     with path.open("rb") as f:
-        return b"\0" in f.read(BINARY_PROBE)
+        head = f.read(BINARY_PROBE)
+    if head.startswith(UTF16_BOMS):
+        raise DataError(f"--data {path}: {UTF16_FIX}")
+    if b"\0" in head:
+        raise DataError(
+            f"--data {path}: the file is binary (it holds NUL bytes), not text; pass text, .jsonl, .parquet or "
+            "pre-tokenized .bin files"
+        )
 
 
 def field_read(text_field: str | None) -> str:
@@ -244,11 +255,8 @@ def check_sources(sources: list[Source], text_field: str | None, token_dtype: st
         )
     field = field_read(text_field)
     for source in sources:
-        if source.kind == "text" and _looks_binary(source.path):
-            raise DataError(
-                f"--data {source.path}: the file is binary (it holds NUL bytes), not text; pass text, .jsonl, "
-                ".parquet or pre-tokenized .bin files"
-            )
+        if source.kind == "text":
+            _check_text_file(source.path)
         if source.kind in FIELD_KINDS:
             columns = _columns(source)
             if field not in columns:
@@ -296,7 +304,8 @@ def read_texts(
         # Cut pieces after a line end (or, in a line longer than a piece, before a space) so that no word is
         # split between two tokenizer calls; hold one piece back so the last one can say that it ends the document.
         _undecodable.count = 0
-        with source.path.open(encoding="utf-8", errors=REPLACE_COUNTING) as f:
+        # "utf-8-sig": a byte-order mark that opens the file (Windows tools write one) is not text to train on
+        with source.path.open(encoding="utf-8-sig", errors=REPLACE_COUNTING) as f:
             held, carry = None, ""
             while block := f.read(CHUNK_CHARS):
                 text = carry + block
@@ -365,9 +374,13 @@ def _json_text(value: Any, text_field: str, where: str) -> str:
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, value) of each non-blank line of a JSON Lines file; a line that is not UTF-8 JSON (the format
-    requires UTF-8) is refused by its number."""
+    requires UTF-8) is refused by its number. A UTF-8 byte-order mark opening a line is skipped, as RFC 8259 lets a
+    parser do (Windows tools write one; it was refused as "not valid JSON"), and a UTF-16 one is named."""
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(UTF16_BOMS):
+                raise DataError(f"--data {path}: {UTF16_FIX}")
+            raw = raw.removeprefix(codecs.BOM_UTF8)  # (on any line: files that had one, concatenated)
             if not raw.strip():
                 continue
             try:
