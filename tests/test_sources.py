@@ -262,3 +262,50 @@ def test_utf16_data_is_named_as_utf16(tmp_path, name):
         f"--data {tmp_path / name}: the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8) and "
         "pass that"
     )
+
+
+RECORDS = [{"text": doc} for doc in DOCS]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            json.dumps(RECORDS, indent=2),  # "d.json:1: not valid JSON (Expecting value)"
+            "the file holds a JSON array, not JSON Lines (one object per line); convert it, e.g. jq -c '.[]' {path} > "
+            "NEW.jsonl",
+        ),
+        (
+            json.dumps(RECORDS),  # "no text field 'text' (found: none)"
+            "the file holds a JSON array, not JSON Lines (one object per line); convert it, e.g. jq -c '.[]' {path} > "
+            "NEW.jsonl",
+        ),
+        (
+            json.dumps({"data": RECORDS}, indent=2),  # "not valid JSON (Expecting property name enclosed in …)"
+            "the file holds one JSON document over several lines, not JSON Lines (one object per line); write each "
+            "record on a line of its own",
+        ),
+    ],
+)
+def test_a_json_file_of_one_document_is_named_as_not_json_lines(tmp_path, content, message):
+    """A .json file is read as JSON Lines; one that holds a single JSON document (Alpaca's alpaca_data.json is an
+    array of records) was refused at line 1 as not valid JSON, or, an array on one line, as lacking the text field
+    with advice to pass --text-field (found by an audit). It is named for what it is, with the way to convert it."""
+    path = tmp_path / "d.json"
+    path.write_text(content)
+    with pytest.raises(DataError) as info:
+        tokens_of([path], tmp_path)
+    assert str(info.value) == f"--data {path}: " + message.format(path=path)
+
+
+@pytest.mark.parametrize(("line", "kind"), [('"To be, or not to be"', "a string"), ('["a", "b"]', "a list")])
+def test_a_json_line_that_is_not_an_object_is_named(tmp_path, line, kind):
+    """A line holding a string or a list was refused as lacking the text field, with advice to pass --text-field,
+    which no field name can satisfy (found by an audit)."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(f"{json.dumps(RECORDS[0])}\n{line}\n")
+    with pytest.raises(DataError) as info:
+        tokens_of([path], tmp_path)
+    assert str(info.value) == (
+        f"{path}:2: the line holds {kind}, not a JSON object; each line must be one object, its text in a field"
+    )

@@ -174,10 +174,29 @@ def _arrow_files(folder: Path) -> list[Path]:
 def _columns(source: Source) -> list[str]:
     """The column names of a tabular source (the keys of the first JSON line)."""
     if source.kind == "jsonl":
-        for _, record in _json_lines(source.path):
-            return list(record) if isinstance(record, dict) else []
+        _check_json_lines(source.path)
+        for n, record in _json_lines(source.path):
+            return list(_json_object(record, f"{source.path}:{n}"))
         raise DataError(f"--data {source.path}: the file holds no JSON lines")
     return list(_schema(source))
+
+
+def _check_json_lines(path: Path) -> None:
+    """Refuse a `.json` file that holds one JSON document, not JSON Lines, judged by its first 8 KB: an array of
+    records (Alpaca's alpaca_data.json is one) or an object written over several lines. Read line by line, they were
+    "not valid JSON (Expecting value)" at line 1, or "no text field 'text' (found: none)" for an array on one line."""
+    with path.open("rb") as f:
+        head = f.read(BINARY_PROBE).removeprefix(codecs.BOM_UTF8).lstrip()
+    if head.startswith(b"["):
+        raise DataError(
+            f"--data {path}: the file holds a JSON array, not JSON Lines (one object per line); convert it, e.g. "
+            f"jq -c '.[]' {path} > NEW.jsonl"
+        )
+    if head.split(b"\n", 1)[0].strip() == b"{":
+        raise DataError(
+            f"--data {path}: the file holds one JSON document over several lines, not JSON Lines (one object per "
+            "line); write each record on a line of its own"
+        )
 
 
 def _schema(source: Source) -> dict[str, str]:
@@ -323,7 +342,7 @@ def read_texts(
             undecodable[str(source.path)] = _undecodable.count
     elif source.kind == "jsonl":
         for n, record in _json_lines(source.path):
-            if not isinstance(record, dict) or text_field not in record:
+            if text_field not in _json_object(record, f"{source.path}:{n}"):
                 raise DataError(f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME")
             yield _json_text(record[text_field], text_field, f"{source.path}:{n}"), True
     else:
@@ -350,7 +369,28 @@ def _table_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
         raise _unreadable_table(source, exc) from None
 
 
-JSON_KINDS = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+JSON_KINDS = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    type(None): "null",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _json_object(record: Any, where: str) -> dict[str, Any]:
+    """The JSON Lines record `record`, read at `where`, which must be an object (a string or a list holds no field:
+    it was refused as lacking the text field, with advice to pass --text-field)."""
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{where}: the line holds {JSON_KINDS[type(record)]}, not a JSON object; each line must be one object, its "
+            "text in a field"
+        )
+    return record
+
+
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins the pairs; what is left is unpaired
 
 
