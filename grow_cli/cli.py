@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import sys
 from typing import Any, NoReturn
@@ -26,6 +27,8 @@ from grow_cli.commands import inspect as inspect_cmd
 from grow_cli.commands import plan as plan_cmd
 from grow_cli.commands import push as push_cmd
 from grow_cli.commands import train_stage as train_stage_cmd
+
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what would break the last line: C0 but the tab, DEL
 
 app = typer.Typer(
     name="grow",
@@ -169,9 +172,11 @@ def _report(line: str, *, error: bool = True, every_rank: bool = False) -> None:
     """Print the run's last line on stderr: once under a distributed launch when every process found the same
     thing (before the processes joined up, or an error of that kind: `every_rank`), else from every rank, naming it
     (`grow_cli.launch`). A process that says nothing of an `error` waits for the one that says it (an interruption
-    ends every process anyway)."""
+    ends every process anyway). It is one line whatever the message holds: a control character, such as the newline
+    or terminal escape of a file name it quotes, is written escaped (`\\n`, `\\x1b`)."""
     from grow_cli.launch import error_prefix, wait_for_the_reporting_process
 
+    line = CONTROL_CHARACTER.sub(lambda found: repr(found.group())[1:-1], line)
     prefix = error_prefix(every_rank)
     if prefix is None and error:
         wait_for_the_reporting_process()

@@ -235,6 +235,9 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "train-binary-data":
         (c.tmp / "photo.txt").write_bytes(bytes(range(256)) * 4)
         return c.train("--max-steps", 1, data=c.tmp / "photo.txt"), "the file is binary"
+    if name == "train-binary-data-named-with-a-newline":  # its error was two lines, the second "ary.txt: the file …"
+        (c.tmp / "bin\nary.txt").write_bytes(bytes(range(256)) * 4)
+        return c.train("--max-steps", 1, data=c.tmp / "bin\nary.txt"), "bin\\nary.txt: the file is binary"
     if name == "train-odd-token-file":
         (c.tmp / "tokens.bin").write_bytes(b"\x01\x00\x02")
         return c.train("--max-steps", 1, data=c.tmp / "tokens.bin"), "not a whole number of uint16 tokens"
@@ -626,6 +629,7 @@ CASES = [
     "out-is-source-with-force",
     "train-out-is-model",
     "train-binary-data",
+    "train-binary-data-named-with-a-newline",
     "train-odd-token-file",
     "train-uint32-token-file-read-as-uint16",
     "train-max-lr-nan",
