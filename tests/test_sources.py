@@ -309,3 +309,63 @@ def test_a_json_line_that_is_not_an_object_is_named(tmp_path, line, kind):
     assert str(info.value) == (
         f"{path}:2: the line holds {kind}, not a JSON object; each line must be one object, its text in a field"
     )
+
+
+def _names(paths, root) -> list[str]:
+    return [str(source.path.relative_to(root)) for source in find_sources([str(p) for p in paths])]
+
+
+def test_a_linked_folder_is_read_and_a_loop_of_links_ends(tmp_path):
+    """A folder linked into the data (a dataset on another disk) was left out without a word: links to folders were
+    not followed. They are now, each real folder once: a link back up, or a second link to a folder, reads nothing
+    twice; and a glob's `**` over two links back up, which made 2**40 paths (grow hung), ends at once."""
+    elsewhere, data = tmp_path / "elsewhere", tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (data / "a.txt").write_text(DOCS[0])
+    (elsewhere / "c.txt").write_text(DOCS[1])
+    (data / "sub" / "b.txt").write_text(DOCS[2])
+    (data / "linked").symlink_to(elsewhere)
+    (data / "linked-again").symlink_to(elsewhere)
+    (data / "sub" / "up").symlink_to(data)
+    (data / "loop").symlink_to(".")
+    read = _names([data], data)
+    assert read == ["a.txt", "linked/c.txt", "sub/b.txt"]
+    assert _names([data / "**" / "*.txt"], data) == read
+    assert stream(tokens_of([data], tmp_path)).tolist() == expected_stream()
+
+
+@pytest.mark.parametrize("pattern", ["**", "**/*", "**/", "*"])
+def test_a_glob_that_matches_a_folder_and_its_files_reads_each_file_once(tmp_path, pattern):
+    """A glob's match that is a folder is read whole: `data/**` (or `data/**/*`) matched every folder and every file
+    under it, and was refused as reaching each file twice (found by an audit)."""
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "data" / "a.txt").write_text(DOCS[0])
+    (tmp_path / "data" / "sub" / "b.txt").write_text(DOCS[1])
+    assert _names([tmp_path / "data" / pattern], tmp_path / "data") == ["a.txt", "sub/b.txt"]
+
+
+def test_a_datasets_folder_inside_a_data_folder_is_read_as_one(tmp_path):
+    """A `save_to_disk` folder found in a data folder had its state.json and dataset_info.json read as JSON Lines
+    ("not valid JSON"), its Arrow files left out (found by an audit); it is read as a `datasets` folder."""
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": DOCS[1:]}).save_to_disk(tmp_path / "data" / "ds")
+    (tmp_path / "data" / "a.txt").write_text(DOCS[0])
+    sources = find_sources([str(tmp_path / "data")])
+    assert [(s.path.name, s.kind) for s in sources] == [("a.txt", "text"), ("ds", "arrow")]
+    assert stream(tokens_of([tmp_path / "data"], tmp_path)).tolist() == expected_stream()
+
+
+def test_a_link_to_no_file_is_refused(tmp_path):
+    """A git-annex or DVC file not fetched is a link to nothing: in a folder it was left out without a word, and named
+    directly it was "no such file or folder" (found by an audit)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text(DOCS[0])
+    (tmp_path / "data" / "b.txt").symlink_to("../.git/annex/objects/b")
+    for given in (tmp_path / "data", tmp_path / "data" / "b.txt", tmp_path / "data" / "*"):
+        with pytest.raises(DataError) as info:
+            find_sources([str(given)])
+        assert str(info.value) == (
+            f"--data {tmp_path / 'data' / 'b.txt'}: a symbolic link that leads to no file (../.git/annex/objects/b); "
+            "fetch what it stands for (git annex get, dvc pull) or remove the link"
+        )

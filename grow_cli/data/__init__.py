@@ -1,5 +1,5 @@
-"""Text and tokens for training and comparison: files behind --data (`sources`) and the Hub dataset they were
-downloaded from (`hub_origin`), tokenize/cache/pack/split
-(`tokens`), step-indexed data order (`batches`), a masked LM's corruption (`masking`, its settings in
-`masking_settings`), and real English text that installs offline (`corpus`).
+"""Text and tokens for training and comparison: files behind --data (`sources`, the folders and globs they name
+walked by `walk`) and the Hub dataset they were downloaded from (`hub_origin`), tokenize/cache/pack/split (`tokens`),
+step-indexed data order (`batches`), a masked LM's corruption (`masking`, its settings in `masking_settings`), and
+real English text that installs offline (`corpus`).
 `probe.txt` holds the probe text of `grow expand --verify`."""

@@ -1,6 +1,6 @@
 """Training data on disk: find the files behind `--data` arguments and read their documents.
 
-A `--data` argument is a file, a folder (read recursively) or a glob. Each file is one `Source` of a kind:
+A `--data` argument is a file, a folder (read recursively, `walk.py`) or a glob. Each file is one `Source` of a kind:
 
 - ``text``: any other file; the whole file is one document;
 - ``jsonl``: JSON Lines (``.jsonl``/``.json``), one document per line in `--text-field`;
@@ -16,7 +16,6 @@ fail with one line that names the file.
 from __future__ import annotations
 
 import codecs
-import glob
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
+from grow_cli.data.walk import MAGIC, glob_matches, walk
 from grow_cli.errors import DataError, OptionError, counted, first_line
 from grow_cli.field_types import EMPTY_PATH
 
@@ -65,34 +65,40 @@ def _holds_a_model(folder: Path) -> bool:
 
 
 def _from_folder(folder: Path) -> list[Source]:
+    """The sources in `folder`: its files of a suffix grow reads, and each `datasets` folder in it whole (its
+    state.json and dataset_info.json were read as JSON Lines)."""
     if _is_arrow_dataset(folder):
         return [Source(folder, "arrow")]
-    files = sorted(p for p in _visible_files(folder) if p.is_file() and p.suffix in FOLDER_SUFFIXES)
+    files, datasets = [], []
+    for root, subfolders, names in walk(folder, str(folder)):
+        if _is_arrow_dataset(root):
+            datasets.append(root)
+            subfolders[:] = []
+            continue
+        files += [root / name for name in names if Path(name).suffix in FOLDER_SUFFIXES]
+    if broken := [path for path in files if path.is_symlink() and not path.exists()]:
+        raise DataError(_broken_link(broken[0]))
+    files = [path for path in files if path.is_file()]  # (not a pipe, a socket or a device)
     models = sorted({p.parent for p in files if p.name == "config.json" and _holds_a_model(p.parent)})
     if models:  # its config.json, tokenizer.json, grow.json would be read as JSON Lines ("not valid JSON"), its card
         what = "is a model folder (" if models[0] == folder else f"holds a model folder ({models[0]}: "
         raise DataError(
             f"--data {folder} {what}config.json and its weights), not data; give the text files or folders to read"
         )
-    if not files:
+    if not files and not datasets:
         read = "/".join(sorted(suffix for suffix in FOLDER_SUFFIXES if suffix))
         raise DataError(f"--data {folder}: the folder holds no {read} files or files without a suffix")
-    return [Source(p, SUFFIX_KIND.get(p.suffix, "text")) for p in files]
+    sources = [Source(p, SUFFIX_KIND.get(p.suffix, "text")) for p in files] + [Source(p, "arrow") for p in datasets]
+    return sorted(sources, key=lambda source: source.path)
 
 
-def _visible_files(folder: Path) -> Iterator[Path]:
-    """The files under `folder`, hidden files and folders (a leading dot) left out, links to folders not followed.
-    A subfolder that cannot be listed is refused: its files would be left out of the run without a word."""
-
-    def refuse(exc: OSError) -> None:
-        raise DataError(
-            f"--data {folder}: cannot list {exc.filename} ({exc.strerror}); check its owner and mode, or move it out "
-            "of the data"
-        )
-
-    for root, folders, names in os.walk(folder, onerror=refuse):
-        folders[:] = [name for name in folders if not name.startswith(".")]
-        yield from (Path(root) / name for name in names if not name.startswith("."))
+def _broken_link(path: Path) -> str:
+    """The refusal of `path`, a symbolic link that leads to no file: a git-annex or DVC file not fetched, say, whose
+    data would be left out without a word."""
+    return (
+        f"--data {path}: a symbolic link that leads to no file ({os.readlink(path)}); fetch what it stands for "
+        "(git annex get, dvc pull) or remove the link"
+    )
 
 
 def data_paths(data: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -115,8 +121,8 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
     path)."""
     sources: list[Source] = []
     for arg in data_paths(paths):
-        if any(ch in arg for ch in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(arg, recursive=True))
+        if MAGIC.search(arg):
+            matches = glob_matches(arg)
             if not matches:
                 raise DataError(f"--data {arg}: the pattern matches no files")
             for match in matches:
@@ -126,11 +132,13 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
             continue
         path = Path(arg)
         if not path.exists():
-            raise DataError(f"--data {arg}: no such file or folder")
+            raise DataError(_broken_link(path) if path.is_symlink() else f"--data {arg}: no such file or folder")
         sources += _from_folder(path) if path.is_dir() else [Source(path, SUFFIX_KIND.get(path.suffix, "text"))]
     first_named: dict[Path, Path] = {}
     for source in sources:
         if source.kind != "arrow":  # (a datasets folder's files are `datasets`' to read)
+            if source.path.is_symlink() and not source.path.exists():  # (a glob matches the link)
+                raise DataError(_broken_link(source.path))
             if not source.path.is_file():  # a named pipe or a device: grow reads its data more than once
                 raise DataError(f"--data {source.path}: not a regular file (a pipe or a device); give a file or folder")
             if source.path.stat().st_size == 0:
