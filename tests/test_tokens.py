@@ -275,8 +275,7 @@ def test_a_token_file_cut_while_it_is_read_is_refused(tmp_path, monkeypatch, cap
     monkeypatch.setattr(np, "fromfile", cut_after_the_first_piece)
     code, stderr = _grow_on("train-stage", path, capsys)
     assert code == 1 and stderr.strip() == (
-        f"error: --data {path}: the file got shorter while grow read it ({2 * len(_play_ids()):,} bytes, now 600); "
-        "run again once nothing writes to it"
+        f"error: --data {path}: it changed while grow read it; run again once nothing writes to it"
     ), stderr
     assert not (tmp_path / "cache").exists()  # the folder this run made, its temporary stream in it, is gone
 
@@ -301,6 +300,64 @@ def test_a_data_file_whose_name_is_not_utf8_is_read(command, tmp_path, monkeypat
         assert json.loads((tmp_path / "out-0" / "grow.json").read_text())["stages"][0]["data"]["paths"] == [
             str(tmp_path / name)
         ]
+
+
+def _changing(kind: str, folder):
+    """Data of `kind` in `folder`, and how another job changes it: appends to a text or JSON Lines file; a
+    `datasets` folder's Arrow file cut past its first batch and filled back with zeros (as a file being rewritten
+    reads), which a memory map reads without SIGBUS."""
+    line = "To be, or not to be, that is the question. " * 4
+    if kind == "datasets":
+        import datasets
+
+        datasets.Dataset.from_dict({"text": [line] * 2_500}).save_to_disk(folder / "ds")  # 3 batches of 1,000 rows
+        arrow = next((folder / "ds").glob("*.arrow"))
+        size = arrow.stat().st_size
+        return folder / "ds", lambda: (os.truncate(arrow, size // 2), os.truncate(arrow, size))
+    path = folder / ("d.txt" if kind == "text" else "d.jsonl")
+    path.write_text((line + "\n" if kind == "text" else json.dumps({"text": line}) + "\n") * 200)
+
+    def append():
+        with path.open("a") as f:
+            f.write(json.dumps({"text": line}) + "\n")
+
+    return path, append
+
+
+@pytest.mark.parametrize("kind", ["text", "jsonl", "datasets"])
+def test_data_that_changes_while_it_is_tokenized_is_refused(kind, tmp_path, monkeypatch, capsys):
+    """Data that another job wrote to while grow tokenized it was trained on as it came: appended text read or not,
+    an Arrow file cut past its first batch read as ending there (memory-mapped, it ended the process with SIGBUS
+    when cut short); its cache entry was named for the version before. A file whose size or modification time
+    changes while it is read is refused in one line naming it, and nothing is cached."""
+    from grow_cli.data import sources
+
+    monkeypatch.chdir(tmp_path)
+    data, change = _changing(kind, tmp_path)
+    monkeypatch.setattr(sources, "CHUNK_CHARS", 1_000)  # a text file in many pieces
+    monkeypatch.setattr(tokens, "BATCH_PIECES", 8)
+    encoder, changed = tokens._encoder, []
+
+    def changing(tokenizer):
+        encode = encoder(tokenizer)
+
+        def the_first_call_changes_the_data(texts):
+            if not changed:
+                change()
+                changed.append(True)
+            return encode(texts)
+
+        return the_first_call_changes_the_data
+
+    monkeypatch.setattr(tokens, "_encoder", changing)
+    code, stderr = _grow_on("train-stage", data, capsys)
+    assert (
+        changed
+        and code == 1
+        and stderr.strip()
+        == (f"error: --data {data}: it changed while grow read it; run again once nothing writes to it")
+    ), stderr
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_token_cache_entry_copied_before_the_uint32_check_is_copied_and_checked_again(tmp_path, monkeypatch):

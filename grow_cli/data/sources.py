@@ -22,6 +22,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +218,7 @@ def _schema(source: Source) -> dict[str, str]:
             files = _arrow_files(source.path)
             if not files:
                 raise DataError(f"--data {source.path}: the dataset folder holds no data files")
-            with pa.memory_map(str(files[0])) as f:
+            with pa.OSFile(str(files[0])) as f:  # (read, not mapped: see `_table_texts`)
                 schema = pa.ipc.open_stream(f).schema
     except (pa.ArrowException, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         raise _unreadable_table(source, exc) from None
@@ -359,7 +360,8 @@ def read_texts(
 
 def _table_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
     """The documents of a Parquet file or `datasets` folder, one per row; rows that do not read (a damaged data page,
-    a cut shard: only the schema was checked before) are refused by the source's name."""
+    a cut shard: only the schema was checked before) are refused by the source's name. Arrow files are read, not
+    memory-mapped: one cut while mapped (saved again by the job that makes it) ended the process with SIGBUS."""
     pa = _pyarrow()
     try:
         if source.kind == "parquet":
@@ -369,7 +371,7 @@ def _table_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
                     yield (text or ""), True
         else:
             for path in _arrow_files(source.path):
-                with pa.memory_map(str(path)) as f:
+                with pa.OSFile(str(path)) as f:
                     for batch in pa.ipc.open_stream(f):
                         for text in batch.column(text_field).to_pylist():
                             yield (text or ""), True
@@ -450,9 +452,47 @@ def fingerprint_sources(sources: list[Source], text_field: str) -> str:
     """A hash that changes when any source file changes (path, size, modification time) or the field does."""
     h = hashlib.sha256(f"field={text_field}".encode())
     for source in sources:
-        files = _arrow_files(source.path) if source.kind == "arrow" else [source.path]
-        for path in files:
+        for path in _files_of(source):
             stat = path.stat()
             entry = f"|{source.kind}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
             h.update(entry.encode(errors="surrogateescape"))  # a name that is not UTF-8 hashed as its bytes
     return h.hexdigest()[:16]
+
+
+@contextmanager
+def read_unchanged(source: Source) -> Iterator[None]:
+    """Refuse `source` if a file of it changes (its size or modification time, as in its fingerprint) while the block
+    reads it, rewritten or appended to by another job: the run would train on part of one version, without a word
+    (an Arrow file cut between its batches ended early; appended text was read or not as it came). An error that the
+    change caused is refused as the change."""
+    files = _files_of(source)
+    before = _versions(files)
+    try:
+        yield
+    except DataError:
+        if _versions(files) != before:
+            raise DataError(changed_while_read(source.path)) from None
+        raise
+    if _versions(files) != before:
+        raise DataError(changed_while_read(source.path))
+
+
+def changed_while_read(path: Path) -> str:
+    return f"--data {path}: it changed while grow read it; run again once nothing writes to it"
+
+
+def _files_of(source: Source) -> list[Path]:
+    return _arrow_files(source.path) if source.kind == "arrow" else [source.path]
+
+
+def _versions(files: list[Path]) -> list[tuple[int, int] | None]:
+    """(size, modification time) of each of `files`, None for one that is gone."""
+    versions: list[tuple[int, int] | None] = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            versions.append(None)
+        else:
+            versions.append((stat.st_size, stat.st_mtime_ns))
+    return versions

@@ -20,7 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,15 @@ import numpy as np
 
 from grow_cli.checkpoint.output import disk_full
 from grow_cli.console import err
-from grow_cli.data.sources import TOKEN_DTYPES, Source, field_read, fingerprint_sources, read_texts
+from grow_cli.data.sources import (
+    TOKEN_DTYPES,
+    Source,
+    changed_while_read,
+    field_read,
+    fingerprint_sources,
+    read_texts,
+    read_unchanged,
+)
 from grow_cli.errors import DataError, OutputError
 from grow_cli.json_shape import COUNT, Kind, ListOf, MapOf, Required, Unfit, read_checked
 from grow_cli.whole_file import write_whole
@@ -158,11 +166,8 @@ def _token_pieces(path: Path, f, bin_dtype, tokens: int) -> Iterator[np.ndarray]
     for start in range(0, tokens, COPY_TOKENS):
         want = min(COPY_TOKENS, tokens - start)
         piece = np.fromfile(f, dtype=bin_dtype, count=want)
-        if piece.size < want:
-            raise DataError(
-                f"--data {path}: the file got shorter while grow read it ({tokens * bin_dtype.itemsize:,} bytes, now "
-                f"{path.stat().st_size:,}); run again once nothing writes to it"
-            )
+        if piece.size < want:  # cut as it was read
+            raise DataError(changed_while_read(path))
         yield piece
 
 
@@ -219,23 +224,35 @@ def _write_stream(
             return len(ids)
 
         for source in sources:
-            if source.kind == "tokens":
-                tokens, documents, largest = _copy_token_file(source.path, bin_dtype, dtype, vocab_size, eos_id, out)
-                num_tokens, num_docs = num_tokens + tokens, num_docs + documents
-                largest_ids.append(largest)
-                continue
-            texts, ends, chars = [], [], 0
-            for text, end in read_texts(source, text_field, undecodable):
-                texts.append(text)
-                ends.append(end)
-                num_docs += end
-                chars += len(text)
-                if len(texts) == BATCH_PIECES or chars >= BATCH_CHARS:
-                    num_tokens += flush(texts, ends)
-                    texts, ends, chars = [], [], 0
-            if texts:
-                num_tokens += flush(texts, ends)
+            with read_unchanged(source):
+                if source.kind == "tokens":
+                    tokens, documents, largest = _copy_token_file(
+                        source.path, bin_dtype, dtype, vocab_size, eos_id, out
+                    )
+                    largest_ids.append(largest)
+                else:
+                    tokens, documents = _write_texts(read_texts(source, text_field, undecodable), flush)
+            num_tokens, num_docs = num_tokens + tokens, num_docs + documents
     return num_tokens, num_docs, largest_ids
+
+
+def _write_texts(pieces: Iterator[tuple[str, bool]], flush: Callable[[list[str], list[bool]], int]) -> tuple[int, int]:
+    """Tokenize the (text, ends_document) `pieces` of a source through `flush`, in calls of at most BATCH_PIECES
+    pieces and about BATCH_CHARS characters; return (tokens, documents)."""
+    tokens = documents = chars = 0
+    texts: list[str] = []
+    ends: list[bool] = []
+    for text, end in pieces:
+        texts.append(text)
+        ends.append(end)
+        documents += end
+        chars += len(text)
+        if len(texts) == BATCH_PIECES or chars >= BATCH_CHARS:
+            tokens += flush(texts, ends)
+            texts, ends, chars = [], [], 0
+    if texts:
+        tokens += flush(texts, ends)
+    return tokens, documents
 
 
 @contextmanager
