@@ -369,3 +369,23 @@ def test_a_link_to_no_file_is_refused(tmp_path):
             f"--data {tmp_path / 'data' / 'b.txt'}: a symbolic link that leads to no file (../.git/annex/objects/b); "
             "fetch what it stands for (git annex get, dvc pull) or remove the link"
         )
+
+
+def test_every_empty_file_is_counted_in_one_refusal(tmp_path):
+    """Empty files in a folder were refused one per run, by the first's name alone, without saying what to do (found
+    by an audit): a folder of many files may hold several. One line names the first and the last, and counts them."""
+    (tmp_path / "data").mkdir()
+    for name in ("a.txt", "c.txt", "e.txt"):
+        (tmp_path / "data" / name).write_text(DOCS[0])
+    for name in ("b.txt", "d.txt", "f.txt"):
+        (tmp_path / "data" / name).touch()
+    with pytest.raises(DataError) as info:
+        find_sources([str(tmp_path / "data")])
+    assert str(info.value) == (
+        f"--data {tmp_path / 'data' / 'b.txt'}: the file is empty, as are 2 more of the data's files (the last "
+        f"{tmp_path / 'data' / 'f.txt'}); remove them, or leave them out of --data"
+    )
+    (tmp_path / "data" / "d.txt").unlink()
+    (tmp_path / "data" / "f.txt").unlink()
+    with pytest.raises(DataError, match=r"b.txt: the file is empty; remove it, or leave it out of --data$"):
+        find_sources([str(tmp_path / "data")])

@@ -142,8 +142,6 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
                 raise DataError(_broken_link(source.path))
             if not source.path.is_file():  # a named pipe or a device: grow reads its data more than once
                 raise DataError(f"--data {source.path}: not a regular file (a pipe or a device); give a file or folder")
-            if source.path.stat().st_size == 0:
-                raise DataError(f"--data {source.path}: the file is empty")
         real = source.path.resolve()
         if real in first_named:
             also = f" (also as {first_named[real]})" if first_named[real] != source.path else ""
@@ -152,7 +150,21 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
                 "held out too; give each file once"
             )
         first_named[real] = source.path
+    _refuse_empty_files([source.path for source in sources if source.kind != "arrow"])
     return sources
+
+
+def _refuse_empty_files(files: list[Path]) -> None:
+    """Refuse empty files, naming the first and how many there are: a folder of thousands may hold several, which
+    were named one per run."""
+    empty = [path for path in files if path.stat().st_size == 0]
+    if len(empty) == 1:
+        raise DataError(f"--data {empty[0]}: the file is empty; remove it, or leave it out of --data")
+    if empty:
+        raise DataError(
+            f"--data {empty[0]}: the file is empty, as are {len(empty) - 1:,} more of the data's files (the last "
+            f"{empty[-1]}); remove them, or leave them out of --data"
+        )
 
 
 def _arrow_files(folder: Path) -> list[Path]:
