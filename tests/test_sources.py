@@ -389,3 +389,34 @@ def test_every_empty_file_is_counted_in_one_refusal(tmp_path):
     (tmp_path / "data" / "f.txt").unlink()
     with pytest.raises(DataError, match=r"b.txt: the file is empty; remove it, or leave it out of --data$"):
         find_sources([str(tmp_path / "data")])
+
+
+@pytest.mark.parametrize("format", ["gzip", "bz2", "lzma", "zip"])
+@pytest.mark.parametrize("name", ["d.txt.gz", "d.jsonl"])
+def test_a_compressed_data_file_is_named_as_compressed(tmp_path, format, name):
+    """A compressed file (a .jsonl.gz, or compressed under a .jsonl name) was refused as binary for its NUL bytes, or
+    as JSON Lines that are not UTF-8 with advice to convert from latin1 (found by an audit); it is named as
+    compressed. A text file that begins as bzip2's magic number does is still text."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    text = "".join(json.dumps({"text": doc}) + "\n" for doc in DOCS).encode()
+    if format == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("d.jsonl", text)
+        packed = buffer.getvalue()
+    else:
+        packed = {"gzip": gzip, "bz2": bz2, "lzma": lzma}[format].compress(text)
+    (tmp_path / name).write_bytes(packed)
+    shown = {"bz2": "bzip2", "lzma": "xz"}.get(format, format)
+    with pytest.raises(DataError) as info:
+        tokens_of([tmp_path / name], tmp_path)
+    assert str(info.value) == (
+        f"--data {tmp_path / name}: the file is compressed ({shown}); decompress it and pass the result"
+    )
+    (tmp_path / "BZh.txt").write_text("BZh, said the bee. " + DOCS[0])
+    assert tokens_of([tmp_path / "BZh.txt"], tmp_path).num_documents == 1

@@ -43,6 +43,14 @@ TEXT_COLUMN_TYPES = {"string", "large_string", "string_view", "null"}  # Arrow t
 TEXT_DICTIONARY = re.compile(r"dictionary<values=(string|large_string|string_view), ")
 BINARY_PROBE = 8192  # bytes read to tell a binary file from text
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# The magic numbers of compressed files (bzip2's with its block header: text may begin "BZh")
+COMPRESSED = {
+    "gzip": re.compile(rb"\x1f\x8b"),
+    "zstd": re.compile(rb"\x28\xb5\x2f\xfd"),
+    "bzip2": re.compile(rb"BZh[1-9]1AY&SY"),
+    "xz": re.compile(rb"\xfd7zXZ\x00"),
+    "zip": re.compile(rb"PK\x03\x04"),
+}
 UTF16_FIX = "the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8) and pass that"
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
 
@@ -206,8 +214,7 @@ def _check_json_lines(path: Path) -> None:
     """Refuse a `.json` file that holds one JSON document, not JSON Lines, judged by its first 8 KB: an array of
     records (Alpaca's alpaca_data.json is one) or an object written over several lines. Read line by line, they were
     "not valid JSON (Expecting value)" at line 1, or "no text field 'text' (found: none)" for an array on one line."""
-    with path.open("rb") as f:
-        head = f.read(BINARY_PROBE).removeprefix(codecs.BOM_UTF8).lstrip()
+    head = _head(path).removeprefix(codecs.BOM_UTF8).lstrip()
     if head.startswith(b"["):
         raise DataError(
             f"--data {path}: the file holds a JSON array, not JSON Lines (one object per line); convert it, e.g. "
@@ -255,12 +262,23 @@ def _pyarrow():
     return pa
 
 
-def _check_text_file(path: Path) -> None:
-    """Refuse a text source that is not UTF-8 text, judged by its first 8 KB: UTF-16 (a byte-order mark, as Windows
-    writes "Unicode" text) is named as such, rather than as binary for the NUL bytes of its ASCII; a NUL byte otherwise
-    marks binary, which text never holds and images, archives, executables and weights almost surely do."""
+def _head(path: Path) -> bytes:
+    """The first 8 KB of the data file `path`; a compressed one (its format's magic number first) is refused, naming
+    the format: it was "binary (it holds NUL bytes)", or in a .jsonl "not UTF-8 (byte 0x8b …)", with advice to
+    convert from latin1."""
     with path.open("rb") as f:
         head = f.read(BINARY_PROBE)
+    for format, magic in COMPRESSED.items():
+        if magic.match(head):
+            raise DataError(f"--data {path}: the file is compressed ({format}); decompress it and pass the result")
+    return head
+
+
+def _check_text_file(path: Path) -> None:
+    """Refuse a text source that is not UTF-8 text, judged by its first 8 KB: a compressed file (`_head`) or UTF-16 (a
+    byte-order mark, as Windows writes "Unicode" text) is named as such, rather than as binary; a NUL byte otherwise
+    marks binary, which text never holds and images, archives, executables and weights almost surely do."""
+    head = _head(path)
     if head.startswith(UTF16_BOMS):
         raise DataError(f"--data {path}: {UTF16_FIX}")
     if b"\0" in head:
