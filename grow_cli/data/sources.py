@@ -25,9 +25,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
+from grow_cli.data.file_head import check_text_file
+from grow_cli.data.json_lines import check_json_lines, json_lines, json_object, json_text
 from grow_cli.data.walk import MAGIC, glob_matches, walk
 from grow_cli.errors import DataError, OptionError, counted, first_line
 from grow_cli.field_types import EMPTY_PATH
@@ -41,17 +42,6 @@ FOLDER_SUFFIXES = set(SUFFIX_KIND) | TEXT_SUFFIXES
 TEXT_COLUMN_TYPES = {"string", "large_string", "string_view", "null"}  # Arrow types a text field may have
 # ... and a dictionary of strings (pandas' `category`, some exporters), which pyarrow decodes as it reads
 TEXT_DICTIONARY = re.compile(r"dictionary<values=(string|large_string|string_view), ")
-BINARY_PROBE = 8192  # bytes read to tell a binary file from text
-UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-# The magic numbers of compressed files (bzip2's with its block header: text may begin "BZh")
-COMPRESSED = {
-    "gzip": re.compile(rb"\x1f\x8b"),
-    "zstd": re.compile(rb"\x28\xb5\x2f\xfd"),
-    "bzip2": re.compile(rb"BZh[1-9]1AY&SY"),
-    "xz": re.compile(rb"\xfd7zXZ\x00"),
-    "zip": re.compile(rb"PK\x03\x04"),
-}
-UTF16_FIX = "the file is UTF-16 text; convert it to UTF-8 (e.g. iconv -f utf-16 -t utf-8) and pass that"
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
 
 
@@ -203,28 +193,11 @@ def _arrow_files(folder: Path) -> list[Path]:
 def _columns(source: Source) -> list[str]:
     """The column names of a tabular source (the keys of the first JSON line)."""
     if source.kind == "jsonl":
-        _check_json_lines(source.path)
-        for n, record in _json_lines(source.path):
-            return list(_json_object(record, f"{source.path}:{n}"))
+        check_json_lines(source.path)
+        for n, record in json_lines(source.path):
+            return list(json_object(record, f"{source.path}:{n}"))
         raise DataError(f"--data {source.path}: the file holds no JSON lines")
     return list(_schema(source))
-
-
-def _check_json_lines(path: Path) -> None:
-    """Refuse a `.json` file that holds one JSON document, not JSON Lines, judged by its first 8 KB: an array of
-    records (Alpaca's alpaca_data.json is one) or an object written over several lines. Read line by line, they were
-    "not valid JSON (Expecting value)" at line 1, or "no text field 'text' (found: none)" for an array on one line."""
-    head = _head(path).removeprefix(codecs.BOM_UTF8).lstrip()
-    if head.startswith(b"["):
-        raise DataError(
-            f"--data {path}: the file holds a JSON array, not JSON Lines (one object per line); convert it, e.g. "
-            f"jq -c '.[]' {path} > NEW.jsonl"
-        )
-    if head.split(b"\n", 1)[0].strip() == b"{":
-        raise DataError(
-            f"--data {path}: the file holds one JSON document over several lines, not JSON Lines (one object per "
-            "line); write each record on a line of its own"
-        )
 
 
 def _schema(source: Source) -> dict[str, str]:
@@ -262,32 +235,6 @@ def _pyarrow():
     return pa
 
 
-def _head(path: Path) -> bytes:
-    """The first 8 KB of the data file `path`; a compressed one (its format's magic number first) is refused, naming
-    the format: it was "binary (it holds NUL bytes)", or in a .jsonl "not UTF-8 (byte 0x8b …)", with advice to
-    convert from latin1."""
-    with path.open("rb") as f:
-        head = f.read(BINARY_PROBE)
-    for format, magic in COMPRESSED.items():
-        if magic.match(head):
-            raise DataError(f"--data {path}: the file is compressed ({format}); decompress it and pass the result")
-    return head
-
-
-def _check_text_file(path: Path) -> None:
-    """Refuse a text source that is not UTF-8 text, judged by its first 8 KB: a compressed file (`_head`) or UTF-16 (a
-    byte-order mark, as Windows writes "Unicode" text) is named as such, rather than as binary; a NUL byte otherwise
-    marks binary, which text never holds and images, archives, executables and weights almost surely do."""
-    head = _head(path)
-    if head.startswith(UTF16_BOMS):
-        raise DataError(f"--data {path}: {UTF16_FIX}")
-    if b"\0" in head:
-        raise DataError(
-            f"--data {path}: the file is binary (it holds NUL bytes), not text; pass text, .jsonl, .parquet or "
-            "pre-tokenized .bin files"
-        )
-
-
 def field_read(text_field: str | None) -> str:
     """The field a source's text is read from: `text_field`, or `TEXT_FIELD` where none was given (None). Not given
     and given at the default differ for data without fields only, which refuses a given one (`check_sources`)."""
@@ -314,7 +261,7 @@ def check_sources(sources: list[Source], text_field: str | None, token_dtype: st
     field = field_read(text_field)
     for source in sources:
         if source.kind == "text":
-            _check_text_file(source.path)
+            check_text_file(source.path)
         if source.kind in FIELD_KINDS:
             columns = _columns(source)
             if field not in columns:
@@ -380,10 +327,10 @@ def read_texts(
         if _undecodable.count and undecodable is not None:
             undecodable[str(source.path)] = _undecodable.count
     elif source.kind == "jsonl":
-        for n, record in _json_lines(source.path):
-            if text_field not in _json_object(record, f"{source.path}:{n}"):
+        for n, record in json_lines(source.path):
+            if text_field not in json_object(record, f"{source.path}:{n}"):
                 raise DataError(f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME")
-            yield _json_text(record[text_field], text_field, f"{source.path}:{n}"), True
+            yield json_text(record[text_field], text_field, f"{source.path}:{n}"), True
     else:
         yield from _table_texts(source, text_field)
 
@@ -407,75 +354,6 @@ def _table_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
                             yield (text or ""), True
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable_table(source, exc) from None
-
-
-JSON_KINDS = {
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    str: "a string",
-    type(None): "null",
-    list: "a list",
-    dict: "an object",
-}
-
-
-def _json_object(record: Any, where: str) -> dict[str, Any]:
-    """The JSON Lines record `record`, read at `where`, which must be an object (a string or a list holds no field:
-    it was refused as lacking the text field, with advice to pass --text-field)."""
-    if not isinstance(record, dict):
-        raise DataError(
-            f"{where}: the line holds {JSON_KINDS[type(record)]}, not a JSON object; each line must be one object, its "
-            "text in a field"
-        )
-    return record
-
-
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins the pairs; what is left is unpaired
-
-
-def _json_text(value: Any, text_field: str, where: str) -> str:
-    """The text of one JSON Lines record: a null is an empty document, as a null in a Parquet column is; a number,
-    list or object is refused rather than trained on as its Python repr ("7", "['a', 'b']", "None")."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise DataError(
-            f"{where}: the field '{text_field}' holds {JSON_KINDS[type(value)]}, not text; pass --text-field NAME "
-            "of a text field"
-        )
-    if lone := LONE_SURROGATE.search(value):  # JSON allows the escape; no text encoding holds it
-        raise DataError(
-            f"{where}: the field '{text_field}' holds an unpaired UTF-16 surrogate (\\u{ord(lone.group()):04x} at "
-            f"character {lone.start() + 1}), which is not text; fix or remove that line"
-        )
-    return value
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each non-blank line of a JSON Lines file; a line that is not UTF-8 JSON (the format
-    requires UTF-8) is refused by its number. A UTF-8 byte-order mark opening a line is skipped, as RFC 8259 lets a
-    parser do (Windows tools write one; it was refused as "not valid JSON"), and a UTF-16 one is named."""
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            if n == 1 and raw.startswith(UTF16_BOMS):
-                raise DataError(f"--data {path}: {UTF16_FIX}")
-            raw = raw.removeprefix(codecs.BOM_UTF8)  # (on any line: files that had one, concatenated)
-            if not raw.strip():
-                continue
-            try:
-                yield n, json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{n}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); JSON Lines must "
-                    "be UTF-8: convert the file (e.g. iconv -f latin1 -t utf-8)"
-                ) from None
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise DataError(f"{path}:{n}: not valid JSON (nested too deeply to read)") from None
-            except ValueError as exc:  # e.g. an integer of more digits than Python converts
-                raise DataError(f"{path}:{n}: not valid JSON ({first_line(exc, 200)})") from None
 
 
 def fingerprint_sources(sources: list[Source], text_field: str) -> str:
