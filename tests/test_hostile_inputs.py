@@ -283,6 +283,12 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "train-out-in-data-folder":
         args = c.train("--max-steps", 1)
         return [*args[:5], c.data / "run", *args[6:]], "lies inside the --data folder"
+    if name == "train-out-in-folder-linked-into-data":
+        corpus = c.tmp / "corpus"
+        shutil.copytree(c.data, corpus)
+        (c.data / "linked").symlink_to(corpus)  # read as data: `--data` folders follow their links
+        args = c.train("--max-steps", 1)
+        return [*args[:5], corpus / "run", *args[6:]], f"lies inside the --data folder {c.data / 'linked'}"
     if name == "train-no-weights":
         (c.lm / "model.safetensors").unlink()
         return c.train("--max-steps", 1), "no weights in"
@@ -646,6 +652,7 @@ CASES = [
     "write-definition-missing-folder",
     "train-out-holds-its-data",
     "train-out-in-data-folder",
+    "train-out-in-folder-linked-into-data",
     "train-no-weights",
     "train-truncated-weights",
     "train-shape-disagrees-with-config",

@@ -20,6 +20,7 @@ from grow_cli.data.masking import MaskingRule, masking_rule
 from grow_cli.data.masking_settings import NAMES as MASKING
 from grow_cli.data.masking_settings import first_changed
 from grow_cli.data.sources import Source, check_sources, data_paths, find_sources
+from grow_cli.data.walk import walk
 from grow_cli.errors import OptionError, OutputError, UsageError
 from grow_cli.field_types import flag
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
@@ -169,11 +170,16 @@ def check_data_outside(out: Path, data: list[str], sources: list[Source]) -> Non
 
 
 def data_folder_holding(path: Path, data: list[str]) -> Path | None:
-    """The --data folder that is `path` (resolved) or holds it, or None."""
+    """The --data folder that is `path` (resolved) or holds it — or a folder in one that links to where `path` is, as
+    the data's walk follows links (`data/walk.py`) — or None."""
     for arg in data:
         folder = Path(arg).expanduser().resolve()
-        if folder.is_dir() and (folder == path or folder in path.parents):
-            return folder
+        if not folder.is_dir():
+            continue
+        for root, _, _ in walk(folder, arg):  # (the first is `folder` itself)
+            real = Path(os.path.realpath(root))
+            if real == path or real in path.parents:
+                return root
     return None
 
 
