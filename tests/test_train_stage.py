@@ -52,16 +52,32 @@ def train_args(model, data, out, *extra):
 
 def test_the_data_and_summary_lines_count_in_words(setup, tmp_path, capsys):
     """Without --json or --quiet a run says what its data holds ("1 document", where it said "1 documents") and the
-    steps its token budget makes ("1 step", not "1 steps"), and ends with one line: steps, tokens, eval loss and ppl,
-    the folder."""
+    steps its token budget makes ("1 step", not "1 steps") on stderr, and ends with its result on stdout, as every
+    command's (it was on stderr, so `> log` kept nothing): steps, tokens, eval loss and ppl, the folder."""
     model, _ = setup
     data = write_plays(tmp_path / "one-play", count=1)
     args = [a for a in train_args(model, data, tmp_path / "out", "--max-tokens", 8 * 32) if a != "--quiet"]
-    code, _, stderr = run_grow(args, capsys)
+    code, stdout, stderr = run_grow(args, capsys)
     assert code == 0, stderr
     assert re.search(r"^data: [\d,]+ tokens in 1 document, [\d,]+ train / ", stderr, re.M), stderr
     assert "\n--max-tokens 256 / 256 tokens per step = 1 step\n" in stderr, stderr
-    assert f"trained 1 step on {8 * 32:,} tokens: eval loss " in stderr and str(tmp_path / "out") in stderr
+    assert stdout.startswith(f"trained 1 step on {8 * 32:,} tokens: eval loss ") and str(tmp_path / "out") in stdout
+
+
+def test_a_paused_run_says_so_and_how_to_go_on(setup, tmp_path, capsys):
+    """A run that --exit-interval stopped printed nothing (exit 0, like a finished one): it says, --quiet or not,
+    where it stopped and how to continue; the same command with --resume auto then finishes it."""
+    model, data = setup
+    args = train_args(model, data, tmp_path / "out", "--max-steps", 3)
+    code, stdout, stderr = run_grow([*args, "--exit-interval", 2], capsys)
+    assert code == 0, stderr
+    checkpoint = tmp_path / "out" / "checkpoints" / "step_00000002"
+    assert stdout == (
+        f"paused at step 2 of 3 (--exit-interval), checkpoint saved in {checkpoint}: run the same command with "
+        "--resume auto to continue\n"
+    )
+    code, stdout, stderr = run_grow([*args, "--resume", "auto"], capsys)
+    assert code == 0 and stdout.startswith("trained 3 steps on "), stderr
 
 
 def test_the_progress_bar_shows_the_last_held_out_loss(setup, tmp_path, capsys, monkeypatch):

@@ -269,7 +269,8 @@ def train_stage(
     options = dict(locals())  # every option above by name; first, so that nothing else is in it yet
     from grow_cli.commands.given import given_on_the_command_line
     from grow_cli.commands.push_options import check_push_options
-    from grow_cli.console import err, print_json
+    from grow_cli.console import out as stdout
+    from grow_cli.console import print_json
     from grow_cli.errors import counted
     from grow_cli.train.loop import train_stage as run
 
@@ -301,10 +302,17 @@ def train_stage(
             note_if_unread(result["hub"])
     if json_output:
         print_json(result)
-    elif not quiet and result["status"] == "done":
-        err.print(
+    elif result["status"] == "done":
+        stdout.print(
             f"trained {counted(result['steps'], 'step')} on {result['tokens']:,} tokens: "
-            f"eval loss {result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) → {out}"
+            f"eval loss {result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) → {out}",
+            soft_wrap=True,
+        )
+    elif result["status"] == "paused":
+        stdout.print(
+            f"paused at step {result['step']} of {result['max_steps']} (--exit-interval), checkpoint saved in "
+            f"{result['checkpoint']}: run the same command with --resume auto to continue",
+            soft_wrap=True,
         )
 
 
