@@ -148,6 +148,7 @@ def test_is_hub_id(tmp_path, monkeypatch):
         "acme/../x",
         "~/models/x",
         "acme/x--y",
+        "acme/x\n",  # `$` matched before a final newline: the client then refused it in its own words
     ):
         assert not is_hub_id(text), text
     monkeypatch.chdir(tmp_path)

@@ -32,14 +32,14 @@ HASH_CHUNK = 1 << 20  # within the L2 cache: the bytes read in are hashed from i
 
 # A Hub repo id: `name` or `namespace/name`, each part up to 96 letters, digits, `_`, `.` or `-`, starting with a
 # letter or digit (the Hub also refuses `--` and `..` inside, and `.` or `-` at the end).
-REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+REPO_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
 def is_repo_id(text: object) -> bool:
     """True when `text` is shaped like a Hub repo id, with or without a namespace (e.g. `gpt2`, `org/name`)."""
     return (
         isinstance(text, str)
-        and bool(REPO_ID.match(text))
+        and bool(REPO_ID.fullmatch(text))  # not `match` with `$`, which lets a trailing newline through
         and ".." not in text
         and "--" not in text
         and not text.endswith((".", "-"))
