@@ -7,7 +7,9 @@ download files (model_info, HEAD/GET resolve, with byte ranges: each request rec
 
 It keeps repos in memory as commits of `{path: bytes}` trees, stores LFS objects per repo (so a re-run of an upload
 is told which objects already arrived, as the real Hub does), records every request, and has switches to make it
-misbehave: `fail` (any endpoint answers an HTTP status, drops the connection or cuts it mid-body), `create_status`
+misbehave: `fail` (any endpoint answers an HTTP status, with headers such as Retry-After, drops the connection, cuts it
+mid-body, never answers, redirects to itself; a file is sent whole despite a Range, from the wrong offset, short, or
+with its bytes changed), `create_status`
 (e.g. 409 on repo creation), `fail_lfs_put_after` (HTTP 500 on every LFS PUT after the first N), `reject_tokens`
 (HTTP 401 for any token), `force_regular` (answer "regular" to every preupload, the path the xet pipeline takes
 without talking to a xet server).
@@ -168,7 +170,8 @@ class FakeHub:
         self.fail_lfs_put_after: int | None = None  # every LFS PUT after this many successful ones gets a 500
         self.reject_tokens = False  # every token is refused with 401
         self.force_regular = False  # preupload answers "regular" for every file
-        self.faults: list[list] = []  # [method, path substring, action, times left]: see `fail`
+        self.faults: list[list] = []  # [method, path substring, action, times left, headers]: see `fail`
+        self._stopping = threading.Event()  # set by `stop`: "hang" faults end
         self._lock = threading.RLock()
         self._counter = itertools.count(1)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -185,6 +188,7 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -226,20 +230,28 @@ class FakeHub:
     def head(self, repo_id: str, revision: str = "main") -> Commit:
         return self.repos[repo_id].resolve(revision)
 
-    def fail(self, method: str, contains: str, action: int | str, times: int = 1) -> None:
-        """Misbehave on the next `times` requests `method` whose path contains `contains`: answer HTTP `action`
-        (an int), "drop" the connection before handling the request, or handle it and "cut" the connection
-        halfway through the response body (a download that breaks mid-file; a commit whose answer is lost)."""
-        with self._lock:
-            self.faults.append([method, contains, action, times])
+    def fail(
+        self, method: str, contains: str, action: int | str, times: int = 1, headers: dict[str, str] | None = None
+    ) -> None:
+        """Misbehave on the next `times` requests `method` whose path contains `contains`. `action` is one of:
 
-    def _take_fault(self, method: str, path: str) -> int | str | None:
+        - an HTTP status (an int), with `headers` (e.g. Retry-After) in the answer;
+        - "drop": close the connection before handling the request; "hang": accept it and never answer (until the
+          server stops); "cut": handle it and close the connection halfway through the response body (a download
+          that breaks mid-file; a commit whose answer is lost); "loop": redirect to the same URL;
+        - for a file: "whole" (ignore a Range: 200 and every byte), "misplaced" (a Range answered from byte 0, its
+          Content-Range saying so), "short" (half the body, its Content-Length saying so), "corrupt" (every byte
+          sent, one of them changed: the etag and sha256 no longer match)."""
+        with self._lock:
+            self.faults.append([method, contains, action, times, headers or {}])
+
+    def _take_fault(self, method: str, path: str) -> tuple[int | str | None, dict[str, str]]:
         with self._lock:
             for fault in self.faults:
                 if fault[0] == method and fault[1] in path and fault[3] > 0:
                     fault[3] -= 1
-                    return fault[2]
-        return None
+                    return fault[2], fault[4]
+        return None, {}
 
     def paths_requested(self, method: str, contains: str = "") -> list[str]:
         return [r.path for r in self.requests if r.method == method and contains in r.path]
@@ -284,6 +296,12 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args) -> None:  # keep pytest output clean
             pass
 
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except ConnectionError:  # the client left before the answer ended (a range read whole: it stops early)
+                self.close_connection = True
+
         def do_GET(self) -> None:
             self._dispatch("GET")
 
@@ -302,28 +320,43 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             parts = urlsplit(self.path)
-            record = Request(method, parts.path, body_size=len(body))
+            record = Request(method, parts.path, body_size=len(body), range=self.headers.get("Range", ""))
             with hub._lock:
                 hub.requests.append(record)
             self.query = parse_qs(parts.query)
             segments = [unquote(s) for s in parts.path.strip("/").split("/")]
-            fault = hub._take_fault(method, parts.path)
-            if fault == "drop":
+            fault, fault_headers = hub._take_fault(method, parts.path)
+            if fault in ("drop", "hang"):
                 record.status = -1
                 self.close_connection = True
+                if fault == "hang":
+                    hub._stopping.wait()
                 return
+            if fault == "whole":
+                del self.headers["Range"]
+            elif fault == "misplaced" and (asked := re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))):
+                self.headers.replace_header("Range", f"bytes=0-{int(asked.group(2)) - int(asked.group(1))}")
             try:
                 if isinstance(fault, int):
                     message = {401: "Invalid credentials", 403: "Forbidden", 429: "Too Many Requests"}
                     raise HubHTTPError(fault, message.get(fault, f"fake hub: injected HTTP {fault}"))
+                if fault == "loop":
+                    raise HubHTTPError(302, "Found")
                 status, payload, headers = self._route(method, segments, body)
             except HubHTTPError as exc:
                 headers = {"X-Error-Message": exc.message}
                 if exc.code:
                     headers["X-Error-Code"] = exc.code
                 status, payload = exc.status, {"error": exc.message}
+            headers.update(fault_headers)
+            if fault == "loop":
+                headers["Location"] = self.path
+            if isinstance(payload, bytes | bytearray) and fault == "short":
+                payload = payload[: len(payload) // 2]
+            elif isinstance(payload, bytes | bytearray) and fault == "corrupt" and payload:
+                middle = len(payload) // 2
+                payload = payload[:middle] + bytes([payload[middle] ^ 0xFF]) + payload[middle + 1 :]
             record.status = status
-            record.range = self.headers.get("Range", "")
             if method == "GET" and isinstance(payload, bytes | bytearray):
                 record.sent = len(payload)
             self._send(status, payload, headers, head=method == "HEAD", cut=fault == "cut")

@@ -5,11 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
-from fake_hub import TOKEN, client_env, fake_hub_fixture, make_grown_folder, no_backoff_fixture  # noqa: F401 (fixtures)
+from fake_hub import (  # noqa: F401 (fixtures)
+    TOKEN,
+    client_env,
+    fake_hub_fixture,
+    make_grown_folder,
+    no_backoff_fixture,
+)
 from tiny_models import save_tiny
 
 from grow_cli.checkpoint.source import is_hub_id
@@ -286,6 +295,94 @@ def test_http_errors_on_download_say_what_to_do(fake_hub, hub_repo, no_backoff, 
     with pytest.raises(HubError, match=expected) as info:
         download_checkpoint(hub_repo)
     assert "write" not in str(info.value) and "sent again" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "method, fault, expected",
+    [
+        (
+            "HEAD",
+            403,
+            r"authentication failed while downloading acme/tiny-llama \(HTTP 403: Forbidden\): .*cannot read",
+        ),
+        ("HEAD", 503, r"the Hub failed while downloading acme/tiny-llama \(HTTP 503: .*\); re-run the same command to"),
+        (
+            "HEAD",
+            404,
+            r"the Hub answered 'not found' \(HTTP 404: .*\) for (?P<shard>\S+), a file acme/tiny-llama lists; re-run",
+        ),
+        (
+            "GET",
+            "short",
+            r"the Hub sent [\d,]+ of the [\d,]+ bytes of (?P<shard>\S+) while downloading acme/tiny-llama; re-",
+        ),
+        (
+            "GET",
+            "loop",
+            r"the Hub at http://\S+ redirected in a loop while downloading acme/tiny-llama \(TooManyRedirects\); ",
+        ),
+    ],
+)
+def test_a_shard_the_hub_fails_is_named_by_what_went_wrong(
+    fake_hub, hub_repo, tiny, no_backoff, method, fault, expected
+):
+    """The client wraps what went wrong while locating a file (a 403, a 5xx, a 404 for a file the listing names) in
+    "An error happened while trying to locate the file on the Hub and we cannot find the requested files in the local
+    cache. Please check your connection…", which grow printed after "downloading acme/tiny-llama failed:
+    LocalEntryNotFoundError"; a file that arrived shorter than listed came out as "OSError: Consistency check failed
+    … Please retry with `force_download=True`", not a grow option; a redirect loop as "TooManyRedirects: Exceeded
+    maximum allowed redirects." Each is now the line for what went wrong, naming the file where one did."""
+    shard = sorted(p.name for p in tiny.glob("*.safetensors"))[1]
+    fake_hub.fail(method, f"/{shard}", fault, times=100)
+    with pytest.raises(HubError) as info:
+        download_checkpoint(hub_repo)
+    found = re.match(expected, str(info.value))
+    assert found, str(info.value)
+    assert found.groupdict().get("shard", shard) == shard and "\n" not in str(info.value)
+
+
+def test_bytes_changed_on_the_way_are_refused_and_a_rerun_recovers(fake_hub, hub_repo, tiny, cli, tmp_path):
+    """The client checks a download's size, not its sha256: a shard whose bytes changed on the way lands in the cache
+    under the sha256 the Hub gave it. grow hashes the source anyway and refuses it by name, writing nothing; once the
+    blob is deleted as the line says, the same command downloads it again and succeeds."""
+    shard = sorted(p.name for p in tiny.glob("*.safetensors"))[1]
+    fake_hub.fail("GET", f"/{shard}", "corrupt")
+    out = tmp_path / "out"
+    result = cli("expand", hub_repo, out, "--layers", "8")
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.code == 1 and line.startswith(f"error: {shard} is a damaged download: ") and not out.exists()
+    Path(re.search(r"delete (\S+) and download it again", line).group(1)).unlink()
+    assert cli("expand", hub_repo, out, "--layers", "8").code == 0
+
+
+@pytest.mark.parametrize("where", ["/api/models/", "-of-"])
+def test_a_hub_that_never_answers_is_given_up_on_in_the_time_set(fake_hub, hub_repo, tmp_path, where):
+    """A server that takes the connection and never answers held `grow inspect` forever at its first request (the
+    client gives the repo's listing no timeout), and a shard's header read for 30 s whatever the settings said. Each
+    request now waits HF_HUB_ETAG_TIMEOUT (the listing) or HF_HUB_DOWNLOAD_TIMEOUT (file bytes) seconds, and the
+    one line says so. A listing that did not come in time is not followed by a download of every weight."""
+    env = {**client_env(fake_hub, fake_hub.home), "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1"}
+    fake_hub.fail("GET", where, "hang")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "grow_cli", "inspect", hub_repo],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - started < 25  # 1 s of waiting, and the start of a Python process on a loaded machine
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: the Hub at {fake_hub.url} did not answer in time (ReadTimeout: no answer within "
+            "HF_HUB_ETAG_TIMEOUT=1 s for metadata or HF_HUB_DOWNLOAD_TIMEOUT=1 s for file bytes) while downloading "
+        )
+    )
+    assert not list(fake_hub.home.rglob("*.safetensors"))
 
 
 def _client_home(monkeypatch, home, cache=None):

@@ -13,6 +13,7 @@ import importlib
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 from huggingface_hub import HfApi, constants, errors, get_token
 from huggingface_hub import utils as hub_utils
@@ -84,13 +85,15 @@ def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-ru
 
     Never includes the token: messages are built from the status code, the server's message and the repo id.
     The client wraps a failed file upload in `RuntimeError("Error while uploading 'NAME' ...")`; the HTTP error
-    underneath decides the message, and the file name is kept.
+    underneath decides the message, and the file name is kept. It wraps what went wrong while locating a file to
+    download (a 5xx, a 403, a timeout) in a `LocalEntryNotFoundError` that blames the connection and the cache;
+    the error underneath decides the message there too.
     """
     chain, cause = [exc], exc
     while cause.__cause__ is not None and len(chain) < 8:
         cause = cause.__cause__
         chain.append(cause)
-    if len(chain) > 1 and isinstance(exc, RuntimeError):
+    if len(chain) > 1 and isinstance(exc, RuntimeError | errors.LocalEntryNotFoundError):
         found = re.search(r"uploading '([^']+)'", str(exc))
         if found:
             action = f"uploading {found.group(1)} to"
@@ -130,6 +133,10 @@ def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-ru
             )
         if status >= 500:
             return HubError(f"the Hub failed while {action} {repo_id} (HTTP {status}: {detail}); {resume}")
+        if status == 404 and (name := _file_of(exc.response)):
+            return HubError(
+                f"the Hub answered 'not found' (HTTP 404: {detail}) for {name}, a file {repo_id} lists; {resume}"
+            )
         if status == 404:
             return HubError(
                 f"the Hub answered 'not found' while {action} {repo_id} (HTTP 404: {detail}); check the repo id, "
@@ -145,16 +152,43 @@ def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-ru
         return HubError(
             f"{lost_connection(exc)} while {action} {repo_id}; check the network or HF_ENDPOINT, then {resume}"
         )
+    if isinstance(exc, _http_client.TooManyRedirects):
+        return HubError(
+            f"the Hub at {endpoint()} redirected in a loop while {action} {repo_id} (TooManyRedirects); check "
+            "HF_ENDPOINT, and any proxy between grow and the Hub"
+        )
+    if isinstance(exc, OSError) and (short := re.search(r"size (\d+) but has size (\d+) \((.*)\)\.", str(exc))):
+        # huggingface_hub's "Consistency check failed": a file that arrived whole by HTTP but shorter than listed
+        return HubError(
+            f"the Hub sent {int(short.group(2)):,} of the {int(short.group(1)):,} bytes of "
+            f"{short.group(3).rsplit('/', 1)[-1]} while {action} {repo_id}; {resume}"
+        )
     if isinstance(exc, ValueError) and "Invalid metadata in README.md" in str(exc):
         return HubError(f"the Hub rejected the model card of {repo_id}: {_one_line(str(exc))}")
     return HubError(f"{action} {repo_id} failed: {type(exc).__name__}: {_one_line(str(exc))}")
 
 
 def lost_connection(exc: BaseException) -> str:
-    """What a network failure was: the Hub never answered, or the connection broke during a transfer."""
+    """What a network failure was: the Hub could not be reached, stopped answering, or the connection broke."""
     if isinstance(exc, _http_client.ConnectError | _http_client.ConnectTimeout):
         return f"cannot reach the Hub at {endpoint()} ({type(exc).__name__})"
+    if isinstance(exc, _http_client.TimeoutException):
+        return (
+            f"the Hub at {endpoint()} did not answer in time ({type(exc).__name__}: no answer within "
+            f"HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s for metadata or "
+            f"HF_HUB_DOWNLOAD_TIMEOUT={constants.HF_HUB_DOWNLOAD_TIMEOUT} s for file bytes)"
+        )
     return f"the connection to the Hub at {endpoint()} broke ({type(exc).__name__})"
+
+
+def _file_of(response) -> str | None:
+    """The repo file a response answered for (`…/resolve/REVISION/PATH`), or None for an API call."""
+    try:
+        path = response.request.url.path
+    except (AttributeError, RuntimeError):  # a response built without its request
+        return None
+    rest = path.split("/resolve/", 1)[1] if "/resolve/" in path else ""
+    return unquote(rest.split("/", 1)[1]) if "/" in rest else None
 
 
 def _server_message(exc: errors.HfHubHTTPError) -> str:

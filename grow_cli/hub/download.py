@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import hf_hub_download, snapshot_download
+from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
 from grow_cli.checkpoint.files import (
@@ -55,10 +55,9 @@ def download_checkpoint(
     if is_offline():
         return _from_cache(repo_id, revision, where)
 
-    api = hub_client(token)
     try:
         for _ in range(MOVED_RETRIES):
-            info = api.model_info(repo_id, revision=revision, files_metadata=True)
+            info = repo_listing(repo_id, revision, token)
             _, files = needed_files(repo_id, revision, info, token)
             # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later. The name is
             # resolved again: when a push moved it since `model_info`, the files chosen belong to another commit.
@@ -73,15 +72,7 @@ def download_checkpoint(
     except HubError:
         raise
     except TransportError as exc:
-        # The Hub cannot be reached: a cached copy of the revision is as good as a download.
-        try:
-            return _from_cache(repo_id, revision, where)
-        except HubError:
-            raise HubError(
-                f"{lost_connection(exc)} while downloading {where}, and no complete copy is in the local cache; "
-                "check the network or HF_ENDPOINT, then re-run the same command to resume: files already "
-                "downloaded stay in the cache"
-            ) from None
+        return cached_copy(repo_id, revision, exc)
     except Exception as exc:
         raise translate(exc, "downloading", repo_id) from None
     # snapshot_download falls back to a partial cached snapshot when the Hub fails mid-way: refuse that.
@@ -94,6 +85,20 @@ def download_checkpoint(
     return Path(folder), {"repo_id": repo_id, "revision": revision, "commit": info.sha, "files": files}
 
 
+def cached_copy(repo_id: str, revision: str | None, exc: BaseException) -> tuple[Path, dict[str, Any]]:
+    """What a download of `repo_id` falls back on when the Hub cannot be reached (`exc`, a TransportError): the
+    complete copy of the revision in the local cache, as good as a download; else a HubError that says so."""
+    where = where_of(repo_id, revision)
+    try:
+        return _from_cache(repo_id, revision, where)
+    except HubError:
+        raise HubError(
+            f"{lost_connection(exc)} while downloading {where}, and no complete copy is in the local cache; "
+            "check the network or HF_ENDPOINT, then re-run the same command to resume: files already "
+            "downloaded stay in the cache"
+        ) from None
+
+
 def where_of(repo_id: str, revision: str | None) -> str:
     """A repo as messages name it: `org/name`, with the revision where one was asked for."""
     return repo_id + (f" (revision {revision})" if revision else "")
@@ -102,6 +107,17 @@ def where_of(repo_id: str, revision: str | None) -> str:
 def file_options(token: str | None) -> dict[str, Any]:
     """What `hf_hub_download` and `snapshot_download` are given besides the repo: the endpoint and the token."""
     return {"endpoint": endpoint(), "token": token or None}
+
+
+def repo_listing(repo_id: str, revision: str | None, token: str | None) -> Any:
+    """`model_info` of `repo_id` at `revision` with each file's size and hashes, what grow chooses its downloads from.
+
+    It waits for the Hub at most HF_HUB_ETAG_TIMEOUT seconds, as huggingface_hub waits for a file's metadata before
+    a download; the client gives this call no timeout of its own, and a server that took the connection and never
+    answered held grow forever (a TransportError now, which falls back on the cache)."""
+    return hub_client(token).model_info(
+        repo_id, revision=revision, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
+    )
 
 
 def needed_files(

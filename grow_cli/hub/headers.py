@@ -13,8 +13,11 @@ full download gives.
 The few commands that read tensor bytes while planning (comparing a tied head that is stored anyway with its
 embedding) get them through `RemoteBytes`, which fetches exactly those byte ranges into the sparse files before the
 reader reads them. Weights in `pytorch_model.bin` files have no header to read apart, so they are downloaded whole
-(`mirror_headers` answers None); so are checkpoints read offline or when the Hub cannot be reached, which a cached
-download may serve.
+(`mirror_headers` answers None). Offline, or when the Hub cannot be reached or stops answering, a checkpoint is
+read from a complete copy in the cache, or not at all: never downloaded whole because the Hub answered again.
+
+Each request waits for the Hub at most as long as huggingface_hub's own: HF_HUB_ETAG_TIMEOUT seconds for the repo's
+listing, HF_HUB_DOWNLOAD_TIMEOUT for file bytes (`repo_listing`, `read_range`).
 """
 
 from __future__ import annotations
@@ -25,18 +28,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from huggingface_hub import hf_hub_url, snapshot_download
+from huggingface_hub import constants, hf_hub_url, snapshot_download
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from grow_cli import __version__
 from grow_cli.checkpoint.header import MAX_HEADER
 from grow_cli.errors import HubError
-from grow_cli.hub.client import TransportError, check_cache_folders, endpoint, hub_client, is_offline, translate
-from grow_cli.hub.download import file_options, needed_files
+from grow_cli.hub.client import TransportError, check_cache_folders, endpoint, is_offline, translate
+from grow_cli.hub.download import cached_copy, file_options, needed_files, repo_listing
 
 FIRST_READ = 100_000  # bytes read from a shard's start: huggingface_hub's guess, which holds 97% of headers whole
 PARALLEL = 8  # shards whose headers are read at once
-TIMEOUT = 30  # seconds without an answer before a read fails
 
 
 class RemoteBytes:
@@ -76,13 +78,17 @@ def mirror_headers(
 ) -> tuple[str, RemoteBytes] | None:
     """Write `repo_id`'s small files (links into the cache) and the headers of its safetensors shards (sparse files)
     into the empty folder `into`; return (the commit read, a `RemoteBytes` for tensor bytes), or None where the
-    weights must be downloaded instead (offline, the Hub unreachable, or `.bin` weights)."""
+    weights must be downloaded instead (`.bin` weights) or read from the cache (offline, or the Hub unreachable with
+    the revision cached whole; unreachable without it, a HubError)."""
     check_cache_folders()
     if is_offline():
         return None
     try:
-        info = hub_client(token).model_info(repo_id, revision=revision, files_metadata=True)
-    except TransportError:  # the download path says so, or serves a cached copy
+        info = repo_listing(repo_id, revision, token)
+    except TransportError as exc:
+        # The Hub cannot be reached, or stopped answering: a complete cached copy serves (the download path finds
+        # it), else this says so. Not a download: the Hub answering again moments later would fetch every weight.
+        cached_copy(repo_id, revision, exc)
         return None
     except Exception as exc:
         raise translate(exc, "downloading", repo_id) from None
@@ -124,13 +130,14 @@ def _mirror_shard(path: Path, url: str, headers: dict[str, str], size: int | Non
 
 
 def read_range(url: str, headers: dict[str, str], start: int, end: int) -> bytes:
-    """Bytes [start, end) of the file at `url` (fewer where it ends sooner). A server that ignores the range and
+    """Bytes [start, end) of the file at `url` (fewer where it ends sooner), each wait for the Hub at most
+    HF_HUB_DOWNLOAD_TIMEOUT seconds, as huggingface_hub's own downloads wait. A server that ignores the range and
     sends the whole file is read only as far as the range reaches."""
     wanted = end - start
     parts: list[bytes] = []
     got = 0
     with get_session().stream(
-        "GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"}, timeout=TIMEOUT
+        "GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"}, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
     ) as response:
         hf_raise_for_status(response)
         skip = start if response.status_code == 200 else 0
