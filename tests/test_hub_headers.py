@@ -6,6 +6,7 @@ must compare), and no weight file reaches the cache or outlives the command."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -155,18 +156,59 @@ def test_a_failed_header_read_is_one_line_and_leaves_nothing(fake_hub, cli, tmp_
     assert list(empty_tempdir.iterdir()) == []
 
 
-def test_tensor_bytes_the_hub_sends_short_are_refused_not_read_as_zeros(tmp_path, monkeypatch):
-    from grow_cli.hub import headers
+@pytest.mark.parametrize(
+    "fault, problem",
+    [
+        ("short", r"the Hub sent 50,000 of the 100,000 bytes asked for from model-\d+-of-\d+.safetensors of "),
+        ("misplaced", r"the Hub sent model-\d+-of-\d+.safetensors of .* from the wrong place \(Content-Range "),
+        ("whole", None),
+    ],
+)
+def test_a_range_the_hub_answers_wrong_is_refused_not_read(fake_hub, cli, tmp_path, empty_tempdir, fault, problem):
+    """A server (or a proxy) that answers a range with fewer bytes than asked for, or with another range, had its
+    bytes read as the header: `error: model-00003-of-00003.safetensors is corrupted: its safetensors header is not
+    valid JSON`, blaming the checkpoint for the transfer. Now one line names what the Hub sent. One that ignores the
+    range and sends the whole file is read as far as the range reaches: the same answer as on disk."""
+    local = save_llama(tmp_path / "llama", metadata_bytes=3 * FIRST_READ)  # one header past the first read
+    fake_hub.add_folder(REPO, local)
+    fake_hub.fail("GET", "-of-", fault, times=100)  # the shards, not their index
+    result = cli("inspect", REPO, "--json")
+    if problem is None:
+        assert result.code == 0, result.stderr
+        assert without_place(json.loads(result.stdout)) == without_place(
+            json.loads(cli("inspect", local, "--json").stdout)
+        )
+    else:
+        line = result.stderr.strip().splitlines()[-1]
+        assert result.code == 1 and re.match(f"error: {problem}", line), line
+        assert "corrupted" not in result.stderr and "Traceback" not in result.stderr
+    assert list(empty_tempdir.iterdir()) == []
 
-    shard = tmp_path / "model.safetensors"
-    shard.write_bytes(bytes(64))
-    monkeypatch.setattr(headers, "read_range", lambda url, sent, start, end: b"\x01" * (end - start - 1))
-    fetch = headers.RemoteBytes({shard.resolve(): "http://hub/x"}, {}, REPO)
-    with pytest.raises(HubError, match=r"the Hub sent 15 of the 16 bytes asked for from model.safetensors"):
-        fetch(shard, 16, 32)
-    monkeypatch.setattr(headers, "read_range", lambda url, sent, start, end: b"\x01" * (end - start))
-    fetch(shard, 16, 32)
-    assert shard.read_bytes() == bytes(16) + b"\x01" * 16 + bytes(32)
+
+@pytest.mark.parametrize("fault", ["short", "misplaced"])
+def test_tensor_bytes_the_hub_sends_wrong_are_refused_not_read_as_zeros(fake_hub, tmp_path, fault):
+    """The tensor bytes a plan compares (a tied head stored beside its embedding) are fetched by range: bytes that
+    did not all arrive are refused, not read as the zeros of the sparse file; bytes from elsewhere in the file are
+    refused, not compared as the tensor's."""
+    from huggingface_hub import hf_hub_url
+
+    from grow_cli.hub.headers import RemoteBytes
+
+    local = save_llama(tmp_path / "llama")
+    fake_hub.add_folder(REPO, local)
+    name = sorted(p.name for p in local.glob("*.safetensors"))[0]
+    real = (local / name).read_bytes()
+    shard = tmp_path / "mirror" / name
+    shard.parent.mkdir()
+    shard.write_bytes(bytes(len(real)))
+    url = hf_hub_url(REPO, name, revision=fake_hub.head(REPO).oid, endpoint=fake_hub.url)
+    fetch = RemoteBytes({shard.resolve(): url}, {}, REPO)
+    fake_hub.fail("GET", name, fault)
+    with pytest.raises(HubError, match=rf"the Hub sent .*{name} of {REPO}.*; re-run the same command"):
+        fetch(shard, 1000, 3000)
+    assert shard.read_bytes() == bytes(len(real))
+    fetch(shard, 1000, 3000)
+    assert shard.read_bytes() == bytes(1000) + real[1000:3000] + bytes(len(real) - 3000)
 
 
 def test_plan_takes_a_hub_id_as_its_target(fake_hub, tmp_path):

@@ -23,6 +23,7 @@ listing, HF_HUB_DOWNLOAD_TIMEOUT for file bytes (`repo_listing`, `read_range`).
 from __future__ import annotations
 
 import os
+import re
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -57,14 +58,13 @@ class RemoteBytes:
             if (path, start, end) in self._present or start >= end:
                 return
             try:
-                data = read_range(self._urls[path.resolve()], self._headers, start, end)
+                data = read_range(
+                    self._urls[path.resolve()], self._headers, start, end, f"{path.name} of {self._repo_id}"
+                )
+            except HubError:
+                raise
             except Exception as exc:
                 raise translate(exc, "downloading tensor bytes of", self._repo_id) from None
-            if len(data) != end - start:  # the rest would read as zeros
-                raise HubError(
-                    f"the Hub sent {len(data)} of the {end - start} bytes asked for from {path.name} of "
-                    f"{self._repo_id} (bytes {start}-{end - 1}); re-run the same command"
-                )
             fd = os.open(path, os.O_WRONLY)
             try:
                 os.pwrite(fd, data, start)
@@ -105,7 +105,10 @@ def mirror_headers(
         headers = build_hf_headers(token=token or None, library_name="grow", library_version=__version__)
         urls = {into / name: hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint()) for name in shards}
         with ThreadPoolExecutor(PARALLEL, thread_name_prefix="grow-headers") as pool:
-            jobs = [pool.submit(_mirror_shard, path, url, headers, sizes[path.name]) for path, url in urls.items()]
+            jobs = [
+                pool.submit(_mirror_shard, path, url, headers, sizes[path.name], f"{path.name} of {repo_id}")
+                for path, url in urls.items()
+            ]
             for job in jobs:
                 job.result()
     except HubError:
@@ -115,24 +118,29 @@ def mirror_headers(
     return str(info.sha), RemoteBytes({path.resolve(): url for path, url in urls.items()}, headers, repo_id)
 
 
-def _mirror_shard(path: Path, url: str, headers: dict[str, str], size: int | None) -> None:
-    """The shard at `url` as a sparse file at `path`: its header bytes, then a hole up to its size (a size the Hub
-    did not list is taken from the header: the validator then cannot find the file truncated, only the download)."""
-    head = read_range(url, headers, 0, min(FIRST_READ, size) if size else FIRST_READ)
+def _mirror_shard(path: Path, url: str, headers: dict[str, str], size: int | None, what: str) -> None:
+    """The shard at `url` (`what`, as messages name it) as a sparse file at `path`: its header bytes, then a hole up
+    to its size (a size the Hub did not list is taken from the header: the validator then cannot find the file
+    truncated, only the download)."""
+    head = read_range(url, headers, 0, min(FIRST_READ, size) if size else FIRST_READ, what)
     if len(head) >= 8:
         (length,) = struct.unpack("<Q", head[:8])
         wanted = 8 + length
         if len(head) < wanted <= 8 + MAX_HEADER and (size is None or wanted <= size):
-            head += read_range(url, headers, len(head), wanted)  # a longer header: the rest of it
+            head += read_range(url, headers, len(head), wanted, what)  # a longer header: the rest of it
     with open(path, "wb") as f:
         f.write(head)
         f.truncate(size if size is not None else len(head))
 
 
-def read_range(url: str, headers: dict[str, str], start: int, end: int) -> bytes:
-    """Bytes [start, end) of the file at `url` (fewer where it ends sooner), each wait for the Hub at most
-    HF_HUB_DOWNLOAD_TIMEOUT seconds, as huggingface_hub's own downloads wait. A server that ignores the range and
-    sends the whole file is read only as far as the range reaches."""
+def read_range(url: str, headers: dict[str, str], start: int, end: int, what: str) -> bytes:
+    """Bytes [start, end) of the file at `url` (`what`, as messages name it), fewer only where the file ends sooner;
+    each wait for the Hub lasts at most HF_HUB_DOWNLOAD_TIMEOUT seconds, as huggingface_hub's own downloads do.
+
+    A server that ignores the range and sends the whole file is read only as far as the range reaches. One that
+    answers another range, or sends fewer bytes than the file holds there, is refused (HubError): what it sent would
+    be read as the header or the tensor bytes asked for, a header then refused as a corrupted file and a tensor
+    compared wrongly."""
     wanted = end - start
     parts: list[bytes] = []
     got = 0
@@ -140,7 +148,16 @@ def read_range(url: str, headers: dict[str, str], start: int, end: int) -> bytes
         "GET", url, headers={**headers, "Range": f"bytes={start}-{end - 1}"}, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT
     ) as response:
         hf_raise_for_status(response)
-        skip = start if response.status_code == 200 else 0
+        skip, file_end = start, None  # a whole file (200), read to its end
+        if response.status_code == 206:
+            sent = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", response.headers.get("Content-Range", "").strip())
+            if sent is None or int(sent.group(1)) != start:
+                raise HubError(
+                    f"the Hub sent {what} from the wrong place (Content-Range "
+                    f"{response.headers.get('Content-Range', 'missing')!r}, asked for bytes {start}-{end - 1}); re-run "
+                    "the same command, and check any proxy between grow and the Hub"
+                )
+            skip, file_end = 0, None if sent.group(3) == "*" else int(sent.group(3))
         for chunk in response.iter_bytes():
             if skip:
                 dropped = min(skip, len(chunk))
@@ -149,4 +166,13 @@ def read_range(url: str, headers: dict[str, str], start: int, end: int) -> bytes
             got += len(parts[-1])
             if got >= wanted:
                 break
+        else:  # the answer ended before the range did: a whole file (200) ends there
+            if response.status_code == 200:
+                file_end = start + got
+    expected = wanted if file_end is None else max(0, min(end, file_end) - start)
+    if got < expected:
+        raise HubError(
+            f"the Hub sent {got:,} of the {expected:,} bytes asked for from {what} (bytes {start:,}-{end - 1:,}); "
+            "re-run the same command"
+        )
     return b"".join(parts)
