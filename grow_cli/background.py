@@ -5,7 +5,9 @@ grown config's validation by transformers (a child process importing transformer
 safetensors library's own parse of the source headers (it imports numpy). A daemon thread, not an executor: a run
 that fails or is interrupted exits at once instead of waiting for a check whose answer nobody will read. Work that
 runs inside a native extension is the exception (`finish_before_exit`). Work that only the end of the run waits for
-gives way to the rest (`lower_priority`).
+gives way to the rest (`lower_priority`). A library call that works in a pool of threads of its own (the Hub
+client's downloads and uploads) runs in such a thread too, waited for at once, so that an interruption need not wait
+for the pool (`interruptible`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,23 @@ def in_background(work: Callable[[], T], name: str, *, finish_before_exit: bool 
 
     threading.Thread(target=run, name=name, daemon=not finish_before_exit).start()
     return future
+
+
+def interruptible(work: Callable[[], T], name: str) -> T:
+    """`work()`, run in a thread called `name` while the caller waits, so that Ctrl-C or SIGTERM stops the command at
+    once: for a library call that works in a pool of threads (huggingface_hub's downloads and uploads), which Python
+    lets finish what each thread is transferring before the interruption reaches the command — minutes for a
+    multi-GB shard, a day under an HTTP 429 whose Retry-After says so. The threads an interruption leaves still
+    working end with the process (`signals.leave_threads_behind`)."""
+    from grow_cli.signals import leave_threads_behind
+
+    job = in_background(work, name)
+    try:
+        return job.result()
+    except BaseException:
+        if not job.done():
+            leave_threads_behind()
+        raise
 
 
 def problem_so_far(future: Future) -> BaseException | None:

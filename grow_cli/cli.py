@@ -207,12 +207,18 @@ def script() -> None:
 
     The process ends with the command's exit status as soon as the last exit handler has run, skipping the
     interpreter's finalization (`signals.end_without_finalizing`). A Ctrl-C that lands while the exit handlers run
-    ends the process at once (`signals.end_at_once_when_interrupted`).
+    ends the process at once (`signals.end_at_once_when_interrupted`), as does one that stopped the command while a
+    library's threads still work for it (`signals.leave_threads_behind`).
 
     With `--json`, stdout is kept for the JSON document (`console.keep_stdout_for_json`): libraries that print
     there would otherwise break it.
     """
-    from grow_cli.signals import end_at_once_when_interrupted, end_without_finalizing, exit_with
+    from grow_cli.signals import (
+        end_at_once_when_interrupted,
+        end_if_threads_left_behind,
+        end_without_finalizing,
+        exit_with,
+    )
 
     end_without_finalizing()  # already, where the `grow` script (`grow_cli.__main__`) started
     if "--json" in sys.argv[1:] and "--help" not in sys.argv[1:]:
@@ -226,6 +232,7 @@ def script() -> None:
         raise
     finally:
         end_at_once_when_interrupted()
+        end_if_threads_left_behind()
 
 
 def main() -> None:

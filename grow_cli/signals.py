@@ -281,8 +281,10 @@ def interruption_note() -> str:
 
 
 def forget_completed() -> None:
-    """Start a command with no output declared or completed (a Python caller may run several in one process)."""
+    """Start a command with no output declared or completed, and no threads left behind (a Python caller may run
+    several in one process)."""
     _output.update(path=None, complete=False)
+    _ending["threads_left"] = False
 
 
 def end_at_once_when_interrupted() -> None:
@@ -298,7 +300,7 @@ def end_at_once_when_interrupted() -> None:
 
 # The status the `grow` process ends with once its exit handlers have run (`end_without_finalizing`): 1 until the
 # command sets it, as Python ends a process that an exception left.
-_ending: dict[str, Any] = {"registered": False, "status": 1}
+_ending: dict[str, Any] = {"registered": False, "status": 1, "threads_left": False}
 
 
 def end_without_finalizing() -> None:
@@ -322,6 +324,21 @@ def end_without_finalizing() -> None:
 def exit_with(code: int) -> None:
     """The status the process ends with (`end_without_finalizing`)."""
     _ending["status"] = code
+
+
+def leave_threads_behind() -> None:
+    """Let the `grow` process end as soon as the command has reported, without waiting for the threads a library
+    still runs for it (`end_if_threads_left_behind`): an interruption stopped the command while huggingface_hub's
+    threads were still transferring files it no longer needs (`background.interruptible`), and Python's exit waits
+    for a thread pool's threads, each until its file has arrived."""
+    _ending["threads_left"] = True
+
+
+def end_if_threads_left_behind() -> None:
+    """End the process now, with the status `exit_with` set, when `leave_threads_behind` was called; the `grow`
+    script calls it once the command has unwound (its temporary files removed, its line printed)."""
+    if _ending["threads_left"]:
+        _end_now()
 
 
 def _end_now() -> None:

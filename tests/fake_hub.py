@@ -27,6 +27,9 @@ import itertools
 import json
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -678,6 +681,37 @@ def client_env(hub: FakeHub, home: Path) -> dict[str, str]:
         COLUMNS="200",
     )
     return env
+
+
+def interrupt_grow(
+    args: list[str], env: dict[str, str], cwd: Path, signum: int, when
+) -> subprocess.CompletedProcess[str]:
+    """Run `grow ARGS…` as the console script does, send it `signum` once `when()` is true, and return what it did
+    by 30 s later (killed past that, with returncode None: a run the signal did not stop)."""
+    program = textwrap.dedent(
+        f"""
+        import signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts ignoring it
+        from grow_cli import __main__ as entry
+        sys.argv = ["grow", *{[str(a) for a in args]!r}]
+        entry.script()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not when() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # into the wait that `when` announced
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, None, out, err)  # type: ignore[arg-type]
 
 
 @pytest.fixture(name="fake_hub")

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from fake_hub import (  # noqa: F401 (fixtures)
     TOKEN,
     client_env,
     fake_hub_fixture,
+    interrupt_grow,
     make_grown_folder,
     no_backoff_fixture,
 )
@@ -383,6 +385,27 @@ def test_a_hub_that_never_answers_is_given_up_on_in_the_time_set(fake_hub, hub_r
         )
     )
     assert not list(fake_hub.home.rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "signum, code, said", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 143, "")]
+)
+def test_an_interruption_stops_a_download_at_once(fake_hub, hub_repo, tmp_path, signum, code, said):
+    """Ctrl-C or SIGTERM while `grow expand org/name` downloaded waited for the client's download threads, each until
+    its file had arrived (minutes for multi-GB shards) or, under an HTTP 429 whose Retry-After said an hour, an hour,
+    with nothing printed. The command now stops at once with its line; the transfers are abandoned."""
+    fake_hub.fail("GET", "-of-", 429, headers={"Retry-After": "3600"})
+    out = tmp_path / "out"
+    done = interrupt_grow(
+        ["expand", hub_repo, out, "--layers", "8"],
+        client_env(fake_hub, fake_hub.home),
+        tmp_path,
+        signum,
+        when=lambda: any(r.status == 429 for r in fake_hub.requests),
+    )
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(said or "terminated (SIGTERM)")
+    assert not out.exists()
 
 
 def _client_home(monkeypatch, home, cache=None):

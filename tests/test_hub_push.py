@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 
 import pytest
 import yaml
-from fake_hub import TOKEN, client_env, fake_hub_fixture, make_grown_folder, no_backoff_fixture  # noqa: F401 (fixtures)
+from fake_hub import (  # noqa: F401 (fixtures)
+    TOKEN,
+    client_env,
+    fake_hub_fixture,
+    interrupt_grow,
+    make_grown_folder,
+    no_backoff_fixture,
+)
 
 from grow_cli.errors import CheckpointError, HubError, UsageError
 from grow_cli.hub import push_folder
@@ -256,6 +264,25 @@ def test_500_during_lfs_upload_then_rerun_resumes(fake_hub, grown, no_backoff):
     head = fake_hub.head("acme/tiny-grown")
     assert {p: o for p, o in head.lfs.items() if p.endswith(".safetensors")} == sha256s(grown)
     assert result["commit"] == head.oid
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interruption_stops_an_upload_at_once_and_a_rerun_finishes_it(fake_hub, grown, tmp_path, signum, code):
+    """Ctrl-C or SIGTERM during `grow push` waited for the client's upload threads, each until its file had been
+    sent (minutes for a multi-GB shard) or, storage answering 503 with a Retry-After of an hour, an hour. The push
+    now stops at once, nothing committed, and the same command run again finishes it."""
+    fake_hub.fail("PUT", "/_lfs/", 503, headers={"Retry-After": "3600"})
+    done = interrupt_grow(
+        ["push", grown, "acme/tiny-grown"],
+        {**client_env(fake_hub, fake_hub.home), "HF_TOKEN": TOKEN},
+        tmp_path,
+        signum,
+        when=lambda: any(r.status == 503 for r in fake_hub.requests),
+    )
+    assert done.returncode == code, done.stderr
+    assert fake_hub.head("acme/tiny-grown").message == "initial commit"
+    result = push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert result["changed"] and fake_hub.head("acme/tiny-grown").oid == result["commit"]
 
 
 def test_401_is_a_clear_authentication_error(fake_hub, grown):

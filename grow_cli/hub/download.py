@@ -20,6 +20,7 @@ from typing import Any
 from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
+from grow_cli.background import interruptible
 from grow_cli.checkpoint.files import (
     BIN_SINGLE,
     SAFETENSORS_SINGLE,
@@ -61,7 +62,7 @@ def download_checkpoint(
             _, files = needed_files(repo_id, revision, info, token)
             # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later. The name is
             # resolved again: when a push moved it since `model_info`, the files chosen belong to another commit.
-            folder = snapshot_download(repo_id, revision=revision, allow_patterns=files, **file_options(token))
+            folder = fetch_files(repo_id, revision, files, token)
             if Path(folder).name == info.sha:
                 break
         else:
@@ -83,6 +84,15 @@ def download_checkpoint(
             "did not answer every request: re-run the same command to finish it"
         )
     return Path(folder), {"repo_id": repo_id, "revision": revision, "commit": info.sha, "files": files}
+
+
+def fetch_files(repo_id: str, revision: str | None, files: list[str], token: str | None) -> str:
+    """`snapshot_download` of `files` from `repo_id` at `revision` into the cache, a Ctrl-C away from stopping
+    (`interruptible`: the client's download threads would hold it); the snapshot folder."""
+    return interruptible(
+        lambda: snapshot_download(repo_id, revision=revision, allow_patterns=files, **file_options(token)),
+        "grow-hub-download",
+    )
 
 
 def cached_copy(repo_id: str, revision: str | None, exc: BaseException) -> tuple[Path, dict[str, Any]]:

@@ -29,14 +29,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from huggingface_hub import constants, hf_hub_url, snapshot_download
+from huggingface_hub import constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from grow_cli import __version__
 from grow_cli.checkpoint.header import MAX_HEADER
 from grow_cli.errors import HubError
 from grow_cli.hub.client import TransportError, check_cache_folders, endpoint, is_offline, translate
-from grow_cli.hub.download import cached_copy, file_options, needed_files, repo_listing
+from grow_cli.hub.download import cached_copy, fetch_files, needed_files, repo_listing
 
 FIRST_READ = 100_000  # bytes read from a shard's start: huggingface_hub's guess, which holds 97% of headers whole
 PARALLEL = 8  # shards whose headers are read at once
@@ -98,7 +98,7 @@ def mirror_headers(
         if not shards:
             return None
         small = [name for name in files if name not in shards]  # a sentence-transformers module's weights too
-        cached = Path(snapshot_download(repo_id, revision=info.sha, allow_patterns=small, **file_options(token)))
+        cached = Path(fetch_files(repo_id, info.sha, small, token))
         for name in small:
             (into / name).parent.mkdir(parents=True, exist_ok=True)
             (into / name).symlink_to((cached / name).resolve())

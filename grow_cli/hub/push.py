@@ -20,6 +20,7 @@ from typing import Any
 from huggingface_hub import HfApi, ModelInfo
 
 from grow_cli import __version__
+from grow_cli.background import interruptible
 from grow_cli.checkpoint.files import (
     CHECKPOINTS_DIR,
     TRAINING_STATE_DIR,
@@ -116,13 +117,16 @@ def push_folder(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         action = "uploading to"
         head = main if on_main else api.model_info(repo_id, revision=revision, files_metadata=True)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            revision=revision,
-            commit_message=commit_message or default_commit_message(folder),
-            create_pr=create_pr,
-            ignore_patterns=list(IGNORE_PATTERNS),
+        info = interruptible(  # a Ctrl-C away from stopping: the client's upload threads would hold it
+            lambda: api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                revision=revision,
+                commit_message=commit_message or default_commit_message(folder),
+                create_pr=create_pr,
+                ignore_patterns=list(IGNORE_PATTERNS),
+            ),
+            "grow-hub-upload",
         )
         local = upload_files(folder)
         sent = _sent(api, repo_id, head, info.oid, local)  # None: the commit is made, its files not read back
