@@ -20,6 +20,7 @@ MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 18  # hidden and FFN units
 MAX_HEADS = 4096
 MAX_EXPERTS = 4096  # routed experts per layer; the most in a released MoE is a few hundred
+MAX_VOCAB = 1 << 22  # token ids; the largest released vocabularies have about 262K (Gemma 3)
 # A training budget: the largest released pretraining runs read about 2e13 tokens in a few million optimizer steps.
 MAX_TOKENS = 10**18
 MAX_STEPS = 10**12

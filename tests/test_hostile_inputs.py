@@ -501,7 +501,7 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             "but config.json says 1 layer; if the checkpoint's layers 0–3 are all the model's, set "
             "num_hidden_layers to 4"
         )
-    found = _data_and_config_case(c, name)
+    found = _data_and_config_case(c, name) or _config_size_case(c, name)
     if found is not None:
         return found
     options_without_their_option = {  # each does nothing without the option it depends on: refused, not ignored
@@ -612,6 +612,51 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
         (target / "config.json").write_text(json.dumps(config))
         why = "does not load in transformers: Field 'tie_word_embeddings'" if refuses else "1,000,000 layers is beyond"
         return ["plan", "--target", target, "--tokens", "1B"], why
+    return None
+
+
+def _config_size_case(c: Ctx, name: str) -> tuple[list, str] | None:
+    """A config.json whose sizes transformers builds without a word: train-stage and compare trained or compared a
+    model of no layers, or of fewer than its checkpoint's (the rest left out), ran out of memory building 2**63
+    layers, or reached the catch-all (a hidden size of −32, no KV heads); `family --check` said "recipe OK" (found
+    by an audit)."""
+    config = c.lm / "config.json"
+    sizes = {  # (the change to the tiny LM's config.json, the command's name, what the one line says)
+        "train-config-no-layers": ({"num_hidden_layers": 0}, "train", "num_hidden_layers (layer count) must be a"),
+        "compare-config-fewer-layers-than-checkpoint": (
+            {"num_hidden_layers": 1},
+            "compare",
+            f"belongs to layer 1 but {config} says 1 layer; if the checkpoint's layers 0–1 are all the model's, "
+            "set num_hidden_layers to 2",
+        ),
+        "train-config-layers-past-the-bound": (
+            {"num_hidden_layers": 2000},
+            "train",
+            f"{config}: 2,000 layers is beyond grow's bound of 1,024",
+        ),
+        "compare-config-hidden-size-negative": ({"hidden_size": -32}, "compare", "hidden_size (hidden size) must be"),
+        "train-config-no-kv-heads": ({"num_key_value_heads": 0}, "train", "num_key_value_heads (key/value heads) must"),
+        "train-config-vocabulary-2**63": ({"vocab_size": 2**63}, "train", "9.22e+18 vocabulary entries is beyond"),
+    }
+    if name in sizes:
+        change, command, why = sizes[name]
+        c.edit_json(config, lambda cfg: cfg.update(change))
+        return (c.train("--max-steps", 1) if command == "train" else c.compare("--seq-len", 32)), why
+    if name == "inspect-moe-config-layers-1e7":  # 1e12: a MemoryError in the catch-all, listing its sparse layers
+        import tiny_moe
+
+        moe = tiny_moe.save("mixtral", c.tmp / "moe")
+        c.edit_json(moe / "config.json", lambda cfg: cfg.update(num_hidden_layers=10**7))
+        return ["inspect", moe], "config.json: 10,000,000 layers is beyond grow's bound of 1,024"
+    if name in ("family-fresh-config-no-layers", "family-fresh-config-layers-1e6"):  # 1e6: built for minutes
+        layers = -1 if name.endswith("no-layers") else 10**6
+        doc = {"members": [{"name": "a", "config": {**FRESH, "num_hidden_layers": layers}, "tokenizer": str(c.lm)}]}
+        why = "num_hidden_layers (layer count) must be a positive" if layers < 0 else "1,000,000 layers is beyond"
+        return ["family", c.recipe(doc), "--check"], f"recipe: members[0].config: {why}"
+    if name == "family-source-config-fewer-layers-than-checkpoint":
+        c.edit_json(config, lambda cfg: cfg.update(num_hidden_layers=1))
+        doc = {"train": {"data": [str(c.data)], "seq_len": 32}, "members": [{"name": "a", "source": str(c.lm)}]}
+        return ["family", c.recipe(doc), "--check"], "recipe: members[0].source: tensor model.layers.1."
     return None
 
 
@@ -734,6 +779,16 @@ CASES = [
     "inspect-config-nested-too-deeply",
     "plan-target-config-transformers-refuses",
     "plan-target-layers-1e6",
+    "train-config-no-layers",
+    "compare-config-fewer-layers-than-checkpoint",
+    "train-config-layers-past-the-bound",
+    "compare-config-hidden-size-negative",
+    "train-config-no-kv-heads",
+    "train-config-vocabulary-2**63",
+    "inspect-moe-config-layers-1e7",
+    "family-fresh-config-no-layers",
+    "family-fresh-config-layers-1e6",
+    "family-source-config-fewer-layers-than-checkpoint",
 ]
 
 

@@ -757,12 +757,13 @@ def test_resume_grown_in_another_data_order_reads_it_from_its_first_block(lab, t
 
 def test_resume_grown_refuses_a_model_edited_to_fewer_layers_than_its_state(lab, tmp_path):
     """A grown folder whose config.json was cut to fewer layers after growth loads (transformers drops the extra
-    weights) but is not the model the state was grown for: refused, as a state missing a parameter is (it trained)."""
+    weights) but is not the model the state was grown for: refused, as a state missing a parameter is (it trained),
+    now before the state is read, as any model folder whose checkpoint stores layers past its config's count is."""
     edited = tmp_path / "edited"
     shutil.copytree(lab.grown("llama", "hypercloning", **EXACT["hypercloning"]), edited)
     config = json.loads((edited / "config.json").read_text())
     (edited / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] - 1}))
-    with pytest.raises(CheckpointError, match="holds parameter model.layers.1.* which the model does not have"):
+    with pytest.raises(CheckpointError, match="tensor model.layers.1.* belongs to layer 1 but .*config.json says 1"):
         train(model=edited, data=[str(lab.data)], out=tmp_path / "run", max_steps=1, resume="grown")
     assert not (tmp_path / "run").exists()  # refused after --out was made: no empty folder is left
 

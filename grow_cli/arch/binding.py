@@ -20,8 +20,8 @@ from typing import Any
 from grow_cli.arch import hf_config
 from grow_cli.arch.experts import detect_layout, weight_applies
 from grow_cli.arch.layer_lists import holds, layer_entries
-from grow_cli.arch.registry import ArchDef, WeightDef
-from grow_cli.arch.shape import ModelShape, config_int, presence_key, weight_present
+from grow_cli.arch.registry import ArchDef, WeightDef, known
+from grow_cli.arch.shape import ModelShape, config_int, presence_key, read_shape, weight_present
 from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
 from grow_cli.errors import ArchitectureError, CheckpointError, counted
 
@@ -127,6 +127,11 @@ def _is_tied(weight: WeightDef, shape: ModelShape) -> bool:
     return weight.tied_to is not None and (weight.tie_always or shape.tie_word_embeddings)
 
 
+def _layer_re(arch: ArchDef, prefix: str) -> re.Pattern[str]:
+    """A pattern of the checkpoint names in a layer, its index the first group."""
+    return re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
+
+
 def _stored_layers(names: set[str], layer_re: re.Pattern[str]) -> set[int]:
     """The indices of the layers the checkpoint's tensor `names` hold."""
     return {int(m.group(1)) for name in names if (m := layer_re.match(name))}
@@ -145,6 +150,50 @@ def _refuse_fewer_layers(arch: ArchDef, shape: ModelShape, names: set[str], laye
             f"{counted(held, 'layer')}{which}; "
             f"set {key} to {held}, or give the checkpoint its missing layers"
         )
+
+
+def _refuse_layers_past_the_count(
+    arch: ArchDef, config: dict[str, Any], shape: ModelShape, names: set[str], layer_re: re.Pattern[str]
+) -> None:
+    """A tensor of a layer past config.json's count that is no multi-token-prediction layer: the config's count is
+    wrong, and the model transformers builds from it leaves that layer out."""
+    mtp = _mtp_layers(arch, config, shape, names, layer_re)
+    for name in sorted(names):
+        match = layer_re.match(name)
+        if match and int(match.group(1)) >= shape.layers and int(match.group(1)) not in mtp:
+            key = arch.config["layers"]
+            stored = 1 + max(_stored_layers(names, layer_re))
+            hint = (
+                f"; if it is a multi-token-prediction layer, set {arch.mtp_layers} (now "
+                f"{_mtp_count(arch, config)}) to count it"
+                if arch.mtp_layers
+                else ""
+            )
+            raise CheckpointError(
+                f"tensor {name} belongs to layer {match.group(1)} but config.json says "
+                f"{counted(shape.layers, 'layer')}; if the checkpoint's layers 0–{stored - 1} are all the "
+                f"model's, set {key} to {stored}{hint}"
+            )
+
+
+def check_fit(config: dict[str, Any], names: set[str]) -> None:
+    """grow's checks of a config.json against the tensor `names` of its checkpoint (none for a model not built yet),
+    before transformers builds the model (`grow train-stage`, `grow compare`, `grow family --check`): its sizes are
+    whole numbers within grow's bounds (`read_shape`) and its layer count is the checkpoint's. transformers builds
+    whatever a config says: no layers for `num_hidden_layers` 0 or −4, and a layer count below the checkpoint's
+    leaves the rest out, each trained and compared without a word; 2**63 layers until the memory ran out; a
+    negative hidden size or no KV heads failed in the catch-all. A type grow has no definition for, or a checkpoint
+    not named as its definition names it, is left to transformers' own checks."""
+    arch = known(config)
+    if arch is None:
+        return
+    shape = read_shape(arch, config)
+    try:
+        layer_re = _layer_re(arch, _detect_prefix(arch, names))
+    except ArchitectureError:
+        return
+    _refuse_fewer_layers(arch, shape, names, layer_re)
+    _refuse_layers_past_the_count(arch, config, shape, names, layer_re)
 
 
 def _mtp_layers(
@@ -189,8 +238,9 @@ def bind(
     layout = detect_layout(
         arch, names, None if first_sparse is None else arch.layer_prefix.format(p=prefix, i=first_sparse)
     )
-    layer_re = re.compile(re.escape(arch.layer_prefix.format(p=prefix, i="@")).replace("@", r"(\d+)"))
+    layer_re = _layer_re(arch, prefix)
     _refuse_fewer_layers(arch, shape, names, layer_re)
+    _refuse_layers_past_the_count(arch, config, shape, names, layer_re)
     headless = saved_alone(arch, config, shape, prefix, names)
     entries = layer_entries(arch, config, shape.layers)
     binder = _Binder(arch, config, shape, tensors, names, prefix, headless, layout, entries)
@@ -329,7 +379,8 @@ class _Binder:
 
     def account_for_the_rest(self, layer_re: re.Pattern[str]) -> None:
         """Every name no section claimed is a non-persistent buffer or a multi-token-prediction layer (both dropped,
-        with the reason), or it is refused: a layer beyond the config's count, or a tensor the definition lacks."""
+        with the reason), or it is refused as a tensor the definition lacks (a layer beyond the config's count was
+        refused before any section was bound: `_refuse_layers_past_the_count`)."""
         arch, config, shape = self.arch, self.config, self.shape
         buffer_patterns = [re.compile(b.replace("{p}", re.escape(self.prefix))) for b in arch.buffers]
         mtp = _mtp_layers(arch, config, shape, self.names - self.claimed, layer_re)
@@ -342,18 +393,4 @@ class _Binder:
             match = layer_re.match(name)
             if match and int(match.group(1)) in mtp:
                 continue
-            if match and int(match.group(1)) >= shape.layers:
-                key = arch.config["layers"]
-                stored = 1 + max(_stored_layers(self.names, layer_re))
-                hint = (
-                    f"; if it is a multi-token-prediction layer, set {arch.mtp_layers} (now "
-                    f"{_mtp_count(arch, config)}) to count it"
-                    if arch.mtp_layers
-                    else ""
-                )
-                raise CheckpointError(
-                    f"tensor {name} belongs to layer {match.group(1)} but config.json says "
-                    f"{counted(shape.layers, 'layer')}; if the checkpoint's layers 0–{stored - 1} are all the "
-                    f"model's, set {key} to {stored}{hint}"
-                )
             raise ArchitectureError(f"tensor {name} is not part of the {arch.name} definition (unknown tensor)")

@@ -626,3 +626,12 @@ def detect(config: dict[str, Any]) -> ArchDef:
     from grow_cli.arch.derive import derive
 
     return derive(config)
+
+
+def known(config: dict[str, Any]) -> ArchDef | None:
+    """The definition for a `config.json` (`detect`), or None for a type grow has none of: where grow checks a
+    model it does not grow (`grow train-stage`, `grow compare`), such a type is left to transformers' own checks."""
+    try:
+        return detect(config)
+    except ArchitectureError:
+        return None

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from grow_cli.arch.registry import ArchDef, WeightDef
-from grow_cli.errors import CheckpointError, counted
+from grow_cli.errors import CheckpointError, counted, shown
+from grow_cli.limits import DEEPEST_RELEASED, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,24 @@ def presence_key(arch: ArchDef, config: dict[str, Any], weight: WeightDef) -> st
     return f"{unset[0]}={json.dumps(config.get(unset[0], arch.config_defaults.get(unset[0], False)))}"
 
 
+def read_layers(arch: ArchDef, config: dict[str, Any]) -> int | None:
+    """The layer count of a config.json (None where it gives none), within grow's bound: read before anything is
+    built per layer (a mixture of experts' sparse layers here, transformers' per-layer lists and modules), which a
+    count of 10**12 made a MemoryError in the catch-all of `grow inspect`."""
+    layers = config_int(arch, config, arch.config["layers"], "layer count")
+    if layers is not None and layers > MAX_LAYERS:
+        raise CheckpointError(
+            f"config.json: {shown(layers)} layers is beyond grow's bound of {MAX_LAYERS:,} ({DEEPEST_RELEASED}); "
+            f"check {arch.config['layers']}"
+        )
+    return layers
+
+
 def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
-    """The `ModelShape` of a config.json, with HF's defaults (kv heads = heads, head_dim = hidden / heads)."""
+    """The `ModelShape` of a config.json, with HF's defaults (kv heads = heads, head_dim = hidden / heads), every
+    size within grow's bounds."""
     keys = arch.config
-    layers = config_int(arch, config, keys["layers"], "layer count")
+    layers = read_layers(arch, config)
     hidden = config_int(arch, config, keys["hidden"], "hidden size")
     heads = config_int(arch, config, keys["heads"], "attention heads")
     vocab = config_int(arch, config, keys["vocab"], "vocabulary size")
@@ -154,7 +169,7 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
     tie_key = keys.get("tie")
     tie = config.get(tie_key) if tie_key else None
     tie = arch.tie_default if tie is None else bool(tie)
-    return ModelShape(
+    shape = ModelShape(
         layers=layers,
         hidden_size=hidden,
         intermediate_size=ffn,
@@ -168,6 +183,29 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
         config_space_sizes=tuple((name, _space(arch, config, name)) for name in arch.config_spaces),
         **_moe_shape(arch, config, layers),
     )
+    _refuse_beyond_bounds(shape)
+    return shape
+
+
+def _refuse_beyond_bounds(shape: ModelShape) -> None:
+    """Refuse a size past grow's bounds (far above any released model's): transformers builds a model of whatever
+    size its config gives, so a typo held all the memory there is before anything failed (`grow train-stage` and
+    `grow compare` of a hidden size or vocabulary of 2**63 reached the catch-all), or planned for minutes."""
+    sizes = {
+        "hidden units": (shape.hidden_size, MAX_WIDTH),
+        "FFN units": (shape.intermediate_size, MAX_WIDTH),
+        "attention heads": (shape.num_heads, MAX_HEADS),
+        "units per head": (shape.head_dim, MAX_WIDTH),
+        "vocabulary entries": (shape.vocab_size, MAX_VOCAB),
+        "experts": (shape.num_experts, MAX_EXPERTS),
+        "units per expert": (shape.expert_intermediate_size, MAX_WIDTH),
+    }
+    for what, (value, bound) in sizes.items():
+        if value > bound:
+            raise CheckpointError(
+                f"config.json: {shown(value)} {what} is beyond grow's bound of {bound:,} (far above any released "
+                "model's); correct it"
+            )
 
 
 def _space(arch: ArchDef, config: dict[str, Any], name: str) -> int | None:

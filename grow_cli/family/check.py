@@ -25,29 +25,56 @@ def _fail(where: str, message: str) -> UsageError:
     return UsageError(f"recipe: {where}: {message}")
 
 
+def _fresh_config(member: Member) -> Any:
+    """transformers' config of `members[0].config`, its sizes checked by grow first (where grow knows the type): its
+    layer count before transformers builds per-layer lists of it, the rest (`check_fit`) before a model is built
+    layer by layer. A recipe of 10**6 layers made `--check` build them for minutes, one of 2**63 until it was
+    killed, and one of −1 layer was "recipe OK"."""
+    import transformers
+
+    from grow_cli.arch.binding import check_fit
+    from grow_cli.arch.derive import check_known_type
+    from grow_cli.arch.registry import known
+    from grow_cli.arch.shape import read_layers
+
+    config = dict(member.config or {})
+    model_type = config.pop("model_type")
+    try:
+        check_known_type(model_type)
+        arch = known(member.config or {})
+        if arch is not None:
+            read_layers(arch, member.config or {})
+    except GrowError as exc:
+        raise _fail("members[0].config", str(exc).removeprefix("config.json: ")) from None
+    try:
+        hf_config = transformers.AutoConfig.for_model(model_type, **config)
+    except Exception as exc:  # transformers' strict validation raises several types
+        raise _fail(
+            "members[0].config", f"not a valid {model_type} language-model config: {one_line(exc, 400)}"
+        ) from None
+    try:
+        check_fit(hf_config.to_dict(), set())
+    except GrowError as exc:
+        raise _fail("members[0].config", str(exc).removeprefix("config.json: ")) from None
+    return hf_config
+
+
 def _fresh_model_shapes(member: Member) -> tuple[Any, Shapes]:
     """The config and tensor shapes `members[0].config` will produce, from a model built on the meta device."""
     import torch
     import transformers
 
-    from grow_cli.arch.derive import check_known_type
     from grow_cli.checkpoint.dtypes import dtype_name
-
-    config = dict(member.config or {})
-    model_type = config.pop("model_type")
     from grow_cli.train.objective import choose_objective
 
+    hf_config = _fresh_config(member)
     try:
-        check_known_type(model_type)
-    except GrowError as exc:
-        raise _fail("members[0].config", str(exc)) from None
-    try:
-        hf_config = transformers.AutoConfig.for_model(model_type, **config)
         masked = choose_objective(hf_config, "auto").name == "masked"  # as the run builds it (family/run.py)
         auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
         with torch.device("meta"):
             model = auto.from_config(hf_config)
     except Exception as exc:  # transformers' strict validation raises several types
+        model_type = hf_config.model_type
         raise _fail(
             "members[0].config", f"not a valid {model_type} language-model config: {one_line(exc, 400)}"
         ) from None
@@ -197,6 +224,18 @@ def _hf_config(config: dict[str, Any], where: str) -> Any:
         raise _fail(where, f"its config.json cannot be read by transformers: {config_problem(exc)}") from None
 
 
+def _check_source_fits(config: dict[str, Any], shapes: Shapes) -> None:
+    """The source's config.json fits its checkpoint (`check_fit`), as its training will check it: a layer count below
+    the checkpoint's, 0 or −1 was "recipe OK". Checked after the members, so that transformers' refusal of the config
+    (by a member's training or growth) is named first, as train-stage names it."""
+    from grow_cli.arch.binding import check_fit
+
+    try:
+        check_fit(config, set(shapes))
+    except GrowError as exc:
+        raise _fail("members[0].source", str(exc)) from None
+
+
 def _check_compare_length(recipe: Recipe, members: list[tuple[str, dict[str, Any], Any | None]]) -> None:
     """Every member (where it is in the recipe, its config, and transformers' config where the training check built
     it) fits the blocks the comparisons use (`compare.seq_len`, else the training's, else compare's default): the
@@ -250,6 +289,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
     compared = len(recipe.members) > 1
     with ExitStack() as stack:  # holds a Hub source's headers (and tokenizer) while the members are checked
         config, shapes, tokenizer = _first_member(recipe.members[0], stack, notes)
+        source_model = None if config is None or not source else (config, shapes)  # the loop replaces both
         members: list[tuple[str, dict[str, Any], Any | None]] = []  # where, config, transformers' (if built)
         for i, member in enumerate(recipe.members):
             where = f"members[{i}]"
@@ -268,6 +308,8 @@ def check_recipe(recipe: Recipe) -> list[str]:
                 hf_config = _check_training(settings, config, tokenizer, where)
             if config is not None:
                 members.append((where, config, hf_config))
+    if source_model is not None:
+        _check_source_fits(*source_model)
     if compared:
         from grow_cli.family.run import compare_settings
 

@@ -17,7 +17,7 @@ from grow_cli.arch.experts import (
     upcycle_target,
 )
 from grow_cli.arch.registry import detect
-from grow_cli.arch.shape import ModelShape, read_shape
+from grow_cli.arch.shape import read_shape
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
 from grow_cli.checkpoint.reader import CheckpointReader, load_config
@@ -26,7 +26,6 @@ from grow_cli.errors import CheckpointError, OptionError, OutputError, first_lin
 from grow_cli.growth.config import config_problem
 from grow_cli.growth.plan import source_shape_of
 from grow_cli.growth.st_modules import st_modules
-from grow_cli.limits import MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_WIDTH
 from grow_cli.operators.registry import applicability
 from grow_cli.whole_file import write_whole
 
@@ -234,7 +233,7 @@ def describe_shape(folder: Path) -> dict[str, Any]:
     config = load_config(folder)
     arch = detect(config)  # grow's own one-line refusals first (an unknown type, a missing key)
     shape = read_shape(arch, config)
-    _refuse_unbuildable(folder, config, shape)
+    _refuse_unbuildable(folder, config)
     binding = bind(arch, config, shape, _meta_tensors(folder, config))
     return {
         "architecture": arch.name,
@@ -245,21 +244,9 @@ def describe_shape(folder: Path) -> dict[str, Any]:
     }
 
 
-def _refuse_unbuildable(folder: Path, config: dict[str, Any], shape: ModelShape) -> None:
-    """Refuse, in grow's one line, a config-only model that transformers would not build, or would build for
-    minutes layer by layer (a typo of 10**6 layers): sizes beyond grow's bounds, then transformers' own refusal."""
-    sizes = {
-        "layers": (shape.layers, MAX_LAYERS),
-        "hidden units": (shape.hidden_size, MAX_WIDTH),
-        "FFN units": (shape.intermediate_size, MAX_WIDTH),
-        "attention heads": (shape.num_heads, MAX_HEADS),
-        "experts": (shape.num_experts, MAX_EXPERTS),
-    }
-    for what, (value, bound) in sizes.items():
-        if value > bound:
-            raise CheckpointError(
-                f"{folder / 'config.json'}: {value:,} {what} is beyond grow's bound of {bound:,}; check the config"
-            )
+def _refuse_unbuildable(folder: Path, config: dict[str, Any]) -> None:
+    """Refuse, in grow's one line, a config-only model that transformers would not build (its sizes, within grow's
+    bounds, were read by `read_shape`: a typo of 10**6 layers would build for minutes layer by layer)."""
     problem = config_problem(config)
     if problem is not None:
         raise CheckpointError(f"{folder / 'config.json'} does not load in transformers: {problem}; fix it there")

@@ -58,16 +58,21 @@ def config_problem(exc: BaseException) -> str:
 
 
 def check_weights(model_dir: Path) -> None:
-    """Refuse a model folder whose weights are missing, truncated, corrupted or quantized, in grow's one line, before
-    anything is tokenized: only the headers are read (`CheckpointReader`), never the tensors of a safetensors
-    checkpoint."""
+    """Refuse a model folder whose weights are missing, truncated, corrupted or quantized, or do not fit its
+    config.json (`check_fit`: its sizes, its layer count), in grow's one line, before anything is tokenized or built:
+    only the headers are read (`CheckpointReader`), never the tensors of a safetensors checkpoint."""
+    from grow_cli.arch.binding import check_fit
     from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
-    from grow_cli.checkpoint.reader import CheckpointReader
+    from grow_cli.checkpoint.reader import CheckpointReader, load_config
 
     with CheckpointReader(Path(model_dir)) as reader:
         infos = reader.tensor_infos()
     refuse_quantizer_tensors(infos)
     refuse_integer_weights(infos, {name for name in infos if name.endswith(".weight")})
+    try:
+        check_fit(load_config(Path(model_dir)), set(infos))
+    except CheckpointError as exc:  # named by the file alone: say which model's (compare reads two)
+        raise CheckpointError(str(exc).replace("config.json", str(Path(model_dir) / "config.json"), 1)) from None
 
 
 @contextmanager
