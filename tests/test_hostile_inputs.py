@@ -600,6 +600,16 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
         (c.tmp / "ds" / "data-00001-of-00003.arrow").unlink()  # a FileNotFoundError in the catch-all
         why = "data-00001-of-00003.arrow is missing (1 of the 3 data files its state.json lists); save it again"
         return c.train("--max-steps", 1, data=c.tmp / "ds"), why
+    if name in ("train-tokenizer-id-past-the-vocabulary", "compare-tokenizer-id-past-the-vocabulary"):
+        training = name.startswith("train")  # a common token: an IndexError in the catch-all, its --out half written
+
+        def renumbered(tokenizer):  # compare: the last token, which the held-out text lacks, compared without a word
+            vocab = tokenizer["model"]["vocab"]
+            vocab["e" if training else max(vocab, key=vocab.get)] = 600
+
+        c.edit_json(c.lm / "tokenizer.json", renumbered)
+        why = "the id 600, past the model's vocabulary of 512 ids (config.json's vocab_size); it belongs to another"
+        return (c.train("--max-steps", 1) if training else c.compare("--seq-len", 32)), why
     if name == "inspect-config-nested-too-deeply":
         (c.src / "config.json").write_text('{"model_type": "llama", "x": ' + "[" * 2000 + "]" * 2000 + "}")
         return ["inspect", c.src], "its JSON is nested too deeply to read"
@@ -789,6 +799,8 @@ CASES = [
     "family-fresh-config-no-layers",
     "family-fresh-config-layers-1e6",
     "family-source-config-fewer-layers-than-checkpoint",
+    "train-tokenizer-id-past-the-vocabulary",
+    "compare-tokenizer-id-past-the-vocabulary",
 ]
 
 

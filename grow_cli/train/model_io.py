@@ -164,6 +164,7 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
             f"the tokenizer in {path} has {len(tokenizer)} tokens but the model's vocabulary is "
             f"{text.vocab_size}; it belongs to another model"
         )
+    _refuse_ids_past(tokenizer, path, text.vocab_size)
     if not 0 <= eos < text.vocab_size:  # the tokenizer's own ids are within it (above): the config's is not checked
         raise DataError(
             f"the end-of-sequence id {eos} (config.json's eos_token_id; the tokenizer in {path} has no EOS token) is "
@@ -171,6 +172,19 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
             "eos_token_id in config.json to the model's end-of-sequence token"
         )
     return tokenizer, int(eos)
+
+
+def _refuse_ids_past(tokenizer, path: Path, vocab_size: int) -> None:
+    """Refuse a tokenizer that gives an id past the model's embedding, though it has no more tokens than the model
+    has ids (an id edited by hand, or ids with gaps): training indexed the embedding with it (an IndexError in the
+    catch-all, its output folder left half written; an OverflowError past 65,535), and compare compared without a
+    word where the held-out text missed that token."""
+    token, top = max(tokenizer.get_vocab().items(), key=lambda item: item[1], default=("", -1))
+    if top >= vocab_size:
+        raise DataError(
+            f"the tokenizer in {path} gives token {token!r} the id {top}, past the model's vocabulary of "
+            f"{vocab_size} ids (config.json's vocab_size); it belongs to another model, or its ids were edited"
+        )
 
 
 @dataclass
