@@ -198,6 +198,9 @@ RECORD_CASES = {  # (the folder whose grow.json is damaged, how, the command tha
         _train("grown", "--max-steps", 1, "--data-offset", "lineage"),
         'stages[1].source.checkpoint.data_blocks is "12", not a whole number',
     ),
+    # the record the output's grow.json continues: read after training, its model left in --out without a record
+    "trained-on-not-json": ("run", b"{not json", _train("run", "--max-steps", 1), "is damaged (not the JSON grow"),
+    "trained-on-stages-as-text": ("grown", lambda r: r.update(stages="x"), _train("grown", "--max-steps", 1), "stages"),
 }
 
 

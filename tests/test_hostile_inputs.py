@@ -501,7 +501,7 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             "but config.json says 1 layer; if the checkpoint's layers 0–3 are all the model's, set "
             "num_hidden_layers to 4"
         )
-    found = _data_and_config_case(c, name) or _config_size_case(c, name)
+    found = _data_and_config_case(c, name) or _config_size_case(c, name) or _model_file_case(c, name)
     if found is not None:
         return found
     options_without_their_option = {  # each does nothing without the option it depends on: refused, not ignored
@@ -670,6 +670,15 @@ def _config_size_case(c: Ctx, name: str) -> tuple[list, str] | None:
     return None
 
 
+def _model_file_case(c: Ctx, name: str) -> tuple[list, str] | None:
+    """A model folder's other files damaged (found by an audit)."""
+    if name == "family-source-grow-json-damaged":  # "recipe OK"; its training refused it once trained
+        (c.lm / "grow.json").write_text("{not json")
+        doc = {"train": {"data": [str(c.data)], "seq_len": 32}, "members": [{"name": "a", "source": str(c.lm)}]}
+        return ["family", c.recipe(doc), "--check"], f"members[0].source: {c.lm / 'grow.json'} is damaged (not the"
+    return None
+
+
 CASES = [
     "layers-1e9",
     "layers-1e5",
@@ -801,6 +810,7 @@ CASES = [
     "family-source-config-fewer-layers-than-checkpoint",
     "train-tokenizer-id-past-the-vocabulary",
     "compare-tokenizer-id-past-the-vocabulary",
+    "family-source-grow-json-damaged",
 ]
 
 

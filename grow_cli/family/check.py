@@ -104,10 +104,12 @@ def _first_member(
     source = member.source or ""  # the recipe loader requires a source without a config
     from grow_cli.checkpoint.reader import CheckpointReader, load_config
     from grow_cli.checkpoint.source import source_headers
+    from grow_cli.lineage.record import load_record
 
     try:  # a Hub id's config, tokenizer and shard headers: its weights wait for the run
         src = stack.enter_context(source_headers(source, revision=member.revision))
         config = load_config(src.folder)
+        load_record(src.folder)  # its stages begin the first member's grow.json
         with CheckpointReader(src.folder, fetch=src.fetch) as reader:
             shapes = reader.tensor_infos()
     except GrowError as exc:

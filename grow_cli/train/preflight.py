@@ -23,6 +23,7 @@ from grow_cli.data.sources import Source, check_sources, data_paths, find_source
 from grow_cli.data.walk import walk
 from grow_cli.errors import OptionError, OutputError, UsageError
 from grow_cli.field_types import flag
+from grow_cli.lineage.record import load_record
 from grow_cli.train.apollo_plan import ApolloPlan, plan_apollo
 from grow_cli.train.attention import check_attention
 from grow_cli.train.checkpoint_state import load_state
@@ -76,6 +77,7 @@ def preflight(config: TrainConfig) -> Checked:
     check_sources(sources, config.text_field, config.token_dtype)
     model_config = load_model_config(model)
     check_weights(model)
+    load_record(model)  # its stages begin the output's grow.json: a damaged one is named now, not after training
     check_seq_len(model_config, config.seq_len)
     objective = choose_objective(model_config, config.objective)
     check_attention(model_config, model_class(objective), config.attn_implementation)
