@@ -237,7 +237,8 @@ def test_identity_blocks_keep_attention_scaled_by_layer_index_exact(tmp_path, mo
 
 def _check_its_training_state_is_not_grown(src):
     """Such a growth cannot continue the source's AdamW state: refused before any moment is read."""
-    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.checkpoint.model_config import load_config
+    from grow_cli.checkpoint.reader import CheckpointReader
     from grow_cli.errors import OptionError
     from grow_cli.growth.grown_state import plan_state
     from grow_cli.growth.plan import build_plan

@@ -218,7 +218,8 @@ def test_identity_zeros_are_written_without_building_them(cli, tiny_checkpoints,
 def test_writes_overlapped_with_compute_equal_one_at_a_time(tiny_checkpoints, tmp_path, growth):
     """The executor writes a widened or cast tensor while it computes the next (two buffer sets alternate); the
     result must be what computing and writing one tensor at a time gives — a reused buffer would show here."""
-    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.checkpoint.model_config import load_config
+    from grow_cli.checkpoint.reader import CheckpointReader
     from grow_cli.growth.expand import expand, materialize
     from grow_cli.growth.plan import build_plan
     from grow_cli.growth.spec import GrowthSpec

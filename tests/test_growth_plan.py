@@ -8,7 +8,8 @@ import pytest
 import tiny_decoders
 
 from grow_cli.checkpoint.dtypes import numel
-from grow_cli.checkpoint.reader import CheckpointReader, load_config
+from grow_cli.checkpoint.model_config import load_config
+from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.errors import UsageError
 from grow_cli.growth.plan import Plan, build_plan
 from grow_cli.growth.spec import GrowthSpec

@@ -676,6 +676,17 @@ def _model_file_case(c: Ctx, name: str) -> tuple[list, str] | None:
         (c.lm / "grow.json").write_text("{not json")
         doc = {"train": {"data": [str(c.data)], "seq_len": 32}, "members": [{"name": "a", "source": str(c.lm)}]}
         return ["family", c.recipe(doc), "--check"], f"members[0].source: {c.lm / 'grow.json'} is damaged (not the"
+    if name == "inspect-config-with-a-byte-order-mark":  # inspect and --dry-run said nothing; transformers refuses it
+        config = c.src / "config.json"
+        config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
+        return ["inspect", c.src], f"{config} begins with a UTF-8 byte-order mark (as some Windows editors save)"
+    if name == "train-generation-config-a-list":  # a TypeError in the catch-all: transformers reads it on every load
+        (c.lm / "generation_config.json").write_text("[]")
+        return c.train("--max-steps", 1), f"{c.lm / 'generation_config.json'} holds [], not a JSON object; fix it"
+    if name == "expand-generation-config-cut":  # copied into the grown model as it was; transformers drops it unsaid
+        path = c.src / "generation_config.json"
+        path.write_bytes(path.read_bytes()[:20])
+        return c.expand(), f"{path} is not valid JSON ("
     return None
 
 
@@ -811,6 +822,9 @@ CASES = [
     "train-tokenizer-id-past-the-vocabulary",
     "compare-tokenizer-id-past-the-vocabulary",
     "family-source-grow-json-damaged",
+    "inspect-config-with-a-byte-order-mark",
+    "train-generation-config-a-list",
+    "expand-generation-config-cut",
 ]
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from grow_cli.checkpoint.reader import CheckpointReader, load_config
+from grow_cli.checkpoint.model_config import load_config
+from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.growth.plan import build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
 

@@ -29,7 +29,8 @@ import transformers as tf
 from safetensors.torch import load_file
 from tinylm import run_grow, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
-from grow_cli.checkpoint.reader import CheckpointReader, load_config
+from grow_cli.checkpoint.model_config import load_config
+from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.errors import CheckpointError, OptionError, OutputError, UsageError
 from grow_cli.growth.expand import expand, materialize
 from grow_cli.growth.plan import build_plan

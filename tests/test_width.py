@@ -185,7 +185,8 @@ def test_aki_reads_at_most_this_layer_and_the_next(sources):
 def test_zero_leaves_the_tensors_it_reads_unchanged(sources, name):
     """G_zero edits in place what its gathers make, never what it is given: that is the reader's buffer, reused for
     the next read (and, for a tied model, the embedding read again for the head)."""
-    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.checkpoint.model_config import load_config
+    from grow_cli.checkpoint.reader import CheckpointReader
     from grow_cli.growth.plan import build_plan
 
     with CheckpointReader(sources[name]) as reader:

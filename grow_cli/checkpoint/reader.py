@@ -23,7 +23,7 @@ from typing import Any
 
 from grow_cli.background import in_background
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.checkpoint.dtypes import TORCH_DTYPE_NAMES, dtype_name, torch_dtype
+from grow_cli.checkpoint.dtypes import dtype_name, torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import (
     BIN_INDEX,
@@ -40,14 +40,13 @@ from grow_cli.checkpoint.header import (
     no_duplicate_keys,
     read_safetensors_header,
 )
-from grow_cli.checkpoint.kinds import refuse_other_framework, refuse_quantized_config, what_else
+from grow_cli.checkpoint.kinds import refuse_other_framework, what_else
 from grow_cli.checkpoint.mapped import release
 from grow_cli.errors import CheckpointError, counted
 
 __all__ = [
     "CheckpointReader",
     "TensorEntry",
-    "load_config",
     "load_weight_map",
     "not_a_file",
     "read_safetensors_header",
@@ -435,45 +434,3 @@ def load_bin_weights(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
     return state
-
-
-def load_config(folder: Path) -> dict[str, Any]:
-    """The folder's config.json as a dict (kept raw so every key survives growth)."""
-    path = Path(folder) / "config.json"
-    if not path.is_file() and os.path.lexists(path):  # a named pipe's read would wait for a writer, forever
-        raise CheckpointError(f"{path} {not_a_file(path)}; a model folder's config.json is a JSON file")
-    if not path.is_file():
-        instead = what_else(Path(folder))
-        if instead:
-            raise CheckpointError(f"{folder} has no config.json: {instead}")
-        if not Path(folder).exists():
-            raise CheckpointError(f"{folder} does not exist; give a model folder (one that holds config.json)")
-        raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
-    try:
-        text = path.read_bytes()  # decoded by json.loads: undecodable bytes are a ValueError below
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        config = json.loads(text)
-    except ValueError as exc:  # JSON errors and undecodable (non-UTF-8) bytes
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    except RecursionError:
-        raise CheckpointError(f"{path} is not a model config: its JSON is nested too deeply to read") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    _check_dtype_keys(config, path)
-    refuse_quantized_config(config, Path(folder))
-    return config
-
-
-def _check_dtype_keys(config: dict[str, Any], path: Path) -> None:
-    """`dtype` / `torch_dtype` must name a torch dtype: transformers cannot load a folder whose config says `5`."""
-    for key in ("dtype", "torch_dtype"):
-        value = config.get(key)
-        if value is None or value == "auto":
-            continue
-        if not isinstance(value, str) or value not in TORCH_DTYPE_NAMES:
-            raise CheckpointError(
-                f'{path}: {key!r} is {value!r}, not a dtype name; set it to the weights\' dtype, e.g. "bfloat16" '
-                'or "float32"'
-            )

@@ -102,7 +102,8 @@ def _first_member(
             ) from None
         return hf_config.to_dict(), shapes, tokenizer
     source = member.source or ""  # the recipe loader requires a source without a config
-    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.checkpoint.model_config import load_config
+    from grow_cli.checkpoint.reader import CheckpointReader
     from grow_cli.checkpoint.source import source_headers
     from grow_cli.lineage.record import load_record
 

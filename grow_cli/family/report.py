@@ -69,7 +69,8 @@ def _size_of(summary: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
     final folder (a grown or fresh model that was not trained: its config.json and its shard headers, counted as
     `grow inspect` counts them)."""
     from grow_cli.arch.experts import num_parameters
-    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.checkpoint.model_config import load_config
+    from grow_cli.checkpoint.reader import CheckpointReader
     from grow_cli.growth.plan import source_shape_of
 
     model = (summary.get("record") or {}).get("model", {})

@@ -20,7 +20,8 @@ from grow_cli.arch.registry import detect
 from grow_cli.arch.shape import read_shape
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
-from grow_cli.checkpoint.reader import CheckpointReader, load_config
+from grow_cli.checkpoint.model_config import load_config
+from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.checkpoint.source import source_headers
 from grow_cli.errors import CheckpointError, OptionError, OutputError, first_line
 from grow_cli.growth.config import config_problem

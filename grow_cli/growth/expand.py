@@ -24,8 +24,9 @@ from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES
+from grow_cli.checkpoint.model_config import load_config
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output
-from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry, load_config
+from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, is_local, resolve_source, source_headers
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes
 from grow_cli.console import activity, byte_progress

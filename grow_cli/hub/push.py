@@ -28,7 +28,8 @@ from grow_cli.checkpoint.files import (
     WEIGHT_LAYOUTS,
 )
 from grow_cli.checkpoint.kinds import what_else
-from grow_cli.checkpoint.reader import load_config, load_weight_map, not_a_file, read_safetensors_header
+from grow_cli.checkpoint.model_config import load_config
+from grow_cli.checkpoint.reader import load_weight_map, not_a_file, read_safetensors_header
 from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError, counted
 from grow_cli.hub.client import check_cache_folders, endpoint, hub_client, is_offline, resolve_token, translate

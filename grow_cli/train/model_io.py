@@ -33,7 +33,7 @@ POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 def load_model_config(model_dir: Path):
     from transformers import AutoConfig
 
-    from grow_cli.checkpoint.reader import load_config
+    from grow_cli.checkpoint.model_config import load_config
 
     load_config(Path(model_dir))  # grow's one-line refusals first: no config.json (an adapter?), a quantized model
     try:
@@ -63,7 +63,8 @@ def check_weights(model_dir: Path) -> None:
     only the headers are read (`CheckpointReader`), never the tensors of a safetensors checkpoint."""
     from grow_cli.arch.binding import check_fit
     from grow_cli.checkpoint.kinds import refuse_integer_weights, refuse_quantizer_tensors
-    from grow_cli.checkpoint.reader import CheckpointReader, load_config
+    from grow_cli.checkpoint.model_config import load_config
+    from grow_cli.checkpoint.reader import CheckpointReader
 
     with CheckpointReader(Path(model_dir)) as reader:
         infos = reader.tensor_infos()
