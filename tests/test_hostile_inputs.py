@@ -610,6 +610,12 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
         c.edit_json(c.lm / "tokenizer.json", renumbered)
         why = "the id 600, past the model's vocabulary of 512 ids (config.json's vocab_size); it belongs to another"
         return (c.train("--max-steps", 1) if training else c.compare("--seq-len", 32)), why
+    if name == "train-config-rope-factor-as-text":  # transformers warns, then fails building the model: a TypeError
+        c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(rope_scaling={"rope_type": "linear", "factor": "x"}))
+        return c.train("--max-steps", 1), f"{c.lm} does not load in transformers (TypeError: unsupported operand"
+    if name == "compare-config-text-config-as-text":  # an AttributeError: every check read its vocabulary from it
+        c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(text_config="yes"))
+        return c.compare("--seq-len", 32), "it gives its text model's config (text_config or a key like it) as 'yes'"
     if name == "inspect-config-nested-too-deeply":
         (c.src / "config.json").write_text('{"model_type": "llama", "x": ' + "[" * 2000 + "]" * 2000 + "}")
         return ["inspect", c.src], "its JSON is nested too deeply to read"
@@ -825,6 +831,8 @@ CASES = [
     "inspect-config-with-a-byte-order-mark",
     "train-generation-config-a-list",
     "expand-generation-config-cut",
+    "train-config-rope-factor-as-text",
+    "compare-config-text-config-as-text",
 ]
 
 

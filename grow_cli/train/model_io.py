@@ -31,17 +31,24 @@ POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 
 
 def load_model_config(model_dir: Path):
-    from transformers import AutoConfig
+    from transformers import AutoConfig, PretrainedConfig
 
     from grow_cli.checkpoint.model_config import load_config
 
     load_config(Path(model_dir))  # grow's one-line refusals first: no config.json (an adapter?), a quantized model
     try:
         with quiet_transformers():  # e.g. its notice of a bos/eos id beyond the vocabulary, on every read
-            return AutoConfig.from_pretrained(model_dir)
+            config = AutoConfig.from_pretrained(model_dir)
+            text = config.get_text_config()  # a ValueError where two keys name a text model's config
     except Exception as exc:  # transformers' refusals come in many types (ValueError, its strict-dataclass errors…)
         problem = config_problem(exc)
         raise CheckpointError(f"{model_dir}/config.json cannot be read by transformers: {problem}") from None
+    if not isinstance(text, PretrainedConfig):  # e.g. "text_config": "yes", which every check then read from
+        raise CheckpointError(
+            f"{model_dir}/config.json cannot be read by transformers: it gives its text model's config (text_config "
+            f"or a key like it) as {text!r:.40}, not a JSON object; fix it there"
+        )
+    return config
 
 
 def config_problem(exc: BaseException) -> str:
@@ -226,15 +233,11 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
     if choice.is_decoder is not None:
         options["config"] = load_model_config(model_dir)
         options["config"].get_text_config().is_decoder = choice.is_decoder
-    try:
-        with quiet_transformers():  # grow says what was created or carried, in one line instead of a table
-            loaded: Any = auto.from_pretrained(
-                model_dir, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True, **options
-            )
-    except ValueError as exc:
-        raise CheckpointError(
-            f"{model_dir} is not a model transformers can train as a {choice.name} LM: {exc}"
-        ) from None
+    # grow says what was created or carried, in one line instead of a table
+    with quiet_transformers(), refusing_failures(lambda exc: _cannot_build(model_dir, choice, exc)):
+        loaded: Any = auto.from_pretrained(
+            model_dir, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True, **options
+        )
     model, info = loaded
     if info["mismatched_keys"]:  # refused here, naming the tensor: transformers' own error points at a silenced table
         name, saved_shape, model_shape = sorted(info["mismatched_keys"])[0]
@@ -260,6 +263,15 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
 
     carried = sorted(info["unexpected_keys"])
     return LoadedModel(model, saved, created, carried, _saved_alone(model_dir, prefix), module_files(Path(model_dir)))
+
+
+def _cannot_build(model_dir: Path, choice: Choice, exc: Exception) -> CheckpointError:
+    """The one line for a model transformers does not build: a head it lacks (its ValueError), or a config.json that
+    its validation let through with a warning and its modelling code then fails on (`rope_scaling` with a factor of
+    "x": a TypeError in the catch-all of train-stage and compare)."""
+    if isinstance(exc, ValueError):
+        return CheckpointError(f"{model_dir} is not a model transformers can train as a {choice.name} LM: {exc}")
+    return CheckpointError(f"{model_dir} does not load in transformers ({failure(exc)}); check its config.json")
 
 
 def _saved_alone(model_dir: Path, prefix: str) -> bool:
