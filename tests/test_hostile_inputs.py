@@ -616,6 +616,11 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
     if name == "compare-config-text-config-as-text":  # an AttributeError: every check read its vocabulary from it
         c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(text_config="yes"))
         return c.compare("--seq-len", 32), "it gives its text model's config (text_config or a key like it) as 'yes'"
+    if name == "expand-config-tie-as-text":  # read as true: it advised setting it to false, which it said
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(tie_word_embeddings="false"))
+        return c.expand(
+            "--dry-run"
+        ), 'config.json: tie_word_embeddings is "false", not true or false (JSON\'s, unquoted)'
     if name == "inspect-config-nested-too-deeply":
         (c.src / "config.json").write_text('{"model_type": "llama", "x": ' + "[" * 2000 + "]" * 2000 + "}")
         return ["inspect", c.src], "its JSON is nested too deeply to read"
@@ -624,9 +629,9 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
         target.mkdir()
         config = json.loads((c.src / "config.json").read_text())
         refuses = name.endswith("refuses")
-        config.update({"tie_word_embeddings": "yes"} if refuses else {"num_hidden_layers": 10**6})
+        config.update({"rms_norm_eps": "tiny"} if refuses else {"num_hidden_layers": 10**6})
         (target / "config.json").write_text(json.dumps(config))
-        why = "does not load in transformers: Field 'tie_word_embeddings'" if refuses else "1,000,000 layers is beyond"
+        why = "does not load in transformers: Field 'rms_norm_eps'" if refuses else "1,000,000 layers is beyond"
         return ["plan", "--target", target, "--tokens", "1B"], why
     return None
 
@@ -833,6 +838,7 @@ CASES = [
     "expand-generation-config-cut",
     "train-config-rope-factor-as-text",
     "compare-config-text-config-as-text",
+    "expand-config-tie-as-text",
 ]
 
 

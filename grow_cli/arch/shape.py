@@ -4,6 +4,7 @@ axis space. Shapes of checkpoint tensors are checked against these before anythi
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -120,8 +121,6 @@ def weight_present(arch: ArchDef, config: dict[str, Any], weight: WeightDef) -> 
 
 def presence_key(arch: ArchDef, config: dict[str, Any], weight: WeightDef) -> str:
     """The config setting that leaves `weight` out of the model, for messages: `attention_bias=false`."""
-    import json
-
     unset = [key for key in weight.when if not config_flag(arch, config, key)]
     if not unset:
         return f"{weight.unless} set"
@@ -166,9 +165,7 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
         raise CheckpointError(f"config.json: hidden size {hidden} is not divisible by {heads} heads")
     if heads % kv_heads:
         raise CheckpointError(f"config.json: {heads} attention heads are not a multiple of {kv_heads} KV heads")
-    tie_key = keys.get("tie")
-    tie = config.get(tie_key) if tie_key else None
-    tie = arch.tie_default if tie is None else bool(tie)
+    tie = _tie(arch, config)
     shape = ModelShape(
         layers=layers,
         hidden_size=hidden,
@@ -185,6 +182,21 @@ def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
     )
     _refuse_beyond_bounds(shape)
     return shape
+
+
+def _tie(arch: ArchDef, config: dict[str, Any]) -> bool:
+    """Whether the output head is tied to the embedding: the config's switch, else the architecture's default. Text
+    is refused, as transformers refuses it: "false" read as true made `grow expand` advise setting
+    tie_word_embeddings to false, in a config that said so."""
+    key = arch.config.get("tie")
+    tie = config.get(key) if key else None
+    if tie is None:
+        return arch.tie_default
+    if not isinstance(tie, bool):
+        raise CheckpointError(
+            f"config.json: {key} is {json.dumps(tie)[:40]}, not true or false (JSON's, unquoted); set it to one"
+        )
+    return tie
 
 
 def _refuse_beyond_bounds(shape: ModelShape) -> None:
