@@ -553,3 +553,27 @@ def test_a_module_path_outside_the_model_folder_is_refused(st_source, tmp_path, 
     result = cli("expand", src, tmp_path / "out", "--width-factor", "2")
     assert result.code != 0 and "modules.json lists module path '../2_Dense', outside the model folder" in result.stderr
     assert not (tmp_path / "out").exists() and {p.name: _sha(p) for p in outside.iterdir()} == kept
+
+
+@pytest.mark.parametrize(
+    ("entry", "refusal"),
+    [
+        ({"idx": "1"}, "gives module '1_Pooling' the idx \"1\", not a number; fix it"),
+        ({"idx": None}, "gives module '1_Pooling' the idx null, not a number; fix it"),
+        ({"path": 5}, "is not a list of modules with a path each; fix or remove it"),
+        ({"path": None}, "is not a list of modules with a path each; fix or remove it"),
+    ],
+)
+def test_a_module_entry_of_the_wrong_kind_is_one_line(st_source, tmp_path, cli, entry, refusal):
+    """An idx that is no number beside the others' (1.5 sorts between them) was a TypeError in the catch-all of every
+    command (modules.json is sorted by it); a path that is no text (5, null) was read as the folder "5" or "None", left
+    out without a word, and sentence-transformers fails on it (found by an audit)."""
+    src = shutil.copytree(st_source("bert-mean"), tmp_path / "src")
+    listing = json.loads((src / "modules.json").read_text())
+    listing[1].update(entry)
+    (src / "modules.json").write_text(json.dumps(listing))
+    for args in (["inspect", src], ["expand", src, tmp_path / "out", "--layers", "4"]):
+        result = cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.code == 1 and len(lines) == 1 and f"{src / 'modules.json'} {refusal}" in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()

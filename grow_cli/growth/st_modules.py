@@ -40,6 +40,7 @@ from grow_cli.checkpoint.files import BIN_SINGLE, SAFETENSORS_SINGLE, SENTENCE_T
 from grow_cli.checkpoint.header import TensorEntry, read_safetensors_header
 from grow_cli.checkpoint.reader import load_bin_weights
 from grow_cli.errors import CheckpointError, UsageError
+from grow_cli.field_types import accepts
 
 if TYPE_CHECKING:
     from grow_cli.growth.plan import Plan
@@ -298,12 +299,18 @@ def _listed(folder: Path) -> list[dict[str, Any]]:
     if not listing.is_file():
         return []
     entries = _read_json(listing)
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and "path" in e for e in entries):
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries
+    ):
         raise CheckpointError(f"{listing} is not a list of modules with a path each; fix or remove it")
-    outside = [e["path"] for e in entries if Path(str(e["path"])).is_absolute() or ".." in Path(str(e["path"])).parts]
+    unordered = [e for e in entries if "idx" in e and not accepts((int, float), e["idx"])]
+    if unordered:  # sorted by it below: "1" or null beside numbers was a TypeError in the catch-all
+        where, idx = unordered[0]["path"], json.dumps(unordered[0]["idx"])[:40]
+        raise CheckpointError(f"{listing} gives module {where!r} the idx {idx}, not a number; fix it")
+    outside = [e["path"] for e in entries if Path(e["path"]).is_absolute() or ".." in Path(e["path"]).parts]
     if outside:  # grow reads, writes and copies a module's folder under the model folder and the output
         raise CheckpointError(f"{listing} lists module path {outside[0]!r}, outside the model folder; fix it")
-    return [e for e in sorted(entries, key=lambda e: e.get("idx", 0)) if str(e["path"]) not in ("", ".")]
+    return [e for e in sorted(entries, key=lambda e: e.get("idx", 0)) if e["path"] not in ("", ".")]
 
 
 def _module_config(folder: Path) -> dict[str, Any]:
