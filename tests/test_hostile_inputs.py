@@ -616,6 +616,12 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
     if name == "compare-config-text-config-as-text":  # an AttributeError: every check read its vocabulary from it
         c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(text_config="yes"))
         return c.compare("--seq-len", 32), "it gives its text model's config (text_config or a key like it) as 'yes'"
+    if name in ("train-config-nan", "expand-config-nan"):  # trained to a NaN loss and advised lowering --max-lr
+        model = c.lm if name.startswith("train") else c.src
+        config = model / "config.json"
+        config.write_text(config.read_text().replace('"rope_theta": 10000.0', '"rope_theta": NaN'))
+        args = c.train("--max-steps", 1) if name.startswith("train") else c.expand()  # expand: grew it
+        return args, f"{config}: rope_parameters.rope_theta is NaN, not a number; set it to the value meant"
     if name == "expand-config-tie-as-text":  # read as true: it advised setting it to false, which it said
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(tie_word_embeddings="false"))
         return c.expand(
@@ -839,6 +845,8 @@ CASES = [
     "train-config-rope-factor-as-text",
     "compare-config-text-config-as-text",
     "expand-config-tie-as-text",
+    "train-config-nan",
+    "expand-config-nan",
 ]
 
 

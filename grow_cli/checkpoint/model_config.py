@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,27 @@ def load_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a model config: its JSON is nested too deeply to read") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
+    nan = _nan_at(config)
+    if nan is not None:  # (Infinity is a value transformers writes: Mamba's time_step_limit)
+        raise CheckpointError(f"{path}: {nan} is NaN, not a number; set it to the value meant")
     _check_dtype_keys(config, path)
     refuse_quantized_config(config, Path(folder))
     _check_generation_config(Path(folder) / GENERATION_CONFIG)
     return config
+
+
+def _nan_at(value: Any, at: str = "") -> str | None:
+    """Where in a config.json a NaN lies (`rope_parameters.rope_theta`), or None. Python's json reads one, and
+    transformers builds a model that outputs NaN from it: grow expand grew it, train-stage advised lowering --max-lr
+    once its first loss was NaN, and compare called the model diverged."""
+    if isinstance(value, float) and math.isnan(value):
+        return at
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, inner in items:
+        found = _nan_at(inner, f"{at}[{key}]" if isinstance(key, int) else f"{at}.{key}" if at else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def _read_as_transformers(path: Path) -> Any:
