@@ -47,6 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
+EXPECTED = {"SIGINT": 130, "SIGTERM": 143}  # the exit status of a run interrupted by each signal
 TINY_LLAMA = {
     "vocab_size": 96,
     "hidden_size": 32,
@@ -84,41 +85,65 @@ def one_run(src: Path, work: Path, index: int, args: argparse.Namespace, rng: ra
         command, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
     record: dict = {"run": index, "signal": signal.Signals(signum).name, "delay": round(delay, 3)}
-    try:
-        proc.wait(timeout=delay)
-        record["finished_first"] = True  # done before its signal came: nothing to judge
-    except subprocess.TimeoutExpired:
-        record["finished_first"] = _exiting(proc.pid)  # the kernel is ending it: the signal cannot reach it
-        sent = time.monotonic()
-        if signum == signal.SIGINT:
-            os.killpg(proc.pid, signum)  # the group, as a terminal's Ctrl-C
-        else:
-            os.kill(proc.pid, signum)
-        try:
-            proc.wait(timeout=args.timeout)
-            record["seconds_to_exit"] = round(time.monotonic() - sent, 4)
-        except subprocess.TimeoutExpired:
-            record["hang"] = True
-            if args.stacks:
-                os.kill(proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-            with contextlib.suppress(ProcessLookupError):  # gone already, after its stacks
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    record.update(signal_after(proc, signum, delay, args.timeout, stacks=args.stacks))
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.stderr:
         proc.stderr.close()
     record["status"] = proc.returncode
-    record["orphans"] = _outlived_by(proc.pid)
+    record["orphans"] = outlived_by(proc.pid)
     record.update(_judge(stderr, out, folder, env.get("GROW_CACHE_DIR")))
     record["stderr"] = stderr
     return record
 
 
-def _exiting(pid: int) -> bool:
+def signal_after(
+    proc: subprocess.Popen,
+    signum: int,
+    delay: float,
+    timeout: float,
+    *,
+    stacks: bool = False,
+    before=None,
+    once=None,
+) -> dict:
+    """Send `signum` to `proc` (started in a session of its own) after `delay` seconds, unless it ended first, and
+    wait for it to end: SIGINT and SIGKILL go to its whole process group, as a terminal's Ctrl-C and `kill -9 -PGID`
+    reach it, SIGTERM to `proc` alone, as `kill` and `timeout` send it. With `once`, the delay counts from the
+    moment `once()` first holds (polled every 2 ms). `before(proc)` runs just before the signal. Returns
+    `finished_first` (it ended, or was already exiting, before the signal came: nothing to judge),
+    `seconds_to_exit`, or `hang` when it outlived `timeout` seconds after the signal (then, with `stacks`, it is
+    sent SIGABRT, which prints every thread's stack under PYTHONFAULTHANDLER, and killed)."""
+    while once is not None and proc.poll() is None and not once():
+        time.sleep(0.002)
+    try:
+        proc.wait(timeout=delay)
+        return {"finished_first": True}
+    except subprocess.TimeoutExpired:
+        pass
+    if before is not None:
+        before(proc)
+    record: dict = {"finished_first": exiting(proc.pid)}  # the kernel is ending it: the signal cannot reach it
+    sent = time.monotonic()
+    if signum == signal.SIGTERM:
+        os.kill(proc.pid, signum)
+    else:
+        os.killpg(proc.pid, signum)
+    try:
+        proc.wait(timeout=timeout)
+        record["seconds_to_exit"] = round(time.monotonic() - sent, 4)
+    except subprocess.TimeoutExpired:
+        record["hang"] = True
+        if stacks:
+            os.kill(proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # gone already, after its stacks
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return record
+
+
+def exiting(pid: int) -> bool:
     """Whether process `pid` has already called exit (the kernel's PF_EXITING flag, or a zombie): its exit status is
     set, and the kernel ignores a signal while it unmaps the memory (~10 ms for a process that imported torch)."""
     try:
@@ -128,7 +153,7 @@ def _exiting(pid: int) -> bool:
     return fields[0] in "ZX" or bool(int(fields[6]) & 0x4)
 
 
-def _outlived_by(pgid: int, wait: float = 5.0) -> list[str]:
+def outlived_by(pgid: int, wait: float = 5.0) -> list[str]:
     """The processes of the run's group (its config child) that outlived it by `wait` seconds, as their command lines;
     they are killed. Zombies are not counted: they have ended, whoever reaps them."""
     deadline = time.monotonic() + wait
@@ -151,14 +176,27 @@ def _group(pgid: int) -> list[str]:
     return found
 
 
+def stderr_verdict(stderr: str) -> dict:
+    """Whether `stderr` holds a traceback (or Python's "Exception ignored"), and how many lines it has that are not
+    blank: grow's rule for an interrupted run is none, and one."""
+    return {
+        "traceback": "Traceback (most recent call last)" in stderr or "Exception ignored" in stderr,
+        "lines": len([line for line in stderr.splitlines() if line.strip()]),
+    }
+
+
+def exit_times(seconds: list[float]) -> str:
+    """Signal-to-exit times as "p50 / p90 / max" (s)."""
+    times = sorted(seconds)
+    return f"{quantile(times, 0.5):.3f} / {quantile(times, 0.9):.3f} / {times[-1]:.3f}" if times else "-"
+
+
 def _judge(stderr: str, out: Path, folder: Path, cache: str | None) -> dict:
-    lines = [line for line in stderr.splitlines() if line.strip()]
     left = sorted(p.name for p in folder.iterdir() if ".grow-" in p.name)
     partial = out.exists() and not ((out / "config.json").is_file() and any(out.glob("*.safetensors")))
     cache_tmp = [str(p) for p in Path(cache).rglob("*.tmp")] if cache and Path(cache).is_dir() else []
     return {
-        "traceback": "Traceback (most recent call last)" in stderr or "Exception ignored" in stderr,
-        "lines": len(lines),
+        **stderr_verdict(stderr),
         "lock_left": any(name.endswith(".grow-lock") for name in left),
         "tmp_left": any(".grow-tmp-" in name or ".grow-old-" in name for name in left),
         "partial_out": partial,
@@ -167,11 +205,22 @@ def _judge(stderr: str, out: Path, folder: Path, cache: str | None) -> dict:
     }
 
 
+def prepare_grow() -> Path:
+    """Name the grow under test and byte-compile it, as `pip install` does; undo the SIGINT a shell ignores in its
+    background jobs (`... &`), which grow would inherit. Returns grow's package folder."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    spec = importlib.util.find_spec("grow_cli")
+    assert spec is not None and spec.origin is not None, "grow_cli is not importable: set PYTHONPATH"
+    package = Path(spec.origin).parent
+    print(f"grow from {package}", file=sys.stderr)
+    compileall.compile_dir(package, quiet=1)
+    return package
+
+
 def summary(records: list[dict]) -> dict:
     """Counts over the runs that were interrupted while running."""
     judged = [r for r in records if not r["finished_first"]]
-    times = sorted(r["seconds_to_exit"] for r in judged if "seconds_to_exit" in r)
-    expected = {"SIGINT": 130, "SIGTERM": 143}
 
     def count(test) -> int:
         return sum(1 for r in judged if test(r))
@@ -182,7 +231,7 @@ def summary(records: list[dict]) -> dict:
         "interrupted": len(judged),
         "SIGINT / SIGTERM": f"{count(lambda r: r['signal'] == 'SIGINT')} / {count(lambda r: r['signal'] == 'SIGTERM')}",
         "exit statuses": dict(sorted(collections.Counter(r["status"] for r in judged).items())),
-        "wrong status": count(lambda r: not r.get("hang") and r["status"] != expected[r["signal"]]),
+        "wrong status": count(lambda r: not r.get("hang") and r["status"] != EXPECTED[r["signal"]]),
         "lost (exit 0)": count(lambda r: r["status"] == 0),
         "hangs": count(lambda r: r.get("hang", False)),
         "tracebacks": count(lambda r: r["traceback"]),
@@ -193,18 +242,18 @@ def summary(records: list[dict]) -> dict:
         "complete OUT (interrupted at the end)": count(lambda r: r["complete_out"]),
         "cache .tmp left": count(lambda r: r["cache_tmp_left"] > 0),
         "orphan processes": count(lambda r: r["orphans"]),
-        "signal to exit p50 / p90 / max (s)": (
-            f"{_quantile(times, 0.5):.3f} / {_quantile(times, 0.9):.3f} / {times[-1]:.3f}" if times else "-"
+        "signal to exit p50 / p90 / max (s)": exit_times(
+            [r["seconds_to_exit"] for r in judged if "seconds_to_exit" in r]
         ),
     }
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1] if len(values) > 1 else values[0]
 
 
 def _odd(record: dict) -> bool:
-    expected = {"SIGINT": 130, "SIGTERM": 143}[record["signal"]]
+    expected = EXPECTED[record["signal"]]
     flags = ("hang", "traceback", "lock_left", "tmp_left", "partial_out", "orphans")
     return not record["finished_first"] and (
         record["status"] != expected
@@ -235,12 +284,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started as a shell's background job: so would grow be
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    spec = importlib.util.find_spec("grow_cli")
-    assert spec is not None and spec.origin is not None, "grow_cli is not importable: set PYTHONPATH"
-    print(f"grow from {Path(spec.origin).parent}", file=sys.stderr)
-    compileall.compile_dir(Path(spec.origin).parent, quiet=1)
+    prepare_grow()
     work = args.keep or Path(tempfile.mkdtemp(prefix="grow-interrupted-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("GROW_CACHE_DIR", str(work / "cache"))
