@@ -14,28 +14,35 @@ def script() -> None:
     """The `grow` command (`grow_cli.cli.script`), with the config child started first where the command asks it.
     A Ctrl-C or SIGTERM while the CLI is still being imported (its first ~0.3 s, before grow's own handling is in
     place) is the same one line as later, not a traceback of whichever import it landed in, nor (SIGTERM) a silent
-    death."""
-    from grow_cli.signals import (  # (standard library only: a few ms)
-        Terminated,
-        end_without_finalizing,
-        exit_with,
-        terminate_like_interrupt,
-    )
-
+    death; so is a Ctrl-C in the import of that handling itself. (One in the interpreter's own start-up, before this
+    function runs, is Python's.)"""
+    try:
+        from grow_cli.signals import (  # (standard library only: a few ms)
+            Terminated,
+            end_without_finalizing,
+            terminate_like_interrupt,
+        )
+    except KeyboardInterrupt:
+        _stopped(signal.SIGINT)
     end_without_finalizing()  # first: it must run after every other exit handler
     try:
         terminate_like_interrupt()
         start_config_child_early()
         from grow_cli.cli import script as run
     except (KeyboardInterrupt, Terminated) as exc:
-        from grow_cli.signals import forget_caught_interrupts, stopped_by
-
-        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-        sys.stderr.write(f"{stopped_by(signum)}\n")
-        forget_caught_interrupts()  # the import it landed in may have been making a dataclass (see there)
-        exit_with(128 + signum)
-        raise SystemExit(128 + signum) from None
+        _stopped(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     run()
+
+
+def _stopped(signum: int) -> None:
+    """End the process stopped by `signum` while the CLI was imported, with grow's one line and 128 + `signum` (raises
+    SystemExit)."""
+    from grow_cli.signals import exit_with, forget_caught_interrupts, stopped_by  # again, if the signal cut it short
+
+    sys.stderr.write(f"{stopped_by(signum)}\n")
+    forget_caught_interrupts()  # the import it landed in may have been making a dataclass (see there)
+    exit_with(128 + signum)
+    raise SystemExit(128 + signum) from None
 
 
 def start_config_child_early() -> None:

@@ -178,6 +178,34 @@ def test_ctrl_c_while_the_cli_is_still_imported_is_one_line():
     assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted (Ctrl-C)\n", "")
 
 
+def test_ctrl_c_while_grows_signal_handling_is_imported_is_one_line():
+    """The script's first import, grow's own handling of signals, was outside the `try` that turns a Ctrl-C during
+    start-up into grow's line: a Ctrl-C landing in it (~30 ms into a run, found by
+    benchmarks/interrupted_training.py) was a traceback of that import and Python's death by SIGINT."""
+    program = textwrap.dedent(
+        """
+        import signal, sys
+
+        class CtrlCInTheSignalsImport:  # asked for each module imported
+            fired = False
+
+            def find_spec(self, name, path=None, target=None):
+                if name == "grow_cli.signals" and not self.fired:
+                    self.fired = True
+                    signal.raise_signal(signal.SIGINT)
+                return None
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts ignoring it
+        sys.meta_path.insert(0, CtrlCInTheSignalsImport())
+        sys.argv = ["grow", "--version"]
+        from grow_cli import __main__ as entry
+        entry.script()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted (Ctrl-C)\n", "")
+
+
 def test_sigterm_while_the_cli_is_still_imported_is_one_line():
     """SIGTERM in the script's first ~0.3 s (before `grow_cli.cli.main` made it an exception) ended the process
     silently by the signal; it is the same one line and exit 143 as later."""
