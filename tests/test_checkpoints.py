@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import transformers as tf
@@ -184,6 +185,44 @@ def test_a_checkpoint_a_kill_left_half_saved_is_removed_by_the_next_run(paused, 
     assert code == 0, stderr
     assert "removed step_00000007, a checkpoint a killed run left half-saved" in " ".join(stderr.split())
     assert sorted(p.name for p in root.iterdir()) == ["step_00000002", "step_00000004", "step_00000006"]
+
+
+class _Killed(BaseException):
+    """A kill, in-process: the run stops where it is (no handler of grow's catches a BaseException of its own)."""
+
+
+@pytest.mark.parametrize("moment", ["after grow.json", "while grow.json is written"])
+def test_a_run_killed_as_it_writes_grow_json_ends_whole_with_resume_auto(tmp_path, capsys, monkeypatch, moment):
+    """grow.json marks a run finished (`--resume auto` then has nothing to do). It was written before the model
+    card, so a kill between the two (milliseconds; found by benchmarks/interrupted_training.py) left the finished
+    run without its README.md for good; and in place, so a kill as it was written left it empty, which `--resume
+    auto` refused as damaged. The card comes first now, and grow.json is written whole or not at all."""
+    from grow_cli.train import finish
+
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    out, budget = tmp_path / "out", ("--max-steps", 4, "--save-every", 2)
+    write_record = finish.write_record
+
+    def killed(folder, record):
+        if moment == "after grow.json":
+            write_record(folder, record)
+            raise _Killed
+
+        def opened_then_killed(path, *args, **kwargs):
+            path.open("w").close()
+            raise _Killed
+
+        monkeypatch.setattr(Path, "write_text", opened_then_killed)
+        write_record(folder, record)
+
+    monkeypatch.setattr(finish, "write_record", killed)
+    with pytest.raises(_Killed):
+        run_grow(train_args(model, data, out, *budget), capsys)
+    monkeypatch.undo()
+    code, _, stderr = run_grow(train_args(model, data, out, *budget, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    assert (out / "README.md").read_text().startswith("---\nlibrary_name: transformers")
+    assert json.loads((out / "grow.json").read_text())["stages"][-1]["end_step"] == 4
 
 
 def test_resume_auto_after_a_kill_before_the_first_checkpoint_starts_again(tmp_path, capsys):

@@ -21,6 +21,7 @@ from grow_cli.data.hub_origin import hub_dataset
 from grow_cli.errors import counted
 from grow_cli.growth.verify import compared_output
 from grow_cli.operators.registry import by_name
+from grow_cli.whole_file import write_whole
 
 PIPELINE_TAGS = {"bert": "fill-mask"}
 SECRET = re.compile(r"hf_[A-Za-z0-9]{8,}")
@@ -360,8 +361,9 @@ def _usage(meta: dict[str, Any], title: str) -> list[str]:
 
 
 def write_card(folder: Path, record: dict[str, Any], *, title: str | None = None) -> Path:
-    """Write README.md for `record` into `folder` and return its path; a path in it whose name is not UTF-8 (lone
-    surrogates in Python) is written escaped, `\\udcff`, as grow.json writes it."""
+    """Write README.md for `record` into `folder`, whole or not at all, and return its path; a path in it whose name
+    is not UTF-8 (lone surrogates in Python) is written escaped, `\udcff`, as grow.json writes it."""
     path = Path(folder) / "README.md"
-    path.write_text(render_card(record, title=title or Path(folder).name), errors="backslashreplace")
+    text = render_card(record, title=title or Path(folder).name)
+    write_whole(path, text.encode("utf-8", errors="backslashreplace"))
     return path

@@ -45,6 +45,7 @@ from grow_cli.json_shape import (
     read_checked,
 )
 from grow_cli.train.checkpoint_state import APOLLO_STAGES, MULTIPLIERS
+from grow_cli.whole_file import write_whole
 
 RECORD_FILE = "grow.json"
 FORMAT = "grow-record"
@@ -149,9 +150,10 @@ def append_stage(previous: dict[str, Any] | None, stage: dict[str, Any], model: 
 
 
 def write_record(folder: Path, record: dict[str, Any]) -> Path:
-    """Write `record` as `folder/grow.json` (pretty-printed, stable key order) and return its path."""
+    """Write `record` as `folder/grow.json` (pretty-printed, stable key order), whole or not at all, and return its
+    path: a run killed while writing it left an empty grow.json, which `--resume auto` refused as damaged."""
     path = Path(folder) / RECORD_FILE
-    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    write_whole(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -111,8 +111,8 @@ def finish(run: Run, ending: Ending, stopping: Callable[[], bool]) -> dict[str, 
         if "router" in summary:
             stage["router"] = summary["router"]
         record = append_stage(load_record(model), stage, model_summary(run, unwrapped, num_parameters))
-        write_record(out, record)
-        write_card(out, record)
+        write_card(out, record)  # before grow.json, the mark of a finished run (`finished_run`): a kill between the
+        write_record(out, record)  # two left a run that `--resume auto` called finished, its card never written
         summary["record"] = str(out / "grow.json")
     accelerator.wait_for_everyone()
     end_run(accelerator)
