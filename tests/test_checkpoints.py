@@ -191,6 +191,31 @@ class _Killed(BaseException):
     """A kill, in-process: the run stops where it is (no handler of grow's catches a BaseException of its own)."""
 
 
+def test_a_checkpoint_pruned_part_way_is_never_taken_for_a_whole_one(paused, capsys, monkeypatch):
+    """Pruning removed a checkpoint's files in the order its folder lists them, on some file systems the order they
+    were written, grow-state.json last: a kill part-way left a checkpoint that still said it was whole with its
+    files gone, kept for good beside the finished model. Its grow-state.json goes first now, so a kill leaves the
+    remains of a save, which the next run removes."""
+    from types import SimpleNamespace
+
+    from grow_cli.train import checkpoints
+
+    model, data, out, root = paused
+
+    def killed_after_one_file(folder):  # the listing's order reversed: grow-state.json last
+        max(Path(folder).iterdir()).unlink()
+        raise _Killed
+
+    monkeypatch.setattr(checkpoints, "shutil", SimpleNamespace(rmtree=killed_after_one_file))
+    with pytest.raises(_Killed):
+        checkpoints.prune(out, 1, 6)  # --keep-last 1 after step 6's save: step 2 goes
+    monkeypatch.undo()
+    assert [p.name for p in checkpoints.complete_checkpoints(out)] == ["step_00000004", "step_00000006"]
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    assert code == 0, stderr
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000004", "step_00000006"]
+
+
 @pytest.mark.parametrize("moment", ["after grow.json", "while grow.json is written"])
 def test_a_run_killed_as_it_writes_grow_json_ends_whole_with_resume_auto(tmp_path, capsys, monkeypatch, moment):
     """grow.json marks a run finished (`--resume auto` then has nothing to do). It was written before the model

@@ -190,10 +190,10 @@ def remove_unfinished(out: Path) -> list[str]:
 
 def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: int) -> Path:
     """Save the full training state at `state['step']` on every process, once every loss up to that step was found
-    finite; prune to the newest `keep_last` and the newest one a finite loss vouched for (`_prune`)."""
+    finite; prune to the newest `keep_last` and the newest one a finite loss vouched for (`prune`)."""
     path = checkpoint_root(out) / f"step_{state['step']:08d}"
     if accelerator.is_main_process and path.exists():
-        shutil.rmtree(path)  # a half-written save of this step from an interrupted run
+        _remove_checkpoint(path)  # a half-written save of this step from an interrupted run, or a damaged one
     accelerator.wait_for_everyone()
     with removed_unless_written(path, f"the checkpoint of step {state['step']}"):
         with _quiet_about_ties():
@@ -203,12 +203,12 @@ def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: in
             files = {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
             write_whole(path / STATE_FILE, json.dumps({**state, FILES_KEY: files}, indent=2) + "\n")
     if accelerator.is_main_process:
-        _prune(out, keep_last, state["step"])
+        prune(out, keep_last, state["step"])
     accelerator.wait_for_everyone()
     return path
 
 
-def _prune(out: Path, keep_last: int, saved_step: int) -> None:
+def prune(out: Path, keep_last: int, saved_step: int) -> None:
     """Remove all but the newest `keep_last` checkpoints and the newest one a finite loss vouched for: the one just
     saved at `saved_step` is vouched for by no loss yet, and should the run diverge from its weights, the one before
     it is what diverged.py names to resume from. So `keep_last` 1 keeps two once a second checkpoint is saved; with
@@ -219,7 +219,16 @@ def _prune(out: Path, keep_last: int, saved_step: int) -> None:
     kept = {*checkpoints[-keep_last:], *vouched_for(out, saved_step)[-1:]}
     for old in checkpoints:
         if old not in kept:
-            shutil.rmtree(old)
+            _remove_checkpoint(old)
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """Remove checkpoint `path`, its grow-state.json first: a kill part-way leaves the remains of a save, which the
+    next run removes (`remove_unfinished`), never a checkpoint that still says it is whole with files gone (rmtree
+    goes in the order the folder lists its files, on some file systems the order they were written: the state file
+    last)."""
+    (path / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(path)
 
 
 class _TiesDropped(logging.Filter):
