@@ -216,6 +216,17 @@ def test_a_checkpoint_pruned_part_way_is_never_taken_for_a_whole_one(paused, cap
     assert sorted(p.name for p in root.iterdir()) == ["step_00000004", "step_00000006"]
 
 
+def test_a_run_killed_between_a_save_and_its_pruning_keeps_no_checkpoint_too_many(paused, capsys):
+    """The save of step 6 then the pruning of step 2 (--keep-last 2), killed between: the resumed run pruned only at
+    its next save, and one that saves none (it resumed from its last checkpoint) kept the extra checkpoint, an
+    optimizer state as large as the model several times over, for good. The resumed run prunes as it resumes."""
+    model, data, out, root = paused  # steps 2, 4 and 6, as the kill leaves them
+    keep_two = ("--max-steps", 8, "--save-every", 2, "--keep-last", 2, "--resume", "auto")
+    code, _, stderr = run_grow(train_args(model, data, out, *keep_two), capsys)
+    assert code == 0, stderr
+    assert sorted(p.name for p in root.iterdir()) == ["step_00000004", "step_00000006"]
+
+
 @pytest.mark.parametrize("moment", ["after grow.json", "while grow.json is written"])
 def test_a_run_killed_as_it_writes_grow_json_ends_whole_with_resume_auto(tmp_path, capsys, monkeypatch, moment):
     """grow.json marks a run finished (`--resume auto` then has nothing to do). It was written before the model

@@ -35,6 +35,7 @@ from grow_cli.train.checkpoints import (
     described_change,
     load_checkpoint,
     precision_change,
+    prune,
     remove_unfinished,
     run_key_change,
     starts_fresh_scaler,
@@ -636,6 +637,8 @@ def resume(run: Run, checkpoint: Path) -> None:
     if change := precision_change(resumed, run.accelerator.mixed_precision, fresh_scaler):
         run.say(f"note: {change}")
     run.step, run.tokens = resumed["step"], resumed["tokens"]
+    if run.accelerator.is_main_process:  # a run killed between a save and its pruning left one checkpoint too many
+        prune(Path(run.config.out), run.config.keep_last, run.step)
     if run.apollo:
         run.apollo.resume_at(run.step)
     run.tracker.resume_step = run.step  # the metrics file drops lines from after the checkpoint
