@@ -362,7 +362,7 @@ def _usage(meta: dict[str, Any], title: str) -> list[str]:
 
 def write_card(folder: Path, record: dict[str, Any], *, title: str | None = None) -> Path:
     """Write README.md for `record` into `folder`, whole or not at all, and return its path; a path in it whose name
-    is not UTF-8 (lone surrogates in Python) is written escaped, `\udcff`, as grow.json writes it."""
+    is not UTF-8 (lone surrogates in Python) is written escaped, `\\udcff`, as grow.json writes it."""
     path = Path(folder) / "README.md"
     text = render_card(record, title=title or Path(folder).name)
     write_whole(path, text.encode("utf-8", errors="backslashreplace"))
