@@ -208,12 +208,16 @@ def script() -> None:
     The process ends with the command's exit status as soon as the last exit handler has run, skipping the
     interpreter's finalization (`signals.end_without_finalizing`). A Ctrl-C that lands while the exit handlers run
     ends the process at once (`signals.end_at_once_when_interrupted`), as does one that stopped the command while a
-    library's threads still work for it (`signals.leave_threads_behind`).
+    library's threads still work for it (`signals.leave_threads_behind`), and one that lands after the command has
+    finished but before that handling is in place: it left `main` as a KeyboardInterrupt (a traceback) and the
+    process ended with the command's status, 0 after a success, as if no Ctrl-C had come.
 
     With `--json`, stdout is kept for the JSON document (`console.keep_stdout_for_json`): libraries that print
     there would otherwise break it.
     """
     from grow_cli.signals import (
+        Terminated,
+        end_at_once,
         end_at_once_when_interrupted,
         end_if_threads_left_behind,
         end_without_finalizing,
@@ -226,13 +230,16 @@ def script() -> None:
 
         keep_stdout_for_json()
     try:
-        main()
-    except SystemExit as exc:
-        exit_with(0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1)
-        raise
-    finally:
-        end_at_once_when_interrupted()
-        end_if_threads_left_behind()
+        try:
+            main()
+        except SystemExit as exc:
+            exit_with(0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1)
+            raise
+        finally:
+            end_at_once_when_interrupted()
+            end_if_threads_left_behind()
+    except (KeyboardInterrupt, Terminated) as exc:  # `main` turns those of the command into its exit status
+        end_at_once(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 def main() -> None:

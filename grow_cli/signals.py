@@ -370,6 +370,12 @@ def stopped_by(signum: int) -> str:
 
 
 def _end_at_once(signum, frame) -> None:
+    end_at_once(signum)
+
+
+def end_at_once(signum: int) -> None:
+    """End the process now, the command having finished, with the line that `signum` stopped it as grow exited and
+    the signal's status: what the command printed is flushed first."""
     for stream in (sys.stdout, sys.stderr):  # what the command printed (its --json document) is not lost
         try:
             stream.flush()

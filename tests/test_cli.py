@@ -102,6 +102,37 @@ def test_an_interruption_while_python_exits_is_one_line(signum, line):
     assert done.returncode == 128 + signum
 
 
+@pytest.mark.parametrize(
+    "signum, line", [(signal.SIGINT, "interrupted (Ctrl-C)"), (signal.SIGTERM, "terminated (SIGTERM)")]
+)
+def test_an_interruption_as_the_command_returns_is_one_line(signum, line):
+    """A Ctrl-C landing after the command had finished but before the handling of an interruption while Python
+    exits was in place (a Ctrl-C the moment a train-stage run's grow.json appeared: found by
+    benchmarks/interrupted_training.py) left the script as a KeyboardInterrupt, a traceback, and the process ended
+    with the command's status, 0, as if none had come. It ends at once with one line and the signal's status."""
+    program = textwrap.dedent(
+        f"""
+        import signal, sys
+        import grow_cli.cli as cli
+        import grow_cli.signals as signals
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts ignoring it
+        take_over = signals.end_at_once_when_interrupted
+
+        def late():  # the signal lands as the command returns, before the exit's handling takes over
+            signal.raise_signal({int(signum)})
+            take_over()
+
+        signals.end_at_once_when_interrupted = late
+        sys.argv = ["grow", "--version"]
+        cli.script()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("grow ")  # the command's own output is flushed first
+    assert done.stderr.strip() == f"{line} as grow exited; the command had finished"
+    assert done.returncode == 128 + signum
+
+
 @pytest.mark.parametrize("args, code", [(["--version"], 0), (["inspect", "--nosuch"], 2)])
 def test_the_process_ends_with_the_commands_status_once_the_exit_handlers_ran(args, code):
     """After the exit handlers, CPython's own finalisation (a garbage collection over torch's objects, the C++
