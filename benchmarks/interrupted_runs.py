@@ -24,7 +24,8 @@ Linux only (it reads /proc). Run it from outside the checkout (it works in a tem
 test first on PYTHONPATH. A shell starts its background jobs with SIGINT ignored, which grow would inherit: the
 harness undoes that, so `... &` measures the same. Each run starts with the batch's grow cache (`GROW_CACHE_DIR` in
 the work folder; the first run fills it), or an empty one with `--cold-cache`. grow's modules are byte-compiled
-first, as `pip install` does. The machine's load average is printed with the counts.
+first, as `pip install` does. The machine's load average is printed with the counts. `interrupted_training.py` does
+the same for `grow train-stage` (and its `--resume auto`), with this script's signalling and checks.
 """
 
 from __future__ import annotations
@@ -109,12 +110,12 @@ def signal_after(
     """Send `signum` to `proc` (started in a session of its own) after `delay` seconds, unless it ended first, and
     wait for it to end: SIGINT and SIGKILL go to its whole process group, as a terminal's Ctrl-C and `kill -9 -PGID`
     reach it, SIGTERM to `proc` alone, as `kill` and `timeout` send it. With `once`, the delay counts from the
-    moment `once()` first holds (polled every 2 ms). `before(proc)` runs just before the signal. Returns
+    moment `once()` first holds (polled every 0.5 ms). `before(proc)` runs just before the signal. Returns
     `finished_first` (it ended, or was already exiting, before the signal came: nothing to judge),
     `seconds_to_exit`, or `hang` when it outlived `timeout` seconds after the signal (then, with `stacks`, it is
     sent SIGABRT, which prints every thread's stack under PYTHONFAULTHANDLER, and killed)."""
     while once is not None and proc.poll() is None and not once():
-        time.sleep(0.002)
+        time.sleep(0.0005)
     try:
         proc.wait(timeout=delay)
         return {"finished_first": True}

@@ -24,16 +24,19 @@ Just before the signal, SIGUSR1 makes faulthandler (registered by a sitecustomiz
 run's PYTHONPATH) write grow's stacks, from which the phase the signal landed in is read (`PHASES`). In `--twice`
 of the runs, the `--resume auto` that continues it is interrupted in the same way.
 
-Checked after SIGINT or SIGTERM: exit 130 or 143 within `--timeout` s, one line on stderr, no traceback; every
-step trained and logged kept in a checkpoint (or the final model), and the checkpoint the line names there; nothing
-temporary left: the run's folder holds OUT and its caches only, its TMPDIR is empty (torch's own inductor cache
-aside), the token cache holds whole entries only (the reference's cache unchanged), OUT holds only names the
-reference's OUT holds; every checkpoint folder complete and loading (grow-state.json, the safetensors and the torch
-files); no process of its group alive 5 s later. After SIGKILL only the group's end is checked: what it left is for
-the next run to clean up. At the end `--resume auto` must exit 0 without a traceback, leave nothing temporary,
-every checkpoint whole and no more of them than the reference keeps; OUT's names, config, tokenizer, card and
-grow.json (but its times) must be the reference's, metrics.jsonl's numbers too, and model.safetensors's tensors
-equal to the reference's, bit for bit. A run that ended before its signal is not judged, but resumed all the same.
+Checked after SIGINT or SIGTERM: exit 130 or 143 within `--timeout` s, one line on stderr (after the notes that a
+resumed run gives under --quiet, such as a damaged checkpoint skipped), no traceback; every step trained and logged
+kept in a checkpoint (or the final model), and the checkpoint the line names there; nothing temporary left: the
+run's folder holds OUT and its caches only, its TMPDIR is empty (torch's own inductor cache aside), the token cache
+holds whole entries only (the reference's cache unchanged), OUT holds only names the reference's OUT holds; every
+checkpoint folder complete and loading (grow-state.json, the safetensors and the torch files); no process of its
+group alive 5 s later. After SIGKILL only the group's end is checked: what it left is for the next run to clean up.
+At the end `--resume auto` must exit 0 without a traceback, leave nothing temporary, every checkpoint whole and no
+more of them than the reference keeps; OUT's names, config, tokenizer, card and grow.json (but its times) must be
+the reference's, metrics.jsonl's numbers too, and model.safetensors's tensors equal to the reference's, bit for bit.
+A run that ended before its signal is not judged, but resumed all the same. A signal in the interpreter's own
+start-up, before grow's first line runs, meets Python's handling (a traceback, a silent death by SIGTERM), which
+grow cannot change: the runs wrong only there are counted apart.
 
 Each wrong outcome is printed as it happens, with its signals, moments and phases and the options that replay it
 (`--seed S --first N --runs 1`: the same draws; the moment depends on the machine's load); with `--log`, every run
@@ -83,6 +86,7 @@ PHASES = (
     ("grow_cli/train/preflight.py", None, "preflight"),
     ("grow_cli/train/loop.py", None, "claim and end of the command"),
 )
+PYTHONS = "interpreter start-up"  # before grow's first line: Python's own handling of the signals (a traceback, death)
 FRAME = re.compile(r'File "(.+)", line \d+ in (\S+)')
 SITECUSTOMIZE = """import faulthandler, os, signal
 faulthandler.register(signal.SIGUSR1, open(os.path.join(os.environ["GROW_STACKS"], f"{os.getpid()}.txt"), "w"))
@@ -202,6 +206,21 @@ def _landmarks_now(out: Path, cache: Path) -> list[str]:
     return found
 
 
+def reached(landmark: str, out: Path, cache: Path) -> bool:
+    """Whether a run has reached `landmark` (one of `_landmarks_now`'s), checked at its one path: fast enough to
+    poll every half millisecond, so that a signal lands in the few milliseconds between two of them."""
+    if landmark in ("tokenizing", "tokens cached"):
+        suffix = ".tmp" if landmark == "tokenizing" else ".json"
+        with contextlib.suppress(OSError):
+            return any(p.name.endswith(suffix) for p in cache.iterdir())
+        return False
+    step = landmark.split()[0]
+    path = {"first step": "metrics.jsonl", "model staging": MODEL_STAGING}.get(landmark, landmark)
+    if landmark.startswith("step_"):
+        path = f"checkpoints/{step}" + ("/grow-state.json" if landmark.endswith("saved") else "")
+    return os.path.exists(out / path)
+
+
 def names(folder: Path) -> set[str]:
     """The paths under `folder`, relative to it, each checkpoint's step written `step_N`."""
     if not folder.is_dir():
@@ -289,7 +308,7 @@ def _interrupt(
         record["phase"] = _phase(proc, stacks)
 
     def once() -> bool:  # the landmark reached, and not before --min-delay (it may be there from an earlier run)
-        return time.monotonic() - started >= args.min_delay and near in _landmarks_now(folder / "out", cache)
+        return time.monotonic() - started >= args.min_delay and reached(near, folder / "out", cache)
 
     wait = grace or args.timeout
     record.update(
@@ -316,11 +335,11 @@ def _phase(proc: subprocess.Popen, stacks: Path | None) -> str:
     if caught is None:
         return "ended before"
     if not caught & (1 << (signal.SIGUSR1 - 1)):
-        return "interpreter start-up"  # sitecustomize has not run yet
+        return PYTHONS  # sitecustomize has not run yet
     os.kill(proc.pid, signal.SIGUSR1)
     file, deadline = stacks / f"{proc.pid}.txt", time.monotonic() + 0.2
     while time.monotonic() < deadline and not (file.is_file() and file.stat().st_size):
-        time.sleep(0.002)
+        time.sleep(0.0002)
     return phase_of(file.read_text() if file.is_file() else "")
 
 
@@ -349,7 +368,7 @@ def phase_of(stacks: str) -> str:
     importing = any("importlib" in file for file, _ in frames)
     if any("grow_cli" in file for file, _ in frames) or (importing and "  ..." in main):
         return "start-up" if importing else "CLI (options, the last line)"
-    return "interpreter start-up" if any("runpy" in f or f.endswith("site.py") for f, _ in frames) else "exit"
+    return PYTHONS if any("runpy" in f or f.endswith("site.py") for f, _ in frames) else "exit"
 
 
 def _judge_interrupted(record: dict, setup: Setup, folder: Path, cache: Path, fresh: bool, *, tidy: bool) -> list[str]:
@@ -359,7 +378,8 @@ def _judge_interrupted(record: dict, setup: Setup, folder: Path, cache: Path, fr
         problems.append("hang")
     elif record["status"] != EXPECTED[record["signal"]]:
         problems.append(f"exit {record['status']}")
-    verdict = stderr_verdict(record["stderr"])
+    # The notes a resumed run gives under --quiet (a damaged checkpoint skipped, a killed run's start again) come first
+    verdict = stderr_verdict("\n".join(line for line in record["stderr"].splitlines() if not line.startswith("note: ")))
     if verdict["traceback"]:
         problems.append("traceback")
     if verdict["lines"] != 1:
@@ -516,8 +536,14 @@ def summary(records: list[dict]) -> dict:
     phases, wrong_phases = (collections.Counter(i["phase"] for i in group) for group in (judged, wrongly))
     kinds = collections.Counter(_kind(p) for r in wrong for p in _problems(r))
     times = [i["seconds_to_exit"] for i in judged if "KILL" not in i["signal"] and "seconds_to_exit" in i]
+    pythons = [
+        r
+        for r in wrong
+        if not r["resume_problems"] and all(i["phase"] == PYTHONS for i in r["interruptions"] if i["problems"])
+    ]
     return {
         "wrong outcomes": len(wrong),
+        f"of them only in the {PYTHONS} (Python's)": len(pythons),
         "runs": len(records),
         "interruptions": len(interruptions),
         "ended before the signal": len(interruptions) - len(judged),
