@@ -96,7 +96,7 @@ def estimate(source: Path, args: list[str], work: Path) -> int | None:
     """The plan's estimated peak memory of `grow expand SOURCE … args` (--dry-run --json)."""
     command = [sys.executable, "-m", "grow_cli", "expand", str(source), str(work / "dry"), *args, "--dry-run", "--json"]
     done = subprocess.run(command, capture_output=True, text=True)
-    return json.loads(done.stdout)["plan"]["estimated_peak_memory_bytes"] if done.returncode == 0 else None
+    return json.loads(done.stdout)["estimated_peak_memory_bytes"] if done.returncode == 0 else None
 
 
 EXPANDS = [  # (label, arguments)

@@ -96,7 +96,7 @@ def verify_row(label: str, report: dict[str, Any], seconds: float, **extra: Any)
     check = report["verify"]
     return {
         "run": label,
-        "params_M": round(report["target_shape"]["num_parameters"] / 1e6, 1),
+        "params_M": round(report["target"]["num_parameters"] / 1e6, 1),
         "exact_claimed": report["function_preserving"],
         "passed": check["passed"],
         "max_abs_logit_diff": check["max_abs_logit_diff"],

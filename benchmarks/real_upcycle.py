@@ -58,7 +58,7 @@ def main() -> None:
             rows.append({"run": label, **report})
             continue
         text = greedy(out)
-        active = round(report["target_shape"]["active_parameters"] / 1e6, 1)
+        active = round(report["target"]["active_parameters"] / 1e6, 1)
         rows.append(verify_row(label, report, seconds, active_M=active, text_same=text == reference, text=text))
         shutil.rmtree(out, ignore_errors=True)
     print(json.dumps({"reference_text": reference, "rows": rows}, indent=2))

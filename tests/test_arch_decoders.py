@@ -53,7 +53,7 @@ def grow(sources, reference, tmp_path, name, *, generate=False, verify=False, **
 @pytest.mark.parametrize("name", NAMES)
 def test_identity_depth_growth_is_exact_and_generates(sources, reference, tmp_path, name):
     report, gap, same = grow(sources, reference, tmp_path, name, layers=6, depth_method="identity", generate=True)
-    assert report["function_preserving"] is True and report["target_shape"]["layers"] == 6
+    assert report["function_preserving"] is True and report["target"]["layers"] == 6
     assert gap <= EXACT, gap
     assert same, "greedy continuation changed"
 
@@ -61,7 +61,7 @@ def test_identity_depth_growth_is_exact_and_generates(sources, reference, tmp_pa
 @pytest.mark.parametrize("name", NAMES)
 def test_fpi_doubling_is_exact_and_generates(sources, reference, tmp_path, name):
     report, gap, same = grow(sources, reference, tmp_path, name, width_factor=2, generate=True)
-    assert report["function_preserving"] is True and report["target_shape"]["hidden_size"] == 64
+    assert report["function_preserving"] is True and report["target"]["hidden_size"] == 64
     assert gap <= EXACT, gap
     assert same, "greedy continuation changed"
 
@@ -130,7 +130,7 @@ def test_gemma2_identity_with_a_plain_zero_post_norm_gain_is_caught(sources, ref
 
 def test_olmo2_head_maps_are_tiled_under_its_all_heads_norms(sources, reference, tmp_path, monkeypatch):
     report = expand(str(sources["olmo2"]), None, GrowthSpec(width_factor=2), dry_run=True, quiet=True)
-    assert report["plan"]["width"]["maps"]["heads"]["kind"] == "tiled"
+    assert report["width"]["maps"]["heads"]["kind"] == "tiled"
     # uneven head copies (4 → 6 in 2 groups, hidden ×3) cannot be exact under a norm over all heads: said, measured
     report, gap, _ = grow(sources, reference, tmp_path, "olmo2", hidden_size=96, num_heads=6, num_kv_heads=2)
     assert report["function_preserving"] is False and "q_norm/k_norm" in report["width"]["exactness"]

@@ -37,17 +37,18 @@ def test_cli_plan_json(cli):
     assert small["num_hidden_layers"] == layers // 4
     assert report["stacking"]["growth_factor"] == round(layers / small["num_hidden_layers"], 2)
     members = report["family"]["members"]
-    assert len(members) == 4 and members[-1]["params"] == pytest.approx(report["target"]["config"]["num_parameters"])
+    target = report["target"]["config"]["num_parameters"]
+    assert len(members) == 4 and members[-1]["num_parameters"] == pytest.approx(target)
     assert [m["max_lr"] for m in members] == sorted((m["max_lr"] for m in members), reverse=True)
 
 
 def test_ledger_arithmetic():
     members = [
-        {"params": 1e9, "layers": 16, "attention_width": 2048, "tokens": 40e9},
-        {"params": 2e9, "layers": 16, "attention_width": 2816, "tokens": 80e9},
+        {"num_parameters": 1e9, "layers": 16, "attention_width": 2048, "tokens": 40e9},
+        {"num_parameters": 2e9, "layers": 16, "attention_width": 2816, "tokens": 80e9},
     ]
     book = family_ledger(members, seq_len=1024, new_token_fraction=0.5)
-    per_token = [6 * m["params"] + 12 * m["layers"] * m["attention_width"] * 1024 for m in members]
+    per_token = [6 * m["num_parameters"] + 12 * m["layers"] * m["attention_width"] * 1024 for m in members]
     independent = per_token[0] * 40e9 + per_token[1] * 80e9
     progressive = per_token[0] * 40e9 + per_token[1] * 40e9
     assert book["independent_flops"] == pytest.approx(independent)
@@ -114,9 +115,9 @@ def test_the_target_trains_on_the_tokens_given(cli):
     """`--target 8B` is planned as the nearest Llama shape, 7.95B parameters; its row trains on the 320B tokens asked
     for, not 318B (tokens were scaled by 7.95B / 8B), and the smaller members scale from that shape's count."""
     members = plan(8e9, 320e9, family=[1e9, 2e9, 4e9, 8e9])["family"]["members"]
-    assert members[-1]["tokens"] == 320e9 and members[-1]["params"] != 8e9
+    assert members[-1]["tokens"] == 320e9 and members[-1]["num_parameters"] != 8e9
     for member in members:
-        assert member["tokens"] == pytest.approx(320e9 * member["params"] / members[-1]["params"])
+        assert member["tokens"] == pytest.approx(320e9 * member["num_parameters"] / members[-1]["num_parameters"])
     table = cli("plan", "--target", "8B", "--tokens", "320B", "--family", "1B,2B,4B,8B").stdout
     assert re.search(r"│ 7\.95B +│ [0-9]+ × 4096 +│ 32/32 × 128 +│ 11008 +│ 320B +│", table), table
 
@@ -142,7 +143,7 @@ def test_the_ledger_shows_each_members_heads_and_ffn(cli, tmp_path):
     assert "heads (q/kv × dim)" in result.stdout and "FFN" in result.stdout
     members = json.loads(cli(*args, "--json").stdout)["family"]["members"]
     rows = [
-        (m["layers"], m["hidden"], m["config"]["num_attention_heads"], m["config"]["intermediate_size"])
+        (m["layers"], m["hidden_size"], m["config"]["num_attention_heads"], m["config"]["intermediate_size"])
         for m in members
     ]
     assert rows == [(1, 768, 12, 2048), (4, 768, 12, 2048), (8, 1024, 16, 2816)]  # 12 query heads: 3 KV groups
@@ -176,7 +177,7 @@ def test_guideline_says_when_it_does_not_apply(cli):
 
 def test_family_sizes_that_round_to_one_shape_are_listed_once():
     result = plan(135e6, 2e12)
-    shapes = [(m["layers"], m["hidden"]) for m in result["family"]["members"]]
+    shapes = [(m["layers"], m["hidden_size"]) for m in result["family"]["members"]]
     assert len(shapes) == len(set(shapes)) == 3  # 1/8 and 1/4 of 135M are both one 768-wide layer
     assert len(result["family"]["notes"]) == 1 and "same 1 × 768 shape" in result["family"]["notes"][0]
     assert plan(8e9, 1e12)["family"]["notes"] == []
@@ -253,8 +254,9 @@ def test_the_target_is_always_the_familys_last_member(family, left_out):
     report = plan(LLAMA31_8B, "15T", family=family)
     members, notes = report["family"]["members"], report["family"]["notes"]
     last = members[-1]
-    assert (last["params"], last["layers"], last["hidden"], last["tokens"]) == (8_030_261_248, 32, 4096, 15e12)
-    assert len(members) == 4 and all(m["params"] < 4.5e9 for m in members[:-1]), members
+    shown = (last["num_parameters"], last["layers"], last["hidden_size"], last["tokens"])
+    assert shown == (8_030_261_248, 32, 4096, 15e12)
+    assert len(members) == 4 and all(m["num_parameters"] < 4.5e9 for m in members[:-1]), members
     assert any("the target is the family's last member" in note for note in notes) == left_out, notes
 
 
@@ -354,10 +356,10 @@ def test_family_members_of_a_target_folder_never_outgrow_it(cli, tmp_path):
     keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "tie_word_embeddings")
     target = {k: SMOLLM2_CONFIG[k] for k in keys} | {"num_parameters": 134_515_008}
     members = plan(target, 1e12, family=[40e6, 80e6, 134_515_008])["family"]["members"]
-    assert [m["hidden"] for m in members] == [576, 576, 576]
+    assert [m["hidden_size"] for m in members] == [576, 576, 576]
     assert [m["layers"] for m in members] == sorted(m["layers"] for m in members) and members[-1]["layers"] == 30
     embeddings, per_layer = 49152 * 576, 4 * 576 * 576 + 3 * 576 * 1536 + 2 * 576
-    assert members[0]["params"] == embeddings + members[0]["layers"] * per_layer + 576  # one tied matrix
+    assert members[0]["num_parameters"] == embeddings + members[0]["layers"] * per_layer + 576  # one tied matrix
 
 
 def test_plan_from_python_takes_what_the_command_takes(tmp_path):
@@ -472,7 +474,8 @@ def test_each_family_member_grows_into_the_next(family):
     chosen per size alone gave 1B as 17 × 2048 and 2B as 16 × 3072, a step no growth takes."""
     members = plan(8e9, 320e9, family=family)["family"]["members"]
     for smaller, larger in itertools.pairwise(members):
-        assert smaller["layers"] <= larger["layers"] and smaller["hidden"] <= larger["hidden"], (smaller, larger)
+        assert smaller["layers"] <= larger["layers"], (smaller, larger)
+        assert smaller["hidden_size"] <= larger["hidden_size"], (smaller, larger)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 1, 16])  # GQA (4 query heads per KV head), MQA, MHA
@@ -504,9 +507,9 @@ def test_grows_own_planner_grows_each_member_of_a_family_into_the_next(tmp_path,
     ) | {"num_key_value_heads": kv_heads}
     (tmp_path / "config.json").write_text(json.dumps(target))
     members = plan(str(tmp_path), "10B", family=["10M", "30M"])["family"]["members"]
-    assert [(m["layers"], m["hidden"]) for m in members] == [(1, 768), (4, 768), (8, 1024)]
+    assert [(m["layers"], m["hidden_size"]) for m in members] == [(1, 768), (4, 768), (8, 1024)]
     for member in members:
-        assert built(config_of(member["config"]))[1] == member["params"], member["config"]
+        assert built(config_of(member["config"]))[1] == member["num_parameters"], member["config"]
     flags = {  # each config key's `grow expand` option, as a GrowthSpec field
         "hidden_size": "hidden_size",
         "intermediate_size": "intermediate_size",

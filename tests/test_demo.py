@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from doc_keys import json_output_problems
 
 
 @pytest.mark.slow
@@ -21,10 +22,15 @@ def test_demo_grows_the_packaged_minilm(cli, tmp_path, monkeypatch):
     result = cli("demo", tmp_path / "demo", "--json")
     assert result.code == 0, result.stderr
     assert "growing" in terminal.file.getvalue()
-    wide, deep = json.loads(result.stdout)
-    assert wide["target_shape"]["hidden_size"] == 768 and wide["verify"]["passed"] is True
+    shown = json.loads(result.stdout)
+    assert json_output_problems("`grow demo`", shown) == []
+    assert shown["out"] == str(tmp_path / "demo") and [s["out"] for s in shown["stages"]] == [
+        str(tmp_path / "demo" / stage) for stage in ("wide", "wide-deep")
+    ]
+    wide, deep = shown["stages"]
+    assert wide["target"]["hidden_size"] == 768 and wide["verify"]["passed"] is True
     assert wide["verify"]["max_abs_logit_diff"] < 1e-4 * max(1.0, wide["verify"]["output_scale"])
-    assert deep["target_shape"]["layers"] == 12 and deep["verify"]["passed"] is None
+    assert deep["target"]["layers"] == 12 and deep["verify"]["passed"] is None
     record = json.loads((tmp_path / "demo" / "wide-deep" / "grow.json").read_text())
     assert [(s["width"] or {}).get("method") for s in record["stages"]] == ["fpi", None]
     assert [(s["depth"] or {}).get("method") for s in record["stages"]] == [None, "stack"]

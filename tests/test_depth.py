@@ -45,7 +45,7 @@ def test_depth_growth_loads_and_copies_intended_layers(tiny_checkpoints, tmp_pat
     out = tmp_path / "out"
     layer_map = report["depth"]["layer_map"]
     assert len(layer_map) == 6
-    assert report["files"]["shards"] > 1  # the sharded writer path ran
+    assert len(report["files"]["shards"]) > 1  # the sharded writer path ran
 
     model = MODEL_CLASSES[name].from_pretrained(out).eval()
     assert model.config.num_hidden_layers == len(layer_map)

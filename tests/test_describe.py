@@ -17,7 +17,7 @@ def test_inspect_json(cli, tiny_checkpoints):
     assert (info["num_heads"], info["num_kv_heads"], info["head_dim"]) == (4, 2, 8)
     assert info["tie_word_embeddings"] is True and info["vocab_size"] == 96
     assert info["dtypes"] == {"F32": info["tensors"]}
-    assert len(info["files"]) > 1 and all(f["bytes"] > 0 for f in info["files"])
+    assert len(info["files"]) > 1 and all(f["size"] > 0 for f in info["files"])
     depth = {m["method"]: m["applies"] for m in info["methods"]["depth"]}
     assert depth["identity"] is True
     # 4 layers × (2 norms + 7 linears) + embedding + final norm; the tied head is not counted twice

@@ -23,7 +23,7 @@ def test_dry_run_writes_nothing_and_lists_every_tensor(cli, tiny_checkpoints, tm
         "--json",
     )
     assert result.code == 0, result.stderr
-    plan = json.loads(result.stdout)["plan"]
+    plan = json.loads(result.stdout)
     assert not (tmp_path / "out").exists()
     assert plan["target"]["layers"] == 6 and plan["target_config"]["num_hidden_layers"] == 6
     assert plan["depth"]["layer_map"] == [0, 1, 1, 2, 3, 3]
@@ -31,11 +31,11 @@ def test_dry_run_writes_nothing_and_lists_every_tensor(cli, tiny_checkpoints, tm
     assert sorted(zeros) == sorted(
         f"model.layers.{j}.{p}.weight" for j in (2, 5) for p in ("self_attn.o_proj", "mlp.down_proj")
     )
-    assert plan["estimated_peak_memory_bytes"] > 0 and plan["output_bytes"] > 0
+    assert plan["estimated_peak_memory_bytes"] > 0 and plan["files"]["bytes"] > 0
     human = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "6", "--dry-run")
     assert "plan" in human.stdout and not (tmp_path / "out").exists()
     assert " in 1 shard; estimated peak memory " in human.stdout
-    source_params = plan["source"]["num_parameters"]  # a tiny model's count reads in K, where it read "0.0M params"
+    source_params = plan["source"]["shape"]["num_parameters"]  # a tiny count reads in K, where it read "0.0M params"
     assert source_params < 1e5 and f", {source_params / 1e3:.3g}K params\n" in human.stdout, human.stdout
     # The table shows the first and last 20 tensors, and marks where it leaves the others out (it showed them back
     # to back and said so below the table); each row is one line naming its tensor and source whole, where at 80
@@ -52,7 +52,7 @@ def test_expand_json_report_and_outputs(cli, tiny_checkpoints, tmp_path):
     result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "8", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["target_shape"]["layers"] == 8
+    assert report["target"]["layers"] == 8
     out = tmp_path / "out"
     record = json.loads((out / "grow.json").read_text())
     stage = record["stages"][-1]
@@ -83,7 +83,7 @@ def test_json_keeps_the_progress_on_stderr(cli, tiny_checkpoints, tmp_path, monk
     args = ("-q",) if quiet else ()
     result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "6", "--json", *args)
     assert result.code == 0, result.stderr
-    assert json.loads(result.stdout)["target_shape"]["layers"] == 6  # the whole of stdout is one JSON document
+    assert json.loads(result.stdout)["target"]["layers"] == 6  # the whole of stdout is one JSON document
     assert ("growing" in terminal.file.getvalue()) is not quiet
 
 
@@ -254,8 +254,8 @@ def test_casts_reuse_two_buffers(tiny_checkpoints, tmp_path, monkeypatch):
     report = executor.expand(str(tiny_checkpoints("llama")), None, GrowthSpec(layers=6, dtype="bf16"), dry_run=True)
     executor.expand(str(tiny_checkpoints("llama")), tmp_path / "out", GrowthSpec(layers=6, dtype="bf16"), quiet=True)
     assert seen and all(seen)
-    largest = max(math.prod(t["shape"]) * 2 for t in report["plan"]["tensors"])  # every tensor is cast to bf16
-    assert report["plan"]["estimated_peak_memory_bytes"] >= 2 * largest
+    largest = max(math.prod(t["shape"]) * 2 for t in report["tensors"])  # every tensor is cast to bf16
+    assert report["estimated_peak_memory_bytes"] >= 2 * largest
 
 
 def test_a_failed_background_write_stops_the_run(cli, tiny_checkpoints, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from doc_keys import json_output_problems
 from safetensors.torch import load_file, save_file
 from tinylm import FRESH_CONFIG, save_tiny_lm, write_plays
 
@@ -68,7 +69,7 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     second = cli("family", path, "-q", "--json")
     assert second.code == 0, second.stderr
     report = json.loads(second.stdout)
-    assert report["status"] == "done"
+    assert report["status"] == "done" and json_output_problems("`grow family`", report) == []
     assert small_marker.stat().st_mtime_ns == small_mtime  # finished member skipped
     assert "finished earlier" not in second.stderr and "(2/2)" not in second.stderr
     big = json.loads((run / "big" / "member.json").read_text())
@@ -313,6 +314,7 @@ def test_an_unfinished_member_grown_with_settings_edited_since_is_refused_naming
     top = dict(out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
     path = write_recipe(tmp_path, [small, {**big, "train": {"max_steps": 3, "exit_interval": 1}}], **top)
     paused = cli("family", path, "--json")  # paused in big, after its grown/ was made: exit 3 with --json too
+    assert json_output_problems("`grow family`, paused", json.loads(paused.stdout)) == []
     assert paused.code == 3 and json.loads(paused.stdout) == {
         "status": "paused",
         "member": "big",

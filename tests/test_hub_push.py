@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import yaml
+from doc_keys import json_output_problems
 from fake_hub import (  # noqa: F401 (fixtures)
     TOKEN,
     client_env,
@@ -192,6 +193,7 @@ def test_a_commit_that_cannot_be_read_back_is_still_a_push(fake_hub, grown, cli,
     result = cli("push", grown, "acme/tiny-grown", "--token", TOKEN, "--json")
     assert result.code == 0, result.stderr
     shown = json.loads(result.stdout)
+    assert json_output_problems("`grow push`", shown) == []  # files and unchanged null
     head = fake_hub.head("acme/tiny-grown")
     assert shown["commit"] == head.oid and shown["changed"] is True
     assert shown["files"] is None and shown["unchanged"] is None
@@ -214,6 +216,7 @@ def test_expand_push_to_hub_says_a_commit_not_read_back(fake_hub, tiny_checkpoin
     shown = cli(*expand[:2], tmp_path / "json", *expand[2:], "--json", "-q")
     assert shown.code == 0, shown.stderr
     assert json.loads(shown.stdout)["push"]["files"] is None
+    assert json_output_problems("`grow expand`", json.loads(shown.stdout)) == []
     assert shown.stderr.strip().splitlines()[-1].startswith(note) and "the push succeeded" in shown.stderr
     human = cli(*expand[:2], tmp_path / "human", *expand[2:], "-q")
     assert human.code == 0 and note in human.stderr, human.stderr
@@ -414,6 +417,7 @@ def test_cli_push_json_and_token_never_leaks(fake_hub, grown, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
+    assert json_output_problems("`grow push`", result) == []
     assert result["repo_id"] == "acme/tiny-grown" and result["revision"] == "stage-1" and result["private"]
     assert fake_hub.head("acme/tiny-grown", "stage-1").message == "from the CLI"
     assert TOKEN not in proc.stdout + proc.stderr
@@ -459,7 +463,7 @@ def test_cli_help_has_examples():
 
 def test_train_stage_push_to_hub(fake_hub, tmp_path, capfd):
     """`grow train-stage --push-to-hub` uploads the trained folder (with its train stage) once it is complete. Its
-    commit cannot be read back here: the push succeeds with `hub.files` null, and `grow push`'s note says why (it
+    commit cannot be read back here: the push succeeds with `push.files` null, and `grow push`'s note says why (it
     used to say nothing). It runs in this process (a process of its own costs CI seconds and shows nothing more
     here: the push's own process is tested above); capfd also holds what libraries write to the file descriptors,
     as a subprocess's pipes would. One step, its final state kept (--save-final-state): the commit message counts
@@ -477,7 +481,8 @@ def test_train_stage_push_to_hub(fake_hub, tmp_path, capfd):
     code, stdout, stderr = run_grow(["train-stage", *args], capfd)
     assert code == 0, stderr
     assert TOKEN not in stdout + stderr
-    assert json.loads(stdout)["hub"]["files"] is None
+    assert json.loads(stdout)["push"]["files"] is None
+    assert json_output_problems("`grow train-stage`", json.loads(stdout)) == []
     note = "note: pushed to acme/trained (branch main), but which files its commit sent could not be read back"
     assert note in stderr and "the push succeeded" in stderr, stderr
     remote = fake_hub.files("acme/trained")

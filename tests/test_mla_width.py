@@ -81,7 +81,7 @@ def test_width_factor_grows_hidden_and_ffns_and_says_what_it_keeps(cli, sources,
     result = cli(*args, "--noise-snr-db", "10", "--verify", "--json", "--shard-size", "40KB")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    shape = report["target_shape"]
+    shape = report["target"]
     assert (shape["hidden_size"], shape["num_heads"], shape["expert_intermediate_size"]) == (64, 4, 32)
     assert shape["config_spaces"] == inspect(str(sources["deepseek_v3"]))["config_spaces"]
     assert report["verify"]["passed"] is True and report["verify"]["max_abs_logit_diff"] <= EXACT

@@ -15,6 +15,7 @@ import re
 import pytest
 import torch
 from behaviour import behaviour, compare, tensors
+from doc_keys import json_output_problems
 from tiny_moe import NAMES, model_class, probe_ids, save
 
 from grow_cli.growth.describe import inspect
@@ -59,7 +60,7 @@ def tensor_names(folder) -> set[str]:
 @pytest.mark.parametrize("key", [*NAMES, "qwen2_moe-fused"])
 def test_identity_depth_growth_is_exact_and_generates(sources, reference, tmp_path, key):
     report, gap, same, out = grow(sources, reference, tmp_path, key, layers=6, depth_method="identity", generate=True)
-    assert report["function_preserving"] is True and report["target_shape"]["layers"] == 6
+    assert report["function_preserving"] is True and report["target"]["layers"] == 6
     assert gap <= EXACT, gap
     assert same, "greedy continuation changed"
     # every expert of a new layer (and the shared expert) writes nothing: their output projections are zero
@@ -72,8 +73,8 @@ def test_identity_depth_growth_is_exact_and_generates(sources, reference, tmp_pa
 @pytest.mark.parametrize("key", [*NAMES, "qwen2_moe-fused"])
 def test_fpi_doubling_keeps_every_router_decision_and_is_exact(sources, reference, tmp_path, key):
     report, gap, same, _ = grow(sources, reference, tmp_path, key, width_factor=2, generate=True)
-    assert report["function_preserving"] is True and report["target_shape"]["hidden_size"] == 64
-    assert report["target_shape"]["num_experts"] == 4  # the expert count is not a width
+    assert report["function_preserving"] is True and report["target"]["hidden_size"] == 64
+    assert report["target"]["num_experts"] == 4  # the expert count is not a width
     assert gap <= EXACT, gap
     assert same
 
@@ -90,7 +91,7 @@ def test_zero_widening_of_every_ffn_is_exact(sources, reference, tmp_path, key):
     source = inspect(str(sources[key]))
     ffn = 2 * source["intermediate_size"]
     report, gap, _, _ = grow(sources, reference, tmp_path, key, width_method="zero", intermediate_size=ffn)
-    shape = report["target_shape"]
+    shape = report["target"]
     assert report["function_preserving"] is True and gap <= EXACT, gap
     assert shape["expert_intermediate_size"] == 2 * source["expert_intermediate_size"]  # experts grow like the FFN
     assert shape["shared_intermediate_size"] == 2 * source["shared_intermediate_size"]
@@ -161,11 +162,13 @@ def test_grow_plan_charges_an_moe_target_its_active_parameters(cli, tmp_path):
     )  # fmt: skip
     tf.MixtralForCausalLM(config).save_pretrained(tmp_path / "mixtral")
     info = inspect(str(tmp_path / "mixtral"))
+    assert json_output_problems("`grow inspect`", info) == []  # an MoE's keys
     total, active = info["num_parameters"], info["active_parameters"]
     assert active < total / 2
     result = cli("plan", "--target", tmp_path / "mixtral", "--tokens", "1B", "--family", str(total), "--json")
     assert result.code == 0, result.stderr
     plan = json.loads(result.stdout)
+    assert json_output_problems("`grow plan`", plan) == []  # an MoE target's
     assert plan["target"]["compute_flops"] == 6 * active * 1e9
     member = plan["family"]["members"][0]
-    assert member["params"] == total and member["active_params"] == active
+    assert member["num_parameters"] == total and member["active_parameters"] == active

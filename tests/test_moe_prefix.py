@@ -212,7 +212,7 @@ def test_a_grown_training_state_leaves_out_the_routers_correction_biases_and_res
 def test_glm4_moe_widens_exactly_with_every_router_decision_kept(sources, reference, routes, tmp_path, method):
     out = tmp_path / "out"
     report = grow(sources, "glm4_moe", out, width_method=method, width_factor=2)
-    shape = report["target_shape"]
+    shape = report["target"]
     assert report["function_preserving"] is True and shape["hidden_size"] == 64 and shape["num_heads"] == 8
     assert shape["expert_intermediate_size"] == 32 and shape["shared_intermediate_size"] == 32
     grown = load("glm4_moe", out)
@@ -223,7 +223,7 @@ def test_glm4_moe_widens_exactly_with_every_router_decision_kept(sources, refere
     # the index and grow.json count parameters as transformers does: the correction-bias buffers are no parameters
     index = json.loads((out / "model.safetensors.index.json").read_text())
     parameters = sum(p.numel() for p in grown.parameters())
-    assert index["metadata"]["total_parameters"] == parameters == report["target_shape"]["num_parameters"]
+    assert index["metadata"]["total_parameters"] == parameters == report["target"]["num_parameters"]
 
 
 def test_glm4_moe_heads_that_do_not_divide_the_hidden_size_widen_too(tmp_path):
@@ -237,7 +237,7 @@ def test_glm4_moe_heads_that_do_not_divide_the_hidden_size_widen_too(tmp_path):
     model = type(model)(type(model.config).from_dict(config)).eval()
     model.save_pretrained(tmp_path / "src", max_shard_size="40KB")
     report = expand(str(tmp_path / "src"), tmp_path / "out", GrowthSpec(width_factor=2), quiet=True, verify=True)
-    assert report["target_shape"]["hidden_size"] == 80 and report["target_shape"]["num_heads"] == 12
+    assert report["target"]["hidden_size"] == 80 and report["target"]["num_heads"] == 12
     assert report["verify"]["passed"] is True and report["verify"]["max_abs_logit_diff"] <= EXACT
 
 
@@ -304,7 +304,7 @@ def test_a_multi_token_prediction_layer_is_left_out_with_one_note(cli, sources, 
     assert [n["name"] for n in info["not_read"]] == ["model.layers.3.*"]
     out = tmp_path / "out"
     dry = cli("expand", src, out, "--layers", "5", "--depth-method", "identity", "--dry-run", "--json")
-    dry = json.loads(dry.stdout)["plan"]
+    dry = json.loads(dry.stdout)
     assert dry["target_config"]["num_nextn_predict_layers"] == 0 and dry["target_config"]["first_k_dense_replace"] == 1
     assert sum("multi-token-prediction" in n for n in dry["notes"]) == 1 and not out.exists()
     result = cli("expand", src, out, "--layers", "5", "--depth-method", "identity", "--verify", "--json")
@@ -335,9 +335,9 @@ def test_an_mtp_count_under_transformers_other_name_is_not_left_contradicting_th
     config["num_mtp_layers"] = config.pop("num_nextn_predict_layers")
     (src / "config.json").write_text(json.dumps(config))
     report = expand(str(src), None, GrowthSpec(layers=5, depth_method="identity"), dry_run=True, quiet=True)
-    grown = report["plan"]["target_config"]
+    grown = report["target_config"]
     assert grown["num_nextn_predict_layers"] == 0 and "num_mtp_layers" not in grown
-    assert sum("multi-token-prediction" in n for n in report["plan"]["notes"]) == 1
+    assert sum("multi-token-prediction" in n for n in report["notes"]) == 1
 
 
 def test_grow_plan_proposes_a_depth_method_that_keeps_the_prefix(cli, tmp_path):

@@ -34,7 +34,7 @@ hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module: 
 
 # The keys docs/python.md and the functions' docstrings promise a caller.
 DOCUMENTED = {
-    "expand --verify": {"output", "target_shape", "verify", "function_preserving", "files", "notes", "seconds"},
+    "expand --verify": {"out", "target", "verify", "function_preserving", "files", "notes", "seconds"},
     "train-stage": {"status", "out", "steps", "final_train_loss", "final_eval_loss", "final_eval_ppl", "record"},
     "compare": {"kl_a_b", "kl_b_a", "js", "top1_agreement", "loss_a", "loss_b", "ppl_a", "ppl_b", "positions"},
     "family": {"status", "out", "headline", "equal_quality", "consistency", "ledger", "report", "plots"},

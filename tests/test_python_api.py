@@ -104,7 +104,7 @@ def test_grow_and_train_from_python(tiny_llama, tmp_path, monkeypatch):
         tiny_llama, tmp_path / "grown", grow_cli.GrowthSpec(layers=4, depth_method="identity"), verify=True
     )
     assert json.loads(json.dumps(report)) == report  # plain JSON: what `grow expand --json` prints
-    assert report["output"] == str((tmp_path / "grown").resolve()) and report["target_shape"]["layers"] == 4
+    assert report["out"] == str((tmp_path / "grown").resolve()) and report["target"]["layers"] == 4
     assert report["function_preserving"] and report["verify"]["passed"]
     torch.testing.assert_close(_logits(tmp_path / "grown", ids), source, rtol=1e-5, atol=1e-5)
     grow_cli.expand(str(tiny_llama), str(tmp_path / "stacked"), grow_cli.GrowthSpec(layers=4), quiet=True)
@@ -136,7 +136,7 @@ def test_grow_and_train_from_python(tiny_llama, tmp_path, monkeypatch):
 
 
 def _less_place_and_time(report: dict) -> dict:
-    return {key: value for key, value in report.items() if key not in ("output", "seconds", "write_seconds")}
+    return {key: value for key, value in report.items() if key not in ("out", "seconds", "write_seconds")}
 
 
 def test_expand_returns_the_document_the_command_prints_and_writes_the_same_model(cli, tiny_llama, tmp_path):
@@ -152,7 +152,7 @@ def test_expand_returns_the_document_the_command_prints_and_writes_the_same_mode
     assert printed.code == 0, printed.stderr
     returned = grow_cli.expand(tiny_llama, via_python, spec, verify=True, quiet=True)
     shown = json.loads(printed.stdout)
-    assert (shown["output"], returned["output"]) == (str(via_cli), str(via_python))
+    assert (shown["out"], returned["out"]) == (str(via_cli), str(via_python))
     assert _less_place_and_time(shown) == _less_place_and_time(returned)
     assert shown["verify"]["passed"] is True and shown["moe"]["method"] == "upcycle"
     written = sorted(p.name for p in via_cli.iterdir())

@@ -6,61 +6,19 @@ without documentation fails here."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
+import doc_keys
+from doc_keys import covered, key_paths
 from tinylm import run_grow, save_tiny_bert, save_tiny_lm, write_plays
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "grow-json.md"
-BULLET = re.compile(r"^( *)- ((?:`[^`]+`(?:, )?)+)")
 
 
 def documented() -> dict[str, list[tuple[str, ...]]]:
     """The key paths each part of the page's key list names, by part ("The record", "Expand stages", "Train
-    stages"): a bullet's leading `paths`, each below those of the bullet it is indented under."""
-    section = PAGE.read_text().split("\n## Every key\n", 1)[1].split("\n## ", 1)[0]
-    parts: dict[str, list[tuple[str, ...]]] = {}
-    part, parents = "", [[()]]
-    for line in section.splitlines():
-        if line.startswith("### "):
-            part = line[4:].strip()
-            parts[part] = []
-        elif match := BULLET.match(line):
-            depth = len(match[1]) // 2
-            names = [tuple(name.split(".")) for name in re.findall(r"`([^`]+)`", match[2])]
-            paths = [up + name for up in parents[depth] for name in names]
-            parents = [*parents[: depth + 1], paths]
-            parts[part] += paths
-    return parts
-
-
-def key_paths(value, path=()):
-    """Every key path of a JSON value: an object's keys, and under a list of objects `name[]`."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield (*path, key)
-            yield from key_paths(item, (*path, key))
-    elif isinstance(value, list) and path:
-        for item in value:
-            if isinstance(item, dict):
-                yield from key_paths(item, (*path[:-1], path[-1] + "[]"))
-
-
-def covered(path: tuple[str, ...], patterns: list[tuple[str, ...]]) -> bool:
-    """Whether a documented pattern names `path` or a key below it (an object is documented by its keys' bullets),
-    with `<name>` for any one key, `a[]` for `a` (a list of objects) and a last `*` for everything below."""
-    return any(_names(path, pattern) for pattern in patterns)
-
-
-def _names(path: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
-    if pattern[-1] == "*":
-        pattern, path = pattern[:-1], path[: len(pattern) - 1]
-    if len(path) > len(pattern):
-        return False
-    same = (
-        p.startswith("<") or p.removesuffix("[]") == k.removesuffix("[]") for p, k in zip(pattern, path, strict=False)
-    )
-    return all(same)
+    stages"): a bullet's leading `paths`, each below those of the bullet it is indented under (`doc_keys`)."""
+    return {part: [key.path for key in keys] for part, keys in doc_keys.documented(PAGE).items()}
 
 
 def undocumented(record: dict) -> list[str]:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from doc_keys import json_output_problems
 from tiny_moe import build, probe_ids
 from tinylm import run_grow, save_tiny_lm, write_plays
 
@@ -131,6 +132,7 @@ def test_an_upcycled_model_learns_with_every_expert_and_reports_its_load(tmp_pat
     code, stdout, stderr = run_grow(args, capsys)
     assert code == 0, stderr
     result = json.loads(stdout)
+    assert json_output_problems("`grow train-stage`", result) == []  # with its router's summary
     metrics = [m for m in read_metrics(out / "metrics.jsonl") if "router_aux_loss" in m]
     assert [m["step"] for m in metrics] == [10, 20, 30]
     losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 import transformers as tf
+from doc_keys import json_output_problems
 from safetensors.torch import load_file
 from tinylm import run_grow, save_tiny_bert, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
@@ -45,6 +46,7 @@ def test_a_stage_plan_grows_in_place_and_resumes_exactly_across_the_boundary(set
     assert "grow expand --depth-method interpolate --layers 8" in notes
     assert "step 5: Apollo stage 2 → 4 unique layers" in notes
     result = json.loads(stdout)
+    assert json_output_problems("`grow train-stage`", result) == []  # with the loss at the target depth
     # Stopped at step 5, just before the boundary, then resumed: the same run, bit for bit.
     assert run_grow(args(model, data, parts, *common, "--exit-interval", 5, "-q"), capsys)[0] == 0
     code, _, stderr = run_grow(args(model, data, parts, *common, "--resume", "auto"), capsys)
@@ -119,18 +121,19 @@ def test_a_mid_plan_checkpoint_is_read_as_the_model_of_its_unique_layers(setup, 
     code, stdout, stderr = run_grow(["inspect", step_3, "--json"], capsys)
     assert code == 0, stderr
     info = json.loads(stdout)
+    assert json_output_problems("`grow inspect`", info) == []  # a checkpoint's source, its placeholders
     assert info["source"]["checkpoint"]["step"] == 3 and info["layers"] == 2
     assert info["num_parameters"] == sum(v.numel() for k, v in held.items() if k not in placeholders)
     # The file holds the placeholders too, and inspect says how much of it they are (it gave the file's size alone).
     placeholder_bytes = sum(v.numel() * v.element_size() for k, v in held.items() if k in placeholders)
-    assert info["files"] == [{"name": "model.safetensors", "bytes": (step_3 / "model.safetensors").stat().st_size}]
+    assert info["files"] == [{"path": "model.safetensors", "size": (step_3 / "model.safetensors").stat().st_size}]
     assert info["placeholders"] == {"tensors": len(placeholders), "bytes": placeholder_bytes}
     code, stdout, stderr = run_grow(["inspect", step_3], capsys)
     assert code == 0 and f"18 tensors ({format_bytes(placeholder_bytes)} of the files above)" in stdout, stdout
     report = expand(
         str(step_3), tmp_path / "wide", GrowthSpec(width_method="fpi", width_factor=2), verify=True, quiet=True
     )
-    assert report["verify"]["passed"] is True and report["source_shape"]["layers"] == 2
+    assert report["verify"]["passed"] is True and report["source"]["shape"]["layers"] == 2
     grown_state = report["training_state"]
     assert grown_state["carried_tensors"] == 21 and grown_state["fresh_tensors"] == 0
     assert not any("frozen" in note for note in [*report["notes"], *grown_state["notes"]])

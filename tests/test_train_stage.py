@@ -179,7 +179,7 @@ def test_interrupted_then_resumed_run_reproduces_the_uninterrupted_run_exactly(s
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert run_grow(train_args(model, data, whole, *common), capsys)[0] == 0
     code, stdout, _ = run_grow(train_args(model, data, parts, *common, "--exit-interval", 5, "--json"), capsys)
-    assert code == 0 and json.loads(stdout)["status"] == "paused" and json.loads(stdout)["step"] == 5
+    assert code == 0 and json.loads(stdout)["status"] == "paused" and json.loads(stdout)["end_step"] == 5
     assert not (parts / "model.safetensors").exists()
     code, _, stderr = run_grow(train_args(model, data, parts, *common, "--resume", "auto"), capsys)
     assert code == 0, stderr

@@ -26,6 +26,7 @@ import pytest
 import tiny_moe
 import torch
 import transformers as tf
+from doc_keys import json_output_problems
 from safetensors.torch import load_file
 from tinylm import run_grow, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
@@ -130,7 +131,8 @@ class Lab:
         key = (arch, case, tuple(sorted(spec.items())))
         if key not in self._grown:
             out = self.root / f"{arch}-{case}-grown"
-            expand(str(self.source(arch).checkpoint), out, GrowthSpec(**spec), quiet=True)
+            report = expand(str(self.source(arch).checkpoint), out, GrowthSpec(**spec), quiet=True)
+            assert json_output_problems("`grow expand`", report) == []  # with its grown training state
             self._grown[key] = out
         return self._grown[key]
 
@@ -728,6 +730,7 @@ def test_resume_grown_takes_the_source_runs_peak_lr_and_notes_each_setting_that_
     code, stdout, stderr = run_grow([*args, "--seq-len", 32, "--micro-batch-size", 4, "--json"], capsys)
     assert code == 0, stderr
     result = json.loads(stdout)
+    assert json_output_problems("`grow train-stage`", result) == []
     assert result["max_lr"] == SETTINGS["max_lr"] != auto_max_lr(result["num_parameters"])
     stage = json.loads((out / "grow.json").read_text())["stages"][-1]
     assert stage["max_lr"] == SETTINGS["max_lr"] and stage["max_lr_rule"] == "the grown training state's run"
@@ -802,12 +805,13 @@ def test_the_dry_run_reports_the_peak_of_growing_the_moments(lab, case):
     checkpoint = lab.source("llama").checkpoint
     spec = GrowthSpec(**{**EXACT, **PARTLY}[case])
     report = expand(str(checkpoint), None, spec, dry_run=True)
+    assert json_output_problems("`grow expand --dry-run`", report) == []  # a checkpoint's source, a training state
     with executor.training_source(executor.resolve_source(str(checkpoint)), weights_only=False) as (src, state):
         with CheckpointReader(src.folder) as reader:
             plan, grown, _ = executor._plan(load_config(src.folder), reader, spec, state, checkpoint=True)
     carried = [t for t, s in zip(plan.tensors, grown.tensors, strict=True) if s.carried]
     largest = max(4 * numel(t.shape) for t in carried)  # fp32 moments
     assert state_peak(plan, grown) >= 3 * largest  # two moments and a result, at least
-    assert report["plan"]["estimated_peak_memory_bytes"] == max(plan.peak_bytes, state_peak(plan, grown))
+    assert report["estimated_peak_memory_bytes"] == max(plan.peak_bytes, state_peak(plan, grown))
     if case == "fpi":  # (a depth growth of this tiny model needs no more than the weights' copy buffer)
-        assert report["plan"]["estimated_peak_memory_bytes"] > plan.peak_bytes  # the moments' phase is the larger
+        assert report["estimated_peak_memory_bytes"] > plan.peak_bytes  # the moments' phase is the larger

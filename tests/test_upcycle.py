@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers as tf
 from behaviour import behaviour, compare, tensors
+from doc_keys import json_output_problems
 from test_refusals import _assert_refused
 from tiny_models import build_tiny, probe_ids
 
@@ -89,7 +90,7 @@ def test_upcycling_is_exact_and_generates_like_the_dense_model(dense, tmp_path, 
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == target and report["architecture"] == name.removesuffix("_tied")
     assert report["function_preserving"] is True and report["moe"]["method"] == "upcycle"
-    assert report["target_shape"]["num_experts"] == 4 and report["target_shape"]["experts_per_token"] == 2
+    assert report["target"]["num_experts"] == 4 and report["target"]["experts_per_token"] == 2
     assert config.get("norm_topk_prob", True) is True  # set where the type has the switch
     assert gap <= EXACT, gap
     assert same, "greedy continuation (KV cache) changed"
@@ -173,7 +174,7 @@ def test_depth_and_width_compose_with_upcycling_in_one_verified_pass(dense, tmp_
         verify=True,
     )
     assert report["verify"]["passed"] is True and gap <= EXACT and same, gap
-    shape = report["target_shape"]
+    shape = report["target"]
     assert (shape["layers"], shape["hidden_size"], shape["expert_intermediate_size"]) == (6, 64, 96)
     new = report["depth"]["new_layers"]
     written = tensors(out)
@@ -191,7 +192,8 @@ def test_inspect_names_the_type_a_dense_model_upcycles_into(cli, dense):
 def test_the_plan_shows_how_each_expert_is_made(cli, dense, tmp_path):
     result = cli("expand", dense["llama"][0], tmp_path / "out", "--experts", "4", "--dry-run", "--json")
     assert result.code == 0, result.stderr
-    plan = json.loads(result.stdout)["plan"]
+    plan = json.loads(result.stdout)
+    assert json_output_problems("`grow expand --dry-run`", plan) == []  # an MoE target's shape
     made = {t["name"]: t["from"] for t in plan["tensors"]}
     assert made["model.layers.0.block_sparse_moe.gate.weight"] == "router ~ N(0, 0.02²), seeded"
     assert made["model.layers.0.block_sparse_moe.experts.1.w2.weight"] == "copy model.layers.0.mlp.down_proj.weight"

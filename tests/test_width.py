@@ -52,7 +52,7 @@ def test_tiled_methods_are_exact_after_a_round_trip(sources, tmp_path, name, met
     assert report["function_preserving"] is True
     assert gap < EXACT, gap
     config = json.loads((out / "config.json").read_text())
-    shape = report["target_shape"]
+    shape = report["target"]
     assert (shape["hidden_size"], shape["num_heads"], shape["head_dim"]) == (64, 8, 8)
     if name == "llama_tied":  # still tied: no lm_head written, no untying
         assert config["tie_word_embeddings"] is True
@@ -100,7 +100,7 @@ def test_aki_and_non_integer_fpi_have_a_bounded_documented_gap(sources, tmp_path
 
 def test_gqa_heads_added_inside_groups_and_mqa_are_exact(sources, tmp_path):
     report, gap, out = grow(sources, tmp_path, "llama", width_method="fpi", hidden_size=64, num_heads=8, num_kv_heads=2)
-    assert report["target_shape"]["num_kv_heads"] == 2 and gap < EXACT, gap
+    assert report["target"]["num_kv_heads"] == 2 and gap < EXACT, gap
     llama = MODEL_CLASSES["llama"]
     torch.manual_seed(0)
     config = llama.config_class(
@@ -113,7 +113,7 @@ def test_gqa_heads_added_inside_groups_and_mqa_are_exact(sources, tmp_path):
     )
     llama(config).eval().save_pretrained(tmp_path / "mqa")
     report, gap, out = grow({"mqa": tmp_path / "mqa"}, tmp_path, "mqa", cls=llama, width_method="fpi", width_factor=2)
-    assert report["target_shape"]["num_kv_heads"] == 1 and gap < EXACT, gap
+    assert report["target"]["num_kv_heads"] == 1 and gap < EXACT, gap
 
 
 def test_negative_control_tiling_queries_without_their_kv_heads_breaks_exactness(sources, tmp_path, monkeypatch):
@@ -159,7 +159,7 @@ def test_width_and_depth_in_one_pass_with_verify(sources, tmp_path):
         verify=True,
     )
     assert report["verify"]["passed"] is True and report["verify"]["max_abs_logit_diff"] < 1e-3
-    assert report["target_shape"]["layers"] == 8 and report["target_shape"]["hidden_size"] == 64
+    assert report["target"]["layers"] == 8 and report["target"]["hidden_size"] == 64
     assert gap < EXACT, gap
 
 
@@ -171,13 +171,13 @@ def test_aki_reads_at_most_this_layer_and_the_next(sources):
         dry_run=True,
         quiet=True,
     )
-    for t in report["plan"]["tensors"]:
+    for t in report["tensors"]:
         reads = re.search(r"\((.*)\)", t["from"]).group(1).split(", ")
         assert len(reads) <= 2
         if len(reads) == 2:
             a, b = (int(r.split(".")[2]) for r in reads)
             assert b == a + 1
-    top = [t["from"] for t in report["plan"]["tensors"] if t["name"] == "transformer.h.3.attn.c_attn.weight"]
+    top = [t["from"] for t in report["tensors"] if t["name"] == "transformer.h.3.attn.c_attn.weight"]
     assert top == ["aki(transformer.h.3.attn.c_attn.weight)"]  # the top layer uses its own weights
 
 
@@ -222,7 +222,7 @@ def test_seed_makes_maps_reproducible_and_records_them(sources, tmp_path):
         GrowthSpec(width_method="hypercloning", width_factor=2),
         dry_run=True,
         quiet=True,
-    )["plan"]["width"]["maps"]
+    )["width"]["maps"]
     assert tiled["hidden"] == {"kind": "tiled", "source": 32, "target": 64}
 
 

@@ -22,7 +22,7 @@ def test_minilm_grown_to_768_hidden_keeps_its_outputs(tmp_path):
     out = tmp_path / "minilm-768"
     report = expand(str(SOURCE), out, GrowthSpec(width_method="fpi", hidden_size=768), quiet=True, verify=True)
     assert report["function_preserving"] is True and report["verify"]["passed"] is True
-    assert (report["target_shape"]["hidden_size"], report["target_shape"]["num_heads"]) == (768, 24)
+    assert (report["target"]["hidden_size"], report["target"]["num_heads"]) == (768, 24)
 
     batch = AutoTokenizer.from_pretrained(SOURCE)(
         ["Growing a model keeps what it knew.", "A tiled hidden map is exact through LayerNorm."],

@@ -34,9 +34,9 @@ def demo(
     from grow_cli.growth.demo import run_demo
     from grow_cli.growth.render import render_expand
 
-    reports = run_demo(out, force=force, quiet=quiet)  # --json too shows progress: on stderr, as expand does
+    result = run_demo(out, force=force, quiet=quiet)  # --json too shows progress: on stderr, as expand does
     if json_out:
-        print_json(reports)
+        print_json(result)
         return
-    for report in reports:
+    for report in result["stages"]:
         render_expand(report)

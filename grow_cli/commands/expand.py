@@ -220,7 +220,7 @@ def expand(
         from grow_cli.hub.push import push_output
 
         report["push"] = push_output(
-            Path(report["output"]), push_to_hub, made_by="grow expand", private=private, token=token
+            Path(report["out"]), push_to_hub, made_by="grow expand", private=private, token=token
         )
         note_if_unread(report["push"])
     if json_out:

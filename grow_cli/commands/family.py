@@ -66,7 +66,7 @@ def family(
         members = [
             {
                 "name": m.name,
-                "from": m.source or ("config" if m.config else "previous member"),
+                "source": m.source or ("config" if m.config else "previous member"),
                 "grow": m.grow,
                 "train": parsed.train_settings(m),
             }
@@ -78,7 +78,7 @@ def family(
             stdout.print(f"recipe OK: {counted(len(members), 'member')} → {parsed.out}")
             for m in members:
                 grow = yaml.safe_dump(m["grow"], default_flow_style=True, sort_keys=False).strip() if m["grow"] else "—"
-                stdout.print(f"  {m['name']}: from {m['from']}; grow {grow}; train {'yes' if m['train'] else 'no'}")
+                stdout.print(f"  {m['name']}: from {m['source']}; grow {grow}; train {'yes' if m['train'] else 'no'}")
         return
     from grow_cli.family.run import run_family
 

@@ -86,7 +86,7 @@ def _print_table(source: str, info: dict) -> None:
         ("dtypes", ", ".join(f"{k} ×{v}" for k, v in info["dtypes"].items())),
         (
             "files",
-            f"{info['format']}: " + ", ".join(f"{f['name']} ({format_bytes(f['bytes'])})" for f in info["files"]),
+            f"{info['format']}: " + ", ".join(f"{f['path']} ({format_bytes(f['size'])})" for f in info["files"]),
         ),
     ]
     if info["placeholders"]:  # an Apollo stage plan's checkpoint: its files hold more than its model

@@ -118,8 +118,8 @@ def _print_plan(result: dict) -> None:
     )
     for m in f["members"]:
         table.add_row(
-            _count(m["params"]),
-            f"{m['layers']} × {m['hidden']}",
+            _count(m["num_parameters"]),
+            f"{m['layers']} × {m['hidden_size']}",
             _heads(m["config"]),
             str(m["config"].get("intermediate_size") or "—"),
             _count(m["tokens"]),

@@ -290,7 +290,7 @@ def train_stage(
         from grow_cli.commands.push_options import note_if_unread
         from grow_cli.hub.push import push_output
 
-        result["hub"] = push_output(
+        result["push"] = push_output(
             out,
             push_to_hub,
             made_by="grow train-stage",
@@ -299,7 +299,7 @@ def train_stage(
             commit_message=f"grow train-stage: {counted(result['steps'], 'step')}",
         )
         if not quiet:
-            note_if_unread(result["hub"])
+            note_if_unread(result["push"])
     if json_output:
         print_json(result)
     elif result["status"] == "done":
@@ -310,7 +310,7 @@ def train_stage(
         )
     elif result["status"] == "paused":
         stdout.print(
-            f"paused at step {result['step']} of {result['max_steps']} (--exit-interval), checkpoint saved in "
+            f"paused at step {result['end_step']} of {result['max_steps']} (--exit-interval), checkpoint saved in "
             f"{result['checkpoint']}: run the same command with --resume auto to continue",
             soft_wrap=True,
         )

@@ -242,10 +242,13 @@ def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_frac
         {
             **m,
             "flops_per_token": training_flops_per_token(
-                m.get("matmul_params", m.get("active_params", m["params"])), m["layers"], m["attention_width"], seq_len
+                m.get("matmul_parameters", m.get("active_parameters", m["num_parameters"])),
+                m["layers"],
+                m["attention_width"],
+                seq_len,
             ),
             "progressive_tokens": m["tokens"] if i == 0 else new_token_fraction * m["tokens"],
-            "max_lr": auto_max_lr(int(m["params"])),
+            "max_lr": auto_max_lr(int(m["num_parameters"])),
         }
         for i, m in enumerate(members)
     ]
@@ -426,11 +429,11 @@ def _members(
         larger = size
     members = [
         {
-            "params": float(s["num_parameters"]),
-            "active_params": float(s.get("active_parameters", s["num_parameters"])),
-            "matmul_params": float(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
+            "num_parameters": float(s["num_parameters"]),
+            "active_parameters": float(s.get("active_parameters", s["num_parameters"])),
+            "matmul_parameters": float(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
             "layers": s["num_hidden_layers"],
-            "hidden": s["hidden_size"],
+            "hidden_size": s["hidden_size"],
             "attention_width": attention_width(s),  # PaLM's H·Q (heads × head_dim), the attention FLOPs' width
             "tokens": tokens * s["num_parameters"] / shape["num_parameters"],
             "config": s,  # the shape to build the member at (layers, widths, heads), as the target's config

@@ -415,7 +415,7 @@ def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any
             recipe, member, start, trained_folder(recipe, member), quiet, grown=grown, save_state=next_grows
         )
         if trained is not None and trained.get("status") == "paused":
-            say(f"{member.name}: training paused at step {trained['step']}; re-run to continue")
+            say(f"{member.name}: training paused at step {trained['end_step']}; re-run to continue")
             return {"status": "paused", "member": member.name, "out": str(recipe.out)}
         final = trained_folder(recipe, member) if trained is not None else start
         comparison = None

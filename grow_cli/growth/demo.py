@@ -29,8 +29,9 @@ def minilm_folder() -> Path:
 STAGES = ("wide", "wide-deep")  # the folders the demo writes in OUT
 
 
-def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dict[str, Any]]:
-    """Grow MiniLM wider (FPI ×2, verified exact) into OUT/wide, then deeper (G_stack ×2) into OUT/wide-deep.
+def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Grow MiniLM wider (FPI ×2, verified exact) into OUT/wide, then deeper (G_stack ×2) into OUT/wide-deep, and
+    return `grow demo --json`'s document: `out` and the two stages' `grow expand` reports, in order, as `stages`.
 
     Both outputs are checked first: a full OUT/wide-deep was refused only after OUT/wide had been written."""
     out = Path(out)
@@ -55,7 +56,7 @@ def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> list[dic
         quiet=quiet,
         command=["grow", "demo", str(out)],
     )
-    return [wide, deep]
+    return {"out": str(out.expanduser().resolve()), "stages": [wide, deep]}
 
 
 def check_demo_folder(out: Path) -> None:

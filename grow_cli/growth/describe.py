@@ -125,7 +125,7 @@ def inspect(
             problem = config_problem(config)
             reader.library_checked()
             copies = [(stored, target, reader.same_values(stored, target)) for stored, target in binding.tied_copies]
-            files = [{"name": p.name, "bytes": p.stat().st_size} for p in reader.files]
+            files = [{"path": p.name, "size": p.stat().st_size} for p in reader.files]  # as `grow push` lists files
             fmt = reader.format
             placeholders = _placeholders(reader.left_out)
         modules = st_modules(src.folder, shape.hidden_size)

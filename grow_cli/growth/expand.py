@@ -219,12 +219,13 @@ def expand(
 ) -> dict[str, Any]:
     """Grow the checkpoint `source` (folder, Hub id or train-stage checkpoint) into the folder `out` as `spec` says.
 
-    Returns the report `grow expand --json` prints: `output` (the folder's absolute path), `architecture`,
-    `source_shape` and `target_shape` (layers, sizes, parameters), `depth`/`width`/`moe` (what was done, or None),
-    `function_preserving`, `verify` (with `verify=True`: `max_abs_logit_diff`, `tolerance`, `passed`, …; else None),
-    `training_state` (the grown AdamW state, or None), `files`, `notes` and `seconds`. With `dry_run=True` nothing is
-    written (`out` may be None) and it returns `{"dry_run": True, "source", "plan", "training_state"}`: the plan
-    lists every output tensor with its sources, the shards and the peak memory.
+    Returns the report `grow expand --json` prints (docs/json-output.md): `out` (the folder's absolute path),
+    `source` (where from, and its `shape`: layers, sizes, parameters), `architecture`, `target` (the grown shape),
+    `depth`/`width`/`moe` (what was done, or None), `function_preserving`, `verify` (with `verify=True`:
+    `max_abs_logit_diff`, `tolerance`, `passed`, …; else None), `training_state` (the grown AdamW state, or None),
+    `files`, `notes` and `seconds`. With `dry_run=True` nothing is written (`out` may be None) and it returns the
+    plan under the same names, with `"dry_run": True`, every output tensor with its sources (`tensors`), the shards
+    and the peak memory.
 
     `out` must not exist or be empty unless `force`. Raises `OptionError`/`UsageError` for a growth the source cannot
     take, `CheckpointError`, `ArchitectureError`, `OutputError`, `HubError`, and `VerificationError` when `verify`
@@ -285,12 +286,33 @@ def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str 
         ) as reader:
             plan, state, _ = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
             reader.library_checked()
+        summary = plan_summary(plan, with_tensors=True)
         return {
             "dry_run": True,
-            "source": src.describe(),
-            "plan": {**plan_summary(plan, with_tensors=True), "estimated_peak_memory_bytes": peak_memory(plan, state)},
+            **growth_summary(summary, src),
+            "dtype": summary["dtype"],
+            "estimated_peak_memory_bytes": peak_memory(plan, state),
+            "target_config": summary["target_config"],
+            "tensors": summary["tensors"],
             "training_state": state_summary(state) if state else None,
         }
+
+
+def growth_summary(summary: dict[str, Any], src: CheckpointSource) -> dict[str, Any]:
+    """What `grow expand`'s report and its --dry-run plan both say of a growth, under grow.json's names (`source`
+    with its `shape`, `target`), and the weights' `files`: one builder, so that a script reads the same keys from
+    either (docs/json-output.md)."""
+    return {
+        "source": {**src.describe(), "shape": summary["source"]},
+        "architecture": summary["architecture"],
+        "target": summary["target"],
+        "depth": summary["depth"],
+        "width": summary["width"],
+        "moe": summary["moe"],
+        "function_preserving": summary["function_preserving"],
+        "notes": summary["notes"],
+        "files": {"bytes": summary["output_bytes"], "shards": summary["shards"]},
+    }
 
 
 def _plan(
@@ -388,27 +410,18 @@ def _execute(
         stage = _stage(plan, src, hasher.result(), check, command)
         stage["training_state"] = grown_state
         _write_lineage(plan, src.folder, tmp, stage, title=out.name)
-    summary = plan_summary(plan)
+    growth = growth_summary(plan_summary(plan), src)
     return {
-        "output": str(out.resolve()),
-        "source": src.describe(),
-        "architecture": plan.arch.name,
-        "source_shape": summary["source"],
-        "target_shape": summary["target"],
-        "depth": summary["depth"],
-        "width": summary["width"],
-        "moe": summary["moe"],
-        "function_preserving": plan.function_preserving,
+        "out": str(out.resolve()),
+        **growth,
         "verify": check,
         "training_state": grown_state,
         "files": {
-            "shards": len(plan.shards),
-            "bytes": plan.total_bytes,
+            **growth["files"],
             "copied": copied,
             "skipped": skipped,
             "modules": module_files,  # sentence-transformers modules' weights (copied or widened) and grown configs
         },
-        "notes": plan.notes,
         "seconds": round(time.perf_counter() - started, 3),
         "write_seconds": round(write_seconds, 3),  # the rest of `seconds` is --verify's, and the lineage's
     }

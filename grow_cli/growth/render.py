@@ -30,10 +30,9 @@ def _moe(moe: dict[str, Any]) -> str:
     )
 
 
-def render_plan(report: dict[str, Any]) -> None:
+def render_plan(plan: dict[str, Any]) -> None:
     """The --dry-run plan: shapes, maps, shards, peak memory and (abridged) the tensor table."""
-    plan = report["plan"]
-    out.print(f"[bold]plan[/bold] ({plan['architecture']}): {_shape(plan['source'])}")
+    out.print(f"[bold]plan[/bold] ({plan['architecture']}): {_shape(plan['source']['shape'])}")
     out.print(f"  → {_shape(plan['target'])}")
     if plan["depth"]:
         d = plan["depth"]
@@ -44,8 +43,8 @@ def render_plan(report: dict[str, Any]) -> None:
         out.print(f"  {_moe(plan['moe'])}")
     out.print(f"  function-preserving: {'yes' if plan['function_preserving'] else 'no'}")
     out.print(
-        f"  output {format_bytes(plan['output_bytes'])} in {counted(len(plan['shards']), 'shard')}; estimated peak "
-        f"memory {format_bytes(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline"
+        f"  output {format_bytes(plan['files']['bytes'])} in {counted(len(plan['files']['shards']), 'shard')}; "
+        f"estimated peak memory {format_bytes(plan['estimated_peak_memory_bytes'])} beyond the Python/torch baseline"
     )
     table = Table("tensor", "shape", "dtype", "from", title="output tensors", title_justify="left")
     tensors = plan["tensors"]
@@ -57,8 +56,8 @@ def render_plan(report: dict[str, Any]) -> None:
     print_table(table)  # whole tensor names, never cut to 80 columns
     for note in plan["notes"]:
         out.print(f"  note: {note}")
-    if report.get("training_state"):
-        render_training_state(report["training_state"])
+    if plan.get("training_state"):
+        render_training_state(plan["training_state"])
 
 
 def render_training_state(state: dict[str, Any]) -> None:
@@ -84,9 +83,9 @@ def render_expand(report: dict[str, Any]) -> None:
     if report.get("dry_run"):
         render_plan(report)
         return
-    out.print(f"[bold green]grew[/bold green] {report['architecture']} → {report['output']}")
-    out.print(f"  from {_shape(report['source_shape'])}")
-    out.print(f"  to   {_shape(report['target_shape'])}")
+    out.print(f"[bold green]grew[/bold green] {report['architecture']} → {report['out']}")
+    out.print(f"  from {_shape(report['source']['shape'])}")
+    out.print(f"  to   {_shape(report['target'])}")
     for part in ("width", "depth"):
         if report[part]:
             exact = "exact" if report[part]["function_preserving"] else "not function-preserving"
@@ -96,7 +95,7 @@ def render_expand(report: dict[str, Any]) -> None:
         out.print(f"  {_moe(report['moe'])}")
     files = report["files"]
     out.print(
-        f"  wrote {format_bytes(files['bytes'])} in {counted(files['shards'], 'shard')} in "
+        f"  wrote {format_bytes(files['bytes'])} in {counted(len(files['shards']), 'shard')} in "
         f"{report['write_seconds']:.2f} s; copied {counted(len(files['copied']), 'file')}"
     )
     if files["skipped"]:
@@ -119,6 +118,6 @@ def render_expand(report: dict[str, Any]) -> None:
         )
     if report.get("training_state"):
         render_training_state(report["training_state"])
-        out.print(f"  continue it: grow train-stage {report['output']} --resume grown --data … --out … --max-steps …")
+        out.print(f"  continue it: grow train-stage {report['out']} --resume grown --data … --out … --max-steps …")
     if report.get("push"):
         out.print(f"  pushed to {report['push'].get('repo_id')} ({report['push'].get('commit_url')})")

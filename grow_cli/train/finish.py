@@ -54,7 +54,7 @@ def pause(run: Run) -> dict[str, Any]:
     end_run(run.accelerator)
     return {
         "status": "paused",
-        "step": run.step,
+        "end_step": run.step,
         "max_steps": run.budget.max_steps,
         "checkpoint": str(path.resolve()),
         "out": str(Path(run.config.out).resolve()),
