@@ -16,7 +16,7 @@ def test_inspect_json(cli, tiny_checkpoints):
     assert (info["layers"], info["hidden_size"], info["intermediate_size"]) == (4, 32, 48)
     assert (info["num_heads"], info["num_kv_heads"], info["head_dim"]) == (4, 2, 8)
     assert info["tie_word_embeddings"] is True and info["vocab_size"] == 96
-    assert info["dtypes"] == {"F32": info["tensors"]}
+    assert info["dtypes"] == {"F32": info["num_tensors"]}
     assert len(info["files"]) > 1 and all(f["size"] > 0 for f in info["files"])
     depth = {m["method"]: m["applies"] for m in info["methods"]["depth"]}
     assert depth["identity"] is True

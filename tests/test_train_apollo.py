@@ -127,7 +127,7 @@ def test_a_mid_plan_checkpoint_is_read_as_the_model_of_its_unique_layers(setup, 
     # The file holds the placeholders too, and inspect says how much of it they are (it gave the file's size alone).
     placeholder_bytes = sum(v.numel() * v.element_size() for k, v in held.items() if k in placeholders)
     assert info["files"] == [{"path": "model.safetensors", "size": (step_3 / "model.safetensors").stat().st_size}]
-    assert info["placeholders"] == {"tensors": len(placeholders), "bytes": placeholder_bytes}
+    assert info["placeholders"] == {"num_tensors": len(placeholders), "bytes": placeholder_bytes}
     code, stdout, stderr = run_grow(["inspect", step_3], capsys)
     assert code == 0 and f"18 tensors ({format_bytes(placeholder_bytes)} of the files above)" in stdout, stdout
     report = expand(

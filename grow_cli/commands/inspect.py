@@ -94,8 +94,9 @@ def _print_table(source: str, info: dict) -> None:
         rows.append(
             (
                 "placeholders",
-                f"{held['tensors']} tensors ({format_bytes(held['bytes'])} of the files above): the layers an Apollo "
-                "stage plan holds for a later stage, not yet in use; left out of the parameters, layers and dtypes",
+                f"{held['num_tensors']} tensors ({format_bytes(held['bytes'])} of the files above): the layers an "
+                "Apollo stage plan holds for a later stage, not yet in use; left out of the parameters, layers and "
+                "dtypes",
             )
         )
     if info.get("num_experts"):

@@ -150,7 +150,7 @@ def inspect(
         "format": fmt,
         "files": files,
         "placeholders": placeholders,
-        "tensors": len(bound),
+        "num_tensors": len(bound),
         "headless": binding.headless,
         # transformers ties the head only when no stored copy differs (grow expand refuses a differing one)
         "embeddings_tied": None if binding.headless else shape.tie_word_embeddings and not untied,
@@ -174,7 +174,7 @@ def _placeholders(left_out: dict[str, Any]) -> dict[str, Any] | None:
     and dtypes leave out but the files' bytes include; None for any other checkpoint."""
     if not left_out:
         return None
-    return {"tensors": len(left_out), "bytes": sum(entry.nbytes for entry in left_out.values())}
+    return {"num_tensors": len(left_out), "bytes": sum(entry.nbytes for entry in left_out.values())}
 
 
 def _methods(arch, config: dict[str, Any], layers: int, problem: str | None) -> dict[str, list[dict[str, Any]]]:

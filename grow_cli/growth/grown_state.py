@@ -310,7 +310,7 @@ def summary(state: StatePlan, document: dict[str, Any] | None = None) -> dict[st
         "partly_fresh_tensors": len(dynamics["partly_fresh"]),
         "notes": dynamics["notes"],
         "multipliers": [
-            {k: v for k, v in g.items() if k != "tensors"} | {"tensors": len(g["tensors"])}
+            {k: v for k, v in g.items() if k != "tensors"} | {"num_tensors": len(g["tensors"])}
             for g in multiplier_groups(document["parameters"])
         ],
         "bytes": state.total_bytes,

@@ -416,7 +416,7 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
         "function_preserving": plan.function_preserving,
         "dtype": plan.out_dtype,
         "output_bytes": plan.total_bytes,
-        "shards": [{"tensors": len(s), "bytes": sum(t.nbytes for t in s)} for s in plan.shards],
+        "shards": [{"num_tensors": len(s), "bytes": sum(t.nbytes for t in s)} for s in plan.shards],
         "target_config": plan.target_config,
         "notes": plan.notes,
     }

@@ -72,7 +72,7 @@ def render_training_state(state: dict[str, Any]) -> None:
     for group in state["multipliers"]:
         out.print(
             f"    LR ×{group['lr']:g}, eps ×{group['eps']:g}, weight decay ×{group['weight_decay']:g}: "
-            f"{counted(group['tensors'], 'tensor')}"
+            f"{counted(group['num_tensors'], 'tensor')}"
         )
     for note in state["notes"]:
         out.print(f"  note: {note}")
