@@ -97,6 +97,13 @@ def test_inspect_says_untied_when_a_tied_head_is_stored_with_other_values(cli, t
     [
         ("llama", {"rms_norm_eps": "tiny"}, "Field 'rms_norm_eps' expected float"),
         ("llama", {"rope_scaling": {"rope_type": "linear"}}, "Missing required keys in `rope_parameters`"),
+        # Passed by transformers' config validation (a warning at most), refused by its model's constructor:
+        ("llama", {"rope_scaling": {"type": "ntk", "factor": 2.0}}, 'rope_scaling.rope_type is "ntk", a RoPE'),
+        ("llama", {"rope_parameters": {"rope_type": "linear", "factor": "4"}}, 'rope_parameters.factor is "4", not'),
+        ("llama", {"rope_parameters": {"rope_type": "linear", "factor": None}}, "rope_parameters.factor is null, but"),
+        ("llama", {"rope_parameters": {"rope_theta": [1e4]}}, "rope_parameters.rope_theta is [10000.0], not an int"),
+        ("gpt2", {"activation_function": "gelu_exact"}, 'activation_function is "gelu_exact", an activation'),
+        ("bert", {"hidden_act": "GELU"}, 'hidden_act is "GELU", an activation transformers does not have (it has'),
         (
             "qwen2",
             {"layer_types": ["full_attention"] * 3},

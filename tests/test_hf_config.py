@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import tiny_decoders
 import tiny_models
+import tiny_moe
+from transformers.activations import ACT2CLS
 
 from grow_cli import background, cache
-from grow_cli.arch import hf_config
+from grow_cli.arch import hf_config, unbuildable
 from grow_cli.arch.layer_lists import transformers_params
 
 
@@ -29,8 +31,68 @@ def _questions() -> list[tuple[str, dict]]:
         layers = next(k for k in ("num_hidden_layers", "n_layer") if k in params)
         questions.append((config.model_type, {**params, layers: params[layers] + 1}))
     questions.append(("llama", {"hidden_size": 30, "num_attention_heads": 4}))  # heads do not divide hidden
+    questions.extend(UNBUILDABLE)  # refused by grow, after transformers' validation, from its own tables
     questions.append(("no-such-model", {}))
     return questions
+
+
+# Configs transformers' validation passes (with a warning at most) and its model's constructor refuses.
+UNBUILDABLE = [
+    ("llama", {"rope_parameters": {"rope_type": "ntk", "rope_theta": 1e4}}),
+    ("llama", {"rope_parameters": {"rope_type": "linear", "factor": "2"}}),
+    ("gpt2", {"activation_function": "gelu_exact"}),
+]
+# RoPE settings as published checkpoints write them (Llama 3.1, Qwen2.5's YaRN, DeepSeek-V3, Phi-3.5), nested per
+# layer type (Gemma 3), and every curated architecture's tiny config: all load.
+BUILDABLE = [
+    (
+        "llama",
+        {
+            "rope_scaling": {
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "rope_type": "llama3",
+            }
+        },
+    ),
+    ("qwen2", {"rope_scaling": {"factor": 4.0, "original_max_position_embeddings": 32, "type": "yarn"}}),
+    (
+        "deepseek_v3",
+        {
+            "rope_scaling": {
+                "beta_fast": 32,
+                "beta_slow": 1,
+                "factor": 40,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+                "original_max_position_embeddings": 4096,
+                "type": "yarn",
+            },
+            "max_position_embeddings": 163840,
+        },
+    ),
+    (
+        "phi3",
+        {
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 256,
+            "original_max_position_embeddings": 64,
+            "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [1.5] * 8},
+        },
+    ),
+    (
+        "gemma3_text",
+        {
+            "rope_parameters": {
+                "full_attention": {"rope_type": "linear", "factor": 8.0},
+                "sliding_attention": {"rope_type": "default"},
+            }
+        },
+    ),
+]
 
 
 @pytest.fixture
@@ -236,3 +298,40 @@ def test_a_cache_entry_edited_by_hand_is_asked_again(tiny_checkpoints, tmp_path)
     again = subprocess.run(inspect, capture_output=True, text=True, env=env)
     assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
     assert [json.loads(entry.read_text()) for entry in entries] == written
+
+
+def test_a_config_the_model_s_constructor_refuses_is_refused_on_every_route(child):
+    """What transformers' config validation passes but its model's constructor refuses (an unknown RoPE type or
+    activation, a RoPE number as text) is an error of the answer, worded alike here and in the torch-free child."""
+    requests = [{"model_type": m, "params": p, "causal_lm": False} for m, p in UNBUILDABLE]
+    here = [hf_config.answer(request) for request in requests]
+    assert [hf_config._ask_child(request) for request in requests] == here
+    assert [reply["error"] for reply in here] == [
+        'rope_parameters.rope_type is "ntk", a RoPE transformers does not have (it has default, dynamic, linear, '
+        "llama3, longrope, proportional, yarn)",
+        'rope_parameters.factor is "2", not an int or float',
+        f'activation_function is "gelu_exact", an activation transformers does not have (it has '
+        f"{', '.join(sorted(ACT2CLS))})",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model_type", "params"),
+    [
+        *BUILDABLE,
+        *(
+            (config.model_type, transformers_params(json.loads(config.to_json_string())))
+            for config in (
+                make() for names in (tiny_models, tiny_decoders, tiny_moe) for make in names.CONFIGS.values()
+            )
+        ),
+    ],
+)
+def test_configs_models_are_built_from_have_no_problem(model_type, params):
+    assert hf_config.answer({"model_type": model_type, "params": params, "causal_lm": False})["error"] is None
+
+
+def test_the_activation_names_read_without_torch_are_transformers_own():
+    """`unbuildable.activation_names` reads `ACT2CLS` from transformers' source (importing it imports torch): a
+    transformers release that writes it otherwise fails here, not as a check that silently refuses nothing."""
+    assert unbuildable.activation_names() == tuple(sorted(ACT2CLS))

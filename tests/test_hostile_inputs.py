@@ -610,9 +610,18 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
         c.edit_json(c.lm / "tokenizer.json", renumbered)
         why = "the id 600, past the model's vocabulary of 512 ids (config.json's vocab_size); it belongs to another"
         return (c.train("--max-steps", 1) if training else c.compare("--seq-len", 32)), why
-    if name == "train-config-rope-factor-as-text":  # transformers warns, then fails building the model: a TypeError
+    if name == "train-config-rope-factor-as-text":  # transformers warns, then failed building the model: a TypeError
         c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(rope_scaling={"rope_type": "linear", "factor": "x"}))
-        return c.train("--max-steps", 1), f"{c.lm} does not load in transformers (TypeError: unsupported operand"
+        return c.train("--max-steps", 1), 'does not load in transformers: rope_scaling.factor is "x", not an int or'
+    if name == "train-config-activation-unknown":  # a KeyError from the model's constructor, after tokenizing
+        c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(hidden_act="swiglu"))
+        return c.train("--max-steps", 1), 'hidden_act is "swiglu", an activation transformers does not have (it has'
+    if name == "expand-config-rope-type-unknown":  # transformers only warns: expand grew a model no one could load
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(rope_parameters={"rope_type": "ntk", "factor": 2.0}))
+        return c.expand(), 'rope_parameters.rope_type is "ntk", a RoPE transformers does not have (it has default,'
+    if name == "expand-config-activation-unknown":
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(hidden_act="SiLU"))
+        return c.expand(), 'the source\'s config.json does not load in transformers: hidden_act is "SiLU", an'
     if name == "compare-config-text-config-as-text":  # an AttributeError: every check read its vocabulary from it
         c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(text_config="yes"))
         return c.compare("--seq-len", 32), "it gives its text model's config (text_config or a key like it) as 'yes'"
@@ -843,6 +852,9 @@ CASES = [
     "train-generation-config-a-list",
     "expand-generation-config-cut",
     "train-config-rope-factor-as-text",
+    "train-config-activation-unknown",
+    "expand-config-rope-type-unknown",
+    "expand-config-activation-unknown",
     "compare-config-text-config-as-text",
     "expand-config-tie-as-text",
     "train-config-nan",

@@ -37,7 +37,7 @@ from typing import Any
 from grow_cli import cache
 from grow_cli.json_shape import FLAG, OBJECT, TEXT, Required, maybe
 
-FORMAT = 4  # bump when `answer`'s output changes, so old cache entries are not read
+FORMAT = 5  # bump when `answer`'s output changes, so old cache entries are not read
 REPLY = {  # `answer`'s, as a cache entry must hold it to be read
     "built": Required(FLAG),
     "attributes": Required(OBJECT),
@@ -133,7 +133,11 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
         raise
     except Exception as exc:  # transformers raises several types (ValueError, StrictDataclass…Error)
         return {**reply, "built": True, "attributes": attributes, "error": root_cause(exc)}
-    return {**reply, "built": True, "attributes": attributes, "error": None}
+    from grow_cli.arch import unbuildable  # (here: the parent process of a child that answers never needs it)
+
+    # What the config passed but its model's constructor would refuse (an unknown rope_type or activation name)
+    error = unbuildable.problem(config, request["params"])
+    return {**reply, "built": True, "attributes": attributes, "error": error}
 
 
 class NeedsTransformersInit(Exception):

@@ -33,9 +33,10 @@ POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 def load_model_config(model_dir: Path):
     from transformers import AutoConfig, PretrainedConfig
 
+    from grow_cli.arch import unbuildable
     from grow_cli.checkpoint.model_config import load_config
 
-    load_config(Path(model_dir))  # grow's one-line refusals first: no config.json (an adapter?), a quantized model
+    given = load_config(Path(model_dir))  # grow's one-line refusals first: no config.json (an adapter?), quantized
     try:
         with quiet_transformers():  # e.g. its notice of a bos/eos id beyond the vocabulary, on every read
             config = AutoConfig.from_pretrained(model_dir)
@@ -48,6 +49,11 @@ def load_model_config(model_dir: Path):
             f"{model_dir}/config.json cannot be read by transformers: it gives its text model's config (text_config "
             f"or a key like it) as {text!r:.40}, not a JSON object; fix it there"
         )
+    found = unbuildable.problem(
+        text, given
+    )  # what only the model's constructor would refuse, after the data is tokenized
+    if found is not None:
+        raise CheckpointError(f"{model_dir}/config.json does not load in transformers: {found}; fix it there")
     return config
 
 
