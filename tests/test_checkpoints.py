@@ -86,6 +86,18 @@ def test_resume_auto_names_the_damaged_file_and_takes_the_previous_checkpoint(pa
     tf.AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_resume_auto_under_quiet_skips_a_damaged_checkpoint_without_a_note(paused, capsys):
+    """--quiet keeps only warnings about the data on stderr (its help, docs/training.md): the notes of what
+    `--resume auto` found (a damaged checkpoint skipped, a killed run's leftovers) were printed regardless."""
+    model, data, out, root = paused
+    _damage(root / "step_00000006", "truncated-state")
+    code, stdout, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    assert code == 0 and stderr == "", stderr
+    assert (
+        stdout.startswith("trained 8 steps") and json.loads((out / "grow.json").read_text())["stages"][-1]["steps"] == 8
+    )
+
+
 def test_a_resume_past_a_damaged_checkpoint_keeps_the_ones_it_saves(paused, capsys):
     """`--resume auto` past a damaged newer checkpoint leaves it in place (the run overwrites it when it gets there);
     pruning must not count it as the newest: with --keep-last 1 the checkpoint a pause had just saved was removed,

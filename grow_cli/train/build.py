@@ -212,7 +212,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
         train_blocks=len(data.train_ids),
     )
     for note in checked.notes:
-        say(accelerator, False, f"note: {note}")
+        say(accelerator, config.quiet, f"note: {note}")
     describe_data(config, data, accelerator)
     loaded, trainable = load_trainable_model(config, checked, accelerator)
     model, saved_dtype = loaded.model, loaded.saved_dtype
