@@ -41,7 +41,7 @@ def remove_orphans() -> None:
     host = socket.gethostname()
     for entry in entries:
         found = NAME.fullmatch(entry.name)
-        if found is None or found.group(2) != host or _alive(int(found.group(1))):
+        if found is None or found.group(2) != host or alive(int(found.group(1))):
             continue
         try:
             if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid():
@@ -50,7 +50,7 @@ def remove_orphans() -> None:
             continue
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether process `pid` exists (one of another user counts: its folder is not ours to judge)."""
     if pid == os.getpid():
         return True

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import transformers as tf
+from test_scratch import ended_pid
 from test_train_stage import train_args
 from tinylm import run_grow, save_tiny_lm, tiny_config, write_plays
 
@@ -271,6 +276,46 @@ def test_a_run_killed_as_it_writes_grow_json_ends_whole_with_resume_auto(tmp_pat
     assert code == 0, stderr
     assert (out / "README.md").read_text().startswith("---\nlibrary_name: transformers")
     assert json.loads((out / "grow.json").read_text())["stages"][-1]["end_step"] == 4
+
+
+_KILLED_WRITING_GROW_JSON = """
+import os, signal, sys
+from grow_cli.__main__ import script
+
+def replace(src, dst, real=os.replace):
+    if str(dst).endswith("grow.json"):  # its temporary file written whole, the rename not yet made
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst)
+
+os.replace = replace
+sys.argv = ["grow", *sys.argv[1:]]
+script()
+"""
+
+
+def test_the_temporary_grow_json_of_a_run_killed_outright_goes_with_the_resume(tmp_path, capsys):
+    """SIGKILL between the write of grow.json's temporary file and its rename left `OUT/.grow.json.<pid>.tmp` for
+    good: `--resume auto` finished the run beside it. The resume's claim on OUT removes it now, before the run
+    writes grow.json (here it pauses first), and keeps those of a live process and of another host (whose process
+    ids are not this machine's to judge); the next resume finishes the run."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1)
+    out, budget = tmp_path / "out", ("--max-steps", 4, "--save-every", 2)
+    args = [str(a) for a in train_args(model, data, out, *budget)]
+    with subprocess.Popen([sys.executable, "-c", _KILLED_WRITING_GROW_JSON, *args]) as killed:
+        assert killed.wait() == -signal.SIGKILL
+    host = socket.gethostname()
+    [left] = out.glob(".*.tmp")
+    assert left.name.startswith(f".grow.json.{killed.pid}")
+    with subprocess.Popen(["sleep", "60"]) as live:
+        kept = [out / f".grow.json.{live.pid}@{host}.tmp", out / f".README.md.{ended_pid()}@another-host.tmp"]
+        for path in kept:
+            path.write_text("{")
+        code, _, stderr = run_grow([*args, "--resume", "auto", "--exit-interval", 1], capsys)
+        live.kill()
+    assert code == 0 and not (out / "grow.json").exists(), stderr
+    assert not left.exists() and sorted(out.glob(".*.tmp")) == sorted(kept)
+    code, _, stderr = run_grow([*args, "--resume", "auto"], capsys)
+    assert code == 0 and json.loads((out / "grow.json").read_text())["stages"][-1]["end_step"] == 4, stderr
 
 
 def test_resume_auto_after_a_kill_before_the_first_checkpoint_starts_again(tmp_path, capsys):

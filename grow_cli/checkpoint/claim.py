@@ -21,6 +21,7 @@ from pathlib import Path
 
 from grow_cli.errors import OutputError
 from grow_cli.signals import interruptions_held
+from grow_cli.whole_file import remove_orphans
 
 TMP_MARK = "grow-tmp"
 OLD_MARK = "grow-old"
@@ -150,11 +151,14 @@ class OutputClaim:
 
 
 def remove_leftovers(out: Path) -> list[str]:
-    """Remove the temporary folders that killed runs left beside `out`; returns a note for each.
+    """Remove the temporary folders that killed runs left beside `out`; returns a note for each. The temporary
+    files of small files written whole (`whole_file`: grow.json, the card) that a run killed in train-stage's OUT
+    left there go too, without one: they hold nothing of the user's.
 
     Only the claim holder may call this. An `-old` folder is the previous OUT, moved aside by a `--force` run that
     died before its new output was renamed into place: when OUT is missing, it is put back.
     """
+    remove_orphans(out)
     notes = []
     name = glob.escape(out.name)
     for leftover in sorted(out.parent.glob(f".{name}.{OLD_MARK}-*")):
