@@ -39,6 +39,13 @@ def launched() -> bool:
     return _env_int("WORLD_SIZE", 1) > 1
 
 
+def started_by_a_launcher() -> bool:
+    """Whether a launcher started this process, of however many: torchrun and `accelerate launch` of several
+    processes set WORLD_SIZE, accelerate's launch of one sets its settings (ACCELERATE_DYNAMO_BACKEND among them)
+    alone. Either reports a worker's exit status other than 0 as a failure, with its traceback."""
+    return "WORLD_SIZE" in os.environ or "ACCELERATE_DYNAMO_BACKEND" in os.environ
+
+
 def main_process() -> bool:
     """Whether this process speaks for its launch: global rank 0 (outside a launch, the one process). Read from the
     launcher's RANK, so it holds before the process group exists (and without importing torch)."""

@@ -128,3 +128,21 @@ def _loaded(folder):
 def _summary(member):
     """The member's member.json."""
     return json.loads((member / "member.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_launched_family_that_pauses_ends_the_launch_as_a_pause_not_a_failure(tmp_path):
+    """A member's `exit_interval` under `accelerate launch`: every process exited 3, and the launcher reported failed
+    workers (exit 1, torch's ChildFailedError traceback) after the pause's line. Now the launch exits 0 like a paused
+    train-stage's, the line said once; the same launch again finishes the family."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "max_steps": 4, "exit_interval": 2}
+    recipe = {"out": "run", "train": train, "members": [{"name": "small", "source": "base"}]}
+    path = tmp_path / "family.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    paused = launch_grow(["family", path, "-q"], timeout=200)
+    assert paused.returncode == 0 and "Traceback" not in paused.stderr, paused.stderr[-3000:]
+    assert paused.stdout.count("paused in member small; re-run the same command to continue") == 1, paused.stdout
+    done = launch_grow(["family", path, "--json"], timeout=200)
+    assert done.returncode == 0 and document(done.stdout)["status"] == "done", done.stderr[-3000:]

@@ -149,3 +149,36 @@ def test_a_family_that_lost_a_process_says_to_run_it_again(monkeypatch, tmp_path
     monkeypatch.setattr("grow_cli.family.check.check_recipe", lambda recipe: [])
     with pytest.raises(TrainingError, match=r"once that is fixed, run the same grow family command again$"):
         run.run_family(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "paused_status"),
+    [
+        ({}, 3),  # run alone: a script loops on the exit status until the family is done
+        ({"RANK": "0", "WORLD_SIZE": "2"}, 0),  # torchrun, `accelerate launch` of several processes: each process
+        ({"RANK": "1", "WORLD_SIZE": "2"}, 0),
+        ({"ACCELERATE_DYNAMO_BACKEND": "no"}, 0),  # `accelerate launch` of one process, which sets no WORLD_SIZE
+    ],
+)
+def test_a_paused_family_under_a_launcher_exits_as_train_stage_s_pause(
+    monkeypatch, cli, tmp_path, launcher, paused_status
+):
+    """A family paused by a member's `exit_interval` exited 3 on every process, which a launcher reports as failed
+    workers (exit 1, with its traceback): a pause looked like a crash. Under a launcher it exits 0 now, as a paused
+    train-stage does; its line (and `--json`'s "status") says it paused. A finished family exits 0 everywhere."""
+    import grow_cli.family.run as run
+
+    for name in ("RANK", "WORLD_SIZE", "ACCELERATE_DYNAMO_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in launcher.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "family.yaml").write_text("out: run\nmembers: [{name: small, source: base}]\n")
+    ended = {"status": "paused", "member": "small", "out": str(tmp_path / "run")}
+    monkeypatch.setattr(run, "run_family", lambda recipe, quiet: ended)  # (what 2 processes cannot run in a test)
+    result = cli("family", tmp_path / "family.yaml")
+    assert result.code == paused_status, result.stderr
+    said = "paused in member small; re-run the same command to continue"
+    assert result.stdout.strip() == (said if launcher.get("RANK", "0") == "0" else "")
+    monkeypatch.setattr(run, "run_family", lambda recipe, quiet: {**ended, "status": "done"})
+    monkeypatch.setattr("grow_cli.commands.family._print_result", lambda result, json_out: None)  # (its summary)
+    assert cli("family", tmp_path / "family.yaml").code == 0

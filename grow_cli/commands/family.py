@@ -85,8 +85,23 @@ def family(
     result = run_family(parsed, quiet=quiet)  # --json too shows progress: on stderr, the document on stdout
     if main_process():  # under `accelerate launch` one process speaks; every one ends with the same status
         _print_result(result, json_out)
-    if result["status"] != "done":  # with --json too: a script loops on the exit code until the family is done
-        raise typer.Exit(3)
+    status = exit_status(result["status"])
+    if status:
+        raise typer.Exit(status)
+
+
+PAUSED = 3  # a paused family's exit status, outside a launcher
+
+
+def exit_status(status: str) -> int:
+    """The exit status of a family run that ended with `status`: 0 when done; `PAUSED` when a member's
+    `exit_interval` paused it (with --json too: a script loops on the exit code until the family is done) — but 0
+    under a launcher, as train-stage's pause always is. A launcher reports a worker's every other status as a
+    failure (exit 1, with its traceback), so the pause's own line and `--json`'s "status" could not be told from a
+    crash; they say it there."""
+    from grow_cli.launch import started_by_a_launcher
+
+    return 0 if status == "done" or started_by_a_launcher() else PAUSED
 
 
 def _print_result(result: dict, json_out: bool) -> None:
