@@ -9,8 +9,11 @@ KeyError), a RoPE number written as text or null (a TypeError in its arithmetic)
 `grow expand` wrote a model no one could load. `problem` names the first such value, and `hf_config.answer` adds it
 to transformers' own verdict, so every route that asks whether a config loads hears of it.
 
-Left to transformers' warning: special token ids outside the vocabulary (transformers keeps them loadable on
-purpose: Hub configs carry `pad_token_id: -1`), and numbers that build a model (a RoPE `factor` below 1).
+Left as transformers leaves them: numbers that build a model (a RoPE `factor` below 1), and special token ids outside
+the vocabulary, of which transformers warns only (Hub configs carry `pad_token_id: -1`, which loads): one past it
+fails the constructor of a model that gives it to its embedding as `padding_idx` (Llama's) and not of one that does
+not (GPT-2's), which the config alone does not tell; `expand --verify` and train-stage find it when they build the
+model. Likewise an `attn_implementation` in config.json, which depends on the kernels installed where it runs.
 """
 
 from __future__ import annotations
@@ -64,7 +67,10 @@ def _rope_sets(config: Any, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
     rope = getattr(config, "rope_parameters", None)
     if not isinstance(rope, dict) or not rope:
         return
-    nested = config.nested_rope_parameter_keys(rope)
+    if hasattr(config, "nested_rope_parameter_keys"):
+        nested = config.nested_rope_parameter_keys(rope)
+    else:  # transformers 5.17 nests them by the layer types alone
+        nested = [key for key in rope if key in (getattr(config, "layer_types", None) or ())]
     for at, inner in [(f"{name}.{key}", rope[key]) for key in nested] or [(name, rope)]:
         if isinstance(inner, dict):
             yield at, inner
