@@ -36,25 +36,22 @@ def write_whole(path: Path, text: str | bytes) -> None:
         tmp.unlink(missing_ok=True)  # gone once renamed; removed on a failure or an interrupt
 
 
-def remove_orphans(folder: Path, name: str | None = None) -> list[Path]:
+def remove_orphans(folder: Path, name: str | None = None) -> None:
     """Remove the temporary files in `folder` (of the target `name` only, when given) that a process of this host
-    left when it was killed outright, and return them; those of live processes stay."""
+    left when it was killed outright; those of live processes stay."""
     try:
         entries = list(os.scandir(folder))
     except OSError:
-        return []
+        return
     found = [(entry, TEMPORARY.fullmatch(entry.name)) for entry in entries]
     ours = [(e, int(m.group(2))) for e, m in found if m and m.group(3) == HOST and name in (None, m.group(1))]
     if not ours:
-        return []
+        return
     from grow_cli.scratch import alive  # (only where there is one to judge: every write stays light)
 
-    removed = []
     for entry, pid in ours:
         try:
             if not alive(pid) and entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
-                removed.append(Path(entry.path))
         except OSError:
             continue  # another run removed it first, or the folder is not ours to change
-    return removed

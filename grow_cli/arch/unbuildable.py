@@ -31,7 +31,8 @@ from typing import Any
 
 from grow_cli.field_types import accepts, kinds_of, type_names
 
-# The config fields the models of transformers pass to `ACT2FN` (in 700 of its modelling files, all but a few).
+# The config fields transformers' models pass to `ACT2FN` (most of its `ACT2FN[config.…]` reads; the others are keys
+# of models grow does not grow: T5's `dense_act_fn`, speech models' `feat_extract_activation`).
 ACTIVATION_KEYS = ("hidden_act", "hidden_activation", "activation_function")
 # RoPE numbers that each RoPE computation reads wherever they are given (standardization fills in `rope_theta`, so
 # transformers' validators never list it as required): null there fails in the model's arithmetic.

@@ -49,9 +49,8 @@ def load_model_config(model_dir: Path):
             f"{model_dir}/config.json cannot be read by transformers: it gives its text model's config (text_config "
             f"or a key like it) as {text!r:.40}, not a JSON object; fix it there"
         )
-    found = unbuildable.problem(
-        text, given
-    )  # what only the model's constructor would refuse, after the data is tokenized
+    # What only the model's constructor would refuse: found here, before the data is tokenized
+    found = unbuildable.problem(text, given)
     if found is not None:
         raise CheckpointError(f"{model_dir}/config.json does not load in transformers: {found}; fix it there")
     return config
