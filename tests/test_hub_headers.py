@@ -147,7 +147,7 @@ def test_family_check_plans_a_hub_source_from_its_headers(fake_hub, tmp_path):
 
 
 @pytest.mark.parametrize("fault", [500, "cut"])
-def test_a_failed_header_read_is_one_line_and_leaves_nothing(fake_hub, cli, tmp_path, empty_tempdir, fault):
+def test_a_failed_header_read_is_one_line_and_leaves_nothing(fake_hub, cli, tmp_path, empty_tempdir, no_backoff, fault):
     fake_hub.add_folder(REPO, save_llama(tmp_path / "llama"))
     fake_hub.fail("GET", ".safetensors", fault, times=100)
     result = cli("inspect", REPO)

@@ -7,6 +7,8 @@
 - headers.py: a Hub id's config.json and shard headers by HTTP ranges, without its weights (`grow inspect`,
   `grow expand --dry-run`, `grow family --check`).
 - client.py: endpoint, offline mode, token resolution and the single translation of client errors to HubError.
+- network.py: every wait of a read from the Hub bounded by HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT, and transient
+  failures (5xx, a reset connection, a timeout) tried again at most GROW_HUB_RETRIES times.
 """
 
 from grow_cli.hub.download import download_checkpoint

@@ -25,8 +25,8 @@ TOKEN_HELP = "pass --token, set HF_TOKEN, or run `hf auth login`"
 # The network failure of the HTTP client huggingface_hub uses. Hub 1.31 added `huggingface_hub.utils.httpx`, the
 # client's module (httpx in 1.x, httpx2 from 2.0); hub 1.5-1.30, which grow's range and transformers 5.17 allow, use
 # httpx itself and do not export it.
-_http_client = getattr(hub_utils, "httpx", None) or importlib.import_module("httpx")
-TransportError: type[Exception] = _http_client.TransportError
+http_client = getattr(hub_utils, "httpx", None) or importlib.import_module("httpx")
+TransportError: type[Exception] = http_client.TransportError
 
 
 def endpoint() -> str:
@@ -133,7 +133,7 @@ def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-ru
             )
         if status >= 500:
             return HubError(f"the Hub failed while {action} {repo_id} (HTTP {status}: {detail}); {resume}")
-        if status == 404 and (name := _file_of(exc.response)):
+        if status == 404 and (name := file_of(exc.response)):
             return HubError(
                 f"the Hub answered 'not found' (HTTP 404: {detail}) for {name}, a file {repo_id} lists; {resume}"
             )
@@ -152,7 +152,7 @@ def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-ru
         return HubError(
             f"{lost_connection(exc)} while {action} {repo_id}; check the network or HF_ENDPOINT, then {resume}"
         )
-    if isinstance(exc, _http_client.TooManyRedirects):
+    if isinstance(exc, http_client.TooManyRedirects):
         return HubError(
             f"the Hub at {endpoint()} redirected in a loop while {action} {repo_id} (TooManyRedirects); check "
             "HF_ENDPOINT, and any proxy between grow and the Hub"
@@ -170,22 +170,34 @@ def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-ru
 
 def lost_connection(exc: BaseException) -> str:
     """What a network failure was: the Hub could not be reached, stopped answering, or the connection broke."""
-    if isinstance(exc, _http_client.ConnectError | _http_client.ConnectTimeout):
+    if isinstance(exc, http_client.ConnectError | http_client.ConnectTimeout):
         return f"cannot reach the Hub at {endpoint()} ({type(exc).__name__})"
-    if isinstance(exc, _http_client.TimeoutException):
+    if isinstance(exc, http_client.TimeoutException):
         return (
             f"the Hub at {endpoint()} did not answer in time ({type(exc).__name__}: no answer within "
-            f"HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s for metadata or "
-            f"HF_HUB_DOWNLOAD_TIMEOUT={constants.HF_HUB_DOWNLOAD_TIMEOUT} s for file bytes)"
+            f"{_wait_setting(exc)}; raise it for a slow Hub)"
         )
     return f"the connection to the Hub at {endpoint()} broke ({type(exc).__name__})"
 
 
-def _file_of(response) -> str | None:
-    """The repo file a response answered for (`…/resolve/REVISION/PATH`), or None for an API call."""
+def _wait_setting(exc: BaseException) -> str:
+    """The setting that bounded the wait which timed out in `exc`, as a message names it: HF_HUB_ETAG_TIMEOUT for
+    metadata (a HEAD, an API call), HF_HUB_DOWNLOAD_TIMEOUT for file bytes, both when the request is not known."""
+    metadata = f"HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s, the wait for metadata"
+    file_bytes = f"HF_HUB_DOWNLOAD_TIMEOUT={constants.HF_HUB_DOWNLOAD_TIMEOUT} s, the wait for file bytes"
     try:
-        path = response.request.url.path
-    except (AttributeError, RuntimeError):  # a response built without its request
+        request = exc.request  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # an error raised before its request was built
+        return f"{metadata}, or {file_bytes}"
+    return metadata if request.method == "HEAD" or "/api/" in request.url.path else file_bytes
+
+
+def file_of(failed) -> str | None:
+    """The repo file the request of a response or of a client error asked for (`…/resolve/REVISION/PATH`), or None
+    for an API call."""
+    try:
+        path = failed.request.url.path
+    except (AttributeError, RuntimeError):  # a response built without its request, an error raised before one
         return None
     rest = path.split("/resolve/", 1)[1] if "/resolve/" in path else ""
     return unquote(rest.split("/", 1)[1]) if "/" in rest else None

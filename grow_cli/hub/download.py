@@ -39,6 +39,7 @@ from grow_cli.hub.client import (
     lost_connection,
     translate,
 )
+from grow_cli.hub.network import bound_waits, hub_retries, retrying
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
 MOVED_RETRIES = 3  # downloads of a revision that moved meanwhile, before giving up
@@ -56,13 +57,15 @@ def download_checkpoint(
     if is_offline():
         return _from_cache(repo_id, revision, where)
 
+    hub_retries()  # a GROW_HUB_RETRIES that is not a number is refused before any request
+    bound_waits()
     try:
         for _ in range(MOVED_RETRIES):
             info = repo_listing(repo_id, revision, token)
             _, files = needed_files(repo_id, revision, info, token)
             # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later. The name is
             # resolved again: when a push moved it since `model_info`, the files chosen belong to another commit.
-            folder = fetch_files(repo_id, revision, files, token)
+            folder = fetch_files(repo_id, revision, files, token, commit=info.sha)
             if Path(folder).name == info.sha:
                 break
         else:
@@ -86,12 +89,35 @@ def download_checkpoint(
     return Path(folder), {"repo_id": repo_id, "revision": revision, "commit": info.sha, "files": files}
 
 
-def fetch_files(repo_id: str, revision: str | None, files: list[str], token: str | None) -> str:
+def fetch_files(repo_id: str, revision: str | None, files: list[str], token: str | None, *, commit: str) -> str:
     """`snapshot_download` of `files` from `repo_id` at `revision` into the cache, a Ctrl-C away from stopping
-    (`interruptible`: the client's download threads would hold it); the snapshot folder."""
-    return interruptible(
-        lambda: snapshot_download(repo_id, revision=revision, allow_patterns=files, **file_options(token)),
-        "grow-hub-download",
+    (`interruptible`: the client's download threads would hold it); the snapshot folder. Run again after a transient
+    failure (`retrying`): the files that arrived are in the cache, and only the others are downloaded.
+
+    When the repo's own listing fails (a Hub that stalls or fails there after answering grow's), `snapshot_download`
+    hands back the snapshot folder as the cache holds it, without a word: the files it lacks are then asked for one by
+    one, which downloads them or fails with the reason (the line then names it, e.g. the timeout to raise). By the
+    revision's name, as `snapshot_download` asks, so that the cache records the name and HF_HUB_OFFLINE=1 finds the
+    snapshot later; and only into the snapshot of `commit`, the one listed: a revision that moved since holds other
+    files, and is downloaded again whole (`download_checkpoint`)."""
+    folder = retrying(
+        lambda: interruptible(
+            lambda: snapshot_download(repo_id, revision=revision, allow_patterns=files, **file_options(token)),
+            "grow-hub-download",
+        ),
+        f"downloading {repo_id}",
+    )
+    if Path(folder).name == commit:
+        for name in [name for name in files if not (Path(folder) / name).is_file()]:
+            fetch_file(repo_id, revision, name, token)
+    return folder
+
+
+def fetch_file(repo_id: str, revision: str | None, name: str, token: str | None) -> str:
+    """`hf_hub_download` of the file `name` of `repo_id` at `revision` into the cache (`retrying`); its path there."""
+    return retrying(
+        lambda: hf_hub_download(repo_id, name, revision=revision, **file_options(token)),
+        f"downloading {name} of {repo_id}",
     )
 
 
@@ -124,9 +150,13 @@ def repo_listing(repo_id: str, revision: str | None, token: str | None) -> Any:
 
     It waits for the Hub at most HF_HUB_ETAG_TIMEOUT seconds, as huggingface_hub waits for a file's metadata before
     a download; the client gives this call no timeout of its own, and a server that took the connection and never
-    answered held grow forever (a TransportError now, which falls back on the cache)."""
-    return hub_client(token).model_info(
-        repo_id, revision=revision, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
+    answered held grow forever (a TransportError now, which falls back on the cache). Asked again after a transient
+    failure (`retrying`)."""
+    return retrying(
+        lambda: hub_client(token).model_info(
+            repo_id, revision=revision, files_metadata=True, timeout=constants.HF_HUB_ETAG_TIMEOUT
+        ),
+        f"listing the files of {repo_id}",
     )
 
 
@@ -139,7 +169,7 @@ def needed_files(
     sizes = {s.rfilename: s.size for s in info.siblings or []}
 
     def read_index(name: str) -> Any:
-        return json.loads(Path(hf_hub_download(repo_id, name, revision=info.sha, **file_options(token))).read_text())
+        return json.loads(Path(fetch_file(repo_id, info.sha, name, token)).read_text())
 
     return sizes, select_files(sizes, read_index, where_of(repo_id, revision))
 

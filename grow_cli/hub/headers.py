@@ -37,6 +37,7 @@ from grow_cli.checkpoint.header import MAX_HEADER
 from grow_cli.errors import HubError
 from grow_cli.hub.client import TransportError, check_cache_folders, endpoint, is_offline, translate
 from grow_cli.hub.download import cached_copy, fetch_files, needed_files, repo_listing
+from grow_cli.hub.network import bound_waits, hub_retries, retrying
 
 FIRST_READ = 100_000  # bytes read from a shard's start: huggingface_hub's guess, which holds 97% of headers whole
 PARALLEL = 8  # shards whose headers are read at once
@@ -83,6 +84,8 @@ def mirror_headers(
     check_cache_folders()
     if is_offline():
         return None
+    hub_retries()  # a GROW_HUB_RETRIES that is not a number is refused before any request
+    bound_waits()
     try:
         info = repo_listing(repo_id, revision, token)
     except TransportError as exc:
@@ -98,7 +101,7 @@ def mirror_headers(
         if not shards:
             return None
         small = [name for name in files if name not in shards]  # a sentence-transformers module's weights too
-        cached = Path(fetch_files(repo_id, info.sha, small, token))
+        cached = Path(fetch_files(repo_id, info.sha, small, token, commit=info.sha))
         for name in small:
             (into / name).parent.mkdir(parents=True, exist_ok=True)
             (into / name).symlink_to((cached / name).resolve())
@@ -140,7 +143,12 @@ def read_range(url: str, headers: dict[str, str], start: int, end: int, what: st
     A server that ignores the range and sends the whole file is read only as far as the range reaches. One that
     answers another range, or sends fewer bytes than the file holds there, is refused (HubError): what it sent would
     be read as the header or the tensor bytes asked for, a header then refused as a corrupted file and a tensor
-    compared wrongly."""
+    compared wrongly. Asked again after a transient failure, a stall or a broken connection included (`retrying`)."""
+    return retrying(lambda: _read_range(url, headers, start, end, what), f"reading {what}", client_resumes_bytes=False)
+
+
+def _read_range(url: str, headers: dict[str, str], start: int, end: int, what: str) -> bytes:
+    """One try of `read_range`."""
     wanted = end - start
     parts: list[bytes] = []
     got = 0
