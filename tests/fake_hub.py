@@ -7,8 +7,8 @@ download files (model_info, HEAD/GET resolve, with byte ranges: each request rec
 
 It keeps repos in memory as commits of `{path: bytes}` trees, stores LFS objects per repo (so a re-run of an upload
 is told which objects already arrived, as the real Hub does), records every request, and has switches to make it
-misbehave: `fail` (any endpoint answers an HTTP status, with headers such as Retry-After, drops or resets the
-connection, cuts it mid-body, never answers, redirects to itself; a file is sent whole despite a Range, from the wrong
+misbehave: `fail` (any endpoint answers an HTTP status, with headers such as Retry-After, drops the connection, cuts
+or resets it mid-body, never answers, redirects to itself; a file is sent whole despite a Range, from the wrong
 offset, short, or with its bytes changed), `create_status` (e.g. 409 on repo creation), `fail_lfs_put_after` (HTTP
 500 on every LFS PUT after the first N), `reject_tokens` (HTTP 401 for any token), `force_regular` (answer "regular"
 to every preupload, the path the xet pipeline takes without talking to a xet server).
@@ -240,10 +240,10 @@ class FakeHub:
         """Misbehave on the next `times` requests `method` whose path contains `contains`. `action` is one of:
 
         - an HTTP status (an int), with `headers` (e.g. Retry-After) in the answer;
-        - "drop": close the connection before handling the request; "reset": the same with an RST (a connection reset
-          by peer); "hang": accept it and never answer (until the server stops); "cut": handle it and close the
-          connection halfway through the response body (a download that breaks mid-file; a commit whose answer is
-          lost); "loop": redirect to the same URL;
+        - "drop": close the connection before handling the request; "hang": accept it and never answer (until the
+          server stops); "cut": handle it and close the connection halfway through the response body (a download
+          that breaks mid-file; a commit whose answer is lost); "reset": the same, the connection reset (an RST, the
+          client's ECONNRESET) instead of closed; "loop": redirect to the same URL;
         - for a file: "whole" (ignore a Range: 200 and every byte), "misplaced" (a Range answered from byte 0, its
           Content-Range saying so), "short" (half the body, its Content-Length saying so), "corrupt" (every byte
           sent, one of them changed: the etag and sha256 no longer match)."""
@@ -331,14 +331,11 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.query = parse_qs(parts.query)
             segments = [unquote(s) for s in parts.path.strip("/").split("/")]
             fault, fault_headers = hub._take_fault(method, parts.path)
-            if fault in ("drop", "hang", "reset"):
+            if fault in ("drop", "hang"):
                 record.status = -1
                 self.close_connection = True
                 if fault == "hang":
                     hub._stopping.wait()
-                if fault == "reset":  # closed at once with an RST, not a FIN: the client reads ECONNRESET
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    self.connection.close()
                 return
             if fault == "whole":
                 del self.headers["Range"]
@@ -367,7 +364,10 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             record.status = status
             if method == "GET" and isinstance(payload, bytes | bytearray):
                 record.sent = len(payload)
-            self._send(status, payload, headers, head=method == "HEAD", cut=fault == "cut")
+            self._send(status, payload, headers, head=method == "HEAD", cut=fault in ("cut", "reset"))
+            if fault == "reset":  # closed with an RST, not a FIN: the client reads ECONNRESET (once the handler ends)
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
 
         def _send(self, status: int, payload, headers: dict, *, head: bool = False, cut: bool = False) -> None:
             if isinstance(payload, bytes | bytearray):
