@@ -114,6 +114,7 @@ def retrying(step: Callable[[], T], what: str, *, client_resumes_bytes: bool = T
         err.print(
             f"note: {why} while {what}; trying again in {wait:g} s (retry {done} of {retries}, {RETRIES_VARIABLE})",
             soft_wrap=True,
+            markup=False,  # file names and URLs are printed as they are
         )
         time.sleep(wait)
         wait = min(2 * wait, LONGEST_WAIT_S)
