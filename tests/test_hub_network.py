@@ -162,3 +162,31 @@ def test_a_bad_grow_hub_retries_is_one_line(fake_hub, hub_repo, cli, tmp_path, m
         f"error: GROW_HUB_RETRIES='{value}' is not a number of retries from 0 to 10; set it to 0 to try each request "
         "once, or unset it for 3"
     )
+
+
+def test_a_python_callers_own_http_client_serves_and_is_left_as_it_was(fake_hub, hub_repo, tmp_path):
+    """grow bounded the Hub's waits by replacing huggingface_hub's client factory for the rest of the process: a
+    Python caller's own factory (a proxy, certificates) was dropped by the first read from the Hub. grow now adds its
+    request hook to the session in use while it reads, and takes it off after."""
+    from huggingface_hub.utils import get_session, set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
+
+    import grow_cli
+
+    seen = []
+
+    def callers_client():
+        client = default_client_factory()
+        client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], seen.append]}
+        return client
+
+    set_client_factory(callers_client)
+    try:
+        layers = grow_cli.inspect(hub_repo)["layers"]
+        assert seen, "the caller's client was not used"
+        session = get_session()
+        assert [h.__name__ for h in session.event_hooks["request"]] == ["hf_request_event_hook", "append"]
+        grow_cli.expand(hub_repo, tmp_path / "out", grow_cli.GrowthSpec(layers=2 * layers))
+        assert get_session() is session and len(session.event_hooks["request"]) == 2
+    finally:
+        set_client_factory(default_client_factory)

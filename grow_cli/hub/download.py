@@ -39,7 +39,7 @@ from grow_cli.hub.client import (
     lost_connection,
     translate,
 )
-from grow_cli.hub.network import bound_waits, hub_retries, retrying
+from grow_cli.hub.network import bounded_waits, hub_retries, retrying
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
 MOVED_RETRIES = 3  # downloads of a revision that moved meanwhile, before giving up
@@ -58,27 +58,27 @@ def download_checkpoint(
         return _from_cache(repo_id, revision, where)
 
     hub_retries()  # a GROW_HUB_RETRIES that is not a number is refused before any request
-    bound_waits()
-    try:
-        for _ in range(MOVED_RETRIES):
-            info = repo_listing(repo_id, revision, token)
-            _, files = needed_files(repo_id, revision, info, token)
-            # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later. The name is
-            # resolved again: when a push moved it since `model_info`, the files chosen belong to another commit.
-            folder = fetch_files(repo_id, revision, files, token, commit=info.sha)
-            if Path(folder).name == info.sha:
-                break
-        else:
-            raise HubError(
-                f"{where} moved to a new commit {MOVED_RETRIES} times while it was downloaded (someone is pushing "
-                "to it); re-run later, or pass --revision with a commit sha"
-            )
-    except HubError:
-        raise
-    except TransportError as exc:
-        return cached_copy(repo_id, revision, exc)
-    except Exception as exc:
-        raise translate(exc, "downloading", repo_id) from None
+    with bounded_waits():
+        try:
+            for _ in range(MOVED_RETRIES):
+                info = repo_listing(repo_id, revision, token)
+                _, files = needed_files(repo_id, revision, info, token)
+                # By name, not by sha, so the cache records the ref and HF_HUB_OFFLINE=1 finds it later. The name is
+                # resolved again: when a push moved it since `model_info`, the files chosen belong to another commit.
+                folder = fetch_files(repo_id, revision, files, token, commit=info.sha)
+                if Path(folder).name == info.sha:
+                    break
+            else:
+                raise HubError(
+                    f"{where} moved to a new commit {MOVED_RETRIES} times while it was downloaded (someone is pushing "
+                    "to it); re-run later, or pass --revision with a commit sha"
+                )
+        except HubError:
+            raise
+        except TransportError as exc:
+            return cached_copy(repo_id, revision, exc)
+        except Exception as exc:
+            raise translate(exc, "downloading", repo_id) from None
     # snapshot_download falls back to a partial cached snapshot when the Hub fails mid-way: refuse that.
     missing = [name for name in files if not (Path(folder) / name).is_file()]
     if missing:

@@ -37,7 +37,7 @@ from grow_cli.checkpoint.header import MAX_HEADER
 from grow_cli.errors import HubError
 from grow_cli.hub.client import TransportError, check_cache_folders, endpoint, is_offline, translate
 from grow_cli.hub.download import cached_copy, fetch_files, needed_files, repo_listing
-from grow_cli.hub.network import bound_waits, hub_retries, retrying
+from grow_cli.hub.network import bounded_waits, hub_retries, retrying
 
 FIRST_READ = 100_000  # bytes read from a shard's start: huggingface_hub's guess, which holds 97% of headers whole
 PARALLEL = 8  # shards whose headers are read at once
@@ -85,39 +85,39 @@ def mirror_headers(
     if is_offline():
         return None
     hub_retries()  # a GROW_HUB_RETRIES that is not a number is refused before any request
-    bound_waits()
-    try:
-        info = repo_listing(repo_id, revision, token)
-    except TransportError as exc:
-        # The Hub cannot be reached, or stopped answering: a complete cached copy serves (the download path finds
-        # it), else this says so. Not a download: the Hub answering again moments later would fetch every weight.
-        cached_copy(repo_id, revision, exc)
-        return None
-    except Exception as exc:
-        raise translate(exc, "downloading", repo_id) from None
-    try:
-        sizes, files = needed_files(repo_id, revision, info, token)
-        shards = [name for name in files if name.endswith(".safetensors") and "/" not in name]
-        if not shards:
+    with bounded_waits():
+        try:
+            info = repo_listing(repo_id, revision, token)
+        except TransportError as exc:
+            # The Hub cannot be reached, or stopped answering: a complete cached copy serves (the download path finds
+            # it), else this says so. Not a download: the Hub answering again moments later would fetch every weight.
+            cached_copy(repo_id, revision, exc)
             return None
-        small = [name for name in files if name not in shards]  # a sentence-transformers module's weights too
-        cached = Path(fetch_files(repo_id, info.sha, small, token, commit=info.sha))
-        for name in small:
-            (into / name).parent.mkdir(parents=True, exist_ok=True)
-            (into / name).symlink_to((cached / name).resolve())
-        headers = build_hf_headers(token=token or None, library_name="grow", library_version=__version__)
-        urls = {into / name: hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint()) for name in shards}
-        with ThreadPoolExecutor(PARALLEL, thread_name_prefix="grow-headers") as pool:
-            jobs = [
-                pool.submit(_mirror_shard, path, url, headers, sizes[path.name], f"{path.name} of {repo_id}")
-                for path, url in urls.items()
-            ]
-            for job in jobs:
-                job.result()
-    except HubError:
-        raise
-    except Exception as exc:
-        raise translate(exc, "downloading the shard headers of", repo_id) from None
+        except Exception as exc:
+            raise translate(exc, "downloading", repo_id) from None
+        try:
+            sizes, files = needed_files(repo_id, revision, info, token)
+            shards = [name for name in files if name.endswith(".safetensors") and "/" not in name]
+            if not shards:
+                return None
+            small = [name for name in files if name not in shards]  # a sentence-transformers module's weights too
+            cached = Path(fetch_files(repo_id, info.sha, small, token, commit=info.sha))
+            for name in small:
+                (into / name).parent.mkdir(parents=True, exist_ok=True)
+                (into / name).symlink_to((cached / name).resolve())
+            headers = build_hf_headers(token=token or None, library_name="grow", library_version=__version__)
+            urls = {into / name: hf_hub_url(repo_id, name, revision=info.sha, endpoint=endpoint()) for name in shards}
+            with ThreadPoolExecutor(PARALLEL, thread_name_prefix="grow-headers") as pool:
+                jobs = [
+                    pool.submit(_mirror_shard, path, url, headers, sizes[path.name], f"{path.name} of {repo_id}")
+                    for path, url in urls.items()
+                ]
+                for job in jobs:
+                    job.result()
+        except HubError:
+            raise
+        except Exception as exc:
+            raise translate(exc, "downloading the shard headers of", repo_id) from None
     return str(info.sha), RemoteBytes({path.resolve(): url for path, url in urls.items()}, headers, repo_id)
 
 

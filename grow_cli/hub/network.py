@@ -4,9 +4,9 @@ Waits. huggingface_hub bounds the bytes of a file (HF_HUB_DOWNLOAD_TIMEOUT) and 
 (HF_HUB_ETAG_TIMEOUT), but not the rest of a download: `snapshot_download` lists the repo (`repo_info`,
 `list_repo_tree`) with no timeout at all, so a Hub that stalled there held grow until Ctrl-C; and a HEAD that failed
 once is tried 6 more times (`http_backoff`, 1 to 8 s apart) with 60 s for each try whatever HF_HUB_ETAG_TIMEOUT
-says, so a Hub that stalled on a HEAD held a download about 6.4 minutes. `bound_waits` gives the client's shared
-session (through huggingface_hub's `set_client_factory`) a request hook that lets each HEAD, and each GET sent
-without a timeout, wait at most HF_HUB_ETAG_TIMEOUT seconds for each answer. Uploads and commits (POST, PUT) keep the
+says, so a Hub that stalled on a HEAD held a download about 6.4 minutes. `bounded_waits` gives the client's shared
+session, while grow reads from the Hub, a request hook that lets each HEAD, and each GET sent without a timeout,
+wait at most HF_HUB_ETAG_TIMEOUT seconds for each answer. Uploads and commits (POST, PUT) keep the
 client's own waits: the Hub may take minutes over a large commit.
 
 Retries. The client tries again itself a file's HEAD (6 more times, above) and its own listing of the repo's tree (5
@@ -25,11 +25,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from huggingface_hub import constants, errors
-from huggingface_hub.utils import get_session, set_client_factory
+from huggingface_hub.utils import get_session
 
 from grow_cli.console import err
 from grow_cli.errors import HubError
@@ -43,30 +44,33 @@ MOST_RETRIES = 10
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 FIRST_WAIT_S, LONGEST_WAIT_S = 1.0, 8.0  # doubling between: huggingface_hub's http_backoff defaults
 
-_installing = threading.Lock()
-_installed = False
+
+@contextmanager
+def bounded_waits() -> Iterator[None]:
+    """While the block runs, every HEAD of huggingface_hub's client, and every GET it sends without a timeout, waits
+    at most HF_HUB_ETAG_TIMEOUT seconds for each answer: `_cap_metadata_wait` is one of its shared session's request
+    hooks, taken off again after, so that a Python caller's session (from a client factory of their own: a proxy,
+    certificates) is used as it is and left as grow found it. Blocks may nest or run in several threads: the hook
+    is added once and taken off when the last block ends."""
+    session = get_session()
+    with _hooking:
+        if not _holders.get(id(session)):
+            hooks = session.event_hooks
+            session.event_hooks = {**hooks, "request": [*hooks["request"], _cap_metadata_wait]}
+        _holders[id(session)] = _holders.get(id(session), 0) + 1
+    try:
+        yield
+    finally:
+        with _hooking:
+            _holders[id(session)] -= 1
+            if not _holders[id(session)]:
+                del _holders[id(session)]
+                hooks = session.event_hooks
+                session.event_hooks = {**hooks, "request": [h for h in hooks["request"] if h is not _cap_metadata_wait]}
 
 
-def bound_waits() -> None:
-    """Make every later session of huggingface_hub's client give each HEAD, and each GET sent without a timeout, at
-    most HF_HUB_ETAG_TIMEOUT seconds for each wait (once per process). The client's own session is the model: its
-    hooks (offline mode, request ids) and settings are kept, `_cap_metadata_wait` added."""
-    global _installed
-    with _installing:
-        if _installed:
-            return
-        model = get_session()
-        hooks = model.event_hooks
-
-        def client() -> Any:
-            return type(model)(
-                event_hooks={"request": [*hooks["request"], _cap_metadata_wait], "response": list(hooks["response"])},
-                follow_redirects=model.follow_redirects,
-                timeout=model.timeout,
-            )
-
-        set_client_factory(client)
-        _installed = True
+_hooking = threading.Lock()
+_holders: dict[int, int] = {}  # sessions that carry the hook: how many `bounded_waits` blocks use each
 
 
 def _cap_metadata_wait(request: Any) -> None:
