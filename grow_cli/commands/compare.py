@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.commands import JSON_HELP
 from grow_cli.commands.masking_options import MaskReplaceProb, MlmProbability, RandomReplaceProb, WholeWordMask
 from grow_cli.data.masking_settings import MASK_REPLACE_PROB, MLM_PROBABILITY, RANDOM_REPLACE_PROB
 from grow_cli.data.sources import TEXT_FIELD
@@ -57,7 +58,7 @@ def compare(
     mask_replace_prob: MaskReplaceProb = MASK_REPLACE_PROB,
     random_replace_prob: RandomReplaceProb = RANDOM_REPLACE_PROB,
     whole_word_mask: WholeWordMask = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Compare two models' predictions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl — of every next token
     for causal LMs, of the masked tokens for BERT-style encoders (fixed masks, made with train-stage's masking options:

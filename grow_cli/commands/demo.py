@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.commands import JSON_HELP
+
 EXAMPLES = """
 **Examples**
 
@@ -23,7 +25,7 @@ def demo(
     force: Annotated[
         bool, typer.Option("--force", help="Replace the wide/ and wide-deep/ of an earlier demo in OUT.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Grow all-MiniLM-L6-v2 (a real 6-layer BERT) 384 → 768 wide (FPI, verified exact), then to 12 layers.

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.commands import JSON_HELP
 from grow_cli.operators.registry import method_help
 
 EXAMPLES = """
@@ -178,7 +179,7 @@ def expand(
     private: Annotated[
         bool, typer.Option("--private", help="With --push-to-hub: create the repo private.", rich_help_panel=OUTPUT)
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Grow a checkpoint in depth and/or width, or upcycle it into a mixture of experts; the output is an ordinary HF

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.commands import JSON_HELP
+
 EXAMPLES = """
 **Examples**
 
@@ -40,7 +42,7 @@ def family(
             "--check", help="Check everything the run needs (sources, tokenizer, data, every grow step); build nothing."
         ),
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress on stderr (members' headers, progress bars).")
     ] = False,

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.commands import JSON_HELP
+
 EXAMPLES = """
 **Examples**
 
@@ -25,7 +27,7 @@ def inspect(
     token: Annotated[
         str | None, typer.Option(help="Hub token (default: HF_TOKEN or the saved login).", show_default=False)
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     write_definition: Annotated[
         Path | None,
         typer.Option(

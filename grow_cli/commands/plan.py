@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.commands import JSON_HELP
+
 EXAMPLES = """
 **Examples**
 
@@ -46,7 +48,7 @@ def plan(
             help="Share of its independent token budget a grown member trains on (default 140/320, Yano et al.)."
         ),
     ] = 140 / 320,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Plan growth: when and how much to grow (G_stack guideline), what a family costs, and the peak LR per size."""
     from grow_cli.console import print_json

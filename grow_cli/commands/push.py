@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from grow_cli.commands import JSON_HELP
+
 EPILOG = """\
 **Examples**
 
@@ -62,7 +64,7 @@ def push(
         str | None,
         typer.Option("--token", help="Hub write token (default: HF_TOKEN, then the saved login).", show_default=False),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Upload a grown or trained model folder to the Hugging Face Hub, with a model card made from grow.json."""
     from grow_cli.commands.push_options import note_if_unread, pushed_where

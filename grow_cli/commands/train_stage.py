@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from grow_cli.commands import JSON_HELP
 from grow_cli.commands.masking_options import MaskReplaceProb, MlmProbability, RandomReplaceProb, WholeWordMask
 from grow_cli.data.masking_settings import MASK_REPLACE_PROB, MLM_PROBABILITY, RANDOM_REPLACE_PROB
 from grow_cli.data.sources import TEXT_FIELD
@@ -262,7 +263,7 @@ def train_stage(
     quiet: Annotated[
         bool, Opt("--quiet", "-q", help="No progress or notes on stderr, but warnings about the data (non-UTF-8 text).")
     ] = False,
-    json_output: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
+    json_output: Annotated[bool, Opt("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Continue pretraining MODEL on your data with accelerate (one CPU to many GPUs); write a trained model,
     checkpoints, metrics.jsonl, an updated grow.json and model card to --out."""
