@@ -49,6 +49,26 @@ def no_grow_ending_in_pytest():
         pytest.fail("the test registered the grow process's ending in pytest's; run the grow script in a subprocess")
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers_left_as_found(request):
+    """No test leaves Ctrl-C or SIGTERM handled otherwise than it found them, but for grow's own handlers, which an
+    in-process command installs as the CLI does (`cli` fixture): a later test's Ctrl-C went to the left handler. In
+    CI, twice, SIGINT was ignored in one pytest worker when a test sent one (its command then ran on as if none had
+    come); the test that left it so fails here, by name."""
+    watched = (signal.SIGINT, signal.SIGTERM)
+    before = {signum: signal.getsignal(signum) for signum in watched}
+    yield
+    left = {
+        signal.Signals(signum).name: handler
+        for signum, handler in ((s, signal.getsignal(s)) for s in watched)
+        if handler is not before[signum] and getattr(handler, "__module__", None) != "grow_cli.signals"
+    }
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+    if left:
+        pytest.fail(f"{request.node.nodeid} left {left} as signal handlers (it found {before}); restore them")
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """`tiny_checkpoints(name)` → a folder holding a sharded tiny checkpoint of kind `name` (read-only use)."""

@@ -303,7 +303,9 @@ def test_ctrl_c_inside_a_string_exec_still_exits_130_under_python_m(where, tmp_p
     assert (run.returncode, run.stderr) == (130, "interrupted (Ctrl-C)\n")
 
 
-def test_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interruption(cli, monkeypatch, tmp_path):
+def test_ctrl_c_that_a_library_turns_into_another_error_is_still_an_interruption(
+    cli, monkeypatch, tmp_path, grow_handlers
+):
     """A Ctrl-C during transformers' lazy import of a model module comes out of it as "ModuleNotFoundError: Could not
     import module 'LlamaConfig'" (seen 3 times in 15 for `grow plan --target CONFIG_FOLDER` interrupted after 1 s):
     grow reported that as the catch-all error, exit 1. It is the interruption: one line, exit 130."""
