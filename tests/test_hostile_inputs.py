@@ -501,7 +501,12 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             "but config.json says 1 layer; if the checkpoint's layers 0–3 are all the model's, set "
             "num_hidden_layers to 4"
         )
-    found = _data_and_config_case(c, name) or _config_size_case(c, name) or _model_file_case(c, name)
+    found = (
+        _data_and_config_case(c, name)
+        or _config_size_case(c, name)
+        or _model_file_case(c, name)
+        or _non_finite_weights_case(c, name)
+    )
     if found is not None:
         return found
     options_without_their_option = {  # each does nothing without the option it depends on: refused, not ignored
@@ -716,6 +721,44 @@ def _model_file_case(c: Ctx, name: str) -> tuple[list, str] | None:
     return None
 
 
+POISONED = "model.layers.1.mlp.up_proj.weight"
+
+
+def _poison(state: dict) -> None:
+    """What a diverged run saves: a NaN and an infinity in one tensor (here, of a layer that depth growth copies)."""
+    if POISONED in state:
+        state[POISONED][0, 3] = float("nan")
+        state[POISONED][2, 1] = float("-inf")
+
+
+def _non_finite_weights_case(c: Ctx, name: str) -> tuple[list, str] | None:
+    """Weights a diverged run saved (NaN, infinities): grown or trained without a word, they made a model of NaN
+    outputs; `--verify` blamed grow's method."""
+    said = (
+        f"tensor {POISONED} holds 2 NaN or infinite values: the run that saved these weights had diverged, and a "
+        "model made from them outputs NaN"
+    )
+    grow_args = {
+        "expand-weights-nan": ["--layers", "8", "--depth-method", "identity"],  # copied in the kernel: hashing checks
+        "expand-weights-nan-verify": ["--layers", "8", "--depth-method", "identity", "--verify"],
+        "expand-width-weights-nan": ["--width-factor", "2", "--width-method", "fpi"],
+        "expand-experts-weights-nan": ["--experts", "4"],
+    }
+    if name in grow_args:
+        _rewrite_tensors(c, _poison)
+        return ["expand", c.src, c.out, *grow_args[name]], f"{said}; grow a checkpoint saved before the run diverged"
+    if name == "expand-bin-weights-nan":  # read through torch, not hashed tensor by tensor
+        from safetensors.torch import load_file
+
+        state = {k: v for shard in sorted(c.src.glob("*.safetensors")) for k, v in load_file(shard).items()}
+        _poison(state)
+        return c.expand(src=_bin_model(c, state)), f"pytorch_model.bin: {said}"
+    if name == "train-weights-nan":  # its first loss was NaN, and the error advised a lower --max-lr
+        _rewrite_tensors(c, _poison, folder=c.lm)
+        return c.train("--max-steps", 1), f"{c.lm}: {said}; train from a checkpoint saved before the run diverged"
+    return None
+
+
 CASES = [
     "layers-1e9",
     "layers-1e5",
@@ -859,6 +902,12 @@ CASES = [
     "expand-config-tie-as-text",
     "train-config-nan",
     "expand-config-nan",
+    "expand-weights-nan",
+    "expand-weights-nan-verify",
+    "expand-width-weights-nan",
+    "expand-experts-weights-nan",
+    "expand-bin-weights-nan",
+    "train-weights-nan",
 ]
 
 

@@ -125,6 +125,59 @@ def test_a_grown_model_that_cannot_run_is_a_verification_failure(cli, tiny_check
     assert not (tmp_path / "out").exists()
 
 
+def _source_with(tmp_path, tiny_checkpoints, change) -> Path:
+    """A copy of the tiny Llama whose tensors `change` edits (a dict of them, in every shard)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_checkpoints("llama"), src)
+    for shard in src.glob("*.safetensors"):
+        state = load_file(shard)
+        change(state)
+        save_file(state, shard, metadata={"format": "pt"})
+    return src
+
+
+def test_a_source_whose_own_outputs_overflow_is_blamed_not_the_method(cli, tiny_checkpoints, tmp_path):
+    """Finite weights whose logits overflow float32 (a head of 3e38s): the failed comparison (NaN) said the grown model
+    differed "although the method is exact", blaming grow; it now says the source's own logits are not finite."""
+
+    def huge_head(state):
+        if "lm_head.weight" in state:
+            state["lm_head.weight"].fill_(3e38)
+
+    src = _source_with(tmp_path, tiny_checkpoints, huge_head)
+    result = cli("expand", src, tmp_path / "out", "--layers", "6", "--depth-method", "identity", "--verify", "-q")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(
+        "error: --verify: the source model's own logits on the probe tokens are not finite (NaN or infinite)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_check_waits_for_the_hashing_that_names_a_non_finite_tensor(
+    cli, tiny_checkpoints, tmp_path, monkeypatch
+):
+    """Where the hashing has not yet found the NaN when the writing ends (a large source; here it is made to say
+    nothing until asked for its result), the check that then fails gives way to the line naming the tensor."""
+    from grow_cli.checkpoint.source import FileHasher
+
+    def poison(state):
+        if "model.layers.0.mlp.up_proj.weight" in state:
+            state["model.layers.0.mlp.up_proj.weight"][1, 1] = float("nan")
+
+    src = _source_with(tmp_path, tiny_checkpoints, poison)
+    monkeypatch.setattr(FileHasher, "problem", lambda self: None)
+    result = cli("expand", src, tmp_path / "out", "--layers", "6", "--depth-method", "identity", "--verify", "-q")
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 1 and len(lines) == 1, result.stderr
+    assert "tensor model.layers.0.mlp.up_proj.weight holds 1 NaN or infinite value:" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
 def test_running_out_of_memory_is_not_blamed_on_the_model(tiny_checkpoints, tmp_path, monkeypatch):
     """Out of memory (host or accelerator) is the machine's limit, not a model that cannot run: it passes through
     verification as itself, where any other failure is named as the model's."""

@@ -301,6 +301,14 @@ class CheckpointReader:
             self._bin_state, self._bin_path = state, path
         return self._bin_state
 
+    def safetensors_files(self) -> dict[Path, dict[str, TensorEntry]]:
+        """The tensors of each safetensors file, by file (none for `.bin` weights)."""
+        files: dict[Path, dict[str, TensorEntry]] = {}
+        for name, entry in self.tensors.items():
+            if entry.start >= 0:
+                files.setdefault(entry.file, {})[name] = entry
+        return files
+
     # -- reading ------------------------------------------------------------------------------------------------
     def tensor_infos(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """{name: (shape, dtype string)} for every tensor, without reading any data."""
@@ -314,9 +322,12 @@ class CheckpointReader:
         if entry is None:
             raise CheckpointError(f"tensor {name} is not in the checkpoint")
         if entry.start < 0:
+            from grow_cli.checkpoint.finite import refuse_non_finite
+
             stored = self._load_bin(entry.file)[self.stored_names.get(name, name)]
             tensor = stored.clone()
             release(stored)  # a zip-format .bin is memory-mapped: give its pages back, as for one tensor read
+            refuse_non_finite(tensor, entry.file.name, name)  # no hash pass sees its values (`finite.FiniteScan`)
             return tensor
         if pool is not None:
             tensor = pool.tensor(slot, entry.shape, entry.dtype)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grow_cli import cache
 from grow_cli.background import lower_priority
@@ -27,6 +27,10 @@ from grow_cli.checkpoint.kinds import refuse_gguf_file
 from grow_cli.errors import CheckpointError, GrowError
 from grow_cli.json_shape import Kind
 from grow_cli.scratch import scratch_folder
+
+if TYPE_CHECKING:
+    from grow_cli.checkpoint.finite import FiniteScan
+    from grow_cli.checkpoint.header import TensorEntry
 
 HASH_CHUNK = 1 << 20  # within the L2 cache: the bytes read in are hashed from it (8 MiB chunks hashed ~5% slower)
 
@@ -185,14 +189,21 @@ class FileHasher:
     grow's cache (`grow_cli.cache`) under the file's identity, size and change times, and reused while none of them
     changes — what git does for its index; a file changed within `RACY_SECONDS` of being hashed, or while it was
     hashed, is not remembered.
+
+    `weights` names the tensors of the safetensors files among them: their bytes are checked for NaN and infinities
+    as they are hashed (`finite.FiniteScan`), so that a source saved by a diverged run is refused at no extra read.
     """
 
     files: list[Path]
     root: Path
+    weights: dict[Path, dict[str, TensorEntry]] = field(default_factory=dict)
     _hashes: dict[str, dict[str, Any]] = field(default_factory=dict)
     _error: CheckpointError | None = None
 
     def __post_init__(self) -> None:
+        from grow_cli.checkpoint.finite import FiniteScan  # numpy: imported here, not in a hashing thread
+
+        self._scans = {path: FiniteScan(path, tensors) for path, tensors in self.weights.items()}
         self._cancelled = threading.Event()
         self._next = iter(self.files)
         self._taking = threading.Lock()
@@ -207,7 +218,7 @@ class FileHasher:
         lower_priority()
         try:
             while (path := self._take()) is not None:
-                sha = file_sha256(path, self._cancelled)
+                sha = file_sha256(path, self._cancelled, self._scans.get(path))
                 if sha is None:
                     return
                 if (damaged := _damaged_download(path, sha)) is not None:
@@ -216,6 +227,8 @@ class FileHasher:
                 self._hashes[self._key(path)] = {"sha256": sha, "size": path.stat().st_size}
         except OSError as exc:
             self._stop(CheckpointError(f"cannot hash source files: {exc}"))
+        except CheckpointError as exc:  # weights that hold NaN or infinities
+            self._stop(exc)
 
     def _key(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -236,7 +249,8 @@ class FileHasher:
         self._cancelled.set()
 
     def problem(self) -> CheckpointError | None:
-        """What hashing has found wrong so far (a damaged download, an unreadable file), without waiting for it."""
+        """What hashing has found wrong so far (a damaged download, an unreadable file, non-finite weights), without
+        waiting for it."""
         return self._error
 
     def result(self) -> dict[str, dict[str, Any]]:
@@ -294,24 +308,31 @@ def _damaged_download(path: Path, sha: str) -> CheckpointError | None:
 RACY_SECONDS = 2.0  # a file modified this recently may change again within its timestamp's resolution
 
 
-def file_sha256(path: Path, cancelled: threading.Event | None = None) -> str | None:
+def file_sha256(path: Path, cancelled: threading.Event | None = None, scan: FiniteScan | None = None) -> str | None:
     """The sha256 of a file's bytes: remembered from an earlier run while the file is unchanged, else computed
-    (None when `cancelled` is set meanwhile)."""
+    (None when `cancelled` is set meanwhile). With `scan`, the bytes read are also checked for non-finite weights
+    (raising `CheckpointError`), and a hash is remembered only for a file that passed, under a key of its own: a
+    remembered hash then vouches for the check too."""
     before = _identity(path)
-    remembered = cache.get("sha256", before, SHA256)
+    key = {**before, "checked": "finite"} if scan is not None else before
+    remembered = cache.get("sha256", key, SHA256)
     if remembered is not None:
         return remembered
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         buffer = memoryview(bytearray(HASH_CHUNK))
+        offset = 0
         while n := f.readinto(buffer):
             if cancelled is not None and cancelled.is_set():
                 return None
             digest.update(buffer[:n])
+            if scan is not None:
+                scan.check(f.fileno(), offset, buffer[:n])
+            offset += n
     sha = digest.hexdigest()
     changed_since = time.time() - max(before["mtime_ns"], before["ctime_ns"]) / 1e9
     if _identity(path) == before and changed_since > RACY_SECONDS:
-        cache.put("sha256", before, sha)
+        cache.put("sha256", key, sha)
     return sha
 
 

@@ -30,7 +30,7 @@ from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, is_local, resolve_source, source_headers
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes
 from grow_cli.console import activity, byte_progress
-from grow_cli.errors import CheckpointError, OptionError, UsageError
+from grow_cli.errors import CheckpointError, GrowError, OptionError, UsageError
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
@@ -252,7 +252,9 @@ def expand(
             assert out is not None  # refused above
             # Hashing starts now, beside the planning (which may wait for transformers' answers in a child process).
             hasher = FileHasher(
-                [*reader.files, src.folder / "config.json", *module_weight_files(src.folder)], src.folder
+                [*reader.files, src.folder / "config.json", *module_weight_files(src.folder)],
+                src.folder,
+                weights=reader.safetensors_files(),
             )
             try:
                 plan, state, modules = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
@@ -406,7 +408,11 @@ def _execute(
         copied, skipped = copy_small_files(src.folder, tmp)
         module_files = write_modules(plan, modules, src.folder, tmp)
         write_seconds = time.perf_counter() - started
-        check = _verified(plan, src.folder, tmp, verify_memory, quiet) if verify else None
+        try:
+            check = _verified(plan, src.folder, tmp, verify_memory, quiet) if verify else None
+        except GrowError:
+            hasher.result()  # weights the hashing finds non-finite explain a failed check: that is said instead
+            raise
         stage = _stage(plan, src, hasher.result(), check, command)
         stage["training_state"] = grown_state
         _write_lineage(plan, src.folder, tmp, stage, title=out.name)

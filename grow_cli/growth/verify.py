@@ -18,7 +18,7 @@ from typing import Any
 
 from grow_cli.checkpoint.dtypes import FLOAT8
 from grow_cli.divergence import divergences
-from grow_cli.errors import VerificationError
+from grow_cli.errors import CheckpointError, VerificationError
 
 PROBE_TOKENS = 64
 
@@ -121,6 +121,7 @@ def measure(
     length = PROBE_TOKENS if positions is None else max(2, min(PROBE_TOKENS, positions))
     ids, kind = probe_ids(Path(source), vocab_size, seed, length)
     a = _run(Path(source), ids, max_memory, hidden_state, grown=False)
+    _refuse_non_finite_source(a, "last hidden state" if hidden_state else "logits")
     b = _run(Path(grown), ids, max_memory, hidden_state, grown=True)
     if b.shape[-1] != a.shape[-1]:
         # A width-grown encoder without a head: every width map keeps the source's hidden units first, in order.
@@ -140,6 +141,20 @@ def measure(
         result["top1_agreement"] = None
         result["compared"] = "last_hidden_state"
     return result
+
+
+def _refuse_non_finite_source(outputs, what: str) -> None:
+    """Refuse a source whose own outputs on the probe are NaN or infinite: no growth can be compared with it, and a
+    failed comparison would blame the method (its weights were checked finite as they were read, so they overflow
+    float32 as the model runs)."""
+    import torch
+
+    if not bool(torch.isfinite(outputs).all()):
+        raise CheckpointError(
+            f"--verify: the source model's own {what} on the probe tokens are not finite (NaN or infinite): its "
+            "activations overflow float32, whatever grow does, so there is nothing to compare with; nothing was "
+            "written. Check the source in transformers, or grow it without --verify"
+        )
 
 
 def compared_output(result: dict[str, Any]) -> str:

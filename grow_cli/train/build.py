@@ -445,6 +445,8 @@ def load_trainable_model(
     transformers.utils.logging.disable_progress_bar()  # our own progress and notes say what is happening
     torch.manual_seed(config.seed)
     loaded = load_model(Path(config.model), checked.objective, config.attn_implementation)
+    if checked.resume_from is None:  # a resumed run trains the checkpoint's weights, restored later
+        refuse_non_finite_weights(loaded.model, Path(config.model))
     for note in objective_notes(checked, loaded):
         say(accelerator, config.quiet, note)
     if checked.apollo:
@@ -461,6 +463,16 @@ def load_trainable_model(
     # compiled block would be recompiled once per layer on the cache's state). save_model turns it back on.
     model.config.use_cache = False
     return loaded, trainable
+
+
+def refuse_non_finite_weights(model: PreTrainedModel, folder: Path) -> None:
+    """Refuse a model whose weights hold NaN or infinities before any step, naming the first such tensor: its first
+    loss would be NaN, and the divergence it reports would blame the learning rate. One pass over weights already
+    in memory."""
+    from grow_cli.checkpoint.finite import refuse_non_finite
+
+    for name, weight in model.named_parameters():
+        refuse_non_finite(weight.detach(), str(folder), name, "train from a checkpoint saved before the run diverged")
 
 
 def speed_up(model: PreTrainedModel, config: TrainConfig, accelerator: Accelerator, *, liger: bool) -> dict[str, Any]:

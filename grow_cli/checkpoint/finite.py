@@ -1,0 +1,115 @@
+"""Non-finite values (NaN, ±infinity) in a checkpoint's floating tensors, found by their exponent bits.
+
+A run that diverged can save weights holding NaN or infinities, and every model grown or trained from them outputs
+NaN. grow refuses such a source, naming the first tensor at fault, but reading a checkpoint a second time to look for
+them would cost as much as growing it: `FiniteScan` checks the bytes that the source hashing (`source.FileHasher`)
+reads anyway, a chunk at a time as they pass, on an integer view of each chunk — a value is non-finite exactly when
+all of its exponent bits are set, whatever the float format (bf16, fp16 and float8 have no NumPy dtype of their own).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from grow_cli.checkpoint.dtypes import DTYPES
+from grow_cli.checkpoint.header import TensorEntry
+from grow_cli.errors import CheckpointError, counted
+
+# safetensors dtype → (the little-endian unsigned integer of its width, the bits that are all set in a NaN or an
+# infinity and in no finite value). float8 e4m3fn has no infinity and one NaN per sign, S.1111.111: its mask is the
+# seven bits below the sign.
+NON_FINITE_BITS: dict[str, tuple[np.dtype, int]] = {
+    "F64": (np.dtype("<u8"), 0x7FF0_0000_0000_0000),
+    "F32": (np.dtype("<u4"), 0x7F80_0000),
+    "F16": (np.dtype("<u2"), 0x7C00),
+    "BF16": (np.dtype("<u2"), 0x7F80),
+    "F8_E5M2": (np.dtype("u1"), 0x7C),
+    "F8_E4M3": (np.dtype("u1"), 0x7F),
+}
+GROW_EARLIER = "grow a checkpoint saved before the run diverged"
+COUNT_CHUNK = 1 << 20  # bytes read at a time to count a tensor's non-finite values, once one is found
+
+
+def count_non_finite(raw: memoryview | bytes, dtype: str) -> int:
+    """How many values of `dtype` in the bytes `raw` are NaN or infinite."""
+    kind, mask = NON_FINITE_BITS[dtype]
+    bits = np.frombuffer(raw, dtype=kind, count=len(raw) // kind.itemsize)  # a file that shrank may read short
+    return int(np.count_nonzero((bits & kind.type(mask)) == mask))
+
+
+def non_finite_weights(where: str, tensor: str, count: int, instead: str) -> CheckpointError:
+    """The one line for weights holding NaN or infinities: where (a file, a model folder), the first tensor at fault,
+    how many of its values, and `instead`, what to give grow."""
+    return CheckpointError(
+        f"{where}: tensor {tensor} holds {counted(count, 'NaN or infinite value')}: the run that saved these weights "
+        f"had diverged, and a model made from them outputs NaN; {instead}"
+    )
+
+
+def refuse_non_finite(tensor, where: str, name: str, instead: str = GROW_EARLIER) -> None:
+    """Refuse the torch `tensor` (`name`, in `where`) when it is floating and holds NaN or infinities: for weights
+    that are in memory anyway (a `.bin` checkpoint's, a model loaded to train)."""
+    import torch
+
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise non_finite_weights(where, name, int((~torch.isfinite(tensor)).sum()), instead)
+
+
+class FiniteScan:
+    """The floating tensors of one safetensors file, checked as the file's bytes are read from start to end.
+
+    `check(offset, chunk)` looks at the whole elements of each tensor that lie in the chunk: a masked maximum equals
+    the mask only where some value has every exponent bit set, two vectorised passes over a chunk that is still in the
+    CPU cache. An element cut by the chunk's start (a tensor whose offset is not a multiple of its element size) is
+    read again from the file, a few bytes. The first tensor found holding a non-finite value is refused, with the
+    number of such values in it (counted by reading that tensor again: only a refused file pays for it).
+    """
+
+    def __init__(self, path: Path, tensors: dict[str, TensorEntry]):
+        self.path = path
+        self._tensors = sorted(
+            ((name, e) for name, e in tensors.items() if e.dtype in NON_FINITE_BITS and e.nbytes),
+            key=lambda t: t[1].start,
+        )
+        self._next = 0  # the first tensor that may still lie in a chunk to come
+        self._scratch = np.empty(0, dtype=np.uint8)
+
+    def check(self, fd: int, offset: int, chunk: memoryview) -> None:
+        """Check the tensors' bytes in `chunk`, which holds the file's bytes from `offset` on (`fd`: the file)."""
+        end = offset + len(chunk)
+        i = self._next
+        while i < len(self._tensors) and self._tensors[i][1].start < end:
+            name, entry = self._tensors[i]
+            if entry.end > offset:
+                size = DTYPES[entry.dtype][0]
+                first = entry.start + -(-(max(entry.start, offset) - entry.start) // size) * size
+                last = entry.start + (min(entry.end, end) - entry.start) // size * size
+                cut = first - size if first > max(entry.start, offset) else None  # the element across `offset`
+                if (first < last and self._any(chunk[first - offset : last - offset], entry.dtype)) or (
+                    cut is not None and count_non_finite(os.pread(fd, size, cut), entry.dtype)
+                ):
+                    raise self._refusal(fd, name, entry)
+            if entry.end <= end:
+                self._next = i + 1
+            i += 1
+
+    def _any(self, raw: memoryview, dtype: str) -> bool:
+        """Whether any value of `dtype` in `raw` is NaN or infinite: the exponent bits masked into a scratch buffer
+        reused from chunk to chunk, then their maximum."""
+        kind, mask = NON_FINITE_BITS[dtype]
+        if self._scratch.nbytes < len(raw):
+            self._scratch = np.empty(len(raw), dtype=np.uint8)
+        bits = np.frombuffer(raw, dtype=kind)
+        masked = np.bitwise_and(bits, kind.type(mask), out=self._scratch[: len(raw)].view(kind))
+        return int(masked.max()) == mask
+
+    def _refusal(self, fd: int, name: str, entry: TensorEntry) -> CheckpointError:
+        """The refusal of tensor `name`, with the number of its non-finite values (it is read again to count them)."""
+        count, size = 0, DTYPES[entry.dtype][0]
+        step = COUNT_CHUNK // size * size
+        for start in range(entry.start, entry.end, step):
+            count += count_non_finite(os.pread(fd, min(step, entry.end - start), start), entry.dtype)
+        return non_finite_weights(self.path.name, name, count, GROW_EARLIER)

@@ -1,0 +1,72 @@
+"""Non-finite weights found as the source is hashed (`grow_cli.checkpoint.finite`): NaN and infinities of every
+floating dtype by their exponent bits, the largest finite values let through, tensors cut by the hash's chunks at any
+byte, and a remembered hash that vouches for the check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from grow_cli.checkpoint import source
+from grow_cli.checkpoint.dtypes import FLOATING, dtype_name
+from grow_cli.checkpoint.finite import NON_FINITE_BITS, FiniteScan
+from grow_cli.checkpoint.header import read_safetensors_header
+from grow_cli.checkpoint.source import file_sha256
+from grow_cli.errors import CheckpointError
+
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GROW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(source, "RACY_SECONDS", -1.0)  # remember hashes of files written moments ago
+
+
+def test_every_floating_dtype_has_its_bits():
+    assert {dtype_name(d) for d in DTYPES} == set(FLOATING) == set(NON_FINITE_BITS)
+
+
+def _scan(path):
+    return FiniteScan(path, read_safetensors_header(path, with_library=False)[0])
+
+
+def _save(path, tensors):
+    save_file(tensors, path)
+    return path
+
+
+# Odd lengths put every tensor after the first at an offset that is no multiple of its element size.
+def _odd_file(path, dtype, bad=None):
+    tensors = {"a.weight": torch.ones(7, dtype=torch.bfloat16), "b.weight": torch.linspace(-3, 3, 1001).to(dtype)}
+    tensors["c.weight"] = torch.full((13,), 0.5, dtype=torch.float32)
+    if bad is not None:
+        tensors["b.weight"][[400, 401, 777]] = torch.tensor([bad] * 3, dtype=torch.float64).to(dtype)
+    return _save(path, tensors)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
+def test_non_finite_values_are_found_wherever_the_chunks_cut(tmp_path, monkeypatch, dtype, chunk):
+    """NaN (and infinity, where the format has one) is found and counted whatever the hash's chunk size, also where a
+    chunk cuts an element of a tensor stored at an odd offset; the largest finite value is no false alarm."""
+    monkeypatch.setattr(source, "HASH_CHUNK", chunk)
+    largest = torch.finfo(dtype).max
+    fine = _odd_file(tmp_path / "fine.safetensors", dtype, bad=largest)
+    assert file_sha256(fine, scan=_scan(fine)) is not None
+    has_inf = dtype not in (torch.float8_e4m3fn,)
+    for bad in (float("nan"), *([float("-inf")] if has_inf else [])):
+        path = _odd_file(tmp_path / "bad.safetensors", dtype, bad=bad)
+        with pytest.raises(CheckpointError, match=r"bad.safetensors: tensor b.weight holds 3 NaN or infinite values"):
+            file_sha256(path, scan=_scan(path))
+
+
+def test_a_remembered_hash_vouches_for_the_check(tmp_path, monkeypatch):
+    """A hash remembered without the check (an earlier grow's) does not skip it; a refused file is not remembered."""
+    path = _save(tmp_path / "w.safetensors", {"w": torch.tensor([1.0, float("nan"), 2.0])})
+    assert file_sha256(path) is not None  # remembered, unchecked
+    with pytest.raises(CheckpointError, match="tensor w holds 1 NaN or infinite value:"):
+        file_sha256(path, scan=_scan(path))
+    with pytest.raises(CheckpointError):
+        file_sha256(path, scan=_scan(path))  # still found: its hash was not remembered as checked
