@@ -4,6 +4,9 @@ byte, and a remembered hash that vouches for the check."""
 
 from __future__ import annotations
 
+import json
+import struct
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -37,13 +40,27 @@ def _save(path, tensors):
     return path
 
 
-# Odd lengths put every tensor after the first at an offset that is no multiple of its element size.
 def _odd_file(path, dtype, bad=None):
-    tensors = {"a.weight": torch.ones(7, dtype=torch.bfloat16), "b.weight": torch.linspace(-3, 3, 1001).to(dtype)}
-    tensors["c.weight"] = torch.full((13,), 0.5, dtype=torch.float32)
+    """A safetensors file, written by hand, whose tensors lie at offsets that are no multiple of their element size
+    (the library itself aligns them, but the format allows it): 7 bf16 values, then 1001 of `dtype` (three of them
+    `bad`), then 13 float32."""
+    values = torch.linspace(-3, 3, 1001, dtype=torch.float64).to(dtype)
     if bad is not None:
-        tensors["b.weight"][[400, 401, 777]] = torch.tensor([bad] * 3, dtype=torch.float64).to(dtype)
-    return _save(path, tensors)
+        values[[400, 401, 777]] = torch.tensor([bad] * 3, dtype=torch.float64).to(dtype)
+    tensors = [("a.weight", torch.ones(7, dtype=torch.bfloat16)), ("b.weight", values), ("c.weight", torch.ones(13))]
+    header, data = {}, b""
+    for name, tensor in tensors:
+        raw = tensor.view(torch.uint8).numpy().tobytes()
+        header[name] = {
+            "dtype": dtype_name(tensor.dtype),
+            "shape": [tensor.numel()],
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
+        data += raw
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -85,12 +85,12 @@ class FiniteScan:
             name, entry = self._tensors[i]
             if entry.end > offset:
                 size = DTYPES[entry.dtype][0]
-                first = entry.start + -(-(max(entry.start, offset) - entry.start) // size) * size
-                last = entry.start + (min(entry.end, end) - entry.start) // size * size
-                cut = first - size if first > max(entry.start, offset) else None  # the element across `offset`
-                if (first < last and self._any(chunk[first - offset : last - offset], entry.dtype)) or (
-                    cut is not None and count_non_finite(os.pread(fd, size, cut), entry.dtype)
-                ):
+                lo, hi = max(entry.start, offset), min(entry.end, end)  # the tensor's bytes in this chunk
+                first, last = lo + (entry.start - lo) % size, hi - (hi - entry.start) % size  # its whole elements
+                whole = first < last and self._any(chunk[first - offset : last - offset], entry.dtype)
+                # the element that `offset` cuts, begun in the previous chunk
+                cut = first > lo and count_non_finite(os.pread(fd, size, first - size), entry.dtype) > 0
+                if whole or cut:
                     raise self._refusal(fd, name, entry)
             if entry.end <= end:
                 self._next = i + 1
