@@ -19,7 +19,7 @@ def write_recipe(tmp_path, members, **top):
 @pytest.mark.parametrize(
     "members,top,fragment",
     [
-        ([{"name": "a", "source": "m"}], {"trian": {}}, "top level.trian: unknown key"),
+        ([{"name": "a", "source": "m"}], {"trian": {}}, "recipe: trian: unknown key; did you mean train?"),
         (
             [{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_methd": "stack"}}],
             {},
@@ -145,6 +145,24 @@ def test_recipe_error_on_the_cli_is_one_line(cli, tmp_path):
     path = write_recipe(tmp_path, [{"name": "a", "source": "m", "colour": "blue"}])
     result = cli("family", path)
     assert result.code == 2 and result.stderr.count("\n") == 1 and "members[0].colour" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "member,top,line",
+    [
+        ({}, {"train": {"micro_bach_size": 4}}, "train.micro_bach_size: unknown key; did you mean micro_batch_size?"),
+        ({"max_steps": 3}, {}, "members[0].max_steps: unknown key here: max_steps is a training setting; put it under"),
+        ({"layers": 4}, {}, "members[0].layers: unknown key here: layers is a growth option; put it under the member"),
+        ({}, {"max_steps": 3}, "recipe: max_steps: unknown key here: max_steps is a training setting; put it under"),
+    ],
+)
+def test_an_unknown_key_says_what_to_write_instead(cli, tmp_path, member, top, line):
+    """A typo'd key was refused with the list of every key allowed there (sixty training settings) and nothing
+    else; a training setting or growth option written beside a member's `name:` was "unknown" too, with no word of
+    where it goes. The line now names the key it is a typo of, or the block it belongs in."""
+    path = write_recipe(tmp_path, [{"name": "a", "source": "m", **member}], **top)
+    result = cli("family", path, "--check")
+    assert result.code == 2 and result.stderr.count("\n") == 1 and line in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("budget, tokens", [("2B", 2_000_000_000), ("2e4", 20_000), (2.0e4, 20_000), (20_000, 20_000)])

@@ -31,8 +31,8 @@ and continues it (`grow train-stage --resume grown`): the previous member also s
 (`--save-final-state`, which changes nothing it publishes). Only growths that keep the function can carry a state
 (width fpi, hypercloning, staged; depth identity, staged-identity); others are refused here.
 
-Every unknown key is an error that names its location (`members[1].grow.depth_methd`), and so is every value of
-the wrong type, before anything runs. A `grow:` block takes exactly the fields of `GrowthSpec` (the options of
+Every unknown key is an error that names its location (`members[1].grow.depth_methd`) and the key it is a typo of
+or the block it belongs in, and so is every value of the wrong type, before anything runs. A `grow:` block takes exactly the fields of `GrowthSpec` (the options of
 `grow expand`, with `seed` defaulting to the recipe's), and is checked as `grow expand` checks its flags.
 """
 
@@ -211,8 +211,26 @@ def _mapping(value: Any, where: str, allowed: set[str] | dict[str, Any]) -> dict
         raise _fail(where, f"expected a mapping, found {type(value).__name__}")
     for key in value:
         if key not in allowed:
-            raise _fail(f"{where}.{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            raise _fail(key if where == "top level" else f"{where}.{key}", _unknown_key(str(key), where, allowed))
     return value
+
+
+def _unknown_key(key: str, where: str, allowed: set[str] | dict[str, Any]) -> str:
+    """What to write instead of an unknown key: the allowed key it is a typo of, or the block it belongs in (a
+    training setting or a growth option written beside `name:`), before the list of keys allowed here — a user
+    scanned sixty training settings for the one they had misspelt."""
+    import difflib
+
+    if where.startswith("members[") and where.count(".") == 0:  # a member's own keys
+        if key in _train_fields():
+            return f"unknown key here: {key} is a training setting; put it under the member's train:"
+        if key in field_types() and key not in GROW_RESERVED:
+            return f"unknown key here: {key} is a growth option; put it under the member's grow:"
+    if where == "top level" and key in _train_fields():
+        return f"unknown key here: {key} is a training setting; put it under train:"
+    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown key{hint} (allowed: {', '.join(sorted(allowed))})"
 
 
 def _typed(value: Any, where: str, kind: Any) -> Any:
