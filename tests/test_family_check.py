@@ -226,3 +226,55 @@ def test_optimizer_grow_under_a_sharding_launch_is_refused_before_anything_is_wr
     )
     doc["optimizer"] = "fresh"
     assert check_recipe(load_recipe(_recipe(folder, doc))) == []
+
+
+def test_a_recipes_paths_read_a_leading_tilde_as_the_home_folder(cli, folder, monkeypatch):
+    """YAML leaves `~` as it is, and the recipe joined it to its own folder: `data: [~/text]` was refused as
+    /recipe-folder/~/text: no such file or folder, though `grow train-stage --data '~/text'` reads it."""
+    import json
+
+    monkeypatch.setenv("HOME", str(folder))
+    (folder / "recipes").mkdir()
+    doc = {
+        "out": "~/family",
+        "train": {**TRAIN, "data": ["~/text"]},
+        "members": [
+            {"name": "a", "config": dict(FRESH), "tokenizer": "~/lm", "train": {"max_steps": 2}},
+            {"name": "b", "grow": {"depth_factor": 2}},
+        ],
+    }
+    result = cli("family", _recipe(folder / "recipes", doc), "--check", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["out"] == str(folder / "family")
+
+
+@pytest.mark.parametrize(
+    "change,key,written",
+    [
+        (lambda d: d["members"][0].update(source="lm"), "members[0].source", "../lm"),
+        (lambda d: d["train"].update(data=["text"]), "train.data[0]", "../text"),
+        (
+            lambda d: d["members"][0].update(train={"max_steps": 2, "tokenizer": "lm"}),
+            "members[0].train.tokenizer",
+            "../lm",
+        ),
+    ],
+)
+def test_a_relative_path_found_only_from_the_working_directory_is_refused(
+    cli, folder, monkeypatch, change, key, written
+):
+    """A recipe's paths are read from its folder, but a `source:` that was not there was read from the working
+    directory: the recipe ran from one folder and, from any other, stopped with a Hub error (`lm does not exist
+    locally`); a data path or tokenizer was refused naming only the path it made. Each now says where it was found
+    and how to write it."""
+    monkeypatch.chdir(folder)
+    (folder / "recipes").mkdir()
+    doc = {
+        "train": {**TRAIN, "data": [str(folder / "text")]},
+        "members": [{"name": "a", "source": str(folder / "lm"), "train": {"max_steps": 2}}],
+    }
+    change(doc)
+    result = cli("family", _recipe(folder / "recipes", doc), "--check")
+    assert result.code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"error: recipe: {key}: " in result.stderr, result.stderr
+    assert f"write it as {written}" in result.stderr

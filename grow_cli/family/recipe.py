@@ -254,19 +254,32 @@ def _grow_block(value: Any, where: str, seed: int) -> tuple[dict[str, Any], Grow
 
 def _path(value: Any, where: str) -> str:
     """A path key's value: text, and not empty — `base / ""` would be the recipe's own folder (as output, or as
-    data read whole)."""
+    data read whole); a leading `~` is the user's home, as on a command line (YAML leaves it as it is, and it was
+    joined to the recipe's folder: `~/corpus` read /recipe-folder/~/corpus)."""
     if _typed(value, where, str) == "":
         raise _fail(where, empty_path("the recipe's folder"))
-    return value
+    return os.path.expanduser(value)
+
+
+def _beside_recipe(value: str, where: str, base: Path) -> str:
+    """A path the run reads (data, a tokenizer, a source), from the recipe's folder `base`. One that is not there but
+    is in the working directory is refused: read from there, the recipe ran from one folder only (a source was
+    read from either, the first that held it), and a re-run from another folder stopped with another error."""
+    if not (base / value).exists() and not any(c in value for c in "*?[") and Path(value).exists():
+        raise _fail(
+            where,
+            f"{value} is not in the recipe's folder {base}, which its relative paths are read from, but in the "
+            f"working directory: write it as {os.path.relpath(Path(value).resolve(), base)} or as an absolute path",
+        )
+    return str(base / value)
 
 
 def _paths(value: Any, where: str, base: Path) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
         raise _fail(where, "expected a path or a list of paths")
-    for i, v in enumerate(items):
-        _path(v, where if isinstance(value, str) else f"{where}[{i}]")
-    return [v if Path(v).is_absolute() else str(base / v) for v in items]
+    wheres = [where] if isinstance(value, str) else [f"{where}[{i}]" for i in range(len(items))]
+    return [_beside_recipe(_path(v, w), w, base) for v, w in zip(items, wheres, strict=True)]
 
 
 def _train(value: Any, where: str, base: Path) -> dict[str, Any]:
@@ -279,9 +292,11 @@ def _train(value: Any, where: str, base: Path) -> dict[str, Any]:
     settings = dict(_mapping(value, where, _train_fields()))
     if "data" in settings:
         settings["data"] = _paths(settings["data"], f"{where}.data", base)
-    for key in ("tokenizer", "cache_dir"):
-        if key in settings:
-            settings[key] = str(base / _path(settings[key], f"{where}.{key}"))
+    if "tokenizer" in settings:
+        at = f"{where}.tokenizer"
+        settings["tokenizer"] = _beside_recipe(_path(settings["tokenizer"], at), at, base)
+    if "cache_dir" in settings:
+        settings["cache_dir"] = str(base / _path(settings["cache_dir"], f"{where}.cache_dir"))
     if "max_tokens" in settings:
         try:
             settings["max_tokens"] = parse_max_tokens(settings["max_tokens"])
@@ -417,8 +432,8 @@ def _first_member(member: Member, m: dict[str, Any], where: str, base: Path) -> 
         if key in m:
             raise _fail(f"{where}.{key}", "the first member is not grown from anything")
     if "source" in m:
-        source = _path(m["source"], f"{where}.source")
-        member.source = str(base / source) if (base / source).exists() else source
+        source = _beside_recipe(_path(m["source"], f"{where}.source"), f"{where}.source", base)
+        member.source = source if Path(source).exists() else m["source"]  # not a folder: a Hub id
         member.revision = m.get("revision")
         return
     member.config = dict(_typed(m["config"], f"{where}.config", dict))
@@ -426,7 +441,8 @@ def _first_member(member: Member, m: dict[str, Any], where: str, base: Path) -> 
         raise _fail(f"{where}.config", "needs a 'model_type'")
     if "tokenizer" not in m:
         raise _fail(where, "a member built from 'config' needs 'tokenizer' (a folder with one)")
-    member.tokenizer = base / _path(m["tokenizer"], f"{where}.tokenizer")
+    at = f"{where}.tokenizer"
+    member.tokenizer = Path(_beside_recipe(_path(m["tokenizer"], at), at, base))
 
 
 def _check_train_settings(recipe: Recipe, base: Path) -> None:
