@@ -478,6 +478,24 @@ def test_each_family_member_grows_into_the_next(family):
         assert smaller["hidden_size"] <= larger["hidden_size"], (smaller, larger)
 
 
+@pytest.mark.parametrize("target", ["1B", "2B", "3B"])
+def test_a_member_the_next_ones_depth_caps_is_made_wider_not_left_far_below_its_size(cli, target):
+    """A member may be no deeper than the next larger one; at its own table width that cap left it far below its size:
+    the default family of a 1B target (17 layers) was 127M, 245M, 284M for the 500M member, and a 2B target's 250M
+    and 500M members were 245M and 271M. A member the cap leaves more than 10% short is made wider instead, still
+    within the next member's width and heads, so it grows into it."""
+    result = cli("plan", "--target", target, "--tokens", "20B", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    members, n = report["family"]["members"], report["target"]["num_parameters"]
+    for member, size in zip(members, [n / 8, n / 4, n / 2], strict=False):
+        assert member["num_parameters"] >= 0.9 * size, (size, member["config"])
+    for smaller, larger in itertools.pairwise(m["config"] for m in members):
+        for key in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads"):
+            assert smaller[key] <= larger[key], (key, smaller, larger)
+        assert smaller["head_dim"] == larger["head_dim"]
+
+
 @pytest.mark.parametrize("kv_heads", [4, 1, 16])  # GQA (4 query heads per KV head), MQA, MHA
 def test_grows_own_planner_grows_each_member_of_a_family_into_the_next(tmp_path, kv_heads):
     """Members of a 1024-wide target with 16 heads of 64 were multi-head attention at whatever width they came out:

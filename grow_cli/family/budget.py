@@ -41,6 +41,9 @@ YANO_NEW_TOKEN_FRACTION = 140 / 320
 # LR rule from 1B–8B (Yano et al.); these bounds are far wider, and only past them do the numbers mean nothing at
 # all (inside them, a d beyond the whole budget is said to give no usable timing).
 PARAMS_RANGE = (1e6, 1e14)
+# A family member whose next larger member's depth leaves it more than this short of its size is made wider instead:
+# an 8B family's 1B member, 953M at that depth, stays as it is.
+SHORT_OF_SIZE = 0.1
 TOKENS_RANGE = (1e6, 1e16)
 
 
@@ -128,7 +131,8 @@ def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str
     """A Llama-style shape with about `params` parameters (SwiGLU FFN ≈ 8/3·d; an untied head unless `within` ties
     it); on its own, multi-head attention of head_dim 64–128 (`_llama_heads`). `within`: the next larger member of the
     family, which this shape must grow into: it never exceeds its hidden size, FFN size and depth (growth only widens
-    and deepens), and shares its tied or untied head and its attention layout (`_attention_within`)."""
+    and deepens), and shares its tied or untied head and its attention layout (`_attention_within`); where its depth
+    then leaves it more than SHORT_OF_SIZE short, it is as wide as comes nearest."""
     widths = [
         (2e8, 768),
         (6e8, 1024),
@@ -139,6 +143,18 @@ def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str
         (4.5e10, 6656),
     ]
     hidden = next((d for limit, d in widths if params <= limit), 8192)
+    shape = _shape_at(params, hidden, vocab_size, within)
+    if within is None or shape["num_parameters"] >= params * (1 - SHORT_OF_SIZE):
+        return shape
+    # The next larger member's depth capped this one far below its size (a 500M member of a 17-layer 1B target came
+    # out 17 × 1024, 284M, next to the 250M member's 245M): wider, up to its width, with fewer layers, comes nearer.
+    wider = (_shape_at(params, h, vocab_size, within) for h in range(hidden, within["hidden_size"] + 1))
+    return min(wider, key=lambda s: abs(s["num_parameters"] - params))
+
+
+def _shape_at(params: float, hidden: int, vocab_size: int, within: dict[str, Any] | None) -> dict[str, int]:
+    """`llama_like_shape` at a hidden size of at most `hidden` (within `within`'s attention layout): the layers that
+    come nearest `params`, never more than `within`'s."""
     if within is None:
         heads, head_dim = _llama_heads(hidden)
         kv_heads, tied = heads, False
