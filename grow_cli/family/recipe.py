@@ -32,8 +32,9 @@ and continues it (`grow train-stage --resume grown`): the previous member also s
 (width fpi, hypercloning, staged; depth identity, staged-identity); others are refused here.
 
 Every unknown key is an error that names its location (`members[1].grow.depth_methd`) and the key it is a typo of
-or the block it belongs in, and so is every value of the wrong type, before anything runs. A `grow:` block takes exactly the fields of `GrowthSpec` (the options of
-`grow expand`, with `seed` defaulting to the recipe's), and is checked as `grow expand` checks its flags.
+or the block it belongs in, and so is every value of the wrong type, before anything runs. A `grow:` block takes
+exactly the fields of `GrowthSpec` (the options of `grow expand`, with `seed` defaulting to the recipe's), and is
+checked as `grow expand` checks its flags.
 """
 
 from __future__ import annotations
