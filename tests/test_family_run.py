@@ -430,9 +430,11 @@ def test_an_output_folder_this_family_did_not_write_is_never_written_over(cli, t
     assert refused.code == 1 and f"{tmp_path / 'run' / 'big'} holds files this family did not write" in refused.stderr
 
 
-def test_a_moved_output_finds_its_own_members(cli, tmp_path):
+def test_a_moved_output_finds_its_own_members(cli, tmp_path, monkeypatch):
     """member.json named each model by its absolute path: a renamed OUT was refused as 'model gone' (with advice to
-    delete the work), and a copied one read the original's models."""
+    delete the work), and a copied one read the original's models. A relative `--out` is read from the working
+    directory and recorded, and printed, as an absolute path (it was kept relative in family.json, member.json,
+    the members' grow.json and --json's `out` and `report`)."""
     save_tiny_lm(tmp_path / "base")
     members = [{"name": "small", "source": "base"}, {"name": "big", "grow": {"depth_factor": 2}}]
     path = write_recipe(
@@ -441,8 +443,11 @@ def test_a_moved_output_finds_its_own_members(cli, tmp_path):
     write_plays(tmp_path / "text", count=1, chars=20_000)
     assert cli("family", path, "-q", "--json").code == 0
     (tmp_path / "run").rename(tmp_path / "moved")
-    again = cli("family", path, "--out", tmp_path / "moved", "--json")
+    monkeypatch.chdir(tmp_path)
+    again = cli("family", path, "--out", "moved", "--json")
     assert again.code == 0, again.stderr
+    printed = json.loads(again.stdout)
+    assert (printed["out"], printed["report"]) == (str(tmp_path / "moved"), str(tmp_path / "moved" / "family.md"))
     report = json.loads((tmp_path / "moved" / "family.json").read_text())
     assert [m["final"] for m in report["members"]][1] == str(tmp_path / "moved" / "big" / "grown")
     # untrained members' sizes, read from their folders (they showed "0.00M | None × None")

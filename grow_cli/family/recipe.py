@@ -332,7 +332,11 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     draft = Recipe(path, Path("."), members, train, compare, optimizer=optimizer)
     _check_grown_optimizers(draft)
     _check_train_settings(draft, base)
-    out_dir = Path(out) if out else (base / _path(raw["out"], "out") if "out" in raw else base / path.stem)
+    # `--out DIR` from the working directory, made absolute: a relative one was written into every record (member.json,
+    # family.json, the grown members' grow.json) and printed by --json, whose paths are absolute
+    out_dir = (
+        Path(os.path.abspath(out)) if out else (base / _path(raw["out"], "out") if "out" in raw else base / path.stem)
+    )
     return Recipe(
         path=path,
         out=out_dir,
