@@ -133,12 +133,15 @@ def test_different_models_match_a_direct_computation(two_models):
     assert result["top1_agreement"] == pytest.approx((la.argmax(-1) == lb.argmax(-1)).double().mean().item())
 
 
-def test_cli_compare_json_and_tokenizer_mismatch(two_models, cli, tmp_path):
-    a, b, data, _ = two_models
+def test_cli_compare_json_and_tokenizer_mismatch(two_models, cli, tmp_path, monkeypatch):
+    """(Models named relative to the working directory are named in --json by their absolute paths, as every path
+    there is: `a` and `b` were printed as given.)"""
+    a, b, data, root = two_models
+    monkeypatch.chdir(root)
     result = cli(
         "compare",
-        a,
-        b,
+        a.name,
+        b.name,
         "--data",
         data,
         "--seq-len",
@@ -151,6 +154,7 @@ def test_cli_compare_json_and_tokenizer_mismatch(two_models, cli, tmp_path):
     )
     assert result.code == 0, result.stderr
     assert set(json.loads(result.stdout)) >= {"kl_a_b", "kl_b_a", "js", "top1_agreement", "ppl_a", "ppl_b"}
+    assert (json.loads(result.stdout)["a"], json.loads(result.stdout)["b"]) == (str(a), str(b))
     other = save_tiny_lm(tmp_path / "other")
     tok = json.loads((other / "tokenizer.json").read_text())
     vocab = tok["model"]["vocab"]  # swap two token ids: still a valid tokenizer, but other ids

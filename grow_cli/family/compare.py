@@ -278,8 +278,8 @@ def compare(
         )
     loss_a, loss_b = totals["nll_a"] / n, totals["nll_b"] / n
     return {
-        "a": str(a),
-        "b": str(b),
+        "a": os.path.abspath(a),  # as every path grow prints in --json: a relative one reads from no other folder
+        "b": os.path.abspath(b),
         "blocks": len(ids),
         "positions": int(n),
         "seq_len": seq_len,
