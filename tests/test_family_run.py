@@ -113,6 +113,9 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     md = (run / "family.md").read_text()
     assert md.index(report["headline"]) < md.index("## Equal tokens (not equal quality)")
     assert "KL(prev‖next) independent" in md and "Yano et al. 2025" in md
+    # Units: losses and KL are in nats per token (they were given without one, FLOPs with theirs).
+    assert "| held-out loss (grown, nats/token) |" in md and "| held-out loss (nats/token) |" in md
+    assert "Mean KL per predicted token, in nats," in md
 
     # Another recipe that needs the same baseline reuses it instead of training it: here one that never pauses,
     # states a default and logs more often — the same run in other words.
@@ -125,6 +128,7 @@ def test_two_member_family_runs_and_resumes(cli, tmp_path):
     assert again["baseline"]["skipped"] and again["baseline"]["out"] == baseline["out"]
     lines = third.stdout.splitlines()
     assert lines[1].startswith("at equal quality: ") and "from scratch" in lines[2]
+    assert f"loss, {entry['grown_loss']:.4f} nats per token (" in lines[2] or entry["status"] is None
     assert any(line.startswith("equal tokens (not equal quality)") for line in lines[3:])
 
 

@@ -136,7 +136,7 @@ def _print_summary(result: dict) -> None:
             how += f"; {m['explanation']}"
         stdout.print(
             f"  {m['name']}: growing it cost {saving_phrase(m)} than training it from scratch to the same held-out "
-            f"loss, {m['grown_loss']:.4f} ({how})",
+            f"loss, {m['grown_loss']:.4f} nats per token ({how})",
             soft_wrap=True,
         )
     for pair in result["consistency"]:

@@ -50,7 +50,7 @@ def _loss_vs_flops(ax, summaries: list[dict[str, Any]], book: dict[str, Any]) ->
                 label=f"{s['name']} from scratch (held-out)",
             )
     ax.set_xlabel("cumulative family training FLOPs")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (nats per token)")
     ax.set_title("loss against cumulative compute (dots: held-out loss)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

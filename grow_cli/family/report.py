@@ -246,8 +246,8 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
     lines += ["## Compute saved at equal quality", "", f"**{headline(quality)}**", ""]
     if quality["measured"]:
         lines += [
-            "| member | held-out loss (grown) | FLOPs to build it (whole lineage) | from-scratch FLOPs to reach "
-            "that loss | saving at equal quality | how it was measured |",
+            "| member | held-out loss (grown, nats/token) | FLOPs to build it (whole lineage) | from-scratch FLOPs to "
+            "reach that loss | saving at equal quality | how it was measured |",
             "|---|---|---|---|---|---|",
         ]
         for m in quality["members"]:
@@ -282,7 +282,7 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
     lines += [
         "## Members",
         "",
-        "| member | parameters | layers × hidden | tokens trained | lineage tokens | held-out loss |",
+        "| member | parameters | layers × hidden | tokens trained | lineage tokens | held-out loss (nats/token) |",
         "|---|---|---|---|---|---|",
     ]
     for r in book["members"]:
@@ -313,10 +313,11 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
             "## Consistency between adjacent members",
             "",
             (
-                "Mean KL per predicted token on the same held-out blocks"
+                "Mean KL per predicted token, in nats, on the same held-out blocks"
                 if measured_alike(pairs)
-                else "Mean KL per predicted token, **measured on different held-out blocks** (the data, `compare:` "
-                "or `seq_len` changed between runs of this family), so the rows do not compare with each other"
+                else "Mean KL per predicted token, in nats, **measured on different held-out blocks** (the data, "
+                "`compare:` or `seq_len` changed between runs of this family), so the rows do not compare with each "
+                "other"
             )
             + " (Yano et al. report lower KL between adjacent progressively trained members than between "
             "independently trained ones)." + (f" {masks}" if (masks := masks_used(pairs)) else ""),
