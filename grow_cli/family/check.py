@@ -9,6 +9,7 @@ the member's positions and tokenizer, and the comparison has data. Nothing is wr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -140,14 +141,25 @@ def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *
     return grown, {t.name: (t.shape, t.dtype) for t in plan.tensors}
 
 
-def _check_data(data: list[str], text_field: str | None, where: str, token_dtype: str | None = None) -> list[Source]:
+def _check_data(
+    data: list[str],
+    text_field: str | None,
+    where: str,
+    token_dtype: str | None = None,
+    key: Callable[[str], str] | None = None,
+) -> list[Source]:
+    """The data exists and its files take the text field and token dtype; a refusal names the setting it is about
+    (`key(name)`: where the recipe writes it), else `where`."""
     from grow_cli.data.sources import check_sources, find_sources
 
     try:
         sources = find_sources(data)
         check_sources(sources, text_field, token_dtype)
     except GrowError as exc:
-        raise _fail(where, str(exc)) from None
+        about = next(
+            (n for n in ("data", "text_field", "token_dtype") if str(exc).startswith(f"--{n.replace('_', '-')} ")), None
+        )
+        raise _fail(key(about) if key and about else where, str(exc)) from None
     return sources
 
 
@@ -306,6 +318,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
                     settings.get("text_field"),
                     f"{where}.train",
                     settings.get("token_dtype"),
+                    key=lambda name, i=i: recipe.train_key(i, name),
                 )
                 _check_writes_outside_data(recipe, member, settings, sources, where)
                 hf_config = _check_training(settings, config, tokenizer, where)

@@ -122,6 +122,13 @@ class Recipe:
         """ "grow" when `member` continues the previous member's grown training state, else "fresh"."""
         return member.optimizer or self.optimizer
 
+    def train_key(self, i: int, key: str) -> str:
+        """Where member `i`'s training setting `key` is written, for an error to name: its own `train:`, or the
+        top-level `train:` it takes the setting from (`members[0].train.data` named a key the recipe did not have)."""
+        if key in (self.members[i].train or {}) or key not in self.train:
+            return f"members[{i}].train.{key}"
+        return f"train.{key} (members[{i}])"
+
     def train_settings(self, member: Member) -> dict[str, Any] | None:
         """The member's training settings (family defaults overlaid by its own), or None: no training."""
         if member.train is None:
@@ -469,7 +476,7 @@ def _check_train_settings(recipe: Recipe, base: Path) -> None:
             TrainConfig(model=base, out=base, **settings).check_given(settings)
         except UsageError as exc:
             option = exc.option if isinstance(exc, OptionError) else None
-            raise _fail(f"members[{i}].train" + (f".{option}" if option else ""), str(exc)) from None
+            raise _fail(recipe.train_key(i, option) if option else f"members[{i}].train", str(exc)) from None
 
 
 def _optimizer(value: Any, where: str) -> str:
