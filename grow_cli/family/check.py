@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +319,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
                     settings.get("text_field"),
                     f"{where}.train",
                     settings.get("token_dtype"),
-                    key=lambda name, i=i: recipe.train_key(i, name),
+                    key=partial(recipe.train_key, i),
                 )
                 _check_writes_outside_data(recipe, member, settings, sources, where)
                 hf_config = _check_training(settings, config, tokenizer, where)
