@@ -45,9 +45,15 @@ def test_every_key_grow_writes_is_on_the_page(tmp_path, monkeypatch, capsys):
     train = ["--data", data, "--seq-len", 32, "--micro-batch-size", 8, "-q"]
     grown, trained, continued = tmp_path / "grown", tmp_path / "trained", tmp_path / "continued"
     step_2 = trained / "checkpoints" / "step_00000002"
+    mergekit = tmp_path / "solar.yml"  # a layer map from a mergekit config records all of depth.parameters
+    mergekit.write_text(
+        f"merge_method: passthrough\nslices:\n  - sources: [{{model: {base}, layer_range: [0, 2]}}]\n"
+        f"  - sources: [{{model: {base}, layer_range: [1, 2]}}]\n"
+    )
     runs = {
         grown: ["expand", base, grown, "--layers", 4, "--width-factor", 2, "--verify", "-q"],
         tmp_path / "moe": ["expand", base, tmp_path / "moe", "--experts", 4, "--top-k", 2, "-q"],
+        tmp_path / "mapped": ["expand", base, tmp_path / "mapped", "--mergekit-config", mergekit, "-q"],
         trained: ["train-stage", base, "--out", trained, "--max-steps", 2, "--save-final-state", *train],
         tmp_path / "state": ["expand", step_2, tmp_path / "state", "--width-factor", 2, "-q"],
         continued: ["train-stage", tmp_path / "state", "--out", continued, "--resume", "grown", "--max-steps", 1,

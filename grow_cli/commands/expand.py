@@ -31,6 +31,11 @@ EXAMPLES = """
     grow expand mistralai/Mistral-7B-v0.1 ./solar-like --depth-method dus \\
         --dus-overlap 8 --dtype bf16 --shard-size 2GB
 
+    # An explicit layer map (inclusive ranges): 32 layers → 48, SOLAR-style,
+    # or a mergekit passthrough config that says the same
+    grow expand ./Mistral-7B ./solar-like --layer-map 0-23,8-31
+    grow expand ./Mistral-7B ./solar-like --mergekit-config solar.yml
+
     # Width ×2 (exact bert2BERT FPI) and 2× depth in one pass
     grow expand ./bert-small ./bert-big --width-factor 2 --width-method fpi \\
         --depth-factor 2 --verify
@@ -83,6 +88,33 @@ def expand(
     dus_overlap: Annotated[
         int | None,
         typer.Option(help="dus: layers dropped at the seam of the two copies.", rich_help_panel=DEPTH),
+    ] = None,
+    layer_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of --layers/--depth-method: the source layer of each target layer, as comma-separated "
+            "layers and INCLUSIVE ranges, any order and repeats, e.g. 0-23,8-31 (mergekit's layer_range [0, 24] and "
+            "[8, 32], whose ends are exclusive).",
+            rich_help_panel=DEPTH,
+        ),
+    ] = None,
+    identity_repeats: Annotated[
+        bool,
+        typer.Option(
+            "--identity-repeats",
+            help="With --layer-map: zero the repeated layers' output projections (o_proj/down_proj or the "
+            "architecture's own), making each repeat an identity block as --depth-method identity does; exact when "
+            "every source layer appears once in order besides the repeats.",
+            rich_help_panel=DEPTH,
+        ),
+    ] = False,
+    mergekit_config: Annotated[
+        str | None,
+        typer.Option(
+            help="Read the layer map from a mergekit passthrough YAML (slices of SRC; scale 0 on o_proj and "
+            "down_proj → --identity-repeats, dtype → --dtype).",
+            rich_help_panel=DEPTH,
+        ),
     ] = None,
     hidden_size: Annotated[int | None, typer.Option(help="Target hidden size.", rich_help_panel=WIDTH)] = None,
     intermediate_size: Annotated[int | None, typer.Option(help="Target FFN size.", rich_help_panel=WIDTH)] = None,

@@ -323,7 +323,7 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     `UsageError` naming the first key that is wrong."""
     path = Path(path)
     base = path.resolve().parent
-    raw = _mapping(_read_yaml(path), "top level", TOP_KEYS)
+    raw = _mapping(read_yaml(path), "top level", TOP_KEYS)
     seed = _typed(raw.get("seed", 0), "seed", int)
     if not 0 <= seed <= MAX_SEED:
         raise _fail("seed", f"must be between 0 and 2**64 - 1, found {seed}")
@@ -359,25 +359,26 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     )
 
 
-def _read_yaml(path: Path) -> Any:
-    """The recipe file's YAML, parsed; what cannot be read or parsed is one `UsageError` naming the file."""
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    """The YAML file `path` (a family recipe, or `what` else: a mergekit config), parsed safely; what cannot be read
+    or parsed is one `UsageError` naming the file."""
     import yaml
 
     if path.exists() and not path.is_file() and not path.is_dir():  # a named pipe: reading it waits for a writer
-        raise UsageError(f"recipe {path} is not a regular file (a pipe, a socket or a device); give a YAML recipe")
+        raise UsageError(f"{what} {path} is not a regular file (a pipe, a socket or a device); give a YAML {what}")
     try:
         return _load_yaml(path.read_text())
     except OSError as exc:
-        raise UsageError(f"cannot read recipe {path}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError:
-        raise UsageError(f"recipe {path} is not a text file (not UTF-8); give a YAML recipe") from None
+        raise UsageError(f"{what} {path} is not a text file (not UTF-8); give a YAML {what}") from None
     except _AliasBomb as exc:
         raise UsageError(
-            f"recipe {path}: YAML aliases (*name) there repeat {exc.nodes:,}+ values, over grow's bound of "
+            f"{what} {path}: YAML aliases (*name) there repeat {exc.nodes:,}+ values, over grow's bound of "
             f"{MAX_ALIAS_NODES:,}; write the repeated settings out, or repeat fewer of them"
         ) from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"recipe {path} is not valid YAML: {_yaml_problem(exc)}") from exc
+        raise UsageError(f"{what} {path} is not valid YAML: {_yaml_problem(exc)}") from exc
 
 
 def _yaml_problem(exc: Exception) -> str:

@@ -34,6 +34,7 @@ from grow_cli.errors import CheckpointError, GrowError, OptionError, UsageError
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
+from grow_cli.growth.mergekit import check_model
 from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.st_modules import (
@@ -235,6 +236,8 @@ def expand(
     from grow_cli.checkpoint.output import check_output
 
     verify_memory = _verify_memory(verify_max_memory, verify)
+    if spec.mergekit is not None:  # its slices must read SRC, before anything is read or downloaded
+        check_model(spec.mergekit, os.fspath(source))
     if out is None and not dry_run:
         raise OptionError("out", "expand needs an output folder (out) unless dry_run=True, which writes nothing")
     if out is not None:  # before any download: a refused output must not cost a multi-GB fetch

@@ -48,6 +48,11 @@ def method_refusal(spec: GrowthSpec) -> str | None:
             "upcycling into experts routes each token through a renormalised top-k, so the experts' gradients are not "
             "the dense MLP's divided by a copy count and its AdamW state cannot continue on them"
         )
+    if spec.maps_layers:
+        return (
+            "a layer map grows the weights only (its training state is not grown, even where the map is exact); "
+            "to carry the run on use --layers with --depth-method identity"
+        )
     for kind, grows in (("width", spec.grows_width), ("depth", spec.grows_depth)):
         method = spec.width_method if kind == "width" else spec.depth_method
         if grows and method not in DYNAMICS_METHODS[kind]:

@@ -30,6 +30,7 @@ from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import index_scaling, registry
 from grow_cli.operators.depth import DepthMap, depth_map, target_layers
 from grow_cli.operators.index_scaling import query_scale
+from grow_cli.operators.layer_map import mapped_depth
 from grow_cli.operators.staged import gated_mlp
 from grow_cli.operators.upcycle import ExpertInit, Upcycler
 
@@ -235,12 +236,8 @@ def build_plan(
         width = op.implementation(spec, arch, binding, config, **uniform)
     target_shape = width.target if width else shape
 
-    layers, overlap = target_layers(shape.layers, spec)
-    depth = None
-    if layers != shape.layers:
-        op = registry.operator("depth", spec.depth_method)
-        registry.refuse_if_inapplicable(op, arch)
-        depth = depth_map(op, shape.layers, layers, dus_overlap=overlap)
+    depth = _depth(arch, shape.layers, spec)
+    if depth is not None:
         _refuse_unwritable_moe_pattern(arch, config, shape.layers, depth)
     if depth is None and width is None and not spec.grows_experts:
         raise UsageError(
@@ -313,6 +310,22 @@ def build_plan(
     return plan
 
 
+def _depth(arch: ArchDef, L: int, spec: GrowthSpec) -> DepthMap | None:
+    """The depth growth `spec` asks of a source of L layers (a method to a target, or a layer map), or None."""
+    if (explicit := spec.explicit_layer_map) is not None:
+        text, identity_repeats = explicit
+        if identity_repeats and (why := arch.identity_refusal):
+            raise OptionError("identity_repeats", f"--identity-repeats: no identity blocks in {arch.name}: {why}")
+        origin = {} if spec.mergekit_config is None else {"mergekit_config": spec.mergekit_config}
+        return mapped_depth(L, text, identity_repeats=identity_repeats, parameters=origin)
+    layers, overlap = target_layers(L, spec)
+    if layers == L:
+        return None
+    op = registry.operator("depth", spec.depth_method)
+    registry.refuse_if_inapplicable(op, arch)
+    return depth_map(op, L, layers, dus_overlap=overlap)
+
+
 def _notes(plan: Plan, spec: GrowthSpec) -> list[str]:
     """What the user should know about this growth before training it: tensors not written, and starts that train
     poorly (a stationary gated MLP, copies that stay copies)."""
@@ -346,6 +359,8 @@ def _refuse_unwritable_moe_pattern(arch: ArchDef, config: dict[str, Any], layers
     why = depth_refusal(arch, config, layers, depth.layer_map)
     if why is None:
         return
+    if depth.method == "layer-map":
+        raise OptionError("layer_map", f"layer map {depth.parameters['layer_map']} cannot grow this {arch.name}: {why}")
     target = len(depth.layer_map)
     keep = [name for name, (_, kept) in depth_methods_keeping(arch, config, layers, [target]).items() if kept]
     either = keep[0] if len(keep) == 1 else f"{', '.join(keep[:-1])} or {keep[-1]}"

@@ -21,6 +21,7 @@ its flag.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ from grow_cli.checkpoint.dtypes import output_dtype
 from grow_cli.errors import OptionError, UsageError, shown
 from grow_cli.field_types import checked_init, flag
 from grow_cli.field_types import field_types as dataclass_types
+from grow_cli.growth.mergekit import MergekitMap, read_mergekit
 from grow_cli.limits import MAX_ROUTER_NOISE, check_experts, check_seed
 from grow_cli.operators import registry
+from grow_cli.operators.layer_map import parse_layer_map
 from grow_cli.quantities import parse_size
 
 
@@ -47,6 +50,9 @@ class GrowthSpec:
     depth_factor: float | None = None
     depth_method: str = "stack"
     dus_overlap: int | None = None  # dus only: layers dropped at the seam of the two copies
+    layer_map: str | None = None  # instead of the above: the source layer of each target layer, e.g. "0-23,8-31"
+    identity_repeats: bool = False  # layer_map: zero the repeated layers' residual writers (identity blocks)
+    mergekit_config: str | None = None  # a mergekit passthrough config, read as a layer map (growth/mergekit.py)
     # width: targets (explicit sizes win over the factor) and how new units are made
     width_method: str = "fpi"
     hidden_size: int | None = None
@@ -77,7 +83,7 @@ class GrowthSpec:
         if not self.grows_depth and not self.grows_width and not self.grows_experts:
             raise OptionError(
                 None,
-                "nothing to grow: give --layers/--depth-factor, a width target and/or --experts "
+                "nothing to grow: give --layers/--depth-factor/--layer-map, a width target and/or --experts "
                 "(see grow expand --help)",
             )
 
@@ -85,8 +91,33 @@ class GrowthSpec:
 
     @property
     def grows_depth(self) -> bool:
-        """A depth target was given (dus always changes the depth)."""
-        return self.layers is not None or self.depth_factor is not None or self.depth_method == "dus"
+        """A depth target was given (dus always changes the depth, a layer map always sets it)."""
+        targets = (self.layers, self.depth_factor, self.layer_map, self.mergekit_config)
+        return any(t is not None for t in targets) or self.depth_method == "dus"
+
+    @property
+    def maps_layers(self) -> bool:
+        """The depth is an explicit layer map: --layer-map, or a mergekit config's."""
+        return self.layer_map is not None or self.mergekit_config is not None
+
+    @functools.cached_property
+    def mergekit(self) -> MergekitMap | None:
+        """The mergekit config `mergekit_config` as a layer map, read once, when the growth starts (construction
+        does not read the file, so a spec can be checked where the file is not, as the docs' examples are)."""
+        if self.mergekit_config is None:
+            return None
+        mergekit = read_mergekit(self.mergekit_config)
+        mine, theirs = self.dtype, mergekit.dtype
+        if mine is not None and theirs is not None and output_dtype(mine) != output_dtype(theirs):
+            raise OptionError("dtype", f"--dtype {mine} contradicts the mergekit config's dtype ({theirs}); drop one")
+        return mergekit
+
+    @property
+    def explicit_layer_map(self) -> tuple[str, bool] | None:
+        """The layer map (--layer-map, or the mergekit config's) and whether its repeats are identity blocks."""
+        if self.mergekit is not None:
+            return self.mergekit.layer_map, self.mergekit.identity_repeats
+        return None if self.layer_map is None else (self.layer_map, self.identity_repeats)
 
     @property
     def grows_width(self) -> bool:
@@ -101,7 +132,8 @@ class GrowthSpec:
     @property
     def out_dtype(self) -> str | None:
         """The safetensors dtype of the output's floating tensors, or None: as the source."""
-        return None if self.dtype is None else output_dtype(self.dtype)
+        dtype = self.dtype if self.dtype is not None or self.mergekit is None else self.mergekit.dtype
+        return None if dtype is None else output_dtype(dtype)
 
     @property
     def max_shard_bytes(self) -> int:
@@ -122,6 +154,8 @@ class GrowthSpec:
         given, where the fields only hold values."""
         for axis in METHOD_TARGETS:
             self._check_method_used(axis, named=f"{axis}_method" in given)
+        if "depth_method" in given and self.maps_layers:
+            self._refuse_with_layer_map("depth_method")
 
     # -- checks that need no source -------------------------------------------------------------------------------
 
@@ -138,6 +172,36 @@ class GrowthSpec:
         if self.dus_overlap is not None and self.depth_method != "dus":
             raise OptionError("dus_overlap", "--dus-overlap applies only to --depth-method dus")
         self._check_method_used("depth", named=False)
+        self._check_layer_map()
+
+    def _check_layer_map(self) -> None:
+        """A layer map (given, or a mergekit config's) sets the depth alone; its syntax is checked here, its layers
+        against the source's when the plan meets it (`operators/layer_map.py`)."""
+        if self.identity_repeats and self.layer_map is None:
+            raise OptionError(
+                "identity_repeats",
+                "--identity-repeats applies only with --layer-map (for --layers, use --depth-method identity)",
+            )
+        if self.mergekit_config is not None and self.layer_map is not None:
+            raise OptionError("layer_map", "give --layer-map or --mergekit-config, not both (the config holds a map)")
+        if self.layer_map is not None:
+            parse_layer_map(self.layer_map)
+        if not self.maps_layers:
+            return
+        for name in ("layers", "depth_factor", "dus_overlap"):
+            if getattr(self, name) is not None:
+                self._refuse_with_layer_map(name)
+        if self.depth_method != DEFAULTS["depth_method"]:
+            self._refuse_with_layer_map("depth_method")
+
+    def _refuse_with_layer_map(self, name: str) -> None:
+        given = "--mergekit-config" if self.mergekit_config is not None else "--layer-map"
+        hint = " (for identity blocks, --identity-repeats)" if given == "--layer-map" else ""
+        raise OptionError(
+            name,
+            f"{flag(name)} contradicts {given}: the map sets the depth and which layer each target layer "
+            f"copies; drop {flag(name)}{hint}",
+        )
 
     def _check_method_used(self, axis: str, *, named: bool) -> None:
         """A depth or width method other than the default (or `named` by the user) needs a target on its axis."""

@@ -33,7 +33,8 @@ class DepthMap:
     identity_init: bool = False  # staged-identity: new layers are not copies but gains 0, biases 0, matrices I
 
 
-def _first_occurrence_is_original(layer_map: list[int]) -> tuple[bool, ...]:
+def first_occurrence_is_original(layer_map: list[int]) -> tuple[bool, ...]:
+    """Which target layers are new: every copy of a source layer after its first (also `--layer-map`'s rule)."""
     seen: set[int] = set()
     new = []
     for src in layer_map:
@@ -152,7 +153,7 @@ def depth_map(op: Operator, L: int, target: int, *, dus_overlap: int | None = No
         new = tuple(j >= L - (dus_overlap or 0) for j in range(target))
         params = {"overlap": dus_overlap}
     else:
-        new = _first_occurrence_is_original(layer_map)
+        new = first_occurrence_is_original(layer_map)
         params = {}
     zeroed = op.name == "identity"  # zeroed residual writers (LLaMA-Pro)
     staged = op.name == "staged-identity"  # zero gains and biases, identity matrices (staged training)
