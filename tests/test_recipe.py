@@ -51,6 +51,16 @@ def write_recipe(tmp_path, members, **top):
             "members[1].grow.weights_only: unknown key",
         ),
         (
+            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"mergekit_config": "solar.yml"}}],
+            {},
+            "members[1].grow.mergekit_config: unknown key",
+        ),
+        (
+            [{"name": "a", "source": "m"}, {"name": "b", "grow": {"layer_map": "0-3,1", "layers": 6}}],
+            {},
+            "members[1].grow.layers: --layers contradicts --layer-map",
+        ),
+        (
             [{"name": "a", "source": "m"}, {"name": "b", "grow": {"width_factor": 2, "depth_method": "stack"}}],
             {},
             "members[1].grow.depth_method: --depth-method stack applies only with --layers or --depth-factor",

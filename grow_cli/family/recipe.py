@@ -77,11 +77,13 @@ COMPARE_KEYS = {
 }
 # How many values YAML aliases may repeat in one recipe, in all: a real recipe repeats a few dozen.
 MAX_ALIAS_NODES = 10_000
-# Settings a recipe may not set: the family decides them per member (`optimizer:` decides `weights_only`).
+# Settings a recipe may not set: the family decides them per member (`optimizer:` decides `weights_only`), or they
+# name another model (a mergekit config names the model its slices read, where a member grows the previous one: a
+# recipe gives the map itself as `layer_map`).
 TRAIN_RESERVED = {"model", "out", "resume", "quiet", "overwrite"}
 BUDGETS = {"max_steps", "max_tokens"}  # a training stage gives exactly one
 REPORT_SUFFIXES = (".json", ".md", ".png")  # a member's folder beside the report's files never takes their names
-GROW_RESERVED = {"weights_only"}
+GROW_RESERVED = {"weights_only", "mergekit_config"}
 
 
 def _train_fields() -> dict[str, Any]:
