@@ -665,6 +665,18 @@ def test_methods_that_change_the_function_are_refused_unless_weights_only(lab, t
     assert report["training_state"] is None and not (tmp_path / "w" / "training-state").exists()
 
 
+def test_a_layer_map_of_a_checkpoint_is_refused_with_its_state_and_grows_its_weights_alone(lab, tmp_path, cli):
+    """A layer map grows no training state, exact or not: refused in one line naming --weights-only, nothing
+    written; with it, the weights grow by the map."""
+    checkpoint = lab.source("llama").checkpoint
+    result = cli("expand", checkpoint, tmp_path / "out", "--layer-map", "0-1,1", "--identity-repeats")
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "a layer map grows the weights only" in result.stderr and "--weights-only" in result.stderr
+    assert not (tmp_path / "out").exists()
+    report = expand(str(checkpoint), tmp_path / "w", GrowthSpec(layer_map="0-1,1", weights_only=True), quiet=True)
+    assert report["depth"]["layer_map"] == [0, 1, 1] and report["training_state"] is None
+
+
 def test_upcycling_a_checkpoint_is_refused_with_its_state_and_upcycles_its_weights_alone(lab, tmp_path, cli):
     """Upcycling keeps the function but not a copy count: each expert's gradient is the dense MLP's weighed per token
     by its renormalised router weight, which no moment scaling follows. Growing a checkpoint into experts is one line
