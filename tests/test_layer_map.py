@@ -172,7 +172,7 @@ def test_a_mergekit_config_is_the_same_map_with_exclusive_ends(cli, tiny_checkpo
         (lambda t, m: t.replace(f"model: {m}\n", "model: org/other\n"), ["the slices read", "grows one model"]),
         (lambda t, m: t.replace("value: 1}", "value: 0.5}"), ["slices[1].parameters.scale", "0.5"]),
         (lambda t, m: t.replace("{filter: down_proj, value: 0}, ", ""), ["o_proj alone", "both"]),
-        (lambda t, m: t.replace("[0, 4]", "[0, 5]"), ["layer 4 is past", "exclusive"]),
+        (lambda t, m: t.replace("[0, 4]", "[0, 5]"), ["slices[0].sources[0].layer_range: [0, 5] ends past", "[0, 4]"]),
         (lambda t, m: t.replace("[1, 3]", "[3, 1]"), ["layer_range", "end exclusive"]),
         (lambda t, m: t.replace("[0, 4]}]", f"[0, 2]}}]\n  - sources: [{{model: {m}, layer_range: [2, 4]}}]"), []),
     ],

@@ -27,7 +27,9 @@ DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 class MergekitMap:
     """What a mergekit passthrough config asks of grow."""
 
+    path: str  # the config, as given
     model: str  # the one model its slices read
+    ranges: tuple[tuple[int, int], ...]  # each slice's layer_range [start, end)
     layer_map: str  # the map, in --layer-map syntax
     identity_repeats: bool  # its repeated layers' o_proj/down_proj scaled to 0
     dtype: str | None  # bf16, fp16, fp32, or None: as the source
@@ -57,9 +59,11 @@ def read_mergekit(path: str) -> MergekitMap:
     layers: list[int] = []
     zeroed: list[bool] = []
     models: set[str] = set()
+    ranges = []
     for i, piece in enumerate(slices):
         model, start, end, zero = _slice(piece, f"slices[{i}]", where)
         models.add(model)
+        ranges.append((start, end))
         layers += range(start, end)
         zeroed += [zero] * (end - start)
     base = raw.get("base_model")
@@ -68,7 +72,9 @@ def read_mergekit(path: str) -> MergekitMap:
     if len(models) > 1:
         raise _refused(where, "model", f"the slices read {' and '.join(sorted(models))}; grow grows one model")
     return MergekitMap(
+        path=path,
         model=models.pop(),
+        ranges=tuple(ranges),
         layer_map=format_layer_map(layers),
         identity_repeats=_identity_repeats(layers, zeroed, where),
         dtype=_dtype(raw, where),
@@ -172,6 +178,19 @@ def check_model(mergekit: MergekitMap, source: str) -> None:
         f"--mergekit-config: the slices read model {model!r}, but SRC is {src!r}; give {model} as SRC (or edit "
         "model: in the config to name SRC)",
     )
+
+
+def check_ranges(mergekit: MergekitMap, L: int) -> None:
+    """Every slice's layer_range within the source's L layers, refused in mergekit's own terms (the end is exclusive,
+    mergekit issue #360) before the map's own check would name a layer of the translated map."""
+    for i, (start, end) in enumerate(mergekit.ranges):
+        if end > L:
+            raise _refused(
+                f"--mergekit-config {mergekit.path}",
+                f"slices[{i}].sources[0].layer_range",
+                f"[{start}, {end}] ends past the source's {L} layers; the end is exclusive: [{start}, {L}] takes "
+                f"layers {start}-{L - 1}",
+            )
 
 
 def _refused(where: str, key: str, message: str) -> OptionError:

@@ -26,6 +26,7 @@ from grow_cli.checkpoint.file_copy import CHUNK as COPY_BUFFER_BYTES
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.growth.config import grown_config, validate_config
+from grow_cli.growth.mergekit import check_ranges
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import index_scaling, registry
 from grow_cli.operators.depth import DepthMap, depth_map, target_layers
@@ -316,7 +317,10 @@ def _depth(arch: ArchDef, L: int, spec: GrowthSpec) -> DepthMap | None:
         text, identity_repeats = explicit
         if identity_repeats and (why := arch.identity_refusal):
             raise OptionError("identity_repeats", f"--identity-repeats: no identity blocks in {arch.name}: {why}")
-        origin = {} if spec.mergekit_config is None else {"mergekit_config": spec.mergekit_config}
+        origin = {}
+        if spec.mergekit is not None:
+            check_ranges(spec.mergekit, L)
+            origin = {"mergekit_config": spec.mergekit.path}
         return mapped_depth(L, text, identity_repeats=identity_repeats, parameters=origin)
     layers, overlap = target_layers(L, spec)
     if layers == L:
