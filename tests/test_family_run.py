@@ -459,6 +459,10 @@ def test_a_moved_output_finds_its_own_members(cli, tmp_path, monkeypatch):
     assert (
         big["shape"]["layers"] == 2 * small["shape"]["layers"] and big["num_parameters"] > small["num_parameters"] > 0
     )
+    from grow_cli.quantities import format_count
+
+    # counted as `grow plan` counts them (a 7B member read "6738.42M")
+    assert f"| big | {format_count(big['num_parameters'])} | " in (tmp_path / "moved" / "family.md").read_text()
 
 
 def test_json_keeps_the_progress_on_stderr(cli, tmp_path):

@@ -33,6 +33,7 @@ from grow_cli.family.quality import (
     unrecorded_source_bound,
 )
 from grow_cli.family.recipe import Recipe
+from grow_cli.quantities import format_count
 from grow_cli.whole_file import write_whole
 
 
@@ -287,8 +288,9 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
     ]
     for r in book["members"]:
         shape = r["shape"] or {}
+        parameters = format_count(r["num_parameters"]) if r["num_parameters"] else "—"  # as `grow plan` counts them
         lines.append(
-            f"| {r['name']} | {(r['num_parameters'] or 0) / 1e6:.2f}M | {shape.get('layers')} × "
+            f"| {r['name']} | {parameters} | {shape.get('layers')} × "
             f"{shape.get('hidden_size')} | {r['tokens']:,} | {r['lineage_tokens']:,} | "
             f"{_fmt(r['final_eval_loss'], '.4f')} |"
         )
