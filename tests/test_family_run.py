@@ -701,14 +701,15 @@ def test_a_family_without_a_from_scratch_run_says_why(cli, tmp_path):
 def test_a_member_with_non_finite_logits_stops_the_comparison_naming_it(cli, tmp_path):
     """A first member whose source predicts NaN (a diverged checkpoint, used untrained) was compared with the member
     grown from it: NaN KL and loss in the report, its top-1 agreement 1.0, exit 0. The comparison of adjacent members
-    now stops as `grow compare` does, in one line naming the model."""
+    now stops as `grow compare` does, in one line naming the model. (Weights holding NaN are refused before, as the
+    member grows: these are finite, and overflow float32 as the model runs.)"""
     import torch
     from transformers import AutoModelForCausalLM
 
     source = save_tiny_lm(tmp_path / "base")
     model = AutoModelForCausalLM.from_pretrained(source)
     with torch.no_grad():
-        model.lm_head.weight.mul_(float("nan"))
+        model.lm_head.weight.fill_(3e38)  # finite, but the logits overflow to infinities
     model.save_pretrained(source)
     write_plays(tmp_path / "text", count=2, chars=30_000)
     members = [{"name": "small", "source": "base"}, {"name": "big", "grow": {"depth_factor": 2}}]
