@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -140,6 +141,44 @@ def test_an_explicit_damaged_checkpoint_is_refused_with_the_one_to_use(paused, c
     assert not (out / "model.safetensors").exists()
     # the advice works: a damaged newer checkpoint is no run's progress, which continuing from an older one abandons
     code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", root / "step_00000004"), capsys)
+    assert code == 0, stderr
+
+
+def _poison(checkpoint: Path, what: str) -> str:
+    """Write NaN (an infinity into exp_avg_sq) into the saved weights or one AdamW moment of `checkpoint`, as a run
+    that diverged would have saved them; returns the tensor's name as the refusal gives it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if what == "weights":
+        weights = load_file(checkpoint / "model.safetensors")
+        name = "model.layers.1.mlp.up_proj.weight"
+        weights[name][0, :3] = float("nan")
+        save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+        return f"tensor {name} holds 3 NaN or infinite values"
+    optimizer = torch.load(checkpoint / "optimizer.bin", weights_only=True)
+    optimizer["state"][3][what].view(-1)[:2] = float("inf") if what == "exp_avg_sq" else float("nan")
+    torch.save(optimizer, checkpoint / "optimizer.bin")
+    name = json.loads((checkpoint / "grow-state.json").read_text())["parameters"][3]
+    return f"the AdamW {what} of {name} holds 2 NaN or infinite values"
+
+
+@pytest.mark.parametrize("what", ["weights", "exp_avg", "exp_avg_sq"])
+def test_a_checkpoint_a_diverged_run_saved_is_refused_at_resume_naming_the_one_before(paused, capsys, what):
+    """Weights or AdamW moments holding NaN or infinities were resumed as they were: NaN weights stopped the run at
+    its first step blaming --max-lr, a NaN first moment a step later naming this very checkpoint as the last good one,
+    and an infinite second moment trained on (exit 0) with those weights frozen. Refused now, naming the checkpoint,
+    the tensor and the checkpoint before it, whose advice works."""
+    model, data, out, root = paused
+    found = _poison(root / "step_00000006", what)
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    line = " ".join(_one_line(stderr).split())
+    assert code == 1 and line.startswith(f"error: --resume {root / 'step_00000006'}: {found}"), line
+    advice = f"resume from the one before it with --resume {root / 'step_00000004'} --overwrite"
+    assert line.endswith(f"{advice} (which removes the newer checkpoints)")
+    assert not (out / "model.safetensors").exists()
+    args = train_args(model, data, out, *COMMON, "--resume", root / "step_00000004", "--overwrite")
+    code, _, stderr = run_grow(args, capsys)
     assert code == 0, stderr
 
 
@@ -595,3 +634,13 @@ def test_resuming_a_finished_runs_own_checkpoint_needs_overwrite(tmp_path, capsy
         "grow.json, model.safetensors" in " ".join(stderr.split())
     )
     assert [m["step"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4]
+
+
+def test_a_diverged_checkpoint_with_none_before_it_advises_starting_again(paused, capsys):
+    model, data, out, root = paused
+    for step in ("step_00000002", "step_00000004"):
+        shutil.rmtree(root / step)
+    found = _poison(root / "step_00000006", "weights")
+    code, _, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
+    line = " ".join(_one_line(stderr).split())
+    assert code == 1 and found in line and line.endswith("no earlier checkpoint is left: start again with --overwrite")

@@ -577,3 +577,21 @@ def test_a_module_entry_of_the_wrong_kind_is_one_line(st_source, tmp_path, cli, 
         lines = result.stderr.strip().splitlines()
         assert result.code == 1 and len(lines) == 1 and f"{src / 'modules.json'} {refusal}" in lines[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("options", [("--layers", "6"), ("--width-factor", "2")], ids=["depth", "width"])
+def test_a_module_whose_weights_hold_nan_is_refused_naming_it(st_source, tmp_path, cli, options):
+    """A Dense saved by a diverged run: its weights were hashed but not checked, so depth growth copied the NaN and
+    width growth widened it into an output whose embeddings are NaN (exit 0). Refused now, as the transformer's own
+    weights are, naming the module's file and tensor, with nothing in OUT."""
+    from safetensors.torch import load_file, save_file
+
+    src = shutil.copytree(st_source("bert-mean"), tmp_path / "src")
+    weights = load_file(str(src / "2_Dense" / "model.safetensors"))
+    weights["linear.weight"][0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    save_file(weights, str(src / "2_Dense" / "model.safetensors"), metadata={"format": "pt"})
+    result = cli("expand", src, tmp_path / "out", *options)
+    line = result.stderr.strip()
+    assert result.code == 1 and "\n" not in line, result.stderr
+    assert line.startswith("error: 2_Dense/model.safetensors: tensor linear.weight holds 3 NaN or infinite values")
+    assert not (tmp_path / "out").exists()

@@ -627,6 +627,28 @@ def test_a_state_that_does_not_fit_is_refused_in_one_line(lab, tmp_path, cli, ed
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("key, value", [("exp_avg", float("nan")), ("exp_avg_sq", float("inf"))])
+def test_moments_a_diverged_run_saved_are_refused_naming_the_tensor(lab, tmp_path, cli, key, value):
+    """AdamW moments holding NaN or infinities were grown into the output's training state without a word (exit 0);
+    `--resume grown` then trained NaN weights, or weights that an infinite second moment keeps from moving. Refused
+    now, naming optimizer.bin, the moment and its tensor, with nothing in OUT; the weights alone still grow."""
+    edit = _rewrite_optimizer(lambda s: s["state"][1][key].view(-1)[:2].fill_(value))
+    src = damaged_checkpoint(lab, tmp_path, edit)
+    name = json.loads((src / "grow-state.json").read_text())["parameters"][1]
+    result = cli("expand", src, tmp_path / "out", "--width-factor", "2", "--width-method", "hypercloning")
+    line = result.stderr.strip()
+    assert result.code == 1 and "\n" not in line, result.stderr
+    assert line.startswith(f"error: {src / 'optimizer.bin'}: the AdamW {key} of {name} holds 2 NaN or infinite values")
+    assert line.endswith(
+        "grow a checkpoint saved before the run diverged, or grow the weights only with --weights-only"
+    )
+    assert not (tmp_path / "out").exists()
+    weights = cli(
+        "expand", src, tmp_path / "out", "--width-factor", "2", "--width-method", "hypercloning", "--weights-only"
+    )
+    assert weights.code == 0, weights.stderr
+
+
 @pytest.mark.parametrize(
     "edit",
     [lambda f: (f / "optimizer.bin").unlink(), lambda f: os.truncate(f / "optimizer.bin", 3000)],

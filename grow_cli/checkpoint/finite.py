@@ -52,10 +52,30 @@ def non_finite_weights(where: str, tensor: str, count: int, instead: str) -> Che
 def refuse_non_finite(tensor, where: str, name: str, instead: str = GROW_EARLIER) -> None:
     """Refuse the torch `tensor` (`name`, in `where`) when it is floating and holds NaN or infinities: for weights
     that are in memory anyway (a `.bin` checkpoint's, a model loaded to train)."""
+    if count := non_finite_count(tensor):
+        raise non_finite_weights(where, name, count, instead)
+
+
+def non_finite_count(tensor) -> int:
+    """How many values of the torch `tensor` are NaN or infinite (0 for an integer tensor): this process's part of a
+    sharded one (a DTensor's local shard), so that no process waits on another to count."""
     import torch
 
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise non_finite_weights(where, name, int((~torch.isfinite(tensor)).sum()), instead)
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    if not local.is_floating_point() or bool(torch.isfinite(local).all()):
+        return 0
+    return int((~torch.isfinite(local)).sum())
+
+
+def non_finite_moment(where: str, moment: str, count: int, instead: str) -> CheckpointError:
+    """The one line for an AdamW moment (`moment`: e.g. `exp_avg of model.norm.weight`) holding NaN or infinities,
+    saved in `where`: AdamW turns a NaN moment into NaN weights at the next step, and an infinite second moment into
+    updates of zero, a weight that silently stops training."""
+    return CheckpointError(
+        f"{where}: the AdamW {moment} holds {counted(count, 'NaN or infinite value')}: the run that saved this "
+        f"optimizer state had diverged, and training on from it gives NaN weights or weights that no longer train; "
+        f"{instead}"
+    )
 
 
 class FiniteScan:
@@ -68,8 +88,9 @@ class FiniteScan:
     number of such values in it (counted by reading that tensor again: only a refused file pays for it).
     """
 
-    def __init__(self, path: Path, tensors: dict[str, TensorEntry]):
+    def __init__(self, path: Path, tensors: dict[str, TensorEntry], where: str | None = None):
         self.path = path
+        self.where = where or path.name  # how a refusal names the file (a module's by its folder too)
         self._tensors = sorted(
             ((name, e) for name, e in tensors.items() if e.dtype in NON_FINITE_BITS and e.nbytes),
             key=lambda t: t[1].start,
@@ -112,4 +133,4 @@ class FiniteScan:
         step = COUNT_CHUNK // size * size
         for start in range(entry.start, entry.end, step):
             count += count_non_finite(os.pread(fd, min(step, entry.end - start), start), entry.dtype)
-        return non_finite_weights(self.path.name, name, count, GROW_EARLIER)
+        return non_finite_weights(self.where, name, count, GROW_EARLIER)

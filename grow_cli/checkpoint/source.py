@@ -203,7 +203,7 @@ class FileHasher:
     def __post_init__(self) -> None:
         from grow_cli.checkpoint.finite import FiniteScan  # numpy: imported here, not in a hashing thread
 
-        self._scans = {path: FiniteScan(path, tensors) for path, tensors in self.weights.items()}
+        self._scans = {path: FiniteScan(path, tensors, self._key(path)) for path, tensors in self.weights.items()}
         self._cancelled = threading.Event()
         self._next = iter(self.files)
         self._taking = threading.Lock()

@@ -42,6 +42,7 @@ from grow_cli.growth.st_modules import (
     module_bytes,
     module_notes,
     module_weight_files,
+    module_weight_tensors,
     refuse_width,
     st_modules,
     write_modules,
@@ -257,7 +258,7 @@ def expand(
             hasher = FileHasher(
                 [*reader.files, src.folder / "config.json", *module_weight_files(src.folder)],
                 src.folder,
-                weights=reader.safetensors_files(),
+                weights={**reader.safetensors_files(), **module_weight_tensors(src.folder)},
             )
             try:
                 plan, state, modules = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)

@@ -26,16 +26,18 @@ from typing import Any
 from grow_cli.checkpoint.direct_io import STAGING_BYTES
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR
+from grow_cli.checkpoint.finite import non_finite_count, non_finite_moment
 from grow_cli.checkpoint.mapped import release
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.growth.plan import OutputTensor, Plan
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
-from grow_cli.growth.train_state import WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
+from grow_cli.growth.train_state import OPTIMIZER_FILE, WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
 from grow_cli.train.continuation import FORMAT, STATE_FILE  # (where state.json is read, and checked)
 
 STATE_DIR = TRAINING_STATE_DIR
+MOMENTS_EARLIER = f"grow a checkpoint saved before the run diverged, or {WEIGHTS_ONLY_HINT}"  # moments not finite
 FORMAT_VERSION = 1
 DYNAMICS_METHODS = {"width": ("fpi", "hypercloning", "staged"), "depth": ("identity", "staged-identity")}
 
@@ -232,7 +234,11 @@ def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dic
         assert moments is not None
         _, m, v = moments
         for key, x, factor in (("exp_avg", m, s.scale), ("exp_avg_sq", v, s.scale**2)):
-            laid = plan.width.state_layout(t.source, x.float(), key) if plan.width else x.float()
+            x = x.float()
+            if count := non_finite_count(x):  # checked here, where each moment is read whole anyway
+                optimizer = state.source.checkpoint / OPTIMIZER_FILE
+                raise non_finite_moment(str(optimizer), f"{key} of {s.role}", count, MOMENTS_EARLIER)
+            laid = plan.width.state_layout(t.source, x, key) if plan.width else x
             written = writer.write(f"{t.name}.{key}", (laid * factor).contiguous())
             if advance is not None:
                 advance(written)

@@ -128,6 +128,19 @@ def module_weight_files(folder: Path) -> list[Path]:
     return [folder / name for entry in _listed(folder) for name in _weight_files(folder, str(entry["path"]))]
 
 
+def module_weight_tensors(folder: Path) -> dict[Path, dict[str, TensorEntry]]:
+    """The tensors of the modules' safetensors files, by file: the source hashing checks their values for NaN and
+    infinities as it reads them (`finite.FiniteScan`), as it checks the transformer's."""
+    tensors = {}
+    for file in module_weight_files(folder):
+        if file.suffix == ".safetensors":
+            try:
+                tensors[file] = read_safetensors_header(file)[0]
+            except CheckpointError as exc:  # its message names the file alone: say which module's it is
+                raise CheckpointError(f"{file.parent.relative_to(folder)}/: {exc}") from None
+    return tensors
+
+
 def module_files(folder: Path) -> list[str]:
     """The files that make `folder` a sentence-transformers model beside its transformer, relative to it: modules.json,
     the configs beside it (`TOP_CONFIGS`) and every file in the other modules' folders, weights included; none without

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_ap
 from grow_cli.train.attention import HALF, check_attention_run, one_row
 from grow_cli.train.checkpoints import (
     described_change,
+    earlier_checkpoint_advice,
     load_checkpoint,
     precision_change,
     prune,
@@ -645,6 +647,7 @@ def state_engine(accelerator: Accelerator) -> str:
 def resume(run: Run, checkpoint: Path) -> None:
     """Restore the model, optimizer, scheduler and RNG states from `checkpoint` and move the run to its step."""
     resumed = load_checkpoint(run.accelerator, checkpoint, run.run_keys, run.settings())
+    refuse_non_finite_state(run, checkpoint)
     fresh_scaler = starts_fresh_scaler(run.accelerator, checkpoint)
     if change := precision_change(resumed, run.accelerator.mixed_precision, fresh_scaler):
         run.say(f"note: {change}")
@@ -655,3 +658,34 @@ def resume(run: Run, checkpoint: Path) -> None:
         run.apollo.resume_at(run.step)
     run.tracker.resume_step = run.step  # the metrics file drops lines from after the checkpoint
     run.say(f"resumed from {checkpoint} at step {run.step}")
+
+
+def refuse_non_finite_state(run: Run, checkpoint: Path) -> None:
+    """Refuse a resumed state whose weights or AdamW moments hold NaN or infinities, naming the first such tensor and
+    an earlier checkpoint: resumed as it is, its first loss is NaN and the divergence reported blames the learning
+    rate (non-finite weights), or the loss turns NaN a step later (a NaN first moment) or some weights silently stop
+    training (an infinite second moment). One pass over what was just loaded; each process checks its own shards and
+    all refuse together."""
+    from accelerate.utils import gather_object
+
+    from grow_cli.checkpoint.finite import non_finite_count, non_finite_moment, non_finite_weights
+
+    local = next(((n, w, c) for n, w, t in _resumed_tensors(run) if (c := non_finite_count(t))), None)
+    found = next((f for f in gather_object([local]) if f is not None), None)
+    if found is None:
+        return
+    name, what, count = found
+    where, instead = f"--resume {checkpoint}", earlier_checkpoint_advice(checkpoint, Path(run.config.out))
+    if what is None:
+        raise non_finite_weights(where, name, count, instead)
+    raise non_finite_moment(where, f"{what} of {name}", count, instead)
+
+
+def _resumed_tensors(run: Run) -> Iterator[tuple[str, str | None, torch.Tensor]]:
+    """(parameter name, None for its weight or the AdamW moment's key, tensor) of what a resume restored, as this
+    process holds it."""
+    state = getattr(run.optimizer, "state", {})  # (DeepSpeed's is keyed by its own partitions: no moment is found)
+    for name, weight in run.accelerator.unwrap_model(run.model).named_parameters():
+        yield name, None, weight.detach()
+        moments = state.get(weight, {})
+        yield from ((name, key, moments[key]) for key in ("exp_avg", "exp_avg_sq") if key in moments)

@@ -173,10 +173,28 @@ def resolve_resume(resume: str | None, out: Path) -> tuple[Path | None, list[str
         raise UsageError(f"--resume {path}: not a finished grow checkpoint (no {STATE_FILE})")
     damage = damage_in(path)
     if damage is not None:
-        older = [p for p in complete_checkpoints(path.parent.parent) if p.name < path.name and damage_in(p) is None]
-        instead = f"resume from the previous whole one with --resume {older[-1]}" if older else "start again"
+        older = previous_whole(path)
+        instead = f"resume from the previous whole one with --resume {older}" if older else "start again"
         raise CheckpointError(f"--resume {path}: {damage}; {instead}")
     return path, []
+
+
+def previous_whole(checkpoint: Path) -> Path | None:
+    """The newest whole checkpoint of the run before `checkpoint`, or None."""
+    root = checkpoint.parent.parent
+    older = [p for p in complete_checkpoints(root) if p.name < checkpoint.name and damage_in(p) is None]
+    return older[-1] if older else None
+
+
+def earlier_checkpoint_advice(checkpoint: Path, out: Path) -> str:
+    """What to do instead of resuming from `checkpoint`, whose state diverged: resume from the whole one before it
+    (with --overwrite, which removes the newer ones, where it is one of `out`'s own), or start again."""
+    older = previous_whole(checkpoint)
+    if older is None:
+        return "no earlier checkpoint is left: start again with --overwrite"
+    if checkpoint_root(out).resolve() == older.parent.resolve():
+        return f"resume from the one before it with --resume {older} --overwrite (which removes the newer checkpoints)"
+    return f"resume from the one before it with --resume {older}"
 
 
 def remove_unfinished(out: Path) -> list[str]:
