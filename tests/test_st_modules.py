@@ -595,3 +595,20 @@ def test_a_module_whose_weights_hold_nan_is_refused_naming_it(st_source, tmp_pat
     assert result.code == 1 and "\n" not in line, result.stderr
     assert line.startswith("error: 2_Dense/model.safetensors: tensor linear.weight holds 3 NaN or infinite values")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dense_whose_bin_weights_hold_nan_is_refused_naming_it(st_source, tmp_path, cli):
+    """A Dense saved as pytorch_model.bin (sentence-transformers before 2.3), which the hashing cannot check tensor by
+    tensor: depth growth copied its NaN (exit 0). Its tensors are loaded and checked now."""
+    from safetensors.torch import load_file
+
+    src = shutil.copytree(st_source("bert-mean"), tmp_path / "src")
+    weights = load_file(str(src / "2_Dense" / "model.safetensors"))
+    weights["linear.weight"][1, :2] = float("nan")
+    torch.save(weights, src / "2_Dense" / "pytorch_model.bin")
+    (src / "2_Dense" / "model.safetensors").unlink()
+    result = cli("expand", src, tmp_path / "out", "--layers", "6")
+    line = result.stderr.strip()
+    assert result.code == 1 and "\n" not in line, result.stderr
+    assert line.startswith("error: 2_Dense/pytorch_model.bin: tensor linear.weight holds 2 NaN or infinite values")
+    assert not (tmp_path / "out").exists()

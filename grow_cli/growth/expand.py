@@ -43,6 +43,7 @@ from grow_cli.growth.st_modules import (
     module_notes,
     module_weight_files,
     module_weight_tensors,
+    refuse_non_finite_bin_denses,
     refuse_width,
     st_modules,
     write_modules,
@@ -391,6 +392,7 @@ def _execute(
     with staged_output(out, src.folder, force=force) as tmp:
         extra = sum(p.stat().st_size for p in small_files(src.folder)[0]) + CARD_AND_RECORD_BYTES
         extra += module_bytes(src.folder, modules, _hidden_factor(plan))
+        refuse_non_finite_bin_denses(src.folder, modules)  # (the hashing checks the safetensors ones)
         state_bytes = state.total_bytes if state else 0
         require_free_space(tmp, plan.total_bytes + state_bytes + extra, out)
         require_memory(peak_memory(plan, state))

@@ -141,6 +141,18 @@ def module_weight_tensors(folder: Path) -> dict[Path, dict[str, TensorEntry]]:
     return tensors
 
 
+def refuse_non_finite_bin_denses(folder: Path, modules: list[Module]) -> None:
+    """Refuse a Dense whose `.bin` weights (the file sentence-transformers loads where the module has no
+    model.safetensors) hold NaN or infinities: the hashing checks safetensors files only, as it reads them, so these
+    are loaded and checked — a Dense is small. Other modules' weights are copied in a format grow does not read."""
+    from grow_cli.checkpoint.finite import refuse_non_finite
+
+    for m in modules:
+        if m.kind == "Dense" and _weights_file_or_none(m) == f"{m.path}/{BIN_SINGLE}":
+            for name, tensor in load_bin_weights(folder / m.path / BIN_SINGLE).items():
+                refuse_non_finite(tensor, f"{m.path}/{BIN_SINGLE}", name)
+
+
 def module_files(folder: Path) -> list[str]:
     """The files that make `folder` a sentence-transformers model beside its transformer, relative to it: modules.json,
     the configs beside it (`TOP_CONFIGS`) and every file in the other modules' folders, weights included; none without
@@ -363,10 +375,14 @@ def _weight_files(folder: Path, path: str) -> tuple[str, ...]:
 
 def _weights_file(m: Module) -> str:
     """The file sentence-transformers loads a module's weights from: model.safetensors, else pytorch_model.bin."""
-    for name in (SAFETENSORS_SINGLE, BIN_SINGLE):
-        if f"{m.path}/{name}" in m.files:
-            return f"{m.path}/{name}"
-    raise CheckpointError(f"{m.path}/ holds no {SAFETENSORS_SINGLE} or {BIN_SINGLE}; give the module its weights")
+    file = _weights_file_or_none(m)
+    if file is None:
+        raise CheckpointError(f"{m.path}/ holds no {SAFETENSORS_SINGLE} or {BIN_SINGLE}; give the module its weights")
+    return file
+
+
+def _weights_file_or_none(m: Module) -> str | None:
+    return next((f"{m.path}/{n}" for n in (SAFETENSORS_SINGLE, BIN_SINGLE) if f"{m.path}/{n}" in m.files), None)
 
 
 def _dense_tensors(folder: Path, path: str, files: tuple[str, ...]) -> dict[str, TensorEntry]:
