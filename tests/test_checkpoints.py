@@ -332,6 +332,7 @@ script()
 """
 
 
+@pytest.mark.slow
 def test_the_temporary_grow_json_of_a_run_killed_outright_goes_with_the_resume(tmp_path, capsys):
     """SIGKILL between the write of grow.json's temporary file and its rename left `OUT/.grow.json.<pid>.tmp` for
     good: `--resume auto` finished the run beside it. The resume's claim on OUT removes it now, before the run

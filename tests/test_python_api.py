@@ -234,6 +234,7 @@ def test_train_data_given_as_one_path_is_that_path_not_its_letters():
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
+@pytest.mark.slow
 def test_the_python_docs_run_as_written(fake_hub, tmp_path):
     """docs/python.md's code blocks, in order, in an empty folder of a fresh process, with the Hub a local fake."""
     blocks = PYTHON_BLOCK.findall((ROOT / "docs" / "python.md").read_text())

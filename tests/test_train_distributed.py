@@ -162,6 +162,7 @@ def assert_like_one_process(one: Path, two: Path) -> None:
         torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_error_every_process_finds_before_training_is_printed_once(tmp_path):
     """Under `accelerate launch` every process runs the same preflight on the same arguments: a bad option is one
     `error:` line (the first process's), not one per process; the launch still fails."""

@@ -565,6 +565,7 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
     assert stdout == "" and not (out / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(setup, tmp_path):
     model, data = setup
     out = tmp_path / "out"
