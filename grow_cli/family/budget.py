@@ -144,8 +144,8 @@ def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str
     ]
     hidden = next((d for limit, d in widths if params <= limit), 8192)
     shape = _shape_at(params, hidden, vocab_size, within)
-    if within is None or shape["num_parameters"] >= params * (1 - SHORT_OF_SIZE):
-        return shape
+    if within is None or shape["num_parameters"] >= params * (1 - SHORT_OF_SIZE) or hidden >= within["hidden_size"]:
+        return shape  # near its size, or already as wide as the next member (an MoE's: its experts hold the size)
     # The next larger member's depth capped this one far below its size (a 500M member of a 17-layer 1B target came
     # out 17 × 1024, 284M, next to the 250M member's 245M): wider, up to its width, with fewer layers, comes nearer.
     wider = (_shape_at(params, h, vocab_size, within) for h in range(hidden, within["hidden_size"] + 1))
