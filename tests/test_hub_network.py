@@ -61,6 +61,28 @@ def test_a_hub_that_stalls_on_the_repo_listing_is_not_waited_for_forever(
         assert cli("expand", hub_repo, tmp_path / "again", "--layers", "8").code == 0
 
 
+@pytest.mark.parametrize("command", ["inspect", "expand"])
+def test_a_listing_failure_the_client_lets_out_is_downloaded_file_by_file(
+    fake_hub, hub_repo, cli, tmp_path, monkeypatch, command
+):
+    """huggingface_hub before 2.0 lets a network failure of `snapshot_download`'s own listing of the repo's tree out,
+    where 2.x falls back on the cached snapshot: on hub 1.33 the stalled-listing test above ended 'no complete copy is
+    in the local cache'. Such a failure is now met as 2.x meets it: the files are fetched one by one."""
+    import grow_cli.hub.download as download
+    from grow_cli.hub.client import http_client
+
+    def snapshot_download(repo_id, **kwargs):
+        listing = http_client.Request("GET", f"{fake_hub.url}/api/models/{repo_id}/tree/main?recursive=True")
+        raise http_client.ReadTimeout("timed out", request=listing)
+
+    monkeypatch.setattr(download, "snapshot_download", snapshot_download)
+    args = ["inspect", hub_repo] if command == "inspect" else ["expand", hub_repo, tmp_path / "out", "--layers", "8"]
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    if command == "expand":
+        assert (tmp_path / "out" / "config.json").is_file()
+
+
 def test_a_hub_that_stalls_after_the_listing_ends_in_a_line_naming_the_timeout(
     fake_hub, hub_repo, cli, tmp_path, short_etag_timeout, no_backoff
 ):

@@ -39,7 +39,7 @@ from grow_cli.hub.client import (
     lost_connection,
     translate,
 )
-from grow_cli.hub.network import bounded_waits, hub_retries, retrying
+from grow_cli.hub.network import bounded_waits, hub_retries, lists_the_tree, retrying
 
 SMALL_FILE_BYTES = 50 * 1024 * 1024
 MOVED_RETRIES = 3  # downloads of a revision that moved meanwhile, before giving up
@@ -99,14 +99,23 @@ def fetch_files(repo_id: str, revision: str | None, files: list[str], token: str
     one, which downloads them or fails with the reason (the line then names it, e.g. the timeout to raise). By the
     revision's name, as `snapshot_download` asks, so that the cache records the name and HF_HUB_OFFLINE=1 finds the
     snapshot later; and only into the snapshot of `commit`, the one listed: a revision that moved since holds other
-    files, and is downloaded again whole (`download_checkpoint`)."""
-    folder = retrying(
-        lambda: interruptible(
-            lambda: snapshot_download(repo_id, revision=revision, allow_patterns=files, **file_options(token)),
-            "grow-hub-download",
-        ),
-        f"downloading {repo_id}",
-    )
+    files, and is downloaded again whole (`download_checkpoint`).
+
+    huggingface_hub before 2.0 lets a network failure of that listing (`list_repo_tree`) out of `snapshot_download`
+    instead: the files are then asked for one by one all the same, the first of them telling the snapshot folder."""
+    try:
+        folder = retrying(
+            lambda: interruptible(
+                lambda: snapshot_download(repo_id, revision=revision, allow_patterns=files, **file_options(token)),
+                "grow-hub-download",
+            ),
+            f"downloading {repo_id}",
+        )
+    except TransportError as exc:
+        if not lists_the_tree(exc):
+            raise
+        first = fetch_file(repo_id, revision, files[0], token)
+        folder = str(Path(first).parents[len(Path(files[0]).parts) - 1])
     if Path(folder).name == commit:
         for name in [name for name in files if not (Path(folder) / name).is_file()]:
             fetch_file(repo_id, revision, name, token)

@@ -149,13 +149,18 @@ def transient(exc: BaseException, *, client_resumes_bytes: bool = True) -> str |
     return None
 
 
+def lists_the_tree(failed: Any) -> bool:
+    """Whether a response or a client error belongs to a request listing a repo's tree (`list_repo_tree`)."""
+    return "/tree/" in _path(failed)
+
+
 def _client_tried_again(failed: Any, cause: BaseException, client_resumes_bytes: bool) -> bool:
     """Whether huggingface_hub tried the request that `failed` (a response, or a client error) again itself, and
     another try by grow would multiply its tries: a file's HEAD and a paginated listing (the repo's tree) go through
     its `http_backoff` (5 more tries), and with `client_resumes_bytes`, a file's bytes that stalled or broke off
     through its `http_get` (5 resumes)."""
     method, path = _method(failed), _path(failed)
-    if method == "HEAD" or "/tree/" in path:
+    if method == "HEAD" or lists_the_tree(failed):
         return True
     broke = isinstance(cause, http_client.ConnectError | http_client.TimeoutException | http_client.RemoteProtocolError)
     return client_resumes_bytes and broke and "/resolve/" in path
