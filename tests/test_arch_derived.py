@@ -55,6 +55,9 @@ WRITERS = {
     "falcon": ["self_attention.dense.weight", "mlp.dense_4h_to_h.weight"],
 }
 WIDTH = ["arcee", "cohere", "exaone4", "vaultgemma", "phi", "olmo", "internlm3", "ernie4_5"]
+# The decoders the installed transformers has: internlm3 came after 5.17, grow's lowest transformers.
+CONFIGS = {name: params for name, params in CONFIGS.items() if name in tf.CONFIG_MAPPING}
+WIDTH = [name for name in WIDTH if name in CONFIGS]
 
 
 def _model_class(name):
