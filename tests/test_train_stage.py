@@ -418,11 +418,12 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_p
     common = ("--max-steps", 10, "--save-every", 2, "--keep-last", keep_last)
     assert run_grow(train_args(model, data, out, *common, "--exit-interval", 4), capsys)[0] == 0
     good, poisoned = out / "checkpoints" / "step_00000002", out / "checkpoints" / "step_00000004"
-    # Make the next step diverge: a NaN in one weight of the state the run resumes from (a header-valid file of the
-    # size grow-state.json lists, so the damage check lets it through).
+    # Make the next step diverge: the final norm's weights of the state the run resumes from, finite but so large
+    # that the logits overflow float32 (a header-valid file of the size grow-state.json lists, so the damage check
+    # lets it through; NaN weights are refused at resume, before any step).
     tensors = load_file(poisoned / "model.safetensors")
-    name = next(k for k in tensors if k.endswith("down_proj.weight"))
-    tensors[name][0, 0] = float("nan")
+    name = next(k for k in tensors if k.endswith("norm.weight") and ".layers." not in k)
+    tensors[name].fill_(3e38)
     save_file(tensors, poisoned / "model.safetensors", metadata={"format": "pt"})
     code, _, stderr = run_grow(train_args(model, data, out, *common, "--resume", poisoned), capsys)
     assert code == 1
