@@ -183,51 +183,39 @@ def test_a_bare_command_prints_its_help(cli):
     assert result.code == 2 and "Usage: grow expand" in result.stdout + result.stderr
 
 
-def test_ctrl_c_while_the_cli_is_still_imported_is_one_line():
-    """The `grow` script imports the CLI before grow's own handling of Ctrl-C is in place (~0.3 s): a Ctrl-C then
-    is the same one line and exit 130, not a traceback of the import it landed in. In a process of its own, as the
-    script ends its process without finalising: in pytest's, that ended pytest with status 130 and skipped pytest's
-    exit handlers."""
+@pytest.mark.parametrize(
+    "lands",
+    [
+        # The `grow` script imports the CLI before grow's own handling of Ctrl-C is in place (~0.3 s): a Ctrl-C
+        # then is the same one line and exit 130, not a traceback of the import it landed in (each module the CLI's
+        # body imports is asked for once it runs).
+        '"grow_cli.cli" in sys.modules',
+        # The script's first import, grow's own handling of signals, was outside the `try` that turns a Ctrl-C during
+        # start-up into grow's line: a Ctrl-C landing in it (~30 ms into a run, found by
+        # benchmarks/interrupted_training.py) was a traceback of that import and Python's death by SIGINT.
+        'name == "grow_cli.signals" and not self.fired',
+    ],
+    ids=["cli-import", "signals-import"],
+)
+def test_ctrl_c_while_the_script_imports_grow_is_one_line(lands):
+    """A Ctrl-C while the `grow` script imports grow (where `lands` holds, as a module is asked for) is one line and
+    exit 130. In a process of its own, as the script ends its process without finalising: in pytest's, that ended
+    pytest with status 130 and skipped pytest's exit handlers."""
     program = textwrap.dedent(
-        """
+        f"""
         import signal, sys
 
-        class CtrlCInTheCliImport:  # asked for each module the CLI's import imports
-            def find_spec(self, name, path=None, target=None):
-                if "grow_cli.cli" in sys.modules:  # its body runs: the first module it imports
-                    signal.raise_signal(signal.SIGINT)
-                return None
-
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts ignoring it
-        sys.meta_path.insert(0, CtrlCInTheCliImport())
-        sys.argv = ["grow", "--version"]
-        from grow_cli import __main__ as entry
-        entry.script()
-        """
-    )
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted (Ctrl-C)\n", "")
-
-
-def test_ctrl_c_while_grows_signal_handling_is_imported_is_one_line():
-    """The script's first import, grow's own handling of signals, was outside the `try` that turns a Ctrl-C during
-    start-up into grow's line: a Ctrl-C landing in it (~30 ms into a run, found by
-    benchmarks/interrupted_training.py) was a traceback of that import and Python's death by SIGINT."""
-    program = textwrap.dedent(
-        """
-        import signal, sys
-
-        class CtrlCInTheSignalsImport:  # asked for each module imported
+        class CtrlCInAnImport:  # asked for each module imported
             fired = False
 
             def find_spec(self, name, path=None, target=None):
-                if name == "grow_cli.signals" and not self.fired:
+                if {lands}:
                     self.fired = True
                     signal.raise_signal(signal.SIGINT)
                 return None
 
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts ignoring it
-        sys.meta_path.insert(0, CtrlCInTheSignalsImport())
+        sys.meta_path.insert(0, CtrlCInAnImport())
         sys.argv = ["grow", "--version"]
         from grow_cli import __main__ as entry
         entry.script()
