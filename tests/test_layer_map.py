@@ -174,6 +174,7 @@ def test_a_mergekit_config_is_the_same_map_with_exclusive_ends(cli, tiny_checkpo
         (lambda t, m: t.replace("{filter: down_proj, value: 0}, ", ""), ["o_proj alone", "both"]),
         (lambda t, m: t.replace("[0, 4]", "[0, 5]"), ["slices[0].sources[0].layer_range: [0, 5] ends past", "[0, 4]"]),
         (lambda t, m: t.replace("[1, 3]", "[3, 1]"), ["layer_range", "end exclusive"]),
+        (lambda t, m: t.replace("[1, 3]", "[1, 1000000000000]"), ["slices[1]", "over grow's bound"]),
         (lambda t, m: t.replace("[0, 4]}]", f"[0, 2]}}]\n  - sources: [{{model: {m}, layer_range: [2, 4]}}]"), []),
     ],
 )

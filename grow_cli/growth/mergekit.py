@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import OptionError
+from grow_cli.limits import MAX_LAYERS
 from grow_cli.operators.depth import first_occurrence_is_original
 from grow_cli.operators.layer_map import format_layer_map
 
@@ -62,6 +63,8 @@ def read_mergekit(path: str) -> MergekitMap:
     ranges = []
     for i, piece in enumerate(slices):
         model, start, end, zero = _slice(piece, f"slices[{i}]", where)
+        if len(layers) + end - start > MAX_LAYERS:  # before building a list of a billion layers, as --layer-map
+            raise _refused(where, f"slices[{i}]", f"the slices give over grow's bound of {MAX_LAYERS:,} layers")
         models.add(model)
         ranges.append((start, end))
         layers += range(start, end)
