@@ -10,6 +10,7 @@ import json
 import pytest
 import tiny_decoders
 import torch
+from fake_hub import fake_hub_fixture  # noqa: F401 (fixture)
 from safetensors import safe_open
 from tiny_models import MODEL_CLASSES, probe_ids
 
@@ -175,6 +176,8 @@ def test_a_mergekit_config_is_the_same_map_with_exclusive_ends(cli, tiny_checkpo
         (lambda t, m: t.replace("[0, 4]", "[0, 5]"), ["slices[0].sources[0].layer_range: [0, 5] ends past", "[0, 4]"]),
         (lambda t, m: t.replace("[1, 3]", "[3, 1]"), ["layer_range", "end exclusive"]),
         (lambda t, m: t.replace("[1, 3]", "[1, 1000000000000]"), ["slices[1]", "over grow's bound"]),
+        (lambda t, m: t.replace(str(m), f"{m}+adapter"), ["model:", "LoRA adapter", "merge_and_unload"]),
+        (lambda t, m: t.replace(str(m), f"{m}@"), ["model:", "optionally @revision"]),
         (lambda t, m: t.replace("[0, 4]}]", f"[0, 2]}}]\n  - sources: [{{model: {m}, layer_range: [2, 4]}}]"), []),
     ],
 )
@@ -193,8 +196,9 @@ def test_what_grow_cannot_honour_in_a_mergekit_config_is_refused(cli, tiny_check
 def test_a_mergekit_config_of_another_model_or_conflicting_options_is_refused(cli, tiny_checkpoints, tmp_path):
     src = tiny_checkpoints("llama")
     config = tmp_path / "solar.yml"
-    config.write_text(SOLAR.format(model="org/other"))
-    _refused(cli("expand", src, tmp_path / "o", "--mergekit-config", config), "'org/other'", "give org/other as SRC")
+    other = tiny_checkpoints("mistral")  # another folder on disk: another model, whatever its layers
+    config.write_text(SOLAR.format(model=other))
+    _refused(cli("expand", src, tmp_path / "o", "--mergekit-config", config), f"{str(other)!r}", "give")
     config.write_text(SOLAR.format(model=src))
     _refused(cli("expand", src, tmp_path / "o", "--mergekit-config", config, "--dtype", "fp16"), "contradicts")
     _refused(cli("expand", src, tmp_path / "o", "--mergekit-config", config, "--layers", "6"), "--layers contradicts")
@@ -213,3 +217,34 @@ def test_a_map_whose_dense_and_moe_pattern_the_config_cannot_say_is_refused(cli,
     src = tiny_moe.save("glm4_moe", tmp_path / "src")
     _refused(cli("expand", src, tmp_path / "out", "--layer-map", "0-2,0"), "layer map 0-2,0 cannot grow this glm4_moe")
     _grow(cli, src, tmp_path / "ok", "--layer-map", "0,0-2")
+
+
+def test_a_local_folder_stands_in_for_the_hub_id_a_mergekit_config_names_with_a_note(cli, tiny_checkpoints, tmp_path):
+    """The usual case: the config reads `org/name`, the user grows the copy they downloaded."""
+    src = tiny_checkpoints("llama")
+    config = tmp_path / "solar.yml"
+    config.write_text(SOLAR.format(model="org/llama@v2"))
+    report = _grow(cli, src, tmp_path / "out", "--mergekit-config", config)
+    assert report["depth"]["layer_map"] == [0, 1, 2, 3, 1, 2]
+    assert f"its slices read org/llama@v2; grown from {src} in its place" in " ".join(report["notes"])
+    dry = json.loads(cli("expand", src, tmp_path / "dry", "--mergekit-config", config, "--dry-run", "--json").stdout)
+    assert any("in its place" in note for note in dry["notes"])
+
+
+def test_a_mergekit_model_at_a_revision_is_downloaded_at_it(cli, fake_hub, tiny_checkpoints, tmp_path):
+    """mergekit's `model: org/name@revision` reads that revision; `--revision` may repeat it, not contradict it."""
+    fake_hub.add_folder("acme/llama", tiny_checkpoints("llama"))
+    oid = fake_hub.add_files("acme/llama", {"notes.txt": b"stage 1"}, branch="stage-1")
+    config = tmp_path / "solar.yml"
+    config.write_text(SOLAR.format(model="acme/llama@stage-1"))
+    _grow(cli, "acme/llama", tmp_path / "out", "--mergekit-config", config)
+    source = json.loads((tmp_path / "out" / "grow.json").read_text())["stages"][-1]["source"]
+    assert (source["revision"], source["commit"]) == ("stage-1", oid)
+    _refused(
+        cli("expand", "acme/llama", tmp_path / "o2", "--mergekit-config", config, "--revision", "main"),
+        "--revision main contradicts the mergekit config's acme/llama@stage-1",
+    )
+    config.write_text(SOLAR.format(model="acme/llama"))  # the control: no revision, main
+    _grow(cli, "acme/llama", tmp_path / "main", "--mergekit-config", config)
+    source = json.loads((tmp_path / "main" / "grow.json").read_text())["stages"][-1]["source"]
+    assert source["commit"] == fake_hub.head("acme/llama").oid != oid

@@ -238,8 +238,10 @@ def expand(
     from grow_cli.checkpoint.output import check_output
 
     verify_memory = _verify_memory(verify_max_memory, verify)
+    notes = []
     if spec.mergekit is not None:  # its slices must read SRC, before anything is read or downloaded
-        check_model(spec.mergekit, os.fspath(source))
+        revision, note = check_model(spec.mergekit, os.fspath(source), revision)
+        notes += [note] if note else []
     if out is None and not dry_run:
         raise OptionError("out", "expand needs an output folder (out) unless dry_run=True, which writes nothing")
     if out is not None:  # before any download: a refused output must not cost a multi-GB fetch
@@ -249,7 +251,7 @@ def expand(
     if spec.weights_only and not is_local(source, revision):  # before a download that could only be refused
         raise weights_only_refused(os.fspath(source))  # grow downloads no training state from the Hub
     if dry_run:  # config.json and the shard headers are all a plan reads: a Hub id's weights stay on the Hub
-        return _dry_run(source, spec, revision=revision, token=token)
+        return _dry_run(source, spec, revision=revision, token=token, notes=notes)
     src = resolve_source(source, revision=revision, token=token)
     with training_source(src, weights_only=spec.weights_only) as (src, source_state):
         config = load_config(src.folder)
@@ -263,6 +265,7 @@ def expand(
             )
             try:
                 plan, state, modules = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
+                plan.notes += notes
                 return _execute(
                     plan,
                     reader,
@@ -281,8 +284,11 @@ def expand(
                 hasher.cancel()  # a refused plan or a failed run leaves no thread hashing
 
 
-def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str | None, token: str | None) -> dict:
-    """`expand`'s answer with `dry_run=True`: the plan of every output tensor, the shards and the peak memory."""
+def _dry_run(
+    source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str | None, token: str | None, notes: list[str]
+) -> dict:
+    """`expand`'s answer with `dry_run=True`: the plan of every output tensor, the shards and the peak memory;
+    `notes` (the caller's, before planning) go with the plan's."""
     with (
         source_headers(source, revision=revision, token=token) as src,
         training_source(src, weights_only=spec.weights_only) as (src, source_state),
@@ -292,6 +298,7 @@ def _dry_run(source: str | os.PathLike[str], spec: GrowthSpec, *, revision: str 
             src.folder, library_check_later=True, fetch=src.fetch, leave_out=src.placeholders
         ) as reader:
             plan, state, _ = _plan(config, reader, spec, source_state, checkpoint=src.trained is not None)
+            plan.notes += notes
             reader.library_checked()
         summary = plan_summary(plan, with_tensors=True)
         return {

@@ -6,6 +6,10 @@ the map writes inclusively. A slice's `scale` parameter of 0 on `o_proj` and `do
 blocks) becomes `--identity-repeats`, which zeroes the architecture's residual writers of the repeated layers, and
 `out_dtype` (or else `dtype`) becomes `--dtype`. What grow cannot do as mergekit would (another merge method,
 several models, other scales, zeroed layers that are not repeats) is refused, one line naming the key.
+
+A slice's `model` is mergekit's reference `path[@revision]`: the revision is the one grow downloads a Hub id at (a
+LoRA, `path+adapter`, is refused: grow grows a model, not an adapter merge). It must name SRC; a local folder SRC
+may stand in for a Hub id (the usual downloaded copy), with a note in the report saying so.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grow_cli.checkpoint.source import is_hub_id
 from grow_cli.errors import OptionError
 from grow_cli.limits import MAX_LAYERS
 from grow_cli.operators.depth import first_occurrence_is_original
@@ -29,7 +34,8 @@ class MergekitMap:
     """What a mergekit passthrough config asks of grow."""
 
     path: str  # the config, as given
-    model: str  # the one model its slices read
+    model: str  # the one model its slices read, without its revision
+    revision: str | None  # mergekit's `model@revision`, or None
     ranges: tuple[tuple[int, int], ...]  # each slice's layer_range [start, end)
     layer_map: str  # the map, in --layer-map syntax
     identity_repeats: bool  # its repeated layers' o_proj/down_proj scaled to 0
@@ -74,14 +80,31 @@ def read_mergekit(path: str) -> MergekitMap:
         models.add(str(base))
     if len(models) > 1:
         raise _refused(where, "model", f"the slices read {' and '.join(sorted(models))}; grow grows one model")
+    model, revision = _reference(models.pop(), where)
     return MergekitMap(
         path=path,
-        model=models.pop(),
+        model=model,
+        revision=revision,
         ranges=tuple(ranges),
         layer_map=format_layer_map(layers),
         identity_repeats=_identity_repeats(layers, zeroed, where),
         dtype=_dtype(raw, where),
     )
+
+
+def _reference(text: str, where: str) -> tuple[str, str | None]:
+    """mergekit's model reference `path[@revision]` as (path, revision); a LoRA (`+adapter`) is refused."""
+    if "+" in text:
+        raise _refused(
+            where,
+            "model",
+            f"{text!r} applies a LoRA adapter, which grow does not merge: merge it into the model first (peft's "
+            "merge_and_unload) and name that folder",
+        )
+    path, at, revision = text.partition("@")
+    if not path or "@" in revision or (at and not revision):
+        raise _refused(where, "model", f"{text!r}: expected a folder or Hub id, optionally @revision")
+    return path, revision or None
 
 
 def _slice(piece: Any, at: str, where: str) -> tuple[str, int, int, bool]:
@@ -167,20 +190,34 @@ def _dtype(raw: dict[str, Any], where: str) -> str | None:
     return DTYPES[value]
 
 
-def check_model(mergekit: MergekitMap, source: str) -> None:
-    """The config's model must be SRC: the same Hub id, or the same folder (mergekit reads paths from the working
-    directory, as grow does)."""
+def check_model(mergekit: MergekitMap, source: str, revision: str | None) -> tuple[str | None, str | None]:
+    """The revision to grow SRC at (the config's `@revision` unless `--revision` says it) and a note for the report,
+    or a refusal when the config's model is not SRC: the same Hub id, the same folder (mergekit reads paths from the
+    working directory, as grow does), or a local folder SRC in place of the Hub id the config names."""
     model, src = mergekit.model, str(source)
-    if model == src:
-        return
     a, b = Path(model).expanduser(), Path(src).expanduser()
-    if a.exists() and b.exists() and a.resolve() == b.resolve():
-        return
+    if model == src or (a.exists() and b.exists() and a.resolve() == b.resolve()):
+        return _revision(mergekit, revision, local=b.exists()), None
+    if is_hub_id(model) and b.is_dir():  # a downloaded copy: nothing on disk says which repository it came from
+        at = f"@{mergekit.revision}" if mergekit.revision else ""
+        return revision, f"mergekit config: its slices read {model}{at}; grown from {src} in its place"
     raise OptionError(
         "mergekit_config",
         f"--mergekit-config: the slices read model {model!r}, but SRC is {src!r}; give {model} as SRC (or edit "
         "model: in the config to name SRC)",
     )
+
+
+def _revision(mergekit: MergekitMap, given: str | None, *, local: bool) -> str | None:
+    """`--revision`, else the config's `@revision` for a Hub id (a local folder has none); both, differing, refused."""
+    if local or mergekit.revision is None:
+        return given
+    if given is not None and given != mergekit.revision:
+        raise OptionError(
+            "revision",
+            f"--revision {given} contradicts the mergekit config's {mergekit.model}@{mergekit.revision}; drop one",
+        )
+    return mergekit.revision
 
 
 def check_ranges(mergekit: MergekitMap, L: int) -> None:
