@@ -79,6 +79,14 @@ def write_recipe(tmp_path, members, **top):
             {"optimizer": "grow", "train": {"data": "x"}},
             "members[1].optimizer: --depth-method stack changes the model's function",
         ),
+        (
+            [
+                {"name": "a", "source": "m", "train": {"max_steps": 3}},
+                {"name": "b", "grow": {"layer_map": "0-3,1-2"}, "train": {"max_steps": 3}},
+            ],
+            {"optimizer": "grow", "train": {"data": "x"}},
+            "members[1].optimizer: this layer map changes the model's function",
+        ),
         *[
             (
                 [{"name": "a", "source": "m", "train": {"max_steps": 3, key: value}}],
@@ -114,6 +122,16 @@ def test_recipe_errors_name_their_location(tmp_path, members, top, fragment):
     with pytest.raises(UsageError, match="recipe") as info:
         load_recipe(write_recipe(tmp_path, members, **top))
     assert fragment in str(info.value)
+
+
+def test_a_layer_map_that_keeps_the_function_may_carry_the_optimizer_on(tmp_path):
+    """The map alone cannot show whether it drops the source's top layers: that is checked when the member grows."""
+    members = [
+        {"name": "a", "source": "m", "train": {"max_steps": 3}},
+        {"name": "b", "grow": {"layer_map": "0-3,1-2", "identity_repeats": True}, "train": {"max_steps": 3}},
+    ]
+    recipe = load_recipe(write_recipe(tmp_path, members, optimizer="grow", train={"data": "x"}))
+    assert recipe.optimizer_of(recipe.members[1]) == "grow"
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,7 @@ PARTLY = {  # exact where a counterpart exists; new entries train from zero mome
     "staged": dict(width_method="staged", width_factor=2),
     "identity": dict(depth_method="identity", layers=4),
     "staged-identity": dict(depth_method="staged-identity", layers=4),
+    "layer-map": dict(layer_map="0,1,0,1", identity_repeats=True),  # exact: originals 0, 1 in order, then copies
 }
 ARCHS = ("llama", "gpt2", "deepseek_v3")  # deepseek_v3: latent attention, routed and shared experts, a dense layer
 
@@ -253,7 +254,7 @@ def test_new_entries_train_from_fresh_moments_and_the_rest_is_exact(lab, arch, c
     print(f"{arch} {case}: one-step {worst:.2e}, new entries moved {moved:.2e}, 20-step loss gap {gap:.2e}")
 
 
-@pytest.mark.parametrize("case", ["identity", "staged-identity"])
+@pytest.mark.parametrize("case", ["identity", "staged-identity", "layer-map"])
 def test_with_the_new_layers_held_at_zero_the_curve_is_the_sources(lab, case):
     """What the 20-step gap of depth growth comes from: LR multiplier 0 on the new layers' tensors."""
     source, grown = lab.source("llama"), lab.grown("llama", case, **PARTLY[case])
@@ -687,16 +688,56 @@ def test_methods_that_change_the_function_are_refused_unless_weights_only(lab, t
     assert report["training_state"] is None and not (tmp_path / "w" / "training-state").exists()
 
 
-def test_a_layer_map_of_a_checkpoint_is_refused_with_its_state_and_grows_its_weights_alone(lab, tmp_path, cli):
-    """A layer map grows no training state, exact or not: refused in one line naming --weights-only, nothing
-    written; with it, the weights grow by the map."""
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--layer-map", "0-1,1"],  # a plain repeat: the copy adds its block's output again
+        ["--layer-map", "1,0,0", "--identity-repeats"],  # originals reordered
+        ["--layer-map", "0,0,0", "--identity-repeats"],  # layer 1 dropped: seen only against the source's depth
+    ],
+)
+def test_a_layer_map_that_changes_the_function_is_refused_with_its_state_and_grows_its_weights_alone(
+    lab, tmp_path, cli, flags
+):
+    """A layer map carries the state on only where it keeps the function (the `layer-map` case above): any other is
+    refused in one line naming --weights-only, nothing written; with it, the weights grow by the map."""
+    checkpoint, out = lab.source("llama").checkpoint, tmp_path / "out"
+    result = cli("expand", checkpoint, out, *flags)
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "this layer map changes the model's function" in result.stderr and "--weights-only" in result.stderr
+    assert not out.exists()
+    result = cli("expand", checkpoint, out, *flags, "--weights-only", "-q")
+    assert result.code == 0 and not (out / "training-state").exists(), result.stderr
+
+
+MERGEKIT = """
+merge_method: passthrough
+slices:
+  - sources: [{{model: {model}, layer_range: [0, 2]}}]
+  - sources: [{{model: {model}, layer_range: [0, 2]}}]
+    parameters:
+      scale: [{{filter: o_proj, value: 0}}, {{filter: down_proj, value: 0}}, {{value: 1}}]
+"""
+
+
+def test_a_mergekit_config_of_the_exact_map_grows_the_same_state_and_one_of_a_plain_repeat_is_refused(lab, tmp_path):
+    """The mergekit spelling of the `layer-map` case (its copies' residual writers scaled by 0) grows the same
+    training state, moments bit for bit; without the scale filters its copies are plain repeats: refused."""
     checkpoint = lab.source("llama").checkpoint
-    result = cli("expand", checkpoint, tmp_path / "out", "--layer-map", "0-1,1", "--identity-repeats")
-    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "a layer map grows the weights only" in result.stderr and "--weights-only" in result.stderr
-    assert not (tmp_path / "out").exists()
-    report = expand(str(checkpoint), tmp_path / "w", GrowthSpec(layer_map="0-1,1", weights_only=True), quiet=True)
-    assert report["depth"]["layer_map"] == [0, 1, 1] and report["training_state"] is None
+    config = tmp_path / "exact.yml"
+    config.write_text(MERGEKIT.format(model=checkpoint))
+    expand(str(checkpoint), tmp_path / "mk", GrowthSpec(mergekit_config=str(config)), quiet=True)
+    mapped = lab.grown("llama", "layer-map", **PARTLY["layer-map"])
+    ours, theirs = (json.loads((f / "training-state" / "state.json").read_text()) for f in (tmp_path / "mk", mapped))
+    assert ours["parameters"] == theirs["parameters"] and ours["dynamics"] == theirs["dynamics"]
+    assert any(p["moments"] == "fresh" for p in ours["parameters"].values())  # the copies' tensors
+    a, b = (load_file(f / "training-state" / "model.safetensors") for f in (tmp_path / "mk", mapped))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    plain = tmp_path / "plain.yml"
+    plain.write_text(MERGEKIT.format(model=checkpoint).split("    parameters:")[0])
+    with pytest.raises(OptionError, match="this layer map changes the model's function.*--weights-only"):
+        expand(str(checkpoint), tmp_path / "plain", GrowthSpec(mergekit_config=str(plain)), quiet=True)
+    assert not (tmp_path / "plain").exists()
 
 
 def test_upcycling_a_checkpoint_is_refused_with_its_state_and_upcycles_its_weights_alone(lab, tmp_path, cli):

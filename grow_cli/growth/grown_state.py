@@ -34,6 +34,7 @@ from grow_cli.growth.plan import OutputTensor, Plan
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import OPTIMIZER_FILE, WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
+from grow_cli.operators.layer_map import CHANGES_FUNCTION, state_refusal
 from grow_cli.train.continuation import FORMAT, STATE_FILE  # (where state.json is read, and checked)
 
 STATE_DIR = TRAINING_STATE_DIR
@@ -50,12 +51,10 @@ def method_refusal(spec: GrowthSpec) -> str | None:
             "upcycling into experts routes each token through a renormalised top-k, so the experts' gradients are not "
             "the dense MLP's divided by a copy count and its AdamW state cannot continue on them"
         )
-    if spec.maps_layers:
-        return (
-            "a layer map grows the weights only (its training state is not grown, even where the map is exact); "
-            "to carry the run on use --layers with --depth-method identity"
-        )
-    for kind, grows in (("width", spec.grows_width), ("depth", spec.grows_depth)):
+    if spec.layer_map is not None:  # a mergekit config's map is read, and judged, when the plan is made
+        if why := state_refusal(spec.layer_map, spec.identity_repeats):
+            return why
+    for kind, grows in (("width", spec.grows_width), ("depth", spec.grows_depth and not spec.maps_layers)):
         method = spec.width_method if kind == "width" else spec.depth_method
         if grows and method not in DYNAMICS_METHODS[kind]:
             exact = " or ".join(DYNAMICS_METHODS[kind])
@@ -136,6 +135,8 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
     """The grown state of `source` under `plan` (which must have been built with uniform maps); refuses what cannot
     continue the source's dynamics."""
     why = method_refusal(spec)
+    if why is None and spec.maps_layers and not plan.depth.function_preserving:  # type: ignore[union-attr]
+        why = CHANGES_FUNCTION
     if why:
         raise OptionError("weights_only", f"{why}; {WEIGHTS_ONLY_HINT}")
     if scaled := next((t for t in plan.tensors if t.query_scale != 1), None):  # operators/index_scaling

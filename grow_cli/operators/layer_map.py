@@ -80,7 +80,28 @@ def mapped_depth(L: int, text: str, *, identity_repeats: bool, parameters: dict)
         raise OptionError(
             "identity_repeats", f"--identity-repeats: layer map {text} repeats no layer, so no block would be zeroed"
         )
-    originals = [src for src, is_new in zip(layer_map, new, strict=True) if not is_new]
-    exact = identity_repeats and originals == list(range(L))
+    exact = identity_repeats and _originals(layer_map) == list(range(L))
     params = {"layers": len(layer_map), "layer_map": format_layer_map(layer_map), "identity_repeats": identity_repeats}
     return DepthMap("layer-map", layer_map, new, identity_repeats, exact, {**params, **parameters})
+
+
+# Why a map that is not exact cannot carry a training run on: one sentence, said at plan time (`grown_state.py`) and,
+# as far as the map alone tells, when a family recipe is loaded (`state_refusal`).
+CHANGES_FUNCTION = (
+    "this layer map changes the model's function, so the source's training state cannot continue on it (a map "
+    "keeps it where its repeats are identity blocks, --identity-repeats or a mergekit config's o_proj and down_proj "
+    "scale 0, and its originals are every source layer once, in order, e.g. 0-3,1-2)"
+)
+
+
+def state_refusal(text: str, identity_repeats: bool) -> str | None:
+    """`CHANGES_FUNCTION` where the map alone shows it (plain repeats; originals that skip or reorder layers), None
+    where it can still be exact: whether it drops the source's top layers needs the source (`mapped_depth`)."""
+    originals = _originals(parse_layer_map(text))
+    return None if identity_repeats and originals == list(range(len(originals))) else CHANGES_FUNCTION
+
+
+def _originals(layer_map: tuple[int, ...]) -> list[int]:
+    """The map's originals (each source layer's first use), in target order."""
+    new = first_occurrence_is_original(list(layer_map))
+    return [src for src, is_new in zip(layer_map, new, strict=True) if not is_new]
