@@ -15,20 +15,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-NAME = re.compile(r"grow-[a-z]+-(\d+)@(.+)-[a-z0-9_]+")  # tempfile's random suffix has no hyphen
+from grow_cli import owner
+
+NAME = re.compile(rf"grow-[a-z]+-{owner.PATTERN}-[a-z0-9_]+")  # tempfile's random suffix has no hyphen
 
 
 @contextmanager
 def scratch_folder(kind: str) -> Iterator[Path]:
     """A new empty folder `grow-<kind>-<pid>@<host>-…` in the temp directory, removed on exit (with its contents)."""
     remove_orphans()
-    with tempfile.TemporaryDirectory(prefix=f"grow-{kind}-{os.getpid()}@{socket.gethostname()}-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"grow-{kind}-{owner.tag()}-") as folder:
         yield Path(folder)
 
 
@@ -38,26 +39,12 @@ def remove_orphans() -> None:
         entries = list(os.scandir(tempfile.gettempdir()))
     except OSError:
         return
-    host = socket.gethostname()
     for entry in entries:
         found = NAME.fullmatch(entry.name)
-        if found is None or found.group(2) != host or alive(int(found.group(1))):
+        if found is None or not owner.ended(found):
             continue
         try:
             if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid():
                 shutil.rmtree(entry.path, ignore_errors=True)
         except OSError:
             continue
-
-
-def alive(pid: int) -> bool:
-    """Whether process `pid` exists (one of another user counts: its folder is not ours to judge)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True

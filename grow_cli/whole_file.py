@@ -16,8 +16,9 @@ import os
 import re
 from pathlib import Path
 
-HOST = os.uname().nodename  # socket.gethostname(), without importing socket at every start-up
-TEMPORARY = re.compile(r"\.(.+)\.(\d+)@(.+)\.tmp")  # `.<name>.<pid>@<host>.tmp`
+from grow_cli import owner
+
+TEMPORARY = re.compile(rf"\.(?P<name>.+)\.{owner.PATTERN}\.tmp")  # `.<name>.<pid>@<host>.tmp`
 
 
 def write_whole(path: Path, text: str | bytes) -> None:
@@ -25,7 +26,7 @@ def write_whole(path: Path, text: str | bytes) -> None:
     leaves `path` as it was."""
     path = Path(path)
     remove_orphans(path.parent, path.name)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}@{HOST}.tmp")
+    tmp = path.with_name(f".{path.name}.{owner.tag()}.tmp")
     try:
         if isinstance(text, bytes):
             tmp.write_bytes(text)
@@ -43,15 +44,12 @@ def remove_orphans(folder: Path, name: str | None = None) -> None:
         entries = list(os.scandir(folder))
     except OSError:
         return
-    found = [(entry, TEMPORARY.fullmatch(entry.name)) for entry in entries]
-    ours = [(e, int(m.group(2))) for e, m in found if m and m.group(3) == HOST and name in (None, m.group(1))]
-    if not ours:
-        return
-    from grow_cli.scratch import alive  # (only where there is one to judge: every write stays light)
-
-    for entry, pid in ours:
+    for entry in entries:
+        found = TEMPORARY.fullmatch(entry.name)
+        if found is None or name not in (None, found["name"]) or not owner.ended(found):
+            continue
         try:
-            if not alive(pid) and entry.is_file(follow_symlinks=False):
+            if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
         except OSError:
             continue  # another run removed it first, or the folder is not ours to change
