@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import yaml
 from tinylm import FRESH_CONFIG as FRESH
@@ -144,6 +146,19 @@ def test_check_finds_what_a_run_would_trip_on(folder, change, fragment):
     with pytest.raises(UsageError) as info:
         check_recipe(load_recipe(_recipe(folder, doc)))
     assert fragment in str(info.value)
+
+
+def test_a_data_refusal_is_put_at_the_data_setting_whatever_its_wording(folder, monkeypatch):
+    """Which setting a refusal is about follows its type (every DataError is about the data; an OptionError names
+    its option), not its first words: the missing-pyarrow refusal names no --data."""
+    (folder / "table.parquet").write_bytes(b"PAR1")  # never read: pyarrow is missing
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` raises ModuleNotFoundError
+    doc = {
+        "train": {**TRAIN, "data": ["table.parquet"]},
+        "members": [{"name": "a", "config": dict(FRESH), "tokenizer": "lm", "train": {"max_steps": 2}}],
+    }
+    with pytest.raises(UsageError, match=r"train\.data \(members\[0\]\): reading Parquet .* needs pyarrow"):
+        check_recipe(load_recipe(_recipe(folder, doc)))
 
 
 def test_a_train_text_field_is_not_applied_to_compare_data_of_its_own(folder):

@@ -17,7 +17,7 @@ from typing import Any
 
 from grow_cli.checkpoint.output import check_not_overlapping
 from grow_cli.data.sources import Source
-from grow_cli.errors import GrowError, OutputError, UsageError, one_line
+from grow_cli.errors import DataError, GrowError, OptionError, OutputError, UsageError, one_line
 from grow_cli.family.recipe import Member, Recipe
 
 Shapes = dict[str, tuple[tuple[int, ...], str]]
@@ -150,16 +150,14 @@ def _check_data(
     key: Callable[[str], str] | None = None,
 ) -> list[Source]:
     """The data exists and its files take the text field and token dtype; a refusal names the setting it is about
-    (`key(name)`: where the recipe writes it), else `where`."""
+    (`key(name)`: where the recipe writes it; every DataError is about a file or folder of the data), else `where`."""
     from grow_cli.data.sources import check_sources, find_sources
 
     try:
         sources = find_sources(data)
         check_sources(sources, text_field, token_dtype)
     except GrowError as exc:
-        about = next(
-            (n for n in ("data", "text_field", "token_dtype") if str(exc).startswith(f"--{n.replace('_', '-')} ")), None
-        )
+        about = exc.option if isinstance(exc, OptionError) else "data" if isinstance(exc, DataError) else None
         raise _fail(key(about) if key and about else where, str(exc)) from None
     return sources
 
