@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import re
 
-HOST = os.uname().nodename  # socket.gethostname(), without importing socket at every start-up
+# socket.gethostname(), without importing socket at every start-up; the output claim (checkpoint/claim.py)
+# names its holder by it too
+HOST = os.uname().nodename
 PATTERN = r"(?P<pid>\d+)@(?P<host>.+)"  # a tag inside a name's regular expression: groups pid and host
 
 

@@ -15,10 +15,10 @@ import fcntl
 import glob
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
+from grow_cli import owner
 from grow_cli.errors import OutputError
 from grow_cli.signals import interruptions_held
 from grow_cli.whole_file import remove_orphans
@@ -129,9 +129,7 @@ class OutputClaim:
         assert self._fd is not None
         try:
             os.ftruncate(self._fd, 0)
-            os.write(
-                self._fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%H:%M:%S')}".encode()
-            )
+            os.write(self._fd, f"pid {os.getpid()} on {owner.HOST}, since {time.strftime('%H:%M:%S')}".encode())
         except OSError:
             pass
 
