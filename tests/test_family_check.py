@@ -254,6 +254,29 @@ def test_optimizer_grow_under_a_sharding_launch_is_refused_before_anything_is_wr
     assert check_recipe(load_recipe(_recipe(folder, doc))) == []
 
 
+def test_optimizer_grow_with_a_layer_map_that_drops_the_top_layer_is_refused_before_anything_runs(folder):
+    """The recipe's load sees only the map: 0,0,0 with identity repeats (originals 0, in order) may yet keep the
+    function. Against the 2-layer source it leaves out layer 1 and cannot carry the state on, which --check said
+    "OK" to, so `grow family` trained the first member and only then was refused by the second's expand."""
+    doc = {
+        "train": TRAIN,
+        "optimizer": "grow",
+        "members": [
+            {"name": "a", "source": "lm", "train": {"max_steps": 2}},
+            {"name": "b", "grow": {"layer_map": "0,0,0", "identity_repeats": True}, "train": {"max_steps": 2}},
+        ],
+    }
+    with pytest.raises(UsageError) as info:
+        check_recipe(load_recipe(_recipe(folder, doc)))
+    assert str(info.value).startswith("recipe: members[1].optimizer: this layer map changes the model's function")
+    assert str(info.value).endswith("; use optimizer: fresh")
+    doc["members"][1]["grow"]["layer_map"] = "0,1,0,1"  # every source layer once, in order: carried on
+    assert check_recipe(load_recipe(_recipe(folder, doc))) == []
+    doc["members"][1]["grow"]["layer_map"] = "0,0,0"
+    doc["optimizer"] = "fresh"  # the weights alone grow by any map
+    assert check_recipe(load_recipe(_recipe(folder, doc))) == []
+
+
 def test_a_recipes_paths_read_a_leading_tilde_as_the_home_folder(cli, folder, monkeypatch):
     """YAML leaves `~` as it is, and the recipe joined it to its own folder: `data: [~/text]` was refused as
     /recipe-folder/~/text: no such file or folder, though `grow train-stage --data '~/text'` reads it."""

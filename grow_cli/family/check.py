@@ -127,8 +127,9 @@ def _first_member(
 
 def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *, state: bool):
     """The member's config and tensor shapes after its `grow:` step, planned exactly as the run will (`state`: with
-    the previous member's training state, whose per-tensor multipliers need uniform copies)."""
-    from grow_cli.growth.grown_state import state_scales
+    the previous member's training state, whose per-tensor multipliers need uniform copies, and which only a growth
+    that keeps the function carries on)."""
+    from grow_cli.growth.grown_state import plan_refusal, state_scales
     from grow_cli.growth.plan import build_plan
 
     assert member.spec is not None, "every member after the first has a grow: block"
@@ -139,6 +140,8 @@ def _grown(member: Member, config: dict[str, Any], shapes: Shapes, where: str, *
         grown = plan.target_config  # transformers' verdict on the grown config (checked in the background)
     except GrowError as exc:
         raise _fail(f"{where}.grow", str(exc)) from None
+    if state and (why := plan_refusal(plan, member.spec)):  # what the recipe's load could not see (`recipe.py`)
+        raise _fail(f"{where}.optimizer", f"{why}; use optimizer: fresh")
     return grown, {t.name: (t.shape, t.dtype) for t in plan.tensors}
 
 

@@ -65,6 +65,23 @@ def method_refusal(spec: GrowthSpec) -> str | None:
     return None
 
 
+def plan_refusal(plan: Plan, spec: GrowthSpec) -> str | None:
+    """Why `plan` cannot carry a training run on, or None: `method_refusal`, and what only the plan shows — a layer
+    map that leaves out the source's top layers (exactness needs the source's depth), queries a moved layer's index
+    scales. Said by `plan_state` and, before any member runs, by `grow family --check`."""
+    if why := method_refusal(spec):
+        return why
+    if spec.maps_layers and not plan.depth.function_preserving:  # type: ignore[union-attr]
+        return CHANGES_FUNCTION
+    if scaled := next((t for t in plan.tensors if t.query_scale != 1), None):  # operators/index_scaling
+        flag = plan.arch.index_scaled_attention.flag  # type: ignore[union-attr]
+        return (
+            f"this growth multiplies the query of layers it moves ({scaled.name}) because config.json sets {flag}, "
+            "and AdamW would take other steps on it, so the source's training state cannot continue"
+        )
+    return None
+
+
 def trained_tensors(plan: Plan) -> list[OutputTensor]:
     """The planned tensors an optimizer trains: all but persistent buffers (DeepSeek-V3's and the GLMs' e-score
     correction bias), which are grown like weights but are no parameter of the model and have no optimizer state."""
@@ -134,19 +151,8 @@ class StatePlan:
 def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
     """The grown state of `source` under `plan` (which must have been built with uniform maps); refuses what cannot
     continue the source's dynamics."""
-    why = method_refusal(spec)
-    if why is None and spec.maps_layers and not plan.depth.function_preserving:  # type: ignore[union-attr]
-        why = CHANGES_FUNCTION
-    if why:
+    if why := plan_refusal(plan, spec):
         raise OptionError("weights_only", f"{why}; {WEIGHTS_ONLY_HINT}")
-    if scaled := next((t for t in plan.tensors if t.query_scale != 1), None):  # operators/index_scaling
-        flag = plan.arch.index_scaled_attention.flag  # type: ignore[union-attr]
-        raise OptionError(
-            "weights_only",
-            f"this growth multiplies the query of layers it moves ({scaled.name}) because config.json sets {flag}, "
-            f"and AdamW would take other steps on it, so the source's training state cannot continue; "
-            f"{WEIGHTS_ONLY_HINT}",
-        )
     shapes = {t.name: t.shape for t in plan.binding.all_tensors()}
     source.open(shapes)
     scales = state_scales(plan)
