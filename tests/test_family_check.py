@@ -268,7 +268,9 @@ def test_optimizer_grow_with_a_layer_map_that_drops_the_top_layer_is_refused_bef
     }
     with pytest.raises(UsageError) as info:
         check_recipe(load_recipe(_recipe(folder, doc)))
-    assert str(info.value).startswith("recipe: members[1].optimizer: this layer map changes the model's function")
+    assert str(info.value).startswith(
+        "recipe: members[1].optimizer: layer map 0,0,0 changes the model's function (it leaves out source 1 layer: 1)"
+    )
     assert str(info.value).endswith("; use optimizer: fresh")
     doc["members"][1]["grow"]["layer_map"] = "0,1,0,1"  # every source layer once, in order: carried on
     assert check_recipe(load_recipe(_recipe(folder, doc))) == []

@@ -85,7 +85,15 @@ def write_recipe(tmp_path, members, **top):
                 {"name": "b", "grow": {"layer_map": "0-3,1-2"}, "train": {"max_steps": 3}},
             ],
             {"optimizer": "grow", "train": {"data": "x"}},
-            "members[1].optimizer: this layer map changes the model's function",
+            "members[1].optimizer: layer map 0-3,1-2 changes the model's function (its repeats are plain copies",
+        ),
+        (
+            [
+                {"name": "a", "source": "m", "train": {"max_steps": 3}},
+                {"name": "b", "grow": {"layer_map": "0,2,2", "identity_repeats": True}, "train": {"max_steps": 3}},
+            ],
+            {"optimizer": "grow", "train": {"data": "x"}},
+            "members[1].optimizer: layer map 0,2,2 changes the model's function (it leaves out source 1 layer: 1)",
         ),
         *[
             (

@@ -689,22 +689,23 @@ def test_methods_that_change_the_function_are_refused_unless_weights_only(lab, t
 
 
 @pytest.mark.parametrize(
-    "flags",
+    "flags, why",
     [
-        ["--layer-map", "0-1,1"],  # a plain repeat: the copy adds its block's output again
-        ["--layer-map", "1,0,0", "--identity-repeats"],  # originals reordered
-        ["--layer-map", "0,0,0", "--identity-repeats"],  # layer 1 dropped: seen only against the source's depth
+        (["--layer-map", "0-1,1"], "its repeats are plain copies"),
+        (["--layer-map", "1,0,0", "--identity-repeats"], "its originals are out of order (layer 1 before layer 0)"),
+        (["--layer-map", "0,0,0", "--identity-repeats"], "it leaves out source 1 layer: 1"),  # seen against the source
     ],
 )
 def test_a_layer_map_that_changes_the_function_is_refused_with_its_state_and_grows_its_weights_alone(
-    lab, tmp_path, cli, flags
+    lab, tmp_path, cli, flags, why
 ):
     """A layer map carries the state on only where it keeps the function (the `layer-map` case above): any other is
     refused in one line naming --weights-only, nothing written; with it, the weights grow by the map."""
     checkpoint, out = lab.source("llama").checkpoint, tmp_path / "out"
     result = cli("expand", checkpoint, out, *flags)
     assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "this layer map changes the model's function" in result.stderr and "--weights-only" in result.stderr
+    assert f"layer map {flags[1]} changes the model's function ({why}" in result.stderr, result.stderr
+    assert "--weights-only" in result.stderr
     assert not out.exists()
     result = cli("expand", checkpoint, out, *flags, "--weights-only", "-q")
     assert result.code == 0 and not (out / "training-state").exists(), result.stderr
@@ -735,7 +736,7 @@ def test_a_mergekit_config_of_the_exact_map_grows_the_same_state_and_one_of_a_pl
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
     plain = tmp_path / "plain.yml"
     plain.write_text(MERGEKIT.format(model=checkpoint).split("    parameters:")[0])
-    with pytest.raises(OptionError, match="this layer map changes the model's function.*--weights-only"):
+    with pytest.raises(OptionError, match=r"layer map 0-1,0-1 changes .* \(its repeats are plain copies.*weights-only"):
         expand(str(checkpoint), tmp_path / "plain", GrowthSpec(mergekit_config=str(plain)), quiet=True)
     assert not (tmp_path / "plain").exists()
 

@@ -34,7 +34,7 @@ from grow_cli.growth.plan import OutputTensor, Plan
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import OPTIMIZER_FILE, WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
-from grow_cli.operators.layer_map import CHANGES_FUNCTION, state_refusal
+from grow_cli.operators.layer_map import state_refusal
 from grow_cli.train.continuation import FORMAT, STATE_FILE  # (where state.json is read, and checked)
 
 STATE_DIR = TRAINING_STATE_DIR
@@ -71,8 +71,9 @@ def plan_refusal(plan: Plan, spec: GrowthSpec) -> str | None:
     scales. Said by `plan_state` and, before any member runs, by `grow family --check`."""
     if why := method_refusal(spec):
         return why
-    if spec.maps_layers and not plan.depth.function_preserving:  # type: ignore[union-attr]
-        return CHANGES_FUNCTION
+    if (explicit := spec.explicit_layer_map) is not None:  # a mergekit config's, or layers left out at the top
+        if why := state_refusal(*explicit, plan.source_shape.layers):
+            return why
     if scaled := next((t for t in plan.tensors if t.query_scale != 1), None):  # operators/index_scaling
         flag = plan.arch.index_scaled_attention.flag  # type: ignore[union-attr]
         return (

@@ -80,25 +80,34 @@ def mapped_depth(L: int, text: str, *, identity_repeats: bool, parameters: dict)
         raise OptionError(
             "identity_repeats", f"--identity-repeats: layer map {text} repeats no layer, so no block would be zeroed"
         )
-    exact = identity_repeats and _originals(layer_map) == list(range(L))
+    exact = function_change(layer_map, identity_repeats, L) is None
     params = {"layers": len(layer_map), "layer_map": format_layer_map(layer_map), "identity_repeats": identity_repeats}
     return DepthMap("layer-map", layer_map, new, identity_repeats, exact, {**params, **parameters})
 
 
-# Why a map that is not exact cannot carry a training run on: one sentence, said at plan time (`grown_state.py`) and,
-# as far as the map alone tells, when a family recipe is loaded (`state_refusal`).
-CHANGES_FUNCTION = (
-    "this layer map changes the model's function, so the source's training state cannot continue on it (a map "
-    "keeps it where its repeats are identity blocks, --identity-repeats or a mergekit config's o_proj and down_proj "
-    "scale 0, and its originals are every source layer once, in order, e.g. 0-3,1-2)"
-)
+def function_change(layer_map: tuple[int, ...], identity_repeats: bool, L: int | None) -> str | None:
+    """How the map changes the function of a source of L layers (None: it keeps it). With L None (a family recipe,
+    before its source is read) only what the map shows alone: layers it leaves out above its highest need L."""
+    originals = _originals(layer_map)
+    if len(originals) < len(layer_map) and not identity_repeats:
+        return "its repeats are plain copies, which add their block's output a second time"
+    if (late := next((i for i in range(1, len(originals)) if originals[i] < originals[i - 1]), None)) is not None:
+        return f"its originals are out of order (layer {originals[late - 1]} before layer {originals[late]})"
+    left_out = sorted(set(range(max(originals) + 1 if L is None else L)) - set(originals))
+    return f"it leaves out source {counted(len(left_out), 'layer')}: {format_layer_map(left_out)}" if left_out else None
 
 
-def state_refusal(text: str, identity_repeats: bool) -> str | None:
-    """`CHANGES_FUNCTION` where the map alone shows it (plain repeats; originals that skip or reorder layers), None
-    where it can still be exact: whether it drops the source's top layers needs the source (`mapped_depth`)."""
-    originals = _originals(parse_layer_map(text))
-    return None if identity_repeats and originals == list(range(len(originals))) else CHANGES_FUNCTION
+def state_refusal(text: str, identity_repeats: bool, L: int | None = None) -> str | None:
+    """Why the layer map `text` cannot carry a training run on (`function_change`), said as grow refuses it, or None
+    where it can."""
+    change = function_change(parse_layer_map(text), identity_repeats, L)
+    if change is None:
+        return None
+    return (
+        f"layer map {text} changes the model's function ({change}), so the source's training state cannot continue "
+        "on it; a map keeps it where its repeats are identity blocks (--identity-repeats, or a mergekit config's "
+        "o_proj and down_proj scale 0) and its originals are every source layer once, in order (e.g. 0-3,1-2)"
+    )
 
 
 def _originals(layer_map: tuple[int, ...]) -> list[int]:
