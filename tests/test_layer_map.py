@@ -110,11 +110,13 @@ def test_a_plain_repeat_does_not_claim_exactness(cli, tiny_checkpoints, tmp_path
     report = _grow(cli, tiny_checkpoints("llama"), tmp_path / "out", "--layer-map", "0-3,1-2", "--verify")
     assert report["function_preserving"] is False and report["depth"]["function_preserving"] is False
     assert report["verify"]["passed"] is None and report["verify"]["max_abs_logit_diff"] > 1e-3
+    assert "layer map 0-3,1-2 is not function-preserving: its repeats are plain copies" in " ".join(report["notes"])
 
 
 def test_a_map_that_drops_a_layer_is_not_exact_even_with_identity_repeats(cli, tiny_checkpoints, tmp_path):
     report = _grow(cli, tiny_checkpoints("llama"), tmp_path / "out", "--layer-map", "0-2,0-2", "--identity-repeats")
     assert report["depth"]["function_preserving"] is False  # layer 3 is gone
+    assert "layer map 0-2,0-2 is not function-preserving: it leaves out source 1 layer: 3" in report["notes"]
 
 
 @pytest.mark.parametrize("name", ["qwen3", "gemma2", "gemma3_text"])

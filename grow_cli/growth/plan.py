@@ -31,7 +31,7 @@ from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import index_scaling, registry
 from grow_cli.operators.depth import DepthMap, depth_map, target_layers
 from grow_cli.operators.index_scaling import query_scale
-from grow_cli.operators.layer_map import mapped_depth
+from grow_cli.operators.layer_map import function_change, mapped_depth
 from grow_cli.operators.staged import gated_mlp
 from grow_cli.operators.upcycle import ExpertInit, Upcycler
 
@@ -337,6 +337,9 @@ def _notes(plan: Plan, spec: GrowthSpec) -> list[str]:
     depth, width, upcycle = plan.depth, plan.width, plan.upcycle
     if any(t.query_scale != 1 for t in plan.tensors):
         notes.append(index_scaling.note(plan.arch))
+    if depth is not None and depth.method == "layer-map":
+        if change := function_change(depth.layer_map, depth.zero_new_outputs, plan.source_shape.layers):
+            notes.append(f"layer map {depth.parameters['layer_map']} is not function-preserving: {change}")
     if depth and depth.identity_init and gated_mlp(plan.arch):
         notes.append(
             "staged-identity: the new layers' gated MLP (gate·up) starts at a stationary point — with its norm gain "

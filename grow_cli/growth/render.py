@@ -9,6 +9,7 @@ from rich.table import Table
 from grow_cli.console import format_bytes, out, print_table
 from grow_cli.errors import counted
 from grow_cli.growth.verify import compared_output
+from grow_cli.operators.layer_map import format_layer_map
 from grow_cli.quantities import format_count
 
 
@@ -36,7 +37,7 @@ def render_plan(plan: dict[str, Any]) -> None:
     out.print(f"  → {_shape(plan['target'])}")
     if plan["depth"]:
         d = plan["depth"]
-        out.print(f"  depth: {d['method']}, layer map {d['layer_map']}")
+        out.print(f"  depth: {d['method']}, layer map {format_layer_map(d['layer_map'])}")
     if plan["width"]:
         out.print(f"  width: {plan['width']['method']}")
     if plan["moe"]:
