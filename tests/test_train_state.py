@@ -55,6 +55,7 @@ PARTLY = {  # exact where a counterpart exists; new entries train from zero mome
     "identity": dict(depth_method="identity", layers=4),
     "staged-identity": dict(depth_method="staged-identity", layers=4),
     "layer-map": dict(layer_map="0,1,0,1", identity_repeats=True),  # exact: originals 0, 1 in order, then copies
+    "fpi+layer-map": dict(width_method="fpi", width_factor=2, layer_map="0,1,0,1", identity_repeats=True),
 }
 ARCHS = ("llama", "gpt2", "deepseek_v3")  # deepseek_v3: latent attention, routed and shared experts, a dense layer
 
@@ -254,7 +255,7 @@ def test_new_entries_train_from_fresh_moments_and_the_rest_is_exact(lab, arch, c
     print(f"{arch} {case}: one-step {worst:.2e}, new entries moved {moved:.2e}, 20-step loss gap {gap:.2e}")
 
 
-@pytest.mark.parametrize("case", ["identity", "staged-identity", "layer-map"])
+@pytest.mark.parametrize("case", ["identity", "staged-identity", "layer-map", "fpi+layer-map"])
 def test_with_the_new_layers_held_at_zero_the_curve_is_the_sources(lab, case):
     """What the 20-step gap of depth growth comes from: LR multiplier 0 on the new layers' tensors."""
     source, grown = lab.source("llama"), lab.grown("llama", case, **PARTLY[case])
