@@ -95,6 +95,16 @@ def write_recipe(tmp_path, members, **top):
             {"optimizer": "grow", "train": {"data": "x"}},
             "members[1].optimizer: layer map 0,2,2 changes the model's function (it leaves out source 1 layer: 1)",
         ),
+        (
+            [
+                {"name": "a", "source": "m", "train": {"max_steps": 3}},
+                {"name": "b", "grow": {"layer_map": "0,1000000000", "identity_repeats": True}, "train": {}},
+            ],
+            {"optimizer": "grow", "train": {"data": "x", "max_steps": 3}},
+            # counted, not listed: the layers left out were a set of a billion numbers
+            "members[1].optimizer: layer map 0,1000000000 changes the model's function (it leaves out source "
+            "999,999,999 layers: 1-999999999)",
+        ),
         *[
             (
                 [{"name": "a", "source": "m", "train": {"max_steps": 3, key: value}}],

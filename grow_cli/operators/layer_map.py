@@ -51,6 +51,11 @@ def format_layer_map(layer_map: tuple[int, ...] | list[int]) -> str:
             runs[-1][1] = src
         else:
             runs.append([src, src])
+    return _runs_text(runs)
+
+
+def _runs_text(runs) -> str:
+    """Inclusive (first, last) runs of layers as the map syntax writes them: `0-23,8-31`, a single layer alone."""
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
@@ -87,14 +92,18 @@ def mapped_depth(L: int, text: str, *, identity_repeats: bool, parameters: dict)
 
 def function_change(layer_map: tuple[int, ...], identity_repeats: bool, L: int | None) -> str | None:
     """How the map changes the function of a source of L layers (None: it keeps it). With L None (a family recipe,
-    before its source is read) only what the map shows alone: layers it leaves out above its highest need L."""
+    before its source is read) only what the map shows alone: layers it leaves out above its highest need L. Layers
+    left out are counted run by run, never listed: a recipe's map may name layer 10**9."""
     originals = _originals(layer_map)
     if len(originals) < len(layer_map) and not identity_repeats:
         return "its repeats are plain copies, which add their block's output a second time"
     if (late := next((i for i in range(1, len(originals)) if originals[i] < originals[i - 1]), None)) is not None:
         return f"its originals are out of order (layer {originals[late - 1]} before layer {originals[late]})"
-    left_out = sorted(set(range(max(originals) + 1 if L is None else L)) - set(originals))
-    return f"it leaves out source {counted(len(left_out), 'layer')}: {format_layer_map(left_out)}" if left_out else None
+    top = originals[-1] + 1 if L is None else L  # (the originals now rise: the gaps between them are left out)
+    gaps = [(a + 1, b - 1) for a, b in zip([-1, *originals], [*originals, top], strict=True) if b > a + 1]
+    if not gaps:
+        return None
+    return f"it leaves out source {counted(sum(b - a + 1 for a, b in gaps), 'layer')}: {_runs_text(gaps)}"
 
 
 def state_refusal(text: str, identity_repeats: bool, L: int | None = None) -> str | None:
