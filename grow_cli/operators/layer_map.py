@@ -54,7 +54,7 @@ def format_layer_map(layer_map: tuple[int, ...] | list[int]) -> str:
     return _runs_text(runs)
 
 
-def _runs_text(runs) -> str:
+def _runs_text(runs: list[list[int]] | list[tuple[int, int]]) -> str:
     """Inclusive (first, last) runs of layers as the map syntax writes them: `0-23,8-31`, a single layer alone."""
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
