@@ -170,10 +170,24 @@ def test_a_mergekit_config_is_the_same_map_with_exclusive_ends(cli, tiny_checkpo
     "edit,fragments",
     [
         (lambda t, m: t.replace("passthrough", "slerp"), ["merge_method", "not 'slerp'"]),
-        (lambda t, m: t + "tokenizer_source: base\n", ["tokenizer_source", "remove it"]),
+        (lambda t, m: t + "tokenizer_source: org/other\n", ["tokenizer_source", "the model's own tokenizer"]),
+        (lambda t, m: t + "chat_template: chatml\n", ["chat_template", "the model's own chat template"]),
+        (lambda t, m: t + "tokenizer: {source: union}\n", ["tokenizer", "remove it"]),
         (lambda t, m: t.replace("[0, 4]}]", "[0, 4]}, {model: o, layer_range: [0, 4]}]"), ["exactly one"]),
         (lambda t, m: t.replace(f"model: {m}\n", "model: org/other\n"), ["the slices read", "grows one model"]),
-        (lambda t, m: t.replace("value: 1}", "value: 0.5}"), ["slices[1].parameters.scale", "0.5"]),
+        (
+            lambda t, m: t.replace("value: 1}", "value: 0.5}"),
+            ["slices[1]: scale", "input_layernorm would be scaled by 0.5"],
+        ),
+        (lambda t, m: t.replace("{value: 1}", "{filter: mlp, value: 1}"), []),  # o_proj, down_proj first: identity
+        # mergekit takes the first filter that matches: `mlp` gives down_proj 1 before its own entry is read
+        (
+            lambda t, m: t.replace("[{filter: o_proj", "[{filter: mlp, value: 1}, {filter: o_proj"),
+            ["down_proj", "o_proj alone"],
+        ),
+        (lambda t, m: t.replace("filter: o_proj", "filter: layers.4.self_attn.o_proj"), ["names a layer", "split"]),
+        (lambda t, m: t.replace("{value: 1}", "{value: [0, 1]}"), ["[0, 1] is a gradient", "give one"]),
+        (lambda t, m: t + "parameters: {scale: 0}\n", ["slices[0]: scale", "would be scaled by 0"]),
         (lambda t, m: t.replace("{filter: down_proj, value: 0}, ", ""), ["o_proj alone", "both"]),
         (lambda t, m: t.replace("[0, 4]", "[0, 5]"), ["slices[0].sources[0].layer_range: [0, 5] ends past", "[0, 4]"]),
         (lambda t, m: t.replace("[1, 3]", "[3, 1]"), ["layer_range", "end exclusive"]),
@@ -193,6 +207,35 @@ def test_what_grow_cannot_honour_in_a_mergekit_config_is_refused(cli, tiny_check
         return
     _refused(result, *fragments)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "edit,identity",
+    [
+        (lambda t: t, True),
+        # the first matching condition wins: a filterless 1 first scales every tensor by 1 (mergekit's evaluate_setting)
+        (lambda t: t.replace("[{filter: o_proj", "[{value: 1}, {filter: o_proj"), False),
+        # a slice's source's own scale comes before the slice's
+        (lambda t: t.replace("layer_range: [1, 3]", "layer_range: [1, 3]\n        parameters: {scale: 1}"), False),
+        # filters are substrings of the tensor's name
+        (
+            lambda t: t.replace("filter: o_proj", "filter: self_attn.o_proj").replace("down_proj,", "mlp.down_proj,"),
+            True,
+        ),
+        # the one model's own tokenizer and template
+        (lambda t: t + "tokenizer_source: base\nchat_template: auto\nparameters: {scale: 1}\n", True),
+    ],
+)
+def test_a_mergekit_configs_scales_are_read_as_mergekit_reads_them(cli, tiny_checkpoints, tmp_path, edit, identity):
+    """grow zeroes a slice's o_proj and down_proj where mergekit would scale them to 0 and keeps them where it would
+    keep them: read by mergekit's rules, not by which filters appear (a config whose filterless 1 came first was
+    grown with identity blocks that mergekit would not have made)."""
+    src = tiny_checkpoints("llama")
+    config = tmp_path / "merge.yml"
+    config.write_text(edit(SOLAR.format(model=src)))
+    plan = json.loads(cli("expand", src, tmp_path / "o", "--mergekit-config", config, "--dry-run", "--json").stdout)
+    assert plan["depth"]["parameters"]["identity_repeats"] is identity
+    assert plan["function_preserving"] is identity
 
 
 def test_a_mergekit_config_of_another_model_or_conflicting_options_is_refused(cli, tiny_checkpoints, tmp_path):

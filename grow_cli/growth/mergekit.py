@@ -2,10 +2,12 @@
 map (grow_cli/operators/layer_map.py), so a SOLAR-style "frankenmerge" recipe runs unchanged through grow.
 
 mergekit's `layer_range: [start, end]` has an EXCLUSIVE end (mergekit issue #360): `[8, 32]` is layers 8-31, which
-the map writes inclusively. A slice's `scale` parameter of 0 on `o_proj` and `down_proj` (LLaMA-Pro identity
-blocks) becomes `--identity-repeats`, which zeroes the architecture's residual writers of the repeated layers, and
-`out_dtype` (or else `dtype`) becomes `--dtype`. What grow cannot do as mergekit would (another merge method,
-several models, other scales, zeroed layers that are not repeats) is refused, one line naming the key.
+the map writes inclusively. `scale` parameters are read by mergekit's rules (a slice's source, the slice, then the
+config; within each the first condition whose filter is a substring of the tensor's name): where they zero
+`o_proj` and `down_proj` and keep the rest (LLaMA-Pro identity blocks) they become `--identity-repeats`, which
+zeroes the architecture's residual writers of the repeated layers, and `out_dtype` (or else `dtype`) becomes
+`--dtype`. What grow cannot do as mergekit would (another merge method, several models, other scales, zeroed
+layers that are not repeats, another tokenizer or chat template) is refused, one line naming the key.
 
 A slice's `model` is mergekit's reference `path[@revision]`: the revision is the one grow downloads a Hub id at (a
 LoRA, `path+adapter`, is refused: grow grows a model, not an adapter merge). It must name SRC; a local folder SRC
@@ -14,6 +16,7 @@ may stand in for a Hub id (the usual downloaded copy), with a note in the report
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,27 @@ from grow_cli.limits import MAX_LAYERS
 from grow_cli.operators.depth import first_occurrence_is_original
 from grow_cli.operators.layer_map import format_layer_map
 
-TOP_KEYS = {"merge_method", "slices", "dtype", "out_dtype", "base_model"}
-IDENTITY_FILTERS = {"o_proj", "down_proj"}  # the writers LLaMA-Pro zeroes; grow zeroes each architecture's own
+TOP_KEYS = {
+    "merge_method",
+    "slices",
+    "dtype",
+    "out_dtype",
+    "base_model",
+    "parameters",
+    "tokenizer_source",
+    "chat_template",
+}
+# One decoder layer's tensors as mergekit names them (Llama's; Mistral, Qwen, Gemma and Phi-3 share them): what the
+# `scale` filters are matched against, as mergekit matches them (a substring of the name, the first match winning).
+LAYER_TENSORS = tuple(
+    f"model.layers.0.{name}.weight"
+    for name in (
+        *("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+        *("post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    )
+)
+WRITERS = {"model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight"}  # LLaMA-Pro zeroes these
+LAYER_NUMBER = re.compile(r"(^|\.)\d+(\.|$)")  # a filter's `layers.4.` (not `w1`, a tensor's own name)
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -63,12 +85,13 @@ def read_mergekit(path: str) -> MergekitMap:
     slices = raw.get("slices")
     if not isinstance(slices, list) or not slices:
         raise _refused(where, "slices", "expected a list of slices, each with sources: [{model, layer_range}]")
+    config_scale = _scale_setting(raw.get("parameters"), "parameters", where)
     layers: list[int] = []
     zeroed: list[bool] = []
     models: set[str] = set()
     ranges = []
     for i, piece in enumerate(slices):
-        model, start, end, zero = _slice(piece, f"slices[{i}]", where)
+        model, start, end, zero = _slice(piece, f"slices[{i}]", config_scale, where)
         if len(layers) + end - start > MAX_LAYERS:  # before building a list of a billion layers, as --layer-map
             raise _refused(where, f"slices[{i}]", f"the slices give over grow's bound of {MAX_LAYERS:,} layers")
         models.add(model)
@@ -80,7 +103,9 @@ def read_mergekit(path: str) -> MergekitMap:
         models.add(str(base))
     if len(models) > 1:
         raise _refused(where, "model", f"the slices read {' and '.join(sorted(models))}; grow grows one model")
-    model, revision = _reference(models.pop(), where)
+    reference = models.pop()
+    _check_tokenizer(raw, reference, where)
+    model, revision = _reference(reference, where)
     return MergekitMap(
         path=path,
         model=model,
@@ -107,8 +132,9 @@ def _reference(text: str, where: str) -> tuple[str, str | None]:
     return path, revision or None
 
 
-def _slice(piece: Any, at: str, where: str) -> tuple[str, int, int, bool]:
-    """One slice's model, layer range [start, end) and whether it zeroes o_proj and down_proj."""
+def _slice(piece: Any, at: str, config_scale: Conditions, where: str) -> tuple[str, int, int, bool]:
+    """One slice's model, layer range [start, end) and whether it zeroes o_proj and down_proj (its source's `scale`
+    first, then the slice's, then the config's, as mergekit looks a parameter up)."""
     if not isinstance(piece, dict) or set(piece) - {"sources", "parameters"} or "sources" not in piece:
         raise _refused(where, at, "expected a mapping with sources: [{model, layer_range}] (and parameters: scale)")
     sources = piece["sources"]
@@ -126,43 +152,109 @@ def _slice(piece: Any, at: str, where: str) -> tuple[str, int, int, bool]:
             f"{at}.sources[0].layer_range",
             f"expected [start, end] with 0 <= start < end (end exclusive), found {span!r}",
         )
-    zero = _zeroes(piece.get("parameters"), f"{at}.parameters", where)
-    zero = _zeroes(source.get("parameters"), f"{at}.sources[0].parameters", where) or zero
-    return source["model"], span[0], span[1], zero
+    levels = [
+        _scale_setting(source.get("parameters"), f"{at}.sources[0].parameters", where),
+        _scale_setting(piece.get("parameters"), f"{at}.parameters", where),
+        config_scale,
+    ]
+    return source["model"], span[0], span[1], _zeroes(levels, f"{at}: scale", where)
 
 
-def _zeroes(parameters: Any, at: str, where: str) -> bool:
-    """Whether `parameters` scale o_proj and down_proj to 0 (an identity block); refuses any other parameter."""
+Conditions = list[tuple[str | None, float]]  # a `scale` setting: (filter, value) in order; None: every tensor
+
+
+def _scale_setting(parameters: Any, at: str, where: str) -> Conditions:
+    """The `scale` of a `parameters` mapping as (filter, value) conditions in their order; refuses any other
+    parameter, gradients and filters that name a layer."""
     if parameters is None:
-        return False
+        return []
     if not isinstance(parameters, dict) or set(parameters) - {"scale"}:
         raise _refused(
             where, at, "grow honours only scale (0 on o_proj and down_proj: identity blocks); remove the rest"
         )
     scale = parameters.get("scale")
-    entries = scale if isinstance(scale, list) else [{"value": scale}]
-    zeroed = set()
+    entries = scale if isinstance(scale, list) and not all(_number(e) for e in scale) else [scale]
+    conditions: Conditions = []
     for entry in entries:
-        if not isinstance(entry, dict) or set(entry) - {"filter", "value"}:
-            raise _refused(where, f"{at}.scale", "expected a number or a list of {filter, value}")
-        value, name = entry.get("value"), entry.get("filter")
-        if name in IDENTITY_FILTERS and value == 0:
-            zeroed.add(name)
-        elif value != 1:
-            shown = f"{{filter: {name}, value: {value}}}" if name else f"{value}"
+        value: Any = entry.get("value") if isinstance(entry, dict) else entry
+        name = entry.get("filter") if isinstance(entry, dict) else None
+        if isinstance(value, list) and value and all(_number(v) for v in value):
+            if len(set(value)) > 1:
+                raise _refused(
+                    where, f"{at}.scale", f"{value} is a gradient over the layers, which grow does not apply; give one"
+                )
+            value = value[0]  # a "gradient" of one value
+        bad = isinstance(entry, dict) and bool(set(entry) - {"filter", "value"})
+        if bad or not _number(value) or not (name is None or isinstance(name, str)):
+            raise _refused(where, f"{at}.scale", f"expected a number or a list of {{filter, value}}, found {entry!r}")
+        if name is not None and LAYER_NUMBER.search(name):
             raise _refused(
                 where,
                 f"{at}.scale",
-                f"{shown}: grow honours scale 0 on o_proj and down_proj (identity blocks) and 1 elsewhere; remove it",
+                f"filter {name!r} names a layer: grow reads scale filters by tensor (o_proj, down_proj); split "
+                "the slices instead",
             )
-    if zeroed and zeroed != IDENTITY_FILTERS:
+        conditions.append((None if name in (None, "*") else name, float(value)))
+    return conditions
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _zeroes(levels: list[Conditions], at: str, where: str) -> bool:
+    """Whether the scales a slice's layers get (`_scale`) zero exactly o_proj and down_proj — an identity block;
+    False when they keep every tensor; refused otherwise."""
+    scales = {name: _scale(name, levels) for name in LAYER_TENSORS}
+    if name := next((n for n, v in scales.items() if v not in (0, 1) or (v == 0 and n not in WRITERS)), None):
         raise _refused(
             where,
-            f"{at}.scale",
-            f"scale 0 on {zeroed.pop()} alone is not an identity block; scale both o_proj and "
-            "down_proj to 0, or neither",
+            at,
+            f"{_short(name)} would be scaled by {scales[name]:g}: grow honours scale 0 on o_proj and down_proj "
+            "(identity blocks) and 1 elsewhere; remove it",
+        )
+    zeroed = {n for n, v in scales.items() if v == 0}
+    if zeroed and zeroed != WRITERS:
+        raise _refused(
+            where,
+            at,
+            f"scale 0 on {_short(zeroed.pop())} alone is not an identity block; scale both o_proj and down_proj to "
+            "0, or neither",
         )
     return bool(zeroed)
+
+
+def _scale(name: str, levels: list[Conditions]) -> float:
+    """The scale mergekit gives tensor `name`: the first level (a slice's source, the slice, the config) with a
+    condition that matches it, the first matching condition of that level; 1 where none does."""
+    for conditions in levels:
+        for pattern, value in conditions:
+            if pattern is None or pattern in name:
+                return value
+    return 1.0
+
+
+def _short(name: str) -> str:
+    """A layer tensor's name as a filter would say it: `o_proj`, `input_layernorm`."""
+    return name.removesuffix(".weight").rsplit(".", 1)[-1]
+
+
+def _check_tokenizer(raw: dict[str, Any], model: str, where: str) -> None:
+    """`tokenizer_source` and `chat_template` are taken where they keep the model's own, which grow copies: `base`,
+    `union` (of one model's vocabulary) or the model itself; `auto` (of one model: its template). Anything else
+    would change the tokenizer or the template: refused."""
+    source = raw.get("tokenizer_source")
+    if source is not None and source not in ("base", "union", model):
+        raise _refused(
+            where,
+            "tokenizer_source",
+            f"{source!r}: grow keeps the model's own tokenizer (base, union or the model give it); remove it",
+        )
+    template = raw.get("chat_template")
+    if template is not None and template != "auto":
+        raise _refused(
+            where, "chat_template", "grow keeps the model's own chat template (auto gives it); remove chat_template"
+        )
 
 
 def _identity_repeats(layers: list[int], zeroed: list[bool], where: str) -> bool:
