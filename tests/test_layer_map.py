@@ -238,6 +238,22 @@ def test_a_mergekit_configs_scales_are_read_as_mergekit_reads_them(cli, tiny_che
     assert plan["function_preserving"] is identity
 
 
+def test_a_mergekit_configs_scales_on_a_model_without_llamas_names_are_refused(cli, tiny_checkpoints, tmp_path):
+    """The filters are read against Llama's tensor names: on GPT-2 (attn.c_proj, mlp.c_proj) mergekit's `o_proj`
+    matches nothing and would scale nothing, where grow would have zeroed GPT-2's writers. Refused when the config
+    scales anything; a plain passthrough of the same model is taken."""
+    src = tiny_checkpoints("gpt2")
+    config = tmp_path / "solar.yml"
+    config.write_text(SOLAR.format(model=src).replace("[0, 4]", "[0, 2]").replace("[1, 3]", "[0, 2]"))
+    result = cli("expand", src, tmp_path / "o", "--mergekit-config", config, "--dry-run")
+    _refused(result, "scale: its filters are read against Llama's", "c_proj", "--identity-repeats")
+    config.write_text(
+        SOLAR.format(model=src).replace("[0, 4]", "[0, 2]").replace("[1, 3]", "[0, 2]").split("    parameters:")[0]
+    )
+    plan = json.loads(cli("expand", src, tmp_path / "o", "--mergekit-config", config, "--dry-run", "--json").stdout)
+    assert plan["depth"]["layer_map"] == [0, 1, 0, 1] and plan["depth"]["parameters"]["identity_repeats"] is False
+
+
 def test_a_mergekit_config_of_another_model_or_conflicting_options_is_refused(cli, tiny_checkpoints, tmp_path):
     src = tiny_checkpoints("llama")
     config = tmp_path / "solar.yml"

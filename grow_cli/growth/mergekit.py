@@ -59,6 +59,7 @@ class MergekitMap:
     model: str  # the one model its slices read, without its revision
     revision: str | None  # mergekit's `model@revision`, or None
     ranges: tuple[tuple[int, int], ...]  # each slice's layer_range [start, end)
+    scaled: bool  # some scale is given: read against Llama's tensor names (`check_tensor_names`)
     layer_map: str  # the map, in --layer-map syntax
     identity_repeats: bool  # its repeated layers' o_proj/down_proj scaled to 0
     dtype: str | None  # bf16, fp16, fp32, or None: as the source
@@ -90,8 +91,10 @@ def read_mergekit(path: str) -> MergekitMap:
     zeroed: list[bool] = []
     models: set[str] = set()
     ranges = []
+    scaled = bool(config_scale)
     for i, piece in enumerate(slices):
-        model, start, end, zero = _slice(piece, f"slices[{i}]", config_scale, where)
+        model, start, end, zero, scales = _slice(piece, f"slices[{i}]", config_scale, where)
+        scaled |= scales
         if len(layers) + end - start > MAX_LAYERS:  # before building a list of a billion layers, as --layer-map
             raise _refused(where, f"slices[{i}]", f"the slices give over grow's bound of {MAX_LAYERS:,} layers")
         models.add(model)
@@ -111,6 +114,7 @@ def read_mergekit(path: str) -> MergekitMap:
         model=model,
         revision=revision,
         ranges=tuple(ranges),
+        scaled=scaled,
         layer_map=format_layer_map(layers),
         identity_repeats=_identity_repeats(layers, zeroed, where),
         dtype=_dtype(raw, where),
@@ -132,9 +136,9 @@ def _reference(text: str, where: str) -> tuple[str, str | None]:
     return path, revision or None
 
 
-def _slice(piece: Any, at: str, config_scale: Conditions, where: str) -> tuple[str, int, int, bool]:
-    """One slice's model, layer range [start, end) and whether it zeroes o_proj and down_proj (its source's `scale`
-    first, then the slice's, then the config's, as mergekit looks a parameter up)."""
+def _slice(piece: Any, at: str, config_scale: Conditions, where: str) -> tuple[str, int, int, bool, bool]:
+    """One slice's model, layer range [start, end), whether it zeroes o_proj and down_proj (its source's `scale`
+    first, then the slice's, then the config's, as mergekit looks a parameter up) and whether it gives a scale."""
     if not isinstance(piece, dict) or set(piece) - {"sources", "parameters"} or "sources" not in piece:
         raise _refused(where, at, "expected a mapping with sources: [{model, layer_range}] (and parameters: scale)")
     sources = piece["sources"]
@@ -157,7 +161,7 @@ def _slice(piece: Any, at: str, config_scale: Conditions, where: str) -> tuple[s
         _scale_setting(piece.get("parameters"), f"{at}.parameters", where),
         config_scale,
     ]
-    return source["model"], span[0], span[1], _zeroes(levels, f"{at}: scale", where)
+    return source["model"], span[0], span[1], _zeroes(levels, f"{at}: scale", where), any(levels)
 
 
 Conditions = list[tuple[str | None, float]]  # a `scale` setting: (filter, value) in order; None: every tensor
@@ -323,6 +327,23 @@ def check_ranges(mergekit: MergekitMap, L: int) -> None:
                 f"[{start}, {end}] ends past the source's {L} layers; the end is exclusive: [{start}, {L}] takes "
                 f"layers {start}-{L - 1}",
             )
+
+
+def check_tensor_names(mergekit: MergekitMap, arch: str, names: list[str]) -> None:
+    """`read_mergekit` read the scales against Llama's layer tensors; a model whose layers (`names`, one layer's)
+    name their output projections otherwise would be scaled by mergekit in ways grow cannot tell from them (GPT-2's
+    `c_proj`: a filter `o_proj` matches none of its tensors), so a config that scales anything is refused there."""
+    ends = [writer.removeprefix("model.layers.0.") for writer in sorted(WRITERS)]
+    if not mergekit.scaled or all(any(name.endswith(end) for name in names) for end in ends):
+        return
+    held = ", ".join(sorted({name.split(".")[-2] for name in names}))  # `c_proj` of `h.0.attn.c_proj.weight`
+    raise _refused(
+        f"--mergekit-config {mergekit.path}",
+        "scale",
+        f"its filters are read against Llama's layer tensors ({', '.join(ends)}), which this {arch} has not (its "
+        f"layers hold {held}); grow cannot tell what mergekit would scale here: grow it with --layer-map and "
+        "--identity-repeats",
+    )
 
 
 def _refused(where: str, key: str, message: str) -> OptionError:

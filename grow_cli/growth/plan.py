@@ -26,7 +26,7 @@ from grow_cli.checkpoint.file_copy import CHUNK as COPY_BUFFER_BYTES
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.growth.config import grown_config, validate_config
-from grow_cli.growth.mergekit import check_ranges
+from grow_cli.growth.mergekit import check_ranges, check_tensor_names
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.operators import index_scaling, registry
 from grow_cli.operators.depth import DepthMap, depth_map, target_layers
@@ -237,7 +237,7 @@ def build_plan(
         width = op.implementation(spec, arch, binding, config, **uniform)
     target_shape = width.target if width else shape
 
-    depth = _depth(arch, shape.layers, spec)
+    depth = _depth(arch, binding, spec)
     if depth is not None:
         _refuse_unwritable_moe_pattern(arch, config, shape.layers, depth)
     if depth is None and width is None and not spec.grows_experts:
@@ -311,8 +311,9 @@ def build_plan(
     return plan
 
 
-def _depth(arch: ArchDef, L: int, spec: GrowthSpec) -> DepthMap | None:
-    """The depth growth `spec` asks of a source of L layers (a method to a target, or a layer map), or None."""
+def _depth(arch: ArchDef, binding: Binding, spec: GrowthSpec) -> DepthMap | None:
+    """The depth growth `spec` asks of the source (a method to a target, or a layer map), or None."""
+    L = binding.shape.layers
     if (explicit := spec.explicit_layer_map) is not None:
         text, identity_repeats = explicit
         if identity_repeats and (why := arch.identity_refusal):
@@ -320,6 +321,7 @@ def _depth(arch: ArchDef, L: int, spec: GrowthSpec) -> DepthMap | None:
         origin = {}
         if spec.mergekit is not None:
             check_ranges(spec.mergekit, L)
+            check_tensor_names(spec.mergekit, arch.name, [t.name for t in binding.layers[0]])
             origin = {"mergekit_config": spec.mergekit.path}
         return mapped_depth(L, text, identity_repeats=identity_repeats, parameters=origin)
     layers, overlap = target_layers(L, spec)
