@@ -239,8 +239,8 @@ def _scale(name: str, levels: list[Conditions]) -> float:
 
 
 def _short(name: str) -> str:
-    """A layer tensor's name as a filter would say it: `o_proj`, `input_layernorm`."""
-    return name.removesuffix(".weight").rsplit(".", 1)[-1]
+    """A layer tensor's name as a filter would say it: `o_proj` of `….self_attn.o_proj.weight` (or `.bias`)."""
+    return name.split(".")[-2]
 
 
 def _check_tokenizer(raw: dict[str, Any], model: str, where: str) -> None:
@@ -336,7 +336,7 @@ def check_tensor_names(mergekit: MergekitMap, arch: str, names: list[str]) -> No
     ends = [writer.removeprefix("model.layers.0.") for writer in sorted(WRITERS)]
     if not mergekit.scaled or all(any(name.endswith(end) for name in names) for end in ends):
         return
-    held = ", ".join(sorted({name.split(".")[-2] for name in names}))  # `c_proj` of `h.0.attn.c_proj.weight`
+    held = ", ".join(sorted({_short(name) for name in names}))
     raise _refused(
         f"--mergekit-config {mergekit.path}",
         "scale",
