@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from tinylm import DOCS, EOS, VOCAB, tiny_tokenizer, tokens_of
+from tinylm import DOCS, EOS, VOCAB, stream, tiny_tokenizer, tokens_of
 
 from grow_cli.data import tokens
 from grow_cli.errors import DataError, OutputError
@@ -80,6 +80,53 @@ def test_a_token_file_cached_for_a_larger_vocabulary_is_checked_again_for_a_smal
     padded = tokens_of([tmp_path / "a.txt"], tmp_path, vocab_size=VOCAB + 64)
     again = tokens_of([tmp_path / "a.txt"], tmp_path)
     assert again.from_cache and again.fingerprint == padded.fingerprint
+
+
+def _old_key(paths) -> str:
+    """The cache key grow gave `paths` before it put an EOS after a token file left open: the one whose entries must
+    stay valid where nothing changed."""
+    import hashlib
+
+    from grow_cli.data.sources import find_sources, fingerprint_sources
+
+    key = "|".join(
+        [
+            fingerprint_sources(find_sources([str(p) for p in paths]), "text"),
+            tokens.tokenizer_fingerprint(tiny_tokenizer()),
+            str(EOS),
+            "uint16",
+            str(tokens.FORMAT_VERSION),
+        ]
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def test_a_token_file_that_leaves_its_last_document_open_does_not_run_into_the_next_source(tmp_path):
+    """A .bin file need not end in EOS (a writer may put it before each document, or cut a corpus mid-document):
+    its last document ran straight into the next source's first, a continuation the model learned that no text
+    holds. Exactly one EOS is put between them, unless the next source opens with one; a file that ends in EOS, and
+    one that is the last source, are copied as they are, under the cache key they had (their entries stay valid),
+    and only data that changed gets another."""
+    (tmp_path / "open.bin").write_bytes(np.array([5, 6, EOS, 7, 8, 9], dtype=np.uint16).tobytes())
+    (tmp_path / "closed.bin").write_bytes(np.array([5, 6, EOS, 7, 8, EOS], dtype=np.uint16).tobytes())
+    (tmp_path / "next.bin").write_bytes(np.array([10, 11, EOS, 12, 13, EOS], dtype=np.uint16).tobytes())
+    (tmp_path / "eos-first.bin").write_bytes(np.array([EOS, 10, 11, EOS, 12, EOS], dtype=np.uint16).tobytes())
+    (tmp_path / "a.txt").write_text(DOCS[0])
+    text = tiny_tokenizer()(DOCS[0], add_special_tokens=False)["input_ids"] + [EOS]
+    cases = {  # sources: (the stream, its documents, whether the cache key is the one it had)
+        ("open.bin", "next.bin"): ([5, 6, EOS, 7, 8, 9, EOS, 10, 11, EOS, 12, 13, EOS], 4, False),
+        ("open.bin", "a.txt"): ([5, 6, EOS, 7, 8, 9, EOS, *text], 3, False),
+        ("open.bin", "eos-first.bin"): ([5, 6, EOS, 7, 8, 9, EOS, 10, 11, EOS, 12, EOS], 4, True),
+        ("closed.bin", "next.bin"): ([5, 6, EOS, 7, 8, EOS, 10, 11, EOS, 12, 13, EOS], 4, True),
+        ("next.bin", "open.bin"): ([10, 11, EOS, 12, 13, EOS, 5, 6, EOS, 7, 8, 9], 3, True),
+    }
+    for names, (expected, documents, same_key) in cases.items():
+        paths = [tmp_path / name for name in names]
+        data = tokens_of(paths, tmp_path)
+        assert stream(data).tolist() == expected, names
+        assert (data.num_tokens, data.num_documents) == (len(expected), documents), names
+        assert (data.fingerprint == _old_key(paths)) == same_key, names
+        assert tokens_of(paths, tmp_path).from_cache, names
 
 
 def _tokenizer_of_70_000(eos: str):

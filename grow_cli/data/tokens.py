@@ -1,7 +1,8 @@
 """Tokenize the sources once into a cached token stream, then pack it into `--seq-len` blocks and split it.
 
 The stream is one flat file of token ids (uint16 when the vocabulary fits, else uint32) with EOS after every
-document. It is cached under a fingerprint of the data files, the text field and the tokenizer, so re-running a
+document (`.bin` files hold their own; one that leaves its last document open gets one EOS before the next source,
+`_Stream`). It is cached under a fingerprint of the data files, the text field and the tokenizer, so re-running a
 stage, or running another with a different `--seq-len`, skips tokenization, and any change re-tokenizes. The
 model's vocabulary is not in the fingerprint, which names the data: the ids of `.bin` files are checked against it
 at every read of the entry instead.
@@ -171,8 +172,8 @@ def _token_pieces(path: Path, f, bin_dtype, tokens: int) -> Iterator[np.ndarray]
         yield piece
 
 
-def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int, out) -> tuple[int, int, int]:
-    """Copy the `.bin` file `path`, read as `bin_dtype`, into the stream `out` as `dtype`; return its (tokens,
+def _copy_token_file(path: Path, bin_dtype, vocab_size: int, eos_id: int, out: _Stream) -> tuple[int, int, int]:
+    """Copy the `.bin` file `path`, read as `bin_dtype`, into the stream `out`; return its (tokens,
     documents, largest id). A file whose dtype cannot hold the EOS id separates no documents, one whose ids are past
     the vocabulary cannot be trained on, and one of uint32 ids read as uint16 is misread (`_check_width`): all
     refused. The file is read once, so what is checked is what was copied; the checks that need the whole file come
@@ -197,10 +198,64 @@ def _copy_token_file(path: Path, bin_dtype, dtype, vocab_size: int, eos_id: int,
             largest = max(largest, int(piece.max()))
             odd_largest = max(odd_largest, int(piece[1::2].max(initial=0)))  # (COPY_TOKENS is even)
             documents += int(np.count_nonzero(piece == eos_id))
-            piece.astype(dtype, copy=False).tofile(out)  # an id past the stream's dtype wraps, and is refused below
+            out.write(piece)  # an id past the stream's dtype wraps, and is refused below
     _check_ids(path, largest, vocab_size)
     _check_width(path, bin_dtype, tokens, largest, odd_largest, vocab_size)
     return tokens, documents, largest
+
+
+class _Stream:
+    """The token stream being written to the open file `out` as `dtype`, source after source.
+
+    Text always ends its last document with EOS, but a `.bin` file need not (a writer that puts EOS before each
+    document, a corpus cut mid-document): its last document then ran straight into the next source's first, a
+    continuation the model learned that no data holds. So where a source left its last document open, one EOS goes
+    before the next source's first id, unless that id is EOS already; `separators` counts them (each closes a
+    document). Data without an open end is written as before, under the cache key it had (`_open_ends`)."""
+
+    def __init__(self, out, dtype: np.dtype, eos_id: int):
+        self.out, self.dtype, self.eos_id = out, dtype, eos_id
+        self.last: int | None = None  # the last id written
+        self.pending = False  # the source before this one left its last document open
+        self.separators = 0
+
+    def next_source(self) -> None:
+        """Mark the start of another source: if the last one left its document open, the next id written closes it."""
+        self.pending = self.last is not None and self.last != self.eos_id
+
+    def write(self, ids: np.ndarray) -> None:
+        if not ids.size:
+            return
+        if self.pending and int(ids[0]) != self.eos_id:
+            np.asarray([self.eos_id], dtype=self.dtype).tofile(self.out)
+            self.separators += 1
+        self.pending = False
+        self.last = int(ids[-1])
+        ids.astype(self.dtype, copy=False).tofile(self.out)
+
+
+def _open_ends(sources: list[Source], bin_dtype, eos_id: int) -> list[int]:
+    """The indices of the `.bin` sources that leave their last document open (their last id is not EOS) before a
+    source that does not open with EOS (a `.bin` file may; text, not read here, is taken not to): where `_Stream`
+    puts an EOS. Part of the cache key when not empty, so an entry written without that EOS is not read, and the
+    entries of all other data stay valid. At most two ids are read per file."""
+    ends = []
+    for i, (source, after) in enumerate(zip(sources, sources[1:], strict=False)):
+        if source.kind == "tokens" and _id_at(source.path, bin_dtype, -1) not in (None, eos_id):
+            if after.kind != "tokens" or _id_at(after.path, bin_dtype, 0) != eos_id:
+                ends.append(i)
+    return ends
+
+
+def _id_at(path: Path, bin_dtype, index: int) -> int | None:
+    """The id at `index` (0: the first, -1: the last) of the `.bin` file `path` read as `bin_dtype`; None when it
+    holds no whole id (refused as it is copied)."""
+    with path.open("rb") as f:
+        tokens = os.fstat(f.fileno()).st_size // bin_dtype.itemsize
+        if not tokens:
+            return None
+        f.seek((index % tokens) * bin_dtype.itemsize)
+        return int(np.fromfile(f, dtype=bin_dtype, count=1)[0])
 
 
 def _write_stream(
@@ -213,6 +268,7 @@ def _write_stream(
     largest_ids: list[int] = []
     encode = _encoder(tokenizer)
     with tmp.open("wb") as out:
+        stream = _Stream(out, dtype, eos_id)
 
         def flush(texts: list[str], ends: list[bool]) -> int:
             ids: list[int] = []
@@ -220,20 +276,19 @@ def _write_stream(
                 ids += piece
                 if end:
                     ids.append(eos_id)
-            np.asarray(ids, dtype=dtype).tofile(out)
+            stream.write(np.asarray(ids, dtype=dtype))
             return len(ids)
 
         for source in sources:
+            stream.next_source()
             with read_unchanged(source):
                 if source.kind == "tokens":
-                    tokens, documents, largest = _copy_token_file(
-                        source.path, bin_dtype, dtype, vocab_size, eos_id, out
-                    )
+                    tokens, documents, largest = _copy_token_file(source.path, bin_dtype, vocab_size, eos_id, stream)
                     largest_ids.append(largest)
                 else:
                     tokens, documents = _write_texts(read_texts(source, text_field, undecodable), flush)
             num_tokens, num_docs = num_tokens + tokens, num_docs + documents
-    return num_tokens, num_docs, largest_ids
+    return num_tokens + stream.separators, num_docs + stream.separators, largest_ids
 
 
 def _write_texts(pieces: Iterator[tuple[str, bool]], flush: Callable[[list[str], list[bool]], int]) -> tuple[int, int]:
@@ -430,6 +485,8 @@ def prepare_tokens(
             str(FORMAT_VERSION),
         ]
     )
+    if open_ends := _open_ends(sources, bin_dtype, eos_id):  # (absent where there are none: their entries stay)
+        key += "|eos after " + ",".join(map(str, open_ends))
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     cache_dir = Path(cache_dir)
     stream_file, meta_file = cache_dir / f"{fingerprint}.bin", cache_dir / f"{fingerprint}.json"
