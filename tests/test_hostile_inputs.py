@@ -549,6 +549,21 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             c.train("--max-steps", 1, "--warmup-steps", 2, "--warmup-ratio", "0.1"),
             "--warmup-ratio applies only without --warmup-steps",
         ),
+        "train-wsd-warmup-into-decay": (  # the LR jumped from the peak to the decay's 0.28 at step 8
+            c.train("--max-steps", 10, "--schedule", "wsd", "--warmup-steps", 8, "--decay-ratio", "0.5"),
+            "error: --warmup-steps 8 reaches into the decay, which starts at step 5 of 10: use at most 5 warmup steps "
+            "or a smaller --decay-ratio",
+        ),
+        "train-wsd-warmup-into-decay-in-tokens": (  # 10 steps of 8 × 32 tokens, known once the batch is
+            c.train("--max-tokens", 2560, "--schedule", "wsd", "--warmup-steps", 8, "--decay-ratio", "0.5"),
+            "which starts at step 5 of 10 (what --max-tokens 2,560 makes): use at most 5 warmup steps",
+        ),
+        "train-wsd-warmup-into-decay-from-an-offset": (
+            c.train(
+                "--schedule-offset", 2, "--max-steps", 8, "--schedule", "wsd", "--warmup-steps", 8, "--decay-ratio", 0.5
+            ),
+            "which starts at step 5 of 10 (this run's 8 steps from step 2, where it starts): use at most 5 warmup",
+        ),
     }
     if name in options_without_their_option:
         return options_without_their_option[name]
@@ -865,6 +880,9 @@ CASES = [
     "train-decay-ratio-without-wsd",
     "train-min-lr-ratio-with-constant",
     "train-warmup-ratio-with-warmup-steps",
+    "train-wsd-warmup-into-decay",
+    "train-wsd-warmup-into-decay-in-tokens",
+    "train-wsd-warmup-into-decay-from-an-offset",
     "config-more-layers-than-checkpoint",
     "inspect-config-more-layers-than-checkpoint",
     "inspect-config-fewer-layers-than-checkpoint",

@@ -133,6 +133,67 @@ def test_a_token_budget_is_bounded_in_steps_as_max_steps_is(max_tokens, refused)
         make_budget(config, accelerator)  # type: ignore[arg-type]
 
 
+WARMUP_INTO_DECAY = {"schedule": "wsd", "max_steps": 10, "warmup_steps": 8, "decay_ratio": 0.5}
+
+
+def test_a_wsd_warmup_that_reaches_into_the_decay_is_refused_as_the_config_is_built():
+    """--max-steps 10 --warmup-steps 8 --decay-ratio 0.5 was taken: the warmup climbed to the peak at step 7 and the
+    decay, which starts at step 5, dropped it to 0.28 of the peak at step 8. Refused in one line naming the numbers
+    and what to change; a warmup that ends where the decay starts is taken, as is one from --warmup-ratio that fits."""
+    from grow_cli.train.schedule import Schedule
+
+    jump = Schedule("wsd", 10, warmup_steps=8, decay_ratio=0.5)
+    assert (jump.lr_factor(7), round(jump.lr_factor(8), 2)) == (1.0, 0.28)  # the premise
+    with pytest.raises(OptionError) as info:
+        TrainConfig(**{**BASE, **WARMUP_INTO_DECAY})
+    assert info.value.option == "warmup_steps" and str(info.value) == (
+        "--warmup-steps 8 reaches into the decay, which starts at step 5 of 10: use at most 5 warmup steps or a "
+        "smaller --decay-ratio"
+    )
+    with pytest.raises(OptionError, match=r"^--warmup-ratio 0.9 \(9 warmup steps\) reaches into the decay, which"):
+        TrainConfig(**{**BASE, **WARMUP_INTO_DECAY, "warmup_steps": None, "warmup_ratio": 0.9})
+    TrainConfig(**{**BASE, **WARMUP_INTO_DECAY, "warmup_steps": 5})
+    TrainConfig(**{**BASE, **WARMUP_INTO_DECAY, "warmup_steps": None, "warmup_ratio": 0.5})
+    TrainConfig(**{**BASE, **WARMUP_INTO_DECAY, "schedule": "cosine", "decay_ratio": 0.2})  # no final decay
+
+
+@pytest.mark.parametrize(
+    "changes, start_step, expected",
+    [
+        (  # --max-tokens: 10 steps of 8 × 32 tokens, known once the batch is
+            {"max_steps": None, "max_tokens": 2560},
+            0,
+            "--warmup-steps 8 reaches into the decay, which starts at step 5 of 10 (what --max-tokens 2,560 makes): "
+            "use at most 5 warmup steps or a smaller --decay-ratio",
+        ),
+        (  # a run that starts at step 2 of its schedule (--schedule-offset, --resume): 8 steps end at step 10
+            {"max_steps": 8, "schedule_offset": 2},
+            2,
+            "--warmup-steps 8 reaches into the decay, which starts at step 5 of 10 (this run's 8 steps from step 2, "
+            "where it starts): use at most 5 warmup steps or a smaller --decay-ratio",
+        ),
+        ({"resume": "auto"}, 100, None),  # its checkpoint started at step 100: the decay starts at step 55 of 110
+        ({"schedule_offset": 100}, 100, None),
+    ],
+)
+def test_a_wsd_warmup_is_checked_against_the_decay_wherever_the_final_step_becomes_known(changes, start_step, expected):
+    """Where the schedule's final step is not known as the config is built (--max-tokens; a run that starts later in
+    its schedule, as --schedule-offset and --resume make it), the budget checks the warmup: the same line, saying where
+    the steps came from — and a horizon stretched by the start step is not refused for the budget's own steps."""
+    from types import SimpleNamespace
+
+    from grow_cli.train.build import make_budget
+
+    config = TrainConfig(**{**BASE, **WARMUP_INTO_DECAY, "seq_len": 32, **changes})  # not refused: not known yet
+    accelerator = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1)
+    if expected is None:
+        assert make_budget(config, accelerator, start_step).max_steps == start_step + 10  # type: ignore[arg-type]
+        return
+    with pytest.raises(OptionError) as info:
+        make_budget(config, accelerator, start_step)  # type: ignore[arg-type]
+    assert info.value.option == "warmup_steps" and str(info.value) == expected
+
+
 def test_paths_are_text_or_path_like_and_held_as_paths():
     """What the annotations say (a type checker accepts `model="tiny"`) is what the class takes; `~` is the home
     folder, as in a shell."""

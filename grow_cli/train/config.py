@@ -17,10 +17,11 @@ from typing import Any
 
 from grow_cli.data.masking_settings import MASK_REPLACE_PROB, MLM_PROBABILITY, RANDOM_REPLACE_PROB, check_masking
 from grow_cli.data.sources import TOKEN_DTYPES, data_paths
-from grow_cli.errors import OptionError, UsageError, shown
+from grow_cli.errors import OptionError, UsageError, counted, shown
 from grow_cli.field_types import checked_init, flag
 from grow_cli.limits import MAX_STEPS, MAX_TOKENS, check_layer_option, check_seed
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
+from grow_cli.train.schedule import Schedule, warmup_steps_for
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 DECAY_TYPES = ("linear", "cosine", "sqrt")
@@ -187,6 +188,8 @@ class TrainConfig:
             )
         self._check_schedule_options()
         self._check_schedule_offset()
+        if self.max_steps is not None and self.resume is None and not self.schedule_offset:
+            check_warmup_before_decay(self, self.max_steps)  # the schedule's horizon, known now (else: make_budget)
         self._check_data_offset()
         check_masking(self.mlm_probability, self.mask_replace_prob, self.random_replace_prob)
         self._check_apollo()
@@ -306,6 +309,36 @@ class TrainConfig:
 
 # Each field's default, for the checks of an option given where it would do nothing (a list's default is MISSING).
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def check_warmup_before_decay(config: TrainConfig, max_steps: int, start_step: int = 0) -> None:
+    """Refuse a WSD schedule whose warmup reaches into its final decay: the LR climbed to the peak, then fell at once
+    to where the decay already was (`--max-steps 10 --warmup-steps 8 --decay-ratio 0.5`: 1.0 × the peak at step 7,
+    0.28 at step 8). `max_steps` is the schedule's last step: `--max-steps` for a run from step 0, checked as the
+    config is built; else known once the budget is (`make_budget`: what `--max-tokens` makes, `start_step` plus the
+    budget for a run that starts later, as --resume and --schedule-offset do)."""
+    if config.schedule != "wsd":
+        return
+    warmup = warmup_steps_for(max_steps, config.warmup_steps, config.warmup_ratio)
+    decay_start = Schedule("wsd", max_steps, warmup, decay_ratio=config.decay_ratio).decay_start
+    if warmup <= decay_start:
+        return
+    if config.warmup_steps is not None:
+        option, given = "warmup_steps", f"--warmup-steps {shown(config.warmup_steps)}"
+    else:
+        option, given = "warmup_ratio", f"--warmup-ratio {config.warmup_ratio:g} ({counted(warmup, 'warmup step')})"
+    if start_step:
+        made = f" (this run's {counted(max_steps - start_step, 'step')} from step {shown(start_step)}, where it starts)"
+    elif config.max_tokens:
+        made = f" (what --max-tokens {shown(config.max_tokens)} makes)"
+    else:
+        made = ""
+    fewer = f"at most {counted(decay_start, 'warmup step')}" if decay_start else "--warmup-steps 0"
+    raise OptionError(
+        option,
+        f"{given} reaches into the decay, which starts at step {shown(decay_start)} of {shown(max_steps)}{made}: "
+        f"use {fewer} or a smaller --decay-ratio",
+    )
 
 
 def parse_max_tokens(value: str | float | None) -> int | None:

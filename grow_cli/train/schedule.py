@@ -2,8 +2,10 @@
 
 Every schedule starts with a linear warmup to `max_lr` and (except `constant`) ends at `min_lr_ratio × max_lr`.
 WSD (warmup–stable–decay) holds the peak until the last `decay_ratio` of the steps and only then decays
-(`linear`, `cosine` or `sqrt` = 1 − √progress). It suits staged growth: a stable-phase checkpoint can be grown
-and trained on before any decay, and the decay can be run later (torchtitan's default, MiniCPM's WSD).
+(`linear`, `cosine` or `sqrt` = 1 − √progress); its warmup must end by the decay's start, or the LR would drop from
+the peak to the decay's value in one step (refused: `check_warmup_before_decay`, train/config.py). It suits staged
+growth: a stable-phase checkpoint can be grown and trained on before any decay, and the decay can be run later
+(torchtitan's default, MiniCPM's WSD).
 
 `lr_factor(step)` is the multiplier of the LR used by optimizer step `step` (0-based); it is what
 `torch.optim.lr_scheduler.LambdaLR` calls, so the schedule is saved and resumed with the scheduler's step count.
@@ -36,6 +38,11 @@ class Schedule:
             return max(1, round(self.decay_ratio * self.max_steps)) if self.decay_ratio > 0 else 0
         return 0 if self.name == "constant" else self.max_steps - self.warmup_steps
 
+    @property
+    def decay_start(self) -> int:
+        """The first step of the decay; a WSD warmup must end by then (`check_warmup_before_decay`, train/config.py)."""
+        return self.max_steps - self.decay_steps
+
     def lr_factor(self, step: int) -> float:
         """The schedule's factor at `step`; within the restart warmup, a linear ramp from the restart step to the
         schedule's value at its end (staged training's `get_restart_linear_schedule_with_warmup`, with grow's
@@ -50,10 +57,9 @@ class Schedule:
             return (step + 1) / self.warmup_steps  # the first step already learns
         if self.name == "constant":
             return 1.0
-        decay_start = self.max_steps - self.decay_steps
-        if step < decay_start:
+        if step < self.decay_start:
             return 1.0
-        progress = min(1.0, (step - decay_start + 1) / max(1, self.decay_steps))
+        progress = min(1.0, (step - self.decay_start + 1) / max(1, self.decay_steps))
         kind = "cosine" if self.name == "cosine" else "linear" if self.name == "linear" else self.decay_type
         if kind == "cosine":
             shape = 0.5 * (1.0 + math.cos(math.pi * progress))
