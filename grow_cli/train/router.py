@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from grow_cli.arch.experts import routed_parameter_names
+from grow_cli.arch.experts import experts_and_top_k, routed_parameter_names
 from grow_cli.train.deepspeed_engine import full_numel
 
 
@@ -30,15 +30,9 @@ def is_moe_model(model: Any) -> bool:
     return "output_router_logits" in inspect.signature(model.forward).parameters
 
 
-def _experts_and_top_k(config: Any) -> tuple[int, int]:
-    text = config.get_text_config()
-    experts = getattr(text, "num_local_experts", None) or getattr(text, "num_experts", None) or 0
-    return int(experts), int(getattr(text, "num_experts_per_tok", 0) or 0)
-
-
 def inactive_expert_parameters(model: Any) -> int:
     """The routed experts' weights a token does not run: (1 − k/E) of them (0 for a dense model)."""
-    experts, top_k = _experts_and_top_k(model.config)
+    experts, top_k = experts_and_top_k(model.config)
     if not experts or not top_k:
         return 0
     params = dict(model.named_parameters())
@@ -51,7 +45,7 @@ class RouterStats:
     auxiliary loss and the expert load of every MoE layer; `metrics()` reads (and restarts) the window."""
 
     def __init__(self, model: Any):
-        self.num_experts, self.top_k = _experts_and_top_k(model.config)
+        self.num_experts, self.top_k = experts_and_top_k(model.config)
         self.coef = float(getattr(model.config.get_text_config(), "router_aux_loss_coef", 0.0))
         self._handles = [
             model.register_forward_pre_hook(self._ask_for_router_logits, with_kwargs=True),
