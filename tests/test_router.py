@@ -12,6 +12,7 @@ from doc_keys import json_output_problems
 from tiny_moe import build, probe_ids
 from tinylm import run_grow, save_tiny_lm, write_plays
 
+from grow_cli.arch.experts import moe_layer_indices
 from grow_cli.commands.plan import _print_plan
 from grow_cli.family.budget import plan, stacking_growth_tokens
 from grow_cli.growth.expand import expand
@@ -69,6 +70,59 @@ def test_the_load_of_each_layer_counts_every_process():
     assert not torch.allclose(torch.tensor(both["expert_load_by_layer"]), alone, atol=1e-2)
     assert both["expert_load_max"] == pytest.approx(float(expected.max()))
     stats.close()
+
+
+@pytest.mark.parametrize("name", ["qwen2_moe", "qwen3_moe"])
+def test_the_load_of_each_layer_stands_at_its_decoder_layer_and_dense_layers_are_null(name):
+    """Qwen2-MoE keeps a dense MLP in layer 1 (`mlp_only_layers`), Qwen3-MoE in layers 0 and 2 (`decoder_sparse_step`
+    2); transformers returns router logits for the MoE layers only, and grow once listed their loads in that order,
+    so layer 2's load stood at layer 1. Each layer's load must be the one its own router's top-k choices give."""
+    model = build(name)
+    stats = RouterStats(model)
+    layers = model.model.layers
+    chosen = {}  # each MoE layer's expert choices, from its own router (it returns logits, weights, indices)
+
+    def record(i):
+        def hook(module, args, out):
+            chosen[i] = out[2].reshape(-1)
+
+        return hook
+
+    moe = [i for i, layer in enumerate(layers) if hasattr(layer.mlp, "experts")]  # as the model itself is built
+    hooks = [layers[i].mlp.gate.register_forward_hook(record(i)) for i in moe]
+    with torch.no_grad():
+        model.train()(input_ids=probe_ids(), labels=probe_ids())
+    for hook in hooks:
+        hook.remove()
+    by_layer = stats.summary()["expert_load_by_layer"]
+    assert len(by_layer) == len(layers) == 4
+    assert [i for i, row in enumerate(by_layer) if row is None] == ({"qwen2_moe": [1], "qwen3_moe": [0, 2]}[name])
+    assert sorted(chosen) == moe
+    for i, picks in chosen.items():
+        expected = torch.bincount(picks, minlength=4) / picks.numel() * 4
+        assert torch.allclose(torch.tensor(by_layer[i]), expected.float(), atol=1e-3), (i, by_layer[i], expected)
+    stats.moe_layers = None  # as for a type without a curated definition: rows that cannot be placed are left out
+    assert "expert_load_by_layer" not in stats.summary() and "expert_load_max" in stats.summary()
+    stats.close()
+
+
+def test_the_moe_layers_come_from_one_place_for_every_pattern():
+    """`moe_layer_indices` reads each type's pattern: every layer (Mixtral), listed dense layers (Qwen2-MoE), a
+    sparse step (Qwen3-MoE), a dense prefix (DeepSeek-V3, GLM-4.5: first_k_dense_replace), a per-layer list
+    (GLM-4.7-Flash's mlp_layer_types); None for a dense type."""
+    from tiny_moe import config
+
+    names = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "glm4_moe", "deepseek_v3", "glm4_moe_lite"]
+    assert {name: moe_layer_indices(config(name).to_dict()) for name in names} == {
+        "mixtral": (0, 1, 2, 3),
+        "qwen2_moe": (0, 2, 3),
+        "qwen3_moe": (1, 3),
+        "olmoe": (0, 1, 2, 3),
+        "glm4_moe": (1, 2),
+        "deepseek_v3": (1, 2),
+        "glm4_moe_lite": (1, 2),
+    }
+    assert moe_layer_indices({"model_type": "llama", "num_hidden_layers": 2}) is None
 
 
 def test_a_zero_router_collapses_the_load_and_router_noise_spreads_it(tmp_path):

@@ -172,13 +172,33 @@ def upcycle_target(arch: ArchDef) -> ArchDef | None:
     return next((d for d in all_definitions().values() if d.moe and arch.name in d.moe.get("upcycle_from", ())), None)
 
 
-def routed_parameter_names(config: dict[str, Any], names: Iterable[str]) -> list[str]:
-    """The names among `names` (a model's in-memory parameters) that are routed experts' weights, for a model type
-    with a curated MoE definition; transformers 5 holds them fused, under the fused layout's names."""
+def moe_definition(config: dict[str, Any]) -> ArchDef | None:
+    """The curated MoE definition of a config's model type; None for a dense type or one grow has no definition of
+    (a derived definition knows no experts)."""
     from grow_cli.arch.registry import all_definitions
 
     arch = next((d for d in all_definitions().values() if config.get("model_type") in d.model_types), None)
-    if arch is None or not arch.is_moe:
+    return arch if arch is not None and arch.is_moe else None
+
+
+def moe_layer_indices(config: dict[str, Any]) -> tuple[int, ...] | None:
+    """The decoder layers whose MLP is an MoE block (`sparse_layers`), from a config.json or a transformers config's
+    `to_dict()`; None for a type without a curated MoE definition, whose pattern grow cannot read. Training places
+    each layer's expert load by it: transformers returns router logits for the MoE layers only."""
+    arch = moe_definition(config)
+    if arch is None:
+        return None
+    key = arch.config["layers"]
+    layers = config.get(key, arch.config_defaults.get(key))
+    assert isinstance(layers, int), "a config of an MoE type gives its layer count (transformers writes it)"
+    return sparse_layers(arch, config, layers)
+
+
+def routed_parameter_names(config: dict[str, Any], names: Iterable[str]) -> list[str]:
+    """The names among `names` (a model's in-memory parameters) that are routed experts' weights, for a model type
+    with a curated MoE definition; transformers 5 holds them fused, under the fused layout's names."""
+    arch = moe_definition(config)
+    if arch is None:
         return []
     suffixes = tuple("." + w.name for w in arch.layer if w.routed and w.layout == FUSED)
     return [n for n in names if n.endswith(suffixes)]

@@ -8,7 +8,9 @@ P_e its mean router probability): k at perfect balance, larger as routing collap
 it in training forward passes only, so the objective is the one the model type defines while evaluation stays the
 plain next-token loss, comparable with a dense model's. From the same forward pass it records the auxiliary loss and
 each MoE layer's expert load — the share of routed slots each expert received, times E: 1 everywhere when balanced,
-0 for an expert no token chose — accumulated on the device and read only when the loop logs.
+0 for an expert no token chose — accumulated on the device and read only when the loop logs. transformers returns
+router logits for the MoE layers only; the run's summary puts each layer's load at its decoder layer, null for a
+dense one (which layers are MoE layers: grow_cli/arch/experts.py).
 
 FLOPs: a token runs only k of the E routed experts, so the training FLOPs per token count the routed experts'
 weights × k/E (`inactive_expert_parameters`, for the types with a curated definition).
@@ -21,7 +23,7 @@ from typing import Any
 
 import torch
 
-from grow_cli.arch.experts import experts_and_top_k, routed_parameter_names
+from grow_cli.arch.experts import experts_and_top_k, moe_layer_indices, routed_parameter_names
 from grow_cli.train.deepspeed_engine import full_numel
 
 
@@ -46,7 +48,9 @@ class RouterStats:
 
     def __init__(self, model: Any):
         self.num_experts, self.top_k = experts_and_top_k(model.config)
-        self.coef = float(getattr(model.config.get_text_config(), "router_aux_loss_coef", 0.0))
+        text = model.config.get_text_config()
+        self.coef = float(getattr(text, "router_aux_loss_coef", 0.0))
+        self.layers, self.moe_layers = int(text.num_hidden_layers), moe_layer_indices(text.to_dict())
         self._handles = [
             model.register_forward_pre_hook(self._ask_for_router_logits, with_kwargs=True),
             model.register_forward_hook(self._record),
@@ -91,13 +95,28 @@ class RouterStats:
         return result
 
     def summary(self, accelerator: Any = None) -> dict[str, Any]:
-        """The same over the whole run, with the load of each layer's experts (for grow.json and the summary)."""
+        """The same over the whole run, with the load of each decoder layer's experts (`_by_layer`; for grow.json and
+        the summary)."""
         if self._total is None:
             return {}
         result, load = self._summarise(self._total, self._passes_total, accelerator)
-        result["expert_load_by_layer"] = [[round(x, 3) for x in row] for row in load.tolist()]
+        if (by_layer := self._by_layer(load)) is not None:
+            result["expert_load_by_layer"] = by_layer
         result["router_aux_loss_coef"] = self.coef
         return result
+
+    def _by_layer(self, load: torch.Tensor) -> list[list[float] | None] | None:
+        """One entry per decoder layer: its experts' load, or None for a dense layer. The router logits, hence the
+        rows of `load`, are the MoE layers' only, in order (Qwen2-MoE's `mlp_only_layers`, DeepSeek's dense first
+        layers). For a type without a curated MoE definition they are placed only when every layer has a row; None
+        (left out) where they cannot be placed."""
+        moe = self.moe_layers
+        if moe is None and len(load) == self.layers:
+            moe = tuple(range(self.layers))
+        if moe is None or len(moe) != len(load):
+            return None
+        rows = {layer: [round(x, 3) for x in row] for layer, row in zip(moe, load.tolist(), strict=True)}
+        return [rows.get(layer) for layer in range(self.layers)]
 
     def _load(self, counts: torch.Tensor) -> torch.Tensor:
         return counts / counts.sum(dim=-1, keepdim=True).clamp_min(1) * self.num_experts
