@@ -129,6 +129,30 @@ def test_sparse_layer_pattern_follows_the_layer_map(sources, reference, tmp_path
         assert float((model.eval()(probe_ids()).logits - reference["qwen3_moe"][0]).abs().max()) > 1e-2
 
 
+@pytest.mark.parametrize(
+    ("key", "layer_map", "dense"),
+    [
+        ("qwen2_moe", "0,1,1,2,3,3", [1, 2]),  # mlp_only_layers [1]: the dense layer and its copy
+        ("qwen3_moe", "0-3,0,3", [0, 2, 4]),  # decoder_sparse_step 2: 0 and 2 dense, repeats of 0 and 3 at the top
+    ],
+)
+def test_every_record_of_the_moe_layers_follows_a_layer_map_that_repeats_layers(
+    sources, reference, tmp_path, key, layer_map, dense
+):
+    """A layer map that duplicates layers of a mixed dense/sparse stack: the grown config.json, the report's (and
+    --dry-run's) `target.sparse_layers` and the model transformers builds all give each copy its source layer's kind
+    (the report's were once the source's, unmapped)."""
+    report, gap, _, out = grow(sources, reference, tmp_path, key, layer_map=layer_map, identity_repeats=True)
+    sparse = [j for j in range(6) if j not in dense]
+    assert report["target"]["layers"] == 6 and report["target"]["sparse_layers"] == sparse
+    config = json.loads((out / "config.json").read_text())
+    assert (config["mlp_only_layers"], config["decoder_sparse_step"]) == (dense, 1)
+    assert inspect(str(out))["sparse_layers"] == sparse  # read back from the written config.json
+    model = model_class(key).from_pretrained(out, dtype=torch.float32)
+    assert [j for j, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "experts")] == sparse
+    assert report["function_preserving"] is True and gap <= EXACT, gap
+
+
 def test_inspect_shows_experts_top_k_and_active_parameters(sources):
     info = inspect(str(sources["qwen2_moe"]))
     assert info["num_experts"] == 4 and info["experts_per_token"] == 2

@@ -84,6 +84,7 @@ def test_identity_growth_is_exact_keeps_every_routing_decision_and_the_dense_pre
     gap, same = compare(grown, reference[key], probe_ids(), generate=not key.endswith("-fused"))
     assert gap <= EXACT and same is not False, gap
     assert json.loads((out / "config.json").read_text())["first_k_dense_replace"] == 2  # layer 0 and its copy
+    assert report["target"]["sparse_layers"] == [2, 3, 4, 5]  # the grown stack's, as its config.json says
     source_routes, grown_routes = routes[key], routing(grown)
     assert sorted(source_routes) == [1, 2] and sorted(grown_routes) == [2, 3, 4, 5]
     for i, j in ((1, 2), (2, 4)):  # each original MoE layer picks the same experts for every token

@@ -67,6 +67,12 @@ def _listed_sparse(key: str, config: dict[str, Any], layers: int) -> tuple[int, 
     return tuple(i for i, kind in enumerate(kinds) if kind == "sparse")
 
 
+def grown_kinds(sparse: Sequence[int], layer_map: Sequence[int]) -> list[bool]:
+    """Which layers of a stack grown by `layer_map` (target layer j copies source layer layer_map[j]) are MoE layers,
+    given the source's `sparse` ones: each keeps the kind of the layer it copies."""
+    return [src in sparse for src in layer_map]
+
+
 def sparse_config(arch: ArchDef, sparse: Sequence[bool]) -> dict[str, Any]:
     """The config keys that make exactly the layers marked in `sparse` MoE layers (for a grown layer stack)."""
     assert arch.moe is not None
@@ -209,8 +215,7 @@ def depth_refusal(arch: ArchDef, config: dict[str, Any], layers: int, layer_map:
     layer_map[j]) cannot be written in `arch`'s config, or None."""
     if not arch.is_moe:
         return None
-    sparse = sparse_layers(arch, config, layers)
-    return pattern_refusal(arch, [src in sparse for src in layer_map])
+    return pattern_refusal(arch, grown_kinds(sparse_layers(arch, config, layers), layer_map))
 
 
 def depth_methods_keeping(

@@ -17,7 +17,7 @@ import copy
 from typing import Any
 
 from grow_cli.arch import hf_config
-from grow_cli.arch.experts import sparse_config, sparse_layers
+from grow_cli.arch.experts import grown_kinds, sparse_config, sparse_layers
 from grow_cli.arch.layer_lists import map_layer_lists, per_layer_lists, transformers_params
 from grow_cli.arch.registry import ArchDef
 from grow_cli.checkpoint.dtypes import config_name
@@ -47,8 +47,7 @@ def grown_config(
         map_layer_lists(config, lists, layer_map)
         config.update(layer_entries or {})
         if arch.is_moe:  # each grown layer keeps the kind (sparse or dense) of the layer it copies
-            sparse = sparse_layers(arch, source, L)
-            config.update(sparse_config(arch, [src in sparse for src in layer_map]))
+            config.update(sparse_config(arch, grown_kinds(sparse_layers(arch, source, L), layer_map)))
     if arch.mtp_layers is not None:  # grow never writes the multi-token-prediction layers (grow_cli/arch/binding.py)
         for alias in arch.config_aliases.get(arch.mtp_layers, ()):  # a count under another name would contradict it
             config.pop(alias, None)

@@ -11,11 +11,11 @@ layer's MLP into a mixture of experts (grow_cli/operators/upcycle.py).
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from grow_cli.arch.binding import Binding, BoundTensor, bind
-from grow_cli.arch.experts import depth_methods_keeping, depth_refusal, num_parameters, parameter_counts
+from grow_cli.arch.experts import depth_methods_keeping, depth_refusal, grown_kinds, num_parameters, parameter_counts
 from grow_cli.arch.layer_lists import grown_entries, holds
 from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
@@ -246,6 +246,8 @@ def build_plan(
             "width target"
         )
     layer_map = depth.layer_map if depth else tuple(range(shape.layers))
+    if depth is not None:
+        target_shape = deepened(target_shape, layer_map)
     identity_layers: frozenset[int] = frozenset()  # new layers that add nothing (identity blocks)
     if depth is not None and (depth.zero_new_outputs or depth.identity_init):
         identity_layers = frozenset(j for j, new in enumerate(depth.new) if new)
@@ -309,6 +311,13 @@ def build_plan(
     plan.upcycle = upcycle
     plan.notes = _notes(plan, spec)
     return plan
+
+
+def deepened(shape: ModelShape, layer_map: tuple[int, ...]) -> ModelShape:
+    """`shape` (the source's, or its width target) grown in depth by `layer_map`: its layer count, and its MoE layers
+    mapped as the grown config.json maps them (each copy keeps its source layer's kind)."""
+    kinds = grown_kinds(shape.sparse_layers, layer_map)
+    return replace(shape, layers=len(layer_map), sparse_layers=tuple(j for j, sparse in enumerate(kinds) if sparse))
 
 
 def _depth(arch: ArchDef, binding: Binding, spec: GrowthSpec) -> DepthMap | None:
@@ -422,7 +431,6 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
         },
         "target": {
             **plan.target_shape.as_dict(),
-            "layers": len(plan.depth.layer_map) if plan.depth else plan.source_shape.layers,
             "num_parameters": plan.num_parameters,
             **({"active_parameters": plan.parameters()["active"]} if plan.target_shape.is_moe else {}),
         },
