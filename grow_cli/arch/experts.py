@@ -19,6 +19,9 @@
   `save_original_format=False` (the *fused* layout). A checkpoint holds one layout or the other; grow reads both
   and writes what it read.
 - **Active parameters.** A token runs top-k of the E routed experts: active = total − (1 − k/E) × routed.
+- **The load-balancing loss.** Mixtral, Qwen2/3-MoE and OLMoE add `router_aux_loss_coef` × a loss averaged over
+  their MoE layers to the training loss (DeepSeek's and GLM's configs have no such key: no such loss); a depth
+  growth that adds MoE layers therefore changes the original layers' gradients (grow_cli/growth/grown_state.py).
 - **Router normalisation.** Whether the top-k weights are renormalised to sum to 1: always (Mixtral), never
   (DeepSeek-V2), or when the config key the definition names is true (`norm_topk_prob`: Qwen2-MoE, Qwen3-MoE, OLMoE;
   false by default) — and then multiplied by a config factor where the definition names one (`moe.routed_scale`:
@@ -159,6 +162,19 @@ def parameter_counts(tensors: Iterable[Any], num_experts: int, top_k: int) -> di
     routed = num_parameters(t for t in tensors if t.weight.routed)
     active = total - routed + (routed * top_k // num_experts if num_experts else 0)
     return {"total": total, "active": active, "routed_experts": routed}
+
+
+def aux_loss_coef(config: dict[str, Any]) -> float:
+    """The weight of the load-balancing loss in a training pass: config.json's `router_aux_loss_coef`, or
+    transformers' default for the type where config.json leaves it out; 0 for a type whose config has none
+    (DeepSeek, GLM: transformers adds no such loss to theirs)."""
+    from grow_cli.arch.layer_lists import built_config, transformers_params
+
+    value = config.get("router_aux_loss_coef")
+    if value is None:
+        built = built_config(config.get("model_type", ""), transformers_params(config))
+        value = getattr(built, "router_aux_loss_coef", None)
+    return float(value or 0.0)
 
 
 def experts_and_top_k(model_config: Any) -> tuple[int, int]:

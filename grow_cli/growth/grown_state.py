@@ -11,6 +11,8 @@ for a tied head's folded norm gain). With s that factor, AdamW continues the sou
 docs/training-state.md derives it and measures what is exact. Tensors with no counterpart — new layers, staged
 training's off-diagonal blocks — start with zero moments: they get gradients from the first step and follow their
 own trajectory. Methods that change the function (stack, AKI, …) cannot continue a trajectory and are refused.
+A mixture of experts' load-balancing loss averages over its MoE layers, so adding some changes the original
+layers' gradients too: the state then says so in a note (`aux_loss_note`).
 
 Files: `training-state/model*.safetensors` (+ index when sharded) hold `<param>.exp_avg` and `<param>.exp_avg_sq`
 in float32 for every carried tensor; `training-state/state.json` everything else (schema in the docs page).
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grow_cli.arch.experts import aux_loss_coef
 from grow_cli.checkpoint.direct_io import STAGING_BYTES
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR
@@ -190,12 +193,31 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
             "HyperCloning's noise keeps the function but not the gradients' symmetry: the copies' updates differ "
             "from the first step"
         )
+    if note := aux_loss_note(plan):
+        state.notes.append(note)
     frozen = [s.name for t, s in zip(trained_tensors(plan), tensors, strict=True) if not s.carried and not t.new]
     if frozen:
         state.notes.append(
             f"{counted(len(frozen), 'tensor')} without optimizer state in the source (frozen there): fresh"
         )
     return state
+
+
+def aux_loss_note(plan: Plan) -> str | None:
+    """Why a growth that adds MoE layers changes the gradients of the source's own layers, or None. The load-balancing
+    loss (which grow asks for in every training pass, whatever config.json's `output_router_logits`:
+    train/router.py) averages over the MoE layers: with more of them each original router's share of it shrinks,
+    and the new layers' routers add terms whose gradient reaches the layers below them. The carried moments then
+    do not continue the source's trajectory (docs/training-state.md measures the gap); with the loss's coefficient
+    0, or no MoE layer added, they do."""
+    before, after = len(plan.source_shape.sparse_layers), len(plan.target_shape.sparse_layers)
+    if before == after or not (coef := aux_loss_coef(plan.source_config)):
+        return None
+    return (
+        f"the load-balancing loss (router_aux_loss_coef {coef:g}) averages over the MoE layers, {before} in the "
+        f"source and {after} grown, so the original layers' gradients are not the source run's: their moments are "
+        "carried, but the run does not continue the source's dynamics exactly (with router_aux_loss_coef 0 it would)"
+    )
 
 
 def _non_embedding(shape: tuple[int, ...], axes: tuple) -> int:
