@@ -432,6 +432,37 @@ def test_an_interrupted_continuation_resumes_with_its_multipliers(lab):
     assert curve_gap(source, out) <= CURVE
 
 
+def test_a_continued_runs_checkpoints_count_the_lineages_tokens_as_its_steps(lab, tmp_path):
+    """A `--resume grown` run's steps go on from its source's, and so do the tokens its checkpoints record (what a
+    further growth and the card report: step 14 after 14 steps' tokens, not after this run's 8), across an
+    interruption too; its stage, its metrics and its summary count the tokens this run trained, beside its steps. A
+    checkpoint an earlier grow wrote (this run's tokens alone, no `continuation.tokens`) resumes as it counted."""
+    per_step = SETTINGS["seq_len"] * SETTINGS["micro_batch_size"]
+    spec = EXACT["hypercloning"]
+    grown = lab.grown("llama", "hypercloning", **spec)
+    out = lab.run_grown(grown, "llama-tokens", steps=8)
+    paused = json.loads((step_dir(out, N + 8) / "grow-state.json").read_text())
+    assert paused["tokens"] == (N + 8) * per_step and paused["continuation"]["tokens"] == N * per_step
+    again = tmp_path / "again"
+    state = expand(str(step_dir(out, N + 8)), again, GrowthSpec(**spec), quiet=True)["training_state"]
+    assert (state["step"], state["tokens"]) == (N + 8, (N + 8) * per_step)
+    assert f"(step {N + 8}, {(N + 8) * per_step:,} tokens)" in (again / "README.md").read_text()
+    earlier = tmp_path / "earlier"  # as an earlier grow saved the same checkpoint
+    shutil.copytree(out, earlier)
+    path = step_dir(earlier, N + 8) / "grow-state.json"
+    del paused["continuation"]["tokens"]
+    path.write_text(json.dumps({**paused, "tokens": 8 * per_step}))
+    for folder in (out, earlier):
+        result = train(model=grown, data=[str(lab.data)], out=folder, max_steps=MORE, resume="auto")
+        assert (result["steps"], result["end_step"], result["tokens"]) == (MORE, N + MORE, MORE * per_step)
+        stage = json.loads((folder / "grow.json").read_text())["stages"][-1]
+        assert (stage["steps"], stage["tokens"]) == (MORE, MORE * per_step), folder
+        assert read_metrics(folder / "metrics.jsonl")[-2]["tokens"] == MORE * per_step  # (the last: the final eval)
+    card = (out / "README.md").read_text()
+    assert f"Trained** for {MORE} steps on {MORE * per_step:,} tokens" in card
+    assert f"continued the grown training state of step {N} ({N * per_step:,} tokens trained) from step {N}" in card
+
+
 def test_a_final_state_lets_the_finished_run_grow_on(lab, tmp_path):
     """--save-final-state leaves the last step's state; the output folder is then a SRC with a training state, and
     what it publishes is the same as without it."""

@@ -234,10 +234,13 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
 
 
 def _continued_line(continued: dict[str, Any]) -> str:
-    """How a train stage continued a grown training state: where it started and the per-tensor multipliers."""
+    """How a train stage continued a grown training state: where it started (the source's steps and tokens, which
+    this stage's own are trained on top of) and the per-tensor multipliers."""
     source = continued.get("source") or {}
+    tokens = f" ({source['tokens']:,} tokens trained)" if isinstance(source.get("tokens"), int) else ""
     line = (
-        f"  - continued the grown training state of step {source['step']} from step {continued.get('start_step')}"
+        f"  - continued the grown training state of step {source['step']}{tokens} from step "
+        f"{continued.get('start_step')}"
         if source.get("step") is not None
         else f"  - started at step {continued.get('start_step')} of the schedule"
     )

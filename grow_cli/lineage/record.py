@@ -97,8 +97,9 @@ STAGE = {
             "start_step": Required(STEP),
             "data_blocks": Required(maybe(COUNT)),
             "restart_warmup_steps": COUNT,
-            "source": maybe({"step": maybe(STEP)}),
+            "source": maybe({"step": maybe(STEP), "tokens": maybe(COUNT)}),
             "multipliers": ListOf(MULTIPLIER_GROUP),
+            "tokens": COUNT,
         }
     ),
     "router": maybe(OBJECT),

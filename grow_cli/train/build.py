@@ -110,8 +110,15 @@ class Run:
     parameter_names: list[str]  # the optimizer's parameters, in its index order
     continuation: Continuation | None = None  # where this run continues another (train/continuation.py)
     step: int = 0
-    tokens: int = 0
+    tokens: int = 0  # trained in this run (a checkpoint records `lineage_tokens`)
     router: RouterStats | None = None  # mixture of experts: auxiliary loss and expert load (train/router.py)
+
+    @property
+    def lineage_tokens(self) -> int:
+        """Tokens trained since the lineage's first step: this run's, and those of the run whose grown state it
+        continues — what a checkpoint records, counted as its step is (a continued run's steps go on from its
+        source's)."""
+        return self.tokens + (self.continuation.tokens if self.continuation else 0)
 
     @property
     def data_blocks(self) -> int:
@@ -130,7 +137,7 @@ class Run:
             "model_config": self.model_config(),
             "placeholders": self.apollo.placeholders() if self.apollo else [],
             "step": self.step,
-            "tokens": self.tokens,
+            "tokens": self.lineage_tokens,
             "data_blocks": self.data_blocks,
             "parameters": self.parameter_names,
             "mixed_precision": self.accelerator.mixed_precision,
@@ -653,7 +660,7 @@ def resume(run: Run, checkpoint: Path) -> None:
     fresh_scaler = starts_fresh_scaler(run.accelerator, checkpoint)
     if change := precision_change(resumed, run.accelerator.mixed_precision, fresh_scaler):
         run.say(f"note: {change}")
-    run.step, run.tokens = resumed["step"], resumed["tokens"]
+    run.step, run.tokens = resumed["step"], resumed["tokens"] - (run.continuation.tokens if run.continuation else 0)
     if run.accelerator.is_main_process:  # a run killed between a save and its pruning left one checkpoint too many
         prune(Path(run.config.out), run.config.keep_last, run.step)
     if run.apollo:

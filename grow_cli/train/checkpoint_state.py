@@ -43,6 +43,7 @@ CONTINUATION = {
     "restart_warmup_steps": COUNT,
     "source": maybe(OBJECT),
     "max_lr": maybe(SIZE),
+    "tokens": COUNT,
 }
 OPTIMIZER = {"max_lr": SIZE, "betas": ListOf(NUMBER), "eps": SIZE, "weight_decay": SIZE, "grad_clip": SIZE}
 MULTIPLIER_KEYS = ("lr", "eps", "weight_decay")  # a tensor's multipliers of the optimizer's settings

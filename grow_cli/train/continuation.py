@@ -75,6 +75,7 @@ class Continuation:
     source: dict[str, Any] | None = None  # the grown state's step, tokens, loss at growth and source run
     load_from: Path | None = None  # the grown state to load now; None when resuming this run's own checkpoint
     max_lr: float | None = None  # the source run's peak LR (what --max-lr auto continues with)
+    tokens: int = 0  # tokens the lineage trained before the first step (the grown state's), which checkpoints count
 
     def data_offset(self, global_batch: int) -> int:
         """Blocks added to every step's data position so that step R reads the block after the source's last (0
@@ -92,6 +93,7 @@ class Continuation:
             "restart_warmup_steps": self.restart_warmup_steps,
             "source": self.source,
             "max_lr": self.max_lr,
+            "tokens": self.tokens,
         }
 
 
@@ -113,6 +115,7 @@ def plan_continuation(config, model_dir: Path, checkpoint_state: dict[str, Any] 
             multipliers=(checkpoint_state or {}).get("multipliers") or {},
             source=recorded.get("source"),
             max_lr=recorded.get("max_lr"),
+            tokens=recorded.get("tokens", 0),  # an earlier grow's checkpoints counted this run's tokens alone
         )
     if config.resume == "grown":
         return from_grown_state(Path(model_dir) / STATE_DIR, config)
@@ -188,6 +191,7 @@ def from_grown_state(folder: Path, config) -> Continuation:
         source=source,
         load_from=folder,
         max_lr=None if max_lr is None else float(max_lr),
+        tokens=state.get("tokens") or 0,
     )
 
 
