@@ -151,18 +151,20 @@ def test_plans_that_cannot_be_made_are_refused(tiny_checkpoints, options, messag
 @pytest.mark.parametrize(
     "options, dropout, noted",
     [
-        ({"width_method": "fpi", "hidden_size": 64}, 0.0, True),
-        ({"width_method": "hypercloning", "width_factor": 2}, 0.0, True),
-        ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": 10}, 0.0, False),
-        ({"width_method": "aki", "hidden_size": 64}, 0.0, False),
-        ({"width_method": "fpi", "hidden_size": 64}, 0.1, False),
-        ({"layers": 8}, 0.0, False),
+        ({"width_method": "fpi", "hidden_size": 64}, {"attention_dropout": 0.0}, True),
+        ({"width_method": "hypercloning", "width_factor": 2}, {"attention_dropout": 0.0}, True),
+        ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": 10}, {"attention_dropout": 0.0}, False),
+        ({"width_method": "aki", "hidden_size": 64}, {"attention_dropout": 0.0}, False),
+        ({"width_method": "fpi", "hidden_size": 64}, {"attention_dropout": 0.1}, False),
+        ({"layers": 8}, {"attention_dropout": 0.0}, False),
+        # a classification head's dropout (GPT-2's default config sets it) is never applied in the LM's forward pass
+        ({"width_method": "fpi", "hidden_size": 64}, {"summary_first_dropout": 0.1, "classifier_dropout": 0.1}, True),
     ],
 )
 def test_plan_says_when_copied_units_would_stay_copies(tiny_checkpoints, options, dropout, noted):
     """Exact copies receive identical gradients: without dropout or noise they never diverge, so the plan says so."""
     src = tiny_checkpoints("llama")
-    config = {**load_config(src), "attention_dropout": dropout}
+    config = {**load_config(src), **dropout}
     plan = build_plan(config, source_infos(src), GrowthSpec(**options))
     assert any("stay copies" in note for note in plan.notes) == noted
 

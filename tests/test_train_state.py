@@ -192,10 +192,14 @@ def carried_masks(source: Source, spec: dict) -> dict[str, torch.Tensor | None]:
     return masks
 
 
-def one_step(lab: Lab, source: Source, run: Path, spec: dict, *, image_of: Path | None = None):
-    """(worst relative error over carried entries, how far the fresh entries moved) after one step of `run`."""
+def one_step(
+    lab: Lab, source: Source, run: Path, spec: dict, *, image_of: Path | None = None, grown: Path | None = None
+):
+    """(worst relative error over carried entries, how far the fresh entries moved) after one step of `run`, which
+    continued `grown` (by default the lab's growth of `source` by `spec`)."""
     image = lab.image(source.arch, image_of or source.continued, spec)
-    grown_before = load_file(run.parent / f"{source.arch}-{_case(spec)}-grown" / "model.safetensors")
+    grown = grown or run.parent / f"{source.arch}-{_case(spec)}-grown"
+    grown_before = load_file(grown / "model.safetensors")
     after = load_file(step_dir(run, N + 1) / "model.safetensors")
     worst, moved = 0.0, 0.0
     for name, mask in carried_masks(source, spec).items():
@@ -365,9 +369,43 @@ def test_clipping_dropout_and_noise_each_open_a_measured_gap(lab):
     train(model=dropped_model, data=[str(lab.data)], out=dropped, max_steps=N + MORE, resume=str(gpt2.checkpoint),
           exit_interval=5)  # fmt: skip
     run = lab.run_grown(grown, "gpt2-dropout-run", steps=5)
+    # …and a state grown from the dropout run says so, naming the dropout the LM applies, not its classifier head's
+    dropout_grown = lab.root / "gpt2-dropout-grown-from-run"
+    shutil.rmtree(dropout_grown, ignore_errors=True)
+    notes = expand(str(step_dir(dropped, N + 5)), dropout_grown, GrowthSpec(**EXACT["hypercloning"]), quiet=True)
+    notes = notes["training_state"]["notes"]
+    assert any("dropout (attn_pdrop 0.1, embd_pdrop 0.1, resid_pdrop 0.1)" in n for n in notes), notes
+    assert not any("summary_first_dropout" in n for n in notes), notes
     gaps["dropout"] = max(abs(a - b) for a, b in zip(losses(run), losses(dropped), strict=True))
     print("5-step loss gaps:", {k: f"{v:.2e}" for k, v in gaps.items()})
     assert all(gap > CURVE for gap in gaps.values()), gaps
+
+
+def test_a_state_grown_from_a_clipping_run_is_not_called_exact_and_is_not(lab):
+    """Clipping by the global gradient norm — grow's default, --grad-clip 1 — ties each step to that norm, which
+    growth changes (copies and value scales change each tensor's share): the state grown from a clipping run says so,
+    and its first step leaves the grown image of the source's by far more than an unclipped run's, both through a
+    real save and from_pretrained of the grown folder."""
+    source, spec = lab.source("llama"), EXACT["hypercloning"]
+    clipped, continued = lab.root / "llama-src-clip", lab.root / "llama-src-clip-continued"
+    for folder in (clipped, continued):
+        shutil.rmtree(folder, ignore_errors=True)
+    train(model=source.model, data=[str(lab.data)], out=clipped, max_steps=N + MORE, grad_clip=1.0, exit_interval=N)
+    shutil.copytree(clipped, continued)
+    train(model=source.model, data=[str(lab.data)], out=continued, max_steps=N + MORE, resume="auto", grad_clip=1.0,
+          exit_interval=1)  # fmt: skip
+    grown = lab.root / "llama-clip-grown"
+    shutil.rmtree(grown, ignore_errors=True)
+    state = expand(str(step_dir(clipped, N)), grown, GrowthSpec(**spec), quiet=True)["training_state"]
+    assert state["exact_dynamics"] is False and state["carried_tensors"] > 0 and state["fresh_tensors"] == 0
+    assert any("clipped the gradient's global norm at 1" in n and "--grad-clip 0" in n for n in state["notes"]), state
+    clipped_worst, _ = one_step(lab, source, lab.run_grown(grown, "llama-clip-run", steps=1, grad_clip=1.0), spec,
+                                image_of=continued, grown=grown)  # fmt: skip
+    unclipped = lab.grown("llama", "hypercloning", **spec)
+    assert json.loads((unclipped / "training-state" / "state.json").read_text())["dynamics"]["exact"] is True
+    worst, _ = one_step(lab, source, lab.run_grown(unclipped, "llama-unclipped-run", steps=1), spec)
+    print(f"llama hypercloning, one step: clipped source {clipped_worst:.2e}, unclipped {worst:.2e}")
+    assert worst <= ONE_STEP < 100 * ONE_STEP < clipped_worst, (worst, clipped_worst)
 
 
 def test_schedule_offset_and_restart_warmup_continue_the_schedule(lab):

@@ -21,6 +21,7 @@ in float32 for every carried tensor; `training-state/state.json` everything else
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from grow_cli.checkpoint.finite import non_finite_count, non_finite_moment
 from grow_cli.checkpoint.mapped import release
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 from grow_cli.errors import OptionError, UsageError, counted
-from grow_cli.growth.plan import OutputTensor, Plan
+from grow_cli.growth.plan import OutputTensor, Plan, lm_dropout
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import OPTIMIZER_FILE, WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
@@ -148,7 +149,7 @@ class StatePlan:
 
     @property
     def exact(self) -> bool:
-        """Every tensor continues the source's trajectory (nothing fresh, nothing noisy)."""
+        """Every tensor continues the source's trajectory: nothing fresh, and no note (noise, clipping, dropout…)."""
         return not self.notes and all(t.carried and not t.fresh_entries for t in self.tensors)
 
 
@@ -187,20 +188,72 @@ def plan_state(plan: Plan, source: SourceState, spec: GrowthSpec) -> StatePlan:
     sizes = (_non_embedding(t.shape, t.weight.axes) for t in plan.binding.all_tensors())
     grown = (_non_embedding(t.shape, t.source.weight.axes) for t in plan.tensors)
     restart = suggest_restart(source.step, source.losses, warmup, sum(sizes), sum(grown), growth)
-    state = StatePlan(source, tensors, plan_shards(planned, spec.max_shard_bytes), restart)
-    if plan.width is not None and getattr(plan.width, "noise_snr_db", None) is not None:
-        state.notes.append(
-            "HyperCloning's noise keeps the function but not the gradients' symmetry: the copies' updates differ "
-            "from the first step"
-        )
-    if note := aux_loss_note(plan):
-        state.notes.append(note)
+    notes = (
+        noise_note(plan),
+        frozen_note(plan, tensors),
+        clipping_note(source, scales, tensors),
+        dropout_note(plan),
+        aux_loss_note(plan),
+    )
+    return StatePlan(source, tensors, plan_shards(planned, spec.max_shard_bytes), restart, [n for n in notes if n])
+
+
+# Each *_note says why the grown state does not continue the source's dynamics exactly, or None; any one of them makes
+# `StatePlan.exact` false.
+
+
+def noise_note(plan: Plan) -> str | None:
+    """HyperCloning's symmetric noise cancels in the forward pass, not in the backward one."""
+    if plan.width is None or getattr(plan.width, "noise_snr_db", None) is None:
+        return None
+    return (
+        "HyperCloning's noise keeps the function but not the gradients' symmetry: the copies' updates differ from "
+        "the first step"
+    )
+
+
+def frozen_note(plan: Plan, tensors: list[TensorState]) -> str | None:
+    """Tensors the source run froze (no moments) but that are no new tensor: they train from fresh moments now."""
     frozen = [s.name for t, s in zip(trained_tensors(plan), tensors, strict=True) if not s.carried and not t.new]
-    if frozen:
-        state.notes.append(
-            f"{counted(len(frozen), 'tensor')} without optimizer state in the source (frozen there): fresh"
-        )
-    return state
+    if not frozen:
+        return None
+    return f"{counted(len(frozen), 'tensor')} without optimizer state in the source (frozen there): fresh"
+
+
+def clipping_note(source: SourceState, scales: list[tuple[int, float]], tensors: list[TensorState]) -> str | None:
+    """A source run that clipped the gradient's global norm (`--grad-clip`, 1.0 by default), when growth changes
+    that norm: each carried tensor's squared norm changes by 1/(copies × value scale²) (the gradient is the source's
+    times s, on `copies` entries), and tensors or entries without a counterpart add their own, so the grown run
+    clips by another factor than the source would have. Unclipped, no step depends on the global norm. A run whose
+    clipping is not recorded (an earlier grow's optimizer.bin) may have clipped: it is not called exact either."""
+    clip = _source_optimizer(source).get("grad_clip")
+    norm_kept = all(math.isclose(copies * value**2, 1.0) for copies, value in scales)
+    if clip == 0 or (norm_kept and all(t.carried and not t.fresh_entries for t in tensors)):
+        return None
+    clipped = (
+        f"clipped the gradient's global norm at {clip:g} (--grad-clip)"
+        if clip is not None
+        else "may have clipped the gradient's global norm (its --grad-clip, 1 by default, is not recorded)"
+    )
+    return (
+        f"the source run {clipped}, and this growth changes that norm (copied and new entries change each tensor's "
+        "share), so the grown run clips by another factor than the source would: its steps are not the grown image "
+        "of the source's. Train the source with --grad-clip 0, and continue it so, for an exact continuation"
+    )
+
+
+def dropout_note(plan: Plan) -> str | None:
+    """A model that trains with dropout (`lm_dropout`): the grown model draws masks of its own — each copy of a unit
+    another, new layers from the same random stream — so no step is the grown image of the source's."""
+    rates = lm_dropout(plan.source_config)
+    if not rates:
+        return None
+    named = ", ".join(f"{key} {rate:g}" for key, rate in rates.items())
+    return (
+        f"the model trains with dropout ({named}): the grown model draws other masks than the source would (each "
+        "copy of a unit its own), so its steps are not the grown image of the source's. A source trained with these "
+        "at 0 in its config.json grows an exact state"
+    )
 
 
 def aux_loss_note(plan: Plan) -> str | None:

@@ -359,7 +359,7 @@ def _notes(plan: Plan, spec: GrowthSpec) -> list[str]:
         )
     if width is not None:
         notes += width.notes()
-    if width is not None and width.symmetric_copies and not _dropout(plan.source_config):
+    if width is not None and width.symmetric_copies and not lm_dropout(plan.source_config):
         notes.append(
             f"the units {spec.width_method} adds are exact copies and this model trains without dropout, so copies "
             "receive identical gradients and stay copies: the added width learns nothing of its own until something "
@@ -408,12 +408,35 @@ def _upcycled(
     return out
 
 
-def _dropout(config: dict[str, Any]) -> dict[str, float]:
-    """The dropout rates above zero in a config.json (`attention_dropout`, `resid_pdrop`, `hidden_dropout_prob`…)."""
+# Dropout rates that only a task head reads (GPT-2's and GPT's SequenceSummary, the *ForSequenceClassification and
+# question-answering heads): grow trains the language model, whose forward pass never applies them.
+HEAD_DROPOUT = frozenset(
+    {
+        "summary_first_dropout",
+        "summary_last_dropout",
+        "classifier_dropout",
+        "classifier_dropout_prob",
+        "classifier_dropout_rate",
+        "seq_classif_dropout",
+        "qa_dropout",
+        "pooler_dropout",
+    }
+)
+
+
+def lm_dropout(config: dict[str, Any]) -> dict[str, float]:
+    """The dropout rates above zero that the language model's training forward pass applies, from a config.json
+    (`attention_dropout`, `resid_pdrop`, `hidden_dropout_prob`…): each breaks the symmetry of copied units, and the
+    exact continuation of a training state. A task head's (`HEAD_DROPOUT`; GPT-2's default config sets
+    `summary_first_dropout` 0.1) does neither."""
     return {
         k: float(v)
         for k, v in config.items()
-        if ("dropout" in k or "pdrop" in k) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        if ("dropout" in k or "pdrop" in k)
+        and k not in HEAD_DROPOUT
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and v > 0
     }
 
 

@@ -63,7 +63,13 @@ def render_plan(plan: dict[str, Any]) -> None:
 
 def render_training_state(state: dict[str, Any]) -> None:
     """What the grown AdamW state holds, and how to continue it."""
-    dynamics = "exactly the source's dynamics" if state["exact_dynamics"] else "carried where a counterpart exists"
+    dynamics = (
+        "exactly the source's dynamics"
+        if state["exact_dynamics"]
+        else "carried where a counterpart exists"
+        if state["fresh_tensors"] or state["partly_fresh_tensors"]
+        else "not exactly the source's dynamics: see the notes"
+    )
     partly = f", {state['partly_fresh_tensors']} partly" if state["partly_fresh_tensors"] else ""
     out.print(
         f"  training state of step {state['step']}: moments of {counted(state['carried_tensors'], 'tensor')} carried, "
