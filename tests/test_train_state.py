@@ -399,10 +399,14 @@ def test_a_state_grown_from_a_clipping_run_is_not_called_exact_and_is_not(lab):
     state = expand(str(step_dir(clipped, N)), grown, GrowthSpec(**spec), quiet=True)["training_state"]
     assert state["exact_dynamics"] is False and state["carried_tensors"] > 0 and state["fresh_tensors"] == 0
     assert any("clipped the gradient's global norm at 1" in n and "--grad-clip 0" in n for n in state["notes"]), state
+    card = (grown / "README.md").read_text()  # the card says so too, with the reason; an exact state's card does not
+    assert "continues the source run, not exactly" in card and "clipped the gradient's global norm at 1" in card
     clipped_worst, _ = one_step(lab, source, lab.run_grown(grown, "llama-clip-run", steps=1, grad_clip=1.0), spec,
                                 image_of=continued, grown=grown)  # fmt: skip
     unclipped = lab.grown("llama", "hypercloning", **spec)
     assert json.loads((unclipped / "training-state" / "state.json").read_text())["dynamics"]["exact"] is True
+    card = (unclipped / "README.md").read_text()
+    assert "exactly continues the source run" in card and "clipped the gradient" not in card
     worst, _ = one_step(lab, source, lab.run_grown(unclipped, "llama-unclipped-run", steps=1), spec)
     print(f"llama hypercloning, one step: clipped source {clipped_worst:.2e}, unclipped {worst:.2e}")
     assert worst <= ONE_STEP < 100 * ONE_STEP < clipped_worst, (worst, clipped_worst)

@@ -178,18 +178,29 @@ def _expand_lines(stage: dict[str, Any]) -> list[str]:
         if stage.get(part):
             lines += _operator_lines(part, stage[part])
     lines.append(_verify_line(stage.get("verify")))
-    state = stage.get("training_state")
-    if state:
-        exact = "exactly continues the source's dynamics" if state.get("exact_dynamics") else "continues it"
-        partly = state.get("partly_fresh_tensors")
-        lines.append(
-            f"  - training state grown too (step {state.get('step')}): AdamW moments of "
-            f"{state.get('carried_tensors')} tensors carried, {state.get('fresh_tensors')} fresh"
-            f"{f', {partly} partly fresh' if partly else ''}; {exact} (`training-state/`)."
-        )
+    if state := stage.get("training_state"):
+        lines += _state_lines(state)
     lines.append(f"  - seed {stage.get('seed')}, dtype {stage.get('dtype')}, grow {stage.get('grow_version')}.")
     if stage.get("command"):
         lines.append(f"  - command: `{redact_command(stage['command'])}`")
+    return lines
+
+
+def _state_lines(state: dict[str, Any]) -> list[str]:
+    """The grown training state, and — when its run does not continue the source's exactly — each reason grow.json's
+    notes give (clipping, dropout, noise, fresh moments, a load-balancing loss), so a reader of the card learns why
+    without opening `training-state/state.json`."""
+    partly = state.get("partly_fresh_tensors")
+    exact = state.get("exact_dynamics")
+    lines = [
+        f"  - training state grown too (step {state.get('step')}): AdamW moments of "
+        f"{state.get('carried_tensors')} tensors carried, {state.get('fresh_tensors')} fresh"
+        f"{f', {partly} partly fresh' if partly else ''}; "
+        f"{'exactly continues the source run' if exact else 'continues the source run, not exactly'} "
+        "(`training-state/`)."
+    ]
+    if not exact:
+        lines += [f"    - {note.rstrip('.')}." for note in state.get("notes") or ()]
     return lines
 
 
