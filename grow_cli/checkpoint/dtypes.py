@@ -35,7 +35,8 @@ TORCH_DTYPE_NAMES = frozenset(
     {
         *(torch_name for _, torch_name in DTYPES.values()),
         *("float", "double", "half", "int", "long", "short", "cfloat", "cdouble", "chalf"),
-        *("complex32", "complex64", "complex128", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"),
+        *("complex32", "complex64", "complex128", "bcomplex32"),  # (bcomplex32: torch 2.15 on)
+        *("float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"),
         *("float4_e2m1fn_x2", "qint8", "qint32", "quint8", "quint4x2", "quint2x4"),
         *("bit", "bits1x8", "bits2x4", "bits4x2", "bits8", "bits16"),
         *(f"int{n}" for n in range(1, 8)),
