@@ -564,6 +564,15 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             ),
             "which starts at step 5 of 10 (this run's 8 steps from step 2, where it starts): use at most 5 warmup",
         ),
+        "train-warmup-past-the-run": (  # it was cut to 10 steps: the LR peaked at the last step, never decayed
+            c.train("--max-steps", 10, "--warmup-steps", 100),
+            "error: --warmup-steps 100 outlasts the run, which ends at step 10, so the LR would never reach its peak: "
+            "use at most 10 warmup steps or a larger --max-steps",
+        ),
+        "train-warmup-past-the-run-in-tokens": (  # 10 steps of 8 × 32 tokens, known once the batch is
+            c.train("--max-tokens", 2560, "--schedule", "linear", "--warmup-steps", 100),
+            "ends at step 10 (what --max-tokens 2,560 makes), so the LR would never reach its peak: use at most 10",
+        ),
     }
     if name in options_without_their_option:
         return options_without_their_option[name]
@@ -883,6 +892,8 @@ CASES = [
     "train-wsd-warmup-into-decay",
     "train-wsd-warmup-into-decay-in-tokens",
     "train-wsd-warmup-into-decay-from-an-offset",
+    "train-warmup-past-the-run",
+    "train-warmup-past-the-run-in-tokens",
     "config-more-layers-than-checkpoint",
     "inspect-config-more-layers-than-checkpoint",
     "inspect-config-fewer-layers-than-checkpoint",

@@ -194,6 +194,57 @@ def test_a_wsd_warmup_is_checked_against_the_decay_wherever_the_final_step_becom
     assert info.value.option == "warmup_steps" and str(info.value) == expected
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_a_warmup_longer_than_the_run_is_refused_as_the_config_is_built(schedule):
+    """--max-steps 10 --warmup-steps 100 was cut to 10 warmup steps without a word: the LR peaked at the last step
+    and never decayed. Refused in one line naming the run's steps and what to change; a warmup as long as the run is
+    taken (the LR reaches the peak at the last step, as asked), and a --warmup-ratio never outlasts the run."""
+    with pytest.raises(OptionError) as info:
+        TrainConfig(**{**BASE, "schedule": schedule, "max_steps": 10, "warmup_steps": 100})
+    assert info.value.option == "warmup_steps" and str(info.value) == (
+        "--warmup-steps 100 outlasts the run, which ends at step 10, so the LR would never reach its peak: use at "
+        "most 10 warmup steps or a larger --max-steps"
+    )
+    TrainConfig(**{**BASE, "schedule": schedule, "max_steps": 10, "warmup_steps": 10})
+    TrainConfig(**{**BASE, "schedule": schedule, "max_steps": 10, "warmup_ratio": 1.0})
+
+
+@pytest.mark.parametrize(
+    "changes, start_step, expected",
+    [
+        (  # --max-tokens: 10 steps of 8 × 32 tokens, known once the batch is
+            {"max_steps": None, "max_tokens": 2560},
+            0,
+            "--warmup-steps 11 outlasts the run, which ends at step 10 (what --max-tokens 2,560 makes), so the LR "
+            "would never reach its peak: use at most 10 warmup steps or a larger --max-tokens",
+        ),
+        (  # a run that starts at step 2 of its schedule (--schedule-offset, --resume): 8 steps end at step 10
+            {"max_steps": 8, "schedule_offset": 2},
+            2,
+            "--warmup-steps 11 outlasts the run, which ends at step 10 (this run's 8 steps from step 2, where it "
+            "starts), so the LR would never reach its peak: use at most 10 warmup steps or a larger --max-steps",
+        ),
+        ({"max_steps": 8, "schedule_offset": 3}, 3, None),  # steps 3 to 10 of a schedule that warms up over 11
+        ({"max_steps": 1, "resume": "grown", "restart_warmup_steps": 1}, 10, None),  # a grown state of step 10
+    ],
+)
+def test_a_warmup_is_checked_against_the_run_wherever_its_final_step_becomes_known(changes, start_step, expected):
+    """Where the final step is not known as the config is built, the budget refuses a warmup that outlasts the run,
+    saying where the steps came from — and a warmup that ends at the final step is taken."""
+    from types import SimpleNamespace
+
+    from grow_cli.train.build import make_budget
+
+    config = TrainConfig(**{**BASE, "warmup_steps": 11, "seq_len": 32, **changes})  # not refused: not known yet
+    accelerator = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1)
+    if expected is None:
+        assert make_budget(config, accelerator, start_step).max_steps == 11  # type: ignore[arg-type]
+        return
+    with pytest.raises(OptionError) as info:
+        make_budget(config, accelerator, start_step)  # type: ignore[arg-type]
+    assert info.value.option == "warmup_steps" and str(info.value) == expected
+
+
 def test_paths_are_text_or_path_like_and_held_as_paths():
     """What the annotations say (a type checker accepts `model="tiny"`) is what the class takes; `~` is the home
     folder, as in a shell."""

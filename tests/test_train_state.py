@@ -655,8 +655,9 @@ def test_growing_the_state_keeps_one_tensors_moments_resident(lab, tmp_path, mon
     model = tf.LlamaForCausalLM(tiny_config(hidden_size=256, intermediate_size=1024))
     model.save_pretrained(tmp_path / "model")
     tiny_tokenizer().save_pretrained(tmp_path / "model")
-    train(model=tmp_path / "model", data=[str(lab.data)], out=tmp_path / "run", max_steps=1, save_final_state=True)
-    optimizer = (step_dir(tmp_path / "run", 1) / "optimizer.bin").resolve()
+    run = tmp_path / "run"  # one step, so one warmup step (SETTINGS' two would outlast it)
+    train(model=tmp_path / "model", data=[str(lab.data)], out=run, max_steps=1, warmup_steps=1, save_final_state=True)
+    optimizer = (step_dir(run, 1) / "optimizer.bin").resolve()
     seen: list[int] = []
 
     class Watched(grown_state.ShardWriter):
@@ -665,7 +666,7 @@ def test_growing_the_state_keeps_one_tensors_moments_resident(lab, tmp_path, mon
             return super().write(name, data)
 
     monkeypatch.setattr(grown_state, "ShardWriter", Watched)
-    expand(str(tmp_path / "run"), tmp_path / "deep", GrowthSpec(**PARTLY["identity"]), quiet=True)
+    expand(str(run), tmp_path / "deep", GrowthSpec(**PARTLY["identity"]), quiet=True)
     largest_pair = 2 * 4 * max(p.numel() for p in model.parameters())
     assert len(seen) > 10 and optimizer.stat().st_size > 8 * largest_pair
     assert max(seen) <= largest_pair + (2 << 20)  # one tensor's moments, plus fault-around pages of the steps read

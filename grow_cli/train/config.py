@@ -189,7 +189,7 @@ class TrainConfig:
         self._check_schedule_options()
         self._check_schedule_offset()
         if self.max_steps is not None and self.resume is None and not self.schedule_offset:
-            check_warmup_before_decay(self, self.max_steps)  # the schedule's horizon, known now (else: make_budget)
+            check_warmup_fits(self, self.max_steps)  # the schedule's horizon, known now (else: make_budget)
         self._check_data_offset()
         check_masking(self.mlm_probability, self.mask_replace_prob, self.random_replace_prob)
         self._check_apollo()
@@ -311,34 +311,53 @@ class TrainConfig:
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
-def check_warmup_before_decay(config: TrainConfig, max_steps: int, start_step: int = 0) -> None:
-    """Refuse a WSD schedule whose warmup reaches into its final decay: the LR climbed to the peak, then fell at once
-    to where the decay already was (`--max-steps 10 --warmup-steps 8 --decay-ratio 0.5`: 1.0 × the peak at step 7,
-    0.28 at step 8). `max_steps` is the schedule's last step: `--max-steps` for a run from step 0, checked as the
-    config is built; else known once the budget is (`make_budget`: what `--max-tokens` makes, `start_step` plus the
-    budget for a run that starts later, as --resume and --schedule-offset do)."""
-    if config.schedule != "wsd":
-        return
+def check_warmup_fits(config: TrainConfig, max_steps: int, start_step: int = 0) -> None:
+    """Refuse a warmup that ends after the step by which its schedule needs the peak LR. Cosine, linear and constant
+    need it by the run's last step, or the LR never reaches the peak asked for (`--max-steps 10 --warmup-steps 100`
+    was cut to 10 warmup steps without a word: the LR peaked at the last step and never decayed). WSD needs it by its
+    final decay's start, or the LR climbs to the peak and falls at once to where the decay already is (`--max-steps 10
+    --warmup-steps 8 --decay-ratio 0.5`: 1.0 × the peak at step 7, 0.28 at step 8). A `--warmup-ratio` (at most 1)
+    always fits the run; under WSD it may reach into the decay. `max_steps` is the schedule's last step: `--max-steps`
+    for a run from step 0, checked as the config is built; else known once the budget is (`make_budget`: what
+    `--max-tokens` makes, `start_step` plus the budget for a run that starts later, as --resume and --schedule-offset
+    do)."""
     warmup = warmup_steps_for(max_steps, config.warmup_steps, config.warmup_ratio)
-    decay_start = Schedule("wsd", max_steps, warmup, decay_ratio=config.decay_ratio).decay_start
-    if warmup <= decay_start:
+    wsd = config.schedule == "wsd"
+    end = Schedule("wsd", max_steps, warmup, decay_ratio=config.decay_ratio).decay_start if wsd else max_steps
+    if warmup <= end:
         return
-    if config.warmup_steps is not None:
-        option, given = "warmup_steps", f"--warmup-steps {shown(config.warmup_steps)}"
-    else:
-        option, given = "warmup_ratio", f"--warmup-ratio {config.warmup_ratio:g} ({counted(warmup, 'warmup step')})"
-    if start_step:
-        made = f" (this run's {counted(max_steps - start_step, 'step')} from step {shown(start_step)}, where it starts)"
-    elif config.max_tokens:
-        made = f" (what --max-tokens {shown(config.max_tokens)} makes)"
-    else:
-        made = ""
-    fewer = f"at most {counted(decay_start, 'warmup step')}" if decay_start else "--warmup-steps 0"
+    option, given = _warmup_given(config, warmup)
+    made = _steps_made(config, max_steps, start_step)
+    if wsd:
+        fewer = f"at most {counted(end, 'warmup step')}" if end else "--warmup-steps 0"
+        raise OptionError(
+            option,
+            f"{given} reaches into the decay, which starts at step {shown(end)} of {shown(max_steps)}{made}: "
+            f"use {fewer} or a smaller --decay-ratio",
+        )
+    budget = "--max-steps" if config.max_steps else "--max-tokens"
     raise OptionError(
         option,
-        f"{given} reaches into the decay, which starts at step {shown(decay_start)} of {shown(max_steps)}{made}: "
-        f"use {fewer} or a smaller --decay-ratio",
+        f"{given} outlasts the run, which ends at step {shown(max_steps)}{made}, so the LR would never reach its peak: "
+        f"use at most {counted(max_steps, 'warmup step')} or a larger {budget}",
     )
+
+
+def _warmup_given(config: TrainConfig, warmup: int) -> tuple[str, str]:
+    """The warmup option as the user gave it, for a refusal: its field and its flag (a ratio with its steps)."""
+    if config.warmup_steps is not None:
+        return "warmup_steps", f"--warmup-steps {shown(config.warmup_steps)}"
+    return "warmup_ratio", f"--warmup-ratio {config.warmup_ratio:g} ({counted(warmup, 'warmup step')})"
+
+
+def _steps_made(config: TrainConfig, max_steps: int, start_step: int) -> str:
+    """Where a refusal's final step came from, where `--max-steps` alone does not say it: a token budget, or a run
+    that starts later in its schedule."""
+    if start_step:
+        return f" (this run's {counted(max_steps - start_step, 'step')} from step {shown(start_step)}, where it starts)"
+    if config.max_tokens:
+        return f" (what --max-tokens {shown(config.max_tokens)} makes)"
+    return ""
 
 
 def parse_max_tokens(value: str | float | None) -> int | None:

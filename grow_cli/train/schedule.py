@@ -1,11 +1,11 @@
 """Learning-rate schedules as a pure function of the optimizer step: cosine, linear, constant and WSD.
 
 Every schedule starts with a linear warmup to `max_lr` and (except `constant`) ends at `min_lr_ratio × max_lr`.
-WSD (warmup–stable–decay) holds the peak until the last `decay_ratio` of the steps and only then decays
-(`linear`, `cosine` or `sqrt` = 1 − √progress); its warmup must end by the decay's start, or the LR would drop from
-the peak to the decay's value in one step (refused: `check_warmup_before_decay`, train/config.py). It suits staged
-growth: a stable-phase checkpoint can be grown and trained on before any decay, and the decay can be run later
-(torchtitan's default, MiniCPM's WSD).
+The warmup must end by the last step, or the LR would never reach the peak. WSD (warmup–stable–decay) holds the
+peak until the last `decay_ratio` of the steps and only then decays (`linear`, `cosine` or `sqrt` = 1 − √progress);
+its warmup must end by the decay's start, or the LR would drop from the peak to the decay's value in one step (both
+refused: `check_warmup_fits`, train/config.py). It suits staged growth: a stable-phase checkpoint can be grown and
+trained on before any decay, and the decay can be run later (torchtitan's default, MiniCPM's WSD).
 
 `lr_factor(step)` is the multiplier of the LR used by optimizer step `step` (0-based); it is what
 `torch.optim.lr_scheduler.LambdaLR` calls, so the schedule is saved and resumed with the scheduler's step count.
@@ -40,7 +40,7 @@ class Schedule:
 
     @property
     def decay_start(self) -> int:
-        """The first step of the decay; a WSD warmup must end by then (`check_warmup_before_decay`, train/config.py)."""
+        """The first step of the decay; a WSD warmup must end by then (`check_warmup_fits`, train/config.py)."""
         return self.max_steps - self.decay_steps
 
     def lr_factor(self, step: int) -> float:
@@ -84,6 +84,6 @@ class Schedule:
 
 
 def warmup_steps_for(max_steps: int, warmup_steps: int | None, warmup_ratio: float) -> int:
-    """Explicit warmup steps, else `warmup_ratio` of the run rounded up; never more than the whole run."""
-    steps = warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * max_steps)
-    return min(max(steps, 0), max_steps)
+    """Explicit warmup steps, else `warmup_ratio` of the run rounded up — as asked, never cut to the run:
+    `check_warmup_fits` (train/config.py) refuses a warmup that does not fit before any schedule is built."""
+    return warmup_steps if warmup_steps is not None else math.ceil(warmup_ratio * max_steps)
