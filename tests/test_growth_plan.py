@@ -4,14 +4,17 @@ and the byte and parameter counts — before a single weight is read."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import tiny_decoders
+import transformers as tf
 
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.model_config import load_config
 from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.errors import UsageError
-from grow_cli.growth.plan import Plan, build_plan
+from grow_cli.growth.plan import Plan, build_plan, lm_dropout
 from grow_cli.growth.spec import GrowthSpec
 
 # The weights of one Llama layer, in the definition's order; the two that write into the residual stream are what an
@@ -159,6 +162,15 @@ def test_plans_that_cannot_be_made_are_refused(tiny_checkpoints, options, messag
         ({"layers": 8}, {"attention_dropout": 0.0}, False),
         # a classification head's dropout (GPT-2's default config sets it) is never applied in the LM's forward pass
         ({"width_method": "fpi", "hidden_size": 64}, {"summary_first_dropout": 0.1, "classifier_dropout": 0.1}, True),
+        # a rate in a nested part of the LM's config (MPT's attention dropout) breaks the symmetry as a top-level one…
+        ({"width_method": "fpi", "hidden_size": 64}, {"attn_config": {"attn_pdrop": 0.1}}, False),
+        ({"width_method": "fpi", "hidden_size": 64}, {"attn_config": {"attn_pdrop": 0}}, True),
+        # …and one of another model's config beside the LM (a vision tower, with a model_type of its own) does not
+        (
+            {"width_method": "fpi", "hidden_size": 64},
+            {"vision_config": {"model_type": "siglip_vision_model", "attention_dropout": 0.1}},
+            True,
+        ),
     ],
 )
 def test_plan_says_when_copied_units_would_stay_copies(tiny_checkpoints, options, dropout, noted):
@@ -167,6 +179,48 @@ def test_plan_says_when_copied_units_would_stay_copies(tiny_checkpoints, options
     config = {**load_config(src), **dropout}
     plan = build_plan(config, source_infos(src), GrowthSpec(**options))
     assert any("stay copies" in note for note in plan.notes) == noted
+
+
+def saved_config(config_class, **changes) -> dict:
+    """The config.json that `save_pretrained` writes for this transformers config class."""
+    return json.loads(config_class(**changes).to_json_string())
+
+
+def mpt_config(attn_pdrop: float) -> dict:
+    """MPT's config.json with its attention dropout set in the file: transformers 5.25 types
+    MptAttentionConfig.attn_pdrop as an int, so its class refuses 0.1 (and loading such a file)."""
+    config = saved_config(tf.MptConfig)
+    return {**config, "attn_config": {**config["attn_config"], "attn_pdrop": attn_pdrop}}
+
+
+@pytest.mark.parametrize(
+    "config, rates",
+    [
+        # MPT and DBRX keep their attention dropout in a nested part of the LM's own config
+        (lambda: saved_config(tf.DbrxConfig, attn_config={"attn_pdrop": 0.1}), {"attn_config.attn_pdrop": 0.1}),
+        (lambda: saved_config(tf.DbrxConfig), {}),
+        (lambda: mpt_config(0.1), {"attn_config.attn_pdrop": 0.1}),
+        (lambda: mpt_config(0), {}),
+        # a flat config reads as before: the LM's rates, not its task head's summary_first_dropout
+        (lambda: saved_config(tf.GPT2Config), {"attn_pdrop": 0.1, "embd_pdrop": 0.1, "resid_pdrop": 0.1}),
+        # the vision and audio towers beside the LM are models of their own: their dropout is not the LM's
+        (
+            lambda: saved_config(tf.GitConfig, vision_config={"attention_dropout": 0.1}),
+            {"attention_probs_dropout_prob": 0.1, "hidden_dropout_prob": 0.1},
+        ),
+        (
+            lambda: saved_config(
+                tf.Phi4MultimodalConfig, vision_config={"attention_dropout": 0.1}, audio_config={"dropout_rate": 0.1}
+            ),
+            {},
+        ),
+    ],
+    ids=["dbrx", "dbrx-no-dropout", "mpt", "mpt-no-dropout", "gpt2", "git-vision", "phi4-multimodal-towers"],
+)
+def test_lm_dropout_reads_the_language_models_rates_and_only_its(config, rates):
+    """The dropout that breaks copies' symmetry and a grown state's exactness is the LM's own, wherever its config
+    keeps it; a rate in a sub-model beside it (a `model_type` of its own) is never applied by a text-only pass."""
+    assert lm_dropout(config()) == rates
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from grow_cli.checkpoint.model_config import load_config
 from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.errors import CheckpointError, OptionError, OutputError, UsageError
 from grow_cli.growth.expand import expand, materialize
+from grow_cli.growth.grown_state import dropout_note
 from grow_cli.growth.plan import build_plan
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.train.config import TrainConfig
@@ -379,6 +380,23 @@ def test_clipping_dropout_and_noise_each_open_a_measured_gap(lab):
     gaps["dropout"] = max(abs(a - b) for a, b in zip(losses(run), losses(dropped), strict=True))
     print("5-step loss gaps:", {k: f"{v:.2e}" for k, v in gaps.items()})
     assert all(gap > CURVE for gap in gaps.values()), gaps
+
+
+def test_the_dropout_note_names_a_rate_nested_in_the_lms_config(tmp_path):
+    """DBRX (a derived definition, depth growth) keeps its attention dropout in `attn_config`: a state grown from it
+    is not called exact, and the note names the rate by its path in config.json. (clip_qkv is set, as in DBRX's
+    released configs: transformers 5.25's DBRX attention does not run without it.)"""
+    torch.manual_seed(0)
+    attention = {"attn_pdrop": 0.1, "kv_n_heads": 2, "clip_qkv": 8.0, "rope_theta": 10000.0}
+    experts = {"ffn_hidden_size": 48, "moe_num_experts": 2, "moe_top_k": 1}
+    config = tf.DbrxConfig(
+        d_model=32, n_heads=4, n_layers=2, max_seq_len=64, vocab_size=96, attn_config=attention, ffn_config=experts
+    )
+    tf.DbrxForCausalLM(config).save_pretrained(tmp_path)
+    with CheckpointReader(tmp_path) as reader:
+        plan = build_plan(load_config(tmp_path), reader.tensor_infos(), GrowthSpec(layers=4, depth_method="identity"))
+    note = dropout_note(plan)
+    assert note is not None and note.startswith("the model trains with dropout (attn_config.attn_pdrop 0.1)"), note
 
 
 def test_a_state_grown_from_a_clipping_run_is_not_called_exact_and_is_not(lab):

@@ -428,16 +428,27 @@ def lm_dropout(config: dict[str, Any]) -> dict[str, float]:
     """The dropout rates above zero that the language model's training forward pass applies, from a config.json
     (`attention_dropout`, `resid_pdrop`, `hidden_dropout_prob`…): each breaks the symmetry of copied units, and the
     exact continuation of a training state. A task head's (`HEAD_DROPOUT`; GPT-2's default config sets
-    `summary_first_dropout` 0.1) does neither."""
-    return {
-        k: float(v)
-        for k, v in config.items()
-        if ("dropout" in k or "pdrop" in k)
-        and k not in HEAD_DROPOUT
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
-        and v > 0
-    }
+    `summary_first_dropout` 0.1) does neither.
+
+    Some LMs keep a rate in a nested part of their own config (MPT's and DBRX's `attn_config.attn_pdrop`), named here
+    by its dotted path. A nested config that names a `model_type` of its own belongs to another model (git's and
+    phi4_multimodal's `vision_config`, which a text-only forward pass never runs), so its rates are not the LM's. A
+    config whose LM is itself such a part (a `text_config`) never gets here: its class has no layer count of its own,
+    so `arch.derive` refuses it."""
+    rates: dict[str, float] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            if not value.get("model_type"):  # a part's is "" as transformers saves it, absent in MosaicML's MPT
+                rates |= {f"{key}.{inner}": rate for inner, rate in lm_dropout(value).items()}
+        elif (
+            ("dropout" in key or "pdrop" in key)
+            and key not in HEAD_DROPOUT
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value > 0
+        ):
+            rates[key] = float(value)
+    return rates
 
 
 def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
