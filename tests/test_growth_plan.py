@@ -214,8 +214,22 @@ def mpt_config(attn_pdrop: float) -> dict:
             ),
             {},
         ),
+        # a config built in memory keys id2label by int, and a head's labels are names, never rates
+        (
+            lambda: {**tf.LlamaConfig().to_dict(), "id2label": {0: "pdrop", 1: "dropout"}, "label2id": {"dropout": 1}},
+            {},
+        ),
     ],
-    ids=["dbrx", "dbrx-no-dropout", "mpt", "mpt-no-dropout", "gpt2", "git-vision", "phi4-multimodal-towers"],
+    ids=[
+        "dbrx",
+        "dbrx-no-dropout",
+        "mpt",
+        "mpt-no-dropout",
+        "gpt2",
+        "git-vision",
+        "phi4-multimodal-towers",
+        "label-maps",
+    ],
 )
 def test_lm_dropout_reads_the_language_models_rates_and_only_its(config, rates):
     """The dropout that breaks copies' symmetry and a grown state's exactness is the LM's own, wherever its config

@@ -434,11 +434,13 @@ def lm_dropout(config: dict[str, Any]) -> dict[str, float]:
     by its dotted path. A nested config that names a `model_type` of its own belongs to another model (git's and
     phi4_multimodal's `vision_config`, which a text-only forward pass never runs), so its rates are not the LM's. A
     config whose LM is itself such a part (a `text_config`) never gets here: its class has no layer count of its own,
-    so `arch.derive` refuses it."""
+    so `arch.derive` refuses it. The label maps (`id2label`, `label2id`) are a head's names, not config: a config
+    built in memory keys `id2label` by int."""
     rates: dict[str, float] = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            if not value.get("model_type"):  # a part's is "" as transformers saves it, absent in MosaicML's MPT
+            # (a part of the LM's own config names no model_type: "" as transformers saves it, none in MosaicML's MPT)
+            if key not in ("id2label", "label2id") and not value.get("model_type"):
                 rates |= {f"{key}.{inner}": rate for inner, rate in lm_dropout(value).items()}
         elif (
             ("dropout" in key or "pdrop" in key)
