@@ -157,43 +157,6 @@ def test_a_wsd_warmup_that_reaches_into_the_decay_is_refused_as_the_config_is_bu
     TrainConfig(**{**BASE, **WARMUP_INTO_DECAY, "schedule": "cosine", "decay_ratio": 0.2})  # no final decay
 
 
-@pytest.mark.parametrize(
-    "changes, start_step, expected",
-    [
-        (  # --max-tokens: 10 steps of 8 × 32 tokens, known once the batch is
-            {"max_steps": None, "max_tokens": 2560},
-            0,
-            "--warmup-steps 8 reaches into the decay, which starts at step 5 of 10 (what --max-tokens 2,560 makes): "
-            "use at most 5 warmup steps or a smaller --decay-ratio",
-        ),
-        (  # a run that starts at step 2 of its schedule (--schedule-offset, --resume): 8 steps end at step 10
-            {"max_steps": 8, "schedule_offset": 2},
-            2,
-            "--warmup-steps 8 reaches into the decay, which starts at step 5 of 10 (this run's 8 steps from step 2, "
-            "where it starts): use at most 5 warmup steps or a smaller --decay-ratio",
-        ),
-        ({"resume": "auto"}, 100, None),  # its checkpoint started at step 100: the decay starts at step 55 of 110
-        ({"schedule_offset": 100}, 100, None),
-    ],
-)
-def test_a_wsd_warmup_is_checked_against_the_decay_wherever_the_final_step_becomes_known(changes, start_step, expected):
-    """Where the schedule's final step is not known as the config is built (--max-tokens; a run that starts later in
-    its schedule, as --schedule-offset and --resume make it), the budget checks the warmup: the same line, saying where
-    the steps came from — and a horizon stretched by the start step is not refused for the budget's own steps."""
-    from types import SimpleNamespace
-
-    from grow_cli.train.build import make_budget
-
-    config = TrainConfig(**{**BASE, **WARMUP_INTO_DECAY, "seq_len": 32, **changes})  # not refused: not known yet
-    accelerator = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1)
-    if expected is None:
-        assert make_budget(config, accelerator, start_step).max_steps == start_step + 10  # type: ignore[arg-type]
-        return
-    with pytest.raises(OptionError) as info:
-        make_budget(config, accelerator, start_step)  # type: ignore[arg-type]
-    assert info.value.option == "warmup_steps" and str(info.value) == expected
-
-
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_a_warmup_longer_than_the_run_is_refused_as_the_config_is_built(schedule):
     """--max-steps 10 --warmup-steps 100 was cut to 10 warmup steps without a word: the LR peaked at the last step
@@ -209,36 +172,61 @@ def test_a_warmup_longer_than_the_run_is_refused_as_the_config_is_built(schedule
     TrainConfig(**{**BASE, "schedule": schedule, "max_steps": 10, "warmup_ratio": 1.0})
 
 
+WARMUP_PAST_THE_RUN = {"schedule": "cosine", "warmup_steps": 11}
+
+
 @pytest.mark.parametrize(
-    "changes, start_step, expected",
+    "warmup, changes, start_step, expected",
     [
         (  # --max-tokens: 10 steps of 8 × 32 tokens, known once the batch is
+            WARMUP_INTO_DECAY,
+            {"max_steps": None, "max_tokens": 2560},
+            0,
+            "--warmup-steps 8 reaches into the decay, which starts at step 5 of 10 (what --max-tokens 2,560 makes): "
+            "use at most 5 warmup steps or a smaller --decay-ratio",
+        ),
+        (  # a run that starts at step 2 of its schedule (--schedule-offset, --resume): 8 steps end at step 10
+            WARMUP_INTO_DECAY,
+            {"max_steps": 8, "schedule_offset": 2},
+            2,
+            "--warmup-steps 8 reaches into the decay, which starts at step 5 of 10 (this run's 8 steps from step 2, "
+            "where it starts): use at most 5 warmup steps or a smaller --decay-ratio",
+        ),
+        (WARMUP_INTO_DECAY, {"resume": "auto"}, 100, 110),  # its checkpoint started at step 100: decay from step 55
+        (WARMUP_INTO_DECAY, {"schedule_offset": 100}, 100, 110),
+        (
+            WARMUP_PAST_THE_RUN,
             {"max_steps": None, "max_tokens": 2560},
             0,
             "--warmup-steps 11 outlasts the run, which ends at step 10 (what --max-tokens 2,560 makes), so the LR "
             "would never reach its peak: use at most 10 warmup steps or a larger --max-tokens",
         ),
-        (  # a run that starts at step 2 of its schedule (--schedule-offset, --resume): 8 steps end at step 10
+        (
+            WARMUP_PAST_THE_RUN,
             {"max_steps": 8, "schedule_offset": 2},
             2,
             "--warmup-steps 11 outlasts the run, which ends at step 10 (this run's 8 steps from step 2, where it "
             "starts), so the LR would never reach its peak: use at most 10 warmup steps or a larger --max-steps",
         ),
-        ({"max_steps": 8, "schedule_offset": 3}, 3, None),  # steps 3 to 10 of a schedule that warms up over 11
-        ({"max_steps": 1, "resume": "grown", "restart_warmup_steps": 1}, 10, None),  # a grown state of step 10
+        (WARMUP_PAST_THE_RUN, {"max_steps": 8, "schedule_offset": 3}, 3, 11),  # steps 3 to 10, warmed up over 11
+        (WARMUP_PAST_THE_RUN, {"max_steps": 1, "resume": "grown", "restart_warmup_steps": 1}, 10, 11),  # of step 10
     ],
 )
-def test_a_warmup_is_checked_against_the_run_wherever_its_final_step_becomes_known(changes, start_step, expected):
-    """Where the final step is not known as the config is built, the budget refuses a warmup that outlasts the run,
-    saying where the steps came from — and a warmup that ends at the final step is taken."""
+def test_a_warmup_is_checked_against_the_schedule_wherever_its_final_step_becomes_known(
+    warmup, changes, start_step, expected
+):
+    """Where the schedule's final step is not known as the config is built (--max-tokens; a run that starts later in
+    its schedule, as --schedule-offset and --resume make it), the budget checks the warmup — a WSD one against its
+    decay, any other against the run — in the same line, saying where the steps came from; a horizon stretched by
+    the start step is not refused for the budget's own steps (`expected`: the final step then)."""
     from types import SimpleNamespace
 
     from grow_cli.train.build import make_budget
 
-    config = TrainConfig(**{**BASE, "warmup_steps": 11, "seq_len": 32, **changes})  # not refused: not known yet
+    config = TrainConfig(**{**BASE, **warmup, "seq_len": 32, **changes})  # not refused: not known yet
     accelerator = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1)
-    if expected is None:
-        assert make_budget(config, accelerator, start_step).max_steps == 11  # type: ignore[arg-type]
+    if isinstance(expected, int):
+        assert make_budget(config, accelerator, start_step).max_steps == expected  # type: ignore[arg-type]
         return
     with pytest.raises(OptionError) as info:
         make_budget(config, accelerator, start_step)  # type: ignore[arg-type]
