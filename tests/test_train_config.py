@@ -233,6 +233,35 @@ def test_a_warmup_is_checked_against_the_schedule_wherever_its_final_step_become
     assert info.value.option == "warmup_steps" and str(info.value) == expected
 
 
+def test_a_restart_warmup_longer_than_the_run_is_refused_wherever_the_runs_length_becomes_known():
+    """--max-steps 10 --restart-warmup-steps 11 was taken: the ramp, aimed at the schedule's value at the last step,
+    climbed through the whole run and never met the schedule. Refused in one line as the config is built (and before
+    the data is read, where --max-tokens makes the steps); the run's own length counts, wherever it starts in its
+    schedule, and a ramp as long as the run is taken."""
+    from types import SimpleNamespace
+
+    from grow_cli.train.build import make_budget
+    from grow_cli.train.schedule import Schedule
+
+    ramp = Schedule("cosine", 50, warmup_steps=0, restart_step=40, restart_warmup_steps=11)
+    schedule = Schedule("cosine", 50, warmup_steps=0)
+    assert ramp.lr_factor(49) == pytest.approx(schedule.lr_factor(49) * 10 / 11)  # the premise: below it to the end
+    with pytest.raises(OptionError) as info:
+        TrainConfig(**{**BASE, "max_steps": 10, "schedule_offset": 40, "restart_warmup_steps": 11})
+    assert info.value.option == "restart_warmup_steps" and str(info.value) == (
+        "--restart-warmup-steps 11 outlasts this run of 10 steps, so the LR would never reach the schedule it ramps "
+        "to: use at most 10 restart warmup steps or a larger --max-steps"
+    )
+    accelerator = SimpleNamespace(num_processes=1, gradient_accumulation_steps=1)
+    tokens = {"max_steps": None, "max_tokens": 2560, "seq_len": 32, "schedule_offset": 40}  # 10 steps of 8 × 32
+    config = TrainConfig(**{**BASE, **tokens, "restart_warmup_steps": 11})  # not known yet: not refused
+    with pytest.raises(OptionError, match=r"^--restart-warmup-steps 11 outlasts this run of 10 steps \(what "):
+        make_budget(config, accelerator, 40)  # type: ignore[arg-type]
+    fits = TrainConfig(**{**BASE, **tokens, "restart_warmup_steps": 10})
+    assert make_budget(fits, accelerator, 40).max_steps == 50  # type: ignore[arg-type]
+    TrainConfig(**{**BASE, "max_steps": 10, "schedule_offset": 40, "restart_warmup_steps": 10})
+
+
 def test_paths_are_text_or_path_like_and_held_as_paths():
     """What the annotations say (a type checker accepts `model="tiny"`) is what the class takes; `~` is the home
     folder, as in a shell."""

@@ -437,11 +437,11 @@ def test_schedule_offset_and_restart_warmup_continue_the_schedule(lab):
     state = json.loads((grown / "training-state" / "state.json").read_text())
     suggested = state["restart"]["suggested_step"]
     assert suggested == round(N / 1.81) and state["loss_at_growth"] > 0
-    run = lab.run_grown(grown, "llama-restart-run", steps=3, schedule_offset="auto", restart_warmup_steps=4)
+    run = lab.run_grown(grown, "llama-restart-run", steps=3, schedule_offset="auto", restart_warmup_steps=3)
     metrics = [m for m in read_metrics(run / "metrics.jsonl") if "lr" in m]
     assert [m["step"] for m in metrics] == [suggested + 1, suggested + 2, suggested + 3]
     lrs = [m["lr"] for m in metrics]
-    assert lrs[0] < lrs[1] < lrs[2] and lrs[0] == pytest.approx(lrs[1] / 2)  # the ramp: 1/4, 2/4, 3/4 of its end
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[0] == pytest.approx(lrs[1] / 2)  # the ramp: 1/3, 2/3, 3/3 of its end
     saved = json.loads((step_dir(run, suggested + 3) / "grow-state.json").read_text())
     assert saved["continuation"]["start_step"] == suggested and saved["multipliers"]
     # Its data position is the source's plus its own 3 steps (not step × batch, which a state grown from this run

@@ -42,7 +42,7 @@ from grow_cli.train.checkpoints import (
     run_key_change,
     starts_fresh_scaler,
 )
-from grow_cli.train.config import TrainConfig, check_warmup_fits
+from grow_cli.train.config import TrainConfig, check_restart_warmup_fits, check_warmup_fits
 from grow_cli.train.continuation import Continuation, check_whole_state, load_grown_state
 from grow_cli.train.data_offset import step_offset
 from grow_cli.train.deepspeed_engine import fill_deepspeed_config, full_ndim, full_numel
@@ -370,7 +370,8 @@ def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
 def make_budget(config: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> Budget:
     """Set the accumulation on the accelerator and derive the tokens per step and the final step: the budget is what
     this run trains, from `start_step` (where a continued run's schedule starts) on. The checks that need the final
-    step are made here, in every run, before the data is read: its bound, and a warmup that fits the schedule."""
+    step are made here, in every run, before the data is read: its bound, and warmups that fit the schedule and the
+    run."""
     # Accumulation left unset follows the launcher (ACCELERATE_GRADIENT_ACCUMULATION_STEPS), else 1.
     grad_accum = _grad_accum(config, accelerator.num_processes, accelerator.gradient_accumulation_steps)
     accelerator.gradient_accumulation_steps = grad_accum
@@ -385,6 +386,7 @@ def make_budget(config: TrainConfig, accelerator: Accelerator, start_step: int =
     option = "max_steps" if config.max_steps else "max_tokens"
     check_final_step(start_step, max_steps, option, getattr(config, option))
     check_warmup_fits(config, start_step + max_steps, start_step)
+    check_restart_warmup_fits(config, max_steps)
     return Budget(grad_accum, global_batch, tokens_per_step, start_step + max_steps)
 
 

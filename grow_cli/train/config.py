@@ -190,6 +190,8 @@ class TrainConfig:
         self._check_schedule_offset()
         if self.max_steps is not None and self.resume is None and not self.schedule_offset:
             check_warmup_fits(self, self.max_steps)  # the schedule's horizon, known now (else: make_budget)
+        if self.max_steps is not None:
+            check_restart_warmup_fits(self, self.max_steps)  # this run's steps, wherever it starts
         self._check_data_offset()
         check_masking(self.mlm_probability, self.mask_replace_prob, self.random_replace_prob)
         self._check_apollo()
@@ -340,6 +342,23 @@ def check_warmup_fits(config: TrainConfig, max_steps: int, start_step: int = 0) 
         option,
         f"{given} outlasts the run, which ends at step {shown(max_steps)}{made}, so the LR would never reach its peak: "
         f"use at most {counted(max_steps, 'warmup step')} or a larger {budget}",
+    )
+
+
+def check_restart_warmup_fits(config: TrainConfig, steps: int) -> None:
+    """Refuse a restart warmup longer than this run's `steps`: its ramp would end after the last step, so the LR
+    would climb throughout and never reach the schedule it ramps to (the ramp's target would quietly become the
+    schedule's value at the last step). A continued run's ramp starts at its first step, wherever that lies in the
+    schedule, so only the run's own length matters: `--max-steps` as the config is built, else what `--max-tokens`
+    makes (`make_budget`)."""
+    if config.restart_warmup_steps <= steps:
+        return
+    budget = "--max-steps" if config.max_steps else "--max-tokens"
+    raise OptionError(
+        "restart_warmup_steps",
+        f"--restart-warmup-steps {shown(config.restart_warmup_steps)} outlasts this run of "
+        f"{counted(steps, 'step')}{_steps_made(config, steps, 0)}, so the LR would never reach the schedule it ramps "
+        f"to: use at most {counted(steps, 'restart warmup step')} or a larger {budget}",
     )
 
 
