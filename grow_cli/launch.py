@@ -34,9 +34,14 @@ def _group_started() -> bool:
     return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
 
+def processes() -> int:
+    """How many processes this launch has (the launcher's WORLD_SIZE; 1 outside a launch)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
 def launched() -> bool:
     """Whether this process is one of several of a launch (the launcher's WORLD_SIZE)."""
-    return _env_int("WORLD_SIZE", 1) > 1
+    return processes() > 1
 
 
 def started_by_a_launcher() -> bool:

@@ -329,3 +329,65 @@ def test_a_relative_path_found_only_from_the_working_directory_is_refused(
     assert result.code == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"error: recipe: {key}: " in result.stderr, result.stderr
     assert f"write it as {written}" in result.stderr
+
+
+def _budgets(member: dict, *, optimizer: str = "fresh") -> dict:
+    """A two-member recipe whose second member trains `member` (10 steps of 4 × 32 tokens from `max_tokens` 1280)."""
+    grown = {"name": "b", "grow": {"depth_factor": 2, "depth_method": "identity"}, "optimizer": optimizer}
+    return {
+        "train": dict(TRAIN),
+        "members": [
+            {"name": "a", "config": dict(FRESH), "tokenizer": "lm", "train": {"max_steps": 2}},
+            {**grown, "train": {"max_tokens": 1280, **member}},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "member, optimizer, refusal",
+    [
+        (
+            {"warmup_steps": 11},
+            "fresh",
+            "members[1].train.warmup_steps: --warmup-steps 11 outlasts the run, which ends at step 10 (what "
+            "--max-tokens 1,280 makes)",
+        ),
+        (
+            {"restart_warmup_steps": 11},
+            "grow",
+            "members[1].train.restart_warmup_steps: --restart-warmup-steps 11 outlasts this run of 10 steps (what "
+            "--max-tokens 1,280 makes)",
+        ),
+        (
+            {"warmup_steps": 8, "schedule": "wsd", "decay_ratio": 0.5, "schedule_offset": 2},
+            "fresh",
+            "members[1].train.warmup_steps: --warmup-steps 8 reaches into the decay, which starts at step 6 of 12 "
+            "(this run's 10 steps from step 2",
+        ),
+        ({"warmup_steps": 10, "restart_warmup_steps": 10}, "fresh", None),  # both fit the 10 steps
+        ({"warmup_steps": 11}, "grow", None),  # its schedule starts where member a ends: checked when it runs
+        ({"warmup_steps": 4, "restart_warmup_steps": 10}, "grow", None),
+    ],
+)
+def test_a_members_token_budget_is_checked_before_any_member_runs(folder, member, optimizer, refusal):
+    """A later member's warmup that does not fit the steps its `max_tokens` makes was refused only when that member
+    began to train — after the members before it had trained, possibly for hours. Now it is refused as the recipe
+    is read, naming the member's setting, in train-stage's words; what only the run can know (where a continued
+    member's schedule starts) is left to the run, so nothing train-stage would take is refused."""
+    path = _recipe(folder, _budgets(member, optimizer=optimizer))
+    if refusal is None:
+        load_recipe(path)
+        return
+    with pytest.raises(UsageError) as info:
+        load_recipe(path)
+    assert str(info.value).startswith(f"recipe: {refusal}"), str(info.value)
+
+
+def test_under_a_launch_a_token_budget_waits_for_the_accumulation_the_launch_sets(folder, monkeypatch):
+    """Under `accelerate launch` the accumulation (and so the steps a token budget makes) may come from accelerate's
+    config or a DeepSpeed config, which the recipe cannot see: the stage checks its budget then — unless the
+    settings fix the accumulation, where the launch's processes count."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    load_recipe(_recipe(folder, _budgets({"warmup_steps": 6})))  # 5 steps on 2 processes, or 10 with accumulation 2
+    with pytest.raises(UsageError, match=r"warmup_steps: --warmup-steps 6 outlasts the run, which ends at step 5 "):
+        load_recipe(_recipe(folder, _budgets({"warmup_steps": 6, "grad_accum": 1})))

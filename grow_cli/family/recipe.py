@@ -476,10 +476,31 @@ def _check_train_settings(recipe: Recipe, base: Path) -> None:
         if not settings.get("data"):
             raise _fail(f"members[{i}].train", "no 'data' (give it here or in the top-level 'train')")
         try:
-            TrainConfig(model=base, out=base, **settings).check_given(settings)
+            config = TrainConfig(model=base, out=base, **settings)
+            config.check_given(settings)
+            _check_budget(config, continued=recipe.optimizer_of(member) == "grow")
         except UsageError as exc:
             option = exc.option if isinstance(exc, OptionError) else None
             raise _fail(recipe.train_key(i, option) if option else f"members[{i}].train", str(exc)) from None
+
+
+def _check_budget(config: Any, *, continued: bool) -> None:
+    """The checks `grow train-stage` makes once its steps are known (a warmup that fits, the bound on steps), made
+    now where the recipe fixes the steps, so that a later member's budget is not refused after the members before
+    it have trained. A `max_tokens` budget's steps depend on the accumulation, which under a launch accelerate's
+    config (or a DeepSpeed config) may set unless the settings do (`grad_accum`, `global_batch_tokens`): there the
+    stage checks its own. A member that continues the previous member's grown state (`continued`) starts where that
+    one ends, known only once it has run: its restart warmup (which needs only its own steps) is checked now, its
+    schedule's warmup when it runs."""
+    from grow_cli.launch import processes, started_by_a_launcher
+    from grow_cli.train.budget import plan_budget
+
+    accumulation_set = config.grad_accum is not None or config.global_batch_tokens is not None
+    if config.max_tokens and started_by_a_launcher() and not accumulation_set:
+        return
+    offset = config.schedule_offset
+    start = None if continued or not (offset is None or isinstance(offset, int)) else offset or 0
+    plan_budget(config, processes(), 1, start)
 
 
 def _optimizer(value: Any, where: str) -> str:

@@ -11,7 +11,6 @@ loop advances.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,11 @@ from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
 from grow_cli.data.sources import undecodable_note
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import DataError, OptionError, UsageError, counted
-from grow_cli.limits import check_final_step, check_token_steps
 from grow_cli.quantities import format_count
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
 from grow_cli.train.attention import HALF, check_attention_run, one_row
+from grow_cli.train.budget import Budget, plan_budget
 from grow_cli.train.checkpoints import (
     described_change,
     earlier_checkpoint_advice,
@@ -42,7 +41,7 @@ from grow_cli.train.checkpoints import (
     run_key_change,
     starts_fresh_scaler,
 )
-from grow_cli.train.config import TrainConfig, check_restart_warmup_fits, check_warmup_fits
+from grow_cli.train.config import TrainConfig
 from grow_cli.train.continuation import Continuation, check_whole_state, load_grown_state
 from grow_cli.train.data_offset import step_offset
 from grow_cli.train.deepspeed_engine import fill_deepspeed_config, full_ndim, full_numel
@@ -67,16 +66,6 @@ GROWN_STATE_LR = "the grown training state's run"  # --max-lr auto continuing a 
 # Where torch's fused AdamW kernel (one kernel for all tensors, much faster than the per-tensor loop) applies:
 # plain and DDP training; FSDP and DeepSpeed bring their own optimizer handling.
 FUSED_ADAMW_TYPES = {DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU}
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much one optimizer step holds and how many steps the run takes."""
-
-    grad_accum: int  # micro-batches per process per optimizer step
-    global_batch: int  # sequences per optimizer step, all processes together
-    tokens_per_step: int
-    max_steps: int  # the run's final step: a continued run's start step and the steps of its budget
 
 
 @dataclass
@@ -369,37 +358,12 @@ def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
 
 def make_budget(config: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> Budget:
     """Set the accumulation on the accelerator and derive the tokens per step and the final step: the budget is what
-    this run trains, from `start_step` (where a continued run's schedule starts) on. The checks that need the final
-    step are made here, in every run, before the data is read: its bound, and warmups that fit the schedule and the
-    run."""
+    this run trains, from `start_step` (where a continued run's schedule starts) on, made and checked before the
+    data is read (`plan_budget`)."""
     # Accumulation left unset follows the launcher (ACCELERATE_GRADIENT_ACCUMULATION_STEPS), else 1.
-    grad_accum = _grad_accum(config, accelerator.num_processes, accelerator.gradient_accumulation_steps)
-    accelerator.gradient_accumulation_steps = grad_accum
-    global_batch = config.micro_batch_size * grad_accum * accelerator.num_processes
-    tokens_per_step = global_batch * config.seq_len
-    if config.max_steps:
-        max_steps = config.max_steps
-    else:
-        assert config.max_tokens is not None  # TrainConfig requires exactly one budget
-        max_steps = math.ceil(config.max_tokens / tokens_per_step)
-        check_token_steps(config.max_tokens, max_steps, global_batch, config.seq_len)
-    option = "max_steps" if config.max_steps else "max_tokens"
-    check_final_step(start_step, max_steps, option, getattr(config, option))
-    check_warmup_fits(config, start_step + max_steps, start_step)
-    check_restart_warmup_fits(config, max_steps)
-    return Budget(grad_accum, global_batch, tokens_per_step, start_step + max_steps)
-
-
-def _grad_accum(config: TrainConfig, num_processes: int, launcher_default: int) -> int:
-    if config.global_batch_tokens is None:
-        return config.grad_accum or launcher_default
-    per_pass = config.micro_batch_size * config.seq_len * num_processes
-    if config.global_batch_tokens % per_pass:
-        raise UsageError(
-            f"--global-batch-tokens {config.global_batch_tokens} is not a multiple of micro-batch × "
-            f"seq-len × processes = {per_pass}"
-        )
-    return config.global_batch_tokens // per_pass
+    budget = plan_budget(config, accelerator.num_processes, accelerator.gradient_accumulation_steps, start_step)
+    accelerator.gradient_accumulation_steps = budget.grad_accum
+    return budget
 
 
 def load_data(config: TrainConfig, checked: Checked, accelerator: Accelerator) -> TokenData:
