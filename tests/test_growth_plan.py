@@ -181,6 +181,32 @@ def test_plan_says_when_copied_units_would_stay_copies(tiny_checkpoints, options
     assert any("stay copies" in note for note in plan.notes) == noted
 
 
+@pytest.mark.parametrize(
+    "options, advice",
+    [
+        ({"width_method": "fpi", "width_factor": 2}, "break it: --width-method hypercloning --noise-snr-db 10"),
+        ({"width_method": "hypercloning", "width_factor": 2}, "break it: --noise-snr-db 10"),
+        (  # hypercloning tiles whole copies: flags it would refuse are not advised
+            {"width_method": "fpi", "width_factor": 1.5},
+            "--noise-snr-db 10, at a size it can tile (hypercloning tiles whole copies: --width-factor must be a "
+            "whole number, got 1.5; try 2)",
+        ),
+        (
+            {"width_method": "fpi", "hidden_size": 48},
+            "--noise-snr-db 10, at a size it can tile (hypercloning tiles whole copies: hidden_size must be a "
+            "multiple of 32; try 64)",
+        ),
+    ],
+)
+def test_the_copies_note_advises_only_a_growth_that_would_be_taken(tiny_checkpoints, options, advice):
+    """The note that copies stay copies advised `--width-method hypercloning --noise-snr-db 10` for every target,
+    which hypercloning refuses where the target is no whole multiple of the source: there it says what it needs."""
+    src = tiny_checkpoints("llama")
+    plan = build_plan(load_config(src), source_infos(src), GrowthSpec(**options))
+    note = next(note for note in plan.notes if "stay copies" in note)
+    assert note.endswith(advice), note
+
+
 def saved_config(config_class, **changes) -> dict:
     """The config.json that `save_pretrained` writes for this transformers config class."""
     return json.loads(config_class(**changes).to_json_string())

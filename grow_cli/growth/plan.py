@@ -34,6 +34,7 @@ from grow_cli.operators.index_scaling import query_scale
 from grow_cli.operators.layer_map import function_change, mapped_depth
 from grow_cli.operators.staged import gated_mlp
 from grow_cli.operators.upcycle import ExpertInit, Upcycler
+from grow_cli.operators.width import target_shape
 
 
 class WidthPlan(Protocol):
@@ -363,11 +364,31 @@ def _notes(plan: Plan, spec: GrowthSpec) -> list[str]:
         notes.append(
             f"the units {spec.width_method} adds are exact copies and this model trains without dropout, so copies "
             "receive identical gradients and stay copies: the added width learns nothing of its own until something "
-            "breaks the symmetry. For an exact start that does break it: --width-method hypercloning --noise-snr-db 10"
+            f"breaks the symmetry.{_symmetry_breaker(plan, spec)}"
         )
     if upcycle is not None and (note := upcycle.note()):
         notes.append(note)
     return notes
+
+
+def _symmetry_breaker(plan: Plan, spec: GrowthSpec) -> str:
+    """The flags of an exact start that breaks the copies' symmetry: HyperCloning's noise, which cancels between
+    tiled copies. It tiles whole copies only, so for a target it cannot tile (fpi to 1.5× the hidden size) the
+    advice says what it would need, in its own refusal's words, rather than flags that would be refused; none for
+    an architecture it does not apply to."""
+    flags = (
+        "--noise-snr-db 10" if spec.width_method == "hypercloning" else "--width-method hypercloning --noise-snr-db 10"
+    )
+    hypercloning = replace(spec, width_method="hypercloning", noise_snr_db=10.0)
+    try:
+        registry.refuse_if_inapplicable(registry.operator("width", "hypercloning"), plan.arch)
+    except UsageError:
+        return ""
+    try:
+        target_shape(plan.arch, plan.source_shape, hypercloning)
+    except UsageError as exc:
+        return f" For an exact start that does break it: {flags}, at a size it can tile ({exc})"
+    return f" For an exact start that does break it: {flags}"
 
 
 def _refuse_unwritable_moe_pattern(arch: ArchDef, config: dict[str, Any], layers: int, depth: DepthMap) -> None:
