@@ -154,7 +154,8 @@ def train_stage(
         ),
     ] = None,
     restart_warmup_steps: Annotated[
-        int, LrOpt(help="Ramp the LR from 0 to the schedule over this many steps after the start step.")
+        int,
+        LrOpt(help="Ramp the LR from 0 to the schedule over this many steps after the start step (at most the run's)."),
     ] = 0,
     data_offset: Annotated[
         str | None,
