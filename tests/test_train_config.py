@@ -262,6 +262,21 @@ def test_a_restart_warmup_longer_than_the_run_is_refused_wherever_the_runs_lengt
     TrainConfig(**{**BASE, "max_steps": 10, "schedule_offset": 40, "restart_warmup_steps": 10})
 
 
+def test_a_launcher_accumulation_below_one_is_refused_in_one_line():
+    """ACCELERATE_GRADIENT_ACCUMULATION_STEPS=0, which accelerate's Accelerator takes as it is, made train-stage
+    fail with a ZeroDivisionError in the catch-all line; `--grad-accum` set by the user still wins over it."""
+    from types import SimpleNamespace
+
+    from grow_cli.train.build import make_budget
+
+    config = TrainConfig(**{**BASE, "seq_len": 32})
+    with pytest.raises(UsageError, match=r"^ACCELERATE_GRADIENT_ACCUMULATION_STEPS=0: a run without --grad-accum "):
+        make_budget(config, SimpleNamespace(num_processes=1, gradient_accumulation_steps=0))  # type: ignore[arg-type]
+    given = TrainConfig(**{**BASE, "seq_len": 32, "grad_accum": 2})
+    accelerator = SimpleNamespace(num_processes=1, gradient_accumulation_steps=0)
+    assert make_budget(given, accelerator).grad_accum == 2  # type: ignore[arg-type]
+
+
 def test_paths_are_text_or_path_like_and_held_as_paths():
     """What the annotations say (a type checker accepts `model="tiny"`) is what the class takes; `~` is the home
     folder, as in a shell."""

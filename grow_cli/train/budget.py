@@ -47,6 +47,11 @@ def plan_budget(config: TrainConfig, num_processes: int, launcher_accum: int, st
 
 def _grad_accum(config: TrainConfig, num_processes: int, launcher_default: int) -> int:
     if config.global_batch_tokens is None:
+        if config.grad_accum is None and launcher_default < 1:  # accelerate takes 0 as it is: an empty global batch
+            raise UsageError(
+                f"ACCELERATE_GRADIENT_ACCUMULATION_STEPS={launcher_default}: a run without --grad-accum accumulates "
+                "that many micro-batches a step; set it to at least 1, or give --grad-accum"
+            )
         return config.grad_accum or launcher_default
     per_pass = config.micro_batch_size * config.seq_len * num_processes
     if config.global_batch_tokens % per_pass:
