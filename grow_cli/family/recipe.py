@@ -493,14 +493,15 @@ def _check_budget(config: Any, *, continued: bool) -> None:
     one ends, known only once it has run: its restart warmup (which needs only its own steps) is checked now, its
     schedule's warmup when it runs."""
     from grow_cli.launch import processes, started_by_a_launcher
-    from grow_cli.train.budget import plan_budget
+    from grow_cli.train.budget import plan_budget, unplaced_budget
 
     accumulation_set = config.grad_accum is not None or config.global_batch_tokens is not None
     if config.max_tokens and started_by_a_launcher() and not accumulation_set:
         return
-    offset = config.schedule_offset
-    start = None if continued or not (offset is None or isinstance(offset, int)) else offset or 0
-    plan_budget(config, processes(), 1, start)
+    if continued or config.schedule_offset == "auto":  # (auto: where the grown state suggests)
+        unplaced_budget(config, processes(), 1)
+    else:
+        plan_budget(config, processes(), 1, config.schedule_offset or 0)
 
 
 def _optimizer(value: Any, where: str) -> str:

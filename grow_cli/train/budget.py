@@ -5,7 +5,7 @@ those steps. Without torch or accelerate, so that `grow family` can check its me
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from grow_cli.errors import UsageError
 from grow_cli.limits import check_final_step, check_token_steps
@@ -22,27 +22,32 @@ class Budget:
     max_steps: int  # the run's final step: a continued run's start step and the steps of its budget
 
 
-def plan_budget(config: TrainConfig, num_processes: int, launcher_accum: int, start_step: int | None = 0) -> Budget:
+def plan_budget(config: TrainConfig, num_processes: int, launcher_accum: int, start_step: int = 0) -> Budget:
     """The budget of a run on `num_processes` whose accumulation, unless the config sets it, is the launcher's
-    `launcher_accum`, with every check that needs its steps: their bound, and warmups that fit the schedule and the
-    run. `start_step` None: not known yet (`grow family` checks a member that continues the one before it before
-    that one has run), so the checks that need it wait for the run; its `max_steps` then counts this run's steps."""
+    `launcher_accum`, placed in its schedule at `start_step`, with every check that needs its steps: their bound,
+    and warmups that fit the schedule and the run."""
+    own = unplaced_budget(config, num_processes, launcher_accum)
+    option = "max_steps" if config.max_steps else "max_tokens"
+    check_final_step(start_step, own.max_steps, option, getattr(config, option))
+    check_warmup_fits(config, start_step + own.max_steps, start_step)
+    return replace(own, max_steps=start_step + own.max_steps)
+
+
+def unplaced_budget(config: TrainConfig, num_processes: int, launcher_accum: int) -> Budget:
+    """`plan_budget` of a run not yet placed in its schedule (as from step 0), with the checks that need only its own
+    steps: `grow family` checks so a member that continues the one before it, whose start step is known only once
+    that one has run."""
     grad_accum = _grad_accum(config, num_processes, launcher_accum)
     global_batch = config.micro_batch_size * grad_accum * num_processes
     tokens_per_step = global_batch * config.seq_len
     if config.max_steps:
-        max_steps = config.max_steps
+        steps = config.max_steps
     else:
         assert config.max_tokens is not None  # TrainConfig requires exactly one budget
-        max_steps = math.ceil(config.max_tokens / tokens_per_step)
-        check_token_steps(config.max_tokens, max_steps, global_batch, config.seq_len)
-    check_restart_warmup_fits(config, max_steps)
-    if start_step is None:
-        return Budget(grad_accum, global_batch, tokens_per_step, max_steps)
-    option = "max_steps" if config.max_steps else "max_tokens"
-    check_final_step(start_step, max_steps, option, getattr(config, option))
-    check_warmup_fits(config, start_step + max_steps, start_step)
-    return Budget(grad_accum, global_batch, tokens_per_step, start_step + max_steps)
+        steps = math.ceil(config.max_tokens / tokens_per_step)
+        check_token_steps(config.max_tokens, steps, global_batch, config.seq_len)
+    check_restart_warmup_fits(config, steps)
+    return Budget(grad_accum, global_batch, tokens_per_step, steps)
 
 
 def _grad_accum(config: TrainConfig, num_processes: int, launcher_default: int) -> int:
