@@ -899,6 +899,22 @@ def test_resume_grown_refuses_what_it_cannot_continue(lab, tmp_path):
         expand(str(source.checkpoint), None, GrowthSpec(layers=4, depth_method="stack"), dry_run=True)
 
 
+def test_resume_grown_killed_before_its_first_checkpoint_starts_again_with_its_own_command(lab, tmp_path):
+    """A `--resume grown` run killed (SIGKILL, the OOM killer) before its first checkpoint leaves metrics.jsonl and a
+    half-saved checkpoint in --out. Run again, the same command was refused ("pass --resume auto to continue it"),
+    and --resume auto, finding no checkpoint, then started a fresh optimizer at step 0 with the size rule's LR: the
+    grown state the run was meant to continue was dropped without a word. It starts again, as --resume auto starts
+    a fresh run again after such a kill, from the grown state."""
+    grown = lab.grown("llama", "hypercloning", **EXACT["hypercloning"])
+    out = tmp_path / "killed"
+    step_dir(out, N + 1).mkdir(parents=True)  # half-saved: no grow-state.json
+    (out / "metrics.jsonl").write_text(json.dumps({"step": N + 1, "loss": 5.0, "lr": 3e-3, "tokens": 256}) + "\n")
+    result = train(model=grown, data=[str(lab.data)], out=out, max_steps=2, resume="grown")
+    assert (result["end_step"], result["max_lr"]) == (N + 2, SETTINGS["max_lr"])
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m] == [N + 1, N + 2]
+    assert not step_dir(out, N + 1).exists()
+
+
 def test_a_sharded_engine_is_refused_before_the_model_loads_where_the_state_must_be_whole(tmp_path):
     """FSDP and DeepSpeed save the optimizer sharded, and a sharded save is refused by grow expand, so
     --save-final-state under them would end a run with a state nobody can grow; --resume grown would shard a state

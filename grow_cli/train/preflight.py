@@ -112,10 +112,10 @@ def preflight(config: TrainConfig) -> Checked:
     finished = finished_run(out) if config.resume == "auto" else None  # build compares it with this run
     own = resume_from is not None and resume_from.resolve().parent == checkpoint_root(out).resolve()
     if not own and out.exists() and any(out.iterdir()) and not config.overwrite and finished is None:
-        if config.resume == "auto" and killed_before_first_checkpoint(out):
+        if config.resume in ("auto", "grown") and killed_before_first_checkpoint(out):
             notes.append(
-                f"--resume auto: {out} holds no checkpoint yet, only what a run killed before its first one "
-                "left; starting again"
+                f"--resume {config.resume}: {out} holds no checkpoint yet, only what a run killed before its first "
+                "one left; starting again"
             )
         elif config.resume == "auto":  # e.g. a run killed while writing its model, or someone else's files
             raise OutputError(
@@ -201,8 +201,9 @@ def check_cache_outside(cache_dir: str | os.PathLike[str] | None, data: list[str
 
 def killed_before_first_checkpoint(out: Path) -> bool:
     """Whether `out` holds nothing but what a run killed before its first whole checkpoint leaves (its metrics, a
-    half-saved checkpoint, the final model's staging folder): a job restarted with --resume auto after such a kill
-    starts again instead of being refused; the new run rewrites or removes each of them."""
+    half-saved checkpoint, the final model's staging folder): a job restarted with --resume auto (or --resume grown,
+    which has no checkpoint to continue before its first) after such a kill starts again instead of being refused;
+    the new run rewrites or removes each of them."""
     return all(entry.name in KILLED_RUN_REMAINS for entry in out.iterdir())
 
 
