@@ -492,6 +492,27 @@ def test_an_interrupted_continuation_resumes_with_its_multipliers(lab):
     assert curve_gap(source, out) <= CURVE
 
 
+def test_a_resume_refuses_another_restart_warmup_or_schedule_offset_than_its_checkpoints(lab, tmp_path):
+    """Resuming a checkpoint restores the schedule it was saved with, its restart step and restart warmup included.
+    A continued run resumed with another --restart-warmup-steps went on with the checkpoint's without a word (the
+    option silently ignored); a plain run's checkpoint resumed with either option was refused for a setting the user
+    never touched ("max_steps=40 but this run has max_steps=45", "start_step=None but this run has start_step=0").
+    Each is refused naming the option and what the checkpoint holds; leaving them out takes the checkpoint's."""
+    grown = lab.grown("llama", "hypercloning", **EXACT["hypercloning"])
+    continued = lab.run_grown(grown, "llama-restart-resumed", steps=2, restart_warmup_steps=3)
+    with pytest.raises(UsageError, match="--restart-warmup-steps 5: the checkpoint being resumed has a 3-step restart"):
+        train(model=grown, data=[str(lab.data)], out=continued, max_steps=MORE, resume="auto", restart_warmup_steps=5)
+    plain = tmp_path / "plain"
+    shutil.copytree(lab.source("llama").out, plain)
+    model, more = lab.source("llama").model, dict(data=[str(lab.data)], out=plain, max_steps=N + MORE, resume="auto")
+    with pytest.raises(UsageError, match="--restart-warmup-steps 2: the checkpoint being resumed has no restart"):
+        train(model=model, restart_warmup_steps=2, **more)
+    with pytest.raises(UsageError, match="--schedule-offset 3: the checkpoint being resumed started at step 0;"):
+        train(model=model, schedule_offset=3, **more)
+    result = train(model=grown, data=[str(lab.data)], out=continued, max_steps=MORE, resume="auto", exit_interval=1)
+    assert result["end_step"] == N + 3  # the checkpoint's restart warmup, taken when the option is left out
+
+
 def test_a_continued_runs_checkpoints_count_the_lineages_tokens_as_its_steps(lab, tmp_path):
     """A `--resume grown` run's steps go on from its source's, and so do the tokens its checkpoints record (what a
     further growth and the card report: step 14 after 14 steps' tokens, not after this run's 8), across an

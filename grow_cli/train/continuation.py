@@ -101,15 +101,11 @@ def plan_continuation(config, model_dir: Path, checkpoint_state: dict[str, Any] 
     """The continuation of this run: from its own checkpoint when resuming one, from the grown state with
     `--resume grown`, a bare schedule offset with `--schedule-offset N`, else None (a run from step 0)."""
     recorded = (checkpoint_state or {}).get("continuation")
+    if checkpoint_state is not None:
+        check_same_start(config, recorded)
     if recorded:
-        start = recorded["start_step"]
-        if isinstance(config.schedule_offset, int) and config.schedule_offset != start:
-            raise UsageError(
-                f"--schedule-offset {config.schedule_offset}: the checkpoint being resumed started at step {start}; "
-                "resume with the original settings"
-            )
         return Continuation(
-            start_step=start,
+            start_step=recorded["start_step"],
             data_blocks=recorded["data_blocks"],
             restart_warmup_steps=recorded.get("restart_warmup_steps", 0),
             multipliers=(checkpoint_state or {}).get("multipliers") or {},
@@ -126,6 +122,25 @@ def plan_continuation(config, model_dir: Path, checkpoint_state: dict[str, Any] 
     if config.schedule_offset or config.restart_warmup_steps:
         return Continuation(int(config.schedule_offset or 0), None, config.restart_warmup_steps)
     return None
+
+
+def check_same_start(config, recorded: dict[str, Any] | None) -> None:
+    """Refuse a resume whose --schedule-offset or --restart-warmup-steps is not the checkpoint's (`recorded`, its
+    continuation; None: a run from step 0 without a restart warmup): loading the checkpoint restores the schedule it
+    was saved with, so another value would be recorded nowhere and never used. Left out, they take the checkpoint's."""
+    start = recorded["start_step"] if recorded else 0
+    warmup = recorded.get("restart_warmup_steps", 0) if recorded else 0
+    if isinstance(config.schedule_offset, int) and config.schedule_offset != start:
+        raise UsageError(
+            f"--schedule-offset {config.schedule_offset}: the checkpoint being resumed started at step {start}; "
+            "resume with the original settings"
+        )
+    if config.restart_warmup_steps and config.restart_warmup_steps != warmup:
+        held = f"a {warmup}-step restart warmup" if warmup else "no restart warmup"
+        raise UsageError(
+            f"--restart-warmup-steps {config.restart_warmup_steps}: the checkpoint being resumed has {held}; resume "
+            "with the original settings"
+        )
 
 
 def read_state(folder: Path) -> dict[str, Any]:
