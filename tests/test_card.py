@@ -252,3 +252,17 @@ def test_a_sentence_transformers_output_is_carded_as_one():
     assert (
         front_matter(trained)["library_name"] == "transformers" and front_matter(trained)["pipeline_tag"] == "fill-mask"
     )
+
+
+def test_the_card_names_only_what_grow_json_holds_beyond_it(record):
+    """Every card ended "The full record, with file hashes and index maps, is in `grow.json`.", but the record of a
+    model that was only trained (`grow train-stage` of a plain HF folder) holds neither, so the card promised what
+    its grow.json does not have. It names the hashes where an expand stage recorded its source's files, and the index
+    maps where one recorded a layer map or width maps."""
+    trained = append_stage(None, train_stage(), {"architecture": "llama"})
+    assert "The full record is in `grow.json`." in render_card(trained, title="x")
+    assert "The full record, with index maps, is in `grow.json`." in render_card(record, title="x")  # no files
+    hashed = copy.deepcopy(record)
+    hashed["stages"][0]["source"]["files"] = {"model.safetensors": {"sha256": "0" * 64, "size": 1}}
+    card = render_card(hashed, title="x")
+    assert "The full record, with file hashes and index maps, is in `grow.json`." in card

@@ -244,6 +244,18 @@ def _train_lines(stage: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _beyond_the_card(record: dict[str, Any]) -> str:
+    """What grow.json holds that the card leaves out, as the card's last lineage sentence names it: the source files'
+    hashes and the index maps of the expand stages that recorded them (a record of training alone has neither)."""
+    expands = [stage for stage in record["stages"] if stage.get("kind") == "expand"]
+    held = []
+    if any((stage.get("source") or {}).get("files") for stage in expands):
+        held.append("file hashes")
+    if any((stage.get("width") or {}).get("maps") or (stage.get("depth") or {}).get("layer_map") for stage in expands):
+        held.append("index maps")
+    return f", with {' and '.join(held)}," if held else ""
+
+
 def _continued_line(continued: dict[str, Any]) -> str:
     """How a train stage continued a grown training state: where it started (the source's steps and tokens, which
     this stage's own are trained on top of) and the per-tensor multipliers."""
@@ -336,7 +348,7 @@ def render_card(record: dict[str, Any], *, title: str) -> str:
         stage_lines = _expand_lines(stage) if stage.get("kind") == "expand" else _train_lines(stage)
         stage_lines[0] = stage_lines[0].replace("- **", f"- Stage {number}: **", 1)
         body += stage_lines
-    body += ["", "The full record, with file hashes and index maps, is in `grow.json`.", "", "## Usage", ""]
+    body += ["", f"The full record{_beyond_the_card(record)} is in `grow.json`.", "", "## Usage", ""]
     body += [
         *_usage(meta, title),
         "",
