@@ -29,6 +29,12 @@ MAX_SEED = 2**64 - 1  # the most torch's and numpy's generators take
 # over a normed hidden state are already √hidden wide and the softmax near one-hot; more only saturates it (and
 # starves its gradient), and past float32's range the router is written as inf.
 MAX_ROUTER_NOISE = 1.0
+# HyperCloning's noise, in dB of signal over noise (power `mean(W²)/10^(S/10)`). The noise cancels only up to float
+# rounding, which grows with it: below 0 dB (noise stronger than the weights) the error grows fast (-20 dB: max
+# |Δlogit| 4e-3, and --verify fails an "exact" growth), and at -1000 dB the weights are written as inf and NaN.
+# Above 120 dB its amplitude (1e-6 of the weights') is at float32's rounding and breaks no symmetry; past ~3000 dB
+# 10^(S/10) overflows.
+NOISE_SNR_DB_RANGE = (0.0, 120.0)
 DEEPEST_RELEASED = "the deepest released transformers have about 130"
 
 

@@ -39,7 +39,7 @@ FIELDS = [f.name for f in dataclasses.fields(GrowthSpec)]
         ({"width_factor": 2, "depth_method": "identity"}, "depth_method", "--depth-method identity applies only with"),
         ({"layers": 8, "width_method": "zero"}, "width_method", "--width-method zero applies only with a width"),
         ({"layers": 8, "width_method": "hypercloning", "noise_snr_db": 10}, "width_method", "applies only with a"),
-        ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": float("nan")}, "noise_snr_db", "finite"),
+        ({"width_method": "hypercloning", "width_factor": 2, "noise_snr_db": float("nan")}, "noise_snr_db", "got nan"),
         ({"experts": 4, "router_noise": 2e99}, "router_noise", "from 0 to 1, got 2e+99"),
         ({"experts": 4, "router_noise": float("nan")}, "router_noise", "from 0 to 1, got nan"),
         ({"layers": 8, "dtype": "fp64"}, "dtype", "--dtype must be one of bf16, fp16, fp32"),
@@ -56,6 +56,20 @@ def test_impossible_specs_are_one_line_naming_the_option(options, option, fragme
     assert info.value.option == option
     assert fragment in str(info.value) and "\n" not in str(info.value)
     assert isinstance(info.value, UsageError)  # exit code 2 on the CLI
+
+
+@pytest.mark.parametrize("snr_db", [-1000.0, -20.0, 1e308])
+def test_hypercloning_noise_beyond_its_range_is_refused(snr_db):
+    """`--noise-snr-db` took any finite number: at -1000 dB `grow expand` wrote weights of inf and NaN, exit 0, its
+    report and grow.json calling the growth exact; at -20 dB the noise (10× the weights) cancelled only up to a
+    float error that `--verify` failed; at 1e308 dB `10 ** (S / 10)` overflowed into `error: OverflowError`. A value
+    outside 0-120 dB is now refused as one line naming the option, before anything is read."""
+    with pytest.raises(OptionError) as info:
+        GrowthSpec(width_method="hypercloning", width_factor=2, noise_snr_db=snr_db)
+    assert info.value.option == "noise_snr_db"
+    assert "--noise-snr-db must be from 0 dB" in str(info.value) and "try 10" in str(info.value)
+    for kept in (0.0, 10.0, 120.0):  # the ends of the range are taken
+        assert GrowthSpec(width_method="hypercloning", width_factor=2, noise_snr_db=kept).noise_snr_db == kept
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,7 @@ def expand(
     noise_snr_db: Annotated[
         float | None,
         typer.Option(
-            help="hypercloning: symmetric noise at this SNR (dB) that breaks symmetry and stays exact.",
+            help="hypercloning: symmetric noise at this SNR (dB, 0 to 120) that breaks symmetry and stays exact.",
             rich_help_panel=WIDTH,
         ),
     ] = None,

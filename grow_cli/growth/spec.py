@@ -32,7 +32,7 @@ from grow_cli.errors import OptionError, UsageError, shown
 from grow_cli.field_types import checked_init, flag
 from grow_cli.field_types import field_types as dataclass_types
 from grow_cli.growth.mergekit import MergekitMap, read_mergekit
-from grow_cli.limits import MAX_ROUTER_NOISE, check_experts, check_seed
+from grow_cli.limits import MAX_ROUTER_NOISE, NOISE_SNR_DB_RANGE, check_experts, check_seed
 from grow_cli.operators import registry
 from grow_cli.operators.layer_map import parse_layer_map
 from grow_cli.quantities import parse_size
@@ -231,9 +231,12 @@ class GrowthSpec:
                     "--noise-snr-db applies only to --width-method hypercloning (its noise cancels between tiled "
                     "copies); try --width-method hypercloning",
                 )
-            if not math.isfinite(self.noise_snr_db):
+            low, high = NOISE_SNR_DB_RANGE
+            if not low <= self.noise_snr_db <= high:  # refuses nan and infinities too
                 raise OptionError(
-                    "noise_snr_db", f"--noise-snr-db must be a finite number of dB, got {self.noise_snr_db}; try 10"
+                    "noise_snr_db",
+                    f"--noise-snr-db must be from {low:g} dB (noise as strong as the weights) to {high:g} dB, got "
+                    f"{shown(self.noise_snr_db)}; try 10",
                 )
 
     def _check_experts(self) -> None:
