@@ -160,3 +160,21 @@ def test_inspect_refuses_options_that_would_do_nothing_or_replace_what_is_no_fil
         assert result.code == code and result.stdout == "" and len(lines) == 1, result.stderr
         assert lines[0].startswith(line), lines
     assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
+
+
+def test_inspect_does_not_write_its_definition_over_a_file_of_the_source(cli, tiny_copy):
+    """`grow inspect SRC --write-definition SRC/config.json` answered "already exists; … pass --force to replace it",
+    and with `--force` replaced the model's config.json with the definition: the model it was asked to describe no
+    longer loaded. A file of the source folder is refused with or without --force, and left as it was; a new file
+    there is written."""
+    source = tiny_copy("llama_tied")
+    config = (source / "config.json").read_bytes()
+    for force in ([], ["--force"]):
+        result = cli("inspect", source, "--write-definition", source / "config.json", *force)
+        assert result.code == 1 and result.stderr.strip().splitlines() == [
+            f"error: {source / 'config.json'} is a file of the model being inspected, {source}; write the definition "
+            "outside that folder"
+        ], result.stderr
+    assert (source / "config.json").read_bytes() == config
+    assert cli("inspect", source, "--write-definition", source / "llama.json").code == 0
+    assert json.loads((source / "llama.json").read_text())["name"] == "llama"

@@ -45,14 +45,22 @@ def definition_summary(arch) -> dict[str, Any]:
     }
 
 
-def check_definition_path(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+def check_definition_path(
+    path: str | os.PathLike[str], *, force: bool = False, source: str | os.PathLike[str] | None = None
+) -> Path:
     """Refuse a --write-definition path that cannot take the file: a folder, a device or pipe (`--force` would have
-    replaced /dev/null with a regular file), or an existing file without `force`."""
+    replaced /dev/null with a regular file), a file of the local model folder `source` (`--force` replaced its
+    config.json with the definition), or an existing file without `force`."""
     path = Path(path).expanduser()
     if path.is_dir():  # before the --force advice: forcing would not make a folder a file
         raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
     if path.exists() and not path.is_file():
         raise OutputError(f"{path} is not a regular file (a device, pipe or socket); give a file path")
+    folder = None if source is None else Path(os.fspath(source)).expanduser()
+    if folder is not None and folder.is_dir() and path.exists() and path.resolve().is_relative_to(folder.resolve()):
+        raise OutputError(
+            f"{path} is a file of the model being inspected, {folder}; write the definition outside that folder"
+        )
     if path.exists() and not force:
         raise OutputError(f"{path} already exists; choose another path or pass --force to replace it")
     return path
@@ -108,7 +116,7 @@ def inspect(
     if token is not None and Path(os.fspath(source)).expanduser().exists():
         raise OptionError("token", "--token applies only to Hub ids, not to local folders; drop --token")
     if write_definition_to is not None:  # before the source is read (a Hub id's headers are downloaded)
-        check_definition_path(write_definition_to, force=force)
+        check_definition_path(write_definition_to, force=force, source=source)
     from grow_cli.growth.train_state import checkpoint_weights  # (here: `import grow_cli` loads no console)
 
     with (
