@@ -267,6 +267,30 @@ def test_impossible_targets_are_refused_before_anything_is_written(sources, tmp_
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(num_kv_heads=3), "try --num-kv-heads 4"),
+        (dict(num_kv_heads=3, intermediate_size=128), "try --num-kv-heads 4"),
+        (dict(num_kv_heads=3, num_heads=4), "try 6"),  # --num-heads given: its own message, as before
+    ],
+)
+def test_a_kv_head_count_that_does_not_divide_the_heads_is_named(options, message):
+    """`grow expand LLAMA OUT --num-kv-heads 3` (4 query heads) answered "--hidden-size 32 makes 4 query heads of
+    head_dim 8, but num_heads must be a multiple of num_kv_heads=3; try --hidden-size 48": it blamed an option that
+    was not given and hid the one at fault. It names --num-kv-heads and a count that divides the heads."""
+    from grow_cli.arch.registry import all_definitions
+    from grow_cli.arch.shape import read_shape
+    from grow_cli.operators.width import target_shape
+
+    llama = all_definitions()["llama"]
+    with pytest.raises(UsageError) as err:
+        target_shape(llama, read_shape(llama, build_tiny("llama").config.to_dict()), GrowthSpec(**options))
+    assert str(err.value).endswith(message) and "--hidden-size" not in str(err.value), str(err.value)
+    if "num_heads" not in options:
+        assert str(err.value).startswith("--num-kv-heads 3 does not divide the 4 query heads: ")
+
+
 def test_heads_without_room_for_every_source_head_are_refused():
     from dataclasses import replace
 

@@ -168,6 +168,11 @@ def _refuse_head_layout(arch: ArchDef, shape: ModelShape, spec: GrowthSpec, size
         else:  # the heads follow the hidden size: suggest larger hidden sizes whose head counts fit
             made = f"--hidden-size {d2} makes {H2} query heads of head_dim {h}, but "
             hint = f"--hidden-size {_try([h * n for n in _multiples_near(H2, K2, H + 1)])}"
+            if spec.num_kv_heads and not spec.hidden_size:  # the source's query heads: the KV count is at fault
+                made = f"--num-kv-heads {K2} does not divide the {H2} query heads: "
+                kv = [n for n in range(K + 1, H2 + 1) if H2 % n == 0 and im.heads_coverable(H, K, H2, n)]
+                if kv:
+                    hint = f"--num-kv-heads {_try(sorted(sorted(kv, key=lambda n: abs(n - K2))[:2]))}"
         raise UsageError(f"{made}num_heads must be a multiple of num_kv_heads={K2}; try {hint}")
     if "head_dim" in arch.config:
         if d2 % H2 and d % H == 0:  # (a source whose heads do not divide its hidden size shows its class allows it)
