@@ -8,7 +8,8 @@ one rank's own (its device, its part of the data, a collective that broke), so e
 prefixed with its rank, and none is hidden.
 
 The launcher sets WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (the machine) in every process;
-`accelerate launch` also says which engine its config shards the training with (`sharding_engine`).
+`accelerate launch` also says which engine its config shards the training with (`sharding_engine`) and, under
+DeepSpeed, its gradient accumulation (`launcher_grad_accum`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import signal
 import sys
 import time
+
+from grow_cli.errors import UsageError
 
 FIRST_PROCESS_WAIT = 10.0  # seconds a silent process gives its machine's first process to report the same error
 
@@ -37,6 +40,28 @@ def _group_started() -> bool:
 def processes() -> int:
     """How many processes this launch has (the launcher's WORLD_SIZE; 1 outside a launch)."""
     return _env_int("WORLD_SIZE", 1)
+
+
+# Where accelerate's `Accelerator`, given no accumulation (as grow gives it none), reads its default from.
+# `accelerate launch` sets it under DeepSpeed only (from --gradient_accumulation_steps or its config's
+# deepspeed_config); a user may set it for any run.
+ACCUMULATION_VARIABLE = "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"
+
+
+def launcher_grad_accum() -> int:
+    """The gradient accumulation accelerate's `Accelerator` takes where it is given none, read as accelerate 1.16
+    reads it (`Accelerator.__init__`: `int()` of ACCUMULATION_VARIABLE, else 1): `grow family` checks its members'
+    budgets with it before any member runs, where train-stage reads the `Accelerator`'s own (a test holds the two
+    equal). A value `int()` cannot read is refused here, as the `Accelerator` would refuse it; 0 or -2 accelerate
+    takes as they are (the budget refuses them where the run uses them)."""
+    value = os.environ.get(ACCUMULATION_VARIABLE, "1")
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(
+            f"{ACCUMULATION_VARIABLE}={value!r} is not a whole number, which accelerate reads it as; set it to one "
+            "(the gradient accumulation a run takes without --grad-accum) or unset it"
+        ) from None
 
 
 def launched() -> bool:

@@ -383,11 +383,47 @@ def test_a_members_token_budget_is_checked_before_any_member_runs(folder, member
     assert str(info.value).startswith(f"recipe: {refusal}"), str(info.value)
 
 
-def test_under_a_launch_a_token_budget_waits_for_the_accumulation_the_launch_sets(folder, monkeypatch):
-    """Under `accelerate launch` the accumulation (and so the steps a token budget makes) may come from accelerate's
-    config or a DeepSpeed config, which the recipe cannot see: the stage checks its budget then — unless the
-    settings fix the accumulation, where the launch's processes count."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    load_recipe(_recipe(folder, _budgets({"warmup_steps": 6})))  # 5 steps on 2 processes, or 10 with accumulation 2
-    with pytest.raises(UsageError, match=r"warmup_steps: --warmup-steps 6 outlasts the run, which ends at step 5 "):
-        load_recipe(_recipe(folder, _budgets({"warmup_steps": 6, "grad_accum": 1})))
+def test_a_refused_token_budget_leaves_the_output_folder_as_it_was(cli, folder):
+    """`grow family` refuses the second member's warmup in one line before anything is written: no output folder."""
+    path = _recipe(folder, _budgets({"warmup_steps": 11}))
+    result = cli("family", path, "--out", folder / "family")
+    assert result.code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "error: recipe: members[1].train.warmup_steps: --warmup-steps 11 outlasts the run" in result.stderr
+    assert not (folder / "family").exists()
+
+
+@pytest.mark.parametrize(
+    "environment, member, end",
+    [
+        ({"WORLD_SIZE": "2"}, {}, 5),  # 4 × 32 tokens on each of 2 processes: 5 steps
+        ({"WORLD_SIZE": "2"}, {"grad_accum": 2}, 3),
+        ({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}, {}, 5),  # as `accelerate launch` passes DeepSpeed's
+        ({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}, {"grad_accum": 1}, None),  # the settings' own: 10 steps
+        ({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}, {"global_batch_tokens": 128}, None),
+    ],
+)
+def test_a_token_budget_is_checked_on_the_batch_the_launch_makes(folder, monkeypatch, environment, member, end):
+    """The steps a token budget makes follow this launch's processes and the accumulation accelerate takes from the
+    launcher where the settings leave it (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, which `accelerate launch` sets
+    from its DeepSpeed config): read as train-stage reads them, so the check neither misses what the run refuses nor
+    refuses what it takes. Under a launch it used to leave them to the run, as if accelerate's config could set the
+    accumulation another way."""
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    path = _recipe(folder, _budgets({"warmup_steps": 6, **member}))
+    if end is None:
+        load_recipe(path)
+        return
+    with pytest.raises(UsageError, match=rf"--warmup-steps 6 outlasts the run, which ends at step {end} "):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("value, said", [("0", "0: a run without --grad-accum"), ("two", "'two' is not a whole")])
+def test_a_launcher_accumulation_no_run_can_use_is_refused_before_any_member_runs(folder, monkeypatch, value, said):
+    """ACCELERATE_GRADIENT_ACCUMULATION_STEPS=0 made an empty global batch (a token budget divided by zero), and one
+    that is no number stops accelerate's `Accelerator`: in every member that takes it, so before the first."""
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", value)
+    with pytest.raises(UsageError) as info:
+        load_recipe(_recipe(folder, _budgets({})))
+    assert str(info.value).startswith(f"recipe: members[0].train: ACCELERATE_GRADIENT_ACCUMULATION_STEPS={said}")

@@ -7,7 +7,8 @@ import types
 
 import pytest
 
-from grow_cli.launch import error_prefix
+from grow_cli.errors import UsageError
+from grow_cli.launch import error_prefix, launcher_grad_accum
 
 
 def _launched(monkeypatch, *, rank: int, local_rank: int, world: int, local_world: int, node: int = 0) -> None:
@@ -182,3 +183,29 @@ def test_a_paused_family_under_a_launcher_exits_as_train_stage_s_pause(
     monkeypatch.setattr(run, "run_family", lambda recipe, quiet: {**ended, "status": "done"})
     monkeypatch.setattr("grow_cli.commands.family._print_result", lambda result, json_out: None)  # (its summary)
     assert cli("family", tmp_path / "family.yaml").code == 0
+
+
+@pytest.mark.parametrize("value, steps", [(None, 1), ("3", 3), (" 2 ", 2), ("two", None)])
+def test_the_launchers_accumulation_is_read_as_accelerates_accelerator_reads_it(monkeypatch, value, steps):
+    """train-stage's budget and `grow family`'s check of its members' budgets read the accumulation a run takes
+    without --grad-accum through `launcher_grad_accum`, which must read what accelerate's `Accelerator` reads (an
+    accelerate that read it from elsewhere would have the family check steps its runs do not take)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    if value is None:
+        monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", value)
+    AcceleratorState._reset_state(True)
+    try:
+        if steps is None:
+            with pytest.raises(ValueError):
+                Accelerator(cpu=True)
+            with pytest.raises(UsageError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS='two' is not a whole number"):
+                launcher_grad_accum()
+            return
+        assert Accelerator(cpu=True).gradient_accumulation_steps == launcher_grad_accum() == steps
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()

@@ -486,22 +486,20 @@ def _check_train_settings(recipe: Recipe, base: Path) -> None:
 
 def _check_budget(config: Any, *, continued: bool) -> None:
     """The checks `grow train-stage` makes once its steps are known (a warmup that fits, the bound on steps), made
-    now where the recipe fixes the steps, so that a later member's budget is not refused after the members before
-    it have trained. A `max_tokens` budget's steps depend on the accumulation, which under a launch accelerate's
-    config (or a DeepSpeed config) may set unless the settings do (`grad_accum`, `global_batch_tokens`): there the
-    stage checks its own. A member that continues the previous member's grown state (`continued`) starts where that
-    one ends, known only once it has run: its restart warmup (which needs only its own steps) is checked now, its
-    schedule's warmup when it runs."""
-    from grow_cli.launch import processes, started_by_a_launcher
+    now, so that a later member's budget is not refused after the members before it have trained. A `max_tokens`
+    budget's steps follow from the batch: this launch's processes and, unless the settings fix it, the accumulation
+    accelerate takes from the launcher, read as train-stage's `Accelerator` reads it (a DeepSpeed config that sets
+    another accumulation is refused by the run itself). A member that continues the previous member's grown state
+    (`continued`) starts in its schedule where that one ended (or where its state suggests: `schedule_offset: auto`),
+    known only once it has run: its restart warmup (which needs only its own steps) is checked now, its schedule's
+    warmup and final step when it runs."""
+    from grow_cli.launch import launcher_grad_accum, processes
     from grow_cli.train.budget import plan_budget, unplaced_budget
 
-    accumulation_set = config.grad_accum is not None or config.global_batch_tokens is not None
-    if config.max_tokens and started_by_a_launcher() and not accumulation_set:
-        return
-    if continued or config.schedule_offset == "auto":  # (auto: where the grown state suggests)
-        unplaced_budget(config, processes(), 1)
+    if continued or config.schedule_offset == "auto":
+        unplaced_budget(config, processes(), launcher_grad_accum())
     else:
-        plan_budget(config, processes(), 1, config.schedule_offset or 0)
+        plan_budget(config, processes(), launcher_grad_accum(), config.schedule_offset or 0)
 
 
 def _optimizer(value: Any, where: str) -> str:

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, replace
 
 from grow_cli.errors import UsageError
+from grow_cli.launch import ACCUMULATION_VARIABLE
 from grow_cli.limits import check_final_step, check_token_steps
 from grow_cli.train.config import TrainConfig, check_restart_warmup_fits, check_warmup_fits
 
@@ -54,8 +55,8 @@ def _grad_accum(config: TrainConfig, num_processes: int, launcher_default: int) 
     if config.global_batch_tokens is None:
         if config.grad_accum is None and launcher_default < 1:  # accelerate takes 0 as it is: an empty global batch
             raise UsageError(
-                f"ACCELERATE_GRADIENT_ACCUMULATION_STEPS={launcher_default}: a run without --grad-accum accumulates "
-                "that many micro-batches a step; set it to at least 1, or give --grad-accum"
+                f"{ACCUMULATION_VARIABLE}={launcher_default}: a run without --grad-accum accumulates that many "
+                "micro-batches a step; set it to at least 1, or give --grad-accum"
             )
         return config.grad_accum or launcher_default
     per_pass = config.micro_batch_size * config.seq_len * num_processes
