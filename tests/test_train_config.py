@@ -335,3 +335,13 @@ def test_a_report_to_name_that_is_no_tracker_is_named_as_such(monkeypatch):
     monkeypatch.setattr("accelerate.tracking.get_available_trackers", lambda: [])
     with pytest.raises(GrowError, match=r"--report-to wandb: not installed here.*; pip install wandb,"):
         check_trackers(["wandb"])  # the package asked for, not another tracker's
+
+
+def test_a_resume_path_that_is_a_file_is_named_as_a_file(tmp_path):
+    """`--resume FILE` said "no such checkpoint folder" of a file that exists; a missing path still says so."""
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(b"")
+    with pytest.raises(OptionError, match=r"model.safetensors: is a file, not a checkpoint folder; give a folder "):
+        TrainConfig(**{**BASE, "resume": str(file)})
+    with pytest.raises(OptionError, match=r"missing: no such checkpoint folder; give a folder such as OUT/"):
+        TrainConfig(**{**BASE, "resume": str(tmp_path / "missing")})

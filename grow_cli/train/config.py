@@ -181,7 +181,12 @@ class TrainConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise OptionError(name, f"{flag(name)} must lie in [0, 1], got {getattr(self, name)}")
         if self.resume not in (None, "auto", "grown") and not Path(self.resume).is_dir():
-            raise OptionError("resume", f"--resume {self.resume}: no such checkpoint folder (or use --resume auto)")
+            what = "is a file, not a checkpoint folder" if Path(self.resume).exists() else "no such checkpoint folder"
+            raise OptionError(
+                "resume",
+                f"--resume {self.resume}: {what}; give a folder such as OUT/checkpoints/step_00000100 "
+                "(or --resume auto)",
+            )
         if self.resume == "auto" and self.overwrite:  # one would be ignored: which, the user should say
             raise OptionError(
                 "overwrite", "--resume auto continues the run in --out and --overwrite starts it again; give one"
