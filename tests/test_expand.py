@@ -66,6 +66,20 @@ def test_expand_json_report_and_outputs(cli, tiny_checkpoints, tmp_path):
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "base_model_relation" not in card.split("---")[1]  # local source
     assert "library_name: transformers" in card and "- grow" in card and "- stack" in card
+    assert record["model"]["tokenizer"] and 'tokenizer = AutoTokenizer.from_pretrained("out")' in card
+
+
+def test_the_card_of_a_model_grown_without_a_tokenizer_loads_none(cli, tiny_copy, tmp_path):
+    """A source folder without tokenizer files grows into a folder without them: its card's usage snippet loaded a
+    tokenizer from it all the same, which fails for whoever copies it."""
+    source = tiny_copy("llama")
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        (source / name).unlink(missing_ok=True)
+    assert cli("expand", source, tmp_path / "out", "--layers", "8").code == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert json.loads((tmp_path / "out" / "grow.json").read_text())["model"]["tokenizer"] is False
+    assert "AutoTokenizer" not in card and 'AutoModelForCausalLM.from_pretrained("out")' in card, card
+    assert "# this folder holds no tokenizer" in card
 
 
 @pytest.mark.parametrize("quiet", [False, True])

@@ -6,6 +6,8 @@ from here, so the layouts grow understands are listed once.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
@@ -54,3 +56,17 @@ def shard_names(count: int) -> list[str]:
 
 # A sentence-transformers model is a transformers folder plus this list of its modules (pooling, normalisation).
 SENTENCE_TRANSFORMERS_MODULES = "modules.json"
+
+
+# The files a saved tokenizer is read from (fast, then the slow kinds transformers converts, Mistral's tekken), and
+# the suffixes of the others (SentencePiece, tiktoken): a folder without any holds no tokenizer, whatever else it holds.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tekken.json")
+TOKENIZER_SUFFIXES = (".model", ".tiktoken")
+SAVED_TOKENIZER = "tokenizer.json, tokenizer_config.json"  # what save_pretrained writes, as messages name it
+
+
+def holds_tokenizer_files(folder: Path) -> bool:
+    """Whether `folder` holds any file a tokenizer is read from: train-stage names them where transformers' refusal
+    names none ("Couldn't instantiate the backend tokenizer from one of: …"), and a grown model's card offers to load
+    a tokenizer only where its folder has one."""
+    return any(p.name in TOKENIZER_FILES or p.suffix in TOKENIZER_SUFFIXES for p in folder.iterdir() if p.is_file())

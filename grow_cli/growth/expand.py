@@ -23,7 +23,7 @@ from grow_cli.arch.binding import Binding, untie_choices
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
-from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES
+from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES, holds_tokenizer_files
 from grow_cli.checkpoint.model_config import load_config
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry
@@ -484,6 +484,7 @@ def _write_lineage(plan: Plan, source: Path, grown: Path, stage: dict[str, Any],
             "num_parameters": plan.num_parameters,
             "library": library,
             "headless": plan.binding.headless,
+            "tokenizer": holds_tokenizer_files(grown),  # copied from the source, which may have none
         },
     )
     write_record(grown, record)

@@ -350,7 +350,7 @@ def render_card(record: dict[str, Any], *, title: str) -> str:
         body += stage_lines
     body += ["", f"The full record{_beyond_the_card(record)} is in `grow.json`.", "", "## Usage", ""]
     body += [
-        *_usage(meta, title),
+        *_usage(meta, title, tokenizer=record.get("model", {}).get("tokenizer", True)),
         "",
         "With grow (to grow it further, pass it to `grow expand` the same way):",
         "",
@@ -364,8 +364,9 @@ def render_card(record: dict[str, Any], *, title: str) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
 
 
-def _usage(meta: dict[str, Any], title: str) -> list[str]:
-    """The card's snippet that loads the model, with the library and class it is used through."""
+def _usage(meta: dict[str, Any], title: str, *, tokenizer: bool) -> list[str]:
+    """The card's snippet that loads the model, with the library and class it is used through, and its tokenizer
+    where the folder holds one (a model grown from a folder without one has none: loading it would fail)."""
     if meta["library_name"] == "sentence-transformers":
         lines = [
             "from sentence_transformers import SentenceTransformer",
@@ -378,11 +379,14 @@ def _usage(meta: dict[str, Any], title: str) -> list[str]:
             meta["pipeline_tag"], "AutoModelForCausalLM"
         )
         lines = [
-            f"from transformers import AutoTokenizer, {auto}",
+            f"from transformers import AutoTokenizer, {auto}" if tokenizer else f"from transformers import {auto}",
             "",
             f'model = {auto}.from_pretrained("{title}")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{title}")',
         ]
+        if tokenizer:
+            lines.append(f'tokenizer = AutoTokenizer.from_pretrained("{title}")')
+        else:
+            lines.append("# this folder holds no tokenizer: load the one the model was trained with")
     return ["```python", *lines, "```"]
 
 

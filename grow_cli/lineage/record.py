@@ -111,6 +111,7 @@ SHAPE = {
         "architecture": TEXT,
         "library": TEXT,
         "headless": FLAG,
+        "tokenizer": FLAG,  # whether the folder holds a tokenizer (absent: it does, as every trained model's)
         "num_parameters": maybe(COUNT),
         "shape": MODEL_SHAPE,
     },

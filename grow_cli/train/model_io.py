@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from grow_cli.checkpoint.files import SAVED_TOKENIZER, holds_tokenizer_files
 from grow_cli.console import quiet_transformers
 from grow_cli.errors import CheckpointError, DataError, UsageError, counted, first_line, one_line
 
@@ -126,19 +127,6 @@ def check_seq_len(config, seq_len: int, *, whose: str = "the model's") -> None:
             return
 
 
-# The files a saved tokenizer is read from (fast, then the slow kinds transformers converts, Mistral's tekken), and
-# the suffixes of the others (SentencePiece, tiktoken): a folder without any holds no tokenizer, whatever else it holds.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tekken.json")
-TOKENIZER_SUFFIXES = (".model", ".tiktoken")
-SAVED_TOKENIZER = "tokenizer.json, tokenizer_config.json"  # what save_pretrained writes, as messages name it
-
-
-def _holds_tokenizer_files(folder: Path) -> bool:
-    """Whether `folder` holds any file a tokenizer is read from (transformers' refusal of one that holds none names no
-    file: "Couldn't instantiate the backend tokenizer from one of: …")."""
-    return any(p.name in TOKENIZER_FILES or p.suffix in TOKENIZER_SUFFIXES for p in folder.iterdir() if p.is_file())
-
-
 def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int]:
     """The tokenizer in `path` and the id placed between documents (EOS, else the config's EOS, else SEP).
     `option`: whether the command has `--tokenizer PATH` to offer instead (compare does not)."""
@@ -151,7 +139,7 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
             f"({SAVED_TOKENIZER})"
         )
     instead = " or pass --tokenizer PATH" if option else ""
-    if not _holds_tokenizer_files(Path(path)):
+    if not holds_tokenizer_files(Path(path)):
         raise DataError(
             f"no usable tokenizer in {path}: it holds no tokenizer files ({SAVED_TOKENIZER}, …); "
             f"copy the base model's tokenizer files there{instead}"
