@@ -317,6 +317,36 @@ def test_plan_a_target_config_with_a_tied_head(cli, tmp_path):
         assert report["stacking"]["small_model"]["num_parameters"] == int(embeddings + 7 * per_layer)
 
 
+def test_a_bert_target_config_plans_in_whole_counts_and_quietly(cli, tmp_path):
+    """A BERT config without `architectures` is counted on a model transformers builds as a causal LM, which warned
+    "If you want to use `BertLMHeadModel` as a standalone, add `is_decoder=True.`" on stderr; and the parameter
+    counts of `--json` came out as floats (109514298.0)."""
+    import logging
+
+    from transformers import BertConfig
+    from transformers.utils import logging as hf_logging
+
+    BertConfig().save_pretrained(tmp_path)
+    said: list[str] = []  # (transformers' own handler writes to the stderr it was created with, not the test's)
+    heard = logging.Handler()
+    heard.emit = lambda record: said.append(record.getMessage())
+    hf_logging.get_logger().addHandler(heard)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_warning()
+    try:
+        result = cli("plan", "--target", tmp_path, "--tokens", "1B", "--json")
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.get_logger().removeHandler(heard)
+    assert result.code == 0 and result.stderr == "" and said == [], (result.stderr, said)
+    report = json.loads(result.stdout)
+    counts = [report["target"]["num_parameters"], report["stacking"]["num_parameters"]]
+    for member in report["family"]["members"]:
+        counts += [member[key] for key in ("num_parameters", "active_parameters", "matmul_parameters")]
+    assert all(type(count) is int for count in counts), counts
+    assert report["target"]["num_parameters"] == report["family"]["members"][-1]["num_parameters"] == 109_514_298
+
+
 def test_a_target_config_transformers_cannot_build_is_one_line(cli, tmp_path):
     (tmp_path / "config.json").write_text(
         '{"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 30, '

@@ -331,7 +331,7 @@ def plan(
     family_book = family_ledger(members, seq_len=seq_len, new_token_fraction=new_token_fraction)
     return {
         "target": {
-            "num_parameters": n,
+            "num_parameters": round(n),
             "tokens": tokens,
             "compute_flops": 6 * float(shape.get("active_parameters", n)) * tokens,  # active: an MoE's top-k
             "config": shape,
@@ -445,9 +445,9 @@ def _members(
         larger = size
     members = [
         {
-            "num_parameters": float(s["num_parameters"]),
-            "active_parameters": float(s.get("active_parameters", s["num_parameters"])),
-            "matmul_parameters": float(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
+            "num_parameters": round(s["num_parameters"]),  # counts, whole in --json (a config may give 1.3e9)
+            "active_parameters": round(s.get("active_parameters", s["num_parameters"])),
+            "matmul_parameters": round(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
             "layers": s["num_hidden_layers"],
             "hidden_size": s["hidden_size"],
             "attention_width": attention_width(s),  # PaLM's H·Q (heads × head_dim), the attention FLOPs' width
@@ -471,7 +471,7 @@ def _stacking(shape: dict[str, Any], n: float, tokens: float, stack_refused: str
     to train on d tokens and grow ×4 in depth. A 1-layer target has no shallower model to grow from: no small model
     and no command (`applies` false, a `note`)."""
     d = stacking_growth_tokens(n, tokens)
-    rule = {"rule": STACKING_RULE, "num_parameters": n, "compute_flops": 6 * n * tokens, "growth_tokens": d}
+    rule = {"rule": STACKING_RULE, "num_parameters": round(n), "compute_flops": 6 * n * tokens, "growth_tokens": d}
     if shape["num_hidden_layers"] == 1:
         return {
             **rule,

@@ -266,10 +266,12 @@ def _meta_tensors(folder: Path, config: dict[str, Any]) -> dict[str, tuple[tuple
     import torch
     import transformers
 
+    from grow_cli.console import quiet_transformers  # (its notices, e.g. BERT's "add `is_decoder=True`", not grow's)
+
     try:
         model_config = transformers.AutoConfig.from_pretrained(folder)
         named = getattr(transformers, (config.get("architectures") or [""])[0], None)
-        with torch.device("meta"):
+        with quiet_transformers(), torch.device("meta"):
             if isinstance(named, type) and hasattr(named, "_from_config"):
                 model = named._from_config(model_config)
             else:
