@@ -118,8 +118,21 @@ def expand(
     ] = None,
     hidden_size: Annotated[int | None, typer.Option(help="Target hidden size.", rich_help_panel=WIDTH)] = None,
     intermediate_size: Annotated[int | None, typer.Option(help="Target FFN size.", rich_help_panel=WIDTH)] = None,
-    num_heads: Annotated[int | None, typer.Option(help="Target query heads.", rich_help_panel=WIDTH)] = None,
-    num_kv_heads: Annotated[int | None, typer.Option(help="Target key/value heads.", rich_help_panel=WIDTH)] = None,
+    num_heads: Annotated[
+        int | None,
+        typer.Option(
+            help="Target query heads. Unless --num-kv-heads sets them, KV heads grow in proportion (as many query "
+            "heads per KV head) where that divides, else stay; MQA keeps one.",
+            rich_help_panel=WIDTH,
+        ),
+    ] = None,
+    num_kv_heads: Annotated[
+        int | None,
+        typer.Option(
+            help="Target key/value heads (the source's: new query heads join the existing groups).",
+            rich_help_panel=WIDTH,
+        ),
+    ] = None,
     width_factor: Annotated[
         float | None,
         typer.Option(help="Scale hidden, FFN, heads (and KV heads, unless MQA) together.", rich_help_panel=WIDTH),
