@@ -9,7 +9,7 @@ import pytest
 from tinylm import run_grow, save_tiny_lm, write_plays
 
 from grow_cli.lineage.record import FORMAT
-from grow_cli.train.data_offset import blocks_read, lineage_blocks
+from grow_cli.train.data_offset import blocks_read, first_block, lineage_blocks
 
 
 def train(model, data, out, capsys, *extra):
@@ -125,3 +125,16 @@ def test_bad_data_offsets_are_one_clear_line(tmp_path, capsys, extra, message):
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=5_000)
     code, _, stderr = train(model, data, tmp_path / "out", capsys, "--max-steps", 1, *extra)
     assert code == 2 and message in stderr and not (tmp_path / "out").exists()
+
+
+def test_a_data_offset_past_the_data_is_said_with_the_epoch_it_starts_in():
+    """The data order repeats (each epoch its own permutation), so an offset past the training blocks is taken, and
+    starts in a later epoch: that was taken without a word; within the data, nothing is said."""
+    from types import SimpleNamespace
+
+    assert first_block(SimpleNamespace(data_offset=39), "fp", 40) == (39, None)
+    first, note = first_block(SimpleNamespace(data_offset=100), "fp", 40)
+    assert first == 100 and note == (
+        "--data-offset 100 is past the data's 40 training blocks: the first step reads block 20 of epoch 3 "
+        "(2.50 epochs in)"
+    )

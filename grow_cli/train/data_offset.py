@@ -111,9 +111,17 @@ def _other_order(continuation: Continuation, fingerprint: str, config) -> str | 
 
 
 def first_block(config, fingerprint: str, train_blocks: int) -> tuple[int, str | None]:
-    """`config.data_offset` in blocks, and a note for the user when `lineage` decided it."""
+    """`config.data_offset` in blocks, and a note for the user when `lineage` decided it or a number reaches past the
+    data (the data order repeats, each epoch in a permutation of its own: the run starts in a later epoch)."""
     if config.data_offset != "lineage":
-        return int(config.data_offset), None
+        first = int(config.data_offset)
+        if first < train_blocks:
+            return first, None
+        return first, (
+            f"--data-offset {first:,} is past the data's {train_blocks:,} training blocks: the first step reads "
+            f"block {first % train_blocks:,} of epoch {first // train_blocks + 1:,} ({first / train_blocks:.2f} "
+            "epochs in)"
+        )
     blocks = lineage_blocks(config.model, fingerprint, config.seq_len, config.seed, config.eval_fraction)
     if blocks is None:
         return 0, (
