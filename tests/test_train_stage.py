@@ -647,11 +647,14 @@ def test_overwrite_leaves_no_stale_file_of_the_old_run(tmp_path, capsys, tiny_ch
     (out / "checkpoints" / "step_00000099").mkdir(parents=True)  # … and a checkpoint from a longer run
     (out / "checkpoints" / "step_00000099" / "grow-state.json").write_text('{"step": 99}')
     (out / "notes.txt").write_text("the user's own file")
+    (out / "checkpoints" / "grown").mkdir()  # e.g. `grow expand OUT/checkpoints/step_… OUT/checkpoints/grown`
+    (out / "checkpoints" / "grown" / "config.json").write_text("{}")  # went with the checkpoints folder
     code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 2, "--overwrite"), capsys)
     assert code == 0, stderr
     assert not (out / "model.safetensors.index.json").exists() and not list(out.glob("model-*"))
     assert not (out / "checkpoints" / "step_00000099").exists()
     assert (out / "notes.txt").read_text() == "the user's own file"  # not grow's: kept
+    assert (out / "checkpoints" / "grown" / "config.json").read_text() == "{}"
     assert tf.AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
 
 

@@ -6,6 +6,7 @@ from here, so the layouts grow understands are listed once.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -41,6 +42,7 @@ WEIGHT_SUFFIXES = (
 # schedule, RNG). They describe a run, not a model: never copied into a grown output, removed by --overwrite.
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"step_\d+")  # a checkpoint folder in it, `step_NNNNNNNN`
 TRAINING_STATE_DIR = "training-state"  # the AdamW state grow expand grows beside a model (growth/grown_state.py)
 # Weight formats grow recognises in a source folder but will not read (pickles other than torch's safe loader,
 # other frameworks): named in the error, so the user knows what was found.

@@ -18,6 +18,7 @@ from pathlib import Path
 from grow_cli.checkpoint.claim import OLD_MARK, TMP_MARK, OutputClaim, sibling, unwritable
 from grow_cli.checkpoint.durable import fsync_folder, fsync_tree
 from grow_cli.checkpoint.files import (
+    CHECKPOINT_NAME,
     CHECKPOINTS_DIR,
     METRICS_FILE,
     TRAINING_STATE_DIR,
@@ -56,13 +57,23 @@ def previous_run_entries(folder: Path) -> list[Path]:
     from grow_cli.growth.st_modules import module_files
 
     modules = {Path(name).parts[0] for name in module_files(folder)} if folder.is_dir() else set()
-    return [
-        entry
-        for entry in (sorted(folder.iterdir()) if folder.is_dir() else [])
-        if (entry.name == CHECKPOINTS_DIR and entry.is_dir() and not entry.is_symlink())
-        or (entry.is_file() and (entry.suffix in WEIGHT_SUFFIXES or entry.name in PREVIOUS_RUN_FILES))
-        or entry.name in modules
-    ]
+    entries = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name == CHECKPOINTS_DIR and entry.is_dir() and not entry.is_symlink():
+            entries += _run_checkpoints(entry)
+        elif (entry.is_file() and (entry.suffix in WEIGHT_SUFFIXES or entry.name in PREVIOUS_RUN_FILES)) or (
+            entry.name in modules
+        ):
+            entries.append(entry)
+    return entries
+
+
+def _run_checkpoints(root: Path) -> list[Path]:
+    """What of a run's checkpoints folder the run wrote: the folder itself where it holds nothing but checkpoints
+    (`step_NNNNNNNN`), else those alone. Anything else in it is the user's (a model grown from a checkpoint into
+    `checkpoints/grown` was removed with the folder by --overwrite)."""
+    steps = [entry for entry in sorted(root.iterdir()) if entry.is_dir() and CHECKPOINT_NAME.fullmatch(entry.name)]
+    return [root] if len(steps) == len(list(root.iterdir())) else steps
 
 
 def remove_entries(entries: Iterable[Path]) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from grow_cli.checkpoint.files import CHECKPOINTS_DIR
+from grow_cli.checkpoint.files import CHECKPOINT_NAME, CHECKPOINTS_DIR
 from grow_cli.checkpoint.header import read_safetensors_header
 from grow_cli.checkpoint.output import removed_unless_written
 from grow_cli.checkpoint.torch_files import (
@@ -70,7 +70,7 @@ def _step_folders(out: Path) -> list[Path]:
     root = checkpoint_root(out)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d+", p.name))
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))
 
 
 def complete_checkpoints(out: Path) -> list[Path]:

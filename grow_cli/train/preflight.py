@@ -247,7 +247,11 @@ def abandoned_by(checkpoint: Path, out: Path) -> tuple[list[Path], list[Path]]:
     beside metrics cut back to the checkpoint, where `--resume auto` would find the run finished); and the newer
     whole checkpoints (after a kill, `--resume auto` would take one of them, and metrics.jsonl would skip the steps
     in between). A newer damaged one is left as it is: `--resume auto` never takes it."""
-    model = [entry for entry in previous_run_entries(out) if entry.name not in (CHECKPOINTS_DIR, METRICS_FILE)]
+    model = [
+        entry
+        for entry in previous_run_entries(out)
+        if entry.parent == out and entry.name not in (CHECKPOINTS_DIR, METRICS_FILE)  # (not a step folder)
+    ]
     newer = [p for p in complete_checkpoints(out) if p.name > checkpoint.name and damage_in(p) is None]
     return model, newer
 
