@@ -980,6 +980,24 @@ def test_resume_grown_takes_the_source_runs_peak_lr_and_notes_each_setting_that_
     assert notes.count(continues) == 2  # seq_len, seed, schedule and the betas are the source's
 
 
+def test_resume_grown_at_another_peak_lr_than_the_sources_is_a_note(lab):
+    """A --max-lr given that is not the source run's peak scales every step the grown moments were made for: a note
+    (it was taken without one, while another batch or clipping got one); the source's own value, none."""
+    from types import SimpleNamespace
+
+    from grow_cli.train.continuation import differences
+
+    grown = lab.grown("llama", "hypercloning", **EXACT["hypercloning"])
+    source_run = json.loads((grown / "training-state" / "state.json").read_text())["source"]
+    config = SimpleNamespace(
+        seed=0, schedule="cosine", beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=0.0, seq_len=32
+    )
+    this_run = {"global_batch": source_run["run"]["global_batch"], "mixed_precision": "no", "objective": None}
+    assert differences(grown / "training-state", config, {**this_run, "max_lr": SETTINGS["max_lr"]}) == []
+    said = differences(grown / "training-state", config, {**this_run, "max_lr": 1e-3})
+    assert said == ["the grown state's run had max_lr 0.003, this run 0.001"]
+
+
 def test_resume_grown_in_another_data_order_reads_it_from_its_first_block(lab, tmp_path, capsys):
     """The source's `data_blocks` count blocks of its own order (data, seq_len, seed): another seq_len makes
     another permutation, where skipping that many blocks would skip unread data and re-read the source's. Such a run

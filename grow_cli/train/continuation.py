@@ -213,7 +213,8 @@ def from_grown_state(folder: Path, config) -> Continuation:
 def differences(state_folder: Path, config, this_run: dict[str, Any]) -> list[str]:
     """Settings in which this run differs from the source run it continues: notes, since each one means the grown
     model follows its own dynamics rather than the source's (a legitimate choice, e.g. a larger batch). `this_run`
-    holds this run's keys (`build.run_keys`) and its `mixed_precision`; a setting the source did not record (a state
+    holds this run's keys (`build.run_keys`), its `mixed_precision` and its peak LR (`max_lr`: a number given that
+    is not the source's scales every step the moments were made for); a setting the source did not record (a state
     grown by an earlier grow) is not compared."""
     state = read_state(state_folder)
     run = (state.get("source") or {}).get("run") or {}
@@ -224,6 +225,7 @@ def differences(state_folder: Path, config, this_run: dict[str, Any]) -> list[st
         "global_batch": this_run["global_batch"],
         "seed": config.seed,
         "schedule": config.schedule,
+        "max_lr": this_run["max_lr"],
         "betas": [config.beta1, config.beta2],
         "eps": config.eps,
         "weight_decay": config.weight_decay,
@@ -236,6 +238,7 @@ def differences(state_folder: Path, config, this_run: dict[str, Any]) -> list[st
         "global_batch": run.get("global_batch"),
         "seed": run.get("seed"),
         "schedule": schedule.get("name"),
+        "max_lr": optimizer.get("max_lr"),
         "betas": optimizer.get("betas"),
         "eps": optimizer.get("eps"),
         "weight_decay": optimizer.get("weight_decay"),
