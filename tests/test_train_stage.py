@@ -853,3 +853,22 @@ def test_the_eval_perplexity_is_exp_of_the_loss_however_large():
 
     assert eval_metrics(60.0)["eval_ppl"] == pytest.approx(math.exp(60.0))
     assert eval_metrics(800.0)["eval_ppl"] == math.inf
+
+
+def test_throughput_leaves_out_evaluations_and_checkpoint_saves(monkeypatch):
+    """tokens/s (logged, and `--json`'s `tokens_per_s` from the loop's elapsed time) counts the steps' seconds: an
+    evaluation or a checkpoint save in between is set aside; a short resumed run with a save and an evaluation
+    reported a fraction of its rate. A fake clock: 2 s of steps, 3 s of saving, 1 s more of steps."""
+    from grow_cli.train import loop
+
+    now = [100.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
+    window = loop._Window(now[0])
+    window.tokens, now[0] = 1000, 102.0
+    with window.aside():
+        now[0] = 105.0
+    now[0] = 106.0
+    assert window.rate() == 1000 / 3  # not 1000 / 6
+    window.tokens, now[0] = 600, 108.0
+    assert window.rate() == 300.0  # a new window sets nothing aside from the last
+    assert window.trained_since(100.0) == 5.0

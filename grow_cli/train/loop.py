@@ -17,7 +17,8 @@ import math
 import os
 import signal
 import time
-from contextlib import AbstractContextManager, nullcontext, suppress
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ class Ending:
     reason: str
     first_step: int  # the step the loop started from (> 0 after a resume)
     last_loss: float | None  # the training loss of the last step (None if no step ran)
-    elapsed: float  # seconds in the loop
+    elapsed: float  # seconds the loop trained (its evaluations and checkpoint saves left out)
 
 
 def train_stage(config: TrainConfig) -> dict[str, Any]:
@@ -193,18 +194,20 @@ def train_loop(run: Run, stop: StopFlag) -> Ending:
                         tps=f"{extra['tokens_per_s']:,.0f}",
                     )
                 if config.eval_every and run.step % config.eval_every == 0 and run.step < max_steps:
-                    extra.update(evaluation(run))
+                    with window.aside():
+                        extra.update(evaluation(run))
                     progress.update(task, eval=f"  eval {extra['eval_loss']:.3f}")  # (metrics.jsonl alone had it)
                 _log(run, last, extra)
                 if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
-                    save_checkpoint(accelerator, Path(config.out), run.state(), config.keep_last)
+                    with window.aside():
+                        save_checkpoint(accelerator, Path(config.out), run.state(), config.keep_last)
             reason = _stop_reason(run, stop, first_step, synchronise)
             if reason:
                 for numbers in _checked(run, log.pop(upto=run.step)):  # every step, before the checkpoint is saved
                     last = numbers
                     _log(run, numbers)
-                return Ending(reason, first_step, last.loss if last else None, time.perf_counter() - started)
-    return Ending("done", first_step, last.loss if last else None, time.perf_counter() - started)
+                return Ending(reason, first_step, last.loss if last else None, window.trained_since(started))
+    return Ending("done", first_step, last.loss if last else None, window.trained_since(started))
 
 
 def _synchronises(run: Run) -> bool:
@@ -274,16 +277,32 @@ def _stop_reason(run: Run, stop: StopFlag, first_step: int, synchronised: bool) 
 
 
 class _Window:
-    """Tokens trained since the last throughput report, and when that report was."""
+    """Tokens trained since the last throughput report, and when that report was. Evaluations and checkpoint saves
+    on the way are no training: their seconds are set aside (`aside`), in the window and in the run's total, so that
+    tokens/s measures the steps (a short run with a save and an evaluation reported half its rate)."""
 
     def __init__(self, start: float) -> None:
-        self.start, self.tokens = start, 0
+        self.start, self.tokens, self.set_aside, self.total_set_aside = start, 0, 0.0, 0.0
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - begun
+            self.set_aside += spent
+            self.total_set_aside += spent
+
+    def trained_since(self, started: float) -> float:
+        """Seconds of training since `started`: the time passed less all the time set aside."""
+        return time.perf_counter() - started - self.total_set_aside
 
     def rate(self) -> float:
-        """Tokens per second over the window, then start a new window."""
+        """Tokens per second of training over the window, then start a new window."""
         now = time.perf_counter()
-        tokens_per_s = self.tokens / max(now - self.start, 1e-9)
-        self.start, self.tokens = now, 0
+        tokens_per_s = self.tokens / max(now - self.start - self.set_aside, 1e-9)
+        self.start, self.tokens, self.set_aside = now, 0, 0.0
         return tokens_per_s
 
 
