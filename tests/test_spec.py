@@ -171,3 +171,12 @@ def test_a_method_named_at_its_default_without_its_target_is_refused_when_given(
     with pytest.raises(OptionError, match="--width-method fpi applies only with a width target"):
         GrowthSpec(layers=8).check_given({"width_method", "layers"})
     GrowthSpec(layers=8, width_factor=2).check_given({"depth_method", "width_method"})  # each has its target
+
+
+def test_identity_repeats_beside_a_mergekit_config_names_how_the_config_says_it():
+    """A mergekit config is a layer map too, so "--identity-repeats applies only with --layer-map (for --layers, use
+    --depth-method identity)" sent its user nowhere: the config says it with scale 0 on o_proj and down_proj."""
+    with pytest.raises(
+        OptionError, match=r"a mergekit config makes its repeats identity blocks with scale 0 on o_proj"
+    ):
+        GrowthSpec(mergekit_config="solar.yml", identity_repeats=True)

@@ -177,6 +177,12 @@ class GrowthSpec:
     def _check_layer_map(self) -> None:
         """A layer map (given, or a mergekit config's) sets the depth alone; its syntax is checked here, its layers
         against the source's when the plan meets it (`operators/layer_map.py`)."""
+        if self.identity_repeats and self.mergekit_config is not None:  # (the config says it, or says otherwise)
+            raise OptionError(
+                "identity_repeats",
+                "--identity-repeats applies only with --layer-map; a mergekit config makes its repeats identity blocks "
+                "with scale 0 on o_proj and down_proj in their slices' parameters",
+            )
         if self.identity_repeats and self.layer_map is None:
             raise OptionError(
                 "identity_repeats",
