@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from tiny_models import ALL, DECODERS, MODEL_CLASSES, probe_ids
 
 from grow_cli.growth.expand import expand
@@ -156,6 +157,20 @@ def test_dtype_conversion(tiny_checkpoints, tmp_path, dtype, torch_dtype):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[dtype]
     assert torch.equal(tensors["model.norm.weight"], _tensors(src)["model.norm.weight"].to(torch_dtype))
+
+
+def test_dtype_fp16_refuses_a_weight_beyond_its_range(cli, tiny_copy, tmp_path):
+    """A bf16 weight of 1e6 became an infinity in float16 (exit 0; --verify blamed the exact method)."""
+    src = tiny_copy("llama")
+    shard = next(p for p in sorted(src.glob("*.safetensors")) if "lm_head.weight" in safe_open(p, "pt").keys())
+    with safe_open(shard, "pt") as f:
+        state = {name: f.get_tensor(name) for name in f.keys()}
+    state["lm_head.weight"][3, 5] = 1e6
+    save_file(state, shard, metadata={"format": "pt"})
+    result = cli("expand", str(src), str(tmp_path / "out"), "--layers", "6", "--dtype", "fp16")
+    assert result.code != 0 and not (tmp_path / "out").exists()
+    assert result.stderr.startswith("error: tensor lm_head.weight holds 1 value beyond float16's range"), result.stderr
+    assert "or use --dtype bf16" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_layer_maps_of_each_method():
