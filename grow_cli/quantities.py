@@ -44,8 +44,10 @@ def parse_size(text: str | int) -> int:
     value = float(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
     if not math.isfinite(value):
         raise UsageError(f"size {text!r} is too large to be a number of bytes")
-    if int(value) <= 0:
+    if value <= 0:
         raise UsageError(f"size {text!r} must be positive")
+    if int(value) == 0:  # (0.5 is positive, but no size)
+        raise UsageError(f"size {text!r} is less than one byte")
     return int(value)
 
 

@@ -36,7 +36,8 @@ def test_a_count_and_a_size_read_the_same_number():
         ("5EB", "cannot read size '5EB'"),
         ("1e999", "size '1e999' is too large to be a number of bytes"),
         ("9" * 400, f"size '{'9' * 400}' is too large"),  # was the catch-all: OverflowError from int(inf)
-        ("0.1", "size '0.1' must be positive"),
+        ("0.1", "size '0.1' is less than one byte"),
+        ("0KB", "size '0KB' must be positive"),
     ],
 )
 def test_a_size_that_is_none_is_refused_in_one_line(text, message):
