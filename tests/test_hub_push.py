@@ -346,6 +346,23 @@ def test_a_folder_that_holds_its_model_elsewhere_is_named_as_such_before_any_req
     assert fake_hub.requests == []
 
 
+@pytest.mark.parametrize("grow_json", [True, False])
+def test_a_readme_that_cannot_be_a_card_is_refused_before_any_request(fake_hub, grown, grow_json):
+    """A README.md in another encoding, or a folder of that name, failed once the repo was made, as the Hub's
+    failure: "creating acme/tiny-grown failed: UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe9 …"."""
+    if not grow_json:  # no card to refresh: the client itself read it as UTF-8
+        (grown / "grow.json").unlink()
+    readme = grown / "README.md"
+    readme.write_bytes(b"# tiny-grown\n\xe9t\xe9\n")  # Latin-1
+    with pytest.raises(CheckpointError, match=rf"^{readme} is not UTF-8 text \(at byte 13\), .*save it as UTF-8"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    readme.unlink()
+    readme.mkdir()
+    with pytest.raises(CheckpointError, match=rf"^{readme} is a directory, not a file, where the model card goes"):
+        push_folder(grown, "acme/tiny-grown", token=TOKEN)
+    assert fake_hub.requests == [] and fake_hub.repos == {}
+
+
 def test_folder_containing_the_token_is_refused(fake_hub, grown):
     (grown / "notes.txt").write_text(f"ran with --token {TOKEN}\n")
     with pytest.raises(HubError, match="contains the Hub token") as info:

@@ -84,11 +84,13 @@ def push_folder(
     as they are: not sent) — both None when the commit was made but reading it back failed, so which files it
     changed is not known (the push succeeded all the same) — and `changed` (False when the revision already held
     every file: the client then makes no commit, and opens no pull request, so `commit` is the revision's head and
-    `files` is empty). Raises CheckpointError for an incomplete folder, UsageError for contradictory options and
-    HubError for everything the Hub refuses; a transient failure's message says to `rerun` to resume.
+    `files` is empty). Raises CheckpointError for an incomplete folder or a README.md that cannot be a card,
+    UsageError for contradictory options and HubError for everything the Hub refuses; a transient failure's message
+    says to `rerun` to resume.
     """
     folder = Path(folder)
     weights = check_complete(folder)
+    check_card(folder)
     if create_pr and revision not in (None, "main"):
         raise UsageError(
             f"--create-pr opens a pull request against main; it cannot be combined with --revision {revision}"
@@ -262,6 +264,25 @@ def check_complete(folder: Path) -> list[str]:
         if name.endswith(".safetensors"):
             read_safetensors_header(folder / name)  # the reader's strict check: complete, untruncated, consistent
     return weights
+
+
+def check_card(folder: Path) -> None:
+    """Refuse, before any request, a README.md that cannot be a model card: the client reads it as UTF-8 text (to
+    have the Hub check its metadata) and `refresh_card` compares it with grow's rendering. A folder or other bytes
+    there failed only once the repo was made, and were named as the Hub's failure (a UnicodeDecodeError)."""
+    readme = folder / "README.md"
+    if not os.path.lexists(readme):
+        return
+    problem = not_a_file(readme)
+    if problem:
+        raise CheckpointError(f"{readme} {problem}, where the model card goes; remove or rename it")
+    try:
+        readme.read_bytes().decode()
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"{readme} is not UTF-8 text (at byte {exc.start:,}), as a model card must be; save it as UTF-8, or "
+            "remove it"
+        ) from None
 
 
 def _refuse_leaked_token(folder: Path, token: str, skip: set[str]) -> None:
