@@ -157,6 +157,25 @@ def test_a_push_with_nothing_new_says_so_and_opens_no_pull_request(fake_hub, gro
     assert changed["changed"] is True and changed["pr_url"] and changed["commit"] != first["commit"]
 
 
+def test_a_push_with_nothing_new_says_so_once(fake_hub, grown, cli):
+    """The client's own warning came above grow's line, saying the same in its voice: "No files have been modified
+    since last commit. Skipping to prevent empty commit." then "nothing to push: acme/tiny-grown … already holds"."""
+    import logging
+
+    assert push_folder(grown, "acme/tiny-grown", token=TOKEN)["changed"]
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())
+    client = logging.getLogger("huggingface_hub")  # its handler writes to the stderr it found at import
+    client.addHandler(handler)
+    try:
+        again = cli("push", grown, "acme/tiny-grown", "--token", TOKEN)
+    finally:
+        client.removeHandler(handler)
+    assert again.code == 0 and "nothing to push: acme/tiny-grown (branch main) already holds" in again.stderr
+    assert not [line for line in logged if "No files have been modified" in line]
+
+
 def test_files_are_those_the_push_sent(fake_hub, grown):
     """`files` listed every file of the folder to upload, also those the revision already held, which the client
     does not send (a push with nothing new "sent" them all); now it lists the files the push's commit added or

@@ -11,6 +11,8 @@ fails, the push has still succeeded, and the result says the files are not known
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shlex
@@ -120,17 +122,18 @@ def push_folder(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         action = "uploading to"
         head = main if on_main else api.model_info(repo_id, revision=revision, files_metadata=True)
-        info = interruptible(  # a Ctrl-C away from stopping: the client's upload threads would hold it
-            lambda: api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                revision=revision,
-                commit_message=commit_message or default_commit_message(folder),
-                create_pr=create_pr,
-                ignore_patterns=list(IGNORE_PATTERNS),
-            ),
-            "grow-hub-upload",
-        )
+        with _quiet_about_no_commit():
+            info = interruptible(  # a Ctrl-C away from stopping: the client's upload threads would hold it
+                lambda: api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=folder,
+                    revision=revision,
+                    commit_message=commit_message or default_commit_message(folder),
+                    create_pr=create_pr,
+                    ignore_patterns=list(IGNORE_PATTERNS),
+                ),
+                "grow-hub-upload",
+            )
         local = upload_files(folder)
         sent = _sent(api, repo_id, head, info.oid, local)  # None: the commit is made, its files not read back
     except HubError:
@@ -152,6 +155,27 @@ def push_folder(
         "unchanged": None if sent is None else len(local) - len(sent),
         "changed": info.oid != head.sha,  # a push with nothing new returns the head it found (no commit, no PR)
     }
+
+
+class _NoCommitDropped(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No files have been modified since last commit" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_about_no_commit():
+    """Drop the client's warning when the revision already holds every file ("No files have been modified since last
+    commit. Skipping to prevent empty commit."): `changed` is then false and the command says so in its own words
+    ("nothing to push: …"), so the client's line only doubled it, in another voice, above it."""
+    drop = _NoCommitDropped()
+    loggers = [logging.getLogger(f"huggingface_hub.{name}") for name in ("hf_api", "_upload_pipeline")]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 def _sent(
