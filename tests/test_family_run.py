@@ -673,6 +673,32 @@ def test_the_family_figure_names_an_untrained_member_as_such():
     assert headline(quality) == "No family figure at equal quality: big was not trained (no held-out loss)."
 
 
+def test_a_from_scratch_run_without_held_out_evaluations_is_said_so_in_the_figure_and_the_summary(tmp_path, capsys):
+    """A finished family whose from-scratch run's metrics.jsonl was lost or emptied since ended its re-run with
+    "error: TypeError: unsupported operand type(s) for +: 'int' and 'NoneType'" (the figure's bar of no FLOPs), then,
+    past the figure, with the summary's "unsupported format string passed to NoneType.__format__"."""
+    from grow_cli.commands.family import _print_summary
+    from grow_cli.family.plots import write_plots
+    from grow_cli.family.report import equal_quality, headline
+
+    for name in ("small", "big", "big-scratch"):
+        (tmp_path / name).mkdir()  # the models' folders, with no metrics file
+    rows = [
+        {"name": n, "final_eval_loss": 5.0, "lineage_flops": f, "progressive_flops": f, "flops_per_token": 6.0}
+        for n, f in (("small", 1e9), ("big", 2e9))
+    ]
+    summaries = [
+        {"name": "small", "final": str(tmp_path / "small")},
+        {"name": "big", "final": str(tmp_path / "big"), "baseline": {"out": str(tmp_path / "big-scratch")}},
+    ]
+    book = {"members": rows, "saving": None}
+    quality = equal_quality(summaries, book, baselines=True)
+    assert write_plots(tmp_path, summaries, book, quality, []) == ["loss_vs_flops.png", "compute_saved.png"]
+    result = {"out": str(tmp_path), "headline": headline(quality), "equal_quality": quality, "ledger": book}
+    _print_summary({**result, "consistency": [], "report": str(tmp_path / "family.md"), "plots": []})
+    assert "  big: not measured: the from-scratch run has no held-out evaluations\n" in capsys.readouterr().out
+
+
 def test_a_family_without_a_from_scratch_run_says_why(cli, tmp_path):
     """The headline told every family without a from-scratch run to 'add `baselines: true`', also one that had it:
     with no grown member trained, or with members finished before it was set."""

@@ -131,6 +131,9 @@ def _print_summary(result: dict) -> None:
         if m.get("status") is None:
             stdout.print(f"  {m['name']}: no from-scratch run to compare with")
             continue
+        if m["scratch_flops_needed"] is None:  # its run's metrics file lost or emptied since: no curve to read
+            stdout.print(f"  {m['name']}: not measured: {m['explanation']}")
+            continue
         how = f"{m['lineage_flops']:.3g} FLOPs against {m['scratch_flops_needed']:.3g}"
         if m["bound"] != "=":
             how += f"; {m['explanation']}"

@@ -60,11 +60,13 @@ def _loss_vs_flops(ax, summaries: list[dict[str, Any]], book: dict[str, Any]) ->
 
 def _compute_bars(ax, book: dict[str, Any], quality: dict[str, Any]) -> None:
     """Equal quality when measured: each grown member's lineage FLOPs against the from-scratch FLOPs to reach its
-    loss (hatched and marked '>' where the scratch run never got there). Otherwise the equal-tokens ledger."""
+    loss (hatched and marked '>' where the scratch run never got there). A member whose from-scratch run has no
+    held-out evaluation (its metrics file lost or emptied since) has no such FLOPs: left out, as the report's table
+    says why. Otherwise the equal-tokens ledger."""
     from grow_cli.family.quality import BOUND, saving_text
 
     if quality["measured"]:
-        members = [m for m in quality["members"] if m.get("status")]
+        members = [m for m in quality["members"] if m.get("status") and m["scratch_flops_needed"] is not None]
         x = range(len(members))
         ax.bar([i - 0.2 for i in x], [m["lineage_flops"] for m in members], width=0.4, label="grown (whole lineage)")
         bars = ax.bar(

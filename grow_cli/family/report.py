@@ -256,7 +256,9 @@ def _markdown(recipe: Recipe, book: dict[str, Any], quality: dict[str, Any], pai
                 lines.append(f"| {m['name']} | — | — | — | — | no from-scratch run |")
                 continue
             reach = BOUND[m["status"]]  # the from-scratch FLOPs' own bound (the saving's may be weaker)
-            needed = ("> " if reach == ">" else "≤ " if reach == "≤" else "") + _fmt(m["scratch_flops_needed"], ".3g")
+            needed = _fmt(m["scratch_flops_needed"], ".3g")  # "—" where its run has no held-out evaluation
+            if m["scratch_flops_needed"] is not None:
+                needed = ("> " if reach == ">" else "≤ " if reach == "≤" else "") + needed
             lines.append(
                 f"| {m['name']} | {m['grown_loss']:.4f} | {m['lineage_flops']:.3g} | {needed} | "
                 f"{saving_text(m)} | {m['explanation']} |"
