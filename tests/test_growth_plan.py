@@ -14,7 +14,7 @@ from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.model_config import load_config
 from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.errors import UsageError
-from grow_cli.growth.plan import Plan, build_plan, lm_dropout
+from grow_cli.growth.plan import Plan, _not_written, build_plan, lm_dropout
 from grow_cli.growth.spec import GrowthSpec
 
 # The weights of one Llama layer, in the definition's order; the two that write into the residual stream are what an
@@ -293,3 +293,17 @@ def test_the_memory_estimate_counts_what_the_executor_computes(tiny_checkpoints,
     else:
         assert plan.peak_bytes >= max(t.nbytes for t in computed)
     assert any(stored) == (options.get("dtype") is None and "width_method" not in options)
+
+
+def test_tensors_not_written_are_one_note_per_kind_not_per_layer():
+    """An old GPT-2 checkpoint stores its causal mask (`attn.bias`, a non-persistent buffer) in every layer: one
+    "not written" note per layer made hundreds of lines for a large model; a kind found once keeps its own name, and
+    a name that is a pattern already (a multi-token-prediction layer, `model.layers.3.*`) is left as it is."""
+    buffer = "non-persistent buffer; transformers recomputes it"
+    dropped = [(f"transformer.h.{i}.attn.bias", buffer) for i in range(12)]
+    dropped += [("lm_head.weight", "tied to transformer.wte.weight; written once"), ("model.layers.3.*", "MTP")]
+    assert _not_written(dropped) == [
+        f"not written: transformer.h.*.attn.bias, 12 tensors ({buffer})",
+        "not written: lm_head.weight (tied to transformer.wte.weight; written once)",
+        "not written: model.layers.3.* (MTP)",
+    ]

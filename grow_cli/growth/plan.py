@@ -10,6 +10,7 @@ layer's MLP into a mixture of experts (grow_cli/operators/upcycle.py).
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -342,10 +343,23 @@ def _depth(arch: ArchDef, binding: Binding, spec: GrowthSpec) -> DepthMap | None
     return depth_map(op, L, layers, dus_overlap=overlap)
 
 
+def _not_written(dropped: list[tuple[str, str]]) -> list[str]:
+    """One note per kind of tensor not written: the same name in every layer (`h.*.attn.bias`, GPT-2's causal mask)
+    is one line with its count, where each layer had its own (hundreds of lines for a large model)."""
+    kinds: dict[tuple[str, str], int] = {}
+    for name, why in dropped:
+        key = (name if "*" in name else re.sub(r"\.\d+\.", ".*.", name), why)  # (a pattern: one layer's, kept)
+        kinds[key] = kinds.get(key, 0) + 1
+    return [
+        f"not written: {name} ({why})" if count == 1 else f"not written: {name}, {count} tensors ({why})"
+        for (name, why), count in kinds.items()
+    ]
+
+
 def _notes(plan: Plan, spec: GrowthSpec) -> list[str]:
     """What the user should know about this growth before training it: tensors not written, and starts that train
     poorly (a stationary gated MLP, copies that stay copies)."""
-    notes = [f"not written: {name} ({why})" for name, why in plan.binding.dropped]
+    notes = _not_written(plan.binding.dropped)
     depth, width, upcycle = plan.depth, plan.width, plan.upcycle
     if any(t.query_scale != 1 for t in plan.tensors):
         notes.append(index_scaling.note(plan.arch))
