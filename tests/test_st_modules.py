@@ -22,6 +22,7 @@ import torch
 from fake_hub import fake_hub_fixture  # noqa: F401 (fixture)
 from tinylm import run_grow
 
+from grow_cli.errors import OptionError
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
 
@@ -611,4 +612,21 @@ def test_a_dense_whose_bin_weights_hold_nan_is_refused_naming_it(st_source, tmp_
     line = result.stderr.strip()
     assert result.code == 1 and "\n" not in line, result.stderr
     assert line.startswith("error: 2_Dense/pytorch_model.bin: tensor linear.weight holds 2 NaN or infinite values")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dtype_fp16_refuses_a_dense_weight_beyond_its_range(st_source, tmp_path):
+    """A Dense module is cast apart from the transformer, so a weight past float16's 65504 became infinite under
+    --dtype fp16 there although the transformer's tensors were checked: refused alike, naming the module's tensor,
+    and nothing is left in OUT."""
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(st_source("bert-mean-max"), src)
+    weights = load_file(str(src / "3_Dense" / "model.safetensors"))
+    weights["linear.weight"][0, 0] = 1e6
+    save_file(weights, str(src / "3_Dense" / "model.safetensors"), metadata={"format": "pt"})
+    spec = GrowthSpec(layers=6, depth_method="stack", dtype="fp16")
+    with pytest.raises(OptionError, match=r"^tensor 3_Dense/linear.weight holds 1 value beyond float16's range"):
+        expand(str(src), tmp_path / "out", spec, quiet=True)
     assert not (tmp_path / "out").exists()

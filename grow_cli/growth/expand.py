@@ -24,18 +24,19 @@ from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES, holds_tokenizer_files
+from grow_cli.checkpoint.finite import refuse_overflow
 from grow_cli.checkpoint.model_config import load_config
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, is_local, resolve_source, source_headers
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes
 from grow_cli.console import activity, byte_progress
-from grow_cli.errors import CheckpointError, GrowError, OptionError, UsageError, counted
+from grow_cli.errors import CheckpointError, GrowError, OptionError, UsageError
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.mergekit import check_model
-from grow_cli.growth.plan import OutputTensor, Plan, build_plan, plan_summary
+from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.st_modules import (
     Module,
@@ -112,32 +113,8 @@ def materialize(
         cast = result.to(dtype).contiguous()
     else:
         cast = casts.tensor(("cast", index % 2), t.shape, t.dtype).copy_(result)
-    refuse_overflow(plan, t, result, cast)
+    refuse_overflow(t.name, result, cast, dtype_given=plan.out_dtype is not None)
     return cast
-
-
-def refuse_overflow(plan: Plan, t: OutputTensor, result, cast) -> None:
-    """Refuse output `t` when casting its computed values (`result`) to float16 (`cast`) made some of them infinite:
-    float16 holds values only up to 65504, where bf16 and float32 reach 3.4e38, so `--dtype fp16` of a bf16 or
-    float32 source that holds a larger weight wrote an infinity (exit 0, and a model that outputs NaN; `--verify`
-    then blamed the exact method). bf16 keeps float32's range, and float8 outputs (a float8 source's own dtype) are
-    not looked at (torch has no isfinite for them); a value that was already NaN or infinite is the source's, which
-    the hashing names."""
-    import torch
-
-    if cast.dtype != torch.float16 or result.dtype == torch.float16 or bool(torch.isfinite(cast).all()):
-        return
-    overflowed = int((torch.isinf(cast) & torch.isfinite(result)).sum())
-    if not overflowed:
-        return
-    largest = float(result[torch.isfinite(result)].abs().max())
-    name, limit = str(cast.dtype).removeprefix("torch."), torch.finfo(cast.dtype).max
-    advice = "leave out --dtype (keep the source's dtype) or use --dtype bf16" if plan.out_dtype else "use --dtype bf16"
-    raise OptionError(
-        "dtype",
-        f"tensor {t.name} holds {counted(overflowed, 'value')} beyond {name}'s range (largest {largest:.4g}, "
-        f"{name} ends at {limit:g}), which would be written as infinite and make the model output NaN; {advice}",
-    )
 
 
 def stream(

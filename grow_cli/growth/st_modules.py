@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from grow_cli.checkpoint.dtypes import converted, dtype_name, nbytes, torch_dtype
 from grow_cli.checkpoint.files import BIN_SINGLE, SAFETENSORS_SINGLE, SENTENCE_TRANSFORMERS_MODULES, WEIGHT_SUFFIXES
+from grow_cli.checkpoint.finite import refuse_overflow
 from grow_cli.checkpoint.header import TensorEntry, read_safetensors_header
 from grow_cli.checkpoint.reader import load_bin_weights
 from grow_cli.errors import CheckpointError, UsageError
@@ -270,12 +271,14 @@ def _write_dense(plan: Plan, m: Module, source: Path, dest: Path) -> str:
     for name, w in _load(source / _weights_file(m)).items():
         dtype = torch_dtype(converted(dtype_name(w.dtype), m.cast))
         if width is None or name == "linear.bias":  # the bias is on the output axis, which keeps its width
-            grown[name] = w.to(dtype).contiguous()
-            continue
-        blocks = [
-            width.widen_reader(f"{m.path}/{name}[{b}]", w[:, b * d : (b + 1) * d].float()) for b in range(m.blocks)
-        ]
-        grown[name] = torch.cat(blocks, dim=1).to(dtype).contiguous()
+            result = w
+        else:
+            blocks = [
+                width.widen_reader(f"{m.path}/{name}[{b}]", w[:, b * d : (b + 1) * d].float()) for b in range(m.blocks)
+            ]
+            result = torch.cat(blocks, dim=1)
+        grown[name] = result.to(dtype).contiguous()
+        refuse_overflow(f"{m.path}/{name}", result, grown[name], dtype_given=plan.out_dtype is not None)
     (dest / m.path).mkdir(parents=True, exist_ok=True)  # (other formats of the source's weights are not written)
     save_file(grown, str(dest / m.path / SAFETENSORS_SINGLE), metadata={"format": "pt"})
     return f"{m.path}/{SAFETENSORS_SINGLE}"
