@@ -303,8 +303,8 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         weights = c.src / "model.safetensors"  # a second copy of the tiny LM, damaged
         c.src.rename(c.tmp / "llama")
         shutil.copytree(c.lm, c.src)
-        weights.write_bytes(weights.read_bytes()[:-100])
-        return ["compare", c.lm, c.src, "--data", c.data], "model.safetensors is truncated"
+        weights.write_bytes(weights.read_bytes()[:-100])  # named with its folder: compare reads two models
+        return ["compare", c.lm, c.src, "--data", c.data], f"error: {weights} is truncated"
     if name == "train-parquet-numbers":
         import pyarrow as pa
         import pyarrow.parquet as pq

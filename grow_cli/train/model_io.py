@@ -79,14 +79,26 @@ def check_weights(model_dir: Path) -> None:
     from grow_cli.checkpoint.model_config import load_config
     from grow_cli.checkpoint.reader import CheckpointReader
 
-    with CheckpointReader(Path(model_dir)) as reader:
-        infos = reader.tensor_infos()
+    try:
+        with CheckpointReader(Path(model_dir)) as reader:
+            infos = reader.tensor_infos()
+    except CheckpointError as exc:  # a damaged weights file named by its name alone: say which model's
+        raise CheckpointError(_in_folder(str(exc), Path(model_dir))) from None
     refuse_quantizer_tensors(infos)
     refuse_integer_weights(infos, {name for name in infos if name.endswith(".weight")})
     try:
         check_fit(load_config(Path(model_dir)), set(infos))
     except CheckpointError as exc:  # named by the file alone: say which model's (compare reads two)
         raise CheckpointError(str(exc).replace("config.json", str(Path(model_dir) / "config.json"), 1)) from None
+
+
+def _in_folder(message: str, folder: Path) -> str:
+    """`message` with its leading file name (`model.safetensors is truncated: …`) given as the path of that file in
+    `folder`, where it names one; else as it is."""
+    name = message.split(" ", 1)[0].rstrip(":")
+    if name and (folder / name).is_file():
+        return str(folder / name) + message[len(name) :]
+    return message
 
 
 @contextmanager
