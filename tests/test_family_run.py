@@ -696,7 +696,9 @@ def test_a_from_scratch_run_without_held_out_evaluations_is_said_so_in_the_figur
     assert write_plots(tmp_path, summaries, book, quality, []) == ["loss_vs_flops.png", "compute_saved.png"]
     result = {"out": str(tmp_path), "headline": headline(quality), "equal_quality": quality, "ledger": book}
     _print_summary({**result, "consistency": [], "report": str(tmp_path / "family.md"), "plots": []})
-    assert "  big: not measured: the from-scratch run has no held-out evaluations\n" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "  big: not measured: the from-scratch run has no held-out evaluations (its metrics.jsonl was " in said
+    assert f"remove {tmp_path / 'big-scratch'} and run the family again to train it anew)\n" in said
 
 
 def test_a_family_without_a_from_scratch_run_says_why(cli, tmp_path):

@@ -141,6 +141,11 @@ def equal_quality(summaries: list[dict[str, Any]], book: dict[str, Any], *, base
             entry = member_saving(row["lineage_flops"], row["final_eval_loss"], eval_curve(metrics))
             entry["scratch_loss_equal_tokens"] = entry["scratch_final_loss"]
             entry["explanation"] = describe_reach(entry)
+            if entry["scratch_flops_needed"] is None:  # every run ends evaluated: its metrics were lost since
+                entry["explanation"] += (
+                    f" (its metrics.jsonl was emptied or lost since it ran; remove {s['baseline']['out']} and run the "
+                    "family again to train it anew)"
+                )
         grown.append(entry)
         members.append({"name": row["name"], **(entry or {"saving": None})})
     untrained = [r["name"] for r in rows[1:] if r["final_eval_loss"] is None]
