@@ -345,3 +345,12 @@ def test_a_resume_path_that_is_a_file_is_named_as_a_file(tmp_path):
         TrainConfig(**{**BASE, "resume": str(file)})
     with pytest.raises(OptionError, match=r"missing: no such checkpoint folder; give a folder such as OUT/"):
         TrainConfig(**{**BASE, "resume": str(tmp_path / "missing")})
+
+
+def test_apollo_sampling_named_at_its_default_without_apollo_is_refused():
+    """`--apollo-sampling lvps` (its default) without Apollo did nothing without a word, where another value was
+    refused; with Apollo it is taken."""
+    with pytest.raises(OptionError, match=r"^--apollo-sampling needs --apollo-target-layers"):
+        TrainConfig(**BASE).check_given({"apollo_sampling"})
+    TrainConfig(**BASE, apollo_target_layers=2).check_given({"apollo_sampling"})
+    TrainConfig(**BASE).check_given({"seq_len"})

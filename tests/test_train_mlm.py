@@ -187,14 +187,21 @@ def test_a_bert_trained_causally_has_the_causal_loss_by_name(setup):
     assert model.loss_type == "ForCausalLM"
 
 
-@pytest.mark.parametrize("case", ["masked-decoder", "no-mask-token", "wwm-causal", "encoder-decoder"])
+@pytest.mark.parametrize(
+    "case", ["masked-decoder", "no-mask-token", "wwm-causal", "mlm-default-causal", "encoder-decoder"]
+)
 def test_wrong_objectives_are_refused_in_one_line(setup, tmp_path, capsys, case):
+    """Each names its fault; a masking option on a causal LM also when typed at its default (`--mlm-probability
+    0.15` trained without a word, as if it masked)."""
     _, data = setup
     out = tmp_path / "out"
     if case == "masked-decoder":
         model, extra, want = save_tiny_lm(tmp_path / "lm"), ["--objective", "masked"], "llama is a decoder"
     elif case == "wwm-causal":
         model, extra, want = save_tiny_lm(tmp_path / "lm"), ["--whole-word-mask"], "--whole-word-mask applies to"
+    elif case == "mlm-default-causal":
+        model, extra = save_tiny_lm(tmp_path / "lm"), ["--mlm-probability", "0.15"]
+        want = "--mlm-probability applies to masked-LM training"
     elif case == "no-mask-token":  # a BERT with a tokenizer that has no [MASK]
         from tinylm import tiny_tokenizer
 

@@ -271,6 +271,7 @@ def _train_with(
         quiet=quiet,
         **{"cache_dir": token_cache(recipe), **settings},
     )
+    config.check_given(settings)  # (the recipe's keys: a masking key on a causal member is refused at its default too)
     with run_accelerate_state():
         try:
             trained = train_stage(config)

@@ -203,9 +203,18 @@ class TrainConfig:
 
     def check_given(self, given: Collection[str]) -> None:
         """Refuse a schedule option the user named at its default value where the schedule ignores it
-        (`--decay-type linear` with cosine), as construction refuses any other value: a command line or a recipe
-        knows which options were given, where the fields only hold values."""
+        (`--decay-type linear` with cosine), or --apollo-sampling without Apollo, as construction refuses any other
+        value: a command line or a recipe knows which options were given, where the fields only hold values. The
+        names are kept (`given`) for the checks that need the model first (masking options on a causal LM, in
+        preflight)."""
         self._check_schedule_options(named=given)
+        self._check_apollo(named=given)
+        object.__setattr__(self, "_given", frozenset(given))  # (no field: a resume compares the fields)
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The options the user named, as `check_given` was told (empty where it was not called)."""
+        return getattr(self, "_given", frozenset())
 
     def _check_schedule_options(self, named: Collection[str] = ()) -> None:
         """Refuse a schedule option that the chosen schedule would silently ignore (one with a value other than its
@@ -259,11 +268,12 @@ class TrainConfig:
                 "--data-offset: --resume grown reads on after the blocks its source read already; drop --data-offset",
             )
 
-    def _check_apollo(self) -> None:
+    def _check_apollo(self, named: Collection[str] = ()) -> None:
+        """Apollo's settings, and --apollo-sampling refused without Apollo (set away from its default, or `named`)."""
         if self.apollo_stages is not None:
             check_layer_option("apollo_stages", parse_stages(self.apollo_stages)[-1][0])  # (stages only grow)
         elif self.apollo_target_layers is None:
-            if self.apollo_sampling != "lvps":
+            if self.apollo_sampling != DEFAULTS["apollo_sampling"] or "apollo_sampling" in named:
                 raise OptionError(
                     "apollo_sampling", "--apollo-sampling needs --apollo-target-layers (or --apollo-stages)"
                 )

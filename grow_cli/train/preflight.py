@@ -257,8 +257,10 @@ def abandoned_by(checkpoint: Path, out: Path) -> tuple[list[Path], list[Path]]:
 
 
 def check_no_masking_options(config: TrainConfig) -> None:
-    """Refuse masking options on a run that trains a causal LM: they would silently do nothing."""
+    """Refuse masking options on a run that trains a causal LM, set away from their defaults or named at them
+    (`config.given`): they would silently do nothing."""
     given = first_changed({name: getattr(config, name) for name in MASKING})
+    given = given or next((name for name in MASKING if name in config.given), None)
     if given:
         raise OptionError(
             given,
