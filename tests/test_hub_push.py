@@ -622,3 +622,10 @@ def test_malformed_repo_ids_are_refused_before_any_request(fake_hub, grown):
         with pytest.raises(UsageError, match="is not a repo id"):
             push_folder(grown, bad, token=TOKEN)
     assert fake_hub.requests == []
+
+
+def test_the_pull_command_quotes_a_revision_a_shell_would_split(fake_hub, grown, cli):
+    """`pull it with: grow inspect acme/x --revision my branch` was no command a shell runs as meant."""
+    result = cli("push", grown, "acme/tiny-grown", "--revision", "my branch", "--token", TOKEN)
+    assert result.code == 0, result.stderr
+    assert "pull it with: grow inspect acme/tiny-grown --revision 'my branch'" in result.stderr, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -104,5 +105,5 @@ def push(
         err.print("model card: README.md was edited by hand, so it was uploaded as it is")
     err.print(
         f"pull it with: grow inspect {result['repo_id']}"
-        + (f" --revision {result['revision']}" if result["revision"] != "main" else "")
+        + (f" --revision {shlex.quote(result['revision'])}" if result["revision"] != "main" else "")  # a command
     )
