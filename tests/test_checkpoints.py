@@ -452,7 +452,7 @@ def test_resume_auto_on_the_finished_run_has_nothing_to_do(tmp_path, capsys, sav
     ("changed", "refusal"),
     [
         (("--max-lr", "1e-5"), r"made with max_lr=[0-9.e-]+ but this run has max_lr=1e-05; resume with the original"),
-        (("--schedule", "constant"), "made with name='cosine' but this run has name='constant'"),
+        (("--schedule", "constant"), "made with schedule='cosine' but this run has schedule='constant'"),
         (("--weight-decay", "0.3"), "made with weight_decay=0.1 but this run has weight_decay=0.3"),
     ],
 )

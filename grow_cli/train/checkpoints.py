@@ -350,7 +350,8 @@ def setting_change(recorded: dict[str, Any], settings: dict[str, Any]) -> tuple[
     """The first optimizer or schedule setting (max_lr, betas, the schedule's name, its warmup, …) on which a
     checkpoint and this run differ, with both values; None when they agree. Loading the checkpoint restores its
     optimizer's settings and its scheduler, so a changed value would be recorded in grow.json but never used. The
-    gradient clip, which each step reads from this run, may change. `settings` as `Run.settings` gives them."""
+    gradient clip, which each step reads from this run, may change. `settings` as `Run.settings` gives them. The
+    schedule's own name is named `schedule`, as --schedule sets it: the refusal said "made with name='cosine'"."""
     expected = json.loads(json.dumps(settings))
     for group in ("optimizer", "schedule"):
         was, now = recorded.get(group), expected[group]
@@ -358,7 +359,7 @@ def setting_change(recorded: dict[str, Any], settings: dict[str, Any]) -> tuple[
             continue
         for name in [*was, *(name for name in now if name not in was)]:
             if name != "grad_clip" and was.get(name) != now.get(name):
-                return name, was.get(name), now.get(name)
+                return ("schedule" if (group, name) == ("schedule", "name") else name), was.get(name), now.get(name)
     return None
 
 
