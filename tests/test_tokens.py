@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -614,3 +615,24 @@ def test_a_token_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch,
     with pytest.raises(OutputError, match=f"cannot write the token cache in .*cache: {why}; .*--cache-dir FOLDER"):
         tokens_of([path], tmp_path)
     assert not (tmp_path / "cache").exists()  # the folder this run made is gone again
+
+
+def test_a_cache_path_the_system_refuses_is_named_and_a_data_error_passes_on(tmp_path, monkeypatch):
+    """`--cache-dir /proc/foo` was called a full disk (/proc reports 0 bytes free, which the fallback for libraries
+    that hide the errno took as full); the system's own reason is named now, for a path in the cache only: the data
+    is read in the same blocks, and its errors are not the cache's."""
+    from grow_cli.checkpoint.output import disk_full
+
+    assert not disk_full(FileNotFoundError(2, "No such file or directory", "/proc/foo"), Path("/proc/foo"))
+    path = tmp_path / "a.txt"
+    path.write_text(" ".join(DOCS) * 5)
+    for where, raised in ((tmp_path / "cache" / "x.bin", OutputError), (path, PermissionError)):
+
+        def fails(*args, where=where, **kwargs):
+            raise PermissionError(13, "Permission denied", str(where))
+
+        monkeypatch.setattr(tokens, "_write_stream", fails)
+        with pytest.raises(raised) as info:
+            tokens_of([path], tmp_path)
+        if raised is OutputError:
+            assert str(info.value).startswith(f"cannot write the token cache in {tmp_path / 'cache'}: Permission de")

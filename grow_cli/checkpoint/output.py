@@ -185,6 +185,8 @@ def disk_full(exc: BaseException, folder: Path) -> bool:
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
+        if isinstance(seen, OSError) and seen.errno is not None:  # the system said why, and it is not space
+            return False  # (a folder /proc refuses, on a disk that reports 0 bytes free, is no full disk)
         seen = seen.__cause__ or seen.__context__
     probe = next((p for p in (folder, *folder.parents) if p.exists()), None)
     return probe is not None and shutil.disk_usage(probe).free < 1024 * 1024

@@ -312,13 +312,19 @@ def _write_texts(pieces: Iterator[tuple[str, bool]], flush: Callable[[list[str],
 
 @contextmanager
 def _cache_writes(folder: Path) -> Iterator[None]:
-    """A token cache that cannot be written — its disk full or read-only — is one line naming it and what to do;
-    what the failed write left is removed by the blocks inside (`_tokenize_into`, `_cache_folder`)."""
+    """A token cache that cannot be written — its disk full or read-only, or a path in it the system refuses (a folder
+    under /proc) — is one line naming it and what to do; what the failed write left is removed by the blocks inside
+    (`_tokenize_into`, `_cache_folder`). Errors of other paths (the data's, read in the same blocks) pass on."""
     try:
         yield
     except OSError as exc:
         if not (disk_full(exc, folder) or exc.errno == errno.EROFS):
-            raise
+            if exc.filename is None or not Path(os.fsdecode(exc.filename)).absolute().is_relative_to(folder.absolute()):
+                raise
+            raise OutputError(
+                f"cannot write the token cache in {folder}: {exc.strerror or exc}; pass --cache-dir FOLDER (a folder "
+                "you can write)"
+            ) from None
         why = "its file system is read-only" if exc.errno == errno.EROFS else "its disk is full"
         raise OutputError(
             f"cannot write the token cache in {folder}: {why}; free some space there, or pass --cache-dir FOLDER on "
