@@ -42,6 +42,28 @@ def paused(tmp_path, capsys):
     return model, data, out, root
 
 
+def test_a_pause_at_a_step_save_every_saved_keeps_that_checkpoint(tmp_path, capsys, monkeypatch):
+    """--exit-interval ending at a --save-every step saved that step's checkpoint, removed it and saved it again
+    (twice a save's time, for the same state): the pause now names the one saved, and resuming from it is covered by
+    the `paused` runs."""
+    from grow_cli.train import finish, loop
+
+    saves = []
+
+    def counted(accelerator, out, state, keep_last):
+        saves.append(state["step"])
+        return real(accelerator, out, state, keep_last)
+
+    real = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", counted)
+    monkeypatch.setattr(finish, "save_checkpoint", counted)
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_grow(train_args(model, data, out, *COMMON, "--exit-interval", 4, "--json"), capsys)
+    assert code == 0 and json.loads(stdout)["checkpoint"] == str(out.resolve() / "checkpoints" / "step_00000004")
+    assert saves == [2, 4], saves
+
+
 def _damage(checkpoint, kind):
     if kind == "truncated-model":
         path = checkpoint / "model.safetensors"

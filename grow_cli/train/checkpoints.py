@@ -206,10 +206,15 @@ def remove_unfinished(out: Path) -> list[str]:
     return [folder.name for folder in unfinished]
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint of `step`, `step_NNNNNNNN` (`CHECKPOINT_NAME`)."""
+    return f"step_{step:08d}"
+
+
 def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: int) -> Path:
     """Save the full training state at `state['step']` on every process, once every loss up to that step was found
     finite; prune to the newest `keep_last` and the newest one a finite loss vouched for (`prune`)."""
-    path = checkpoint_root(out) / f"step_{state['step']:08d}"
+    path = checkpoint_root(out) / checkpoint_name(state["step"])
     if accelerator.is_main_process and path.exists():
         _remove_checkpoint(path)  # a half-written save of this step from an interrupted run, or a damaged one
     accelerator.wait_for_everyone()

@@ -48,9 +48,11 @@ def evaluation(run: Run) -> dict[str, float]:
     return metrics
 
 
-def pause(run: Run) -> dict[str, Any]:
-    """Save a checkpoint at the current step and end tracking; the run continues with `--resume auto`."""
-    path = save_checkpoint(run.accelerator, Path(run.config.out), run.state(), run.config.keep_last)
+def pause(run: Run, saved: Path | None = None) -> dict[str, Any]:
+    """Save a checkpoint at the current step and end tracking; the run continues with `--resume auto`. `saved`: the
+    checkpoint --save-every made at this very step, kept as it is (it was removed and saved again: twice the time
+    of a save, for the same state)."""
+    path = saved or save_checkpoint(run.accelerator, Path(run.config.out), run.state(), run.config.keep_last)
     end_run(run.accelerator)
     return {
         "status": "paused",

@@ -29,7 +29,7 @@ from grow_cli.checkpoint.claim import OutputClaim, unwritable
 from grow_cli.errors import Interrupted
 from grow_cli.signals import Terminated
 from grow_cli.train.build import Finished, Run, build
-from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
+from grow_cli.train.checkpoints import checkpoint_name, complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.diverged import diverged
 from grow_cli.train.finish import evaluation, finish, pause
@@ -48,6 +48,7 @@ class Ending:
     first_step: int  # the step the loop started from (> 0 after a resume)
     last_loss: float | None  # the training loss of the last step (None if no step ran)
     elapsed: float  # seconds the loop trained (its evaluations and checkpoint saves left out)
+    saved: Path | None = None  # the checkpoint --save-every saved at the last step: a pause there keeps it
 
 
 def train_stage(config: TrainConfig) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
                 return _nothing_to_do(config, run.summary)
             with StopFlag() as stop:  # to the last file written: a first signal never discards the steps trained
                 ending = train_loop(run, stop)
-                result = _finish(run, ending, stop) if ending.reason == "done" else pause(run)
+                result = _finish(run, ending, stop) if ending.reason == "done" else pause(run, ending.saved)
         except BaseException:
             if created:  # refused after --out was made (a grown state that does not fit): leave no empty folder
                 with suppress(OSError):
@@ -163,7 +164,7 @@ def train_loop(run: Run, stop: StopFlag) -> Ending:
     between those synchronised points and no checkpoint is saved before the losses leading to it were checked.
     """
     config, accelerator, max_steps = run.config, run.accelerator, run.budget.max_steps
-    first_step, last = run.step, None
+    first_step, last, saved = run.step, None, None
     show = accelerator.is_main_process and not config.quiet
     progress, task = training_progress(max_steps, first_step, enabled=show)
     started = time.perf_counter()
@@ -200,13 +201,16 @@ def train_loop(run: Run, stop: StopFlag) -> Ending:
                 _log(run, last, extra)
                 if run.step < max_steps and config.save_every and run.step % config.save_every == 0:
                     with window.aside():
-                        save_checkpoint(accelerator, Path(config.out), run.state(), config.keep_last)
+                        saved = save_checkpoint(accelerator, Path(config.out), run.state(), config.keep_last)
             reason = _stop_reason(run, stop, first_step, synchronise)
             if reason:
                 for numbers in _checked(run, log.pop(upto=run.step)):  # every step, before the checkpoint is saved
                     last = numbers
                     _log(run, numbers)
-                return Ending(reason, first_step, last.loss if last else None, window.trained_since(started))
+                at_this_step = saved if saved is not None and saved.name == checkpoint_name(run.step) else None
+                return Ending(
+                    reason, first_step, last.loss if last else None, window.trained_since(started), at_this_step
+                )
     return Ending("done", first_step, last.loss if last else None, window.trained_since(started))
 
 
