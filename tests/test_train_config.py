@@ -354,3 +354,8 @@ def test_apollo_sampling_named_at_its_default_without_apollo_is_refused():
         TrainConfig(**BASE).check_given({"apollo_sampling"})
     TrainConfig(**BASE, apollo_target_layers=2).check_given({"apollo_sampling"})
     TrainConfig(**BASE).check_given({"seq_len"})
+
+
+def test_a_tracker_named_twice_is_one_tracker():
+    """`--report-to tensorboard,tensorboard` asked to install it twice (`pip install tensorboard tensorboard`)."""
+    assert TrainConfig(**BASE, report_to=["tensorboard", "wandb", "tensorboard"]).report_to == ["tensorboard", "wandb"]

@@ -118,7 +118,7 @@ class TrainConfig:
         if self.resume is not None:
             self._set("resume", os.path.expanduser(self.resume))
         self._set("data", data_paths(self.data))  # one path (the Python API) is a list of one
-        self._set("report_to", list(self.report_to))
+        self._set("report_to", list(dict.fromkeys(self.report_to)))  # a tracker named twice is one tracker
         if not self.data:
             raise OptionError("data", "no training data: pass --data PATH (files, folders or globs)")
         if (self.max_steps is None) == (self.max_tokens is None):
