@@ -92,6 +92,10 @@ def test_check_lists_each_member_with_its_grow_settings_as_the_recipe_writes_the
     [
         (lambda d: d["members"][0].update(tokenizer="text"), "members[0].tokenizer: no usable tokenizer"),
         (lambda d: d["members"][0]["config"].update(hidden_size=30), "members[0].config: not a valid llama"),
+        (
+            lambda d: d["members"][0]["config"].update(hidden_size=-5),
+            "members[0].config: hidden_size (hidden size) must be a positive integer, found -5",
+        ),
         (lambda d: d["members"][0]["config"].update(model_type="lamma"), "'lamma': neither a curated definition nor"),
         (lambda d: d["members"][2]["grow"].update(width_factor=1.3), "members[2].grow"),
         (lambda d: d["members"][1].update(grow={"layers": 1}), "members[1].grow: --layers 1 is smaller"),
