@@ -10,6 +10,7 @@ Hugging Face names shard sizes (`--shard-size 5GB`) and as the Hub shows file si
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -80,6 +81,29 @@ def keep_stdout_for_json() -> None:
     os.dup2(2, 1)
     _json_stdout = os.fdopen(kept, "w", encoding="utf-8")
     sys.stdout = sys.stderr
+
+
+class _LinesDropped(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+@contextmanager
+def dropped_log_lines(fragment: str, *loggers: str):
+    """The log lines of `loggers` (by name) that contain `fragment` dropped for the block, the others kept: a
+    library's warning that grow says in its own words, or has shown to be harmless, would only worry users."""
+    drop = _LinesDropped(fragment)
+    for name in loggers:
+        logging.getLogger(name).addFilter(drop)
+    try:
+        yield
+    finally:
+        for name in loggers:
+            logging.getLogger(name).removeFilter(drop)
 
 
 @contextmanager

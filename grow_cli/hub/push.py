@@ -11,8 +11,6 @@ fails, the push has still succeeded, and the result says the files are not known
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
 import shlex
@@ -157,25 +155,15 @@ def push_folder(
     }
 
 
-class _NoCommitDropped(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No files have been modified since last commit" not in record.getMessage()
-
-
-@contextlib.contextmanager
 def _quiet_about_no_commit():
     """Drop the client's warning when the revision already holds every file ("No files have been modified since last
     commit. Skipping to prevent empty commit."): `changed` is then false and the command says so in its own words
     ("nothing to push: …"), so the client's line only doubled it, in another voice, above it."""
-    drop = _NoCommitDropped()
-    loggers = [logging.getLogger(f"huggingface_hub.{name}") for name in ("hf_api", "_upload_pipeline")]
-    for logger in loggers:
-        logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(drop)
+    from grow_cli.console import dropped_log_lines
+
+    return dropped_log_lines(
+        "No files have been modified since last commit", "huggingface_hub.hf_api", "huggingface_hub._upload_pipeline"
+    )
 
 
 def _sent(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
 import shutil
 from collections.abc import Collection
@@ -254,23 +253,14 @@ def _remove_checkpoint(path: Path) -> None:
     shutil.rmtree(path)
 
 
-class _TiesDropped(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Removed shared tensor" not in record.getMessage()  # after accelerate's "[RANK n] "
-
-
-@contextlib.contextmanager
 def _quiet_about_ties():
     """Drop accelerate's warning at every save of a tied model ("Removed shared tensor {'lm_head.weight'} while
     saving. This should be OK, but check…"): safetensors stores a storage once, and loading ties the head again. In
     grow's runs tensors share storage only through the config's ties, and a tied model resumes exactly (tested),
     so the line would only worry users, once per checkpoint."""
-    logger, drop = logging.getLogger("accelerate.utils.other"), _TiesDropped()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
+    from grow_cli.console import dropped_log_lines
+
+    return dropped_log_lines("Removed shared tensor", "accelerate.utils.other")  # (after accelerate's "[RANK n] ")
 
 
 def _made_before(key: str, expected: dict[str, Any]) -> bool:
