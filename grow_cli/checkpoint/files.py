@@ -49,6 +49,11 @@ TRAINING_STATE_DIR = "training-state"  # the AdamW state grow expand grows besid
 REFUSED_WEIGHTS = ("*.pt", "*.pth", "*.ckpt", "tf_model.h5", "flax_model.msgpack", "*.gguf", "*.onnx")
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint of `step` in CHECKPOINTS_DIR, `step_NNNNNNNN` (matched by CHECKPOINT_NAME)."""
+    return f"step_{step:08d}"
+
+
 def shard_names(count: int) -> list[str]:
     """The names of `count` safetensors shards: `model.safetensors`, or `model-0000k-of-0000n.safetensors`."""
     if count == 1:

@@ -72,8 +72,9 @@ def _run_checkpoints(root: Path) -> list[Path]:
     """What of a run's checkpoints folder the run wrote: the folder itself where it holds nothing but checkpoints
     (`step_NNNNNNNN`), else those alone. Anything else in it is the user's (a model grown from a checkpoint into
     `checkpoints/grown` was removed with the folder by --overwrite)."""
-    steps = [entry for entry in sorted(root.iterdir()) if entry.is_dir() and CHECKPOINT_NAME.fullmatch(entry.name)]
-    return [root] if len(steps) == len(list(root.iterdir())) else steps
+    entries = sorted(root.iterdir())
+    steps = [entry for entry in entries if entry.is_dir() and CHECKPOINT_NAME.fullmatch(entry.name)]
+    return [root] if len(steps) == len(entries) else steps
 
 
 def remove_entries(entries: Iterable[Path]) -> None:

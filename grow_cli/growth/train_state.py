@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR, METRICS_FILE, checkpoint_name
 from grow_cli.checkpoint.output import small_files
 from grow_cli.checkpoint.source import CheckpointSource
 from grow_cli.errors import CheckpointError, GrowError, OptionError, first_line
@@ -146,7 +146,7 @@ def final_checkpoint(folder: Path) -> Path | None:
     stages = (load_record(folder) or {}).get("stages") or []
     if not stages or stages[-1].get("kind") != "train" or not isinstance(stages[-1].get("end_step"), int):
         return None
-    path = folder / CHECKPOINTS_DIR / f"step_{stages[-1]['end_step']:08d}"
+    path = folder / CHECKPOINTS_DIR / checkpoint_name(stages[-1]["end_step"])
     return path if is_checkpoint(path) else None
 
 
@@ -257,7 +257,7 @@ def _placeholders(checkpoint: Path, state: dict[str, Any]) -> frozenset[str]:
     raise CheckpointError(
         f"{checkpoint} is mid-way through an Apollo stage plan: it holds {in_use[-1]} trained layers and "
         f"{allocated - in_use[-1]} placeholders, filled at step {boundary}, and an older grow saved it without naming "
-        f"them; grow a checkpoint from step_{boundary + 1:08d} on, or the run's output"
+        f"them; grow a checkpoint from {checkpoint_name(boundary + 1)} on, or the run's output"
     )
 
 

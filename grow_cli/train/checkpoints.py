@@ -19,7 +19,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from grow_cli.checkpoint.files import CHECKPOINT_NAME, CHECKPOINTS_DIR
+from grow_cli.checkpoint.files import CHECKPOINT_NAME, CHECKPOINTS_DIR, checkpoint_name
 from grow_cli.checkpoint.header import read_safetensors_header
 from grow_cli.checkpoint.output import removed_unless_written
 from grow_cli.checkpoint.torch_files import (
@@ -203,11 +203,6 @@ def remove_unfinished(out: Path) -> list[str]:
     for folder in unfinished:
         shutil.rmtree(folder)
     return [folder.name for folder in unfinished]
-
-
-def checkpoint_name(step: int) -> str:
-    """The folder name of the checkpoint of `step`, `step_NNNNNNNN` (`CHECKPOINT_NAME`)."""
-    return f"step_{step:08d}"
 
 
 def save_checkpoint(accelerator, out: Path, state: dict[str, Any], keep_last: int) -> Path:

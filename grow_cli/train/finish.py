@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grow_cli.checkpoint.files import CHECKPOINTS_DIR
+from grow_cli.checkpoint.files import CHECKPOINTS_DIR, checkpoint_name
 from grow_cli.data.hub_origin import hub_datasets
 from grow_cli.data.sources import data_paths, field_read
 from grow_cli.divergence import perplexity
@@ -23,7 +23,7 @@ from grow_cli.lineage.card import write_card
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.process_state import end_run
 from grow_cli.train.build import Run
-from grow_cli.train.checkpoints import checkpoint_name, save_checkpoint
+from grow_cli.train.checkpoints import save_checkpoint
 from grow_cli.train.diverged import diverged
 from grow_cli.train.model_io import carried_tensors, save_model
 from grow_cli.train.step import evaluate

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from grow_cli.checkpoint.claim import OutputClaim, unwritable
+from grow_cli.checkpoint.files import checkpoint_name
 from grow_cli.errors import Interrupted
 from grow_cli.signals import Terminated
 from grow_cli.train.build import Finished, Run, build
-from grow_cli.train.checkpoints import checkpoint_name, complete_checkpoints, save_checkpoint
+from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
 from grow_cli.train.config import TrainConfig
 from grow_cli.train.diverged import diverged
 from grow_cli.train.finish import evaluation, finish, pause
