@@ -140,25 +140,35 @@ def read_layers(arch: ArchDef, config: dict[str, Any]) -> int | None:
     return layers
 
 
+# A definition's config sizes (its `config` roles) as messages name them.
+SIZE_WORDS = {
+    "hidden": "hidden size",
+    "ffn": "FFN size",
+    "heads": "attention heads",
+    "kv_heads": "key/value heads",
+    "vocab": "vocabulary size",
+}
+
+
 def read_shape(arch: ArchDef, config: dict[str, Any]) -> ModelShape:
     """The `ModelShape` of a config.json, with HF's defaults (kv heads = heads, head_dim = hidden / heads), every
     size within grow's bounds."""
     keys = arch.config
     layers = read_layers(arch, config)
-    hidden = config_int(arch, config, keys["hidden"], "hidden size")
-    heads = config_int(arch, config, keys["heads"], "attention heads")
-    vocab = config_int(arch, config, keys["vocab"], "vocabulary size")
+    hidden = config_int(arch, config, keys["hidden"], SIZE_WORDS["hidden"])
+    heads = config_int(arch, config, keys["heads"], SIZE_WORDS["heads"])
+    vocab = config_int(arch, config, keys["vocab"], SIZE_WORDS["vocab"])
     for value, role in ((layers, "layers"), (hidden, "hidden"), (heads, "heads"), (vocab, "vocab")):
         if value is None:
             raise CheckpointError(f"config.json lacks '{keys[role]}', which a {arch.name} model needs")
     assert layers is not None and hidden is not None and heads is not None and vocab is not None  # checked above
-    ffn = config_int(arch, config, keys.get("ffn"), "FFN size")
+    ffn = config_int(arch, config, keys.get("ffn"), SIZE_WORDS["ffn"])
     if ffn is None:
         uses_ffn = any(a in ("ffn", "gate_up") for w in arch.all_weights() for a in w.axes)
         if not arch.ffn_default_multiple and uses_ffn:
             raise CheckpointError(f"config.json lacks '{keys.get('ffn')}', which a {arch.name} model needs")
         ffn = (arch.ffn_default_multiple or 0) * hidden  # 0: no axis of this definition is an FFN axis
-    kv_heads = config_int(arch, config, keys.get("kv_heads"), "key/value heads") or heads
+    kv_heads = config_int(arch, config, keys.get("kv_heads"), SIZE_WORDS["kv_heads"]) or heads
     explicit_head_dim = config_int(arch, config, keys.get("head_dim"), "head dimension")
     head_dim = explicit_head_dim or hidden // heads
     if hidden % heads and not explicit_head_dim:

@@ -318,18 +318,18 @@ def _cache_writes(folder: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if not (disk_full(exc, folder) or exc.errno == errno.EROFS):
-            if exc.filename is None or not Path(os.fsdecode(exc.filename)).absolute().is_relative_to(folder.absolute()):
-                raise
+        if disk_full(exc, folder) or exc.errno == errno.EROFS:
+            why = "its file system is read-only" if exc.errno == errno.EROFS else "its disk is full"
+            raise OutputError(
+                f"cannot write the token cache in {folder}: {why}; free some space there, or pass --cache-dir FOLDER "
+                "on another disk"
+            ) from None
+        if exc.filename is not None and Path(os.fsdecode(exc.filename)).absolute().is_relative_to(folder.absolute()):
             raise OutputError(
                 f"cannot write the token cache in {folder}: {exc.strerror or exc}; pass --cache-dir FOLDER (a folder "
                 "you can write)"
             ) from None
-        why = "its file system is read-only" if exc.errno == errno.EROFS else "its disk is full"
-        raise OutputError(
-            f"cannot write the token cache in {folder}: {why}; free some space there, or pass --cache-dir FOLDER on "
-            "another disk"
-        ) from None
+        raise
 
 
 @contextmanager

@@ -23,23 +23,13 @@ from grow_cli.family.recipe import Member, Recipe
 Shapes = dict[str, tuple[tuple[int, ...], str]]
 
 
-# The sizes of a fresh model's config grow checks before transformers reads it: (the definition's role, in words).
-SIZES = (
-    ("hidden", "hidden size"),
-    ("ffn", "FFN size"),
-    ("heads", "attention heads"),
-    ("kv_heads", "key/value heads"),
-    ("vocab", "vocabulary size"),
-)
-
-
 def _fail(where: str, message: str) -> UsageError:
     return UsageError(f"recipe: {where}: {message}")
 
 
 def _fresh_config(member: Member) -> Any:
     """transformers' config of `members[0].config`, its sizes checked by grow first (where grow knows the type): its
-    layer count before transformers builds per-layer lists of it, each size a positive integer (`SIZES`), the rest
+    layer count before transformers builds per-layer lists of it, each size a positive integer (`SIZE_WORDS`), the rest
     (`check_fit`) before a model is built layer by layer. A recipe of 10**6 layers made `--check` build them for
     minutes, one of 2**63 until it was killed, and one of −1 layer was "recipe OK"."""
     import transformers
@@ -47,7 +37,7 @@ def _fresh_config(member: Member) -> Any:
     from grow_cli.arch.binding import check_fit
     from grow_cli.arch.derive import check_known_type
     from grow_cli.arch.registry import known
-    from grow_cli.arch.shape import config_int, read_layers
+    from grow_cli.arch.shape import SIZE_WORDS, config_int, read_layers
 
     config = dict(member.config or {})
     model_type = config.pop("model_type")
@@ -56,7 +46,7 @@ def _fresh_config(member: Member) -> Any:
         arch = known(member.config or {})
         if arch is not None:
             read_layers(arch, member.config or {})
-            for role, what in SIZES:  # each size given a positive integer: -5 was refused in transformers' words
+            for role, what in SIZE_WORDS.items():  # each a positive integer: -5 was refused in transformers' words
                 config_int(arch, member.config or {}, arch.config.get(role), what)
     except GrowError as exc:
         raise _fail("members[0].config", str(exc).removeprefix("config.json: ")) from None
