@@ -7,9 +7,11 @@ machine, once) and the others exit with the same status without a word. Once the
 one rank's own (its device, its part of the data, a collective that broke), so every rank reports its error,
 prefixed with its rank, and none is hidden.
 
-The launcher sets WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (the machine) in every process;
-`accelerate launch` also says which engine its config shards the training with (`sharding_engine`) and, under
-DeepSpeed, its gradient accumulation (`launcher_grad_accum`).
+The launcher sets WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE and GROUP_RANK (the machine) in every process, or,
+under MPI (`mpirun`, as accelerate's multi-CPU launch uses it), its own names for the first four, which accelerate
+reads too and turns into the launcher's names only once its `Accelerator` exists. `accelerate launch` also says
+which engine its config shards the training with (`sharding_engine`) and, under DeepSpeed, its gradient
+accumulation (`launcher_grad_accum`).
 """
 
 from __future__ import annotations
@@ -24,11 +26,31 @@ from grow_cli.errors import UsageError
 FIRST_PROCESS_WAIT = 10.0  # seconds a silent process gives its machine's first process to report the same error
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+# Each fact's names, in the order accelerate reads them (`get_cpu_distributed_information` in
+# accelerate.utils.environment; a test holds the two equal): the launcher's, then MPI's (MPICH or Intel MPI, Open MPI,
+# MVAPICH). Read here without accelerate, whose import (torch's) a refused option should not wait for.
+WORLD_SIZE = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+RANK = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+LOCAL_RANK = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+LOCAL_WORLD_SIZE = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+
+
+def _env_int(names: tuple[str, ...], default: int) -> int:
+    """The first of `names` set to a whole number ≥ 0 (accelerate's `get_int_from_env`, except that a value that is
+    no number is passed over rather than raised on: an error line is being printed, or a check is being made)."""
+    for name in names:
+        try:
+            value = int(os.environ.get(name, -1))
+        except ValueError:
+            continue
+        if value >= 0:
+            return value
+    return default
+
+
+def rank() -> int:
+    """This process's global rank (0 outside a launch)."""
+    return _env_int(RANK, 0)
 
 
 def _group_started() -> bool:
@@ -38,8 +60,8 @@ def _group_started() -> bool:
 
 
 def processes() -> int:
-    """How many processes this launch has (the launcher's WORLD_SIZE; 1 outside a launch)."""
-    return _env_int("WORLD_SIZE", 1)
+    """How many processes this launch has (the launcher's WORLD_SIZE, or MPI's; 1 outside a launch)."""
+    return _env_int(WORLD_SIZE, 1)
 
 
 # Where accelerate's `Accelerator`, given no accumulation (as grow gives it none), reads its default from.
@@ -65,21 +87,21 @@ def launcher_grad_accum() -> int:
 
 
 def launched() -> bool:
-    """Whether this process is one of several of a launch (the launcher's WORLD_SIZE)."""
+    """Whether this process is one of several of a launch."""
     return processes() > 1
 
 
 def started_by_a_launcher() -> bool:
     """Whether a launcher started this process, of however many: torchrun and `accelerate launch` of several
-    processes set WORLD_SIZE, accelerate's launch of one sets its settings (ACCELERATE_DYNAMO_BACKEND among them)
-    alone. Either reports a worker's exit status other than 0 as a failure, with its traceback."""
-    return "WORLD_SIZE" in os.environ or "ACCELERATE_DYNAMO_BACKEND" in os.environ
+    processes set WORLD_SIZE (mpirun its own names), accelerate's launch of one sets its settings
+    (ACCELERATE_DYNAMO_BACKEND among them) alone. Each reports a worker's exit status other than 0 as a failure."""
+    return any(name in os.environ for name in WORLD_SIZE) or "ACCELERATE_DYNAMO_BACKEND" in os.environ
 
 
 def main_process() -> bool:
     """Whether this process speaks for its launch: global rank 0 (outside a launch, the one process). Read from the
-    launcher's RANK, so it holds before the process group exists (and without importing torch)."""
-    return _env_int("RANK", 0) == 0
+    launcher's RANK (or MPI's), so it holds before the process group exists (and without importing torch)."""
+    return rank() == 0
 
 
 def sharding_engine() -> str | None:
@@ -98,15 +120,17 @@ def error_prefix(every_rank: bool = False) -> str | None:
     """What to put before this process's error line: "" outside a launch; None (say nothing) for a process other
     than its machine's first before the group exists, or for an error every process finds alike (`every_rank`: a
     refused setting, an agreed stop); "[rank N] " for other errors once it does ("[node K] " before it, when the
-    launch spans machines, whose files may differ)."""
-    world = _env_int("WORLD_SIZE", 1)
+    launch spans machines, whose files may differ; under MPI, which does not name the machine, the machine counted
+    from the rank, as MPI places ranks by default)."""
+    world = processes()
     if world <= 1:
         return ""
     if _group_started() and not every_rank:
-        return f"[rank {_env_int('RANK', 0)}] "
-    if _env_int("LOCAL_RANK", _env_int("RANK", 0)) != 0:
+        return f"[rank {rank()}] "
+    if _env_int(LOCAL_RANK, rank()) != 0:
         return None
-    return f"[node {_env_int('GROUP_RANK', 0)}] " if _env_int("LOCAL_WORLD_SIZE", world) < world else ""
+    local_world = _env_int(LOCAL_WORLD_SIZE, world)
+    return f"[node {_env_int(('GROUP_RANK',), rank() // max(local_world, 1))}] " if local_world < world else ""
 
 
 def wait_for_the_reporting_process() -> None:
@@ -128,7 +152,7 @@ def lost_contact(exc: BaseException, go_on: str = "continue from the last checkp
     """The line for `exc` when it is a collective that broke because another process of the launch stopped (it
     failed, was killed, or ran out of memory): that process's own lines say why, this one has nothing to add but
     where to look and how to `go_on`. None for any other error."""
-    if _env_int("WORLD_SIZE", 1) < 2:
+    if processes() < 2:
         return None
     dist = sys.modules.get("torch.distributed")  # (not imported: no group, nothing to lose contact with)
     broken = isinstance(exc, getattr(dist, "DistError", ()))

@@ -209,3 +209,64 @@ def test_the_launchers_accumulation_is_read_as_accelerates_accelerator_reads_it(
     finally:
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
+
+
+MPI_LAUNCHES = [
+    # Open MPI, two machines of two: rank 2 is the second machine's first process
+    {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+     "OMPI_COMM_WORLD_LOCAL_SIZE": "2"},
+    # MPICH / Intel MPI, one machine of three
+    {"PMI_SIZE": "3", "PMI_RANK": "1", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "3"},
+    # MVAPICH
+    {"MV2_COMM_WORLD_SIZE": "2", "MV2_COMM_WORLD_RANK": "1", "MV2_COMM_WORLD_LOCAL_RANK": "1",
+     "MV2_COMM_WORLD_LOCAL_SIZE": "2"},
+    # once accelerate has set the launcher's names from MPI's, those come first
+    {"WORLD_SIZE": "2", "RANK": "0", "PMI_SIZE": "8", "PMI_RANK": "5"},
+]  # fmt: skip
+
+
+def _only(monkeypatch, variables: dict[str, str]) -> None:
+    """This process's environment as the launch in `variables` sets it, and no other launch's names."""
+    from grow_cli import launch
+
+    for name in (*launch.WORLD_SIZE, *launch.RANK, *launch.LOCAL_RANK, *launch.LOCAL_WORLD_SIZE, "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("variables", MPI_LAUNCHES)
+def test_an_mpi_launch_is_read_as_accelerate_reads_it(monkeypatch, variables):
+    """Under `mpirun` (accelerate's multi-CPU launch) only MPI's names are set until the `Accelerator` exists: grow's
+    checks before it saw one process, so every process printed its own error line, each took the output's claim
+    (the others then refused a folder 'in use') and `grow family` checked its budgets for one process."""
+    from accelerate.utils.environment import get_cpu_distributed_information
+
+    from grow_cli import launch
+
+    _only(monkeypatch, variables)
+    accelerate_reads = get_cpu_distributed_information()
+    assert launch.processes() == accelerate_reads.world_size > 1
+    assert launch.rank() == accelerate_reads.rank
+    assert launch.main_process() == (accelerate_reads.rank == 0)
+    assert launch._env_int(launch.LOCAL_RANK, 0) == accelerate_reads.local_rank
+    assert launch._env_int(launch.LOCAL_WORLD_SIZE, 1) == accelerate_reads.local_world_size
+
+
+def test_before_the_group_one_process_per_machine_speaks_under_mpi_too(monkeypatch):
+    _group(monkeypatch, False)
+    _only(monkeypatch, MPI_LAUNCHES[0])
+    assert error_prefix() == "[node 1] "  # (MPI names no machine: counted from the rank, as MPI places ranks)
+    _only(monkeypatch, MPI_LAUNCHES[1])
+    assert error_prefix() is None  # rank 1 of one machine: rank 0 has said it
+
+
+def test_only_an_mpi_launchs_first_process_claims_the_output(monkeypatch, tmp_path):
+    from contextlib import nullcontext
+
+    from grow_cli.train.loop import _claim
+
+    _only(monkeypatch, MPI_LAUNCHES[1])
+    assert isinstance(_claim(tmp_path / "out"), nullcontext)
+    _only(monkeypatch, {**MPI_LAUNCHES[1], "PMI_RANK": "0", "MPI_LOCALRANKID": "0"})
+    assert not isinstance(_claim(tmp_path / "out"), nullcontext)

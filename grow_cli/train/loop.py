@@ -14,7 +14,6 @@ run without saving, naming the newest checkpoint whose weights a finite loss vou
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -144,9 +143,11 @@ def _nothing_to_do(config: TrainConfig, summary: dict[str, Any]) -> dict[str, An
 
 
 def _claim(out: Path) -> AbstractContextManager:
-    """The claim on `out`, taken by the main process only (global rank 0 under `accelerate launch`, which sets
-    RANK before any process builds its accelerator); the others write only what the main process coordinates."""
-    if os.environ.get("RANK", "0") != "0":
+    """The claim on `out`, taken by the main process only (global rank 0 of a launch, which the launcher names
+    before any process builds its accelerator); the others write only what the main process coordinates."""
+    from grow_cli.launch import main_process
+
+    if not main_process():
         return nullcontext()
     path = Path(out).expanduser().resolve()
     try:
