@@ -96,6 +96,14 @@ def counted(number: int, noun: str) -> str:
 
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception as a short phrase: the first line of its message (a library's headline, before its details),
-    cut to `limit` characters; its type's name when it has no message."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    cut to `limit` characters at a word, with "…" where it was cut; its type's name when it has no message. A
+    headline that ends in a colon introduces its next lines (transformers' "Couldn't instantiate the backend
+    tokenizer from one of:" lists what it looked for), so the message is read on, as one line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    if not lines:
+        return type(exc).__name__
+    text = " ".join(line for line in lines if line) if lines[0].endswith(":") else lines[0]
+    if len(text) > limit:
+        cut = text[: limit - 1]
+        text = (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",;:") + "…"
+    return text

@@ -286,6 +286,17 @@ def test_a_model_without_a_tokenizer_gets_advice_compare_can_follow(two_models, 
     assert "--tokenizer" not in result.stderr  # compare has no such option: both models must hold the tokenizer
 
 
+def test_a_tokenizer_config_without_a_tokenizer_is_named_with_what_transformers_looked_for(two_models, cli, tmp_path):
+    """transformers' message is a headline ending in a colon and the list it introduces; its first line alone read
+    "(Couldn't instantiate the backend tokenizer from one of: )"."""
+    a, _, data, _ = two_models
+    partial = tmp_path / "partial"
+    shutil.copytree(a, partial, ignore=lambda folder, names: [n for n in names if n == "tokenizer.json"])
+    result = cli("compare", a, partial, "--data", data, "--seq-len", "32", "--eval-fraction", "0.1")
+    assert result.code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "from one of: (1) a `tokenizers` library serialization file, (2)" in result.stderr, result.stderr
+
+
 def _save_with_tokenizer_of(a, model, folder):
     """`model` saved in `folder` with the tokenizer of model `a`, so that only the model differs."""
     model.save_pretrained(folder)

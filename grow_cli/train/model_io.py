@@ -160,7 +160,8 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises OSError, ValueError or TypeError for a missing/partial one
         raise DataError(
-            f"no usable tokenizer in {path} ({first_line(exc)}); copy the base model's tokenizer files there{instead}"
+            f"no usable tokenizer in {path} ({first_line(exc, 400)}); copy the base model's tokenizer files "
+            f"there{instead}"
         ) from None
     if isinstance(tokenizer, bool) or not hasattr(tokenizer, "get_vocab"):
         raise DataError(f"no usable tokenizer in {path}; copy the base model's tokenizer files there{instead}")
