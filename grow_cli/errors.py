@@ -107,3 +107,9 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
         cut = text[: limit - 1]
         text = (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",;:") + "…"
     return text
+
+
+def failure(exc: BaseException, limit: int = 200) -> str:
+    """An exception raised by code not ours (a model class, a config class) as one short phrase: its type, which
+    says what kind of failure it was where the message alone may not ("KeyError: 'rope_type'"), and `first_line`."""
+    return f"{type(exc).__name__}: {first_line(exc, limit)}" if str(exc).strip() else type(exc).__name__

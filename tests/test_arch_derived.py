@@ -162,6 +162,24 @@ def test_a_wrong_derived_rule_fails_the_forced_verification(sources, tmp_path, m
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_class_failing_without_a_message_is_named_by_its_kind(monkeypatch):
+    """Model code that fails a bare `assert` raises an AssertionError with no message: reading its first line raised
+    IndexError inside the handler, which the CLI could only report as an unexpected error."""
+    from grow_cli.arch import derive as derive_module
+
+    def bare_assert(small):
+        raise AssertionError()
+
+    monkeypatch.setattr(derive_module.probe, "execution_order", bare_assert)
+    derive_module._definition.cache_clear()
+    config = tf.AutoConfig.for_model("arcee", **CONFIGS["arcee"]).to_dict()
+    try:
+        with pytest.raises(ArchitectureError, match=r"running a small random instance failed \(AssertionError\)"):
+            derive_definition(config)
+    finally:
+        derive_module._definition.cache_clear()
+
+
 def test_a_layer_that_computes_with_its_own_index_refuses_identity_growth(tmp_path):
     """Differential attention's λ_init = 0.8 − 0.6·e^(−0.3·i) depends on the layer's index i, so a layer copied to
     another index computes otherwise: docs/architectures.md says the forced check refuses DiffLlama's identity growth

@@ -29,7 +29,7 @@ from grow_cli.arch import probe
 from grow_cli.arch.layer_lists import map_layer_lists, per_layer_lists, transformers_params
 from grow_cli.arch.registry import ArchDef, parse_definition
 from grow_cli.console import quiet_transformers
-from grow_cli.errors import ArchitectureError
+from grow_cli.errors import ArchitectureError, failure, first_line
 
 _EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps")
 _FUSED = {"qkv": "fused [q|k|v]", "gate_up": "fused [gate|up]"}
@@ -93,7 +93,7 @@ def _classes(config: dict[str, Any]):
     try:
         cfg = transformers.AutoConfig.for_model(str(model_type), **transformers_params(config))
     except Exception as exc:
-        raise _refuse(model_type, f"transformers rejects its config.json ({str(exc).splitlines()[0]})") from exc
+        raise _refuse(model_type, f"transformers rejects its config.json ({first_line(exc)})") from exc
     model_class = transformers.AutoModelForCausalLM._model_mapping.get(type(cfg), None)
     if model_class is None:
         raise _refuse(model_type, _not_a_decoder(config))
@@ -196,7 +196,7 @@ class _Derivation:
         except ArchitectureError:
             raise
         except Exception as exc:
-            raise self.refuse(f"{what} failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
+            raise self.refuse(f"{what} failed ({failure(exc, 160)})") from exc
 
     def tiny(self, layers: int = 2, **changes) -> probe.TinyModel:
         def build():

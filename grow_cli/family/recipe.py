@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import OptionError, UsageError
+from grow_cli.errors import OptionError, UsageError, first_line
 from grow_cli.field_types import accepts, empty_path, type_names
 from grow_cli.growth.spec import GrowthSpec, field_types
 from grow_cli.limits import MAX_SEED
@@ -386,7 +386,7 @@ def read_yaml(path: Path, what: str = "recipe") -> Any:
 def _yaml_problem(exc: Exception) -> str:
     """PyYAML's problem and where it is (line and column, from 1), in one line. Its message spans several lines, and
     the first ("while parsing a block collection") names only the context, not the problem nor its place."""
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    problem = getattr(exc, "problem", None) or first_line(exc)
     mark = getattr(exc, "problem_mark", None)
     return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from grow_cli.checkpoint.dtypes import FLOAT8
 from grow_cli.divergence import divergences
-from grow_cli.errors import CheckpointError, VerificationError
+from grow_cli.errors import CheckpointError, VerificationError, failure
 
 PROBE_TOKENS = 64
 
@@ -91,7 +91,7 @@ def _outputs(folder: Path, ids, max_memory: int | None, hidden_state: bool) -> A
 def _run(folder: Path, ids, max_memory: int | None, hidden_state: bool, *, grown: bool) -> Any:
     """`_outputs`, with a model transformers cannot load or run refused in one line: a source that fails is the
     checkpoint's fault (`cannot_run`); a grown model that fails while its source ran is grow's."""
-    from grow_cli.train.model_io import cannot_run, failure, refusing_failures
+    from grow_cli.train.model_io import cannot_run, refusing_failures
 
     def refusal(exc: Exception) -> Exception:
         if grown:

@@ -20,7 +20,7 @@ import torch
 
 from grow_cli.checkpoint.files import SAVED_TOKENIZER, holds_tokenizer_files
 from grow_cli.console import quiet_transformers
-from grow_cli.errors import CheckpointError, DataError, UsageError, counted, first_line, one_line
+from grow_cli.errors import CheckpointError, DataError, UsageError, counted, failure, first_line, one_line
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -120,12 +120,6 @@ def cannot_run(folder: Path, exc: Exception, whose: str = "the model") -> Checkp
     return CheckpointError(
         f"{whose} in {folder} does not run in transformers ({failure(exc)}); check its config.json against its weights"
     )
-
-
-def failure(exc: BaseException) -> str:
-    """An exception as one short phrase: its type and the first line of its message."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_seq_len(config, seq_len: int, *, whose: str = "the model's") -> None:
