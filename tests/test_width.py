@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -354,3 +355,15 @@ def test_dtype_converts_float8_weights_and_the_growth_is_then_exact(tmp_path):
     assert {t.dtype for t in _weights(tmp_path / "out").values()} == {torch.bfloat16}
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
     assert report["verify"]["passed"] is True and report["verify"]["max_abs_logit_diff"] < 1e-3
+
+
+def test_an_exactness_text_cites_a_docs_page_that_holds_its_rule(sources):
+    """The rule a width exactness text cites (E1, E1a) is on the page it names, which the report, grow.json and the
+    card carry to the user: it cited operators.md, a page the docs do not have."""
+    root = Path(__file__).resolve().parents[1]
+    for options in ({"hidden_size": 48}, {"width_method": "zero", "hidden_size": 64}):
+        report = expand(sources["llama"], None, GrowthSpec(**options), dry_run=True)
+        cited = re.search(r"\((docs/[\w-]+\.md) (E\d+a?)\)", report["width"]["exactness"])
+        assert cited, report["width"]["exactness"]
+        page, rule = cited.groups()
+        assert f"({rule})" in (root / page).read_text(), (page, rule)

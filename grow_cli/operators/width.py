@@ -556,7 +556,7 @@ class WidthOperator:
             return False, (
                 f"hidden ratio {ratio:.4g} is not an integer: some hidden units are copied more often "
                 f"than others, so the {self._norm_name} statistics of the widened hidden state differ "
-                f"from the source's (operators.md E1); use an integer multiple, or --width-method zero "
+                f"from the source's (docs/methods.md E1); use an integer multiple, or --width-method zero "
                 f"on RMSNorm models, for exactness"
             )
         return self._zero_exactness()
@@ -584,7 +584,7 @@ class WidthOperator:
         if self.arch.norm == "rms":
             return (
                 True,
-                "zero-padded hidden units with RMSNorm gains × √(d/d') and eps × d/d' (operators.md E1a)",
+                "zero-padded hidden units with RMSNorm gains × √(d/d') and eps × d/d' (docs/methods.md E1a)",
             )
         return False, (
             "LayerNorm over zero-padded hidden units: the mean is taken over d' units, so every old unit "
