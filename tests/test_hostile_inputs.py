@@ -320,6 +320,8 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.train("--max-steps", 1, data=c.tmp / "ds"), "not a readable `datasets` folder"
     if name == "train-cache-dir-is-a-file":
         return c.train("--max-steps", 1, "--cache-dir", c.lm / "config.json"), "a file is in the way"
+    if name == "train-cache-dir-in-out":  # --overwrite emptied the output and took the cache's .bin files with it
+        return c.train("--max-steps", 1, "--overwrite", "--cache-dir", c.out / "cache"), f"lies inside --out {c.out}"
     if name == "train-seq-len-1":
         args = c.train("--max-steps", 1)
         return [*args[:-3], 1, "--max-steps", 1], "--seq-len must be at least 2"
@@ -829,6 +831,7 @@ CASES = [
     "train-parquet-garbage",
     "train-datasets-folder-garbage",
     "train-cache-dir-is-a-file",
+    "train-cache-dir-in-out",
     "train-seq-len-1",
     "family-out-is-a-file",
     "family-duplicate-key",

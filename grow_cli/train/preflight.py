@@ -97,6 +97,7 @@ def preflight(config: TrainConfig) -> Checked:
     check_not_overlapping(out, model)  # --overwrite would otherwise delete the model being trained
     check_data_outside(out, data, sources)
     check_cache_outside(config.cache_dir, data)
+    check_cache_apart(config.cache_dir, out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder")
     notes: list[str]
@@ -196,6 +197,20 @@ def check_cache_outside(cache_dir: str | os.PathLike[str] | None, data: list[str
         raise OutputError(
             f"--cache-dir {cache} lies inside the --data folder {folder}: its token files would be read as data by "
             "the next run; choose a --cache-dir outside the data"
+        )
+
+
+def check_cache_apart(cache_dir: str | os.PathLike[str] | None, out: Path) -> None:
+    """Refuse a --cache-dir that is or lies in --out: its token files would sit among the model's files (and go to
+    the Hub with them on a push of the folder), and --overwrite, which empties the output, took part of the cache
+    with it (its .bin files, leaving their .json)."""
+    if cache_dir is None:
+        return
+    cache, out = Path(cache_dir).expanduser().resolve(), out.expanduser().resolve()
+    if cache == out or out in cache.parents:
+        raise OutputError(
+            f"--cache-dir {cache} lies inside --out {out}: its token files would be mixed with the model's; choose "
+            "a --cache-dir outside the output (by default it is .grow-cache beside it)"
         )
 
 
