@@ -92,3 +92,16 @@ def test_every_row_predicts_something_and_a_tokenizer_without_mask_is_refused(to
     starts = word_starts(tiny_tokenizer())
     vocab = tiny_tokenizer().get_vocab()
     assert starts[vocab["Ġthe"]] and starts[vocab[","]]
+
+
+def test_whole_word_masking_takes_ids_past_the_tokenizer_as_words_of_their_own(tokenizer):
+    """A model's vocabulary may be padded past its tokenizer (ModernBERT's 50,368 over 50,280), and a `.bin` file
+    may hold such ids: whole-word masking stopped the run with an IndexError on the first of them. Each is a word
+    of its own, chosen at the masking rate like any other."""
+    ids = blocks(tokenizer, rows=64, length=16)
+    past = len(tokenizer) + 3
+    ids[:, 5] = past
+    _, labels = mask_rows(rule(tokenizer, whole_word_mask=True), ids, (0, 1))
+    chosen = (labels != IGNORE_INDEX).numpy()
+    assert chosen[:, 5].any() and not chosen[:, 5].all()
+    assert (labels[:, 5][torch.from_numpy(chosen[:, 5])] == past).all()

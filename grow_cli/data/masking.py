@@ -118,8 +118,12 @@ def _choose(rule: MaskingRule, row: np.ndarray, special: np.ndarray, rng: np.ran
     if rule.word_start is None:
         chosen = maskable & (rng.random(len(row)) < rule.probability)
     else:
-        # A word begins at a word-start token, after a special token, and at the block's first position.
-        starts = rule.word_start[row] | special | np.roll(special, 1)
+        # A word begins at a word-start token, after a special token, and at the block's first position. An id past
+        # the tokenizer (a model's vocabulary padded beyond it, read from a `.bin` file) has no text to say whether
+        # it continues a word: it is a word of its own.
+        known = row < len(rule.word_start)
+        starts = ~known | special | np.roll(special, 1)
+        starts[known] |= rule.word_start[row[known]]
         starts[0] = True
         word = np.cumsum(starts) - 1
         chosen = maskable & (rng.random(int(word[-1]) + 1) < rule.probability)[word]
