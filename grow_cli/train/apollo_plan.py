@@ -116,6 +116,11 @@ def plan_apollo(config: Any, model_config: Any) -> ApolloPlan | None:
             f"--apollo-stages starts with {stages[0][0]} unique layers but the model has {layers}; start the "
             f"plan at {layers} (e.g. '{layers},{2 * layers}@STEP')"
         )
+    if target <= layers and config.apollo_target_layers is None:  # the target is the plan's last stage
+        raise UsageError(
+            f"--apollo-stages {config.apollo_stages!r} never grows past the model's {counted(layers, 'layer')}; add "
+            f"a stage (e.g. '{layers},{2 * layers}@STEP') or give --apollo-target-layers (e.g. {2 * layers})"
+        )
     if target <= layers:
         raise UsageError(
             f"--apollo-target-layers {target} is not deeper than the model's {counted(layers, 'layer')}; Apollo trains "
