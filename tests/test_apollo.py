@@ -144,6 +144,7 @@ def test_plans_that_do_not_fit_the_model_are_refused():
         ({"apollo_target_layers": 3}, "not deeper than the model's 4 layers"),
         ({"apollo_target_layers": 4}, "not deeper than the model's 4 layers"),
         ({"apollo_stages": "2,8@5"}, "starts with 2 unique layers but the model has 4"),
+        ({"apollo_stages": "1,8@5"}, "starts with 1 unique layer but the model has 4"),  # (was "1 unique layers")
         ({"apollo_stages": "4,16@5", "apollo_target_layers": 8}, "past --apollo-target-layers 8"),
         # One stage and no target: the refusal named --apollo-target-layers 4, an option the user never gave.
         ({"apollo_stages": "4"}, r"--apollo-stages '4' never grows past the model's 4 layers; add a stage"),

@@ -113,8 +113,8 @@ def plan_apollo(config: Any, model_config: Any) -> ApolloPlan | None:
     target = config.apollo_target_layers or stages[-1][0]
     if stages[0][0] != layers:
         raise UsageError(
-            f"--apollo-stages starts with {stages[0][0]} unique layers but the model has {layers}; start the "
-            f"plan at {layers} (e.g. '{layers},{2 * layers}@STEP')"
+            f"--apollo-stages starts with {counted(stages[0][0], 'unique layer')} but the model has {layers}; start "
+            f"the plan at {layers} (e.g. '{layers},{2 * layers}@STEP')"
         )
     if target <= layers and config.apollo_target_layers is None:  # the target is the plan's last stage
         raise UsageError(
@@ -193,7 +193,7 @@ def describe_apollo(plan: ApolloPlan) -> str:
     """One line for the run's output: what Apollo will do (and how to grow the result when it ends shallower)."""
     growth = "".join(f" → {layers} at step {start:,}" for layers, start in plan.stages[1:])
     line = (
-        f"Apollo: {plan.stages[0][0]} unique layers{growth}, shared over depths up to {plan.target} "
+        f"Apollo: {counted(plan.stages[0][0], 'unique layer')}{growth}, shared over depths up to {plan.target} "
         f"({plan.sampling} sampling)"
     )
     if plan.allocated < plan.target:
