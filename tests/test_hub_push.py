@@ -103,6 +103,26 @@ def test_push_to_existing_repo_continues_after_409(fake_hub, grown):
     assert "model.safetensors.index.json" in fake_hub.files("acme/tiny-grown")
 
 
+def test_a_push_removes_the_repos_weights_of_another_layout(fake_hub, grown):
+    """A repo (or the main a new branch is made from) that held the model as one model.safetensors, or as .bin
+    files, kept them beside the sharded model pushed over it; transformers and grow load model.safetensors before
+    the index, so the repo served the old weights under the new config. Other files stay."""
+    stale = {
+        "model.safetensors": b"the old model, whole",
+        "pytorch_model.bin": b"the old model, pickled",
+        "model-00001-of-00009.safetensors": b"an old shard",
+        "onnx/model.safetensors": b"an export of its own",
+        "notes.txt": b"kept",
+    }
+    fake_hub.add_files("acme/tiny-grown", stale)
+    push_folder(grown, "acme/tiny-grown", revision="stage-2", token=TOKEN)
+    held = set(fake_hub.files("acme/tiny-grown", "stage-2"))
+    assert held.isdisjoint({"model.safetensors", "pytorch_model.bin", "model-00001-of-00009.safetensors"})
+    assert {"onnx/model.safetensors", "notes.txt", "model.safetensors.index.json"} <= held
+    assert set(sha256s(grown)) <= held
+    assert set(stale) <= set(fake_hub.files("acme/tiny-grown"))  # main, which the branch came from, as it was
+
+
 def test_existing_branch_is_reused(fake_hub, grown):
     push_folder(grown, "acme/tiny-grown", revision="stage-1", token=TOKEN)
     (grown / "notes.txt").write_text("second push\n")

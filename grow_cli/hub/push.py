@@ -64,6 +64,16 @@ IGNORE_PATTERNS = [
     f"{TRAINING_STATE_DIR}/**",
 ]
 
+# The repo's own weight files, of every layout transformers loads (single file, index, shards). A push removes those
+# the folder does not hold: a repo that held the model as one `model.safetensors` and is pushed a sharded one (a
+# grown model, larger; a branch created from main) would otherwise keep the old file, which transformers and grow
+# load before the index, so the repo would serve the old weights under the new config.
+STALE_WEIGHT_PATTERNS = [
+    pattern
+    for single, index in WEIGHT_LAYOUTS
+    for pattern in (single, index, "{}-*-of-*{}".format(*os.path.splitext(single)))
+]
+
 
 def push_folder(
     folder: str | os.PathLike[str],
@@ -129,6 +139,7 @@ def push_folder(
                     commit_message=commit_message or default_commit_message(folder),
                     create_pr=create_pr,
                     ignore_patterns=list(IGNORE_PATTERNS),
+                    delete_patterns=list(STALE_WEIGHT_PATTERNS),
                 ),
                 "grow-hub-upload",
             )
