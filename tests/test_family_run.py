@@ -748,3 +748,19 @@ def test_a_member_with_non_finite_logits_stops_the_comparison_naming_it(cli, tmp
     assert result.code == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: model A ({source}) predicts NaN or infinite logits"), lines[0]
     assert not (tmp_path / "run" / "big" / "member.json").exists()
+
+
+def test_a_family_cut_to_one_member_leaves_no_plot_of_the_members_it_dropped(cli, tmp_path):
+    """The KL plot of an earlier run's adjacent members stayed beside a report that no longer has any pair."""
+    save_tiny_lm(tmp_path / "base")
+    write_plays(tmp_path / "text", count=1, chars=5000)
+    members = [{"name": "a", "source": "base"}, {"name": "b", "grow": {"depth_factor": 2}}]
+    compare = {"data": ["text"], "seq_len": 32, "max_blocks": 2}
+    path = write_recipe(tmp_path, members, out="run", compare=compare)
+    assert cli("family", path, "-q").code == 0
+    assert (tmp_path / "run" / "kl_adjacent.png").is_file()
+    path = write_recipe(tmp_path, members[:1], out="run", compare=compare)
+    result = cli("family", path, "-q", "--json")
+    assert result.code == 0, result.stderr
+    assert "kl_adjacent.png" not in json.loads(result.stdout)["plots"]
+    assert not (tmp_path / "run" / "kl_adjacent.png").exists()

@@ -11,6 +11,8 @@ from grow_cli.family.report import measured_alike
 from grow_cli.family.report import member_metrics as _metrics
 from grow_cli.whole_file import write_whole
 
+KL_PLOT = "kl_adjacent.png"
+
 
 def _loss_vs_flops(ax, summaries: list[dict[str, Any]], book: dict[str, Any]) -> None:
     """Each member's training loss (line) and held-out loss (dots) at cumulative family FLOPs; dashed: each
@@ -123,7 +125,8 @@ def _kl_bars(ax, pairs: list[dict[str, Any]]) -> None:
 def write_plots(
     out: Path, summaries: list[dict[str, Any]], book: dict[str, Any], quality: dict[str, Any], pairs: list
 ) -> list[str]:
-    """Write loss_vs_flops.png, compute_saved.png and (with comparisons) kl_adjacent.png; return their names.
+    """Write loss_vs_flops.png, compute_saved.png and, with comparisons, kl_adjacent.png (without, an earlier run's
+    is removed); return their names.
 
     Each is a bare `Figure` drawn by its own canvas: pyplot would choose (or be told, process-wide) a GUI backend,
     and would keep every figure in its registry — in the caller's notebook too."""
@@ -134,7 +137,9 @@ def write_plots(
     ]
     figures.append(("compute_saved.png", (6, 4), lambda ax: _compute_bars(ax, book, quality)))
     if pairs:
-        figures.append(("kl_adjacent.png", (6.5, 4), lambda ax: _kl_bars(ax, pairs)))
+        figures.append((KL_PLOT, (6.5, 4), lambda ax: _kl_bars(ax, pairs)))
+    else:  # an earlier report's, of members the recipe no longer has: it would sit beside a report without them
+        (out / KL_PLOT).unlink(missing_ok=True)
     for name, size, draw in figures:
         fig = Figure(figsize=size)
         draw(fig.subplots())
