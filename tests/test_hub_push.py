@@ -123,6 +123,17 @@ def test_a_push_removes_the_repos_weights_of_another_layout(fake_hub, grown):
     assert set(stale) <= set(fake_hub.files("acme/tiny-grown"))  # main, which the branch came from, as it was
 
 
+@pytest.mark.parametrize("revision", ["stage 2", "stage~1", "a..b", "v2.lock", "-x"])
+def test_a_branch_name_git_refuses_is_refused_before_any_request(fake_hub, grown, revision):
+    """The Hub refuses what git cannot name a branch, but only once the repo had been created and the card
+    rewritten; the fake Hub, like a lenient mirror, would take it."""
+    card = (grown / "README.md").read_bytes()
+    with pytest.raises(UsageError, match="not a branch name git accepts"):
+        push_folder(grown, "acme/tiny-grown", revision=revision, token=TOKEN)
+    assert fake_hub.requests == [] and "acme/tiny-grown" not in fake_hub.repos
+    assert (grown / "README.md").read_bytes() == card
+
+
 def test_existing_branch_is_reused(fake_hub, grown):
     push_folder(grown, "acme/tiny-grown", revision="stage-1", token=TOKEN)
     (grown / "notes.txt").write_text("second push\n")
@@ -645,7 +656,8 @@ def test_malformed_repo_ids_are_refused_before_any_request(fake_hub, grown):
 
 
 def test_the_pull_command_quotes_a_revision_a_shell_would_split(fake_hub, grown, cli):
-    """`pull it with: grow inspect acme/x --revision my branch` was no command a shell runs as meant."""
-    result = cli("push", grown, "acme/tiny-grown", "--revision", "my branch", "--token", TOKEN)
+    """`pull it with: grow inspect acme/x --revision stage(2)` was no command a shell runs as meant (git names a
+    branch with parentheses, `;` or `$`, though not with a space)."""
+    result = cli("push", grown, "acme/tiny-grown", "--revision", "stage(2)", "--token", TOKEN)
     assert result.code == 0, result.stderr
-    assert "pull it with: grow inspect acme/tiny-grown --revision 'my branch'" in result.stderr, result.stderr
+    assert "pull it with: grow inspect acme/tiny-grown --revision 'stage(2)'" in result.stderr, result.stderr

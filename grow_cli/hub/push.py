@@ -39,6 +39,8 @@ from grow_cli.whole_file import write_whole
 
 # A user access token as the Hub issues them ("hf_" and 34 letters); older and test tokens are found by value.
 HUB_TOKEN = re.compile(rb"\bhf_[A-Za-z0-9]{34}\b")
+# What git's check-ref-format refuses anywhere in a branch name: control characters, space, ~ ^ : ? * [ and \.
+BAD_REF_CHARACTERS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 SCAN_CHUNK = 8 << 20
 
 # Besides huggingface_hub's own (.git/, .cache/huggingface/): editor and OS litter, and unfinished writes.
@@ -101,6 +103,8 @@ def push_folder(
     folder = Path(folder)
     weights = check_complete(folder)
     check_card(folder)
+    if revision:
+        check_branch_name(revision)
     if create_pr and revision not in (None, "main"):
         raise UsageError(
             f"--create-pr opens a pull request against main; it cannot be combined with --revision {revision}"
@@ -224,6 +228,26 @@ def check_repo_id(repo_id: str) -> None:
         raise UsageError(
             f"'{repo_id}' is not a repo id: expected 'name' or 'namespace/name' (letters, digits, '-', '_' and '.', "
             "not starting or ending with '-' or '.', without '--' or '..', up to 96 characters each)"
+        )
+
+
+def check_branch_name(revision: str) -> None:
+    """Refuse, with no request, a `--revision` that git (and so the Hub) cannot name a branch: the Hub refused it only
+    once the repo was created and the card rewritten."""
+    parts = revision.split("/")
+    if (
+        BAD_REF_CHARACTERS.search(revision)
+        or ".." in revision
+        or "@{" in revision
+        or revision == "@"
+        or revision.startswith("-")
+        or revision.endswith(".")
+        or any(not part or part.startswith(".") or part.endswith(".lock") for part in parts)
+    ):
+        raise UsageError(
+            f"--revision {revision!r} is not a branch name git accepts: no spaces, control characters or any of "
+            "~^:?*[\\, no '..' or '@{', no empty part or part starting with '.' or ending with '.lock', not starting "
+            "with '-' or ending with '.'; e.g. stage-2"
         )
 
 
