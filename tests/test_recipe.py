@@ -33,6 +33,11 @@ def write_recipe(tmp_path, members, **top):
         ([{"name": "a", "source": "m"}, {"name": "b"}], {}, "members[1]: needs a 'grow' section"),
         ([{"name": "a"}], {}, "exactly one of 'source'"),
         ([{"name": "a", "source": "m"}, {"name": "a", "grow": {"layers": 4}}], {}, "members[1].name"),
+        (  # one folder on macOS and Windows
+            [{"name": "small", "source": "m"}, {"name": "Small", "grow": {"layers": 4}}],
+            {},
+            "members[1].name: 'Small' differs from 'small' only in case",
+        ),
         (
             [{"name": "a", "source": "m"}, {"name": "b", "grow": {"layers": "four"}}],
             {},
@@ -197,6 +202,12 @@ def test_recipe_error_on_the_cli_is_one_line(cli, tmp_path):
     "member,top,line",
     [
         ({}, {"train": {"micro_bach_size": 4}}, "train.micro_bach_size: unknown key; did you mean micro_batch_size?"),
+        ({}, {"train": {"lr": 1e-3}}, "train.lr: unknown key; did you mean max_lr?"),  # (another trainer's name)
+        (
+            {},
+            {"train": {"gradient_accumulation_steps": 2}},
+            "gradient_accumulation_steps: unknown key; did you mean grad_",
+        ),
         ({"max_steps": 3}, {}, "members[0].max_steps: unknown key here: max_steps is a training setting; put it under"),
         ({"layers": 4}, {}, "members[0].layers: unknown key here: layers is a growth option; put it under the member"),
         ({}, {"max_steps": 3}, "recipe: max_steps: unknown key here: max_steps is a training setting; put it under"),
@@ -209,6 +220,12 @@ def test_an_unknown_key_says_what_to_write_instead(cli, tmp_path, member, top, l
     path = write_recipe(tmp_path, [{"name": "a", "source": "m", **member}], **top)
     result = cli("family", path, "--check")
     assert result.code == 2 and result.stderr.count("\n") == 1 and line in result.stderr, result.stderr
+
+
+def test_every_synonym_names_a_training_setting():
+    from grow_cli.family.recipe import TRAIN_SYNONYMS, _train_fields
+
+    assert set(TRAIN_SYNONYMS.values()) <= set(_train_fields())
 
 
 @pytest.mark.parametrize("budget, tokens", [("2B", 2_000_000_000), ("2e4", 20_000), (2.0e4, 20_000), (20_000, 20_000)])

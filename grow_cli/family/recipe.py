@@ -225,6 +225,23 @@ def _mapping(value: Any, where: str, allowed: set[str] | dict[str, Any]) -> dict
     return value
 
 
+# What other trainers call grow's training settings (transformers' TrainingArguments, nanoGPT's config), which no
+# spelling distance finds: `lr:` is no typo of `max_lr:`.
+TRAIN_SYNONYMS = {
+    "lr": "max_lr",
+    "learning_rate": "max_lr",
+    "batch_size": "micro_batch_size",
+    "per_device_train_batch_size": "micro_batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "max_grad_norm": "grad_clip",
+    "adam_beta1": "beta1",
+    "adam_beta2": "beta2",
+    "adam_epsilon": "eps",
+    "lr_scheduler_type": "schedule",
+    "block_size": "seq_len",
+}
+
+
 def _unknown_key(key: str, where: str, allowed: set[str] | dict[str, Any]) -> str:
     """What to write instead of an unknown key: the allowed key it is a typo of, or the block it belongs in (a
     training setting or a growth option written beside `name:`), before the list of keys allowed here — a user
@@ -238,7 +255,8 @@ def _unknown_key(key: str, where: str, allowed: set[str] | dict[str, Any]) -> st
             return f"unknown key here: {key} is a growth option; put it under the member's grow:"
     if where == "top level" and key in _train_fields():
         return f"unknown key here: {key} is a training setting; put it under train:"
-    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
+    close = [TRAIN_SYNONYMS[key]] if TRAIN_SYNONYMS.get(key) in allowed else []
+    close = close or difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
     hint = f"; did you mean {close[0]}?" if close else ""
     return f"unknown key{hint} (allowed: {', '.join(sorted(allowed))})"
 
@@ -416,6 +434,9 @@ def _member(value: Any, i: int, earlier: list[Member], base: Path, seed: int, *,
     name = _typed(m.get("name", f"member-{i + 1}"), f"{where}.name", str)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or name in {x.name for x in earlier}:
         raise _fail(f"{where}.name", f"{name!r} must be unique and a plain folder name of at most 100 characters")
+    twin = next((x.name for x in earlier if x.name.casefold() == name.casefold()), None)
+    if twin is not None:  # one folder where names are case-insensitive (macOS, Windows): one member's run is lost
+        raise _fail(f"{where}.name", f"{name!r} differs from {twin!r} only in case; their folders would be one")
     if name.lower().endswith(REPORT_SUFFIXES):
         raise _fail(f"{where}.name", f"{name!r} ends like the report's files (family.md, family.json, the plots)")
     member = Member(name=name)
