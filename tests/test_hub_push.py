@@ -103,7 +103,7 @@ def test_push_to_existing_repo_continues_after_409(fake_hub, grown):
     assert "model.safetensors.index.json" in fake_hub.files("acme/tiny-grown")
 
 
-def test_a_push_removes_the_repos_weights_of_another_layout(fake_hub, grown):
+def test_a_push_removes_the_repos_weights_of_another_layout(fake_hub, grown, cli):
     """A repo (or the main a new branch is made from) that held the model as one model.safetensors, or as .bin
     files, kept them beside the sharded model pushed over it; transformers and grow load model.safetensors before
     the index, so the repo served the old weights under the new config. Other files stay."""
@@ -115,12 +115,15 @@ def test_a_push_removes_the_repos_weights_of_another_layout(fake_hub, grown):
         "notes.txt": b"kept",
     }
     fake_hub.add_files("acme/tiny-grown", stale)
-    push_folder(grown, "acme/tiny-grown", revision="stage-2", token=TOKEN)
+    result = push_folder(grown, "acme/tiny-grown", revision="stage-2", token=TOKEN)
+    assert result["removed"] == ["model-00001-of-00009.safetensors", "model.safetensors", "pytorch_model.bin"]
     held = set(fake_hub.files("acme/tiny-grown", "stage-2"))
     assert held.isdisjoint({"model.safetensors", "pytorch_model.bin", "model-00001-of-00009.safetensors"})
     assert {"onnx/model.safetensors", "notes.txt", "model.safetensors.index.json"} <= held
     assert set(sha256s(grown)) <= held
     assert set(stale) <= set(fake_hub.files("acme/tiny-grown"))  # main, which the branch came from, as it was
+    said = cli("push", grown, "acme/tiny-grown", "--token", TOKEN).stderr  # and main, from the command line
+    assert "removed the old weights of another layout: model-00001-of-00009.safetensors, model.safetensors" in said
 
 
 @pytest.mark.parametrize("revision", ["stage 2", "stage~1", "a..b", "v2.lock", "-x"])
@@ -246,7 +249,7 @@ def test_a_commit_that_cannot_be_read_back_is_still_a_push(fake_hub, grown, cli,
     assert json_output_problems("`grow push`", shown) == []  # files and unchanged null
     head = fake_hub.head("acme/tiny-grown")
     assert shown["commit"] == head.oid and shown["changed"] is True
-    assert shown["files"] is None and shown["unchanged"] is None
+    assert shown["files"] is None and shown["unchanged"] is None and shown["removed"] is None
     assert set(head.tree) >= {"config.json", "grow.json", "README.md", *sha256s(grown)}
     assert fake_hub.paths_requested("GET", f"/revision/{head.oid}")  # the read-back was asked for, and failed
     note = "note: pushed to acme/tiny-grown (branch main), but which files its commit sent could not be read back"

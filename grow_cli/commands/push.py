@@ -29,8 +29,9 @@ The token comes from `--token`, `HF_TOKEN` or `hf auth login`; grow never prints
 fails halfway is resumed by running the same command again: files that already arrived are not sent again.
 
 With `--json`, `files` lists the files the push sent (path and size), `unchanged` counts the folder's other files,
-which the revision already held as they are; a push with nothing new sends none (`changed` is false). When the
-commit is made but cannot be read back, both are null and a note on stderr says so: the push still succeeded.
+which the revision already held as they are, and `removed` the revision's weight files of another layout, which
+the push removed; a push with nothing new sends none (`changed` is false). When the commit is made but cannot be
+read back, these are null and a note on stderr says so: the push still succeeded.
 """
 
 
@@ -98,6 +99,8 @@ def push(
             f"pushed {counted(len(result['files']), 'file')} ({format_bytes(size)}) to {where}"
             + (f"; {result['unchanged']} more were there already, unchanged" if result["unchanged"] else "")
         )
+    if result["removed"]:
+        err.print(f"removed the old weights of another layout: {', '.join(result['removed'])}", soft_wrap=True)
     err.print(f"commit: {result['commit_url']}")
     if result["pr_url"]:
         err.print(f"pull request: {result['pr_url']}")

@@ -148,7 +148,7 @@ def push_folder(
                 "grow-hub-upload",
             )
         local = upload_files(folder)
-        sent = _sent(api, repo_id, head, info.oid, local)  # None: the commit is made, its files not read back
+        sent, removed = _changes(api, repo_id, head, info.oid, local)  # None: made, but its files not read back
     except HubError:
         raise
     except Exception as exc:  # the client's errors, translated once, without the token
@@ -166,6 +166,7 @@ def push_folder(
         "card": card,
         "files": sent,
         "unchanged": None if sent is None else len(local) - len(sent),
+        "removed": removed,
         "changed": info.oid != head.sha,  # a push with nothing new returns the head it found (no commit, no PR)
     }
 
@@ -181,21 +182,23 @@ def _quiet_about_no_commit():
     )
 
 
-def _sent(
+def _changes(
     api: HfApi, repo_id: str, head: ModelInfo, commit: str, local: list[dict[str, Any]]
-) -> list[dict[str, Any]] | None:
-    """The files of `local` that the push sent: those whose content differs between `head`, the revision it pushed
-    onto, and its `commit` (the client sends no file the revision already holds as it is, and reports none of this;
-    with hf_xet a large folder may be committed in parts, which the comparison with `head` covers too). None when
-    the commit cannot be read back: it is made, so the push succeeded, and a re-run would send nothing."""
+) -> tuple[list[dict[str, Any]] | None, list[str] | None]:
+    """The files of `local` that the push sent, and the paths it removed (`STALE_WEIGHT_PATTERNS`): those whose
+    content differs between `head`, the revision it pushed onto, and its `commit`, and those `head` held that the
+    commit does not (the client sends no file the revision already holds as it is, and reports none of this; with
+    hf_xet a large folder may be committed in parts, which the comparison with `head` covers too). None for both
+    when the commit cannot be read back: it is made, so the push succeeded, and a re-run would send nothing."""
     if commit == head.sha:
-        return []
+        return [], []
     try:
         after = api.model_info(repo_id, revision=commit, files_metadata=True)
     except Exception:  # any failure of the client (HTTP, network, an answer it cannot parse) leaves the commit made
-        return None
+        return None, None
     before, now = _content_ids(head), _content_ids(after)
-    return [entry for entry in local if now.get(entry["path"]) != before.get(entry["path"])]
+    sent = [entry for entry in local if now.get(entry["path"]) != before.get(entry["path"])]
+    return sent, sorted(before.keys() - now.keys())
 
 
 def _content_ids(info: ModelInfo) -> dict[str, str | None]:
