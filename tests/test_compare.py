@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -483,3 +484,17 @@ def test_a_token_file_of_uint32_ids_is_read_as_train_stage_reads_it(two_models, 
     assert wrong.code == 2 and wrong.stderr.strip() == "error: --token-dtype 'int8' is not one of uint16, uint32"
     text = cli("compare", a, b, "--data", two_models[2], "--seq-len", 32, "--token-dtype", "uint32")
     assert text.code == 2 and "--token-dtype uint32 applies only to pre-tokenized .bin files" in text.stderr
+
+
+def test_document_masking_is_refused_for_masked_lms():
+    """train-stage refuses --document-masking for a masked LM (it sees its whole block both ways); so does compare,
+    rather than scoring BERTs on positions restarted at every document."""
+    from transformers import BertConfig
+
+    from grow_cli.errors import OptionError
+    from grow_cli.family.compare import _objective
+
+    config = BertConfig(vocab_size=96, num_hidden_layers=1, hidden_size=32, num_attention_heads=4)
+    masking = {"mlm_probability": 0.15, "mask_replace_prob": 0.8, "random_replace_prob": 0.1, "whole_word_mask": False}
+    with pytest.raises(OptionError, match="--document-masking applies to causal LMs"):
+        _objective(Path("a"), config, Path("b"), config, None, masking, document_eos=2)

@@ -265,3 +265,16 @@ def test_the_comparison_reads_the_trainings_token_files_as_the_training_does(tmp
     assert compare_settings(load_recipe(write_recipe(tmp_path, members, train=train, compare=own)))["token_dtype"] == (
         "uint16"
     )
+
+
+def test_the_comparison_masks_documents_as_the_training_did(tmp_path):
+    """Members trained with document masking were compared with attention across documents, which they never saw,
+    so the comparison's loss was not their held-out loss: the training's `document_masking` goes to the comparison,
+    whatever data it reads."""
+    from grow_cli.family.run import compare_settings
+
+    members = [{"name": "a", "source": "m"}, {"name": "b", "grow": {"depth_factor": 2}}]
+    train = {"data": "corpus", "document_masking": True, "max_steps": 1}
+    assert compare_settings(load_recipe(write_recipe(tmp_path, members, train=train)))["document_masking"] is True
+    own = load_recipe(write_recipe(tmp_path, members, train=train, compare={"data": ["other"]}))
+    assert compare_settings(own)["document_masking"] is True

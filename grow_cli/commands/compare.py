@@ -58,6 +58,14 @@ def compare(
     mask_replace_prob: MaskReplaceProb = MASK_REPLACE_PROB,
     random_replace_prob: RandomReplaceProb = RANDOM_REPLACE_PROB,
     whole_word_mask: WholeWordMask = False,
+    document_masking: Annotated[
+        bool,
+        typer.Option(
+            "--document-masking",
+            help="Causal LMs trained with train-stage --document-masking: each packed document attends only to "
+            "itself, as they were trained and evaluated.",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Compare two models' predictions on held-out text: KL(A‖B), KL(B‖A), JS, top-1, loss, ppl — of every next token
@@ -84,6 +92,7 @@ def compare(
         mask_replace_prob=mask_replace_prob,
         random_replace_prob=random_replace_prob,
         whole_word_mask=whole_word_mask,
+        document_masking=document_masking,
     )
     for path, count in result["undecodable"].items():  # as train-stage notes it: the text compared is not the file's
         err.print(undecodable_note(path, count), soft_wrap=True)
@@ -94,6 +103,8 @@ def compare(
     out.print(f"compared on {result['positions']:,} held-out {kind} ({counted(result['blocks'], 'block')} × {seq_len})")
     if result["masking"]:
         out.print(f"  masks: {masking_in_words(result['masking'])}")
+    if result["document_masking"]:
+        out.print("  document masking: each packed document attends only to itself")
     out.print(
         f"  KL(A‖B) {result['kl_a_b']:.4f}   KL(B‖A) {result['kl_b_a']:.4f}   JS {result['js']:.4f}   "
         f"top-1 agreement {result['top1_agreement']:.1%}"

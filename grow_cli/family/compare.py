@@ -8,7 +8,10 @@ cross-entropy. Causal LMs predict every next token; masked LMs (BERT-style encod
 `grow_cli.train.objective` decides the same way `grow train-stage` does) predict the masked positions of the same
 fixed masks that `grow train-stage` evaluates on, both models seeing the same corrupted input. The masks follow
 train-stage's masking settings (`--mlm-probability`, …; BERT's 15 %, 80/10/10 unless told), so that a family trained
-with other masks is compared on those, and a `grow family` passes its training's. Memory stays bounded:
+with other masks is compared on those, and a `grow family` passes its training's. Causal LMs trained with
+`--document-masking` are compared with it too (positions restarting after every end-of-document token, each packed
+document attending only to itself), as train-stage evaluates them: without it they would be scored on attention
+across documents that they never saw in training. Memory stays bounded:
 one batch of logits from each model at a time; the token stream is the memory-mapped cache of `grow train-stage`.
 """
 
@@ -117,6 +120,8 @@ def _summed_divergences(folders: tuple[Path, Path], loaded: list, choice, object
     token."""
     import torch
 
+    from grow_cli.train.objective import PACKED
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [model.to(device) for model in loaded]
     totals: dict[str, float] = {}
@@ -125,6 +130,7 @@ def _summed_divergences(folders: tuple[Path, Path], loaded: list, choice, object
             block = torch.from_numpy(batch.astype("int64"))
             inputs = objective.eval_inputs(block)
             labels = inputs.pop("labels")
+            inputs.pop(PACKED, None)  # (a hint for train-stage's forwards: transformers finds the documents itself)
             if choice.name == "masked":  # the masked positions of the same corrupted input
                 at = inputs.pop("predicted_at")
                 targets = labels.flatten().index_select(0, at)
@@ -165,10 +171,14 @@ def _predicted(model, folder: Path, inputs: dict[str, Any], at, shape, *, masked
     return _logits(model, folder, inputs).flatten(0, 1).index_select(0, at)
 
 
-def _objective(a: Path, config_a, b: Path, config_b, tokenizer, masking: dict[str, Any]) -> tuple[Any, Any]:
+def _objective(
+    a: Path, config_a, b: Path, config_b, tokenizer, masking: dict[str, Any], document_eos: int | None
+) -> tuple[Any, Any]:
     """Both models' objective (they must agree) and the `Objective` that makes their inputs: for masked LMs, the
-    corruption of `masking` (train-stage's settings, by name) with the fixed held-out masks of `grow train-stage`.
-    Causal LMs are refused any masking setting but the defaults, as train-stage refuses them: it would do nothing."""
+    corruption of `masking` (train-stage's settings, by name) with the fixed held-out masks of `grow train-stage`;
+    for causal LMs, positions restarting after `document_eos` where given (`--document-masking`).
+    Causal LMs are refused any masking setting but the defaults, and masked LMs document masking, as train-stage
+    refuses them: it would do nothing."""
     from grow_cli.data.masking import masking_rule
     from grow_cli.train.objective import Objective, choose_objective
 
@@ -183,7 +193,13 @@ def _objective(a: Path, config_a, b: Path, config_b, tokenizer, masking: dict[st
                 f"{flag(given)} applies to masked LMs (it sets their held-out masks), but {a} and {b} are causal "
                 "LMs, compared on every next token; drop it",
             )
-        return choice, Objective("causal", 0)
+        return choice, Objective("causal", 0, document_eos=document_eos)
+    if document_eos is not None:
+        raise OptionError(
+            "document_masking",
+            f"--document-masking applies to causal LMs, but {a} and {b} are masked LMs, which see their whole block "
+            "in both directions; drop it",
+        )
     rule = masking_rule(tokenizer, **masking)
     return choice, Objective("masked", 0, rule)
 
@@ -204,24 +220,28 @@ def compare(
     mask_replace_prob: float = MASK_REPLACE_PROB,
     random_replace_prob: float = RANDOM_REPLACE_PROB,
     whole_word_mask: bool = False,
+    document_masking: bool = False,
 ) -> dict[str, Any]:
     """Compare models `a` and `b` (folders sharing a tokenizer) on the held-out blocks of `data` (files, folders or
     globs, as train-stage reads them; one path or a list; `token_dtype` is that of its .bin token files, as in
     train-stage: uint16 where the vocabulary fits, else uint32, unless told). Masked LMs are compared on held-out masks
     made with `mlm_probability`, `mask_replace_prob`, `random_replace_prob` and `whole_word_mask`, train-stage's
-    settings of those names (give those the models were trained with).
+    settings of those names (give those the models were trained with); causal LMs with `document_masking`, as
+    train-stage's `--document-masking` trains and evaluates them (give it where they were trained with it).
 
     Returns the averages `grow compare --json` prints, per predicted token: `kl_a_b` (KL(A‖B)), `kl_b_a`, `js`,
     `top1_agreement`, `loss_a`/`loss_b` and `ppl_a`/`ppl_b`, `outside_shared_vocab_a`/`_b` (the probability a model
     with a padded, wider vocabulary puts beyond the other's ids: the divergences compare the shared ids renormalised,
     each loss is the model's own), with `positions` (the predicted tokens the averages are over), `blocks`, `seq_len`,
     `objective` ("causal": every next token; "masked": the masked positions of fixed masks), `masking` (for masked
-    LMs, the masks' settings as grow.json records a training's; None for causal ones), `data_fingerprint` and
+    LMs, the masks' settings as grow.json records a training's; None for causal ones), `document_masking`,
+    `data_fingerprint` and
     `undecodable` (each text file with bytes that are not UTF-8, which were read as U+FFFD: how many byte sequences).
     `max_blocks=None` uses every held-out block. Raises `DataError` when the models' tokenizers or objectives differ,
     when either predicts NaN or infinite logits (a diverged model: no distribution to compare), or when the data is
     unusable; `OptionError` when `data` is an empty list (no data given) or an empty path, and for a masking setting
-    out of its range, or other than its default for causal LMs (it would do nothing).
+    out of its range, or other than its default for causal LMs (it would do nothing), and for `document_masking` of
+    masked LMs; `UsageError` when a model's attention crosses documents all the same (`check_document_masking`).
     """
     from grow_cli.console import quiet_transformers
     from grow_cli.data.sources import check_sources, data_paths, find_sources
@@ -250,8 +270,13 @@ def compare(
         "random_replace_prob": random_replace_prob,
         "whole_word_mask": whole_word_mask,
     }
-    choice, objective = _objective(a, config_a, b, config_b, tok_a, masking)
+    choice, objective = _objective(a, config_a, b, config_b, tok_a, masking, eos if document_masking else None)
     models = [_load(folder, choice) for folder in (a, b)]  # a model without the head is refused before tokenizing
+    if document_masking:  # one whose attention ignores the restarted positions is refused, as train-stage refuses it
+        from grow_cli.train.documents import check_document_masking
+
+        for model in models:
+            check_document_masking(model, eos)
     check_cache_outside(cache_dir, data)  # its token files would become the data of the next run
     sources = find_sources(data)
     check_sources(sources, text_field, token_dtype)
@@ -285,6 +310,7 @@ def compare(
         "seq_len": seq_len,
         "objective": choice.name,
         "masking": objective.masking.describe() if objective.masking else None,
+        "document_masking": document_masking,
         "data_fingerprint": tokens.fingerprint,
         "kl_a_b": totals["kl_ab"] / n,
         "kl_b_a": totals["kl_ba"] / n,

@@ -346,9 +346,10 @@ def compare_settings(recipe: Recipe) -> dict[str, Any]:
     train-stage, overridden by the recipe's `compare:`. The training's text field and token dtype go with its data:
     `compare:` data of its own is read with `compare.text_field` and `compare.token_dtype` alone (text files beside
     training JSON Lines have no field). Masked LMs are compared on masks made as the training made its own (its
-    `mlm_probability`, … and `whole_word_mask`), whatever data is compared."""
+    `mlm_probability`, … and `whole_word_mask`), whatever data is compared, and causal LMs with the training's
+    `document_masking`: members trained on documents that attend only to themselves are scored that way."""
     data = () if "data" in recipe.compare else ("data", "text_field", "token_dtype")
-    taken = ("seq_len", "eval_fraction", *MASKING, *data)
+    taken = ("seq_len", "eval_fraction", "document_masking", *MASKING, *data)
     shared: dict[str, Any] = {k: recipe.train[k] for k in taken if k in recipe.train}
     settings: dict[str, Any] = {**shared, "cache_dir": token_cache(recipe), **recipe.compare}
     if not settings.get("data"):
