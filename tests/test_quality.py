@@ -128,3 +128,16 @@ def test_each_published_saving_is_the_band_its_text_states():
     for entry in PUBLISHED:
         low, high = entry["saving"]
         assert f"{low:.0%}" in entry["text"] and f"{high:.0%}" in entry["text"], entry
+
+
+def test_eval_curve_charges_each_step_its_own_flops_per_token():
+    """Under Apollo each step runs at the depths it sampled and its record carries their FLOPs per token; the curve
+    took the first record's for every token, charging a from-scratch run with `apollo_stages` 27% less than the
+    train_flops it recorded (and its grown member, whose ledger reads train_flops, what it spent)."""
+    metrics = [
+        {"step": 1, "loss": 7.0, "tokens": 100, "flops_per_token": 10.0},
+        {"step": 2, "loss": 6.0, "tokens": 200, "flops_per_token": 20.0, "eval_loss": 6.5},
+        {"step": 3, "loss": 5.5, "tokens": 300, "flops_per_token": 40.0},
+        {"step": 3, "eval_loss": 5.9},
+    ]
+    assert eval_curve(metrics) == [(3000.0, 6.5), (7000.0, 5.9)]

@@ -14,6 +14,7 @@ from doc_keys import json_output_problems
 from safetensors.torch import load_file
 from tinylm import run_grow, save_tiny_bert, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
+from grow_cli.family.quality import eval_curve
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.lineage.record import load_record
@@ -63,6 +64,10 @@ def test_a_stage_plan_grows_in_place_and_resumes_exactly_across_the_boundary(set
     assert len(depths) == 8 and min(depths[:4]) >= 2 and min(depths[5:]) >= 4 and max(depths) <= 8
     assert len({m["flops_per_token"] for m in metrics if "flops_per_token" in m}) > 1  # FLOPs follow the depth
     assert all("eval_loss_at_target" in m for m in metrics if "eval_loss" in m)
+    # The family report reads a from-scratch run's FLOPs off its metrics, resumed or not: at the end, what it spent.
+    for run in (whole, parts):
+        spent = load_record(run)["stages"][-1]["train_flops"]
+        assert eval_curve(read_metrics(run / "metrics.jsonl"))[-1][0] == pytest.approx(spent, rel=1e-12)
 
     # The output: an ordinary 4-layer Llama (the unique layers of the last stage) that generates with its cache.
     trained = tf.AutoModelForCausalLM.from_pretrained(whole).eval()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from grow_cli.family.quality import eval_curve
 from grow_cli.family.report import measured_alike
 from grow_cli.family.report import member_metrics as _metrics
 from grow_cli.whole_file import write_whole
@@ -40,13 +41,10 @@ def _loss_vs_flops(ax, summaries: list[dict[str, Any]], book: dict[str, Any]) ->
             )
         offset += row["progressive_flops"]
         if s.get("baseline"):
-            base = _metrics(Path(s["baseline"]["out"]))
-            per_token = next((m["flops_per_token"] for m in base if "flops_per_token" in m), 0)
-            total = max((m["tokens"] for m in base if "tokens" in m), default=0)
-            evals = [m for m in base if "eval_loss" in m]
+            curve = eval_curve(_metrics(Path(s["baseline"]["out"])))  # the curve the savings are read off
             ax.plot(
-                [per_token * m.get("tokens", total) for m in evals],
-                [m["eval_loss"] for m in evals],
+                [flops for flops, _ in curve],
+                [loss for _, loss in curve],
                 linestyle="--",
                 marker=".",
                 label=f"{s['name']} from scratch (held-out)",

@@ -54,11 +54,21 @@ PUBLISHED: list[dict[str, Any]] = [
 def eval_curve(metrics: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """(training FLOPs so far, held-out loss) at every evaluation of a `grow train-stage` metrics file.
 
-    The final evaluation is logged without a token count; it happened at the run's last token.
+    The FLOPs are summed step by step, each step's tokens at its own FLOPs per token: under Apollo a step runs at the
+    depths it sampled, whose FLOPs its record carries, and the stage's FLOPs per token times its tokens (the unique
+    layers') is not what it spent — a from-scratch run with `apollo_stages` was charged 27% less than it ran, and the
+    grown member beside it what it ran. Other runs log the model's FLOPs per token at their logging steps only; it
+    holds for every step. The final evaluation is logged without a token count; it happened at the run's last token.
     """
-    per_token = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None) or 0
-    total_tokens = max((m["tokens"] for m in metrics if "tokens" in m), default=0)
-    return [(per_token * m.get("tokens", total_tokens), m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    constant = next((m["flops_per_token"] for m in metrics if "flops_per_token" in m), None) or 0
+    curve, flops, tokens = [], 0.0, 0
+    for m in metrics:
+        if "tokens" in m:
+            flops += m.get("flops_per_token", constant) * (m["tokens"] - tokens)
+            tokens = m["tokens"]
+        if "eval_loss" in m:
+            curve.append((flops, m["eval_loss"]))
+    return curve
 
 
 def flops_to_reach(curve: list[tuple[float, float]], target: float) -> dict[str, Any]:
