@@ -141,3 +141,20 @@ def test_eval_curve_charges_each_step_its_own_flops_per_token():
         {"step": 3, "eval_loss": 5.9},
     ]
     assert eval_curve(metrics) == [(3000.0, 6.5), (7000.0, 5.9)]
+
+
+@pytest.mark.parametrize(
+    "saving, bound, text, phrase",
+    [
+        (0.29996, ">", "> 29.9%", "at least 29.9% less"),
+        (0.40004, "≤", "≤ 40.1%", "at most 40.1% less"),
+        (-0.04236, ">", "> -4.3%", "at most 4.3% more"),
+        (-0.04236, "≤", "≤ -4.2%", "at least 4.2% more"),
+        (0.29996, "=", "30.0%", "30.0% less"),
+    ],
+)
+def test_a_bound_is_rounded_outwards(saving, bound, text, phrase):
+    """A bound shown to 0.1% must still be a bound: a saving of more than 29.996% was shown as "> 30.0%" and "at
+    least 30.0% less", more than is known; an upper bound of 40.004% as "≤ 40.0%". An exact figure is rounded."""
+    entry = {"saving": saving, "bound": bound}
+    assert (saving_text(entry), saving_phrase(entry)) == (text, phrase)

@@ -104,7 +104,9 @@ def test_spread_over_seeds_and_the_measured_reason():
     curve = [(1e12, 6.0), (2e12, 5.0), (3e12, 4.5)]
     exact = [member_saving(1.5e12, 5.0, curve), member_saving(1.0e12, 5.0, curve)]
     assert aggregate._spread(exact) == "37.5% (25.0% to 50.0%; 2 seeds)"
-    assert aggregate._spread([exact[0], member_saving(1e12, 4.0, curve)]) == "25.0%, > 66.7%"
+    assert (
+        aggregate._spread([exact[0], member_saving(1e12, 4.0, curve)]) == "25.0%, > 66.6%"
+    )  # a lower bound of 66.67%, shown as one
     dearer = member_saving(3e12, 5.0, curve)
     copies = {"duplicated_ffn_units": 0.5, "loss_before_growth": 5.5, "loss_after_growth": 5.5, "epochs": 0.1}
     assert "exact copies" in aggregate._reason(dearer, copies)

@@ -23,6 +23,7 @@ included — on both sides) and compares it with the progressive family's total 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 REACHED, BY_FIRST_EVAL, NOT_REACHED = "reached", "by-first-eval", "not-reached"
@@ -145,20 +146,32 @@ def unrecorded_source_bound(entry: dict[str, Any], why: str, *, family: bool) ->
     return {**entry, "bound": bound, key: "; ".join(filter(None, [entry.get(key), f"{why} and {so}"]))}
 
 
+def _shown(saving: float, bound: str) -> float:
+    """`saving` at the 0.1% it is shown to, a bound rounded outwards — a lower bound (`>`) down, an upper bound (`≤`)
+    up — so that the figure shown is still a bound: 29.96% at least was shown as "> 30.0%", more than is known."""
+    tenths = round(saving * 1000, 6)  # (0.5 computed as 0.5000000001 stays 50.0%)
+    if bound == ">":
+        return math.floor(tenths) / 1000
+    if bound == "≤":
+        return math.ceil(tenths) / 1000
+    return saving
+
+
 def saving_text(entry: dict[str, Any] | None) -> str:
     """A saving with its bound, as people read it: `23.4%`, `> 5.2%`, `≤ 40.0%`, `undetermined` or `—`."""
     if not entry or entry.get("saving") is None:
         return "—"
-    bound = entry.get("bound")
+    bound = entry.get("bound") or "="
     if bound == "?":
         return "undetermined"
-    prefix = {">": "> ", "≤": "≤ "}.get(bound or "", "")
-    return f"{prefix}{entry['saving']:.1%}"
+    prefix = {">": "> ", "≤": "≤ "}.get(bound, "")
+    return f"{prefix}{_shown(entry['saving'], bound):.1%}"
 
 
 def saving_phrase(entry: dict[str, Any]) -> str:
     """A saving as a comparison: `23.4% less`, `at least 5.2% less`, `1.7% more`, `at most 5.0% more`."""
-    saving, bound = entry["saving"], entry.get("bound") or "="
+    bound = entry.get("bound") or "="
+    saving = _shown(entry["saving"], bound)
     if bound == "?":
         return "an undetermined amount more or less"
     if saving >= 0:
