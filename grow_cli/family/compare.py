@@ -235,8 +235,8 @@ def compare(
     each loss is the model's own), with `positions` (the predicted tokens the averages are over), `blocks`, `seq_len`,
     `objective` ("causal": every next token; "masked": the masked positions of fixed masks), `masking` (for masked
     LMs, the masks' settings as grow.json records a training's; None for causal ones), `document_masking`,
-    `data_fingerprint` and
-    `undecodable` (each text file with bytes that are not UTF-8, which were read as U+FFFD: how many byte sequences).
+    `data_fingerprint` and `undecodable` (each text file with bytes that are not UTF-8, which were read as U+FFFD: how
+    many byte sequences).
     `max_blocks=None` uses every held-out block. Raises `DataError` when the models' tokenizers or objectives differ,
     when either predicts NaN or infinite logits (a diverged model: no distribution to compare), or when the data is
     unusable; `OptionError` when `data` is an empty list (no data given) or an empty path, and for a masking setting
