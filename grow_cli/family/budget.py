@@ -469,7 +469,9 @@ def _stacking(shape: dict[str, Any], n: float, tokens: float, stack_refused: str
     """The G_stack guideline for this target of `n` parameters trained on `tokens`: the N and C = 6·N·D the rule
     takes (N counts every expert of an MoE, whose own compute counts active ones), and the quarter-depth small model
     to train on d tokens and grow ×4 in depth. A 1-layer target has no shallower model to grow from: no small model
-    and no command (`applies` false, a `note`)."""
+    and no command (`applies` false, a `note`). The small model's parameter counts are the target's scaled by its
+    share of layers, the embeddings kept whole: an estimate where other parameters lie outside the layers (learned
+    positions, BERT's pooler) or the layers differ (dense first layers), as docs/family.md says."""
     d = stacking_growth_tokens(n, tokens)
     rule = {"rule": STACKING_RULE, "num_parameters": round(n), "compute_flops": 6 * n * tokens, "growth_tokens": d}
     if shape["num_hidden_layers"] == 1:
