@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from grow_cli.errors import UsageError
 from grow_cli.family.budget import family_ledger, plan, stacking_growth_tokens
@@ -584,21 +585,53 @@ def test_a_target_config_whose_heads_form_no_kv_groups_is_refused():
         plan(target | {"num_attention_heads": 6, "num_key_value_heads": 4}, 1e9)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_the_ledger_counts_flops_as_train_stage_does(tmp_path, tied):
-    """PaLM's 6·N leaves out an input embedding that is only a lookup: the plan used to count it, so its FLOPs per
-    token disagreed with those train-stage logs for the same model (by 1.6% at 8B, far more at small sizes)."""
+def _gpt2():
     import transformers as tf
-    from tinylm import tiny_config
+
+    config = tf.GPT2Config(vocab_size=2048, n_embd=128, n_layer=4, n_head=4, n_positions=1024)
+    return tf.GPT2LMHeadModel(config)
+
+
+def _bert():
+    import transformers as tf
+
+    config = tf.BertConfig(vocab_size=2048, hidden_size=128, num_hidden_layers=4, num_attention_heads=4)
+    return tf.BertForMaskedLM(config)
+
+
+def _llama(tied: bool):
+    def build():
+        import transformers as tf
+        from tinylm import tiny_config
+
+        shape = dict(hidden_size=256, intermediate_size=512, vocab_size=2048)  # ~2-3M parameters: plan's range
+        return tf.LlamaForCausalLM(tiny_config(tie_word_embeddings=tied, **shape))
+
+    return build
+
+
+@pytest.mark.parametrize("build", [_llama(False), _llama(True), _gpt2, _bert], ids=["llama", "tied", "gpt2", "bert"])
+def test_the_ledger_counts_flops_as_train_stage_does_and_torch_measures(tmp_path, build):
+    """PaLM's 6·N leaves out the embedding tables, lookups: the plan used to count an untied input embedding, so its
+    FLOPs per token disagreed with those train-stage logs for the same model (by 1.6% at 8B, far more at small
+    sizes); both counted learned positions and BERT's token types, which put a tiny GPT-2 at 1.94× and a BERT at
+    2.27× the FLOPs torch's counter measures. The count is 3× the forward pass's matrix products as torch counts them
+    (eager attention, whose two products per layer are PaLM's attention term), within the norms and biases that N
+    holds and no product runs."""
+    from torch.utils.flop_counter import FlopCounterMode
 
     from grow_cli.train.metrics import flops_per_token
 
-    shape = dict(hidden_size=256, intermediate_size=512, vocab_size=2048)  # ~2-3M parameters: within plan's range
-    model = tf.LlamaForCausalLM(tiny_config(tie_word_embeddings=tied, **shape))
+    model = build().eval()
+    model.set_attn_implementation("eager")
     model.save_pretrained(tmp_path)
+    seq_len = 32
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randint(3, 2048, (1, seq_len)))
+    assert flops_per_token(model, seq_len) == pytest.approx(3 * counter.get_total_flops() / seq_len, rel=0.02)
     params = sum(p.numel() for p in model.parameters())
-    member = plan(str(tmp_path), 1e9, family=[params], seq_len=32)["family"]["members"][0]
-    assert member["flops_per_token"] == flops_per_token(model, 32)
+    member = plan(str(tmp_path), 1e9, family=[params], seq_len=seq_len)["family"]["members"][0]
+    assert member["flops_per_token"] == flops_per_token(model, seq_len)
 
 
 def test_a_target_under_the_home_folder_is_read_as_inspect_reads_it(cli, tmp_path, monkeypatch):

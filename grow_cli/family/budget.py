@@ -108,6 +108,8 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
         "tie_word_embeddings": bool(info["tie_word_embeddings"]),
         "num_parameters": info["num_parameters"],
         **({"active_parameters": info["active_parameters"]} if "active_parameters" in info else {}),
+        # its own tables (learned positions, token types), which a Llama-like member's shape has none of
+        "matmul_parameters": info.get("active_parameters", info["num_parameters"]) - _lookup_embedding(info),
         **({"stack_refused": stack["why"]} if refused else {}),  # popped by `plan`: not a config key
     }
 
@@ -447,7 +449,8 @@ def _members(
         {
             "num_parameters": round(s["num_parameters"]),  # counts, whole in --json (a config may give 1.3e9)
             "active_parameters": round(s.get("active_parameters", s["num_parameters"])),
-            "matmul_parameters": round(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
+            "matmul_parameters": s.get("matmul_parameters")
+            or round(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
             "layers": s["num_hidden_layers"],
             "hidden_size": s["hidden_size"],
             "attention_width": attention_width(s),  # PaLM's H·Q (heads × head_dim), the attention FLOPs' width
@@ -460,9 +463,13 @@ def _members(
 
 
 def _lookup_embedding(shape: dict[str, Any]) -> int:
-    """The input embedding's parameters where it is only a lookup (an untied head), which PaLM's 6·N leaves out, as
-    `grow train-stage`'s FLOPs count does (`train/metrics.py`); a tied one is the head's matmul, counted."""
-    return 0 if shape.get("tie_word_embeddings") else shape["vocab_size"] * shape["hidden_size"]
+    """The parameters of the embedding tables that are only lookups, which PaLM's 6·N leaves out, as `grow
+    train-stage`'s FLOPs count does (`train/metrics.py`): the input embedding unless it is tied to the head (then it
+    is the head's matmul, counted), and, in a shape `grow inspect` described, learned positions (GPT-2's, BERT's)
+    and token types."""
+    tokens = 0 if shape.get("tie_word_embeddings") else shape["vocab_size"]
+    positions = (shape.get("max_positions") or 0) if shape.get("positions") == "learned" else 0
+    return (tokens + positions + (shape.get("type_vocab_size") or 0)) * shape["hidden_size"]
 
 
 def _stacking(shape: dict[str, Any], n: float, tokens: float, stack_refused: str | None) -> dict[str, Any]:

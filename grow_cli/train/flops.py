@@ -1,14 +1,15 @@
 """Training FLOPs per token, as PaLM counts them (Chowdhery et al. 2022, appendix B).
 
-6·N for the weight matmuls (2 for the forward pass, 4 for the backward; N excludes the input embedding, which is a
-lookup, unless it is tied to the output head) plus 12·L·H·Q·s for attention: in each of L layers, H heads of width Q
-score a token against s positions (q·kᵀ) and sum s values (p·V), 2 FLOPs a multiply-add, forward and backward. H·Q
-is the heads' width, not the hidden size, which differs where config.json sets head_dim (Qwen3-0.6B: 16 heads × 128
-against a hidden size of 1024; Gemma 3: 4 × 256 against 640). Where the query-key and value heads differ in width
-(DeepSeek's latent attention: 192 and 128) each product counts at its own width, 6·L·H·(Q_qk + Q_v)·s, as torchtitan
-counts it (`quadratic_attention_flops_per_token`). Like PaLM, the count is that of full attention over s positions:
-it discounts neither the causal mask nor a sliding window (Mistral's, Gemma's local layers), nor a sparse-attention
-indexer's selection, and leaves out norms' and activations' elementwise work.
+6·N for the weight matmuls (2 for the forward pass, 4 for the backward; N excludes the embedding tables — tokens,
+learned positions, token types — which are lookups, except a token table tied to the output head) plus 12·L·H·Q·s for
+attention: in each of L layers, H heads of width Q score a token against s positions (q·kᵀ) and sum s values (p·V), 2
+FLOPs a multiply-add, forward and backward. H·Q is the heads' width, not the hidden size, which differs where
+config.json sets head_dim (Qwen3-0.6B: 16 heads × 128 against a hidden size of 1024; Gemma 3: 4 × 256 against 640).
+Where the query-key and value heads differ in width (DeepSeek's latent attention: 192 and 128) each product counts at
+its own width, 6·L·H·(Q_qk + Q_v)·s, as torchtitan counts it (`quadratic_attention_flops_per_token`). Like PaLM, the
+count is that of full attention over s positions: it discounts neither the causal mask nor a sliding window (Mistral's,
+Gemma's local layers), nor a sparse-attention indexer's selection, and leaves out norms' and activations' elementwise
+work.
 
 `grow train-stage` logs it for the model it trains (MFU), `grow plan` applies it to planned shapes, and the family
 report multiplies it by the tokens each member trained on.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.tracking import GeneralTracker
@@ -53,12 +53,17 @@ def flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
 
 
 def matmul_params(model: Any) -> int:
-    """The parameters that take part in matrix products: all but an input embedding not tied to the head."""
-    total = sum(full_numel(p) for p in model.parameters())
-    embedding = cast(torch.Tensor, model.get_input_embeddings().weight)  # Module.__getattr__ says Tensor | Module
+    """The parameters that take part in matrix products: all but the embedding tables, which are lookups (the
+    tokens', GPT-2's and BERT's learned positions, BERT's token types) — except one tied to the head, whose matmul
+    it is. A tiny GPT-2 with its 1,024 learned positions was counted at twice the FLOPs torch's counter measures."""
     output = model.get_output_embeddings()
-    tied = output is not None and output.weight is embedding
-    return total if tied else total - full_numel(embedding)
+    head = None if output is None else output.weight
+    tables = {
+        id(module.weight): module.weight
+        for module in model.modules()
+        if isinstance(module, torch.nn.Embedding) and module.weight is not head
+    }
+    return sum(full_numel(p) for p in model.parameters()) - sum(full_numel(w) for w in tables.values())
 
 
 def peak_flops(device: torch.device, mixed_precision: str, override_tflops: float | None) -> float | None:
