@@ -122,7 +122,7 @@ def test_a_push_removes_the_repos_weights_of_another_layout(fake_hub, grown, cli
     assert {"onnx/model.safetensors", "notes.txt", "model.safetensors.index.json"} <= held
     assert set(sha256s(grown)) <= held
     assert set(stale) <= set(fake_hub.files("acme/tiny-grown"))  # main, which the branch came from, as it was
-    said = cli("push", grown, "acme/tiny-grown", "--token", TOKEN).stderr  # and main, from the command line
+    said = cli("push", grown, "acme/tiny-grown", "--token", TOKEN).stdout  # and main, from the command line
     assert "removed the old weights of another layout: model-00001-of-00009.safetensors, model.safetensors" in said
 
 
@@ -206,8 +206,18 @@ def test_a_push_with_nothing_new_says_so_once(fake_hub, grown, cli):
         again = cli("push", grown, "acme/tiny-grown", "--token", TOKEN)
     finally:
         client.removeHandler(handler)
-    assert again.code == 0 and "nothing to push: acme/tiny-grown (branch main) already holds" in again.stderr
+    assert again.code == 0 and "nothing to push: acme/tiny-grown (branch main) already holds" in again.stdout
     assert not [line for line in logged if "No files have been modified" in line]
+
+
+def test_a_push_reports_on_stdout(fake_hub, grown, cli):
+    """The report of `grow push` without --json (what it pushed, the commit, how to pull it) is its result, and goes
+    to stdout as every command's does: it went to stderr, so `grow push … > log` kept nothing."""
+    pushed = cli("push", grown, "acme/tiny-grown", "--token", TOKEN)
+    assert pushed.code == 0, pushed.stderr
+    commit = f"commit: {fake_hub.url}/acme/tiny-grown/commit/{fake_hub.head('acme/tiny-grown').oid}"
+    assert pushed.stdout.startswith("pushed ") and commit in pushed.stdout, pushed.stdout
+    assert "pull it with: grow inspect acme/tiny-grown" in pushed.stdout and "pushed " not in pushed.stderr
 
 
 def test_files_are_those_the_push_sent(fake_hub, grown):
@@ -257,7 +267,7 @@ def test_a_commit_that_cannot_be_read_back_is_still_a_push(fake_hub, grown, cli,
     (grown / "notes.txt").write_text("new\n")
     human = cli("push", grown, "acme/tiny-grown", "--token", TOKEN)
     assert human.code == 0 and "which files its commit sent could not be read back" in human.stderr, human.stderr
-    assert f"commit: {fake_hub.url}/acme/tiny-grown/commit/{fake_hub.head('acme/tiny-grown').oid}" in human.stderr
+    assert f"commit: {fake_hub.url}/acme/tiny-grown/commit/{fake_hub.head('acme/tiny-grown').oid}" in human.stdout
 
 
 def test_expand_push_to_hub_says_a_commit_not_read_back(fake_hub, tiny_checkpoints, cli, no_backoff, tmp_path):
@@ -499,10 +509,9 @@ def test_cli_push_json_and_token_never_leaks(fake_hub, grown, tmp_path):
         ["push", str(grown), "acme/tiny-grown", "--revision", "stage-1"], {**env, "HF_TOKEN": TOKEN}, tmp_path
     )
     assert human.returncode == 0, human.stderr
-    assert human.stdout == ""
-    assert "acme/tiny-grown" in human.stderr and TOKEN not in human.stderr
+    assert "acme/tiny-grown" in human.stdout and TOKEN not in human.stdout + human.stderr
     held = f"already holds these {len(result['files'])} files"  # a rerun: all the first push sent
-    assert f"nothing to push: acme/tiny-grown (private, branch stage-1) {held}" in human.stderr
+    assert f"nothing to push: acme/tiny-grown (private, branch stage-1) {held}" in human.stdout
 
 
 def test_cli_errors_are_one_line(fake_hub, grown, tmp_path):
@@ -663,4 +672,4 @@ def test_the_pull_command_quotes_a_revision_a_shell_would_split(fake_hub, grown,
     branch with parentheses, `;` or `$`, though not with a space)."""
     result = cli("push", grown, "acme/tiny-grown", "--revision", "stage(2)", "--token", TOKEN)
     assert result.code == 0, result.stderr
-    assert "pull it with: grow inspect acme/tiny-grown --revision 'stage(2)'" in result.stderr, result.stderr
+    assert "pull it with: grow inspect acme/tiny-grown --revision 'stage(2)'" in result.stdout, result.stdout

@@ -70,7 +70,7 @@ def push(
 ) -> None:
     """Upload a grown or trained model folder to the Hugging Face Hub, with a model card made from grow.json."""
     from grow_cli.commands.push_options import note_if_unread, pushed_where
-    from grow_cli.console import err, format_bytes, print_json
+    from grow_cli.console import format_bytes, out, print_json
     from grow_cli.errors import counted
     from grow_cli.hub import push_folder
 
@@ -89,24 +89,24 @@ def push(
         print_json(result)
         return
     if not result["changed"]:
-        err.print(
+        out.print(
             f"nothing to push: {where} already holds these {counted(result['unchanged'], 'file')}"
             + ("; no pull request was opened" if create_pr else "")
         )
     elif result["files"] is not None:  # None: the note above said so
         size = sum(f["size"] for f in result["files"])
-        err.print(
+        out.print(
             f"pushed {counted(len(result['files']), 'file')} ({format_bytes(size)}) to {where}"
             + (f"; {result['unchanged']} more were there already, unchanged" if result["unchanged"] else "")
         )
     if result["removed"]:
-        err.print(f"removed the old weights of another layout: {', '.join(result['removed'])}", soft_wrap=True)
-    err.print(f"commit: {result['commit_url']}")
+        out.print(f"removed the old weights of another layout: {', '.join(result['removed'])}", soft_wrap=True)
+    out.print(f"commit: {result['commit_url']}")
     if result["pr_url"]:
-        err.print(f"pull request: {result['pr_url']}")
+        out.print(f"pull request: {result['pr_url']}")
     if result["card"] == "kept":
-        err.print("model card: README.md was edited by hand, so it was uploaded as it is")
-    err.print(
+        out.print("model card: README.md was edited by hand, so it was uploaded as it is")
+    out.print(
         f"pull it with: grow inspect {result['repo_id']}"
         + (f" --revision {shlex.quote(result['revision'])}" if result["revision"] != "main" else "")  # a command
     )
