@@ -1,6 +1,6 @@
 """Where grow writes: reports on stdout (`out`; a JSON document instead with `--json`), progress and
 messages on stderr (`err`); how it keeps what libraries write off them (`keep_stdout_for_json`,
-`quiet_transformers`); and how it writes a byte size.
+`quiet_transformers`, `hub_bars_only_on_a_terminal`); and how it writes a byte size.
 
 Progress bars are rich `Progress` objects on stderr; they stay silent when stderr is not a terminal or when the
 user asked for `--quiet`, so logs and CI output stay clean. Byte sizes are decimal everywhere (kB, MB, GB), as
@@ -9,6 +9,7 @@ Hugging Face names shard sizes (`--shard-size 5GB`) and as the Hub shows file si
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -125,6 +126,24 @@ def quiet_transformers():
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def hub_bars_only_on_a_terminal():
+    """huggingface_hub's own progress bars (a download's "Fetching N files", an upload's per-file bars) off for the
+    block when stderr is not a terminal, as grow's own are (`byte_progress`): piped or logged, tqdm writes each
+    update as a fragment ending in a carriage return, and a CI log or `2> log` filled with them."""
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module: the package's `tqdm` is the class
+    if err.is_terminal:
+        yield
+        return
+    states = dict(hub_tqdm.progress_bar_states)
+    hub_tqdm.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hub_tqdm.progress_bar_states.clear()
+        hub_tqdm.progress_bar_states.update(states)
 
 
 def print_json(payload: Any) -> None:

@@ -220,6 +220,16 @@ def test_a_push_reports_on_stdout(fake_hub, grown, cli):
     assert "pull it with: grow inspect acme/tiny-grown" in pushed.stdout and "pushed " not in pushed.stderr
 
 
+def test_the_hubs_progress_bars_stay_out_of_a_pipe(fake_hub, grown, cli):
+    """huggingface_hub's progress bars (an upload's per file, a download's "Fetching N files") stay off a stderr that
+    is not a terminal, as grow's own do: tqdm wrote each update there as a fragment ending in a carriage return."""
+    pushed = cli("push", grown, "acme/tiny-grown", "--token", TOKEN, "--json")
+    read = cli("inspect", "acme/tiny-grown", "--json")
+    assert pushed.code == 0 and read.code == 0, pushed.stderr + read.stderr
+    for stderr in (pushed.stderr, read.stderr):
+        assert "%|" not in stderr and "\r" not in stderr, stderr
+
+
 def test_files_are_those_the_push_sent(fake_hub, grown):
     """`files` listed every file of the folder to upload, also those the revision already held, which the client
     does not send (a push with nothing new "sent" them all); now it lists the files the push's commit added or

@@ -29,6 +29,7 @@ from grow_cli.checkpoint.files import (
     WEIGHT_SUFFIXES,
 )
 from grow_cli.checkpoint.kinds import other_framework_files, what_else_on_hub
+from grow_cli.console import hub_bars_only_on_a_terminal
 from grow_cli.errors import HubError, counted
 from grow_cli.hub.client import (
     TransportError,
@@ -103,6 +104,11 @@ def fetch_files(repo_id: str, revision: str | None, files: list[str], token: str
 
     huggingface_hub before 2.0 lets a network failure of that listing (`list_repo_tree`) out of `snapshot_download`
     instead: the files are then asked for one by one all the same, the first of them telling the snapshot folder."""
+    with hub_bars_only_on_a_terminal():
+        return _fetch_files(repo_id, revision, files, token, commit=commit)
+
+
+def _fetch_files(repo_id: str, revision: str | None, files: list[str], token: str | None, *, commit: str) -> str:
     try:
         folder = retrying(
             lambda: interruptible(

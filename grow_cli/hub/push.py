@@ -31,6 +31,7 @@ from grow_cli.checkpoint.kinds import what_else
 from grow_cli.checkpoint.model_config import load_config
 from grow_cli.checkpoint.reader import load_weight_map, not_a_file, read_safetensors_header
 from grow_cli.checkpoint.source import is_repo_id
+from grow_cli.console import hub_bars_only_on_a_terminal
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError, counted
 from grow_cli.hub.client import check_cache_folders, endpoint, hub_client, is_offline, resolve_token, translate
 from grow_cli.lineage.card import render_card
@@ -134,7 +135,7 @@ def push_folder(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         action = "uploading to"
         head = main if on_main else api.model_info(repo_id, revision=revision, files_metadata=True)
-        with _quiet_about_no_commit():
+        with _quiet_about_no_commit(), hub_bars_only_on_a_terminal():
             info = interruptible(  # a Ctrl-C away from stopping: the client's upload threads would hold it
                 lambda: api.upload_folder(
                     repo_id=repo_id,
