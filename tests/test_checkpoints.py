@@ -456,12 +456,10 @@ def test_resume_auto_on_the_finished_run_has_nothing_to_do(tmp_path, capsys, sav
     assert (out / "checkpoints").is_dir() == bool(save_every)
     before = _snapshot(out)
     args = [a for a in train_args(model, data, out, *budget, "--resume", "auto") if a != "--quiet"]
-    code, _, stderr = run_grow(args, capsys)
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    assert code == 0 and len(lines) == 1, stderr
-    assert lines[0] == f"{out} holds the finished run (step 8 of 8): nothing to do; " + (
-        "drop --resume auto and pass --overwrite to train again"
-    )
+    said = f"{out} holds the finished run (step 8 of 8): nothing to do; drop --resume auto and pass --overwrite to "
+    for quiet in ([], ["--quiet"]):  # the result, on stdout as every command's (it was a note on stderr, gone with -q)
+        code, stdout, stderr = run_grow([*args, *quiet], capsys)
+        assert code == 0 and stdout == said + "train again\n" and stderr == "", stdout + stderr
     code, stdout, _ = run_grow(train_args(model, data, out, *budget, "--resume", "auto", "--json"), capsys)
     assert code == 0 and json.loads(stdout)["status"] == "finished" and json.loads(stdout)["steps"] == 8
     code, _, stderr = run_grow(train_args(model, data, out, "--max-steps", 10, "--resume", "auto"), capsys)

@@ -316,6 +316,12 @@ def train_stage(
             f"{result['checkpoint']}: run the same command with --resume auto to continue",
             soft_wrap=True,
         )
+    elif result["status"] == "finished":
+        stdout.print(
+            f"{out} holds the finished run (step {result['end_step']} of {result['max_steps']}): nothing to do; "
+            "drop --resume auto and pass --overwrite to train again",
+            soft_wrap=True,
+        )
 
 
 def train_config(options: dict[str, Any]) -> TrainConfig:

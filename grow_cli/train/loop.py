@@ -73,7 +73,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
         try:
             run = build(config, checked)
             if isinstance(run, Finished):
-                return _nothing_to_do(config, run.summary)
+                return run.summary  # the command says it has nothing to do
             with StopFlag() as stop:  # to the last file written: a first signal never discards the steps trained
                 ending = train_loop(run, stop)
                 result = _finish(run, ending, stop) if ending.reason == "done" else pause(run, ending.saved)
@@ -125,21 +125,6 @@ def _interrupted(run: Run, result: dict[str, Any], signum: int) -> Interrupted:
         f"at {at}{'; the final model was not written' if last else ''}; saved {result['checkpoint']}",
         f"Continue with --resume auto{', which writes it' if last else ''}",
     )
-
-
-def _nothing_to_do(config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
-    """`--resume auto` on this run finished already: say so in one line (main process) and leave --out alone."""
-    from accelerate import PartialState
-
-    if PartialState().is_main_process and not config.quiet:
-        from grow_cli.console import err
-
-        err.print(
-            f"{config.out} holds the finished run (step {summary['end_step']} of {summary['max_steps']}): nothing to "
-            "do; drop --resume auto and pass --overwrite to train again",
-            soft_wrap=True,
-        )
-    return summary
 
 
 def _claim(out: Path) -> AbstractContextManager:
