@@ -546,6 +546,9 @@ def test_grows_own_planner_grows_each_member_of_a_family_into_the_next(tmp_path,
             k: shape[k] for k in (*keys, "head_dim") if k in shape
         }
 
+    def head_dim(config):
+        return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
     def built(config):  # {name: (shape, dtype)} and the parameter count of the model, built without memory
         with torch.device("meta"):
             model = tf.LlamaForCausalLM(tf.LlamaConfig(**config))
@@ -574,7 +577,9 @@ def test_grows_own_planner_grows_each_member_of_a_family_into_the_next(tmp_path,
         )
         grown = build_plan(smaller, built(smaller)[0], spec)
         assert {t.name: t.shape for t in grown.tensors} == {name: s for name, (s, _) in built(larger)[0].items()}
-        assert {k: grown.target_config[k] for k in (*flags, "head_dim")} == {k: larger[k] for k in (*flags, "head_dim")}
+        assert {k: grown.target_config[k] for k in flags} == {k: larger[k] for k in flags}
+        # head_dim: written out by width growth, else hidden / heads, as in the target's config.json
+        assert head_dim(grown.target_config) == head_dim(larger)
 
 
 def test_a_target_config_whose_heads_form_no_kv_groups_is_refused():

@@ -122,8 +122,8 @@ def _print_plan(result: dict) -> None:
         table.add_row(
             _count(m["num_parameters"]),
             f"{m['layers']} × {m['hidden_size']}",
-            _heads(m["config"]),
-            str(m["config"].get("intermediate_size") or "—"),
+            _heads(m),
+            str(m["intermediate_size"] or "—"),
             _count(m["tokens"]),
             f"{m['flops_per_token']:.3g}",
             f"{m['independent_flops']:.3g}",
@@ -155,8 +155,8 @@ def _print_plan(result: dict) -> None:
     out.print(f"max LR rule: {result['lr_rule']}", soft_wrap=True)
 
 
-def _heads(config: dict) -> str:
+def _heads(member: dict) -> str:
     """A member's attention layout, as `grow expand --num-heads/--num-kv-heads` takes it: `32/8 × 128` is 32 query
     heads sharing 8 KV heads, of head_dim 128 (left out where the target config did not give one)."""
-    heads = f"{config['num_attention_heads']}/{config['num_key_value_heads']}"
-    return f"{heads} × {config['head_dim']}" if config.get("head_dim") else heads
+    heads = f"{member['num_attention_heads']}/{member['num_key_value_heads']}"
+    return f"{heads} × {member['head_dim']}" if member.get("head_dim") else heads

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import UsageError, counted
+from grow_cli.family.member_configs import counted_member, lookup_embedding, plan_counts, target_config
 from grow_cli.family.quality import PUBLISHED
 from grow_cli.field_types import accepts
 from grow_cli.quantities import format_count, parse_count
@@ -74,7 +75,8 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     path = Path(target).expanduser()  # as `grow inspect` reads a source: `--target=~/x` is not expanded by the shell
     if path.exists() and not path.is_dir() and path.name != "config.json":  # as a folder, it had "no config.json"
         raise UsageError(f"--target {os.fspath(target)} is a file; give a model folder, or the config.json in one")
-    if path.exists():
+    folder = path.exists()
+    if folder:
         info = describe_shape(path.parent if path.name == "config.json" else path)
     elif isinstance(target, str) and is_hub_id(target):
         info = inspect(target)
@@ -90,12 +92,6 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     depth = info["methods"]["depth"]
     stack = next(m for m in depth if m["method"] == "stack")
     refused = not stack["applies"] and any(m["applies"] and not m.get("only") for m in depth)
-    # latent attention (DeepSeek): its query-key and value head widths, from the spaces of heads × each (head_dim is
-    # the rotary part alone there), which its attention FLOPs count (`train/flops.py`)
-    spaces, heads = info.get("config_spaces", {}), info["num_heads"]
-    latent = (
-        {"qk_head_dim": spaces["mla_q"] // heads, "v_head_dim": spaces["mla_o"] // heads} if "mla_q" in spaces else {}
-    )
     return {
         "num_hidden_layers": info["layers"],
         "hidden_size": info["hidden_size"],
@@ -103,14 +99,12 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
         "num_attention_heads": info["num_heads"],
         "num_key_value_heads": info["num_kv_heads"],
         "head_dim": info["head_dim"],
-        **latent,
         "vocab_size": info["vocab_size"],
         "tie_word_embeddings": bool(info["tie_word_embeddings"]),
-        "num_parameters": info["num_parameters"],
-        **({"active_parameters": info["active_parameters"]} if "active_parameters" in info else {}),
-        # its own tables (learned positions, token types), which a Llama-like member's shape has none of
-        "matmul_parameters": info.get("active_parameters", info["num_parameters"]) - _lookup_embedding(info),
+        **plan_counts(info),
         **({"stack_refused": stack["why"]} if refused else {}),  # popped by `plan`: not a config key
+        # the config.json the family's members are built from (`member_configs`); popped by `plan` too
+        **({"model_config": target_config(path.parent if path.name == "config.json" else path)} if folder else {}),
     }
 
 
@@ -327,9 +321,9 @@ def plan(
         if isinstance(size, str) and len(size.split()) > 1:  # `--family "1B 2B 4B"`: one size that reads as none
             raise UsageError(f"--family: {size!r} holds several sizes; separate them with commas, e.g. 1B,2B,4B")
     family = [parse_count(size, "--family") for size in family] if family else None
-    shape, n, stack_refused = _target_shape(_target(target))
+    shape, n, stack_refused, model_config = _target_shape(_target(target))
     sizes, missing = _family_sizes(family, n)
-    members, notes = _members(sizes, n, shape, tokens)
+    members, notes = _members(sizes, n, shape, tokens, model_config)
     family_book = family_ledger(members, seq_len=seq_len, new_token_fraction=new_token_fraction)
     return {
         "target": {
@@ -345,9 +339,11 @@ def plan(
     }
 
 
-def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float, str | None]:
-    """The target's config (as given, or the nearest Llama-like one to a parameter count), its parameter count, and
-    why stacking does not apply to it (None when it does)."""
+def _target_shape(
+    target: float | dict[str, Any],
+) -> tuple[dict[str, Any], float, str | None, dict[str, Any] | None]:
+    """The target's config (as given, or the nearest Llama-like one to a parameter count), its parameter count, why
+    stacking does not apply to it (None when it does), and its config.json (None unless read from a folder)."""
     if not isinstance(target, dict):
         _check_count(target, "--target", "parameters", PARAMS_RANGE)
         planned: dict[str, Any] = llama_like_shape(target)
@@ -359,9 +355,10 @@ def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float
                 f"has {format_count(planned['num_parameters'])}); give a larger count, or a model folder or "
                 "config.json, which has its own vocabulary"
             )
-        return planned, float(target), None  # the guideline uses the requested size
+        return planned, float(target), None, None  # the guideline uses the requested size
     shape = dict(target)
     stack_refused = shape.pop("stack_refused", None)
+    model_config = shape.pop("model_config", None)
     if "num_parameters" not in shape:
         raise UsageError("a target config needs a parameter count; give a model folder grow can inspect")
     wrong = [k for k in TARGET_KEYS if not _whole(shape.get(k))]
@@ -383,7 +380,7 @@ def _target_shape(target: float | dict[str, Any]) -> tuple[dict[str, Any], float
         )
     n = float(shape["num_parameters"])
     _check_count(n, "--target", "parameters", PARAMS_RANGE)  # a folder's count, before its members'
-    return shape, n, stack_refused
+    return shape, n, stack_refused, model_config
 
 
 # A target given as a count is planned as the nearest Llama-style shape; one that comes out further than this from
@@ -428,13 +425,14 @@ def _family_sizes(family: list[float] | None, n: float) -> tuple[list[float], li
 
 
 def _members(
-    sizes: list[float], n: float, shape: dict[str, Any], tokens: float
+    sizes: list[float], n: float, shape: dict[str, Any], tokens: float, model_config: dict[str, Any] | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The family's members, smallest first, ending with the target (`shape`, of `n` parameters): for each smaller
-    size the nearest Llama-like shape within the next larger member, so that each grows into the next. Tokens are
-    in proportion to parameters (the target's shape trains on `tokens` exactly, even where a count such as 8B came
-    out as a 7.95B shape). A size that comes out as the same shape as the next larger member is left out, with a
-    note."""
+    size the nearest Llama-like shape within the next larger member, so that each grows into the next. A target read
+    from a folder (its config.json `model_config`) makes each member a model of its architecture at that shape, with
+    that model's config and counts (`member_configs`); a count's members are Llama-like. Tokens are in proportion to
+    parameters (the target's shape trains on `tokens` exactly, even where a count such as 8B came out as a 7.95B
+    shape). A size that comes out as the same shape as the next larger member is left out, with a note."""
     shapes: list[dict[str, Any]] = [shape]
     notes: list[str] = []
     larger = n  # the size of the next larger member listed
@@ -445,31 +443,27 @@ def _members(
             continue
         shapes.insert(0, s)
         larger = size
+    if model_config is not None:  # counted after the search: one model built per member kept
+        shapes = [*(counted_member(model_config, s) for s in shapes[:-1]), {**shape, "config": model_config}]
     members = [
         {
             "num_parameters": round(s["num_parameters"]),  # counts, whole in --json (a config may give 1.3e9)
             "active_parameters": round(s.get("active_parameters", s["num_parameters"])),
             "matmul_parameters": s.get("matmul_parameters")
-            or round(s.get("active_parameters", s["num_parameters"])) - _lookup_embedding(s),
+            or round(s.get("active_parameters", s["num_parameters"])) - lookup_embedding(s),
             "layers": s["num_hidden_layers"],
             "hidden_size": s["hidden_size"],
+            # its shape under the same names whatever its architecture, which `config` names in its own keys
+            **{key: s.get(key) for key in ("num_attention_heads", "num_key_value_heads", "head_dim")},
+            "intermediate_size": s.get("intermediate_size"),
             "attention_width": attention_width(s),  # PaLM's H·Q (heads × head_dim), the attention FLOPs' width
             "tokens": tokens * s["num_parameters"] / shape["num_parameters"],
-            "config": s,  # the shape to build the member at (layers, widths, heads), as the target's config
+            "config": s.get("config", s),  # what builds the member: a config.json of the target's architecture, or
+            # a count's Llama-like shape (layers, widths, heads)
         }
         for s in shapes
     ]
     return members, notes
-
-
-def _lookup_embedding(shape: dict[str, Any]) -> int:
-    """The parameters of the embedding tables that are only lookups, which PaLM's 6·N leaves out, as `grow
-    train-stage`'s FLOPs count does (`train/metrics.py`): the input embedding unless it is tied to the head (then it
-    is the head's matmul, counted), and, in a shape `grow inspect` described, learned positions (GPT-2's, BERT's)
-    and token types."""
-    tokens = 0 if shape.get("tie_word_embeddings") else shape["vocab_size"]
-    positions = (shape.get("max_positions") or 0) if shape.get("positions") == "learned" else 0
-    return (tokens + positions + (shape.get("type_vocab_size") or 0)) * shape["hidden_size"]
 
 
 def _stacking(shape: dict[str, Any], n: float, tokens: float, stack_refused: str | None) -> dict[str, Any]:

@@ -233,35 +233,41 @@ def _keeping_the_moe_pattern(arch, config: dict[str, Any], layers: int, entries:
 
 
 def describe_shape(folder: Path) -> dict[str, Any]:
-    """The shape, parameter count and growth methods of a model folder: `inspect` when it holds weights; from
-    `config.json` alone
-    when it does not (a target not trained yet, as `grow plan --target` takes it): the model built on the meta
-    device names the tensors a checkpoint of it would hold, and they are bound and counted as inspect counts them."""
+    """The shape, parameter count and growth methods of a model folder: `inspect` when it holds weights;
+    `describe_config` of its config.json when it does not (a target not trained yet, as `grow plan --target` takes
+    it)."""
     if any((folder / name).is_file() for layout in WEIGHT_LAYOUTS for name in layout):
         return inspect(str(folder))
-    config = load_config(folder)
+    return describe_config(load_config(folder), folder / "config.json")
+
+
+def describe_config(config: dict[str, Any], where: str | os.PathLike[str]) -> dict[str, Any]:
+    """The shape, parameter count and growth methods of the model a config.json dict describes (`where` names it in
+    errors): the model built on the meta device names the tensors a checkpoint of it would hold, and they are bound
+    and counted as inspect counts them. `grow plan` counts its family members so, each a config of the target's."""
     arch = detect(config)  # grow's own one-line refusals first (an unknown type, a missing key)
     shape = read_shape(arch, config)
-    _refuse_unbuildable(folder, config)
-    binding = bind(arch, config, shape, _meta_tensors(folder, config))
+    _refuse_unbuildable(where, config)
+    binding = bind(arch, config, shape, _meta_tensors(where, config))
     return {
         "architecture": arch.name,
         "num_parameters": num_parameters(binding.all_tensors()),
         **shape.as_dict(),
+        "positions": arch.positions,  # learned ones are a lookup table, which FLOPs leave out (`grow plan`)
         **(_moe_summary(arch, config, shape, binding) if shape.is_moe else {}),
         "methods": _methods(arch, config, shape.layers, None),
     }
 
 
-def _refuse_unbuildable(folder: Path, config: dict[str, Any]) -> None:
+def _refuse_unbuildable(where: str | os.PathLike[str], config: dict[str, Any]) -> None:
     """Refuse, in grow's one line, a config-only model that transformers would not build (its sizes, within grow's
     bounds, were read by `read_shape`: a typo of 10**6 layers would build for minutes layer by layer)."""
     problem = config_problem(config)
     if problem is not None:
-        raise CheckpointError(f"{folder / 'config.json'} does not load in transformers: {problem}; fix it there")
+        raise CheckpointError(f"{where} does not load in transformers: {problem}; fix it there")
 
 
-def _meta_tensors(folder: Path, config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+def _meta_tensors(where: str | os.PathLike[str], config: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
     """{name: (shape, dtype)} of the model `config` describes, built on the meta device (no memory, no weights)."""
     import torch
     import transformers
@@ -269,7 +275,9 @@ def _meta_tensors(folder: Path, config: dict[str, Any]) -> dict[str, tuple[tuple
     from grow_cli.console import quiet_transformers  # (its notices, e.g. BERT's "add `is_decoder=True`", not grow's)
 
     try:
-        model_config = transformers.AutoConfig.from_pretrained(folder)
+        model_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(
+            config
+        )  # as from_pretrained reads it
         named = getattr(transformers, (config.get("architectures") or [""])[0], None)
         with quiet_transformers(), torch.device("meta"):
             if isinstance(named, type) and hasattr(named, "_from_config"):
@@ -278,7 +286,7 @@ def _meta_tensors(folder: Path, config: dict[str, Any]) -> dict[str, tuple[tuple
                 model = transformers.AutoModelForCausalLM.from_config(model_config)
     except (ValueError, KeyError, TypeError) as exc:
         why = first_line(exc, 400)
-        raise CheckpointError(f"no weights in {folder}, and transformers cannot build its config.json: {why}") from exc
+        raise CheckpointError(f"transformers cannot build the model {where} describes: {why}") from exc
     return {name: (tuple(t.shape), "F32") for name, t in model.state_dict().items()}
 
 
