@@ -275,9 +275,8 @@ def _meta_tensors(where: str | os.PathLike[str], config: dict[str, Any]) -> dict
     from grow_cli.console import quiet_transformers  # (its notices, e.g. BERT's "add `is_decoder=True`", not grow's)
 
     try:
-        model_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(
-            config
-        )  # as from_pretrained reads it
+        # the config as from_pretrained reads a config.json (a plan's member config has no folder to read it from)
+        model_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(config)
         named = getattr(transformers, (config.get("architectures") or [""])[0], None)
         with quiet_transformers(), torch.device("meta"):
             if isinstance(named, type) and hasattr(named, "_from_config"):
