@@ -215,7 +215,10 @@ def train_stage(
         ),
     ] = None,
     eval_every: Annotated[int | None, RunOpt(help="Evaluate every N steps (always at the end).")] = None,
-    eval_batches: Annotated[int, RunOpt(help="Micro-batches of held-out blocks per evaluation.")] = 16,
+    eval_batches: Annotated[
+        int,
+        RunOpt(help="Micro-batches of held-out blocks per evaluation (at most: fewer held-out blocks are all read)."),
+    ] = 16,
     eval_fraction: Annotated[float, RunOpt(help="Fraction of blocks held out for evaluation.")] = 0.01,
     save_every: Annotated[int | None, RunOpt(help="Save a checkpoint every N steps.")] = None,
     keep_last: Annotated[
