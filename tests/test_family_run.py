@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from doc_keys import json_output_problems
+from fake_hub import fake_hub_fixture  # noqa: F401 (fixture)
 from safetensors.torch import load_file, save_file
 from tinylm import FRESH_CONFIG, save_tiny_lm, write_plays
 
@@ -285,6 +286,29 @@ def test_a_finished_member_edited_or_deleted_since_is_refused_naming_it(cli, tmp
     (tmp_path / "run" / "small" / "trained" / "config.json").unlink()
     gone = cli("family", path, "-q")
     assert gone.code == 2 and "small finished, but its model" in gone.stderr and "is gone" in gone.stderr
+
+
+def test_a_hub_source_pinned_to_the_commit_it_was_made_from_is_no_edit(cli, tmp_path, fake_hub):
+    """A finished member from a Hub id, re-run with `revision:` pinned to the commit it resolved to (for
+    reproducibility), was refused as edited (`revision: None` → the sha), though it names the same model."""
+    made_from = fake_hub.add_folder("acme/tiny", save_tiny_lm(tmp_path / "base"))
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05, "max_lr": 1e-3}
+    member = {"name": "small", "source": "acme/tiny", "train": {"max_steps": 1}}
+    top = dict(out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
+    path = write_recipe(tmp_path, [member], **top)
+    assert cli("family", path, "-q").code == 0
+    marker = tmp_path / "run" / "small" / "member.json"
+    finished = marker.stat().st_mtime_ns
+    write_recipe(tmp_path, [{**member, "revision": made_from}], **top)
+    pinned = cli("family", path, "-q")
+    assert pinned.code == 0, pinned.stderr
+    assert marker.stat().st_mtime_ns == finished  # skipped, not trained again
+    moved = fake_hub.add_files("acme/tiny", {"notes.txt": b"a later commit"})
+    write_recipe(tmp_path, [{**member, "revision": moved}], **top)
+    elsewhere = cli("family", path, "--check")
+    assert elsewhere.code == 2, elsewhere.stderr
+    assert f"small finished with revision: None, but the recipe now says revision: {moved!r}" in elsewhere.stderr
 
 
 def test_a_member_removed_or_moved_since_is_refused_naming_who_grew_from_it(cli, tmp_path):

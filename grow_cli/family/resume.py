@@ -65,6 +65,7 @@ MEMBER_SHAPE = {
     "record": maybe(RECORD_SHAPE),
     "settings": maybe(SETTINGS),
     "previous_model": maybe(TEXT),
+    "commit": maybe(TEXT),  # the commit the first member's Hub source resolved to
     "in_out": maybe(dict.fromkeys(("final", "baseline"), maybe(TEXT))),
 }
 
@@ -113,11 +114,18 @@ def _effective(settings: dict[str, Any]) -> dict[str, Any]:
     return effective
 
 
-def _first_change(recorded: dict[str, Any] | None, current: dict[str, Any]) -> tuple[str, Any, Any] | None:
+def _first_change(
+    recorded: dict[str, Any] | None, current: dict[str, Any], commit: str | None = None
+) -> tuple[str, Any, Any] | None:
     """The first setting (as `train.max_steps` within a block) that differs, with its old and new value; None when
-    they agree or nothing was recorded (a member.json of an earlier grow). A default spelt out is no change."""
+    they agree or nothing was recorded (a member.json of an earlier grow). A default spelt out is no change, and
+    neither is a `revision` that names `commit`, the commit the source resolved to when the member was made: pinning
+    it changes nothing the member was made from. (The reverse, a pinned commit removed, is an edit: what the branch
+    resolves to now is on the Hub, and the check asks it nothing.)"""
     if recorded is None:
         return None
+    if commit is not None and current["revision"] == commit:
+        current = {**current, "revision": recorded.get("revision")}
     recorded, current = _effective(recorded), _effective(current)
     for key, now in current.items():
         if key not in recorded:  # recorded by an earlier grow, which did not record it
@@ -147,7 +155,8 @@ def check_finished(recipe: Recipe) -> None:
         recorded = _recorded(path, redo) if os.path.lexists(path) else None
         state = "finished" if finished else "was started"
         settings = (recorded or {}).get("settings") if finished else recorded  # start.json holds them alone
-        _refuse_edited(member, state, _first_change(settings, member_settings(recipe, member)), redo)
+        commit = (recorded or {}).get("commit") if finished else None  # start.json is written before it resolves
+        _refuse_edited(member, state, _first_change(settings, member_settings(recipe, member), commit), redo)
         if recorded is not None and i > 0:
             _refuse_regrown(member, recipe.members[i - 1].name, previous, recorded, state, redo)
         if not finished:

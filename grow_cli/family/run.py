@@ -133,14 +133,16 @@ def _init_from_config(member: Member, folder: Path, seed: int) -> Path:
     return _save_fresh_model(hf_config, member.tokenizer, folder, seed)
 
 
-def _first_model(member: Member, folder: Path, seed: int) -> Path:
-    """The first member's starting model: a fresh one from its config, or its source checkpoint."""
+def _first_model(member: Member, folder: Path, seed: int) -> tuple[Path, str | None]:
+    """The first member's starting model: a fresh one from its config, or its source checkpoint; and the commit a
+    Hub source resolved to (member.json records it: a `revision:` pinned to it later is no edit)."""
     if member.config:
-        return _init_from_config(member, folder / "init", seed)
+        return _init_from_config(member, folder / "init", seed), None
     from grow_cli.checkpoint.source import resolve_source
 
     assert member.source is not None  # load_recipe requires a source or a config of the first member
-    return resolve_source(member.source, revision=member.revision).folder
+    source = resolve_source(member.source, revision=member.revision)
+    return source.folder, source.commit
 
 
 def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool) -> dict[str, Any]:
@@ -405,8 +407,9 @@ def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any
             continue
         made_from = on_main(_record_start, recipe, member, summaries)
         progress(f"[bold]{member.name}[/bold] ({i + 1}/{len(recipe.members)})")
+        commit = None
         if i == 0:
-            start = main_first(_first_model, member, folder, recipe.seed)
+            start, commit = main_first(_first_model, member, folder, recipe.seed)
         else:
             start = folder / "grown"
             assert previous_final is not None  # set by the member before this one
@@ -449,6 +452,7 @@ def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any
             "baseline": baseline,
             "record": None,  # the final model's lineage, read by the main process (`_record_finished`)
             "settings": member_settings(recipe, member),
+            "commit": commit,
             "previous_model": made_from,
             "in_out": {  # where the models lie within OUT, which may be moved or copied since
                 "final": _within(recipe.out, final),
