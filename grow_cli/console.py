@@ -129,12 +129,13 @@ def quiet_transformers():
 
 
 @contextmanager
-def hub_bars_only_on_a_terminal():
+def hub_bars_only_on_a_terminal(*, quiet: bool = False):
     """huggingface_hub's own progress bars (a download's "Fetching N files", an upload's per-file bars) off for the
-    block when stderr is not a terminal, as grow's own are (`byte_progress`): piped or logged, tqdm writes each
-    update as a fragment ending in a carriage return, and a CI log or `2> log` filled with them."""
+    block when stderr is not a terminal or the user asked for `quiet`, as grow's own are (`byte_progress`): piped or
+    logged, tqdm writes each update as a fragment ending in a carriage return, and a CI log or `2> log` filled with
+    them. A command with `-q` wraps its downloads and pushes in it; a block within keeps the bars off."""
     hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module: the package's `tqdm` is the class
-    if err.is_terminal:
+    if err.is_terminal and not quiet:
         yield
         return
     states = dict(hub_tqdm.progress_bar_states)

@@ -311,6 +311,25 @@ def test_a_hub_source_pinned_to_the_commit_it_was_made_from_is_no_edit(cli, tmp_
     assert f"small finished with revision: None, but the recipe now says revision: {moved!r}" in elsewhere.stderr
 
 
+def test_quiet_keeps_a_hub_sources_download_bars_off_a_terminal(cli, tmp_path, fake_hub, monkeypatch):
+    """`grow family -q` left huggingface_hub's "Fetching N files" bar on a terminal's stderr (only a stderr that is
+    not a terminal turned it off) while the first member's Hub source downloaded."""
+    import io
+
+    from rich.console import Console
+
+    import grow_cli.console as console
+
+    monkeypatch.setattr(console, "err", Console(file=io.StringIO(), force_terminal=True, width=100))
+    fake_hub.add_folder("acme/tiny", save_tiny_lm(tmp_path / "base"))
+    write_plays(tmp_path / "text", count=1, chars=20_000)
+    train = {"data": ["text"], "seq_len": 32, "micro_batch_size": 4, "eval_fraction": 0.05, "max_lr": 1e-3}
+    member = {"name": "small", "source": "acme/tiny", "train": {"max_steps": 1}}
+    path = write_recipe(tmp_path, [member], out="run", train=train, compare={"seq_len": 32, "max_blocks": 2})
+    quiet = cli("family", path, "-q")
+    assert quiet.code == 0 and "Fetching" not in quiet.stderr and "%|" not in quiet.stderr, quiet.stderr
+
+
 def test_a_member_removed_or_moved_since_is_refused_naming_who_grew_from_it(cli, tmp_path):
     """Removing or reordering members made the later finished ones skipped as they were, grown from another
     predecessor, and the report paired and labelled them as if grown from their new neighbour."""

@@ -230,6 +230,25 @@ def test_the_hubs_progress_bars_stay_out_of_a_pipe(fake_hub, grown, cli):
         assert "%|" not in stderr and "\r" not in stderr, stderr
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_keeps_the_hubs_progress_bars_off_a_terminal_too(fake_hub, grown, cli, tmp_path, monkeypatch, quiet):
+    """`-q` left huggingface_hub's bars (a download's "Fetching N files", an upload's) on a terminal's stderr: only a
+    stderr that is not a terminal turned them off. A terminal without -q still shows them."""
+    import io
+
+    from rich.console import Console
+
+    import grow_cli.console as console
+
+    monkeypatch.setattr(console, "err", Console(file=io.StringIO(), force_terminal=True, width=100))
+    fake_hub.add_folder("acme/tiny", grown)
+    args = ("--layers", "8", "--push-to-hub", "acme/tiny-8", "--token", TOKEN, *(("-q",) if quiet else ()))
+    result = cli("expand", "acme/tiny", tmp_path / "out", *args)
+    assert result.code == 0, result.stderr
+    for bar in ("Fetching 14 files: 100%", "model.safetensors: 100%"):  # the download's, the upload's (tqdm's)
+        assert (bar in result.stderr) is not quiet, result.stderr
+
+
 def test_files_are_those_the_push_sent(fake_hub, grown):
     """`files` listed every file of the folder to upload, also those the revision already held, which the client
     does not send (a push with nothing new "sent" them all); now it lists the files the push's commit added or

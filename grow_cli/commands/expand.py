@@ -266,7 +266,7 @@ def expand(
         from grow_cli.hub.push import push_output
 
         report["push"] = push_output(
-            Path(report["out"]), push_to_hub, made_by="grow expand", private=private, token=token
+            Path(report["out"]), push_to_hub, made_by="grow expand", private=private, token=token, quiet=quiet
         )
         note_if_unread(report["push"])
     if json_out:

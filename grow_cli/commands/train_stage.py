@@ -302,6 +302,7 @@ def train_stage(
             private=private,
             token=token,
             commit_message=f"grow train-stage: {counted(result['steps'], 'step')}",
+            quiet=quiet,
         )
         if not quiet:
             note_if_unread(result["push"])

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from grow_cli.console import err
+from grow_cli.console import err, hub_bars_only_on_a_terminal
 from grow_cli.data.masking_settings import NAMES as MASKING
 from grow_cli.data.sources import data_paths, field_read
 from grow_cli.data.tokens import token_cache_dir
@@ -369,20 +369,22 @@ def run_family(recipe: Recipe, *, quiet: bool = False) -> dict[str, Any]:
     Returns what `grow family --json` prints: when every member is done, `{"status": "done", "out", "headline",
     "equal_quality", "consistency", "ledger", "report", "plots"}` (`report` is the path of family.md); when a member's
     training paused (its `exit_interval`), `{"status": "paused", "member", "out"}` — calling it again continues.
-    `quiet`: no progress on stderr (members' headers, progress bars); the recipe's notes and a pause are still said.
+    `quiet`: no progress on stderr (members' headers, progress bars, a Hub source's download's); the recipe's notes
+    and a pause are still said.
     Under `accelerate launch` every process returns the same; only the main one speaks.
     """
     from grow_cli.family.check import check_recipe
     from grow_cli.launch import lost_contact
 
-    notes = check_recipe(recipe)  # everything a run needs, before anything is built (by every process, alike)
-    try:
-        join()  # (under a launch: every process has checked, before the main one writes)
-        return _run_members(recipe, notes, quiet)
-    except Exception as exc:  # a launch that lost one of its processes: the family resumes itself (no --resume)
-        if lost := lost_contact(exc, go_on="run the same grow family command again"):
-            raise TrainingError(lost) from None
-        raise
+    with hub_bars_only_on_a_terminal(quiet=quiet):  # a Hub source's, while it is checked and when it is downloaded
+        notes = check_recipe(recipe)  # everything a run needs, before anything is built (by every process, alike)
+        try:
+            join()  # (under a launch: every process has checked, before the main one writes)
+            return _run_members(recipe, notes, quiet)
+        except Exception as exc:  # a launch that lost one of its processes: the family resumes itself (no --resume)
+            if lost := lost_contact(exc, go_on="run the same grow family command again"):
+                raise TrainingError(lost) from None
+            raise
 
 
 def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any]:

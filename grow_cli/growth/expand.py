@@ -30,7 +30,7 @@ from grow_cli.checkpoint.output import copy_small_files, small_files, staged_out
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry
 from grow_cli.checkpoint.source import CheckpointSource, FileHasher, is_local, resolve_source, source_headers
 from grow_cli.checkpoint.writer import ShardWriter, ZeroBytes
-from grow_cli.console import activity, byte_progress
+from grow_cli.console import activity, byte_progress, hub_bars_only_on_a_terminal
 from grow_cli.errors import CheckpointError, GrowError, OptionError, UsageError
 from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_state
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
@@ -236,8 +236,8 @@ def expand(
 
     `out` must not exist or be empty unless `force`. Raises `OptionError`/`UsageError` for a growth the source cannot
     take, `CheckpointError`, `ArchitectureError`, `OutputError`, `HubError`, and `VerificationError` when `verify`
-    finds an exact method not exact (nothing is written then). `quiet` hides the progress bar on stderr; `command`
-    is what grow.json records as the command that made the output (None from Python).
+    finds an exact method not exact (nothing is written then). `quiet` hides the progress bars on stderr (grow's, and
+    a Hub download's); `command` is what grow.json records as the command that made the output (None from Python).
     """
     from grow_cli.checkpoint.output import check_output
 
@@ -254,9 +254,10 @@ def expand(
         check_output(Path(out), local if local.exists() else None, force=force)
     if spec.weights_only and not is_local(source, revision):  # before a download that could only be refused
         raise weights_only_refused(os.fspath(source))  # grow downloads no training state from the Hub
-    if dry_run:  # config.json and the shard headers are all a plan reads: a Hub id's weights stay on the Hub
-        return _dry_run(source, spec, revision=revision, token=token, notes=notes)
-    src = resolve_source(source, revision=revision, token=token)
+    with hub_bars_only_on_a_terminal(quiet=quiet):  # a Hub id's download
+        if dry_run:  # config.json and the shard headers are all a plan reads: a Hub id's weights stay on the Hub
+            return _dry_run(source, spec, revision=revision, token=token, notes=notes)
+        src = resolve_source(source, revision=revision, token=token)
     with training_source(src, weights_only=spec.weights_only) as (src, source_state):
         config = load_config(src.folder)
         with CheckpointReader(src.folder, library_check_later=True, leave_out=src.placeholders) as reader:

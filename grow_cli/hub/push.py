@@ -88,6 +88,7 @@ def push_folder(
     create_pr: bool = False,
     token: str | None = None,
     rerun: str = "re-run the same command",
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Upload `folder` to the model repo `repo_id` and return what happened.
 
@@ -99,7 +100,7 @@ def push_folder(
     every file: the client then makes no commit, and opens no pull request, so `commit` is the revision's head and
     `files` is empty). Raises CheckpointError for an incomplete folder or a README.md that cannot be a card,
     UsageError for contradictory options and HubError for everything the Hub refuses; a transient failure's message
-    says to `rerun` to resume.
+    says to `rerun` to resume. `quiet`: no upload progress bars on stderr.
     """
     folder = Path(folder)
     weights = check_complete(folder)
@@ -135,7 +136,7 @@ def push_folder(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         action = "uploading to"
         head = main if on_main else api.model_info(repo_id, revision=revision, files_metadata=True)
-        with _quiet_about_no_commit(), hub_bars_only_on_a_terminal():
+        with _quiet_about_no_commit(), hub_bars_only_on_a_terminal(quiet=quiet):
             info = interruptible(  # a Ctrl-C away from stopping: the client's upload threads would hold it
                 lambda: api.upload_folder(
                     repo_id=repo_id,
