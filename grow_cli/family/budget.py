@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import UsageError, counted
-from grow_cli.family.member_configs import counted_member, lookup_embedding, plan_counts, target_config
+from grow_cli.family.member_configs import (
+    counted_member,
+    hub_target_config,
+    lookup_embedding,
+    plan_counts,
+    target_config,
+)
 from grow_cli.family.quality import PUBLISHED
 from grow_cli.field_types import accepts
 from grow_cli.quantities import format_count, parse_count
@@ -75,11 +81,13 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
     path = Path(target).expanduser()  # as `grow inspect` reads a source: `--target=~/x` is not expanded by the shell
     if path.exists() and not path.is_dir() and path.name != "config.json":  # as a folder, it had "no config.json"
         raise UsageError(f"--target {os.fspath(target)} is a file; give a model folder, or the config.json in one")
-    folder = path.exists()
-    if folder:
-        info = describe_shape(path.parent if path.name == "config.json" else path)
+    if path.exists():
+        folder = path.parent if path.name == "config.json" else path
+        info = describe_shape(folder)
+        model_config: dict[str, Any] | None = target_config(folder)
     elif isinstance(target, str) and is_hub_id(target):
         info = inspect(target)
+        model_config = hub_target_config(info["source"])
     elif isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
         raise UsageError(f"--target {os.fspath(target)}: no such model folder, config.json or Hub id")
     elif not re.match(r"\s*[0-9.]", target):  # `my-model`, a folder name mistyped, is not a malformed count
@@ -103,8 +111,7 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
         "tie_word_embeddings": bool(info["tie_word_embeddings"]),
         **plan_counts(info),
         **({"stack_refused": stack["why"]} if refused else {}),  # popped by `plan`: not a config key
-        # the config.json the family's members are built from (`member_configs`); popped by `plan` too
-        **({"model_config": target_config(path.parent if path.name == "config.json" else path)} if folder else {}),
+        "model_config": model_config,  # the config.json the members are built from (`member_configs`); popped too
     }
 
 
@@ -427,11 +434,11 @@ def _family_sizes(family: list[float] | None, n: float) -> tuple[list[float], li
 def _members(
     sizes: list[float], n: float, shape: dict[str, Any], tokens: float, model_config: dict[str, Any] | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """The family's members, smallest first, ending with the target (`shape`, of `n` parameters): for each smaller
-    size the nearest Llama-like shape within the next larger member, so that each grows into the next. A target read
-    from a folder (its config.json `model_config`) makes each member a model of its architecture at that shape, with
-    that model's config and counts (`member_configs`); a count's members are Llama-like. Tokens are in proportion to
-    parameters (the target's shape trains on `tokens` exactly, even where a count such as 8B came out as a 7.95B
+    """The family's members, smallest first, ending with the target (`shape`, of `n` parameters): for each smaller size
+    the nearest Llama-like shape within the next larger member, so that each grows into the next. A target read from a
+    folder or a Hub id (its config.json `model_config`) makes each member a model of its architecture at that shape,
+    with that model's config and counts (`member_configs`); a count's members are Llama-like. Tokens are in proportion
+    to parameters (the target's shape trains on `tokens` exactly, even where a count such as 8B came out as a 7.95B
     shape). A size that comes out as the same shape as the next larger member is left out, with a note."""
     shapes: list[dict[str, Any]] = [shape]
     notes: list[str] = []

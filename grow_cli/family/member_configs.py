@@ -36,6 +36,18 @@ def target_config(folder: Path) -> dict[str, Any]:
         return load_config(src.folder)
 
 
+def hub_target_config(source: dict[str, Any]) -> dict[str, Any] | None:
+    """The config.json of a Hub target that `grow inspect` read (`source`: its `source`, with the commit it resolved
+    to), from the Hub cache, where inspect's download of the repo's small files put it: no second request. None
+    where the cache does not hold it (the members are then Llama-like, as a count's)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from grow_cli.checkpoint.model_config import load_config
+
+    path = try_to_load_from_cache(source["repo_id"], "config.json", revision=source["commit"])
+    return load_config(Path(path).parent) if isinstance(path, str) else None
+
+
 def member_config(target: dict[str, Any], shape: dict[str, Any]) -> dict[str, Any]:
     """The target's config.json at a member's `shape`: its layer count and sizes under the architecture's own key
     names, everything else kept — head widths (head_dim, latent attention's ranks and head dims), experts,
