@@ -234,13 +234,19 @@ def test_the_hubs_progress_bars_stay_out_of_a_pipe(fake_hub, grown, cli):
 def test_quiet_keeps_the_hubs_progress_bars_off_a_terminal_too(fake_hub, grown, cli, tmp_path, monkeypatch, quiet):
     """`-q` left huggingface_hub's bars (a download's "Fetching N files", an upload's) on a terminal's stderr: only a
     stderr that is not a terminal turned them off. A terminal without -q still shows them."""
+    import importlib
     import io
 
+    import transformers
     from rich.console import Console
 
     import grow_cli.console as console
 
     monkeypatch.setattr(console, "err", Console(file=io.StringIO(), force_terminal=True, width=100))
+    # the bars' switches as a fresh process has them: an earlier command run in this process (train-stage turns
+    # transformers' bars off, and the hub's with them, for the rest of its process) may have left them off
+    monkeypatch.setattr(importlib.import_module("huggingface_hub.utils.tqdm"), "progress_bar_states", {})
+    monkeypatch.setattr(transformers.utils.logging, "_tqdm_active", True)
     fake_hub.add_folder("acme/tiny", grown)
     args = ("--layers", "8", "--push-to-hub", "acme/tiny-8", "--token", TOKEN, *(("-q",) if quiet else ()))
     result = cli("expand", "acme/tiny", tmp_path / "out", *args)
