@@ -3,11 +3,16 @@ target's architecture, counted as transformers builds it."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import transformers
 
+from grow_cli.arch.registry import detect
 from grow_cli.family.budget import plan
+from grow_cli.family.moe_members import SIZE_MATCH
+from grow_cli.quantities import format_count
 from grow_cli.train.metrics import flops_per_token, inactive_expert_parameters, matmul_params
 
 SEQ_LEN = 512
@@ -124,3 +129,31 @@ def test_latent_attention_members_keep_the_targets_head_widths(tmp_path):
         for key in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "q_lora_rank", "kv_lora_rank"):
             assert config[key] == members[-1]["config"][key]
         assert member["attention_width"] == config["num_attention_heads"] * (192 + 128) / 2
+
+
+@pytest.mark.parametrize("name", ["mixtral", "qwen2_moe", "deepseek_v3"])
+def test_moe_members_are_their_size_in_total_and_grow_into_the_next(tmp_path, name):
+    """An MoE target's members were shaped as dense Llama layers and kept every expert: this Mixtral target's
+    smallest member came out 677M for a size of 152M. Now each member's total count (what the family's sizes and
+    tokens are in) is within SIZE_MATCH of its size, or a note says why, and it grows into the next member by grow's
+    width growth: hidden and FFN sizes no larger, the same experts and top-k, the expert FFNs in the proportion
+    `--intermediate-size` grows them by, and every key that sizes a config space (DeepSeek's latent heads) kept."""
+    config_class, sizes, architecture = TARGETS[name]
+    config_class(**sizes, architectures=[architecture]).save_pretrained(tmp_path)
+    report = plan(str(tmp_path), "100B")
+    members, notes = report["family"]["members"], report["family"]["notes"]
+    n = report["target"]["num_parameters"]
+    assert len(members) == 4, notes  # the default family, n/8, n/4 and n/2, none collapsed, then the target
+    for member, size in zip(members[:-1], (n / 8, n / 4, n / 2), strict=True):
+        missed = [note for note in notes if note.startswith(f"{format_count(size)} parameters comes out as")]
+        # Qwen2-MoE's 151,936-token embeddings alone are 155M at the 1 × 512 shape that its 134M member comes out as
+        assert member["num_parameters"] == pytest.approx(size, rel=SIZE_MATCH) or missed, (size, member, notes)
+    arch = detect(members[-1]["config"])
+    growth = [arch.config[role] for role in ("hidden", "ffn", "expert_ffn", "shared_ffn") if role in arch.config]
+    fixed = [arch.config[role] for role in ("experts", "experts_per_token", "shared_experts") if role in arch.config]
+    fixed += list(arch.config_space_keys)
+    for small, large in itertools.pairwise(m["config"] for m in members):
+        assert all(small[key] <= large[key] for key in growth)
+        assert all(small[key] == large[key] for key in fixed)
+        ffn, expert_ffn = arch.config["ffn"], arch.config["expert_ffn"]
+        assert round(small[expert_ffn] * large[ffn] / small[ffn]) == large[expert_ffn]  # what grow's width growth gives

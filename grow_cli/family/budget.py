@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.errors import UsageError, counted
+from grow_cli.family.attention_layout import attention_within
 from grow_cli.family.member_configs import (
     counted_member,
     hub_target_config,
@@ -34,6 +35,7 @@ from grow_cli.family.member_configs import (
     plan_counts,
     target_config,
 )
+from grow_cli.family.moe_members import is_moe, missed_size, moe_member_shape
 from grow_cli.family.quality import PUBLISHED
 from grow_cli.field_types import accepts
 from grow_cli.quantities import format_count, parse_count
@@ -134,7 +136,7 @@ def llama_like_shape(params: float, vocab_size: int = 32000, *, within: dict[str
     """A Llama-style shape with about `params` parameters (SwiGLU FFN ≈ 8/3·d; an untied head unless `within` ties
     it); on its own, multi-head attention of head_dim 64–128 (`_llama_heads`). `within`: the next larger member of the
     family, which this shape must grow into: it never exceeds its hidden size, FFN size and depth (growth only widens
-    and deepens), and shares its tied or untied head and its attention layout (`_attention_within`); where its depth
+    and deepens), and shares its tied or untied head and its attention layout (`attention_within`); where its depth
     then leaves it more than SHORT_OF_SIZE short, it is as wide as comes nearest."""
     widths = [
         (2e8, 768),
@@ -162,7 +164,7 @@ def _shape_at(params: float, hidden: int, vocab_size: int, within: dict[str, Any
         heads, head_dim = _llama_heads(hidden)
         kv_heads, tied = heads, False
     else:
-        hidden, heads, kv_heads, head_dim = _attention_within(hidden, within)
+        hidden, heads, kv_heads, head_dim = attention_within(hidden, within)
         tied = bool(within.get("tie_word_embeddings"))
     ffn = int(math.ceil(hidden * 8 / 3 / 256) * 256)
     if within is not None:
@@ -191,20 +193,6 @@ def _llama_heads(hidden: int) -> tuple[int, int]:
     64), for a target given as a count, or as a config without heads."""
     head_dim = 128 if hidden >= 2048 else 64
     return max(1, hidden // head_dim), head_dim
-
-
-def _attention_within(hidden: int, larger: dict[str, Any]) -> tuple[int, int, int, int]:
-    """The hidden size (at most `hidden`), query heads, KV heads and head_dim of a member that grows into `larger`
-    (the next larger member) by grow's width growth, which keeps head_dim, adds whole query and KV heads and never
-    removes any (`operators/width.py`). A member keeps `larger`'s head_dim, hidden size per query head and query
-    heads per KV head: a GQA model shrinks by whole KV groups, an MQA model keeps its one KV head (as width growth
-    keeps it), so the family's members share the target's attention layout. At least one group wide."""
-    d, H, K = larger["hidden_size"], larger["num_attention_heads"], larger["num_key_value_heads"]
-    group = H // K if 1 < K < H else 1  # the query heads a GQA model adds or drops at a time
-    unit_heads = group * H // math.gcd(group * d, H)  # the fewest such heads whose hidden size (d/H each) is whole
-    unit_hidden = unit_heads * d // H
-    heads = max(1, min(hidden, d) // unit_hidden) * unit_heads
-    return heads * d // H, heads, 1 if K == 1 else heads * K // H, larger.get("head_dim") or d // H
 
 
 def _collapsed(size: float, larger: float, shape: dict[str, Any]) -> str:
@@ -435,21 +423,32 @@ def _members(
     sizes: list[float], n: float, shape: dict[str, Any], tokens: float, model_config: dict[str, Any] | None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The family's members, smallest first, ending with the target (`shape`, of `n` parameters): for each smaller size
-    the nearest Llama-like shape within the next larger member, so that each grows into the next. A target read from a
-    folder or a Hub id (its config.json `model_config`) makes each member a model of its architecture at that shape,
-    with that model's config and counts (`member_configs`); a count's members are Llama-like. Tokens are in proportion
-    to parameters (the target's shape trains on `tokens` exactly, even where a count such as 8B came out as a 7.95B
-    shape). A size that comes out as the same shape as the next larger member is left out, with a note."""
+    the nearest Llama-like shape within the next larger member, so that each grows into the next (of an MoE target,
+    the nearest shape of its architecture in total parameters: `moe_members`, with a note where that is far off). A
+    target read from a folder or a Hub id (its config.json `model_config`) makes each member a model of its
+    architecture at that shape, with that model's config and counts (`member_configs`); a count's members are
+    Llama-like. Tokens are in proportion to parameters (the target's shape trains on `tokens` exactly, even where a
+    count such as 8B came out as a 7.95B shape). A size that comes out as the same shape as the next larger member is
+    left out, with a note."""
     shapes: list[dict[str, Any]] = [shape]
     notes: list[str] = []
     larger = n  # the size of the next larger member listed
+    # an MoE's members are sized by their own architecture's count, which keeps every expert (`moe_members`)
+    moe = model_config if model_config is not None and is_moe(model_config) else None
+    # a shape the same as the next larger member's in these is that member (an MoE member may differ in its FFNs alone)
+    same = ("num_hidden_layers", "hidden_size", *(("intermediate_size",) if moe else ()))
     for size in reversed(sizes):
-        s = llama_like_shape(size, shape["vocab_size"], within=shapes[0])
-        if (s["num_hidden_layers"], s["hidden_size"]) == (shapes[0]["num_hidden_layers"], shapes[0]["hidden_size"]):
+        if moe is not None:
+            s = moe_member_shape(size, moe, shapes[0], n)
+        else:
+            s = llama_like_shape(size, shape["vocab_size"], within=shapes[0])
+        if all(s[key] == shapes[0][key] for key in same):
             notes.insert(0, _collapsed(size, larger, shapes[0]))
             continue
         shapes.insert(0, s)
         larger = size
+        missed = missed_size(size, s, shape) if moe else None
+        notes[:0] = [missed] if missed else []
     if model_config is not None:  # counted after the search: one model built per member kept
         shapes = [*(counted_member(model_config, s) for s in shapes[:-1]), {**shape, "config": model_config}]
     members = [

@@ -22,6 +22,8 @@ SIZE_ROLES = {
     "ffn": "intermediate_size",
     "heads": "num_attention_heads",
     "kv_heads": "num_key_value_heads",
+    "expert_ffn": "expert_intermediate_size",  # an MoE member's (`moe_members`)
+    "shared_ffn": "shared_intermediate_size",
 }
 
 
@@ -54,7 +56,9 @@ def member_config(target: dict[str, Any], shape: dict[str, Any]) -> dict[str, An
     positions. The member's layers are the target's first ones, so per-layer lists (sliding or full attention, dense
     or MoE) take the types of the target's bottom layers, as `grow expand` maps them."""
     arch = detect(target)
-    sizes = {arch.config[role]: shape[key] for role, key in SIZE_ROLES.items() if arch.config.get(role)}
+    sizes = {
+        arch.config[role]: shape[key] for role, key in SIZE_ROLES.items() if arch.config.get(role) and key in shape
+    }
     layers = tuple(range(shape["num_hidden_layers"]))
     return grown_config(arch, target, layer_map=layers, width_updates=sizes, dtype=None)
 
