@@ -30,6 +30,7 @@ from grow_cli.errors import UsageError, counted
 from grow_cli.family.attention_layout import attention_within
 from grow_cli.family.member_configs import (
     counted_member,
+    embedding_parameters,
     hub_target_config,
     lookup_embedding,
     plan_counts,
@@ -169,7 +170,7 @@ def _shape_at(params: float, hidden: int, vocab_size: int, within: dict[str, Any
     ffn = int(math.ceil(hidden * 8 / 3 / 256) * 256)
     if within is not None:
         ffn = min(ffn, within.get("intermediate_size") or ffn)
-    embeddings = vocab_size * hidden * (1 if tied else 2)
+    embeddings = embedding_parameters(vocab_size, hidden, tied)
     # q and o project hidden ↔ heads·head_dim, k and v hidden → kv_heads·head_dim; the FFN; two norms
     per_layer = 2 * hidden * head_dim * (heads + kv_heads) + 3 * hidden * ffn + 2 * hidden
     layers = max(1, round((params - embeddings) / per_layer))
@@ -202,7 +203,7 @@ def _collapsed(size: float, larger: float, shape: dict[str, Any]) -> str:
     listed = f"{shape['num_hidden_layers']} × {shape['hidden_size']}"
     if math.isclose(size, larger, rel_tol=1e-6):
         return f"{format_count(size)} parameters is given twice; listed once"
-    embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
+    embeddings = embedding_parameters(shape["vocab_size"], shape["hidden_size"], bool(shape.get("tie_word_embeddings")))
     per_layer = format_count((shape["num_parameters"] - embeddings) / shape["num_hidden_layers"])
     if shape["num_hidden_layers"] == 1:
         why = (
@@ -494,8 +495,7 @@ def _stacking(shape: dict[str, Any], n: float, tokens: float, stack_refused: str
         }
     layers = shape["num_hidden_layers"]
     small = {**shape, "num_hidden_layers": max(1, layers // GROWTH_FACTOR)}
-    # A tied head shares the embedding matrix: counting it twice made the small model of a Gemma 3 270M 321M.
-    embeddings = shape["vocab_size"] * shape["hidden_size"] * (1 if shape.get("tie_word_embeddings") else 2)
+    embeddings = embedding_parameters(shape["vocab_size"], shape["hidden_size"], bool(shape.get("tie_word_embeddings")))
     for key in ("num_parameters", "active_parameters"):  # (an MoE's active ones: its layers' share, as its total)
         if key in shape:
             small[key] = int(small["num_hidden_layers"] * (shape[key] - embeddings) / layers + embeddings)

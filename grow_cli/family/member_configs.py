@@ -90,6 +90,12 @@ def counted_member(target: dict[str, Any], shape: dict[str, Any]) -> dict[str, A
     return {**shape, **plan_counts(info), "config": config}
 
 
+def embedding_parameters(vocab_size: int, hidden_size: int, tied: bool) -> int:
+    """The parameters of a model's input embedding and output head: one matrix where the head is tied to the
+    embedding, two where not (counting a tied one twice made the small model of a Gemma 3 270M 321M)."""
+    return vocab_size * hidden_size * (1 if tied else 2)
+
+
 def lookup_embedding(shape: dict[str, Any]) -> int:
     """The parameters of the embedding tables that are only lookups, which PaLM's 6·N leaves out, as `grow
     train-stage`'s FLOPs count does (`train/metrics.py`): the input embedding unless it is tied to the head (then it

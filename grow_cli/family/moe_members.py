@@ -19,7 +19,7 @@ from grow_cli.arch.registry import detect
 from grow_cli.arch.shape import read_shape
 from grow_cli.errors import counted
 from grow_cli.family.attention_layout import attention_within
-from grow_cli.family.member_configs import counted_member
+from grow_cli.family.member_configs import counted_member, embedding_parameters
 from grow_cli.operators.config_spaces import kept_roles
 from grow_cli.quantities import format_count
 
@@ -60,7 +60,9 @@ def missed_size(size: float, member: dict[str, Any], target: dict[str, Any]) -> 
     if abs(total / size - 1) <= SIZE_MATCH:
         return None
     shape = f"{counted(member['num_hidden_layers'], 'layer')} × {member['hidden_size']} hidden"
-    embeddings = target["vocab_size"] * member["hidden_size"] * (1 if target.get("tie_word_embeddings") else 2)
+    embeddings = embedding_parameters(
+        target["vocab_size"], member["hidden_size"], bool(target.get("tie_word_embeddings"))
+    )
     return (
         f"{format_count(size)} parameters comes out as {format_count(total)} ({shape}, {format_count(embeddings)} of "
         "them embeddings): the nearest mixture-of-experts shape that keeps the target's experts and grows into the "

@@ -95,7 +95,8 @@ def push_folder(
     Returns `repo_id` (with its namespace), `revision`, `private`, `commit`, `commit_url`, `pr_url`, `url`,
     `card` ("regenerated", "kept" or "none"), `files` (each `{"path", "size"}`: the files the push sent, those its
     commit added or changed), `unchanged` (how many of the folder's other files to upload the revision already held
-    as they are: not sent) — both None when the commit was made but reading it back failed, so which files it
+    as they are: not sent), `removed` (the revision's weight files of another layout, `STALE_WEIGHT_PATTERNS`, that
+    the commit removed) — all three None when the commit was made but reading it back failed, so which files it
     changed is not known (the push succeeded all the same) — and `changed` (False when the revision already held
     every file: the client then makes no commit, and opens no pull request, so `commit` is the revision's head and
     `files` is empty). Raises CheckpointError for an incomplete folder or a README.md that cannot be a card,

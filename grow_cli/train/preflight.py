@@ -207,7 +207,7 @@ def check_cache_apart(cache_dir: str | os.PathLike[str] | None, out: Path) -> No
     if cache_dir is None:
         return
     cache, out = Path(cache_dir).expanduser().resolve(), out.expanduser().resolve()
-    if cache == out or out in cache.parents:
+    if cache.is_relative_to(out):
         raise OutputError(
             f"--cache-dir {cache} lies inside --out {out}: its token files would be mixed with the model's; choose "
             "a --cache-dir outside the output (by default it is .grow-cache beside it)"
