@@ -11,7 +11,8 @@ misbehave: `fail` (any endpoint answers an HTTP status, with headers such as Ret
 or resets it mid-body, never answers, redirects to itself; a file is sent whole despite a Range, from the wrong
 offset, short, or with its bytes changed), `create_status` (e.g. 409 on repo creation), `fail_lfs_put_after` (HTTP
 500 on every LFS PUT after the first N), `reject_tokens` (HTTP 401 for any token), `force_regular` (answer "regular"
-to every preupload, the path the xet pipeline takes without talking to a xet server).
+to every preupload, the path the xet pipeline takes without talking to a xet server). Its `whoami` answers as the
+Hub's does for `user`, with `orgs` (acme, where the user may write) and the token's `access_token` (a write token).
 
 The tokens it accepts never leave this process: tests check that they appear in no output and no file.
 """
@@ -166,6 +167,8 @@ class FakeHub:
     def __init__(self, *, token: str = "hf_fakeWriteToken0123456789", user: str = "tester") -> None:
         self.token = token
         self.user = user
+        self.orgs = [{"name": "acme", "roleInOrg": "write"}]  # whoami's organizations of `user`
+        self.access_token: dict = {"displayName": "grow tests", "role": "write"}  # whoami's auth.accessToken
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self.lfs_puts: list[tuple[str, int]] = []  # (sha256 oid, status) of every LFS PUT, in order
@@ -422,7 +425,12 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._auth(required=True)
                 return (
                     200,
-                    {"type": "user", "name": hub.user, "orgs": [], "auth": {"type": "access_token"}},
+                    {
+                        "type": "user",
+                        "name": hub.user,
+                        "orgs": hub.orgs,
+                        "auth": {"type": "access_token", "accessToken": hub.access_token},
+                    },
                     {},
                 )
             if seg[:3] == ["api", "repos", "create"] and method == "POST":

@@ -134,7 +134,7 @@ def _run_to_the_library(command_line: str, monkeypatch) -> BaseException | None:
 
     words = shlex.split(command_line)[1:]
     monkeypatch.setattr(CHECKED[words[0]], reached)
-    monkeypatch.setattr("grow_cli.hub.push.check_can_push", lambda *args: None)  # needs a token, not an option check
+    monkeypatch.setattr("grow_cli.hub.access.check_may_push", lambda *args, **kwargs: None)  # needs a token
     return CliRunner().invoke(app, words).exception
 
 

@@ -665,8 +665,9 @@ def test_429_on_push_says_wait_then_resume(fake_hub, grown, no_backoff):
 
 @pytest.mark.slow
 def test_expand_push_to_hub_failures_keep_the_output(fake_hub, tmp_path):
-    """`grow expand --push-to-hub`: no token → refused before expanding; a failed expand pushes nothing; a push that
-    fails after a good expand keeps OUT and names the `grow push` command, which then completes the upload."""
+    """`grow expand --push-to-hub`: no token, or one the Hub refuses → refused before expanding; a failed expand
+    pushes nothing; a push that fails after a good expand keeps OUT and names the `grow push` command, which then
+    completes the upload."""
     from tiny_models import save_tiny
 
     source = save_tiny("llama", tmp_path / "src")
@@ -680,16 +681,22 @@ def test_expand_push_to_hub_failures_keep_the_output(fake_hub, tmp_path):
 
     proc = run_grow([*expand[:4], "1", *expand[5:], "--token", TOKEN], env, tmp_path)  # fewer layers: refused
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
-    assert fake_hub.requests == []
+    assert not fake_hub.paths_requested("POST")  # the token was checked (a GET), nothing was pushed
 
     fake_hub.reject_tokens = True
+    proc = run_grow([*expand, "--token", TOKEN], env, tmp_path)
+    assert proc.returncode != 0 and proc.stderr.startswith("error: the Hub at"), proc.stderr
+    assert "refused the token (HTTP 401" in proc.stderr and not out.exists()
+
+    fake_hub.reject_tokens = False
+    fake_hub.fail("POST", "/preupload/", 403, times=100)
     proc = run_grow([*expand, "--token", TOKEN], env, tmp_path)
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"grow expand finished and {out} is complete" in proc.stderr
     assert f"then run `grow push {out} acme/grown`" in proc.stderr and TOKEN not in proc.stderr
     assert (out / "config.json").is_file() and (out / "grow.json").is_file()
 
-    fake_hub.reject_tokens = False
+    fake_hub.faults.clear()
     proc = run_grow(["push", str(out), "acme/grown", "--token", TOKEN], env, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert fake_hub.files("acme/grown")["grow.json"] == (out / "grow.json").read_bytes()

@@ -242,12 +242,14 @@ def expand(
     check_push_options(push_to_hub, private=private)  # (expand's --token also reads a Hub source)
     command_output(out.expanduser().resolve())
     if push_to_hub:  # a push that cannot happen is refused before the expand, not after it
-        from grow_cli.hub.push import check_can_push, check_repo_id
-
         if dry_run:  # nothing is pushed, so no token or network is needed; the repo id still has to be one
+            from grow_cli.hub.push import check_repo_id
+
             check_repo_id(push_to_hub)
         else:
-            check_can_push(push_to_hub, token)
+            from grow_cli.hub.access import check_may_push
+
+            check_may_push(push_to_hub, token, quiet=quiet)
     report = run(
         source,
         out,

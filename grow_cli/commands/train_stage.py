@@ -281,9 +281,9 @@ def train_stage(
 
     check_push_options(push_to_hub, private=private, token=token)
     if push_to_hub:  # a push that cannot happen is refused before hours of training, not after them
-        from grow_cli.hub.push import check_can_push
+        from grow_cli.hub.access import check_may_push
 
-        check_can_push(push_to_hub, token)
+        check_may_push(push_to_hub, token, quiet=quiet)
     config = train_config(options)
     config.check_given(given_on_the_command_line(context, options))
     result = run(config)
