@@ -264,13 +264,14 @@ def expand(
         command=["grow", *redact_argv(sys.argv[1:])],
     )
     if push_to_hub and not dry_run:
-        from grow_cli.commands.push_options import note_if_unread
+        from grow_cli.commands.push_options import note_if_card_kept, note_if_unread
         from grow_cli.hub.push import push_output
 
         report["push"] = push_output(
             Path(report["out"]), push_to_hub, made_by="grow expand", private=private, token=token, quiet=quiet
         )
         note_if_unread(report["push"])
+        note_if_card_kept(report["push"], report["out"])
     if json_out:
         print_json(report)
     else:

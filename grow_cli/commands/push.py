@@ -66,10 +66,18 @@ def push(
         str | None,
         typer.Option("--token", help="Hub write token (default: HF_TOKEN, then the saved login).", show_default=False),
     ] = None,
+    replace_card: Annotated[
+        bool,
+        typer.Option(
+            "--replace-card",
+            help="Replace the repo's README.md with grow's card even where grow did not write it (or it was edited on "
+            "the Hub); by default such a card is kept.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Upload a grown or trained model folder to the Hugging Face Hub, with a model card made from grow.json."""
-    from grow_cli.commands.push_options import note_if_unread, pushed_where
+    from grow_cli.commands.push_options import note_if_card_kept, note_if_unread, pushed_where
     from grow_cli.console import format_bytes, out, print_json
     from grow_cli.errors import counted
     from grow_cli.hub import push_folder
@@ -82,9 +90,11 @@ def push(
         commit_message=commit_message,
         create_pr=create_pr,
         token=token,
+        replace_card=replace_card,
     )
     where = pushed_where(result)
     note_if_unread(result)  # files: null, said on stderr beside --json's document too
+    note_if_card_kept(result, folder)
     if as_json:
         print_json(result)
         return

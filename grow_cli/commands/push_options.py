@@ -48,3 +48,19 @@ def note_if_unread(result: dict[str, Any]) -> None:
             "the Hub (files: null); the push succeeded",
             soft_wrap=True,
         )
+
+
+def note_if_card_kept(result: dict[str, Any], folder: object) -> None:
+    """Say on stderr when a push kept the repo's own model card (`card` "hub": a README.md on the Hub that grow did
+    not render, or one edited there), and how to replace it; every command that pushes says it so."""
+    import shlex
+
+    from grow_cli.console import err
+
+    if result["card"] == "hub":
+        err.print(
+            f"note: README.md on {pushed_where(result)} was not written by grow (or was edited on the Hub), so the "
+            f"push kept it; `grow push {shlex.quote(str(folder))} {result['repo_id']} --replace-card` replaces it "
+            "with grow's card",
+            soft_wrap=True,
+        )

@@ -292,7 +292,7 @@ def train_stage(
     if not PartialState().is_main_process:  # under `accelerate launch`, one process speaks
         return
     if push_to_hub and result["status"] in ("done", "finished"):  # finished earlier: e.g. a failed push retried
-        from grow_cli.commands.push_options import note_if_unread
+        from grow_cli.commands.push_options import note_if_card_kept, note_if_unread
         from grow_cli.hub.push import push_output
 
         result["push"] = push_output(
@@ -306,6 +306,7 @@ def train_stage(
         )
         if not quiet:
             note_if_unread(result["push"])
+            note_if_card_kept(result["push"], out)
     if json_output:
         print_json(result)
     elif result["status"] == "done":

@@ -34,7 +34,8 @@ from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.console import hub_bars_only_on_a_terminal
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError, counted
 from grow_cli.hub.client import check_cache_folders, endpoint, hub_client, is_offline, resolve_token, translate
-from grow_cli.lineage.card import render_card
+from grow_cli.hub.hub_card import hub_card_is_owned
+from grow_cli.lineage.card import is_grow_card, render_card
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
 
@@ -89,19 +90,21 @@ def push_folder(
     token: str | None = None,
     rerun: str = "re-run the same command",
     quiet: bool = False,
+    replace_card: bool = False,
 ) -> dict[str, Any]:
     """Upload `folder` to the model repo `repo_id` and return what happened.
 
-    Returns `repo_id` (with its namespace), `revision`, `private`, `commit`, `commit_url`, `pr_url`, `url`,
-    `card` ("regenerated", "kept" or "none"), `files` (each `{"path", "size"}`: the files the push sent, those its
-    commit added or changed), `unchanged` (how many of the folder's other files to upload the revision already held
-    as they are: not sent), `removed` (the revision's weight files of another layout, `STALE_WEIGHT_PATTERNS`, that
-    the commit removed) — all three None when the commit was made but reading it back failed, so which files it
-    changed is not known (the push succeeded all the same) — and `changed` (False when the revision already held
-    every file: the client then makes no commit, and opens no pull request, so `commit` is the revision's head and
-    `files` is empty). Raises CheckpointError for an incomplete folder or a README.md that cannot be a card,
-    UsageError for contradictory options and HubError for everything the Hub refuses; a transient failure's message
-    says to `rerun` to resume. `quiet`: no upload progress bars on stderr.
+    Returns `repo_id` (with its namespace), `revision`, `private`, `commit`, `commit_url`, `pr_url`, `url`, `card`
+    ("regenerated", "kept", "hub" or "none": `refresh_card`, and "hub" where the revision's own README.md is not grow's
+    card, so the push kept it, `hub_card.py`; `replace_card` replaces it all the same), `files` (each `{"path",
+    "size"}`: the files the push sent, those its commit added or changed), `unchanged` (how many of the folder's other
+    files to upload the revision already held as they are: not sent), `removed` (the revision's weight files of another
+    layout, `STALE_WEIGHT_PATTERNS`, that the commit removed) — all three None when the commit was made but reading it
+    back failed, so which files it changed is not known (the push succeeded all the same) — and `changed` (False when
+    the revision already held every file: the client then makes no commit, and opens no pull request, so `commit` is the
+    revision's head and `files` is empty). Raises CheckpointError for an incomplete folder or a README.md that cannot be
+    a card, UsageError for contradictory options and HubError for everything the Hub refuses; a transient failure's
+    message says to `rerun` to resume. `quiet`: no upload progress bars on stderr.
     """
     folder = Path(folder)
     weights = check_complete(folder)
@@ -137,6 +140,9 @@ def push_folder(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         action = "uploading to"
         head = main if on_main else api.model_info(repo_id, revision=revision, files_metadata=True)
+        if card == "regenerated" and not replace_card and hub_card_is_owned(repo_id, head, folder, token):
+            card = "hub"
+        keep = ["README.md"] if card == "hub" else []
         with _quiet_about_no_commit(), hub_bars_only_on_a_terminal(quiet=quiet):
             info = interruptible(  # a Ctrl-C away from stopping: the client's upload threads would hold it
                 lambda: api.upload_folder(
@@ -145,12 +151,12 @@ def push_folder(
                     revision=revision,
                     commit_message=commit_message or default_commit_message(folder),
                     create_pr=create_pr,
-                    ignore_patterns=list(IGNORE_PATTERNS),
+                    ignore_patterns=[*IGNORE_PATTERNS, *keep],
                     delete_patterns=list(STALE_WEIGHT_PATTERNS),
                 ),
                 "grow-hub-upload",
             )
-        local = upload_files(folder)
+        local = [entry for entry in upload_files(folder) if entry["path"] not in keep]
         sent, removed = _changes(api, repo_id, head, info.oid, local)  # None: made, but its files not read back
     except HubError:
         raise
@@ -370,11 +376,8 @@ def refresh_card(folder: Path, repo_id: str) -> str:
     if record is None:
         return "none"
     readme = folder / "README.md"
-    if readme.is_file():
-        text = readme.read_text()
-        title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), None)
-        if title is None or text != render_card(record, title=title):
-            return "kept"
+    if readme.is_file() and not is_grow_card(readme.read_text(), record):
+        return "kept"
     write_whole(readme, render_card(record, title=repo_id))
     return "regenerated"
 

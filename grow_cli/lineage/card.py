@@ -364,6 +364,13 @@ def render_card(record: dict[str, Any], *, title: str) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + "\n".join(body)
 
 
+def is_grow_card(text: str, record: dict[str, Any]) -> bool:
+    """Whether `text` is exactly the card grow renders from `record`, under any title: such a card may be rendered
+    anew; any other text was written or edited by hand, and is kept."""
+    title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), None)
+    return title is not None and text == render_card(record, title=title)
+
+
 def _usage(meta: dict[str, Any], title: str, *, tokenizer: bool) -> list[str]:
     """The card's snippet that loads the model, with the library and class it is used through, and its tokenizer
     where the folder holds one (a model grown from a folder without one has none: loading it would fail)."""
