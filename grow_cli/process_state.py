@@ -61,6 +61,18 @@ def given_back() -> Iterator[None]:
 
 
 @contextmanager
+def progress_bars_restored() -> Iterator[None]:
+    """Run the block (one that turns transformers' progress bars off while grow's own progress speaks); then put
+    transformers' and huggingface_hub's switches back. transformers' switch turns the hub's off with it, so left off,
+    it hid a later push's upload bars (`train-stage --push-to-hub` on a terminal showed none)."""
+    bars = _progress_bars()
+    try:
+        yield
+    finally:
+        _restore_progress_bars(*bars)
+
+
+@contextmanager
 def run_accelerate_state() -> Iterator[None]:
     """Accelerate's process-wide state as the block's: one its `Accelerator` makes is cleared after it, so that the
     next run in this process may choose another mixed precision (a family's members, a notebook's second run). A

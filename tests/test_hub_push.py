@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import signal
 import subprocess
@@ -243,8 +244,7 @@ def test_quiet_keeps_the_hubs_progress_bars_off_a_terminal_too(fake_hub, grown, 
     import grow_cli.console as console
 
     monkeypatch.setattr(console, "err", Console(file=io.StringIO(), force_terminal=True, width=100))
-    # the bars' switches as a fresh process has them: an earlier command run in this process (train-stage turns
-    # transformers' bars off, and the hub's with them, for the rest of its process) may have left them off
+    # the bars' switches as a fresh process has them, whatever an earlier test in this process left
     monkeypatch.setattr(importlib.import_module("huggingface_hub.utils.tqdm"), "progress_bar_states", {})
     monkeypatch.setattr(transformers.utils.logging, "_tqdm_active", True)
     fake_hub.add_folder("acme/tiny", grown)
@@ -715,3 +715,19 @@ def test_the_pull_command_quotes_a_revision_a_shell_would_split(fake_hub, grown,
     result = cli("push", grown, "acme/tiny-grown", "--revision", "stage(2)", "--token", TOKEN)
     assert result.code == 0, result.stderr
     assert "pull it with: grow inspect acme/tiny-grown --revision 'stage(2)'" in result.stdout, result.stdout
+
+
+def test_train_stage_leaves_the_bar_switches_on_for_its_push(tmp_path, cli, monkeypatch):
+    """train-stage turned transformers' progress bars off for the rest of its process to load the model quietly,
+    and transformers' switch turns huggingface_hub's off with it: its `--push-to-hub` on a terminal showed no upload
+    bars. The switches are put back once the model is loaded."""
+    import transformers
+    from tinylm import save_tiny_lm, write_plays
+
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")
+    monkeypatch.setattr(hub_tqdm, "progress_bar_states", {})  # as a fresh process has them: on
+    monkeypatch.setattr(transformers.utils.logging, "_tqdm_active", True)
+    model, text = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "text", count=1, chars=5_000)
+    args = [model, "--data", text, "--out", tmp_path / "out", "--max-steps", 1, "--seq-len", 32, "-q"]
+    assert cli("train-stage", *args).code == 0
+    assert transformers.utils.logging.is_progress_bar_enabled() and not hub_tqdm.are_progress_bars_disabled()

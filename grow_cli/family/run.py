@@ -104,16 +104,18 @@ def _save_fresh_model(hf_config, tokenizer_source: Path, folder: Path, seed: int
     import transformers
 
     from grow_cli.checkpoint.output import staged_output
+    from grow_cli.process_state import progress_bars_restored
     from grow_cli.train.objective import choose_objective
 
-    transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(seed)
     masked = choose_objective(hf_config, "auto").name == "masked"  # an encoder gets its masked-LM head
     auto = transformers.AutoModelForMaskedLM if masked else transformers.AutoModelForCausalLM
-    model = auto.from_config(hf_config)
-    with staged_output(folder, None, force=True) as tmp:
-        model.save_pretrained(tmp)
-        transformers.AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
+    with progress_bars_restored():
+        transformers.utils.logging.disable_progress_bar()
+        model = auto.from_config(hf_config)
+        with staged_output(folder, None, force=True) as tmp:
+            model.save_pretrained(tmp)
+            transformers.AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(tmp)
     return folder
 
 
