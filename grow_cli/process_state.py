@@ -62,9 +62,9 @@ def given_back() -> Iterator[None]:
 
 @contextmanager
 def progress_bars_restored() -> Iterator[None]:
-    """Run the block (one that turns transformers' progress bars off while grow's own progress speaks); then put
-    transformers' and huggingface_hub's switches back. transformers' switch turns the hub's off with it, so left off,
-    it hid a later push's upload bars (`train-stage --push-to-hub` on a terminal showed none)."""
+    """Run the block (a training run, which turns transformers' progress bars off while grow's own progress speaks);
+    then put transformers' and huggingface_hub's switches back. transformers' switch turns the hub's off with it, so
+    left off, it hid a later push's upload bars (`train-stage --push-to-hub` on a terminal showed none)."""
     bars = _progress_bars()
     try:
         yield

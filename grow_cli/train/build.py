@@ -26,7 +26,6 @@ from grow_cli.data.batches import StepBatches, check_global_batch, eval_batches
 from grow_cli.data.sources import undecodable_note
 from grow_cli.data.tokens import TokenData, prepare_tokens, token_cache_dir
 from grow_cli.errors import DataError, OptionError, UsageError, counted
-from grow_cli.process_state import progress_bars_restored
 from grow_cli.quantities import format_count
 from grow_cli.train.apollo import Apollo, allocate
 from grow_cli.train.apollo_plan import ApolloPlan, check_apollo_run, describe_apollo
@@ -420,10 +419,9 @@ def load_trainable_model(
     activation checkpointing when asked. Says which objective it trains and what loading created or carries."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # for the run (loop.py puts it back): our own progress speaks
     torch.manual_seed(config.seed)
-    with progress_bars_restored():
-        transformers.utils.logging.disable_progress_bar()  # our own progress and notes say what is happening
-        loaded = load_model(Path(config.model), checked.objective, config.attn_implementation)
+    loaded = load_model(Path(config.model), checked.objective, config.attn_implementation)
     if checked.resume_from is None:  # a resumed run trains the checkpoint's weights, restored later
         refuse_non_finite_weights(loaded.model, Path(config.model))
     for note in objective_notes(checked, loaded):

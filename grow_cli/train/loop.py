@@ -27,6 +27,7 @@ import torch
 from grow_cli.checkpoint.claim import OutputClaim, unwritable
 from grow_cli.checkpoint.files import checkpoint_name
 from grow_cli.errors import Interrupted
+from grow_cli.process_state import progress_bars_restored
 from grow_cli.signals import Terminated
 from grow_cli.train.build import Finished, Run, build
 from grow_cli.train.checkpoints import complete_checkpoints, save_checkpoint
@@ -67,7 +68,7 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     same folder is refused in one line instead of interleaving its checkpoints, metrics and model with this one's.
     """
     out = Path(config.out)
-    with _claim(out):
+    with _claim(out), progress_bars_restored():  # transformers' are off for the run (build.py), the Hub's with them
         created = not out.exists()
         checked = preflight(config)
         try:
