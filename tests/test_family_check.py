@@ -189,6 +189,32 @@ def test_a_train_text_field_is_not_applied_to_compare_data_of_its_own(folder):
     assert compare_settings(load_recipe(_recipe(folder, doc)))["text_field"] == "body"
 
 
+def test_a_comparison_scores_members_as_the_later_one_trains(folder):
+    """A member's own `document_masking` (or masking setting) decided how it trained but not how it was compared:
+    the comparison took the family's `train:` alone. Now the pair's second member's settings score the pair, and a
+    note says where the two members trained differently."""
+    from grow_cli.family.run import compare_settings
+
+    doc = {
+        "train": {**TRAIN, "data": ["text"]},
+        "members": [
+            {"name": "a", "config": dict(FRESH), "tokenizer": "lm", "train": {"max_steps": 2}},
+            {"name": "b", "grow": {"depth_factor": 2}, "train": {"max_steps": 2, "document_masking": True}},
+            {"name": "c", "grow": {"depth_factor": 2}, "train": {"max_steps": 2, "document_masking": True}},
+        ],
+    }
+    recipe = load_recipe(_recipe(folder, doc))
+    a, b, c = recipe.members
+    assert "document_masking" not in compare_settings(recipe, a)
+    assert compare_settings(recipe, b)["document_masking"] is True
+    assert compare_settings(recipe, c)["document_masking"] is True
+    notes = check_recipe(recipe)
+    assert notes == [
+        "members[0] and members[1] train with different document_masking; their comparison scores both as "
+        "members[1] trains"
+    ]
+
+
 def test_a_text_field_stated_at_its_default_is_no_edit_and_the_same_baseline():
     """`text_field: text` and no `text_field` read the same field (TrainConfig holds None for the second, so that data
     without fields can refuse a given one): adding or removing it is no edit of a finished member, and names the

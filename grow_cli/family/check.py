@@ -272,6 +272,22 @@ def _check_compare_length(recipe: Recipe, members: list[tuple[str, dict[str, Any
             raise _fail("compare.seq_len", str(exc).replace("--seq-len", "seq_len")) from None
 
 
+def _pairs_trained_apart(recipe: Recipe) -> list[str]:
+    """A note for each pair of adjacent members trained with different masking (`run.TRAINED_AS`): one comparison
+    scores both models one way, the second member's."""
+    from grow_cli.family.run import trained_as
+
+    notes = []
+    for i in range(1, len(recipe.members)):
+        before, after = trained_as(recipe, recipe.members[i - 1]), trained_as(recipe, recipe.members[i])
+        if differing := sorted(k for k in {*before, *after} if before.get(k) != after.get(k)):
+            notes.append(
+                f"members[{i - 1}] and members[{i}] train with different {', '.join(differing)}; their comparison "
+                f"scores both as members[{i}] trains"
+            )
+    return notes
+
+
 def _check_training(
     settings: dict[str, Any], config: dict[str, Any] | None, tokenizer: Path | None, where: str
 ) -> Any | None:
@@ -338,6 +354,7 @@ def check_recipe(recipe: Recipe) -> list[str]:
         compared_on = compare_settings(recipe)  # the text field and token dtype of the data compared
         _check_data(compared_on["data"], compared_on.get("text_field"), "compare", compared_on.get("token_dtype"))
         _check_compare_length(recipe, members)
+        notes += _pairs_trained_apart(recipe)
     check_finished(recipe)
     _check_whole_states(recipe)
     return notes

@@ -52,6 +52,9 @@ from grow_cli.family.resume import (
 from grow_cli.lineage.record import load_record
 from grow_cli.whole_file import write_whole
 
+# The training settings a comparison scores members with, as they were trained: `compare_settings`.
+TRAINED_AS = ("document_masking", *MASKING)
+
 # Training settings that change neither a from-scratch baseline's weights nor its held-out curve.
 NOT_DECIDING = {
     "model",
@@ -345,20 +348,29 @@ def trained_folder(recipe: Recipe, member: Member) -> Path:
     return recipe.out / member.name / "trained"
 
 
-def compare_settings(recipe: Recipe) -> dict[str, Any]:
+def compare_settings(recipe: Recipe, member: Member | None = None) -> dict[str, Any]:
     """`compare` on the held-out blocks of the training data by default: same data, seq_len and split as
     train-stage, overridden by the recipe's `compare:`. The training's text field and token dtype go with its data:
     `compare:` data of its own is read with `compare.text_field` and `compare.token_dtype` alone (text files beside
     training JSON Lines have no field). Masked LMs are compared on masks made as the training made its own (its
     `mlm_probability`, … and `whole_word_mask`), whatever data is compared, and causal LMs with the training's
-    `document_masking`: members trained on documents that attend only to themselves are scored that way."""
+    `document_masking`: members trained on documents that attend only to themselves are scored that way. Those
+    (`TRAINED_AS`) are `member`'s own where it sets them in its `train:` — the member whose comparison with the one
+    before it this is — as the data, seq_len and split stay the family's, one for every comparison."""
     data = () if "data" in recipe.compare else ("data", "text_field", "token_dtype")
-    taken = ("seq_len", "eval_fraction", "document_masking", *MASKING, *data)
+    taken = ("seq_len", "eval_fraction", *TRAINED_AS, *data)
     shared: dict[str, Any] = {k: recipe.train[k] for k in taken if k in recipe.train}
+    shared.update(trained_as(recipe, member) if member is not None else {})
     settings: dict[str, Any] = {**shared, "cache_dir": token_cache(recipe), **recipe.compare}
     if not settings.get("data"):
         raise UsageError("recipe: compare needs data (compare.data or train.data)")
     return settings
+
+
+def trained_as(recipe: Recipe, member: Member) -> dict[str, Any]:
+    """The settings of `TRAINED_AS` that `member` trains with: its own `train:`'s, else the family's."""
+    settings = recipe.train_settings(member) or recipe.train
+    return {k: settings[k] for k in TRAINED_AS if k in settings}
 
 
 def _silent(*_: Any, **__: Any) -> None:
@@ -429,7 +441,7 @@ def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any
         final = trained_folder(recipe, member) if trained is not None else start
         comparison = None
         if previous_final is not None:
-            comparison = on_main(_compare, recipe, previous_final, final)
+            comparison = on_main(_compare, recipe, member, previous_final, final)
         baseline = None
         if recipe.baselines and i > 0:
             lineage = sum(_trained_tokens(s) for s in summaries)  # as the ledger counts them
@@ -443,7 +455,7 @@ def _run_members(recipe: Recipe, notes: list[str], quiet: bool) -> dict[str, Any
             previous_independent = previous["final"] if i == 1 else (previous.get("baseline") or {}).get("out")
             if baseline is not None and previous_independent:
                 baseline["compare_with_previous"] = on_main(
-                    _compare, recipe, Path(previous_independent), Path(baseline["out"])
+                    _compare, recipe, member, Path(previous_independent), Path(baseline["out"])
                 )
         summary = {
             "name": member.name,
@@ -491,11 +503,11 @@ def _make_grown(member: Member, previous: Path, start: Path, recipe: Recipe, qui
         _grow(member, previous, start, recipe, quiet)
 
 
-def _compare(recipe: Recipe, a: Path, b: Path) -> dict[str, Any]:
-    """`grow compare` of two members (or baselines) on the recipe's comparison data."""
+def _compare(recipe: Recipe, member: Member, a: Path, b: Path) -> dict[str, Any]:
+    """`grow compare` of two members (or baselines), the second one `member`'s, on the recipe's comparison data."""
     from grow_cli.family.compare import compare
 
-    return compare(a, b, **compare_settings(recipe))
+    return compare(a, b, **compare_settings(recipe, member))
 
 
 def _record_finished(summary: dict[str, Any], marker: Path) -> dict[str, Any]:
