@@ -404,6 +404,13 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             c, {"model_type": "llava", "text_config": text, "vision_config": {"model_type": "clip_vision_model"}}
         )
         return c.expand(), "it is a multimodal model (text_config, vision_config)"
+    if name == "vision-language-gemma3":  # transformers maps it to causal LM: refused for a missing layer count
+        text = json.loads((c.src / "config.json").read_text())
+        vision = {"model_type": "siglip_vision_model"}
+        _set_config(
+            c, {"model_type": "gemma3", "text_config": {**text, "model_type": "gemma3_text"}, "vision_config": vision}
+        )
+        return c.expand(), "model_type='gemma3': it is a multimodal model (text_config, vision_config)"
     if name == "config-without-model-type":
         c.edit_json(c.src / "config.json", lambda cfg: cfg.pop("model_type"))
         return (
@@ -850,6 +857,7 @@ CASES = [
     "hub-id-with-a-subfolder",
     "encoder-decoder-t5",
     "vision-language-llava",
+    "vision-language-gemma3",
     "config-without-model-type",
     "tied-head-stored-with-other-values",
     "untied-head-missing",

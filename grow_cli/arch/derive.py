@@ -33,6 +33,7 @@ from grow_cli.errors import ArchitectureError, failure, first_line
 
 _EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps")
 _FUSED = {"qkv": "fused [q|k|v]", "gate_up": "fused [gate|up]"}
+SUPPORTED = "grow grows decoder-only language models (and BERT-style encoders with a curated definition)"
 
 
 def derive(config: dict[str, Any]) -> ArchDef:
@@ -90,6 +91,8 @@ def _classes(config: dict[str, Any]):
             "does not support --trust-remote-code",
         )
     check_known_type(model_type, config.get("architectures"))
+    if multimodal := _multimodal(config):  # before the class: transformers maps Gemma 3's wrapper to causal LM
+        raise _refuse(model_type, multimodal)
     try:
         cfg = transformers.AutoConfig.for_model(str(model_type), **transformers_params(config))
     except Exception as exc:
@@ -102,16 +105,22 @@ def _classes(config: dict[str, Any]):
 
 def _not_a_decoder(config: dict[str, Any]) -> str:
     """Why a model type with no causal-LM class cannot be grown, naming its kind where config.json shows it."""
-    supported = "grow grows decoder-only language models (and BERT-style encoders with a curated definition)"
     if config.get("is_encoder_decoder") or "decoder" in config and "encoder" in config:
-        return f"it is an encoder-decoder model; {supported}"
+        return f"it is an encoder-decoder model; {SUPPORTED}"
+    return f"transformers has no causal-LM class for it; {SUPPORTED}"
+
+
+def _multimodal(config: dict[str, Any]) -> str | None:
+    """Why a model with a language tower beside a vision or audio one cannot be grown; None for any other model.
+    Checked before its class: transformers maps some such wrappers (Gemma 3, Gemma 3n, Llama 4, Mllama, Qwen3.5) to
+    causal LM, whose refusal then named a missing layer count, as if config.json were broken."""
     towers = [k for k in ("text_config", "vision_config", "audio_config") if isinstance(config.get(k), dict)]
-    if "text_config" in towers and len(towers) > 1:
-        return (
-            f"it is a multimodal model ({', '.join(towers)}); {supported}: grow the text-only model its language "
-            "tower was made from, or save that tower as a model of its own first"
-        )
-    return f"transformers has no causal-LM class for it; {supported}"
+    if "text_config" not in towers or len(towers) < 2:
+        return None
+    return (
+        f"it is a multimodal model ({', '.join(towers)}); {SUPPORTED}: grow the text-only model its language "
+        "tower was made from, or save that tower as a model of its own first"
+    )
 
 
 def _layer_template(shapes: dict[str, tuple[int, ...]], prefix: str, layers: int, model_type) -> dict:
