@@ -167,6 +167,33 @@ def test_a_tensor_the_index_leaves_out_is_read_as_transformers_reads_it(tmp_path
     assert sorted(reader.tensors) == ["u", "v", "w"] and torch.equal(reader.read("u"), torch.ones(3))
 
 
+def test_a_tensor_the_index_places_in_the_wrong_shard_is_read_from_the_one_that_holds_it(tmp_path):
+    """transformers loads `w` and `v` from the shards that store them, whichever listed shards the index names (a
+    hand-edited or re-sharded index): grow reads them the same, and a name no listed shard stores (a shard lost or
+    replaced by another save's; transformers leaves it at random values) is refused, naming the index, the tensor and
+    what to do. grow refused the first, and took a .bin index's second for a tensor the architecture lacks."""
+    shards = {"model-1.safetensors": {"w": torch.zeros(2)}, "model-2.safetensors": {"v": torch.ones(1)}}
+    _sharded(tmp_path / "src", shards, {"w": "model-2.safetensors", "v": "model-1.safetensors"})
+    reader = CheckpointReader(tmp_path / "src")
+    assert sorted(reader.tensors) == ["v", "w"] and torch.equal(reader.read("w"), torch.zeros(2))
+    _sharded(
+        tmp_path / "lost", shards, {"w": "model-1.safetensors", "v": "model-2.safetensors", "u": "model-1.safetensors"}
+    )
+    refusal = "model.safetensors.index.json lists tensor u in model-1.safetensors, but no shard it names holds it"
+    with pytest.raises(CheckpointError, match=f"{refusal}.*download the checkpoint again"):
+        CheckpointReader(tmp_path / "lost")
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    torch.save({"w": torch.zeros(2)}, bin_folder / "pytorch_model-00001-of-00001.bin")
+    index = {
+        "metadata": {},
+        "weight_map": {"w": "pytorch_model-00001-of-00001.bin", "u": "pytorch_model-00001-of-00001.bin"},
+    }
+    (bin_folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="pytorch_model.bin.index.json lists tensor u in pytorch_model-00001"):
+        CheckpointReader(bin_folder)
+
+
 def test_a_shard_the_index_leaves_out_is_refused_and_other_safetensors_files_are_not_read(tmp_path):
     """A shard of the index's set that the index does not name is left out by transformers, tensors and all: grow
     names the tensors the index does not list. Files of no shard set (Mistral's consolidated.safetensors, whose names

@@ -83,14 +83,16 @@ def not_a_file(path: Path) -> str | None:
 
 
 def _listed_shards_tensors(
-    weight_map: dict[str, str], stored: dict[Path, dict[str, TensorEntry]]
+    weight_map: dict[str, str], stored: dict[Path, dict[str, TensorEntry]], index: str
 ) -> dict[str, TensorEntry]:
     """Every tensor of the shards an index lists (`stored`, in file name order), as transformers loads them.
 
     transformers opens each shard the index names and loads all it holds: the index's tensor names only choose the
-    shards. So a tensor the index leaves out is still part of the model, and a name stored in two shards is
-    ambiguous (transformers keeps the copy of the later file, whichever the index names): refused. Tensors come in
-    the index's order, then those it leaves out.
+    shards. So a tensor the index leaves out is still part of the model, one it places in the wrong shard is read
+    from the shard that holds it, and a name stored in two shards is ambiguous (transformers keeps the copy of the
+    later file, whichever the index names): refused. So is a name the index lists that no shard holds: a shard lost
+    or replaced by another save's, whose tensor transformers would leave at random values. Tensors come in the
+    index's order, then those it leaves out.
     """
     found: dict[str, TensorEntry] = {}
     for path, entries in stored.items():
@@ -102,6 +104,12 @@ def _listed_shards_tensors(
                     "stale copy or re-create the checkpoint"
                 )
             found[name] = entry
+    for name, shard in weight_map.items():
+        if name not in found:
+            raise CheckpointError(
+                f"{index} lists tensor {name} in {Path(shard).name}, but no shard it names holds it: a shard is "
+                "missing or comes from another save; download the checkpoint again (or save it again from the model)"
+            )
     return {name: found[name] for name in (*weight_map, *found) if name in found}
 
 
@@ -231,10 +239,8 @@ class CheckpointReader:
             weight_map = load_weight_map(f, SAFETENSORS_INDEX)
             shards = {name: _inside(f, shard, SAFETENSORS_INDEX) for name, shard in weight_map.items()}
             parsed = {p: self._header(p) for p in sorted(set(shards.values()))}
-            for name, shard in shards.items():
-                if name not in parsed[shard][0]:
-                    raise CheckpointError(f"{SAFETENSORS_INDEX} puts {name} in {shard.name}, which does not hold it")
-            self.tensors = _listed_shards_tensors(weight_map, {path: entries for path, (entries, _) in parsed.items()})
+            stored = {path: entries for path, (entries, _) in parsed.items()}
+            self.tensors = _listed_shards_tensors(weight_map, stored, SAFETENSORS_INDEX)
             _refuse_unlisted_shards(
                 f, weight_map, SAFETENSORS_INDEX, lambda path: read_safetensors_header(path, with_library=False)[0]
             )
@@ -260,7 +266,7 @@ class CheckpointReader:
                 }
                 for path in self.files
             }
-            self.tensors = _listed_shards_tensors(weight_map if shards else {}, stored)
+            self.tensors = _listed_shards_tensors(weight_map if shards else {}, stored, BIN_INDEX)
             if shards:
                 _refuse_unlisted_shards(f, weight_map, BIN_INDEX, lambda path: load_bin_weights(path).keys())
         else:
