@@ -115,6 +115,13 @@ def _gptq_layout(state: dict) -> None:
         state[f"{stem}.g_idx"] = torch.zeros(in_features, dtype=torch.int32)
 
 
+def _fp8_layout(state: dict) -> None:
+    """Float8 projections, each with its scale beside it (DeepSeek-V3's and Qwen3-FP8's layout)."""
+    for name in [n for n in state if n.endswith("proj.weight")]:
+        state[name] = state[name].to(torch.float8_e4m3fn)
+        state[f"{name}_scale_inv"] = torch.ones(1, 1)
+
+
 def _int8_weights(state: dict) -> None:
     for name in [n for n in state if n.endswith("proj.weight")]:
         state[name] = state[name].to(torch.int8)
@@ -332,16 +339,21 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "family-duplicate-key":
         return ["family", c.recipe("seed: 1\nseed: 2\nmembers: []\n"), "--check"], "the key 'seed' appears twice"
     if name == "quantized-bitsandbytes-4bit":
+        _rewrite_tensors(c, _int8_weights)
         c.edit_json(
             c.src / "config.json",
             lambda cfg: cfg.update(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}),
         )
         return c.expand(), "is a quantized checkpoint (bitsandbytes 4-bit); grow needs full-precision weights"
     if name == "quantized-fp8-compressed-tensors":
+        _rewrite_tensors(c, _fp8_layout)
         c.edit_json(
             c.src / "config.json", lambda cfg: cfg.update(quantization_config={"quant_method": "compressed-tensors"})
         )
         return ["inspect", c.src], "is a quantized checkpoint (compressed-tensors); grow needs full-precision"
+    if name == "dequantized-keeping-its-quantization-config":  # DeepSeek-V3's fp8_cast_bf16.py leaves it
+        c.edit_json(c.src / "config.json", lambda cfg: cfg.update(quantization_config={"quant_method": "fp8"}))
+        return c.expand(), "but its weights are full precision (no quantizer's scales or packed weights): a dequantized"
     if name == "quantized-gptq-quantize-config-json":
         _rewrite_tensors(c, _gptq_layout)
         (c.src / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 128}))
@@ -845,6 +857,7 @@ CASES = [
     "quantized-bitsandbytes-4bit",
     "quantized-fp8-compressed-tensors",
     "quantized-gptq-quantize-config-json",
+    "dequantized-keeping-its-quantization-config",
     "quantized-gptq-tensors-only",
     "quantized-int8-weights-only",
     "train-quantized-int8-weights",

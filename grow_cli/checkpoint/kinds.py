@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from grow_cli.checkpoint.dtypes import FLOATING
+from grow_cli.checkpoint.dtypes import FLOAT8, FLOATING
 from grow_cli.checkpoint.files import CHECKPOINTS_DIR
+from grow_cli.checkpoint.header import read_safetensors_header
 from grow_cli.errors import CheckpointError
 
 # The extra tensors quantizers store beside (or instead of) a weight: GPTQ/AWQ `qweight`/`qzeros`/`scales`/`g_idx`,
@@ -103,9 +104,30 @@ def refuse_quantized_config(config: dict[str, Any], folder: Path) -> None:
         quant = {"quant_method": "gptq", **quant} if isinstance(quant, dict) else {"quant_method": "gptq"}
     if quant is None:
         return
+    if _full_precision_safetensors(folder):
+        raise CheckpointError(
+            f"{folder}'s config.json has a quantization_config ({_describe(quant)}), but its weights are full "
+            "precision (no quantizer's scales or packed weights): a dequantized copy that kept it, which "
+            "transformers treats as quantized (on a GPU it swaps in quantized layers); remove quantization_config "
+            "from config.json (and any quantize_config.json)"
+        )
     raise CheckpointError(
         f"{folder} is a quantized checkpoint ({_describe(quant)}); grow needs full-precision weights: {DEQUANTIZE}"
     )
+
+
+def _full_precision_safetensors(folder: Path) -> bool:
+    """Whether the safetensors files in `folder` (headers only) hold full-precision weights alone: no quantizer's
+    tensor, no weight stored as integers or float8. Dequantizing DeepSeek-V3's FP8 weights to bf16 with its own
+    script keeps the quantization_config in config.json, and grow told the user who had just dequantized to
+    dequantize. False where it cannot tell (no safetensors, a header it cannot read): the plain refusal stands."""
+    files = sorted(folder.glob("*.safetensors"))
+    try:
+        dtypes = {name: entry.dtype for path in files for name, entry in read_safetensors_header(path)[0].items()}
+    except CheckpointError:
+        return False
+    packed = [n for n, dtype in dtypes.items() if n.endswith("weight") and (dtype in FLOAT8 or dtype not in FLOATING)]
+    return bool(dtypes) and not packed and not any(QUANTIZED_TENSOR.search(n) for n in dtypes)
 
 
 def _describe(quant: Any) -> str:
