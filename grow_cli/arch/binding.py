@@ -120,7 +120,25 @@ def _detect_prefix(arch: ArchDef, names: set[str]) -> str:
         if _resolve(first, prefix) in names:
             return prefix
     tried = ", ".join(repr(_resolve(first, p)) for p in arch.prefixes)
-    raise ArchitectureError(f"not a {arch.name} checkpoint: none of {tried} is among its tensors")
+    raise ArchitectureError(
+        f"not a {arch.name} checkpoint: none of {tried} is among its tensors{_wrapped(first, arch, names)}"
+    )
+
+
+def _wrapped(first: str, arch: ArchDef, names: set[str]) -> str:
+    """Where the embedding is stored under an outer name (a PEFT model's `base_model.model.`, a multimodal wrapper's
+    `language_model.`), which transformers does not strip either: the end of the refusal, naming the prefix and what
+    to do; "" otherwise. Without it the refusal read as if the tensors were another model's."""
+    wanted = [_resolve(first, p) for p in arch.prefixes]
+    found = next((n for n in sorted(names) for w in wanted if n.endswith("." + w)), None)
+    if found is None:
+        return ""
+    outer = found.removesuffix(next(w for w in wanted if found.endswith("." + w)))
+    return (
+        f" — they are stored under {outer!r} ({found}), a wrapper's name that transformers does not load: save the "
+        "model itself with save_pretrained (a PEFT model: merge_and_unload() first; a multimodal one: its language "
+        "model)"
+    )
 
 
 def _is_tied(weight: WeightDef, shape: ModelShape) -> bool:
