@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -977,7 +977,9 @@ def test_resume_grown_takes_the_source_runs_peak_lr_and_notes_each_setting_that_
     continues = "the run continues the state, not the source's exact dynamics"
     assert f"note: the grown state's run had global_batch 8, this run 4: {continues}" in notes
     assert f"note: the grown state's run had grad_clip 0.0, this run 1.0: {continues}" in notes
-    assert notes.count(continues) == 2  # seq_len, seed, schedule and the betas are the source's
+    # the default 1% warmup of this 8-step horizon is not the source's 2 steps, which every later LR follows
+    assert f"note: the grown state's run had warmup_steps 2, this run 1: {continues}" in notes
+    assert notes.count(continues) == 3  # seq_len, seed, schedule, LR floor and the betas are the source's
 
 
 def test_resume_grown_at_another_peak_lr_than_the_sources_is_a_note(lab):
@@ -986,16 +988,25 @@ def test_resume_grown_at_another_peak_lr_than_the_sources_is_a_note(lab):
     from types import SimpleNamespace
 
     from grow_cli.train.continuation import differences
+    from grow_cli.train.schedule import Schedule
 
     grown = lab.grown("llama", "hypercloning", **EXACT["hypercloning"])
     source_run = json.loads((grown / "training-state" / "state.json").read_text())["source"]
     config = SimpleNamespace(
         seed=0, schedule="cosine", beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=0.0, seq_len=32
     )
+    schedule = Schedule("cosine", N + MORE, SETTINGS["warmup_steps"])
     this_run = {"global_batch": source_run["run"]["global_batch"], "mixed_precision": "no", "objective": None}
+    this_run |= {"schedule": schedule}
     assert differences(grown / "training-state", config, {**this_run, "max_lr": SETTINGS["max_lr"]}) == []
     said = differences(grown / "training-state", config, {**this_run, "max_lr": 1e-3})
     assert said == ["the grown state's run had max_lr 0.003, this run 0.001"]
+    other = replace(schedule, warmup_steps=1, min_lr_ratio=0.0)  # the same horizon: only these move the LR
+    said = differences(grown / "training-state", config, {**this_run, "max_lr": SETTINGS["max_lr"], "schedule": other})
+    assert said == [
+        "the grown state's run had warmup_steps 2, this run 1",
+        "the grown state's run had min_lr_ratio 0.1, this run 0.0",
+    ]
 
 
 def test_resume_grown_in_another_data_order_reads_it_from_its_first_block(lab, tmp_path, capsys):

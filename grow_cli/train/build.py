@@ -228,7 +228,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     schedule = make_schedule(config, budget.max_steps, continuation)
     optimizer, names = make_optimizer(model, config, max_lr, accelerator, continuation)
     if continuation is not None and continuation.load_from is not None:
-        this_run = {**keys, "mixed_precision": accelerator.mixed_precision, "max_lr": max_lr}
+        this_run = {**keys, "mixed_precision": accelerator.mixed_precision, "max_lr": max_lr, "schedule": schedule}
         for note in load_grown_state(optimizer, names, model, continuation, config, this_run):
             say(accelerator, config.quiet, note)
     scheduler = make_scheduler(optimizer, schedule, continuation.start_step if continuation else 0)

@@ -213,9 +213,10 @@ def from_grown_state(folder: Path, config) -> Continuation:
 def differences(state_folder: Path, config, this_run: dict[str, Any]) -> list[str]:
     """Settings in which this run differs from the source run it continues: notes, since each one means the grown
     model follows its own dynamics rather than the source's (a legitimate choice, e.g. a larger batch). `this_run`
-    holds this run's keys (`build.run_keys`), its `mixed_precision` and its peak LR (`max_lr`: a number given that
-    is not the source's scales every step the moments were made for); a setting the source did not record (a state
-    grown by an earlier grow) is not compared."""
+    holds this run's keys (`build.run_keys`), its `mixed_precision`, its peak LR (`max_lr`: a number given that
+    is not the source's scales every step the moments were made for) and its `schedule` (its warmup and LR floor
+    move every later step's LR; the horizon is this run's own budget, which the docs let stretch it); a setting the
+    source did not record (a state grown by an earlier grow) is not compared."""
     state = read_state(state_folder)
     run = (state.get("source") or {}).get("run") or {}
     optimizer = (state.get("source") or {}).get("optimizer") or {}
@@ -225,6 +226,8 @@ def differences(state_folder: Path, config, this_run: dict[str, Any]) -> list[st
         "global_batch": this_run["global_batch"],
         "seed": config.seed,
         "schedule": config.schedule,
+        "warmup_steps": this_run["schedule"].warmup_steps,
+        "min_lr_ratio": this_run["schedule"].min_lr_ratio,
         "max_lr": this_run["max_lr"],
         "betas": [config.beta1, config.beta2],
         "eps": config.eps,
@@ -238,6 +241,8 @@ def differences(state_folder: Path, config, this_run: dict[str, Any]) -> list[st
         "global_batch": run.get("global_batch"),
         "seed": run.get("seed"),
         "schedule": schedule.get("name"),
+        "warmup_steps": schedule.get("warmup_steps"),
+        "min_lr_ratio": schedule.get("min_lr_ratio"),
         "max_lr": optimizer.get("max_lr"),
         "betas": optimizer.get("betas"),
         "eps": optimizer.get("eps"),
