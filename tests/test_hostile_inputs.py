@@ -621,6 +621,10 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
         )  # (600: an IndexError at a block holding it)
         c.edit_json(c.lm / "tokenizer_config.json", lambda cfg: cfg.pop("eos_token"))
         return c.train("--max-steps", 1), "the end-of-sequence id 70000 (config.json's eos_token_id; the tokenizer"
+    if name == "train-eos-an-ordinary-token":  # config.json's EOS, the tokenizer having none: ran, '</s>' being text
+        c.edit_json(c.lm / "config.json", lambda cfg: cfg.update(eos_token_id=100))
+        c.edit_json(c.lm / "tokenizer_config.json", lambda cfg: cfg.pop("eos_token"))
+        return c.train("--max-steps", 1), "the end-of-sequence id 100 (config.json's eos_token_id; the tokenizer"
     if name == "train-jsonl-lone-surrogate":
         path = _jsonl(c, '{"text": "\\ud800 lone"}')
         return c.train("--max-steps", 1, data=path), "d.jsonl:21: the field 'text' holds an unpaired UTF-16 surrogate"
@@ -926,6 +930,7 @@ CASES = [
     "inspect-config-more-layers-than-checkpoint",
     "inspect-config-fewer-layers-than-checkpoint",
     "train-eos-outside-the-vocabulary",
+    "train-eos-an-ordinary-token",
     "train-jsonl-lone-surrogate",
     "train-jsonl-nested-too-deeply",
     "train-jsonl-integer-too-long",

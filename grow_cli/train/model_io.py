@@ -179,7 +179,25 @@ def load_tokenizer(path: Path, config, *, option: bool = True) -> tuple[Any, int
             f"outside the model's vocabulary ({text.vocab_size}), so it cannot mark where documents end; set "
             "eos_token_id in config.json to the model's end-of-sequence token"
         )
+    _refuse_text_eos(tokenizer, path, int(eos))
     return tokenizer, int(eos)
+
+
+def _refuse_text_eos(tokenizer, path: Path, eos: int) -> None:
+    """Refuse an end-of-document id that is one of the tokenizer's ordinary tokens: config.json's eos_token_id
+    taken for a tokenizer without an EOS token of its own (transformers' LlamaConfig defaults it to 2, '#' in a
+    byte-level BPE trained without special tokens). The text holds that token too, so the end of every document
+    was indistinguishable from it, and `--document-masking` cut a document's attention at each one, without a word.
+    An id the tokenizer does not hold (a vocabulary padded past it) never comes from the text, and is taken."""
+    token = tokenizer.convert_ids_to_tokens(eos)
+    added = getattr(tokenizer, "added_tokens_decoder", {}).get(eos)
+    if token is None or eos in tokenizer.all_special_ids or (added is not None and added.special):
+        return
+    raise DataError(
+        f"the end-of-sequence id {eos} (config.json's eos_token_id; the tokenizer in {path} has no EOS token) is the "
+        f"tokenizer's ordinary token {token!r}, which the text holds too, so it cannot mark where documents end; give "
+        "the tokenizer its end-of-sequence token (eos_token in tokenizer_config.json)"
+    )
 
 
 def _refuse_ids_past(tokenizer, path: Path, vocab_size: int) -> None:
