@@ -61,7 +61,7 @@ def test_a_row_is_masked_the_same_wherever_it_sits(tokenizer):
 
 
 def test_whole_word_masking_hides_every_piece_of_a_word(tokenizer):
-    starts = word_starts(tokenizer)
+    starts, _ = word_starts(tokenizer)
     assert not starts[tokenizer.convert_tokens_to_ids("##ization")] and starts[tokenizer.convert_tokens_to_ids("the")]
     ids = blocks(tokenizer)
     _, labels = mask_rows(rule(tokenizer, whole_word_mask=True), ids, (0, 1))
@@ -89,7 +89,7 @@ def test_every_row_predicts_something_and_a_tokenizer_without_mask_is_refused(to
     with pytest.raises(UsageError, match="needs a mask token, and this tokenizer has none"):
         rule(tiny_tokenizer())
     # A byte-level BPE marks word starts with 'Ġ' (and punctuation starts a word of its own).
-    starts = word_starts(tiny_tokenizer())
+    starts, _ = word_starts(tiny_tokenizer())
     vocab = tiny_tokenizer().get_vocab()
     assert starts[vocab["Ġthe"]] and starts[vocab[","]]
 
@@ -105,3 +105,29 @@ def test_whole_word_masking_takes_ids_past_the_tokenizer_as_words_of_their_own(t
     chosen = (labels != IGNORE_INDEX).numpy()
     assert chosen[:, 5].any() and not chosen[:, 5].all()
     assert (labels[:, 5][torch.from_numpy(chosen[:, 5])] == past).all()
+
+
+def test_whole_word_masking_starts_a_word_after_a_line_end():
+    """A byte-level BPE marks a word start with 'Ġ', which a line's first word lacks ("here", "ĊĊ", "Another"): it
+    was masked as one word with the line end and the last word of the line before. A line end breaks words: the
+    word after it is chosen on its own, and every other piece still goes with the piece before it."""
+    from tinylm import tiny_tokenizer
+
+    from grow_cli.data.corpus import corpus_documents
+
+    tokenizer = tiny_tokenizer()
+    starts, breaks = word_starts(tokenizer)
+    assert breaks[tokenizer.convert_tokens_to_ids("Ċ")] and not breaks[tokenizer.convert_tokens_to_ids("Ġthe")]
+    text = corpus_documents("shakespeare")[3][:60_000]
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"][: 64 * 128]).reshape(64, 128)
+    special = tuple(tokenizer.all_special_ids)
+    rule = MaskingRule(mask_id=0, vocab_size=len(tokenizer), special_ids=special, word_start=starts, word_break=breaks)
+    _, labels = mask_rows(rule, ids, (0, 1))
+    chosen, rows = (labels != IGNORE_INDEX).numpy(), ids.numpy()
+    left, after_break = np.roll(chosen, 1, axis=1), np.roll(breaks[rows], 1, axis=1)
+    line_first = after_break & ~starts[rows]  # a line's first word, unmarked
+    line_first[:, 0] = False
+    assert line_first.sum() > 100 and (chosen[line_first] != left[line_first]).any()
+    continuation = ~starts[rows] & ~after_break
+    continuation[:, 0] = False
+    assert (chosen[continuation] == left[continuation]).all() and continuation.sum() > 100

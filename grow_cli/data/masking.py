@@ -15,6 +15,7 @@ masked-token loss is never an average over nothing.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ class MaskingRule:
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
     word_start: np.ndarray | None = None  # bool [vocab]: the token begins a word; None: mask single tokens
+    word_break: np.ndarray | None = None  # bool [vocab]: a line end or tab, after which a word begins (`word_starts`)
 
     def describe(self) -> dict[str, object]:
         """The rule as grow.json records it."""
@@ -66,6 +68,7 @@ def masking_rule(
             "masked-LM training needs a mask token, and this tokenizer has none; train this model with "
             "--objective causal, or use the tokenizer it was pretrained with"
         )
+    word_start, word_break = word_starts(tokenizer) if whole_word_mask else (None, None)
     return MaskingRule(
         mask_id=int(tokenizer.mask_token_id),
         vocab_size=len(tokenizer),
@@ -73,21 +76,38 @@ def masking_rule(
         probability=mlm_probability,
         mask_replace_prob=mask_replace_prob,
         random_replace_prob=random_replace_prob,
-        word_start=word_starts(tokenizer) if whole_word_mask else None,
+        word_start=word_start,
+        word_break=word_break,
     )
 
 
-def word_starts(tokenizer) -> np.ndarray:
-    """For each token id, whether it begins a word: WordPiece marks continuations with '##'; byte-level BPE ('Ġ')
-    and SentencePiece ('▁') mark word starts, and a token that begins with neither the marker nor a letter or digit
-    (punctuation) starts a word of its own."""
+BYTE_LEVEL_BREAK = set("ĉĊċČč")  # byte-level BPE's \t \n \v \f \r (its 'Ġ' is the space)
+BYTE_FALLBACK_BREAK = re.compile(r"(<0x0[9A-D]>)+")  # SentencePiece's byte pieces of the same
+
+
+def _byte_level_break(token: str) -> bool:
+    return bool(token) and set(token) <= BYTE_LEVEL_BREAK | {"Ġ"} and bool(set(token) & BYTE_LEVEL_BREAK)
+
+
+def _sentencepiece_break(token: str) -> bool:
+    text = token.replace("▁", " ")
+    return (text.isspace() and bool(text.strip(" "))) or BYTE_FALLBACK_BREAK.fullmatch(token) is not None
+
+
+def word_starts(tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """For each token id, whether it begins a word, and whether it breaks words: WordPiece marks continuations with
+    '##' (and holds no whitespace); byte-level BPE ('Ġ') and SentencePiece ('▁') mark word starts, and a token that
+    begins with neither the marker nor a letter or digit (punctuation) starts a word of its own. A line end or tab
+    token ('Ċ', '<0x0A>') breaks words: a line's first word has no marker, and was masked as one word with the
+    line end and the last word of the line before ("here", "ĊĊ", "Another")."""
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     tokens = [t or "" for t in tokens]
     if any(t.startswith("##") for t in tokens):
-        return np.array([not t.startswith("##") for t in tokens])
-    for marker in ("Ġ", "▁"):
+        return np.array([not t.startswith("##") for t in tokens]), np.zeros(len(tokens), dtype=bool)
+    for marker, breaking in (("Ġ", _byte_level_break), ("▁", _sentencepiece_break)):
         if sum(t.startswith(marker) for t in tokens) > len(tokens) // 10:
-            return np.array([t.startswith(marker) or not t[:1].isalnum() for t in tokens])
+            breaks = np.array([breaking(t) for t in tokens])
+            return np.array([t.startswith(marker) or not t[:1].isalnum() for t in tokens]) | breaks, breaks
     raise UsageError(
         "--whole-word-mask: this tokenizer marks no word boundaries grow can read (WordPiece '##', byte-level "
         "'Ġ' or SentencePiece '▁'); mask single tokens instead (drop --whole-word-mask)"
@@ -118,11 +138,14 @@ def _choose(rule: MaskingRule, row: np.ndarray, special: np.ndarray, rng: np.ran
     if rule.word_start is None:
         chosen = maskable & (rng.random(len(row)) < rule.probability)
     else:
-        # A word begins at a word-start token, after a special token, and at the block's first position. An id past
-        # the tokenizer (a model's vocabulary padded beyond it, read from a `.bin` file) has no text to say whether
-        # it continues a word: it is a word of its own.
+        # A word begins at a word-start token, after a special token or a line end, and at the block's first
+        # position. An id past the tokenizer (a model's vocabulary padded beyond it, read from a `.bin` file) has no
+        # text to say whether it continues a word: it is a word of its own.
         known = row < len(rule.word_start)
-        starts = ~known | special | np.roll(special, 1)
+        breaks = special.copy()
+        if rule.word_break is not None:
+            breaks[known] |= rule.word_break[row[known]]
+        starts = ~known | special | np.roll(breaks, 1)
         starts[known] |= rule.word_start[row[known]]
         starts[0] = True
         word = np.cumsum(starts) - 1
