@@ -420,3 +420,27 @@ def test_a_compressed_data_file_is_named_as_compressed(tmp_path, format, name):
     )
     (tmp_path / "BZh.txt").write_text("BZh, said the bee. " + DOCS[0])
     assert tokens_of([tmp_path / "BZh.txt"], tmp_path).num_documents == 1
+
+
+@pytest.mark.parametrize(
+    ("train", "other"),
+    [
+        ("data/train-00000-of-00001.jsonl", "data/test-00000-of-00001.jsonl"),  # a Hub dataset downloaded whole
+        ("train.jsonl", "valid.jsonl"),
+        ("training/part-1.txt", "validation/part-1.txt"),
+    ],
+)
+def test_a_folder_of_a_train_split_beside_another_split_is_refused(tmp_path, train, other):
+    """Every file of a folder is read, so a dataset downloaded whole trained on its test or validation split too,
+    without a word; the files of the train split alone, or a folder without split names, are read."""
+    folder = tmp_path / "dataset"
+    for name in (train, other, "README.md"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps({"text": DOCS[0]}) + "\n" if name.endswith(".jsonl") else DOCS[0])
+    with pytest.raises(DataError, match=f"holds a train split and a .* split \\({folder / other}\\)"):
+        find_sources([folder])
+    assert [source.path for source in find_sources([folder / train])] == [folder / train]
+    (folder / other).unlink()
+    assert {source.path for source in find_sources([folder])} == {folder / train, folder / "README.md"}
+    (folder / "latest-contest.txt").write_text(DOCS[1])  # split names inside words are no split
+    assert len(find_sources([folder])) == 3

@@ -43,6 +43,11 @@ TEXT_COLUMN_TYPES = {"string", "large_string", "string_view", "null"}  # Arrow t
 # ... and a dictionary of strings (pandas' `category`, some exporters), which pyarrow decodes as it reads
 TEXT_DICTIONARY = re.compile(r"dictionary<values=(string|large_string|string_view), ")
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
+# A split's name in a data file's path, between separators, as the Hub names them (`datasets`' data-file patterns):
+# data/train-00000-of-00004.parquet, test.jsonl, validation/part-1.txt
+SPLIT = re.compile(
+    r"(?:^|[-._ /])(train|training|validation|valid|val|dev|test|testing|eval|evaluation)(?=[-._ 0-9/]|$)"
+)
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,34 @@ def _from_folder(folder: Path) -> list[Source]:
         raise DataError(
             f"--data {folder} {what}config.json and its weights), not data; give the text files or folders to read"
         )
+    _refuse_held_out_splits(folder, files)
     if not files and not datasets:
         read = "/".join(sorted(suffix for suffix in FOLDER_SUFFIXES if suffix))
         raise DataError(f"--data {folder}: the folder holds no {read} files or files without a suffix")
     sources = [Source(p, SUFFIX_KIND.get(p.suffix, "text")) for p in files] + [Source(p, "arrow") for p in datasets]
     return sorted(sources, key=lambda source: source.path)
+
+
+def _refuse_held_out_splits(folder: Path, files: list[Path]) -> None:
+    """Refuse a folder that holds a train split's files beside another split's (a Hub dataset downloaded whole:
+    data/train-….parquet and data/test-….parquet; train.jsonl beside valid.jsonl): every file of a folder is read, so
+    the run trained on the test or validation set too, without a word. Named directly or by a glob, files are read as
+    given."""
+    splits = {path: _split_of(path.relative_to(folder)) for path in files}
+    held_out = [path for path, split in splits.items() if split not in (None, "train")]
+    if held_out and "train" in splits.values():
+        train = next(path for path, split in splits.items() if split == "train")
+        raise DataError(
+            f"--data {folder}: the folder holds a train split and a {splits[held_out[0]]} split ({held_out[0]}), and "
+            f"grow reads every file in it; give the train split's files (e.g. --data {train}, or a glob of them)"
+        )
+
+
+def _split_of(path: Path) -> str | None:
+    """The split that the data file at the relative `path` belongs to by its name ('train' for 'training' too), or
+    None where the name says none."""
+    match = SPLIT.search(path.as_posix().lower())
+    return None if match is None else "train" if match.group(1).startswith("train") else match.group(1)
 
 
 def _broken_link(path: Path) -> str:
