@@ -442,5 +442,6 @@ def test_a_folder_of_a_train_split_beside_another_split_is_refused(tmp_path, tra
     assert [source.path for source in find_sources([folder / train])] == [folder / train]
     (folder / other).unlink()
     assert {source.path for source in find_sources([folder])} == {folder / train, folder / "README.md"}
-    (folder / "latest-contest.txt").write_text(DOCS[1])  # split names inside words are no split
-    assert len(find_sources([folder])) == 3
+    for name in ("latest-contest.txt", "rerere-test.txt", "test_notes.txt"):  # split names inside names: no split
+        (folder / name).write_text(DOCS[1])
+    assert len(find_sources([folder])) == 5

@@ -43,11 +43,10 @@ TEXT_COLUMN_TYPES = {"string", "large_string", "string_view", "null"}  # Arrow t
 # ... and a dictionary of strings (pandas' `category`, some exporters), which pyarrow decodes as it reads
 TEXT_DICTIONARY = re.compile(r"dictionary<values=(string|large_string|string_view), ")
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
-# A split's name in a data file's path, between separators, as the Hub names them (`datasets`' data-file patterns):
-# data/train-00000-of-00004.parquet, test.jsonl, validation/part-1.txt
-SPLIT = re.compile(
-    r"(?:^|[-._ /])(train|training|validation|valid|val|dev|test|testing|eval|evaluation)(?=[-._ 0-9/]|$)"
-)
+# A split's name at the start of a data file's name or of a folder on its path, as the Hub names them (`datasets`'
+# data-file patterns): data/train-00000-of-00004.parquet, test.jsonl, validation/part-1.txt; not a word inside a
+# name (rerere-train.sh, latest-contest.txt), which a folder of documents holds without being split
+SPLIT = re.compile(r"(?:^|/)(train|training|validation|valid|val|dev|test|testing|eval|evaluation)(?=[-. 0-9/]|$)")
 
 
 @dataclass(frozen=True)
