@@ -200,6 +200,20 @@ def test_a_layer_that_computes_with_its_own_index_refuses_identity_growth(tmp_pa
     )
 
 
+def test_a_config_with_floats_transformers_tags_grows(tmp_path):
+    """transformers 5 saves a float JSON cannot write as a tag (Falcon-H1's Mamba-2 `time_step_limit` is
+    [0.0, {"__float__": "Infinity"}]) and reads it back as the float; grow refused such a config.json as one
+    transformers rejects. Its identity growth is exact, and the grown config keeps the tag."""
+    params = dict(_BASE, intermediate_size=48, num_key_value_heads=2, head_dim=8, mamba_d_ssm=32, mamba_n_heads=4)
+    torch.manual_seed(0)
+    _model_class("falcon_h1")(tf.AutoConfig.for_model("falcon_h1", **params)).save_pretrained(tmp_path / "src")
+    assert _config(tmp_path / "src")["time_step_limit"] == [0.0, {"__float__": "Infinity"}]
+    report = expand(str(tmp_path / "src"), tmp_path / "out", GrowthSpec(layers=6, depth_method="identity"), quiet=True)
+    gap = float((_logits("falcon_h1", tmp_path / "out") - _logits("falcon_h1", tmp_path / "src")).abs().max())
+    assert report["verify"]["passed"] is True and gap <= EXACT, gap
+    assert _config(tmp_path / "out")["time_step_limit"] == [0.0, {"__float__": "Infinity"}]
+
+
 @pytest.mark.parametrize(("name", "unplaced"), [("stablelm", "k_proj"), ("falcon", "query_key_value")])
 def test_width_is_refused_where_an_axis_cannot_be_placed(cli, sources, tmp_path, name, unplaced):
     result = cli("expand", sources[name], tmp_path / "out", "--width-factor", "2")

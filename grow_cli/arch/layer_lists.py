@@ -23,9 +23,27 @@ GENERIC_LAYER_LISTS = ("layer_types", "mlp_layer_types", "no_rope_layers")
 _NOT_PER_LAYER = ("architectures",)
 
 
+# How transformers 5 writes a float JSON has no literal for ("time_step_limit": [0.0, {"__float__": "Infinity"}])
+_FLOAT_TAGS = {"Infinity": float("inf"), "-Infinity": float("-inf"), "NaN": float("nan")}
+
+
 def transformers_params(config: dict[str, Any]) -> dict[str, Any]:
-    """config.json minus the keys transformers' config constructors do not take."""
-    return {k: v for k, v in config.items() if k not in ("model_type", "transformers_version", "architectures")}
+    """config.json minus the keys transformers' config constructors do not take, its tagged floats read as
+    transformers reads them: a config class given the tag itself rejects it, so the Mamba-2 defaults of a Falcon-H1 or
+    Nemotron-H that transformers 5 saved made grow refuse a config.json transformers loads."""
+    skipped = ("model_type", "transformers_version", "architectures")
+    return {k: _untagged(v) for k, v in config.items() if k not in skipped}
+
+
+def _untagged(value: Any) -> Any:
+    """`value` with each `{"__float__": tag}` replaced by its float (transformers' `_decode_special_floats`)."""
+    if isinstance(value, dict):
+        if value.keys() == {"__float__"} and value["__float__"] in _FLOAT_TAGS:
+            return _FLOAT_TAGS[value["__float__"]]
+        return {k: _untagged(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untagged(v) for v in value]
+    return value
 
 
 def built_config(model_type: str, params: dict[str, Any]):
