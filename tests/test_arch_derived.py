@@ -267,6 +267,14 @@ def test_hybrid_stacks_without_a_repeated_block_are_refused():
         derive_definition(config)
 
 
+def test_layers_kept_in_several_module_lists_are_refused():
+    """XLM keeps each layer's attention, FFN and norms in four lists of its own: with more than the small instance's
+    two layers, deriving its definition ended in the catch-all (AttributeError: ModuleList has no attribute `2`)."""
+    config = tf.AutoConfig.for_model("xlm", emb_dim=32, n_heads=4, n_layers=3, vocab_size=96).to_dict()
+    with pytest.raises(ArchitectureError, match="no repeated block: each layer's parts are kept in 4 module lists"):
+        derive_definition(config)
+
+
 def test_a_checkpoint_under_converted_names_is_refused():
     """transformers 5 stores Mixtral's experts per expert on disk and fused in memory: no single layer template."""
     config = tf.AutoConfig.for_model(

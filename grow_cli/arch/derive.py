@@ -227,6 +227,12 @@ class _Derivation:
         self.prefix = probe.block_prefix(self.real, self.layers)
         if not self.prefix:
             raise self.refuse(f"no repeated block: no module list of {self.layers} layers ({self.roles['layers']})")
+        split = probe.other_layer_lists(self.real, self.layers, self.prefix)
+        if split:
+            raise self.refuse(
+                f"no repeated block: each layer's parts are kept in {len(split) + 1} module lists "
+                f"({', '.join([self.prefix, *split][:3])} …), not in one module per layer"
+            )
         self.shapes = probe.shapes(self.real)
         self.template = _layer_template(self.shapes, self.prefix, self.layers, self.model_type)
         self.outer = [k for k in self.shapes if not re.match(rf"{re.escape(self.prefix)}\.\d+\.", k)]

@@ -101,6 +101,22 @@ def block_prefix(model, layers: int) -> str:
     return max(lists)[1]
 
 
+def other_layer_lists(model, layers: int, prefix: str) -> list[str]:
+    """The module lists besides `prefix` that are `layers` long and hold parameters: a model that keeps each layer's
+    parts in lists of their own (XLM's `attentions`, `ffns`, `layer_norm1`) has no single repeated block to copy."""
+    import torch.nn as nn
+
+    return sorted(
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.ModuleList)
+        and len(m) == layers
+        and name
+        and name != prefix
+        and next(m.parameters(), None) is not None
+    )
+
+
 def shapes(model) -> dict[str, tuple[int, ...]]:
     """Every persistent tensor (what a checkpoint holds) and its shape."""
     return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
