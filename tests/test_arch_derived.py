@@ -275,6 +275,25 @@ def test_layers_kept_in_several_module_lists_are_refused():
         derive_definition(config)
 
 
+def test_a_layers_own_list_as_long_as_the_stack_is_no_other_layer_list():
+    """The check above looks outside the repeated block: a layer holding as many experts as there are layers is
+    one module per layer still."""
+    import torch.nn as nn
+
+    from grow_cli.arch.probe import other_layer_lists
+
+    def layer():
+        block = nn.Module()
+        block.experts = nn.ModuleList(nn.Linear(2, 2) for _ in range(2))
+        return block
+
+    model = nn.Module()
+    model.layers = nn.ModuleList(layer() for _ in range(2))
+    assert other_layer_lists(model, 2, "layers") == []
+    model.norms = nn.ModuleList(nn.LayerNorm(2) for _ in range(2))
+    assert other_layer_lists(model, 2, "layers") == ["norms"]
+
+
 def test_a_checkpoint_under_converted_names_is_refused():
     """transformers 5 stores Mixtral's experts per expert on disk and fused in memory: no single layer template."""
     config = tf.AutoConfig.for_model(

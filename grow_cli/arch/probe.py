@@ -102,8 +102,9 @@ def block_prefix(model, layers: int) -> str:
 
 
 def other_layer_lists(model, layers: int, prefix: str) -> list[str]:
-    """The module lists besides `prefix` that are `layers` long and hold parameters: a model that keeps each layer's
-    parts in lists of their own (XLM's `attentions`, `ffns`, `layer_norm1`) has no single repeated block to copy."""
+    """The module lists besides `prefix` (and outside its layers: a layer's own list of as many experts is no other
+    layer list) that are `layers` long and hold parameters: a model that keeps each layer's parts in lists of their
+    own (XLM's `attentions`, `ffns`, `layer_norm1`) has no single repeated block to copy."""
     import torch.nn as nn
 
     return sorted(
@@ -113,6 +114,7 @@ def other_layer_lists(model, layers: int, prefix: str) -> list[str]:
         and len(m) == layers
         and name
         and name != prefix
+        and not name.startswith(prefix + ".")
         and next(m.parameters(), None) is not None
     )
 
