@@ -344,3 +344,23 @@ def test_a_plan_target_given_as_a_config_dict_names_what_it_lacks():
             grow_cli.plan(target, "2T")
     shape = {"num_parameters": 7e9, "num_hidden_layers": 32, "hidden_size": 4096, "vocab_size": 32000}
     assert grow_cli.plan(shape, "2T")["stacking"]["small_model"]["num_hidden_layers"] == 8
+
+
+def test_a_path_beginning_with_a_tilde_is_in_the_home_folder_for_every_function(tiny_llama, tmp_path, monkeypatch):
+    """docs/python.md: `~` is the home folder, as in a shell. `compare("~/a", …)`, `push_folder("~/out", …)` and
+    `load_recipe("~/family.yaml")` were refused as missing, and `compare(…, cache_dir="~/cache")` and
+    `load_recipe(path, "~/family")` made a folder named `~` in the working folder."""
+    home, work = tmp_path, tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the push stops at the network, after finding the folder
+    monkeypatch.chdir(work)
+    write_plays(home / "plays")
+    metrics = grow_cli.compare("~/tiny", "~/tiny", ["~/plays"], seq_len=16, max_blocks=2, cache_dir="~/cache")
+    assert metrics["a"] == str(tiny_llama) and (home / "cache").is_dir()
+    (home / "f.yaml").write_text("train: {data: [plays], max_steps: 1}\nmembers: [{name: a, source: tiny}]\n")
+    assert grow_cli.load_recipe("~/f.yaml").out == home / "f"
+    assert grow_cli.load_recipe(home / "f.yaml", "~/family").out == home / "family"
+    with pytest.raises(grow_cli.HubError, match="needs the network"):
+        grow_cli.push_folder("~/tiny", "me/tiny", token=TOKEN)
+    assert list(work.iterdir()) == []

@@ -261,7 +261,8 @@ def compare(
     data = data_paths(data)  # a path that is no path is refused before a model is read
     if not data:
         raise OptionError("data", "no data to compare on: pass --data PATH (files, folders or globs)")
-    a, b = Path(a), Path(b)
+    a, b = Path(a).expanduser(), Path(b).expanduser()  # `~` as a shell reads it, as every path grow takes
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else None
     with quiet_transformers():  # its notices while reading the tokenizers (and the configs) are not compare's output
         config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
     masking = {
@@ -289,7 +290,7 @@ def compare(
         eval_fraction=eval_fraction,
         vocab_size=vocab,
         eos_id=eos,
-        cache_dir=Path(cache_dir) if cache_dir else token_cache_dir(a.resolve().parent),
+        cache_dir=cache_dir or token_cache_dir(a.resolve().parent),
         dtype_name=token_dtype,
     )
     ids = tokens.eval_ids[:max_blocks] if max_blocks else tokens.eval_ids

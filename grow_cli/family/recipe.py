@@ -341,7 +341,7 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     """Read and validate the family recipe (YAML) at `path`; paths in it are relative to the recipe's folder, and
     `out` replaces the recipe's `out`. Returns the `Recipe` that `check_recipe` and `run_family` take; raises
     `UsageError` naming the first key that is wrong."""
-    path = Path(path)
+    path = Path(path).expanduser()  # `~` as a shell reads it, in the recipe's path and `out` as in the paths within
     base = path.resolve().parent
     raw = _mapping(read_yaml(path), "top level", TOP_KEYS)
     seed = _typed(raw.get("seed", 0), "seed", int)
@@ -362,7 +362,9 @@ def load_recipe(path: str | os.PathLike[str], out: str | os.PathLike[str] | None
     # `--out DIR` from the working directory, made absolute: a relative one was written into every record (member.json,
     # family.json, the grown members' grow.json) and printed by --json, whose paths are absolute
     out_dir = (
-        Path(os.path.abspath(out)) if out else (base / _path(raw["out"], "out") if "out" in raw else base / path.stem)
+        Path(os.path.abspath(os.path.expanduser(out)))
+        if out
+        else (base / _path(raw["out"], "out") if "out" in raw else base / path.stem)
     )
     return Recipe(
         path=path,

@@ -106,7 +106,7 @@ def push_folder(
     a card, UsageError for contradictory options and HubError for everything the Hub refuses; a transient failure's
     message says to `rerun` to resume. `quiet`: no upload progress bars on stderr.
     """
-    folder = Path(folder)
+    folder = Path(folder).expanduser()  # `~` is the home folder, as in a shell
     weights = check_complete(folder)
     check_card(folder)
     if revision:
