@@ -6,6 +6,7 @@ architecture, with gradient checkpointing and with the KV cache intact afterward
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,6 +29,7 @@ from grow_cli.train.apollo_plan import (
     plan_apollo,
     sample_depth,
 )
+from grow_cli.train.build import checkpoint_activations
 
 torch.set_num_threads(1)
 ARCHS = ["llama", "qwen2", "mistral", "gpt2", "gpt_neox", "bert", "qwen3", "opt"]
@@ -244,13 +246,23 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(name):
             if hasattr(module, "p") and isinstance(module.p, float):  # dropout off: the comparison is exact
                 module.p = 0.0
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            checkpoint_activations(model)
         apollo = _apollo(model, 8)
         with apollo.view(6):
             _logits(model, ids).pow(2).mean().backward()
         grads.append([p.grad.clone() for p in apollo.layers.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_activation_checkpointing_is_turned_on_without_a_deprecation_warning():
+    """transformers after 5.17 renamed `gradient_checkpointing_enable`; grow's call of the old name printed its
+    FutureWarning on every --gradient-checkpointing run, --quiet or not."""
+    model = build_tiny("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        checkpoint_activations(model)
+    assert model.is_gradient_checkpointing
 
 
 def test_the_kv_cache_works_after_shared_training_steps():

@@ -435,11 +435,19 @@ def load_trainable_model(
     else:
         trainable = [name for name, _ in model.named_parameters()]
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        checkpoint_activations(model)
     # Training never reuses keys and values: without this, every forward fills a KV cache it throws away (and a
     # compiled block would be recompiled once per layer on the cache's state). save_model turns it back on.
     model.config.use_cache = False
     return loaded, trainable
+
+
+def checkpoint_activations(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations in the backward pass (--gradient-checkpointing). transformers after 5.17
+    (grow's floor, which has only the old name) renamed the call `activation_checkpointing_enable`, and the old name
+    warns on every run, through --quiet, that v6 removes it."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
 
 
 def refuse_non_finite_weights(model: PreTrainedModel, folder: Path) -> None:
