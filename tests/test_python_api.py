@@ -135,6 +135,39 @@ def test_grow_and_train_from_python(tiny_llama, tmp_path, monkeypatch):
     ]
 
 
+def test_a_training_run_called_from_another_thread_trains(tiny_llama, tmp_path):
+    """A web app's worker or a notebook's background thread may train: only the main thread may set signal
+    handlers, and the run's stop-on-Ctrl-C handler made every such call a ValueError before its first step. The
+    main thread's handlers are left as they were."""
+    import signal
+    import threading
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    config = grow_cli.TrainConfig(
+        model=tiny_llama,
+        data=write_plays(tmp_path / "plays", count=1, chars=20_000),
+        out=tmp_path / "trained",
+        max_steps=2,
+        seq_len=32,
+        micro_batch_size=2,
+        eval_batches=1,
+        quiet=True,
+    )
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(_returned_or_raised(grow_cli.train_stage, config)))
+    worker.start()
+    worker.join()
+    assert [r["status"] for r in results if isinstance(r, dict)] == ["done"], results
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+
+def _returned_or_raised(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:  # a thread's exception would only be printed; the test reports it
+        return exc
+
+
 def _less_place_and_time(report: dict) -> dict:
     return {key: value for key, value in report.items() if key not in ("out", "seconds", "write_seconds")}
 

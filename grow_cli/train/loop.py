@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
@@ -320,7 +321,10 @@ class StopFlag:
             elif now - self.first >= self.REPEAT_SECONDS:
                 raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
-        self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS}
+        # Python lets only the main thread set handlers, and signals reach only it: a run called from another thread
+        # (a web app's worker, a notebook's background job) keeps the caller's and stops at its budget.
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        self._previous = {s: signal.signal(s, handler) for s in self.SIGNALS} if on_main_thread else {}
         return self
 
     def agreed(self, accelerator: Any) -> int:
