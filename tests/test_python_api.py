@@ -168,6 +168,19 @@ def _returned_or_raised(fn, *args):
         return exc
 
 
+def test_a_spec_reused_after_its_mergekit_config_changed_grows_the_new_map(tiny_llama, tmp_path):
+    """A `GrowthSpec` may be reused for any number of calls; one naming a mergekit config kept the layer map it
+    read on its first call, so a notebook that edited the config and grew again got the old map, silently."""
+    config, spec = tmp_path / "merge.yaml", grow_cli.GrowthSpec(mergekit_config=str(tmp_path / "merge.yaml"))
+
+    def grown_layers(copies: int) -> int:
+        one = f"{{sources: [{{model: {tiny_llama}, layer_range: [0, 2]}}]}}"  # the source's 2 layers, once
+        config.write_text(f"merge_method: passthrough\nslices: [{', '.join([one] * copies)}]\n")
+        return grow_cli.expand(tiny_llama, None, spec, dry_run=True)["target"]["layers"]
+
+    assert [grown_layers(2), grown_layers(3)] == [4, 6]
+
+
 def _less_place_and_time(report: dict) -> dict:
     return {key: value for key, value in report.items() if key not in ("out", "seconds", "write_seconds")}
 

@@ -242,7 +242,7 @@ def expand(
     from grow_cli.checkpoint.output import check_output
 
     verify_memory = _verify_memory(verify_max_memory, verify)
-    notes = []
+    spec, notes = spec.fresh(), []
     if spec.mergekit is not None:  # its slices must read SRC, before anything is read or downloaded
         revision, note = check_model(spec.mergekit, os.fspath(source), revision)
         notes += [note] if note else []

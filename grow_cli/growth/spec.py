@@ -95,6 +95,11 @@ class GrowthSpec:
         targets = (self.layers, self.depth_factor, self.layer_map, self.mergekit_config)
         return any(t is not None for t in targets) or self.depth_method == "dus"
 
+    def fresh(self) -> GrowthSpec:
+        """This spec with nothing read yet: a growth starts from it, so that a spec reused for another call reads its
+        mergekit config as the file is then (the one reused kept the map it read first, whatever the file said)."""
+        return dataclasses.replace(self)
+
     @property
     def maps_layers(self) -> bool:
         """The depth is an explicit layer map: --layer-map, or a mergekit config's."""
@@ -102,7 +107,7 @@ class GrowthSpec:
 
     @functools.cached_property
     def mergekit(self) -> MergekitMap | None:
-        """The mergekit config `mergekit_config` as a layer map, read once, when the growth starts (construction
+        """The mergekit config `mergekit_config` as a layer map, read once per growth, when it starts (construction
         does not read the file, so a spec can be checked where the file is not, as the docs' examples are)."""
         if self.mergekit_config is None:
             return None
