@@ -127,7 +127,10 @@ def test_check_lists_each_member_with_its_grow_settings_as_the_recipe_writes_the
         ),
         (lambda d: d.update(compare={"text_field": "text"}), "compare: --text-field text applies only"),
         (lambda d: d.update(compare={"token_dtype": "uint32"}), "compare: --token-dtype uint32 applies only"),
-        (lambda d: d.update(compare={"token_dtype": "int8"}), "compare: --token-dtype 'int8' is not one of uint16"),
+        (
+            lambda d: d.update(compare={"token_dtype": "int8"}),
+            "compare.token_dtype: --token-dtype 'int8' is not one of",
+        ),
         (lambda d: d["members"][1].update(name="b" * 101), "plain folder name of at most 100 characters"),
         (lambda d: d["members"][1].update(name="family.json"), "ends like the report's files"),
         (lambda d: d["members"][1].update(train={}), "members[1].train: no budget"),

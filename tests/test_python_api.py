@@ -344,6 +344,32 @@ def test_a_wrong_argument_to_a_public_function_is_one_option_error(call, option,
     assert sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize(
+    "call, option, flag",
+    [
+        (lambda: grow_cli.compare("a", "b", ["d"], seq_len=1), "seq_len", "--seq-len must be at least 2"),
+        (lambda: grow_cli.compare("a", "b", ["d"], batch_size=0), "batch_size", "--batch-size must be at least 1"),
+        (lambda: grow_cli.compare("a", "b", ["d"], max_blocks=-1), "max_blocks", "--max-blocks must be 0 (all)"),
+        (lambda: grow_cli.compare("a", "b", ["d"], eval_fraction=0.6), "eval_fraction", "--eval-fraction must be"),
+        (lambda: grow_cli.plan("7B", "2T", seq_len=0), "seq_len", "--seq-len must be between 1 and"),
+        (lambda: grow_cli.plan("7B", "2T", new_token_fraction=2.0), "new_token_fraction", "got 2.0"),
+    ],
+)
+def test_an_option_out_of_its_range_is_an_option_error_naming_it(call, option, flag):
+    """docs/python.md's own example, `--seq-len must be at least 2`, is compare's: it and compare's and plan's other
+    range checks were plain `UsageError`s, with no `.option` to say which argument was wrong."""
+    with pytest.raises(grow_cli.OptionError) as info:
+        call()
+    assert info.value.option == option and flag in str(info.value) and info.value.exit_code == 2
+
+
+def test_a_recipes_compare_setting_out_of_range_is_named_by_its_key(tmp_path):
+    """As a member's `train.seq_len` is named `members[1].train.seq_len`, the recipe's `compare:` names the key."""
+    (tmp_path / "f.yaml").write_text("compare: {max_blocks: -1}\nmembers: [{name: a, source: m}]\n")
+    with pytest.raises(grow_cli.UsageError, match=r"^recipe: compare\.max_blocks: --max-blocks must be 0 \(all\)"):
+        grow_cli.load_recipe(tmp_path / "f.yaml")
+
+
 SPEC = grow_cli.GrowthSpec(layers=4)
 
 

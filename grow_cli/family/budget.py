@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from grow_cli.errors import UsageError, counted
+from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.family.attention_layout import attention_within
 from grow_cli.family.member_configs import (
     counted_member,
@@ -245,7 +245,7 @@ def tally(rows: list[dict[str, Any]], *, independent_tokens: str, progressive_to
 def family_ledger(members: list[dict[str, Any]], *, seq_len: int, new_token_fraction: float) -> dict[str, Any]:
     """FLOPs of training each member independently versus growing each from the previous one."""
     if not 0 < new_token_fraction <= 1:
-        raise UsageError("--new-token-fraction must be in (0, 1]")
+        raise OptionError("new_token_fraction", f"--new-token-fraction must be in (0, 1], got {new_token_fraction}")
     rows = [
         {
             **m,
@@ -310,7 +310,7 @@ def plan(
     `saving_at_largest_alone`) and `lr_rule`.
     """
     if not 1 <= seq_len <= 10**7:
-        raise UsageError(f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
+        raise OptionError("seq_len", f"--seq-len must be between 1 and 10,000,000 tokens, got {seq_len}")
     tokens = parse_count(tokens, "--tokens")
     _check_count(tokens, "--tokens", "tokens", TOKENS_RANGE)
     for size in family or ():

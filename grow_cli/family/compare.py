@@ -31,7 +31,7 @@ from grow_cli.data.masking_settings import (
 )
 from grow_cli.data.sources import TOKEN_DTYPES
 from grow_cli.divergence import divergences, perplexity
-from grow_cli.errors import DataError, OptionError, UsageError
+from grow_cli.errors import DataError, OptionError
 from grow_cli.field_types import flag
 
 SEQ_LEN = 256  # tokens per compared block, unless told
@@ -49,15 +49,18 @@ def check_compare_options(
     random_replace_prob: float = RANDOM_REPLACE_PROB,
     **_: Any,
 ) -> None:
-    """Refuse options that cannot describe a comparison, before any model or data is read."""
+    """Refuse options that cannot describe a comparison, before any model or data is read: an `OptionError` naming
+    the option (its Python name, also the recipe's `compare:` key)."""
     if seq_len < 2:
-        raise UsageError(f"--seq-len must be at least 2 (one token predicts the next), got {seq_len}")
+        raise OptionError("seq_len", f"--seq-len must be at least 2 (one token predicts the next), got {seq_len}")
     if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+        raise OptionError("batch_size", f"--batch-size must be at least 1, got {batch_size}")
     if max_blocks is not None and max_blocks < 0:
-        raise UsageError(f"--max-blocks must be 0 (all) or more, got {max_blocks}")
+        raise OptionError("max_blocks", f"--max-blocks must be 0 (all) or more, got {max_blocks}")
     if not 0.0 < eval_fraction < 0.5:
-        raise UsageError(f"--eval-fraction must be in (0, 0.5), as in train-stage; got {eval_fraction}")
+        raise OptionError(
+            "eval_fraction", f"--eval-fraction must be in (0, 0.5), as in train-stage; got {eval_fraction}"
+        )
     if token_dtype not in (None, *TOKEN_DTYPES):
         raise OptionError("token_dtype", f"--token-dtype {token_dtype!r} is not one of {', '.join(TOKEN_DTYPES)}")
     check_masking(mlm_probability, mask_replace_prob, random_replace_prob)
@@ -239,9 +242,10 @@ def compare(
     many byte sequences).
     `max_blocks=None` uses every held-out block. Raises `DataError` when the models' tokenizers or objectives differ,
     when either predicts NaN or infinite logits (a diverged model: no distribution to compare), or when the data is
-    unusable; `OptionError` when `data` is an empty list (no data given) or an empty path, and for a masking setting
-    out of its range, or other than its default for causal LMs (it would do nothing), and for `document_masking` of
-    masked LMs; `UsageError` when a model's attention crosses documents all the same (`check_document_masking`).
+    unusable; `OptionError` for an option out of its range (`seq_len`, `batch_size`, `max_blocks`, `eval_fraction`,
+    the masking settings), when `data` is an empty list (no data given) or an empty path, for a masking setting
+    other than its default for causal LMs (it would do nothing), and for `document_masking` of masked LMs;
+    `UsageError` when a model's attention crosses documents all the same (`check_document_masking`).
     """
     from grow_cli.console import quiet_transformers
     from grow_cli.data.sources import check_sources, data_paths, find_sources

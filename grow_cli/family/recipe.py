@@ -423,8 +423,8 @@ def _compare(value: Any, base: Path) -> dict[str, Any]:
 
     try:
         check_compare_options(**compare)
-    except UsageError as exc:
-        raise _fail("compare", str(exc)) from None
+    except OptionError as exc:
+        raise _fail(f"compare.{exc.option}" if exc.option else "compare", str(exc)) from None
     return compare
 
 
