@@ -688,6 +688,10 @@ def _data_and_config_case(c: Ctx, name: str) -> tuple[list, str] | None:
         config.write_text(config.read_text().replace('"rope_theta": 10000.0', '"rope_theta": NaN'))
         args = c.train("--max-steps", 1) if name.startswith("train") else c.expand()  # expand: grew it
         return args, f"{config}: rope_parameters.rope_theta is NaN, not a number; set it to the value meant"
+    if name == "expand-config-tagged-nan":  # transformers 5's spelling of a NaN, which it reads back as one
+        config = c.src / "config.json"
+        config.write_text(config.read_text().replace('"rope_theta": 10000.0', '"rope_theta": {"__float__": "NaN"}'))
+        return c.expand(), f"{config}: rope_parameters.rope_theta is NaN, not a number; set it to the value meant"
     if name == "expand-config-tie-as-text":  # read as true: it advised setting it to false, which it said
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(tie_word_embeddings="false"))
         return c.expand(
@@ -964,6 +968,7 @@ CASES = [
     "expand-config-tie-as-text",
     "train-config-nan",
     "expand-config-nan",
+    "expand-config-tagged-nan",
     "expand-weights-nan",
     "expand-weights-nan-verify",
     "expand-width-weights-nan",

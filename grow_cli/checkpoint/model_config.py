@@ -53,8 +53,9 @@ def load_config(folder: Path) -> dict[str, Any]:
 def _nan_at(value: Any, at: str = "") -> str | None:
     """Where in a config.json a NaN lies (`rope_parameters.rope_theta`), or None. Python's json reads one, and
     transformers builds a model that outputs NaN from it: grow expand grew it, train-stage advised lowering --max-lr
-    once its first loss was NaN, and compare called the model diverged."""
-    if isinstance(value, float) and math.isnan(value):
+    once its first loss was NaN, and compare called the model diverged. transformers 5 writes one as
+    `{"__float__": "NaN"}` and reads it back as NaN: that is one too."""
+    if isinstance(value, float) and math.isnan(value) or value == {"__float__": "NaN"}:
         return at
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, inner in items:
