@@ -441,7 +441,21 @@ def test_a_folder_of_a_train_split_beside_another_split_is_refused(tmp_path, tra
         find_sources([folder])
     assert [source.path for source in find_sources([folder / train])] == [folder / train]
     (folder / other).unlink()
-    assert {source.path for source in find_sources([folder])} == {folder / train, folder / "README.md"}
+    card = set() if train.endswith(".jsonl") else {folder / "README.md"}  # a folder of records: its card is no data
+    assert {source.path for source in find_sources([folder])} == {folder / train, *card}
     for name in ("latest-contest.txt", "rerere-test.txt", "test_notes.txt"):  # split names inside names: no split
         (folder / name).write_text(DOCS[1])
-    assert len(find_sources([folder])) == 5
+    assert len(find_sources([folder])) == 4 + len(card)
+
+
+def test_a_folder_of_records_leaves_its_dataset_card_out(tmp_path):
+    """A Hub dataset downloaded whole holds its card, README.md, beside the records; it was trained on as one more
+    document. In a folder of text files a README.md is text like the rest."""
+    records, text = tmp_path / "records", tmp_path / "text"
+    for folder, data in ((records, "data/train-00000-of-00001.jsonl"), (text, "chapter-1.txt")):
+        (folder / data).parent.mkdir(parents=True)
+        (folder / data).write_text(json.dumps({"text": DOCS[0]}) + "\n" if data.endswith(".jsonl") else DOCS[0])
+        (folder / "README.md").write_text("---\nlicense: mit\n---\n# A dataset\n")
+    assert [source.path for source in find_sources([records])] == [records / "data/train-00000-of-00001.jsonl"]
+    assert [source.path for source in find_sources([text])] == [text / "README.md", text / "chapter-1.txt"]
+    assert [source.path for source in find_sources([records / "README.md"])] == [records / "README.md"]  # as named

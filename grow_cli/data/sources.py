@@ -88,12 +88,22 @@ def _from_folder(folder: Path) -> list[Source]:
         raise DataError(
             f"--data {folder} {what}config.json and its weights), not data; give the text files or folders to read"
         )
+    files = _without_dataset_card(files, datasets)
     _refuse_held_out_splits(folder, files)
     if not files and not datasets:
         read = "/".join(sorted(suffix for suffix in FOLDER_SUFFIXES if suffix))
         raise DataError(f"--data {folder}: the folder holds no {read} files or files without a suffix")
     sources = [Source(p, SUFFIX_KIND.get(p.suffix, "text")) for p in files] + [Source(p, "arrow") for p in datasets]
     return sorted(sources, key=lambda source: source.path)
+
+
+def _without_dataset_card(files: list[Path], datasets: list[Path]) -> list[Path]:
+    """`files` less the README.md files of a folder of records (JSON Lines, Parquet, `datasets` folders): a Hub
+    dataset downloaded whole carries its card there (YAML front matter, a description of the data), which was
+    trained on as one more document. In a folder of text, a README.md is text like the rest, and is read."""
+    if not datasets and not any(SUFFIX_KIND.get(path.suffix) in FIELD_KINDS for path in files):
+        return files
+    return [path for path in files if path.name.lower() != "readme.md"]
 
 
 def _refuse_held_out_splits(folder: Path, files: list[Path]) -> None:
