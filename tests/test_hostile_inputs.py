@@ -354,6 +354,10 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "peft-model-state-dict":  # a PeftModel's own state dict, saved as the weights
         _rewrite_tensors(c, lambda state: state.update({f"base_model.model.{k}": state.pop(k) for k in list(state)}))
         return ["inspect", c.src], "stored under 'base_model.model.' (base_model.model.model.embed_tokens.weight)"
+    if name == "train-peft-model-state-dict":  # named the missing body alone, not where its tensors are
+        wrap = lambda state: state.update({f"base_model.model.{k}": state.pop(k) for k in list(state)})  # noqa: E731
+        _rewrite_tensors(c, wrap, folder=c.lm)
+        return c.train("--max-steps", 1), "stored under 'base_model.model.' (base_model.model.model."
     if name == "dequantized-keeping-its-quantization-config":  # DeepSeek-V3's fp8_cast_bf16.py leaves it
         c.edit_json(c.src / "config.json", lambda cfg: cfg.update(quantization_config={"quant_method": "fp8"}))
         return c.expand(), "but its weights are full precision (no quantizer's scales or packed weights): a dequantized"
@@ -870,6 +874,7 @@ CASES = [
     "quantized-gptq-quantize-config-json",
     "dequantized-keeping-its-quantization-config",
     "peft-model-state-dict",
+    "train-peft-model-state-dict",
     "quantized-gptq-tensors-only",
     "quantized-int8-weights-only",
     "train-quantized-int8-weights",

@@ -133,7 +133,12 @@ def _wrapped(first: str, arch: ArchDef, names: set[str]) -> str:
     found = next((n for n in sorted(names) for w in wanted if n.endswith("." + w)), None)
     if found is None:
         return ""
-    outer = found.removesuffix(next(w for w in wanted if found.endswith("." + w)))
+    return stored_under(found.removesuffix(next(w for w in wanted if found.endswith("." + w))), found)
+
+
+def stored_under(outer: str, found: str) -> str:
+    """The end of a refusal of tensors stored under a wrapper's name `outer` (`found` is one of them), and what to
+    do: `expand`, `inspect` and `train-stage` say it alike."""
     return (
         f" — they are stored under {outer!r} ({found}), a wrapper's name that transformers does not load: save the "
         "model itself with save_pretrained (a PEFT model: merge_and_unload() first; a multimodal one: its language "
