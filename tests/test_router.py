@@ -232,3 +232,19 @@ def test_grow_plan_states_the_stacking_rules_n_and_c_for_an_moe_target(capsys):
     assert f"C = {result['target']['compute_flops']:.3g} FLOPs" in text  # the target's compute: active parameters
     assert "with N = 100M parameters (every expert's) and C = 6·N·D = 6e+20 FLOPs" in text, text
     assert "train a small model (2 layers, 25.8M parameters, 8.27M active) on d = " in text, text
+
+
+def test_a_resumed_run_reports_the_router_over_the_whole_run(tmp_path, capsys):
+    """The router's summary in grow.json is over the whole run; resumed at step 4 of 8, it once covered steps 5 to 8
+    alone (the totals started again at zero), unlike the same run made in one go. The checkpoint now carries them."""
+    dense, data = save_tiny_lm(tmp_path / "dense"), write_plays(tmp_path / "data")
+    moe = tmp_path / "moe"
+    expand(str(dense), moe, GrowthSpec(experts=4, top_k=2), quiet=True)
+    args = ["train-stage", moe, "--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 8]
+    args += ["--save-every", 2, "--log-every", 2, "--eval-every", 100, "--quiet"]
+    assert run_grow([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
+    assert run_grow([*args, "--out", tmp_path / "parts", "--exit-interval", 4], capsys)[0] == 0
+    assert run_grow([*args, "--out", tmp_path / "parts", "--resume", "auto"], capsys)[0] == 0
+    whole, parts = (load_record(tmp_path / name)["stages"][-1]["router"] for name in ("whole", "parts"))
+    assert parts["expert_load_by_layer"] == whole["expert_load_by_layer"]
+    assert parts["router_aux_loss"] == pytest.approx(whole["router_aux_loss"], abs=1e-6)

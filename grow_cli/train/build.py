@@ -132,6 +132,8 @@ class Run:
             "mixed_precision": self.accelerator.mixed_precision,
             **self.settings(),
         }
+        if self.router is not None and (totals := self.router.totals(self.accelerator)) is not None:
+            state["router"] = totals  # the run's summary covers the steps before a resume too
         if self.continuation is not None:
             state["continuation"] = self.continuation.record()
             state["multipliers"] = self.continuation.multipliers
@@ -635,6 +637,8 @@ def resume(run: Run, checkpoint: Path) -> None:
     if change := precision_change(resumed, run.accelerator.mixed_precision, fresh_scaler):
         run.say(f"note: {change}")
     run.step, run.tokens = resumed["step"], resumed["tokens"] - (run.continuation.tokens if run.continuation else 0)
+    if run.router is not None and "router" in resumed:
+        run.router.restore(resumed["router"], run.accelerator)
     if run.accelerator.is_main_process:  # a run killed between a save and its pruning left one checkpoint too many
         prune(Path(run.config.out), run.config.keep_last, run.step)
     if run.apollo:

@@ -2,10 +2,11 @@
 read of it that every reader goes through (`load_state`).
 
 It holds the run keys a resume must match, the step and tokens, where the run is in its data order, what `grow
-expand` needs to grow the training state, and every file of the checkpoint with its size (checkpoints.py,
-train/build.py `Run.state`). `load_state` checks it against `SHAPE` where it is read: a file cut, edited or replaced
-by hand is named in one line with what is wrong in it — `--resume auto` then skips the checkpoint, and every other
-reader refuses it — instead of failing later on a missing key or a value of the wrong kind.
+expand` needs to grow the training state, a mixture of experts' router totals so far, and every file of the
+checkpoint with its size (checkpoints.py, train/build.py `Run.state`). `load_state` checks it against `SHAPE` where
+it is read: a file cut, edited or replaced by hand is named in one line with what is wrong in it — `--resume auto`
+then skips the checkpoint, and every other reader refuses it — instead of failing later on a missing key or a value
+of the wrong kind.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ CONTINUATION = {
 OPTIMIZER = {"max_lr": SIZE, "betas": ListOf(NUMBER), "eps": SIZE, "weight_decay": SIZE, "grad_clip": SIZE}
 MULTIPLIER_KEYS = ("lr", "eps", "weight_decay")  # a tensor's multipliers of the optimizer's settings
 MULTIPLIERS = {key: Required(SIZE) for key in MULTIPLIER_KEYS}
+# A mixture of experts' router totals so far (train/router.py `RouterStats.totals`): passes, aux loss, expert counts.
+ROUTER = {"passes": Required(COUNT), "aux_loss_sum": Required(NUMBER), "counts": Required(ListOf(ListOf(SIZE)))}
 # The keys an earlier grow did not write are read as it wrote them (checkpoints._made_before, train_state.py).
 SHAPE = {
     "step": Required(STEP),
@@ -77,6 +80,7 @@ SHAPE = {
     "schedule": OBJECT,
     "continuation": CONTINUATION,
     "multipliers": MapOf(MULTIPLIERS),
+    "router": ROUTER,
 }
 
 

@@ -105,6 +105,26 @@ class RouterStats:
         result["router_aux_loss_coef"] = self.coef
         return result
 
+    def totals(self, accelerator: Any) -> dict[str, Any] | None:
+        """The run's totals so far, summed over every process, for a checkpoint: a resumed run's summary must cover
+        the steps before the checkpoint too (`restore`). Every process calls it (a collective under a distributed
+        launch); None before the first training pass."""
+        if self._total is None:
+            return None
+        aux, counts = self._total
+        if accelerator.num_processes > 1:
+            aux, counts = accelerator.reduce(aux, "sum"), accelerator.reduce(counts, "sum")
+        return {"passes": self._passes_total, "aux_loss_sum": float(aux), "counts": counts.tolist()}
+
+    def restore(self, totals: dict[str, Any], accelerator: Any) -> None:
+        """Go on from a checkpoint's `totals`: the main process holds the sums of every process (which `_summarise`
+        adds up again), the others start from zero; each counts its passes from the checkpoint's, as it would have."""
+        device, main = accelerator.device, accelerator.is_main_process
+        counts = torch.tensor(totals["counts"], dtype=torch.float32, device=device)
+        aux = torch.tensor([totals["aux_loss_sum"]], dtype=torch.float32, device=device)
+        self._total = (aux, counts) if main else (torch.zeros_like(aux), torch.zeros_like(counts))
+        self._passes_total = int(totals["passes"])
+
     def _by_layer(self, load: torch.Tensor) -> list[list[float] | None] | None:
         """One entry per decoder layer: its experts' load, or None for a dense layer. The router logits, hence the
         rows of `load`, are the MoE layers' only, in order (Qwen2-MoE's `mlp_only_layers`, DeepSeek's dense first
