@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from doc_keys import json_output_problems
+from safetensors.torch import load_file
 from tiny_moe import build, probe_ids
 from tinylm import run_grow, save_tiny_lm, write_plays
 
@@ -248,3 +249,22 @@ def test_a_resumed_run_reports_the_router_over_the_whole_run(tmp_path, capsys):
     whole, parts = (load_record(tmp_path / name)["stages"][-1]["router"] for name in ("whole", "parts"))
     assert parts["expert_load_by_layer"] == whole["expert_load_by_layer"]
     assert parts["router_aux_loss"] == pytest.approx(whole["router_aux_loss"], abs=1e-6)
+
+
+def test_train_only_new_trains_an_upcycled_models_new_tensors(tmp_path, capsys):
+    """grow.json names tensors as saved (Mixtral's `block_sparse_moe.gate.weight`, one `experts.{e}.w1.weight` per
+    expert), transformers 5 holds them renamed and fused (`mlp.gate.weight`, `mlp.experts.gate_up_proj`): the run
+    once refused every upcycled model ("grow.json names tensors the model does not have"). The new routers and the
+    identity layers train, every copied tensor comes out bit-identical."""
+    dense, data = save_tiny_lm(tmp_path / "dense"), write_plays(tmp_path / "data")
+    moe, out = tmp_path / "moe", tmp_path / "out"
+    expand(str(dense), moe, GrowthSpec(experts=4, top_k=2, layers=4, depth_method="identity"), quiet=True)
+    args = ["train-stage", moe, "--data", data, "--out", out, "--seq-len", 32, "--micro-batch-size", 4]
+    code, _, stderr = run_grow([*args, "--max-steps", 3, "--max-lr", "1e-2", "--train-only", "new", "--quiet"], capsys)
+    assert code == 0, stderr
+    added = set(load_record(moe)["stages"][-1]["added_tensors"])
+    assert "model.layers.0.block_sparse_moe.gate.weight" in added
+    assert "model.layers.1.block_sparse_moe.experts.3.w1.weight" in added
+    before, after = load_file(moe / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert [n for n in before if torch.equal(before[n], after[n]) == (n in added)] == []

@@ -43,6 +43,7 @@ def freeze_all_but(model: torch.nn.Module, names: list[str]) -> list[str]:
     """
     aliases = dict(model.named_parameters(remove_duplicate=False))
     prefix = getattr(model, "base_model_prefix", "")
+    names = [name if name in aliases else _as_loaded(model, name) for name in names]
     # A headless checkpoint (BertModel) names `encoder.…` what the model with a head calls `bert.encoder.…`.
     wanted = {name if name in aliases or not prefix else f"{prefix}.{name}" for name in names}
     unknown = sorted(wanted - set(aliases))
@@ -58,3 +59,17 @@ def freeze_all_but(model: torch.nn.Module, names: list[str]) -> list[str]:
         if param.requires_grad:
             trainable.append(name)
     return trainable
+
+
+def _as_loaded(model: torch.nn.Module, saved: str) -> str:
+    """The parameter that tensor `saved` (a name in the safetensors files) became on load: transformers 5 renames and
+    fuses some on load and keeps those conversions on the model (Mixtral's `block_sparse_moe.gate.weight` is
+    `mlp.gate.weight`; each expert's `experts.{e}.w1.weight` joins `mlp.experts.gate_up_proj`). A fused parameter
+    trains whole: grow never changes the expert count, so the experts of a layer are added all together or not at all.
+    """
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    conversions = getattr(model, "_weight_conversions", None) or []
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+    return rename_source_key(saved, renamings, converters)[0]
