@@ -268,3 +268,19 @@ def test_train_only_new_trains_an_upcycled_models_new_tensors(tmp_path, capsys):
     before, after = load_file(moe / "model.safetensors"), load_file(out / "model.safetensors")
     assert before.keys() == after.keys()
     assert [n for n in before if torch.equal(before[n], after[n]) == (n in added)] == []
+
+
+def test_evaluation_stays_the_next_token_loss_when_the_config_asks_for_router_logits():
+    """A config.json that says `output_router_logits: true` (as fine-tunes made with the Trainer often ship) made
+    transformers add `coef × aux` in evaluation passes too: train-stage's eval loss read 0.02 above the next-token
+    loss of an upcycled model. Evaluation now asks for no router logits, whatever the config says."""
+    model = build("mixtral")
+    model.config.output_router_logits = True
+    stats = RouterStats(model)
+    ids = probe_ids()
+    with torch.no_grad():
+        out = model.eval()(input_ids=ids, labels=ids)
+    next_token = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert float(out.loss) == pytest.approx(float(next_token), abs=1e-6)
+    assert stats.metrics() == {}
+    stats.close()

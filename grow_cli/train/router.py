@@ -61,8 +61,9 @@ class RouterStats:
 
     @staticmethod
     def _ask_for_router_logits(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if module.training:
-            kwargs["output_router_logits"] = True
+        """Router logits, hence the auxiliary loss, in training passes; none in evaluation even where config.json says
+        `output_router_logits: true` (transformers falls back on it, and would add the auxiliary loss there too)."""
+        kwargs["output_router_logits"] = module.training
         return args, kwargs
 
     def _record(self, module: Any, args: tuple, output: Any) -> None:
