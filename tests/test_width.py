@@ -367,3 +367,25 @@ def test_an_exactness_text_cites_a_docs_page_that_holds_its_rule(sources):
         assert cited, report["width"]["exactness"]
         page, rule = cited.groups()
         assert f"({rule})" in (root / page).read_text(), (page, rule)
+
+
+@pytest.mark.parametrize("method", ["fpi", "aki", "staged", "zero"])
+def test_a_bf16_source_is_widened_from_reused_float32_buffers(tmp_path, monkeypatch, method):
+    """Width maps compute in float32: each bf16 tensor read (and AKI's next-layer tensor) is cast into the
+    operator's reused buffers, never into a fresh tensor. Fresh casts, freed one after another, made glibc keep their
+    space: `--hidden-size 1536` of a 276 MB bf16 Llama (8 × 1024, 3 shards) peaked 392 MB beyond torch's import,
+    1.6× its estimate and more than the whole source; 315 MB with the buffers (docs/benchmarks.md, Memory)."""
+    from grow_cli.operators.width import WidthOperator
+
+    seen = []
+    for rule in ("_fpi", "_zero"):  # every method widens the float32 input it is given with one of these
+
+        def spy(self, w, x, *args, real=getattr(WidthOperator, rule), **kwargs):
+            seen.append((x.dtype, self._pool.owns(x)))
+            return real(self, w, x, *args, **kwargs)
+
+        monkeypatch.setattr(WidthOperator, rule, spy)
+    src = _as_float8(save_tiny("llama", tmp_path / "bf16"), torch.bfloat16)
+    expand(str(src), tmp_path / "out", GrowthSpec(width_factor=2, width_method=method), quiet=True)
+    assert seen and all(dtype == torch.float32 and owned for dtype, owned in seen)
+    assert {t.dtype for t in _weights(tmp_path / "out").values()} == {torch.bfloat16}
