@@ -331,7 +331,9 @@ class CheckpointReader:
             from grow_cli.checkpoint.finite import refuse_non_finite
 
             stored = self._load_bin(entry.file)[self.stored_names.get(name, name)]
-            tensor = stored.clone()
+            # into the pool's slot as for safetensors: a fresh copy per tensor, freed one after another, made glibc
+            # keep their space (a .bin depth growth held 8x its largest tensor)
+            tensor = stored.clone() if pool is None else pool.tensor(slot, entry.shape, entry.dtype).copy_(stored)
             release(stored)  # a zip-format .bin is memory-mapped: give its pages back, as for one tensor read
             refuse_non_finite(tensor, entry.file.name, name)  # no hash pass sees its values (`finite.FiniteScan`)
             return tensor

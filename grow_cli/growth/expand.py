@@ -350,7 +350,14 @@ def _plan(
     if checkpoint:
         config = config_of_weights(config, infos)
     st_folder = (reader.folder / SENTENCE_TRANSFORMERS_MODULES).is_file()
-    plan = build_plan(config, infos, spec, uniform_maps=source_state is not None, sentence_transformer=st_folder)
+    plan = build_plan(
+        config,
+        infos,
+        spec,
+        uniform_maps=source_state is not None,
+        sentence_transformer=st_folder,
+        stored_ranges=reader.format == "safetensors",
+    )
     check_tied_copies(plan.binding, reader)
     if source_state is None and (reader.folder / STATE_DIR).is_dir():
         plan.notes.append(

@@ -125,6 +125,7 @@ class Plan:
     seed: int
     notes: list[str] = field(default_factory=list)
     upcycle: Upcycler | None = None
+    stored_ranges: bool = True  # the source stores each tensor as a byte range (safetensors), not in a pickle (.bin)
 
     @property
     def target_config(self) -> dict[str, Any]:
@@ -148,12 +149,14 @@ class Plan:
     @property
     def peak_bytes(self) -> int:
         """Estimated peak memory of the streaming executor: the largest (inputs + fp32 work + output) per tensor that
-        arithmetic makes; tensors written without any (`without_arithmetic`) need at most one copy buffer."""
+        arithmetic makes; tensors written without any (`without_arithmetic`) need at most one copy buffer, except
+        from a `.bin` source (`stored_ranges` False), whose tensors are read whole and written from memory."""
         sizes = {t.name: numel(t.shape) for t in self.binding.all_tensors()}
         peak = 0
         for t in self.tensors:
             if self.without_arithmetic(t):
-                peak = max(peak, COPY_BUFFER_BYTES)
+                copied = self.stored_ranges or t.zero  # file to file in the kernel, or from the shared zeros
+                peak = max(peak, COPY_BUFFER_BYTES if copied else t.nbytes + STAGING_BYTES)
                 continue
             read = sum(sizes[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
             work = numel(t.shape) * 4 if self.width or t.init or t.query_scale != 1 else 0  # fp32 before the cast
@@ -222,11 +225,13 @@ def build_plan(
     *,
     uniform_maps: bool = False,
     sentence_transformer: bool = False,
+    stored_ranges: bool = True,
 ) -> Plan:
     """Plan the growth `spec` of a checkpoint ({name: (shape, dtype)} plus config.json) without reading tensor data.
 
     `uniform_maps`: every width map tiled, as growing a training state needs (grow_cli/growth/grown_state.py);
-    `sentence_transformer`: the checkpoint is a sentence-transformers model's transformer (`Binding`)."""
+    `sentence_transformer`: the checkpoint is a sentence-transformers model's transformer (`Binding`);
+    `stored_ranges`: its tensors lie as byte ranges in their files (False for `.bin` weights: `Plan.peak_bytes`)."""
     arch, shape, binding = source_shape_of(config, tensors)
     binding.sentence_transformer = sentence_transformer
     out_dtype, seed = spec.out_dtype, spec.seed
@@ -310,7 +315,7 @@ def build_plan(
 
     shards = plan_shards([PlannedTensor(t.name, t.shape, t.dtype) for t in out], spec.max_shard_bytes)
     plan = Plan(arch, binding, shape, target_shape, config, config_job, depth, width, out, shards, out_dtype, seed)
-    plan.upcycle = upcycle
+    plan.upcycle, plan.stored_ranges = upcycle, stored_ranges
     plan.notes = _notes(plan, spec)
     return plan
 
