@@ -14,6 +14,7 @@ per-expert tensor once for each expert (`{e}` in the definition's name).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,23 +127,24 @@ def _detect_prefix(arch: ArchDef, names: set[str]) -> str:
 
 
 def _wrapped(first: str, arch: ArchDef, names: set[str]) -> str:
-    """Where the embedding is stored under an outer name (a PEFT model's `base_model.model.`, a multimodal wrapper's
-    `language_model.`), which transformers does not strip either: the end of the refusal, naming the prefix and what
-    to do; "" otherwise. Without it the refusal read as if the tensors were another model's."""
-    wanted = [_resolve(first, p) for p in arch.prefixes]
-    found = next((n for n in sorted(names) for w in wanted if n.endswith("." + w)), None)
+    """Where the embedding is stored under an outer name: the end of the refusal (`stored_under`). Without it the
+    refusal read as if the tensors were another model's."""
+    return stored_under([_resolve(first, p) for p in arch.prefixes], names)
+
+
+def stored_under(wanted: Iterable[str], names: Iterable[str]) -> str:
+    """Where one of the tensors `wanted` lies among `names` under an outer name (a PEFT model's `base_model.model.`,
+    a multimodal wrapper's `language_model.`), which transformers does not strip either: the end of a refusal naming
+    the prefix and what to do, as `expand`, `inspect` and `train-stage` say it; "" when none does."""
+    wanted = list(wanted)
+    found = next(((n, w) for n in sorted(names) for w in wanted if n.endswith("." + w)), None)
     if found is None:
         return ""
-    return stored_under(found.removesuffix(next(w for w in wanted if found.endswith("." + w))), found)
-
-
-def stored_under(outer: str, found: str) -> str:
-    """The end of a refusal of tensors stored under a wrapper's name `outer` (`found` is one of them), and what to
-    do: `expand`, `inspect` and `train-stage` say it alike."""
+    name, inner = found
     return (
-        f" — they are stored under {outer!r} ({found}), a wrapper's name that transformers does not load: save the "
-        "model itself with save_pretrained (a PEFT model: merge_and_unload() first; a multimodal one: its language "
-        "model)"
+        f" — they are stored under {name.removesuffix(inner)!r} ({name}), a wrapper's name that transformers does not "
+        "load: save the model itself with save_pretrained (a PEFT model: merge_and_unload() first; a multimodal one: "
+        "its language model)"
     )
 
 

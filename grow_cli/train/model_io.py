@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from grow_cli.arch.binding import stored_under
 from grow_cli.checkpoint.files import SAVED_TOKENIZER, holds_tokenizer_files
 from grow_cli.console import quiet_transformers
 from grow_cli.errors import CheckpointError, DataError, UsageError, counted, failure, first_line, one_line
@@ -270,7 +271,7 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
         raise CheckpointError(
             f"{model_dir} lacks {counted(len(body), 'tensor')} of the model body ({', '.join(body[:3])}"
             f"{' …' if len(body) > 3 else ''}); it is not a complete {model.config.model_type} checkpoint"
-            + _wrapped(body, info["unexpected_keys"])
+            + stored_under(body, info["unexpected_keys"])
         )
     if choice.name == "masked" and created:
         _tie_head(model)
@@ -282,18 +283,6 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
 
     carried = sorted(info["unexpected_keys"])
     return LoadedModel(model, saved, created, carried, _saved_alone(model_dir, prefix), module_files(Path(model_dir)))
-
-
-def _wrapped(missing: list[str], unexpected: Iterable[str]) -> str:
-    """Where the missing tensors are stored under an outer name (a PeftModel's `base_model.model.`, a multimodal
-    wrapper's `language_model.`): the end of the refusal, as `grow expand` says it; "" otherwise."""
-    from grow_cli.arch.binding import stored_under
-
-    found = next((u for name in missing for u in sorted(unexpected) if u.endswith("." + name)), None)
-    if found is None:
-        return ""
-    inner = next(name for name in missing if found.endswith("." + name))
-    return stored_under(found.removesuffix(inner), found)
 
 
 def _cannot_build(model_dir: Path, choice: Choice, exc: Exception) -> CheckpointError:
