@@ -173,7 +173,9 @@ class GrowthSpec:
         if self.layers is not None and self.depth_factor is not None:
             raise OptionError("depth_factor", "give --layers or --depth-factor, not both")
         if self.depth_factor is not None and not (math.isfinite(self.depth_factor) and self.depth_factor > 0):
-            raise OptionError("depth_factor", f"--depth-factor must be a positive number, got {self.depth_factor}")
+            raise OptionError(
+                "depth_factor", f"--depth-factor must be a finite positive number, got {self.depth_factor}; try 2"
+            )
         if self.dus_overlap is not None and self.depth_method != "dus":
             raise OptionError("dus_overlap", "--dus-overlap applies only to --depth-method dus")
         self._check_method_used("depth", named=False)
@@ -229,7 +231,8 @@ class GrowthSpec:
         k = self.width_factor
         if k is not None and not (math.isfinite(k) and k >= 1):
             raise OptionError(
-                "width_factor", f"--width-factor must be at least 1 (width growth only adds units), got {k}; try 2"
+                "width_factor",
+                f"--width-factor must be a finite number of at least 1 (width growth only adds units), got {k}; try 2",
             )
         for name in ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads"):
             value = getattr(self, name)
