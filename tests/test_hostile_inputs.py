@@ -265,6 +265,12 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         return c.compare("--eval-fraction", 2), "--eval-fraction must be in (0, 0.5)"
     if name == "family-alias-bomb-in-member-config":
         return ["family", c.recipe(ALIAS_BOMB), "--check"], "YAML aliases"
+    if name == "family-recipe-nested-too-deeply":  # PyYAML composes nested lists recursively
+        return ["family", c.recipe("members: " + "[" * 400 + "]" * 400), "--check"], "nested too deeply to read"
+    if name == "expand-mergekit-config-nested-too-deeply":
+        return c.expand()[:-2] + ["--mergekit-config", c.recipe("slices: " + "{a: " * 400 + "1" + "}" * 400)], (
+            "mergekit config"
+        )
     if name == "family-missing-tokenizer":
         doc = {"members": [{"name": "a", "config": FRESH, "tokenizer": "nope"}], "out": "run"}
         return ["family", c.recipe(doc)], "members[0].tokenizer"
@@ -917,6 +923,8 @@ CASES = [
     "train-offset-past-max-steps-in-tokens",
     "train-tokenizer-missing",
     "family-train-max-lr-list",
+    "family-recipe-nested-too-deeply",
+    "expand-mergekit-config-nested-too-deeply",
     "inspect-config-transformers-refuses",
     "expand-private-without-push",
     "expand-depth-method-without-target",

@@ -394,6 +394,8 @@ def read_yaml(path: Path, what: str = "recipe") -> Any:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError:
         raise UsageError(f"{what} {path} is not a text file (not UTF-8); give a YAML {what}") from None
+    except RecursionError:  # lists or mappings nested some hundreds deep: PyYAML composes them recursively
+        raise UsageError(f"{what} {path} is nested too deeply to read; give a YAML {what}") from None
     except _AliasBomb as exc:
         raise UsageError(
             f"{what} {path}: YAML aliases (*name) there repeat {exc.nodes:,}+ values, over grow's bound of "
