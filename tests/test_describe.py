@@ -141,8 +141,9 @@ def test_inspect_of_a_config_transformers_loads_has_no_problem(cli, tiny_checkpo
 
 
 def test_inspect_refuses_options_that_would_do_nothing_or_replace_what_is_no_file(cli, tiny_checkpoints, tmp_path):
-    """`--force` without `--write-definition`, and `--token` for a local folder, did nothing, silently (`--revision`
-    for a folder was refused); `--write-definition PIPE --force` replaced the pipe (or /dev/null) with a regular file.
+    """`--force` without `--write-definition`, and `--token` for a local folder, did nothing, silently; `--revision`
+    for a folder was refused with exit 1 and no way out, as if the folder were at fault; `--write-definition PIPE
+    --force` replaced the pipe (or /dev/null) with a regular file.
     Each is one line on stderr, nothing on stdout under --json, and the pipe is left as it was."""
     import os
     import stat
@@ -152,6 +153,7 @@ def test_inspect_refuses_options_that_would_do_nothing_or_replace_what_is_no_fil
     cases = [
         (["--force"], 2, "error: --force applies only with --write-definition FILE"),
         (["--token", "hf_x"], 2, "error: --token applies only to Hub ids, not to local folders; drop --token"),
+        (["--revision", "main"], 2, "error: --revision applies only to Hub ids, not to local folders; drop --revision"),
         (["--write-definition", tmp_path / "pipe", "--force"], 1, f"error: {tmp_path / 'pipe'} is not a regular file"),
     ]
     for args, code, line in cases:

@@ -24,7 +24,7 @@ from grow_cli import cache
 from grow_cli.background import lower_priority
 from grow_cli.checkpoint.claim import writer_of
 from grow_cli.checkpoint.kinds import refuse_gguf_file
-from grow_cli.errors import CheckpointError, GrowError
+from grow_cli.errors import CheckpointError, GrowError, OptionError
 from grow_cli.json_shape import Kind
 from grow_cli.scratch import scratch_folder
 
@@ -132,7 +132,7 @@ def _local_or_hub_id(source: str | os.PathLike[str], revision: str | None) -> tu
             refuse_gguf_file(path)
             raise CheckpointError(f"{source} is a file; give the model folder that holds config.json")
         if revision:
-            raise CheckpointError("--revision applies only to Hub ids, not to local folders")
+            raise OptionError("revision", "--revision applies only to Hub ids, not to local folders; drop --revision")
         return CheckpointSource(folder=path.resolve(), path=str(path.resolve())), source
     if (writer := writer_of(path)) is not None:  # `expand` publishes its output folder only once it is complete
         raise CheckpointError(f"{source} is being written by a grow run ({writer}); wait for that run to finish")
