@@ -561,6 +561,14 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
             c.expand("--width-method", "fpi"),
             "--width-method fpi applies only with a width target",
         ),
+        "expand-default-depth-method-alone": (  # said "nothing to grow", as if no option had been typed
+            ["expand", c.src, c.out, "--depth-method", "stack"],
+            "--depth-method stack applies only with --layers or --depth-factor",
+        ),
+        "expand-default-width-method-alone": (
+            ["expand", c.src, c.out, "--width-method", "fpi"],
+            "--width-method fpi applies only with a width target",
+        ),
         "train-private-without-push": (c.train("--max-steps", 1, "--private"), "--private applies only with"),
         "train-token-without-push": (c.train("--max-steps", 1, "--token", "hf_x"), "--token applies only with"),
         "train-decay-type-without-wsd": (
@@ -931,6 +939,8 @@ CASES = [
     "expand-width-method-without-target",
     "expand-default-depth-method-without-target",
     "expand-default-width-method-without-target",
+    "expand-default-depth-method-alone",
+    "expand-default-width-method-alone",
     "train-default-decay-type-without-wsd",
     "train-private-without-push",
     "train-token-without-push",

@@ -174,6 +174,20 @@ def test_a_method_named_at_its_default_without_its_target_is_refused_when_given(
     GrowthSpec(layers=8, width_factor=2).check_given({"depth_method", "width_method"})  # each has its target
 
 
+def test_a_method_named_alone_is_refused_as_a_method_without_its_target():
+    """`grow expand SRC OUT --depth-method stack` said "nothing to grow", as if no option had been typed: the method
+    named is the mistake to name, as it is beside another axis's target."""
+    for given, fragment in [
+        ({"depth_method": "stack"}, "--depth-method stack applies only with --layers or --depth-factor"),
+        ({"width_method": "fpi"}, "--width-method fpi applies only with a width target"),
+    ]:
+        with pytest.raises(OptionError, match=fragment) as info:
+            GrowthSpec.from_options({**given, "force": False}, given=[*given, "force"])  # (a command's other options)
+        assert info.value.option == next(iter(given))
+    with pytest.raises(OptionError, match="nothing to grow"):  # named nothing: the general refusal
+        GrowthSpec.from_options({"depth_method": "stack", "width_method": "fpi"}, given=["dtype"])
+
+
 def test_identity_repeats_beside_a_mergekit_config_names_how_the_config_says_it():
     """A mergekit config is a layer map too, so "--identity-repeats applies only with --layer-map (for --layers, use
     --depth-method identity)" sent its user nowhere: the config says it with scale 0 on o_proj and down_proj."""

@@ -147,9 +147,17 @@ class GrowthSpec:
     @classmethod
     def from_options(cls, options: dict[str, Any], given: Collection[str] = ()) -> GrowthSpec:
         """The spec of the entries of `options` that name its fields (a command's parameters); others are ignored.
-        `given` names the options the user gave (`check_given`)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        spec = cls(**{k: v for k, v in options.items() if k in names})
+        `given` names the options the user gave (`check_given`), the others among them ignored too. A method named
+        where nothing grows is refused as a method without its target, the more exact of the two refusals."""
+        given = [name for name in given if name in DEFAULTS]
+        try:
+            spec = cls(**{k: v for k, v in options.items() if k in DEFAULTS})
+        except OptionError as exc:
+            named = [axis for axis in METHOD_TARGETS if f"{axis}_method" in given]
+            if exc.option is None and named:  # nothing to grow: the method named alone is the mistake to name
+                name = f"{named[0]}_method"
+                raise _method_without_target(named[0], options.get(name, DEFAULTS[name])) from None
+            raise
         spec.check_given(given)
         return spec
 
@@ -221,9 +229,7 @@ class GrowthSpec:
         name = f"{axis}_method"
         method, grows = getattr(self, name), self.grows_depth if axis == "depth" else self.grows_width
         if (named or method != DEFAULTS[name]) and not grows:
-            raise OptionError(
-                name, f"{flag(name)} {method} applies only with {METHOD_TARGETS[axis]}; give one, or drop {flag(name)}"
-            )
+            raise _method_without_target(axis, method)
 
     def _check_width(self) -> None:
         registry.operator("width", self.width_method)
@@ -303,6 +309,15 @@ METHOD_TARGETS = {
     "depth": "--layers or --depth-factor (a depth target)",
     "width": "a width target (--width-factor, --hidden-size, --intermediate-size, --num-heads or --num-kv-heads)",
 }
+
+
+def _method_without_target(axis: str, method: str) -> OptionError:
+    """The refusal of a depth or width `method` with no target on its `axis`: it would change nothing."""
+    name = f"{axis}_method"
+    return OptionError(
+        name, f"{flag(name)} {method} applies only with {METHOD_TARGETS[axis]}; give one, or drop {flag(name)}"
+    )
+
 
 # The width targets: any of them set means width growth.
 WIDTH_TARGETS = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "width_factor")
