@@ -33,7 +33,11 @@ FIELDS = [f.name for f in dataclasses.fields(GrowthSpec)]
         ({"dus_overlap": 1, "layers": 8}, "dus_overlap", "only to --depth-method dus"),
         ({"width_method": "net2net", "width_factor": 2}, "width_method", "unknown width method"),
         ({"width_factor": 0.5}, "width_factor", "at least 1"),
-        ({"width_factor": float("inf")}, "width_factor", "finite number of at least 1 (width growth only adds units), got inf"),
+        (
+            {"width_factor": float("inf")},
+            "width_factor",
+            "finite number of at least 1 (width growth only adds units), got inf",
+        ),
         ({"hidden_size": 0}, "hidden_size", "--hidden-size must be at least 1"),
         ({"num_kv_heads": -2}, "num_kv_heads", "--num-kv-heads must be at least 1"),
         ({"width_factor": 2, "noise_snr_db": 10}, "noise_snr_db", "only to --width-method hypercloning"),
@@ -172,6 +176,15 @@ def test_a_method_named_at_its_default_without_its_target_is_refused_when_given(
     with pytest.raises(OptionError, match="--width-method fpi applies only with a width target"):
         GrowthSpec(layers=8).check_given({"width_method", "layers"})
     GrowthSpec(layers=8, width_factor=2).check_given({"depth_method", "width_method"})  # each has its target
+
+
+def test_check_given_refuses_a_name_that_is_no_field():
+    """A misspelt name passed its check unseen: `check_given({"depth_methd"})` refused nothing."""
+    with pytest.raises(
+        OptionError, match="'depth_methd' is no field of GrowthSpec; did you mean 'depth_method'"
+    ) as info:
+        GrowthSpec(width_factor=2).check_given({"depth_methd"})
+    assert info.value.option == "depth_methd"
 
 
 def test_a_method_named_alone_is_refused_as_a_method_without_its_target():

@@ -21,6 +21,7 @@ its flag.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 from collections.abc import Collection
@@ -164,7 +165,13 @@ class GrowthSpec:
     def check_given(self, given: Collection[str]) -> None:
         """Refuse a method the user named at its default value without the target it needs (`--depth-method stack`
         alone), as construction refuses any other method: a command line or a recipe knows which options were
-        given, where the fields only hold values."""
+        given, where the fields only hold values. A name that is no field is the caller's mistake, refused too (a
+        misspelt one would otherwise pass its check unseen)."""
+        for name in given:
+            if name not in DEFAULTS:
+                close = difflib.get_close_matches(name, list(DEFAULTS), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise OptionError(name, f"GrowthSpec.check_given: {name!r} is no field of GrowthSpec{hint}")
         for axis in METHOD_TARGETS:
             self._check_method_used(axis, named=f"{axis}_method" in given)
         if "depth_method" in given and self.maps_layers:
