@@ -175,8 +175,25 @@ def test_inspect_does_not_write_its_definition_over_a_file_of_the_source(cli, ti
         result = cli("inspect", source, "--write-definition", source / "config.json", *force)
         assert result.code == 1 and result.stderr.strip().splitlines() == [
             f"error: {source / 'config.json'} is a file of the model being inspected, {source}; write the definition "
-            "outside that folder"
+            f"outside that folder, such as {source.parent / (source.name + '-definition.json')}"
         ], result.stderr
     assert (source / "config.json").read_bytes() == config
     assert cli("inspect", source, "--write-definition", source / "llama.json").code == 0
     assert json.loads((source / "llama.json").read_text())["name"] == "llama"
+
+
+def test_write_definition_to_the_source_folder_suggests_a_path_outside_it(cli, tiny_copy, monkeypatch):
+    """`grow inspect SRC --write-definition SRC` suggested SRC/definition.json, inside the model folder, where the
+    refusal of a file of that folder says to write outside it. The suggestion lies beside SRC, and is taken."""
+    source = tiny_copy("llama_tied")
+    monkeypatch.chdir(source)
+    beside = source.parent / f"{source.name}-definition.json"
+    for folder in (".", source):
+        result = cli("inspect", folder, "--write-definition", folder)
+        assert result.code == 1 and result.stderr.strip().splitlines() == [
+            f"error: {folder} is a folder; give a file path such as {beside}"
+        ], result.stderr
+    result = cli("inspect", ".", "--write-definition", "config.json")
+    assert result.stderr.strip().endswith(f"write the definition outside that folder, such as {beside}")
+    assert cli("inspect", ".", "--write-definition", beside).code == 0
+    assert json.loads(beside.read_text())["name"] == "llama"

@@ -52,18 +52,28 @@ def check_definition_path(
     replaced /dev/null with a regular file), a file of the local model folder `source` (`--force` replaced its
     config.json with the definition), or an existing file without `force`."""
     path = Path(path).expanduser()
+    folder = None if source is None else Path(os.fspath(source)).expanduser()
+    inside = folder is not None and folder.is_dir() and path.resolve().is_relative_to(folder.resolve())
     if path.is_dir():  # before the --force advice: forcing would not make a folder a file
-        raise OutputError(f"{path} is a folder; give a file path such as {path / 'definition.json'}")
+        example = _beside(folder) if inside else path / "definition.json"
+        raise OutputError(f"{path} is a folder; give a file path such as {example}")
     if path.exists() and not path.is_file():
         raise OutputError(f"{path} is not a regular file (a device, pipe or socket); give a file path")
-    folder = None if source is None else Path(os.fspath(source)).expanduser()
-    if folder is not None and folder.is_dir() and path.exists() and path.resolve().is_relative_to(folder.resolve()):
+    if inside and path.exists():
         raise OutputError(
-            f"{path} is a file of the model being inspected, {folder}; write the definition outside that folder"
+            f"{path} is a file of the model being inspected, {folder}; write the definition outside that folder, "
+            f"such as {_beside(folder)}"
         )
     if path.exists() and not force:
         raise OutputError(f"{path} already exists; choose another path or pass --force to replace it")
     return path
+
+
+def _beside(folder: Path) -> Path:
+    """A definition path to suggest for the model folder `folder`: next to it, not in it (where a later --force could
+    replace one of its files, and a push would upload it with the model)."""
+    folder = folder.resolve()
+    return folder.parent / f"{folder.name}-definition.json"
 
 
 def write_definition(config: dict[str, Any], path: str | os.PathLike[str], *, force: bool = False) -> Path:
