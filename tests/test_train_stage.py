@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tinylm import run_grow, save_tiny_lm, tiny_config, tiny_tokenizer, write_plays
 
+from grow_cli.commands.train_stage import _trained
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.train.metrics_file import read_metrics
 
@@ -66,7 +67,8 @@ def test_the_data_and_summary_lines_count_in_words(setup, tmp_path, capsys):
 
 def test_a_paused_run_says_so_and_how_to_go_on(setup, tmp_path, capsys):
     """A run that --exit-interval stopped printed nothing (exit 0, like a finished one): it says, --quiet or not,
-    where it stopped and how to continue; the same command with --resume auto then finishes it."""
+    where it stopped and how to continue; the same command with --resume auto then finishes it, and says which
+    steps it trained of the stage's (it said "trained 3 steps" for the one step after the pause)."""
     model, data = setup
     args = train_args(model, data, tmp_path / "out", "--max-steps", 3)
     code, stdout, stderr = run_grow([*args, "--exit-interval", 2], capsys)
@@ -77,7 +79,28 @@ def test_a_paused_run_says_so_and_how_to_go_on(setup, tmp_path, capsys):
         "--resume auto to continue\n"
     )
     code, stdout, stderr = run_grow([*args, "--resume", "auto"], capsys)
-    assert code == 0 and stdout.startswith("trained 3 steps on "), stderr
+    assert code == 0, stderr
+    assert stdout.startswith(f"trained step 3 of 3 (resumed from step 2; 3 steps, {3 * 8 * 32:,} tokens in this stage)")
+
+
+def test_a_resumed_runs_result_says_what_it_trained_and_where_the_stage_stands(setup, tmp_path, capsys):
+    """`--json` keeps counting the stage (`steps`, `tokens`), and names the step this invocation resumed from."""
+    model, data = setup
+    args = train_args(model, data, tmp_path / "out", "--max-steps", 4, "--json")
+    assert run_grow([*args, "--exit-interval", 1], capsys)[0] == 0
+    code, stdout, stderr = run_grow([*args, "--resume", "auto"], capsys)
+    assert code == 0, stderr
+    result = json.loads(stdout)
+    assert (result["steps"], result["end_step"], result["resumed_from"]) == (4, 4, 1)
+    assert result["tokens"] == 4 * 8 * 32
+    assert (
+        _trained(result)
+        == f"trained steps 2–4 of 4 (resumed from step 1; 4 steps, {4 * 8 * 32:,} tokens in this stage)"
+    )
+    assert _trained({**result, "resumed_from": 4}) == (
+        f"resumed at step 4 of 4, the last: trained no step (4 steps, {4 * 8 * 32:,} tokens in this stage)"
+    )
+    assert _trained({**result, "resumed_from": None}) == f"trained 4 steps on {4 * 8 * 32:,} tokens"
 
 
 def test_the_progress_bar_shows_the_last_held_out_loss(setup, tmp_path, capsys, monkeypatch):

@@ -311,8 +311,8 @@ def train_stage(
         print_json(result)
     elif result["status"] == "done":
         stdout.print(
-            f"trained {counted(result['steps'], 'step')} on {result['tokens']:,} tokens: "
-            f"eval loss {result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) → {out}",
+            f"{_trained(result)}: eval loss {result['final_eval_loss']:.4f} (ppl {result['final_eval_ppl']:.2f}) "
+            f"→ {out}",
             soft_wrap=True,
         )
     elif result["status"] == "paused":
@@ -327,6 +327,21 @@ def train_stage(
             "drop --resume auto and pass --overwrite to train again",
             soft_wrap=True,
         )
+
+
+def _trained(result: dict[str, Any]) -> str:
+    """What a finished run trained, for its result line: a resumed run names the steps this invocation trained and
+    where the stage stands ("trained 20 steps" after a resume at step 10 claimed the first 10 as well)."""
+    from grow_cli.errors import counted
+
+    steps, end, resumed = result["steps"], result["end_step"], result["resumed_from"]
+    if resumed is None:
+        return f"trained {counted(steps, 'step')} on {result['tokens']:,} tokens"
+    stage = f"{counted(steps, 'step')}, {result['tokens']:,} tokens in this stage"
+    if resumed == end:  # resumed from a checkpoint of the last step: nothing was left to train
+        return f"resumed at step {end} of {end}, the last: trained no step ({stage})"
+    trained = f"step {end}" if end - resumed == 1 else f"steps {resumed + 1}–{end}"
+    return f"trained {trained} of {end} (resumed from step {resumed}; {stage})"
 
 
 def train_config(options: dict[str, Any]) -> TrainConfig:

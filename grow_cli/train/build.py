@@ -103,6 +103,12 @@ class Run:
     router: RouterStats | None = None  # mixture of experts: auxiliary loss and expert load (train/router.py)
 
     @property
+    def start_step(self) -> int:
+        """The step this stage started from: 0, or the step of the grown state it continues (`--resume grown`); a
+        resume of this stage's own checkpoint starts its loop later, but not the stage."""
+        return self.continuation.start_step if self.continuation else 0
+
+    @property
     def lineage_tokens(self) -> int:
         """Tokens trained since the lineage's first step: this run's, and those of the run whose grown state it
         continues — what a checkpoint records, counted as its step is (a continued run's steps go on from its

@@ -88,8 +88,9 @@ def finish(run: Run, ending: Ending, stopping: Callable[[], bool]) -> dict[str, 
     summary = {
         "status": "done",
         "out": str(out),
-        "steps": run.step - (run.continuation.start_step if run.continuation else 0),
+        "steps": run.step - run.start_step,
         "end_step": run.step,
+        "resumed_from": ending.first_step if ending.first_step > run.start_step else None,
         "tokens": run.tokens,
         "max_lr": run.max_lr,
         "final_train_loss": ending.last_loss if trained else run.tracker.loss_at(run.step),
@@ -126,7 +127,6 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
     """This stage's entry in grow.json: data, objective, Apollo, budget, schedule, optimizer, batch and the final
     evaluation."""
     config, data, paths = run.config, run.data, data_paths(run.config.data)
-    start = run.continuation.start_step if run.continuation else 0
     eval_loss = evaluated["eval_loss"]
     return {
         "kind": "train",
@@ -151,7 +151,7 @@ def stage_record(run: Run, evaluated: dict[str, float]) -> dict[str, Any]:
         # sampled, shallower depths cost less than the model's per-token figure times the tokens.
         "flops_per_token": run.flops_per_token,
         "train_flops": spent_flops(run),
-        "steps": run.step - start,
+        "steps": run.step - run.start_step,
         "end_step": run.step,
         "schedule": run.schedule.describe(run.max_lr),
         "max_lr": run.max_lr,

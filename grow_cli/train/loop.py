@@ -57,10 +57,11 @@ def train_stage(config: TrainConfig) -> dict[str, Any]:
     """Train the model in `config.model` on `config.data`; write it, grow.json and the card to `config.out`.
 
     Returns the summary `grow train-stage --json` prints (docs/json-output.md). Its `status` says which of three it is:
-    "done" — `out`, `steps`, `end_step`, `tokens`, `max_lr`, `final_train_loss`, `final_eval_loss`, `final_eval_ppl`,
-    `tokens_per_s`, `num_parameters`, `final_state` and `record` (the path of grow.json); "paused" — stopped by
-    `exit_interval` with a checkpoint saved: `end_step`, `max_steps`, `checkpoint`, `out` (continue with
-    `resume="auto"`); "finished" — `resume="auto"` found this run already done in `out`, which is left as it was.
+    "done" — `out`, `steps`, `end_step`, `resumed_from`, `tokens`, `max_lr`, `final_train_loss`, `final_eval_loss`,
+    `final_eval_ppl`, `tokens_per_s`, `num_parameters`, `final_state` and `record` (the path of grow.json);
+    "paused" — stopped by `exit_interval` with a checkpoint saved: `end_step`, `max_steps`, `checkpoint`, `out`
+    (continue with `resume="auto"`); "finished" — `resume="auto"` found this run already done in `out`, which is
+    left as it was.
     A first Ctrl-C (or SIGTERM) saves a checkpoint and raises `Interrupted` (or, once the final model is being
     written, finishes writing it and then raises `Interrupted`); a non-finite loss (training or held-out) raises
     `TrainingError`; bad settings, data or models raise the other `GrowError`s before any training.
