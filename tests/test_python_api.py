@@ -185,6 +185,25 @@ def _less_place_and_time(report: dict) -> dict:
     return {key: value for key, value in report.items() if key not in ("out", "seconds", "write_seconds")}
 
 
+def test_a_public_function_takes_its_commands_options_and_no_internal_ones():
+    """docs/python.md: a keyword argument is its command's flag without the dashes. `expand(command=…)` (the command
+    line grow.json records) and `push_folder(rerun=…)` (what a failed push says to run) were public keywords no
+    command has: the commands pass them through internal functions now. The rest are docs/python.md's exceptions."""
+    from grow_cli.commands import compare, expand, plan, push
+    from grow_cli.commands import inspect as inspect_command
+
+    documented = {"expand": {"spec"}, "inspect": {"write_definition_to"}, "push_folder": {"quiet"}}
+    for function, command in [
+        (grow_cli.expand, expand.expand),
+        (grow_cli.inspect, inspect_command.inspect),
+        (grow_cli.compare, compare.compare),
+        (grow_cli.plan, plan.plan),
+        (grow_cli.push_folder, push.push),
+    ]:
+        extra = set(inspect.signature(function).parameters) - set(inspect.signature(command).parameters)
+        assert extra == documented.get(function.__name__, set()), function.__name__
+
+
 def test_expand_returns_the_document_the_command_prints_and_writes_the_same_model(cli, tiny_llama, tmp_path):
     """docs/python.md: `grow_cli.expand(…)` is `grow expand … --json`, the options the flags under their Python
     names. One growth that exercises most of them — width, depth and upcycling in one pass, a seed, verified — and

@@ -233,7 +233,7 @@ def expand(
     from grow_cli.commands.given import given_on_the_command_line
     from grow_cli.commands.push_options import check_push_options
     from grow_cli.console import print_json
-    from grow_cli.growth.expand import expand as run
+    from grow_cli.growth.expand import expand_command as run
     from grow_cli.growth.render import render_expand
     from grow_cli.growth.spec import GrowthSpec
     from grow_cli.lineage.card import redact_argv

@@ -13,7 +13,7 @@ from typing import Any
 
 from grow_cli.checkpoint.output import check_output
 from grow_cli.errors import CheckpointError, OutputError
-from grow_cli.growth.expand import expand
+from grow_cli.growth.expand import expand_command
 from grow_cli.growth.spec import GrowthSpec
 
 
@@ -38,7 +38,7 @@ def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> dict[str
     check_demo_folder(out)
     for stage in STAGES:
         check_output(out / stage, None, force=force)
-    wide = expand(
+    wide = expand_command(
         str(minilm_folder()),
         out / "wide",
         GrowthSpec(width_method="fpi", width_factor=2),
@@ -47,7 +47,7 @@ def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> dict[str
         quiet=quiet,
         command=["grow", "demo", str(out)],
     )
-    deep = expand(
+    deep = expand_command(
         str(out / "wide"),
         out / "wide-deep",
         GrowthSpec(layers=12, depth_method="stack"),

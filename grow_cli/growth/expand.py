@@ -222,7 +222,6 @@ def expand(
     verify: bool = False,
     verify_max_memory: str | int | None = None,
     quiet: bool = False,
-    command: list[str] | None = None,
 ) -> dict[str, Any]:
     """Grow the checkpoint `source` (folder, Hub id or train-stage checkpoint) into the folder `out` as `spec` says.
 
@@ -237,8 +236,40 @@ def expand(
     `out` must not exist or be empty unless `force`. Raises `OptionError`/`UsageError` for a growth the source cannot
     take, `CheckpointError`, `ArchitectureError`, `OutputError`, `HubError`, and `VerificationError` when `verify`
     finds an exact method not exact (nothing is written then). `quiet` hides the progress bars on stderr (grow's, and
-    a Hub download's); `command` is what grow.json records as the command that made the output (None from Python).
+    a Hub download's). grow.json records no command line (`expand_command` records the grow command's).
     """
+    return expand_command(
+        source,
+        out,
+        spec,
+        command=None,
+        revision=revision,
+        token=token,
+        force=force,
+        dry_run=dry_run,
+        verify=verify,
+        verify_max_memory=verify_max_memory,
+        quiet=quiet,
+    )
+
+
+def expand_command(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None,
+    spec: GrowthSpec,
+    *,
+    command: list[str] | None,
+    revision: str | None = None,
+    token: str | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    verify: bool = False,
+    verify_max_memory: str | int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """`expand` as a grow command runs it (`grow expand`, `grow demo`, `grow family`): `command` is what grow.json
+    and the report record as the command line that made the output. Not public: a Python caller has no command
+    line to record."""
     from grow_cli.checkpoint.output import check_output
 
     verify_memory = _verify_memory(verify_max_memory, verify)

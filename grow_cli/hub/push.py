@@ -88,7 +88,6 @@ def push_folder(
     commit_message: str | None = None,
     create_pr: bool = False,
     token: str | None = None,
-    rerun: str = "re-run the same command",
     quiet: bool = False,
     replace_card: bool = False,
 ) -> dict[str, Any]:
@@ -104,8 +103,37 @@ def push_folder(
     the revision already held every file: the client then makes no commit, and opens no pull request, so `commit` is the
     revision's head and `files` is empty). Raises CheckpointError for an incomplete folder or a README.md that cannot be
     a card, UsageError for contradictory options and HubError for everything the Hub refuses; a transient failure's
-    message says to `rerun` to resume. `quiet`: no upload progress bars on stderr.
+    message says to re-run the same command to resume. `quiet`: no upload progress bars on stderr.
     """
+    return _push(
+        folder,
+        repo_id,
+        rerun="re-run the same command",
+        private=private,
+        revision=revision,
+        commit_message=commit_message,
+        create_pr=create_pr,
+        token=token,
+        quiet=quiet,
+        replace_card=replace_card,
+    )
+
+
+def _push(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    rerun: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    quiet: bool = False,
+    replace_card: bool = False,
+) -> dict[str, Any]:
+    """`push_folder`, whose transient failure says to `rerun` to resume: `push_output`'s names the `grow push` that
+    does, where re-running the command that wrote the folder would redo its work."""
     folder = Path(folder).expanduser()  # `~` is the home folder, as in a shell
     weights = check_complete(folder)
     check_card(folder)
@@ -280,7 +308,7 @@ def push_output(folder: Path, repo_id: str, *, made_by: str, private: bool = Fal
     (re-running `made_by` itself would refuse the existing folder or redo the work)."""
     command = f"grow push {shlex.quote(str(folder))} {repo_id}" + (" --private" if private else "")
     try:
-        return push_folder(folder, repo_id, private=private, rerun=f"run `{command}`", **options)
+        return _push(folder, repo_id, private=private, rerun=f"run `{command}`", **options)
     except GrowError as exc:
         text = str(exc) if command in str(exc) else f"{exc}; then run `{command}`"
         raise HubError(
