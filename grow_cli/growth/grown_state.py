@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_cli.arch.experts import aux_loss_coef
+from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.direct_io import STAGING_BYTES
 from grow_cli.checkpoint.dtypes import numel
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR
@@ -44,6 +45,8 @@ from grow_cli.train.continuation import FORMAT, STATE_FILE  # (where state.json 
 STATE_DIR = TRAINING_STATE_DIR
 MOMENTS_EARLIER = f"grow a checkpoint saved before the run diverged, or {WEIGHTS_ONLY_HINT}"  # moments not finite
 FORMAT_VERSION = 1
+# Both moments of a tensor are gathered into the same width buffers: each is scaled and written before the next.
+MOMENT_TAG = "moment"
 DYNAMICS_METHODS = {"width": ("fpi", "hypercloning", "staged"), "depth": ("identity", "staged-identity")}
 
 
@@ -280,19 +283,24 @@ def _non_embedding(shape: tuple[int, ...], axes: tuple) -> int:
 
 def peak_bytes(plan: Plan, state: StatePlan) -> int:
     """Estimated peak memory of growing the moments (`write_state`), in float32: the largest carried tensor's two
-    source moments (memory-mapped, resident once read, given back after it) and its scaled result, plus, for a
-    width growth, the gather buffers of both moments, which keep the largest size any tensor needed per axis; and
-    the direct-I/O staging buffers the moments are written through."""
+    source moments (memory-mapped, resident once read, given back after it), the reused buffer the scaled moment
+    is written from (as large as the largest grown tensor), plus, for a width growth, the gather buffers both
+    moments share, which keep the largest size any tensor needed per axis; and the direct-I/O staging buffers the
+    moments are written through. The second set of gather buffers the moments no longer take is still counted:
+    measured, the moments' phase exceeds the count above by about that much (docs/benchmarks.md, Memory, 2026-12-04),
+    for reasons not yet found."""
     sizes = {t.name: numel(t.shape) for t in plan.binding.all_tensors()}
     carried = [(t, s) for t, s in zip(trained_tensors(plan), state.tensors, strict=True) if s.carried]
-    per_tensor = max((4 * (2 * sizes[s.role] + numel(t.shape)) for t, s in carried), default=0) + STAGING_BYTES
+    sources = max((4 * 2 * sizes[s.role] for _, s in carried), default=0)
+    result = max((4 * numel(t.shape) for t, _ in carried), default=0)
+    peak = sources + result + STAGING_BYTES
     if plan.width is None:
-        return per_tensor
+        return peak
     axes: dict[int, int] = {}
     for t, _ in carried:
         for axis, size in enumerate(gather_bytes(t.source.shape, t.shape)):
             axes[axis] = max(axes.get(axis, 0), size)
-    return per_tensor + 2 * sum(axes.values())  # one buffer set per moment (exp_avg, exp_avg_sq)
+    return peak + 2 * sum(axes.values())  # one buffer set for both moments (`MOMENT_TAG`), and the margin above
 
 
 def gather_bytes(source: tuple[int, ...], target: tuple[int, ...]) -> list[int]:
@@ -308,8 +316,11 @@ def gather_bytes(source: tuple[int, ...], target: tuple[int, ...]) -> list[int]:
 
 def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dict[str, Any]:
     """Stream the grown moments into `folder` (shards as planned) and write state.json; returns the summary."""
+    import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(folder, state.shards)
+    results = BufferPool()  # one scaled moment at a time: written (copied out) before the next is made
     for t, s in zip(trained_tensors(plan), state.tensors, strict=True):
         if not s.carried:
             continue
@@ -321,8 +332,11 @@ def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dic
             if count := non_finite_count(x):  # checked here, where each moment is read whole anyway
                 optimizer = state.source.checkpoint / OPTIMIZER_FILE
                 raise non_finite_moment(str(optimizer), f"{key} of {s.role}", count, MOMENTS_EARLIER)
-            laid = plan.width.state_layout(t.source, x, key) if plan.width else x
-            written = writer.write(f"{t.name}.{key}", (laid * factor).contiguous())
+            laid = plan.width.state_layout(t.source, x, MOMENT_TAG) if plan.width else x
+            # into a reused buffer: fresh results, freed one after another, fragment the heap glibc keeps (FPI to
+            # 2048/8192 of an 8x1024 Llama's state: 485 -> 420 MB beyond import; docs/benchmarks.md, Memory)
+            scaled = torch.mul(laid, factor, out=results.tensor("scaled", t.shape, "F32"))
+            written = writer.write(f"{t.name}.{key}", scaled)
             if advance is not None:
                 advance(written)
         release(m, v)  # optimizer.bin is memory-mapped: without this, every moment read stays resident
