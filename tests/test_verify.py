@@ -42,29 +42,64 @@ def test_verify_in_bounded_memory_offloads(tiny_checkpoints, monkeypatch):
     assert "disk" in seen.values()
 
 
-def _bf16_source(tmp_path):
+def _source(tmp_path, dtype="bfloat16"):
+    """The tiny Llama saved in `dtype`, in several shards."""
     import torch
     from tiny_models import build_tiny
 
-    folder = tmp_path / "bf16"
-    build_tiny("llama", 0).to(torch.bfloat16).save_pretrained(folder)
+    folder = tmp_path / dtype
+    build_tiny("llama", 0).to(getattr(torch, dtype)).save_pretrained(folder, max_shard_size="20KB")
     return folder
 
 
-def test_a_bf16_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypatch):
+def test_a_bounded_check_of_16_bit_weights_loads_them_as_stored(tmp_path, monkeypatch):
+    """Within --verify-max-memory, a bf16 model loaded as float32 had transformers read every offloaded weight through
+    its memory map to cast it, file pages that stayed resident until the load ended (a generated 276 MB bf16 Llama
+    held 720–912 MB beyond the baseline under a 100 MB bound). It now loads as stored, in half the bound, and runs
+    in float32: the weights kept in memory are float32 and within the bound, and the outputs are an unbounded
+    check's, bit for bit."""
+    import torch
+    import transformers
+
+    from grow_cli.growth import verify
+
+    loaded = []
+    original = transformers.LlamaForCausalLM.from_pretrained
+
+    def spy(folder, **options):
+        loaded.append((options, original(folder, **options)))
+        return loaded[-1][1]
+
+    monkeypatch.setattr(transformers.LlamaForCausalLM, "from_pretrained", spy)
+    src, ids = _source(tmp_path), torch.randint(0, 96, (1, 8))
+    bounded = verify._outputs(src, ids, 60_000, False)
+    options, model = loaded[0]
+    assert options["dtype"] == torch.bfloat16 and options["max_memory"] == {"cpu": 30_000}
+    assert "disk" in model.hf_device_map.values()
+    resident = [p for p in model.parameters() if p.device.type != "meta"]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert sum(p.nbytes for p in resident) <= 60_000
+    assert torch.equal(bounded, verify._outputs(src, ids, None, False))
+    assert loaded[1][0] == {"dtype": torch.float32}  # unbounded: float32 in memory, as before
+
+
+@pytest.mark.parametrize("bound", [None, "60KB"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypatch, dtype, bound):
     """A depth growth of bf16 weights copies stored values and writes exact zeros: nothing is rounded, and both
     models run in float32, so the check keeps float32's tolerance. It used to allow 3% of the logit scale (at least
     0.03) for any bf16 output, which a small model's slips fit under; the control, one copied matrix moved by one
-    bf16 step, must fail."""
+    bf16 step, must fail. The same verdicts for an fp32 source, and within a memory bound (which loads 16-bit weights
+    as stored)."""
     import pytest
-    import torch
 
     from grow_cli.errors import VerificationError
     from grow_cli.growth import expand as executor
     from grow_cli.growth.spec import GrowthSpec
 
-    src, spec = _bf16_source(tmp_path), GrowthSpec(layers=6, depth_method="identity")
-    report = executor.expand(str(src), tmp_path / "exact", spec, verify=True, quiet=True)
+    src, spec = _source(tmp_path, dtype), GrowthSpec(layers=6, depth_method="identity")
+    bounded = {"verify_max_memory": bound}
+    report = executor.expand(str(src), tmp_path / "exact", spec, verify=True, quiet=True, **bounded)
     assert report["verify"]["passed"] and report["verify"]["tolerance"] <= 1e-4 * max(
         1, report["verify"]["output_scale"]
     )
@@ -78,12 +113,12 @@ def test_a_bf16_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypat
     def nudge(plan, reader, index, pool=None, casts=None):
         result = materialize(plan, reader, index, pool, casts)
         step = result.abs().clamp(min=2**-126) * 2**-7  # one unit in bf16's last place, about
-        return (result + step).to(torch.bfloat16) if plan.tensors[index].name == nudged else result
+        return (result + step).to(result.dtype) if plan.tensors[index].name == nudged else result
 
     monkeypatch.setattr(executor, "stored_bytes", computed)
     monkeypatch.setattr(executor, "materialize", nudge)
     with pytest.raises(VerificationError, match="although the method is exact") as refused:
-        executor.expand(str(src), tmp_path / "nudged", spec, verify=True, quiet=True)
+        executor.expand(str(src), tmp_path / "nudged", spec, verify=True, quiet=True, **bounded)
     assert "derived" not in str(refused.value)  # a curated definition's failure is not blamed on a derivation
     assert not (tmp_path / "nudged").exists()
 

@@ -3,7 +3,8 @@
 Only one model is in memory at a time: the source runs first and its outputs (probe tokens × vocabulary, a few MB)
 are kept, then it is freed and the grown model runs. With a memory bound (`--verify-max-memory`), weights beyond it
 stay on disk and accelerate streams them through the forward pass, so even a model larger than RAM can be
-checked. Both run in float32 and eval mode (dropout off). Reported:
+checked. Both run in float32 and eval mode (dropout off); within a bound, weights stored in 16 bits load as stored
+and become float32 one module at a time (`_load_options`). Reported:
 max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement; for a model without a head
 (`BertModel`) or one used for its last hidden state (headless, or a sentence-transformers model's transformer:
 `Binding.outputs_hidden_state`), the max |Δ| of the last hidden state.
@@ -11,16 +12,20 @@ max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from grow_cli.checkpoint.dtypes import FLOAT8
+from grow_cli.checkpoint.dtypes import DTYPES, FLOAT8, FLOATING, torch_dtype
+from grow_cli.checkpoint.libc import function
 from grow_cli.divergence import divergences
 from grow_cli.errors import CheckpointError, VerificationError, failure
 
 PROBE_TOKENS = 64
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (<malloc.h>)
+MAPPED_BLOCKS = 1 << 20  # blocks this large or larger are mapped on their own, and unmapped when freed
 
 
 def probe_ids(folder: Path, vocab_size: int, seed: int, length: int = PROBE_TOKENS):
@@ -61,6 +66,46 @@ def _model_class(folder: Path, hidden_state: bool):
     return transformers.AutoModelForCausalLM
 
 
+def _stored_16_bit_dtype(folder: Path) -> str | None:
+    """The one floating dtype of every weight in `folder` when it is a 16-bit one (F16 or BF16), else None."""
+    from grow_cli.checkpoint.reader import CheckpointReader
+
+    with CheckpointReader(folder) as reader:
+        floating = {entry.dtype for entry in reader.tensors.values() if entry.dtype in FLOATING}
+    return floating.pop() if len(floating) == 1 and floating <= {"F16", "BF16"} else None
+
+
+def _load_options(folder: Path, max_memory: int | None, offload: Path) -> dict[str, Any]:
+    """`from_pretrained`'s dtype and placement: float32 in memory without a bound. Within `max_memory`, 16-bit
+    weights load as stored, for `_outputs` to make them float32 (losslessly) after the load: asked for float32,
+    transformers' loader reads every offloaded weight through its memory map to cast it and throw the copy away, and
+    those file pages stay resident until the load ends (a bf16 source held 7–9× its bound beyond the baseline). The
+    bound is scaled to the stored width so that the weights kept in memory fit it once they are float32."""
+    import torch
+
+    if max_memory is None:
+        return {"dtype": torch.float32}
+    stored = _stored_16_bit_dtype(folder)
+    resident = max_memory if stored is None else max_memory * DTYPES[stored][0] // DTYPES["F32"][0]
+    return {
+        "dtype": torch.float32 if stored is None else torch_dtype(stored),
+        "device_map": "auto",
+        "max_memory": {"cpu": resident},
+        "offload_folder": str(offload),
+    }
+
+
+def _map_large_blocks() -> None:
+    """Have glibc serve every block of `MAPPED_BLOCKS` or more by a mapping of its own, given back when freed. A
+    bounded check makes a float32 copy of each 16-bit module as it runs (tens of MB each), and glibc's threshold
+    for that rises to the largest mapped block freed so far (an earlier copy, or grow's own buffers): the copies
+    then come from the heap, which fragments and stays resident (a bf16 source's check grew 120–170 MB more beyond
+    the baseline than its fp32 twin's). Fixing the threshold stops it moving; a no-op off glibc."""
+    mallopt = function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, MAPPED_BLOCKS)
+
+
 def _outputs(folder: Path, ids, max_memory: int | None, hidden_state: bool) -> Any:
     """The model's logits (or last hidden state) on `ids`; with `max_memory` (bytes), weights beyond it stay on
     disk and are streamed through accelerate's offloading, so the check runs in bounded memory."""
@@ -69,16 +114,19 @@ def _outputs(folder: Path, ids, max_memory: int | None, hidden_state: bool) -> A
     from grow_cli.console import quiet_transformers
     from grow_cli.scratch import scratch_folder
 
+    if max_memory is not None:
+        _map_large_blocks()
     with scratch_folder("verify") as offload:
-        options = (
-            {}
-            if max_memory is None
-            else {"device_map": "auto", "max_memory": {"cpu": max_memory}, "offload_folder": str(offload)}
-        )
         # grow's own progress is on stderr; transformers' table of a head the base model class leaves unread (a
         # sentence-transformers model saved with its LM head) is no news to the check
         with quiet_transformers():
-            model = _model_class(folder, hidden_state).from_pretrained(folder, dtype=torch.float32, **options)
+            model = _model_class(folder, hidden_state).from_pretrained(
+                folder, **_load_options(folder, max_memory, offload)
+            )
+        # Weights loaded in 16 bits become float32: those in memory now, the offloaded ones (their parameters on the
+        # meta device, float32 from here) as accelerate loads each module for its forward, casting each to the
+        # parameter's dtype; a float32 model is unchanged.
+        model.float()
         model.eval()
         with torch.no_grad():
             out = model(input_ids=ids)
