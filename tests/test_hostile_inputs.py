@@ -189,9 +189,9 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "layers-1e5":
         return c.expand()[:-1] + ["100000"], "beyond grow's bound"
     if name in ("depth-factor-nan", "depth-factor-inf"):
-        return ["expand", c.src, c.out, "--depth-factor", name.split("-")[-1]], "--depth-factor must be a positive"
+        return ["expand", c.src, c.out, "--depth-factor", name.split("-")[-1]], "--depth-factor must be a finite positive number"
     if name == "width-factor-nan":
-        return ["expand", c.src, c.out, "--width-factor", "nan"], "--width-factor must be at least 1"
+        return ["expand", c.src, c.out, "--width-factor", "nan"], "--width-factor must be a finite number of at least 1"
     if name == "hidden-size-huge":
         return ["expand", c.src, c.out, "--hidden-size", "1000000000"], "--hidden-size 1,000,000,000 is beyond"
     if name == "header-dtype-number":
