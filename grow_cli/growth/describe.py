@@ -53,13 +53,14 @@ def check_definition_path(
     config.json with the definition), or an existing file without `force`."""
     path = Path(path).expanduser()
     folder = None if source is None else Path(os.fspath(source)).expanduser()
-    inside = folder is not None and folder.is_dir() and path.resolve().is_relative_to(folder.resolve())
+    if folder is not None and not (folder.is_dir() and path.resolve().is_relative_to(folder.resolve())):
+        folder = None  # only a local model folder that holds `path` is refused, and named
     if path.is_dir():  # before the --force advice: forcing would not make a folder a file
-        example = _beside(folder) if inside else path / "definition.json"
+        example = path / "definition.json" if folder is None else _beside(folder)
         raise OutputError(f"{path} is a folder; give a file path such as {example}")
     if path.exists() and not path.is_file():
         raise OutputError(f"{path} is not a regular file (a device, pipe or socket); give a file path")
-    if inside and path.exists():
+    if folder is not None and path.exists():
         raise OutputError(
             f"{path} is a file of the model being inspected, {folder}; write the definition outside that folder, "
             f"such as {_beside(folder)}"
