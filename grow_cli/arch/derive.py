@@ -325,7 +325,9 @@ class _Derivation:
         """The identity test on a 2-layer and a 3-layer tiny instance (layer 2 copies layer 1)."""
         import transformers
 
-        source = copy.deepcopy(self.small.config.to_dict())
+        # The form save_pretrained writes, which the config class takes back: to_dict() keeps the base-class keys of a
+        # nested sub-config (_name_or_path, output_attentions), which transformers 5.17's DbrxFFNConfig rejects.
+        source = copy.deepcopy(self.small.config.to_diff_dict())
         target = dict(source)
         target[self.roles["layers"]] = 3
         map_layer_lists(target, per_layer_lists(source, self.roles["layers"], 2, strict=False), [0, 1, 1])
