@@ -214,6 +214,50 @@ def test_a_config_with_floats_transformers_tags_grows(tmp_path):
     assert _config(tmp_path / "out")["time_step_limit"] == [0.0, {"__float__": "Infinity"}]
 
 
+# Configs that name the layers of one kind by index: every layer, which makes the list as long as the stack.
+INDEX_LISTS = {
+    # LFM2 with attention in every layer (no conv layer): `full_attn_idxs`, beside the `layer_types` it builds.
+    "lfm2": ("full_attn_idxs", dict(_BASE, intermediate_size=48, num_key_value_heads=2), "self_attn"),
+    # Llama 4's text decoder with experts in every layer, its step (2) saying otherwise: `moe_layers` decides.
+    "llama4_text": (
+        "moe_layers",
+        dict(
+            _BASE,
+            intermediate_size=48,
+            intermediate_size_mlp=48,
+            num_key_value_heads=2,
+            num_local_experts=2,
+            interleave_moe_layer_step=2,
+            moe_layers=[0, 1, 2, 3],
+        ),
+        "feed_forward.experts",
+    ),
+}
+INDEX_LISTS = {name: case for name, case in INDEX_LISTS.items() if name in tf.CONFIG_MAPPING}
+
+
+@pytest.mark.parametrize("name", list(INDEX_LISTS))
+def test_a_list_of_layer_indices_is_mapped_by_membership(tmp_path, name):
+    """A list of the layers of one kind that names every layer has one entry per layer, and was mapped as a
+    per-layer list: a grown LFM2 said `full_attn_idxs` [0, 1, 2, 3, 0, 1] (its `layer_types` right), and Llama 4's
+    `moe_layers` made the grown small instance's new layer dense, refusing the derivation; the small instance dropped
+    the list too, so its step made it a hybrid. Each grown layer is listed when the layer it copies was, and the
+    config read back builds the model with every layer of that kind."""
+    key, params, module = INDEX_LISTS[name]
+    torch.manual_seed(0)
+    _model_class(name)(tf.AutoConfig.for_model(name, **params)).save_pretrained(tmp_path / "src", max_shard_size="20KB")
+    assert key not in detect(_config(tmp_path / "src")).layer_lists
+    report = expand(str(tmp_path / "src"), tmp_path / "out", GrowthSpec(layers=6, depth_method="identity"), quiet=True)
+    assert report["verify"]["passed"] is True
+    written = _config(tmp_path / "out")
+    assert written[key] == list(range(6))
+    derived = {k: v for k, v in written.items() if k not in ("model_type", "layer_types")}  # the kinds from `key`
+    rebuilt = tf.AutoConfig.for_model(name, **derived)
+    model = _model_class(name).from_pretrained(tmp_path / "out")
+    assert rebuilt.layer_types == written.get("layer_types", rebuilt.layer_types)
+    assert all(layer.get_submodule(module) is not None for layer in model.model.layers) and len(model.model.layers) == 6
+
+
 @pytest.mark.parametrize(("name", "unplaced"), [("stablelm", "k_proj"), ("falcon", "query_key_value")])
 def test_width_is_refused_where_an_axis_cannot_be_placed(cli, sources, tmp_path, name, unplaced):
     result = cli("expand", sources[name], tmp_path / "out", "--width-factor", "2")

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # Per-layer lists that transformers validates against the layer count, whatever the architecture.
 GENERIC_LAYER_LISTS = ("layer_types", "mlp_layer_types", "no_rope_layers")
 _NOT_PER_LAYER = ("architectures",)
+# Lists of the indices of the layers of one kind, read by transformers' config classes to build the kind of each layer.
+LAYER_INDEX_LISTS = ("full_attn_idxs", "attn_layer_indices", "moe_layers", "mlp_only_layers", "local_layer_ids")
 
 
 # How transformers 5 writes a float JSON has no literal for ("time_step_limit": [0.0, {"__float__": "Infinity"}])
@@ -119,11 +121,12 @@ def per_layer_lists(
     """
     model_type = source.get("model_type", "")
     params = transformers_params(source)
-    own = {k for k, v in params.items() if isinstance(v, list) and len(v) == layers}
+    own = {k for k, v in params.items() if isinstance(v, list) and len(v) == layers} - set(LAYER_INDEX_LISTS)
     probe = built_config(model_type, {**{k: v for k, v in params.items() if k not in own}, layers_key: layers + 1})
     defaulted = set()
     if probe is not None:
         defaulted = {k for k, v in vars(probe).items() if isinstance(v, list) and len(v) == layers + 1}
+        defaulted -= set(LAYER_INDEX_LISTS)
     per_layer = {*known, *GENERIC_LAYER_LISTS, *defaulted}
     unknown = sorted(
         k for k in own - per_layer if k not in _NOT_PER_LAYER and not k.endswith(("_token_id", "_token_ids"))
@@ -145,12 +148,21 @@ def per_layer_lists(
 
 def map_layer_lists(config: dict[str, Any], lists: dict[str, list[Any]], layer_map: tuple[int, ...] | list[int]):
     """Write every per-layer list of `lists` into `config` with layer j taking source layer `layer_map[j]`'s entry,
-    and keep Qwen2/Qwen3's `max_window_layers` ("layers below this index use full attention") consistent.
+    list layer j in each list of layer indices of `config` when it lists `layer_map[j]`, and keep Qwen2/Qwen3's
+    `max_window_layers` ("layers below this index use full attention") consistent.
 
     `max_window_layers` becomes the number of layers that copy one of those layers: the grown prefix for every
     order-keeping map (interleave, interpolate, identity); `layer_types`, mapped here, is what transformers reads.
     """
     for key, value in lists.items():
         config[key] = [value[src] for src in layer_map]
+    for key in LAYER_INDEX_LISTS:
+        if isinstance(config.get(key), list):
+            config[key] = mapped_indices(config[key], layer_map)
     if isinstance(config.get("max_window_layers"), int):
         config["max_window_layers"] = sum(1 for src in layer_map if src < config["max_window_layers"])
+
+
+def mapped_indices(indices: list[Any], layer_map: tuple[int, ...] | list[int] | range) -> list[int]:
+    """A list of layer indices for the stack `layer_map` builds: layer j is listed when the layer it copies was."""
+    return [j for j, src in enumerate(layer_map) if src in indices]

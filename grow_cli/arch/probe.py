@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from grow_cli.arch.layer_lists import LAYER_INDEX_LISTS, mapped_indices
+
 # Standard config attribute names (transformers' `attribute_map` translates them to a model's own keys) and the
 # role each plays in a definition; the tiny instance sets each to a small, distinct value.
 ROLES = {
@@ -71,6 +73,9 @@ def tiny_config(cls_config, params: dict[str, Any], roles: dict[str, str], layer
         for k, v in params.items()
         if k not in _DROPPED and not (isinstance(v, list) and len(v) == source_layers)  # per-layer lists: defaults
     }
+    for k in LAYER_INDEX_LISTS:  # the kinds of the source's first layers (a list naming every layer is no default)
+        if isinstance(params.get(k), list):
+            small[k] = mapped_indices(params[k], range(values["layers"]))
     for k in _TOKEN_IDS:  # special token ids must stay inside the small vocabulary
         if isinstance(small.get(k), int):
             small[k] %= values["vocab"]

@@ -42,9 +42,7 @@ def grown_config(
         L = config.get(key_L, arch.config_defaults.get(key_L))
         assert isinstance(L, int), "read_shape checked the layer count"
         config[key_L] = len(layer_map)
-        dense_key = (arch.moe or {}).get("dense_layers")  # a list of layer indices, not one entry per layer
-        lists = per_layer_lists({k: v for k, v in source.items() if k != dense_key}, key_L, L, arch.layer_lists)
-        map_layer_lists(config, lists, layer_map)
+        map_layer_lists(config, per_layer_lists(source, key_L, L, arch.layer_lists), layer_map)
         config.update(layer_entries or {})
         if arch.is_moe:  # each grown layer keeps the kind (sparse or dense) of the layer it copies
             config.update(sparse_config(arch, grown_kinds(sparse_layers(arch, source, L), layer_map)))
