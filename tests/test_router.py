@@ -251,6 +251,28 @@ def test_a_resumed_run_reports_the_router_over_the_whole_run(tmp_path, capsys):
     assert parts["router_aux_loss"] == pytest.approx(whole["router_aux_loss"], abs=1e-6)
 
 
+def test_the_first_router_window_after_a_resume_covers_the_steps_since_the_last_log(tmp_path, capsys):
+    """Logged every 2 steps and resumed from step 3, the router's window logged at step 4 covered step 4 alone (the
+    window restarted at the resume), unlike the same run made in one go (steps 3 and 4). The checkpoint now carries
+    the window since the last log, so every logged window is the one-go run's."""
+    dense, data = save_tiny_lm(tmp_path / "dense"), write_plays(tmp_path / "data")
+    moe = tmp_path / "moe"
+    expand(str(dense), moe, GrowthSpec(experts=4, top_k=2), quiet=True)
+    args = ["train-stage", moe, "--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6]
+    args += ["--save-every", 3, "--log-every", 2, "--eval-every", 100, "--quiet"]
+    assert run_grow([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
+    assert run_grow([*args, "--out", tmp_path / "parts", "--exit-interval", 3], capsys)[0] == 0
+    assert run_grow([*args, "--out", tmp_path / "parts", "--resume", "auto"], capsys)[0] == 0
+    keys = ("router_aux_loss", "expert_load_max", "expert_load_min")
+    whole, parts = (
+        {m["step"]: [m[k] for k in keys] for m in read_metrics(tmp_path / name / "metrics.jsonl") if keys[0] in m}
+        for name in ("whole", "parts")
+    )
+    assert sorted(parts) == sorted(whole) == [2, 4, 6]
+    for step, values in whole.items():
+        assert parts[step] == pytest.approx(values, abs=1e-6), step
+
+
 def test_train_only_new_trains_an_upcycled_models_new_tensors(tmp_path, capsys):
     """grow.json names tensors as saved (Mixtral's `block_sparse_moe.gate.weight`, one `experts.{e}.w1.weight` per
     expert), transformers 5 holds them renamed and fused (`mlp.gate.weight`, `mlp.experts.gate_up_proj`): the run

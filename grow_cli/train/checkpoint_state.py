@@ -49,8 +49,10 @@ CONTINUATION = {
 OPTIMIZER = {"max_lr": SIZE, "betas": ListOf(NUMBER), "eps": SIZE, "weight_decay": SIZE, "grad_clip": SIZE}
 MULTIPLIER_KEYS = ("lr", "eps", "weight_decay")  # a tensor's multipliers of the optimizer's settings
 MULTIPLIERS = {key: Required(SIZE) for key in MULTIPLIER_KEYS}
-# A mixture of experts' router totals so far (train/router.py `RouterStats.totals`): passes, aux loss, expert counts.
-ROUTER = {"passes": Required(COUNT), "aux_loss_sum": Required(NUMBER), "counts": Required(ListOf(ListOf(SIZE)))}
+# A mixture of experts' router totals so far (train/router.py `RouterStats.totals`): passes, aux loss, expert counts,
+# and the same since the last log.
+ROUTER_SUMS = {"passes": Required(COUNT), "aux_loss_sum": Required(NUMBER), "counts": Required(ListOf(ListOf(SIZE)))}
+ROUTER = {**ROUTER_SUMS, "window": ROUTER_SUMS}
 # The keys an earlier grow did not write are read as it wrote them (checkpoints._made_before, train_state.py).
 SHAPE = {
     "step": Required(STEP),

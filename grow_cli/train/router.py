@@ -108,23 +108,40 @@ class RouterStats:
 
     def totals(self, accelerator: Any) -> dict[str, Any] | None:
         """The run's totals so far, summed over every process, for a checkpoint: a resumed run's summary must cover
-        the steps before the checkpoint too (`restore`). Every process calls it (a collective under a distributed
-        launch); None before the first training pass."""
+        the steps before the checkpoint too (`restore`), and so must its first logged window, which reaches back to
+        the last log before the checkpoint (`window`, left out when the checkpoint's step was logged). Every process
+        calls it (a collective under a distributed launch); None before the first training pass."""
         if self._total is None:
             return None
-        aux, counts = self._total
+        totals = self._sums(self._total, self._passes_total, accelerator)
+        if self._window is not None:
+            totals["window"] = self._sums(self._window, self._passes, accelerator)
+        return totals
+
+    @staticmethod
+    def _sums(held: tuple, passes: int, accelerator: Any) -> dict[str, Any]:
+        """Held sums as a checkpoint records them: added up over every process, read to the host."""
+        aux, counts = held
         if accelerator.num_processes > 1:
             aux, counts = accelerator.reduce(aux, "sum"), accelerator.reduce(counts, "sum")
-        return {"passes": self._passes_total, "aux_loss_sum": float(aux), "counts": counts.tolist()}
+        return {"passes": passes, "aux_loss_sum": float(aux), "counts": counts.tolist()}
 
     def restore(self, totals: dict[str, Any], accelerator: Any) -> None:
-        """Go on from a checkpoint's `totals`: the main process holds the sums of every process (which `_summarise`
-        adds up again), the others start from zero; each counts its passes from the checkpoint's, as it would have."""
+        """Go on from a checkpoint's `totals` and its window since the last log (a checkpoint of an earlier grow has
+        none: the first window then starts at the resume)."""
+        self._total, self._passes_total = self._held(totals, accelerator)
+        if "window" in totals:
+            self._window, self._passes = self._held(totals["window"], accelerator)
+
+    @staticmethod
+    def _held(sums: dict[str, Any], accelerator: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+        """Saved sums as held on the device: the main process holds the sums of every process (which `_summarise`
+        adds up again), the others start from zero; each counts its passes from the saved count, as it would have."""
         device, main = accelerator.device, accelerator.is_main_process
-        counts = torch.tensor(totals["counts"], dtype=torch.float32, device=device)
-        aux = torch.tensor([totals["aux_loss_sum"]], dtype=torch.float32, device=device)
-        self._total = (aux, counts) if main else (torch.zeros_like(aux), torch.zeros_like(counts))
-        self._passes_total = int(totals["passes"])
+        counts = torch.tensor(sums["counts"], dtype=torch.float32, device=device)
+        aux = torch.tensor([sums["aux_loss_sum"]], dtype=torch.float32, device=device)
+        held = (aux, counts) if main else (torch.zeros_like(aux), torch.zeros_like(counts))
+        return held, int(sums["passes"])
 
     def _by_layer(self, load: torch.Tensor) -> list[list[float] | None] | None:
         """One entry per decoder layer: its experts' load, or None for a dense layer. The router logits, hence the
