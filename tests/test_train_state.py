@@ -1086,7 +1086,7 @@ def test_the_dry_run_reports_the_peak_of_growing_the_moments(lab, case):
 def test_the_moments_are_scaled_and_gathered_into_reused_buffers(lab, case, tmp_path, monkeypatch):
     """Each scaled moment is written from one reused buffer, and a width growth lays both moments of a tensor out in
     the same gather buffers (`grown_state.peak_bytes` counts one set): a fresh result per moment, freed one after
-    another, made glibc keep their space (a depth growth's moments held 1.5x their estimate)."""
+    another, fragment the heap glibc keeps."""
     from grow_cli.growth import grown_state
     from grow_cli.operators.width import WidthOperator
 
@@ -1113,3 +1113,28 @@ def test_the_moments_are_scaled_and_gathered_into_reused_buffers(lab, case, tmp_
     if case == "fpi":
         assert laid and all(len(both) == 2 for both in laid.values())
         assert all(m.untyped_storage().data_ptr() == v.untyped_storage().data_ptr() for m, v in laid.values())
+
+
+
+def test_an_older_checkpoint_without_its_parameter_order_is_rebuilt_or_refused(lab, tmp_path, capsys):
+    """A checkpoint of grow before it recorded the optimizer's parameter order (`parameters` in grow-state.json) has
+    the order rebuilt from the model: the same as recorded for the added layers --train-only new trains. An MoE's
+    added experts are saved under names the model renames on load; the rebuild dropped them silently (then refused
+    the optimizer as not the model's, a wrong cause): it names the tensor and says to grow the weights alone."""
+    from grow_cli.growth.train_state import _parameter_names
+
+    dense, moe = tmp_path / "dense", tmp_path / "moe"
+    save_tiny_lm(dense)
+    expand(str(dense), tmp_path / "deep", GrowthSpec(layers=4, depth_method="identity"), quiet=True)
+    expand(str(dense), moe, GrowthSpec(experts=4, top_k=2, layers=4, depth_method="identity"), quiet=True)
+    for model in (tmp_path / "deep", moe):
+        cli_train(capsys, model, tmp_path / f"{model.name}-run", lab.data, "--max-steps", 2, "--save-every", 1,
+                  "--train-only", "new")  # fmt: skip
+    for model in (tmp_path / "deep", moe):
+        state = json.loads((step_dir(tmp_path / f"{model.name}-run", 1) / "grow-state.json").read_text())
+        older = {k: v for k, v in state.items() if k != "parameters"}
+        if model == moe:
+            with pytest.raises(CheckpointError, match=r"block_sparse_moe.*under another name.*--weights-only"):
+                _parameter_names(older, model)
+        else:
+            assert _parameter_names(older, model) == state["parameters"]

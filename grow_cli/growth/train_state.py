@@ -278,7 +278,12 @@ def _parameter_names(state: dict[str, Any], model_folder: Path) -> list[str]:
     if state.get("train_only") == "new":
         wanted = set(added_tensors(model_folder))
         aliases = dict(model.named_parameters(remove_duplicate=False))
-        keep = {id(aliases[n]) for n in wanted if n in aliases}
+        if unknown := sorted(wanted - set(aliases)):  # renamed on load (an MoE's experts): the order cannot be rebuilt
+            raise CheckpointError(
+                f"{model_folder}: the run trained --train-only new tensors such as {unknown[0]}, which the model has "
+                f"under another name, and a checkpoint of an older grow records no parameter order; {WEIGHTS_ONLY_HINT}"
+            )
+        keep = {id(aliases[n]) for n in wanted}
         params = [(n, p) for n, p in params if id(p) in keep]
     return [n for n, p in params if p.ndim >= 2] + [n for n, p in params if p.ndim < 2]
 
