@@ -1115,7 +1115,6 @@ def test_the_moments_are_scaled_and_gathered_into_reused_buffers(lab, case, tmp_
         assert all(m.untyped_storage().data_ptr() == v.untyped_storage().data_ptr() for m, v in laid.values())
 
 
-
 def test_an_older_checkpoint_without_its_parameter_order_is_rebuilt_or_refused(lab, tmp_path, capsys):
     """A checkpoint of grow before it recorded the optimizer's parameter order (`parameters` in grow-state.json) has
     the order rebuilt from the model: the same as recorded for the added layers --train-only new trains. An MoE's
