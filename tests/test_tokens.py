@@ -592,7 +592,10 @@ def test_each_tokenizer_call_gets_a_bounded_amount_of_text(tmp_path, monkeypatch
     monkeypatch.setattr(tokens, "BATCH_CHARS", 10_000)
     monkeypatch.setattr(tokens, "_encoder", counting)
     cut = tokens_of([path], tmp_path / "many")
-    assert len(calls) > 5 and max(calls) < 10_000 + 2 * 2_000 and sum(calls) == len(path.read_text())  # + a piece
+    assert len(calls) > 5 and max(calls) < 10_000 + 2 * 2_000  # + a piece
+    # each piece once, with the one or two characters before it that it is anchored on (`_piece_ids`), and those
+    chars, pieces = len(path.read_text()), len(path.read_text()) // 2_000 + 1
+    assert chars <= sum(calls) <= chars + 2 * 2 * pieces
     assert np.array_equal(np.asarray(cut.blocks), np.asarray(whole.blocks))
 
 

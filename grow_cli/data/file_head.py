@@ -1,4 +1,5 @@
-"""What the first bytes of a data file tell before it is read: compressed, UTF-16 or binary, each refused by name."""
+"""What the first bytes of a data file tell before it is read: compressed, UTF-16 or binary, each refused by name;
+and whether a text file holds nothing but whitespace."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from grow_cli.errors import DataError
 
-BINARY_PROBE = 8192  # bytes read to tell a binary file from text
+BINARY_PROBE = 8192  # bytes read to tell a binary file from text (and, at a time, whitespace from text)
 UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 # The magic numbers of compressed files (bzip2's with its block header: text may begin "BZh")
 COMPRESSED = {
@@ -45,3 +46,15 @@ def check_text_file(path: Path) -> None:
             f"--data {path}: the file is binary (it holds NUL bytes), not text; pass text, .jsonl, .parquet or "
             "pre-tokenized .bin files"
         )
+
+
+def only_whitespace(path: Path) -> bool:
+    """Whether the text file `path` holds nothing but whitespace (and a byte-order mark), which would be trained on as
+    a document of whitespace: read until its first other character, the first bytes of any other file, so memory
+    stays bounded."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")  # (a byte that is not UTF-8 is text)
+    with path.open("rb") as f:
+        while block := f.read(BINARY_PROBE):
+            if decoder.decode(block).strip():
+                return False
+    return not decoder.decode(b"", final=True).strip()

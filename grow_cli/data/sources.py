@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grow_cli.checkpoint.files import WEIGHT_LAYOUTS
-from grow_cli.data.file_head import check_text_file
+from grow_cli.data.file_head import check_text_file, only_whitespace
 from grow_cli.data.json_lines import check_json_lines, json_lines, json_object, json_text
 from grow_cli.data.walk import MAGIC, glob_matches, walk
 from grow_cli.errors import DataError, OptionError, counted, first_line
@@ -43,6 +43,10 @@ TEXT_COLUMN_TYPES = {"string", "large_string", "string_view", "null"}  # Arrow t
 # ... and a dictionary of strings (pandas' `category`, some exporters), which pyarrow decodes as it reads
 TEXT_DICTIONARY = re.compile(r"dictionary<values=(string|large_string|string_view), ")
 CHUNK_CHARS = 1 << 20  # a long text file is tokenized in ~1 MB pieces so memory stays bounded
+# Where a long text file may be cut (`_stable_cut`), best first: the last point between a non-space and one space
+# before a non-space ("…d| w…"), else the last line end between non-spaces ("…d\n|W…"). The group is the text that
+# the piece after the cut follows, which its tokenization is anchored on (`tokens._piece_ids`).
+STABLE_CUTS = (re.compile(r"(?s:.*)(\S)(?= \S)"), re.compile(r"(?s:.*)(\S\n)(?=\S)"))
 # A split's name at the start of a data file's name or of a folder on its path, as the Hub names them (`datasets`'
 # data-file patterns): data/train-00000-of-00004.parquet, test.jsonl, validation/part-1.txt; not a word inside a
 # name (rerere-train.sh, latest-contest.txt), which a folder of documents holds without being split
@@ -185,21 +189,28 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
                 "held out too; give each file once"
             )
         first_named[real] = source.path
-    _refuse_empty_files([source.path for source in sources if source.kind != "arrow"])
+    _refuse_empty_files([source for source in sources if source.kind != "arrow"])
     return sources
 
 
-def _refuse_empty_files(files: list[Path]) -> None:
+def _refuse_empty_files(sources: list[Source]) -> None:
     """Refuse empty files, naming the first and how many there are: a folder of thousands may hold several, which
-    were named one per run."""
-    empty = [path for path in files if path.stat().st_size == 0]
+    were named one per run. A text file of nothing but whitespace is empty too: it was trained on as a document of
+    whitespace tokens."""
+    empty = [source.path for source in sources if _empty(source)]
+    what = "the file is empty" + ("" if not empty or empty[0].stat().st_size == 0 else " (it holds only whitespace)")
     if len(empty) == 1:
-        raise DataError(f"--data {empty[0]}: the file is empty; remove it, or leave it out of --data")
+        raise DataError(f"--data {empty[0]}: {what}; remove it, or leave it out of --data")
     if empty:
         raise DataError(
-            f"--data {empty[0]}: the file is empty, as are {len(empty) - 1:,} more of the data's files (the last "
+            f"--data {empty[0]}: {what}, as are {len(empty) - 1:,} more of the data's files (the last "
             f"{empty[-1]}); remove them, or leave them out of --data"
         )
+
+
+def _empty(source: Source) -> bool:
+    """Whether `source`, not a `datasets` folder, is empty: no bytes, or a text file of only whitespace."""
+    return source.path.stat().st_size == 0 or (source.kind == "text" and only_whitespace(source.path))
 
 
 def _arrow_files(folder: Path) -> list[Path]:
@@ -337,42 +348,70 @@ def undecodable_note(path: str, count: int) -> str:
 
 def read_texts(
     source: Source, text_field: str, undecodable: dict[str, int] | None = None
-) -> Iterator[tuple[str, bool]]:
-    """(text, ends_document) pieces of a text source; a document may arrive in several pieces.
+) -> Iterator[tuple[str, bool, str]]:
+    """(text, ends_document, after) pieces of a text source: a document may arrive in several pieces, each but the
+    first cut where the text before it ends in `after` (`_text_pieces`), "" at a document's start.
 
     A text file's bytes that are not UTF-8 are read as U+FFFD rather than refused (one stray byte should not stop a
     run over a large corpus), but not silently: their count per file is added to `undecodable`, for a note."""
     if source.kind == "text":
-        # Cut pieces after a line end (or, in a line longer than a piece, before a space) so that no word is
-        # split between two tokenizer calls; hold one piece back so the last one can say that it ends the document.
         _undecodable.count = 0
         # "utf-8-sig": a byte-order mark that opens the file (Windows tools write one) is not text to train on
         with source.path.open(encoding="utf-8-sig", errors=REPLACE_COUNTING) as f:
-            held, carry = None, ""
-            while block := f.read(CHUNK_CHARS):
-                text = carry + block
-                cut = text.rfind("\n") + 1 or max(text.rfind(" "), 0) or len(text)
-                if held is not None:
-                    yield held, False
-                held, carry = text[:cut], text[cut:]
-            if carry:
-                if held is not None:
-                    yield held, False
-                held = carry
-            if held is not None:
-                yield held, True
+            yield from _text_pieces(f)
         if _undecodable.count and undecodable is not None:
             undecodable[str(source.path)] = _undecodable.count
     elif source.kind == "jsonl":
         for n, record in json_lines(source.path):
             if text_field not in json_object(record, f"{source.path}:{n}"):
                 raise DataError(f"{source.path}:{n}: no text field '{text_field}'; pass --text-field NAME")
-            yield json_text(record[text_field], text_field, f"{source.path}:{n}"), True
+            yield json_text(record[text_field], text_field, f"{source.path}:{n}"), True, ""
     else:
-        yield from _table_texts(source, text_field)
+        yield from ((text, True, "") for text in _table_texts(source, text_field))
 
 
-def _table_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
+def _text_pieces(f) -> Iterator[tuple[str, bool, str]]:
+    """The open text file `f`, one document, as `read_texts`' pieces of about CHUNK_CHARS characters, so memory
+    stays bounded whatever the file's size: each block read is cut at the last stable point of the text in hand
+    (`_stable_cut`) and the rest carried into the next, so at most 2 × CHUNK_CHARS are in hand. One piece is held
+    back so the last can say that it ends the document."""
+    held: tuple[str, str] | None = None  # a piece not given yet, and what it follows
+    carry, carry_after = "", ""  # the text after the last cut, and what it follows
+    while block := f.read(CHUNK_CHARS):
+        text = carry + block
+        cut, after = _stable_cut(text)
+        if held is not None:
+            yield held[0], False, held[1]
+        held = text[:cut], carry_after
+        carry, carry_after = text[cut:], after
+    if held is None:
+        return
+    if carry:
+        yield held[0], False, held[1]
+        held = carry, carry_after
+    yield held[0], True, held[1]
+
+
+def _stable_cut(text: str) -> tuple[int, str]:
+    """Where to cut `text`, a part of a document, and what the cut follows (its last one or two characters).
+
+    Cut anywhere, the two sides are tokenized apart and the tokens at the cut differ from the whole document's: a
+    word or a run of whitespace split, a token across it made two ("\n\n" at a piece's end), a dummy prefix added.
+    At one space between non-spaces, every tokenizer we know starts a new token whatever came before (byte-level
+    BPE's pre-tokenization, WordPiece's and SentencePiece's word starts), and the characters the cut follows anchor
+    the next piece's tokenization, which drops their tokens (`tokens._piece_ids`). A line end between non-spaces is
+    as good for byte-level BPE and WordPiece, but not for a tokenizer that reads a line end as a space
+    (SentencePiece's nmt_nfkc normalization): it is the cut only where `text` holds no space between non-spaces (a
+    list of words, one a line). Where it holds neither (over CHUNK_CHARS of one line without one space between
+    non-spaces: runs of whitespace, text without spaces), it is cut at its end with nothing to anchor on, and a token
+    there may be split: memory stays bounded whatever the file holds."""
+    for cuts in STABLE_CUTS:
+        if match := cuts.match(text):
+            return match.end(1), match.group(1)
+    return len(text), ""
+
+
+def _table_texts(source: Source, text_field: str) -> Iterator[str]:
     """The documents of a Parquet file or `datasets` folder, one per row; rows that do not read (a damaged data page,
     a cut shard: only the schema was checked before) are refused by the source's name. Arrow files are read, not
     memory-mapped: one cut while mapped (saved again by the job that makes it) ended the process with SIGBUS."""
@@ -382,13 +421,13 @@ def _table_texts(source: Source, text_field: str) -> Iterator[tuple[str, bool]]:
             batches = pa.parquet.ParquetFile(source.path).iter_batches(columns=[text_field], batch_size=1024)
             for batch in batches:
                 for text in batch.column(0).to_pylist():
-                    yield (text or ""), True
+                    yield text or ""
         else:
             for path in _arrow_files(source.path):
                 with pa.OSFile(str(path)) as f:
                     for batch in pa.ipc.open_stream(f):
                         for text in batch.column(text_field).to_pylist():
-                            yield (text or ""), True
+                            yield text or ""
     except (pa.ArrowException, OSError) as exc:
         raise _unreadable_table(source, exc) from None
 

@@ -270,9 +270,9 @@ def _write_stream(
     with tmp.open("wb") as out:
         stream = _Stream(out, dtype, eos_id)
 
-        def flush(texts: list[str], ends: list[bool]) -> int:
+        def flush(texts: list[str], afters: list[str], ends: list[bool]) -> int:
             ids: list[int] = []
-            for piece, end in zip(encode(texts), ends, strict=True):
+            for piece, end in zip(_piece_ids(encode, texts, afters), ends, strict=True):
                 ids += piece
                 if end:
                     ids.append(eos_id)
@@ -291,22 +291,49 @@ def _write_stream(
     return num_tokens + stream.separators, num_docs + stream.separators, largest_ids
 
 
-def _write_texts(pieces: Iterator[tuple[str, bool]], flush: Callable[[list[str], list[bool]], int]) -> tuple[int, int]:
-    """Tokenize the (text, ends_document) `pieces` of a source through `flush`, in calls of at most BATCH_PIECES
-    pieces and about BATCH_CHARS characters; return (tokens, documents)."""
+def _piece_ids(encode: Callable[[list[str]], list[list[int]]], texts: list[str], afters: list[str]) -> list[list[int]]:
+    """The token ids of `texts`, pieces of documents each of which follows the text `after` there ("" at a document's
+    start, `read_texts`), in one `encode` call.
+
+    A tokenizer takes the start of its input for the start of a text: a SentencePiece-style one adds its dummy prefix
+    there ("▁"), a byte-level BPE with add_prefix_space a space. So a piece cut from a long file is encoded after its
+    `after`, and the ids of `after` alone, the first of what that gives, are dropped: what remains are the ids the
+    piece has in its whole document. Where they are not the first (a token across the cut, which no tokenizer we know
+    makes at the points `read_texts` cuts at), the piece is encoded alone."""
+    anchors = sorted({after for after in afters if after})
+    ids = encode([after + text for text, after in zip(texts, afters, strict=True)] + anchors)
+    anchor_ids = dict(zip(anchors, ids[len(texts) :], strict=True))
+    pieces, unanchored = [], []
+    for i, after in enumerate(afters):
+        prefix = anchor_ids.get(after, [])
+        pieces.append(ids[i][len(prefix) :])
+        if ids[i][: len(prefix)] != prefix:
+            unanchored.append(i)
+    for i, alone in zip(unanchored, encode([texts[i] for i in unanchored]) if unanchored else [], strict=True):
+        pieces[i] = alone
+    return pieces
+
+
+def _write_texts(
+    pieces: Iterator[tuple[str, bool, str]], flush: Callable[[list[str], list[str], list[bool]], int]
+) -> tuple[int, int]:
+    """Tokenize the (text, ends_document, after) `pieces` of a source through `flush`, in calls of at most
+    BATCH_PIECES pieces and about BATCH_CHARS characters; return (tokens, documents)."""
     tokens = documents = chars = 0
     texts: list[str] = []
+    afters: list[str] = []
     ends: list[bool] = []
-    for text, end in pieces:
+    for text, end, after in pieces:
         texts.append(text)
+        afters.append(after)
         ends.append(end)
         documents += end
         chars += len(text)
         if len(texts) == BATCH_PIECES or chars >= BATCH_CHARS:
-            tokens += flush(texts, ends)
-            texts, ends, chars = [], [], 0
+            tokens += flush(texts, afters, ends)
+            texts, afters, ends, chars = [], [], [], 0
     if texts:
-        tokens += flush(texts, ends)
+        tokens += flush(texts, afters, ends)
     return tokens, documents
 
 
