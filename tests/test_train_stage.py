@@ -430,6 +430,26 @@ def test_train_only_new_keeps_a_bf16_checkpoint_bit_identical(setup, tmp_path, c
     assert tf.AutoModelForCausalLM.from_pretrained(out, dtype="auto").dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("stored, said", [(torch.float32, "bfloat16"), (torch.bfloat16, "float32")])
+def test_train_only_new_keeps_the_stored_dtype_where_config_json_says_another(setup, tmp_path, capsys, stored, said):
+    """The output was written in config.json's `dtype`, not the one its tensors are stored in: float32 tensors under
+    a config.json that said bfloat16 came out rounded to bf16, the frozen ones too (and bf16 ones under float32 doubled
+    in size). Each tensor keeps the dtype it was stored in, frozen ones bit for bit, and config.json says it."""
+    model, data = setup
+    tf.AutoModelForCausalLM.from_pretrained(model, dtype=stored).save_pretrained(model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "dtype": said}))
+    added = ["model.layers.0.mlp.down_proj.weight"]
+    write_expand_record(model, added)
+    out = tmp_path / "out"
+    assert run_grow(train_args(model, data, out, "--max-steps", 3, "--train-only", "new"), capsys)[0] == 0
+    before, after = weights(model), weights(out)
+    assert {t.dtype for t in after.values()} == {stored}
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in added)
+    assert json.loads((out / "config.json").read_text())["dtype"] == str(stored).removeprefix("torch.")
+    assert load_record(out)["model"]["dtype"] == str(stored).removeprefix("torch.")
+
+
 @pytest.mark.parametrize("keep_last", [2, 1])
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys, keep_last):
     """Step 5's loss comes from the weights of step 4, so the checkpoint of step 4 is not named as good when it is

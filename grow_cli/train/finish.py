@@ -110,7 +110,7 @@ def finish(run: Run, ending: Ending, stopping: Callable[[], bool]) -> dict[str, 
         if run.loaded.carried:
             state_dict.update(carried_tensors(model, run.loaded.carried, set(state_dict), unwrapped.base_model_prefix))
         modules = {name: model / name for name in run.loaded.modules}  # sentence-transformers: carried unchanged
-        save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype, modules)
+        save_model(unwrapped, state_dict, run.tokenizer, out, run.saved_dtype, run.loaded.stored_dtypes, modules)
         stage = stage_record(run, evaluated)
         if "router" in summary:
             stage["router"] = summary["router"]

@@ -8,6 +8,7 @@ checkpoint's own dtype, so a frozen bf16 tensor round-trips bit for bit.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -224,6 +225,7 @@ class LoadedModel:
 
     model: PreTrainedModel
     saved_dtype: torch.dtype
+    stored_dtypes: dict[str, torch.dtype]  # output tensor name → the dtype the checkpoint stores it in (`_stored`)
     created: list[str]
     carried: list[str]
     headless: bool
@@ -277,12 +279,11 @@ def load_model(model_dir: Path, choice: Choice, attn_implementation: str | None 
         _tie_head(model)
     if choice.name == "causal" and model.loss_type not in LOSS_MAPPING:  # BertLMHeadModel: no loss of its own name
         model.loss_type = "ForCausalLM"  # what transformers falls back to, but with a warning that -q cannot hush
-    saved = getattr(load_model_config(model_dir), "dtype", None) or torch.float32
-    saved = getattr(torch, saved) if isinstance(saved, str) else saved
     from grow_cli.growth.st_modules import module_files
 
+    saved, stored, headless = _stored(model_dir, prefix)
     carried = sorted(info["unexpected_keys"])
-    return LoadedModel(model, saved, created, carried, _saved_alone(model_dir, prefix), module_files(Path(model_dir)))
+    return LoadedModel(model, saved, stored, created, carried, headless, module_files(Path(model_dir)))
 
 
 def _cannot_build(model_dir: Path, choice: Choice, exc: Exception) -> CheckpointError:
@@ -294,13 +295,35 @@ def _cannot_build(model_dir: Path, choice: Choice, exc: Exception) -> Checkpoint
     return CheckpointError(f"{model_dir} does not load in transformers ({failure(exc)}); check its config.json")
 
 
-def _saved_alone(model_dir: Path, prefix: str) -> bool:
-    """Whether the checkpoint holds the base model alone (headless): no tensor under `prefix`, where the model with a
-    head keeps its base model (transformers adds it on load). Read from the headers of a safetensors checkpoint."""
+def _stored(model_dir: Path, prefix: str) -> tuple[torch.dtype, dict[str, torch.dtype], bool]:
+    """What the checkpoint's tensors say, read from their headers: the dtype most of its floating-point values are
+    stored in (the output's, and config.json's there), the dtype each floating-point tensor is stored in (the output
+    writes each back in it, under the name the model and `carried_tensors` give it, with and without `prefix`), and
+    whether it holds the base model alone (headless: no tensor under `prefix`, where the model with a head keeps its
+    base model, which transformers adds on load).
+
+    The dtype was config.json's `dtype`, which may say another than the tensors are in: float32 tensors under a
+    config.json of bfloat16 came out rounded, those `--train-only new` froze too."""
+    from grow_cli.checkpoint.dtypes import FLOATING, torch_dtype
     from grow_cli.checkpoint.reader import CheckpointReader
 
     with CheckpointReader(Path(model_dir)) as reader:
-        return bool(prefix) and not any(name.startswith(prefix + ".") for name in reader.tensors)
+        tensors = reader.tensors
+    stored: dict[str, torch.dtype] = {}
+    values: dict[str, int] = {}
+    for name, entry in tensors.items():
+        if entry.dtype in FLOATING:
+            stored[name] = torch_dtype(entry.dtype)
+            if prefix and not name.startswith(prefix + "."):
+                stored[f"{prefix}.{name}"] = stored[name]
+            values[entry.dtype] = values.get(entry.dtype, 0) + math.prod(entry.shape)
+    if values:
+        saved = torch_dtype(max(values, key=values.__getitem__))
+    else:  # (no floating-point tensor to tell)
+        said = getattr(load_model_config(model_dir), "dtype", None) or torch.float32
+        saved = getattr(torch, said) if isinstance(said, str) else said
+    headless = bool(prefix) and not any(name.startswith(prefix + ".") for name in tensors)
+    return saved, stored, headless
 
 
 def _tie_head(model: PreTrainedModel) -> None:
@@ -332,16 +355,19 @@ def save_model(
     tokenizer,
     out: Path,
     dtype: torch.dtype,
+    stored_dtypes: dict[str, torch.dtype],
     carried_files: dict[str, Path],
 ) -> None:
-    """Write `state_dict` as HF safetensors in `dtype`, with config, generation config and tokenizer, and
+    """Write `state_dict` as HF safetensors, each floating-point tensor in the dtype of `stored_dtypes` (the one the
+    checkpoint stored it in) or else `dtype`, with config (which says `dtype`), generation config and tokenizer, and
     `carried_files` (name in `out` → source file: a sentence-transformers model's modules) copied as they are.
 
     Written into a hidden folder in `out` first and moved into place file by file once complete, so a full disk or
     a kill mid-write never leaves a truncated model.safetensors in `out` (`removed_unless_written`)."""
     from grow_cli.checkpoint.output import removed_unless_written
 
-    state_dict = _tied_as_in(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()})
+    state_dict = {k: v.to(stored_dtypes.get(k, dtype)) if v.is_floating_point() else v for k, v in state_dict.items()}
+    state_dict = _tied_as_in(model, state_dict)
     model.config.use_cache = True
     staging = Path(out) / MODEL_STAGING
     shutil.rmtree(staging, ignore_errors=True)  # what a killed run left
