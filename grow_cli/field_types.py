@@ -15,7 +15,7 @@ import inspect
 import os
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -40,6 +40,17 @@ def flag(name: str) -> str:
     """The command-line flag of the setting `name` (`seq_len` is `--seq-len`): a field or keyword of the Python API
     is its flag without the dashes."""
     return "--" + name.replace("_", "-")
+
+
+def check_given_names(cls: type, given: Collection[str]) -> None:
+    """Refuse a name in `given` (the options a caller says were given, for `check_given`) that is no field of the
+    settings dataclass `cls`: a misspelt one would otherwise pass the checks that look for it unseen."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for name in given:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise OptionError(name, f"{cls.__name__}.check_given: {name!r} is no field of {cls.__name__}{hint}")
 
 
 def kinds_of(hint: Any) -> tuple[type, ...]:

@@ -14,7 +14,8 @@ import re
 from grow_cli.errors import UsageError
 
 # A decimal number (`1.5`, `.5`, `2e12`, `1.5e+12`). The pattern admits only what `float` reads, so `1.2.3` or `..`
-# is refused in one line, not by `float` as a ValueError.
+# is refused in one line, not by `float` as a ValueError. A size or count reads a minus sign too, so that `-1` is
+# refused as not positive, as `0` is, rather than as unreadable.
 NUMBER = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?"
 
 # Units of a size: powers of ten, as Hugging Face uses them, and powers of two spelt with an i.
@@ -30,10 +31,10 @@ SIZE_UNITS = {
     "GIB": 2**30,
     "TIB": 2**40,
 }
-_SIZE = re.compile(rf"\s*({NUMBER})\s*([KMGT]?I?B?)\s*", re.IGNORECASE)
+_SIZE = re.compile(rf"\s*(-?{NUMBER})\s*([KMGT]?I?B?)\s*", re.IGNORECASE)
 
 COUNT_SUFFIXES = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-_COUNT = re.compile(rf"\s*({NUMBER})\s*([KMBGT]?)\s*", re.IGNORECASE)
+_COUNT = re.compile(rf"\s*(-?{NUMBER})\s*([KMBGT]?)\s*", re.IGNORECASE)
 
 
 def parse_size(text: str | int) -> int:

@@ -412,7 +412,9 @@ def test_plan_from_python_takes_what_the_command_takes(tmp_path):
     [
         (["--target", "1B", "--tokens", "0"], "error: --tokens: '0' must be positive"),
         (["--target", "0", "--tokens", "1T"], "error: --target: '0' must be positive"),
-        (["--target", "1B", "--tokens", "-5B"], "error: --tokens: cannot read '-5B' as a count"),
+        (["--target", "1B", "--tokens", "-5B"], "error: --tokens: '-5B' must be positive"),
+        (["--target", "8B", "--tokens", "1T", "--family", "-1"], "error: --family: '-1' must be positive"),
+        (["--target", "-1B", "--tokens", "1T"], "error: --target: '-1B' must be positive"),
         (["--target", "1B", "--tokens", "1T", "--family", "1B,"], "error: --family: cannot read '' as a count"),
         (["--target", "8B", "--tokens", "1T", "--family", "1B 2B"], "error: --family: '1B 2B' holds several sizes;"),
         (["--target", "5M", "--tokens", "1T"], "error: --target 5M: no Llama-style shape comes near 5M parameters"),
@@ -484,7 +486,17 @@ def test_train_stage_refuses_a_malformed_token_count_in_one_line(cli, tmp_path):
         "train-stage", tmp_path / "m", "--data", tmp_path / "d", "--out", tmp_path / "o", "--max-tokens", "1.2.3"
     )
     lines = result.stderr.strip().splitlines()
-    assert result.code == 2 and lines == ["error: --max-tokens: cannot read '1.2.3'; use e.g. 50M, 2B or 2e9"], lines
+    assert result.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: --max-tokens: cannot read '1.2.3' as a count; use a number"), lines
+
+
+@pytest.mark.parametrize("value", ["-1B", "-5M", "-0.5K"])
+def test_train_stage_refuses_a_negative_token_count_as_not_positive(cli, tmp_path, value):
+    """`--max-tokens -1B` said "cannot read '-1B'", where -1 and 0 are refused as out of range."""
+    result = cli(
+        "train-stage", tmp_path / "m", "--data", tmp_path / "d", "--out", tmp_path / "o", "--max-tokens", value
+    )
+    assert result.code == 2 and result.stderr.splitlines() == [f"error: --max-tokens: '{value}' must be positive"]
 
 
 def test_the_growth_factor_is_the_one_the_command_makes(cli, tmp_path):

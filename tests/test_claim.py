@@ -258,7 +258,7 @@ def test_a_model_folder_a_run_is_still_writing_is_named_as_such(src, tmp_path, m
             with pytest.raises(CheckpointError, match=r"grown .*a grow run .*pid \d+ .*wait for that run to finish"):
                 call()
     assert writer_of(Path("grown")) is None
-    with pytest.raises(CheckpointError, match="^grown does not exist; give a model folder"):
+    with pytest.raises(CheckpointError, match="^'grown' does not exist; give a model folder"):
         grow_cli.train_stage(config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plays"]
 

@@ -71,6 +71,31 @@ def test_the_cli_takes_a_token_cache_outside_the_model_folders(two_models, cli, 
     assert inside.code == 1 and "lies inside the --data folder" in inside.stderr
 
 
+@pytest.mark.parametrize("cache_dir", ["", " "])
+def test_a_blank_cache_dir_is_refused_as_train_stage_refuses_it(two_models, tmp_path, monkeypatch, cache_dir):
+    """`grow compare … --cache-dir ' '` cached the tokens in a folder named ' ' in the working folder, and
+    `compare(…, cache_dir="")` beside A, where train-stage refuses both."""
+    from grow_cli.errors import OptionError
+
+    a, b, data, _ = two_models
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OptionError, match="^--cache-dir is empty; give a folder$"):
+        compare(a, b, data, seq_len=32, max_blocks=2, cache_dir=cache_dir)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_blank_model_name_is_named_quoted(two_models, tmp_path, monkeypatch):
+    """`grow compare ' ' B` said "error:   does not exist; give a model folder": the name it lacked was invisible."""
+    from grow_cli.errors import CheckpointError
+
+    a, _, data, _ = two_models
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        CheckpointError, match=r"^' ' does not exist; give a model folder \(one that holds config.json\)$"
+    ):
+        compare(" ", a, data, seq_len=32, max_blocks=2, cache_dir=tmp_path / "cache")
+
+
 def test_no_data_is_refused_as_no_data(two_models, tmp_path):
     """`compare(a, b, [])` read no text and said "the data holds 0 tokens …; add data or lower --seq-len", as if
     the data were too short. It now says that no data was given, before any model is read."""

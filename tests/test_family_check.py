@@ -118,14 +118,14 @@ def test_check_lists_each_member_with_its_grow_settings_as_the_recipe_writes_the
         ),
         (
             lambda d: d["train"].update(text_field="body"),
-            "train.text_field (members[0]): --text-field body applies only",
+            "train.text_field (members[0]): --text-field 'body' applies only",
         ),
-        (lambda d: d.update(compare={"text_field": "body"}), "compare: --text-field body applies only"),
+        (lambda d: d.update(compare={"text_field": "body"}), "compare: --text-field 'body' applies only"),
         (
             lambda d: d["train"].update(text_field="text"),
-            "train.text_field (members[0]): --text-field text applies only",
+            "train.text_field (members[0]): --text-field 'text' applies only",
         ),
-        (lambda d: d.update(compare={"text_field": "text"}), "compare: --text-field text applies only"),
+        (lambda d: d.update(compare={"text_field": "text"}), "compare: --text-field 'text' applies only"),
         (lambda d: d.update(compare={"token_dtype": "uint32"}), "compare: --token-dtype uint32 applies only"),
         (
             lambda d: d.update(compare={"token_dtype": "int8"}),

@@ -478,11 +478,11 @@ def _case(ctx: Ctx, name: str) -> tuple[list, str]:
         offset = ("--schedule-offset", 10**12 - 1)
         return c.train(*offset, "--max-tokens", 2560, "--micro-batch-size", 8), "ends at step 1,000,000,000,009, beyond"
     if name == "train-text-field-without-fields":  # the plays are text files: it was ignored
-        return c.train("--max-steps", 1, "--text-field", "body"), "--text-field body applies only to data with fields"
+        return c.train("--max-steps", 1, "--text-field", "body"), "--text-field 'body' applies only to data with fields"
     if name == "train-default-text-field-without-fields":  # named at its default: still ignored by text files
-        return c.train("--max-steps", 1, "--text-field", "text"), "--text-field text applies only to data with fields"
+        return c.train("--max-steps", 1, "--text-field", "text"), "--text-field 'text' applies only to data with fields"
     if name == "compare-default-text-field-without-fields":
-        return c.compare("--seq-len", 32, "--text-field", "text"), "--text-field text applies only to data with fields"
+        return c.compare("--seq-len", 32, "--text-field", "text"), "--text-field 'text' applies only to data with"
     if name == "train-tokenizer-missing":  # a local path, never looked up on the Hub (a typo would fetch a stranger's)
         return c.train("--max-steps", 1, "--tokenizer", c.tmp / "tok"), f"the tokenizer folder {c.tmp / 'tok'} does not"
     if name == "family-train-max-lr-list":

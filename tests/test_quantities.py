@@ -38,6 +38,8 @@ def test_a_count_and_a_size_read_the_same_number():
         ("9" * 400, f"size '{'9' * 400}' is too large"),  # was the catch-all: OverflowError from int(inf)
         ("0.1", "size '0.1' is less than one byte"),
         ("0KB", "size '0KB' must be positive"),
+        ("-1", "size '-1' must be positive"),  # a negative one was 'cannot read size', where 0 is 'must be positive'
+        ("-2GB", "size '-2GB' must be positive"),
     ],
 )
 def test_a_size_that_is_none_is_refused_in_one_line(text, message):
@@ -51,3 +53,10 @@ def test_expand_takes_a_shard_size_in_e_notation(cli, tiny_checkpoints, tmp_path
         "expand", tiny_checkpoints("llama"), tmp_path / "out", "--layers", "8", "--shard-size", "1e5", "--dry-run"
     )
     assert result.code == 0, result.stderr
+
+
+@pytest.mark.parametrize("text", ["-1", "-1B", "-0.5K", "0"])
+def test_a_count_below_one_is_refused_as_not_positive(text):
+    """`grow plan --family -1` said "cannot read '-1' as a count", where `--family 0` says "must be positive"."""
+    with pytest.raises(UsageError, match=f"^--family: '{text}' must be positive$"):
+        parse_count(text, "--family")

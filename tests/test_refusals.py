@@ -28,6 +28,15 @@ def test_missing_folder(cli, tmp_path):
     )
 
 
+@pytest.mark.parametrize("source", [" ", "nope"])
+def test_a_missing_model_is_named_quoted(cli, tmp_path, source):
+    """A name of spaces was invisible: `grow inspect ' '` said "error:   does not exist"."""
+    result = cli("inspect", source)
+    assert result.code != 0 and result.stderr.splitlines() == [
+        f"error: {source!r} does not exist (give a model folder or a Hub id such as org/name)"
+    ], result.stderr
+
+
 def test_no_weights(cli, tiny_copy, tmp_path):
     src = tiny_copy("llama")
     for f in src.glob("*.safetensors*"):

@@ -98,8 +98,8 @@ def test_a_text_field_for_data_without_fields_is_refused(tmp_path, names):
         with open(path, "wb") as f:
             f.write(np.arange(8, dtype=np.uint16).tobytes() if path.endswith(".bin") else b"some text")
     check_sources(find_sources(paths), None)
-    for field in ("body", "text"):
-        with pytest.raises(OptionError, match=rf"^--text-field {field} applies only to data with fields \(JSON .*drop"):
+    for field in ("body", "text", " "):  # quoted: `--text-field ' '` read "--text-field   applies only…"
+        with pytest.raises(OptionError, match=rf"^--text-field '{field}' applies only to data with fields \(JSON .*"):
             check_sources(find_sources(paths), field)
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     check_sources(find_sources([*paths, str(tmp_path / "d.jsonl")]), "body")
@@ -462,6 +462,16 @@ def test_a_link_to_no_file_is_refused(tmp_path):
             f"--data {tmp_path / 'data' / 'b.txt'}: a symbolic link that leads to no file (../.git/annex/objects/b); "
             "fetch what it stands for (git annex get, dvc pull) or remove the link"
         )
+
+
+@pytest.mark.parametrize("name", [" ", "corpus "])
+def test_a_missing_data_path_is_quoted(tmp_path, monkeypatch, name):
+    """A blank or a trailing space hid in the refusal: `--data ' '` said "--data  : no such file or folder"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus").mkdir()
+    with pytest.raises(DataError) as info:
+        find_sources([name])
+    assert str(info.value) == f"--data {name!r}: no such file or folder"
 
 
 def test_every_empty_file_is_counted_in_one_refusal(tmp_path):

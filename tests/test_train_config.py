@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from pathlib import Path
 
@@ -341,10 +342,19 @@ def test_a_resume_path_that_is_a_file_is_named_as_a_file(tmp_path):
     """`--resume FILE` said "no such checkpoint folder" of a file that exists; a missing path still says so."""
     file = tmp_path / "model.safetensors"
     file.write_bytes(b"")
-    with pytest.raises(OptionError, match=r"model.safetensors: is a file, not a checkpoint folder; give a folder "):
+    with pytest.raises(OptionError, match=r"model.safetensors': is a file, not a checkpoint folder; give a folder "):
         TrainConfig(**{**BASE, "resume": str(file)})
-    with pytest.raises(OptionError, match=r"missing: no such checkpoint folder; give a folder such as OUT/"):
+    with pytest.raises(OptionError, match=r"missing': no such checkpoint folder; give a folder such as OUT/"):
         TrainConfig(**{**BASE, "resume": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("resume", [" ", "step_10 "])
+def test_a_missing_resume_folder_is_named_quoted(tmp_path, monkeypatch, resume):
+    """A blank or a trailing space hid in the refusal: `--resume ' '` said "--resume  : no such checkpoint folder"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "step_10").mkdir()
+    with pytest.raises(OptionError, match=f"^--resume {re.escape(repr(resume))}: no such checkpoint folder; give"):
+        TrainConfig(**{**BASE, "resume": resume})
 
 
 def test_apollo_sampling_named_at_its_default_without_apollo_is_refused():
@@ -354,6 +364,15 @@ def test_apollo_sampling_named_at_its_default_without_apollo_is_refused():
         TrainConfig(**BASE).check_given({"apollo_sampling"})
     TrainConfig(**BASE, apollo_target_layers=2).check_given({"apollo_sampling"})
     TrainConfig(**BASE).check_given({"seq_len"})
+
+
+@pytest.mark.parametrize("name, hint", [("seq_lenn", "; did you mean 'seq_len'?"), ("json_output", "")])
+def test_check_given_refuses_a_name_that_is_no_field(name, hint):
+    """A misspelt name passed its check unseen (`check_given({"apollo_samplin"})` refused nothing) and was kept in
+    `given`, as the command's own options (--json) were, which are no setting of the run."""
+    message = f"TrainConfig.check_given: {name!r} is no field of TrainConfig{hint}"
+    with pytest.raises(OptionError, match=f"^{re.escape(message)}$"):
+        TrainConfig(**BASE).check_given({name})
 
 
 def test_a_tracker_named_twice_is_one_tracker():

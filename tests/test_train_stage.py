@@ -547,7 +547,7 @@ def test_user_mistakes_fail_in_one_line_before_any_compute(setup, tmp_path, caps
     out = tmp_path / "out"
     args = train_args(model, data, out, "--max-steps", 3)
     want = {
-        "missing-data": (1, "--data .*nope: no such file or folder"),
+        "missing-data": (1, "--data '.*nope': no such file or folder"),
         "empty-data": (1, "empty.txt: the file is empty"),
         "missing-field": (1, "no text field 'text'"),
         "seq-len": (2, "--seq-len 128 exceeds the model's max_position_embeddings=64"),
@@ -915,3 +915,15 @@ def test_throughput_leaves_out_evaluations_and_checkpoint_saves(monkeypatch):
     window.tokens, now[0] = 600, 108.0
     assert window.rate() == 300.0  # a new window sets nothing aside from the last
     assert window.trained_since(100.0) == 5.0
+
+
+@pytest.mark.parametrize("trackers", [" ", ",", " , "])
+def test_report_to_naming_no_tracker_is_refused(tmp_path, capsys, trackers):
+    """`--report-to ' '` (or ',') was given and read as no tracker at all: the run trained without a word."""
+    args = train_args(
+        tmp_path / "model", tmp_path / "data", tmp_path / "out", "--max-steps", 1, "--report-to", trackers
+    )
+    code, _, stderr = run_grow(args, capsys)
+    assert code == 2 and stderr.splitlines() == [
+        f"error: --report-to {trackers!r} names no tracker; name one (e.g. tensorboard) or drop it"
+    ], stderr

@@ -29,7 +29,8 @@ def load_config(folder: Path) -> dict[str, Any]:
         if instead:
             raise CheckpointError(f"{folder} has no config.json: {instead}")
         if not Path(folder).exists():
-            raise CheckpointError(f"{folder} does not exist; give a model folder (one that holds config.json)")
+            # quoted: a blank name (`grow compare ' ' B`) read "error:   does not exist"
+            raise CheckpointError(f"{str(folder)!r} does not exist; give a model folder (one that holds config.json)")
         raise CheckpointError(f"{folder} has no config.json; is it a Hugging Face model folder?")
     try:
         config = _read_as_transformers(path)

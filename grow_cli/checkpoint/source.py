@@ -144,7 +144,8 @@ def _local_or_hub_id(source: str | os.PathLike[str], revision: str | None) -> tu
             "--local-dir DIR) and give that subfolder"
         )
     if not is_hub_id(source):
-        raise CheckpointError(f"{source} does not exist (give a model folder or a Hub id such as org/name)")
+        # quoted: a name of spaces (`grow inspect ' '`) read "error:   does not exist"
+        raise CheckpointError(f"{source!r} does not exist (give a model folder or a Hub id such as org/name)")
     return None, source
 
 

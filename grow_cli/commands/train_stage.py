@@ -285,7 +285,7 @@ def train_stage(
 
         check_may_push(push_to_hub, token, quiet=quiet)
     config = train_config(options)
-    config.check_given(given_on_the_command_line(context, options))
+    config.check_given(given_on_the_command_line(context, (name for name in options if name not in COMMAND_ONLY)))
     result = run(config)
     from accelerate import PartialState
 
@@ -348,9 +348,15 @@ def train_config(options: dict[str, Any]) -> TrainConfig:
     """The `TrainConfig` of the command's options: each goes in under its own name, except `COMMAND_ONLY`. The two
     that the command line spells differently are converted here: --report-to is one comma-separated string, and
     --max-tokens is read as a count so that 50M, 2B and 2e9 work (`parse_max_tokens`)."""
+    from grow_cli.errors import OptionError
     from grow_cli.train.config import TrainConfig, parse_max_tokens
 
     settings = {name: value for name, value in options.items() if name not in COMMAND_ONLY}
     settings["max_tokens"] = parse_max_tokens(settings["max_tokens"])
     settings["report_to"] = [name.strip() for name in settings["report_to"].split(",") if name.strip()]
+    if options["report_to"] and not settings["report_to"]:  # `--report-to ' '` or ',': given, naming no tracker
+        raise OptionError(
+            "report_to",
+            f"--report-to {options['report_to']!r} names no tracker; name one (e.g. tensorboard) or drop it",
+        )
     return TrainConfig(**settings)

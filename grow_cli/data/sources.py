@@ -171,8 +171,8 @@ def find_sources(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]
                 )
             continue
         path = Path(arg)
-        if not path.exists():
-            raise DataError(_broken_link(path) if path.is_symlink() else f"--data {arg}: no such file or folder")
+        if not path.exists():  # quoted: a blank or a trailing space (`--data 'corpus '`) is seen
+            raise DataError(_broken_link(path) if path.is_symlink() else f"--data {arg!r}: no such file or folder")
         sources += _from_folder(path) if path.is_dir() else [Source(path, SUFFIX_KIND.get(path.suffix, "text"))]
     first_named: dict[Path, Path] = {}
     for source in sources:
@@ -303,7 +303,7 @@ def check_sources(sources: list[Source], text_field: str | None, token_dtype: st
     if text_field is not None and not any(source.kind in FIELD_KINDS for source in sources):
         raise OptionError(
             "text_field",
-            f"--text-field {text_field} applies only to data with fields (JSON Lines, Parquet, a `datasets` folder), "
+            f"--text-field {text_field!r} applies only to data with fields (JSON Lines, Parquet, a `datasets` folder), "
             "and --data holds none (a text file is one document, a .bin file holds tokens); drop --text-field",
         )
     field = field_read(text_field)

@@ -93,7 +93,7 @@ def _target(target: float | str | os.PathLike[str] | dict[str, Any]) -> float | 
         model_config = hub_target_config(info["source"])
     elif isinstance(target, os.PathLike) or any(sep in str(target) for sep in ("/", "\\")):
         raise UsageError(f"--target {os.fspath(target)}: no such model folder, config.json or Hub id")
-    elif not re.match(r"\s*[0-9.]", target):  # `my-model`, a folder name mistyped, is not a malformed count
+    elif not re.match(r"\s*-?[0-9.]", target):  # `my-model`, a folder name mistyped, is not a malformed count
         raise UsageError(
             f"--target {target!r} is neither a count (a number with an optional K, M, B or T suffix, e.g. 7B or "
             "1.5e9) nor an existing model folder or config.json"

@@ -243,8 +243,9 @@ def compare(
     `max_blocks=None` uses every held-out block. Raises `DataError` when the models' tokenizers or objectives differ,
     when either predicts NaN or infinite logits (a diverged model: no distribution to compare), or when the data is
     unusable; `OptionError` for an option out of its range (`seq_len`, `batch_size`, `max_blocks`, `eval_fraction`,
-    the masking settings), when `data` is an empty list (no data given) or an empty path, for a masking setting
-    other than its default for causal LMs (it would do nothing), and for `document_masking` of masked LMs;
+    the masking settings), when `data` is an empty list (no data given) or an empty path, or `cache_dir` a blank one,
+    for a masking setting other than its default for causal LMs (it would do nothing), and for `document_masking` of
+    masked LMs;
     `UsageError` when a model's attention crosses documents all the same (`check_document_masking`).
     """
     from grow_cli.console import quiet_transformers
@@ -266,7 +267,9 @@ def compare(
     if not data:
         raise OptionError("data", "no data to compare on: pass --data PATH (files, folders or globs)")
     a, b = Path(a).expanduser(), Path(b).expanduser()  # `~` as a shell reads it, as every path grow takes
-    cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+    if cache_dir is not None and not str(cache_dir).strip():  # as train-stage: "" or " " is no folder meant
+        raise OptionError("cache_dir", "--cache-dir is empty; give a folder")
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
     with quiet_transformers():  # its notices while reading the tokenizers (and the configs) are not compare's output
         config_a, config_b, tok_a, eos = _comparable(a, b, seq_len)
     masking = {

@@ -21,7 +21,6 @@ its flag.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 from collections.abc import Collection
@@ -30,7 +29,7 @@ from typing import Any
 
 from grow_cli.checkpoint.dtypes import output_dtype
 from grow_cli.errors import OptionError, UsageError, shown
-from grow_cli.field_types import checked_init, flag
+from grow_cli.field_types import check_given_names, checked_init, flag
 from grow_cli.field_types import field_types as dataclass_types
 from grow_cli.growth.mergekit import MergekitMap, read_mergekit
 from grow_cli.limits import MAX_ROUTER_NOISE, NOISE_SNR_DB_RANGE, check_experts, check_seed
@@ -167,11 +166,7 @@ class GrowthSpec:
         alone), as construction refuses any other method: a command line or a recipe knows which options were
         given, where the fields only hold values. A name that is no field is the caller's mistake, refused too (a
         misspelt one would otherwise pass its check unseen)."""
-        for name in given:
-            if name not in DEFAULTS:
-                close = difflib.get_close_matches(name, list(DEFAULTS), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise OptionError(name, f"GrowthSpec.check_given: {name!r} is no field of GrowthSpec{hint}")
+        check_given_names(GrowthSpec, given)
         for axis in METHOD_TARGETS:
             self._check_method_used(axis, named=f"{axis}_method" in given)
         if "depth_method" in given and self.maps_layers:

@@ -18,7 +18,7 @@ from typing import Any
 from grow_cli.data.masking_settings import MASK_REPLACE_PROB, MLM_PROBABILITY, RANDOM_REPLACE_PROB, check_masking
 from grow_cli.data.sources import TOKEN_DTYPES, data_paths
 from grow_cli.errors import OptionError, UsageError, counted, shown
-from grow_cli.field_types import checked_init, flag
+from grow_cli.field_types import check_given_names, checked_init, flag
 from grow_cli.limits import MAX_STEPS, MAX_TOKENS, check_layer_option, check_seed
 from grow_cli.train.apollo_plan import SAMPLINGS, parse_stages
 from grow_cli.train.schedule import Schedule, warmup_steps_for
@@ -184,7 +184,7 @@ class TrainConfig:
             what = "is a file, not a checkpoint folder" if Path(self.resume).exists() else "no such checkpoint folder"
             raise OptionError(
                 "resume",
-                f"--resume {self.resume}: {what}; give a folder such as OUT/checkpoints/step_00000100 "
+                f"--resume {self.resume!r}: {what}; give a folder such as OUT/checkpoints/step_00000100 "
                 "(or --resume auto)",
             )
         if self.resume == "auto" and self.overwrite:  # one would be ignored: which, the user should say
@@ -206,7 +206,8 @@ class TrainConfig:
         (`--decay-type linear` with cosine), or --apollo-sampling without Apollo, as construction refuses any other
         value: a command line or a recipe knows which options were given, where the fields only hold values. The
         names are kept (`given`) for the checks that need the model first (masking options on a causal LM, in
-        preflight)."""
+        preflight). A name that is no field is the caller's mistake, refused too (a misspelt one would pass unseen)."""
+        check_given_names(TrainConfig, given)
         self._check_schedule_options(named=given)
         self._check_apollo(named=given)
         object.__setattr__(self, "_given", frozenset(given))  # (no field: a resume compares the fields)
@@ -404,12 +405,9 @@ def parse_max_tokens(value: str | float | None) -> int | None:
     if not isinstance(value, str | float):
         raise UsageError(f"--max-tokens must be a count such as 50M, 2B or 2e9, got {value!r}")
     try:
-        count = parse_count(value)
-    except UsageError:  # not a positive count: a plain number (0, -5, inf) goes on to the range checks
-        try:
-            count = float(value)
-        except ValueError:
-            raise UsageError(f"--max-tokens: cannot read {value!r}; use e.g. 50M, 2B or 2e9") from None
+        count = float(value)  # a plain number, in range or not (0, -5, inf): the range checks name it
+    except ValueError:  # 50M, 2B; a negative one (-1B) is refused as not positive, as -1 is, not as unreadable
+        count = parse_count(value, "--max-tokens")
     if not (math.isfinite(count) and count == int(count)):
         raise UsageError(f"--max-tokens must be a whole number, got {value}")
     return int(count)
