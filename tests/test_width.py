@@ -369,6 +369,85 @@ def test_an_exactness_text_cites_a_docs_page_that_holds_its_rule(sources):
         assert f"({rule})" in (root / page).read_text(), (page, rule)
 
 
+def _filled_buffers(monkeypatch) -> dict:
+    """Every `BufferPool` slot a run fills, with the bytes it ends up holding (filled as the run goes)."""
+    from grow_cli.checkpoint.buffers import BufferPool
+
+    held, real = {}, BufferPool.tensor
+
+    def recorded(self, slot, shape, dtype):
+        tensor = real(self, slot, shape, dtype)
+        held[id(self), slot] = self._slots[slot].numel()
+        return tensor
+
+    monkeypatch.setattr(BufferPool, "tensor", recorded)
+    return held
+
+
+def _planned(monkeypatch) -> list:
+    """The plans the executor streams (filled as the run goes)."""
+    from grow_cli.growth import expand as executor
+
+    plans, real = [], executor.stream
+
+    def recorded(plan, *args, **kwargs):
+        plans.append(plan)
+        return real(plan, *args, **kwargs)
+
+    monkeypatch.setattr(executor, "stream", recorded)
+    return plans
+
+
+GROWTHS = [
+    ("fpi", {"width_factor": 2}),
+    ("fpi", {"hidden_size": 64}),  # hidden only
+    ("fpi", {"intermediate_size": 96}),  # FFN only
+    ("fpi", {"hidden_size": 48}),  # a ratio that is not an integer
+    ("aki", {"width_factor": 2}),
+    ("hypercloning", {"width_factor": 2}),
+    ("hypercloning", {"width_factor": 2, "noise_snr_db": 10}),
+    ("zero", {"width_factor": 2}),
+    ("zero", {"intermediate_size": 96}),
+    ("staged", {"width_factor": 2}),
+]
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize(("method", "sizes"), GROWTHS)
+def test_the_width_estimate_counts_every_buffer_the_run_fills(tmp_path, monkeypatch, method, sizes, dtype):
+    """The plan's peak counts exactly the reused buffers a width growth fills (the reader's, the width operator's
+    and the casts'), both from the operator's own `buffers`. It counted one buffer set's inputs and output: a bf16
+    Llama's `--width-factor 2 --width-method hypercloning` held 425 MB beyond torch's import against an estimate of
+    299 MB (docs/benchmarks.md, Memory, 2026-12-04)."""
+    from grow_cli.checkpoint.direct_io import STAGING_BYTES
+
+    held, plans = _filled_buffers(monkeypatch), _planned(monkeypatch)
+    src = save_tiny("llama", tmp_path / "src")
+    if dtype is not None:
+        _as_float8(src, dtype)
+    expand(str(src), tmp_path / "out", GrowthSpec(width_method=method, **sizes), quiet=True)
+    (plan,) = plans
+    assert plan.peak_bytes >= sum(held.values()) + STAGING_BYTES
+    assert plan.width_buffer_bytes == sum(held.values())
+
+
+def test_dead_gather_buffers_are_shared_by_both_buffer_sets(tmp_path, monkeypatch):
+    """Of the buffers a bf16 tensor is widened through (its float32 copy, then one gather per widened axis) only the
+    last outlives `apply`: the others are two scratch slots that both buffer sets share, where each set kept its own
+    (a third of the width operator's memory on a bf16 Llama), and an axis whose map keeps every unit in place (the
+    FFN of a hidden-only growth) is not gathered at all."""
+    held = _filled_buffers(monkeypatch)
+    src = _as_float8(save_tiny("llama", tmp_path / "src"), torch.bfloat16)
+    expand(str(src), tmp_path / "x2", GrowthSpec(width_factor=2, width_method="hypercloning"), quiet=True)
+    width_slots = {slot for _, slot in held if slot[0] in ("this", "scratch")}
+    assert width_slots == {("this", 0), ("this", 1), ("scratch", 0), ("scratch", 1)}
+
+    held.clear()
+    fp32 = save_tiny("llama", tmp_path / "fp32")
+    expand(str(fp32), tmp_path / "ffn", GrowthSpec(intermediate_size=96, width_method="fpi"), quiet=True)
+    assert {slot for _, slot in held if slot[0] == "scratch"} == set()  # one axis grows: one gather per tensor
+
+
 @pytest.mark.parametrize("method", ["fpi", "aki", "staged", "zero"])
 def test_a_bf16_source_is_widened_from_reused_float32_buffers(tmp_path, monkeypatch, method):
     """Width maps compute in float32: each bf16 tensor read (and AKI's next-layer tensor) is cast into the

@@ -22,7 +22,7 @@ from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.background import in_background, problem_so_far
 from grow_cli.checkpoint.direct_io import STAGING_BYTES
-from grow_cli.checkpoint.dtypes import converted, numel
+from grow_cli.checkpoint.dtypes import converted, nbytes, numel
 from grow_cli.checkpoint.file_copy import CHUNK as COPY_BUFFER_BYTES
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import OptionError, UsageError, counted
@@ -53,6 +53,10 @@ class WidthPlan(Protocol):
     def widen_reader(self, name: str, w_OI: Any) -> Any: ...
 
     def release_buffers(self) -> None: ...
+
+    def buffer_bytes(self, calls: list[tuple[BoundTensor, list[BoundTensor]]]) -> int: ...
+
+    def temporary_bytes(self, tensor: BoundTensor, shape: tuple[int, ...]) -> int: ...
 
     def config_updates(self) -> dict[str, Any]: ...
 
@@ -150,7 +154,10 @@ class Plan:
     def peak_bytes(self) -> int:
         """Estimated peak memory of the streaming executor: the largest (inputs + fp32 work + output) per tensor that
         arithmetic makes; tensors written without any (`without_arithmetic`) need at most one copy buffer, except
-        from a `.bin` source (`stored_ranges` False), whose tensors are read whole and written from memory."""
+        from a `.bin` source (`stored_ranges` False), whose tensors are read whole and written from memory. A width
+        growth counts the buffers it computes in instead (`_width_peak_bytes`)."""
+        if self.width is not None:
+            return self._width_peak_bytes(self.width)
         sizes = {t.name: numel(t.shape) for t in self.binding.all_tensors()}
         peak = 0
         for t in self.tensors:
@@ -159,13 +166,50 @@ class Plan:
                 peak = max(peak, COPY_BUFFER_BYTES if copied else t.nbytes + STAGING_BYTES)
                 continue
             read = sum(sizes[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
-            work = numel(t.shape) * 4 if self.width or t.init or t.query_scale != 1 else 0  # fp32 before the cast
+            work = numel(t.shape) * 4 if t.init or t.query_scale != 1 else 0  # fp32 before the cast
             peak = max(peak, read + work + t.nbytes)
-        if self.width:  # one widened tensor is written while the next is computed (growth/expand.py)
-            peak += max(numel(t.shape) * 4 for t in self.tensors)
         if any(not self.without_arithmetic(t) for t in self.tensors):
             peak += STAGING_BYTES  # computed bytes go to the disk through direct I/O's staging buffers
         return peak + max((t.nbytes for t in self.tensors if self.casts(t)), default=0)  # the cast being written
+
+    def _width_peak_bytes(self, width: WidthPlan) -> int:
+        """A width growth's peak: the buffers every tensor is computed in (`width_buffer_bytes`); the most any one
+        tensor makes outside them (`temporary_bytes`, an upcycling init's or a query scale's float32 copy, a `.bin`
+        tensor's stored copy while it is read), with the previous tensor's fresh result while it is written; and
+        direct I/O's staging buffers. Measured on an 8 × 1024 Llama, bf16 and fp32, ×2 and hidden- or FFN-only:
+        the run's peak beyond torch's import is 1.06–1.12× this, ~20 MB of bookkeeping (docs/benchmarks.md, Memory,
+        2026-12-04)."""
+        source = {t.name: t for t in self.binding.all_tensors()}
+        peak = written = 0
+        for t in self.tensors:
+            inputs = [source[r] for r in t.reads]
+            fresh = numel(t.shape) * 4 if t.init or t.query_scale != 1 or not inputs else 0
+            if inputs:
+                fresh += width.temporary_bytes(t.source, t.shape)
+                fresh += 0 if self.stored_ranges else max(nbytes(x.dtype, x.shape) for x in inputs)
+            peak = max(peak, fresh + written)
+            written = t.nbytes if fresh and not self.casts(t) else 0  # a fresh result, written while the next is made
+        return self.width_buffer_bytes + peak + STAGING_BYTES
+
+    @property
+    def width_buffer_bytes(self) -> int:
+        """The bytes a width growth's reused buffers hold once every tensor is computed, each slot as large as the
+        largest tensor it took (`BufferPool`): the reader's, one per input; the width operator's (its
+        `buffer_bytes`); and the two the casts alternate in (`materialize`)."""
+        assert self.width is not None
+        source = {t.name: t for t in self.binding.all_tensors()}
+        reads: dict[int, int] = {}  # per input slot (`materialize`: ("read", i))
+        casts: dict[int, int] = {}  # by the output's parity
+        calls = []
+        for i, t in enumerate(self.tensors):
+            inputs = [source[r] for r in t.reads]
+            for slot, x in enumerate(inputs):
+                reads[slot] = max(reads.get(slot, 0), nbytes(x.dtype, x.shape))
+            if inputs:
+                calls.append((t.source, inputs))
+            if self.casts(t):
+                casts[i % 2] = max(casts.get(i % 2, 0), t.nbytes)
+        return sum(reads.values()) + self.width.buffer_bytes(calls) + sum(casts.values())
 
     def without_arithmetic(self, t: OutputTensor) -> bool:
         """Whether output `t` is written as bytes that already exist: a source tensor's stored bytes (a depth copy

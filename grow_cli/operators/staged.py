@@ -89,7 +89,7 @@ class StagedWidth(WidthOperator):
     def apply(self, tensor: BoundTensor, inputs: list[Any]):
         w = tensor.weight
         side = ("this", self._next_buffer_set())
-        out = self.state_layout(tensor, self.as_float(inputs[0], side), side)
+        out = self.state_layout(tensor, self.as_float(w, inputs[0], side), side)
         divisor = self._in_divisor(w)
         if divisor != 1:
             out = out / divisor

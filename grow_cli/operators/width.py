@@ -35,6 +35,7 @@ from grow_cli.arch.binding import Binding, BoundTensor
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape, config_value
 from grow_cli.checkpoint.buffers import BufferPool
+from grow_cli.checkpoint.dtypes import dtype_name, nbytes
 from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.limits import check_width
 from grow_cli.operators import index_maps as im
@@ -361,18 +362,16 @@ class WidthOperator:
         between two buffer sets, so the executor can write one tensor while it computes the next.
         """
         w = tensor.weight
-        side = self._next_buffer_set()
+        tags = self._input_tags(tensor, len(inputs), self._next_buffer_set())
+        this = self.as_float(w, inputs[0], tags[0])
         if self.method == "zero":
-            out = self._zero(w, self.as_float(inputs[0], ("this", side)), tensor.name)
+            out = self._zero(w, this, tensor.name, tags[0])
         else:
-            out = self._fpi(w, self.as_float(inputs[0], ("this", side)), ("this", side))
-            if self.method == "aki" and len(inputs) == 2:
+            out = self._fpi(w, this, tags[0])
+            if len(tags) == 2:  # AKI: new output units from the next layer's tensor
                 axis = _OUT_AXIS[w.kind]
-                m = self._axis(w.axes[axis])
-                if m is not None:
-                    out = _where_along(
-                        m.new, axis, self._fpi(w, self.as_float(inputs[1], ("next", side)), ("next", side)), out
-                    )
+                widened = self._fpi(w, self.as_float(w, inputs[1], tags[1]), tags[1])
+                out = _where_along(self._axes[w.axes[axis]].new, axis, widened, out)
             if self.method == "hypercloning" and self.noise_snr_db is not None:
                 out = self._noise(w, out, tensor.name)
         if w.runtime_scale:
@@ -390,15 +389,16 @@ class WidthOperator:
         weight = WeightDef(name=name, kind="linear", axes=(w_OI.shape[0], "hidden"))
         return self.apply(BoundTensor(name, weight, None, tuple(w_OI.shape), "F32"), [w_OI]).clone()
 
-    def as_float(self, x, tag: object):
-        """`x` in float32: itself when it is, else cast into a reused buffer (slot `tag`). A fresh cast per tensor
-        of a bf16 or fp16 source, freed one after another, made glibc keep their space: a width growth of a bf16
-        Llama held 1.6x its estimated peak, more than the whole source."""
+    def as_float(self, w: WeightDef, x, tag: object):
+        """`x` (an input of `w`) in float32: itself when it is, else cast into a reused buffer (the first of
+        `buffers`). A fresh cast per tensor of a bf16 or fp16 source, freed one after another, made glibc keep their
+        space: a width growth of a bf16 Llama held 1.6x its estimated peak, more than the whole source."""
         import torch
 
         if x.dtype == torch.float32:
             return x
-        return self._pool.tensor(("float", tag), tuple(x.shape), "F32").copy_(x)
+        (slot, shape), *_ = self.buffers(w, tuple(x.shape), dtype_name(x.dtype), tag)
+        return self._pool.tensor(slot, shape, "F32").copy_(x)
 
     def release_buffers(self) -> None:
         """Free the buffers `apply` computed into (the weights are written; growing the moments takes its own)."""
@@ -629,9 +629,9 @@ class WidthOperator:
         return float(getattr(defaults, key))
 
     @cached_property
-    def _axes(self) -> dict[str, _Axis]:
-        import torch
-
+    def _indices(self) -> dict[str, tuple[list[int], int]]:
+        """Each widenable space's index map (the source unit of every target position) and its source size: what
+        `_axes` makes tensors of, in plain lists so that sizing buffers (`buffers`) needs no torch."""
         s, h = self.source, self.source.head_dim
         q, kv = im.rows(self.maps["heads"], h), im.rows(self.maps["kv_heads"], h)
         qn, kvn = s.num_heads * h, s.num_kv_heads * h
@@ -655,8 +655,15 @@ class WidthOperator:
             spaces["shared_ffn"] = (self.maps["shared_ffn"], s.shared_intermediate_size)
         if self.maps["heads"] == self.maps["kv_heads"]:  # GPT-NeoX: per-head (heads, 3, head_dim) rows, MHA only
             spaces["qkv_heads"] = (im.rows(self.maps["heads"], 3 * h), 3 * qn)
+        return spaces
+
+    @cached_property
+    def _axes(self) -> dict[str, _Axis]:
+        import torch
+
+        q, kv = im.rows(self.maps["heads"], self.source.head_dim), im.rows(self.maps["kv_heads"], self.source.head_dim)
         axes = {}
-        for space, (index, n) in spaces.items():
+        for space, (index, n) in self._indices.items():
             c = im.counts(index, n)
             # new = not the first copy of its source unit (within its part of a fused [q|k|v])
             if space == "qkv":
@@ -675,28 +682,86 @@ class WidthOperator:
         return axes
 
     def _axis(self, space: str | int) -> _Axis | None:
+        return None if self._index(space) is None else self._axes[space]  # type: ignore[index]
+
+    def _index(self, space: str | int) -> list[int] | None:
+        """The index map of `space` (see `_indices`), or None for an axis width growth leaves as it is."""
         if space in ("vocab", "positions", "token_types", "experts") or space in self.arch.config_spaces:
             return None  # never widened (the expert count is not a width; a config space keeps its keys' values)
-        if space == "shared_ffn" and space not in self._axes:
+        if space == "shared_ffn" and space not in self._indices:
             return None  # a zero-sized shared expert
         if isinstance(space, int) or space == "head_dim":
             return None  # a fixed axis, or one head (head_dim never changes)
-        if space not in self._axes:
+        if space not in self._indices:
             raise UsageError(f"{self.arch.name}: cannot widen a '{space}' axis with these head maps")
-        return self._axes[space]
+        return self._indices[space][0]
+
+    def _gathers(self, w: WeightDef, shape: tuple[int, ...], *, every: bool = False) -> list[tuple[int, tuple]]:
+        """(axis, shape after it) of each gather `_fpi` makes of a tensor of `w` of `shape`, in order: one per widened
+        axis, none where the map keeps every unit in place (a hidden-only growth's FFN axis), which would copy the
+        same values (and divide them by 1) into one more full-size buffer. `every`: that axis too (`_zero` draws
+        along it, and its draws decide the values of the axes after it)."""
+        steps = []
+        for axis, space in enumerate(w.axes):
+            index = self._index(space)
+            if index is None or (not every and index == list(range(shape[axis]))):
+                continue
+            shape = (*shape[:axis], len(index), *shape[axis + 1 :])
+            steps.append((axis, shape))
+        return steps
+
+    def buffers(self, w: WeightDef, shape: tuple[int, ...], dtype: str, tag: object) -> list[tuple[object, tuple]]:
+        """The float32 buffers widening one input of `w` (of `shape`, safetensors `dtype`) fills, in order, as (pool
+        slot, shape): the input's float32 copy (a 16-bit input's only), each gather (`_gathers`), and G_zero's draw
+        for new input columns. The last gather (else the copy) holds the result, in the slot `tag` names; the others
+        are dead once the next is made, so both buffer sets (and AKI's next-layer input) share two scratch slots
+        (`_chain`) and the draw's. One home for their sizes: `apply` fills them and `buffer_bytes` (the plan's
+        peak) adds them up."""
+        copy = [] if dtype == "F32" else [tuple(shape)]
+        zero = self.method == "zero"
+        gathers = self._gathers(w, tuple(shape), every=zero)
+        draws = [after for axis, after in gathers if zero and axis == w.in_axis and w.axes[axis] != "q"]
+        return _chain([*copy, *(after for _, after in gathers)], tag) + [("draw", after) for after in draws]
+
+    def buffer_bytes(self, calls: list[tuple[BoundTensor, list[BoundTensor]]]) -> int:
+        """The bytes this operator's buffers hold once `apply` has widened each of `calls` (a tensor and the source
+        tensors it reads) in turn: every slot of `buffers` keeps the largest size asked of it (`BufferPool`)."""
+        held: dict[object, int] = {}
+        for number, (tensor, inputs) in enumerate(calls, 1):
+            for tag, x in zip(self._input_tags(tensor, len(inputs), number % 2), inputs, strict=False):
+                for slot, shape in self.buffers(tensor.weight, x.shape, x.dtype, tag):
+                    held[slot] = max(held.get(slot, 0), max(1, nbytes("F32", shape)))  # (as `BufferPool`)
+        return sum(held.values())
+
+    def _input_tags(self, tensor: BoundTensor, inputs: int, side: int) -> list[tuple[str, int]]:
+        """The buffer slots `apply` widens its inputs into: the tensor's own, and AKI's next-layer tensor's where it
+        fills new output units from it."""
+        w = tensor.weight
+        takes_next = self.method == "aki" and inputs == 2 and self._index(w.axes[_OUT_AXIS[w.kind]]) is not None
+        return [("this", side), ("next", side)] if takes_next else [("this", side)]
+
+    def temporary_bytes(self, tensor: BoundTensor, shape: tuple[int, ...]) -> int:
+        """The most bytes `apply` holds outside its buffers while it widens `tensor` to `shape` (0 when its result is
+        a gather's buffer): at most two float32 temporaries of the output's size (HyperCloning's noise, AKI's merge,
+        staged's blocks, G_zero's norm gains, an embedding's scale or a head norm's fold)."""
+        w = tensor.weight
+        fresh = (
+            self.method in ("aki", "staged")
+            or (self.method == "hypercloning" and self.noise_snr_db is not None)
+            or (self.method == "zero" and w.kind == "norm")
+        )
+        return 2 * nbytes("F32", shape) if fresh or w.runtime_scale or w.head_norm else 0
 
     def _fpi(self, w: WeightDef, x, tag: object, *, divide: bool = True):
         """OUT on every axis, IN (gather and divide by the copy count) on the input axis; `divide=False`: gather only.
 
-        Gathers go into reused buffers (slots named by `tag` and axis): the result is valid until the next call
-        with the same tag (see `apply`).
+        Gathers go into reused buffers (`buffers`): the result, in slot `tag`, is valid until the next call with the
+        same tag (see `apply`); the steps before it are scratch.
         """
-        for axis, space in enumerate(w.axes):
-            m = self._axis(space)
-            if m is None:
-                continue
-            shape = (*x.shape[:axis], len(m.index_list), *x.shape[axis + 1 :])
-            x = m.gather(x, axis, self._pool.tensor((tag, axis), shape, "F32"), divide=divide and axis == w.in_axis)
+        gathers = self._gathers(w, tuple(x.shape))
+        for (axis, _), (slot, shape) in zip(gathers, _chain([after for _, after in gathers], tag), strict=True):
+            m = self._axes[w.axes[axis]]  # type: ignore[index]
+            x = m.gather(x, axis, self._pool.tensor(slot, shape, "F32"), divide=divide and axis == w.in_axis)
         return x
 
     # -- what growing a training state needs (grow_cli/growth/grown_state.py) -----------------------------------
@@ -764,21 +829,22 @@ class WidthOperator:
         x.index_add_(axis, torch.tensor(second), -noise)
         return x
 
-    def _zero(self, w: WeightDef, x, name: str):
+    def _zero(self, w: WeightDef, x, name: str, tag: object):
         """G_zero in width: new units zero; new input columns random (they read zeros); norm gains corrected.
 
-        Each step works in place on the tensor the gather just made (never on `x` as given, which may be the
-        reader's buffer), so a matrix needs at most two full-size temporaries: the gathered tensor and the random
-        columns' draw (drawn at full size, so that the values do not depend on which columns are new)."""
+        Each axis is gathered into this operator's buffers (`buffers`: the result in slot `tag`, valid as `_fpi`'s)
+        and worked on in place there, never in `x` as given, which may be the reader's buffer; so is the random
+        columns' draw (drawn at full size, so that the values do not depend on which columns are new). Fresh
+        temporaries, freed one after another, made glibc keep their space: `--width-factor 2` of a bf16 Llama held
+        1.2x its estimate."""
         import torch
 
         std = float(x.std()) if x.numel() > 1 else 0.02
         gen = self._generator(name)
-        for axis, space in enumerate(w.axes):
-            m = self._axis(space)
-            if m is None:
-                continue
-            x = x.index_select(axis, m.index)
+        gathers = self._gathers(w, tuple(x.shape), every=True)
+        for (axis, shape), (slot, _) in zip(gathers, _chain([after for _, after in gathers], tag), strict=True):
+            space, m = w.axes[axis], self._axes[w.axes[axis]]  # type: ignore[index]
+            x = torch.index_select(x, axis, m.index, out=self._pool.tensor(slot, shape, "F32"))
             new = _along(m.new, axis, x.ndim)
             if axis == w.in_axis:
                 # New hidden and FFN units are exactly zero, so random weights reading them change nothing and
@@ -786,9 +852,8 @@ class WidthOperator:
                 if space == "q":
                     x.masked_fill_(new, 0.0)
                 else:
-                    fill = torch.randn(x.shape, generator=gen).mul_(std or 0.02)
-                    torch.where(new, fill, x, out=x)
-                    del fill
+                    fill = torch.randn(shape, generator=gen, out=self._pool.tensor("draw", shape, "F32"))
+                    torch.where(new, fill.mul_(std or 0.02), x, out=x)
             elif w.kind == "norm":
                 # RMS over a zero-padded space shrinks by √(n/n'): scale the gain (1 + w for Gemma) back (E1a)
                 scale = math.sqrt(self.source.space_size(space) / self.target.space_size(space))
@@ -803,6 +868,14 @@ class WidthOperator:
         import torch
 
         return torch.Generator().manual_seed(zlib.crc32(name.encode()) ^ (self.seed * 2654435761 % 2**32))
+
+
+def _chain(shapes: list[tuple[int, ...]], tag: object) -> list[tuple[object, tuple]]:
+    """Buffer slots for a chain of float32 steps of `shapes`, each made from the one before: the last (the result)
+    in slot `tag`, the others in two scratch slots taken in turn back from it, so that no step overwrites the one it
+    reads, and a chain with or without its first step (`as_float`'s copy, which `_fpi` does not see) puts every
+    other step in the same slot."""
+    return [(tag if i == len(shapes) - 1 else ("scratch", (len(shapes) - 1 - i) % 2), s) for i, s in enumerate(shapes)]
 
 
 def _along(v, axis: int, ndim: int):
