@@ -371,7 +371,7 @@ class WidthOperator:
             if len(tags) == 2:  # AKI: new output units from the next layer's tensor
                 axis = _OUT_AXIS[w.kind]
                 widened = self._fpi(w, self.as_float(w, inputs[1], tags[1]), tags[1])
-                out = _where_along(self._axes[w.axes[axis]].new, axis, widened, out)
+                out = _where_along(self._axes[w.axes[axis]].new, axis, widened, out)  # type: ignore[index]
             if self.method == "hypercloning" and self.noise_snr_db is not None:
                 out = self._noise(w, out, tensor.name)
         if w.runtime_scale:
