@@ -283,6 +283,30 @@ def test_the_kv_cache_works_after_shared_training_steps():
     assert torch.equal(cached, uncached)
 
 
+def test_lists_of_layer_indices_follow_the_allocated_and_written_layers():
+    """An all-attention LFM2 names its attention layers by index (`full_attn_idxs`, beside the `layer_types` it
+    builds): allocating a stage's layers and writing the unique ones map the list as depth growth does (left as it
+    was, the written config.json listed 4 layers of 8)."""
+    if "lfm2" not in tf.CONFIG_MAPPING:
+        pytest.skip("this transformers has no LFM2")
+    config = tf.Lfm2Config(
+        vocab_size=96,
+        num_hidden_layers=4,
+        hidden_size=32,
+        intermediate_size=48,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        full_attn_idxs=[0, 1, 2, 3],
+        pad_token_id=0,
+    )
+    plan = ApolloPlan(12, ((4, 0), (8, 3)), "lvps")
+    model = allocate(plan, tf.Lfm2ForCausalLM(config))
+    assert model.config.full_attn_idxs == list(range(8)), model.config.full_attn_idxs
+    assert model.config.layer_types == ["full_attention"] * 8
+    Apollo(plan, model, seed=0).written_state(model.state_dict())  # 4 unique layers in use at step 0
+    assert model.config.full_attn_idxs == [0, 1, 2, 3] and model.config.num_hidden_layers == 4
+
+
 def test_stage_growth_copies_layers_in_place_from_the_top_down():
     small = build_tiny("llama").double()
     plan = ApolloPlan(12, ((4, 0), (6, 3), (12, 5)), "lvps")

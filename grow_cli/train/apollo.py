@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from grow_cli.arch.layer_lists import LAYER_INDEX_LISTS, mapped_indices
 from grow_cli.errors import ArchitectureError
 from grow_cli.operators.depth import interpolate
 from grow_cli.train.apollo_plan import DEPTH_SALT, ApolloPlan, definition, layer_lists, sample_depth
@@ -131,6 +132,7 @@ class Apollo:
         setattr(self.config, self.arch.config["layers"], keep)
         for key in self._lists():
             setattr(self.config, key, getattr(self.config, key)[:keep])
+        _map_index_lists(self.config, range(keep))
         return kept
 
     def _lists(self) -> list[str]:
@@ -151,6 +153,7 @@ def allocate(plan: ApolloPlan, model: Any) -> Any:
         values = getattr(text, key, None)
         if isinstance(values, list):
             setattr(text, key, [values[0]] * plan.allocated)
+    _map_index_lists(text, [0] * plan.allocated)
     bigger = type(model)(config)
     if getattr(model, "generation_config", None) is not None:  # decoders: keep the checkpoint's own
         bigger.generation_config = model.generation_config
@@ -161,6 +164,15 @@ def allocate(plan: ApolloPlan, model: Any) -> Any:
     stray = [k for k in missing if not ((m := new_layers.match(k)) and int(m.group(1)) >= plan.stages[0][0])]
     assert not stray and not unexpected, (stray, unexpected)
     return bigger.to(next(model.parameters()).dtype)
+
+
+def _map_index_lists(config: Any, layer_map: list[int] | range) -> None:
+    """The config's lists of layer indices (`LAYER_INDEX_LISTS`: an all-attention LFM2's `full_attn_idxs`) for the
+    stack `layer_map` builds, as depth growth maps them: a list left as it was named the source's layers only, in the
+    config.json written (transformers builds each layer's kind from it where `layer_types` is absent)."""
+    for key in LAYER_INDEX_LISTS:
+        if isinstance(values := getattr(config, key, None), list):
+            setattr(config, key, mapped_indices(values, layer_map))
 
 
 def _layer_block(arch, model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
