@@ -122,7 +122,8 @@ def test_resume_auto_under_quiet_skips_a_damaged_checkpoint_without_a_note(pause
     code, stdout, stderr = run_grow(train_args(model, data, out, *COMMON, "--resume", "auto"), capsys)
     assert code == 0 and stderr == "", stderr
     assert (
-        stdout.startswith("trained 8 steps") and json.loads((out / "grow.json").read_text())["stages"][-1]["steps"] == 8
+        stdout.startswith("trained steps 5–8 of 8 (resumed from step 4;")
+        and json.loads((out / "grow.json").read_text())["stages"][-1]["steps"] == 8
     )
 
 

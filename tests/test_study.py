@@ -410,7 +410,7 @@ def test_an_error_about_the_text_names_the_option_given(tmp_path, monkeypatch, c
     (tmp_path / "records").mkdir()
     (tmp_path / "records" / "a.jsonl").write_text('{"body": "words"}\n')
     for text, says in [
-        ("absent", f"error: --text {tmp_path / 'absent'}: no such file or folder"),
+        ("absent", f"error: --text {str(tmp_path / 'absent')!r}: no such file or folder"),
         ("records", f"error: {tmp_path / 'records' / 'a.jsonl'}:1: no text field 'text'; set the preset's text_field"),
     ]:
         argv = ["study.py", "prepare", "--text", str(tmp_path / text), "--work", str(tmp_path / "work")]

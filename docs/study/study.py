@@ -210,7 +210,7 @@ def _prepare(preset: dict[str, Any], work: Path, text: Path | None) -> dict[str,
         shutil.rmtree(tokenizer_dir, ignore_errors=True)  # another text (a source installed since) or vocabulary
     if not (tokenizer_dir / "tokenizer.json").is_file():
         print(f"training a {spec['vocab_size']}-token byte-level BPE on the corpus…", file=sys.stderr)
-        texts = (piece for source in sources for piece, _ in read_texts(source, text_field))
+        texts = (piece for source in sources for piece, *_ in read_texts(source, text_field))
         train_tokenizer(texts, spec["vocab_size"]).save_pretrained(tokenizer_dir)
     config = transformers.AutoConfig.for_model(**preset["family"]["members"][0]["config"])
     tokenizer, eos = load_tokenizer(tokenizer_dir, config)  # exactly as train-stage loads it: same cache key
