@@ -1,5 +1,6 @@
-"""Training throughput on one GPU: `grow train-stage` (eager, compiled, with and without Liger Kernel) against
-transformers' `Trainer` (eager, with and without `use_liger_kernel`), on Llama shapes of ~360M and ~1.1B parameters.
+"""Training throughput on one GPU: `grow train-stage` (its defaults — on a CUDA GPU the decoder blocks compiled and
+Liger Kernel's fused loss — and eager, with and without Liger) against transformers' `Trainer` (its defaults, and with
+`use_liger_kernel`), on Llama shapes of ~360M and ~1.1B parameters.
 
     python benchmarks/bench_train_gpu.py                  # both shapes, all configurations: ≤ 5 min on H100/H200
     python benchmarks/bench_train_gpu.py --shapes 360m    # one shape
@@ -11,11 +12,11 @@ Both sides train the same randomly initialised model (SmolLM2-360M's and TinyLla
 the same random tokens (a local `.bin` file, packed by grow's token pipeline for both), with the same micro-batch,
 sequence length (2048), bf16 autocast over fp32 weights, AdamW (β = 0.9/0.95, weight decay 0.1), cosine schedule
 and gradient clipping; every other setting is each side's default (grow: no per-step host wait, pinned copies,
-Liger where installed; Trainer: its default optimizer and data loader). Each configuration runs in a fresh process.
-Throughput is steady state: tokens trained between two synchronised points (the device finished every queued
-step) after `--warmup` steps, divided by the time between them; MFU is that over the GPU's dense bf16 peak with
-PaLM's FLOPs per token (`grow_cli.train.flops`), the same count for both sides; memory is
-`torch.cuda.max_memory_allocated`. Printed: one row per configuration and the ratios that answer the question —
+compiled blocks and Liger's fused loss where installed; Trainer: its default optimizer and data loader). Each
+configuration runs in a fresh process. Throughput is steady state: tokens trained between two synchronised points
+(the device finished every queued step) after `--warmup` steps, divided by the time between them; MFU is that over
+the GPU's dense bf16 peak with PaLM's FLOPs per token (`grow_cli.train.flops`), the same count for both sides; memory
+is `torch.cuda.max_memory_allocated`. Printed: one row per configuration and the ratios that answer the question —
 grow's default against Trainer's default, and the fastest grow against the fastest Trainer.
 
 `--shapes bert-base` (not in the default run, to keep it within 5 minutes) measures masked-LM training instead:
@@ -109,29 +110,37 @@ SHAPES = {
         "micro_batch_size": 2,
     },
 }
-# What each shape runs, as (side, compiled, Liger): Liger entries run without Liger where liger-kernel is not
-# installed (then duplicates drop out). The 1.1B shape skips grow's eager run without Liger, to stay within 5 minutes.
+# What each shape runs, as (side, compiled, Liger): None leaves the choice to grow's defaults (on a CUDA GPU: the
+# blocks compiled, Liger's fused loss), True/False ask for it or turn it off. Liger entries run without Liger where
+# liger-kernel is not installed (then duplicates drop out). The 1.1B shape skips grow's eager run without Liger, to
+# stay within 5 minutes.
 PLAN = {
     "360m": [
+        ("grow", None, None),
         ("grow", False, False),
         ("grow", False, True),
-        ("grow", True, True),
         ("trainer", False, False),
         ("trainer", False, True),
     ],
-    "1.1b": [("grow", False, True), ("grow", True, True), ("trainer", False, False), ("trainer", False, True)],
-    "bert-base": [("grow", False, False), ("trainer", False, False)],
-    "tiny": [("grow", False, False), ("grow", True, False), ("trainer", False, False)],
-    "tiny-bert": [("grow", False, False), ("trainer", False, False)],
+    "1.1b": [("grow", None, None), ("grow", False, True), ("trainer", False, False), ("trainer", False, True)],
+    "bert-base": [("grow", None, None), ("trainer", False, False)],
+    "tiny": [("grow", None, None), ("grow", True, False), ("trainer", False, False)],
+    "tiny-bert": [("grow", None, None), ("trainer", False, False)],
 }
+DEFAULT = {"grow": "grow default", "trainer": "trainer default"}
 
 
-def configurations(shape: str, liger: bool) -> dict[str, tuple[str, bool, bool]]:
-    """The configurations `shape` runs, by name (e.g. "grow compiled + liger"), with Liger only where installed."""
-    chosen: dict[str, tuple[str, bool, bool]] = {}
+def configurations(shape: str, liger: bool) -> dict[str, tuple[str, bool | None, bool | None]]:
+    """The configurations `shape` runs, by name (e.g. "grow eager + liger"), with Liger only where installed."""
+    chosen: dict[str, tuple[str, bool | None, bool | None]] = {}
     for side, compiled, wants_liger in PLAN[shape]:
-        on = wants_liger and liger
+        if compiled is None:
+            chosen[DEFAULT[side]] = (side, None, None)
+            continue
+        on = bool(wants_liger and liger)
         name = f"{side} {'compiled' if compiled else 'eager'}{' + liger' if on else ''}"
+        if side == "trainer" and not on:
+            name = DEFAULT[side]  # Trainer's defaults: eager, no Liger
         chosen.setdefault(name, (side, compiled, on))
     return chosen
 
@@ -241,10 +250,9 @@ def report(results: dict, args) -> dict:
         grow = {n: r for n, r in done.items() if n.startswith("grow")}
         trainer = {n: r for n, r in done.items() if n.startswith("trainer")}
         ratios = {}
-        default = "grow eager + liger" if "grow eager + liger" in grow else "grow eager"  # Liger: used when installed
-        if default in grow and "trainer eager" in trainer:
+        if DEFAULT["grow"] in grow and DEFAULT["trainer"] in trainer:
             ratios["grow default / trainer default"] = (
-                grow[default]["tokens_per_s"] / trainer["trainer eager"]["tokens_per_s"]
+                grow[DEFAULT["grow"]]["tokens_per_s"] / trainer[DEFAULT["trainer"]]["tokens_per_s"]
             )
         if grow and trainer:
             best_grow = max(grow, key=lambda n: grow[n]["tokens_per_s"])
@@ -266,7 +274,7 @@ def print_table(results: dict, summary: dict, header: dict) -> None:
             f"\n{shape}: {header['parameters'][shape] / 1e6:.0f}M parameters, sequence {header['seq_len'][shape]}, "
             f"micro-batch {SHAPES[shape]['micro_batch_size']}"
         )
-        print(f"  {'configuration':26} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'wall s':>7}")
+        print(f"  {'configuration':26} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'wall s':>7}  kernels (grow)")
         for name, r in rows.items():
             if r.get("status") != "ok":
                 print(f"  {name:26} {r.get('status')}")
@@ -274,10 +282,19 @@ def print_table(results: dict, summary: dict, header: dict) -> None:
             mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
             print(
                 f"  {name:26} {r['tokens_per_s']:>10,.0f} {mfu:>6} {r['peak_memory_bytes'] / 2**30:>9.1f} "
-                f"{r['seconds']:>7.0f}"
+                f"{r['seconds']:>7.0f}  {_kernels(r)}"
             )
         for label, ratio in summary[shape].items():
             print(f"  {label}: {ratio:.2f}×")
+
+
+def _kernels(result: dict) -> str:
+    """What a grow configuration ran with (grow.json's `kernels`), e.g. "32 compiled blocks, liger: fused_linear…"."""
+    kernels = result.get("kernels")
+    if not kernels:
+        return ""
+    liger = ", ".join(kernels["liger"]) or "none"
+    return f"{kernels['compiled_blocks']} compiled blocks, liger: {liger}"
 
 
 def main() -> None:

