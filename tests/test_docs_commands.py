@@ -118,7 +118,7 @@ class _Reached(Exception):
 
 # The commands whose options the CLI turns into a checked object before any file is read: GrowthSpec for expand,
 # TrainConfig for train-stage. Their library calls are replaced, so nothing runs and no path need exist.
-CHECKED = {"expand": "grow_cli.growth.expand.expand_command", "train-stage": "grow_cli.train.loop.train_stage"}
+CHECKED = {"expand": "grow_cli.growth.expand.expand", "train-stage": "grow_cli.train.loop.train_stage"}
 
 
 def _checked_commands() -> list[tuple[str, str]]:

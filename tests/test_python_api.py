@@ -188,7 +188,8 @@ def _less_place_and_time(report: dict) -> dict:
 def test_a_public_function_takes_its_commands_options_and_no_internal_ones():
     """docs/python.md: a keyword argument is its command's flag without the dashes. `expand(command=…)` (the command
     line grow.json records) and `push_folder(rerun=…)` (what a failed push says to run) were public keywords no
-    command has: the commands pass them through internal functions now. The rest are docs/python.md's exceptions."""
+    command has: the commands set them around the call now (`lineage.command_line.recording`, `push_output`). The
+    rest are docs/python.md's exceptions."""
     from grow_cli.commands import compare, expand, plan, push
     from grow_cli.commands import inspect as inspect_command
 

@@ -233,10 +233,11 @@ def expand(
     from grow_cli.commands.given import given_on_the_command_line
     from grow_cli.commands.push_options import check_push_options
     from grow_cli.console import print_json
-    from grow_cli.growth.expand import expand_command as run
+    from grow_cli.growth.expand import expand as run
     from grow_cli.growth.render import render_expand
     from grow_cli.growth.spec import GrowthSpec
     from grow_cli.lineage.card import redact_argv
+    from grow_cli.lineage.command_line import recording
     from grow_cli.signals import command_output
 
     check_push_options(push_to_hub, private=private)  # (expand's --token also reads a Hub source)
@@ -250,19 +251,19 @@ def expand(
             from grow_cli.hub.access import check_may_push
 
             check_may_push(push_to_hub, token, quiet=quiet)
-    report = run(
-        source,
-        out,
-        GrowthSpec.from_options(options, given_on_the_command_line(context, options)),
-        revision=revision,
-        token=token,
-        force=force,
-        dry_run=dry_run,
-        verify=verify,
-        verify_max_memory=verify_max_memory,
-        quiet=quiet,  # --json too shows progress: it goes to stderr, the document to stdout
-        command=["grow", *redact_argv(sys.argv[1:])],
-    )
+    with recording(["grow", *redact_argv(sys.argv[1:])]):
+        report = run(
+            source,
+            out,
+            GrowthSpec.from_options(options, given_on_the_command_line(context, options)),
+            revision=revision,
+            token=token,
+            force=force,
+            dry_run=dry_run,
+            verify=verify,
+            verify_max_memory=verify_max_memory,
+            quiet=quiet,  # --json too shows progress: it goes to stderr, the document to stdout
+        )
     if push_to_hub and not dry_run:
         from grow_cli.commands.push_options import note_if_card_kept, note_if_unread
         from grow_cli.hub.push import push_output

@@ -153,8 +153,9 @@ def _first_model(member: Member, folder: Path, seed: int) -> tuple[Path, str | N
 def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool) -> dict[str, Any]:
     """`grow expand` of the previous member into `out`, as the member's `grow:` block says; with `optimizer: grow`
     its final training state is grown too, otherwise the weights only."""
-    from grow_cli.growth.expand import expand_command
+    from grow_cli.growth.expand import expand
     from grow_cli.growth.train_state import final_checkpoint, training_checkpoint
+    from grow_cli.lineage.command_line import recording
 
     assert member.spec is not None, "every member after the first has a grow: block"
     grows_state = recipe.optimizer_of(member) == "grow"
@@ -166,9 +167,8 @@ def _grow(member: Member, previous: Path, out: Path, recipe: Recipe, quiet: bool
     # weights only where the previous member kept a training state; expand refuses the option for a model folder
     weights_only = not grows_state and training_checkpoint(previous) is not None
     spec = dataclasses.replace(member.spec, weights_only=weights_only)
-    return expand_command(
-        str(previous), out, spec, quiet=quiet, force=True, command=["grow", "family", str(recipe.path)]
-    )
+    with recording(["grow", "family", str(recipe.path)]):
+        return expand(str(previous), out, spec, quiet=quiet, force=True)
 
 
 def baseline_settings(settings: dict[str, Any], tokens: int) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from typing import Any
 
 from grow_cli.checkpoint.output import check_output
 from grow_cli.errors import CheckpointError, OutputError
-from grow_cli.growth.expand import expand_command
+from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
+from grow_cli.lineage.command_line import recording
 
 
 def minilm_folder() -> Path:
@@ -38,24 +39,23 @@ def run_demo(out: Path, *, force: bool = False, quiet: bool = False) -> dict[str
     check_demo_folder(out)
     for stage in STAGES:
         check_output(out / stage, None, force=force)
-    wide = expand_command(
-        str(minilm_folder()),
-        out / "wide",
-        GrowthSpec(width_method="fpi", width_factor=2),
-        verify=True,
-        force=force,
-        quiet=quiet,
-        command=["grow", "demo", str(out)],
-    )
-    deep = expand_command(
-        str(out / "wide"),
-        out / "wide-deep",
-        GrowthSpec(layers=12, depth_method="stack"),
-        verify=True,
-        force=force,
-        quiet=quiet,
-        command=["grow", "demo", str(out)],
-    )
+    with recording(["grow", "demo", str(out)]):
+        wide = expand(
+            str(minilm_folder()),
+            out / "wide",
+            GrowthSpec(width_method="fpi", width_factor=2),
+            verify=True,
+            force=force,
+            quiet=quiet,
+        )
+        deep = expand(
+            str(out / "wide"),
+            out / "wide-deep",
+            GrowthSpec(layers=12, depth_method="stack"),
+            verify=True,
+            force=force,
+            quiet=quiet,
+        )
     return {"out": str(out.expanduser().resolve()), "stages": [wide, deep]}
 
 

@@ -52,6 +52,7 @@ from grow_cli.growth.st_modules import (
 from grow_cli.growth.train_state import SourceState, config_of_weights, training_source, weights_only_refused
 from grow_cli.limits import require_free_space, require_memory
 from grow_cli.lineage.card import write_card
+from grow_cli.lineage.command_line import recorded_command
 from grow_cli.lineage.record import append_stage, load_record, write_record
 from grow_cli.operators.index_scaling import scale_query
 from grow_cli.operators.staged import identity_init
@@ -171,7 +172,6 @@ def _stage(
     source: CheckpointSource,
     hashes: dict[str, Any],
     verify: dict[str, Any] | None,
-    command: list[str] | None,
 ) -> dict[str, Any]:
     summary = plan_summary(plan)
     shape_keys = (
@@ -206,7 +206,7 @@ def _stage(
         "dtype": plan.out_dtype or "as source",
         "added_tensors": plan.added_tensors(),
         "verify": verify,
-        "command": command,
+        "command": recorded_command(),
     }
 
 
@@ -236,40 +236,9 @@ def expand(
     `out` must not exist or be empty unless `force`. Raises `OptionError`/`UsageError` for a growth the source cannot
     take, `CheckpointError`, `ArchitectureError`, `OutputError`, `HubError`, and `VerificationError` when `verify`
     finds an exact method not exact (nothing is written then). `quiet` hides the progress bars on stderr (grow's, and
-    a Hub download's). grow.json records no command line (`expand_command` records the grow command's).
+    a Hub download's). grow.json records the grow command line set by `lineage.command_line.recording` (None from
+    Python).
     """
-    return expand_command(
-        source,
-        out,
-        spec,
-        command=None,
-        revision=revision,
-        token=token,
-        force=force,
-        dry_run=dry_run,
-        verify=verify,
-        verify_max_memory=verify_max_memory,
-        quiet=quiet,
-    )
-
-
-def expand_command(
-    source: str | os.PathLike[str],
-    out: str | os.PathLike[str] | None,
-    spec: GrowthSpec,
-    *,
-    command: list[str] | None,
-    revision: str | None = None,
-    token: str | None = None,
-    force: bool = False,
-    dry_run: bool = False,
-    verify: bool = False,
-    verify_max_memory: str | int | None = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """`expand` as a grow command runs it (`grow expand`, `grow demo`, `grow family`): `command` is what grow.json
-    and the report record as the command line that made the output. Not public: a Python caller has no command
-    line to record."""
     from grow_cli.checkpoint.output import check_output
 
     verify_memory = _verify_memory(verify_max_memory, verify)
@@ -314,7 +283,6 @@ def expand_command(
                     verify=verify or (plan.arch.always_verify and plan.function_preserving),
                     verify_memory=verify_memory,
                     quiet=quiet,
-                    command=command,
                 )
             finally:
                 hasher.cancel()  # a refused plan or a failed run leaves no thread hashing
@@ -436,7 +404,6 @@ def _execute(
     verify: bool,
     verify_memory: int | None,
     quiet: bool,
-    command: list[str] | None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     with staged_output(out, src.folder, force=force) as tmp:
@@ -469,7 +436,7 @@ def _execute(
         except GrowError:
             hasher.result()  # weights the hashing finds non-finite explain a failed check: that is said instead
             raise
-        stage = _stage(plan, src, hasher.result(), check, command)
+        stage = _stage(plan, src, hasher.result(), check)
         stage["training_state"] = grown_state
         _write_lineage(plan, src.folder, tmp, stage, title=out.name)
     growth = growth_summary(plan_summary(plan), src)

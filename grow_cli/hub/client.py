@@ -79,7 +79,10 @@ def resolve_token(token: str | None) -> str:
     return token
 
 
-def translate(exc: BaseException, action: str, repo_id: str, rerun: str = "re-run the same command") -> HubError:
+RERUN = "re-run the same command"  # what a transient failure says to do to resume, unless told otherwise
+
+
+def translate(exc: BaseException, action: str, repo_id: str, rerun: str = RERUN) -> HubError:
     """One line that says what failed while `action` on `repo_id`, why, and what to run next (`rerun`: how to
     resume, e.g. "re-run the same command").
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,15 @@ from grow_cli.checkpoint.reader import load_weight_map, not_a_file, read_safeten
 from grow_cli.checkpoint.source import is_repo_id
 from grow_cli.console import hub_bars_only_on_a_terminal
 from grow_cli.errors import CheckpointError, GrowError, HubError, UsageError, counted
-from grow_cli.hub.client import check_cache_folders, endpoint, hub_client, is_offline, resolve_token, translate
+from grow_cli.hub.client import (
+    RERUN,
+    check_cache_folders,
+    endpoint,
+    hub_client,
+    is_offline,
+    resolve_token,
+    translate,
+)
 from grow_cli.hub.hub_card import hub_card_is_owned
 from grow_cli.lineage.card import is_grow_card, render_card
 from grow_cli.lineage.record import load_record
@@ -79,6 +88,11 @@ STALE_WEIGHT_PATTERNS = [
 ]
 
 
+# What a transient failure's message says to do to resume: `push_output` names the `grow push` that does, where
+# re-running the command that wrote the folder would redo its work.
+_resume: ContextVar[str] = ContextVar("push_resume", default=RERUN)
+
+
 def push_folder(
     folder: str | os.PathLike[str],
     repo_id: str,
@@ -103,37 +117,9 @@ def push_folder(
     the revision already held every file: the client then makes no commit, and opens no pull request, so `commit` is the
     revision's head and `files` is empty). Raises CheckpointError for an incomplete folder or a README.md that cannot be
     a card, UsageError for contradictory options and HubError for everything the Hub refuses; a transient failure's
-    message says to re-run the same command to resume. `quiet`: no upload progress bars on stderr.
+    message says to re-run the same command to resume (`push_output`'s, to run the `grow push` that does). `quiet`: no
+    upload progress bars on stderr.
     """
-    return _push(
-        folder,
-        repo_id,
-        rerun="re-run the same command",
-        private=private,
-        revision=revision,
-        commit_message=commit_message,
-        create_pr=create_pr,
-        token=token,
-        quiet=quiet,
-        replace_card=replace_card,
-    )
-
-
-def _push(
-    folder: str | os.PathLike[str],
-    repo_id: str,
-    *,
-    rerun: str,
-    private: bool = False,
-    revision: str | None = None,
-    commit_message: str | None = None,
-    create_pr: bool = False,
-    token: str | None = None,
-    quiet: bool = False,
-    replace_card: bool = False,
-) -> dict[str, Any]:
-    """`push_folder`, whose transient failure says to `rerun` to resume: `push_output`'s names the `grow push` that
-    does, where re-running the command that wrote the folder would redo its work."""
     folder = Path(folder).expanduser()  # `~` is the home folder, as in a shell
     weights = check_complete(folder)
     check_card(folder)
@@ -189,7 +175,7 @@ def _push(
     except HubError:
         raise
     except Exception as exc:  # the client's errors, translated once, without the token
-        raise translate(exc, action, repo_id, rerun) from None
+        raise translate(exc, action, repo_id, _resume.get()) from None
 
     branch = (info.pr_revision if create_pr else None) or revision or "main"  # a pull request's refs/pr/N
     return {
@@ -307,13 +293,16 @@ def push_output(folder: Path, repo_id: str, *, made_by: str, private: bool = Fal
     stays complete on disk, and the one line says so and gives the `grow push` command that resumes the upload
     (re-running `made_by` itself would refuse the existing folder or redo the work)."""
     command = f"grow push {shlex.quote(str(folder))} {repo_id}" + (" --private" if private else "")
+    resume = _resume.set(f"run `{command}`")
     try:
-        return _push(folder, repo_id, private=private, rerun=f"run `{command}`", **options)
+        return push_folder(folder, repo_id, private=private, **options)
     except GrowError as exc:
         text = str(exc) if command in str(exc) else f"{exc}; then run `{command}`"
         raise HubError(
             f"{made_by} finished and {folder} is complete, but pushing it to {repo_id} failed: {text}"
         ) from None
+    finally:
+        _resume.reset(resume)
 
 
 def check_complete(folder: Path) -> list[str]:
