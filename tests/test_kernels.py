@@ -80,14 +80,16 @@ def test_checkpoints_of_compiled_and_eager_runs_are_interchangeable(tmp_path, ca
         assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
 
 
-def test_blocks_are_compiled_by_default_on_a_cuda_gpu_in_one_process_or_ddp_only():
+def test_blocks_are_compiled_by_default_for_a_dense_model_on_a_cuda_gpu_in_one_process_or_ddp_only():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert kernels.compile_applies(None, cuda, sharded=False, apollo=False) is True
-    assert kernels.compile_applies(None, cpu, sharded=False, apollo=False) is False
-    assert kernels.compile_applies(None, cuda, sharded=True, apollo=False) is False  # FSDP, DeepSpeed
-    assert kernels.compile_applies(None, cuda, sharded=False, apollo=True) is False  # each depth recompiles
-    assert kernels.compile_applies(True, cpu, sharded=True, apollo=True) is True  # --compile: as asked
-    assert kernels.compile_applies(False, cuda, sharded=False, apollo=False) is False
+    plain = dict(sharded=False, apollo=False, moe=False)
+    assert kernels.compile_applies(None, cuda, **plain) is True
+    assert kernels.compile_applies(None, cpu, **plain) is False
+    assert kernels.compile_applies(None, cuda, **{**plain, "sharded": True}) is False  # FSDP, DeepSpeed
+    assert kernels.compile_applies(None, cuda, **{**plain, "apollo": True}) is False  # each depth recompiles
+    assert kernels.compile_applies(None, cuda, **{**plain, "moe": True}) is False  # routing breaks the graph
+    assert kernels.compile_applies(True, cpu, sharded=True, apollo=True, moe=True) is True  # --compile: as asked
+    assert kernels.compile_applies(False, cuda, **plain) is False
 
 
 def test_liger_is_never_looked_for_off_a_gpu(monkeypatch):

@@ -198,8 +198,8 @@ def train_stage(
         bool | None,
         SpeedOpt(
             "--compile/--no-compile",
-            help="torch.compile each decoder layer in place, one compiled block reused (default: on CUDA GPUs, "
-            "except under FSDP, DeepSpeed or Apollo).",
+            help="torch.compile each decoder layer in place, one compiled block reused (default: on CUDA GPUs for "
+            "dense models, except under FSDP, DeepSpeed or Apollo).",
             show_default=False,
         ),
     ] = None,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from accelerate import Accelerator, DistributedType
 
+from grow_cli.arch.experts import experts_and_top_k
 from grow_cli.checkpoint.files import METRICS_FILE
 from grow_cli.checkpoint.fingerprint import weights_fingerprint
 from grow_cli.checkpoint.output import remove_entries
@@ -185,7 +186,10 @@ def build(config: TrainConfig, checked: Checked) -> Run | Finished:
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     check_whole_state(config, checked.continuation, accelerator.distributed_type.value if sharded else None)
     liger = liger_applies(config.liger, checked.model_config.model_type, accelerator.device, sharded=sharded)
-    compiled = compile_applies(config.compile, accelerator.device, sharded=sharded, apollo=bool(checked.apollo))
+    moe = bool(experts_and_top_k(checked.model_config)[0])
+    compiled = compile_applies(
+        config.compile, accelerator.device, sharded=sharded, apollo=bool(checked.apollo), moe=moe
+    )
     check_attention_run(config.attn_implementation, accelerator.device, accelerator.mixed_precision)
     continuation = checked.continuation
     budget = make_budget(config, accelerator, continuation.start_step if continuation else 0)

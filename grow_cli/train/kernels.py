@@ -19,9 +19,10 @@ minutes, and state-dict names stay unchanged, so checkpoints of compiled and eag
 compiled blocks, Liger contributes its fused loss only: inductor fuses each block's norms, activation and rotary
 embedding with their neighbours itself, which Liger's opaque kernels would prevent (one H200, 360M Llama shape:
 compiled blocks with Liger's loss 143k tokens/s, with all of Liger's kernels 91k, eager with all of them 98–108k).
-It is used automatically on a CUDA GPU for a run in one process or under DDP; not on a CPU (compiling takes longer
-there than most CPU runs train), under FSDP or DeepSpeed (they wrap the blocks themselves) or with Apollo (each
-depth recompiles).
+It is used automatically on a CUDA GPU for a dense model trained in one process or under DDP; not on a CPU
+(compiling takes longer there than most CPU runs train), under FSDP or DeepSpeed (they wrap the blocks themselves),
+with Apollo (each depth recompiles), or for a mixture of experts (its routing's data-dependent shapes break the graph,
+and it has not been measured on a GPU).
 """
 
 from __future__ import annotations
@@ -111,12 +112,12 @@ def _liger_unavailable(model_type: str, device: torch.device) -> str | None:
     return None
 
 
-def compile_applies(wanted: bool | None, device: torch.device, *, sharded: bool, apollo: bool) -> bool:
-    """Whether to compile the repeated blocks: `wanted=None` on a CUDA GPU for a run in one process or under DDP
-    (see the module docstring for where not), True and False as asked."""
+def compile_applies(wanted: bool | None, device: torch.device, *, sharded: bool, apollo: bool, moe: bool) -> bool:
+    """Whether to compile the repeated blocks: `wanted=None` on a CUDA GPU for a dense model trained in one process or
+    under DDP (see the module docstring for where not), True and False as asked."""
     if wanted is not None:
         return wanted
-    return device.type == "cuda" and not sharded and not apollo
+    return device.type == "cuda" and not (sharded or apollo or moe)
 
 
 def compile_repeated_blocks(model: torch.nn.Module, **compile_options: Any) -> int:
