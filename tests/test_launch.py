@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,32 @@ def test_an_error_every_rank_finds_alike_is_said_once_after_the_group_exists_too
     assert result.code == 2 and result.stderr == "error: --resume: the checkpoint was made with max_lr=0.001\n"
 
 
+def _asleep(pid: int, *, within: float, settle: float = 0.5) -> bool:
+    """Wait until process `pid` is asleep, spending no CPU time for `settle` seconds: past its start-up (CPU-bound,
+    and slower on a loaded machine than any fixed sleep allowed), waiting. False if it ends first, or not within
+    `within` seconds."""
+    import time
+
+    def state_and_cpu() -> tuple[str, int]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[11]) + int(fields[12])  # state, user + system clock ticks
+
+    deadline, quiet_since, last = time.monotonic() + within, None, None
+    while time.monotonic() < deadline:
+        state, cpu = state_and_cpu()
+        if state == "Z":
+            return False  # it ended (without waiting)
+        if state == "S" and cpu == last:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= settle:
+                return True
+        else:
+            quiet_since = None
+        last = cpu
+        time.sleep(0.05)
+    return False
+
+
 def test_a_silent_process_waits_until_the_launcher_ends_it(tmp_path):
     """A process that says nothing of an error found before the group exists does not exit first: the launcher
     would then end the process that reports it before its line. It waits; the launcher's SIGTERM (sent when the
@@ -84,7 +111,6 @@ def test_a_silent_process_waits_until_the_launcher_ends_it(tmp_path):
     import os
     import signal
     import subprocess
-    import time
 
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     proc = subprocess.Popen(
@@ -94,7 +120,7 @@ def test_a_silent_process_waits_until_the_launcher_ends_it(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)  # well past the refusal (~0.3 s here), well within the wait
+    assert _asleep(proc.pid, within=60), "the process never began to wait"
     still_running = proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
