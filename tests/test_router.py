@@ -235,17 +235,23 @@ def test_grow_plan_states_the_stacking_rules_n_and_c_for_an_moe_target(capsys):
     assert "train a small model (2 layers, 25.8M parameters, 8.27M active) on d = " in text, text
 
 
-def test_a_resumed_run_reports_the_router_over_the_whole_run(tmp_path, capsys):
-    """The router's summary in grow.json is over the whole run; resumed at step 4 of 8, it once covered steps 5 to 8
-    alone (the totals started again at zero), unlike the same run made in one go. The checkpoint now carries them."""
+def _whole_and_resumed(tmp_path, capsys, *, steps: int, save_every: int, pause_at: int) -> None:
+    """An upcycled MoE (4 experts, top-2) trained `steps` steps with the router logged every 2, twice: in one go into
+    tmp_path/whole, and paused at `pause_at` then resumed into tmp_path/parts."""
     dense, data = save_tiny_lm(tmp_path / "dense"), write_plays(tmp_path / "data")
     moe = tmp_path / "moe"
     expand(str(dense), moe, GrowthSpec(experts=4, top_k=2), quiet=True)
-    args = ["train-stage", moe, "--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 8]
-    args += ["--save-every", 2, "--log-every", 2, "--eval-every", 100, "--quiet"]
+    args = ["train-stage", moe, "--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", steps]
+    args += ["--save-every", save_every, "--log-every", 2, "--eval-every", 100, "--quiet"]
     assert run_grow([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
-    assert run_grow([*args, "--out", tmp_path / "parts", "--exit-interval", 4], capsys)[0] == 0
+    assert run_grow([*args, "--out", tmp_path / "parts", "--exit-interval", pause_at], capsys)[0] == 0
     assert run_grow([*args, "--out", tmp_path / "parts", "--resume", "auto"], capsys)[0] == 0
+
+
+def test_a_resumed_run_reports_the_router_over_the_whole_run(tmp_path, capsys):
+    """The router's summary in grow.json is over the whole run; resumed at step 4 of 8, it once covered steps 5 to 8
+    alone (the totals started again at zero), unlike the same run made in one go. The checkpoint now carries them."""
+    _whole_and_resumed(tmp_path, capsys, steps=8, save_every=2, pause_at=4)
     whole, parts = (load_record(tmp_path / name)["stages"][-1]["router"] for name in ("whole", "parts"))
     assert parts["expert_load_by_layer"] == whole["expert_load_by_layer"]
     assert parts["router_aux_loss"] == pytest.approx(whole["router_aux_loss"], abs=1e-6)
@@ -255,14 +261,7 @@ def test_the_first_router_window_after_a_resume_covers_the_steps_since_the_last_
     """Logged every 2 steps and resumed from step 3, the router's window logged at step 4 covered step 4 alone (the
     window restarted at the resume), unlike the same run made in one go (steps 3 and 4). The checkpoint now carries
     the window since the last log, so every logged window is the one-go run's."""
-    dense, data = save_tiny_lm(tmp_path / "dense"), write_plays(tmp_path / "data")
-    moe = tmp_path / "moe"
-    expand(str(dense), moe, GrowthSpec(experts=4, top_k=2), quiet=True)
-    args = ["train-stage", moe, "--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6]
-    args += ["--save-every", 3, "--log-every", 2, "--eval-every", 100, "--quiet"]
-    assert run_grow([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
-    assert run_grow([*args, "--out", tmp_path / "parts", "--exit-interval", 3], capsys)[0] == 0
-    assert run_grow([*args, "--out", tmp_path / "parts", "--resume", "auto"], capsys)[0] == 0
+    _whole_and_resumed(tmp_path, capsys, steps=6, save_every=3, pause_at=3)
     keys = ("router_aux_loss", "expert_load_max", "expert_load_min")
     whole, parts = (
         {m["step"]: [m[k] for k in keys] for m in read_metrics(tmp_path / name / "metrics.jsonl") if keys[0] in m}
