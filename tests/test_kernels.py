@@ -44,17 +44,26 @@ def test_train_stage_compile_trains_the_same_numbers(tmp_path, capsys, monkeypat
     """`--compile` end to end (with dynamo's eager backend, which runs the captured graph op by op): the losses of
     the eager run, and grow.json says how many blocks were compiled."""
     monkeypatch.setattr(kernels, "COMPILE_BACKEND", "eager")
+    runs = {"eager": ["--no-compile", "--no-liger"], "compiled": ["--compile", "--no-liger"]}
+    losses, kernels_used = _trained(tmp_path, capsys, runs)
+    for name, blocks in (("eager", 0), ("compiled", 2)):
+        assert kernels_used[name] == {"liger": [], "compiled_blocks": blocks, "attention": "sdpa"}
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
+
+
+def _trained(tmp_path, capsys, runs: dict[str, list[str]]) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """The tiny LM trained 6 steps once per entry of `runs` (name → extra flags) into tmp_path/NAME: each run's
+    losses and the kernels its grow.json records, by name."""
     model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
-    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet", "--no-liger"]
-    losses = {}
-    for name, flag in (("eager", ["--no-compile"]), ("compiled", ["--compile"])):
+    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet"]
+    losses, kernels_used = {}, {}
+    for name, flags in runs.items():
         out = tmp_path / name
-        code, _, stderr = run_grow(["train-stage", model, "--out", out, *common, *flag], capsys)
+        code, _, stderr = run_grow(["train-stage", model, "--out", out, *common, *flags], capsys)
         assert code == 0, stderr
         losses[name] = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
-        stage = json.loads((out / "grow.json").read_text())["stages"][-1]
-        assert stage["kernels"] == {"liger": [], "compiled_blocks": 2 if name == "compiled" else 0, "attention": "sdpa"}
-    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-6)
+        kernels_used[name] = json.loads((out / "grow.json").read_text())["stages"][-1]["kernels"]
+    return losses, kernels_used
 
 
 def test_checkpoints_of_compiled_and_eager_runs_are_interchangeable(tmp_path, capsys, monkeypatch):
@@ -153,17 +162,8 @@ def test_liger_losses_agree_with_the_plain_path(precision, rtol):
 def test_a_default_gpu_run_compiles_the_blocks_with_liger_s_loss_only(tmp_path, capsys):
     """On a CUDA GPU grow's defaults compile the blocks (inductor) and take Liger's fused loss alone; the losses
     agree with an eager run without Liger to bf16 rounding (2e-2 relative, as above)."""
-    model, data = save_tiny_lm(tmp_path / "model"), write_plays(tmp_path / "data", count=1, chars=20_000)
-    common = ["--data", data, "--seq-len", 32, "--micro-batch-size", 4, "--max-steps", 6, "--quiet"]
-    runs = {"default": [], "plain": ["--no-compile", "--no-liger"]}
-    losses, kernels_used = {}, {}
-    for name, flags in runs.items():
-        out = tmp_path / name
-        args = ["train-stage", model, "--out", out, *common, "--mixed-precision", "bf16", *flags]
-        code, _, stderr = run_grow(args, capsys)
-        assert code == 0, stderr
-        losses[name] = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
-        kernels_used[name] = json.loads((out / "grow.json").read_text())["stages"][-1]["kernels"]
+    bf16 = ["--mixed-precision", "bf16"]
+    losses, kernels_used = _trained(tmp_path, capsys, {"default": bf16, "plain": [*bf16, "--no-compile", "--no-liger"]})
     assert kernels_used["default"] == {
         "liger": ["fused_linear_cross_entropy"],
         "compiled_blocks": 2,
