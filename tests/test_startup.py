@@ -1,6 +1,7 @@
-"""What `grow` commands import: `inspect`, `expand --dry-run` and a depth expand that only copies bytes never import
-torch or transformers in grow's process (they cost seconds), and still give the same answers as the planner does
-with transformers loaded. Each command runs in a fresh process, as a user runs it."""
+"""What `grow` commands import: `inspect`, `expand --dry-run`, a depth expand that only copies bytes and a width expand
+that draws nothing at random never import torch or transformers in grow's process (they cost seconds), and still give
+the same answers as the planner does with transformers loaded. Each command runs in a fresh process, as a user runs
+it."""
 
 from __future__ import annotations
 
@@ -65,6 +66,25 @@ def test_dry_run_and_depth_expand_import_no_torch(tiny_checkpoints, tmp_path, me
     result, _, _ = grow(tmp_path, "expand", src, tmp_path / "out", *args, "-q")
     assert result == {"code": 0, "imported": []}
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 6
+
+
+WIDTHS = [("fpi", ()), ("aki", ("--dtype", "bf16")), ("hypercloning", ("--dtype", "fp16")), ("staged", ())]
+
+
+@pytest.mark.parametrize(("method", "flags"), WIDTHS)
+def test_a_width_expand_without_random_draws_imports_no_torch(tiny_checkpoints, tmp_path, method, flags):
+    """Width maps, their float32 arithmetic and the casts to bf16 and fp16 run in NumPy (`checkpoint/arrays.py`):
+    torch's import took a second before the first byte was written. (G_zero and HyperCloning's noise draw from
+    torch's seeded generators, and import it.) The output is the one this process makes with torch loaded."""
+    from grow_cli.growth.expand import expand
+
+    src, args = tiny_checkpoints("llama"), ("--width-factor", "2", "--width-method", method, *flags)
+    result, _, _ = grow(tmp_path, "expand", src, tmp_path / "out", *args, "-q")
+    assert result == {"code": 0, "imported": []}
+    spec = GrowthSpec(width_factor=2, width_method=method, dtype=flags[1] if flags else None)
+    expand(src, tmp_path / "here", spec, quiet=True)
+    shards = sorted((tmp_path / "here").glob("*.safetensors"))
+    assert shards and all((tmp_path / "out" / shard.name).read_bytes() == shard.read_bytes() for shard in shards)
 
 
 def test_an_upcycling_dry_run_imports_no_torch(tiny_checkpoints, tmp_path):

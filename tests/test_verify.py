@@ -93,6 +93,7 @@ def test_a_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypatch, d
     as stored)."""
     import pytest
 
+    from grow_cli.checkpoint.arrays import stored, torch_view
     from grow_cli.errors import VerificationError
     from grow_cli.growth import expand as executor
     from grow_cli.growth.spec import GrowthSpec
@@ -105,15 +106,16 @@ def test_a_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypatch, d
     )
 
     nudged = "model.layers.1.self_attn.o_proj.weight"  # moves the logits by ~0.003: under 0.03, over 1e-4
-    stored, materialize = executor.stored_bytes, executor.materialize
+    stored_bytes, materialize = executor.stored_bytes, executor.materialize
 
     def computed(plan, reader, index):
-        return None if plan.tensors[index].name == nudged else stored(plan, reader, index)
+        return None if plan.tensors[index].name == nudged else stored_bytes(plan, reader, index)
 
     def nudge(plan, reader, index, pool=None, casts=None):
         result = materialize(plan, reader, index, pool, casts)
-        step = result.abs().clamp(min=2**-126) * 2**-7  # one unit in bf16's last place, about
-        return (result + step).to(result.dtype) if plan.tensors[index].name == nudged else result
+        values = torch_view(result)
+        step = values.abs().clamp(min=2**-126) * 2**-7  # one unit in bf16's last place, about
+        return stored((values + step).to(values.dtype)) if plan.tensors[index].name == nudged else result
 
     monkeypatch.setattr(executor, "stored_bytes", computed)
     monkeypatch.setattr(executor, "materialize", nudge)

@@ -10,11 +10,13 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from tiny_models import ALL, MODEL_CLASSES, build_tiny, probe_ids, save_tiny
 
+from grow_cli.checkpoint.arrays import Stored
 from grow_cli.errors import UsageError, VerificationError
 from grow_cli.growth.expand import expand
 from grow_cli.growth.spec import GrowthSpec
@@ -196,10 +198,10 @@ def test_zero_leaves_the_tensors_it_reads_unchanged(sources, name):
         )
         assert plan.width is not None
         for t in plan.tensors:
-            given = [reader.read(r).float() for r in t.reads]
-            kept = [x.clone() for x in given]
+            given = [Stored(reader.read(r).float().numpy(), "F32") for r in t.reads]
+            kept = [x.values.copy() for x in given]
             grown = plan.width.apply(t.source, given)
-            assert all(torch.equal(a, b) for a, b in zip(given, kept, strict=True)), t.name
+            assert all(np.array_equal(a.values, b) for a, b in zip(given, kept, strict=True)), t.name
             assert grown.shape == t.shape
 
 
@@ -373,14 +375,14 @@ def _filled_buffers(monkeypatch) -> dict:
     """Every `BufferPool` slot a run fills, with the bytes it ends up holding (filled as the run goes)."""
     from grow_cli.checkpoint.buffers import BufferPool
 
-    held, real = {}, BufferPool.tensor
+    held, real = {}, BufferPool.array
 
     def recorded(self, slot, shape, dtype):
-        tensor = real(self, slot, shape, dtype)
-        held[id(self), slot] = self._slots[slot].numel()
-        return tensor
+        array = real(self, slot, shape, dtype)
+        held[id(self), slot] = self._slots[slot].size
+        return array
 
-    monkeypatch.setattr(BufferPool, "tensor", recorded)
+    monkeypatch.setattr(BufferPool, "array", recorded)
     return held
 
 
@@ -466,5 +468,5 @@ def test_a_bf16_source_is_widened_from_reused_float32_buffers(tmp_path, monkeypa
         monkeypatch.setattr(WidthOperator, rule, spy)
     src = _as_float8(save_tiny("llama", tmp_path / "bf16"), torch.bfloat16)
     expand(str(src), tmp_path / "out", GrowthSpec(width_factor=2, width_method=method), quiet=True)
-    assert seen and all(dtype == torch.float32 and owned for dtype, owned in seen)
+    assert seen and all(dtype == np.float32 and owned for dtype, owned in seen)
     assert {t.dtype for t in _weights(tmp_path / "out").values()} == {torch.bfloat16}

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
+from grow_cli.checkpoint.arrays import stored
 from grow_cli.checkpoint.reader import CheckpointReader
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 
@@ -20,7 +21,7 @@ def _write(folder, tensors, max_shard, *, direct=True):
     shards = plan_shards(planned, max_shard)
     writer = ShardWriter(folder, shards, direct=direct)
     for name, (tensor, _) in tensors.items():
-        writer.write(name, tensor)
+        writer.write(name, stored(tensor))
     return writer.finish(), shards
 
 
@@ -100,7 +101,7 @@ def test_copied_tensors_keep_their_place_within_a_page(tmp_path):
     planned = [PlannedTensor(n, tuple(t.shape), k) for n, (t, k) in tensors.items()]
     writer = ShardWriter(tmp_path, plan_shards(planned, 10**9), source_offsets={"a.weight": 3 * PAGE + 200 * 8})
     for name, (tensor, _) in tensors.items():
-        writer.write(name, tensor)
+        writer.write(name, stored(tensor))
     writer.finish()
     reader = CheckpointReader(tmp_path)
     assert reader.tensors["a.weight"].start % PAGE == 200 * 8

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grow_cli.checkpoint.arrays import Stored, to_float32
 from grow_cli.checkpoint.dtypes import DTYPES
 from grow_cli.checkpoint.header import TensorEntry
 from grow_cli.errors import CheckpointError, OptionError, counted
@@ -56,26 +57,25 @@ def refuse_non_finite(tensor, where: str, name: str, instead: str = GROW_EARLIER
         raise non_finite_weights(where, name, count, instead)
 
 
-def refuse_overflow(name: str, result, cast, *, dtype_given: bool) -> None:
+def refuse_overflow(name: str, result: Stored, cast: Stored, *, dtype_given: bool) -> None:
     """Refuse tensor `name` when casting its computed values (`result`) to float16 (`cast`) made some of them
     infinite: float16 holds values only up to 65504, where bf16 and float32 reach 3.4e38, so `--dtype fp16` of a
     bf16 or float32 source that holds a larger weight wrote an infinity (exit 0, and a model that outputs NaN;
     `--verify` then blamed the exact method). bf16 keeps float32's range, and float8 outputs (a float8 source's own
-    dtype) are not looked at (torch has no isfinite for them); a value that was already NaN or infinite is the
-    source's, which the hashing names. `dtype_given`: whether --dtype chose float16 (else it is the source's own)."""
-    import torch
-
-    if cast.dtype != torch.float16 or result.dtype == torch.float16 or bool(torch.isfinite(cast).all()):
+    dtype) are not looked at; a value that was already NaN or infinite is the source's, which the hashing names.
+    `dtype_given`: whether --dtype chose float16 (else it is the source's own)."""
+    if cast.dtype != "F16" or result.dtype == "F16" or bool(np.isfinite(cast.values).all()):
         return
-    overflowed = int((torch.isinf(cast) & torch.isfinite(result)).sum())
+    values = to_float32(result)
+    overflowed = int(np.count_nonzero(np.isinf(cast.values) & np.isfinite(values)))
     if not overflowed:
         return
-    largest = float(result[torch.isfinite(result)].abs().max())
+    largest = float(np.abs(values[np.isfinite(values)]).max())
     advice = "leave out --dtype (keep the source's dtype) or use --dtype bf16" if dtype_given else "use --dtype bf16"
     raise OptionError(
         "dtype",
         f"tensor {name} holds {counted(overflowed, 'value')} beyond float16's range (largest {largest:.4g}, float16 "
-        f"ends at {torch.finfo(torch.float16).max:g}), which would be written as infinite and make the model output "
+        f"ends at {np.finfo(np.float16).max:g}), which would be written as infinite and make the model output "
         f"NaN; {advice}",
     )
 

@@ -19,11 +19,10 @@ import re
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grow_cli.background import in_background
-from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.checkpoint.dtypes import dtype_name, torch_dtype
+from grow_cli.checkpoint.dtypes import dtype_name
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import (
     BIN_INDEX,
@@ -51,6 +50,12 @@ __all__ = [
     "not_a_file",
     "read_safetensors_header",
 ]
+
+# NumPy is imported where a tensor is read, not when a reader opens: the safetensors library's background check of the
+# headers imports it too, and must not be left inside that import when a run ends (tests/test_reader.py).
+if TYPE_CHECKING:
+    from grow_cli.checkpoint.arrays import Stored
+    from grow_cli.checkpoint.buffers import BufferPool
 
 
 def _inside(folder: Path, file_name: str, index_name: str) -> Path:
@@ -321,39 +326,70 @@ class CheckpointReader:
         return {name: (e.shape, e.dtype) for name, e in self.tensors.items()}
 
     def read(self, name: str, pool: BufferPool | None = None, slot: object = None):
-        """The tensor `name` as a CPU tensor: its own memory, or slot `slot` of `pool` when given."""
-        import torch
+        """The tensor `name` as a CPU torch tensor: its own memory, or slot `slot` of `pool` when given."""
+        from grow_cli.checkpoint.arrays import torch_view
 
+        entry = self._entry(name)
+        return (
+            self._read_bin(name, entry, pool, slot)
+            if entry.start < 0
+            else torch_view(self._read_bytes(name, entry, pool, slot))
+        )
+
+    def read_stored(self, name: str, pool: BufferPool | None = None, slot: object = None) -> Stored:
+        """The tensor `name` as stored (`arrays.Stored`), read without torch from a safetensors file: its own memory,
+        or slot `slot` of `pool` when given."""
+        from grow_cli.checkpoint.arrays import stored
+
+        entry = self._entry(name)
+        return (
+            stored(self._read_bin(name, entry, pool, slot))
+            if entry.start < 0
+            else self._read_bytes(name, entry, pool, slot)
+        )
+
+    def _entry(self, name: str) -> TensorEntry:
         entry = self.tensors.get(name)
         if entry is None:
             raise CheckpointError(f"tensor {name} is not in the checkpoint")
-        if entry.start < 0:
-            from grow_cli.checkpoint.finite import refuse_non_finite
+        return entry
 
-            stored = self._load_bin(entry.file)[self.stored_names.get(name, name)]
-            # into the pool's slot as for safetensors: a fresh copy per tensor, freed one after another, made glibc
-            # keep their space (a .bin depth growth held 8x its largest tensor)
-            tensor = stored.clone() if pool is None else pool.tensor(slot, entry.shape, entry.dtype).copy_(stored)
-            release(stored)  # a zip-format .bin is memory-mapped: give its pages back, as for one tensor read
-            refuse_non_finite(tensor, entry.file.name, name)  # no hash pass sees its values (`finite.FiniteScan`)
-            return tensor
-        if pool is not None:
-            tensor = pool.tensor(slot, entry.shape, entry.dtype)
+    def _read_bin(self, name: str, entry: TensorEntry, pool: BufferPool | None, slot: object):
+        """A `.bin` checkpoint's tensor, as a torch tensor."""
+        from grow_cli.checkpoint.arrays import Stored, torch_view
+        from grow_cli.checkpoint.finite import refuse_non_finite
+
+        stored_tensor = self._load_bin(entry.file)[self.stored_names.get(name, name)]
+        # into the pool's slot as for safetensors: a fresh copy per tensor, freed one after another, made glibc keep
+        # their space (a .bin depth growth held 8x its largest tensor)
+        if pool is None:
+            tensor = stored_tensor.clone()
         else:
-            tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
+            tensor = torch_view(Stored(pool.array(slot, entry.shape, entry.dtype), entry.dtype)).copy_(stored_tensor)
+        release(stored_tensor)  # a zip-format .bin is memory-mapped: give its pages back, as for one tensor read
+        refuse_non_finite(tensor, entry.file.name, name)  # no hash pass sees its values (`finite.FiniteScan`)
+        return tensor
+
+    def _read_bytes(self, name: str, entry: TensorEntry, pool: BufferPool | None, slot: object) -> Stored:
+        """A safetensors file's tensor, read into an array."""
+        import numpy as np
+
+        from grow_cli.checkpoint.arrays import Stored, empty
+
+        values = empty(entry.shape, entry.dtype).values if pool is None else pool.array(slot, entry.shape, entry.dtype)
         try:
             self._present(entry)
             self._open(entry.file)
             if entry.nbytes:
                 self._handle.seek(entry.start)
-                got = self._handle.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+                got = self._handle.readinto(values.reshape(-1).view(np.uint8).data)
                 if got != entry.nbytes:
                     raise CheckpointError(
                         f"{entry.file.name} is truncated (it shrank while grow read it): could not read tensor {name}"
                     )
         except OSError as exc:
             raise CheckpointError(f"cannot read tensor {name} from {entry.file}: {exc.strerror or exc}") from None
-        return tensor
+        return Stored(values, entry.dtype)
 
     def same_values(self, a: str, b: str, chunk: int = 8 << 20) -> bool:
         """Whether tensors `a` and `b` hold the same dtype, shape and bytes; compared a chunk at a time, so neither

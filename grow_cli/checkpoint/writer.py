@@ -18,8 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
+from grow_cli.checkpoint.arrays import Stored
 from grow_cli.checkpoint.direct_io import DirectAppender, open_direct
-from grow_cli.checkpoint.dtypes import dtype_name, nbytes, numel
+from grow_cli.checkpoint.dtypes import nbytes, numel
 from grow_cli.checkpoint.durable import WRITEBACK_STEP, Writeback
 from grow_cli.checkpoint.file_copy import CHUNK, FileRange, RangeCopier
 from grow_cli.checkpoint.files import SAFETENSORS_INDEX, shard_names
@@ -88,7 +91,7 @@ class ZeroBytes:
 class ShardWriter:
     """Writes planned shards into `folder`, one tensor at a time, in plan order.
 
-    A tensor comes either as a CPU tensor, written from its own memory (no copy), or as a `FileRange` of a source
+    A tensor comes either as a `Stored` array, written from its own memory (no copy), or as a `FileRange` of a source
     file holding exactly its bytes, copied file to file in the kernel where possible (`file_copy.RangeCopier`).
     `direct`: write shards without copied tensors with direct I/O where the filesystem allows it (False when the
     output is read back at once, as `--verify` does: its bytes are then still in the page cache).
@@ -123,9 +126,9 @@ class ShardWriter:
         self._written_back = 0  # bytes of the open shard whose writeback has been started
         self._file_index = -1
 
-    def write(self, name: str, data) -> int:
-        """Append `data` (a tensor, a `FileRange` of its stored bytes, or `ZeroBytes`) as the next planned tensor
-        `name`; returns the bytes written."""
+    def write(self, name: str, data: Stored | FileRange | ZeroBytes) -> int:
+        """Append `data` (its values as an array, a `FileRange` of its stored bytes, or `ZeroBytes`) as the next
+        planned tensor `name`; returns the bytes written."""
         shard_index, planned = self._order[self._next]
         self._check(planned, name, data)
         if shard_index != self._file_index:
@@ -143,9 +146,7 @@ class ShardWriter:
                 for start in range(0, data.nbytes, CHUNK):
                     self._write_bytes(zeros[: min(CHUNK, data.nbytes - start)])
             else:
-                import torch
-
-                self._write_bytes(memoryview(data.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+                self._write_bytes(np.ascontiguousarray(data.values).reshape(-1).view(np.uint8).data)
         self._next += 1
         return planned.nbytes
 
@@ -154,8 +155,8 @@ class ShardWriter:
             got = f"{name} ({data.nbytes} bytes)"
             ok = name == planned.name and data.nbytes == planned.nbytes
         else:
-            got = f"{name} {tuple(data.shape)} {dtype_name(data.dtype)}"
-            ok = name == planned.name and tuple(data.shape) == planned.shape and dtype_name(data.dtype) == planned.dtype
+            got = f"{name} {data.values.shape} {data.dtype}"
+            ok = name == planned.name and data.values.shape == planned.shape and data.dtype == planned.dtype
         if isinstance(data, FileRange) and name not in self.source_offsets:  # its shard may be direct
             raise AssertionError(f"writer got {name} as a copy, but source_offsets does not name it")
         if not ok:

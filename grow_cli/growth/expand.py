@@ -6,8 +6,10 @@ into `OUT/training-state/` (`growth/grown_state.py`).
 Memory stays bounded: the reader returns one tensor at a time and the writer appends it to a shard whose header was
 written in advance, so the peak is about one tensor (see `Plan.peak_bytes`), not one shard or one model. Tensors
 that no arithmetic changes (depth copies keeping their dtype, zeroed identity writers) never pass through Python:
-they are copied file to file in the kernel (`stored_bytes`), so a depth-only growth runs at the speed of `cp` and
-imports no torch.
+they are copied file to file in the kernel (`stored_bytes`), so a depth-only growth runs at the speed of `cp`. The
+others are computed in NumPy (`checkpoint/arrays.py`): a growth of safetensors weights without torch's seeded draws
+or inits (G_zero, HyperCloning's noise, upcycling, staged-identity) imports no torch, whose import took longer than
+writing a gigabyte.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from grow_cli.arch.binding import Binding, untie_choices
+from grow_cli.checkpoint import arrays
+from grow_cli.checkpoint.arrays import Stored
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.checkpoint.dtypes import torch_dtype
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES, holds_tokenizer_files
 from grow_cli.checkpoint.finite import refuse_overflow
@@ -87,35 +92,36 @@ def copied_entry(plan: Plan, reader: CheckpointReader, index: int) -> TensorEntr
 
 def materialize(
     plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None, casts: BufferPool | None = None
-):
-    """The output tensor `plan.tensors[index]`, computed from the tensors it reads.
+) -> Stored:
+    """The output tensor `plan.tensors[index]`, computed from the tensors it reads (in NumPy: `checkpoint/arrays.py`;
+    torch is imported only by an upcycling or identity init).
 
     With a `pool`, inputs are read into reused buffers: the result is valid until the next call. With `casts`, a
     result cast to another dtype is written into one of two buffers taken in turn (by the index's parity), so it
     stays valid while the next tensor is computed: fresh casts, freed one after another, made the allocator keep
     their space (1.6× the planned peak for `--dtype bf16` of a 2.2 GB model).
     """
-    import torch
-
     t = plan.tensors[index]
-    dtype = torch_dtype(t.dtype)
     if t.zero:  # an identity block's residual writer: 0, or −1 for a Gemma (1 + w) gain
-        return torch.full(t.shape, t.source.weight.zero_fill, dtype=dtype)
+        return arrays.full(t.shape, t.source.weight.zero_fill, t.dtype)
     if t.identity_init:
-        return identity_init(t.source.weight, t.shape, plan.target_shape).to(dtype)
-    inputs = [reader.read(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
-    result = plan.width.apply(t.source, inputs) if plan.width and inputs else (inputs[0] if inputs else None)
+        return arrays.cast(arrays.stored(identity_init(t.source.weight, t.shape, plan.target_shape)), t.dtype)
+    inputs = [reader.read_stored(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
+    result: Stored | None = inputs[0] if inputs else None
+    if plan.width and inputs:
+        result = Stored(plan.width.apply(t.source, inputs), "F32")
     if t.init is not None:  # upcycling: an expert's copy (scaled, partly re-initialised) or a new router
-        result = t.init.apply(None if result is None else result.float(), t.shape, plan.seed)
+        given = None if result is None else arrays.torch_view(Stored(arrays.to_float32(result), "F32"))
+        result = arrays.stored(t.init.apply(given, t.shape, plan.seed))
     assert result is not None, t.name  # only an upcycling init makes a tensor that reads nothing
     if t.query_scale != 1:  # (a copy in float32: the input may be the reader's buffer)
-        result = scale_query(result.float().clone(), t.source.weight, plan.target_shape, t.query_scale)
-    if casts is None or not plan.casts(t):
-        cast = result.to(dtype).contiguous()
-    else:
-        cast = casts.tensor(("cast", index % 2), t.shape, t.dtype).copy_(result)
-    refuse_overflow(t.name, result, cast, dtype_given=plan.out_dtype is not None)
-    return cast
+        copy = arrays.to_float32(result, out=np.empty(t.shape, np.float32))
+        values = scale_query(copy, t.source.weight, plan.target_shape, t.query_scale)
+        result = Stored(values, "F32")
+    out = casts.array(("cast", index % 2), t.shape, t.dtype) if casts is not None and plan.casts(t) else None
+    written = arrays.cast(result, t.dtype, out)
+    refuse_overflow(t.name, result, written, dtype_given=plan.out_dtype is not None)
+    return written
 
 
 def stream(
@@ -143,7 +149,7 @@ def stream(
             if in_flight is not None:
                 in_flight.result()  # the previous write is done: its buffers may be taken again
                 in_flight = None
-            if stored is None and not pool.owns(data):
+            if isinstance(data, Stored) and not pool.owns(data.values):
                 in_flight = background.submit(writer.write, t.name, data)
             else:
                 writer.write(t.name, data)

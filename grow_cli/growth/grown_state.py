@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from grow_cli.arch.experts import aux_loss_coef
+from grow_cli.checkpoint.arrays import Stored
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.direct_io import STAGING_BYTES
 from grow_cli.checkpoint.dtypes import numel
@@ -316,8 +319,6 @@ def gather_bytes(source: tuple[int, ...], target: tuple[int, ...]) -> list[int]:
 
 def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dict[str, Any]:
     """Stream the grown moments into `folder` (shards as planned) and write state.json; returns the summary."""
-    import torch
-
     folder.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(folder, state.shards)
     results = BufferPool()  # one scaled moment at a time: written (copied out) before the next is made
@@ -332,11 +333,11 @@ def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dic
             if count := non_finite_count(x):  # checked here, where each moment is read whole anyway
                 optimizer = state.source.checkpoint / OPTIMIZER_FILE
                 raise non_finite_moment(str(optimizer), f"{key} of {s.role}", count, MOMENTS_EARLIER)
-            laid = plan.width.state_layout(t.source, x, MOMENT_TAG) if plan.width else x
+            laid = plan.width.state_layout(t.source, x.numpy(), MOMENT_TAG) if plan.width else x.numpy()
             # into a reused buffer: fresh results, freed one after another, fragment the heap glibc keeps (FPI to
             # 2048/8192 of an 8x1024 Llama's state: 485 -> 420 MB beyond import; docs/benchmarks.md, Memory)
-            scaled = torch.mul(laid, factor, out=results.tensor("scaled", t.shape, "F32"))
-            written = writer.write(f"{t.name}.{key}", scaled)
+            scaled = np.multiply(laid, factor, out=results.array("scaled", t.shape, "F32"))
+            written = writer.write(f"{t.name}.{key}", Stored(scaled, "F32"))
             if advance is not None:
                 advance(written)
         release(m, v)  # optimizer.bin is memory-mapped: without this, every moment read stays resident

@@ -35,6 +35,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from grow_cli.checkpoint.arrays import stored
 from grow_cli.checkpoint.dtypes import converted, dtype_name, nbytes, torch_dtype
 from grow_cli.checkpoint.files import BIN_SINGLE, SAFETENSORS_SINGLE, SENTENCE_TRANSFORMERS_MODULES, WEIGHT_SUFFIXES
 from grow_cli.checkpoint.finite import refuse_overflow
@@ -274,11 +277,12 @@ def _write_dense(plan: Plan, m: Module, source: Path, dest: Path) -> str:
             result = w
         else:
             blocks = [
-                width.widen_reader(f"{m.path}/{name}[{b}]", w[:, b * d : (b + 1) * d].float()) for b in range(m.blocks)
+                width.widen_reader(f"{m.path}/{name}[{b}]", w[:, b * d : (b + 1) * d].float().numpy())
+                for b in range(m.blocks)
             ]
-            result = torch.cat(blocks, dim=1)
+            result = torch.from_numpy(np.concatenate(blocks, axis=1))
         grown[name] = result.to(dtype).contiguous()
-        refuse_overflow(f"{m.path}/{name}", result, grown[name], dtype_given=plan.out_dtype is not None)
+        refuse_overflow(f"{m.path}/{name}", stored(result), stored(grown[name]), dtype_given=plan.out_dtype is not None)
     (dest / m.path).mkdir(parents=True, exist_ok=True)  # (other formats of the source's weights are not written)
     save_file(grown, str(dest / m.path / SAFETENSORS_SINGLE), metadata={"format": "pt"})
     return f"{m.path}/{SAFETENSORS_SINGLE}"

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    import torch
+import numpy as np
 
+if TYPE_CHECKING:
     from grow_cli.arch.registry import ArchDef, WeightDef
     from grow_cli.arch.shape import ModelShape
 
@@ -29,11 +29,13 @@ def query_scale(arch: ArchDef, config: dict[str, Any], weight: WeightDef, source
     return (target + 1) / (source + 1)
 
 
-def scale_query(tensor: torch.Tensor, weight: WeightDef, shape: ModelShape, scale: float) -> torch.Tensor:
-    """`tensor` (float32, not shared) with its query part multiplied by `scale`, in place."""
+def scale_query(values: np.ndarray, weight: WeightDef, shape: ModelShape, scale: float) -> np.ndarray:
+    """`values` (float32, not shared) with its query part multiplied by `scale`, in place."""
     axis = weight.axes.index("qkv") if "qkv" in weight.axes else weight.axes.index("q")
-    tensor.narrow(axis, 0, shape.num_heads * shape.head_dim).mul_(scale)
-    return tensor
+    query = [slice(None)] * values.ndim
+    query[axis] = slice(0, shape.num_heads * shape.head_dim)
+    np.multiply(values[tuple(query)], scale, out=values[tuple(query)])
+    return values
 
 
 def note(arch: ArchDef) -> str:

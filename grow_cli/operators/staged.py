@@ -26,17 +26,17 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from grow_cli.arch.binding import BoundTensor
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape
+from grow_cli.checkpoint.arrays import Stored
 from grow_cli.errors import OptionError
 from grow_cli.operators.config_spaces import kept_roles
 from grow_cli.operators.width import WidthOperator, _along
-
-if TYPE_CHECKING:
-    import torch
 
 
 def staged_width_refusal(arch: ArchDef) -> str | None:
@@ -86,7 +86,7 @@ class StagedWidth(WidthOperator):
 
     # -- the rules ---------------------------------------------------------------------------------------------
 
-    def apply(self, tensor: BoundTensor, inputs: list[Any]):
+    def apply(self, tensor: BoundTensor, inputs: list[Stored]) -> np.ndarray:
         w = tensor.weight
         side = ("this", self._next_buffer_set())
         out = self.state_layout(tensor, self.as_float(w, inputs[0], side), side)
@@ -105,7 +105,7 @@ class StagedWidth(WidthOperator):
             return None
         return (1.0 / self.head_scale if self.tied else 1.0) / self.k
 
-    def state_layout(self, tensor: BoundTensor, x, tag: object):
+    def state_layout(self, tensor: BoundTensor, x: np.ndarray, tag: object) -> np.ndarray:
         """Gathered on every axis, then the off-diagonal blocks zeroed (entries that pair copy a with copy b ≠ a)."""
         w = tensor.weight
         x = self._fpi(w, x, tag, divide=False)
@@ -113,7 +113,7 @@ class StagedWidth(WidthOperator):
         if pair is not None:
             (a, space_a), (b, space_b) = pair
             same = _along(self._ordinals[space_a], a, x.ndim) == _along(self._ordinals[space_b], b, x.ndim)
-            x.mul_(same)
+            np.multiply(x, same, out=x)
         return x
 
     def fresh_entries(self, w: WeightDef) -> bool:
@@ -171,11 +171,9 @@ class StagedWidth(WidthOperator):
         return 1 if is_head else (self._uniform_count(w.axes[w.in_axis]) or 1)
 
     @cached_property
-    def _ordinals(self) -> dict[str, torch.Tensor]:
+    def _ordinals(self) -> dict[str, np.ndarray]:
         """For every widened space, which copy (0 … k−1) each target unit is; a fused axis counts per part."""
-        import torch
-
-        return {space: torch.tensor(_copy_ordinals(axis.index_list)) for space, axis in self._axes.items()}
+        return {space: np.array(_copy_ordinals(axis.index_list)) for space, axis in self._axes.items()}
 
 
 def _copy_ordinals(index: tuple[int, ...]) -> list[int]:

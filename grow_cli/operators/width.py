@@ -31,11 +31,14 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from grow_cli.arch.binding import Binding, BoundTensor
 from grow_cli.arch.registry import ArchDef, WeightDef
 from grow_cli.arch.shape import ModelShape, config_value
+from grow_cli.checkpoint.arrays import Stored, to_float32, torch_view
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.checkpoint.dtypes import dtype_name, nbytes
+from grow_cli.checkpoint.dtypes import nbytes
 from grow_cli.errors import OptionError, UsageError, counted
 from grow_cli.limits import check_width
 from grow_cli.operators import index_maps as im
@@ -243,35 +246,30 @@ def _expert_sizes(arch: ArchDef, shape: ModelShape, spec: GrowthSpec, f2: int) -
 class _Axis:
     """One widened axis: the source index of every target position, its copy count, and which positions are new."""
 
-    index: Any  # LongTensor
-    divisor: Any  # FloatTensor: count of the source unit each target position copies
-    new: Any  # BoolTensor: not the first copy of its source unit
+    index: np.ndarray  # integer
+    divisor: np.ndarray  # float32: count of the source unit each target position copies
+    new: np.ndarray  # bool: not the first copy of its source unit
     index_list: tuple[int, ...]
     tiles: int  # k when the map is the source's units k times over, in order (im.tiled); else 0
 
-    def gather(self, x, axis: int, out, *, divide: bool):
-        """`x` gathered along `axis` into `out` (and divided by the copy counts, `divide`), in one pass each.
+    def gather(self, x: np.ndarray, axis: int, out: np.ndarray, *, divide: bool) -> np.ndarray:
+        """`x` (float32) gathered along `axis` into `out` (and divided by the copy counts, `divide`), in one pass each.
 
-        A tiled map is k broadcast copies of the whole source, which torch writes ~3× faster than a gather (and
-        divides in the same pass by k, the count of every unit: the same bits as dividing afterwards). torch's
-        `gather` with an expanded index beats `index_select` ~1.5× on an inner axis; `index_select` copies whole
-        rows along the first (measured on the 2-core development VM, docs/benchmarks.md, eighth session).
+        A tiled map is k broadcast copies of the whole source, written in one pass (and divided in the same pass by
+        k, the count of every unit: the same bits as dividing afterwards), ~1.8× faster than a gather and its divide
+        (`up_proj` of the width benchmark, 2816×1024 → 2816×2048, on the development VM). Gathers take their indices
+        unchecked (`mode="clip"`): the default checks them by writing into a temporary of the output's size first
+        (22 MB and 3× the time for that model's `down_proj`), and a map's indices are in range by construction.
         """
-        import torch
-
         if self.tiles:
-            source = x.unsqueeze(axis).expand(*x.shape[:axis], self.tiles, *x.shape[axis:])
-            tiled = out.view(source.shape)
+            tiled = out.reshape(*x.shape[:axis], self.tiles, *x.shape[axis:])
             if divide:
-                torch.div(source, float(self.tiles), out=tiled)
+                np.divide(np.expand_dims(x, axis), np.float32(self.tiles), out=tiled)
             else:
-                tiled.copy_(source)
+                np.copyto(tiled, np.expand_dims(x, axis))
             return out
-        if axis == 0:
-            torch.index_select(x, 0, self.index, out=out)
-        else:
-            torch.gather(x, axis, _along(self.index, axis, x.ndim).expand(out.shape), out=out)
-        return out.div_(_along(self.divisor, axis, x.ndim)) if divide else out
+        np.take(x, self.index, axis=axis, out=out, mode="clip")
+        return np.divide(out, _along(self.divisor, axis, x.ndim), out=out) if divide else out
 
 
 class WidthOperator:
@@ -355,8 +353,8 @@ class WidthOperator:
                     return (tensor.name, nxt.name)
         return (tensor.name,)
 
-    def apply(self, tensor: BoundTensor, inputs: list[Any]) -> Any:
-        """The widened tensor (float32; the executor casts it to the output dtype).
+    def apply(self, tensor: BoundTensor, inputs: list[Stored]) -> np.ndarray:
+        """The widened tensor, float32, from its inputs as read (the executor casts it to the output dtype).
 
         It may live in this operator's buffers, and then stays valid until the second next call: calls alternate
         between two buffer sets, so the executor can write one tensor while it computes the next.
@@ -380,25 +378,23 @@ class WidthOperator:
             out = (out + w.gain_offset) * fold - w.gain_offset
         return out
 
-    def widen_reader(self, name: str, w_OI):
+    def widen_reader(self, name: str, w_OI: np.ndarray) -> np.ndarray:
         """A matrix outside the checkpoint that reads the model's last hidden state, out × in (a sentence-transformers
         Dense over the pooled state, `grow_cli/growth/st_modules.py`), widened as an untied output head is: IN on
         the input axis, with HyperCloning's noise, AKI's and G_zero's rules as for the model's own readers
         (`name` seeds the noise). Such a model is used for its last hidden state (`Binding.outputs_hidden_state`),
-        so no head's fold scales what it reads. Float32; a fresh tensor."""
+        so no head's fold scales what it reads. Float32 in and out; a fresh array."""
         weight = WeightDef(name=name, kind="linear", axes=(w_OI.shape[0], "hidden"))
-        return self.apply(BoundTensor(name, weight, None, tuple(w_OI.shape), "F32"), [w_OI]).clone()
+        return self.apply(BoundTensor(name, weight, None, tuple(w_OI.shape), "F32"), [Stored(w_OI, "F32")]).copy()
 
-    def as_float(self, w: WeightDef, x, tag: object):
-        """`x` (an input of `w`) in float32: itself when it is, else cast into a reused buffer (the first of
-        `buffers`). A fresh cast per tensor of a bf16 or fp16 source, freed one after another, made glibc keep their
-        space: a width growth of a bf16 Llama held 1.6x its estimated peak, more than the whole source."""
-        import torch
-
-        if x.dtype == torch.float32:
-            return x
-        (slot, shape), *_ = self.buffers(w, tuple(x.shape), dtype_name(x.dtype), tag)
-        return self._pool.tensor(slot, shape, "F32").copy_(x)
+    def as_float(self, w: WeightDef, x: Stored, tag: object) -> np.ndarray:
+        """`x` (an input of `w`) in float32: its own values when they are, else cast into a reused buffer (the first
+        of `buffers`). A fresh cast per tensor of a bf16 or fp16 source, freed one after another, made glibc keep
+        their space: a width growth of a bf16 Llama held 1.6x its estimated peak, more than the whole source."""
+        if x.dtype == "F32":
+            return x.values
+        (slot, shape), *_ = self.buffers(w, x.values.shape, x.dtype, tag)
+        return to_float32(x, out=self._pool.array(slot, shape, "F32"))
 
     def release_buffers(self) -> None:
         """Free the buffers `apply` computed into (the weights are written; growing the moments takes its own)."""
@@ -631,7 +627,7 @@ class WidthOperator:
     @cached_property
     def _indices(self) -> dict[str, tuple[list[int], int]]:
         """Each widenable space's index map (the source unit of every target position) and its source size: what
-        `_axes` makes tensors of, in plain lists so that sizing buffers (`buffers`) needs no torch."""
+        `_axes` makes arrays of, in plain lists so that sizing buffers (`buffers`) builds none."""
         s, h = self.source, self.source.head_dim
         q, kv = im.rows(self.maps["heads"], h), im.rows(self.maps["kv_heads"], h)
         qn, kvn = s.num_heads * h, s.num_kv_heads * h
@@ -659,8 +655,6 @@ class WidthOperator:
 
     @cached_property
     def _axes(self) -> dict[str, _Axis]:
-        import torch
-
         q, kv = im.rows(self.maps["heads"], self.source.head_dim), im.rows(self.maps["kv_heads"], self.source.head_dim)
         axes = {}
         for space, (index, n) in self._indices.items():
@@ -673,9 +667,9 @@ class WidthOperator:
             else:
                 new = im.new_units(index)
             axes[space] = _Axis(
-                torch.tensor(index),
-                torch.tensor([float(c[j]) for j in index]),
-                torch.tensor(new),
+                np.array(index, dtype=np.intp),
+                np.array([c[j] for j in index], dtype=np.float32),
+                np.array(new, dtype=bool),
                 tuple(index),
                 len(index) // n if len(index) % n == 0 and index == im.tiled(n, len(index)) else 0,
             )
@@ -761,7 +755,7 @@ class WidthOperator:
         gathers = self._gathers(w, tuple(x.shape))
         for (axis, _), (slot, shape) in zip(gathers, _chain([after for _, after in gathers], tag), strict=True):
             m = self._axes[w.axes[axis]]  # type: ignore[index]
-            x = m.gather(x, axis, self._pool.tensor(slot, shape, "F32"), divide=divide and axis == w.in_axis)
+            x = m.gather(x, axis, self._pool.array(slot, shape, "F32"), divide=divide and axis == w.in_axis)
         return x
 
     # -- what growing a training state needs (grow_cli/growth/grown_state.py) -----------------------------------
@@ -809,8 +803,9 @@ class WidthOperator:
         counts = set(m.divisor.tolist())
         return int(counts.pop()) if len(counts) == 1 else None
 
-    def _noise(self, w: WeightDef, x, name: str):
-        """HyperCloning's symmetric noise: +N and −N on paired copies of each input column, so N·x − N·x = 0."""
+    def _noise(self, w: WeightDef, x: np.ndarray, name: str) -> np.ndarray:
+        """HyperCloning's symmetric noise: +N and −N on paired copies of each input column, so N·x − N·x = 0 (drawn
+        by torch from a seeded generator, `_generator`: the same noise as every earlier grow drew)."""
         import torch
 
         axis = w.in_axis
@@ -820,39 +815,40 @@ class WidthOperator:
         first, second = _pairs(m.index_list)
         if not first:
             return x
-        power = float(x.pow(2).mean()) / 10 ** (self.noise_snr_db / 10)
+        noisy = torch.from_numpy(x).clone()
+        power = float(noisy.pow(2).mean()) / 10 ** (self.noise_snr_db / 10)
         shape = list(x.shape)
         shape[axis] = len(first)
         noise = torch.randn(shape, generator=self._generator(name)) * math.sqrt(power)
-        x = x.clone()
-        x.index_add_(axis, torch.tensor(first), noise)
-        x.index_add_(axis, torch.tensor(second), -noise)
-        return x
+        noisy.index_add_(axis, torch.tensor(first), noise)
+        noisy.index_add_(axis, torch.tensor(second), -noise)
+        return noisy.numpy()
 
-    def _zero(self, w: WeightDef, x, name: str, tag: object):
+    def _zero(self, w: WeightDef, given: np.ndarray, name: str, tag: object) -> np.ndarray:
         """G_zero in width: new units zero; new input columns random (they read zeros); norm gains corrected.
 
         Each axis is gathered into this operator's buffers (`buffers`: the result in slot `tag`, valid as `_fpi`'s)
         and worked on in place there, never in `x` as given, which may be the reader's buffer; so is the random
         columns' draw (drawn at full size, so that the values do not depend on which columns are new). Fresh
         temporaries, freed one after another, made glibc keep their space: `--width-factor 2` of a bf16 Llama held
-        1.2x its estimate."""
+        1.2x its estimate. In torch, whose seeded draws (`_generator`) every earlier grow drew too."""
         import torch
 
+        x = torch.from_numpy(given)
         std = float(x.std()) if x.numel() > 1 else 0.02
         gen = self._generator(name)
         gathers = self._gathers(w, tuple(x.shape), every=True)
         for (axis, shape), (slot, _) in zip(gathers, _chain([after for _, after in gathers], tag), strict=True):
             space, m = w.axes[axis], self._axes[w.axes[axis]]  # type: ignore[index]
-            x = torch.index_select(x, axis, m.index, out=self._pool.tensor(slot, shape, "F32"))
-            new = _along(m.new, axis, x.ndim)
+            x = torch.index_select(x, axis, torch.from_numpy(m.index), out=self._buffer(slot, shape))
+            new = _along(torch.from_numpy(m.new), axis, x.ndim)
             if axis == w.in_axis:
                 # New hidden and FFN units are exactly zero, so random weights reading them change nothing and
                 # let gradients in. A new query head may read an old KV head (and be non-zero): its columns are 0.
                 if space == "q":
                     x.masked_fill_(new, 0.0)
                 else:
-                    fill = torch.randn(shape, generator=gen, out=self._pool.tensor("draw", shape, "F32"))
+                    fill = torch.randn(shape, generator=gen, out=self._buffer("draw", shape))
                     torch.where(new, fill.mul_(std or 0.02), x, out=x)
             elif w.kind == "norm":
                 # RMS over a zero-padded space shrinks by √(n/n'): scale the gain (1 + w for Gemma) back (E1a)
@@ -862,7 +858,11 @@ class WidthOperator:
                     x.masked_fill_(new, w.zero_fill)
             else:
                 x.masked_fill_(new, 0.0)
-        return x
+        return x.numpy()
+
+    def _buffer(self, slot: object, shape: tuple[int, ...]):
+        """Slot `slot` of this operator's buffers as a float32 torch tensor of `shape` (`_zero` computes in torch)."""
+        return torch_view(Stored(self._pool.array(slot, shape, "F32"), "F32"))
 
     def _generator(self, name: str):
         import torch
@@ -879,16 +879,14 @@ def _chain(shapes: list[tuple[int, ...]], tag: object) -> list[tuple[object, tup
 
 
 def _along(v, axis: int, ndim: int):
-    """A 1-D tensor shaped to broadcast along `axis` of an `ndim`-D tensor."""
+    """A 1-D array (or torch tensor) shaped to broadcast along `axis` of an `ndim`-D one."""
     shape = [1] * ndim
     shape[axis] = -1
-    return v.view(shape)
+    return v.reshape(shape)
 
 
-def _where_along(mask, axis: int, a, b):
-    import torch
-
-    return torch.where(_along(mask, axis, a.ndim), a, b)
+def _where_along(mask: np.ndarray, axis: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.where(_along(mask, axis, a.ndim), a, b)
 
 
 def _pairs(index: tuple[int, ...]) -> tuple[list[int], list[int]]:
