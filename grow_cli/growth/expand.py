@@ -18,6 +18,7 @@ import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +261,8 @@ def expand(
         check_output(Path(out), local if local.exists() else None, force=force)
     if spec.weights_only and not is_local(source, revision):  # before a download that could only be refused
         raise weights_only_refused(os.fspath(source))  # grow downloads no training state from the Hub
-    with hub_bars_only_on_a_terminal(quiet=quiet):  # a Hub id's download
+    # a Hub id's download (a local source imports no huggingface_hub: 0.06 s before the first byte)
+    with nullcontext() if is_local(source, revision) else hub_bars_only_on_a_terminal(quiet=quiet):
         if dry_run:  # config.json and the shard headers are all a plan reads: a Hub id's weights stay on the Hub
             return _dry_run(source, spec, revision=revision, token=token, notes=notes)
         src = resolve_source(source, revision=revision, token=token)
