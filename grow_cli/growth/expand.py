@@ -94,8 +94,9 @@ def copied_entry(plan: Plan, reader: CheckpointReader, index: int) -> TensorEntr
 def materialize(
     plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None, casts: BufferPool | None = None
 ) -> Stored:
-    """The output tensor `plan.tensors[index]`, computed from the tensors it reads (in NumPy: `checkpoint/arrays.py`;
-    torch is imported only by an upcycling or identity init).
+    """The output tensor `plan.tensors[index]`, computed from the tensors it reads, in NumPy (`checkpoint/arrays.py`;
+    torch only for `.bin` weights and what draws from its generators or builds with it: G_zero, HyperCloning's noise,
+    an upcycling or identity init).
 
     With a `pool`, inputs are read into reused buffers: the result is valid until the next call. With `casts`, a
     result cast to another dtype is written into one of two buffers taken in turn (by the index's parity), so it
