@@ -105,7 +105,7 @@ def test_bench_memory_reads_the_checkpoint_real_smollm2_converts(tmp_path, monke
     converted = tmp_path / real_smollm2.WORK / real_smollm2.CONVERTED  # where real_smollm2.main converts into
     converted.mkdir(parents=True)
     (converted / "config.json").write_text("{}")
-    monkeypatch.setattr(bench_memory, "generate_checkpoint", generate)
+    monkeypatch.setattr(bench_memory, "generate_in_a_child", generate)
     with pytest.raises(Past):
         bench_memory.main()
 
