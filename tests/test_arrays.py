@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from grow_cli.checkpoint.arrays import Stored, cast, stored, to_float32, torch_view
-from grow_cli.checkpoint.dtypes import torch_dtype
+from grow_cli.checkpoint.arrays import STORAGE, Stored, cast, stored, to_float32, torch_view
+from grow_cli.checkpoint.dtypes import DTYPES, torch_dtype
 
 
 def _hard_floats() -> torch.Tensor:
@@ -56,3 +56,14 @@ def test_a_wrong_rounding_is_caught():
     values = _hard_floats()
     truncated = (values.numpy().view(np.uint32) >> 16).astype(np.uint16)
     assert not _same(Stored(truncated, "BF16"), values.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_every_dtype_round_trips_through_its_array(dtype):
+    """Each safetensors dtype's array type has its element size, and a torch tensor's bytes survive `stored` and
+    `torch_view` unchanged (so a tensor grow reads or writes as an array keeps its bytes)."""
+    assert STORAGE[dtype].itemsize == DTYPES[dtype][0]
+    tensor = torch.arange(-3, 9).to(torch_dtype(dtype)).reshape(3, 4)
+    back = torch_view(stored(tensor))
+    assert back.dtype == tensor.dtype and back.shape == tensor.shape
+    assert torch.equal(back.view(torch.uint8), tensor.view(torch.uint8))

@@ -17,32 +17,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from grow_cli.checkpoint.dtypes import FLOAT8, dtype_name, torch_dtype
+from grow_cli.checkpoint.dtypes import DTYPES, FLOAT8, dtype_name, torch_dtype
 
 if TYPE_CHECKING:
     import torch
 
 # safetensors dtype → the NumPy dtype of its array (a bit pattern where NumPy has no such number type)
-STORAGE: dict[str, np.dtype] = {
-    name: np.dtype(kind)
-    for name, kind in {
-        "F64": "<f8",
-        "F32": "<f4",
-        "F16": "<f2",
-        "BF16": "<u2",
-        "I64": "<i8",
-        "I32": "<i4",
-        "I16": "<i2",
-        "I8": "i1",
-        "U8": "u1",
-        "BOOL": "?",
-        "U16": "<u2",
-        "U32": "<u4",
-        "U64": "<u8",
-        "F8_E4M3": "u1",
-        "F8_E5M2": "u1",
-    }.items()
-}
+STORAGE: dict[str, np.dtype] = {name: np.dtype(kind) for name, (_, _, kind) in DTYPES.items()}
 BITS_ONLY = ("BF16", *FLOAT8)  # arrays of these hold bit patterns, not numbers NumPy computes with
 BF16_NAN = 0x7FC0  # a quiet NaN (rounding a NaN's bits could make an infinity)
 CHUNK = 1 << 18  # elements rounded to bfloat16 at a time: the integer temporaries stay in the CPU cache

@@ -1,5 +1,5 @@
-"""Tensor dtypes: one table from the safetensors name to its size and its torch / `config.json` name, and the
-spellings `--dtype` accepts.
+"""Tensor dtypes: one table from the safetensors name to its size, its torch / `config.json` name and the NumPy type
+of its array, and the spellings `--dtype` accepts.
 
 Everything else (bytes of a tensor, the torch dtype of a header entry, the `dtype` a grown config records, which
 tensors `--dtype` converts) is derived from `DTYPES`, so a new dtype is one row here.
@@ -11,29 +11,30 @@ import math
 
 from grow_cli.errors import OptionError
 
-# safetensors name → (bytes per element, torch attribute name = the `dtype` value transformers writes in config.json)
-DTYPES: dict[str, tuple[int, str]] = {
-    "F64": (8, "float64"),
-    "F32": (4, "float32"),
-    "F16": (2, "float16"),
-    "BF16": (2, "bfloat16"),
-    "I64": (8, "int64"),
-    "I32": (4, "int32"),
-    "I16": (2, "int16"),
-    "I8": (1, "int8"),
-    "U8": (1, "uint8"),
-    "BOOL": (1, "bool"),
-    "U16": (2, "uint16"),
-    "U32": (4, "uint32"),
-    "U64": (8, "uint64"),
-    "F8_E4M3": (1, "float8_e4m3fn"),
-    "F8_E5M2": (1, "float8_e5m2"),
+# safetensors name → (bytes per element, torch attribute name = the `dtype` value transformers writes in config.json,
+# the NumPy type of its array in `grow expand`: its bits where NumPy has no such number type, `checkpoint/arrays.py`)
+DTYPES: dict[str, tuple[int, str, str]] = {
+    "F64": (8, "float64", "<f8"),
+    "F32": (4, "float32", "<f4"),
+    "F16": (2, "float16", "<f2"),
+    "BF16": (2, "bfloat16", "<u2"),
+    "I64": (8, "int64", "<i8"),
+    "I32": (4, "int32", "<i4"),
+    "I16": (2, "int16", "<i2"),
+    "I8": (1, "int8", "i1"),
+    "U8": (1, "uint8", "u1"),
+    "BOOL": (1, "bool", "?"),
+    "U16": (2, "uint16", "<u2"),
+    "U32": (4, "uint32", "<u4"),
+    "U64": (8, "uint64", "<u8"),
+    "F8_E4M3": (1, "float8_e4m3fn", "u1"),
+    "F8_E5M2": (1, "float8_e5m2", "u1"),
 }
 # Every name torch gives a dtype (`torch.<name>`), which is what config.json's `dtype` / `torch_dtype` may say; kept
 # here so that reading a config needs no torch import (tests check it against the installed torch).
 TORCH_DTYPE_NAMES = frozenset(
     {
-        *(torch_name for _, torch_name in DTYPES.values()),
+        *(torch_name for _, torch_name, _ in DTYPES.values()),
         *("float", "double", "half", "int", "long", "short", "cfloat", "cdouble", "chalf"),
         *("complex32", "complex64", "complex128", "bcomplex32"),  # (bcomplex32: torch 2.15 on)
         *("float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"),
@@ -86,7 +87,7 @@ def torch_dtype(name: str):
 def dtype_name(dtype) -> str:
     """The safetensors dtype string of a torch dtype."""
     torch_name = str(dtype).removeprefix("torch.")
-    for name, (_, attribute) in DTYPES.items():
+    for name, (_, attribute, _) in DTYPES.items():
         if attribute == torch_name:
             return name
     raise KeyError(dtype)
