@@ -87,3 +87,36 @@ def test_a_remembered_hash_vouches_for_the_check(tmp_path, monkeypatch):
         file_sha256(path, scan=_scan(path))
     with pytest.raises(CheckpointError):
         file_sha256(path, scan=_scan(path))  # still found: its hash was not remembered as checked
+
+
+def test_an_in_memory_count_is_exact_across_its_chunks_and_holds_one_chunk(monkeypatch):
+    """`non_finite_count` checks a chunk at a time: every NaN and infinity counted wherever the chunks cut, in a
+    non-contiguous-shaped 2-D tensor too, and the check's temporaries are one chunk's, not the tensor's (torch's
+    `isfinite` of a whole 113 MB moment held 191 MB more)."""
+    from grow_cli.checkpoint import finite
+
+    monkeypatch.setattr(finite, "CHECK_CHUNK", 7)
+    x = torch.zeros(5, 9)
+    x[0, 6], x[0, 7], x[3, 1], x[4, 8] = float("nan"), float("inf"), float("-inf"), float("nan")  # around the cuts
+    assert finite.non_finite_count(x) == 4
+    assert finite.non_finite_count(x.t()) == 4  # (a transposed view: copied, counted alike)
+    assert finite.non_finite_count(torch.arange(10)) == 0
+
+    monkeypatch.setattr(finite, "CHECK_CHUNK", 1 << 22)
+    large = torch.zeros(1 << 26)  # 256 MB
+    before = _peak_rss_from_now()
+    assert finite.non_finite_count(large) == 0
+    assert _peak_rss() - before < 64 << 20
+
+
+def _peak_rss_from_now() -> int:
+    """This process's resident memory now, with its peak reset to it (Linux: `clear_refs` 5), so that `_peak_rss`
+    sees what comes after even in a pytest worker whose earlier tests peaked higher."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _peak_rss()
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmHWM:"))

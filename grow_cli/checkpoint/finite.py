@@ -32,6 +32,7 @@ NON_FINITE_BITS: dict[str, tuple[np.dtype, int]] = {
 }
 GROW_EARLIER = "grow a checkpoint saved before the run diverged"
 COUNT_CHUNK = 1 << 20  # bytes read at a time to count a tensor's non-finite values, once one is found
+CHECK_CHUNK = 1 << 22  # elements of an in-memory tensor checked at a time (`non_finite_count`)
 
 
 def count_non_finite(raw: memoryview | bytes, dtype: str) -> int:
@@ -82,13 +83,22 @@ def refuse_overflow(name: str, result: Stored, cast: Stored, *, dtype_given: boo
 
 def non_finite_count(tensor) -> int:
     """How many values of the torch `tensor` are NaN or infinite (0 for an integer tensor): this process's part of a
-    sharded one (a DTensor's local shard), so that no process waits on another to count."""
+    sharded one (a DTensor's local shard), so that no process waits on another to count. A chunk at a time
+    (`CHECK_CHUNK`): torch's `isfinite` of a whole tensor held 1.7× the tensor in temporaries (+191 MB for a 113 MB
+    embedding moment), the excess of a training state's growth over its memory estimate (docs/benchmarks.md,
+    Memory, thirty-eighth session)."""
     import torch
 
     local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-    if not local.is_floating_point() or bool(torch.isfinite(local).all()):
+    if not local.is_floating_point():
         return 0
-    return int((~torch.isfinite(local)).sum())
+    flat = local.reshape(-1)
+    count = 0
+    for start in range(0, flat.numel(), CHECK_CHUNK):
+        piece = flat[start : start + CHECK_CHUNK]
+        if not bool(torch.isfinite(piece).all()):
+            count += int((~torch.isfinite(piece)).sum())
+    return count
 
 
 def non_finite_moment(where: str, moment: str, count: int, instead: str) -> CheckpointError:

@@ -289,9 +289,10 @@ def peak_bytes(plan: Plan, state: StatePlan) -> int:
     source moments (memory-mapped, resident once read, given back after it), the reused buffer the scaled moment
     is written from (as large as the largest grown tensor), plus, for a width growth, the gather buffers both
     moments share, which keep the largest size any tensor needed per axis; and the direct-I/O staging buffers the
-    moments are written through. The second set of gather buffers the moments no longer take is still counted:
-    measured, the moments' phase exceeds the count above by about that much (docs/benchmarks.md, Memory, 2026-12-04),
-    for reasons not yet found."""
+    moments are written through. The second set of gather buffers the moments no longer take is still counted, as
+    headroom: the excess it was added for came from torch's `isfinite` temporaries (1.7× the moment checked), which
+    `finite.non_finite_count` now avoids; SmolLM2's state then peaks at 0.85× this estimate by fpi ×2 and 1.17× by
+    depth ×2, ~20 MB of that grow's own bookkeeping (docs/benchmarks.md, Memory, thirty-eighth session)."""
     sizes = {t.name: numel(t.shape) for t in plan.binding.all_tensors()}
     carried = [(t, s) for t, s in zip(trained_tensors(plan), state.tensors, strict=True) if s.carried]
     sources = max((4 * 2 * sizes[s.role] for _, s in carried), default=0)
