@@ -23,7 +23,14 @@ that the lines before it succeeded, and under which distributed type each accele
 import os
 import sys
 
-from grow_cli.console import keep_stdout_for_json
+from grow_cli.signals import end_without_finalizing, exit_with
+
+# Each process ends as the `grow` script ends (`cli.script`), without the interpreter's finalization: torn down there
+# with gloo's threads still alive, a rank aborted now and then after its last command line had exited 0 ("terminate
+# called without an active exception", exit -6; once in a full CI run).
+end_without_finalizing()
+
+from grow_cli.console import keep_stdout_for_json  # noqa: E402
 
 if "--json" in sys.argv:
     keep_stdout_for_json()
@@ -84,6 +91,8 @@ for i, line in enumerate(command_lines(sys.argv[1:])):
     except SystemExit as exit:
         say(f"command line {i + 1} exited {exit.code or 0}")
         if exit.code:
+            exit_with(exit.code)
             raise
     else:
         say(f"command line {i + 1} exited 0")
+exit_with(0)  # every line succeeded (any other exception leaves the status at 1)
