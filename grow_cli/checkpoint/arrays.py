@@ -71,7 +71,7 @@ def cast(x: Stored, dtype: str, out: np.ndarray | None = None) -> Stored:
     if x.dtype == dtype:
         np.copyto(out, x.values)
     elif dtype == "BF16":
-        _round_to_bf16(x.values if x.dtype == "F32" else to_float32(x), out)
+        _round_to_bf16(to_float32(x), out)
     elif dtype in FLOAT8 or x.dtype in FLOAT8:
         np.copyto(out, stored(torch_view(x).to(torch_dtype(dtype))).values)
     else:

@@ -260,10 +260,11 @@ def expand(
         out = Path(out).expanduser().resolve()  # absolute: `--force` may replace the working folder "." names
         local = Path(source).expanduser()
         check_output(Path(out), local if local.exists() else None, force=force)
-    if spec.weights_only and not is_local(source, revision):  # before a download that could only be refused
+    local_source = is_local(source, revision)
+    if spec.weights_only and not local_source:  # before a download that could only be refused
         raise weights_only_refused(os.fspath(source))  # grow downloads no training state from the Hub
     # a Hub id's download (a local source imports no huggingface_hub: 0.06 s before the first byte)
-    with nullcontext() if is_local(source, revision) else hub_bars_only_on_a_terminal(quiet=quiet):
+    with nullcontext() if local_source else hub_bars_only_on_a_terminal(quiet=quiet):
         if dry_run:  # config.json and the shard headers are all a plan reads: a Hub id's weights stay on the Hub
             return _dry_run(source, spec, revision=revision, token=token, notes=notes)
         src = resolve_source(source, revision=revision, token=token)
