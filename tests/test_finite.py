@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from grow_cli.checkpoint import source
 from grow_cli.checkpoint.dtypes import FLOATING, dtype_name
-from grow_cli.checkpoint.finite import NON_FINITE_BITS, FiniteScan
+from grow_cli.checkpoint.finite import NON_FINITE_MASKS, FiniteScan
 from grow_cli.checkpoint.header import read_safetensors_header
 from grow_cli.checkpoint.source import file_sha256
 from grow_cli.errors import CheckpointError
@@ -28,7 +28,7 @@ def own_cache(tmp_path, monkeypatch):
 
 
 def test_every_floating_dtype_has_its_bits():
-    assert {dtype_name(d) for d in DTYPES} == set(FLOATING) == set(NON_FINITE_BITS)
+    assert {dtype_name(d) for d in DTYPES} == set(FLOATING) == set(NON_FINITE_MASKS)
 
 
 def _scan(path):

@@ -19,25 +19,30 @@ from grow_cli.checkpoint.dtypes import DTYPES
 from grow_cli.checkpoint.header import TensorEntry
 from grow_cli.errors import CheckpointError, OptionError, counted
 
-# safetensors dtype → (the little-endian unsigned integer of its width, the bits that are all set in a NaN or an
-# infinity and in no finite value). float8 e4m3fn has no infinity and one NaN per sign, S.1111.111: its mask is the
-# seven bits below the sign.
-NON_FINITE_BITS: dict[str, tuple[np.dtype, int]] = {
-    "F64": (np.dtype("<u8"), 0x7FF0_0000_0000_0000),
-    "F32": (np.dtype("<u4"), 0x7F80_0000),
-    "F16": (np.dtype("<u2"), 0x7C00),
-    "BF16": (np.dtype("<u2"), 0x7F80),
-    "F8_E5M2": (np.dtype("u1"), 0x7C),
-    "F8_E4M3": (np.dtype("u1"), 0x7F),
+# safetensors dtype → the bits that are all set in a NaN or an infinity and in no finite value, read as the unsigned
+# integer of the dtype's width (`_bits`). float8 e4m3fn has no infinity and one NaN per sign, S.1111.111: its mask is
+# the seven bits below the sign.
+NON_FINITE_MASKS: dict[str, int] = {
+    "F64": 0x7FF0_0000_0000_0000,
+    "F32": 0x7F80_0000,
+    "F16": 0x7C00,
+    "BF16": 0x7F80,
+    "F8_E5M2": 0x7C,
+    "F8_E4M3": 0x7F,
 }
 GROW_EARLIER = "grow a checkpoint saved before the run diverged"
 COUNT_CHUNK = 1 << 20  # bytes read at a time to count a tensor's non-finite values, once one is found
 CHECK_CHUNK = 1 << 22  # elements of an in-memory tensor checked at a time (`non_finite_count`)
 
 
+def _bits(dtype: str) -> tuple[np.dtype, int]:
+    """The little-endian unsigned integer type as wide as the float `dtype`, and the mask of its non-finite bits."""
+    return np.dtype(f"<u{DTYPES[dtype][0]}"), NON_FINITE_MASKS[dtype]
+
+
 def count_non_finite(raw: memoryview | bytes, dtype: str) -> int:
     """How many values of `dtype` in the bytes `raw` are NaN or infinite."""
-    kind, mask = NON_FINITE_BITS[dtype]
+    kind, mask = _bits(dtype)
     bits = np.frombuffer(raw, dtype=kind, count=len(raw) // kind.itemsize)  # a file that shrank may read short
     return int(np.count_nonzero((bits & kind.type(mask)) == mask))
 
@@ -126,7 +131,7 @@ class FiniteScan:
         self.path = path
         self.where = where or path.name  # how a refusal names the file (a module's by its folder too)
         self._tensors = sorted(
-            ((name, e) for name, e in tensors.items() if e.dtype in NON_FINITE_BITS and e.nbytes),
+            ((name, e) for name, e in tensors.items() if e.dtype in NON_FINITE_MASKS and e.nbytes),
             key=lambda t: t[1].start,
         )
         self._next = 0  # the first tensor that may still lie in a chunk to come
@@ -154,7 +159,7 @@ class FiniteScan:
     def _any(self, raw: memoryview, dtype: str) -> bool:
         """Whether any value of `dtype` in `raw` is NaN or infinite: the exponent bits masked into a scratch buffer
         reused from chunk to chunk, then their maximum."""
-        kind, mask = NON_FINITE_BITS[dtype]
+        kind, mask = _bits(dtype)
         if self._scratch.nbytes < len(raw):
             self._scratch = np.empty(len(raw), dtype=np.uint8)
         bits = np.frombuffer(raw, dtype=kind)
