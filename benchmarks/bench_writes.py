@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from grow_cli.checkpoint.direct_io import open_direct
+from grow_cli.checkpoint.direct_io import Staging, open_direct
 
 PIECE = 8 << 20
 BUFFER = os.urandom(64 << 20)
@@ -45,12 +45,13 @@ def page_cache(path: Path, total: int) -> None:
 
 
 def direct(path: Path, total: int) -> None:
-    appender = open_direct(path)
-    if appender is None:
-        sys.exit(f"{path.parent} has no direct I/O (tmpfs?); give --folder on a disk")
-    for piece in pieces(total):
-        appender.append(piece)
-    appender.close()  # then fsync, as grow's `fsync_tree` does: the file's size and blocks, and the disk's cache
+    with Staging() as staging:
+        appender = open_direct(path, staging)
+        if appender is None:
+            sys.exit(f"{path.parent} has no direct I/O (tmpfs?); give --folder on a disk")
+        for piece in pieces(total):
+            appender.append(piece)
+        appender.close()  # then fsync, as grow's `fsync_tree` does: the file's size and blocks, and the disk's cache
     fd = os.open(path, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)

@@ -129,12 +129,13 @@ def test_outputs_are_fsynced_before_they_appear(cli, tiny_checkpoints, tmp_path,
 
 
 def _direct_io_here(folder) -> bool:
-    from grow_cli.checkpoint.direct_io import open_direct
+    from grow_cli.checkpoint.direct_io import Staging, open_direct
 
-    appender = open_direct(folder / "probe")
-    if appender is None:
-        return False
-    appender.close()
+    with Staging() as staging:
+        appender = open_direct(folder / "probe", staging)
+        if appender is None:
+            return False
+        appender.close()
     (folder / "probe").unlink()
     return True
 
@@ -152,7 +153,7 @@ def test_direct_io_writes_exact_bytes_across_staging_buffers(tmp_path, monkeypat
     monkeypatch.setattr(direct_io, "STAGE", direct_io.ALIGN)  # a shard fills the buffers about twice over
     opened = []
     real_open = direct_io.open_direct
-    monkeypatch.setattr(direct_io, "open_direct", lambda path: opened.append(real_open(path)) or opened[-1])
+    monkeypatch.setattr(direct_io, "open_direct", lambda *args: opened.append(real_open(*args)) or opened[-1])
     monkeypatch.setattr("grow_cli.checkpoint.writer.open_direct", direct_io.open_direct)
     gen = torch.Generator().manual_seed(1)
     tensors = {f"t{i}": (torch.randn(n, generator=gen), "F32") for i, n in enumerate([5000, 1, 7777, 3072, 13])}
@@ -228,7 +229,8 @@ def test_a_failed_direct_write_is_raised_once_and_a_discarding_close_still_close
     if not _direct_io_here(tmp_path):
         pytest.skip("this filesystem has no direct I/O")
     monkeypatch.setattr(direct_io, "STAGE", direct_io.ALIGN)
-    raised, in_flight = direct_io.open_direct(tmp_path / "a"), direct_io.open_direct(tmp_path / "b")
+    stagings = [direct_io.Staging(), direct_io.Staging()]
+    raised, in_flight = (direct_io.open_direct(tmp_path / n, s) for n, s in zip("ab", stagings, strict=True))
     assert raised is not None and in_flight is not None
 
     def full_disk(*_):
@@ -243,3 +245,5 @@ def test_a_failed_direct_write_is_raised_once_and_a_discarding_close_still_close
         appender.close(discard=True)
         with pytest.raises(OSError):
             os.fstat(fd)  # closed
+    for staging in stagings:
+        staging.close()

@@ -14,7 +14,10 @@ land at any 8-byte offset. So bytes are staged in four page-aligned buffers take
 buffer padded to a whole block, then truncates the file to its true length. Up to three full buffers wait for the
 disk, so it stays busy while the caller computes its next tensor: with two buffers (one waiting) the disk idled
 between tensors, and a width ×2 growth writing 3.5 GB ended at a median of 4.46 s, against 3.86 s with four and
-3.97 s with eight (5 alternated runs each, docs/benchmarks.md, tenth session). `open_direct` answers None where the
+3.97 s with eight (5 alternated runs each, docs/benchmarks.md, tenth session). The buffers and that thread are a
+`Staging`, made once for all the shards a writer writes: memory touched for the first time is slow to fill, as each
+page is faulted in and zeroed first (256 MB filled at 1.5 GB/s fresh against 13 GB/s touched before, on the
+development VM), and fresh buffers for each 1 GB shard cost a width growth ~0.25 s. `open_direct` answers None where the
 system or filesystem has no direct I/O (macOS, tmpfs, some network and FUSE filesystems); the caller then writes
 through the page cache as before. Bytes stored as they are (depth copies) are not written here: the kernel copies
 those file to file (`file_copy.py`) without passing them through a buffer at all (which measured faster here than
@@ -37,9 +40,29 @@ STAGING_BYTES = BUFFERS * STAGE  # the memory an appender holds
 _REFUSALS = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}  # what a filesystem without direct I/O answers
 
 
-def open_direct(path: os.PathLike[str] | str) -> DirectAppender | None:
-    """A `DirectAppender` writing the new file `path`, or None where direct I/O is unavailable there (nothing is left
-    behind then: the caller creates the file its own way)."""
+class Staging:
+    """Direct I/O's page-aligned staging buffers and the thread that writes them to the disk, lent to one appender at
+    a time (see the module docstring). Close it after the last appender has closed."""
+
+    def __init__(self) -> None:
+        self.views = [memoryview(mmap.mmap(-1, STAGE)) for _ in range(BUFFERS)]  # page-aligned, as direct I/O needs
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grow-direct")
+
+    def close(self) -> None:
+        """End the thread and unmap the buffers. Idempotent."""
+        self.thread.shutdown()
+        self.views.clear()
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_direct(path: os.PathLike[str] | str, staging: Staging) -> DirectAppender | None:
+    """A `DirectAppender` writing the new file `path` through `staging`, or None where direct I/O is unavailable there
+    (nothing is left behind then: the caller creates the file its own way)."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return None
@@ -49,7 +72,7 @@ def open_direct(path: os.PathLike[str] | str) -> DirectAppender | None:
         if exc.errno in _REFUSALS:
             return None
         raise
-    appender = DirectAppender(fd)
+    appender = DirectAppender(fd, staging)
     try:
         appender.probe()
     except OSError as exc:
@@ -62,20 +85,21 @@ def open_direct(path: os.PathLike[str] | str) -> DirectAppender | None:
 
 
 class DirectAppender:
-    """Appends bytes to an open `O_DIRECT` descriptor through aligned staging buffers (see the module docstring)."""
+    """Appends bytes to an open `O_DIRECT` descriptor through the aligned buffers of a `Staging` (see the module
+    docstring), which it uses until it is closed."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, staging: Staging) -> None:
         self.fd = fd
-        self._views = [memoryview(mmap.mmap(-1, STAGE)) for _ in range(BUFFERS)]  # page-aligned, as direct I/O needs
+        self._views = staging.views
+        self._thread = staging.thread
         self._current = 0  # the buffer being filled
         self._fill = 0  # bytes in it
         self._start = 0  # the file offset it will be written at
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grow-direct")
         self._pending: deque[Future] = deque()  # the other buffers' writes, oldest first, while in flight
 
     def probe(self) -> None:
-        """Write one zero block where the file starts (later bytes overwrite it): raises what the filesystem answers
-        to a direct write, before any byte depends on it."""
+        """Write one block where the file starts (whatever a buffer holds: later bytes overwrite it, or `close` cuts
+        it off): raises what the filesystem answers to a direct write, before any byte depends on it."""
         _write_all(self.fd, self._views[0][:ALIGN], 0)
 
     def append(self, data: memoryview) -> None:
@@ -127,10 +151,8 @@ class DirectAppender:
             elif not discard:
                 os.ftruncate(self.fd, self._start)  # the probe's block, when nothing was appended
         finally:
-            self._thread.shutdown()
             os.close(self.fd)
             self.fd = -1
-            self._views.clear()  # unmaps the buffers
 
 
 def _write_all(fd: int, view: memoryview, offset: int) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from grow_cli.checkpoint.arrays import Stored
-from grow_cli.checkpoint.direct_io import DirectAppender, open_direct
+from grow_cli.checkpoint.direct_io import DirectAppender, Staging, open_direct
 from grow_cli.checkpoint.dtypes import nbytes, numel
 from grow_cli.checkpoint.durable import WRITEBACK_STEP, Writeback
 from grow_cli.checkpoint.file_copy import CHUNK, FileRange, RangeCopier
@@ -122,6 +122,7 @@ class ShardWriter:
         }
         self._fd = -1
         self._direct: DirectAppender | None = None  # the open shard's, when it is written with direct I/O
+        self._staging = Staging()  # the direct shards' buffers (memory is touched only when a shard uses them)
         self._position = 0  # where the next tensor's bytes go in the open shard
         self._written_back = 0  # bytes of the open shard whose writeback has been started
         self._file_index = -1
@@ -164,7 +165,7 @@ class ShardWriter:
 
     def _open_file(self, shard_index: int) -> None:
         path = self.folder / self.names[shard_index]
-        self._direct = open_direct(path) if shard_index in self._direct_shards else None
+        self._direct = open_direct(path, self._staging) if shard_index in self._direct_shards else None
         if self._direct is None:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
             self._writeback_fd = self.writeback.track(self._fd)
@@ -207,6 +208,7 @@ class ShardWriter:
     def __exit__(self, *exc: object) -> None:
         self._close_file(failed=exc[0] is not None)  # after a failure: the staged folder goes, its shard must not leak
         self.writeback.close()
+        self._staging.close()
 
     def finish(self) -> dict[str, object]:
         """Close the last shard, write the index (when sharded) and return it."""
@@ -214,6 +216,7 @@ class ShardWriter:
             raise AssertionError(f"writer finished after {self._next} of {len(self._order)} tensors")
         self._close_file()
         self.writeback.close()
+        self._staging.close()
         total_size = sum(t.nbytes for _, t in self._order)
         total_params = self.parameters if self.parameters is not None else sum(numel(t.shape) for _, t in self._order)
         index = {
