@@ -14,8 +14,8 @@ from grow_cli.checkpoint.writer import ShardWriter
 _write = ShardWriter.write
 
 
-def _paused_write(self, name, tensor):
-    written = _write(self, name, tensor)
+def _paused_write(self, name, tensor, rows=None):
+    written = _write(self, name, tensor, rows)
     if self._next == 1:
         Path(os.environ["GROW_TEST_PAUSED"]).touch()
         while not Path(os.environ["GROW_TEST_RELEASE"]).exists():

@@ -257,8 +257,8 @@ def test_casts_reuse_two_buffers(tiny_checkpoints, tmp_path, monkeypatch):
     seen = []
     real = executor.materialize
 
-    def spy(plan, reader, index, pool=None, casts=None):
-        result = real(plan, reader, index, pool, casts)
+    def spy(plan, reader, index, pool=None, casts=None, *block):
+        result = real(plan, reader, index, pool, casts, *block)
         if plan.casts(plan.tensors[index]):
             seen.append(casts is not None and casts.owns(result.values))
         return result
@@ -276,10 +276,10 @@ def test_a_failed_background_write_stops_the_run(cli, tiny_checkpoints, tmp_path
 
     original = ShardWriter.write
 
-    def failing_write(self, name, data):
+    def failing_write(self, name, data, rows=None):
         if self._next == 5:
             raise OSError(28, "No space left on device")
-        return original(self, name, data)
+        return original(self, name, data, rows)
 
     monkeypatch.setattr(ShardWriter, "write", failing_write)
     result = cli("expand", tiny_checkpoints("llama"), tmp_path / "out", "--width-factor", "2", "-q")

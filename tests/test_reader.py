@@ -102,8 +102,8 @@ def test_a_bin_source_passes_one_tensor_at_a_time_through_memory_and_its_estimat
     seen = []
     real = CheckpointReader.read_stored
 
-    def spy(self, name, pool=None, slot=None):
-        tensor = real(self, name, pool, slot)
+    def spy(self, name, pool=None, slot=None, rows=None):
+        tensor = real(self, name, pool, slot, rows)
         seen.append(pool is not None and pool.owns(tensor.values))
         return tensor
 

@@ -198,10 +198,10 @@ def test_failure_midway_keeps_the_previous_output(cli, tiny_checkpoints, tmp_pat
     (out / "previous.txt").write_text("earlier model")
     original = ShardWriter.write
 
-    def failing_write(self, name, tensor):
+    def failing_write(self, name, tensor, rows=None):
         if self._next == 5:
             raise OSError(28, "No space left on device")
-        return original(self, name, tensor)
+        return original(self, name, tensor, rows)
 
     monkeypatch.setattr(ShardWriter, "write", failing_write)
     result = cli("expand", tiny_checkpoints("llama"), out, "--layers", "8", "--force", "-q")

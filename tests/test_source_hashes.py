@@ -209,7 +209,7 @@ def test_a_problem_the_hasher_finds_stops_the_writing_at_the_next_tensor(tiny_ch
     monkeypatch.setattr(FileHasher, "problem", lambda self: found)
     written = []
     real = ShardWriter.write
-    monkeypatch.setattr(ShardWriter, "write", lambda self, name, data: written.append(name) or real(self, name, data))
+    monkeypatch.setattr(ShardWriter, "write", lambda self, name, *data: written.append(name) or real(self, name, *data))
     with pytest.raises(CheckpointError, match="damaged download"):
         expand(str(tiny_checkpoints("llama")), tmp_path / "out", GrowthSpec(layers=8), quiet=True)
     assert written == [] and not (tmp_path / "out").exists()

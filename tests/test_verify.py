@@ -111,8 +111,8 @@ def test_a_depth_growth_is_checked_to_float32_precision(tmp_path, monkeypatch, d
     def computed(plan, reader, index):
         return None if plan.tensors[index].name == nudged else stored_bytes(plan, reader, index)
 
-    def nudge(plan, reader, index, pool=None, casts=None):
-        result = materialize(plan, reader, index, pool, casts)
+    def nudge(plan, reader, index, *args):
+        result = materialize(plan, reader, index, *args)
         values = torch_view(result)
         step = values.abs().clamp(min=2**-126) * 2**-7  # one unit in bf16's last place, about
         return stored((values + step).to(values.dtype)) if plan.tensors[index].name == nudged else result

@@ -414,15 +414,20 @@ GROWTHS = [
 ]
 
 
+@pytest.mark.parametrize("blocks", [False, True])
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 @pytest.mark.parametrize(("method", "sizes"), GROWTHS)
-def test_the_width_estimate_counts_every_buffer_the_run_fills(tmp_path, monkeypatch, method, sizes, dtype):
+def test_the_width_estimate_counts_every_buffer_the_run_fills(tmp_path, monkeypatch, method, sizes, dtype, blocks):
     """The plan's peak counts exactly the reused buffers a width growth fills (the reader's, the width operator's
-    and the casts'), both from the operator's own `buffers`. It counted one buffer set's inputs and output: a bf16
-    Llama's `--width-factor 2 --width-method hypercloning` held 425 MB beyond torch's import against an estimate of
-    299 MB (docs/benchmarks.md, Memory, 2026-12-04)."""
+    and the casts'), both from the operator's own `buffers`, also where tensors are widened a block of rows at a
+    time (`blocks`: blocks of a few rows). It counted one buffer set's inputs and output: a bf16 Llama's
+    `--width-factor 2 --width-method hypercloning` held 425 MB beyond torch's import against an estimate of 299 MB
+    (docs/benchmarks.md, Memory, 2026-12-04)."""
     from grow_cli.checkpoint.direct_io import STAGING_BYTES
+    from grow_cli.growth import plan as planning
 
+    if blocks:
+        monkeypatch.setattr(planning, "BLOCK_BYTES", 1000)
     held, plans = _filled_buffers(monkeypatch), _planned(monkeypatch)
     src = save_tiny("llama", tmp_path / "src")
     if dtype is not None:
@@ -431,6 +436,66 @@ def test_the_width_estimate_counts_every_buffer_the_run_fills(tmp_path, monkeypa
     (plan,) = plans
     assert plan.peak_bytes >= sum(held.values()) + STAGING_BYTES
     assert plan.width_buffer_bytes == sum(held.values())
+
+
+BLOCKED = [
+    ({"width_method": "fpi", "width_factor": 2}, None),
+    ({"width_method": "fpi", "hidden_size": 48}, torch.bfloat16),  # not an integer ratio: random hidden map
+    ({"width_method": "aki", "width_factor": 2}, None),
+    ({"width_method": "hypercloning", "width_factor": 2, "dtype": "bf16"}, None),
+    ({"width_method": "fpi", "width_factor": 2, "dtype": "fp16"}, torch.bfloat16),
+    ({"layers": 6, "dtype": "bf16"}, None),  # depth: each tensor is cast, every one of them in blocks
+]
+
+
+@pytest.mark.parametrize(("growth", "dtype"), BLOCKED)
+def test_tensors_made_a_block_of_rows_at_a_time_are_the_same_bytes(tmp_path, monkeypatch, growth, dtype):
+    """A computed tensor whose rows come from the same rows of what it reads (the embedding or an untied head under
+    a width map, every tensor under a cast) is made a block of rows at a time, so that no buffer holds a whole
+    128k-token embedding (`Plan.row_blocks`): the files are the same bytes as when every tensor is made whole.
+    Blocks of a few rows here (the last one shorter), against 32 MB in a real run."""
+    from grow_cli.checkpoint.writer import ShardWriter
+    from grow_cli.growth import plan as planning
+
+    src = save_tiny("llama", tmp_path / "src")
+    if dtype is not None:
+        _as_float8(src, dtype)
+    spec = GrowthSpec(**growth)
+    expand(str(src), tmp_path / "whole", spec, quiet=True)
+    blocks, real = [], ShardWriter.write
+    monkeypatch.setattr(
+        ShardWriter, "write", lambda self, name, data, rows=None: blocks.append(rows) or real(self, name, data, rows)
+    )
+    monkeypatch.setattr(planning, "BLOCK_BYTES", 7 * 4 * 64)  # 7 rows of the embedding widened from 32 to 64
+    expand(str(src), tmp_path / "blocked", spec, quiet=True)
+    sizes = [stop - start for start, stop in filter(None, blocks)]
+    assert sizes and min(sizes) < max(sizes)  # (a vocabulary of 96: the last block is shorter)
+    assert _weights_bytes(tmp_path / "blocked") == _weights_bytes(tmp_path / "whole")
+
+
+def test_a_width_growth_that_draws_is_never_widened_in_blocks(tmp_path, monkeypatch):
+    """HyperCloning's noise is drawn over a whole tensor from a seeded generator: widened a block at a time it would
+    draw other values, so the plan keeps such tensors whole. Negative control: with the operator claiming its rows
+    apart, the blocked run's bytes differ."""
+    from grow_cli.growth import plan as planning
+    from grow_cli.operators.width import WidthOperator
+
+    src = save_tiny("llama", tmp_path / "src")
+    spec = GrowthSpec(width_factor=2, width_method="hypercloning", noise_snr_db=10)
+    expand(str(src), tmp_path / "whole", spec, quiet=True)
+    monkeypatch.setattr(planning, "BLOCK_BYTES", 7 * 4 * 64)
+    expand(str(src), tmp_path / "blocked", spec, quiet=True)
+    assert _weights_bytes(tmp_path / "blocked") == _weights_bytes(tmp_path / "whole")
+    monkeypatch.setattr(WidthOperator, "rows_apart", lambda self, t: self._index(t.weight.axes[0]) is None)
+    expand(str(src), tmp_path / "wrongly", spec, quiet=True)
+    assert _weights_bytes(tmp_path / "wrongly") != _weights_bytes(tmp_path / "whole")
+
+
+def _weights_bytes(folder) -> dict[str, bytes]:
+    """Every tensor of `folder`'s safetensors files, as its stored bytes."""
+    return {name: t.numpy().tobytes() for name, t in _weights(folder).items() if t.dtype != torch.bfloat16} | {
+        name: t.view(torch.int16).numpy().tobytes() for name, t in _weights(folder).items() if t.dtype == torch.bfloat16
+    }
 
 
 def test_dead_gather_buffers_are_shared_by_both_buffer_sets(tmp_path, monkeypatch):

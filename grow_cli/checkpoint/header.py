@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from grow_cli.checkpoint.dtypes import DTYPES, nbytes
@@ -41,6 +41,14 @@ class TensorEntry:
     @property
     def nbytes(self) -> int:
         return nbytes(self.dtype, self.shape)
+
+    def rows(self, start: int, stop: int) -> TensorEntry:
+        """Rows `start` to `stop` of a safetensors tensor (its first axis), which it stores as one byte range."""
+        assert self.start >= 0 and 0 <= start < stop <= self.shape[0], (self, start, stop)
+        row = nbytes(self.dtype, self.shape[1:])
+        return replace(
+            self, shape=(stop - start, *self.shape[1:]), start=self.start + start * row, end=self.start + stop * row
+        )
 
 
 class DuplicateKey(ValueError):

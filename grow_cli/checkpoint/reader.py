@@ -336,17 +336,19 @@ class CheckpointReader:
             else torch_view(self._read_bytes(name, entry, pool, slot))
         )
 
-    def read_stored(self, name: str, pool: BufferPool | None = None, slot: object = None) -> Stored:
+    def read_stored(
+        self, name: str, pool: BufferPool | None = None, slot: object = None, rows: tuple[int, int] | None = None
+    ) -> Stored:
         """The tensor `name` as stored (`arrays.Stored`), read without torch from a safetensors file: its own memory,
-        or slot `slot` of `pool` when given."""
+        or slot `slot` of `pool` when given; `rows` (start, stop): only those rows of its first axis (safetensors
+        only)."""
         from grow_cli.checkpoint.arrays import stored
 
         entry = self._entry(name)
-        return (
-            stored(self._read_bin(name, entry, pool, slot))
-            if entry.start < 0
-            else self._read_bytes(name, entry, pool, slot)
-        )
+        if entry.start < 0:
+            assert rows is None, f"{name}: a .bin tensor is read whole"
+            return stored(self._read_bin(name, entry, pool, slot))
+        return self._read_bytes(name, entry if rows is None else entry.rows(*rows), pool, slot)
 
     def _entry(self, name: str) -> TensorEntry:
         entry = self.tensors.get(name)

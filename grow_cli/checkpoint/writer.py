@@ -117,6 +117,7 @@ class ShardWriter:
         self._writeback_fd = -1  # this shard's descriptor in `writeback`'s thread
         self._order = [(i, t) for i, shard in enumerate(shards) for t in shard]
         self._next = 0
+        self._rows = 0  # rows of the next tensor written so far, while it comes a block at a time
         self._direct_shards = {
             i for i, shard in enumerate(shards) if direct and not any(t.name in self.source_offsets for t in shard)
         }
@@ -127,11 +128,12 @@ class ShardWriter:
         self._written_back = 0  # bytes of the open shard whose writeback has been started
         self._file_index = -1
 
-    def write(self, name: str, data: Stored | FileRange | ZeroBytes) -> int:
+    def write(self, name: str, data: Stored | FileRange | ZeroBytes, rows: tuple[int, int] | None = None) -> int:
         """Append `data` (its values as an array, a `FileRange` of its stored bytes, or `ZeroBytes`) as the next
-        planned tensor `name`; returns the bytes written."""
+        planned tensor `name`, or, with `rows` (start, stop), as those rows of it: an array of a block of its first
+        axis, the blocks given in order; returns the bytes written."""
         shard_index, planned = self._order[self._next]
-        self._check(planned, name, data)
+        self._check(planned, name, data, rows)
         if shard_index != self._file_index:
             self._close_file()
             self._open_file(shard_index)
@@ -148,16 +150,19 @@ class ShardWriter:
                     self._write_bytes(zeros[: min(CHUNK, data.nbytes - start)])
             else:
                 self._write_bytes(np.ascontiguousarray(data.values).reshape(-1).view(np.uint8).data)
-        self._next += 1
-        return planned.nbytes
+        self._rows = 0 if rows is None or rows[1] == planned.shape[0] else rows[1]
+        self._next += not self._rows
+        return planned.nbytes if rows is None else data.values.nbytes
 
-    def _check(self, planned: PlannedTensor, name: str, data) -> None:
+    def _check(self, planned: PlannedTensor, name: str, data, rows: tuple[int, int] | None) -> None:
         if isinstance(data, FileRange | ZeroBytes):
             got = f"{name} ({data.nbytes} bytes)"
-            ok = name == planned.name and data.nbytes == planned.nbytes
+            ok = name == planned.name and data.nbytes == planned.nbytes and rows is None
         else:
-            got = f"{name} {data.values.shape} {data.dtype}"
-            ok = name == planned.name and data.values.shape == planned.shape and data.dtype == planned.dtype
+            shape = planned.shape if rows is None else (rows[1] - rows[0], *planned.shape[1:])
+            got = f"{name} {data.values.shape} {data.dtype}" + (f" as rows {rows[0]}:{rows[1]}" if rows else "")
+            ok = name == planned.name and data.values.shape == shape and data.dtype == planned.dtype
+        ok = ok and (0 if rows is None else rows[0]) == self._rows  # a tensor's blocks in order, nothing amid them
         if isinstance(data, FileRange) and name not in self.source_offsets:  # its shard may be direct
             raise AssertionError(f"writer got {name} as a copy, but source_offsets does not name it")
         if not ok:

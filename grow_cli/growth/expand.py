@@ -92,23 +92,30 @@ def copied_entry(plan: Plan, reader: CheckpointReader, index: int) -> TensorEntr
 
 
 def materialize(
-    plan: Plan, reader: CheckpointReader, index: int, pool: BufferPool | None = None, casts: BufferPool | None = None
+    plan: Plan,
+    reader: CheckpointReader,
+    index: int,
+    pool: BufferPool | None = None,
+    casts: BufferPool | None = None,
+    rows: tuple[int, int] | None = None,
+    side: int = 0,
 ) -> Stored:
     """The output tensor `plan.tensors[index]`, computed from the tensors it reads, in NumPy (`checkpoint/arrays.py`;
     torch only for `.bin` weights and what draws from its generators or builds with it: G_zero, HyperCloning's noise,
-    an upcycling or identity init).
+    an upcycling or identity init); `rows` (start, stop): only those rows of it, from the same rows of what it reads
+    (a block of `plan.row_blocks`).
 
     With a `pool`, inputs are read into reused buffers: the result is valid until the next call. With `casts`, a
-    result cast to another dtype is written into one of two buffers taken in turn (by the index's parity), so it
-    stays valid while the next tensor is computed: fresh casts, freed one after another, made the allocator keep
-    their space (1.6× the planned peak for `--dtype bf16` of a 2.2 GB model).
+    result cast to another dtype is written into one of two buffers, the one `side` (0 or 1) names: taken in turn,
+    each result stays valid while the next is computed. Fresh casts, freed one after another, made the allocator
+    keep their space (1.6× the planned peak for `--dtype bf16` of a 2.2 GB model).
     """
     t = plan.tensors[index]
     if t.zero:  # an identity block's residual writer: 0, or −1 for a Gemma (1 + w) gain
         return arrays.full(t.shape, t.source.weight.zero_fill, t.dtype)
     if t.identity_init:
         return arrays.cast(arrays.stored(identity_init(t.source.weight, t.shape, plan.target_shape)), t.dtype)
-    inputs = [reader.read_stored(name, pool, ("read", i)) for i, name in enumerate(t.reads)]
+    inputs = [reader.read_stored(name, pool, ("read", i), rows) for i, name in enumerate(t.reads)]
     result: Stored | None = inputs[0] if inputs else None
     if plan.width and inputs:
         result = Stored(plan.width.apply(t.source, inputs), "F32")
@@ -120,7 +127,8 @@ def materialize(
         copy = arrays.to_float32(result, out=np.empty(t.shape, np.float32))
         values = scale_query(copy, t.source.weight, plan.target_shape, t.query_scale)
         result = Stored(values, "F32")
-    out = casts.array(("cast", index % 2), t.shape, t.dtype) if casts is not None and plan.casts(t) else None
+    shape = t.shape if rows is None else (rows[1] - rows[0], *t.shape[1:])
+    out = casts.array(("cast", side), shape, t.dtype) if casts is not None and plan.casts(t) else None
     written = arrays.cast(result, t.dtype, out)
     refuse_overflow(t.name, result, written, dtype_given=plan.out_dtype is not None)
     return written
@@ -129,34 +137,42 @@ def materialize(
 def stream(
     plan: Plan, reader: CheckpointReader, writer: ShardWriter, advance=None, hasher: FileHasher | None = None
 ) -> None:
-    """Write every output tensor of `plan` in order, as `stored_bytes` or `materialize` makes it.
+    """Write every output tensor of `plan` in order, as `stored_bytes` or `materialize` makes it, a computed one a
+    block of rows at a time where the plan says so (`Plan.row_blocks`).
 
-    A computed tensor is written by a background thread while the next one is computed (file writes and torch's
-    kernels both release the GIL), so arithmetic and I/O overlap; at most one write is in flight, and width
-    operators alternate two buffer sets (`WidthOperator.apply`), so the tensor being written is never the one being
-    computed. Stored bytes and any tensor that lies in the reader's buffers are written in this thread, after the
-    write in flight: their source range or buffer is only valid until the next read. The width operator's buffers
-    are freed at the end: growing the training state, next, takes buffers of its own. A grown config transformers
-    refuses, or a source the `hasher` finds damaged, stops the writing at the next tensor.
+    A computed tensor (or block) is written by a background thread while the next one is computed (file writes and
+    NumPy's kernels both release the GIL), so arithmetic and I/O overlap; at most one write is in flight, and the
+    width operators and casts alternate two buffer sets (`WidthOperator.apply`, `materialize`'s `side`), so what is
+    being written is never what is being computed. Stored bytes and any tensor that lies in the reader's buffers are
+    written in this thread, after the write in flight: their source range or buffer is only valid until the next
+    read. The width operator's buffers are freed at the end: growing the training state, next, takes buffers of its
+    own. A grown config transformers refuses, or a source the `hasher` finds damaged, stops the writing at the next
+    tensor.
     """
     pool, casts = BufferPool(), BufferPool()
-    total = len(plan.tensors)
+    total, computed = len(plan.tensors), 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grow-write") as background:
         in_flight: Future | None = None
         for i, t in enumerate(plan.tensors):
             if (problem := plan.config_problem() or (hasher.problem() if hasher else None)) is not None:
                 raise problem  # stop writing now (the temporary output goes)
             stored = stored_bytes(plan, reader, i)
-            data = stored if stored is not None else materialize(plan, reader, i, pool, casts)
-            if in_flight is not None:
-                in_flight.result()  # the previous write is done: its buffers may be taken again
-                in_flight = None
-            if isinstance(data, Stored) and not pool.owns(data.values):
-                in_flight = background.submit(writer.write, t.name, data)
-            else:
-                writer.write(t.name, data)
-            if advance is not None:
-                advance(t.nbytes, f"growing {i + 1}/{total} tensors")
+            for rows in [None] if stored is not None else plan.row_blocks(t):
+                if stored is None:
+                    data: Stored | FileRange | ZeroBytes = materialize(plan, reader, i, pool, casts, rows, computed % 2)
+                    computed += 1
+                else:
+                    data = stored
+                if in_flight is not None:
+                    in_flight.result()  # the previous write is done: its buffers may be taken again
+                    in_flight = None
+                if isinstance(data, Stored) and not pool.owns(data.values):
+                    in_flight = background.submit(writer.write, t.name, data, rows)
+                else:
+                    writer.write(t.name, data, rows)
+                if advance is not None:
+                    block = t.nbytes if rows is None else t.nbytes // t.shape[0] * (rows[1] - rows[0])
+                    advance(block, f"growing {i + 1}/{total} tensors")
         if in_flight is not None:
             in_flight.result()
     if plan.width is not None:

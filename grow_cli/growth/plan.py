@@ -37,6 +37,9 @@ from grow_cli.operators.staged import gated_mlp
 from grow_cli.operators.upcycle import ExpertInit, Upcycler
 from grow_cli.operators.width import target_shape
 
+# float32 bytes of a computed tensor made at a time where its rows can be made apart (`Plan.row_blocks`)
+BLOCK_BYTES = 32 << 20
+
 
 class WidthPlan(Protocol):
     """What the planner needs from a width operator (`grow_cli.operators.width.WidthOperator`)."""
@@ -53,6 +56,8 @@ class WidthPlan(Protocol):
     def widen_reader(self, name: str, w_OI: Any) -> Any: ...
 
     def release_buffers(self) -> None: ...
+
+    def rows_apart(self, tensor: BoundTensor) -> bool: ...
 
     def buffer_bytes(self, calls: list[tuple[BoundTensor, list[BoundTensor]]]) -> int: ...
 
@@ -152,64 +157,88 @@ class Plan:
 
     @property
     def peak_bytes(self) -> int:
-        """Estimated peak memory of the streaming executor: the largest (inputs + fp32 work + output) per tensor that
-        arithmetic makes; tensors written without any (`without_arithmetic`) need at most one copy buffer, except
-        from a `.bin` source (`stored_ranges` False), whose tensors are read whole and written from memory. A width
-        growth counts the buffers it computes in instead (`_width_peak_bytes`)."""
+        """Estimated peak memory of the streaming executor: the largest (inputs + fp32 work + output) per block of rows
+        that arithmetic makes (`row_blocks`); tensors written without any (`without_arithmetic`) need at most one
+        copy buffer, except from a `.bin` source (`stored_ranges` False), whose tensors are read whole and written
+        from memory. A width growth counts the buffers it computes in instead (`_width_peak_bytes`)."""
         if self.width is not None:
             return self._width_peak_bytes(self.width)
-        sizes = {t.name: numel(t.shape) for t in self.binding.all_tensors()}
-        peak = 0
+        shapes = {t.name: t.shape for t in self.binding.all_tensors()}
+        peak = cast = 0
         for t in self.tensors:
             if self.without_arithmetic(t):
                 copied = self.stored_ranges or t.zero  # file to file in the kernel, or from the shared zeros
                 peak = max(peak, COPY_BUFFER_BYTES if copied else t.nbytes + STAGING_BYTES)
                 continue
-            read = sum(sizes[r] for r in t.reads) * 4  # the tensors read, at most fp32 each
+            rows = self.row_blocks(t)[0]  # the first block is the largest
+            read = sum(nbytes("F32", _block_shape(shapes[r], rows)) for r in t.reads)  # at most fp32 each
             work = numel(t.shape) * 4 if t.init or t.query_scale != 1 else 0  # fp32 before the cast
-            peak = max(peak, read + work + t.nbytes)
+            block = nbytes(t.dtype, _block_shape(t.shape, rows))
+            peak = max(peak, read + work + block)
+            cast = max(cast, block if self.casts(t) else 0)
         if any(not self.without_arithmetic(t) for t in self.tensors):
             peak += STAGING_BYTES  # computed bytes go to the disk through direct I/O's staging buffers
-        return peak + max((t.nbytes for t in self.tensors if self.casts(t)), default=0)  # the cast being written
+        return peak + cast  # the cast being written
 
     def _width_peak_bytes(self, width: WidthPlan) -> int:
         """A width growth's peak: the buffers every tensor is computed in (`width_buffer_bytes`); the most any one
-        tensor makes outside them (`temporary_bytes`, an upcycling init's or a query scale's float32 copy, a `.bin`
-        tensor's stored copy while it is read), with the previous tensor's fresh result while it is written; and
-        direct I/O's staging buffers. Measured on an 8 × 1024 Llama, bf16 and fp32, ×2 and hidden- or FFN-only:
+        block of rows makes outside them (`temporary_bytes`, an upcycling init's or a query scale's float32 copy, a
+        `.bin` tensor's stored copy while it is read), with the previous block's fresh result while it is written;
+        and direct I/O's staging buffers. Measured on an 8 × 1024 Llama, bf16 and fp32, ×2 and hidden- or FFN-only:
         the run's peak beyond torch's import is 1.06–1.12× this, ~20 MB of bookkeeping (docs/benchmarks.md, Memory,
         2026-12-04)."""
         source = {t.name: t for t in self.binding.all_tensors()}
         peak = written = 0
         for t in self.tensors:
             inputs = [source[r] for r in t.reads]
-            fresh = numel(t.shape) * 4 if t.init or t.query_scale != 1 or not inputs else 0
-            if inputs:
-                fresh += width.temporary_bytes(t.source, t.shape)
-                fresh += 0 if self.stored_ranges else max(nbytes(x.dtype, x.shape) for x in inputs)
-            peak = max(peak, fresh + written)
-            written = t.nbytes if fresh and not self.casts(t) else 0  # a fresh result, written while the next is made
+            for rows in self.row_blocks(t):
+                shape = _block_shape(t.shape, rows)
+                fresh = numel(shape) * 4 if t.init or t.query_scale != 1 or not inputs else 0
+                if inputs:
+                    fresh += width.temporary_bytes(t.source, shape)
+                    fresh += 0 if self.stored_ranges else max(nbytes(x.dtype, x.shape) for x in inputs)
+                peak = max(peak, fresh + written)
+                # a fresh result, written while the next block is made
+                written = nbytes(t.dtype, shape) if fresh and not self.casts(t) else 0
         return self.width_buffer_bytes + peak + STAGING_BYTES
 
     @property
     def width_buffer_bytes(self) -> int:
-        """The bytes a width growth's reused buffers hold once every tensor is computed, each slot as large as the
-        largest tensor it took (`BufferPool`): the reader's, one per input; the width operator's (its
-        `buffer_bytes`); and the two the casts alternate in (`materialize`)."""
+        """The bytes a width growth's reused buffers hold once every tensor is computed, block by block of rows
+        (`row_blocks`), each slot as large as the largest block it took (`BufferPool`): the reader's, one per input;
+        the width operator's (its `buffer_bytes`); and the two the casts alternate in (`materialize`)."""
         assert self.width is not None
         source = {t.name: t for t in self.binding.all_tensors()}
         reads: dict[int, int] = {}  # per input slot (`materialize`: ("read", i))
-        casts: dict[int, int] = {}  # by the output's parity
+        casts: dict[int, int] = {}  # by the parity of the block (`stream`)
         calls = []
-        for i, t in enumerate(self.tensors):
-            inputs = [source[r] for r in t.reads]
+        blocks = ((t, rows) for t in self.tensors for rows in self.row_blocks(t))  # (a width growth computes all)
+        for computed, (t, rows) in enumerate(blocks):
+            inputs = [replace(source[r], shape=_block_shape(source[r].shape, rows)) for r in t.reads]
             for slot, x in enumerate(inputs):
                 reads[slot] = max(reads.get(slot, 0), nbytes(x.dtype, x.shape))
             if inputs:
                 calls.append((t.source, inputs))
             if self.casts(t):
-                casts[i % 2] = max(casts.get(i % 2, 0), t.nbytes)
+                side = computed % 2
+                casts[side] = max(casts.get(side, 0), nbytes(t.dtype, _block_shape(t.shape, rows)))
         return sum(reads.values()) + self.width.buffer_bytes(calls) + sum(casts.values())
+
+    def row_blocks(self, t: OutputTensor) -> list[tuple[int, int] | None]:
+        """The blocks of rows (first-axis ranges, start and stop) that output `t` is computed in, one after another,
+        or [None]: the whole tensor at once. Blocks of about BLOCK_BYTES of float32 result where each of its rows
+        comes from the same row of every tensor it reads (a dtype cast; a width map that leaves the first axis as it
+        is: `WidthPlan.rows_apart`), so that no buffer holds a whole large tensor: a 128k-token vocabulary's
+        embedding widened to 4,096 is 2.1 GB in float32, and fresh memory is slow to fill (`direct_io.py`)."""
+        whole: list[tuple[int, int] | None] = [None]
+        if not t.shape or not t.reads or not self.stored_ranges or t.zero or t.identity_init:
+            return whole
+        if t.init is not None or t.query_scale != 1 or (self.width is not None and not self.width.rows_apart(t.source)):
+            return whole
+        per_block = max(1, BLOCK_BYTES // max(1, 4 * numel(t.shape[1:])))
+        if per_block >= t.shape[0]:
+            return whole
+        return [(r, min(t.shape[0], r + per_block)) for r in range(0, t.shape[0], per_block)]
 
     def without_arithmetic(self, t: OutputTensor) -> bool:
         """Whether output `t` is written as bytes that already exist: a source tensor's stored bytes (a depth copy
@@ -578,3 +607,8 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "from": t.describe(width)} for t in plan.tensors
         ]
     return summary
+
+
+def _block_shape(shape: tuple[int, ...], rows: tuple[int, int] | None) -> tuple[int, ...]:
+    """The shape of rows `rows` of a tensor of `shape` (`Plan.row_blocks`; None: the whole tensor)."""
+    return shape if rows is None else (rows[1] - rows[0], *shape[1:])

@@ -99,6 +99,10 @@ class StagedWidth(WidthOperator):
             out = (out + w.gain_offset) * fold - w.gain_offset
         return out
 
+    def rows_apart(self, tensor: BoundTensor) -> bool:
+        """Never: staged widens whole tensors (its blocks and divisor are not made a block of rows at a time)."""
+        return False
+
     def head_fold(self) -> float | None:
         """The head sums over the k copies, tied or not: 1/k (and a tied head's 1/scale) goes into its norm."""
         if not self.head_folds:

@@ -396,6 +396,16 @@ class WidthOperator:
         (slot, shape), *_ = self.buffers(w, x.values.shape, x.dtype, tag)
         return to_float32(x, out=self._pool.array(slot, shape, "F32"))
 
+    def rows_apart(self, tensor: BoundTensor) -> bool:
+        """Whether each row (first-axis entry) of `tensor` widened comes from the same row of its inputs alone, so that
+        the executor may widen it a block of rows at a time (`Plan.row_blocks`): its first axis is one width growth
+        never widens (an embedding's or a head's vocabulary, experts), and nothing is drawn (G_zero's values and
+        HyperCloning's noise are drawn over whole tensors, seeded). (An axis whose map keeps every unit in place is
+        not gathered whole, `_gathers`, but a block of it would be.)"""
+        if self.method == "zero" or (self.method == "hypercloning" and self.noise_snr_db is not None):
+            return False
+        return bool(tensor.shape) and self._index(tensor.weight.axes[0]) is None
+
     def release_buffers(self) -> None:
         """Free the buffers `apply` computed into (the weights are written; growing the moments takes its own)."""
         self._pool.clear()
