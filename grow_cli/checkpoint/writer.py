@@ -152,7 +152,7 @@ class ShardWriter:
                 self._write_bytes(np.ascontiguousarray(data.values).reshape(-1).view(np.uint8).data)
         self._rows = 0 if rows is None or rows[1] == planned.shape[0] else rows[1]
         self._next += not self._rows
-        return planned.nbytes if rows is None else data.values.nbytes
+        return planned.nbytes if rows is None else nbytes(planned.dtype, (rows[1] - rows[0], *planned.shape[1:]))
 
     def _check(self, planned: PlannedTensor, name: str, data, rows: tuple[int, int] | None) -> None:
         if isinstance(data, FileRange | ZeroBytes):
