@@ -702,9 +702,9 @@ def test_growing_the_state_keeps_one_tensors_moments_resident(lab, tmp_path, mon
     seen: list[int] = []
 
     class Watched(grown_state.ShardWriter):
-        def write(self, name, data):
+        def write(self, name, data, rows=None):
             seen.append(resident(optimizer))
-            return super().write(name, data)
+            return super().write(name, data, rows)
 
     monkeypatch.setattr(grown_state, "ShardWriter", Watched)
     expand(str(run), tmp_path / "deep", GrowthSpec(**PARTLY["identity"]), quiet=True)
@@ -1095,9 +1095,9 @@ def test_the_moments_are_scaled_and_gathered_into_reused_buffers(lab, case, tmp_
     written, laid = [], {}
 
     class Recording(grown_state.ShardWriter):
-        def write(self, name, data):
+        def write(self, name, data, rows=None):
             written.append(data)  # kept alive: fresh results could not share an address
-            return super().write(name, data)
+            return super().write(name, data, rows)
 
     layout = WidthOperator.state_layout
 
@@ -1115,6 +1115,34 @@ def test_the_moments_are_scaled_and_gathered_into_reused_buffers(lab, case, tmp_
     if case == "fpi":
         assert laid and all(len(both) == 2 for both in laid.values())
         assert all(m.ctypes.data == v.ctypes.data for m, v in laid.values())
+
+
+@pytest.mark.parametrize("case", ["fpi", "identity"])
+def test_moments_grown_a_block_of_rows_at_a_time_are_the_same_bytes(lab, case, tmp_path, monkeypatch):
+    """The moments of a tensor whose rows come from the same source rows (every tensor under depth growth, the
+    embedding and an untied head under width) are grown a block of rows at a time (`grown_state.moment_blocks`), so
+    that an embedding's moments are never resident whole: the grown state is the same bytes as grown whole, and the
+    estimate counts the blocks. Blocks of a few rows here, against 32 MB in a real run."""
+    from grow_cli.checkpoint.files import TRAINING_STATE_DIR
+    from grow_cli.growth import grown_state
+    from grow_cli.growth import plan as planning
+
+    spec = GrowthSpec(**{**EXACT, **PARTLY}[case])
+    checkpoint = lab.source("llama").checkpoint
+    expand(str(checkpoint), tmp_path / "whole", spec, quiet=True)
+    rows, real = [], grown_state.ShardWriter.write
+    monkeypatch.setattr(
+        grown_state.ShardWriter, "write", lambda self, name, data, r=None: rows.append(r) or real(self, name, data, r)
+    )
+    monkeypatch.setattr(planning, "BLOCK_BYTES", 7 * 4 * 64)  # 7 rows of a 64-wide tensor
+    expand(str(checkpoint), tmp_path / "blocked", spec, quiet=True)
+    assert any(rows) and None in rows  # the embedding in blocks, a layer's widened tensors whole (width)
+    state = sorted((tmp_path / "whole" / TRAINING_STATE_DIR).iterdir())
+    assert state and [p.name for p in state] == [
+        p.name for p in sorted((tmp_path / "blocked" / TRAINING_STATE_DIR).iterdir())
+    ]
+    for path in state:
+        assert path.read_bytes() == (tmp_path / "blocked" / TRAINING_STATE_DIR / path.name).read_bytes(), path.name
 
 
 def test_an_older_checkpoint_without_its_parameter_order_is_rebuilt_or_refused(lab, tmp_path, capsys):

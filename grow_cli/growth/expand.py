@@ -28,6 +28,7 @@ from grow_cli.arch.binding import Binding, untie_choices
 from grow_cli.checkpoint import arrays
 from grow_cli.checkpoint.arrays import Stored
 from grow_cli.checkpoint.buffers import BufferPool
+from grow_cli.checkpoint.dtypes import nbytes
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES, holds_tokenizer_files
 from grow_cli.checkpoint.finite import refuse_overflow
@@ -42,7 +43,7 @@ from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.mergekit import check_model
-from grow_cli.growth.plan import Plan, build_plan, plan_summary
+from grow_cli.growth.plan import Plan, block_shape, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.st_modules import (
     Module,
@@ -127,7 +128,7 @@ def materialize(
         copy = arrays.to_float32(result, out=np.empty(t.shape, np.float32))
         values = scale_query(copy, t.source.weight, plan.target_shape, t.query_scale)
         result = Stored(values, "F32")
-    shape = t.shape if rows is None else (rows[1] - rows[0], *t.shape[1:])
+    shape = block_shape(t.shape, rows)
     out = casts.array(("cast", side), shape, t.dtype) if casts is not None and plan.casts(t) else None
     written = arrays.cast(result, t.dtype, out)
     refuse_overflow(t.name, result, written, dtype_given=plan.out_dtype is not None)
@@ -171,8 +172,7 @@ def stream(
                 else:
                     writer.write(t.name, data, rows)
                 if advance is not None:
-                    block = t.nbytes if rows is None else t.nbytes // t.shape[0] * (rows[1] - rows[0])
-                    advance(block, f"growing {i + 1}/{total} tensors")
+                    advance(nbytes(t.dtype, block_shape(t.shape, rows)), f"growing {i + 1}/{total} tensors")
         if in_flight is not None:
             in_flight.result()
     if plan.width is not None:

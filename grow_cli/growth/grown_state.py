@@ -38,7 +38,7 @@ from grow_cli.checkpoint.finite import non_finite_count, non_finite_moment
 from grow_cli.checkpoint.mapped import release
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 from grow_cli.errors import OptionError, UsageError, counted
-from grow_cli.growth.plan import OutputTensor, Plan, lm_dropout
+from grow_cli.growth.plan import OutputTensor, Plan, block_shape, blocks_of, lm_dropout
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import OPTIMIZER_FILE, WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
@@ -285,26 +285,36 @@ def _non_embedding(shape: tuple[int, ...], axes: tuple) -> int:
 
 
 def peak_bytes(plan: Plan, state: StatePlan) -> int:
-    """Estimated peak memory of growing the moments (`write_state`), in float32: the largest carried tensor's two
-    source moments (memory-mapped, resident once read, given back after it), the reused buffer the scaled moment
-    is written from (as large as the largest grown tensor), plus, for a width growth, the gather buffers both
-    moments share, which keep the largest size any tensor needed per axis; and the direct-I/O staging buffers the
-    moments are written through. The second set of gather buffers the moments no longer take is still counted, as
-    headroom: the excess it was added for came from torch's `isfinite` temporaries (1.7× the moment checked), which
-    `finite.non_finite_count` now avoids; SmolLM2's state then peaks at 0.85× this estimate by fpi ×2 and 1.17× by
-    depth ×2, ~20 MB of that grow's own bookkeeping (docs/benchmarks.md, Memory, thirty-eighth session)."""
-    sizes = {t.name: numel(t.shape) for t in plan.binding.all_tensors()}
-    carried = [(t, s) for t, s in zip(trained_tensors(plan), state.tensors, strict=True) if s.carried]
-    sources = max((4 * 2 * sizes[s.role] for _, s in carried), default=0)
-    result = max((4 * numel(t.shape) for t, _ in carried), default=0)
+    """Estimated peak memory of growing the moments (`write_state`), in float32, per block of rows (`moment_blocks`):
+    the largest block's two source moments (memory-mapped, resident once read, given back after it), the reused
+    buffer the scaled moment is written from (as large as the largest grown block), plus, for a width growth, the
+    gather buffers both moments share, which keep the largest size any block needed per axis; and the direct-I/O
+    staging buffers the moments are written through. The second set of gather buffers the moments no longer take is
+    still counted, as headroom: the excess it was added for came from torch's `isfinite` temporaries (1.7× the
+    moment checked), which `finite.non_finite_count` now avoids; SmolLM2's state then peaked at 0.85× this estimate
+    by fpi ×2 and 1.17× by depth ×2, ~20 MB of that grow's own bookkeeping (docs/benchmarks.md, Memory,
+    thirty-eighth session)."""
+    carried = [t for t, s in zip(trained_tensors(plan), state.tensors, strict=True) if s.carried]
+    first = {t.name: moment_blocks(plan, t)[0] for t in carried}  # the first block is the largest
+    sources = max((4 * 2 * numel(block_shape(t.source.shape, first[t.name])) for t in carried), default=0)
+    result = max((4 * numel(block_shape(t.shape, first[t.name])) for t in carried), default=0)
     peak = sources + result + STAGING_BYTES
     if plan.width is None:
         return peak
     axes: dict[int, int] = {}
-    for t, _ in carried:
-        for axis, size in enumerate(gather_bytes(t.source.shape, t.shape)):
+    for t in carried:
+        rows = first[t.name]
+        for axis, size in enumerate(gather_bytes(block_shape(t.source.shape, rows), block_shape(t.shape, rows))):
             axes[axis] = max(axes.get(axis, 0), size)
     return peak + 2 * sum(axes.values())  # one buffer set for both moments (`MOMENT_TAG`), and the margin above
+
+
+def moment_blocks(plan: Plan, t: OutputTensor) -> list[tuple[int, int] | None]:
+    """The blocks of rows (`plan.blocks_of`) that the moments of trained tensor `t` are grown in, or [None]: whole.
+    In blocks where each row of the grown moment comes from the same row of the source's (a depth growth only
+    scales them; a width map that leaves the first axis as it is: `WidthPlan.rows_apart`), so that neither the
+    mapped source moments nor the result of an embedding are resident whole."""
+    return blocks_of(t.shape) if plan.width is None or plan.width.rows_apart(t.source) else [None]
 
 
 def gather_bytes(source: tuple[int, ...], target: tuple[int, ...]) -> list[int]:
@@ -329,19 +339,22 @@ def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dic
         moments = state.source.moments(s.role)
         assert moments is not None
         _, m, v = moments
+        blocks = moment_blocks(plan, t)
         for key, x, factor in (("exp_avg", m, s.scale), ("exp_avg_sq", v, s.scale**2)):
-            x = x.float()
-            if count := non_finite_count(x):  # checked here, where each moment is read whole anyway
-                optimizer = state.source.checkpoint / OPTIMIZER_FILE
-                raise non_finite_moment(str(optimizer), f"{key} of {s.role}", count, MOMENTS_EARLIER)
-            laid = plan.width.state_layout(t.source, x.numpy(), MOMENT_TAG) if plan.width else x.numpy()
-            # into a reused buffer: fresh results, freed one after another, fragment the heap glibc keeps (FPI to
-            # 2048/8192 of an 8x1024 Llama's state: 485 -> 420 MB beyond import; docs/benchmarks.md, Memory)
-            scaled = np.multiply(laid, factor, out=results.array("scaled", t.shape, "F32"))
-            written = writer.write(f"{t.name}.{key}", Stored(scaled, "F32"))
-            if advance is not None:
-                advance(written)
-        release(m, v)  # optimizer.bin is memory-mapped: without this, every moment read stays resident
+            for rows in blocks:
+                part = x if rows is None else x[rows[0] : rows[1]]
+                if non_finite_count(part):  # checked here, where each moment is read anyway; counted whole
+                    optimizer = state.source.checkpoint / OPTIMIZER_FILE
+                    raise non_finite_moment(str(optimizer), f"{key} of {s.role}", non_finite_count(x), MOMENTS_EARLIER)
+                part = part.float()
+                laid = plan.width.state_layout(t.source, part.numpy(), MOMENT_TAG) if plan.width else part.numpy()
+                # into a reused buffer: fresh results, freed one after another, fragment the heap glibc keeps (FPI to
+                # 2048/8192 of an 8x1024 Llama's state: 485 -> 420 MB beyond import; docs/benchmarks.md, Memory)
+                scaled = np.multiply(laid, factor, out=results.array("scaled", block_shape(t.shape, rows), "F32"))
+                written = writer.write(f"{t.name}.{key}", Stored(scaled, "F32"), rows)
+                if advance is not None:
+                    advance(written)
+                release(m, v)  # optimizer.bin is memory-mapped: without this, every moment read stays resident
     writer.finish()
     document = state_document(state)
     (folder / STATE_FILE).write_text(json.dumps(document, indent=2) + "\n")

@@ -171,9 +171,9 @@ class Plan:
                 peak = max(peak, COPY_BUFFER_BYTES if copied else t.nbytes + STAGING_BYTES)
                 continue
             rows = self.row_blocks(t)[0]  # the first block is the largest
-            read = sum(nbytes("F32", _block_shape(shapes[r], rows)) for r in t.reads)  # at most fp32 each
+            read = sum(nbytes("F32", block_shape(shapes[r], rows)) for r in t.reads)  # at most fp32 each
             work = numel(t.shape) * 4 if t.init or t.query_scale != 1 else 0  # fp32 before the cast
-            block = nbytes(t.dtype, _block_shape(t.shape, rows))
+            block = nbytes(t.dtype, block_shape(t.shape, rows))
             peak = max(peak, read + work + block)
             cast = max(cast, block if self.casts(t) else 0)
         if any(not self.without_arithmetic(t) for t in self.tensors):
@@ -192,7 +192,7 @@ class Plan:
         for t in self.tensors:
             inputs = [source[r] for r in t.reads]
             for rows in self.row_blocks(t):
-                shape = _block_shape(t.shape, rows)
+                shape = block_shape(t.shape, rows)
                 fresh = numel(shape) * 4 if t.init or t.query_scale != 1 or not inputs else 0
                 if inputs:
                     fresh += width.temporary_bytes(t.source, shape)
@@ -214,14 +214,14 @@ class Plan:
         calls = []
         blocks = ((t, rows) for t in self.tensors for rows in self.row_blocks(t))  # (a width growth computes all)
         for computed, (t, rows) in enumerate(blocks):
-            inputs = [replace(source[r], shape=_block_shape(source[r].shape, rows)) for r in t.reads]
+            inputs = [replace(source[r], shape=block_shape(source[r].shape, rows)) for r in t.reads]
             for slot, x in enumerate(inputs):
                 reads[slot] = max(reads.get(slot, 0), nbytes(x.dtype, x.shape))
             if inputs:
                 calls.append((t.source, inputs))
             if self.casts(t):
                 side = computed % 2
-                casts[side] = max(casts.get(side, 0), nbytes(t.dtype, _block_shape(t.shape, rows)))
+                casts[side] = max(casts.get(side, 0), nbytes(t.dtype, block_shape(t.shape, rows)))
         return sum(reads.values()) + self.width.buffer_bytes(calls) + sum(casts.values())
 
     def row_blocks(self, t: OutputTensor) -> list[tuple[int, int] | None]:
@@ -235,10 +235,7 @@ class Plan:
             return whole
         if t.init is not None or t.query_scale != 1 or (self.width is not None and not self.width.rows_apart(t.source)):
             return whole
-        per_block = max(1, BLOCK_BYTES // max(1, 4 * numel(t.shape[1:])))
-        if per_block >= t.shape[0]:
-            return whole
-        return [(r, min(t.shape[0], r + per_block)) for r in range(0, t.shape[0], per_block)]
+        return blocks_of(t.shape)
 
     def without_arithmetic(self, t: OutputTensor) -> bool:
         """Whether output `t` is written as bytes that already exist: a source tensor's stored bytes (a depth copy
@@ -609,6 +606,15 @@ def plan_summary(plan: Plan, *, with_tensors: bool = False) -> dict[str, Any]:
     return summary
 
 
-def _block_shape(shape: tuple[int, ...], rows: tuple[int, int] | None) -> tuple[int, ...]:
+def blocks_of(shape: tuple[int, ...]) -> list[tuple[int, int] | None]:
+    """A tensor of `shape` cut along its first axis into blocks of about BLOCK_BYTES of float32 (start and stop
+    rows), or [None] where it is no larger: the whole tensor (`Plan.row_blocks`)."""
+    per_block = max(1, BLOCK_BYTES // max(1, 4 * numel(shape[1:])))
+    if not shape or per_block >= shape[0]:
+        return [None]
+    return [(r, min(shape[0], r + per_block)) for r in range(0, shape[0], per_block)]
+
+
+def block_shape(shape: tuple[int, ...], rows: tuple[int, int] | None) -> tuple[int, ...]:
     """The shape of rows `rows` of a tensor of `shape` (`Plan.row_blocks`; None: the whole tensor)."""
     return shape if rows is None else (rows[1] - rows[0], *shape[1:])
