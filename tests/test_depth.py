@@ -159,8 +159,14 @@ def test_dtype_conversion(tiny_checkpoints, tmp_path, dtype, torch_dtype):
     assert torch.equal(tensors["model.norm.weight"], _tensors(src)["model.norm.weight"].to(torch_dtype))
 
 
-def test_dtype_fp16_refuses_a_weight_beyond_its_range(cli, tiny_copy, tmp_path):
-    """A bf16 weight of 1e6 became an infinity in float16 (exit 0; --verify blamed the exact method)."""
+@pytest.mark.parametrize("blocked", [False, True])
+def test_dtype_fp16_refuses_a_weight_beyond_its_range(cli, tiny_copy, tmp_path, monkeypatch, blocked):
+    """A bf16 weight of 1e6 became an infinity in float16 (exit 0; --verify blamed the exact method). A tensor cast a
+    block of rows at a time (`Plan.row_blocks`) is named with the rows its count is of."""
+    from grow_cli.growth import plan as planning
+
+    if blocked:
+        monkeypatch.setattr(planning, "BLOCK_BYTES", 14 * 4 * 32)  # 14 rows of the 32-wide head
     src = tiny_copy("llama")
     shard = next(p for p in sorted(src.glob("*.safetensors")) if "lm_head.weight" in safe_open(p, "pt").keys())
     with safe_open(shard, "pt") as f:
@@ -169,7 +175,8 @@ def test_dtype_fp16_refuses_a_weight_beyond_its_range(cli, tiny_copy, tmp_path):
     save_file(state, shard, metadata={"format": "pt"})
     result = cli("expand", str(src), str(tmp_path / "out"), "--layers", "6", "--dtype", "fp16")
     assert result.code != 0 and not (tmp_path / "out").exists()
-    assert result.stderr.startswith("error: tensor lm_head.weight holds 1 value beyond float16's range"), result.stderr
+    named = "lm_head.weight (rows 0:14 of 96)" if blocked else "lm_head.weight"
+    assert result.stderr.startswith(f"error: tensor {named} holds 1 value beyond float16's range"), result.stderr
     assert "or use --dtype bf16" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 

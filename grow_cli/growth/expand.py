@@ -131,7 +131,8 @@ def materialize(
     shape = block_shape(t.shape, rows)
     out = casts.array(("cast", side), shape, t.dtype) if casts is not None and plan.casts(t) else None
     written = arrays.cast(result, t.dtype, out)
-    refuse_overflow(t.name, result, written, dtype_given=plan.out_dtype is not None)
+    named = t.name if rows is None else f"{t.name} (rows {rows[0]}:{rows[1]} of {t.shape[0]})"  # counts are the block's
+    refuse_overflow(named, result, written, dtype_given=plan.out_dtype is not None)
     return written
 
 
