@@ -32,6 +32,7 @@ from grow_cli.checkpoint.dtypes import nbytes
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES, holds_tokenizer_files
 from grow_cli.checkpoint.finite import refuse_overflow
+from grow_cli.checkpoint.libc import map_large_blocks
 from grow_cli.checkpoint.model_config import load_config
 from grow_cli.checkpoint.output import copy_small_files, small_files, staged_output
 from grow_cli.checkpoint.reader import CheckpointReader, TensorEntry
@@ -452,6 +453,7 @@ def _execute(
             writer.finish()
             grown_state = None
             if state is not None:
+                map_large_blocks()  # the moments' buffers, after the weights' (its estimate then holds)
                 grown_state = write_state(plan, state, tmp / STATE_DIR, lambda n: advance(n, "growing the AdamW state"))
         reader.library_checked()  # the source passed safetensors' own parse too, before anything is published
         (tmp / "config.json").write_text(json.dumps(plan.target_config, indent=2) + "\n")

@@ -12,20 +12,17 @@ max |Δlogit|, mean KL(source‖grown) over probe positions, and top-1 agreement
 
 from __future__ import annotations
 
-import ctypes
 import gc
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from grow_cli.checkpoint.dtypes import DTYPES, FLOAT8, FLOATING, torch_dtype
-from grow_cli.checkpoint.libc import function
+from grow_cli.checkpoint.libc import map_large_blocks
 from grow_cli.divergence import divergences
 from grow_cli.errors import CheckpointError, VerificationError, failure
 
 PROBE_TOKENS = 64
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (<malloc.h>)
-MAPPED_BLOCKS = 1 << 20  # blocks this large or larger are mapped on their own, and unmapped when freed
 
 
 def probe_ids(folder: Path, vocab_size: int, seed: int, length: int = PROBE_TOKENS):
@@ -95,17 +92,6 @@ def _load_options(folder: Path, max_memory: int | None, offload: Path) -> dict[s
     }
 
 
-def _map_large_blocks() -> None:
-    """Have glibc serve every block of `MAPPED_BLOCKS` or more by a mapping of its own, given back when freed. A
-    bounded check makes a float32 copy of each 16-bit module as it runs (tens of MB each), and glibc's threshold
-    for that rises to the largest mapped block freed so far (an earlier copy, or grow's own buffers): the copies
-    then come from the heap, which fragments and stays resident (a bf16 source's check grew 120–170 MB more beyond
-    the baseline than its fp32 twin's). Fixing the threshold stops it moving; a no-op off glibc."""
-    mallopt = function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, MAPPED_BLOCKS)
-
-
 def _outputs(folder: Path, ids, max_memory: int | None, hidden_state: bool) -> Any:
     """The model's logits (or last hidden state) on `ids`; with `max_memory` (bytes), weights beyond it stay on
     disk and are streamed through accelerate's offloading, so the check runs in bounded memory."""
@@ -115,7 +101,7 @@ def _outputs(folder: Path, ids, max_memory: int | None, hidden_state: bool) -> A
     from grow_cli.scratch import scratch_folder
 
     if max_memory is not None:
-        _map_large_blocks()
+        map_large_blocks()  # the float32 copies of 16-bit modules, made as each runs
     with scratch_folder("verify") as offload:
         # grow's own progress is on stderr; transformers' table of a head the base model class leaves unread (a
         # sentence-transformers model saved with its LM head) is no news to the check
