@@ -101,3 +101,8 @@ def numel(shape: tuple[int, ...]) -> int:
 def nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     """Bytes of a tensor of safetensors `dtype` and `shape`."""
     return DTYPES[dtype][0] * numel(shape)
+
+
+def block_shape(shape: tuple[int, ...], rows: tuple[int, int] | None) -> tuple[int, ...]:
+    """The shape of rows `rows` (start, stop: a block of its first axis) of a tensor of `shape`; None: the whole."""
+    return shape if rows is None else (rows[1] - rows[0], *shape[1:])

@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from grow_cli.checkpoint.dtypes import DTYPES, nbytes
+from grow_cli.checkpoint.dtypes import DTYPES, block_shape, nbytes
 from grow_cli.errors import CheckpointError
 
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -46,9 +46,8 @@ class TensorEntry:
         """Rows `start` to `stop` of a safetensors tensor (its first axis), which it stores as one byte range."""
         assert self.start >= 0 and 0 <= start < stop <= self.shape[0], (self, start, stop)
         row = nbytes(self.dtype, self.shape[1:])
-        return replace(
-            self, shape=(stop - start, *self.shape[1:]), start=self.start + start * row, end=self.start + stop * row
-        )
+        shape = block_shape(self.shape, (start, stop))
+        return replace(self, shape=shape, start=self.start + start * row, end=self.start + stop * row)
 
 
 class DuplicateKey(ValueError):

@@ -22,7 +22,7 @@ import numpy as np
 
 from grow_cli.checkpoint.arrays import Stored
 from grow_cli.checkpoint.direct_io import DirectAppender, Staging, open_direct
-from grow_cli.checkpoint.dtypes import nbytes, numel
+from grow_cli.checkpoint.dtypes import block_shape, nbytes, numel
 from grow_cli.checkpoint.durable import WRITEBACK_STEP, Writeback
 from grow_cli.checkpoint.file_copy import CHUNK, FileRange, RangeCopier
 from grow_cli.checkpoint.files import SAFETENSORS_INDEX, shard_names
@@ -152,14 +152,14 @@ class ShardWriter:
                 self._write_bytes(np.ascontiguousarray(data.values).reshape(-1).view(np.uint8).data)
         self._rows = 0 if rows is None or rows[1] == planned.shape[0] else rows[1]
         self._next += not self._rows
-        return planned.nbytes if rows is None else nbytes(planned.dtype, (rows[1] - rows[0], *planned.shape[1:]))
+        return nbytes(planned.dtype, block_shape(planned.shape, rows))
 
     def _check(self, planned: PlannedTensor, name: str, data, rows: tuple[int, int] | None) -> None:
         if isinstance(data, FileRange | ZeroBytes):
             got = f"{name} ({data.nbytes} bytes)"
             ok = name == planned.name and data.nbytes == planned.nbytes and rows is None
         else:
-            shape = planned.shape if rows is None else (rows[1] - rows[0], *planned.shape[1:])
+            shape = block_shape(planned.shape, rows)
             got = f"{name} {data.values.shape} {data.dtype}" + (f" as rows {rows[0]}:{rows[1]}" if rows else "")
             ok = name == planned.name and data.values.shape == shape and data.dtype == planned.dtype
         ok = ok and (0 if rows is None else rows[0]) == self._rows  # a tensor's blocks in order, nothing amid them

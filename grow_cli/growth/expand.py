@@ -28,7 +28,7 @@ from grow_cli.arch.binding import Binding, untie_choices
 from grow_cli.checkpoint import arrays
 from grow_cli.checkpoint.arrays import Stored
 from grow_cli.checkpoint.buffers import BufferPool
-from grow_cli.checkpoint.dtypes import nbytes
+from grow_cli.checkpoint.dtypes import block_shape, nbytes
 from grow_cli.checkpoint.file_copy import FileRange
 from grow_cli.checkpoint.files import SENTENCE_TRANSFORMERS_MODULES, holds_tokenizer_files
 from grow_cli.checkpoint.finite import refuse_overflow
@@ -44,7 +44,7 @@ from grow_cli.growth.grown_state import STATE_DIR, StatePlan, plan_state, write_
 from grow_cli.growth.grown_state import peak_bytes as state_peak_bytes
 from grow_cli.growth.grown_state import summary as state_summary
 from grow_cli.growth.mergekit import check_model
-from grow_cli.growth.plan import Plan, block_shape, build_plan, plan_summary
+from grow_cli.growth.plan import Plan, build_plan, plan_summary
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.st_modules import (
     Module,

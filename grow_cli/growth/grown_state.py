@@ -32,13 +32,13 @@ from grow_cli.arch.experts import aux_loss_coef
 from grow_cli.checkpoint.arrays import Stored
 from grow_cli.checkpoint.buffers import BufferPool
 from grow_cli.checkpoint.direct_io import STAGING_BYTES
-from grow_cli.checkpoint.dtypes import numel
+from grow_cli.checkpoint.dtypes import block_shape, numel
 from grow_cli.checkpoint.files import TRAINING_STATE_DIR
 from grow_cli.checkpoint.finite import non_finite_count, non_finite_moment
 from grow_cli.checkpoint.mapped import release
 from grow_cli.checkpoint.writer import PlannedTensor, ShardWriter, plan_shards
 from grow_cli.errors import OptionError, UsageError, counted
-from grow_cli.growth.plan import OutputTensor, Plan, block_shape, blocks_of, lm_dropout
+from grow_cli.growth.plan import OutputTensor, Plan, blocks_of, lm_dropout
 from grow_cli.growth.restart import suggest_restart
 from grow_cli.growth.spec import GrowthSpec
 from grow_cli.growth.train_state import OPTIMIZER_FILE, WEIGHTS_ONLY_HINT, SourceState, checkpoint_blocks_read
@@ -354,7 +354,7 @@ def write_state(plan: Plan, state: StatePlan, folder: Path, advance=None) -> dic
                 written = writer.write(f"{t.name}.{key}", Stored(scaled, "F32"), rows)
                 if advance is not None:
                     advance(written)
-                release(m, v)  # optimizer.bin is memory-mapped: without this, every moment read stays resident
+                release(x)  # optimizer.bin is memory-mapped: without this, every moment read stays resident
     writer.finish()
     document = state_document(state)
     (folder / STATE_FILE).write_text(json.dumps(document, indent=2) + "\n")

@@ -22,7 +22,7 @@ from grow_cli.arch.registry import ArchDef, WeightDef, detect
 from grow_cli.arch.shape import ModelShape, read_shape
 from grow_cli.background import in_background, problem_so_far
 from grow_cli.checkpoint.direct_io import STAGING_BYTES
-from grow_cli.checkpoint.dtypes import converted, nbytes, numel
+from grow_cli.checkpoint.dtypes import block_shape, converted, nbytes, numel
 from grow_cli.checkpoint.file_copy import CHUNK as COPY_BUFFER_BYTES
 from grow_cli.checkpoint.writer import PlannedTensor, plan_shards
 from grow_cli.errors import OptionError, UsageError, counted
@@ -613,8 +613,3 @@ def blocks_of(shape: tuple[int, ...]) -> list[tuple[int, int] | None]:
     if not shape or per_block >= shape[0]:
         return [None]
     return [(r, min(shape[0], r + per_block)) for r in range(0, shape[0], per_block)]
-
-
-def block_shape(shape: tuple[int, ...], rows: tuple[int, int] | None) -> tuple[int, ...]:
-    """The shape of rows `rows` of a tensor of `shape` (`Plan.row_blocks`; None: the whole tensor)."""
-    return shape if rows is None else (rows[1] - rows[0], *shape[1:])
